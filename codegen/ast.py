@@ -1,0 +1,96 @@
+"""Syntax tree of a spec, built by the parser's Transformer. Carries spans; no semantics."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .errors import Span
+
+
+@dataclass(frozen=True)
+class Node:
+    span: Span = field(compare=False, repr=False)
+
+
+# ---- expressions -------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Num(Node):
+    value: float | int
+    text: str
+
+
+@dataclass(frozen=True)
+class Str(Node):
+    value: str
+
+
+@dataclass(frozen=True)
+class Bool(Node):
+    value: bool
+
+
+@dataclass(frozen=True)
+class NoneLit(Node):
+    pass
+
+
+@dataclass(frozen=True)
+class Name(Node):
+    id: str
+
+
+@dataclass(frozen=True)
+class Call(Node):
+    func: str
+    args: tuple
+    func_span: Span = field(compare=False, repr=False, default=None)
+
+
+@dataclass(frozen=True)
+class BinOp(Node):
+    op: str      # + - * / % ** == != < <= > >= and or
+    left: Node
+    right: Node
+
+
+@dataclass(frozen=True)
+class UnOp(Node):
+    op: str      # - not
+    operand: Node
+
+
+# ---- statements --------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Assign(Node):
+    target: str
+    target_span: Span
+    value: Node
+    op: str = "="     # = += -= *= /=
+
+
+@dataclass(frozen=True)
+class If(Node):
+    branches: tuple   # ((cond, body), ...)
+    orelse: tuple | None
+
+
+# ---- declarations ------------------------------------------------------------------------
+@dataclass(frozen=True)
+class TypeRef(Node):
+    kind: str        # float int bool choice
+    optional: bool = False
+    choices: tuple = ()
+
+
+@dataclass(frozen=True)
+class Decl(Node):
+    what: str        # optimizer alias doc default hyper state global option sparse update
+    name: str | None = None
+    name_span: Span | None = field(compare=False, repr=False, default=None)
+    args: tuple = ()
+    type: TypeRef | None = None
+    value: Node | None = None
+    range: tuple | None = None    # (lo_closed, lo, hi, hi_closed), lo/hi float or +-inf
+    text: str | None = None
+    cond: Node | None = None
+    scalar: bool = False
+    body: tuple = ()

@@ -1,0 +1,758 @@
+"""Syntax tree -> checked IR. Every problem becomes a diagnostic with the culprit's span; all
+problems in a spec are reported together. Emitters may assume whatever this file accepts."""
+from __future__ import annotations
+
+import hashlib
+import keyword
+import math
+
+from . import ast
+from .errors import Reporter, Span, did_you_mean
+from .ir import (COMPARE, Expr, Global, Hyper, IfStmt, Assign, Kind, Op, ScalarState, Spec, State, Ty)
+
+# ---- what a spec may read without declaring it ------------------------------------------------
+# name: (op, type, kind, optional, assignable)
+BUILTINS = {
+    "weight": (Op.WEIGHT, Ty.FLOAT, Kind.TENSOR, False),
+    "grad": (Op.GRAD, Ty.FLOAT, Kind.TENSOR, False),
+    "lr": (Op.BUILTIN, Ty.FLOAT, Kind.INDEX, False),
+    "wd": (Op.BUILTIN, Ty.FLOAT, Kind.INDEX, False),
+    "t": (Op.BUILTIN, Ty.INT, Kind.INDEX, False),
+    "param_name": (Op.BUILTIN, Ty.STR, Kind.INDEX, False),
+    "learning_rate": (Op.BUILTIN, Ty.FLOAT, Kind.CALL, False),
+    "num_update": (Op.BUILTIN, Ty.INT, Kind.CALL, False),
+    "rescale_grad": (Op.BUILTIN, Ty.FLOAT, Kind.HYPER, False),
+    "clip_gradient": (Op.BUILTIN, Ty.FLOAT, Kind.HYPER, True),
+}
+BUILTIN_DOCS = {
+    "weight": "the parameter being updated (tensor)", "grad": "its gradient (tensor, read-only)",
+    "lr": "learning rate of this parameter: the scheduled rate times its lr_mult",
+    "wd": "weight decay of this parameter: wd times its wd_mult",
+    "t": "how many times this parameter has been updated, this update included",
+    "param_name": "the parameter's name from param_idx2name (its index as text otherwise)",
+    "learning_rate": "the optimizer's current learning rate (scheduled), without multipliers",
+    "num_update": "the largest update count over all parameters",
+    "rescale_grad": "gradient rescaling factor", "clip_gradient": "gradient clipping bound or none",
+}
+# Base-class constructor arguments a spec may give a new default with `default NAME = value`.
+BASE_DEFAULTS = {"learning_rate": (Ty.FLOAT, True), "wd": (Ty.FLOAT, False), "rescale_grad": (Ty.FLOAT, False),
+                 "clip_gradient": (Ty.FLOAT, True), "multi_precision": (Ty.BOOL, False)}
+BASE_NAMES = {"rescale_grad", "param_idx2name", "wd", "clip_gradient", "learning_rate", "lr_scheduler",
+              "sym", "begin_num_update", "multi_precision", "param_dict"}
+
+# functions: name -> (op, arity or (min, max))
+FUNCTIONS = {
+    "sqrt": (Op.SQRT, 1), "square": (Op.SQUARE, 1), "abs": (Op.ABS, 1), "sign": (Op.SIGN, 1),
+    "exp": (Op.EXP, 1), "log": (Op.LOG, 1), "maximum": (Op.MAXIMUM, 2), "minimum": (Op.MINIMUM, 2),
+    "clip": (Op.CLIP, 2), "where": (Op.WHERE, 3), "norm": (Op.NORM, 1), "sum": (Op.SUM, 1),
+    "normal": (Op.NORMAL, 2), "endswith": (Op.ENDSWITH, (2, 16)),
+}
+OPTIONS = {
+    # name: (number of arguments or None for any, argument type, description)
+    "lr_before_count": (0, None, "read lr and wd before counting this update (LBSGD)"),
+    "keep_scheduler_base_lr": (0, None, "learning_rate does not overwrite the scheduler's base_lr (Ftrl)"),
+    "decay_suffixes": (None, str, "parameter-name suffixes that keep weight decay under param_idx2name"),
+    "unused": (None, str, "hyperparameters accepted for compatibility that the update does not read"),
+}
+STATE_INITS = ("zeros", "weight")
+
+C_KEYWORDS = {"auto", "break", "case", "char", "const", "continue", "default", "do", "double", "else", "enum",
+              "extern", "float", "for", "goto", "if", "int", "long", "register", "return", "short", "signed",
+              "sizeof", "static", "struct", "switch", "typedef", "union", "unsigned", "void", "volatile", "while",
+              "bool", "true", "false", "half", "inline", "template", "class", "namespace", "new", "delete",
+              "this", "operator", "private", "public", "protected", "virtual", "friend", "using", "typename"}
+RESERVED = {"self", "np", "math", "ops", "kw", "call", "state", "tensors", "scalars", "optforge", "Optimizer",
+            "G", "None", "True", "False", "index", "super", "object", "print", "len", "float", "int",
+            "str", "bool", "dict", "list", "tuple", "type", "range"} | set(FUNCTIONS) | {"zeros", "none"}
+REL = {"==": Op.EQ, "!=": Op.NE, "<": Op.LT, "<=": Op.LE, ">": Op.GT, ">=": Op.GE}
+ARITH = {"+": Op.ADD, "-": Op.SUB, "*": Op.MUL, "/": Op.DIV, "%": Op.MOD, "**": Op.POW}
+NEGATE = {Op.EQ: Op.NE, Op.NE: Op.EQ, Op.LT: Op.GE, Op.GE: Op.LT, Op.GT: Op.LE, Op.LE: Op.GT}
+NUMERIC = (Ty.INT, Ty.FLOAT)
+
+
+def const(value, span=None) -> Expr:
+    ty = Ty.BOOL if isinstance(value, bool) else Ty.INT if isinstance(value, int) else \
+        Ty.STR if isinstance(value, str) else Ty.FLOAT
+    return Expr(Op.CONST, ty, Kind.CONST, (), value, value is None, span)
+
+
+def negate(cond: Expr) -> Expr:
+    if cond.op in NEGATE:
+        return Expr(NEGATE[cond.op], cond.ty, cond.kind, cond.args, None, False, cond.span)
+    if cond.op is Op.NOT:
+        return cond.args[0]
+    return Expr(Op.NOT, Ty.BOOL, cond.kind, (cond,), None, False, cond.span)
+
+
+def conjuncts(cond: Expr):
+    if cond.op is Op.AND:
+        for a in cond.args:
+            yield from conjuncts(a)
+    else:
+        yield cond
+
+
+def _compared_names(cond: Expr) -> set:
+    """Optional names a condition proves present: `x > 0` is false when x is none."""
+    names = set()
+    for c in conjuncts(cond):
+        if c.op in COMPARE:
+            for a in c.args:
+                if a.optional and a.op in (Op.HYPER, Op.BUILTIN, Op.GLOBAL):
+                    names.add(a.value)
+    return names
+
+
+class _Scope:
+    def __init__(self, guards=(), narrowed=frozenset()):
+        self.guards = tuple(guards)
+        self.narrowed = frozenset(narrowed)
+
+    def with_cond(self, cond: Expr) -> "_Scope":
+        return _Scope(self.guards + tuple(conjuncts(cond)), self.narrowed | _compared_names(cond))
+
+
+class Checker:
+    def __init__(self, decls, path: str, source: str):
+        self.decls, self.path, self.source = decls, path, source
+        self.r = Reporter(path, source)
+        self.hypers: dict[str, Hyper] = {}
+        self.states: dict[str, State] = {}
+        self.scalar_states: dict[str, ScalarState] = {}
+        self.globals: dict[str, Global] = {}
+        self.locals: dict[str, Expr] = {}       # name -> a representative leaf (type, kind)
+        self.pending_locals: set[str] = set()   # names assigned somewhere later in the body
+        self.used: set[str] = set()
+        self.uses_random = False
+        self._unused_spans = []
+
+    # ---- entry --------------------------------------------------------------------------
+    def run(self) -> Spec:
+        by_kind: dict[str, list] = {}
+        for d in self.decls:
+            by_kind.setdefault(d.what, []).append(d)
+        name, name_span = self._optimizer_name(by_kind)
+        aliases = self._aliases(by_kind, name)
+        doc = self._single(by_kind, "doc", "doc text")
+        defaults = self._defaults(by_kind)
+        for d in by_kind.get("hyper", []):
+            self._hyper(d)
+        options = self._options(by_kind)
+        for d in by_kind.get("state", []):
+            self._state(d)
+        for d in by_kind.get("global", []):
+            self._global(d)
+        sparse = self._sparse(by_kind)
+        updates = by_kind.get("update", [])
+        body: tuple = ()
+        update_text = ""
+        if not updates:
+            self.r.error(Span(1, 1, 1, 2), "the spec has no `update { ... }` block")
+        else:
+            for extra in updates[1:]:
+                self.r.error(extra.span, "a spec has one `update` block", "merge the two blocks")
+            upd = updates[0]
+            self._collect_assigned(upd.body)
+            body = self._block(upd.body, _Scope())
+            lines = self.source.splitlines()
+            update_text = "\n".join(lines[upd.span.line - 1: upd.span.end_line])
+        self._unused(options)
+        if self.uses_random and "seed" not in self.hypers:
+            self.hypers["seed"] = Hyper("seed", "int", None, True, 0.0, math.inf, True, True, (),
+                                        "Seed of this optimizer's random generator (None: fresh entropy).", None)
+        self.r.raise_if_errors()
+        prologue, per_index, exports = self._split(body)
+        self.r.raise_if_errors()
+        return Spec(
+            name=name, path=self.path, source=self.source,
+            source_hash=hashlib.sha256(self.source.encode()).hexdigest()[:16], aliases=aliases,
+            doc=(doc.text if doc else "").strip("\n"), defaults=defaults, hypers=tuple(self.hypers.values()),
+            states=tuple(self.states.values()), scalar_states=tuple(self.scalar_states.values()),
+            globals=tuple(self.globals.values()), options=options, sparse=sparse, prologue=prologue,
+            body=per_index, prologue_exports=exports, update_text=update_text, uses_random=self.uses_random,
+            signature=tuple(d.name for d in self.decls if d.what in ("default", "hyper")
+                            and (d.name in defaults or d.name in self.hypers))
+            + (("seed",) if self.uses_random and not any(d.name == "seed" for d in self.decls) else ()))
+
+    # ---- declarations ---------------------------------------------------------------------
+    def _single(self, by_kind, what, label):
+        items = by_kind.get(what, [])
+        for extra in items[1:]:
+            self.r.error(extra.span, f"duplicate {label}", f"the first one is on line {items[0].span.line}")
+        return items[0] if items else None
+
+    def _optimizer_name(self, by_kind):
+        d = self._single(by_kind, "optimizer", "`optimizer` declaration")
+        if d is None:
+            self.r.error(Span(1, 1, 1, 2), "missing `optimizer NAME` declaration")
+            return "Unnamed", None
+        self._check_identifier(d.name, d.name_span, "optimizer name")
+        return d.name, d.name_span
+
+    def _aliases(self, by_kind, name):
+        aliases = [name.lower()]
+        for d in by_kind.get("alias", []):
+            for text, span in d.args:
+                if not text.isidentifier() or not text.isascii():
+                    self.r.error(span, f"alias {text!r} is not a valid identifier")
+                elif text.lower() in [a.lower() for a in aliases]:
+                    self.r.error(span, f"duplicate alias {text!r}")
+                elif keyword.iskeyword(text) or text.startswith("_"):
+                    self.r.error(span, f"alias {text!r} is reserved")
+                else:
+                    aliases.append(text)
+        return tuple(aliases)
+
+    def _check_identifier(self, name, span, what) -> bool:
+        if keyword.iskeyword(name) or keyword.issoftkeyword(name) or name in C_KEYWORDS:
+            self.r.error(span, f"{what} `{name}` is a reserved word in Python or C", "choose another name")
+            return False
+        if name.startswith("_"):
+            self.r.error(span, f"{what} `{name}` may not start with `_`", "names starting with `_` are kept for generated code")
+            return False
+        if name in RESERVED:
+            self.r.error(span, f"{what} `{name}` clashes with a name the generated code uses", "choose another name")
+            return False
+        return True
+
+    def _literal(self, node):
+        if isinstance(node, ast.Num):
+            return node.value
+        if isinstance(node, (ast.Str, ast.Bool)):
+            return node.value
+        if isinstance(node, ast.NoneLit):
+            return None
+        self.r.error(node.span, "expected a literal value")
+        return None
+
+    def _defaults(self, by_kind):
+        out = {}
+        for d in by_kind.get("default", []):
+            if d.name not in BASE_DEFAULTS:
+                self.r.error(d.name_span, f"`default` can only set a base argument ({', '.join(sorted(BASE_DEFAULTS))}), not `{d.name}`",
+                             did_you_mean(d.name, BASE_DEFAULTS) or "declare your own with `hyper`")
+                continue
+            if d.name in out:
+                self.r.error(d.span, f"duplicate default for `{d.name}`")
+                continue
+            value = self._literal(d.value)
+            ty, optional = BASE_DEFAULTS[d.name]
+            if value is None and not optional:
+                self.r.error(d.value.span, f"`{d.name}` cannot be none")
+            elif value is not None and not self._fits(value, "bool" if ty is Ty.BOOL else "float"):
+                self.r.error(d.value.span, f"default for `{d.name}` must be a {ty.value}")
+            out[d.name] = float(value) if isinstance(value, int) and ty is Ty.FLOAT and not isinstance(value, bool) else value
+        return out
+
+    @staticmethod
+    def _fits(value, type_name, choices=()):
+        if type_name == "float":
+            return isinstance(value, (int, float)) and not isinstance(value, bool)
+        if type_name == "int":
+            return isinstance(value, int) and not isinstance(value, bool)
+        if type_name == "bool":
+            return isinstance(value, bool)
+        if type_name == "choice":
+            return value in choices
+        return False
+
+    def _declared(self, name):
+        return name in self.hypers or name in self.states or name in self.scalar_states or name in self.globals
+
+    def _dup(self, name, span) -> bool:
+        if name in BUILTINS or name in BASE_NAMES:
+            self.r.error(span, f"`{name}` is already defined by the base optimizer", "choose another name")
+            return True
+        if self._declared(name):
+            self.r.error(span, f"duplicate definition of `{name}`")
+            return True
+        return not self._check_identifier(name, span, "name")
+
+    def _hyper(self, d):
+        if self._dup(d.name, d.name_span):
+            return
+        t = d.type
+        for c in t.choices:
+            if not c.isascii() or not c.isprintable():
+                self.r.error(t.span, f"choice {c!r} must be printable ASCII text")
+        if t.kind == "choice" and len(set(t.choices)) != len(t.choices):
+            self.r.error(t.span, "duplicate choice")
+        default = self._literal(d.value) if d.value is not None else None
+        if d.value is None and not t.optional:
+            self.r.error(d.span, f"hyperparameter `{d.name}` needs a default value", "write `= value` after the type")
+        elif default is None and d.value is not None and not t.optional:
+            self.r.error(d.value.span, f"`{d.name}` is not optional and cannot default to none",
+                         f"declare it as `{t.kind}?` to allow none" if t.kind in ("float", "int") else None)
+        elif default is not None and not self._fits(default, t.kind, t.choices):
+            want = f"one of {', '.join(repr(c) for c in t.choices)}" if t.kind == "choice" else f"a {t.kind}"
+            self.r.error(d.value.span, f"default {default!r} of `{d.name}` is not {want}")
+            default = None
+        if t.kind == "float" and isinstance(default, int) and not isinstance(default, bool):
+            default = float(default)
+        lo = hi = None
+        lo_closed = hi_closed = True
+        if d.range is not None:
+            rspan, lo_closed, lo_node, hi_node, hi_closed = d.range
+            if t.kind not in ("float", "int"):
+                self.r.error(rspan, f"a range only applies to numbers, not to a {t.kind}")
+            lo, hi = float(lo_node.value), float(hi_node.value)
+            if lo > hi or (lo == hi and not (lo_closed and hi_closed)):
+                self.r.error(rspan, "empty range")
+            elif isinstance(default, (int, float)) and not isinstance(default, bool):
+                below = default < lo or (default == lo and not lo_closed)
+                above = default > hi or (default == hi and not hi_closed)
+                if below or above:
+                    self.r.error(d.value.span, f"default {default!r} of `{d.name}` is outside its range "
+                                 f"{'[' if lo_closed else '('}{lo_node.text}, {hi_node.text}{']' if hi_closed else ')'}")
+        self.hypers[d.name] = Hyper(d.name, t.kind, default, t.optional, lo, hi, lo_closed, hi_closed, t.choices,
+                                    (d.text or "").strip(), d.span)
+
+    def _options(self, by_kind):
+        out = {}
+        for d in by_kind.get("option", []):
+            if d.name not in OPTIONS:
+                self.r.error(d.name_span, f"unknown option `{d.name}`", did_you_mean(d.name, OPTIONS)
+                             or f"options: {', '.join(sorted(OPTIONS))}")
+                continue
+            if d.name in out:
+                self.r.error(d.span, f"duplicate option `{d.name}`")
+                continue
+            nargs, argty, _ = OPTIONS[d.name]
+            values = [self._literal(a) for a in d.args]
+            if nargs is not None and len(values) != nargs:
+                self.r.error(d.span, f"option `{d.name}` takes {nargs} argument(s), got {len(values)}")
+                continue
+            if argty is str and not all(isinstance(v, str) and v.isprintable() and v.isascii() for v in values):
+                self.r.error(d.span, f"option `{d.name}` takes text arguments")
+                continue
+            out[d.name] = tuple(values) if nargs is None else True
+            if d.name == "unused":
+                self._unused_spans = [(v, a.span) for v, a in zip(values, d.args)]
+        return out
+
+    def _state(self, d):
+        if self._dup(d.name, d.name_span):
+            return
+        scope = _Scope()
+        cond = None
+        if d.cond is not None:
+            cond = self._expr(d.cond, scope)
+            if cond is not None:
+                if cond.ty is not Ty.BOOL:
+                    self.r.error(d.cond.span, "a state condition must be true or false")
+                elif cond.kind > Kind.HYPER:
+                    self.r.error(d.cond.span, "a state condition may only use hyperparameters",
+                                 "states are created before the first update")
+        if d.scalar:
+            init = self._expr(d.value, scope)
+            if init is not None and (init.kind > Kind.HYPER or init.ty not in NUMERIC + (Ty.BOOL,)):
+                self.r.error(d.value.span, "a scalar state starts from a number computed from hyperparameters")
+            if cond is not None:
+                self.r.error(d.cond.span, "scalar states cannot be conditional")
+            if init is not None:
+                self.scalar_states[d.name] = ScalarState(d.name, init, d.span)
+            return
+        v = d.value
+        if isinstance(v, ast.Name) and v.id in STATE_INITS:
+            self.states[d.name] = State(d.name, v.id, 0.0, cond, d.span)
+        elif isinstance(v, ast.Num) or (isinstance(v, ast.UnOp) and v.op == "-" and isinstance(v.operand, ast.Num)):
+            value = v.value if isinstance(v, ast.Num) else -v.operand.value
+            self.states[d.name] = State(d.name, "fill", float(value), cond, d.span)
+        else:
+            self.r.error(v.span, "a tensor state starts as `zeros`, `weight` (a copy) or a number",
+                         "for a per-parameter number write `state NAME: scalar = value`")
+
+    def _global(self, d):
+        if self._dup(d.name, d.name_span):
+            return
+        init = self._expr(d.value, _Scope())
+        if init is not None and init.kind > Kind.CALL:
+            self.r.error(d.value.span, "a global starts from a value known once per update call",
+                         "it may use hyperparameters, learning_rate and num_update")
+        if init is not None:
+            self.globals[d.name] = Global(d.name, init, d.span)
+
+    def _sparse(self, by_kind):
+        d = self._single(by_kind, "sparse", "`sparse` declaration")
+        if d is None:
+            return None
+        cond = None
+        if d.cond is not None:
+            cond = self._expr(d.cond, _Scope())
+            if cond is not None and (cond.ty is not Ty.BOOL or cond.kind > Kind.HYPER):
+                self.r.error(d.cond.span, "the sparse condition must be a true/false test of hyperparameters")
+        return (d.name, cond)
+
+    # ---- statements -------------------------------------------------------------------------
+    def _collect_assigned(self, body):
+        for s in body:
+            if isinstance(s, ast.Assign):
+                self.pending_locals.add(s.target)
+            elif isinstance(s, ast.If):
+                for _, b in s.branches:
+                    self._collect_assigned(b)
+                self._collect_assigned(s.orelse or ())
+
+    def _block(self, body, scope) -> tuple:
+        out = []
+        for s in body:
+            r = self._stmt(s, scope)
+            if r is not None:
+                out.append(r)
+        return tuple(out)
+
+    def _stmt(self, s, scope):
+        if isinstance(s, ast.If):
+            return self._if(s, scope)
+        value = s.value
+        if s.op != "=":
+            value = ast.BinOp(s.span, s.op[0], ast.Name(s.target_span, s.target), s.value)
+        v = self._expr(value, scope)
+        name, span = s.target, s.target_span
+        if name in BUILTINS and name != "weight":
+            self.r.error(span, f"`{name}` is a read-only input", "assign the result to a new name" if name == "grad" else None)
+            return None
+        if name in self.hypers or name in BASE_NAMES:
+            self.r.error(span, f"cannot assign to hyperparameter `{name}`", "hyperparameters are fixed during an update; use a new name")
+            return None
+        if v is None:
+            return None
+        if v.ty not in NUMERIC:
+            if not (v.ty is Ty.BOOL and name not in self.states and name != "weight" and name not in self.scalar_states and name not in self.globals):
+                self.r.error(s.value.span, f"`{name}` must be a number, not a {v.ty.value}")
+                return None
+        if name == "weight":
+            role = "weight"
+        elif name in self.states:
+            role = "state"
+            self._require_state(name, span, scope)
+        elif name in self.scalar_states:
+            role = "scalar_state"
+            if v.kind > Kind.INDEX:
+                self.r.error(s.value.span, f"scalar state `{name}` must be computed on the host",
+                             "it cannot depend on tensors or reductions")
+                return None
+        elif name in self.globals:
+            role = "global"
+            if v.kind > Kind.CALL:
+                self.r.error(s.value.span, f"global `{name}` is shared by all parameters; it can only take values "
+                             "known once per update call", "it cannot depend on lr, wd, t or tensors")
+                return None
+        else:
+            role = "local"
+            if name not in self.locals and not self._check_identifier(name, span, "name"):
+                return None
+            self.locals[name] = Expr(Op.LOCAL, v.ty, v.kind, (), name, v.optional, span)
+        return Assign(name, role, v, s.span, s.span.line)
+
+    def _if(self, s, scope):
+        branches = []
+        inner = scope
+        defined_sets = []
+        before = dict(self.locals)
+        for cond_node, body in s.branches:
+            cond = self._expr(cond_node, inner)
+            if cond is None:
+                return None
+            if cond.ty is not Ty.BOOL:
+                self.r.error(cond_node.span, f"an `if` condition must be true or false, not a {cond.ty.value}")
+                return None
+            if cond.kind > Kind.INDEX:
+                self.r.error(cond_node.span, "an `if` condition must be known on the host before tensor work",
+                             "use where(cond, a, b) for values computed from tensors")
+                return None
+            self.locals = dict(before)
+            stmts = self._block(body, inner.with_cond(cond))
+            defined_sets.append(self.locals)
+            branches.append((cond, stmts))
+            inner = inner.with_cond(negate(cond))
+        self.locals = dict(before)
+        orelse = self._block(s.orelse or (), inner)
+        defined_sets.append(self.locals)
+        # a local is defined after the `if` only when every path defines it (an `else` is needed)
+        merged = dict(before)
+        if s.orelse is not None:
+            common = set.intersection(*(set(d) for d in defined_sets))
+            for n in common - set(before):
+                kinds = [d[n] for d in defined_sets]
+                rep = max(kinds, key=lambda e: e.kind)
+                merged[n] = rep
+        for n in set(before):
+            reps = [d.get(n, before[n]) for d in defined_sets]
+            merged[n] = max(reps, key=lambda e: e.kind)
+        self.locals = merged
+        return IfStmt(tuple(branches), orelse, s.span)
+
+    def _require_state(self, name, span, scope):
+        st = self.states.get(name)
+        if st is None or st.cond is None:
+            return
+        if st.cond in scope.guards:
+            return
+        if all(c in scope.guards for c in conjuncts(st.cond)):
+            return
+        cond_text = self._text(st.cond.span)
+        self.r.error(span, f"state `{name}` exists only if {cond_text}",
+                     f"use it inside `if {cond_text} {{ ... }}`")
+
+    def _text(self, span):
+        lines = self.source.splitlines()
+        if span is None or span.line == 0 or span.line > len(lines):
+            return "its condition holds"
+        if span.line == span.end_line:
+            return lines[span.line - 1][span.col - 1: span.end_col - 1]
+        return lines[span.line - 1][span.col - 1:]
+
+    # ---- expressions --------------------------------------------------------------------------
+    def _expr(self, node, scope) -> Expr | None:
+        try:
+            return self._e(node, scope)
+        except _Bail:
+            return None
+
+    def _e(self, node, scope) -> Expr:
+        if isinstance(node, ast.Num):
+            return const(node.value, node.span)
+        if isinstance(node, ast.Str):
+            return const(node.value, node.span)
+        if isinstance(node, ast.Bool):
+            return const(node.value, node.span)
+        if isinstance(node, ast.NoneLit):
+            self.r.error(node.span, "`none` can only be a default value")
+            raise _Bail
+        if isinstance(node, ast.Name):
+            return self._name(node, scope)
+        if isinstance(node, ast.UnOp):
+            a = self._e(node.operand, scope)
+            if node.op == "not":
+                self._want(a, (Ty.BOOL,), node.operand.span, "`not`")
+                return Expr(Op.NOT, Ty.BOOL, a.kind, (a,), None, False, node.span)
+            self._want_number(a, node.operand.span, "`-`", scope)
+            return Expr(Op.NEG, a.ty, a.kind, (a,), None, False, node.span)
+        if isinstance(node, ast.BinOp):
+            return self._binop(node, scope)
+        if isinstance(node, ast.Call):
+            return self._call(node, scope)
+        raise AssertionError(node)  # pragma: no cover
+
+    def _name(self, node, scope) -> Expr:
+        n = node.id
+        self.used.add(n)
+        if n in BUILTINS:
+            op, ty, kind, optional = BUILTINS[n]
+            return Expr(op, ty, kind, (), n, optional and n not in scope.narrowed, node.span)
+        if n in self.hypers:
+            h = self.hypers[n]
+            ty = {"float": Ty.FLOAT, "int": Ty.INT, "bool": Ty.BOOL, "choice": Ty.STR}[h.type]
+            return Expr(Op.HYPER, ty, Kind.HYPER, (), n, h.optional and n not in scope.narrowed, node.span)
+        if n in self.states:
+            self._require_state(n, node.span, scope)
+            return Expr(Op.STATE, Ty.FLOAT, Kind.TENSOR, (), n, False, node.span)
+        if n in self.scalar_states:
+            init = self.scalar_states[n].init
+            return Expr(Op.SCALAR_STATE, init.ty, Kind.INDEX, (), n, False, node.span)
+        if n in self.globals:
+            return Expr(Op.GLOBAL, self.globals[n].init.ty, Kind.CALL, (), n, False, node.span)
+        if n in self.locals:
+            rep = self.locals[n]
+            return Expr(Op.LOCAL, rep.ty, rep.kind, (), n, rep.optional, node.span)
+        if n in self.pending_locals:
+            self.r.error(node.span, f"`{n}` is used before it is assigned",
+                         "it is assigned later, or only on some paths through an `if`")
+            raise _Bail
+        if n in BASE_NAMES:
+            self.r.error(node.span, f"`{n}` cannot be used in equations",
+                         "use lr, wd, learning_rate, rescale_grad or clip_gradient")
+            raise _Bail
+        candidates = set(BUILTINS) | set(self.hypers) | set(self.states) | set(self.scalar_states) | \
+            set(self.globals) | set(self.locals)
+        self.r.error(node.span, f"unknown name `{n}`", did_you_mean(n, candidates))
+        raise _Bail
+
+    def _want(self, e, tys, span, what):
+        if e.ty not in tys:
+            self.r.error(span, f"{what} needs a {' or '.join(t.value for t in tys)}, got a {e.ty.value}")
+            raise _Bail
+
+    def _want_number(self, e, span, what, scope):
+        if e.ty is Ty.BOOL:
+            self.r.error(span, f"a bool used as a number in {what}", "use where(cond, a, b) to choose between numbers")
+            raise _Bail
+        if e.ty is Ty.STR:
+            self.r.error(span, f"a string used as a number in {what}", "compare it with == instead")
+            raise _Bail
+        if e.optional:
+            name = e.value if e.op in (Op.HYPER, Op.BUILTIN, Op.LOCAL, Op.GLOBAL) else "this value"
+            self.r.error(span, f"`{name}` may be none here",
+                         f"test it first, e.g. `if {name} > 0 {{ ... }}` or where({name} > 0, ..., ...)")
+            raise _Bail
+
+    def _binop(self, node, scope) -> Expr:
+        op = node.op
+        if op in ("and", "or"):
+            a = self._e(node.left, scope)
+            self._want(a, (Ty.BOOL,), node.left.span, f"`{op}`")
+            inner = scope.with_cond(a) if op == "and" else scope
+            b = self._e(node.right, inner)
+            self._want(b, (Ty.BOOL,), node.right.span, f"`{op}`")
+            return Expr(Op.AND if op == "and" else Op.OR, Ty.BOOL, max(a.kind, b.kind), (a, b), None, False, node.span)
+        a = self._e(node.left, scope)
+        b = self._e(node.right, scope)
+        kind = max(a.kind, b.kind)
+        if op in REL:
+            if a.ty is Ty.STR or b.ty is Ty.STR:
+                if op not in ("==", "!=") or a.ty is not b.ty:
+                    self.r.error(node.span, "text can only be compared to text with == or !=")
+                    raise _Bail
+                for x, y in ((a, b), (b, a)):
+                    if x.op is Op.HYPER and y.op is Op.CONST:
+                        choices = self.hypers[x.value].choices
+                        if y.value not in choices:
+                            self.r.error(y.span, f"{y.value!r} is not a choice of `{x.value}`",
+                                         did_you_mean(y.value, choices) or f"choices: {', '.join(map(repr, choices))}")
+                            raise _Bail
+                return Expr(REL[op], Ty.BOOL, kind, (a, b), None, False, node.span)
+            if a.ty is Ty.BOOL or b.ty is Ty.BOOL:
+                if op not in ("==", "!=") or a.ty is not b.ty:
+                    self.r.error(node.span, "a bool can only be compared to a bool with == or !=")
+                    raise _Bail
+                return Expr(REL[op], Ty.BOOL, kind, (a, b), None, False, node.span)
+            return Expr(REL[op], Ty.BOOL, kind, (a, b), None, False, node.span)
+        self._want_number(a, node.left.span, f"`{op}`", scope)
+        self._want_number(b, node.right.span, f"`{op}`", scope)
+        ty = Ty.INT if a.ty is Ty.INT and b.ty is Ty.INT and op in "+-*%" else Ty.FLOAT
+        return Expr(ARITH[op], ty, kind, (a, b), None, False, node.span)
+
+    def _call(self, node, scope) -> Expr:
+        f = node.func
+        if f not in FUNCTIONS:
+            self.r.error(node.func_span, f"unknown function `{f}`", did_you_mean(f, FUNCTIONS)
+                         or f"functions: {', '.join(sorted(FUNCTIONS))}")
+            raise _Bail
+        op, arity = FUNCTIONS[f]
+        lo, hi = arity if isinstance(arity, tuple) else (arity, arity)
+        if not lo <= len(node.args) <= hi:
+            want = f"{lo}" if lo == hi else f"{lo} to {hi}"
+            self.r.error(node.span, f"`{f}` takes {want} argument{'s' if hi != 1 else ''}, got {len(node.args)}")
+            raise _Bail
+        if op is Op.WHERE:
+            c = self._e(node.args[0], scope)
+            self._want(c, (Ty.BOOL,), node.args[0].span, "where()'s condition")
+            a = self._e(node.args[1], scope.with_cond(c))
+            b = self._e(node.args[2], scope.with_cond(negate(c)))
+            for x, n in ((a, node.args[1]), (b, node.args[2])):
+                self._want_number(x, n.span, "where()", scope)
+            ty = Ty.INT if a.ty is Ty.INT and b.ty is Ty.INT else Ty.FLOAT
+            return Expr(Op.WHERE, ty, max(c.kind, a.kind, b.kind), (c, a, b), None, False, node.span)
+        args = [self._e(a, scope) for a in node.args]
+        if op is Op.ENDSWITH:
+            for a, n in zip(args, node.args):
+                self._want(a, (Ty.STR,), n.span, "endswith()")
+            return Expr(op, Ty.BOOL, max(a.kind for a in args), tuple(args), None, False, node.span)
+        if op is Op.CLIP:
+            x, bound = args
+            self._want_number(x, node.args[0].span, "clip()", scope)
+            if bound.ty not in NUMERIC:
+                self._want_number(bound, node.args[1].span, "clip()'s bound", scope)
+            if bound.kind > Kind.INDEX:
+                self.r.error(node.args[1].span, "clip()'s bound must be known on the host")
+                raise _Bail
+            return Expr(op, Ty.FLOAT, x.kind, (x, bound), None, False, node.span)
+        for a, n in zip(args, node.args):
+            self._want_number(a, n.span, f"{f}()", scope)
+        if op in (Op.NORM, Op.SUM):
+            if args[0].kind is not Kind.TENSOR:
+                self.r.error(node.args[0].span, f"{f}() reduces a tensor; this is a single number")
+                raise _Bail
+            return Expr(op, Ty.FLOAT, Kind.REDUCED, tuple(args), None, False, node.span)
+        if op is Op.NORMAL:
+            if any(a.kind > Kind.INDEX for a in args):
+                self.r.error(node.span, "normal(mean, std) takes host numbers; it draws one value per element")
+                raise _Bail
+            self.uses_random = True
+            return Expr(op, Ty.FLOAT, Kind.TENSOR, tuple(args), None, False, node.span)
+        ty = Ty.INT if op in (Op.ABS, Op.MAXIMUM, Op.MINIMUM) and all(a.ty is Ty.INT for a in args) else Ty.FLOAT
+        return Expr(op, ty, max(a.kind for a in args), tuple(args), None, False, node.span)
+
+    # ---- whole-spec checks -----------------------------------------------------------------------
+    def _unused(self, options):
+        quiet = set(options.get("unused", ()))
+        for name, span in self._unused_spans:
+            if name not in self.hypers:
+                self.r.error(span, f"option `unused` names `{name}`, which is not a hyperparameter")
+        for name, h in self.hypers.items():
+            if name in quiet:
+                if name in self.used:
+                    self.r.warning(h.span, f"hyperparameter `{name}` is listed as unused but the update reads it")
+                continue
+            if name not in self.used:
+                self.r.warning(h.span, f"hyperparameter `{name}` is never used")
+        for name, st in list(self.states.items()) + list(self.scalar_states.items()):
+            if name not in self.used:
+                self.r.warning(st.span, f"state `{name}` is never used")
+
+    def _split(self, body):
+        """Hoist the leading statements known once per call into the prologue."""
+        prologue, per_index = [], []
+        for s in body:
+            (prologue if s.kind <= Kind.CALL else per_index).append(s)
+        # a per-index statement that precedes a global's assignment must not read that global
+        assigned_later = set()
+        seen_index = []
+        for s in body:
+            if s.kind <= Kind.CALL:
+                for g in _assigned(s, "global"):
+                    for early in seen_index:
+                        if g in _reads(early, Op.GLOBAL):
+                            self.r.error(early.span, f"this statement reads global `{g}` before a later statement "
+                                         "assigns it once per call", "move the assignment of the global after its uses")
+                assigned_later.update(_assigned(s, "global"))
+            else:
+                seen_index.append(s)
+        pro_locals = set()
+        for s in prologue:
+            pro_locals.update(_assigned(s, "local"))
+        exports = sorted(n for n in pro_locals if any(n in _reads(s, Op.LOCAL) for s in per_index))
+        return tuple(prologue), tuple(per_index), tuple(exports)
+
+
+class _Bail(Exception):
+    pass
+
+
+def _assigned(s, role):
+    if isinstance(s, Assign):
+        return {s.target} if s.role == role else set()
+    out = set()
+    for _, b in s.branches:
+        for x in b:
+            out |= _assigned(x, role)
+    for x in s.orelse:
+        out |= _assigned(x, role)
+    return out
+
+
+def _reads(s, op):
+    out = set()
+    exprs = []
+    if isinstance(s, Assign):
+        exprs.append(s.value)
+    else:
+        for c, b in s.branches:
+            exprs.append(c)
+            for x in b:
+                out |= _reads(x, op)
+        for x in s.orelse:
+            out |= _reads(x, op)
+    for e in exprs:
+        for n in e.walk():
+            if n.op is op:
+                out.add(n.value)
+    return out
+
+
+def check(decls, path: str, source: str) -> tuple[Spec, list]:
+    """Returns the checked spec and its warnings; raises SpecError listing every error."""
+    c = Checker(decls, path, source)
+    spec = c.run()
+    return spec, c.r.warnings

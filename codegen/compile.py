@@ -1,0 +1,268 @@
+"""Spec files -> generated modules. The one place that ties parser, checker and emitters together."""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import jinja2
+
+from .check import check
+from .emit_numpy import NumpyEmitter, leaves, targets
+from .errors import SpecError
+from .ir import Kind, Op, Spec
+from .parser import parse
+
+TEMPLATES = Path(__file__).resolve().parent / "templates"
+
+
+def pyrepr(value) -> str:
+    """A Python literal for a value from a spec: only numbers, text, bools, None and tuples/dicts of them."""
+    if isinstance(value, float):
+        if value != value:
+            return "float('nan')"
+        if value in (float("inf"), float("-inf")):
+            return "float('inf')" if value > 0 else "-float('inf')"
+        return repr(value)
+    if value is None or isinstance(value, (bool, int, str)):
+        return repr(value)
+    if isinstance(value, (tuple, list)):
+        inner = ", ".join(pyrepr(v) for v in value)
+        return f"({inner},)" if len(value) == 1 else f"({inner})"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{pyrepr(k)}: {pyrepr(v)}" for k, v in value.items()) + "}"
+    raise TypeError(f"no literal for {type(value).__name__}")
+
+
+def docstring(text: str, indent: str = "    ") -> str:
+    """A triple-quoted docstring that can hold any text and executes nothing: backslashes and any
+    run of three or more quotes are escaped, other control characters written as escapes."""
+    out = []
+    for ch in text:
+        if ch == "\\":
+            out.append("\\\\")
+        elif ch in "\n\t" or (ch.isprintable() and ch != "\x7f"):
+            out.append(ch)
+        else:
+            out.append(ch.encode("unicode_escape").decode("ascii"))
+    body = re.sub(r'"{3,}', lambda m: '\\"' * len(m.group()), "".join(out))
+    if body.endswith('"'):
+        body = body[:-1] + '\\"'
+    lines = body.split("\n")
+    body = "\n".join(lines[:1] + [(indent + ln) if ln.strip() else "" for ln in lines[1:]])
+    return f'"""{body}\n{indent}"""'
+
+
+_env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)), autoescape=False,
+                          keep_trailing_newline=True, undefined=jinja2.StrictUndefined)
+_env.filters["pyrepr"] = pyrepr
+
+
+def load_spec_text(text: str, path: str) -> tuple[Spec, list]:
+    return check(parse(text, path), path, text)
+
+
+def _doc_text(spec: Spec) -> str:
+    parts = [spec.doc.strip() or f"The {spec.name} optimizer."]
+    parts.append("Update, as written in the spec (`" + spec.path.rsplit("/", 1)[-1] + "`)::\n\n" +
+                 "\n".join("    " + ln.rstrip() for ln in _dedent(spec.update_text).splitlines()))
+    if spec.hypers:
+        lines = ["Parameters", "----------"]
+        for h in spec.hypers:
+            tname = {"choice": "str"}.get(h.type, h.type) + (", optional" if h.optional else "")
+            extra = []
+            if h.choices:
+                extra.append("one of " + ", ".join(repr(c) for c in h.choices))
+            if h.range_text():
+                extra.append("in " + h.range_text())
+            extra.append(f"default {h.default!r}")
+            lines.append(f"{h.name} : {tname}")
+            lines.append("    " + (h.doc + " " if h.doc else "") + "(" + "; ".join(extra) + ")")
+        parts.append("\n".join(lines))
+    parts.append("Also accepts the arguments of :class:`optforge.Optimizer` (learning_rate, wd, rescale_grad,\n"
+                 "clip_gradient, lr_scheduler, param_idx2name, begin_num_update, multi_precision).")
+    return "\n\n".join(parts)
+
+
+def _dedent(text: str) -> str:
+    import textwrap
+    lines = text.splitlines()
+    if len(lines) <= 1:
+        return text
+    return lines[0] + "\n" + textwrap.dedent("\n".join(lines[1:]))
+
+
+def render_module(spec: Spec, spec_path: str | None = None) -> str:
+    em = NumpyEmitter(spec)
+    spec_path = spec_path or spec.path
+    hyper_names = [h.name for h in spec.hypers]
+    hyper_defaults = {h.name: h.default for h in spec.hypers}
+    signature = "".join(f"{n}={pyrepr(spec.defaults[n] if n in spec.defaults else hyper_defaults[n])}, "
+                        for n in spec.signature)
+    hyper_dict = ", ".join(f"{n!r}: {n}" for n in hyper_names)
+    base_pass = "".join(f"{n}={n}, " for n in spec.defaults)
+
+    # state layout
+    layout = ["layout = []"]
+    hyper_bind = lambda names: [f"{n} = self.{n}" for n in sorted(names)]  # noqa: E731
+    cond_hypers = set()
+    for st in spec.states:
+        if st.cond is not None:
+            cond_hypers |= {n.value for n in st.cond.walk() if n.op is Op.HYPER}
+    layout[:0] = hyper_bind(cond_hypers)
+    for st in spec.states:
+        entry = f"layout.append(({st.name!r}, {st.init!r}, {pyrepr(st.fill)}))"
+        if st.cond is not None:
+            layout.append(f"if {em.expr(st.cond)}:")
+            layout.append("    " + entry)
+        else:
+            layout.append(entry)
+    layout.append("return layout")
+
+    init_hypers = set()
+    for ss in spec.scalar_states:
+        init_hypers |= {n.value for n in ss.init.walk() if n.op is Op.HYPER}
+    scalar_init = hyper_bind(init_hypers) + ["return {" + ", ".join(
+        f"{ss.name!r}: {em.expr(ss.init)}" for ss in spec.scalar_states) + "}"]
+
+    sparse_lines = []
+    if spec.sparse:
+        mode, cond = spec.sparse
+        if mode == "standard":
+            sparse_lines = ["return False"]
+        elif cond is None:
+            sparse_lines = ["return True"]
+        else:
+            hs = {n.value for n in cond.walk() if n.op is Op.HYPER}
+            sparse_lines = hyper_bind(hs) + [f"return bool({em.expr(cond)})"]
+
+    # prologue: once per call
+    pro = []
+    pro_hypers = leaves(spec.prologue, {Op.HYPER}) | {n.value for g in spec.globals for n in g.init.walk() if n.op is Op.HYPER}
+    pro += hyper_bind(pro_hypers)
+    builtins = leaves(spec.prologue, {Op.BUILTIN}) | {n.value for g in spec.globals for n in g.init.walk() if n.op is Op.BUILTIN}
+    pro += [f"{b} = self.{b}" for b in sorted(builtins & {"rescale_grad", "clip_gradient"})]
+    if spec.globals:
+        pro.append("G = self._globals")
+        for g in spec.globals:
+            pro.append(f"if {g.name!r} not in G:")
+            pro.append(f"    G[{g.name!r}] = {em.expr(g.init)}")
+        read = leaves(spec.prologue, {Op.GLOBAL})
+        pro += [f"{n} = G[{n!r}]" for n in sorted(read)]
+    body = em.block(spec.prologue, 0, prologue=True)
+    # reads of a global after its assignment inside the prologue must see the new value
+    pro += _rebind_globals(body, spec)
+    pro.append("return {" + ", ".join(f"{n!r}: {n}" for n in spec.prologue_exports) + "}")
+
+    # kernel: once per parameter
+    ker = []
+    kh = leaves(spec.body, {Op.HYPER})
+    ker += hyper_bind(kh)
+    kb = leaves(spec.body, {Op.BUILTIN})
+    ker += [f"{b} = self.{b}" for b in sorted(kb & {"rescale_grad", "clip_gradient"})]
+    ker += [f"{n} = call[{n!r}]" for n in spec.prologue_exports]
+    for g in sorted(leaves(spec.body, {Op.GLOBAL})):
+        ker.append(f"{g} = self._globals[{g!r}]")
+    used_states = leaves(spec.body, {Op.STATE}) | targets(spec.body, "state")
+    for st in spec.states:
+        if st.name in used_states:
+            ker.append(f"{st.name} = tensors.get({st.name!r})" if st.cond is not None else f"{st.name} = tensors[{st.name!r}]")
+    used_scalars = leaves(spec.body, {Op.SCALAR_STATE}) | targets(spec.body, "scalar_state")
+    for ss in spec.scalar_states:
+        if ss.name in used_scalars:
+            ker.append(f"{ss.name} = scalars[{ss.name!r}]")
+    ker += em.block(spec.body, 0)
+    for ss in spec.scalar_states:
+        if ss.name in targets(spec.body, "scalar_state"):
+            ker.append(f"scalars[{ss.name!r}] = {ss.name}")
+    if not spec.body:
+        ker.append("pass")
+
+    tmpl = _env.get_template("numpy_module.py.j2")
+    return tmpl.render(
+        spec=spec, spec_path=spec_path, docstring=docstring(_doc_text(spec)),
+        tensor_states=tuple(st.name for st in spec.states),
+        scalar_state_names=tuple(s.name for s in spec.scalar_states),
+        global_names=tuple(g.name for g in spec.globals),
+        sparse_mode=spec.sparse[0] if spec.sparse else None,
+        signature=signature, hyper_dict=hyper_dict, base_pass=base_pass,
+        layout_lines=layout, scalar_init_lines=scalar_init, sparse_lines=sparse_lines,
+        prologue_lines=pro, kernel_lines=ker)
+
+
+def _rebind_globals(lines, spec):
+    """Prologue statements assign globals through G[...]; later reads use a local refreshed after it."""
+    out = []
+    for ln in lines:
+        out.append(ln)
+        stripped = ln.lstrip()
+        if stripped.startswith("G["):
+            name = stripped[3:stripped.index("]") - 1]
+            out.append(ln[: len(ln) - len(stripped)] + f"{name} = G[{name!r}]")
+    return out
+
+
+def render_package_init(modules: list[tuple[str, str, tuple]]) -> str:
+    lines = ["# Generated by opt-compile. Do not edit: run `opt-compile` again.",
+             '"""Optimizers compiled from specs; importing this package registers them."""']
+    names = []
+    for mod, cls, _ in modules:
+        lines.append(f"from .{mod} import {cls}")
+        names.append(cls)
+    for mod, cls, aliases in modules:
+        for a in aliases:
+            if a != a.lower() and a != cls:   # a spelled alias (ccSGD) is exported as a name too
+                lines.append(f"{a} = {cls}")
+                names.append(a)
+    lines.append("")
+    lines.append("__all__ = [" + ", ".join(repr(c) for c in names) + "]")
+    lines.append("")
+    lines.append("from optforge.registry import register as _register")
+    lines.append("")
+    lines.append("for _cls in (" + "".join(f"{c}, " for _, c, _ in modules) + "):")
+    lines.append("    _register(_cls)")
+    return "\n".join(lines) + "\n"
+
+
+def spec_files(sources) -> list[Path]:
+    files = []
+    for src in sources:
+        p = Path(src)
+        if p.is_dir():
+            files.extend(sorted(p.glob("*.opt")))
+        else:
+            files.append(p)
+    return files
+
+
+def build(sources, out_dir) -> tuple[dict[str, str], list, list]:
+    """Compile every spec. Returns ({relative file: text}, errors, warnings); nothing is written."""
+    outputs: dict[str, str] = {}
+    errors, warnings = [], []
+    modules = []
+    seen = {}
+    for f in spec_files(sources):
+        rel = os.path.relpath(f).replace(os.sep, "/") if not Path(f).is_absolute() else str(f)
+        try:
+            text = Path(f).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            errors.append(f"{rel}: error: cannot read spec: {e}")
+            continue
+        try:
+            spec, warns = load_spec_text(text, rel)
+        except SpecError as e:
+            errors.extend(d.render() for d in e.diagnostics)
+            continue
+        warnings.extend(d.render() for d in warns)
+        if f.stem != spec.module_name:
+            errors.append(f"{rel}:1:1: error: file name `{f.name}` does not match optimizer `{spec.name}`\n"
+                          f"hint: rename the file to `{spec.module_name}.opt`")
+            continue
+        if spec.module_name in seen:
+            errors.append(f"{rel}:1:1: error: optimizer `{spec.name}` is also defined in {seen[spec.module_name]}")
+            continue
+        seen[spec.module_name] = rel
+        outputs[f"{spec.module_name}.py"] = render_module(spec, rel)
+        modules.append((spec.module_name, spec.name, spec.aliases))
+    outputs["__init__.py"] = render_package_init(sorted(modules))
+    return outputs, errors, warnings

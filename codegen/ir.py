@@ -1,0 +1,173 @@
+"""The checked intermediate representation every emitter renders.
+
+An expression is a frozen `Expr`: an `Op`, its value type `Ty`, where it lives (`Kind`), its
+operands and a span back into the spec. Equal subexpressions compare equal, so emitters can
+cache on them. Statements are `Assign` and `IfStmt`. A `Spec` holds the declarations plus the
+update split in two: `prologue` (once per update call) and `body` (once per parameter).
+"""
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import Span
+
+
+class Kind(enum.IntEnum):
+    """Where a value is known; a value's kind is the max of its operands'."""
+    CONST = 0     # a literal
+    HYPER = 1     # fixed per optimizer: hyperparameters
+    CALL = 2      # once per update call: learning_rate, num_update, optimizer-wide globals
+    INDEX = 3     # once per parameter per step, on the host: lr, wd, t, scalar states
+    REDUCED = 4   # one number per parameter, computed from tensors (norm, sum)
+    TENSOR = 5    # elementwise over the parameter
+
+
+class Ty(enum.Enum):
+    INT = "int"
+    FLOAT = "float"
+    BOOL = "bool"
+    STR = "str"
+
+
+class Op(enum.Enum):
+    # leaves
+    CONST = "const"; HYPER = "hyper"; BUILTIN = "builtin"; GLOBAL = "global"   # noqa: E702
+    SCALAR_STATE = "scalar_state"; STATE = "state"; WEIGHT = "weight"; GRAD = "grad"; LOCAL = "local"  # noqa: E702
+    # arithmetic
+    ADD = "+"; SUB = "-"; MUL = "*"; DIV = "/"; MOD = "%"; POW = "**"; NEG = "neg"  # noqa: E702
+    # comparisons and logic
+    EQ = "=="; NE = "!="; LT = "<"; LE = "<="; GT = ">"; GE = ">="  # noqa: E702
+    AND = "and"; OR = "or"; NOT = "not"  # noqa: E702
+    # elementwise functions
+    SQRT = "sqrt"; SQUARE = "square"; ABS = "abs"; SIGN = "sign"; EXP = "exp"; LOG = "log"  # noqa: E702
+    MAXIMUM = "maximum"; MINIMUM = "minimum"; CLIP = "clip"; WHERE = "where"  # noqa: E702
+    # reductions (tensor -> one number per parameter)
+    NORM = "norm"; SUM = "sum"  # noqa: E702
+    # random
+    NORMAL = "normal"
+    # host-only string test
+    ENDSWITH = "endswith"
+
+
+LEAVES = {Op.CONST, Op.HYPER, Op.BUILTIN, Op.GLOBAL, Op.SCALAR_STATE, Op.STATE, Op.WEIGHT, Op.GRAD, Op.LOCAL}
+BINARY = {Op.ADD, Op.SUB, Op.MUL, Op.DIV, Op.MOD, Op.POW}
+COMPARE = {Op.EQ, Op.NE, Op.LT, Op.LE, Op.GT, Op.GE}
+UNARY_FUNCS = {Op.SQRT, Op.SQUARE, Op.ABS, Op.SIGN, Op.EXP, Op.LOG}
+REDUCTIONS = {Op.NORM, Op.SUM}
+
+
+@dataclass(frozen=True)
+class Expr:
+    op: Op
+    ty: Ty
+    kind: Kind
+    args: tuple = ()
+    value: Any = None          # CONST: the literal; leaves: the name
+    optional: bool = False     # may be None at run time (optional hyperparameter)
+    span: Span = field(default=None, compare=False, repr=False)
+
+    def walk(self):
+        yield self
+        for a in self.args:
+            yield from a.walk()
+
+
+@dataclass(frozen=True)
+class Assign:
+    target: str
+    role: str                  # weight | state | scalar_state | global | local
+    value: Expr
+    span: Span = field(compare=False, repr=False)
+    line: int = 0              # source line, for comments in generated code
+
+    @property
+    def kind(self) -> Kind:
+        return self.value.kind
+
+
+@dataclass(frozen=True)
+class IfStmt:
+    branches: tuple            # ((cond Expr, body tuple of statements), ...)
+    orelse: tuple              # statements, possibly empty
+    span: Span = field(compare=False, repr=False)
+
+    @property
+    def kind(self) -> Kind:
+        kinds = [c.kind for c, _ in self.branches]
+        for body in [b for _, b in self.branches] + [self.orelse]:
+            kinds.extend(s.kind for s in body)
+        return max(kinds)
+
+
+@dataclass(frozen=True)
+class Hyper:
+    name: str
+    type: str                  # float int bool choice
+    default: Any
+    optional: bool = False
+    lo: float | None = None
+    hi: float | None = None
+    lo_closed: bool = True
+    hi_closed: bool = True
+    choices: tuple = ()
+    doc: str = ""
+    span: Span = field(default=None, compare=False, repr=False)
+
+    def range_text(self) -> str:
+        if self.lo is None:
+            return ""
+        lo = "-inf" if self.lo == float("-inf") else repr(self.lo)
+        hi = "inf" if self.hi == float("inf") else repr(self.hi)
+        return f"{'[' if self.lo_closed else '('}{lo}, {hi}{']' if self.hi_closed else ')'}"
+
+
+@dataclass(frozen=True)
+class State:
+    name: str
+    init: str                  # zeros | weight | fill
+    fill: float = 0.0
+    cond: Expr | None = None
+    span: Span = field(default=None, compare=False, repr=False)
+
+
+@dataclass(frozen=True)
+class ScalarState:
+    name: str
+    init: Expr
+    span: Span = field(default=None, compare=False, repr=False)
+
+
+@dataclass(frozen=True)
+class Global:
+    name: str
+    init: Expr
+    span: Span = field(default=None, compare=False, repr=False)
+
+
+@dataclass(frozen=True)
+class Spec:
+    name: str
+    path: str
+    source: str
+    source_hash: str
+    aliases: tuple
+    doc: str
+    defaults: dict
+    hypers: tuple
+    states: tuple
+    scalar_states: tuple
+    globals: tuple
+    options: dict
+    sparse: tuple | None       # (mode, cond Expr | None)
+    prologue: tuple            # statements run once per update call
+    body: tuple                # statements run once per parameter
+    prologue_exports: tuple    # prologue locals the body reads
+    update_text: str           # the update block as written, for docs
+    uses_random: bool = False
+    signature: tuple = ()     # constructor arguments in declaration order
+
+    @property
+    def module_name(self) -> str:
+        return self.name.lower()

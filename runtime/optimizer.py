@@ -1,0 +1,479 @@
+"""The Optimizer base class: MXNet 1.x semantics around generated kernels.
+
+This file dispatches and keeps books (counters, learning rates, multipliers, precision); it never
+computes an update itself. Every optimizer-specific line lives in a spec and its generated module.
+"""
+from __future__ import annotations
+
+import difflib
+import math
+import numbers
+import warnings
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from . import registry
+
+FLOAT_DTYPES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
+BASE_ARGS = ("rescale_grad", "param_idx2name", "wd", "clip_gradient", "learning_rate", "lr_scheduler", "sym",
+             "begin_num_update", "multi_precision", "param_dict")
+
+
+class HyperParam(NamedTuple):
+    """A hyperparameter as its spec declares it."""
+    name: str
+    type: str                 # float | int | bool | choice
+    default: Any
+    optional: bool = False
+    lo: float | None = None
+    hi: float | None = None
+    lo_closed: bool = True
+    hi_closed: bool = True
+    choices: tuple = ()
+    doc: str = ""
+
+    def range_text(self) -> str:
+        lo = "-inf" if self.lo == -math.inf else repr(self.lo)
+        hi = "inf" if self.hi == math.inf else repr(self.hi)
+        return f"{'[' if self.lo_closed else '('}{lo}, {hi}{']' if self.hi_closed else ')'}"
+
+    def check(self, value):
+        """The value converted to the declared type; ValueError/TypeError naming the argument otherwise."""
+        if value is None:
+            if self.optional:
+                return None
+            raise TypeError(f"{self.name} must be a {self.type}, got None")
+        if self.type == "bool":
+            if isinstance(value, (bool, np.bool_)) or (isinstance(value, numbers.Integral) and value in (0, 1)):
+                return bool(value)
+            raise TypeError(f"{self.name} must be a bool, got {value!r}")
+        if self.type == "choice":
+            if not isinstance(value, str) or value not in self.choices:
+                hint = difflib.get_close_matches(str(value), self.choices, n=1)
+                raise ValueError(f"Invalid {self.name} value: {value!r} (must be one of "
+                                 f"{', '.join(map(repr, self.choices))})" + (f"; did you mean {hint[0]!r}?" if hint else ""))
+            return value
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+            raise TypeError(f"{self.name} must be a {'number' if self.type == 'float' else 'integer'}, got {value!r}")
+        if self.type == "int":
+            if not float(value).is_integer():
+                raise TypeError(f"{self.name} must be an integer, got {value!r}")
+            value = int(value)
+        else:
+            value = float(value)
+            if math.isnan(value):
+                raise ValueError(f"Invalid {self.name} value: nan")
+        if self.lo is not None:
+            below = value < self.lo or (value == self.lo and not self.lo_closed)
+            above = value > self.hi or (value == self.hi and not self.hi_closed)
+            if below or above:
+                raise ValueError(f"Invalid {self.name} value: {value!r} (must be in {self.range_text()})")
+        return value
+
+
+class OptState:
+    """One parameter's optimizer state: named tensors, per-parameter scalars and, with
+    multi_precision on a float16 weight, the float32 master copy. Iterating yields the tensors in
+    spec order (like MXNet's tuple of states)."""
+    __slots__ = ("owner", "shape", "dtype", "tensors", "scalars", "master")
+
+    def __init__(self, owner: str, shape, dtype, tensors: dict, scalars: dict, master=None):
+        self.owner, self.shape, self.dtype = owner, tuple(shape), np.dtype(dtype)
+        self.tensors, self.scalars, self.master = tensors, scalars, master
+
+    def __iter__(self):
+        return iter(self.tensors.values())
+
+    def __len__(self):
+        return len(self.tensors)
+
+    def __repr__(self):
+        parts = [f"{k}: {v.dtype}{list(v.shape)}" for k, v in self.tensors.items()]
+        parts += [f"{k}={v!r}" for k, v in self.scalars.items()]
+        if self.master is not None:
+            parts.append("master float32")
+        return f"OptState({self.owner}, {', '.join(parts) or 'empty'})"
+
+
+def _is_index(i) -> bool:
+    return isinstance(i, (numbers.Integral, str)) and not isinstance(i, (bool, np.bool_))
+
+
+class Optimizer:
+    """Base class of every optimizer. Arguments as in MXNet 1.x's `mxnet.optimizer.Optimizer`:
+
+    rescale_grad : float, multiply each gradient by it first (often 1/batch_size).
+    param_idx2name : dict int -> str, names used by lr/wd multipliers (and by some optimizers).
+    wd : float, weight decay (L2 penalty) coefficient.
+    clip_gradient : float or None, clip gradients to [-clip_gradient, clip_gradient]; None, 0 or
+        a negative value turns clipping off.
+    learning_rate : float or None, the initial learning rate; overwrites the scheduler's base_lr
+        when both are given; 0.01 when neither is.
+    lr_scheduler : an `optforge.lr_scheduler.LRScheduler`, called with `num_update`.
+    sym : optional object with attr_dict() and list_arguments() carrying __lr_mult__/__wd_mult__.
+    begin_num_update : int, the update count to start from.
+    multi_precision : bool, keep a float32 master copy of float16 weights and update that.
+    param_dict : dict index -> object with `lr_mult` and `wd_mult` attributes (gluon Parameters).
+    """
+    spec_name = "Optimizer"
+    spec_path = None
+    spec_hash = None
+    hyperparams: tuple = ()
+    base_defaults: dict = {}
+    tensor_states: tuple = ()
+    scalar_states: tuple = ()
+    global_names: tuple = ()
+    options: dict = {}
+    sparse = None
+
+    def __init__(self, rescale_grad=1.0, param_idx2name=None, wd=0.0, clip_gradient=None, learning_rate=None,
+                 lr_scheduler=None, sym=None, begin_num_update=0, multi_precision=False, param_dict=None, **kwargs):
+        if kwargs:
+            self._reject_kwargs(kwargs)
+        _number("rescale_grad", rescale_grad)
+        _number("wd", wd)
+        if clip_gradient is not None:
+            _number("clip_gradient", clip_gradient)
+        if learning_rate is not None:
+            _number("learning_rate", learning_rate)
+        if lr_scheduler is not None and not (callable(lr_scheduler) and hasattr(lr_scheduler, "base_lr")):
+            raise TypeError(f"lr_scheduler must be an LRScheduler (callable with a base_lr), got {lr_scheduler!r}")
+        if param_idx2name is not None and not isinstance(param_idx2name, dict):
+            raise TypeError("param_idx2name should be a dict of param indexes to names.")
+        if param_idx2name and not all(isinstance(v, str) for v in param_idx2name.values()):
+            raise TypeError("param_idx2name values must be strings")
+        if not isinstance(begin_num_update, numbers.Integral) or isinstance(begin_num_update, bool) or begin_num_update < 0:
+            raise ValueError(f"Invalid begin_num_update value: {begin_num_update!r} (must be an integer >= 0)")
+        if param_dict is not None and not isinstance(param_dict, dict):
+            raise TypeError("param_dict must be a dict of index -> Parameter")
+        if sym is not None and not (hasattr(sym, "attr_dict") and hasattr(sym, "list_arguments")):
+            raise TypeError("sym must provide attr_dict() and list_arguments() (an MXNet Symbol)")
+
+        self.rescale_grad = float(rescale_grad)
+        self.lr_scheduler = lr_scheduler
+        keep_base = self.options.get("keep_scheduler_base_lr", False)
+        if lr_scheduler is None and learning_rate is None:
+            learning_rate = 0.01
+        if lr_scheduler is not None and learning_rate is not None and not keep_base:
+            if lr_scheduler.base_lr != learning_rate:
+                warnings.warn("learning rate from ``lr_scheduler`` has been overwritten by ``learning_rate`` "
+                              "in optimizer.", UserWarning, stacklevel=3)
+                lr_scheduler.base_lr = learning_rate
+        self.lr = None if learning_rate is None else float(learning_rate)
+        self.wd = float(wd)
+        self.clip_gradient = None if clip_gradient is None else float(clip_gradient)
+        self.begin_num_update = int(begin_num_update)
+        self.num_update = int(begin_num_update)
+        self._all_index_update_counts = {0: {}}
+        self._index_update_count = self._all_index_update_counts[0]
+        self.multi_precision = bool(multi_precision)
+        self.idx2name = dict(param_idx2name or {})
+        self.sym_info = (sym.attr_dict(), sym.list_arguments()) if sym is not None else ()
+        self.param_dict = param_dict if param_dict else {}
+        self.aggregate_num = 0
+        self._globals: dict = {}
+        self._rng = np.random.default_rng()
+        self.lr_mult: dict = {}
+        self.wd_mult: dict = {}
+        self.set_lr_mult({})
+        self.set_wd_mult({})
+
+    # ---- construction helpers used by generated subclasses ------------------------------------------
+    @classmethod
+    def _check_hypers(cls, values: dict) -> dict:
+        by_name = {h.name: h for h in cls.hyperparams}
+        return {name: by_name[name].check(v) for name, v in values.items()}
+
+    def _set_hypers(self, values: dict) -> None:
+        for name, v in values.items():
+            setattr(self, name, v)
+        if "seed" in values:  # specs that draw random numbers are seedable
+            self._rng = np.random.default_rng(values["seed"])
+
+    def _reject_kwargs(self, kwargs):
+        valid = list(BASE_ARGS) + [h.name for h in self.hyperparams]
+        name = sorted(kwargs)[0]
+        close = difflib.get_close_matches(name, valid, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise TypeError(f"{type(self).__name__} got an unexpected keyword argument {name!r}{hint}")
+
+    @staticmethod
+    def register(klass):
+        return registry.register(klass)
+
+    @staticmethod
+    def create_optimizer(name, **kwargs):
+        return registry.create(name, **kwargs)
+
+    def hyperparameters(self) -> dict:
+        """This optimizer's own hyperparameters and their current values."""
+        return {h.name: getattr(self, h.name) for h in self.hyperparams}
+
+    def __repr__(self):
+        args = ", ".join(f"{k}={v!r}" for k, v in self.hyperparameters().items())
+        return f"{type(self).__name__}({args}{', ' if args else ''}learning_rate={self.learning_rate!r}, wd={self.wd!r})"
+
+    # ---- learning rate and multipliers (MXNet semantics) -------------------------------------------
+    @property
+    def learning_rate(self) -> float:
+        if self.lr_scheduler is not None:
+            return self.lr_scheduler(self.num_update)
+        return self.lr
+
+    @learning_rate.setter
+    def learning_rate(self, lr):
+        self.set_learning_rate(lr)
+
+    def set_learning_rate(self, lr):
+        if self.lr_scheduler is not None:
+            raise UserWarning("LRScheduler of the optimizer has already been defined. Note that "
+                              "set_learning_rate can mutate the value of the learning rate of the optimizer "
+                              "only when the LRScheduler of the optimizer is undefined.")
+        _number("learning_rate", lr)
+        self.lr = float(lr)
+
+    def set_lr_scale(self, args_lrscale):  # pragma: no cover - kept for API parity
+        raise DeprecationWarning("set_lr_scale is deprecated; use set_lr_mult")
+
+    def set_lr_mult(self, args_lr_mult):
+        """Learning-rate multipliers by parameter index or name."""
+        mult = self._check_mults("args_lr_mult", args_lr_mult)
+        self.lr_mult = {}
+        if self.sym_info:
+            attr, arg_names = self.sym_info
+            for name in arg_names:
+                if name in attr and "__lr_mult__" in attr[name]:
+                    self.lr_mult[name] = float(attr[name]["__lr_mult__"])
+        self.lr_mult.update(mult)
+
+    def set_wd_mult(self, args_wd_mult):
+        """Weight-decay multipliers by parameter index or name. With param_idx2name, names that do not
+        end in one of the spec's decay suffixes (default `_weight`, `_gamma`) get multiplier 0."""
+        mult = self._check_mults("args_wd_mult", args_wd_mult)
+        suffixes = tuple(self.options.get("decay_suffixes", ("_weight", "_gamma")))
+        self.wd_mult = {}
+        for n in self.idx2name.values():
+            if not n.endswith(suffixes):
+                self.wd_mult[n] = 0.0
+        if self.sym_info:
+            attr, arg_names = self.sym_info
+            for name in arg_names:
+                if name in attr and "__wd_mult__" in attr[name]:
+                    self.wd_mult[name] = float(attr[name]["__wd_mult__"])
+        self.wd_mult.update(mult)
+
+    @staticmethod
+    def _check_mults(what, mults) -> dict:
+        if not isinstance(mults, dict):
+            raise TypeError(f"{what} must be a dict of index or name -> float")
+        out = {}
+        for k, v in mults.items():
+            if not _is_index(k):
+                raise TypeError(f"{what}: key {k!r} must be a parameter index (int) or name (str)")
+            _number(f"{what}[{k!r}]", v)
+            out[k] = float(v)
+        return out
+
+    def _set_current_context(self, device_id):
+        if device_id not in self._all_index_update_counts:
+            self._all_index_update_counts[device_id] = {}
+        self._index_update_count = self._all_index_update_counts[device_id]
+
+    def _update_count(self, index):
+        for idx in index if isinstance(index, (list, tuple)) else [index]:
+            if idx not in self._index_update_count:
+                self._index_update_count[idx] = self.begin_num_update
+            self._index_update_count[idx] += 1
+            self.num_update = max(self._index_update_count[idx], self.num_update)
+
+    def _mult(self, index, table, attr) -> float:
+        if index in self.param_dict:
+            return float(getattr(self.param_dict[index], attr))
+        if index in table:
+            return table[index]
+        if index in self.idx2name:
+            return table.get(self.idx2name[index], 1.0)
+        return 1.0
+
+    def _get_lrs(self, indices):
+        lr = self.learning_rate
+        return [lr * self._mult(i, self.lr_mult, "lr_mult") for i in indices]
+
+    def _get_lr(self, index):
+        return self._get_lrs([index])[0]
+
+    def _get_wds(self, indices):
+        return [self.wd * self._mult(i, self.wd_mult, "wd_mult") for i in indices]
+
+    def _get_wd(self, index):
+        return self._get_wds([index])[0]
+
+    # ---- states -------------------------------------------------------------------------------------
+    def create_state(self, index, weight):
+        """The state of one parameter: the spec's tensors (in the weight's dtype) and scalars."""
+        _check_index(index, "index")
+        _check_array(weight, "weight")
+        tensors = {}
+        for name, init, fill in self._state_layout():
+            if init == "zeros":
+                tensors[name] = np.zeros(weight.shape, dtype=weight.dtype)
+            elif init == "weight":
+                tensors[name] = np.array(weight, dtype=weight.dtype, copy=True, order="C")
+            else:
+                tensors[name] = np.full(weight.shape, fill, dtype=weight.dtype)
+        return OptState(self.spec_name, weight.shape, weight.dtype, tensors, self._scalar_init())
+
+    def create_state_multi_precision(self, index, weight):
+        """As create_state; with multi_precision and a float16 weight, the state also holds a float32
+        master copy of the weight, and every tensor state is float32."""
+        _check_array(weight, "weight")
+        if self.multi_precision and weight.dtype == np.float16:
+            master = weight.astype(np.float32)
+            state = self.create_state(index, master)
+            state.master = master
+            state.dtype = np.dtype(np.float16)
+            return state
+        if weight.dtype == np.float16 and not self.multi_precision:
+            warnings.warn("Accumulating with float16 in optimizer can lead to poor accuracy or slow convergence. "
+                          "Consider using multi_precision=True option of the optimizer", UserWarning, stacklevel=2)
+        return self.create_state(index, weight)
+
+    # ---- updates --------------------------------------------------------------------------------------
+    def update(self, index, weight, grad, state):
+        """Update `weight` in place from `grad`. `index`, `weight`, `grad`, `state` may be equal-length
+        lists to update several parameters in one call (each index counted once)."""
+        self._update(index, weight, grad, state)
+
+    def update_multi_precision(self, index, weight, grad, state):
+        """As update; a state made by create_state_multi_precision carries the float32 master copy."""
+        self._update(index, weight, grad, state)
+
+    def _update(self, index, weight, grad, state):
+        indices, weights, grads, states = self._gather(index, weight, grad, state)
+        if not indices:
+            return
+        if self.options.get("lr_before_count", False):
+            # read the learning rate and weight decay before counting this update (LBSGD)
+            bases, wds = [], []
+            for i in indices:
+                bases.append(self.learning_rate)
+                wds.append(self._get_wd(i))
+                self._update_count(i)
+        else:
+            self._update_count(indices)
+            bases = [self.learning_rate] * len(indices)
+            wds = self._get_wds(indices)
+        lrs = [b * self._mult(i, self.lr_mult, "lr_mult") for i, b in zip(indices, bases)]
+        num_update = self.num_update
+        call = self._prologue(bases[0], num_update)
+        with np.errstate(all="ignore"):
+            for i, w, g, s, lr, wd, base in zip(indices, weights, grads, states, lrs, wds, bases):
+                name = self.idx2name.get(i, str(i))
+                self._step_one(w, g, s, call, lr, wd, self._index_update_count[i], name, base, num_update)
+
+    def _step_one(self, weight, grad, state, call, lr, wd, t, name, base_lr, num_update):
+        if state.master is not None:
+            master = state.master
+            g32 = grad.astype(np.float32)
+            self._kernel_numpy(call, master, g32, state.tensors, state.scalars, lr, wd, t, name, base_lr, num_update)
+            weight[...] = master
+        elif weight.dtype == np.float16:
+            # compute in float32, store float16 (MXNet rounds every intermediate to float16)
+            w32 = weight.astype(np.float32)
+            t32 = {k: v.astype(np.float32) for k, v in state.tensors.items()}
+            self._kernel_numpy(call, w32, grad.astype(np.float32), t32, state.scalars, lr, wd, t, name,
+                               base_lr, num_update)
+            weight[...] = w32
+            for k, v in state.tensors.items():
+                v[...] = t32[k]
+        else:
+            self._kernel_numpy(call, weight, grad, state.tensors, state.scalars, lr, wd, t, name, base_lr,
+                               num_update)
+
+    def _gather(self, index, weight, grad, state):
+        """Normalise to lists and validate everything before anything is touched."""
+        if isinstance(index, (list, tuple)):
+            for what, seq in (("weight", weight), ("grad", grad), ("state", state)):
+                if not isinstance(seq, (list, tuple)):
+                    raise TypeError(f"index is a list, so {what} must be a list too, got {type(seq).__name__}")
+                if len(seq) != len(index):
+                    raise ValueError(f"{len(index)} indices but {len(seq)} {what}s")
+            indices, weights, grads, states = list(index), list(weight), list(grad), list(state)
+            if len(set(indices)) != len(indices):
+                raise ValueError("duplicate index in a list update")
+        else:
+            indices, weights, grads, states = [index], [weight], [grad], [state]
+        layout = None
+        seen = set()
+        for k, (i, w, g, s) in enumerate(zip(indices, weights, grads, states)):
+            where = f"[{k}]" if isinstance(index, (list, tuple)) else ""
+            _check_index(i, "index" + where)
+            _check_array(w, "weight" + where, writeable=True)
+            if id(w) in seen:
+                raise ValueError(f"weight{where} appears twice in one update")
+            seen.add(id(w))
+            if not isinstance(g, np.ndarray):
+                raise TypeError(f"grad{where} must be a numpy.ndarray, got {type(g).__name__}")
+            if g.shape != w.shape:
+                raise ValueError(f"grad{where} has shape {g.shape} but weight{where} has shape {w.shape}")
+            if g.dtype != w.dtype:
+                raise TypeError(f"grad{where} has dtype {g.dtype} but weight{where} has dtype {w.dtype}")
+            if not isinstance(s, OptState):
+                raise TypeError(f"state{where} must come from this optimizer's create_state, got {type(s).__name__}")
+            if s.owner != self.spec_name:
+                raise ValueError(f"state{where} belongs to a {s.owner} optimizer, not {self.spec_name}")
+            if s.shape != w.shape:
+                raise ValueError(f"state{where} was created for shape {s.shape}, weight{where} has shape {w.shape}")
+            if s.master is not None:
+                if w.dtype != np.float16:
+                    raise TypeError(f"state{where} holds a float32 master copy for a float16 weight; "
+                                    f"weight{where} is {w.dtype}")
+            elif s.dtype != w.dtype:
+                raise TypeError(f"state{where} was created for dtype {s.dtype}, weight{where} is {w.dtype}")
+            if layout is None:
+                layout = [name for name, _, _ in self._state_layout()]
+            if list(s.tensors) != layout:
+                raise ValueError(f"state{where} holds {list(s.tensors) or 'no tensors'} but this configuration of "
+                                 f"{self.spec_name} needs {layout or 'none'} (hyperparameters changed since "
+                                 "create_state?)")
+        return indices, weights, grads, states
+
+    # ---- generated subclasses fill these in ------------------------------------------------------------
+    def _state_layout(self):
+        return []
+
+    def _scalar_init(self):
+        return {}
+
+    def _prologue(self, learning_rate, num_update):
+        return {}
+
+    def _kernel_numpy(self, call, weight, grad, tensors, scalars, lr, wd, t, param_name, learning_rate,
+                      num_update):
+        raise NotImplementedError(f"{type(self).__name__} has no update rule; write a spec for it")
+
+
+def _number(name, value):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a number, got {value!r}")
+    if math.isnan(float(value)):
+        raise ValueError(f"Invalid {name} value: nan")
+
+
+def _check_index(i, what):
+    if not _is_index(i):
+        raise TypeError(f"{what} must be an int or a str, got {type(i).__name__}")
+
+
+def _check_array(a, what, writeable=False):
+    if not isinstance(a, np.ndarray):
+        raise TypeError(f"{what} must be a numpy.ndarray, got {type(a).__name__}")
+    if a.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{what} has dtype {a.dtype}; optforge updates float16, float32 and float64 arrays")
+    if writeable:
+        if not a.flags.writeable:
+            raise ValueError(f"{what} is read-only; the update writes it in place")
+        if not a.flags.c_contiguous:
+            raise ValueError(f"{what} is not C-contiguous; pass np.ascontiguousarray(...) and copy back, "
+                             "or update the base array")
