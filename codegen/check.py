@@ -425,6 +425,7 @@ class Checker:
             role = "weight"
         elif name in self.states:
             role = "state"
+            self.used.add(name)
             self._require_state(name, span, scope)
         elif name in self.scalar_states:
             role = "scalar_state"
