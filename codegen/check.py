@@ -52,6 +52,7 @@ OPTIONS = {
     "lr_before_count": (0, None, "read lr and wd before counting this update (LBSGD)"),
     "keep_scheduler_base_lr": (0, None, "learning_rate does not overwrite the scheduler's base_lr (Ftrl)"),
     "decay_suffixes": (None, str, "parameter-name suffixes that keep weight decay under param_idx2name"),
+    "aggregate": (1, int, "the Updater passes lists of up to this many same-dtype parameters per call"),
     "unused": (None, str, "hyperparameters accepted for compatibility that the update does not read"),
 }
 STATE_INITS = ("zeros", "weight")
@@ -325,7 +326,10 @@ class Checker:
             if argty is str and not all(isinstance(v, str) and v.isprintable() and v.isascii() for v in values):
                 self.r.error(d.span, f"option `{d.name}` takes text arguments")
                 continue
-            out[d.name] = tuple(values) if nargs is None else True
+            if argty is int and not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in values):
+                self.r.error(d.span, f"option `{d.name}` takes a positive integer")
+                continue
+            out[d.name] = tuple(values) if nargs is None else values[0] if nargs == 1 else True
             if d.name == "unused":
                 self._unused_spans = [(v, a.span) for v, a in zip(values, d.args)]
         return out

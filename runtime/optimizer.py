@@ -171,7 +171,7 @@ class Optimizer:
         self.idx2name = dict(param_idx2name or {})
         self.sym_info = (sym.attr_dict(), sym.list_arguments()) if sym is not None else ()
         self.param_dict = param_dict if param_dict else {}
-        self.aggregate_num = 0
+        self.aggregate_num = int(self.options.get("aggregate", 0))
         self._globals: dict = {}
         self._rng = np.random.default_rng()
         self.lr_mult: dict = {}

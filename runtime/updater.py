@@ -39,15 +39,22 @@ class Updater:
                 raise TypeError("index must be an int or a str, got bytes")
             if i not in self.states and i not in new:
                 new[i] = self.optimizer.create_state_multi_precision(i, w)
-        # states are kept only once the update has been accepted
-        merged = {**self.states, **new}
-        if isinstance(index, (list, tuple)):
-            try:
-                self.optimizer.update_multi_precision(indices, list(weights), list(grads), [merged[i] for i in indices])
-            except Exception:
-                raise
+        states = {**self.states, **new}
+        opt = self.optimizer
+        if not isinstance(index, (list, tuple)):
+            opt.update_multi_precision(index, weight, grad, states[index])
+        elif opt.aggregate_num > 0:
+            # as MXNet: same-dtype groups, at most aggregate_num parameters per update call
+            groups: dict = {}
+            for i, w, g in zip(indices, weights, grads):
+                groups.setdefault(getattr(w, "dtype", None), []).append((i, w, g))
+            for group in groups.values():
+                for start in range(0, len(group), opt.aggregate_num):
+                    ids, ws, gs = zip(*group[start:start + opt.aggregate_num])
+                    opt.update_multi_precision(list(ids), list(ws), list(gs), [states[i] for i in ids])
         else:
-            self.optimizer.update_multi_precision(index, weight, grad, merged[index])
+            for i, w, g in zip(indices, weights, grads):
+                opt.update_multi_precision(i, w, g, states[i])
         self.states.update(new)
         for i in new:
             self.states_synced[i] = True
