@@ -262,7 +262,8 @@ def build(sources, out_dir) -> tuple[dict[str, str], list, list]:
             errors.append(f"{rel}:1:1: error: optimizer `{spec.name}` is also defined in {seen[spec.module_name]}")
             continue
         seen[spec.module_name] = rel
-        outputs[f"{spec.module_name}.py"] = render_module(spec, rel)
+        # the header names the spec the same way wherever opt-compile runs: folder/file.opt
+        outputs[f"{spec.module_name}.py"] = render_module(spec, f"{Path(f).resolve().parent.name}/{Path(f).name}")
         modules.append((spec.module_name, spec.name, spec.aliases))
     outputs["__init__.py"] = render_package_init(sorted(modules))
     return outputs, errors, warnings
