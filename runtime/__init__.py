@@ -11,12 +11,12 @@
 from . import lr_scheduler
 from .optimizer import Optimizer, OptState
 from .registry import create, register, registered
-from .updater import Updater, get_updater
+from .updater import Updater, get_updater, load_states, save_states
 from .generated import *  # noqa: F401,F403  - every compiled spec, registered on import
 from .generated import __all__ as _generated
 
 create_optimizer = create
 
-__all__ = ["Optimizer", "OptState", "Updater", "create", "create_optimizer", "get_updater", "lr_scheduler",
-           "register", "registered"] + list(_generated)
+__all__ = ["Optimizer", "OptState", "Updater", "create", "create_optimizer", "get_updater", "load_states",
+           "lr_scheduler", "register", "registered", "save_states"] + list(_generated)
 __version__ = "0.1.0"

@@ -12,6 +12,7 @@ import warnings
 from typing import Any, NamedTuple
 
 import numpy as np
+from numpy.lib.array_utils import byte_bounds
 
 from . import registry
 
@@ -129,24 +130,33 @@ class Optimizer:
 
     def __init__(self, rescale_grad=1.0, param_idx2name=None, wd=0.0, clip_gradient=None, learning_rate=None,
                  lr_scheduler=None, sym=None, begin_num_update=0, multi_precision=False, param_dict=None, **kwargs):
+        # every argument is checked before anything (the scheduler included) is touched
         if kwargs:
             self._reject_kwargs(kwargs)
-        _number("rescale_grad", rescale_grad)
-        _number("wd", wd)
+        _number("rescale_grad", rescale_grad, finite=True)
+        _number("wd", wd, finite=True)
         if clip_gradient is not None:
             _number("clip_gradient", clip_gradient)
         if learning_rate is not None:
-            _number("learning_rate", learning_rate)
+            _number("learning_rate", learning_rate, finite=True)
         if lr_scheduler is not None and not (callable(lr_scheduler) and hasattr(lr_scheduler, "base_lr")):
             raise TypeError(f"lr_scheduler must be an LRScheduler (callable with a base_lr), got {lr_scheduler!r}")
         if param_idx2name is not None and not isinstance(param_idx2name, dict):
             raise TypeError("param_idx2name should be a dict of param indexes to names.")
-        if param_idx2name and not all(isinstance(v, str) for v in param_idx2name.values()):
-            raise TypeError("param_idx2name values must be strings")
+        for k, v in (param_idx2name or {}).items():
+            if not _is_index(k):
+                raise TypeError(f"param_idx2name: key {k!r} must be a parameter index (int or str)")
+            if not isinstance(v, str):
+                raise TypeError(f"param_idx2name[{k!r}] must be a str (the parameter's name), got {v!r}")
         if not isinstance(begin_num_update, numbers.Integral) or isinstance(begin_num_update, bool) or begin_num_update < 0:
             raise ValueError(f"Invalid begin_num_update value: {begin_num_update!r} (must be an integer >= 0)")
+        if not (isinstance(multi_precision, (bool, np.bool_)) or multi_precision in (0, 1)):
+            raise TypeError(f"multi_precision must be a bool, got {multi_precision!r}")
         if param_dict is not None and not isinstance(param_dict, dict):
             raise TypeError("param_dict must be a dict of index -> Parameter")
+        for k, p in (param_dict or {}).items():
+            for attr in ("lr_mult", "wd_mult"):
+                _number(f"param_dict[{k!r}].{attr}", getattr(p, attr, None))
         if sym is not None and not (hasattr(sym, "attr_dict") and hasattr(sym, "list_arguments")):
             raise TypeError("sym must provide attr_dict() and list_arguments() (an MXNet Symbol)")
 
@@ -271,7 +281,7 @@ class Optimizer:
         for k, v in mults.items():
             if not _is_index(k):
                 raise TypeError(f"{what}: key {k!r} must be a parameter index (int) or name (str)")
-            _number(f"{what}[{k!r}]", v)
+            _number(f"{what}[{k!r}]", v, finite=True)
             out[k] = float(v)
         return out
 
@@ -392,29 +402,29 @@ class Optimizer:
                                num_update)
 
     def _gather(self, index, weight, grad, state):
-        """Normalise to lists and validate everything before anything is touched."""
-        if isinstance(index, (list, tuple)):
+        """Normalise to lists and validate everything before anything is touched: an update either
+        applies to every parameter or raises (ValueError/TypeError naming the argument) having
+        changed nothing."""
+        is_list = isinstance(index, (list, tuple))
+        if is_list:
             for what, seq in (("weight", weight), ("grad", grad), ("state", state)):
                 if not isinstance(seq, (list, tuple)):
                     raise TypeError(f"index is a list, so {what} must be a list too, got {type(seq).__name__}")
                 if len(seq) != len(index):
                     raise ValueError(f"{len(index)} indices but {len(seq)} {what}s")
             indices, weights, grads, states = list(index), list(weight), list(grad), list(state)
-            if len(set(indices)) != len(indices):
-                raise ValueError("duplicate index in a list update")
         else:
             indices, weights, grads, states = [index], [weight], [grad], [state]
-        layout = None
-        seen = set()
+        layout, seen = None, set()
+        written = []  # (array, what): everything the update writes, which must not overlap
         for k, (i, w, g, s) in enumerate(zip(indices, weights, grads, states)):
-            where = f"[{k}]" if isinstance(index, (list, tuple)) else ""
+            where = f"[{k}]" if is_list else ""
             _check_index(i, "index" + where)
+            if i in seen:
+                raise ValueError(f"duplicate index {i!r} in a list update (index{where})")
+            seen.add(i)
             _check_array(w, "weight" + where, writeable=True)
-            if id(w) in seen:
-                raise ValueError(f"weight{where} appears twice in one update")
-            seen.add(id(w))
-            if not isinstance(g, np.ndarray):
-                raise TypeError(f"grad{where} must be a numpy.ndarray, got {type(g).__name__}")
+            _check_array(g, "grad" + where)
             if g.shape != w.shape:
                 raise ValueError(f"grad{where} has shape {g.shape} but weight{where} has shape {w.shape}")
             if g.dtype != w.dtype:
@@ -425,18 +435,36 @@ class Optimizer:
                 raise ValueError(f"state{where} belongs to a {s.owner} optimizer, not {self.spec_name}")
             if s.shape != w.shape:
                 raise ValueError(f"state{where} was created for shape {s.shape}, weight{where} has shape {w.shape}")
+            if s.dtype != w.dtype:
+                raise TypeError(f"state{where} was created for dtype {s.dtype}, weight{where} is {w.dtype}")
+            written.append((w, "weight" + where))
+            tensor_dtype = w.dtype
             if s.master is not None:
                 if w.dtype != np.float16:
-                    raise TypeError(f"state{where} holds a float32 master copy for a float16 weight; "
-                                    f"weight{where} is {w.dtype}")
-            elif s.dtype != w.dtype:
-                raise TypeError(f"state{where} was created for dtype {s.dtype}, weight{where} is {w.dtype}")
+                    raise TypeError(f"state{where} holds a float32 master copy, but weight{where} is {w.dtype}")
+                _check_array(s.master, f"state{where} master copy", writeable=True)
+                if s.master.dtype != np.float32 or s.master.shape != w.shape:
+                    raise ValueError(f"state{where} master copy is {s.master.dtype}{list(s.master.shape)}, "
+                                     f"expected float32{list(w.shape)}")
+                written.append((s.master, f"state{where} master copy"))
+                tensor_dtype = np.dtype(np.float32)
             if layout is None:
                 layout = [name for name, _, _ in self._state_layout()]
+                scalar_names = sorted(self._scalar_init())
             if list(s.tensors) != layout:
                 raise ValueError(f"state{where} holds {list(s.tensors) or 'no tensors'} but this configuration of "
                                  f"{self.spec_name} needs {layout or 'none'} (hyperparameters changed since "
                                  "create_state?)")
+            if sorted(s.scalars) != scalar_names:
+                raise ValueError(f"state{where} holds scalars {sorted(s.scalars)} but {self.spec_name} needs "
+                                 f"{scalar_names}")
+            for name, t in s.tensors.items():
+                what = f"state{where} tensor {name!r}"
+                _check_array(t, what, writeable=True)
+                if t.shape != w.shape or t.dtype != tensor_dtype:
+                    raise ValueError(f"{what} is {t.dtype}{list(t.shape)}, expected {tensor_dtype}{list(w.shape)}")
+                written.append((t, what))
+        _check_no_overlap(written)
         return indices, weights, grads, states
 
     # ---- generated subclasses fill these in ------------------------------------------------------------
@@ -454,11 +482,13 @@ class Optimizer:
         raise NotImplementedError(f"{type(self).__name__} has no update rule; write a spec for it")
 
 
-def _number(name, value):
+def _number(name, value, finite=False):
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a number, got {value!r}")
     if math.isnan(float(value)):
         raise ValueError(f"Invalid {name} value: nan")
+    if finite and math.isinf(float(value)):
+        raise ValueError(f"Invalid {name} value: {value!r} (must be finite)")
 
 
 def _check_index(i, what):
@@ -477,3 +507,12 @@ def _check_array(a, what, writeable=False):
         if not a.flags.c_contiguous:
             raise ValueError(f"{what} is not C-contiguous; pass np.ascontiguousarray(...) and copy back, "
                              "or update the base array")
+
+
+def _check_no_overlap(arrays):
+    """No two of the (C-contiguous) arrays an update writes may share memory: a weight passed
+    twice, two views of one buffer, or a weight that is also a state would be updated twice."""
+    spans = sorted((byte_bounds(a) + (what,) for a, what in arrays if a.nbytes))
+    for (_, end, first), (start, _, second) in zip(spans, spans[1:]):
+        if start < end:
+            raise ValueError(f"{second} shares memory with {first}; an update writes each of them once")
