@@ -1,8 +1,14 @@
-"""Text -> syntax tree. Lark does the parsing; this file turns its trees and errors into ours."""
+"""Text -> syntax tree. Lark does the parsing; this file turns its trees and errors into ours.
+
+Syntax errors become one SpecError with the expected tokens in words, a label from
+grammar/error_examples.py where a snippet there failed the same way, and the opening bracket
+itself when a `(`, `[` or `{` is never closed. Bad literals (an escape Python would not know, a
+number that overflows) are diagnostics too, all reported together.
+"""
 from __future__ import annotations
 
-import ast as pyast
 import math
+import re
 from pathlib import Path
 
 from lark import Lark, Transformer, Token, v_args
@@ -13,15 +19,23 @@ from .errors import Reporter, Span, SpecError
 
 GRAMMAR_DIR = Path(__file__).resolve().parent.parent / "grammar"
 _parser = None
+_examples = None
+MAX_DEPTH = 100            # deepest expression accepted; deeper ones would exhaust Python's stack later
+INT_MAX = 2 ** 63 - 1
 
 TOKEN_WORDS = {
     "NAME": "a name", "NUMBER": "a number", "STRING": "a string", "LPAR": "`(`", "RPAR": "`)`",
     "LBRACE": "`{`", "RBRACE": "`}`", "EQUAL": "`=`", "COLON": "`:`", "COMMA": "`,`",
-    "ADDOP": "`+` or `-`", "MULOP": "`*`, `/` or `%`", "COMPOP": "a comparison", "AUGOP": "`+=`-style operator",
+    "ADDOP": "`+`", "MULOP": "`*`", "COMPOP": "a comparison", "AUGOP": "`+=`",
     "LSQB": "`[`", "RSQB": "`]`", "MINUS": "`-`", "PLUS": "`+`", "INF": "`inf`",
     "SCALAR": "`scalar`", "SPARSE_MODE": "`lazy` or `standard`", "OPT": "`?`", "__ANON_0": "`**`",
-    "$END": "end of file",
+    "$END": "the end of the file",
 }
+DECL_KEYWORDS = {"OPTIMIZER", "ALIAS", "DOC", "DEFAULT", "HYPER", "STATE", "GLOBAL", "OPTION", "SPARSE", "UPDATE"}
+EXPR_START = {"NUMBER", "STRING", "NAME", "LPAR", "TRUE", "FALSE", "NONE", "NOT", "MINUS", "PLUS"}
+CLOSERS = {")": "(", "]": "[", "}": "{"}
+_BRACKETS = re.compile(r'"""(?:.|\n)*?"""|"(?:[^"\\\n]|\\.)*"|#[^\n]*|\bin\b|[][(){}]')
+_ESCAPES = {"\\": "\\", '"': '"', "'": "'", "n": "\n", "t": "\t", "r": "\r"}
 
 
 def _grammar_path() -> Path:
@@ -52,31 +66,90 @@ def _tok_span(tok: Token) -> Span:
     return Span(tok.line, tok.column, tok.end_line, tok.end_column)
 
 
-def _string_value(tok: Token) -> str:
+def _unescape(tok: Token, reporter: Reporter) -> str:
+    r"""The value of a string literal. Triple-quoted text is taken as written; "..." knows the
+    escapes \\, \", \', \n, \t, \r, \xHH and \uHHHH, and any other is a diagnostic."""
     text = str(tok)
     if text.startswith('"""'):
         return text[3:-3]
-    return pyast.literal_eval(text)  # only a double-quoted literal with escapes reaches here
+    out, i, body = [], 0, text[1:-1]
+    while i < len(body):
+        ch = body[i]
+        if ch != "\\":
+            out.append(ch)
+            i += 1
+            continue
+        esc = body[i + 1]
+        width = {"x": 2, "u": 4}.get(esc)
+        if esc in _ESCAPES:
+            out.append(_ESCAPES[esc])
+            i += 2
+        elif width and re.fullmatch(r"[0-9a-fA-F]{%d}" % width, body[i + 2:i + 2 + width]):
+            out.append(chr(int(body[i + 2:i + 2 + width], 16)))
+            i += 2 + width
+        else:
+            col = tok.column + 1 + i
+            shown = esc if esc.isprintable() else repr(esc)[1:-1]
+            reporter.error(Span(tok.line, col, tok.line, col + 2), f"unknown escape `\\{shown}` in a string",
+                           "known escapes: \\\\ \\\" \\n \\t \\r \\xHH \\uHHHH; "
+                           "triple-quoted text takes backslashes as written")
+            out.append(esc)
+            i += 2
+    return "".join(out)
 
 
-def _number(tok: Token):
+def _number(tok: Token, reporter: Reporter):
     text = str(tok)
-    if any(c in text for c in ".eE"):
-        return float(text)
-    return int(text)
+    if not any(c in text for c in ".eE"):
+        if len(text.lstrip("0")) > 19 or int(text) > INT_MAX:
+            reporter.error(_tok_span(tok), f"integer {_short(text)} is too large",
+                           f"integers go up to {INT_MAX}; write a float such as 1e30 for a larger number")
+            return 0
+        return int(text)
+    value = float(text)
+    if math.isinf(value):
+        reporter.error(_tok_span(tok), f"number {_short(text)} is too large for a float (it would be infinite)",
+                       "a range bound can be `inf`; a hyperparameter declared `float?` can default to none")
+        return 0.0
+    if value == 0.0 and re.search(r"[1-9]", re.split(r"[eE]", text)[0]):
+        reporter.error(_tok_span(tok), f"number {_short(text)} is too small for a float (it would be 0)",
+                       "write 0 if you mean zero")
+    return value
+
+
+def _short(text: str) -> str:
+    return text if len(text) <= 24 else text[:10] + "..." + text[-10:]
 
 
 @v_args(meta=True)
 class _Build(Transformer):
+    def __init__(self, reporter: Reporter):
+        super().__init__()
+        self.r = reporter
+        self.depth: dict[int, int] = {}   # id(node) -> nesting depth of an expression
+        self.too_deep = False
+
+    def _nest(self, node, *children):
+        d = 1 + max((self.depth.get(id(ch), 1) for ch in children), default=0)
+        self.depth[id(node)] = d
+        if d > MAX_DEPTH and not self.too_deep:
+            self.too_deep = True
+            self.r.error(node.span, f"expression nested more than {MAX_DEPTH} levels deep",
+                         "split it into several equations")
+        return node
+
+    def _str(self, tok):
+        return _unescape(tok, self.r)
+
     # ---- literals and names
     def number(self, meta, c):
-        return ast.Num(_span(meta), _number(c[0]), str(c[0]))
+        return ast.Num(_span(meta), _number(c[0], self.r), str(c[0]))
 
     def neg_number(self, meta, c):
-        return ast.Num(_span(meta), -_number(c[0]), "-" + str(c[0]))
+        return ast.Num(_span(meta), -_number(c[0], self.r), "-" + str(c[0]))
 
     def string(self, meta, c):
-        return ast.Str(_span(meta), _string_value(c[0]))
+        return ast.Str(_span(meta), self._str(c[0]))
 
     def true(self, meta, c):
         return ast.Bool(_span(meta), True)
@@ -92,13 +165,14 @@ class _Build(Transformer):
 
     def call(self, meta, c):
         args = tuple(a for a in c[1:] if a is not None)
-        return ast.Call(_span(meta), str(c[0]), args, _tok_span(c[0]))
+        return self._nest(ast.Call(_span(meta), str(c[0]), args, _tok_span(c[0])), *args)
 
     # ---- operators
     def _fold(self, meta, op, c):
         node = c[0]
         for right in c[1:]:
-            node = ast.BinOp(Span(node.span.line, node.span.col, right.span.end_line, right.span.end_col), op, node, right)
+            node = self._nest(ast.BinOp(Span(node.span.line, node.span.col, right.span.end_line, right.span.end_col),
+                                        op, node, right), node, right)
         return node
 
     def or_(self, meta, c):
@@ -108,18 +182,18 @@ class _Build(Transformer):
         return self._fold(meta, "and", c)
 
     def not_(self, meta, c):
-        return ast.UnOp(_span(meta), "not", c[0])
+        return self._nest(ast.UnOp(_span(meta), "not", c[0]), c[0])
 
     def neg(self, meta, c):
-        return ast.UnOp(_span(meta), "-", c[0])
+        return self._nest(ast.UnOp(_span(meta), "-", c[0]), c[0])
 
     def binop(self, meta, c):
-        return ast.BinOp(_span(meta), str(c[1]), c[0], c[2])
+        return self._nest(ast.BinOp(_span(meta), str(c[1]), c[0], c[2]), c[0], c[2])
 
     compare = binop
 
     def pow_(self, meta, c):
-        return ast.BinOp(_span(meta), "**", c[0], c[1])
+        return self._nest(ast.BinOp(_span(meta), "**", c[0], c[1]), c[0], c[1])
 
     # ---- statements
     def assign(self, meta, c):
@@ -149,7 +223,7 @@ class _Build(Transformer):
         return ast.TypeRef(_span(meta), "bool")
 
     def t_choice(self, meta, c):
-        return ast.TypeRef(_span(meta), "choice", False, tuple(_string_value(s) for s in c))
+        return ast.TypeRef(_span(meta), "choice", False, tuple(self._str(s) for s in c))
 
     def closed(self, meta, c):
         return True
@@ -172,10 +246,10 @@ class _Build(Transformer):
         return ast.Decl(_span(meta), "optimizer", str(c[0]), _tok_span(c[0]))
 
     def alias_decl(self, meta, c):
-        return ast.Decl(_span(meta), "alias", args=tuple((_string_value(s), _tok_span(s)) for s in c))
+        return ast.Decl(_span(meta), "alias", args=tuple((self._str(s), _tok_span(s)) for s in c))
 
     def doc_decl(self, meta, c):
-        return ast.Decl(_span(meta), "doc", text=_string_value(c[0]))
+        return ast.Decl(_span(meta), "doc", text=self._str(c[0]))
 
     def default_decl(self, meta, c):
         return ast.Decl(_span(meta), "default", str(c[0]), _tok_span(c[0]), value=c[1])
@@ -183,7 +257,7 @@ class _Build(Transformer):
     def hyper_decl(self, meta, c):
         name, typ, default, rng, desc = c
         return ast.Decl(_span(meta), "hyper", str(name), _tok_span(name), type=typ, value=default,
-                        range=rng, text=_string_value(desc) if desc is not None else None)
+                        range=rng, text=self._str(desc) if desc is not None else None)
 
     def state_decl(self, meta, c):
         name, scalar, value, cond = c
@@ -207,11 +281,169 @@ class _Build(Transformer):
         return tuple(c)
 
 
-def _expected_words(expected) -> str:
-    words = sorted({TOKEN_WORDS.get(e, f"`{e.lower()}`" if e.isupper() else e) for e in expected})
+# ---- syntax errors ------------------------------------------------------------------------------
+def _words(types) -> str:
+    words = sorted({TOKEN_WORDS.get(t, f"`{t.lower()}`" if t.isupper() and not t.startswith("_") else "a symbol")
+                    for t in types})
+    if "`+`" in words and "`*`" in words:     # expression operators: say so once
+        words = [w for w in words if w not in ("`+`", "`*`", "`-`", "`**`", "a comparison")] + ["an operator"]
     if len(words) > 6:
         words = words[:6] + ["..."]
-    return ", ".join(words)
+    return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " or " + words[-1]
+
+
+def _found(tok: Token) -> str:
+    if tok.type == "$END":
+        return "the end of the file"
+    if tok.type == "NAME":
+        return f"name `{tok}`"
+    if tok.type == "NUMBER":
+        return f"number `{_short(str(tok))}`"
+    if tok.type == "STRING":
+        return "a string"
+    return f"`{tok}`"
+
+
+def _example_table():
+    """(LALR state, accepted tokens, token type) -> label, for every snippet in the table."""
+    global _examples
+    if _examples is None:
+        try:
+            from optforge.grammar.error_examples import EXAMPLES
+        except ImportError:  # running from a checkout without the package installed
+            import importlib.util
+            spec = importlib.util.spec_from_file_location("_opt_error_examples", _grammar_path().parent / "error_examples.py")
+            mod = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(mod)
+            EXAMPLES = mod.EXAMPLES
+        _examples = []
+        for label, snippets in EXAMPLES:
+            for s in snippets:
+                try:
+                    get_parser().parse(s)
+                except UnexpectedToken as e:
+                    _examples.append((e.state.position, frozenset(e.accepts or e.expected), e.token.type, label))
+                except UnexpectedInput:
+                    pass
+    return _examples
+
+
+def _label(e: UnexpectedToken):
+    key = (e.state.position, frozenset(e.accepts or e.expected))
+    same_state = [ex for ex in _example_table() if ex[:2] == key]
+    for ex in same_state:
+        if ex[2] == e.token.type:
+            return ex[3]
+    return same_state[0][3] if same_state else None
+
+
+def _prev_token(e: UnexpectedToken):
+    try:
+        stack = e.interactive_parser.parser_state.value_stack
+    except AttributeError:  # pragma: no cover
+        return None
+    return stack[-1] if stack and isinstance(stack[-1], Token) else None
+
+
+def _end_span(source: str) -> Span:
+    lines = source.splitlines() or [""]
+    while len(lines) > 1 and not lines[-1].strip():
+        lines.pop()
+    return Span(len(lines), len(lines[-1]) + 1, len(lines), len(lines[-1]) + 2)
+
+
+def _pos_span(source: str, pos: int, length: int = 1) -> Span:
+    line = source.count("\n", 0, pos) + 1
+    col = pos - (source.rfind("\n", 0, pos) + 1) + 1
+    return Span(line, col, line, col + length)
+
+
+def _bracket_error(source: str, upto: int, at_closer: bool, reporter: Reporter, found: str) -> bool:
+    """Report an unclosed or unmatched bracket before offset `upto`, if there is one."""
+    stack = []          # (char, offset, closers it accepts)
+    in_range = False
+    for m in _BRACKETS.finditer(source):
+        if m.start() > upto:
+            break
+        ch = m.group()
+        if ch == "in":
+            in_range = True
+        elif ch in "([{":
+            stack.append((ch, m.start(), {")", "]"} if in_range and ch in "([" else {{"(": ")", "[": "]", "{": "}"}[ch]}))
+            in_range = False
+        elif ch in ")]}":
+            if stack and ch in stack[-1][2]:
+                if m.start() == upto:
+                    return False
+                stack.pop()
+                continue
+            if stack:
+                opener, pos, closers = stack[-1]
+                reporter.error(_pos_span(source, pos), f"unclosed `{opener}`",
+                               f"expected `{sorted(closers)[0]}` before the `{ch}` on line "
+                               f"{_pos_span(source, m.start()).line}")
+            else:
+                reporter.error(_pos_span(source, m.start()), f"unmatched `{ch}`", "there is no opening "
+                               f"`{CLOSERS[ch]}` before it")
+            return True
+    if stack and at_closer:
+        opener, pos, closers = stack[-1]
+        reporter.error(_pos_span(source, pos), f"unclosed `{opener}`",
+                       f"expected `{sorted(closers)[0]}` before {found}")
+        return True
+    return False
+
+
+def _syntax_error(e: UnexpectedInput, source: str, reporter: Reporter) -> None:
+    if isinstance(e, UnexpectedCharacters):
+        pos = e.pos_in_stream if e.pos_in_stream is not None else 0
+        ch = source[pos] if pos < len(source) else ""
+        span = Span(e.line, e.column, e.line, e.column + 1)
+        if pos >= 2 and source.startswith('"""', pos - 2):   # lexed as "" then a lone "
+            pos, span = pos - 2, Span(e.line, e.column - 2, e.line, e.column + 1)
+        shown = ch if ch.isprintable() and ch not in "`" else repr(ch)[1:-1]
+        hint = None
+        if ch == "'":
+            hint = "strings use double quotes"
+        elif source.startswith('"""', pos):
+            hint = 'this """...""" text is never closed'
+        elif ch == '"':
+            hint = "this string is never closed (a \"...\" string ends on its own line; use \"\"\"...\"\"\" for text "
+            hint += "over several lines)"
+        elif ch in ";":
+            hint = "statements end at the end of the line; no `;` needed"
+        elif ch in "&|!":
+            hint = "write `and`, `or`, `not`" + (" (`!=` is not equal)" if ch == "!" else "")
+        elif not ch.isascii():
+            hint = "names, numbers and operators are ASCII; other text goes in strings"
+        elif e.allowed:
+            hint = f"expected {_words(e.allowed)} here"
+        unclosed = ch == '"'
+        reporter.error(span, "unterminated string" if unclosed else f"unexpected character `{shown}`", hint)
+        return
+    tok = e.token if isinstance(e, (UnexpectedToken, UnexpectedEOF)) else None
+    at_end = tok is None or tok.type == "$END"
+    found = "the end of the file" if at_end else _found(tok)
+    upto = len(source) if at_end else tok.start_pos
+    expected = set(e.expected or ())
+    if _bracket_error(source, upto, at_end or tok.type in ("RPAR", "RSQB", "RBRACE"), reporter, found):
+        return
+    span = _end_span(source) if at_end else _tok_span(tok)
+    label = _label(e) if isinstance(e, UnexpectedToken) and not at_end else None
+    prev = _prev_token(e) if isinstance(e, UnexpectedToken) else None
+    if label is not None:
+        message, hint, anchor = label
+        fill = lambda text: text and text.replace("{found}", found).replace("{prev}", str(prev) if prev else "it")  # noqa: E731
+        message, hint = fill(message), fill(hint)
+        if anchor == "prev" and prev is not None and prev.line is not None:
+            span = _tok_span(prev)
+        reporter.error(span, message, hint)
+        return
+    if expected >= DECL_KEYWORDS - {"OPTIMIZER"}:
+        reporter.error(span, f"unexpected {found}; expected a declaration", "a spec declares optimizer, alias, "
+                       "doc, default, hyper, state, global, option, sparse and one update block")
+        return
+    reporter.error(span, f"unexpected {'end of file' if at_end else found}; expected {_words(expected)}")
 
 
 def parse(source: str, path: str = "<spec>") -> tuple:
@@ -219,48 +451,24 @@ def parse(source: str, path: str = "<spec>") -> tuple:
     reporter = Reporter(path, source)
     try:
         tree = get_parser().parse(source)
-    except UnexpectedCharacters as e:
-        span = Span(e.line, e.column, e.line, e.column + 1)
-        ch = source[e.pos_in_stream] if e.pos_in_stream is not None and e.pos_in_stream < len(source) else "?"
-        hint = None
-        if ch == "'":
-            hint = "strings use double quotes"
-        elif ch == '"':
-            hint = "unterminated string"
-        reporter.error(span, f"unexpected character {ch!r}", hint)
+    except UnexpectedInput as e:
+        _syntax_error(e, source, reporter)
         reporter.raise_if_errors()
-    except UnexpectedEOF as e:
-        lines = source.splitlines() or [""]
-        span = Span(len(lines), len(lines[-1]) + 1, len(lines), len(lines[-1]) + 2)
-        reporter.error(span, f"unexpected end of file; expected {_expected_words(e.expected)}",
-                       "is a `}` or `)` missing?")
+    except RecursionError:
+        reporter.error(Span(1, 1, 1, 2), "the spec is nested too deeply to parse", "split long expressions")
         reporter.raise_if_errors()
-    except UnexpectedToken as e:
-        tok = e.token
-        if tok.type == "$END":
-            lines = source.splitlines() or [""]
-            span = Span(len(lines), len(lines[-1]) + 1, len(lines), len(lines[-1]) + 2)
-            reporter.error(span, f"unexpected end of file; expected {_expected_words(e.expected)}",
-                           "is a `}` or `)` missing?")
-        else:
-            span = _tok_span(tok) if tok.line is not None else Span(e.line, e.column, e.line, e.column + 1)
-            hint = None
-            if "EQUAL" in e.expected and tok.type != "EQUAL":
-                hint = "missing `=`?"
-            elif "RPAR" in e.expected:
-                hint = "unclosed `(`?"
-            reporter.error(span, f"unexpected {str(tok)!r}; expected {_expected_words(e.expected)}", hint)
-        reporter.raise_if_errors()
-    except UnexpectedInput as e:  # pragma: no cover - other Lark errors
-        reporter.error(Span(getattr(e, "line", 1), getattr(e, "column", 1), 0, 0), "syntax error")
-        reporter.raise_if_errors()
+    builder = _Build(reporter)
     try:
-        return _Build().transform(tree)
+        decls = builder.transform(tree)
     except VisitError as e:
         if isinstance(e.orig_exc, SpecError):
             raise e.orig_exc from None
-        if isinstance(e.orig_exc, (ValueError, SyntaxError)):  # e.g. a bad string escape
-            meta = getattr(e.obj, "meta", None)
-            reporter.error(Span.of(meta), f"invalid literal: {e.orig_exc}")
+        if isinstance(e.orig_exc, RecursionError):
+            reporter.error(Span.of(getattr(e.obj, "meta", None)), "expression nested too deeply",
+                           "split it into several equations")
             reporter.raise_if_errors()
         raise
+    except RecursionError:
+        reporter.error(Span(1, 1, 1, 2), "the spec is nested too deeply to parse", "split long expressions")
+    reporter.raise_if_errors()
+    return decls
