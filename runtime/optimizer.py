@@ -363,20 +363,35 @@ class Optimizer:
         indices, weights, grads, states = self._gather(index, weight, grad, state)
         if not indices:
             return
-        if self.options.get("lr_before_count", False):
-            # read the learning rate and weight decay before counting this update (LBSGD)
-            bases, wds = [], []
-            for i in indices:
-                bases.append(self.learning_rate)
-                wds.append(self._get_wd(i))
-                self._update_count(i)
-        else:
-            self._update_count(indices)
-            bases = [self.learning_rate] * len(indices)
-            wds = self._get_wds(indices)
-        lrs = [b * self._mult(i, self.lr_mult, "lr_mult") for i, b in zip(indices, bases)]
-        num_update = self.num_update
-        call = self._prologue(bases[0], num_update)
+        # counting comes after validation; if the schedule or a multiplier then fails, undo it
+        saved = [(i, self._index_update_count.get(i)) for i in indices], self.num_update
+        try:
+            if self.options.get("lr_before_count", False):
+                # read the learning rate and weight decay before counting this update (LBSGD)
+                bases, wds = [], []
+                for i in indices:
+                    bases.append(self.learning_rate)
+                    wds.append(self._get_wd(i))
+                    self._update_count(i)
+            else:
+                self._update_count(indices)
+                bases = [self.learning_rate] * len(indices)
+                wds = self._get_wds(indices)
+            for b in bases:
+                if isinstance(b, (bool, np.bool_)) or not isinstance(b, numbers.Real):
+                    raise TypeError(f"lr_scheduler returned {b!r} for num_update={self.num_update}; "
+                                    "expected a number")
+            lrs = [b * self._mult(i, self.lr_mult, "lr_mult") for i, b in zip(indices, bases)]
+            num_update = self.num_update
+            call = self._prologue(bases[0], num_update)
+        except BaseException:
+            for i, n in saved[0]:
+                if n is None:
+                    self._index_update_count.pop(i, None)
+                else:
+                    self._index_update_count[i] = n
+            self.num_update = saved[1]
+            raise
         with np.errstate(all="ignore"):
             for i, w, g, s, lr, wd, base in zip(indices, weights, grads, states, lrs, wds, bases):
                 name = self.idx2name.get(i, str(i))

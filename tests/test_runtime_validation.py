@@ -130,6 +130,13 @@ def _shared_buffer(e):
     e.opt.update([0, 1], [a, b], e.g[:2], e.s[:2])
 
 
+class _NoneAfterTwo(FactorScheduler):
+    """A broken schedule: no learning rate after two updates."""
+
+    def __call__(self, num_update):
+        return 0.1 if num_update <= 2 else None
+
+
 F32 = np.float32
 # id, Env kwargs, the bad call, exception type, message regex
 CASES = [
@@ -170,6 +177,8 @@ CASES = [
     ("list-weight-twice", {}, lambda e: e.opt.update([0, 1], [e.w[0], e.w[0]], e.g[:2], e.s[:2]), ValueError, r"weight\[1\] shares memory with weight\[0\]"),
     ("list-shared-buffer", {}, _shared_buffer, ValueError, r"weight\[1\] shares memory with weight\[0\]"),
     ("list-swapped-states", {"n": 2, "name": "adam"}, lambda e: e.opt.update([0, 1], e.w, e.g, [e.s[0], _other_state("adam", np.zeros(5, F32))]), ValueError, r"state\[1\] was created for shape"),
+    ("scheduler-returns-none", {"sched": False, "lr_scheduler": _NoneAfterTwo(step=1, base_lr=0.1)}, lambda e: e.upd([0, 1, 2], e.g, e.w), TypeError, r"lr_scheduler returned None for num_update=3"),
+    ("scheduler-returns-none-lbsgd", {"name": "lbsgd", "sched": False, "lr_scheduler": _NoneAfterTwo(step=1, base_lr=0.1)}, lambda e: e.opt.update([0, 1, 2], e.w, e.g, e.s), TypeError, r"lr_scheduler returned None for num_update=3"),
     # ---- the Updater
     ("updater-aggregate-late-grad", {"name": "sgd", "momentum": 0.9}, _aggregate_late_bad, ValueError, r"grad\[5\] has shape"),
     ("updater-aggregate-late-index", {"name": "lars", "momentum": 0.9}, _aggregate_late_bad_index, TypeError, r"index\[5\] must be an int or a str"),
