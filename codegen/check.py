@@ -2,6 +2,7 @@
 problems in a spec are reported together. Emitters may assume whatever this file accepts."""
 from __future__ import annotations
 
+import builtins
 import hashlib
 import keyword
 import math
@@ -62,9 +63,18 @@ C_KEYWORDS = {"auto", "break", "case", "char", "const", "continue", "default", "
               "sizeof", "static", "struct", "switch", "typedef", "union", "unsigned", "void", "volatile", "while",
               "bool", "true", "false", "half", "inline", "template", "class", "namespace", "new", "delete",
               "this", "operator", "private", "public", "protected", "virtual", "friend", "using", "typename"}
+# Names the generated module binds (imports, method parameters and locals) and Python's builtins,
+# which the emitted code calls (max, min, abs, float, bool ...): a spec name must not shadow them.
 RESERVED = {"self", "np", "math", "ops", "kw", "call", "state", "tensors", "scalars", "optforge", "Optimizer",
-            "G", "None", "True", "False", "index", "super", "object", "print", "len", "float", "int",
-            "str", "bool", "dict", "list", "tuple", "type", "range"} | set(FUNCTIONS) | {"zeros", "none"}
+            "HyperParam", "G", "index", "layout", "hyper", "kwargs", "zeros", "none"} | set(FUNCTIONS) | \
+    {n for n in dir(builtins) if not n.startswith("_")}
+# Attributes of a generated optimizer instance (the runtime base class and the generated class):
+# hyperparameters are stored as attributes, so one of these names would overwrite them.
+OPTIMIZER_ATTRS = {"spec_name", "spec_path", "spec_hash", "aliases", "hyperparams", "base_defaults", "tensor_states",
+                   "scalar_states", "global_names", "options", "sparse", "create_optimizer", "create_state",
+                   "create_state_multi_precision", "hyperparameters", "register", "set_learning_rate",
+                   "set_lr_mult", "set_lr_scale", "set_wd_mult", "update", "update_multi_precision", "lr",
+                   "num_update", "idx2name", "sym_info", "aggregate_num", "lr_mult", "wd_mult", "backend"}
 REL = {"==": Op.EQ, "!=": Op.NE, "<": Op.LT, "<=": Op.LE, ">": Op.GT, ">=": Op.GE}
 ARITH = {"+": Op.ADD, "-": Op.SUB, "*": Op.MUL, "/": Op.DIV, "%": Op.MOD, "**": Op.POW}
 NEGATE = {Op.EQ: Op.NE, Op.NE: Op.EQ, Op.LT: Op.GE, Op.GE: Op.LT, Op.GT: Op.LE, Op.LE: Op.GT}
@@ -114,8 +124,8 @@ class _Scope:
 
 
 class Checker:
-    def __init__(self, decls, path: str, source: str):
-        self.decls, self.path, self.source = decls, path, source
+    def __init__(self, decls, path: str, source: str, file_stem: str | None = None):
+        self.decls, self.path, self.source, self.file_stem = decls, path, source, file_stem
         self.r = Reporter(path, source)
         self.hypers: dict[str, Hyper] = {}
         self.states: dict[str, State] = {}
@@ -184,10 +194,16 @@ class Checker:
 
     def _optimizer_name(self, by_kind):
         d = self._single(by_kind, "optimizer", "`optimizer` declaration")
+        if not self.path.isprintable():
+            self.r.error(Span(0, 0, 0, 0), "the spec's path contains a control character",
+                         "rename the file: its path is written into the generated module")
         if d is None:
-            self.r.error(Span(1, 1, 1, 2), "missing `optimizer NAME` declaration")
+            self.r.error(Span(1, 1, 1, 2), "missing `optimizer NAME` declaration", "start the spec with `optimizer Name`")
             return "Unnamed", None
         self._check_identifier(d.name, d.name_span, "optimizer name")
+        if self.file_stem is not None and self.file_stem != d.name.lower():
+            self.r.error(d.name_span, f"file name `{self.file_stem}.opt` does not match optimizer `{d.name}`",
+                         f"rename the file to `{d.name.lower()}.opt`")
         return d.name, d.name_span
 
     def _aliases(self, by_kind, name):
@@ -267,11 +283,15 @@ class Checker:
         if self._declared(name):
             self.r.error(span, f"duplicate definition of `{name}`")
             return True
-        return not self._check_identifier(name, span, "name")
+        self._check_identifier(name, span, "name")   # reported; the declaration still counts
+        return False
 
     def _hyper(self, d):
         if self._dup(d.name, d.name_span):
             return
+        if d.name in OPTIMIZER_ATTRS:
+            self.r.error(d.name_span, f"hyperparameter `{d.name}` clashes with the optimizer attribute `{d.name}`",
+                         "choose another name")
         t = d.type
         for c in t.choices:
             if not c.isascii() or not c.isprintable():
@@ -285,8 +305,9 @@ class Checker:
             self.r.error(d.value.span, f"`{d.name}` is not optional and cannot default to none",
                          f"declare it as `{t.kind}?` to allow none" if t.kind in ("float", "int") else None)
         elif default is not None and not self._fits(default, t.kind, t.choices):
-            want = f"one of {', '.join(repr(c) for c in t.choices)}" if t.kind == "choice" else f"a {t.kind}"
-            self.r.error(d.value.span, f"default {default!r} of `{d.name}` is not {want}")
+            want = f"one of {', '.join(repr(c) for c in t.choices)}" if t.kind == "choice" else \
+                f"{'an' if t.kind == 'int' else 'a'} {t.kind}"
+            self.r.error(d.value.span, f"default {_shown(d.value, default)} of `{d.name}` is not {want}")
             default = None
         if t.kind == "float" and isinstance(default, int) and not isinstance(default, bool):
             default = float(default)
@@ -303,7 +324,7 @@ class Checker:
                 below = default < lo or (default == lo and not lo_closed)
                 above = default > hi or (default == hi and not hi_closed)
                 if below or above:
-                    self.r.error(d.value.span, f"default {default!r} of `{d.name}` is outside its range "
+                    self.r.error(d.value.span, f"default {_shown(d.value, default)} of `{d.name}` is outside its range "
                                  f"{'[' if lo_closed else '('}{lo_node.text}, {hi_node.text}{']' if hi_closed else ')'}")
         self.hypers[d.name] = Hyper(d.name, t.kind, default, t.optional, lo, hi, lo_closed, hi_closed, t.choices,
                                     (d.text or "").strip(), d.span)
@@ -419,6 +440,8 @@ class Checker:
         if name in self.hypers or name in BASE_NAMES:
             self.r.error(span, f"cannot assign to hyperparameter `{name}`", "hyperparameters are fixed during an update; use a new name")
             return None
+        if name in self.states or name in self.scalar_states:
+            self.used.add(name)
         if v is None:
             return None
         if v.ty not in NUMERIC:
@@ -445,9 +468,10 @@ class Checker:
                 return None
         else:
             role = "local"
-            if name not in self.locals and not self._check_identifier(name, span, "name"):
-                return None
+            ok = name in self.locals or self._check_identifier(name, span, "name")
             self.locals[name] = Expr(Op.LOCAL, v.ty, v.kind, (), name, v.optional, span)
+            if not ok:
+                return None
         return Assign(name, role, v, s.span, s.span.line)
 
     def _if(self, s, scope):
@@ -455,22 +479,23 @@ class Checker:
         inner = scope
         defined_sets = []
         before = dict(self.locals)
+        bad = False   # a bad condition is reported; its body and the other branches are still checked
         for cond_node, body in s.branches:
             cond = self._expr(cond_node, inner)
-            if cond is None:
-                return None
-            if cond.ty is not Ty.BOOL:
+            if cond is not None and cond.ty is not Ty.BOOL:
                 self.r.error(cond_node.span, f"an `if` condition must be true or false, not a {cond.ty.value}")
-                return None
-            if cond.kind > Kind.INDEX:
+                cond = None
+            elif cond is not None and cond.kind > Kind.INDEX:
                 self.r.error(cond_node.span, "an `if` condition must be known on the host before tensor work",
                              "use where(cond, a, b) for values computed from tensors")
-                return None
+                cond = None
+            bad = bad or cond is None
             self.locals = dict(before)
-            stmts = self._block(body, inner.with_cond(cond))
+            stmts = self._block(body, inner if cond is None else inner.with_cond(cond))
             defined_sets.append(self.locals)
-            branches.append((cond, stmts))
-            inner = inner.with_cond(negate(cond))
+            if cond is not None:
+                branches.append((cond, stmts))
+                inner = inner.with_cond(negate(cond))
         self.locals = dict(before)
         orelse = self._block(s.orelse or (), inner)
         defined_sets.append(self.locals)
@@ -486,7 +511,7 @@ class Checker:
             reps = [d.get(n, before[n]) for d in defined_sets]
             merged[n] = max(reps, key=lambda e: e.kind)
         self.locals = merged
-        return IfStmt(tuple(branches), orelse, s.span)
+        return None if bad else IfStmt(tuple(branches), orelse, s.span)
 
     def _require_state(self, name, span, scope):
         st = self.states.get(name)
@@ -501,7 +526,7 @@ class Checker:
                      f"use it inside `if {cond_text} {{ ... }}`")
 
     def _text(self, span):
-        lines = self.source.splitlines()
+        lines = self.source.split("\n")
         if span is None or span.line == 0 or span.line > len(lines):
             return "its condition holds"
         if span.line == span.end_line:
@@ -539,6 +564,18 @@ class Checker:
         if isinstance(node, ast.Call):
             return self._call(node, scope)
         raise AssertionError(node)  # pragma: no cover
+
+    def _all(self, nodes, scope) -> list:
+        """Check every node, so that an error in one does not hide errors in the others."""
+        out = []
+        for n in nodes:
+            try:
+                out.append(self._e(n, scope))
+            except _Bail:
+                out.append(None)
+        if any(e is None for e in out):
+            raise _Bail
+        return out
 
     def _name(self, node, scope) -> Expr:
         n = node.id
@@ -601,8 +638,7 @@ class Checker:
             b = self._e(node.right, inner)
             self._want(b, (Ty.BOOL,), node.right.span, f"`{op}`")
             return Expr(Op.AND if op == "and" else Op.OR, Ty.BOOL, max(a.kind, b.kind), (a, b), None, False, node.span)
-        a = self._e(node.left, scope)
-        b = self._e(node.right, scope)
+        a, b = self._all((node.left, node.right), scope)
         kind = max(a.kind, b.kind)
         if op in REL:
             if a.ty is Ty.STR or b.ty is Ty.STR:
@@ -649,7 +685,7 @@ class Checker:
                 self._want_number(x, n.span, "where()", scope)
             ty = Ty.INT if a.ty is Ty.INT and b.ty is Ty.INT else Ty.FLOAT
             return Expr(Op.WHERE, ty, max(c.kind, a.kind, b.kind), (c, a, b), None, False, node.span)
-        args = [self._e(a, scope) for a in node.args]
+        args = self._all(node.args, scope)
         if op is Op.ENDSWITH:
             for a, n in zip(args, node.args):
                 self._want(a, (Ty.STR,), n.span, "endswith()")
@@ -725,6 +761,11 @@ class _Bail(Exception):
     pass
 
 
+def _shown(node, value) -> str:
+    """A literal as the spec wrote it."""
+    return node.text if isinstance(node, ast.Num) else repr(value)
+
+
 def _assigned(s, role):
     if isinstance(s, Assign):
         return {s.target} if s.role == role else set()
@@ -756,8 +797,13 @@ def _reads(s, op):
     return out
 
 
-def check(decls, path: str, source: str) -> tuple[Spec, list]:
-    """Returns the checked spec and its warnings; raises SpecError listing every error."""
-    c = Checker(decls, path, source)
-    spec = c.run()
+def check(decls, path: str, source: str, file_stem: str | None = None) -> tuple[Spec, list]:
+    """Returns the checked spec and its warnings; raises SpecError listing every error (and, with
+    them, the warnings). With `file_stem`, the optimizer's name must match the file's name."""
+    c = Checker(decls, path, source, file_stem)
+    try:
+        spec = c.run()
+    except RecursionError:
+        c.r.error(Span(1, 1, 1, 2), "the spec is nested too deeply to check", "split long expressions")
+        c.r.raise_if_errors()
     return spec, c.r.warnings

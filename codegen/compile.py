@@ -249,15 +249,12 @@ def build(sources, out_dir) -> tuple[dict[str, str], list, list]:
             errors.append(f"{rel}: error: cannot read spec: {e}")
             continue
         try:
-            spec, warns = load_spec_text(text, rel)
+            spec, warns = check(parse(text, rel), rel, text, file_stem=Path(f).stem)
         except SpecError as e:
-            errors.extend(d.render() for d in e.diagnostics)
+            errors.extend(d.render() for d in e.diagnostics if d.severity == "error")
+            warnings.extend(d.render() for d in e.diagnostics if d.severity != "error")
             continue
         warnings.extend(d.render() for d in warns)
-        if f.stem != spec.module_name:
-            errors.append(f"{rel}:1:1: error: file name `{f.name}` does not match optimizer `{spec.name}`\n"
-                          f"hint: rename the file to `{spec.module_name}.opt`")
-            continue
         if spec.module_name in seen:
             errors.append(f"{rel}:1:1: error: optimizer `{spec.name}` is also defined in {seen[spec.module_name]}")
             continue

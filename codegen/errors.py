@@ -39,12 +39,15 @@ class Diagnostic:
     source: str | None = None
 
     def render(self) -> str:
-        head = f"{self.path}:{self.span.line}:{self.span.col}: {self.severity}: {self.message}"
-        lines = [head]
+        path = _printable(self.path)
+        where = f"{path}:{self.span.line}:{self.span.col}" if self.span.line > 0 else path
+        lines = [f"{where}: {self.severity}: {self.message}"]
         if self.source is not None and self.span.line > 0:
-            src_lines = self.source.splitlines()
+            src_lines = self.source.split("\n")
             if self.span.line <= len(src_lines):
-                text = src_lines[self.span.line - 1].expandtabs(1)
+                # one character per column, whatever the line holds (tabs, NUL, other control characters)
+                text = "".join(c if c.isprintable() else " " if c in "\t\r\x0c" else "?"
+                               for c in src_lines[self.span.line - 1]).rstrip()
                 width = len(str(self.span.line))
                 start = max(self.span.col - 1, 0)
                 if self.span.end_line == self.span.line and self.span.end_col > self.span.col:
@@ -61,12 +64,21 @@ class Diagnostic:
         return self.render()
 
 
+def _printable(text: str) -> str:
+    return text if text.isprintable() else "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 class SpecError(Exception):
-    """Every problem found in one or more specs. `diagnostics` holds them all, in source order."""
+    """Every problem found in one or more specs. `diagnostics` holds them all, in source order:
+    the errors, and the warnings found on the way (`errors` has the errors alone)."""
 
     def __init__(self, diagnostics):
         self.diagnostics = list(diagnostics)
         super().__init__("\n".join(d.render() for d in self.diagnostics))
+
+    @property
+    def errors(self):
+        return [d for d in self.diagnostics if d.severity == "error"]
 
     def __reduce__(self):
         return (SpecError, (self.diagnostics,))
@@ -89,6 +101,8 @@ class Reporter:
         self.diagnostics: list[Diagnostic] = []
 
     def error(self, span: Span, message: str, hint: str | None = None) -> None:
+        if any(d.span.line == span.line and d.message == message for d in self.diagnostics):
+            return   # one report per line: `mom = momentum * mom` reads and writes `mom`
         self.diagnostics.append(Diagnostic(self.path, span, message, hint, "error", self.source))
 
     def warning(self, span: Span, message: str, hint: str | None = None) -> None:
@@ -104,4 +118,4 @@ class Reporter:
 
     def raise_if_errors(self) -> None:
         if self.errors:
-            raise SpecError(sorted(self.errors, key=lambda d: (d.span.line, d.span.col)))
+            raise SpecError(sorted(self.diagnostics, key=lambda d: (d.span.line, d.span.col)))

@@ -425,8 +425,10 @@ def _syntax_error(e: UnexpectedInput, source: str, reporter: Reporter) -> None:
     at_end = tok is None or tok.type == "$END"
     found = "the end of the file" if at_end else _found(tok)
     upto = len(source) if at_end else tok.start_pos
-    expected = set(e.expected or ())
-    if _bracket_error(source, upto, at_end or tok.type in ("RPAR", "RSQB", "RBRACE"), reporter, found):
+    expected = set(getattr(e, "accepts", None) or e.expected or ())   # accepts: what this context allows
+    closing = at_end or tok.type in ("RPAR", "RSQB", "RBRACE") or (
+        expected <= {"RPAR", "RSQB", "RBRACE", "COMMA"} and expected & {"RPAR", "RSQB", "RBRACE"})
+    if _bracket_error(source, upto, closing, reporter, found):
         return
     span = _end_span(source) if at_end else _tok_span(tok)
     label = _label(e) if isinstance(e, UnexpectedToken) and not at_end else None
@@ -440,8 +442,10 @@ def _syntax_error(e: UnexpectedInput, source: str, reporter: Reporter) -> None:
         reporter.error(span, message, hint)
         return
     if expected >= DECL_KEYWORDS - {"OPTIMIZER"}:
-        reporter.error(span, f"unexpected {found}; expected a declaration", "a spec declares optimizer, alias, "
-                       "doc, default, hyper, state, global, option, sparse and one update block")
+        hint = "a spec declares optimizer, alias, doc, default, hyper, state, global, option, sparse and one update block"
+        if tok.type in ("NAME", "IF"):
+            hint = "statements belong inside `update { ... }`; " + hint
+        reporter.error(span, f"unexpected {found}; expected a declaration", hint)
         return
     reporter.error(span, f"unexpected {'end of file' if at_end else found}; expected {_words(expected)}")
 

@@ -407,11 +407,21 @@ def _read_npz(data: bytes) -> dict:
                   f"unexpected member {info.filename!r}")
             _need(info.compress_type == zipfile.ZIP_STORED and info.file_size == info.compress_size
                   and info.file_size <= len(data), f"member {info.filename!r} is compressed")
-            with zf.open(info) as f:
-                arr = np.lib.format.read_array(f, allow_pickle=False)
-                _need(f.read() == b"", f"member {info.filename!r} has trailing bytes")  # and checks the CRC
-            files[info.filename[:-4]] = arr
+            files[info.filename[:-4]] = _read_npy(zf.read(info), info.filename)  # zf.read checks the CRC
     return files
+
+
+def _read_npy(raw: bytes, name: str) -> np.ndarray:
+    """One .npy member, sized from its header before anything is allocated; never unpickles."""
+    fp = io.BytesIO(raw)
+    version = np.lib.format.read_magic(fp)
+    _need(version in ((1, 0), (2, 0)), f"member {name!r} has .npy version {version}")
+    read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    shape, fortran, dtype = read_header(fp)
+    _need(not dtype.hasobject and dtype.fields is None, f"member {name!r} holds {dtype} values")
+    body = raw[fp.tell():]
+    _need(len(body) == int(np.prod(shape, dtype=object)) * dtype.itemsize, f"member {name!r} has the wrong size")
+    return np.frombuffer(body, dtype).reshape(shape, order="F" if fortran else "C").copy(order="C")
 
 
 def loads_states(data: bytes, optimizer: Optimizer | None = None, allow_spec_change: bool = False):
@@ -486,7 +496,7 @@ def _states_from_header(entries, files, target):
             arr = files[member]
             _need(arr.dtype == tensor_dtype and list(arr.shape) == shape,
                   f"array {member!r} is {arr.dtype}{list(arr.shape)}, header says {tensor_dtype}{shape}")
-            arrays[name] = arr if arr.flags.c_contiguous and arr.flags.writeable else np.array(arr, order="C")
+            arrays[name] = arr
             used.add(member)
         master = arrays.pop("__master__", None)
         out[index] = OptState(e["owner"], shape, dtype, arrays, {k: _dec(v) for k, v in scalars.items()}, master)

@@ -249,7 +249,24 @@ def _plain_npy(blob):
     return buf.getvalue()
 
 
+def _raw_member(name, header, body=b"\0" * 48):
+    """Replace member `name` by a hand-made .npy: `header` is its dict, `body` its data bytes."""
+    def make(blob):
+        npy = io.BytesIO()
+        np.lib.format.write_array_header_1_0(npy, header)
+        out = io.BytesIO()
+        with zipfile.ZipFile(io.BytesIO(blob)) as src, zipfile.ZipFile(out, "w") as dst:
+            for info in src.infolist():
+                data = npy.getvalue() + body if info.filename == name + ".npy" else src.read(info)
+                dst.writestr(info.filename, data)
+        return out.getvalue()
+    return make
+
+
 BAD_FILES = [
+    ("npy-huge-shape", _raw_member("s0.mean", {"descr": "<f4", "fortran_order": False, "shape": (10 ** 12,)}), r"wrong size"),
+    ("npy-structured", _raw_member("s0.mean", {"descr": [("a", "<f4")], "fortran_order": False, "shape": (12,)}), r"holds"),
+    ("npy-object", _raw_member("s0.mean", {"descr": "|O", "fortran_order": False, "shape": (12,)}), r"holds object"),
     ("empty", lambda b: b"", r"not an optforge checkpoint"),
     ("pickle", _pickle_blob, r"not a zip archive"),
     ("json", lambda b: json.dumps({"format": "optforge-states"}).encode(), r"not a zip archive"),
