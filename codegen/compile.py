@@ -8,7 +8,10 @@ from pathlib import Path
 import jinja2
 
 from .check import check
+from .emit_c import CpuEmitter, CudaEmitter
+from .emit_driver import driver_lines
 from .emit_numpy import NumpyEmitter, leaves, targets
+from .emit_sparse import RowsEmitter
 from .errors import SpecError
 from .ir import Kind, Op, Spec
 from .parser import parse
@@ -125,9 +128,9 @@ def render_module(spec: Spec, spec_path: str | None = None) -> str:
     scalar_init = hyper_bind(init_hypers) + ["return {" + ", ".join(
         f"{ss.name!r}: {em.expr(ss.init)}" for ss in spec.scalar_states) + "}"]
 
-    sparse_lines = []
+    sparse_lines, requires_lines = [], []
     if spec.sparse:
-        mode, cond = spec.sparse
+        mode, cond, requires, message = spec.sparse
         if mode == "standard":
             sparse_lines = ["return False"]
         elif cond is None:
@@ -135,6 +138,10 @@ def render_module(spec: Spec, spec_path: str | None = None) -> str:
         else:
             hs = {n.value for n in cond.walk() if n.op is Op.HYPER}
             sparse_lines = hyper_bind(hs) + [f"return bool({em.expr(cond)})"]
+        if requires is not None:
+            hs = {n.value for n in requires.walk() if n.op is Op.HYPER}
+            requires_lines = hyper_bind(hs) + [f"if not ({em.expr(requires)}):", f"    return {message!r}",
+                                               "return None"]
 
     # prologue: once per call
     pro = []
@@ -171,12 +178,20 @@ def render_module(spec: Spec, spec_path: str | None = None) -> str:
     for ss in spec.scalar_states:
         if ss.name in used_scalars:
             ker.append(f"{ss.name} = scalars[{ss.name!r}]")
+    ker_head = list(ker)
     ker += em.block(spec.body, 0)
-    for ss in spec.scalar_states:
-        if ss.name in targets(spec.body, "scalar_state"):
-            ker.append(f"scalars[{ss.name!r}] = {ss.name}")
+    tail = [f"scalars[{ss.name!r}] = {ss.name}" for ss in spec.scalar_states
+            if ss.name in targets(spec.body, "scalar_state")]
+    ker += tail
     if not spec.body:
         ker.append("pass")
+    # lazy row kernel: the same equations on the gradient's rows (codegen/emit_sparse.py)
+    rows_lines = []
+    if spec.sparse and spec.sparse[0] == "lazy":
+        rows_lines = ker_head + RowsEmitter(spec).kernel_lines() + tail
+
+    cem = CpuEmitter(spec)
+    staged = driver_lines(spec, cem)
 
     tmpl = _env.get_template("numpy_module.py.j2")
     return tmpl.render(
@@ -187,7 +202,8 @@ def render_module(spec: Spec, spec_path: str | None = None) -> str:
         sparse_mode=spec.sparse[0] if spec.sparse else None,
         signature=signature, hyper_dict=hyper_dict, base_pass=base_pass,
         layout_lines=layout, scalar_init_lines=scalar_init, sparse_lines=sparse_lines,
-        prologue_lines=pro, kernel_lines=ker)
+        requires_lines=requires_lines, rows_lines=rows_lines,
+        prologue_lines=pro, kernel_lines=ker, staged_lines=staged)
 
 
 def _rebind_globals(lines, spec):
@@ -260,7 +276,10 @@ def build(sources, out_dir) -> tuple[dict[str, str], list, list]:
             continue
         seen[spec.module_name] = rel
         # the header names the spec the same way wherever opt-compile runs: folder/file.opt
-        outputs[f"{spec.module_name}.py"] = render_module(spec, f"{Path(f).resolve().parent.name}/{Path(f).name}")
+        shown = f"{Path(f).resolve().parent.name}/{Path(f).name}"
+        outputs[f"{spec.module_name}.py"] = render_module(spec, shown)
+        outputs[f"{spec.module_name}.cpp"] = CpuEmitter(spec).render(shown)
+        outputs[f"{spec.module_name}.cu"] = CudaEmitter(spec).render(shown)
         modules.append((spec.module_name, spec.name, spec.aliases))
     outputs["__init__.py"] = render_package_init(sorted(modules))
     return outputs, errors, warnings

@@ -15,9 +15,9 @@ ATOM = 9
 HOST_FUNCS = {Op.SQRT: "math.sqrt({0})", Op.SQUARE: "({0}) ** 2", Op.ABS: "abs({0})", Op.SIGN: "ops.sign({0})",
               Op.EXP: "math.exp({0})", Op.LOG: "math.log({0})", Op.MAXIMUM: "max({0}, {1})",
               Op.MINIMUM: "min({0}, {1})", Op.CLIP: "ops.clip({0}, {1})"}
-TENSOR_FUNCS = {Op.SQRT: "np.sqrt({0})", Op.SQUARE: "np.square({0})", Op.ABS: "np.abs({0})",
-                Op.SIGN: "np.sign({0})", Op.EXP: "np.exp({0})", Op.LOG: "np.log({0})",
-                Op.MAXIMUM: "np.maximum({0}, {1})", Op.MINIMUM: "np.minimum({0}, {1})",
+TENSOR_FUNCS = {Op.SQRT: "{xp}.sqrt({0})", Op.SQUARE: "{xp}.square({0})", Op.ABS: "{xp}.abs({0})",
+                Op.SIGN: "{xp}.sign({0})", Op.EXP: "{xp}.exp({0})", Op.LOG: "{xp}.log({0})",
+                Op.MAXIMUM: "{xp}.maximum({0}, {1})", Op.MINIMUM: "{xp}.minimum({0}, {1})",
                 Op.CLIP: "ops.clip({0}, {1})"}
 REDUCE_FUNCS = {Op.NORM: "ops.norm({0})", Op.SUM: "ops.total({0})"}
 
@@ -25,9 +25,10 @@ REDUCE_FUNCS = {Op.NORM: "ops.norm({0})", Op.SUM: "ops.total({0})"}
 class NumpyEmitter:
     """Renders expressions and statements of one spec as Python source lines."""
 
-    def __init__(self, spec: Spec):
+    def __init__(self, spec: Spec, xp: str = "np"):
         self.spec = spec
         self.file = spec.path.rsplit("/", 1)[-1]
+        self.xp = xp   # the array module tensor expressions use: numpy, or `xp` chosen at run time
 
     # ---- expressions ----------------------------------------------------------------------------
     def expr(self, e: Expr) -> str:
@@ -68,18 +69,18 @@ class NumpyEmitter:
             return text, p
         if op in (Op.AND, Op.OR):
             if tensor:
-                fn = "np.logical_and" if op is Op.AND else "np.logical_or"
+                fn = f"{self.xp}.logical_and" if op is Op.AND else f"{self.xp}.logical_or"
                 return f"{fn}({self.expr(e.args[0])}, {self.expr(e.args[1])})", ATOM
             p = PREC[op]
             return f"{self._wrap(e.args[0], p)} {op.value} {self._wrap(e.args[1], p, right=True)}", p
         if op is Op.NOT:
             if tensor:
-                return f"np.logical_not({self.expr(e.args[0])})", ATOM
+                return f"{self.xp}.logical_not({self.expr(e.args[0])})", ATOM
             return f"not {self._wrap(e.args[0], PREC[Op.NOT])}", PREC[Op.NOT]
         if op is Op.WHERE:
             c, a, b = e.args
             if c.kind is Kind.TENSOR:
-                return f"np.where({self.expr(c)}, {self.expr(a)}, {self.expr(b)})", ATOM
+                return f"{self.xp}.where({self.expr(c)}, {self.expr(a)}, {self.expr(b)})", ATOM
             return f"{self._wrap(a, 1)} if {self._wrap(c, 1)} else {self._wrap(b, 1)}", 0
         if op in REDUCE_FUNCS:
             return REDUCE_FUNCS[op].format(self.expr(e.args[0])), ATOM
@@ -91,7 +92,7 @@ class NumpyEmitter:
         table = TENSOR_FUNCS if tensor else HOST_FUNCS
         if op in table:
             args = [self.expr(a) for a in e.args]
-            text = table[op].format(*args)
+            text = table[op].format(*args, xp=self.xp)
             return text, ATOM if not text.endswith("** 2") else PREC[Op.POW]
         raise InternalError(f"no numpy rule for {op}")
 
@@ -121,7 +122,7 @@ class NumpyEmitter:
         if s.role == "global":
             return f"G[{s.target!r}] = {value}{comment}"
         if s.role == "local" and s.value.kind is Kind.TENSOR and _may_alias(s.value):
-            return f"{s.target} = np.array({value}){comment}"  # a private copy: weight/states change in place
+            return f"{s.target} = {self.xp}.array({value}){comment}"  # a private copy: weight/states change in place
         return f"{s.target} = {value}{comment}"
 
 

@@ -84,3 +84,15 @@ class AdaDelta(Optimizer):
         delta = np.sqrt(acc_delta + epsilon) / np.sqrt(acc_g + epsilon) * g  # adadelta.opt:22
         acc_delta[...] = rho * acc_delta + (1 - rho) * delta * delta  # adadelta.opt:23
         weight[...] = weight - (delta + wd * weight)  # adadelta.opt:24
+
+    def _kernel_staged(self, be, call, weight, grad, tensors, scalars, lr, wd, t, param_name, learning_rate, num_update):
+        """The same update for compiled backends: host code around the stage kernels of
+        adadelta.cpp / adadelta.cu, launched through `be`."""
+        xp = be.xp
+        epsilon = self.epsilon
+        rho = self.rho
+        clip_gradient = self.clip_gradient
+        rescale_grad = self.rescale_grad
+        acc_g = tensors['acc_g']
+        acc_delta = tensors['acc_delta']
+        be.launch('optforge_adadelta_s0', (grad, acc_g, acc_delta, weight,), (ops.arg(rescale_grad), ops.arg(clip_gradient), ops.arg(rho), ops.arg(1 - rho), ops.arg(epsilon), ops.arg(wd), ))

@@ -82,7 +82,7 @@ class Adam(Optimizer):
     def _scalar_init(self):
         return {}
 
-    def _sparse_lazy(self):
+    def _sparse_lazy(self, master_copy=False):
         """True when a row-sparse gradient updates only its rows (lazy update)."""
         lazy_update = self.lazy_update
         return bool(lazy_update)
@@ -105,3 +105,39 @@ class Adam(Optimizer):
         var[...] = beta2 * var + (1 - beta2) * np.square(g)  # adam.opt:36
         lr_t = lr * math.sqrt(1 - beta2 ** t) / (1 - beta1 ** t)  # adam.opt:37
         weight[...] = weight - lr_t * mean / (np.sqrt(var) + epsilon)  # adam.opt:38
+
+    def _kernel_rows(self, call, rows, weight, grad, tensors, scalars, lr, wd, t, param_name, learning_rate, num_update):
+        """The lazy update: only the rows `rows` of `weight` and `tensors` change; `grad` holds those rows."""
+        beta1 = self.beta1
+        beta2 = self.beta2
+        epsilon = self.epsilon
+        clip_gradient = self.clip_gradient
+        rescale_grad = self.rescale_grad
+        mean = tensors['mean']
+        var = tensors['var']
+        for rows, grad in ops.row_blocks(rows, grad):
+            weight_rows = ops.gather(weight, rows)
+            mean_rows = ops.gather(mean, rows)
+            var_rows = ops.gather(var, rows)
+            g = ops.clip(grad * rescale_grad + wd * weight_rows, clip_gradient)  # adam.opt:34
+            mean_rows = beta1 * mean_rows + (1 - beta1) * g  # adam.opt:35
+            mean[rows] = mean_rows
+            var_rows = beta2 * var_rows + (1 - beta2) * np.square(g)  # adam.opt:36
+            var[rows] = var_rows
+            lr_t = lr * math.sqrt(1 - beta2 ** t) / (1 - beta1 ** t)  # adam.opt:37
+            weight_rows = weight_rows - lr_t * mean_rows / (np.sqrt(var_rows) + epsilon)  # adam.opt:38
+            weight[rows] = weight_rows
+
+    def _kernel_staged(self, be, call, weight, grad, tensors, scalars, lr, wd, t, param_name, learning_rate, num_update):
+        """The same update for compiled backends: host code around the stage kernels of
+        adam.cpp / adam.cu, launched through `be`."""
+        xp = be.xp
+        beta1 = self.beta1
+        beta2 = self.beta2
+        epsilon = self.epsilon
+        clip_gradient = self.clip_gradient
+        rescale_grad = self.rescale_grad
+        mean = tensors['mean']
+        var = tensors['var']
+        lr_t = lr * math.sqrt(1 - beta2 ** t) / (1 - beta1 ** t)  # adam.opt:37
+        be.launch('optforge_adam_s0', (grad, weight, mean, var,), (ops.arg(rescale_grad), ops.arg(wd), ops.arg(clip_gradient), ops.arg(beta1), ops.arg(1 - beta1), ops.arg(beta2), ops.arg(1 - beta2), ops.arg(lr_t), ops.arg(epsilon), ))

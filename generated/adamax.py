@@ -86,3 +86,15 @@ class Adamax(Optimizer):
         m[...] = beta1 * m + (1 - beta1) * g  # adamax.opt:26
         u[...] = np.maximum(beta2 * u, np.abs(g))  # adamax.opt:27
         weight[...] = weight - lr / (1 - beta1 ** t) * m / u  # adamax.opt:28
+
+    def _kernel_staged(self, be, call, weight, grad, tensors, scalars, lr, wd, t, param_name, learning_rate, num_update):
+        """The same update for compiled backends: host code around the stage kernels of
+        adamax.cpp / adamax.cu, launched through `be`."""
+        xp = be.xp
+        beta1 = self.beta1
+        beta2 = self.beta2
+        clip_gradient = self.clip_gradient
+        rescale_grad = self.rescale_grad
+        m = tensors['m']
+        u = tensors['u']
+        be.launch('optforge_adamax_s0', (grad, weight, m, u,), (ops.arg(rescale_grad), ops.arg(wd), ops.arg(clip_gradient), ops.arg(beta1), ops.arg(1 - beta1), ops.arg(beta2), ops.arg(lr / (1 - beta1 ** t)), ))

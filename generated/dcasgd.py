@@ -95,3 +95,19 @@ class DCASGD(Optimizer):
             step = np.array(mom)  # dcasgd.opt:28
         prev_weight[...] = weight  # dcasgd.opt:30
         weight[...] = weight + step  # dcasgd.opt:31
+
+    def _kernel_staged(self, be, call, weight, grad, tensors, scalars, lr, wd, t, param_name, learning_rate, num_update):
+        """The same update for compiled backends: host code around the stage kernels of
+        dcasgd.cpp / dcasgd.cu, launched through `be`."""
+        xp = be.xp
+        lamda = self.lamda
+        momentum = self.momentum
+        clip_gradient = self.clip_gradient
+        rescale_grad = self.rescale_grad
+        mom = tensors.get('mom')
+        prev_weight = tensors['prev_weight']
+        step = be.scratch(weight, 'step')
+        be.launch('optforge_dcasgd_s0', (grad, weight, prev_weight, step,), (ops.arg(rescale_grad), ops.arg(clip_gradient), ops.arg(-lr), ops.arg(wd), ops.arg(lamda), ))
+        if momentum != 0:
+            be.launch('optforge_dcasgd_s1', (mom, step,), (ops.arg(momentum), ))
+        be.launch('optforge_dcasgd_s2', (weight, step, prev_weight,), ())

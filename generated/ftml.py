@@ -97,3 +97,17 @@ class FTML(Optimizer):
         z[...] = beta1 * z + (1 - beta1) * g - (d - beta1 * d_prev) * weight  # ftml.opt:30
         d_prev[...] = d  # ftml.opt:31
         weight[...] = -z / d  # ftml.opt:32
+
+    def _kernel_staged(self, be, call, weight, grad, tensors, scalars, lr, wd, t, param_name, learning_rate, num_update):
+        """The same update for compiled backends: host code around the stage kernels of
+        ftml.cpp / ftml.cu, launched through `be`."""
+        xp = be.xp
+        beta1 = self.beta1
+        beta2 = self.beta2
+        epsilon = self.epsilon
+        clip_gradient = self.clip_gradient
+        rescale_grad = self.rescale_grad
+        d_prev = tensors['d_prev']
+        v = tensors['v']
+        z = tensors['z']
+        be.launch('optforge_ftml_s0', (grad, weight, v, z, d_prev,), (ops.arg(rescale_grad), ops.arg(wd), ops.arg(clip_gradient), ops.arg(beta2), ops.arg(1 - beta2), ops.arg((1 - beta1 ** t) / lr), ops.arg(1 - beta2 ** t), ops.arg(epsilon), ops.arg(beta1), ops.arg(1 - beta1), ))

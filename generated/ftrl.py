@@ -71,7 +71,7 @@ class Ftrl(Optimizer):
     def _scalar_init(self):
         return {}
 
-    def _sparse_lazy(self):
+    def _sparse_lazy(self, master_copy=False):
         """True when a row-sparse gradient updates only its rows (lazy update)."""
         return True
 
@@ -91,3 +91,35 @@ class Ftrl(Optimizer):
         z[...] = z + (g - (np.sqrt(n + g * g) - np.sqrt(n)) * weight / lr)  # ftrl.opt:31
         n[...] = n + g * g  # ftrl.opt:32
         weight[...] = np.where(np.abs(z) > lamda1, (np.sign(z) * lamda1 - z) / ((beta + np.sqrt(n)) / lr + wd), 0)  # ftrl.opt:33
+
+    def _kernel_rows(self, call, rows, weight, grad, tensors, scalars, lr, wd, t, param_name, learning_rate, num_update):
+        """The lazy update: only the rows `rows` of `weight` and `tensors` change; `grad` holds those rows."""
+        beta = self.beta
+        lamda1 = self.lamda1
+        clip_gradient = self.clip_gradient
+        rescale_grad = self.rescale_grad
+        z = tensors['z']
+        n = tensors['n']
+        for rows, grad in ops.row_blocks(rows, grad):
+            weight_rows = ops.gather(weight, rows)
+            z_rows = ops.gather(z, rows)
+            n_rows = ops.gather(n, rows)
+            g = ops.clip(rescale_grad * grad, clip_gradient)  # ftrl.opt:30
+            z_rows = z_rows + (g - (np.sqrt(n_rows + g * g) - np.sqrt(n_rows)) * weight_rows / lr)  # ftrl.opt:31
+            z[rows] = z_rows
+            n_rows = n_rows + g * g  # ftrl.opt:32
+            n[rows] = n_rows
+            weight_rows = np.where(np.abs(z_rows) > lamda1, (np.sign(z_rows) * lamda1 - z_rows) / ((beta + np.sqrt(n_rows)) / lr + wd), 0)  # ftrl.opt:33
+            weight[rows] = weight_rows
+
+    def _kernel_staged(self, be, call, weight, grad, tensors, scalars, lr, wd, t, param_name, learning_rate, num_update):
+        """The same update for compiled backends: host code around the stage kernels of
+        ftrl.cpp / ftrl.cu, launched through `be`."""
+        xp = be.xp
+        beta = self.beta
+        lamda1 = self.lamda1
+        clip_gradient = self.clip_gradient
+        rescale_grad = self.rescale_grad
+        z = tensors['z']
+        n = tensors['n']
+        be.launch('optforge_ftrl_s0', (grad, z, n, weight,), (ops.arg(rescale_grad), ops.arg(clip_gradient), ops.arg(lr), ops.arg(lamda1), ops.arg(beta), ops.arg(wd), ))

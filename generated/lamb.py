@@ -129,3 +129,30 @@ class LAMB(Optimizer):
         r2 = ops.norm(upd)  # lamb.opt:49
         ratio = 1 if r1 == 0 or r2 == 0 else r1 / r2  # lamb.opt:50
         weight[...] = weight - lr * ratio * upd  # lamb.opt:51
+
+    def _kernel_staged(self, be, call, weight, grad, tensors, scalars, lr, wd, t, param_name, learning_rate, num_update):
+        """The same update for compiled backends: host code around the stage kernels of
+        lamb.cpp / lamb.cu, launched through `be`."""
+        xp = be.xp
+        beta1 = self.beta1
+        beta2 = self.beta2
+        bias_correction = self.bias_correction
+        epsilon = self.epsilon
+        lower_bound = self.lower_bound
+        upper_bound = self.upper_bound
+        clip_gradient = self.clip_gradient
+        rescale_grad = self.rescale_grad
+        mean = tensors['mean']
+        var = tensors['var']
+        upd = be.scratch(weight, 'upd')
+        c1 = 1 - beta1 ** t if bias_correction else 1  # lamb.opt:39
+        c2 = 1 - beta2 ** t if bias_correction else 1  # lamb.opt:40
+        be.launch('optforge_lamb_s0', (grad, mean, var, weight, upd,), (ops.arg(rescale_grad), ops.arg(clip_gradient), ops.arg(beta1), ops.arg(1 - beta1), ops.arg(beta2), ops.arg(1 - beta2), ops.arg(c1), ops.arg(c2), ops.arg(epsilon), ops.arg(wd), ))
+        r1 = ops.norm(weight)  # lamb.opt:42
+        if lower_bound is not None and lower_bound > 0:
+            r1 = max(r1, lower_bound)  # lamb.opt:44
+        if upper_bound is not None and upper_bound > 0:
+            r1 = min(r1, upper_bound)  # lamb.opt:47
+        r2 = ops.norm(upd)  # lamb.opt:49
+        ratio = 1 if r1 == 0 or r2 == 0 else r1 / r2  # lamb.opt:50
+        be.launch('optforge_lamb_s1', (weight, upd,), (ops.arg(lr * ratio), ))

@@ -116,3 +116,23 @@ class Nadam(Optimizer):
         m_bar = (1 - momentum_t) * g_prime + momentum_t1 * m_prime  # nadam.opt:42
         weight[...] = weight - lr * m_bar / (np.sqrt(v_prime) + epsilon)  # nadam.opt:43
         scalars['m_schedule'] = m_schedule
+
+    def _kernel_staged(self, be, call, weight, grad, tensors, scalars, lr, wd, t, param_name, learning_rate, num_update):
+        """The same update for compiled backends: host code around the stage kernels of
+        nadam.cpp / nadam.cu, launched through `be`."""
+        xp = be.xp
+        beta1 = self.beta1
+        beta2 = self.beta2
+        epsilon = self.epsilon
+        schedule_decay = self.schedule_decay
+        clip_gradient = self.clip_gradient
+        rescale_grad = self.rescale_grad
+        m = tensors['m']
+        v = tensors['v']
+        m_schedule = scalars['m_schedule']
+        momentum_t = beta1 * (1 - 0.5 * 0.96 ** (t * schedule_decay))  # nadam.opt:33
+        momentum_t1 = beta1 * (1 - 0.5 * 0.96 ** ((t + 1) * schedule_decay))  # nadam.opt:34
+        m_schedule = m_schedule * momentum_t  # nadam.opt:35
+        m_schedule_next = m_schedule * momentum_t1  # nadam.opt:36
+        be.launch('optforge_nadam_s0', (grad, weight, m, v,), (ops.arg(rescale_grad), ops.arg(wd), ops.arg(clip_gradient), ops.arg(beta1), ops.arg(1 - beta1), ops.arg(beta2), ops.arg(1 - beta2), ops.arg(1 - m_schedule), ops.arg(1 - m_schedule_next), ops.arg(1 - beta2 ** t), ops.arg(1 - momentum_t), ops.arg(momentum_t1), ops.arg(lr), ops.arg(epsilon), ))
+        scalars['m_schedule'] = m_schedule

@@ -120,3 +120,25 @@ class RMSProp(Optimizer):
         else:
             weight[...] = weight - lr * g / np.sqrt(n + epsilon)  # rmsprop.opt:42
         weight[...] = ops.clip(weight, clip_weights)  # rmsprop.opt:44
+
+    def _kernel_staged(self, be, call, weight, grad, tensors, scalars, lr, wd, t, param_name, learning_rate, num_update):
+        """The same update for compiled backends: host code around the stage kernels of
+        rmsprop.cpp / rmsprop.cu, launched through `be`."""
+        xp = be.xp
+        centered = self.centered
+        clip_weights = self.clip_weights
+        epsilon = self.epsilon
+        gamma1 = self.gamma1
+        gamma2 = self.gamma2
+        clip_gradient = self.clip_gradient
+        rescale_grad = self.rescale_grad
+        n = tensors['n']
+        g_avg = tensors.get('g_avg')
+        delta = tensors.get('delta')
+        g = be.scratch(weight, 'g')
+        be.launch('optforge_rmsprop_s0', (grad, weight, n, g,), (ops.arg(rescale_grad), ops.arg(wd), ops.arg(clip_gradient), ops.arg(1 - gamma1), ops.arg(gamma1), ))
+        if centered:
+            be.launch('optforge_rmsprop_s1', (g, g_avg, delta, n, weight,), (ops.arg(1 - gamma1), ops.arg(gamma1), ops.arg(gamma2), ops.arg(lr), ops.arg(epsilon), ))
+        else:
+            be.launch('optforge_rmsprop_s2', (weight, g, n,), (ops.arg(lr), ops.arg(epsilon), ))
+        be.launch('optforge_rmsprop_s3', (weight,), (ops.arg(clip_weights), ))

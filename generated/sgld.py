@@ -73,3 +73,11 @@ class SGLD(Optimizer):
         rescale_grad = self.rescale_grad
         g = ops.clip(rescale_grad * grad, clip_gradient)  # sgld.opt:18
         weight[...] = weight + (-lr / 2 * (g + wd * weight) + ops.normal(self._rng, 0, math.sqrt(lr), weight))  # sgld.opt:19
+
+    def _kernel_staged(self, be, call, weight, grad, tensors, scalars, lr, wd, t, param_name, learning_rate, num_update):
+        """The same update for compiled backends: host code around the stage kernels of
+        sgld.cpp / sgld.cu, launched through `be`."""
+        xp = be.xp
+        clip_gradient = self.clip_gradient
+        rescale_grad = self.rescale_grad
+        be.launch('optforge_sgld_s0', (grad, weight,), (ops.arg(rescale_grad), ops.arg(clip_gradient), ops.arg(-lr / 2), ops.arg(wd), ops.arg(math.sqrt(lr)), be.seed(self._rng), ))

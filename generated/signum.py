@@ -93,3 +93,19 @@ class Signum(Optimizer):
             weight[...] = (1 - lr * wd_lh) * weight + lr * np.sign(mom)  # signum.opt:29
         else:
             weight[...] = (1 - lr * (wd + wd_lh)) * weight - lr * np.sign(g)  # signum.opt:31
+
+    def _kernel_staged(self, be, call, weight, grad, tensors, scalars, lr, wd, t, param_name, learning_rate, num_update):
+        """The same update for compiled backends: host code around the stage kernels of
+        signum.cpp / signum.cu, launched through `be`."""
+        xp = be.xp
+        momentum = self.momentum
+        wd_lh = self.wd_lh
+        clip_gradient = self.clip_gradient
+        rescale_grad = self.rescale_grad
+        mom = tensors.get('mom')
+        g = be.scratch(weight, 'g')
+        be.launch('optforge_signum_s0', (grad, g,), (ops.arg(rescale_grad), ops.arg(clip_gradient), ))
+        if momentum != 0:
+            be.launch('optforge_signum_s1', (mom, weight, g,), (ops.arg(momentum), ops.arg(1 - momentum), ops.arg(wd), ops.arg(1 - lr * wd_lh), ops.arg(lr), ))
+        else:
+            be.launch('optforge_signum_s2', (weight, g,), (ops.arg(1 - lr * (wd + wd_lh)), ops.arg(lr), ))

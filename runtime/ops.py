@@ -20,16 +20,26 @@ def clip(x, bound):
     return min(max(x, -bound), bound)
 
 
+def _xp(x):
+    """The array module of `x`: numpy, or cupy for CuPy arrays (imported only then)."""
+    if type(x).__module__.startswith("cupy"):
+        import cupy
+        return cupy
+    return np
+
+
 def norm(x) -> float:
     """L2 norm of a whole tensor, accumulated in float64, as a Python float."""
-    flat = np.ravel(x)
-    return math.sqrt(float(np.dot(flat, flat))) if flat.dtype == np.float64 else \
-        math.sqrt(float(np.dot(flat.astype(np.float64), flat.astype(np.float64))))
+    xp = _xp(x)
+    flat = xp.ravel(x)
+    if flat.dtype != xp.float64:
+        flat = flat.astype(xp.float64)
+    return math.sqrt(float(xp.dot(flat, flat)))
 
 
 def total(x) -> float:
     """Sum of a whole tensor as a Python float."""
-    return float(np.sum(x, dtype=np.float64))
+    return float(_xp(x).sum(x, dtype=np.float64))
 
 
 def normal(rng: np.random.Generator, mean, std, like: np.ndarray) -> np.ndarray:
@@ -40,3 +50,30 @@ def normal(rng: np.random.Generator, mean, std, like: np.ndarray) -> np.ndarray:
     if mean != 0:
         out += mean
     return out
+
+
+def arg(x) -> float:
+    """A host value as a kernel's scalar argument: numbers as float, True/False as 1/0, and none
+    (an optional hyperparameter left unset, e.g. a clip bound) as 0."""
+    return 0.0 if x is None else float(x)
+
+
+def gather(x, rows):
+    """The rows `rows` of `x` as a new array (float16 widened to float32, as dense updates compute);
+    None stays None (a state this configuration does not keep)."""
+    if x is None:
+        return None
+    out = x.take(rows, axis=0)
+    return out.astype(np.float32) if out.dtype == np.float16 else out
+
+
+ROW_BLOCK_ELEMENTS = 1 << 14
+
+
+def row_blocks(rows, grad):
+    """(rows, grad) in consecutive blocks of about ROW_BLOCK_ELEMENTS elements (views, no copies):
+    the lazy row kernel of a spec whose rows are independent runs once per block."""
+    n = rows.shape[0]
+    step = max(1, ROW_BLOCK_ELEMENTS // max(1, grad[:1].size))
+    for lo in range(0, n, step):
+        yield rows[lo:lo + step], grad[lo:lo + step]

@@ -14,7 +14,8 @@ from typing import Any, NamedTuple
 import numpy as np
 from numpy.lib.array_utils import byte_bounds
 
-from . import registry
+from . import native, registry
+from .sparse import RowSparse
 
 FLOAT_DTYPES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
 BASE_ARGS = ("rescale_grad", "param_idx2name", "wd", "clip_gradient", "learning_rate", "lr_scheduler", "sym",
@@ -363,6 +364,7 @@ class Optimizer:
         indices, weights, grads, states = self._gather(index, weight, grad, state)
         if not indices:
             return
+        self._check_sparse_requires(indices, grads, states)
         # counting comes after validation; if the schedule or a multiplier then fails, undo it
         saved = [(i, self._index_update_count.get(i)) for i in indices], self.num_update
         try:
@@ -398,23 +400,86 @@ class Optimizer:
                 self._step_one(w, g, s, call, lr, wd, self._index_update_count[i], name, base, num_update)
 
     def _step_one(self, weight, grad, state, call, lr, wd, t, name, base_lr, num_update):
+        if isinstance(grad, RowSparse):
+            if self._lazy_rows(state):
+                self._step_rows(weight, grad, state, call, lr, wd, t, name, base_lr, num_update)
+                return
+            grad = grad.todense()  # standard semantics: the dense update with zeros in the other rows
         if state.master is not None:
             master = state.master
             g32 = grad.astype(np.float32)
-            self._kernel_numpy(call, master, g32, state.tensors, state.scalars, lr, wd, t, name, base_lr, num_update)
+            self._kernel(call, master, g32, state.tensors, state.scalars, lr, wd, t, name, base_lr, num_update)
             weight[...] = master
         elif weight.dtype == np.float16:
             # compute in float32, store float16 (MXNet rounds every intermediate to float16)
             w32 = weight.astype(np.float32)
             t32 = {k: v.astype(np.float32) for k, v in state.tensors.items()}
-            self._kernel_numpy(call, w32, grad.astype(np.float32), t32, state.scalars, lr, wd, t, name,
-                               base_lr, num_update)
+            self._kernel(call, w32, grad.astype(np.float32), t32, state.scalars, lr, wd, t, name,
+                         base_lr, num_update)
             weight[...] = w32
             for k, v in state.tensors.items():
                 v[...] = t32[k]
         else:
-            self._kernel_numpy(call, weight, grad, state.tensors, state.scalars, lr, wd, t, name, base_lr,
-                               num_update)
+            self._kernel(call, weight, grad, state.tensors, state.scalars, lr, wd, t, name, base_lr, num_update)
+
+    @property
+    def backend(self) -> str:
+        """The backend NumPy arrays use: 'native' (compiled C++, when a compiler works) or 'numpy'.
+        Set it to choose; the default follows OPTFORGE_BACKEND (auto)."""
+        choice = getattr(self, "_backend", None) or native.backend_choice()
+        if choice == "auto":
+            choice = "native" if native.available() and hasattr(self, "_kernel_staged") else "numpy"
+        return choice
+
+    @backend.setter
+    def backend(self, value):
+        if value not in ("auto", "numpy", "native"):
+            raise ValueError(f"backend must be 'auto', 'numpy' or 'native', got {value!r}")
+        if value == "native" and not native.available():
+            raise ValueError("backend 'native' needs a C++ compiler (set OPTFORGE_CXX)")
+        self._backend = value
+
+    def _kernel(self, call, weight, grad, tensors, scalars, lr, wd, t, name, base_lr, num_update):
+        """Run this spec's update on one parameter with the selected backend."""
+        if self.backend == "native":
+            be = native.NativeBackend(native.library_for(type(self)), weight.dtype)
+            if not grad.flags.c_contiguous:
+                grad = np.ascontiguousarray(grad)
+            self._kernel_staged(be, call, weight, grad, tensors, scalars, lr, wd, t, name, base_lr, num_update)
+        else:
+            self._kernel_numpy(call, weight, grad, tensors, scalars, lr, wd, t, name, base_lr, num_update)
+
+    # ---- row-sparse gradients (runtime/sparse.py) ------------------------------------------------------
+    def _lazy_rows(self, state) -> bool:
+        """Whether a row-sparse gradient for this parameter takes the lazy row kernel (the spec's
+        `sparse lazy [if cond]`); otherwise it is densified and runs the standard update."""
+        return self.sparse == "lazy" and self._sparse_lazy(master_copy=state.master is not None)
+
+    def _check_sparse_requires(self, indices, grads, states):
+        """The spec's `sparse lazy requires ...` clause, checked before anything is counted or touched."""
+        check = getattr(self, "_sparse_requires", None)
+        if check is None:
+            return
+        for k, (i, g, s) in enumerate(zip(indices, grads, states)):
+            if isinstance(g, RowSparse) and self._lazy_rows(s):
+                message = check(self._get_wd(i), master_copy=s.master is not None)
+                if message is not None:
+                    where = f" (grad[{k}])" if len(indices) > 1 else ""
+                    raise ValueError(message + where)
+
+    def _step_rows(self, weight, grad, state, call, lr, wd, t, name, base_lr, num_update):
+        """The lazy update: the generated row kernel changes only the rows `grad.indices` of the weight
+        and of every state tensor (float16 rows are computed in float32 by ops.gather)."""
+        rows, data = grad.indices, grad.data
+        if state.master is not None:
+            self._kernel_rows(call, rows, state.master, data.astype(np.float32), state.tensors, state.scalars,
+                              lr, wd, t, name, base_lr, num_update)
+            weight[rows] = state.master.take(rows, axis=0)
+        else:
+            if data.dtype == np.float16:
+                data = data.astype(np.float32)
+            self._kernel_rows(call, rows, weight, data, state.tensors, state.scalars, lr, wd, t, name, base_lr,
+                              num_update)
 
     def _gather(self, index, weight, grad, state):
         """Normalise to lists and validate everything before anything is touched: an update either
@@ -439,7 +504,8 @@ class Optimizer:
                 raise ValueError(f"duplicate index {i!r} in a list update (index{where})")
             seen.add(i)
             _check_array(w, "weight" + where, writeable=True)
-            _check_array(g, "grad" + where)
+            if not isinstance(g, RowSparse):   # a RowSparse was checked when it was made
+                _check_array(g, "grad" + where)
             if g.shape != w.shape:
                 raise ValueError(f"grad{where} has shape {g.shape} but weight{where} has shape {w.shape}")
             if g.dtype != w.dtype:

@@ -27,7 +27,8 @@ def test_same_spec_gives_byte_identical_output(tmp_path):
     second, _, _ = build([str(SPECS)], tmp_path)
     assert not errors
     assert first == second
-    assert set(first) == {p.stem + ".py" for p in SPECS.glob("*.opt")} | {"__init__.py"}
+    stems = [p.stem for p in SPECS.glob("*.opt")]
+    assert set(first) == {f"{s}.{ext}" for s in stems for ext in ("py", "cpp", "cu")} | {"__init__.py"}
 
 
 def test_every_module_has_the_header_and_compiles():

@@ -47,8 +47,18 @@ class OptforgeLib:
             rnd.seed(s)
 
 
+BACKENDS = ["numpy"] + (["native"] if __import__("optforge").native.available() else [])
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request, monkeypatch):
+    """Every case runs on each CPU backend (the native one needs a C++ compiler)."""
+    monkeypatch.setenv("OPTFORGE_BACKEND", request.param)
+    return request.param
+
+
 @pytest.mark.parametrize("case", CASES, ids=[c["id"] for c in CASES])
-def test_matches_mxnet(case):
+def test_matches_mxnet(case, backend):
     arrays = replay.load_arrays(case)
     history = replay.replay(case, arrays, OptforgeLib())
     replay.check(case, arrays, history)

@@ -1,0 +1,159 @@
+"""Staged program -> C++ kernels. One C-style emitter; the CPU and CUDA targets differ by tables.
+
+Every stage becomes an element function `optforge_<spec>_<stage>_elem(i, pointers..., scalars...)`
+shared by both targets; the CPU wraps it in an OpenMP loop, CUDA in a grid-stride kernel. Types:
+T is the storage type of weight and states, G the gradient's, C the compute type (float for
+float16/float32 storage, double for float64).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import jinja2
+
+from .errors import InternalError
+from .ir import Assign, Expr, Kind, Op, Spec
+from .lower import Stage, lower, scalar_args
+
+TEMPLATES = Path(__file__).resolve().parent / "templates"
+_env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)), autoescape=False,
+                          keep_trailing_newline=True, undefined=jinja2.StrictUndefined, trim_blocks=True,
+                          lstrip_blocks=True)
+
+PREC = {Op.OR: 1, Op.AND: 2, Op.EQ: 3, Op.NE: 3, Op.LT: 4, Op.LE: 4, Op.GT: 4, Op.GE: 4,
+        Op.ADD: 5, Op.SUB: 5, Op.MUL: 6, Op.DIV: 6, Op.MOD: 6, Op.NEG: 7, Op.NOT: 7}
+ATOM = 9
+
+
+class CStyleEmitter:
+    """Renders stage element functions; subclasses set the tables."""
+    target = "c"
+    template = None
+    FUNCS = {Op.SQRT: "sqrt({0})", Op.SQUARE: "op_square({0})", Op.ABS: "fabs({0})", Op.SIGN: "op_sign({0})",
+             Op.EXP: "exp({0})", Op.LOG: "log({0})", Op.MAXIMUM: "op_max({0}, {1})",
+             Op.MINIMUM: "op_min({0}, {1})", Op.CLIP: "op_clip({0}, {1})", Op.POW: "pow({0}, {1})",
+             Op.MOD: "fmod({0}, {1})"}
+    BINOPS = {Op.ADD: "+", Op.SUB: "-", Op.MUL: "*", Op.DIV: "/", Op.EQ: "==", Op.NE: "!=", Op.LT: "<",
+              Op.LE: "<=", Op.GT: ">", Op.GE: ">=", Op.AND: "&&", Op.OR: "||"}
+
+    def __init__(self, spec: Spec):
+        self.spec = spec
+        self.file = spec.path.rsplit("/", 1)[-1]
+        self.steps, self.stages, self.scratch = lower(spec)
+
+    # ---- scalar arguments ---------------------------------------------------------------------
+    def stage_scalars(self, st: Stage) -> list[tuple[str, Expr]]:
+        """(parameter name, host expression) of every scalar a stage reads, in first-use order."""
+        out: list[tuple[str, Expr]] = []
+        seen = {}
+        for s in st.stmts:
+            for e in scalar_args(s.value):
+                if e.op is Op.CONST or e in seen:
+                    continue
+                if e.op in (Op.HYPER, Op.BUILTIN, Op.LOCAL, Op.SCALAR_STATE, Op.GLOBAL) and not e.optional:
+                    name = f"k_{e.value}"
+                else:
+                    name = f"k{len(out)}"
+                seen[e] = name
+                out.append((name, e))
+        for s in st.stmts:
+            for n in s.value.walk():
+                if n.op is Op.NORMAL and ("k_seed", None) not in out:
+                    out.append(("k_seed", None))
+        return out
+
+    # ---- expressions --------------------------------------------------------------------------
+    def expr(self, e: Expr, names: dict) -> str:
+        return self._e(e, names)[0]
+
+    def _wrap(self, e, names, prec, right=False):
+        text, p = self._e(e, names)
+        return f"({text})" if p < prec or (right and p == prec) else text
+
+    def _e(self, e: Expr, names: dict) -> tuple[str, int]:
+        if e.kind is not Kind.TENSOR:
+            if e.op is Op.CONST:
+                v = e.value
+                if isinstance(v, bool):
+                    return ("true" if v else "false"), ATOM
+                text = repr(float(v)) if isinstance(v, float) else repr(v)
+                return (f"C({text})" if isinstance(v, float) else text), ATOM
+            return names[e], ATOM
+        op = e.op
+        if op in (Op.WEIGHT, Op.GRAD, Op.STATE, Op.LOCAL):
+            return ("weight" if op is Op.WEIGHT else "grad" if op is Op.GRAD else e.value), ATOM
+        if op in (Op.ADD, Op.SUB, Op.MUL, Op.DIV, Op.EQ, Op.NE, Op.LT, Op.LE, Op.GT, Op.GE, Op.AND, Op.OR):
+            p = PREC[op]
+            return f"{self._wrap(e.args[0], names, p)} {self.BINOPS[op]} {self._wrap(e.args[1], names, p, True)}", p
+        if op is Op.NEG:
+            return f"-{self._wrap(e.args[0], names, PREC[op])}", PREC[op]
+        if op is Op.NOT:
+            return f"!{self._wrap(e.args[0], names, PREC[op])}", PREC[op]
+        if op is Op.WHERE:
+            c, a, b = (self.expr(x, names) for x in e.args)
+            return f"({c} ? C({a}) : C({b}))", ATOM
+        if op is Op.NORMAL:
+            salt = names.setdefault(("salt", e), len([k for k in names if isinstance(k, tuple)]))
+            return f"op_normal<C>(k_seed, i, {salt}, {self.expr(e.args[0], names)}, {self.expr(e.args[1], names)})", ATOM
+        if op in self.FUNCS:
+            return self.FUNCS[op].format(*(self.expr(a, names) for a in e.args)), ATOM
+        raise InternalError(f"no {self.target} rule for {op}")
+
+    # ---- stages -------------------------------------------------------------------------------
+    def stage(self, st: Stage) -> dict:
+        scalars = self.stage_scalars(st)
+        names = {e: n for n, e in scalars if e is not None}
+        reads, writes, locals_ = [], [], set()
+        tensor_names = {s.name for s in self.spec.states} | {"weight", "grad"}
+        for s in st.stmts:
+            for n in s.value.walk():
+                key = "weight" if n.op is Op.WEIGHT else "grad" if n.op is Op.GRAD else n.value
+                if n.op in (Op.WEIGHT, Op.GRAD, Op.STATE) or (n.op is Op.LOCAL and n.kind is Kind.TENSOR
+                                                              and n.value in self.scratch):
+                    if key not in writes and key not in reads and key not in locals_:
+                        reads.append(key)
+            if s.role in ("weight", "state") or s.target in st.scratch_writes:
+                if s.target not in writes:
+                    writes.append(s.target)
+            if s.role == "local":
+                locals_.add(s.target)
+        pointers = []
+        for name in reads + [w for w in writes if w not in reads]:
+            ctype = "G" if name == "grad" else "T" if name in tensor_names else "C"
+            const = "const " if name not in writes else ""
+            pointers.append({"name": name, "decl": f"{const}{ctype}* __restrict__ p_{name}"})
+        body, declared = [], set(reads)
+        for s in st.stmts:
+            value = self.expr(s.value, names)
+            if s.value.kind is not Kind.TENSOR:
+                value = f"C({value})"
+            if s.target in declared:
+                body.append(f"{s.target} = {value};  // {self.file}:{s.line}")
+            else:
+                body.append(f"C {s.target} = {value};  // {self.file}:{s.line}")
+                declared.add(s.target)
+        return {"name": st.name, "fn": f"optforge_{self.spec.module_name}_{st.name}", "pointers": pointers,
+                "loads": [(r, "G" if r == "grad" else "C") for r in reads], "body": body,
+                "stores": writes, "writes_weight": "weight" in writes,
+                "scalars": [(n, "double" if n == "k_seed" else "C") for n, _ in scalars], "scalar_exprs": scalars}
+
+    def render(self, spec_path: str | None = None) -> str:
+        stages = [self.stage(st) for st in self.stages]
+        uses_normal = any(n.op is Op.NORMAL for st in self.stages for s in st.stmts for n in s.value.walk())
+        return _env.get_template(self.template).render(
+            spec=self.spec, stages=stages, uses_normal=uses_normal, header=_header(self.spec, spec_path))
+
+
+class CpuEmitter(CStyleEmitter):
+    target = "cpu"
+    template = "cpu_kernels.cpp.j2"
+
+
+class CudaEmitter(CStyleEmitter):
+    target = "cuda"
+    template = "cuda_kernels.cu.j2"
+
+
+def _header(spec: Spec, spec_path: str | None) -> str:
+    return (f"// Generated by opt-compile from {spec_path or spec.path} (sha256 {spec.source_hash}).\n"
+            "// Do not edit: change the spec and run `opt-compile` again.")

@@ -1,0 +1,60 @@
+"""Staged program -> the Python driver of the compiled backends.
+
+The driver is a method of the generated class, `_kernel_staged(be, ...)`: it runs the host
+statements in Python (array work through `xp`, NumPy or CuPy), allocates scratch arrays for
+materialized locals, and launches each stage through the backend `be` with its pointers and
+scalar arguments. The native CPU and CUDA backends share it; they differ only in `be`.
+"""
+from __future__ import annotations
+
+from .emit_c import CStyleEmitter
+from .emit_numpy import NumpyEmitter, leaves, targets
+from .ir import Op
+from .lower import Branch, Host, Stage
+
+
+def driver_lines(spec, cem: CStyleEmitter) -> list[str]:
+    em = NumpyEmitter(spec, xp="xp")
+    stage_info = {st["name"]: st for st in (cem.stage(s) for s in cem.stages)}
+    out = ["xp = be.xp"]
+    body = spec.body
+    out += [f"{h} = self.{h}" for h in sorted(leaves(body, {Op.HYPER}))]
+    out += [f"{b} = self.{b}" for b in sorted(leaves(body, {Op.BUILTIN}) & {"rescale_grad", "clip_gradient"})]
+    out += [f"{n} = call[{n!r}]" for n in spec.prologue_exports]
+    out += [f"{g} = self._globals[{g!r}]" for g in sorted(leaves(body, {Op.GLOBAL}))]
+    used_states = leaves(body, {Op.STATE}) | targets(body, "state")
+    for st in spec.states:
+        if st.name in used_states:
+            out.append(f"{st.name} = tensors.get({st.name!r})" if st.cond is not None else f"{st.name} = tensors[{st.name!r}]")
+    used_scalars = leaves(body, {Op.SCALAR_STATE}) | targets(body, "scalar_state")
+    out += [f"{s.name} = scalars[{s.name!r}]" for s in spec.scalar_states if s.name in used_scalars]
+    for name in cem.scratch:
+        out.append(f"{name} = be.scratch(weight, {name!r})")
+
+    def steps(items, depth):
+        pad = "    " * depth
+        lines = []
+        for item in items:
+            if isinstance(item, Host):
+                lines += em.block([item.stmt], depth)
+            elif isinstance(item, Stage):
+                info = stage_info[item.name]
+                ptrs = ", ".join(p["name"] for p in info["pointers"])
+                args = []
+                for name, e in info["scalar_exprs"]:
+                    args.append("be.seed(self._rng)" if e is None else f"ops.arg({em.expr(e)})")
+                lines.append(f"{pad}be.launch({info['fn']!r}, ({ptrs},), ({''.join(a + ', ' for a in args)}))")
+            else:
+                for k, (cond, sub) in enumerate(item.branches):
+                    lines.append(f"{pad}{'if' if k == 0 else 'elif'} {em.expr(cond)}:")
+                    lines += steps(sub, depth + 1) or [pad + "    pass"]
+                if item.orelse:
+                    lines.append(f"{pad}else:")
+                    lines += steps(item.orelse, depth + 1)
+        return lines
+
+    out += steps(cem.steps, 0)
+    for s in spec.scalar_states:
+        if s.name in targets(body, "scalar_state"):
+            out.append(f"scalars[{s.name!r}] = {s.name}")
+    return out

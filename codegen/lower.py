@@ -1,0 +1,175 @@
+"""Checked IR -> a staged program for the compiled backends (native CPU, CUDA).
+
+The per-parameter body becomes a list of steps the generated Python driver runs in order:
+
+  Host(stmt)     a statement computed on the host (Python numbers), or a reduction of tensors
+                 (evaluated with the backend's array module)
+  Stage(...)     a run of elementwise statements fused into one kernel: one read and one write of
+                 each tensor; every non-tensor subexpression becomes a scalar argument computed on
+                 the host, so kernels never see optionals, strings or Python semantics
+  Branch(...)    a host `if` whose branches hold stages
+
+Reductions and host `if`s split stages. Host statements are hoisted in front of the open stage
+when no statement already in that stage reads what they assign. A tensor local read outside the
+stage that computed it (a reduction, a later stage) is stored to a scratch array.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .ir import Assign, Expr, IfStmt, Kind, Op, Spec
+
+
+@dataclass
+class Stage:
+    name: str
+    stmts: list = field(default_factory=list)       # Assigns, in order
+    scratch_writes: set = field(default_factory=set)  # tensor locals stored to scratch at the end
+
+    def host_reads(self) -> set:
+        out = set()
+        for s in self.stmts:
+            for e in scalar_args(s.value):
+                for n in e.walk():
+                    if n.op in (Op.LOCAL, Op.SCALAR_STATE) and n.kind <= Kind.REDUCED:
+                        out.add(n.value)
+        return out
+
+
+@dataclass
+class Host:
+    stmt: object
+
+
+@dataclass
+class Branch:
+    branches: list      # [(cond, [steps])]
+    orelse: list
+
+
+def scalar_args(e: Expr) -> list:
+    """The maximal non-tensor subexpressions of a tensor expression, in first-use order."""
+    if e.kind is not Kind.TENSOR:
+        return [e]
+    out = []
+    for a in e.args:
+        for x in scalar_args(a):
+            if x not in out:
+                out.append(x)
+    return out
+
+
+def _is_tensor_stmt(s: Assign) -> bool:
+    return s.role in ("weight", "state") or s.value.kind is Kind.TENSOR
+
+
+def _writes_tensors(s) -> bool:
+    if isinstance(s, Assign):
+        return _is_tensor_stmt(s)
+    return any(_writes_tensors(x) for _, body in s.branches for x in body) or \
+        any(_writes_tensors(x) for x in s.orelse)
+
+
+def _targets(s) -> set:
+    if isinstance(s, Assign):
+        return {s.target}
+    out = set()
+    for _, body in s.branches:
+        for x in body:
+            out |= _targets(x)
+    for x in s.orelse:
+        out |= _targets(x)
+    return out
+
+
+class Lowering:
+    def __init__(self, spec: Spec):
+        self.spec = spec
+        self.count = 0
+        self.stages: list[Stage] = []
+
+    def run(self) -> list:
+        steps = self._block(self.spec.body)
+        self._materialize(steps)
+        return steps
+
+    def _new_stage(self) -> Stage:
+        st = Stage(f"s{self.count}")
+        self.count += 1
+        self.stages.append(st)
+        return st
+
+    def _block(self, stmts) -> list:
+        steps: list = []
+        open_stage: Stage | None = None
+        for s in stmts:
+            if isinstance(s, Assign) and _is_tensor_stmt(s):
+                if open_stage is None:
+                    open_stage = self._new_stage()
+                    steps.append(open_stage)
+                open_stage.stmts.append(s)
+            elif s.kind <= Kind.INDEX and not _writes_tensors(s):
+                # pure host work: hoist in front of the open stage unless the stage already reads it
+                if open_stage is not None and _targets(s) & open_stage.host_reads():
+                    open_stage = None
+                if open_stage is not None:
+                    steps.insert(steps.index(open_stage), Host(s))
+                else:
+                    steps.append(Host(s))
+            elif isinstance(s, Assign):  # a reduction (or a number computed from one)
+                open_stage = None
+                steps.append(Host(s))
+            else:
+                open_stage = None
+                branches = [(cond, self._block(body)) for cond, body in s.branches]
+                steps.append(Branch(branches, self._block(s.orelse)))
+        return steps
+
+    def _materialize(self, steps) -> None:
+        """Tensor locals read outside the stage that assigned them live in scratch arrays."""
+        defined_in: dict[str, set] = {}
+        need: set = set()
+        for st in self.stages:
+            assigned = set()
+            for s in st.stmts:
+                for n in s.value.walk():
+                    if n.op is Op.LOCAL and n.kind is Kind.TENSOR and n.value not in assigned:
+                        need.add(n.value)
+                if s.role == "local":
+                    assigned.add(s.target)
+                    defined_in.setdefault(s.target, set()).add(st.name)
+
+        def host_reads(items):
+            for item in items:
+                if isinstance(item, Host):
+                    for e in _exprs(item.stmt):
+                        for n in e.walk():
+                            if n.op is Op.LOCAL and n.kind is Kind.TENSOR:
+                                need.add(n.value)
+                elif isinstance(item, Branch):
+                    for cond, body in item.branches:
+                        host_reads(body)
+                    host_reads(item.orelse)
+        host_reads(steps)
+        for st in self.stages:
+            st.scratch_writes = {s.target for s in st.stmts if s.role == "local" and s.target in need}
+        self.scratch = sorted(n for n in need if n in defined_in)
+
+
+def _exprs(s):
+    if isinstance(s, Assign):
+        return [s.value]
+    out = [c for c, _ in s.branches]
+    for _, body in s.branches:
+        for x in body:
+            out += _exprs(x)
+    for x in s.orelse:
+        out += _exprs(x)
+    return out
+
+
+def lower(spec: Spec):
+    """Returns (steps, stages, scratch names)."""
+    low = Lowering(spec)
+    steps = low.run()
+    return steps, low.stages, low.scratch

@@ -1,0 +1,144 @@
+"""The native CPU backend: each spec's generated C++ (generated/<spec>.cpp) compiled with the
+system compiler and OpenMP on first use, cached on disk, loaded with ctypes.
+
+    OPTFORGE_BACKEND=numpy|native|auto   which backend NumPy arrays use (default auto: native when
+                                         a C++ compiler works, NumPy otherwise)
+    OPTFORGE_CACHE_DIR                   where compiled libraries live (default ~/.cache/optforge)
+    OPTFORGE_CXX                         the compiler (default: $CXX, else g++)
+"""
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+from pathlib import Path
+
+import numpy as np
+
+FLAGS = ["-O3", "-march=native", "-fopenmp", "-fno-math-errno", "-ffp-contract=fast", "-shared", "-fPIC",
+         "-std=c++14", "-w"]
+_lock = threading.Lock()
+_libs: dict[str, "NativeLibrary"] = {}
+_compiler_state: dict = {}
+
+
+class NativeError(RuntimeError):
+    """Compiling or loading a native kernel failed; holds the compiler's output and numbered source."""
+
+
+def compiler() -> str | None:
+    """The C++ compiler to use, or None when there is none."""
+    if "cxx" not in _compiler_state:
+        cxx = os.environ.get("OPTFORGE_CXX") or os.environ.get("CXX") or "g++"
+        path = shutil.which(cxx)
+        version = None
+        if path:
+            try:
+                version = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=30).stdout
+            except (OSError, subprocess.SubprocessError):
+                path = None
+        _compiler_state.update(cxx=path, version=(version or "").splitlines()[:1])
+    return _compiler_state["cxx"]
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("OPTFORGE_CACHE_DIR") or Path.home() / ".cache" / "optforge")
+
+
+def _build(source: str, name: str) -> Path:
+    cxx = compiler()
+    if cxx is None:
+        raise NativeError("no C++ compiler found (set OPTFORGE_CXX or install g++)")
+    from . import __version__
+    key = hashlib.sha256("\n".join([source, " ".join(FLAGS), str(_compiler_state["version"]), __version__,
+                                    sys.platform]).encode()).hexdigest()[:24]
+    out_dir = cache_dir()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    lib = out_dir / f"{name}-{key}.so"
+    if lib.exists():
+        return lib
+    fd, src_path = tempfile.mkstemp(dir=out_dir, prefix=f".{name}-", suffix=".cpp")
+    tmp_lib = src_path[:-4] + ".so"
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(source)
+        r = subprocess.run([cxx, *FLAGS, src_path, "-o", tmp_lib], capture_output=True, text=True)
+        if r.returncode != 0:
+            numbered = "\n".join(f"{i + 1:5d}  {ln}" for i, ln in enumerate(source.splitlines()))
+            raise NativeError(f"compiling {name} failed ({cxx} {' '.join(FLAGS)}):\n{r.stderr}\n{numbered}")
+        os.replace(tmp_lib, lib)   # atomic: a half-written library is never picked up
+    finally:
+        for p in (src_path, tmp_lib):
+            if os.path.exists(p):
+                os.unlink(p)
+    if os.environ.get("OPTFORGE_DEBUG", "0") >= "3":
+        print(f"optforge: compiled {name} -> {lib}", file=sys.stderr)
+    return lib
+
+
+class NativeLibrary:
+    def __init__(self, path: Path):
+        self.lib = ctypes.CDLL(str(path))
+        self.funcs: dict = {}
+
+    def func(self, name: str):
+        f = self.funcs.get(name)
+        if f is None:
+            f = getattr(self.lib, name)
+            f.restype = None
+            self.funcs[name] = f
+        return f
+
+
+def library_for(cls) -> NativeLibrary:
+    """The compiled library of an optimizer class (its module's .cpp beside the .py)."""
+    module = sys.modules[cls.__module__]
+    key = f"{cls.__module__}:{cls.spec_hash}"
+    lib = _libs.get(key)
+    if lib is None:
+        with _lock:
+            lib = _libs.get(key)
+            if lib is None:
+                src = Path(module.__file__).with_suffix(".cpp")
+                if not src.exists():
+                    raise NativeError(f"{src} is missing; run opt-compile")
+                lib = NativeLibrary(_build(src.read_text(), cls.__module__.rsplit(".", 1)[-1]))
+                _libs[key] = lib
+    return lib
+
+
+def available() -> bool:
+    return compiler() is not None
+
+
+class NativeBackend:
+    """What a generated `_kernel_staged` driver needs: xp, scratch(), seed() and launch()."""
+    xp = np
+
+    def __init__(self, lib: NativeLibrary, dtype):
+        self.lib = lib
+        self.suffix = {np.dtype(np.float32): "f32", np.dtype(np.float64): "f64"}[np.dtype(dtype)]
+
+    def scratch(self, like, name):
+        return np.empty(like.shape, like.dtype)
+
+    def seed(self, rng) -> float:
+        return float(rng.integers(0, 2 ** 53))
+
+    def launch(self, fn: str, arrays, scalars) -> None:
+        f = self.lib.func(f"{fn}_{self.suffix}")
+        n = arrays[0].size
+        f(ctypes.c_int64(n), *[ctypes.c_void_p(a.ctypes.data) for a in arrays],
+          *[ctypes.c_double(s) for s in scalars])
+
+
+def backend_choice() -> str:
+    choice = os.environ.get("OPTFORGE_BACKEND", "auto").lower()
+    if choice not in ("auto", "numpy", "native"):
+        raise ValueError(f"OPTFORGE_BACKEND={choice!r}: use numpy, native or auto")
+    return choice
