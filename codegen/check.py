@@ -35,6 +35,16 @@ BUILTIN_DOCS = {
     "num_update": "the largest update count over all parameters",
     "rescale_grad": "gradient rescaling factor", "clip_gradient": "gradient clipping bound or none",
 }
+# Names a `sparse` declaration may read besides hyperparameters (see Checker._sparse).
+SPARSE_BUILTINS = {"master_copy": (Op.BUILTIN, Ty.BOOL, Kind.INDEX, False)}
+
+
+def _reads_only(e: Expr, builtins: set) -> bool:
+    """True when `e` reads nothing but constants, hyperparameters and the given builtins."""
+    return all(n.op not in (Op.BUILTIN, Op.WEIGHT, Op.GRAD, Op.STATE, Op.LOCAL, Op.GLOBAL, Op.SCALAR_STATE)
+               or (n.op is Op.BUILTIN and n.value in builtins) for n in e.walk())
+
+
 # Base-class constructor arguments a spec may give a new default with `default NAME = value`.
 BASE_DEFAULTS = {"learning_rate": (Ty.FLOAT, True), "wd": (Ty.FLOAT, False), "rescale_grad": (Ty.FLOAT, False),
                  "clip_gradient": (Ty.FLOAT, True), "multi_precision": (Ty.BOOL, False)}
@@ -136,6 +146,7 @@ class Checker:
         self.used: set[str] = set()
         self.uses_random = False
         self._unused_spans = []
+        self._extra_builtins: dict = {}         # names only a `sparse` declaration may read
 
     # ---- entry --------------------------------------------------------------------------
     def run(self) -> Spec:
@@ -401,12 +412,27 @@ class Checker:
         d = self._single(by_kind, "sparse", "`sparse` declaration")
         if d is None:
             return None
-        cond = None
-        if d.cond is not None:
-            cond = self._expr(d.cond, _Scope())
-            if cond is not None and (cond.ty is not Ty.BOOL or cond.kind > Kind.HYPER):
-                self.r.error(d.cond.span, "the sparse condition must be a true/false test of hyperparameters")
-        return (d.name, cond)
+        cond = requires = None
+        # the condition may also ask whether this parameter updates a float32 master copy (fp16 +
+        # multi_precision); `requires` may read the parameter's weight decay `wd` too
+        self._extra_builtins = dict(SPARSE_BUILTINS)
+        try:
+            if d.cond is not None:
+                cond = self._expr(d.cond, _Scope())
+                if cond is not None and (cond.ty is not Ty.BOOL or not _reads_only(cond, {"master_copy"})):
+                    self.r.error(d.cond.span, "the sparse condition must be a true/false test of hyperparameters",
+                                 "it may also read `master_copy`")
+            if d.value is not None:
+                requires = self._expr(d.value, _Scope())
+                if requires is not None and (requires.ty is not Ty.BOOL or
+                                             not _reads_only(requires, {"master_copy", "wd"})):
+                    self.r.error(d.value.span, "a sparse `requires` clause must be a true/false test of "
+                                 "hyperparameters, `wd` and `master_copy`")
+        finally:
+            self._extra_builtins = {}
+        if d.name == "standard" and d.value is not None:
+            self.r.error(d.value.span, "`requires` applies to `sparse lazy` only")
+        return (d.name, cond, requires, d.text)
 
     # ---- statements -------------------------------------------------------------------------
     def _collect_assigned(self, body):
@@ -580,8 +606,8 @@ class Checker:
     def _name(self, node, scope) -> Expr:
         n = node.id
         self.used.add(n)
-        if n in BUILTINS:
-            op, ty, kind, optional = BUILTINS[n]
+        if n in BUILTINS or n in self._extra_builtins:
+            op, ty, kind, optional = BUILTINS.get(n) or self._extra_builtins[n]
             return Expr(op, ty, kind, (), n, optional and n not in scope.narrowed, node.span)
         if n in self.hypers:
             h = self.hypers[n]

@@ -272,7 +272,9 @@ class _Build(Transformer):
         return ast.Decl(_span(meta), "option", str(c[0]), _tok_span(c[0]), args=args)
 
     def sparse_decl(self, meta, c):
-        return ast.Decl(_span(meta), "sparse", str(c[0]), _tok_span(c[0]), cond=c[1])
+        mode, cond, requires, message = c   # `requires` expr "message": checked at update time
+        return ast.Decl(_span(meta), "sparse", str(mode), _tok_span(mode), cond=cond, value=requires,
+                        text=self._str(message) if message is not None else None)
 
     def update_decl(self, meta, c):
         return ast.Decl(_span(meta), "update", body=c[0])

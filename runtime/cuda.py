@@ -1,0 +1,78 @@
+"""The CUDA backend: each spec's generated CUDA source (generated/<spec>.cu) loaded through
+`cupy.RawModule`, compiled once per process and device (CuPy keeps its own disk cache), launched
+with scalars as kernel arguments so nothing recompiles when lr, wd or t change. CuPy arrays select
+this backend automatically; importing optforge never imports CuPy.
+
+Kernel variants: f32, f64, f16 (float16 storage, float32 arithmetic) and mp16 (a float32 master
+copy updated in place, the float16 weight written in the same pass).
+"""
+from __future__ import annotations
+
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+
+_lock = threading.Lock()
+_modules: dict = {}
+THREADS = 256
+
+
+def is_cupy(x) -> bool:
+    return type(x).__module__.startswith("cupy")
+
+
+def module_for(cls, device_id: int):
+    """The RawModule of an optimizer class on a device, compiled on first use."""
+    import cupy
+    key = (cls.__module__, cls.spec_hash, device_id)
+    mod = _modules.get(key)
+    if mod is None:
+        with _lock:
+            mod = _modules.get(key)
+            if mod is None:
+                src = Path(sys.modules[cls.__module__].__file__).with_suffix(".cu")
+                mod = cupy.RawModule(code=src.read_text(), options=("--std=c++14",))
+                _modules[key] = mod
+    return mod
+
+
+def variant(weight_dtype, grad_dtype, low_precision: bool) -> str:
+    w, g = np.dtype(weight_dtype), np.dtype(grad_dtype)
+    if low_precision:
+        if w != np.float32 or g != np.float16:
+            raise TypeError("multi-precision CUDA update needs a float32 master and a float16 gradient")
+        return "mp16"
+    names = {np.dtype(np.float32): "f32", np.dtype(np.float64): "f64", np.dtype(np.float16): "f16"}
+    if w != g or w not in names:
+        raise TypeError(f"no CUDA kernel for weight {w} with gradient {g}")
+    return names[w]
+
+
+class CudaBackend:
+    """What a generated `_kernel_staged` driver needs, for CuPy arrays."""
+
+    def __init__(self, module, weight, grad, weight_lp=None):
+        import cupy
+        self.xp = cupy
+        self.module = module
+        self.suffix = variant(weight.dtype, grad.dtype, weight_lp is not None)
+        self.weight_lp = weight_lp
+        self.funcs: dict = {}
+
+    def scratch(self, like, name):
+        return self.xp.empty(like.shape, np.float64 if like.dtype == np.float64 else np.float32)
+
+    def seed(self, rng) -> float:
+        return float(rng.integers(0, 2 ** 53))
+
+    def launch(self, fn: str, arrays, scalars) -> None:
+        name = f"{fn}_{self.suffix}"
+        f = self.funcs.get(name)
+        if f is None:
+            f = self.funcs[name] = self.module.get_function(name)
+        n = arrays[0].size
+        blocks = max(1, min((n + THREADS - 1) // THREADS, 65535))
+        lp = self.weight_lp if self.weight_lp is not None else 0
+        f((blocks,), (THREADS,), (np.int64(n), *arrays, lp, *[np.float64(s) for s in scalars]))
