@@ -160,7 +160,7 @@ class Spec:
     scalar_states: tuple
     globals: tuple
     options: dict
-    sparse: tuple | None       # (mode, cond Expr | None)
+    sparse: tuple | None       # (mode, cond Expr | None, requires Expr | None, requires message | None)
     prologue: tuple            # statements run once per update call
     body: tuple                # statements run once per parameter
     prologue_exports: tuple    # prologue locals the body reads

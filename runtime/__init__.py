@@ -10,6 +10,7 @@
 """
 from . import lr_scheduler
 from .optimizer import Optimizer, OptState
+from .sparse import RowSparse
 from .registry import create, register, registered
 from .updater import Updater, get_updater, load_states, save_states
 from .generated import *  # noqa: F401,F403  - every compiled spec, registered on import
@@ -17,6 +18,6 @@ from .generated import __all__ as _generated
 
 create_optimizer = create
 
-__all__ = ["Optimizer", "OptState", "Updater", "create", "create_optimizer", "get_updater", "load_states",
+__all__ = ["Optimizer", "OptState", "RowSparse", "Updater", "create", "create_optimizer", "get_updater", "load_states",
            "lr_scheduler", "register", "registered", "save_states"] + list(_generated)
 __version__ = "0.1.0"
