@@ -15,14 +15,10 @@ import numpy as np
 import optforge
 
 
-def _median_ms(fn, repeat):
-    fn()  # warm up
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times), times
+def _timed_ms(fn):
+    t0 = time.perf_counter()
+    fn()
+    return (time.perf_counter() - t0) * 1e3
 
 
 def main():
@@ -44,12 +40,18 @@ def main():
 
     lazy = optforge.create("adam", learning_rate=1e-3, wd=1e-4)
     lazy_state = lazy.create_state(0, weight)
-    lazy_ms, lazy_all = _median_ms(lambda: lazy.update(0, weight, sparse_grad, lazy_state), a.repeat)
-
     dense = optforge.create("adam", learning_rate=1e-3, wd=1e-4)
     dense_state = dense.create_state(0, weight)
     backend = getattr(dense, "backend", "numpy")
-    dense_ms, dense_all = _median_ms(lambda: dense.update(0, weight, dense_grad, dense_state), a.repeat)
+    lazy_step = lambda: lazy.update(0, weight, sparse_grad, lazy_state)  # noqa: E731
+    dense_step = lambda: dense.update(0, weight, dense_grad, dense_state)  # noqa: E731
+    lazy_step(), dense_step()  # warm up: first touch of the states, native compile
+    # interleaved, so that a busy machine slows both alike
+    lazy_all, dense_all = [], []
+    for _ in range(a.repeat):
+        lazy_all.append(_timed_ms(lazy_step))
+        dense_all.append(_timed_ms(dense_step))
+    lazy_ms, dense_ms = statistics.median(lazy_all), statistics.median(dense_all)
 
     print(f"Adam step on a {a.rows:,} x {a.dim} float32 embedding, {nnz:,} rows touched ({a.frac:.2%}), "
           f"median of {a.repeat} runs")
