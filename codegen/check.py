@@ -61,6 +61,7 @@ FUNCTIONS = {
 OPTIONS = {
     # name: (number of arguments or None for any, argument type, description)
     "lr_before_count": (0, None, "read lr and wd before counting this update (LBSGD)"),
+    "count_each": (0, None, "list updates count each index and read its lr in turn (LAMB)"),
     "keep_scheduler_base_lr": (0, None, "learning_rate does not overwrite the scheduler's base_lr (Ftrl)"),
     "decay_suffixes": (None, str, "parameter-name suffixes that keep weight decay under param_idx2name"),
     "aggregate": (1, int, "the Updater passes lists of up to this many same-dtype parameters per call"),

@@ -12,9 +12,12 @@ import warnings
 from typing import Any, NamedTuple
 
 import numpy as np
-from numpy.lib.array_utils import byte_bounds
+try:
+    from numpy.lib.array_utils import byte_bounds
+except ImportError:  # NumPy < 2
+    byte_bounds = np.byte_bounds
 
-from . import native, registry
+from . import cuda, native, ops, registry
 from .sparse import RowSparse
 
 FLOAT_DTYPES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
@@ -325,14 +328,15 @@ class Optimizer:
         """The state of one parameter: the spec's tensors (in the weight's dtype) and scalars."""
         _check_index(index, "index")
         _check_array(weight, "weight")
+        xp = ops._xp(weight)   # numpy, or cupy for CuPy arrays
         tensors = {}
         for name, init, fill in self._state_layout():
             if init == "zeros":
-                tensors[name] = np.zeros(weight.shape, dtype=weight.dtype)
+                tensors[name] = xp.zeros(weight.shape, dtype=weight.dtype)
             elif init == "weight":
-                tensors[name] = np.array(weight, dtype=weight.dtype, copy=True, order="C")
+                tensors[name] = xp.array(weight, dtype=weight.dtype, copy=True, order="C")
             else:
-                tensors[name] = np.full(weight.shape, fill, dtype=weight.dtype)
+                tensors[name] = xp.full(weight.shape, fill, dtype=weight.dtype)
         return OptState(self.spec_name, weight.shape, weight.dtype, tensors, self._scalar_init())
 
     def create_state_multi_precision(self, index, weight):
@@ -375,6 +379,13 @@ class Optimizer:
                     bases.append(self.learning_rate)
                     wds.append(self._get_wd(i))
                     self._update_count(i)
+            elif self.options.get("count_each", False):
+                # count each index, then read its learning rate, one index after another (LAMB)
+                bases, wds = [], []
+                for i in indices:
+                    self._update_count(i)
+                    bases.append(self.learning_rate)
+                    wds.append(self._get_wd(i))
             else:
                 self._update_count(indices)
                 bases = [self.learning_rate] * len(indices)
@@ -438,6 +449,20 @@ class Optimizer:
         if value == "native" and not native.available():
             raise ValueError("backend 'native' needs a C++ compiler (set OPTFORGE_CXX)")
         self._backend = value
+
+    def _step_cuda(self, weight, grad, state, call, lr, wd, t, name, base_lr, num_update):
+        """CuPy arrays: the spec's CUDA kernels. float16 weights are read and written as float16
+        (float32 arithmetic); with a master copy the kernel updates it and writes the float16
+        weight in the same pass."""
+        module = cuda.module_for(type(self), weight.device.id)
+        if state.master is not None:
+            be = cuda.CudaBackend(module, state.master, grad, weight_lp=weight)
+            self._kernel_staged(be, call, state.master, grad, state.tensors, state.scalars, lr, wd, t, name,
+                                base_lr, num_update)
+        else:
+            be = cuda.CudaBackend(module, weight, grad)
+            self._kernel_staged(be, call, weight, grad, state.tensors, state.scalars, lr, wd, t, name, base_lr,
+                                num_update)
 
     def _kernel(self, call, weight, grad, tensors, scalars, lr, wd, t, name, base_lr, num_update):
         """Run this spec's update on one parameter with the selected backend."""
@@ -506,6 +531,9 @@ class Optimizer:
             _check_array(w, "weight" + where, writeable=True)
             if not isinstance(g, RowSparse):   # a RowSparse was checked when it was made
                 _check_array(g, "grad" + where)
+                if _array_kind(g) != _array_kind(w):
+                    raise TypeError(f"grad{where} is a {_array_kind(g)} array but weight{where} is a "
+                                    f"{_array_kind(w)} array")
             if g.shape != w.shape:
                 raise ValueError(f"grad{where} has shape {g.shape} but weight{where} has shape {w.shape}")
             if g.dtype != w.dtype:
@@ -578,12 +606,12 @@ def _check_index(i, what):
 
 
 def _check_array(a, what, writeable=False):
-    if not isinstance(a, np.ndarray):
-        raise TypeError(f"{what} must be a numpy.ndarray, got {type(a).__name__}")
+    if not isinstance(a, np.ndarray) and not cuda.is_cupy(a):
+        raise TypeError(f"{what} must be a numpy.ndarray (or a cupy.ndarray), got {type(a).__name__}")
     if a.dtype not in FLOAT_DTYPES:
         raise TypeError(f"{what} has dtype {a.dtype}; optforge updates float16, float32 and float64 arrays")
     if writeable:
-        if not a.flags.writeable:
+        if not getattr(a.flags, "writeable", True):
             raise ValueError(f"{what} is read-only; the update writes it in place")
         if not a.flags.c_contiguous:
             raise ValueError(f"{what} is not C-contiguous; pass np.ascontiguousarray(...) and copy back, "
@@ -593,7 +621,21 @@ def _check_array(a, what, writeable=False):
 def _check_no_overlap(arrays):
     """No two of the (C-contiguous) arrays an update writes may share memory: a weight passed
     twice, two views of one buffer, or a weight that is also a state would be updated twice."""
-    spans = sorted((byte_bounds(a) + (what,) for a, what in arrays if a.nbytes))
+    kinds = {_array_kind(a) for a, _ in arrays}
+    if len(kinds) > 1:
+        raise TypeError(f"one update mixes {' and '.join(sorted(kinds))} arrays; keep a parameter, its gradient and "
+                        "its state on one device")
+    spans = sorted((_bounds(a) + (what,) for a, what in arrays if a.nbytes))
     for (_, end, first), (start, _, second) in zip(spans, spans[1:]):
         if start < end:
             raise ValueError(f"{second} shares memory with {first}; an update writes each of them once")
+
+
+def _array_kind(a) -> str:
+    return "cupy" if cuda.is_cupy(a) else "numpy"
+
+
+def _bounds(a) -> tuple:
+    if cuda.is_cupy(a):
+        return (a.data.ptr, a.data.ptr + a.nbytes)
+    return tuple(byte_bounds(a))

@@ -125,3 +125,25 @@ def test_get_states_never_pickles():
     np.testing.assert_array_equal(fresh.states[0].tensors["mean"], upd.states[0].tensors["mean"])
     with pytest.raises(ValueError):
         fresh.set_states(b"\x80\x04K\x01.")                    # a pickle is refused, not executed
+
+
+def test_lamb_list_update_reads_each_learning_rate_after_counting_that_index():
+    """MXNet's LAMB list path counts an index, then reads its lr, one index after another; with drifted
+    counters and a decaying schedule the two parameters of one list call see different rates."""
+    def run(as_list):
+        sched = lr_scheduler.FactorScheduler(step=1, factor=0.5, base_lr=0.1)
+        opt = optforge.LAMB(learning_rate=None, lr_scheduler=sched)
+        ws = [np.ones(4) for _ in range(3)]
+        states = [opt.create_state(i, w) for i, w in enumerate(ws)]
+        g = np.full(4, 0.3)
+        opt.update(1, ws[1], g, states[1])
+        opt.update(2, ws[2], g, states[2])
+        if as_list:
+            opt.update([0, 2], [ws[0], ws[2]], [g, g], [states[0], states[2]])
+        else:
+            opt.update(0, ws[0], g, states[0])
+            opt.update(2, ws[2], g, states[2])
+        return ws
+
+    for a, b in zip(run(True), run(False)):
+        np.testing.assert_array_equal(a, b)
