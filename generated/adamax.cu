@@ -38,10 +38,11 @@ template <typename C> OPTFORGE_HD void store_low(float* p, int64_t i, C v) {
     reinterpret_cast<__half*>(p)[i] = __float2half((float)v);
 }
 
-/* stage s0 */
+/* stage s0: element i of the weight and states, element gi of the gradient and scratch
+   (the same element for a dense update; for a row-sparse one, gi walks the gradient's rows) */
 template <typename T, typename G, typename C>
-OPTFORGE_HD void optforge_adamax_s0_elem(int64_t i, const G* __restrict__ p_grad, T* __restrict__ p_weight, T* __restrict__ p_m, T* __restrict__ p_u, float* __restrict__ p_weight_lp, const C k_rescale_grad, const C k_wd, const C k2, const C k_beta1, const C k4, const C k_beta2, const C k6) {
-    C grad = C(p_grad[i]);
+OPTFORGE_HD void optforge_adamax_s0_elem(int64_t i, int64_t gi, const G* __restrict__ p_grad, T* __restrict__ p_weight, T* __restrict__ p_m, T* __restrict__ p_u, float* __restrict__ p_weight_lp, const C k_rescale_grad, const C k_wd, const C k2, const C k_beta1, const C k4, const C k_beta2, const C k6) {
+    C grad = C(p_grad[gi]);
     C weight = C(p_weight[i]);
     C m = C(p_m[i]);
     C u = C(p_u[i]);
@@ -58,18 +59,38 @@ OPTFORGE_HD void optforge_adamax_s0_elem(int64_t i, const G* __restrict__ p_grad
 extern "C" {
 __global__ void optforge_adamax_s0_f32(int64_t n, const float* __restrict__ p_grad, float* __restrict__ p_weight, float* __restrict__ p_m, float* __restrict__ p_u, float* __restrict__ p_weight_lp, double k_rescale_grad, double k_wd, double k2, double k_beta1, double k4, double k_beta2, double k6) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_adamax_s0_elem<float, float, float>(i, p_grad, p_weight, p_m, p_u, p_weight_lp, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k_beta1, (float)k4, (float)k_beta2, (float)k6);
+        optforge_adamax_s0_elem<float, float, float>(i, i, p_grad, p_weight, p_m, p_u, p_weight_lp, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k_beta1, (float)k4, (float)k_beta2, (float)k6);
+}
+/* row-sparse, parallel over gradient elements (not rows): element j updates row rows[j / cols] */
+__global__ void optforge_adamax_s0_rows_f32(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const float* __restrict__ p_grad, float* __restrict__ p_weight, float* __restrict__ p_m, float* __restrict__ p_u, float* __restrict__ p_weight_lp, double k_rescale_grad, double k_wd, double k2, double k_beta1, double k4, double k_beta2, double k6) {
+    for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
+        optforge_adamax_s0_elem<float, float, float>(rows[j / cols] * cols + j % cols, j, p_grad, p_weight, p_m, p_u, p_weight_lp, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k_beta1, (float)k4, (float)k_beta2, (float)k6);
 }
 __global__ void optforge_adamax_s0_f64(int64_t n, const double* __restrict__ p_grad, double* __restrict__ p_weight, double* __restrict__ p_m, double* __restrict__ p_u, float* __restrict__ p_weight_lp, double k_rescale_grad, double k_wd, double k2, double k_beta1, double k4, double k_beta2, double k6) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_adamax_s0_elem<double, double, double>(i, p_grad, p_weight, p_m, p_u, p_weight_lp, (double)k_rescale_grad, (double)k_wd, (double)k2, (double)k_beta1, (double)k4, (double)k_beta2, (double)k6);
+        optforge_adamax_s0_elem<double, double, double>(i, i, p_grad, p_weight, p_m, p_u, p_weight_lp, (double)k_rescale_grad, (double)k_wd, (double)k2, (double)k_beta1, (double)k4, (double)k_beta2, (double)k6);
+}
+/* row-sparse, parallel over gradient elements (not rows): element j updates row rows[j / cols] */
+__global__ void optforge_adamax_s0_rows_f64(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const double* __restrict__ p_grad, double* __restrict__ p_weight, double* __restrict__ p_m, double* __restrict__ p_u, float* __restrict__ p_weight_lp, double k_rescale_grad, double k_wd, double k2, double k_beta1, double k4, double k_beta2, double k6) {
+    for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
+        optforge_adamax_s0_elem<double, double, double>(rows[j / cols] * cols + j % cols, j, p_grad, p_weight, p_m, p_u, p_weight_lp, (double)k_rescale_grad, (double)k_wd, (double)k2, (double)k_beta1, (double)k4, (double)k_beta2, (double)k6);
 }
 __global__ void optforge_adamax_s0_f16(int64_t n, const __half* __restrict__ p_grad, __half* __restrict__ p_weight, __half* __restrict__ p_m, __half* __restrict__ p_u, float* __restrict__ p_weight_lp, double k_rescale_grad, double k_wd, double k2, double k_beta1, double k4, double k_beta2, double k6) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_adamax_s0_elem<__half, __half, float>(i, p_grad, p_weight, p_m, p_u, p_weight_lp, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k_beta1, (float)k4, (float)k_beta2, (float)k6);
+        optforge_adamax_s0_elem<__half, __half, float>(i, i, p_grad, p_weight, p_m, p_u, p_weight_lp, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k_beta1, (float)k4, (float)k_beta2, (float)k6);
+}
+/* row-sparse, parallel over gradient elements (not rows): element j updates row rows[j / cols] */
+__global__ void optforge_adamax_s0_rows_f16(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const __half* __restrict__ p_grad, __half* __restrict__ p_weight, __half* __restrict__ p_m, __half* __restrict__ p_u, float* __restrict__ p_weight_lp, double k_rescale_grad, double k_wd, double k2, double k_beta1, double k4, double k_beta2, double k6) {
+    for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
+        optforge_adamax_s0_elem<__half, __half, float>(rows[j / cols] * cols + j % cols, j, p_grad, p_weight, p_m, p_u, p_weight_lp, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k_beta1, (float)k4, (float)k_beta2, (float)k6);
 }
 __global__ void optforge_adamax_s0_mp16(int64_t n, const __half* __restrict__ p_grad, float* __restrict__ p_weight, float* __restrict__ p_m, float* __restrict__ p_u, float* __restrict__ p_weight_lp, double k_rescale_grad, double k_wd, double k2, double k_beta1, double k4, double k_beta2, double k6) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_adamax_s0_elem<float, __half, float>(i, p_grad, p_weight, p_m, p_u, p_weight_lp, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k_beta1, (float)k4, (float)k_beta2, (float)k6);
+        optforge_adamax_s0_elem<float, __half, float>(i, i, p_grad, p_weight, p_m, p_u, p_weight_lp, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k_beta1, (float)k4, (float)k_beta2, (float)k6);
+}
+/* row-sparse, parallel over gradient elements (not rows): element j updates row rows[j / cols] */
+__global__ void optforge_adamax_s0_rows_mp16(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const __half* __restrict__ p_grad, float* __restrict__ p_weight, float* __restrict__ p_m, float* __restrict__ p_u, float* __restrict__ p_weight_lp, double k_rescale_grad, double k_wd, double k2, double k_beta1, double k4, double k_beta2, double k6) {
+    for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
+        optforge_adamax_s0_elem<float, __half, float>(rows[j / cols] * cols + j % cols, j, p_grad, p_weight, p_m, p_u, p_weight_lp, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k_beta1, (float)k4, (float)k_beta2, (float)k6);
 }
 }

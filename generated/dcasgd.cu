@@ -38,31 +38,34 @@ template <typename C> OPTFORGE_HD void store_low(float* p, int64_t i, C v) {
     reinterpret_cast<__half*>(p)[i] = __float2half((float)v);
 }
 
-/* stage s0 */
+/* stage s0: element i of the weight and states, element gi of the gradient and scratch
+   (the same element for a dense update; for a row-sparse one, gi walks the gradient's rows) */
 template <typename T, typename G, typename C>
-OPTFORGE_HD void optforge_dcasgd_s0_elem(int64_t i, const G* __restrict__ p_grad, const T* __restrict__ p_weight, const T* __restrict__ p_prev_weight, C* __restrict__ p_step, float* __restrict__ p_weight_lp, const C k_rescale_grad, const C k1, const C k2, const C k_wd, const C k_lamda) {
-    C grad = C(p_grad[i]);
+OPTFORGE_HD void optforge_dcasgd_s0_elem(int64_t i, int64_t gi, const G* __restrict__ p_grad, const T* __restrict__ p_weight, const T* __restrict__ p_prev_weight, C* __restrict__ p_step, float* __restrict__ p_weight_lp, const C k_rescale_grad, const C k1, const C k2, const C k_wd, const C k_lamda) {
+    C grad = C(p_grad[gi]);
     C weight = C(p_weight[i]);
     C prev_weight = C(p_prev_weight[i]);
     C g = op_clip(k_rescale_grad * grad, k1);  // dcasgd.opt:24
     C step = k2 * (g + k_wd * weight + k_lamda * g * g * (weight - prev_weight));  // dcasgd.opt:25
-    p_step[i] = (C)(step);
+    p_step[gi] = (C)(step);
 }
-/* stage s1 */
+/* stage s1: element i of the weight and states, element gi of the gradient and scratch
+   (the same element for a dense update; for a row-sparse one, gi walks the gradient's rows) */
 template <typename T, typename G, typename C>
-OPTFORGE_HD void optforge_dcasgd_s1_elem(int64_t i, T* __restrict__ p_mom, C* __restrict__ p_step, float* __restrict__ p_weight_lp, const C k_momentum) {
+OPTFORGE_HD void optforge_dcasgd_s1_elem(int64_t i, int64_t gi, T* __restrict__ p_mom, C* __restrict__ p_step, float* __restrict__ p_weight_lp, const C k_momentum) {
     C mom = C(p_mom[i]);
-    C step = C(p_step[i]);
+    C step = C(p_step[gi]);
     mom = k_momentum * mom + step;  // dcasgd.opt:27
     step = mom;  // dcasgd.opt:28
     p_mom[i] = (T)(mom);
-    p_step[i] = (C)(step);
+    p_step[gi] = (C)(step);
 }
-/* stage s2 */
+/* stage s2: element i of the weight and states, element gi of the gradient and scratch
+   (the same element for a dense update; for a row-sparse one, gi walks the gradient's rows) */
 template <typename T, typename G, typename C>
-OPTFORGE_HD void optforge_dcasgd_s2_elem(int64_t i, T* __restrict__ p_weight, const C* __restrict__ p_step, T* __restrict__ p_prev_weight, float* __restrict__ p_weight_lp) {
+OPTFORGE_HD void optforge_dcasgd_s2_elem(int64_t i, int64_t gi, T* __restrict__ p_weight, const C* __restrict__ p_step, T* __restrict__ p_prev_weight, float* __restrict__ p_weight_lp) {
     C weight = C(p_weight[i]);
-    C step = C(p_step[i]);
+    C step = C(p_step[gi]);
     C prev_weight = weight;  // dcasgd.opt:30
     weight = weight + step;  // dcasgd.opt:31
     p_prev_weight[i] = (T)(prev_weight);
@@ -73,50 +76,110 @@ OPTFORGE_HD void optforge_dcasgd_s2_elem(int64_t i, T* __restrict__ p_weight, co
 extern "C" {
 __global__ void optforge_dcasgd_s0_f32(int64_t n, const float* __restrict__ p_grad, const float* __restrict__ p_weight, const float* __restrict__ p_prev_weight, float* __restrict__ p_step, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k2, double k_wd, double k_lamda) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_dcasgd_s0_elem<float, float, float>(i, p_grad, p_weight, p_prev_weight, p_step, p_weight_lp, (float)k_rescale_grad, (float)k1, (float)k2, (float)k_wd, (float)k_lamda);
+        optforge_dcasgd_s0_elem<float, float, float>(i, i, p_grad, p_weight, p_prev_weight, p_step, p_weight_lp, (float)k_rescale_grad, (float)k1, (float)k2, (float)k_wd, (float)k_lamda);
+}
+/* row-sparse, parallel over gradient elements (not rows): element j updates row rows[j / cols] */
+__global__ void optforge_dcasgd_s0_rows_f32(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const float* __restrict__ p_grad, const float* __restrict__ p_weight, const float* __restrict__ p_prev_weight, float* __restrict__ p_step, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k2, double k_wd, double k_lamda) {
+    for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
+        optforge_dcasgd_s0_elem<float, float, float>(rows[j / cols] * cols + j % cols, j, p_grad, p_weight, p_prev_weight, p_step, p_weight_lp, (float)k_rescale_grad, (float)k1, (float)k2, (float)k_wd, (float)k_lamda);
 }
 __global__ void optforge_dcasgd_s0_f64(int64_t n, const double* __restrict__ p_grad, const double* __restrict__ p_weight, const double* __restrict__ p_prev_weight, double* __restrict__ p_step, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k2, double k_wd, double k_lamda) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_dcasgd_s0_elem<double, double, double>(i, p_grad, p_weight, p_prev_weight, p_step, p_weight_lp, (double)k_rescale_grad, (double)k1, (double)k2, (double)k_wd, (double)k_lamda);
+        optforge_dcasgd_s0_elem<double, double, double>(i, i, p_grad, p_weight, p_prev_weight, p_step, p_weight_lp, (double)k_rescale_grad, (double)k1, (double)k2, (double)k_wd, (double)k_lamda);
+}
+/* row-sparse, parallel over gradient elements (not rows): element j updates row rows[j / cols] */
+__global__ void optforge_dcasgd_s0_rows_f64(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const double* __restrict__ p_grad, const double* __restrict__ p_weight, const double* __restrict__ p_prev_weight, double* __restrict__ p_step, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k2, double k_wd, double k_lamda) {
+    for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
+        optforge_dcasgd_s0_elem<double, double, double>(rows[j / cols] * cols + j % cols, j, p_grad, p_weight, p_prev_weight, p_step, p_weight_lp, (double)k_rescale_grad, (double)k1, (double)k2, (double)k_wd, (double)k_lamda);
 }
 __global__ void optforge_dcasgd_s0_f16(int64_t n, const __half* __restrict__ p_grad, const __half* __restrict__ p_weight, const __half* __restrict__ p_prev_weight, float* __restrict__ p_step, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k2, double k_wd, double k_lamda) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_dcasgd_s0_elem<__half, __half, float>(i, p_grad, p_weight, p_prev_weight, p_step, p_weight_lp, (float)k_rescale_grad, (float)k1, (float)k2, (float)k_wd, (float)k_lamda);
+        optforge_dcasgd_s0_elem<__half, __half, float>(i, i, p_grad, p_weight, p_prev_weight, p_step, p_weight_lp, (float)k_rescale_grad, (float)k1, (float)k2, (float)k_wd, (float)k_lamda);
+}
+/* row-sparse, parallel over gradient elements (not rows): element j updates row rows[j / cols] */
+__global__ void optforge_dcasgd_s0_rows_f16(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const __half* __restrict__ p_grad, const __half* __restrict__ p_weight, const __half* __restrict__ p_prev_weight, float* __restrict__ p_step, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k2, double k_wd, double k_lamda) {
+    for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
+        optforge_dcasgd_s0_elem<__half, __half, float>(rows[j / cols] * cols + j % cols, j, p_grad, p_weight, p_prev_weight, p_step, p_weight_lp, (float)k_rescale_grad, (float)k1, (float)k2, (float)k_wd, (float)k_lamda);
 }
 __global__ void optforge_dcasgd_s0_mp16(int64_t n, const __half* __restrict__ p_grad, const float* __restrict__ p_weight, const float* __restrict__ p_prev_weight, float* __restrict__ p_step, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k2, double k_wd, double k_lamda) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_dcasgd_s0_elem<float, __half, float>(i, p_grad, p_weight, p_prev_weight, p_step, p_weight_lp, (float)k_rescale_grad, (float)k1, (float)k2, (float)k_wd, (float)k_lamda);
+        optforge_dcasgd_s0_elem<float, __half, float>(i, i, p_grad, p_weight, p_prev_weight, p_step, p_weight_lp, (float)k_rescale_grad, (float)k1, (float)k2, (float)k_wd, (float)k_lamda);
+}
+/* row-sparse, parallel over gradient elements (not rows): element j updates row rows[j / cols] */
+__global__ void optforge_dcasgd_s0_rows_mp16(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const __half* __restrict__ p_grad, const float* __restrict__ p_weight, const float* __restrict__ p_prev_weight, float* __restrict__ p_step, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k2, double k_wd, double k_lamda) {
+    for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
+        optforge_dcasgd_s0_elem<float, __half, float>(rows[j / cols] * cols + j % cols, j, p_grad, p_weight, p_prev_weight, p_step, p_weight_lp, (float)k_rescale_grad, (float)k1, (float)k2, (float)k_wd, (float)k_lamda);
 }
 __global__ void optforge_dcasgd_s1_f32(int64_t n, float* __restrict__ p_mom, float* __restrict__ p_step, float* __restrict__ p_weight_lp, double k_momentum) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_dcasgd_s1_elem<float, float, float>(i, p_mom, p_step, p_weight_lp, (float)k_momentum);
+        optforge_dcasgd_s1_elem<float, float, float>(i, i, p_mom, p_step, p_weight_lp, (float)k_momentum);
+}
+/* row-sparse, parallel over gradient elements (not rows): element j updates row rows[j / cols] */
+__global__ void optforge_dcasgd_s1_rows_f32(int64_t n, int64_t cols, const int64_t* __restrict__ rows, float* __restrict__ p_mom, float* __restrict__ p_step, float* __restrict__ p_weight_lp, double k_momentum) {
+    for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
+        optforge_dcasgd_s1_elem<float, float, float>(rows[j / cols] * cols + j % cols, j, p_mom, p_step, p_weight_lp, (float)k_momentum);
 }
 __global__ void optforge_dcasgd_s1_f64(int64_t n, double* __restrict__ p_mom, double* __restrict__ p_step, float* __restrict__ p_weight_lp, double k_momentum) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_dcasgd_s1_elem<double, double, double>(i, p_mom, p_step, p_weight_lp, (double)k_momentum);
+        optforge_dcasgd_s1_elem<double, double, double>(i, i, p_mom, p_step, p_weight_lp, (double)k_momentum);
+}
+/* row-sparse, parallel over gradient elements (not rows): element j updates row rows[j / cols] */
+__global__ void optforge_dcasgd_s1_rows_f64(int64_t n, int64_t cols, const int64_t* __restrict__ rows, double* __restrict__ p_mom, double* __restrict__ p_step, float* __restrict__ p_weight_lp, double k_momentum) {
+    for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
+        optforge_dcasgd_s1_elem<double, double, double>(rows[j / cols] * cols + j % cols, j, p_mom, p_step, p_weight_lp, (double)k_momentum);
 }
 __global__ void optforge_dcasgd_s1_f16(int64_t n, __half* __restrict__ p_mom, float* __restrict__ p_step, float* __restrict__ p_weight_lp, double k_momentum) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_dcasgd_s1_elem<__half, __half, float>(i, p_mom, p_step, p_weight_lp, (float)k_momentum);
+        optforge_dcasgd_s1_elem<__half, __half, float>(i, i, p_mom, p_step, p_weight_lp, (float)k_momentum);
+}
+/* row-sparse, parallel over gradient elements (not rows): element j updates row rows[j / cols] */
+__global__ void optforge_dcasgd_s1_rows_f16(int64_t n, int64_t cols, const int64_t* __restrict__ rows, __half* __restrict__ p_mom, float* __restrict__ p_step, float* __restrict__ p_weight_lp, double k_momentum) {
+    for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
+        optforge_dcasgd_s1_elem<__half, __half, float>(rows[j / cols] * cols + j % cols, j, p_mom, p_step, p_weight_lp, (float)k_momentum);
 }
 __global__ void optforge_dcasgd_s1_mp16(int64_t n, float* __restrict__ p_mom, float* __restrict__ p_step, float* __restrict__ p_weight_lp, double k_momentum) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_dcasgd_s1_elem<float, __half, float>(i, p_mom, p_step, p_weight_lp, (float)k_momentum);
+        optforge_dcasgd_s1_elem<float, __half, float>(i, i, p_mom, p_step, p_weight_lp, (float)k_momentum);
+}
+/* row-sparse, parallel over gradient elements (not rows): element j updates row rows[j / cols] */
+__global__ void optforge_dcasgd_s1_rows_mp16(int64_t n, int64_t cols, const int64_t* __restrict__ rows, float* __restrict__ p_mom, float* __restrict__ p_step, float* __restrict__ p_weight_lp, double k_momentum) {
+    for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
+        optforge_dcasgd_s1_elem<float, __half, float>(rows[j / cols] * cols + j % cols, j, p_mom, p_step, p_weight_lp, (float)k_momentum);
 }
 __global__ void optforge_dcasgd_s2_f32(int64_t n, float* __restrict__ p_weight, const float* __restrict__ p_step, float* __restrict__ p_prev_weight, float* __restrict__ p_weight_lp) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_dcasgd_s2_elem<float, float, float>(i, p_weight, p_step, p_prev_weight, p_weight_lp);
+        optforge_dcasgd_s2_elem<float, float, float>(i, i, p_weight, p_step, p_prev_weight, p_weight_lp);
+}
+/* row-sparse, parallel over gradient elements (not rows): element j updates row rows[j / cols] */
+__global__ void optforge_dcasgd_s2_rows_f32(int64_t n, int64_t cols, const int64_t* __restrict__ rows, float* __restrict__ p_weight, const float* __restrict__ p_step, float* __restrict__ p_prev_weight, float* __restrict__ p_weight_lp) {
+    for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
+        optforge_dcasgd_s2_elem<float, float, float>(rows[j / cols] * cols + j % cols, j, p_weight, p_step, p_prev_weight, p_weight_lp);
 }
 __global__ void optforge_dcasgd_s2_f64(int64_t n, double* __restrict__ p_weight, const double* __restrict__ p_step, double* __restrict__ p_prev_weight, float* __restrict__ p_weight_lp) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_dcasgd_s2_elem<double, double, double>(i, p_weight, p_step, p_prev_weight, p_weight_lp);
+        optforge_dcasgd_s2_elem<double, double, double>(i, i, p_weight, p_step, p_prev_weight, p_weight_lp);
+}
+/* row-sparse, parallel over gradient elements (not rows): element j updates row rows[j / cols] */
+__global__ void optforge_dcasgd_s2_rows_f64(int64_t n, int64_t cols, const int64_t* __restrict__ rows, double* __restrict__ p_weight, const double* __restrict__ p_step, double* __restrict__ p_prev_weight, float* __restrict__ p_weight_lp) {
+    for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
+        optforge_dcasgd_s2_elem<double, double, double>(rows[j / cols] * cols + j % cols, j, p_weight, p_step, p_prev_weight, p_weight_lp);
 }
 __global__ void optforge_dcasgd_s2_f16(int64_t n, __half* __restrict__ p_weight, const float* __restrict__ p_step, __half* __restrict__ p_prev_weight, float* __restrict__ p_weight_lp) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_dcasgd_s2_elem<__half, __half, float>(i, p_weight, p_step, p_prev_weight, p_weight_lp);
+        optforge_dcasgd_s2_elem<__half, __half, float>(i, i, p_weight, p_step, p_prev_weight, p_weight_lp);
+}
+/* row-sparse, parallel over gradient elements (not rows): element j updates row rows[j / cols] */
+__global__ void optforge_dcasgd_s2_rows_f16(int64_t n, int64_t cols, const int64_t* __restrict__ rows, __half* __restrict__ p_weight, const float* __restrict__ p_step, __half* __restrict__ p_prev_weight, float* __restrict__ p_weight_lp) {
+    for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
+        optforge_dcasgd_s2_elem<__half, __half, float>(rows[j / cols] * cols + j % cols, j, p_weight, p_step, p_prev_weight, p_weight_lp);
 }
 __global__ void optforge_dcasgd_s2_mp16(int64_t n, float* __restrict__ p_weight, const float* __restrict__ p_step, float* __restrict__ p_prev_weight, float* __restrict__ p_weight_lp) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_dcasgd_s2_elem<float, __half, float>(i, p_weight, p_step, p_prev_weight, p_weight_lp);
+        optforge_dcasgd_s2_elem<float, __half, float>(i, i, p_weight, p_step, p_prev_weight, p_weight_lp);
+}
+/* row-sparse, parallel over gradient elements (not rows): element j updates row rows[j / cols] */
+__global__ void optforge_dcasgd_s2_rows_mp16(int64_t n, int64_t cols, const int64_t* __restrict__ rows, float* __restrict__ p_weight, const float* __restrict__ p_step, float* __restrict__ p_prev_weight, float* __restrict__ p_weight_lp) {
+    for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
+        optforge_dcasgd_s2_elem<float, __half, float>(rows[j / cols] * cols + j % cols, j, p_weight, p_step, p_prev_weight, p_weight_lp);
 }
 }

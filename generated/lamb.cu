@@ -38,10 +38,11 @@ template <typename C> OPTFORGE_HD void store_low(float* p, int64_t i, C v) {
     reinterpret_cast<__half*>(p)[i] = __float2half((float)v);
 }
 
-/* stage s0 */
+/* stage s0: element i of the weight and states, element gi of the gradient and scratch
+   (the same element for a dense update; for a row-sparse one, gi walks the gradient's rows) */
 template <typename T, typename G, typename C>
-OPTFORGE_HD void optforge_lamb_s0_elem(int64_t i, const G* __restrict__ p_grad, T* __restrict__ p_mean, T* __restrict__ p_var, const T* __restrict__ p_weight, C* __restrict__ p_upd, float* __restrict__ p_weight_lp, const C k_rescale_grad, const C k1, const C k_beta1, const C k3, const C k_beta2, const C k5, const C k_c1, const C k_c2, const C k_epsilon, const C k_wd) {
-    C grad = C(p_grad[i]);
+OPTFORGE_HD void optforge_lamb_s0_elem(int64_t i, int64_t gi, const G* __restrict__ p_grad, T* __restrict__ p_mean, T* __restrict__ p_var, const T* __restrict__ p_weight, C* __restrict__ p_upd, float* __restrict__ p_weight_lp, const C k_rescale_grad, const C k1, const C k_beta1, const C k3, const C k_beta2, const C k5, const C k_c1, const C k_c2, const C k_epsilon, const C k_wd) {
+    C grad = C(p_grad[gi]);
     C mean = C(p_mean[i]);
     C var = C(p_var[i]);
     C weight = C(p_weight[i]);
@@ -51,13 +52,14 @@ OPTFORGE_HD void optforge_lamb_s0_elem(int64_t i, const G* __restrict__ p_grad, 
     C upd = mean / k_c1 / (sqrt(var / k_c2) + k_epsilon) + k_wd * weight;  // lamb.opt:42
     p_mean[i] = (T)(mean);
     p_var[i] = (T)(var);
-    p_upd[i] = (C)(upd);
+    p_upd[gi] = (C)(upd);
 }
-/* stage s1 */
+/* stage s1: element i of the weight and states, element gi of the gradient and scratch
+   (the same element for a dense update; for a row-sparse one, gi walks the gradient's rows) */
 template <typename T, typename G, typename C>
-OPTFORGE_HD void optforge_lamb_s1_elem(int64_t i, T* __restrict__ p_weight, const C* __restrict__ p_upd, float* __restrict__ p_weight_lp, const C k0) {
+OPTFORGE_HD void optforge_lamb_s1_elem(int64_t i, int64_t gi, T* __restrict__ p_weight, const C* __restrict__ p_upd, float* __restrict__ p_weight_lp, const C k0) {
     C weight = C(p_weight[i]);
-    C upd = C(p_upd[i]);
+    C upd = C(p_upd[gi]);
     weight = weight - k0 * upd;  // lamb.opt:52
     p_weight[i] = (T)(weight);
     if (p_weight_lp) store_low(p_weight_lp, i, weight);
@@ -66,34 +68,74 @@ OPTFORGE_HD void optforge_lamb_s1_elem(int64_t i, T* __restrict__ p_weight, cons
 extern "C" {
 __global__ void optforge_lamb_s0_f32(int64_t n, const float* __restrict__ p_grad, float* __restrict__ p_mean, float* __restrict__ p_var, const float* __restrict__ p_weight, float* __restrict__ p_upd, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k_beta1, double k3, double k_beta2, double k5, double k_c1, double k_c2, double k_epsilon, double k_wd) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_lamb_s0_elem<float, float, float>(i, p_grad, p_mean, p_var, p_weight, p_upd, p_weight_lp, (float)k_rescale_grad, (float)k1, (float)k_beta1, (float)k3, (float)k_beta2, (float)k5, (float)k_c1, (float)k_c2, (float)k_epsilon, (float)k_wd);
+        optforge_lamb_s0_elem<float, float, float>(i, i, p_grad, p_mean, p_var, p_weight, p_upd, p_weight_lp, (float)k_rescale_grad, (float)k1, (float)k_beta1, (float)k3, (float)k_beta2, (float)k5, (float)k_c1, (float)k_c2, (float)k_epsilon, (float)k_wd);
+}
+/* row-sparse, parallel over gradient elements (not rows): element j updates row rows[j / cols] */
+__global__ void optforge_lamb_s0_rows_f32(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const float* __restrict__ p_grad, float* __restrict__ p_mean, float* __restrict__ p_var, const float* __restrict__ p_weight, float* __restrict__ p_upd, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k_beta1, double k3, double k_beta2, double k5, double k_c1, double k_c2, double k_epsilon, double k_wd) {
+    for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
+        optforge_lamb_s0_elem<float, float, float>(rows[j / cols] * cols + j % cols, j, p_grad, p_mean, p_var, p_weight, p_upd, p_weight_lp, (float)k_rescale_grad, (float)k1, (float)k_beta1, (float)k3, (float)k_beta2, (float)k5, (float)k_c1, (float)k_c2, (float)k_epsilon, (float)k_wd);
 }
 __global__ void optforge_lamb_s0_f64(int64_t n, const double* __restrict__ p_grad, double* __restrict__ p_mean, double* __restrict__ p_var, const double* __restrict__ p_weight, double* __restrict__ p_upd, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k_beta1, double k3, double k_beta2, double k5, double k_c1, double k_c2, double k_epsilon, double k_wd) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_lamb_s0_elem<double, double, double>(i, p_grad, p_mean, p_var, p_weight, p_upd, p_weight_lp, (double)k_rescale_grad, (double)k1, (double)k_beta1, (double)k3, (double)k_beta2, (double)k5, (double)k_c1, (double)k_c2, (double)k_epsilon, (double)k_wd);
+        optforge_lamb_s0_elem<double, double, double>(i, i, p_grad, p_mean, p_var, p_weight, p_upd, p_weight_lp, (double)k_rescale_grad, (double)k1, (double)k_beta1, (double)k3, (double)k_beta2, (double)k5, (double)k_c1, (double)k_c2, (double)k_epsilon, (double)k_wd);
+}
+/* row-sparse, parallel over gradient elements (not rows): element j updates row rows[j / cols] */
+__global__ void optforge_lamb_s0_rows_f64(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const double* __restrict__ p_grad, double* __restrict__ p_mean, double* __restrict__ p_var, const double* __restrict__ p_weight, double* __restrict__ p_upd, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k_beta1, double k3, double k_beta2, double k5, double k_c1, double k_c2, double k_epsilon, double k_wd) {
+    for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
+        optforge_lamb_s0_elem<double, double, double>(rows[j / cols] * cols + j % cols, j, p_grad, p_mean, p_var, p_weight, p_upd, p_weight_lp, (double)k_rescale_grad, (double)k1, (double)k_beta1, (double)k3, (double)k_beta2, (double)k5, (double)k_c1, (double)k_c2, (double)k_epsilon, (double)k_wd);
 }
 __global__ void optforge_lamb_s0_f16(int64_t n, const __half* __restrict__ p_grad, __half* __restrict__ p_mean, __half* __restrict__ p_var, const __half* __restrict__ p_weight, float* __restrict__ p_upd, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k_beta1, double k3, double k_beta2, double k5, double k_c1, double k_c2, double k_epsilon, double k_wd) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_lamb_s0_elem<__half, __half, float>(i, p_grad, p_mean, p_var, p_weight, p_upd, p_weight_lp, (float)k_rescale_grad, (float)k1, (float)k_beta1, (float)k3, (float)k_beta2, (float)k5, (float)k_c1, (float)k_c2, (float)k_epsilon, (float)k_wd);
+        optforge_lamb_s0_elem<__half, __half, float>(i, i, p_grad, p_mean, p_var, p_weight, p_upd, p_weight_lp, (float)k_rescale_grad, (float)k1, (float)k_beta1, (float)k3, (float)k_beta2, (float)k5, (float)k_c1, (float)k_c2, (float)k_epsilon, (float)k_wd);
+}
+/* row-sparse, parallel over gradient elements (not rows): element j updates row rows[j / cols] */
+__global__ void optforge_lamb_s0_rows_f16(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const __half* __restrict__ p_grad, __half* __restrict__ p_mean, __half* __restrict__ p_var, const __half* __restrict__ p_weight, float* __restrict__ p_upd, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k_beta1, double k3, double k_beta2, double k5, double k_c1, double k_c2, double k_epsilon, double k_wd) {
+    for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
+        optforge_lamb_s0_elem<__half, __half, float>(rows[j / cols] * cols + j % cols, j, p_grad, p_mean, p_var, p_weight, p_upd, p_weight_lp, (float)k_rescale_grad, (float)k1, (float)k_beta1, (float)k3, (float)k_beta2, (float)k5, (float)k_c1, (float)k_c2, (float)k_epsilon, (float)k_wd);
 }
 __global__ void optforge_lamb_s0_mp16(int64_t n, const __half* __restrict__ p_grad, float* __restrict__ p_mean, float* __restrict__ p_var, const float* __restrict__ p_weight, float* __restrict__ p_upd, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k_beta1, double k3, double k_beta2, double k5, double k_c1, double k_c2, double k_epsilon, double k_wd) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_lamb_s0_elem<float, __half, float>(i, p_grad, p_mean, p_var, p_weight, p_upd, p_weight_lp, (float)k_rescale_grad, (float)k1, (float)k_beta1, (float)k3, (float)k_beta2, (float)k5, (float)k_c1, (float)k_c2, (float)k_epsilon, (float)k_wd);
+        optforge_lamb_s0_elem<float, __half, float>(i, i, p_grad, p_mean, p_var, p_weight, p_upd, p_weight_lp, (float)k_rescale_grad, (float)k1, (float)k_beta1, (float)k3, (float)k_beta2, (float)k5, (float)k_c1, (float)k_c2, (float)k_epsilon, (float)k_wd);
+}
+/* row-sparse, parallel over gradient elements (not rows): element j updates row rows[j / cols] */
+__global__ void optforge_lamb_s0_rows_mp16(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const __half* __restrict__ p_grad, float* __restrict__ p_mean, float* __restrict__ p_var, const float* __restrict__ p_weight, float* __restrict__ p_upd, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k_beta1, double k3, double k_beta2, double k5, double k_c1, double k_c2, double k_epsilon, double k_wd) {
+    for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
+        optforge_lamb_s0_elem<float, __half, float>(rows[j / cols] * cols + j % cols, j, p_grad, p_mean, p_var, p_weight, p_upd, p_weight_lp, (float)k_rescale_grad, (float)k1, (float)k_beta1, (float)k3, (float)k_beta2, (float)k5, (float)k_c1, (float)k_c2, (float)k_epsilon, (float)k_wd);
 }
 __global__ void optforge_lamb_s1_f32(int64_t n, float* __restrict__ p_weight, const float* __restrict__ p_upd, float* __restrict__ p_weight_lp, double k0) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_lamb_s1_elem<float, float, float>(i, p_weight, p_upd, p_weight_lp, (float)k0);
+        optforge_lamb_s1_elem<float, float, float>(i, i, p_weight, p_upd, p_weight_lp, (float)k0);
+}
+/* row-sparse, parallel over gradient elements (not rows): element j updates row rows[j / cols] */
+__global__ void optforge_lamb_s1_rows_f32(int64_t n, int64_t cols, const int64_t* __restrict__ rows, float* __restrict__ p_weight, const float* __restrict__ p_upd, float* __restrict__ p_weight_lp, double k0) {
+    for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
+        optforge_lamb_s1_elem<float, float, float>(rows[j / cols] * cols + j % cols, j, p_weight, p_upd, p_weight_lp, (float)k0);
 }
 __global__ void optforge_lamb_s1_f64(int64_t n, double* __restrict__ p_weight, const double* __restrict__ p_upd, float* __restrict__ p_weight_lp, double k0) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_lamb_s1_elem<double, double, double>(i, p_weight, p_upd, p_weight_lp, (double)k0);
+        optforge_lamb_s1_elem<double, double, double>(i, i, p_weight, p_upd, p_weight_lp, (double)k0);
+}
+/* row-sparse, parallel over gradient elements (not rows): element j updates row rows[j / cols] */
+__global__ void optforge_lamb_s1_rows_f64(int64_t n, int64_t cols, const int64_t* __restrict__ rows, double* __restrict__ p_weight, const double* __restrict__ p_upd, float* __restrict__ p_weight_lp, double k0) {
+    for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
+        optforge_lamb_s1_elem<double, double, double>(rows[j / cols] * cols + j % cols, j, p_weight, p_upd, p_weight_lp, (double)k0);
 }
 __global__ void optforge_lamb_s1_f16(int64_t n, __half* __restrict__ p_weight, const float* __restrict__ p_upd, float* __restrict__ p_weight_lp, double k0) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_lamb_s1_elem<__half, __half, float>(i, p_weight, p_upd, p_weight_lp, (float)k0);
+        optforge_lamb_s1_elem<__half, __half, float>(i, i, p_weight, p_upd, p_weight_lp, (float)k0);
+}
+/* row-sparse, parallel over gradient elements (not rows): element j updates row rows[j / cols] */
+__global__ void optforge_lamb_s1_rows_f16(int64_t n, int64_t cols, const int64_t* __restrict__ rows, __half* __restrict__ p_weight, const float* __restrict__ p_upd, float* __restrict__ p_weight_lp, double k0) {
+    for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
+        optforge_lamb_s1_elem<__half, __half, float>(rows[j / cols] * cols + j % cols, j, p_weight, p_upd, p_weight_lp, (float)k0);
 }
 __global__ void optforge_lamb_s1_mp16(int64_t n, float* __restrict__ p_weight, const float* __restrict__ p_upd, float* __restrict__ p_weight_lp, double k0) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_lamb_s1_elem<float, __half, float>(i, p_weight, p_upd, p_weight_lp, (float)k0);
+        optforge_lamb_s1_elem<float, __half, float>(i, i, p_weight, p_upd, p_weight_lp, (float)k0);
+}
+/* row-sparse, parallel over gradient elements (not rows): element j updates row rows[j / cols] */
+__global__ void optforge_lamb_s1_rows_mp16(int64_t n, int64_t cols, const int64_t* __restrict__ rows, float* __restrict__ p_weight, const float* __restrict__ p_upd, float* __restrict__ p_weight_lp, double k0) {
+    for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
+        optforge_lamb_s1_elem<float, __half, float>(rows[j / cols] * cols + j % cols, j, p_weight, p_upd, p_weight_lp, (float)k0);
 }
 }

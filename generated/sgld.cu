@@ -38,10 +38,11 @@ template <typename C> OPTFORGE_HD void store_low(float* p, int64_t i, C v) {
     reinterpret_cast<__half*>(p)[i] = __float2half((float)v);
 }
 
-/* stage s0 */
+/* stage s0: element i of the weight and states, element gi of the gradient and scratch
+   (the same element for a dense update; for a row-sparse one, gi walks the gradient's rows) */
 template <typename T, typename G, typename C>
-OPTFORGE_HD void optforge_sgld_s0_elem(int64_t i, const G* __restrict__ p_grad, T* __restrict__ p_weight, float* __restrict__ p_weight_lp, const C k_rescale_grad, const C k1, const C k2, const C k_wd, const C k4, const double k_seed) {
-    C grad = C(p_grad[i]);
+OPTFORGE_HD void optforge_sgld_s0_elem(int64_t i, int64_t gi, const G* __restrict__ p_grad, T* __restrict__ p_weight, float* __restrict__ p_weight_lp, const C k_rescale_grad, const C k1, const C k2, const C k_wd, const C k4, const double k_seed) {
+    C grad = C(p_grad[gi]);
     C weight = C(p_weight[i]);
     C g = op_clip(k_rescale_grad * grad, k1);  // sgld.opt:18
     weight = weight + (k2 * (g + k_wd * weight) + op_normal<C>(k_seed, i, 0, 0, k4));  // sgld.opt:19
@@ -52,18 +53,38 @@ OPTFORGE_HD void optforge_sgld_s0_elem(int64_t i, const G* __restrict__ p_grad, 
 extern "C" {
 __global__ void optforge_sgld_s0_f32(int64_t n, const float* __restrict__ p_grad, float* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k2, double k_wd, double k4, double k_seed) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_sgld_s0_elem<float, float, float>(i, p_grad, p_weight, p_weight_lp, (float)k_rescale_grad, (float)k1, (float)k2, (float)k_wd, (float)k4, k_seed);
+        optforge_sgld_s0_elem<float, float, float>(i, i, p_grad, p_weight, p_weight_lp, (float)k_rescale_grad, (float)k1, (float)k2, (float)k_wd, (float)k4, k_seed);
+}
+/* row-sparse, parallel over gradient elements (not rows): element j updates row rows[j / cols] */
+__global__ void optforge_sgld_s0_rows_f32(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const float* __restrict__ p_grad, float* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k2, double k_wd, double k4, double k_seed) {
+    for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
+        optforge_sgld_s0_elem<float, float, float>(rows[j / cols] * cols + j % cols, j, p_grad, p_weight, p_weight_lp, (float)k_rescale_grad, (float)k1, (float)k2, (float)k_wd, (float)k4, k_seed);
 }
 __global__ void optforge_sgld_s0_f64(int64_t n, const double* __restrict__ p_grad, double* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k2, double k_wd, double k4, double k_seed) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_sgld_s0_elem<double, double, double>(i, p_grad, p_weight, p_weight_lp, (double)k_rescale_grad, (double)k1, (double)k2, (double)k_wd, (double)k4, k_seed);
+        optforge_sgld_s0_elem<double, double, double>(i, i, p_grad, p_weight, p_weight_lp, (double)k_rescale_grad, (double)k1, (double)k2, (double)k_wd, (double)k4, k_seed);
+}
+/* row-sparse, parallel over gradient elements (not rows): element j updates row rows[j / cols] */
+__global__ void optforge_sgld_s0_rows_f64(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const double* __restrict__ p_grad, double* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k2, double k_wd, double k4, double k_seed) {
+    for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
+        optforge_sgld_s0_elem<double, double, double>(rows[j / cols] * cols + j % cols, j, p_grad, p_weight, p_weight_lp, (double)k_rescale_grad, (double)k1, (double)k2, (double)k_wd, (double)k4, k_seed);
 }
 __global__ void optforge_sgld_s0_f16(int64_t n, const __half* __restrict__ p_grad, __half* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k2, double k_wd, double k4, double k_seed) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_sgld_s0_elem<__half, __half, float>(i, p_grad, p_weight, p_weight_lp, (float)k_rescale_grad, (float)k1, (float)k2, (float)k_wd, (float)k4, k_seed);
+        optforge_sgld_s0_elem<__half, __half, float>(i, i, p_grad, p_weight, p_weight_lp, (float)k_rescale_grad, (float)k1, (float)k2, (float)k_wd, (float)k4, k_seed);
+}
+/* row-sparse, parallel over gradient elements (not rows): element j updates row rows[j / cols] */
+__global__ void optforge_sgld_s0_rows_f16(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const __half* __restrict__ p_grad, __half* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k2, double k_wd, double k4, double k_seed) {
+    for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
+        optforge_sgld_s0_elem<__half, __half, float>(rows[j / cols] * cols + j % cols, j, p_grad, p_weight, p_weight_lp, (float)k_rescale_grad, (float)k1, (float)k2, (float)k_wd, (float)k4, k_seed);
 }
 __global__ void optforge_sgld_s0_mp16(int64_t n, const __half* __restrict__ p_grad, float* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k2, double k_wd, double k4, double k_seed) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_sgld_s0_elem<float, __half, float>(i, p_grad, p_weight, p_weight_lp, (float)k_rescale_grad, (float)k1, (float)k2, (float)k_wd, (float)k4, k_seed);
+        optforge_sgld_s0_elem<float, __half, float>(i, i, p_grad, p_weight, p_weight_lp, (float)k_rescale_grad, (float)k1, (float)k2, (float)k_wd, (float)k4, k_seed);
+}
+/* row-sparse, parallel over gradient elements (not rows): element j updates row rows[j / cols] */
+__global__ void optforge_sgld_s0_rows_mp16(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const __half* __restrict__ p_grad, float* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k2, double k_wd, double k4, double k_seed) {
+    for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
+        optforge_sgld_s0_elem<float, __half, float>(rows[j / cols] * cols + j % cols, j, p_grad, p_weight, p_weight_lp, (float)k_rescale_grad, (float)k1, (float)k2, (float)k_wd, (float)k4, k_seed);
 }
 }

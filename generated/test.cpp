@@ -33,11 +33,12 @@ template <typename C> OPTFORGE_HD C op_normal(double seed, int64_t i, int salt, 
 
 template <typename C> inline void store_low(float* p, int64_t i, C v) { p[i] = (float)v; }
 
-/* stage s0 */
+/* stage s0: element i of the weight and states, element gi of the gradient and scratch
+   (the same element for a dense update; for a row-sparse one, gi walks the gradient's rows) */
 template <typename T, typename G, typename C>
-OPTFORGE_HD void optforge_test_s0_elem(int64_t i, T* __restrict__ p_weight, const G* __restrict__ p_grad, T* __restrict__ p_mirror, float* __restrict__ p_weight_lp, const C k_rescale_grad) {
+OPTFORGE_HD void optforge_test_s0_elem(int64_t i, int64_t gi, T* __restrict__ p_weight, const G* __restrict__ p_grad, T* __restrict__ p_mirror, float* __restrict__ p_weight_lp, const C k_rescale_grad) {
     C weight = C(p_weight[i]);
-    C grad = C(p_grad[i]);
+    C grad = C(p_grad[gi]);
     weight = weight + k_rescale_grad * grad;  // test.opt:12
     C mirror = weight;  // test.opt:13
     p_weight[i] = (T)(weight);
@@ -49,11 +50,37 @@ extern "C" {
 void optforge_test_s0_f32(int64_t n, float* __restrict__ p_weight, const float* __restrict__ p_grad, float* __restrict__ p_mirror, double k_rescale_grad) {
     #pragma omp parallel for simd schedule(static)
     for (int64_t i = 0; i < n; ++i)
-        optforge_test_s0_elem<float, float, float>(i, p_weight, p_grad, p_mirror, nullptr, (float)k_rescale_grad);
+        optforge_test_s0_elem<float, float, float>(i, i, p_weight, p_grad, p_mirror, nullptr, (float)k_rescale_grad);
+}
+/* row-sparse: n = rows x cols gradient elements; gradient row r updates row rows[r] */
+void optforge_test_s0_rows_f32(int64_t n, int64_t cols, const int64_t* __restrict__ rows, float* __restrict__ p_weight, const float* __restrict__ p_grad, float* __restrict__ p_mirror, double k_rescale_grad) {
+    const int64_t nrows = cols ? n / cols : 0;
+    /* threads pay off only for large row sets: scattered rows are latency-bound, and a busy
+       machine makes every fork/join wait for a descheduled thread */
+    #pragma omp parallel for schedule(static) if (n >= (int64_t)1 << 21)
+    for (int64_t r = 0; r < nrows; ++r) {
+        const int64_t base = rows[r] * cols, gbase = r * cols;
+        #pragma omp simd
+        for (int64_t c = 0; c < cols; ++c)
+            optforge_test_s0_elem<float, float, float>(base + c, gbase + c, p_weight, p_grad, p_mirror, nullptr, (float)k_rescale_grad);
+    }
 }
 void optforge_test_s0_f64(int64_t n, double* __restrict__ p_weight, const double* __restrict__ p_grad, double* __restrict__ p_mirror, double k_rescale_grad) {
     #pragma omp parallel for simd schedule(static)
     for (int64_t i = 0; i < n; ++i)
-        optforge_test_s0_elem<double, double, double>(i, p_weight, p_grad, p_mirror, nullptr, (double)k_rescale_grad);
+        optforge_test_s0_elem<double, double, double>(i, i, p_weight, p_grad, p_mirror, nullptr, (double)k_rescale_grad);
+}
+/* row-sparse: n = rows x cols gradient elements; gradient row r updates row rows[r] */
+void optforge_test_s0_rows_f64(int64_t n, int64_t cols, const int64_t* __restrict__ rows, double* __restrict__ p_weight, const double* __restrict__ p_grad, double* __restrict__ p_mirror, double k_rescale_grad) {
+    const int64_t nrows = cols ? n / cols : 0;
+    /* threads pay off only for large row sets: scattered rows are latency-bound, and a busy
+       machine makes every fork/join wait for a descheduled thread */
+    #pragma omp parallel for schedule(static) if (n >= (int64_t)1 << 21)
+    for (int64_t r = 0; r < nrows; ++r) {
+        const int64_t base = rows[r] * cols, gbase = r * cols;
+        #pragma omp simd
+        for (int64_t c = 0; c < cols; ++c)
+            optforge_test_s0_elem<double, double, double>(base + c, gbase + c, p_weight, p_grad, p_mirror, nullptr, (double)k_rescale_grad);
+    }
 }
 }

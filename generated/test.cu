@@ -38,11 +38,12 @@ template <typename C> OPTFORGE_HD void store_low(float* p, int64_t i, C v) {
     reinterpret_cast<__half*>(p)[i] = __float2half((float)v);
 }
 
-/* stage s0 */
+/* stage s0: element i of the weight and states, element gi of the gradient and scratch
+   (the same element for a dense update; for a row-sparse one, gi walks the gradient's rows) */
 template <typename T, typename G, typename C>
-OPTFORGE_HD void optforge_test_s0_elem(int64_t i, T* __restrict__ p_weight, const G* __restrict__ p_grad, T* __restrict__ p_mirror, float* __restrict__ p_weight_lp, const C k_rescale_grad) {
+OPTFORGE_HD void optforge_test_s0_elem(int64_t i, int64_t gi, T* __restrict__ p_weight, const G* __restrict__ p_grad, T* __restrict__ p_mirror, float* __restrict__ p_weight_lp, const C k_rescale_grad) {
     C weight = C(p_weight[i]);
-    C grad = C(p_grad[i]);
+    C grad = C(p_grad[gi]);
     weight = weight + k_rescale_grad * grad;  // test.opt:12
     C mirror = weight;  // test.opt:13
     p_weight[i] = (T)(weight);
@@ -53,18 +54,38 @@ OPTFORGE_HD void optforge_test_s0_elem(int64_t i, T* __restrict__ p_weight, cons
 extern "C" {
 __global__ void optforge_test_s0_f32(int64_t n, float* __restrict__ p_weight, const float* __restrict__ p_grad, float* __restrict__ p_mirror, float* __restrict__ p_weight_lp, double k_rescale_grad) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_test_s0_elem<float, float, float>(i, p_weight, p_grad, p_mirror, p_weight_lp, (float)k_rescale_grad);
+        optforge_test_s0_elem<float, float, float>(i, i, p_weight, p_grad, p_mirror, p_weight_lp, (float)k_rescale_grad);
+}
+/* row-sparse, parallel over gradient elements (not rows): element j updates row rows[j / cols] */
+__global__ void optforge_test_s0_rows_f32(int64_t n, int64_t cols, const int64_t* __restrict__ rows, float* __restrict__ p_weight, const float* __restrict__ p_grad, float* __restrict__ p_mirror, float* __restrict__ p_weight_lp, double k_rescale_grad) {
+    for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
+        optforge_test_s0_elem<float, float, float>(rows[j / cols] * cols + j % cols, j, p_weight, p_grad, p_mirror, p_weight_lp, (float)k_rescale_grad);
 }
 __global__ void optforge_test_s0_f64(int64_t n, double* __restrict__ p_weight, const double* __restrict__ p_grad, double* __restrict__ p_mirror, float* __restrict__ p_weight_lp, double k_rescale_grad) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_test_s0_elem<double, double, double>(i, p_weight, p_grad, p_mirror, p_weight_lp, (double)k_rescale_grad);
+        optforge_test_s0_elem<double, double, double>(i, i, p_weight, p_grad, p_mirror, p_weight_lp, (double)k_rescale_grad);
+}
+/* row-sparse, parallel over gradient elements (not rows): element j updates row rows[j / cols] */
+__global__ void optforge_test_s0_rows_f64(int64_t n, int64_t cols, const int64_t* __restrict__ rows, double* __restrict__ p_weight, const double* __restrict__ p_grad, double* __restrict__ p_mirror, float* __restrict__ p_weight_lp, double k_rescale_grad) {
+    for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
+        optforge_test_s0_elem<double, double, double>(rows[j / cols] * cols + j % cols, j, p_weight, p_grad, p_mirror, p_weight_lp, (double)k_rescale_grad);
 }
 __global__ void optforge_test_s0_f16(int64_t n, __half* __restrict__ p_weight, const __half* __restrict__ p_grad, __half* __restrict__ p_mirror, float* __restrict__ p_weight_lp, double k_rescale_grad) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_test_s0_elem<__half, __half, float>(i, p_weight, p_grad, p_mirror, p_weight_lp, (float)k_rescale_grad);
+        optforge_test_s0_elem<__half, __half, float>(i, i, p_weight, p_grad, p_mirror, p_weight_lp, (float)k_rescale_grad);
+}
+/* row-sparse, parallel over gradient elements (not rows): element j updates row rows[j / cols] */
+__global__ void optforge_test_s0_rows_f16(int64_t n, int64_t cols, const int64_t* __restrict__ rows, __half* __restrict__ p_weight, const __half* __restrict__ p_grad, __half* __restrict__ p_mirror, float* __restrict__ p_weight_lp, double k_rescale_grad) {
+    for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
+        optforge_test_s0_elem<__half, __half, float>(rows[j / cols] * cols + j % cols, j, p_weight, p_grad, p_mirror, p_weight_lp, (float)k_rescale_grad);
 }
 __global__ void optforge_test_s0_mp16(int64_t n, float* __restrict__ p_weight, const __half* __restrict__ p_grad, float* __restrict__ p_mirror, float* __restrict__ p_weight_lp, double k_rescale_grad) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_test_s0_elem<float, __half, float>(i, p_weight, p_grad, p_mirror, p_weight_lp, (float)k_rescale_grad);
+        optforge_test_s0_elem<float, __half, float>(i, i, p_weight, p_grad, p_mirror, p_weight_lp, (float)k_rescale_grad);
+}
+/* row-sparse, parallel over gradient elements (not rows): element j updates row rows[j / cols] */
+__global__ void optforge_test_s0_rows_mp16(int64_t n, int64_t cols, const int64_t* __restrict__ rows, float* __restrict__ p_weight, const __half* __restrict__ p_grad, float* __restrict__ p_mirror, float* __restrict__ p_weight_lp, double k_rescale_grad) {
+    for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
+        optforge_test_s0_elem<float, __half, float>(rows[j / cols] * cols + j % cols, j, p_weight, p_grad, p_mirror, p_weight_lp, (float)k_rescale_grad);
 }
 }

@@ -76,3 +76,30 @@ class CudaBackend:
         blocks = max(1, min((n + THREADS - 1) // THREADS, 65535))
         lp = self.weight_lp if self.weight_lp is not None else 0
         f((blocks,), (THREADS,), (np.int64(n), *arrays, lp, *[np.float64(s) for s in scalars]))
+
+
+class CudaRowsBackend(CudaBackend):
+    """Lazy row-sparse update on the GPU: every stage runs its `_rows` kernel, one thread per gradient
+    element (not per row, which would leave most of a wide GPU idle for few, long rows)."""
+
+    def __init__(self, module, weight, grad_data, rows, weight_lp=None):
+        super().__init__(module, weight, grad_data, weight_lp)
+        self.rows = self.xp.ascontiguousarray(rows, dtype=np.int64)
+        self.n = grad_data.size
+        self.cols = grad_data.size // max(len(rows), 1)
+        self.grad_shape = grad_data.shape
+
+    def scratch(self, like, name):
+        return self.xp.empty(self.grad_shape, np.float64 if like.dtype == np.float64 else np.float32)
+
+    def launch(self, fn: str, arrays, scalars) -> None:
+        if self.n == 0:
+            return
+        name = f"{fn}_rows_{self.suffix}"
+        f = self.funcs.get(name)
+        if f is None:
+            f = self.funcs[name] = self.module.get_function(name)
+        blocks = max(1, min((self.n + THREADS - 1) // THREADS, 65535))
+        lp = self.weight_lp if self.weight_lp is not None else 0
+        f((blocks,), (THREADS,), (np.int64(self.n), np.int64(self.cols), self.rows, *arrays, lp,
+                                  *[np.float64(s) for s in scalars]))

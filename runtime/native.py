@@ -142,3 +142,26 @@ def backend_choice() -> str:
     if choice not in ("auto", "numpy", "native"):
         raise ValueError(f"OPTFORGE_BACKEND={choice!r}: use numpy, native or auto")
     return choice
+
+
+class NativeRowsBackend(NativeBackend):
+    """The lazy row-sparse update on the native backend: every stage runs its `_rows` kernel, parallel
+    over the gradient's elements; weight and states are indexed through `rows`, the gradient data and
+    scratch arrays are rows x cols. Work is proportional to the rows touched."""
+
+    def __init__(self, lib: NativeLibrary, dtype, rows: np.ndarray, grad_data: np.ndarray):
+        super().__init__(lib, dtype)
+        self.rows = np.ascontiguousarray(rows, dtype=np.int64)
+        self.n = grad_data.size
+        self.cols = grad_data.size // max(len(self.rows), 1)
+        self.grad_shape = grad_data.shape
+
+    def scratch(self, like, name):
+        return np.empty(self.grad_shape, like.dtype)
+
+    def launch(self, fn: str, arrays, scalars) -> None:
+        if self.n == 0:
+            return
+        f = self.lib.func(f"{fn}_rows_{self.suffix}")
+        f(ctypes.c_int64(self.n), ctypes.c_int64(self.cols), ctypes.c_void_p(self.rows.ctypes.data),
+          *[ctypes.c_void_p(a.ctypes.data) for a in arrays], *[ctypes.c_double(s) for s in scalars])

@@ -496,6 +496,23 @@ class Optimizer:
         """The lazy update: the generated row kernel changes only the rows `grad.indices` of the weight
         and of every state tensor (float16 rows are computed in float32 by ops.gather)."""
         rows, data = grad.indices, grad.data
+        target = state.master if state.master is not None else weight
+        if cuda.is_cupy(weight):
+            module = cuda.module_for(type(self), weight.device.id)
+            lp = weight if state.master is not None else None
+            be = cuda.CudaRowsBackend(module, target, data, rows, weight_lp=lp)
+            self._kernel_staged(be, call, target, data, state.tensors, state.scalars, lr, wd, t, name, base_lr,
+                                num_update)
+            return
+        if self.backend == "native" and target.dtype != np.float16 and isinstance(target, np.ndarray):
+            # compiled row kernels, parallel over the gradient's elements
+            data = np.ascontiguousarray(data, dtype=target.dtype)
+            be = native.NativeRowsBackend(native.library_for(type(self)), target.dtype, rows, data)
+            self._kernel_staged(be, call, target, data, state.tensors, state.scalars, lr, wd, t, name, base_lr,
+                                num_update)
+            if state.master is not None:
+                weight[rows] = state.master.take(rows, axis=0)
+            return
         if state.master is not None:
             self._kernel_rows(call, rows, state.master, data.astype(np.float32), state.tensors, state.scalars,
                               lr, wd, t, name, base_lr, num_update)
