@@ -203,7 +203,20 @@ def render_module(spec: Spec, spec_path: str | None = None) -> str:
         signature=signature, hyper_dict=hyper_dict, base_pass=base_pass,
         layout_lines=layout, scalar_init_lines=scalar_init, sparse_lines=sparse_lines,
         requires_lines=requires_lines, rows_lines=rows_lines,
-        prologue_lines=pro, kernel_lines=ker, staged_lines=staged)
+        prologue_lines=pro, kernel_lines=ker, staged_lines=staged,
+        multi_tensor=not any(n.op in (Op.NORM, Op.SUM) for e in _all_exprs(spec.body) for n in e.walk()))
+
+
+def _all_exprs(stmts):
+    from .ir import Assign
+    for s in stmts:
+        if isinstance(s, Assign):
+            yield s.value
+        else:
+            for cond, body in s.branches:
+                yield cond
+                yield from _all_exprs(body)
+            yield from _all_exprs(s.orelse)
 
 
 def _rebind_globals(lines, spec):
@@ -251,6 +264,14 @@ def spec_files(sources) -> list[Path]:
     return files
 
 
+def render_files(spec: Spec, shown: str) -> dict[str, str]:
+    """One checked spec's files: its Python module and the C++/CUDA sources the native and CUDA
+    backends load from beside it ({module}.py, .cpp, .cu)."""
+    return {f"{spec.module_name}.py": render_module(spec, shown),
+            f"{spec.module_name}.cpp": CpuEmitter(spec).render(shown),
+            f"{spec.module_name}.cu": CudaEmitter(spec).render(shown)}
+
+
 def build(sources, out_dir) -> tuple[dict[str, str], list, list]:
     """Compile every spec. Returns ({relative file: text}, errors, warnings); nothing is written."""
     outputs: dict[str, str] = {}
@@ -276,10 +297,7 @@ def build(sources, out_dir) -> tuple[dict[str, str], list, list]:
             continue
         seen[spec.module_name] = rel
         # the header names the spec the same way wherever opt-compile runs: folder/file.opt
-        shown = f"{Path(f).resolve().parent.name}/{Path(f).name}"
-        outputs[f"{spec.module_name}.py"] = render_module(spec, shown)
-        outputs[f"{spec.module_name}.cpp"] = CpuEmitter(spec).render(shown)
-        outputs[f"{spec.module_name}.cu"] = CudaEmitter(spec).render(shown)
+        outputs.update(render_files(spec, f"{Path(f).resolve().parent.name}/{Path(f).name}"))
         modules.append((spec.module_name, spec.name, spec.aliases))
     outputs["__init__.py"] = render_package_init(sorted(modules))
     return outputs, errors, warnings

@@ -51,6 +51,7 @@ class AdaDelta(Optimizer):
     global_names = ()
     options = {}
     sparse = None
+    multi_tensor = True   # list updates on CUDA: one launch per stage for all parameters
 
     def __init__(self, rho=0.9, epsilon=1e-05, **kwargs):
         hyper = self._check_hypers({'rho': rho, 'epsilon': epsilon})

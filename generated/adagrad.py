@@ -50,6 +50,7 @@ class AdaGrad(Optimizer):
     global_names = ()
     options = {}
     sparse = 'lazy'
+    multi_tensor = True   # list updates on CUDA: one launch per stage for all parameters
 
     def __init__(self, eps=1e-07, **kwargs):
         hyper = self._check_hypers({'eps': eps})

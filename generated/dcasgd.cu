@@ -83,6 +83,14 @@ __global__ void optforge_dcasgd_s0_rows_f32(int64_t n, int64_t cols, const int64
     for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
         optforge_dcasgd_s0_elem<float, float, float>(rows[j / cols] * cols + j % cols, j, p_grad, p_weight, p_prev_weight, p_step, p_weight_lp, (float)k_rescale_grad, (float)k1, (float)k2, (float)k_wd, (float)k_lamda);
 }
+/* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
+   pointers, sizes and 5 scalar(s) per parameter, as Apex's multi_tensor_apply */
+__global__ void optforge_dcasgd_s0_mt_f32(const int64_t* __restrict__ sizes, float* const* tab_grad, float* const* tab_weight, float* const* tab_prev_weight, float* const* tab_step, float* const* tab_weight_lp, const double* __restrict__ scalars) {
+    const int64_t t = blockIdx.y, n = sizes[t];
+    const double* s = scalars + t * 5;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
+        optforge_dcasgd_s0_elem<float, float, float>(i, i, tab_grad[t], tab_weight[t], tab_prev_weight[t], tab_step[t], tab_weight_lp[t], (float)s[0], (float)s[1], (float)s[2], (float)s[3], (float)s[4]);
+}
 __global__ void optforge_dcasgd_s0_f64(int64_t n, const double* __restrict__ p_grad, const double* __restrict__ p_weight, const double* __restrict__ p_prev_weight, double* __restrict__ p_step, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k2, double k_wd, double k_lamda) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
         optforge_dcasgd_s0_elem<double, double, double>(i, i, p_grad, p_weight, p_prev_weight, p_step, p_weight_lp, (double)k_rescale_grad, (double)k1, (double)k2, (double)k_wd, (double)k_lamda);
@@ -91,6 +99,14 @@ __global__ void optforge_dcasgd_s0_f64(int64_t n, const double* __restrict__ p_g
 __global__ void optforge_dcasgd_s0_rows_f64(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const double* __restrict__ p_grad, const double* __restrict__ p_weight, const double* __restrict__ p_prev_weight, double* __restrict__ p_step, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k2, double k_wd, double k_lamda) {
     for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
         optforge_dcasgd_s0_elem<double, double, double>(rows[j / cols] * cols + j % cols, j, p_grad, p_weight, p_prev_weight, p_step, p_weight_lp, (double)k_rescale_grad, (double)k1, (double)k2, (double)k_wd, (double)k_lamda);
+}
+/* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
+   pointers, sizes and 5 scalar(s) per parameter, as Apex's multi_tensor_apply */
+__global__ void optforge_dcasgd_s0_mt_f64(const int64_t* __restrict__ sizes, double* const* tab_grad, double* const* tab_weight, double* const* tab_prev_weight, double* const* tab_step, float* const* tab_weight_lp, const double* __restrict__ scalars) {
+    const int64_t t = blockIdx.y, n = sizes[t];
+    const double* s = scalars + t * 5;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
+        optforge_dcasgd_s0_elem<double, double, double>(i, i, tab_grad[t], tab_weight[t], tab_prev_weight[t], tab_step[t], tab_weight_lp[t], (double)s[0], (double)s[1], (double)s[2], (double)s[3], (double)s[4]);
 }
 __global__ void optforge_dcasgd_s0_f16(int64_t n, const __half* __restrict__ p_grad, const __half* __restrict__ p_weight, const __half* __restrict__ p_prev_weight, float* __restrict__ p_step, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k2, double k_wd, double k_lamda) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
@@ -101,6 +117,14 @@ __global__ void optforge_dcasgd_s0_rows_f16(int64_t n, int64_t cols, const int64
     for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
         optforge_dcasgd_s0_elem<__half, __half, float>(rows[j / cols] * cols + j % cols, j, p_grad, p_weight, p_prev_weight, p_step, p_weight_lp, (float)k_rescale_grad, (float)k1, (float)k2, (float)k_wd, (float)k_lamda);
 }
+/* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
+   pointers, sizes and 5 scalar(s) per parameter, as Apex's multi_tensor_apply */
+__global__ void optforge_dcasgd_s0_mt_f16(const int64_t* __restrict__ sizes, __half* const* tab_grad, __half* const* tab_weight, __half* const* tab_prev_weight, float* const* tab_step, float* const* tab_weight_lp, const double* __restrict__ scalars) {
+    const int64_t t = blockIdx.y, n = sizes[t];
+    const double* s = scalars + t * 5;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
+        optforge_dcasgd_s0_elem<__half, __half, float>(i, i, tab_grad[t], tab_weight[t], tab_prev_weight[t], tab_step[t], tab_weight_lp[t], (float)s[0], (float)s[1], (float)s[2], (float)s[3], (float)s[4]);
+}
 __global__ void optforge_dcasgd_s0_mp16(int64_t n, const __half* __restrict__ p_grad, const float* __restrict__ p_weight, const float* __restrict__ p_prev_weight, float* __restrict__ p_step, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k2, double k_wd, double k_lamda) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
         optforge_dcasgd_s0_elem<float, __half, float>(i, i, p_grad, p_weight, p_prev_weight, p_step, p_weight_lp, (float)k_rescale_grad, (float)k1, (float)k2, (float)k_wd, (float)k_lamda);
@@ -109,6 +133,14 @@ __global__ void optforge_dcasgd_s0_mp16(int64_t n, const __half* __restrict__ p_
 __global__ void optforge_dcasgd_s0_rows_mp16(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const __half* __restrict__ p_grad, const float* __restrict__ p_weight, const float* __restrict__ p_prev_weight, float* __restrict__ p_step, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k2, double k_wd, double k_lamda) {
     for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
         optforge_dcasgd_s0_elem<float, __half, float>(rows[j / cols] * cols + j % cols, j, p_grad, p_weight, p_prev_weight, p_step, p_weight_lp, (float)k_rescale_grad, (float)k1, (float)k2, (float)k_wd, (float)k_lamda);
+}
+/* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
+   pointers, sizes and 5 scalar(s) per parameter, as Apex's multi_tensor_apply */
+__global__ void optforge_dcasgd_s0_mt_mp16(const int64_t* __restrict__ sizes, __half* const* tab_grad, float* const* tab_weight, float* const* tab_prev_weight, float* const* tab_step, float* const* tab_weight_lp, const double* __restrict__ scalars) {
+    const int64_t t = blockIdx.y, n = sizes[t];
+    const double* s = scalars + t * 5;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
+        optforge_dcasgd_s0_elem<float, __half, float>(i, i, tab_grad[t], tab_weight[t], tab_prev_weight[t], tab_step[t], tab_weight_lp[t], (float)s[0], (float)s[1], (float)s[2], (float)s[3], (float)s[4]);
 }
 __global__ void optforge_dcasgd_s1_f32(int64_t n, float* __restrict__ p_mom, float* __restrict__ p_step, float* __restrict__ p_weight_lp, double k_momentum) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
@@ -119,6 +151,14 @@ __global__ void optforge_dcasgd_s1_rows_f32(int64_t n, int64_t cols, const int64
     for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
         optforge_dcasgd_s1_elem<float, float, float>(rows[j / cols] * cols + j % cols, j, p_mom, p_step, p_weight_lp, (float)k_momentum);
 }
+/* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
+   pointers, sizes and 1 scalar(s) per parameter, as Apex's multi_tensor_apply */
+__global__ void optforge_dcasgd_s1_mt_f32(const int64_t* __restrict__ sizes, float* const* tab_mom, float* const* tab_step, float* const* tab_weight_lp, const double* __restrict__ scalars) {
+    const int64_t t = blockIdx.y, n = sizes[t];
+    const double* s = scalars + t * 1;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
+        optforge_dcasgd_s1_elem<float, float, float>(i, i, tab_mom[t], tab_step[t], tab_weight_lp[t], (float)s[0]);
+}
 __global__ void optforge_dcasgd_s1_f64(int64_t n, double* __restrict__ p_mom, double* __restrict__ p_step, float* __restrict__ p_weight_lp, double k_momentum) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
         optforge_dcasgd_s1_elem<double, double, double>(i, i, p_mom, p_step, p_weight_lp, (double)k_momentum);
@@ -127,6 +167,14 @@ __global__ void optforge_dcasgd_s1_f64(int64_t n, double* __restrict__ p_mom, do
 __global__ void optforge_dcasgd_s1_rows_f64(int64_t n, int64_t cols, const int64_t* __restrict__ rows, double* __restrict__ p_mom, double* __restrict__ p_step, float* __restrict__ p_weight_lp, double k_momentum) {
     for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
         optforge_dcasgd_s1_elem<double, double, double>(rows[j / cols] * cols + j % cols, j, p_mom, p_step, p_weight_lp, (double)k_momentum);
+}
+/* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
+   pointers, sizes and 1 scalar(s) per parameter, as Apex's multi_tensor_apply */
+__global__ void optforge_dcasgd_s1_mt_f64(const int64_t* __restrict__ sizes, double* const* tab_mom, double* const* tab_step, float* const* tab_weight_lp, const double* __restrict__ scalars) {
+    const int64_t t = blockIdx.y, n = sizes[t];
+    const double* s = scalars + t * 1;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
+        optforge_dcasgd_s1_elem<double, double, double>(i, i, tab_mom[t], tab_step[t], tab_weight_lp[t], (double)s[0]);
 }
 __global__ void optforge_dcasgd_s1_f16(int64_t n, __half* __restrict__ p_mom, float* __restrict__ p_step, float* __restrict__ p_weight_lp, double k_momentum) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
@@ -137,6 +185,14 @@ __global__ void optforge_dcasgd_s1_rows_f16(int64_t n, int64_t cols, const int64
     for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
         optforge_dcasgd_s1_elem<__half, __half, float>(rows[j / cols] * cols + j % cols, j, p_mom, p_step, p_weight_lp, (float)k_momentum);
 }
+/* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
+   pointers, sizes and 1 scalar(s) per parameter, as Apex's multi_tensor_apply */
+__global__ void optforge_dcasgd_s1_mt_f16(const int64_t* __restrict__ sizes, __half* const* tab_mom, float* const* tab_step, float* const* tab_weight_lp, const double* __restrict__ scalars) {
+    const int64_t t = blockIdx.y, n = sizes[t];
+    const double* s = scalars + t * 1;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
+        optforge_dcasgd_s1_elem<__half, __half, float>(i, i, tab_mom[t], tab_step[t], tab_weight_lp[t], (float)s[0]);
+}
 __global__ void optforge_dcasgd_s1_mp16(int64_t n, float* __restrict__ p_mom, float* __restrict__ p_step, float* __restrict__ p_weight_lp, double k_momentum) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
         optforge_dcasgd_s1_elem<float, __half, float>(i, i, p_mom, p_step, p_weight_lp, (float)k_momentum);
@@ -145,6 +201,14 @@ __global__ void optforge_dcasgd_s1_mp16(int64_t n, float* __restrict__ p_mom, fl
 __global__ void optforge_dcasgd_s1_rows_mp16(int64_t n, int64_t cols, const int64_t* __restrict__ rows, float* __restrict__ p_mom, float* __restrict__ p_step, float* __restrict__ p_weight_lp, double k_momentum) {
     for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
         optforge_dcasgd_s1_elem<float, __half, float>(rows[j / cols] * cols + j % cols, j, p_mom, p_step, p_weight_lp, (float)k_momentum);
+}
+/* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
+   pointers, sizes and 1 scalar(s) per parameter, as Apex's multi_tensor_apply */
+__global__ void optforge_dcasgd_s1_mt_mp16(const int64_t* __restrict__ sizes, float* const* tab_mom, float* const* tab_step, float* const* tab_weight_lp, const double* __restrict__ scalars) {
+    const int64_t t = blockIdx.y, n = sizes[t];
+    const double* s = scalars + t * 1;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
+        optforge_dcasgd_s1_elem<float, __half, float>(i, i, tab_mom[t], tab_step[t], tab_weight_lp[t], (float)s[0]);
 }
 __global__ void optforge_dcasgd_s2_f32(int64_t n, float* __restrict__ p_weight, const float* __restrict__ p_step, float* __restrict__ p_prev_weight, float* __restrict__ p_weight_lp) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
@@ -155,6 +219,14 @@ __global__ void optforge_dcasgd_s2_rows_f32(int64_t n, int64_t cols, const int64
     for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
         optforge_dcasgd_s2_elem<float, float, float>(rows[j / cols] * cols + j % cols, j, p_weight, p_step, p_prev_weight, p_weight_lp);
 }
+/* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
+   pointers, sizes and 0 scalar(s) per parameter, as Apex's multi_tensor_apply */
+__global__ void optforge_dcasgd_s2_mt_f32(const int64_t* __restrict__ sizes, float* const* tab_weight, float* const* tab_step, float* const* tab_prev_weight, float* const* tab_weight_lp, const double* __restrict__ scalars) {
+    const int64_t t = blockIdx.y, n = sizes[t];
+    const double* s = scalars + t * 1;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
+        optforge_dcasgd_s2_elem<float, float, float>(i, i, tab_weight[t], tab_step[t], tab_prev_weight[t], tab_weight_lp[t]);
+}
 __global__ void optforge_dcasgd_s2_f64(int64_t n, double* __restrict__ p_weight, const double* __restrict__ p_step, double* __restrict__ p_prev_weight, float* __restrict__ p_weight_lp) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
         optforge_dcasgd_s2_elem<double, double, double>(i, i, p_weight, p_step, p_prev_weight, p_weight_lp);
@@ -163,6 +235,14 @@ __global__ void optforge_dcasgd_s2_f64(int64_t n, double* __restrict__ p_weight,
 __global__ void optforge_dcasgd_s2_rows_f64(int64_t n, int64_t cols, const int64_t* __restrict__ rows, double* __restrict__ p_weight, const double* __restrict__ p_step, double* __restrict__ p_prev_weight, float* __restrict__ p_weight_lp) {
     for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
         optforge_dcasgd_s2_elem<double, double, double>(rows[j / cols] * cols + j % cols, j, p_weight, p_step, p_prev_weight, p_weight_lp);
+}
+/* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
+   pointers, sizes and 0 scalar(s) per parameter, as Apex's multi_tensor_apply */
+__global__ void optforge_dcasgd_s2_mt_f64(const int64_t* __restrict__ sizes, double* const* tab_weight, double* const* tab_step, double* const* tab_prev_weight, float* const* tab_weight_lp, const double* __restrict__ scalars) {
+    const int64_t t = blockIdx.y, n = sizes[t];
+    const double* s = scalars + t * 1;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
+        optforge_dcasgd_s2_elem<double, double, double>(i, i, tab_weight[t], tab_step[t], tab_prev_weight[t], tab_weight_lp[t]);
 }
 __global__ void optforge_dcasgd_s2_f16(int64_t n, __half* __restrict__ p_weight, const float* __restrict__ p_step, __half* __restrict__ p_prev_weight, float* __restrict__ p_weight_lp) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
@@ -173,6 +253,14 @@ __global__ void optforge_dcasgd_s2_rows_f16(int64_t n, int64_t cols, const int64
     for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
         optforge_dcasgd_s2_elem<__half, __half, float>(rows[j / cols] * cols + j % cols, j, p_weight, p_step, p_prev_weight, p_weight_lp);
 }
+/* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
+   pointers, sizes and 0 scalar(s) per parameter, as Apex's multi_tensor_apply */
+__global__ void optforge_dcasgd_s2_mt_f16(const int64_t* __restrict__ sizes, __half* const* tab_weight, float* const* tab_step, __half* const* tab_prev_weight, float* const* tab_weight_lp, const double* __restrict__ scalars) {
+    const int64_t t = blockIdx.y, n = sizes[t];
+    const double* s = scalars + t * 1;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
+        optforge_dcasgd_s2_elem<__half, __half, float>(i, i, tab_weight[t], tab_step[t], tab_prev_weight[t], tab_weight_lp[t]);
+}
 __global__ void optforge_dcasgd_s2_mp16(int64_t n, float* __restrict__ p_weight, const float* __restrict__ p_step, float* __restrict__ p_prev_weight, float* __restrict__ p_weight_lp) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
         optforge_dcasgd_s2_elem<float, __half, float>(i, i, p_weight, p_step, p_prev_weight, p_weight_lp);
@@ -181,5 +269,13 @@ __global__ void optforge_dcasgd_s2_mp16(int64_t n, float* __restrict__ p_weight,
 __global__ void optforge_dcasgd_s2_rows_mp16(int64_t n, int64_t cols, const int64_t* __restrict__ rows, float* __restrict__ p_weight, const float* __restrict__ p_step, float* __restrict__ p_prev_weight, float* __restrict__ p_weight_lp) {
     for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
         optforge_dcasgd_s2_elem<float, __half, float>(rows[j / cols] * cols + j % cols, j, p_weight, p_step, p_prev_weight, p_weight_lp);
+}
+/* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
+   pointers, sizes and 0 scalar(s) per parameter, as Apex's multi_tensor_apply */
+__global__ void optforge_dcasgd_s2_mt_mp16(const int64_t* __restrict__ sizes, float* const* tab_weight, float* const* tab_step, float* const* tab_prev_weight, float* const* tab_weight_lp, const double* __restrict__ scalars) {
+    const int64_t t = blockIdx.y, n = sizes[t];
+    const double* s = scalars + t * 1;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
+        optforge_dcasgd_s2_elem<float, __half, float>(i, i, tab_weight[t], tab_step[t], tab_prev_weight[t], tab_weight_lp[t]);
 }
 }

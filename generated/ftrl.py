@@ -55,6 +55,7 @@ class Ftrl(Optimizer):
     global_names = ()
     options = {'keep_scheduler_base_lr': True}
     sparse = 'lazy'
+    multi_tensor = True   # list updates on CUDA: one launch per stage for all parameters
 
     def __init__(self, lamda1=0.01, learning_rate=0.1, beta=1.0, **kwargs):
         hyper = self._check_hypers({'lamda1': lamda1, 'beta': beta})

@@ -75,6 +75,14 @@ __global__ void optforge_lamb_s0_rows_f32(int64_t n, int64_t cols, const int64_t
     for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
         optforge_lamb_s0_elem<float, float, float>(rows[j / cols] * cols + j % cols, j, p_grad, p_mean, p_var, p_weight, p_upd, p_weight_lp, (float)k_rescale_grad, (float)k1, (float)k_beta1, (float)k3, (float)k_beta2, (float)k5, (float)k_c1, (float)k_c2, (float)k_epsilon, (float)k_wd);
 }
+/* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
+   pointers, sizes and 10 scalar(s) per parameter, as Apex's multi_tensor_apply */
+__global__ void optforge_lamb_s0_mt_f32(const int64_t* __restrict__ sizes, float* const* tab_grad, float* const* tab_mean, float* const* tab_var, float* const* tab_weight, float* const* tab_upd, float* const* tab_weight_lp, const double* __restrict__ scalars) {
+    const int64_t t = blockIdx.y, n = sizes[t];
+    const double* s = scalars + t * 10;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
+        optforge_lamb_s0_elem<float, float, float>(i, i, tab_grad[t], tab_mean[t], tab_var[t], tab_weight[t], tab_upd[t], tab_weight_lp[t], (float)s[0], (float)s[1], (float)s[2], (float)s[3], (float)s[4], (float)s[5], (float)s[6], (float)s[7], (float)s[8], (float)s[9]);
+}
 __global__ void optforge_lamb_s0_f64(int64_t n, const double* __restrict__ p_grad, double* __restrict__ p_mean, double* __restrict__ p_var, const double* __restrict__ p_weight, double* __restrict__ p_upd, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k_beta1, double k3, double k_beta2, double k5, double k_c1, double k_c2, double k_epsilon, double k_wd) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
         optforge_lamb_s0_elem<double, double, double>(i, i, p_grad, p_mean, p_var, p_weight, p_upd, p_weight_lp, (double)k_rescale_grad, (double)k1, (double)k_beta1, (double)k3, (double)k_beta2, (double)k5, (double)k_c1, (double)k_c2, (double)k_epsilon, (double)k_wd);
@@ -83,6 +91,14 @@ __global__ void optforge_lamb_s0_f64(int64_t n, const double* __restrict__ p_gra
 __global__ void optforge_lamb_s0_rows_f64(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const double* __restrict__ p_grad, double* __restrict__ p_mean, double* __restrict__ p_var, const double* __restrict__ p_weight, double* __restrict__ p_upd, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k_beta1, double k3, double k_beta2, double k5, double k_c1, double k_c2, double k_epsilon, double k_wd) {
     for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
         optforge_lamb_s0_elem<double, double, double>(rows[j / cols] * cols + j % cols, j, p_grad, p_mean, p_var, p_weight, p_upd, p_weight_lp, (double)k_rescale_grad, (double)k1, (double)k_beta1, (double)k3, (double)k_beta2, (double)k5, (double)k_c1, (double)k_c2, (double)k_epsilon, (double)k_wd);
+}
+/* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
+   pointers, sizes and 10 scalar(s) per parameter, as Apex's multi_tensor_apply */
+__global__ void optforge_lamb_s0_mt_f64(const int64_t* __restrict__ sizes, double* const* tab_grad, double* const* tab_mean, double* const* tab_var, double* const* tab_weight, double* const* tab_upd, float* const* tab_weight_lp, const double* __restrict__ scalars) {
+    const int64_t t = blockIdx.y, n = sizes[t];
+    const double* s = scalars + t * 10;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
+        optforge_lamb_s0_elem<double, double, double>(i, i, tab_grad[t], tab_mean[t], tab_var[t], tab_weight[t], tab_upd[t], tab_weight_lp[t], (double)s[0], (double)s[1], (double)s[2], (double)s[3], (double)s[4], (double)s[5], (double)s[6], (double)s[7], (double)s[8], (double)s[9]);
 }
 __global__ void optforge_lamb_s0_f16(int64_t n, const __half* __restrict__ p_grad, __half* __restrict__ p_mean, __half* __restrict__ p_var, const __half* __restrict__ p_weight, float* __restrict__ p_upd, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k_beta1, double k3, double k_beta2, double k5, double k_c1, double k_c2, double k_epsilon, double k_wd) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
@@ -93,6 +109,14 @@ __global__ void optforge_lamb_s0_rows_f16(int64_t n, int64_t cols, const int64_t
     for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
         optforge_lamb_s0_elem<__half, __half, float>(rows[j / cols] * cols + j % cols, j, p_grad, p_mean, p_var, p_weight, p_upd, p_weight_lp, (float)k_rescale_grad, (float)k1, (float)k_beta1, (float)k3, (float)k_beta2, (float)k5, (float)k_c1, (float)k_c2, (float)k_epsilon, (float)k_wd);
 }
+/* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
+   pointers, sizes and 10 scalar(s) per parameter, as Apex's multi_tensor_apply */
+__global__ void optforge_lamb_s0_mt_f16(const int64_t* __restrict__ sizes, __half* const* tab_grad, __half* const* tab_mean, __half* const* tab_var, __half* const* tab_weight, float* const* tab_upd, float* const* tab_weight_lp, const double* __restrict__ scalars) {
+    const int64_t t = blockIdx.y, n = sizes[t];
+    const double* s = scalars + t * 10;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
+        optforge_lamb_s0_elem<__half, __half, float>(i, i, tab_grad[t], tab_mean[t], tab_var[t], tab_weight[t], tab_upd[t], tab_weight_lp[t], (float)s[0], (float)s[1], (float)s[2], (float)s[3], (float)s[4], (float)s[5], (float)s[6], (float)s[7], (float)s[8], (float)s[9]);
+}
 __global__ void optforge_lamb_s0_mp16(int64_t n, const __half* __restrict__ p_grad, float* __restrict__ p_mean, float* __restrict__ p_var, const float* __restrict__ p_weight, float* __restrict__ p_upd, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k_beta1, double k3, double k_beta2, double k5, double k_c1, double k_c2, double k_epsilon, double k_wd) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
         optforge_lamb_s0_elem<float, __half, float>(i, i, p_grad, p_mean, p_var, p_weight, p_upd, p_weight_lp, (float)k_rescale_grad, (float)k1, (float)k_beta1, (float)k3, (float)k_beta2, (float)k5, (float)k_c1, (float)k_c2, (float)k_epsilon, (float)k_wd);
@@ -101,6 +125,14 @@ __global__ void optforge_lamb_s0_mp16(int64_t n, const __half* __restrict__ p_gr
 __global__ void optforge_lamb_s0_rows_mp16(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const __half* __restrict__ p_grad, float* __restrict__ p_mean, float* __restrict__ p_var, const float* __restrict__ p_weight, float* __restrict__ p_upd, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k_beta1, double k3, double k_beta2, double k5, double k_c1, double k_c2, double k_epsilon, double k_wd) {
     for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
         optforge_lamb_s0_elem<float, __half, float>(rows[j / cols] * cols + j % cols, j, p_grad, p_mean, p_var, p_weight, p_upd, p_weight_lp, (float)k_rescale_grad, (float)k1, (float)k_beta1, (float)k3, (float)k_beta2, (float)k5, (float)k_c1, (float)k_c2, (float)k_epsilon, (float)k_wd);
+}
+/* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
+   pointers, sizes and 10 scalar(s) per parameter, as Apex's multi_tensor_apply */
+__global__ void optforge_lamb_s0_mt_mp16(const int64_t* __restrict__ sizes, __half* const* tab_grad, float* const* tab_mean, float* const* tab_var, float* const* tab_weight, float* const* tab_upd, float* const* tab_weight_lp, const double* __restrict__ scalars) {
+    const int64_t t = blockIdx.y, n = sizes[t];
+    const double* s = scalars + t * 10;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
+        optforge_lamb_s0_elem<float, __half, float>(i, i, tab_grad[t], tab_mean[t], tab_var[t], tab_weight[t], tab_upd[t], tab_weight_lp[t], (float)s[0], (float)s[1], (float)s[2], (float)s[3], (float)s[4], (float)s[5], (float)s[6], (float)s[7], (float)s[8], (float)s[9]);
 }
 __global__ void optforge_lamb_s1_f32(int64_t n, float* __restrict__ p_weight, const float* __restrict__ p_upd, float* __restrict__ p_weight_lp, double k0) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
@@ -111,6 +143,14 @@ __global__ void optforge_lamb_s1_rows_f32(int64_t n, int64_t cols, const int64_t
     for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
         optforge_lamb_s1_elem<float, float, float>(rows[j / cols] * cols + j % cols, j, p_weight, p_upd, p_weight_lp, (float)k0);
 }
+/* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
+   pointers, sizes and 1 scalar(s) per parameter, as Apex's multi_tensor_apply */
+__global__ void optforge_lamb_s1_mt_f32(const int64_t* __restrict__ sizes, float* const* tab_weight, float* const* tab_upd, float* const* tab_weight_lp, const double* __restrict__ scalars) {
+    const int64_t t = blockIdx.y, n = sizes[t];
+    const double* s = scalars + t * 1;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
+        optforge_lamb_s1_elem<float, float, float>(i, i, tab_weight[t], tab_upd[t], tab_weight_lp[t], (float)s[0]);
+}
 __global__ void optforge_lamb_s1_f64(int64_t n, double* __restrict__ p_weight, const double* __restrict__ p_upd, float* __restrict__ p_weight_lp, double k0) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
         optforge_lamb_s1_elem<double, double, double>(i, i, p_weight, p_upd, p_weight_lp, (double)k0);
@@ -119,6 +159,14 @@ __global__ void optforge_lamb_s1_f64(int64_t n, double* __restrict__ p_weight, c
 __global__ void optforge_lamb_s1_rows_f64(int64_t n, int64_t cols, const int64_t* __restrict__ rows, double* __restrict__ p_weight, const double* __restrict__ p_upd, float* __restrict__ p_weight_lp, double k0) {
     for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
         optforge_lamb_s1_elem<double, double, double>(rows[j / cols] * cols + j % cols, j, p_weight, p_upd, p_weight_lp, (double)k0);
+}
+/* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
+   pointers, sizes and 1 scalar(s) per parameter, as Apex's multi_tensor_apply */
+__global__ void optforge_lamb_s1_mt_f64(const int64_t* __restrict__ sizes, double* const* tab_weight, double* const* tab_upd, float* const* tab_weight_lp, const double* __restrict__ scalars) {
+    const int64_t t = blockIdx.y, n = sizes[t];
+    const double* s = scalars + t * 1;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
+        optforge_lamb_s1_elem<double, double, double>(i, i, tab_weight[t], tab_upd[t], tab_weight_lp[t], (double)s[0]);
 }
 __global__ void optforge_lamb_s1_f16(int64_t n, __half* __restrict__ p_weight, const float* __restrict__ p_upd, float* __restrict__ p_weight_lp, double k0) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
@@ -129,6 +177,14 @@ __global__ void optforge_lamb_s1_rows_f16(int64_t n, int64_t cols, const int64_t
     for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
         optforge_lamb_s1_elem<__half, __half, float>(rows[j / cols] * cols + j % cols, j, p_weight, p_upd, p_weight_lp, (float)k0);
 }
+/* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
+   pointers, sizes and 1 scalar(s) per parameter, as Apex's multi_tensor_apply */
+__global__ void optforge_lamb_s1_mt_f16(const int64_t* __restrict__ sizes, __half* const* tab_weight, float* const* tab_upd, float* const* tab_weight_lp, const double* __restrict__ scalars) {
+    const int64_t t = blockIdx.y, n = sizes[t];
+    const double* s = scalars + t * 1;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
+        optforge_lamb_s1_elem<__half, __half, float>(i, i, tab_weight[t], tab_upd[t], tab_weight_lp[t], (float)s[0]);
+}
 __global__ void optforge_lamb_s1_mp16(int64_t n, float* __restrict__ p_weight, const float* __restrict__ p_upd, float* __restrict__ p_weight_lp, double k0) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
         optforge_lamb_s1_elem<float, __half, float>(i, i, p_weight, p_upd, p_weight_lp, (float)k0);
@@ -137,5 +193,13 @@ __global__ void optforge_lamb_s1_mp16(int64_t n, float* __restrict__ p_weight, c
 __global__ void optforge_lamb_s1_rows_mp16(int64_t n, int64_t cols, const int64_t* __restrict__ rows, float* __restrict__ p_weight, const float* __restrict__ p_upd, float* __restrict__ p_weight_lp, double k0) {
     for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
         optforge_lamb_s1_elem<float, __half, float>(rows[j / cols] * cols + j % cols, j, p_weight, p_upd, p_weight_lp, (float)k0);
+}
+/* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
+   pointers, sizes and 1 scalar(s) per parameter, as Apex's multi_tensor_apply */
+__global__ void optforge_lamb_s1_mt_mp16(const int64_t* __restrict__ sizes, float* const* tab_weight, float* const* tab_upd, float* const* tab_weight_lp, const double* __restrict__ scalars) {
+    const int64_t t = blockIdx.y, n = sizes[t];
+    const double* s = scalars + t * 1;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
+        optforge_lamb_s1_elem<float, __half, float>(i, i, tab_weight[t], tab_upd[t], tab_weight_lp[t], (float)s[0]);
 }
 }

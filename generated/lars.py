@@ -75,6 +75,7 @@ class LARS(Optimizer):
     global_names = ('last_lr',)
     options = {'decay_suffixes': ('_weight',), 'aggregate': 4}
     sparse = 'lazy'
+    multi_tensor = False   # list updates on CUDA: one launch per stage for all parameters
 
     def __init__(self, momentum=0.0, lazy_update=True, eta=0.001, eps=0.0, momentum_correction=True, **kwargs):
         hyper = self._check_hypers({'momentum': momentum, 'lazy_update': lazy_update, 'eta': eta, 'eps': eps, 'momentum_correction': momentum_correction})

@@ -112,6 +112,14 @@ __global__ void optforge_lbsgd_s0_rows_f32(int64_t n, int64_t cols, const int64_
     for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
         optforge_lbsgd_s0_elem<float, float, float>(rows[j / cols] * cols + j % cols, j, p_cum_grad, p_grad, p_weight_lp);
 }
+/* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
+   pointers, sizes and 0 scalar(s) per parameter, as Apex's multi_tensor_apply */
+__global__ void optforge_lbsgd_s0_mt_f32(const int64_t* __restrict__ sizes, float* const* tab_cum_grad, float* const* tab_grad, float* const* tab_weight_lp, const double* __restrict__ scalars) {
+    const int64_t t = blockIdx.y, n = sizes[t];
+    const double* s = scalars + t * 1;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
+        optforge_lbsgd_s0_elem<float, float, float>(i, i, tab_cum_grad[t], tab_grad[t], tab_weight_lp[t]);
+}
 __global__ void optforge_lbsgd_s0_f64(int64_t n, double* __restrict__ p_cum_grad, const double* __restrict__ p_grad, float* __restrict__ p_weight_lp) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
         optforge_lbsgd_s0_elem<double, double, double>(i, i, p_cum_grad, p_grad, p_weight_lp);
@@ -120,6 +128,14 @@ __global__ void optforge_lbsgd_s0_f64(int64_t n, double* __restrict__ p_cum_grad
 __global__ void optforge_lbsgd_s0_rows_f64(int64_t n, int64_t cols, const int64_t* __restrict__ rows, double* __restrict__ p_cum_grad, const double* __restrict__ p_grad, float* __restrict__ p_weight_lp) {
     for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
         optforge_lbsgd_s0_elem<double, double, double>(rows[j / cols] * cols + j % cols, j, p_cum_grad, p_grad, p_weight_lp);
+}
+/* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
+   pointers, sizes and 0 scalar(s) per parameter, as Apex's multi_tensor_apply */
+__global__ void optforge_lbsgd_s0_mt_f64(const int64_t* __restrict__ sizes, double* const* tab_cum_grad, double* const* tab_grad, float* const* tab_weight_lp, const double* __restrict__ scalars) {
+    const int64_t t = blockIdx.y, n = sizes[t];
+    const double* s = scalars + t * 1;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
+        optforge_lbsgd_s0_elem<double, double, double>(i, i, tab_cum_grad[t], tab_grad[t], tab_weight_lp[t]);
 }
 __global__ void optforge_lbsgd_s0_f16(int64_t n, __half* __restrict__ p_cum_grad, const __half* __restrict__ p_grad, float* __restrict__ p_weight_lp) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
@@ -130,6 +146,14 @@ __global__ void optforge_lbsgd_s0_rows_f16(int64_t n, int64_t cols, const int64_
     for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
         optforge_lbsgd_s0_elem<__half, __half, float>(rows[j / cols] * cols + j % cols, j, p_cum_grad, p_grad, p_weight_lp);
 }
+/* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
+   pointers, sizes and 0 scalar(s) per parameter, as Apex's multi_tensor_apply */
+__global__ void optforge_lbsgd_s0_mt_f16(const int64_t* __restrict__ sizes, __half* const* tab_cum_grad, __half* const* tab_grad, float* const* tab_weight_lp, const double* __restrict__ scalars) {
+    const int64_t t = blockIdx.y, n = sizes[t];
+    const double* s = scalars + t * 1;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
+        optforge_lbsgd_s0_elem<__half, __half, float>(i, i, tab_cum_grad[t], tab_grad[t], tab_weight_lp[t]);
+}
 __global__ void optforge_lbsgd_s0_mp16(int64_t n, float* __restrict__ p_cum_grad, const __half* __restrict__ p_grad, float* __restrict__ p_weight_lp) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
         optforge_lbsgd_s0_elem<float, __half, float>(i, i, p_cum_grad, p_grad, p_weight_lp);
@@ -138,6 +162,14 @@ __global__ void optforge_lbsgd_s0_mp16(int64_t n, float* __restrict__ p_cum_grad
 __global__ void optforge_lbsgd_s0_rows_mp16(int64_t n, int64_t cols, const int64_t* __restrict__ rows, float* __restrict__ p_cum_grad, const __half* __restrict__ p_grad, float* __restrict__ p_weight_lp) {
     for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
         optforge_lbsgd_s0_elem<float, __half, float>(rows[j / cols] * cols + j % cols, j, p_cum_grad, p_grad, p_weight_lp);
+}
+/* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
+   pointers, sizes and 0 scalar(s) per parameter, as Apex's multi_tensor_apply */
+__global__ void optforge_lbsgd_s0_mt_mp16(const int64_t* __restrict__ sizes, float* const* tab_cum_grad, __half* const* tab_grad, float* const* tab_weight_lp, const double* __restrict__ scalars) {
+    const int64_t t = blockIdx.y, n = sizes[t];
+    const double* s = scalars + t * 1;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
+        optforge_lbsgd_s0_elem<float, __half, float>(i, i, tab_cum_grad[t], tab_grad[t], tab_weight_lp[t]);
 }
 __global__ void optforge_lbsgd_s1_f32(int64_t n, const float* __restrict__ p_cum_grad, float* __restrict__ p_avg, float* __restrict__ p_weight_lp, double k_batch_scale) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
@@ -148,6 +180,14 @@ __global__ void optforge_lbsgd_s1_rows_f32(int64_t n, int64_t cols, const int64_
     for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
         optforge_lbsgd_s1_elem<float, float, float>(rows[j / cols] * cols + j % cols, j, p_cum_grad, p_avg, p_weight_lp, (float)k_batch_scale);
 }
+/* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
+   pointers, sizes and 1 scalar(s) per parameter, as Apex's multi_tensor_apply */
+__global__ void optforge_lbsgd_s1_mt_f32(const int64_t* __restrict__ sizes, float* const* tab_cum_grad, float* const* tab_avg, float* const* tab_weight_lp, const double* __restrict__ scalars) {
+    const int64_t t = blockIdx.y, n = sizes[t];
+    const double* s = scalars + t * 1;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
+        optforge_lbsgd_s1_elem<float, float, float>(i, i, tab_cum_grad[t], tab_avg[t], tab_weight_lp[t], (float)s[0]);
+}
 __global__ void optforge_lbsgd_s1_f64(int64_t n, const double* __restrict__ p_cum_grad, double* __restrict__ p_avg, float* __restrict__ p_weight_lp, double k_batch_scale) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
         optforge_lbsgd_s1_elem<double, double, double>(i, i, p_cum_grad, p_avg, p_weight_lp, (double)k_batch_scale);
@@ -156,6 +196,14 @@ __global__ void optforge_lbsgd_s1_f64(int64_t n, const double* __restrict__ p_cu
 __global__ void optforge_lbsgd_s1_rows_f64(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const double* __restrict__ p_cum_grad, double* __restrict__ p_avg, float* __restrict__ p_weight_lp, double k_batch_scale) {
     for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
         optforge_lbsgd_s1_elem<double, double, double>(rows[j / cols] * cols + j % cols, j, p_cum_grad, p_avg, p_weight_lp, (double)k_batch_scale);
+}
+/* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
+   pointers, sizes and 1 scalar(s) per parameter, as Apex's multi_tensor_apply */
+__global__ void optforge_lbsgd_s1_mt_f64(const int64_t* __restrict__ sizes, double* const* tab_cum_grad, double* const* tab_avg, float* const* tab_weight_lp, const double* __restrict__ scalars) {
+    const int64_t t = blockIdx.y, n = sizes[t];
+    const double* s = scalars + t * 1;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
+        optforge_lbsgd_s1_elem<double, double, double>(i, i, tab_cum_grad[t], tab_avg[t], tab_weight_lp[t], (double)s[0]);
 }
 __global__ void optforge_lbsgd_s1_f16(int64_t n, const __half* __restrict__ p_cum_grad, float* __restrict__ p_avg, float* __restrict__ p_weight_lp, double k_batch_scale) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
@@ -166,6 +214,14 @@ __global__ void optforge_lbsgd_s1_rows_f16(int64_t n, int64_t cols, const int64_
     for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
         optforge_lbsgd_s1_elem<__half, __half, float>(rows[j / cols] * cols + j % cols, j, p_cum_grad, p_avg, p_weight_lp, (float)k_batch_scale);
 }
+/* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
+   pointers, sizes and 1 scalar(s) per parameter, as Apex's multi_tensor_apply */
+__global__ void optforge_lbsgd_s1_mt_f16(const int64_t* __restrict__ sizes, __half* const* tab_cum_grad, float* const* tab_avg, float* const* tab_weight_lp, const double* __restrict__ scalars) {
+    const int64_t t = blockIdx.y, n = sizes[t];
+    const double* s = scalars + t * 1;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
+        optforge_lbsgd_s1_elem<__half, __half, float>(i, i, tab_cum_grad[t], tab_avg[t], tab_weight_lp[t], (float)s[0]);
+}
 __global__ void optforge_lbsgd_s1_mp16(int64_t n, const float* __restrict__ p_cum_grad, float* __restrict__ p_avg, float* __restrict__ p_weight_lp, double k_batch_scale) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
         optforge_lbsgd_s1_elem<float, __half, float>(i, i, p_cum_grad, p_avg, p_weight_lp, (float)k_batch_scale);
@@ -174,6 +230,14 @@ __global__ void optforge_lbsgd_s1_mp16(int64_t n, const float* __restrict__ p_cu
 __global__ void optforge_lbsgd_s1_rows_mp16(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const float* __restrict__ p_cum_grad, float* __restrict__ p_avg, float* __restrict__ p_weight_lp, double k_batch_scale) {
     for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
         optforge_lbsgd_s1_elem<float, __half, float>(rows[j / cols] * cols + j % cols, j, p_cum_grad, p_avg, p_weight_lp, (float)k_batch_scale);
+}
+/* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
+   pointers, sizes and 1 scalar(s) per parameter, as Apex's multi_tensor_apply */
+__global__ void optforge_lbsgd_s1_mt_mp16(const int64_t* __restrict__ sizes, float* const* tab_cum_grad, float* const* tab_avg, float* const* tab_weight_lp, const double* __restrict__ scalars) {
+    const int64_t t = blockIdx.y, n = sizes[t];
+    const double* s = scalars + t * 1;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
+        optforge_lbsgd_s1_elem<float, __half, float>(i, i, tab_cum_grad[t], tab_avg[t], tab_weight_lp[t], (float)s[0]);
 }
 __global__ void optforge_lbsgd_s2_f32(int64_t n, const float* __restrict__ p_grad, float* __restrict__ p_avg, float* __restrict__ p_weight_lp) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
@@ -184,6 +248,14 @@ __global__ void optforge_lbsgd_s2_rows_f32(int64_t n, int64_t cols, const int64_
     for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
         optforge_lbsgd_s2_elem<float, float, float>(rows[j / cols] * cols + j % cols, j, p_grad, p_avg, p_weight_lp);
 }
+/* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
+   pointers, sizes and 0 scalar(s) per parameter, as Apex's multi_tensor_apply */
+__global__ void optforge_lbsgd_s2_mt_f32(const int64_t* __restrict__ sizes, float* const* tab_grad, float* const* tab_avg, float* const* tab_weight_lp, const double* __restrict__ scalars) {
+    const int64_t t = blockIdx.y, n = sizes[t];
+    const double* s = scalars + t * 1;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
+        optforge_lbsgd_s2_elem<float, float, float>(i, i, tab_grad[t], tab_avg[t], tab_weight_lp[t]);
+}
 __global__ void optforge_lbsgd_s2_f64(int64_t n, const double* __restrict__ p_grad, double* __restrict__ p_avg, float* __restrict__ p_weight_lp) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
         optforge_lbsgd_s2_elem<double, double, double>(i, i, p_grad, p_avg, p_weight_lp);
@@ -192,6 +264,14 @@ __global__ void optforge_lbsgd_s2_f64(int64_t n, const double* __restrict__ p_gr
 __global__ void optforge_lbsgd_s2_rows_f64(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const double* __restrict__ p_grad, double* __restrict__ p_avg, float* __restrict__ p_weight_lp) {
     for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
         optforge_lbsgd_s2_elem<double, double, double>(rows[j / cols] * cols + j % cols, j, p_grad, p_avg, p_weight_lp);
+}
+/* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
+   pointers, sizes and 0 scalar(s) per parameter, as Apex's multi_tensor_apply */
+__global__ void optforge_lbsgd_s2_mt_f64(const int64_t* __restrict__ sizes, double* const* tab_grad, double* const* tab_avg, float* const* tab_weight_lp, const double* __restrict__ scalars) {
+    const int64_t t = blockIdx.y, n = sizes[t];
+    const double* s = scalars + t * 1;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
+        optforge_lbsgd_s2_elem<double, double, double>(i, i, tab_grad[t], tab_avg[t], tab_weight_lp[t]);
 }
 __global__ void optforge_lbsgd_s2_f16(int64_t n, const __half* __restrict__ p_grad, float* __restrict__ p_avg, float* __restrict__ p_weight_lp) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
@@ -202,6 +282,14 @@ __global__ void optforge_lbsgd_s2_rows_f16(int64_t n, int64_t cols, const int64_
     for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
         optforge_lbsgd_s2_elem<__half, __half, float>(rows[j / cols] * cols + j % cols, j, p_grad, p_avg, p_weight_lp);
 }
+/* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
+   pointers, sizes and 0 scalar(s) per parameter, as Apex's multi_tensor_apply */
+__global__ void optforge_lbsgd_s2_mt_f16(const int64_t* __restrict__ sizes, __half* const* tab_grad, float* const* tab_avg, float* const* tab_weight_lp, const double* __restrict__ scalars) {
+    const int64_t t = blockIdx.y, n = sizes[t];
+    const double* s = scalars + t * 1;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
+        optforge_lbsgd_s2_elem<__half, __half, float>(i, i, tab_grad[t], tab_avg[t], tab_weight_lp[t]);
+}
 __global__ void optforge_lbsgd_s2_mp16(int64_t n, const __half* __restrict__ p_grad, float* __restrict__ p_avg, float* __restrict__ p_weight_lp) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
         optforge_lbsgd_s2_elem<float, __half, float>(i, i, p_grad, p_avg, p_weight_lp);
@@ -210,6 +298,14 @@ __global__ void optforge_lbsgd_s2_mp16(int64_t n, const __half* __restrict__ p_g
 __global__ void optforge_lbsgd_s2_rows_mp16(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const __half* __restrict__ p_grad, float* __restrict__ p_avg, float* __restrict__ p_weight_lp) {
     for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
         optforge_lbsgd_s2_elem<float, __half, float>(rows[j / cols] * cols + j % cols, j, p_grad, p_avg, p_weight_lp);
+}
+/* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
+   pointers, sizes and 0 scalar(s) per parameter, as Apex's multi_tensor_apply */
+__global__ void optforge_lbsgd_s2_mt_mp16(const int64_t* __restrict__ sizes, __half* const* tab_grad, float* const* tab_avg, float* const* tab_weight_lp, const double* __restrict__ scalars) {
+    const int64_t t = blockIdx.y, n = sizes[t];
+    const double* s = scalars + t * 1;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
+        optforge_lbsgd_s2_elem<float, __half, float>(i, i, tab_grad[t], tab_avg[t], tab_weight_lp[t]);
 }
 __global__ void optforge_lbsgd_s3_f32(int64_t n, const float* __restrict__ p_avg, float* __restrict__ p_g, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
@@ -220,6 +316,14 @@ __global__ void optforge_lbsgd_s3_rows_f32(int64_t n, int64_t cols, const int64_
     for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
         optforge_lbsgd_s3_elem<float, float, float>(rows[j / cols] * cols + j % cols, j, p_avg, p_g, p_weight_lp, (float)k_rescale_grad, (float)k1);
 }
+/* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
+   pointers, sizes and 2 scalar(s) per parameter, as Apex's multi_tensor_apply */
+__global__ void optforge_lbsgd_s3_mt_f32(const int64_t* __restrict__ sizes, float* const* tab_avg, float* const* tab_g, float* const* tab_weight_lp, const double* __restrict__ scalars) {
+    const int64_t t = blockIdx.y, n = sizes[t];
+    const double* s = scalars + t * 2;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
+        optforge_lbsgd_s3_elem<float, float, float>(i, i, tab_avg[t], tab_g[t], tab_weight_lp[t], (float)s[0], (float)s[1]);
+}
 __global__ void optforge_lbsgd_s3_f64(int64_t n, const double* __restrict__ p_avg, double* __restrict__ p_g, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
         optforge_lbsgd_s3_elem<double, double, double>(i, i, p_avg, p_g, p_weight_lp, (double)k_rescale_grad, (double)k1);
@@ -228,6 +332,14 @@ __global__ void optforge_lbsgd_s3_f64(int64_t n, const double* __restrict__ p_av
 __global__ void optforge_lbsgd_s3_rows_f64(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const double* __restrict__ p_avg, double* __restrict__ p_g, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1) {
     for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
         optforge_lbsgd_s3_elem<double, double, double>(rows[j / cols] * cols + j % cols, j, p_avg, p_g, p_weight_lp, (double)k_rescale_grad, (double)k1);
+}
+/* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
+   pointers, sizes and 2 scalar(s) per parameter, as Apex's multi_tensor_apply */
+__global__ void optforge_lbsgd_s3_mt_f64(const int64_t* __restrict__ sizes, double* const* tab_avg, double* const* tab_g, float* const* tab_weight_lp, const double* __restrict__ scalars) {
+    const int64_t t = blockIdx.y, n = sizes[t];
+    const double* s = scalars + t * 2;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
+        optforge_lbsgd_s3_elem<double, double, double>(i, i, tab_avg[t], tab_g[t], tab_weight_lp[t], (double)s[0], (double)s[1]);
 }
 __global__ void optforge_lbsgd_s3_f16(int64_t n, const float* __restrict__ p_avg, float* __restrict__ p_g, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
@@ -238,6 +350,14 @@ __global__ void optforge_lbsgd_s3_rows_f16(int64_t n, int64_t cols, const int64_
     for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
         optforge_lbsgd_s3_elem<__half, __half, float>(rows[j / cols] * cols + j % cols, j, p_avg, p_g, p_weight_lp, (float)k_rescale_grad, (float)k1);
 }
+/* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
+   pointers, sizes and 2 scalar(s) per parameter, as Apex's multi_tensor_apply */
+__global__ void optforge_lbsgd_s3_mt_f16(const int64_t* __restrict__ sizes, float* const* tab_avg, float* const* tab_g, float* const* tab_weight_lp, const double* __restrict__ scalars) {
+    const int64_t t = blockIdx.y, n = sizes[t];
+    const double* s = scalars + t * 2;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
+        optforge_lbsgd_s3_elem<__half, __half, float>(i, i, tab_avg[t], tab_g[t], tab_weight_lp[t], (float)s[0], (float)s[1]);
+}
 __global__ void optforge_lbsgd_s3_mp16(int64_t n, const float* __restrict__ p_avg, float* __restrict__ p_g, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
         optforge_lbsgd_s3_elem<float, __half, float>(i, i, p_avg, p_g, p_weight_lp, (float)k_rescale_grad, (float)k1);
@@ -246,6 +366,14 @@ __global__ void optforge_lbsgd_s3_mp16(int64_t n, const float* __restrict__ p_av
 __global__ void optforge_lbsgd_s3_rows_mp16(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const float* __restrict__ p_avg, float* __restrict__ p_g, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1) {
     for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
         optforge_lbsgd_s3_elem<float, __half, float>(rows[j / cols] * cols + j % cols, j, p_avg, p_g, p_weight_lp, (float)k_rescale_grad, (float)k1);
+}
+/* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
+   pointers, sizes and 2 scalar(s) per parameter, as Apex's multi_tensor_apply */
+__global__ void optforge_lbsgd_s3_mt_mp16(const int64_t* __restrict__ sizes, float* const* tab_avg, float* const* tab_g, float* const* tab_weight_lp, const double* __restrict__ scalars) {
+    const int64_t t = blockIdx.y, n = sizes[t];
+    const double* s = scalars + t * 2;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
+        optforge_lbsgd_s3_elem<float, __half, float>(i, i, tab_avg[t], tab_g[t], tab_weight_lp[t], (float)s[0], (float)s[1]);
 }
 __global__ void optforge_lbsgd_s4_f32(int64_t n, float* __restrict__ p_mom, float* __restrict__ p_weight, const float* __restrict__ p_g, float* __restrict__ p_weight_lp, double k_momentum, double k1, double k_lr_t) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
@@ -256,6 +384,14 @@ __global__ void optforge_lbsgd_s4_rows_f32(int64_t n, int64_t cols, const int64_
     for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
         optforge_lbsgd_s4_elem<float, float, float>(rows[j / cols] * cols + j % cols, j, p_mom, p_weight, p_g, p_weight_lp, (float)k_momentum, (float)k1, (float)k_lr_t);
 }
+/* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
+   pointers, sizes and 3 scalar(s) per parameter, as Apex's multi_tensor_apply */
+__global__ void optforge_lbsgd_s4_mt_f32(const int64_t* __restrict__ sizes, float* const* tab_mom, float* const* tab_weight, float* const* tab_g, float* const* tab_weight_lp, const double* __restrict__ scalars) {
+    const int64_t t = blockIdx.y, n = sizes[t];
+    const double* s = scalars + t * 3;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
+        optforge_lbsgd_s4_elem<float, float, float>(i, i, tab_mom[t], tab_weight[t], tab_g[t], tab_weight_lp[t], (float)s[0], (float)s[1], (float)s[2]);
+}
 __global__ void optforge_lbsgd_s4_f64(int64_t n, double* __restrict__ p_mom, double* __restrict__ p_weight, const double* __restrict__ p_g, float* __restrict__ p_weight_lp, double k_momentum, double k1, double k_lr_t) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
         optforge_lbsgd_s4_elem<double, double, double>(i, i, p_mom, p_weight, p_g, p_weight_lp, (double)k_momentum, (double)k1, (double)k_lr_t);
@@ -264,6 +400,14 @@ __global__ void optforge_lbsgd_s4_f64(int64_t n, double* __restrict__ p_mom, dou
 __global__ void optforge_lbsgd_s4_rows_f64(int64_t n, int64_t cols, const int64_t* __restrict__ rows, double* __restrict__ p_mom, double* __restrict__ p_weight, const double* __restrict__ p_g, float* __restrict__ p_weight_lp, double k_momentum, double k1, double k_lr_t) {
     for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
         optforge_lbsgd_s4_elem<double, double, double>(rows[j / cols] * cols + j % cols, j, p_mom, p_weight, p_g, p_weight_lp, (double)k_momentum, (double)k1, (double)k_lr_t);
+}
+/* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
+   pointers, sizes and 3 scalar(s) per parameter, as Apex's multi_tensor_apply */
+__global__ void optforge_lbsgd_s4_mt_f64(const int64_t* __restrict__ sizes, double* const* tab_mom, double* const* tab_weight, double* const* tab_g, float* const* tab_weight_lp, const double* __restrict__ scalars) {
+    const int64_t t = blockIdx.y, n = sizes[t];
+    const double* s = scalars + t * 3;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
+        optforge_lbsgd_s4_elem<double, double, double>(i, i, tab_mom[t], tab_weight[t], tab_g[t], tab_weight_lp[t], (double)s[0], (double)s[1], (double)s[2]);
 }
 __global__ void optforge_lbsgd_s4_f16(int64_t n, __half* __restrict__ p_mom, __half* __restrict__ p_weight, const float* __restrict__ p_g, float* __restrict__ p_weight_lp, double k_momentum, double k1, double k_lr_t) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
@@ -274,6 +418,14 @@ __global__ void optforge_lbsgd_s4_rows_f16(int64_t n, int64_t cols, const int64_
     for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
         optforge_lbsgd_s4_elem<__half, __half, float>(rows[j / cols] * cols + j % cols, j, p_mom, p_weight, p_g, p_weight_lp, (float)k_momentum, (float)k1, (float)k_lr_t);
 }
+/* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
+   pointers, sizes and 3 scalar(s) per parameter, as Apex's multi_tensor_apply */
+__global__ void optforge_lbsgd_s4_mt_f16(const int64_t* __restrict__ sizes, __half* const* tab_mom, __half* const* tab_weight, float* const* tab_g, float* const* tab_weight_lp, const double* __restrict__ scalars) {
+    const int64_t t = blockIdx.y, n = sizes[t];
+    const double* s = scalars + t * 3;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
+        optforge_lbsgd_s4_elem<__half, __half, float>(i, i, tab_mom[t], tab_weight[t], tab_g[t], tab_weight_lp[t], (float)s[0], (float)s[1], (float)s[2]);
+}
 __global__ void optforge_lbsgd_s4_mp16(int64_t n, float* __restrict__ p_mom, float* __restrict__ p_weight, const float* __restrict__ p_g, float* __restrict__ p_weight_lp, double k_momentum, double k1, double k_lr_t) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
         optforge_lbsgd_s4_elem<float, __half, float>(i, i, p_mom, p_weight, p_g, p_weight_lp, (float)k_momentum, (float)k1, (float)k_lr_t);
@@ -282,6 +434,14 @@ __global__ void optforge_lbsgd_s4_mp16(int64_t n, float* __restrict__ p_mom, flo
 __global__ void optforge_lbsgd_s4_rows_mp16(int64_t n, int64_t cols, const int64_t* __restrict__ rows, float* __restrict__ p_mom, float* __restrict__ p_weight, const float* __restrict__ p_g, float* __restrict__ p_weight_lp, double k_momentum, double k1, double k_lr_t) {
     for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
         optforge_lbsgd_s4_elem<float, __half, float>(rows[j / cols] * cols + j % cols, j, p_mom, p_weight, p_g, p_weight_lp, (float)k_momentum, (float)k1, (float)k_lr_t);
+}
+/* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
+   pointers, sizes and 3 scalar(s) per parameter, as Apex's multi_tensor_apply */
+__global__ void optforge_lbsgd_s4_mt_mp16(const int64_t* __restrict__ sizes, float* const* tab_mom, float* const* tab_weight, float* const* tab_g, float* const* tab_weight_lp, const double* __restrict__ scalars) {
+    const int64_t t = blockIdx.y, n = sizes[t];
+    const double* s = scalars + t * 3;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
+        optforge_lbsgd_s4_elem<float, __half, float>(i, i, tab_mom[t], tab_weight[t], tab_g[t], tab_weight_lp[t], (float)s[0], (float)s[1], (float)s[2]);
 }
 __global__ void optforge_lbsgd_s5_f32(int64_t n, float* __restrict__ p_weight, const float* __restrict__ p_g, float* __restrict__ p_weight_lp, double k0, double k_lr_t) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
@@ -292,6 +452,14 @@ __global__ void optforge_lbsgd_s5_rows_f32(int64_t n, int64_t cols, const int64_
     for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
         optforge_lbsgd_s5_elem<float, float, float>(rows[j / cols] * cols + j % cols, j, p_weight, p_g, p_weight_lp, (float)k0, (float)k_lr_t);
 }
+/* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
+   pointers, sizes and 2 scalar(s) per parameter, as Apex's multi_tensor_apply */
+__global__ void optforge_lbsgd_s5_mt_f32(const int64_t* __restrict__ sizes, float* const* tab_weight, float* const* tab_g, float* const* tab_weight_lp, const double* __restrict__ scalars) {
+    const int64_t t = blockIdx.y, n = sizes[t];
+    const double* s = scalars + t * 2;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
+        optforge_lbsgd_s5_elem<float, float, float>(i, i, tab_weight[t], tab_g[t], tab_weight_lp[t], (float)s[0], (float)s[1]);
+}
 __global__ void optforge_lbsgd_s5_f64(int64_t n, double* __restrict__ p_weight, const double* __restrict__ p_g, float* __restrict__ p_weight_lp, double k0, double k_lr_t) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
         optforge_lbsgd_s5_elem<double, double, double>(i, i, p_weight, p_g, p_weight_lp, (double)k0, (double)k_lr_t);
@@ -300,6 +468,14 @@ __global__ void optforge_lbsgd_s5_f64(int64_t n, double* __restrict__ p_weight, 
 __global__ void optforge_lbsgd_s5_rows_f64(int64_t n, int64_t cols, const int64_t* __restrict__ rows, double* __restrict__ p_weight, const double* __restrict__ p_g, float* __restrict__ p_weight_lp, double k0, double k_lr_t) {
     for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
         optforge_lbsgd_s5_elem<double, double, double>(rows[j / cols] * cols + j % cols, j, p_weight, p_g, p_weight_lp, (double)k0, (double)k_lr_t);
+}
+/* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
+   pointers, sizes and 2 scalar(s) per parameter, as Apex's multi_tensor_apply */
+__global__ void optforge_lbsgd_s5_mt_f64(const int64_t* __restrict__ sizes, double* const* tab_weight, double* const* tab_g, float* const* tab_weight_lp, const double* __restrict__ scalars) {
+    const int64_t t = blockIdx.y, n = sizes[t];
+    const double* s = scalars + t * 2;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
+        optforge_lbsgd_s5_elem<double, double, double>(i, i, tab_weight[t], tab_g[t], tab_weight_lp[t], (double)s[0], (double)s[1]);
 }
 __global__ void optforge_lbsgd_s5_f16(int64_t n, __half* __restrict__ p_weight, const float* __restrict__ p_g, float* __restrict__ p_weight_lp, double k0, double k_lr_t) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
@@ -310,6 +486,14 @@ __global__ void optforge_lbsgd_s5_rows_f16(int64_t n, int64_t cols, const int64_
     for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
         optforge_lbsgd_s5_elem<__half, __half, float>(rows[j / cols] * cols + j % cols, j, p_weight, p_g, p_weight_lp, (float)k0, (float)k_lr_t);
 }
+/* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
+   pointers, sizes and 2 scalar(s) per parameter, as Apex's multi_tensor_apply */
+__global__ void optforge_lbsgd_s5_mt_f16(const int64_t* __restrict__ sizes, __half* const* tab_weight, float* const* tab_g, float* const* tab_weight_lp, const double* __restrict__ scalars) {
+    const int64_t t = blockIdx.y, n = sizes[t];
+    const double* s = scalars + t * 2;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
+        optforge_lbsgd_s5_elem<__half, __half, float>(i, i, tab_weight[t], tab_g[t], tab_weight_lp[t], (float)s[0], (float)s[1]);
+}
 __global__ void optforge_lbsgd_s5_mp16(int64_t n, float* __restrict__ p_weight, const float* __restrict__ p_g, float* __restrict__ p_weight_lp, double k0, double k_lr_t) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
         optforge_lbsgd_s5_elem<float, __half, float>(i, i, p_weight, p_g, p_weight_lp, (float)k0, (float)k_lr_t);
@@ -318,6 +502,14 @@ __global__ void optforge_lbsgd_s5_mp16(int64_t n, float* __restrict__ p_weight, 
 __global__ void optforge_lbsgd_s5_rows_mp16(int64_t n, int64_t cols, const int64_t* __restrict__ rows, float* __restrict__ p_weight, const float* __restrict__ p_g, float* __restrict__ p_weight_lp, double k0, double k_lr_t) {
     for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
         optforge_lbsgd_s5_elem<float, __half, float>(rows[j / cols] * cols + j % cols, j, p_weight, p_g, p_weight_lp, (float)k0, (float)k_lr_t);
+}
+/* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
+   pointers, sizes and 2 scalar(s) per parameter, as Apex's multi_tensor_apply */
+__global__ void optforge_lbsgd_s5_mt_mp16(const int64_t* __restrict__ sizes, float* const* tab_weight, float* const* tab_g, float* const* tab_weight_lp, const double* __restrict__ scalars) {
+    const int64_t t = blockIdx.y, n = sizes[t];
+    const double* s = scalars + t * 2;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
+        optforge_lbsgd_s5_elem<float, __half, float>(i, i, tab_weight[t], tab_g[t], tab_weight_lp[t], (float)s[0], (float)s[1]);
 }
 __global__ void optforge_lbsgd_s6_f32(int64_t n, float* __restrict__ p_cum_grad, float* __restrict__ p_weight_lp) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
@@ -328,6 +520,14 @@ __global__ void optforge_lbsgd_s6_rows_f32(int64_t n, int64_t cols, const int64_
     for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
         optforge_lbsgd_s6_elem<float, float, float>(rows[j / cols] * cols + j % cols, j, p_cum_grad, p_weight_lp);
 }
+/* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
+   pointers, sizes and 0 scalar(s) per parameter, as Apex's multi_tensor_apply */
+__global__ void optforge_lbsgd_s6_mt_f32(const int64_t* __restrict__ sizes, float* const* tab_cum_grad, float* const* tab_weight_lp, const double* __restrict__ scalars) {
+    const int64_t t = blockIdx.y, n = sizes[t];
+    const double* s = scalars + t * 1;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
+        optforge_lbsgd_s6_elem<float, float, float>(i, i, tab_cum_grad[t], tab_weight_lp[t]);
+}
 __global__ void optforge_lbsgd_s6_f64(int64_t n, double* __restrict__ p_cum_grad, float* __restrict__ p_weight_lp) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
         optforge_lbsgd_s6_elem<double, double, double>(i, i, p_cum_grad, p_weight_lp);
@@ -336,6 +536,14 @@ __global__ void optforge_lbsgd_s6_f64(int64_t n, double* __restrict__ p_cum_grad
 __global__ void optforge_lbsgd_s6_rows_f64(int64_t n, int64_t cols, const int64_t* __restrict__ rows, double* __restrict__ p_cum_grad, float* __restrict__ p_weight_lp) {
     for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
         optforge_lbsgd_s6_elem<double, double, double>(rows[j / cols] * cols + j % cols, j, p_cum_grad, p_weight_lp);
+}
+/* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
+   pointers, sizes and 0 scalar(s) per parameter, as Apex's multi_tensor_apply */
+__global__ void optforge_lbsgd_s6_mt_f64(const int64_t* __restrict__ sizes, double* const* tab_cum_grad, float* const* tab_weight_lp, const double* __restrict__ scalars) {
+    const int64_t t = blockIdx.y, n = sizes[t];
+    const double* s = scalars + t * 1;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
+        optforge_lbsgd_s6_elem<double, double, double>(i, i, tab_cum_grad[t], tab_weight_lp[t]);
 }
 __global__ void optforge_lbsgd_s6_f16(int64_t n, __half* __restrict__ p_cum_grad, float* __restrict__ p_weight_lp) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
@@ -346,6 +554,14 @@ __global__ void optforge_lbsgd_s6_rows_f16(int64_t n, int64_t cols, const int64_
     for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
         optforge_lbsgd_s6_elem<__half, __half, float>(rows[j / cols] * cols + j % cols, j, p_cum_grad, p_weight_lp);
 }
+/* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
+   pointers, sizes and 0 scalar(s) per parameter, as Apex's multi_tensor_apply */
+__global__ void optforge_lbsgd_s6_mt_f16(const int64_t* __restrict__ sizes, __half* const* tab_cum_grad, float* const* tab_weight_lp, const double* __restrict__ scalars) {
+    const int64_t t = blockIdx.y, n = sizes[t];
+    const double* s = scalars + t * 1;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
+        optforge_lbsgd_s6_elem<__half, __half, float>(i, i, tab_cum_grad[t], tab_weight_lp[t]);
+}
 __global__ void optforge_lbsgd_s6_mp16(int64_t n, float* __restrict__ p_cum_grad, float* __restrict__ p_weight_lp) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
         optforge_lbsgd_s6_elem<float, __half, float>(i, i, p_cum_grad, p_weight_lp);
@@ -354,5 +570,13 @@ __global__ void optforge_lbsgd_s6_mp16(int64_t n, float* __restrict__ p_cum_grad
 __global__ void optforge_lbsgd_s6_rows_mp16(int64_t n, int64_t cols, const int64_t* __restrict__ rows, float* __restrict__ p_cum_grad, float* __restrict__ p_weight_lp) {
     for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
         optforge_lbsgd_s6_elem<float, __half, float>(rows[j / cols] * cols + j % cols, j, p_cum_grad, p_weight_lp);
+}
+/* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
+   pointers, sizes and 0 scalar(s) per parameter, as Apex's multi_tensor_apply */
+__global__ void optforge_lbsgd_s6_mt_mp16(const int64_t* __restrict__ sizes, float* const* tab_cum_grad, float* const* tab_weight_lp, const double* __restrict__ scalars) {
+    const int64_t t = blockIdx.y, n = sizes[t];
+    const double* s = scalars + t * 1;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
+        optforge_lbsgd_s6_elem<float, __half, float>(i, i, tab_cum_grad[t], tab_weight_lp[t]);
 }
 }

@@ -53,6 +53,7 @@ class NAG(Optimizer):
     global_names = ()
     options = {}
     sparse = 'lazy'
+    multi_tensor = True   # list updates on CUDA: one launch per stage for all parameters
 
     def __init__(self, momentum=0.0, **kwargs):
         hyper = self._check_hypers({'momentum': momentum})

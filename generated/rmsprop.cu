@@ -98,6 +98,14 @@ __global__ void optforge_rmsprop_s0_rows_f32(int64_t n, int64_t cols, const int6
     for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
         optforge_rmsprop_s0_elem<float, float, float>(rows[j / cols] * cols + j % cols, j, p_grad, p_weight, p_n, p_g, p_weight_lp, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k3, (float)k_gamma1);
 }
+/* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
+   pointers, sizes and 5 scalar(s) per parameter, as Apex's multi_tensor_apply */
+__global__ void optforge_rmsprop_s0_mt_f32(const int64_t* __restrict__ sizes, float* const* tab_grad, float* const* tab_weight, float* const* tab_n, float* const* tab_g, float* const* tab_weight_lp, const double* __restrict__ scalars) {
+    const int64_t t = blockIdx.y, n = sizes[t];
+    const double* s = scalars + t * 5;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
+        optforge_rmsprop_s0_elem<float, float, float>(i, i, tab_grad[t], tab_weight[t], tab_n[t], tab_g[t], tab_weight_lp[t], (float)s[0], (float)s[1], (float)s[2], (float)s[3], (float)s[4]);
+}
 __global__ void optforge_rmsprop_s0_f64(int64_t n, const double* __restrict__ p_grad, const double* __restrict__ p_weight, double* __restrict__ p_n, double* __restrict__ p_g, float* __restrict__ p_weight_lp, double k_rescale_grad, double k_wd, double k2, double k3, double k_gamma1) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
         optforge_rmsprop_s0_elem<double, double, double>(i, i, p_grad, p_weight, p_n, p_g, p_weight_lp, (double)k_rescale_grad, (double)k_wd, (double)k2, (double)k3, (double)k_gamma1);
@@ -106,6 +114,14 @@ __global__ void optforge_rmsprop_s0_f64(int64_t n, const double* __restrict__ p_
 __global__ void optforge_rmsprop_s0_rows_f64(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const double* __restrict__ p_grad, const double* __restrict__ p_weight, double* __restrict__ p_n, double* __restrict__ p_g, float* __restrict__ p_weight_lp, double k_rescale_grad, double k_wd, double k2, double k3, double k_gamma1) {
     for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
         optforge_rmsprop_s0_elem<double, double, double>(rows[j / cols] * cols + j % cols, j, p_grad, p_weight, p_n, p_g, p_weight_lp, (double)k_rescale_grad, (double)k_wd, (double)k2, (double)k3, (double)k_gamma1);
+}
+/* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
+   pointers, sizes and 5 scalar(s) per parameter, as Apex's multi_tensor_apply */
+__global__ void optforge_rmsprop_s0_mt_f64(const int64_t* __restrict__ sizes, double* const* tab_grad, double* const* tab_weight, double* const* tab_n, double* const* tab_g, float* const* tab_weight_lp, const double* __restrict__ scalars) {
+    const int64_t t = blockIdx.y, n = sizes[t];
+    const double* s = scalars + t * 5;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
+        optforge_rmsprop_s0_elem<double, double, double>(i, i, tab_grad[t], tab_weight[t], tab_n[t], tab_g[t], tab_weight_lp[t], (double)s[0], (double)s[1], (double)s[2], (double)s[3], (double)s[4]);
 }
 __global__ void optforge_rmsprop_s0_f16(int64_t n, const __half* __restrict__ p_grad, const __half* __restrict__ p_weight, __half* __restrict__ p_n, float* __restrict__ p_g, float* __restrict__ p_weight_lp, double k_rescale_grad, double k_wd, double k2, double k3, double k_gamma1) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
@@ -116,6 +132,14 @@ __global__ void optforge_rmsprop_s0_rows_f16(int64_t n, int64_t cols, const int6
     for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
         optforge_rmsprop_s0_elem<__half, __half, float>(rows[j / cols] * cols + j % cols, j, p_grad, p_weight, p_n, p_g, p_weight_lp, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k3, (float)k_gamma1);
 }
+/* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
+   pointers, sizes and 5 scalar(s) per parameter, as Apex's multi_tensor_apply */
+__global__ void optforge_rmsprop_s0_mt_f16(const int64_t* __restrict__ sizes, __half* const* tab_grad, __half* const* tab_weight, __half* const* tab_n, float* const* tab_g, float* const* tab_weight_lp, const double* __restrict__ scalars) {
+    const int64_t t = blockIdx.y, n = sizes[t];
+    const double* s = scalars + t * 5;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
+        optforge_rmsprop_s0_elem<__half, __half, float>(i, i, tab_grad[t], tab_weight[t], tab_n[t], tab_g[t], tab_weight_lp[t], (float)s[0], (float)s[1], (float)s[2], (float)s[3], (float)s[4]);
+}
 __global__ void optforge_rmsprop_s0_mp16(int64_t n, const __half* __restrict__ p_grad, const float* __restrict__ p_weight, float* __restrict__ p_n, float* __restrict__ p_g, float* __restrict__ p_weight_lp, double k_rescale_grad, double k_wd, double k2, double k3, double k_gamma1) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
         optforge_rmsprop_s0_elem<float, __half, float>(i, i, p_grad, p_weight, p_n, p_g, p_weight_lp, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k3, (float)k_gamma1);
@@ -124,6 +148,14 @@ __global__ void optforge_rmsprop_s0_mp16(int64_t n, const __half* __restrict__ p
 __global__ void optforge_rmsprop_s0_rows_mp16(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const __half* __restrict__ p_grad, const float* __restrict__ p_weight, float* __restrict__ p_n, float* __restrict__ p_g, float* __restrict__ p_weight_lp, double k_rescale_grad, double k_wd, double k2, double k3, double k_gamma1) {
     for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
         optforge_rmsprop_s0_elem<float, __half, float>(rows[j / cols] * cols + j % cols, j, p_grad, p_weight, p_n, p_g, p_weight_lp, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k3, (float)k_gamma1);
+}
+/* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
+   pointers, sizes and 5 scalar(s) per parameter, as Apex's multi_tensor_apply */
+__global__ void optforge_rmsprop_s0_mt_mp16(const int64_t* __restrict__ sizes, __half* const* tab_grad, float* const* tab_weight, float* const* tab_n, float* const* tab_g, float* const* tab_weight_lp, const double* __restrict__ scalars) {
+    const int64_t t = blockIdx.y, n = sizes[t];
+    const double* s = scalars + t * 5;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
+        optforge_rmsprop_s0_elem<float, __half, float>(i, i, tab_grad[t], tab_weight[t], tab_n[t], tab_g[t], tab_weight_lp[t], (float)s[0], (float)s[1], (float)s[2], (float)s[3], (float)s[4]);
 }
 __global__ void optforge_rmsprop_s1_f32(int64_t n, const float* __restrict__ p_g, float* __restrict__ p_g_avg, float* __restrict__ p_delta, const float* __restrict__ p_n, float* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k0, double k_gamma1, double k_gamma2, double k_lr, double k_epsilon) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
@@ -134,6 +166,14 @@ __global__ void optforge_rmsprop_s1_rows_f32(int64_t n, int64_t cols, const int6
     for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
         optforge_rmsprop_s1_elem<float, float, float>(rows[j / cols] * cols + j % cols, j, p_g, p_g_avg, p_delta, p_n, p_weight, p_weight_lp, (float)k0, (float)k_gamma1, (float)k_gamma2, (float)k_lr, (float)k_epsilon);
 }
+/* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
+   pointers, sizes and 5 scalar(s) per parameter, as Apex's multi_tensor_apply */
+__global__ void optforge_rmsprop_s1_mt_f32(const int64_t* __restrict__ sizes, float* const* tab_g, float* const* tab_g_avg, float* const* tab_delta, float* const* tab_n, float* const* tab_weight, float* const* tab_weight_lp, const double* __restrict__ scalars) {
+    const int64_t t = blockIdx.y, n = sizes[t];
+    const double* s = scalars + t * 5;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
+        optforge_rmsprop_s1_elem<float, float, float>(i, i, tab_g[t], tab_g_avg[t], tab_delta[t], tab_n[t], tab_weight[t], tab_weight_lp[t], (float)s[0], (float)s[1], (float)s[2], (float)s[3], (float)s[4]);
+}
 __global__ void optforge_rmsprop_s1_f64(int64_t n, const double* __restrict__ p_g, double* __restrict__ p_g_avg, double* __restrict__ p_delta, const double* __restrict__ p_n, double* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k0, double k_gamma1, double k_gamma2, double k_lr, double k_epsilon) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
         optforge_rmsprop_s1_elem<double, double, double>(i, i, p_g, p_g_avg, p_delta, p_n, p_weight, p_weight_lp, (double)k0, (double)k_gamma1, (double)k_gamma2, (double)k_lr, (double)k_epsilon);
@@ -142,6 +182,14 @@ __global__ void optforge_rmsprop_s1_f64(int64_t n, const double* __restrict__ p_
 __global__ void optforge_rmsprop_s1_rows_f64(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const double* __restrict__ p_g, double* __restrict__ p_g_avg, double* __restrict__ p_delta, const double* __restrict__ p_n, double* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k0, double k_gamma1, double k_gamma2, double k_lr, double k_epsilon) {
     for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
         optforge_rmsprop_s1_elem<double, double, double>(rows[j / cols] * cols + j % cols, j, p_g, p_g_avg, p_delta, p_n, p_weight, p_weight_lp, (double)k0, (double)k_gamma1, (double)k_gamma2, (double)k_lr, (double)k_epsilon);
+}
+/* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
+   pointers, sizes and 5 scalar(s) per parameter, as Apex's multi_tensor_apply */
+__global__ void optforge_rmsprop_s1_mt_f64(const int64_t* __restrict__ sizes, double* const* tab_g, double* const* tab_g_avg, double* const* tab_delta, double* const* tab_n, double* const* tab_weight, float* const* tab_weight_lp, const double* __restrict__ scalars) {
+    const int64_t t = blockIdx.y, n = sizes[t];
+    const double* s = scalars + t * 5;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
+        optforge_rmsprop_s1_elem<double, double, double>(i, i, tab_g[t], tab_g_avg[t], tab_delta[t], tab_n[t], tab_weight[t], tab_weight_lp[t], (double)s[0], (double)s[1], (double)s[2], (double)s[3], (double)s[4]);
 }
 __global__ void optforge_rmsprop_s1_f16(int64_t n, const float* __restrict__ p_g, __half* __restrict__ p_g_avg, __half* __restrict__ p_delta, const __half* __restrict__ p_n, __half* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k0, double k_gamma1, double k_gamma2, double k_lr, double k_epsilon) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
@@ -152,6 +200,14 @@ __global__ void optforge_rmsprop_s1_rows_f16(int64_t n, int64_t cols, const int6
     for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
         optforge_rmsprop_s1_elem<__half, __half, float>(rows[j / cols] * cols + j % cols, j, p_g, p_g_avg, p_delta, p_n, p_weight, p_weight_lp, (float)k0, (float)k_gamma1, (float)k_gamma2, (float)k_lr, (float)k_epsilon);
 }
+/* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
+   pointers, sizes and 5 scalar(s) per parameter, as Apex's multi_tensor_apply */
+__global__ void optforge_rmsprop_s1_mt_f16(const int64_t* __restrict__ sizes, float* const* tab_g, __half* const* tab_g_avg, __half* const* tab_delta, __half* const* tab_n, __half* const* tab_weight, float* const* tab_weight_lp, const double* __restrict__ scalars) {
+    const int64_t t = blockIdx.y, n = sizes[t];
+    const double* s = scalars + t * 5;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
+        optforge_rmsprop_s1_elem<__half, __half, float>(i, i, tab_g[t], tab_g_avg[t], tab_delta[t], tab_n[t], tab_weight[t], tab_weight_lp[t], (float)s[0], (float)s[1], (float)s[2], (float)s[3], (float)s[4]);
+}
 __global__ void optforge_rmsprop_s1_mp16(int64_t n, const float* __restrict__ p_g, float* __restrict__ p_g_avg, float* __restrict__ p_delta, const float* __restrict__ p_n, float* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k0, double k_gamma1, double k_gamma2, double k_lr, double k_epsilon) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
         optforge_rmsprop_s1_elem<float, __half, float>(i, i, p_g, p_g_avg, p_delta, p_n, p_weight, p_weight_lp, (float)k0, (float)k_gamma1, (float)k_gamma2, (float)k_lr, (float)k_epsilon);
@@ -160,6 +216,14 @@ __global__ void optforge_rmsprop_s1_mp16(int64_t n, const float* __restrict__ p_
 __global__ void optforge_rmsprop_s1_rows_mp16(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const float* __restrict__ p_g, float* __restrict__ p_g_avg, float* __restrict__ p_delta, const float* __restrict__ p_n, float* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k0, double k_gamma1, double k_gamma2, double k_lr, double k_epsilon) {
     for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
         optforge_rmsprop_s1_elem<float, __half, float>(rows[j / cols] * cols + j % cols, j, p_g, p_g_avg, p_delta, p_n, p_weight, p_weight_lp, (float)k0, (float)k_gamma1, (float)k_gamma2, (float)k_lr, (float)k_epsilon);
+}
+/* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
+   pointers, sizes and 5 scalar(s) per parameter, as Apex's multi_tensor_apply */
+__global__ void optforge_rmsprop_s1_mt_mp16(const int64_t* __restrict__ sizes, float* const* tab_g, float* const* tab_g_avg, float* const* tab_delta, float* const* tab_n, float* const* tab_weight, float* const* tab_weight_lp, const double* __restrict__ scalars) {
+    const int64_t t = blockIdx.y, n = sizes[t];
+    const double* s = scalars + t * 5;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
+        optforge_rmsprop_s1_elem<float, __half, float>(i, i, tab_g[t], tab_g_avg[t], tab_delta[t], tab_n[t], tab_weight[t], tab_weight_lp[t], (float)s[0], (float)s[1], (float)s[2], (float)s[3], (float)s[4]);
 }
 __global__ void optforge_rmsprop_s2_f32(int64_t n, float* __restrict__ p_weight, const float* __restrict__ p_g, const float* __restrict__ p_n, float* __restrict__ p_weight_lp, double k_lr, double k_epsilon) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
@@ -170,6 +234,14 @@ __global__ void optforge_rmsprop_s2_rows_f32(int64_t n, int64_t cols, const int6
     for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
         optforge_rmsprop_s2_elem<float, float, float>(rows[j / cols] * cols + j % cols, j, p_weight, p_g, p_n, p_weight_lp, (float)k_lr, (float)k_epsilon);
 }
+/* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
+   pointers, sizes and 2 scalar(s) per parameter, as Apex's multi_tensor_apply */
+__global__ void optforge_rmsprop_s2_mt_f32(const int64_t* __restrict__ sizes, float* const* tab_weight, float* const* tab_g, float* const* tab_n, float* const* tab_weight_lp, const double* __restrict__ scalars) {
+    const int64_t t = blockIdx.y, n = sizes[t];
+    const double* s = scalars + t * 2;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
+        optforge_rmsprop_s2_elem<float, float, float>(i, i, tab_weight[t], tab_g[t], tab_n[t], tab_weight_lp[t], (float)s[0], (float)s[1]);
+}
 __global__ void optforge_rmsprop_s2_f64(int64_t n, double* __restrict__ p_weight, const double* __restrict__ p_g, const double* __restrict__ p_n, float* __restrict__ p_weight_lp, double k_lr, double k_epsilon) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
         optforge_rmsprop_s2_elem<double, double, double>(i, i, p_weight, p_g, p_n, p_weight_lp, (double)k_lr, (double)k_epsilon);
@@ -178,6 +250,14 @@ __global__ void optforge_rmsprop_s2_f64(int64_t n, double* __restrict__ p_weight
 __global__ void optforge_rmsprop_s2_rows_f64(int64_t n, int64_t cols, const int64_t* __restrict__ rows, double* __restrict__ p_weight, const double* __restrict__ p_g, const double* __restrict__ p_n, float* __restrict__ p_weight_lp, double k_lr, double k_epsilon) {
     for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
         optforge_rmsprop_s2_elem<double, double, double>(rows[j / cols] * cols + j % cols, j, p_weight, p_g, p_n, p_weight_lp, (double)k_lr, (double)k_epsilon);
+}
+/* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
+   pointers, sizes and 2 scalar(s) per parameter, as Apex's multi_tensor_apply */
+__global__ void optforge_rmsprop_s2_mt_f64(const int64_t* __restrict__ sizes, double* const* tab_weight, double* const* tab_g, double* const* tab_n, float* const* tab_weight_lp, const double* __restrict__ scalars) {
+    const int64_t t = blockIdx.y, n = sizes[t];
+    const double* s = scalars + t * 2;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
+        optforge_rmsprop_s2_elem<double, double, double>(i, i, tab_weight[t], tab_g[t], tab_n[t], tab_weight_lp[t], (double)s[0], (double)s[1]);
 }
 __global__ void optforge_rmsprop_s2_f16(int64_t n, __half* __restrict__ p_weight, const float* __restrict__ p_g, const __half* __restrict__ p_n, float* __restrict__ p_weight_lp, double k_lr, double k_epsilon) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
@@ -188,6 +268,14 @@ __global__ void optforge_rmsprop_s2_rows_f16(int64_t n, int64_t cols, const int6
     for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
         optforge_rmsprop_s2_elem<__half, __half, float>(rows[j / cols] * cols + j % cols, j, p_weight, p_g, p_n, p_weight_lp, (float)k_lr, (float)k_epsilon);
 }
+/* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
+   pointers, sizes and 2 scalar(s) per parameter, as Apex's multi_tensor_apply */
+__global__ void optforge_rmsprop_s2_mt_f16(const int64_t* __restrict__ sizes, __half* const* tab_weight, float* const* tab_g, __half* const* tab_n, float* const* tab_weight_lp, const double* __restrict__ scalars) {
+    const int64_t t = blockIdx.y, n = sizes[t];
+    const double* s = scalars + t * 2;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
+        optforge_rmsprop_s2_elem<__half, __half, float>(i, i, tab_weight[t], tab_g[t], tab_n[t], tab_weight_lp[t], (float)s[0], (float)s[1]);
+}
 __global__ void optforge_rmsprop_s2_mp16(int64_t n, float* __restrict__ p_weight, const float* __restrict__ p_g, const float* __restrict__ p_n, float* __restrict__ p_weight_lp, double k_lr, double k_epsilon) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
         optforge_rmsprop_s2_elem<float, __half, float>(i, i, p_weight, p_g, p_n, p_weight_lp, (float)k_lr, (float)k_epsilon);
@@ -196,6 +284,14 @@ __global__ void optforge_rmsprop_s2_mp16(int64_t n, float* __restrict__ p_weight
 __global__ void optforge_rmsprop_s2_rows_mp16(int64_t n, int64_t cols, const int64_t* __restrict__ rows, float* __restrict__ p_weight, const float* __restrict__ p_g, const float* __restrict__ p_n, float* __restrict__ p_weight_lp, double k_lr, double k_epsilon) {
     for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
         optforge_rmsprop_s2_elem<float, __half, float>(rows[j / cols] * cols + j % cols, j, p_weight, p_g, p_n, p_weight_lp, (float)k_lr, (float)k_epsilon);
+}
+/* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
+   pointers, sizes and 2 scalar(s) per parameter, as Apex's multi_tensor_apply */
+__global__ void optforge_rmsprop_s2_mt_mp16(const int64_t* __restrict__ sizes, float* const* tab_weight, float* const* tab_g, float* const* tab_n, float* const* tab_weight_lp, const double* __restrict__ scalars) {
+    const int64_t t = blockIdx.y, n = sizes[t];
+    const double* s = scalars + t * 2;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
+        optforge_rmsprop_s2_elem<float, __half, float>(i, i, tab_weight[t], tab_g[t], tab_n[t], tab_weight_lp[t], (float)s[0], (float)s[1]);
 }
 __global__ void optforge_rmsprop_s3_f32(int64_t n, float* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k0) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
@@ -206,6 +302,14 @@ __global__ void optforge_rmsprop_s3_rows_f32(int64_t n, int64_t cols, const int6
     for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
         optforge_rmsprop_s3_elem<float, float, float>(rows[j / cols] * cols + j % cols, j, p_weight, p_weight_lp, (float)k0);
 }
+/* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
+   pointers, sizes and 1 scalar(s) per parameter, as Apex's multi_tensor_apply */
+__global__ void optforge_rmsprop_s3_mt_f32(const int64_t* __restrict__ sizes, float* const* tab_weight, float* const* tab_weight_lp, const double* __restrict__ scalars) {
+    const int64_t t = blockIdx.y, n = sizes[t];
+    const double* s = scalars + t * 1;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
+        optforge_rmsprop_s3_elem<float, float, float>(i, i, tab_weight[t], tab_weight_lp[t], (float)s[0]);
+}
 __global__ void optforge_rmsprop_s3_f64(int64_t n, double* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k0) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
         optforge_rmsprop_s3_elem<double, double, double>(i, i, p_weight, p_weight_lp, (double)k0);
@@ -214,6 +318,14 @@ __global__ void optforge_rmsprop_s3_f64(int64_t n, double* __restrict__ p_weight
 __global__ void optforge_rmsprop_s3_rows_f64(int64_t n, int64_t cols, const int64_t* __restrict__ rows, double* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k0) {
     for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
         optforge_rmsprop_s3_elem<double, double, double>(rows[j / cols] * cols + j % cols, j, p_weight, p_weight_lp, (double)k0);
+}
+/* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
+   pointers, sizes and 1 scalar(s) per parameter, as Apex's multi_tensor_apply */
+__global__ void optforge_rmsprop_s3_mt_f64(const int64_t* __restrict__ sizes, double* const* tab_weight, float* const* tab_weight_lp, const double* __restrict__ scalars) {
+    const int64_t t = blockIdx.y, n = sizes[t];
+    const double* s = scalars + t * 1;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
+        optforge_rmsprop_s3_elem<double, double, double>(i, i, tab_weight[t], tab_weight_lp[t], (double)s[0]);
 }
 __global__ void optforge_rmsprop_s3_f16(int64_t n, __half* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k0) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
@@ -224,6 +336,14 @@ __global__ void optforge_rmsprop_s3_rows_f16(int64_t n, int64_t cols, const int6
     for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
         optforge_rmsprop_s3_elem<__half, __half, float>(rows[j / cols] * cols + j % cols, j, p_weight, p_weight_lp, (float)k0);
 }
+/* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
+   pointers, sizes and 1 scalar(s) per parameter, as Apex's multi_tensor_apply */
+__global__ void optforge_rmsprop_s3_mt_f16(const int64_t* __restrict__ sizes, __half* const* tab_weight, float* const* tab_weight_lp, const double* __restrict__ scalars) {
+    const int64_t t = blockIdx.y, n = sizes[t];
+    const double* s = scalars + t * 1;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
+        optforge_rmsprop_s3_elem<__half, __half, float>(i, i, tab_weight[t], tab_weight_lp[t], (float)s[0]);
+}
 __global__ void optforge_rmsprop_s3_mp16(int64_t n, float* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k0) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
         optforge_rmsprop_s3_elem<float, __half, float>(i, i, p_weight, p_weight_lp, (float)k0);
@@ -232,5 +352,13 @@ __global__ void optforge_rmsprop_s3_mp16(int64_t n, float* __restrict__ p_weight
 __global__ void optforge_rmsprop_s3_rows_mp16(int64_t n, int64_t cols, const int64_t* __restrict__ rows, float* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k0) {
     for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
         optforge_rmsprop_s3_elem<float, __half, float>(rows[j / cols] * cols + j % cols, j, p_weight, p_weight_lp, (float)k0);
+}
+/* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
+   pointers, sizes and 1 scalar(s) per parameter, as Apex's multi_tensor_apply */
+__global__ void optforge_rmsprop_s3_mt_mp16(const int64_t* __restrict__ sizes, float* const* tab_weight, float* const* tab_weight_lp, const double* __restrict__ scalars) {
+    const int64_t t = blockIdx.y, n = sizes[t];
+    const double* s = scalars + t * 1;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
+        optforge_rmsprop_s3_elem<float, __half, float>(i, i, tab_weight[t], tab_weight_lp[t], (float)s[0]);
 }
 }

@@ -80,6 +80,14 @@ __global__ void optforge_sgd_s0_rows_f32(int64_t n, int64_t cols, const int64_t*
     for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
         optforge_sgd_s0_elem<float, float, float>(rows[j / cols] * cols + j % cols, j, p_grad, p_g, p_weight_lp, (float)k_rescale_grad, (float)k1);
 }
+/* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
+   pointers, sizes and 2 scalar(s) per parameter, as Apex's multi_tensor_apply */
+__global__ void optforge_sgd_s0_mt_f32(const int64_t* __restrict__ sizes, float* const* tab_grad, float* const* tab_g, float* const* tab_weight_lp, const double* __restrict__ scalars) {
+    const int64_t t = blockIdx.y, n = sizes[t];
+    const double* s = scalars + t * 2;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
+        optforge_sgd_s0_elem<float, float, float>(i, i, tab_grad[t], tab_g[t], tab_weight_lp[t], (float)s[0], (float)s[1]);
+}
 __global__ void optforge_sgd_s0_f64(int64_t n, const double* __restrict__ p_grad, double* __restrict__ p_g, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
         optforge_sgd_s0_elem<double, double, double>(i, i, p_grad, p_g, p_weight_lp, (double)k_rescale_grad, (double)k1);
@@ -88,6 +96,14 @@ __global__ void optforge_sgd_s0_f64(int64_t n, const double* __restrict__ p_grad
 __global__ void optforge_sgd_s0_rows_f64(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const double* __restrict__ p_grad, double* __restrict__ p_g, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1) {
     for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
         optforge_sgd_s0_elem<double, double, double>(rows[j / cols] * cols + j % cols, j, p_grad, p_g, p_weight_lp, (double)k_rescale_grad, (double)k1);
+}
+/* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
+   pointers, sizes and 2 scalar(s) per parameter, as Apex's multi_tensor_apply */
+__global__ void optforge_sgd_s0_mt_f64(const int64_t* __restrict__ sizes, double* const* tab_grad, double* const* tab_g, float* const* tab_weight_lp, const double* __restrict__ scalars) {
+    const int64_t t = blockIdx.y, n = sizes[t];
+    const double* s = scalars + t * 2;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
+        optforge_sgd_s0_elem<double, double, double>(i, i, tab_grad[t], tab_g[t], tab_weight_lp[t], (double)s[0], (double)s[1]);
 }
 __global__ void optforge_sgd_s0_f16(int64_t n, const __half* __restrict__ p_grad, float* __restrict__ p_g, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
@@ -98,6 +114,14 @@ __global__ void optforge_sgd_s0_rows_f16(int64_t n, int64_t cols, const int64_t*
     for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
         optforge_sgd_s0_elem<__half, __half, float>(rows[j / cols] * cols + j % cols, j, p_grad, p_g, p_weight_lp, (float)k_rescale_grad, (float)k1);
 }
+/* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
+   pointers, sizes and 2 scalar(s) per parameter, as Apex's multi_tensor_apply */
+__global__ void optforge_sgd_s0_mt_f16(const int64_t* __restrict__ sizes, __half* const* tab_grad, float* const* tab_g, float* const* tab_weight_lp, const double* __restrict__ scalars) {
+    const int64_t t = blockIdx.y, n = sizes[t];
+    const double* s = scalars + t * 2;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
+        optforge_sgd_s0_elem<__half, __half, float>(i, i, tab_grad[t], tab_g[t], tab_weight_lp[t], (float)s[0], (float)s[1]);
+}
 __global__ void optforge_sgd_s0_mp16(int64_t n, const __half* __restrict__ p_grad, float* __restrict__ p_g, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
         optforge_sgd_s0_elem<float, __half, float>(i, i, p_grad, p_g, p_weight_lp, (float)k_rescale_grad, (float)k1);
@@ -106,6 +130,14 @@ __global__ void optforge_sgd_s0_mp16(int64_t n, const __half* __restrict__ p_gra
 __global__ void optforge_sgd_s0_rows_mp16(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const __half* __restrict__ p_grad, float* __restrict__ p_g, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1) {
     for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
         optforge_sgd_s0_elem<float, __half, float>(rows[j / cols] * cols + j % cols, j, p_grad, p_g, p_weight_lp, (float)k_rescale_grad, (float)k1);
+}
+/* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
+   pointers, sizes and 2 scalar(s) per parameter, as Apex's multi_tensor_apply */
+__global__ void optforge_sgd_s0_mt_mp16(const int64_t* __restrict__ sizes, __half* const* tab_grad, float* const* tab_g, float* const* tab_weight_lp, const double* __restrict__ scalars) {
+    const int64_t t = blockIdx.y, n = sizes[t];
+    const double* s = scalars + t * 2;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
+        optforge_sgd_s0_elem<float, __half, float>(i, i, tab_grad[t], tab_g[t], tab_weight_lp[t], (float)s[0], (float)s[1]);
 }
 __global__ void optforge_sgd_s1_f32(int64_t n, float* __restrict__ p_mom, float* __restrict__ p_weight, const float* __restrict__ p_g, float* __restrict__ p_weight_lp, double k_momentum, double k1, double k_lr) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
@@ -116,6 +148,14 @@ __global__ void optforge_sgd_s1_rows_f32(int64_t n, int64_t cols, const int64_t*
     for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
         optforge_sgd_s1_elem<float, float, float>(rows[j / cols] * cols + j % cols, j, p_mom, p_weight, p_g, p_weight_lp, (float)k_momentum, (float)k1, (float)k_lr);
 }
+/* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
+   pointers, sizes and 3 scalar(s) per parameter, as Apex's multi_tensor_apply */
+__global__ void optforge_sgd_s1_mt_f32(const int64_t* __restrict__ sizes, float* const* tab_mom, float* const* tab_weight, float* const* tab_g, float* const* tab_weight_lp, const double* __restrict__ scalars) {
+    const int64_t t = blockIdx.y, n = sizes[t];
+    const double* s = scalars + t * 3;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
+        optforge_sgd_s1_elem<float, float, float>(i, i, tab_mom[t], tab_weight[t], tab_g[t], tab_weight_lp[t], (float)s[0], (float)s[1], (float)s[2]);
+}
 __global__ void optforge_sgd_s1_f64(int64_t n, double* __restrict__ p_mom, double* __restrict__ p_weight, const double* __restrict__ p_g, float* __restrict__ p_weight_lp, double k_momentum, double k1, double k_lr) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
         optforge_sgd_s1_elem<double, double, double>(i, i, p_mom, p_weight, p_g, p_weight_lp, (double)k_momentum, (double)k1, (double)k_lr);
@@ -124,6 +164,14 @@ __global__ void optforge_sgd_s1_f64(int64_t n, double* __restrict__ p_mom, doubl
 __global__ void optforge_sgd_s1_rows_f64(int64_t n, int64_t cols, const int64_t* __restrict__ rows, double* __restrict__ p_mom, double* __restrict__ p_weight, const double* __restrict__ p_g, float* __restrict__ p_weight_lp, double k_momentum, double k1, double k_lr) {
     for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
         optforge_sgd_s1_elem<double, double, double>(rows[j / cols] * cols + j % cols, j, p_mom, p_weight, p_g, p_weight_lp, (double)k_momentum, (double)k1, (double)k_lr);
+}
+/* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
+   pointers, sizes and 3 scalar(s) per parameter, as Apex's multi_tensor_apply */
+__global__ void optforge_sgd_s1_mt_f64(const int64_t* __restrict__ sizes, double* const* tab_mom, double* const* tab_weight, double* const* tab_g, float* const* tab_weight_lp, const double* __restrict__ scalars) {
+    const int64_t t = blockIdx.y, n = sizes[t];
+    const double* s = scalars + t * 3;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
+        optforge_sgd_s1_elem<double, double, double>(i, i, tab_mom[t], tab_weight[t], tab_g[t], tab_weight_lp[t], (double)s[0], (double)s[1], (double)s[2]);
 }
 __global__ void optforge_sgd_s1_f16(int64_t n, __half* __restrict__ p_mom, __half* __restrict__ p_weight, const float* __restrict__ p_g, float* __restrict__ p_weight_lp, double k_momentum, double k1, double k_lr) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
@@ -134,6 +182,14 @@ __global__ void optforge_sgd_s1_rows_f16(int64_t n, int64_t cols, const int64_t*
     for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
         optforge_sgd_s1_elem<__half, __half, float>(rows[j / cols] * cols + j % cols, j, p_mom, p_weight, p_g, p_weight_lp, (float)k_momentum, (float)k1, (float)k_lr);
 }
+/* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
+   pointers, sizes and 3 scalar(s) per parameter, as Apex's multi_tensor_apply */
+__global__ void optforge_sgd_s1_mt_f16(const int64_t* __restrict__ sizes, __half* const* tab_mom, __half* const* tab_weight, float* const* tab_g, float* const* tab_weight_lp, const double* __restrict__ scalars) {
+    const int64_t t = blockIdx.y, n = sizes[t];
+    const double* s = scalars + t * 3;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
+        optforge_sgd_s1_elem<__half, __half, float>(i, i, tab_mom[t], tab_weight[t], tab_g[t], tab_weight_lp[t], (float)s[0], (float)s[1], (float)s[2]);
+}
 __global__ void optforge_sgd_s1_mp16(int64_t n, float* __restrict__ p_mom, float* __restrict__ p_weight, const float* __restrict__ p_g, float* __restrict__ p_weight_lp, double k_momentum, double k1, double k_lr) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
         optforge_sgd_s1_elem<float, __half, float>(i, i, p_mom, p_weight, p_g, p_weight_lp, (float)k_momentum, (float)k1, (float)k_lr);
@@ -142,6 +198,14 @@ __global__ void optforge_sgd_s1_mp16(int64_t n, float* __restrict__ p_mom, float
 __global__ void optforge_sgd_s1_rows_mp16(int64_t n, int64_t cols, const int64_t* __restrict__ rows, float* __restrict__ p_mom, float* __restrict__ p_weight, const float* __restrict__ p_g, float* __restrict__ p_weight_lp, double k_momentum, double k1, double k_lr) {
     for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
         optforge_sgd_s1_elem<float, __half, float>(rows[j / cols] * cols + j % cols, j, p_mom, p_weight, p_g, p_weight_lp, (float)k_momentum, (float)k1, (float)k_lr);
+}
+/* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
+   pointers, sizes and 3 scalar(s) per parameter, as Apex's multi_tensor_apply */
+__global__ void optforge_sgd_s1_mt_mp16(const int64_t* __restrict__ sizes, float* const* tab_mom, float* const* tab_weight, float* const* tab_g, float* const* tab_weight_lp, const double* __restrict__ scalars) {
+    const int64_t t = blockIdx.y, n = sizes[t];
+    const double* s = scalars + t * 3;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
+        optforge_sgd_s1_elem<float, __half, float>(i, i, tab_mom[t], tab_weight[t], tab_g[t], tab_weight_lp[t], (float)s[0], (float)s[1], (float)s[2]);
 }
 __global__ void optforge_sgd_s2_f32(int64_t n, float* __restrict__ p_weight, const float* __restrict__ p_g, float* __restrict__ p_weight_lp, double k0, double k_lr) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
@@ -152,6 +216,14 @@ __global__ void optforge_sgd_s2_rows_f32(int64_t n, int64_t cols, const int64_t*
     for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
         optforge_sgd_s2_elem<float, float, float>(rows[j / cols] * cols + j % cols, j, p_weight, p_g, p_weight_lp, (float)k0, (float)k_lr);
 }
+/* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
+   pointers, sizes and 2 scalar(s) per parameter, as Apex's multi_tensor_apply */
+__global__ void optforge_sgd_s2_mt_f32(const int64_t* __restrict__ sizes, float* const* tab_weight, float* const* tab_g, float* const* tab_weight_lp, const double* __restrict__ scalars) {
+    const int64_t t = blockIdx.y, n = sizes[t];
+    const double* s = scalars + t * 2;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
+        optforge_sgd_s2_elem<float, float, float>(i, i, tab_weight[t], tab_g[t], tab_weight_lp[t], (float)s[0], (float)s[1]);
+}
 __global__ void optforge_sgd_s2_f64(int64_t n, double* __restrict__ p_weight, const double* __restrict__ p_g, float* __restrict__ p_weight_lp, double k0, double k_lr) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
         optforge_sgd_s2_elem<double, double, double>(i, i, p_weight, p_g, p_weight_lp, (double)k0, (double)k_lr);
@@ -160,6 +232,14 @@ __global__ void optforge_sgd_s2_f64(int64_t n, double* __restrict__ p_weight, co
 __global__ void optforge_sgd_s2_rows_f64(int64_t n, int64_t cols, const int64_t* __restrict__ rows, double* __restrict__ p_weight, const double* __restrict__ p_g, float* __restrict__ p_weight_lp, double k0, double k_lr) {
     for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
         optforge_sgd_s2_elem<double, double, double>(rows[j / cols] * cols + j % cols, j, p_weight, p_g, p_weight_lp, (double)k0, (double)k_lr);
+}
+/* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
+   pointers, sizes and 2 scalar(s) per parameter, as Apex's multi_tensor_apply */
+__global__ void optforge_sgd_s2_mt_f64(const int64_t* __restrict__ sizes, double* const* tab_weight, double* const* tab_g, float* const* tab_weight_lp, const double* __restrict__ scalars) {
+    const int64_t t = blockIdx.y, n = sizes[t];
+    const double* s = scalars + t * 2;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
+        optforge_sgd_s2_elem<double, double, double>(i, i, tab_weight[t], tab_g[t], tab_weight_lp[t], (double)s[0], (double)s[1]);
 }
 __global__ void optforge_sgd_s2_f16(int64_t n, __half* __restrict__ p_weight, const float* __restrict__ p_g, float* __restrict__ p_weight_lp, double k0, double k_lr) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
@@ -170,6 +250,14 @@ __global__ void optforge_sgd_s2_rows_f16(int64_t n, int64_t cols, const int64_t*
     for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
         optforge_sgd_s2_elem<__half, __half, float>(rows[j / cols] * cols + j % cols, j, p_weight, p_g, p_weight_lp, (float)k0, (float)k_lr);
 }
+/* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
+   pointers, sizes and 2 scalar(s) per parameter, as Apex's multi_tensor_apply */
+__global__ void optforge_sgd_s2_mt_f16(const int64_t* __restrict__ sizes, __half* const* tab_weight, float* const* tab_g, float* const* tab_weight_lp, const double* __restrict__ scalars) {
+    const int64_t t = blockIdx.y, n = sizes[t];
+    const double* s = scalars + t * 2;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
+        optforge_sgd_s2_elem<__half, __half, float>(i, i, tab_weight[t], tab_g[t], tab_weight_lp[t], (float)s[0], (float)s[1]);
+}
 __global__ void optforge_sgd_s2_mp16(int64_t n, float* __restrict__ p_weight, const float* __restrict__ p_g, float* __restrict__ p_weight_lp, double k0, double k_lr) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
         optforge_sgd_s2_elem<float, __half, float>(i, i, p_weight, p_g, p_weight_lp, (float)k0, (float)k_lr);
@@ -178,5 +266,13 @@ __global__ void optforge_sgd_s2_mp16(int64_t n, float* __restrict__ p_weight, co
 __global__ void optforge_sgd_s2_rows_mp16(int64_t n, int64_t cols, const int64_t* __restrict__ rows, float* __restrict__ p_weight, const float* __restrict__ p_g, float* __restrict__ p_weight_lp, double k0, double k_lr) {
     for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
         optforge_sgd_s2_elem<float, __half, float>(rows[j / cols] * cols + j % cols, j, p_weight, p_g, p_weight_lp, (float)k0, (float)k_lr);
+}
+/* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
+   pointers, sizes and 2 scalar(s) per parameter, as Apex's multi_tensor_apply */
+__global__ void optforge_sgd_s2_mt_mp16(const int64_t* __restrict__ sizes, float* const* tab_weight, float* const* tab_g, float* const* tab_weight_lp, const double* __restrict__ scalars) {
+    const int64_t t = blockIdx.y, n = sizes[t];
+    const double* s = scalars + t * 2;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
+        optforge_sgd_s2_elem<float, __half, float>(i, i, tab_weight[t], tab_g[t], tab_weight_lp[t], (float)s[0], (float)s[1]);
 }
 }

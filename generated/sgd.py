@@ -53,6 +53,7 @@ class SGD(Optimizer):
     global_names = ()
     options = {'aggregate': 4}
     sparse = 'lazy'
+    multi_tensor = True   # list updates on CUDA: one launch per stage for all parameters
 
     def __init__(self, momentum=0.0, lazy_update=True, **kwargs):
         hyper = self._check_hypers({'momentum': momentum, 'lazy_update': lazy_update})

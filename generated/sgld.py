@@ -49,6 +49,7 @@ class SGLD(Optimizer):
     global_names = ()
     options = {}
     sparse = None
+    multi_tensor = True   # list updates on CUDA: one launch per stage for all parameters
 
     def __init__(self, seed=None, **kwargs):
         hyper = self._check_hypers({'seed': seed})

@@ -59,6 +59,7 @@ class Signum(Optimizer):
     global_names = ()
     options = {}
     sparse = None
+    multi_tensor = True   # list updates on CUDA: one launch per stage for all parameters
 
     def __init__(self, learning_rate=0.01, momentum=0.9, wd_lh=0.0, **kwargs):
         hyper = self._check_hypers({'momentum': momentum, 'wd_lh': wd_lh})

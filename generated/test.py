@@ -35,6 +35,7 @@ class Test(Optimizer):
     global_names = ()
     options = {}
     sparse = None
+    multi_tensor = True   # list updates on CUDA: one launch per stage for all parameters
 
     def __init__(self, **kwargs):
         hyper = self._check_hypers({})

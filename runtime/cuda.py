@@ -103,3 +103,63 @@ class CudaRowsBackend(CudaBackend):
         lp = self.weight_lp if self.weight_lp is not None else 0
         f((blocks,), (THREADS,), (np.int64(self.n), np.int64(self.cols), self.rows, *arrays, lp,
                                   *[np.float64(s) for s in scalars]))
+
+
+def stage_number(fn: str) -> int:
+    return int(fn.rsplit("_s", 1)[1])
+
+
+class MultiTensorLaunches:
+    """Deferred launches for a list update: each parameter's driver records its stage launches on a
+    `param(...)` recorder; `flush()` then issues ONE launch per (stage, variant) for all parameters,
+    through the `_mt` kernels' pointer, size and scalar tables. Only for specs whose per-parameter
+    work never reads tensors back on the host (no reductions): `multi_tensor = True`."""
+
+    def __init__(self, module, xp=None, launcher=None):
+        self.module = module
+        self.pending: dict = {}
+        self.xp = xp
+        self.launcher = launcher or self._launch_gpu
+
+    def param(self, weight, grad, weight_lp=None):
+        return _Recorder(self, weight, grad, weight_lp)
+
+    def flush(self) -> int:
+        """Launch everything recorded, stage by stage (each parameter's stages keep their order).
+        Returns the number of kernel launches."""
+        launches = 0
+        for (fn, suffix), items in sorted(self.pending.items(), key=lambda kv: (stage_number(kv[0][0]), kv[0][1])):
+            for start in range(0, len(items), 65535):
+                self.launcher(f"{fn}_mt_{suffix}", items[start:start + 65535])
+                launches += 1
+        self.pending.clear()
+        return launches
+
+    def _launch_gpu(self, name, items):
+        import cupy
+        f = self.module.get_function(name)
+        sizes = cupy.asarray([arrays[0].size for arrays, _, _ in items], dtype=np.int64)
+        tables = [cupy.asarray([arrays[k].data.ptr for arrays, _, _ in items], dtype=np.uint64)
+                  for k in range(len(items[0][0]))]
+        lp = cupy.asarray([w.data.ptr if w is not None else 0 for _, _, w in items], dtype=np.uint64)
+        width = max(1, len(items[0][1]))
+        scalars = cupy.asarray(np.array([list(s) + [0.0] * (width - len(s)) for _, s, _ in items], dtype=np.float64))
+        blocks = max(1, min((int(sizes.max()) + THREADS - 1) // THREADS, 1024))
+        f((blocks, len(items)), (THREADS,), (sizes, *tables, lp, scalars))
+
+
+class _Recorder:
+    def __init__(self, owner: MultiTensorLaunches, weight, grad, weight_lp):
+        self.owner = owner
+        self.xp = owner.xp if owner.xp is not None else __import__("cupy")
+        self.suffix = variant(weight.dtype, grad.dtype, weight_lp is not None)
+        self.weight_lp = weight_lp
+
+    def scratch(self, like, name):
+        return self.xp.empty(like.shape, np.float64 if like.dtype == np.float64 else np.float32)
+
+    def seed(self, rng) -> float:
+        return float(rng.integers(0, 2 ** 53))
+
+    def launch(self, fn: str, arrays, scalars) -> None:
+        self.owner.pending.setdefault((fn, self.suffix), []).append((tuple(arrays), tuple(scalars), self.weight_lp))

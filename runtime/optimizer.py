@@ -131,6 +131,7 @@ class Optimizer:
     global_names: tuple = ()
     options: dict = {}
     sparse = None
+    multi_tensor = False
 
     def __init__(self, rescale_grad=1.0, param_idx2name=None, wd=0.0, clip_gradient=None, learning_rate=None,
                  lr_scheduler=None, sym=None, begin_num_update=0, multi_precision=False, param_dict=None, **kwargs):
@@ -405,10 +406,20 @@ class Optimizer:
                     self._index_update_count[i] = n
             self.num_update = saved[1]
             raise
+        multi = None
+        if len(indices) > 1 and self.multi_tensor and all(cuda.is_cupy(w) and cuda.is_cupy(g)
+                                                          for w, g in zip(weights, grads)):
+            # CUDA list update: one launch per stage for all parameters
+            multi = cuda.MultiTensorLaunches(cuda.module_for(type(self), weights[0].device.id))
         with np.errstate(all="ignore"):
             for i, w, g, s, lr, wd, base in zip(indices, weights, grads, states, lrs, wds, bases):
                 name = self.idx2name.get(i, str(i))
-                self._step_one(w, g, s, call, lr, wd, self._index_update_count[i], name, base, num_update)
+                if multi is not None:
+                    self._step_cuda(w, g, s, call, lr, wd, self._index_update_count[i], name, base, num_update, multi)
+                else:
+                    self._step_one(w, g, s, call, lr, wd, self._index_update_count[i], name, base, num_update)
+        if multi is not None:
+            multi.flush()
 
     def _step_one(self, weight, grad, state, call, lr, wd, t, name, base_lr, num_update):
         if isinstance(grad, RowSparse):
@@ -450,12 +461,17 @@ class Optimizer:
             raise ValueError("backend 'native' needs a C++ compiler (set OPTFORGE_CXX)")
         self._backend = value
 
-    def _step_cuda(self, weight, grad, state, call, lr, wd, t, name, base_lr, num_update):
+    def _step_cuda(self, weight, grad, state, call, lr, wd, t, name, base_lr, num_update, multi=None):
         """CuPy arrays: the spec's CUDA kernels. float16 weights are read and written as float16
         (float32 arithmetic); with a master copy the kernel updates it and writes the float16
         weight in the same pass."""
         module = cuda.module_for(type(self), weight.device.id)
-        if state.master is not None:
+        if multi is not None:
+            target = state.master if state.master is not None else weight
+            be = multi.param(target, grad, weight_lp=weight if state.master is not None else None)
+            self._kernel_staged(be, call, target, grad, state.tensors, state.scalars, lr, wd, t, name, base_lr,
+                                num_update)
+        elif state.master is not None:
             be = cuda.CudaBackend(module, state.master, grad, weight_lp=weight)
             self._kernel_staged(be, call, state.master, grad, state.tensors, state.scalars, lr, wd, t, name,
                                 base_lr, num_update)
