@@ -13,7 +13,7 @@ import jinja2
 
 from .errors import InternalError
 from .ir import Assign, Expr, Kind, Op, Spec
-from .lower import Stage, lower, scalar_args
+from .lower import Stage, _in_kernel, lower, scalar_args
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 _env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)), autoescape=False,
@@ -71,7 +71,7 @@ class CStyleEmitter:
         return f"({text})" if p < prec or (right and p == prec) else text
 
     def _e(self, e: Expr, names: dict) -> tuple[str, int]:
-        if e.kind is not Kind.TENSOR:
+        if e.kind is not Kind.TENSOR and not _in_kernel(e):
             if e.op is Op.CONST:
                 v = e.value
                 if isinstance(v, bool):

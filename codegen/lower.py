@@ -47,9 +47,22 @@ class Branch:
     orelse: list
 
 
+IN_KERNEL = {Op.ADD, Op.SUB, Op.MUL, Op.DIV, Op.NEG}
+
+
+def _in_kernel(e: Expr) -> bool:
+    """Arithmetic on constants and hyperparameters alone is done in the kernel, in its compute type,
+    from the hyperparameters themselves: `1 - beta2` in float32 is what MXNet's kernels compute
+    (0.00099998713 for beta2 = 0.999), where a host double rounded to float32 gives 0.001."""
+    return e.op in IN_KERNEL and e.kind <= Kind.HYPER and all(
+        (a.op in (Op.CONST, Op.HYPER) and a.ty.value in ("int", "float") and not a.optional) or _in_kernel(a)
+        for a in e.args)
+
+
 def scalar_args(e: Expr) -> list:
-    """The maximal non-tensor subexpressions of a tensor expression, in first-use order."""
-    if e.kind is not Kind.TENSOR:
+    """The maximal non-tensor subexpressions of a tensor expression, in first-use order (arithmetic on
+    hyperparameters alone stays in the kernel: its leaves are the arguments)."""
+    if e.kind is not Kind.TENSOR and not _in_kernel(e):
         return [e]
     out = []
     for a in e.args:

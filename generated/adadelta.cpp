@@ -36,15 +36,15 @@ template <typename C> inline void store_low(float* p, int64_t i, C v) { p[i] = (
 /* stage s0: element i of the weight and states, element gi of the gradient and scratch
    (the same element for a dense update; for a row-sparse one, gi walks the gradient's rows) */
 template <typename T, typename G, typename C>
-OPTFORGE_HD void optforge_adadelta_s0_elem(int64_t i, int64_t gi, const G* __restrict__ p_grad, T* __restrict__ p_acc_g, T* __restrict__ p_acc_delta, T* __restrict__ p_weight, float* __restrict__ p_weight_lp, const C k_rescale_grad, const C k1, const C k_rho, const C k3, const C k_epsilon, const C k_wd) {
+OPTFORGE_HD void optforge_adadelta_s0_elem(int64_t i, int64_t gi, const G* __restrict__ p_grad, T* __restrict__ p_acc_g, T* __restrict__ p_acc_delta, T* __restrict__ p_weight, float* __restrict__ p_weight_lp, const C k_rescale_grad, const C k1, const C k_rho, const C k_epsilon, const C k_wd) {
     C grad = C(p_grad[gi]);
     C acc_g = C(p_acc_g[i]);
     C acc_delta = C(p_acc_delta[i]);
     C weight = C(p_weight[i]);
     C g = op_clip(k_rescale_grad * grad, k1);  // adadelta.opt:20
-    acc_g = k_rho * acc_g + k3 * g * g;  // adadelta.opt:21
+    acc_g = k_rho * acc_g + (1 - k_rho) * g * g;  // adadelta.opt:21
     C delta = sqrt(acc_delta + k_epsilon) / sqrt(acc_g + k_epsilon) * g;  // adadelta.opt:22
-    acc_delta = k_rho * acc_delta + k3 * delta * delta;  // adadelta.opt:23
+    acc_delta = k_rho * acc_delta + (1 - k_rho) * delta * delta;  // adadelta.opt:23
     weight = weight - (delta + k_wd * weight);  // adadelta.opt:24
     p_acc_g[i] = (T)(acc_g);
     p_acc_delta[i] = (T)(acc_delta);
@@ -53,13 +53,13 @@ OPTFORGE_HD void optforge_adadelta_s0_elem(int64_t i, int64_t gi, const G* __res
 }
 
 extern "C" {
-void optforge_adadelta_s0_f32(int64_t n, const float* __restrict__ p_grad, float* __restrict__ p_acc_g, float* __restrict__ p_acc_delta, float* __restrict__ p_weight, double k_rescale_grad, double k1, double k_rho, double k3, double k_epsilon, double k_wd) {
+void optforge_adadelta_s0_f32(int64_t n, const float* __restrict__ p_grad, float* __restrict__ p_acc_g, float* __restrict__ p_acc_delta, float* __restrict__ p_weight, double k_rescale_grad, double k1, double k_rho, double k_epsilon, double k_wd) {
     #pragma omp parallel for simd schedule(static)
     for (int64_t i = 0; i < n; ++i)
-        optforge_adadelta_s0_elem<float, float, float>(i, i, p_grad, p_acc_g, p_acc_delta, p_weight, nullptr, (float)k_rescale_grad, (float)k1, (float)k_rho, (float)k3, (float)k_epsilon, (float)k_wd);
+        optforge_adadelta_s0_elem<float, float, float>(i, i, p_grad, p_acc_g, p_acc_delta, p_weight, nullptr, (float)k_rescale_grad, (float)k1, (float)k_rho, (float)k_epsilon, (float)k_wd);
 }
 /* row-sparse: n = rows x cols gradient elements; gradient row r updates row rows[r] */
-void optforge_adadelta_s0_rows_f32(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const float* __restrict__ p_grad, float* __restrict__ p_acc_g, float* __restrict__ p_acc_delta, float* __restrict__ p_weight, double k_rescale_grad, double k1, double k_rho, double k3, double k_epsilon, double k_wd) {
+void optforge_adadelta_s0_rows_f32(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const float* __restrict__ p_grad, float* __restrict__ p_acc_g, float* __restrict__ p_acc_delta, float* __restrict__ p_weight, double k_rescale_grad, double k1, double k_rho, double k_epsilon, double k_wd) {
     const int64_t nrows = cols ? n / cols : 0;
     /* threads pay off only for large row sets: scattered rows are latency-bound, and a busy
        machine makes every fork/join wait for a descheduled thread */
@@ -68,16 +68,16 @@ void optforge_adadelta_s0_rows_f32(int64_t n, int64_t cols, const int64_t* __res
         const int64_t base = rows[r] * cols, gbase = r * cols;
         #pragma omp simd
         for (int64_t c = 0; c < cols; ++c)
-            optforge_adadelta_s0_elem<float, float, float>(base + c, gbase + c, p_grad, p_acc_g, p_acc_delta, p_weight, nullptr, (float)k_rescale_grad, (float)k1, (float)k_rho, (float)k3, (float)k_epsilon, (float)k_wd);
+            optforge_adadelta_s0_elem<float, float, float>(base + c, gbase + c, p_grad, p_acc_g, p_acc_delta, p_weight, nullptr, (float)k_rescale_grad, (float)k1, (float)k_rho, (float)k_epsilon, (float)k_wd);
     }
 }
-void optforge_adadelta_s0_f64(int64_t n, const double* __restrict__ p_grad, double* __restrict__ p_acc_g, double* __restrict__ p_acc_delta, double* __restrict__ p_weight, double k_rescale_grad, double k1, double k_rho, double k3, double k_epsilon, double k_wd) {
+void optforge_adadelta_s0_f64(int64_t n, const double* __restrict__ p_grad, double* __restrict__ p_acc_g, double* __restrict__ p_acc_delta, double* __restrict__ p_weight, double k_rescale_grad, double k1, double k_rho, double k_epsilon, double k_wd) {
     #pragma omp parallel for simd schedule(static)
     for (int64_t i = 0; i < n; ++i)
-        optforge_adadelta_s0_elem<double, double, double>(i, i, p_grad, p_acc_g, p_acc_delta, p_weight, nullptr, (double)k_rescale_grad, (double)k1, (double)k_rho, (double)k3, (double)k_epsilon, (double)k_wd);
+        optforge_adadelta_s0_elem<double, double, double>(i, i, p_grad, p_acc_g, p_acc_delta, p_weight, nullptr, (double)k_rescale_grad, (double)k1, (double)k_rho, (double)k_epsilon, (double)k_wd);
 }
 /* row-sparse: n = rows x cols gradient elements; gradient row r updates row rows[r] */
-void optforge_adadelta_s0_rows_f64(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const double* __restrict__ p_grad, double* __restrict__ p_acc_g, double* __restrict__ p_acc_delta, double* __restrict__ p_weight, double k_rescale_grad, double k1, double k_rho, double k3, double k_epsilon, double k_wd) {
+void optforge_adadelta_s0_rows_f64(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const double* __restrict__ p_grad, double* __restrict__ p_acc_g, double* __restrict__ p_acc_delta, double* __restrict__ p_weight, double k_rescale_grad, double k1, double k_rho, double k_epsilon, double k_wd) {
     const int64_t nrows = cols ? n / cols : 0;
     /* threads pay off only for large row sets: scattered rows are latency-bound, and a busy
        machine makes every fork/join wait for a descheduled thread */
@@ -86,7 +86,7 @@ void optforge_adadelta_s0_rows_f64(int64_t n, int64_t cols, const int64_t* __res
         const int64_t base = rows[r] * cols, gbase = r * cols;
         #pragma omp simd
         for (int64_t c = 0; c < cols; ++c)
-            optforge_adadelta_s0_elem<double, double, double>(base + c, gbase + c, p_grad, p_acc_g, p_acc_delta, p_weight, nullptr, (double)k_rescale_grad, (double)k1, (double)k_rho, (double)k3, (double)k_epsilon, (double)k_wd);
+            optforge_adadelta_s0_elem<double, double, double>(base + c, gbase + c, p_grad, p_acc_g, p_acc_delta, p_weight, nullptr, (double)k_rescale_grad, (double)k1, (double)k_rho, (double)k_epsilon, (double)k_wd);
     }
 }
 }

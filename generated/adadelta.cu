@@ -41,15 +41,15 @@ template <typename C> OPTFORGE_HD void store_low(float* p, int64_t i, C v) {
 /* stage s0: element i of the weight and states, element gi of the gradient and scratch
    (the same element for a dense update; for a row-sparse one, gi walks the gradient's rows) */
 template <typename T, typename G, typename C>
-OPTFORGE_HD void optforge_adadelta_s0_elem(int64_t i, int64_t gi, const G* __restrict__ p_grad, T* __restrict__ p_acc_g, T* __restrict__ p_acc_delta, T* __restrict__ p_weight, float* __restrict__ p_weight_lp, const C k_rescale_grad, const C k1, const C k_rho, const C k3, const C k_epsilon, const C k_wd) {
+OPTFORGE_HD void optforge_adadelta_s0_elem(int64_t i, int64_t gi, const G* __restrict__ p_grad, T* __restrict__ p_acc_g, T* __restrict__ p_acc_delta, T* __restrict__ p_weight, float* __restrict__ p_weight_lp, const C k_rescale_grad, const C k1, const C k_rho, const C k_epsilon, const C k_wd) {
     C grad = C(p_grad[gi]);
     C acc_g = C(p_acc_g[i]);
     C acc_delta = C(p_acc_delta[i]);
     C weight = C(p_weight[i]);
     C g = op_clip(k_rescale_grad * grad, k1);  // adadelta.opt:20
-    acc_g = k_rho * acc_g + k3 * g * g;  // adadelta.opt:21
+    acc_g = k_rho * acc_g + (1 - k_rho) * g * g;  // adadelta.opt:21
     C delta = sqrt(acc_delta + k_epsilon) / sqrt(acc_g + k_epsilon) * g;  // adadelta.opt:22
-    acc_delta = k_rho * acc_delta + k3 * delta * delta;  // adadelta.opt:23
+    acc_delta = k_rho * acc_delta + (1 - k_rho) * delta * delta;  // adadelta.opt:23
     weight = weight - (delta + k_wd * weight);  // adadelta.opt:24
     p_acc_g[i] = (T)(acc_g);
     p_acc_delta[i] = (T)(acc_delta);
@@ -58,72 +58,72 @@ OPTFORGE_HD void optforge_adadelta_s0_elem(int64_t i, int64_t gi, const G* __res
 }
 
 extern "C" {
-__global__ void optforge_adadelta_s0_f32(int64_t n, const float* __restrict__ p_grad, float* __restrict__ p_acc_g, float* __restrict__ p_acc_delta, float* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k_rho, double k3, double k_epsilon, double k_wd) {
+__global__ void optforge_adadelta_s0_f32(int64_t n, const float* __restrict__ p_grad, float* __restrict__ p_acc_g, float* __restrict__ p_acc_delta, float* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k_rho, double k_epsilon, double k_wd) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_adadelta_s0_elem<float, float, float>(i, i, p_grad, p_acc_g, p_acc_delta, p_weight, p_weight_lp, (float)k_rescale_grad, (float)k1, (float)k_rho, (float)k3, (float)k_epsilon, (float)k_wd);
+        optforge_adadelta_s0_elem<float, float, float>(i, i, p_grad, p_acc_g, p_acc_delta, p_weight, p_weight_lp, (float)k_rescale_grad, (float)k1, (float)k_rho, (float)k_epsilon, (float)k_wd);
 }
 /* row-sparse, parallel over gradient elements (not rows): element j updates row rows[j / cols] */
-__global__ void optforge_adadelta_s0_rows_f32(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const float* __restrict__ p_grad, float* __restrict__ p_acc_g, float* __restrict__ p_acc_delta, float* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k_rho, double k3, double k_epsilon, double k_wd) {
+__global__ void optforge_adadelta_s0_rows_f32(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const float* __restrict__ p_grad, float* __restrict__ p_acc_g, float* __restrict__ p_acc_delta, float* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k_rho, double k_epsilon, double k_wd) {
     for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
-        optforge_adadelta_s0_elem<float, float, float>(rows[j / cols] * cols + j % cols, j, p_grad, p_acc_g, p_acc_delta, p_weight, p_weight_lp, (float)k_rescale_grad, (float)k1, (float)k_rho, (float)k3, (float)k_epsilon, (float)k_wd);
+        optforge_adadelta_s0_elem<float, float, float>(rows[j / cols] * cols + j % cols, j, p_grad, p_acc_g, p_acc_delta, p_weight, p_weight_lp, (float)k_rescale_grad, (float)k1, (float)k_rho, (float)k_epsilon, (float)k_wd);
 }
 /* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
-   pointers, sizes and 6 scalar(s) per parameter, as Apex's multi_tensor_apply */
+   pointers, sizes and 5 scalar(s) per parameter, as Apex's multi_tensor_apply */
 __global__ void optforge_adadelta_s0_mt_f32(const int64_t* __restrict__ sizes, float* const* tab_grad, float* const* tab_acc_g, float* const* tab_acc_delta, float* const* tab_weight, float* const* tab_weight_lp, const double* __restrict__ scalars) {
     const int64_t t = blockIdx.y, n = sizes[t];
-    const double* s = scalars + t * 6;
+    const double* s = scalars + t * 5;
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_adadelta_s0_elem<float, float, float>(i, i, tab_grad[t], tab_acc_g[t], tab_acc_delta[t], tab_weight[t], tab_weight_lp[t], (float)s[0], (float)s[1], (float)s[2], (float)s[3], (float)s[4], (float)s[5]);
+        optforge_adadelta_s0_elem<float, float, float>(i, i, tab_grad[t], tab_acc_g[t], tab_acc_delta[t], tab_weight[t], tab_weight_lp[t], (float)s[0], (float)s[1], (float)s[2], (float)s[3], (float)s[4]);
 }
-__global__ void optforge_adadelta_s0_f64(int64_t n, const double* __restrict__ p_grad, double* __restrict__ p_acc_g, double* __restrict__ p_acc_delta, double* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k_rho, double k3, double k_epsilon, double k_wd) {
+__global__ void optforge_adadelta_s0_f64(int64_t n, const double* __restrict__ p_grad, double* __restrict__ p_acc_g, double* __restrict__ p_acc_delta, double* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k_rho, double k_epsilon, double k_wd) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_adadelta_s0_elem<double, double, double>(i, i, p_grad, p_acc_g, p_acc_delta, p_weight, p_weight_lp, (double)k_rescale_grad, (double)k1, (double)k_rho, (double)k3, (double)k_epsilon, (double)k_wd);
+        optforge_adadelta_s0_elem<double, double, double>(i, i, p_grad, p_acc_g, p_acc_delta, p_weight, p_weight_lp, (double)k_rescale_grad, (double)k1, (double)k_rho, (double)k_epsilon, (double)k_wd);
 }
 /* row-sparse, parallel over gradient elements (not rows): element j updates row rows[j / cols] */
-__global__ void optforge_adadelta_s0_rows_f64(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const double* __restrict__ p_grad, double* __restrict__ p_acc_g, double* __restrict__ p_acc_delta, double* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k_rho, double k3, double k_epsilon, double k_wd) {
+__global__ void optforge_adadelta_s0_rows_f64(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const double* __restrict__ p_grad, double* __restrict__ p_acc_g, double* __restrict__ p_acc_delta, double* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k_rho, double k_epsilon, double k_wd) {
     for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
-        optforge_adadelta_s0_elem<double, double, double>(rows[j / cols] * cols + j % cols, j, p_grad, p_acc_g, p_acc_delta, p_weight, p_weight_lp, (double)k_rescale_grad, (double)k1, (double)k_rho, (double)k3, (double)k_epsilon, (double)k_wd);
+        optforge_adadelta_s0_elem<double, double, double>(rows[j / cols] * cols + j % cols, j, p_grad, p_acc_g, p_acc_delta, p_weight, p_weight_lp, (double)k_rescale_grad, (double)k1, (double)k_rho, (double)k_epsilon, (double)k_wd);
 }
 /* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
-   pointers, sizes and 6 scalar(s) per parameter, as Apex's multi_tensor_apply */
+   pointers, sizes and 5 scalar(s) per parameter, as Apex's multi_tensor_apply */
 __global__ void optforge_adadelta_s0_mt_f64(const int64_t* __restrict__ sizes, double* const* tab_grad, double* const* tab_acc_g, double* const* tab_acc_delta, double* const* tab_weight, float* const* tab_weight_lp, const double* __restrict__ scalars) {
     const int64_t t = blockIdx.y, n = sizes[t];
-    const double* s = scalars + t * 6;
+    const double* s = scalars + t * 5;
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_adadelta_s0_elem<double, double, double>(i, i, tab_grad[t], tab_acc_g[t], tab_acc_delta[t], tab_weight[t], tab_weight_lp[t], (double)s[0], (double)s[1], (double)s[2], (double)s[3], (double)s[4], (double)s[5]);
+        optforge_adadelta_s0_elem<double, double, double>(i, i, tab_grad[t], tab_acc_g[t], tab_acc_delta[t], tab_weight[t], tab_weight_lp[t], (double)s[0], (double)s[1], (double)s[2], (double)s[3], (double)s[4]);
 }
-__global__ void optforge_adadelta_s0_f16(int64_t n, const __half* __restrict__ p_grad, __half* __restrict__ p_acc_g, __half* __restrict__ p_acc_delta, __half* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k_rho, double k3, double k_epsilon, double k_wd) {
+__global__ void optforge_adadelta_s0_f16(int64_t n, const __half* __restrict__ p_grad, __half* __restrict__ p_acc_g, __half* __restrict__ p_acc_delta, __half* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k_rho, double k_epsilon, double k_wd) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_adadelta_s0_elem<__half, __half, float>(i, i, p_grad, p_acc_g, p_acc_delta, p_weight, p_weight_lp, (float)k_rescale_grad, (float)k1, (float)k_rho, (float)k3, (float)k_epsilon, (float)k_wd);
+        optforge_adadelta_s0_elem<__half, __half, float>(i, i, p_grad, p_acc_g, p_acc_delta, p_weight, p_weight_lp, (float)k_rescale_grad, (float)k1, (float)k_rho, (float)k_epsilon, (float)k_wd);
 }
 /* row-sparse, parallel over gradient elements (not rows): element j updates row rows[j / cols] */
-__global__ void optforge_adadelta_s0_rows_f16(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const __half* __restrict__ p_grad, __half* __restrict__ p_acc_g, __half* __restrict__ p_acc_delta, __half* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k_rho, double k3, double k_epsilon, double k_wd) {
+__global__ void optforge_adadelta_s0_rows_f16(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const __half* __restrict__ p_grad, __half* __restrict__ p_acc_g, __half* __restrict__ p_acc_delta, __half* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k_rho, double k_epsilon, double k_wd) {
     for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
-        optforge_adadelta_s0_elem<__half, __half, float>(rows[j / cols] * cols + j % cols, j, p_grad, p_acc_g, p_acc_delta, p_weight, p_weight_lp, (float)k_rescale_grad, (float)k1, (float)k_rho, (float)k3, (float)k_epsilon, (float)k_wd);
+        optforge_adadelta_s0_elem<__half, __half, float>(rows[j / cols] * cols + j % cols, j, p_grad, p_acc_g, p_acc_delta, p_weight, p_weight_lp, (float)k_rescale_grad, (float)k1, (float)k_rho, (float)k_epsilon, (float)k_wd);
 }
 /* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
-   pointers, sizes and 6 scalar(s) per parameter, as Apex's multi_tensor_apply */
+   pointers, sizes and 5 scalar(s) per parameter, as Apex's multi_tensor_apply */
 __global__ void optforge_adadelta_s0_mt_f16(const int64_t* __restrict__ sizes, __half* const* tab_grad, __half* const* tab_acc_g, __half* const* tab_acc_delta, __half* const* tab_weight, float* const* tab_weight_lp, const double* __restrict__ scalars) {
     const int64_t t = blockIdx.y, n = sizes[t];
-    const double* s = scalars + t * 6;
+    const double* s = scalars + t * 5;
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_adadelta_s0_elem<__half, __half, float>(i, i, tab_grad[t], tab_acc_g[t], tab_acc_delta[t], tab_weight[t], tab_weight_lp[t], (float)s[0], (float)s[1], (float)s[2], (float)s[3], (float)s[4], (float)s[5]);
+        optforge_adadelta_s0_elem<__half, __half, float>(i, i, tab_grad[t], tab_acc_g[t], tab_acc_delta[t], tab_weight[t], tab_weight_lp[t], (float)s[0], (float)s[1], (float)s[2], (float)s[3], (float)s[4]);
 }
-__global__ void optforge_adadelta_s0_mp16(int64_t n, const __half* __restrict__ p_grad, float* __restrict__ p_acc_g, float* __restrict__ p_acc_delta, float* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k_rho, double k3, double k_epsilon, double k_wd) {
+__global__ void optforge_adadelta_s0_mp16(int64_t n, const __half* __restrict__ p_grad, float* __restrict__ p_acc_g, float* __restrict__ p_acc_delta, float* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k_rho, double k_epsilon, double k_wd) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_adadelta_s0_elem<float, __half, float>(i, i, p_grad, p_acc_g, p_acc_delta, p_weight, p_weight_lp, (float)k_rescale_grad, (float)k1, (float)k_rho, (float)k3, (float)k_epsilon, (float)k_wd);
+        optforge_adadelta_s0_elem<float, __half, float>(i, i, p_grad, p_acc_g, p_acc_delta, p_weight, p_weight_lp, (float)k_rescale_grad, (float)k1, (float)k_rho, (float)k_epsilon, (float)k_wd);
 }
 /* row-sparse, parallel over gradient elements (not rows): element j updates row rows[j / cols] */
-__global__ void optforge_adadelta_s0_rows_mp16(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const __half* __restrict__ p_grad, float* __restrict__ p_acc_g, float* __restrict__ p_acc_delta, float* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k_rho, double k3, double k_epsilon, double k_wd) {
+__global__ void optforge_adadelta_s0_rows_mp16(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const __half* __restrict__ p_grad, float* __restrict__ p_acc_g, float* __restrict__ p_acc_delta, float* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k_rho, double k_epsilon, double k_wd) {
     for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
-        optforge_adadelta_s0_elem<float, __half, float>(rows[j / cols] * cols + j % cols, j, p_grad, p_acc_g, p_acc_delta, p_weight, p_weight_lp, (float)k_rescale_grad, (float)k1, (float)k_rho, (float)k3, (float)k_epsilon, (float)k_wd);
+        optforge_adadelta_s0_elem<float, __half, float>(rows[j / cols] * cols + j % cols, j, p_grad, p_acc_g, p_acc_delta, p_weight, p_weight_lp, (float)k_rescale_grad, (float)k1, (float)k_rho, (float)k_epsilon, (float)k_wd);
 }
 /* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
-   pointers, sizes and 6 scalar(s) per parameter, as Apex's multi_tensor_apply */
+   pointers, sizes and 5 scalar(s) per parameter, as Apex's multi_tensor_apply */
 __global__ void optforge_adadelta_s0_mt_mp16(const int64_t* __restrict__ sizes, __half* const* tab_grad, float* const* tab_acc_g, float* const* tab_acc_delta, float* const* tab_weight, float* const* tab_weight_lp, const double* __restrict__ scalars) {
     const int64_t t = blockIdx.y, n = sizes[t];
-    const double* s = scalars + t * 6;
+    const double* s = scalars + t * 5;
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_adadelta_s0_elem<float, __half, float>(i, i, tab_grad[t], tab_acc_g[t], tab_acc_delta[t], tab_weight[t], tab_weight_lp[t], (float)s[0], (float)s[1], (float)s[2], (float)s[3], (float)s[4], (float)s[5]);
+        optforge_adadelta_s0_elem<float, __half, float>(i, i, tab_grad[t], tab_acc_g[t], tab_acc_delta[t], tab_weight[t], tab_weight_lp[t], (float)s[0], (float)s[1], (float)s[2], (float)s[3], (float)s[4]);
 }
 }

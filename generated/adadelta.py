@@ -4,7 +4,7 @@ import math
 
 import numpy as np
 
-from optforge import ops
+from optforge import chunks, ops
 from optforge.optimizer import Optimizer, HyperParam
 
 
@@ -80,11 +80,20 @@ class AdaDelta(Optimizer):
         rescale_grad = self.rescale_grad
         acc_g = tensors['acc_g']
         acc_delta = tensors['acc_delta']
-        g = ops.clip(rescale_grad * grad, clip_gradient)  # adadelta.opt:20
-        acc_g[...] = rho * acc_g + (1 - rho) * g * g  # adadelta.opt:21
-        delta = np.sqrt(acc_delta + epsilon) / np.sqrt(acc_g + epsilon) * g  # adadelta.opt:22
-        acc_delta[...] = rho * acc_delta + (1 - rho) * delta * delta  # adadelta.opt:23
-        weight[...] = weight - (delta + wd * weight)  # adadelta.opt:24
+        if not chunks.use(weight, grad, acc_g, acc_delta):  # small (or strided) tensors: the equations as written
+            g = ops.clip(rescale_grad * grad, clip_gradient)  # adadelta.opt:20
+            acc_g[...] = rho * acc_g + (1 - rho) * g * g  # adadelta.opt:21
+            delta = np.sqrt(acc_delta + epsilon) / np.sqrt(acc_g + epsilon) * g  # adadelta.opt:22
+            acc_delta[...] = rho * acc_delta + (1 - rho) * delta * delta  # adadelta.opt:23
+            weight[...] = weight - (delta + wd * weight)  # adadelta.opt:24
+        else:  # large tensors: cache-sized chunks, in place, on every core
+            def stage0(grad, acc_g, acc_delta, weight, delta, g, tmp0):
+                chunks.clip(np.multiply(rescale_grad, grad, out=g), clip_gradient, g)  # adadelta.opt:20
+                np.add(np.multiply(rho, acc_g, out=acc_g), np.multiply(np.multiply(1 - rho, g, out=tmp0), g, out=tmp0), out=acc_g)  # adadelta.opt:21
+                np.multiply(np.divide(np.sqrt(np.add(acc_delta, epsilon, out=delta), out=delta), np.sqrt(np.add(acc_g, epsilon, out=tmp0), out=tmp0), out=delta), g, out=delta)  # adadelta.opt:22
+                np.add(np.multiply(rho, acc_delta, out=acc_delta), np.multiply(np.multiply(1 - rho, delta, out=tmp0), delta, out=tmp0), out=acc_delta)  # adadelta.opt:23
+                np.subtract(weight, np.add(delta, np.multiply(wd, weight, out=tmp0), out=tmp0), out=weight)  # adadelta.opt:24
+            chunks.run(stage0, (grad, acc_g, acc_delta, weight), 3)
 
     def _kernel_staged(self, be, call, weight, grad, tensors, scalars, lr, wd, t, param_name, learning_rate, num_update):
         """The same update for compiled backends: host code around the stage kernels of
@@ -96,4 +105,4 @@ class AdaDelta(Optimizer):
         rescale_grad = self.rescale_grad
         acc_g = tensors['acc_g']
         acc_delta = tensors['acc_delta']
-        be.launch('optforge_adadelta_s0', (grad, acc_g, acc_delta, weight,), (ops.arg(rescale_grad), ops.arg(clip_gradient), ops.arg(rho), ops.arg(1 - rho), ops.arg(epsilon), ops.arg(wd), ))
+        be.launch('optforge_adadelta_s0', (grad, acc_g, acc_delta, weight,), (ops.arg(rescale_grad), ops.arg(clip_gradient), ops.arg(rho), ops.arg(epsilon), ops.arg(wd), ))

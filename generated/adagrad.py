@@ -4,7 +4,7 @@ import math
 
 import numpy as np
 
-from optforge import ops
+from optforge import chunks, ops
 from optforge.optimizer import Optimizer, HyperParam
 
 
@@ -86,9 +86,16 @@ class AdaGrad(Optimizer):
         clip_gradient = self.clip_gradient
         rescale_grad = self.rescale_grad
         history = tensors['history']
-        g = ops.clip(rescale_grad * grad, clip_gradient)  # adagrad.opt:24
-        history[...] = history + np.square(g)  # adagrad.opt:25
-        weight[...] = weight + (g / np.sqrt(history + eps) + weight * wd) * -lr  # adagrad.opt:26
+        if not chunks.use(weight, grad, history):  # small (or strided) tensors: the equations as written
+            g = ops.clip(rescale_grad * grad, clip_gradient)  # adagrad.opt:24
+            history[...] = history + np.square(g)  # adagrad.opt:25
+            weight[...] = weight + (g / np.sqrt(history + eps) + weight * wd) * -lr  # adagrad.opt:26
+        else:  # large tensors: cache-sized chunks, in place, on every core
+            def stage0(grad, history, weight, g, tmp0, tmp1):
+                chunks.clip(np.multiply(rescale_grad, grad, out=g), clip_gradient, g)  # adagrad.opt:24
+                np.add(history, np.square(g, out=tmp0), out=history)  # adagrad.opt:25
+                np.add(weight, np.multiply(np.add(np.divide(g, np.sqrt(np.add(history, eps, out=tmp0), out=tmp0), out=tmp0), np.multiply(weight, wd, out=tmp1), out=tmp0), -lr, out=tmp0), out=weight)  # adagrad.opt:26
+            chunks.run(stage0, (grad, history, weight), 3)
 
     def _kernel_rows(self, call, rows, weight, grad, tensors, scalars, lr, wd, t, param_name, learning_rate, num_update):
         """The lazy update: only the rows `rows` of `weight` and `tensors` change; `grad` holds those rows."""

@@ -36,14 +36,14 @@ template <typename C> inline void store_low(float* p, int64_t i, C v) { p[i] = (
 /* stage s0: element i of the weight and states, element gi of the gradient and scratch
    (the same element for a dense update; for a row-sparse one, gi walks the gradient's rows) */
 template <typename T, typename G, typename C>
-OPTFORGE_HD void optforge_adam_s0_elem(int64_t i, int64_t gi, const G* __restrict__ p_grad, T* __restrict__ p_weight, T* __restrict__ p_mean, T* __restrict__ p_var, float* __restrict__ p_weight_lp, const C k_rescale_grad, const C k_wd, const C k2, const C k_beta1, const C k4, const C k_beta2, const C k6, const C k_lr_t, const C k_epsilon) {
+OPTFORGE_HD void optforge_adam_s0_elem(int64_t i, int64_t gi, const G* __restrict__ p_grad, T* __restrict__ p_weight, T* __restrict__ p_mean, T* __restrict__ p_var, float* __restrict__ p_weight_lp, const C k_rescale_grad, const C k_wd, const C k2, const C k_beta1, const C k_beta2, const C k_lr_t, const C k_epsilon) {
     C grad = C(p_grad[gi]);
     C weight = C(p_weight[i]);
     C mean = C(p_mean[i]);
     C var = C(p_var[i]);
     C g = op_clip(grad * k_rescale_grad + k_wd * weight, k2);  // adam.opt:34
-    mean = k_beta1 * mean + k4 * g;  // adam.opt:35
-    var = k_beta2 * var + k6 * op_square(g);  // adam.opt:36
+    mean = k_beta1 * mean + (1 - k_beta1) * g;  // adam.opt:35
+    var = k_beta2 * var + (1 - k_beta2) * op_square(g);  // adam.opt:36
     weight = weight - k_lr_t * mean / (sqrt(var) + k_epsilon);  // adam.opt:38
     p_mean[i] = (T)(mean);
     p_var[i] = (T)(var);
@@ -52,13 +52,13 @@ OPTFORGE_HD void optforge_adam_s0_elem(int64_t i, int64_t gi, const G* __restric
 }
 
 extern "C" {
-void optforge_adam_s0_f32(int64_t n, const float* __restrict__ p_grad, float* __restrict__ p_weight, float* __restrict__ p_mean, float* __restrict__ p_var, double k_rescale_grad, double k_wd, double k2, double k_beta1, double k4, double k_beta2, double k6, double k_lr_t, double k_epsilon) {
+void optforge_adam_s0_f32(int64_t n, const float* __restrict__ p_grad, float* __restrict__ p_weight, float* __restrict__ p_mean, float* __restrict__ p_var, double k_rescale_grad, double k_wd, double k2, double k_beta1, double k_beta2, double k_lr_t, double k_epsilon) {
     #pragma omp parallel for simd schedule(static)
     for (int64_t i = 0; i < n; ++i)
-        optforge_adam_s0_elem<float, float, float>(i, i, p_grad, p_weight, p_mean, p_var, nullptr, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k_beta1, (float)k4, (float)k_beta2, (float)k6, (float)k_lr_t, (float)k_epsilon);
+        optforge_adam_s0_elem<float, float, float>(i, i, p_grad, p_weight, p_mean, p_var, nullptr, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k_beta1, (float)k_beta2, (float)k_lr_t, (float)k_epsilon);
 }
 /* row-sparse: n = rows x cols gradient elements; gradient row r updates row rows[r] */
-void optforge_adam_s0_rows_f32(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const float* __restrict__ p_grad, float* __restrict__ p_weight, float* __restrict__ p_mean, float* __restrict__ p_var, double k_rescale_grad, double k_wd, double k2, double k_beta1, double k4, double k_beta2, double k6, double k_lr_t, double k_epsilon) {
+void optforge_adam_s0_rows_f32(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const float* __restrict__ p_grad, float* __restrict__ p_weight, float* __restrict__ p_mean, float* __restrict__ p_var, double k_rescale_grad, double k_wd, double k2, double k_beta1, double k_beta2, double k_lr_t, double k_epsilon) {
     const int64_t nrows = cols ? n / cols : 0;
     /* threads pay off only for large row sets: scattered rows are latency-bound, and a busy
        machine makes every fork/join wait for a descheduled thread */
@@ -67,16 +67,16 @@ void optforge_adam_s0_rows_f32(int64_t n, int64_t cols, const int64_t* __restric
         const int64_t base = rows[r] * cols, gbase = r * cols;
         #pragma omp simd
         for (int64_t c = 0; c < cols; ++c)
-            optforge_adam_s0_elem<float, float, float>(base + c, gbase + c, p_grad, p_weight, p_mean, p_var, nullptr, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k_beta1, (float)k4, (float)k_beta2, (float)k6, (float)k_lr_t, (float)k_epsilon);
+            optforge_adam_s0_elem<float, float, float>(base + c, gbase + c, p_grad, p_weight, p_mean, p_var, nullptr, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k_beta1, (float)k_beta2, (float)k_lr_t, (float)k_epsilon);
     }
 }
-void optforge_adam_s0_f64(int64_t n, const double* __restrict__ p_grad, double* __restrict__ p_weight, double* __restrict__ p_mean, double* __restrict__ p_var, double k_rescale_grad, double k_wd, double k2, double k_beta1, double k4, double k_beta2, double k6, double k_lr_t, double k_epsilon) {
+void optforge_adam_s0_f64(int64_t n, const double* __restrict__ p_grad, double* __restrict__ p_weight, double* __restrict__ p_mean, double* __restrict__ p_var, double k_rescale_grad, double k_wd, double k2, double k_beta1, double k_beta2, double k_lr_t, double k_epsilon) {
     #pragma omp parallel for simd schedule(static)
     for (int64_t i = 0; i < n; ++i)
-        optforge_adam_s0_elem<double, double, double>(i, i, p_grad, p_weight, p_mean, p_var, nullptr, (double)k_rescale_grad, (double)k_wd, (double)k2, (double)k_beta1, (double)k4, (double)k_beta2, (double)k6, (double)k_lr_t, (double)k_epsilon);
+        optforge_adam_s0_elem<double, double, double>(i, i, p_grad, p_weight, p_mean, p_var, nullptr, (double)k_rescale_grad, (double)k_wd, (double)k2, (double)k_beta1, (double)k_beta2, (double)k_lr_t, (double)k_epsilon);
 }
 /* row-sparse: n = rows x cols gradient elements; gradient row r updates row rows[r] */
-void optforge_adam_s0_rows_f64(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const double* __restrict__ p_grad, double* __restrict__ p_weight, double* __restrict__ p_mean, double* __restrict__ p_var, double k_rescale_grad, double k_wd, double k2, double k_beta1, double k4, double k_beta2, double k6, double k_lr_t, double k_epsilon) {
+void optforge_adam_s0_rows_f64(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const double* __restrict__ p_grad, double* __restrict__ p_weight, double* __restrict__ p_mean, double* __restrict__ p_var, double k_rescale_grad, double k_wd, double k2, double k_beta1, double k_beta2, double k_lr_t, double k_epsilon) {
     const int64_t nrows = cols ? n / cols : 0;
     /* threads pay off only for large row sets: scattered rows are latency-bound, and a busy
        machine makes every fork/join wait for a descheduled thread */
@@ -85,7 +85,7 @@ void optforge_adam_s0_rows_f64(int64_t n, int64_t cols, const int64_t* __restric
         const int64_t base = rows[r] * cols, gbase = r * cols;
         #pragma omp simd
         for (int64_t c = 0; c < cols; ++c)
-            optforge_adam_s0_elem<double, double, double>(base + c, gbase + c, p_grad, p_weight, p_mean, p_var, nullptr, (double)k_rescale_grad, (double)k_wd, (double)k2, (double)k_beta1, (double)k4, (double)k_beta2, (double)k6, (double)k_lr_t, (double)k_epsilon);
+            optforge_adam_s0_elem<double, double, double>(base + c, gbase + c, p_grad, p_weight, p_mean, p_var, nullptr, (double)k_rescale_grad, (double)k_wd, (double)k2, (double)k_beta1, (double)k_beta2, (double)k_lr_t, (double)k_epsilon);
     }
 }
 }

@@ -4,7 +4,7 @@ import math
 
 import numpy as np
 
-from optforge import ops
+from optforge import chunks, ops
 from optforge.optimizer import Optimizer, HyperParam
 
 
@@ -101,11 +101,20 @@ class Adam(Optimizer):
         rescale_grad = self.rescale_grad
         mean = tensors['mean']
         var = tensors['var']
-        g = ops.clip(grad * rescale_grad + wd * weight, clip_gradient)  # adam.opt:34
-        mean[...] = beta1 * mean + (1 - beta1) * g  # adam.opt:35
-        var[...] = beta2 * var + (1 - beta2) * np.square(g)  # adam.opt:36
-        lr_t = lr * math.sqrt(1 - beta2 ** t) / (1 - beta1 ** t)  # adam.opt:37
-        weight[...] = weight - lr_t * mean / (np.sqrt(var) + epsilon)  # adam.opt:38
+        if not chunks.use(weight, grad, mean, var):  # small (or strided) tensors: the equations as written
+            g = ops.clip(grad * rescale_grad + wd * weight, clip_gradient)  # adam.opt:34
+            mean[...] = beta1 * mean + (1 - beta1) * g  # adam.opt:35
+            var[...] = beta2 * var + (1 - beta2) * np.square(g)  # adam.opt:36
+            lr_t = lr * math.sqrt(1 - beta2 ** t) / (1 - beta1 ** t)  # adam.opt:37
+            weight[...] = weight - lr_t * mean / (np.sqrt(var) + epsilon)  # adam.opt:38
+        else:  # large tensors: cache-sized chunks, in place, on every core
+            lr_t = lr * math.sqrt(1 - beta2 ** t) / (1 - beta1 ** t)  # adam.opt:37
+            def stage0(grad, weight, mean, var, g, tmp0, tmp1):
+                chunks.clip(np.add(np.multiply(grad, rescale_grad, out=g), np.multiply(wd, weight, out=tmp0), out=g), clip_gradient, g)  # adam.opt:34
+                np.add(np.multiply(beta1, mean, out=mean), np.multiply(1 - beta1, g, out=tmp0), out=mean)  # adam.opt:35
+                np.add(np.multiply(beta2, var, out=var), np.multiply(1 - beta2, np.square(g, out=tmp0), out=tmp0), out=var)  # adam.opt:36
+                np.subtract(weight, np.divide(np.multiply(lr_t, mean, out=tmp0), np.add(np.sqrt(var, out=tmp1), epsilon, out=tmp1), out=tmp0), out=weight)  # adam.opt:38
+            chunks.run(stage0, (grad, weight, mean, var), 3)
 
     def _kernel_rows(self, call, rows, weight, grad, tensors, scalars, lr, wd, t, param_name, learning_rate, num_update):
         """The lazy update: only the rows `rows` of `weight` and `tensors` change; `grad` holds those rows."""
@@ -141,4 +150,4 @@ class Adam(Optimizer):
         mean = tensors['mean']
         var = tensors['var']
         lr_t = lr * math.sqrt(1 - beta2 ** t) / (1 - beta1 ** t)  # adam.opt:37
-        be.launch('optforge_adam_s0', (grad, weight, mean, var,), (ops.arg(rescale_grad), ops.arg(wd), ops.arg(clip_gradient), ops.arg(beta1), ops.arg(1 - beta1), ops.arg(beta2), ops.arg(1 - beta2), ops.arg(lr_t), ops.arg(epsilon), ))
+        be.launch('optforge_adam_s0', (grad, weight, mean, var,), (ops.arg(rescale_grad), ops.arg(wd), ops.arg(clip_gradient), ops.arg(beta1), ops.arg(beta2), ops.arg(lr_t), ops.arg(epsilon), ))

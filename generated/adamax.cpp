@@ -36,15 +36,15 @@ template <typename C> inline void store_low(float* p, int64_t i, C v) { p[i] = (
 /* stage s0: element i of the weight and states, element gi of the gradient and scratch
    (the same element for a dense update; for a row-sparse one, gi walks the gradient's rows) */
 template <typename T, typename G, typename C>
-OPTFORGE_HD void optforge_adamax_s0_elem(int64_t i, int64_t gi, const G* __restrict__ p_grad, T* __restrict__ p_weight, T* __restrict__ p_m, T* __restrict__ p_u, float* __restrict__ p_weight_lp, const C k_rescale_grad, const C k_wd, const C k2, const C k_beta1, const C k4, const C k_beta2, const C k6) {
+OPTFORGE_HD void optforge_adamax_s0_elem(int64_t i, int64_t gi, const G* __restrict__ p_grad, T* __restrict__ p_weight, T* __restrict__ p_m, T* __restrict__ p_u, float* __restrict__ p_weight_lp, const C k_rescale_grad, const C k_wd, const C k2, const C k_beta1, const C k_beta2, const C k5) {
     C grad = C(p_grad[gi]);
     C weight = C(p_weight[i]);
     C m = C(p_m[i]);
     C u = C(p_u[i]);
     C g = op_clip(k_rescale_grad * grad + k_wd * weight, k2);  // adamax.opt:25
-    m = k_beta1 * m + k4 * g;  // adamax.opt:26
+    m = k_beta1 * m + (1 - k_beta1) * g;  // adamax.opt:26
     u = op_max(k_beta2 * u, fabs(g));  // adamax.opt:27
-    weight = weight - k6 * m / u;  // adamax.opt:28
+    weight = weight - k5 * m / u;  // adamax.opt:28
     p_m[i] = (T)(m);
     p_u[i] = (T)(u);
     p_weight[i] = (T)(weight);
@@ -52,13 +52,13 @@ OPTFORGE_HD void optforge_adamax_s0_elem(int64_t i, int64_t gi, const G* __restr
 }
 
 extern "C" {
-void optforge_adamax_s0_f32(int64_t n, const float* __restrict__ p_grad, float* __restrict__ p_weight, float* __restrict__ p_m, float* __restrict__ p_u, double k_rescale_grad, double k_wd, double k2, double k_beta1, double k4, double k_beta2, double k6) {
+void optforge_adamax_s0_f32(int64_t n, const float* __restrict__ p_grad, float* __restrict__ p_weight, float* __restrict__ p_m, float* __restrict__ p_u, double k_rescale_grad, double k_wd, double k2, double k_beta1, double k_beta2, double k5) {
     #pragma omp parallel for simd schedule(static)
     for (int64_t i = 0; i < n; ++i)
-        optforge_adamax_s0_elem<float, float, float>(i, i, p_grad, p_weight, p_m, p_u, nullptr, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k_beta1, (float)k4, (float)k_beta2, (float)k6);
+        optforge_adamax_s0_elem<float, float, float>(i, i, p_grad, p_weight, p_m, p_u, nullptr, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k_beta1, (float)k_beta2, (float)k5);
 }
 /* row-sparse: n = rows x cols gradient elements; gradient row r updates row rows[r] */
-void optforge_adamax_s0_rows_f32(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const float* __restrict__ p_grad, float* __restrict__ p_weight, float* __restrict__ p_m, float* __restrict__ p_u, double k_rescale_grad, double k_wd, double k2, double k_beta1, double k4, double k_beta2, double k6) {
+void optforge_adamax_s0_rows_f32(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const float* __restrict__ p_grad, float* __restrict__ p_weight, float* __restrict__ p_m, float* __restrict__ p_u, double k_rescale_grad, double k_wd, double k2, double k_beta1, double k_beta2, double k5) {
     const int64_t nrows = cols ? n / cols : 0;
     /* threads pay off only for large row sets: scattered rows are latency-bound, and a busy
        machine makes every fork/join wait for a descheduled thread */
@@ -67,16 +67,16 @@ void optforge_adamax_s0_rows_f32(int64_t n, int64_t cols, const int64_t* __restr
         const int64_t base = rows[r] * cols, gbase = r * cols;
         #pragma omp simd
         for (int64_t c = 0; c < cols; ++c)
-            optforge_adamax_s0_elem<float, float, float>(base + c, gbase + c, p_grad, p_weight, p_m, p_u, nullptr, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k_beta1, (float)k4, (float)k_beta2, (float)k6);
+            optforge_adamax_s0_elem<float, float, float>(base + c, gbase + c, p_grad, p_weight, p_m, p_u, nullptr, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k_beta1, (float)k_beta2, (float)k5);
     }
 }
-void optforge_adamax_s0_f64(int64_t n, const double* __restrict__ p_grad, double* __restrict__ p_weight, double* __restrict__ p_m, double* __restrict__ p_u, double k_rescale_grad, double k_wd, double k2, double k_beta1, double k4, double k_beta2, double k6) {
+void optforge_adamax_s0_f64(int64_t n, const double* __restrict__ p_grad, double* __restrict__ p_weight, double* __restrict__ p_m, double* __restrict__ p_u, double k_rescale_grad, double k_wd, double k2, double k_beta1, double k_beta2, double k5) {
     #pragma omp parallel for simd schedule(static)
     for (int64_t i = 0; i < n; ++i)
-        optforge_adamax_s0_elem<double, double, double>(i, i, p_grad, p_weight, p_m, p_u, nullptr, (double)k_rescale_grad, (double)k_wd, (double)k2, (double)k_beta1, (double)k4, (double)k_beta2, (double)k6);
+        optforge_adamax_s0_elem<double, double, double>(i, i, p_grad, p_weight, p_m, p_u, nullptr, (double)k_rescale_grad, (double)k_wd, (double)k2, (double)k_beta1, (double)k_beta2, (double)k5);
 }
 /* row-sparse: n = rows x cols gradient elements; gradient row r updates row rows[r] */
-void optforge_adamax_s0_rows_f64(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const double* __restrict__ p_grad, double* __restrict__ p_weight, double* __restrict__ p_m, double* __restrict__ p_u, double k_rescale_grad, double k_wd, double k2, double k_beta1, double k4, double k_beta2, double k6) {
+void optforge_adamax_s0_rows_f64(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const double* __restrict__ p_grad, double* __restrict__ p_weight, double* __restrict__ p_m, double* __restrict__ p_u, double k_rescale_grad, double k_wd, double k2, double k_beta1, double k_beta2, double k5) {
     const int64_t nrows = cols ? n / cols : 0;
     /* threads pay off only for large row sets: scattered rows are latency-bound, and a busy
        machine makes every fork/join wait for a descheduled thread */
@@ -85,7 +85,7 @@ void optforge_adamax_s0_rows_f64(int64_t n, int64_t cols, const int64_t* __restr
         const int64_t base = rows[r] * cols, gbase = r * cols;
         #pragma omp simd
         for (int64_t c = 0; c < cols; ++c)
-            optforge_adamax_s0_elem<double, double, double>(base + c, gbase + c, p_grad, p_weight, p_m, p_u, nullptr, (double)k_rescale_grad, (double)k_wd, (double)k2, (double)k_beta1, (double)k4, (double)k_beta2, (double)k6);
+            optforge_adamax_s0_elem<double, double, double>(base + c, gbase + c, p_grad, p_weight, p_m, p_u, nullptr, (double)k_rescale_grad, (double)k_wd, (double)k2, (double)k_beta1, (double)k_beta2, (double)k5);
     }
 }
 }

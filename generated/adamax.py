@@ -4,7 +4,7 @@ import math
 
 import numpy as np
 
-from optforge import ops
+from optforge import chunks, ops
 from optforge.optimizer import Optimizer, HyperParam
 
 
@@ -83,10 +83,18 @@ class Adamax(Optimizer):
         rescale_grad = self.rescale_grad
         m = tensors['m']
         u = tensors['u']
-        g = ops.clip(rescale_grad * grad + wd * weight, clip_gradient)  # adamax.opt:25
-        m[...] = beta1 * m + (1 - beta1) * g  # adamax.opt:26
-        u[...] = np.maximum(beta2 * u, np.abs(g))  # adamax.opt:27
-        weight[...] = weight - lr / (1 - beta1 ** t) * m / u  # adamax.opt:28
+        if not chunks.use(weight, grad, m, u):  # small (or strided) tensors: the equations as written
+            g = ops.clip(rescale_grad * grad + wd * weight, clip_gradient)  # adamax.opt:25
+            m[...] = beta1 * m + (1 - beta1) * g  # adamax.opt:26
+            u[...] = np.maximum(beta2 * u, np.abs(g))  # adamax.opt:27
+            weight[...] = weight - lr / (1 - beta1 ** t) * m / u  # adamax.opt:28
+        else:  # large tensors: cache-sized chunks, in place, on every core
+            def stage0(grad, weight, m, u, g, tmp0):
+                chunks.clip(np.add(np.multiply(rescale_grad, grad, out=g), np.multiply(wd, weight, out=tmp0), out=g), clip_gradient, g)  # adamax.opt:25
+                np.add(np.multiply(beta1, m, out=m), np.multiply(1 - beta1, g, out=tmp0), out=m)  # adamax.opt:26
+                np.maximum(np.multiply(beta2, u, out=u), np.abs(g, out=tmp0), out=u)  # adamax.opt:27
+                np.subtract(weight, np.divide(np.multiply(lr / (1 - beta1 ** t), m, out=tmp0), u, out=tmp0), out=weight)  # adamax.opt:28
+            chunks.run(stage0, (grad, weight, m, u), 2)
 
     def _kernel_staged(self, be, call, weight, grad, tensors, scalars, lr, wd, t, param_name, learning_rate, num_update):
         """The same update for compiled backends: host code around the stage kernels of
@@ -98,4 +106,4 @@ class Adamax(Optimizer):
         rescale_grad = self.rescale_grad
         m = tensors['m']
         u = tensors['u']
-        be.launch('optforge_adamax_s0', (grad, weight, m, u,), (ops.arg(rescale_grad), ops.arg(wd), ops.arg(clip_gradient), ops.arg(beta1), ops.arg(1 - beta1), ops.arg(beta2), ops.arg(lr / (1 - beta1 ** t)), ))
+        be.launch('optforge_adamax_s0', (grad, weight, m, u,), (ops.arg(rescale_grad), ops.arg(wd), ops.arg(clip_gradient), ops.arg(beta1), ops.arg(beta2), ops.arg(lr / (1 - beta1 ** t)), ))

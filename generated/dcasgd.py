@@ -4,7 +4,7 @@ import math
 
 import numpy as np
 
-from optforge import ops
+from optforge import chunks, ops
 from optforge.optimizer import Optimizer, HyperParam
 
 
@@ -89,13 +89,24 @@ class DCASGD(Optimizer):
         rescale_grad = self.rescale_grad
         mom = tensors.get('mom')
         prev_weight = tensors['prev_weight']
-        g = ops.clip(rescale_grad * grad, clip_gradient)  # dcasgd.opt:24
-        step = -lr * (g + wd * weight + lamda * g * g * (weight - prev_weight))  # dcasgd.opt:25
-        if momentum != 0:
-            mom[...] = momentum * mom + step  # dcasgd.opt:27
-            step = np.array(mom)  # dcasgd.opt:28
-        prev_weight[...] = weight  # dcasgd.opt:30
-        weight[...] = weight + step  # dcasgd.opt:31
+        if not chunks.use(weight, grad, mom, prev_weight):  # small (or strided) tensors: the equations as written
+            g = ops.clip(rescale_grad * grad, clip_gradient)  # dcasgd.opt:24
+            step = -lr * (g + wd * weight + lamda * g * g * (weight - prev_weight))  # dcasgd.opt:25
+            if momentum != 0:
+                mom[...] = momentum * mom + step  # dcasgd.opt:27
+                step = np.array(mom)  # dcasgd.opt:28
+            prev_weight[...] = weight  # dcasgd.opt:30
+            weight[...] = weight + step  # dcasgd.opt:31
+        else:  # large tensors: cache-sized chunks, in place, on every core
+            def stage0(grad, weight, prev_weight, mom, g, step, tmp0, tmp1):
+                chunks.clip(np.multiply(rescale_grad, grad, out=g), clip_gradient, g)  # dcasgd.opt:24
+                np.multiply(-lr, np.add(np.add(g, np.multiply(wd, weight, out=step), out=step), np.multiply(np.multiply(np.multiply(lamda, g, out=tmp0), g, out=tmp0), np.subtract(weight, prev_weight, out=tmp1), out=tmp0), out=step), out=step)  # dcasgd.opt:25
+                if momentum != 0:
+                    np.add(np.multiply(momentum, mom, out=mom), step, out=mom)  # dcasgd.opt:27
+                    chunks.copy(mom, step)  # dcasgd.opt:28
+                chunks.copy(weight, prev_weight)  # dcasgd.opt:30
+                np.add(weight, step, out=weight)  # dcasgd.opt:31
+            chunks.run(stage0, (grad, weight, prev_weight, mom), 4)
 
     def _kernel_staged(self, be, call, weight, grad, tensors, scalars, lr, wd, t, param_name, learning_rate, num_update):
         """The same update for compiled backends: host code around the stage kernels of

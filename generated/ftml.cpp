@@ -36,16 +36,16 @@ template <typename C> inline void store_low(float* p, int64_t i, C v) { p[i] = (
 /* stage s0: element i of the weight and states, element gi of the gradient and scratch
    (the same element for a dense update; for a row-sparse one, gi walks the gradient's rows) */
 template <typename T, typename G, typename C>
-OPTFORGE_HD void optforge_ftml_s0_elem(int64_t i, int64_t gi, const G* __restrict__ p_grad, T* __restrict__ p_weight, T* __restrict__ p_v, T* __restrict__ p_z, T* __restrict__ p_d_prev, float* __restrict__ p_weight_lp, const C k_rescale_grad, const C k_wd, const C k2, const C k_beta2, const C k4, const C k5, const C k6, const C k_epsilon, const C k_beta1, const C k9) {
+OPTFORGE_HD void optforge_ftml_s0_elem(int64_t i, int64_t gi, const G* __restrict__ p_grad, T* __restrict__ p_weight, T* __restrict__ p_v, T* __restrict__ p_z, T* __restrict__ p_d_prev, float* __restrict__ p_weight_lp, const C k_rescale_grad, const C k_wd, const C k2, const C k_beta2, const C k4, const C k5, const C k_epsilon, const C k_beta1) {
     C grad = C(p_grad[gi]);
     C weight = C(p_weight[i]);
     C v = C(p_v[i]);
     C z = C(p_z[i]);
     C d_prev = C(p_d_prev[i]);
     C g = op_clip(k_rescale_grad * grad + k_wd * weight, k2);  // ftml.opt:27
-    v = k_beta2 * v + k4 * op_square(g);  // ftml.opt:28
-    C d = k5 * (sqrt(v / k6) + k_epsilon);  // ftml.opt:29
-    z = k_beta1 * z + k9 * g - (d - k_beta1 * d_prev) * weight;  // ftml.opt:30
+    v = k_beta2 * v + (1 - k_beta2) * op_square(g);  // ftml.opt:28
+    C d = k4 * (sqrt(v / k5) + k_epsilon);  // ftml.opt:29
+    z = k_beta1 * z + (1 - k_beta1) * g - (d - k_beta1 * d_prev) * weight;  // ftml.opt:30
     d_prev = d;  // ftml.opt:31
     weight = -z / d;  // ftml.opt:32
     p_v[i] = (T)(v);
@@ -56,13 +56,13 @@ OPTFORGE_HD void optforge_ftml_s0_elem(int64_t i, int64_t gi, const G* __restric
 }
 
 extern "C" {
-void optforge_ftml_s0_f32(int64_t n, const float* __restrict__ p_grad, float* __restrict__ p_weight, float* __restrict__ p_v, float* __restrict__ p_z, float* __restrict__ p_d_prev, double k_rescale_grad, double k_wd, double k2, double k_beta2, double k4, double k5, double k6, double k_epsilon, double k_beta1, double k9) {
+void optforge_ftml_s0_f32(int64_t n, const float* __restrict__ p_grad, float* __restrict__ p_weight, float* __restrict__ p_v, float* __restrict__ p_z, float* __restrict__ p_d_prev, double k_rescale_grad, double k_wd, double k2, double k_beta2, double k4, double k5, double k_epsilon, double k_beta1) {
     #pragma omp parallel for simd schedule(static)
     for (int64_t i = 0; i < n; ++i)
-        optforge_ftml_s0_elem<float, float, float>(i, i, p_grad, p_weight, p_v, p_z, p_d_prev, nullptr, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k_beta2, (float)k4, (float)k5, (float)k6, (float)k_epsilon, (float)k_beta1, (float)k9);
+        optforge_ftml_s0_elem<float, float, float>(i, i, p_grad, p_weight, p_v, p_z, p_d_prev, nullptr, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k_beta2, (float)k4, (float)k5, (float)k_epsilon, (float)k_beta1);
 }
 /* row-sparse: n = rows x cols gradient elements; gradient row r updates row rows[r] */
-void optforge_ftml_s0_rows_f32(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const float* __restrict__ p_grad, float* __restrict__ p_weight, float* __restrict__ p_v, float* __restrict__ p_z, float* __restrict__ p_d_prev, double k_rescale_grad, double k_wd, double k2, double k_beta2, double k4, double k5, double k6, double k_epsilon, double k_beta1, double k9) {
+void optforge_ftml_s0_rows_f32(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const float* __restrict__ p_grad, float* __restrict__ p_weight, float* __restrict__ p_v, float* __restrict__ p_z, float* __restrict__ p_d_prev, double k_rescale_grad, double k_wd, double k2, double k_beta2, double k4, double k5, double k_epsilon, double k_beta1) {
     const int64_t nrows = cols ? n / cols : 0;
     /* threads pay off only for large row sets: scattered rows are latency-bound, and a busy
        machine makes every fork/join wait for a descheduled thread */
@@ -71,16 +71,16 @@ void optforge_ftml_s0_rows_f32(int64_t n, int64_t cols, const int64_t* __restric
         const int64_t base = rows[r] * cols, gbase = r * cols;
         #pragma omp simd
         for (int64_t c = 0; c < cols; ++c)
-            optforge_ftml_s0_elem<float, float, float>(base + c, gbase + c, p_grad, p_weight, p_v, p_z, p_d_prev, nullptr, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k_beta2, (float)k4, (float)k5, (float)k6, (float)k_epsilon, (float)k_beta1, (float)k9);
+            optforge_ftml_s0_elem<float, float, float>(base + c, gbase + c, p_grad, p_weight, p_v, p_z, p_d_prev, nullptr, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k_beta2, (float)k4, (float)k5, (float)k_epsilon, (float)k_beta1);
     }
 }
-void optforge_ftml_s0_f64(int64_t n, const double* __restrict__ p_grad, double* __restrict__ p_weight, double* __restrict__ p_v, double* __restrict__ p_z, double* __restrict__ p_d_prev, double k_rescale_grad, double k_wd, double k2, double k_beta2, double k4, double k5, double k6, double k_epsilon, double k_beta1, double k9) {
+void optforge_ftml_s0_f64(int64_t n, const double* __restrict__ p_grad, double* __restrict__ p_weight, double* __restrict__ p_v, double* __restrict__ p_z, double* __restrict__ p_d_prev, double k_rescale_grad, double k_wd, double k2, double k_beta2, double k4, double k5, double k_epsilon, double k_beta1) {
     #pragma omp parallel for simd schedule(static)
     for (int64_t i = 0; i < n; ++i)
-        optforge_ftml_s0_elem<double, double, double>(i, i, p_grad, p_weight, p_v, p_z, p_d_prev, nullptr, (double)k_rescale_grad, (double)k_wd, (double)k2, (double)k_beta2, (double)k4, (double)k5, (double)k6, (double)k_epsilon, (double)k_beta1, (double)k9);
+        optforge_ftml_s0_elem<double, double, double>(i, i, p_grad, p_weight, p_v, p_z, p_d_prev, nullptr, (double)k_rescale_grad, (double)k_wd, (double)k2, (double)k_beta2, (double)k4, (double)k5, (double)k_epsilon, (double)k_beta1);
 }
 /* row-sparse: n = rows x cols gradient elements; gradient row r updates row rows[r] */
-void optforge_ftml_s0_rows_f64(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const double* __restrict__ p_grad, double* __restrict__ p_weight, double* __restrict__ p_v, double* __restrict__ p_z, double* __restrict__ p_d_prev, double k_rescale_grad, double k_wd, double k2, double k_beta2, double k4, double k5, double k6, double k_epsilon, double k_beta1, double k9) {
+void optforge_ftml_s0_rows_f64(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const double* __restrict__ p_grad, double* __restrict__ p_weight, double* __restrict__ p_v, double* __restrict__ p_z, double* __restrict__ p_d_prev, double k_rescale_grad, double k_wd, double k2, double k_beta2, double k4, double k5, double k_epsilon, double k_beta1) {
     const int64_t nrows = cols ? n / cols : 0;
     /* threads pay off only for large row sets: scattered rows are latency-bound, and a busy
        machine makes every fork/join wait for a descheduled thread */
@@ -89,7 +89,7 @@ void optforge_ftml_s0_rows_f64(int64_t n, int64_t cols, const int64_t* __restric
         const int64_t base = rows[r] * cols, gbase = r * cols;
         #pragma omp simd
         for (int64_t c = 0; c < cols; ++c)
-            optforge_ftml_s0_elem<double, double, double>(base + c, gbase + c, p_grad, p_weight, p_v, p_z, p_d_prev, nullptr, (double)k_rescale_grad, (double)k_wd, (double)k2, (double)k_beta2, (double)k4, (double)k5, (double)k6, (double)k_epsilon, (double)k_beta1, (double)k9);
+            optforge_ftml_s0_elem<double, double, double>(base + c, gbase + c, p_grad, p_weight, p_v, p_z, p_d_prev, nullptr, (double)k_rescale_grad, (double)k_wd, (double)k2, (double)k_beta2, (double)k4, (double)k5, (double)k_epsilon, (double)k_beta1);
     }
 }
 }

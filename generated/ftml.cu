@@ -41,16 +41,16 @@ template <typename C> OPTFORGE_HD void store_low(float* p, int64_t i, C v) {
 /* stage s0: element i of the weight and states, element gi of the gradient and scratch
    (the same element for a dense update; for a row-sparse one, gi walks the gradient's rows) */
 template <typename T, typename G, typename C>
-OPTFORGE_HD void optforge_ftml_s0_elem(int64_t i, int64_t gi, const G* __restrict__ p_grad, T* __restrict__ p_weight, T* __restrict__ p_v, T* __restrict__ p_z, T* __restrict__ p_d_prev, float* __restrict__ p_weight_lp, const C k_rescale_grad, const C k_wd, const C k2, const C k_beta2, const C k4, const C k5, const C k6, const C k_epsilon, const C k_beta1, const C k9) {
+OPTFORGE_HD void optforge_ftml_s0_elem(int64_t i, int64_t gi, const G* __restrict__ p_grad, T* __restrict__ p_weight, T* __restrict__ p_v, T* __restrict__ p_z, T* __restrict__ p_d_prev, float* __restrict__ p_weight_lp, const C k_rescale_grad, const C k_wd, const C k2, const C k_beta2, const C k4, const C k5, const C k_epsilon, const C k_beta1) {
     C grad = C(p_grad[gi]);
     C weight = C(p_weight[i]);
     C v = C(p_v[i]);
     C z = C(p_z[i]);
     C d_prev = C(p_d_prev[i]);
     C g = op_clip(k_rescale_grad * grad + k_wd * weight, k2);  // ftml.opt:27
-    v = k_beta2 * v + k4 * op_square(g);  // ftml.opt:28
-    C d = k5 * (sqrt(v / k6) + k_epsilon);  // ftml.opt:29
-    z = k_beta1 * z + k9 * g - (d - k_beta1 * d_prev) * weight;  // ftml.opt:30
+    v = k_beta2 * v + (1 - k_beta2) * op_square(g);  // ftml.opt:28
+    C d = k4 * (sqrt(v / k5) + k_epsilon);  // ftml.opt:29
+    z = k_beta1 * z + (1 - k_beta1) * g - (d - k_beta1 * d_prev) * weight;  // ftml.opt:30
     d_prev = d;  // ftml.opt:31
     weight = -z / d;  // ftml.opt:32
     p_v[i] = (T)(v);
@@ -61,72 +61,72 @@ OPTFORGE_HD void optforge_ftml_s0_elem(int64_t i, int64_t gi, const G* __restric
 }
 
 extern "C" {
-__global__ void optforge_ftml_s0_f32(int64_t n, const float* __restrict__ p_grad, float* __restrict__ p_weight, float* __restrict__ p_v, float* __restrict__ p_z, float* __restrict__ p_d_prev, float* __restrict__ p_weight_lp, double k_rescale_grad, double k_wd, double k2, double k_beta2, double k4, double k5, double k6, double k_epsilon, double k_beta1, double k9) {
+__global__ void optforge_ftml_s0_f32(int64_t n, const float* __restrict__ p_grad, float* __restrict__ p_weight, float* __restrict__ p_v, float* __restrict__ p_z, float* __restrict__ p_d_prev, float* __restrict__ p_weight_lp, double k_rescale_grad, double k_wd, double k2, double k_beta2, double k4, double k5, double k_epsilon, double k_beta1) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_ftml_s0_elem<float, float, float>(i, i, p_grad, p_weight, p_v, p_z, p_d_prev, p_weight_lp, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k_beta2, (float)k4, (float)k5, (float)k6, (float)k_epsilon, (float)k_beta1, (float)k9);
+        optforge_ftml_s0_elem<float, float, float>(i, i, p_grad, p_weight, p_v, p_z, p_d_prev, p_weight_lp, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k_beta2, (float)k4, (float)k5, (float)k_epsilon, (float)k_beta1);
 }
 /* row-sparse, parallel over gradient elements (not rows): element j updates row rows[j / cols] */
-__global__ void optforge_ftml_s0_rows_f32(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const float* __restrict__ p_grad, float* __restrict__ p_weight, float* __restrict__ p_v, float* __restrict__ p_z, float* __restrict__ p_d_prev, float* __restrict__ p_weight_lp, double k_rescale_grad, double k_wd, double k2, double k_beta2, double k4, double k5, double k6, double k_epsilon, double k_beta1, double k9) {
+__global__ void optforge_ftml_s0_rows_f32(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const float* __restrict__ p_grad, float* __restrict__ p_weight, float* __restrict__ p_v, float* __restrict__ p_z, float* __restrict__ p_d_prev, float* __restrict__ p_weight_lp, double k_rescale_grad, double k_wd, double k2, double k_beta2, double k4, double k5, double k_epsilon, double k_beta1) {
     for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
-        optforge_ftml_s0_elem<float, float, float>(rows[j / cols] * cols + j % cols, j, p_grad, p_weight, p_v, p_z, p_d_prev, p_weight_lp, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k_beta2, (float)k4, (float)k5, (float)k6, (float)k_epsilon, (float)k_beta1, (float)k9);
+        optforge_ftml_s0_elem<float, float, float>(rows[j / cols] * cols + j % cols, j, p_grad, p_weight, p_v, p_z, p_d_prev, p_weight_lp, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k_beta2, (float)k4, (float)k5, (float)k_epsilon, (float)k_beta1);
 }
 /* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
-   pointers, sizes and 10 scalar(s) per parameter, as Apex's multi_tensor_apply */
+   pointers, sizes and 8 scalar(s) per parameter, as Apex's multi_tensor_apply */
 __global__ void optforge_ftml_s0_mt_f32(const int64_t* __restrict__ sizes, float* const* tab_grad, float* const* tab_weight, float* const* tab_v, float* const* tab_z, float* const* tab_d_prev, float* const* tab_weight_lp, const double* __restrict__ scalars) {
     const int64_t t = blockIdx.y, n = sizes[t];
-    const double* s = scalars + t * 10;
+    const double* s = scalars + t * 8;
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_ftml_s0_elem<float, float, float>(i, i, tab_grad[t], tab_weight[t], tab_v[t], tab_z[t], tab_d_prev[t], tab_weight_lp[t], (float)s[0], (float)s[1], (float)s[2], (float)s[3], (float)s[4], (float)s[5], (float)s[6], (float)s[7], (float)s[8], (float)s[9]);
+        optforge_ftml_s0_elem<float, float, float>(i, i, tab_grad[t], tab_weight[t], tab_v[t], tab_z[t], tab_d_prev[t], tab_weight_lp[t], (float)s[0], (float)s[1], (float)s[2], (float)s[3], (float)s[4], (float)s[5], (float)s[6], (float)s[7]);
 }
-__global__ void optforge_ftml_s0_f64(int64_t n, const double* __restrict__ p_grad, double* __restrict__ p_weight, double* __restrict__ p_v, double* __restrict__ p_z, double* __restrict__ p_d_prev, float* __restrict__ p_weight_lp, double k_rescale_grad, double k_wd, double k2, double k_beta2, double k4, double k5, double k6, double k_epsilon, double k_beta1, double k9) {
+__global__ void optforge_ftml_s0_f64(int64_t n, const double* __restrict__ p_grad, double* __restrict__ p_weight, double* __restrict__ p_v, double* __restrict__ p_z, double* __restrict__ p_d_prev, float* __restrict__ p_weight_lp, double k_rescale_grad, double k_wd, double k2, double k_beta2, double k4, double k5, double k_epsilon, double k_beta1) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_ftml_s0_elem<double, double, double>(i, i, p_grad, p_weight, p_v, p_z, p_d_prev, p_weight_lp, (double)k_rescale_grad, (double)k_wd, (double)k2, (double)k_beta2, (double)k4, (double)k5, (double)k6, (double)k_epsilon, (double)k_beta1, (double)k9);
+        optforge_ftml_s0_elem<double, double, double>(i, i, p_grad, p_weight, p_v, p_z, p_d_prev, p_weight_lp, (double)k_rescale_grad, (double)k_wd, (double)k2, (double)k_beta2, (double)k4, (double)k5, (double)k_epsilon, (double)k_beta1);
 }
 /* row-sparse, parallel over gradient elements (not rows): element j updates row rows[j / cols] */
-__global__ void optforge_ftml_s0_rows_f64(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const double* __restrict__ p_grad, double* __restrict__ p_weight, double* __restrict__ p_v, double* __restrict__ p_z, double* __restrict__ p_d_prev, float* __restrict__ p_weight_lp, double k_rescale_grad, double k_wd, double k2, double k_beta2, double k4, double k5, double k6, double k_epsilon, double k_beta1, double k9) {
+__global__ void optforge_ftml_s0_rows_f64(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const double* __restrict__ p_grad, double* __restrict__ p_weight, double* __restrict__ p_v, double* __restrict__ p_z, double* __restrict__ p_d_prev, float* __restrict__ p_weight_lp, double k_rescale_grad, double k_wd, double k2, double k_beta2, double k4, double k5, double k_epsilon, double k_beta1) {
     for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
-        optforge_ftml_s0_elem<double, double, double>(rows[j / cols] * cols + j % cols, j, p_grad, p_weight, p_v, p_z, p_d_prev, p_weight_lp, (double)k_rescale_grad, (double)k_wd, (double)k2, (double)k_beta2, (double)k4, (double)k5, (double)k6, (double)k_epsilon, (double)k_beta1, (double)k9);
+        optforge_ftml_s0_elem<double, double, double>(rows[j / cols] * cols + j % cols, j, p_grad, p_weight, p_v, p_z, p_d_prev, p_weight_lp, (double)k_rescale_grad, (double)k_wd, (double)k2, (double)k_beta2, (double)k4, (double)k5, (double)k_epsilon, (double)k_beta1);
 }
 /* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
-   pointers, sizes and 10 scalar(s) per parameter, as Apex's multi_tensor_apply */
+   pointers, sizes and 8 scalar(s) per parameter, as Apex's multi_tensor_apply */
 __global__ void optforge_ftml_s0_mt_f64(const int64_t* __restrict__ sizes, double* const* tab_grad, double* const* tab_weight, double* const* tab_v, double* const* tab_z, double* const* tab_d_prev, float* const* tab_weight_lp, const double* __restrict__ scalars) {
     const int64_t t = blockIdx.y, n = sizes[t];
-    const double* s = scalars + t * 10;
+    const double* s = scalars + t * 8;
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_ftml_s0_elem<double, double, double>(i, i, tab_grad[t], tab_weight[t], tab_v[t], tab_z[t], tab_d_prev[t], tab_weight_lp[t], (double)s[0], (double)s[1], (double)s[2], (double)s[3], (double)s[4], (double)s[5], (double)s[6], (double)s[7], (double)s[8], (double)s[9]);
+        optforge_ftml_s0_elem<double, double, double>(i, i, tab_grad[t], tab_weight[t], tab_v[t], tab_z[t], tab_d_prev[t], tab_weight_lp[t], (double)s[0], (double)s[1], (double)s[2], (double)s[3], (double)s[4], (double)s[5], (double)s[6], (double)s[7]);
 }
-__global__ void optforge_ftml_s0_f16(int64_t n, const __half* __restrict__ p_grad, __half* __restrict__ p_weight, __half* __restrict__ p_v, __half* __restrict__ p_z, __half* __restrict__ p_d_prev, float* __restrict__ p_weight_lp, double k_rescale_grad, double k_wd, double k2, double k_beta2, double k4, double k5, double k6, double k_epsilon, double k_beta1, double k9) {
+__global__ void optforge_ftml_s0_f16(int64_t n, const __half* __restrict__ p_grad, __half* __restrict__ p_weight, __half* __restrict__ p_v, __half* __restrict__ p_z, __half* __restrict__ p_d_prev, float* __restrict__ p_weight_lp, double k_rescale_grad, double k_wd, double k2, double k_beta2, double k4, double k5, double k_epsilon, double k_beta1) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_ftml_s0_elem<__half, __half, float>(i, i, p_grad, p_weight, p_v, p_z, p_d_prev, p_weight_lp, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k_beta2, (float)k4, (float)k5, (float)k6, (float)k_epsilon, (float)k_beta1, (float)k9);
+        optforge_ftml_s0_elem<__half, __half, float>(i, i, p_grad, p_weight, p_v, p_z, p_d_prev, p_weight_lp, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k_beta2, (float)k4, (float)k5, (float)k_epsilon, (float)k_beta1);
 }
 /* row-sparse, parallel over gradient elements (not rows): element j updates row rows[j / cols] */
-__global__ void optforge_ftml_s0_rows_f16(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const __half* __restrict__ p_grad, __half* __restrict__ p_weight, __half* __restrict__ p_v, __half* __restrict__ p_z, __half* __restrict__ p_d_prev, float* __restrict__ p_weight_lp, double k_rescale_grad, double k_wd, double k2, double k_beta2, double k4, double k5, double k6, double k_epsilon, double k_beta1, double k9) {
+__global__ void optforge_ftml_s0_rows_f16(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const __half* __restrict__ p_grad, __half* __restrict__ p_weight, __half* __restrict__ p_v, __half* __restrict__ p_z, __half* __restrict__ p_d_prev, float* __restrict__ p_weight_lp, double k_rescale_grad, double k_wd, double k2, double k_beta2, double k4, double k5, double k_epsilon, double k_beta1) {
     for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
-        optforge_ftml_s0_elem<__half, __half, float>(rows[j / cols] * cols + j % cols, j, p_grad, p_weight, p_v, p_z, p_d_prev, p_weight_lp, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k_beta2, (float)k4, (float)k5, (float)k6, (float)k_epsilon, (float)k_beta1, (float)k9);
+        optforge_ftml_s0_elem<__half, __half, float>(rows[j / cols] * cols + j % cols, j, p_grad, p_weight, p_v, p_z, p_d_prev, p_weight_lp, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k_beta2, (float)k4, (float)k5, (float)k_epsilon, (float)k_beta1);
 }
 /* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
-   pointers, sizes and 10 scalar(s) per parameter, as Apex's multi_tensor_apply */
+   pointers, sizes and 8 scalar(s) per parameter, as Apex's multi_tensor_apply */
 __global__ void optforge_ftml_s0_mt_f16(const int64_t* __restrict__ sizes, __half* const* tab_grad, __half* const* tab_weight, __half* const* tab_v, __half* const* tab_z, __half* const* tab_d_prev, float* const* tab_weight_lp, const double* __restrict__ scalars) {
     const int64_t t = blockIdx.y, n = sizes[t];
-    const double* s = scalars + t * 10;
+    const double* s = scalars + t * 8;
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_ftml_s0_elem<__half, __half, float>(i, i, tab_grad[t], tab_weight[t], tab_v[t], tab_z[t], tab_d_prev[t], tab_weight_lp[t], (float)s[0], (float)s[1], (float)s[2], (float)s[3], (float)s[4], (float)s[5], (float)s[6], (float)s[7], (float)s[8], (float)s[9]);
+        optforge_ftml_s0_elem<__half, __half, float>(i, i, tab_grad[t], tab_weight[t], tab_v[t], tab_z[t], tab_d_prev[t], tab_weight_lp[t], (float)s[0], (float)s[1], (float)s[2], (float)s[3], (float)s[4], (float)s[5], (float)s[6], (float)s[7]);
 }
-__global__ void optforge_ftml_s0_mp16(int64_t n, const __half* __restrict__ p_grad, float* __restrict__ p_weight, float* __restrict__ p_v, float* __restrict__ p_z, float* __restrict__ p_d_prev, float* __restrict__ p_weight_lp, double k_rescale_grad, double k_wd, double k2, double k_beta2, double k4, double k5, double k6, double k_epsilon, double k_beta1, double k9) {
+__global__ void optforge_ftml_s0_mp16(int64_t n, const __half* __restrict__ p_grad, float* __restrict__ p_weight, float* __restrict__ p_v, float* __restrict__ p_z, float* __restrict__ p_d_prev, float* __restrict__ p_weight_lp, double k_rescale_grad, double k_wd, double k2, double k_beta2, double k4, double k5, double k_epsilon, double k_beta1) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_ftml_s0_elem<float, __half, float>(i, i, p_grad, p_weight, p_v, p_z, p_d_prev, p_weight_lp, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k_beta2, (float)k4, (float)k5, (float)k6, (float)k_epsilon, (float)k_beta1, (float)k9);
+        optforge_ftml_s0_elem<float, __half, float>(i, i, p_grad, p_weight, p_v, p_z, p_d_prev, p_weight_lp, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k_beta2, (float)k4, (float)k5, (float)k_epsilon, (float)k_beta1);
 }
 /* row-sparse, parallel over gradient elements (not rows): element j updates row rows[j / cols] */
-__global__ void optforge_ftml_s0_rows_mp16(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const __half* __restrict__ p_grad, float* __restrict__ p_weight, float* __restrict__ p_v, float* __restrict__ p_z, float* __restrict__ p_d_prev, float* __restrict__ p_weight_lp, double k_rescale_grad, double k_wd, double k2, double k_beta2, double k4, double k5, double k6, double k_epsilon, double k_beta1, double k9) {
+__global__ void optforge_ftml_s0_rows_mp16(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const __half* __restrict__ p_grad, float* __restrict__ p_weight, float* __restrict__ p_v, float* __restrict__ p_z, float* __restrict__ p_d_prev, float* __restrict__ p_weight_lp, double k_rescale_grad, double k_wd, double k2, double k_beta2, double k4, double k5, double k_epsilon, double k_beta1) {
     for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
-        optforge_ftml_s0_elem<float, __half, float>(rows[j / cols] * cols + j % cols, j, p_grad, p_weight, p_v, p_z, p_d_prev, p_weight_lp, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k_beta2, (float)k4, (float)k5, (float)k6, (float)k_epsilon, (float)k_beta1, (float)k9);
+        optforge_ftml_s0_elem<float, __half, float>(rows[j / cols] * cols + j % cols, j, p_grad, p_weight, p_v, p_z, p_d_prev, p_weight_lp, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k_beta2, (float)k4, (float)k5, (float)k_epsilon, (float)k_beta1);
 }
 /* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
-   pointers, sizes and 10 scalar(s) per parameter, as Apex's multi_tensor_apply */
+   pointers, sizes and 8 scalar(s) per parameter, as Apex's multi_tensor_apply */
 __global__ void optforge_ftml_s0_mt_mp16(const int64_t* __restrict__ sizes, __half* const* tab_grad, float* const* tab_weight, float* const* tab_v, float* const* tab_z, float* const* tab_d_prev, float* const* tab_weight_lp, const double* __restrict__ scalars) {
     const int64_t t = blockIdx.y, n = sizes[t];
-    const double* s = scalars + t * 10;
+    const double* s = scalars + t * 8;
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_ftml_s0_elem<float, __half, float>(i, i, tab_grad[t], tab_weight[t], tab_v[t], tab_z[t], tab_d_prev[t], tab_weight_lp[t], (float)s[0], (float)s[1], (float)s[2], (float)s[3], (float)s[4], (float)s[5], (float)s[6], (float)s[7], (float)s[8], (float)s[9]);
+        optforge_ftml_s0_elem<float, __half, float>(i, i, tab_grad[t], tab_weight[t], tab_v[t], tab_z[t], tab_d_prev[t], tab_weight_lp[t], (float)s[0], (float)s[1], (float)s[2], (float)s[3], (float)s[4], (float)s[5], (float)s[6], (float)s[7]);
 }
 }

@@ -4,7 +4,7 @@ import math
 
 import numpy as np
 
-from optforge import ops
+from optforge import chunks, ops
 from optforge.optimizer import Optimizer, HyperParam
 
 
@@ -92,12 +92,22 @@ class FTML(Optimizer):
         d_prev = tensors['d_prev']
         v = tensors['v']
         z = tensors['z']
-        g = ops.clip(rescale_grad * grad + wd * weight, clip_gradient)  # ftml.opt:27
-        v[...] = beta2 * v + (1 - beta2) * np.square(g)  # ftml.opt:28
-        d = (1 - beta1 ** t) / lr * (np.sqrt(v / (1 - beta2 ** t)) + epsilon)  # ftml.opt:29
-        z[...] = beta1 * z + (1 - beta1) * g - (d - beta1 * d_prev) * weight  # ftml.opt:30
-        d_prev[...] = d  # ftml.opt:31
-        weight[...] = -z / d  # ftml.opt:32
+        if not chunks.use(weight, grad, d_prev, v, z):  # small (or strided) tensors: the equations as written
+            g = ops.clip(rescale_grad * grad + wd * weight, clip_gradient)  # ftml.opt:27
+            v[...] = beta2 * v + (1 - beta2) * np.square(g)  # ftml.opt:28
+            d = (1 - beta1 ** t) / lr * (np.sqrt(v / (1 - beta2 ** t)) + epsilon)  # ftml.opt:29
+            z[...] = beta1 * z + (1 - beta1) * g - (d - beta1 * d_prev) * weight  # ftml.opt:30
+            d_prev[...] = d  # ftml.opt:31
+            weight[...] = -z / d  # ftml.opt:32
+        else:  # large tensors: cache-sized chunks, in place, on every core
+            def stage0(grad, weight, v, z, d_prev, d, g, tmp0):
+                chunks.clip(np.add(np.multiply(rescale_grad, grad, out=g), np.multiply(wd, weight, out=tmp0), out=g), clip_gradient, g)  # ftml.opt:27
+                np.add(np.multiply(beta2, v, out=v), np.multiply(1 - beta2, np.square(g, out=tmp0), out=tmp0), out=v)  # ftml.opt:28
+                np.multiply((1 - beta1 ** t) / lr, np.add(np.sqrt(np.divide(v, 1 - beta2 ** t, out=d), out=d), epsilon, out=d), out=d)  # ftml.opt:29
+                np.subtract(np.add(np.multiply(beta1, z, out=z), np.multiply(1 - beta1, g, out=tmp0), out=z), np.multiply(np.subtract(d, np.multiply(beta1, d_prev, out=tmp0), out=tmp0), weight, out=tmp0), out=z)  # ftml.opt:30
+                chunks.copy(d, d_prev)  # ftml.opt:31
+                np.divide(np.negative(z, out=weight), d, out=weight)  # ftml.opt:32
+            chunks.run(stage0, (grad, weight, v, z, d_prev), 3)
 
     def _kernel_staged(self, be, call, weight, grad, tensors, scalars, lr, wd, t, param_name, learning_rate, num_update):
         """The same update for compiled backends: host code around the stage kernels of
@@ -111,4 +121,4 @@ class FTML(Optimizer):
         d_prev = tensors['d_prev']
         v = tensors['v']
         z = tensors['z']
-        be.launch('optforge_ftml_s0', (grad, weight, v, z, d_prev,), (ops.arg(rescale_grad), ops.arg(wd), ops.arg(clip_gradient), ops.arg(beta2), ops.arg(1 - beta2), ops.arg((1 - beta1 ** t) / lr), ops.arg(1 - beta2 ** t), ops.arg(epsilon), ops.arg(beta1), ops.arg(1 - beta1), ))
+        be.launch('optforge_ftml_s0', (grad, weight, v, z, d_prev,), (ops.arg(rescale_grad), ops.arg(wd), ops.arg(clip_gradient), ops.arg(beta2), ops.arg((1 - beta1 ** t) / lr), ops.arg(1 - beta2 ** t), ops.arg(epsilon), ops.arg(beta1), ))

@@ -4,7 +4,7 @@ import math
 
 import numpy as np
 
-from optforge import ops
+from optforge import chunks, ops
 from optforge.optimizer import Optimizer, HyperParam
 
 
@@ -88,10 +88,18 @@ class Ftrl(Optimizer):
         rescale_grad = self.rescale_grad
         z = tensors['z']
         n = tensors['n']
-        g = ops.clip(rescale_grad * grad, clip_gradient)  # ftrl.opt:30
-        z[...] = z + (g - (np.sqrt(n + g * g) - np.sqrt(n)) * weight / lr)  # ftrl.opt:31
-        n[...] = n + g * g  # ftrl.opt:32
-        weight[...] = np.where(np.abs(z) > lamda1, (np.sign(z) * lamda1 - z) / ((beta + np.sqrt(n)) / lr + wd), 0)  # ftrl.opt:33
+        if not chunks.use(weight, grad, z, n):  # small (or strided) tensors: the equations as written
+            g = ops.clip(rescale_grad * grad, clip_gradient)  # ftrl.opt:30
+            z[...] = z + (g - (np.sqrt(n + g * g) - np.sqrt(n)) * weight / lr)  # ftrl.opt:31
+            n[...] = n + g * g  # ftrl.opt:32
+            weight[...] = np.where(np.abs(z) > lamda1, (np.sign(z) * lamda1 - z) / ((beta + np.sqrt(n)) / lr + wd), 0)  # ftrl.opt:33
+        else:  # large tensors: cache-sized chunks, in place, on every core
+            def stage0(grad, z, n, weight, g, tmp0, tmp1):
+                chunks.clip(np.multiply(rescale_grad, grad, out=g), clip_gradient, g)  # ftrl.opt:30
+                np.add(z, np.subtract(g, np.divide(np.multiply(np.subtract(np.sqrt(np.add(n, np.multiply(g, g, out=tmp0), out=tmp0), out=tmp0), np.sqrt(n, out=tmp1), out=tmp0), weight, out=tmp0), lr, out=tmp0), out=tmp0), out=z)  # ftrl.opt:31
+                np.add(n, np.multiply(g, g, out=tmp0), out=n)  # ftrl.opt:32
+                weight[...] = np.where(np.abs(z) > lamda1, (np.sign(z) * lamda1 - z) / ((beta + np.sqrt(n)) / lr + wd), 0)  # ftrl.opt:33
+            chunks.run(stage0, (grad, z, n, weight), 3)
 
     def _kernel_rows(self, call, rows, weight, grad, tensors, scalars, lr, wd, t, param_name, learning_rate, num_update):
         """The lazy update: only the rows `rows` of `weight` and `tensors` change; `grad` holds those rows."""

@@ -36,14 +36,14 @@ template <typename C> inline void store_low(float* p, int64_t i, C v) { p[i] = (
 /* stage s0: element i of the weight and states, element gi of the gradient and scratch
    (the same element for a dense update; for a row-sparse one, gi walks the gradient's rows) */
 template <typename T, typename G, typename C>
-OPTFORGE_HD void optforge_lamb_s0_elem(int64_t i, int64_t gi, const G* __restrict__ p_grad, T* __restrict__ p_mean, T* __restrict__ p_var, const T* __restrict__ p_weight, C* __restrict__ p_upd, float* __restrict__ p_weight_lp, const C k_rescale_grad, const C k1, const C k_beta1, const C k3, const C k_beta2, const C k5, const C k_c1, const C k_c2, const C k_epsilon, const C k_wd) {
+OPTFORGE_HD void optforge_lamb_s0_elem(int64_t i, int64_t gi, const G* __restrict__ p_grad, T* __restrict__ p_mean, T* __restrict__ p_var, const T* __restrict__ p_weight, C* __restrict__ p_upd, float* __restrict__ p_weight_lp, const C k_rescale_grad, const C k1, const C k_beta1, const C k_beta2, const C k_c1, const C k_c2, const C k_epsilon, const C k_wd) {
     C grad = C(p_grad[gi]);
     C mean = C(p_mean[i]);
     C var = C(p_var[i]);
     C weight = C(p_weight[i]);
     C g = op_clip(k_rescale_grad * grad, k1);  // lamb.opt:37
-    mean = k_beta1 * mean + k3 * g;  // lamb.opt:38
-    var = k_beta2 * var + k5 * op_square(g);  // lamb.opt:39
+    mean = k_beta1 * mean + (1 - k_beta1) * g;  // lamb.opt:38
+    var = k_beta2 * var + (1 - k_beta2) * op_square(g);  // lamb.opt:39
     C upd = mean / k_c1 / (sqrt(var / k_c2) + k_epsilon) + k_wd * weight;  // lamb.opt:42
     p_mean[i] = (T)(mean);
     p_var[i] = (T)(var);
@@ -61,13 +61,13 @@ OPTFORGE_HD void optforge_lamb_s1_elem(int64_t i, int64_t gi, T* __restrict__ p_
 }
 
 extern "C" {
-void optforge_lamb_s0_f32(int64_t n, const float* __restrict__ p_grad, float* __restrict__ p_mean, float* __restrict__ p_var, const float* __restrict__ p_weight, float* __restrict__ p_upd, double k_rescale_grad, double k1, double k_beta1, double k3, double k_beta2, double k5, double k_c1, double k_c2, double k_epsilon, double k_wd) {
+void optforge_lamb_s0_f32(int64_t n, const float* __restrict__ p_grad, float* __restrict__ p_mean, float* __restrict__ p_var, const float* __restrict__ p_weight, float* __restrict__ p_upd, double k_rescale_grad, double k1, double k_beta1, double k_beta2, double k_c1, double k_c2, double k_epsilon, double k_wd) {
     #pragma omp parallel for simd schedule(static)
     for (int64_t i = 0; i < n; ++i)
-        optforge_lamb_s0_elem<float, float, float>(i, i, p_grad, p_mean, p_var, p_weight, p_upd, nullptr, (float)k_rescale_grad, (float)k1, (float)k_beta1, (float)k3, (float)k_beta2, (float)k5, (float)k_c1, (float)k_c2, (float)k_epsilon, (float)k_wd);
+        optforge_lamb_s0_elem<float, float, float>(i, i, p_grad, p_mean, p_var, p_weight, p_upd, nullptr, (float)k_rescale_grad, (float)k1, (float)k_beta1, (float)k_beta2, (float)k_c1, (float)k_c2, (float)k_epsilon, (float)k_wd);
 }
 /* row-sparse: n = rows x cols gradient elements; gradient row r updates row rows[r] */
-void optforge_lamb_s0_rows_f32(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const float* __restrict__ p_grad, float* __restrict__ p_mean, float* __restrict__ p_var, const float* __restrict__ p_weight, float* __restrict__ p_upd, double k_rescale_grad, double k1, double k_beta1, double k3, double k_beta2, double k5, double k_c1, double k_c2, double k_epsilon, double k_wd) {
+void optforge_lamb_s0_rows_f32(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const float* __restrict__ p_grad, float* __restrict__ p_mean, float* __restrict__ p_var, const float* __restrict__ p_weight, float* __restrict__ p_upd, double k_rescale_grad, double k1, double k_beta1, double k_beta2, double k_c1, double k_c2, double k_epsilon, double k_wd) {
     const int64_t nrows = cols ? n / cols : 0;
     /* threads pay off only for large row sets: scattered rows are latency-bound, and a busy
        machine makes every fork/join wait for a descheduled thread */
@@ -76,16 +76,16 @@ void optforge_lamb_s0_rows_f32(int64_t n, int64_t cols, const int64_t* __restric
         const int64_t base = rows[r] * cols, gbase = r * cols;
         #pragma omp simd
         for (int64_t c = 0; c < cols; ++c)
-            optforge_lamb_s0_elem<float, float, float>(base + c, gbase + c, p_grad, p_mean, p_var, p_weight, p_upd, nullptr, (float)k_rescale_grad, (float)k1, (float)k_beta1, (float)k3, (float)k_beta2, (float)k5, (float)k_c1, (float)k_c2, (float)k_epsilon, (float)k_wd);
+            optforge_lamb_s0_elem<float, float, float>(base + c, gbase + c, p_grad, p_mean, p_var, p_weight, p_upd, nullptr, (float)k_rescale_grad, (float)k1, (float)k_beta1, (float)k_beta2, (float)k_c1, (float)k_c2, (float)k_epsilon, (float)k_wd);
     }
 }
-void optforge_lamb_s0_f64(int64_t n, const double* __restrict__ p_grad, double* __restrict__ p_mean, double* __restrict__ p_var, const double* __restrict__ p_weight, double* __restrict__ p_upd, double k_rescale_grad, double k1, double k_beta1, double k3, double k_beta2, double k5, double k_c1, double k_c2, double k_epsilon, double k_wd) {
+void optforge_lamb_s0_f64(int64_t n, const double* __restrict__ p_grad, double* __restrict__ p_mean, double* __restrict__ p_var, const double* __restrict__ p_weight, double* __restrict__ p_upd, double k_rescale_grad, double k1, double k_beta1, double k_beta2, double k_c1, double k_c2, double k_epsilon, double k_wd) {
     #pragma omp parallel for simd schedule(static)
     for (int64_t i = 0; i < n; ++i)
-        optforge_lamb_s0_elem<double, double, double>(i, i, p_grad, p_mean, p_var, p_weight, p_upd, nullptr, (double)k_rescale_grad, (double)k1, (double)k_beta1, (double)k3, (double)k_beta2, (double)k5, (double)k_c1, (double)k_c2, (double)k_epsilon, (double)k_wd);
+        optforge_lamb_s0_elem<double, double, double>(i, i, p_grad, p_mean, p_var, p_weight, p_upd, nullptr, (double)k_rescale_grad, (double)k1, (double)k_beta1, (double)k_beta2, (double)k_c1, (double)k_c2, (double)k_epsilon, (double)k_wd);
 }
 /* row-sparse: n = rows x cols gradient elements; gradient row r updates row rows[r] */
-void optforge_lamb_s0_rows_f64(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const double* __restrict__ p_grad, double* __restrict__ p_mean, double* __restrict__ p_var, const double* __restrict__ p_weight, double* __restrict__ p_upd, double k_rescale_grad, double k1, double k_beta1, double k3, double k_beta2, double k5, double k_c1, double k_c2, double k_epsilon, double k_wd) {
+void optforge_lamb_s0_rows_f64(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const double* __restrict__ p_grad, double* __restrict__ p_mean, double* __restrict__ p_var, const double* __restrict__ p_weight, double* __restrict__ p_upd, double k_rescale_grad, double k1, double k_beta1, double k_beta2, double k_c1, double k_c2, double k_epsilon, double k_wd) {
     const int64_t nrows = cols ? n / cols : 0;
     /* threads pay off only for large row sets: scattered rows are latency-bound, and a busy
        machine makes every fork/join wait for a descheduled thread */
@@ -94,7 +94,7 @@ void optforge_lamb_s0_rows_f64(int64_t n, int64_t cols, const int64_t* __restric
         const int64_t base = rows[r] * cols, gbase = r * cols;
         #pragma omp simd
         for (int64_t c = 0; c < cols; ++c)
-            optforge_lamb_s0_elem<double, double, double>(base + c, gbase + c, p_grad, p_mean, p_var, p_weight, p_upd, nullptr, (double)k_rescale_grad, (double)k1, (double)k_beta1, (double)k3, (double)k_beta2, (double)k5, (double)k_c1, (double)k_c2, (double)k_epsilon, (double)k_wd);
+            optforge_lamb_s0_elem<double, double, double>(base + c, gbase + c, p_grad, p_mean, p_var, p_weight, p_upd, nullptr, (double)k_rescale_grad, (double)k1, (double)k_beta1, (double)k_beta2, (double)k_c1, (double)k_c2, (double)k_epsilon, (double)k_wd);
     }
 }
 void optforge_lamb_s1_f32(int64_t n, float* __restrict__ p_weight, const float* __restrict__ p_upd, double k0) {

@@ -41,14 +41,14 @@ template <typename C> OPTFORGE_HD void store_low(float* p, int64_t i, C v) {
 /* stage s0: element i of the weight and states, element gi of the gradient and scratch
    (the same element for a dense update; for a row-sparse one, gi walks the gradient's rows) */
 template <typename T, typename G, typename C>
-OPTFORGE_HD void optforge_lamb_s0_elem(int64_t i, int64_t gi, const G* __restrict__ p_grad, T* __restrict__ p_mean, T* __restrict__ p_var, const T* __restrict__ p_weight, C* __restrict__ p_upd, float* __restrict__ p_weight_lp, const C k_rescale_grad, const C k1, const C k_beta1, const C k3, const C k_beta2, const C k5, const C k_c1, const C k_c2, const C k_epsilon, const C k_wd) {
+OPTFORGE_HD void optforge_lamb_s0_elem(int64_t i, int64_t gi, const G* __restrict__ p_grad, T* __restrict__ p_mean, T* __restrict__ p_var, const T* __restrict__ p_weight, C* __restrict__ p_upd, float* __restrict__ p_weight_lp, const C k_rescale_grad, const C k1, const C k_beta1, const C k_beta2, const C k_c1, const C k_c2, const C k_epsilon, const C k_wd) {
     C grad = C(p_grad[gi]);
     C mean = C(p_mean[i]);
     C var = C(p_var[i]);
     C weight = C(p_weight[i]);
     C g = op_clip(k_rescale_grad * grad, k1);  // lamb.opt:37
-    mean = k_beta1 * mean + k3 * g;  // lamb.opt:38
-    var = k_beta2 * var + k5 * op_square(g);  // lamb.opt:39
+    mean = k_beta1 * mean + (1 - k_beta1) * g;  // lamb.opt:38
+    var = k_beta2 * var + (1 - k_beta2) * op_square(g);  // lamb.opt:39
     C upd = mean / k_c1 / (sqrt(var / k_c2) + k_epsilon) + k_wd * weight;  // lamb.opt:42
     p_mean[i] = (T)(mean);
     p_var[i] = (T)(var);
@@ -66,73 +66,73 @@ OPTFORGE_HD void optforge_lamb_s1_elem(int64_t i, int64_t gi, T* __restrict__ p_
 }
 
 extern "C" {
-__global__ void optforge_lamb_s0_f32(int64_t n, const float* __restrict__ p_grad, float* __restrict__ p_mean, float* __restrict__ p_var, const float* __restrict__ p_weight, float* __restrict__ p_upd, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k_beta1, double k3, double k_beta2, double k5, double k_c1, double k_c2, double k_epsilon, double k_wd) {
+__global__ void optforge_lamb_s0_f32(int64_t n, const float* __restrict__ p_grad, float* __restrict__ p_mean, float* __restrict__ p_var, const float* __restrict__ p_weight, float* __restrict__ p_upd, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k_beta1, double k_beta2, double k_c1, double k_c2, double k_epsilon, double k_wd) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_lamb_s0_elem<float, float, float>(i, i, p_grad, p_mean, p_var, p_weight, p_upd, p_weight_lp, (float)k_rescale_grad, (float)k1, (float)k_beta1, (float)k3, (float)k_beta2, (float)k5, (float)k_c1, (float)k_c2, (float)k_epsilon, (float)k_wd);
+        optforge_lamb_s0_elem<float, float, float>(i, i, p_grad, p_mean, p_var, p_weight, p_upd, p_weight_lp, (float)k_rescale_grad, (float)k1, (float)k_beta1, (float)k_beta2, (float)k_c1, (float)k_c2, (float)k_epsilon, (float)k_wd);
 }
 /* row-sparse, parallel over gradient elements (not rows): element j updates row rows[j / cols] */
-__global__ void optforge_lamb_s0_rows_f32(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const float* __restrict__ p_grad, float* __restrict__ p_mean, float* __restrict__ p_var, const float* __restrict__ p_weight, float* __restrict__ p_upd, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k_beta1, double k3, double k_beta2, double k5, double k_c1, double k_c2, double k_epsilon, double k_wd) {
+__global__ void optforge_lamb_s0_rows_f32(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const float* __restrict__ p_grad, float* __restrict__ p_mean, float* __restrict__ p_var, const float* __restrict__ p_weight, float* __restrict__ p_upd, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k_beta1, double k_beta2, double k_c1, double k_c2, double k_epsilon, double k_wd) {
     for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
-        optforge_lamb_s0_elem<float, float, float>(rows[j / cols] * cols + j % cols, j, p_grad, p_mean, p_var, p_weight, p_upd, p_weight_lp, (float)k_rescale_grad, (float)k1, (float)k_beta1, (float)k3, (float)k_beta2, (float)k5, (float)k_c1, (float)k_c2, (float)k_epsilon, (float)k_wd);
+        optforge_lamb_s0_elem<float, float, float>(rows[j / cols] * cols + j % cols, j, p_grad, p_mean, p_var, p_weight, p_upd, p_weight_lp, (float)k_rescale_grad, (float)k1, (float)k_beta1, (float)k_beta2, (float)k_c1, (float)k_c2, (float)k_epsilon, (float)k_wd);
 }
 /* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
-   pointers, sizes and 10 scalar(s) per parameter, as Apex's multi_tensor_apply */
+   pointers, sizes and 8 scalar(s) per parameter, as Apex's multi_tensor_apply */
 __global__ void optforge_lamb_s0_mt_f32(const int64_t* __restrict__ sizes, float* const* tab_grad, float* const* tab_mean, float* const* tab_var, float* const* tab_weight, float* const* tab_upd, float* const* tab_weight_lp, const double* __restrict__ scalars) {
     const int64_t t = blockIdx.y, n = sizes[t];
-    const double* s = scalars + t * 10;
+    const double* s = scalars + t * 8;
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_lamb_s0_elem<float, float, float>(i, i, tab_grad[t], tab_mean[t], tab_var[t], tab_weight[t], tab_upd[t], tab_weight_lp[t], (float)s[0], (float)s[1], (float)s[2], (float)s[3], (float)s[4], (float)s[5], (float)s[6], (float)s[7], (float)s[8], (float)s[9]);
+        optforge_lamb_s0_elem<float, float, float>(i, i, tab_grad[t], tab_mean[t], tab_var[t], tab_weight[t], tab_upd[t], tab_weight_lp[t], (float)s[0], (float)s[1], (float)s[2], (float)s[3], (float)s[4], (float)s[5], (float)s[6], (float)s[7]);
 }
-__global__ void optforge_lamb_s0_f64(int64_t n, const double* __restrict__ p_grad, double* __restrict__ p_mean, double* __restrict__ p_var, const double* __restrict__ p_weight, double* __restrict__ p_upd, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k_beta1, double k3, double k_beta2, double k5, double k_c1, double k_c2, double k_epsilon, double k_wd) {
+__global__ void optforge_lamb_s0_f64(int64_t n, const double* __restrict__ p_grad, double* __restrict__ p_mean, double* __restrict__ p_var, const double* __restrict__ p_weight, double* __restrict__ p_upd, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k_beta1, double k_beta2, double k_c1, double k_c2, double k_epsilon, double k_wd) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_lamb_s0_elem<double, double, double>(i, i, p_grad, p_mean, p_var, p_weight, p_upd, p_weight_lp, (double)k_rescale_grad, (double)k1, (double)k_beta1, (double)k3, (double)k_beta2, (double)k5, (double)k_c1, (double)k_c2, (double)k_epsilon, (double)k_wd);
+        optforge_lamb_s0_elem<double, double, double>(i, i, p_grad, p_mean, p_var, p_weight, p_upd, p_weight_lp, (double)k_rescale_grad, (double)k1, (double)k_beta1, (double)k_beta2, (double)k_c1, (double)k_c2, (double)k_epsilon, (double)k_wd);
 }
 /* row-sparse, parallel over gradient elements (not rows): element j updates row rows[j / cols] */
-__global__ void optforge_lamb_s0_rows_f64(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const double* __restrict__ p_grad, double* __restrict__ p_mean, double* __restrict__ p_var, const double* __restrict__ p_weight, double* __restrict__ p_upd, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k_beta1, double k3, double k_beta2, double k5, double k_c1, double k_c2, double k_epsilon, double k_wd) {
+__global__ void optforge_lamb_s0_rows_f64(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const double* __restrict__ p_grad, double* __restrict__ p_mean, double* __restrict__ p_var, const double* __restrict__ p_weight, double* __restrict__ p_upd, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k_beta1, double k_beta2, double k_c1, double k_c2, double k_epsilon, double k_wd) {
     for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
-        optforge_lamb_s0_elem<double, double, double>(rows[j / cols] * cols + j % cols, j, p_grad, p_mean, p_var, p_weight, p_upd, p_weight_lp, (double)k_rescale_grad, (double)k1, (double)k_beta1, (double)k3, (double)k_beta2, (double)k5, (double)k_c1, (double)k_c2, (double)k_epsilon, (double)k_wd);
+        optforge_lamb_s0_elem<double, double, double>(rows[j / cols] * cols + j % cols, j, p_grad, p_mean, p_var, p_weight, p_upd, p_weight_lp, (double)k_rescale_grad, (double)k1, (double)k_beta1, (double)k_beta2, (double)k_c1, (double)k_c2, (double)k_epsilon, (double)k_wd);
 }
 /* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
-   pointers, sizes and 10 scalar(s) per parameter, as Apex's multi_tensor_apply */
+   pointers, sizes and 8 scalar(s) per parameter, as Apex's multi_tensor_apply */
 __global__ void optforge_lamb_s0_mt_f64(const int64_t* __restrict__ sizes, double* const* tab_grad, double* const* tab_mean, double* const* tab_var, double* const* tab_weight, double* const* tab_upd, float* const* tab_weight_lp, const double* __restrict__ scalars) {
     const int64_t t = blockIdx.y, n = sizes[t];
-    const double* s = scalars + t * 10;
+    const double* s = scalars + t * 8;
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_lamb_s0_elem<double, double, double>(i, i, tab_grad[t], tab_mean[t], tab_var[t], tab_weight[t], tab_upd[t], tab_weight_lp[t], (double)s[0], (double)s[1], (double)s[2], (double)s[3], (double)s[4], (double)s[5], (double)s[6], (double)s[7], (double)s[8], (double)s[9]);
+        optforge_lamb_s0_elem<double, double, double>(i, i, tab_grad[t], tab_mean[t], tab_var[t], tab_weight[t], tab_upd[t], tab_weight_lp[t], (double)s[0], (double)s[1], (double)s[2], (double)s[3], (double)s[4], (double)s[5], (double)s[6], (double)s[7]);
 }
-__global__ void optforge_lamb_s0_f16(int64_t n, const __half* __restrict__ p_grad, __half* __restrict__ p_mean, __half* __restrict__ p_var, const __half* __restrict__ p_weight, float* __restrict__ p_upd, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k_beta1, double k3, double k_beta2, double k5, double k_c1, double k_c2, double k_epsilon, double k_wd) {
+__global__ void optforge_lamb_s0_f16(int64_t n, const __half* __restrict__ p_grad, __half* __restrict__ p_mean, __half* __restrict__ p_var, const __half* __restrict__ p_weight, float* __restrict__ p_upd, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k_beta1, double k_beta2, double k_c1, double k_c2, double k_epsilon, double k_wd) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_lamb_s0_elem<__half, __half, float>(i, i, p_grad, p_mean, p_var, p_weight, p_upd, p_weight_lp, (float)k_rescale_grad, (float)k1, (float)k_beta1, (float)k3, (float)k_beta2, (float)k5, (float)k_c1, (float)k_c2, (float)k_epsilon, (float)k_wd);
+        optforge_lamb_s0_elem<__half, __half, float>(i, i, p_grad, p_mean, p_var, p_weight, p_upd, p_weight_lp, (float)k_rescale_grad, (float)k1, (float)k_beta1, (float)k_beta2, (float)k_c1, (float)k_c2, (float)k_epsilon, (float)k_wd);
 }
 /* row-sparse, parallel over gradient elements (not rows): element j updates row rows[j / cols] */
-__global__ void optforge_lamb_s0_rows_f16(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const __half* __restrict__ p_grad, __half* __restrict__ p_mean, __half* __restrict__ p_var, const __half* __restrict__ p_weight, float* __restrict__ p_upd, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k_beta1, double k3, double k_beta2, double k5, double k_c1, double k_c2, double k_epsilon, double k_wd) {
+__global__ void optforge_lamb_s0_rows_f16(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const __half* __restrict__ p_grad, __half* __restrict__ p_mean, __half* __restrict__ p_var, const __half* __restrict__ p_weight, float* __restrict__ p_upd, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k_beta1, double k_beta2, double k_c1, double k_c2, double k_epsilon, double k_wd) {
     for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
-        optforge_lamb_s0_elem<__half, __half, float>(rows[j / cols] * cols + j % cols, j, p_grad, p_mean, p_var, p_weight, p_upd, p_weight_lp, (float)k_rescale_grad, (float)k1, (float)k_beta1, (float)k3, (float)k_beta2, (float)k5, (float)k_c1, (float)k_c2, (float)k_epsilon, (float)k_wd);
+        optforge_lamb_s0_elem<__half, __half, float>(rows[j / cols] * cols + j % cols, j, p_grad, p_mean, p_var, p_weight, p_upd, p_weight_lp, (float)k_rescale_grad, (float)k1, (float)k_beta1, (float)k_beta2, (float)k_c1, (float)k_c2, (float)k_epsilon, (float)k_wd);
 }
 /* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
-   pointers, sizes and 10 scalar(s) per parameter, as Apex's multi_tensor_apply */
+   pointers, sizes and 8 scalar(s) per parameter, as Apex's multi_tensor_apply */
 __global__ void optforge_lamb_s0_mt_f16(const int64_t* __restrict__ sizes, __half* const* tab_grad, __half* const* tab_mean, __half* const* tab_var, __half* const* tab_weight, float* const* tab_upd, float* const* tab_weight_lp, const double* __restrict__ scalars) {
     const int64_t t = blockIdx.y, n = sizes[t];
-    const double* s = scalars + t * 10;
+    const double* s = scalars + t * 8;
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_lamb_s0_elem<__half, __half, float>(i, i, tab_grad[t], tab_mean[t], tab_var[t], tab_weight[t], tab_upd[t], tab_weight_lp[t], (float)s[0], (float)s[1], (float)s[2], (float)s[3], (float)s[4], (float)s[5], (float)s[6], (float)s[7], (float)s[8], (float)s[9]);
+        optforge_lamb_s0_elem<__half, __half, float>(i, i, tab_grad[t], tab_mean[t], tab_var[t], tab_weight[t], tab_upd[t], tab_weight_lp[t], (float)s[0], (float)s[1], (float)s[2], (float)s[3], (float)s[4], (float)s[5], (float)s[6], (float)s[7]);
 }
-__global__ void optforge_lamb_s0_mp16(int64_t n, const __half* __restrict__ p_grad, float* __restrict__ p_mean, float* __restrict__ p_var, const float* __restrict__ p_weight, float* __restrict__ p_upd, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k_beta1, double k3, double k_beta2, double k5, double k_c1, double k_c2, double k_epsilon, double k_wd) {
+__global__ void optforge_lamb_s0_mp16(int64_t n, const __half* __restrict__ p_grad, float* __restrict__ p_mean, float* __restrict__ p_var, const float* __restrict__ p_weight, float* __restrict__ p_upd, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k_beta1, double k_beta2, double k_c1, double k_c2, double k_epsilon, double k_wd) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_lamb_s0_elem<float, __half, float>(i, i, p_grad, p_mean, p_var, p_weight, p_upd, p_weight_lp, (float)k_rescale_grad, (float)k1, (float)k_beta1, (float)k3, (float)k_beta2, (float)k5, (float)k_c1, (float)k_c2, (float)k_epsilon, (float)k_wd);
+        optforge_lamb_s0_elem<float, __half, float>(i, i, p_grad, p_mean, p_var, p_weight, p_upd, p_weight_lp, (float)k_rescale_grad, (float)k1, (float)k_beta1, (float)k_beta2, (float)k_c1, (float)k_c2, (float)k_epsilon, (float)k_wd);
 }
 /* row-sparse, parallel over gradient elements (not rows): element j updates row rows[j / cols] */
-__global__ void optforge_lamb_s0_rows_mp16(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const __half* __restrict__ p_grad, float* __restrict__ p_mean, float* __restrict__ p_var, const float* __restrict__ p_weight, float* __restrict__ p_upd, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k_beta1, double k3, double k_beta2, double k5, double k_c1, double k_c2, double k_epsilon, double k_wd) {
+__global__ void optforge_lamb_s0_rows_mp16(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const __half* __restrict__ p_grad, float* __restrict__ p_mean, float* __restrict__ p_var, const float* __restrict__ p_weight, float* __restrict__ p_upd, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k_beta1, double k_beta2, double k_c1, double k_c2, double k_epsilon, double k_wd) {
     for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
-        optforge_lamb_s0_elem<float, __half, float>(rows[j / cols] * cols + j % cols, j, p_grad, p_mean, p_var, p_weight, p_upd, p_weight_lp, (float)k_rescale_grad, (float)k1, (float)k_beta1, (float)k3, (float)k_beta2, (float)k5, (float)k_c1, (float)k_c2, (float)k_epsilon, (float)k_wd);
+        optforge_lamb_s0_elem<float, __half, float>(rows[j / cols] * cols + j % cols, j, p_grad, p_mean, p_var, p_weight, p_upd, p_weight_lp, (float)k_rescale_grad, (float)k1, (float)k_beta1, (float)k_beta2, (float)k_c1, (float)k_c2, (float)k_epsilon, (float)k_wd);
 }
 /* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
-   pointers, sizes and 10 scalar(s) per parameter, as Apex's multi_tensor_apply */
+   pointers, sizes and 8 scalar(s) per parameter, as Apex's multi_tensor_apply */
 __global__ void optforge_lamb_s0_mt_mp16(const int64_t* __restrict__ sizes, __half* const* tab_grad, float* const* tab_mean, float* const* tab_var, float* const* tab_weight, float* const* tab_upd, float* const* tab_weight_lp, const double* __restrict__ scalars) {
     const int64_t t = blockIdx.y, n = sizes[t];
-    const double* s = scalars + t * 10;
+    const double* s = scalars + t * 8;
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_lamb_s0_elem<float, __half, float>(i, i, tab_grad[t], tab_mean[t], tab_var[t], tab_weight[t], tab_upd[t], tab_weight_lp[t], (float)s[0], (float)s[1], (float)s[2], (float)s[3], (float)s[4], (float)s[5], (float)s[6], (float)s[7], (float)s[8], (float)s[9]);
+        optforge_lamb_s0_elem<float, __half, float>(i, i, tab_grad[t], tab_mean[t], tab_var[t], tab_weight[t], tab_upd[t], tab_weight_lp[t], (float)s[0], (float)s[1], (float)s[2], (float)s[3], (float)s[4], (float)s[5], (float)s[6], (float)s[7]);
 }
 __global__ void optforge_lamb_s1_f32(int64_t n, float* __restrict__ p_weight, const float* __restrict__ p_upd, float* __restrict__ p_weight_lp, double k0) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)

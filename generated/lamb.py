@@ -4,7 +4,7 @@ import math
 
 import numpy as np
 
-from optforge import ops
+from optforge import chunks, ops
 from optforge.optimizer import Optimizer, HyperParam
 
 
@@ -116,20 +116,41 @@ class LAMB(Optimizer):
         rescale_grad = self.rescale_grad
         mean = tensors['mean']
         var = tensors['var']
-        g = ops.clip(rescale_grad * grad, clip_gradient)  # lamb.opt:37
-        mean[...] = beta1 * mean + (1 - beta1) * g  # lamb.opt:38
-        var[...] = beta2 * var + (1 - beta2) * np.square(g)  # lamb.opt:39
-        c1 = 1 - beta1 ** t if bias_correction else 1  # lamb.opt:40
-        c2 = 1 - beta2 ** t if bias_correction else 1  # lamb.opt:41
-        upd = mean / c1 / (np.sqrt(var / c2) + epsilon) + wd * weight  # lamb.opt:42
-        r1 = ops.norm(weight)  # lamb.opt:43
-        if lower_bound is not None and lower_bound > 0:
-            r1 = max(r1, lower_bound)  # lamb.opt:45
-        if upper_bound is not None and upper_bound > 0:
-            r1 = min(r1, upper_bound)  # lamb.opt:48
-        r2 = ops.norm(upd)  # lamb.opt:50
-        ratio = 1 if r1 == 0 or r2 == 0 else r1 / r2  # lamb.opt:51
-        weight[...] = weight - lr * ratio * upd  # lamb.opt:52
+        if not chunks.use(weight, grad, mean, var):  # small (or strided) tensors: the equations as written
+            g = ops.clip(rescale_grad * grad, clip_gradient)  # lamb.opt:37
+            mean[...] = beta1 * mean + (1 - beta1) * g  # lamb.opt:38
+            var[...] = beta2 * var + (1 - beta2) * np.square(g)  # lamb.opt:39
+            c1 = 1 - beta1 ** t if bias_correction else 1  # lamb.opt:40
+            c2 = 1 - beta2 ** t if bias_correction else 1  # lamb.opt:41
+            upd = mean / c1 / (np.sqrt(var / c2) + epsilon) + wd * weight  # lamb.opt:42
+            r1 = ops.norm(weight)  # lamb.opt:43
+            if lower_bound is not None and lower_bound > 0:
+                r1 = max(r1, lower_bound)  # lamb.opt:45
+            if upper_bound is not None and upper_bound > 0:
+                r1 = min(r1, upper_bound)  # lamb.opt:48
+            r2 = ops.norm(upd)  # lamb.opt:50
+            ratio = 1 if r1 == 0 or r2 == 0 else r1 / r2  # lamb.opt:51
+            weight[...] = weight - lr * ratio * upd  # lamb.opt:52
+        else:  # large tensors: cache-sized chunks, in place, on every core
+            c1 = 1 - beta1 ** t if bias_correction else 1  # lamb.opt:40
+            c2 = 1 - beta2 ** t if bias_correction else 1  # lamb.opt:41
+            upd = chunks.empty(grad, mean, var, weight)
+            def stage0(grad, mean, var, weight, upd, g, tmp0):
+                chunks.clip(np.multiply(rescale_grad, grad, out=g), clip_gradient, g)  # lamb.opt:37
+                np.add(np.multiply(beta1, mean, out=mean), np.multiply(1 - beta1, g, out=tmp0), out=mean)  # lamb.opt:38
+                np.add(np.multiply(beta2, var, out=var), np.multiply(1 - beta2, np.square(g, out=tmp0), out=tmp0), out=var)  # lamb.opt:39
+                np.add(np.divide(np.divide(mean, c1, out=upd), np.add(np.sqrt(np.divide(var, c2, out=tmp0), out=tmp0), epsilon, out=tmp0), out=upd), np.multiply(wd, weight, out=tmp0), out=upd)  # lamb.opt:42
+            chunks.run(stage0, (grad, mean, var, weight, upd), 2)
+            r1 = ops.norm(weight)  # lamb.opt:43
+            if lower_bound is not None and lower_bound > 0:
+                r1 = max(r1, lower_bound)  # lamb.opt:45
+            if upper_bound is not None and upper_bound > 0:
+                r1 = min(r1, upper_bound)  # lamb.opt:48
+            r2 = ops.norm(upd)  # lamb.opt:50
+            ratio = 1 if r1 == 0 or r2 == 0 else r1 / r2  # lamb.opt:51
+            def stage1(weight, upd, tmp0):
+                np.subtract(weight, np.multiply(lr * ratio, upd, out=tmp0), out=weight)  # lamb.opt:52
+            chunks.run(stage1, (weight, upd), 1)
 
     def _kernel_staged(self, be, call, weight, grad, tensors, scalars, lr, wd, t, param_name, learning_rate, num_update):
         """The same update for compiled backends: host code around the stage kernels of
@@ -148,7 +169,7 @@ class LAMB(Optimizer):
         upd = be.scratch(weight, 'upd')
         c1 = 1 - beta1 ** t if bias_correction else 1  # lamb.opt:40
         c2 = 1 - beta2 ** t if bias_correction else 1  # lamb.opt:41
-        be.launch('optforge_lamb_s0', (grad, mean, var, weight, upd,), (ops.arg(rescale_grad), ops.arg(clip_gradient), ops.arg(beta1), ops.arg(1 - beta1), ops.arg(beta2), ops.arg(1 - beta2), ops.arg(c1), ops.arg(c2), ops.arg(epsilon), ops.arg(wd), ))
+        be.launch('optforge_lamb_s0', (grad, mean, var, weight, upd,), (ops.arg(rescale_grad), ops.arg(clip_gradient), ops.arg(beta1), ops.arg(beta2), ops.arg(c1), ops.arg(c2), ops.arg(epsilon), ops.arg(wd), ))
         r1 = ops.norm(weight)  # lamb.opt:43
         if lower_bound is not None and lower_bound > 0:
             r1 = max(r1, lower_bound)  # lamb.opt:45

@@ -4,7 +4,7 @@ import math
 
 import numpy as np
 
-from optforge import ops
+from optforge import chunks, ops
 from optforge.optimizer import Optimizer, HyperParam
 
 
@@ -145,38 +145,79 @@ class LBSGD(Optimizer):
         mom = tensors.get('mom')
         cum_grad = tensors.get('cum_grad')
         num_cums = scalars['num_cums']
-        num_cums = num_cums + 1  # lbsgd.opt:36
-        if batch_scale > 1:
-            cum_grad[...] = cum_grad + grad  # lbsgd.opt:38
-        if num_cums % batch_scale == 0:
+        if not chunks.use(weight, grad, mom, cum_grad):  # small (or strided) tensors: the equations as written
+            num_cums = num_cums + 1  # lbsgd.opt:36
             if batch_scale > 1:
-                avg = cum_grad / batch_scale  # lbsgd.opt:42
-            else:
-                avg = grad  # lbsgd.opt:44
-            nwup = warmup_epochs * updates_per_epoch  # lbsgd.opt:46
-            if warmup_strategy == 'lars':
-                w2 = ops.total(np.square(weight))  # lbsgd.opt:48
-                g2 = ops.total(np.square(avg))  # lbsgd.opt:49
-                lbmult = min(max(math.sqrt(w2 / (g2 + wd * w2 + 1e-18)), 0.01), 100)  # lbsgd.opt:50
-            elif num_cums >= nwup:
-                lbmult = batch_scale  # lbsgd.opt:52
-            elif nwup <= 1:
-                lbmult = 1  # lbsgd.opt:54
-            elif warmup_strategy == 'linear':
-                lbmult = 1 + (batch_scale - 1) * num_cums / nwup  # lbsgd.opt:56
-            elif warmup_strategy == 'power2':
-                lbmult = 1 + (batch_scale - 1) * (num_cums * num_cums) / (nwup * nwup)  # lbsgd.opt:58
-            else:
-                lbmult = 1 + (batch_scale - 1) * math.sqrt(num_cums / nwup)  # lbsgd.opt:60
-            lr_t = lr * lbmult  # lbsgd.opt:62
-            g = ops.clip(rescale_grad * avg, clip_gradient)  # lbsgd.opt:63
-            if momentum != 0:
-                mom[...] = momentum * mom - lr_t * wd * weight - lr_t * g  # lbsgd.opt:65
-                weight[...] = weight + mom  # lbsgd.opt:66
-            else:
-                weight[...] = (1 - lr_t * wd) * weight - lr_t * g  # lbsgd.opt:68
+                cum_grad[...] = cum_grad + grad  # lbsgd.opt:38
+            if num_cums % batch_scale == 0:
+                if batch_scale > 1:
+                    avg = cum_grad / batch_scale  # lbsgd.opt:42
+                else:
+                    avg = grad  # lbsgd.opt:44
+                nwup = warmup_epochs * updates_per_epoch  # lbsgd.opt:46
+                if warmup_strategy == 'lars':
+                    w2 = ops.total(np.square(weight))  # lbsgd.opt:48
+                    g2 = ops.total(np.square(avg))  # lbsgd.opt:49
+                    lbmult = min(max(math.sqrt(w2 / (g2 + wd * w2 + 1e-18)), 0.01), 100)  # lbsgd.opt:50
+                elif num_cums >= nwup:
+                    lbmult = batch_scale  # lbsgd.opt:52
+                elif nwup <= 1:
+                    lbmult = 1  # lbsgd.opt:54
+                elif warmup_strategy == 'linear':
+                    lbmult = 1 + (batch_scale - 1) * num_cums / nwup  # lbsgd.opt:56
+                elif warmup_strategy == 'power2':
+                    lbmult = 1 + (batch_scale - 1) * (num_cums * num_cums) / (nwup * nwup)  # lbsgd.opt:58
+                else:
+                    lbmult = 1 + (batch_scale - 1) * math.sqrt(num_cums / nwup)  # lbsgd.opt:60
+                lr_t = lr * lbmult  # lbsgd.opt:62
+                g = ops.clip(rescale_grad * avg, clip_gradient)  # lbsgd.opt:63
+                if momentum != 0:
+                    mom[...] = momentum * mom - lr_t * wd * weight - lr_t * g  # lbsgd.opt:65
+                    weight[...] = weight + mom  # lbsgd.opt:66
+                else:
+                    weight[...] = (1 - lr_t * wd) * weight - lr_t * g  # lbsgd.opt:68
+                if batch_scale > 1:
+                    cum_grad[...] = 0  # lbsgd.opt:71
+        else:  # large tensors: cache-sized chunks, in place, on every core
+            num_cums = num_cums + 1  # lbsgd.opt:36
             if batch_scale > 1:
-                cum_grad[...] = 0  # lbsgd.opt:71
+                def stage0(cum_grad, grad):
+                    np.add(cum_grad, grad, out=cum_grad)  # lbsgd.opt:38
+                chunks.run(stage0, (cum_grad, grad), 0)
+            if num_cums % batch_scale == 0:
+                if batch_scale > 1:
+                    avg = chunks.empty(cum_grad)
+                    def stage1(cum_grad, avg):
+                        np.divide(cum_grad, batch_scale, out=avg)  # lbsgd.opt:42
+                    chunks.run(stage1, (cum_grad, avg), 0)
+                else:
+                    avg = grad  # lbsgd.opt:44
+                nwup = warmup_epochs * updates_per_epoch  # lbsgd.opt:46
+                if warmup_strategy == 'lars':
+                    w2 = ops.total(np.square(weight))  # lbsgd.opt:48
+                    g2 = ops.total(np.square(avg))  # lbsgd.opt:49
+                    lbmult = min(max(math.sqrt(w2 / (g2 + wd * w2 + 1e-18)), 0.01), 100)  # lbsgd.opt:50
+                elif num_cums >= nwup:
+                    lbmult = batch_scale  # lbsgd.opt:52
+                elif nwup <= 1:
+                    lbmult = 1  # lbsgd.opt:54
+                elif warmup_strategy == 'linear':
+                    lbmult = 1 + (batch_scale - 1) * num_cums / nwup  # lbsgd.opt:56
+                elif warmup_strategy == 'power2':
+                    lbmult = 1 + (batch_scale - 1) * (num_cums * num_cums) / (nwup * nwup)  # lbsgd.opt:58
+                else:
+                    lbmult = 1 + (batch_scale - 1) * math.sqrt(num_cums / nwup)  # lbsgd.opt:60
+                lr_t = lr * lbmult  # lbsgd.opt:62
+                def stage2(avg, mom, weight, cum_grad, g, tmp0):
+                    chunks.clip(np.multiply(rescale_grad, avg, out=g), clip_gradient, g)  # lbsgd.opt:63
+                    if momentum != 0:
+                        np.subtract(np.subtract(np.multiply(momentum, mom, out=mom), np.multiply(lr_t * wd, weight, out=tmp0), out=mom), np.multiply(lr_t, g, out=tmp0), out=mom)  # lbsgd.opt:65
+                        np.add(weight, mom, out=weight)  # lbsgd.opt:66
+                    else:
+                        np.subtract(np.multiply(1 - lr_t * wd, weight, out=weight), np.multiply(lr_t, g, out=tmp0), out=weight)  # lbsgd.opt:68
+                    if batch_scale > 1:
+                        cum_grad[...] = 0  # lbsgd.opt:71
+                chunks.run(stage2, (avg, mom, weight, cum_grad), 2)
         scalars['num_cums'] = num_cums
 
     def _kernel_rows(self, call, rows, weight, grad, tensors, scalars, lr, wd, t, param_name, learning_rate, num_update):

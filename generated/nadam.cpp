@@ -36,18 +36,18 @@ template <typename C> inline void store_low(float* p, int64_t i, C v) { p[i] = (
 /* stage s0: element i of the weight and states, element gi of the gradient and scratch
    (the same element for a dense update; for a row-sparse one, gi walks the gradient's rows) */
 template <typename T, typename G, typename C>
-OPTFORGE_HD void optforge_nadam_s0_elem(int64_t i, int64_t gi, const G* __restrict__ p_grad, T* __restrict__ p_weight, T* __restrict__ p_m, T* __restrict__ p_v, float* __restrict__ p_weight_lp, const C k_rescale_grad, const C k_wd, const C k2, const C k_beta1, const C k4, const C k_beta2, const C k6, const C k7, const C k8, const C k9, const C k10, const C k_momentum_t1, const C k_lr, const C k_epsilon) {
+OPTFORGE_HD void optforge_nadam_s0_elem(int64_t i, int64_t gi, const G* __restrict__ p_grad, T* __restrict__ p_weight, T* __restrict__ p_m, T* __restrict__ p_v, float* __restrict__ p_weight_lp, const C k_rescale_grad, const C k_wd, const C k2, const C k_beta1, const C k_beta2, const C k5, const C k6, const C k7, const C k8, const C k_momentum_t1, const C k_lr, const C k_epsilon) {
     C grad = C(p_grad[gi]);
     C weight = C(p_weight[i]);
     C m = C(p_m[i]);
     C v = C(p_v[i]);
     C g = op_clip(k_rescale_grad * grad + k_wd * weight, k2);  // nadam.opt:32
-    m = k_beta1 * m + k4 * g;  // nadam.opt:37
-    v = k_beta2 * v + k6 * g * g;  // nadam.opt:38
-    C g_prime = g / k7;  // nadam.opt:39
-    C m_prime = m / k8;  // nadam.opt:40
-    C v_prime = v / k9;  // nadam.opt:41
-    C m_bar = k10 * g_prime + k_momentum_t1 * m_prime;  // nadam.opt:42
+    m = k_beta1 * m + (1 - k_beta1) * g;  // nadam.opt:37
+    v = k_beta2 * v + (1 - k_beta2) * g * g;  // nadam.opt:38
+    C g_prime = g / k5;  // nadam.opt:39
+    C m_prime = m / k6;  // nadam.opt:40
+    C v_prime = v / k7;  // nadam.opt:41
+    C m_bar = k8 * g_prime + k_momentum_t1 * m_prime;  // nadam.opt:42
     weight = weight - k_lr * m_bar / (sqrt(v_prime) + k_epsilon);  // nadam.opt:43
     p_m[i] = (T)(m);
     p_v[i] = (T)(v);
@@ -56,13 +56,13 @@ OPTFORGE_HD void optforge_nadam_s0_elem(int64_t i, int64_t gi, const G* __restri
 }
 
 extern "C" {
-void optforge_nadam_s0_f32(int64_t n, const float* __restrict__ p_grad, float* __restrict__ p_weight, float* __restrict__ p_m, float* __restrict__ p_v, double k_rescale_grad, double k_wd, double k2, double k_beta1, double k4, double k_beta2, double k6, double k7, double k8, double k9, double k10, double k_momentum_t1, double k_lr, double k_epsilon) {
+void optforge_nadam_s0_f32(int64_t n, const float* __restrict__ p_grad, float* __restrict__ p_weight, float* __restrict__ p_m, float* __restrict__ p_v, double k_rescale_grad, double k_wd, double k2, double k_beta1, double k_beta2, double k5, double k6, double k7, double k8, double k_momentum_t1, double k_lr, double k_epsilon) {
     #pragma omp parallel for simd schedule(static)
     for (int64_t i = 0; i < n; ++i)
-        optforge_nadam_s0_elem<float, float, float>(i, i, p_grad, p_weight, p_m, p_v, nullptr, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k_beta1, (float)k4, (float)k_beta2, (float)k6, (float)k7, (float)k8, (float)k9, (float)k10, (float)k_momentum_t1, (float)k_lr, (float)k_epsilon);
+        optforge_nadam_s0_elem<float, float, float>(i, i, p_grad, p_weight, p_m, p_v, nullptr, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k_beta1, (float)k_beta2, (float)k5, (float)k6, (float)k7, (float)k8, (float)k_momentum_t1, (float)k_lr, (float)k_epsilon);
 }
 /* row-sparse: n = rows x cols gradient elements; gradient row r updates row rows[r] */
-void optforge_nadam_s0_rows_f32(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const float* __restrict__ p_grad, float* __restrict__ p_weight, float* __restrict__ p_m, float* __restrict__ p_v, double k_rescale_grad, double k_wd, double k2, double k_beta1, double k4, double k_beta2, double k6, double k7, double k8, double k9, double k10, double k_momentum_t1, double k_lr, double k_epsilon) {
+void optforge_nadam_s0_rows_f32(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const float* __restrict__ p_grad, float* __restrict__ p_weight, float* __restrict__ p_m, float* __restrict__ p_v, double k_rescale_grad, double k_wd, double k2, double k_beta1, double k_beta2, double k5, double k6, double k7, double k8, double k_momentum_t1, double k_lr, double k_epsilon) {
     const int64_t nrows = cols ? n / cols : 0;
     /* threads pay off only for large row sets: scattered rows are latency-bound, and a busy
        machine makes every fork/join wait for a descheduled thread */
@@ -71,16 +71,16 @@ void optforge_nadam_s0_rows_f32(int64_t n, int64_t cols, const int64_t* __restri
         const int64_t base = rows[r] * cols, gbase = r * cols;
         #pragma omp simd
         for (int64_t c = 0; c < cols; ++c)
-            optforge_nadam_s0_elem<float, float, float>(base + c, gbase + c, p_grad, p_weight, p_m, p_v, nullptr, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k_beta1, (float)k4, (float)k_beta2, (float)k6, (float)k7, (float)k8, (float)k9, (float)k10, (float)k_momentum_t1, (float)k_lr, (float)k_epsilon);
+            optforge_nadam_s0_elem<float, float, float>(base + c, gbase + c, p_grad, p_weight, p_m, p_v, nullptr, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k_beta1, (float)k_beta2, (float)k5, (float)k6, (float)k7, (float)k8, (float)k_momentum_t1, (float)k_lr, (float)k_epsilon);
     }
 }
-void optforge_nadam_s0_f64(int64_t n, const double* __restrict__ p_grad, double* __restrict__ p_weight, double* __restrict__ p_m, double* __restrict__ p_v, double k_rescale_grad, double k_wd, double k2, double k_beta1, double k4, double k_beta2, double k6, double k7, double k8, double k9, double k10, double k_momentum_t1, double k_lr, double k_epsilon) {
+void optforge_nadam_s0_f64(int64_t n, const double* __restrict__ p_grad, double* __restrict__ p_weight, double* __restrict__ p_m, double* __restrict__ p_v, double k_rescale_grad, double k_wd, double k2, double k_beta1, double k_beta2, double k5, double k6, double k7, double k8, double k_momentum_t1, double k_lr, double k_epsilon) {
     #pragma omp parallel for simd schedule(static)
     for (int64_t i = 0; i < n; ++i)
-        optforge_nadam_s0_elem<double, double, double>(i, i, p_grad, p_weight, p_m, p_v, nullptr, (double)k_rescale_grad, (double)k_wd, (double)k2, (double)k_beta1, (double)k4, (double)k_beta2, (double)k6, (double)k7, (double)k8, (double)k9, (double)k10, (double)k_momentum_t1, (double)k_lr, (double)k_epsilon);
+        optforge_nadam_s0_elem<double, double, double>(i, i, p_grad, p_weight, p_m, p_v, nullptr, (double)k_rescale_grad, (double)k_wd, (double)k2, (double)k_beta1, (double)k_beta2, (double)k5, (double)k6, (double)k7, (double)k8, (double)k_momentum_t1, (double)k_lr, (double)k_epsilon);
 }
 /* row-sparse: n = rows x cols gradient elements; gradient row r updates row rows[r] */
-void optforge_nadam_s0_rows_f64(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const double* __restrict__ p_grad, double* __restrict__ p_weight, double* __restrict__ p_m, double* __restrict__ p_v, double k_rescale_grad, double k_wd, double k2, double k_beta1, double k4, double k_beta2, double k6, double k7, double k8, double k9, double k10, double k_momentum_t1, double k_lr, double k_epsilon) {
+void optforge_nadam_s0_rows_f64(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const double* __restrict__ p_grad, double* __restrict__ p_weight, double* __restrict__ p_m, double* __restrict__ p_v, double k_rescale_grad, double k_wd, double k2, double k_beta1, double k_beta2, double k5, double k6, double k7, double k8, double k_momentum_t1, double k_lr, double k_epsilon) {
     const int64_t nrows = cols ? n / cols : 0;
     /* threads pay off only for large row sets: scattered rows are latency-bound, and a busy
        machine makes every fork/join wait for a descheduled thread */
@@ -89,7 +89,7 @@ void optforge_nadam_s0_rows_f64(int64_t n, int64_t cols, const int64_t* __restri
         const int64_t base = rows[r] * cols, gbase = r * cols;
         #pragma omp simd
         for (int64_t c = 0; c < cols; ++c)
-            optforge_nadam_s0_elem<double, double, double>(base + c, gbase + c, p_grad, p_weight, p_m, p_v, nullptr, (double)k_rescale_grad, (double)k_wd, (double)k2, (double)k_beta1, (double)k4, (double)k_beta2, (double)k6, (double)k7, (double)k8, (double)k9, (double)k10, (double)k_momentum_t1, (double)k_lr, (double)k_epsilon);
+            optforge_nadam_s0_elem<double, double, double>(base + c, gbase + c, p_grad, p_weight, p_m, p_v, nullptr, (double)k_rescale_grad, (double)k_wd, (double)k2, (double)k_beta1, (double)k_beta2, (double)k5, (double)k6, (double)k7, (double)k8, (double)k_momentum_t1, (double)k_lr, (double)k_epsilon);
     }
 }
 }

@@ -41,18 +41,18 @@ template <typename C> OPTFORGE_HD void store_low(float* p, int64_t i, C v) {
 /* stage s0: element i of the weight and states, element gi of the gradient and scratch
    (the same element for a dense update; for a row-sparse one, gi walks the gradient's rows) */
 template <typename T, typename G, typename C>
-OPTFORGE_HD void optforge_nadam_s0_elem(int64_t i, int64_t gi, const G* __restrict__ p_grad, T* __restrict__ p_weight, T* __restrict__ p_m, T* __restrict__ p_v, float* __restrict__ p_weight_lp, const C k_rescale_grad, const C k_wd, const C k2, const C k_beta1, const C k4, const C k_beta2, const C k6, const C k7, const C k8, const C k9, const C k10, const C k_momentum_t1, const C k_lr, const C k_epsilon) {
+OPTFORGE_HD void optforge_nadam_s0_elem(int64_t i, int64_t gi, const G* __restrict__ p_grad, T* __restrict__ p_weight, T* __restrict__ p_m, T* __restrict__ p_v, float* __restrict__ p_weight_lp, const C k_rescale_grad, const C k_wd, const C k2, const C k_beta1, const C k_beta2, const C k5, const C k6, const C k7, const C k8, const C k_momentum_t1, const C k_lr, const C k_epsilon) {
     C grad = C(p_grad[gi]);
     C weight = C(p_weight[i]);
     C m = C(p_m[i]);
     C v = C(p_v[i]);
     C g = op_clip(k_rescale_grad * grad + k_wd * weight, k2);  // nadam.opt:32
-    m = k_beta1 * m + k4 * g;  // nadam.opt:37
-    v = k_beta2 * v + k6 * g * g;  // nadam.opt:38
-    C g_prime = g / k7;  // nadam.opt:39
-    C m_prime = m / k8;  // nadam.opt:40
-    C v_prime = v / k9;  // nadam.opt:41
-    C m_bar = k10 * g_prime + k_momentum_t1 * m_prime;  // nadam.opt:42
+    m = k_beta1 * m + (1 - k_beta1) * g;  // nadam.opt:37
+    v = k_beta2 * v + (1 - k_beta2) * g * g;  // nadam.opt:38
+    C g_prime = g / k5;  // nadam.opt:39
+    C m_prime = m / k6;  // nadam.opt:40
+    C v_prime = v / k7;  // nadam.opt:41
+    C m_bar = k8 * g_prime + k_momentum_t1 * m_prime;  // nadam.opt:42
     weight = weight - k_lr * m_bar / (sqrt(v_prime) + k_epsilon);  // nadam.opt:43
     p_m[i] = (T)(m);
     p_v[i] = (T)(v);
@@ -61,72 +61,72 @@ OPTFORGE_HD void optforge_nadam_s0_elem(int64_t i, int64_t gi, const G* __restri
 }
 
 extern "C" {
-__global__ void optforge_nadam_s0_f32(int64_t n, const float* __restrict__ p_grad, float* __restrict__ p_weight, float* __restrict__ p_m, float* __restrict__ p_v, float* __restrict__ p_weight_lp, double k_rescale_grad, double k_wd, double k2, double k_beta1, double k4, double k_beta2, double k6, double k7, double k8, double k9, double k10, double k_momentum_t1, double k_lr, double k_epsilon) {
+__global__ void optforge_nadam_s0_f32(int64_t n, const float* __restrict__ p_grad, float* __restrict__ p_weight, float* __restrict__ p_m, float* __restrict__ p_v, float* __restrict__ p_weight_lp, double k_rescale_grad, double k_wd, double k2, double k_beta1, double k_beta2, double k5, double k6, double k7, double k8, double k_momentum_t1, double k_lr, double k_epsilon) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_nadam_s0_elem<float, float, float>(i, i, p_grad, p_weight, p_m, p_v, p_weight_lp, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k_beta1, (float)k4, (float)k_beta2, (float)k6, (float)k7, (float)k8, (float)k9, (float)k10, (float)k_momentum_t1, (float)k_lr, (float)k_epsilon);
+        optforge_nadam_s0_elem<float, float, float>(i, i, p_grad, p_weight, p_m, p_v, p_weight_lp, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k_beta1, (float)k_beta2, (float)k5, (float)k6, (float)k7, (float)k8, (float)k_momentum_t1, (float)k_lr, (float)k_epsilon);
 }
 /* row-sparse, parallel over gradient elements (not rows): element j updates row rows[j / cols] */
-__global__ void optforge_nadam_s0_rows_f32(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const float* __restrict__ p_grad, float* __restrict__ p_weight, float* __restrict__ p_m, float* __restrict__ p_v, float* __restrict__ p_weight_lp, double k_rescale_grad, double k_wd, double k2, double k_beta1, double k4, double k_beta2, double k6, double k7, double k8, double k9, double k10, double k_momentum_t1, double k_lr, double k_epsilon) {
+__global__ void optforge_nadam_s0_rows_f32(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const float* __restrict__ p_grad, float* __restrict__ p_weight, float* __restrict__ p_m, float* __restrict__ p_v, float* __restrict__ p_weight_lp, double k_rescale_grad, double k_wd, double k2, double k_beta1, double k_beta2, double k5, double k6, double k7, double k8, double k_momentum_t1, double k_lr, double k_epsilon) {
     for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
-        optforge_nadam_s0_elem<float, float, float>(rows[j / cols] * cols + j % cols, j, p_grad, p_weight, p_m, p_v, p_weight_lp, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k_beta1, (float)k4, (float)k_beta2, (float)k6, (float)k7, (float)k8, (float)k9, (float)k10, (float)k_momentum_t1, (float)k_lr, (float)k_epsilon);
+        optforge_nadam_s0_elem<float, float, float>(rows[j / cols] * cols + j % cols, j, p_grad, p_weight, p_m, p_v, p_weight_lp, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k_beta1, (float)k_beta2, (float)k5, (float)k6, (float)k7, (float)k8, (float)k_momentum_t1, (float)k_lr, (float)k_epsilon);
 }
 /* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
-   pointers, sizes and 14 scalar(s) per parameter, as Apex's multi_tensor_apply */
+   pointers, sizes and 12 scalar(s) per parameter, as Apex's multi_tensor_apply */
 __global__ void optforge_nadam_s0_mt_f32(const int64_t* __restrict__ sizes, float* const* tab_grad, float* const* tab_weight, float* const* tab_m, float* const* tab_v, float* const* tab_weight_lp, const double* __restrict__ scalars) {
     const int64_t t = blockIdx.y, n = sizes[t];
-    const double* s = scalars + t * 14;
+    const double* s = scalars + t * 12;
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_nadam_s0_elem<float, float, float>(i, i, tab_grad[t], tab_weight[t], tab_m[t], tab_v[t], tab_weight_lp[t], (float)s[0], (float)s[1], (float)s[2], (float)s[3], (float)s[4], (float)s[5], (float)s[6], (float)s[7], (float)s[8], (float)s[9], (float)s[10], (float)s[11], (float)s[12], (float)s[13]);
+        optforge_nadam_s0_elem<float, float, float>(i, i, tab_grad[t], tab_weight[t], tab_m[t], tab_v[t], tab_weight_lp[t], (float)s[0], (float)s[1], (float)s[2], (float)s[3], (float)s[4], (float)s[5], (float)s[6], (float)s[7], (float)s[8], (float)s[9], (float)s[10], (float)s[11]);
 }
-__global__ void optforge_nadam_s0_f64(int64_t n, const double* __restrict__ p_grad, double* __restrict__ p_weight, double* __restrict__ p_m, double* __restrict__ p_v, float* __restrict__ p_weight_lp, double k_rescale_grad, double k_wd, double k2, double k_beta1, double k4, double k_beta2, double k6, double k7, double k8, double k9, double k10, double k_momentum_t1, double k_lr, double k_epsilon) {
+__global__ void optforge_nadam_s0_f64(int64_t n, const double* __restrict__ p_grad, double* __restrict__ p_weight, double* __restrict__ p_m, double* __restrict__ p_v, float* __restrict__ p_weight_lp, double k_rescale_grad, double k_wd, double k2, double k_beta1, double k_beta2, double k5, double k6, double k7, double k8, double k_momentum_t1, double k_lr, double k_epsilon) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_nadam_s0_elem<double, double, double>(i, i, p_grad, p_weight, p_m, p_v, p_weight_lp, (double)k_rescale_grad, (double)k_wd, (double)k2, (double)k_beta1, (double)k4, (double)k_beta2, (double)k6, (double)k7, (double)k8, (double)k9, (double)k10, (double)k_momentum_t1, (double)k_lr, (double)k_epsilon);
+        optforge_nadam_s0_elem<double, double, double>(i, i, p_grad, p_weight, p_m, p_v, p_weight_lp, (double)k_rescale_grad, (double)k_wd, (double)k2, (double)k_beta1, (double)k_beta2, (double)k5, (double)k6, (double)k7, (double)k8, (double)k_momentum_t1, (double)k_lr, (double)k_epsilon);
 }
 /* row-sparse, parallel over gradient elements (not rows): element j updates row rows[j / cols] */
-__global__ void optforge_nadam_s0_rows_f64(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const double* __restrict__ p_grad, double* __restrict__ p_weight, double* __restrict__ p_m, double* __restrict__ p_v, float* __restrict__ p_weight_lp, double k_rescale_grad, double k_wd, double k2, double k_beta1, double k4, double k_beta2, double k6, double k7, double k8, double k9, double k10, double k_momentum_t1, double k_lr, double k_epsilon) {
+__global__ void optforge_nadam_s0_rows_f64(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const double* __restrict__ p_grad, double* __restrict__ p_weight, double* __restrict__ p_m, double* __restrict__ p_v, float* __restrict__ p_weight_lp, double k_rescale_grad, double k_wd, double k2, double k_beta1, double k_beta2, double k5, double k6, double k7, double k8, double k_momentum_t1, double k_lr, double k_epsilon) {
     for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
-        optforge_nadam_s0_elem<double, double, double>(rows[j / cols] * cols + j % cols, j, p_grad, p_weight, p_m, p_v, p_weight_lp, (double)k_rescale_grad, (double)k_wd, (double)k2, (double)k_beta1, (double)k4, (double)k_beta2, (double)k6, (double)k7, (double)k8, (double)k9, (double)k10, (double)k_momentum_t1, (double)k_lr, (double)k_epsilon);
+        optforge_nadam_s0_elem<double, double, double>(rows[j / cols] * cols + j % cols, j, p_grad, p_weight, p_m, p_v, p_weight_lp, (double)k_rescale_grad, (double)k_wd, (double)k2, (double)k_beta1, (double)k_beta2, (double)k5, (double)k6, (double)k7, (double)k8, (double)k_momentum_t1, (double)k_lr, (double)k_epsilon);
 }
 /* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
-   pointers, sizes and 14 scalar(s) per parameter, as Apex's multi_tensor_apply */
+   pointers, sizes and 12 scalar(s) per parameter, as Apex's multi_tensor_apply */
 __global__ void optforge_nadam_s0_mt_f64(const int64_t* __restrict__ sizes, double* const* tab_grad, double* const* tab_weight, double* const* tab_m, double* const* tab_v, float* const* tab_weight_lp, const double* __restrict__ scalars) {
     const int64_t t = blockIdx.y, n = sizes[t];
-    const double* s = scalars + t * 14;
+    const double* s = scalars + t * 12;
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_nadam_s0_elem<double, double, double>(i, i, tab_grad[t], tab_weight[t], tab_m[t], tab_v[t], tab_weight_lp[t], (double)s[0], (double)s[1], (double)s[2], (double)s[3], (double)s[4], (double)s[5], (double)s[6], (double)s[7], (double)s[8], (double)s[9], (double)s[10], (double)s[11], (double)s[12], (double)s[13]);
+        optforge_nadam_s0_elem<double, double, double>(i, i, tab_grad[t], tab_weight[t], tab_m[t], tab_v[t], tab_weight_lp[t], (double)s[0], (double)s[1], (double)s[2], (double)s[3], (double)s[4], (double)s[5], (double)s[6], (double)s[7], (double)s[8], (double)s[9], (double)s[10], (double)s[11]);
 }
-__global__ void optforge_nadam_s0_f16(int64_t n, const __half* __restrict__ p_grad, __half* __restrict__ p_weight, __half* __restrict__ p_m, __half* __restrict__ p_v, float* __restrict__ p_weight_lp, double k_rescale_grad, double k_wd, double k2, double k_beta1, double k4, double k_beta2, double k6, double k7, double k8, double k9, double k10, double k_momentum_t1, double k_lr, double k_epsilon) {
+__global__ void optforge_nadam_s0_f16(int64_t n, const __half* __restrict__ p_grad, __half* __restrict__ p_weight, __half* __restrict__ p_m, __half* __restrict__ p_v, float* __restrict__ p_weight_lp, double k_rescale_grad, double k_wd, double k2, double k_beta1, double k_beta2, double k5, double k6, double k7, double k8, double k_momentum_t1, double k_lr, double k_epsilon) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_nadam_s0_elem<__half, __half, float>(i, i, p_grad, p_weight, p_m, p_v, p_weight_lp, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k_beta1, (float)k4, (float)k_beta2, (float)k6, (float)k7, (float)k8, (float)k9, (float)k10, (float)k_momentum_t1, (float)k_lr, (float)k_epsilon);
+        optforge_nadam_s0_elem<__half, __half, float>(i, i, p_grad, p_weight, p_m, p_v, p_weight_lp, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k_beta1, (float)k_beta2, (float)k5, (float)k6, (float)k7, (float)k8, (float)k_momentum_t1, (float)k_lr, (float)k_epsilon);
 }
 /* row-sparse, parallel over gradient elements (not rows): element j updates row rows[j / cols] */
-__global__ void optforge_nadam_s0_rows_f16(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const __half* __restrict__ p_grad, __half* __restrict__ p_weight, __half* __restrict__ p_m, __half* __restrict__ p_v, float* __restrict__ p_weight_lp, double k_rescale_grad, double k_wd, double k2, double k_beta1, double k4, double k_beta2, double k6, double k7, double k8, double k9, double k10, double k_momentum_t1, double k_lr, double k_epsilon) {
+__global__ void optforge_nadam_s0_rows_f16(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const __half* __restrict__ p_grad, __half* __restrict__ p_weight, __half* __restrict__ p_m, __half* __restrict__ p_v, float* __restrict__ p_weight_lp, double k_rescale_grad, double k_wd, double k2, double k_beta1, double k_beta2, double k5, double k6, double k7, double k8, double k_momentum_t1, double k_lr, double k_epsilon) {
     for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
-        optforge_nadam_s0_elem<__half, __half, float>(rows[j / cols] * cols + j % cols, j, p_grad, p_weight, p_m, p_v, p_weight_lp, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k_beta1, (float)k4, (float)k_beta2, (float)k6, (float)k7, (float)k8, (float)k9, (float)k10, (float)k_momentum_t1, (float)k_lr, (float)k_epsilon);
+        optforge_nadam_s0_elem<__half, __half, float>(rows[j / cols] * cols + j % cols, j, p_grad, p_weight, p_m, p_v, p_weight_lp, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k_beta1, (float)k_beta2, (float)k5, (float)k6, (float)k7, (float)k8, (float)k_momentum_t1, (float)k_lr, (float)k_epsilon);
 }
 /* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
-   pointers, sizes and 14 scalar(s) per parameter, as Apex's multi_tensor_apply */
+   pointers, sizes and 12 scalar(s) per parameter, as Apex's multi_tensor_apply */
 __global__ void optforge_nadam_s0_mt_f16(const int64_t* __restrict__ sizes, __half* const* tab_grad, __half* const* tab_weight, __half* const* tab_m, __half* const* tab_v, float* const* tab_weight_lp, const double* __restrict__ scalars) {
     const int64_t t = blockIdx.y, n = sizes[t];
-    const double* s = scalars + t * 14;
+    const double* s = scalars + t * 12;
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_nadam_s0_elem<__half, __half, float>(i, i, tab_grad[t], tab_weight[t], tab_m[t], tab_v[t], tab_weight_lp[t], (float)s[0], (float)s[1], (float)s[2], (float)s[3], (float)s[4], (float)s[5], (float)s[6], (float)s[7], (float)s[8], (float)s[9], (float)s[10], (float)s[11], (float)s[12], (float)s[13]);
+        optforge_nadam_s0_elem<__half, __half, float>(i, i, tab_grad[t], tab_weight[t], tab_m[t], tab_v[t], tab_weight_lp[t], (float)s[0], (float)s[1], (float)s[2], (float)s[3], (float)s[4], (float)s[5], (float)s[6], (float)s[7], (float)s[8], (float)s[9], (float)s[10], (float)s[11]);
 }
-__global__ void optforge_nadam_s0_mp16(int64_t n, const __half* __restrict__ p_grad, float* __restrict__ p_weight, float* __restrict__ p_m, float* __restrict__ p_v, float* __restrict__ p_weight_lp, double k_rescale_grad, double k_wd, double k2, double k_beta1, double k4, double k_beta2, double k6, double k7, double k8, double k9, double k10, double k_momentum_t1, double k_lr, double k_epsilon) {
+__global__ void optforge_nadam_s0_mp16(int64_t n, const __half* __restrict__ p_grad, float* __restrict__ p_weight, float* __restrict__ p_m, float* __restrict__ p_v, float* __restrict__ p_weight_lp, double k_rescale_grad, double k_wd, double k2, double k_beta1, double k_beta2, double k5, double k6, double k7, double k8, double k_momentum_t1, double k_lr, double k_epsilon) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_nadam_s0_elem<float, __half, float>(i, i, p_grad, p_weight, p_m, p_v, p_weight_lp, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k_beta1, (float)k4, (float)k_beta2, (float)k6, (float)k7, (float)k8, (float)k9, (float)k10, (float)k_momentum_t1, (float)k_lr, (float)k_epsilon);
+        optforge_nadam_s0_elem<float, __half, float>(i, i, p_grad, p_weight, p_m, p_v, p_weight_lp, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k_beta1, (float)k_beta2, (float)k5, (float)k6, (float)k7, (float)k8, (float)k_momentum_t1, (float)k_lr, (float)k_epsilon);
 }
 /* row-sparse, parallel over gradient elements (not rows): element j updates row rows[j / cols] */
-__global__ void optforge_nadam_s0_rows_mp16(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const __half* __restrict__ p_grad, float* __restrict__ p_weight, float* __restrict__ p_m, float* __restrict__ p_v, float* __restrict__ p_weight_lp, double k_rescale_grad, double k_wd, double k2, double k_beta1, double k4, double k_beta2, double k6, double k7, double k8, double k9, double k10, double k_momentum_t1, double k_lr, double k_epsilon) {
+__global__ void optforge_nadam_s0_rows_mp16(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const __half* __restrict__ p_grad, float* __restrict__ p_weight, float* __restrict__ p_m, float* __restrict__ p_v, float* __restrict__ p_weight_lp, double k_rescale_grad, double k_wd, double k2, double k_beta1, double k_beta2, double k5, double k6, double k7, double k8, double k_momentum_t1, double k_lr, double k_epsilon) {
     for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
-        optforge_nadam_s0_elem<float, __half, float>(rows[j / cols] * cols + j % cols, j, p_grad, p_weight, p_m, p_v, p_weight_lp, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k_beta1, (float)k4, (float)k_beta2, (float)k6, (float)k7, (float)k8, (float)k9, (float)k10, (float)k_momentum_t1, (float)k_lr, (float)k_epsilon);
+        optforge_nadam_s0_elem<float, __half, float>(rows[j / cols] * cols + j % cols, j, p_grad, p_weight, p_m, p_v, p_weight_lp, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k_beta1, (float)k_beta2, (float)k5, (float)k6, (float)k7, (float)k8, (float)k_momentum_t1, (float)k_lr, (float)k_epsilon);
 }
 /* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
-   pointers, sizes and 14 scalar(s) per parameter, as Apex's multi_tensor_apply */
+   pointers, sizes and 12 scalar(s) per parameter, as Apex's multi_tensor_apply */
 __global__ void optforge_nadam_s0_mt_mp16(const int64_t* __restrict__ sizes, __half* const* tab_grad, float* const* tab_weight, float* const* tab_m, float* const* tab_v, float* const* tab_weight_lp, const double* __restrict__ scalars) {
     const int64_t t = blockIdx.y, n = sizes[t];
-    const double* s = scalars + t * 14;
+    const double* s = scalars + t * 12;
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_nadam_s0_elem<float, __half, float>(i, i, tab_grad[t], tab_weight[t], tab_m[t], tab_v[t], tab_weight_lp[t], (float)s[0], (float)s[1], (float)s[2], (float)s[3], (float)s[4], (float)s[5], (float)s[6], (float)s[7], (float)s[8], (float)s[9], (float)s[10], (float)s[11], (float)s[12], (float)s[13]);
+        optforge_nadam_s0_elem<float, __half, float>(i, i, tab_grad[t], tab_weight[t], tab_m[t], tab_v[t], tab_weight_lp[t], (float)s[0], (float)s[1], (float)s[2], (float)s[3], (float)s[4], (float)s[5], (float)s[6], (float)s[7], (float)s[8], (float)s[9], (float)s[10], (float)s[11]);
 }
 }

@@ -4,7 +4,7 @@ import math
 
 import numpy as np
 
-from optforge import ops
+from optforge import chunks, ops
 from optforge.optimizer import Optimizer, HyperParam
 
 
@@ -104,18 +104,34 @@ class Nadam(Optimizer):
         m = tensors['m']
         v = tensors['v']
         m_schedule = scalars['m_schedule']
-        g = ops.clip(rescale_grad * grad + wd * weight, clip_gradient)  # nadam.opt:32
-        momentum_t = beta1 * (1 - 0.5 * 0.96 ** (t * schedule_decay))  # nadam.opt:33
-        momentum_t1 = beta1 * (1 - 0.5 * 0.96 ** ((t + 1) * schedule_decay))  # nadam.opt:34
-        m_schedule = m_schedule * momentum_t  # nadam.opt:35
-        m_schedule_next = m_schedule * momentum_t1  # nadam.opt:36
-        m[...] = beta1 * m + (1 - beta1) * g  # nadam.opt:37
-        v[...] = beta2 * v + (1 - beta2) * g * g  # nadam.opt:38
-        g_prime = g / (1 - m_schedule)  # nadam.opt:39
-        m_prime = m / (1 - m_schedule_next)  # nadam.opt:40
-        v_prime = v / (1 - beta2 ** t)  # nadam.opt:41
-        m_bar = (1 - momentum_t) * g_prime + momentum_t1 * m_prime  # nadam.opt:42
-        weight[...] = weight - lr * m_bar / (np.sqrt(v_prime) + epsilon)  # nadam.opt:43
+        if not chunks.use(weight, grad, m, v):  # small (or strided) tensors: the equations as written
+            g = ops.clip(rescale_grad * grad + wd * weight, clip_gradient)  # nadam.opt:32
+            momentum_t = beta1 * (1 - 0.5 * 0.96 ** (t * schedule_decay))  # nadam.opt:33
+            momentum_t1 = beta1 * (1 - 0.5 * 0.96 ** ((t + 1) * schedule_decay))  # nadam.opt:34
+            m_schedule = m_schedule * momentum_t  # nadam.opt:35
+            m_schedule_next = m_schedule * momentum_t1  # nadam.opt:36
+            m[...] = beta1 * m + (1 - beta1) * g  # nadam.opt:37
+            v[...] = beta2 * v + (1 - beta2) * g * g  # nadam.opt:38
+            g_prime = g / (1 - m_schedule)  # nadam.opt:39
+            m_prime = m / (1 - m_schedule_next)  # nadam.opt:40
+            v_prime = v / (1 - beta2 ** t)  # nadam.opt:41
+            m_bar = (1 - momentum_t) * g_prime + momentum_t1 * m_prime  # nadam.opt:42
+            weight[...] = weight - lr * m_bar / (np.sqrt(v_prime) + epsilon)  # nadam.opt:43
+        else:  # large tensors: cache-sized chunks, in place, on every core
+            momentum_t = beta1 * (1 - 0.5 * 0.96 ** (t * schedule_decay))  # nadam.opt:33
+            momentum_t1 = beta1 * (1 - 0.5 * 0.96 ** ((t + 1) * schedule_decay))  # nadam.opt:34
+            m_schedule = m_schedule * momentum_t  # nadam.opt:35
+            m_schedule_next = m_schedule * momentum_t1  # nadam.opt:36
+            def stage0(grad, weight, m, v, g, g_prime, m_bar, m_prime, v_prime, tmp0, tmp1):
+                chunks.clip(np.add(np.multiply(rescale_grad, grad, out=g), np.multiply(wd, weight, out=tmp0), out=g), clip_gradient, g)  # nadam.opt:32
+                np.add(np.multiply(beta1, m, out=m), np.multiply(1 - beta1, g, out=tmp0), out=m)  # nadam.opt:37
+                np.add(np.multiply(beta2, v, out=v), np.multiply(np.multiply(1 - beta2, g, out=tmp0), g, out=tmp0), out=v)  # nadam.opt:38
+                np.divide(g, 1 - m_schedule, out=g_prime)  # nadam.opt:39
+                np.divide(m, 1 - m_schedule_next, out=m_prime)  # nadam.opt:40
+                np.divide(v, 1 - beta2 ** t, out=v_prime)  # nadam.opt:41
+                np.add(np.multiply(1 - momentum_t, g_prime, out=m_bar), np.multiply(momentum_t1, m_prime, out=tmp0), out=m_bar)  # nadam.opt:42
+                np.subtract(weight, np.divide(np.multiply(lr, m_bar, out=tmp0), np.add(np.sqrt(v_prime, out=tmp1), epsilon, out=tmp1), out=tmp0), out=weight)  # nadam.opt:43
+            chunks.run(stage0, (grad, weight, m, v), 7)
         scalars['m_schedule'] = m_schedule
 
     def _kernel_staged(self, be, call, weight, grad, tensors, scalars, lr, wd, t, param_name, learning_rate, num_update):
@@ -135,5 +151,5 @@ class Nadam(Optimizer):
         momentum_t1 = beta1 * (1 - 0.5 * 0.96 ** ((t + 1) * schedule_decay))  # nadam.opt:34
         m_schedule = m_schedule * momentum_t  # nadam.opt:35
         m_schedule_next = m_schedule * momentum_t1  # nadam.opt:36
-        be.launch('optforge_nadam_s0', (grad, weight, m, v,), (ops.arg(rescale_grad), ops.arg(wd), ops.arg(clip_gradient), ops.arg(beta1), ops.arg(1 - beta1), ops.arg(beta2), ops.arg(1 - beta2), ops.arg(1 - m_schedule), ops.arg(1 - m_schedule_next), ops.arg(1 - beta2 ** t), ops.arg(1 - momentum_t), ops.arg(momentum_t1), ops.arg(lr), ops.arg(epsilon), ))
+        be.launch('optforge_nadam_s0', (grad, weight, m, v,), (ops.arg(rescale_grad), ops.arg(wd), ops.arg(clip_gradient), ops.arg(beta1), ops.arg(beta2), ops.arg(1 - m_schedule), ops.arg(1 - m_schedule_next), ops.arg(1 - beta2 ** t), ops.arg(1 - momentum_t), ops.arg(momentum_t1), ops.arg(lr), ops.arg(epsilon), ))
         scalars['m_schedule'] = m_schedule

@@ -4,7 +4,7 @@ import math
 
 import numpy as np
 
-from optforge import ops
+from optforge import chunks, ops
 from optforge.optimizer import Optimizer, HyperParam
 
 
@@ -86,13 +86,24 @@ class NAG(Optimizer):
         clip_gradient = self.clip_gradient
         rescale_grad = self.rescale_grad
         mom = tensors.get('mom')
-        g = ops.clip(rescale_grad * grad, clip_gradient)  # nag.opt:23
-        if momentum != 0:
-            mom[...] = momentum * mom  # nag.opt:25
-            weight[...] = weight + momentum * mom - (1 + momentum) * lr * (g + wd * weight)  # nag.opt:26
-            mom[...] = mom - lr * (g + wd * weight)  # nag.opt:27
-        else:
-            weight[...] = (1 - lr * wd) * weight - lr * g  # nag.opt:29
+        if not chunks.use(weight, grad, mom):  # small (or strided) tensors: the equations as written
+            g = ops.clip(rescale_grad * grad, clip_gradient)  # nag.opt:23
+            if momentum != 0:
+                mom[...] = momentum * mom  # nag.opt:25
+                weight[...] = weight + momentum * mom - (1 + momentum) * lr * (g + wd * weight)  # nag.opt:26
+                mom[...] = mom - lr * (g + wd * weight)  # nag.opt:27
+            else:
+                weight[...] = (1 - lr * wd) * weight - lr * g  # nag.opt:29
+        else:  # large tensors: cache-sized chunks, in place, on every core
+            def stage0(grad, mom, weight, g, tmp0):
+                chunks.clip(np.multiply(rescale_grad, grad, out=g), clip_gradient, g)  # nag.opt:23
+                if momentum != 0:
+                    np.multiply(momentum, mom, out=mom)  # nag.opt:25
+                    np.subtract(np.add(weight, np.multiply(momentum, mom, out=tmp0), out=tmp0), np.multiply((1 + momentum) * lr, np.add(g, np.multiply(wd, weight, out=weight), out=weight), out=weight), out=weight)  # nag.opt:26
+                    np.subtract(mom, np.multiply(lr, np.add(g, np.multiply(wd, weight, out=tmp0), out=tmp0), out=tmp0), out=mom)  # nag.opt:27
+                else:
+                    np.subtract(np.multiply(1 - lr * wd, weight, out=weight), np.multiply(lr, g, out=tmp0), out=weight)  # nag.opt:29
+            chunks.run(stage0, (grad, mom, weight), 2)
 
     def _kernel_rows(self, call, rows, weight, grad, tensors, scalars, lr, wd, t, param_name, learning_rate, num_update):
         """The lazy update: only the rows `rows` of `weight` and `tensors` change; `grad` holds those rows."""

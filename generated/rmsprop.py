@@ -4,7 +4,7 @@ import math
 
 import numpy as np
 
-from optforge import ops
+from optforge import chunks, ops
 from optforge.optimizer import Optimizer, HyperParam
 
 
@@ -112,15 +112,28 @@ class RMSProp(Optimizer):
         n = tensors['n']
         g_avg = tensors.get('g_avg')
         delta = tensors.get('delta')
-        g = ops.clip(rescale_grad * grad + wd * weight, clip_gradient)  # rmsprop.opt:35
-        n[...] = (1 - gamma1) * np.square(g) + gamma1 * n  # rmsprop.opt:36
-        if centered:
-            g_avg[...] = (1 - gamma1) * g + gamma1 * g_avg  # rmsprop.opt:38
-            delta[...] = gamma2 * delta - lr * g / np.sqrt(n - np.square(g_avg) + epsilon)  # rmsprop.opt:39
-            weight[...] = weight + delta  # rmsprop.opt:40
-        else:
-            weight[...] = weight - lr * g / np.sqrt(n + epsilon)  # rmsprop.opt:42
-        weight[...] = ops.clip(weight, clip_weights)  # rmsprop.opt:44
+        if not chunks.use(weight, grad, n, g_avg, delta):  # small (or strided) tensors: the equations as written
+            g = ops.clip(rescale_grad * grad + wd * weight, clip_gradient)  # rmsprop.opt:35
+            n[...] = (1 - gamma1) * np.square(g) + gamma1 * n  # rmsprop.opt:36
+            if centered:
+                g_avg[...] = (1 - gamma1) * g + gamma1 * g_avg  # rmsprop.opt:38
+                delta[...] = gamma2 * delta - lr * g / np.sqrt(n - np.square(g_avg) + epsilon)  # rmsprop.opt:39
+                weight[...] = weight + delta  # rmsprop.opt:40
+            else:
+                weight[...] = weight - lr * g / np.sqrt(n + epsilon)  # rmsprop.opt:42
+            weight[...] = ops.clip(weight, clip_weights)  # rmsprop.opt:44
+        else:  # large tensors: cache-sized chunks, in place, on every core
+            def stage0(grad, weight, n, g_avg, delta, g, tmp0, tmp1):
+                chunks.clip(np.add(np.multiply(rescale_grad, grad, out=g), np.multiply(wd, weight, out=tmp0), out=g), clip_gradient, g)  # rmsprop.opt:35
+                np.add(np.multiply(1 - gamma1, np.square(g, out=tmp0), out=tmp0), np.multiply(gamma1, n, out=n), out=n)  # rmsprop.opt:36
+                if centered:
+                    np.add(np.multiply(1 - gamma1, g, out=tmp0), np.multiply(gamma1, g_avg, out=g_avg), out=g_avg)  # rmsprop.opt:38
+                    np.subtract(np.multiply(gamma2, delta, out=delta), np.divide(np.multiply(lr, g, out=tmp0), np.sqrt(np.add(np.subtract(n, np.square(g_avg, out=tmp1), out=tmp1), epsilon, out=tmp1), out=tmp1), out=tmp0), out=delta)  # rmsprop.opt:39
+                    np.add(weight, delta, out=weight)  # rmsprop.opt:40
+                else:
+                    np.subtract(weight, np.divide(np.multiply(lr, g, out=tmp0), np.sqrt(np.add(n, epsilon, out=tmp1), out=tmp1), out=tmp0), out=weight)  # rmsprop.opt:42
+                chunks.clip(weight, clip_weights, weight)  # rmsprop.opt:44
+            chunks.run(stage0, (grad, weight, n, g_avg, delta), 3)
 
     def _kernel_staged(self, be, call, weight, grad, tensors, scalars, lr, wd, t, param_name, learning_rate, num_update):
         """The same update for compiled backends: host code around the stage kernels of
@@ -137,9 +150,9 @@ class RMSProp(Optimizer):
         g_avg = tensors.get('g_avg')
         delta = tensors.get('delta')
         g = be.scratch(weight, 'g')
-        be.launch('optforge_rmsprop_s0', (grad, weight, n, g,), (ops.arg(rescale_grad), ops.arg(wd), ops.arg(clip_gradient), ops.arg(1 - gamma1), ops.arg(gamma1), ))
+        be.launch('optforge_rmsprop_s0', (grad, weight, n, g,), (ops.arg(rescale_grad), ops.arg(wd), ops.arg(clip_gradient), ops.arg(gamma1), ))
         if centered:
-            be.launch('optforge_rmsprop_s1', (g, g_avg, delta, n, weight,), (ops.arg(1 - gamma1), ops.arg(gamma1), ops.arg(gamma2), ops.arg(lr), ops.arg(epsilon), ))
+            be.launch('optforge_rmsprop_s1', (g, g_avg, delta, n, weight,), (ops.arg(gamma1), ops.arg(gamma2), ops.arg(lr), ops.arg(epsilon), ))
         else:
             be.launch('optforge_rmsprop_s2', (weight, g, n,), (ops.arg(lr), ops.arg(epsilon), ))
         be.launch('optforge_rmsprop_s3', (weight,), (ops.arg(clip_weights), ))

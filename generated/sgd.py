@@ -4,7 +4,7 @@ import math
 
 import numpy as np
 
-from optforge import ops
+from optforge import chunks, ops
 from optforge.optimizer import Optimizer, HyperParam
 
 
@@ -86,12 +86,22 @@ class SGD(Optimizer):
         clip_gradient = self.clip_gradient
         rescale_grad = self.rescale_grad
         mom = tensors.get('mom')
-        g = ops.clip(rescale_grad * grad, clip_gradient)  # sgd.opt:24
-        if momentum != 0:
-            mom[...] = momentum * mom - lr * wd * weight - lr * g  # sgd.opt:26
-            weight[...] = weight + mom  # sgd.opt:27
-        else:
-            weight[...] = (1 - lr * wd) * weight - lr * g  # sgd.opt:29
+        if not chunks.use(weight, grad, mom):  # small (or strided) tensors: the equations as written
+            g = ops.clip(rescale_grad * grad, clip_gradient)  # sgd.opt:24
+            if momentum != 0:
+                mom[...] = momentum * mom - lr * wd * weight - lr * g  # sgd.opt:26
+                weight[...] = weight + mom  # sgd.opt:27
+            else:
+                weight[...] = (1 - lr * wd) * weight - lr * g  # sgd.opt:29
+        else:  # large tensors: cache-sized chunks, in place, on every core
+            def stage0(grad, mom, weight, g, tmp0):
+                chunks.clip(np.multiply(rescale_grad, grad, out=g), clip_gradient, g)  # sgd.opt:24
+                if momentum != 0:
+                    np.subtract(np.subtract(np.multiply(momentum, mom, out=mom), np.multiply(lr * wd, weight, out=tmp0), out=mom), np.multiply(lr, g, out=tmp0), out=mom)  # sgd.opt:26
+                    np.add(weight, mom, out=weight)  # sgd.opt:27
+                else:
+                    np.subtract(np.multiply(1 - lr * wd, weight, out=weight), np.multiply(lr, g, out=tmp0), out=weight)  # sgd.opt:29
+            chunks.run(stage0, (grad, mom, weight), 2)
 
     def _kernel_rows(self, call, rows, weight, grad, tensors, scalars, lr, wd, t, param_name, learning_rate, num_update):
         """The lazy update: only the rows `rows` of `weight` and `tensors` change; `grad` holds those rows."""

@@ -4,7 +4,7 @@ import math
 
 import numpy as np
 
-from optforge import ops
+from optforge import chunks, ops
 from optforge.optimizer import Optimizer, HyperParam
 
 
@@ -72,8 +72,15 @@ class SGLD(Optimizer):
         """One parameter's update, in place on `weight`, `tensors` and `scalars`."""
         clip_gradient = self.clip_gradient
         rescale_grad = self.rescale_grad
-        g = ops.clip(rescale_grad * grad, clip_gradient)  # sgld.opt:18
-        weight[...] = weight + (-lr / 2 * (g + wd * weight) + ops.normal(self._rng, 0, math.sqrt(lr), weight))  # sgld.opt:19
+        if not chunks.use(weight, grad):  # small (or strided) tensors: the equations as written
+            g = ops.clip(rescale_grad * grad, clip_gradient)  # sgld.opt:18
+            weight[...] = weight + (-lr / 2 * (g + wd * weight) + ops.normal(self._rng, 0, math.sqrt(lr), weight))  # sgld.opt:19
+        else:  # large tensors: cache-sized chunks, in place, on every core
+            noise0 = ops.normal(self._rng, 0, math.sqrt(lr), weight)  # sgld.opt:19
+            def stage0(grad, weight, noise0, g, tmp0):
+                chunks.clip(np.multiply(rescale_grad, grad, out=g), clip_gradient, g)  # sgld.opt:18
+                np.add(weight, np.add(np.multiply(-lr / 2, np.add(g, np.multiply(wd, weight, out=tmp0), out=tmp0), out=tmp0), noise0, out=tmp0), out=weight)  # sgld.opt:19
+            chunks.run(stage0, (grad, weight, noise0), 2)
 
     def _kernel_staged(self, be, call, weight, grad, tensors, scalars, lr, wd, t, param_name, learning_rate, num_update):
         """The same update for compiled backends: host code around the stage kernels of

@@ -49,12 +49,12 @@ OPTFORGE_HD void optforge_signum_s0_elem(int64_t i, int64_t gi, const G* __restr
 /* stage s1: element i of the weight and states, element gi of the gradient and scratch
    (the same element for a dense update; for a row-sparse one, gi walks the gradient's rows) */
 template <typename T, typename G, typename C>
-OPTFORGE_HD void optforge_signum_s1_elem(int64_t i, int64_t gi, T* __restrict__ p_mom, T* __restrict__ p_weight, const C* __restrict__ p_g, float* __restrict__ p_weight_lp, const C k_momentum, const C k1, const C k_wd, const C k3, const C k_lr) {
+OPTFORGE_HD void optforge_signum_s1_elem(int64_t i, int64_t gi, T* __restrict__ p_mom, T* __restrict__ p_weight, const C* __restrict__ p_g, float* __restrict__ p_weight_lp, const C k_momentum, const C k_wd, const C k2, const C k_lr) {
     C mom = C(p_mom[i]);
     C weight = C(p_weight[i]);
     C g = C(p_g[gi]);
-    mom = k_momentum * mom - k1 * (k_wd * weight + g);  // signum.opt:28
-    weight = k3 * weight + k_lr * op_sign(mom);  // signum.opt:29
+    mom = k_momentum * mom - (1 - k_momentum) * (k_wd * weight + g);  // signum.opt:28
+    weight = k2 * weight + k_lr * op_sign(mom);  // signum.opt:29
     p_mom[i] = (T)(mom);
     p_weight[i] = (T)(weight);
     if (p_weight_lp) store_low(p_weight_lp, i, weight);
@@ -139,73 +139,73 @@ __global__ void optforge_signum_s0_mt_mp16(const int64_t* __restrict__ sizes, __
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
         optforge_signum_s0_elem<float, __half, float>(i, i, tab_grad[t], tab_g[t], tab_weight_lp[t], (float)s[0], (float)s[1]);
 }
-__global__ void optforge_signum_s1_f32(int64_t n, float* __restrict__ p_mom, float* __restrict__ p_weight, const float* __restrict__ p_g, float* __restrict__ p_weight_lp, double k_momentum, double k1, double k_wd, double k3, double k_lr) {
+__global__ void optforge_signum_s1_f32(int64_t n, float* __restrict__ p_mom, float* __restrict__ p_weight, const float* __restrict__ p_g, float* __restrict__ p_weight_lp, double k_momentum, double k_wd, double k2, double k_lr) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_signum_s1_elem<float, float, float>(i, i, p_mom, p_weight, p_g, p_weight_lp, (float)k_momentum, (float)k1, (float)k_wd, (float)k3, (float)k_lr);
+        optforge_signum_s1_elem<float, float, float>(i, i, p_mom, p_weight, p_g, p_weight_lp, (float)k_momentum, (float)k_wd, (float)k2, (float)k_lr);
 }
 /* row-sparse, parallel over gradient elements (not rows): element j updates row rows[j / cols] */
-__global__ void optforge_signum_s1_rows_f32(int64_t n, int64_t cols, const int64_t* __restrict__ rows, float* __restrict__ p_mom, float* __restrict__ p_weight, const float* __restrict__ p_g, float* __restrict__ p_weight_lp, double k_momentum, double k1, double k_wd, double k3, double k_lr) {
+__global__ void optforge_signum_s1_rows_f32(int64_t n, int64_t cols, const int64_t* __restrict__ rows, float* __restrict__ p_mom, float* __restrict__ p_weight, const float* __restrict__ p_g, float* __restrict__ p_weight_lp, double k_momentum, double k_wd, double k2, double k_lr) {
     for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
-        optforge_signum_s1_elem<float, float, float>(rows[j / cols] * cols + j % cols, j, p_mom, p_weight, p_g, p_weight_lp, (float)k_momentum, (float)k1, (float)k_wd, (float)k3, (float)k_lr);
+        optforge_signum_s1_elem<float, float, float>(rows[j / cols] * cols + j % cols, j, p_mom, p_weight, p_g, p_weight_lp, (float)k_momentum, (float)k_wd, (float)k2, (float)k_lr);
 }
 /* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
-   pointers, sizes and 5 scalar(s) per parameter, as Apex's multi_tensor_apply */
+   pointers, sizes and 4 scalar(s) per parameter, as Apex's multi_tensor_apply */
 __global__ void optforge_signum_s1_mt_f32(const int64_t* __restrict__ sizes, float* const* tab_mom, float* const* tab_weight, float* const* tab_g, float* const* tab_weight_lp, const double* __restrict__ scalars) {
     const int64_t t = blockIdx.y, n = sizes[t];
-    const double* s = scalars + t * 5;
+    const double* s = scalars + t * 4;
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_signum_s1_elem<float, float, float>(i, i, tab_mom[t], tab_weight[t], tab_g[t], tab_weight_lp[t], (float)s[0], (float)s[1], (float)s[2], (float)s[3], (float)s[4]);
+        optforge_signum_s1_elem<float, float, float>(i, i, tab_mom[t], tab_weight[t], tab_g[t], tab_weight_lp[t], (float)s[0], (float)s[1], (float)s[2], (float)s[3]);
 }
-__global__ void optforge_signum_s1_f64(int64_t n, double* __restrict__ p_mom, double* __restrict__ p_weight, const double* __restrict__ p_g, float* __restrict__ p_weight_lp, double k_momentum, double k1, double k_wd, double k3, double k_lr) {
+__global__ void optforge_signum_s1_f64(int64_t n, double* __restrict__ p_mom, double* __restrict__ p_weight, const double* __restrict__ p_g, float* __restrict__ p_weight_lp, double k_momentum, double k_wd, double k2, double k_lr) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_signum_s1_elem<double, double, double>(i, i, p_mom, p_weight, p_g, p_weight_lp, (double)k_momentum, (double)k1, (double)k_wd, (double)k3, (double)k_lr);
+        optforge_signum_s1_elem<double, double, double>(i, i, p_mom, p_weight, p_g, p_weight_lp, (double)k_momentum, (double)k_wd, (double)k2, (double)k_lr);
 }
 /* row-sparse, parallel over gradient elements (not rows): element j updates row rows[j / cols] */
-__global__ void optforge_signum_s1_rows_f64(int64_t n, int64_t cols, const int64_t* __restrict__ rows, double* __restrict__ p_mom, double* __restrict__ p_weight, const double* __restrict__ p_g, float* __restrict__ p_weight_lp, double k_momentum, double k1, double k_wd, double k3, double k_lr) {
+__global__ void optforge_signum_s1_rows_f64(int64_t n, int64_t cols, const int64_t* __restrict__ rows, double* __restrict__ p_mom, double* __restrict__ p_weight, const double* __restrict__ p_g, float* __restrict__ p_weight_lp, double k_momentum, double k_wd, double k2, double k_lr) {
     for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
-        optforge_signum_s1_elem<double, double, double>(rows[j / cols] * cols + j % cols, j, p_mom, p_weight, p_g, p_weight_lp, (double)k_momentum, (double)k1, (double)k_wd, (double)k3, (double)k_lr);
+        optforge_signum_s1_elem<double, double, double>(rows[j / cols] * cols + j % cols, j, p_mom, p_weight, p_g, p_weight_lp, (double)k_momentum, (double)k_wd, (double)k2, (double)k_lr);
 }
 /* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
-   pointers, sizes and 5 scalar(s) per parameter, as Apex's multi_tensor_apply */
+   pointers, sizes and 4 scalar(s) per parameter, as Apex's multi_tensor_apply */
 __global__ void optforge_signum_s1_mt_f64(const int64_t* __restrict__ sizes, double* const* tab_mom, double* const* tab_weight, double* const* tab_g, float* const* tab_weight_lp, const double* __restrict__ scalars) {
     const int64_t t = blockIdx.y, n = sizes[t];
-    const double* s = scalars + t * 5;
+    const double* s = scalars + t * 4;
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_signum_s1_elem<double, double, double>(i, i, tab_mom[t], tab_weight[t], tab_g[t], tab_weight_lp[t], (double)s[0], (double)s[1], (double)s[2], (double)s[3], (double)s[4]);
+        optforge_signum_s1_elem<double, double, double>(i, i, tab_mom[t], tab_weight[t], tab_g[t], tab_weight_lp[t], (double)s[0], (double)s[1], (double)s[2], (double)s[3]);
 }
-__global__ void optforge_signum_s1_f16(int64_t n, __half* __restrict__ p_mom, __half* __restrict__ p_weight, const float* __restrict__ p_g, float* __restrict__ p_weight_lp, double k_momentum, double k1, double k_wd, double k3, double k_lr) {
+__global__ void optforge_signum_s1_f16(int64_t n, __half* __restrict__ p_mom, __half* __restrict__ p_weight, const float* __restrict__ p_g, float* __restrict__ p_weight_lp, double k_momentum, double k_wd, double k2, double k_lr) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_signum_s1_elem<__half, __half, float>(i, i, p_mom, p_weight, p_g, p_weight_lp, (float)k_momentum, (float)k1, (float)k_wd, (float)k3, (float)k_lr);
+        optforge_signum_s1_elem<__half, __half, float>(i, i, p_mom, p_weight, p_g, p_weight_lp, (float)k_momentum, (float)k_wd, (float)k2, (float)k_lr);
 }
 /* row-sparse, parallel over gradient elements (not rows): element j updates row rows[j / cols] */
-__global__ void optforge_signum_s1_rows_f16(int64_t n, int64_t cols, const int64_t* __restrict__ rows, __half* __restrict__ p_mom, __half* __restrict__ p_weight, const float* __restrict__ p_g, float* __restrict__ p_weight_lp, double k_momentum, double k1, double k_wd, double k3, double k_lr) {
+__global__ void optforge_signum_s1_rows_f16(int64_t n, int64_t cols, const int64_t* __restrict__ rows, __half* __restrict__ p_mom, __half* __restrict__ p_weight, const float* __restrict__ p_g, float* __restrict__ p_weight_lp, double k_momentum, double k_wd, double k2, double k_lr) {
     for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
-        optforge_signum_s1_elem<__half, __half, float>(rows[j / cols] * cols + j % cols, j, p_mom, p_weight, p_g, p_weight_lp, (float)k_momentum, (float)k1, (float)k_wd, (float)k3, (float)k_lr);
+        optforge_signum_s1_elem<__half, __half, float>(rows[j / cols] * cols + j % cols, j, p_mom, p_weight, p_g, p_weight_lp, (float)k_momentum, (float)k_wd, (float)k2, (float)k_lr);
 }
 /* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
-   pointers, sizes and 5 scalar(s) per parameter, as Apex's multi_tensor_apply */
+   pointers, sizes and 4 scalar(s) per parameter, as Apex's multi_tensor_apply */
 __global__ void optforge_signum_s1_mt_f16(const int64_t* __restrict__ sizes, __half* const* tab_mom, __half* const* tab_weight, float* const* tab_g, float* const* tab_weight_lp, const double* __restrict__ scalars) {
     const int64_t t = blockIdx.y, n = sizes[t];
-    const double* s = scalars + t * 5;
+    const double* s = scalars + t * 4;
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_signum_s1_elem<__half, __half, float>(i, i, tab_mom[t], tab_weight[t], tab_g[t], tab_weight_lp[t], (float)s[0], (float)s[1], (float)s[2], (float)s[3], (float)s[4]);
+        optforge_signum_s1_elem<__half, __half, float>(i, i, tab_mom[t], tab_weight[t], tab_g[t], tab_weight_lp[t], (float)s[0], (float)s[1], (float)s[2], (float)s[3]);
 }
-__global__ void optforge_signum_s1_mp16(int64_t n, float* __restrict__ p_mom, float* __restrict__ p_weight, const float* __restrict__ p_g, float* __restrict__ p_weight_lp, double k_momentum, double k1, double k_wd, double k3, double k_lr) {
+__global__ void optforge_signum_s1_mp16(int64_t n, float* __restrict__ p_mom, float* __restrict__ p_weight, const float* __restrict__ p_g, float* __restrict__ p_weight_lp, double k_momentum, double k_wd, double k2, double k_lr) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_signum_s1_elem<float, __half, float>(i, i, p_mom, p_weight, p_g, p_weight_lp, (float)k_momentum, (float)k1, (float)k_wd, (float)k3, (float)k_lr);
+        optforge_signum_s1_elem<float, __half, float>(i, i, p_mom, p_weight, p_g, p_weight_lp, (float)k_momentum, (float)k_wd, (float)k2, (float)k_lr);
 }
 /* row-sparse, parallel over gradient elements (not rows): element j updates row rows[j / cols] */
-__global__ void optforge_signum_s1_rows_mp16(int64_t n, int64_t cols, const int64_t* __restrict__ rows, float* __restrict__ p_mom, float* __restrict__ p_weight, const float* __restrict__ p_g, float* __restrict__ p_weight_lp, double k_momentum, double k1, double k_wd, double k3, double k_lr) {
+__global__ void optforge_signum_s1_rows_mp16(int64_t n, int64_t cols, const int64_t* __restrict__ rows, float* __restrict__ p_mom, float* __restrict__ p_weight, const float* __restrict__ p_g, float* __restrict__ p_weight_lp, double k_momentum, double k_wd, double k2, double k_lr) {
     for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
-        optforge_signum_s1_elem<float, __half, float>(rows[j / cols] * cols + j % cols, j, p_mom, p_weight, p_g, p_weight_lp, (float)k_momentum, (float)k1, (float)k_wd, (float)k3, (float)k_lr);
+        optforge_signum_s1_elem<float, __half, float>(rows[j / cols] * cols + j % cols, j, p_mom, p_weight, p_g, p_weight_lp, (float)k_momentum, (float)k_wd, (float)k2, (float)k_lr);
 }
 /* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
-   pointers, sizes and 5 scalar(s) per parameter, as Apex's multi_tensor_apply */
+   pointers, sizes and 4 scalar(s) per parameter, as Apex's multi_tensor_apply */
 __global__ void optforge_signum_s1_mt_mp16(const int64_t* __restrict__ sizes, float* const* tab_mom, float* const* tab_weight, float* const* tab_g, float* const* tab_weight_lp, const double* __restrict__ scalars) {
     const int64_t t = blockIdx.y, n = sizes[t];
-    const double* s = scalars + t * 5;
+    const double* s = scalars + t * 4;
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_signum_s1_elem<float, __half, float>(i, i, tab_mom[t], tab_weight[t], tab_g[t], tab_weight_lp[t], (float)s[0], (float)s[1], (float)s[2], (float)s[3], (float)s[4]);
+        optforge_signum_s1_elem<float, __half, float>(i, i, tab_mom[t], tab_weight[t], tab_g[t], tab_weight_lp[t], (float)s[0], (float)s[1], (float)s[2], (float)s[3]);
 }
 __global__ void optforge_signum_s2_f32(int64_t n, float* __restrict__ p_weight, const float* __restrict__ p_g, float* __restrict__ p_weight_lp, double k0, double k_lr) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)

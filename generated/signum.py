@@ -4,7 +4,7 @@ import math
 
 import numpy as np
 
-from optforge import ops
+from optforge import chunks, ops
 from optforge.optimizer import Optimizer, HyperParam
 
 
@@ -88,12 +88,22 @@ class Signum(Optimizer):
         clip_gradient = self.clip_gradient
         rescale_grad = self.rescale_grad
         mom = tensors.get('mom')
-        g = ops.clip(rescale_grad * grad, clip_gradient)  # signum.opt:26
-        if momentum != 0:
-            mom[...] = momentum * mom - (1 - momentum) * (wd * weight + g)  # signum.opt:28
-            weight[...] = (1 - lr * wd_lh) * weight + lr * np.sign(mom)  # signum.opt:29
-        else:
-            weight[...] = (1 - lr * (wd + wd_lh)) * weight - lr * np.sign(g)  # signum.opt:31
+        if not chunks.use(weight, grad, mom):  # small (or strided) tensors: the equations as written
+            g = ops.clip(rescale_grad * grad, clip_gradient)  # signum.opt:26
+            if momentum != 0:
+                mom[...] = momentum * mom - (1 - momentum) * (wd * weight + g)  # signum.opt:28
+                weight[...] = (1 - lr * wd_lh) * weight + lr * np.sign(mom)  # signum.opt:29
+            else:
+                weight[...] = (1 - lr * (wd + wd_lh)) * weight - lr * np.sign(g)  # signum.opt:31
+        else:  # large tensors: cache-sized chunks, in place, on every core
+            def stage0(grad, mom, weight, g, tmp0):
+                chunks.clip(np.multiply(rescale_grad, grad, out=g), clip_gradient, g)  # signum.opt:26
+                if momentum != 0:
+                    np.subtract(np.multiply(momentum, mom, out=mom), np.multiply(1 - momentum, np.add(np.multiply(wd, weight, out=tmp0), g, out=tmp0), out=tmp0), out=mom)  # signum.opt:28
+                    np.add(np.multiply(1 - lr * wd_lh, weight, out=weight), np.multiply(lr, np.sign(mom, out=tmp0), out=tmp0), out=weight)  # signum.opt:29
+                else:
+                    np.subtract(np.multiply(1 - lr * (wd + wd_lh), weight, out=weight), np.multiply(lr, np.sign(g, out=tmp0), out=tmp0), out=weight)  # signum.opt:31
+            chunks.run(stage0, (grad, mom, weight), 2)
 
     def _kernel_staged(self, be, call, weight, grad, tensors, scalars, lr, wd, t, param_name, learning_rate, num_update):
         """The same update for compiled backends: host code around the stage kernels of
@@ -107,6 +117,6 @@ class Signum(Optimizer):
         g = be.scratch(weight, 'g')
         be.launch('optforge_signum_s0', (grad, g,), (ops.arg(rescale_grad), ops.arg(clip_gradient), ))
         if momentum != 0:
-            be.launch('optforge_signum_s1', (mom, weight, g,), (ops.arg(momentum), ops.arg(1 - momentum), ops.arg(wd), ops.arg(1 - lr * wd_lh), ops.arg(lr), ))
+            be.launch('optforge_signum_s1', (mom, weight, g,), (ops.arg(momentum), ops.arg(wd), ops.arg(1 - lr * wd_lh), ops.arg(lr), ))
         else:
             be.launch('optforge_signum_s2', (weight, g,), (ops.arg(1 - lr * (wd + wd_lh)), ops.arg(lr), ))

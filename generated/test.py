@@ -4,7 +4,7 @@ import math
 
 import numpy as np
 
-from optforge import ops
+from optforge import chunks, ops
 from optforge.optimizer import Optimizer, HyperParam
 
 
@@ -59,8 +59,14 @@ class Test(Optimizer):
         """One parameter's update, in place on `weight`, `tensors` and `scalars`."""
         rescale_grad = self.rescale_grad
         mirror = tensors['mirror']
-        weight[...] = weight + rescale_grad * grad  # test.opt:12
-        mirror[...] = weight  # test.opt:13
+        if not chunks.use(weight, grad, mirror):  # small (or strided) tensors: the equations as written
+            weight[...] = weight + rescale_grad * grad  # test.opt:12
+            mirror[...] = weight  # test.opt:13
+        else:  # large tensors: cache-sized chunks, in place, on every core
+            def stage0(weight, grad, mirror, tmp0):
+                np.add(weight, np.multiply(rescale_grad, grad, out=tmp0), out=weight)  # test.opt:12
+                chunks.copy(weight, mirror)  # test.opt:13
+            chunks.run(stage0, (weight, grad, mirror), 1)
 
     def _kernel_staged(self, be, call, weight, grad, tensors, scalars, lr, wd, t, param_name, learning_rate, num_update):
         """The same update for compiled backends: host code around the stage kernels of
