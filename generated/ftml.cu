@@ -6,8 +6,13 @@
 #define OPTFORGE_HD __host__ __device__ inline
 #ifndef OPTFORGE_COMMON_H
 #define OPTFORGE_COMMON_H
+#ifdef __CUDACC_RTC__   /* NVRTC (CuPy's RawModule) has no C library headers; math is built in */
+typedef long long int64_t;
+typedef unsigned long long uint64_t;
+#else
 #include <math.h>
 #include <stdint.h>
+#endif
 #ifndef OPTFORGE_HD
 #define OPTFORGE_HD inline
 #endif

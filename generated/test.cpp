@@ -3,8 +3,13 @@
 // Native CPU kernels: one OpenMP loop per stage. Built on first use by optforge.native.
 #ifndef OPTFORGE_COMMON_H
 #define OPTFORGE_COMMON_H
+#ifdef __CUDACC_RTC__   /* NVRTC (CuPy's RawModule) has no C library headers; math is built in */
+typedef long long int64_t;
+typedef unsigned long long uint64_t;
+#else
 #include <math.h>
 #include <stdint.h>
+#endif
 #ifndef OPTFORGE_HD
 #define OPTFORGE_HD inline
 #endif

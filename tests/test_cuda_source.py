@@ -29,8 +29,33 @@ NVCC = shutil.which("nvcc")
 CXX = shutil.which(os.environ.get("CXX", "g++"))
 
 
+def _nvrtc():
+    """libnvrtc from the nvidia-cuda-nvrtc wheel (what CuPy compiles with), or from a CUDA install."""
+    import glob
+    import importlib.util
+    candidates = []
+    spec = importlib.util.find_spec("nvidia")
+    for root in (spec.submodule_search_locations or []) if spec else []:
+        candidates += sorted(glob.glob(os.path.join(root, "*", "lib", "libnvrtc.so*")))
+    candidates += sorted(glob.glob("/usr/local/cuda/lib64/libnvrtc.so*"))
+    for path in candidates:
+        if "builtins" not in path:
+            try:
+                return ctypes.CDLL(path)
+            except OSError:
+                continue
+    return None
+
+
+NVRTC = _nvrtc()
+CUDA_INCLUDE = next((p for p in ("/usr/local/cuda/include", os.environ.get("CUDA_PATH", "") + "/include")
+                     if os.path.exists(os.path.join(p, "cuda_fp16.h"))), None)
+
+
 @pytest.mark.skipif(NVCC is None, reason="nvcc not found: cannot compile CUDA sources for sm_80/sm_90")
-def test_every_cuda_source_compiles_for_sm80_and_sm90(tmp_path):
+def test_every_cuda_source_compiles_for_sm80_and_sm90_with_nvcc(tmp_path):
+    if NVRTC is not None and CUDA_INCLUDE is not None:
+        pytest.skip("NVRTC is available: the sources are compiled the way CuPy compiles them instead")
     def build(name):
         r = subprocess.run([NVCC, "-std=c++14", "-gencode", "arch=compute_80,code=sm_80", "-gencode",
                             "arch=compute_90,code=sm_90", "-c", str(GENERATED / f"{name}.cu"), "-o",
@@ -39,6 +64,31 @@ def test_every_cuda_source_compiles_for_sm80_and_sm90(tmp_path):
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
         results = list(pool.map(build, NAMES))
     failed = [f"{n}: {err}" for n, rc, err in results if rc != 0]
+    assert not failed, "\n".join(failed)
+
+
+@pytest.mark.skipif(NVRTC is None or CUDA_INCLUDE is None,
+                    reason="NVRTC (pip install nvidia-cuda-nvrtc) or the CUDA headers (cuda_fp16.h) not found")
+@pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
+def test_every_cuda_source_compiles_with_nvrtc(arch):
+    """The sources compile the way CuPy's RawModule compiles them: NVRTC, no C library headers."""
+    def build(name):
+        prog = ctypes.c_void_p()
+        src = (GENERATED / f"{name}.cu").read_bytes()
+        assert NVRTC.nvrtcCreateProgram(ctypes.byref(prog), src, f"{name}.cu".encode(), 0, None, None) == 0
+        opts = [f"--gpu-architecture={arch}".encode(), b"-std=c++14", f"-I{CUDA_INCLUDE}".encode()]
+        rc = NVRTC.nvrtcCompileProgram(prog, len(opts), (ctypes.c_char_p * len(opts))(*opts))
+        log = ""
+        if rc != 0:
+            size = ctypes.c_size_t()
+            NVRTC.nvrtcGetProgramLogSize(prog, ctypes.byref(size))
+            buf = ctypes.create_string_buffer(size.value)
+            NVRTC.nvrtcGetProgramLog(prog, buf)
+            log = f"{name}: {buf.value.decode(errors='replace')}"
+        NVRTC.nvrtcDestroyProgram(ctypes.byref(prog))
+        return log
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:   # ctypes releases the GIL
+        failed = [log for log in pool.map(build, NAMES) if log]
     assert not failed, "\n".join(failed)
 
 
