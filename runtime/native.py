@@ -107,13 +107,41 @@ def library_for(cls) -> NativeLibrary:
                 src = Path(module.__file__).with_suffix(".cpp")
                 if not src.exists():
                     raise NativeError(f"{src} is missing; run opt-compile")
-                lib = NativeLibrary(_build(src.read_text(), cls.__module__.rsplit(".", 1)[-1]))
+                source, name = src.read_text(), cls.__module__.rsplit(".", 1)[-1]
+                path = _build(source, name)
+                try:
+                    lib = NativeLibrary(path)
+                except OSError:   # a damaged cache entry: build it again
+                    path.unlink(missing_ok=True)
+                    lib = NativeLibrary(_build(source, name))
                 _libs[key] = lib
     return lib
 
 
 def available() -> bool:
     return compiler() is not None
+
+
+_unusable: dict = {}
+
+
+def usable(cls) -> bool:
+    """Whether the native backend works for an optimizer class: a compiler exists and its library
+    builds and loads. A failure is reported once, as a warning, and that class then uses NumPy."""
+    if not available():
+        return False
+    key = (cls.__module__, getattr(cls, "spec_hash", None))
+    if key in _unusable:
+        return False
+    try:
+        library_for(cls)
+        return True
+    except (NativeError, OSError, AttributeError) as e:
+        _unusable[key] = str(e)
+        import warnings
+        warnings.warn(f"optforge: the native backend is unavailable for {cls.__name__} ({str(e).splitlines()[0]}); "
+                      "using NumPy", RuntimeWarning, stacklevel=3)
+        return False
 
 
 class NativeBackend:

@@ -450,7 +450,7 @@ class Optimizer:
         Set it to choose; the default follows OPTFORGE_BACKEND (auto)."""
         choice = getattr(self, "_backend", None) or native.backend_choice()
         if choice == "auto":
-            choice = "native" if native.available() and hasattr(self, "_kernel_staged") else "numpy"
+            choice = "native" if hasattr(self, "_kernel_staged") and native.usable(type(self)) else "numpy"
         return choice
 
     @backend.setter
