@@ -185,3 +185,34 @@ def test_infinite_range_bounds_render_as_float_inf(tmp_path):
     mod = compile_and_import(victim(), tmp_path)
     (beta,) = [h for h in mod.Victim.hyperparams if h.name == "beta"]
     assert beta.lo == -math.inf and beta.hi == math.inf
+
+
+@pytest.mark.parametrize("payload", PAYLOADS, ids=range(len(PAYLOADS)))
+def test_no_spec_text_reaches_the_cpp_and_cuda_sources(payload, tmp_path):
+    """The C++ and CUDA emitters write numbers, identifiers and `file:line` comments only: doc text,
+    descriptions, choices and string constants stay on the host side."""
+    from optforge.codegen.emit_c import CpuEmitter, CudaEmitter
+    text = victim(doc=spec_literal(payload), desc=spec_literal(payload),
+                  choices=(spec_literal(payload), '"b"'), suffix=spec_literal(payload))
+    try:
+        spec, _ = load_spec_text(text, "specs/victim.opt")
+    except SpecError:
+        return
+    for emitter in (CpuEmitter, CudaEmitter):
+        source = emitter(spec).render()
+        assert SENTINEL not in source and "Doc." not in source and "Description." not in source
+
+
+def test_cpp_source_of_a_hostile_spec_compiles(tmp_path):
+    import shutil
+    import subprocess
+    from optforge.codegen.emit_c import CpuEmitter
+    cxx = shutil.which("g++")
+    if cxx is None:
+        pytest.skip("no g++")
+    spec, _ = load_spec_text(victim(doc=spec_literal(PAYLOADS[0]), choices=(spec_literal(PAYLOADS[2]), '"b"')),
+                             "specs/victim.opt")
+    src = tmp_path / "victim.cpp"
+    src.write_text(CpuEmitter(spec).render())
+    r = subprocess.run([cxx, "-fsyntax-only", "-std=c++14", "-fopenmp", str(src)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
