@@ -210,7 +210,7 @@ def test_cpp_source_of_a_hostile_spec_compiles(tmp_path):
     cxx = shutil.which("g++")
     if cxx is None:
         pytest.skip("no g++")
-    spec, _ = load_spec_text(victim(doc=spec_literal(PAYLOADS[0]), choices=(spec_literal(PAYLOADS[2]), '"b"')),
+    spec, _ = load_spec_text(victim(doc=spec_literal(PAYLOADS[0]), desc=spec_literal(PAYLOADS[2])),
                              "specs/victim.opt")
     src = tmp_path / "victim.cpp"
     src.write_text(CpuEmitter(spec).render())
