@@ -13,16 +13,17 @@ install: $(BIN)/python
 	$(BIN)/python -m pip install -q -e ".[test]"
 
 compile: install
-	$(BIN)/opt-compile specs/
+	$(BIN)/opt-compile specs/ --docs docs/optimizers
 
-# Compile the bundled specs, then train a small model with every optimizer.
+# Compile the bundled specs, then train a small model with every optimizer (table + out/train_all.png).
 demo: compile
+	$(BIN)/python -m pip install -q -e ".[demo]"
 	$(BIN)/python examples/train_all.py
 
-# The whole test suite (no GPU, no MXNet needed), after checking generated/ is up to date.
+# The whole test suite (no GPU, no MXNet needed), after checking generated/ and docs/optimizers/ are up to date.
 test: install
-	$(BIN)/opt-compile specs/ --check
+	$(BIN)/opt-compile specs/ --docs docs/optimizers --check
 	$(BIN)/python -m pytest -q tests/
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build *.egg-info out

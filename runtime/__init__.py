@@ -12,12 +12,13 @@ from . import lr_scheduler
 from .optimizer import Optimizer, OptState
 from .sparse import RowSparse
 from .registry import create, register, registered
+from .specload import load_spec
 from .updater import Updater, get_updater, load_states, save_states
 from .generated import *  # noqa: F401,F403  - every compiled spec, registered on import
 from .generated import __all__ as _generated
 
 create_optimizer = create
 
-__all__ = ["Optimizer", "OptState", "RowSparse", "Updater", "create", "create_optimizer", "get_updater", "load_states",
+__all__ = ["Optimizer", "OptState", "RowSparse", "Updater", "create", "create_optimizer", "get_updater", "load_spec", "load_states",
            "lr_scheduler", "register", "registered", "save_states"] + list(_generated)
 __version__ = "0.1.0"
