@@ -10,7 +10,7 @@ import jinja2
 from .check import check
 from .emit_c import CpuEmitter, CudaEmitter
 from .emit_driver import driver_lines
-from .emit_numpy import NumpyEmitter, leaves, targets
+from .emit_numpy import NumpyEmitter, kernel_lines, leaves, targets
 from .emit_sparse import RowsEmitter
 from .errors import SpecError
 from .ir import Kind, Op, Spec
@@ -179,7 +179,7 @@ def render_module(spec: Spec, spec_path: str | None = None) -> str:
         if ss.name in used_scalars:
             ker.append(f"{ss.name} = scalars[{ss.name!r}]")
     ker_head = list(ker)
-    ker += em.block(spec.body, 0)
+    ker += kernel_lines(em)   # straight-line for small tensors, chunked stages for large ones
     tail = [f"scalars[{ss.name!r}] = {ss.name}" for ss in spec.scalar_states
             if ss.name in targets(spec.body, "scalar_state")]
     ker += tail

@@ -36,6 +36,9 @@ template <typename C> OPTFORGE_HD C op_normal(double seed, int64_t i, int salt, 
 }
 #endif
 
+/* below this many elements a stage runs on one thread: forking costs more than it saves */
+#define OPTFORGE_PARALLEL_MIN 65536
+
 template <typename C> inline void store_low(float* p, int64_t i, C v) { p[i] = (float)v; }
 
 /* stage s0: element i of the weight and states, element gi of the gradient and scratch
@@ -75,7 +78,7 @@ OPTFORGE_HD void optforge_dcasgd_s2_elem(int64_t i, int64_t gi, T* __restrict__ 
 
 extern "C" {
 void optforge_dcasgd_s0_f32(int64_t n, const float* __restrict__ p_grad, const float* __restrict__ p_weight, const float* __restrict__ p_prev_weight, float* __restrict__ p_step, double k_rescale_grad, double k1, double k2, double k_wd, double k_lamda) {
-    #pragma omp parallel for simd schedule(static)
+    #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
     for (int64_t i = 0; i < n; ++i)
         optforge_dcasgd_s0_elem<float, float, float>(i, i, p_grad, p_weight, p_prev_weight, p_step, nullptr, (float)k_rescale_grad, (float)k1, (float)k2, (float)k_wd, (float)k_lamda);
 }
@@ -93,7 +96,7 @@ void optforge_dcasgd_s0_rows_f32(int64_t n, int64_t cols, const int64_t* __restr
     }
 }
 void optforge_dcasgd_s0_f64(int64_t n, const double* __restrict__ p_grad, const double* __restrict__ p_weight, const double* __restrict__ p_prev_weight, double* __restrict__ p_step, double k_rescale_grad, double k1, double k2, double k_wd, double k_lamda) {
-    #pragma omp parallel for simd schedule(static)
+    #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
     for (int64_t i = 0; i < n; ++i)
         optforge_dcasgd_s0_elem<double, double, double>(i, i, p_grad, p_weight, p_prev_weight, p_step, nullptr, (double)k_rescale_grad, (double)k1, (double)k2, (double)k_wd, (double)k_lamda);
 }
@@ -111,7 +114,7 @@ void optforge_dcasgd_s0_rows_f64(int64_t n, int64_t cols, const int64_t* __restr
     }
 }
 void optforge_dcasgd_s1_f32(int64_t n, float* __restrict__ p_mom, float* __restrict__ p_step, double k_momentum) {
-    #pragma omp parallel for simd schedule(static)
+    #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
     for (int64_t i = 0; i < n; ++i)
         optforge_dcasgd_s1_elem<float, float, float>(i, i, p_mom, p_step, nullptr, (float)k_momentum);
 }
@@ -129,7 +132,7 @@ void optforge_dcasgd_s1_rows_f32(int64_t n, int64_t cols, const int64_t* __restr
     }
 }
 void optforge_dcasgd_s1_f64(int64_t n, double* __restrict__ p_mom, double* __restrict__ p_step, double k_momentum) {
-    #pragma omp parallel for simd schedule(static)
+    #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
     for (int64_t i = 0; i < n; ++i)
         optforge_dcasgd_s1_elem<double, double, double>(i, i, p_mom, p_step, nullptr, (double)k_momentum);
 }
@@ -147,7 +150,7 @@ void optforge_dcasgd_s1_rows_f64(int64_t n, int64_t cols, const int64_t* __restr
     }
 }
 void optforge_dcasgd_s2_f32(int64_t n, float* __restrict__ p_weight, const float* __restrict__ p_step, float* __restrict__ p_prev_weight) {
-    #pragma omp parallel for simd schedule(static)
+    #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
     for (int64_t i = 0; i < n; ++i)
         optforge_dcasgd_s2_elem<float, float, float>(i, i, p_weight, p_step, p_prev_weight, nullptr);
 }
@@ -165,7 +168,7 @@ void optforge_dcasgd_s2_rows_f32(int64_t n, int64_t cols, const int64_t* __restr
     }
 }
 void optforge_dcasgd_s2_f64(int64_t n, double* __restrict__ p_weight, const double* __restrict__ p_step, double* __restrict__ p_prev_weight) {
-    #pragma omp parallel for simd schedule(static)
+    #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
     for (int64_t i = 0; i < n; ++i)
         optforge_dcasgd_s2_elem<double, double, double>(i, i, p_weight, p_step, p_prev_weight, nullptr);
 }

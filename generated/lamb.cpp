@@ -36,6 +36,9 @@ template <typename C> OPTFORGE_HD C op_normal(double seed, int64_t i, int salt, 
 }
 #endif
 
+/* below this many elements a stage runs on one thread: forking costs more than it saves */
+#define OPTFORGE_PARALLEL_MIN 65536
+
 template <typename C> inline void store_low(float* p, int64_t i, C v) { p[i] = (float)v; }
 
 /* stage s0: element i of the weight and states, element gi of the gradient and scratch
@@ -67,7 +70,7 @@ OPTFORGE_HD void optforge_lamb_s1_elem(int64_t i, int64_t gi, T* __restrict__ p_
 
 extern "C" {
 void optforge_lamb_s0_f32(int64_t n, const float* __restrict__ p_grad, float* __restrict__ p_mean, float* __restrict__ p_var, const float* __restrict__ p_weight, float* __restrict__ p_upd, double k_rescale_grad, double k1, double k_beta1, double k_beta2, double k_c1, double k_c2, double k_epsilon, double k_wd) {
-    #pragma omp parallel for simd schedule(static)
+    #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
     for (int64_t i = 0; i < n; ++i)
         optforge_lamb_s0_elem<float, float, float>(i, i, p_grad, p_mean, p_var, p_weight, p_upd, nullptr, (float)k_rescale_grad, (float)k1, (float)k_beta1, (float)k_beta2, (float)k_c1, (float)k_c2, (float)k_epsilon, (float)k_wd);
 }
@@ -85,7 +88,7 @@ void optforge_lamb_s0_rows_f32(int64_t n, int64_t cols, const int64_t* __restric
     }
 }
 void optforge_lamb_s0_f64(int64_t n, const double* __restrict__ p_grad, double* __restrict__ p_mean, double* __restrict__ p_var, const double* __restrict__ p_weight, double* __restrict__ p_upd, double k_rescale_grad, double k1, double k_beta1, double k_beta2, double k_c1, double k_c2, double k_epsilon, double k_wd) {
-    #pragma omp parallel for simd schedule(static)
+    #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
     for (int64_t i = 0; i < n; ++i)
         optforge_lamb_s0_elem<double, double, double>(i, i, p_grad, p_mean, p_var, p_weight, p_upd, nullptr, (double)k_rescale_grad, (double)k1, (double)k_beta1, (double)k_beta2, (double)k_c1, (double)k_c2, (double)k_epsilon, (double)k_wd);
 }
@@ -103,7 +106,7 @@ void optforge_lamb_s0_rows_f64(int64_t n, int64_t cols, const int64_t* __restric
     }
 }
 void optforge_lamb_s1_f32(int64_t n, float* __restrict__ p_weight, const float* __restrict__ p_upd, double k0) {
-    #pragma omp parallel for simd schedule(static)
+    #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
     for (int64_t i = 0; i < n; ++i)
         optforge_lamb_s1_elem<float, float, float>(i, i, p_weight, p_upd, nullptr, (float)k0);
 }
@@ -121,7 +124,7 @@ void optforge_lamb_s1_rows_f32(int64_t n, int64_t cols, const int64_t* __restric
     }
 }
 void optforge_lamb_s1_f64(int64_t n, double* __restrict__ p_weight, const double* __restrict__ p_upd, double k0) {
-    #pragma omp parallel for simd schedule(static)
+    #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
     for (int64_t i = 0; i < n; ++i)
         optforge_lamb_s1_elem<double, double, double>(i, i, p_weight, p_upd, nullptr, (double)k0);
 }

@@ -36,6 +36,9 @@ template <typename C> OPTFORGE_HD C op_normal(double seed, int64_t i, int salt, 
 }
 #endif
 
+/* below this many elements a stage runs on one thread: forking costs more than it saves */
+#define OPTFORGE_PARALLEL_MIN 65536
+
 template <typename C> inline void store_low(float* p, int64_t i, C v) { p[i] = (float)v; }
 
 /* stage s0: element i of the weight and states, element gi of the gradient and scratch
@@ -104,7 +107,7 @@ OPTFORGE_HD void optforge_lbsgd_s6_elem(int64_t i, int64_t gi, T* __restrict__ p
 
 extern "C" {
 void optforge_lbsgd_s0_f32(int64_t n, float* __restrict__ p_cum_grad, const float* __restrict__ p_grad) {
-    #pragma omp parallel for simd schedule(static)
+    #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
     for (int64_t i = 0; i < n; ++i)
         optforge_lbsgd_s0_elem<float, float, float>(i, i, p_cum_grad, p_grad, nullptr);
 }
@@ -122,7 +125,7 @@ void optforge_lbsgd_s0_rows_f32(int64_t n, int64_t cols, const int64_t* __restri
     }
 }
 void optforge_lbsgd_s0_f64(int64_t n, double* __restrict__ p_cum_grad, const double* __restrict__ p_grad) {
-    #pragma omp parallel for simd schedule(static)
+    #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
     for (int64_t i = 0; i < n; ++i)
         optforge_lbsgd_s0_elem<double, double, double>(i, i, p_cum_grad, p_grad, nullptr);
 }
@@ -140,7 +143,7 @@ void optforge_lbsgd_s0_rows_f64(int64_t n, int64_t cols, const int64_t* __restri
     }
 }
 void optforge_lbsgd_s1_f32(int64_t n, const float* __restrict__ p_cum_grad, float* __restrict__ p_avg, double k_batch_scale) {
-    #pragma omp parallel for simd schedule(static)
+    #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
     for (int64_t i = 0; i < n; ++i)
         optforge_lbsgd_s1_elem<float, float, float>(i, i, p_cum_grad, p_avg, nullptr, (float)k_batch_scale);
 }
@@ -158,7 +161,7 @@ void optforge_lbsgd_s1_rows_f32(int64_t n, int64_t cols, const int64_t* __restri
     }
 }
 void optforge_lbsgd_s1_f64(int64_t n, const double* __restrict__ p_cum_grad, double* __restrict__ p_avg, double k_batch_scale) {
-    #pragma omp parallel for simd schedule(static)
+    #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
     for (int64_t i = 0; i < n; ++i)
         optforge_lbsgd_s1_elem<double, double, double>(i, i, p_cum_grad, p_avg, nullptr, (double)k_batch_scale);
 }
@@ -176,7 +179,7 @@ void optforge_lbsgd_s1_rows_f64(int64_t n, int64_t cols, const int64_t* __restri
     }
 }
 void optforge_lbsgd_s2_f32(int64_t n, const float* __restrict__ p_grad, float* __restrict__ p_avg) {
-    #pragma omp parallel for simd schedule(static)
+    #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
     for (int64_t i = 0; i < n; ++i)
         optforge_lbsgd_s2_elem<float, float, float>(i, i, p_grad, p_avg, nullptr);
 }
@@ -194,7 +197,7 @@ void optforge_lbsgd_s2_rows_f32(int64_t n, int64_t cols, const int64_t* __restri
     }
 }
 void optforge_lbsgd_s2_f64(int64_t n, const double* __restrict__ p_grad, double* __restrict__ p_avg) {
-    #pragma omp parallel for simd schedule(static)
+    #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
     for (int64_t i = 0; i < n; ++i)
         optforge_lbsgd_s2_elem<double, double, double>(i, i, p_grad, p_avg, nullptr);
 }
@@ -212,7 +215,7 @@ void optforge_lbsgd_s2_rows_f64(int64_t n, int64_t cols, const int64_t* __restri
     }
 }
 void optforge_lbsgd_s3_f32(int64_t n, const float* __restrict__ p_avg, float* __restrict__ p_g, double k_rescale_grad, double k1) {
-    #pragma omp parallel for simd schedule(static)
+    #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
     for (int64_t i = 0; i < n; ++i)
         optforge_lbsgd_s3_elem<float, float, float>(i, i, p_avg, p_g, nullptr, (float)k_rescale_grad, (float)k1);
 }
@@ -230,7 +233,7 @@ void optforge_lbsgd_s3_rows_f32(int64_t n, int64_t cols, const int64_t* __restri
     }
 }
 void optforge_lbsgd_s3_f64(int64_t n, const double* __restrict__ p_avg, double* __restrict__ p_g, double k_rescale_grad, double k1) {
-    #pragma omp parallel for simd schedule(static)
+    #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
     for (int64_t i = 0; i < n; ++i)
         optforge_lbsgd_s3_elem<double, double, double>(i, i, p_avg, p_g, nullptr, (double)k_rescale_grad, (double)k1);
 }
@@ -248,7 +251,7 @@ void optforge_lbsgd_s3_rows_f64(int64_t n, int64_t cols, const int64_t* __restri
     }
 }
 void optforge_lbsgd_s4_f32(int64_t n, float* __restrict__ p_mom, float* __restrict__ p_weight, const float* __restrict__ p_g, double k_momentum, double k1, double k_lr_t) {
-    #pragma omp parallel for simd schedule(static)
+    #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
     for (int64_t i = 0; i < n; ++i)
         optforge_lbsgd_s4_elem<float, float, float>(i, i, p_mom, p_weight, p_g, nullptr, (float)k_momentum, (float)k1, (float)k_lr_t);
 }
@@ -266,7 +269,7 @@ void optforge_lbsgd_s4_rows_f32(int64_t n, int64_t cols, const int64_t* __restri
     }
 }
 void optforge_lbsgd_s4_f64(int64_t n, double* __restrict__ p_mom, double* __restrict__ p_weight, const double* __restrict__ p_g, double k_momentum, double k1, double k_lr_t) {
-    #pragma omp parallel for simd schedule(static)
+    #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
     for (int64_t i = 0; i < n; ++i)
         optforge_lbsgd_s4_elem<double, double, double>(i, i, p_mom, p_weight, p_g, nullptr, (double)k_momentum, (double)k1, (double)k_lr_t);
 }
@@ -284,7 +287,7 @@ void optforge_lbsgd_s4_rows_f64(int64_t n, int64_t cols, const int64_t* __restri
     }
 }
 void optforge_lbsgd_s5_f32(int64_t n, float* __restrict__ p_weight, const float* __restrict__ p_g, double k0, double k_lr_t) {
-    #pragma omp parallel for simd schedule(static)
+    #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
     for (int64_t i = 0; i < n; ++i)
         optforge_lbsgd_s5_elem<float, float, float>(i, i, p_weight, p_g, nullptr, (float)k0, (float)k_lr_t);
 }
@@ -302,7 +305,7 @@ void optforge_lbsgd_s5_rows_f32(int64_t n, int64_t cols, const int64_t* __restri
     }
 }
 void optforge_lbsgd_s5_f64(int64_t n, double* __restrict__ p_weight, const double* __restrict__ p_g, double k0, double k_lr_t) {
-    #pragma omp parallel for simd schedule(static)
+    #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
     for (int64_t i = 0; i < n; ++i)
         optforge_lbsgd_s5_elem<double, double, double>(i, i, p_weight, p_g, nullptr, (double)k0, (double)k_lr_t);
 }
@@ -320,7 +323,7 @@ void optforge_lbsgd_s5_rows_f64(int64_t n, int64_t cols, const int64_t* __restri
     }
 }
 void optforge_lbsgd_s6_f32(int64_t n, float* __restrict__ p_cum_grad) {
-    #pragma omp parallel for simd schedule(static)
+    #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
     for (int64_t i = 0; i < n; ++i)
         optforge_lbsgd_s6_elem<float, float, float>(i, i, p_cum_grad, nullptr);
 }
@@ -338,7 +341,7 @@ void optforge_lbsgd_s6_rows_f32(int64_t n, int64_t cols, const int64_t* __restri
     }
 }
 void optforge_lbsgd_s6_f64(int64_t n, double* __restrict__ p_cum_grad) {
-    #pragma omp parallel for simd schedule(static)
+    #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
     for (int64_t i = 0; i < n; ++i)
         optforge_lbsgd_s6_elem<double, double, double>(i, i, p_cum_grad, nullptr);
 }

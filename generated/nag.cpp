@@ -36,6 +36,9 @@ template <typename C> OPTFORGE_HD C op_normal(double seed, int64_t i, int salt, 
 }
 #endif
 
+/* below this many elements a stage runs on one thread: forking costs more than it saves */
+#define OPTFORGE_PARALLEL_MIN 65536
+
 template <typename C> inline void store_low(float* p, int64_t i, C v) { p[i] = (float)v; }
 
 /* stage s0: element i of the weight and states, element gi of the gradient and scratch
@@ -73,7 +76,7 @@ OPTFORGE_HD void optforge_nag_s2_elem(int64_t i, int64_t gi, T* __restrict__ p_w
 
 extern "C" {
 void optforge_nag_s0_f32(int64_t n, const float* __restrict__ p_grad, float* __restrict__ p_g, double k_rescale_grad, double k1) {
-    #pragma omp parallel for simd schedule(static)
+    #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
     for (int64_t i = 0; i < n; ++i)
         optforge_nag_s0_elem<float, float, float>(i, i, p_grad, p_g, nullptr, (float)k_rescale_grad, (float)k1);
 }
@@ -91,7 +94,7 @@ void optforge_nag_s0_rows_f32(int64_t n, int64_t cols, const int64_t* __restrict
     }
 }
 void optforge_nag_s0_f64(int64_t n, const double* __restrict__ p_grad, double* __restrict__ p_g, double k_rescale_grad, double k1) {
-    #pragma omp parallel for simd schedule(static)
+    #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
     for (int64_t i = 0; i < n; ++i)
         optforge_nag_s0_elem<double, double, double>(i, i, p_grad, p_g, nullptr, (double)k_rescale_grad, (double)k1);
 }
@@ -109,7 +112,7 @@ void optforge_nag_s0_rows_f64(int64_t n, int64_t cols, const int64_t* __restrict
     }
 }
 void optforge_nag_s1_f32(int64_t n, float* __restrict__ p_mom, float* __restrict__ p_weight, const float* __restrict__ p_g, double k_momentum, double k1, double k_wd, double k_lr) {
-    #pragma omp parallel for simd schedule(static)
+    #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
     for (int64_t i = 0; i < n; ++i)
         optforge_nag_s1_elem<float, float, float>(i, i, p_mom, p_weight, p_g, nullptr, (float)k_momentum, (float)k1, (float)k_wd, (float)k_lr);
 }
@@ -127,7 +130,7 @@ void optforge_nag_s1_rows_f32(int64_t n, int64_t cols, const int64_t* __restrict
     }
 }
 void optforge_nag_s1_f64(int64_t n, double* __restrict__ p_mom, double* __restrict__ p_weight, const double* __restrict__ p_g, double k_momentum, double k1, double k_wd, double k_lr) {
-    #pragma omp parallel for simd schedule(static)
+    #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
     for (int64_t i = 0; i < n; ++i)
         optforge_nag_s1_elem<double, double, double>(i, i, p_mom, p_weight, p_g, nullptr, (double)k_momentum, (double)k1, (double)k_wd, (double)k_lr);
 }
@@ -145,7 +148,7 @@ void optforge_nag_s1_rows_f64(int64_t n, int64_t cols, const int64_t* __restrict
     }
 }
 void optforge_nag_s2_f32(int64_t n, float* __restrict__ p_weight, const float* __restrict__ p_g, double k0, double k_lr) {
-    #pragma omp parallel for simd schedule(static)
+    #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
     for (int64_t i = 0; i < n; ++i)
         optforge_nag_s2_elem<float, float, float>(i, i, p_weight, p_g, nullptr, (float)k0, (float)k_lr);
 }
@@ -163,7 +166,7 @@ void optforge_nag_s2_rows_f32(int64_t n, int64_t cols, const int64_t* __restrict
     }
 }
 void optforge_nag_s2_f64(int64_t n, double* __restrict__ p_weight, const double* __restrict__ p_g, double k0, double k_lr) {
-    #pragma omp parallel for simd schedule(static)
+    #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
     for (int64_t i = 0; i < n; ++i)
         optforge_nag_s2_elem<double, double, double>(i, i, p_weight, p_g, nullptr, (double)k0, (double)k_lr);
 }

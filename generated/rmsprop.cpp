@@ -36,6 +36,9 @@ template <typename C> OPTFORGE_HD C op_normal(double seed, int64_t i, int salt, 
 }
 #endif
 
+/* below this many elements a stage runs on one thread: forking costs more than it saves */
+#define OPTFORGE_PARALLEL_MIN 65536
+
 template <typename C> inline void store_low(float* p, int64_t i, C v) { p[i] = (float)v; }
 
 /* stage s0: element i of the weight and states, element gi of the gradient and scratch
@@ -90,7 +93,7 @@ OPTFORGE_HD void optforge_rmsprop_s3_elem(int64_t i, int64_t gi, T* __restrict__
 
 extern "C" {
 void optforge_rmsprop_s0_f32(int64_t n, const float* __restrict__ p_grad, const float* __restrict__ p_weight, float* __restrict__ p_n, float* __restrict__ p_g, double k_rescale_grad, double k_wd, double k2, double k_gamma1) {
-    #pragma omp parallel for simd schedule(static)
+    #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
     for (int64_t i = 0; i < n; ++i)
         optforge_rmsprop_s0_elem<float, float, float>(i, i, p_grad, p_weight, p_n, p_g, nullptr, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k_gamma1);
 }
@@ -108,7 +111,7 @@ void optforge_rmsprop_s0_rows_f32(int64_t n, int64_t cols, const int64_t* __rest
     }
 }
 void optforge_rmsprop_s0_f64(int64_t n, const double* __restrict__ p_grad, const double* __restrict__ p_weight, double* __restrict__ p_n, double* __restrict__ p_g, double k_rescale_grad, double k_wd, double k2, double k_gamma1) {
-    #pragma omp parallel for simd schedule(static)
+    #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
     for (int64_t i = 0; i < n; ++i)
         optforge_rmsprop_s0_elem<double, double, double>(i, i, p_grad, p_weight, p_n, p_g, nullptr, (double)k_rescale_grad, (double)k_wd, (double)k2, (double)k_gamma1);
 }
@@ -126,7 +129,7 @@ void optforge_rmsprop_s0_rows_f64(int64_t n, int64_t cols, const int64_t* __rest
     }
 }
 void optforge_rmsprop_s1_f32(int64_t n, const float* __restrict__ p_g, float* __restrict__ p_g_avg, float* __restrict__ p_delta, const float* __restrict__ p_n, float* __restrict__ p_weight, double k_gamma1, double k_gamma2, double k_lr, double k_epsilon) {
-    #pragma omp parallel for simd schedule(static)
+    #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
     for (int64_t i = 0; i < n; ++i)
         optforge_rmsprop_s1_elem<float, float, float>(i, i, p_g, p_g_avg, p_delta, p_n, p_weight, nullptr, (float)k_gamma1, (float)k_gamma2, (float)k_lr, (float)k_epsilon);
 }
@@ -144,7 +147,7 @@ void optforge_rmsprop_s1_rows_f32(int64_t n, int64_t cols, const int64_t* __rest
     }
 }
 void optforge_rmsprop_s1_f64(int64_t n, const double* __restrict__ p_g, double* __restrict__ p_g_avg, double* __restrict__ p_delta, const double* __restrict__ p_n, double* __restrict__ p_weight, double k_gamma1, double k_gamma2, double k_lr, double k_epsilon) {
-    #pragma omp parallel for simd schedule(static)
+    #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
     for (int64_t i = 0; i < n; ++i)
         optforge_rmsprop_s1_elem<double, double, double>(i, i, p_g, p_g_avg, p_delta, p_n, p_weight, nullptr, (double)k_gamma1, (double)k_gamma2, (double)k_lr, (double)k_epsilon);
 }
@@ -162,7 +165,7 @@ void optforge_rmsprop_s1_rows_f64(int64_t n, int64_t cols, const int64_t* __rest
     }
 }
 void optforge_rmsprop_s2_f32(int64_t n, float* __restrict__ p_weight, const float* __restrict__ p_g, const float* __restrict__ p_n, double k_lr, double k_epsilon) {
-    #pragma omp parallel for simd schedule(static)
+    #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
     for (int64_t i = 0; i < n; ++i)
         optforge_rmsprop_s2_elem<float, float, float>(i, i, p_weight, p_g, p_n, nullptr, (float)k_lr, (float)k_epsilon);
 }
@@ -180,7 +183,7 @@ void optforge_rmsprop_s2_rows_f32(int64_t n, int64_t cols, const int64_t* __rest
     }
 }
 void optforge_rmsprop_s2_f64(int64_t n, double* __restrict__ p_weight, const double* __restrict__ p_g, const double* __restrict__ p_n, double k_lr, double k_epsilon) {
-    #pragma omp parallel for simd schedule(static)
+    #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
     for (int64_t i = 0; i < n; ++i)
         optforge_rmsprop_s2_elem<double, double, double>(i, i, p_weight, p_g, p_n, nullptr, (double)k_lr, (double)k_epsilon);
 }
@@ -198,7 +201,7 @@ void optforge_rmsprop_s2_rows_f64(int64_t n, int64_t cols, const int64_t* __rest
     }
 }
 void optforge_rmsprop_s3_f32(int64_t n, float* __restrict__ p_weight, double k0) {
-    #pragma omp parallel for simd schedule(static)
+    #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
     for (int64_t i = 0; i < n; ++i)
         optforge_rmsprop_s3_elem<float, float, float>(i, i, p_weight, nullptr, (float)k0);
 }
@@ -216,7 +219,7 @@ void optforge_rmsprop_s3_rows_f32(int64_t n, int64_t cols, const int64_t* __rest
     }
 }
 void optforge_rmsprop_s3_f64(int64_t n, double* __restrict__ p_weight, double k0) {
-    #pragma omp parallel for simd schedule(static)
+    #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
     for (int64_t i = 0; i < n; ++i)
         optforge_rmsprop_s3_elem<double, double, double>(i, i, p_weight, nullptr, (double)k0);
 }

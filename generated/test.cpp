@@ -36,6 +36,9 @@ template <typename C> OPTFORGE_HD C op_normal(double seed, int64_t i, int salt, 
 }
 #endif
 
+/* below this many elements a stage runs on one thread: forking costs more than it saves */
+#define OPTFORGE_PARALLEL_MIN 65536
+
 template <typename C> inline void store_low(float* p, int64_t i, C v) { p[i] = (float)v; }
 
 /* stage s0: element i of the weight and states, element gi of the gradient and scratch
@@ -53,7 +56,7 @@ OPTFORGE_HD void optforge_test_s0_elem(int64_t i, int64_t gi, T* __restrict__ p_
 
 extern "C" {
 void optforge_test_s0_f32(int64_t n, float* __restrict__ p_weight, const float* __restrict__ p_grad, float* __restrict__ p_mirror, double k_rescale_grad) {
-    #pragma omp parallel for simd schedule(static)
+    #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
     for (int64_t i = 0; i < n; ++i)
         optforge_test_s0_elem<float, float, float>(i, i, p_weight, p_grad, p_mirror, nullptr, (float)k_rescale_grad);
 }
@@ -71,7 +74,7 @@ void optforge_test_s0_rows_f32(int64_t n, int64_t cols, const int64_t* __restric
     }
 }
 void optforge_test_s0_f64(int64_t n, double* __restrict__ p_weight, const double* __restrict__ p_grad, double* __restrict__ p_mirror, double k_rescale_grad) {
-    #pragma omp parallel for simd schedule(static)
+    #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
     for (int64_t i = 0; i < n; ++i)
         optforge_test_s0_elem<double, double, double>(i, i, p_weight, p_grad, p_mirror, nullptr, (double)k_rescale_grad);
 }

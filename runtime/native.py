@@ -86,11 +86,13 @@ class NativeLibrary:
         self.lib = ctypes.CDLL(str(path))
         self.funcs: dict = {}
 
-    def func(self, name: str):
+    def func(self, name: str, n_arrays: int = None, n_scalars: int = None):
         f = self.funcs.get(name)
         if f is None:
             f = getattr(self.lib, name)
             f.restype = None
+            if n_arrays is not None:   # typed: ctypes converts ints and floats in C, not in Python
+                f.argtypes = [ctypes.c_int64] + [ctypes.c_void_p] * n_arrays + [ctypes.c_double] * n_scalars
             self.funcs[name] = f
         return f
 
@@ -159,10 +161,8 @@ class NativeBackend:
         return float(rng.integers(0, 2 ** 53))
 
     def launch(self, fn: str, arrays, scalars) -> None:
-        f = self.lib.func(f"{fn}_{self.suffix}")
-        n = arrays[0].size
-        f(ctypes.c_int64(n), *[ctypes.c_void_p(a.ctypes.data) for a in arrays],
-          *[ctypes.c_double(s) for s in scalars])
+        f = self.lib.func(f"{fn}_{self.suffix}", len(arrays), len(scalars))
+        f(arrays[0].size, *[a.ctypes.data for a in arrays], *scalars)
 
 
 def backend_choice() -> str:
