@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test install compile check clean
+.PHONY: demo test install install-torch compile check clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -20,8 +20,16 @@ demo: compile
 	$(BIN)/python -m pip install -q -e ".[demo]"
 	$(BIN)/python examples/train_all.py
 
+# torch 2.13.0, CPU build, for tests/test_torch.py (the extra optforge[torch]). The "+cpu" pin only ever
+# matches a CPU wheel (a local file here), never PyPI's multi-GB CUDA build; where none can be
+# installed, the torch tests skip and say why.
+install-torch: install
+	@$(BIN)/python -c "import torch, sys; sys.exit(torch.__version__.split('+')[0] != '2.13.0')" 2>/dev/null \
+	  || $(BIN)/python -m pip install -q "torch==2.13.0+cpu" \
+	  || echo "torch 2.13.0 (CPU) could not be installed: tests/test_torch.py will be skipped"
+
 # The whole test suite (no GPU, no MXNet needed), after checking generated/ and docs/optimizers/ are up to date.
-test: install
+test: install install-torch
 	$(BIN)/opt-compile specs/ --docs docs/optimizers --check
 	$(BIN)/python -m pytest -q tests/
 

@@ -1,7 +1,9 @@
 """The few helpers generated NumPy kernels call that NumPy or `math` do not give directly."""
 from __future__ import annotations
 
+import contextlib
 import math
+import threading
 
 import numpy as np
 
@@ -28,18 +30,59 @@ def _xp(x):
     return np
 
 
-def norm(x) -> float:
-    """L2 norm of a whole tensor, accumulated in float64, as a Python float."""
+# ---- whole-tensor reductions and the reduce hook ---------------------------------------------------
+# A spec's `norm(x)` and `sum(x)` read a whole tensor. When each process holds only a slice of every
+# tensor (ZeRO-1 sharding), the partial result of the slice (the sum of squares for a norm, the sum for
+# a sum) must be combined across processes before it is used: a reduce hook does that, e.g. an
+# all-reduce through torch.distributed. The hook is set for the current thread with `reduce_hook(fn)`
+# around an update, so that generated kernels stay unchanged.
+_local = threading.local()
+
+
+@contextlib.contextmanager
+def reduce_hook(hook):
+    """Within the block, every whole-tensor reduction passes its partial result (a float) through
+    `hook` and uses what it returns: `hook(local_sum_of_squares) -> global_sum_of_squares` for norm,
+    the same with the plain sum for sum. None means no hook. Every process must run the same updates
+    so that the hooks are called in the same order (the generated code computes every reduction
+    of a parameter unconditionally)."""
+    if hook is not None and not callable(hook):
+        raise TypeError(f"reduce hook must be callable, got {type(hook).__name__}")
+    previous = getattr(_local, "hook", None)
+    _local.hook = hook
+    try:
+        yield hook
+    finally:
+        _local.hook = previous
+
+
+def current_reduce_hook():
+    """The reduce hook in force on this thread (None outside `reduce_hook`)."""
+    return getattr(_local, "hook", None)
+
+
+def _reduced(partial: float) -> float:
+    hook = getattr(_local, "hook", None)
+    return partial if hook is None else float(hook(partial))
+
+
+def sum_squares(x) -> float:
+    """Sum of squares of a whole tensor, accumulated in float64, as a Python float."""
     xp = _xp(x)
     flat = xp.ravel(x)
     if flat.dtype != xp.float64:
         flat = flat.astype(xp.float64)
-    return math.sqrt(float(xp.dot(flat, flat)))
+    return float(xp.dot(flat, flat))
+
+
+def norm(x) -> float:
+    """L2 norm of a whole tensor: sqrt of its sum of squares, after the reduce hook."""
+    return math.sqrt(_reduced(sum_squares(x)))
 
 
 def total(x) -> float:
-    """Sum of a whole tensor as a Python float."""
-    return float(_xp(x).sum(x, dtype=np.float64))
+    """Sum of a whole tensor as a Python float (after the reduce hook)."""
+    return _reduced(float(_xp(x).sum(x, dtype=np.float64)))
 
 
 def normal(rng: np.random.Generator, mean, std, like: np.ndarray) -> np.ndarray:

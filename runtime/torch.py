@@ -1,0 +1,385 @@
+"""optforge.torch: any spec optimizer as a real `torch.optim.Optimizer` (the extra `optforge[torch]`).
+
+    >>> import torch, optforge.torch
+    >>> model = torch.nn.Linear(4, 2)
+    >>> opt = optforge.torch.Optimizer(model.parameters(), "lamb", lr=1e-3, weight_decay=0.01)
+    >>> model(torch.ones(3, 4)).sum().backward()
+    >>> opt.step(); opt.zero_grad()
+
+A training loop switches by changing the line that builds its optimizer; LR schedulers, closures,
+step hooks, `zero_grad`, `state_dict` / `load_state_dict` and `add_param_group` work as with any
+torch optimizer. Importing `optforge` never imports torch; this module does.
+
+Design
+------
+* **One optforge optimizer per param group.** A group is a dict of `lr`, `weight_decay`, the spec's
+  hyperparameters (`beta1`, `momentum`, ...) and `rescale_grad`, `clip_gradient`, `multi_precision`;
+  missing keys come from the constructor's arguments, as in torch. Before every step each group's
+  values are copied into its optforge optimizer (learning_rate = `lr`, wd = `weight_decay`, lr/wd
+  multipliers 1), so a scheduler that changes `group['lr']`, or code that edits a hyperparameter,
+  takes effect at the next step. Counters (`t`, `num_update`), globals (LARS's last learning rate,
+  read once per update call) and the random generator (SGLD) are per group. Weight decay applies
+  to every parameter of its group, as torch does (MXNet's `_weight`/`_gamma` name rule is off);
+  put biases and norms in a group with `weight_decay=0`. Parameter names given with
+  `model.named_parameters()` reach the kernels as `param_name` (LARS's `bias` rule).
+* **Zero copies.** A step hands the generated kernels views of the tensors' own memory: on CPU
+  `tensor.detach().numpy()`, on CUDA `cupy.from_dlpack(tensor)` (on torch's current stream), and
+  each group is one list update. State tensors are torch tensors (`opt.state[p]['mean']`) that the
+  kernels update in place through the same kind of view.
+* **Sparse gradients** (`nn.Embedding(sparse=True)`) are coalesced and passed as
+  `optforge.RowSparse`; specs that declare `sparse lazy` update only the rows the batch touched.
+* **Checkpoints.** `state_dict()` holds the state tensors under their spec names (the float32
+  master copy of a float16 parameter with `multi_precision` as `master_copy`), per-parameter
+  scalars as plain data, and under the key `optforge` the spec, its hash, counters, globals and RNG
+  state as plain data: `torch.save` / `torch.load(weights_only=True)` round trips and training
+  resumes bit-exactly. Loaded tensors keep their dtype (torch's loader would cast float32 master
+  copies to float16) and are copied, so the loaded optimizer shares nothing with the dict.
+* **Sharded parameters.** `reduce_hook` (e.g. `all_reduce_hook()`) is applied to every whole-tensor
+  reduction of the spec (`norm`, `sum`) while a step runs (`optforge.ops.reduce_hook`), so that when
+  each process owns a slice of every parameter (ZeRO-1), LAMB's and LARS's norms are those of the
+  whole tensors. See README.md, "PyTorch".
+"""
+from __future__ import annotations
+
+import contextlib
+import difflib
+import warnings
+
+import numpy as np
+import torch
+
+from . import ops, registry
+from .optimizer import Optimizer as SpecOptimizer
+from .optimizer import OptState, _number
+from .sparse import RowSparse
+from .updater import _dec, _enc
+
+__all__ = ["Optimizer", "all_reduce_hook"]
+
+FORMAT = "optforge-torch"
+VERSION = 1
+MASTER = "master_copy"
+BASE_KEYS = ("rescale_grad", "clip_gradient", "multi_precision")
+_DTYPES = {torch.float16, torch.float32, torch.float64}
+_RENAMED = {"learning_rate": "lr", "wd": "weight_decay"}
+
+
+class Optimizer(torch.optim.Optimizer):
+    """A torch optimizer running the optforge spec `optimizer` (a registered name such as "adam",
+    "lamb", "lars", or an optforge Optimizer subclass).
+
+    params : iterable of tensors, of (name, tensor) pairs, or of param-group dicts.
+    lr : the learning rate (default: the spec's default learning rate).
+    weight_decay : the spec's `wd` (default: the spec's default, usually 0).
+    backend : "auto", "numpy" or "native" for CPU tensors (see optforge.Optimizer.backend).
+    reduce_hook : None, or a callable applied to the partial result of every whole-tensor
+        reduction during a step (see `all_reduce_hook`); for parameters sharded across processes.
+    **hyper : the spec's hyperparameters (e.g. beta1=0.9) and rescale_grad, clip_gradient,
+        multi_precision; each may also be set per param group.
+    """
+
+    def __init__(self, params, optimizer="adam", lr=None, weight_decay=None, *, backend="auto",
+                 reduce_hook=None, **hyper):
+        klass = _spec_class(optimizer)
+        allowed = [h.name for h in klass.hyperparams] + list(BASE_KEYS)
+        for key in hyper:
+            if key not in allowed:
+                hint = _RENAMED.get(key) or next(iter(difflib.get_close_matches(key, allowed + ["lr", "weight_decay"],
+                                                                                  n=1)), None)
+                raise TypeError(f"{klass.spec_name} got an unexpected keyword argument {key!r}"
+                                + (f"; did you mean {hint!r}?" if hint else ""))
+        if backend not in ("auto", "numpy", "native"):
+            raise ValueError(f"backend must be 'auto', 'numpy' or 'native', got {backend!r}")
+        if reduce_hook is not None and not callable(reduce_hook):
+            raise TypeError(f"reduce_hook must be callable, got {type(reduce_hook).__name__}")
+        base = klass.base_defaults
+        defaults = {"lr": base.get("learning_rate", 0.01) if lr is None else lr,
+                    "weight_decay": base.get("wd", 0.0) if weight_decay is None else weight_decay}
+        defaults.update({h.name: h.default for h in klass.hyperparams})
+        defaults.update({"rescale_grad": base.get("rescale_grad", 1.0), "clip_gradient": base.get("clip_gradient"),
+                         "multi_precision": base.get("multi_precision", False)})
+        defaults.update(hyper)
+        self.spec = klass
+        self.backend = backend
+        self.reduce_hook = reduce_hook
+        self._opts: list[SpecOptimizer] = []    # one per param group
+        self._index: dict = {}                  # param -> its index (torch's state_dict numbering)
+        self._optstates: dict = {}              # param -> OptState holding views of self.state[param]
+        super().__init__(params, defaults)
+
+    def __repr__(self):
+        return f"optforge.torch.Optimizer({self.spec.spec_name}, {len(self.param_groups)} group(s))"
+
+    # ---- groups ------------------------------------------------------------------------------------------
+    def add_param_group(self, param_group):
+        super().add_param_group(param_group)
+        group = self.param_groups[-1]
+        for p in group["params"]:
+            if p.dtype not in _DTYPES:
+                self.param_groups.pop()
+                raise TypeError(f"optforge updates float16, float32 and float64 parameters, got {p.dtype}")
+            if p.device.type not in ("cpu", "cuda"):
+                self.param_groups.pop()
+                raise TypeError(f"optforge updates CPU and CUDA tensors, got a {p.device.type} tensor")
+        try:
+            opt = self._make(group)
+        except BaseException:
+            self.param_groups.pop()
+            raise
+        self._opts.append(opt)
+        for p in group["params"]:
+            self._index[p] = len(self._index)
+        names = group.get("param_names")
+        if names:
+            opt.idx2name = {self._index[p]: n for p, n in zip(group["params"], names)}
+
+    def _make(self, group) -> SpecOptimizer:
+        """The optforge optimizer of one group (its hyperparameters validated by the spec)."""
+        for key in _RENAMED:
+            if key in group:
+                raise TypeError(f"param group key {key!r}: optforge.torch uses {_RENAMED[key]!r}")
+        hyper = {h.name: group[h.name] for h in self.spec.hyperparams}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            opt = self.spec(learning_rate=_float(group["lr"], "lr"), wd=_float(group["weight_decay"], "weight_decay"),
+                            **{k: group[k] for k in BASE_KEYS}, **hyper)
+        opt.backend = self.backend
+        return opt
+
+    def _sync(self, group, opt):
+        """Copy a group's (possibly scheduled or edited) values into its optforge optimizer."""
+        lr = _float(group["lr"], "lr")
+        if lr != opt.lr:
+            opt.lr = lr
+        wd = _float(group["weight_decay"], "weight_decay")
+        if wd != opt.wd:
+            opt.wd = wd
+        for h in self.spec.hyperparams:
+            value = group[h.name]
+            if value != getattr(opt, h.name) or type(value) is not type(getattr(opt, h.name)):
+                checked = h.check(value)
+                if checked != getattr(opt, h.name):
+                    opt._set_hypers({h.name: checked})
+        if group["rescale_grad"] != opt.rescale_grad:
+            _number("rescale_grad", group["rescale_grad"], finite=True)
+            opt.rescale_grad = float(group["rescale_grad"])
+        clip = group["clip_gradient"]
+        if clip != opt.clip_gradient:
+            if clip is not None:
+                _number("clip_gradient", clip)
+            opt.clip_gradient = None if clip is None else float(clip)
+        if bool(group["multi_precision"]) != opt.multi_precision:
+            opt.multi_precision = bool(group["multi_precision"])
+
+    # ---- the step ------------------------------------------------------------------------------------------
+    def step(self, closure=None):
+        """One update of every parameter that has a gradient; `closure` re-evaluates the loss."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group, opt in zip(self.param_groups, self._opts):
+            self._sync(group, opt)
+            by_device: dict = {}
+            for p in group["params"]:
+                if p.grad is not None:
+                    by_device.setdefault(p.device, []).append(p)
+            for device, params in by_device.items():
+                with _on_device(device):
+                    weights = [_view(p, "parameter") for p in params]
+                    grads = [_grad(p) for p in params]
+                    states = [self._state(p, w, opt) for p, w in zip(params, weights)]
+                    with ops.reduce_hook(self.reduce_hook):
+                        opt.update_multi_precision([self._index[p] for p in params], weights, grads, states)
+                if opt.scalar_states:
+                    for p, s in zip(params, states):
+                        self.state[p].update(s.scalars)
+        return loss
+
+    def _state(self, p, weight, opt) -> OptState:
+        """The OptState of `p`, created on its first step: torch tensors in self.state[p], the
+        kernels' arrays viewing their memory."""
+        st = self._optstates.get(p)
+        if st is None:
+            st = opt.create_state_multi_precision(self._index[p], weight)
+            entry = {name: _tensor(a) for name, a in st.tensors.items()}
+            if st.master is not None:
+                entry[MASTER] = _tensor(st.master)
+            entry.update(st.scalars)
+            self.state[p] = entry
+            self._optstates[p] = st
+        return st
+
+    # ---- checkpoints ---------------------------------------------------------------------------------------
+    def state_dict(self):
+        sd = super().state_dict()
+        sd["state"] = {k: {name: v if isinstance(v, torch.Tensor) else _enc(v) for name, v in entry.items()}
+                       for k, entry in sd["state"].items()}
+        sd["optforge"] = {
+            "format": FORMAT, "version": VERSION, "spec_name": self.spec.spec_name, "spec_hash": self.spec.spec_hash,
+            "groups": [{"num_update": opt.num_update,
+                        "counts": [[i, n] for i, n in opt._index_update_count.items()],
+                        "globals": {k: _enc(v) for k, v in opt._globals.items()},
+                        "rng": _enc(opt._rng.bit_generator.state)} for opt in self._opts],
+        }
+        return sd
+
+    def load_state_dict(self, state_dict):
+        """Load what state_dict() returned (after torch.save/torch.load too). The spec must be the same
+        one (name and hash); ValueError otherwise, and on a damaged record."""
+        sd = dict(state_dict)
+        record = sd.pop("optforge", None)
+        if not isinstance(record, dict) or record.get("format") != FORMAT:
+            raise ValueError("not an optforge.torch state_dict (no 'optforge' record); a torch optimizer's "
+                             "state cannot be loaded into an optforge one")
+        if record.get("version") != VERSION:
+            raise ValueError(f"optforge.torch state_dict version {record.get('version')!r} is not supported")
+        if record.get("spec_name") != self.spec.spec_name:
+            raise ValueError(f"state_dict belongs to a {record.get('spec_name')} optimizer, not {self.spec.spec_name}")
+        if record.get("spec_hash") != self.spec.spec_hash:
+            raise ValueError(f"state_dict was written by {self.spec.spec_name} spec {record.get('spec_hash')!r}, the "
+                             f"installed spec is {self.spec.spec_hash!r}: the update rule may differ")
+        groups = record.get("groups")
+        if not isinstance(groups, list) or len(groups) != len(sd.get("param_groups", ())):
+            raise ValueError("optforge record: one entry per param group expected")
+        saved = dict(sd["state"])   # before torch casts tensors to the parameters' dtype
+        super().load_state_dict(sd)
+        opts = [self._make(g) for g in self.param_groups]
+        try:
+            for opt, group, rec in zip(opts, self.param_groups, groups):
+                counts = {int(i): int(n) for i, n in rec["counts"]}
+                opt._all_index_update_counts = {0: counts}
+                opt._index_update_count = counts
+                opt.num_update = int(rec["num_update"])
+                opt._globals = {k: _dec(v) for k, v in rec["globals"].items()}
+                rng = _dec(rec["rng"])
+                bit_generator = getattr(np.random, rng["bit_generator"])()
+                bit_generator.state = rng
+                opt._rng = np.random.Generator(bit_generator)
+                if group.get("param_names"):
+                    opt.idx2name = {self._index[p]: n for p, n in zip(group["params"], group["param_names"])}
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise ValueError(f"bad optforge record in state_dict: {type(e).__name__}: {e}") from None
+        self._opts = opts
+        self._optstates = {}
+        state = {}
+        for group, opt in zip(self.param_groups, opts):
+            layout = [name for name, _, _ in opt._state_layout()]
+            scalar_names = sorted(opt._scalar_init())
+            for p in group["params"]:
+                entry = saved.get(self._index[p])
+                if entry is None:
+                    continue
+                state[p], self._optstates[p] = _restore(p, entry, layout, scalar_names, opt)
+        self.state.clear()
+        self.state.update(state)
+
+
+def all_reduce_hook(group=None, device=None):
+    """A reduce hook summing partial reductions over the processes of `group` with
+    torch.distributed.all_reduce (one float64 all-reduce per reduction). `device` is where the
+    one-element tensor lives (default: CUDA for the NCCL backend, CPU otherwise)."""
+    import torch.distributed as dist
+
+    def hook(partial: float) -> float:
+        where = device or ("cuda" if dist.get_backend(group) == "nccl" else "cpu")
+        t = torch.tensor([partial], dtype=torch.float64, device=where)
+        dist.all_reduce(t, op=dist.ReduceOp.SUM, group=group)
+        return float(t.item())
+    return hook
+
+
+# ---- helpers ------------------------------------------------------------------------------------------------
+def _spec_class(optimizer):
+    if isinstance(optimizer, str):
+        table = registry.registered()
+        klass = table.get(optimizer.lower())
+        if klass is None:
+            close = difflib.get_close_matches(optimizer.lower(), sorted(table), n=1)
+            raise ValueError(f"unknown optimizer {optimizer!r}" + (f"; did you mean {close[0]!r}?" if close else ""))
+        return klass
+    if isinstance(optimizer, type) and issubclass(optimizer, SpecOptimizer):
+        return optimizer
+    raise TypeError(f"optimizer must be a registered name or an optforge Optimizer class, got {optimizer!r}")
+
+
+def _float(v, what) -> float:
+    if isinstance(v, torch.Tensor):
+        v = v.item()
+    _number(what, v, finite=True)
+    return float(v)
+
+
+def _view(t, what):
+    """The NumPy (CPU) or CuPy (CUDA) array sharing `t`'s memory."""
+    t = t.detach()
+    if not t.is_contiguous():
+        raise ValueError(f"{what} is not contiguous; optforge updates it in place through a flat view")
+    if t.device.type == "cuda":
+        import cupy
+        return cupy.from_dlpack(t)
+    return t.numpy()
+
+
+def _tensor(a):
+    """The torch tensor sharing the memory of a NumPy or CuPy array."""
+    if isinstance(a, np.ndarray):
+        return torch.from_numpy(a)
+    return torch.from_dlpack(a)
+
+
+def _grad(p):
+    g = p.grad
+    if g.layout == torch.sparse_coo:
+        g = g.coalesce()
+        if g.sparse_dim() == 1:
+            return RowSparse(_view(g._values().contiguous(), "gradient"), _view(g._indices()[0].contiguous(), "indices"),
+                             tuple(p.shape))
+        g = g.to_dense()
+    elif g.layout != torch.strided:
+        g = g.to_dense()
+    return _view(g if g.is_contiguous() else g.contiguous(), "gradient")
+
+
+@contextlib.contextmanager
+def _on_device(device):
+    """CUDA work goes on torch's current stream of `device`, so CuPy kernels order with torch's."""
+    if device.type != "cuda":
+        yield
+        return
+    import cupy
+    with cupy.cuda.Device(device.index or 0), \
+            cupy.cuda.ExternalStream(torch.cuda.current_stream(device).cuda_stream):
+        yield
+
+
+def _restore(p, entry, layout, scalar_names, opt):
+    """(self.state entry, OptState) for `p` from a saved state entry: tensors copied onto p's device in
+    their saved dtype, scalars decoded, all checked against the spec's layout."""
+    if not isinstance(entry, dict):
+        raise ValueError(f"state of parameter {tuple(p.shape)} is not a dict")
+    names = [k for k, v in entry.items() if isinstance(v, torch.Tensor) and k != MASTER]
+    scalars = {k: _dec(v) for k, v in entry.items() if not isinstance(v, torch.Tensor)}
+    if names != layout or sorted(scalars) != scalar_names:
+        raise ValueError(f"saved state holds {names} and scalars {sorted(scalars)}, but this {opt.spec_name} "
+                         f"configuration needs {layout} and {scalar_names}")
+    master = entry.get(MASTER)
+    if master is not None and p.dtype != torch.float16:
+        raise ValueError(f"a master copy belongs to a float16 parameter, not {p.dtype}")
+    want = torch.float32 if master is not None else p.dtype
+    tensors = {}
+    for name in names + ([MASTER] if master is not None else []):
+        t = entry[name]
+        if tuple(t.shape) != tuple(p.shape) or t.dtype != want:
+            raise ValueError(f"saved state tensor {name!r} is {t.dtype}{list(t.shape)}, expected {want}{list(p.shape)}")
+        tensors[name] = t.detach().to(device=p.device, copy=True).contiguous()
+    with _on_device(p.device):
+        arrays = {k: _view(v, f"state {k!r}") for k, v in tensors.items()}
+    master_arr = arrays.pop(MASTER, None)
+    st = OptState(opt.spec_name, tuple(p.shape), _np_dtype(p.dtype), arrays, dict(scalars), master_arr)
+    return dict(tensors, **scalars), st
+
+
+def _np_dtype(dtype):
+    return {torch.float16: np.float16, torch.float32: np.float32, torch.float64: np.float64}[dtype]
+
