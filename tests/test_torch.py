@@ -303,7 +303,7 @@ def _sharded_worker(rank, world, port, out):
         for spec, kw in (("lamb", dict(lr=0.01, weight_decay=0.01)),
                          ("lars", dict(lr=0.5, momentum=0.9, eta=0.01, weight_decay=1e-3))):
             g = torch.Generator().manual_seed(0)
-            shapes = [(7, 5), (5,), (3, 4, 2), (1,)]          # (1,): rank 1 holds an empty shard
+            shapes = [(7, 5), (5,), (3, 4, 2), (1,), (300, 512)]   # (1,): an empty shard; (300, 512): chunked kernels
             full = [torch.randn(s, generator=g) for s in shapes]
             grads = [[torch.randn(s, generator=g) for s in shapes] for _ in range(3)]
             whole = [torch.nn.Parameter(t.clone()) for t in full]
