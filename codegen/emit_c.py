@@ -13,7 +13,7 @@ import jinja2
 
 from .errors import InternalError
 from .ir import Assign, Expr, Kind, Op, Spec
-from .lower import Stage, _in_kernel, lower, scalar_args
+from .lower import Stage, _in_kernel, lower, scalar_args, stage_exprs
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 _env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)), autoescape=False,
@@ -46,8 +46,9 @@ class CStyleEmitter:
         """(parameter name, host expression) of every scalar a stage reads, in first-use order."""
         out: list[tuple[str, Expr]] = []
         seen = {}
-        for s in st.stmts:
-            for e in scalar_args(s.value):
+        exprs = list(stage_exprs(st.stmts))
+        for value in exprs:
+            for e in scalar_args(value):
                 if e.op is Op.CONST or e in seen:
                     continue
                 if e.op in (Op.HYPER, Op.BUILTIN, Op.LOCAL, Op.SCALAR_STATE, Op.GLOBAL) and not e.optional:
@@ -56,10 +57,8 @@ class CStyleEmitter:
                     name = f"k{len(out)}"
                 seen[e] = name
                 out.append((name, e))
-        for s in st.stmts:
-            for n in s.value.walk():
-                if n.op is Op.NORMAL and ("k_seed", None) not in out:
-                    out.append(("k_seed", None))
+        if any(n.op is Op.NORMAL for value in exprs for n in value.walk()):
+            out.append(("k_seed", None))
         return out
 
     # ---- expressions --------------------------------------------------------------------------
@@ -103,43 +102,75 @@ class CStyleEmitter:
     def stage(self, st: Stage) -> dict:
         scalars = self.stage_scalars(st)
         names = {e: n for n, e in scalars if e is not None}
-        reads, writes, locals_ = [], [], set()
-        tensor_names = {s.name for s in self.spec.states} | {"weight", "grad"}
-        for s in st.stmts:
-            for n in s.value.walk():
-                key = "weight" if n.op is Op.WEIGHT else "grad" if n.op is Op.GRAD else n.value
-                if n.op in (Op.WEIGHT, Op.GRAD, Op.STATE) or (n.op is Op.LOCAL and n.kind is Kind.TENSOR
-                                                              and n.value in self.scratch):
-                    if key not in writes and key not in reads and key not in locals_:
-                        reads.append(key)
-            if s.role in ("weight", "state") or s.target in st.scratch_writes:
-                if s.target not in writes:
-                    writes.append(s.target)
-            if s.role == "local":
-                locals_.add(s.target)
-        pointers = []
+        states = {x.name: x for x in self.spec.states}
+        reads, writes, locals_ = [], [], []
+
+        def scan(stmts, assigned: set) -> set:
+            for s in stmts:
+                if isinstance(s, Assign):
+                    for n in s.value.walk():
+                        key = "weight" if n.op is Op.WEIGHT else "grad" if n.op is Op.GRAD else n.value
+                        memory = n.op in (Op.WEIGHT, Op.GRAD, Op.STATE) or (
+                            n.op is Op.LOCAL and n.kind is Kind.TENSOR and n.value in self.scratch)
+                        if memory and key not in assigned and key not in reads:
+                            reads.append(key)
+                    if (s.role in ("weight", "state") or s.target in st.scratch_writes) and s.target not in writes:
+                        writes.append(s.target)
+                    if s.role == "local" and s.target not in locals_:
+                        locals_.append(s.target)
+                    assigned.add(s.target)
+                else:
+                    for cond, body in s.branches:
+                        scan(body, set(assigned))
+                    scan(s.orelse, set(assigned))
+            return assigned
+
+        scan(st.stmts, set())
+        index = lambda name: "i" if name == "weight" or name in states else "gi"  # noqa: E731
+        pointers, loads, stores = [], [], []
         for name in reads + [w for w in writes if w not in reads]:
-            ctype = "G" if name == "grad" else "T" if name in tensor_names else "C"
+            ctype = "G" if name == "grad" else "T" if name == "weight" or name in states else "C"
             const = "const " if name not in writes else ""
             pointers.append({"name": name, "decl": f"{const}{ctype}* __restrict__ p_{name}"})
-        body, declared = [], set(reads)
-        for s in st.stmts:
-            value = self.expr(s.value, names)
-            if s.value.kind is not Kind.TENSOR:
-                value = f"C({value})"
-            if s.target in declared:
-                body.append(f"{s.target} = {value};  // {self.file}:{s.line}")
+        for name in reads:
+            # a conditional state (SGD's mom) may be absent: its pointer is null and no branch uses it
+            if name in states and states[name].cond is not None:
+                loads.append(f"C {name} = p_{name} ? C(p_{name}[i]) : C(0);")
             else:
-                body.append(f"C {s.target} = {value};  // {self.file}:{s.line}")
-                declared.add(s.target)
+                loads.append(f"C {name} = C(p_{name}[{index(name)}]);")
+        declare = [n for n in locals_ + writes if n not in reads]
+        for name in writes:
+            cast = "T" if name == "weight" or name in states else "C"
+            line = f"p_{name}[{index(name)}] = ({cast})({name});"
+            stores.append(f"if (p_{name}) {line}" if name in states and states[name].cond is not None else line)
+        body = self._body(st.stmts, names, 0)
         return {"name": st.name, "fn": f"optforge_{self.spec.module_name}_{st.name}", "pointers": pointers,
-                "loads": [(r, "G" if r == "grad" else "C") for r in reads], "body": body,
-                "stores": writes, "writes_weight": "weight" in writes,
+                "loads": loads, "declare": list(dict.fromkeys(declare)), "body": body, "stores": stores,
+                "writes_weight": "weight" in writes,
                 "scalars": [(n, "double" if n == "k_seed" else "C") for n, _ in scalars], "scalar_exprs": scalars}
+
+    def _body(self, stmts, names, depth) -> list[str]:
+        pad = "    " * depth
+        out = []
+        for s in stmts:
+            if isinstance(s, Assign):
+                value = self.expr(s.value, names)
+                if s.value.kind is not Kind.TENSOR:
+                    value = f"C({value})"
+                out.append(f"{pad}{s.target} = {value};  // {self.file}:{s.line}")
+            else:
+                for k, (cond, body) in enumerate(s.branches):
+                    out.append(f"{pad}{'if' if k == 0 else '} else if'} ({self.expr(cond, names)}) {{")
+                    out += self._body(body, names, depth + 1)
+                if s.orelse:
+                    out.append(f"{pad}}} else {{")
+                    out += self._body(s.orelse, names, depth + 1)
+                out.append(f"{pad}}}")
+        return out
 
     def render(self, spec_path: str | None = None) -> str:
         stages = [self.stage(st) for st in self.stages]
-        uses_normal = any(n.op is Op.NORMAL for st in self.stages for s in st.stmts for n in s.value.walk())
+        uses_normal = any(n.op is Op.NORMAL for st in self.stages for e in stage_exprs(st.stmts) for n in e.walk())
         return _env.get_template(self.template).render(
             spec=self.spec, stages=stages, uses_normal=uses_normal, header=_header(self.spec, spec_path))
 

@@ -28,9 +28,9 @@ class Stage:
 
     def host_reads(self) -> set:
         out = set()
-        for s in self.stmts:
-            for e in scalar_args(s.value):
-                for n in e.walk():
+        for e in stage_exprs(self.stmts):
+            for a in scalar_args(e):
+                for n in a.walk():
                     if n.op in (Op.LOCAL, Op.SCALAR_STATE) and n.kind <= Kind.REDUCED:
                         out.add(n.value)
         return out
@@ -70,6 +70,38 @@ def scalar_args(e: Expr) -> list:
             if x not in out:
                 out.append(x)
     return out
+
+
+def flat_assigns(stmts):
+    """Every Assign of a stage, branches included, in source order."""
+    for s in stmts:
+        if isinstance(s, Assign):
+            yield s
+        else:
+            for _, body in s.branches:
+                yield from flat_assigns(body)
+            yield from flat_assigns(s.orelse)
+
+
+def stage_exprs(stmts):
+    """Every expression a stage evaluates: assigned values and `if` conditions."""
+    for s in stmts:
+        if isinstance(s, Assign):
+            yield s.value
+        else:
+            for cond, body in s.branches:
+                yield cond
+                yield from stage_exprs(body)
+            yield from stage_exprs(s.orelse)
+
+
+def _inlinable(s) -> bool:
+    """A host `if` whose branches only do elementwise work stays inside the kernel, as a branch on a
+    scalar argument, instead of ending the stage (SGD's `if momentum != 0`)."""
+    if not isinstance(s, IfStmt) or any(c.kind > Kind.INDEX for c, _ in s.branches):
+        return False
+    bodies = [b for _, b in s.branches] + [s.orelse]
+    return all((isinstance(x, Assign) and _is_tensor_stmt(x)) or _inlinable(x) for b in bodies for x in b)
 
 
 def _is_tensor_stmt(s: Assign) -> bool:
@@ -116,7 +148,10 @@ class Lowering:
         steps: list = []
         open_stage: Stage | None = None
         for s in stmts:
-            if isinstance(s, Assign) and _is_tensor_stmt(s):
+            # an inlined `if` without `else` would launch a kernel that may do nothing: only join a
+            # stage that runs anyway
+            if (isinstance(s, Assign) and _is_tensor_stmt(s)) or (
+                    _inlinable(s) and (s.orelse or open_stage is not None)):
                 if open_stage is None:
                     open_stage = self._new_stage()
                     steps.append(open_stage)
@@ -142,16 +177,27 @@ class Lowering:
         """Tensor locals read outside the stage that assigned them live in scratch arrays."""
         defined_in: dict[str, set] = {}
         need: set = set()
-        for st in self.stages:
-            assigned = set()
-            for s in st.stmts:
-                for n in s.value.walk():
-                    if n.op is Op.LOCAL and n.kind is Kind.TENSOR and n.value not in assigned:
-                        need.add(n.value)
-                if s.role == "local":
-                    assigned.add(s.target)
-                    defined_in.setdefault(s.target, set()).add(st.name)
 
+        def scan(stmts, assigned: set, stage: str) -> set:
+            for s in stmts:
+                if isinstance(s, Assign):
+                    for n in s.value.walk():
+                        if n.op is Op.LOCAL and n.kind is Kind.TENSOR and n.value not in assigned:
+                            need.add(n.value)
+                    if s.role == "local":
+                        assigned.add(s.target)
+                        defined_in.setdefault(s.target, set()).add(stage)
+                else:
+                    outs = []
+                    for cond, body in s.branches:
+                        outs.append(scan(body, set(assigned), stage))
+                    outs.append(scan(s.orelse, set(assigned), stage))
+                    if s.orelse:
+                        assigned |= set.intersection(*outs)
+            return assigned
+
+        for st in self.stages:
+            scan(st.stmts, set(), st.name)
         def host_reads(items):
             for item in items:
                 if isinstance(item, Host):
@@ -165,7 +211,7 @@ class Lowering:
                     host_reads(item.orelse)
         host_reads(steps)
         for st in self.stages:
-            st.scratch_writes = {s.target for s in st.stmts if s.role == "local" and s.target in need}
+            st.scratch_writes = {s.target for s in flat_assigns(st.stmts) if s.role == "local" and s.target in need}
         self.scratch = sorted(n for n in need if n in defined_in)
 
 

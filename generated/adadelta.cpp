@@ -49,9 +49,10 @@ OPTFORGE_HD void optforge_adadelta_s0_elem(int64_t i, int64_t gi, const G* __res
     C acc_g = C(p_acc_g[i]);
     C acc_delta = C(p_acc_delta[i]);
     C weight = C(p_weight[i]);
-    C g = op_clip(k_rescale_grad * grad, k1);  // adadelta.opt:20
+    C g, delta;
+    g = op_clip(k_rescale_grad * grad, k1);  // adadelta.opt:20
     acc_g = k_rho * acc_g + (1 - k_rho) * g * g;  // adadelta.opt:21
-    C delta = sqrt(acc_delta + k_epsilon) / sqrt(acc_g + k_epsilon) * g;  // adadelta.opt:22
+    delta = sqrt(acc_delta + k_epsilon) / sqrt(acc_g + k_epsilon) * g;  // adadelta.opt:22
     acc_delta = k_rho * acc_delta + (1 - k_rho) * delta * delta;  // adadelta.opt:23
     weight = weight - (delta + k_wd * weight);  // adadelta.opt:24
     p_acc_g[i] = (T)(acc_g);

@@ -48,7 +48,8 @@ OPTFORGE_HD void optforge_adagrad_s0_elem(int64_t i, int64_t gi, const G* __rest
     C grad = C(p_grad[gi]);
     C history = C(p_history[i]);
     C weight = C(p_weight[i]);
-    C g = op_clip(k_rescale_grad * grad, k1);  // adagrad.opt:24
+    C g;
+    g = op_clip(k_rescale_grad * grad, k1);  // adagrad.opt:24
     history = history + op_square(g);  // adagrad.opt:25
     weight = weight + (g / sqrt(history + k_eps) + weight * k_wd) * k4;  // adagrad.opt:26
     p_history[i] = (T)(history);

@@ -51,7 +51,8 @@ OPTFORGE_HD void optforge_adam_s0_elem(int64_t i, int64_t gi, const G* __restric
     C weight = C(p_weight[i]);
     C mean = C(p_mean[i]);
     C var = C(p_var[i]);
-    C g = op_clip(grad * k_rescale_grad + k_wd * weight, k2);  // adam.opt:34
+    C g;
+    g = op_clip(grad * k_rescale_grad + k_wd * weight, k2);  // adam.opt:34
     mean = k_beta1 * mean + (1 - k_beta1) * g;  // adam.opt:35
     var = k_beta2 * var + (1 - k_beta2) * op_square(g);  // adam.opt:36
     weight = weight - k_lr_t * mean / (sqrt(var) + k_epsilon);  // adam.opt:38

@@ -51,7 +51,8 @@ OPTFORGE_HD void optforge_adamax_s0_elem(int64_t i, int64_t gi, const G* __restr
     C weight = C(p_weight[i]);
     C m = C(p_m[i]);
     C u = C(p_u[i]);
-    C g = op_clip(k_rescale_grad * grad + k_wd * weight, k2);  // adamax.opt:25
+    C g;
+    g = op_clip(k_rescale_grad * grad + k_wd * weight, k2);  // adamax.opt:25
     m = k_beta1 * m + (1 - k_beta1) * g;  // adamax.opt:26
     u = op_max(k_beta2 * u, fabs(g));  // adamax.opt:27
     weight = weight - k5 * m / u;  // adamax.opt:28

@@ -44,46 +44,34 @@ template <typename C> inline void store_low(float* p, int64_t i, C v) { p[i] = (
 /* stage s0: element i of the weight and states, element gi of the gradient and scratch
    (the same element for a dense update; for a row-sparse one, gi walks the gradient's rows) */
 template <typename T, typename G, typename C>
-OPTFORGE_HD void optforge_dcasgd_s0_elem(int64_t i, int64_t gi, const G* __restrict__ p_grad, const T* __restrict__ p_weight, const T* __restrict__ p_prev_weight, C* __restrict__ p_step, float* __restrict__ p_weight_lp, const C k_rescale_grad, const C k1, const C k2, const C k_wd, const C k_lamda) {
+OPTFORGE_HD void optforge_dcasgd_s0_elem(int64_t i, int64_t gi, const G* __restrict__ p_grad, T* __restrict__ p_weight, T* __restrict__ p_prev_weight, T* __restrict__ p_mom, float* __restrict__ p_weight_lp, const C k_rescale_grad, const C k1, const C k2, const C k_wd, const C k_lamda, const C k5, const C k_momentum) {
     C grad = C(p_grad[gi]);
     C weight = C(p_weight[i]);
     C prev_weight = C(p_prev_weight[i]);
-    C g = op_clip(k_rescale_grad * grad, k1);  // dcasgd.opt:24
-    C step = k2 * (g + k_wd * weight + k_lamda * g * g * (weight - prev_weight));  // dcasgd.opt:25
-    p_step[gi] = (C)(step);
-}
-/* stage s1: element i of the weight and states, element gi of the gradient and scratch
-   (the same element for a dense update; for a row-sparse one, gi walks the gradient's rows) */
-template <typename T, typename G, typename C>
-OPTFORGE_HD void optforge_dcasgd_s1_elem(int64_t i, int64_t gi, T* __restrict__ p_mom, C* __restrict__ p_step, float* __restrict__ p_weight_lp, const C k_momentum) {
-    C mom = C(p_mom[i]);
-    C step = C(p_step[gi]);
-    mom = k_momentum * mom + step;  // dcasgd.opt:27
-    step = mom;  // dcasgd.opt:28
-    p_mom[i] = (T)(mom);
-    p_step[gi] = (C)(step);
-}
-/* stage s2: element i of the weight and states, element gi of the gradient and scratch
-   (the same element for a dense update; for a row-sparse one, gi walks the gradient's rows) */
-template <typename T, typename G, typename C>
-OPTFORGE_HD void optforge_dcasgd_s2_elem(int64_t i, int64_t gi, T* __restrict__ p_weight, const C* __restrict__ p_step, T* __restrict__ p_prev_weight, float* __restrict__ p_weight_lp) {
-    C weight = C(p_weight[i]);
-    C step = C(p_step[gi]);
-    C prev_weight = weight;  // dcasgd.opt:30
+    C mom = p_mom ? C(p_mom[i]) : C(0);
+    C g, step;
+    g = op_clip(k_rescale_grad * grad, k1);  // dcasgd.opt:24
+    step = k2 * (g + k_wd * weight + k_lamda * g * g * (weight - prev_weight));  // dcasgd.opt:25
+    if (k5) {
+        mom = k_momentum * mom + step;  // dcasgd.opt:27
+        step = mom;  // dcasgd.opt:28
+    }
+    prev_weight = weight;  // dcasgd.opt:30
     weight = weight + step;  // dcasgd.opt:31
+    if (p_mom) p_mom[i] = (T)(mom);
     p_prev_weight[i] = (T)(prev_weight);
     p_weight[i] = (T)(weight);
     if (p_weight_lp) store_low(p_weight_lp, i, weight);
 }
 
 extern "C" {
-void optforge_dcasgd_s0_f32(int64_t n, const float* __restrict__ p_grad, const float* __restrict__ p_weight, const float* __restrict__ p_prev_weight, float* __restrict__ p_step, double k_rescale_grad, double k1, double k2, double k_wd, double k_lamda) {
+void optforge_dcasgd_s0_f32(int64_t n, const float* __restrict__ p_grad, float* __restrict__ p_weight, float* __restrict__ p_prev_weight, float* __restrict__ p_mom, double k_rescale_grad, double k1, double k2, double k_wd, double k_lamda, double k5, double k_momentum) {
     #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
     for (int64_t i = 0; i < n; ++i)
-        optforge_dcasgd_s0_elem<float, float, float>(i, i, p_grad, p_weight, p_prev_weight, p_step, nullptr, (float)k_rescale_grad, (float)k1, (float)k2, (float)k_wd, (float)k_lamda);
+        optforge_dcasgd_s0_elem<float, float, float>(i, i, p_grad, p_weight, p_prev_weight, p_mom, nullptr, (float)k_rescale_grad, (float)k1, (float)k2, (float)k_wd, (float)k_lamda, (float)k5, (float)k_momentum);
 }
 /* row-sparse: n = rows x cols gradient elements; gradient row r updates row rows[r] */
-void optforge_dcasgd_s0_rows_f32(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const float* __restrict__ p_grad, const float* __restrict__ p_weight, const float* __restrict__ p_prev_weight, float* __restrict__ p_step, double k_rescale_grad, double k1, double k2, double k_wd, double k_lamda) {
+void optforge_dcasgd_s0_rows_f32(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const float* __restrict__ p_grad, float* __restrict__ p_weight, float* __restrict__ p_prev_weight, float* __restrict__ p_mom, double k_rescale_grad, double k1, double k2, double k_wd, double k_lamda, double k5, double k_momentum) {
     const int64_t nrows = cols ? n / cols : 0;
     /* threads pay off only for large row sets: scattered rows are latency-bound, and a busy
        machine makes every fork/join wait for a descheduled thread */
@@ -92,16 +80,16 @@ void optforge_dcasgd_s0_rows_f32(int64_t n, int64_t cols, const int64_t* __restr
         const int64_t base = rows[r] * cols, gbase = r * cols;
         #pragma omp simd
         for (int64_t c = 0; c < cols; ++c)
-            optforge_dcasgd_s0_elem<float, float, float>(base + c, gbase + c, p_grad, p_weight, p_prev_weight, p_step, nullptr, (float)k_rescale_grad, (float)k1, (float)k2, (float)k_wd, (float)k_lamda);
+            optforge_dcasgd_s0_elem<float, float, float>(base + c, gbase + c, p_grad, p_weight, p_prev_weight, p_mom, nullptr, (float)k_rescale_grad, (float)k1, (float)k2, (float)k_wd, (float)k_lamda, (float)k5, (float)k_momentum);
     }
 }
-void optforge_dcasgd_s0_f64(int64_t n, const double* __restrict__ p_grad, const double* __restrict__ p_weight, const double* __restrict__ p_prev_weight, double* __restrict__ p_step, double k_rescale_grad, double k1, double k2, double k_wd, double k_lamda) {
+void optforge_dcasgd_s0_f64(int64_t n, const double* __restrict__ p_grad, double* __restrict__ p_weight, double* __restrict__ p_prev_weight, double* __restrict__ p_mom, double k_rescale_grad, double k1, double k2, double k_wd, double k_lamda, double k5, double k_momentum) {
     #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
     for (int64_t i = 0; i < n; ++i)
-        optforge_dcasgd_s0_elem<double, double, double>(i, i, p_grad, p_weight, p_prev_weight, p_step, nullptr, (double)k_rescale_grad, (double)k1, (double)k2, (double)k_wd, (double)k_lamda);
+        optforge_dcasgd_s0_elem<double, double, double>(i, i, p_grad, p_weight, p_prev_weight, p_mom, nullptr, (double)k_rescale_grad, (double)k1, (double)k2, (double)k_wd, (double)k_lamda, (double)k5, (double)k_momentum);
 }
 /* row-sparse: n = rows x cols gradient elements; gradient row r updates row rows[r] */
-void optforge_dcasgd_s0_rows_f64(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const double* __restrict__ p_grad, const double* __restrict__ p_weight, const double* __restrict__ p_prev_weight, double* __restrict__ p_step, double k_rescale_grad, double k1, double k2, double k_wd, double k_lamda) {
+void optforge_dcasgd_s0_rows_f64(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const double* __restrict__ p_grad, double* __restrict__ p_weight, double* __restrict__ p_prev_weight, double* __restrict__ p_mom, double k_rescale_grad, double k1, double k2, double k_wd, double k_lamda, double k5, double k_momentum) {
     const int64_t nrows = cols ? n / cols : 0;
     /* threads pay off only for large row sets: scattered rows are latency-bound, and a busy
        machine makes every fork/join wait for a descheduled thread */
@@ -110,79 +98,7 @@ void optforge_dcasgd_s0_rows_f64(int64_t n, int64_t cols, const int64_t* __restr
         const int64_t base = rows[r] * cols, gbase = r * cols;
         #pragma omp simd
         for (int64_t c = 0; c < cols; ++c)
-            optforge_dcasgd_s0_elem<double, double, double>(base + c, gbase + c, p_grad, p_weight, p_prev_weight, p_step, nullptr, (double)k_rescale_grad, (double)k1, (double)k2, (double)k_wd, (double)k_lamda);
-    }
-}
-void optforge_dcasgd_s1_f32(int64_t n, float* __restrict__ p_mom, float* __restrict__ p_step, double k_momentum) {
-    #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
-    for (int64_t i = 0; i < n; ++i)
-        optforge_dcasgd_s1_elem<float, float, float>(i, i, p_mom, p_step, nullptr, (float)k_momentum);
-}
-/* row-sparse: n = rows x cols gradient elements; gradient row r updates row rows[r] */
-void optforge_dcasgd_s1_rows_f32(int64_t n, int64_t cols, const int64_t* __restrict__ rows, float* __restrict__ p_mom, float* __restrict__ p_step, double k_momentum) {
-    const int64_t nrows = cols ? n / cols : 0;
-    /* threads pay off only for large row sets: scattered rows are latency-bound, and a busy
-       machine makes every fork/join wait for a descheduled thread */
-    #pragma omp parallel for schedule(static) if (n >= (int64_t)1 << 21)
-    for (int64_t r = 0; r < nrows; ++r) {
-        const int64_t base = rows[r] * cols, gbase = r * cols;
-        #pragma omp simd
-        for (int64_t c = 0; c < cols; ++c)
-            optforge_dcasgd_s1_elem<float, float, float>(base + c, gbase + c, p_mom, p_step, nullptr, (float)k_momentum);
-    }
-}
-void optforge_dcasgd_s1_f64(int64_t n, double* __restrict__ p_mom, double* __restrict__ p_step, double k_momentum) {
-    #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
-    for (int64_t i = 0; i < n; ++i)
-        optforge_dcasgd_s1_elem<double, double, double>(i, i, p_mom, p_step, nullptr, (double)k_momentum);
-}
-/* row-sparse: n = rows x cols gradient elements; gradient row r updates row rows[r] */
-void optforge_dcasgd_s1_rows_f64(int64_t n, int64_t cols, const int64_t* __restrict__ rows, double* __restrict__ p_mom, double* __restrict__ p_step, double k_momentum) {
-    const int64_t nrows = cols ? n / cols : 0;
-    /* threads pay off only for large row sets: scattered rows are latency-bound, and a busy
-       machine makes every fork/join wait for a descheduled thread */
-    #pragma omp parallel for schedule(static) if (n >= (int64_t)1 << 21)
-    for (int64_t r = 0; r < nrows; ++r) {
-        const int64_t base = rows[r] * cols, gbase = r * cols;
-        #pragma omp simd
-        for (int64_t c = 0; c < cols; ++c)
-            optforge_dcasgd_s1_elem<double, double, double>(base + c, gbase + c, p_mom, p_step, nullptr, (double)k_momentum);
-    }
-}
-void optforge_dcasgd_s2_f32(int64_t n, float* __restrict__ p_weight, const float* __restrict__ p_step, float* __restrict__ p_prev_weight) {
-    #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
-    for (int64_t i = 0; i < n; ++i)
-        optforge_dcasgd_s2_elem<float, float, float>(i, i, p_weight, p_step, p_prev_weight, nullptr);
-}
-/* row-sparse: n = rows x cols gradient elements; gradient row r updates row rows[r] */
-void optforge_dcasgd_s2_rows_f32(int64_t n, int64_t cols, const int64_t* __restrict__ rows, float* __restrict__ p_weight, const float* __restrict__ p_step, float* __restrict__ p_prev_weight) {
-    const int64_t nrows = cols ? n / cols : 0;
-    /* threads pay off only for large row sets: scattered rows are latency-bound, and a busy
-       machine makes every fork/join wait for a descheduled thread */
-    #pragma omp parallel for schedule(static) if (n >= (int64_t)1 << 21)
-    for (int64_t r = 0; r < nrows; ++r) {
-        const int64_t base = rows[r] * cols, gbase = r * cols;
-        #pragma omp simd
-        for (int64_t c = 0; c < cols; ++c)
-            optforge_dcasgd_s2_elem<float, float, float>(base + c, gbase + c, p_weight, p_step, p_prev_weight, nullptr);
-    }
-}
-void optforge_dcasgd_s2_f64(int64_t n, double* __restrict__ p_weight, const double* __restrict__ p_step, double* __restrict__ p_prev_weight) {
-    #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
-    for (int64_t i = 0; i < n; ++i)
-        optforge_dcasgd_s2_elem<double, double, double>(i, i, p_weight, p_step, p_prev_weight, nullptr);
-}
-/* row-sparse: n = rows x cols gradient elements; gradient row r updates row rows[r] */
-void optforge_dcasgd_s2_rows_f64(int64_t n, int64_t cols, const int64_t* __restrict__ rows, double* __restrict__ p_weight, const double* __restrict__ p_step, double* __restrict__ p_prev_weight) {
-    const int64_t nrows = cols ? n / cols : 0;
-    /* threads pay off only for large row sets: scattered rows are latency-bound, and a busy
-       machine makes every fork/join wait for a descheduled thread */
-    #pragma omp parallel for schedule(static) if (n >= (int64_t)1 << 21)
-    for (int64_t r = 0; r < nrows; ++r) {
-        const int64_t base = rows[r] * cols, gbase = r * cols;
-        #pragma omp simd
-        for (int64_t c = 0; c < cols; ++c)
-            optforge_dcasgd_s2_elem<double, double, double>(base + c, gbase + c, p_weight, p_step, p_prev_weight, nullptr);
+            optforge_dcasgd_s0_elem<double, double, double>(base + c, gbase + c, p_grad, p_weight, p_prev_weight, p_mom, nullptr, (double)k_rescale_grad, (double)k1, (double)k2, (double)k_wd, (double)k_lamda, (double)k5, (double)k_momentum);
     }
 }
 }

@@ -118,8 +118,4 @@ class DCASGD(Optimizer):
         rescale_grad = self.rescale_grad
         mom = tensors.get('mom')
         prev_weight = tensors['prev_weight']
-        step = be.scratch(weight, 'step')
-        be.launch('optforge_dcasgd_s0', (grad, weight, prev_weight, step,), (ops.arg(rescale_grad), ops.arg(clip_gradient), ops.arg(-lr), ops.arg(wd), ops.arg(lamda), ))
-        if momentum != 0:
-            be.launch('optforge_dcasgd_s1', (mom, step,), (ops.arg(momentum), ))
-        be.launch('optforge_dcasgd_s2', (weight, step, prev_weight,), ())
+        be.launch('optforge_dcasgd_s0', (grad, weight, prev_weight, mom,), (ops.arg(rescale_grad), ops.arg(clip_gradient), ops.arg(-lr), ops.arg(wd), ops.arg(lamda), ops.arg(momentum != 0), ops.arg(momentum), ))

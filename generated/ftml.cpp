@@ -50,9 +50,10 @@ OPTFORGE_HD void optforge_ftml_s0_elem(int64_t i, int64_t gi, const G* __restric
     C v = C(p_v[i]);
     C z = C(p_z[i]);
     C d_prev = C(p_d_prev[i]);
-    C g = op_clip(k_rescale_grad * grad + k_wd * weight, k2);  // ftml.opt:27
+    C g, d;
+    g = op_clip(k_rescale_grad * grad + k_wd * weight, k2);  // ftml.opt:27
     v = k_beta2 * v + (1 - k_beta2) * op_square(g);  // ftml.opt:28
-    C d = k4 * (sqrt(v / k5) + k_epsilon);  // ftml.opt:29
+    d = k4 * (sqrt(v / k5) + k_epsilon);  // ftml.opt:29
     z = k_beta1 * z + (1 - k_beta1) * g - (d - k_beta1 * d_prev) * weight;  // ftml.opt:30
     d_prev = d;  // ftml.opt:31
     weight = -z / d;  // ftml.opt:32

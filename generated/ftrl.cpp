@@ -49,7 +49,8 @@ OPTFORGE_HD void optforge_ftrl_s0_elem(int64_t i, int64_t gi, const G* __restric
     C z = C(p_z[i]);
     C n = C(p_n[i]);
     C weight = C(p_weight[i]);
-    C g = op_clip(k_rescale_grad * grad, k1);  // ftrl.opt:30
+    C g;
+    g = op_clip(k_rescale_grad * grad, k1);  // ftrl.opt:30
     z = z + (g - (sqrt(n + g * g) - sqrt(n)) * weight / k_lr);  // ftrl.opt:31
     n = n + g * g;  // ftrl.opt:32
     weight = (fabs(z) > k_lamda1 ? C((op_sign(z) * k_lamda1 - z) / ((k_beta + sqrt(n)) / k_lr + k_wd)) : C(0));  // ftrl.opt:33

@@ -49,10 +49,11 @@ OPTFORGE_HD void optforge_lamb_s0_elem(int64_t i, int64_t gi, const G* __restric
     C mean = C(p_mean[i]);
     C var = C(p_var[i]);
     C weight = C(p_weight[i]);
-    C g = op_clip(k_rescale_grad * grad, k1);  // lamb.opt:37
+    C g, upd;
+    g = op_clip(k_rescale_grad * grad, k1);  // lamb.opt:37
     mean = k_beta1 * mean + (1 - k_beta1) * g;  // lamb.opt:38
     var = k_beta2 * var + (1 - k_beta2) * op_square(g);  // lamb.opt:39
-    C upd = mean / k_c1 / (sqrt(var / k_c2) + k_epsilon) + k_wd * weight;  // lamb.opt:42
+    upd = mean / k_c1 / (sqrt(var / k_c2) + k_epsilon) + k_wd * weight;  // lamb.opt:42
     p_mean[i] = (T)(mean);
     p_var[i] = (T)(var);
     p_upd[gi] = (C)(upd);

@@ -45,64 +45,47 @@ template <typename C> inline void store_low(float* p, int64_t i, C v) { p[i] = (
    (the same element for a dense update; for a row-sparse one, gi walks the gradient's rows) */
 template <typename T, typename G, typename C>
 OPTFORGE_HD void optforge_lbsgd_s0_elem(int64_t i, int64_t gi, T* __restrict__ p_cum_grad, const G* __restrict__ p_grad, float* __restrict__ p_weight_lp) {
-    C cum_grad = C(p_cum_grad[i]);
+    C cum_grad = p_cum_grad ? C(p_cum_grad[i]) : C(0);
     C grad = C(p_grad[gi]);
     cum_grad = cum_grad + grad;  // lbsgd.opt:38
-    p_cum_grad[i] = (T)(cum_grad);
+    if (p_cum_grad) p_cum_grad[i] = (T)(cum_grad);
 }
 /* stage s1: element i of the weight and states, element gi of the gradient and scratch
    (the same element for a dense update; for a row-sparse one, gi walks the gradient's rows) */
 template <typename T, typename G, typename C>
-OPTFORGE_HD void optforge_lbsgd_s1_elem(int64_t i, int64_t gi, const T* __restrict__ p_cum_grad, C* __restrict__ p_avg, float* __restrict__ p_weight_lp, const C k_batch_scale) {
-    C cum_grad = C(p_cum_grad[i]);
-    C avg = cum_grad / k_batch_scale;  // lbsgd.opt:42
+OPTFORGE_HD void optforge_lbsgd_s1_elem(int64_t i, int64_t gi, const T* __restrict__ p_cum_grad, const G* __restrict__ p_grad, C* __restrict__ p_avg, float* __restrict__ p_weight_lp, const C k0, const C k_batch_scale) {
+    C cum_grad = p_cum_grad ? C(p_cum_grad[i]) : C(0);
+    C grad = C(p_grad[gi]);
+    C avg;
+    if (k0) {
+        avg = cum_grad / k_batch_scale;  // lbsgd.opt:42
+    } else {
+        avg = grad;  // lbsgd.opt:44
+    }
     p_avg[gi] = (C)(avg);
 }
 /* stage s2: element i of the weight and states, element gi of the gradient and scratch
    (the same element for a dense update; for a row-sparse one, gi walks the gradient's rows) */
 template <typename T, typename G, typename C>
-OPTFORGE_HD void optforge_lbsgd_s2_elem(int64_t i, int64_t gi, const G* __restrict__ p_grad, C* __restrict__ p_avg, float* __restrict__ p_weight_lp) {
-    C grad = C(p_grad[gi]);
-    C avg = grad;  // lbsgd.opt:44
-    p_avg[gi] = (C)(avg);
-}
-/* stage s3: element i of the weight and states, element gi of the gradient and scratch
-   (the same element for a dense update; for a row-sparse one, gi walks the gradient's rows) */
-template <typename T, typename G, typename C>
-OPTFORGE_HD void optforge_lbsgd_s3_elem(int64_t i, int64_t gi, const C* __restrict__ p_avg, C* __restrict__ p_g, float* __restrict__ p_weight_lp, const C k_rescale_grad, const C k1) {
+OPTFORGE_HD void optforge_lbsgd_s2_elem(int64_t i, int64_t gi, const C* __restrict__ p_avg, T* __restrict__ p_mom, T* __restrict__ p_weight, T* __restrict__ p_cum_grad, float* __restrict__ p_weight_lp, const C k_rescale_grad, const C k1, const C k2, const C k_momentum, const C k4, const C k_lr_t, const C k6, const C k7) {
     C avg = C(p_avg[gi]);
-    C g = op_clip(k_rescale_grad * avg, k1);  // lbsgd.opt:63
-    p_g[gi] = (C)(g);
-}
-/* stage s4: element i of the weight and states, element gi of the gradient and scratch
-   (the same element for a dense update; for a row-sparse one, gi walks the gradient's rows) */
-template <typename T, typename G, typename C>
-OPTFORGE_HD void optforge_lbsgd_s4_elem(int64_t i, int64_t gi, T* __restrict__ p_mom, T* __restrict__ p_weight, const C* __restrict__ p_g, float* __restrict__ p_weight_lp, const C k_momentum, const C k1, const C k_lr_t) {
-    C mom = C(p_mom[i]);
+    C mom = p_mom ? C(p_mom[i]) : C(0);
     C weight = C(p_weight[i]);
-    C g = C(p_g[gi]);
-    mom = k_momentum * mom - k1 * weight - k_lr_t * g;  // lbsgd.opt:65
-    weight = weight + mom;  // lbsgd.opt:66
-    p_mom[i] = (T)(mom);
+    C g, cum_grad;
+    g = op_clip(k_rescale_grad * avg, k1);  // lbsgd.opt:63
+    if (k2) {
+        mom = k_momentum * mom - k4 * weight - k_lr_t * g;  // lbsgd.opt:65
+        weight = weight + mom;  // lbsgd.opt:66
+    } else {
+        weight = k6 * weight - k_lr_t * g;  // lbsgd.opt:68
+    }
+    if (k7) {
+        cum_grad = C(0);  // lbsgd.opt:71
+    }
+    if (p_mom) p_mom[i] = (T)(mom);
     p_weight[i] = (T)(weight);
+    if (p_cum_grad) p_cum_grad[i] = (T)(cum_grad);
     if (p_weight_lp) store_low(p_weight_lp, i, weight);
-}
-/* stage s5: element i of the weight and states, element gi of the gradient and scratch
-   (the same element for a dense update; for a row-sparse one, gi walks the gradient's rows) */
-template <typename T, typename G, typename C>
-OPTFORGE_HD void optforge_lbsgd_s5_elem(int64_t i, int64_t gi, T* __restrict__ p_weight, const C* __restrict__ p_g, float* __restrict__ p_weight_lp, const C k0, const C k_lr_t) {
-    C weight = C(p_weight[i]);
-    C g = C(p_g[gi]);
-    weight = k0 * weight - k_lr_t * g;  // lbsgd.opt:68
-    p_weight[i] = (T)(weight);
-    if (p_weight_lp) store_low(p_weight_lp, i, weight);
-}
-/* stage s6: element i of the weight and states, element gi of the gradient and scratch
-   (the same element for a dense update; for a row-sparse one, gi walks the gradient's rows) */
-template <typename T, typename G, typename C>
-OPTFORGE_HD void optforge_lbsgd_s6_elem(int64_t i, int64_t gi, T* __restrict__ p_cum_grad, float* __restrict__ p_weight_lp) {
-    C cum_grad = C(0);  // lbsgd.opt:71
-    p_cum_grad[i] = (T)(cum_grad);
 }
 
 extern "C" {
@@ -142,13 +125,13 @@ void optforge_lbsgd_s0_rows_f64(int64_t n, int64_t cols, const int64_t* __restri
             optforge_lbsgd_s0_elem<double, double, double>(base + c, gbase + c, p_cum_grad, p_grad, nullptr);
     }
 }
-void optforge_lbsgd_s1_f32(int64_t n, const float* __restrict__ p_cum_grad, float* __restrict__ p_avg, double k_batch_scale) {
+void optforge_lbsgd_s1_f32(int64_t n, const float* __restrict__ p_cum_grad, const float* __restrict__ p_grad, float* __restrict__ p_avg, double k0, double k_batch_scale) {
     #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
     for (int64_t i = 0; i < n; ++i)
-        optforge_lbsgd_s1_elem<float, float, float>(i, i, p_cum_grad, p_avg, nullptr, (float)k_batch_scale);
+        optforge_lbsgd_s1_elem<float, float, float>(i, i, p_cum_grad, p_grad, p_avg, nullptr, (float)k0, (float)k_batch_scale);
 }
 /* row-sparse: n = rows x cols gradient elements; gradient row r updates row rows[r] */
-void optforge_lbsgd_s1_rows_f32(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const float* __restrict__ p_cum_grad, float* __restrict__ p_avg, double k_batch_scale) {
+void optforge_lbsgd_s1_rows_f32(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const float* __restrict__ p_cum_grad, const float* __restrict__ p_grad, float* __restrict__ p_avg, double k0, double k_batch_scale) {
     const int64_t nrows = cols ? n / cols : 0;
     /* threads pay off only for large row sets: scattered rows are latency-bound, and a busy
        machine makes every fork/join wait for a descheduled thread */
@@ -157,16 +140,16 @@ void optforge_lbsgd_s1_rows_f32(int64_t n, int64_t cols, const int64_t* __restri
         const int64_t base = rows[r] * cols, gbase = r * cols;
         #pragma omp simd
         for (int64_t c = 0; c < cols; ++c)
-            optforge_lbsgd_s1_elem<float, float, float>(base + c, gbase + c, p_cum_grad, p_avg, nullptr, (float)k_batch_scale);
+            optforge_lbsgd_s1_elem<float, float, float>(base + c, gbase + c, p_cum_grad, p_grad, p_avg, nullptr, (float)k0, (float)k_batch_scale);
     }
 }
-void optforge_lbsgd_s1_f64(int64_t n, const double* __restrict__ p_cum_grad, double* __restrict__ p_avg, double k_batch_scale) {
+void optforge_lbsgd_s1_f64(int64_t n, const double* __restrict__ p_cum_grad, const double* __restrict__ p_grad, double* __restrict__ p_avg, double k0, double k_batch_scale) {
     #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
     for (int64_t i = 0; i < n; ++i)
-        optforge_lbsgd_s1_elem<double, double, double>(i, i, p_cum_grad, p_avg, nullptr, (double)k_batch_scale);
+        optforge_lbsgd_s1_elem<double, double, double>(i, i, p_cum_grad, p_grad, p_avg, nullptr, (double)k0, (double)k_batch_scale);
 }
 /* row-sparse: n = rows x cols gradient elements; gradient row r updates row rows[r] */
-void optforge_lbsgd_s1_rows_f64(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const double* __restrict__ p_cum_grad, double* __restrict__ p_avg, double k_batch_scale) {
+void optforge_lbsgd_s1_rows_f64(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const double* __restrict__ p_cum_grad, const double* __restrict__ p_grad, double* __restrict__ p_avg, double k0, double k_batch_scale) {
     const int64_t nrows = cols ? n / cols : 0;
     /* threads pay off only for large row sets: scattered rows are latency-bound, and a busy
        machine makes every fork/join wait for a descheduled thread */
@@ -175,16 +158,16 @@ void optforge_lbsgd_s1_rows_f64(int64_t n, int64_t cols, const int64_t* __restri
         const int64_t base = rows[r] * cols, gbase = r * cols;
         #pragma omp simd
         for (int64_t c = 0; c < cols; ++c)
-            optforge_lbsgd_s1_elem<double, double, double>(base + c, gbase + c, p_cum_grad, p_avg, nullptr, (double)k_batch_scale);
+            optforge_lbsgd_s1_elem<double, double, double>(base + c, gbase + c, p_cum_grad, p_grad, p_avg, nullptr, (double)k0, (double)k_batch_scale);
     }
 }
-void optforge_lbsgd_s2_f32(int64_t n, const float* __restrict__ p_grad, float* __restrict__ p_avg) {
+void optforge_lbsgd_s2_f32(int64_t n, const float* __restrict__ p_avg, float* __restrict__ p_mom, float* __restrict__ p_weight, float* __restrict__ p_cum_grad, double k_rescale_grad, double k1, double k2, double k_momentum, double k4, double k_lr_t, double k6, double k7) {
     #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
     for (int64_t i = 0; i < n; ++i)
-        optforge_lbsgd_s2_elem<float, float, float>(i, i, p_grad, p_avg, nullptr);
+        optforge_lbsgd_s2_elem<float, float, float>(i, i, p_avg, p_mom, p_weight, p_cum_grad, nullptr, (float)k_rescale_grad, (float)k1, (float)k2, (float)k_momentum, (float)k4, (float)k_lr_t, (float)k6, (float)k7);
 }
 /* row-sparse: n = rows x cols gradient elements; gradient row r updates row rows[r] */
-void optforge_lbsgd_s2_rows_f32(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const float* __restrict__ p_grad, float* __restrict__ p_avg) {
+void optforge_lbsgd_s2_rows_f32(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const float* __restrict__ p_avg, float* __restrict__ p_mom, float* __restrict__ p_weight, float* __restrict__ p_cum_grad, double k_rescale_grad, double k1, double k2, double k_momentum, double k4, double k_lr_t, double k6, double k7) {
     const int64_t nrows = cols ? n / cols : 0;
     /* threads pay off only for large row sets: scattered rows are latency-bound, and a busy
        machine makes every fork/join wait for a descheduled thread */
@@ -193,16 +176,16 @@ void optforge_lbsgd_s2_rows_f32(int64_t n, int64_t cols, const int64_t* __restri
         const int64_t base = rows[r] * cols, gbase = r * cols;
         #pragma omp simd
         for (int64_t c = 0; c < cols; ++c)
-            optforge_lbsgd_s2_elem<float, float, float>(base + c, gbase + c, p_grad, p_avg, nullptr);
+            optforge_lbsgd_s2_elem<float, float, float>(base + c, gbase + c, p_avg, p_mom, p_weight, p_cum_grad, nullptr, (float)k_rescale_grad, (float)k1, (float)k2, (float)k_momentum, (float)k4, (float)k_lr_t, (float)k6, (float)k7);
     }
 }
-void optforge_lbsgd_s2_f64(int64_t n, const double* __restrict__ p_grad, double* __restrict__ p_avg) {
+void optforge_lbsgd_s2_f64(int64_t n, const double* __restrict__ p_avg, double* __restrict__ p_mom, double* __restrict__ p_weight, double* __restrict__ p_cum_grad, double k_rescale_grad, double k1, double k2, double k_momentum, double k4, double k_lr_t, double k6, double k7) {
     #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
     for (int64_t i = 0; i < n; ++i)
-        optforge_lbsgd_s2_elem<double, double, double>(i, i, p_grad, p_avg, nullptr);
+        optforge_lbsgd_s2_elem<double, double, double>(i, i, p_avg, p_mom, p_weight, p_cum_grad, nullptr, (double)k_rescale_grad, (double)k1, (double)k2, (double)k_momentum, (double)k4, (double)k_lr_t, (double)k6, (double)k7);
 }
 /* row-sparse: n = rows x cols gradient elements; gradient row r updates row rows[r] */
-void optforge_lbsgd_s2_rows_f64(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const double* __restrict__ p_grad, double* __restrict__ p_avg) {
+void optforge_lbsgd_s2_rows_f64(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const double* __restrict__ p_avg, double* __restrict__ p_mom, double* __restrict__ p_weight, double* __restrict__ p_cum_grad, double k_rescale_grad, double k1, double k2, double k_momentum, double k4, double k_lr_t, double k6, double k7) {
     const int64_t nrows = cols ? n / cols : 0;
     /* threads pay off only for large row sets: scattered rows are latency-bound, and a busy
        machine makes every fork/join wait for a descheduled thread */
@@ -211,151 +194,7 @@ void optforge_lbsgd_s2_rows_f64(int64_t n, int64_t cols, const int64_t* __restri
         const int64_t base = rows[r] * cols, gbase = r * cols;
         #pragma omp simd
         for (int64_t c = 0; c < cols; ++c)
-            optforge_lbsgd_s2_elem<double, double, double>(base + c, gbase + c, p_grad, p_avg, nullptr);
-    }
-}
-void optforge_lbsgd_s3_f32(int64_t n, const float* __restrict__ p_avg, float* __restrict__ p_g, double k_rescale_grad, double k1) {
-    #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
-    for (int64_t i = 0; i < n; ++i)
-        optforge_lbsgd_s3_elem<float, float, float>(i, i, p_avg, p_g, nullptr, (float)k_rescale_grad, (float)k1);
-}
-/* row-sparse: n = rows x cols gradient elements; gradient row r updates row rows[r] */
-void optforge_lbsgd_s3_rows_f32(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const float* __restrict__ p_avg, float* __restrict__ p_g, double k_rescale_grad, double k1) {
-    const int64_t nrows = cols ? n / cols : 0;
-    /* threads pay off only for large row sets: scattered rows are latency-bound, and a busy
-       machine makes every fork/join wait for a descheduled thread */
-    #pragma omp parallel for schedule(static) if (n >= (int64_t)1 << 21)
-    for (int64_t r = 0; r < nrows; ++r) {
-        const int64_t base = rows[r] * cols, gbase = r * cols;
-        #pragma omp simd
-        for (int64_t c = 0; c < cols; ++c)
-            optforge_lbsgd_s3_elem<float, float, float>(base + c, gbase + c, p_avg, p_g, nullptr, (float)k_rescale_grad, (float)k1);
-    }
-}
-void optforge_lbsgd_s3_f64(int64_t n, const double* __restrict__ p_avg, double* __restrict__ p_g, double k_rescale_grad, double k1) {
-    #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
-    for (int64_t i = 0; i < n; ++i)
-        optforge_lbsgd_s3_elem<double, double, double>(i, i, p_avg, p_g, nullptr, (double)k_rescale_grad, (double)k1);
-}
-/* row-sparse: n = rows x cols gradient elements; gradient row r updates row rows[r] */
-void optforge_lbsgd_s3_rows_f64(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const double* __restrict__ p_avg, double* __restrict__ p_g, double k_rescale_grad, double k1) {
-    const int64_t nrows = cols ? n / cols : 0;
-    /* threads pay off only for large row sets: scattered rows are latency-bound, and a busy
-       machine makes every fork/join wait for a descheduled thread */
-    #pragma omp parallel for schedule(static) if (n >= (int64_t)1 << 21)
-    for (int64_t r = 0; r < nrows; ++r) {
-        const int64_t base = rows[r] * cols, gbase = r * cols;
-        #pragma omp simd
-        for (int64_t c = 0; c < cols; ++c)
-            optforge_lbsgd_s3_elem<double, double, double>(base + c, gbase + c, p_avg, p_g, nullptr, (double)k_rescale_grad, (double)k1);
-    }
-}
-void optforge_lbsgd_s4_f32(int64_t n, float* __restrict__ p_mom, float* __restrict__ p_weight, const float* __restrict__ p_g, double k_momentum, double k1, double k_lr_t) {
-    #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
-    for (int64_t i = 0; i < n; ++i)
-        optforge_lbsgd_s4_elem<float, float, float>(i, i, p_mom, p_weight, p_g, nullptr, (float)k_momentum, (float)k1, (float)k_lr_t);
-}
-/* row-sparse: n = rows x cols gradient elements; gradient row r updates row rows[r] */
-void optforge_lbsgd_s4_rows_f32(int64_t n, int64_t cols, const int64_t* __restrict__ rows, float* __restrict__ p_mom, float* __restrict__ p_weight, const float* __restrict__ p_g, double k_momentum, double k1, double k_lr_t) {
-    const int64_t nrows = cols ? n / cols : 0;
-    /* threads pay off only for large row sets: scattered rows are latency-bound, and a busy
-       machine makes every fork/join wait for a descheduled thread */
-    #pragma omp parallel for schedule(static) if (n >= (int64_t)1 << 21)
-    for (int64_t r = 0; r < nrows; ++r) {
-        const int64_t base = rows[r] * cols, gbase = r * cols;
-        #pragma omp simd
-        for (int64_t c = 0; c < cols; ++c)
-            optforge_lbsgd_s4_elem<float, float, float>(base + c, gbase + c, p_mom, p_weight, p_g, nullptr, (float)k_momentum, (float)k1, (float)k_lr_t);
-    }
-}
-void optforge_lbsgd_s4_f64(int64_t n, double* __restrict__ p_mom, double* __restrict__ p_weight, const double* __restrict__ p_g, double k_momentum, double k1, double k_lr_t) {
-    #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
-    for (int64_t i = 0; i < n; ++i)
-        optforge_lbsgd_s4_elem<double, double, double>(i, i, p_mom, p_weight, p_g, nullptr, (double)k_momentum, (double)k1, (double)k_lr_t);
-}
-/* row-sparse: n = rows x cols gradient elements; gradient row r updates row rows[r] */
-void optforge_lbsgd_s4_rows_f64(int64_t n, int64_t cols, const int64_t* __restrict__ rows, double* __restrict__ p_mom, double* __restrict__ p_weight, const double* __restrict__ p_g, double k_momentum, double k1, double k_lr_t) {
-    const int64_t nrows = cols ? n / cols : 0;
-    /* threads pay off only for large row sets: scattered rows are latency-bound, and a busy
-       machine makes every fork/join wait for a descheduled thread */
-    #pragma omp parallel for schedule(static) if (n >= (int64_t)1 << 21)
-    for (int64_t r = 0; r < nrows; ++r) {
-        const int64_t base = rows[r] * cols, gbase = r * cols;
-        #pragma omp simd
-        for (int64_t c = 0; c < cols; ++c)
-            optforge_lbsgd_s4_elem<double, double, double>(base + c, gbase + c, p_mom, p_weight, p_g, nullptr, (double)k_momentum, (double)k1, (double)k_lr_t);
-    }
-}
-void optforge_lbsgd_s5_f32(int64_t n, float* __restrict__ p_weight, const float* __restrict__ p_g, double k0, double k_lr_t) {
-    #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
-    for (int64_t i = 0; i < n; ++i)
-        optforge_lbsgd_s5_elem<float, float, float>(i, i, p_weight, p_g, nullptr, (float)k0, (float)k_lr_t);
-}
-/* row-sparse: n = rows x cols gradient elements; gradient row r updates row rows[r] */
-void optforge_lbsgd_s5_rows_f32(int64_t n, int64_t cols, const int64_t* __restrict__ rows, float* __restrict__ p_weight, const float* __restrict__ p_g, double k0, double k_lr_t) {
-    const int64_t nrows = cols ? n / cols : 0;
-    /* threads pay off only for large row sets: scattered rows are latency-bound, and a busy
-       machine makes every fork/join wait for a descheduled thread */
-    #pragma omp parallel for schedule(static) if (n >= (int64_t)1 << 21)
-    for (int64_t r = 0; r < nrows; ++r) {
-        const int64_t base = rows[r] * cols, gbase = r * cols;
-        #pragma omp simd
-        for (int64_t c = 0; c < cols; ++c)
-            optforge_lbsgd_s5_elem<float, float, float>(base + c, gbase + c, p_weight, p_g, nullptr, (float)k0, (float)k_lr_t);
-    }
-}
-void optforge_lbsgd_s5_f64(int64_t n, double* __restrict__ p_weight, const double* __restrict__ p_g, double k0, double k_lr_t) {
-    #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
-    for (int64_t i = 0; i < n; ++i)
-        optforge_lbsgd_s5_elem<double, double, double>(i, i, p_weight, p_g, nullptr, (double)k0, (double)k_lr_t);
-}
-/* row-sparse: n = rows x cols gradient elements; gradient row r updates row rows[r] */
-void optforge_lbsgd_s5_rows_f64(int64_t n, int64_t cols, const int64_t* __restrict__ rows, double* __restrict__ p_weight, const double* __restrict__ p_g, double k0, double k_lr_t) {
-    const int64_t nrows = cols ? n / cols : 0;
-    /* threads pay off only for large row sets: scattered rows are latency-bound, and a busy
-       machine makes every fork/join wait for a descheduled thread */
-    #pragma omp parallel for schedule(static) if (n >= (int64_t)1 << 21)
-    for (int64_t r = 0; r < nrows; ++r) {
-        const int64_t base = rows[r] * cols, gbase = r * cols;
-        #pragma omp simd
-        for (int64_t c = 0; c < cols; ++c)
-            optforge_lbsgd_s5_elem<double, double, double>(base + c, gbase + c, p_weight, p_g, nullptr, (double)k0, (double)k_lr_t);
-    }
-}
-void optforge_lbsgd_s6_f32(int64_t n, float* __restrict__ p_cum_grad) {
-    #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
-    for (int64_t i = 0; i < n; ++i)
-        optforge_lbsgd_s6_elem<float, float, float>(i, i, p_cum_grad, nullptr);
-}
-/* row-sparse: n = rows x cols gradient elements; gradient row r updates row rows[r] */
-void optforge_lbsgd_s6_rows_f32(int64_t n, int64_t cols, const int64_t* __restrict__ rows, float* __restrict__ p_cum_grad) {
-    const int64_t nrows = cols ? n / cols : 0;
-    /* threads pay off only for large row sets: scattered rows are latency-bound, and a busy
-       machine makes every fork/join wait for a descheduled thread */
-    #pragma omp parallel for schedule(static) if (n >= (int64_t)1 << 21)
-    for (int64_t r = 0; r < nrows; ++r) {
-        const int64_t base = rows[r] * cols, gbase = r * cols;
-        #pragma omp simd
-        for (int64_t c = 0; c < cols; ++c)
-            optforge_lbsgd_s6_elem<float, float, float>(base + c, gbase + c, p_cum_grad, nullptr);
-    }
-}
-void optforge_lbsgd_s6_f64(int64_t n, double* __restrict__ p_cum_grad) {
-    #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
-    for (int64_t i = 0; i < n; ++i)
-        optforge_lbsgd_s6_elem<double, double, double>(i, i, p_cum_grad, nullptr);
-}
-/* row-sparse: n = rows x cols gradient elements; gradient row r updates row rows[r] */
-void optforge_lbsgd_s6_rows_f64(int64_t n, int64_t cols, const int64_t* __restrict__ rows, double* __restrict__ p_cum_grad) {
-    const int64_t nrows = cols ? n / cols : 0;
-    /* threads pay off only for large row sets: scattered rows are latency-bound, and a busy
-       machine makes every fork/join wait for a descheduled thread */
-    #pragma omp parallel for schedule(static) if (n >= (int64_t)1 << 21)
-    for (int64_t r = 0; r < nrows; ++r) {
-        const int64_t base = rows[r] * cols, gbase = r * cols;
-        #pragma omp simd
-        for (int64_t c = 0; c < cols; ++c)
-            optforge_lbsgd_s6_elem<double, double, double>(base + c, gbase + c, p_cum_grad, nullptr);
+            optforge_lbsgd_s2_elem<double, double, double>(base + c, gbase + c, p_avg, p_mom, p_weight, p_cum_grad, nullptr, (double)k_rescale_grad, (double)k1, (double)k2, (double)k_momentum, (double)k4, (double)k_lr_t, (double)k6, (double)k7);
     }
 }
 }

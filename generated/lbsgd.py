@@ -289,16 +289,12 @@ class LBSGD(Optimizer):
         cum_grad = tensors.get('cum_grad')
         num_cums = scalars['num_cums']
         avg = be.scratch(weight, 'avg')
-        g = be.scratch(weight, 'g')
         num_cums = num_cums + 1  # lbsgd.opt:36
         if batch_scale > 1:
             be.launch('optforge_lbsgd_s0', (cum_grad, grad,), ())
         if num_cums % batch_scale == 0:
-            if batch_scale > 1:
-                be.launch('optforge_lbsgd_s1', (cum_grad, avg,), (ops.arg(batch_scale), ))
-            else:
-                be.launch('optforge_lbsgd_s2', (grad, avg,), ())
             nwup = warmup_epochs * updates_per_epoch  # lbsgd.opt:46
+            be.launch('optforge_lbsgd_s1', (cum_grad, grad, avg,), (ops.arg(batch_scale > 1), ops.arg(batch_scale), ))
             if warmup_strategy == 'lars':
                 w2 = ops.total(xp.square(weight))  # lbsgd.opt:48
                 g2 = ops.total(xp.square(avg))  # lbsgd.opt:49
@@ -314,11 +310,5 @@ class LBSGD(Optimizer):
             else:
                 lbmult = 1 + (batch_scale - 1) * math.sqrt(num_cums / nwup)  # lbsgd.opt:60
             lr_t = lr * lbmult  # lbsgd.opt:62
-            be.launch('optforge_lbsgd_s3', (avg, g,), (ops.arg(rescale_grad), ops.arg(clip_gradient), ))
-            if momentum != 0:
-                be.launch('optforge_lbsgd_s4', (mom, weight, g,), (ops.arg(momentum), ops.arg(lr_t * wd), ops.arg(lr_t), ))
-            else:
-                be.launch('optforge_lbsgd_s5', (weight, g,), (ops.arg(1 - lr_t * wd), ops.arg(lr_t), ))
-            if batch_scale > 1:
-                be.launch('optforge_lbsgd_s6', (cum_grad,), ())
+            be.launch('optforge_lbsgd_s2', (avg, mom, weight, cum_grad,), (ops.arg(rescale_grad), ops.arg(clip_gradient), ops.arg(momentum != 0), ops.arg(momentum), ops.arg(lr_t * wd), ops.arg(lr_t), ops.arg(1 - lr_t * wd), ops.arg(batch_scale > 1), ))
         scalars['num_cums'] = num_cums

@@ -51,13 +51,14 @@ OPTFORGE_HD void optforge_nadam_s0_elem(int64_t i, int64_t gi, const G* __restri
     C weight = C(p_weight[i]);
     C m = C(p_m[i]);
     C v = C(p_v[i]);
-    C g = op_clip(k_rescale_grad * grad + k_wd * weight, k2);  // nadam.opt:32
+    C g, g_prime, m_prime, v_prime, m_bar;
+    g = op_clip(k_rescale_grad * grad + k_wd * weight, k2);  // nadam.opt:32
     m = k_beta1 * m + (1 - k_beta1) * g;  // nadam.opt:37
     v = k_beta2 * v + (1 - k_beta2) * g * g;  // nadam.opt:38
-    C g_prime = g / k5;  // nadam.opt:39
-    C m_prime = m / k6;  // nadam.opt:40
-    C v_prime = v / k7;  // nadam.opt:41
-    C m_bar = k8 * g_prime + k_momentum_t1 * m_prime;  // nadam.opt:42
+    g_prime = g / k5;  // nadam.opt:39
+    m_prime = m / k6;  // nadam.opt:40
+    v_prime = v / k7;  // nadam.opt:41
+    m_bar = k8 * g_prime + k_momentum_t1 * m_prime;  // nadam.opt:42
     weight = weight - k_lr * m_bar / (sqrt(v_prime) + k_epsilon);  // nadam.opt:43
     p_m[i] = (T)(m);
     p_v[i] = (T)(v);

@@ -134,9 +134,4 @@ class NAG(Optimizer):
         clip_gradient = self.clip_gradient
         rescale_grad = self.rescale_grad
         mom = tensors.get('mom')
-        g = be.scratch(weight, 'g')
-        be.launch('optforge_nag_s0', (grad, g,), (ops.arg(rescale_grad), ops.arg(clip_gradient), ))
-        if momentum != 0:
-            be.launch('optforge_nag_s1', (mom, weight, g,), (ops.arg(momentum), ops.arg((1 + momentum) * lr), ops.arg(wd), ops.arg(lr), ))
-        else:
-            be.launch('optforge_nag_s2', (weight, g,), (ops.arg(1 - lr * wd), ops.arg(lr), ))
+        be.launch('optforge_nag_s0', (grad, mom, weight,), (ops.arg(rescale_grad), ops.arg(clip_gradient), ops.arg(momentum != 0), ops.arg(momentum), ops.arg((1 + momentum) * lr), ops.arg(wd), ops.arg(lr), ops.arg(1 - lr * wd), ))

@@ -44,61 +44,38 @@ template <typename C> inline void store_low(float* p, int64_t i, C v) { p[i] = (
 /* stage s0: element i of the weight and states, element gi of the gradient and scratch
    (the same element for a dense update; for a row-sparse one, gi walks the gradient's rows) */
 template <typename T, typename G, typename C>
-OPTFORGE_HD void optforge_rmsprop_s0_elem(int64_t i, int64_t gi, const G* __restrict__ p_grad, const T* __restrict__ p_weight, T* __restrict__ p_n, C* __restrict__ p_g, float* __restrict__ p_weight_lp, const C k_rescale_grad, const C k_wd, const C k2, const C k_gamma1) {
+OPTFORGE_HD void optforge_rmsprop_s0_elem(int64_t i, int64_t gi, const G* __restrict__ p_grad, T* __restrict__ p_weight, T* __restrict__ p_n, T* __restrict__ p_g_avg, T* __restrict__ p_delta, float* __restrict__ p_weight_lp, const C k_rescale_grad, const C k_wd, const C k2, const C k_gamma1, const C k_centered, const C k_gamma2, const C k_lr, const C k_epsilon, const C k8) {
     C grad = C(p_grad[gi]);
     C weight = C(p_weight[i]);
     C n = C(p_n[i]);
-    C g = op_clip(k_rescale_grad * grad + k_wd * weight, k2);  // rmsprop.opt:35
+    C g_avg = p_g_avg ? C(p_g_avg[i]) : C(0);
+    C delta = p_delta ? C(p_delta[i]) : C(0);
+    C g;
+    g = op_clip(k_rescale_grad * grad + k_wd * weight, k2);  // rmsprop.opt:35
     n = (1 - k_gamma1) * op_square(g) + k_gamma1 * n;  // rmsprop.opt:36
-    p_g[gi] = (C)(g);
+    if (k_centered) {
+        g_avg = (1 - k_gamma1) * g + k_gamma1 * g_avg;  // rmsprop.opt:38
+        delta = k_gamma2 * delta - k_lr * g / sqrt(n - op_square(g_avg) + k_epsilon);  // rmsprop.opt:39
+        weight = weight + delta;  // rmsprop.opt:40
+    } else {
+        weight = weight - k_lr * g / sqrt(n + k_epsilon);  // rmsprop.opt:42
+    }
+    weight = op_clip(weight, k8);  // rmsprop.opt:44
     p_n[i] = (T)(n);
-}
-/* stage s1: element i of the weight and states, element gi of the gradient and scratch
-   (the same element for a dense update; for a row-sparse one, gi walks the gradient's rows) */
-template <typename T, typename G, typename C>
-OPTFORGE_HD void optforge_rmsprop_s1_elem(int64_t i, int64_t gi, const C* __restrict__ p_g, T* __restrict__ p_g_avg, T* __restrict__ p_delta, const T* __restrict__ p_n, T* __restrict__ p_weight, float* __restrict__ p_weight_lp, const C k_gamma1, const C k_gamma2, const C k_lr, const C k_epsilon) {
-    C g = C(p_g[gi]);
-    C g_avg = C(p_g_avg[i]);
-    C delta = C(p_delta[i]);
-    C n = C(p_n[i]);
-    C weight = C(p_weight[i]);
-    g_avg = (1 - k_gamma1) * g + k_gamma1 * g_avg;  // rmsprop.opt:38
-    delta = k_gamma2 * delta - k_lr * g / sqrt(n - op_square(g_avg) + k_epsilon);  // rmsprop.opt:39
-    weight = weight + delta;  // rmsprop.opt:40
-    p_g_avg[i] = (T)(g_avg);
-    p_delta[i] = (T)(delta);
-    p_weight[i] = (T)(weight);
-    if (p_weight_lp) store_low(p_weight_lp, i, weight);
-}
-/* stage s2: element i of the weight and states, element gi of the gradient and scratch
-   (the same element for a dense update; for a row-sparse one, gi walks the gradient's rows) */
-template <typename T, typename G, typename C>
-OPTFORGE_HD void optforge_rmsprop_s2_elem(int64_t i, int64_t gi, T* __restrict__ p_weight, const C* __restrict__ p_g, const T* __restrict__ p_n, float* __restrict__ p_weight_lp, const C k_lr, const C k_epsilon) {
-    C weight = C(p_weight[i]);
-    C g = C(p_g[gi]);
-    C n = C(p_n[i]);
-    weight = weight - k_lr * g / sqrt(n + k_epsilon);  // rmsprop.opt:42
-    p_weight[i] = (T)(weight);
-    if (p_weight_lp) store_low(p_weight_lp, i, weight);
-}
-/* stage s3: element i of the weight and states, element gi of the gradient and scratch
-   (the same element for a dense update; for a row-sparse one, gi walks the gradient's rows) */
-template <typename T, typename G, typename C>
-OPTFORGE_HD void optforge_rmsprop_s3_elem(int64_t i, int64_t gi, T* __restrict__ p_weight, float* __restrict__ p_weight_lp, const C k0) {
-    C weight = C(p_weight[i]);
-    weight = op_clip(weight, k0);  // rmsprop.opt:44
+    if (p_g_avg) p_g_avg[i] = (T)(g_avg);
+    if (p_delta) p_delta[i] = (T)(delta);
     p_weight[i] = (T)(weight);
     if (p_weight_lp) store_low(p_weight_lp, i, weight);
 }
 
 extern "C" {
-void optforge_rmsprop_s0_f32(int64_t n, const float* __restrict__ p_grad, const float* __restrict__ p_weight, float* __restrict__ p_n, float* __restrict__ p_g, double k_rescale_grad, double k_wd, double k2, double k_gamma1) {
+void optforge_rmsprop_s0_f32(int64_t n, const float* __restrict__ p_grad, float* __restrict__ p_weight, float* __restrict__ p_n, float* __restrict__ p_g_avg, float* __restrict__ p_delta, double k_rescale_grad, double k_wd, double k2, double k_gamma1, double k_centered, double k_gamma2, double k_lr, double k_epsilon, double k8) {
     #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
     for (int64_t i = 0; i < n; ++i)
-        optforge_rmsprop_s0_elem<float, float, float>(i, i, p_grad, p_weight, p_n, p_g, nullptr, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k_gamma1);
+        optforge_rmsprop_s0_elem<float, float, float>(i, i, p_grad, p_weight, p_n, p_g_avg, p_delta, nullptr, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k_gamma1, (float)k_centered, (float)k_gamma2, (float)k_lr, (float)k_epsilon, (float)k8);
 }
 /* row-sparse: n = rows x cols gradient elements; gradient row r updates row rows[r] */
-void optforge_rmsprop_s0_rows_f32(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const float* __restrict__ p_grad, const float* __restrict__ p_weight, float* __restrict__ p_n, float* __restrict__ p_g, double k_rescale_grad, double k_wd, double k2, double k_gamma1) {
+void optforge_rmsprop_s0_rows_f32(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const float* __restrict__ p_grad, float* __restrict__ p_weight, float* __restrict__ p_n, float* __restrict__ p_g_avg, float* __restrict__ p_delta, double k_rescale_grad, double k_wd, double k2, double k_gamma1, double k_centered, double k_gamma2, double k_lr, double k_epsilon, double k8) {
     const int64_t nrows = cols ? n / cols : 0;
     /* threads pay off only for large row sets: scattered rows are latency-bound, and a busy
        machine makes every fork/join wait for a descheduled thread */
@@ -107,16 +84,16 @@ void optforge_rmsprop_s0_rows_f32(int64_t n, int64_t cols, const int64_t* __rest
         const int64_t base = rows[r] * cols, gbase = r * cols;
         #pragma omp simd
         for (int64_t c = 0; c < cols; ++c)
-            optforge_rmsprop_s0_elem<float, float, float>(base + c, gbase + c, p_grad, p_weight, p_n, p_g, nullptr, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k_gamma1);
+            optforge_rmsprop_s0_elem<float, float, float>(base + c, gbase + c, p_grad, p_weight, p_n, p_g_avg, p_delta, nullptr, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k_gamma1, (float)k_centered, (float)k_gamma2, (float)k_lr, (float)k_epsilon, (float)k8);
     }
 }
-void optforge_rmsprop_s0_f64(int64_t n, const double* __restrict__ p_grad, const double* __restrict__ p_weight, double* __restrict__ p_n, double* __restrict__ p_g, double k_rescale_grad, double k_wd, double k2, double k_gamma1) {
+void optforge_rmsprop_s0_f64(int64_t n, const double* __restrict__ p_grad, double* __restrict__ p_weight, double* __restrict__ p_n, double* __restrict__ p_g_avg, double* __restrict__ p_delta, double k_rescale_grad, double k_wd, double k2, double k_gamma1, double k_centered, double k_gamma2, double k_lr, double k_epsilon, double k8) {
     #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
     for (int64_t i = 0; i < n; ++i)
-        optforge_rmsprop_s0_elem<double, double, double>(i, i, p_grad, p_weight, p_n, p_g, nullptr, (double)k_rescale_grad, (double)k_wd, (double)k2, (double)k_gamma1);
+        optforge_rmsprop_s0_elem<double, double, double>(i, i, p_grad, p_weight, p_n, p_g_avg, p_delta, nullptr, (double)k_rescale_grad, (double)k_wd, (double)k2, (double)k_gamma1, (double)k_centered, (double)k_gamma2, (double)k_lr, (double)k_epsilon, (double)k8);
 }
 /* row-sparse: n = rows x cols gradient elements; gradient row r updates row rows[r] */
-void optforge_rmsprop_s0_rows_f64(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const double* __restrict__ p_grad, const double* __restrict__ p_weight, double* __restrict__ p_n, double* __restrict__ p_g, double k_rescale_grad, double k_wd, double k2, double k_gamma1) {
+void optforge_rmsprop_s0_rows_f64(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const double* __restrict__ p_grad, double* __restrict__ p_weight, double* __restrict__ p_n, double* __restrict__ p_g_avg, double* __restrict__ p_delta, double k_rescale_grad, double k_wd, double k2, double k_gamma1, double k_centered, double k_gamma2, double k_lr, double k_epsilon, double k8) {
     const int64_t nrows = cols ? n / cols : 0;
     /* threads pay off only for large row sets: scattered rows are latency-bound, and a busy
        machine makes every fork/join wait for a descheduled thread */
@@ -125,115 +102,7 @@ void optforge_rmsprop_s0_rows_f64(int64_t n, int64_t cols, const int64_t* __rest
         const int64_t base = rows[r] * cols, gbase = r * cols;
         #pragma omp simd
         for (int64_t c = 0; c < cols; ++c)
-            optforge_rmsprop_s0_elem<double, double, double>(base + c, gbase + c, p_grad, p_weight, p_n, p_g, nullptr, (double)k_rescale_grad, (double)k_wd, (double)k2, (double)k_gamma1);
-    }
-}
-void optforge_rmsprop_s1_f32(int64_t n, const float* __restrict__ p_g, float* __restrict__ p_g_avg, float* __restrict__ p_delta, const float* __restrict__ p_n, float* __restrict__ p_weight, double k_gamma1, double k_gamma2, double k_lr, double k_epsilon) {
-    #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
-    for (int64_t i = 0; i < n; ++i)
-        optforge_rmsprop_s1_elem<float, float, float>(i, i, p_g, p_g_avg, p_delta, p_n, p_weight, nullptr, (float)k_gamma1, (float)k_gamma2, (float)k_lr, (float)k_epsilon);
-}
-/* row-sparse: n = rows x cols gradient elements; gradient row r updates row rows[r] */
-void optforge_rmsprop_s1_rows_f32(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const float* __restrict__ p_g, float* __restrict__ p_g_avg, float* __restrict__ p_delta, const float* __restrict__ p_n, float* __restrict__ p_weight, double k_gamma1, double k_gamma2, double k_lr, double k_epsilon) {
-    const int64_t nrows = cols ? n / cols : 0;
-    /* threads pay off only for large row sets: scattered rows are latency-bound, and a busy
-       machine makes every fork/join wait for a descheduled thread */
-    #pragma omp parallel for schedule(static) if (n >= (int64_t)1 << 21)
-    for (int64_t r = 0; r < nrows; ++r) {
-        const int64_t base = rows[r] * cols, gbase = r * cols;
-        #pragma omp simd
-        for (int64_t c = 0; c < cols; ++c)
-            optforge_rmsprop_s1_elem<float, float, float>(base + c, gbase + c, p_g, p_g_avg, p_delta, p_n, p_weight, nullptr, (float)k_gamma1, (float)k_gamma2, (float)k_lr, (float)k_epsilon);
-    }
-}
-void optforge_rmsprop_s1_f64(int64_t n, const double* __restrict__ p_g, double* __restrict__ p_g_avg, double* __restrict__ p_delta, const double* __restrict__ p_n, double* __restrict__ p_weight, double k_gamma1, double k_gamma2, double k_lr, double k_epsilon) {
-    #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
-    for (int64_t i = 0; i < n; ++i)
-        optforge_rmsprop_s1_elem<double, double, double>(i, i, p_g, p_g_avg, p_delta, p_n, p_weight, nullptr, (double)k_gamma1, (double)k_gamma2, (double)k_lr, (double)k_epsilon);
-}
-/* row-sparse: n = rows x cols gradient elements; gradient row r updates row rows[r] */
-void optforge_rmsprop_s1_rows_f64(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const double* __restrict__ p_g, double* __restrict__ p_g_avg, double* __restrict__ p_delta, const double* __restrict__ p_n, double* __restrict__ p_weight, double k_gamma1, double k_gamma2, double k_lr, double k_epsilon) {
-    const int64_t nrows = cols ? n / cols : 0;
-    /* threads pay off only for large row sets: scattered rows are latency-bound, and a busy
-       machine makes every fork/join wait for a descheduled thread */
-    #pragma omp parallel for schedule(static) if (n >= (int64_t)1 << 21)
-    for (int64_t r = 0; r < nrows; ++r) {
-        const int64_t base = rows[r] * cols, gbase = r * cols;
-        #pragma omp simd
-        for (int64_t c = 0; c < cols; ++c)
-            optforge_rmsprop_s1_elem<double, double, double>(base + c, gbase + c, p_g, p_g_avg, p_delta, p_n, p_weight, nullptr, (double)k_gamma1, (double)k_gamma2, (double)k_lr, (double)k_epsilon);
-    }
-}
-void optforge_rmsprop_s2_f32(int64_t n, float* __restrict__ p_weight, const float* __restrict__ p_g, const float* __restrict__ p_n, double k_lr, double k_epsilon) {
-    #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
-    for (int64_t i = 0; i < n; ++i)
-        optforge_rmsprop_s2_elem<float, float, float>(i, i, p_weight, p_g, p_n, nullptr, (float)k_lr, (float)k_epsilon);
-}
-/* row-sparse: n = rows x cols gradient elements; gradient row r updates row rows[r] */
-void optforge_rmsprop_s2_rows_f32(int64_t n, int64_t cols, const int64_t* __restrict__ rows, float* __restrict__ p_weight, const float* __restrict__ p_g, const float* __restrict__ p_n, double k_lr, double k_epsilon) {
-    const int64_t nrows = cols ? n / cols : 0;
-    /* threads pay off only for large row sets: scattered rows are latency-bound, and a busy
-       machine makes every fork/join wait for a descheduled thread */
-    #pragma omp parallel for schedule(static) if (n >= (int64_t)1 << 21)
-    for (int64_t r = 0; r < nrows; ++r) {
-        const int64_t base = rows[r] * cols, gbase = r * cols;
-        #pragma omp simd
-        for (int64_t c = 0; c < cols; ++c)
-            optforge_rmsprop_s2_elem<float, float, float>(base + c, gbase + c, p_weight, p_g, p_n, nullptr, (float)k_lr, (float)k_epsilon);
-    }
-}
-void optforge_rmsprop_s2_f64(int64_t n, double* __restrict__ p_weight, const double* __restrict__ p_g, const double* __restrict__ p_n, double k_lr, double k_epsilon) {
-    #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
-    for (int64_t i = 0; i < n; ++i)
-        optforge_rmsprop_s2_elem<double, double, double>(i, i, p_weight, p_g, p_n, nullptr, (double)k_lr, (double)k_epsilon);
-}
-/* row-sparse: n = rows x cols gradient elements; gradient row r updates row rows[r] */
-void optforge_rmsprop_s2_rows_f64(int64_t n, int64_t cols, const int64_t* __restrict__ rows, double* __restrict__ p_weight, const double* __restrict__ p_g, const double* __restrict__ p_n, double k_lr, double k_epsilon) {
-    const int64_t nrows = cols ? n / cols : 0;
-    /* threads pay off only for large row sets: scattered rows are latency-bound, and a busy
-       machine makes every fork/join wait for a descheduled thread */
-    #pragma omp parallel for schedule(static) if (n >= (int64_t)1 << 21)
-    for (int64_t r = 0; r < nrows; ++r) {
-        const int64_t base = rows[r] * cols, gbase = r * cols;
-        #pragma omp simd
-        for (int64_t c = 0; c < cols; ++c)
-            optforge_rmsprop_s2_elem<double, double, double>(base + c, gbase + c, p_weight, p_g, p_n, nullptr, (double)k_lr, (double)k_epsilon);
-    }
-}
-void optforge_rmsprop_s3_f32(int64_t n, float* __restrict__ p_weight, double k0) {
-    #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
-    for (int64_t i = 0; i < n; ++i)
-        optforge_rmsprop_s3_elem<float, float, float>(i, i, p_weight, nullptr, (float)k0);
-}
-/* row-sparse: n = rows x cols gradient elements; gradient row r updates row rows[r] */
-void optforge_rmsprop_s3_rows_f32(int64_t n, int64_t cols, const int64_t* __restrict__ rows, float* __restrict__ p_weight, double k0) {
-    const int64_t nrows = cols ? n / cols : 0;
-    /* threads pay off only for large row sets: scattered rows are latency-bound, and a busy
-       machine makes every fork/join wait for a descheduled thread */
-    #pragma omp parallel for schedule(static) if (n >= (int64_t)1 << 21)
-    for (int64_t r = 0; r < nrows; ++r) {
-        const int64_t base = rows[r] * cols, gbase = r * cols;
-        #pragma omp simd
-        for (int64_t c = 0; c < cols; ++c)
-            optforge_rmsprop_s3_elem<float, float, float>(base + c, gbase + c, p_weight, nullptr, (float)k0);
-    }
-}
-void optforge_rmsprop_s3_f64(int64_t n, double* __restrict__ p_weight, double k0) {
-    #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
-    for (int64_t i = 0; i < n; ++i)
-        optforge_rmsprop_s3_elem<double, double, double>(i, i, p_weight, nullptr, (double)k0);
-}
-/* row-sparse: n = rows x cols gradient elements; gradient row r updates row rows[r] */
-void optforge_rmsprop_s3_rows_f64(int64_t n, int64_t cols, const int64_t* __restrict__ rows, double* __restrict__ p_weight, double k0) {
-    const int64_t nrows = cols ? n / cols : 0;
-    /* threads pay off only for large row sets: scattered rows are latency-bound, and a busy
-       machine makes every fork/join wait for a descheduled thread */
-    #pragma omp parallel for schedule(static) if (n >= (int64_t)1 << 21)
-    for (int64_t r = 0; r < nrows; ++r) {
-        const int64_t base = rows[r] * cols, gbase = r * cols;
-        #pragma omp simd
-        for (int64_t c = 0; c < cols; ++c)
-            optforge_rmsprop_s3_elem<double, double, double>(base + c, gbase + c, p_weight, nullptr, (double)k0);
+            optforge_rmsprop_s0_elem<double, double, double>(base + c, gbase + c, p_grad, p_weight, p_n, p_g_avg, p_delta, nullptr, (double)k_rescale_grad, (double)k_wd, (double)k2, (double)k_gamma1, (double)k_centered, (double)k_gamma2, (double)k_lr, (double)k_epsilon, (double)k8);
     }
 }
 }

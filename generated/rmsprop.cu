@@ -46,324 +46,97 @@ template <typename C> OPTFORGE_HD void store_low(float* p, int64_t i, C v) {
 /* stage s0: element i of the weight and states, element gi of the gradient and scratch
    (the same element for a dense update; for a row-sparse one, gi walks the gradient's rows) */
 template <typename T, typename G, typename C>
-OPTFORGE_HD void optforge_rmsprop_s0_elem(int64_t i, int64_t gi, const G* __restrict__ p_grad, const T* __restrict__ p_weight, T* __restrict__ p_n, C* __restrict__ p_g, float* __restrict__ p_weight_lp, const C k_rescale_grad, const C k_wd, const C k2, const C k_gamma1) {
+OPTFORGE_HD void optforge_rmsprop_s0_elem(int64_t i, int64_t gi, const G* __restrict__ p_grad, T* __restrict__ p_weight, T* __restrict__ p_n, T* __restrict__ p_g_avg, T* __restrict__ p_delta, float* __restrict__ p_weight_lp, const C k_rescale_grad, const C k_wd, const C k2, const C k_gamma1, const C k_centered, const C k_gamma2, const C k_lr, const C k_epsilon, const C k8) {
     C grad = C(p_grad[gi]);
     C weight = C(p_weight[i]);
     C n = C(p_n[i]);
-    C g = op_clip(k_rescale_grad * grad + k_wd * weight, k2);  // rmsprop.opt:35
+    C g_avg = p_g_avg ? C(p_g_avg[i]) : C(0);
+    C delta = p_delta ? C(p_delta[i]) : C(0);
+    C g;
+    g = op_clip(k_rescale_grad * grad + k_wd * weight, k2);  // rmsprop.opt:35
     n = (1 - k_gamma1) * op_square(g) + k_gamma1 * n;  // rmsprop.opt:36
-    p_g[gi] = (C)(g);
+    if (k_centered) {
+        g_avg = (1 - k_gamma1) * g + k_gamma1 * g_avg;  // rmsprop.opt:38
+        delta = k_gamma2 * delta - k_lr * g / sqrt(n - op_square(g_avg) + k_epsilon);  // rmsprop.opt:39
+        weight = weight + delta;  // rmsprop.opt:40
+    } else {
+        weight = weight - k_lr * g / sqrt(n + k_epsilon);  // rmsprop.opt:42
+    }
+    weight = op_clip(weight, k8);  // rmsprop.opt:44
     p_n[i] = (T)(n);
-}
-/* stage s1: element i of the weight and states, element gi of the gradient and scratch
-   (the same element for a dense update; for a row-sparse one, gi walks the gradient's rows) */
-template <typename T, typename G, typename C>
-OPTFORGE_HD void optforge_rmsprop_s1_elem(int64_t i, int64_t gi, const C* __restrict__ p_g, T* __restrict__ p_g_avg, T* __restrict__ p_delta, const T* __restrict__ p_n, T* __restrict__ p_weight, float* __restrict__ p_weight_lp, const C k_gamma1, const C k_gamma2, const C k_lr, const C k_epsilon) {
-    C g = C(p_g[gi]);
-    C g_avg = C(p_g_avg[i]);
-    C delta = C(p_delta[i]);
-    C n = C(p_n[i]);
-    C weight = C(p_weight[i]);
-    g_avg = (1 - k_gamma1) * g + k_gamma1 * g_avg;  // rmsprop.opt:38
-    delta = k_gamma2 * delta - k_lr * g / sqrt(n - op_square(g_avg) + k_epsilon);  // rmsprop.opt:39
-    weight = weight + delta;  // rmsprop.opt:40
-    p_g_avg[i] = (T)(g_avg);
-    p_delta[i] = (T)(delta);
-    p_weight[i] = (T)(weight);
-    if (p_weight_lp) store_low(p_weight_lp, i, weight);
-}
-/* stage s2: element i of the weight and states, element gi of the gradient and scratch
-   (the same element for a dense update; for a row-sparse one, gi walks the gradient's rows) */
-template <typename T, typename G, typename C>
-OPTFORGE_HD void optforge_rmsprop_s2_elem(int64_t i, int64_t gi, T* __restrict__ p_weight, const C* __restrict__ p_g, const T* __restrict__ p_n, float* __restrict__ p_weight_lp, const C k_lr, const C k_epsilon) {
-    C weight = C(p_weight[i]);
-    C g = C(p_g[gi]);
-    C n = C(p_n[i]);
-    weight = weight - k_lr * g / sqrt(n + k_epsilon);  // rmsprop.opt:42
-    p_weight[i] = (T)(weight);
-    if (p_weight_lp) store_low(p_weight_lp, i, weight);
-}
-/* stage s3: element i of the weight and states, element gi of the gradient and scratch
-   (the same element for a dense update; for a row-sparse one, gi walks the gradient's rows) */
-template <typename T, typename G, typename C>
-OPTFORGE_HD void optforge_rmsprop_s3_elem(int64_t i, int64_t gi, T* __restrict__ p_weight, float* __restrict__ p_weight_lp, const C k0) {
-    C weight = C(p_weight[i]);
-    weight = op_clip(weight, k0);  // rmsprop.opt:44
+    if (p_g_avg) p_g_avg[i] = (T)(g_avg);
+    if (p_delta) p_delta[i] = (T)(delta);
     p_weight[i] = (T)(weight);
     if (p_weight_lp) store_low(p_weight_lp, i, weight);
 }
 
 extern "C" {
-__global__ void optforge_rmsprop_s0_f32(int64_t n, const float* __restrict__ p_grad, const float* __restrict__ p_weight, float* __restrict__ p_n, float* __restrict__ p_g, float* __restrict__ p_weight_lp, double k_rescale_grad, double k_wd, double k2, double k_gamma1) {
+__global__ void optforge_rmsprop_s0_f32(int64_t n, const float* __restrict__ p_grad, float* __restrict__ p_weight, float* __restrict__ p_n, float* __restrict__ p_g_avg, float* __restrict__ p_delta, float* __restrict__ p_weight_lp, double k_rescale_grad, double k_wd, double k2, double k_gamma1, double k_centered, double k_gamma2, double k_lr, double k_epsilon, double k8) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_rmsprop_s0_elem<float, float, float>(i, i, p_grad, p_weight, p_n, p_g, p_weight_lp, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k_gamma1);
+        optforge_rmsprop_s0_elem<float, float, float>(i, i, p_grad, p_weight, p_n, p_g_avg, p_delta, p_weight_lp, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k_gamma1, (float)k_centered, (float)k_gamma2, (float)k_lr, (float)k_epsilon, (float)k8);
 }
 /* row-sparse, parallel over gradient elements (not rows): element j updates row rows[j / cols] */
-__global__ void optforge_rmsprop_s0_rows_f32(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const float* __restrict__ p_grad, const float* __restrict__ p_weight, float* __restrict__ p_n, float* __restrict__ p_g, float* __restrict__ p_weight_lp, double k_rescale_grad, double k_wd, double k2, double k_gamma1) {
+__global__ void optforge_rmsprop_s0_rows_f32(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const float* __restrict__ p_grad, float* __restrict__ p_weight, float* __restrict__ p_n, float* __restrict__ p_g_avg, float* __restrict__ p_delta, float* __restrict__ p_weight_lp, double k_rescale_grad, double k_wd, double k2, double k_gamma1, double k_centered, double k_gamma2, double k_lr, double k_epsilon, double k8) {
     for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
-        optforge_rmsprop_s0_elem<float, float, float>(rows[j / cols] * cols + j % cols, j, p_grad, p_weight, p_n, p_g, p_weight_lp, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k_gamma1);
+        optforge_rmsprop_s0_elem<float, float, float>(rows[j / cols] * cols + j % cols, j, p_grad, p_weight, p_n, p_g_avg, p_delta, p_weight_lp, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k_gamma1, (float)k_centered, (float)k_gamma2, (float)k_lr, (float)k_epsilon, (float)k8);
 }
 /* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
-   pointers, sizes and 4 scalar(s) per parameter, as Apex's multi_tensor_apply */
-__global__ void optforge_rmsprop_s0_mt_f32(const int64_t* __restrict__ sizes, float* const* tab_grad, float* const* tab_weight, float* const* tab_n, float* const* tab_g, float* const* tab_weight_lp, const double* __restrict__ scalars) {
+   pointers, sizes and 9 scalar(s) per parameter, as Apex's multi_tensor_apply */
+__global__ void optforge_rmsprop_s0_mt_f32(const int64_t* __restrict__ sizes, float* const* tab_grad, float* const* tab_weight, float* const* tab_n, float* const* tab_g_avg, float* const* tab_delta, float* const* tab_weight_lp, const double* __restrict__ scalars) {
     const int64_t t = blockIdx.y, n = sizes[t];
-    const double* s = scalars + t * 4;
+    const double* s = scalars + t * 9;
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_rmsprop_s0_elem<float, float, float>(i, i, tab_grad[t], tab_weight[t], tab_n[t], tab_g[t], tab_weight_lp[t], (float)s[0], (float)s[1], (float)s[2], (float)s[3]);
+        optforge_rmsprop_s0_elem<float, float, float>(i, i, tab_grad[t], tab_weight[t], tab_n[t], tab_g_avg[t], tab_delta[t], tab_weight_lp[t], (float)s[0], (float)s[1], (float)s[2], (float)s[3], (float)s[4], (float)s[5], (float)s[6], (float)s[7], (float)s[8]);
 }
-__global__ void optforge_rmsprop_s0_f64(int64_t n, const double* __restrict__ p_grad, const double* __restrict__ p_weight, double* __restrict__ p_n, double* __restrict__ p_g, float* __restrict__ p_weight_lp, double k_rescale_grad, double k_wd, double k2, double k_gamma1) {
+__global__ void optforge_rmsprop_s0_f64(int64_t n, const double* __restrict__ p_grad, double* __restrict__ p_weight, double* __restrict__ p_n, double* __restrict__ p_g_avg, double* __restrict__ p_delta, float* __restrict__ p_weight_lp, double k_rescale_grad, double k_wd, double k2, double k_gamma1, double k_centered, double k_gamma2, double k_lr, double k_epsilon, double k8) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_rmsprop_s0_elem<double, double, double>(i, i, p_grad, p_weight, p_n, p_g, p_weight_lp, (double)k_rescale_grad, (double)k_wd, (double)k2, (double)k_gamma1);
+        optforge_rmsprop_s0_elem<double, double, double>(i, i, p_grad, p_weight, p_n, p_g_avg, p_delta, p_weight_lp, (double)k_rescale_grad, (double)k_wd, (double)k2, (double)k_gamma1, (double)k_centered, (double)k_gamma2, (double)k_lr, (double)k_epsilon, (double)k8);
 }
 /* row-sparse, parallel over gradient elements (not rows): element j updates row rows[j / cols] */
-__global__ void optforge_rmsprop_s0_rows_f64(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const double* __restrict__ p_grad, const double* __restrict__ p_weight, double* __restrict__ p_n, double* __restrict__ p_g, float* __restrict__ p_weight_lp, double k_rescale_grad, double k_wd, double k2, double k_gamma1) {
+__global__ void optforge_rmsprop_s0_rows_f64(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const double* __restrict__ p_grad, double* __restrict__ p_weight, double* __restrict__ p_n, double* __restrict__ p_g_avg, double* __restrict__ p_delta, float* __restrict__ p_weight_lp, double k_rescale_grad, double k_wd, double k2, double k_gamma1, double k_centered, double k_gamma2, double k_lr, double k_epsilon, double k8) {
     for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
-        optforge_rmsprop_s0_elem<double, double, double>(rows[j / cols] * cols + j % cols, j, p_grad, p_weight, p_n, p_g, p_weight_lp, (double)k_rescale_grad, (double)k_wd, (double)k2, (double)k_gamma1);
+        optforge_rmsprop_s0_elem<double, double, double>(rows[j / cols] * cols + j % cols, j, p_grad, p_weight, p_n, p_g_avg, p_delta, p_weight_lp, (double)k_rescale_grad, (double)k_wd, (double)k2, (double)k_gamma1, (double)k_centered, (double)k_gamma2, (double)k_lr, (double)k_epsilon, (double)k8);
 }
 /* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
-   pointers, sizes and 4 scalar(s) per parameter, as Apex's multi_tensor_apply */
-__global__ void optforge_rmsprop_s0_mt_f64(const int64_t* __restrict__ sizes, double* const* tab_grad, double* const* tab_weight, double* const* tab_n, double* const* tab_g, float* const* tab_weight_lp, const double* __restrict__ scalars) {
+   pointers, sizes and 9 scalar(s) per parameter, as Apex's multi_tensor_apply */
+__global__ void optforge_rmsprop_s0_mt_f64(const int64_t* __restrict__ sizes, double* const* tab_grad, double* const* tab_weight, double* const* tab_n, double* const* tab_g_avg, double* const* tab_delta, float* const* tab_weight_lp, const double* __restrict__ scalars) {
     const int64_t t = blockIdx.y, n = sizes[t];
-    const double* s = scalars + t * 4;
+    const double* s = scalars + t * 9;
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_rmsprop_s0_elem<double, double, double>(i, i, tab_grad[t], tab_weight[t], tab_n[t], tab_g[t], tab_weight_lp[t], (double)s[0], (double)s[1], (double)s[2], (double)s[3]);
+        optforge_rmsprop_s0_elem<double, double, double>(i, i, tab_grad[t], tab_weight[t], tab_n[t], tab_g_avg[t], tab_delta[t], tab_weight_lp[t], (double)s[0], (double)s[1], (double)s[2], (double)s[3], (double)s[4], (double)s[5], (double)s[6], (double)s[7], (double)s[8]);
 }
-__global__ void optforge_rmsprop_s0_f16(int64_t n, const __half* __restrict__ p_grad, const __half* __restrict__ p_weight, __half* __restrict__ p_n, float* __restrict__ p_g, float* __restrict__ p_weight_lp, double k_rescale_grad, double k_wd, double k2, double k_gamma1) {
+__global__ void optforge_rmsprop_s0_f16(int64_t n, const __half* __restrict__ p_grad, __half* __restrict__ p_weight, __half* __restrict__ p_n, __half* __restrict__ p_g_avg, __half* __restrict__ p_delta, float* __restrict__ p_weight_lp, double k_rescale_grad, double k_wd, double k2, double k_gamma1, double k_centered, double k_gamma2, double k_lr, double k_epsilon, double k8) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_rmsprop_s0_elem<__half, __half, float>(i, i, p_grad, p_weight, p_n, p_g, p_weight_lp, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k_gamma1);
+        optforge_rmsprop_s0_elem<__half, __half, float>(i, i, p_grad, p_weight, p_n, p_g_avg, p_delta, p_weight_lp, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k_gamma1, (float)k_centered, (float)k_gamma2, (float)k_lr, (float)k_epsilon, (float)k8);
 }
 /* row-sparse, parallel over gradient elements (not rows): element j updates row rows[j / cols] */
-__global__ void optforge_rmsprop_s0_rows_f16(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const __half* __restrict__ p_grad, const __half* __restrict__ p_weight, __half* __restrict__ p_n, float* __restrict__ p_g, float* __restrict__ p_weight_lp, double k_rescale_grad, double k_wd, double k2, double k_gamma1) {
+__global__ void optforge_rmsprop_s0_rows_f16(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const __half* __restrict__ p_grad, __half* __restrict__ p_weight, __half* __restrict__ p_n, __half* __restrict__ p_g_avg, __half* __restrict__ p_delta, float* __restrict__ p_weight_lp, double k_rescale_grad, double k_wd, double k2, double k_gamma1, double k_centered, double k_gamma2, double k_lr, double k_epsilon, double k8) {
     for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
-        optforge_rmsprop_s0_elem<__half, __half, float>(rows[j / cols] * cols + j % cols, j, p_grad, p_weight, p_n, p_g, p_weight_lp, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k_gamma1);
+        optforge_rmsprop_s0_elem<__half, __half, float>(rows[j / cols] * cols + j % cols, j, p_grad, p_weight, p_n, p_g_avg, p_delta, p_weight_lp, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k_gamma1, (float)k_centered, (float)k_gamma2, (float)k_lr, (float)k_epsilon, (float)k8);
 }
 /* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
-   pointers, sizes and 4 scalar(s) per parameter, as Apex's multi_tensor_apply */
-__global__ void optforge_rmsprop_s0_mt_f16(const int64_t* __restrict__ sizes, __half* const* tab_grad, __half* const* tab_weight, __half* const* tab_n, float* const* tab_g, float* const* tab_weight_lp, const double* __restrict__ scalars) {
+   pointers, sizes and 9 scalar(s) per parameter, as Apex's multi_tensor_apply */
+__global__ void optforge_rmsprop_s0_mt_f16(const int64_t* __restrict__ sizes, __half* const* tab_grad, __half* const* tab_weight, __half* const* tab_n, __half* const* tab_g_avg, __half* const* tab_delta, float* const* tab_weight_lp, const double* __restrict__ scalars) {
     const int64_t t = blockIdx.y, n = sizes[t];
-    const double* s = scalars + t * 4;
+    const double* s = scalars + t * 9;
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_rmsprop_s0_elem<__half, __half, float>(i, i, tab_grad[t], tab_weight[t], tab_n[t], tab_g[t], tab_weight_lp[t], (float)s[0], (float)s[1], (float)s[2], (float)s[3]);
+        optforge_rmsprop_s0_elem<__half, __half, float>(i, i, tab_grad[t], tab_weight[t], tab_n[t], tab_g_avg[t], tab_delta[t], tab_weight_lp[t], (float)s[0], (float)s[1], (float)s[2], (float)s[3], (float)s[4], (float)s[5], (float)s[6], (float)s[7], (float)s[8]);
 }
-__global__ void optforge_rmsprop_s0_mp16(int64_t n, const __half* __restrict__ p_grad, const float* __restrict__ p_weight, float* __restrict__ p_n, float* __restrict__ p_g, float* __restrict__ p_weight_lp, double k_rescale_grad, double k_wd, double k2, double k_gamma1) {
+__global__ void optforge_rmsprop_s0_mp16(int64_t n, const __half* __restrict__ p_grad, float* __restrict__ p_weight, float* __restrict__ p_n, float* __restrict__ p_g_avg, float* __restrict__ p_delta, float* __restrict__ p_weight_lp, double k_rescale_grad, double k_wd, double k2, double k_gamma1, double k_centered, double k_gamma2, double k_lr, double k_epsilon, double k8) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_rmsprop_s0_elem<float, __half, float>(i, i, p_grad, p_weight, p_n, p_g, p_weight_lp, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k_gamma1);
+        optforge_rmsprop_s0_elem<float, __half, float>(i, i, p_grad, p_weight, p_n, p_g_avg, p_delta, p_weight_lp, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k_gamma1, (float)k_centered, (float)k_gamma2, (float)k_lr, (float)k_epsilon, (float)k8);
 }
 /* row-sparse, parallel over gradient elements (not rows): element j updates row rows[j / cols] */
-__global__ void optforge_rmsprop_s0_rows_mp16(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const __half* __restrict__ p_grad, const float* __restrict__ p_weight, float* __restrict__ p_n, float* __restrict__ p_g, float* __restrict__ p_weight_lp, double k_rescale_grad, double k_wd, double k2, double k_gamma1) {
+__global__ void optforge_rmsprop_s0_rows_mp16(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const __half* __restrict__ p_grad, float* __restrict__ p_weight, float* __restrict__ p_n, float* __restrict__ p_g_avg, float* __restrict__ p_delta, float* __restrict__ p_weight_lp, double k_rescale_grad, double k_wd, double k2, double k_gamma1, double k_centered, double k_gamma2, double k_lr, double k_epsilon, double k8) {
     for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
-        optforge_rmsprop_s0_elem<float, __half, float>(rows[j / cols] * cols + j % cols, j, p_grad, p_weight, p_n, p_g, p_weight_lp, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k_gamma1);
+        optforge_rmsprop_s0_elem<float, __half, float>(rows[j / cols] * cols + j % cols, j, p_grad, p_weight, p_n, p_g_avg, p_delta, p_weight_lp, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k_gamma1, (float)k_centered, (float)k_gamma2, (float)k_lr, (float)k_epsilon, (float)k8);
 }
 /* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
-   pointers, sizes and 4 scalar(s) per parameter, as Apex's multi_tensor_apply */
-__global__ void optforge_rmsprop_s0_mt_mp16(const int64_t* __restrict__ sizes, __half* const* tab_grad, float* const* tab_weight, float* const* tab_n, float* const* tab_g, float* const* tab_weight_lp, const double* __restrict__ scalars) {
+   pointers, sizes and 9 scalar(s) per parameter, as Apex's multi_tensor_apply */
+__global__ void optforge_rmsprop_s0_mt_mp16(const int64_t* __restrict__ sizes, __half* const* tab_grad, float* const* tab_weight, float* const* tab_n, float* const* tab_g_avg, float* const* tab_delta, float* const* tab_weight_lp, const double* __restrict__ scalars) {
     const int64_t t = blockIdx.y, n = sizes[t];
-    const double* s = scalars + t * 4;
+    const double* s = scalars + t * 9;
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_rmsprop_s0_elem<float, __half, float>(i, i, tab_grad[t], tab_weight[t], tab_n[t], tab_g[t], tab_weight_lp[t], (float)s[0], (float)s[1], (float)s[2], (float)s[3]);
-}
-__global__ void optforge_rmsprop_s1_f32(int64_t n, const float* __restrict__ p_g, float* __restrict__ p_g_avg, float* __restrict__ p_delta, const float* __restrict__ p_n, float* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k_gamma1, double k_gamma2, double k_lr, double k_epsilon) {
-    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_rmsprop_s1_elem<float, float, float>(i, i, p_g, p_g_avg, p_delta, p_n, p_weight, p_weight_lp, (float)k_gamma1, (float)k_gamma2, (float)k_lr, (float)k_epsilon);
-}
-/* row-sparse, parallel over gradient elements (not rows): element j updates row rows[j / cols] */
-__global__ void optforge_rmsprop_s1_rows_f32(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const float* __restrict__ p_g, float* __restrict__ p_g_avg, float* __restrict__ p_delta, const float* __restrict__ p_n, float* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k_gamma1, double k_gamma2, double k_lr, double k_epsilon) {
-    for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
-        optforge_rmsprop_s1_elem<float, float, float>(rows[j / cols] * cols + j % cols, j, p_g, p_g_avg, p_delta, p_n, p_weight, p_weight_lp, (float)k_gamma1, (float)k_gamma2, (float)k_lr, (float)k_epsilon);
-}
-/* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
-   pointers, sizes and 4 scalar(s) per parameter, as Apex's multi_tensor_apply */
-__global__ void optforge_rmsprop_s1_mt_f32(const int64_t* __restrict__ sizes, float* const* tab_g, float* const* tab_g_avg, float* const* tab_delta, float* const* tab_n, float* const* tab_weight, float* const* tab_weight_lp, const double* __restrict__ scalars) {
-    const int64_t t = blockIdx.y, n = sizes[t];
-    const double* s = scalars + t * 4;
-    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_rmsprop_s1_elem<float, float, float>(i, i, tab_g[t], tab_g_avg[t], tab_delta[t], tab_n[t], tab_weight[t], tab_weight_lp[t], (float)s[0], (float)s[1], (float)s[2], (float)s[3]);
-}
-__global__ void optforge_rmsprop_s1_f64(int64_t n, const double* __restrict__ p_g, double* __restrict__ p_g_avg, double* __restrict__ p_delta, const double* __restrict__ p_n, double* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k_gamma1, double k_gamma2, double k_lr, double k_epsilon) {
-    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_rmsprop_s1_elem<double, double, double>(i, i, p_g, p_g_avg, p_delta, p_n, p_weight, p_weight_lp, (double)k_gamma1, (double)k_gamma2, (double)k_lr, (double)k_epsilon);
-}
-/* row-sparse, parallel over gradient elements (not rows): element j updates row rows[j / cols] */
-__global__ void optforge_rmsprop_s1_rows_f64(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const double* __restrict__ p_g, double* __restrict__ p_g_avg, double* __restrict__ p_delta, const double* __restrict__ p_n, double* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k_gamma1, double k_gamma2, double k_lr, double k_epsilon) {
-    for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
-        optforge_rmsprop_s1_elem<double, double, double>(rows[j / cols] * cols + j % cols, j, p_g, p_g_avg, p_delta, p_n, p_weight, p_weight_lp, (double)k_gamma1, (double)k_gamma2, (double)k_lr, (double)k_epsilon);
-}
-/* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
-   pointers, sizes and 4 scalar(s) per parameter, as Apex's multi_tensor_apply */
-__global__ void optforge_rmsprop_s1_mt_f64(const int64_t* __restrict__ sizes, double* const* tab_g, double* const* tab_g_avg, double* const* tab_delta, double* const* tab_n, double* const* tab_weight, float* const* tab_weight_lp, const double* __restrict__ scalars) {
-    const int64_t t = blockIdx.y, n = sizes[t];
-    const double* s = scalars + t * 4;
-    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_rmsprop_s1_elem<double, double, double>(i, i, tab_g[t], tab_g_avg[t], tab_delta[t], tab_n[t], tab_weight[t], tab_weight_lp[t], (double)s[0], (double)s[1], (double)s[2], (double)s[3]);
-}
-__global__ void optforge_rmsprop_s1_f16(int64_t n, const float* __restrict__ p_g, __half* __restrict__ p_g_avg, __half* __restrict__ p_delta, const __half* __restrict__ p_n, __half* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k_gamma1, double k_gamma2, double k_lr, double k_epsilon) {
-    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_rmsprop_s1_elem<__half, __half, float>(i, i, p_g, p_g_avg, p_delta, p_n, p_weight, p_weight_lp, (float)k_gamma1, (float)k_gamma2, (float)k_lr, (float)k_epsilon);
-}
-/* row-sparse, parallel over gradient elements (not rows): element j updates row rows[j / cols] */
-__global__ void optforge_rmsprop_s1_rows_f16(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const float* __restrict__ p_g, __half* __restrict__ p_g_avg, __half* __restrict__ p_delta, const __half* __restrict__ p_n, __half* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k_gamma1, double k_gamma2, double k_lr, double k_epsilon) {
-    for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
-        optforge_rmsprop_s1_elem<__half, __half, float>(rows[j / cols] * cols + j % cols, j, p_g, p_g_avg, p_delta, p_n, p_weight, p_weight_lp, (float)k_gamma1, (float)k_gamma2, (float)k_lr, (float)k_epsilon);
-}
-/* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
-   pointers, sizes and 4 scalar(s) per parameter, as Apex's multi_tensor_apply */
-__global__ void optforge_rmsprop_s1_mt_f16(const int64_t* __restrict__ sizes, float* const* tab_g, __half* const* tab_g_avg, __half* const* tab_delta, __half* const* tab_n, __half* const* tab_weight, float* const* tab_weight_lp, const double* __restrict__ scalars) {
-    const int64_t t = blockIdx.y, n = sizes[t];
-    const double* s = scalars + t * 4;
-    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_rmsprop_s1_elem<__half, __half, float>(i, i, tab_g[t], tab_g_avg[t], tab_delta[t], tab_n[t], tab_weight[t], tab_weight_lp[t], (float)s[0], (float)s[1], (float)s[2], (float)s[3]);
-}
-__global__ void optforge_rmsprop_s1_mp16(int64_t n, const float* __restrict__ p_g, float* __restrict__ p_g_avg, float* __restrict__ p_delta, const float* __restrict__ p_n, float* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k_gamma1, double k_gamma2, double k_lr, double k_epsilon) {
-    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_rmsprop_s1_elem<float, __half, float>(i, i, p_g, p_g_avg, p_delta, p_n, p_weight, p_weight_lp, (float)k_gamma1, (float)k_gamma2, (float)k_lr, (float)k_epsilon);
-}
-/* row-sparse, parallel over gradient elements (not rows): element j updates row rows[j / cols] */
-__global__ void optforge_rmsprop_s1_rows_mp16(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const float* __restrict__ p_g, float* __restrict__ p_g_avg, float* __restrict__ p_delta, const float* __restrict__ p_n, float* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k_gamma1, double k_gamma2, double k_lr, double k_epsilon) {
-    for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
-        optforge_rmsprop_s1_elem<float, __half, float>(rows[j / cols] * cols + j % cols, j, p_g, p_g_avg, p_delta, p_n, p_weight, p_weight_lp, (float)k_gamma1, (float)k_gamma2, (float)k_lr, (float)k_epsilon);
-}
-/* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
-   pointers, sizes and 4 scalar(s) per parameter, as Apex's multi_tensor_apply */
-__global__ void optforge_rmsprop_s1_mt_mp16(const int64_t* __restrict__ sizes, float* const* tab_g, float* const* tab_g_avg, float* const* tab_delta, float* const* tab_n, float* const* tab_weight, float* const* tab_weight_lp, const double* __restrict__ scalars) {
-    const int64_t t = blockIdx.y, n = sizes[t];
-    const double* s = scalars + t * 4;
-    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_rmsprop_s1_elem<float, __half, float>(i, i, tab_g[t], tab_g_avg[t], tab_delta[t], tab_n[t], tab_weight[t], tab_weight_lp[t], (float)s[0], (float)s[1], (float)s[2], (float)s[3]);
-}
-__global__ void optforge_rmsprop_s2_f32(int64_t n, float* __restrict__ p_weight, const float* __restrict__ p_g, const float* __restrict__ p_n, float* __restrict__ p_weight_lp, double k_lr, double k_epsilon) {
-    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_rmsprop_s2_elem<float, float, float>(i, i, p_weight, p_g, p_n, p_weight_lp, (float)k_lr, (float)k_epsilon);
-}
-/* row-sparse, parallel over gradient elements (not rows): element j updates row rows[j / cols] */
-__global__ void optforge_rmsprop_s2_rows_f32(int64_t n, int64_t cols, const int64_t* __restrict__ rows, float* __restrict__ p_weight, const float* __restrict__ p_g, const float* __restrict__ p_n, float* __restrict__ p_weight_lp, double k_lr, double k_epsilon) {
-    for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
-        optforge_rmsprop_s2_elem<float, float, float>(rows[j / cols] * cols + j % cols, j, p_weight, p_g, p_n, p_weight_lp, (float)k_lr, (float)k_epsilon);
-}
-/* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
-   pointers, sizes and 2 scalar(s) per parameter, as Apex's multi_tensor_apply */
-__global__ void optforge_rmsprop_s2_mt_f32(const int64_t* __restrict__ sizes, float* const* tab_weight, float* const* tab_g, float* const* tab_n, float* const* tab_weight_lp, const double* __restrict__ scalars) {
-    const int64_t t = blockIdx.y, n = sizes[t];
-    const double* s = scalars + t * 2;
-    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_rmsprop_s2_elem<float, float, float>(i, i, tab_weight[t], tab_g[t], tab_n[t], tab_weight_lp[t], (float)s[0], (float)s[1]);
-}
-__global__ void optforge_rmsprop_s2_f64(int64_t n, double* __restrict__ p_weight, const double* __restrict__ p_g, const double* __restrict__ p_n, float* __restrict__ p_weight_lp, double k_lr, double k_epsilon) {
-    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_rmsprop_s2_elem<double, double, double>(i, i, p_weight, p_g, p_n, p_weight_lp, (double)k_lr, (double)k_epsilon);
-}
-/* row-sparse, parallel over gradient elements (not rows): element j updates row rows[j / cols] */
-__global__ void optforge_rmsprop_s2_rows_f64(int64_t n, int64_t cols, const int64_t* __restrict__ rows, double* __restrict__ p_weight, const double* __restrict__ p_g, const double* __restrict__ p_n, float* __restrict__ p_weight_lp, double k_lr, double k_epsilon) {
-    for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
-        optforge_rmsprop_s2_elem<double, double, double>(rows[j / cols] * cols + j % cols, j, p_weight, p_g, p_n, p_weight_lp, (double)k_lr, (double)k_epsilon);
-}
-/* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
-   pointers, sizes and 2 scalar(s) per parameter, as Apex's multi_tensor_apply */
-__global__ void optforge_rmsprop_s2_mt_f64(const int64_t* __restrict__ sizes, double* const* tab_weight, double* const* tab_g, double* const* tab_n, float* const* tab_weight_lp, const double* __restrict__ scalars) {
-    const int64_t t = blockIdx.y, n = sizes[t];
-    const double* s = scalars + t * 2;
-    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_rmsprop_s2_elem<double, double, double>(i, i, tab_weight[t], tab_g[t], tab_n[t], tab_weight_lp[t], (double)s[0], (double)s[1]);
-}
-__global__ void optforge_rmsprop_s2_f16(int64_t n, __half* __restrict__ p_weight, const float* __restrict__ p_g, const __half* __restrict__ p_n, float* __restrict__ p_weight_lp, double k_lr, double k_epsilon) {
-    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_rmsprop_s2_elem<__half, __half, float>(i, i, p_weight, p_g, p_n, p_weight_lp, (float)k_lr, (float)k_epsilon);
-}
-/* row-sparse, parallel over gradient elements (not rows): element j updates row rows[j / cols] */
-__global__ void optforge_rmsprop_s2_rows_f16(int64_t n, int64_t cols, const int64_t* __restrict__ rows, __half* __restrict__ p_weight, const float* __restrict__ p_g, const __half* __restrict__ p_n, float* __restrict__ p_weight_lp, double k_lr, double k_epsilon) {
-    for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
-        optforge_rmsprop_s2_elem<__half, __half, float>(rows[j / cols] * cols + j % cols, j, p_weight, p_g, p_n, p_weight_lp, (float)k_lr, (float)k_epsilon);
-}
-/* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
-   pointers, sizes and 2 scalar(s) per parameter, as Apex's multi_tensor_apply */
-__global__ void optforge_rmsprop_s2_mt_f16(const int64_t* __restrict__ sizes, __half* const* tab_weight, float* const* tab_g, __half* const* tab_n, float* const* tab_weight_lp, const double* __restrict__ scalars) {
-    const int64_t t = blockIdx.y, n = sizes[t];
-    const double* s = scalars + t * 2;
-    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_rmsprop_s2_elem<__half, __half, float>(i, i, tab_weight[t], tab_g[t], tab_n[t], tab_weight_lp[t], (float)s[0], (float)s[1]);
-}
-__global__ void optforge_rmsprop_s2_mp16(int64_t n, float* __restrict__ p_weight, const float* __restrict__ p_g, const float* __restrict__ p_n, float* __restrict__ p_weight_lp, double k_lr, double k_epsilon) {
-    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_rmsprop_s2_elem<float, __half, float>(i, i, p_weight, p_g, p_n, p_weight_lp, (float)k_lr, (float)k_epsilon);
-}
-/* row-sparse, parallel over gradient elements (not rows): element j updates row rows[j / cols] */
-__global__ void optforge_rmsprop_s2_rows_mp16(int64_t n, int64_t cols, const int64_t* __restrict__ rows, float* __restrict__ p_weight, const float* __restrict__ p_g, const float* __restrict__ p_n, float* __restrict__ p_weight_lp, double k_lr, double k_epsilon) {
-    for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
-        optforge_rmsprop_s2_elem<float, __half, float>(rows[j / cols] * cols + j % cols, j, p_weight, p_g, p_n, p_weight_lp, (float)k_lr, (float)k_epsilon);
-}
-/* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
-   pointers, sizes and 2 scalar(s) per parameter, as Apex's multi_tensor_apply */
-__global__ void optforge_rmsprop_s2_mt_mp16(const int64_t* __restrict__ sizes, float* const* tab_weight, float* const* tab_g, float* const* tab_n, float* const* tab_weight_lp, const double* __restrict__ scalars) {
-    const int64_t t = blockIdx.y, n = sizes[t];
-    const double* s = scalars + t * 2;
-    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_rmsprop_s2_elem<float, __half, float>(i, i, tab_weight[t], tab_g[t], tab_n[t], tab_weight_lp[t], (float)s[0], (float)s[1]);
-}
-__global__ void optforge_rmsprop_s3_f32(int64_t n, float* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k0) {
-    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_rmsprop_s3_elem<float, float, float>(i, i, p_weight, p_weight_lp, (float)k0);
-}
-/* row-sparse, parallel over gradient elements (not rows): element j updates row rows[j / cols] */
-__global__ void optforge_rmsprop_s3_rows_f32(int64_t n, int64_t cols, const int64_t* __restrict__ rows, float* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k0) {
-    for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
-        optforge_rmsprop_s3_elem<float, float, float>(rows[j / cols] * cols + j % cols, j, p_weight, p_weight_lp, (float)k0);
-}
-/* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
-   pointers, sizes and 1 scalar(s) per parameter, as Apex's multi_tensor_apply */
-__global__ void optforge_rmsprop_s3_mt_f32(const int64_t* __restrict__ sizes, float* const* tab_weight, float* const* tab_weight_lp, const double* __restrict__ scalars) {
-    const int64_t t = blockIdx.y, n = sizes[t];
-    const double* s = scalars + t * 1;
-    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_rmsprop_s3_elem<float, float, float>(i, i, tab_weight[t], tab_weight_lp[t], (float)s[0]);
-}
-__global__ void optforge_rmsprop_s3_f64(int64_t n, double* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k0) {
-    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_rmsprop_s3_elem<double, double, double>(i, i, p_weight, p_weight_lp, (double)k0);
-}
-/* row-sparse, parallel over gradient elements (not rows): element j updates row rows[j / cols] */
-__global__ void optforge_rmsprop_s3_rows_f64(int64_t n, int64_t cols, const int64_t* __restrict__ rows, double* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k0) {
-    for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
-        optforge_rmsprop_s3_elem<double, double, double>(rows[j / cols] * cols + j % cols, j, p_weight, p_weight_lp, (double)k0);
-}
-/* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
-   pointers, sizes and 1 scalar(s) per parameter, as Apex's multi_tensor_apply */
-__global__ void optforge_rmsprop_s3_mt_f64(const int64_t* __restrict__ sizes, double* const* tab_weight, float* const* tab_weight_lp, const double* __restrict__ scalars) {
-    const int64_t t = blockIdx.y, n = sizes[t];
-    const double* s = scalars + t * 1;
-    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_rmsprop_s3_elem<double, double, double>(i, i, tab_weight[t], tab_weight_lp[t], (double)s[0]);
-}
-__global__ void optforge_rmsprop_s3_f16(int64_t n, __half* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k0) {
-    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_rmsprop_s3_elem<__half, __half, float>(i, i, p_weight, p_weight_lp, (float)k0);
-}
-/* row-sparse, parallel over gradient elements (not rows): element j updates row rows[j / cols] */
-__global__ void optforge_rmsprop_s3_rows_f16(int64_t n, int64_t cols, const int64_t* __restrict__ rows, __half* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k0) {
-    for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
-        optforge_rmsprop_s3_elem<__half, __half, float>(rows[j / cols] * cols + j % cols, j, p_weight, p_weight_lp, (float)k0);
-}
-/* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
-   pointers, sizes and 1 scalar(s) per parameter, as Apex's multi_tensor_apply */
-__global__ void optforge_rmsprop_s3_mt_f16(const int64_t* __restrict__ sizes, __half* const* tab_weight, float* const* tab_weight_lp, const double* __restrict__ scalars) {
-    const int64_t t = blockIdx.y, n = sizes[t];
-    const double* s = scalars + t * 1;
-    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_rmsprop_s3_elem<__half, __half, float>(i, i, tab_weight[t], tab_weight_lp[t], (float)s[0]);
-}
-__global__ void optforge_rmsprop_s3_mp16(int64_t n, float* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k0) {
-    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_rmsprop_s3_elem<float, __half, float>(i, i, p_weight, p_weight_lp, (float)k0);
-}
-/* row-sparse, parallel over gradient elements (not rows): element j updates row rows[j / cols] */
-__global__ void optforge_rmsprop_s3_rows_mp16(int64_t n, int64_t cols, const int64_t* __restrict__ rows, float* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k0) {
-    for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
-        optforge_rmsprop_s3_elem<float, __half, float>(rows[j / cols] * cols + j % cols, j, p_weight, p_weight_lp, (float)k0);
-}
-/* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
-   pointers, sizes and 1 scalar(s) per parameter, as Apex's multi_tensor_apply */
-__global__ void optforge_rmsprop_s3_mt_mp16(const int64_t* __restrict__ sizes, float* const* tab_weight, float* const* tab_weight_lp, const double* __restrict__ scalars) {
-    const int64_t t = blockIdx.y, n = sizes[t];
-    const double* s = scalars + t * 1;
-    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_rmsprop_s3_elem<float, __half, float>(i, i, tab_weight[t], tab_weight_lp[t], (float)s[0]);
+        optforge_rmsprop_s0_elem<float, __half, float>(i, i, tab_grad[t], tab_weight[t], tab_n[t], tab_g_avg[t], tab_delta[t], tab_weight_lp[t], (float)s[0], (float)s[1], (float)s[2], (float)s[3], (float)s[4], (float)s[5], (float)s[6], (float)s[7], (float)s[8]);
 }
 }

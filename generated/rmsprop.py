@@ -149,10 +149,4 @@ class RMSProp(Optimizer):
         n = tensors['n']
         g_avg = tensors.get('g_avg')
         delta = tensors.get('delta')
-        g = be.scratch(weight, 'g')
-        be.launch('optforge_rmsprop_s0', (grad, weight, n, g,), (ops.arg(rescale_grad), ops.arg(wd), ops.arg(clip_gradient), ops.arg(gamma1), ))
-        if centered:
-            be.launch('optforge_rmsprop_s1', (g, g_avg, delta, n, weight,), (ops.arg(gamma1), ops.arg(gamma2), ops.arg(lr), ops.arg(epsilon), ))
-        else:
-            be.launch('optforge_rmsprop_s2', (weight, g, n,), (ops.arg(lr), ops.arg(epsilon), ))
-        be.launch('optforge_rmsprop_s3', (weight,), (ops.arg(clip_weights), ))
+        be.launch('optforge_rmsprop_s0', (grad, weight, n, g_avg, delta,), (ops.arg(rescale_grad), ops.arg(wd), ops.arg(clip_gradient), ops.arg(gamma1), ops.arg(centered), ops.arg(gamma2), ops.arg(lr), ops.arg(epsilon), ops.arg(clip_weights), ))

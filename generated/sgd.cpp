@@ -44,43 +44,31 @@ template <typename C> inline void store_low(float* p, int64_t i, C v) { p[i] = (
 /* stage s0: element i of the weight and states, element gi of the gradient and scratch
    (the same element for a dense update; for a row-sparse one, gi walks the gradient's rows) */
 template <typename T, typename G, typename C>
-OPTFORGE_HD void optforge_sgd_s0_elem(int64_t i, int64_t gi, const G* __restrict__ p_grad, C* __restrict__ p_g, float* __restrict__ p_weight_lp, const C k_rescale_grad, const C k1) {
+OPTFORGE_HD void optforge_sgd_s0_elem(int64_t i, int64_t gi, const G* __restrict__ p_grad, T* __restrict__ p_mom, T* __restrict__ p_weight, float* __restrict__ p_weight_lp, const C k_rescale_grad, const C k1, const C k2, const C k_momentum, const C k4, const C k_lr, const C k6) {
     C grad = C(p_grad[gi]);
-    C g = op_clip(k_rescale_grad * grad, k1);  // sgd.opt:24
-    p_g[gi] = (C)(g);
-}
-/* stage s1: element i of the weight and states, element gi of the gradient and scratch
-   (the same element for a dense update; for a row-sparse one, gi walks the gradient's rows) */
-template <typename T, typename G, typename C>
-OPTFORGE_HD void optforge_sgd_s1_elem(int64_t i, int64_t gi, T* __restrict__ p_mom, T* __restrict__ p_weight, const C* __restrict__ p_g, float* __restrict__ p_weight_lp, const C k_momentum, const C k1, const C k_lr) {
-    C mom = C(p_mom[i]);
+    C mom = p_mom ? C(p_mom[i]) : C(0);
     C weight = C(p_weight[i]);
-    C g = C(p_g[gi]);
-    mom = k_momentum * mom - k1 * weight - k_lr * g;  // sgd.opt:26
-    weight = weight + mom;  // sgd.opt:27
-    p_mom[i] = (T)(mom);
-    p_weight[i] = (T)(weight);
-    if (p_weight_lp) store_low(p_weight_lp, i, weight);
-}
-/* stage s2: element i of the weight and states, element gi of the gradient and scratch
-   (the same element for a dense update; for a row-sparse one, gi walks the gradient's rows) */
-template <typename T, typename G, typename C>
-OPTFORGE_HD void optforge_sgd_s2_elem(int64_t i, int64_t gi, T* __restrict__ p_weight, const C* __restrict__ p_g, float* __restrict__ p_weight_lp, const C k0, const C k_lr) {
-    C weight = C(p_weight[i]);
-    C g = C(p_g[gi]);
-    weight = k0 * weight - k_lr * g;  // sgd.opt:29
+    C g;
+    g = op_clip(k_rescale_grad * grad, k1);  // sgd.opt:24
+    if (k2) {
+        mom = k_momentum * mom - k4 * weight - k_lr * g;  // sgd.opt:26
+        weight = weight + mom;  // sgd.opt:27
+    } else {
+        weight = k6 * weight - k_lr * g;  // sgd.opt:29
+    }
+    if (p_mom) p_mom[i] = (T)(mom);
     p_weight[i] = (T)(weight);
     if (p_weight_lp) store_low(p_weight_lp, i, weight);
 }
 
 extern "C" {
-void optforge_sgd_s0_f32(int64_t n, const float* __restrict__ p_grad, float* __restrict__ p_g, double k_rescale_grad, double k1) {
+void optforge_sgd_s0_f32(int64_t n, const float* __restrict__ p_grad, float* __restrict__ p_mom, float* __restrict__ p_weight, double k_rescale_grad, double k1, double k2, double k_momentum, double k4, double k_lr, double k6) {
     #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
     for (int64_t i = 0; i < n; ++i)
-        optforge_sgd_s0_elem<float, float, float>(i, i, p_grad, p_g, nullptr, (float)k_rescale_grad, (float)k1);
+        optforge_sgd_s0_elem<float, float, float>(i, i, p_grad, p_mom, p_weight, nullptr, (float)k_rescale_grad, (float)k1, (float)k2, (float)k_momentum, (float)k4, (float)k_lr, (float)k6);
 }
 /* row-sparse: n = rows x cols gradient elements; gradient row r updates row rows[r] */
-void optforge_sgd_s0_rows_f32(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const float* __restrict__ p_grad, float* __restrict__ p_g, double k_rescale_grad, double k1) {
+void optforge_sgd_s0_rows_f32(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const float* __restrict__ p_grad, float* __restrict__ p_mom, float* __restrict__ p_weight, double k_rescale_grad, double k1, double k2, double k_momentum, double k4, double k_lr, double k6) {
     const int64_t nrows = cols ? n / cols : 0;
     /* threads pay off only for large row sets: scattered rows are latency-bound, and a busy
        machine makes every fork/join wait for a descheduled thread */
@@ -89,16 +77,16 @@ void optforge_sgd_s0_rows_f32(int64_t n, int64_t cols, const int64_t* __restrict
         const int64_t base = rows[r] * cols, gbase = r * cols;
         #pragma omp simd
         for (int64_t c = 0; c < cols; ++c)
-            optforge_sgd_s0_elem<float, float, float>(base + c, gbase + c, p_grad, p_g, nullptr, (float)k_rescale_grad, (float)k1);
+            optforge_sgd_s0_elem<float, float, float>(base + c, gbase + c, p_grad, p_mom, p_weight, nullptr, (float)k_rescale_grad, (float)k1, (float)k2, (float)k_momentum, (float)k4, (float)k_lr, (float)k6);
     }
 }
-void optforge_sgd_s0_f64(int64_t n, const double* __restrict__ p_grad, double* __restrict__ p_g, double k_rescale_grad, double k1) {
+void optforge_sgd_s0_f64(int64_t n, const double* __restrict__ p_grad, double* __restrict__ p_mom, double* __restrict__ p_weight, double k_rescale_grad, double k1, double k2, double k_momentum, double k4, double k_lr, double k6) {
     #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
     for (int64_t i = 0; i < n; ++i)
-        optforge_sgd_s0_elem<double, double, double>(i, i, p_grad, p_g, nullptr, (double)k_rescale_grad, (double)k1);
+        optforge_sgd_s0_elem<double, double, double>(i, i, p_grad, p_mom, p_weight, nullptr, (double)k_rescale_grad, (double)k1, (double)k2, (double)k_momentum, (double)k4, (double)k_lr, (double)k6);
 }
 /* row-sparse: n = rows x cols gradient elements; gradient row r updates row rows[r] */
-void optforge_sgd_s0_rows_f64(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const double* __restrict__ p_grad, double* __restrict__ p_g, double k_rescale_grad, double k1) {
+void optforge_sgd_s0_rows_f64(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const double* __restrict__ p_grad, double* __restrict__ p_mom, double* __restrict__ p_weight, double k_rescale_grad, double k1, double k2, double k_momentum, double k4, double k_lr, double k6) {
     const int64_t nrows = cols ? n / cols : 0;
     /* threads pay off only for large row sets: scattered rows are latency-bound, and a busy
        machine makes every fork/join wait for a descheduled thread */
@@ -107,79 +95,7 @@ void optforge_sgd_s0_rows_f64(int64_t n, int64_t cols, const int64_t* __restrict
         const int64_t base = rows[r] * cols, gbase = r * cols;
         #pragma omp simd
         for (int64_t c = 0; c < cols; ++c)
-            optforge_sgd_s0_elem<double, double, double>(base + c, gbase + c, p_grad, p_g, nullptr, (double)k_rescale_grad, (double)k1);
-    }
-}
-void optforge_sgd_s1_f32(int64_t n, float* __restrict__ p_mom, float* __restrict__ p_weight, const float* __restrict__ p_g, double k_momentum, double k1, double k_lr) {
-    #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
-    for (int64_t i = 0; i < n; ++i)
-        optforge_sgd_s1_elem<float, float, float>(i, i, p_mom, p_weight, p_g, nullptr, (float)k_momentum, (float)k1, (float)k_lr);
-}
-/* row-sparse: n = rows x cols gradient elements; gradient row r updates row rows[r] */
-void optforge_sgd_s1_rows_f32(int64_t n, int64_t cols, const int64_t* __restrict__ rows, float* __restrict__ p_mom, float* __restrict__ p_weight, const float* __restrict__ p_g, double k_momentum, double k1, double k_lr) {
-    const int64_t nrows = cols ? n / cols : 0;
-    /* threads pay off only for large row sets: scattered rows are latency-bound, and a busy
-       machine makes every fork/join wait for a descheduled thread */
-    #pragma omp parallel for schedule(static) if (n >= (int64_t)1 << 21)
-    for (int64_t r = 0; r < nrows; ++r) {
-        const int64_t base = rows[r] * cols, gbase = r * cols;
-        #pragma omp simd
-        for (int64_t c = 0; c < cols; ++c)
-            optforge_sgd_s1_elem<float, float, float>(base + c, gbase + c, p_mom, p_weight, p_g, nullptr, (float)k_momentum, (float)k1, (float)k_lr);
-    }
-}
-void optforge_sgd_s1_f64(int64_t n, double* __restrict__ p_mom, double* __restrict__ p_weight, const double* __restrict__ p_g, double k_momentum, double k1, double k_lr) {
-    #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
-    for (int64_t i = 0; i < n; ++i)
-        optforge_sgd_s1_elem<double, double, double>(i, i, p_mom, p_weight, p_g, nullptr, (double)k_momentum, (double)k1, (double)k_lr);
-}
-/* row-sparse: n = rows x cols gradient elements; gradient row r updates row rows[r] */
-void optforge_sgd_s1_rows_f64(int64_t n, int64_t cols, const int64_t* __restrict__ rows, double* __restrict__ p_mom, double* __restrict__ p_weight, const double* __restrict__ p_g, double k_momentum, double k1, double k_lr) {
-    const int64_t nrows = cols ? n / cols : 0;
-    /* threads pay off only for large row sets: scattered rows are latency-bound, and a busy
-       machine makes every fork/join wait for a descheduled thread */
-    #pragma omp parallel for schedule(static) if (n >= (int64_t)1 << 21)
-    for (int64_t r = 0; r < nrows; ++r) {
-        const int64_t base = rows[r] * cols, gbase = r * cols;
-        #pragma omp simd
-        for (int64_t c = 0; c < cols; ++c)
-            optforge_sgd_s1_elem<double, double, double>(base + c, gbase + c, p_mom, p_weight, p_g, nullptr, (double)k_momentum, (double)k1, (double)k_lr);
-    }
-}
-void optforge_sgd_s2_f32(int64_t n, float* __restrict__ p_weight, const float* __restrict__ p_g, double k0, double k_lr) {
-    #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
-    for (int64_t i = 0; i < n; ++i)
-        optforge_sgd_s2_elem<float, float, float>(i, i, p_weight, p_g, nullptr, (float)k0, (float)k_lr);
-}
-/* row-sparse: n = rows x cols gradient elements; gradient row r updates row rows[r] */
-void optforge_sgd_s2_rows_f32(int64_t n, int64_t cols, const int64_t* __restrict__ rows, float* __restrict__ p_weight, const float* __restrict__ p_g, double k0, double k_lr) {
-    const int64_t nrows = cols ? n / cols : 0;
-    /* threads pay off only for large row sets: scattered rows are latency-bound, and a busy
-       machine makes every fork/join wait for a descheduled thread */
-    #pragma omp parallel for schedule(static) if (n >= (int64_t)1 << 21)
-    for (int64_t r = 0; r < nrows; ++r) {
-        const int64_t base = rows[r] * cols, gbase = r * cols;
-        #pragma omp simd
-        for (int64_t c = 0; c < cols; ++c)
-            optforge_sgd_s2_elem<float, float, float>(base + c, gbase + c, p_weight, p_g, nullptr, (float)k0, (float)k_lr);
-    }
-}
-void optforge_sgd_s2_f64(int64_t n, double* __restrict__ p_weight, const double* __restrict__ p_g, double k0, double k_lr) {
-    #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
-    for (int64_t i = 0; i < n; ++i)
-        optforge_sgd_s2_elem<double, double, double>(i, i, p_weight, p_g, nullptr, (double)k0, (double)k_lr);
-}
-/* row-sparse: n = rows x cols gradient elements; gradient row r updates row rows[r] */
-void optforge_sgd_s2_rows_f64(int64_t n, int64_t cols, const int64_t* __restrict__ rows, double* __restrict__ p_weight, const double* __restrict__ p_g, double k0, double k_lr) {
-    const int64_t nrows = cols ? n / cols : 0;
-    /* threads pay off only for large row sets: scattered rows are latency-bound, and a busy
-       machine makes every fork/join wait for a descheduled thread */
-    #pragma omp parallel for schedule(static) if (n >= (int64_t)1 << 21)
-    for (int64_t r = 0; r < nrows; ++r) {
-        const int64_t base = rows[r] * cols, gbase = r * cols;
-        #pragma omp simd
-        for (int64_t c = 0; c < cols; ++c)
-            optforge_sgd_s2_elem<double, double, double>(base + c, gbase + c, p_weight, p_g, nullptr, (double)k0, (double)k_lr);
+            optforge_sgd_s0_elem<double, double, double>(base + c, gbase + c, p_grad, p_mom, p_weight, nullptr, (double)k_rescale_grad, (double)k1, (double)k2, (double)k_momentum, (double)k4, (double)k_lr, (double)k6);
     }
 }
 }

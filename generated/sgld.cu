@@ -49,7 +49,8 @@ template <typename T, typename G, typename C>
 OPTFORGE_HD void optforge_sgld_s0_elem(int64_t i, int64_t gi, const G* __restrict__ p_grad, T* __restrict__ p_weight, float* __restrict__ p_weight_lp, const C k_rescale_grad, const C k1, const C k2, const C k_wd, const C k4, const double k_seed) {
     C grad = C(p_grad[gi]);
     C weight = C(p_weight[i]);
-    C g = op_clip(k_rescale_grad * grad, k1);  // sgld.opt:18
+    C g;
+    g = op_clip(k_rescale_grad * grad, k1);  // sgld.opt:18
     weight = weight + (k2 * (g + k_wd * weight) + op_normal<C>(k_seed, i, 0, 0, k4));  // sgld.opt:19
     p_weight[i] = (T)(weight);
     if (p_weight_lp) store_low(p_weight_lp, i, weight);

@@ -47,8 +47,9 @@ template <typename T, typename G, typename C>
 OPTFORGE_HD void optforge_test_s0_elem(int64_t i, int64_t gi, T* __restrict__ p_weight, const G* __restrict__ p_grad, T* __restrict__ p_mirror, float* __restrict__ p_weight_lp, const C k_rescale_grad) {
     C weight = C(p_weight[i]);
     C grad = C(p_grad[gi]);
+    C mirror;
     weight = weight + k_rescale_grad * grad;  // test.opt:12
-    C mirror = weight;  // test.opt:13
+    mirror = weight;  // test.opt:13
     p_weight[i] = (T)(weight);
     p_mirror[i] = (T)(mirror);
     if (p_weight_lp) store_low(p_weight_lp, i, weight);

@@ -72,10 +72,10 @@ class CudaBackend:
         f = self.funcs.get(name)
         if f is None:
             f = self.funcs[name] = self.module.get_function(name)
-        n = arrays[0].size
+        n = next(a.size for a in arrays if a is not None)
         blocks = max(1, min((n + THREADS - 1) // THREADS, 65535))
-        lp = self.weight_lp if self.weight_lp is not None else 0
-        f((blocks,), (THREADS,), (np.int64(n), *arrays, lp, *[np.float64(s) for s in scalars]))
+        f((blocks,), (THREADS,), (np.int64(n), *_pointers(arrays), _pointer(self.weight_lp),
+                                  *[np.float64(s) for s in scalars]))
 
 
 class CudaRowsBackend(CudaBackend):
@@ -100,9 +100,17 @@ class CudaRowsBackend(CudaBackend):
         if f is None:
             f = self.funcs[name] = self.module.get_function(name)
         blocks = max(1, min((self.n + THREADS - 1) // THREADS, 65535))
-        lp = self.weight_lp if self.weight_lp is not None else 0
-        f((blocks,), (THREADS,), (np.int64(self.n), np.int64(self.cols), self.rows, *arrays, lp,
-                                  *[np.float64(s) for s in scalars]))
+        f((blocks,), (THREADS,), (np.int64(self.n), np.int64(self.cols), self.rows, *_pointers(arrays),
+                                  _pointer(self.weight_lp), *[np.float64(s) for s in scalars]))
+
+
+def _pointer(a):
+    """A kernel's pointer argument: the array, or a null pointer for an absent (conditional) state."""
+    return a if a is not None else np.uint64(0)
+
+
+def _pointers(arrays):
+    return [_pointer(a) for a in arrays]
 
 
 def stage_number(fn: str) -> int:
@@ -138,9 +146,10 @@ class MultiTensorLaunches:
     def _launch_gpu(self, name, items):
         import cupy
         f = self.module.get_function(name)
-        sizes = cupy.asarray([arrays[0].size for arrays, _, _ in items], dtype=np.int64)
-        tables = [cupy.asarray([arrays[k].data.ptr for arrays, _, _ in items], dtype=np.uint64)
-                  for k in range(len(items[0][0]))]
+        sizes = cupy.asarray([next(a.size for a in arrays if a is not None) for arrays, _, _ in items],
+                             dtype=np.int64)
+        tables = [cupy.asarray([arrays[k].data.ptr if arrays[k] is not None else 0 for arrays, _, _ in items],
+                               dtype=np.uint64) for k in range(len(items[0][0]))]
         lp = cupy.asarray([w.data.ptr if w is not None else 0 for _, _, w in items], dtype=np.uint64)
         width = max(1, len(items[0][1]))
         scalars = cupy.asarray(np.array([list(s) + [0.0] * (width - len(s)) for _, s, _ in items], dtype=np.float64))

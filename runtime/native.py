@@ -162,7 +162,8 @@ class NativeBackend:
 
     def launch(self, fn: str, arrays, scalars) -> None:
         f = self.lib.func(f"{fn}_{self.suffix}", len(arrays), len(scalars))
-        f(arrays[0].size, *[a.ctypes.data for a in arrays], *scalars)
+        # an absent conditional state (None) is a null pointer; the kernel never touches it
+        f(_size(arrays), *[a.ctypes.data if a is not None else None for a in arrays], *scalars)
 
 
 def backend_choice() -> str:
@@ -192,4 +193,10 @@ class NativeRowsBackend(NativeBackend):
             return
         f = self.lib.func(f"{fn}_rows_{self.suffix}")
         f(ctypes.c_int64(self.n), ctypes.c_int64(self.cols), ctypes.c_void_p(self.rows.ctypes.data),
-          *[ctypes.c_void_p(a.ctypes.data) for a in arrays], *[ctypes.c_double(s) for s in scalars])
+          *[ctypes.c_void_p(a.ctypes.data if a is not None else None) for a in arrays],
+          *[ctypes.c_double(s) for s in scalars])
+
+
+def _size(arrays) -> int:
+    """Elements per launch: the size of the first array present (weight, grad and states agree)."""
+    return next(a.size for a in arrays if a is not None)

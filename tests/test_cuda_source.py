@@ -95,6 +95,10 @@ def test_every_cuda_source_compiles_with_nvrtc(arch):
 _host_libs = {}
 
 
+def _ptr(a):
+    return ctypes.c_void_p(a.ctypes.data if a is not None else None)
+
+
 def host_library(name, tmp_dir):
     if name not in _host_libs:
         src = GENERATED / f"{name}.cu"
@@ -124,11 +128,12 @@ class HostCudaBackend:
 
     def launch(self, fn, arrays, scalars):
         for a in arrays:
-            assert a.flags.c_contiguous
+            assert a is None or a.flags.c_contiguous
         f = getattr(self.lib, f"{fn}_{self.suffix}")
         f.restype = None
         lp = ctypes.c_void_p(self.weight_lp.ctypes.data if self.weight_lp is not None else 0)
-        f(ctypes.c_int64(arrays[0].size), *[ctypes.c_void_p(a.ctypes.data) for a in arrays], lp,
+        n = next(a.size for a in arrays if a is not None)
+        f(ctypes.c_int64(n), *[_ptr(a) for a in arrays], lp,
           *[ctypes.c_double(s) for s in scalars])
         self.launched.append(fn)
 
@@ -220,7 +225,7 @@ class HostCudaRowsBackend(HostCudaBackend):
         n = int(np.prod(self.grad_shape))
         lp = ctypes.c_void_p(self.weight_lp.ctypes.data if self.weight_lp is not None else 0)
         f(ctypes.c_int64(n), ctypes.c_int64(n // len(self.rows)), ctypes.c_void_p(self.rows.ctypes.data),
-          *[ctypes.c_void_p(a.ctypes.data) for a in arrays], lp, *[ctypes.c_double(s) for s in scalars])
+          *[_ptr(a) for a in arrays], lp, *[ctypes.c_double(s) for s in scalars])
 
 
 LAZY = [n for n in NAMES if optforge.registered()[n].sparse == "lazy"]
@@ -237,7 +242,8 @@ def test_cuda_row_kernels_on_host_match_numpy_rows(name, variant, tmp_path_facto
     rng = np.random.default_rng(5)
     w0 = rng.standard_normal((9, 6)).astype(dtype)
     rows = np.array([1, 4, 5, 8])
-    kw = dict(learning_rate=0.05, multi_precision=variant == "mp16", **CONFIGS.get(name, {}))
+    rows_configs = {**CONFIGS, "nag": {}, "lbsgd": {"momentum": 0.9}}   # the lazy configurations
+    kw = dict(learning_rate=0.05, multi_precision=variant == "mp16", **rows_configs.get(name, {}))
     kw.pop("wd", None)   # AdaGrad's lazy update requires wd == 0
     grads = [rng.standard_normal((4, 6)).astype(dtype) for _ in range(3)]
     results = []
@@ -276,8 +282,9 @@ def host_multi_launcher(lib):
     def launch(name, items):
         f = getattr(lib, name)
         f.restype = None
-        sizes = np.array([arrays[0].size for arrays, _, _ in items], dtype=np.int64)
-        tables = [np.array([arrays[k].ctypes.data for arrays, _, _ in items], dtype=np.uint64)
+        sizes = np.array([next(a.size for a in arrays if a is not None) for arrays, _, _ in items], dtype=np.int64)
+        tables = [np.array([arrays[k].ctypes.data if arrays[k] is not None else 0 for arrays, _, _ in items],
+                           dtype=np.uint64)
                   for k in range(len(items[0][0]))]
         lp = np.array([w.ctypes.data if w is not None else 0 for _, _, w in items], dtype=np.uint64)
         width = max(1, len(items[0][1]))
