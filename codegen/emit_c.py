@@ -7,6 +7,7 @@ float16/float32 storage, double for float64).
 """
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import jinja2
@@ -132,20 +133,31 @@ class CStyleEmitter:
             ctype = "G" if name == "grad" else "T" if name == "weight" or name in states else "C"
             const = "const " if name not in writes else ""
             pointers.append({"name": name, "decl": f"{const}{ctype}* __restrict__ p_{name}"})
+        # a conditional state (SGD's mom) may be absent: its pointer is null and no branch taken uses it.
+        # Template parameter H<k> says so at compile time (1 present, 0 absent), so that the CPU loops,
+        # specialised per case, have no control flow and vectorize; 2 checks the pointer at run time.
+        optional = [name for name in reads + writes if name in states and states[name].cond is not None]
+        optional = list(dict.fromkeys(optional))
+        present = {name: f"(H{k} == 1 || (H{k} == 2 && p_{name}))" for k, name in enumerate(optional)}
         for name in reads:
-            # a conditional state (SGD's mom) may be absent: its pointer is null and no branch uses it
-            if name in states and states[name].cond is not None:
-                loads.append(f"C {name} = p_{name} ? C(p_{name}[i]) : C(0);")
+            if name in present:
+                loads.append(f"C {name} = {present[name]} ? C(p_{name}[i]) : C(0);")
             else:
                 loads.append(f"C {name} = C(p_{name}[{index(name)}]);")
         declare = [n for n in locals_ + writes if n not in reads]
         for name in writes:
             cast = "T" if name == "weight" or name in states else "C"
             line = f"p_{name}[{index(name)}] = ({cast})({name});"
-            stores.append(f"if (p_{name}) {line}" if name in states and states[name].cond is not None else line)
+            stores.append(f"if {present[name]} {line}" if name in present else line)
+        cases = []
+        for flags in itertools.product((1, 0), repeat=len(optional)):
+            test = " && ".join(f"p_{n}" if f else f"!p_{n}" for n, f in zip(optional, flags)) or "true"
+            cases.append((test, "".join(f", {f}" for f in flags)))
         body = self._body(st.stmts, names, 0)
         return {"name": st.name, "fn": f"optforge_{self.spec.module_name}_{st.name}", "pointers": pointers,
                 "loads": loads, "declare": list(dict.fromkeys(declare)), "body": body, "stores": stores,
+                "hparams": "".join(f", int H{k}" for k in range(len(optional))),
+                "runtime_h": "".join(", 2" for _ in optional), "cases": cases,
                 "writes_weight": "weight" in writes,
                 "scalars": [(n, "double" if n == "k_seed" else "C") for n, _ in scalars], "scalar_exprs": scalars}
 

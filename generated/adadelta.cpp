@@ -63,9 +63,11 @@ OPTFORGE_HD void optforge_adadelta_s0_elem(int64_t i, int64_t gi, const G* __res
 
 extern "C" {
 void optforge_adadelta_s0_f32(int64_t n, const float* __restrict__ p_grad, float* __restrict__ p_acc_g, float* __restrict__ p_acc_delta, float* __restrict__ p_weight, double k_rescale_grad, double k1, double k_rho, double k_epsilon, double k_wd) {
-    #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
-    for (int64_t i = 0; i < n; ++i)
-        optforge_adadelta_s0_elem<float, float, float>(i, i, p_grad, p_acc_g, p_acc_delta, p_weight, nullptr, (float)k_rescale_grad, (float)k1, (float)k_rho, (float)k_epsilon, (float)k_wd);
+    if (true) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_adadelta_s0_elem<float, float, float>(i, i, p_grad, p_acc_g, p_acc_delta, p_weight, nullptr, (float)k_rescale_grad, (float)k1, (float)k_rho, (float)k_epsilon, (float)k_wd);
+    }
 }
 /* row-sparse: n = rows x cols gradient elements; gradient row r updates row rows[r] */
 void optforge_adadelta_s0_rows_f32(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const float* __restrict__ p_grad, float* __restrict__ p_acc_g, float* __restrict__ p_acc_delta, float* __restrict__ p_weight, double k_rescale_grad, double k1, double k_rho, double k_epsilon, double k_wd) {
@@ -81,9 +83,11 @@ void optforge_adadelta_s0_rows_f32(int64_t n, int64_t cols, const int64_t* __res
     }
 }
 void optforge_adadelta_s0_f64(int64_t n, const double* __restrict__ p_grad, double* __restrict__ p_acc_g, double* __restrict__ p_acc_delta, double* __restrict__ p_weight, double k_rescale_grad, double k1, double k_rho, double k_epsilon, double k_wd) {
-    #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
-    for (int64_t i = 0; i < n; ++i)
-        optforge_adadelta_s0_elem<double, double, double>(i, i, p_grad, p_acc_g, p_acc_delta, p_weight, nullptr, (double)k_rescale_grad, (double)k1, (double)k_rho, (double)k_epsilon, (double)k_wd);
+    if (true) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_adadelta_s0_elem<double, double, double>(i, i, p_grad, p_acc_g, p_acc_delta, p_weight, nullptr, (double)k_rescale_grad, (double)k1, (double)k_rho, (double)k_epsilon, (double)k_wd);
+    }
 }
 /* row-sparse: n = rows x cols gradient elements; gradient row r updates row rows[r] */
 void optforge_adadelta_s0_rows_f64(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const double* __restrict__ p_grad, double* __restrict__ p_acc_g, double* __restrict__ p_acc_delta, double* __restrict__ p_weight, double k_rescale_grad, double k1, double k_rho, double k_epsilon, double k_wd) {

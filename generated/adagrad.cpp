@@ -59,9 +59,11 @@ OPTFORGE_HD void optforge_adagrad_s0_elem(int64_t i, int64_t gi, const G* __rest
 
 extern "C" {
 void optforge_adagrad_s0_f32(int64_t n, const float* __restrict__ p_grad, float* __restrict__ p_history, float* __restrict__ p_weight, double k_rescale_grad, double k1, double k_eps, double k_wd, double k4) {
-    #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
-    for (int64_t i = 0; i < n; ++i)
-        optforge_adagrad_s0_elem<float, float, float>(i, i, p_grad, p_history, p_weight, nullptr, (float)k_rescale_grad, (float)k1, (float)k_eps, (float)k_wd, (float)k4);
+    if (true) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_adagrad_s0_elem<float, float, float>(i, i, p_grad, p_history, p_weight, nullptr, (float)k_rescale_grad, (float)k1, (float)k_eps, (float)k_wd, (float)k4);
+    }
 }
 /* row-sparse: n = rows x cols gradient elements; gradient row r updates row rows[r] */
 void optforge_adagrad_s0_rows_f32(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const float* __restrict__ p_grad, float* __restrict__ p_history, float* __restrict__ p_weight, double k_rescale_grad, double k1, double k_eps, double k_wd, double k4) {
@@ -77,9 +79,11 @@ void optforge_adagrad_s0_rows_f32(int64_t n, int64_t cols, const int64_t* __rest
     }
 }
 void optforge_adagrad_s0_f64(int64_t n, const double* __restrict__ p_grad, double* __restrict__ p_history, double* __restrict__ p_weight, double k_rescale_grad, double k1, double k_eps, double k_wd, double k4) {
-    #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
-    for (int64_t i = 0; i < n; ++i)
-        optforge_adagrad_s0_elem<double, double, double>(i, i, p_grad, p_history, p_weight, nullptr, (double)k_rescale_grad, (double)k1, (double)k_eps, (double)k_wd, (double)k4);
+    if (true) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_adagrad_s0_elem<double, double, double>(i, i, p_grad, p_history, p_weight, nullptr, (double)k_rescale_grad, (double)k1, (double)k_eps, (double)k_wd, (double)k4);
+    }
 }
 /* row-sparse: n = rows x cols gradient elements; gradient row r updates row rows[r] */
 void optforge_adagrad_s0_rows_f64(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const double* __restrict__ p_grad, double* __restrict__ p_history, double* __restrict__ p_weight, double k_rescale_grad, double k1, double k_eps, double k_wd, double k4) {

@@ -62,9 +62,11 @@ OPTFORGE_HD void optforge_adam_s0_elem(int64_t i, int64_t gi, const G* __restric
 
 extern "C" {
 void optforge_adam_s0_f32(int64_t n, const float* __restrict__ p_grad, float* __restrict__ p_weight, float* __restrict__ p_mean, float* __restrict__ p_var, double k_rescale_grad, double k_wd, double k2, double k_beta1, double k_beta2, double k_lr_t, double k_epsilon) {
-    #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
-    for (int64_t i = 0; i < n; ++i)
-        optforge_adam_s0_elem<float, float, float>(i, i, p_grad, p_weight, p_mean, p_var, nullptr, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k_beta1, (float)k_beta2, (float)k_lr_t, (float)k_epsilon);
+    if (true) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_adam_s0_elem<float, float, float>(i, i, p_grad, p_weight, p_mean, p_var, nullptr, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k_beta1, (float)k_beta2, (float)k_lr_t, (float)k_epsilon);
+    }
 }
 /* row-sparse: n = rows x cols gradient elements; gradient row r updates row rows[r] */
 void optforge_adam_s0_rows_f32(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const float* __restrict__ p_grad, float* __restrict__ p_weight, float* __restrict__ p_mean, float* __restrict__ p_var, double k_rescale_grad, double k_wd, double k2, double k_beta1, double k_beta2, double k_lr_t, double k_epsilon) {
@@ -80,9 +82,11 @@ void optforge_adam_s0_rows_f32(int64_t n, int64_t cols, const int64_t* __restric
     }
 }
 void optforge_adam_s0_f64(int64_t n, const double* __restrict__ p_grad, double* __restrict__ p_weight, double* __restrict__ p_mean, double* __restrict__ p_var, double k_rescale_grad, double k_wd, double k2, double k_beta1, double k_beta2, double k_lr_t, double k_epsilon) {
-    #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
-    for (int64_t i = 0; i < n; ++i)
-        optforge_adam_s0_elem<double, double, double>(i, i, p_grad, p_weight, p_mean, p_var, nullptr, (double)k_rescale_grad, (double)k_wd, (double)k2, (double)k_beta1, (double)k_beta2, (double)k_lr_t, (double)k_epsilon);
+    if (true) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_adam_s0_elem<double, double, double>(i, i, p_grad, p_weight, p_mean, p_var, nullptr, (double)k_rescale_grad, (double)k_wd, (double)k2, (double)k_beta1, (double)k_beta2, (double)k_lr_t, (double)k_epsilon);
+    }
 }
 /* row-sparse: n = rows x cols gradient elements; gradient row r updates row rows[r] */
 void optforge_adam_s0_rows_f64(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const double* __restrict__ p_grad, double* __restrict__ p_weight, double* __restrict__ p_mean, double* __restrict__ p_var, double k_rescale_grad, double k_wd, double k2, double k_beta1, double k_beta2, double k_lr_t, double k_epsilon) {

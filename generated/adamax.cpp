@@ -62,9 +62,11 @@ OPTFORGE_HD void optforge_adamax_s0_elem(int64_t i, int64_t gi, const G* __restr
 
 extern "C" {
 void optforge_adamax_s0_f32(int64_t n, const float* __restrict__ p_grad, float* __restrict__ p_weight, float* __restrict__ p_m, float* __restrict__ p_u, double k_rescale_grad, double k_wd, double k2, double k_beta1, double k_beta2, double k5) {
-    #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
-    for (int64_t i = 0; i < n; ++i)
-        optforge_adamax_s0_elem<float, float, float>(i, i, p_grad, p_weight, p_m, p_u, nullptr, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k_beta1, (float)k_beta2, (float)k5);
+    if (true) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_adamax_s0_elem<float, float, float>(i, i, p_grad, p_weight, p_m, p_u, nullptr, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k_beta1, (float)k_beta2, (float)k5);
+    }
 }
 /* row-sparse: n = rows x cols gradient elements; gradient row r updates row rows[r] */
 void optforge_adamax_s0_rows_f32(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const float* __restrict__ p_grad, float* __restrict__ p_weight, float* __restrict__ p_m, float* __restrict__ p_u, double k_rescale_grad, double k_wd, double k2, double k_beta1, double k_beta2, double k5) {
@@ -80,9 +82,11 @@ void optforge_adamax_s0_rows_f32(int64_t n, int64_t cols, const int64_t* __restr
     }
 }
 void optforge_adamax_s0_f64(int64_t n, const double* __restrict__ p_grad, double* __restrict__ p_weight, double* __restrict__ p_m, double* __restrict__ p_u, double k_rescale_grad, double k_wd, double k2, double k_beta1, double k_beta2, double k5) {
-    #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
-    for (int64_t i = 0; i < n; ++i)
-        optforge_adamax_s0_elem<double, double, double>(i, i, p_grad, p_weight, p_m, p_u, nullptr, (double)k_rescale_grad, (double)k_wd, (double)k2, (double)k_beta1, (double)k_beta2, (double)k5);
+    if (true) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_adamax_s0_elem<double, double, double>(i, i, p_grad, p_weight, p_m, p_u, nullptr, (double)k_rescale_grad, (double)k_wd, (double)k2, (double)k_beta1, (double)k_beta2, (double)k5);
+    }
 }
 /* row-sparse: n = rows x cols gradient elements; gradient row r updates row rows[r] */
 void optforge_adamax_s0_rows_f64(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const double* __restrict__ p_grad, double* __restrict__ p_weight, double* __restrict__ p_m, double* __restrict__ p_u, double k_rescale_grad, double k_wd, double k2, double k_beta1, double k_beta2, double k5) {

@@ -62,9 +62,11 @@ OPTFORGE_HD void optforge_ftrl_s0_elem(int64_t i, int64_t gi, const G* __restric
 
 extern "C" {
 void optforge_ftrl_s0_f32(int64_t n, const float* __restrict__ p_grad, float* __restrict__ p_z, float* __restrict__ p_n, float* __restrict__ p_weight, double k_rescale_grad, double k1, double k_lr, double k_lamda1, double k_beta, double k_wd) {
-    #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
-    for (int64_t i = 0; i < n; ++i)
-        optforge_ftrl_s0_elem<float, float, float>(i, i, p_grad, p_z, p_n, p_weight, nullptr, (float)k_rescale_grad, (float)k1, (float)k_lr, (float)k_lamda1, (float)k_beta, (float)k_wd);
+    if (true) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_ftrl_s0_elem<float, float, float>(i, i, p_grad, p_z, p_n, p_weight, nullptr, (float)k_rescale_grad, (float)k1, (float)k_lr, (float)k_lamda1, (float)k_beta, (float)k_wd);
+    }
 }
 /* row-sparse: n = rows x cols gradient elements; gradient row r updates row rows[r] */
 void optforge_ftrl_s0_rows_f32(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const float* __restrict__ p_grad, float* __restrict__ p_z, float* __restrict__ p_n, float* __restrict__ p_weight, double k_rescale_grad, double k1, double k_lr, double k_lamda1, double k_beta, double k_wd) {
@@ -80,9 +82,11 @@ void optforge_ftrl_s0_rows_f32(int64_t n, int64_t cols, const int64_t* __restric
     }
 }
 void optforge_ftrl_s0_f64(int64_t n, const double* __restrict__ p_grad, double* __restrict__ p_z, double* __restrict__ p_n, double* __restrict__ p_weight, double k_rescale_grad, double k1, double k_lr, double k_lamda1, double k_beta, double k_wd) {
-    #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
-    for (int64_t i = 0; i < n; ++i)
-        optforge_ftrl_s0_elem<double, double, double>(i, i, p_grad, p_z, p_n, p_weight, nullptr, (double)k_rescale_grad, (double)k1, (double)k_lr, (double)k_lamda1, (double)k_beta, (double)k_wd);
+    if (true) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_ftrl_s0_elem<double, double, double>(i, i, p_grad, p_z, p_n, p_weight, nullptr, (double)k_rescale_grad, (double)k1, (double)k_lr, (double)k_lamda1, (double)k_beta, (double)k_wd);
+    }
 }
 /* row-sparse: n = rows x cols gradient elements; gradient row r updates row rows[r] */
 void optforge_ftrl_s0_rows_f64(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const double* __restrict__ p_grad, double* __restrict__ p_z, double* __restrict__ p_n, double* __restrict__ p_weight, double k_rescale_grad, double k1, double k_lr, double k_lamda1, double k_beta, double k_wd) {

@@ -71,9 +71,11 @@ OPTFORGE_HD void optforge_lamb_s1_elem(int64_t i, int64_t gi, T* __restrict__ p_
 
 extern "C" {
 void optforge_lamb_s0_f32(int64_t n, const float* __restrict__ p_grad, float* __restrict__ p_mean, float* __restrict__ p_var, const float* __restrict__ p_weight, float* __restrict__ p_upd, double k_rescale_grad, double k1, double k_beta1, double k_beta2, double k_c1, double k_c2, double k_epsilon, double k_wd) {
-    #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
-    for (int64_t i = 0; i < n; ++i)
-        optforge_lamb_s0_elem<float, float, float>(i, i, p_grad, p_mean, p_var, p_weight, p_upd, nullptr, (float)k_rescale_grad, (float)k1, (float)k_beta1, (float)k_beta2, (float)k_c1, (float)k_c2, (float)k_epsilon, (float)k_wd);
+    if (true) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_lamb_s0_elem<float, float, float>(i, i, p_grad, p_mean, p_var, p_weight, p_upd, nullptr, (float)k_rescale_grad, (float)k1, (float)k_beta1, (float)k_beta2, (float)k_c1, (float)k_c2, (float)k_epsilon, (float)k_wd);
+    }
 }
 /* row-sparse: n = rows x cols gradient elements; gradient row r updates row rows[r] */
 void optforge_lamb_s0_rows_f32(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const float* __restrict__ p_grad, float* __restrict__ p_mean, float* __restrict__ p_var, const float* __restrict__ p_weight, float* __restrict__ p_upd, double k_rescale_grad, double k1, double k_beta1, double k_beta2, double k_c1, double k_c2, double k_epsilon, double k_wd) {
@@ -89,9 +91,11 @@ void optforge_lamb_s0_rows_f32(int64_t n, int64_t cols, const int64_t* __restric
     }
 }
 void optforge_lamb_s0_f64(int64_t n, const double* __restrict__ p_grad, double* __restrict__ p_mean, double* __restrict__ p_var, const double* __restrict__ p_weight, double* __restrict__ p_upd, double k_rescale_grad, double k1, double k_beta1, double k_beta2, double k_c1, double k_c2, double k_epsilon, double k_wd) {
-    #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
-    for (int64_t i = 0; i < n; ++i)
-        optforge_lamb_s0_elem<double, double, double>(i, i, p_grad, p_mean, p_var, p_weight, p_upd, nullptr, (double)k_rescale_grad, (double)k1, (double)k_beta1, (double)k_beta2, (double)k_c1, (double)k_c2, (double)k_epsilon, (double)k_wd);
+    if (true) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_lamb_s0_elem<double, double, double>(i, i, p_grad, p_mean, p_var, p_weight, p_upd, nullptr, (double)k_rescale_grad, (double)k1, (double)k_beta1, (double)k_beta2, (double)k_c1, (double)k_c2, (double)k_epsilon, (double)k_wd);
+    }
 }
 /* row-sparse: n = rows x cols gradient elements; gradient row r updates row rows[r] */
 void optforge_lamb_s0_rows_f64(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const double* __restrict__ p_grad, double* __restrict__ p_mean, double* __restrict__ p_var, const double* __restrict__ p_weight, double* __restrict__ p_upd, double k_rescale_grad, double k1, double k_beta1, double k_beta2, double k_c1, double k_c2, double k_epsilon, double k_wd) {
@@ -107,9 +111,11 @@ void optforge_lamb_s0_rows_f64(int64_t n, int64_t cols, const int64_t* __restric
     }
 }
 void optforge_lamb_s1_f32(int64_t n, float* __restrict__ p_weight, const float* __restrict__ p_upd, double k0) {
-    #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
-    for (int64_t i = 0; i < n; ++i)
-        optforge_lamb_s1_elem<float, float, float>(i, i, p_weight, p_upd, nullptr, (float)k0);
+    if (true) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_lamb_s1_elem<float, float, float>(i, i, p_weight, p_upd, nullptr, (float)k0);
+    }
 }
 /* row-sparse: n = rows x cols gradient elements; gradient row r updates row rows[r] */
 void optforge_lamb_s1_rows_f32(int64_t n, int64_t cols, const int64_t* __restrict__ rows, float* __restrict__ p_weight, const float* __restrict__ p_upd, double k0) {
@@ -125,9 +131,11 @@ void optforge_lamb_s1_rows_f32(int64_t n, int64_t cols, const int64_t* __restric
     }
 }
 void optforge_lamb_s1_f64(int64_t n, double* __restrict__ p_weight, const double* __restrict__ p_upd, double k0) {
-    #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
-    for (int64_t i = 0; i < n; ++i)
-        optforge_lamb_s1_elem<double, double, double>(i, i, p_weight, p_upd, nullptr, (double)k0);
+    if (true) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_lamb_s1_elem<double, double, double>(i, i, p_weight, p_upd, nullptr, (double)k0);
+    }
 }
 /* row-sparse: n = rows x cols gradient elements; gradient row r updates row rows[r] */
 void optforge_lamb_s1_rows_f64(int64_t n, int64_t cols, const int64_t* __restrict__ rows, double* __restrict__ p_weight, const double* __restrict__ p_upd, double k0) {

@@ -43,18 +43,18 @@ template <typename C> inline void store_low(float* p, int64_t i, C v) { p[i] = (
 
 /* stage s0: element i of the weight and states, element gi of the gradient and scratch
    (the same element for a dense update; for a row-sparse one, gi walks the gradient's rows) */
-template <typename T, typename G, typename C>
+template <typename T, typename G, typename C, int H0>
 OPTFORGE_HD void optforge_lbsgd_s0_elem(int64_t i, int64_t gi, T* __restrict__ p_cum_grad, const G* __restrict__ p_grad, float* __restrict__ p_weight_lp) {
-    C cum_grad = p_cum_grad ? C(p_cum_grad[i]) : C(0);
+    C cum_grad = (H0 == 1 || (H0 == 2 && p_cum_grad)) ? C(p_cum_grad[i]) : C(0);
     C grad = C(p_grad[gi]);
     cum_grad = cum_grad + grad;  // lbsgd.opt:38
-    if (p_cum_grad) p_cum_grad[i] = (T)(cum_grad);
+    if (H0 == 1 || (H0 == 2 && p_cum_grad)) p_cum_grad[i] = (T)(cum_grad);
 }
 /* stage s1: element i of the weight and states, element gi of the gradient and scratch
    (the same element for a dense update; for a row-sparse one, gi walks the gradient's rows) */
-template <typename T, typename G, typename C>
+template <typename T, typename G, typename C, int H0>
 OPTFORGE_HD void optforge_lbsgd_s1_elem(int64_t i, int64_t gi, const T* __restrict__ p_cum_grad, const G* __restrict__ p_grad, C* __restrict__ p_avg, float* __restrict__ p_weight_lp, const C k0, const C k_batch_scale) {
-    C cum_grad = p_cum_grad ? C(p_cum_grad[i]) : C(0);
+    C cum_grad = (H0 == 1 || (H0 == 2 && p_cum_grad)) ? C(p_cum_grad[i]) : C(0);
     C grad = C(p_grad[gi]);
     C avg;
     if (k0) {
@@ -66,10 +66,10 @@ OPTFORGE_HD void optforge_lbsgd_s1_elem(int64_t i, int64_t gi, const T* __restri
 }
 /* stage s2: element i of the weight and states, element gi of the gradient and scratch
    (the same element for a dense update; for a row-sparse one, gi walks the gradient's rows) */
-template <typename T, typename G, typename C>
+template <typename T, typename G, typename C, int H0, int H1>
 OPTFORGE_HD void optforge_lbsgd_s2_elem(int64_t i, int64_t gi, const C* __restrict__ p_avg, T* __restrict__ p_mom, T* __restrict__ p_weight, T* __restrict__ p_cum_grad, float* __restrict__ p_weight_lp, const C k_rescale_grad, const C k1, const C k2, const C k_momentum, const C k4, const C k_lr_t, const C k6, const C k7) {
     C avg = C(p_avg[gi]);
-    C mom = p_mom ? C(p_mom[i]) : C(0);
+    C mom = (H0 == 1 || (H0 == 2 && p_mom)) ? C(p_mom[i]) : C(0);
     C weight = C(p_weight[i]);
     C g, cum_grad;
     g = op_clip(k_rescale_grad * avg, k1);  // lbsgd.opt:63
@@ -82,17 +82,23 @@ OPTFORGE_HD void optforge_lbsgd_s2_elem(int64_t i, int64_t gi, const C* __restri
     if (k7) {
         cum_grad = C(0);  // lbsgd.opt:71
     }
-    if (p_mom) p_mom[i] = (T)(mom);
+    if (H0 == 1 || (H0 == 2 && p_mom)) p_mom[i] = (T)(mom);
     p_weight[i] = (T)(weight);
-    if (p_cum_grad) p_cum_grad[i] = (T)(cum_grad);
+    if (H1 == 1 || (H1 == 2 && p_cum_grad)) p_cum_grad[i] = (T)(cum_grad);
     if (p_weight_lp) store_low(p_weight_lp, i, weight);
 }
 
 extern "C" {
 void optforge_lbsgd_s0_f32(int64_t n, float* __restrict__ p_cum_grad, const float* __restrict__ p_grad) {
-    #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
-    for (int64_t i = 0; i < n; ++i)
-        optforge_lbsgd_s0_elem<float, float, float>(i, i, p_cum_grad, p_grad, nullptr);
+    if (p_cum_grad) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_lbsgd_s0_elem<float, float, float, 1>(i, i, p_cum_grad, p_grad, nullptr);
+    } else if (!p_cum_grad) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_lbsgd_s0_elem<float, float, float, 0>(i, i, p_cum_grad, p_grad, nullptr);
+    }
 }
 /* row-sparse: n = rows x cols gradient elements; gradient row r updates row rows[r] */
 void optforge_lbsgd_s0_rows_f32(int64_t n, int64_t cols, const int64_t* __restrict__ rows, float* __restrict__ p_cum_grad, const float* __restrict__ p_grad) {
@@ -104,13 +110,19 @@ void optforge_lbsgd_s0_rows_f32(int64_t n, int64_t cols, const int64_t* __restri
         const int64_t base = rows[r] * cols, gbase = r * cols;
         #pragma omp simd
         for (int64_t c = 0; c < cols; ++c)
-            optforge_lbsgd_s0_elem<float, float, float>(base + c, gbase + c, p_cum_grad, p_grad, nullptr);
+            optforge_lbsgd_s0_elem<float, float, float, 2>(base + c, gbase + c, p_cum_grad, p_grad, nullptr);
     }
 }
 void optforge_lbsgd_s0_f64(int64_t n, double* __restrict__ p_cum_grad, const double* __restrict__ p_grad) {
-    #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
-    for (int64_t i = 0; i < n; ++i)
-        optforge_lbsgd_s0_elem<double, double, double>(i, i, p_cum_grad, p_grad, nullptr);
+    if (p_cum_grad) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_lbsgd_s0_elem<double, double, double, 1>(i, i, p_cum_grad, p_grad, nullptr);
+    } else if (!p_cum_grad) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_lbsgd_s0_elem<double, double, double, 0>(i, i, p_cum_grad, p_grad, nullptr);
+    }
 }
 /* row-sparse: n = rows x cols gradient elements; gradient row r updates row rows[r] */
 void optforge_lbsgd_s0_rows_f64(int64_t n, int64_t cols, const int64_t* __restrict__ rows, double* __restrict__ p_cum_grad, const double* __restrict__ p_grad) {
@@ -122,13 +134,19 @@ void optforge_lbsgd_s0_rows_f64(int64_t n, int64_t cols, const int64_t* __restri
         const int64_t base = rows[r] * cols, gbase = r * cols;
         #pragma omp simd
         for (int64_t c = 0; c < cols; ++c)
-            optforge_lbsgd_s0_elem<double, double, double>(base + c, gbase + c, p_cum_grad, p_grad, nullptr);
+            optforge_lbsgd_s0_elem<double, double, double, 2>(base + c, gbase + c, p_cum_grad, p_grad, nullptr);
     }
 }
 void optforge_lbsgd_s1_f32(int64_t n, const float* __restrict__ p_cum_grad, const float* __restrict__ p_grad, float* __restrict__ p_avg, double k0, double k_batch_scale) {
-    #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
-    for (int64_t i = 0; i < n; ++i)
-        optforge_lbsgd_s1_elem<float, float, float>(i, i, p_cum_grad, p_grad, p_avg, nullptr, (float)k0, (float)k_batch_scale);
+    if (p_cum_grad) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_lbsgd_s1_elem<float, float, float, 1>(i, i, p_cum_grad, p_grad, p_avg, nullptr, (float)k0, (float)k_batch_scale);
+    } else if (!p_cum_grad) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_lbsgd_s1_elem<float, float, float, 0>(i, i, p_cum_grad, p_grad, p_avg, nullptr, (float)k0, (float)k_batch_scale);
+    }
 }
 /* row-sparse: n = rows x cols gradient elements; gradient row r updates row rows[r] */
 void optforge_lbsgd_s1_rows_f32(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const float* __restrict__ p_cum_grad, const float* __restrict__ p_grad, float* __restrict__ p_avg, double k0, double k_batch_scale) {
@@ -140,13 +158,19 @@ void optforge_lbsgd_s1_rows_f32(int64_t n, int64_t cols, const int64_t* __restri
         const int64_t base = rows[r] * cols, gbase = r * cols;
         #pragma omp simd
         for (int64_t c = 0; c < cols; ++c)
-            optforge_lbsgd_s1_elem<float, float, float>(base + c, gbase + c, p_cum_grad, p_grad, p_avg, nullptr, (float)k0, (float)k_batch_scale);
+            optforge_lbsgd_s1_elem<float, float, float, 2>(base + c, gbase + c, p_cum_grad, p_grad, p_avg, nullptr, (float)k0, (float)k_batch_scale);
     }
 }
 void optforge_lbsgd_s1_f64(int64_t n, const double* __restrict__ p_cum_grad, const double* __restrict__ p_grad, double* __restrict__ p_avg, double k0, double k_batch_scale) {
-    #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
-    for (int64_t i = 0; i < n; ++i)
-        optforge_lbsgd_s1_elem<double, double, double>(i, i, p_cum_grad, p_grad, p_avg, nullptr, (double)k0, (double)k_batch_scale);
+    if (p_cum_grad) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_lbsgd_s1_elem<double, double, double, 1>(i, i, p_cum_grad, p_grad, p_avg, nullptr, (double)k0, (double)k_batch_scale);
+    } else if (!p_cum_grad) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_lbsgd_s1_elem<double, double, double, 0>(i, i, p_cum_grad, p_grad, p_avg, nullptr, (double)k0, (double)k_batch_scale);
+    }
 }
 /* row-sparse: n = rows x cols gradient elements; gradient row r updates row rows[r] */
 void optforge_lbsgd_s1_rows_f64(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const double* __restrict__ p_cum_grad, const double* __restrict__ p_grad, double* __restrict__ p_avg, double k0, double k_batch_scale) {
@@ -158,13 +182,27 @@ void optforge_lbsgd_s1_rows_f64(int64_t n, int64_t cols, const int64_t* __restri
         const int64_t base = rows[r] * cols, gbase = r * cols;
         #pragma omp simd
         for (int64_t c = 0; c < cols; ++c)
-            optforge_lbsgd_s1_elem<double, double, double>(base + c, gbase + c, p_cum_grad, p_grad, p_avg, nullptr, (double)k0, (double)k_batch_scale);
+            optforge_lbsgd_s1_elem<double, double, double, 2>(base + c, gbase + c, p_cum_grad, p_grad, p_avg, nullptr, (double)k0, (double)k_batch_scale);
     }
 }
 void optforge_lbsgd_s2_f32(int64_t n, const float* __restrict__ p_avg, float* __restrict__ p_mom, float* __restrict__ p_weight, float* __restrict__ p_cum_grad, double k_rescale_grad, double k1, double k2, double k_momentum, double k4, double k_lr_t, double k6, double k7) {
-    #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
-    for (int64_t i = 0; i < n; ++i)
-        optforge_lbsgd_s2_elem<float, float, float>(i, i, p_avg, p_mom, p_weight, p_cum_grad, nullptr, (float)k_rescale_grad, (float)k1, (float)k2, (float)k_momentum, (float)k4, (float)k_lr_t, (float)k6, (float)k7);
+    if (p_mom && p_cum_grad) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_lbsgd_s2_elem<float, float, float, 1, 1>(i, i, p_avg, p_mom, p_weight, p_cum_grad, nullptr, (float)k_rescale_grad, (float)k1, (float)k2, (float)k_momentum, (float)k4, (float)k_lr_t, (float)k6, (float)k7);
+    } else if (p_mom && !p_cum_grad) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_lbsgd_s2_elem<float, float, float, 1, 0>(i, i, p_avg, p_mom, p_weight, p_cum_grad, nullptr, (float)k_rescale_grad, (float)k1, (float)k2, (float)k_momentum, (float)k4, (float)k_lr_t, (float)k6, (float)k7);
+    } else if (!p_mom && p_cum_grad) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_lbsgd_s2_elem<float, float, float, 0, 1>(i, i, p_avg, p_mom, p_weight, p_cum_grad, nullptr, (float)k_rescale_grad, (float)k1, (float)k2, (float)k_momentum, (float)k4, (float)k_lr_t, (float)k6, (float)k7);
+    } else if (!p_mom && !p_cum_grad) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_lbsgd_s2_elem<float, float, float, 0, 0>(i, i, p_avg, p_mom, p_weight, p_cum_grad, nullptr, (float)k_rescale_grad, (float)k1, (float)k2, (float)k_momentum, (float)k4, (float)k_lr_t, (float)k6, (float)k7);
+    }
 }
 /* row-sparse: n = rows x cols gradient elements; gradient row r updates row rows[r] */
 void optforge_lbsgd_s2_rows_f32(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const float* __restrict__ p_avg, float* __restrict__ p_mom, float* __restrict__ p_weight, float* __restrict__ p_cum_grad, double k_rescale_grad, double k1, double k2, double k_momentum, double k4, double k_lr_t, double k6, double k7) {
@@ -176,13 +214,27 @@ void optforge_lbsgd_s2_rows_f32(int64_t n, int64_t cols, const int64_t* __restri
         const int64_t base = rows[r] * cols, gbase = r * cols;
         #pragma omp simd
         for (int64_t c = 0; c < cols; ++c)
-            optforge_lbsgd_s2_elem<float, float, float>(base + c, gbase + c, p_avg, p_mom, p_weight, p_cum_grad, nullptr, (float)k_rescale_grad, (float)k1, (float)k2, (float)k_momentum, (float)k4, (float)k_lr_t, (float)k6, (float)k7);
+            optforge_lbsgd_s2_elem<float, float, float, 2, 2>(base + c, gbase + c, p_avg, p_mom, p_weight, p_cum_grad, nullptr, (float)k_rescale_grad, (float)k1, (float)k2, (float)k_momentum, (float)k4, (float)k_lr_t, (float)k6, (float)k7);
     }
 }
 void optforge_lbsgd_s2_f64(int64_t n, const double* __restrict__ p_avg, double* __restrict__ p_mom, double* __restrict__ p_weight, double* __restrict__ p_cum_grad, double k_rescale_grad, double k1, double k2, double k_momentum, double k4, double k_lr_t, double k6, double k7) {
-    #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
-    for (int64_t i = 0; i < n; ++i)
-        optforge_lbsgd_s2_elem<double, double, double>(i, i, p_avg, p_mom, p_weight, p_cum_grad, nullptr, (double)k_rescale_grad, (double)k1, (double)k2, (double)k_momentum, (double)k4, (double)k_lr_t, (double)k6, (double)k7);
+    if (p_mom && p_cum_grad) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_lbsgd_s2_elem<double, double, double, 1, 1>(i, i, p_avg, p_mom, p_weight, p_cum_grad, nullptr, (double)k_rescale_grad, (double)k1, (double)k2, (double)k_momentum, (double)k4, (double)k_lr_t, (double)k6, (double)k7);
+    } else if (p_mom && !p_cum_grad) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_lbsgd_s2_elem<double, double, double, 1, 0>(i, i, p_avg, p_mom, p_weight, p_cum_grad, nullptr, (double)k_rescale_grad, (double)k1, (double)k2, (double)k_momentum, (double)k4, (double)k_lr_t, (double)k6, (double)k7);
+    } else if (!p_mom && p_cum_grad) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_lbsgd_s2_elem<double, double, double, 0, 1>(i, i, p_avg, p_mom, p_weight, p_cum_grad, nullptr, (double)k_rescale_grad, (double)k1, (double)k2, (double)k_momentum, (double)k4, (double)k_lr_t, (double)k6, (double)k7);
+    } else if (!p_mom && !p_cum_grad) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_lbsgd_s2_elem<double, double, double, 0, 0>(i, i, p_avg, p_mom, p_weight, p_cum_grad, nullptr, (double)k_rescale_grad, (double)k1, (double)k2, (double)k_momentum, (double)k4, (double)k_lr_t, (double)k6, (double)k7);
+    }
 }
 /* row-sparse: n = rows x cols gradient elements; gradient row r updates row rows[r] */
 void optforge_lbsgd_s2_rows_f64(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const double* __restrict__ p_avg, double* __restrict__ p_mom, double* __restrict__ p_weight, double* __restrict__ p_cum_grad, double k_rescale_grad, double k1, double k2, double k_momentum, double k4, double k_lr_t, double k6, double k7) {
@@ -194,7 +246,7 @@ void optforge_lbsgd_s2_rows_f64(int64_t n, int64_t cols, const int64_t* __restri
         const int64_t base = rows[r] * cols, gbase = r * cols;
         #pragma omp simd
         for (int64_t c = 0; c < cols; ++c)
-            optforge_lbsgd_s2_elem<double, double, double>(base + c, gbase + c, p_avg, p_mom, p_weight, p_cum_grad, nullptr, (double)k_rescale_grad, (double)k1, (double)k2, (double)k_momentum, (double)k4, (double)k_lr_t, (double)k6, (double)k7);
+            optforge_lbsgd_s2_elem<double, double, double, 2, 2>(base + c, gbase + c, p_avg, p_mom, p_weight, p_cum_grad, nullptr, (double)k_rescale_grad, (double)k1, (double)k2, (double)k_momentum, (double)k4, (double)k_lr_t, (double)k6, (double)k7);
     }
 }
 }

@@ -45,18 +45,18 @@ template <typename C> OPTFORGE_HD void store_low(float* p, int64_t i, C v) {
 
 /* stage s0: element i of the weight and states, element gi of the gradient and scratch
    (the same element for a dense update; for a row-sparse one, gi walks the gradient's rows) */
-template <typename T, typename G, typename C>
+template <typename T, typename G, typename C, int H0>
 OPTFORGE_HD void optforge_lbsgd_s0_elem(int64_t i, int64_t gi, T* __restrict__ p_cum_grad, const G* __restrict__ p_grad, float* __restrict__ p_weight_lp) {
-    C cum_grad = p_cum_grad ? C(p_cum_grad[i]) : C(0);
+    C cum_grad = (H0 == 1 || (H0 == 2 && p_cum_grad)) ? C(p_cum_grad[i]) : C(0);
     C grad = C(p_grad[gi]);
     cum_grad = cum_grad + grad;  // lbsgd.opt:38
-    if (p_cum_grad) p_cum_grad[i] = (T)(cum_grad);
+    if (H0 == 1 || (H0 == 2 && p_cum_grad)) p_cum_grad[i] = (T)(cum_grad);
 }
 /* stage s1: element i of the weight and states, element gi of the gradient and scratch
    (the same element for a dense update; for a row-sparse one, gi walks the gradient's rows) */
-template <typename T, typename G, typename C>
+template <typename T, typename G, typename C, int H0>
 OPTFORGE_HD void optforge_lbsgd_s1_elem(int64_t i, int64_t gi, const T* __restrict__ p_cum_grad, const G* __restrict__ p_grad, C* __restrict__ p_avg, float* __restrict__ p_weight_lp, const C k0, const C k_batch_scale) {
-    C cum_grad = p_cum_grad ? C(p_cum_grad[i]) : C(0);
+    C cum_grad = (H0 == 1 || (H0 == 2 && p_cum_grad)) ? C(p_cum_grad[i]) : C(0);
     C grad = C(p_grad[gi]);
     C avg;
     if (k0) {
@@ -68,10 +68,10 @@ OPTFORGE_HD void optforge_lbsgd_s1_elem(int64_t i, int64_t gi, const T* __restri
 }
 /* stage s2: element i of the weight and states, element gi of the gradient and scratch
    (the same element for a dense update; for a row-sparse one, gi walks the gradient's rows) */
-template <typename T, typename G, typename C>
+template <typename T, typename G, typename C, int H0, int H1>
 OPTFORGE_HD void optforge_lbsgd_s2_elem(int64_t i, int64_t gi, const C* __restrict__ p_avg, T* __restrict__ p_mom, T* __restrict__ p_weight, T* __restrict__ p_cum_grad, float* __restrict__ p_weight_lp, const C k_rescale_grad, const C k1, const C k2, const C k_momentum, const C k4, const C k_lr_t, const C k6, const C k7) {
     C avg = C(p_avg[gi]);
-    C mom = p_mom ? C(p_mom[i]) : C(0);
+    C mom = (H0 == 1 || (H0 == 2 && p_mom)) ? C(p_mom[i]) : C(0);
     C weight = C(p_weight[i]);
     C g, cum_grad;
     g = op_clip(k_rescale_grad * avg, k1);  // lbsgd.opt:63
@@ -84,21 +84,21 @@ OPTFORGE_HD void optforge_lbsgd_s2_elem(int64_t i, int64_t gi, const C* __restri
     if (k7) {
         cum_grad = C(0);  // lbsgd.opt:71
     }
-    if (p_mom) p_mom[i] = (T)(mom);
+    if (H0 == 1 || (H0 == 2 && p_mom)) p_mom[i] = (T)(mom);
     p_weight[i] = (T)(weight);
-    if (p_cum_grad) p_cum_grad[i] = (T)(cum_grad);
+    if (H1 == 1 || (H1 == 2 && p_cum_grad)) p_cum_grad[i] = (T)(cum_grad);
     if (p_weight_lp) store_low(p_weight_lp, i, weight);
 }
 
 extern "C" {
 __global__ void optforge_lbsgd_s0_f32(int64_t n, float* __restrict__ p_cum_grad, const float* __restrict__ p_grad, float* __restrict__ p_weight_lp) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_lbsgd_s0_elem<float, float, float>(i, i, p_cum_grad, p_grad, p_weight_lp);
+        optforge_lbsgd_s0_elem<float, float, float, 2>(i, i, p_cum_grad, p_grad, p_weight_lp);
 }
 /* row-sparse, parallel over gradient elements (not rows): element j updates row rows[j / cols] */
 __global__ void optforge_lbsgd_s0_rows_f32(int64_t n, int64_t cols, const int64_t* __restrict__ rows, float* __restrict__ p_cum_grad, const float* __restrict__ p_grad, float* __restrict__ p_weight_lp) {
     for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
-        optforge_lbsgd_s0_elem<float, float, float>(rows[j / cols] * cols + j % cols, j, p_cum_grad, p_grad, p_weight_lp);
+        optforge_lbsgd_s0_elem<float, float, float, 2>(rows[j / cols] * cols + j % cols, j, p_cum_grad, p_grad, p_weight_lp);
 }
 /* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
    pointers, sizes and 0 scalar(s) per parameter, as Apex's multi_tensor_apply */
@@ -106,16 +106,16 @@ __global__ void optforge_lbsgd_s0_mt_f32(const int64_t* __restrict__ sizes, floa
     const int64_t t = blockIdx.y, n = sizes[t];
     const double* s = scalars + t * 1;
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_lbsgd_s0_elem<float, float, float>(i, i, tab_cum_grad[t], tab_grad[t], tab_weight_lp[t]);
+        optforge_lbsgd_s0_elem<float, float, float, 2>(i, i, tab_cum_grad[t], tab_grad[t], tab_weight_lp[t]);
 }
 __global__ void optforge_lbsgd_s0_f64(int64_t n, double* __restrict__ p_cum_grad, const double* __restrict__ p_grad, float* __restrict__ p_weight_lp) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_lbsgd_s0_elem<double, double, double>(i, i, p_cum_grad, p_grad, p_weight_lp);
+        optforge_lbsgd_s0_elem<double, double, double, 2>(i, i, p_cum_grad, p_grad, p_weight_lp);
 }
 /* row-sparse, parallel over gradient elements (not rows): element j updates row rows[j / cols] */
 __global__ void optforge_lbsgd_s0_rows_f64(int64_t n, int64_t cols, const int64_t* __restrict__ rows, double* __restrict__ p_cum_grad, const double* __restrict__ p_grad, float* __restrict__ p_weight_lp) {
     for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
-        optforge_lbsgd_s0_elem<double, double, double>(rows[j / cols] * cols + j % cols, j, p_cum_grad, p_grad, p_weight_lp);
+        optforge_lbsgd_s0_elem<double, double, double, 2>(rows[j / cols] * cols + j % cols, j, p_cum_grad, p_grad, p_weight_lp);
 }
 /* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
    pointers, sizes and 0 scalar(s) per parameter, as Apex's multi_tensor_apply */
@@ -123,16 +123,16 @@ __global__ void optforge_lbsgd_s0_mt_f64(const int64_t* __restrict__ sizes, doub
     const int64_t t = blockIdx.y, n = sizes[t];
     const double* s = scalars + t * 1;
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_lbsgd_s0_elem<double, double, double>(i, i, tab_cum_grad[t], tab_grad[t], tab_weight_lp[t]);
+        optforge_lbsgd_s0_elem<double, double, double, 2>(i, i, tab_cum_grad[t], tab_grad[t], tab_weight_lp[t]);
 }
 __global__ void optforge_lbsgd_s0_f16(int64_t n, __half* __restrict__ p_cum_grad, const __half* __restrict__ p_grad, float* __restrict__ p_weight_lp) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_lbsgd_s0_elem<__half, __half, float>(i, i, p_cum_grad, p_grad, p_weight_lp);
+        optforge_lbsgd_s0_elem<__half, __half, float, 2>(i, i, p_cum_grad, p_grad, p_weight_lp);
 }
 /* row-sparse, parallel over gradient elements (not rows): element j updates row rows[j / cols] */
 __global__ void optforge_lbsgd_s0_rows_f16(int64_t n, int64_t cols, const int64_t* __restrict__ rows, __half* __restrict__ p_cum_grad, const __half* __restrict__ p_grad, float* __restrict__ p_weight_lp) {
     for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
-        optforge_lbsgd_s0_elem<__half, __half, float>(rows[j / cols] * cols + j % cols, j, p_cum_grad, p_grad, p_weight_lp);
+        optforge_lbsgd_s0_elem<__half, __half, float, 2>(rows[j / cols] * cols + j % cols, j, p_cum_grad, p_grad, p_weight_lp);
 }
 /* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
    pointers, sizes and 0 scalar(s) per parameter, as Apex's multi_tensor_apply */
@@ -140,16 +140,16 @@ __global__ void optforge_lbsgd_s0_mt_f16(const int64_t* __restrict__ sizes, __ha
     const int64_t t = blockIdx.y, n = sizes[t];
     const double* s = scalars + t * 1;
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_lbsgd_s0_elem<__half, __half, float>(i, i, tab_cum_grad[t], tab_grad[t], tab_weight_lp[t]);
+        optforge_lbsgd_s0_elem<__half, __half, float, 2>(i, i, tab_cum_grad[t], tab_grad[t], tab_weight_lp[t]);
 }
 __global__ void optforge_lbsgd_s0_mp16(int64_t n, float* __restrict__ p_cum_grad, const __half* __restrict__ p_grad, float* __restrict__ p_weight_lp) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_lbsgd_s0_elem<float, __half, float>(i, i, p_cum_grad, p_grad, p_weight_lp);
+        optforge_lbsgd_s0_elem<float, __half, float, 2>(i, i, p_cum_grad, p_grad, p_weight_lp);
 }
 /* row-sparse, parallel over gradient elements (not rows): element j updates row rows[j / cols] */
 __global__ void optforge_lbsgd_s0_rows_mp16(int64_t n, int64_t cols, const int64_t* __restrict__ rows, float* __restrict__ p_cum_grad, const __half* __restrict__ p_grad, float* __restrict__ p_weight_lp) {
     for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
-        optforge_lbsgd_s0_elem<float, __half, float>(rows[j / cols] * cols + j % cols, j, p_cum_grad, p_grad, p_weight_lp);
+        optforge_lbsgd_s0_elem<float, __half, float, 2>(rows[j / cols] * cols + j % cols, j, p_cum_grad, p_grad, p_weight_lp);
 }
 /* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
    pointers, sizes and 0 scalar(s) per parameter, as Apex's multi_tensor_apply */
@@ -157,16 +157,16 @@ __global__ void optforge_lbsgd_s0_mt_mp16(const int64_t* __restrict__ sizes, flo
     const int64_t t = blockIdx.y, n = sizes[t];
     const double* s = scalars + t * 1;
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_lbsgd_s0_elem<float, __half, float>(i, i, tab_cum_grad[t], tab_grad[t], tab_weight_lp[t]);
+        optforge_lbsgd_s0_elem<float, __half, float, 2>(i, i, tab_cum_grad[t], tab_grad[t], tab_weight_lp[t]);
 }
 __global__ void optforge_lbsgd_s1_f32(int64_t n, const float* __restrict__ p_cum_grad, const float* __restrict__ p_grad, float* __restrict__ p_avg, float* __restrict__ p_weight_lp, double k0, double k_batch_scale) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_lbsgd_s1_elem<float, float, float>(i, i, p_cum_grad, p_grad, p_avg, p_weight_lp, (float)k0, (float)k_batch_scale);
+        optforge_lbsgd_s1_elem<float, float, float, 2>(i, i, p_cum_grad, p_grad, p_avg, p_weight_lp, (float)k0, (float)k_batch_scale);
 }
 /* row-sparse, parallel over gradient elements (not rows): element j updates row rows[j / cols] */
 __global__ void optforge_lbsgd_s1_rows_f32(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const float* __restrict__ p_cum_grad, const float* __restrict__ p_grad, float* __restrict__ p_avg, float* __restrict__ p_weight_lp, double k0, double k_batch_scale) {
     for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
-        optforge_lbsgd_s1_elem<float, float, float>(rows[j / cols] * cols + j % cols, j, p_cum_grad, p_grad, p_avg, p_weight_lp, (float)k0, (float)k_batch_scale);
+        optforge_lbsgd_s1_elem<float, float, float, 2>(rows[j / cols] * cols + j % cols, j, p_cum_grad, p_grad, p_avg, p_weight_lp, (float)k0, (float)k_batch_scale);
 }
 /* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
    pointers, sizes and 2 scalar(s) per parameter, as Apex's multi_tensor_apply */
@@ -174,16 +174,16 @@ __global__ void optforge_lbsgd_s1_mt_f32(const int64_t* __restrict__ sizes, floa
     const int64_t t = blockIdx.y, n = sizes[t];
     const double* s = scalars + t * 2;
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_lbsgd_s1_elem<float, float, float>(i, i, tab_cum_grad[t], tab_grad[t], tab_avg[t], tab_weight_lp[t], (float)s[0], (float)s[1]);
+        optforge_lbsgd_s1_elem<float, float, float, 2>(i, i, tab_cum_grad[t], tab_grad[t], tab_avg[t], tab_weight_lp[t], (float)s[0], (float)s[1]);
 }
 __global__ void optforge_lbsgd_s1_f64(int64_t n, const double* __restrict__ p_cum_grad, const double* __restrict__ p_grad, double* __restrict__ p_avg, float* __restrict__ p_weight_lp, double k0, double k_batch_scale) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_lbsgd_s1_elem<double, double, double>(i, i, p_cum_grad, p_grad, p_avg, p_weight_lp, (double)k0, (double)k_batch_scale);
+        optforge_lbsgd_s1_elem<double, double, double, 2>(i, i, p_cum_grad, p_grad, p_avg, p_weight_lp, (double)k0, (double)k_batch_scale);
 }
 /* row-sparse, parallel over gradient elements (not rows): element j updates row rows[j / cols] */
 __global__ void optforge_lbsgd_s1_rows_f64(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const double* __restrict__ p_cum_grad, const double* __restrict__ p_grad, double* __restrict__ p_avg, float* __restrict__ p_weight_lp, double k0, double k_batch_scale) {
     for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
-        optforge_lbsgd_s1_elem<double, double, double>(rows[j / cols] * cols + j % cols, j, p_cum_grad, p_grad, p_avg, p_weight_lp, (double)k0, (double)k_batch_scale);
+        optforge_lbsgd_s1_elem<double, double, double, 2>(rows[j / cols] * cols + j % cols, j, p_cum_grad, p_grad, p_avg, p_weight_lp, (double)k0, (double)k_batch_scale);
 }
 /* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
    pointers, sizes and 2 scalar(s) per parameter, as Apex's multi_tensor_apply */
@@ -191,16 +191,16 @@ __global__ void optforge_lbsgd_s1_mt_f64(const int64_t* __restrict__ sizes, doub
     const int64_t t = blockIdx.y, n = sizes[t];
     const double* s = scalars + t * 2;
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_lbsgd_s1_elem<double, double, double>(i, i, tab_cum_grad[t], tab_grad[t], tab_avg[t], tab_weight_lp[t], (double)s[0], (double)s[1]);
+        optforge_lbsgd_s1_elem<double, double, double, 2>(i, i, tab_cum_grad[t], tab_grad[t], tab_avg[t], tab_weight_lp[t], (double)s[0], (double)s[1]);
 }
 __global__ void optforge_lbsgd_s1_f16(int64_t n, const __half* __restrict__ p_cum_grad, const __half* __restrict__ p_grad, float* __restrict__ p_avg, float* __restrict__ p_weight_lp, double k0, double k_batch_scale) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_lbsgd_s1_elem<__half, __half, float>(i, i, p_cum_grad, p_grad, p_avg, p_weight_lp, (float)k0, (float)k_batch_scale);
+        optforge_lbsgd_s1_elem<__half, __half, float, 2>(i, i, p_cum_grad, p_grad, p_avg, p_weight_lp, (float)k0, (float)k_batch_scale);
 }
 /* row-sparse, parallel over gradient elements (not rows): element j updates row rows[j / cols] */
 __global__ void optforge_lbsgd_s1_rows_f16(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const __half* __restrict__ p_cum_grad, const __half* __restrict__ p_grad, float* __restrict__ p_avg, float* __restrict__ p_weight_lp, double k0, double k_batch_scale) {
     for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
-        optforge_lbsgd_s1_elem<__half, __half, float>(rows[j / cols] * cols + j % cols, j, p_cum_grad, p_grad, p_avg, p_weight_lp, (float)k0, (float)k_batch_scale);
+        optforge_lbsgd_s1_elem<__half, __half, float, 2>(rows[j / cols] * cols + j % cols, j, p_cum_grad, p_grad, p_avg, p_weight_lp, (float)k0, (float)k_batch_scale);
 }
 /* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
    pointers, sizes and 2 scalar(s) per parameter, as Apex's multi_tensor_apply */
@@ -208,16 +208,16 @@ __global__ void optforge_lbsgd_s1_mt_f16(const int64_t* __restrict__ sizes, __ha
     const int64_t t = blockIdx.y, n = sizes[t];
     const double* s = scalars + t * 2;
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_lbsgd_s1_elem<__half, __half, float>(i, i, tab_cum_grad[t], tab_grad[t], tab_avg[t], tab_weight_lp[t], (float)s[0], (float)s[1]);
+        optforge_lbsgd_s1_elem<__half, __half, float, 2>(i, i, tab_cum_grad[t], tab_grad[t], tab_avg[t], tab_weight_lp[t], (float)s[0], (float)s[1]);
 }
 __global__ void optforge_lbsgd_s1_mp16(int64_t n, const float* __restrict__ p_cum_grad, const __half* __restrict__ p_grad, float* __restrict__ p_avg, float* __restrict__ p_weight_lp, double k0, double k_batch_scale) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_lbsgd_s1_elem<float, __half, float>(i, i, p_cum_grad, p_grad, p_avg, p_weight_lp, (float)k0, (float)k_batch_scale);
+        optforge_lbsgd_s1_elem<float, __half, float, 2>(i, i, p_cum_grad, p_grad, p_avg, p_weight_lp, (float)k0, (float)k_batch_scale);
 }
 /* row-sparse, parallel over gradient elements (not rows): element j updates row rows[j / cols] */
 __global__ void optforge_lbsgd_s1_rows_mp16(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const float* __restrict__ p_cum_grad, const __half* __restrict__ p_grad, float* __restrict__ p_avg, float* __restrict__ p_weight_lp, double k0, double k_batch_scale) {
     for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
-        optforge_lbsgd_s1_elem<float, __half, float>(rows[j / cols] * cols + j % cols, j, p_cum_grad, p_grad, p_avg, p_weight_lp, (float)k0, (float)k_batch_scale);
+        optforge_lbsgd_s1_elem<float, __half, float, 2>(rows[j / cols] * cols + j % cols, j, p_cum_grad, p_grad, p_avg, p_weight_lp, (float)k0, (float)k_batch_scale);
 }
 /* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
    pointers, sizes and 2 scalar(s) per parameter, as Apex's multi_tensor_apply */
@@ -225,16 +225,16 @@ __global__ void optforge_lbsgd_s1_mt_mp16(const int64_t* __restrict__ sizes, flo
     const int64_t t = blockIdx.y, n = sizes[t];
     const double* s = scalars + t * 2;
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_lbsgd_s1_elem<float, __half, float>(i, i, tab_cum_grad[t], tab_grad[t], tab_avg[t], tab_weight_lp[t], (float)s[0], (float)s[1]);
+        optforge_lbsgd_s1_elem<float, __half, float, 2>(i, i, tab_cum_grad[t], tab_grad[t], tab_avg[t], tab_weight_lp[t], (float)s[0], (float)s[1]);
 }
 __global__ void optforge_lbsgd_s2_f32(int64_t n, const float* __restrict__ p_avg, float* __restrict__ p_mom, float* __restrict__ p_weight, float* __restrict__ p_cum_grad, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k2, double k_momentum, double k4, double k_lr_t, double k6, double k7) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_lbsgd_s2_elem<float, float, float>(i, i, p_avg, p_mom, p_weight, p_cum_grad, p_weight_lp, (float)k_rescale_grad, (float)k1, (float)k2, (float)k_momentum, (float)k4, (float)k_lr_t, (float)k6, (float)k7);
+        optforge_lbsgd_s2_elem<float, float, float, 2, 2>(i, i, p_avg, p_mom, p_weight, p_cum_grad, p_weight_lp, (float)k_rescale_grad, (float)k1, (float)k2, (float)k_momentum, (float)k4, (float)k_lr_t, (float)k6, (float)k7);
 }
 /* row-sparse, parallel over gradient elements (not rows): element j updates row rows[j / cols] */
 __global__ void optforge_lbsgd_s2_rows_f32(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const float* __restrict__ p_avg, float* __restrict__ p_mom, float* __restrict__ p_weight, float* __restrict__ p_cum_grad, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k2, double k_momentum, double k4, double k_lr_t, double k6, double k7) {
     for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
-        optforge_lbsgd_s2_elem<float, float, float>(rows[j / cols] * cols + j % cols, j, p_avg, p_mom, p_weight, p_cum_grad, p_weight_lp, (float)k_rescale_grad, (float)k1, (float)k2, (float)k_momentum, (float)k4, (float)k_lr_t, (float)k6, (float)k7);
+        optforge_lbsgd_s2_elem<float, float, float, 2, 2>(rows[j / cols] * cols + j % cols, j, p_avg, p_mom, p_weight, p_cum_grad, p_weight_lp, (float)k_rescale_grad, (float)k1, (float)k2, (float)k_momentum, (float)k4, (float)k_lr_t, (float)k6, (float)k7);
 }
 /* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
    pointers, sizes and 8 scalar(s) per parameter, as Apex's multi_tensor_apply */
@@ -242,16 +242,16 @@ __global__ void optforge_lbsgd_s2_mt_f32(const int64_t* __restrict__ sizes, floa
     const int64_t t = blockIdx.y, n = sizes[t];
     const double* s = scalars + t * 8;
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_lbsgd_s2_elem<float, float, float>(i, i, tab_avg[t], tab_mom[t], tab_weight[t], tab_cum_grad[t], tab_weight_lp[t], (float)s[0], (float)s[1], (float)s[2], (float)s[3], (float)s[4], (float)s[5], (float)s[6], (float)s[7]);
+        optforge_lbsgd_s2_elem<float, float, float, 2, 2>(i, i, tab_avg[t], tab_mom[t], tab_weight[t], tab_cum_grad[t], tab_weight_lp[t], (float)s[0], (float)s[1], (float)s[2], (float)s[3], (float)s[4], (float)s[5], (float)s[6], (float)s[7]);
 }
 __global__ void optforge_lbsgd_s2_f64(int64_t n, const double* __restrict__ p_avg, double* __restrict__ p_mom, double* __restrict__ p_weight, double* __restrict__ p_cum_grad, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k2, double k_momentum, double k4, double k_lr_t, double k6, double k7) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_lbsgd_s2_elem<double, double, double>(i, i, p_avg, p_mom, p_weight, p_cum_grad, p_weight_lp, (double)k_rescale_grad, (double)k1, (double)k2, (double)k_momentum, (double)k4, (double)k_lr_t, (double)k6, (double)k7);
+        optforge_lbsgd_s2_elem<double, double, double, 2, 2>(i, i, p_avg, p_mom, p_weight, p_cum_grad, p_weight_lp, (double)k_rescale_grad, (double)k1, (double)k2, (double)k_momentum, (double)k4, (double)k_lr_t, (double)k6, (double)k7);
 }
 /* row-sparse, parallel over gradient elements (not rows): element j updates row rows[j / cols] */
 __global__ void optforge_lbsgd_s2_rows_f64(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const double* __restrict__ p_avg, double* __restrict__ p_mom, double* __restrict__ p_weight, double* __restrict__ p_cum_grad, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k2, double k_momentum, double k4, double k_lr_t, double k6, double k7) {
     for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
-        optforge_lbsgd_s2_elem<double, double, double>(rows[j / cols] * cols + j % cols, j, p_avg, p_mom, p_weight, p_cum_grad, p_weight_lp, (double)k_rescale_grad, (double)k1, (double)k2, (double)k_momentum, (double)k4, (double)k_lr_t, (double)k6, (double)k7);
+        optforge_lbsgd_s2_elem<double, double, double, 2, 2>(rows[j / cols] * cols + j % cols, j, p_avg, p_mom, p_weight, p_cum_grad, p_weight_lp, (double)k_rescale_grad, (double)k1, (double)k2, (double)k_momentum, (double)k4, (double)k_lr_t, (double)k6, (double)k7);
 }
 /* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
    pointers, sizes and 8 scalar(s) per parameter, as Apex's multi_tensor_apply */
@@ -259,16 +259,16 @@ __global__ void optforge_lbsgd_s2_mt_f64(const int64_t* __restrict__ sizes, doub
     const int64_t t = blockIdx.y, n = sizes[t];
     const double* s = scalars + t * 8;
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_lbsgd_s2_elem<double, double, double>(i, i, tab_avg[t], tab_mom[t], tab_weight[t], tab_cum_grad[t], tab_weight_lp[t], (double)s[0], (double)s[1], (double)s[2], (double)s[3], (double)s[4], (double)s[5], (double)s[6], (double)s[7]);
+        optforge_lbsgd_s2_elem<double, double, double, 2, 2>(i, i, tab_avg[t], tab_mom[t], tab_weight[t], tab_cum_grad[t], tab_weight_lp[t], (double)s[0], (double)s[1], (double)s[2], (double)s[3], (double)s[4], (double)s[5], (double)s[6], (double)s[7]);
 }
 __global__ void optforge_lbsgd_s2_f16(int64_t n, const float* __restrict__ p_avg, __half* __restrict__ p_mom, __half* __restrict__ p_weight, __half* __restrict__ p_cum_grad, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k2, double k_momentum, double k4, double k_lr_t, double k6, double k7) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_lbsgd_s2_elem<__half, __half, float>(i, i, p_avg, p_mom, p_weight, p_cum_grad, p_weight_lp, (float)k_rescale_grad, (float)k1, (float)k2, (float)k_momentum, (float)k4, (float)k_lr_t, (float)k6, (float)k7);
+        optforge_lbsgd_s2_elem<__half, __half, float, 2, 2>(i, i, p_avg, p_mom, p_weight, p_cum_grad, p_weight_lp, (float)k_rescale_grad, (float)k1, (float)k2, (float)k_momentum, (float)k4, (float)k_lr_t, (float)k6, (float)k7);
 }
 /* row-sparse, parallel over gradient elements (not rows): element j updates row rows[j / cols] */
 __global__ void optforge_lbsgd_s2_rows_f16(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const float* __restrict__ p_avg, __half* __restrict__ p_mom, __half* __restrict__ p_weight, __half* __restrict__ p_cum_grad, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k2, double k_momentum, double k4, double k_lr_t, double k6, double k7) {
     for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
-        optforge_lbsgd_s2_elem<__half, __half, float>(rows[j / cols] * cols + j % cols, j, p_avg, p_mom, p_weight, p_cum_grad, p_weight_lp, (float)k_rescale_grad, (float)k1, (float)k2, (float)k_momentum, (float)k4, (float)k_lr_t, (float)k6, (float)k7);
+        optforge_lbsgd_s2_elem<__half, __half, float, 2, 2>(rows[j / cols] * cols + j % cols, j, p_avg, p_mom, p_weight, p_cum_grad, p_weight_lp, (float)k_rescale_grad, (float)k1, (float)k2, (float)k_momentum, (float)k4, (float)k_lr_t, (float)k6, (float)k7);
 }
 /* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
    pointers, sizes and 8 scalar(s) per parameter, as Apex's multi_tensor_apply */
@@ -276,16 +276,16 @@ __global__ void optforge_lbsgd_s2_mt_f16(const int64_t* __restrict__ sizes, floa
     const int64_t t = blockIdx.y, n = sizes[t];
     const double* s = scalars + t * 8;
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_lbsgd_s2_elem<__half, __half, float>(i, i, tab_avg[t], tab_mom[t], tab_weight[t], tab_cum_grad[t], tab_weight_lp[t], (float)s[0], (float)s[1], (float)s[2], (float)s[3], (float)s[4], (float)s[5], (float)s[6], (float)s[7]);
+        optforge_lbsgd_s2_elem<__half, __half, float, 2, 2>(i, i, tab_avg[t], tab_mom[t], tab_weight[t], tab_cum_grad[t], tab_weight_lp[t], (float)s[0], (float)s[1], (float)s[2], (float)s[3], (float)s[4], (float)s[5], (float)s[6], (float)s[7]);
 }
 __global__ void optforge_lbsgd_s2_mp16(int64_t n, const float* __restrict__ p_avg, float* __restrict__ p_mom, float* __restrict__ p_weight, float* __restrict__ p_cum_grad, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k2, double k_momentum, double k4, double k_lr_t, double k6, double k7) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_lbsgd_s2_elem<float, __half, float>(i, i, p_avg, p_mom, p_weight, p_cum_grad, p_weight_lp, (float)k_rescale_grad, (float)k1, (float)k2, (float)k_momentum, (float)k4, (float)k_lr_t, (float)k6, (float)k7);
+        optforge_lbsgd_s2_elem<float, __half, float, 2, 2>(i, i, p_avg, p_mom, p_weight, p_cum_grad, p_weight_lp, (float)k_rescale_grad, (float)k1, (float)k2, (float)k_momentum, (float)k4, (float)k_lr_t, (float)k6, (float)k7);
 }
 /* row-sparse, parallel over gradient elements (not rows): element j updates row rows[j / cols] */
 __global__ void optforge_lbsgd_s2_rows_mp16(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const float* __restrict__ p_avg, float* __restrict__ p_mom, float* __restrict__ p_weight, float* __restrict__ p_cum_grad, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k2, double k_momentum, double k4, double k_lr_t, double k6, double k7) {
     for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
-        optforge_lbsgd_s2_elem<float, __half, float>(rows[j / cols] * cols + j % cols, j, p_avg, p_mom, p_weight, p_cum_grad, p_weight_lp, (float)k_rescale_grad, (float)k1, (float)k2, (float)k_momentum, (float)k4, (float)k_lr_t, (float)k6, (float)k7);
+        optforge_lbsgd_s2_elem<float, __half, float, 2, 2>(rows[j / cols] * cols + j % cols, j, p_avg, p_mom, p_weight, p_cum_grad, p_weight_lp, (float)k_rescale_grad, (float)k1, (float)k2, (float)k_momentum, (float)k4, (float)k_lr_t, (float)k6, (float)k7);
 }
 /* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
    pointers, sizes and 8 scalar(s) per parameter, as Apex's multi_tensor_apply */
@@ -293,6 +293,6 @@ __global__ void optforge_lbsgd_s2_mt_mp16(const int64_t* __restrict__ sizes, flo
     const int64_t t = blockIdx.y, n = sizes[t];
     const double* s = scalars + t * 8;
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_lbsgd_s2_elem<float, __half, float>(i, i, tab_avg[t], tab_mom[t], tab_weight[t], tab_cum_grad[t], tab_weight_lp[t], (float)s[0], (float)s[1], (float)s[2], (float)s[3], (float)s[4], (float)s[5], (float)s[6], (float)s[7]);
+        optforge_lbsgd_s2_elem<float, __half, float, 2, 2>(i, i, tab_avg[t], tab_mom[t], tab_weight[t], tab_cum_grad[t], tab_weight_lp[t], (float)s[0], (float)s[1], (float)s[2], (float)s[3], (float)s[4], (float)s[5], (float)s[6], (float)s[7]);
 }
 }

@@ -43,13 +43,13 @@ template <typename C> inline void store_low(float* p, int64_t i, C v) { p[i] = (
 
 /* stage s0: element i of the weight and states, element gi of the gradient and scratch
    (the same element for a dense update; for a row-sparse one, gi walks the gradient's rows) */
-template <typename T, typename G, typename C>
+template <typename T, typename G, typename C, int H0, int H1>
 OPTFORGE_HD void optforge_rmsprop_s0_elem(int64_t i, int64_t gi, const G* __restrict__ p_grad, T* __restrict__ p_weight, T* __restrict__ p_n, T* __restrict__ p_g_avg, T* __restrict__ p_delta, float* __restrict__ p_weight_lp, const C k_rescale_grad, const C k_wd, const C k2, const C k_gamma1, const C k_centered, const C k_gamma2, const C k_lr, const C k_epsilon, const C k8) {
     C grad = C(p_grad[gi]);
     C weight = C(p_weight[i]);
     C n = C(p_n[i]);
-    C g_avg = p_g_avg ? C(p_g_avg[i]) : C(0);
-    C delta = p_delta ? C(p_delta[i]) : C(0);
+    C g_avg = (H0 == 1 || (H0 == 2 && p_g_avg)) ? C(p_g_avg[i]) : C(0);
+    C delta = (H1 == 1 || (H1 == 2 && p_delta)) ? C(p_delta[i]) : C(0);
     C g;
     g = op_clip(k_rescale_grad * grad + k_wd * weight, k2);  // rmsprop.opt:35
     n = (1 - k_gamma1) * op_square(g) + k_gamma1 * n;  // rmsprop.opt:36
@@ -62,17 +62,31 @@ OPTFORGE_HD void optforge_rmsprop_s0_elem(int64_t i, int64_t gi, const G* __rest
     }
     weight = op_clip(weight, k8);  // rmsprop.opt:44
     p_n[i] = (T)(n);
-    if (p_g_avg) p_g_avg[i] = (T)(g_avg);
-    if (p_delta) p_delta[i] = (T)(delta);
+    if (H0 == 1 || (H0 == 2 && p_g_avg)) p_g_avg[i] = (T)(g_avg);
+    if (H1 == 1 || (H1 == 2 && p_delta)) p_delta[i] = (T)(delta);
     p_weight[i] = (T)(weight);
     if (p_weight_lp) store_low(p_weight_lp, i, weight);
 }
 
 extern "C" {
 void optforge_rmsprop_s0_f32(int64_t n, const float* __restrict__ p_grad, float* __restrict__ p_weight, float* __restrict__ p_n, float* __restrict__ p_g_avg, float* __restrict__ p_delta, double k_rescale_grad, double k_wd, double k2, double k_gamma1, double k_centered, double k_gamma2, double k_lr, double k_epsilon, double k8) {
-    #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
-    for (int64_t i = 0; i < n; ++i)
-        optforge_rmsprop_s0_elem<float, float, float>(i, i, p_grad, p_weight, p_n, p_g_avg, p_delta, nullptr, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k_gamma1, (float)k_centered, (float)k_gamma2, (float)k_lr, (float)k_epsilon, (float)k8);
+    if (p_g_avg && p_delta) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_rmsprop_s0_elem<float, float, float, 1, 1>(i, i, p_grad, p_weight, p_n, p_g_avg, p_delta, nullptr, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k_gamma1, (float)k_centered, (float)k_gamma2, (float)k_lr, (float)k_epsilon, (float)k8);
+    } else if (p_g_avg && !p_delta) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_rmsprop_s0_elem<float, float, float, 1, 0>(i, i, p_grad, p_weight, p_n, p_g_avg, p_delta, nullptr, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k_gamma1, (float)k_centered, (float)k_gamma2, (float)k_lr, (float)k_epsilon, (float)k8);
+    } else if (!p_g_avg && p_delta) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_rmsprop_s0_elem<float, float, float, 0, 1>(i, i, p_grad, p_weight, p_n, p_g_avg, p_delta, nullptr, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k_gamma1, (float)k_centered, (float)k_gamma2, (float)k_lr, (float)k_epsilon, (float)k8);
+    } else if (!p_g_avg && !p_delta) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_rmsprop_s0_elem<float, float, float, 0, 0>(i, i, p_grad, p_weight, p_n, p_g_avg, p_delta, nullptr, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k_gamma1, (float)k_centered, (float)k_gamma2, (float)k_lr, (float)k_epsilon, (float)k8);
+    }
 }
 /* row-sparse: n = rows x cols gradient elements; gradient row r updates row rows[r] */
 void optforge_rmsprop_s0_rows_f32(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const float* __restrict__ p_grad, float* __restrict__ p_weight, float* __restrict__ p_n, float* __restrict__ p_g_avg, float* __restrict__ p_delta, double k_rescale_grad, double k_wd, double k2, double k_gamma1, double k_centered, double k_gamma2, double k_lr, double k_epsilon, double k8) {
@@ -84,13 +98,27 @@ void optforge_rmsprop_s0_rows_f32(int64_t n, int64_t cols, const int64_t* __rest
         const int64_t base = rows[r] * cols, gbase = r * cols;
         #pragma omp simd
         for (int64_t c = 0; c < cols; ++c)
-            optforge_rmsprop_s0_elem<float, float, float>(base + c, gbase + c, p_grad, p_weight, p_n, p_g_avg, p_delta, nullptr, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k_gamma1, (float)k_centered, (float)k_gamma2, (float)k_lr, (float)k_epsilon, (float)k8);
+            optforge_rmsprop_s0_elem<float, float, float, 2, 2>(base + c, gbase + c, p_grad, p_weight, p_n, p_g_avg, p_delta, nullptr, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k_gamma1, (float)k_centered, (float)k_gamma2, (float)k_lr, (float)k_epsilon, (float)k8);
     }
 }
 void optforge_rmsprop_s0_f64(int64_t n, const double* __restrict__ p_grad, double* __restrict__ p_weight, double* __restrict__ p_n, double* __restrict__ p_g_avg, double* __restrict__ p_delta, double k_rescale_grad, double k_wd, double k2, double k_gamma1, double k_centered, double k_gamma2, double k_lr, double k_epsilon, double k8) {
-    #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
-    for (int64_t i = 0; i < n; ++i)
-        optforge_rmsprop_s0_elem<double, double, double>(i, i, p_grad, p_weight, p_n, p_g_avg, p_delta, nullptr, (double)k_rescale_grad, (double)k_wd, (double)k2, (double)k_gamma1, (double)k_centered, (double)k_gamma2, (double)k_lr, (double)k_epsilon, (double)k8);
+    if (p_g_avg && p_delta) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_rmsprop_s0_elem<double, double, double, 1, 1>(i, i, p_grad, p_weight, p_n, p_g_avg, p_delta, nullptr, (double)k_rescale_grad, (double)k_wd, (double)k2, (double)k_gamma1, (double)k_centered, (double)k_gamma2, (double)k_lr, (double)k_epsilon, (double)k8);
+    } else if (p_g_avg && !p_delta) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_rmsprop_s0_elem<double, double, double, 1, 0>(i, i, p_grad, p_weight, p_n, p_g_avg, p_delta, nullptr, (double)k_rescale_grad, (double)k_wd, (double)k2, (double)k_gamma1, (double)k_centered, (double)k_gamma2, (double)k_lr, (double)k_epsilon, (double)k8);
+    } else if (!p_g_avg && p_delta) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_rmsprop_s0_elem<double, double, double, 0, 1>(i, i, p_grad, p_weight, p_n, p_g_avg, p_delta, nullptr, (double)k_rescale_grad, (double)k_wd, (double)k2, (double)k_gamma1, (double)k_centered, (double)k_gamma2, (double)k_lr, (double)k_epsilon, (double)k8);
+    } else if (!p_g_avg && !p_delta) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_rmsprop_s0_elem<double, double, double, 0, 0>(i, i, p_grad, p_weight, p_n, p_g_avg, p_delta, nullptr, (double)k_rescale_grad, (double)k_wd, (double)k2, (double)k_gamma1, (double)k_centered, (double)k_gamma2, (double)k_lr, (double)k_epsilon, (double)k8);
+    }
 }
 /* row-sparse: n = rows x cols gradient elements; gradient row r updates row rows[r] */
 void optforge_rmsprop_s0_rows_f64(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const double* __restrict__ p_grad, double* __restrict__ p_weight, double* __restrict__ p_n, double* __restrict__ p_g_avg, double* __restrict__ p_delta, double k_rescale_grad, double k_wd, double k2, double k_gamma1, double k_centered, double k_gamma2, double k_lr, double k_epsilon, double k8) {
@@ -102,7 +130,7 @@ void optforge_rmsprop_s0_rows_f64(int64_t n, int64_t cols, const int64_t* __rest
         const int64_t base = rows[r] * cols, gbase = r * cols;
         #pragma omp simd
         for (int64_t c = 0; c < cols; ++c)
-            optforge_rmsprop_s0_elem<double, double, double>(base + c, gbase + c, p_grad, p_weight, p_n, p_g_avg, p_delta, nullptr, (double)k_rescale_grad, (double)k_wd, (double)k2, (double)k_gamma1, (double)k_centered, (double)k_gamma2, (double)k_lr, (double)k_epsilon, (double)k8);
+            optforge_rmsprop_s0_elem<double, double, double, 2, 2>(base + c, gbase + c, p_grad, p_weight, p_n, p_g_avg, p_delta, nullptr, (double)k_rescale_grad, (double)k_wd, (double)k2, (double)k_gamma1, (double)k_centered, (double)k_gamma2, (double)k_lr, (double)k_epsilon, (double)k8);
     }
 }
 }

@@ -57,9 +57,11 @@ OPTFORGE_HD void optforge_test_s0_elem(int64_t i, int64_t gi, T* __restrict__ p_
 
 extern "C" {
 void optforge_test_s0_f32(int64_t n, float* __restrict__ p_weight, const float* __restrict__ p_grad, float* __restrict__ p_mirror, double k_rescale_grad) {
-    #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
-    for (int64_t i = 0; i < n; ++i)
-        optforge_test_s0_elem<float, float, float>(i, i, p_weight, p_grad, p_mirror, nullptr, (float)k_rescale_grad);
+    if (true) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_test_s0_elem<float, float, float>(i, i, p_weight, p_grad, p_mirror, nullptr, (float)k_rescale_grad);
+    }
 }
 /* row-sparse: n = rows x cols gradient elements; gradient row r updates row rows[r] */
 void optforge_test_s0_rows_f32(int64_t n, int64_t cols, const int64_t* __restrict__ rows, float* __restrict__ p_weight, const float* __restrict__ p_grad, float* __restrict__ p_mirror, double k_rescale_grad) {
@@ -75,9 +77,11 @@ void optforge_test_s0_rows_f32(int64_t n, int64_t cols, const int64_t* __restric
     }
 }
 void optforge_test_s0_f64(int64_t n, double* __restrict__ p_weight, const double* __restrict__ p_grad, double* __restrict__ p_mirror, double k_rescale_grad) {
-    #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
-    for (int64_t i = 0; i < n; ++i)
-        optforge_test_s0_elem<double, double, double>(i, i, p_weight, p_grad, p_mirror, nullptr, (double)k_rescale_grad);
+    if (true) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_test_s0_elem<double, double, double>(i, i, p_weight, p_grad, p_mirror, nullptr, (double)k_rescale_grad);
+    }
 }
 /* row-sparse: n = rows x cols gradient elements; gradient row r updates row rows[r] */
 void optforge_test_s0_rows_f64(int64_t n, int64_t cols, const int64_t* __restrict__ rows, double* __restrict__ p_weight, const double* __restrict__ p_grad, double* __restrict__ p_mirror, double k_rescale_grad) {

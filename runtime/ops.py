@@ -66,13 +66,27 @@ def _reduced(partial: float) -> float:
     return partial if hook is None else float(hook(partial))
 
 
+_CHUNK = 1 << 16
+
+
 def sum_squares(x) -> float:
-    """Sum of squares of a whole tensor, accumulated in float64, as a Python float."""
+    """Sum of squares of a whole tensor, accumulated in float64, as a Python float. float32 and
+    float16 tensors are widened a cache-sized chunk at a time (no full-size float64 copy)."""
     xp = _xp(x)
     flat = xp.ravel(x)
-    if flat.dtype != xp.float64:
-        flat = flat.astype(xp.float64)
-    return float(xp.dot(flat, flat))
+    if flat.dtype == xp.float64:
+        return float(xp.dot(flat, flat))
+    if xp is not np or flat.size <= _CHUNK:
+        wide = flat.astype(xp.float64)
+        return float(xp.dot(wide, wide))
+    buf = np.empty(_CHUNK, np.float64)
+    total_ = 0.0
+    for start in range(0, flat.size, _CHUNK):
+        part = flat[start:start + _CHUNK]
+        wide = buf[:part.size]
+        wide[...] = part
+        total_ += float(np.dot(wide, wide))
+    return total_
 
 
 def norm(x) -> float:
