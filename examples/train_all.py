@@ -201,7 +201,7 @@ def train_clicks(lazy, data, steps, seed, batch=256):
         bar.update(step + 1, f"loss {np.mean(losses[-20:]):.3f}")
     final, acc = click_eval(params, xtr, ytr)
     _, test_acc = click_eval(params, xte, yte)
-    return {"optimizer": label, "backend": "numpy (row kernel)" if lazy else opt.backend, "train_loss": final,
+    return {"optimizer": label, "backend": f"{opt.backend} (row kernel)" if lazy else opt.backend, "train_loss": final,
             "test_acc": test_acc, "ms_per_step": 1000 * update_time / steps, "curve": losses,
             "rows": rows / steps, "vocab": vocab}
 
