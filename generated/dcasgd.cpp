@@ -79,9 +79,8 @@ void optforge_dcasgd_s0_f32(int64_t n, const float* __restrict__ p_grad, float* 
 /* row-sparse: n = rows x cols gradient elements; gradient row r updates row rows[r] */
 void optforge_dcasgd_s0_rows_f32(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const float* __restrict__ p_grad, float* __restrict__ p_weight, float* __restrict__ p_prev_weight, float* __restrict__ p_mom, double k_rescale_grad, double k1, double k2, double k_wd, double k_lamda, double k5, double k_momentum) {
     const int64_t nrows = cols ? n / cols : 0;
-    /* threads pay off only for large row sets: scattered rows are latency-bound, and a busy
-       machine makes every fork/join wait for a descheduled thread */
-    #pragma omp parallel for schedule(static) if (n >= (int64_t)1 << 21)
+    /* scattered rows are latency-bound: two threads keep twice as many loads in flight */
+    #pragma omp parallel for schedule(static) if (n >= OPTFORGE_PARALLEL_MIN)
     for (int64_t r = 0; r < nrows; ++r) {
         const int64_t base = rows[r] * cols, gbase = r * cols;
         #pragma omp simd
@@ -103,9 +102,8 @@ void optforge_dcasgd_s0_f64(int64_t n, const double* __restrict__ p_grad, double
 /* row-sparse: n = rows x cols gradient elements; gradient row r updates row rows[r] */
 void optforge_dcasgd_s0_rows_f64(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const double* __restrict__ p_grad, double* __restrict__ p_weight, double* __restrict__ p_prev_weight, double* __restrict__ p_mom, double k_rescale_grad, double k1, double k2, double k_wd, double k_lamda, double k5, double k_momentum) {
     const int64_t nrows = cols ? n / cols : 0;
-    /* threads pay off only for large row sets: scattered rows are latency-bound, and a busy
-       machine makes every fork/join wait for a descheduled thread */
-    #pragma omp parallel for schedule(static) if (n >= (int64_t)1 << 21)
+    /* scattered rows are latency-bound: two threads keep twice as many loads in flight */
+    #pragma omp parallel for schedule(static) if (n >= OPTFORGE_PARALLEL_MIN)
     for (int64_t r = 0; r < nrows; ++r) {
         const int64_t base = rows[r] * cols, gbase = r * cols;
         #pragma omp simd

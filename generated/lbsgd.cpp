@@ -103,9 +103,8 @@ void optforge_lbsgd_s0_f32(int64_t n, float* __restrict__ p_cum_grad, const floa
 /* row-sparse: n = rows x cols gradient elements; gradient row r updates row rows[r] */
 void optforge_lbsgd_s0_rows_f32(int64_t n, int64_t cols, const int64_t* __restrict__ rows, float* __restrict__ p_cum_grad, const float* __restrict__ p_grad) {
     const int64_t nrows = cols ? n / cols : 0;
-    /* threads pay off only for large row sets: scattered rows are latency-bound, and a busy
-       machine makes every fork/join wait for a descheduled thread */
-    #pragma omp parallel for schedule(static) if (n >= (int64_t)1 << 21)
+    /* scattered rows are latency-bound: two threads keep twice as many loads in flight */
+    #pragma omp parallel for schedule(static) if (n >= OPTFORGE_PARALLEL_MIN)
     for (int64_t r = 0; r < nrows; ++r) {
         const int64_t base = rows[r] * cols, gbase = r * cols;
         #pragma omp simd
@@ -127,9 +126,8 @@ void optforge_lbsgd_s0_f64(int64_t n, double* __restrict__ p_cum_grad, const dou
 /* row-sparse: n = rows x cols gradient elements; gradient row r updates row rows[r] */
 void optforge_lbsgd_s0_rows_f64(int64_t n, int64_t cols, const int64_t* __restrict__ rows, double* __restrict__ p_cum_grad, const double* __restrict__ p_grad) {
     const int64_t nrows = cols ? n / cols : 0;
-    /* threads pay off only for large row sets: scattered rows are latency-bound, and a busy
-       machine makes every fork/join wait for a descheduled thread */
-    #pragma omp parallel for schedule(static) if (n >= (int64_t)1 << 21)
+    /* scattered rows are latency-bound: two threads keep twice as many loads in flight */
+    #pragma omp parallel for schedule(static) if (n >= OPTFORGE_PARALLEL_MIN)
     for (int64_t r = 0; r < nrows; ++r) {
         const int64_t base = rows[r] * cols, gbase = r * cols;
         #pragma omp simd
@@ -151,9 +149,8 @@ void optforge_lbsgd_s1_f32(int64_t n, const float* __restrict__ p_cum_grad, cons
 /* row-sparse: n = rows x cols gradient elements; gradient row r updates row rows[r] */
 void optforge_lbsgd_s1_rows_f32(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const float* __restrict__ p_cum_grad, const float* __restrict__ p_grad, float* __restrict__ p_avg, double k0, double k_batch_scale) {
     const int64_t nrows = cols ? n / cols : 0;
-    /* threads pay off only for large row sets: scattered rows are latency-bound, and a busy
-       machine makes every fork/join wait for a descheduled thread */
-    #pragma omp parallel for schedule(static) if (n >= (int64_t)1 << 21)
+    /* scattered rows are latency-bound: two threads keep twice as many loads in flight */
+    #pragma omp parallel for schedule(static) if (n >= OPTFORGE_PARALLEL_MIN)
     for (int64_t r = 0; r < nrows; ++r) {
         const int64_t base = rows[r] * cols, gbase = r * cols;
         #pragma omp simd
@@ -175,9 +172,8 @@ void optforge_lbsgd_s1_f64(int64_t n, const double* __restrict__ p_cum_grad, con
 /* row-sparse: n = rows x cols gradient elements; gradient row r updates row rows[r] */
 void optforge_lbsgd_s1_rows_f64(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const double* __restrict__ p_cum_grad, const double* __restrict__ p_grad, double* __restrict__ p_avg, double k0, double k_batch_scale) {
     const int64_t nrows = cols ? n / cols : 0;
-    /* threads pay off only for large row sets: scattered rows are latency-bound, and a busy
-       machine makes every fork/join wait for a descheduled thread */
-    #pragma omp parallel for schedule(static) if (n >= (int64_t)1 << 21)
+    /* scattered rows are latency-bound: two threads keep twice as many loads in flight */
+    #pragma omp parallel for schedule(static) if (n >= OPTFORGE_PARALLEL_MIN)
     for (int64_t r = 0; r < nrows; ++r) {
         const int64_t base = rows[r] * cols, gbase = r * cols;
         #pragma omp simd
@@ -207,9 +203,8 @@ void optforge_lbsgd_s2_f32(int64_t n, const float* __restrict__ p_avg, float* __
 /* row-sparse: n = rows x cols gradient elements; gradient row r updates row rows[r] */
 void optforge_lbsgd_s2_rows_f32(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const float* __restrict__ p_avg, float* __restrict__ p_mom, float* __restrict__ p_weight, float* __restrict__ p_cum_grad, double k_rescale_grad, double k1, double k2, double k_momentum, double k4, double k_lr_t, double k6, double k7) {
     const int64_t nrows = cols ? n / cols : 0;
-    /* threads pay off only for large row sets: scattered rows are latency-bound, and a busy
-       machine makes every fork/join wait for a descheduled thread */
-    #pragma omp parallel for schedule(static) if (n >= (int64_t)1 << 21)
+    /* scattered rows are latency-bound: two threads keep twice as many loads in flight */
+    #pragma omp parallel for schedule(static) if (n >= OPTFORGE_PARALLEL_MIN)
     for (int64_t r = 0; r < nrows; ++r) {
         const int64_t base = rows[r] * cols, gbase = r * cols;
         #pragma omp simd
@@ -239,9 +234,8 @@ void optforge_lbsgd_s2_f64(int64_t n, const double* __restrict__ p_avg, double* 
 /* row-sparse: n = rows x cols gradient elements; gradient row r updates row rows[r] */
 void optforge_lbsgd_s2_rows_f64(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const double* __restrict__ p_avg, double* __restrict__ p_mom, double* __restrict__ p_weight, double* __restrict__ p_cum_grad, double k_rescale_grad, double k1, double k2, double k_momentum, double k4, double k_lr_t, double k6, double k7) {
     const int64_t nrows = cols ? n / cols : 0;
-    /* threads pay off only for large row sets: scattered rows are latency-bound, and a busy
-       machine makes every fork/join wait for a descheduled thread */
-    #pragma omp parallel for schedule(static) if (n >= (int64_t)1 << 21)
+    /* scattered rows are latency-bound: two threads keep twice as many loads in flight */
+    #pragma omp parallel for schedule(static) if (n >= OPTFORGE_PARALLEL_MIN)
     for (int64_t r = 0; r < nrows; ++r) {
         const int64_t base = rows[r] * cols, gbase = r * cols;
         #pragma omp simd
