@@ -427,7 +427,9 @@ class Optimizer:
                 self._step_rows(weight, grad, state, call, lr, wd, t, name, base_lr, num_update)
                 return
             grad = grad.todense()  # standard semantics: the dense update with zeros in the other rows
-        if state.master is not None:
+        if cuda.is_cupy(weight):
+            self._step_cuda(weight, grad, state, call, lr, wd, t, name, base_lr, num_update)
+        elif state.master is not None:
             master = state.master
             g32 = grad.astype(np.float32)
             self._kernel(call, master, g32, state.tensors, state.scalars, lr, wd, t, name, base_lr, num_update)
