@@ -2,7 +2,6 @@
 problems in a spec are reported together. Emitters may assume whatever this file accepts."""
 from __future__ import annotations
 
-import builtins
 import hashlib
 import keyword
 import math
@@ -10,87 +9,14 @@ import math
 from . import ast
 from .errors import Reporter, Span, did_you_mean
 from .ir import (COMPARE, Expr, Global, Hyper, IfStmt, Assign, Kind, Op, ScalarState, Spec, State, Ty)
-
-# ---- what a spec may read without declaring it ------------------------------------------------
-# name: (op, type, kind, optional, assignable)
-BUILTINS = {
-    "weight": (Op.WEIGHT, Ty.FLOAT, Kind.TENSOR, False),
-    "grad": (Op.GRAD, Ty.FLOAT, Kind.TENSOR, False),
-    "lr": (Op.BUILTIN, Ty.FLOAT, Kind.INDEX, False),
-    "wd": (Op.BUILTIN, Ty.FLOAT, Kind.INDEX, False),
-    "t": (Op.BUILTIN, Ty.INT, Kind.INDEX, False),
-    "param_name": (Op.BUILTIN, Ty.STR, Kind.INDEX, False),
-    "learning_rate": (Op.BUILTIN, Ty.FLOAT, Kind.CALL, False),
-    "num_update": (Op.BUILTIN, Ty.INT, Kind.CALL, False),
-    "rescale_grad": (Op.BUILTIN, Ty.FLOAT, Kind.HYPER, False),
-    "clip_gradient": (Op.BUILTIN, Ty.FLOAT, Kind.HYPER, True),
-}
-BUILTIN_DOCS = {
-    "weight": "the parameter being updated (tensor)", "grad": "its gradient (tensor, read-only)",
-    "lr": "learning rate of this parameter: the scheduled rate times its lr_mult",
-    "wd": "weight decay of this parameter: wd times its wd_mult",
-    "t": "how many times this parameter has been updated, this update included",
-    "param_name": "the parameter's name from param_idx2name (its index as text otherwise)",
-    "learning_rate": "the optimizer's current learning rate (scheduled), without multipliers",
-    "num_update": "the largest update count over all parameters",
-    "rescale_grad": "gradient rescaling factor", "clip_gradient": "gradient clipping bound or none",
-}
-# Names a `sparse` declaration may read besides hyperparameters (see Checker._sparse).
-SPARSE_BUILTINS = {"master_copy": (Op.BUILTIN, Ty.BOOL, Kind.INDEX, False)}
+from .names import (ARITH, BASE_DEFAULTS, BASE_NAMES, BUILTIN_DOCS, BUILTINS, C_KEYWORDS, FUNCTIONS,  # noqa: F401
+                    NEGATE, NUMERIC, OPTIMIZER_ATTRS, OPTIONS, REL, RESERVED, SPARSE_BUILTINS, STATE_INITS)
 
 
 def _reads_only(e: Expr, builtins: set) -> bool:
     """True when `e` reads nothing but constants, hyperparameters and the given builtins."""
     return all(n.op not in (Op.BUILTIN, Op.WEIGHT, Op.GRAD, Op.STATE, Op.LOCAL, Op.GLOBAL, Op.SCALAR_STATE)
                or (n.op is Op.BUILTIN and n.value in builtins) for n in e.walk())
-
-
-# Base-class constructor arguments a spec may give a new default with `default NAME = value`.
-BASE_DEFAULTS = {"learning_rate": (Ty.FLOAT, True), "wd": (Ty.FLOAT, False), "rescale_grad": (Ty.FLOAT, False),
-                 "clip_gradient": (Ty.FLOAT, True), "multi_precision": (Ty.BOOL, False)}
-BASE_NAMES = {"rescale_grad", "param_idx2name", "wd", "clip_gradient", "learning_rate", "lr_scheduler",
-              "sym", "begin_num_update", "multi_precision", "param_dict"}
-
-# functions: name -> (op, arity or (min, max))
-FUNCTIONS = {
-    "sqrt": (Op.SQRT, 1), "square": (Op.SQUARE, 1), "abs": (Op.ABS, 1), "sign": (Op.SIGN, 1),
-    "exp": (Op.EXP, 1), "log": (Op.LOG, 1), "maximum": (Op.MAXIMUM, 2), "minimum": (Op.MINIMUM, 2),
-    "clip": (Op.CLIP, 2), "where": (Op.WHERE, 3), "norm": (Op.NORM, 1), "sum": (Op.SUM, 1),
-    "normal": (Op.NORMAL, 2), "endswith": (Op.ENDSWITH, (2, 16)),
-}
-OPTIONS = {
-    # name: (number of arguments or None for any, argument type, description)
-    "lr_before_count": (0, None, "read lr and wd before counting this update (LBSGD)"),
-    "count_each": (0, None, "list updates count each index and read its lr in turn (LAMB)"),
-    "keep_scheduler_base_lr": (0, None, "learning_rate does not overwrite the scheduler's base_lr (Ftrl)"),
-    "decay_suffixes": (None, str, "parameter-name suffixes that keep weight decay under param_idx2name"),
-    "aggregate": (1, int, "the Updater passes lists of up to this many same-dtype parameters per call"),
-    "unused": (None, str, "hyperparameters accepted for compatibility that the update does not read"),
-}
-STATE_INITS = ("zeros", "weight")
-
-C_KEYWORDS = {"auto", "break", "case", "char", "const", "continue", "default", "do", "double", "else", "enum",
-              "extern", "float", "for", "goto", "if", "int", "long", "register", "return", "short", "signed",
-              "sizeof", "static", "struct", "switch", "typedef", "union", "unsigned", "void", "volatile", "while",
-              "bool", "true", "false", "half", "inline", "template", "class", "namespace", "new", "delete",
-              "this", "operator", "private", "public", "protected", "virtual", "friend", "using", "typename"}
-# Names the generated module binds (imports, method parameters and locals) and Python's builtins,
-# which the emitted code calls (max, min, abs, float, bool ...): a spec name must not shadow them.
-RESERVED = {"self", "np", "math", "ops", "kw", "call", "state", "tensors", "scalars", "optforge", "Optimizer",
-            "HyperParam", "G", "index", "layout", "hyper", "kwargs", "zeros", "none"} | set(FUNCTIONS) | \
-    {n for n in dir(builtins) if not n.startswith("_")}
-# Attributes of a generated optimizer instance (the runtime base class and the generated class):
-# hyperparameters are stored as attributes, so one of these names would overwrite them.
-OPTIMIZER_ATTRS = {"spec_name", "spec_path", "spec_hash", "aliases", "hyperparams", "base_defaults", "tensor_states",
-                   "scalar_states", "global_names", "options", "sparse", "create_optimizer", "create_state",
-                   "create_state_multi_precision", "hyperparameters", "register", "set_learning_rate",
-                   "set_lr_mult", "set_lr_scale", "set_wd_mult", "update", "update_multi_precision", "lr",
-                   "num_update", "idx2name", "sym_info", "aggregate_num", "lr_mult", "wd_mult", "backend",
-                   "multi_tensor"}
-REL = {"==": Op.EQ, "!=": Op.NE, "<": Op.LT, "<=": Op.LE, ">": Op.GT, ">=": Op.GE}
-ARITH = {"+": Op.ADD, "-": Op.SUB, "*": Op.MUL, "/": Op.DIV, "%": Op.MOD, "**": Op.POW}
-NEGATE = {Op.EQ: Op.NE, Op.NE: Op.EQ, Op.LT: Op.GE, Op.GE: Op.LT, Op.GT: Op.LE, Op.LE: Op.GT}
-NUMERIC = (Ty.INT, Ty.FLOAT)
 
 
 def const(value, span=None) -> Expr:

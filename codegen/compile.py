@@ -13,7 +13,7 @@ from .emit_driver import driver_lines
 from .emit_numpy import NumpyEmitter, kernel_lines, leaves, targets
 from .emit_sparse import RowsEmitter
 from .errors import SpecError
-from .ir import Kind, Op, Spec
+from .ir import Op, Spec
 from .parser import parse
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"

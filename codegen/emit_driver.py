@@ -10,7 +10,7 @@ from __future__ import annotations
 from .emit_c import CStyleEmitter
 from .emit_numpy import NumpyEmitter, leaves, targets
 from .ir import Op
-from .lower import Branch, Host, Stage
+from .lower import Host, Stage
 
 
 def driver_lines(spec, cem: CStyleEmitter) -> list[str]:
