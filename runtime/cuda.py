@@ -20,7 +20,8 @@ THREADS = 256
 
 
 def is_cupy(x) -> bool:
-    return type(x).__module__.startswith("cupy")
+    t = type(x)
+    return t is not np.ndarray and t.__module__.startswith("cupy")
 
 
 def module_for(cls, device_id: int):

@@ -132,6 +132,7 @@ class Optimizer:
     options: dict = {}
     sparse = None
     multi_tensor = False
+    _call_backend = None
 
     def __init__(self, rescale_grad=1.0, param_idx2name=None, wd=0.0, clip_gradient=None, learning_rate=None,
                  lr_scheduler=None, sym=None, begin_num_update=0, multi_precision=False, param_dict=None, **kwargs):
@@ -411,15 +412,20 @@ class Optimizer:
                                                           for w, g in zip(weights, grads)):
             # CUDA list update: one launch per stage for all parameters
             multi = cuda.MultiTensorLaunches(cuda.module_for(type(self), weights[0].device.id))
-        with np.errstate(all="ignore"):
-            for i, w, g, s, lr, wd, base in zip(indices, weights, grads, states, lrs, wds, bases):
-                name = self.idx2name.get(i, str(i))
-                if multi is not None:
-                    self._step_cuda(w, g, s, call, lr, wd, self._index_update_count[i], name, base, num_update, multi)
-                else:
-                    self._step_one(w, g, s, call, lr, wd, self._index_update_count[i], name, base, num_update)
-        if multi is not None:
-            multi.flush()
+        self._call_backend = self.backend   # chosen once per call, not once per parameter
+        try:
+            with np.errstate(all="ignore"):
+                for i, w, g, s, lr, wd, base in zip(indices, weights, grads, states, lrs, wds, bases):
+                    name = self.idx2name.get(i, str(i))
+                    t = self._index_update_count[i]
+                    if multi is not None:
+                        self._step_cuda(w, g, s, call, lr, wd, t, name, base, num_update, multi)
+                    else:
+                        self._step_one(w, g, s, call, lr, wd, t, name, base, num_update)
+            if multi is not None:
+                multi.flush()
+        finally:
+            self._call_backend = None
 
     def _step_one(self, weight, grad, state, call, lr, wd, t, name, base_lr, num_update):
         if isinstance(grad, RowSparse):
@@ -484,7 +490,7 @@ class Optimizer:
 
     def _kernel(self, call, weight, grad, tensors, scalars, lr, wd, t, name, base_lr, num_update):
         """Run this spec's update on one parameter with the selected backend."""
-        if self.backend == "native":
+        if (self._call_backend or self.backend) == "native":
             be = native.NativeBackend(native.library_for(type(self)), weight.dtype)
             if not grad.flags.c_contiguous:
                 grad = np.ascontiguousarray(grad)
@@ -522,7 +528,8 @@ class Optimizer:
             self._kernel_staged(be, call, target, data, state.tensors, state.scalars, lr, wd, t, name, base_lr,
                                 num_update)
             return
-        if self.backend == "native" and target.dtype != np.float16 and isinstance(target, np.ndarray):
+        if (self._call_backend or self.backend) == "native" and target.dtype != np.float16 and \
+                isinstance(target, np.ndarray):
             # compiled row kernels, parallel over the gradient's elements
             data = np.ascontiguousarray(data, dtype=target.dtype)
             be = native.NativeRowsBackend(native.library_for(type(self)), target.dtype, rows, data)
@@ -660,10 +667,28 @@ def _check_no_overlap(arrays):
     if len(kinds) > 1:
         raise TypeError(f"one update mixes {' and '.join(sorted(kinds))} arrays; keep a parameter, its gradient and "
                         "its state on one device")
-    spans = sorted((_bounds(a) + (what,) for a, what in arrays if a.nbytes))
-    for (_, end, first), (start, _, second) in zip(spans, spans[1:]):
-        if start < end:
-            raise ValueError(f"{second} shares memory with {first}; an update writes each of them once")
+    # only arrays that hang off one buffer can overlap: compare addresses within such groups
+    groups: dict = {}
+    for a, what in arrays:
+        if a.nbytes:
+            groups.setdefault(_buffer_key(a), []).append((a, what))
+    for members in groups.values():
+        if len(members) < 2:
+            continue
+        spans = sorted(_bounds(a) + (what,) for a, what in members)
+        for (_, end, first), (start, _, second) in zip(spans, spans[1:]):
+            if start < end:
+                raise ValueError(f"{second} shares memory with {first}; an update writes each of them once")
+
+
+def _buffer_key(a):
+    """The object owning `a`'s memory (the end of its chain of NumPy bases); CuPy arrays share one
+    group, compared by address."""
+    if cuda.is_cupy(a):
+        return "cupy"
+    while isinstance(a.base, np.ndarray):
+        a = a.base
+    return id(a if a.base is None else a.base)
 
 
 def _array_kind(a) -> str:
