@@ -33,7 +33,7 @@ class CStyleEmitter:
     FUNCS = {Op.SQRT: "sqrt({0})", Op.SQUARE: "op_square({0})", Op.ABS: "fabs({0})", Op.SIGN: "op_sign({0})",
              Op.EXP: "exp({0})", Op.LOG: "log({0})", Op.MAXIMUM: "op_max({0}, {1})",
              Op.MINIMUM: "op_min({0}, {1})", Op.CLIP: "op_clip({0}, {1})", Op.POW: "pow({0}, {1})",
-             Op.MOD: "fmod({0}, {1})"}
+             Op.MOD: "op_mod({0}, {1})"}
     BINOPS = {Op.ADD: "+", Op.SUB: "-", Op.MUL: "*", Op.DIV: "/", Op.EQ: "==", Op.NE: "!=", Op.LT: "<",
               Op.LE: "<=", Op.GT: ">", Op.GE: ">=", Op.AND: "&&", Op.OR: "||"}
 
@@ -77,7 +77,7 @@ class CStyleEmitter:
                 if isinstance(v, bool):
                     return ("true" if v else "false"), ATOM
                 text = repr(float(v)) if isinstance(v, float) else repr(v)
-                return (f"C({text})" if isinstance(v, float) else text), ATOM
+                return f"C({text})", ATOM   # typed, so that op_max(x, 0) deduces one type
             return names[e], ATOM
         op = e.op
         if op in (Op.WEIGHT, Op.GRAD, Op.STATE, Op.LOCAL):

@@ -16,6 +16,8 @@ typedef unsigned long long uint64_t;
 template <typename C> OPTFORGE_HD C op_square(C x) { return x * x; }
 template <typename C> OPTFORGE_HD C op_sign(C x) { return C((x > C(0)) - (x < C(0))); }
 template <typename C> OPTFORGE_HD C op_max(C a, C b) { return a > b ? a : b; }
+/* % as in Python and NumPy: the result takes the divisor's sign */
+template <typename C> OPTFORGE_HD C op_mod(C a, C b) { return a - b * floor(a / b); }
 template <typename C> OPTFORGE_HD C op_min(C a, C b) { return a < b ? a : b; }
 /* clip to [-b, b]; b <= 0 (or none, passed as 0) means no clipping */
 template <typename C> OPTFORGE_HD C op_clip(C x, C b) { return b > C(0) ? (x > b ? b : (x < -b ? -b : x)) : x; }
@@ -51,9 +53,9 @@ OPTFORGE_HD void optforge_adadelta_s0_elem(int64_t i, int64_t gi, const G* __res
     C weight = C(p_weight[i]);
     C g, delta;
     g = op_clip(k_rescale_grad * grad, k1);  // adadelta.opt:20
-    acc_g = k_rho * acc_g + (1 - k_rho) * g * g;  // adadelta.opt:21
+    acc_g = k_rho * acc_g + (C(1) - k_rho) * g * g;  // adadelta.opt:21
     delta = sqrt(acc_delta + k_epsilon) / sqrt(acc_g + k_epsilon) * g;  // adadelta.opt:22
-    acc_delta = k_rho * acc_delta + (1 - k_rho) * delta * delta;  // adadelta.opt:23
+    acc_delta = k_rho * acc_delta + (C(1) - k_rho) * delta * delta;  // adadelta.opt:23
     weight = weight - (delta + k_wd * weight);  // adadelta.opt:24
     p_acc_g[i] = (T)(acc_g);
     p_acc_delta[i] = (T)(acc_delta);

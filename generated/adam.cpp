@@ -16,6 +16,8 @@ typedef unsigned long long uint64_t;
 template <typename C> OPTFORGE_HD C op_square(C x) { return x * x; }
 template <typename C> OPTFORGE_HD C op_sign(C x) { return C((x > C(0)) - (x < C(0))); }
 template <typename C> OPTFORGE_HD C op_max(C a, C b) { return a > b ? a : b; }
+/* % as in Python and NumPy: the result takes the divisor's sign */
+template <typename C> OPTFORGE_HD C op_mod(C a, C b) { return a - b * floor(a / b); }
 template <typename C> OPTFORGE_HD C op_min(C a, C b) { return a < b ? a : b; }
 /* clip to [-b, b]; b <= 0 (or none, passed as 0) means no clipping */
 template <typename C> OPTFORGE_HD C op_clip(C x, C b) { return b > C(0) ? (x > b ? b : (x < -b ? -b : x)) : x; }
@@ -51,8 +53,8 @@ OPTFORGE_HD void optforge_adam_s0_elem(int64_t i, int64_t gi, const G* __restric
     C var = C(p_var[i]);
     C g;
     g = op_clip(grad * k_rescale_grad + k_wd * weight, k2);  // adam.opt:34
-    mean = k_beta1 * mean + (1 - k_beta1) * g;  // adam.opt:35
-    var = k_beta2 * var + (1 - k_beta2) * op_square(g);  // adam.opt:36
+    mean = k_beta1 * mean + (C(1) - k_beta1) * g;  // adam.opt:35
+    var = k_beta2 * var + (C(1) - k_beta2) * op_square(g);  // adam.opt:36
     weight = weight - k_lr_t * mean / (sqrt(var) + k_epsilon);  // adam.opt:38
     p_mean[i] = (T)(mean);
     p_var[i] = (T)(var);

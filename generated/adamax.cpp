@@ -16,6 +16,8 @@ typedef unsigned long long uint64_t;
 template <typename C> OPTFORGE_HD C op_square(C x) { return x * x; }
 template <typename C> OPTFORGE_HD C op_sign(C x) { return C((x > C(0)) - (x < C(0))); }
 template <typename C> OPTFORGE_HD C op_max(C a, C b) { return a > b ? a : b; }
+/* % as in Python and NumPy: the result takes the divisor's sign */
+template <typename C> OPTFORGE_HD C op_mod(C a, C b) { return a - b * floor(a / b); }
 template <typename C> OPTFORGE_HD C op_min(C a, C b) { return a < b ? a : b; }
 /* clip to [-b, b]; b <= 0 (or none, passed as 0) means no clipping */
 template <typename C> OPTFORGE_HD C op_clip(C x, C b) { return b > C(0) ? (x > b ? b : (x < -b ? -b : x)) : x; }
@@ -51,7 +53,7 @@ OPTFORGE_HD void optforge_adamax_s0_elem(int64_t i, int64_t gi, const G* __restr
     C u = C(p_u[i]);
     C g;
     g = op_clip(k_rescale_grad * grad + k_wd * weight, k2);  // adamax.opt:25
-    m = k_beta1 * m + (1 - k_beta1) * g;  // adamax.opt:26
+    m = k_beta1 * m + (C(1) - k_beta1) * g;  // adamax.opt:26
     u = op_max(k_beta2 * u, fabs(g));  // adamax.opt:27
     weight = weight - k5 * m / u;  // adamax.opt:28
     p_m[i] = (T)(m);

@@ -16,6 +16,8 @@ typedef unsigned long long uint64_t;
 template <typename C> OPTFORGE_HD C op_square(C x) { return x * x; }
 template <typename C> OPTFORGE_HD C op_sign(C x) { return C((x > C(0)) - (x < C(0))); }
 template <typename C> OPTFORGE_HD C op_max(C a, C b) { return a > b ? a : b; }
+/* % as in Python and NumPy: the result takes the divisor's sign */
+template <typename C> OPTFORGE_HD C op_mod(C a, C b) { return a - b * floor(a / b); }
 template <typename C> OPTFORGE_HD C op_min(C a, C b) { return a < b ? a : b; }
 /* clip to [-b, b]; b <= 0 (or none, passed as 0) means no clipping */
 template <typename C> OPTFORGE_HD C op_clip(C x, C b) { return b > C(0) ? (x > b ? b : (x < -b ? -b : x)) : x; }
@@ -52,9 +54,9 @@ OPTFORGE_HD void optforge_ftml_s0_elem(int64_t i, int64_t gi, const G* __restric
     C d_prev = C(p_d_prev[i]);
     C g, d;
     g = op_clip(k_rescale_grad * grad + k_wd * weight, k2);  // ftml.opt:27
-    v = k_beta2 * v + (1 - k_beta2) * op_square(g);  // ftml.opt:28
+    v = k_beta2 * v + (C(1) - k_beta2) * op_square(g);  // ftml.opt:28
     d = k4 * (sqrt(v / k5) + k_epsilon);  // ftml.opt:29
-    z = k_beta1 * z + (1 - k_beta1) * g - (d - k_beta1 * d_prev) * weight;  // ftml.opt:30
+    z = k_beta1 * z + (C(1) - k_beta1) * g - (d - k_beta1 * d_prev) * weight;  // ftml.opt:30
     d_prev = d;  // ftml.opt:31
     weight = -z / d;  // ftml.opt:32
     p_v[i] = (T)(v);

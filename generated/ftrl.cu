@@ -19,6 +19,8 @@ typedef unsigned long long uint64_t;
 template <typename C> OPTFORGE_HD C op_square(C x) { return x * x; }
 template <typename C> OPTFORGE_HD C op_sign(C x) { return C((x > C(0)) - (x < C(0))); }
 template <typename C> OPTFORGE_HD C op_max(C a, C b) { return a > b ? a : b; }
+/* % as in Python and NumPy: the result takes the divisor's sign */
+template <typename C> OPTFORGE_HD C op_mod(C a, C b) { return a - b * floor(a / b); }
 template <typename C> OPTFORGE_HD C op_min(C a, C b) { return a < b ? a : b; }
 /* clip to [-b, b]; b <= 0 (or none, passed as 0) means no clipping */
 template <typename C> OPTFORGE_HD C op_clip(C x, C b) { return b > C(0) ? (x > b ? b : (x < -b ? -b : x)) : x; }
@@ -55,7 +57,7 @@ OPTFORGE_HD void optforge_ftrl_s0_elem(int64_t i, int64_t gi, const G* __restric
     g = op_clip(k_rescale_grad * grad, k1);  // ftrl.opt:30
     z = z + (g - (sqrt(n + g * g) - sqrt(n)) * weight / k_lr);  // ftrl.opt:31
     n = n + g * g;  // ftrl.opt:32
-    weight = (fabs(z) > k_lamda1 ? C((op_sign(z) * k_lamda1 - z) / ((k_beta + sqrt(n)) / k_lr + k_wd)) : C(0));  // ftrl.opt:33
+    weight = (fabs(z) > k_lamda1 ? C((op_sign(z) * k_lamda1 - z) / ((k_beta + sqrt(n)) / k_lr + k_wd)) : C(C(0)));  // ftrl.opt:33
     p_z[i] = (T)(z);
     p_n[i] = (T)(n);
     p_weight[i] = (T)(weight);

@@ -16,6 +16,8 @@ typedef unsigned long long uint64_t;
 template <typename C> OPTFORGE_HD C op_square(C x) { return x * x; }
 template <typename C> OPTFORGE_HD C op_sign(C x) { return C((x > C(0)) - (x < C(0))); }
 template <typename C> OPTFORGE_HD C op_max(C a, C b) { return a > b ? a : b; }
+/* % as in Python and NumPy: the result takes the divisor's sign */
+template <typename C> OPTFORGE_HD C op_mod(C a, C b) { return a - b * floor(a / b); }
 template <typename C> OPTFORGE_HD C op_min(C a, C b) { return a < b ? a : b; }
 /* clip to [-b, b]; b <= 0 (or none, passed as 0) means no clipping */
 template <typename C> OPTFORGE_HD C op_clip(C x, C b) { return b > C(0) ? (x > b ? b : (x < -b ? -b : x)) : x; }
@@ -80,7 +82,7 @@ OPTFORGE_HD void optforge_lbsgd_s2_elem(int64_t i, int64_t gi, const C* __restri
         weight = k6 * weight - k_lr_t * g;  // lbsgd.opt:68
     }
     if (k7) {
-        cum_grad = C(0);  // lbsgd.opt:71
+        cum_grad = C(C(0));  // lbsgd.opt:71
     }
     if (H0 == 1 || (H0 == 2 && p_mom)) p_mom[i] = (T)(mom);
     p_weight[i] = (T)(weight);

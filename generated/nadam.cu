@@ -19,6 +19,8 @@ typedef unsigned long long uint64_t;
 template <typename C> OPTFORGE_HD C op_square(C x) { return x * x; }
 template <typename C> OPTFORGE_HD C op_sign(C x) { return C((x > C(0)) - (x < C(0))); }
 template <typename C> OPTFORGE_HD C op_max(C a, C b) { return a > b ? a : b; }
+/* % as in Python and NumPy: the result takes the divisor's sign */
+template <typename C> OPTFORGE_HD C op_mod(C a, C b) { return a - b * floor(a / b); }
 template <typename C> OPTFORGE_HD C op_min(C a, C b) { return a < b ? a : b; }
 /* clip to [-b, b]; b <= 0 (or none, passed as 0) means no clipping */
 template <typename C> OPTFORGE_HD C op_clip(C x, C b) { return b > C(0) ? (x > b ? b : (x < -b ? -b : x)) : x; }
@@ -53,8 +55,8 @@ OPTFORGE_HD void optforge_nadam_s0_elem(int64_t i, int64_t gi, const G* __restri
     C v = C(p_v[i]);
     C g, g_prime, m_prime, v_prime, m_bar;
     g = op_clip(k_rescale_grad * grad + k_wd * weight, k2);  // nadam.opt:32
-    m = k_beta1 * m + (1 - k_beta1) * g;  // nadam.opt:37
-    v = k_beta2 * v + (1 - k_beta2) * g * g;  // nadam.opt:38
+    m = k_beta1 * m + (C(1) - k_beta1) * g;  // nadam.opt:37
+    v = k_beta2 * v + (C(1) - k_beta2) * g * g;  // nadam.opt:38
     g_prime = g / k5;  // nadam.opt:39
     m_prime = m / k6;  // nadam.opt:40
     v_prime = v / k7;  // nadam.opt:41

@@ -16,6 +16,8 @@ typedef unsigned long long uint64_t;
 template <typename C> OPTFORGE_HD C op_square(C x) { return x * x; }
 template <typename C> OPTFORGE_HD C op_sign(C x) { return C((x > C(0)) - (x < C(0))); }
 template <typename C> OPTFORGE_HD C op_max(C a, C b) { return a > b ? a : b; }
+/* % as in Python and NumPy: the result takes the divisor's sign */
+template <typename C> OPTFORGE_HD C op_mod(C a, C b) { return a - b * floor(a / b); }
 template <typename C> OPTFORGE_HD C op_min(C a, C b) { return a < b ? a : b; }
 /* clip to [-b, b]; b <= 0 (or none, passed as 0) means no clipping */
 template <typename C> OPTFORGE_HD C op_clip(C x, C b) { return b > C(0) ? (x > b ? b : (x < -b ? -b : x)) : x; }
@@ -52,9 +54,9 @@ OPTFORGE_HD void optforge_rmsprop_s0_elem(int64_t i, int64_t gi, const G* __rest
     C delta = (H1 == 1 || (H1 == 2 && p_delta)) ? C(p_delta[i]) : C(0);
     C g;
     g = op_clip(k_rescale_grad * grad + k_wd * weight, k2);  // rmsprop.opt:35
-    n = (1 - k_gamma1) * op_square(g) + k_gamma1 * n;  // rmsprop.opt:36
+    n = (C(1) - k_gamma1) * op_square(g) + k_gamma1 * n;  // rmsprop.opt:36
     if (k_centered) {
-        g_avg = (1 - k_gamma1) * g + k_gamma1 * g_avg;  // rmsprop.opt:38
+        g_avg = (C(1) - k_gamma1) * g + k_gamma1 * g_avg;  // rmsprop.opt:38
         delta = k_gamma2 * delta - k_lr * g / sqrt(n - op_square(g_avg) + k_epsilon);  // rmsprop.opt:39
         weight = weight + delta;  // rmsprop.opt:40
     } else {

@@ -16,6 +16,8 @@ typedef unsigned long long uint64_t;
 template <typename C> OPTFORGE_HD C op_square(C x) { return x * x; }
 template <typename C> OPTFORGE_HD C op_sign(C x) { return C((x > C(0)) - (x < C(0))); }
 template <typename C> OPTFORGE_HD C op_max(C a, C b) { return a > b ? a : b; }
+/* % as in Python and NumPy: the result takes the divisor's sign */
+template <typename C> OPTFORGE_HD C op_mod(C a, C b) { return a - b * floor(a / b); }
 template <typename C> OPTFORGE_HD C op_min(C a, C b) { return a < b ? a : b; }
 /* clip to [-b, b]; b <= 0 (or none, passed as 0) means no clipping */
 template <typename C> OPTFORGE_HD C op_clip(C x, C b) { return b > C(0) ? (x > b ? b : (x < -b ? -b : x)) : x; }
@@ -51,7 +53,7 @@ OPTFORGE_HD void optforge_signum_s0_elem(int64_t i, int64_t gi, const G* __restr
     C g;
     g = op_clip(k_rescale_grad * grad, k1);  // signum.opt:26
     if (k2) {
-        mom = k_momentum * mom - (1 - k_momentum) * (k_wd * weight + g);  // signum.opt:28
+        mom = k_momentum * mom - (C(1) - k_momentum) * (k_wd * weight + g);  // signum.opt:28
         weight = k5 * weight + k_lr * op_sign(mom);  // signum.opt:29
     } else {
         weight = k7 * weight - k_lr * op_sign(g);  // signum.opt:31

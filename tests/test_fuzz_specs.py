@@ -12,7 +12,7 @@ from pathlib import Path
 
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from optforge.codegen.compile import load_spec_text, render_module
+from optforge.codegen.compile import load_spec_text, render_files
 from optforge.codegen.errors import SpecError
 
 SPECS = sorted((Path(__file__).resolve().parent.parent / "specs").glob("*.opt"))
@@ -79,8 +79,8 @@ def compile_or_spec_error(text: str, path: str = "specs/fuzz.opt") -> str:
     except SpecError as e:
         assert e.errors and all(d.render() for d in e.diagnostics)
         return "error"
-    module = render_module(spec)
-    compile(module, f"<generated from {path}>", "exec")
+    files = render_files(spec, path)   # the Python module and the C++ and CUDA sources
+    compile(files[f"{spec.module_name}.py"], f"<generated from {path}>", "exec")
     return "ok"
 
 
