@@ -51,6 +51,18 @@ update {
     weight = weight - lr * big * d / (sqrt(v) + eps) - lr * (weight % 0.5) * 0.01 + lr * maximum(d, 0) * (weight % 2) * 0.001
 }
 """,
+    "mathy": """
+optimizer Mathy
+hyper n: int = 3 in [1, 10]
+hyper flag: bool = true
+update {
+    a = exp(-abs(grad)) + log(1 + square(weight))
+    keep = not (grad > 1 or grad < -1) and weight > -2
+    p = where(keep, abs(grad) ** 1.5, 1 / n)
+    q = where(flag and t % 2 == 1, p / n, p * (n % 2 + 1))
+    weight = weight - lr * sign(grad) * q * a / (t + n)
+}
+""",
 }
 
 
