@@ -13,7 +13,7 @@ from .emit_driver import driver_lines
 from .emit_numpy import NumpyEmitter, kernel_lines, leaves, targets
 from .emit_sparse import RowsEmitter
 from .errors import SpecError
-from .ir import Op, Spec
+from .ir import Op, Spec, statement_exprs
 from .parser import parse
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
@@ -204,19 +204,7 @@ def render_module(spec: Spec, spec_path: str | None = None) -> str:
         layout_lines=layout, scalar_init_lines=scalar_init, sparse_lines=sparse_lines,
         requires_lines=requires_lines, rows_lines=rows_lines,
         prologue_lines=pro, kernel_lines=ker, staged_lines=staged,
-        multi_tensor=not any(n.op in (Op.NORM, Op.SUM) for e in _all_exprs(spec.body) for n in e.walk()))
-
-
-def _all_exprs(stmts):
-    from .ir import Assign
-    for s in stmts:
-        if isinstance(s, Assign):
-            yield s.value
-        else:
-            for cond, body in s.branches:
-                yield cond
-                yield from _all_exprs(body)
-            yield from _all_exprs(s.orelse)
+        multi_tensor=not any(n.op in (Op.NORM, Op.SUM) for e in statement_exprs(spec.body) for n in e.walk()))
 
 
 def _rebind_globals(lines, spec):

@@ -101,6 +101,18 @@ class IfStmt:
         return max(kinds)
 
 
+def statement_exprs(stmts):
+    """Every expression a list of statements evaluates, branches included: values and conditions."""
+    for s in stmts:
+        if isinstance(s, Assign):
+            yield s.value
+        else:
+            for cond, body in s.branches:
+                yield cond
+                yield from statement_exprs(body)
+            yield from statement_exprs(s.orelse)
+
+
 @dataclass(frozen=True)
 class Hyper:
     name: str

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .ir import Assign, Expr, IfStmt, Kind, Op, Spec
+from .ir import Assign, Expr, IfStmt, Kind, Op, Spec, statement_exprs
 
 
 @dataclass
@@ -83,16 +83,7 @@ def flat_assigns(stmts):
             yield from flat_assigns(s.orelse)
 
 
-def stage_exprs(stmts):
-    """Every expression a stage evaluates: assigned values and `if` conditions."""
-    for s in stmts:
-        if isinstance(s, Assign):
-            yield s.value
-        else:
-            for cond, body in s.branches:
-                yield cond
-                yield from stage_exprs(body)
-            yield from stage_exprs(s.orelse)
+stage_exprs = statement_exprs   # every expression a stage evaluates: values and `if` conditions
 
 
 def _inlinable(s) -> bool:
@@ -201,7 +192,7 @@ class Lowering:
         def host_reads(items):
             for item in items:
                 if isinstance(item, Host):
-                    for e in _exprs(item.stmt):
+                    for e in statement_exprs([item.stmt]):
                         for n in e.walk():
                             if n.op is Op.LOCAL and n.kind is Kind.TENSOR:
                                 need.add(n.value)
@@ -213,18 +204,6 @@ class Lowering:
         for st in self.stages:
             st.scratch_writes = {s.target for s in flat_assigns(st.stmts) if s.role == "local" and s.target in need}
         self.scratch = sorted(n for n in need if n in defined_in)
-
-
-def _exprs(s):
-    if isinstance(s, Assign):
-        return [s.value]
-    out = [c for c, _ in s.branches]
-    for _, body in s.branches:
-        for x in body:
-            out += _exprs(x)
-    for x in s.orelse:
-        out += _exprs(x)
-    return out
 
 
 def lower(spec: Spec):
