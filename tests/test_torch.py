@@ -9,7 +9,6 @@ import copy
 import io
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -294,10 +293,11 @@ def _shard(t, rank, world):
     return flat[rank * per:(rank + 1) * per]
 
 
-def _sharded_worker(rank, world, port, out):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+def _sharded_worker(rank, world, store, out):
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=timedelta(seconds=60))
+    # a file store, not a TCP port picked beforehand: no race with other processes for the port
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world,
+                            timeout=timedelta(seconds=90))
     try:
         report = {}
         for spec, kw in (("lamb", dict(lr=0.01, weight_decay=0.01)),
@@ -329,21 +329,16 @@ def _sharded_worker(rank, world, port, out):
         if rank == 0:
             with open(out, "w") as f:
                 json.dump(report, f)
+        dist.barrier()   # both ranks done with the group before either tears it down
     finally:
         dist.destroy_process_group()
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_sharded_lamb_and_lars_equal_unsharded(tmp_path):
     if not dist.is_available() or not dist.is_gloo_available():
         pytest.skip("torch.distributed with gloo is not available")
     out = tmp_path / "report.json"
-    ctx = mp.spawn(_sharded_worker, args=(2, _free_port(), str(out)), nprocs=2, join=False)
+    ctx = mp.spawn(_sharded_worker, args=(2, str(tmp_path / "store"), str(out)), nprocs=2, join=False)
     deadline = time.monotonic() + 120
     while not ctx.join(timeout=2):
         if time.monotonic() > deadline:
