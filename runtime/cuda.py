@@ -24,6 +24,23 @@ def is_cupy(x) -> bool:
     return t is not np.ndarray and t.__module__.startswith("cupy")
 
 
+def to_host(a):
+    """`a` as a NumPy array: CuPy arrays are copied to the host explicitly, others pass through."""
+    return a.get() if is_cupy(a) else a
+
+
+def move_like(a, like):
+    """`a` (a NumPy or CuPy array) where `like` lives: on `like`'s GPU when `like` is a CuPy array,
+    on the host otherwise. Returns `a` itself when it is there already."""
+    if not is_cupy(like):
+        return to_host(a)
+    import cupy
+    if is_cupy(a) and a.device.id == like.device.id:
+        return a
+    with cupy.cuda.Device(like.device.id):
+        return cupy.asarray(to_host(a))
+
+
 def module_for(cls, device_id: int):
     """The RawModule of an optimizer class on a device, compiled on first use."""
     import cupy
@@ -145,17 +162,26 @@ class MultiTensorLaunches:
         return launches
 
     def _launch_gpu(self, name, items):
+        """One launch: the size, pointer and scalar tables packed into ONE host buffer and copied
+        to the device in one transfer; the kernel gets views into it."""
         import cupy
         f = self.module.get_function(name)
-        sizes = cupy.asarray([next(a.size for a in arrays if a is not None) for arrays, _, _ in items],
-                             dtype=np.int64)
-        tables = [cupy.asarray([arrays[k].data.ptr if arrays[k] is not None else 0 for arrays, _, _ in items],
-                               dtype=np.uint64) for k in range(len(items[0][0]))]
-        lp = cupy.asarray([w.data.ptr if w is not None else 0 for _, _, w in items], dtype=np.uint64)
+        n, ntab = len(items), len(items[0][0])
         width = max(1, len(items[0][1]))
-        scalars = cupy.asarray(np.array([list(s) + [0.0] * (width - len(s)) for _, s, _ in items], dtype=np.float64))
-        blocks = max(1, min((int(sizes.max()) + THREADS - 1) // THREADS, 1024))
-        f((blocks, len(items)), (THREADS,), (sizes, *tables, lp, scalars))
+        host = np.zeros((2 + ntab) * n + width * n, dtype=np.uint64)
+        sizes = [next(a.size for a in arrays if a is not None) for arrays, _, _ in items]
+        host[:n] = sizes
+        for k in range(ntab):
+            host[(1 + k) * n:(2 + k) * n] = [arrays[k].data.ptr if arrays[k] is not None else 0
+                                             for arrays, _, _ in items]
+        host[(1 + ntab) * n:(2 + ntab) * n] = [w.data.ptr if w is not None else 0 for _, _, w in items]
+        scalars = host[(2 + ntab) * n:].view(np.float64).reshape(n, width)
+        for row, (_, s, _) in zip(scalars, items):
+            row[:len(s)] = s
+        dev = cupy.asarray(host)
+        tables = [dev[k * n:(k + 1) * n] for k in range(2 + ntab)]
+        blocks = max(1, min((max(sizes) + THREADS - 1) // THREADS, 1024))   # sizes known on the host
+        f((blocks, n), (THREADS,), (tables[0].view(np.int64), *tables[1:], dev[(2 + ntab) * n:].view(np.float64)))
 
 
 class _Recorder:

@@ -31,7 +31,7 @@ FLOAT_DTYPES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64)
 def array_module(a):
     """The array module (NumPy, or CuPy when given CuPy arrays) that owns `a`."""
     mod = type(a).__module__.split(".")[0]
-    if mod == "cupy":  # pragma: no cover - no CUDA backend yet
+    if mod == "cupy":
         import cupy
         return cupy
     return np

@@ -29,7 +29,7 @@ import zipfile
 
 import numpy as np
 
-from . import registry
+from . import cuda, registry
 from .optimizer import FLOAT_DTYPES, Optimizer, OptState, _check_array, _check_index
 
 FORMAT = "optforge-states"
@@ -67,11 +67,14 @@ class Updater:
             where = f"[{k}]" if is_list else ""
             _check_index(i, "index" + where)
             _check_array(w, "weight" + where, writeable=True)
-        new = {}
+        new, moved = {}, {}
         for i, w in zip(indices, weights):
             if i not in self.states and i not in new:
                 new[i] = opt.create_state_multi_precision(i, w)
-        states = [self.states[i] if i in self.states else new[i] for i in indices]
+            elif i in self.states and not self.states_synced.get(i, True) and i not in moved:
+                # loaded states live on the host until their weight shows where they belong
+                moved[i] = self.sync_state_context(self.states[i], w)
+        states = [new[i] if i in new else moved.get(i, self.states.get(i)) for i in indices]
         if not is_list:
             opt.update_multi_precision(index, weight, grad, states[0])
         else:
@@ -90,11 +93,20 @@ class Updater:
                 for i, w, g, s in zip(indices, weights, grads, states):
                     opt.update_multi_precision(i, w, g, s)
         self.states.update(new)
-        for i in new:
+        self.states.update(moved)
+        for i in (*new, *moved):
             self.states_synced[i] = True
 
-    def sync_state_context(self, state, context):
-        return state
+    def sync_state_context(self, state, weight):
+        """`state` with its arrays where `weight` lives (host or GPU), as MXNet moves loaded states
+        to the weight's context; a new OptState, `state` itself when nothing moves."""
+        if not isinstance(state, OptState):
+            return state
+        tensors = {k: cuda.move_like(v, weight) for k, v in state.tensors.items()}
+        master = None if state.master is None else cuda.move_like(state.master, weight)
+        if master is state.master and all(tensors[k] is v for k, v in state.tensors.items()):
+            return state
+        return OptState(state.owner, state.shape, state.dtype, tensors, dict(state.scalars), master)
 
     # ---- checkpoints --------------------------------------------------------------------------------
     def get_states(self, dump_optimizer: bool = False) -> bytes:
@@ -388,9 +400,9 @@ def dumps_states(states: dict, optimizer: Optimizer, dump_optimizer: bool = Fals
                  "master": s.master is not None}
         header["states"].append(entry)
         for name, arr in s.tensors.items():
-            arrays[f"s{n}.{name}"] = arr
+            arrays[f"s{n}.{name}"] = cuda.to_host(arr)   # GPU states are copied to the host explicitly
         if s.master is not None:
-            arrays[f"s{n}.__master__"] = s.master
+            arrays[f"s{n}.__master__"] = cuda.to_host(s.master)
     buf = io.BytesIO()
     blob = np.frombuffer(json.dumps(header, sort_keys=True, allow_nan=True).encode(), dtype=np.uint8)
     np.savez(buf, __header__=blob, **arrays)

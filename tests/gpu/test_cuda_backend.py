@@ -1,0 +1,190 @@
+"""The CUDA backend against the NumPy backend, for every bundled optimizer and every kernel variant
+(float32, float64, float16, float16 weight + float32 master), single and list updates, dense and
+lazy row-sparse; checkpoints of GPU states; SGLD's device noise; scalars that change without a
+recompile. Needs CuPy and a device (or tests/cuda/fakecupy on the host)."""
+import os
+import sys
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from gpu import require_cupy  # noqa: E402
+
+cupy = require_cupy()
+import optforge  # noqa: E402
+from optforge import cuda  # noqa: E402
+
+# every bundled optimizer, with the options that take its less common paths
+CONFIGS = {
+    "sgd": {"momentum": 0.9, "clip_gradient": 0.8},
+    "nag": {"momentum": 0.9},
+    "adam": {"clip_gradient": 1.5},
+    "adagrad": {"eps": 1e-6},
+    "adadelta": {"rho": 0.9},
+    "adamax": {},
+    "nadam": {},
+    "rmsprop": {"centered": True, "clip_weights": 2.0},
+    "ftrl": {"lamda1": 0.01},
+    "ftml": {},
+    "dcasgd": {"momentum": 0.9},
+    "sgld": {},
+    "signum": {"momentum": 0.9, "wd_lh": 0.01},
+    "lamb": {"lower_bound": 0.1, "upper_bound": 5.0},
+    "lars": {"momentum": 0.9, "eta": 0.5},
+    "lbsgd": {"momentum": 0.9, "batch_scale": 2, "warmup_strategy": "linear", "warmup_epochs": 2},
+    "test": {},
+    "ccsgd": {"momentum": 0.5},
+}
+VARIANTS = {"f32": (np.float32, False), "f64": (np.float64, False), "f16": (np.float16, False),
+            "mp16": (np.float16, True)}
+SHAPES = [(5, 6), (7,), (2, 3, 4), (300,)]
+
+
+def _run(name, dtype, multi_precision, on_gpu, mode, steps=3, seed=4):
+    rng = np.random.default_rng(seed)
+    wd = 0.0 if (name, mode) == ("adagrad", "sparse") else 0.01   # MXNet's sparse AdaGrad has no wd
+    opt = optforge.create(name, learning_rate=0.05, wd=wd, multi_precision=multi_precision, **CONFIGS[name])
+    opt.backend = "numpy"
+    shapes = SHAPES if mode == "list" else SHAPES[:1]
+    ws = [rng.standard_normal(s).astype(dtype) for s in shapes]
+    if on_gpu:
+        ws = [cupy.asarray(w) for w in ws]
+    states = [opt.create_state_multi_precision(i, w) for i, w in enumerate(ws)]
+    for _ in range(steps):
+        gs = [rng.standard_normal(s).astype(dtype) for s in shapes]
+        if mode == "sparse":
+            rows = np.array([0, 3, 4])
+            data, idx = gs[0][rows], rows
+            if on_gpu:
+                data, idx = cupy.asarray(data), cupy.asarray(idx)
+            opt.update_multi_precision(0, ws[0], optforge.RowSparse(data, idx, shapes[0]), states[0])
+            continue
+        if on_gpu:
+            gs = [cupy.asarray(g) for g in gs]
+        if mode == "list":
+            opt.update_multi_precision(list(range(len(ws))), ws, gs, states)
+        else:
+            for i, (w, g, s) in enumerate(zip(ws, gs, states)):
+                opt.update_multi_precision(i, w, g, s)
+    return [cupy.asnumpy(w) if on_gpu else w for w in ws]
+
+
+def test_configs_cover_every_bundled_optimizer():
+    bundled = {name for name, cls in optforge.registry.registered().items()
+               if cls.__module__.startswith("optforge.generated")}
+    assert bundled == set(CONFIGS)
+
+
+@pytest.fixture
+def kernel_launches(monkeypatch):
+    """Counts the CUDA kernel launches (single, row-sparse and multi-tensor), so that a test knows
+    the update ran the compiled kernels and not, say, the NumPy kernel on CuPy arrays."""
+    counts = []
+    for cls, attr in ((cuda.CudaBackend, "launch"), (cuda.CudaRowsBackend, "launch"),
+                      (cuda.MultiTensorLaunches, "_launch_gpu")):
+        original = getattr(cls, attr)
+
+        def counted(self, *args, _original=original, _kind=f"{cls.__name__}.{attr}"):
+            counts.append(_kind)
+            return _original(self, *args)
+        monkeypatch.setattr(cls, attr, counted)
+    return counts
+
+
+@pytest.mark.parametrize("mode", ["single", "list", "sparse"])
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+@pytest.mark.parametrize("name", sorted(set(CONFIGS) - {"sgld"}))
+def test_cuda_matches_numpy(name, variant, mode, kernel_launches):
+    dtype, mp = VARIANTS[variant]
+    want = _run(name, dtype, mp, False, mode)
+    assert not kernel_launches
+    got = _run(name, dtype, mp, True, mode)
+    assert kernel_launches, "no CUDA kernel ran"
+    if mode == "list" and optforge.create(name).multi_tensor:
+        assert set(kernel_launches) == {"MultiTensorLaunches._launch_gpu"}
+    tol = {"f64": 1e-10, "f32": 2e-5}.get(variant, 3e-3)
+    for k, (a, b) in enumerate(zip(got, want)):
+        assert a.dtype == b.dtype and a.shape == b.shape
+        np.testing.assert_allclose(a.astype(np.float64), b.astype(np.float64), rtol=tol, atol=tol,
+                                   err_msg=f"{name} {variant} {mode} parameter {k}")
+
+
+def test_list_update_launches_once_per_stage_for_all_parameters(monkeypatch):
+    launches = []
+    flush = cuda.MultiTensorLaunches.flush
+    monkeypatch.setattr(cuda.MultiTensorLaunches, "flush", lambda self: launches.append(flush(self)) or launches[-1])
+    opt = optforge.create("adam", learning_rate=0.01)
+    ws = [cupy.random.standard_normal(64, dtype=cupy.float32) for _ in range(50)]
+    states = [opt.create_state(i, w) for i, w in enumerate(ws)]
+    opt.update(list(range(50)), ws, [cupy.random.standard_normal(64, dtype=cupy.float32) for _ in ws], states)
+    assert launches == [1]
+
+
+def test_sgld_noise_is_seeded_and_normal():
+    """SGLD on the device: the same seed gives the same weights, another seed other weights, and
+    the increment has the variance lr (the noise is N(0, sqrt(lr)) per element)."""
+    n, lr = 1 << 16, 0.01
+
+    def step(seed):
+        opt = optforge.create("sgld", learning_rate=lr, seed=seed)
+        w = cupy.zeros(n, dtype=cupy.float32)
+        opt.update(0, w, cupy.zeros(n, dtype=cupy.float32), opt.create_state(0, w))
+        return cupy.asnumpy(w).astype(np.float64)
+
+    a, b, c = step(7), step(7), step(8)
+    assert np.array_equal(a, b)
+    assert not np.array_equal(a, c)
+    assert abs(a.mean()) < 5 * np.sqrt(lr / n)
+    assert abs(a.std() / np.sqrt(lr) - 1) < 5 * 0.71 / np.sqrt(n)
+
+
+def test_checkpoint_of_gpu_states_round_trips(tmp_path):
+    """Updater states on the device are saved (copied to the host explicitly) and loaded back onto
+    the device of the weight at the next update; a CPU checkpoint resumes on the GPU and back."""
+    rng = np.random.default_rng(0)
+    shapes = [(4, 5), (9,)]
+    w0 = [rng.standard_normal(s).astype(np.float32) for s in shapes]
+    grads = [[rng.standard_normal(s).astype(np.float32) for s in shapes] for _ in range(4)]
+
+    def train(upd, ws, steps, to_dev):
+        for gs in steps:
+            for i, (w, g) in enumerate(zip(ws, gs)):
+                upd(i, to_dev(g), w)
+
+    on_gpu, on_cpu = cupy.asarray, (lambda a: a)
+    ref = optforge.get_updater(optforge.create("adam", learning_rate=0.1, wd=0.01))
+    ref.optimizer.backend = "numpy"
+    wr = [w.copy() for w in w0]
+    train(ref, wr, grads, on_cpu)
+
+    for first, second in ((on_gpu, on_gpu), (on_gpu, on_cpu), (on_cpu, on_gpu)):
+        upd = optforge.get_updater(optforge.create("adam", learning_rate=0.1, wd=0.01))
+        upd.optimizer.backend = "numpy"
+        ws = [first(w.copy()) for w in w0]
+        train(upd, ws, grads[:2], first)
+        path = tmp_path / "ckpt.states"
+        upd.save_states(path)
+        resumed = optforge.load_states(path)
+        resumed.optimizer.backend = "numpy"
+        ws = [second(cupy.asnumpy(w) if first is on_gpu else w) for w in ws]
+        train(resumed, ws, grads[2:], second)
+        for i, (w, r) in enumerate(zip(ws, wr)):
+            got = cupy.asnumpy(w) if second is on_gpu else w
+            np.testing.assert_allclose(got, r, rtol=2e-5, atol=2e-6, err_msg=f"parameter {i}")
+        kinds = {cuda.is_cupy(t) for s in resumed.states.values() for t in s.tensors.values()}
+        assert kinds == {second is on_gpu}
+
+
+def test_scalars_change_without_recompiling():
+    opt = optforge.create("adam", learning_rate=0.1)
+    w = cupy.asarray(np.ones(8, np.float32))
+    st = opt.create_state(0, w)
+    opt.update(0, w, cupy.asarray(np.ones(8, np.float32)), st)
+    modules = dict(cuda._modules)
+    before = cupy.asnumpy(w)
+    opt.learning_rate = 0.5
+    opt.update(0, w, cupy.asarray(np.ones(8, np.float32)), st)
+    assert cuda._modules == modules     # the same compiled module, new scalar arguments
+    step = before - cupy.asnumpy(w)
+    assert 0.45 < float(step[0]) < 0.55   # Adam's second step with a unit gradient moves ~lr
