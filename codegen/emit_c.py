@@ -47,7 +47,7 @@ class CStyleEmitter:
         """(parameter name, host expression) of every scalar a stage reads, in first-use order."""
         out: list[tuple[str, Expr]] = []
         seen = {}
-        exprs = list(stage_exprs(st.stmts))
+        exprs = st.exprs()
         for value in exprs:
             for e in scalar_args(value):
                 if e.op is Op.CONST or e in seen:
@@ -126,7 +126,28 @@ class CStyleEmitter:
                     scan(s.orelse, set(assigned))
             return assigned
 
-        scan(st.stmts, set())
+        assigned = scan(st.stmts, set())
+        # fused reductions read the element values at the end of the stage: loaded or assigned ones
+        # from registers, any other tensor from memory
+        for _, arg in st.reductions:
+            for n in arg.walk():
+                key = "weight" if n.op is Op.WEIGHT else "grad" if n.op is Op.GRAD else n.value
+                memory = n.op in (Op.WEIGHT, Op.GRAD, Op.STATE) or (
+                    n.op is Op.LOCAL and n.kind is Kind.TENSOR and n.value in self.scratch)
+                if memory and key not in assigned and key not in reads:
+                    reads.append(key)
+        # each element's reduction terms go out through references; the kernel accumulates them
+        reduce_lines = [f"red{k} = C({self.expr(arg, names)});" for k, (_, arg) in enumerate(st.reductions)]
+        # a reduction of a tensor as it is in memory after the stage (the weight, a state, the gradient, a
+        # scratch local; not a conditional state, which may be absent) is summed straight from memory
+        direct = []
+        for _, arg in st.reductions:
+            key = "weight" if arg.op is Op.WEIGHT else "grad" if arg.op is Op.GRAD else arg.value
+            in_memory = arg.op in (Op.WEIGHT, Op.GRAD) or (
+                arg.op is Op.STATE and states[key].cond is None) or (
+                arg.op is Op.LOCAL and arg.kind is Kind.TENSOR and (key in st.scratch_writes or
+                                                                    (key in self.scratch and key not in assigned)))
+            direct.append(f"p_{key}" if in_memory else None)
         index = lambda name: "i" if name == "weight" or name in states else "gi"  # noqa: E731
         pointers, loads, stores = [], [], []
         for name in reads + [w for w in writes if w not in reads]:
@@ -154,7 +175,13 @@ class CStyleEmitter:
             test = " && ".join(f"p_{n}" if f else f"!p_{n}" for n, f in zip(optional, flags)) or "true"
             cases.append((test, "".join(f", {f}" for f in flags)))
         body = self._body(st.stmts, names, 0)
-        return {"name": st.name, "fn": f"optforge_{self.spec.module_name}_{st.name}", "pointers": pointers,
+        nred = len(st.reductions)
+        return {"name": st.name, "nred": nred, "reduce": reduce_lines,
+                "red_params": "".join(f", C& red{k}" for k in range(nred)),
+                "red_args": "".join(f", red{k}" for k in range(nred)),
+                "red_terms": "".join(f", t{k}" for k in range(nred)),
+                "red_squares": [op is Op.NORM for op, _ in st.reductions], "red_direct": direct,
+                "elem_pass": bool(st.stmts) or None in direct, "fn": f"optforge_{self.spec.module_name}_{st.name}", "pointers": pointers,
                 "loads": loads, "declare": list(dict.fromkeys(declare)), "body": body, "stores": stores,
                 "hparams": "".join(f", int H{k}" for k in range(len(optional))),
                 "runtime_h": "".join(", 2" for _ in optional), "cases": cases,
@@ -182,7 +209,7 @@ class CStyleEmitter:
 
     def render(self, spec_path: str | None = None) -> str:
         stages = [self.stage(st) for st in self.stages]
-        uses_normal = any(n.op is Op.NORMAL for st in self.stages for e in stage_exprs(st.stmts) for n in e.walk())
+        uses_normal = any(n.op is Op.NORMAL for st in self.stages for e in st.exprs() for n in e.walk())
         return _env.get_template(self.template).render(
             spec=self.spec, stages=stages, uses_normal=uses_normal, header=_header(self.spec, spec_path))
 

@@ -36,14 +36,21 @@ def driver_lines(spec, cem: CStyleEmitter) -> list[str]:
         lines = []
         for item in items:
             if isinstance(item, Host):
+                em.fused = {n: (f"_red_{stage}", slot) for n, (stage, slot) in item.fused.items()}
                 lines += em.block([item.stmt], depth)
+                em.fused = {}
             elif isinstance(item, Stage):
                 info = stage_info[item.name]
                 ptrs = ", ".join(p["name"] for p in info["pointers"])
                 args = []
                 for name, e in info["scalar_exprs"]:
                     args.append("be.seed(self._rng)" if e is None else f"ops.arg({em.expr(e)})")
-                lines.append(f"{pad}be.launch({info['fn']!r}, ({ptrs},), ({''.join(a + ', ' for a in args)}))")
+                call = f"be.launch({info['fn']!r}, ({ptrs},), ({''.join(a + ', ' for a in args)})"
+                if item.reductions:   # partial sums of the fused reductions, or None where not fused
+                    lines.append(f"{pad}_red_{item.name} = {call}, reduce={len(item.reductions)}"
+                                 f"{'' if item.stmts else ', stores=False'})")
+                else:
+                    lines.append(f"{pad}{call})")
             else:
                 for k, (cond, sub) in enumerate(item.branches):
                     lines.append(f"{pad}{'if' if k == 0 else 'elif'} {em.expr(cond)}:")

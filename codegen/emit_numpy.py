@@ -20,6 +20,7 @@ TENSOR_FUNCS = {Op.SQRT: "{xp}.sqrt({0})", Op.SQUARE: "{xp}.square({0})", Op.ABS
                 Op.MAXIMUM: "{xp}.maximum({0}, {1})", Op.MINIMUM: "{xp}.minimum({0}, {1})",
                 Op.CLIP: "ops.clip({0}, {1})"}
 REDUCE_FUNCS = {Op.NORM: "ops.norm({0})", Op.SUM: "ops.total({0})"}
+FUSED_FUNCS = {Op.NORM: "ops.fused_norm({0})", Op.SUM: "ops.fused_total({0})"}
 
 
 class NumpyEmitter:
@@ -29,6 +30,9 @@ class NumpyEmitter:
         self.spec = spec
         self.file = spec.path.rsplit("/", 1)[-1]
         self.xp = xp   # the array module tensor expressions use: numpy, or `xp` chosen at run time
+        # reduction node -> (variable, slot): the driver's fused reductions (lower.py), finished from a
+        # stage's partial sums when the backend returned them, else computed here
+        self.fused: dict = {}
 
     # ---- expressions ----------------------------------------------------------------------------
     def expr(self, e: Expr) -> str:
@@ -83,7 +87,12 @@ class NumpyEmitter:
                 return f"{self.xp}.where({self.expr(c)}, {self.expr(a)}, {self.expr(b)})", ATOM
             return f"{self._wrap(a, 1)} if {self._wrap(c, 1)} else {self._wrap(b, 1)}", 0
         if op in REDUCE_FUNCS:
-            return REDUCE_FUNCS[op].format(self.expr(e.args[0])), ATOM
+            plain = REDUCE_FUNCS[op].format(self.expr(e.args[0]))
+            if e not in self.fused:
+                return plain, ATOM
+            var, slot = self.fused[e]
+            finish = FUSED_FUNCS[op].format(f"{var}[{slot}]")
+            return f"{finish} if {var} is not None else {plain}", 0
         if op is Op.NORMAL:
             return f"ops.normal(self._rng, {self.expr(e.args[0])}, {self.expr(e.args[1])}, weight)", ATOM
         if op is Op.ENDSWITH:

@@ -12,12 +12,20 @@ The per-parameter body becomes a list of steps the generated Python driver runs 
 Reductions and host `if`s split stages. Host statements are hoisted in front of the open stage
 when no statement already in that stage reads what they assign. A tensor local read outside the
 stage that computed it (a reduction, a later stage) is stored to a scratch array.
+
+Fused reductions: a whole-tensor `norm(x)` / `sum(x)` of an elementwise `x` is accumulated by the
+stage that precedes it (its sum of squares, or its sum, from the element values at the end of that
+stage: no second pass over memory), or, with no such stage, by a reduction-only stage that reads
+each tensor once for all the reductions in a row (LARS's two norms). The host statement then
+finishes the reduction from the stage's partial sums (`Host.fused`). Backends that cannot fuse
+(the row-sparse ones, whose stages see only some rows) return no partial sums and the driver
+computes the reduction on the host as before, so the arrays it reads are still materialized.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .ir import Assign, Expr, IfStmt, Kind, Op, Spec, statement_exprs
+from .ir import REDUCTIONS, Assign, Expr, IfStmt, Kind, Op, Spec, statement_exprs
 
 
 @dataclass
@@ -25,10 +33,15 @@ class Stage:
     name: str
     stmts: list = field(default_factory=list)       # Assigns, in order
     scratch_writes: set = field(default_factory=set)  # tensor locals stored to scratch at the end
+    reductions: list = field(default_factory=list)  # [(Op.NORM | Op.SUM, elementwise argument)], by slot
+
+    def exprs(self) -> list:
+        """Every expression the stage evaluates: statement values, `if` conditions, reduction arguments."""
+        return list(stage_exprs(self.stmts)) + [arg for _, arg in self.reductions]
 
     def host_reads(self) -> set:
         out = set()
-        for e in stage_exprs(self.stmts):
+        for e in self.exprs():
             for a in scalar_args(e):
                 for n in a.walk():
                     if n.op in (Op.LOCAL, Op.SCALAR_STATE) and n.kind <= Kind.REDUCED:
@@ -39,6 +52,7 @@ class Stage:
 @dataclass
 class Host:
     stmt: object
+    fused: dict = field(default_factory=dict)   # reduction node -> (stage name, slot) that accumulates it
 
 
 @dataclass
@@ -118,6 +132,27 @@ def _targets(s) -> set:
     return out
 
 
+def _host_only(item) -> bool:
+    """A step that launches nothing: a host statement, or a host `if` of host statements."""
+    if isinstance(item, Host):
+        return True
+    if isinstance(item, Branch):
+        return all(_host_only(x) for _, body in item.branches for x in body) and all(_host_only(x) for x in item.orelse)
+    return False
+
+
+def _step_targets(item) -> set:
+    if isinstance(item, Host):
+        return _targets(item.stmt)
+    out = set()
+    for _, body in item.branches:
+        for x in body:
+            out |= _step_targets(x)
+    for x in item.orelse:
+        out |= _step_targets(x)
+    return out
+
+
 class Lowering:
     def __init__(self, spec: Spec):
         self.spec = spec
@@ -157,12 +192,39 @@ class Lowering:
                     steps.append(Host(s))
             elif isinstance(s, Assign):  # a reduction (or a number computed from one)
                 open_stage = None
-                steps.append(Host(s))
+                steps.append(self._fuse(Host(s), steps))
             else:
                 open_stage = None
                 branches = [(cond, self._block(body)) for cond, body in s.branches]
                 steps.append(Branch(branches, self._block(s.orelse)))
         return steps
+
+    def _fuse(self, host: Host, steps: list) -> Host:
+        """Attach the statement's reductions to the stage before it (see the module doc)."""
+        nodes = []
+        for n in host.stmt.value.walk():
+            if n.op in REDUCTIONS and n not in nodes and not any(a.op is Op.NORMAL for a in n.args[0].walk()):
+                nodes.append(n)
+        if not nodes:
+            return host
+        leaves = {a.value for n in nodes for a in n.args[0].walk()
+                  if a.op in (Op.LOCAL, Op.SCALAR_STATE, Op.GLOBAL) and a.kind is not Kind.TENSOR}
+        target = None
+        for item in reversed(steps):
+            if isinstance(item, Stage):
+                target = item
+                break
+            # host work since that stage must not assign what the reductions read (it runs after the launch)
+            if _host_only(item) and not (_step_targets(item) & leaves):
+                continue
+            break
+        if target is None:
+            target = self._new_stage()
+            steps.append(target)
+        for n in nodes:
+            host.fused[n] = (target.name, len(target.reductions))
+            target.reductions.append((n.op, n.args[0]))
+        return host
 
     def _materialize(self, steps) -> None:
         """Tensor locals read outside the stage that assigned them live in scratch arrays."""
@@ -188,7 +250,11 @@ class Lowering:
             return assigned
 
         for st in self.stages:
-            scan(st.stmts, set(), st.name)
+            assigned = scan(st.stmts, set(), st.name)
+            for _, arg in st.reductions:   # read at the end of the stage: its own locals are in registers
+                for n in arg.walk():
+                    if n.op is Op.LOCAL and n.kind is Kind.TENSOR and n.value not in assigned:
+                        need.add(n.value)
         def host_reads(items):
             for item in items:
                 if isinstance(item, Host):

@@ -79,8 +79,9 @@ void optforge_adadelta_s0_rows_f32(int64_t n, int64_t cols, const int64_t* __res
     for (int64_t r = 0; r < nrows; ++r) {
         const int64_t base = rows[r] * cols, gbase = r * cols;
         #pragma omp simd
-        for (int64_t c = 0; c < cols; ++c)
+        for (int64_t c = 0; c < cols; ++c) {
             optforge_adadelta_s0_elem<float, float, float>(base + c, gbase + c, p_grad, p_acc_g, p_acc_delta, p_weight, nullptr, (float)k_rescale_grad, (float)k1, (float)k_rho, (float)k_epsilon, (float)k_wd);
+        }
     }
 }
 void optforge_adadelta_s0_f64(int64_t n, const double* __restrict__ p_grad, double* __restrict__ p_acc_g, double* __restrict__ p_acc_delta, double* __restrict__ p_weight, double k_rescale_grad, double k1, double k_rho, double k_epsilon, double k_wd) {
@@ -98,8 +99,9 @@ void optforge_adadelta_s0_rows_f64(int64_t n, int64_t cols, const int64_t* __res
     for (int64_t r = 0; r < nrows; ++r) {
         const int64_t base = rows[r] * cols, gbase = r * cols;
         #pragma omp simd
-        for (int64_t c = 0; c < cols; ++c)
+        for (int64_t c = 0; c < cols; ++c) {
             optforge_adadelta_s0_elem<double, double, double>(base + c, gbase + c, p_grad, p_acc_g, p_acc_delta, p_weight, nullptr, (double)k_rescale_grad, (double)k1, (double)k_rho, (double)k_epsilon, (double)k_wd);
+        }
     }
 }
 }

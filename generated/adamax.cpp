@@ -78,8 +78,9 @@ void optforge_adamax_s0_rows_f32(int64_t n, int64_t cols, const int64_t* __restr
     for (int64_t r = 0; r < nrows; ++r) {
         const int64_t base = rows[r] * cols, gbase = r * cols;
         #pragma omp simd
-        for (int64_t c = 0; c < cols; ++c)
+        for (int64_t c = 0; c < cols; ++c) {
             optforge_adamax_s0_elem<float, float, float>(base + c, gbase + c, p_grad, p_weight, p_m, p_u, nullptr, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k_beta1, (float)k_beta2, (float)k5);
+        }
     }
 }
 void optforge_adamax_s0_f64(int64_t n, const double* __restrict__ p_grad, double* __restrict__ p_weight, double* __restrict__ p_m, double* __restrict__ p_u, double k_rescale_grad, double k_wd, double k2, double k_beta1, double k_beta2, double k5) {
@@ -97,8 +98,9 @@ void optforge_adamax_s0_rows_f64(int64_t n, int64_t cols, const int64_t* __restr
     for (int64_t r = 0; r < nrows; ++r) {
         const int64_t base = rows[r] * cols, gbase = r * cols;
         #pragma omp simd
-        for (int64_t c = 0; c < cols; ++c)
+        for (int64_t c = 0; c < cols; ++c) {
             optforge_adamax_s0_elem<double, double, double>(base + c, gbase + c, p_grad, p_weight, p_m, p_u, nullptr, (double)k_rescale_grad, (double)k_wd, (double)k2, (double)k_beta1, (double)k_beta2, (double)k5);
+        }
     }
 }
 }

@@ -86,8 +86,9 @@ void optforge_dcasgd_s0_rows_f32(int64_t n, int64_t cols, const int64_t* __restr
     for (int64_t r = 0; r < nrows; ++r) {
         const int64_t base = rows[r] * cols, gbase = r * cols;
         #pragma omp simd
-        for (int64_t c = 0; c < cols; ++c)
+        for (int64_t c = 0; c < cols; ++c) {
             optforge_dcasgd_s0_elem<float, float, float, 2>(base + c, gbase + c, p_grad, p_weight, p_prev_weight, p_mom, nullptr, (float)k_rescale_grad, (float)k1, (float)k2, (float)k_wd, (float)k_lamda, (float)k5, (float)k_momentum);
+        }
     }
 }
 void optforge_dcasgd_s0_f64(int64_t n, const double* __restrict__ p_grad, double* __restrict__ p_weight, double* __restrict__ p_prev_weight, double* __restrict__ p_mom, double k_rescale_grad, double k1, double k2, double k_wd, double k_lamda, double k5, double k_momentum) {
@@ -109,8 +110,9 @@ void optforge_dcasgd_s0_rows_f64(int64_t n, int64_t cols, const int64_t* __restr
     for (int64_t r = 0; r < nrows; ++r) {
         const int64_t base = rows[r] * cols, gbase = r * cols;
         #pragma omp simd
-        for (int64_t c = 0; c < cols; ++c)
+        for (int64_t c = 0; c < cols; ++c) {
             optforge_dcasgd_s0_elem<double, double, double, 2>(base + c, gbase + c, p_grad, p_weight, p_prev_weight, p_mom, nullptr, (double)k_rescale_grad, (double)k1, (double)k2, (double)k_wd, (double)k_lamda, (double)k5, (double)k_momentum);
+        }
     }
 }
 }

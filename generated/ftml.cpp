@@ -82,8 +82,9 @@ void optforge_ftml_s0_rows_f32(int64_t n, int64_t cols, const int64_t* __restric
     for (int64_t r = 0; r < nrows; ++r) {
         const int64_t base = rows[r] * cols, gbase = r * cols;
         #pragma omp simd
-        for (int64_t c = 0; c < cols; ++c)
+        for (int64_t c = 0; c < cols; ++c) {
             optforge_ftml_s0_elem<float, float, float>(base + c, gbase + c, p_grad, p_weight, p_v, p_z, p_d_prev, nullptr, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k_beta2, (float)k4, (float)k5, (float)k_epsilon, (float)k_beta1);
+        }
     }
 }
 void optforge_ftml_s0_f64(int64_t n, const double* __restrict__ p_grad, double* __restrict__ p_weight, double* __restrict__ p_v, double* __restrict__ p_z, double* __restrict__ p_d_prev, double k_rescale_grad, double k_wd, double k2, double k_beta2, double k4, double k5, double k_epsilon, double k_beta1) {
@@ -101,8 +102,9 @@ void optforge_ftml_s0_rows_f64(int64_t n, int64_t cols, const int64_t* __restric
     for (int64_t r = 0; r < nrows; ++r) {
         const int64_t base = rows[r] * cols, gbase = r * cols;
         #pragma omp simd
-        for (int64_t c = 0; c < cols; ++c)
+        for (int64_t c = 0; c < cols; ++c) {
             optforge_ftml_s0_elem<double, double, double>(base + c, gbase + c, p_grad, p_weight, p_v, p_z, p_d_prev, nullptr, (double)k_rescale_grad, (double)k_wd, (double)k2, (double)k_beta2, (double)k4, (double)k5, (double)k_epsilon, (double)k_beta1);
+        }
     }
 }
 }

@@ -78,8 +78,9 @@ void optforge_ftrl_s0_rows_f32(int64_t n, int64_t cols, const int64_t* __restric
     for (int64_t r = 0; r < nrows; ++r) {
         const int64_t base = rows[r] * cols, gbase = r * cols;
         #pragma omp simd
-        for (int64_t c = 0; c < cols; ++c)
+        for (int64_t c = 0; c < cols; ++c) {
             optforge_ftrl_s0_elem<float, float, float>(base + c, gbase + c, p_grad, p_z, p_n, p_weight, nullptr, (float)k_rescale_grad, (float)k1, (float)k_lr, (float)k_lamda1, (float)k_beta, (float)k_wd);
+        }
     }
 }
 void optforge_ftrl_s0_f64(int64_t n, const double* __restrict__ p_grad, double* __restrict__ p_z, double* __restrict__ p_n, double* __restrict__ p_weight, double k_rescale_grad, double k1, double k_lr, double k_lamda1, double k_beta, double k_wd) {
@@ -97,8 +98,9 @@ void optforge_ftrl_s0_rows_f64(int64_t n, int64_t cols, const int64_t* __restric
     for (int64_t r = 0; r < nrows; ++r) {
         const int64_t base = rows[r] * cols, gbase = r * cols;
         #pragma omp simd
-        for (int64_t c = 0; c < cols; ++c)
+        for (int64_t c = 0; c < cols; ++c) {
             optforge_ftrl_s0_elem<double, double, double>(base + c, gbase + c, p_grad, p_z, p_n, p_weight, nullptr, (double)k_rescale_grad, (double)k1, (double)k_lr, (double)k_lamda1, (double)k_beta, (double)k_wd);
+        }
     }
 }
 }

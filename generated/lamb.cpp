@@ -42,11 +42,16 @@ template <typename C> OPTFORGE_HD C op_normal(double seed, int64_t i, int salt, 
 #define OPTFORGE_PARALLEL_MIN 65536
 
 template <typename C> inline void store_low(float* p, int64_t i, C v) { p[i] = (float)v; }
+#include <vector>
+#define OPTFORGE_REDUCE_BLOCK 2048
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 /* stage s0: element i of the weight and states, element gi of the gradient and scratch
    (the same element for a dense update; for a row-sparse one, gi walks the gradient's rows) */
 template <typename T, typename G, typename C>
-OPTFORGE_HD void optforge_lamb_s0_elem(int64_t i, int64_t gi, const G* __restrict__ p_grad, T* __restrict__ p_mean, T* __restrict__ p_var, const T* __restrict__ p_weight, C* __restrict__ p_upd, float* __restrict__ p_weight_lp, const C k_rescale_grad, const C k1, const C k_beta1, const C k_beta2, const C k_c1, const C k_c2, const C k_epsilon, const C k_wd) {
+OPTFORGE_HD void optforge_lamb_s0_elem(int64_t i, int64_t gi, const G* __restrict__ p_grad, T* __restrict__ p_mean, T* __restrict__ p_var, const T* __restrict__ p_weight, C* __restrict__ p_upd, float* __restrict__ p_weight_lp, C& red0, C& red1, const C k_rescale_grad, const C k1, const C k_beta1, const C k_beta2, const C k_c1, const C k_c2, const C k_epsilon, const C k_wd) {
     C grad = C(p_grad[gi]);
     C mean = C(p_mean[i]);
     C var = C(p_var[i]);
@@ -59,6 +64,8 @@ OPTFORGE_HD void optforge_lamb_s0_elem(int64_t i, int64_t gi, const G* __restric
     p_mean[i] = (T)(mean);
     p_var[i] = (T)(var);
     p_upd[gi] = (C)(upd);
+    red0 = C(weight);
+    red1 = C(upd);
 }
 /* stage s1: element i of the weight and states, element gi of the gradient and scratch
    (the same element for a dense update; for a row-sparse one, gi walks the gradient's rows) */
@@ -72,11 +79,61 @@ OPTFORGE_HD void optforge_lamb_s1_elem(int64_t i, int64_t gi, T* __restrict__ p_
 }
 
 extern "C" {
-void optforge_lamb_s0_f32(int64_t n, const float* __restrict__ p_grad, float* __restrict__ p_mean, float* __restrict__ p_var, const float* __restrict__ p_weight, float* __restrict__ p_upd, double k_rescale_grad, double k1, double k_beta1, double k_beta2, double k_c1, double k_c2, double k_epsilon, double k_wd) {
-    if (true) {
-        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
-        for (int64_t i = 0; i < n; ++i)
-            optforge_lamb_s0_elem<float, float, float>(i, i, p_grad, p_mean, p_var, p_weight, p_upd, nullptr, (float)k_rescale_grad, (float)k1, (float)k_beta1, (float)k_beta2, (float)k_c1, (float)k_c2, (float)k_epsilon, (float)k_wd);
+/* also accumulates 2 whole-tensor reduction(s) into out[]. Each thread takes a fixed share
+   of the elements, block by block: the stage loop stores the elements' reduction terms in small
+   buffers (so it vectorizes as a stage without reductions does), then a tight loop sums a buffer in
+   double. Shares are added in order: the result does not depend on timing. */
+void optforge_lamb_s0_f32(int64_t n, const float* __restrict__ p_grad, float* __restrict__ p_mean, float* __restrict__ p_var, const float* __restrict__ p_weight, float* __restrict__ p_upd, double k_rescale_grad, double k1, double k_beta1, double k_beta2, double k_c1, double k_c2, double k_epsilon, double k_wd, double* __restrict__ out) {
+    int nt = 1;
+#ifdef _OPENMP
+    if (n >= OPTFORGE_PARALLEL_MIN) nt = omp_get_max_threads();
+#endif
+    std::vector<double> parts((size_t)nt * 2, 0.0);
+    #pragma omp parallel num_threads(nt) if (nt > 1)
+    {
+        int tid = 0, step = 1;
+#ifdef _OPENMP
+        tid = omp_get_thread_num();
+        step = omp_get_num_threads();
+#endif
+        for (int c = tid; c < nt; c += step) {
+            const int64_t lo = n * c / nt, hi = n * (c + 1) / nt;
+            double acc[2] = {0};
+            for (int64_t b = lo; b < hi; b += OPTFORGE_REDUCE_BLOCK) {
+                const int64_t e = hi - b < OPTFORGE_REDUCE_BLOCK ? hi : b + OPTFORGE_REDUCE_BLOCK;
+                if (true) {
+                    #pragma omp simd
+                    for (int64_t i = b; i < e; ++i) {
+                        float t0, t1;
+                        optforge_lamb_s0_elem<float, float, float>(i, i, p_grad, p_mean, p_var, p_weight, p_upd, nullptr, t0, t1, (float)k_rescale_grad, (float)k1, (float)k_beta1, (float)k_beta2, (float)k_c1, (float)k_c2, (float)k_epsilon, (float)k_wd);
+                    }
+                }
+                {   /* from memory, just written or read (cache-hot) */
+                    double s = 0;
+                    #pragma omp simd reduction(+: s)
+                    for (int64_t j = 0; j < e - b; ++j) {
+                        const double v = p_weight[b + j];
+                        s += v * v;
+                    }
+                    acc[0] += s;
+                }
+                {   /* from memory, just written or read (cache-hot) */
+                    double s = 0;
+                    #pragma omp simd reduction(+: s)
+                    for (int64_t j = 0; j < e - b; ++j) {
+                        const double v = p_upd[b + j];
+                        s += v * v;
+                    }
+                    acc[1] += s;
+                }
+            }
+            for (int k = 0; k < 2; ++k) parts[(size_t)c * 2 + k] = acc[k];
+        }
+    }
+    for (int k = 0; k < 2; ++k) {
+        double s = 0;
+        for (int c = 0; c < nt; ++c) s += parts[(size_t)c * 2 + k];
+        out[k] = s;
     }
 }
 /* row-sparse: n = rows x cols gradient elements; gradient row r updates row rows[r] */
@@ -87,15 +144,67 @@ void optforge_lamb_s0_rows_f32(int64_t n, int64_t cols, const int64_t* __restric
     for (int64_t r = 0; r < nrows; ++r) {
         const int64_t base = rows[r] * cols, gbase = r * cols;
         #pragma omp simd
-        for (int64_t c = 0; c < cols; ++c)
-            optforge_lamb_s0_elem<float, float, float>(base + c, gbase + c, p_grad, p_mean, p_var, p_weight, p_upd, nullptr, (float)k_rescale_grad, (float)k1, (float)k_beta1, (float)k_beta2, (float)k_c1, (float)k_c2, (float)k_epsilon, (float)k_wd);
+        for (int64_t c = 0; c < cols; ++c) {
+            float red0, red1;   /* row kernels see some rows only: their reductions are done on the host */
+            optforge_lamb_s0_elem<float, float, float>(base + c, gbase + c, p_grad, p_mean, p_var, p_weight, p_upd, nullptr, red0, red1, (float)k_rescale_grad, (float)k1, (float)k_beta1, (float)k_beta2, (float)k_c1, (float)k_c2, (float)k_epsilon, (float)k_wd);
+        }
     }
 }
-void optforge_lamb_s0_f64(int64_t n, const double* __restrict__ p_grad, double* __restrict__ p_mean, double* __restrict__ p_var, const double* __restrict__ p_weight, double* __restrict__ p_upd, double k_rescale_grad, double k1, double k_beta1, double k_beta2, double k_c1, double k_c2, double k_epsilon, double k_wd) {
-    if (true) {
-        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
-        for (int64_t i = 0; i < n; ++i)
-            optforge_lamb_s0_elem<double, double, double>(i, i, p_grad, p_mean, p_var, p_weight, p_upd, nullptr, (double)k_rescale_grad, (double)k1, (double)k_beta1, (double)k_beta2, (double)k_c1, (double)k_c2, (double)k_epsilon, (double)k_wd);
+/* also accumulates 2 whole-tensor reduction(s) into out[]. Each thread takes a fixed share
+   of the elements, block by block: the stage loop stores the elements' reduction terms in small
+   buffers (so it vectorizes as a stage without reductions does), then a tight loop sums a buffer in
+   double. Shares are added in order: the result does not depend on timing. */
+void optforge_lamb_s0_f64(int64_t n, const double* __restrict__ p_grad, double* __restrict__ p_mean, double* __restrict__ p_var, const double* __restrict__ p_weight, double* __restrict__ p_upd, double k_rescale_grad, double k1, double k_beta1, double k_beta2, double k_c1, double k_c2, double k_epsilon, double k_wd, double* __restrict__ out) {
+    int nt = 1;
+#ifdef _OPENMP
+    if (n >= OPTFORGE_PARALLEL_MIN) nt = omp_get_max_threads();
+#endif
+    std::vector<double> parts((size_t)nt * 2, 0.0);
+    #pragma omp parallel num_threads(nt) if (nt > 1)
+    {
+        int tid = 0, step = 1;
+#ifdef _OPENMP
+        tid = omp_get_thread_num();
+        step = omp_get_num_threads();
+#endif
+        for (int c = tid; c < nt; c += step) {
+            const int64_t lo = n * c / nt, hi = n * (c + 1) / nt;
+            double acc[2] = {0};
+            for (int64_t b = lo; b < hi; b += OPTFORGE_REDUCE_BLOCK) {
+                const int64_t e = hi - b < OPTFORGE_REDUCE_BLOCK ? hi : b + OPTFORGE_REDUCE_BLOCK;
+                if (true) {
+                    #pragma omp simd
+                    for (int64_t i = b; i < e; ++i) {
+                        double t0, t1;
+                        optforge_lamb_s0_elem<double, double, double>(i, i, p_grad, p_mean, p_var, p_weight, p_upd, nullptr, t0, t1, (double)k_rescale_grad, (double)k1, (double)k_beta1, (double)k_beta2, (double)k_c1, (double)k_c2, (double)k_epsilon, (double)k_wd);
+                    }
+                }
+                {   /* from memory, just written or read (cache-hot) */
+                    double s = 0;
+                    #pragma omp simd reduction(+: s)
+                    for (int64_t j = 0; j < e - b; ++j) {
+                        const double v = p_weight[b + j];
+                        s += v * v;
+                    }
+                    acc[0] += s;
+                }
+                {   /* from memory, just written or read (cache-hot) */
+                    double s = 0;
+                    #pragma omp simd reduction(+: s)
+                    for (int64_t j = 0; j < e - b; ++j) {
+                        const double v = p_upd[b + j];
+                        s += v * v;
+                    }
+                    acc[1] += s;
+                }
+            }
+            for (int k = 0; k < 2; ++k) parts[(size_t)c * 2 + k] = acc[k];
+        }
+    }
+    for (int k = 0; k < 2; ++k) {
+        double s = 0;
+        for (int c = 0; c < nt; ++c) s += parts[(size_t)c * 2 + k];
+        out[k] = s;
     }
 }
 /* row-sparse: n = rows x cols gradient elements; gradient row r updates row rows[r] */
@@ -106,8 +215,10 @@ void optforge_lamb_s0_rows_f64(int64_t n, int64_t cols, const int64_t* __restric
     for (int64_t r = 0; r < nrows; ++r) {
         const int64_t base = rows[r] * cols, gbase = r * cols;
         #pragma omp simd
-        for (int64_t c = 0; c < cols; ++c)
-            optforge_lamb_s0_elem<double, double, double>(base + c, gbase + c, p_grad, p_mean, p_var, p_weight, p_upd, nullptr, (double)k_rescale_grad, (double)k1, (double)k_beta1, (double)k_beta2, (double)k_c1, (double)k_c2, (double)k_epsilon, (double)k_wd);
+        for (int64_t c = 0; c < cols; ++c) {
+            double red0, red1;   /* row kernels see some rows only: their reductions are done on the host */
+            optforge_lamb_s0_elem<double, double, double>(base + c, gbase + c, p_grad, p_mean, p_var, p_weight, p_upd, nullptr, red0, red1, (double)k_rescale_grad, (double)k1, (double)k_beta1, (double)k_beta2, (double)k_c1, (double)k_c2, (double)k_epsilon, (double)k_wd);
+        }
     }
 }
 void optforge_lamb_s1_f32(int64_t n, float* __restrict__ p_weight, const float* __restrict__ p_upd, double k0) {
@@ -125,8 +236,9 @@ void optforge_lamb_s1_rows_f32(int64_t n, int64_t cols, const int64_t* __restric
     for (int64_t r = 0; r < nrows; ++r) {
         const int64_t base = rows[r] * cols, gbase = r * cols;
         #pragma omp simd
-        for (int64_t c = 0; c < cols; ++c)
+        for (int64_t c = 0; c < cols; ++c) {
             optforge_lamb_s1_elem<float, float, float>(base + c, gbase + c, p_weight, p_upd, nullptr, (float)k0);
+        }
     }
 }
 void optforge_lamb_s1_f64(int64_t n, double* __restrict__ p_weight, const double* __restrict__ p_upd, double k0) {
@@ -144,8 +256,9 @@ void optforge_lamb_s1_rows_f64(int64_t n, int64_t cols, const int64_t* __restric
     for (int64_t r = 0; r < nrows; ++r) {
         const int64_t base = rows[r] * cols, gbase = r * cols;
         #pragma omp simd
-        for (int64_t c = 0; c < cols; ++c)
+        for (int64_t c = 0; c < cols; ++c) {
             optforge_lamb_s1_elem<double, double, double>(base + c, gbase + c, p_weight, p_upd, nullptr, (double)k0);
+        }
     }
 }
 }

@@ -48,7 +48,7 @@ template <typename C> OPTFORGE_HD void store_low(float* p, int64_t i, C v) {
 /* stage s0: element i of the weight and states, element gi of the gradient and scratch
    (the same element for a dense update; for a row-sparse one, gi walks the gradient's rows) */
 template <typename T, typename G, typename C>
-OPTFORGE_HD void optforge_lamb_s0_elem(int64_t i, int64_t gi, const G* __restrict__ p_grad, T* __restrict__ p_mean, T* __restrict__ p_var, const T* __restrict__ p_weight, C* __restrict__ p_upd, float* __restrict__ p_weight_lp, const C k_rescale_grad, const C k1, const C k_beta1, const C k_beta2, const C k_c1, const C k_c2, const C k_epsilon, const C k_wd) {
+OPTFORGE_HD void optforge_lamb_s0_elem(int64_t i, int64_t gi, const G* __restrict__ p_grad, T* __restrict__ p_mean, T* __restrict__ p_var, const T* __restrict__ p_weight, C* __restrict__ p_upd, float* __restrict__ p_weight_lp, C& red0, C& red1, const C k_rescale_grad, const C k1, const C k_beta1, const C k_beta2, const C k_c1, const C k_c2, const C k_epsilon, const C k_wd) {
     C grad = C(p_grad[gi]);
     C mean = C(p_mean[i]);
     C var = C(p_var[i]);
@@ -61,6 +61,8 @@ OPTFORGE_HD void optforge_lamb_s0_elem(int64_t i, int64_t gi, const G* __restric
     p_mean[i] = (T)(mean);
     p_var[i] = (T)(var);
     p_upd[gi] = (C)(upd);
+    red0 = C(weight);
+    red1 = C(upd);
 }
 /* stage s1: element i of the weight and states, element gi of the gradient and scratch
    (the same element for a dense update; for a row-sparse one, gi walks the gradient's rows) */
@@ -74,73 +76,121 @@ OPTFORGE_HD void optforge_lamb_s1_elem(int64_t i, int64_t gi, T* __restrict__ p_
 }
 
 extern "C" {
-__global__ void optforge_lamb_s0_f32(int64_t n, const float* __restrict__ p_grad, float* __restrict__ p_mean, float* __restrict__ p_var, const float* __restrict__ p_weight, float* __restrict__ p_upd, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k_beta1, double k_beta2, double k_c1, double k_c2, double k_epsilon, double k_wd) {
-    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_lamb_s0_elem<float, float, float>(i, i, p_grad, p_mean, p_var, p_weight, p_upd, p_weight_lp, (float)k_rescale_grad, (float)k1, (float)k_beta1, (float)k_beta2, (float)k_c1, (float)k_c2, (float)k_epsilon, (float)k_wd);
+/* also accumulates 2 whole-tensor reduction(s): each thread's partial sums (double) go to
+   partials[thread * 2 + k], which the host sums in a fixed order (deterministic, no atomics) */
+__global__ void optforge_lamb_s0_f32(int64_t n, const float* __restrict__ p_grad, float* __restrict__ p_mean, float* __restrict__ p_var, const float* __restrict__ p_weight, float* __restrict__ p_upd, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k_beta1, double k_beta2, double k_c1, double k_c2, double k_epsilon, double k_wd, double* __restrict__ partials) {
+    double acc0 = 0, acc1 = 0;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
+        float t0, t1;
+        optforge_lamb_s0_elem<float, float, float>(i, i, p_grad, p_mean, p_var, p_weight, p_upd, p_weight_lp, t0, t1, (float)k_rescale_grad, (float)k1, (float)k_beta1, (float)k_beta2, (float)k_c1, (float)k_c2, (float)k_epsilon, (float)k_wd);
+        acc0 += (double)t0 * (double)t0;
+        acc1 += (double)t1 * (double)t1;
+    }
+    const int64_t tid = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    partials[tid * 2 + 0] = acc0;
+    partials[tid * 2 + 1] = acc1;
 }
 /* row-sparse, parallel over gradient elements (not rows): element j updates row rows[j / cols] */
 __global__ void optforge_lamb_s0_rows_f32(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const float* __restrict__ p_grad, float* __restrict__ p_mean, float* __restrict__ p_var, const float* __restrict__ p_weight, float* __restrict__ p_upd, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k_beta1, double k_beta2, double k_c1, double k_c2, double k_epsilon, double k_wd) {
+    float red0, red1;   /* row kernels see some rows only: their reductions are done on the host */
     for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
-        optforge_lamb_s0_elem<float, float, float>(rows[j / cols] * cols + j % cols, j, p_grad, p_mean, p_var, p_weight, p_upd, p_weight_lp, (float)k_rescale_grad, (float)k1, (float)k_beta1, (float)k_beta2, (float)k_c1, (float)k_c2, (float)k_epsilon, (float)k_wd);
+        optforge_lamb_s0_elem<float, float, float>(rows[j / cols] * cols + j % cols, j, p_grad, p_mean, p_var, p_weight, p_upd, p_weight_lp, red0, red1, (float)k_rescale_grad, (float)k1, (float)k_beta1, (float)k_beta2, (float)k_c1, (float)k_c2, (float)k_epsilon, (float)k_wd);
 }
 /* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
    pointers, sizes and 8 scalar(s) per parameter, as Apex's multi_tensor_apply */
 __global__ void optforge_lamb_s0_mt_f32(const int64_t* __restrict__ sizes, float* const* tab_grad, float* const* tab_mean, float* const* tab_var, float* const* tab_weight, float* const* tab_upd, float* const* tab_weight_lp, const double* __restrict__ scalars) {
     const int64_t t = blockIdx.y, n = sizes[t];
     const double* s = scalars + t * 8;
+    float red0, red1;   /* never launched for specs with reductions (no multi-tensor updates) */
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_lamb_s0_elem<float, float, float>(i, i, tab_grad[t], tab_mean[t], tab_var[t], tab_weight[t], tab_upd[t], tab_weight_lp[t], (float)s[0], (float)s[1], (float)s[2], (float)s[3], (float)s[4], (float)s[5], (float)s[6], (float)s[7]);
+        optforge_lamb_s0_elem<float, float, float>(i, i, tab_grad[t], tab_mean[t], tab_var[t], tab_weight[t], tab_upd[t], tab_weight_lp[t], red0, red1, (float)s[0], (float)s[1], (float)s[2], (float)s[3], (float)s[4], (float)s[5], (float)s[6], (float)s[7]);
 }
-__global__ void optforge_lamb_s0_f64(int64_t n, const double* __restrict__ p_grad, double* __restrict__ p_mean, double* __restrict__ p_var, const double* __restrict__ p_weight, double* __restrict__ p_upd, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k_beta1, double k_beta2, double k_c1, double k_c2, double k_epsilon, double k_wd) {
-    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_lamb_s0_elem<double, double, double>(i, i, p_grad, p_mean, p_var, p_weight, p_upd, p_weight_lp, (double)k_rescale_grad, (double)k1, (double)k_beta1, (double)k_beta2, (double)k_c1, (double)k_c2, (double)k_epsilon, (double)k_wd);
+/* also accumulates 2 whole-tensor reduction(s): each thread's partial sums (double) go to
+   partials[thread * 2 + k], which the host sums in a fixed order (deterministic, no atomics) */
+__global__ void optforge_lamb_s0_f64(int64_t n, const double* __restrict__ p_grad, double* __restrict__ p_mean, double* __restrict__ p_var, const double* __restrict__ p_weight, double* __restrict__ p_upd, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k_beta1, double k_beta2, double k_c1, double k_c2, double k_epsilon, double k_wd, double* __restrict__ partials) {
+    double acc0 = 0, acc1 = 0;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
+        double t0, t1;
+        optforge_lamb_s0_elem<double, double, double>(i, i, p_grad, p_mean, p_var, p_weight, p_upd, p_weight_lp, t0, t1, (double)k_rescale_grad, (double)k1, (double)k_beta1, (double)k_beta2, (double)k_c1, (double)k_c2, (double)k_epsilon, (double)k_wd);
+        acc0 += (double)t0 * (double)t0;
+        acc1 += (double)t1 * (double)t1;
+    }
+    const int64_t tid = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    partials[tid * 2 + 0] = acc0;
+    partials[tid * 2 + 1] = acc1;
 }
 /* row-sparse, parallel over gradient elements (not rows): element j updates row rows[j / cols] */
 __global__ void optforge_lamb_s0_rows_f64(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const double* __restrict__ p_grad, double* __restrict__ p_mean, double* __restrict__ p_var, const double* __restrict__ p_weight, double* __restrict__ p_upd, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k_beta1, double k_beta2, double k_c1, double k_c2, double k_epsilon, double k_wd) {
+    double red0, red1;   /* row kernels see some rows only: their reductions are done on the host */
     for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
-        optforge_lamb_s0_elem<double, double, double>(rows[j / cols] * cols + j % cols, j, p_grad, p_mean, p_var, p_weight, p_upd, p_weight_lp, (double)k_rescale_grad, (double)k1, (double)k_beta1, (double)k_beta2, (double)k_c1, (double)k_c2, (double)k_epsilon, (double)k_wd);
+        optforge_lamb_s0_elem<double, double, double>(rows[j / cols] * cols + j % cols, j, p_grad, p_mean, p_var, p_weight, p_upd, p_weight_lp, red0, red1, (double)k_rescale_grad, (double)k1, (double)k_beta1, (double)k_beta2, (double)k_c1, (double)k_c2, (double)k_epsilon, (double)k_wd);
 }
 /* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
    pointers, sizes and 8 scalar(s) per parameter, as Apex's multi_tensor_apply */
 __global__ void optforge_lamb_s0_mt_f64(const int64_t* __restrict__ sizes, double* const* tab_grad, double* const* tab_mean, double* const* tab_var, double* const* tab_weight, double* const* tab_upd, float* const* tab_weight_lp, const double* __restrict__ scalars) {
     const int64_t t = blockIdx.y, n = sizes[t];
     const double* s = scalars + t * 8;
+    double red0, red1;   /* never launched for specs with reductions (no multi-tensor updates) */
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_lamb_s0_elem<double, double, double>(i, i, tab_grad[t], tab_mean[t], tab_var[t], tab_weight[t], tab_upd[t], tab_weight_lp[t], (double)s[0], (double)s[1], (double)s[2], (double)s[3], (double)s[4], (double)s[5], (double)s[6], (double)s[7]);
+        optforge_lamb_s0_elem<double, double, double>(i, i, tab_grad[t], tab_mean[t], tab_var[t], tab_weight[t], tab_upd[t], tab_weight_lp[t], red0, red1, (double)s[0], (double)s[1], (double)s[2], (double)s[3], (double)s[4], (double)s[5], (double)s[6], (double)s[7]);
 }
-__global__ void optforge_lamb_s0_f16(int64_t n, const __half* __restrict__ p_grad, __half* __restrict__ p_mean, __half* __restrict__ p_var, const __half* __restrict__ p_weight, float* __restrict__ p_upd, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k_beta1, double k_beta2, double k_c1, double k_c2, double k_epsilon, double k_wd) {
-    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_lamb_s0_elem<__half, __half, float>(i, i, p_grad, p_mean, p_var, p_weight, p_upd, p_weight_lp, (float)k_rescale_grad, (float)k1, (float)k_beta1, (float)k_beta2, (float)k_c1, (float)k_c2, (float)k_epsilon, (float)k_wd);
+/* also accumulates 2 whole-tensor reduction(s): each thread's partial sums (double) go to
+   partials[thread * 2 + k], which the host sums in a fixed order (deterministic, no atomics) */
+__global__ void optforge_lamb_s0_f16(int64_t n, const __half* __restrict__ p_grad, __half* __restrict__ p_mean, __half* __restrict__ p_var, const __half* __restrict__ p_weight, float* __restrict__ p_upd, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k_beta1, double k_beta2, double k_c1, double k_c2, double k_epsilon, double k_wd, double* __restrict__ partials) {
+    double acc0 = 0, acc1 = 0;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
+        float t0, t1;
+        optforge_lamb_s0_elem<__half, __half, float>(i, i, p_grad, p_mean, p_var, p_weight, p_upd, p_weight_lp, t0, t1, (float)k_rescale_grad, (float)k1, (float)k_beta1, (float)k_beta2, (float)k_c1, (float)k_c2, (float)k_epsilon, (float)k_wd);
+        acc0 += (double)t0 * (double)t0;
+        acc1 += (double)t1 * (double)t1;
+    }
+    const int64_t tid = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    partials[tid * 2 + 0] = acc0;
+    partials[tid * 2 + 1] = acc1;
 }
 /* row-sparse, parallel over gradient elements (not rows): element j updates row rows[j / cols] */
 __global__ void optforge_lamb_s0_rows_f16(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const __half* __restrict__ p_grad, __half* __restrict__ p_mean, __half* __restrict__ p_var, const __half* __restrict__ p_weight, float* __restrict__ p_upd, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k_beta1, double k_beta2, double k_c1, double k_c2, double k_epsilon, double k_wd) {
+    float red0, red1;   /* row kernels see some rows only: their reductions are done on the host */
     for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
-        optforge_lamb_s0_elem<__half, __half, float>(rows[j / cols] * cols + j % cols, j, p_grad, p_mean, p_var, p_weight, p_upd, p_weight_lp, (float)k_rescale_grad, (float)k1, (float)k_beta1, (float)k_beta2, (float)k_c1, (float)k_c2, (float)k_epsilon, (float)k_wd);
+        optforge_lamb_s0_elem<__half, __half, float>(rows[j / cols] * cols + j % cols, j, p_grad, p_mean, p_var, p_weight, p_upd, p_weight_lp, red0, red1, (float)k_rescale_grad, (float)k1, (float)k_beta1, (float)k_beta2, (float)k_c1, (float)k_c2, (float)k_epsilon, (float)k_wd);
 }
 /* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
    pointers, sizes and 8 scalar(s) per parameter, as Apex's multi_tensor_apply */
 __global__ void optforge_lamb_s0_mt_f16(const int64_t* __restrict__ sizes, __half* const* tab_grad, __half* const* tab_mean, __half* const* tab_var, __half* const* tab_weight, float* const* tab_upd, float* const* tab_weight_lp, const double* __restrict__ scalars) {
     const int64_t t = blockIdx.y, n = sizes[t];
     const double* s = scalars + t * 8;
+    float red0, red1;   /* never launched for specs with reductions (no multi-tensor updates) */
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_lamb_s0_elem<__half, __half, float>(i, i, tab_grad[t], tab_mean[t], tab_var[t], tab_weight[t], tab_upd[t], tab_weight_lp[t], (float)s[0], (float)s[1], (float)s[2], (float)s[3], (float)s[4], (float)s[5], (float)s[6], (float)s[7]);
+        optforge_lamb_s0_elem<__half, __half, float>(i, i, tab_grad[t], tab_mean[t], tab_var[t], tab_weight[t], tab_upd[t], tab_weight_lp[t], red0, red1, (float)s[0], (float)s[1], (float)s[2], (float)s[3], (float)s[4], (float)s[5], (float)s[6], (float)s[7]);
 }
-__global__ void optforge_lamb_s0_mp16(int64_t n, const __half* __restrict__ p_grad, float* __restrict__ p_mean, float* __restrict__ p_var, const float* __restrict__ p_weight, float* __restrict__ p_upd, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k_beta1, double k_beta2, double k_c1, double k_c2, double k_epsilon, double k_wd) {
-    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_lamb_s0_elem<float, __half, float>(i, i, p_grad, p_mean, p_var, p_weight, p_upd, p_weight_lp, (float)k_rescale_grad, (float)k1, (float)k_beta1, (float)k_beta2, (float)k_c1, (float)k_c2, (float)k_epsilon, (float)k_wd);
+/* also accumulates 2 whole-tensor reduction(s): each thread's partial sums (double) go to
+   partials[thread * 2 + k], which the host sums in a fixed order (deterministic, no atomics) */
+__global__ void optforge_lamb_s0_mp16(int64_t n, const __half* __restrict__ p_grad, float* __restrict__ p_mean, float* __restrict__ p_var, const float* __restrict__ p_weight, float* __restrict__ p_upd, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k_beta1, double k_beta2, double k_c1, double k_c2, double k_epsilon, double k_wd, double* __restrict__ partials) {
+    double acc0 = 0, acc1 = 0;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
+        float t0, t1;
+        optforge_lamb_s0_elem<float, __half, float>(i, i, p_grad, p_mean, p_var, p_weight, p_upd, p_weight_lp, t0, t1, (float)k_rescale_grad, (float)k1, (float)k_beta1, (float)k_beta2, (float)k_c1, (float)k_c2, (float)k_epsilon, (float)k_wd);
+        acc0 += (double)t0 * (double)t0;
+        acc1 += (double)t1 * (double)t1;
+    }
+    const int64_t tid = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    partials[tid * 2 + 0] = acc0;
+    partials[tid * 2 + 1] = acc1;
 }
 /* row-sparse, parallel over gradient elements (not rows): element j updates row rows[j / cols] */
 __global__ void optforge_lamb_s0_rows_mp16(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const __half* __restrict__ p_grad, float* __restrict__ p_mean, float* __restrict__ p_var, const float* __restrict__ p_weight, float* __restrict__ p_upd, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k_beta1, double k_beta2, double k_c1, double k_c2, double k_epsilon, double k_wd) {
+    float red0, red1;   /* row kernels see some rows only: their reductions are done on the host */
     for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
-        optforge_lamb_s0_elem<float, __half, float>(rows[j / cols] * cols + j % cols, j, p_grad, p_mean, p_var, p_weight, p_upd, p_weight_lp, (float)k_rescale_grad, (float)k1, (float)k_beta1, (float)k_beta2, (float)k_c1, (float)k_c2, (float)k_epsilon, (float)k_wd);
+        optforge_lamb_s0_elem<float, __half, float>(rows[j / cols] * cols + j % cols, j, p_grad, p_mean, p_var, p_weight, p_upd, p_weight_lp, red0, red1, (float)k_rescale_grad, (float)k1, (float)k_beta1, (float)k_beta2, (float)k_c1, (float)k_c2, (float)k_epsilon, (float)k_wd);
 }
 /* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
    pointers, sizes and 8 scalar(s) per parameter, as Apex's multi_tensor_apply */
 __global__ void optforge_lamb_s0_mt_mp16(const int64_t* __restrict__ sizes, __half* const* tab_grad, float* const* tab_mean, float* const* tab_var, float* const* tab_weight, float* const* tab_upd, float* const* tab_weight_lp, const double* __restrict__ scalars) {
     const int64_t t = blockIdx.y, n = sizes[t];
     const double* s = scalars + t * 8;
+    float red0, red1;   /* never launched for specs with reductions (no multi-tensor updates) */
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_lamb_s0_elem<float, __half, float>(i, i, tab_grad[t], tab_mean[t], tab_var[t], tab_weight[t], tab_upd[t], tab_weight_lp[t], (float)s[0], (float)s[1], (float)s[2], (float)s[3], (float)s[4], (float)s[5], (float)s[6], (float)s[7]);
+        optforge_lamb_s0_elem<float, __half, float>(i, i, tab_grad[t], tab_mean[t], tab_var[t], tab_weight[t], tab_upd[t], tab_weight_lp[t], red0, red1, (float)s[0], (float)s[1], (float)s[2], (float)s[3], (float)s[4], (float)s[5], (float)s[6], (float)s[7]);
 }
 __global__ void optforge_lamb_s1_f32(int64_t n, float* __restrict__ p_weight, const float* __restrict__ p_upd, float* __restrict__ p_weight_lp, double k0) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)

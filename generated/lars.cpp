@@ -42,11 +42,25 @@ template <typename C> OPTFORGE_HD C op_normal(double seed, int64_t i, int salt, 
 #define OPTFORGE_PARALLEL_MIN 65536
 
 template <typename C> inline void store_low(float* p, int64_t i, C v) { p[i] = (float)v; }
+#include <vector>
+#define OPTFORGE_REDUCE_BLOCK 2048
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 /* stage s0: element i of the weight and states, element gi of the gradient and scratch
    (the same element for a dense update; for a row-sparse one, gi walks the gradient's rows) */
+template <typename T, typename G, typename C>
+OPTFORGE_HD void optforge_lars_s0_elem(int64_t i, int64_t gi, const T* __restrict__ p_weight, const G* __restrict__ p_grad, float* __restrict__ p_weight_lp, C& red0, C& red1) {
+    C weight = C(p_weight[i]);
+    C grad = C(p_grad[gi]);
+    red0 = C(weight);
+    red1 = C(grad);
+}
+/* stage s1: element i of the weight and states, element gi of the gradient and scratch
+   (the same element for a dense update; for a row-sparse one, gi walks the gradient's rows) */
 template <typename T, typename G, typename C, int H0>
-OPTFORGE_HD void optforge_lars_s0_elem(int64_t i, int64_t gi, const G* __restrict__ p_grad, T* __restrict__ p_mom, T* __restrict__ p_weight, float* __restrict__ p_weight_lp, const C k_rescale_grad, const C k1, const C k2, const C k_momentum_t, const C k4, const C k_lars_lr, const C k6) {
+OPTFORGE_HD void optforge_lars_s1_elem(int64_t i, int64_t gi, const G* __restrict__ p_grad, T* __restrict__ p_mom, T* __restrict__ p_weight, float* __restrict__ p_weight_lp, const C k_rescale_grad, const C k1, const C k2, const C k_momentum_t, const C k4, const C k_lars_lr, const C k6) {
     C grad = C(p_grad[gi]);
     C mom = (H0 == 1 || (H0 == 2 && p_mom)) ? C(p_mom[i]) : C(0);
     C weight = C(p_weight[i]);
@@ -64,50 +78,180 @@ OPTFORGE_HD void optforge_lars_s0_elem(int64_t i, int64_t gi, const G* __restric
 }
 
 extern "C" {
-void optforge_lars_s0_f32(int64_t n, const float* __restrict__ p_grad, float* __restrict__ p_mom, float* __restrict__ p_weight, double k_rescale_grad, double k1, double k2, double k_momentum_t, double k4, double k_lars_lr, double k6) {
-    if (p_mom) {
-        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
-        for (int64_t i = 0; i < n; ++i)
-            optforge_lars_s0_elem<float, float, float, 1>(i, i, p_grad, p_mom, p_weight, nullptr, (float)k_rescale_grad, (float)k1, (float)k2, (float)k_momentum_t, (float)k4, (float)k_lars_lr, (float)k6);
-    } else if (!p_mom) {
-        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
-        for (int64_t i = 0; i < n; ++i)
-            optforge_lars_s0_elem<float, float, float, 0>(i, i, p_grad, p_mom, p_weight, nullptr, (float)k_rescale_grad, (float)k1, (float)k2, (float)k_momentum_t, (float)k4, (float)k_lars_lr, (float)k6);
+/* also accumulates 2 whole-tensor reduction(s) into out[]. Each thread takes a fixed share
+   of the elements, block by block: the stage loop stores the elements' reduction terms in small
+   buffers (so it vectorizes as a stage without reductions does), then a tight loop sums a buffer in
+   double. Shares are added in order: the result does not depend on timing. */
+void optforge_lars_s0_f32(int64_t n, const float* __restrict__ p_weight, const float* __restrict__ p_grad, double* __restrict__ out) {
+    int nt = 1;
+#ifdef _OPENMP
+    if (n >= OPTFORGE_PARALLEL_MIN) nt = omp_get_max_threads();
+#endif
+    std::vector<double> parts((size_t)nt * 2, 0.0);
+    #pragma omp parallel num_threads(nt) if (nt > 1)
+    {
+        int tid = 0, step = 1;
+#ifdef _OPENMP
+        tid = omp_get_thread_num();
+        step = omp_get_num_threads();
+#endif
+        for (int c = tid; c < nt; c += step) {
+            const int64_t lo = n * c / nt, hi = n * (c + 1) / nt;
+            double acc[2] = {0};
+            for (int64_t b = lo; b < hi; b += OPTFORGE_REDUCE_BLOCK) {
+                const int64_t e = hi - b < OPTFORGE_REDUCE_BLOCK ? hi : b + OPTFORGE_REDUCE_BLOCK;
+                {   /* from memory, just written or read (cache-hot) */
+                    double s = 0;
+                    #pragma omp simd reduction(+: s)
+                    for (int64_t j = 0; j < e - b; ++j) {
+                        const double v = p_weight[b + j];
+                        s += v * v;
+                    }
+                    acc[0] += s;
+                }
+                {   /* from memory, just written or read (cache-hot) */
+                    double s = 0;
+                    #pragma omp simd reduction(+: s)
+                    for (int64_t j = 0; j < e - b; ++j) {
+                        const double v = p_grad[b + j];
+                        s += v * v;
+                    }
+                    acc[1] += s;
+                }
+            }
+            for (int k = 0; k < 2; ++k) parts[(size_t)c * 2 + k] = acc[k];
+        }
+    }
+    for (int k = 0; k < 2; ++k) {
+        double s = 0;
+        for (int c = 0; c < nt; ++c) s += parts[(size_t)c * 2 + k];
+        out[k] = s;
     }
 }
 /* row-sparse: n = rows x cols gradient elements; gradient row r updates row rows[r] */
-void optforge_lars_s0_rows_f32(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const float* __restrict__ p_grad, float* __restrict__ p_mom, float* __restrict__ p_weight, double k_rescale_grad, double k1, double k2, double k_momentum_t, double k4, double k_lars_lr, double k6) {
+void optforge_lars_s0_rows_f32(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const float* __restrict__ p_weight, const float* __restrict__ p_grad) {
     const int64_t nrows = cols ? n / cols : 0;
     /* scattered rows are latency-bound: two threads keep twice as many loads in flight */
     #pragma omp parallel for schedule(static) if (n >= OPTFORGE_PARALLEL_MIN)
     for (int64_t r = 0; r < nrows; ++r) {
         const int64_t base = rows[r] * cols, gbase = r * cols;
         #pragma omp simd
-        for (int64_t c = 0; c < cols; ++c)
-            optforge_lars_s0_elem<float, float, float, 2>(base + c, gbase + c, p_grad, p_mom, p_weight, nullptr, (float)k_rescale_grad, (float)k1, (float)k2, (float)k_momentum_t, (float)k4, (float)k_lars_lr, (float)k6);
+        for (int64_t c = 0; c < cols; ++c) {
+            float red0, red1;   /* row kernels see some rows only: their reductions are done on the host */
+            optforge_lars_s0_elem<float, float, float>(base + c, gbase + c, p_weight, p_grad, nullptr, red0, red1);
+        }
     }
 }
-void optforge_lars_s0_f64(int64_t n, const double* __restrict__ p_grad, double* __restrict__ p_mom, double* __restrict__ p_weight, double k_rescale_grad, double k1, double k2, double k_momentum_t, double k4, double k_lars_lr, double k6) {
-    if (p_mom) {
-        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
-        for (int64_t i = 0; i < n; ++i)
-            optforge_lars_s0_elem<double, double, double, 1>(i, i, p_grad, p_mom, p_weight, nullptr, (double)k_rescale_grad, (double)k1, (double)k2, (double)k_momentum_t, (double)k4, (double)k_lars_lr, (double)k6);
-    } else if (!p_mom) {
-        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
-        for (int64_t i = 0; i < n; ++i)
-            optforge_lars_s0_elem<double, double, double, 0>(i, i, p_grad, p_mom, p_weight, nullptr, (double)k_rescale_grad, (double)k1, (double)k2, (double)k_momentum_t, (double)k4, (double)k_lars_lr, (double)k6);
+/* also accumulates 2 whole-tensor reduction(s) into out[]. Each thread takes a fixed share
+   of the elements, block by block: the stage loop stores the elements' reduction terms in small
+   buffers (so it vectorizes as a stage without reductions does), then a tight loop sums a buffer in
+   double. Shares are added in order: the result does not depend on timing. */
+void optforge_lars_s0_f64(int64_t n, const double* __restrict__ p_weight, const double* __restrict__ p_grad, double* __restrict__ out) {
+    int nt = 1;
+#ifdef _OPENMP
+    if (n >= OPTFORGE_PARALLEL_MIN) nt = omp_get_max_threads();
+#endif
+    std::vector<double> parts((size_t)nt * 2, 0.0);
+    #pragma omp parallel num_threads(nt) if (nt > 1)
+    {
+        int tid = 0, step = 1;
+#ifdef _OPENMP
+        tid = omp_get_thread_num();
+        step = omp_get_num_threads();
+#endif
+        for (int c = tid; c < nt; c += step) {
+            const int64_t lo = n * c / nt, hi = n * (c + 1) / nt;
+            double acc[2] = {0};
+            for (int64_t b = lo; b < hi; b += OPTFORGE_REDUCE_BLOCK) {
+                const int64_t e = hi - b < OPTFORGE_REDUCE_BLOCK ? hi : b + OPTFORGE_REDUCE_BLOCK;
+                {   /* from memory, just written or read (cache-hot) */
+                    double s = 0;
+                    #pragma omp simd reduction(+: s)
+                    for (int64_t j = 0; j < e - b; ++j) {
+                        const double v = p_weight[b + j];
+                        s += v * v;
+                    }
+                    acc[0] += s;
+                }
+                {   /* from memory, just written or read (cache-hot) */
+                    double s = 0;
+                    #pragma omp simd reduction(+: s)
+                    for (int64_t j = 0; j < e - b; ++j) {
+                        const double v = p_grad[b + j];
+                        s += v * v;
+                    }
+                    acc[1] += s;
+                }
+            }
+            for (int k = 0; k < 2; ++k) parts[(size_t)c * 2 + k] = acc[k];
+        }
+    }
+    for (int k = 0; k < 2; ++k) {
+        double s = 0;
+        for (int c = 0; c < nt; ++c) s += parts[(size_t)c * 2 + k];
+        out[k] = s;
     }
 }
 /* row-sparse: n = rows x cols gradient elements; gradient row r updates row rows[r] */
-void optforge_lars_s0_rows_f64(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const double* __restrict__ p_grad, double* __restrict__ p_mom, double* __restrict__ p_weight, double k_rescale_grad, double k1, double k2, double k_momentum_t, double k4, double k_lars_lr, double k6) {
+void optforge_lars_s0_rows_f64(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const double* __restrict__ p_weight, const double* __restrict__ p_grad) {
     const int64_t nrows = cols ? n / cols : 0;
     /* scattered rows are latency-bound: two threads keep twice as many loads in flight */
     #pragma omp parallel for schedule(static) if (n >= OPTFORGE_PARALLEL_MIN)
     for (int64_t r = 0; r < nrows; ++r) {
         const int64_t base = rows[r] * cols, gbase = r * cols;
         #pragma omp simd
-        for (int64_t c = 0; c < cols; ++c)
-            optforge_lars_s0_elem<double, double, double, 2>(base + c, gbase + c, p_grad, p_mom, p_weight, nullptr, (double)k_rescale_grad, (double)k1, (double)k2, (double)k_momentum_t, (double)k4, (double)k_lars_lr, (double)k6);
+        for (int64_t c = 0; c < cols; ++c) {
+            double red0, red1;   /* row kernels see some rows only: their reductions are done on the host */
+            optforge_lars_s0_elem<double, double, double>(base + c, gbase + c, p_weight, p_grad, nullptr, red0, red1);
+        }
+    }
+}
+void optforge_lars_s1_f32(int64_t n, const float* __restrict__ p_grad, float* __restrict__ p_mom, float* __restrict__ p_weight, double k_rescale_grad, double k1, double k2, double k_momentum_t, double k4, double k_lars_lr, double k6) {
+    if (p_mom) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_lars_s1_elem<float, float, float, 1>(i, i, p_grad, p_mom, p_weight, nullptr, (float)k_rescale_grad, (float)k1, (float)k2, (float)k_momentum_t, (float)k4, (float)k_lars_lr, (float)k6);
+    } else if (!p_mom) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_lars_s1_elem<float, float, float, 0>(i, i, p_grad, p_mom, p_weight, nullptr, (float)k_rescale_grad, (float)k1, (float)k2, (float)k_momentum_t, (float)k4, (float)k_lars_lr, (float)k6);
+    }
+}
+/* row-sparse: n = rows x cols gradient elements; gradient row r updates row rows[r] */
+void optforge_lars_s1_rows_f32(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const float* __restrict__ p_grad, float* __restrict__ p_mom, float* __restrict__ p_weight, double k_rescale_grad, double k1, double k2, double k_momentum_t, double k4, double k_lars_lr, double k6) {
+    const int64_t nrows = cols ? n / cols : 0;
+    /* scattered rows are latency-bound: two threads keep twice as many loads in flight */
+    #pragma omp parallel for schedule(static) if (n >= OPTFORGE_PARALLEL_MIN)
+    for (int64_t r = 0; r < nrows; ++r) {
+        const int64_t base = rows[r] * cols, gbase = r * cols;
+        #pragma omp simd
+        for (int64_t c = 0; c < cols; ++c) {
+            optforge_lars_s1_elem<float, float, float, 2>(base + c, gbase + c, p_grad, p_mom, p_weight, nullptr, (float)k_rescale_grad, (float)k1, (float)k2, (float)k_momentum_t, (float)k4, (float)k_lars_lr, (float)k6);
+        }
+    }
+}
+void optforge_lars_s1_f64(int64_t n, const double* __restrict__ p_grad, double* __restrict__ p_mom, double* __restrict__ p_weight, double k_rescale_grad, double k1, double k2, double k_momentum_t, double k4, double k_lars_lr, double k6) {
+    if (p_mom) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_lars_s1_elem<double, double, double, 1>(i, i, p_grad, p_mom, p_weight, nullptr, (double)k_rescale_grad, (double)k1, (double)k2, (double)k_momentum_t, (double)k4, (double)k_lars_lr, (double)k6);
+    } else if (!p_mom) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_lars_s1_elem<double, double, double, 0>(i, i, p_grad, p_mom, p_weight, nullptr, (double)k_rescale_grad, (double)k1, (double)k2, (double)k_momentum_t, (double)k4, (double)k_lars_lr, (double)k6);
+    }
+}
+/* row-sparse: n = rows x cols gradient elements; gradient row r updates row rows[r] */
+void optforge_lars_s1_rows_f64(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const double* __restrict__ p_grad, double* __restrict__ p_mom, double* __restrict__ p_weight, double k_rescale_grad, double k1, double k2, double k_momentum_t, double k4, double k_lars_lr, double k6) {
+    const int64_t nrows = cols ? n / cols : 0;
+    /* scattered rows are latency-bound: two threads keep twice as many loads in flight */
+    #pragma omp parallel for schedule(static) if (n >= OPTFORGE_PARALLEL_MIN)
+    for (int64_t r = 0; r < nrows; ++r) {
+        const int64_t base = rows[r] * cols, gbase = r * cols;
+        #pragma omp simd
+        for (int64_t c = 0; c < cols; ++c) {
+            optforge_lars_s1_elem<double, double, double, 2>(base + c, gbase + c, p_grad, p_mom, p_weight, nullptr, (double)k_rescale_grad, (double)k1, (double)k2, (double)k_momentum_t, (double)k4, (double)k_lars_lr, (double)k6);
+        }
     }
 }
 }

@@ -47,8 +47,17 @@ template <typename C> OPTFORGE_HD void store_low(float* p, int64_t i, C v) {
 
 /* stage s0: element i of the weight and states, element gi of the gradient and scratch
    (the same element for a dense update; for a row-sparse one, gi walks the gradient's rows) */
+template <typename T, typename G, typename C>
+OPTFORGE_HD void optforge_lars_s0_elem(int64_t i, int64_t gi, const T* __restrict__ p_weight, const G* __restrict__ p_grad, float* __restrict__ p_weight_lp, C& red0, C& red1) {
+    C weight = C(p_weight[i]);
+    C grad = C(p_grad[gi]);
+    red0 = C(weight);
+    red1 = C(grad);
+}
+/* stage s1: element i of the weight and states, element gi of the gradient and scratch
+   (the same element for a dense update; for a row-sparse one, gi walks the gradient's rows) */
 template <typename T, typename G, typename C, int H0>
-OPTFORGE_HD void optforge_lars_s0_elem(int64_t i, int64_t gi, const G* __restrict__ p_grad, T* __restrict__ p_mom, T* __restrict__ p_weight, float* __restrict__ p_weight_lp, const C k_rescale_grad, const C k1, const C k2, const C k_momentum_t, const C k4, const C k_lars_lr, const C k6) {
+OPTFORGE_HD void optforge_lars_s1_elem(int64_t i, int64_t gi, const G* __restrict__ p_grad, T* __restrict__ p_mom, T* __restrict__ p_weight, float* __restrict__ p_weight_lp, const C k_rescale_grad, const C k1, const C k2, const C k_momentum_t, const C k4, const C k_lars_lr, const C k6) {
     C grad = C(p_grad[gi]);
     C mom = (H0 == 1 || (H0 == 2 && p_mom)) ? C(p_mom[i]) : C(0);
     C weight = C(p_weight[i]);
@@ -66,72 +75,188 @@ OPTFORGE_HD void optforge_lars_s0_elem(int64_t i, int64_t gi, const G* __restric
 }
 
 extern "C" {
-__global__ void optforge_lars_s0_f32(int64_t n, const float* __restrict__ p_grad, float* __restrict__ p_mom, float* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k2, double k_momentum_t, double k4, double k_lars_lr, double k6) {
-    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_lars_s0_elem<float, float, float, 2>(i, i, p_grad, p_mom, p_weight, p_weight_lp, (float)k_rescale_grad, (float)k1, (float)k2, (float)k_momentum_t, (float)k4, (float)k_lars_lr, (float)k6);
+/* also accumulates 2 whole-tensor reduction(s): each thread's partial sums (double) go to
+   partials[thread * 2 + k], which the host sums in a fixed order (deterministic, no atomics) */
+__global__ void optforge_lars_s0_f32(int64_t n, const float* __restrict__ p_weight, const float* __restrict__ p_grad, float* __restrict__ p_weight_lp, double* __restrict__ partials) {
+    double acc0 = 0, acc1 = 0;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
+        float t0, t1;
+        optforge_lars_s0_elem<float, float, float>(i, i, p_weight, p_grad, p_weight_lp, t0, t1);
+        acc0 += (double)t0 * (double)t0;
+        acc1 += (double)t1 * (double)t1;
+    }
+    const int64_t tid = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    partials[tid * 2 + 0] = acc0;
+    partials[tid * 2 + 1] = acc1;
 }
 /* row-sparse, parallel over gradient elements (not rows): element j updates row rows[j / cols] */
-__global__ void optforge_lars_s0_rows_f32(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const float* __restrict__ p_grad, float* __restrict__ p_mom, float* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k2, double k_momentum_t, double k4, double k_lars_lr, double k6) {
+__global__ void optforge_lars_s0_rows_f32(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const float* __restrict__ p_weight, const float* __restrict__ p_grad, float* __restrict__ p_weight_lp) {
+    float red0, red1;   /* row kernels see some rows only: their reductions are done on the host */
     for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
-        optforge_lars_s0_elem<float, float, float, 2>(rows[j / cols] * cols + j % cols, j, p_grad, p_mom, p_weight, p_weight_lp, (float)k_rescale_grad, (float)k1, (float)k2, (float)k_momentum_t, (float)k4, (float)k_lars_lr, (float)k6);
+        optforge_lars_s0_elem<float, float, float>(rows[j / cols] * cols + j % cols, j, p_weight, p_grad, p_weight_lp, red0, red1);
+}
+/* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
+   pointers, sizes and 0 scalar(s) per parameter, as Apex's multi_tensor_apply */
+__global__ void optforge_lars_s0_mt_f32(const int64_t* __restrict__ sizes, float* const* tab_weight, float* const* tab_grad, float* const* tab_weight_lp, const double* __restrict__ scalars) {
+    const int64_t t = blockIdx.y, n = sizes[t];
+    const double* s = scalars + t * 1;
+    float red0, red1;   /* never launched for specs with reductions (no multi-tensor updates) */
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
+        optforge_lars_s0_elem<float, float, float>(i, i, tab_weight[t], tab_grad[t], tab_weight_lp[t], red0, red1);
+}
+/* also accumulates 2 whole-tensor reduction(s): each thread's partial sums (double) go to
+   partials[thread * 2 + k], which the host sums in a fixed order (deterministic, no atomics) */
+__global__ void optforge_lars_s0_f64(int64_t n, const double* __restrict__ p_weight, const double* __restrict__ p_grad, float* __restrict__ p_weight_lp, double* __restrict__ partials) {
+    double acc0 = 0, acc1 = 0;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
+        double t0, t1;
+        optforge_lars_s0_elem<double, double, double>(i, i, p_weight, p_grad, p_weight_lp, t0, t1);
+        acc0 += (double)t0 * (double)t0;
+        acc1 += (double)t1 * (double)t1;
+    }
+    const int64_t tid = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    partials[tid * 2 + 0] = acc0;
+    partials[tid * 2 + 1] = acc1;
+}
+/* row-sparse, parallel over gradient elements (not rows): element j updates row rows[j / cols] */
+__global__ void optforge_lars_s0_rows_f64(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const double* __restrict__ p_weight, const double* __restrict__ p_grad, float* __restrict__ p_weight_lp) {
+    double red0, red1;   /* row kernels see some rows only: their reductions are done on the host */
+    for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
+        optforge_lars_s0_elem<double, double, double>(rows[j / cols] * cols + j % cols, j, p_weight, p_grad, p_weight_lp, red0, red1);
+}
+/* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
+   pointers, sizes and 0 scalar(s) per parameter, as Apex's multi_tensor_apply */
+__global__ void optforge_lars_s0_mt_f64(const int64_t* __restrict__ sizes, double* const* tab_weight, double* const* tab_grad, float* const* tab_weight_lp, const double* __restrict__ scalars) {
+    const int64_t t = blockIdx.y, n = sizes[t];
+    const double* s = scalars + t * 1;
+    double red0, red1;   /* never launched for specs with reductions (no multi-tensor updates) */
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
+        optforge_lars_s0_elem<double, double, double>(i, i, tab_weight[t], tab_grad[t], tab_weight_lp[t], red0, red1);
+}
+/* also accumulates 2 whole-tensor reduction(s): each thread's partial sums (double) go to
+   partials[thread * 2 + k], which the host sums in a fixed order (deterministic, no atomics) */
+__global__ void optforge_lars_s0_f16(int64_t n, const __half* __restrict__ p_weight, const __half* __restrict__ p_grad, float* __restrict__ p_weight_lp, double* __restrict__ partials) {
+    double acc0 = 0, acc1 = 0;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
+        float t0, t1;
+        optforge_lars_s0_elem<__half, __half, float>(i, i, p_weight, p_grad, p_weight_lp, t0, t1);
+        acc0 += (double)t0 * (double)t0;
+        acc1 += (double)t1 * (double)t1;
+    }
+    const int64_t tid = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    partials[tid * 2 + 0] = acc0;
+    partials[tid * 2 + 1] = acc1;
+}
+/* row-sparse, parallel over gradient elements (not rows): element j updates row rows[j / cols] */
+__global__ void optforge_lars_s0_rows_f16(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const __half* __restrict__ p_weight, const __half* __restrict__ p_grad, float* __restrict__ p_weight_lp) {
+    float red0, red1;   /* row kernels see some rows only: their reductions are done on the host */
+    for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
+        optforge_lars_s0_elem<__half, __half, float>(rows[j / cols] * cols + j % cols, j, p_weight, p_grad, p_weight_lp, red0, red1);
+}
+/* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
+   pointers, sizes and 0 scalar(s) per parameter, as Apex's multi_tensor_apply */
+__global__ void optforge_lars_s0_mt_f16(const int64_t* __restrict__ sizes, __half* const* tab_weight, __half* const* tab_grad, float* const* tab_weight_lp, const double* __restrict__ scalars) {
+    const int64_t t = blockIdx.y, n = sizes[t];
+    const double* s = scalars + t * 1;
+    float red0, red1;   /* never launched for specs with reductions (no multi-tensor updates) */
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
+        optforge_lars_s0_elem<__half, __half, float>(i, i, tab_weight[t], tab_grad[t], tab_weight_lp[t], red0, red1);
+}
+/* also accumulates 2 whole-tensor reduction(s): each thread's partial sums (double) go to
+   partials[thread * 2 + k], which the host sums in a fixed order (deterministic, no atomics) */
+__global__ void optforge_lars_s0_mp16(int64_t n, const float* __restrict__ p_weight, const __half* __restrict__ p_grad, float* __restrict__ p_weight_lp, double* __restrict__ partials) {
+    double acc0 = 0, acc1 = 0;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
+        float t0, t1;
+        optforge_lars_s0_elem<float, __half, float>(i, i, p_weight, p_grad, p_weight_lp, t0, t1);
+        acc0 += (double)t0 * (double)t0;
+        acc1 += (double)t1 * (double)t1;
+    }
+    const int64_t tid = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    partials[tid * 2 + 0] = acc0;
+    partials[tid * 2 + 1] = acc1;
+}
+/* row-sparse, parallel over gradient elements (not rows): element j updates row rows[j / cols] */
+__global__ void optforge_lars_s0_rows_mp16(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const float* __restrict__ p_weight, const __half* __restrict__ p_grad, float* __restrict__ p_weight_lp) {
+    float red0, red1;   /* row kernels see some rows only: their reductions are done on the host */
+    for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
+        optforge_lars_s0_elem<float, __half, float>(rows[j / cols] * cols + j % cols, j, p_weight, p_grad, p_weight_lp, red0, red1);
+}
+/* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
+   pointers, sizes and 0 scalar(s) per parameter, as Apex's multi_tensor_apply */
+__global__ void optforge_lars_s0_mt_mp16(const int64_t* __restrict__ sizes, float* const* tab_weight, __half* const* tab_grad, float* const* tab_weight_lp, const double* __restrict__ scalars) {
+    const int64_t t = blockIdx.y, n = sizes[t];
+    const double* s = scalars + t * 1;
+    float red0, red1;   /* never launched for specs with reductions (no multi-tensor updates) */
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
+        optforge_lars_s0_elem<float, __half, float>(i, i, tab_weight[t], tab_grad[t], tab_weight_lp[t], red0, red1);
+}
+__global__ void optforge_lars_s1_f32(int64_t n, const float* __restrict__ p_grad, float* __restrict__ p_mom, float* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k2, double k_momentum_t, double k4, double k_lars_lr, double k6) {
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
+        optforge_lars_s1_elem<float, float, float, 2>(i, i, p_grad, p_mom, p_weight, p_weight_lp, (float)k_rescale_grad, (float)k1, (float)k2, (float)k_momentum_t, (float)k4, (float)k_lars_lr, (float)k6);
+}
+/* row-sparse, parallel over gradient elements (not rows): element j updates row rows[j / cols] */
+__global__ void optforge_lars_s1_rows_f32(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const float* __restrict__ p_grad, float* __restrict__ p_mom, float* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k2, double k_momentum_t, double k4, double k_lars_lr, double k6) {
+    for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
+        optforge_lars_s1_elem<float, float, float, 2>(rows[j / cols] * cols + j % cols, j, p_grad, p_mom, p_weight, p_weight_lp, (float)k_rescale_grad, (float)k1, (float)k2, (float)k_momentum_t, (float)k4, (float)k_lars_lr, (float)k6);
 }
 /* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
    pointers, sizes and 7 scalar(s) per parameter, as Apex's multi_tensor_apply */
-__global__ void optforge_lars_s0_mt_f32(const int64_t* __restrict__ sizes, float* const* tab_grad, float* const* tab_mom, float* const* tab_weight, float* const* tab_weight_lp, const double* __restrict__ scalars) {
+__global__ void optforge_lars_s1_mt_f32(const int64_t* __restrict__ sizes, float* const* tab_grad, float* const* tab_mom, float* const* tab_weight, float* const* tab_weight_lp, const double* __restrict__ scalars) {
     const int64_t t = blockIdx.y, n = sizes[t];
     const double* s = scalars + t * 7;
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_lars_s0_elem<float, float, float, 2>(i, i, tab_grad[t], tab_mom[t], tab_weight[t], tab_weight_lp[t], (float)s[0], (float)s[1], (float)s[2], (float)s[3], (float)s[4], (float)s[5], (float)s[6]);
+        optforge_lars_s1_elem<float, float, float, 2>(i, i, tab_grad[t], tab_mom[t], tab_weight[t], tab_weight_lp[t], (float)s[0], (float)s[1], (float)s[2], (float)s[3], (float)s[4], (float)s[5], (float)s[6]);
 }
-__global__ void optforge_lars_s0_f64(int64_t n, const double* __restrict__ p_grad, double* __restrict__ p_mom, double* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k2, double k_momentum_t, double k4, double k_lars_lr, double k6) {
+__global__ void optforge_lars_s1_f64(int64_t n, const double* __restrict__ p_grad, double* __restrict__ p_mom, double* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k2, double k_momentum_t, double k4, double k_lars_lr, double k6) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_lars_s0_elem<double, double, double, 2>(i, i, p_grad, p_mom, p_weight, p_weight_lp, (double)k_rescale_grad, (double)k1, (double)k2, (double)k_momentum_t, (double)k4, (double)k_lars_lr, (double)k6);
+        optforge_lars_s1_elem<double, double, double, 2>(i, i, p_grad, p_mom, p_weight, p_weight_lp, (double)k_rescale_grad, (double)k1, (double)k2, (double)k_momentum_t, (double)k4, (double)k_lars_lr, (double)k6);
 }
 /* row-sparse, parallel over gradient elements (not rows): element j updates row rows[j / cols] */
-__global__ void optforge_lars_s0_rows_f64(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const double* __restrict__ p_grad, double* __restrict__ p_mom, double* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k2, double k_momentum_t, double k4, double k_lars_lr, double k6) {
+__global__ void optforge_lars_s1_rows_f64(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const double* __restrict__ p_grad, double* __restrict__ p_mom, double* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k2, double k_momentum_t, double k4, double k_lars_lr, double k6) {
     for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
-        optforge_lars_s0_elem<double, double, double, 2>(rows[j / cols] * cols + j % cols, j, p_grad, p_mom, p_weight, p_weight_lp, (double)k_rescale_grad, (double)k1, (double)k2, (double)k_momentum_t, (double)k4, (double)k_lars_lr, (double)k6);
+        optforge_lars_s1_elem<double, double, double, 2>(rows[j / cols] * cols + j % cols, j, p_grad, p_mom, p_weight, p_weight_lp, (double)k_rescale_grad, (double)k1, (double)k2, (double)k_momentum_t, (double)k4, (double)k_lars_lr, (double)k6);
 }
 /* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
    pointers, sizes and 7 scalar(s) per parameter, as Apex's multi_tensor_apply */
-__global__ void optforge_lars_s0_mt_f64(const int64_t* __restrict__ sizes, double* const* tab_grad, double* const* tab_mom, double* const* tab_weight, float* const* tab_weight_lp, const double* __restrict__ scalars) {
+__global__ void optforge_lars_s1_mt_f64(const int64_t* __restrict__ sizes, double* const* tab_grad, double* const* tab_mom, double* const* tab_weight, float* const* tab_weight_lp, const double* __restrict__ scalars) {
     const int64_t t = blockIdx.y, n = sizes[t];
     const double* s = scalars + t * 7;
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_lars_s0_elem<double, double, double, 2>(i, i, tab_grad[t], tab_mom[t], tab_weight[t], tab_weight_lp[t], (double)s[0], (double)s[1], (double)s[2], (double)s[3], (double)s[4], (double)s[5], (double)s[6]);
+        optforge_lars_s1_elem<double, double, double, 2>(i, i, tab_grad[t], tab_mom[t], tab_weight[t], tab_weight_lp[t], (double)s[0], (double)s[1], (double)s[2], (double)s[3], (double)s[4], (double)s[5], (double)s[6]);
 }
-__global__ void optforge_lars_s0_f16(int64_t n, const __half* __restrict__ p_grad, __half* __restrict__ p_mom, __half* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k2, double k_momentum_t, double k4, double k_lars_lr, double k6) {
+__global__ void optforge_lars_s1_f16(int64_t n, const __half* __restrict__ p_grad, __half* __restrict__ p_mom, __half* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k2, double k_momentum_t, double k4, double k_lars_lr, double k6) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_lars_s0_elem<__half, __half, float, 2>(i, i, p_grad, p_mom, p_weight, p_weight_lp, (float)k_rescale_grad, (float)k1, (float)k2, (float)k_momentum_t, (float)k4, (float)k_lars_lr, (float)k6);
+        optforge_lars_s1_elem<__half, __half, float, 2>(i, i, p_grad, p_mom, p_weight, p_weight_lp, (float)k_rescale_grad, (float)k1, (float)k2, (float)k_momentum_t, (float)k4, (float)k_lars_lr, (float)k6);
 }
 /* row-sparse, parallel over gradient elements (not rows): element j updates row rows[j / cols] */
-__global__ void optforge_lars_s0_rows_f16(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const __half* __restrict__ p_grad, __half* __restrict__ p_mom, __half* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k2, double k_momentum_t, double k4, double k_lars_lr, double k6) {
+__global__ void optforge_lars_s1_rows_f16(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const __half* __restrict__ p_grad, __half* __restrict__ p_mom, __half* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k2, double k_momentum_t, double k4, double k_lars_lr, double k6) {
     for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
-        optforge_lars_s0_elem<__half, __half, float, 2>(rows[j / cols] * cols + j % cols, j, p_grad, p_mom, p_weight, p_weight_lp, (float)k_rescale_grad, (float)k1, (float)k2, (float)k_momentum_t, (float)k4, (float)k_lars_lr, (float)k6);
+        optforge_lars_s1_elem<__half, __half, float, 2>(rows[j / cols] * cols + j % cols, j, p_grad, p_mom, p_weight, p_weight_lp, (float)k_rescale_grad, (float)k1, (float)k2, (float)k_momentum_t, (float)k4, (float)k_lars_lr, (float)k6);
 }
 /* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
    pointers, sizes and 7 scalar(s) per parameter, as Apex's multi_tensor_apply */
-__global__ void optforge_lars_s0_mt_f16(const int64_t* __restrict__ sizes, __half* const* tab_grad, __half* const* tab_mom, __half* const* tab_weight, float* const* tab_weight_lp, const double* __restrict__ scalars) {
+__global__ void optforge_lars_s1_mt_f16(const int64_t* __restrict__ sizes, __half* const* tab_grad, __half* const* tab_mom, __half* const* tab_weight, float* const* tab_weight_lp, const double* __restrict__ scalars) {
     const int64_t t = blockIdx.y, n = sizes[t];
     const double* s = scalars + t * 7;
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_lars_s0_elem<__half, __half, float, 2>(i, i, tab_grad[t], tab_mom[t], tab_weight[t], tab_weight_lp[t], (float)s[0], (float)s[1], (float)s[2], (float)s[3], (float)s[4], (float)s[5], (float)s[6]);
+        optforge_lars_s1_elem<__half, __half, float, 2>(i, i, tab_grad[t], tab_mom[t], tab_weight[t], tab_weight_lp[t], (float)s[0], (float)s[1], (float)s[2], (float)s[3], (float)s[4], (float)s[5], (float)s[6]);
 }
-__global__ void optforge_lars_s0_mp16(int64_t n, const __half* __restrict__ p_grad, float* __restrict__ p_mom, float* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k2, double k_momentum_t, double k4, double k_lars_lr, double k6) {
+__global__ void optforge_lars_s1_mp16(int64_t n, const __half* __restrict__ p_grad, float* __restrict__ p_mom, float* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k2, double k_momentum_t, double k4, double k_lars_lr, double k6) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_lars_s0_elem<float, __half, float, 2>(i, i, p_grad, p_mom, p_weight, p_weight_lp, (float)k_rescale_grad, (float)k1, (float)k2, (float)k_momentum_t, (float)k4, (float)k_lars_lr, (float)k6);
+        optforge_lars_s1_elem<float, __half, float, 2>(i, i, p_grad, p_mom, p_weight, p_weight_lp, (float)k_rescale_grad, (float)k1, (float)k2, (float)k_momentum_t, (float)k4, (float)k_lars_lr, (float)k6);
 }
 /* row-sparse, parallel over gradient elements (not rows): element j updates row rows[j / cols] */
-__global__ void optforge_lars_s0_rows_mp16(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const __half* __restrict__ p_grad, float* __restrict__ p_mom, float* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k2, double k_momentum_t, double k4, double k_lars_lr, double k6) {
+__global__ void optforge_lars_s1_rows_mp16(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const __half* __restrict__ p_grad, float* __restrict__ p_mom, float* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k2, double k_momentum_t, double k4, double k_lars_lr, double k6) {
     for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
-        optforge_lars_s0_elem<float, __half, float, 2>(rows[j / cols] * cols + j % cols, j, p_grad, p_mom, p_weight, p_weight_lp, (float)k_rescale_grad, (float)k1, (float)k2, (float)k_momentum_t, (float)k4, (float)k_lars_lr, (float)k6);
+        optforge_lars_s1_elem<float, __half, float, 2>(rows[j / cols] * cols + j % cols, j, p_grad, p_mom, p_weight, p_weight_lp, (float)k_rescale_grad, (float)k1, (float)k2, (float)k_momentum_t, (float)k4, (float)k_lars_lr, (float)k6);
 }
 /* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
    pointers, sizes and 7 scalar(s) per parameter, as Apex's multi_tensor_apply */
-__global__ void optforge_lars_s0_mt_mp16(const int64_t* __restrict__ sizes, __half* const* tab_grad, float* const* tab_mom, float* const* tab_weight, float* const* tab_weight_lp, const double* __restrict__ scalars) {
+__global__ void optforge_lars_s1_mt_mp16(const int64_t* __restrict__ sizes, __half* const* tab_grad, float* const* tab_mom, float* const* tab_weight, float* const* tab_weight_lp, const double* __restrict__ scalars) {
     const int64_t t = blockIdx.y, n = sizes[t];
     const double* s = scalars + t * 7;
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_lars_s0_elem<float, __half, float, 2>(i, i, tab_grad[t], tab_mom[t], tab_weight[t], tab_weight_lp[t], (float)s[0], (float)s[1], (float)s[2], (float)s[3], (float)s[4], (float)s[5], (float)s[6]);
+        optforge_lars_s1_elem<float, __half, float, 2>(i, i, tab_grad[t], tab_mom[t], tab_weight[t], tab_weight_lp[t], (float)s[0], (float)s[1], (float)s[2], (float)s[3], (float)s[4], (float)s[5], (float)s[6]);
 }
 }

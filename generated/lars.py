@@ -181,8 +181,9 @@ class LARS(Optimizer):
         rescale_grad = self.rescale_grad
         momentum_t = call['momentum_t']
         mom = tensors.get('mom')
-        w_norm = ops.norm(weight)  # lars.opt:38
-        g_norm = ops.norm(grad) * rescale_grad  # lars.opt:39
+        _red_s0 = be.launch('optforge_lars_s0', (weight, grad,), (), reduce=2, stores=False)
+        w_norm = ops.fused_norm(_red_s0[0]) if _red_s0 is not None else ops.norm(weight)  # lars.opt:38
+        g_norm = (ops.fused_norm(_red_s0[1]) if _red_s0 is not None else ops.norm(grad)) * rescale_grad  # lars.opt:39
         scaled = not param_name.endswith(('gamma', 'beta', 'bias',)) and w_norm > 0 and g_norm > 0  # lars.opt:40
         lars_lr = lr * eta * w_norm / (g_norm + wd * w_norm + eps) if scaled else lr  # lars.opt:41
-        be.launch('optforge_lars_s0', (grad, mom, weight,), (ops.arg(rescale_grad), ops.arg(clip_gradient), ops.arg(momentum != 0), ops.arg(momentum_t), ops.arg(lars_lr * wd), ops.arg(lars_lr), ops.arg(1 - lars_lr * wd), ))
+        be.launch('optforge_lars_s1', (grad, mom, weight,), (ops.arg(rescale_grad), ops.arg(clip_gradient), ops.arg(momentum != 0), ops.arg(momentum_t), ops.arg(lars_lr * wd), ops.arg(lars_lr), ops.arg(1 - lars_lr * wd), ))

@@ -42,6 +42,11 @@ template <typename C> OPTFORGE_HD C op_normal(double seed, int64_t i, int salt, 
 #define OPTFORGE_PARALLEL_MIN 65536
 
 template <typename C> inline void store_low(float* p, int64_t i, C v) { p[i] = (float)v; }
+#include <vector>
+#define OPTFORGE_REDUCE_BLOCK 2048
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 /* stage s0: element i of the weight and states, element gi of the gradient and scratch
    (the same element for a dense update; for a row-sparse one, gi walks the gradient's rows) */
@@ -54,8 +59,29 @@ OPTFORGE_HD void optforge_lbsgd_s0_elem(int64_t i, int64_t gi, T* __restrict__ p
 }
 /* stage s1: element i of the weight and states, element gi of the gradient and scratch
    (the same element for a dense update; for a row-sparse one, gi walks the gradient's rows) */
+template <typename T, typename G, typename C>
+OPTFORGE_HD void optforge_lbsgd_s1_elem(int64_t i, int64_t gi, const T* __restrict__ p_weight, float* __restrict__ p_weight_lp, C& red0) {
+    C weight = C(p_weight[i]);
+    red0 = C(op_square(weight));
+}
+/* stage s2: element i of the weight and states, element gi of the gradient and scratch
+   (the same element for a dense update; for a row-sparse one, gi walks the gradient's rows) */
+template <typename T, typename G, typename C, int H0>
+OPTFORGE_HD void optforge_lbsgd_s2_elem(int64_t i, int64_t gi, const T* __restrict__ p_cum_grad, float* __restrict__ p_weight_lp, C& red0) {
+    C cum_grad = (H0 == 1 || (H0 == 2 && p_cum_grad)) ? C(p_cum_grad[i]) : C(0);
+    red0 = C(op_square(cum_grad));
+}
+/* stage s3: element i of the weight and states, element gi of the gradient and scratch
+   (the same element for a dense update; for a row-sparse one, gi walks the gradient's rows) */
+template <typename T, typename G, typename C>
+OPTFORGE_HD void optforge_lbsgd_s3_elem(int64_t i, int64_t gi, const G* __restrict__ p_grad, float* __restrict__ p_weight_lp, C& red0) {
+    C grad = C(p_grad[gi]);
+    red0 = C(op_square(grad));
+}
+/* stage s4: element i of the weight and states, element gi of the gradient and scratch
+   (the same element for a dense update; for a row-sparse one, gi walks the gradient's rows) */
 template <typename T, typename G, typename C, int H0, int H1>
-OPTFORGE_HD void optforge_lbsgd_s1_elem(int64_t i, int64_t gi, T* __restrict__ p_cum_grad, const G* __restrict__ p_grad, T* __restrict__ p_mom, T* __restrict__ p_weight, float* __restrict__ p_weight_lp, const C k0, const C k_batch_scale, const C k_rescale_grad, const C k3, const C k4, const C k_momentum, const C k6, const C k_lr_t, const C k8) {
+OPTFORGE_HD void optforge_lbsgd_s4_elem(int64_t i, int64_t gi, T* __restrict__ p_cum_grad, const G* __restrict__ p_grad, T* __restrict__ p_mom, T* __restrict__ p_weight, float* __restrict__ p_weight_lp, const C k0, const C k_batch_scale, const C k_rescale_grad, const C k3, const C k4, const C k_momentum, const C k6, const C k_lr_t, const C k8) {
     C cum_grad = (H0 == 1 || (H0 == 2 && p_cum_grad)) ? C(p_cum_grad[i]) : C(0);
     C grad = C(p_grad[gi]);
     C mom = (H1 == 1 || (H1 == 2 && p_mom)) ? C(p_mom[i]) : C(0);
@@ -102,8 +128,9 @@ void optforge_lbsgd_s0_rows_f32(int64_t n, int64_t cols, const int64_t* __restri
     for (int64_t r = 0; r < nrows; ++r) {
         const int64_t base = rows[r] * cols, gbase = r * cols;
         #pragma omp simd
-        for (int64_t c = 0; c < cols; ++c)
+        for (int64_t c = 0; c < cols; ++c) {
             optforge_lbsgd_s0_elem<float, float, float, 2>(base + c, gbase + c, p_cum_grad, p_grad, nullptr);
+        }
     }
 }
 void optforge_lbsgd_s0_f64(int64_t n, double* __restrict__ p_cum_grad, const double* __restrict__ p_grad) {
@@ -125,70 +152,471 @@ void optforge_lbsgd_s0_rows_f64(int64_t n, int64_t cols, const int64_t* __restri
     for (int64_t r = 0; r < nrows; ++r) {
         const int64_t base = rows[r] * cols, gbase = r * cols;
         #pragma omp simd
-        for (int64_t c = 0; c < cols; ++c)
+        for (int64_t c = 0; c < cols; ++c) {
             optforge_lbsgd_s0_elem<double, double, double, 2>(base + c, gbase + c, p_cum_grad, p_grad, nullptr);
+        }
     }
 }
-void optforge_lbsgd_s1_f32(int64_t n, float* __restrict__ p_cum_grad, const float* __restrict__ p_grad, float* __restrict__ p_mom, float* __restrict__ p_weight, double k0, double k_batch_scale, double k_rescale_grad, double k3, double k4, double k_momentum, double k6, double k_lr_t, double k8) {
-    if (p_cum_grad && p_mom) {
-        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
-        for (int64_t i = 0; i < n; ++i)
-            optforge_lbsgd_s1_elem<float, float, float, 1, 1>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8);
-    } else if (p_cum_grad && !p_mom) {
-        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
-        for (int64_t i = 0; i < n; ++i)
-            optforge_lbsgd_s1_elem<float, float, float, 1, 0>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8);
-    } else if (!p_cum_grad && p_mom) {
-        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
-        for (int64_t i = 0; i < n; ++i)
-            optforge_lbsgd_s1_elem<float, float, float, 0, 1>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8);
-    } else if (!p_cum_grad && !p_mom) {
-        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
-        for (int64_t i = 0; i < n; ++i)
-            optforge_lbsgd_s1_elem<float, float, float, 0, 0>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8);
+/* also accumulates 1 whole-tensor reduction(s) into out[]. Each thread takes a fixed share
+   of the elements, block by block: the stage loop stores the elements' reduction terms in small
+   buffers (so it vectorizes as a stage without reductions does), then a tight loop sums a buffer in
+   double. Shares are added in order: the result does not depend on timing. */
+void optforge_lbsgd_s1_f32(int64_t n, const float* __restrict__ p_weight, double* __restrict__ out) {
+    int nt = 1;
+#ifdef _OPENMP
+    if (n >= OPTFORGE_PARALLEL_MIN) nt = omp_get_max_threads();
+#endif
+    std::vector<double> parts((size_t)nt * 1, 0.0);
+    #pragma omp parallel num_threads(nt) if (nt > 1)
+    {
+        int tid = 0, step = 1;
+#ifdef _OPENMP
+        tid = omp_get_thread_num();
+        step = omp_get_num_threads();
+#endif
+        alignas(64) float buf[1][OPTFORGE_REDUCE_BLOCK];
+        for (int c = tid; c < nt; c += step) {
+            const int64_t lo = n * c / nt, hi = n * (c + 1) / nt;
+            double acc[1] = {0};
+            for (int64_t b = lo; b < hi; b += OPTFORGE_REDUCE_BLOCK) {
+                const int64_t e = hi - b < OPTFORGE_REDUCE_BLOCK ? hi : b + OPTFORGE_REDUCE_BLOCK;
+                if (true) {
+                    #pragma omp simd
+                    for (int64_t i = b; i < e; ++i) {
+                        float t0;
+                        optforge_lbsgd_s1_elem<float, float, float>(i, i, p_weight, nullptr, t0);
+                        buf[0][i - b] = t0;
+                    }
+                }
+                {   /* from the block's buffer */
+                    double s = 0;
+                    #pragma omp simd reduction(+: s)
+                    for (int64_t j = 0; j < e - b; ++j) {
+                        const double v = buf[0][j];
+                        s += v;
+                    }
+                    acc[0] += s;
+                }
+            }
+            for (int k = 0; k < 1; ++k) parts[(size_t)c * 1 + k] = acc[k];
+        }
+    }
+    for (int k = 0; k < 1; ++k) {
+        double s = 0;
+        for (int c = 0; c < nt; ++c) s += parts[(size_t)c * 1 + k];
+        out[k] = s;
     }
 }
 /* row-sparse: n = rows x cols gradient elements; gradient row r updates row rows[r] */
-void optforge_lbsgd_s1_rows_f32(int64_t n, int64_t cols, const int64_t* __restrict__ rows, float* __restrict__ p_cum_grad, const float* __restrict__ p_grad, float* __restrict__ p_mom, float* __restrict__ p_weight, double k0, double k_batch_scale, double k_rescale_grad, double k3, double k4, double k_momentum, double k6, double k_lr_t, double k8) {
+void optforge_lbsgd_s1_rows_f32(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const float* __restrict__ p_weight) {
     const int64_t nrows = cols ? n / cols : 0;
     /* scattered rows are latency-bound: two threads keep twice as many loads in flight */
     #pragma omp parallel for schedule(static) if (n >= OPTFORGE_PARALLEL_MIN)
     for (int64_t r = 0; r < nrows; ++r) {
         const int64_t base = rows[r] * cols, gbase = r * cols;
         #pragma omp simd
-        for (int64_t c = 0; c < cols; ++c)
-            optforge_lbsgd_s1_elem<float, float, float, 2, 2>(base + c, gbase + c, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8);
+        for (int64_t c = 0; c < cols; ++c) {
+            float red0;   /* row kernels see some rows only: their reductions are done on the host */
+            optforge_lbsgd_s1_elem<float, float, float>(base + c, gbase + c, p_weight, nullptr, red0);
+        }
     }
 }
-void optforge_lbsgd_s1_f64(int64_t n, double* __restrict__ p_cum_grad, const double* __restrict__ p_grad, double* __restrict__ p_mom, double* __restrict__ p_weight, double k0, double k_batch_scale, double k_rescale_grad, double k3, double k4, double k_momentum, double k6, double k_lr_t, double k8) {
-    if (p_cum_grad && p_mom) {
-        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
-        for (int64_t i = 0; i < n; ++i)
-            optforge_lbsgd_s1_elem<double, double, double, 1, 1>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (double)k0, (double)k_batch_scale, (double)k_rescale_grad, (double)k3, (double)k4, (double)k_momentum, (double)k6, (double)k_lr_t, (double)k8);
-    } else if (p_cum_grad && !p_mom) {
-        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
-        for (int64_t i = 0; i < n; ++i)
-            optforge_lbsgd_s1_elem<double, double, double, 1, 0>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (double)k0, (double)k_batch_scale, (double)k_rescale_grad, (double)k3, (double)k4, (double)k_momentum, (double)k6, (double)k_lr_t, (double)k8);
-    } else if (!p_cum_grad && p_mom) {
-        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
-        for (int64_t i = 0; i < n; ++i)
-            optforge_lbsgd_s1_elem<double, double, double, 0, 1>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (double)k0, (double)k_batch_scale, (double)k_rescale_grad, (double)k3, (double)k4, (double)k_momentum, (double)k6, (double)k_lr_t, (double)k8);
-    } else if (!p_cum_grad && !p_mom) {
-        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
-        for (int64_t i = 0; i < n; ++i)
-            optforge_lbsgd_s1_elem<double, double, double, 0, 0>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (double)k0, (double)k_batch_scale, (double)k_rescale_grad, (double)k3, (double)k4, (double)k_momentum, (double)k6, (double)k_lr_t, (double)k8);
+/* also accumulates 1 whole-tensor reduction(s) into out[]. Each thread takes a fixed share
+   of the elements, block by block: the stage loop stores the elements' reduction terms in small
+   buffers (so it vectorizes as a stage without reductions does), then a tight loop sums a buffer in
+   double. Shares are added in order: the result does not depend on timing. */
+void optforge_lbsgd_s1_f64(int64_t n, const double* __restrict__ p_weight, double* __restrict__ out) {
+    int nt = 1;
+#ifdef _OPENMP
+    if (n >= OPTFORGE_PARALLEL_MIN) nt = omp_get_max_threads();
+#endif
+    std::vector<double> parts((size_t)nt * 1, 0.0);
+    #pragma omp parallel num_threads(nt) if (nt > 1)
+    {
+        int tid = 0, step = 1;
+#ifdef _OPENMP
+        tid = omp_get_thread_num();
+        step = omp_get_num_threads();
+#endif
+        alignas(64) double buf[1][OPTFORGE_REDUCE_BLOCK];
+        for (int c = tid; c < nt; c += step) {
+            const int64_t lo = n * c / nt, hi = n * (c + 1) / nt;
+            double acc[1] = {0};
+            for (int64_t b = lo; b < hi; b += OPTFORGE_REDUCE_BLOCK) {
+                const int64_t e = hi - b < OPTFORGE_REDUCE_BLOCK ? hi : b + OPTFORGE_REDUCE_BLOCK;
+                if (true) {
+                    #pragma omp simd
+                    for (int64_t i = b; i < e; ++i) {
+                        double t0;
+                        optforge_lbsgd_s1_elem<double, double, double>(i, i, p_weight, nullptr, t0);
+                        buf[0][i - b] = t0;
+                    }
+                }
+                {   /* from the block's buffer */
+                    double s = 0;
+                    #pragma omp simd reduction(+: s)
+                    for (int64_t j = 0; j < e - b; ++j) {
+                        const double v = buf[0][j];
+                        s += v;
+                    }
+                    acc[0] += s;
+                }
+            }
+            for (int k = 0; k < 1; ++k) parts[(size_t)c * 1 + k] = acc[k];
+        }
+    }
+    for (int k = 0; k < 1; ++k) {
+        double s = 0;
+        for (int c = 0; c < nt; ++c) s += parts[(size_t)c * 1 + k];
+        out[k] = s;
     }
 }
 /* row-sparse: n = rows x cols gradient elements; gradient row r updates row rows[r] */
-void optforge_lbsgd_s1_rows_f64(int64_t n, int64_t cols, const int64_t* __restrict__ rows, double* __restrict__ p_cum_grad, const double* __restrict__ p_grad, double* __restrict__ p_mom, double* __restrict__ p_weight, double k0, double k_batch_scale, double k_rescale_grad, double k3, double k4, double k_momentum, double k6, double k_lr_t, double k8) {
+void optforge_lbsgd_s1_rows_f64(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const double* __restrict__ p_weight) {
     const int64_t nrows = cols ? n / cols : 0;
     /* scattered rows are latency-bound: two threads keep twice as many loads in flight */
     #pragma omp parallel for schedule(static) if (n >= OPTFORGE_PARALLEL_MIN)
     for (int64_t r = 0; r < nrows; ++r) {
         const int64_t base = rows[r] * cols, gbase = r * cols;
         #pragma omp simd
-        for (int64_t c = 0; c < cols; ++c)
-            optforge_lbsgd_s1_elem<double, double, double, 2, 2>(base + c, gbase + c, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (double)k0, (double)k_batch_scale, (double)k_rescale_grad, (double)k3, (double)k4, (double)k_momentum, (double)k6, (double)k_lr_t, (double)k8);
+        for (int64_t c = 0; c < cols; ++c) {
+            double red0;   /* row kernels see some rows only: their reductions are done on the host */
+            optforge_lbsgd_s1_elem<double, double, double>(base + c, gbase + c, p_weight, nullptr, red0);
+        }
+    }
+}
+/* also accumulates 1 whole-tensor reduction(s) into out[]. Each thread takes a fixed share
+   of the elements, block by block: the stage loop stores the elements' reduction terms in small
+   buffers (so it vectorizes as a stage without reductions does), then a tight loop sums a buffer in
+   double. Shares are added in order: the result does not depend on timing. */
+void optforge_lbsgd_s2_f32(int64_t n, const float* __restrict__ p_cum_grad, double* __restrict__ out) {
+    int nt = 1;
+#ifdef _OPENMP
+    if (n >= OPTFORGE_PARALLEL_MIN) nt = omp_get_max_threads();
+#endif
+    std::vector<double> parts((size_t)nt * 1, 0.0);
+    #pragma omp parallel num_threads(nt) if (nt > 1)
+    {
+        int tid = 0, step = 1;
+#ifdef _OPENMP
+        tid = omp_get_thread_num();
+        step = omp_get_num_threads();
+#endif
+        alignas(64) float buf[1][OPTFORGE_REDUCE_BLOCK];
+        for (int c = tid; c < nt; c += step) {
+            const int64_t lo = n * c / nt, hi = n * (c + 1) / nt;
+            double acc[1] = {0};
+            for (int64_t b = lo; b < hi; b += OPTFORGE_REDUCE_BLOCK) {
+                const int64_t e = hi - b < OPTFORGE_REDUCE_BLOCK ? hi : b + OPTFORGE_REDUCE_BLOCK;
+                if (p_cum_grad) {
+                    #pragma omp simd
+                    for (int64_t i = b; i < e; ++i) {
+                        float t0;
+                        optforge_lbsgd_s2_elem<float, float, float, 1>(i, i, p_cum_grad, nullptr, t0);
+                        buf[0][i - b] = t0;
+                    }
+                } else if (!p_cum_grad) {
+                    #pragma omp simd
+                    for (int64_t i = b; i < e; ++i) {
+                        float t0;
+                        optforge_lbsgd_s2_elem<float, float, float, 0>(i, i, p_cum_grad, nullptr, t0);
+                        buf[0][i - b] = t0;
+                    }
+                }
+                {   /* from the block's buffer */
+                    double s = 0;
+                    #pragma omp simd reduction(+: s)
+                    for (int64_t j = 0; j < e - b; ++j) {
+                        const double v = buf[0][j];
+                        s += v;
+                    }
+                    acc[0] += s;
+                }
+            }
+            for (int k = 0; k < 1; ++k) parts[(size_t)c * 1 + k] = acc[k];
+        }
+    }
+    for (int k = 0; k < 1; ++k) {
+        double s = 0;
+        for (int c = 0; c < nt; ++c) s += parts[(size_t)c * 1 + k];
+        out[k] = s;
+    }
+}
+/* row-sparse: n = rows x cols gradient elements; gradient row r updates row rows[r] */
+void optforge_lbsgd_s2_rows_f32(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const float* __restrict__ p_cum_grad) {
+    const int64_t nrows = cols ? n / cols : 0;
+    /* scattered rows are latency-bound: two threads keep twice as many loads in flight */
+    #pragma omp parallel for schedule(static) if (n >= OPTFORGE_PARALLEL_MIN)
+    for (int64_t r = 0; r < nrows; ++r) {
+        const int64_t base = rows[r] * cols, gbase = r * cols;
+        #pragma omp simd
+        for (int64_t c = 0; c < cols; ++c) {
+            float red0;   /* row kernels see some rows only: their reductions are done on the host */
+            optforge_lbsgd_s2_elem<float, float, float, 2>(base + c, gbase + c, p_cum_grad, nullptr, red0);
+        }
+    }
+}
+/* also accumulates 1 whole-tensor reduction(s) into out[]. Each thread takes a fixed share
+   of the elements, block by block: the stage loop stores the elements' reduction terms in small
+   buffers (so it vectorizes as a stage without reductions does), then a tight loop sums a buffer in
+   double. Shares are added in order: the result does not depend on timing. */
+void optforge_lbsgd_s2_f64(int64_t n, const double* __restrict__ p_cum_grad, double* __restrict__ out) {
+    int nt = 1;
+#ifdef _OPENMP
+    if (n >= OPTFORGE_PARALLEL_MIN) nt = omp_get_max_threads();
+#endif
+    std::vector<double> parts((size_t)nt * 1, 0.0);
+    #pragma omp parallel num_threads(nt) if (nt > 1)
+    {
+        int tid = 0, step = 1;
+#ifdef _OPENMP
+        tid = omp_get_thread_num();
+        step = omp_get_num_threads();
+#endif
+        alignas(64) double buf[1][OPTFORGE_REDUCE_BLOCK];
+        for (int c = tid; c < nt; c += step) {
+            const int64_t lo = n * c / nt, hi = n * (c + 1) / nt;
+            double acc[1] = {0};
+            for (int64_t b = lo; b < hi; b += OPTFORGE_REDUCE_BLOCK) {
+                const int64_t e = hi - b < OPTFORGE_REDUCE_BLOCK ? hi : b + OPTFORGE_REDUCE_BLOCK;
+                if (p_cum_grad) {
+                    #pragma omp simd
+                    for (int64_t i = b; i < e; ++i) {
+                        double t0;
+                        optforge_lbsgd_s2_elem<double, double, double, 1>(i, i, p_cum_grad, nullptr, t0);
+                        buf[0][i - b] = t0;
+                    }
+                } else if (!p_cum_grad) {
+                    #pragma omp simd
+                    for (int64_t i = b; i < e; ++i) {
+                        double t0;
+                        optforge_lbsgd_s2_elem<double, double, double, 0>(i, i, p_cum_grad, nullptr, t0);
+                        buf[0][i - b] = t0;
+                    }
+                }
+                {   /* from the block's buffer */
+                    double s = 0;
+                    #pragma omp simd reduction(+: s)
+                    for (int64_t j = 0; j < e - b; ++j) {
+                        const double v = buf[0][j];
+                        s += v;
+                    }
+                    acc[0] += s;
+                }
+            }
+            for (int k = 0; k < 1; ++k) parts[(size_t)c * 1 + k] = acc[k];
+        }
+    }
+    for (int k = 0; k < 1; ++k) {
+        double s = 0;
+        for (int c = 0; c < nt; ++c) s += parts[(size_t)c * 1 + k];
+        out[k] = s;
+    }
+}
+/* row-sparse: n = rows x cols gradient elements; gradient row r updates row rows[r] */
+void optforge_lbsgd_s2_rows_f64(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const double* __restrict__ p_cum_grad) {
+    const int64_t nrows = cols ? n / cols : 0;
+    /* scattered rows are latency-bound: two threads keep twice as many loads in flight */
+    #pragma omp parallel for schedule(static) if (n >= OPTFORGE_PARALLEL_MIN)
+    for (int64_t r = 0; r < nrows; ++r) {
+        const int64_t base = rows[r] * cols, gbase = r * cols;
+        #pragma omp simd
+        for (int64_t c = 0; c < cols; ++c) {
+            double red0;   /* row kernels see some rows only: their reductions are done on the host */
+            optforge_lbsgd_s2_elem<double, double, double, 2>(base + c, gbase + c, p_cum_grad, nullptr, red0);
+        }
+    }
+}
+/* also accumulates 1 whole-tensor reduction(s) into out[]. Each thread takes a fixed share
+   of the elements, block by block: the stage loop stores the elements' reduction terms in small
+   buffers (so it vectorizes as a stage without reductions does), then a tight loop sums a buffer in
+   double. Shares are added in order: the result does not depend on timing. */
+void optforge_lbsgd_s3_f32(int64_t n, const float* __restrict__ p_grad, double* __restrict__ out) {
+    int nt = 1;
+#ifdef _OPENMP
+    if (n >= OPTFORGE_PARALLEL_MIN) nt = omp_get_max_threads();
+#endif
+    std::vector<double> parts((size_t)nt * 1, 0.0);
+    #pragma omp parallel num_threads(nt) if (nt > 1)
+    {
+        int tid = 0, step = 1;
+#ifdef _OPENMP
+        tid = omp_get_thread_num();
+        step = omp_get_num_threads();
+#endif
+        alignas(64) float buf[1][OPTFORGE_REDUCE_BLOCK];
+        for (int c = tid; c < nt; c += step) {
+            const int64_t lo = n * c / nt, hi = n * (c + 1) / nt;
+            double acc[1] = {0};
+            for (int64_t b = lo; b < hi; b += OPTFORGE_REDUCE_BLOCK) {
+                const int64_t e = hi - b < OPTFORGE_REDUCE_BLOCK ? hi : b + OPTFORGE_REDUCE_BLOCK;
+                if (true) {
+                    #pragma omp simd
+                    for (int64_t i = b; i < e; ++i) {
+                        float t0;
+                        optforge_lbsgd_s3_elem<float, float, float>(i, i, p_grad, nullptr, t0);
+                        buf[0][i - b] = t0;
+                    }
+                }
+                {   /* from the block's buffer */
+                    double s = 0;
+                    #pragma omp simd reduction(+: s)
+                    for (int64_t j = 0; j < e - b; ++j) {
+                        const double v = buf[0][j];
+                        s += v;
+                    }
+                    acc[0] += s;
+                }
+            }
+            for (int k = 0; k < 1; ++k) parts[(size_t)c * 1 + k] = acc[k];
+        }
+    }
+    for (int k = 0; k < 1; ++k) {
+        double s = 0;
+        for (int c = 0; c < nt; ++c) s += parts[(size_t)c * 1 + k];
+        out[k] = s;
+    }
+}
+/* row-sparse: n = rows x cols gradient elements; gradient row r updates row rows[r] */
+void optforge_lbsgd_s3_rows_f32(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const float* __restrict__ p_grad) {
+    const int64_t nrows = cols ? n / cols : 0;
+    /* scattered rows are latency-bound: two threads keep twice as many loads in flight */
+    #pragma omp parallel for schedule(static) if (n >= OPTFORGE_PARALLEL_MIN)
+    for (int64_t r = 0; r < nrows; ++r) {
+        const int64_t base = rows[r] * cols, gbase = r * cols;
+        #pragma omp simd
+        for (int64_t c = 0; c < cols; ++c) {
+            float red0;   /* row kernels see some rows only: their reductions are done on the host */
+            optforge_lbsgd_s3_elem<float, float, float>(base + c, gbase + c, p_grad, nullptr, red0);
+        }
+    }
+}
+/* also accumulates 1 whole-tensor reduction(s) into out[]. Each thread takes a fixed share
+   of the elements, block by block: the stage loop stores the elements' reduction terms in small
+   buffers (so it vectorizes as a stage without reductions does), then a tight loop sums a buffer in
+   double. Shares are added in order: the result does not depend on timing. */
+void optforge_lbsgd_s3_f64(int64_t n, const double* __restrict__ p_grad, double* __restrict__ out) {
+    int nt = 1;
+#ifdef _OPENMP
+    if (n >= OPTFORGE_PARALLEL_MIN) nt = omp_get_max_threads();
+#endif
+    std::vector<double> parts((size_t)nt * 1, 0.0);
+    #pragma omp parallel num_threads(nt) if (nt > 1)
+    {
+        int tid = 0, step = 1;
+#ifdef _OPENMP
+        tid = omp_get_thread_num();
+        step = omp_get_num_threads();
+#endif
+        alignas(64) double buf[1][OPTFORGE_REDUCE_BLOCK];
+        for (int c = tid; c < nt; c += step) {
+            const int64_t lo = n * c / nt, hi = n * (c + 1) / nt;
+            double acc[1] = {0};
+            for (int64_t b = lo; b < hi; b += OPTFORGE_REDUCE_BLOCK) {
+                const int64_t e = hi - b < OPTFORGE_REDUCE_BLOCK ? hi : b + OPTFORGE_REDUCE_BLOCK;
+                if (true) {
+                    #pragma omp simd
+                    for (int64_t i = b; i < e; ++i) {
+                        double t0;
+                        optforge_lbsgd_s3_elem<double, double, double>(i, i, p_grad, nullptr, t0);
+                        buf[0][i - b] = t0;
+                    }
+                }
+                {   /* from the block's buffer */
+                    double s = 0;
+                    #pragma omp simd reduction(+: s)
+                    for (int64_t j = 0; j < e - b; ++j) {
+                        const double v = buf[0][j];
+                        s += v;
+                    }
+                    acc[0] += s;
+                }
+            }
+            for (int k = 0; k < 1; ++k) parts[(size_t)c * 1 + k] = acc[k];
+        }
+    }
+    for (int k = 0; k < 1; ++k) {
+        double s = 0;
+        for (int c = 0; c < nt; ++c) s += parts[(size_t)c * 1 + k];
+        out[k] = s;
+    }
+}
+/* row-sparse: n = rows x cols gradient elements; gradient row r updates row rows[r] */
+void optforge_lbsgd_s3_rows_f64(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const double* __restrict__ p_grad) {
+    const int64_t nrows = cols ? n / cols : 0;
+    /* scattered rows are latency-bound: two threads keep twice as many loads in flight */
+    #pragma omp parallel for schedule(static) if (n >= OPTFORGE_PARALLEL_MIN)
+    for (int64_t r = 0; r < nrows; ++r) {
+        const int64_t base = rows[r] * cols, gbase = r * cols;
+        #pragma omp simd
+        for (int64_t c = 0; c < cols; ++c) {
+            double red0;   /* row kernels see some rows only: their reductions are done on the host */
+            optforge_lbsgd_s3_elem<double, double, double>(base + c, gbase + c, p_grad, nullptr, red0);
+        }
+    }
+}
+void optforge_lbsgd_s4_f32(int64_t n, float* __restrict__ p_cum_grad, const float* __restrict__ p_grad, float* __restrict__ p_mom, float* __restrict__ p_weight, double k0, double k_batch_scale, double k_rescale_grad, double k3, double k4, double k_momentum, double k6, double k_lr_t, double k8) {
+    if (p_cum_grad && p_mom) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_lbsgd_s4_elem<float, float, float, 1, 1>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8);
+    } else if (p_cum_grad && !p_mom) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_lbsgd_s4_elem<float, float, float, 1, 0>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8);
+    } else if (!p_cum_grad && p_mom) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_lbsgd_s4_elem<float, float, float, 0, 1>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8);
+    } else if (!p_cum_grad && !p_mom) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_lbsgd_s4_elem<float, float, float, 0, 0>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8);
+    }
+}
+/* row-sparse: n = rows x cols gradient elements; gradient row r updates row rows[r] */
+void optforge_lbsgd_s4_rows_f32(int64_t n, int64_t cols, const int64_t* __restrict__ rows, float* __restrict__ p_cum_grad, const float* __restrict__ p_grad, float* __restrict__ p_mom, float* __restrict__ p_weight, double k0, double k_batch_scale, double k_rescale_grad, double k3, double k4, double k_momentum, double k6, double k_lr_t, double k8) {
+    const int64_t nrows = cols ? n / cols : 0;
+    /* scattered rows are latency-bound: two threads keep twice as many loads in flight */
+    #pragma omp parallel for schedule(static) if (n >= OPTFORGE_PARALLEL_MIN)
+    for (int64_t r = 0; r < nrows; ++r) {
+        const int64_t base = rows[r] * cols, gbase = r * cols;
+        #pragma omp simd
+        for (int64_t c = 0; c < cols; ++c) {
+            optforge_lbsgd_s4_elem<float, float, float, 2, 2>(base + c, gbase + c, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8);
+        }
+    }
+}
+void optforge_lbsgd_s4_f64(int64_t n, double* __restrict__ p_cum_grad, const double* __restrict__ p_grad, double* __restrict__ p_mom, double* __restrict__ p_weight, double k0, double k_batch_scale, double k_rescale_grad, double k3, double k4, double k_momentum, double k6, double k_lr_t, double k8) {
+    if (p_cum_grad && p_mom) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_lbsgd_s4_elem<double, double, double, 1, 1>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (double)k0, (double)k_batch_scale, (double)k_rescale_grad, (double)k3, (double)k4, (double)k_momentum, (double)k6, (double)k_lr_t, (double)k8);
+    } else if (p_cum_grad && !p_mom) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_lbsgd_s4_elem<double, double, double, 1, 0>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (double)k0, (double)k_batch_scale, (double)k_rescale_grad, (double)k3, (double)k4, (double)k_momentum, (double)k6, (double)k_lr_t, (double)k8);
+    } else if (!p_cum_grad && p_mom) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_lbsgd_s4_elem<double, double, double, 0, 1>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (double)k0, (double)k_batch_scale, (double)k_rescale_grad, (double)k3, (double)k4, (double)k_momentum, (double)k6, (double)k_lr_t, (double)k8);
+    } else if (!p_cum_grad && !p_mom) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_lbsgd_s4_elem<double, double, double, 0, 0>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (double)k0, (double)k_batch_scale, (double)k_rescale_grad, (double)k3, (double)k4, (double)k_momentum, (double)k6, (double)k_lr_t, (double)k8);
+    }
+}
+/* row-sparse: n = rows x cols gradient elements; gradient row r updates row rows[r] */
+void optforge_lbsgd_s4_rows_f64(int64_t n, int64_t cols, const int64_t* __restrict__ rows, double* __restrict__ p_cum_grad, const double* __restrict__ p_grad, double* __restrict__ p_mom, double* __restrict__ p_weight, double k0, double k_batch_scale, double k_rescale_grad, double k3, double k4, double k_momentum, double k6, double k_lr_t, double k8) {
+    const int64_t nrows = cols ? n / cols : 0;
+    /* scattered rows are latency-bound: two threads keep twice as many loads in flight */
+    #pragma omp parallel for schedule(static) if (n >= OPTFORGE_PARALLEL_MIN)
+    for (int64_t r = 0; r < nrows; ++r) {
+        const int64_t base = rows[r] * cols, gbase = r * cols;
+        #pragma omp simd
+        for (int64_t c = 0; c < cols; ++c) {
+            optforge_lbsgd_s4_elem<double, double, double, 2, 2>(base + c, gbase + c, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (double)k0, (double)k_batch_scale, (double)k_rescale_grad, (double)k3, (double)k4, (double)k_momentum, (double)k6, (double)k_lr_t, (double)k8);
+        }
     }
 }
 }

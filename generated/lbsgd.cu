@@ -56,8 +56,29 @@ OPTFORGE_HD void optforge_lbsgd_s0_elem(int64_t i, int64_t gi, T* __restrict__ p
 }
 /* stage s1: element i of the weight and states, element gi of the gradient and scratch
    (the same element for a dense update; for a row-sparse one, gi walks the gradient's rows) */
+template <typename T, typename G, typename C>
+OPTFORGE_HD void optforge_lbsgd_s1_elem(int64_t i, int64_t gi, const T* __restrict__ p_weight, float* __restrict__ p_weight_lp, C& red0) {
+    C weight = C(p_weight[i]);
+    red0 = C(op_square(weight));
+}
+/* stage s2: element i of the weight and states, element gi of the gradient and scratch
+   (the same element for a dense update; for a row-sparse one, gi walks the gradient's rows) */
+template <typename T, typename G, typename C, int H0>
+OPTFORGE_HD void optforge_lbsgd_s2_elem(int64_t i, int64_t gi, const T* __restrict__ p_cum_grad, float* __restrict__ p_weight_lp, C& red0) {
+    C cum_grad = (H0 == 1 || (H0 == 2 && p_cum_grad)) ? C(p_cum_grad[i]) : C(0);
+    red0 = C(op_square(cum_grad));
+}
+/* stage s3: element i of the weight and states, element gi of the gradient and scratch
+   (the same element for a dense update; for a row-sparse one, gi walks the gradient's rows) */
+template <typename T, typename G, typename C>
+OPTFORGE_HD void optforge_lbsgd_s3_elem(int64_t i, int64_t gi, const G* __restrict__ p_grad, float* __restrict__ p_weight_lp, C& red0) {
+    C grad = C(p_grad[gi]);
+    red0 = C(op_square(grad));
+}
+/* stage s4: element i of the weight and states, element gi of the gradient and scratch
+   (the same element for a dense update; for a row-sparse one, gi walks the gradient's rows) */
 template <typename T, typename G, typename C, int H0, int H1>
-OPTFORGE_HD void optforge_lbsgd_s1_elem(int64_t i, int64_t gi, T* __restrict__ p_cum_grad, const G* __restrict__ p_grad, T* __restrict__ p_mom, T* __restrict__ p_weight, float* __restrict__ p_weight_lp, const C k0, const C k_batch_scale, const C k_rescale_grad, const C k3, const C k4, const C k_momentum, const C k6, const C k_lr_t, const C k8) {
+OPTFORGE_HD void optforge_lbsgd_s4_elem(int64_t i, int64_t gi, T* __restrict__ p_cum_grad, const G* __restrict__ p_grad, T* __restrict__ p_mom, T* __restrict__ p_weight, float* __restrict__ p_weight_lp, const C k0, const C k_batch_scale, const C k_rescale_grad, const C k3, const C k4, const C k_momentum, const C k6, const C k_lr_t, const C k8) {
     C cum_grad = (H0 == 1 || (H0 == 2 && p_cum_grad)) ? C(p_cum_grad[i]) : C(0);
     C grad = C(p_grad[gi]);
     C mom = (H1 == 1 || (H1 == 2 && p_mom)) ? C(p_mom[i]) : C(0);
@@ -153,72 +174,396 @@ __global__ void optforge_lbsgd_s0_mt_mp16(const int64_t* __restrict__ sizes, flo
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
         optforge_lbsgd_s0_elem<float, __half, float, 2>(i, i, tab_cum_grad[t], tab_grad[t], tab_weight_lp[t]);
 }
-__global__ void optforge_lbsgd_s1_f32(int64_t n, float* __restrict__ p_cum_grad, const float* __restrict__ p_grad, float* __restrict__ p_mom, float* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k0, double k_batch_scale, double k_rescale_grad, double k3, double k4, double k_momentum, double k6, double k_lr_t, double k8) {
-    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_lbsgd_s1_elem<float, float, float, 2, 2>(i, i, p_cum_grad, p_grad, p_mom, p_weight, p_weight_lp, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8);
+/* also accumulates 1 whole-tensor reduction(s): each thread's partial sums (double) go to
+   partials[thread * 1 + k], which the host sums in a fixed order (deterministic, no atomics) */
+__global__ void optforge_lbsgd_s1_f32(int64_t n, const float* __restrict__ p_weight, float* __restrict__ p_weight_lp, double* __restrict__ partials) {
+    double acc0 = 0;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
+        float t0;
+        optforge_lbsgd_s1_elem<float, float, float>(i, i, p_weight, p_weight_lp, t0);
+        acc0 += (double)t0;
+    }
+    const int64_t tid = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    partials[tid * 1 + 0] = acc0;
 }
 /* row-sparse, parallel over gradient elements (not rows): element j updates row rows[j / cols] */
-__global__ void optforge_lbsgd_s1_rows_f32(int64_t n, int64_t cols, const int64_t* __restrict__ rows, float* __restrict__ p_cum_grad, const float* __restrict__ p_grad, float* __restrict__ p_mom, float* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k0, double k_batch_scale, double k_rescale_grad, double k3, double k4, double k_momentum, double k6, double k_lr_t, double k8) {
+__global__ void optforge_lbsgd_s1_rows_f32(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const float* __restrict__ p_weight, float* __restrict__ p_weight_lp) {
+    float red0;   /* row kernels see some rows only: their reductions are done on the host */
     for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
-        optforge_lbsgd_s1_elem<float, float, float, 2, 2>(rows[j / cols] * cols + j % cols, j, p_cum_grad, p_grad, p_mom, p_weight, p_weight_lp, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8);
+        optforge_lbsgd_s1_elem<float, float, float>(rows[j / cols] * cols + j % cols, j, p_weight, p_weight_lp, red0);
+}
+/* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
+   pointers, sizes and 0 scalar(s) per parameter, as Apex's multi_tensor_apply */
+__global__ void optforge_lbsgd_s1_mt_f32(const int64_t* __restrict__ sizes, float* const* tab_weight, float* const* tab_weight_lp, const double* __restrict__ scalars) {
+    const int64_t t = blockIdx.y, n = sizes[t];
+    const double* s = scalars + t * 1;
+    float red0;   /* never launched for specs with reductions (no multi-tensor updates) */
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
+        optforge_lbsgd_s1_elem<float, float, float>(i, i, tab_weight[t], tab_weight_lp[t], red0);
+}
+/* also accumulates 1 whole-tensor reduction(s): each thread's partial sums (double) go to
+   partials[thread * 1 + k], which the host sums in a fixed order (deterministic, no atomics) */
+__global__ void optforge_lbsgd_s1_f64(int64_t n, const double* __restrict__ p_weight, float* __restrict__ p_weight_lp, double* __restrict__ partials) {
+    double acc0 = 0;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
+        double t0;
+        optforge_lbsgd_s1_elem<double, double, double>(i, i, p_weight, p_weight_lp, t0);
+        acc0 += (double)t0;
+    }
+    const int64_t tid = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    partials[tid * 1 + 0] = acc0;
+}
+/* row-sparse, parallel over gradient elements (not rows): element j updates row rows[j / cols] */
+__global__ void optforge_lbsgd_s1_rows_f64(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const double* __restrict__ p_weight, float* __restrict__ p_weight_lp) {
+    double red0;   /* row kernels see some rows only: their reductions are done on the host */
+    for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
+        optforge_lbsgd_s1_elem<double, double, double>(rows[j / cols] * cols + j % cols, j, p_weight, p_weight_lp, red0);
+}
+/* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
+   pointers, sizes and 0 scalar(s) per parameter, as Apex's multi_tensor_apply */
+__global__ void optforge_lbsgd_s1_mt_f64(const int64_t* __restrict__ sizes, double* const* tab_weight, float* const* tab_weight_lp, const double* __restrict__ scalars) {
+    const int64_t t = blockIdx.y, n = sizes[t];
+    const double* s = scalars + t * 1;
+    double red0;   /* never launched for specs with reductions (no multi-tensor updates) */
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
+        optforge_lbsgd_s1_elem<double, double, double>(i, i, tab_weight[t], tab_weight_lp[t], red0);
+}
+/* also accumulates 1 whole-tensor reduction(s): each thread's partial sums (double) go to
+   partials[thread * 1 + k], which the host sums in a fixed order (deterministic, no atomics) */
+__global__ void optforge_lbsgd_s1_f16(int64_t n, const __half* __restrict__ p_weight, float* __restrict__ p_weight_lp, double* __restrict__ partials) {
+    double acc0 = 0;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
+        float t0;
+        optforge_lbsgd_s1_elem<__half, __half, float>(i, i, p_weight, p_weight_lp, t0);
+        acc0 += (double)t0;
+    }
+    const int64_t tid = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    partials[tid * 1 + 0] = acc0;
+}
+/* row-sparse, parallel over gradient elements (not rows): element j updates row rows[j / cols] */
+__global__ void optforge_lbsgd_s1_rows_f16(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const __half* __restrict__ p_weight, float* __restrict__ p_weight_lp) {
+    float red0;   /* row kernels see some rows only: their reductions are done on the host */
+    for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
+        optforge_lbsgd_s1_elem<__half, __half, float>(rows[j / cols] * cols + j % cols, j, p_weight, p_weight_lp, red0);
+}
+/* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
+   pointers, sizes and 0 scalar(s) per parameter, as Apex's multi_tensor_apply */
+__global__ void optforge_lbsgd_s1_mt_f16(const int64_t* __restrict__ sizes, __half* const* tab_weight, float* const* tab_weight_lp, const double* __restrict__ scalars) {
+    const int64_t t = blockIdx.y, n = sizes[t];
+    const double* s = scalars + t * 1;
+    float red0;   /* never launched for specs with reductions (no multi-tensor updates) */
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
+        optforge_lbsgd_s1_elem<__half, __half, float>(i, i, tab_weight[t], tab_weight_lp[t], red0);
+}
+/* also accumulates 1 whole-tensor reduction(s): each thread's partial sums (double) go to
+   partials[thread * 1 + k], which the host sums in a fixed order (deterministic, no atomics) */
+__global__ void optforge_lbsgd_s1_mp16(int64_t n, const float* __restrict__ p_weight, float* __restrict__ p_weight_lp, double* __restrict__ partials) {
+    double acc0 = 0;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
+        float t0;
+        optforge_lbsgd_s1_elem<float, __half, float>(i, i, p_weight, p_weight_lp, t0);
+        acc0 += (double)t0;
+    }
+    const int64_t tid = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    partials[tid * 1 + 0] = acc0;
+}
+/* row-sparse, parallel over gradient elements (not rows): element j updates row rows[j / cols] */
+__global__ void optforge_lbsgd_s1_rows_mp16(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const float* __restrict__ p_weight, float* __restrict__ p_weight_lp) {
+    float red0;   /* row kernels see some rows only: their reductions are done on the host */
+    for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
+        optforge_lbsgd_s1_elem<float, __half, float>(rows[j / cols] * cols + j % cols, j, p_weight, p_weight_lp, red0);
+}
+/* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
+   pointers, sizes and 0 scalar(s) per parameter, as Apex's multi_tensor_apply */
+__global__ void optforge_lbsgd_s1_mt_mp16(const int64_t* __restrict__ sizes, float* const* tab_weight, float* const* tab_weight_lp, const double* __restrict__ scalars) {
+    const int64_t t = blockIdx.y, n = sizes[t];
+    const double* s = scalars + t * 1;
+    float red0;   /* never launched for specs with reductions (no multi-tensor updates) */
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
+        optforge_lbsgd_s1_elem<float, __half, float>(i, i, tab_weight[t], tab_weight_lp[t], red0);
+}
+/* also accumulates 1 whole-tensor reduction(s): each thread's partial sums (double) go to
+   partials[thread * 1 + k], which the host sums in a fixed order (deterministic, no atomics) */
+__global__ void optforge_lbsgd_s2_f32(int64_t n, const float* __restrict__ p_cum_grad, float* __restrict__ p_weight_lp, double* __restrict__ partials) {
+    double acc0 = 0;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
+        float t0;
+        optforge_lbsgd_s2_elem<float, float, float, 2>(i, i, p_cum_grad, p_weight_lp, t0);
+        acc0 += (double)t0;
+    }
+    const int64_t tid = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    partials[tid * 1 + 0] = acc0;
+}
+/* row-sparse, parallel over gradient elements (not rows): element j updates row rows[j / cols] */
+__global__ void optforge_lbsgd_s2_rows_f32(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const float* __restrict__ p_cum_grad, float* __restrict__ p_weight_lp) {
+    float red0;   /* row kernels see some rows only: their reductions are done on the host */
+    for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
+        optforge_lbsgd_s2_elem<float, float, float, 2>(rows[j / cols] * cols + j % cols, j, p_cum_grad, p_weight_lp, red0);
+}
+/* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
+   pointers, sizes and 0 scalar(s) per parameter, as Apex's multi_tensor_apply */
+__global__ void optforge_lbsgd_s2_mt_f32(const int64_t* __restrict__ sizes, float* const* tab_cum_grad, float* const* tab_weight_lp, const double* __restrict__ scalars) {
+    const int64_t t = blockIdx.y, n = sizes[t];
+    const double* s = scalars + t * 1;
+    float red0;   /* never launched for specs with reductions (no multi-tensor updates) */
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
+        optforge_lbsgd_s2_elem<float, float, float, 2>(i, i, tab_cum_grad[t], tab_weight_lp[t], red0);
+}
+/* also accumulates 1 whole-tensor reduction(s): each thread's partial sums (double) go to
+   partials[thread * 1 + k], which the host sums in a fixed order (deterministic, no atomics) */
+__global__ void optforge_lbsgd_s2_f64(int64_t n, const double* __restrict__ p_cum_grad, float* __restrict__ p_weight_lp, double* __restrict__ partials) {
+    double acc0 = 0;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
+        double t0;
+        optforge_lbsgd_s2_elem<double, double, double, 2>(i, i, p_cum_grad, p_weight_lp, t0);
+        acc0 += (double)t0;
+    }
+    const int64_t tid = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    partials[tid * 1 + 0] = acc0;
+}
+/* row-sparse, parallel over gradient elements (not rows): element j updates row rows[j / cols] */
+__global__ void optforge_lbsgd_s2_rows_f64(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const double* __restrict__ p_cum_grad, float* __restrict__ p_weight_lp) {
+    double red0;   /* row kernels see some rows only: their reductions are done on the host */
+    for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
+        optforge_lbsgd_s2_elem<double, double, double, 2>(rows[j / cols] * cols + j % cols, j, p_cum_grad, p_weight_lp, red0);
+}
+/* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
+   pointers, sizes and 0 scalar(s) per parameter, as Apex's multi_tensor_apply */
+__global__ void optforge_lbsgd_s2_mt_f64(const int64_t* __restrict__ sizes, double* const* tab_cum_grad, float* const* tab_weight_lp, const double* __restrict__ scalars) {
+    const int64_t t = blockIdx.y, n = sizes[t];
+    const double* s = scalars + t * 1;
+    double red0;   /* never launched for specs with reductions (no multi-tensor updates) */
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
+        optforge_lbsgd_s2_elem<double, double, double, 2>(i, i, tab_cum_grad[t], tab_weight_lp[t], red0);
+}
+/* also accumulates 1 whole-tensor reduction(s): each thread's partial sums (double) go to
+   partials[thread * 1 + k], which the host sums in a fixed order (deterministic, no atomics) */
+__global__ void optforge_lbsgd_s2_f16(int64_t n, const __half* __restrict__ p_cum_grad, float* __restrict__ p_weight_lp, double* __restrict__ partials) {
+    double acc0 = 0;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
+        float t0;
+        optforge_lbsgd_s2_elem<__half, __half, float, 2>(i, i, p_cum_grad, p_weight_lp, t0);
+        acc0 += (double)t0;
+    }
+    const int64_t tid = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    partials[tid * 1 + 0] = acc0;
+}
+/* row-sparse, parallel over gradient elements (not rows): element j updates row rows[j / cols] */
+__global__ void optforge_lbsgd_s2_rows_f16(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const __half* __restrict__ p_cum_grad, float* __restrict__ p_weight_lp) {
+    float red0;   /* row kernels see some rows only: their reductions are done on the host */
+    for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
+        optforge_lbsgd_s2_elem<__half, __half, float, 2>(rows[j / cols] * cols + j % cols, j, p_cum_grad, p_weight_lp, red0);
+}
+/* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
+   pointers, sizes and 0 scalar(s) per parameter, as Apex's multi_tensor_apply */
+__global__ void optforge_lbsgd_s2_mt_f16(const int64_t* __restrict__ sizes, __half* const* tab_cum_grad, float* const* tab_weight_lp, const double* __restrict__ scalars) {
+    const int64_t t = blockIdx.y, n = sizes[t];
+    const double* s = scalars + t * 1;
+    float red0;   /* never launched for specs with reductions (no multi-tensor updates) */
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
+        optforge_lbsgd_s2_elem<__half, __half, float, 2>(i, i, tab_cum_grad[t], tab_weight_lp[t], red0);
+}
+/* also accumulates 1 whole-tensor reduction(s): each thread's partial sums (double) go to
+   partials[thread * 1 + k], which the host sums in a fixed order (deterministic, no atomics) */
+__global__ void optforge_lbsgd_s2_mp16(int64_t n, const float* __restrict__ p_cum_grad, float* __restrict__ p_weight_lp, double* __restrict__ partials) {
+    double acc0 = 0;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
+        float t0;
+        optforge_lbsgd_s2_elem<float, __half, float, 2>(i, i, p_cum_grad, p_weight_lp, t0);
+        acc0 += (double)t0;
+    }
+    const int64_t tid = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    partials[tid * 1 + 0] = acc0;
+}
+/* row-sparse, parallel over gradient elements (not rows): element j updates row rows[j / cols] */
+__global__ void optforge_lbsgd_s2_rows_mp16(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const float* __restrict__ p_cum_grad, float* __restrict__ p_weight_lp) {
+    float red0;   /* row kernels see some rows only: their reductions are done on the host */
+    for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
+        optforge_lbsgd_s2_elem<float, __half, float, 2>(rows[j / cols] * cols + j % cols, j, p_cum_grad, p_weight_lp, red0);
+}
+/* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
+   pointers, sizes and 0 scalar(s) per parameter, as Apex's multi_tensor_apply */
+__global__ void optforge_lbsgd_s2_mt_mp16(const int64_t* __restrict__ sizes, float* const* tab_cum_grad, float* const* tab_weight_lp, const double* __restrict__ scalars) {
+    const int64_t t = blockIdx.y, n = sizes[t];
+    const double* s = scalars + t * 1;
+    float red0;   /* never launched for specs with reductions (no multi-tensor updates) */
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
+        optforge_lbsgd_s2_elem<float, __half, float, 2>(i, i, tab_cum_grad[t], tab_weight_lp[t], red0);
+}
+/* also accumulates 1 whole-tensor reduction(s): each thread's partial sums (double) go to
+   partials[thread * 1 + k], which the host sums in a fixed order (deterministic, no atomics) */
+__global__ void optforge_lbsgd_s3_f32(int64_t n, const float* __restrict__ p_grad, float* __restrict__ p_weight_lp, double* __restrict__ partials) {
+    double acc0 = 0;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
+        float t0;
+        optforge_lbsgd_s3_elem<float, float, float>(i, i, p_grad, p_weight_lp, t0);
+        acc0 += (double)t0;
+    }
+    const int64_t tid = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    partials[tid * 1 + 0] = acc0;
+}
+/* row-sparse, parallel over gradient elements (not rows): element j updates row rows[j / cols] */
+__global__ void optforge_lbsgd_s3_rows_f32(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const float* __restrict__ p_grad, float* __restrict__ p_weight_lp) {
+    float red0;   /* row kernels see some rows only: their reductions are done on the host */
+    for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
+        optforge_lbsgd_s3_elem<float, float, float>(rows[j / cols] * cols + j % cols, j, p_grad, p_weight_lp, red0);
+}
+/* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
+   pointers, sizes and 0 scalar(s) per parameter, as Apex's multi_tensor_apply */
+__global__ void optforge_lbsgd_s3_mt_f32(const int64_t* __restrict__ sizes, float* const* tab_grad, float* const* tab_weight_lp, const double* __restrict__ scalars) {
+    const int64_t t = blockIdx.y, n = sizes[t];
+    const double* s = scalars + t * 1;
+    float red0;   /* never launched for specs with reductions (no multi-tensor updates) */
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
+        optforge_lbsgd_s3_elem<float, float, float>(i, i, tab_grad[t], tab_weight_lp[t], red0);
+}
+/* also accumulates 1 whole-tensor reduction(s): each thread's partial sums (double) go to
+   partials[thread * 1 + k], which the host sums in a fixed order (deterministic, no atomics) */
+__global__ void optforge_lbsgd_s3_f64(int64_t n, const double* __restrict__ p_grad, float* __restrict__ p_weight_lp, double* __restrict__ partials) {
+    double acc0 = 0;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
+        double t0;
+        optforge_lbsgd_s3_elem<double, double, double>(i, i, p_grad, p_weight_lp, t0);
+        acc0 += (double)t0;
+    }
+    const int64_t tid = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    partials[tid * 1 + 0] = acc0;
+}
+/* row-sparse, parallel over gradient elements (not rows): element j updates row rows[j / cols] */
+__global__ void optforge_lbsgd_s3_rows_f64(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const double* __restrict__ p_grad, float* __restrict__ p_weight_lp) {
+    double red0;   /* row kernels see some rows only: their reductions are done on the host */
+    for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
+        optforge_lbsgd_s3_elem<double, double, double>(rows[j / cols] * cols + j % cols, j, p_grad, p_weight_lp, red0);
+}
+/* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
+   pointers, sizes and 0 scalar(s) per parameter, as Apex's multi_tensor_apply */
+__global__ void optforge_lbsgd_s3_mt_f64(const int64_t* __restrict__ sizes, double* const* tab_grad, float* const* tab_weight_lp, const double* __restrict__ scalars) {
+    const int64_t t = blockIdx.y, n = sizes[t];
+    const double* s = scalars + t * 1;
+    double red0;   /* never launched for specs with reductions (no multi-tensor updates) */
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
+        optforge_lbsgd_s3_elem<double, double, double>(i, i, tab_grad[t], tab_weight_lp[t], red0);
+}
+/* also accumulates 1 whole-tensor reduction(s): each thread's partial sums (double) go to
+   partials[thread * 1 + k], which the host sums in a fixed order (deterministic, no atomics) */
+__global__ void optforge_lbsgd_s3_f16(int64_t n, const __half* __restrict__ p_grad, float* __restrict__ p_weight_lp, double* __restrict__ partials) {
+    double acc0 = 0;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
+        float t0;
+        optforge_lbsgd_s3_elem<__half, __half, float>(i, i, p_grad, p_weight_lp, t0);
+        acc0 += (double)t0;
+    }
+    const int64_t tid = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    partials[tid * 1 + 0] = acc0;
+}
+/* row-sparse, parallel over gradient elements (not rows): element j updates row rows[j / cols] */
+__global__ void optforge_lbsgd_s3_rows_f16(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const __half* __restrict__ p_grad, float* __restrict__ p_weight_lp) {
+    float red0;   /* row kernels see some rows only: their reductions are done on the host */
+    for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
+        optforge_lbsgd_s3_elem<__half, __half, float>(rows[j / cols] * cols + j % cols, j, p_grad, p_weight_lp, red0);
+}
+/* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
+   pointers, sizes and 0 scalar(s) per parameter, as Apex's multi_tensor_apply */
+__global__ void optforge_lbsgd_s3_mt_f16(const int64_t* __restrict__ sizes, __half* const* tab_grad, float* const* tab_weight_lp, const double* __restrict__ scalars) {
+    const int64_t t = blockIdx.y, n = sizes[t];
+    const double* s = scalars + t * 1;
+    float red0;   /* never launched for specs with reductions (no multi-tensor updates) */
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
+        optforge_lbsgd_s3_elem<__half, __half, float>(i, i, tab_grad[t], tab_weight_lp[t], red0);
+}
+/* also accumulates 1 whole-tensor reduction(s): each thread's partial sums (double) go to
+   partials[thread * 1 + k], which the host sums in a fixed order (deterministic, no atomics) */
+__global__ void optforge_lbsgd_s3_mp16(int64_t n, const __half* __restrict__ p_grad, float* __restrict__ p_weight_lp, double* __restrict__ partials) {
+    double acc0 = 0;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
+        float t0;
+        optforge_lbsgd_s3_elem<float, __half, float>(i, i, p_grad, p_weight_lp, t0);
+        acc0 += (double)t0;
+    }
+    const int64_t tid = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    partials[tid * 1 + 0] = acc0;
+}
+/* row-sparse, parallel over gradient elements (not rows): element j updates row rows[j / cols] */
+__global__ void optforge_lbsgd_s3_rows_mp16(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const __half* __restrict__ p_grad, float* __restrict__ p_weight_lp) {
+    float red0;   /* row kernels see some rows only: their reductions are done on the host */
+    for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
+        optforge_lbsgd_s3_elem<float, __half, float>(rows[j / cols] * cols + j % cols, j, p_grad, p_weight_lp, red0);
+}
+/* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
+   pointers, sizes and 0 scalar(s) per parameter, as Apex's multi_tensor_apply */
+__global__ void optforge_lbsgd_s3_mt_mp16(const int64_t* __restrict__ sizes, __half* const* tab_grad, float* const* tab_weight_lp, const double* __restrict__ scalars) {
+    const int64_t t = blockIdx.y, n = sizes[t];
+    const double* s = scalars + t * 1;
+    float red0;   /* never launched for specs with reductions (no multi-tensor updates) */
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
+        optforge_lbsgd_s3_elem<float, __half, float>(i, i, tab_grad[t], tab_weight_lp[t], red0);
+}
+__global__ void optforge_lbsgd_s4_f32(int64_t n, float* __restrict__ p_cum_grad, const float* __restrict__ p_grad, float* __restrict__ p_mom, float* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k0, double k_batch_scale, double k_rescale_grad, double k3, double k4, double k_momentum, double k6, double k_lr_t, double k8) {
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
+        optforge_lbsgd_s4_elem<float, float, float, 2, 2>(i, i, p_cum_grad, p_grad, p_mom, p_weight, p_weight_lp, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8);
+}
+/* row-sparse, parallel over gradient elements (not rows): element j updates row rows[j / cols] */
+__global__ void optforge_lbsgd_s4_rows_f32(int64_t n, int64_t cols, const int64_t* __restrict__ rows, float* __restrict__ p_cum_grad, const float* __restrict__ p_grad, float* __restrict__ p_mom, float* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k0, double k_batch_scale, double k_rescale_grad, double k3, double k4, double k_momentum, double k6, double k_lr_t, double k8) {
+    for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
+        optforge_lbsgd_s4_elem<float, float, float, 2, 2>(rows[j / cols] * cols + j % cols, j, p_cum_grad, p_grad, p_mom, p_weight, p_weight_lp, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8);
 }
 /* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
    pointers, sizes and 9 scalar(s) per parameter, as Apex's multi_tensor_apply */
-__global__ void optforge_lbsgd_s1_mt_f32(const int64_t* __restrict__ sizes, float* const* tab_cum_grad, float* const* tab_grad, float* const* tab_mom, float* const* tab_weight, float* const* tab_weight_lp, const double* __restrict__ scalars) {
+__global__ void optforge_lbsgd_s4_mt_f32(const int64_t* __restrict__ sizes, float* const* tab_cum_grad, float* const* tab_grad, float* const* tab_mom, float* const* tab_weight, float* const* tab_weight_lp, const double* __restrict__ scalars) {
     const int64_t t = blockIdx.y, n = sizes[t];
     const double* s = scalars + t * 9;
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_lbsgd_s1_elem<float, float, float, 2, 2>(i, i, tab_cum_grad[t], tab_grad[t], tab_mom[t], tab_weight[t], tab_weight_lp[t], (float)s[0], (float)s[1], (float)s[2], (float)s[3], (float)s[4], (float)s[5], (float)s[6], (float)s[7], (float)s[8]);
+        optforge_lbsgd_s4_elem<float, float, float, 2, 2>(i, i, tab_cum_grad[t], tab_grad[t], tab_mom[t], tab_weight[t], tab_weight_lp[t], (float)s[0], (float)s[1], (float)s[2], (float)s[3], (float)s[4], (float)s[5], (float)s[6], (float)s[7], (float)s[8]);
 }
-__global__ void optforge_lbsgd_s1_f64(int64_t n, double* __restrict__ p_cum_grad, const double* __restrict__ p_grad, double* __restrict__ p_mom, double* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k0, double k_batch_scale, double k_rescale_grad, double k3, double k4, double k_momentum, double k6, double k_lr_t, double k8) {
+__global__ void optforge_lbsgd_s4_f64(int64_t n, double* __restrict__ p_cum_grad, const double* __restrict__ p_grad, double* __restrict__ p_mom, double* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k0, double k_batch_scale, double k_rescale_grad, double k3, double k4, double k_momentum, double k6, double k_lr_t, double k8) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_lbsgd_s1_elem<double, double, double, 2, 2>(i, i, p_cum_grad, p_grad, p_mom, p_weight, p_weight_lp, (double)k0, (double)k_batch_scale, (double)k_rescale_grad, (double)k3, (double)k4, (double)k_momentum, (double)k6, (double)k_lr_t, (double)k8);
+        optforge_lbsgd_s4_elem<double, double, double, 2, 2>(i, i, p_cum_grad, p_grad, p_mom, p_weight, p_weight_lp, (double)k0, (double)k_batch_scale, (double)k_rescale_grad, (double)k3, (double)k4, (double)k_momentum, (double)k6, (double)k_lr_t, (double)k8);
 }
 /* row-sparse, parallel over gradient elements (not rows): element j updates row rows[j / cols] */
-__global__ void optforge_lbsgd_s1_rows_f64(int64_t n, int64_t cols, const int64_t* __restrict__ rows, double* __restrict__ p_cum_grad, const double* __restrict__ p_grad, double* __restrict__ p_mom, double* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k0, double k_batch_scale, double k_rescale_grad, double k3, double k4, double k_momentum, double k6, double k_lr_t, double k8) {
+__global__ void optforge_lbsgd_s4_rows_f64(int64_t n, int64_t cols, const int64_t* __restrict__ rows, double* __restrict__ p_cum_grad, const double* __restrict__ p_grad, double* __restrict__ p_mom, double* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k0, double k_batch_scale, double k_rescale_grad, double k3, double k4, double k_momentum, double k6, double k_lr_t, double k8) {
     for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
-        optforge_lbsgd_s1_elem<double, double, double, 2, 2>(rows[j / cols] * cols + j % cols, j, p_cum_grad, p_grad, p_mom, p_weight, p_weight_lp, (double)k0, (double)k_batch_scale, (double)k_rescale_grad, (double)k3, (double)k4, (double)k_momentum, (double)k6, (double)k_lr_t, (double)k8);
+        optforge_lbsgd_s4_elem<double, double, double, 2, 2>(rows[j / cols] * cols + j % cols, j, p_cum_grad, p_grad, p_mom, p_weight, p_weight_lp, (double)k0, (double)k_batch_scale, (double)k_rescale_grad, (double)k3, (double)k4, (double)k_momentum, (double)k6, (double)k_lr_t, (double)k8);
 }
 /* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
    pointers, sizes and 9 scalar(s) per parameter, as Apex's multi_tensor_apply */
-__global__ void optforge_lbsgd_s1_mt_f64(const int64_t* __restrict__ sizes, double* const* tab_cum_grad, double* const* tab_grad, double* const* tab_mom, double* const* tab_weight, float* const* tab_weight_lp, const double* __restrict__ scalars) {
+__global__ void optforge_lbsgd_s4_mt_f64(const int64_t* __restrict__ sizes, double* const* tab_cum_grad, double* const* tab_grad, double* const* tab_mom, double* const* tab_weight, float* const* tab_weight_lp, const double* __restrict__ scalars) {
     const int64_t t = blockIdx.y, n = sizes[t];
     const double* s = scalars + t * 9;
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_lbsgd_s1_elem<double, double, double, 2, 2>(i, i, tab_cum_grad[t], tab_grad[t], tab_mom[t], tab_weight[t], tab_weight_lp[t], (double)s[0], (double)s[1], (double)s[2], (double)s[3], (double)s[4], (double)s[5], (double)s[6], (double)s[7], (double)s[8]);
+        optforge_lbsgd_s4_elem<double, double, double, 2, 2>(i, i, tab_cum_grad[t], tab_grad[t], tab_mom[t], tab_weight[t], tab_weight_lp[t], (double)s[0], (double)s[1], (double)s[2], (double)s[3], (double)s[4], (double)s[5], (double)s[6], (double)s[7], (double)s[8]);
 }
-__global__ void optforge_lbsgd_s1_f16(int64_t n, __half* __restrict__ p_cum_grad, const __half* __restrict__ p_grad, __half* __restrict__ p_mom, __half* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k0, double k_batch_scale, double k_rescale_grad, double k3, double k4, double k_momentum, double k6, double k_lr_t, double k8) {
+__global__ void optforge_lbsgd_s4_f16(int64_t n, __half* __restrict__ p_cum_grad, const __half* __restrict__ p_grad, __half* __restrict__ p_mom, __half* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k0, double k_batch_scale, double k_rescale_grad, double k3, double k4, double k_momentum, double k6, double k_lr_t, double k8) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_lbsgd_s1_elem<__half, __half, float, 2, 2>(i, i, p_cum_grad, p_grad, p_mom, p_weight, p_weight_lp, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8);
+        optforge_lbsgd_s4_elem<__half, __half, float, 2, 2>(i, i, p_cum_grad, p_grad, p_mom, p_weight, p_weight_lp, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8);
 }
 /* row-sparse, parallel over gradient elements (not rows): element j updates row rows[j / cols] */
-__global__ void optforge_lbsgd_s1_rows_f16(int64_t n, int64_t cols, const int64_t* __restrict__ rows, __half* __restrict__ p_cum_grad, const __half* __restrict__ p_grad, __half* __restrict__ p_mom, __half* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k0, double k_batch_scale, double k_rescale_grad, double k3, double k4, double k_momentum, double k6, double k_lr_t, double k8) {
+__global__ void optforge_lbsgd_s4_rows_f16(int64_t n, int64_t cols, const int64_t* __restrict__ rows, __half* __restrict__ p_cum_grad, const __half* __restrict__ p_grad, __half* __restrict__ p_mom, __half* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k0, double k_batch_scale, double k_rescale_grad, double k3, double k4, double k_momentum, double k6, double k_lr_t, double k8) {
     for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
-        optforge_lbsgd_s1_elem<__half, __half, float, 2, 2>(rows[j / cols] * cols + j % cols, j, p_cum_grad, p_grad, p_mom, p_weight, p_weight_lp, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8);
+        optforge_lbsgd_s4_elem<__half, __half, float, 2, 2>(rows[j / cols] * cols + j % cols, j, p_cum_grad, p_grad, p_mom, p_weight, p_weight_lp, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8);
 }
 /* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
    pointers, sizes and 9 scalar(s) per parameter, as Apex's multi_tensor_apply */
-__global__ void optforge_lbsgd_s1_mt_f16(const int64_t* __restrict__ sizes, __half* const* tab_cum_grad, __half* const* tab_grad, __half* const* tab_mom, __half* const* tab_weight, float* const* tab_weight_lp, const double* __restrict__ scalars) {
+__global__ void optforge_lbsgd_s4_mt_f16(const int64_t* __restrict__ sizes, __half* const* tab_cum_grad, __half* const* tab_grad, __half* const* tab_mom, __half* const* tab_weight, float* const* tab_weight_lp, const double* __restrict__ scalars) {
     const int64_t t = blockIdx.y, n = sizes[t];
     const double* s = scalars + t * 9;
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_lbsgd_s1_elem<__half, __half, float, 2, 2>(i, i, tab_cum_grad[t], tab_grad[t], tab_mom[t], tab_weight[t], tab_weight_lp[t], (float)s[0], (float)s[1], (float)s[2], (float)s[3], (float)s[4], (float)s[5], (float)s[6], (float)s[7], (float)s[8]);
+        optforge_lbsgd_s4_elem<__half, __half, float, 2, 2>(i, i, tab_cum_grad[t], tab_grad[t], tab_mom[t], tab_weight[t], tab_weight_lp[t], (float)s[0], (float)s[1], (float)s[2], (float)s[3], (float)s[4], (float)s[5], (float)s[6], (float)s[7], (float)s[8]);
 }
-__global__ void optforge_lbsgd_s1_mp16(int64_t n, float* __restrict__ p_cum_grad, const __half* __restrict__ p_grad, float* __restrict__ p_mom, float* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k0, double k_batch_scale, double k_rescale_grad, double k3, double k4, double k_momentum, double k6, double k_lr_t, double k8) {
+__global__ void optforge_lbsgd_s4_mp16(int64_t n, float* __restrict__ p_cum_grad, const __half* __restrict__ p_grad, float* __restrict__ p_mom, float* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k0, double k_batch_scale, double k_rescale_grad, double k3, double k4, double k_momentum, double k6, double k_lr_t, double k8) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_lbsgd_s1_elem<float, __half, float, 2, 2>(i, i, p_cum_grad, p_grad, p_mom, p_weight, p_weight_lp, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8);
+        optforge_lbsgd_s4_elem<float, __half, float, 2, 2>(i, i, p_cum_grad, p_grad, p_mom, p_weight, p_weight_lp, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8);
 }
 /* row-sparse, parallel over gradient elements (not rows): element j updates row rows[j / cols] */
-__global__ void optforge_lbsgd_s1_rows_mp16(int64_t n, int64_t cols, const int64_t* __restrict__ rows, float* __restrict__ p_cum_grad, const __half* __restrict__ p_grad, float* __restrict__ p_mom, float* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k0, double k_batch_scale, double k_rescale_grad, double k3, double k4, double k_momentum, double k6, double k_lr_t, double k8) {
+__global__ void optforge_lbsgd_s4_rows_mp16(int64_t n, int64_t cols, const int64_t* __restrict__ rows, float* __restrict__ p_cum_grad, const __half* __restrict__ p_grad, float* __restrict__ p_mom, float* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k0, double k_batch_scale, double k_rescale_grad, double k3, double k4, double k_momentum, double k6, double k_lr_t, double k8) {
     for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
-        optforge_lbsgd_s1_elem<float, __half, float, 2, 2>(rows[j / cols] * cols + j % cols, j, p_cum_grad, p_grad, p_mom, p_weight, p_weight_lp, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8);
+        optforge_lbsgd_s4_elem<float, __half, float, 2, 2>(rows[j / cols] * cols + j % cols, j, p_cum_grad, p_grad, p_mom, p_weight, p_weight_lp, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8);
 }
 /* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
    pointers, sizes and 9 scalar(s) per parameter, as Apex's multi_tensor_apply */
-__global__ void optforge_lbsgd_s1_mt_mp16(const int64_t* __restrict__ sizes, float* const* tab_cum_grad, __half* const* tab_grad, float* const* tab_mom, float* const* tab_weight, float* const* tab_weight_lp, const double* __restrict__ scalars) {
+__global__ void optforge_lbsgd_s4_mt_mp16(const int64_t* __restrict__ sizes, float* const* tab_cum_grad, __half* const* tab_grad, float* const* tab_mom, float* const* tab_weight, float* const* tab_weight_lp, const double* __restrict__ scalars) {
     const int64_t t = blockIdx.y, n = sizes[t];
     const double* s = scalars + t * 9;
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_lbsgd_s1_elem<float, __half, float, 2, 2>(i, i, tab_cum_grad[t], tab_grad[t], tab_mom[t], tab_weight[t], tab_weight_lp[t], (float)s[0], (float)s[1], (float)s[2], (float)s[3], (float)s[4], (float)s[5], (float)s[6], (float)s[7], (float)s[8]);
+        optforge_lbsgd_s4_elem<float, __half, float, 2, 2>(i, i, tab_cum_grad[t], tab_grad[t], tab_mom[t], tab_weight[t], tab_weight_lp[t], (float)s[0], (float)s[1], (float)s[2], (float)s[3], (float)s[4], (float)s[5], (float)s[6], (float)s[7], (float)s[8]);
 }
 }

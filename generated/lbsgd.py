@@ -307,11 +307,14 @@ class LBSGD(Optimizer):
         if num_cums % batch_scale == 0:
             nwup = warmup_epochs * updates_per_epoch  # lbsgd.opt:41
             if warmup_strategy == 'lars':
-                w2 = ops.total(xp.square(weight))  # lbsgd.opt:43
+                _red_s1 = be.launch('optforge_lbsgd_s1', (weight,), (), reduce=1, stores=False)
+                w2 = ops.fused_total(_red_s1[0]) if _red_s1 is not None else ops.total(xp.square(weight))  # lbsgd.opt:43
                 if batch_scale > 1:
-                    g2 = ops.total(xp.square(cum_grad)) / (batch_scale * batch_scale)  # lbsgd.opt:45
+                    _red_s2 = be.launch('optforge_lbsgd_s2', (cum_grad,), (), reduce=1, stores=False)
+                    g2 = (ops.fused_total(_red_s2[0]) if _red_s2 is not None else ops.total(xp.square(cum_grad))) / (batch_scale * batch_scale)  # lbsgd.opt:45
                 else:
-                    g2 = ops.total(xp.square(grad))  # lbsgd.opt:47
+                    _red_s3 = be.launch('optforge_lbsgd_s3', (grad,), (), reduce=1, stores=False)
+                    g2 = ops.fused_total(_red_s3[0]) if _red_s3 is not None else ops.total(xp.square(grad))  # lbsgd.opt:47
                 lbmult = min(max(math.sqrt(w2 / (g2 + wd * w2 + 1e-18)), 0.01), 100)  # lbsgd.opt:49
             elif num_cums >= nwup:
                 lbmult = batch_scale  # lbsgd.opt:51
@@ -324,5 +327,5 @@ class LBSGD(Optimizer):
             else:
                 lbmult = 1 + (batch_scale - 1) * math.sqrt(num_cums / nwup)  # lbsgd.opt:59
             lr_t = lr * lbmult  # lbsgd.opt:61
-            be.launch('optforge_lbsgd_s1', (cum_grad, grad, mom, weight,), (ops.arg(batch_scale > 1), ops.arg(batch_scale), ops.arg(rescale_grad), ops.arg(clip_gradient), ops.arg(momentum != 0), ops.arg(momentum), ops.arg(lr_t * wd), ops.arg(lr_t), ops.arg(1 - lr_t * wd), ))
+            be.launch('optforge_lbsgd_s4', (cum_grad, grad, mom, weight,), (ops.arg(batch_scale > 1), ops.arg(batch_scale), ops.arg(rescale_grad), ops.arg(clip_gradient), ops.arg(momentum != 0), ops.arg(momentum), ops.arg(lr_t * wd), ops.arg(lr_t), ops.arg(1 - lr_t * wd), ))
         scalars['num_cums'] = num_cums

@@ -82,8 +82,9 @@ void optforge_nadam_s0_rows_f32(int64_t n, int64_t cols, const int64_t* __restri
     for (int64_t r = 0; r < nrows; ++r) {
         const int64_t base = rows[r] * cols, gbase = r * cols;
         #pragma omp simd
-        for (int64_t c = 0; c < cols; ++c)
+        for (int64_t c = 0; c < cols; ++c) {
             optforge_nadam_s0_elem<float, float, float>(base + c, gbase + c, p_grad, p_weight, p_m, p_v, nullptr, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k_beta1, (float)k_beta2, (float)k5, (float)k6, (float)k7, (float)k8, (float)k_momentum_t1, (float)k_lr, (float)k_epsilon);
+        }
     }
 }
 void optforge_nadam_s0_f64(int64_t n, const double* __restrict__ p_grad, double* __restrict__ p_weight, double* __restrict__ p_m, double* __restrict__ p_v, double k_rescale_grad, double k_wd, double k2, double k_beta1, double k_beta2, double k5, double k6, double k7, double k8, double k_momentum_t1, double k_lr, double k_epsilon) {
@@ -101,8 +102,9 @@ void optforge_nadam_s0_rows_f64(int64_t n, int64_t cols, const int64_t* __restri
     for (int64_t r = 0; r < nrows; ++r) {
         const int64_t base = rows[r] * cols, gbase = r * cols;
         #pragma omp simd
-        for (int64_t c = 0; c < cols; ++c)
+        for (int64_t c = 0; c < cols; ++c) {
             optforge_nadam_s0_elem<double, double, double>(base + c, gbase + c, p_grad, p_weight, p_m, p_v, nullptr, (double)k_rescale_grad, (double)k_wd, (double)k2, (double)k_beta1, (double)k_beta2, (double)k5, (double)k6, (double)k7, (double)k8, (double)k_momentum_t1, (double)k_lr, (double)k_epsilon);
+        }
     }
 }
 }

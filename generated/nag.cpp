@@ -84,8 +84,9 @@ void optforge_nag_s0_rows_f32(int64_t n, int64_t cols, const int64_t* __restrict
     for (int64_t r = 0; r < nrows; ++r) {
         const int64_t base = rows[r] * cols, gbase = r * cols;
         #pragma omp simd
-        for (int64_t c = 0; c < cols; ++c)
+        for (int64_t c = 0; c < cols; ++c) {
             optforge_nag_s0_elem<float, float, float, 2>(base + c, gbase + c, p_grad, p_mom, p_weight, nullptr, (float)k_rescale_grad, (float)k1, (float)k2, (float)k_momentum, (float)k4, (float)k_wd, (float)k_lr, (float)k7);
+        }
     }
 }
 void optforge_nag_s0_f64(int64_t n, const double* __restrict__ p_grad, double* __restrict__ p_mom, double* __restrict__ p_weight, double k_rescale_grad, double k1, double k2, double k_momentum, double k4, double k_wd, double k_lr, double k7) {
@@ -107,8 +108,9 @@ void optforge_nag_s0_rows_f64(int64_t n, int64_t cols, const int64_t* __restrict
     for (int64_t r = 0; r < nrows; ++r) {
         const int64_t base = rows[r] * cols, gbase = r * cols;
         #pragma omp simd
-        for (int64_t c = 0; c < cols; ++c)
+        for (int64_t c = 0; c < cols; ++c) {
             optforge_nag_s0_elem<double, double, double, 2>(base + c, gbase + c, p_grad, p_mom, p_weight, nullptr, (double)k_rescale_grad, (double)k1, (double)k2, (double)k_momentum, (double)k4, (double)k_wd, (double)k_lr, (double)k7);
+        }
     }
 }
 }

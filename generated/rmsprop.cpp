@@ -98,8 +98,9 @@ void optforge_rmsprop_s0_rows_f32(int64_t n, int64_t cols, const int64_t* __rest
     for (int64_t r = 0; r < nrows; ++r) {
         const int64_t base = rows[r] * cols, gbase = r * cols;
         #pragma omp simd
-        for (int64_t c = 0; c < cols; ++c)
+        for (int64_t c = 0; c < cols; ++c) {
             optforge_rmsprop_s0_elem<float, float, float, 2, 2>(base + c, gbase + c, p_grad, p_weight, p_n, p_g_avg, p_delta, nullptr, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k_gamma1, (float)k_centered, (float)k_gamma2, (float)k_lr, (float)k_epsilon, (float)k8);
+        }
     }
 }
 void optforge_rmsprop_s0_f64(int64_t n, const double* __restrict__ p_grad, double* __restrict__ p_weight, double* __restrict__ p_n, double* __restrict__ p_g_avg, double* __restrict__ p_delta, double k_rescale_grad, double k_wd, double k2, double k_gamma1, double k_centered, double k_gamma2, double k_lr, double k_epsilon, double k8) {
@@ -129,8 +130,9 @@ void optforge_rmsprop_s0_rows_f64(int64_t n, int64_t cols, const int64_t* __rest
     for (int64_t r = 0; r < nrows; ++r) {
         const int64_t base = rows[r] * cols, gbase = r * cols;
         #pragma omp simd
-        for (int64_t c = 0; c < cols; ++c)
+        for (int64_t c = 0; c < cols; ++c) {
             optforge_rmsprop_s0_elem<double, double, double, 2, 2>(base + c, gbase + c, p_grad, p_weight, p_n, p_g_avg, p_delta, nullptr, (double)k_rescale_grad, (double)k_wd, (double)k2, (double)k_gamma1, (double)k_centered, (double)k_gamma2, (double)k_lr, (double)k_epsilon, (double)k8);
+        }
     }
 }
 }

@@ -73,8 +73,9 @@ void optforge_test_s0_rows_f32(int64_t n, int64_t cols, const int64_t* __restric
     for (int64_t r = 0; r < nrows; ++r) {
         const int64_t base = rows[r] * cols, gbase = r * cols;
         #pragma omp simd
-        for (int64_t c = 0; c < cols; ++c)
+        for (int64_t c = 0; c < cols; ++c) {
             optforge_test_s0_elem<float, float, float>(base + c, gbase + c, p_weight, p_grad, p_mirror, nullptr, (float)k_rescale_grad);
+        }
     }
 }
 void optforge_test_s0_f64(int64_t n, double* __restrict__ p_weight, const double* __restrict__ p_grad, double* __restrict__ p_mirror, double k_rescale_grad) {
@@ -92,8 +93,9 @@ void optforge_test_s0_rows_f64(int64_t n, int64_t cols, const int64_t* __restric
     for (int64_t r = 0; r < nrows; ++r) {
         const int64_t base = rows[r] * cols, gbase = r * cols;
         #pragma omp simd
-        for (int64_t c = 0; c < cols; ++c)
+        for (int64_t c = 0; c < cols; ++c) {
             optforge_test_s0_elem<double, double, double>(base + c, gbase + c, p_weight, p_grad, p_mirror, nullptr, (double)k_rescale_grad);
+        }
     }
 }
 }

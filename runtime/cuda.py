@@ -17,6 +17,7 @@ import numpy as np
 _lock = threading.Lock()
 _modules: dict = {}
 THREADS = 256
+REDUCE_BLOCKS = 1024   # stages with fused reductions: a grid about one wave of a large GPU, one partial per thread
 
 
 def is_cupy(x) -> bool:
@@ -85,15 +86,24 @@ class CudaBackend:
     def seed(self, rng) -> float:
         return float(rng.integers(0, 2 ** 53))
 
-    def launch(self, fn: str, arrays, scalars) -> None:
+    def launch(self, fn: str, arrays, scalars, reduce: int = 0, stores: bool = True):
+        """Launch a stage. With `reduce`, the stage also accumulates that many fused reductions: each
+        thread's partial sums land in a table that is summed here, in a fixed order (the result does
+        not depend on scheduling), and come back as a list of floats (one device-to-host copy)."""
         name = f"{fn}_{self.suffix}"
         f = self.funcs.get(name)
         if f is None:
             f = self.funcs[name] = self.module.get_function(name)
         n = next(a.size for a in arrays if a is not None)
-        blocks = max(1, min((n + THREADS - 1) // THREADS, 65535))
-        f((blocks,), (THREADS,), (np.int64(n), *_pointers(arrays), _pointer(self.weight_lp),
-                                  *[np.float64(s) for s in scalars]))
+        args = (np.int64(n), *_pointers(arrays), _pointer(self.weight_lp), *[np.float64(s) for s in scalars])
+        if not reduce:
+            blocks = max(1, min((n + THREADS - 1) // THREADS, 65535))
+            f((blocks,), (THREADS,), args)
+            return None
+        blocks = max(1, min((n + THREADS - 1) // THREADS, REDUCE_BLOCKS))
+        partials = self.xp.zeros(blocks * THREADS * reduce, dtype=np.float64)
+        f((blocks,), (THREADS,), (*args, partials))
+        return [float(x) for x in self.xp.asnumpy(partials.reshape(-1, reduce).sum(axis=0))]
 
 
 class CudaRowsBackend(CudaBackend):
@@ -110,9 +120,11 @@ class CudaRowsBackend(CudaBackend):
     def scratch(self, like, name):
         return self.xp.empty(self.grad_shape, np.float64 if like.dtype == np.float64 else np.float32)
 
-    def launch(self, fn: str, arrays, scalars) -> None:
-        if self.n == 0:
-            return
+    def launch(self, fn: str, arrays, scalars, reduce: int = 0, stores: bool = True):
+        """A stage's row kernel; its reductions are left to the host (they need every row), and a
+        stage that only reduces is skipped."""
+        if self.n == 0 or not stores:
+            return None
         name = f"{fn}_rows_{self.suffix}"
         f = self.funcs.get(name)
         if f is None:
@@ -197,5 +209,7 @@ class _Recorder:
     def seed(self, rng) -> float:
         return float(rng.integers(0, 2 ** 53))
 
-    def launch(self, fn: str, arrays, scalars) -> None:
+    def launch(self, fn: str, arrays, scalars, reduce: int = 0, stores: bool = True):
+        if reduce:   # multi_tensor is False for specs with reductions: their values are needed at once
+            raise RuntimeError(f"{fn}: a stage with reductions cannot be deferred to a multi-tensor launch")
         self.owner.pending.setdefault((fn, self.suffix), []).append((tuple(arrays), tuple(scalars), self.weight_lp))

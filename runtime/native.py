@@ -88,13 +88,14 @@ class NativeLibrary:
         self.lib = ctypes.CDLL(str(path))
         self.funcs: dict = {}
 
-    def func(self, name: str, n_arrays: int = None, n_scalars: int = None):
+    def func(self, name: str, n_arrays: int = None, n_scalars: int = None, out: bool = False):
         f = self.funcs.get(name)
         if f is None:
             f = getattr(self.lib, name)
             f.restype = None
             if n_arrays is not None:   # typed: ctypes converts ints and floats in C, not in Python
-                f.argtypes = [ctypes.c_int64] + [ctypes.c_void_p] * n_arrays + [ctypes.c_double] * n_scalars
+                f.argtypes = [ctypes.c_int64] + [ctypes.c_void_p] * n_arrays + [ctypes.c_double] * n_scalars + \
+                    [ctypes.c_void_p] * out
             self.funcs[name] = f
         return f
 
@@ -152,20 +153,38 @@ class NativeBackend:
     """What a generated `_kernel_staged` driver needs: xp, scratch(), seed() and launch()."""
     xp = np
 
-    def __init__(self, lib: NativeLibrary, dtype):
+    def __init__(self, lib: NativeLibrary, dtype, cache: dict | None = None):
         self.lib = lib
         self.suffix = {np.dtype(np.float32): "f32", np.dtype(np.float64): "f64"}[np.dtype(dtype)]
+        self.cache = cache
 
     def scratch(self, like, name):
-        return np.empty(like.shape, like.dtype)
+        """A scratch array shaped like `like`. With a cache (the optimizer's), one buffer per scratch
+        name and dtype, as large as the largest parameter seen, is reused from step to step: a fresh
+        large array costs a page fault per 4 KiB on first touch, as much time as the stage itself."""
+        if self.cache is None:
+            return np.empty(like.shape, like.dtype)
+        key = (name, np.dtype(like.dtype).str)
+        buf = self.cache.get(key)
+        if buf is None or buf.size < like.size:
+            buf = self.cache[key] = np.empty(like.size, like.dtype)
+        return buf[:like.size].reshape(like.shape)
 
     def seed(self, rng) -> float:
         return float(rng.integers(0, 2 ** 53))
 
-    def launch(self, fn: str, arrays, scalars) -> None:
-        f = self.lib.func(f"{fn}_{self.suffix}", len(arrays), len(scalars))
+    def launch(self, fn: str, arrays, scalars, reduce: int = 0, stores: bool = True):
+        """Run a stage. With `reduce`, the stage also accumulates that many fused reductions and
+        their sums come back as a list of floats."""
+        f = self.lib.func(f"{fn}_{self.suffix}", len(arrays), len(scalars), out=bool(reduce))
         # an absent conditional state (None) is a null pointer; the kernel never touches it
-        f(_size(arrays), *[a.ctypes.data if a is not None else None for a in arrays], *scalars)
+        pointers = [a.ctypes.data if a is not None else None for a in arrays]
+        if not reduce:
+            f(_size(arrays), *pointers, *scalars)
+            return None
+        out = np.zeros(reduce, np.float64)
+        f(_size(arrays), *pointers, *scalars, out.ctypes.data)
+        return out.tolist()
 
 
 def backend_choice() -> str:
@@ -190,9 +209,11 @@ class NativeRowsBackend(NativeBackend):
     def scratch(self, like, name):
         return np.empty(self.grad_shape, like.dtype)
 
-    def launch(self, fn: str, arrays, scalars) -> None:
-        if self.n == 0:
-            return
+    def launch(self, fn: str, arrays, scalars, reduce: int = 0, stores: bool = True):
+        """Run a stage's row kernel. Its reductions would see only the rows given: none are
+        returned (the driver computes them on the host), and a stage that only reduces is skipped."""
+        if self.n == 0 or not stores:
+            return None
         f = self.lib.func(f"{fn}_rows_{self.suffix}")
         f(ctypes.c_int64(self.n), ctypes.c_int64(self.cols), ctypes.c_void_p(self.rows.ctypes.data),
           *[ctypes.c_void_p(a.ctypes.data if a is not None else None) for a in arrays],

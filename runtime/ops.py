@@ -96,6 +96,16 @@ def norm(x) -> float:
     return math.sqrt(_reduced(sum_squares(x)))
 
 
+def fused_norm(sum_of_squares: float) -> float:
+    """The norm from a sum of squares a compiled stage accumulated (after the reduce hook)."""
+    return math.sqrt(_reduced(float(sum_of_squares)))
+
+
+def fused_total(partial: float) -> float:
+    """The sum a compiled stage accumulated (after the reduce hook)."""
+    return _reduced(float(partial))
+
+
 def total(x) -> float:
     """Sum of a whole tensor as a Python float (after the reduce hook)."""
     return _reduced(float(_xp(x).sum(x, dtype=np.float64)))

@@ -491,7 +491,8 @@ class Optimizer:
     def _kernel(self, call, weight, grad, tensors, scalars, lr, wd, t, name, base_lr, num_update):
         """Run this spec's update on one parameter with the selected backend."""
         if (self._call_backend or self.backend) == "native":
-            be = native.NativeBackend(native.library_for(type(self)), weight.dtype)
+            cache = self.__dict__.setdefault("_scratch_cache", {})   # reused scratch arrays (native.py)
+            be = native.NativeBackend(native.library_for(type(self)), weight.dtype, cache)
             if not grad.flags.c_contiguous:
                 grad = np.ascontiguousarray(grad)
             self._kernel_staged(be, call, weight, grad, tensors, scalars, lr, wd, t, name, base_lr, num_update)

@@ -126,16 +126,19 @@ class HostCudaBackend:
     def seed(self, rng):
         return float(rng.integers(0, 2 ** 53))
 
-    def launch(self, fn, arrays, scalars):
+    def launch(self, fn, arrays, scalars, reduce=0, stores=True):
         for a in arrays:
             assert a is None or a.flags.c_contiguous
         f = getattr(self.lib, f"{fn}_{self.suffix}")
         f.restype = None
         lp = ctypes.c_void_p(self.weight_lp.ctypes.data if self.weight_lp is not None else 0)
         n = next(a.size for a in arrays if a is not None)
-        f(ctypes.c_int64(n), *[_ptr(a) for a in arrays], lp,
-          *[ctypes.c_double(s) for s in scalars])
+        # one host thread (blockDim = gridDim = 1) walks every element and writes the first partials
+        partials = np.zeros(max(reduce, 1), np.float64)
+        f(ctypes.c_int64(n), *[_ptr(a) for a in arrays], lp, *[ctypes.c_double(s) for s in scalars],
+          *([_ptr(partials)] if reduce else []))
         self.launched.append(fn)
+        return partials.tolist() if reduce else None
 
 
 CONFIGS = {"sgd": dict(momentum=0.9, wd=0.01, clip_gradient=0.5), "nag": dict(momentum=0.9, wd=0.01),
@@ -219,7 +222,9 @@ class HostCudaRowsBackend(HostCudaBackend):
     def scratch(self, like, name):
         return np.empty(self.grad_shape, np.float64 if like.dtype == np.float64 else np.float32)
 
-    def launch(self, fn, arrays, scalars):
+    def launch(self, fn, arrays, scalars, reduce=0, stores=True):
+        if not stores:   # a reduction-only stage: row kernels leave reductions to the host
+            return None
         f = getattr(self.lib, f"{fn}_rows_{self.suffix}")
         f.restype = None
         n = int(np.prod(self.grad_shape))

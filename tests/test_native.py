@@ -76,3 +76,91 @@ def test_native_and_numpy_agree_on_a_large_tensor():
             opt.update(0, w, g, state)
         out[backend] = w
     np.testing.assert_allclose(out["native"], out["numpy"], rtol=1e-5, atol=1e-6)
+
+
+# ---- fused reductions (codegen/lower.py): norms and sums accumulated by the stage kernels ----------------
+from optforge import ops  # noqa: E402
+from optforge.codegen.compile import load_spec_text  # noqa: E402
+from optforge.codegen.lower import lower  # noqa: E402
+
+DEPENDENT = """
+optimizer Dependent
+update {
+    d = grad * 2 - weight
+    a = sum(d)
+    b = norm(d * a)
+    c = norm(weight) + sum(square(grad))
+    weight -= lr * d * b / (1 + c + abs(a))
+}
+"""
+
+
+def _stages(text):
+    spec, _ = load_spec_text(text, "x.opt")
+    steps, stages, scratch = lower(spec)
+    return {st.name: [op.value for op, _ in st.reductions] for st in stages}, steps
+
+
+def test_reductions_are_fused_into_the_stage_before_them_or_one_pass_of_their_own():
+    load = load_spec_text
+    root = Path(__file__).resolve().parent.parent / "specs"
+    for name, want in (("lamb", {"s0": ["norm", "norm"], "s1": []}), ("lars", {"s0": ["norm", "norm"], "s1": []})):
+        spec, _ = load((root / f"{name}.opt").read_text(), f"{name}.opt")
+        _, stages, _ = lower(spec)
+        assert {st.name: [op.value for op, _ in st.reductions] for st in stages} == want, name
+        if name == "lars":   # both norms in one reduction-only pass over weight and gradient
+            assert not stages[0].stmts
+    got, steps = _stages(DEPENDENT)
+    # sum(d) rides on the stage computing d; norm(d * a) needs a, known only after that stage: a pass of
+    # its own, which also takes norm(weight) and sum(square(grad)) of the next statement
+    assert got == {"s0": ["sum"], "s1": ["norm", "norm", "sum"], "s2": []}
+    assert [type(s).__name__ for s in steps] == ["Stage", "Host", "Stage", "Host", "Host", "Stage"]
+
+
+def _run(cls_or_name, backend, n, dtype, steps=3, hook=None, **kw):
+    rng = np.random.default_rng(1)
+    cls = optforge.registered()[cls_or_name] if isinstance(cls_or_name, str) else cls_or_name
+    opt = cls(learning_rate=0.01, wd=0.01, **kw)
+    opt.backend = backend
+    w = rng.standard_normal(n).astype(dtype)
+    st = opt.create_state(0, w)
+    with ops.reduce_hook(hook):
+        for _ in range(steps):
+            opt.update(0, w, rng.standard_normal(n).astype(dtype), st)
+    return w
+
+
+DEPENDENT_CLS = optforge.load_spec(DEPENDENT, register=False)
+FUSED = [("lamb", {}), ("lars", {"momentum": 0.9}), ("lbsgd", {"warmup_strategy": "lars", "batch_scale": 2}),
+         (DEPENDENT_CLS, {})]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("name,kw", FUSED, ids=lambda x: getattr(x, "__name__", str(x)))
+def test_fused_reductions_match_numpy_at_sizes_that_split_into_threads_and_blocks(name, kw, dtype):
+    for n in (7, 2049, (1 << 17) + 3):   # one block; a block and a bit; several threads and blocks
+        got, want = _run(name, "native", n, dtype, **kw), _run(name, "numpy", n, dtype, **kw)
+        tol = 1e-5 if dtype == np.float32 else 1e-12
+        np.testing.assert_allclose(got, want, rtol=tol, atol=tol, err_msg=f"n={n}")
+
+
+@pytest.mark.parametrize("name,kw", FUSED[:2], ids=["lamb", "lars"])
+def test_fused_reductions_are_deterministic_and_pass_through_the_reduce_hook(name, kw):
+    n = (1 << 17) + 3
+    a, b = _run(name, "native", n, np.float32, **kw), _run(name, "native", n, np.float32, **kw)
+    assert np.array_equal(a, b)                      # fixed partition: bit-identical runs
+    calls = []
+    hook = lambda x: calls.append(x) or x + 1e4      # noqa: E731 - as if other shards held more
+    got = _run(name, "native", n, np.float32, hook=hook, **kw)
+    want = _run(name, "numpy", n, np.float32, hook=lambda x: x + 1e4, **kw)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    assert len(calls) == 6 and not np.array_equal(got, a)   # 2 norms x 3 steps, and the hook mattered
+
+
+def test_scratch_arrays_are_reused_between_steps():
+    opt = optforge.create("lamb", learning_rate=0.01)
+    opt.backend = "native"
+    for n in (1000, 5000, 3000):
+        w = np.ones(n, np.float32)
+        opt.update(0, w, np.ones(n, np.float32), opt.create_state(0, w))
+    assert [b.size for b in opt._scratch_cache.values()] == [5000]   # the largest parameter's size, once

@@ -85,9 +85,10 @@ def kernel_launches(monkeypatch):
                       (cuda.MultiTensorLaunches, "_launch_gpu")):
         original = getattr(cls, attr)
 
-        def counted(self, *args, _original=original, _kind=f"{cls.__name__}.{attr}"):
-            counts.append(_kind)
-            return _original(self, *args)
+        def counted(self, *args, _original=original, _kind=f"{cls.__name__}.{attr}", **kwargs):
+            result = _original(self, *args, **kwargs)
+            counts.append(_kind + (".fused" if result is not None else ""))
+            return result
         monkeypatch.setattr(cls, attr, counted)
     return counts
 
@@ -103,6 +104,8 @@ def test_cuda_matches_numpy(name, variant, mode, kernel_launches):
     assert kernel_launches, "no CUDA kernel ran"
     if mode == "list" and optforge.create(name).multi_tensor:
         assert set(kernel_launches) == {"MultiTensorLaunches._launch_gpu"}
+    if name in ("lamb", "lars") and mode != "sparse":   # their norms come from the stages' partial sums
+        assert "CudaBackend.launch.fused" in kernel_launches
     tol = {"f64": 1e-10, "f32": 2e-5}.get(variant, 3e-3)
     for k, (a, b) in enumerate(zip(got, want)):
         assert a.dtype == b.dtype and a.shape == b.shape
@@ -188,3 +191,22 @@ def test_scalars_change_without_recompiling():
     assert cuda._modules == modules     # the same compiled module, new scalar arguments
     step = before - cupy.asnumpy(w)
     assert 0.45 < float(step[0]) < 0.55   # Adam's second step with a unit gradient moves ~lr
+
+
+@pytest.mark.parametrize("name", ["lamb", "lars"])
+def test_fused_norms_of_a_large_tensor(name):
+    """Norms accumulated by the stage kernels (one partial per GPU thread, summed on the device) of a
+    tensor far larger than the grid equal the NumPy backend's."""
+    rng = np.random.default_rng(9)
+    w0 = rng.standard_normal(1 << 18).astype(np.float32)
+    grads = [rng.standard_normal(w0.size).astype(np.float32) for _ in range(2)]
+    out = []
+    for on_gpu in (False, True):
+        opt = optforge.create(name, learning_rate=0.01, wd=0.01, **CONFIGS[name])
+        opt.backend = "numpy"
+        w = cupy.asarray(w0) if on_gpu else w0.copy()
+        st = opt.create_state(0, w)
+        for g in grads:
+            opt.update(0, w, cupy.asarray(g) if on_gpu else g, st)
+        out.append(cupy.asnumpy(w) if on_gpu else w)
+    np.testing.assert_allclose(out[1], out[0], rtol=2e-5, atol=2e-6)
