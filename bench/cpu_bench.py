@@ -349,8 +349,8 @@ def main():
     print(f"# {machine()}")
     print(f"# reference C: {ref_flags}; medians of {repeat} interleaved samples")
     print(f"# command: {' '.join([os.path.basename(sys.executable)] + sys.argv)}")
-    hdr = (f"| optimizer | size | naive ms | numpy ms | native ms | numpy GB/s | native GB/s | roof GB/s "
-           f"| numpy/roof | native/roof | naive/numpy | naive/native | numpy/C | native/C |")
+    hdr = ("| optimizer | size | naive ms | numpy ms | native ms | numpy GB/s | native GB/s | roof GB/s "
+           "| numpy/roof | native/roof | naive/numpy | naive/native | numpy/C | native/C |")
     print(hdr)
     print("|" + "---|" * (hdr.count("|") - 1))
     steps = [(n, 1) for n in (1 << s for s in sizes)]

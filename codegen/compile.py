@@ -13,7 +13,8 @@ from .emit_driver import driver_lines
 from .emit_numpy import NumpyEmitter, kernel_lines, leaves, targets
 from .emit_sparse import RowsEmitter
 from .errors import SpecError
-from .ir import Op, Spec, statement_exprs
+from .ir import Op, Spec
+from .lower import host_reductions
 from .parser import parse
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
@@ -204,7 +205,8 @@ def render_module(spec: Spec, spec_path: str | None = None) -> str:
         layout_lines=layout, scalar_init_lines=scalar_init, sparse_lines=sparse_lines,
         requires_lines=requires_lines, rows_lines=rows_lines,
         prologue_lines=pro, kernel_lines=ker, staged_lines=staged,
-        multi_tensor=not any(n.op in (Op.NORM, Op.SUM) for e in statement_exprs(spec.body) for n in e.walk()))
+        phased=any(st.reductions for st in cem.stages),
+        multi_tensor=not host_reductions(cem.steps))
 
 
 def _rebind_globals(lines, spec):

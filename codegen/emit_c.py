@@ -14,7 +14,7 @@ import jinja2
 
 from .errors import InternalError
 from .ir import Assign, Expr, Kind, Op, Spec
-from .lower import Stage, _in_kernel, lower, scalar_args, stage_exprs
+from .lower import Stage, _in_kernel, lower, scalar_args
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 _env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)), autoescape=False,

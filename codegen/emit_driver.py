@@ -4,6 +4,12 @@ The driver is a method of the generated class, `_kernel_staged(be, ...)`: it run
 statements in Python (array work through `xp`, NumPy or CuPy), allocates scratch arrays for
 materialized locals, and launches each stage through the backend `be` with its pointers and
 scalar arguments. The native CPU and CUDA backends share it; they differ only in `be`.
+
+With fused reductions the driver is a generator, `_kernel_phases(be, ...)`: a launch whose partial
+sums it needs is yielded, and the driver resumes with its value. `_kernel_staged` runs it to the end
+with a backend that answers at once (`ops.drive`); a CUDA list update runs every parameter's
+generator in lockstep instead, so that each stage is one multi-tensor launch for all parameters and
+all their reductions come back in one transfer (`cuda.run_lockstep`).
 """
 from __future__ import annotations
 
@@ -47,7 +53,7 @@ def driver_lines(spec, cem: CStyleEmitter) -> list[str]:
                     args.append("be.seed(self._rng)" if e is None else f"ops.arg({em.expr(e)})")
                 call = f"be.launch({info['fn']!r}, ({ptrs},), ({''.join(a + ', ' for a in args)})"
                 if item.reductions:   # partial sums of the fused reductions, or None where not fused
-                    lines.append(f"{pad}_red_{item.name} = {call}, reduce={len(item.reductions)}"
+                    lines.append(f"{pad}_red_{item.name} = yield {call}, reduce={len(item.reductions)}"
                                  f"{'' if item.stmts else ', stores=False'})")
                 else:
                     lines.append(f"{pad}{call})")

@@ -272,6 +272,26 @@ class Lowering:
         self.scratch = sorted(n for n in need if n in defined_in)
 
 
+def host_reductions(steps) -> bool:
+    """Whether any reduction is left to the host: not fused into a stage (inside an `if` condition, a
+    stage's scalar argument, or noise). Such a reduction reads tensors when its statement runs, so
+    the stages before it cannot be deferred to a multi-tensor launch."""
+    for item in steps:
+        if isinstance(item, Host):
+            exprs = statement_exprs([item.stmt])
+            if any(n.op in REDUCTIONS and n not in item.fused for e in exprs for n in e.walk()):
+                return True
+        elif isinstance(item, Stage):
+            if any(n.op in REDUCTIONS for e in item.exprs() for n in e.walk()):
+                return True
+        else:
+            if any(n.op in REDUCTIONS for cond, _ in item.branches for n in cond.walk()):
+                return True
+            if any(host_reductions(body) for _, body in item.branches) or host_reductions(item.orelse):
+                return True
+    return False
+
+
 def lower(spec: Spec):
     """Returns (steps, stages, scratch names)."""
     low = Lowering(spec)

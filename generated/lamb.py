@@ -83,7 +83,7 @@ class LAMB(Optimizer):
     global_names = ()
     options = {'aggregate': 45, 'count_each': True}
     sparse = None
-    multi_tensor = False   # list updates on CUDA: one launch per stage for all parameters
+    multi_tensor = True   # list updates on CUDA: one launch per stage for all parameters
 
     def __init__(self, learning_rate=0.001, beta1=0.9, beta2=0.999, epsilon=1e-06, lower_bound=None, upper_bound=None, bias_correction=True, **kwargs):
         hyper = self._check_hypers({'beta1': beta1, 'beta2': beta2, 'epsilon': epsilon, 'lower_bound': lower_bound, 'upper_bound': upper_bound, 'bias_correction': bias_correction})
@@ -154,7 +154,14 @@ class LAMB(Optimizer):
 
     def _kernel_staged(self, be, call, weight, grad, tensors, scalars, lr, wd, t, param_name, learning_rate, num_update):
         """The same update for compiled backends: host code around the stage kernels of
-        lamb.cpp / lamb.cu, launched through `be`."""
+        lamb.cpp / lamb.cu, launched through `be` (which returns
+        the fused reductions at once)."""
+        ops.drive(self._kernel_phases(be, call, weight, grad, tensors, scalars, lr, wd, t, param_name, learning_rate,
+                                      num_update))
+
+    def _kernel_phases(self, be, call, weight, grad, tensors, scalars, lr, wd, t, param_name, learning_rate, num_update):
+        """`_kernel_staged` as a generator: it yields each launch whose reductions it needs next and
+        resumes with their partial sums (codegen/emit_driver.py)."""
         xp = be.xp
         beta1 = self.beta1
         beta2 = self.beta2
@@ -169,7 +176,7 @@ class LAMB(Optimizer):
         upd = be.scratch(weight, 'upd')
         c1 = 1 - beta1 ** t if bias_correction else 1  # lamb.opt:40
         c2 = 1 - beta2 ** t if bias_correction else 1  # lamb.opt:41
-        _red_s0 = be.launch('optforge_lamb_s0', (grad, mean, var, weight, upd,), (ops.arg(rescale_grad), ops.arg(clip_gradient), ops.arg(beta1), ops.arg(beta2), ops.arg(c1), ops.arg(c2), ops.arg(epsilon), ops.arg(wd), ), reduce=2)
+        _red_s0 = yield be.launch('optforge_lamb_s0', (grad, mean, var, weight, upd,), (ops.arg(rescale_grad), ops.arg(clip_gradient), ops.arg(beta1), ops.arg(beta2), ops.arg(c1), ops.arg(c2), ops.arg(epsilon), ops.arg(wd), ), reduce=2)
         r1 = ops.fused_norm(_red_s0[0]) if _red_s0 is not None else ops.norm(weight)  # lamb.opt:43
         if lower_bound is not None and lower_bound > 0:
             r1 = max(r1, lower_bound)  # lamb.opt:45

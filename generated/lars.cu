@@ -96,13 +96,21 @@ __global__ void optforge_lars_s0_rows_f32(int64_t n, int64_t cols, const int64_t
         optforge_lars_s0_elem<float, float, float>(rows[j / cols] * cols + j % cols, j, p_weight, p_grad, p_weight_lp, red0, red1);
 }
 /* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
-   pointers, sizes and 0 scalar(s) per parameter, as Apex's multi_tensor_apply */
-__global__ void optforge_lars_s0_mt_f32(const int64_t* __restrict__ sizes, float* const* tab_weight, float* const* tab_grad, float* const* tab_weight_lp, const double* __restrict__ scalars) {
+   pointers, sizes and 0 scalar(s) per parameter, as Apex's multi_tensor_apply;
+   each parameter's threads write their partial sums to partials[(t * stride + thread) * 2 + k] */
+__global__ void optforge_lars_s0_mt_f32(const int64_t* __restrict__ sizes, float* const* tab_weight, float* const* tab_grad, float* const* tab_weight_lp, const double* __restrict__ scalars, int64_t stride, double* __restrict__ partials) {
     const int64_t t = blockIdx.y, n = sizes[t];
     const double* s = scalars + t * 1;
-    float red0, red1;   /* never launched for specs with reductions (no multi-tensor updates) */
-    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_lars_s0_elem<float, float, float>(i, i, tab_weight[t], tab_grad[t], tab_weight_lp[t], red0, red1);
+    double acc0 = 0, acc1 = 0;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
+        float t0, t1;
+        optforge_lars_s0_elem<float, float, float>(i, i, tab_weight[t], tab_grad[t], tab_weight_lp[t], t0, t1);
+        acc0 += (double)t0 * (double)t0;
+        acc1 += (double)t1 * (double)t1;
+    }
+    const int64_t slot = t * stride + (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    partials[slot * 2 + 0] = acc0;
+    partials[slot * 2 + 1] = acc1;
 }
 /* also accumulates 2 whole-tensor reduction(s): each thread's partial sums (double) go to
    partials[thread * 2 + k], which the host sums in a fixed order (deterministic, no atomics) */
@@ -125,13 +133,21 @@ __global__ void optforge_lars_s0_rows_f64(int64_t n, int64_t cols, const int64_t
         optforge_lars_s0_elem<double, double, double>(rows[j / cols] * cols + j % cols, j, p_weight, p_grad, p_weight_lp, red0, red1);
 }
 /* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
-   pointers, sizes and 0 scalar(s) per parameter, as Apex's multi_tensor_apply */
-__global__ void optforge_lars_s0_mt_f64(const int64_t* __restrict__ sizes, double* const* tab_weight, double* const* tab_grad, float* const* tab_weight_lp, const double* __restrict__ scalars) {
+   pointers, sizes and 0 scalar(s) per parameter, as Apex's multi_tensor_apply;
+   each parameter's threads write their partial sums to partials[(t * stride + thread) * 2 + k] */
+__global__ void optforge_lars_s0_mt_f64(const int64_t* __restrict__ sizes, double* const* tab_weight, double* const* tab_grad, float* const* tab_weight_lp, const double* __restrict__ scalars, int64_t stride, double* __restrict__ partials) {
     const int64_t t = blockIdx.y, n = sizes[t];
     const double* s = scalars + t * 1;
-    double red0, red1;   /* never launched for specs with reductions (no multi-tensor updates) */
-    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_lars_s0_elem<double, double, double>(i, i, tab_weight[t], tab_grad[t], tab_weight_lp[t], red0, red1);
+    double acc0 = 0, acc1 = 0;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
+        double t0, t1;
+        optforge_lars_s0_elem<double, double, double>(i, i, tab_weight[t], tab_grad[t], tab_weight_lp[t], t0, t1);
+        acc0 += (double)t0 * (double)t0;
+        acc1 += (double)t1 * (double)t1;
+    }
+    const int64_t slot = t * stride + (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    partials[slot * 2 + 0] = acc0;
+    partials[slot * 2 + 1] = acc1;
 }
 /* also accumulates 2 whole-tensor reduction(s): each thread's partial sums (double) go to
    partials[thread * 2 + k], which the host sums in a fixed order (deterministic, no atomics) */
@@ -154,13 +170,21 @@ __global__ void optforge_lars_s0_rows_f16(int64_t n, int64_t cols, const int64_t
         optforge_lars_s0_elem<__half, __half, float>(rows[j / cols] * cols + j % cols, j, p_weight, p_grad, p_weight_lp, red0, red1);
 }
 /* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
-   pointers, sizes and 0 scalar(s) per parameter, as Apex's multi_tensor_apply */
-__global__ void optforge_lars_s0_mt_f16(const int64_t* __restrict__ sizes, __half* const* tab_weight, __half* const* tab_grad, float* const* tab_weight_lp, const double* __restrict__ scalars) {
+   pointers, sizes and 0 scalar(s) per parameter, as Apex's multi_tensor_apply;
+   each parameter's threads write their partial sums to partials[(t * stride + thread) * 2 + k] */
+__global__ void optforge_lars_s0_mt_f16(const int64_t* __restrict__ sizes, __half* const* tab_weight, __half* const* tab_grad, float* const* tab_weight_lp, const double* __restrict__ scalars, int64_t stride, double* __restrict__ partials) {
     const int64_t t = blockIdx.y, n = sizes[t];
     const double* s = scalars + t * 1;
-    float red0, red1;   /* never launched for specs with reductions (no multi-tensor updates) */
-    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_lars_s0_elem<__half, __half, float>(i, i, tab_weight[t], tab_grad[t], tab_weight_lp[t], red0, red1);
+    double acc0 = 0, acc1 = 0;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
+        float t0, t1;
+        optforge_lars_s0_elem<__half, __half, float>(i, i, tab_weight[t], tab_grad[t], tab_weight_lp[t], t0, t1);
+        acc0 += (double)t0 * (double)t0;
+        acc1 += (double)t1 * (double)t1;
+    }
+    const int64_t slot = t * stride + (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    partials[slot * 2 + 0] = acc0;
+    partials[slot * 2 + 1] = acc1;
 }
 /* also accumulates 2 whole-tensor reduction(s): each thread's partial sums (double) go to
    partials[thread * 2 + k], which the host sums in a fixed order (deterministic, no atomics) */
@@ -183,13 +207,21 @@ __global__ void optforge_lars_s0_rows_mp16(int64_t n, int64_t cols, const int64_
         optforge_lars_s0_elem<float, __half, float>(rows[j / cols] * cols + j % cols, j, p_weight, p_grad, p_weight_lp, red0, red1);
 }
 /* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
-   pointers, sizes and 0 scalar(s) per parameter, as Apex's multi_tensor_apply */
-__global__ void optforge_lars_s0_mt_mp16(const int64_t* __restrict__ sizes, float* const* tab_weight, __half* const* tab_grad, float* const* tab_weight_lp, const double* __restrict__ scalars) {
+   pointers, sizes and 0 scalar(s) per parameter, as Apex's multi_tensor_apply;
+   each parameter's threads write their partial sums to partials[(t * stride + thread) * 2 + k] */
+__global__ void optforge_lars_s0_mt_mp16(const int64_t* __restrict__ sizes, float* const* tab_weight, __half* const* tab_grad, float* const* tab_weight_lp, const double* __restrict__ scalars, int64_t stride, double* __restrict__ partials) {
     const int64_t t = blockIdx.y, n = sizes[t];
     const double* s = scalars + t * 1;
-    float red0, red1;   /* never launched for specs with reductions (no multi-tensor updates) */
-    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_lars_s0_elem<float, __half, float>(i, i, tab_weight[t], tab_grad[t], tab_weight_lp[t], red0, red1);
+    double acc0 = 0, acc1 = 0;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
+        float t0, t1;
+        optforge_lars_s0_elem<float, __half, float>(i, i, tab_weight[t], tab_grad[t], tab_weight_lp[t], t0, t1);
+        acc0 += (double)t0 * (double)t0;
+        acc1 += (double)t1 * (double)t1;
+    }
+    const int64_t slot = t * stride + (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    partials[slot * 2 + 0] = acc0;
+    partials[slot * 2 + 1] = acc1;
 }
 __global__ void optforge_lars_s1_f32(int64_t n, const float* __restrict__ p_grad, float* __restrict__ p_mom, float* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k2, double k_momentum_t, double k4, double k_lars_lr, double k6) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
@@ -205,8 +237,9 @@ __global__ void optforge_lars_s1_rows_f32(int64_t n, int64_t cols, const int64_t
 __global__ void optforge_lars_s1_mt_f32(const int64_t* __restrict__ sizes, float* const* tab_grad, float* const* tab_mom, float* const* tab_weight, float* const* tab_weight_lp, const double* __restrict__ scalars) {
     const int64_t t = blockIdx.y, n = sizes[t];
     const double* s = scalars + t * 7;
-    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
         optforge_lars_s1_elem<float, float, float, 2>(i, i, tab_grad[t], tab_mom[t], tab_weight[t], tab_weight_lp[t], (float)s[0], (float)s[1], (float)s[2], (float)s[3], (float)s[4], (float)s[5], (float)s[6]);
+    }
 }
 __global__ void optforge_lars_s1_f64(int64_t n, const double* __restrict__ p_grad, double* __restrict__ p_mom, double* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k2, double k_momentum_t, double k4, double k_lars_lr, double k6) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
@@ -222,8 +255,9 @@ __global__ void optforge_lars_s1_rows_f64(int64_t n, int64_t cols, const int64_t
 __global__ void optforge_lars_s1_mt_f64(const int64_t* __restrict__ sizes, double* const* tab_grad, double* const* tab_mom, double* const* tab_weight, float* const* tab_weight_lp, const double* __restrict__ scalars) {
     const int64_t t = blockIdx.y, n = sizes[t];
     const double* s = scalars + t * 7;
-    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
         optforge_lars_s1_elem<double, double, double, 2>(i, i, tab_grad[t], tab_mom[t], tab_weight[t], tab_weight_lp[t], (double)s[0], (double)s[1], (double)s[2], (double)s[3], (double)s[4], (double)s[5], (double)s[6]);
+    }
 }
 __global__ void optforge_lars_s1_f16(int64_t n, const __half* __restrict__ p_grad, __half* __restrict__ p_mom, __half* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k2, double k_momentum_t, double k4, double k_lars_lr, double k6) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
@@ -239,8 +273,9 @@ __global__ void optforge_lars_s1_rows_f16(int64_t n, int64_t cols, const int64_t
 __global__ void optforge_lars_s1_mt_f16(const int64_t* __restrict__ sizes, __half* const* tab_grad, __half* const* tab_mom, __half* const* tab_weight, float* const* tab_weight_lp, const double* __restrict__ scalars) {
     const int64_t t = blockIdx.y, n = sizes[t];
     const double* s = scalars + t * 7;
-    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
         optforge_lars_s1_elem<__half, __half, float, 2>(i, i, tab_grad[t], tab_mom[t], tab_weight[t], tab_weight_lp[t], (float)s[0], (float)s[1], (float)s[2], (float)s[3], (float)s[4], (float)s[5], (float)s[6]);
+    }
 }
 __global__ void optforge_lars_s1_mp16(int64_t n, const __half* __restrict__ p_grad, float* __restrict__ p_mom, float* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k2, double k_momentum_t, double k4, double k_lars_lr, double k6) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
@@ -256,7 +291,8 @@ __global__ void optforge_lars_s1_rows_mp16(int64_t n, int64_t cols, const int64_
 __global__ void optforge_lars_s1_mt_mp16(const int64_t* __restrict__ sizes, __half* const* tab_grad, float* const* tab_mom, float* const* tab_weight, float* const* tab_weight_lp, const double* __restrict__ scalars) {
     const int64_t t = blockIdx.y, n = sizes[t];
     const double* s = scalars + t * 7;
-    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
         optforge_lars_s1_elem<float, __half, float, 2>(i, i, tab_grad[t], tab_mom[t], tab_weight[t], tab_weight_lp[t], (float)s[0], (float)s[1], (float)s[2], (float)s[3], (float)s[4], (float)s[5], (float)s[6]);
+    }
 }
 }

@@ -75,7 +75,7 @@ class LARS(Optimizer):
     global_names = ('last_lr',)
     options = {'decay_suffixes': ('_weight',), 'aggregate': 4}
     sparse = 'lazy'
-    multi_tensor = False   # list updates on CUDA: one launch per stage for all parameters
+    multi_tensor = True   # list updates on CUDA: one launch per stage for all parameters
 
     def __init__(self, momentum=0.0, lazy_update=True, eta=0.001, eps=0.0, momentum_correction=True, **kwargs):
         hyper = self._check_hypers({'momentum': momentum, 'lazy_update': lazy_update, 'eta': eta, 'eps': eps, 'momentum_correction': momentum_correction})
@@ -172,7 +172,14 @@ class LARS(Optimizer):
 
     def _kernel_staged(self, be, call, weight, grad, tensors, scalars, lr, wd, t, param_name, learning_rate, num_update):
         """The same update for compiled backends: host code around the stage kernels of
-        lars.cpp / lars.cu, launched through `be`."""
+        lars.cpp / lars.cu, launched through `be` (which returns
+        the fused reductions at once)."""
+        ops.drive(self._kernel_phases(be, call, weight, grad, tensors, scalars, lr, wd, t, param_name, learning_rate,
+                                      num_update))
+
+    def _kernel_phases(self, be, call, weight, grad, tensors, scalars, lr, wd, t, param_name, learning_rate, num_update):
+        """`_kernel_staged` as a generator: it yields each launch whose reductions it needs next and
+        resumes with their partial sums (codegen/emit_driver.py)."""
         xp = be.xp
         eps = self.eps
         eta = self.eta
@@ -181,7 +188,7 @@ class LARS(Optimizer):
         rescale_grad = self.rescale_grad
         momentum_t = call['momentum_t']
         mom = tensors.get('mom')
-        _red_s0 = be.launch('optforge_lars_s0', (weight, grad,), (), reduce=2, stores=False)
+        _red_s0 = yield be.launch('optforge_lars_s0', (weight, grad,), (), reduce=2, stores=False)
         w_norm = ops.fused_norm(_red_s0[0]) if _red_s0 is not None else ops.norm(weight)  # lars.opt:38
         g_norm = (ops.fused_norm(_red_s0[1]) if _red_s0 is not None else ops.norm(grad)) * rescale_grad  # lars.opt:39
         scaled = not param_name.endswith(('gamma', 'beta', 'bias',)) and w_norm > 0 and g_norm > 0  # lars.opt:40

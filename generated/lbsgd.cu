@@ -120,8 +120,9 @@ __global__ void optforge_lbsgd_s0_rows_f32(int64_t n, int64_t cols, const int64_
 __global__ void optforge_lbsgd_s0_mt_f32(const int64_t* __restrict__ sizes, float* const* tab_cum_grad, float* const* tab_grad, float* const* tab_weight_lp, const double* __restrict__ scalars) {
     const int64_t t = blockIdx.y, n = sizes[t];
     const double* s = scalars + t * 1;
-    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
         optforge_lbsgd_s0_elem<float, float, float, 2>(i, i, tab_cum_grad[t], tab_grad[t], tab_weight_lp[t]);
+    }
 }
 __global__ void optforge_lbsgd_s0_f64(int64_t n, double* __restrict__ p_cum_grad, const double* __restrict__ p_grad, float* __restrict__ p_weight_lp) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
@@ -137,8 +138,9 @@ __global__ void optforge_lbsgd_s0_rows_f64(int64_t n, int64_t cols, const int64_
 __global__ void optforge_lbsgd_s0_mt_f64(const int64_t* __restrict__ sizes, double* const* tab_cum_grad, double* const* tab_grad, float* const* tab_weight_lp, const double* __restrict__ scalars) {
     const int64_t t = blockIdx.y, n = sizes[t];
     const double* s = scalars + t * 1;
-    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
         optforge_lbsgd_s0_elem<double, double, double, 2>(i, i, tab_cum_grad[t], tab_grad[t], tab_weight_lp[t]);
+    }
 }
 __global__ void optforge_lbsgd_s0_f16(int64_t n, __half* __restrict__ p_cum_grad, const __half* __restrict__ p_grad, float* __restrict__ p_weight_lp) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
@@ -154,8 +156,9 @@ __global__ void optforge_lbsgd_s0_rows_f16(int64_t n, int64_t cols, const int64_
 __global__ void optforge_lbsgd_s0_mt_f16(const int64_t* __restrict__ sizes, __half* const* tab_cum_grad, __half* const* tab_grad, float* const* tab_weight_lp, const double* __restrict__ scalars) {
     const int64_t t = blockIdx.y, n = sizes[t];
     const double* s = scalars + t * 1;
-    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
         optforge_lbsgd_s0_elem<__half, __half, float, 2>(i, i, tab_cum_grad[t], tab_grad[t], tab_weight_lp[t]);
+    }
 }
 __global__ void optforge_lbsgd_s0_mp16(int64_t n, float* __restrict__ p_cum_grad, const __half* __restrict__ p_grad, float* __restrict__ p_weight_lp) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
@@ -171,8 +174,9 @@ __global__ void optforge_lbsgd_s0_rows_mp16(int64_t n, int64_t cols, const int64
 __global__ void optforge_lbsgd_s0_mt_mp16(const int64_t* __restrict__ sizes, float* const* tab_cum_grad, __half* const* tab_grad, float* const* tab_weight_lp, const double* __restrict__ scalars) {
     const int64_t t = blockIdx.y, n = sizes[t];
     const double* s = scalars + t * 1;
-    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
         optforge_lbsgd_s0_elem<float, __half, float, 2>(i, i, tab_cum_grad[t], tab_grad[t], tab_weight_lp[t]);
+    }
 }
 /* also accumulates 1 whole-tensor reduction(s): each thread's partial sums (double) go to
    partials[thread * 1 + k], which the host sums in a fixed order (deterministic, no atomics) */
@@ -193,13 +197,19 @@ __global__ void optforge_lbsgd_s1_rows_f32(int64_t n, int64_t cols, const int64_
         optforge_lbsgd_s1_elem<float, float, float>(rows[j / cols] * cols + j % cols, j, p_weight, p_weight_lp, red0);
 }
 /* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
-   pointers, sizes and 0 scalar(s) per parameter, as Apex's multi_tensor_apply */
-__global__ void optforge_lbsgd_s1_mt_f32(const int64_t* __restrict__ sizes, float* const* tab_weight, float* const* tab_weight_lp, const double* __restrict__ scalars) {
+   pointers, sizes and 0 scalar(s) per parameter, as Apex's multi_tensor_apply;
+   each parameter's threads write their partial sums to partials[(t * stride + thread) * 1 + k] */
+__global__ void optforge_lbsgd_s1_mt_f32(const int64_t* __restrict__ sizes, float* const* tab_weight, float* const* tab_weight_lp, const double* __restrict__ scalars, int64_t stride, double* __restrict__ partials) {
     const int64_t t = blockIdx.y, n = sizes[t];
     const double* s = scalars + t * 1;
-    float red0;   /* never launched for specs with reductions (no multi-tensor updates) */
-    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_lbsgd_s1_elem<float, float, float>(i, i, tab_weight[t], tab_weight_lp[t], red0);
+    double acc0 = 0;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
+        float t0;
+        optforge_lbsgd_s1_elem<float, float, float>(i, i, tab_weight[t], tab_weight_lp[t], t0);
+        acc0 += (double)t0;
+    }
+    const int64_t slot = t * stride + (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    partials[slot * 1 + 0] = acc0;
 }
 /* also accumulates 1 whole-tensor reduction(s): each thread's partial sums (double) go to
    partials[thread * 1 + k], which the host sums in a fixed order (deterministic, no atomics) */
@@ -220,13 +230,19 @@ __global__ void optforge_lbsgd_s1_rows_f64(int64_t n, int64_t cols, const int64_
         optforge_lbsgd_s1_elem<double, double, double>(rows[j / cols] * cols + j % cols, j, p_weight, p_weight_lp, red0);
 }
 /* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
-   pointers, sizes and 0 scalar(s) per parameter, as Apex's multi_tensor_apply */
-__global__ void optforge_lbsgd_s1_mt_f64(const int64_t* __restrict__ sizes, double* const* tab_weight, float* const* tab_weight_lp, const double* __restrict__ scalars) {
+   pointers, sizes and 0 scalar(s) per parameter, as Apex's multi_tensor_apply;
+   each parameter's threads write their partial sums to partials[(t * stride + thread) * 1 + k] */
+__global__ void optforge_lbsgd_s1_mt_f64(const int64_t* __restrict__ sizes, double* const* tab_weight, float* const* tab_weight_lp, const double* __restrict__ scalars, int64_t stride, double* __restrict__ partials) {
     const int64_t t = blockIdx.y, n = sizes[t];
     const double* s = scalars + t * 1;
-    double red0;   /* never launched for specs with reductions (no multi-tensor updates) */
-    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_lbsgd_s1_elem<double, double, double>(i, i, tab_weight[t], tab_weight_lp[t], red0);
+    double acc0 = 0;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
+        double t0;
+        optforge_lbsgd_s1_elem<double, double, double>(i, i, tab_weight[t], tab_weight_lp[t], t0);
+        acc0 += (double)t0;
+    }
+    const int64_t slot = t * stride + (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    partials[slot * 1 + 0] = acc0;
 }
 /* also accumulates 1 whole-tensor reduction(s): each thread's partial sums (double) go to
    partials[thread * 1 + k], which the host sums in a fixed order (deterministic, no atomics) */
@@ -247,13 +263,19 @@ __global__ void optforge_lbsgd_s1_rows_f16(int64_t n, int64_t cols, const int64_
         optforge_lbsgd_s1_elem<__half, __half, float>(rows[j / cols] * cols + j % cols, j, p_weight, p_weight_lp, red0);
 }
 /* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
-   pointers, sizes and 0 scalar(s) per parameter, as Apex's multi_tensor_apply */
-__global__ void optforge_lbsgd_s1_mt_f16(const int64_t* __restrict__ sizes, __half* const* tab_weight, float* const* tab_weight_lp, const double* __restrict__ scalars) {
+   pointers, sizes and 0 scalar(s) per parameter, as Apex's multi_tensor_apply;
+   each parameter's threads write their partial sums to partials[(t * stride + thread) * 1 + k] */
+__global__ void optforge_lbsgd_s1_mt_f16(const int64_t* __restrict__ sizes, __half* const* tab_weight, float* const* tab_weight_lp, const double* __restrict__ scalars, int64_t stride, double* __restrict__ partials) {
     const int64_t t = blockIdx.y, n = sizes[t];
     const double* s = scalars + t * 1;
-    float red0;   /* never launched for specs with reductions (no multi-tensor updates) */
-    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_lbsgd_s1_elem<__half, __half, float>(i, i, tab_weight[t], tab_weight_lp[t], red0);
+    double acc0 = 0;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
+        float t0;
+        optforge_lbsgd_s1_elem<__half, __half, float>(i, i, tab_weight[t], tab_weight_lp[t], t0);
+        acc0 += (double)t0;
+    }
+    const int64_t slot = t * stride + (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    partials[slot * 1 + 0] = acc0;
 }
 /* also accumulates 1 whole-tensor reduction(s): each thread's partial sums (double) go to
    partials[thread * 1 + k], which the host sums in a fixed order (deterministic, no atomics) */
@@ -274,13 +296,19 @@ __global__ void optforge_lbsgd_s1_rows_mp16(int64_t n, int64_t cols, const int64
         optforge_lbsgd_s1_elem<float, __half, float>(rows[j / cols] * cols + j % cols, j, p_weight, p_weight_lp, red0);
 }
 /* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
-   pointers, sizes and 0 scalar(s) per parameter, as Apex's multi_tensor_apply */
-__global__ void optforge_lbsgd_s1_mt_mp16(const int64_t* __restrict__ sizes, float* const* tab_weight, float* const* tab_weight_lp, const double* __restrict__ scalars) {
+   pointers, sizes and 0 scalar(s) per parameter, as Apex's multi_tensor_apply;
+   each parameter's threads write their partial sums to partials[(t * stride + thread) * 1 + k] */
+__global__ void optforge_lbsgd_s1_mt_mp16(const int64_t* __restrict__ sizes, float* const* tab_weight, float* const* tab_weight_lp, const double* __restrict__ scalars, int64_t stride, double* __restrict__ partials) {
     const int64_t t = blockIdx.y, n = sizes[t];
     const double* s = scalars + t * 1;
-    float red0;   /* never launched for specs with reductions (no multi-tensor updates) */
-    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_lbsgd_s1_elem<float, __half, float>(i, i, tab_weight[t], tab_weight_lp[t], red0);
+    double acc0 = 0;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
+        float t0;
+        optforge_lbsgd_s1_elem<float, __half, float>(i, i, tab_weight[t], tab_weight_lp[t], t0);
+        acc0 += (double)t0;
+    }
+    const int64_t slot = t * stride + (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    partials[slot * 1 + 0] = acc0;
 }
 /* also accumulates 1 whole-tensor reduction(s): each thread's partial sums (double) go to
    partials[thread * 1 + k], which the host sums in a fixed order (deterministic, no atomics) */
@@ -301,13 +329,19 @@ __global__ void optforge_lbsgd_s2_rows_f32(int64_t n, int64_t cols, const int64_
         optforge_lbsgd_s2_elem<float, float, float, 2>(rows[j / cols] * cols + j % cols, j, p_cum_grad, p_weight_lp, red0);
 }
 /* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
-   pointers, sizes and 0 scalar(s) per parameter, as Apex's multi_tensor_apply */
-__global__ void optforge_lbsgd_s2_mt_f32(const int64_t* __restrict__ sizes, float* const* tab_cum_grad, float* const* tab_weight_lp, const double* __restrict__ scalars) {
+   pointers, sizes and 0 scalar(s) per parameter, as Apex's multi_tensor_apply;
+   each parameter's threads write their partial sums to partials[(t * stride + thread) * 1 + k] */
+__global__ void optforge_lbsgd_s2_mt_f32(const int64_t* __restrict__ sizes, float* const* tab_cum_grad, float* const* tab_weight_lp, const double* __restrict__ scalars, int64_t stride, double* __restrict__ partials) {
     const int64_t t = blockIdx.y, n = sizes[t];
     const double* s = scalars + t * 1;
-    float red0;   /* never launched for specs with reductions (no multi-tensor updates) */
-    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_lbsgd_s2_elem<float, float, float, 2>(i, i, tab_cum_grad[t], tab_weight_lp[t], red0);
+    double acc0 = 0;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
+        float t0;
+        optforge_lbsgd_s2_elem<float, float, float, 2>(i, i, tab_cum_grad[t], tab_weight_lp[t], t0);
+        acc0 += (double)t0;
+    }
+    const int64_t slot = t * stride + (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    partials[slot * 1 + 0] = acc0;
 }
 /* also accumulates 1 whole-tensor reduction(s): each thread's partial sums (double) go to
    partials[thread * 1 + k], which the host sums in a fixed order (deterministic, no atomics) */
@@ -328,13 +362,19 @@ __global__ void optforge_lbsgd_s2_rows_f64(int64_t n, int64_t cols, const int64_
         optforge_lbsgd_s2_elem<double, double, double, 2>(rows[j / cols] * cols + j % cols, j, p_cum_grad, p_weight_lp, red0);
 }
 /* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
-   pointers, sizes and 0 scalar(s) per parameter, as Apex's multi_tensor_apply */
-__global__ void optforge_lbsgd_s2_mt_f64(const int64_t* __restrict__ sizes, double* const* tab_cum_grad, float* const* tab_weight_lp, const double* __restrict__ scalars) {
+   pointers, sizes and 0 scalar(s) per parameter, as Apex's multi_tensor_apply;
+   each parameter's threads write their partial sums to partials[(t * stride + thread) * 1 + k] */
+__global__ void optforge_lbsgd_s2_mt_f64(const int64_t* __restrict__ sizes, double* const* tab_cum_grad, float* const* tab_weight_lp, const double* __restrict__ scalars, int64_t stride, double* __restrict__ partials) {
     const int64_t t = blockIdx.y, n = sizes[t];
     const double* s = scalars + t * 1;
-    double red0;   /* never launched for specs with reductions (no multi-tensor updates) */
-    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_lbsgd_s2_elem<double, double, double, 2>(i, i, tab_cum_grad[t], tab_weight_lp[t], red0);
+    double acc0 = 0;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
+        double t0;
+        optforge_lbsgd_s2_elem<double, double, double, 2>(i, i, tab_cum_grad[t], tab_weight_lp[t], t0);
+        acc0 += (double)t0;
+    }
+    const int64_t slot = t * stride + (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    partials[slot * 1 + 0] = acc0;
 }
 /* also accumulates 1 whole-tensor reduction(s): each thread's partial sums (double) go to
    partials[thread * 1 + k], which the host sums in a fixed order (deterministic, no atomics) */
@@ -355,13 +395,19 @@ __global__ void optforge_lbsgd_s2_rows_f16(int64_t n, int64_t cols, const int64_
         optforge_lbsgd_s2_elem<__half, __half, float, 2>(rows[j / cols] * cols + j % cols, j, p_cum_grad, p_weight_lp, red0);
 }
 /* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
-   pointers, sizes and 0 scalar(s) per parameter, as Apex's multi_tensor_apply */
-__global__ void optforge_lbsgd_s2_mt_f16(const int64_t* __restrict__ sizes, __half* const* tab_cum_grad, float* const* tab_weight_lp, const double* __restrict__ scalars) {
+   pointers, sizes and 0 scalar(s) per parameter, as Apex's multi_tensor_apply;
+   each parameter's threads write their partial sums to partials[(t * stride + thread) * 1 + k] */
+__global__ void optforge_lbsgd_s2_mt_f16(const int64_t* __restrict__ sizes, __half* const* tab_cum_grad, float* const* tab_weight_lp, const double* __restrict__ scalars, int64_t stride, double* __restrict__ partials) {
     const int64_t t = blockIdx.y, n = sizes[t];
     const double* s = scalars + t * 1;
-    float red0;   /* never launched for specs with reductions (no multi-tensor updates) */
-    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_lbsgd_s2_elem<__half, __half, float, 2>(i, i, tab_cum_grad[t], tab_weight_lp[t], red0);
+    double acc0 = 0;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
+        float t0;
+        optforge_lbsgd_s2_elem<__half, __half, float, 2>(i, i, tab_cum_grad[t], tab_weight_lp[t], t0);
+        acc0 += (double)t0;
+    }
+    const int64_t slot = t * stride + (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    partials[slot * 1 + 0] = acc0;
 }
 /* also accumulates 1 whole-tensor reduction(s): each thread's partial sums (double) go to
    partials[thread * 1 + k], which the host sums in a fixed order (deterministic, no atomics) */
@@ -382,13 +428,19 @@ __global__ void optforge_lbsgd_s2_rows_mp16(int64_t n, int64_t cols, const int64
         optforge_lbsgd_s2_elem<float, __half, float, 2>(rows[j / cols] * cols + j % cols, j, p_cum_grad, p_weight_lp, red0);
 }
 /* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
-   pointers, sizes and 0 scalar(s) per parameter, as Apex's multi_tensor_apply */
-__global__ void optforge_lbsgd_s2_mt_mp16(const int64_t* __restrict__ sizes, float* const* tab_cum_grad, float* const* tab_weight_lp, const double* __restrict__ scalars) {
+   pointers, sizes and 0 scalar(s) per parameter, as Apex's multi_tensor_apply;
+   each parameter's threads write their partial sums to partials[(t * stride + thread) * 1 + k] */
+__global__ void optforge_lbsgd_s2_mt_mp16(const int64_t* __restrict__ sizes, float* const* tab_cum_grad, float* const* tab_weight_lp, const double* __restrict__ scalars, int64_t stride, double* __restrict__ partials) {
     const int64_t t = blockIdx.y, n = sizes[t];
     const double* s = scalars + t * 1;
-    float red0;   /* never launched for specs with reductions (no multi-tensor updates) */
-    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_lbsgd_s2_elem<float, __half, float, 2>(i, i, tab_cum_grad[t], tab_weight_lp[t], red0);
+    double acc0 = 0;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
+        float t0;
+        optforge_lbsgd_s2_elem<float, __half, float, 2>(i, i, tab_cum_grad[t], tab_weight_lp[t], t0);
+        acc0 += (double)t0;
+    }
+    const int64_t slot = t * stride + (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    partials[slot * 1 + 0] = acc0;
 }
 /* also accumulates 1 whole-tensor reduction(s): each thread's partial sums (double) go to
    partials[thread * 1 + k], which the host sums in a fixed order (deterministic, no atomics) */
@@ -409,13 +461,19 @@ __global__ void optforge_lbsgd_s3_rows_f32(int64_t n, int64_t cols, const int64_
         optforge_lbsgd_s3_elem<float, float, float>(rows[j / cols] * cols + j % cols, j, p_grad, p_weight_lp, red0);
 }
 /* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
-   pointers, sizes and 0 scalar(s) per parameter, as Apex's multi_tensor_apply */
-__global__ void optforge_lbsgd_s3_mt_f32(const int64_t* __restrict__ sizes, float* const* tab_grad, float* const* tab_weight_lp, const double* __restrict__ scalars) {
+   pointers, sizes and 0 scalar(s) per parameter, as Apex's multi_tensor_apply;
+   each parameter's threads write their partial sums to partials[(t * stride + thread) * 1 + k] */
+__global__ void optforge_lbsgd_s3_mt_f32(const int64_t* __restrict__ sizes, float* const* tab_grad, float* const* tab_weight_lp, const double* __restrict__ scalars, int64_t stride, double* __restrict__ partials) {
     const int64_t t = blockIdx.y, n = sizes[t];
     const double* s = scalars + t * 1;
-    float red0;   /* never launched for specs with reductions (no multi-tensor updates) */
-    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_lbsgd_s3_elem<float, float, float>(i, i, tab_grad[t], tab_weight_lp[t], red0);
+    double acc0 = 0;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
+        float t0;
+        optforge_lbsgd_s3_elem<float, float, float>(i, i, tab_grad[t], tab_weight_lp[t], t0);
+        acc0 += (double)t0;
+    }
+    const int64_t slot = t * stride + (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    partials[slot * 1 + 0] = acc0;
 }
 /* also accumulates 1 whole-tensor reduction(s): each thread's partial sums (double) go to
    partials[thread * 1 + k], which the host sums in a fixed order (deterministic, no atomics) */
@@ -436,13 +494,19 @@ __global__ void optforge_lbsgd_s3_rows_f64(int64_t n, int64_t cols, const int64_
         optforge_lbsgd_s3_elem<double, double, double>(rows[j / cols] * cols + j % cols, j, p_grad, p_weight_lp, red0);
 }
 /* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
-   pointers, sizes and 0 scalar(s) per parameter, as Apex's multi_tensor_apply */
-__global__ void optforge_lbsgd_s3_mt_f64(const int64_t* __restrict__ sizes, double* const* tab_grad, float* const* tab_weight_lp, const double* __restrict__ scalars) {
+   pointers, sizes and 0 scalar(s) per parameter, as Apex's multi_tensor_apply;
+   each parameter's threads write their partial sums to partials[(t * stride + thread) * 1 + k] */
+__global__ void optforge_lbsgd_s3_mt_f64(const int64_t* __restrict__ sizes, double* const* tab_grad, float* const* tab_weight_lp, const double* __restrict__ scalars, int64_t stride, double* __restrict__ partials) {
     const int64_t t = blockIdx.y, n = sizes[t];
     const double* s = scalars + t * 1;
-    double red0;   /* never launched for specs with reductions (no multi-tensor updates) */
-    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_lbsgd_s3_elem<double, double, double>(i, i, tab_grad[t], tab_weight_lp[t], red0);
+    double acc0 = 0;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
+        double t0;
+        optforge_lbsgd_s3_elem<double, double, double>(i, i, tab_grad[t], tab_weight_lp[t], t0);
+        acc0 += (double)t0;
+    }
+    const int64_t slot = t * stride + (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    partials[slot * 1 + 0] = acc0;
 }
 /* also accumulates 1 whole-tensor reduction(s): each thread's partial sums (double) go to
    partials[thread * 1 + k], which the host sums in a fixed order (deterministic, no atomics) */
@@ -463,13 +527,19 @@ __global__ void optforge_lbsgd_s3_rows_f16(int64_t n, int64_t cols, const int64_
         optforge_lbsgd_s3_elem<__half, __half, float>(rows[j / cols] * cols + j % cols, j, p_grad, p_weight_lp, red0);
 }
 /* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
-   pointers, sizes and 0 scalar(s) per parameter, as Apex's multi_tensor_apply */
-__global__ void optforge_lbsgd_s3_mt_f16(const int64_t* __restrict__ sizes, __half* const* tab_grad, float* const* tab_weight_lp, const double* __restrict__ scalars) {
+   pointers, sizes and 0 scalar(s) per parameter, as Apex's multi_tensor_apply;
+   each parameter's threads write their partial sums to partials[(t * stride + thread) * 1 + k] */
+__global__ void optforge_lbsgd_s3_mt_f16(const int64_t* __restrict__ sizes, __half* const* tab_grad, float* const* tab_weight_lp, const double* __restrict__ scalars, int64_t stride, double* __restrict__ partials) {
     const int64_t t = blockIdx.y, n = sizes[t];
     const double* s = scalars + t * 1;
-    float red0;   /* never launched for specs with reductions (no multi-tensor updates) */
-    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_lbsgd_s3_elem<__half, __half, float>(i, i, tab_grad[t], tab_weight_lp[t], red0);
+    double acc0 = 0;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
+        float t0;
+        optforge_lbsgd_s3_elem<__half, __half, float>(i, i, tab_grad[t], tab_weight_lp[t], t0);
+        acc0 += (double)t0;
+    }
+    const int64_t slot = t * stride + (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    partials[slot * 1 + 0] = acc0;
 }
 /* also accumulates 1 whole-tensor reduction(s): each thread's partial sums (double) go to
    partials[thread * 1 + k], which the host sums in a fixed order (deterministic, no atomics) */
@@ -490,13 +560,19 @@ __global__ void optforge_lbsgd_s3_rows_mp16(int64_t n, int64_t cols, const int64
         optforge_lbsgd_s3_elem<float, __half, float>(rows[j / cols] * cols + j % cols, j, p_grad, p_weight_lp, red0);
 }
 /* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
-   pointers, sizes and 0 scalar(s) per parameter, as Apex's multi_tensor_apply */
-__global__ void optforge_lbsgd_s3_mt_mp16(const int64_t* __restrict__ sizes, __half* const* tab_grad, float* const* tab_weight_lp, const double* __restrict__ scalars) {
+   pointers, sizes and 0 scalar(s) per parameter, as Apex's multi_tensor_apply;
+   each parameter's threads write their partial sums to partials[(t * stride + thread) * 1 + k] */
+__global__ void optforge_lbsgd_s3_mt_mp16(const int64_t* __restrict__ sizes, __half* const* tab_grad, float* const* tab_weight_lp, const double* __restrict__ scalars, int64_t stride, double* __restrict__ partials) {
     const int64_t t = blockIdx.y, n = sizes[t];
     const double* s = scalars + t * 1;
-    float red0;   /* never launched for specs with reductions (no multi-tensor updates) */
-    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_lbsgd_s3_elem<float, __half, float>(i, i, tab_grad[t], tab_weight_lp[t], red0);
+    double acc0 = 0;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
+        float t0;
+        optforge_lbsgd_s3_elem<float, __half, float>(i, i, tab_grad[t], tab_weight_lp[t], t0);
+        acc0 += (double)t0;
+    }
+    const int64_t slot = t * stride + (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    partials[slot * 1 + 0] = acc0;
 }
 __global__ void optforge_lbsgd_s4_f32(int64_t n, float* __restrict__ p_cum_grad, const float* __restrict__ p_grad, float* __restrict__ p_mom, float* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k0, double k_batch_scale, double k_rescale_grad, double k3, double k4, double k_momentum, double k6, double k_lr_t, double k8) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
@@ -512,8 +588,9 @@ __global__ void optforge_lbsgd_s4_rows_f32(int64_t n, int64_t cols, const int64_
 __global__ void optforge_lbsgd_s4_mt_f32(const int64_t* __restrict__ sizes, float* const* tab_cum_grad, float* const* tab_grad, float* const* tab_mom, float* const* tab_weight, float* const* tab_weight_lp, const double* __restrict__ scalars) {
     const int64_t t = blockIdx.y, n = sizes[t];
     const double* s = scalars + t * 9;
-    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
         optforge_lbsgd_s4_elem<float, float, float, 2, 2>(i, i, tab_cum_grad[t], tab_grad[t], tab_mom[t], tab_weight[t], tab_weight_lp[t], (float)s[0], (float)s[1], (float)s[2], (float)s[3], (float)s[4], (float)s[5], (float)s[6], (float)s[7], (float)s[8]);
+    }
 }
 __global__ void optforge_lbsgd_s4_f64(int64_t n, double* __restrict__ p_cum_grad, const double* __restrict__ p_grad, double* __restrict__ p_mom, double* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k0, double k_batch_scale, double k_rescale_grad, double k3, double k4, double k_momentum, double k6, double k_lr_t, double k8) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
@@ -529,8 +606,9 @@ __global__ void optforge_lbsgd_s4_rows_f64(int64_t n, int64_t cols, const int64_
 __global__ void optforge_lbsgd_s4_mt_f64(const int64_t* __restrict__ sizes, double* const* tab_cum_grad, double* const* tab_grad, double* const* tab_mom, double* const* tab_weight, float* const* tab_weight_lp, const double* __restrict__ scalars) {
     const int64_t t = blockIdx.y, n = sizes[t];
     const double* s = scalars + t * 9;
-    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
         optforge_lbsgd_s4_elem<double, double, double, 2, 2>(i, i, tab_cum_grad[t], tab_grad[t], tab_mom[t], tab_weight[t], tab_weight_lp[t], (double)s[0], (double)s[1], (double)s[2], (double)s[3], (double)s[4], (double)s[5], (double)s[6], (double)s[7], (double)s[8]);
+    }
 }
 __global__ void optforge_lbsgd_s4_f16(int64_t n, __half* __restrict__ p_cum_grad, const __half* __restrict__ p_grad, __half* __restrict__ p_mom, __half* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k0, double k_batch_scale, double k_rescale_grad, double k3, double k4, double k_momentum, double k6, double k_lr_t, double k8) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
@@ -546,8 +624,9 @@ __global__ void optforge_lbsgd_s4_rows_f16(int64_t n, int64_t cols, const int64_
 __global__ void optforge_lbsgd_s4_mt_f16(const int64_t* __restrict__ sizes, __half* const* tab_cum_grad, __half* const* tab_grad, __half* const* tab_mom, __half* const* tab_weight, float* const* tab_weight_lp, const double* __restrict__ scalars) {
     const int64_t t = blockIdx.y, n = sizes[t];
     const double* s = scalars + t * 9;
-    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
         optforge_lbsgd_s4_elem<__half, __half, float, 2, 2>(i, i, tab_cum_grad[t], tab_grad[t], tab_mom[t], tab_weight[t], tab_weight_lp[t], (float)s[0], (float)s[1], (float)s[2], (float)s[3], (float)s[4], (float)s[5], (float)s[6], (float)s[7], (float)s[8]);
+    }
 }
 __global__ void optforge_lbsgd_s4_mp16(int64_t n, float* __restrict__ p_cum_grad, const __half* __restrict__ p_grad, float* __restrict__ p_mom, float* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k0, double k_batch_scale, double k_rescale_grad, double k3, double k4, double k_momentum, double k6, double k_lr_t, double k8) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
@@ -563,7 +642,8 @@ __global__ void optforge_lbsgd_s4_rows_mp16(int64_t n, int64_t cols, const int64
 __global__ void optforge_lbsgd_s4_mt_mp16(const int64_t* __restrict__ sizes, float* const* tab_cum_grad, __half* const* tab_grad, float* const* tab_mom, float* const* tab_weight, float* const* tab_weight_lp, const double* __restrict__ scalars) {
     const int64_t t = blockIdx.y, n = sizes[t];
     const double* s = scalars + t * 9;
-    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
         optforge_lbsgd_s4_elem<float, __half, float, 2, 2>(i, i, tab_cum_grad[t], tab_grad[t], tab_mom[t], tab_weight[t], tab_weight_lp[t], (float)s[0], (float)s[1], (float)s[2], (float)s[3], (float)s[4], (float)s[5], (float)s[6], (float)s[7], (float)s[8]);
+    }
 }
 }

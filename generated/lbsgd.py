@@ -105,7 +105,7 @@ class LBSGD(Optimizer):
     global_names = ()
     options = {'unused': ('num_epochs',), 'lr_before_count': True}
     sparse = 'lazy'
-    multi_tensor = False   # list updates on CUDA: one launch per stage for all parameters
+    multi_tensor = True   # list updates on CUDA: one launch per stage for all parameters
 
     def __init__(self, momentum=0.0, multi_precision=False, warmup_strategy='linear', warmup_epochs=5, batch_scale=1, updates_per_epoch=32, begin_epoch=0, num_epochs=60, **kwargs):
         hyper = self._check_hypers({'momentum': momentum, 'warmup_strategy': warmup_strategy, 'warmup_epochs': warmup_epochs, 'batch_scale': batch_scale, 'updates_per_epoch': updates_per_epoch, 'begin_epoch': begin_epoch, 'num_epochs': num_epochs})
@@ -289,7 +289,14 @@ class LBSGD(Optimizer):
 
     def _kernel_staged(self, be, call, weight, grad, tensors, scalars, lr, wd, t, param_name, learning_rate, num_update):
         """The same update for compiled backends: host code around the stage kernels of
-        lbsgd.cpp / lbsgd.cu, launched through `be`."""
+        lbsgd.cpp / lbsgd.cu, launched through `be` (which returns
+        the fused reductions at once)."""
+        ops.drive(self._kernel_phases(be, call, weight, grad, tensors, scalars, lr, wd, t, param_name, learning_rate,
+                                      num_update))
+
+    def _kernel_phases(self, be, call, weight, grad, tensors, scalars, lr, wd, t, param_name, learning_rate, num_update):
+        """`_kernel_staged` as a generator: it yields each launch whose reductions it needs next and
+        resumes with their partial sums (codegen/emit_driver.py)."""
         xp = be.xp
         batch_scale = self.batch_scale
         momentum = self.momentum
@@ -307,13 +314,13 @@ class LBSGD(Optimizer):
         if num_cums % batch_scale == 0:
             nwup = warmup_epochs * updates_per_epoch  # lbsgd.opt:41
             if warmup_strategy == 'lars':
-                _red_s1 = be.launch('optforge_lbsgd_s1', (weight,), (), reduce=1, stores=False)
+                _red_s1 = yield be.launch('optforge_lbsgd_s1', (weight,), (), reduce=1, stores=False)
                 w2 = ops.fused_total(_red_s1[0]) if _red_s1 is not None else ops.total(xp.square(weight))  # lbsgd.opt:43
                 if batch_scale > 1:
-                    _red_s2 = be.launch('optforge_lbsgd_s2', (cum_grad,), (), reduce=1, stores=False)
+                    _red_s2 = yield be.launch('optforge_lbsgd_s2', (cum_grad,), (), reduce=1, stores=False)
                     g2 = (ops.fused_total(_red_s2[0]) if _red_s2 is not None else ops.total(xp.square(cum_grad))) / (batch_scale * batch_scale)  # lbsgd.opt:45
                 else:
-                    _red_s3 = be.launch('optforge_lbsgd_s3', (grad,), (), reduce=1, stores=False)
+                    _red_s3 = yield be.launch('optforge_lbsgd_s3', (grad,), (), reduce=1, stores=False)
                     g2 = ops.fused_total(_red_s3[0]) if _red_s3 is not None else ops.total(xp.square(grad))  # lbsgd.opt:47
                 lbmult = min(max(math.sqrt(w2 / (g2 + wd * w2 + 1e-18)), 0.01), 100)  # lbsgd.opt:49
             elif num_cums >= nwup:

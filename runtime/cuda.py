@@ -18,6 +18,7 @@ _lock = threading.Lock()
 _modules: dict = {}
 THREADS = 256
 REDUCE_BLOCKS = 1024   # stages with fused reductions: a grid about one wave of a large GPU, one partial per thread
+MT_REDUCE_BLOCKS = 32  # the same in a multi-tensor launch, per parameter (all parameters' blocks run together)
 
 
 def is_cupy(x) -> bool:
@@ -147,11 +148,44 @@ def stage_number(fn: str) -> int:
     return int(fn.rsplit("_s", 1)[1])
 
 
+class Pending:
+    """What a deferred launch with fused reductions returns: `value` (the list of sums) is filled in
+    by the flush that runs it."""
+    __slots__ = ("value",)
+
+    def __init__(self):
+        self.value = None
+
+
+def run_lockstep(multi, phases) -> None:
+    """Run the driver generators of a list update's parameters together: each runs up to the launch
+    whose reductions it needs next (recorded on `multi`), then one flush issues every recorded stage
+    (one launch per stage for all parameters, one transfer for their sums) and each driver resumes
+    with its own sums. A final flush issues what the drivers recorded after their last reduction."""
+    waiting = []
+    for gen in phases:
+        try:
+            waiting.append((gen, next(gen)))
+        except StopIteration:
+            pass
+    while waiting:
+        multi.flush()
+        resumed = []
+        for gen, pending in waiting:
+            try:
+                resumed.append((gen, gen.send(pending.value)))
+            except StopIteration:
+                pass
+        waiting = resumed
+    multi.flush()
+
+
 class MultiTensorLaunches:
     """Deferred launches for a list update: each parameter's driver records its stage launches on a
     `param(...)` recorder; `flush()` then issues ONE launch per (stage, variant) for all parameters,
-    through the `_mt` kernels' pointer, size and scalar tables. Only for specs whose per-parameter
-    work never reads tensors back on the host (no reductions): `multi_tensor = True`."""
+    through the `_mt` kernels' pointer, size and scalar tables. Stages with fused reductions return
+    a `Pending` that the flush fills (see `run_lockstep`). Only for specs whose drivers never read
+    tensors on the host (`multi_tensor = True`: every reduction fused)."""
 
     def __init__(self, module, xp=None, launcher=None):
         self.module = module
@@ -175,25 +209,39 @@ class MultiTensorLaunches:
 
     def _launch_gpu(self, name, items):
         """One launch: the size, pointer and scalar tables packed into ONE host buffer and copied
-        to the device in one transfer; the kernel gets views into it."""
+        to the device in one transfer; the kernel gets views into it. A stage with reductions also
+        gets a table of per-thread partial sums, summed per parameter on the device and copied back
+        in one transfer into the parameters' `Pending`s."""
         import cupy
         f = self.module.get_function(name)
         n, ntab = len(items), len(items[0][0])
         width = max(1, len(items[0][1]))
         host = np.zeros((2 + ntab) * n + width * n, dtype=np.uint64)
-        sizes = [next(a.size for a in arrays if a is not None) for arrays, _, _ in items]
+        sizes = [next(a.size for a in arrays if a is not None) for arrays, _, _, _ in items]
         host[:n] = sizes
         for k in range(ntab):
             host[(1 + k) * n:(2 + k) * n] = [arrays[k].data.ptr if arrays[k] is not None else 0
-                                             for arrays, _, _ in items]
-        host[(1 + ntab) * n:(2 + ntab) * n] = [w.data.ptr if w is not None else 0 for _, _, w in items]
+                                             for arrays, _, _, _ in items]
+        host[(1 + ntab) * n:(2 + ntab) * n] = [w.data.ptr if w is not None else 0 for _, _, w, _ in items]
         scalars = host[(2 + ntab) * n:].view(np.float64).reshape(n, width)
-        for row, (_, s, _) in zip(scalars, items):
+        for row, (_, s, _, _) in zip(scalars, items):
             row[:len(s)] = s
         dev = cupy.asarray(host)
         tables = [dev[k * n:(k + 1) * n] for k in range(2 + ntab)]
-        blocks = max(1, min((max(sizes) + THREADS - 1) // THREADS, 1024))   # sizes known on the host
-        f((blocks, n), (THREADS,), (tables[0].view(np.int64), *tables[1:], dev[(2 + ntab) * n:].view(np.float64)))
+        args = (tables[0].view(np.int64), *tables[1:], dev[(2 + ntab) * n:].view(np.float64))
+        reduce = items[0][3][0] if items[0][3] is not None else 0
+        if not reduce:
+            blocks = max(1, min((max(sizes) + THREADS - 1) // THREADS, 1024))   # sizes known on the host
+            f((blocks, n), (THREADS,), args)
+            return
+        # fewer blocks per parameter: the partial-sum table holds one entry per thread and parameter
+        blocks = max(1, min((max(sizes) + THREADS - 1) // THREADS, MT_REDUCE_BLOCKS))
+        stride = blocks * THREADS
+        partials = cupy.zeros(n * stride * reduce, dtype=np.float64)
+        f((blocks, n), (THREADS,), (*args, np.int64(stride), partials))
+        sums = cupy.asnumpy(partials.reshape(n, stride, reduce).sum(axis=1))
+        for (_, _, _, (_, pending)), row in zip(items, sums):
+            pending.value = [float(x) for x in row]
 
 
 class _Recorder:
@@ -210,6 +258,8 @@ class _Recorder:
         return float(rng.integers(0, 2 ** 53))
 
     def launch(self, fn: str, arrays, scalars, reduce: int = 0, stores: bool = True):
-        if reduce:   # multi_tensor is False for specs with reductions: their values are needed at once
-            raise RuntimeError(f"{fn}: a stage with reductions cannot be deferred to a multi-tensor launch")
-        self.owner.pending.setdefault((fn, self.suffix), []).append((tuple(arrays), tuple(scalars), self.weight_lp))
+        """Record a launch; with reductions, return the `Pending` the flush fills with their sums."""
+        pending = Pending() if reduce else None
+        self.owner.pending.setdefault((fn, self.suffix), []).append(
+            (tuple(arrays), tuple(scalars), self.weight_lp, (reduce, pending) if reduce else None))
+        return pending

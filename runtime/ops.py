@@ -96,6 +96,17 @@ def norm(x) -> float:
     return math.sqrt(_reduced(sum_squares(x)))
 
 
+def drive(phases) -> None:
+    """Run a generated driver generator (`_kernel_phases`) to its end, sending each yielded launch
+    result (partial sums, or None) straight back: the backend answered at once."""
+    try:
+        value = next(phases)
+        while True:
+            value = phases.send(value)
+    except StopIteration:
+        return None
+
+
 def fused_norm(sum_of_squares: float) -> float:
     """The norm from a sum of squares a compiled stage accumulated (after the reduce hook)."""
     return math.sqrt(_reduced(float(sum_of_squares)))

@@ -414,16 +414,19 @@ class Optimizer:
             multi = cuda.MultiTensorLaunches(cuda.module_for(type(self), weights[0].device.id))
         self._call_backend = self.backend   # chosen once per call, not once per parameter
         try:
+            phases = []   # CUDA list update of a spec with fused reductions: the drivers run in lockstep
             with np.errstate(all="ignore"):
                 for i, w, g, s, lr, wd, base in zip(indices, weights, grads, states, lrs, wds, bases):
                     name = self.idx2name.get(i, str(i))
                     t = self._index_update_count[i]
                     if multi is not None:
-                        self._step_cuda(w, g, s, call, lr, wd, t, name, base, num_update, multi)
+                        gen = self._step_cuda(w, g, s, call, lr, wd, t, name, base, num_update, multi)
+                        if gen is not None:
+                            phases.append(gen)
                     else:
                         self._step_one(w, g, s, call, lr, wd, t, name, base, num_update)
             if multi is not None:
-                multi.flush()
+                cuda.run_lockstep(multi, phases)
         finally:
             self._call_backend = None
 
@@ -475,10 +478,16 @@ class Optimizer:
         weight in the same pass."""
         module = cuda.module_for(type(self), weight.device.id)
         if multi is not None:
+            # recorded for a multi-tensor launch; a driver with fused reductions comes back as a generator
+            # (cuda.run_lockstep runs it), any other has recorded all its launches
             target = state.master if state.master is not None else weight
             be = multi.param(target, grad, weight_lp=weight if state.master is not None else None)
-            self._kernel_staged(be, call, target, grad, state.tensors, state.scalars, lr, wd, t, name, base_lr,
-                                num_update)
+            args = (be, call, target, grad, state.tensors, state.scalars, lr, wd, t, name, base_lr, num_update)
+            phases = getattr(self, "_kernel_phases", None)
+            if phases is not None:
+                return phases(*args)
+            self._kernel_staged(*args)
+            return None
         elif state.master is not None:
             be = cuda.CudaBackend(module, state.master, grad, weight_lp=weight)
             self._kernel_staged(be, call, state.master, grad, state.tensors, state.scalars, lr, wd, t, name,

@@ -287,18 +287,24 @@ def host_multi_launcher(lib):
     def launch(name, items):
         f = getattr(lib, name)
         f.restype = None
-        sizes = np.array([next(a.size for a in arrays if a is not None) for arrays, _, _ in items], dtype=np.int64)
-        tables = [np.array([arrays[k].ctypes.data if arrays[k] is not None else 0 for arrays, _, _ in items],
+        sizes = np.array([next(a.size for a in arrays if a is not None) for arrays, _, _, _ in items], dtype=np.int64)
+        tables = [np.array([arrays[k].ctypes.data if arrays[k] is not None else 0 for arrays, _, _, _ in items],
                            dtype=np.uint64)
                   for k in range(len(items[0][0]))]
-        lp = np.array([w.ctypes.data if w is not None else 0 for _, _, w in items], dtype=np.uint64)
+        lp = np.array([w.ctypes.data if w is not None else 0 for _, _, w, _ in items], dtype=np.uint64)
         width = max(1, len(items[0][1]))
-        scalars = np.array([list(s) + [0.0] * (width - len(s)) for _, s, _ in items], dtype=np.float64)
+        scalars = np.array([list(s) + [0.0] * (width - len(s)) for _, s, _, _ in items], dtype=np.float64)
+        reduce = items[0][3][0] if items[0][3] is not None else 0
+        partials = np.zeros((len(items), max(reduce, 1)), np.float64)   # one host thread per parameter: stride 1
         for t in range(len(items)):
             block.y = t
             f(ctypes.c_void_p(sizes.ctypes.data), *[ctypes.c_void_p(tb.ctypes.data) for tb in tables],
-              ctypes.c_void_p(lp.ctypes.data), ctypes.c_void_p(scalars.ctypes.data))
+              ctypes.c_void_p(lp.ctypes.data), ctypes.c_void_p(scalars.ctypes.data),
+              *([ctypes.c_int64(1), ctypes.c_void_p(partials.ctypes.data)] if reduce else []))
         block.y = 0
+        for (_, _, _, red), row in zip(items, partials):
+            if red is not None:
+                red[1].value = row.tolist()
         count.append(name)
     return launch, count
 
@@ -328,12 +334,18 @@ def test_multi_tensor_kernels_on_host_match_numpy(name, tmp_path_factory):
     multi = ofcuda.MultiTensorLaunches(None, xp=np, launcher=launcher)
     opt._update_count(list(range(200)))
     call = opt._prologue(opt.learning_rate, opt.num_update)
+    phases = []   # specs with fused reductions: the drivers run in lockstep (cuda.run_lockstep)
     for i, (w, g, s) in enumerate(zip(wm, grads, sm)):
         target = s.master if s.master is not None else w
         be = multi.param(target, g, weight_lp=w if s.master is not None else None)
-        opt._kernel_staged(be, call, target, g, s.tensors, s.scalars, 0.05, opt.wd, opt._index_update_count[i],
-                           str(i), 0.05, opt.num_update)
-    assert multi.flush() == len(launches) == len(set(launches))   # one launch per (stage, variant)
+        args = (be, call, target, g, s.tensors, s.scalars, 0.05, opt.wd, opt._index_update_count[i], str(i), 0.05,
+                opt.num_update)
+        if hasattr(opt, "_kernel_phases"):
+            phases.append(opt._kernel_phases(*args))
+        else:
+            opt._kernel_staged(*args)
+    ofcuda.run_lockstep(multi, phases)
+    assert launches and len(launches) == len(set(launches))   # one launch per (stage, variant)
     assert {n.rsplit("_", 1)[1] for n in launches} == {"f32", "mp16"}
     for a, b in zip(wm, wr):
         np.testing.assert_allclose(a.astype(np.float64), b.astype(np.float64), rtol=2e-3, atol=2e-3)

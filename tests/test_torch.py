@@ -8,7 +8,6 @@ parameters sharded over 2 processes (gloo on loopback), take the same LAMB/LARS 
 import copy
 import io
 import json
-import os
 import subprocess
 import sys
 import time

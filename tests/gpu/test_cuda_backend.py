@@ -104,7 +104,7 @@ def test_cuda_matches_numpy(name, variant, mode, kernel_launches):
     assert kernel_launches, "no CUDA kernel ran"
     if mode == "list" and optforge.create(name).multi_tensor:
         assert set(kernel_launches) == {"MultiTensorLaunches._launch_gpu"}
-    if name in ("lamb", "lars") and mode != "sparse":   # their norms come from the stages' partial sums
+    if name in ("lamb", "lars") and mode == "single":   # their norms come from the stages' partial sums
         assert "CudaBackend.launch.fused" in kernel_launches
     tol = {"f64": 1e-10, "f32": 2e-5}.get(variant, 3e-3)
     for k, (a, b) in enumerate(zip(got, want)):
@@ -113,15 +113,24 @@ def test_cuda_matches_numpy(name, variant, mode, kernel_launches):
                                    err_msg=f"{name} {variant} {mode} parameter {k}")
 
 
-def test_list_update_launches_once_per_stage_for_all_parameters(monkeypatch):
+@pytest.mark.parametrize("name,stages", [("adam", 1), ("lamb", 2), ("lars", 2)])
+def test_list_update_launches_once_per_stage_for_all_parameters(monkeypatch, name, stages):
+    """Also for specs with reductions: every parameter's driver runs up to its norms, one launch per
+    stage covers all parameters and all their sums come back in one transfer (cuda.run_lockstep)."""
     launches = []
     flush = cuda.MultiTensorLaunches.flush
     monkeypatch.setattr(cuda.MultiTensorLaunches, "flush", lambda self: launches.append(flush(self)) or launches[-1])
-    opt = optforge.create("adam", learning_rate=0.01)
-    ws = [cupy.random.standard_normal(64, dtype=cupy.float32) for _ in range(50)]
-    states = [opt.create_state(i, w) for i, w in enumerate(ws)]
-    opt.update(list(range(50)), ws, [cupy.random.standard_normal(64, dtype=cupy.float32) for _ in ws], states)
-    assert launches == [1]
+    opt = optforge.create(name, learning_rate=0.01, wd=0.01, **CONFIGS[name])
+    ws = [cupy.random.standard_normal(64 + 5 * k, dtype=cupy.float32) for k in range(12)]
+    gs = [cupy.random.standard_normal(w.size, dtype=cupy.float32) for w in ws]
+    want = [cupy.asnumpy(w) for w in ws]
+    ref = optforge.create(name, learning_rate=0.01, wd=0.01, **CONFIGS[name])
+    ref.backend = "numpy"
+    ref.update(list(range(12)), want, [cupy.asnumpy(g) for g in gs], [ref.create_state(i, w) for i, w in enumerate(want)])
+    opt.update(list(range(12)), ws, gs, [opt.create_state(i, w) for i, w in enumerate(ws)])
+    assert sum(launches) == stages, launches
+    for a, b in zip(ws, want):
+        np.testing.assert_allclose(cupy.asnumpy(a), b, rtol=2e-5, atol=2e-6)
 
 
 def test_sgld_noise_is_seeded_and_normal():
