@@ -26,6 +26,19 @@ PREC = {Op.OR: 1, Op.AND: 2, Op.EQ: 3, Op.NE: 3, Op.LT: 4, Op.LE: 4, Op.GT: 4, O
 ATOM = 9
 
 
+MAX_BRANCH_FLAGS = 2
+
+
+def _inline_conditions(stmts):
+    """The conditions of the `if`s inside a stage, outermost first."""
+    for s in stmts:
+        if not isinstance(s, Assign):
+            for cond, body in s.branches:
+                yield cond
+                yield from _inline_conditions(body)
+            yield from _inline_conditions(s.orelse)
+
+
 class CStyleEmitter:
     """Renders stage element functions; subclasses set the tables."""
     target = "c"
@@ -170,11 +183,20 @@ class CStyleEmitter:
             cast = "T" if name == "weight" or name in states else "C"
             line = f"p_{name}[{index(name)}] = ({cast})({name});"
             stores.append(f"if {present[name]} {line}" if name in present else line)
+        # an `if` inside the stage on a host value (RMSProp's `centered`, SGD's `momentum != 0`) is template
+        # parameter B<k> too: 1 true, 0 false, 2 tested at run time; the CPU loops are specialised per
+        # case so that no lane computes both branches (at most MAX_BRANCH_FLAGS such conditions)
+        branch = []
+        for cond in _inline_conditions(st.stmts):
+            if cond.kind is not Kind.TENSOR and not _in_kernel(cond) and cond in names \
+                    and names[cond] not in branch and len(branch) < MAX_BRANCH_FLAGS:
+                branch.append(names[cond])
         cases = []
-        for flags in itertools.product((1, 0), repeat=len(optional)):
-            test = " && ".join(f"p_{n}" if f else f"!p_{n}" for n, f in zip(optional, flags)) or "true"
-            cases.append((test, "".join(f", {f}" for f in flags)))
-        body = self._body(st.stmts, names, 0)
+        for flags in itertools.product((1, 0), repeat=len(optional) + len(branch)):
+            tests = [f"p_{n}" if f else f"!p_{n}" for n, f in zip(optional, flags)]
+            tests += [f"{n} != 0" if f else f"{n} == 0" for n, f in zip(branch, flags[len(optional):])]
+            cases.append((" && ".join(tests) or "true", "".join(f", {f}" for f in flags)))
+        body = self._body(st.stmts, names, 0, {n: k for k, n in enumerate(branch)})
         nred = len(st.reductions)
         return {"name": st.name, "nred": nred, "reduce": reduce_lines,
                 "red_params": "".join(f", C& red{k}" for k in range(nred)),
@@ -183,13 +205,15 @@ class CStyleEmitter:
                 "red_squares": [op is Op.NORM for op, _ in st.reductions], "red_direct": direct,
                 "elem_pass": bool(st.stmts) or None in direct, "fn": f"optforge_{self.spec.module_name}_{st.name}", "pointers": pointers,
                 "loads": loads, "declare": list(dict.fromkeys(declare)), "body": body, "stores": stores,
-                "hparams": "".join(f", int H{k}" for k in range(len(optional))),
-                "runtime_h": "".join(", 2" for _ in optional), "cases": cases,
+                "hparams": "".join(f", int H{k}" for k in range(len(optional))) +
+                           "".join(f", int B{k}" for k in range(len(branch))),
+                "runtime_h": "".join(", 2" for _ in optional + branch), "cases": cases,
                 "writes_weight": "weight" in writes,
                 "scalars": [(n, "double" if n == "k_seed" else "C") for n, _ in scalars], "scalar_exprs": scalars}
 
-    def _body(self, stmts, names, depth) -> list[str]:
+    def _body(self, stmts, names, depth, branch=None) -> list[str]:
         pad = "    " * depth
+        branch = branch or {}
         out = []
         for s in stmts:
             if isinstance(s, Assign):
@@ -199,11 +223,15 @@ class CStyleEmitter:
                 out.append(f"{pad}{s.target} = {value};  // {self.file}:{s.line}")
             else:
                 for k, (cond, body) in enumerate(s.branches):
-                    out.append(f"{pad}{'if' if k == 0 else '} else if'} ({self.expr(cond, names)}) {{")
-                    out += self._body(body, names, depth + 1)
+                    test = self.expr(cond, names)
+                    if test in branch:
+                        b = branch[test]
+                        test = f"B{b} == 1 || (B{b} == 2 && {test})"
+                    out.append(f"{pad}{'if' if k == 0 else '} else if'} ({test}) {{")
+                    out += self._body(body, names, depth + 1, branch)
                 if s.orelse:
                     out.append(f"{pad}}} else {{")
-                    out += self._body(s.orelse, names, depth + 1)
+                    out += self._body(s.orelse, names, depth + 1, branch)
                 out.append(f"{pad}}}")
         return out
 

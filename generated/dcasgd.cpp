@@ -45,7 +45,7 @@ template <typename C> inline void store_low(float* p, int64_t i, C v) { p[i] = (
 
 /* stage s0: element i of the weight and states, element gi of the gradient and scratch
    (the same element for a dense update; for a row-sparse one, gi walks the gradient's rows) */
-template <typename T, typename G, typename C, int H0>
+template <typename T, typename G, typename C, int H0, int B0>
 OPTFORGE_HD void optforge_dcasgd_s0_elem(int64_t i, int64_t gi, const G* __restrict__ p_grad, T* __restrict__ p_weight, T* __restrict__ p_prev_weight, T* __restrict__ p_mom, float* __restrict__ p_weight_lp, const C k_rescale_grad, const C k1, const C k2, const C k_wd, const C k_lamda, const C k5, const C k_momentum) {
     C grad = C(p_grad[gi]);
     C weight = C(p_weight[i]);
@@ -54,7 +54,7 @@ OPTFORGE_HD void optforge_dcasgd_s0_elem(int64_t i, int64_t gi, const G* __restr
     C g, step;
     g = op_clip(k_rescale_grad * grad, k1);  // dcasgd.opt:24
     step = k2 * (g + k_wd * weight + k_lamda * g * g * (weight - prev_weight));  // dcasgd.opt:25
-    if (k5) {
+    if (B0 == 1 || (B0 == 2 && k5)) {
         mom = k_momentum * mom + step;  // dcasgd.opt:27
         step = mom;  // dcasgd.opt:28
     }
@@ -68,14 +68,22 @@ OPTFORGE_HD void optforge_dcasgd_s0_elem(int64_t i, int64_t gi, const G* __restr
 
 extern "C" {
 void optforge_dcasgd_s0_f32(int64_t n, const float* __restrict__ p_grad, float* __restrict__ p_weight, float* __restrict__ p_prev_weight, float* __restrict__ p_mom, double k_rescale_grad, double k1, double k2, double k_wd, double k_lamda, double k5, double k_momentum) {
-    if (p_mom) {
+    if (p_mom && k5 != 0) {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
         for (int64_t i = 0; i < n; ++i)
-            optforge_dcasgd_s0_elem<float, float, float, 1>(i, i, p_grad, p_weight, p_prev_weight, p_mom, nullptr, (float)k_rescale_grad, (float)k1, (float)k2, (float)k_wd, (float)k_lamda, (float)k5, (float)k_momentum);
-    } else if (!p_mom) {
+            optforge_dcasgd_s0_elem<float, float, float, 1, 1>(i, i, p_grad, p_weight, p_prev_weight, p_mom, nullptr, (float)k_rescale_grad, (float)k1, (float)k2, (float)k_wd, (float)k_lamda, (float)k5, (float)k_momentum);
+    } else if (p_mom && k5 == 0) {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
         for (int64_t i = 0; i < n; ++i)
-            optforge_dcasgd_s0_elem<float, float, float, 0>(i, i, p_grad, p_weight, p_prev_weight, p_mom, nullptr, (float)k_rescale_grad, (float)k1, (float)k2, (float)k_wd, (float)k_lamda, (float)k5, (float)k_momentum);
+            optforge_dcasgd_s0_elem<float, float, float, 1, 0>(i, i, p_grad, p_weight, p_prev_weight, p_mom, nullptr, (float)k_rescale_grad, (float)k1, (float)k2, (float)k_wd, (float)k_lamda, (float)k5, (float)k_momentum);
+    } else if (!p_mom && k5 != 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_dcasgd_s0_elem<float, float, float, 0, 1>(i, i, p_grad, p_weight, p_prev_weight, p_mom, nullptr, (float)k_rescale_grad, (float)k1, (float)k2, (float)k_wd, (float)k_lamda, (float)k5, (float)k_momentum);
+    } else if (!p_mom && k5 == 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_dcasgd_s0_elem<float, float, float, 0, 0>(i, i, p_grad, p_weight, p_prev_weight, p_mom, nullptr, (float)k_rescale_grad, (float)k1, (float)k2, (float)k_wd, (float)k_lamda, (float)k5, (float)k_momentum);
     }
 }
 /* row-sparse: n = rows x cols gradient elements; gradient row r updates row rows[r] */
@@ -87,19 +95,27 @@ void optforge_dcasgd_s0_rows_f32(int64_t n, int64_t cols, const int64_t* __restr
         const int64_t base = rows[r] * cols, gbase = r * cols;
         #pragma omp simd
         for (int64_t c = 0; c < cols; ++c) {
-            optforge_dcasgd_s0_elem<float, float, float, 2>(base + c, gbase + c, p_grad, p_weight, p_prev_weight, p_mom, nullptr, (float)k_rescale_grad, (float)k1, (float)k2, (float)k_wd, (float)k_lamda, (float)k5, (float)k_momentum);
+            optforge_dcasgd_s0_elem<float, float, float, 2, 2>(base + c, gbase + c, p_grad, p_weight, p_prev_weight, p_mom, nullptr, (float)k_rescale_grad, (float)k1, (float)k2, (float)k_wd, (float)k_lamda, (float)k5, (float)k_momentum);
         }
     }
 }
 void optforge_dcasgd_s0_f64(int64_t n, const double* __restrict__ p_grad, double* __restrict__ p_weight, double* __restrict__ p_prev_weight, double* __restrict__ p_mom, double k_rescale_grad, double k1, double k2, double k_wd, double k_lamda, double k5, double k_momentum) {
-    if (p_mom) {
+    if (p_mom && k5 != 0) {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
         for (int64_t i = 0; i < n; ++i)
-            optforge_dcasgd_s0_elem<double, double, double, 1>(i, i, p_grad, p_weight, p_prev_weight, p_mom, nullptr, (double)k_rescale_grad, (double)k1, (double)k2, (double)k_wd, (double)k_lamda, (double)k5, (double)k_momentum);
-    } else if (!p_mom) {
+            optforge_dcasgd_s0_elem<double, double, double, 1, 1>(i, i, p_grad, p_weight, p_prev_weight, p_mom, nullptr, (double)k_rescale_grad, (double)k1, (double)k2, (double)k_wd, (double)k_lamda, (double)k5, (double)k_momentum);
+    } else if (p_mom && k5 == 0) {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
         for (int64_t i = 0; i < n; ++i)
-            optforge_dcasgd_s0_elem<double, double, double, 0>(i, i, p_grad, p_weight, p_prev_weight, p_mom, nullptr, (double)k_rescale_grad, (double)k1, (double)k2, (double)k_wd, (double)k_lamda, (double)k5, (double)k_momentum);
+            optforge_dcasgd_s0_elem<double, double, double, 1, 0>(i, i, p_grad, p_weight, p_prev_weight, p_mom, nullptr, (double)k_rescale_grad, (double)k1, (double)k2, (double)k_wd, (double)k_lamda, (double)k5, (double)k_momentum);
+    } else if (!p_mom && k5 != 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_dcasgd_s0_elem<double, double, double, 0, 1>(i, i, p_grad, p_weight, p_prev_weight, p_mom, nullptr, (double)k_rescale_grad, (double)k1, (double)k2, (double)k_wd, (double)k_lamda, (double)k5, (double)k_momentum);
+    } else if (!p_mom && k5 == 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_dcasgd_s0_elem<double, double, double, 0, 0>(i, i, p_grad, p_weight, p_prev_weight, p_mom, nullptr, (double)k_rescale_grad, (double)k1, (double)k2, (double)k_wd, (double)k_lamda, (double)k5, (double)k_momentum);
     }
 }
 /* row-sparse: n = rows x cols gradient elements; gradient row r updates row rows[r] */
@@ -111,7 +127,7 @@ void optforge_dcasgd_s0_rows_f64(int64_t n, int64_t cols, const int64_t* __restr
         const int64_t base = rows[r] * cols, gbase = r * cols;
         #pragma omp simd
         for (int64_t c = 0; c < cols; ++c) {
-            optforge_dcasgd_s0_elem<double, double, double, 2>(base + c, gbase + c, p_grad, p_weight, p_prev_weight, p_mom, nullptr, (double)k_rescale_grad, (double)k1, (double)k2, (double)k_wd, (double)k_lamda, (double)k5, (double)k_momentum);
+            optforge_dcasgd_s0_elem<double, double, double, 2, 2>(base + c, gbase + c, p_grad, p_weight, p_prev_weight, p_mom, nullptr, (double)k_rescale_grad, (double)k1, (double)k2, (double)k_wd, (double)k_lamda, (double)k5, (double)k_momentum);
         }
     }
 }

@@ -47,7 +47,7 @@ template <typename C> OPTFORGE_HD void store_low(float* p, int64_t i, C v) {
 
 /* stage s0: element i of the weight and states, element gi of the gradient and scratch
    (the same element for a dense update; for a row-sparse one, gi walks the gradient's rows) */
-template <typename T, typename G, typename C, int H0>
+template <typename T, typename G, typename C, int H0, int B0>
 OPTFORGE_HD void optforge_dcasgd_s0_elem(int64_t i, int64_t gi, const G* __restrict__ p_grad, T* __restrict__ p_weight, T* __restrict__ p_prev_weight, T* __restrict__ p_mom, float* __restrict__ p_weight_lp, const C k_rescale_grad, const C k1, const C k2, const C k_wd, const C k_lamda, const C k5, const C k_momentum) {
     C grad = C(p_grad[gi]);
     C weight = C(p_weight[i]);
@@ -56,7 +56,7 @@ OPTFORGE_HD void optforge_dcasgd_s0_elem(int64_t i, int64_t gi, const G* __restr
     C g, step;
     g = op_clip(k_rescale_grad * grad, k1);  // dcasgd.opt:24
     step = k2 * (g + k_wd * weight + k_lamda * g * g * (weight - prev_weight));  // dcasgd.opt:25
-    if (k5) {
+    if (B0 == 1 || (B0 == 2 && k5)) {
         mom = k_momentum * mom + step;  // dcasgd.opt:27
         step = mom;  // dcasgd.opt:28
     }
@@ -71,12 +71,12 @@ OPTFORGE_HD void optforge_dcasgd_s0_elem(int64_t i, int64_t gi, const G* __restr
 extern "C" {
 __global__ void optforge_dcasgd_s0_f32(int64_t n, const float* __restrict__ p_grad, float* __restrict__ p_weight, float* __restrict__ p_prev_weight, float* __restrict__ p_mom, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k2, double k_wd, double k_lamda, double k5, double k_momentum) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_dcasgd_s0_elem<float, float, float, 2>(i, i, p_grad, p_weight, p_prev_weight, p_mom, p_weight_lp, (float)k_rescale_grad, (float)k1, (float)k2, (float)k_wd, (float)k_lamda, (float)k5, (float)k_momentum);
+        optforge_dcasgd_s0_elem<float, float, float, 2, 2>(i, i, p_grad, p_weight, p_prev_weight, p_mom, p_weight_lp, (float)k_rescale_grad, (float)k1, (float)k2, (float)k_wd, (float)k_lamda, (float)k5, (float)k_momentum);
 }
 /* row-sparse, parallel over gradient elements (not rows): element j updates row rows[j / cols] */
 __global__ void optforge_dcasgd_s0_rows_f32(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const float* __restrict__ p_grad, float* __restrict__ p_weight, float* __restrict__ p_prev_weight, float* __restrict__ p_mom, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k2, double k_wd, double k_lamda, double k5, double k_momentum) {
     for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
-        optforge_dcasgd_s0_elem<float, float, float, 2>(rows[j / cols] * cols + j % cols, j, p_grad, p_weight, p_prev_weight, p_mom, p_weight_lp, (float)k_rescale_grad, (float)k1, (float)k2, (float)k_wd, (float)k_lamda, (float)k5, (float)k_momentum);
+        optforge_dcasgd_s0_elem<float, float, float, 2, 2>(rows[j / cols] * cols + j % cols, j, p_grad, p_weight, p_prev_weight, p_mom, p_weight_lp, (float)k_rescale_grad, (float)k1, (float)k2, (float)k_wd, (float)k_lamda, (float)k5, (float)k_momentum);
 }
 /* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
    pointers, sizes and 7 scalar(s) per parameter, as Apex's multi_tensor_apply */
@@ -84,17 +84,17 @@ __global__ void optforge_dcasgd_s0_mt_f32(const int64_t* __restrict__ sizes, flo
     const int64_t t = blockIdx.y, n = sizes[t];
     const double* s = scalars + t * 7;
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
-        optforge_dcasgd_s0_elem<float, float, float, 2>(i, i, tab_grad[t], tab_weight[t], tab_prev_weight[t], tab_mom[t], tab_weight_lp[t], (float)s[0], (float)s[1], (float)s[2], (float)s[3], (float)s[4], (float)s[5], (float)s[6]);
+        optforge_dcasgd_s0_elem<float, float, float, 2, 2>(i, i, tab_grad[t], tab_weight[t], tab_prev_weight[t], tab_mom[t], tab_weight_lp[t], (float)s[0], (float)s[1], (float)s[2], (float)s[3], (float)s[4], (float)s[5], (float)s[6]);
     }
 }
 __global__ void optforge_dcasgd_s0_f64(int64_t n, const double* __restrict__ p_grad, double* __restrict__ p_weight, double* __restrict__ p_prev_weight, double* __restrict__ p_mom, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k2, double k_wd, double k_lamda, double k5, double k_momentum) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_dcasgd_s0_elem<double, double, double, 2>(i, i, p_grad, p_weight, p_prev_weight, p_mom, p_weight_lp, (double)k_rescale_grad, (double)k1, (double)k2, (double)k_wd, (double)k_lamda, (double)k5, (double)k_momentum);
+        optforge_dcasgd_s0_elem<double, double, double, 2, 2>(i, i, p_grad, p_weight, p_prev_weight, p_mom, p_weight_lp, (double)k_rescale_grad, (double)k1, (double)k2, (double)k_wd, (double)k_lamda, (double)k5, (double)k_momentum);
 }
 /* row-sparse, parallel over gradient elements (not rows): element j updates row rows[j / cols] */
 __global__ void optforge_dcasgd_s0_rows_f64(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const double* __restrict__ p_grad, double* __restrict__ p_weight, double* __restrict__ p_prev_weight, double* __restrict__ p_mom, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k2, double k_wd, double k_lamda, double k5, double k_momentum) {
     for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
-        optforge_dcasgd_s0_elem<double, double, double, 2>(rows[j / cols] * cols + j % cols, j, p_grad, p_weight, p_prev_weight, p_mom, p_weight_lp, (double)k_rescale_grad, (double)k1, (double)k2, (double)k_wd, (double)k_lamda, (double)k5, (double)k_momentum);
+        optforge_dcasgd_s0_elem<double, double, double, 2, 2>(rows[j / cols] * cols + j % cols, j, p_grad, p_weight, p_prev_weight, p_mom, p_weight_lp, (double)k_rescale_grad, (double)k1, (double)k2, (double)k_wd, (double)k_lamda, (double)k5, (double)k_momentum);
 }
 /* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
    pointers, sizes and 7 scalar(s) per parameter, as Apex's multi_tensor_apply */
@@ -102,17 +102,17 @@ __global__ void optforge_dcasgd_s0_mt_f64(const int64_t* __restrict__ sizes, dou
     const int64_t t = blockIdx.y, n = sizes[t];
     const double* s = scalars + t * 7;
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
-        optforge_dcasgd_s0_elem<double, double, double, 2>(i, i, tab_grad[t], tab_weight[t], tab_prev_weight[t], tab_mom[t], tab_weight_lp[t], (double)s[0], (double)s[1], (double)s[2], (double)s[3], (double)s[4], (double)s[5], (double)s[6]);
+        optforge_dcasgd_s0_elem<double, double, double, 2, 2>(i, i, tab_grad[t], tab_weight[t], tab_prev_weight[t], tab_mom[t], tab_weight_lp[t], (double)s[0], (double)s[1], (double)s[2], (double)s[3], (double)s[4], (double)s[5], (double)s[6]);
     }
 }
 __global__ void optforge_dcasgd_s0_f16(int64_t n, const __half* __restrict__ p_grad, __half* __restrict__ p_weight, __half* __restrict__ p_prev_weight, __half* __restrict__ p_mom, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k2, double k_wd, double k_lamda, double k5, double k_momentum) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_dcasgd_s0_elem<__half, __half, float, 2>(i, i, p_grad, p_weight, p_prev_weight, p_mom, p_weight_lp, (float)k_rescale_grad, (float)k1, (float)k2, (float)k_wd, (float)k_lamda, (float)k5, (float)k_momentum);
+        optforge_dcasgd_s0_elem<__half, __half, float, 2, 2>(i, i, p_grad, p_weight, p_prev_weight, p_mom, p_weight_lp, (float)k_rescale_grad, (float)k1, (float)k2, (float)k_wd, (float)k_lamda, (float)k5, (float)k_momentum);
 }
 /* row-sparse, parallel over gradient elements (not rows): element j updates row rows[j / cols] */
 __global__ void optforge_dcasgd_s0_rows_f16(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const __half* __restrict__ p_grad, __half* __restrict__ p_weight, __half* __restrict__ p_prev_weight, __half* __restrict__ p_mom, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k2, double k_wd, double k_lamda, double k5, double k_momentum) {
     for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
-        optforge_dcasgd_s0_elem<__half, __half, float, 2>(rows[j / cols] * cols + j % cols, j, p_grad, p_weight, p_prev_weight, p_mom, p_weight_lp, (float)k_rescale_grad, (float)k1, (float)k2, (float)k_wd, (float)k_lamda, (float)k5, (float)k_momentum);
+        optforge_dcasgd_s0_elem<__half, __half, float, 2, 2>(rows[j / cols] * cols + j % cols, j, p_grad, p_weight, p_prev_weight, p_mom, p_weight_lp, (float)k_rescale_grad, (float)k1, (float)k2, (float)k_wd, (float)k_lamda, (float)k5, (float)k_momentum);
 }
 /* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
    pointers, sizes and 7 scalar(s) per parameter, as Apex's multi_tensor_apply */
@@ -120,17 +120,17 @@ __global__ void optforge_dcasgd_s0_mt_f16(const int64_t* __restrict__ sizes, __h
     const int64_t t = blockIdx.y, n = sizes[t];
     const double* s = scalars + t * 7;
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
-        optforge_dcasgd_s0_elem<__half, __half, float, 2>(i, i, tab_grad[t], tab_weight[t], tab_prev_weight[t], tab_mom[t], tab_weight_lp[t], (float)s[0], (float)s[1], (float)s[2], (float)s[3], (float)s[4], (float)s[5], (float)s[6]);
+        optforge_dcasgd_s0_elem<__half, __half, float, 2, 2>(i, i, tab_grad[t], tab_weight[t], tab_prev_weight[t], tab_mom[t], tab_weight_lp[t], (float)s[0], (float)s[1], (float)s[2], (float)s[3], (float)s[4], (float)s[5], (float)s[6]);
     }
 }
 __global__ void optforge_dcasgd_s0_mp16(int64_t n, const __half* __restrict__ p_grad, float* __restrict__ p_weight, float* __restrict__ p_prev_weight, float* __restrict__ p_mom, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k2, double k_wd, double k_lamda, double k5, double k_momentum) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_dcasgd_s0_elem<float, __half, float, 2>(i, i, p_grad, p_weight, p_prev_weight, p_mom, p_weight_lp, (float)k_rescale_grad, (float)k1, (float)k2, (float)k_wd, (float)k_lamda, (float)k5, (float)k_momentum);
+        optforge_dcasgd_s0_elem<float, __half, float, 2, 2>(i, i, p_grad, p_weight, p_prev_weight, p_mom, p_weight_lp, (float)k_rescale_grad, (float)k1, (float)k2, (float)k_wd, (float)k_lamda, (float)k5, (float)k_momentum);
 }
 /* row-sparse, parallel over gradient elements (not rows): element j updates row rows[j / cols] */
 __global__ void optforge_dcasgd_s0_rows_mp16(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const __half* __restrict__ p_grad, float* __restrict__ p_weight, float* __restrict__ p_prev_weight, float* __restrict__ p_mom, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k2, double k_wd, double k_lamda, double k5, double k_momentum) {
     for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
-        optforge_dcasgd_s0_elem<float, __half, float, 2>(rows[j / cols] * cols + j % cols, j, p_grad, p_weight, p_prev_weight, p_mom, p_weight_lp, (float)k_rescale_grad, (float)k1, (float)k2, (float)k_wd, (float)k_lamda, (float)k5, (float)k_momentum);
+        optforge_dcasgd_s0_elem<float, __half, float, 2, 2>(rows[j / cols] * cols + j % cols, j, p_grad, p_weight, p_prev_weight, p_mom, p_weight_lp, (float)k_rescale_grad, (float)k1, (float)k2, (float)k_wd, (float)k_lamda, (float)k5, (float)k_momentum);
 }
 /* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
    pointers, sizes and 7 scalar(s) per parameter, as Apex's multi_tensor_apply */
@@ -138,7 +138,7 @@ __global__ void optforge_dcasgd_s0_mt_mp16(const int64_t* __restrict__ sizes, __
     const int64_t t = blockIdx.y, n = sizes[t];
     const double* s = scalars + t * 7;
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
-        optforge_dcasgd_s0_elem<float, __half, float, 2>(i, i, tab_grad[t], tab_weight[t], tab_prev_weight[t], tab_mom[t], tab_weight_lp[t], (float)s[0], (float)s[1], (float)s[2], (float)s[3], (float)s[4], (float)s[5], (float)s[6]);
+        optforge_dcasgd_s0_elem<float, __half, float, 2, 2>(i, i, tab_grad[t], tab_weight[t], tab_prev_weight[t], tab_mom[t], tab_weight_lp[t], (float)s[0], (float)s[1], (float)s[2], (float)s[3], (float)s[4], (float)s[5], (float)s[6]);
     }
 }
 }

@@ -80,26 +80,26 @@ OPTFORGE_HD void optforge_lbsgd_s3_elem(int64_t i, int64_t gi, const G* __restri
 }
 /* stage s4: element i of the weight and states, element gi of the gradient and scratch
    (the same element for a dense update; for a row-sparse one, gi walks the gradient's rows) */
-template <typename T, typename G, typename C, int H0, int H1>
+template <typename T, typename G, typename C, int H0, int H1, int B0, int B1>
 OPTFORGE_HD void optforge_lbsgd_s4_elem(int64_t i, int64_t gi, T* __restrict__ p_cum_grad, const G* __restrict__ p_grad, T* __restrict__ p_mom, T* __restrict__ p_weight, float* __restrict__ p_weight_lp, const C k0, const C k_batch_scale, const C k_rescale_grad, const C k3, const C k4, const C k_momentum, const C k6, const C k_lr_t, const C k8) {
     C cum_grad = (H0 == 1 || (H0 == 2 && p_cum_grad)) ? C(p_cum_grad[i]) : C(0);
     C grad = C(p_grad[gi]);
     C mom = (H1 == 1 || (H1 == 2 && p_mom)) ? C(p_mom[i]) : C(0);
     C weight = C(p_weight[i]);
     C avg, g;
-    if (k0) {
+    if (B0 == 1 || (B0 == 2 && k0)) {
         avg = cum_grad / k_batch_scale;  // lbsgd.opt:63
     } else {
         avg = grad;  // lbsgd.opt:65
     }
     g = op_clip(k_rescale_grad * avg, k3);  // lbsgd.opt:67
-    if (k4) {
+    if (B1 == 1 || (B1 == 2 && k4)) {
         mom = k_momentum * mom - k6 * weight - k_lr_t * g;  // lbsgd.opt:69
         weight = weight + mom;  // lbsgd.opt:70
     } else {
         weight = k8 * weight - k_lr_t * g;  // lbsgd.opt:72
     }
-    if (k0) {
+    if (B0 == 1 || (B0 == 2 && k0)) {
         cum_grad = C(C(0));  // lbsgd.opt:75
     }
     if (H1 == 1 || (H1 == 2 && p_mom)) p_mom[i] = (T)(mom);
@@ -556,22 +556,70 @@ void optforge_lbsgd_s3_rows_f64(int64_t n, int64_t cols, const int64_t* __restri
     }
 }
 void optforge_lbsgd_s4_f32(int64_t n, float* __restrict__ p_cum_grad, const float* __restrict__ p_grad, float* __restrict__ p_mom, float* __restrict__ p_weight, double k0, double k_batch_scale, double k_rescale_grad, double k3, double k4, double k_momentum, double k6, double k_lr_t, double k8) {
-    if (p_cum_grad && p_mom) {
+    if (p_cum_grad && p_mom && k0 != 0 && k4 != 0) {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
         for (int64_t i = 0; i < n; ++i)
-            optforge_lbsgd_s4_elem<float, float, float, 1, 1>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8);
-    } else if (p_cum_grad && !p_mom) {
+            optforge_lbsgd_s4_elem<float, float, float, 1, 1, 1, 1>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8);
+    } else if (p_cum_grad && p_mom && k0 != 0 && k4 == 0) {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
         for (int64_t i = 0; i < n; ++i)
-            optforge_lbsgd_s4_elem<float, float, float, 1, 0>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8);
-    } else if (!p_cum_grad && p_mom) {
+            optforge_lbsgd_s4_elem<float, float, float, 1, 1, 1, 0>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8);
+    } else if (p_cum_grad && p_mom && k0 == 0 && k4 != 0) {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
         for (int64_t i = 0; i < n; ++i)
-            optforge_lbsgd_s4_elem<float, float, float, 0, 1>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8);
-    } else if (!p_cum_grad && !p_mom) {
+            optforge_lbsgd_s4_elem<float, float, float, 1, 1, 0, 1>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8);
+    } else if (p_cum_grad && p_mom && k0 == 0 && k4 == 0) {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
         for (int64_t i = 0; i < n; ++i)
-            optforge_lbsgd_s4_elem<float, float, float, 0, 0>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8);
+            optforge_lbsgd_s4_elem<float, float, float, 1, 1, 0, 0>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8);
+    } else if (p_cum_grad && !p_mom && k0 != 0 && k4 != 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_lbsgd_s4_elem<float, float, float, 1, 0, 1, 1>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8);
+    } else if (p_cum_grad && !p_mom && k0 != 0 && k4 == 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_lbsgd_s4_elem<float, float, float, 1, 0, 1, 0>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8);
+    } else if (p_cum_grad && !p_mom && k0 == 0 && k4 != 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_lbsgd_s4_elem<float, float, float, 1, 0, 0, 1>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8);
+    } else if (p_cum_grad && !p_mom && k0 == 0 && k4 == 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_lbsgd_s4_elem<float, float, float, 1, 0, 0, 0>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8);
+    } else if (!p_cum_grad && p_mom && k0 != 0 && k4 != 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_lbsgd_s4_elem<float, float, float, 0, 1, 1, 1>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8);
+    } else if (!p_cum_grad && p_mom && k0 != 0 && k4 == 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_lbsgd_s4_elem<float, float, float, 0, 1, 1, 0>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8);
+    } else if (!p_cum_grad && p_mom && k0 == 0 && k4 != 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_lbsgd_s4_elem<float, float, float, 0, 1, 0, 1>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8);
+    } else if (!p_cum_grad && p_mom && k0 == 0 && k4 == 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_lbsgd_s4_elem<float, float, float, 0, 1, 0, 0>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8);
+    } else if (!p_cum_grad && !p_mom && k0 != 0 && k4 != 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_lbsgd_s4_elem<float, float, float, 0, 0, 1, 1>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8);
+    } else if (!p_cum_grad && !p_mom && k0 != 0 && k4 == 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_lbsgd_s4_elem<float, float, float, 0, 0, 1, 0>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8);
+    } else if (!p_cum_grad && !p_mom && k0 == 0 && k4 != 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_lbsgd_s4_elem<float, float, float, 0, 0, 0, 1>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8);
+    } else if (!p_cum_grad && !p_mom && k0 == 0 && k4 == 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_lbsgd_s4_elem<float, float, float, 0, 0, 0, 0>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8);
     }
 }
 /* row-sparse: n = rows x cols gradient elements; gradient row r updates row rows[r] */
@@ -583,27 +631,75 @@ void optforge_lbsgd_s4_rows_f32(int64_t n, int64_t cols, const int64_t* __restri
         const int64_t base = rows[r] * cols, gbase = r * cols;
         #pragma omp simd
         for (int64_t c = 0; c < cols; ++c) {
-            optforge_lbsgd_s4_elem<float, float, float, 2, 2>(base + c, gbase + c, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8);
+            optforge_lbsgd_s4_elem<float, float, float, 2, 2, 2, 2>(base + c, gbase + c, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8);
         }
     }
 }
 void optforge_lbsgd_s4_f64(int64_t n, double* __restrict__ p_cum_grad, const double* __restrict__ p_grad, double* __restrict__ p_mom, double* __restrict__ p_weight, double k0, double k_batch_scale, double k_rescale_grad, double k3, double k4, double k_momentum, double k6, double k_lr_t, double k8) {
-    if (p_cum_grad && p_mom) {
+    if (p_cum_grad && p_mom && k0 != 0 && k4 != 0) {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
         for (int64_t i = 0; i < n; ++i)
-            optforge_lbsgd_s4_elem<double, double, double, 1, 1>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (double)k0, (double)k_batch_scale, (double)k_rescale_grad, (double)k3, (double)k4, (double)k_momentum, (double)k6, (double)k_lr_t, (double)k8);
-    } else if (p_cum_grad && !p_mom) {
+            optforge_lbsgd_s4_elem<double, double, double, 1, 1, 1, 1>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (double)k0, (double)k_batch_scale, (double)k_rescale_grad, (double)k3, (double)k4, (double)k_momentum, (double)k6, (double)k_lr_t, (double)k8);
+    } else if (p_cum_grad && p_mom && k0 != 0 && k4 == 0) {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
         for (int64_t i = 0; i < n; ++i)
-            optforge_lbsgd_s4_elem<double, double, double, 1, 0>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (double)k0, (double)k_batch_scale, (double)k_rescale_grad, (double)k3, (double)k4, (double)k_momentum, (double)k6, (double)k_lr_t, (double)k8);
-    } else if (!p_cum_grad && p_mom) {
+            optforge_lbsgd_s4_elem<double, double, double, 1, 1, 1, 0>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (double)k0, (double)k_batch_scale, (double)k_rescale_grad, (double)k3, (double)k4, (double)k_momentum, (double)k6, (double)k_lr_t, (double)k8);
+    } else if (p_cum_grad && p_mom && k0 == 0 && k4 != 0) {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
         for (int64_t i = 0; i < n; ++i)
-            optforge_lbsgd_s4_elem<double, double, double, 0, 1>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (double)k0, (double)k_batch_scale, (double)k_rescale_grad, (double)k3, (double)k4, (double)k_momentum, (double)k6, (double)k_lr_t, (double)k8);
-    } else if (!p_cum_grad && !p_mom) {
+            optforge_lbsgd_s4_elem<double, double, double, 1, 1, 0, 1>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (double)k0, (double)k_batch_scale, (double)k_rescale_grad, (double)k3, (double)k4, (double)k_momentum, (double)k6, (double)k_lr_t, (double)k8);
+    } else if (p_cum_grad && p_mom && k0 == 0 && k4 == 0) {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
         for (int64_t i = 0; i < n; ++i)
-            optforge_lbsgd_s4_elem<double, double, double, 0, 0>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (double)k0, (double)k_batch_scale, (double)k_rescale_grad, (double)k3, (double)k4, (double)k_momentum, (double)k6, (double)k_lr_t, (double)k8);
+            optforge_lbsgd_s4_elem<double, double, double, 1, 1, 0, 0>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (double)k0, (double)k_batch_scale, (double)k_rescale_grad, (double)k3, (double)k4, (double)k_momentum, (double)k6, (double)k_lr_t, (double)k8);
+    } else if (p_cum_grad && !p_mom && k0 != 0 && k4 != 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_lbsgd_s4_elem<double, double, double, 1, 0, 1, 1>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (double)k0, (double)k_batch_scale, (double)k_rescale_grad, (double)k3, (double)k4, (double)k_momentum, (double)k6, (double)k_lr_t, (double)k8);
+    } else if (p_cum_grad && !p_mom && k0 != 0 && k4 == 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_lbsgd_s4_elem<double, double, double, 1, 0, 1, 0>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (double)k0, (double)k_batch_scale, (double)k_rescale_grad, (double)k3, (double)k4, (double)k_momentum, (double)k6, (double)k_lr_t, (double)k8);
+    } else if (p_cum_grad && !p_mom && k0 == 0 && k4 != 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_lbsgd_s4_elem<double, double, double, 1, 0, 0, 1>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (double)k0, (double)k_batch_scale, (double)k_rescale_grad, (double)k3, (double)k4, (double)k_momentum, (double)k6, (double)k_lr_t, (double)k8);
+    } else if (p_cum_grad && !p_mom && k0 == 0 && k4 == 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_lbsgd_s4_elem<double, double, double, 1, 0, 0, 0>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (double)k0, (double)k_batch_scale, (double)k_rescale_grad, (double)k3, (double)k4, (double)k_momentum, (double)k6, (double)k_lr_t, (double)k8);
+    } else if (!p_cum_grad && p_mom && k0 != 0 && k4 != 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_lbsgd_s4_elem<double, double, double, 0, 1, 1, 1>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (double)k0, (double)k_batch_scale, (double)k_rescale_grad, (double)k3, (double)k4, (double)k_momentum, (double)k6, (double)k_lr_t, (double)k8);
+    } else if (!p_cum_grad && p_mom && k0 != 0 && k4 == 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_lbsgd_s4_elem<double, double, double, 0, 1, 1, 0>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (double)k0, (double)k_batch_scale, (double)k_rescale_grad, (double)k3, (double)k4, (double)k_momentum, (double)k6, (double)k_lr_t, (double)k8);
+    } else if (!p_cum_grad && p_mom && k0 == 0 && k4 != 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_lbsgd_s4_elem<double, double, double, 0, 1, 0, 1>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (double)k0, (double)k_batch_scale, (double)k_rescale_grad, (double)k3, (double)k4, (double)k_momentum, (double)k6, (double)k_lr_t, (double)k8);
+    } else if (!p_cum_grad && p_mom && k0 == 0 && k4 == 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_lbsgd_s4_elem<double, double, double, 0, 1, 0, 0>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (double)k0, (double)k_batch_scale, (double)k_rescale_grad, (double)k3, (double)k4, (double)k_momentum, (double)k6, (double)k_lr_t, (double)k8);
+    } else if (!p_cum_grad && !p_mom && k0 != 0 && k4 != 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_lbsgd_s4_elem<double, double, double, 0, 0, 1, 1>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (double)k0, (double)k_batch_scale, (double)k_rescale_grad, (double)k3, (double)k4, (double)k_momentum, (double)k6, (double)k_lr_t, (double)k8);
+    } else if (!p_cum_grad && !p_mom && k0 != 0 && k4 == 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_lbsgd_s4_elem<double, double, double, 0, 0, 1, 0>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (double)k0, (double)k_batch_scale, (double)k_rescale_grad, (double)k3, (double)k4, (double)k_momentum, (double)k6, (double)k_lr_t, (double)k8);
+    } else if (!p_cum_grad && !p_mom && k0 == 0 && k4 != 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_lbsgd_s4_elem<double, double, double, 0, 0, 0, 1>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (double)k0, (double)k_batch_scale, (double)k_rescale_grad, (double)k3, (double)k4, (double)k_momentum, (double)k6, (double)k_lr_t, (double)k8);
+    } else if (!p_cum_grad && !p_mom && k0 == 0 && k4 == 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_lbsgd_s4_elem<double, double, double, 0, 0, 0, 0>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (double)k0, (double)k_batch_scale, (double)k_rescale_grad, (double)k3, (double)k4, (double)k_momentum, (double)k6, (double)k_lr_t, (double)k8);
     }
 }
 /* row-sparse: n = rows x cols gradient elements; gradient row r updates row rows[r] */
@@ -615,7 +711,7 @@ void optforge_lbsgd_s4_rows_f64(int64_t n, int64_t cols, const int64_t* __restri
         const int64_t base = rows[r] * cols, gbase = r * cols;
         #pragma omp simd
         for (int64_t c = 0; c < cols; ++c) {
-            optforge_lbsgd_s4_elem<double, double, double, 2, 2>(base + c, gbase + c, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (double)k0, (double)k_batch_scale, (double)k_rescale_grad, (double)k3, (double)k4, (double)k_momentum, (double)k6, (double)k_lr_t, (double)k8);
+            optforge_lbsgd_s4_elem<double, double, double, 2, 2, 2, 2>(base + c, gbase + c, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (double)k0, (double)k_batch_scale, (double)k_rescale_grad, (double)k3, (double)k4, (double)k_momentum, (double)k6, (double)k_lr_t, (double)k8);
         }
     }
 }

@@ -77,26 +77,26 @@ OPTFORGE_HD void optforge_lbsgd_s3_elem(int64_t i, int64_t gi, const G* __restri
 }
 /* stage s4: element i of the weight and states, element gi of the gradient and scratch
    (the same element for a dense update; for a row-sparse one, gi walks the gradient's rows) */
-template <typename T, typename G, typename C, int H0, int H1>
+template <typename T, typename G, typename C, int H0, int H1, int B0, int B1>
 OPTFORGE_HD void optforge_lbsgd_s4_elem(int64_t i, int64_t gi, T* __restrict__ p_cum_grad, const G* __restrict__ p_grad, T* __restrict__ p_mom, T* __restrict__ p_weight, float* __restrict__ p_weight_lp, const C k0, const C k_batch_scale, const C k_rescale_grad, const C k3, const C k4, const C k_momentum, const C k6, const C k_lr_t, const C k8) {
     C cum_grad = (H0 == 1 || (H0 == 2 && p_cum_grad)) ? C(p_cum_grad[i]) : C(0);
     C grad = C(p_grad[gi]);
     C mom = (H1 == 1 || (H1 == 2 && p_mom)) ? C(p_mom[i]) : C(0);
     C weight = C(p_weight[i]);
     C avg, g;
-    if (k0) {
+    if (B0 == 1 || (B0 == 2 && k0)) {
         avg = cum_grad / k_batch_scale;  // lbsgd.opt:63
     } else {
         avg = grad;  // lbsgd.opt:65
     }
     g = op_clip(k_rescale_grad * avg, k3);  // lbsgd.opt:67
-    if (k4) {
+    if (B1 == 1 || (B1 == 2 && k4)) {
         mom = k_momentum * mom - k6 * weight - k_lr_t * g;  // lbsgd.opt:69
         weight = weight + mom;  // lbsgd.opt:70
     } else {
         weight = k8 * weight - k_lr_t * g;  // lbsgd.opt:72
     }
-    if (k0) {
+    if (B0 == 1 || (B0 == 2 && k0)) {
         cum_grad = C(C(0));  // lbsgd.opt:75
     }
     if (H1 == 1 || (H1 == 2 && p_mom)) p_mom[i] = (T)(mom);
@@ -576,12 +576,12 @@ __global__ void optforge_lbsgd_s3_mt_mp16(const int64_t* __restrict__ sizes, __h
 }
 __global__ void optforge_lbsgd_s4_f32(int64_t n, float* __restrict__ p_cum_grad, const float* __restrict__ p_grad, float* __restrict__ p_mom, float* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k0, double k_batch_scale, double k_rescale_grad, double k3, double k4, double k_momentum, double k6, double k_lr_t, double k8) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_lbsgd_s4_elem<float, float, float, 2, 2>(i, i, p_cum_grad, p_grad, p_mom, p_weight, p_weight_lp, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8);
+        optforge_lbsgd_s4_elem<float, float, float, 2, 2, 2, 2>(i, i, p_cum_grad, p_grad, p_mom, p_weight, p_weight_lp, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8);
 }
 /* row-sparse, parallel over gradient elements (not rows): element j updates row rows[j / cols] */
 __global__ void optforge_lbsgd_s4_rows_f32(int64_t n, int64_t cols, const int64_t* __restrict__ rows, float* __restrict__ p_cum_grad, const float* __restrict__ p_grad, float* __restrict__ p_mom, float* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k0, double k_batch_scale, double k_rescale_grad, double k3, double k4, double k_momentum, double k6, double k_lr_t, double k8) {
     for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
-        optforge_lbsgd_s4_elem<float, float, float, 2, 2>(rows[j / cols] * cols + j % cols, j, p_cum_grad, p_grad, p_mom, p_weight, p_weight_lp, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8);
+        optforge_lbsgd_s4_elem<float, float, float, 2, 2, 2, 2>(rows[j / cols] * cols + j % cols, j, p_cum_grad, p_grad, p_mom, p_weight, p_weight_lp, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8);
 }
 /* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
    pointers, sizes and 9 scalar(s) per parameter, as Apex's multi_tensor_apply */
@@ -589,17 +589,17 @@ __global__ void optforge_lbsgd_s4_mt_f32(const int64_t* __restrict__ sizes, floa
     const int64_t t = blockIdx.y, n = sizes[t];
     const double* s = scalars + t * 9;
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
-        optforge_lbsgd_s4_elem<float, float, float, 2, 2>(i, i, tab_cum_grad[t], tab_grad[t], tab_mom[t], tab_weight[t], tab_weight_lp[t], (float)s[0], (float)s[1], (float)s[2], (float)s[3], (float)s[4], (float)s[5], (float)s[6], (float)s[7], (float)s[8]);
+        optforge_lbsgd_s4_elem<float, float, float, 2, 2, 2, 2>(i, i, tab_cum_grad[t], tab_grad[t], tab_mom[t], tab_weight[t], tab_weight_lp[t], (float)s[0], (float)s[1], (float)s[2], (float)s[3], (float)s[4], (float)s[5], (float)s[6], (float)s[7], (float)s[8]);
     }
 }
 __global__ void optforge_lbsgd_s4_f64(int64_t n, double* __restrict__ p_cum_grad, const double* __restrict__ p_grad, double* __restrict__ p_mom, double* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k0, double k_batch_scale, double k_rescale_grad, double k3, double k4, double k_momentum, double k6, double k_lr_t, double k8) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_lbsgd_s4_elem<double, double, double, 2, 2>(i, i, p_cum_grad, p_grad, p_mom, p_weight, p_weight_lp, (double)k0, (double)k_batch_scale, (double)k_rescale_grad, (double)k3, (double)k4, (double)k_momentum, (double)k6, (double)k_lr_t, (double)k8);
+        optforge_lbsgd_s4_elem<double, double, double, 2, 2, 2, 2>(i, i, p_cum_grad, p_grad, p_mom, p_weight, p_weight_lp, (double)k0, (double)k_batch_scale, (double)k_rescale_grad, (double)k3, (double)k4, (double)k_momentum, (double)k6, (double)k_lr_t, (double)k8);
 }
 /* row-sparse, parallel over gradient elements (not rows): element j updates row rows[j / cols] */
 __global__ void optforge_lbsgd_s4_rows_f64(int64_t n, int64_t cols, const int64_t* __restrict__ rows, double* __restrict__ p_cum_grad, const double* __restrict__ p_grad, double* __restrict__ p_mom, double* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k0, double k_batch_scale, double k_rescale_grad, double k3, double k4, double k_momentum, double k6, double k_lr_t, double k8) {
     for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
-        optforge_lbsgd_s4_elem<double, double, double, 2, 2>(rows[j / cols] * cols + j % cols, j, p_cum_grad, p_grad, p_mom, p_weight, p_weight_lp, (double)k0, (double)k_batch_scale, (double)k_rescale_grad, (double)k3, (double)k4, (double)k_momentum, (double)k6, (double)k_lr_t, (double)k8);
+        optforge_lbsgd_s4_elem<double, double, double, 2, 2, 2, 2>(rows[j / cols] * cols + j % cols, j, p_cum_grad, p_grad, p_mom, p_weight, p_weight_lp, (double)k0, (double)k_batch_scale, (double)k_rescale_grad, (double)k3, (double)k4, (double)k_momentum, (double)k6, (double)k_lr_t, (double)k8);
 }
 /* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
    pointers, sizes and 9 scalar(s) per parameter, as Apex's multi_tensor_apply */
@@ -607,17 +607,17 @@ __global__ void optforge_lbsgd_s4_mt_f64(const int64_t* __restrict__ sizes, doub
     const int64_t t = blockIdx.y, n = sizes[t];
     const double* s = scalars + t * 9;
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
-        optforge_lbsgd_s4_elem<double, double, double, 2, 2>(i, i, tab_cum_grad[t], tab_grad[t], tab_mom[t], tab_weight[t], tab_weight_lp[t], (double)s[0], (double)s[1], (double)s[2], (double)s[3], (double)s[4], (double)s[5], (double)s[6], (double)s[7], (double)s[8]);
+        optforge_lbsgd_s4_elem<double, double, double, 2, 2, 2, 2>(i, i, tab_cum_grad[t], tab_grad[t], tab_mom[t], tab_weight[t], tab_weight_lp[t], (double)s[0], (double)s[1], (double)s[2], (double)s[3], (double)s[4], (double)s[5], (double)s[6], (double)s[7], (double)s[8]);
     }
 }
 __global__ void optforge_lbsgd_s4_f16(int64_t n, __half* __restrict__ p_cum_grad, const __half* __restrict__ p_grad, __half* __restrict__ p_mom, __half* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k0, double k_batch_scale, double k_rescale_grad, double k3, double k4, double k_momentum, double k6, double k_lr_t, double k8) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_lbsgd_s4_elem<__half, __half, float, 2, 2>(i, i, p_cum_grad, p_grad, p_mom, p_weight, p_weight_lp, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8);
+        optforge_lbsgd_s4_elem<__half, __half, float, 2, 2, 2, 2>(i, i, p_cum_grad, p_grad, p_mom, p_weight, p_weight_lp, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8);
 }
 /* row-sparse, parallel over gradient elements (not rows): element j updates row rows[j / cols] */
 __global__ void optforge_lbsgd_s4_rows_f16(int64_t n, int64_t cols, const int64_t* __restrict__ rows, __half* __restrict__ p_cum_grad, const __half* __restrict__ p_grad, __half* __restrict__ p_mom, __half* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k0, double k_batch_scale, double k_rescale_grad, double k3, double k4, double k_momentum, double k6, double k_lr_t, double k8) {
     for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
-        optforge_lbsgd_s4_elem<__half, __half, float, 2, 2>(rows[j / cols] * cols + j % cols, j, p_cum_grad, p_grad, p_mom, p_weight, p_weight_lp, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8);
+        optforge_lbsgd_s4_elem<__half, __half, float, 2, 2, 2, 2>(rows[j / cols] * cols + j % cols, j, p_cum_grad, p_grad, p_mom, p_weight, p_weight_lp, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8);
 }
 /* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
    pointers, sizes and 9 scalar(s) per parameter, as Apex's multi_tensor_apply */
@@ -625,17 +625,17 @@ __global__ void optforge_lbsgd_s4_mt_f16(const int64_t* __restrict__ sizes, __ha
     const int64_t t = blockIdx.y, n = sizes[t];
     const double* s = scalars + t * 9;
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
-        optforge_lbsgd_s4_elem<__half, __half, float, 2, 2>(i, i, tab_cum_grad[t], tab_grad[t], tab_mom[t], tab_weight[t], tab_weight_lp[t], (float)s[0], (float)s[1], (float)s[2], (float)s[3], (float)s[4], (float)s[5], (float)s[6], (float)s[7], (float)s[8]);
+        optforge_lbsgd_s4_elem<__half, __half, float, 2, 2, 2, 2>(i, i, tab_cum_grad[t], tab_grad[t], tab_mom[t], tab_weight[t], tab_weight_lp[t], (float)s[0], (float)s[1], (float)s[2], (float)s[3], (float)s[4], (float)s[5], (float)s[6], (float)s[7], (float)s[8]);
     }
 }
 __global__ void optforge_lbsgd_s4_mp16(int64_t n, float* __restrict__ p_cum_grad, const __half* __restrict__ p_grad, float* __restrict__ p_mom, float* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k0, double k_batch_scale, double k_rescale_grad, double k3, double k4, double k_momentum, double k6, double k_lr_t, double k8) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_lbsgd_s4_elem<float, __half, float, 2, 2>(i, i, p_cum_grad, p_grad, p_mom, p_weight, p_weight_lp, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8);
+        optforge_lbsgd_s4_elem<float, __half, float, 2, 2, 2, 2>(i, i, p_cum_grad, p_grad, p_mom, p_weight, p_weight_lp, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8);
 }
 /* row-sparse, parallel over gradient elements (not rows): element j updates row rows[j / cols] */
 __global__ void optforge_lbsgd_s4_rows_mp16(int64_t n, int64_t cols, const int64_t* __restrict__ rows, float* __restrict__ p_cum_grad, const __half* __restrict__ p_grad, float* __restrict__ p_mom, float* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k0, double k_batch_scale, double k_rescale_grad, double k3, double k4, double k_momentum, double k6, double k_lr_t, double k8) {
     for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
-        optforge_lbsgd_s4_elem<float, __half, float, 2, 2>(rows[j / cols] * cols + j % cols, j, p_cum_grad, p_grad, p_mom, p_weight, p_weight_lp, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8);
+        optforge_lbsgd_s4_elem<float, __half, float, 2, 2, 2, 2>(rows[j / cols] * cols + j % cols, j, p_cum_grad, p_grad, p_mom, p_weight, p_weight_lp, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8);
 }
 /* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
    pointers, sizes and 9 scalar(s) per parameter, as Apex's multi_tensor_apply */
@@ -643,7 +643,7 @@ __global__ void optforge_lbsgd_s4_mt_mp16(const int64_t* __restrict__ sizes, flo
     const int64_t t = blockIdx.y, n = sizes[t];
     const double* s = scalars + t * 9;
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
-        optforge_lbsgd_s4_elem<float, __half, float, 2, 2>(i, i, tab_cum_grad[t], tab_grad[t], tab_mom[t], tab_weight[t], tab_weight_lp[t], (float)s[0], (float)s[1], (float)s[2], (float)s[3], (float)s[4], (float)s[5], (float)s[6], (float)s[7], (float)s[8]);
+        optforge_lbsgd_s4_elem<float, __half, float, 2, 2, 2, 2>(i, i, tab_cum_grad[t], tab_grad[t], tab_mom[t], tab_weight[t], tab_weight_lp[t], (float)s[0], (float)s[1], (float)s[2], (float)s[3], (float)s[4], (float)s[5], (float)s[6], (float)s[7], (float)s[8]);
     }
 }
 }

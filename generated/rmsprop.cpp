@@ -45,7 +45,7 @@ template <typename C> inline void store_low(float* p, int64_t i, C v) { p[i] = (
 
 /* stage s0: element i of the weight and states, element gi of the gradient and scratch
    (the same element for a dense update; for a row-sparse one, gi walks the gradient's rows) */
-template <typename T, typename G, typename C, int H0, int H1>
+template <typename T, typename G, typename C, int H0, int H1, int B0>
 OPTFORGE_HD void optforge_rmsprop_s0_elem(int64_t i, int64_t gi, const G* __restrict__ p_grad, T* __restrict__ p_weight, T* __restrict__ p_n, T* __restrict__ p_g_avg, T* __restrict__ p_delta, float* __restrict__ p_weight_lp, const C k_rescale_grad, const C k_wd, const C k2, const C k_gamma1, const C k_centered, const C k_gamma2, const C k_lr, const C k_epsilon, const C k8) {
     C grad = C(p_grad[gi]);
     C weight = C(p_weight[i]);
@@ -55,7 +55,7 @@ OPTFORGE_HD void optforge_rmsprop_s0_elem(int64_t i, int64_t gi, const G* __rest
     C g;
     g = op_clip(k_rescale_grad * grad + k_wd * weight, k2);  // rmsprop.opt:35
     n = (C(1) - k_gamma1) * op_square(g) + k_gamma1 * n;  // rmsprop.opt:36
-    if (k_centered) {
+    if (B0 == 1 || (B0 == 2 && k_centered)) {
         g_avg = (C(1) - k_gamma1) * g + k_gamma1 * g_avg;  // rmsprop.opt:38
         delta = k_gamma2 * delta - k_lr * g / sqrt(n - op_square(g_avg) + k_epsilon);  // rmsprop.opt:39
         weight = weight + delta;  // rmsprop.opt:40
@@ -72,22 +72,38 @@ OPTFORGE_HD void optforge_rmsprop_s0_elem(int64_t i, int64_t gi, const G* __rest
 
 extern "C" {
 void optforge_rmsprop_s0_f32(int64_t n, const float* __restrict__ p_grad, float* __restrict__ p_weight, float* __restrict__ p_n, float* __restrict__ p_g_avg, float* __restrict__ p_delta, double k_rescale_grad, double k_wd, double k2, double k_gamma1, double k_centered, double k_gamma2, double k_lr, double k_epsilon, double k8) {
-    if (p_g_avg && p_delta) {
+    if (p_g_avg && p_delta && k_centered != 0) {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
         for (int64_t i = 0; i < n; ++i)
-            optforge_rmsprop_s0_elem<float, float, float, 1, 1>(i, i, p_grad, p_weight, p_n, p_g_avg, p_delta, nullptr, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k_gamma1, (float)k_centered, (float)k_gamma2, (float)k_lr, (float)k_epsilon, (float)k8);
-    } else if (p_g_avg && !p_delta) {
+            optforge_rmsprop_s0_elem<float, float, float, 1, 1, 1>(i, i, p_grad, p_weight, p_n, p_g_avg, p_delta, nullptr, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k_gamma1, (float)k_centered, (float)k_gamma2, (float)k_lr, (float)k_epsilon, (float)k8);
+    } else if (p_g_avg && p_delta && k_centered == 0) {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
         for (int64_t i = 0; i < n; ++i)
-            optforge_rmsprop_s0_elem<float, float, float, 1, 0>(i, i, p_grad, p_weight, p_n, p_g_avg, p_delta, nullptr, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k_gamma1, (float)k_centered, (float)k_gamma2, (float)k_lr, (float)k_epsilon, (float)k8);
-    } else if (!p_g_avg && p_delta) {
+            optforge_rmsprop_s0_elem<float, float, float, 1, 1, 0>(i, i, p_grad, p_weight, p_n, p_g_avg, p_delta, nullptr, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k_gamma1, (float)k_centered, (float)k_gamma2, (float)k_lr, (float)k_epsilon, (float)k8);
+    } else if (p_g_avg && !p_delta && k_centered != 0) {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
         for (int64_t i = 0; i < n; ++i)
-            optforge_rmsprop_s0_elem<float, float, float, 0, 1>(i, i, p_grad, p_weight, p_n, p_g_avg, p_delta, nullptr, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k_gamma1, (float)k_centered, (float)k_gamma2, (float)k_lr, (float)k_epsilon, (float)k8);
-    } else if (!p_g_avg && !p_delta) {
+            optforge_rmsprop_s0_elem<float, float, float, 1, 0, 1>(i, i, p_grad, p_weight, p_n, p_g_avg, p_delta, nullptr, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k_gamma1, (float)k_centered, (float)k_gamma2, (float)k_lr, (float)k_epsilon, (float)k8);
+    } else if (p_g_avg && !p_delta && k_centered == 0) {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
         for (int64_t i = 0; i < n; ++i)
-            optforge_rmsprop_s0_elem<float, float, float, 0, 0>(i, i, p_grad, p_weight, p_n, p_g_avg, p_delta, nullptr, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k_gamma1, (float)k_centered, (float)k_gamma2, (float)k_lr, (float)k_epsilon, (float)k8);
+            optforge_rmsprop_s0_elem<float, float, float, 1, 0, 0>(i, i, p_grad, p_weight, p_n, p_g_avg, p_delta, nullptr, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k_gamma1, (float)k_centered, (float)k_gamma2, (float)k_lr, (float)k_epsilon, (float)k8);
+    } else if (!p_g_avg && p_delta && k_centered != 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_rmsprop_s0_elem<float, float, float, 0, 1, 1>(i, i, p_grad, p_weight, p_n, p_g_avg, p_delta, nullptr, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k_gamma1, (float)k_centered, (float)k_gamma2, (float)k_lr, (float)k_epsilon, (float)k8);
+    } else if (!p_g_avg && p_delta && k_centered == 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_rmsprop_s0_elem<float, float, float, 0, 1, 0>(i, i, p_grad, p_weight, p_n, p_g_avg, p_delta, nullptr, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k_gamma1, (float)k_centered, (float)k_gamma2, (float)k_lr, (float)k_epsilon, (float)k8);
+    } else if (!p_g_avg && !p_delta && k_centered != 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_rmsprop_s0_elem<float, float, float, 0, 0, 1>(i, i, p_grad, p_weight, p_n, p_g_avg, p_delta, nullptr, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k_gamma1, (float)k_centered, (float)k_gamma2, (float)k_lr, (float)k_epsilon, (float)k8);
+    } else if (!p_g_avg && !p_delta && k_centered == 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_rmsprop_s0_elem<float, float, float, 0, 0, 0>(i, i, p_grad, p_weight, p_n, p_g_avg, p_delta, nullptr, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k_gamma1, (float)k_centered, (float)k_gamma2, (float)k_lr, (float)k_epsilon, (float)k8);
     }
 }
 /* row-sparse: n = rows x cols gradient elements; gradient row r updates row rows[r] */
@@ -99,27 +115,43 @@ void optforge_rmsprop_s0_rows_f32(int64_t n, int64_t cols, const int64_t* __rest
         const int64_t base = rows[r] * cols, gbase = r * cols;
         #pragma omp simd
         for (int64_t c = 0; c < cols; ++c) {
-            optforge_rmsprop_s0_elem<float, float, float, 2, 2>(base + c, gbase + c, p_grad, p_weight, p_n, p_g_avg, p_delta, nullptr, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k_gamma1, (float)k_centered, (float)k_gamma2, (float)k_lr, (float)k_epsilon, (float)k8);
+            optforge_rmsprop_s0_elem<float, float, float, 2, 2, 2>(base + c, gbase + c, p_grad, p_weight, p_n, p_g_avg, p_delta, nullptr, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k_gamma1, (float)k_centered, (float)k_gamma2, (float)k_lr, (float)k_epsilon, (float)k8);
         }
     }
 }
 void optforge_rmsprop_s0_f64(int64_t n, const double* __restrict__ p_grad, double* __restrict__ p_weight, double* __restrict__ p_n, double* __restrict__ p_g_avg, double* __restrict__ p_delta, double k_rescale_grad, double k_wd, double k2, double k_gamma1, double k_centered, double k_gamma2, double k_lr, double k_epsilon, double k8) {
-    if (p_g_avg && p_delta) {
+    if (p_g_avg && p_delta && k_centered != 0) {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
         for (int64_t i = 0; i < n; ++i)
-            optforge_rmsprop_s0_elem<double, double, double, 1, 1>(i, i, p_grad, p_weight, p_n, p_g_avg, p_delta, nullptr, (double)k_rescale_grad, (double)k_wd, (double)k2, (double)k_gamma1, (double)k_centered, (double)k_gamma2, (double)k_lr, (double)k_epsilon, (double)k8);
-    } else if (p_g_avg && !p_delta) {
+            optforge_rmsprop_s0_elem<double, double, double, 1, 1, 1>(i, i, p_grad, p_weight, p_n, p_g_avg, p_delta, nullptr, (double)k_rescale_grad, (double)k_wd, (double)k2, (double)k_gamma1, (double)k_centered, (double)k_gamma2, (double)k_lr, (double)k_epsilon, (double)k8);
+    } else if (p_g_avg && p_delta && k_centered == 0) {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
         for (int64_t i = 0; i < n; ++i)
-            optforge_rmsprop_s0_elem<double, double, double, 1, 0>(i, i, p_grad, p_weight, p_n, p_g_avg, p_delta, nullptr, (double)k_rescale_grad, (double)k_wd, (double)k2, (double)k_gamma1, (double)k_centered, (double)k_gamma2, (double)k_lr, (double)k_epsilon, (double)k8);
-    } else if (!p_g_avg && p_delta) {
+            optforge_rmsprop_s0_elem<double, double, double, 1, 1, 0>(i, i, p_grad, p_weight, p_n, p_g_avg, p_delta, nullptr, (double)k_rescale_grad, (double)k_wd, (double)k2, (double)k_gamma1, (double)k_centered, (double)k_gamma2, (double)k_lr, (double)k_epsilon, (double)k8);
+    } else if (p_g_avg && !p_delta && k_centered != 0) {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
         for (int64_t i = 0; i < n; ++i)
-            optforge_rmsprop_s0_elem<double, double, double, 0, 1>(i, i, p_grad, p_weight, p_n, p_g_avg, p_delta, nullptr, (double)k_rescale_grad, (double)k_wd, (double)k2, (double)k_gamma1, (double)k_centered, (double)k_gamma2, (double)k_lr, (double)k_epsilon, (double)k8);
-    } else if (!p_g_avg && !p_delta) {
+            optforge_rmsprop_s0_elem<double, double, double, 1, 0, 1>(i, i, p_grad, p_weight, p_n, p_g_avg, p_delta, nullptr, (double)k_rescale_grad, (double)k_wd, (double)k2, (double)k_gamma1, (double)k_centered, (double)k_gamma2, (double)k_lr, (double)k_epsilon, (double)k8);
+    } else if (p_g_avg && !p_delta && k_centered == 0) {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
         for (int64_t i = 0; i < n; ++i)
-            optforge_rmsprop_s0_elem<double, double, double, 0, 0>(i, i, p_grad, p_weight, p_n, p_g_avg, p_delta, nullptr, (double)k_rescale_grad, (double)k_wd, (double)k2, (double)k_gamma1, (double)k_centered, (double)k_gamma2, (double)k_lr, (double)k_epsilon, (double)k8);
+            optforge_rmsprop_s0_elem<double, double, double, 1, 0, 0>(i, i, p_grad, p_weight, p_n, p_g_avg, p_delta, nullptr, (double)k_rescale_grad, (double)k_wd, (double)k2, (double)k_gamma1, (double)k_centered, (double)k_gamma2, (double)k_lr, (double)k_epsilon, (double)k8);
+    } else if (!p_g_avg && p_delta && k_centered != 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_rmsprop_s0_elem<double, double, double, 0, 1, 1>(i, i, p_grad, p_weight, p_n, p_g_avg, p_delta, nullptr, (double)k_rescale_grad, (double)k_wd, (double)k2, (double)k_gamma1, (double)k_centered, (double)k_gamma2, (double)k_lr, (double)k_epsilon, (double)k8);
+    } else if (!p_g_avg && p_delta && k_centered == 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_rmsprop_s0_elem<double, double, double, 0, 1, 0>(i, i, p_grad, p_weight, p_n, p_g_avg, p_delta, nullptr, (double)k_rescale_grad, (double)k_wd, (double)k2, (double)k_gamma1, (double)k_centered, (double)k_gamma2, (double)k_lr, (double)k_epsilon, (double)k8);
+    } else if (!p_g_avg && !p_delta && k_centered != 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_rmsprop_s0_elem<double, double, double, 0, 0, 1>(i, i, p_grad, p_weight, p_n, p_g_avg, p_delta, nullptr, (double)k_rescale_grad, (double)k_wd, (double)k2, (double)k_gamma1, (double)k_centered, (double)k_gamma2, (double)k_lr, (double)k_epsilon, (double)k8);
+    } else if (!p_g_avg && !p_delta && k_centered == 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_rmsprop_s0_elem<double, double, double, 0, 0, 0>(i, i, p_grad, p_weight, p_n, p_g_avg, p_delta, nullptr, (double)k_rescale_grad, (double)k_wd, (double)k2, (double)k_gamma1, (double)k_centered, (double)k_gamma2, (double)k_lr, (double)k_epsilon, (double)k8);
     }
 }
 /* row-sparse: n = rows x cols gradient elements; gradient row r updates row rows[r] */
@@ -131,7 +163,7 @@ void optforge_rmsprop_s0_rows_f64(int64_t n, int64_t cols, const int64_t* __rest
         const int64_t base = rows[r] * cols, gbase = r * cols;
         #pragma omp simd
         for (int64_t c = 0; c < cols; ++c) {
-            optforge_rmsprop_s0_elem<double, double, double, 2, 2>(base + c, gbase + c, p_grad, p_weight, p_n, p_g_avg, p_delta, nullptr, (double)k_rescale_grad, (double)k_wd, (double)k2, (double)k_gamma1, (double)k_centered, (double)k_gamma2, (double)k_lr, (double)k_epsilon, (double)k8);
+            optforge_rmsprop_s0_elem<double, double, double, 2, 2, 2>(base + c, gbase + c, p_grad, p_weight, p_n, p_g_avg, p_delta, nullptr, (double)k_rescale_grad, (double)k_wd, (double)k2, (double)k_gamma1, (double)k_centered, (double)k_gamma2, (double)k_lr, (double)k_epsilon, (double)k8);
         }
     }
 }

@@ -47,7 +47,7 @@ template <typename C> OPTFORGE_HD void store_low(float* p, int64_t i, C v) {
 
 /* stage s0: element i of the weight and states, element gi of the gradient and scratch
    (the same element for a dense update; for a row-sparse one, gi walks the gradient's rows) */
-template <typename T, typename G, typename C, int H0, int H1>
+template <typename T, typename G, typename C, int H0, int H1, int B0>
 OPTFORGE_HD void optforge_rmsprop_s0_elem(int64_t i, int64_t gi, const G* __restrict__ p_grad, T* __restrict__ p_weight, T* __restrict__ p_n, T* __restrict__ p_g_avg, T* __restrict__ p_delta, float* __restrict__ p_weight_lp, const C k_rescale_grad, const C k_wd, const C k2, const C k_gamma1, const C k_centered, const C k_gamma2, const C k_lr, const C k_epsilon, const C k8) {
     C grad = C(p_grad[gi]);
     C weight = C(p_weight[i]);
@@ -57,7 +57,7 @@ OPTFORGE_HD void optforge_rmsprop_s0_elem(int64_t i, int64_t gi, const G* __rest
     C g;
     g = op_clip(k_rescale_grad * grad + k_wd * weight, k2);  // rmsprop.opt:35
     n = (C(1) - k_gamma1) * op_square(g) + k_gamma1 * n;  // rmsprop.opt:36
-    if (k_centered) {
+    if (B0 == 1 || (B0 == 2 && k_centered)) {
         g_avg = (C(1) - k_gamma1) * g + k_gamma1 * g_avg;  // rmsprop.opt:38
         delta = k_gamma2 * delta - k_lr * g / sqrt(n - op_square(g_avg) + k_epsilon);  // rmsprop.opt:39
         weight = weight + delta;  // rmsprop.opt:40
@@ -75,12 +75,12 @@ OPTFORGE_HD void optforge_rmsprop_s0_elem(int64_t i, int64_t gi, const G* __rest
 extern "C" {
 __global__ void optforge_rmsprop_s0_f32(int64_t n, const float* __restrict__ p_grad, float* __restrict__ p_weight, float* __restrict__ p_n, float* __restrict__ p_g_avg, float* __restrict__ p_delta, float* __restrict__ p_weight_lp, double k_rescale_grad, double k_wd, double k2, double k_gamma1, double k_centered, double k_gamma2, double k_lr, double k_epsilon, double k8) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_rmsprop_s0_elem<float, float, float, 2, 2>(i, i, p_grad, p_weight, p_n, p_g_avg, p_delta, p_weight_lp, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k_gamma1, (float)k_centered, (float)k_gamma2, (float)k_lr, (float)k_epsilon, (float)k8);
+        optforge_rmsprop_s0_elem<float, float, float, 2, 2, 2>(i, i, p_grad, p_weight, p_n, p_g_avg, p_delta, p_weight_lp, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k_gamma1, (float)k_centered, (float)k_gamma2, (float)k_lr, (float)k_epsilon, (float)k8);
 }
 /* row-sparse, parallel over gradient elements (not rows): element j updates row rows[j / cols] */
 __global__ void optforge_rmsprop_s0_rows_f32(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const float* __restrict__ p_grad, float* __restrict__ p_weight, float* __restrict__ p_n, float* __restrict__ p_g_avg, float* __restrict__ p_delta, float* __restrict__ p_weight_lp, double k_rescale_grad, double k_wd, double k2, double k_gamma1, double k_centered, double k_gamma2, double k_lr, double k_epsilon, double k8) {
     for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
-        optforge_rmsprop_s0_elem<float, float, float, 2, 2>(rows[j / cols] * cols + j % cols, j, p_grad, p_weight, p_n, p_g_avg, p_delta, p_weight_lp, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k_gamma1, (float)k_centered, (float)k_gamma2, (float)k_lr, (float)k_epsilon, (float)k8);
+        optforge_rmsprop_s0_elem<float, float, float, 2, 2, 2>(rows[j / cols] * cols + j % cols, j, p_grad, p_weight, p_n, p_g_avg, p_delta, p_weight_lp, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k_gamma1, (float)k_centered, (float)k_gamma2, (float)k_lr, (float)k_epsilon, (float)k8);
 }
 /* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
    pointers, sizes and 9 scalar(s) per parameter, as Apex's multi_tensor_apply */
@@ -88,17 +88,17 @@ __global__ void optforge_rmsprop_s0_mt_f32(const int64_t* __restrict__ sizes, fl
     const int64_t t = blockIdx.y, n = sizes[t];
     const double* s = scalars + t * 9;
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
-        optforge_rmsprop_s0_elem<float, float, float, 2, 2>(i, i, tab_grad[t], tab_weight[t], tab_n[t], tab_g_avg[t], tab_delta[t], tab_weight_lp[t], (float)s[0], (float)s[1], (float)s[2], (float)s[3], (float)s[4], (float)s[5], (float)s[6], (float)s[7], (float)s[8]);
+        optforge_rmsprop_s0_elem<float, float, float, 2, 2, 2>(i, i, tab_grad[t], tab_weight[t], tab_n[t], tab_g_avg[t], tab_delta[t], tab_weight_lp[t], (float)s[0], (float)s[1], (float)s[2], (float)s[3], (float)s[4], (float)s[5], (float)s[6], (float)s[7], (float)s[8]);
     }
 }
 __global__ void optforge_rmsprop_s0_f64(int64_t n, const double* __restrict__ p_grad, double* __restrict__ p_weight, double* __restrict__ p_n, double* __restrict__ p_g_avg, double* __restrict__ p_delta, float* __restrict__ p_weight_lp, double k_rescale_grad, double k_wd, double k2, double k_gamma1, double k_centered, double k_gamma2, double k_lr, double k_epsilon, double k8) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_rmsprop_s0_elem<double, double, double, 2, 2>(i, i, p_grad, p_weight, p_n, p_g_avg, p_delta, p_weight_lp, (double)k_rescale_grad, (double)k_wd, (double)k2, (double)k_gamma1, (double)k_centered, (double)k_gamma2, (double)k_lr, (double)k_epsilon, (double)k8);
+        optforge_rmsprop_s0_elem<double, double, double, 2, 2, 2>(i, i, p_grad, p_weight, p_n, p_g_avg, p_delta, p_weight_lp, (double)k_rescale_grad, (double)k_wd, (double)k2, (double)k_gamma1, (double)k_centered, (double)k_gamma2, (double)k_lr, (double)k_epsilon, (double)k8);
 }
 /* row-sparse, parallel over gradient elements (not rows): element j updates row rows[j / cols] */
 __global__ void optforge_rmsprop_s0_rows_f64(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const double* __restrict__ p_grad, double* __restrict__ p_weight, double* __restrict__ p_n, double* __restrict__ p_g_avg, double* __restrict__ p_delta, float* __restrict__ p_weight_lp, double k_rescale_grad, double k_wd, double k2, double k_gamma1, double k_centered, double k_gamma2, double k_lr, double k_epsilon, double k8) {
     for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
-        optforge_rmsprop_s0_elem<double, double, double, 2, 2>(rows[j / cols] * cols + j % cols, j, p_grad, p_weight, p_n, p_g_avg, p_delta, p_weight_lp, (double)k_rescale_grad, (double)k_wd, (double)k2, (double)k_gamma1, (double)k_centered, (double)k_gamma2, (double)k_lr, (double)k_epsilon, (double)k8);
+        optforge_rmsprop_s0_elem<double, double, double, 2, 2, 2>(rows[j / cols] * cols + j % cols, j, p_grad, p_weight, p_n, p_g_avg, p_delta, p_weight_lp, (double)k_rescale_grad, (double)k_wd, (double)k2, (double)k_gamma1, (double)k_centered, (double)k_gamma2, (double)k_lr, (double)k_epsilon, (double)k8);
 }
 /* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
    pointers, sizes and 9 scalar(s) per parameter, as Apex's multi_tensor_apply */
@@ -106,17 +106,17 @@ __global__ void optforge_rmsprop_s0_mt_f64(const int64_t* __restrict__ sizes, do
     const int64_t t = blockIdx.y, n = sizes[t];
     const double* s = scalars + t * 9;
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
-        optforge_rmsprop_s0_elem<double, double, double, 2, 2>(i, i, tab_grad[t], tab_weight[t], tab_n[t], tab_g_avg[t], tab_delta[t], tab_weight_lp[t], (double)s[0], (double)s[1], (double)s[2], (double)s[3], (double)s[4], (double)s[5], (double)s[6], (double)s[7], (double)s[8]);
+        optforge_rmsprop_s0_elem<double, double, double, 2, 2, 2>(i, i, tab_grad[t], tab_weight[t], tab_n[t], tab_g_avg[t], tab_delta[t], tab_weight_lp[t], (double)s[0], (double)s[1], (double)s[2], (double)s[3], (double)s[4], (double)s[5], (double)s[6], (double)s[7], (double)s[8]);
     }
 }
 __global__ void optforge_rmsprop_s0_f16(int64_t n, const __half* __restrict__ p_grad, __half* __restrict__ p_weight, __half* __restrict__ p_n, __half* __restrict__ p_g_avg, __half* __restrict__ p_delta, float* __restrict__ p_weight_lp, double k_rescale_grad, double k_wd, double k2, double k_gamma1, double k_centered, double k_gamma2, double k_lr, double k_epsilon, double k8) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_rmsprop_s0_elem<__half, __half, float, 2, 2>(i, i, p_grad, p_weight, p_n, p_g_avg, p_delta, p_weight_lp, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k_gamma1, (float)k_centered, (float)k_gamma2, (float)k_lr, (float)k_epsilon, (float)k8);
+        optforge_rmsprop_s0_elem<__half, __half, float, 2, 2, 2>(i, i, p_grad, p_weight, p_n, p_g_avg, p_delta, p_weight_lp, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k_gamma1, (float)k_centered, (float)k_gamma2, (float)k_lr, (float)k_epsilon, (float)k8);
 }
 /* row-sparse, parallel over gradient elements (not rows): element j updates row rows[j / cols] */
 __global__ void optforge_rmsprop_s0_rows_f16(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const __half* __restrict__ p_grad, __half* __restrict__ p_weight, __half* __restrict__ p_n, __half* __restrict__ p_g_avg, __half* __restrict__ p_delta, float* __restrict__ p_weight_lp, double k_rescale_grad, double k_wd, double k2, double k_gamma1, double k_centered, double k_gamma2, double k_lr, double k_epsilon, double k8) {
     for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
-        optforge_rmsprop_s0_elem<__half, __half, float, 2, 2>(rows[j / cols] * cols + j % cols, j, p_grad, p_weight, p_n, p_g_avg, p_delta, p_weight_lp, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k_gamma1, (float)k_centered, (float)k_gamma2, (float)k_lr, (float)k_epsilon, (float)k8);
+        optforge_rmsprop_s0_elem<__half, __half, float, 2, 2, 2>(rows[j / cols] * cols + j % cols, j, p_grad, p_weight, p_n, p_g_avg, p_delta, p_weight_lp, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k_gamma1, (float)k_centered, (float)k_gamma2, (float)k_lr, (float)k_epsilon, (float)k8);
 }
 /* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
    pointers, sizes and 9 scalar(s) per parameter, as Apex's multi_tensor_apply */
@@ -124,17 +124,17 @@ __global__ void optforge_rmsprop_s0_mt_f16(const int64_t* __restrict__ sizes, __
     const int64_t t = blockIdx.y, n = sizes[t];
     const double* s = scalars + t * 9;
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
-        optforge_rmsprop_s0_elem<__half, __half, float, 2, 2>(i, i, tab_grad[t], tab_weight[t], tab_n[t], tab_g_avg[t], tab_delta[t], tab_weight_lp[t], (float)s[0], (float)s[1], (float)s[2], (float)s[3], (float)s[4], (float)s[5], (float)s[6], (float)s[7], (float)s[8]);
+        optforge_rmsprop_s0_elem<__half, __half, float, 2, 2, 2>(i, i, tab_grad[t], tab_weight[t], tab_n[t], tab_g_avg[t], tab_delta[t], tab_weight_lp[t], (float)s[0], (float)s[1], (float)s[2], (float)s[3], (float)s[4], (float)s[5], (float)s[6], (float)s[7], (float)s[8]);
     }
 }
 __global__ void optforge_rmsprop_s0_mp16(int64_t n, const __half* __restrict__ p_grad, float* __restrict__ p_weight, float* __restrict__ p_n, float* __restrict__ p_g_avg, float* __restrict__ p_delta, float* __restrict__ p_weight_lp, double k_rescale_grad, double k_wd, double k2, double k_gamma1, double k_centered, double k_gamma2, double k_lr, double k_epsilon, double k8) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_rmsprop_s0_elem<float, __half, float, 2, 2>(i, i, p_grad, p_weight, p_n, p_g_avg, p_delta, p_weight_lp, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k_gamma1, (float)k_centered, (float)k_gamma2, (float)k_lr, (float)k_epsilon, (float)k8);
+        optforge_rmsprop_s0_elem<float, __half, float, 2, 2, 2>(i, i, p_grad, p_weight, p_n, p_g_avg, p_delta, p_weight_lp, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k_gamma1, (float)k_centered, (float)k_gamma2, (float)k_lr, (float)k_epsilon, (float)k8);
 }
 /* row-sparse, parallel over gradient elements (not rows): element j updates row rows[j / cols] */
 __global__ void optforge_rmsprop_s0_rows_mp16(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const __half* __restrict__ p_grad, float* __restrict__ p_weight, float* __restrict__ p_n, float* __restrict__ p_g_avg, float* __restrict__ p_delta, float* __restrict__ p_weight_lp, double k_rescale_grad, double k_wd, double k2, double k_gamma1, double k_centered, double k_gamma2, double k_lr, double k_epsilon, double k8) {
     for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
-        optforge_rmsprop_s0_elem<float, __half, float, 2, 2>(rows[j / cols] * cols + j % cols, j, p_grad, p_weight, p_n, p_g_avg, p_delta, p_weight_lp, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k_gamma1, (float)k_centered, (float)k_gamma2, (float)k_lr, (float)k_epsilon, (float)k8);
+        optforge_rmsprop_s0_elem<float, __half, float, 2, 2, 2>(rows[j / cols] * cols + j % cols, j, p_grad, p_weight, p_n, p_g_avg, p_delta, p_weight_lp, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k_gamma1, (float)k_centered, (float)k_gamma2, (float)k_lr, (float)k_epsilon, (float)k8);
 }
 /* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
    pointers, sizes and 9 scalar(s) per parameter, as Apex's multi_tensor_apply */
@@ -142,7 +142,7 @@ __global__ void optforge_rmsprop_s0_mt_mp16(const int64_t* __restrict__ sizes, _
     const int64_t t = blockIdx.y, n = sizes[t];
     const double* s = scalars + t * 9;
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
-        optforge_rmsprop_s0_elem<float, __half, float, 2, 2>(i, i, tab_grad[t], tab_weight[t], tab_n[t], tab_g_avg[t], tab_delta[t], tab_weight_lp[t], (float)s[0], (float)s[1], (float)s[2], (float)s[3], (float)s[4], (float)s[5], (float)s[6], (float)s[7], (float)s[8]);
+        optforge_rmsprop_s0_elem<float, __half, float, 2, 2, 2>(i, i, tab_grad[t], tab_weight[t], tab_n[t], tab_g_avg[t], tab_delta[t], tab_weight_lp[t], (float)s[0], (float)s[1], (float)s[2], (float)s[3], (float)s[4], (float)s[5], (float)s[6], (float)s[7], (float)s[8]);
     }
 }
 }

@@ -45,14 +45,14 @@ template <typename C> inline void store_low(float* p, int64_t i, C v) { p[i] = (
 
 /* stage s0: element i of the weight and states, element gi of the gradient and scratch
    (the same element for a dense update; for a row-sparse one, gi walks the gradient's rows) */
-template <typename T, typename G, typename C, int H0>
+template <typename T, typename G, typename C, int H0, int B0>
 OPTFORGE_HD void optforge_signum_s0_elem(int64_t i, int64_t gi, const G* __restrict__ p_grad, T* __restrict__ p_mom, T* __restrict__ p_weight, float* __restrict__ p_weight_lp, const C k_rescale_grad, const C k1, const C k2, const C k_momentum, const C k_wd, const C k5, const C k_lr, const C k7) {
     C grad = C(p_grad[gi]);
     C mom = (H0 == 1 || (H0 == 2 && p_mom)) ? C(p_mom[i]) : C(0);
     C weight = C(p_weight[i]);
     C g;
     g = op_clip(k_rescale_grad * grad, k1);  // signum.opt:26
-    if (k2) {
+    if (B0 == 1 || (B0 == 2 && k2)) {
         mom = k_momentum * mom - (C(1) - k_momentum) * (k_wd * weight + g);  // signum.opt:28
         weight = k5 * weight + k_lr * op_sign(mom);  // signum.opt:29
     } else {
@@ -65,14 +65,22 @@ OPTFORGE_HD void optforge_signum_s0_elem(int64_t i, int64_t gi, const G* __restr
 
 extern "C" {
 void optforge_signum_s0_f32(int64_t n, const float* __restrict__ p_grad, float* __restrict__ p_mom, float* __restrict__ p_weight, double k_rescale_grad, double k1, double k2, double k_momentum, double k_wd, double k5, double k_lr, double k7) {
-    if (p_mom) {
+    if (p_mom && k2 != 0) {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
         for (int64_t i = 0; i < n; ++i)
-            optforge_signum_s0_elem<float, float, float, 1>(i, i, p_grad, p_mom, p_weight, nullptr, (float)k_rescale_grad, (float)k1, (float)k2, (float)k_momentum, (float)k_wd, (float)k5, (float)k_lr, (float)k7);
-    } else if (!p_mom) {
+            optforge_signum_s0_elem<float, float, float, 1, 1>(i, i, p_grad, p_mom, p_weight, nullptr, (float)k_rescale_grad, (float)k1, (float)k2, (float)k_momentum, (float)k_wd, (float)k5, (float)k_lr, (float)k7);
+    } else if (p_mom && k2 == 0) {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
         for (int64_t i = 0; i < n; ++i)
-            optforge_signum_s0_elem<float, float, float, 0>(i, i, p_grad, p_mom, p_weight, nullptr, (float)k_rescale_grad, (float)k1, (float)k2, (float)k_momentum, (float)k_wd, (float)k5, (float)k_lr, (float)k7);
+            optforge_signum_s0_elem<float, float, float, 1, 0>(i, i, p_grad, p_mom, p_weight, nullptr, (float)k_rescale_grad, (float)k1, (float)k2, (float)k_momentum, (float)k_wd, (float)k5, (float)k_lr, (float)k7);
+    } else if (!p_mom && k2 != 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_signum_s0_elem<float, float, float, 0, 1>(i, i, p_grad, p_mom, p_weight, nullptr, (float)k_rescale_grad, (float)k1, (float)k2, (float)k_momentum, (float)k_wd, (float)k5, (float)k_lr, (float)k7);
+    } else if (!p_mom && k2 == 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_signum_s0_elem<float, float, float, 0, 0>(i, i, p_grad, p_mom, p_weight, nullptr, (float)k_rescale_grad, (float)k1, (float)k2, (float)k_momentum, (float)k_wd, (float)k5, (float)k_lr, (float)k7);
     }
 }
 /* row-sparse: n = rows x cols gradient elements; gradient row r updates row rows[r] */
@@ -84,19 +92,27 @@ void optforge_signum_s0_rows_f32(int64_t n, int64_t cols, const int64_t* __restr
         const int64_t base = rows[r] * cols, gbase = r * cols;
         #pragma omp simd
         for (int64_t c = 0; c < cols; ++c) {
-            optforge_signum_s0_elem<float, float, float, 2>(base + c, gbase + c, p_grad, p_mom, p_weight, nullptr, (float)k_rescale_grad, (float)k1, (float)k2, (float)k_momentum, (float)k_wd, (float)k5, (float)k_lr, (float)k7);
+            optforge_signum_s0_elem<float, float, float, 2, 2>(base + c, gbase + c, p_grad, p_mom, p_weight, nullptr, (float)k_rescale_grad, (float)k1, (float)k2, (float)k_momentum, (float)k_wd, (float)k5, (float)k_lr, (float)k7);
         }
     }
 }
 void optforge_signum_s0_f64(int64_t n, const double* __restrict__ p_grad, double* __restrict__ p_mom, double* __restrict__ p_weight, double k_rescale_grad, double k1, double k2, double k_momentum, double k_wd, double k5, double k_lr, double k7) {
-    if (p_mom) {
+    if (p_mom && k2 != 0) {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
         for (int64_t i = 0; i < n; ++i)
-            optforge_signum_s0_elem<double, double, double, 1>(i, i, p_grad, p_mom, p_weight, nullptr, (double)k_rescale_grad, (double)k1, (double)k2, (double)k_momentum, (double)k_wd, (double)k5, (double)k_lr, (double)k7);
-    } else if (!p_mom) {
+            optforge_signum_s0_elem<double, double, double, 1, 1>(i, i, p_grad, p_mom, p_weight, nullptr, (double)k_rescale_grad, (double)k1, (double)k2, (double)k_momentum, (double)k_wd, (double)k5, (double)k_lr, (double)k7);
+    } else if (p_mom && k2 == 0) {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
         for (int64_t i = 0; i < n; ++i)
-            optforge_signum_s0_elem<double, double, double, 0>(i, i, p_grad, p_mom, p_weight, nullptr, (double)k_rescale_grad, (double)k1, (double)k2, (double)k_momentum, (double)k_wd, (double)k5, (double)k_lr, (double)k7);
+            optforge_signum_s0_elem<double, double, double, 1, 0>(i, i, p_grad, p_mom, p_weight, nullptr, (double)k_rescale_grad, (double)k1, (double)k2, (double)k_momentum, (double)k_wd, (double)k5, (double)k_lr, (double)k7);
+    } else if (!p_mom && k2 != 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_signum_s0_elem<double, double, double, 0, 1>(i, i, p_grad, p_mom, p_weight, nullptr, (double)k_rescale_grad, (double)k1, (double)k2, (double)k_momentum, (double)k_wd, (double)k5, (double)k_lr, (double)k7);
+    } else if (!p_mom && k2 == 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_signum_s0_elem<double, double, double, 0, 0>(i, i, p_grad, p_mom, p_weight, nullptr, (double)k_rescale_grad, (double)k1, (double)k2, (double)k_momentum, (double)k_wd, (double)k5, (double)k_lr, (double)k7);
     }
 }
 /* row-sparse: n = rows x cols gradient elements; gradient row r updates row rows[r] */
@@ -108,7 +124,7 @@ void optforge_signum_s0_rows_f64(int64_t n, int64_t cols, const int64_t* __restr
         const int64_t base = rows[r] * cols, gbase = r * cols;
         #pragma omp simd
         for (int64_t c = 0; c < cols; ++c) {
-            optforge_signum_s0_elem<double, double, double, 2>(base + c, gbase + c, p_grad, p_mom, p_weight, nullptr, (double)k_rescale_grad, (double)k1, (double)k2, (double)k_momentum, (double)k_wd, (double)k5, (double)k_lr, (double)k7);
+            optforge_signum_s0_elem<double, double, double, 2, 2>(base + c, gbase + c, p_grad, p_mom, p_weight, nullptr, (double)k_rescale_grad, (double)k1, (double)k2, (double)k_momentum, (double)k_wd, (double)k5, (double)k_lr, (double)k7);
         }
     }
 }
