@@ -121,8 +121,11 @@ def _writes_tensors(s) -> bool:
 
 
 def _targets(s) -> set:
+    """What a statement, a host step or a branch (of statements or of steps) assigns."""
     if isinstance(s, Assign):
         return {s.target}
+    if isinstance(s, Host):
+        return _targets(s.stmt)
     out = set()
     for _, body in s.branches:
         for x in body:
@@ -139,18 +142,6 @@ def _host_only(item) -> bool:
     if isinstance(item, Branch):
         return all(_host_only(x) for _, body in item.branches for x in body) and all(_host_only(x) for x in item.orelse)
     return False
-
-
-def _step_targets(item) -> set:
-    if isinstance(item, Host):
-        return _targets(item.stmt)
-    out = set()
-    for _, body in item.branches:
-        for x in body:
-            out |= _step_targets(x)
-    for x in item.orelse:
-        out |= _step_targets(x)
-    return out
 
 
 class Lowering:
@@ -215,7 +206,7 @@ class Lowering:
                 target = item
                 break
             # host work since that stage must not assign what the reductions read (it runs after the launch)
-            if _host_only(item) and not (_step_targets(item) & leaves):
+            if _host_only(item) and not (_targets(item) & leaves):
                 continue
             break
         if target is None:
