@@ -55,6 +55,7 @@ def main():
 
     import optforge
     from optforge import cuda
+    from optforge.multi import MultiTensorLaunches
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--log2", type=int, default=26)
@@ -129,12 +130,12 @@ def main():
     print()
     for name in ("adam", "lamb"):
         launches = []
-        flush = cuda.MultiTensorLaunches.flush
-        cuda.MultiTensorLaunches.flush = lambda self: launches.append(flush(self)) or launches[-1]
+        flush = MultiTensorLaunches.flush
+        MultiTensorLaunches.flush = lambda self: launches.append(flush(self)) or launches[-1]
         opt = optforge.create(name, learning_rate=1e-3)
         states = [opt.create_state(i, x) for i, x in enumerate(ws)]
         list_ms = timed(lambda: opt.update(idx, ws, gs, states), rep, 5)
-        cuda.MultiTensorLaunches.flush = flush
+        MultiTensorLaunches.flush = flush
         per_step = sum(launches) // (1 + 5 * rep)
 
         def loop():

@@ -83,6 +83,16 @@ void optforge_adamax_s0_rows_f32(int64_t n, int64_t cols, const int64_t* __restr
         }
     }
 }
+/* multi-tensor: one call for the small tensors of a list update (each below OPTFORGE_PARALLEL_MIN), in
+   parallel over the tensors: ptrs[k * count + t] is pointer k of tensor t, scalars[t * 6 + j] its
+   scalars */
+void optforge_adamax_s0_mt_f32(int64_t count, const int64_t* __restrict__ sizes, const uint64_t* __restrict__ ptrs, const double* __restrict__ scalars) {
+    #pragma omp parallel for schedule(dynamic, 4) if (count > 1)
+    for (int64_t t = 0; t < count; ++t) {
+        const double* s = scalars + t * 6;
+        optforge_adamax_s0_f32(sizes[t], (const float*)ptrs[0 * count + t], (float*)ptrs[1 * count + t], (float*)ptrs[2 * count + t], (float*)ptrs[3 * count + t], s[0], s[1], s[2], s[3], s[4], s[5]);
+    }
+}
 void optforge_adamax_s0_f64(int64_t n, const double* __restrict__ p_grad, double* __restrict__ p_weight, double* __restrict__ p_m, double* __restrict__ p_u, double k_rescale_grad, double k_wd, double k2, double k_beta1, double k_beta2, double k5) {
     if (true) {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
@@ -101,6 +111,16 @@ void optforge_adamax_s0_rows_f64(int64_t n, int64_t cols, const int64_t* __restr
         for (int64_t c = 0; c < cols; ++c) {
             optforge_adamax_s0_elem<double, double, double>(base + c, gbase + c, p_grad, p_weight, p_m, p_u, nullptr, (double)k_rescale_grad, (double)k_wd, (double)k2, (double)k_beta1, (double)k_beta2, (double)k5);
         }
+    }
+}
+/* multi-tensor: one call for the small tensors of a list update (each below OPTFORGE_PARALLEL_MIN), in
+   parallel over the tensors: ptrs[k * count + t] is pointer k of tensor t, scalars[t * 6 + j] its
+   scalars */
+void optforge_adamax_s0_mt_f64(int64_t count, const int64_t* __restrict__ sizes, const uint64_t* __restrict__ ptrs, const double* __restrict__ scalars) {
+    #pragma omp parallel for schedule(dynamic, 4) if (count > 1)
+    for (int64_t t = 0; t < count; ++t) {
+        const double* s = scalars + t * 6;
+        optforge_adamax_s0_f64(sizes[t], (const double*)ptrs[0 * count + t], (double*)ptrs[1 * count + t], (double*)ptrs[2 * count + t], (double*)ptrs[3 * count + t], s[0], s[1], s[2], s[3], s[4], s[5]);
     }
 }
 }

@@ -150,6 +150,16 @@ void optforge_lamb_s0_rows_f32(int64_t n, int64_t cols, const int64_t* __restric
         }
     }
 }
+/* multi-tensor: one call for the small tensors of a list update (each below OPTFORGE_PARALLEL_MIN), in
+   parallel over the tensors: ptrs[k * count + t] is pointer k of tensor t, scalars[t * 8 + j] its
+   scalars, out[t * 2 + k] its sums */
+void optforge_lamb_s0_mt_f32(int64_t count, const int64_t* __restrict__ sizes, const uint64_t* __restrict__ ptrs, const double* __restrict__ scalars, double* __restrict__ out) {
+    #pragma omp parallel for schedule(dynamic, 4) if (count > 1)
+    for (int64_t t = 0; t < count; ++t) {
+        const double* s = scalars + t * 8;
+        optforge_lamb_s0_f32(sizes[t], (const float*)ptrs[0 * count + t], (float*)ptrs[1 * count + t], (float*)ptrs[2 * count + t], (const float*)ptrs[3 * count + t], (float*)ptrs[4 * count + t], s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7], out + t * 2);
+    }
+}
 /* also accumulates 2 whole-tensor reduction(s) into out[]. Each thread takes a fixed share
    of the elements, block by block: the stage loop stores the elements' reduction terms in small
    buffers (so it vectorizes as a stage without reductions does), then a tight loop sums a buffer in
@@ -221,6 +231,16 @@ void optforge_lamb_s0_rows_f64(int64_t n, int64_t cols, const int64_t* __restric
         }
     }
 }
+/* multi-tensor: one call for the small tensors of a list update (each below OPTFORGE_PARALLEL_MIN), in
+   parallel over the tensors: ptrs[k * count + t] is pointer k of tensor t, scalars[t * 8 + j] its
+   scalars, out[t * 2 + k] its sums */
+void optforge_lamb_s0_mt_f64(int64_t count, const int64_t* __restrict__ sizes, const uint64_t* __restrict__ ptrs, const double* __restrict__ scalars, double* __restrict__ out) {
+    #pragma omp parallel for schedule(dynamic, 4) if (count > 1)
+    for (int64_t t = 0; t < count; ++t) {
+        const double* s = scalars + t * 8;
+        optforge_lamb_s0_f64(sizes[t], (const double*)ptrs[0 * count + t], (double*)ptrs[1 * count + t], (double*)ptrs[2 * count + t], (const double*)ptrs[3 * count + t], (double*)ptrs[4 * count + t], s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7], out + t * 2);
+    }
+}
 void optforge_lamb_s1_f32(int64_t n, float* __restrict__ p_weight, const float* __restrict__ p_upd, double k0) {
     if (true) {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
@@ -241,6 +261,16 @@ void optforge_lamb_s1_rows_f32(int64_t n, int64_t cols, const int64_t* __restric
         }
     }
 }
+/* multi-tensor: one call for the small tensors of a list update (each below OPTFORGE_PARALLEL_MIN), in
+   parallel over the tensors: ptrs[k * count + t] is pointer k of tensor t, scalars[t * 1 + j] its
+   scalars */
+void optforge_lamb_s1_mt_f32(int64_t count, const int64_t* __restrict__ sizes, const uint64_t* __restrict__ ptrs, const double* __restrict__ scalars) {
+    #pragma omp parallel for schedule(dynamic, 4) if (count > 1)
+    for (int64_t t = 0; t < count; ++t) {
+        const double* s = scalars + t * 1;
+        optforge_lamb_s1_f32(sizes[t], (float*)ptrs[0 * count + t], (const float*)ptrs[1 * count + t], s[0]);
+    }
+}
 void optforge_lamb_s1_f64(int64_t n, double* __restrict__ p_weight, const double* __restrict__ p_upd, double k0) {
     if (true) {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
@@ -259,6 +289,16 @@ void optforge_lamb_s1_rows_f64(int64_t n, int64_t cols, const int64_t* __restric
         for (int64_t c = 0; c < cols; ++c) {
             optforge_lamb_s1_elem<double, double, double>(base + c, gbase + c, p_weight, p_upd, nullptr, (double)k0);
         }
+    }
+}
+/* multi-tensor: one call for the small tensors of a list update (each below OPTFORGE_PARALLEL_MIN), in
+   parallel over the tensors: ptrs[k * count + t] is pointer k of tensor t, scalars[t * 1 + j] its
+   scalars */
+void optforge_lamb_s1_mt_f64(int64_t count, const int64_t* __restrict__ sizes, const uint64_t* __restrict__ ptrs, const double* __restrict__ scalars) {
+    #pragma omp parallel for schedule(dynamic, 4) if (count > 1)
+    for (int64_t t = 0; t < count; ++t) {
+        const double* s = scalars + t * 1;
+        optforge_lamb_s1_f64(sizes[t], (double*)ptrs[0 * count + t], (const double*)ptrs[1 * count + t], s[0]);
     }
 }
 }

@@ -133,6 +133,16 @@ void optforge_lbsgd_s0_rows_f32(int64_t n, int64_t cols, const int64_t* __restri
         }
     }
 }
+/* multi-tensor: one call for the small tensors of a list update (each below OPTFORGE_PARALLEL_MIN), in
+   parallel over the tensors: ptrs[k * count + t] is pointer k of tensor t, scalars[t * 1 + j] its
+   scalars */
+void optforge_lbsgd_s0_mt_f32(int64_t count, const int64_t* __restrict__ sizes, const uint64_t* __restrict__ ptrs, const double* __restrict__ scalars) {
+    #pragma omp parallel for schedule(dynamic, 4) if (count > 1)
+    for (int64_t t = 0; t < count; ++t) {
+        const double* s = scalars + t * 1;
+        optforge_lbsgd_s0_f32(sizes[t], (float*)ptrs[0 * count + t], (const float*)ptrs[1 * count + t]);
+    }
+}
 void optforge_lbsgd_s0_f64(int64_t n, double* __restrict__ p_cum_grad, const double* __restrict__ p_grad) {
     if (p_cum_grad) {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
@@ -155,6 +165,16 @@ void optforge_lbsgd_s0_rows_f64(int64_t n, int64_t cols, const int64_t* __restri
         for (int64_t c = 0; c < cols; ++c) {
             optforge_lbsgd_s0_elem<double, double, double, 2>(base + c, gbase + c, p_cum_grad, p_grad, nullptr);
         }
+    }
+}
+/* multi-tensor: one call for the small tensors of a list update (each below OPTFORGE_PARALLEL_MIN), in
+   parallel over the tensors: ptrs[k * count + t] is pointer k of tensor t, scalars[t * 1 + j] its
+   scalars */
+void optforge_lbsgd_s0_mt_f64(int64_t count, const int64_t* __restrict__ sizes, const uint64_t* __restrict__ ptrs, const double* __restrict__ scalars) {
+    #pragma omp parallel for schedule(dynamic, 4) if (count > 1)
+    for (int64_t t = 0; t < count; ++t) {
+        const double* s = scalars + t * 1;
+        optforge_lbsgd_s0_f64(sizes[t], (double*)ptrs[0 * count + t], (const double*)ptrs[1 * count + t]);
     }
 }
 /* also accumulates 1 whole-tensor reduction(s) into out[]. Each thread takes a fixed share
@@ -221,6 +241,16 @@ void optforge_lbsgd_s1_rows_f32(int64_t n, int64_t cols, const int64_t* __restri
         }
     }
 }
+/* multi-tensor: one call for the small tensors of a list update (each below OPTFORGE_PARALLEL_MIN), in
+   parallel over the tensors: ptrs[k * count + t] is pointer k of tensor t, scalars[t * 1 + j] its
+   scalars, out[t * 1 + k] its sums */
+void optforge_lbsgd_s1_mt_f32(int64_t count, const int64_t* __restrict__ sizes, const uint64_t* __restrict__ ptrs, const double* __restrict__ scalars, double* __restrict__ out) {
+    #pragma omp parallel for schedule(dynamic, 4) if (count > 1)
+    for (int64_t t = 0; t < count; ++t) {
+        const double* s = scalars + t * 1;
+        optforge_lbsgd_s1_f32(sizes[t], (const float*)ptrs[0 * count + t], out + t * 1);
+    }
+}
 /* also accumulates 1 whole-tensor reduction(s) into out[]. Each thread takes a fixed share
    of the elements, block by block: the stage loop stores the elements' reduction terms in small
    buffers (so it vectorizes as a stage without reductions does), then a tight loop sums a buffer in
@@ -283,6 +313,16 @@ void optforge_lbsgd_s1_rows_f64(int64_t n, int64_t cols, const int64_t* __restri
             double red0;   /* row kernels see some rows only: their reductions are done on the host */
             optforge_lbsgd_s1_elem<double, double, double>(base + c, gbase + c, p_weight, nullptr, red0);
         }
+    }
+}
+/* multi-tensor: one call for the small tensors of a list update (each below OPTFORGE_PARALLEL_MIN), in
+   parallel over the tensors: ptrs[k * count + t] is pointer k of tensor t, scalars[t * 1 + j] its
+   scalars, out[t * 1 + k] its sums */
+void optforge_lbsgd_s1_mt_f64(int64_t count, const int64_t* __restrict__ sizes, const uint64_t* __restrict__ ptrs, const double* __restrict__ scalars, double* __restrict__ out) {
+    #pragma omp parallel for schedule(dynamic, 4) if (count > 1)
+    for (int64_t t = 0; t < count; ++t) {
+        const double* s = scalars + t * 1;
+        optforge_lbsgd_s1_f64(sizes[t], (const double*)ptrs[0 * count + t], out + t * 1);
     }
 }
 /* also accumulates 1 whole-tensor reduction(s) into out[]. Each thread takes a fixed share
@@ -356,6 +396,16 @@ void optforge_lbsgd_s2_rows_f32(int64_t n, int64_t cols, const int64_t* __restri
         }
     }
 }
+/* multi-tensor: one call for the small tensors of a list update (each below OPTFORGE_PARALLEL_MIN), in
+   parallel over the tensors: ptrs[k * count + t] is pointer k of tensor t, scalars[t * 1 + j] its
+   scalars, out[t * 1 + k] its sums */
+void optforge_lbsgd_s2_mt_f32(int64_t count, const int64_t* __restrict__ sizes, const uint64_t* __restrict__ ptrs, const double* __restrict__ scalars, double* __restrict__ out) {
+    #pragma omp parallel for schedule(dynamic, 4) if (count > 1)
+    for (int64_t t = 0; t < count; ++t) {
+        const double* s = scalars + t * 1;
+        optforge_lbsgd_s2_f32(sizes[t], (const float*)ptrs[0 * count + t], out + t * 1);
+    }
+}
 /* also accumulates 1 whole-tensor reduction(s) into out[]. Each thread takes a fixed share
    of the elements, block by block: the stage loop stores the elements' reduction terms in small
    buffers (so it vectorizes as a stage without reductions does), then a tight loop sums a buffer in
@@ -427,6 +477,16 @@ void optforge_lbsgd_s2_rows_f64(int64_t n, int64_t cols, const int64_t* __restri
         }
     }
 }
+/* multi-tensor: one call for the small tensors of a list update (each below OPTFORGE_PARALLEL_MIN), in
+   parallel over the tensors: ptrs[k * count + t] is pointer k of tensor t, scalars[t * 1 + j] its
+   scalars, out[t * 1 + k] its sums */
+void optforge_lbsgd_s2_mt_f64(int64_t count, const int64_t* __restrict__ sizes, const uint64_t* __restrict__ ptrs, const double* __restrict__ scalars, double* __restrict__ out) {
+    #pragma omp parallel for schedule(dynamic, 4) if (count > 1)
+    for (int64_t t = 0; t < count; ++t) {
+        const double* s = scalars + t * 1;
+        optforge_lbsgd_s2_f64(sizes[t], (const double*)ptrs[0 * count + t], out + t * 1);
+    }
+}
 /* also accumulates 1 whole-tensor reduction(s) into out[]. Each thread takes a fixed share
    of the elements, block by block: the stage loop stores the elements' reduction terms in small
    buffers (so it vectorizes as a stage without reductions does), then a tight loop sums a buffer in
@@ -491,6 +551,16 @@ void optforge_lbsgd_s3_rows_f32(int64_t n, int64_t cols, const int64_t* __restri
         }
     }
 }
+/* multi-tensor: one call for the small tensors of a list update (each below OPTFORGE_PARALLEL_MIN), in
+   parallel over the tensors: ptrs[k * count + t] is pointer k of tensor t, scalars[t * 1 + j] its
+   scalars, out[t * 1 + k] its sums */
+void optforge_lbsgd_s3_mt_f32(int64_t count, const int64_t* __restrict__ sizes, const uint64_t* __restrict__ ptrs, const double* __restrict__ scalars, double* __restrict__ out) {
+    #pragma omp parallel for schedule(dynamic, 4) if (count > 1)
+    for (int64_t t = 0; t < count; ++t) {
+        const double* s = scalars + t * 1;
+        optforge_lbsgd_s3_f32(sizes[t], (const float*)ptrs[0 * count + t], out + t * 1);
+    }
+}
 /* also accumulates 1 whole-tensor reduction(s) into out[]. Each thread takes a fixed share
    of the elements, block by block: the stage loop stores the elements' reduction terms in small
    buffers (so it vectorizes as a stage without reductions does), then a tight loop sums a buffer in
@@ -553,6 +623,16 @@ void optforge_lbsgd_s3_rows_f64(int64_t n, int64_t cols, const int64_t* __restri
             double red0;   /* row kernels see some rows only: their reductions are done on the host */
             optforge_lbsgd_s3_elem<double, double, double>(base + c, gbase + c, p_grad, nullptr, red0);
         }
+    }
+}
+/* multi-tensor: one call for the small tensors of a list update (each below OPTFORGE_PARALLEL_MIN), in
+   parallel over the tensors: ptrs[k * count + t] is pointer k of tensor t, scalars[t * 1 + j] its
+   scalars, out[t * 1 + k] its sums */
+void optforge_lbsgd_s3_mt_f64(int64_t count, const int64_t* __restrict__ sizes, const uint64_t* __restrict__ ptrs, const double* __restrict__ scalars, double* __restrict__ out) {
+    #pragma omp parallel for schedule(dynamic, 4) if (count > 1)
+    for (int64_t t = 0; t < count; ++t) {
+        const double* s = scalars + t * 1;
+        optforge_lbsgd_s3_f64(sizes[t], (const double*)ptrs[0 * count + t], out + t * 1);
     }
 }
 void optforge_lbsgd_s4_f32(int64_t n, float* __restrict__ p_cum_grad, const float* __restrict__ p_grad, float* __restrict__ p_mom, float* __restrict__ p_weight, double k0, double k_batch_scale, double k_rescale_grad, double k3, double k4, double k_momentum, double k6, double k_lr_t, double k8) {
@@ -635,6 +715,16 @@ void optforge_lbsgd_s4_rows_f32(int64_t n, int64_t cols, const int64_t* __restri
         }
     }
 }
+/* multi-tensor: one call for the small tensors of a list update (each below OPTFORGE_PARALLEL_MIN), in
+   parallel over the tensors: ptrs[k * count + t] is pointer k of tensor t, scalars[t * 9 + j] its
+   scalars */
+void optforge_lbsgd_s4_mt_f32(int64_t count, const int64_t* __restrict__ sizes, const uint64_t* __restrict__ ptrs, const double* __restrict__ scalars) {
+    #pragma omp parallel for schedule(dynamic, 4) if (count > 1)
+    for (int64_t t = 0; t < count; ++t) {
+        const double* s = scalars + t * 9;
+        optforge_lbsgd_s4_f32(sizes[t], (float*)ptrs[0 * count + t], (const float*)ptrs[1 * count + t], (float*)ptrs[2 * count + t], (float*)ptrs[3 * count + t], s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7], s[8]);
+    }
+}
 void optforge_lbsgd_s4_f64(int64_t n, double* __restrict__ p_cum_grad, const double* __restrict__ p_grad, double* __restrict__ p_mom, double* __restrict__ p_weight, double k0, double k_batch_scale, double k_rescale_grad, double k3, double k4, double k_momentum, double k6, double k_lr_t, double k8) {
     if (p_cum_grad && p_mom && k0 != 0 && k4 != 0) {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
@@ -713,6 +803,16 @@ void optforge_lbsgd_s4_rows_f64(int64_t n, int64_t cols, const int64_t* __restri
         for (int64_t c = 0; c < cols; ++c) {
             optforge_lbsgd_s4_elem<double, double, double, 2, 2, 2, 2>(base + c, gbase + c, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (double)k0, (double)k_batch_scale, (double)k_rescale_grad, (double)k3, (double)k4, (double)k_momentum, (double)k6, (double)k_lr_t, (double)k8);
         }
+    }
+}
+/* multi-tensor: one call for the small tensors of a list update (each below OPTFORGE_PARALLEL_MIN), in
+   parallel over the tensors: ptrs[k * count + t] is pointer k of tensor t, scalars[t * 9 + j] its
+   scalars */
+void optforge_lbsgd_s4_mt_f64(int64_t count, const int64_t* __restrict__ sizes, const uint64_t* __restrict__ ptrs, const double* __restrict__ scalars) {
+    #pragma omp parallel for schedule(dynamic, 4) if (count > 1)
+    for (int64_t t = 0; t < count; ++t) {
+        const double* s = scalars + t * 9;
+        optforge_lbsgd_s4_f64(sizes[t], (double*)ptrs[0 * count + t], (const double*)ptrs[1 * count + t], (double*)ptrs[2 * count + t], (double*)ptrs[3 * count + t], s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7], s[8]);
     }
 }
 }

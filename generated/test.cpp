@@ -78,6 +78,16 @@ void optforge_test_s0_rows_f32(int64_t n, int64_t cols, const int64_t* __restric
         }
     }
 }
+/* multi-tensor: one call for the small tensors of a list update (each below OPTFORGE_PARALLEL_MIN), in
+   parallel over the tensors: ptrs[k * count + t] is pointer k of tensor t, scalars[t * 1 + j] its
+   scalars */
+void optforge_test_s0_mt_f32(int64_t count, const int64_t* __restrict__ sizes, const uint64_t* __restrict__ ptrs, const double* __restrict__ scalars) {
+    #pragma omp parallel for schedule(dynamic, 4) if (count > 1)
+    for (int64_t t = 0; t < count; ++t) {
+        const double* s = scalars + t * 1;
+        optforge_test_s0_f32(sizes[t], (float*)ptrs[0 * count + t], (const float*)ptrs[1 * count + t], (float*)ptrs[2 * count + t], s[0]);
+    }
+}
 void optforge_test_s0_f64(int64_t n, double* __restrict__ p_weight, const double* __restrict__ p_grad, double* __restrict__ p_mirror, double k_rescale_grad) {
     if (true) {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
@@ -96,6 +106,16 @@ void optforge_test_s0_rows_f64(int64_t n, int64_t cols, const int64_t* __restric
         for (int64_t c = 0; c < cols; ++c) {
             optforge_test_s0_elem<double, double, double>(base + c, gbase + c, p_weight, p_grad, p_mirror, nullptr, (double)k_rescale_grad);
         }
+    }
+}
+/* multi-tensor: one call for the small tensors of a list update (each below OPTFORGE_PARALLEL_MIN), in
+   parallel over the tensors: ptrs[k * count + t] is pointer k of tensor t, scalars[t * 1 + j] its
+   scalars */
+void optforge_test_s0_mt_f64(int64_t count, const int64_t* __restrict__ sizes, const uint64_t* __restrict__ ptrs, const double* __restrict__ scalars) {
+    #pragma omp parallel for schedule(dynamic, 4) if (count > 1)
+    for (int64_t t = 0; t < count; ++t) {
+        const double* s = scalars + t * 1;
+        optforge_test_s0_f64(sizes[t], (double*)ptrs[0 * count + t], (const double*)ptrs[1 * count + t], (double*)ptrs[2 * count + t], s[0]);
     }
 }
 }

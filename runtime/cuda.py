@@ -144,74 +144,17 @@ def _pointers(arrays):
     return [_pointer(a) for a in arrays]
 
 
-def stage_number(fn: str) -> int:
-    return int(fn.rsplit("_s", 1)[1])
+class MultiLauncher:
+    """Runs a recorded multi-tensor launch (`multi.MultiTensorLaunches`) with the `_mt` kernels: the
+    size, pointer and scalar tables packed into ONE host buffer and copied to the device in one
+    transfer; the kernel gets views into it. A stage with reductions also gets a table of per-thread
+    partial sums, summed per parameter on the device and copied back in one transfer into the
+    parameters' `Pending`s."""
 
-
-class Pending:
-    """What a deferred launch with fused reductions returns: `value` (the list of sums) is filled in
-    by the flush that runs it."""
-    __slots__ = ("value",)
-
-    def __init__(self):
-        self.value = None
-
-
-def run_lockstep(multi, phases) -> None:
-    """Run the driver generators of a list update's parameters together: each runs up to the launch
-    whose reductions it needs next (recorded on `multi`), then one flush issues every recorded stage
-    (one launch per stage for all parameters, one transfer for their sums) and each driver resumes
-    with its own sums. A final flush issues what the drivers recorded after their last reduction."""
-    waiting = []
-    for gen in phases:
-        try:
-            waiting.append((gen, next(gen)))
-        except StopIteration:
-            pass
-    while waiting:
-        multi.flush()
-        resumed = []
-        for gen, pending in waiting:
-            try:
-                resumed.append((gen, gen.send(pending.value)))
-            except StopIteration:
-                pass
-        waiting = resumed
-    multi.flush()
-
-
-class MultiTensorLaunches:
-    """Deferred launches for a list update: each parameter's driver records its stage launches on a
-    `param(...)` recorder; `flush()` then issues ONE launch per (stage, variant) for all parameters,
-    through the `_mt` kernels' pointer, size and scalar tables. Stages with fused reductions return
-    a `Pending` that the flush fills (see `run_lockstep`). Only for specs whose drivers never read
-    tensors on the host (`multi_tensor = True`: every reduction fused)."""
-
-    def __init__(self, module, xp=None, launcher=None):
+    def __init__(self, module):
         self.module = module
-        self.pending: dict = {}
-        self.xp = xp
-        self.launcher = launcher or self._launch_gpu
 
-    def param(self, weight, grad, weight_lp=None):
-        return _Recorder(self, weight, grad, weight_lp)
-
-    def flush(self) -> int:
-        """Launch everything recorded, stage by stage (each parameter's stages keep their order).
-        Returns the number of kernel launches."""
-        launches = 0
-        for (fn, suffix), items in sorted(self.pending.items(), key=lambda kv: (stage_number(kv[0][0]), kv[0][1])):
-            for start in range(0, len(items), 65535):
-                self.launcher(f"{fn}_mt_{suffix}", items[start:start + 65535])
-                launches += 1
-        self.pending.clear()
-        return launches
-
-    def _launch_gpu(self, name, items):
-        """One launch: the size, pointer and scalar tables packed into ONE host buffer and copied
-        to the device in one transfer; the kernel gets views into it. A stage with reductions also
-        gets a table of per-thread partial sums, summed per parameter on the device and copied back
-        in one transfer into the parameters' `Pending`s."""
+    def __call__(self, name, items):
         import cupy
         f = self.module.get_function(name)
         n, ntab = len(items), len(items[0][0])
@@ -242,24 +185,3 @@ class MultiTensorLaunches:
         sums = cupy.asnumpy(partials.reshape(n, stride, reduce).sum(axis=1))
         for (_, _, _, (_, pending)), row in zip(items, sums):
             pending.value = [float(x) for x in row]
-
-
-class _Recorder:
-    def __init__(self, owner: MultiTensorLaunches, weight, grad, weight_lp):
-        self.owner = owner
-        self.xp = owner.xp if owner.xp is not None else __import__("cupy")
-        self.suffix = variant(weight.dtype, grad.dtype, weight_lp is not None)
-        self.weight_lp = weight_lp
-
-    def scratch(self, like, name):
-        return self.xp.empty(like.shape, np.float64 if like.dtype == np.float64 else np.float32)
-
-    def seed(self, rng) -> float:
-        return float(rng.integers(0, 2 ** 53))
-
-    def launch(self, fn: str, arrays, scalars, reduce: int = 0, stores: bool = True):
-        """Record a launch; with reductions, return the `Pending` the flush fills with their sums."""
-        pending = Pending() if reduce else None
-        self.owner.pending.setdefault((fn, self.suffix), []).append(
-            (tuple(arrays), tuple(scalars), self.weight_lp, (reduce, pending) if reduce else None))
-        return pending

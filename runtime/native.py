@@ -149,13 +149,16 @@ def usable(cls) -> bool:
         return False
 
 
+_SUFFIX = {np.dtype(np.float32): "f32", np.dtype(np.float64): "f64"}
+
+
 class NativeBackend:
     """What a generated `_kernel_staged` driver needs: xp, scratch(), seed() and launch()."""
     xp = np
 
     def __init__(self, lib: NativeLibrary, dtype, cache: dict | None = None):
         self.lib = lib
-        self.suffix = {np.dtype(np.float32): "f32", np.dtype(np.float64): "f64"}[np.dtype(dtype)]
+        self.suffix = _SUFFIX[np.dtype(dtype)]
         self.cache = cache
 
     def scratch(self, like, name):
@@ -185,6 +188,62 @@ class NativeBackend:
         out = np.zeros(reduce, np.float64)
         f(_size(arrays), *pointers, *scalars, out.ctypes.data)
         return out.tolist()
+
+
+# tensors below this many elements are batched into one multi-tensor call per stage in a list update
+# (the kernels' OPTFORGE_PARALLEL_MIN: a larger one is parallel inside and its own call costs little)
+BATCH_MAX = 65536
+
+
+def batchable(weight, grad, master) -> bool:
+    """Whether a parameter of a list update joins the native multi-tensor call: a small, dense,
+    float32 or float64 NumPy parameter without a master copy (the `_mt` kernels' variants)."""
+    return (master is None and type(weight) is np.ndarray and type(grad) is np.ndarray and weight.size < BATCH_MAX
+            and weight.dtype == grad.dtype and weight.dtype in _SUFFIX and grad.flags.c_contiguous)
+
+
+class MultiLauncher:
+    """Runs a recorded multi-tensor launch (`multi.MultiTensorLaunches`) with a stage's `_mt` CPU
+    kernel: one call for all the tensors, in parallel over them, with a table of their sizes, one
+    of their pointers (ptrs[k * count + t]: pointer k of tensor t) and one of their scalars; a stage
+    with reductions returns each tensor's sums into its `Pending`."""
+
+    def __init__(self, lib: NativeLibrary):
+        self.lib = lib
+
+    def __call__(self, name, items):
+        count, ntab = len(items), len(items[0][0])
+        width = max(1, len(items[0][1]))
+        sizes = np.empty(count, np.int64)
+        ptrs = np.zeros((ntab, count), np.uint64)
+        scalars = np.zeros((count, width), np.float64)
+        for t, (arrays, values, _, _) in enumerate(items):
+            sizes[t] = next(a.size for a in arrays if a is not None)
+            ptrs[:, t] = [_address(a) for a in arrays]
+            scalars[t, :len(values)] = values
+        reduce = items[0][3][0] if items[0][3] is not None else 0
+        f = self.lib.funcs.get(name)
+        if f is None:
+            f = self.lib.func(name)
+            f.argtypes = [ctypes.c_int64] + [ctypes.c_void_p] * (4 if reduce else 3)
+        if not reduce:
+            f(count, sizes.ctypes.data, ptrs.ctypes.data, scalars.ctypes.data)
+            return
+        out = np.zeros((count, reduce), np.float64)
+        f(count, sizes.ctypes.data, ptrs.ctypes.data, scalars.ctypes.data, out.ctypes.data)
+        for (_, _, _, (_, pending)), row in zip(items, out.tolist()):
+            pending.value = row
+
+
+def _address(a) -> int:
+    """The address of an array's data (0 for an absent state). Through a ctypes view of a writable
+    buffer when possible: several times cheaper than `a.ctypes.data`."""
+    if a is None:
+        return 0
+    try:
+        return ctypes.addressof(ctypes.c_char.from_buffer(a))
+    except (TypeError, ValueError):   # read-only or empty
+        return a.ctypes.data
 
 
 def backend_choice() -> str:

@@ -18,6 +18,7 @@ except ImportError:  # NumPy < 2
     byte_bounds = np.byte_bounds
 
 from . import cuda, native, ops, registry
+from .multi import MultiTensorLaunches, run_lockstep
 from .sparse import RowSparse
 
 FLOAT_DTYPES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
@@ -407,26 +408,31 @@ class Optimizer:
                     self._index_update_count[i] = n
             self.num_update = saved[1]
             raise
-        multi = None
-        if len(indices) > 1 and self.multi_tensor and all(cuda.is_cupy(w) and cuda.is_cupy(g)
-                                                          for w, g in zip(weights, grads)):
-            # CUDA list update: one launch per stage for all parameters
-            multi = cuda.MultiTensorLaunches(cuda.module_for(type(self), weights[0].device.id))
         self._call_backend = self.backend   # chosen once per call, not once per parameter
+        multi = None
+        if len(indices) > 1 and self.multi_tensor:
+            if all(cuda.is_cupy(w) and cuda.is_cupy(g) for w, g in zip(weights, grads)):
+                # CUDA list update: one launch per stage for all parameters
+                import cupy
+                multi = MultiTensorLaunches(cuda.MultiLauncher(cuda.module_for(type(self), weights[0].device.id)),
+                                            cupy)
+            elif self._call_backend == "native":
+                # native list update: the small tensors in one call per stage, in parallel over tensors
+                multi = MultiTensorLaunches(native.MultiLauncher(native.library_for(type(self))), np)
         try:
-            phases = []   # CUDA list update of a spec with fused reductions: the drivers run in lockstep
+            phases = []   # deferred drivers with fused reductions: they run in lockstep
             with np.errstate(all="ignore"):
                 for i, w, g, s, lr, wd, base in zip(indices, weights, grads, states, lrs, wds, bases):
                     name = self.idx2name.get(i, str(i))
                     t = self._index_update_count[i]
-                    if multi is not None:
-                        gen = self._step_cuda(w, g, s, call, lr, wd, t, name, base, num_update, multi)
+                    if multi is not None and (multi.xp is not np or native.batchable(w, g, s.master)):
+                        gen = self._step_deferred(w, g, s, call, lr, wd, t, name, base, num_update, multi)
                         if gen is not None:
                             phases.append(gen)
                     else:
                         self._step_one(w, g, s, call, lr, wd, t, name, base, num_update)
             if multi is not None:
-                cuda.run_lockstep(multi, phases)
+                run_lockstep(multi, phases)
         finally:
             self._call_backend = None
 
@@ -472,23 +478,25 @@ class Optimizer:
             raise ValueError("backend 'native' needs a C++ compiler (set OPTFORGE_CXX)")
         self._backend = value
 
-    def _step_cuda(self, weight, grad, state, call, lr, wd, t, name, base_lr, num_update, multi=None):
+    def _step_deferred(self, weight, grad, state, call, lr, wd, t, name, base_lr, num_update, multi):
+        """Record one parameter's launches for a multi-tensor launch (runtime/multi.py). A driver with
+        fused reductions comes back as a generator (`run_lockstep` runs it); any other has recorded
+        all its launches and None comes back."""
+        target = state.master if state.master is not None else weight
+        be = multi.param(target, grad, weight_lp=weight if state.master is not None else None)
+        args = (be, call, target, grad, state.tensors, state.scalars, lr, wd, t, name, base_lr, num_update)
+        phases = getattr(self, "_kernel_phases", None)
+        if phases is not None:
+            return phases(*args)
+        self._kernel_staged(*args)
+        return None
+
+    def _step_cuda(self, weight, grad, state, call, lr, wd, t, name, base_lr, num_update):
         """CuPy arrays: the spec's CUDA kernels. float16 weights are read and written as float16
         (float32 arithmetic); with a master copy the kernel updates it and writes the float16
         weight in the same pass."""
         module = cuda.module_for(type(self), weight.device.id)
-        if multi is not None:
-            # recorded for a multi-tensor launch; a driver with fused reductions comes back as a generator
-            # (cuda.run_lockstep runs it), any other has recorded all its launches
-            target = state.master if state.master is not None else weight
-            be = multi.param(target, grad, weight_lp=weight if state.master is not None else None)
-            args = (be, call, target, grad, state.tensors, state.scalars, lr, wd, t, name, base_lr, num_update)
-            phases = getattr(self, "_kernel_phases", None)
-            if phases is not None:
-                return phases(*args)
-            self._kernel_staged(*args)
-            return None
-        elif state.master is not None:
+        if state.master is not None:
             be = cuda.CudaBackend(module, state.master, grad, weight_lp=weight)
             self._kernel_staged(be, call, state.master, grad, state.tensors, state.scalars, lr, wd, t, name,
                                 base_lr, num_update)

@@ -20,6 +20,7 @@ import pytest
 
 import optforge
 from optforge import cuda as ofcuda
+from optforge.multi import MultiTensorLaunches, run_lockstep
 
 ROOT = Path(__file__).resolve().parent.parent
 GENERATED = ROOT / "generated"
@@ -331,10 +332,10 @@ def test_multi_tensor_kernels_on_host_match_numpy(name, tmp_path_factory):
     wm = [w.copy() for w in w0]
     sm = [opt.create_state_multi_precision(i, w) for i, w in enumerate(wm)]
     launcher, launches = host_multi_launcher(lib)
-    multi = ofcuda.MultiTensorLaunches(None, xp=np, launcher=launcher)
+    multi = MultiTensorLaunches(launcher, np)
     opt._update_count(list(range(200)))
     call = opt._prologue(opt.learning_rate, opt.num_update)
-    phases = []   # specs with fused reductions: the drivers run in lockstep (cuda.run_lockstep)
+    phases = []   # specs with fused reductions: the drivers run in lockstep (multi.run_lockstep)
     for i, (w, g, s) in enumerate(zip(wm, grads, sm)):
         target = s.master if s.master is not None else w
         be = multi.param(target, g, weight_lp=w if s.master is not None else None)
@@ -344,7 +345,7 @@ def test_multi_tensor_kernels_on_host_match_numpy(name, tmp_path_factory):
             phases.append(opt._kernel_phases(*args))
         else:
             opt._kernel_staged(*args)
-    ofcuda.run_lockstep(multi, phases)
+    run_lockstep(multi, phases)
     assert launches and len(launches) == len(set(launches))   # one launch per (stage, variant)
     assert {n.rsplit("_", 1)[1] for n in launches} == {"f32", "mp16"}
     for a, b in zip(wm, wr):

@@ -164,3 +164,44 @@ def test_scratch_arrays_are_reused_between_steps():
         w = np.ones(n, np.float32)
         opt.update(0, w, np.ones(n, np.float32), opt.create_state(0, w))
     assert [b.size for b in opt._scratch_cache.values()] == [5000]   # the largest parameter's size, once
+
+
+# ---- list updates: small tensors in one multi-tensor call per stage (runtime/multi.py) -----------------
+LIST_CONFIGS = {"sgd": {"momentum": 0.9}, "nag": {"momentum": 0.9}, "lars": {"momentum": 0.9},
+                "lbsgd": {"momentum": 0.9, "batch_scale": 2, "warmup_strategy": "lars"}, "dcasgd": {"momentum": 0.9},
+                "rmsprop": {"centered": True}, "signum": {"momentum": 0.9}}
+
+
+@pytest.mark.parametrize("name", sorted(n for n, c in optforge.registered().items()
+                                        if c.__module__.startswith("optforge.generated")))
+def test_list_update_batches_small_tensors_and_equals_single_updates(name, monkeypatch):
+    calls = []
+    launch = native.MultiLauncher.__call__
+    monkeypatch.setattr(native.MultiLauncher, "__call__", lambda self, n, items: calls.append(n) or launch(self, n, items))
+    rng = np.random.default_rng(3)
+    shapes = [(5, 7), (300,), (1,), (70_000,), (33, 2)]   # (70_000,) is large: updated on its own
+    dtypes = [np.float32, np.float32, np.float64, np.float32, np.float32]
+    w0 = [rng.standard_normal(s).astype(d) for s, d in zip(shapes, dtypes)]
+    grads = [[rng.standard_normal(s).astype(d) for s, d in zip(shapes, dtypes)] for _ in range(3)]
+    out = []
+    for listed in (False, True):
+        opt = optforge.create(name, learning_rate=0.05, wd=0.01, seed=1, **LIST_CONFIGS.get(name, {})) \
+            if name == "sgld" else optforge.create(name, learning_rate=0.05, wd=0.01, **LIST_CONFIGS.get(name, {}))
+        opt.backend = "native"
+        ws = [w.copy() for w in w0]
+        st = [opt.create_state(i, w) for i, w in enumerate(ws)]
+        for gs in grads:
+            if listed:
+                opt.update(list(range(len(ws))), ws, gs, st)
+            else:
+                for i in range(len(ws)):
+                    opt.update(i, ws[i], gs[i], st[i])
+        out.append(ws)
+    for a, b in zip(*out):   # the same kernels, seeds drawn in the same order: bit-identical
+        np.testing.assert_array_equal(a, b)
+    # the small float32 and float64 tensors: at most one call per stage and dtype in each of the 3 steps
+    module = optforge.registered()[name].__module__.rsplit(".", 1)[1]
+    root = Path(__file__).resolve().parent.parent / "specs"
+    _, stages, _ = lower(load_spec_text((root / f"{module}.opt").read_text(), f"{module}.opt")[0])
+    assert calls and all(n.endswith(("_mt_f32", "_mt_f64")) for n in calls)
+    assert len(calls) <= 3 * 2 * len(stages), calls

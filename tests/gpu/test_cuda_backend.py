@@ -14,6 +14,7 @@ from gpu import require_cupy  # noqa: E402
 cupy = require_cupy()
 import optforge  # noqa: E402
 from optforge import cuda  # noqa: E402
+from optforge.multi import MultiTensorLaunches  # noqa: E402
 
 # every bundled optimizer, with the options that take its less common paths
 CONFIGS = {
@@ -82,7 +83,7 @@ def kernel_launches(monkeypatch):
     the update ran the compiled kernels and not, say, the NumPy kernel on CuPy arrays."""
     counts = []
     for cls, attr in ((cuda.CudaBackend, "launch"), (cuda.CudaRowsBackend, "launch"),
-                      (cuda.MultiTensorLaunches, "_launch_gpu")):
+                      (cuda.MultiLauncher, "__call__")):
         original = getattr(cls, attr)
 
         def counted(self, *args, _original=original, _kind=f"{cls.__name__}.{attr}", **kwargs):
@@ -103,7 +104,7 @@ def test_cuda_matches_numpy(name, variant, mode, kernel_launches):
     got = _run(name, dtype, mp, True, mode)
     assert kernel_launches, "no CUDA kernel ran"
     if mode == "list" and optforge.create(name).multi_tensor:
-        assert set(kernel_launches) == {"MultiTensorLaunches._launch_gpu"}
+        assert set(kernel_launches) == {"MultiLauncher.__call__"}
     if name in ("lamb", "lars") and mode == "single":   # their norms come from the stages' partial sums
         assert "CudaBackend.launch.fused" in kernel_launches
     tol = {"f64": 1e-10, "f32": 2e-5}.get(variant, 3e-3)
@@ -116,10 +117,10 @@ def test_cuda_matches_numpy(name, variant, mode, kernel_launches):
 @pytest.mark.parametrize("name,stages", [("adam", 1), ("lamb", 2), ("lars", 2)])
 def test_list_update_launches_once_per_stage_for_all_parameters(monkeypatch, name, stages):
     """Also for specs with reductions: every parameter's driver runs up to its norms, one launch per
-    stage covers all parameters and all their sums come back in one transfer (cuda.run_lockstep)."""
+    stage covers all parameters and all their sums come back in one transfer (multi.run_lockstep)."""
     launches = []
-    flush = cuda.MultiTensorLaunches.flush
-    monkeypatch.setattr(cuda.MultiTensorLaunches, "flush", lambda self: launches.append(flush(self)) or launches[-1])
+    flush = MultiTensorLaunches.flush
+    monkeypatch.setattr(MultiTensorLaunches, "flush", lambda self: launches.append(flush(self)) or launches[-1])
     opt = optforge.create(name, learning_rate=0.01, wd=0.01, **CONFIGS[name])
     ws = [cupy.random.standard_normal(64 + 5 * k, dtype=cupy.float32) for k in range(12)]
     gs = [cupy.random.standard_normal(w.size, dtype=cupy.float32) for w in ws]

@@ -65,10 +65,10 @@ def test_matches_mxnet_sparse_on_gpu(case):
 
 def test_list_update_uses_one_launch_per_stage():
     import optforge
-    from optforge import cuda
+    from optforge.multi import MultiTensorLaunches
     counts = []
-    flush = cuda.MultiTensorLaunches.flush
-    cuda.MultiTensorLaunches.flush = lambda self: counts.append(flush(self)) or counts[-1]
+    flush = MultiTensorLaunches.flush
+    MultiTensorLaunches.flush = lambda self: counts.append(flush(self)) or counts[-1]
     try:
         opt = optforge.create("adam", learning_rate=0.01)
         ws = [cupy.random.standard_normal(4096, dtype=cupy.float32) for _ in range(200)]
@@ -77,7 +77,7 @@ def test_list_update_uses_one_launch_per_stage():
         ref = [cupy.asnumpy(w) for w in ws]
         opt.update(list(range(200)), ws, gs, states)
     finally:
-        cuda.MultiTensorLaunches.flush = flush
+        MultiTensorLaunches.flush = flush
     assert counts == [1]
     cpu = optforge.create("adam", learning_rate=0.01)
     cpu.backend = "numpy"

@@ -1,0 +1,98 @@
+"""Deferred launches for list updates: each parameter's driver records its stage launches, then one
+launch per stage (and kernel variant) runs that stage for every parameter, through a target's
+multi-tensor kernels (`_mt`: tables of pointers, sizes and scalars). CUDA uses it for every list
+update of CuPy arrays (`cuda.MultiLauncher`), the native CPU backend for the small tensors of a list
+update (`native.MultiLauncher`), where one call instead of one per tensor and stage is what counts.
+
+Drivers with fused reductions are generators (codegen/emit_driver.py): `run_lockstep` runs all of
+a list's drivers up to their next reduction, flushes, and resumes each with its own sums.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .cuda import variant
+
+
+def stage_number(fn: str) -> int:
+    return int(fn.rsplit("_s", 1)[1])
+
+
+class Pending:
+    """What a deferred launch with fused reductions returns: `value` (the list of sums) is filled in
+    by the flush that runs it."""
+    __slots__ = ("value",)
+
+    def __init__(self):
+        self.value = None
+
+
+def run_lockstep(multi, phases) -> None:
+    """Run the driver generators of a list update's parameters together: each runs up to the launch
+    whose reductions it needs next (recorded on `multi`), then one flush issues every recorded stage
+    (one launch per stage for all parameters, one transfer for their sums) and each driver resumes
+    with its own sums. A final flush issues what the drivers recorded after their last reduction."""
+    waiting = []
+    for gen in phases:
+        try:
+            waiting.append((gen, next(gen)))
+        except StopIteration:
+            pass
+    while waiting:
+        multi.flush()
+        resumed = []
+        for gen, pending in waiting:
+            try:
+                resumed.append((gen, gen.send(pending.value)))
+            except StopIteration:
+                pass
+        waiting = resumed
+    multi.flush()
+
+
+class MultiTensorLaunches:
+    """Deferred launches for a list update: each parameter's driver records its stage launches on a
+    `param(...)` recorder; `flush()` then issues ONE launch per (stage, variant) for all parameters,
+    through the `_mt` kernels' pointer, size and scalar tables. Stages with fused reductions return
+    a `Pending` that the flush fills (see `run_lockstep`). Only for specs whose drivers never read
+    tensors on the host (`multi_tensor = True`: every reduction fused)."""
+
+    def __init__(self, launcher, xp):
+        self.pending: dict = {}
+        self.xp = xp
+        self.launcher = launcher   # launcher(kernel name, [(arrays, scalars, weight_lp, (reduce, Pending) | None)])
+
+    def param(self, weight, grad, weight_lp=None):
+        return _Recorder(self, weight, grad, weight_lp)
+
+    def flush(self) -> int:
+        """Launch everything recorded, stage by stage (each parameter's stages keep their order).
+        Returns the number of kernel launches."""
+        launches = 0
+        for (fn, suffix), items in sorted(self.pending.items(), key=lambda kv: (stage_number(kv[0][0]), kv[0][1])):
+            for start in range(0, len(items), 65535):
+                self.launcher(f"{fn}_mt_{suffix}", items[start:start + 65535])
+                launches += 1
+        self.pending.clear()
+        return launches
+
+
+class _Recorder:
+    def __init__(self, owner: MultiTensorLaunches, weight, grad, weight_lp):
+        self.owner = owner
+        self.xp = owner.xp
+        self.suffix = variant(weight.dtype, grad.dtype, weight_lp is not None)
+        self.weight_lp = weight_lp
+
+    def scratch(self, like, name):
+        return self.xp.empty(like.shape, np.float64 if like.dtype == np.float64 else np.float32)
+
+    def seed(self, rng) -> float:
+        return float(rng.integers(0, 2 ** 53))
+
+    def launch(self, fn: str, arrays, scalars, reduce: int = 0, stores: bool = True):
+        """Record a launch; with reductions, return the `Pending` the flush fills with their sums."""
+        pending = Pending() if reduce else None
+        self.owner.pending.setdefault((fn, self.suffix), []).append(
+            (tuple(arrays), tuple(scalars), self.weight_lp, (reduce, pending) if reduce else None))
+        return pending
