@@ -212,15 +212,12 @@ class MultiLauncher:
         self.lib = lib
 
     def __call__(self, name, items):
-        count, ntab = len(items), len(items[0][0])
+        count = len(items)
         width = max(1, len(items[0][1]))
-        sizes = np.empty(count, np.int64)
-        ptrs = np.zeros((ntab, count), np.uint64)
-        scalars = np.zeros((count, width), np.float64)
-        for t, (arrays, values, _, _) in enumerate(items):
-            sizes[t] = next(a.size for a in arrays if a is not None)
-            ptrs[:, t] = [_address(a) for a in arrays]
-            scalars[t, :len(values)] = values
+        sizes = np.array([next(a.size for a in arrays if a is not None) for arrays, _, _, _ in items], np.int64)
+        ptrs = np.ascontiguousarray(np.array([[_address(a) for a in arrays] for arrays, _, _, _ in items],
+                                             np.uint64).T)
+        scalars = np.array([values + (0.0,) * (width - len(values)) for _, values, _, _ in items], np.float64)
         reduce = items[0][3][0] if items[0][3] is not None else 0
         f = self.lib.funcs.get(name)
         if f is None:

@@ -22,6 +22,7 @@ from .multi import MultiTensorLaunches, run_lockstep
 from .sparse import RowSparse
 
 FLOAT_DTYPES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
+_FLOAT_SET = frozenset(FLOAT_DTYPES)
 BASE_ARGS = ("rescale_grad", "param_idx2name", "wd", "clip_gradient", "learning_rate", "lr_scheduler", "sym",
              "begin_num_update", "multi_precision", "param_dict")
 
@@ -668,12 +669,13 @@ def _check_index(i, what):
 def _check_array(a, what, writeable=False):
     if not isinstance(a, np.ndarray) and not cuda.is_cupy(a):
         raise TypeError(f"{what} must be a numpy.ndarray (or a cupy.ndarray), got {type(a).__name__}")
-    if a.dtype not in FLOAT_DTYPES:
+    if a.dtype not in _FLOAT_SET:
         raise TypeError(f"{what} has dtype {a.dtype}; optforge updates float16, float32 and float64 arrays")
     if writeable:
-        if not getattr(a.flags, "writeable", True):
+        flags = a.flags
+        if not getattr(flags, "writeable", True):
             raise ValueError(f"{what} is read-only; the update writes it in place")
-        if not a.flags.c_contiguous:
+        if not flags.c_contiguous:
             raise ValueError(f"{what} is not C-contiguous; pass np.ascontiguousarray(...) and copy back, "
                              "or update the base array")
 
@@ -681,15 +683,22 @@ def _check_array(a, what, writeable=False):
 def _check_no_overlap(arrays):
     """No two of the (C-contiguous) arrays an update writes may share memory: a weight passed
     twice, two views of one buffer, or a weight that is also a state would be updated twice."""
-    kinds = {_array_kind(a) for a, _ in arrays}
+    # only arrays that hang off one buffer can overlap: compare addresses within such groups (an array
+    # that owns its memory, the usual case, is a group of its own)
+    groups: dict = {}
+    kinds = set()
+    for a, what in arrays:
+        if type(a) is np.ndarray:
+            kinds.add("numpy")
+            key = id(a) if a.base is None else _buffer_key(a)
+        else:
+            kinds.add(_array_kind(a))
+            key = _buffer_key(a)
+        if a.nbytes:
+            groups.setdefault(key, []).append((a, what))
     if len(kinds) > 1:
         raise TypeError(f"one update mixes {' and '.join(sorted(kinds))} arrays; keep a parameter, its gradient and "
                         "its state on one device")
-    # only arrays that hang off one buffer can overlap: compare addresses within such groups
-    groups: dict = {}
-    for a, what in arrays:
-        if a.nbytes:
-            groups.setdefault(_buffer_key(a), []).append((a, what))
     for members in groups.values():
         if len(members) < 2:
             continue
