@@ -417,8 +417,10 @@ class Optimizer:
                 import cupy
                 multi = MultiTensorLaunches(cuda.MultiLauncher(cuda.module_for(type(self), weights[0].device.id)),
                                             cupy)
-            elif self._call_backend == "native":
-                # native list update: the small tensors in one call per stage, in parallel over tensors
+            elif self._call_backend == "native" and ops.current_reduce_hook() is None:
+                # native list update: the small tensors in one call per stage, in parallel over tensors.
+                # Not with a reduce hook: deferring only the small tensors would reorder the hook's calls,
+                # and sharded ranks, whose slices differ in size, must all-reduce in the same order
                 multi = MultiTensorLaunches(native.MultiLauncher(native.library_for(type(self))), np)
         try:
             phases = []   # deferred drivers with fused reductions: they run in lockstep

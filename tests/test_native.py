@@ -205,3 +205,28 @@ def test_list_update_batches_small_tensors_and_equals_single_updates(name, monke
     _, stages, _ = lower(load_spec_text((root / f"{module}.opt").read_text(), f"{module}.opt")[0])
     assert calls and all(n.endswith(("_mt_f32", "_mt_f64")) for n in calls)
     assert len(calls) <= 3 * 2 * len(stages), calls
+
+
+def test_reduce_hook_sees_the_parameters_in_order_in_a_list_update():
+    """With a reduce hook (sharded training) a list update calls it parameter by parameter, in order,
+    as single updates do: ranks whose slices straddle the batching threshold differently must still
+    all-reduce the same parameter at the same time."""
+    rng = np.random.default_rng(4)
+    shapes = [(10,), (70_000,), (7, 3)]
+    w0 = [rng.standard_normal(s).astype(np.float32) for s in shapes]
+    g = [rng.standard_normal(s).astype(np.float32) for s in shapes]
+    seen = []
+    for listed in (False, True):
+        calls = []
+        opt = optforge.create("lamb", learning_rate=0.01)
+        opt.backend = "native"
+        ws = [w.copy() for w in w0]
+        st = [opt.create_state(i, w) for i, w in enumerate(ws)]
+        with ops.reduce_hook(lambda x: calls.append(x) or x):
+            if listed:
+                opt.update([0, 1, 2], ws, g, st)
+            else:
+                for i in range(3):
+                    opt.update(i, ws[i], g[i], st[i])
+        seen.append(calls)
+    assert len(seen[0]) == 6 and seen[0] == seen[1]
