@@ -58,6 +58,53 @@ def module_for(cls, device_id: int):
     return mod
 
 
+# A whole-tensor sum of squares for reductions the stages do not accumulate themselves (row-sparse
+# updates, whose stages see only some rows; a reduction in an `if` condition): one pass, double
+# accumulation, per-thread partial sums added in a fixed order; no float64 copy of the tensor.
+SUM_SQUARES_SOURCE = r"""
+#include <cuda_fp16.h>
+__device__ inline double optforge_wide(float x) { return (double)x; }
+__device__ inline double optforge_wide(double x) { return x; }
+__device__ inline double optforge_wide(__half x) { return (double)(float)x; }
+template <typename T>
+__device__ inline void optforge_sum_squares(long long n, const T* __restrict__ x, double* __restrict__ partials) {
+    double acc = 0;
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (long long)blockDim.x * gridDim.x) {
+        const double v = optforge_wide(x[i]);
+        acc += v * v;
+    }
+    partials[(long long)blockIdx.x * blockDim.x + threadIdx.x] = acc;
+}
+extern "C" {
+__global__ void optforge_sum_squares_f32(long long n, const float* x, double* p) { optforge_sum_squares(n, x, p); }
+__global__ void optforge_sum_squares_f64(long long n, const double* x, double* p) { optforge_sum_squares(n, x, p); }
+__global__ void optforge_sum_squares_f16(long long n, const __half* x, double* p) { optforge_sum_squares(n, x, p); }
+}
+"""
+_SUFFIX = {np.dtype(np.float32): "f32", np.dtype(np.float64): "f64", np.dtype(np.float16): "f16"}
+_sum_squares_modules: dict = {}
+
+
+def sum_squares(x) -> float:
+    """The sum of squares of a CuPy array, in double (see SUM_SQUARES_SOURCE)."""
+    import cupy
+    flat = cupy.ascontiguousarray(x).ravel()
+    if flat.size == 0:
+        return 0.0
+    device = flat.device.id
+    mod = _sum_squares_modules.get(device)
+    if mod is None:
+        with _lock:
+            mod = _sum_squares_modules.get(device)
+            if mod is None:
+                mod = _sum_squares_modules[device] = cupy.RawModule(code=SUM_SQUARES_SOURCE, options=("--std=c++14",))
+    blocks = max(1, min((flat.size + THREADS - 1) // THREADS, REDUCE_BLOCKS))
+    partials = cupy.zeros(blocks * THREADS, dtype=np.float64)
+    mod.get_function(f"optforge_sum_squares_{_SUFFIX[flat.dtype]}")((blocks,), (THREADS,),
+                                                                   (np.int64(flat.size), flat, partials))
+    return float(partials.sum())
+
+
 def variant(weight_dtype, grad_dtype, low_precision: bool) -> str:
     w, g = np.dtype(weight_dtype), np.dtype(grad_dtype)
     if low_precision:

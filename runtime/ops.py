@@ -75,10 +75,10 @@ def sum_squares(x) -> float:
     arrays avoid BLAS (`np.dot`): its worker threads fight the native kernels' OpenMP threads for the
     cores, which made a small LAMB step 30x slower."""
     xp = _xp(x)
-    flat = xp.ravel(x)
     if xp is not np:
-        wide = flat if flat.dtype == xp.float64 else flat.astype(xp.float64)
-        return float(xp.dot(wide, wide))
+        from . import cuda
+        return cuda.sum_squares(x)
+    flat = xp.ravel(x)
     if flat.dtype == np.float64:
         return float(np.einsum("i,i->", flat, flat))
     buf = np.empty(min(flat.size, _CHUNK), np.float64)

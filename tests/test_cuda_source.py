@@ -72,10 +72,11 @@ def test_every_cuda_source_compiles_for_sm80_and_sm90_with_nvcc(tmp_path):
                     reason="NVRTC (pip install nvidia-cuda-nvrtc) or the CUDA headers (cuda_fp16.h) not found")
 @pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
 def test_every_cuda_source_compiles_with_nvrtc(arch):
-    """The sources compile the way CuPy's RawModule compiles them: NVRTC, no C library headers."""
+    """The sources compile the way CuPy's RawModule compiles them: NVRTC, no C library headers
+    (the generated .cu files, and the runtime's own sum-of-squares kernel)."""
     def build(name):
         prog = ctypes.c_void_p()
-        src = (GENERATED / f"{name}.cu").read_bytes()
+        src = ofcuda.SUM_SQUARES_SOURCE.encode() if name == "sum_squares" else (GENERATED / f"{name}.cu").read_bytes()
         assert NVRTC.nvrtcCreateProgram(ctypes.byref(prog), src, f"{name}.cu".encode(), 0, None, None) == 0
         opts = [f"--gpu-architecture={arch}".encode(), b"-std=c++14", f"-I{CUDA_INCLUDE}".encode()]
         rc = NVRTC.nvrtcCompileProgram(prog, len(opts), (ctypes.c_char_p * len(opts))(*opts))
@@ -89,7 +90,7 @@ def test_every_cuda_source_compiles_with_nvrtc(arch):
         NVRTC.nvrtcDestroyProgram(ctypes.byref(prog))
         return log
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:   # ctypes releases the GIL
-        failed = [log for log in pool.map(build, NAMES) if log]
+        failed = [log for log in pool.map(build, NAMES + ["sum_squares"]) if log]
     assert not failed, "\n".join(failed)
 
 

@@ -220,3 +220,15 @@ def test_fused_norms_of_a_large_tensor(name):
             opt.update(0, w, cupy.asarray(g) if on_gpu else g, st)
         out.append(cupy.asnumpy(w) if on_gpu else w)
     np.testing.assert_allclose(out[1], out[0], rtol=2e-5, atol=2e-6)
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+def test_host_side_norms_of_gpu_arrays_are_one_pass_in_double(dtype):
+    """ops.norm of a CuPy array (what a row-sparse update or a norm in an `if` uses) runs the
+    one-pass sum-of-squares kernel (cuda.SUM_SQUARES_SOURCE) and equals a float64 reference."""
+    from optforge import ops
+    rng = np.random.default_rng(2)
+    for n in (0, 1, 1000, 300_001):
+        x = rng.standard_normal(n).astype(dtype)
+        want = float(np.sqrt(np.sum(x.astype(np.float64) ** 2)))
+        assert ops.norm(cupy.asarray(x)) == pytest.approx(want, rel=1e-12, abs=0)
