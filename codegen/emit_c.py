@@ -113,6 +113,13 @@ class CStyleEmitter:
         raise InternalError(f"no {self.target} rule for {op}")
 
     # ---- stages -------------------------------------------------------------------------------
+    def _memory_key(self, n: Expr):
+        """The pointer name a node reads from memory (weight, grad, a state, a scratch local), or None."""
+        if n.op in (Op.WEIGHT, Op.GRAD, Op.STATE) or (
+                n.op is Op.LOCAL and n.kind is Kind.TENSOR and n.value in self.scratch):
+            return "weight" if n.op is Op.WEIGHT else "grad" if n.op is Op.GRAD else n.value
+        return None
+
     def stage(self, st: Stage) -> dict:
         scalars = self.stage_scalars(st)
         names = {e: n for n, e in scalars if e is not None}
@@ -123,10 +130,8 @@ class CStyleEmitter:
             for s in stmts:
                 if isinstance(s, Assign):
                     for n in s.value.walk():
-                        key = "weight" if n.op is Op.WEIGHT else "grad" if n.op is Op.GRAD else n.value
-                        memory = n.op in (Op.WEIGHT, Op.GRAD, Op.STATE) or (
-                            n.op is Op.LOCAL and n.kind is Kind.TENSOR and n.value in self.scratch)
-                        if memory and key not in assigned and key not in reads:
+                        key = self._memory_key(n)
+                        if key and key not in assigned and key not in reads:
                             reads.append(key)
                     if (s.role in ("weight", "state") or s.target in st.scratch_writes) and s.target not in writes:
                         writes.append(s.target)
@@ -144,10 +149,8 @@ class CStyleEmitter:
         # from registers, any other tensor from memory
         for _, arg in st.reductions:
             for n in arg.walk():
-                key = "weight" if n.op is Op.WEIGHT else "grad" if n.op is Op.GRAD else n.value
-                memory = n.op in (Op.WEIGHT, Op.GRAD, Op.STATE) or (
-                    n.op is Op.LOCAL and n.kind is Kind.TENSOR and n.value in self.scratch)
-                if memory and key not in assigned and key not in reads:
+                key = self._memory_key(n)
+                if key and key not in assigned and key not in reads:
                     reads.append(key)
         # each element's reduction terms go out through references; the kernel accumulates them
         reduce_lines = [f"red{k} = C({self.expr(arg, names)});" for k, (_, arg) in enumerate(st.reductions)]

@@ -9,7 +9,7 @@ With fused reductions the driver is a generator, `_kernel_phases(be, ...)`: a la
 sums it needs is yielded, and the driver resumes with its value. `_kernel_staged` runs it to the end
 with a backend that answers at once (`ops.drive`); a CUDA list update runs every parameter's
 generator in lockstep instead, so that each stage is one multi-tensor launch for all parameters and
-all their reductions come back in one transfer (`cuda.run_lockstep`).
+all their reductions come back in one transfer (`multi.run_lockstep`).
 """
 from __future__ import annotations
 

@@ -21,6 +21,14 @@ REDUCE_BLOCKS = 1024   # stages with fused reductions: a grid about one wave of 
 MT_REDUCE_BLOCKS = 32  # the same in a multi-tensor launch, per parameter (all parameters' blocks run together)
 
 
+_SUFFIX = {np.dtype(np.float32): "f32", np.dtype(np.float64): "f64", np.dtype(np.float16): "f16"}
+
+
+def _blocks(n: int, cap: int) -> int:
+    """Blocks of THREADS threads for n elements, at most `cap` (the kernels loop over the rest)."""
+    return max(1, min((n + THREADS - 1) // THREADS, cap))
+
+
 def is_cupy(x) -> bool:
     t = type(x)
     return t is not np.ndarray and t.__module__.startswith("cupy")
@@ -81,7 +89,6 @@ __global__ void optforge_sum_squares_f64(long long n, const double* x, double* p
 __global__ void optforge_sum_squares_f16(long long n, const __half* x, double* p) { optforge_sum_squares(n, x, p); }
 }
 """
-_SUFFIX = {np.dtype(np.float32): "f32", np.dtype(np.float64): "f64", np.dtype(np.float16): "f16"}
 _sum_squares_modules: dict = {}
 
 
@@ -98,7 +105,7 @@ def sum_squares(x) -> float:
             mod = _sum_squares_modules.get(device)
             if mod is None:
                 mod = _sum_squares_modules[device] = cupy.RawModule(code=SUM_SQUARES_SOURCE, options=("--std=c++14",))
-    blocks = max(1, min((flat.size + THREADS - 1) // THREADS, REDUCE_BLOCKS))
+    blocks = _blocks(flat.size, REDUCE_BLOCKS)
     partials = cupy.zeros(blocks * THREADS, dtype=np.float64)
     mod.get_function(f"optforge_sum_squares_{_SUFFIX[flat.dtype]}")((blocks,), (THREADS,),
                                                                    (np.int64(flat.size), flat, partials))
@@ -111,10 +118,9 @@ def variant(weight_dtype, grad_dtype, low_precision: bool) -> str:
         if w != np.float32 or g != np.float16:
             raise TypeError("multi-precision CUDA update needs a float32 master and a float16 gradient")
         return "mp16"
-    names = {np.dtype(np.float32): "f32", np.dtype(np.float64): "f64", np.dtype(np.float16): "f16"}
-    if w != g or w not in names:
+    if w != g or w not in _SUFFIX:
         raise TypeError(f"no CUDA kernel for weight {w} with gradient {g}")
-    return names[w]
+    return _SUFFIX[w]
 
 
 class CudaBackend:
@@ -145,10 +151,9 @@ class CudaBackend:
         n = next(a.size for a in arrays if a is not None)
         args = (np.int64(n), *_pointers(arrays), _pointer(self.weight_lp), *[np.float64(s) for s in scalars])
         if not reduce:
-            blocks = max(1, min((n + THREADS - 1) // THREADS, 65535))
-            f((blocks,), (THREADS,), args)
+            f((_blocks(n, 65535),), (THREADS,), args)
             return None
-        blocks = max(1, min((n + THREADS - 1) // THREADS, REDUCE_BLOCKS))
+        blocks = _blocks(n, REDUCE_BLOCKS)
         partials = self.xp.zeros(blocks * THREADS * reduce, dtype=np.float64)
         f((blocks,), (THREADS,), (*args, partials))
         return [float(x) for x in self.xp.asnumpy(partials.reshape(-1, reduce).sum(axis=0))]
@@ -177,8 +182,7 @@ class CudaRowsBackend(CudaBackend):
         f = self.funcs.get(name)
         if f is None:
             f = self.funcs[name] = self.module.get_function(name)
-        blocks = max(1, min((self.n + THREADS - 1) // THREADS, 65535))
-        f((blocks,), (THREADS,), (np.int64(self.n), np.int64(self.cols), self.rows, *_pointers(arrays),
+        f((_blocks(self.n, 65535),), (THREADS,), (np.int64(self.n), np.int64(self.cols), self.rows, *_pointers(arrays),
                                   _pointer(self.weight_lp), *[np.float64(s) for s in scalars]))
 
 
@@ -203,6 +207,8 @@ class MultiLauncher:
 
     def __call__(self, name, items):
         import cupy
+
+        from . import multi   # here, not at the top: multi imports this module
         f = self.module.get_function(name)
         n, ntab = len(items), len(items[0][0])
         width = max(1, len(items[0][1]))
@@ -219,16 +225,13 @@ class MultiLauncher:
         dev = cupy.asarray(host)
         tables = [dev[k * n:(k + 1) * n] for k in range(2 + ntab)]
         args = (tables[0].view(np.int64), *tables[1:], dev[(2 + ntab) * n:].view(np.float64))
-        reduce = items[0][3][0] if items[0][3] is not None else 0
+        reduce = multi.reductions(items)
         if not reduce:
-            blocks = max(1, min((max(sizes) + THREADS - 1) // THREADS, 1024))   # sizes known on the host
-            f((blocks, n), (THREADS,), args)
+            f((_blocks(max(sizes), 1024), n), (THREADS,), args)   # sizes known on the host: no read-back
             return
         # fewer blocks per parameter: the partial-sum table holds one entry per thread and parameter
-        blocks = max(1, min((max(sizes) + THREADS - 1) // THREADS, MT_REDUCE_BLOCKS))
+        blocks = _blocks(max(sizes), MT_REDUCE_BLOCKS)
         stride = blocks * THREADS
         partials = cupy.zeros(n * stride * reduce, dtype=np.float64)
         f((blocks, n), (THREADS,), (*args, np.int64(stride), partials))
-        sums = cupy.asnumpy(partials.reshape(n, stride, reduce).sum(axis=1))
-        for (_, _, _, (_, pending)), row in zip(items, sums):
-            pending.value = [float(x) for x in row]
+        multi.resolve(items, cupy.asnumpy(partials.reshape(n, stride, reduce).sum(axis=1)).tolist())

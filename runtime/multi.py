@@ -27,6 +27,17 @@ class Pending:
         self.value = None
 
 
+def reductions(items) -> int:
+    """How many fused reductions the recorded launches of one stage accumulate (0: none)."""
+    return items[0][3][0] if items[0][3] is not None else 0
+
+
+def resolve(items, sums) -> None:
+    """Hand each recorded launch's `Pending` its row of sums (one list per parameter)."""
+    for (_, _, _, (_, pending)), row in zip(items, sums):
+        pending.value = [float(x) for x in row]
+
+
 def run_lockstep(multi, phases) -> None:
     """Run the driver generators of a list update's parameters together: each runs up to the launch
     whose reductions it needs next (recorded on `multi`), then one flush issues every recorded stage

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from . import multi
+
 # -fno-trapping-math lets the compiler turn a branch on a scalar (RMSProp's `centered`) into a select,
 # so such loops vectorize; NaN and infinity semantics stay IEEE (no -ffast-math).
 FLAGS = ["-O3", "-march=native", "-fopenmp", "-fno-math-errno", "-fno-trapping-math", "-ffp-contract=fast",
@@ -218,7 +220,7 @@ class MultiLauncher:
         ptrs = np.ascontiguousarray(np.array([[_address(a) for a in arrays] for arrays, _, _, _ in items],
                                              np.uint64).T)
         scalars = np.array([values + (0.0,) * (width - len(values)) for _, values, _, _ in items], np.float64)
-        reduce = items[0][3][0] if items[0][3] is not None else 0
+        reduce = multi.reductions(items)
         f = self.lib.funcs.get(name)
         if f is None:
             f = self.lib.func(name)
@@ -228,8 +230,7 @@ class MultiLauncher:
             return
         out = np.zeros((count, reduce), np.float64)
         f(count, sizes.ctypes.data, ptrs.ctypes.data, scalars.ctypes.data, out.ctypes.data)
-        for (_, _, _, (_, pending)), row in zip(items, out.tolist()):
-            pending.value = row
+        multi.resolve(items, out.tolist())
 
 
 def _address(a) -> int:
