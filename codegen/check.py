@@ -9,6 +9,7 @@ import math
 from . import ast
 from .errors import Reporter, Span, did_you_mean
 from .ir import (COMPARE, Expr, Global, Hyper, IfStmt, Assign, Kind, Op, ScalarState, Spec, State, Ty)
+from .verify import verify
 from .names import (ARITH, BASE_DEFAULTS, BASE_NAMES, BUILTIN_DOCS, BUILTINS, C_KEYWORDS, FUNCTIONS,  # noqa: F401
                     NEGATE, NUMERIC, OPTIMIZER_ATTRS, OPTIONS, REL, RESERVED, SPARSE_BUILTINS, STATE_INITS)
 
@@ -57,8 +58,11 @@ class _Scope:
         self.guards = tuple(guards)
         self.narrowed = frozenset(narrowed)
 
-    def with_cond(self, cond: Expr) -> "_Scope":
-        return _Scope(self.guards + tuple(conjuncts(cond)), self.narrowed | _compared_names(cond))
+    def with_cond(self, cond: Expr, narrow: bool = True) -> "_Scope":
+        """The scope where `cond` holds. A negated test (an `else`, where()'s second value) narrows
+        nothing: `not (c > 0)` holds when c is none."""
+        return _Scope(self.guards + tuple(conjuncts(cond)),
+                      self.narrowed | (_compared_names(cond) if narrow else frozenset()))
 
 
 class Checker:
@@ -73,6 +77,7 @@ class Checker:
         self.pending_locals: set[str] = set()   # names assigned somewhere later in the body
         self.used: set[str] = set()
         self.uses_random = False
+        self.draws = 0
         self._unused_spans = []
         self._extra_builtins: dict = {}         # names only a `sparse` declaration may read
 
@@ -449,7 +454,7 @@ class Checker:
             defined_sets.append(self.locals)
             if cond is not None:
                 branches.append((cond, stmts))
-                inner = inner.with_cond(negate(cond))
+                inner = inner.with_cond(negate(cond), narrow=False)
         self.locals = dict(before)
         orelse = self._block(s.orelse or (), inner)
         defined_sets.append(self.locals)
@@ -634,7 +639,7 @@ class Checker:
             c = self._e(node.args[0], scope)
             self._want(c, (Ty.BOOL,), node.args[0].span, "where()'s condition")
             a = self._e(node.args[1], scope.with_cond(c))
-            b = self._e(node.args[2], scope.with_cond(negate(c)))
+            b = self._e(node.args[2], scope.with_cond(negate(c), narrow=False))
             for x, n in ((a, node.args[1]), (b, node.args[2])):
                 self._want_number(x, n.span, "where()", scope)
             ty = Ty.INT if a.ty is Ty.INT and b.ty is Ty.INT else Ty.FLOAT
@@ -665,7 +670,8 @@ class Checker:
                 self.r.error(node.span, "normal(mean, std) takes host numbers; it draws one value per element")
                 raise _Bail
             self.uses_random = True
-            return Expr(op, Ty.FLOAT, Kind.TENSOR, tuple(args), None, False, node.span)
+            self.draws += 1   # each call site is a draw of its own: equal-looking calls are not one value
+            return Expr(op, Ty.FLOAT, Kind.TENSOR, tuple(args), self.draws, False, node.span)
         ty = Ty.INT if op in (Op.ABS, Op.MAXIMUM, Op.MINIMUM) and all(a.ty is Ty.INT for a in args) else Ty.FLOAT
         return Expr(op, ty, max(a.kind for a in args), tuple(args), None, False, node.span)
 
@@ -757,6 +763,8 @@ def check(decls, path: str, source: str, file_stem: str | None = None) -> tuple[
     c = Checker(decls, path, source, file_stem)
     try:
         spec = c.run()
+        verify(spec, c.r)
+        c.r.raise_if_errors()
     except RecursionError:
         c.r.error(Span(1, 1, 1, 2), "the spec is nested too deeply to check", "split long expressions")
         c.r.raise_if_errors()

@@ -10,12 +10,13 @@ import jinja2
 from .check import check
 from .emit_c import CpuEmitter, CudaEmitter
 from .emit_driver import driver_lines
-from .emit_numpy import NumpyEmitter, kernel_lines, leaves, targets
+from .emit_numpy import NumpyEmitter, kernel_lines
 from .emit_sparse import RowsEmitter
 from .errors import SpecError
 from .ir import Op, Spec
-from .lower import host_reductions
+from .lower import Program, lower
 from .parser import parse
+from .walk import leaves, targets
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 
@@ -96,7 +97,8 @@ def _dedent(text: str) -> str:
     return lines[0] + "\n" + textwrap.dedent("\n".join(lines[1:]))
 
 
-def render_module(spec: Spec, spec_path: str | None = None) -> str:
+def render_module(spec: Spec, spec_path: str | None = None, program: Program | None = None) -> str:
+    program = program or lower(spec)
     em = NumpyEmitter(spec)
     spec_path = spec_path or spec.path
     hyper_names = [h.name for h in spec.hypers]
@@ -180,7 +182,7 @@ def render_module(spec: Spec, spec_path: str | None = None) -> str:
         if ss.name in used_scalars:
             ker.append(f"{ss.name} = scalars[{ss.name!r}]")
     ker_head = list(ker)
-    ker += kernel_lines(em)   # straight-line for small tensors, chunked stages for large ones
+    ker += kernel_lines(em, program)   # straight-line for small tensors, chunked stages for large ones
     tail = [f"scalars[{ss.name!r}] = {ss.name}" for ss in spec.scalar_states
             if ss.name in targets(spec.body, "scalar_state")]
     ker += tail
@@ -191,8 +193,7 @@ def render_module(spec: Spec, spec_path: str | None = None) -> str:
     if spec.sparse and spec.sparse[0] == "lazy":
         rows_lines = ker_head + RowsEmitter(spec).kernel_lines() + tail
 
-    cem = CpuEmitter(spec)
-    staged = driver_lines(spec, cem)
+    staged = driver_lines(spec, program)
 
     tmpl = _env.get_template("numpy_module.py.j2")
     return tmpl.render(
@@ -205,8 +206,7 @@ def render_module(spec: Spec, spec_path: str | None = None) -> str:
         layout_lines=layout, scalar_init_lines=scalar_init, sparse_lines=sparse_lines,
         requires_lines=requires_lines, rows_lines=rows_lines,
         prologue_lines=pro, kernel_lines=ker, staged_lines=staged,
-        phased=any(st.reductions for st in cem.stages),
-        multi_tensor=not host_reductions(cem.steps))
+        phased=program.phased, multi_tensor=program.multi_tensor)
 
 
 def _rebind_globals(lines, spec):
@@ -257,9 +257,10 @@ def spec_files(sources) -> list[Path]:
 def render_files(spec: Spec, shown: str) -> dict[str, str]:
     """One checked spec's files: its Python module and the C++/CUDA sources the native and CUDA
     backends load from beside it ({module}.py, .cpp, .cu)."""
-    return {f"{spec.module_name}.py": render_module(spec, shown),
-            f"{spec.module_name}.cpp": CpuEmitter(spec).render(shown),
-            f"{spec.module_name}.cu": CudaEmitter(spec).render(shown)}
+    program = lower(spec)   # the one staged program every target renders
+    return {f"{spec.module_name}.py": render_module(spec, shown, program),
+            f"{spec.module_name}.cpp": CpuEmitter(spec, program).render(shown),
+            f"{spec.module_name}.cu": CudaEmitter(spec, program).render(shown)}
 
 
 def build(sources, out_dir) -> tuple[dict[str, str], list, list]:

@@ -14,7 +14,8 @@ import jinja2
 
 from .errors import InternalError
 from .ir import Assign, Expr, Kind, Op, Spec
-from .lower import Stage, _in_kernel, lower, scalar_args
+from .lower import Program, Stage, _in_kernel, lower
+from .walk import assigns
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 _env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)), autoescape=False,
@@ -50,30 +51,11 @@ class CStyleEmitter:
     BINOPS = {Op.ADD: "+", Op.SUB: "-", Op.MUL: "*", Op.DIV: "/", Op.EQ: "==", Op.NE: "!=", Op.LT: "<",
               Op.LE: "<=", Op.GT: ">", Op.GE: ">=", Op.AND: "&&", Op.OR: "||"}
 
-    def __init__(self, spec: Spec):
+    def __init__(self, spec: Spec, program: Program | None = None):
         self.spec = spec
         self.file = spec.path.rsplit("/", 1)[-1]
-        self.steps, self.stages, self.scratch = lower(spec)
-
-    # ---- scalar arguments ---------------------------------------------------------------------
-    def stage_scalars(self, st: Stage) -> list[tuple[str, Expr]]:
-        """(parameter name, host expression) of every scalar a stage reads, in first-use order."""
-        out: list[tuple[str, Expr]] = []
-        seen = {}
-        exprs = st.exprs()
-        for value in exprs:
-            for e in scalar_args(value):
-                if e.op is Op.CONST or e in seen:
-                    continue
-                if e.op in (Op.HYPER, Op.BUILTIN, Op.LOCAL, Op.SCALAR_STATE, Op.GLOBAL) and not e.optional:
-                    name = f"k_{e.value}"
-                else:
-                    name = f"k{len(out)}"
-                seen[e] = name
-                out.append((name, e))
-        if any(n.op is Op.NORMAL for value in exprs for n in value.walk()):
-            out.append(("k_seed", None))
-        return out
+        self.program = program or lower(spec)
+        self.steps, self.stages, self.scratch = self.program.steps, self.program.stages, self.program.scratch
 
     # ---- expressions --------------------------------------------------------------------------
     def expr(self, e: Expr, names: dict) -> str:
@@ -113,45 +95,11 @@ class CStyleEmitter:
         raise InternalError(f"no {self.target} rule for {op}")
 
     # ---- stages -------------------------------------------------------------------------------
-    def _memory_key(self, n: Expr):
-        """The pointer name a node reads from memory (weight, grad, a state, a scratch local), or None."""
-        if n.op in (Op.WEIGHT, Op.GRAD, Op.STATE) or (
-                n.op is Op.LOCAL and n.kind is Kind.TENSOR and n.value in self.scratch):
-            return "weight" if n.op is Op.WEIGHT else "grad" if n.op is Op.GRAD else n.value
-        return None
-
     def stage(self, st: Stage) -> dict:
-        scalars = self.stage_scalars(st)
-        names = {e: n for n, e in scalars if e is not None}
+        names = {sc.expr: sc.name for sc in st.scalars if sc.expr is not None}
         states = {x.name: x for x in self.spec.states}
-        reads, writes, locals_ = [], [], []
-
-        def scan(stmts, assigned: set) -> set:
-            for s in stmts:
-                if isinstance(s, Assign):
-                    for n in s.value.walk():
-                        key = self._memory_key(n)
-                        if key and key not in assigned and key not in reads:
-                            reads.append(key)
-                    if (s.role in ("weight", "state") or s.target in st.scratch_writes) and s.target not in writes:
-                        writes.append(s.target)
-                    if s.role == "local" and s.target not in locals_:
-                        locals_.append(s.target)
-                    assigned.add(s.target)
-                else:
-                    for cond, body in s.branches:
-                        scan(body, set(assigned))
-                    scan(s.orelse, set(assigned))
-            return assigned
-
-        assigned = scan(st.stmts, set())
-        # fused reductions read the element values at the end of the stage: loaded or assigned ones
-        # from registers, any other tensor from memory
-        for _, arg in st.reductions:
-            for n in arg.walk():
-                key = self._memory_key(n)
-                if key and key not in assigned and key not in reads:
-                    reads.append(key)
+        reads, writes, locals_ = st.reads, st.writes, st.locals
+        assigned = {s.target for s in assigns(st.stmts)}
         # each element's reduction terms go out through references; the kernel accumulates them
         reduce_lines = [f"red{k} = C({self.expr(arg, names)});" for k, (_, arg) in enumerate(st.reductions)]
         # a reduction of a tensor as it is in memory after the stage (the weight, a state, the gradient, a
@@ -166,7 +114,7 @@ class CStyleEmitter:
             direct.append(f"p_{key}" if in_memory else None)
         index = lambda name: "i" if name == "weight" or name in states else "gi"  # noqa: E731
         pointers, loads, stores = [], [], []
-        for name in reads + [w for w in writes if w not in reads]:
+        for name in st.memory():
             ctype = "G" if name == "grad" else "T" if name == "weight" or name in states else "C"
             const = "const " if name not in writes else ""
             pointers.append({"name": name, "decl": f"{const}{ctype}* __restrict__ p_{name}"})
@@ -206,13 +154,13 @@ class CStyleEmitter:
                 "red_args": "".join(f", red{k}" for k in range(nred)),
                 "red_terms": "".join(f", t{k}" for k in range(nred)),
                 "red_squares": [op is Op.NORM for op, _ in st.reductions], "red_direct": direct,
-                "elem_pass": bool(st.stmts) or None in direct, "fn": f"optforge_{self.spec.module_name}_{st.name}", "pointers": pointers,
+                "elem_pass": bool(st.stmts) or None in direct, "fn": st.fn, "pointers": pointers,
                 "loads": loads, "declare": list(dict.fromkeys(declare)), "body": body, "stores": stores,
                 "hparams": "".join(f", int H{k}" for k in range(len(optional))) +
                            "".join(f", int B{k}" for k in range(len(branch))),
                 "runtime_h": "".join(", 2" for _ in optional + branch), "cases": cases,
                 "writes_weight": "weight" in writes,
-                "scalars": [(n, "double" if n == "k_seed" else "C") for n, _ in scalars], "scalar_exprs": scalars}
+                "scalars": [(sc.name, "double" if sc.expr is None else "C") for sc in st.scalars]}
 
     def _body(self, stmts, names, depth, branch=None) -> list[str]:
         pad = "    " * depth
@@ -242,7 +190,8 @@ class CStyleEmitter:
         stages = [self.stage(st) for st in self.stages]
         uses_normal = any(n.op is Op.NORMAL for st in self.stages for e in st.exprs() for n in e.walk())
         return _env.get_template(self.template).render(
-            spec=self.spec, stages=stages, uses_normal=uses_normal, header=_header(self.spec, spec_path))
+            spec=self.spec, stages=stages, uses_normal=uses_normal, header=_header(self.spec, spec_path),
+            lazy_rows=bool(self.spec.sparse) and self.spec.sparse[0] == "lazy")   # row kernels only where used
 
 
 class CpuEmitter(CStyleEmitter):

@@ -13,17 +13,16 @@ all their reductions come back in one transfer (`multi.run_lockstep`).
 """
 from __future__ import annotations
 
-from .emit_c import CStyleEmitter
-from .emit_numpy import NumpyEmitter, leaves, targets
+from .emit_numpy import NumpyEmitter
 from .ir import Op
-from .lower import Host, Stage
+from .lower import Host, Program, Stage
+from .walk import leaves, targets
 
 
-def driver_lines(spec, cem: CStyleEmitter) -> list[str]:
+def driver_lines(spec, program: Program) -> list[str]:
     em = NumpyEmitter(spec, xp="xp")
-    stage_info = {st["name"]: st for st in (cem.stage(s) for s in cem.stages)}
     out = ["xp = be.xp"]
-    body = spec.body
+    body = program.body
     out += [f"{h} = self.{h}" for h in sorted(leaves(body, {Op.HYPER}))]
     out += [f"{b} = self.{b}" for b in sorted(leaves(body, {Op.BUILTIN}) & {"rescale_grad", "clip_gradient"})]
     out += [f"{n} = call[{n!r}]" for n in spec.prologue_exports]
@@ -34,7 +33,7 @@ def driver_lines(spec, cem: CStyleEmitter) -> list[str]:
             out.append(f"{st.name} = tensors.get({st.name!r})" if st.cond is not None else f"{st.name} = tensors[{st.name!r}]")
     used_scalars = leaves(body, {Op.SCALAR_STATE}) | targets(body, "scalar_state")
     out += [f"{s.name} = scalars[{s.name!r}]" for s in spec.scalar_states if s.name in used_scalars]
-    for name in cem.scratch:
+    for name in program.scratch:
         out.append(f"{name} = be.scratch(weight, {name!r})")
 
     def steps(items, depth):
@@ -46,12 +45,9 @@ def driver_lines(spec, cem: CStyleEmitter) -> list[str]:
                 lines += em.block([item.stmt], depth)
                 em.fused = {}
             elif isinstance(item, Stage):
-                info = stage_info[item.name]
-                ptrs = ", ".join(p["name"] for p in info["pointers"])
-                args = []
-                for name, e in info["scalar_exprs"]:
-                    args.append("be.seed(self._rng)" if e is None else f"ops.arg({em.expr(e)})")
-                call = f"be.launch({info['fn']!r}, ({ptrs},), ({''.join(a + ', ' for a in args)})"
+                ptrs = ", ".join(item.memory())
+                args = [_scalar(em, sc) for sc in item.scalars]
+                call = f"be.launch({item.fn!r}, ({ptrs},), ({''.join(a + ', ' for a in args)})"
                 if item.reductions:   # partial sums of the fused reductions, or None where not fused
                     lines.append(f"{pad}_red_{item.name} = yield {call}, reduce={len(item.reductions)}"
                                  f"{'' if item.stmts else ', stores=False'})")
@@ -66,8 +62,20 @@ def driver_lines(spec, cem: CStyleEmitter) -> list[str]:
                     lines += steps(item.orelse, depth + 1)
         return lines
 
-    out += steps(cem.steps, 0)
+    out += steps(program.steps, 0)
     for s in spec.scalar_states:
         if s.name in targets(body, "scalar_state"):
             out.append(f"scalars[{s.name!r}] = {s.name}")
     return out
+
+
+def _scalar(em: NumpyEmitter, sc) -> str:
+    """A stage's scalar argument, computed only when the kernel reads it (0 otherwise)."""
+    if sc.expr is None:
+        return "be.seed(self._rng)"
+    value = f"ops.arg({em.expr(sc.expr)})"
+    if sc.guards is None:
+        return value
+    alternatives = [" and ".join(em._wrap(c, 2) for c in guard) for guard in sc.guards]
+    test = alternatives[0] if len(alternatives) == 1 else " or ".join(f"({a})" for a in alternatives)
+    return f"({value} if {test} else 0.0)"

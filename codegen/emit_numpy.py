@@ -6,7 +6,9 @@ tensor values are NumPy arrays. Weight and states are written in place (`mean[..
 from __future__ import annotations
 
 from .errors import InternalError
-from .ir import Assign, Expr, IfStmt, Kind, Op, Spec, Ty
+from .ir import Assign, Expr, IfStmt, Kind, Op, Spec
+from .lower import Branch, Host, Program, Stage
+from .walk import leaves, targets
 
 PREC = {Op.OR: 1, Op.AND: 2, Op.NOT: 3, Op.EQ: 4, Op.NE: 4, Op.LT: 4, Op.LE: 4, Op.GT: 4, Op.GE: 4,
         Op.ADD: 5, Op.SUB: 5, Op.MUL: 6, Op.DIV: 6, Op.MOD: 6, Op.NEG: 7, Op.POW: 8}
@@ -143,69 +145,23 @@ def _may_alias(e: Expr) -> bool:
     return False
 
 
-def leaves(stmts, ops) -> set:
-    out = set()
-    for s in stmts:
-        if isinstance(s, Assign):
-            exprs = [s.value]
-        else:
-            exprs = [c for c, _ in s.branches]
-            out |= leaves([x for _, b in s.branches for x in b] + list(s.orelse), ops)
-        for e in exprs:
-            for n in e.walk():
-                if n.op in ops:
-                    out.add(n.value)
-    return out
-
-
-def targets(stmts, role) -> set:
-    out = set()
-    for s in stmts:
-        if isinstance(s, Assign):
-            if s.role == role:
-                out.add(s.target)
-        else:
-            out |= targets([x for _, b in s.branches for x in b] + list(s.orelse), role)
-    return out
-
-
 # ---- the chunked kernel: large tensors in cache-sized chunks, in place, on every core -------------
 #
-# `_kernel_numpy` keeps the straight-line code above for small tensors and adds, for large ones, the
-# same statements grouped into stages. A stage is a run of elementwise statements (and host `if`s
-# around them); host statements in its span are hoisted in front of it (as codegen/lower.py does),
-# and reductions, `normal` draws inside a branch and anything without an in-place rendering end it.
-# Each stage becomes a nested function of one chunk: its parameters are the chunk slices of the
-# tensors it touches (same names as the full tensors), then its tensor locals and `tmpN` scratch
-# registers (cache-sized buffers owned by optforge.chunks); every operation writes with `out=`.
-# A tensor local read outside its stage is materialized at full size (`chunks.empty`).
+# `_kernel_numpy` keeps the straight-line code above for small tensors and renders, for large ones,
+# the staged program (codegen/lower.py) that the compiled backends run too. Host steps are plain
+# statements on full tensors (a reduction reads them as they are at that point); each stage becomes
+# a nested function of one chunk: its parameters are the chunk slices of the arrays it reads and
+# writes (same names as the full tensors; scratch locals are full-size arrays made once,
+# `chunks.empty`), then its other tensor locals and `tmpN` registers (cache-sized buffers owned by
+# optforge.chunks); every operation writes with `out=`. A stage's `normal` draws are made at full
+# size before it, in program order and under the conditions that guard them, so the random stream
+# is the straight-line kernel's.
 
 UFUNCS = {Op.ADD: "np.add", Op.SUB: "np.subtract", Op.MUL: "np.multiply", Op.DIV: "np.divide",
           Op.MOD: "np.remainder", Op.NEG: "np.negative", Op.SQRT: "np.sqrt", Op.SQUARE: "np.square",
           Op.ABS: "np.abs", Op.SIGN: "np.sign", Op.EXP: "np.exp", Op.LOG: "np.log",
           Op.MAXIMUM: "np.maximum", Op.MINIMUM: "np.minimum", Op.CLIP: "chunks.clip"}
 TENSOR_LEAVES = (Op.WEIGHT, Op.GRAD, Op.STATE, Op.LOCAL)
-
-
-def _is_tensor_leaf(e: Expr) -> bool:
-    return e.op in TENSOR_LEAVES and e.kind is Kind.TENSOR
-
-
-def _tensor_stmt(s) -> bool:
-    return isinstance(s, Assign) and (s.role in ("weight", "state") or s.value.kind is Kind.TENSOR)
-
-
-def _stmt_exprs(s) -> list:
-    return [s.value] if isinstance(s, Assign) else [c for c, _ in s.branches]
-
-
-def _all_stmts(stmts):
-    for s in stmts:
-        yield s
-        if isinstance(s, IfStmt):
-            for _, body in s.branches:
-                yield from _all_stmts(body)
-            yield from _all_stmts(s.orelse)
 
 
 class _ChunkExprs(NumpyEmitter):
@@ -221,229 +177,63 @@ class _ChunkExprs(NumpyEmitter):
         return super()._e(e)
 
 
-class Stage:
-    def __init__(self, index: int):
-        self.index = index
-        self.items: list = []         # Assigns and IfStmts, in order
-        self.hoisted: list = []       # host statements run before the stage
-        self.noise: list = []         # (NORMAL node, name, statement): drawn at full size before the stage
-        self.assigned: set = set()    # tensor locals assigned so far
-        self.inputs: set = set()      # tensor locals read before the stage assigns them
-        self.host_reads: set = set()  # host names the stage's statements read
-
-    def stmts(self):
-        return list(_all_stmts(self.items))
-
-
 class ChunkedKernel:
-    """Plans and renders the chunked branch of `_kernel_numpy`."""
+    """Renders the chunked branch of `_kernel_numpy` from the staged program."""
 
-    def __init__(self, spec: Spec):
+    def __init__(self, spec: Spec, program: Program):
         self.em = _ChunkExprs(spec)
-        self.spec = spec
-        names = set()
-        for s in _all_stmts(self.spec.body):
-            if isinstance(s, Assign):
-                names.add(s.target)
-            for e in _stmt_exprs(s):
-                names |= {n.value for n in e.walk() if isinstance(n.value, str)}
+        self.spec, self.program = spec, program
+        names = set(leaves(program.body, {Op.LOCAL})) | targets(program.body)
         # role-prefixed helper names that cannot meet a spec name
         self.tmp, self.noise_prefix, self.stage_prefix = (
             p if not any(n.startswith(p) for n in names) else "_" + p for p in ("tmp", "noise", "stage"))
+        self.draws = 0
 
-    # ---- planning ------------------------------------------------------------------------------
-    def plan(self):
-        blocked: set = set()
-        while True:
-            self.stages: list[Stage] = []
-            items = self._plan(self.spec.body, blocked)
-            more = set()
-            for st, mat in zip(self.stages, self._materialized()):
-                st.materialized = mat
-                for it in st.items:
-                    if isinstance(it, IfStmt) and self._tensor_locals_written([it]) & mat:
-                        more.add(id(it))
-            if not more:
-                return items
-            blocked |= more
-
-    def _plan(self, stmts, blocked) -> list:
-        """Items: ('host', stmt), ('stage', Stage), ('if', IfStmt, [(cond, items)], else items)."""
-        out: list = []
-        cur: Stage | None = None
-
-        def close():
-            nonlocal cur
-            cur = None
-
-        def stage() -> Stage:
-            nonlocal cur
-            if cur is None:
-                cur = Stage(len(self.stages))
-                self.stages.append(cur)
-                out.append(("stage", cur))
-            return cur
-
-        def conflict(rbw, writes) -> bool:
-            """A stage may not write a tensor local it also reads from before the stage."""
-            if cur is not None and writes & (cur.inputs | (rbw - cur.assigned)):
-                close()
-            return bool(writes & rbw) if cur is None else False
-
-        for s in stmts:
-            if isinstance(s, Assign) and _tensor_stmt(s):
-                bare = s.role == "local" and _is_tensor_leaf(s.value)
-                if not self._chunkable(s, top=True) or (bare and cur is None):
-                    close()    # `avg = grad` outside a stage binds, as written
-                    out.append(("host", s))
-                    continue
-                rbw, writes = self._rw([s])
-                if conflict(rbw, writes):
-                    out.append(("host", s))
-                    continue
-                self._add(stage(), s, rbw, writes)
-            elif isinstance(s, Assign):
-                reduced = any(n.op in REDUCE_FUNCS or n.kind is Kind.TENSOR for n in s.value.walk())
-                if reduced or cur is None or s.target in cur.host_reads:
-                    close()
-                    out.append(("host", s))
-                else:
-                    cur.hoisted.append(s)
-            else:
-                # a host `if` joins the open stage (its test runs per chunk); one that would open a
-                # stage stays a host `if` around its own stages
-                rbw, writes = self._rw([s])
-                if cur is not None and id(s) not in blocked and self._eligible_if(s) \
-                        and not writes & (cur.inputs | (rbw - cur.assigned)):
-                    self._add(cur, s, rbw, writes)
-                else:
-                    close()
-                    out.append(("if", s, [(c, self._plan(b, blocked)) for c, b in s.branches],
-                                self._plan(s.orelse, blocked)))
-        return out
-
-    def _add(self, st: Stage, s, rbw, writes):
-        st.inputs |= rbw - st.assigned
-        st.assigned |= writes
-        st.items.append(s)
-        for x in _all_stmts([s]):
-            for e in _stmt_exprs(x):
-                for n in e.walk():
-                    if n.op in (Op.LOCAL, Op.SCALAR_STATE, Op.GLOBAL) and n.kind is not Kind.TENSOR:
-                        st.host_reads.add(n.value)
-                    if n.op is Op.NORMAL:
-                        st.noise.append((n, f"{self.noise_prefix}{sum(len(t.noise) for t in self.stages)}", x))
-
-    def _chunkable(self, s: Assign, top: bool) -> bool:
-        nodes = list(s.value.walk())
-        if any(n.op in REDUCE_FUNCS for n in nodes):
-            return False
-        normals = [n for n in nodes if n.op is Op.NORMAL]
-        if normals and (not top or len(normals) > 1 or self._normal_count(normals[0]) > 1):
-            return False
-        if s.role == "local" and s.value.ty is Ty.BOOL:
-            return False
-        return True
-
-    def _normal_count(self, node) -> int:
-        return sum(1 for x in _all_stmts(self.spec.body) for e in _stmt_exprs(x) for n in e.walk() if n == node)
-
-    def _eligible_if(self, s: IfStmt) -> bool:
-        if any(n.op in REDUCE_FUNCS or n.kind is Kind.TENSOR for c, _ in s.branches for n in c.walk()):
-            return False
-        for x in _all_stmts([b for _, body in s.branches for b in body] + list(s.orelse)):
-            if isinstance(x, Assign) and not (_tensor_stmt(x) and self._chunkable(x, top=False)):
-                return False
-            if isinstance(x, IfStmt) and any(n.op in REDUCE_FUNCS or n.kind is Kind.TENSOR
-                                             for c, _ in x.branches for n in c.walk()):
-                return False
-        return True
-
-    @staticmethod
-    def _tensor_locals_written(stmts) -> set:
-        return {x.target for x in _all_stmts(stmts) if isinstance(x, Assign) and x.role == "local"}
-
-    def _rw(self, stmts) -> tuple[set, set]:
-        """(tensor locals read before written, tensor locals written); branches conservatively."""
-        rbw, written = set(), set()
-        for x in stmts:
-            if isinstance(x, Assign):
-                rbw |= {n.value for n in x.value.walk() if n.op is Op.LOCAL and n.kind is Kind.TENSOR} - written
-                if x.role == "local":
-                    written.add(x.target)
-            else:
-                for _, body in list(x.branches) + [(None, x.orelse)]:
-                    r, w = self._rw(body)
-                    rbw |= r - written
-                    written |= w
-        return rbw, written
-
-    def _materialized(self) -> list[set]:
-        """Per stage: the tensor locals it assigns that something outside it reads."""
-        owner = {}
-        for st in self.stages:
-            for x in st.stmts():
-                owner[id(x)] = st.index
-        reads_outside = [set() for _ in self.stages]
-        for x in _all_stmts(self.spec.body):
-            here = owner.get(id(x))
-            names = {n.value for e in _stmt_exprs(x) for n in e.walk() if n.op is Op.LOCAL and n.kind is Kind.TENSOR}
-            for st in self.stages:
-                if st.index != here:
-                    reads_outside[st.index] |= names & st.assigned
-        return reads_outside
-
-    # ---- rendering -----------------------------------------------------------------------------
     def lines(self, indent: int) -> list[str]:
-        items = self.plan()
-        return self._render(items, indent)
+        pad = "    " * indent
+        out = [f"{pad}{name} = chunks.empty(weight, grad)" for name in self.program.scratch]
+        return out + self._render(self.program.steps, indent)
 
     def _render(self, items, indent) -> list[str]:
         pad = "    " * indent
         out: list[str] = []
         for it in items:
-            if it[0] == "host":
-                out += self.em.block([it[1]], indent)
-            elif it[0] == "if":
-                _, s, branches, orelse = it
-                for k, (cond, sub) in enumerate(branches):
+            if isinstance(it, Host):
+                out += self.em.block([it.stmt], indent)
+            elif isinstance(it, Branch):
+                for k, (cond, sub) in enumerate(it.branches):
                     out.append(f"{pad}{'if' if k == 0 else 'elif'} {self.em.expr(cond)}:")
                     out += self._render(sub, indent + 1) or [pad + "    pass"]
-                if orelse:
+                if it.orelse:
                     out.append(f"{pad}else:")
-                    out += self._render(orelse, indent + 1)
-            else:
-                out += self._stage(it[1], indent)
+                    out += self._render(it.orelse, indent + 1)
+            elif it.stmts:   # a reduction-only stage: the host computes its reductions
+                out += self._stage(it, indent)
         return out
 
     def _stage(self, st: Stage, indent: int) -> list[str]:
         pad = "    " * indent
         em = self.em
-        out = em.block(st.hoisted, indent)
+        out = []
         em.noise = {}
-        for node, name, stmt in st.noise:
-            out.append(f"{pad}{name} = {em.expr(node)}  # {em.file}:{stmt.line}")
+        noise = []
+        for node, guards in st.noise:
+            name = f"{self.noise_prefix}{self.draws}"
+            self.draws += 1
+            draw = em.expr(node)
+            if guards:
+                test = " and ".join(em._wrap(c, 2) for c in guards)
+                draw = f"{draw} if {test} else None"
+            out.append(f"{pad}{name} = {draw}  # {em.file}:{_line(st, node)}")
             em.noise[node] = name
-        arrays: list[str] = []
-        for x in st.stmts():
-            for e in _stmt_exprs(x):
-                for n in e.walk():
-                    name = self._leaf(n)
-                    if name and name not in arrays and (n.op is not Op.LOCAL or n.value in st.inputs
-                                                        or n.value in st.materialized):
-                        arrays.append(name)
-            if isinstance(x, Assign) and x.role != "local" or getattr(x, "target", None) in st.materialized:
-                if x.target not in arrays:
-                    arrays.append(x.target)
-        locals_ = [n for n in sorted(st.assigned - st.materialized)]
-        sources = ", ".join(a for a in arrays if a not in st.materialized)
-        for name in sorted(st.materialized):
-            out.append(f"{pad}{name} = chunks.empty({sources})")
+            noise.append(name)
+        arrays = st.memory() + noise
+        memory = set(st.memory())
         self.free: list[int] = []
         self.count = 0
-        body = self._body(st.items, 1)
-        regs = locals_ + [f"{self.tmp}{i}" for i in range(self.count)]
-        fn = f"{self.stage_prefix}{st.index}"
+        body = self._body(st.stmts, 1)
+        regs = [n for n in st.locals if n not in memory] + [f"{self.tmp}{i}" for i in range(self.count)]
+        fn = f"{self.stage_prefix}{st.name[1:]}"
         out.append(f"{pad}def {fn}({', '.join(arrays + regs)}):")
         out += [pad + ln for ln in body]
         tup = ", ".join(arrays) + ("," if len(arrays) == 1 else "")
@@ -453,7 +243,7 @@ class ChunkedKernel:
     def _leaf(self, n: Expr) -> str | None:
         if n.op is Op.NORMAL:
             return self.em.noise.get(n)
-        if _is_tensor_leaf(n):
+        if n.op in TENSOR_LEAVES and n.kind is Kind.TENSOR:
             return "weight" if n.op is Op.WEIGHT else "grad" if n.op is Op.GRAD else n.value
         return None
 
@@ -480,11 +270,7 @@ class ChunkedKernel:
             return f"chunks.copy({leaf}, {s.target}){comment}"
         if v.kind is Kind.TENSOR and v.op in UFUNCS:
             return self._into(v, s.target) + comment
-        return f"{s.target}[...] = {self._plain(v)}{comment}"
-
-    def _plain(self, e: Expr) -> str:
-        """An expression the chunk evaluates with allocating NumPy (chunk-sized temporaries)."""
-        return self.em.expr(e)
+        return f"{s.target}[...] = {self.em.expr(v)}{comment}"
 
     def _alloc(self) -> str:
         if self.free:
@@ -508,7 +294,7 @@ class ChunkedKernel:
             elif leaf:
                 texts.append(leaf)
             elif a.op not in UFUNCS:
-                texts.append(self._plain(a))
+                texts.append(self.em.expr(a))
             else:
                 later = {self._leaf(n) for b in e.args[k + 1:] for n in b.walk()}
                 if not dst_taken and dst not in later and dst not in leaf_reads:
@@ -521,19 +307,24 @@ class ChunkedKernel:
             self.free.append(int(reg[len(self.tmp):]))
         return f"{UFUNCS[e.op]}({', '.join(texts)}, {'out=' if e.op is not Op.CLIP else ''}{dst})"
 
-    def state_names(self) -> list[str]:
-        used = leaves(self.spec.body, {Op.STATE}) | targets(self.spec.body, "state")
-        return [st.name for st in self.spec.states if st.name in used]
+
+def _line(st: Stage, node: Expr) -> int:
+    from .walk import assigns
+    for s in assigns(st.stmts):
+        if any(n is node or n == node for n in s.value.walk()):
+            return s.line
+    return 0
 
 
-def kernel_lines(em: NumpyEmitter) -> list[str]:
+def kernel_lines(em: NumpyEmitter, program: Program) -> list[str]:
     """The body of `_kernel_numpy`: straight-line code for small tensors, stages for large ones."""
     straight = em.block(em.spec.body, 0)
-    ck = ChunkedKernel(em.spec)
-    chunked = ck.lines(1)
-    if not ck.stages:
+    if not any(st.stmts for st in program.stages):
         return straight
-    arrays = ", ".join(["weight", "grad"] + ck.state_names())
+    ck = ChunkedKernel(em.spec, program)
+    chunked = ck.lines(1)
+    used = leaves(em.spec.body, {Op.STATE}) | targets(em.spec.body, "state")
+    arrays = ", ".join(["weight", "grad"] + [st.name for st in em.spec.states if st.name in used])
     return ([f"if not chunks.use({arrays}):  # small (or strided) tensors: the equations as written"]
             + ["    " + ln for ln in straight]
             + ["else:  # large tensors: cache-sized chunks, in place, on every core"]

@@ -19,7 +19,8 @@ Work is proportional to the rows touched except for whole-tensor reductions the 
 from __future__ import annotations
 
 from .emit_numpy import ATOM, REDUCE_FUNCS, NumpyEmitter, leaves
-from .errors import NOWHERE, Diagnostic, InternalError, SpecError
+from .errors import InternalError
+from .verify import full_tensor_reduction
 from .ir import Assign, Expr, Kind, Op, Spec
 
 ROWS_SUFFIX = "_rows"
@@ -38,13 +39,7 @@ class RowsEmitter(NumpyEmitter):
             return (name if self._full else name + ROWS_SUFFIX), ATOM
         if e.op in REDUCE_FUNCS:
             arg = e.args[0]
-            full = any(n.op in (Op.WEIGHT, Op.STATE) for n in arg.walk())
-            rows = any(n.op is Op.GRAD or (n.op is Op.LOCAL and n.kind is Kind.TENSOR) for n in arg.walk())
-            if full and rows:
-                raise SpecError([Diagnostic(
-                    self.spec.path, e.span or NOWHERE, "a row-sparse (lazy) update cannot reduce over the "
-                    "weight or a state and the gradient together", "reduce them separately, or drop `sparse lazy`",
-                    "error", self.spec.source)])
+            full = full_tensor_reduction(arg)   # codegen/verify.py: a lazy reduction is one or the other
             saved, self._full = self._full, full
             try:
                 return REDUCE_FUNCS[e.op].format(self.expr(arg)), ATOM

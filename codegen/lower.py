@@ -1,43 +1,83 @@
-"""Checked IR -> a staged program for the compiled backends (native CPU, CUDA).
+"""Checked IR -> the staged program: the one lowering every target renders.
 
-The per-parameter body becomes a list of steps the generated Python driver runs in order:
+`lower(spec)` runs once per spec and returns a `Program`. Its `steps` are what a per-parameter
+update does, in order:
 
   Host(stmt)     a statement computed on the host (Python numbers), or a reduction of tensors
-                 (evaluated with the backend's array module)
-  Stage(...)     a run of elementwise statements fused into one kernel: one read and one write of
-                 each tensor; every non-tensor subexpression becomes a scalar argument computed on
-                 the host, so kernels never see optionals, strings or Python semantics
-  Branch(...)    a host `if` whose branches hold stages
+  Stage(...)     a run of elementwise statements fused into one pass over the tensors: one read
+                 and one write of each tensor; every non-tensor subexpression becomes a scalar
+                 argument computed on the host, so kernels never see optionals, strings or Python
+  Branch(...)    a host `if` whose branches hold steps
 
-Reductions and host `if`s split stages. Host statements are hoisted in front of the open stage
-when no statement already in that stage reads what they assign. A tensor local read outside the
-stage that computed it (a reduction, a later stage) is stored to a scratch array.
+The NumPy chunked kernel (codegen/emit_numpy.py), the C++ and CUDA kernels (codegen/emit_c.py) and
+their Python driver (codegen/emit_driver.py) all render these steps; the NumPy straight-line and
+row kernels render the checked statements as written, and are the reference the others are tested
+against (tests/test_differential.py).
 
-Fused reductions: a whole-tensor `norm(x)` / `sum(x)` of an elementwise `x` is accumulated by the
-stage that precedes it (its sum of squares, or its sum, from the element values at the end of that
-stage: no second pass over memory), or, with no such stage, by a reduction-only stage that reads
-each tensor once for all the reductions in a row (LARS's two norms). The host statement then
-finishes the reduction from the stage's partial sums (`Host.fused`). Backends that cannot fuse
-(the row-sparse ones, whose stages see only some rows) return no partial sums and the driver
-computes the reduction on the host as before, so the arrays it reads are still materialized.
+The passes, in order:
+
+1. Reductions out of elementwise statements. A `norm`/`sum` (or any host value computed from one)
+   inside an elementwise statement is assigned to a fresh host local (`_r0`, ...) just before that
+   statement, in the same branch, and the statement reads the local. A reduction then always runs
+   as a host step at its place in program order and sees the tensors as they are at that
+   statement; the same is done inside a reduction's argument (`norm(x / (1 + norm(y)))`).
+2. Stages. Elementwise statements join the open stage; host `if`s whose branches only do
+   elementwise work join it too, as a branch on a scalar argument (SGD's `if momentum != 0`). Host
+   statements known before any tensor work (kind <= INDEX) are hoisted in front of the open stage
+   when no statement already in it reads what they assign. Reductions and other host `if`s end it.
+3. Fused reductions. A reduction is accumulated by the stage that precedes it, from the element
+   values at the end of that stage (no second pass over memory), or, with no such stage, by a
+   reduction-only stage that reads each tensor once for all the reductions in a row (LARS's two
+   norms). The host statement then finishes it from the stage's partial sums (`Host.fused`).
+   Backends that cannot fuse (the row-sparse ones, whose stages see only some rows) return no
+   partial sums and the driver computes the reduction on the host, so the arrays it reads are
+   still materialized.
+4. Scratch. A tensor local read outside the stage that computed it (by a host reduction, a later
+   stage) lives in a scratch array.
+5. Stage tables: the tensors each stage reads and writes in memory, its locals, and its scalar
+   arguments, each with the host conditions under which the kernel reads it (a scalar inside
+   `if c > 0 { ... }` is computed only when that holds: `c` may be none otherwise).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
-from .ir import REDUCTIONS, Assign, Expr, IfStmt, Kind, Op, Spec, statement_exprs
+from .ir import REDUCTIONS, Assign, Expr, IfStmt, Kind, Op, Spec, Ty
+from .names import BUILTINS
+from .walk import assigns, exprs, host_names_read, nodes, own_exprs, tensor_locals_read
+
+LIFTED_PREFIX = "_r"   # spec names cannot start with `_`
+
+
+@dataclass
+class Scalar:
+    """A scalar argument of a stage: its parameter name, the host expression (None: the noise seed)
+    and when the kernel reads it: None for always, else alternatives, each a tuple of conditions."""
+    name: str
+    expr: Expr | None
+    guards: tuple | None = None
 
 
 @dataclass
 class Stage:
     name: str
-    stmts: list = field(default_factory=list)       # Assigns, in order
-    scratch_writes: set = field(default_factory=set)  # tensor locals stored to scratch at the end
-    reductions: list = field(default_factory=list)  # [(Op.NORM | Op.SUM, elementwise argument)], by slot
+    fn: str = ""                                        # kernel name: optforge_<spec>_<stage>
+    stmts: list = field(default_factory=list)           # Assigns and inlined IfStmts, in order
+    scratch_writes: set = field(default_factory=set)    # tensor locals stored to scratch at the end
+    reductions: list = field(default_factory=list)      # [(Op.NORM | Op.SUM, elementwise argument)], by slot
+    reads: list = field(default_factory=list)           # tensors read from memory, in first-use order
+    writes: list = field(default_factory=list)          # tensors written to memory
+    locals: list = field(default_factory=list)          # tensor locals the stage assigns
+    scalars: list = field(default_factory=list)         # [Scalar], in first-use order
+    noise: list = field(default_factory=list)           # [(NORMAL node, guards)], in draw order
 
     def exprs(self) -> list:
         """Every expression the stage evaluates: statement values, `if` conditions, reduction arguments."""
-        return list(stage_exprs(self.stmts)) + [arg for _, arg in self.reductions]
+        return list(exprs(self.stmts)) + [arg for _, arg in self.reductions]
+
+    def memory(self) -> list:
+        """Every tensor the stage reads or writes in memory: reads first, then the other writes."""
+        return self.reads + [w for w in self.writes if w not in self.reads]
 
     def host_reads(self) -> set:
         out = set()
@@ -61,6 +101,27 @@ class Branch:
     orelse: list
 
 
+@dataclass
+class Program:
+    """What `lower` returns: the statements after pass 1, the steps, the stages (in order) and the
+    tensor locals that live in scratch arrays."""
+    spec: Spec
+    body: tuple
+    steps: list
+    stages: list
+    scratch: list
+
+    @property
+    def phased(self) -> bool:
+        """Whether some stage accumulates fused reductions (the driver is then a generator)."""
+        return any(st.reductions for st in self.stages)
+
+    @property
+    def multi_tensor(self) -> bool:
+        """Whether a list update can defer every launch (no reduction read on the host)."""
+        return not host_reductions(self.steps)
+
+
 IN_KERNEL = {Op.ADD, Op.SUB, Op.MUL, Op.DIV, Op.NEG}
 
 
@@ -73,10 +134,15 @@ def _in_kernel(e: Expr) -> bool:
         for a in e.args)
 
 
+def is_host(e: Expr) -> bool:
+    """A value a kernel takes as a scalar argument (computed on the host)."""
+    return e.kind is not Kind.TENSOR and not _in_kernel(e)
+
+
 def scalar_args(e: Expr) -> list:
     """The maximal non-tensor subexpressions of a tensor expression, in first-use order (arithmetic on
     hyperparameters alone stays in the kernel: its leaves are the arguments)."""
-    if e.kind is not Kind.TENSOR and not _in_kernel(e):
+    if is_host(e):
         return [e]
     out = []
     for a in e.args:
@@ -86,18 +152,14 @@ def scalar_args(e: Expr) -> list:
     return out
 
 
-def flat_assigns(stmts):
-    """Every Assign of a stage, branches included, in source order."""
-    for s in stmts:
-        if isinstance(s, Assign):
-            yield s
-        else:
-            for _, body in s.branches:
-                yield from flat_assigns(body)
-            yield from flat_assigns(s.orelse)
+def _not(c: Expr) -> Expr:
+    """`not c`, literally: false where c is true, true otherwise (an optional compared is false when
+    none, so `not (c > 0)` holds for none where `c <= 0` would not)."""
+    return Expr(Op.NOT, Ty.BOOL, c.kind, (c,), None, False, c.span)
 
 
-stage_exprs = statement_exprs   # every expression a stage evaluates: values and `if` conditions
+def _is_tensor_stmt(s: Assign) -> bool:
+    return s.role in ("weight", "state") or s.value.kind is Kind.TENSOR
 
 
 def _inlinable(s) -> bool:
@@ -109,15 +171,8 @@ def _inlinable(s) -> bool:
     return all((isinstance(x, Assign) and _is_tensor_stmt(x)) or _inlinable(x) for b in bodies for x in b)
 
 
-def _is_tensor_stmt(s: Assign) -> bool:
-    return s.role in ("weight", "state") or s.value.kind is Kind.TENSOR
-
-
 def _writes_tensors(s) -> bool:
-    if isinstance(s, Assign):
-        return _is_tensor_stmt(s)
-    return any(_writes_tensors(x) for _, body in s.branches for x in body) or \
-        any(_writes_tensors(x) for x in s.orelse)
+    return any(_is_tensor_stmt(a) for a in assigns([s]))
 
 
 def _targets(s) -> set:
@@ -144,16 +199,86 @@ def _host_only(item) -> bool:
     return False
 
 
+def _has_reduction(e: Expr) -> bool:
+    return any(n.op in REDUCTIONS for n in e.walk())
+
+
+# ---- pass 1: reductions out of elementwise statements ------------------------------------------------
+class _Lifter:
+    def __init__(self):
+        self.count = 0
+
+    def block(self, stmts) -> tuple:
+        out = []
+        for s in stmts:
+            if isinstance(s, Assign):
+                pre = []
+                value = self._tensor(s.value, s, pre) if s.value.kind is Kind.TENSOR else self._host(s.value, s, pre)
+                out += pre
+                out.append(s if value is s.value else replace(s, value=value))
+            else:
+                branches = tuple((c, self.block(b)) for c, b in s.branches)
+                out.append(IfStmt(branches, self.block(s.orelse), s.span))
+        return tuple(out)
+
+    def _temp(self, value: Expr, s: Assign, pre: list) -> Expr:
+        name = f"{LIFTED_PREFIX}{self.count}"
+        self.count += 1
+        pre.append(Assign(name, "local", value, s.span, s.line))
+        return Expr(Op.LOCAL, value.ty, value.kind, (), name, value.optional, value.span)
+
+    def _tensor(self, e: Expr, s, pre, guard=()) -> Expr:
+        """An elementwise expression whose host parts hold no reduction. Under a host test that picks
+        a side of a `where` (`guard`), the lifted value is computed only when that side is taken: it
+        may read a state that exists only then."""
+        if is_host(e):
+            if not _has_reduction(e):
+                return e
+            value = self._host(e, s, pre)
+            if guard:
+                test = guard[0]
+                for c in guard[1:]:
+                    test = Expr(Op.AND, Ty.BOOL, max(test.kind, c.kind), (test, c), None, False, c.span)
+                zero = Expr(Op.CONST, value.ty, Kind.CONST, (), 0, False, value.span)
+                value = Expr(Op.WHERE, value.ty, value.kind, (test, value, zero), None, False, value.span)
+            return self._temp(value, s, pre)
+        if e.op is Op.WHERE and is_host(e.args[0]):
+            c, a, b = e.args
+            args = (self._tensor(c, s, pre, guard), self._tensor(a, s, pre, guard + (c,)),
+                    self._tensor(b, s, pre, guard + (_not(c),)))
+        else:
+            args = tuple(self._tensor(a, s, pre, guard) for a in e.args)
+        return e if all(x is y for x, y in zip(args, e.args)) else replace(e, args=args)
+
+    def _host(self, e: Expr, s, pre) -> Expr:
+        """A host expression whose reductions reduce expressions without reductions."""
+        if not _has_reduction(e):
+            return e
+        if e.op in REDUCTIONS:
+            arg = self._tensor(e.args[0], s, pre)
+            return e if arg is e.args[0] else replace(e, args=(arg,) + e.args[1:])
+        args = tuple(self._host(a, s, pre) for a in e.args)
+        return e if all(x is y for x, y in zip(args, e.args)) else replace(e, args=args)
+
+
+# ---- passes 2-5 -------------------------------------------------------------------------------------
 class Lowering:
     def __init__(self, spec: Spec):
         self.spec = spec
         self.count = 0
         self.stages: list[Stage] = []
 
-    def run(self) -> list:
-        steps = self._block(self.spec.body)
-        self._materialize(steps)
-        return steps
+    def run(self) -> Program:
+        body = _Lifter().block(self.spec.body)
+        steps = self._block(body)
+        scratch = self._materialize(steps)
+        states = {x.name: x for x in self.spec.states}
+        optional = {h.name for h in self.spec.hypers if h.optional} | {
+            n for n, (_, _, _, opt) in BUILTINS.items() if opt}
+        for st in self.stages:
+            st.fn = f"optforge_{self.spec.module_name}_{st.name}"
+            _tables(st, scratch, states, optional)
+        return Program(self.spec, body, steps, self.stages, scratch)
 
     def _new_stage(self) -> Stage:
         st = Stage(f"s{self.count}")
@@ -192,14 +317,13 @@ class Lowering:
 
     def _fuse(self, host: Host, steps: list) -> Host:
         """Attach the statement's reductions to the stage before it (see the module doc)."""
-        nodes = []
+        found = []
         for n in host.stmt.value.walk():
-            if n.op in REDUCTIONS and n not in nodes and not any(a.op is Op.NORMAL for a in n.args[0].walk()):
-                nodes.append(n)
-        if not nodes:
+            if n.op in REDUCTIONS and n not in found and not any(a.op is Op.NORMAL for a in n.args[0].walk()):
+                found.append(n)
+        if not found:
             return host
-        leaves = {a.value for n in nodes for a in n.args[0].walk()
-                  if a.op in (Op.LOCAL, Op.SCALAR_STATE, Op.GLOBAL) and a.kind is not Kind.TENSOR}
+        leaves = set().union(*(host_names_read(n.args[0]) for n in found))
         target = None
         for item in reversed(steps):
             if isinstance(item, Stage):
@@ -212,65 +336,174 @@ class Lowering:
         if target is None:
             target = self._new_stage()
             steps.append(target)
-        for n in nodes:
+        for n in found:
             host.fused[n] = (target.name, len(target.reductions))
             target.reductions.append((n.op, n.args[0]))
         return host
 
-    def _materialize(self, steps) -> None:
+    def _materialize(self, steps) -> list:
         """Tensor locals read outside the stage that assigned them live in scratch arrays."""
-        defined_in: dict[str, set] = {}
+        defined: set = set()
         need: set = set()
 
-        def scan(stmts, assigned: set, stage: str) -> set:
+        def scan(stmts, assigned: set) -> set:
             for s in stmts:
                 if isinstance(s, Assign):
-                    for n in s.value.walk():
-                        if n.op is Op.LOCAL and n.kind is Kind.TENSOR and n.value not in assigned:
-                            need.add(n.value)
+                    need.update(tensor_locals_read(s.value) - assigned)
                     if s.role == "local":
                         assigned.add(s.target)
-                        defined_in.setdefault(s.target, set()).add(stage)
+                        defined.add(s.target)
                 else:
-                    outs = []
-                    for cond, body in s.branches:
-                        outs.append(scan(body, set(assigned), stage))
-                    outs.append(scan(s.orelse, set(assigned), stage))
+                    outs = [scan(body, set(assigned)) for _, body in s.branches]
+                    outs.append(scan(s.orelse, set(assigned)))
                     if s.orelse:
                         assigned |= set.intersection(*outs)
             return assigned
 
         for st in self.stages:
-            assigned = scan(st.stmts, set(), st.name)
+            assigned = scan(st.stmts, set())
             for _, arg in st.reductions:   # read at the end of the stage: its own locals are in registers
-                for n in arg.walk():
-                    if n.op is Op.LOCAL and n.kind is Kind.TENSOR and n.value not in assigned:
-                        need.add(n.value)
+                need.update(tensor_locals_read(arg) - assigned)
+
         def host_reads(items):
             for item in items:
                 if isinstance(item, Host):
-                    for e in statement_exprs([item.stmt]):
-                        for n in e.walk():
-                            if n.op is Op.LOCAL and n.kind is Kind.TENSOR:
-                                need.add(n.value)
+                    for e in own_exprs(item.stmt):
+                        need.update(tensor_locals_read(e))
                 elif isinstance(item, Branch):
-                    for cond, body in item.branches:
+                    for _, body in item.branches:
                         host_reads(body)
                     host_reads(item.orelse)
         host_reads(steps)
         for st in self.stages:
-            st.scratch_writes = {s.target for s in flat_assigns(st.stmts) if s.role == "local" and s.target in need}
-        self.scratch = sorted(n for n in need if n in defined_in)
+            st.scratch_writes = {s.target for s in assigns(st.stmts) if s.role == "local" and s.target in need}
+        return sorted(n for n in need if n in defined)
+
+
+def memory_key(n: Expr, scratch) -> str | None:
+    """The array a node reads from memory (weight, grad, a state, a scratch local), or None."""
+    if n.op is Op.WEIGHT:
+        return "weight"
+    if n.op is Op.GRAD:
+        return "grad"
+    if n.op is Op.STATE or (n.op is Op.LOCAL and n.kind is Kind.TENSOR and n.value in scratch):
+        return n.value
+    return None
+
+
+# host operations that can fail (ZeroDivisionError, a math domain error, an overflow) where the
+# spec's tests keep them from running
+_PARTIAL = {Op.DIV, Op.MOD, Op.POW, Op.SQRT, Op.LOG, Op.EXP}
+
+
+def _needs_guard(e: Expr, optional: set) -> bool:
+    """Whether computing a scalar outside the conditions that guard its use could fail: it divides,
+    takes a root, logarithm or power, or reads a value that may be none (narrowed by a test)."""
+    return any(n.op in _PARTIAL or (n.op in (Op.HYPER, Op.BUILTIN) and n.value in optional) for n in e.walk())
+
+
+def _simplify(guards: set):
+    """Alternatives of conjunctions, with `p + (c,)` or `p + (not c,)` merged into `p`; None: always."""
+    guards = set(guards)
+    changed = True
+    while changed:
+        changed = False
+        for g in list(guards):
+            if g and g[-1].op is Op.NOT and g[:-1] + (g[-1].args[0],) in guards:
+                guards -= {g, g[:-1] + (g[-1].args[0],)}
+                guards.add(g[:-1])
+                changed = True
+                break
+        if () in guards:
+            return None
+    return tuple(sorted(guards, key=repr))
+
+
+def _tables(st: Stage, scratch, states, optional) -> None:
+    """Pass 5: what the stage reads and writes in memory, its locals, scalars and noise draws."""
+    def scan(stmts, assigned: set) -> set:
+        for s in stmts:
+            if isinstance(s, Assign):
+                for n in s.value.walk():
+                    key = memory_key(n, scratch)
+                    if key and key not in assigned and key not in st.reads:
+                        st.reads.append(key)
+                if (s.role in ("weight", "state") or s.target in st.scratch_writes) and s.target not in st.writes:
+                    st.writes.append(s.target)
+                if s.role == "local" and s.target not in st.locals:
+                    st.locals.append(s.target)
+                assigned.add(s.target)
+            else:
+                for _, body in s.branches:
+                    scan(body, set(assigned))
+                scan(s.orelse, set(assigned))
+        return assigned
+
+    assigned = scan(st.stmts, set())
+    # fused reductions read the element values at the end of the stage: loaded or assigned ones from
+    # registers, any other tensor from memory
+    for _, arg in st.reductions:
+        for n in arg.walk():
+            key = memory_key(n, scratch)
+            if key and key not in assigned and key not in st.reads:
+                st.reads.append(key)
+
+    uses: dict = {}     # host expression -> None (always read) or set of guard tuples
+
+    def use(e, guard):
+        if e in uses and uses[e] is None:
+            return
+        if not guard or not _needs_guard(e, optional):
+            uses[e] = None
+        else:
+            uses.setdefault(e, set()).add(guard)
+
+    def value(e, guard):
+        if is_host(e):
+            if e.op is not Op.CONST:
+                use(e, guard)
+            return
+        if e.op is Op.NORMAL:
+            st.noise.append((e, guard or None))
+        if e.op is Op.WHERE and is_host(e.args[0]):   # a host test picks one side: only it is computed
+            c, a, b = e.args
+            value(c, guard)
+            value(a, guard + (c,))
+            value(b, guard + (_not(c),))
+            return
+        for a in e.args:
+            value(a, guard)
+
+    def block(stmts, guard):
+        for s in stmts:
+            if isinstance(s, Assign):
+                value(s.value, guard)
+                continue
+            prior = ()
+            for c, body in s.branches:
+                value(c, guard + prior)
+                block(body, guard + prior + (c,))
+                prior += (_not(c),)
+            block(s.orelse, guard + prior)
+
+    block(st.stmts, ())
+    for _, arg in st.reductions:
+        value(arg, ())
+    for e, guards in uses.items():
+        plain = e.op in (Op.HYPER, Op.BUILTIN, Op.LOCAL, Op.SCALAR_STATE, Op.GLOBAL) and not e.optional
+        name = f"k_{e.value}" if plain else f"k{len(st.scalars)}"
+        st.scalars.append(Scalar(name, e, None if guards is None else _simplify(guards)))
+    if st.noise:
+        st.scalars.append(Scalar("k_seed", None))
 
 
 def host_reductions(steps) -> bool:
-    """Whether any reduction is left to the host: not fused into a stage (inside an `if` condition, a
-    stage's scalar argument, or noise). Such a reduction reads tensors when its statement runs, so
-    the stages before it cannot be deferred to a multi-tensor launch."""
+    """Whether any reduction is left to the host: not fused into a stage (noise, or a reduction in
+    an `if` condition). Such a reduction reads tensors when its statement runs, so the stages before
+    it cannot be deferred to a multi-tensor launch."""
     for item in steps:
         if isinstance(item, Host):
-            exprs = statement_exprs([item.stmt])
-            if any(n.op in REDUCTIONS and n not in item.fused for e in exprs for n in e.walk()):
+            if any(n.op in REDUCTIONS and n not in item.fused for n in nodes([item.stmt])):
                 return True
         elif isinstance(item, Stage):
             if any(n.op in REDUCTIONS for e in item.exprs() for n in e.walk()):
@@ -283,8 +516,5 @@ def host_reductions(steps) -> bool:
     return False
 
 
-def lower(spec: Spec):
-    """Returns (steps, stages, scratch names)."""
-    low = Lowering(spec)
-    steps = low.run()
-    return steps, low.stages, low.scratch
+def lower(spec: Spec) -> Program:
+    return Lowering(spec).run()

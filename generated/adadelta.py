@@ -87,7 +87,7 @@ class AdaDelta(Optimizer):
             acc_delta[...] = rho * acc_delta + (1 - rho) * delta * delta  # adadelta.opt:23
             weight[...] = weight - (delta + wd * weight)  # adadelta.opt:24
         else:  # large tensors: cache-sized chunks, in place, on every core
-            def stage0(grad, acc_g, acc_delta, weight, delta, g, tmp0):
+            def stage0(grad, acc_g, acc_delta, weight, g, delta, tmp0):
                 chunks.clip(np.multiply(rescale_grad, grad, out=g), clip_gradient, g)  # adadelta.opt:20
                 np.add(np.multiply(rho, acc_g, out=acc_g), np.multiply(np.multiply(1 - rho, g, out=tmp0), g, out=tmp0), out=acc_g)  # adadelta.opt:21
                 np.multiply(np.divide(np.sqrt(np.add(acc_delta, epsilon, out=delta), out=delta), np.sqrt(np.add(acc_g, epsilon, out=tmp0), out=tmp0), out=delta), g, out=delta)  # adadelta.opt:22

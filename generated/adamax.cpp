@@ -70,19 +70,6 @@ void optforge_adamax_s0_f32(int64_t n, const float* __restrict__ p_grad, float* 
             optforge_adamax_s0_elem<float, float, float>(i, i, p_grad, p_weight, p_m, p_u, nullptr, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k_beta1, (float)k_beta2, (float)k5);
     }
 }
-/* row-sparse: n = rows x cols gradient elements; gradient row r updates row rows[r] */
-void optforge_adamax_s0_rows_f32(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const float* __restrict__ p_grad, float* __restrict__ p_weight, float* __restrict__ p_m, float* __restrict__ p_u, double k_rescale_grad, double k_wd, double k2, double k_beta1, double k_beta2, double k5) {
-    const int64_t nrows = cols ? n / cols : 0;
-    /* scattered rows are latency-bound: two threads keep twice as many loads in flight */
-    #pragma omp parallel for schedule(static) if (n >= OPTFORGE_PARALLEL_MIN)
-    for (int64_t r = 0; r < nrows; ++r) {
-        const int64_t base = rows[r] * cols, gbase = r * cols;
-        #pragma omp simd
-        for (int64_t c = 0; c < cols; ++c) {
-            optforge_adamax_s0_elem<float, float, float>(base + c, gbase + c, p_grad, p_weight, p_m, p_u, nullptr, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k_beta1, (float)k_beta2, (float)k5);
-        }
-    }
-}
 /* multi-tensor: one call for the small tensors of a list update (each below OPTFORGE_PARALLEL_MIN), in
    parallel over the tensors: ptrs[k * count + t] is pointer k of tensor t, scalars[t * 6 + j] its
    scalars */
@@ -98,19 +85,6 @@ void optforge_adamax_s0_f64(int64_t n, const double* __restrict__ p_grad, double
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
         for (int64_t i = 0; i < n; ++i)
             optforge_adamax_s0_elem<double, double, double>(i, i, p_grad, p_weight, p_m, p_u, nullptr, (double)k_rescale_grad, (double)k_wd, (double)k2, (double)k_beta1, (double)k_beta2, (double)k5);
-    }
-}
-/* row-sparse: n = rows x cols gradient elements; gradient row r updates row rows[r] */
-void optforge_adamax_s0_rows_f64(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const double* __restrict__ p_grad, double* __restrict__ p_weight, double* __restrict__ p_m, double* __restrict__ p_u, double k_rescale_grad, double k_wd, double k2, double k_beta1, double k_beta2, double k5) {
-    const int64_t nrows = cols ? n / cols : 0;
-    /* scattered rows are latency-bound: two threads keep twice as many loads in flight */
-    #pragma omp parallel for schedule(static) if (n >= OPTFORGE_PARALLEL_MIN)
-    for (int64_t r = 0; r < nrows; ++r) {
-        const int64_t base = rows[r] * cols, gbase = r * cols;
-        #pragma omp simd
-        for (int64_t c = 0; c < cols; ++c) {
-            optforge_adamax_s0_elem<double, double, double>(base + c, gbase + c, p_grad, p_weight, p_m, p_u, nullptr, (double)k_rescale_grad, (double)k_wd, (double)k2, (double)k_beta1, (double)k_beta2, (double)k5);
-        }
     }
 }
 /* multi-tensor: one call for the small tensors of a list update (each below OPTFORGE_PARALLEL_MIN), in

@@ -69,11 +69,6 @@ __global__ void optforge_adamax_s0_f32(int64_t n, const float* __restrict__ p_gr
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
         optforge_adamax_s0_elem<float, float, float>(i, i, p_grad, p_weight, p_m, p_u, p_weight_lp, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k_beta1, (float)k_beta2, (float)k5);
 }
-/* row-sparse, parallel over gradient elements (not rows): element j updates row rows[j / cols] */
-__global__ void optforge_adamax_s0_rows_f32(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const float* __restrict__ p_grad, float* __restrict__ p_weight, float* __restrict__ p_m, float* __restrict__ p_u, float* __restrict__ p_weight_lp, double k_rescale_grad, double k_wd, double k2, double k_beta1, double k_beta2, double k5) {
-    for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
-        optforge_adamax_s0_elem<float, float, float>(rows[j / cols] * cols + j % cols, j, p_grad, p_weight, p_m, p_u, p_weight_lp, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k_beta1, (float)k_beta2, (float)k5);
-}
 /* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
    pointers, sizes and 6 scalar(s) per parameter, as Apex's multi_tensor_apply */
 __global__ void optforge_adamax_s0_mt_f32(const int64_t* __restrict__ sizes, float* const* tab_grad, float* const* tab_weight, float* const* tab_m, float* const* tab_u, float* const* tab_weight_lp, const double* __restrict__ scalars) {
@@ -86,11 +81,6 @@ __global__ void optforge_adamax_s0_mt_f32(const int64_t* __restrict__ sizes, flo
 __global__ void optforge_adamax_s0_f64(int64_t n, const double* __restrict__ p_grad, double* __restrict__ p_weight, double* __restrict__ p_m, double* __restrict__ p_u, float* __restrict__ p_weight_lp, double k_rescale_grad, double k_wd, double k2, double k_beta1, double k_beta2, double k5) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
         optforge_adamax_s0_elem<double, double, double>(i, i, p_grad, p_weight, p_m, p_u, p_weight_lp, (double)k_rescale_grad, (double)k_wd, (double)k2, (double)k_beta1, (double)k_beta2, (double)k5);
-}
-/* row-sparse, parallel over gradient elements (not rows): element j updates row rows[j / cols] */
-__global__ void optforge_adamax_s0_rows_f64(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const double* __restrict__ p_grad, double* __restrict__ p_weight, double* __restrict__ p_m, double* __restrict__ p_u, float* __restrict__ p_weight_lp, double k_rescale_grad, double k_wd, double k2, double k_beta1, double k_beta2, double k5) {
-    for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
-        optforge_adamax_s0_elem<double, double, double>(rows[j / cols] * cols + j % cols, j, p_grad, p_weight, p_m, p_u, p_weight_lp, (double)k_rescale_grad, (double)k_wd, (double)k2, (double)k_beta1, (double)k_beta2, (double)k5);
 }
 /* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
    pointers, sizes and 6 scalar(s) per parameter, as Apex's multi_tensor_apply */
@@ -105,11 +95,6 @@ __global__ void optforge_adamax_s0_f16(int64_t n, const __half* __restrict__ p_g
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
         optforge_adamax_s0_elem<__half, __half, float>(i, i, p_grad, p_weight, p_m, p_u, p_weight_lp, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k_beta1, (float)k_beta2, (float)k5);
 }
-/* row-sparse, parallel over gradient elements (not rows): element j updates row rows[j / cols] */
-__global__ void optforge_adamax_s0_rows_f16(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const __half* __restrict__ p_grad, __half* __restrict__ p_weight, __half* __restrict__ p_m, __half* __restrict__ p_u, float* __restrict__ p_weight_lp, double k_rescale_grad, double k_wd, double k2, double k_beta1, double k_beta2, double k5) {
-    for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
-        optforge_adamax_s0_elem<__half, __half, float>(rows[j / cols] * cols + j % cols, j, p_grad, p_weight, p_m, p_u, p_weight_lp, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k_beta1, (float)k_beta2, (float)k5);
-}
 /* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
    pointers, sizes and 6 scalar(s) per parameter, as Apex's multi_tensor_apply */
 __global__ void optforge_adamax_s0_mt_f16(const int64_t* __restrict__ sizes, __half* const* tab_grad, __half* const* tab_weight, __half* const* tab_m, __half* const* tab_u, float* const* tab_weight_lp, const double* __restrict__ scalars) {
@@ -122,11 +107,6 @@ __global__ void optforge_adamax_s0_mt_f16(const int64_t* __restrict__ sizes, __h
 __global__ void optforge_adamax_s0_mp16(int64_t n, const __half* __restrict__ p_grad, float* __restrict__ p_weight, float* __restrict__ p_m, float* __restrict__ p_u, float* __restrict__ p_weight_lp, double k_rescale_grad, double k_wd, double k2, double k_beta1, double k_beta2, double k5) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
         optforge_adamax_s0_elem<float, __half, float>(i, i, p_grad, p_weight, p_m, p_u, p_weight_lp, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k_beta1, (float)k_beta2, (float)k5);
-}
-/* row-sparse, parallel over gradient elements (not rows): element j updates row rows[j / cols] */
-__global__ void optforge_adamax_s0_rows_mp16(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const __half* __restrict__ p_grad, float* __restrict__ p_weight, float* __restrict__ p_m, float* __restrict__ p_u, float* __restrict__ p_weight_lp, double k_rescale_grad, double k_wd, double k2, double k_beta1, double k_beta2, double k5) {
-    for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
-        optforge_adamax_s0_elem<float, __half, float>(rows[j / cols] * cols + j % cols, j, p_grad, p_weight, p_m, p_u, p_weight_lp, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k_beta1, (float)k_beta2, (float)k5);
 }
 /* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
    pointers, sizes and 6 scalar(s) per parameter, as Apex's multi_tensor_apply */

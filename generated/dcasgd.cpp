@@ -86,19 +86,6 @@ void optforge_dcasgd_s0_f32(int64_t n, const float* __restrict__ p_grad, float* 
             optforge_dcasgd_s0_elem<float, float, float, 0, 0>(i, i, p_grad, p_weight, p_prev_weight, p_mom, nullptr, (float)k_rescale_grad, (float)k1, (float)k2, (float)k_wd, (float)k_lamda, (float)k5, (float)k_momentum);
     }
 }
-/* row-sparse: n = rows x cols gradient elements; gradient row r updates row rows[r] */
-void optforge_dcasgd_s0_rows_f32(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const float* __restrict__ p_grad, float* __restrict__ p_weight, float* __restrict__ p_prev_weight, float* __restrict__ p_mom, double k_rescale_grad, double k1, double k2, double k_wd, double k_lamda, double k5, double k_momentum) {
-    const int64_t nrows = cols ? n / cols : 0;
-    /* scattered rows are latency-bound: two threads keep twice as many loads in flight */
-    #pragma omp parallel for schedule(static) if (n >= OPTFORGE_PARALLEL_MIN)
-    for (int64_t r = 0; r < nrows; ++r) {
-        const int64_t base = rows[r] * cols, gbase = r * cols;
-        #pragma omp simd
-        for (int64_t c = 0; c < cols; ++c) {
-            optforge_dcasgd_s0_elem<float, float, float, 2, 2>(base + c, gbase + c, p_grad, p_weight, p_prev_weight, p_mom, nullptr, (float)k_rescale_grad, (float)k1, (float)k2, (float)k_wd, (float)k_lamda, (float)k5, (float)k_momentum);
-        }
-    }
-}
 /* multi-tensor: one call for the small tensors of a list update (each below OPTFORGE_PARALLEL_MIN), in
    parallel over the tensors: ptrs[k * count + t] is pointer k of tensor t, scalars[t * 7 + j] its
    scalars */
@@ -126,19 +113,6 @@ void optforge_dcasgd_s0_f64(int64_t n, const double* __restrict__ p_grad, double
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
         for (int64_t i = 0; i < n; ++i)
             optforge_dcasgd_s0_elem<double, double, double, 0, 0>(i, i, p_grad, p_weight, p_prev_weight, p_mom, nullptr, (double)k_rescale_grad, (double)k1, (double)k2, (double)k_wd, (double)k_lamda, (double)k5, (double)k_momentum);
-    }
-}
-/* row-sparse: n = rows x cols gradient elements; gradient row r updates row rows[r] */
-void optforge_dcasgd_s0_rows_f64(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const double* __restrict__ p_grad, double* __restrict__ p_weight, double* __restrict__ p_prev_weight, double* __restrict__ p_mom, double k_rescale_grad, double k1, double k2, double k_wd, double k_lamda, double k5, double k_momentum) {
-    const int64_t nrows = cols ? n / cols : 0;
-    /* scattered rows are latency-bound: two threads keep twice as many loads in flight */
-    #pragma omp parallel for schedule(static) if (n >= OPTFORGE_PARALLEL_MIN)
-    for (int64_t r = 0; r < nrows; ++r) {
-        const int64_t base = rows[r] * cols, gbase = r * cols;
-        #pragma omp simd
-        for (int64_t c = 0; c < cols; ++c) {
-            optforge_dcasgd_s0_elem<double, double, double, 2, 2>(base + c, gbase + c, p_grad, p_weight, p_prev_weight, p_mom, nullptr, (double)k_rescale_grad, (double)k1, (double)k2, (double)k_wd, (double)k_lamda, (double)k5, (double)k_momentum);
-        }
     }
 }
 /* multi-tensor: one call for the small tensors of a list update (each below OPTFORGE_PARALLEL_MIN), in

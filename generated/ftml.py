@@ -100,7 +100,7 @@ class FTML(Optimizer):
             d_prev[...] = d  # ftml.opt:31
             weight[...] = -z / d  # ftml.opt:32
         else:  # large tensors: cache-sized chunks, in place, on every core
-            def stage0(grad, weight, v, z, d_prev, d, g, tmp0):
+            def stage0(grad, weight, v, z, d_prev, g, d, tmp0):
                 chunks.clip(np.add(np.multiply(rescale_grad, grad, out=g), np.multiply(wd, weight, out=tmp0), out=g), clip_gradient, g)  # ftml.opt:27
                 np.add(np.multiply(beta2, v, out=v), np.multiply(1 - beta2, np.square(g, out=tmp0), out=tmp0), out=v)  # ftml.opt:28
                 np.multiply((1 - beta1 ** t) / lr, np.add(np.sqrt(np.divide(v, 1 - beta2 ** t, out=d), out=d), epsilon, out=d), out=d)  # ftml.opt:29

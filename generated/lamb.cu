@@ -90,12 +90,6 @@ __global__ void optforge_lamb_s0_f32(int64_t n, const float* __restrict__ p_grad
     partials[tid * 2 + 0] = acc0;
     partials[tid * 2 + 1] = acc1;
 }
-/* row-sparse, parallel over gradient elements (not rows): element j updates row rows[j / cols] */
-__global__ void optforge_lamb_s0_rows_f32(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const float* __restrict__ p_grad, float* __restrict__ p_mean, float* __restrict__ p_var, const float* __restrict__ p_weight, float* __restrict__ p_upd, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k_beta1, double k_beta2, double k_c1, double k_c2, double k_epsilon, double k_wd) {
-    float red0, red1;   /* row kernels see some rows only: their reductions are done on the host */
-    for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
-        optforge_lamb_s0_elem<float, float, float>(rows[j / cols] * cols + j % cols, j, p_grad, p_mean, p_var, p_weight, p_upd, p_weight_lp, red0, red1, (float)k_rescale_grad, (float)k1, (float)k_beta1, (float)k_beta2, (float)k_c1, (float)k_c2, (float)k_epsilon, (float)k_wd);
-}
 /* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
    pointers, sizes and 8 scalar(s) per parameter, as Apex's multi_tensor_apply;
    each parameter's threads write their partial sums to partials[(t * stride + thread) * 2 + k] */
@@ -126,12 +120,6 @@ __global__ void optforge_lamb_s0_f64(int64_t n, const double* __restrict__ p_gra
     const int64_t tid = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     partials[tid * 2 + 0] = acc0;
     partials[tid * 2 + 1] = acc1;
-}
-/* row-sparse, parallel over gradient elements (not rows): element j updates row rows[j / cols] */
-__global__ void optforge_lamb_s0_rows_f64(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const double* __restrict__ p_grad, double* __restrict__ p_mean, double* __restrict__ p_var, const double* __restrict__ p_weight, double* __restrict__ p_upd, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k_beta1, double k_beta2, double k_c1, double k_c2, double k_epsilon, double k_wd) {
-    double red0, red1;   /* row kernels see some rows only: their reductions are done on the host */
-    for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
-        optforge_lamb_s0_elem<double, double, double>(rows[j / cols] * cols + j % cols, j, p_grad, p_mean, p_var, p_weight, p_upd, p_weight_lp, red0, red1, (double)k_rescale_grad, (double)k1, (double)k_beta1, (double)k_beta2, (double)k_c1, (double)k_c2, (double)k_epsilon, (double)k_wd);
 }
 /* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
    pointers, sizes and 8 scalar(s) per parameter, as Apex's multi_tensor_apply;
@@ -164,12 +152,6 @@ __global__ void optforge_lamb_s0_f16(int64_t n, const __half* __restrict__ p_gra
     partials[tid * 2 + 0] = acc0;
     partials[tid * 2 + 1] = acc1;
 }
-/* row-sparse, parallel over gradient elements (not rows): element j updates row rows[j / cols] */
-__global__ void optforge_lamb_s0_rows_f16(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const __half* __restrict__ p_grad, __half* __restrict__ p_mean, __half* __restrict__ p_var, const __half* __restrict__ p_weight, float* __restrict__ p_upd, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k_beta1, double k_beta2, double k_c1, double k_c2, double k_epsilon, double k_wd) {
-    float red0, red1;   /* row kernels see some rows only: their reductions are done on the host */
-    for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
-        optforge_lamb_s0_elem<__half, __half, float>(rows[j / cols] * cols + j % cols, j, p_grad, p_mean, p_var, p_weight, p_upd, p_weight_lp, red0, red1, (float)k_rescale_grad, (float)k1, (float)k_beta1, (float)k_beta2, (float)k_c1, (float)k_c2, (float)k_epsilon, (float)k_wd);
-}
 /* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
    pointers, sizes and 8 scalar(s) per parameter, as Apex's multi_tensor_apply;
    each parameter's threads write their partial sums to partials[(t * stride + thread) * 2 + k] */
@@ -201,12 +183,6 @@ __global__ void optforge_lamb_s0_mp16(int64_t n, const __half* __restrict__ p_gr
     partials[tid * 2 + 0] = acc0;
     partials[tid * 2 + 1] = acc1;
 }
-/* row-sparse, parallel over gradient elements (not rows): element j updates row rows[j / cols] */
-__global__ void optforge_lamb_s0_rows_mp16(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const __half* __restrict__ p_grad, float* __restrict__ p_mean, float* __restrict__ p_var, const float* __restrict__ p_weight, float* __restrict__ p_upd, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k_beta1, double k_beta2, double k_c1, double k_c2, double k_epsilon, double k_wd) {
-    float red0, red1;   /* row kernels see some rows only: their reductions are done on the host */
-    for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
-        optforge_lamb_s0_elem<float, __half, float>(rows[j / cols] * cols + j % cols, j, p_grad, p_mean, p_var, p_weight, p_upd, p_weight_lp, red0, red1, (float)k_rescale_grad, (float)k1, (float)k_beta1, (float)k_beta2, (float)k_c1, (float)k_c2, (float)k_epsilon, (float)k_wd);
-}
 /* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
    pointers, sizes and 8 scalar(s) per parameter, as Apex's multi_tensor_apply;
    each parameter's threads write their partial sums to partials[(t * stride + thread) * 2 + k] */
@@ -228,11 +204,6 @@ __global__ void optforge_lamb_s1_f32(int64_t n, float* __restrict__ p_weight, co
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
         optforge_lamb_s1_elem<float, float, float>(i, i, p_weight, p_upd, p_weight_lp, (float)k0);
 }
-/* row-sparse, parallel over gradient elements (not rows): element j updates row rows[j / cols] */
-__global__ void optforge_lamb_s1_rows_f32(int64_t n, int64_t cols, const int64_t* __restrict__ rows, float* __restrict__ p_weight, const float* __restrict__ p_upd, float* __restrict__ p_weight_lp, double k0) {
-    for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
-        optforge_lamb_s1_elem<float, float, float>(rows[j / cols] * cols + j % cols, j, p_weight, p_upd, p_weight_lp, (float)k0);
-}
 /* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
    pointers, sizes and 1 scalar(s) per parameter, as Apex's multi_tensor_apply */
 __global__ void optforge_lamb_s1_mt_f32(const int64_t* __restrict__ sizes, float* const* tab_weight, float* const* tab_upd, float* const* tab_weight_lp, const double* __restrict__ scalars) {
@@ -245,11 +216,6 @@ __global__ void optforge_lamb_s1_mt_f32(const int64_t* __restrict__ sizes, float
 __global__ void optforge_lamb_s1_f64(int64_t n, double* __restrict__ p_weight, const double* __restrict__ p_upd, float* __restrict__ p_weight_lp, double k0) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
         optforge_lamb_s1_elem<double, double, double>(i, i, p_weight, p_upd, p_weight_lp, (double)k0);
-}
-/* row-sparse, parallel over gradient elements (not rows): element j updates row rows[j / cols] */
-__global__ void optforge_lamb_s1_rows_f64(int64_t n, int64_t cols, const int64_t* __restrict__ rows, double* __restrict__ p_weight, const double* __restrict__ p_upd, float* __restrict__ p_weight_lp, double k0) {
-    for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
-        optforge_lamb_s1_elem<double, double, double>(rows[j / cols] * cols + j % cols, j, p_weight, p_upd, p_weight_lp, (double)k0);
 }
 /* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
    pointers, sizes and 1 scalar(s) per parameter, as Apex's multi_tensor_apply */
@@ -264,11 +230,6 @@ __global__ void optforge_lamb_s1_f16(int64_t n, __half* __restrict__ p_weight, c
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
         optforge_lamb_s1_elem<__half, __half, float>(i, i, p_weight, p_upd, p_weight_lp, (float)k0);
 }
-/* row-sparse, parallel over gradient elements (not rows): element j updates row rows[j / cols] */
-__global__ void optforge_lamb_s1_rows_f16(int64_t n, int64_t cols, const int64_t* __restrict__ rows, __half* __restrict__ p_weight, const float* __restrict__ p_upd, float* __restrict__ p_weight_lp, double k0) {
-    for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
-        optforge_lamb_s1_elem<__half, __half, float>(rows[j / cols] * cols + j % cols, j, p_weight, p_upd, p_weight_lp, (float)k0);
-}
 /* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
    pointers, sizes and 1 scalar(s) per parameter, as Apex's multi_tensor_apply */
 __global__ void optforge_lamb_s1_mt_f16(const int64_t* __restrict__ sizes, __half* const* tab_weight, float* const* tab_upd, float* const* tab_weight_lp, const double* __restrict__ scalars) {
@@ -281,11 +242,6 @@ __global__ void optforge_lamb_s1_mt_f16(const int64_t* __restrict__ sizes, __hal
 __global__ void optforge_lamb_s1_mp16(int64_t n, float* __restrict__ p_weight, const float* __restrict__ p_upd, float* __restrict__ p_weight_lp, double k0) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
         optforge_lamb_s1_elem<float, __half, float>(i, i, p_weight, p_upd, p_weight_lp, (float)k0);
-}
-/* row-sparse, parallel over gradient elements (not rows): element j updates row rows[j / cols] */
-__global__ void optforge_lamb_s1_rows_mp16(int64_t n, int64_t cols, const int64_t* __restrict__ rows, float* __restrict__ p_weight, const float* __restrict__ p_upd, float* __restrict__ p_weight_lp, double k0) {
-    for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
-        optforge_lamb_s1_elem<float, __half, float>(rows[j / cols] * cols + j % cols, j, p_weight, p_upd, p_weight_lp, (float)k0);
 }
 /* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
    pointers, sizes and 1 scalar(s) per parameter, as Apex's multi_tensor_apply */

@@ -132,9 +132,9 @@ class LAMB(Optimizer):
             ratio = 1 if r1 == 0 or r2 == 0 else r1 / r2  # lamb.opt:51
             weight[...] = weight - lr * ratio * upd  # lamb.opt:52
         else:  # large tensors: cache-sized chunks, in place, on every core
+            upd = chunks.empty(weight, grad)
             c1 = 1 - beta1 ** t if bias_correction else 1  # lamb.opt:40
             c2 = 1 - beta2 ** t if bias_correction else 1  # lamb.opt:41
-            upd = chunks.empty(grad, mean, var, weight)
             def stage0(grad, mean, var, weight, upd, g, tmp0):
                 chunks.clip(np.multiply(rescale_grad, grad, out=g), clip_gradient, g)  # lamb.opt:37
                 np.add(np.multiply(beta1, mean, out=mean), np.multiply(1 - beta1, g, out=tmp0), out=mean)  # lamb.opt:38

@@ -136,14 +136,14 @@ class LARS(Optimizer):
             g_norm = ops.norm(grad) * rescale_grad  # lars.opt:39
             scaled = not param_name.endswith(('gamma', 'beta', 'bias',)) and w_norm > 0 and g_norm > 0  # lars.opt:40
             lars_lr = lr * eta * w_norm / (g_norm + wd * w_norm + eps) if scaled else lr  # lars.opt:41
-            def stage0(grad, mom, weight, g, tmp0):
+            def stage1(grad, mom, weight, g, tmp0):
                 chunks.clip(np.multiply(rescale_grad, grad, out=g), clip_gradient, g)  # lars.opt:42
                 if momentum != 0:
                     np.subtract(np.subtract(np.multiply(momentum_t, mom, out=mom), np.multiply(lars_lr * wd, weight, out=tmp0), out=mom), np.multiply(lars_lr, g, out=tmp0), out=mom)  # lars.opt:44
                     np.add(weight, mom, out=weight)  # lars.opt:45
                 else:
                     np.subtract(np.multiply(1 - lars_lr * wd, weight, out=weight), np.multiply(lars_lr, g, out=tmp0), out=weight)  # lars.opt:47
-            chunks.run(stage0, (grad, mom, weight), 2)
+            chunks.run(stage1, (grad, mom, weight), 2)
 
     def _kernel_rows(self, call, rows, weight, grad, tensors, scalars, lr, wd, t, param_name, learning_rate, num_update):
         """The lazy update: only the rows `rows` of `weight` and `tensors` change; `grad` holds those rows."""

@@ -211,14 +211,11 @@ class LBSGD(Optimizer):
                 else:
                     lbmult = 1 + (batch_scale - 1) * math.sqrt(num_cums / nwup)  # lbsgd.opt:59
                 lr_t = lr * lbmult  # lbsgd.opt:61
-                if batch_scale > 1:
-                    avg = chunks.empty(cum_grad)
-                    def stage1(cum_grad, avg):
+                def stage4(cum_grad, grad, mom, weight, avg, g, tmp0):
+                    if batch_scale > 1:
                         np.divide(cum_grad, batch_scale, out=avg)  # lbsgd.opt:63
-                    chunks.run(stage1, (cum_grad, avg), 0)
-                else:
-                    avg = grad  # lbsgd.opt:65
-                def stage2(avg, mom, weight, cum_grad, g, tmp0):
+                    else:
+                        chunks.copy(grad, avg)  # lbsgd.opt:65
                     chunks.clip(np.multiply(rescale_grad, avg, out=g), clip_gradient, g)  # lbsgd.opt:67
                     if momentum != 0:
                         np.subtract(np.subtract(np.multiply(momentum, mom, out=mom), np.multiply(lr_t * wd, weight, out=tmp0), out=mom), np.multiply(lr_t, g, out=tmp0), out=mom)  # lbsgd.opt:69
@@ -227,7 +224,7 @@ class LBSGD(Optimizer):
                         np.subtract(np.multiply(1 - lr_t * wd, weight, out=weight), np.multiply(lr_t, g, out=tmp0), out=weight)  # lbsgd.opt:72
                     if batch_scale > 1:
                         cum_grad[...] = 0  # lbsgd.opt:75
-                chunks.run(stage2, (avg, mom, weight, cum_grad), 2)
+                chunks.run(stage4, (cum_grad, grad, mom, weight), 3)
         scalars['num_cums'] = num_cums
 
     def _kernel_rows(self, call, rows, weight, grad, tensors, scalars, lr, wd, t, param_name, learning_rate, num_update):

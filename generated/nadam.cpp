@@ -74,19 +74,6 @@ void optforge_nadam_s0_f32(int64_t n, const float* __restrict__ p_grad, float* _
             optforge_nadam_s0_elem<float, float, float>(i, i, p_grad, p_weight, p_m, p_v, nullptr, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k_beta1, (float)k_beta2, (float)k5, (float)k6, (float)k7, (float)k8, (float)k_momentum_t1, (float)k_lr, (float)k_epsilon);
     }
 }
-/* row-sparse: n = rows x cols gradient elements; gradient row r updates row rows[r] */
-void optforge_nadam_s0_rows_f32(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const float* __restrict__ p_grad, float* __restrict__ p_weight, float* __restrict__ p_m, float* __restrict__ p_v, double k_rescale_grad, double k_wd, double k2, double k_beta1, double k_beta2, double k5, double k6, double k7, double k8, double k_momentum_t1, double k_lr, double k_epsilon) {
-    const int64_t nrows = cols ? n / cols : 0;
-    /* scattered rows are latency-bound: two threads keep twice as many loads in flight */
-    #pragma omp parallel for schedule(static) if (n >= OPTFORGE_PARALLEL_MIN)
-    for (int64_t r = 0; r < nrows; ++r) {
-        const int64_t base = rows[r] * cols, gbase = r * cols;
-        #pragma omp simd
-        for (int64_t c = 0; c < cols; ++c) {
-            optforge_nadam_s0_elem<float, float, float>(base + c, gbase + c, p_grad, p_weight, p_m, p_v, nullptr, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k_beta1, (float)k_beta2, (float)k5, (float)k6, (float)k7, (float)k8, (float)k_momentum_t1, (float)k_lr, (float)k_epsilon);
-        }
-    }
-}
 /* multi-tensor: one call for the small tensors of a list update (each below OPTFORGE_PARALLEL_MIN), in
    parallel over the tensors: ptrs[k * count + t] is pointer k of tensor t, scalars[t * 12 + j] its
    scalars */
@@ -102,19 +89,6 @@ void optforge_nadam_s0_f64(int64_t n, const double* __restrict__ p_grad, double*
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
         for (int64_t i = 0; i < n; ++i)
             optforge_nadam_s0_elem<double, double, double>(i, i, p_grad, p_weight, p_m, p_v, nullptr, (double)k_rescale_grad, (double)k_wd, (double)k2, (double)k_beta1, (double)k_beta2, (double)k5, (double)k6, (double)k7, (double)k8, (double)k_momentum_t1, (double)k_lr, (double)k_epsilon);
-    }
-}
-/* row-sparse: n = rows x cols gradient elements; gradient row r updates row rows[r] */
-void optforge_nadam_s0_rows_f64(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const double* __restrict__ p_grad, double* __restrict__ p_weight, double* __restrict__ p_m, double* __restrict__ p_v, double k_rescale_grad, double k_wd, double k2, double k_beta1, double k_beta2, double k5, double k6, double k7, double k8, double k_momentum_t1, double k_lr, double k_epsilon) {
-    const int64_t nrows = cols ? n / cols : 0;
-    /* scattered rows are latency-bound: two threads keep twice as many loads in flight */
-    #pragma omp parallel for schedule(static) if (n >= OPTFORGE_PARALLEL_MIN)
-    for (int64_t r = 0; r < nrows; ++r) {
-        const int64_t base = rows[r] * cols, gbase = r * cols;
-        #pragma omp simd
-        for (int64_t c = 0; c < cols; ++c) {
-            optforge_nadam_s0_elem<double, double, double>(base + c, gbase + c, p_grad, p_weight, p_m, p_v, nullptr, (double)k_rescale_grad, (double)k_wd, (double)k2, (double)k_beta1, (double)k_beta2, (double)k5, (double)k6, (double)k7, (double)k8, (double)k_momentum_t1, (double)k_lr, (double)k_epsilon);
-        }
     }
 }
 /* multi-tensor: one call for the small tensors of a list update (each below OPTFORGE_PARALLEL_MIN), in

@@ -122,7 +122,7 @@ class Nadam(Optimizer):
             momentum_t1 = beta1 * (1 - 0.5 * 0.96 ** ((t + 1) * schedule_decay))  # nadam.opt:34
             m_schedule = m_schedule * momentum_t  # nadam.opt:35
             m_schedule_next = m_schedule * momentum_t1  # nadam.opt:36
-            def stage0(grad, weight, m, v, g, g_prime, m_bar, m_prime, v_prime, tmp0, tmp1):
+            def stage0(grad, weight, m, v, g, g_prime, m_prime, v_prime, m_bar, tmp0, tmp1):
                 chunks.clip(np.add(np.multiply(rescale_grad, grad, out=g), np.multiply(wd, weight, out=tmp0), out=g), clip_gradient, g)  # nadam.opt:32
                 np.add(np.multiply(beta1, m, out=m), np.multiply(1 - beta1, g, out=tmp0), out=m)  # nadam.opt:37
                 np.add(np.multiply(beta2, v, out=v), np.multiply(np.multiply(1 - beta2, g, out=tmp0), g, out=tmp0), out=v)  # nadam.opt:38

@@ -106,19 +106,6 @@ void optforge_rmsprop_s0_f32(int64_t n, const float* __restrict__ p_grad, float*
             optforge_rmsprop_s0_elem<float, float, float, 0, 0, 0>(i, i, p_grad, p_weight, p_n, p_g_avg, p_delta, nullptr, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k_gamma1, (float)k_centered, (float)k_gamma2, (float)k_lr, (float)k_epsilon, (float)k8);
     }
 }
-/* row-sparse: n = rows x cols gradient elements; gradient row r updates row rows[r] */
-void optforge_rmsprop_s0_rows_f32(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const float* __restrict__ p_grad, float* __restrict__ p_weight, float* __restrict__ p_n, float* __restrict__ p_g_avg, float* __restrict__ p_delta, double k_rescale_grad, double k_wd, double k2, double k_gamma1, double k_centered, double k_gamma2, double k_lr, double k_epsilon, double k8) {
-    const int64_t nrows = cols ? n / cols : 0;
-    /* scattered rows are latency-bound: two threads keep twice as many loads in flight */
-    #pragma omp parallel for schedule(static) if (n >= OPTFORGE_PARALLEL_MIN)
-    for (int64_t r = 0; r < nrows; ++r) {
-        const int64_t base = rows[r] * cols, gbase = r * cols;
-        #pragma omp simd
-        for (int64_t c = 0; c < cols; ++c) {
-            optforge_rmsprop_s0_elem<float, float, float, 2, 2, 2>(base + c, gbase + c, p_grad, p_weight, p_n, p_g_avg, p_delta, nullptr, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k_gamma1, (float)k_centered, (float)k_gamma2, (float)k_lr, (float)k_epsilon, (float)k8);
-        }
-    }
-}
 /* multi-tensor: one call for the small tensors of a list update (each below OPTFORGE_PARALLEL_MIN), in
    parallel over the tensors: ptrs[k * count + t] is pointer k of tensor t, scalars[t * 9 + j] its
    scalars */
@@ -162,19 +149,6 @@ void optforge_rmsprop_s0_f64(int64_t n, const double* __restrict__ p_grad, doubl
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
         for (int64_t i = 0; i < n; ++i)
             optforge_rmsprop_s0_elem<double, double, double, 0, 0, 0>(i, i, p_grad, p_weight, p_n, p_g_avg, p_delta, nullptr, (double)k_rescale_grad, (double)k_wd, (double)k2, (double)k_gamma1, (double)k_centered, (double)k_gamma2, (double)k_lr, (double)k_epsilon, (double)k8);
-    }
-}
-/* row-sparse: n = rows x cols gradient elements; gradient row r updates row rows[r] */
-void optforge_rmsprop_s0_rows_f64(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const double* __restrict__ p_grad, double* __restrict__ p_weight, double* __restrict__ p_n, double* __restrict__ p_g_avg, double* __restrict__ p_delta, double k_rescale_grad, double k_wd, double k2, double k_gamma1, double k_centered, double k_gamma2, double k_lr, double k_epsilon, double k8) {
-    const int64_t nrows = cols ? n / cols : 0;
-    /* scattered rows are latency-bound: two threads keep twice as many loads in flight */
-    #pragma omp parallel for schedule(static) if (n >= OPTFORGE_PARALLEL_MIN)
-    for (int64_t r = 0; r < nrows; ++r) {
-        const int64_t base = rows[r] * cols, gbase = r * cols;
-        #pragma omp simd
-        for (int64_t c = 0; c < cols; ++c) {
-            optforge_rmsprop_s0_elem<double, double, double, 2, 2, 2>(base + c, gbase + c, p_grad, p_weight, p_n, p_g_avg, p_delta, nullptr, (double)k_rescale_grad, (double)k_wd, (double)k2, (double)k_gamma1, (double)k_centered, (double)k_gamma2, (double)k_lr, (double)k_epsilon, (double)k8);
-        }
     }
 }
 /* multi-tensor: one call for the small tensors of a list update (each below OPTFORGE_PARALLEL_MIN), in

@@ -77,11 +77,6 @@ __global__ void optforge_rmsprop_s0_f32(int64_t n, const float* __restrict__ p_g
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
         optforge_rmsprop_s0_elem<float, float, float, 2, 2, 2>(i, i, p_grad, p_weight, p_n, p_g_avg, p_delta, p_weight_lp, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k_gamma1, (float)k_centered, (float)k_gamma2, (float)k_lr, (float)k_epsilon, (float)k8);
 }
-/* row-sparse, parallel over gradient elements (not rows): element j updates row rows[j / cols] */
-__global__ void optforge_rmsprop_s0_rows_f32(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const float* __restrict__ p_grad, float* __restrict__ p_weight, float* __restrict__ p_n, float* __restrict__ p_g_avg, float* __restrict__ p_delta, float* __restrict__ p_weight_lp, double k_rescale_grad, double k_wd, double k2, double k_gamma1, double k_centered, double k_gamma2, double k_lr, double k_epsilon, double k8) {
-    for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
-        optforge_rmsprop_s0_elem<float, float, float, 2, 2, 2>(rows[j / cols] * cols + j % cols, j, p_grad, p_weight, p_n, p_g_avg, p_delta, p_weight_lp, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k_gamma1, (float)k_centered, (float)k_gamma2, (float)k_lr, (float)k_epsilon, (float)k8);
-}
 /* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
    pointers, sizes and 9 scalar(s) per parameter, as Apex's multi_tensor_apply */
 __global__ void optforge_rmsprop_s0_mt_f32(const int64_t* __restrict__ sizes, float* const* tab_grad, float* const* tab_weight, float* const* tab_n, float* const* tab_g_avg, float* const* tab_delta, float* const* tab_weight_lp, const double* __restrict__ scalars) {
@@ -94,11 +89,6 @@ __global__ void optforge_rmsprop_s0_mt_f32(const int64_t* __restrict__ sizes, fl
 __global__ void optforge_rmsprop_s0_f64(int64_t n, const double* __restrict__ p_grad, double* __restrict__ p_weight, double* __restrict__ p_n, double* __restrict__ p_g_avg, double* __restrict__ p_delta, float* __restrict__ p_weight_lp, double k_rescale_grad, double k_wd, double k2, double k_gamma1, double k_centered, double k_gamma2, double k_lr, double k_epsilon, double k8) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
         optforge_rmsprop_s0_elem<double, double, double, 2, 2, 2>(i, i, p_grad, p_weight, p_n, p_g_avg, p_delta, p_weight_lp, (double)k_rescale_grad, (double)k_wd, (double)k2, (double)k_gamma1, (double)k_centered, (double)k_gamma2, (double)k_lr, (double)k_epsilon, (double)k8);
-}
-/* row-sparse, parallel over gradient elements (not rows): element j updates row rows[j / cols] */
-__global__ void optforge_rmsprop_s0_rows_f64(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const double* __restrict__ p_grad, double* __restrict__ p_weight, double* __restrict__ p_n, double* __restrict__ p_g_avg, double* __restrict__ p_delta, float* __restrict__ p_weight_lp, double k_rescale_grad, double k_wd, double k2, double k_gamma1, double k_centered, double k_gamma2, double k_lr, double k_epsilon, double k8) {
-    for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
-        optforge_rmsprop_s0_elem<double, double, double, 2, 2, 2>(rows[j / cols] * cols + j % cols, j, p_grad, p_weight, p_n, p_g_avg, p_delta, p_weight_lp, (double)k_rescale_grad, (double)k_wd, (double)k2, (double)k_gamma1, (double)k_centered, (double)k_gamma2, (double)k_lr, (double)k_epsilon, (double)k8);
 }
 /* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
    pointers, sizes and 9 scalar(s) per parameter, as Apex's multi_tensor_apply */
@@ -113,11 +103,6 @@ __global__ void optforge_rmsprop_s0_f16(int64_t n, const __half* __restrict__ p_
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
         optforge_rmsprop_s0_elem<__half, __half, float, 2, 2, 2>(i, i, p_grad, p_weight, p_n, p_g_avg, p_delta, p_weight_lp, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k_gamma1, (float)k_centered, (float)k_gamma2, (float)k_lr, (float)k_epsilon, (float)k8);
 }
-/* row-sparse, parallel over gradient elements (not rows): element j updates row rows[j / cols] */
-__global__ void optforge_rmsprop_s0_rows_f16(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const __half* __restrict__ p_grad, __half* __restrict__ p_weight, __half* __restrict__ p_n, __half* __restrict__ p_g_avg, __half* __restrict__ p_delta, float* __restrict__ p_weight_lp, double k_rescale_grad, double k_wd, double k2, double k_gamma1, double k_centered, double k_gamma2, double k_lr, double k_epsilon, double k8) {
-    for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
-        optforge_rmsprop_s0_elem<__half, __half, float, 2, 2, 2>(rows[j / cols] * cols + j % cols, j, p_grad, p_weight, p_n, p_g_avg, p_delta, p_weight_lp, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k_gamma1, (float)k_centered, (float)k_gamma2, (float)k_lr, (float)k_epsilon, (float)k8);
-}
 /* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
    pointers, sizes and 9 scalar(s) per parameter, as Apex's multi_tensor_apply */
 __global__ void optforge_rmsprop_s0_mt_f16(const int64_t* __restrict__ sizes, __half* const* tab_grad, __half* const* tab_weight, __half* const* tab_n, __half* const* tab_g_avg, __half* const* tab_delta, float* const* tab_weight_lp, const double* __restrict__ scalars) {
@@ -130,11 +115,6 @@ __global__ void optforge_rmsprop_s0_mt_f16(const int64_t* __restrict__ sizes, __
 __global__ void optforge_rmsprop_s0_mp16(int64_t n, const __half* __restrict__ p_grad, float* __restrict__ p_weight, float* __restrict__ p_n, float* __restrict__ p_g_avg, float* __restrict__ p_delta, float* __restrict__ p_weight_lp, double k_rescale_grad, double k_wd, double k2, double k_gamma1, double k_centered, double k_gamma2, double k_lr, double k_epsilon, double k8) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
         optforge_rmsprop_s0_elem<float, __half, float, 2, 2, 2>(i, i, p_grad, p_weight, p_n, p_g_avg, p_delta, p_weight_lp, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k_gamma1, (float)k_centered, (float)k_gamma2, (float)k_lr, (float)k_epsilon, (float)k8);
-}
-/* row-sparse, parallel over gradient elements (not rows): element j updates row rows[j / cols] */
-__global__ void optforge_rmsprop_s0_rows_mp16(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const __half* __restrict__ p_grad, float* __restrict__ p_weight, float* __restrict__ p_n, float* __restrict__ p_g_avg, float* __restrict__ p_delta, float* __restrict__ p_weight_lp, double k_rescale_grad, double k_wd, double k2, double k_gamma1, double k_centered, double k_gamma2, double k_lr, double k_epsilon, double k8) {
-    for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
-        optforge_rmsprop_s0_elem<float, __half, float, 2, 2, 2>(rows[j / cols] * cols + j % cols, j, p_grad, p_weight, p_n, p_g_avg, p_delta, p_weight_lp, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k_gamma1, (float)k_centered, (float)k_gamma2, (float)k_lr, (float)k_epsilon, (float)k8);
 }
 /* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
    pointers, sizes and 9 scalar(s) per parameter, as Apex's multi_tensor_apply */

@@ -63,11 +63,6 @@ __global__ void optforge_sgld_s0_f32(int64_t n, const float* __restrict__ p_grad
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
         optforge_sgld_s0_elem<float, float, float>(i, i, p_grad, p_weight, p_weight_lp, (float)k_rescale_grad, (float)k1, (float)k2, (float)k_wd, (float)k4, k_seed);
 }
-/* row-sparse, parallel over gradient elements (not rows): element j updates row rows[j / cols] */
-__global__ void optforge_sgld_s0_rows_f32(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const float* __restrict__ p_grad, float* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k2, double k_wd, double k4, double k_seed) {
-    for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
-        optforge_sgld_s0_elem<float, float, float>(rows[j / cols] * cols + j % cols, j, p_grad, p_weight, p_weight_lp, (float)k_rescale_grad, (float)k1, (float)k2, (float)k_wd, (float)k4, k_seed);
-}
 /* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
    pointers, sizes and 6 scalar(s) per parameter, as Apex's multi_tensor_apply */
 __global__ void optforge_sgld_s0_mt_f32(const int64_t* __restrict__ sizes, float* const* tab_grad, float* const* tab_weight, float* const* tab_weight_lp, const double* __restrict__ scalars) {
@@ -80,11 +75,6 @@ __global__ void optforge_sgld_s0_mt_f32(const int64_t* __restrict__ sizes, float
 __global__ void optforge_sgld_s0_f64(int64_t n, const double* __restrict__ p_grad, double* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k2, double k_wd, double k4, double k_seed) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
         optforge_sgld_s0_elem<double, double, double>(i, i, p_grad, p_weight, p_weight_lp, (double)k_rescale_grad, (double)k1, (double)k2, (double)k_wd, (double)k4, k_seed);
-}
-/* row-sparse, parallel over gradient elements (not rows): element j updates row rows[j / cols] */
-__global__ void optforge_sgld_s0_rows_f64(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const double* __restrict__ p_grad, double* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k2, double k_wd, double k4, double k_seed) {
-    for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
-        optforge_sgld_s0_elem<double, double, double>(rows[j / cols] * cols + j % cols, j, p_grad, p_weight, p_weight_lp, (double)k_rescale_grad, (double)k1, (double)k2, (double)k_wd, (double)k4, k_seed);
 }
 /* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
    pointers, sizes and 6 scalar(s) per parameter, as Apex's multi_tensor_apply */
@@ -99,11 +89,6 @@ __global__ void optforge_sgld_s0_f16(int64_t n, const __half* __restrict__ p_gra
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
         optforge_sgld_s0_elem<__half, __half, float>(i, i, p_grad, p_weight, p_weight_lp, (float)k_rescale_grad, (float)k1, (float)k2, (float)k_wd, (float)k4, k_seed);
 }
-/* row-sparse, parallel over gradient elements (not rows): element j updates row rows[j / cols] */
-__global__ void optforge_sgld_s0_rows_f16(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const __half* __restrict__ p_grad, __half* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k2, double k_wd, double k4, double k_seed) {
-    for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
-        optforge_sgld_s0_elem<__half, __half, float>(rows[j / cols] * cols + j % cols, j, p_grad, p_weight, p_weight_lp, (float)k_rescale_grad, (float)k1, (float)k2, (float)k_wd, (float)k4, k_seed);
-}
 /* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
    pointers, sizes and 6 scalar(s) per parameter, as Apex's multi_tensor_apply */
 __global__ void optforge_sgld_s0_mt_f16(const int64_t* __restrict__ sizes, __half* const* tab_grad, __half* const* tab_weight, float* const* tab_weight_lp, const double* __restrict__ scalars) {
@@ -116,11 +101,6 @@ __global__ void optforge_sgld_s0_mt_f16(const int64_t* __restrict__ sizes, __hal
 __global__ void optforge_sgld_s0_mp16(int64_t n, const __half* __restrict__ p_grad, float* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k2, double k_wd, double k4, double k_seed) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
         optforge_sgld_s0_elem<float, __half, float>(i, i, p_grad, p_weight, p_weight_lp, (float)k_rescale_grad, (float)k1, (float)k2, (float)k_wd, (float)k4, k_seed);
-}
-/* row-sparse, parallel over gradient elements (not rows): element j updates row rows[j / cols] */
-__global__ void optforge_sgld_s0_rows_mp16(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const __half* __restrict__ p_grad, float* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k2, double k_wd, double k4, double k_seed) {
-    for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
-        optforge_sgld_s0_elem<float, __half, float>(rows[j / cols] * cols + j % cols, j, p_grad, p_weight, p_weight_lp, (float)k_rescale_grad, (float)k1, (float)k2, (float)k_wd, (float)k4, k_seed);
 }
 /* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
    pointers, sizes and 6 scalar(s) per parameter, as Apex's multi_tensor_apply */

@@ -70,11 +70,6 @@ __global__ void optforge_signum_s0_f32(int64_t n, const float* __restrict__ p_gr
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
         optforge_signum_s0_elem<float, float, float, 2, 2>(i, i, p_grad, p_mom, p_weight, p_weight_lp, (float)k_rescale_grad, (float)k1, (float)k2, (float)k_momentum, (float)k_wd, (float)k5, (float)k_lr, (float)k7);
 }
-/* row-sparse, parallel over gradient elements (not rows): element j updates row rows[j / cols] */
-__global__ void optforge_signum_s0_rows_f32(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const float* __restrict__ p_grad, float* __restrict__ p_mom, float* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k2, double k_momentum, double k_wd, double k5, double k_lr, double k7) {
-    for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
-        optforge_signum_s0_elem<float, float, float, 2, 2>(rows[j / cols] * cols + j % cols, j, p_grad, p_mom, p_weight, p_weight_lp, (float)k_rescale_grad, (float)k1, (float)k2, (float)k_momentum, (float)k_wd, (float)k5, (float)k_lr, (float)k7);
-}
 /* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
    pointers, sizes and 8 scalar(s) per parameter, as Apex's multi_tensor_apply */
 __global__ void optforge_signum_s0_mt_f32(const int64_t* __restrict__ sizes, float* const* tab_grad, float* const* tab_mom, float* const* tab_weight, float* const* tab_weight_lp, const double* __restrict__ scalars) {
@@ -87,11 +82,6 @@ __global__ void optforge_signum_s0_mt_f32(const int64_t* __restrict__ sizes, flo
 __global__ void optforge_signum_s0_f64(int64_t n, const double* __restrict__ p_grad, double* __restrict__ p_mom, double* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k2, double k_momentum, double k_wd, double k5, double k_lr, double k7) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
         optforge_signum_s0_elem<double, double, double, 2, 2>(i, i, p_grad, p_mom, p_weight, p_weight_lp, (double)k_rescale_grad, (double)k1, (double)k2, (double)k_momentum, (double)k_wd, (double)k5, (double)k_lr, (double)k7);
-}
-/* row-sparse, parallel over gradient elements (not rows): element j updates row rows[j / cols] */
-__global__ void optforge_signum_s0_rows_f64(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const double* __restrict__ p_grad, double* __restrict__ p_mom, double* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k2, double k_momentum, double k_wd, double k5, double k_lr, double k7) {
-    for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
-        optforge_signum_s0_elem<double, double, double, 2, 2>(rows[j / cols] * cols + j % cols, j, p_grad, p_mom, p_weight, p_weight_lp, (double)k_rescale_grad, (double)k1, (double)k2, (double)k_momentum, (double)k_wd, (double)k5, (double)k_lr, (double)k7);
 }
 /* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
    pointers, sizes and 8 scalar(s) per parameter, as Apex's multi_tensor_apply */
@@ -106,11 +96,6 @@ __global__ void optforge_signum_s0_f16(int64_t n, const __half* __restrict__ p_g
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
         optforge_signum_s0_elem<__half, __half, float, 2, 2>(i, i, p_grad, p_mom, p_weight, p_weight_lp, (float)k_rescale_grad, (float)k1, (float)k2, (float)k_momentum, (float)k_wd, (float)k5, (float)k_lr, (float)k7);
 }
-/* row-sparse, parallel over gradient elements (not rows): element j updates row rows[j / cols] */
-__global__ void optforge_signum_s0_rows_f16(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const __half* __restrict__ p_grad, __half* __restrict__ p_mom, __half* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k2, double k_momentum, double k_wd, double k5, double k_lr, double k7) {
-    for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
-        optforge_signum_s0_elem<__half, __half, float, 2, 2>(rows[j / cols] * cols + j % cols, j, p_grad, p_mom, p_weight, p_weight_lp, (float)k_rescale_grad, (float)k1, (float)k2, (float)k_momentum, (float)k_wd, (float)k5, (float)k_lr, (float)k7);
-}
 /* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
    pointers, sizes and 8 scalar(s) per parameter, as Apex's multi_tensor_apply */
 __global__ void optforge_signum_s0_mt_f16(const int64_t* __restrict__ sizes, __half* const* tab_grad, __half* const* tab_mom, __half* const* tab_weight, float* const* tab_weight_lp, const double* __restrict__ scalars) {
@@ -123,11 +108,6 @@ __global__ void optforge_signum_s0_mt_f16(const int64_t* __restrict__ sizes, __h
 __global__ void optforge_signum_s0_mp16(int64_t n, const __half* __restrict__ p_grad, float* __restrict__ p_mom, float* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k2, double k_momentum, double k_wd, double k5, double k_lr, double k7) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
         optforge_signum_s0_elem<float, __half, float, 2, 2>(i, i, p_grad, p_mom, p_weight, p_weight_lp, (float)k_rescale_grad, (float)k1, (float)k2, (float)k_momentum, (float)k_wd, (float)k5, (float)k_lr, (float)k7);
-}
-/* row-sparse, parallel over gradient elements (not rows): element j updates row rows[j / cols] */
-__global__ void optforge_signum_s0_rows_mp16(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const __half* __restrict__ p_grad, float* __restrict__ p_mom, float* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k2, double k_momentum, double k_wd, double k5, double k_lr, double k7) {
-    for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
-        optforge_signum_s0_elem<float, __half, float, 2, 2>(rows[j / cols] * cols + j % cols, j, p_grad, p_mom, p_weight, p_weight_lp, (float)k_rescale_grad, (float)k1, (float)k2, (float)k_momentum, (float)k_wd, (float)k5, (float)k_lr, (float)k7);
 }
 /* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
    pointers, sizes and 8 scalar(s) per parameter, as Apex's multi_tensor_apply */

@@ -65,19 +65,6 @@ void optforge_test_s0_f32(int64_t n, float* __restrict__ p_weight, const float* 
             optforge_test_s0_elem<float, float, float>(i, i, p_weight, p_grad, p_mirror, nullptr, (float)k_rescale_grad);
     }
 }
-/* row-sparse: n = rows x cols gradient elements; gradient row r updates row rows[r] */
-void optforge_test_s0_rows_f32(int64_t n, int64_t cols, const int64_t* __restrict__ rows, float* __restrict__ p_weight, const float* __restrict__ p_grad, float* __restrict__ p_mirror, double k_rescale_grad) {
-    const int64_t nrows = cols ? n / cols : 0;
-    /* scattered rows are latency-bound: two threads keep twice as many loads in flight */
-    #pragma omp parallel for schedule(static) if (n >= OPTFORGE_PARALLEL_MIN)
-    for (int64_t r = 0; r < nrows; ++r) {
-        const int64_t base = rows[r] * cols, gbase = r * cols;
-        #pragma omp simd
-        for (int64_t c = 0; c < cols; ++c) {
-            optforge_test_s0_elem<float, float, float>(base + c, gbase + c, p_weight, p_grad, p_mirror, nullptr, (float)k_rescale_grad);
-        }
-    }
-}
 /* multi-tensor: one call for the small tensors of a list update (each below OPTFORGE_PARALLEL_MIN), in
    parallel over the tensors: ptrs[k * count + t] is pointer k of tensor t, scalars[t * 1 + j] its
    scalars */
@@ -93,19 +80,6 @@ void optforge_test_s0_f64(int64_t n, double* __restrict__ p_weight, const double
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
         for (int64_t i = 0; i < n; ++i)
             optforge_test_s0_elem<double, double, double>(i, i, p_weight, p_grad, p_mirror, nullptr, (double)k_rescale_grad);
-    }
-}
-/* row-sparse: n = rows x cols gradient elements; gradient row r updates row rows[r] */
-void optforge_test_s0_rows_f64(int64_t n, int64_t cols, const int64_t* __restrict__ rows, double* __restrict__ p_weight, const double* __restrict__ p_grad, double* __restrict__ p_mirror, double k_rescale_grad) {
-    const int64_t nrows = cols ? n / cols : 0;
-    /* scattered rows are latency-bound: two threads keep twice as many loads in flight */
-    #pragma omp parallel for schedule(static) if (n >= OPTFORGE_PARALLEL_MIN)
-    for (int64_t r = 0; r < nrows; ++r) {
-        const int64_t base = rows[r] * cols, gbase = r * cols;
-        #pragma omp simd
-        for (int64_t c = 0; c < cols; ++c) {
-            optforge_test_s0_elem<double, double, double>(base + c, gbase + c, p_weight, p_grad, p_mirror, nullptr, (double)k_rescale_grad);
-        }
     }
 }
 /* multi-tensor: one call for the small tensors of a list update (each below OPTFORGE_PARALLEL_MIN), in

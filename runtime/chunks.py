@@ -74,7 +74,7 @@ def _scratch(dtype, count):
     if bufs is None:
         bufs = _local.bufs = {}
     have = bufs.get(dtype)
-    if have is None or len(have) < count:
+    if have is None or len(have) < count or have[0].size != CHUNK:   # CHUNK may have been changed
         have = bufs[dtype] = [np.empty(CHUNK, dtype) for _ in range(count)]
     return have[:count]
 
@@ -101,7 +101,7 @@ def run(stage, arrays, n_scratch: int) -> None:
     """stage(*chunks of arrays, *n_scratch scratch buffers) over the whole tensors, in chunks."""
     flat = [None if a is None else a.reshape(-1) for a in arrays]
     dtype = np.result_type(*[a for a in flat if a is not None])
-    n = flat[0].size
+    n = next(a.size for a in flat if a is not None)   # a conditional state may be absent (None)
     err = np.geterr()
     parts = min(threads(), max(1, n // (THREAD_MIN // 2)))
     if parts <= 1:

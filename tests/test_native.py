@@ -97,8 +97,8 @@ update {
 
 def _stages(text):
     spec, _ = load_spec_text(text, "x.opt")
-    steps, stages, scratch = lower(spec)
-    return {st.name: [op.value for op, _ in st.reductions] for st in stages}, steps
+    program = lower(spec)
+    return {st.name: [op.value for op, _ in st.reductions] for st in program.stages}, program.steps
 
 
 def test_reductions_are_fused_into_the_stage_before_them_or_one_pass_of_their_own():
@@ -106,7 +106,7 @@ def test_reductions_are_fused_into_the_stage_before_them_or_one_pass_of_their_ow
     root = Path(__file__).resolve().parent.parent / "specs"
     for name, want in (("lamb", {"s0": ["norm", "norm"], "s1": []}), ("lars", {"s0": ["norm", "norm"], "s1": []})):
         spec, _ = load((root / f"{name}.opt").read_text(), f"{name}.opt")
-        _, stages, _ = lower(spec)
+        stages = lower(spec).stages
         assert {st.name: [op.value for op, _ in st.reductions] for st in stages} == want, name
         if name == "lars":   # both norms in one reduction-only pass over weight and gradient
             assert not stages[0].stmts
@@ -202,7 +202,7 @@ def test_list_update_batches_small_tensors_and_equals_single_updates(name, monke
     # the small float32 and float64 tensors: at most one call per stage and dtype in each of the 3 steps
     module = optforge.registered()[name].__module__.rsplit(".", 1)[1]
     root = Path(__file__).resolve().parent.parent / "specs"
-    _, stages, _ = lower(load_spec_text((root / f"{module}.opt").read_text(), f"{module}.opt")[0])
+    stages = lower(load_spec_text((root / f"{module}.opt").read_text(), f"{module}.opt")[0]).stages
     assert calls and all(n.endswith(("_mt_f32", "_mt_f64")) for n in calls)
     assert len(calls) <= 3 * 2 * len(stages), calls
 

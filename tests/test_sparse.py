@@ -262,9 +262,10 @@ def test_bad_sparse_declarations(line, msg):
 
 
 def test_row_kernel_refuses_mixed_reductions():
-    spec, _ = load_spec_text(_spec("sparse lazy", "n = norm(weight - grad)\n    weight -= lr * n * grad"), "toy.opt")
-    with pytest.raises(SpecError, match="cannot reduce over the weight or a state and the gradient together"):
-        render_module(spec)
+    """A compile error (codegen/verify.py) pointing at the reduction, before any emitter runs."""
+    with pytest.raises(SpecError, match="cannot reduce over the weight or a state and the gradient together") as e:
+        load_spec_text(_spec("sparse lazy", "n = norm(weight - grad)\n    weight -= lr * n * grad"), "toy.opt")
+    assert "toy.opt:" in str(e.value) and "^^^^" in str(e.value)
 
 
 def test_row_kernel_reduces_weight_over_the_full_tensor():

@@ -1,0 +1,44 @@
+"""The differential test of tests/test_differential.py on the CUDA backend: random well-typed specs
+(tests/specgen.py) run as CUDA single updates, CUDA list updates (multi-tensor launches, reductions
+in lockstep) and, for `sparse lazy` specs, CUDA row kernels, and must give what the NumPy
+straight-line kernel gives (float64, 1e-12 relative). Needs CuPy and a device, or the host
+stand-in (tests/test_cuda_runtime_host.py runs this folder on it). Knobs as there:
+OPTFORGE_DIFF_CUDA_EXAMPLES, OPTFORGE_DIFF_SEED, OPTFORGE_DIFF_SHRINK."""
+import os
+import sys
+
+import pytest
+from hypothesis import given, settings
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from gpu import require_cupy  # noqa: E402
+
+cupy = require_cupy()
+from specgen import SETTINGS, assert_same, compile_spec, hyper_sets, run, seeded, specs  # noqa: E402
+
+SOME_ROWS = [0, 2, 3, 7, 100, 299]
+CUDA_SETTINGS = dict(SETTINGS, max_examples=int(os.environ.get("OPTFORGE_DIFF_CUDA_EXAMPLES", "40")))
+
+
+@seeded
+@settings(**CUDA_SETTINGS)
+@given(specs())
+def test_cuda_computes_what_the_straight_line_kernel_computes(spec):
+    cls, text, lazy = compile_spec(*spec)
+    for hyper in hyper_sets():
+        want = run(cls, "numpy", hyper, as_list=False)
+        assert_same(run(cls, "numpy", hyper, as_list=False, xp=cupy), want, f"cuda single {hyper}", text)
+        want_list = run(cls, "numpy", hyper, as_list=True)
+        assert_same(run(cls, "numpy", hyper, as_list=True, xp=cupy), want_list, f"cuda list {hyper}", text)
+        if lazy:
+            every = range(400)
+            assert_same(run(cls, "numpy", hyper, as_list=False, rows=every, xp=cupy), want,
+                        f"cuda rows (all) {hyper}", text)
+            some = run(cls, "numpy", hyper, as_list=True, rows=SOME_ROWS)
+            assert_same(run(cls, "numpy", hyper, as_list=True, rows=SOME_ROWS, xp=cupy), some,
+                        f"cuda rows (some) vs numpy rows {hyper}", text)
+
+
+if __name__ == "__main__":   # pragma: no cover
+    sys.exit(pytest.main([__file__, "-q"]))

@@ -1,0 +1,335 @@
+"""Random well-typed specs for the differential tests (tests/test_differential.py and, on CuPy or
+its host stand-in, tests/gpu/test_differential_cuda.py).
+
+`specs()` is a hypothesis strategy of spec texts written the way a new user writes them: locals,
+states (one of them conditional), in-place weight updates, `norm`/`sum` nested anywhere in
+elementwise expressions, in host statements and in `if`/`elif` conditions and bodies, host `if`s
+on hyperparameters and on an optional (`float?`) hyperparameter that may be none, `where`, `clip`,
+a scalar state, a global, and `sparse lazy` where the spec allows it. Expressions are built so
+that values stay finite and well away from overflow over a few steps (denominators are `1 + |x|`,
+`exp` only of `-|x|`), so that any difference between backends larger than rounding is a bug.
+
+`run(cls, backend, ...)` runs a few steps of one compiled spec on a fixed set of parameters and
+returns every array and number the update left behind, for comparison with `assert_same`.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import warnings
+
+import numpy as np
+import hypothesis
+from hypothesis import HealthCheck, Phase, strategies as st
+
+import optforge
+from optforge.codegen.errors import SpecError
+from optforge.sparse import RowSparse
+
+REL = 1e-12
+STEPS = 3
+EXAMPLES = int(os.environ.get("OPTFORGE_DIFF_EXAMPLES", "100"))
+SEED = int(os.environ.get("OPTFORGE_DIFF_SEED", "0"))
+# hypothesis settings of the differential tests: a fixed campaign unless a seed is given; shrinking
+# recompiles every candidate, so it is off unless asked for (OPTFORGE_DIFF_SHRINK=1)
+SETTINGS = dict(max_examples=EXAMPLES, deadline=None, derandomize=SEED == 0, database=None,
+                phases=list(Phase) if os.environ.get("OPTFORGE_DIFF_SHRINK") else [Phase.explicit, Phase.generate],
+                suppress_health_check=list(HealthCheck))
+
+
+def seeded(test):
+    """The test with OPTFORGE_DIFF_SEED as hypothesis's seed, when one is given."""
+    return hypothesis.seed(SEED)(test) if SEED else test
+
+
+class _Gen:
+    """One spec being written: the names in scope and the statements so far."""
+
+    def __init__(self, draw):
+        self.draw = draw
+        self.tensor_locals: list[str] = []
+        self.host_locals: list[str] = []
+        self.n = 0
+        self.uses_cond_state = False
+
+    def fresh(self, prefix):
+        self.n += 1
+        return f"{prefix}{self.n}"
+
+    # ---- expressions -------------------------------------------------------------------------
+    def tensor_leaf(self, scope):
+        choices = ["grad", "weight", "s0", "s1"] + list(scope["tensors"])
+        if scope["mom"]:
+            choices.append("mom")
+        return self.draw(st.sampled_from(choices))
+
+    def tensor(self, scope, depth=0):
+        if depth >= 3 or self.draw(st.integers(0, 3)) == 0:
+            return self.tensor_leaf(scope)
+        a = lambda: self.tensor(scope, depth + 1)  # noqa: E731
+        h = lambda: self.host(scope, depth + 1)  # noqa: E731
+        form = self.draw(st.integers(0, 13))
+        if form == 0:
+            return f"({a()} + {a()})"
+        if form == 1:
+            return f"({a()} - {a()}) * 0.5"
+        if form == 2:
+            return f"{a()} * {h()}"
+        if form == 3:
+            return f"{a()} / (1 + abs({a()}))"
+        if form == 4:
+            return f"sqrt(abs({a()}) + 1)"
+        if form == 5:
+            return f"where({a()} > {a()}, {a()}, {h()})"
+        if form == 6:
+            return f"maximum({a()}, {h()})"
+        if form == 7:
+            return f"clip({a()}, {self.bound(scope)})"
+        if form == 8:
+            return f"sign({a()}) * exp(-abs({a()}))"
+        if form == 9:
+            return f"{a()} / (1 + norm({a()}))"
+        if form == 10:
+            return f"({a()} - sum({a()}) / (1 + abs(sum({a()}))))"
+        if form == 11:
+            return f"minimum(square({a()}) * 0.25, 2)"
+        if form == 12:
+            return f"log(1 + abs({a()}))"
+        return f"{h()} * {a()} + {a()}"
+
+    def bound(self, scope):
+        opts = ["clip_gradient", "0.75", "b"]
+        if scope["narrowed"]:
+            opts.append("c")
+        return self.draw(st.sampled_from(opts))
+
+    def host(self, scope, depth=0, reduce=True):
+        """A number known on the host; with `reduce`, possibly computed from tensors."""
+        leaves = ["a", "b", "lr", "wd", "0.5", "t", "acc"] + list(scope["hosts"])
+        if reduce:
+            leaves += scope["reduced"]
+        if scope["narrowed"]:
+            leaves.append("c")
+        if depth >= 3 or self.draw(st.integers(0, 2)) == 0:
+            return self.draw(st.sampled_from(leaves))
+        h = lambda: self.host(scope, depth + 1, reduce)  # noqa: E731
+        form = self.draw(st.integers(2 if not reduce else 0, 7))
+        if form == 0:
+            return f"norm({self.tensor(scope, depth + 1)}) / (1 + norm({self.tensor(scope, depth + 1)}))"
+        if form == 1:
+            return f"sum({self.tensor(scope, depth + 1)}) * 0.001"
+        if form == 2:
+            return f"1 / (1 + abs({h()}))"
+        if form == 3:
+            return f"({h()} * {h()})"
+        if form == 4:
+            return f"where({self.host_cond(scope, depth + 1, reduce)}, {h()}, {h()})"
+        if form == 5:
+            return f"maximum({h()}, 0.25)"
+        if form == 6:
+            return f"sqrt(square({h()}) + 1)"
+        return f"({h()} - {h()})"
+
+    def host_cond(self, scope, depth=0, reduce=True):
+        """A test known on the host (`if` conditions: without reductions)."""
+        form = self.draw(st.integers(0, 6))
+        if form == 5 and not reduce:
+            form = 3
+        if form == 0:
+            return "flag"
+        if form == 1:
+            return f"a > {self.draw(st.sampled_from(['0.25', '0.5', '0.75']))}"
+        if form == 2:
+            return 'mode == "x"'
+        if form == 3:
+            return "t > 1"
+        if form == 4:
+            return "c > 0.5"           # false when c is none
+        if form == 5:
+            return f"norm({self.tensor(scope, depth + 1)}) > {self.draw(st.sampled_from(['1', '10', '100']))}"
+        return f"not flag or {self.host(scope, depth + 1, reduce)} > 0.5"
+
+    # ---- statements --------------------------------------------------------------------------
+    @staticmethod
+    def inner(scope, **changes):
+        """The scope of a branch: names assigned inside it are not visible after it."""
+        return dict(scope, tensors=list(scope["tensors"]), hosts=list(scope["hosts"]),
+                    reduced=list(scope["reduced"]), **changes)
+
+    def block(self, scope, n, depth):
+        out = []
+        for _ in range(n):
+            out += self.stmt(scope, depth)
+        return out
+
+    def stmt(self, scope, depth):
+        pad = "    " * (depth + 1)
+        form = self.draw(st.integers(0, 9 if depth < 2 else 6))
+        if form <= 1:
+            name = self.fresh("u")
+            line = f"{pad}{name} = {self.tensor(scope)}"
+            scope["tensors"].append(name)
+            return [line]
+        if form == 2:
+            name = self.fresh("h")
+            reduce = self.draw(st.booleans())
+            line = f"{pad}{name} = {self.host(scope, reduce=reduce)}"
+            scope["reduced" if reduce else "hosts"].append(name)
+            return [line]
+        if form == 3:
+            target = self.draw(st.sampled_from(["s0", "s1"] + (["mom"] if scope["mom"] else [])))
+            op = self.draw(st.sampled_from(["=", "+="]))
+            value = self.tensor(scope)
+            if op == "=":
+                return [f"{pad}{target} = a * {target} + (1 - a) * ({value})"]
+            return [f"{pad}{target} += 0.1 * ({value})"]
+        if form == 4:
+            op = self.draw(st.sampled_from(["-=", "=", "*="]))
+            value = self.tensor(scope)
+            if op == "-=":
+                return [f"{pad}weight -= lr * ({value})"]
+            if op == "*=":
+                return [f"{pad}weight *= 1 - lr * wd / (1 + abs({value}))"]
+            return [f"{pad}weight = weight - lr * ({value}) - lr * wd * weight"]
+        if form == 5:
+            return [f"{pad}acc = acc * 0.5 + {self.host(scope, reduce=False)} * 0.01"]
+        if form == 6:
+            return [f"{pad}weight = weight / (1 + lr * norm({self.tensor(scope)}))"]
+        # an if / elif / else
+        kind = self.draw(st.sampled_from(["plain", "plain", "optional", "state"]))
+        lines = []
+        if kind == "optional":
+            inner = self.inner(scope, narrowed=True)
+            lines.append(f"{pad}if c > 0 {{")
+            lines += self.block(inner, self.draw(st.integers(1, 3)), depth + 1)
+            if self.draw(st.booleans()):    # c may be none here
+                lines.append(f"{pad}}} else {{")
+                lines += self.block(self.inner(scope), self.draw(st.integers(1, 2)), depth + 1)
+            lines.append(f"{pad}}}")
+            return lines
+        if kind == "state":
+            self.uses_cond_state = True
+            inner = self.inner(scope, mom=True)
+            lines.append(f"{pad}if flag {{")
+            lines += self.block(inner, self.draw(st.integers(1, 3)), depth + 1)
+            lines.append(f"{pad}}}")
+            return lines
+        n_elif = self.draw(st.integers(0, 1))
+        has_else = self.draw(st.booleans())
+        for k in range(1 + n_elif):
+            inner = self.inner(scope)
+            lines.append(f"{pad}{'if' if k == 0 else '} elif'} {self.host_cond(scope, reduce=False)} {{")
+            lines += self.block(inner, self.draw(st.integers(1, 3)), depth + 1)
+        if has_else:
+            inner = self.inner(scope)
+            lines.append(f"{pad}}} else {{")
+            lines += self.block(inner, self.draw(st.integers(1, 2)), depth + 1)
+        lines.append(f"{pad}}}")
+        return lines
+
+
+HEADER = """optimizer {name}
+hyper a: float = 0.5 in [0, 1]
+hyper b: float = 1.5 in [0, 4]
+hyper c: float? = none
+hyper flag: bool = true
+hyper mode: choice("x", "y") = "x"
+state s0 = zeros
+state s1 = weight
+state mom = zeros if flag
+state acc: scalar = 0.25
+global seen = learning_rate
+"""
+
+
+@st.composite
+def specs(draw, name="Rand"):
+    """(spec text, lazy) for a random spec named `name`; `lazy` says it declares `sparse lazy`."""
+    g = _Gen(draw)
+    scope = {"tensors": [], "hosts": [], "reduced": [], "narrowed": False, "mom": False}
+    body = g.block(scope, draw(st.integers(2, 7)), 0)
+    body.append("    seen = seen * 0.5 + learning_rate")
+    body.append("    weight -= lr * seen * 0.01 * grad")
+    lazy = draw(st.booleans())
+    text = HEADER.format(name=name) + ("sparse lazy\n" if lazy else "") + "update {\n" + "\n".join(body) + "\n}\n"
+    return text, lazy
+
+
+# ---- running a compiled spec ---------------------------------------------------------------------
+def compile_spec(text, lazy):
+    """(class, text, lazy): a spec whose reductions have no row meaning drops `sparse lazy` (a
+    compile error the generator does not try to avoid)."""
+    name = "Rand" + hashlib.sha256(text.encode()).hexdigest()[:10]
+    text = text.replace("optimizer Rand", f"optimizer {name}", 1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            return optforge.load_spec(text, register=False), text, lazy
+        except SpecError as e:
+            if not lazy or "row-sparse (lazy)" not in str(e):
+                raise
+            text = text.replace("sparse lazy\n", "", 1)
+            return optforge.load_spec(text, register=False), text, False
+
+
+def run(cls, backend, hyper, *, as_list, rows=None, xp=np):
+    """STEPS updates of every parameter (arrays of `xp`: numpy or cupy); the snapshot of weights,
+    states and globals after them."""
+    ws, gs = params(xp)
+    opt = cls(learning_rate=0.05, wd=0.01, **hyper)
+    opt.backend = backend
+    states = [opt.create_state(k, w) for k, w in enumerate(ws)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for step in gs:
+            g = step if rows is None else [_rowsparse(x, rows) if x.ndim == 2 else x for x in step]
+            if as_list:
+                opt.update(list(range(len(ws))), ws, g, states)
+            else:
+                for k in range(len(ws)):
+                    opt.update(k, ws[k], g[k], states[k])
+    return snapshot(opt, ws, states, to_numpy=np.asarray if xp is np else xp.asnumpy)
+
+
+def _rowsparse(g, rows):
+    xp = optforge.ops._xp(g)
+    rows = xp.asarray(np.asarray([r for r in rows if r < g.shape[0]], np.int64))
+    return RowSparse(g[rows], rows, g.shape)
+
+
+SHAPES = [(6, 5), (9,), (4, 3), (300, 250)]   # small ones are batched in native list updates; one large
+
+
+def params(xp=np, seed=0, shapes=SHAPES):
+    rng = np.random.default_rng(seed)
+    ws = [rng.uniform(-1, 1, s) for s in shapes]
+    gs = [[rng.uniform(-1, 1, s) for s in shapes] for _ in range(3)]
+    return [xp.asarray(w) for w in ws], [[xp.asarray(g) for g in step] for step in gs]
+
+
+def hyper_sets():
+    return [{}, {"flag": False, "c": 0.8, "mode": "y"}, {"c": 0.3, "clip_gradient": 0.5, "a": 0.9}]
+
+
+def snapshot(opt, weights, states, to_numpy=np.asarray):
+    out = {}
+    for k, (w, s) in enumerate(zip(weights, states)):
+        out[f"w{k}"] = np.array(to_numpy(w))
+        for name, v in s.tensors.items():
+            out[f"{name}{k}"] = np.array(to_numpy(v))
+        for name, v in s.scalars.items():
+            out[f"{name}{k}"] = np.array(float(v))
+    for name, v in opt._globals.items():
+        out[f"global {name}"] = np.array(float(v))
+    return out
+
+
+def assert_same(got: dict, want: dict, what: str, spec: str):
+    assert got.keys() == want.keys(), (what, sorted(got), sorted(want))
+    for k in want:
+        a, b = got[k], want[k]
+        scale = max(1.0, float(np.max(np.abs(b))) if b.size else 1.0)
+        finite = np.isfinite(b)
+        assert np.array_equal(np.isfinite(a), finite), f"{what}: {k} finite where the reference is not\n{spec}"
+        err = float(np.max(np.abs(a[finite] - b[finite]))) if finite.any() else 0.0
+        assert err <= REL * scale, f"{what}: {k} differs by {err:.3g} (scale {scale:.3g})\n{spec}"
