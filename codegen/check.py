@@ -8,8 +8,9 @@ import math
 
 from . import ast
 from .errors import Reporter, Span, did_you_mean
-from .ir import (COMPARE, Expr, Global, Hyper, IfStmt, Assign, Kind, Op, ScalarState, Spec, State, Ty)
+from .ir import (COMPARE, Assign, Expr, Global, Hyper, IfStmt, Kind, Op, Role, ScalarState, Sparse, Spec, State, Ty)
 from .verify import verify
+from .walk import leaves, targets
 from .names import (ARITH, BASE_DEFAULTS, BASE_NAMES, BUILTIN_DOCS, BUILTINS, C_KEYWORDS, FUNCTIONS,  # noqa: F401
                     NEGATE, NUMERIC, OPTIMIZER_ATTRS, OPTIONS, REL, RESERVED, SPARSE_BUILTINS, STATE_INITS)
 
@@ -365,7 +366,7 @@ class Checker:
             self._extra_builtins = {}
         if d.name == "standard" and d.value is not None:
             self.r.error(d.value.span, "`requires` applies to `sparse lazy` only")
-        return (d.name, cond, requires, d.text)
+        return Sparse(d.name, cond, requires, d.text)
 
     # ---- statements -------------------------------------------------------------------------
     def _collect_assigned(self, body):
@@ -408,25 +409,25 @@ class Checker:
                 self.r.error(s.value.span, f"`{name}` must be a number, not a {v.ty.value}")
                 return None
         if name == "weight":
-            role = "weight"
+            role = Role.WEIGHT
         elif name in self.states:
-            role = "state"
+            role = Role.STATE
             self.used.add(name)
             self._require_state(name, span, scope)
         elif name in self.scalar_states:
-            role = "scalar_state"
+            role = Role.SCALAR_STATE
             if v.kind > Kind.INDEX:
                 self.r.error(s.value.span, f"scalar state `{name}` must be computed on the host",
                              "it cannot depend on tensors or reductions")
                 return None
         elif name in self.globals:
-            role = "global"
+            role = Role.GLOBAL
             if v.kind > Kind.CALL:
                 self.r.error(s.value.span, f"global `{name}` is shared by all parameters; it can only take values "
                              "known once per update call", "it cannot depend on lr, wd, t or tensors")
                 return None
         else:
-            role = "local"
+            role = Role.LOCAL
             ok = name in self.locals or self._check_identifier(name, span, "name")
             self.locals[name] = Expr(Op.LOCAL, v.ty, v.kind, (), name, v.optional, span)
             if not ok:
@@ -702,18 +703,18 @@ class Checker:
         seen_index = []
         for s in body:
             if s.kind <= Kind.CALL:
-                for g in _assigned(s, "global"):
+                for g in targets([s], Role.GLOBAL):
                     for early in seen_index:
-                        if g in _reads(early, Op.GLOBAL):
+                        if g in leaves([early], {Op.GLOBAL}):
                             self.r.error(early.span, f"this statement reads global `{g}` before a later statement "
                                          "assigns it once per call", "move the assignment of the global after its uses")
-                assigned_later.update(_assigned(s, "global"))
+                assigned_later.update(targets([s], Role.GLOBAL))
             else:
                 seen_index.append(s)
         pro_locals = set()
         for s in prologue:
-            pro_locals.update(_assigned(s, "local"))
-        exports = sorted(n for n in pro_locals if any(n in _reads(s, Op.LOCAL) for s in per_index))
+            pro_locals.update(targets([s], Role.LOCAL))
+        exports = sorted(pro_locals & leaves(per_index, {Op.LOCAL}))
         return tuple(prologue), tuple(per_index), tuple(exports)
 
 
@@ -724,37 +725,6 @@ class _Bail(Exception):
 def _shown(node, value) -> str:
     """A literal as the spec wrote it."""
     return node.text if isinstance(node, ast.Num) else repr(value)
-
-
-def _assigned(s, role):
-    if isinstance(s, Assign):
-        return {s.target} if s.role == role else set()
-    out = set()
-    for _, b in s.branches:
-        for x in b:
-            out |= _assigned(x, role)
-    for x in s.orelse:
-        out |= _assigned(x, role)
-    return out
-
-
-def _reads(s, op):
-    out = set()
-    exprs = []
-    if isinstance(s, Assign):
-        exprs.append(s.value)
-    else:
-        for c, b in s.branches:
-            exprs.append(c)
-            for x in b:
-                out |= _reads(x, op)
-        for x in s.orelse:
-            out |= _reads(x, op)
-    for e in exprs:
-        for n in e.walk():
-            if n.op is op:
-                out.add(n.value)
-    return out
 
 
 def check(decls, path: str, source: str, file_stem: str | None = None) -> tuple[Spec, list]:

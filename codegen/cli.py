@@ -4,7 +4,7 @@
     opt-compile specs/ --check         # exit 1 naming every stale or missing file
     opt-compile my_specs/ -o mypkg/    # any output folder
     opt-compile specs/ --docs docs/optimizers    # also one Markdown page per optimizer (+ index)
-    opt-compile --emit ir|numpy specs/adam.opt
+    opt-compile --emit ir|program|numpy|cpu|cuda specs/adam.opt   # one stage of the pipeline, printed
 """
 from __future__ import annotations
 
@@ -46,6 +46,10 @@ def _emit(kind: str, path: str) -> int:
         print(w.render(), file=sys.stderr)
     if kind == "numpy":
         sys.stdout.write(render_module(spec))
+    elif kind == "program":
+        from .emit_program import render
+        from .lower import lower
+        sys.stdout.write(render(lower(spec)))
     elif kind in ("cpu", "cuda"):
         from .emit_c import CpuEmitter, CudaEmitter
         sys.stdout.write((CpuEmitter if kind == "cpu" else CudaEmitter)(spec).render())
@@ -54,7 +58,7 @@ def _emit(kind: str, path: str) -> int:
         def show(stmts, depth, tag):
             for s in stmts:
                 if isinstance(s, Assign):
-                    print(f"{'  ' * depth}[{tag}] {s.role} {s.target} <- {s.value.kind.name} {s.value.ty.value}  (line {s.line})")
+                    print(f"{'  ' * depth}[{tag}] {s.role.value} {s.target} <- {s.value.kind.name} {s.value.ty.value}  (line {s.line})")
                 else:
                     for c, b in s.branches:
                         print(f"{'  ' * depth}[{tag}] if ({c.kind.name}) line {c.span.line}")
@@ -64,7 +68,7 @@ def _emit(kind: str, path: str) -> int:
                         show(s.orelse, depth + 1, tag)
         print(f"optimizer {spec.name} aliases={list(spec.aliases)} hypers={[h.name for h in spec.hypers]}")
         print(f"states={[s.name for s in spec.states]} scalar_states={[s.name for s in spec.scalar_states]} "
-              f"globals={[g.name for g in spec.globals]} options={spec.options} sparse={spec.sparse and spec.sparse[0]}")
+              f"globals={[g.name for g in spec.globals]} options={spec.options} sparse={spec.sparse and spec.sparse.mode}")
         show(spec.prologue, 0, "call")
         show(spec.body, 0, "param")
     return 0
@@ -116,9 +120,9 @@ def main(argv=None) -> int:
     ap.add_argument("--check", action="store_true", help="write nothing; exit 1 if any output is stale or missing")
     ap.add_argument("--docs", metavar="DIR", help="also render one Markdown page per optimizer (and an index) "
                     "into DIR; with --check, check them too")
-    ap.add_argument("--emit", choices=["ir", "numpy", "cpu", "cuda"],
-                    help="print one stage for a single spec instead of writing (the IR, the Python module, "
-                         "the native C++ or the CUDA source)")
+    ap.add_argument("--emit", choices=["ir", "program", "numpy", "cpu", "cuda"],
+                    help="print one stage of the pipeline for a single spec instead of writing: the checked IR, "
+                         "the staged program every compiled target runs, the Python module, the C++ or the CUDA source")
     args = ap.parse_args(argv)
     if args.emit:
         if len(args.sources) != 1 or Path(args.sources[0]).is_dir():

@@ -13,7 +13,7 @@ from .emit_driver import driver_lines
 from .emit_numpy import NumpyEmitter, kernel_lines
 from .emit_sparse import RowsEmitter
 from .errors import SpecError
-from .ir import Op, Spec
+from .ir import Op, Role, Spec
 from .lower import Program, lower
 from .parser import parse
 from .walk import leaves, targets
@@ -133,8 +133,8 @@ def render_module(spec: Spec, spec_path: str | None = None, program: Program | N
 
     sparse_lines, requires_lines = [], []
     if spec.sparse:
-        mode, cond, requires, message = spec.sparse
-        if mode == "standard":
+        cond, requires, message = spec.sparse.cond, spec.sparse.requires, spec.sparse.message
+        if not spec.sparse.lazy:
             sparse_lines = ["return False"]
         elif cond is None:
             sparse_lines = ["return True"]
@@ -159,7 +159,7 @@ def render_module(spec: Spec, spec_path: str | None = None, program: Program | N
             pro.append(f"    G[{g.name!r}] = {em.expr(g.init)}")
         read = leaves(spec.prologue, {Op.GLOBAL})
         pro += [f"{n} = G[{n!r}]" for n in sorted(read)]
-    body = em.block(spec.prologue, 0, prologue=True)
+    body = em.block(spec.prologue, 0)
     # reads of a global after its assignment inside the prologue must see the new value
     pro += _rebind_globals(body, spec)
     pro.append("return {" + ", ".join(f"{n!r}: {n}" for n in spec.prologue_exports) + "}")
@@ -173,24 +173,24 @@ def render_module(spec: Spec, spec_path: str | None = None, program: Program | N
     ker += [f"{n} = call[{n!r}]" for n in spec.prologue_exports]
     for g in sorted(leaves(spec.body, {Op.GLOBAL})):
         ker.append(f"{g} = self._globals[{g!r}]")
-    used_states = leaves(spec.body, {Op.STATE}) | targets(spec.body, "state")
+    used_states = leaves(spec.body, {Op.STATE}) | targets(spec.body, Role.STATE)
     for st in spec.states:
         if st.name in used_states:
             ker.append(f"{st.name} = tensors.get({st.name!r})" if st.cond is not None else f"{st.name} = tensors[{st.name!r}]")
-    used_scalars = leaves(spec.body, {Op.SCALAR_STATE}) | targets(spec.body, "scalar_state")
+    used_scalars = leaves(spec.body, {Op.SCALAR_STATE}) | targets(spec.body, Role.SCALAR_STATE)
     for ss in spec.scalar_states:
         if ss.name in used_scalars:
             ker.append(f"{ss.name} = scalars[{ss.name!r}]")
     ker_head = list(ker)
     ker += kernel_lines(em, program)   # straight-line for small tensors, chunked stages for large ones
     tail = [f"scalars[{ss.name!r}] = {ss.name}" for ss in spec.scalar_states
-            if ss.name in targets(spec.body, "scalar_state")]
+            if ss.name in targets(spec.body, Role.SCALAR_STATE)]
     ker += tail
     if not spec.body:
         ker.append("pass")
     # lazy row kernel: the same equations on the gradient's rows (codegen/emit_sparse.py)
     rows_lines = []
-    if spec.sparse and spec.sparse[0] == "lazy":
+    if spec.sparse and spec.sparse.lazy:
         rows_lines = ker_head + RowsEmitter(spec).kernel_lines() + tail
 
     staged = driver_lines(spec, program)
@@ -201,7 +201,7 @@ def render_module(spec: Spec, spec_path: str | None = None, program: Program | N
         tensor_states=tuple(st.name for st in spec.states),
         scalar_state_names=tuple(s.name for s in spec.scalar_states),
         global_names=tuple(g.name for g in spec.globals),
-        sparse_mode=spec.sparse[0] if spec.sparse else None,
+        sparse_mode=spec.sparse.mode if spec.sparse else None,
         signature=signature, hyper_dict=hyper_dict, base_pass=base_pass,
         layout_lines=layout, scalar_init_lines=scalar_init, sparse_lines=sparse_lines,
         requires_lines=requires_lines, rows_lines=rows_lines,

@@ -13,9 +13,9 @@ from pathlib import Path
 import jinja2
 
 from .errors import InternalError
-from .ir import Assign, Expr, Kind, Op, Spec
+from .ir import Assign, Expr, IfStmt, Kind, Op, Spec
 from .lower import Program, Stage, _in_kernel, lower
-from .walk import assigns
+from .walk import assigns, statements
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 _env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)), autoescape=False,
@@ -32,12 +32,7 @@ MAX_BRANCH_FLAGS = 2
 
 def _inline_conditions(stmts):
     """The conditions of the `if`s inside a stage, outermost first."""
-    for s in stmts:
-        if not isinstance(s, Assign):
-            for cond, body in s.branches:
-                yield cond
-                yield from _inline_conditions(body)
-            yield from _inline_conditions(s.orelse)
+    return [c for s in statements(stmts) if isinstance(s, IfStmt) for c, _ in s.branches]
 
 
 class CStyleEmitter:
@@ -191,7 +186,7 @@ class CStyleEmitter:
         uses_normal = any(n.op is Op.NORMAL for st in self.stages for e in st.exprs() for n in e.walk())
         return _env.get_template(self.template).render(
             spec=self.spec, stages=stages, uses_normal=uses_normal, header=_header(self.spec, spec_path),
-            lazy_rows=bool(self.spec.sparse) and self.spec.sparse[0] == "lazy")   # row kernels only where used
+            lazy_rows=bool(self.spec.sparse and self.spec.sparse.lazy))   # row kernels only where used
 
 
 class CpuEmitter(CStyleEmitter):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 
 from .errors import InternalError
-from .ir import Assign, Op, Spec
+from .ir import Assign, Op, Role, Spec
 
 GREEK = {"alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta", "kappa", "lambda", "mu", "nu",
          "xi", "rho", "sigma", "tau", "phi", "chi", "psi", "omega"}
@@ -121,7 +121,7 @@ class DocsEmitter:
         return out
 
     def target(self, s: Assign) -> str:
-        return BUILTIN_TEX["weight"] if s.role == "weight" else name_tex(s.target)
+        return BUILTIN_TEX["weight"] if s.role is Role.WEIGHT else name_tex(s.target)
 
     def math_block(self) -> str:
         rows = self.lines(self.spec.prologue) + self.lines(self.spec.body)
@@ -179,7 +179,7 @@ def sparse_text(spec: Spec) -> str:
     if not spec.sparse:
         return ("No `sparse` declaration: an `optforge.RowSparse` gradient runs the dense update with zero rows "
                 "(MXNet's standard update).")
-    mode, cond, requires, message = spec.sparse
+    mode, cond, requires, message = spec.sparse.mode, spec.sparse.cond, spec.sparse.requires, spec.sparse.message
     if mode == "standard":
         return "`sparse standard`: a row-sparse gradient runs the dense update with zero rows."
     text = "Lazy: an `optforge.RowSparse` gradient updates only the rows it holds (weight and every state)"
@@ -198,7 +198,7 @@ def page_context(spec: Spec, shown: str) -> dict:
     return dict(spec=spec, shown=shown, names=names, doc=markdown_doc(spec.doc) if spec.doc.strip() else
                 f"The {spec.name} optimizer.", summary=summary(spec), math=em.math_block(),
                 update=_dedent(spec.update_text), hypers=hyper_rows(spec), base=base, states=state_rows(spec),
-                sparse=sparse_text(spec), options=options, lazy=bool(spec.sparse and spec.sparse[0] == "lazy"))
+                sparse=sparse_text(spec), options=options, lazy=bool(spec.sparse and spec.sparse.lazy))
 
 
 def summary(spec: Spec) -> str:
@@ -227,7 +227,7 @@ def render_index(specs: list[tuple[Spec, str]]) -> str:
     for spec, shown in sorted(specs, key=lambda p: p[0].module_name):
         names = ", ".join(f"`{n}`" for n in dict.fromkeys([spec.name.lower()] + [a.lower() for a in spec.aliases]))
         states = ", ".join(f"`{s.name}`" for s in spec.states) or "—"
-        sparse = spec.sparse[0] if spec.sparse else "standard"
+        sparse = spec.sparse.mode if spec.sparse else "standard"
         text = summary(spec).replace("|", "\\|")
         lines.append(f"| [{spec.name}]({spec.module_name}.md) | {names} | {states} | {sparse} | {text} |")
     return "\n".join(lines) + "\n"

@@ -13,8 +13,8 @@ all their reductions come back in one transfer (`multi.run_lockstep`).
 """
 from __future__ import annotations
 
-from .emit_numpy import NumpyEmitter
-from .ir import Op
+from .emit_numpy import NumpyEmitter, if_lines
+from .ir import Op, Role
 from .lower import Host, Program, Stage
 from .walk import leaves, targets
 
@@ -27,11 +27,11 @@ def driver_lines(spec, program: Program) -> list[str]:
     out += [f"{b} = self.{b}" for b in sorted(leaves(body, {Op.BUILTIN}) & {"rescale_grad", "clip_gradient"})]
     out += [f"{n} = call[{n!r}]" for n in spec.prologue_exports]
     out += [f"{g} = self._globals[{g!r}]" for g in sorted(leaves(body, {Op.GLOBAL}))]
-    used_states = leaves(body, {Op.STATE}) | targets(body, "state")
+    used_states = leaves(body, {Op.STATE}) | targets(body, Role.STATE)
     for st in spec.states:
         if st.name in used_states:
             out.append(f"{st.name} = tensors.get({st.name!r})" if st.cond is not None else f"{st.name} = tensors[{st.name!r}]")
-    used_scalars = leaves(body, {Op.SCALAR_STATE}) | targets(body, "scalar_state")
+    used_scalars = leaves(body, {Op.SCALAR_STATE}) | targets(body, Role.SCALAR_STATE)
     out += [f"{s.name} = scalars[{s.name!r}]" for s in spec.scalar_states if s.name in used_scalars]
     for name in program.scratch:
         out.append(f"{name} = be.scratch(weight, {name!r})")
@@ -54,17 +54,12 @@ def driver_lines(spec, program: Program) -> list[str]:
                 else:
                     lines.append(f"{pad}{call})")
             else:
-                for k, (cond, sub) in enumerate(item.branches):
-                    lines.append(f"{pad}{'if' if k == 0 else 'elif'} {em.expr(cond)}:")
-                    lines += steps(sub, depth + 1) or [pad + "    pass"]
-                if item.orelse:
-                    lines.append(f"{pad}else:")
-                    lines += steps(item.orelse, depth + 1)
+                lines += if_lines(item.branches, item.orelse, pad, em.expr, lambda sub: steps(sub, depth + 1))
         return lines
 
     out += steps(program.steps, 0)
     for s in spec.scalar_states:
-        if s.name in targets(body, "scalar_state"):
+        if s.name in targets(body, Role.SCALAR_STATE):
             out.append(f"scalars[{s.name!r}] = {s.name}")
     return out
 

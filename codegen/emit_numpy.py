@@ -6,7 +6,7 @@ tensor values are NumPy arrays. Weight and states are written in place (`mean[..
 from __future__ import annotations
 
 from .errors import InternalError
-from .ir import Assign, Expr, IfStmt, Kind, Op, Spec
+from .ir import Assign, Expr, IfStmt, Kind, Op, Role, Spec
 from .lower import Branch, Host, Program, Stage
 from .walk import leaves, targets
 
@@ -108,33 +108,41 @@ class NumpyEmitter:
         raise InternalError(f"no numpy rule for {op}")
 
     # ---- statements ------------------------------------------------------------------------------
-    def block(self, stmts, indent: int, prologue: bool = False) -> list[str]:
+    def block(self, stmts, indent: int) -> list[str]:
         pad = "    " * indent
         out: list[str] = []
         for s in stmts:
             if isinstance(s, Assign):
-                out.append(pad + self.assign(s, prologue))
+                out += [pad + ln for ln in self.assign_lines(s)]
             elif isinstance(s, IfStmt):
-                for i, (cond, body) in enumerate(s.branches):
-                    out.append(f"{pad}{'if' if i == 0 else 'elif'} {self.expr(cond)}:")
-                    out.extend(self.block(body, indent + 1, prologue) or [pad + "    pass"])
-                if s.orelse:
-                    out.append(f"{pad}else:")
-                    out.extend(self.block(s.orelse, indent + 1, prologue))
+                out += if_lines(s.branches, s.orelse, pad, self.expr, lambda body: self.block(body, indent + 1))
             else:  # pragma: no cover
                 raise InternalError(f"no numpy rule for statement {type(s).__name__}")
         return out
 
-    def assign(self, s: Assign, prologue: bool) -> str:
+    def assign_lines(self, s: Assign) -> list[str]:
+        """The lines of one assignment (a row kernel adds the scatter of the rows it changed)."""
         value = self.expr(s.value)
         comment = f"  # {self.file}:{s.line}"
-        if s.role in ("weight", "state"):
-            return f"{s.target}[...] = {value}{comment}"
-        if s.role == "global":
-            return f"G[{s.target!r}] = {value}{comment}"
-        if s.role == "local" and s.value.kind is Kind.TENSOR and _may_alias(s.value):
-            return f"{s.target} = {self.xp}.array({value}){comment}"  # a private copy: weight/states change in place
-        return f"{s.target} = {value}{comment}"
+        if s.role.in_place:
+            return [f"{s.target}[...] = {value}{comment}"]
+        if s.role is Role.GLOBAL:
+            return [f"G[{s.target!r}] = {value}{comment}"]
+        if s.role is Role.LOCAL and s.value.kind is Kind.TENSOR and _may_alias(s.value):
+            return [f"{s.target} = {self.xp}.array({value}){comment}"]  # a private copy: weight/states change in place
+        return [f"{s.target} = {value}{comment}"]
+
+
+def if_lines(branches, orelse, pad: str, cond_text, body_lines) -> list[str]:
+    """A Python `if`/`elif`/`else` over branches of anything `body_lines` renders (statements, steps)."""
+    out = []
+    for k, (cond, body) in enumerate(branches):
+        out.append(f"{pad}{'if' if k == 0 else 'elif'} {cond_text(cond)}:")
+        out += body_lines(body) or [pad + "    pass"]
+    if orelse:
+        out.append(f"{pad}else:")
+        out += body_lines(orelse)
+    return out
 
 
 def _may_alias(e: Expr) -> bool:
@@ -201,12 +209,7 @@ class ChunkedKernel:
             if isinstance(it, Host):
                 out += self.em.block([it.stmt], indent)
             elif isinstance(it, Branch):
-                for k, (cond, sub) in enumerate(it.branches):
-                    out.append(f"{pad}{'if' if k == 0 else 'elif'} {self.em.expr(cond)}:")
-                    out += self._render(sub, indent + 1) or [pad + "    pass"]
-                if it.orelse:
-                    out.append(f"{pad}else:")
-                    out += self._render(it.orelse, indent + 1)
+                out += if_lines(it.branches, it.orelse, pad, self.em.expr, lambda sub: self._render(sub, indent + 1))
             elif it.stmts:   # a reduction-only stage: the host computes its reductions
                 out += self._stage(it, indent)
         return out
@@ -254,12 +257,7 @@ class ChunkedKernel:
             if isinstance(s, Assign):
                 out.append(pad + self._assign(s))
             else:
-                for k, (cond, body) in enumerate(s.branches):
-                    out.append(f"{pad}{'if' if k == 0 else 'elif'} {self.em.expr(cond)}:")
-                    out += self._body(body, indent + 1) or [pad + "    pass"]
-                if s.orelse:
-                    out.append(f"{pad}else:")
-                    out += self._body(s.orelse, indent + 1)
+                out += if_lines(s.branches, s.orelse, pad, self.em.expr, lambda body: self._body(body, indent + 1))
         return out
 
     def _assign(self, s: Assign) -> str:
@@ -323,7 +321,7 @@ def kernel_lines(em: NumpyEmitter, program: Program) -> list[str]:
         return straight
     ck = ChunkedKernel(em.spec, program)
     chunked = ck.lines(1)
-    used = leaves(em.spec.body, {Op.STATE}) | targets(em.spec.body, "state")
+    used = leaves(em.spec.body, {Op.STATE}) | targets(em.spec.body, Role.STATE)
     arrays = ", ".join(["weight", "grad"] + [st.name for st in em.spec.states if st.name in used])
     return ([f"if not chunks.use({arrays}):  # small (or strided) tensors: the equations as written"]
             + ["    " + ln for ln in straight]

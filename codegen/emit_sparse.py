@@ -18,10 +18,11 @@ Work is proportional to the rows touched except for whole-tensor reductions the 
 """
 from __future__ import annotations
 
-from .emit_numpy import ATOM, REDUCE_FUNCS, NumpyEmitter, leaves
+from .emit_numpy import ATOM, REDUCE_FUNCS, NumpyEmitter
 from .errors import InternalError
 from .verify import full_tensor_reduction
-from .ir import Assign, Expr, Kind, Op, Spec
+from .ir import Assign, Expr, Kind, Op, Role, Spec
+from .walk import assigns, exprs, leaves, nodes
 
 ROWS_SUFFIX = "_rows"
 
@@ -50,25 +51,14 @@ class RowsEmitter(NumpyEmitter):
                     f"weight{ROWS_SUFFIX})"), ATOM
         return super()._e(e)
 
-    def block(self, stmts, indent: int, prologue: bool = False) -> list[str]:
-        pad = "    " * indent
-        out: list[str] = []
-        for s in stmts:
-            if isinstance(s, Assign):
-                out.append(pad + self.assign(s, prologue))
-                if s.role in ("weight", "state"):   # scatter the rows back at once
-                    out.append(f"{pad}{s.target}[rows] = {s.target}{ROWS_SUFFIX}")
-            else:
-                out.extend(super().block([s], indent, prologue))
-        return out
-
-    def assign(self, s: Assign, prologue: bool) -> str:
-        if s.role in ("weight", "state"):
-            return f"{s.target}{ROWS_SUFFIX} = {self.expr(s.value)}  # {self.file}:{s.line}"
-        if s.role == "local" and s.value.kind is Kind.TENSOR:
+    def assign_lines(self, s: Assign) -> list[str]:
+        if s.role.in_place:   # rebind the rows, then scatter them back at once
+            return [f"{s.target}{ROWS_SUFFIX} = {self.expr(s.value)}  # {self.file}:{s.line}",
+                    f"{s.target}[rows] = {s.target}{ROWS_SUFFIX}"]
+        if s.role is Role.LOCAL and s.value.kind is Kind.TENSOR:
             # locals are fresh values; rows values are rebound, never written in place
-            return f"{s.target} = {self.expr(s.value)}  # {self.file}:{s.line}"
-        return super().assign(s, prologue)
+            return [f"{s.target} = {self.expr(s.value)}  # {self.file}:{s.line}"]
+        return super().assign_lines(s)
 
     def kernel_lines(self) -> list[str]:
         """The body of `_kernel_rows` after the hyperparameter and call bindings."""
@@ -95,45 +85,26 @@ class RowsEmitter(NumpyEmitter):
 def row_blocked(spec: Spec) -> bool:
     """True when the update treats every row on its own: no reductions, no per-parameter numbers or
     globals written, no random draws. Then the row kernel may run block by block."""
-    def stmts(body):
-        for s in body:
-            if isinstance(s, Assign):
-                yield s
-            else:
-                for c, b in s.branches:
-                    yield Assign("", "local", c, None)
-                    yield from stmts(b)
-                yield from stmts(s.orelse)
-    for s in stmts(spec.body):
-        if s.role in ("scalar_state", "global") or any(n.op in REDUCE_FUNCS for n in s.value.walk()):
-            return False
-    return not spec.uses_random
+    if any(s.role in (Role.SCALAR_STATE, Role.GLOBAL) for s in assigns(spec.body)):
+        return False
+    return not any(n.op in REDUCE_FUNCS for n in nodes(spec.body)) and not spec.uses_random
 
 
 def _elementwise_reads(stmts) -> set:
-    """Names of weight/states read outside reductions anywhere in `stmts`."""
+    """Names of weight/states read outside reductions anywhere in `stmts` (a draw reads the weight's
+    rows for its shape)."""
     out = set()
 
     def visit(e):
         if e.op in REDUCE_FUNCS:
             return
-        if e.op is Op.WEIGHT:
+        if e.op in (Op.WEIGHT, Op.NORMAL):
             out.add("weight")
         elif e.op is Op.STATE:
             out.add(e.value)
-        elif e.op is Op.NORMAL:
-            out.add("weight")
         for a in e.args:
             visit(a)
 
-    def walk(body):
-        for s in body:
-            if isinstance(s, Assign):
-                visit(s.value)
-            else:
-                for c, b in s.branches:
-                    visit(c)
-                    walk(b)
-                walk(s.orelse)
-    walk(stmts)
+    for e in exprs(stmts):
+        visit(e)
     return out

@@ -2,7 +2,7 @@
 
 An expression is a frozen `Expr`: an `Op`, its value type `Ty`, where it lives (`Kind`), its
 operands and a span back into the spec. Equal subexpressions compare equal, so emitters can
-cache on them. Statements are `Assign` and `IfStmt`. A `Spec` holds the declarations plus the
+cache on them. Statements are `Assign` (its target's `Role`) and `IfStmt`. A `Spec` holds the declarations plus the
 update split in two: `prologue` (once per update call) and `body` (once per parameter).
 """
 from __future__ import annotations
@@ -74,10 +74,24 @@ class Expr:
             yield from a.walk()
 
 
+class Role(enum.Enum):
+    """What an assignment's target is."""
+    WEIGHT = "weight"               # the parameter, in place
+    STATE = "state"                 # a tensor state, in place
+    SCALAR_STATE = "scalar_state"   # a per-parameter number kept on the host
+    GLOBAL = "global"               # an optimizer-wide number
+    LOCAL = "local"                 # a value of this update only
+
+    @property
+    def in_place(self) -> bool:
+        """A tensor kept from step to step (the weight, a state): written in place."""
+        return self in (Role.WEIGHT, Role.STATE)
+
+
 @dataclass(frozen=True)
 class Assign:
     target: str
-    role: str                  # weight | state | scalar_state | global | local
+    role: Role
     value: Expr
     span: Span = field(compare=False, repr=False)
     line: int = 0              # source line, for comments in generated code
@@ -99,18 +113,6 @@ class IfStmt:
         for body in [b for _, b in self.branches] + [self.orelse]:
             kinds.extend(s.kind for s in body)
         return max(kinds)
-
-
-def statement_exprs(stmts):
-    """Every expression a list of statements evaluates, branches included: values and conditions."""
-    for s in stmts:
-        if isinstance(s, Assign):
-            yield s.value
-        else:
-            for cond, body in s.branches:
-                yield cond
-                yield from statement_exprs(body)
-            yield from statement_exprs(s.orelse)
 
 
 @dataclass(frozen=True)
@@ -159,6 +161,19 @@ class Global:
 
 
 @dataclass(frozen=True)
+class Sparse:
+    """A `sparse` declaration: how a row-sparse gradient updates the parameter."""
+    mode: str                       # lazy | standard
+    cond: Expr | None = None        # lazy only when this holds (hyperparameters, master_copy)
+    requires: Expr | None = None    # checked before a lazy update ...
+    message: str | None = None      # ... raising ValueError(message) when false
+
+    @property
+    def lazy(self) -> bool:
+        return self.mode == "lazy"
+
+
+@dataclass(frozen=True)
 class Spec:
     name: str
     path: str
@@ -172,7 +187,7 @@ class Spec:
     scalar_states: tuple
     globals: tuple
     options: dict
-    sparse: tuple | None       # (mode, cond Expr | None, requires Expr | None, requires message | None)
+    sparse: Sparse | None
     prologue: tuple            # statements run once per update call
     body: tuple                # statements run once per parameter
     prologue_exports: tuple    # prologue locals the body reads

@@ -42,7 +42,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-from .ir import REDUCTIONS, Assign, Expr, IfStmt, Kind, Op, Spec, Ty
+from .ir import REDUCTIONS, Assign, Expr, IfStmt, Kind, Op, Role, Spec, Ty
 from .names import BUILTINS
 from .walk import assigns, exprs, host_names_read, nodes, own_exprs, tensor_locals_read
 
@@ -159,7 +159,7 @@ def _not(c: Expr) -> Expr:
 
 
 def _is_tensor_stmt(s: Assign) -> bool:
-    return s.role in ("weight", "state") or s.value.kind is Kind.TENSOR
+    return s.role.in_place or s.value.kind is Kind.TENSOR
 
 
 def _inlinable(s) -> bool:
@@ -224,7 +224,7 @@ class _Lifter:
     def _temp(self, value: Expr, s: Assign, pre: list) -> Expr:
         name = f"{LIFTED_PREFIX}{self.count}"
         self.count += 1
-        pre.append(Assign(name, "local", value, s.span, s.line))
+        pre.append(Assign(name, Role.LOCAL, value, s.span, s.line))
         return Expr(Op.LOCAL, value.ty, value.kind, (), name, value.optional, value.span)
 
     def _tensor(self, e: Expr, s, pre, guard=()) -> Expr:
@@ -350,7 +350,7 @@ class Lowering:
             for s in stmts:
                 if isinstance(s, Assign):
                     need.update(tensor_locals_read(s.value) - assigned)
-                    if s.role == "local":
+                    if s.role is Role.LOCAL:
                         assigned.add(s.target)
                         defined.add(s.target)
                 else:
@@ -376,7 +376,7 @@ class Lowering:
                     host_reads(item.orelse)
         host_reads(steps)
         for st in self.stages:
-            st.scratch_writes = {s.target for s in assigns(st.stmts) if s.role == "local" and s.target in need}
+            st.scratch_writes = {s.target for s in assigns(st.stmts) if s.role is Role.LOCAL and s.target in need}
         return sorted(n for n in need if n in defined)
 
 
@@ -428,9 +428,9 @@ def _tables(st: Stage, scratch, states, optional) -> None:
                     key = memory_key(n, scratch)
                     if key and key not in assigned and key not in st.reads:
                         st.reads.append(key)
-                if (s.role in ("weight", "state") or s.target in st.scratch_writes) and s.target not in st.writes:
+                if (s.role.in_place or s.target in st.scratch_writes) and s.target not in st.writes:
                     st.writes.append(s.target)
-                if s.role == "local" and s.target not in st.locals:
+                if s.role is Role.LOCAL and s.target not in st.locals:
                     st.locals.append(s.target)
                 assigned.add(s.target)
             else:

@@ -26,7 +26,7 @@ def _row_reduction(arg) -> bool:
 
 def verify(spec: Spec, r: Reporter) -> None:
     """Report (on `r`) every rule of the module doc that `spec` breaks."""
-    if spec.sparse and spec.sparse[0] == "lazy":
+    if spec.sparse and spec.sparse.lazy:
         for n in nodes(spec.body):
             if n.op in REDUCTIONS and full_tensor_reduction(n.args[0]) and _row_reduction(n.args[0]):
                 r.error(n.span, "a row-sparse (lazy) update cannot reduce over the weight or a state and the "

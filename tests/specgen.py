@@ -68,7 +68,7 @@ class _Gen:
             return self.tensor_leaf(scope)
         a = lambda: self.tensor(scope, depth + 1)  # noqa: E731
         h = lambda: self.host(scope, depth + 1)  # noqa: E731
-        form = self.draw(st.integers(0, 13))
+        form = self.draw(st.integers(0, 17))
         if form == 0:
             return f"({a()} + {a()})"
         if form == 1:
@@ -95,7 +95,17 @@ class _Gen:
             return f"minimum(square({a()}) * 0.25, 2)"
         if form == 12:
             return f"log(1 + abs({a()}))"
-        return f"{h()} * {a()} + {a()}"
+        if form == 13:
+            return f"{h()} * {a()} + {a()}"
+        if form == 14:   # a host test picks a side; `c` is a number only on the first
+            if self.draw(st.booleans()):
+                return f"where(c > 0.5, {a()} * c, {a()})"
+            return f"where(flag, {a()}, {h()} * {a()})"
+        if form == 15 and scope["masks"]:
+            return f"where({self.draw(st.sampled_from(scope['masks']))}, {a()}, {a()})"
+        if form == 16:
+            return f"where({a()} > 0 and not ({a()} < -0.5), {a()} ** 2, {a()} % 0.75)"
+        return f"{a()} * {h()} / (1 + abs({h()}))"
 
     def bound(self, scope):
         opts = ["clip_gradient", "0.75", "b"]
@@ -154,7 +164,7 @@ class _Gen:
     def inner(scope, **changes):
         """The scope of a branch: names assigned inside it are not visible after it."""
         return dict(scope, tensors=list(scope["tensors"]), hosts=list(scope["hosts"]),
-                    reduced=list(scope["reduced"]), **changes)
+                    reduced=list(scope["reduced"]), masks=list(scope["masks"]), **changes)
 
     def block(self, scope, n, depth):
         out = []
@@ -194,6 +204,11 @@ class _Gen:
         if form == 5:
             return [f"{pad}acc = acc * 0.5 + {self.host(scope, reduce=False)} * 0.01"]
         if form == 6:
+            if self.draw(st.booleans()):
+                name = self.fresh("m")
+                line = f"{pad}{name} = {self.tensor(scope)} > {self.tensor(scope)} or grad > 0.5"
+                scope["masks"].append(name)
+                return [line]
             return [f"{pad}weight = weight / (1 + lr * norm({self.tensor(scope)}))"]
         # an if / elif / else
         kind = self.draw(st.sampled_from(["plain", "plain", "optional", "state"]))
@@ -246,7 +261,7 @@ global seen = learning_rate
 def specs(draw, name="Rand"):
     """(spec text, lazy) for a random spec named `name`; `lazy` says it declares `sparse lazy`."""
     g = _Gen(draw)
-    scope = {"tensors": [], "hosts": [], "reduced": [], "narrowed": False, "mom": False}
+    scope = {"tensors": [], "hosts": [], "reduced": [], "masks": [], "narrowed": False, "mom": False}
     body = g.block(scope, draw(st.integers(2, 7)), 0)
     body.append("    seen = seen * 0.5 + learning_rate")
     body.append("    weight -= lr * seen * 0.01 * grad")

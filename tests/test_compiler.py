@@ -71,6 +71,22 @@ def test_emit_ir_and_numpy(capsys):
     assert "def _kernel_numpy" in capsys.readouterr().out
 
 
+def test_emit_program_shows_the_staged_program(capsys, tmp_path):
+    """`--emit program`: the steps every compiled target runs. A norm inside an elementwise statement
+    is a host step of its own, after the stage that changed the tensor it reads."""
+    spec = tmp_path / "normafterstep.opt"
+    spec.write_text("optimizer NormAfterStep\nupdate {\n    weight -= lr * grad\n    weight = weight / norm(weight)\n}\n")
+    assert cli.main(["--emit", "program", str(spec)]) == 0
+    lines = [ln.strip() for ln in capsys.readouterr().out.splitlines()]
+    steps = [" ".join(ln.split()[:2]) for ln in lines if ln.startswith(("stage ", "host "))]
+    # the norm rides on the stage that wrote the weight: its sum of squares of the new values
+    assert steps == ["stage s0", "host _r0", "stage s1"], lines
+    assert "reduce slot 0: norm(weight)" in lines and any("[norm from s0 slot 0]" in ln for ln in lines)
+    assert cli.main(["--emit", "program", str(SPECS / "lamb.opt")]) == 0
+    out = capsys.readouterr().out
+    assert "stage s0 (optforge_lamb_s0): reads grad, mean, var, weight; writes mean, var, upd" in out
+
+
 def _import_package(out_dir: Path, name: str):
     """Import a compiled output folder as a throwaway package."""
     spec = importlib.util.spec_from_file_location(name, out_dir / "__init__.py",
