@@ -51,6 +51,7 @@ class CStyleEmitter:
         self.file = spec.path.rsplit("/", 1)[-1]
         self.program = program or lower(spec)
         self.steps, self.stages, self.scratch = self.program.steps, self.program.stages, self.program.scratch
+        self.helpers: set = set()   # the op_* functions the rendered stages call
 
     # ---- expressions --------------------------------------------------------------------------
     def expr(self, e: Expr, names: dict) -> str:
@@ -83,9 +84,12 @@ class CStyleEmitter:
             c, a, b = (self.expr(x, names) for x in e.args)
             return f"({c} ? C({a}) : C({b}))", ATOM
         if op is Op.NORMAL:
+            self.helpers.add("op_normal")
             salt = names.setdefault(("salt", e), len([k for k in names if isinstance(k, tuple)]))
             return f"op_normal<C>(k_seed, i, {salt}, {self.expr(e.args[0], names)}, {self.expr(e.args[1], names)})", ATOM
         if op in self.FUNCS:
+            if self.FUNCS[op].startswith("op_"):
+                self.helpers.add(self.FUNCS[op].split("(")[0])   # emitted only where used
             return self.FUNCS[op].format(*(self.expr(a, names) for a in e.args)), ATOM
         raise InternalError(f"no {self.target} rule for {op}")
 
@@ -141,7 +145,7 @@ class CStyleEmitter:
         for flags in itertools.product((1, 0), repeat=len(optional) + len(branch)):
             tests = [f"p_{n}" if f else f"!p_{n}" for n, f in zip(optional, flags)]
             tests += [f"{n} != 0" if f else f"{n} == 0" for n, f in zip(branch, flags[len(optional):])]
-            cases.append((" && ".join(tests) or "true", "".join(f", {f}" for f in flags)))
+            cases.append((" && ".join(tests) or None, "".join(f", {f}" for f in flags)))
         body = self._body(st.stmts, names, 0, {n: k for k, n in enumerate(branch)})
         nred = len(st.reductions)
         return {"name": st.name, "nred": nred, "reduce": reduce_lines,
@@ -185,7 +189,7 @@ class CStyleEmitter:
         stages = [self.stage(st) for st in self.stages]
         uses_normal = any(n.op is Op.NORMAL for st in self.stages for e in st.exprs() for n in e.walk())
         return _env.get_template(self.template).render(
-            spec=self.spec, stages=stages, uses_normal=uses_normal, header=_header(self.spec, spec_path),
+            spec=self.spec, stages=stages, uses_normal=uses_normal, helpers=self.helpers, header=_header(self.spec, spec_path),
             lazy_rows=bool(self.spec.sparse and self.spec.sparse.lazy))   # row kernels only where used
 
 

@@ -98,7 +98,6 @@ class AdaDelta(Optimizer):
     def _kernel_staged(self, be, call, weight, grad, tensors, scalars, lr, wd, t, param_name, learning_rate, num_update):
         """The same update for compiled backends: host code around the stage kernels of
         adadelta.cpp / adadelta.cu, launched through `be`."""
-        xp = be.xp
         epsilon = self.epsilon
         rho = self.rho
         clip_gradient = self.clip_gradient

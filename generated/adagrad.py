@@ -115,7 +115,6 @@ class AdaGrad(Optimizer):
     def _kernel_staged(self, be, call, weight, grad, tensors, scalars, lr, wd, t, param_name, learning_rate, num_update):
         """The same update for compiled backends: host code around the stage kernels of
         adagrad.cpp / adagrad.cu, launched through `be`."""
-        xp = be.xp
         eps = self.eps
         clip_gradient = self.clip_gradient
         rescale_grad = self.rescale_grad

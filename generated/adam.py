@@ -141,7 +141,6 @@ class Adam(Optimizer):
     def _kernel_staged(self, be, call, weight, grad, tensors, scalars, lr, wd, t, param_name, learning_rate, num_update):
         """The same update for compiled backends: host code around the stage kernels of
         adam.cpp / adam.cu, launched through `be`."""
-        xp = be.xp
         beta1 = self.beta1
         beta2 = self.beta2
         epsilon = self.epsilon

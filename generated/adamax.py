@@ -99,7 +99,6 @@ class Adamax(Optimizer):
     def _kernel_staged(self, be, call, weight, grad, tensors, scalars, lr, wd, t, param_name, learning_rate, num_update):
         """The same update for compiled backends: host code around the stage kernels of
         adamax.cpp / adamax.cu, launched through `be`."""
-        xp = be.xp
         beta1 = self.beta1
         beta2 = self.beta2
         clip_gradient = self.clip_gradient

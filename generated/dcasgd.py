@@ -111,7 +111,6 @@ class DCASGD(Optimizer):
     def _kernel_staged(self, be, call, weight, grad, tensors, scalars, lr, wd, t, param_name, learning_rate, num_update):
         """The same update for compiled backends: host code around the stage kernels of
         dcasgd.cpp / dcasgd.cu, launched through `be`."""
-        xp = be.xp
         lamda = self.lamda
         momentum = self.momentum
         clip_gradient = self.clip_gradient

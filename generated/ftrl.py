@@ -124,7 +124,6 @@ class Ftrl(Optimizer):
     def _kernel_staged(self, be, call, weight, grad, tensors, scalars, lr, wd, t, param_name, learning_rate, num_update):
         """The same update for compiled backends: host code around the stage kernels of
         ftrl.cpp / ftrl.cu, launched through `be`."""
-        xp = be.xp
         beta = self.beta
         lamda1 = self.lamda1
         clip_gradient = self.clip_gradient

@@ -162,7 +162,6 @@ class LAMB(Optimizer):
     def _kernel_phases(self, be, call, weight, grad, tensors, scalars, lr, wd, t, param_name, learning_rate, num_update):
         """`_kernel_staged` as a generator: it yields each launch whose reductions it needs next and
         resumes with their partial sums (codegen/emit_driver.py)."""
-        xp = be.xp
         beta1 = self.beta1
         beta2 = self.beta2
         bias_correction = self.bias_correction

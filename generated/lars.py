@@ -180,7 +180,6 @@ class LARS(Optimizer):
     def _kernel_phases(self, be, call, weight, grad, tensors, scalars, lr, wd, t, param_name, learning_rate, num_update):
         """`_kernel_staged` as a generator: it yields each launch whose reductions it needs next and
         resumes with their partial sums (codegen/emit_driver.py)."""
-        xp = be.xp
         eps = self.eps
         eta = self.eta
         momentum = self.momentum

@@ -137,7 +137,6 @@ class Nadam(Optimizer):
     def _kernel_staged(self, be, call, weight, grad, tensors, scalars, lr, wd, t, param_name, learning_rate, num_update):
         """The same update for compiled backends: host code around the stage kernels of
         nadam.cpp / nadam.cu, launched through `be`."""
-        xp = be.xp
         beta1 = self.beta1
         beta2 = self.beta2
         epsilon = self.epsilon

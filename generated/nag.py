@@ -129,7 +129,6 @@ class NAG(Optimizer):
     def _kernel_staged(self, be, call, weight, grad, tensors, scalars, lr, wd, t, param_name, learning_rate, num_update):
         """The same update for compiled backends: host code around the stage kernels of
         nag.cpp / nag.cu, launched through `be`."""
-        xp = be.xp
         momentum = self.momentum
         clip_gradient = self.clip_gradient
         rescale_grad = self.rescale_grad

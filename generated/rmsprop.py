@@ -138,7 +138,6 @@ class RMSProp(Optimizer):
     def _kernel_staged(self, be, call, weight, grad, tensors, scalars, lr, wd, t, param_name, learning_rate, num_update):
         """The same update for compiled backends: host code around the stage kernels of
         rmsprop.cpp / rmsprop.cu, launched through `be`."""
-        xp = be.xp
         centered = self.centered
         clip_weights = self.clip_weights
         epsilon = self.epsilon

@@ -125,7 +125,6 @@ class SGD(Optimizer):
     def _kernel_staged(self, be, call, weight, grad, tensors, scalars, lr, wd, t, param_name, learning_rate, num_update):
         """The same update for compiled backends: host code around the stage kernels of
         sgd.cpp / sgd.cu, launched through `be`."""
-        xp = be.xp
         momentum = self.momentum
         clip_gradient = self.clip_gradient
         rescale_grad = self.rescale_grad

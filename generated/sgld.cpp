@@ -13,12 +13,6 @@ typedef unsigned long long uint64_t;
 #ifndef OPTFORGE_HD
 #define OPTFORGE_HD inline
 #endif
-template <typename C> OPTFORGE_HD C op_square(C x) { return x * x; }
-template <typename C> OPTFORGE_HD C op_sign(C x) { return C((x > C(0)) - (x < C(0))); }
-template <typename C> OPTFORGE_HD C op_max(C a, C b) { return a > b ? a : b; }
-/* % as in Python and NumPy: the result takes the divisor's sign */
-template <typename C> OPTFORGE_HD C op_mod(C a, C b) { return a - b * floor(a / b); }
-template <typename C> OPTFORGE_HD C op_min(C a, C b) { return a < b ? a : b; }
 /* clip to [-b, b]; b <= 0 (or none, passed as 0) means no clipping */
 template <typename C> OPTFORGE_HD C op_clip(C x, C b) { return b > C(0) ? (x > b ? b : (x < -b ? -b : x)) : x; }
 /* counter-based normal noise: a splitmix64 hash of (seed, element, salt), Box-Muller */
@@ -58,7 +52,7 @@ OPTFORGE_HD void optforge_sgld_s0_elem(int64_t i, int64_t gi, const G* __restric
 
 extern "C" {
 void optforge_sgld_s0_f32(int64_t n, const float* __restrict__ p_grad, float* __restrict__ p_weight, double k_rescale_grad, double k1, double k2, double k_wd, double k4, double k_seed) {
-    if (true) {
+    {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
         for (int64_t i = 0; i < n; ++i)
             optforge_sgld_s0_elem<float, float, float>(i, i, p_grad, p_weight, nullptr, (float)k_rescale_grad, (float)k1, (float)k2, (float)k_wd, (float)k4, k_seed);
@@ -75,7 +69,7 @@ void optforge_sgld_s0_mt_f32(int64_t count, const int64_t* __restrict__ sizes, c
     }
 }
 void optforge_sgld_s0_f64(int64_t n, const double* __restrict__ p_grad, double* __restrict__ p_weight, double k_rescale_grad, double k1, double k2, double k_wd, double k4, double k_seed) {
-    if (true) {
+    {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
         for (int64_t i = 0; i < n; ++i)
             optforge_sgld_s0_elem<double, double, double>(i, i, p_grad, p_weight, nullptr, (double)k_rescale_grad, (double)k1, (double)k2, (double)k_wd, (double)k4, k_seed);

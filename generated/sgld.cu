@@ -16,12 +16,6 @@ typedef unsigned long long uint64_t;
 #ifndef OPTFORGE_HD
 #define OPTFORGE_HD inline
 #endif
-template <typename C> OPTFORGE_HD C op_square(C x) { return x * x; }
-template <typename C> OPTFORGE_HD C op_sign(C x) { return C((x > C(0)) - (x < C(0))); }
-template <typename C> OPTFORGE_HD C op_max(C a, C b) { return a > b ? a : b; }
-/* % as in Python and NumPy: the result takes the divisor's sign */
-template <typename C> OPTFORGE_HD C op_mod(C a, C b) { return a - b * floor(a / b); }
-template <typename C> OPTFORGE_HD C op_min(C a, C b) { return a < b ? a : b; }
 /* clip to [-b, b]; b <= 0 (or none, passed as 0) means no clipping */
 template <typename C> OPTFORGE_HD C op_clip(C x, C b) { return b > C(0) ? (x > b ? b : (x < -b ? -b : x)) : x; }
 /* counter-based normal noise: a splitmix64 hash of (seed, element, salt), Box-Muller */

@@ -85,7 +85,6 @@ class SGLD(Optimizer):
     def _kernel_staged(self, be, call, weight, grad, tensors, scalars, lr, wd, t, param_name, learning_rate, num_update):
         """The same update for compiled backends: host code around the stage kernels of
         sgld.cpp / sgld.cu, launched through `be`."""
-        xp = be.xp
         clip_gradient = self.clip_gradient
         rescale_grad = self.rescale_grad
         be.launch('optforge_sgld_s0', (grad, weight,), (ops.arg(rescale_grad), ops.arg(clip_gradient), ops.arg(-lr / 2), ops.arg(wd), ops.arg(math.sqrt(lr)), be.seed(self._rng), ))

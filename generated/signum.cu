@@ -16,29 +16,9 @@ typedef unsigned long long uint64_t;
 #ifndef OPTFORGE_HD
 #define OPTFORGE_HD inline
 #endif
-template <typename C> OPTFORGE_HD C op_square(C x) { return x * x; }
 template <typename C> OPTFORGE_HD C op_sign(C x) { return C((x > C(0)) - (x < C(0))); }
-template <typename C> OPTFORGE_HD C op_max(C a, C b) { return a > b ? a : b; }
-/* % as in Python and NumPy: the result takes the divisor's sign */
-template <typename C> OPTFORGE_HD C op_mod(C a, C b) { return a - b * floor(a / b); }
-template <typename C> OPTFORGE_HD C op_min(C a, C b) { return a < b ? a : b; }
 /* clip to [-b, b]; b <= 0 (or none, passed as 0) means no clipping */
 template <typename C> OPTFORGE_HD C op_clip(C x, C b) { return b > C(0) ? (x > b ? b : (x < -b ? -b : x)) : x; }
-/* counter-based normal noise: a splitmix64 hash of (seed, element, salt), Box-Muller */
-OPTFORGE_HD uint64_t op_mix(uint64_t z) {
-    z += 0x9E3779B97F4A7C15ull;
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-}
-template <typename C> OPTFORGE_HD C op_normal(double seed, int64_t i, int salt, C mean, C std) {
-    uint64_t s = (uint64_t)seed ^ ((uint64_t)salt << 56);
-    uint64_t a = op_mix(s ^ op_mix((uint64_t)i * 2u));
-    uint64_t b = op_mix(s ^ op_mix((uint64_t)i * 2u + 1u));
-    double u1 = ((a >> 11) + 1.0) * (1.0 / 9007199254740993.0);   /* (0, 1] */
-    double u2 = (b >> 11) * (1.0 / 9007199254740992.0);           /* [0, 1) */
-    return mean + std * C(sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2));
-}
 #endif
 
 template <typename C> OPTFORGE_HD void store_low(float* p, int64_t i, C v) {

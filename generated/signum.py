@@ -108,7 +108,6 @@ class Signum(Optimizer):
     def _kernel_staged(self, be, call, weight, grad, tensors, scalars, lr, wd, t, param_name, learning_rate, num_update):
         """The same update for compiled backends: host code around the stage kernels of
         signum.cpp / signum.cu, launched through `be`."""
-        xp = be.xp
         momentum = self.momentum
         wd_lh = self.wd_lh
         clip_gradient = self.clip_gradient

@@ -71,7 +71,6 @@ class Test(Optimizer):
     def _kernel_staged(self, be, call, weight, grad, tensors, scalars, lr, wd, t, param_name, learning_rate, num_update):
         """The same update for compiled backends: host code around the stage kernels of
         test.cpp / test.cu, launched through `be`."""
-        xp = be.xp
         rescale_grad = self.rescale_grad
         mirror = tensors['mirror']
         be.launch('optforge_test_s0', (weight, grad, mirror,), (ops.arg(rescale_grad), ))
