@@ -206,7 +206,8 @@ def render_module(spec: Spec, spec_path: str | None = None, program: Program | N
         layout_lines=layout, scalar_init_lines=scalar_init, sparse_lines=sparse_lines,
         requires_lines=requires_lines, rows_lines=rows_lines,
         prologue_lines=pro, kernel_lines=ker, staged_lines=staged,
-        phased=program.phased, multi_tensor=program.multi_tensor)
+        phased=program.phased, multi_tensor=program.multi_tensor,
+        kernel_stages=tuple(st.fn for st in program.stages))
 
 
 def _rebind_globals(lines, spec):

@@ -52,6 +52,7 @@ class AdaDelta(Optimizer):
     options = {}
     sparse = None
     multi_tensor = True   # list updates on CUDA: one launch per stage for all parameters
+    kernel_stages = ('optforge_adadelta_s0',)
 
     def __init__(self, rho=0.9, epsilon=1e-05, **kwargs):
         hyper = self._check_hypers({'rho': rho, 'epsilon': epsilon})

@@ -51,6 +51,7 @@ class AdaGrad(Optimizer):
     options = {}
     sparse = 'lazy'
     multi_tensor = True   # list updates on CUDA: one launch per stage for all parameters
+    kernel_stages = ('optforge_adagrad_s0',)
 
     def __init__(self, eps=1e-07, **kwargs):
         hyper = self._check_hypers({'eps': eps})

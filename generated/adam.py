@@ -67,6 +67,7 @@ class Adam(Optimizer):
     options = {}
     sparse = 'lazy'
     multi_tensor = True   # list updates on CUDA: one launch per stage for all parameters
+    kernel_stages = ('optforge_adam_s0',)
 
     def __init__(self, learning_rate=0.001, beta1=0.9, beta2=0.999, epsilon=1e-08, lazy_update=True, **kwargs):
         hyper = self._check_hypers({'beta1': beta1, 'beta2': beta2, 'epsilon': epsilon, 'lazy_update': lazy_update})

@@ -55,6 +55,7 @@ class Adamax(Optimizer):
     options = {}
     sparse = None
     multi_tensor = True   # list updates on CUDA: one launch per stage for all parameters
+    kernel_stages = ('optforge_adamax_s0',)
 
     def __init__(self, learning_rate=0.002, beta1=0.9, beta2=0.999, **kwargs):
         hyper = self._check_hypers({'beta1': beta1, 'beta2': beta2})

@@ -59,6 +59,7 @@ class DCASGD(Optimizer):
     options = {}
     sparse = None
     multi_tensor = True   # list updates on CUDA: one launch per stage for all parameters
+    kernel_stages = ('optforge_dcasgd_s0',)
 
     def __init__(self, momentum=0.0, lamda=0.04, **kwargs):
         hyper = self._check_hypers({'momentum': momentum, 'lamda': lamda})

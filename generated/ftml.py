@@ -61,6 +61,7 @@ class FTML(Optimizer):
     options = {}
     sparse = None
     multi_tensor = True   # list updates on CUDA: one launch per stage for all parameters
+    kernel_stages = ('optforge_ftml_s0',)
 
     def __init__(self, beta1=0.6, beta2=0.999, epsilon=1e-08, **kwargs):
         hyper = self._check_hypers({'beta1': beta1, 'beta2': beta2, 'epsilon': epsilon})

@@ -56,6 +56,7 @@ class Ftrl(Optimizer):
     options = {'keep_scheduler_base_lr': True}
     sparse = 'lazy'
     multi_tensor = True   # list updates on CUDA: one launch per stage for all parameters
+    kernel_stages = ('optforge_ftrl_s0',)
 
     def __init__(self, lamda1=0.01, learning_rate=0.1, beta=1.0, **kwargs):
         hyper = self._check_hypers({'lamda1': lamda1, 'beta': beta})

@@ -84,6 +84,7 @@ class LAMB(Optimizer):
     options = {'aggregate': 45, 'count_each': True}
     sparse = None
     multi_tensor = True   # list updates on CUDA: one launch per stage for all parameters
+    kernel_stages = ('optforge_lamb_s0', 'optforge_lamb_s1')
 
     def __init__(self, learning_rate=0.001, beta1=0.9, beta2=0.999, epsilon=1e-06, lower_bound=None, upper_bound=None, bias_correction=True, **kwargs):
         hyper = self._check_hypers({'beta1': beta1, 'beta2': beta2, 'epsilon': epsilon, 'lower_bound': lower_bound, 'upper_bound': upper_bound, 'bias_correction': bias_correction})

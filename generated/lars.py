@@ -76,6 +76,7 @@ class LARS(Optimizer):
     options = {'decay_suffixes': ('_weight',), 'aggregate': 4}
     sparse = 'lazy'
     multi_tensor = True   # list updates on CUDA: one launch per stage for all parameters
+    kernel_stages = ('optforge_lars_s0', 'optforge_lars_s1')
 
     def __init__(self, momentum=0.0, lazy_update=True, eta=0.001, eps=0.0, momentum_correction=True, **kwargs):
         hyper = self._check_hypers({'momentum': momentum, 'lazy_update': lazy_update, 'eta': eta, 'eps': eps, 'momentum_correction': momentum_correction})

@@ -106,6 +106,7 @@ class LBSGD(Optimizer):
     options = {'unused': ('num_epochs',), 'lr_before_count': True}
     sparse = 'lazy'
     multi_tensor = True   # list updates on CUDA: one launch per stage for all parameters
+    kernel_stages = ('optforge_lbsgd_s0', 'optforge_lbsgd_s1', 'optforge_lbsgd_s2', 'optforge_lbsgd_s3', 'optforge_lbsgd_s4')
 
     def __init__(self, momentum=0.0, multi_precision=False, warmup_strategy='linear', warmup_epochs=5, batch_scale=1, updates_per_epoch=32, begin_epoch=0, num_epochs=60, **kwargs):
         hyper = self._check_hypers({'momentum': momentum, 'warmup_strategy': warmup_strategy, 'warmup_epochs': warmup_epochs, 'batch_scale': batch_scale, 'updates_per_epoch': updates_per_epoch, 'begin_epoch': begin_epoch, 'num_epochs': num_epochs})

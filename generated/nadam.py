@@ -73,6 +73,7 @@ class Nadam(Optimizer):
     options = {}
     sparse = None
     multi_tensor = True   # list updates on CUDA: one launch per stage for all parameters
+    kernel_stages = ('optforge_nadam_s0',)
 
     def __init__(self, learning_rate=0.001, beta1=0.9, beta2=0.999, epsilon=1e-08, schedule_decay=0.004, **kwargs):
         hyper = self._check_hypers({'beta1': beta1, 'beta2': beta2, 'epsilon': epsilon, 'schedule_decay': schedule_decay})

@@ -54,6 +54,7 @@ class NAG(Optimizer):
     options = {}
     sparse = 'lazy'
     multi_tensor = True   # list updates on CUDA: one launch per stage for all parameters
+    kernel_stages = ('optforge_nag_s0',)
 
     def __init__(self, momentum=0.0, **kwargs):
         hyper = self._check_hypers({'momentum': momentum})

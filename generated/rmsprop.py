@@ -76,6 +76,7 @@ class RMSProp(Optimizer):
     options = {}
     sparse = None
     multi_tensor = True   # list updates on CUDA: one launch per stage for all parameters
+    kernel_stages = ('optforge_rmsprop_s0',)
 
     def __init__(self, learning_rate=0.001, gamma1=0.9, gamma2=0.9, epsilon=1e-08, centered=False, clip_weights=None, **kwargs):
         hyper = self._check_hypers({'gamma1': gamma1, 'gamma2': gamma2, 'epsilon': epsilon, 'centered': centered, 'clip_weights': clip_weights})

@@ -54,6 +54,7 @@ class SGD(Optimizer):
     options = {'aggregate': 4}
     sparse = 'lazy'
     multi_tensor = True   # list updates on CUDA: one launch per stage for all parameters
+    kernel_stages = ('optforge_sgd_s0',)
 
     def __init__(self, momentum=0.0, lazy_update=True, **kwargs):
         hyper = self._check_hypers({'momentum': momentum, 'lazy_update': lazy_update})

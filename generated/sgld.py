@@ -50,6 +50,7 @@ class SGLD(Optimizer):
     options = {}
     sparse = None
     multi_tensor = True   # list updates on CUDA: one launch per stage for all parameters
+    kernel_stages = ('optforge_sgld_s0',)
 
     def __init__(self, seed=None, **kwargs):
         hyper = self._check_hypers({'seed': seed})

@@ -60,6 +60,7 @@ class Signum(Optimizer):
     options = {}
     sparse = None
     multi_tensor = True   # list updates on CUDA: one launch per stage for all parameters
+    kernel_stages = ('optforge_signum_s0',)
 
     def __init__(self, learning_rate=0.01, momentum=0.9, wd_lh=0.0, **kwargs):
         hyper = self._check_hypers({'momentum': momentum, 'wd_lh': wd_lh})

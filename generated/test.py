@@ -36,6 +36,7 @@ class Test(Optimizer):
     options = {}
     sparse = None
     multi_tensor = True   # list updates on CUDA: one launch per stage for all parameters
+    kernel_stages = ('optforge_test_s0',)
 
     def __init__(self, **kwargs):
         hyper = self._check_hypers({})

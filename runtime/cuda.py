@@ -14,6 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
+from . import multi
+from .backend import SUFFIX, Backend, compute_dtype, variant  # noqa: F401 - variant: part of this API
+
 _lock = threading.Lock()
 _modules: dict = {}
 THREADS = 256
@@ -21,7 +24,7 @@ REDUCE_BLOCKS = 1024   # stages with fused reductions: a grid about one wave of 
 MT_REDUCE_BLOCKS = 32  # the same in a multi-tensor launch, per parameter (all parameters' blocks run together)
 
 
-_SUFFIX = {np.dtype(np.float32): "f32", np.dtype(np.float64): "f64", np.dtype(np.float16): "f16"}
+_SUFFIX = SUFFIX
 
 
 def _blocks(n: int, cap: int) -> int:
@@ -112,19 +115,8 @@ def sum_squares(x) -> float:
     return float(partials.sum())
 
 
-def variant(weight_dtype, grad_dtype, low_precision: bool) -> str:
-    w, g = np.dtype(weight_dtype), np.dtype(grad_dtype)
-    if low_precision:
-        if w != np.float32 or g != np.float16:
-            raise TypeError("multi-precision CUDA update needs a float32 master and a float16 gradient")
-        return "mp16"
-    if w != g or w not in _SUFFIX:
-        raise TypeError(f"no CUDA kernel for weight {w} with gradient {g}")
-    return _SUFFIX[w]
-
-
-class CudaBackend:
-    """What a generated `_kernel_staged` driver needs, for CuPy arrays."""
+class CudaBackend(Backend):
+    """The backend protocol (runtime/backend.py) for CuPy arrays."""
 
     def __init__(self, module, weight, grad, weight_lp=None):
         import cupy
@@ -133,12 +125,6 @@ class CudaBackend:
         self.suffix = variant(weight.dtype, grad.dtype, weight_lp is not None)
         self.weight_lp = weight_lp
         self.funcs: dict = {}
-
-    def scratch(self, like, name):
-        return self.xp.empty(like.shape, np.float64 if like.dtype == np.float64 else np.float32)
-
-    def seed(self, rng) -> float:
-        return float(rng.integers(0, 2 ** 53))
 
     def launch(self, fn: str, arrays, scalars, reduce: int = 0, stores: bool = True):
         """Launch a stage. With `reduce`, the stage also accumulates that many fused reductions: each
@@ -171,7 +157,7 @@ class CudaRowsBackend(CudaBackend):
         self.grad_shape = grad_data.shape
 
     def scratch(self, like, name):
-        return self.xp.empty(self.grad_shape, np.float64 if like.dtype == np.float64 else np.float32)
+        return self.xp.empty(self.grad_shape, compute_dtype(like.dtype))
 
     def launch(self, fn: str, arrays, scalars, reduce: int = 0, stores: bool = True):
         """A stage's row kernel; its reductions are left to the host (they need every row), and a
@@ -208,7 +194,6 @@ class MultiLauncher:
     def __call__(self, name, items):
         import cupy
 
-        from . import multi   # here, not at the top: multi imports this module
         f = self.module.get_function(name)
         n, ntab = len(items), len(items[0][0])
         width = max(1, len(items[0][1]))

@@ -9,13 +9,7 @@ a list's drivers up to their next reduction, flushes, and resumes each with its 
 """
 from __future__ import annotations
 
-import numpy as np
-
-from .cuda import variant
-
-
-def stage_number(fn: str) -> int:
-    return int(fn.rsplit("_s", 1)[1])
+from .backend import Backend, variant
 
 
 class Pending:
@@ -68,10 +62,11 @@ class MultiTensorLaunches:
     a `Pending` that the flush fills (see `run_lockstep`). Only for specs whose drivers never read
     tensors on the host (`multi_tensor = True`: every reduction fused)."""
 
-    def __init__(self, launcher, xp):
+    def __init__(self, launcher, xp, order):
         self.pending: dict = {}
         self.xp = xp
-        self.launcher = launcher   # launcher(kernel name, [(arrays, scalars, weight_lp, (reduce, Pending) | None)])
+        self.launcher = launcher
+        self.order = {fn: k for k, fn in enumerate(order)}   # the program's stages, in program order   # launcher(kernel name, [(arrays, scalars, weight_lp, (reduce, Pending) | None)])
 
     def param(self, weight, grad, weight_lp=None):
         return _Recorder(self, weight, grad, weight_lp)
@@ -80,7 +75,7 @@ class MultiTensorLaunches:
         """Launch everything recorded, stage by stage (each parameter's stages keep their order).
         Returns the number of kernel launches."""
         launches = 0
-        for (fn, suffix), items in sorted(self.pending.items(), key=lambda kv: (stage_number(kv[0][0]), kv[0][1])):
+        for (fn, suffix), items in sorted(self.pending.items(), key=lambda kv: (self.order[kv[0][0]], kv[0][1])):
             for start in range(0, len(items), 65535):
                 self.launcher(f"{fn}_mt_{suffix}", items[start:start + 65535])
                 launches += 1
@@ -88,18 +83,15 @@ class MultiTensorLaunches:
         return launches
 
 
-class _Recorder:
+class _Recorder(Backend):
+    """The backend protocol (runtime/backend.py) of one parameter of a list update: launches are
+    recorded for the flush."""
+
     def __init__(self, owner: MultiTensorLaunches, weight, grad, weight_lp):
         self.owner = owner
         self.xp = owner.xp
         self.suffix = variant(weight.dtype, grad.dtype, weight_lp is not None)
         self.weight_lp = weight_lp
-
-    def scratch(self, like, name):
-        return self.xp.empty(like.shape, np.float64 if like.dtype == np.float64 else np.float32)
-
-    def seed(self, rng) -> float:
-        return float(rng.integers(0, 2 ** 53))
 
     def launch(self, fn: str, arrays, scalars, reduce: int = 0, stores: bool = True):
         """Record a launch; with reductions, return the `Pending` the flush fills with their sums."""

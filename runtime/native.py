@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from . import multi
+from .backend import Backend
 
 # -fno-trapping-math lets the compiler turn a branch on a scalar (RMSProp's `centered`) into a select,
 # so such loops vectorize; NaN and infinity semantics stay IEEE (no -ffast-math).
@@ -154,9 +155,8 @@ def usable(cls) -> bool:
 _SUFFIX = {np.dtype(np.float32): "f32", np.dtype(np.float64): "f64"}
 
 
-class NativeBackend:
-    """What a generated `_kernel_staged` driver needs: xp, scratch(), seed() and launch()."""
-    xp = np
+class NativeBackend(Backend):
+    """The backend protocol (runtime/backend.py) for NumPy arrays, with the compiled C++ kernels."""
 
     def __init__(self, lib: NativeLibrary, dtype, cache: dict | None = None):
         self.lib = lib
@@ -174,9 +174,6 @@ class NativeBackend:
         if buf is None or buf.size < like.size:
             buf = self.cache[key] = np.empty(like.size, like.dtype)
         return buf[:like.size].reshape(like.shape)
-
-    def seed(self, rng) -> float:
-        return float(rng.integers(0, 2 ** 53))
 
     def launch(self, fn: str, arrays, scalars, reduce: int = 0, stores: bool = True):
         """Run a stage. With `reduce`, the stage also accumulates that many fused reductions and

@@ -134,6 +134,7 @@ class Optimizer:
     options: dict = {}
     sparse = None
     multi_tensor = False
+    kernel_stages: tuple = ()    # the stage kernels of the compiled backends, in program order
     _call_backend = None
 
     def __init__(self, rescale_grad=1.0, param_idx2name=None, wd=0.0, clip_gradient=None, learning_rate=None,
@@ -416,12 +417,13 @@ class Optimizer:
                 # CUDA list update: one launch per stage for all parameters
                 import cupy
                 multi = MultiTensorLaunches(cuda.MultiLauncher(cuda.module_for(type(self), weights[0].device.id)),
-                                            cupy)
+                                            cupy, self.kernel_stages)
             elif self._call_backend == "native" and ops.current_reduce_hook() is None:
                 # native list update: the small tensors in one call per stage, in parallel over tensors.
                 # Not with a reduce hook: deferring only the small tensors would reorder the hook's calls,
                 # and sharded ranks, whose slices differ in size, must all-reduce in the same order
-                multi = MultiTensorLaunches(native.MultiLauncher(native.library_for(type(self))), np)
+                multi = MultiTensorLaunches(native.MultiLauncher(native.library_for(type(self))), np,
+                                            self.kernel_stages)
         try:
             phases = []   # deferred drivers with fused reductions: they run in lockstep
             with np.errstate(all="ignore"):

@@ -333,7 +333,7 @@ def test_multi_tensor_kernels_on_host_match_numpy(name, tmp_path_factory):
     wm = [w.copy() for w in w0]
     sm = [opt.create_state_multi_precision(i, w) for i, w in enumerate(wm)]
     launcher, launches = host_multi_launcher(lib)
-    multi = MultiTensorLaunches(launcher, np)
+    multi = MultiTensorLaunches(launcher, np, opt.kernel_stages)
     opt._update_count(list(range(200)))
     call = opt._prologue(opt.learning_rate, opt.num_update)
     phases = []   # specs with fused reductions: the drivers run in lockstep (multi.run_lockstep)

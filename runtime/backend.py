@@ -1,0 +1,54 @@
+"""The backend protocol: what a generated driver (`_kernel_staged`, `_kernel_phases`; see
+codegen/emit_driver.py) calls to run the staged program of its spec.
+
+    xp                          the array module of the arrays (numpy or cupy)
+    scratch(like, name)         an array for tensor local `name`, shaped like `like`, in compute precision
+    seed(rng)                   a noise seed for a stage's `normal()` draws, from the optimizer's generator
+    launch(fn, arrays, scalars, reduce=0, stores=True)
+                                run stage kernel `fn` (a name from the program, `optforge_<spec>_<stage>`)
+                                over `arrays` (None: an absent conditional state) with `scalars`;
+                                with `reduce`, return the partial sums of that many fused reductions,
+                                or None where this backend leaves them to the host
+
+`Backend` holds what every implementation shares. They are: `native.NativeBackend` and
+`native.NativeRowsBackend` (C++ on the CPU), `cuda.CudaBackend` and `cuda.CudaRowsBackend`, and
+the recorder of `multi.MultiTensorLaunches` that defers launches of a list update. The NumPy backend
+runs the generated `_kernel_numpy` / `_kernel_rows` instead and needs none of this.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+# the kernels' dtype variants: weight/states and gradient of one dtype, or (mp16) a float32 master
+# with a float16 gradient and a float16 copy of the weight written in the same pass
+SUFFIX = {np.dtype(np.float32): "f32", np.dtype(np.float64): "f64", np.dtype(np.float16): "f16"}
+
+
+def variant(weight_dtype, grad_dtype, low_precision: bool) -> str:
+    """The kernel variant suffix for a weight (or master) and gradient dtype."""
+    w, g = np.dtype(weight_dtype), np.dtype(grad_dtype)
+    if low_precision:
+        if w != np.float32 or g != np.float16:
+            raise TypeError("multi-precision update needs a float32 master and a float16 gradient")
+        return "mp16"
+    if w != g or w not in SUFFIX:
+        raise TypeError(f"no kernel for weight {w} with gradient {g}")
+    return SUFFIX[w]
+
+
+def compute_dtype(dtype):
+    """The dtype kernels compute in: float64 for float64 storage, float32 otherwise."""
+    return np.float64 if np.dtype(dtype) == np.float64 else np.float32
+
+
+class Backend:
+    xp = np
+
+    def scratch(self, like, name):
+        return self.xp.empty(like.shape, compute_dtype(like.dtype))
+
+    def seed(self, rng) -> float:
+        return float(rng.integers(0, 2 ** 53))
+
+    def launch(self, fn: str, arrays, scalars, reduce: int = 0, stores: bool = True):  # pragma: no cover
+        raise NotImplementedError
