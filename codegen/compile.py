@@ -10,7 +10,7 @@ import jinja2
 from .check import check
 from .emit_c import CpuEmitter, CudaEmitter
 from .emit_driver import driver_lines
-from .emit_numpy import NumpyEmitter, kernel_lines
+from .emit_numpy import NumpyEmitter, kernel_lines, step_bindings
 from .emit_sparse import RowsEmitter
 from .errors import SpecError
 from .ir import Op, Role, Spec
@@ -170,7 +170,7 @@ def render_module(spec: Spec, spec_path: str | None = None, program: Program | N
     ker += hyper_bind(kh)
     kb = leaves(spec.body, {Op.BUILTIN})
     ker += [f"{b} = self.{b}" for b in sorted(kb & {"rescale_grad", "clip_gradient"})]
-    ker += [f"{n} = call[{n!r}]" for n in spec.prologue_exports]
+    ker += step_bindings(spec.body, spec.prologue_exports)
     for g in sorted(leaves(spec.body, {Op.GLOBAL})):
         ker.append(f"{g} = self._globals[{g!r}]")
     used_states = leaves(spec.body, {Op.STATE}) | targets(spec.body, Role.STATE)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 
-from .emit_numpy import NumpyEmitter, if_lines
+from .emit_numpy import NumpyEmitter, if_lines, step_bindings
 from .ir import Op, Role
 from .lower import Host, Program, Stage
 from .walk import leaves, targets
@@ -27,7 +27,7 @@ def driver_lines(spec, program: Program) -> list[str]:
     body = program.body
     out += [f"{h} = self.{h}" for h in sorted(leaves(body, {Op.HYPER}))]
     out += [f"{b} = self.{b}" for b in sorted(leaves(body, {Op.BUILTIN}) & {"rescale_grad", "clip_gradient"})]
-    out += [f"{n} = call[{n!r}]" for n in spec.prologue_exports]
+    out += step_bindings(body, spec.prologue_exports)
     out += [f"{g} = self._globals[{g!r}]" for g in sorted(leaves(body, {Op.GLOBAL}))]
     used_states = leaves(body, {Op.STATE}) | targets(body, Role.STATE)
     for st in spec.states:

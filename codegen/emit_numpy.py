@@ -145,6 +145,15 @@ def if_lines(branches, orelse, pad: str, cond_text, body_lines) -> list[str]:
     return out
 
 
+STEP_FIELDS = ("lr", "wd", "t", "param_name", "learning_rate", "num_update")   # optforge.optimizer.Step
+
+
+def step_bindings(body, exports) -> list[str]:
+    """A kernel's first lines: the fields of its `step` record the update reads."""
+    used = leaves(body, {Op.BUILTIN})
+    return [f"{n} = step.{n}" for n in STEP_FIELDS if n in used] + [f"{n} = step.call[{n!r}]" for n in exports]
+
+
 def _may_alias(e: Expr) -> bool:
     if e.op in (Op.WEIGHT, Op.STATE):
         return True

@@ -76,12 +76,15 @@ class Adamax(Optimizer):
         """Once per update call, before any parameter is touched."""
         return {}
 
-    def _kernel_numpy(self, call, weight, grad, tensors, scalars, lr, wd, t, param_name, learning_rate, num_update):
-        """One parameter's update, in place on `weight`, `tensors` and `scalars`."""
+    def _kernel_numpy(self, step, weight, grad, tensors, scalars):
+        """One parameter's update, in place on `weight`, `tensors` and `scalars` (`step`: optforge.optimizer.Step)."""
         beta1 = self.beta1
         beta2 = self.beta2
         clip_gradient = self.clip_gradient
         rescale_grad = self.rescale_grad
+        lr = step.lr
+        wd = step.wd
+        t = step.t
         m = tensors['m']
         u = tensors['u']
         if not chunks.use(weight, grad, m, u):  # small (or strided) tensors: the equations as written
@@ -97,13 +100,16 @@ class Adamax(Optimizer):
                 np.subtract(weight, np.divide(np.multiply(lr / (1 - beta1 ** t), m, out=tmp0), u, out=tmp0), out=weight)  # adamax.opt:28
             chunks.run(stage0, (grad, weight, m, u), 2)
 
-    def _kernel_staged(self, be, call, weight, grad, tensors, scalars, lr, wd, t, param_name, learning_rate, num_update):
+    def _kernel_staged(self, be, step, weight, grad, tensors, scalars):
         """The same update for compiled backends: host code around the stage kernels of
         adamax.cpp / adamax.cu, launched through `be`."""
         beta1 = self.beta1
         beta2 = self.beta2
         clip_gradient = self.clip_gradient
         rescale_grad = self.rescale_grad
+        lr = step.lr
+        wd = step.wd
+        t = step.t
         m = tensors['m']
         u = tensors['u']
         be.launch('optforge_adamax_s0', (grad, weight, m, u,), (ops.arg(rescale_grad), ops.arg(wd), ops.arg(clip_gradient), ops.arg(beta1), ops.arg(beta2), ops.arg(lr / (1 - beta1 ** t)), ))

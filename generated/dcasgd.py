@@ -82,12 +82,14 @@ class DCASGD(Optimizer):
         """Once per update call, before any parameter is touched."""
         return {}
 
-    def _kernel_numpy(self, call, weight, grad, tensors, scalars, lr, wd, t, param_name, learning_rate, num_update):
-        """One parameter's update, in place on `weight`, `tensors` and `scalars`."""
+    def _kernel_numpy(self, step, weight, grad, tensors, scalars):
+        """One parameter's update, in place on `weight`, `tensors` and `scalars` (`step`: optforge.optimizer.Step)."""
         lamda = self.lamda
         momentum = self.momentum
         clip_gradient = self.clip_gradient
         rescale_grad = self.rescale_grad
+        lr = step.lr
+        wd = step.wd
         mom = tensors.get('mom')
         prev_weight = tensors['prev_weight']
         if not chunks.use(weight, grad, mom, prev_weight):  # small (or strided) tensors: the equations as written
@@ -109,13 +111,15 @@ class DCASGD(Optimizer):
                 np.add(weight, step, out=weight)  # dcasgd.opt:31
             chunks.run(stage0, (grad, weight, prev_weight, mom), 4)
 
-    def _kernel_staged(self, be, call, weight, grad, tensors, scalars, lr, wd, t, param_name, learning_rate, num_update):
+    def _kernel_staged(self, be, step, weight, grad, tensors, scalars):
         """The same update for compiled backends: host code around the stage kernels of
         dcasgd.cpp / dcasgd.cu, launched through `be`."""
         lamda = self.lamda
         momentum = self.momentum
         clip_gradient = self.clip_gradient
         rescale_grad = self.rescale_grad
+        lr = step.lr
+        wd = step.wd
         mom = tensors.get('mom')
         prev_weight = tensors['prev_weight']
         be.launch('optforge_dcasgd_s0', (grad, weight, prev_weight, mom,), (ops.arg(rescale_grad), ops.arg(clip_gradient), ops.arg(-lr), ops.arg(wd), ops.arg(lamda), ops.arg(momentum != 0), ops.arg(momentum), ))

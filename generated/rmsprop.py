@@ -101,8 +101,8 @@ class RMSProp(Optimizer):
         """Once per update call, before any parameter is touched."""
         return {}
 
-    def _kernel_numpy(self, call, weight, grad, tensors, scalars, lr, wd, t, param_name, learning_rate, num_update):
-        """One parameter's update, in place on `weight`, `tensors` and `scalars`."""
+    def _kernel_numpy(self, step, weight, grad, tensors, scalars):
+        """One parameter's update, in place on `weight`, `tensors` and `scalars` (`step`: optforge.optimizer.Step)."""
         centered = self.centered
         clip_weights = self.clip_weights
         epsilon = self.epsilon
@@ -110,6 +110,8 @@ class RMSProp(Optimizer):
         gamma2 = self.gamma2
         clip_gradient = self.clip_gradient
         rescale_grad = self.rescale_grad
+        lr = step.lr
+        wd = step.wd
         n = tensors['n']
         g_avg = tensors.get('g_avg')
         delta = tensors.get('delta')
@@ -136,7 +138,7 @@ class RMSProp(Optimizer):
                 chunks.clip(weight, clip_weights, weight)  # rmsprop.opt:44
             chunks.run(stage0, (grad, weight, n, g_avg, delta), 3)
 
-    def _kernel_staged(self, be, call, weight, grad, tensors, scalars, lr, wd, t, param_name, learning_rate, num_update):
+    def _kernel_staged(self, be, step, weight, grad, tensors, scalars):
         """The same update for compiled backends: host code around the stage kernels of
         rmsprop.cpp / rmsprop.cu, launched through `be`."""
         centered = self.centered
@@ -146,6 +148,8 @@ class RMSProp(Optimizer):
         gamma2 = self.gamma2
         clip_gradient = self.clip_gradient
         rescale_grad = self.rescale_grad
+        lr = step.lr
+        wd = step.wd
         n = tensors['n']
         g_avg = tensors.get('g_avg')
         delta = tensors.get('delta')

@@ -69,10 +69,12 @@ class SGLD(Optimizer):
         """Once per update call, before any parameter is touched."""
         return {}
 
-    def _kernel_numpy(self, call, weight, grad, tensors, scalars, lr, wd, t, param_name, learning_rate, num_update):
-        """One parameter's update, in place on `weight`, `tensors` and `scalars`."""
+    def _kernel_numpy(self, step, weight, grad, tensors, scalars):
+        """One parameter's update, in place on `weight`, `tensors` and `scalars` (`step`: optforge.optimizer.Step)."""
         clip_gradient = self.clip_gradient
         rescale_grad = self.rescale_grad
+        lr = step.lr
+        wd = step.wd
         if not chunks.use(weight, grad):  # small (or strided) tensors: the equations as written
             g = ops.clip(rescale_grad * grad, clip_gradient)  # sgld.opt:18
             weight[...] = weight + (-lr / 2 * (g + wd * weight) + ops.normal(self._rng, 0, math.sqrt(lr), weight))  # sgld.opt:19
@@ -83,9 +85,11 @@ class SGLD(Optimizer):
                 np.add(weight, np.add(np.multiply(-lr / 2, np.add(g, np.multiply(wd, weight, out=tmp0), out=tmp0), out=tmp0), noise0, out=tmp0), out=weight)  # sgld.opt:19
             chunks.run(stage0, (grad, weight, noise0), 2)
 
-    def _kernel_staged(self, be, call, weight, grad, tensors, scalars, lr, wd, t, param_name, learning_rate, num_update):
+    def _kernel_staged(self, be, step, weight, grad, tensors, scalars):
         """The same update for compiled backends: host code around the stage kernels of
         sgld.cpp / sgld.cu, launched through `be`."""
         clip_gradient = self.clip_gradient
         rescale_grad = self.rescale_grad
+        lr = step.lr
+        wd = step.wd
         be.launch('optforge_sgld_s0', (grad, weight,), (ops.arg(rescale_grad), ops.arg(clip_gradient), ops.arg(-lr / 2), ops.arg(wd), ops.arg(math.sqrt(lr)), be.seed(self._rng), ))

@@ -82,12 +82,14 @@ class Signum(Optimizer):
         """Once per update call, before any parameter is touched."""
         return {}
 
-    def _kernel_numpy(self, call, weight, grad, tensors, scalars, lr, wd, t, param_name, learning_rate, num_update):
-        """One parameter's update, in place on `weight`, `tensors` and `scalars`."""
+    def _kernel_numpy(self, step, weight, grad, tensors, scalars):
+        """One parameter's update, in place on `weight`, `tensors` and `scalars` (`step`: optforge.optimizer.Step)."""
         momentum = self.momentum
         wd_lh = self.wd_lh
         clip_gradient = self.clip_gradient
         rescale_grad = self.rescale_grad
+        lr = step.lr
+        wd = step.wd
         mom = tensors.get('mom')
         if not chunks.use(weight, grad, mom):  # small (or strided) tensors: the equations as written
             g = ops.clip(rescale_grad * grad, clip_gradient)  # signum.opt:26
@@ -106,12 +108,14 @@ class Signum(Optimizer):
                     np.subtract(np.multiply(1 - lr * (wd + wd_lh), weight, out=weight), np.multiply(lr, np.sign(g, out=tmp0), out=tmp0), out=weight)  # signum.opt:31
             chunks.run(stage0, (grad, mom, weight), 2)
 
-    def _kernel_staged(self, be, call, weight, grad, tensors, scalars, lr, wd, t, param_name, learning_rate, num_update):
+    def _kernel_staged(self, be, step, weight, grad, tensors, scalars):
         """The same update for compiled backends: host code around the stage kernels of
         signum.cpp / signum.cu, launched through `be`."""
         momentum = self.momentum
         wd_lh = self.wd_lh
         clip_gradient = self.clip_gradient
         rescale_grad = self.rescale_grad
+        lr = step.lr
+        wd = step.wd
         mom = tensors.get('mom')
         be.launch('optforge_signum_s0', (grad, mom, weight,), (ops.arg(rescale_grad), ops.arg(clip_gradient), ops.arg(momentum != 0), ops.arg(momentum), ops.arg(wd), ops.arg(1 - lr * wd_lh), ops.arg(lr), ops.arg(1 - lr * (wd + wd_lh)), ))

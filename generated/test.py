@@ -56,8 +56,8 @@ class Test(Optimizer):
         """Once per update call, before any parameter is touched."""
         return {}
 
-    def _kernel_numpy(self, call, weight, grad, tensors, scalars, lr, wd, t, param_name, learning_rate, num_update):
-        """One parameter's update, in place on `weight`, `tensors` and `scalars`."""
+    def _kernel_numpy(self, step, weight, grad, tensors, scalars):
+        """One parameter's update, in place on `weight`, `tensors` and `scalars` (`step`: optforge.optimizer.Step)."""
         rescale_grad = self.rescale_grad
         mirror = tensors['mirror']
         if not chunks.use(weight, grad, mirror):  # small (or strided) tensors: the equations as written
@@ -69,7 +69,7 @@ class Test(Optimizer):
                 chunks.copy(weight, mirror)  # test.opt:13
             chunks.run(stage0, (weight, grad, mirror), 1)
 
-    def _kernel_staged(self, be, call, weight, grad, tensors, scalars, lr, wd, t, param_name, learning_rate, num_update):
+    def _kernel_staged(self, be, step, weight, grad, tensors, scalars):
         """The same update for compiled backends: host code around the stage kernels of
         test.cpp / test.cu, launched through `be`."""
         rescale_grad = self.rescale_grad

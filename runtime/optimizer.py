@@ -79,6 +79,18 @@ class HyperParam(NamedTuple):
         return value
 
 
+class Step(NamedTuple):
+    """What one parameter's update reads besides its arrays; the generated kernels take it whole
+    (`_kernel_numpy(step, weight, grad, tensors, scalars)`) and bind the fields their spec uses."""
+    call: dict            # the values `_prologue` computed once for this update call
+    lr: float             # this parameter's learning rate (schedule and lr_mult applied)
+    wd: float             # its weight decay (wd_mult applied)
+    t: int                # how many times it has been updated, this update included
+    param_name: str       # its name (param_idx2name), or its index as text
+    learning_rate: float  # the call's learning rate, before multipliers
+    num_update: int       # the optimizer's update count
+
+
 class OptState:
     """One parameter's optimizer state: named tensors, per-parameter scalars and, with
     multi_precision on a float16 weight, the float32 master copy. Iterating yields the tensors in
@@ -428,43 +440,42 @@ class Optimizer:
             phases = []   # deferred drivers with fused reductions: they run in lockstep
             with np.errstate(all="ignore"):
                 for i, w, g, s, lr, wd, base in zip(indices, weights, grads, states, lrs, wds, bases):
-                    name = self.idx2name.get(i, str(i))
-                    t = self._index_update_count[i]
+                    step = Step(call, lr, wd, self._index_update_count[i], self.idx2name.get(i, str(i)), base,
+                                num_update)
                     if multi is not None and (multi.xp is not np or native.batchable(w, g, s.master)):
-                        gen = self._step_deferred(w, g, s, call, lr, wd, t, name, base, num_update, multi)
+                        gen = self._step_deferred(w, g, s, step, multi)
                         if gen is not None:
                             phases.append(gen)
                     else:
-                        self._step_one(w, g, s, call, lr, wd, t, name, base, num_update)
+                        self._step_one(w, g, s, step)
             if multi is not None:
                 run_lockstep(multi, phases)
         finally:
             self._call_backend = None
 
-    def _step_one(self, weight, grad, state, call, lr, wd, t, name, base_lr, num_update):
+    def _step_one(self, weight, grad, state, step):
         if isinstance(grad, RowSparse):
             if self._lazy_rows(state):
-                self._step_rows(weight, grad, state, call, lr, wd, t, name, base_lr, num_update)
+                self._step_rows(weight, grad, state, step)
                 return
             grad = grad.todense()  # standard semantics: the dense update with zeros in the other rows
         if cuda.is_cupy(weight):
-            self._step_cuda(weight, grad, state, call, lr, wd, t, name, base_lr, num_update)
+            self._step_cuda(weight, grad, state, step)
         elif state.master is not None:
             master = state.master
             g32 = grad.astype(np.float32)
-            self._kernel(call, master, g32, state.tensors, state.scalars, lr, wd, t, name, base_lr, num_update)
+            self._kernel(step, master, g32, state.tensors, state.scalars)
             weight[...] = master
         elif weight.dtype == np.float16:
             # compute in float32, store float16 (MXNet rounds every intermediate to float16)
             w32 = weight.astype(np.float32)
             t32 = {k: v.astype(np.float32) for k, v in state.tensors.items()}
-            self._kernel(call, w32, grad.astype(np.float32), t32, state.scalars, lr, wd, t, name,
-                         base_lr, num_update)
+            self._kernel(step, w32, grad.astype(np.float32), t32, state.scalars)
             weight[...] = w32
             for k, v in state.tensors.items():
                 v[...] = t32[k]
         else:
-            self._kernel(call, weight, grad, state.tensors, state.scalars, lr, wd, t, name, base_lr, num_update)
+            self._kernel(step, weight, grad, state.tensors, state.scalars)
 
     @property
     def backend(self) -> str:
@@ -483,43 +494,41 @@ class Optimizer:
             raise ValueError("backend 'native' needs a C++ compiler (set OPTFORGE_CXX)")
         self._backend = value
 
-    def _step_deferred(self, weight, grad, state, call, lr, wd, t, name, base_lr, num_update, multi):
+    def _step_deferred(self, weight, grad, state, step, multi):
         """Record one parameter's launches for a multi-tensor launch (runtime/multi.py). A driver with
         fused reductions comes back as a generator (`run_lockstep` runs it); any other has recorded
         all its launches and None comes back."""
         target = state.master if state.master is not None else weight
         be = multi.param(target, grad, weight_lp=weight if state.master is not None else None)
-        args = (be, call, target, grad, state.tensors, state.scalars, lr, wd, t, name, base_lr, num_update)
+        args = (be, step, target, grad, state.tensors, state.scalars)
         phases = getattr(self, "_kernel_phases", None)
         if phases is not None:
             return phases(*args)
         self._kernel_staged(*args)
         return None
 
-    def _step_cuda(self, weight, grad, state, call, lr, wd, t, name, base_lr, num_update):
+    def _step_cuda(self, weight, grad, state, step):
         """CuPy arrays: the spec's CUDA kernels. float16 weights are read and written as float16
         (float32 arithmetic); with a master copy the kernel updates it and writes the float16
         weight in the same pass."""
         module = cuda.module_for(type(self), weight.device.id)
         if state.master is not None:
             be = cuda.CudaBackend(module, state.master, grad, weight_lp=weight)
-            self._kernel_staged(be, call, state.master, grad, state.tensors, state.scalars, lr, wd, t, name,
-                                base_lr, num_update)
+            self._kernel_staged(be, step, state.master, grad, state.tensors, state.scalars)
         else:
             be = cuda.CudaBackend(module, weight, grad)
-            self._kernel_staged(be, call, weight, grad, state.tensors, state.scalars, lr, wd, t, name, base_lr,
-                                num_update)
+            self._kernel_staged(be, step, weight, grad, state.tensors, state.scalars)
 
-    def _kernel(self, call, weight, grad, tensors, scalars, lr, wd, t, name, base_lr, num_update):
+    def _kernel(self, step, weight, grad, tensors, scalars):
         """Run this spec's update on one parameter with the selected backend."""
         if (self._call_backend or self.backend) == "native":
             cache = self.__dict__.setdefault("_scratch_cache", {})   # reused scratch arrays (native.py)
             be = native.NativeBackend(native.library_for(type(self)), weight.dtype, cache)
             if not grad.flags.c_contiguous:
                 grad = np.ascontiguousarray(grad)
-            self._kernel_staged(be, call, weight, grad, tensors, scalars, lr, wd, t, name, base_lr, num_update)
+            self._kernel_staged(be, step, weight, grad, tensors, scalars)
         else:
-            self._kernel_numpy(call, weight, grad, tensors, scalars, lr, wd, t, name, base_lr, num_update)
+            self._kernel_numpy(step, weight, grad, tensors, scalars)
 
     # ---- row-sparse gradients (runtime/sparse.py) ------------------------------------------------------
     def _lazy_rows(self, state) -> bool:
@@ -539,7 +548,7 @@ class Optimizer:
                     where = f" (grad[{k}])" if len(indices) > 1 else ""
                     raise ValueError(message + where)
 
-    def _step_rows(self, weight, grad, state, call, lr, wd, t, name, base_lr, num_update):
+    def _step_rows(self, weight, grad, state, step):
         """The lazy update: the generated row kernel changes only the rows `grad.indices` of the weight
         and of every state tensor (float16 rows are computed in float32 by ops.gather)."""
         rows, data = grad.indices, grad.data
@@ -548,28 +557,24 @@ class Optimizer:
             module = cuda.module_for(type(self), weight.device.id)
             lp = weight if state.master is not None else None
             be = cuda.CudaRowsBackend(module, target, data, rows, weight_lp=lp)
-            self._kernel_staged(be, call, target, data, state.tensors, state.scalars, lr, wd, t, name, base_lr,
-                                num_update)
+            self._kernel_staged(be, step, target, data, state.tensors, state.scalars)
             return
         if (self._call_backend or self.backend) == "native" and target.dtype != np.float16 and \
                 isinstance(target, np.ndarray):
             # compiled row kernels, parallel over the gradient's elements
             data = np.ascontiguousarray(data, dtype=target.dtype)
             be = native.NativeRowsBackend(native.library_for(type(self)), target.dtype, rows, data)
-            self._kernel_staged(be, call, target, data, state.tensors, state.scalars, lr, wd, t, name, base_lr,
-                                num_update)
+            self._kernel_staged(be, step, target, data, state.tensors, state.scalars)
             if state.master is not None:
                 weight[rows] = state.master.take(rows, axis=0)
             return
         if state.master is not None:
-            self._kernel_rows(call, rows, state.master, data.astype(np.float32), state.tensors, state.scalars,
-                              lr, wd, t, name, base_lr, num_update)
+            self._kernel_rows(step, rows, state.master, data.astype(np.float32), state.tensors, state.scalars)
             weight[rows] = state.master.take(rows, axis=0)
         else:
             if data.dtype == np.float16:
                 data = data.astype(np.float32)
-            self._kernel_rows(call, rows, weight, data, state.tensors, state.scalars, lr, wd, t, name, base_lr,
-                              num_update)
+            self._kernel_rows(step, rows, weight, data, state.tensors, state.scalars)
 
     def _gather(self, index, weight, grad, state):
         """Normalise to lists and validate everything before anything is touched: an update either
@@ -651,8 +656,7 @@ class Optimizer:
     def _prologue(self, learning_rate, num_update):
         return {}
 
-    def _kernel_numpy(self, call, weight, grad, tensors, scalars, lr, wd, t, param_name, learning_rate,
-                      num_update):
+    def _kernel_numpy(self, step, weight, grad, tensors, scalars):
         raise NotImplementedError(f"{type(self).__name__} has no update rule; write a spec for it")
 
 

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 import optforge
+from optforge.optimizer import Step  # noqa: E402
 from optforge import cuda as ofcuda
 from optforge.multi import MultiTensorLaunches, run_lockstep
 
@@ -168,12 +169,12 @@ def run(name, dtype, be_factory, steps=3, mp=False):
         with np.errstate(all="ignore"):
             if state.master is not None:
                 be = be_factory(state.master, g, weight_lp=w)
-                opt._kernel_staged(be, call, state.master, g, state.tensors, state.scalars, base, opt.wd, t,
-                                   "0", base, opt.num_update)
+                opt._kernel_staged(be, Step(call, base, opt.wd, t, "0", base, opt.num_update), state.master, g,
+                                   state.tensors, state.scalars)
             else:
                 be = be_factory(w, g)
-                opt._kernel_staged(be, call, w, g, state.tensors, state.scalars, base, opt.wd, t, "0", base,
-                                   opt.num_update)
+                opt._kernel_staged(be, Step(call, base, opt.wd, t, "0", base, opt.num_update), w, g, state.tensors,
+                                   state.scalars)
     return w, state
 
 
@@ -205,7 +206,7 @@ def test_sgld_noise_on_host_is_gaussian_with_variance_lr(tmp_path_factory):
     state = opt.create_state(0, w)
     opt._update_count(0)
     be = HostCudaBackend(lib, w, np.zeros_like(w))
-    opt._kernel_staged(be, {}, w, np.zeros_like(w), state.tensors, state.scalars, 0.01, 0.0, 1, "0", 0.01, 1)
+    opt._kernel_staged(be, Step({}, 0.01, 0.0, 1, "0", 0.01, 1), w, np.zeros_like(w), state.tensors, state.scalars)
     assert abs(w.mean()) < 5 * 0.1 / np.sqrt(w.size)
     assert abs(w.std() - 0.1) < 0.002
 
@@ -268,8 +269,9 @@ def test_cuda_row_kernels_on_host_match_numpy_rows(name, variant, tmp_path_facto
             opt._update_count(0)
             target = state.master if state.master is not None else w
             be = HostCudaRowsBackend(lib, target, data, rows, weight_lp=w if state.master is not None else None)
-            opt._kernel_staged(be, opt._prologue(0.05, opt.num_update), target, data, state.tensors, state.scalars,
-                               0.05, opt.wd, opt._index_update_count[0], "0", 0.05, opt.num_update)
+            step = Step(opt._prologue(0.05, opt.num_update), 0.05, opt.wd, opt._index_update_count[0], "0", 0.05,
+                        opt.num_update)
+            opt._kernel_staged(be, step, target, data, state.tensors, state.scalars)
         results.append(w)
     tol = {"f32": 1e-5, "f64": 1e-12, "mp16": 2e-3}[variant]
     np.testing.assert_allclose(results[1].astype(np.float64), results[0].astype(np.float64), rtol=tol, atol=tol)
@@ -340,8 +342,8 @@ def test_multi_tensor_kernels_on_host_match_numpy(name, tmp_path_factory):
     for i, (w, g, s) in enumerate(zip(wm, grads, sm)):
         target = s.master if s.master is not None else w
         be = multi.param(target, g, weight_lp=w if s.master is not None else None)
-        args = (be, call, target, g, s.tensors, s.scalars, 0.05, opt.wd, opt._index_update_count[i], str(i), 0.05,
-                opt.num_update)
+        args = (be, Step(call, 0.05, opt.wd, opt._index_update_count[i], str(i), 0.05, opt.num_update), target, g,
+                s.tensors, s.scalars)
         if hasattr(opt, "_kernel_phases"):
             phases.append(opt._kernel_phases(*args))
         else:
