@@ -5,7 +5,7 @@ reductions, and host branches."""
 from __future__ import annotations
 
 from .ir import Assign, Expr, Op
-from .lower import Branch, Host, Program, Stage
+from .lower import Host, Program, Stage
 
 _BINARY = {Op.ADD, Op.SUB, Op.MUL, Op.DIV, Op.MOD, Op.POW, Op.EQ, Op.NE, Op.LT, Op.LE, Op.GT, Op.GE, Op.AND, Op.OR}
 

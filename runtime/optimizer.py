@@ -12,17 +12,14 @@ import warnings
 from typing import Any, NamedTuple
 
 import numpy as np
-try:
-    from numpy.lib.array_utils import byte_bounds
-except ImportError:  # NumPy < 2
-    byte_bounds = np.byte_bounds
 
-from . import cuda, native, ops, registry
+from . import cuda, native, ops, registry, validate
 from .multi import MultiTensorLaunches, run_lockstep
 from .sparse import RowSparse
+from .state import OptState, StateLayout
+from .validate import FLOAT_DTYPES, check_array as _check_array, check_index as _check_index, is_index as _is_index  # noqa: F401
+from .validate import number as _number
 
-FLOAT_DTYPES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
-_FLOAT_SET = frozenset(FLOAT_DTYPES)
 BASE_ARGS = ("rescale_grad", "param_idx2name", "wd", "clip_gradient", "learning_rate", "lr_scheduler", "sym",
              "begin_num_update", "multi_precision", "param_dict")
 
@@ -89,34 +86,6 @@ class Step(NamedTuple):
     param_name: str       # its name (param_idx2name), or its index as text
     learning_rate: float  # the call's learning rate, before multipliers
     num_update: int       # the optimizer's update count
-
-
-class OptState:
-    """One parameter's optimizer state: named tensors, per-parameter scalars and, with
-    multi_precision on a float16 weight, the float32 master copy. Iterating yields the tensors in
-    spec order (like MXNet's tuple of states)."""
-    __slots__ = ("owner", "shape", "dtype", "tensors", "scalars", "master")
-
-    def __init__(self, owner: str, shape, dtype, tensors: dict, scalars: dict, master=None):
-        self.owner, self.shape, self.dtype = owner, tuple(shape), np.dtype(dtype)
-        self.tensors, self.scalars, self.master = tensors, scalars, master
-
-    def __iter__(self):
-        return iter(self.tensors.values())
-
-    def __len__(self):
-        return len(self.tensors)
-
-    def __repr__(self):
-        parts = [f"{k}: {v.dtype}{list(v.shape)}" for k, v in self.tensors.items()]
-        parts += [f"{k}={v!r}" for k, v in self.scalars.items()]
-        if self.master is not None:
-            parts.append("master float32")
-        return f"OptState({self.owner}, {', '.join(parts) or 'empty'})"
-
-
-def _is_index(i) -> bool:
-    return isinstance(i, (numbers.Integral, str)) and not isinstance(i, (bool, np.bool_))
 
 
 class Optimizer:
@@ -577,78 +546,16 @@ class Optimizer:
             self._kernel_rows(step, rows, weight, data, state.tensors, state.scalars)
 
     def _gather(self, index, weight, grad, state):
-        """Normalise to lists and validate everything before anything is touched: an update either
-        applies to every parameter or raises (ValueError/TypeError naming the argument) having
-        changed nothing."""
-        is_list = isinstance(index, (list, tuple))
-        if is_list:
-            for what, seq in (("weight", weight), ("grad", grad), ("state", state)):
-                if not isinstance(seq, (list, tuple)):
-                    raise TypeError(f"index is a list, so {what} must be a list too, got {type(seq).__name__}")
-                if len(seq) != len(index):
-                    raise ValueError(f"{len(index)} indices but {len(seq)} {what}s")
-            indices, weights, grads, states = list(index), list(weight), list(grad), list(state)
-        else:
-            indices, weights, grads, states = [index], [weight], [grad], [state]
-        layout, seen = None, set()
-        written = []  # (array, what): everything the update writes, which must not overlap
-        for k, (i, w, g, s) in enumerate(zip(indices, weights, grads, states)):
-            where = f"[{k}]" if is_list else ""
-            _check_index(i, "index" + where)
-            if i in seen:
-                raise ValueError(f"duplicate index {i!r} in a list update (index{where})")
-            seen.add(i)
-            _check_array(w, "weight" + where, writeable=True)
-            if not isinstance(g, RowSparse):   # a RowSparse was checked when it was made
-                _check_array(g, "grad" + where)
-                if _array_kind(g) != _array_kind(w):
-                    raise TypeError(f"grad{where} is a {_array_kind(g)} array but weight{where} is a "
-                                    f"{_array_kind(w)} array")
-            if g.shape != w.shape:
-                raise ValueError(f"grad{where} has shape {g.shape} but weight{where} has shape {w.shape}")
-            if g.dtype != w.dtype:
-                raise TypeError(f"grad{where} has dtype {g.dtype} but weight{where} has dtype {w.dtype}")
-            if not isinstance(s, OptState):
-                raise TypeError(f"state{where} must come from this optimizer's create_state, got {type(s).__name__}")
-            if s.owner != self.spec_name:
-                raise ValueError(f"state{where} belongs to a {s.owner} optimizer, not {self.spec_name}")
-            if s.shape != w.shape:
-                raise ValueError(f"state{where} was created for shape {s.shape}, weight{where} has shape {w.shape}")
-            if s.dtype != w.dtype:
-                raise TypeError(f"state{where} was created for dtype {s.dtype}, weight{where} is {w.dtype}")
-            written.append((w, "weight" + where))
-            tensor_dtype = w.dtype
-            if s.master is not None:
-                if w.dtype != np.float16:
-                    raise TypeError(f"state{where} holds a float32 master copy, but weight{where} is {w.dtype}")
-                _check_array(s.master, f"state{where} master copy", writeable=True)
-                if s.master.dtype != np.float32 or s.master.shape != w.shape:
-                    raise ValueError(f"state{where} master copy is {s.master.dtype}{list(s.master.shape)}, "
-                                     f"expected float32{list(w.shape)}")
-                written.append((s.master, f"state{where} master copy"))
-                tensor_dtype = np.dtype(np.float32)
-            if layout is None:
-                layout = [name for name, _, _ in self._state_layout()]
-                scalar_names = sorted(self._scalar_init())
-            if list(s.tensors) != layout:
-                raise ValueError(f"state{where} holds {list(s.tensors) or 'no tensors'} but this configuration of "
-                                 f"{self.spec_name} needs {layout or 'none'} (hyperparameters changed since "
-                                 "create_state?)")
-            if sorted(s.scalars) != scalar_names:
-                raise ValueError(f"state{where} holds scalars {sorted(s.scalars)} but {self.spec_name} needs "
-                                 f"{scalar_names}")
-            for name, t in s.tensors.items():
-                what = f"state{where} tensor {name!r}"
-                _check_array(t, what, writeable=True)
-                if t.shape != w.shape or t.dtype != tensor_dtype:
-                    raise ValueError(f"{what} is {t.dtype}{list(t.shape)}, expected {tensor_dtype}{list(w.shape)}")
-                written.append((t, what))
-        _check_no_overlap(written)
-        return indices, weights, grads, states
+        """Normalise to lists and validate everything before anything is touched (runtime/validate.py)."""
+        return validate.gather(self, index, weight, grad, state)
 
     # ---- generated subclasses fill these in ------------------------------------------------------------
     def _state_layout(self):
         return []
+
+    def state_layout(self) -> StateLayout:
+        """The state this configuration keeps per parameter: tensor names (spec order), scalar names."""
+        return StateLayout(tuple(name for name, _, _ in self._state_layout()), tuple(sorted(self._scalar_init())))
 
     def _scalar_init(self):
         return {}
@@ -660,77 +567,3 @@ class Optimizer:
         raise NotImplementedError(f"{type(self).__name__} has no update rule; write a spec for it")
 
 
-def _number(name, value, finite=False):
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a number, got {value!r}")
-    if math.isnan(float(value)):
-        raise ValueError(f"Invalid {name} value: nan")
-    if finite and math.isinf(float(value)):
-        raise ValueError(f"Invalid {name} value: {value!r} (must be finite)")
-
-
-def _check_index(i, what):
-    if not _is_index(i):
-        raise TypeError(f"{what} must be an int or a str, got {type(i).__name__}")
-
-
-def _check_array(a, what, writeable=False):
-    if not isinstance(a, np.ndarray) and not cuda.is_cupy(a):
-        raise TypeError(f"{what} must be a numpy.ndarray (or a cupy.ndarray), got {type(a).__name__}")
-    if a.dtype not in _FLOAT_SET:
-        raise TypeError(f"{what} has dtype {a.dtype}; optforge updates float16, float32 and float64 arrays")
-    if writeable:
-        flags = a.flags
-        if not getattr(flags, "writeable", True):
-            raise ValueError(f"{what} is read-only; the update writes it in place")
-        if not flags.c_contiguous:
-            raise ValueError(f"{what} is not C-contiguous; pass np.ascontiguousarray(...) and copy back, "
-                             "or update the base array")
-
-
-def _check_no_overlap(arrays):
-    """No two of the (C-contiguous) arrays an update writes may share memory: a weight passed
-    twice, two views of one buffer, or a weight that is also a state would be updated twice."""
-    # only arrays that hang off one buffer can overlap: compare addresses within such groups (an array
-    # that owns its memory, the usual case, is a group of its own)
-    groups: dict = {}
-    kinds = set()
-    for a, what in arrays:
-        if type(a) is np.ndarray:
-            kinds.add("numpy")
-            key = id(a) if a.base is None else _buffer_key(a)
-        else:
-            kinds.add(_array_kind(a))
-            key = _buffer_key(a)
-        if a.nbytes:
-            groups.setdefault(key, []).append((a, what))
-    if len(kinds) > 1:
-        raise TypeError(f"one update mixes {' and '.join(sorted(kinds))} arrays; keep a parameter, its gradient and "
-                        "its state on one device")
-    for members in groups.values():
-        if len(members) < 2:
-            continue
-        spans = sorted(_bounds(a) + (what,) for a, what in members)
-        for (_, end, first), (start, _, second) in zip(spans, spans[1:]):
-            if start < end:
-                raise ValueError(f"{second} shares memory with {first}; an update writes each of them once")
-
-
-def _buffer_key(a):
-    """The object owning `a`'s memory (the end of its chain of NumPy bases); CuPy arrays share one
-    group, compared by address."""
-    if cuda.is_cupy(a):
-        return "cupy"
-    while isinstance(a.base, np.ndarray):
-        a = a.base
-    return id(a if a.base is None else a.base)
-
-
-def _array_kind(a) -> str:
-    return "cupy" if cuda.is_cupy(a) else "numpy"
-
-
-def _bounds(a) -> tuple:
-    if cuda.is_cupy(a):
-        return (a.data.ptr, a.data.ptr + a.nbytes)
-    return tuple(byte_bounds(a))

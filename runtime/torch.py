@@ -50,7 +50,8 @@ import torch
 
 from . import ops, registry
 from .optimizer import Optimizer as SpecOptimizer
-from .optimizer import OptState, _number
+from .optimizer import OptState
+from .validate import number as _number
 from .sparse import RowSparse
 from .updater import _dec, _enc
 
@@ -264,13 +265,12 @@ class Optimizer(torch.optim.Optimizer):
         self._optstates = {}
         state = {}
         for group, opt in zip(self.param_groups, opts):
-            layout = [name for name, _, _ in opt._state_layout()]
-            scalar_names = sorted(opt._scalar_init())
+            layout = opt.state_layout()
             for p in group["params"]:
                 entry = saved.get(self._index[p])
                 if entry is None:
                     continue
-                state[p], self._optstates[p] = _restore(p, entry, layout, scalar_names, opt)
+                state[p], self._optstates[p] = _restore(p, entry, layout, opt)
         self.state.clear()
         self.state.update(state)
 
@@ -353,16 +353,16 @@ def _on_device(device):
         yield
 
 
-def _restore(p, entry, layout, scalar_names, opt):
+def _restore(p, entry, layout, opt):
     """(self.state entry, OptState) for `p` from a saved state entry: tensors copied onto p's device in
     their saved dtype, scalars decoded, all checked against the spec's layout."""
     if not isinstance(entry, dict):
         raise ValueError(f"state of parameter {tuple(p.shape)} is not a dict")
     names = [k for k, v in entry.items() if isinstance(v, torch.Tensor) and k != MASTER]
     scalars = {k: _dec(v) for k, v in entry.items() if not isinstance(v, torch.Tensor)}
-    if names != layout or sorted(scalars) != scalar_names:
-        raise ValueError(f"saved state holds {names} and scalars {sorted(scalars)}, but this {opt.spec_name} "
-                         f"configuration needs {layout} and {scalar_names}")
+    problem = layout.mismatch(names, scalars, opt.spec_name)
+    if problem:
+        raise ValueError(f"saved state of parameter {tuple(p.shape)} {problem}")
     master = entry.get(MASTER)
     if master is not None and p.dtype != torch.float16:
         raise ValueError(f"a master copy belongs to a float16 parameter, not {p.dtype}")

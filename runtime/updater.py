@@ -30,7 +30,8 @@ import zipfile
 import numpy as np
 
 from . import cuda, registry
-from .optimizer import FLOAT_DTYPES, Optimizer, OptState, _check_array, _check_index
+from .optimizer import Optimizer, OptState
+from .validate import FLOAT_DTYPES, check_array as _check_array, check_index as _check_index
 
 FORMAT = "optforge-states"
 VERSION = 2
@@ -478,8 +479,7 @@ def loads_states(data: bytes, optimizer: Optimizer | None = None, allow_spec_cha
 def _states_from_header(entries, files, target):
     _need(isinstance(entries, list), "states must be a list")
     if target is not None:
-        layout = [name for name, _, _ in target._state_layout()]
-        scalar_names = sorted(target._scalar_init())
+        layout = target.state_layout()
     out, used = {}, set()
     for n, e in enumerate(entries):
         _need(isinstance(e, dict), f"state {n} must be an object")
@@ -495,9 +495,9 @@ def _states_from_header(entries, files, target):
         dtype = np.dtype(e["dtype"])
         if target is not None:
             _need(e["owner"] == target.spec_name, f"state {index!r} belongs to {e['owner']}")
-            if names != layout or sorted(scalars) != scalar_names:
-                raise ValueError(f"checkpoint state {index!r} holds {names} and scalars {sorted(scalars)}, but "
-                                 f"this {target.spec_name} configuration needs {layout} and {scalar_names}")
+            problem = layout.mismatch(names, scalars, target.spec_name)
+            if problem:
+                raise ValueError(f"checkpoint state {index!r} {problem}")
         _need(not e["master"] or dtype == np.float16, "a master copy belongs to a float16 state")
         tensor_dtype = np.dtype(np.float32) if e["master"] else dtype
         members = [(name, f"s{n}.{name}") for name in names] + ([("__master__", f"s{n}.__master__")]

@@ -130,6 +130,13 @@ def _shared_buffer(e):
     e.opt.update([0, 1], [a, b], e.g[:2], e.s[:2])
 
 
+def _grad_shifted_view_of_weight(e):
+    """A gradient that is a shifted view of the weight's buffer: the update would read values it writes."""
+    flat = np.ones(14, np.float32)
+    w, g = flat[:12].reshape(4, 3), flat[2:14].reshape(4, 3)
+    e.opt.update(0, w, g, e.opt.create_state(0, w))
+
+
 class _NoneAfterTwo(FactorScheduler):
     """A broken schedule: no learning rate after two updates."""
 
@@ -154,7 +161,7 @@ CASES = [
     ("state-other-optimizer", {}, lambda e: e.opt.update(0, e.w[0], e.g[0], _other_state("sgd", e.w[0], momentum=0.9)), ValueError, r"state belongs to a SGD optimizer"),
     ("state-other-shape", {}, lambda e: e.opt.update(0, e.w[0], e.g[0], _other_state("adam", np.zeros(12, F32))), ValueError, r"state was created for shape \(12,\)"),
     ("state-other-dtype", {}, lambda e: e.opt.update(0, e.w[0], e.g[0], _other_state("adam", e.w[0].astype(np.float64))), TypeError, r"state was created for dtype float64"),
-    ("state-other-config", {"name": "sgd", "momentum": 0.9}, lambda e: e.opt.update(0, e.w[0], e.g[0], _other_state("sgd", e.w[0])), ValueError, r"state holds no tensors but this configuration of SGD needs \['mom'\]"),
+    ("state-other-config", {"name": "sgd", "momentum": 0.9}, lambda e: e.opt.update(0, e.w[0], e.g[0], _other_state("sgd", e.w[0])), ValueError, r"state holds \[\] but this configuration of SGD needs \['mom'\]"),
     ("state-tuple", {}, lambda e: e.opt.update(0, e.w[0], e.g[0], tuple(e.s[0])), TypeError, r"state must come from this optimizer's create_state"),
     ("state-none", {}, lambda e: e.opt.update(0, e.w[0], e.g[0], None), TypeError, r"state must come from"),
     ("state-tensor-readonly", {}, lambda e: e.opt.update(0, e.w[0], e.g[0], _tampered(e.s[0], {"mean": _readonly(e.s[0].tensors["mean"])})), ValueError, r"state tensor 'mean' is read-only"),
@@ -176,6 +183,10 @@ CASES = [
     ("list-last-index-bad", {}, lambda e: e.opt.update([0, 1, [2]], e.w, e.g, e.s), TypeError, r"index\[2\] must be an int or a str, got list"),
     ("list-weight-twice", {}, lambda e: e.opt.update([0, 1], [e.w[0], e.w[0]], e.g[:2], e.s[:2]), ValueError, r"weight\[1\] shares memory with weight\[0\]"),
     ("list-shared-buffer", {}, _shared_buffer, ValueError, r"weight\[1\] shares memory with weight\[0\]"),
+    ("grad-is-weight", {}, lambda e: e.opt.update(0, e.w[0], e.w[0], e.s[0]), ValueError, r"shares memory with .*writes one while reading the other"),
+    ("grad-shifted-view-of-weight", {}, _grad_shifted_view_of_weight, ValueError, r"grad shares memory with weight|weight shares memory with grad"),
+    ("grad-is-a-state", {}, lambda e: e.opt.update(0, e.w[0], e.s[0].tensors["mean"], e.s[0]), ValueError, r"shares memory"),
+    ("list-grad-is-other-weight", {}, lambda e: e.opt.update([0, 1], e.w[:2], [e.g[0], e.w[0]], e.s[:2]), ValueError, r"grad\[1\] shares memory with weight\[0\]|weight\[0\] shares memory with grad\[1\]"),
     ("list-swapped-states", {"n": 2, "name": "adam"}, lambda e: e.opt.update([0, 1], e.w, e.g, [e.s[0], _other_state("adam", np.zeros(5, F32))]), ValueError, r"state\[1\] was created for shape"),
     ("scheduler-returns-none", {"sched": False, "lr_scheduler": _NoneAfterTwo(step=1, base_lr=0.1)}, lambda e: e.upd([0, 1, 2], e.g, e.w), TypeError, r"lr_scheduler returned None for num_update=3"),
     ("scheduler-returns-none-lbsgd", {"name": "lbsgd", "sched": False, "lr_scheduler": _NoneAfterTwo(step=1, base_lr=0.1)}, lambda e: e.opt.update([0, 1, 2], e.w, e.g, e.s), TypeError, r"lr_scheduler returned None for num_update=3"),
@@ -223,6 +234,15 @@ CASES = [
     ("set-learning-rate-bool", {"sched": False}, lambda e: e.opt.set_learning_rate(False), TypeError, r"learning_rate must be a number"),
     ("set-learning-rate-with-scheduler", {}, lambda e: e.opt.set_learning_rate(0.5), UserWarning, r"LRScheduler of the optimizer has already been defined"),
 ]
+
+
+def test_gradients_may_share_memory_with_each_other():
+    """Read-only arrays may overlap (one gradient buffer for two parameters); only writes may not."""
+    e = Env()
+    g = np.ones((4, 3), np.float32)
+    before = [w.copy() for w in e.w[:2]]
+    e.opt.update([0, 1], e.w[:2], [g, g], e.s[:2])
+    assert all(not np.array_equal(a, b) for a, b in zip(before, e.w[:2]))
 
 
 def test_table_is_large_and_ids_unique():
