@@ -115,8 +115,7 @@ class CStyleEmitter:
         pointers, loads, stores = [], [], []
         for name in st.memory():
             ctype = "G" if name == "grad" else "T" if name == "weight" or name in states else "C"
-            const = "const " if name not in writes else ""
-            pointers.append({"name": name, "decl": f"{const}{ctype}* __restrict__ p_{name}"})
+            pointers.append({"name": name, "type": ctype, "const": name not in writes})
         # a conditional state (SGD's mom) may be absent: its pointer is null and no branch taken uses it.
         # Template parameter H<k> says so at compile time (1 present, 0 absent), so that the CPU loops,
         # specialised per case, have no control flow and vectorize; 2 checks the pointer at run time.
@@ -149,9 +148,6 @@ class CStyleEmitter:
         body = self._body(st.stmts, names, 0, {n: k for k, n in enumerate(branch)})
         nred = len(st.reductions)
         return {"name": st.name, "nred": nred, "reduce": reduce_lines,
-                "red_params": "".join(f", C& red{k}" for k in range(nred)),
-                "red_args": "".join(f", red{k}" for k in range(nred)),
-                "red_terms": "".join(f", t{k}" for k in range(nred)),
                 "red_squares": [op is Op.NORM for op, _ in st.reductions], "red_direct": direct,
                 "elem_pass": bool(st.stmts) or None in direct, "fn": st.fn, "pointers": pointers,
                 "loads": loads, "declare": list(dict.fromkeys(declare)), "body": body, "stores": stores,
