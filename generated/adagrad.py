@@ -64,9 +64,6 @@ class AdaGrad(Optimizer):
         layout.append(('history', 'zeros', 0.0))
         return layout
 
-    def _scalar_init(self):
-        return {}
-
     def _sparse_lazy(self, master_copy=False):
         """True when a row-sparse gradient updates only its rows (lazy update)."""
         return True
@@ -76,10 +73,6 @@ class AdaGrad(Optimizer):
         if not (wd == 0):
             return "AdaGrad with a row-sparse gradient does not support weight decay (MXNet's sparse adagrad_update); use wd=0 or a dense gradient"
         return None
-
-    def _prologue(self, learning_rate, num_update):
-        """Once per update call, before any parameter is touched."""
-        return {}
 
     def _kernel_numpy(self, step, weight, grad, tensors, scalars):
         """One parameter's update, in place on `weight`, `tensors` and `scalars` (`step`: optforge.optimizer.Step)."""

@@ -75,13 +75,6 @@ class DCASGD(Optimizer):
         layout.append(('prev_weight', 'weight', 0.0))
         return layout
 
-    def _scalar_init(self):
-        return {}
-
-    def _prologue(self, learning_rate, num_update):
-        """Once per update call, before any parameter is touched."""
-        return {}
-
     def _kernel_numpy(self, step, weight, grad, tensors, scalars):
         """One parameter's update, in place on `weight`, `tensors` and `scalars` (`step`: optforge.optimizer.Step)."""
         lamda = self.lamda

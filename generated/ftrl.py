@@ -70,16 +70,9 @@ class Ftrl(Optimizer):
         layout.append(('n', 'zeros', 0.0))
         return layout
 
-    def _scalar_init(self):
-        return {}
-
     def _sparse_lazy(self, master_copy=False):
         """True when a row-sparse gradient updates only its rows (lazy update)."""
         return True
-
-    def _prologue(self, learning_rate, num_update):
-        """Once per update call, before any parameter is touched."""
-        return {}
 
     def _kernel_numpy(self, step, weight, grad, tensors, scalars):
         """One parameter's update, in place on `weight`, `tensors` and `scalars` (`step`: optforge.optimizer.Step)."""

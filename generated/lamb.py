@@ -98,13 +98,6 @@ class LAMB(Optimizer):
         layout.append(('var', 'zeros', 0.0))
         return layout
 
-    def _scalar_init(self):
-        return {}
-
-    def _prologue(self, learning_rate, num_update):
-        """Once per update call, before any parameter is touched."""
-        return {}
-
     def _kernel_numpy(self, step, weight, grad, tensors, scalars):
         """One parameter's update, in place on `weight`, `tensors` and `scalars` (`step`: optforge.optimizer.Step)."""
         beta1 = self.beta1

@@ -91,9 +91,6 @@ class LARS(Optimizer):
             layout.append(('mom', 'zeros', 0.0))
         return layout
 
-    def _scalar_init(self):
-        return {}
-
     def _sparse_lazy(self, master_copy=False):
         """True when a row-sparse gradient updates only its rows (lazy update)."""
         lazy_update = self.lazy_update

@@ -125,6 +125,7 @@ class LBSGD(Optimizer):
         return layout
 
     def _scalar_init(self):
+        """The scalar states of a new parameter."""
         begin_epoch = self.begin_epoch
         updates_per_epoch = self.updates_per_epoch
         return {'num_cums': begin_epoch * updates_per_epoch}
@@ -133,10 +134,6 @@ class LBSGD(Optimizer):
         """True when a row-sparse gradient updates only its rows (lazy update)."""
         batch_scale = self.batch_scale
         return bool(batch_scale == 1 and not master_copy)
-
-    def _prologue(self, learning_rate, num_update):
-        """Once per update call, before any parameter is touched."""
-        return {}
 
     def _kernel_numpy(self, step, weight, grad, tensors, scalars):
         """One parameter's update, in place on `weight`, `tensors` and `scalars` (`step`: optforge.optimizer.Step)."""

@@ -88,11 +88,8 @@ class Nadam(Optimizer):
         return layout
 
     def _scalar_init(self):
+        """The scalar states of a new parameter."""
         return {'m_schedule': 1.0}
-
-    def _prologue(self, learning_rate, num_update):
-        """Once per update call, before any parameter is touched."""
-        return {}
 
     def _kernel_numpy(self, step, weight, grad, tensors, scalars):
         """One parameter's update, in place on `weight`, `tensors` and `scalars` (`step`: optforge.optimizer.Step)."""

@@ -69,17 +69,10 @@ class NAG(Optimizer):
             layout.append(('mom', 'zeros', 0.0))
         return layout
 
-    def _scalar_init(self):
-        return {}
-
     def _sparse_lazy(self, master_copy=False):
         """True when a row-sparse gradient updates only its rows (lazy update)."""
         momentum = self.momentum
         return bool(momentum == 0 and not master_copy)
-
-    def _prologue(self, learning_rate, num_update):
-        """Once per update call, before any parameter is touched."""
-        return {}
 
     def _kernel_numpy(self, step, weight, grad, tensors, scalars):
         """One parameter's update, in place on `weight`, `tensors` and `scalars` (`step`: optforge.optimizer.Step)."""

@@ -57,18 +57,6 @@ class SGLD(Optimizer):
         super().__init__(**kwargs)
         self._set_hypers(hyper)
 
-    def _state_layout(self):
-        """(name, init, fill) of every tensor state this configuration keeps."""
-        layout = []
-        return layout
-
-    def _scalar_init(self):
-        return {}
-
-    def _prologue(self, learning_rate, num_update):
-        """Once per update call, before any parameter is touched."""
-        return {}
-
     def _kernel_numpy(self, step, weight, grad, tensors, scalars):
         """One parameter's update, in place on `weight`, `tensors` and `scalars` (`step`: optforge.optimizer.Step)."""
         clip_gradient = self.clip_gradient
