@@ -12,7 +12,7 @@ from .emit_c import CpuEmitter, CudaEmitter
 from .emit_driver import driver_lines
 from .emit_numpy import NumpyEmitter, kernel_lines, step_bindings
 from .emit_sparse import RowsEmitter
-from .errors import SpecError
+from .errors import SpecError, printable
 from .ir import Op, Role, Spec
 from .lower import Program, lower
 from .parser import parse
@@ -61,6 +61,7 @@ def docstring(text: str, indent: str = "    ") -> str:
 _env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)), autoescape=False,
                           keep_trailing_newline=True, undefined=jinja2.StrictUndefined)
 _env.filters["pyrepr"] = pyrepr
+_env.filters["printable"] = printable
 
 
 def load_spec_text(text: str, path: str) -> tuple[Spec, list]:

@@ -64,8 +64,14 @@ class Diagnostic:
         return self.render()
 
 
-def _printable(text: str) -> str:
+def printable(text: str) -> str:
+    """`text` with every character that is not printable written as its escape (a newline as `\\n`):
+    safe inside a comment or a message of one line. Paths and names from the file system reach
+    generated code only through this."""
     return text if text.isprintable() else "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+_printable = printable
 
 
 class SpecError(Exception):

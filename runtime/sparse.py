@@ -45,8 +45,8 @@ class RowSparse:
     shape : the dense shape, at least 1-D.
 
     Everything is checked on construction (TypeError for wrong types, ValueError for wrong values,
-    each naming the problem), so an update never starts with a malformed gradient. The arrays are
-    kept as given (``indices`` converted to int64), not copied: do not change them afterwards.
+    each naming the problem), so an update never starts with a malformed gradient. ``indices`` is
+    copied (int64, read-only) before it is checked; ``data`` is kept as given.
     """
     __slots__ = ("data", "indices", "shape", "xp")
 
@@ -66,6 +66,13 @@ class RowSparse:
             indices = xp.asarray(indices if len(indices) else np.zeros(0, np.int64))
         if indices.dtype.kind not in "iu":
             raise TypeError(f"RowSparse indices must be integers, got dtype {indices.dtype}")
+        if indices.dtype.kind == "u" and indices.size and int(indices.max()) > np.iinfo(np.int64).max:
+            raise ValueError(f"RowSparse index {int(indices.max())} is out of range for {shape[0]} rows")
+        # a private, read-only copy, checked below: changing the caller's array afterwards cannot move
+        # an update out of bounds (the row kernels index memory with these)
+        indices = xp.array(indices, dtype=xp.int64, copy=True)
+        if xp is np:
+            indices.flags.writeable = False
         if indices.ndim != 1:
             raise ValueError(f"RowSparse indices must be 1-D, got shape {tuple(indices.shape)}")
         expected = (indices.shape[0],) + shape[1:]
@@ -83,7 +90,7 @@ class RowSparse:
                 raise ValueError("RowSparse indices must be " + ("unique (a row appears twice)" if dup else
                                                                   "sorted in increasing order"))
         self.data = data
-        self.indices = indices.astype(xp.int64, copy=False)
+        self.indices = indices
         self.shape = shape
         self.xp = xp
 

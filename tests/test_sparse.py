@@ -273,3 +273,25 @@ def test_row_kernel_reduces_weight_over_the_full_tensor():
                                         "toy.opt")[0])
     rows = text[text.index("def _kernel_rows"):]
     assert "n = ops.norm(weight)" in rows and "weight[rows] = weight_rows" in rows
+
+
+def test_row_sparse_keeps_a_checked_copy_of_its_indices():
+    """Changing the caller's index array after construction cannot send an update out of bounds (the
+    row kernels index memory with it): the gradient holds its own read-only copy."""
+    rows = np.array([0, 2], np.int64)
+    g = RowSparse(np.ones((2, 3), np.float32), rows, (4, 3))
+    rows[1] = 10 ** 9
+    assert g.indices.tolist() == [0, 2] and not g.indices.flags.writeable
+    for backend in ("numpy", "native"):
+        if backend == "native" and not optforge.native.available():
+            continue
+        opt = optforge.create("sgd", learning_rate=0.5)
+        opt.backend = backend
+        w = np.zeros((4, 3), np.float32)
+        opt.update(0, w, g, opt.create_state(0, w))
+        np.testing.assert_array_equal(w[[0, 2]], -0.5)
+        np.testing.assert_array_equal(w[[1, 3]], 0)
+    with pytest.raises(ValueError, match="index -1 is out of range"):
+        RowSparse(np.ones((1, 3), np.float32), [-1], (4, 3))
+    with pytest.raises(ValueError, match="out of range"):
+        RowSparse(np.ones((1, 3), np.float32), np.array([2 ** 63], np.uint64), (4, 3))
