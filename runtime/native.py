@@ -55,6 +55,42 @@ def cache_dir() -> Path:
     return Path(os.environ.get("OPTFORGE_CACHE_DIR") or Path.home() / ".cache" / "optforge")
 
 
+_private_build_dir: list = []
+
+
+def _library_dir() -> Path:
+    """The cache folder of compiled libraries: this user's and nobody else's to write (0700), or a
+    private folder of this process where it is not."""
+    from .specload import private_dir
+    out_dir = cache_dir()
+    try:
+        if private_dir(out_dir):
+            return out_dir
+    except OSError:
+        pass
+    if not _private_build_dir:
+        _private_build_dir.append(Path(tempfile.mkdtemp(prefix="optforge-build-")))
+    return _private_build_dir[0]
+
+
+def _digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _verified(lib: Path) -> bool:
+    """Whether a cached library is whole: its sha256 is the one recorded beside it when it was built
+    (a truncated or replaced file is never loaded: dlopen of a damaged file can kill the process)."""
+    sidecar = lib.with_suffix(".sha256")
+    try:
+        return lib.is_file() and not lib.is_symlink() and sidecar.read_text().strip() == _digest(lib)
+    except OSError:
+        return False
+
+
 def _build(source: str, name: str) -> Path:
     cxx = compiler()
     if cxx is None:
@@ -62,10 +98,9 @@ def _build(source: str, name: str) -> Path:
     from . import __version__
     key = hashlib.sha256("\n".join([source, " ".join(FLAGS), str(_compiler_state["version"]), __version__,
                                     sys.platform]).encode()).hexdigest()[:24]
-    out_dir = cache_dir()
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = _library_dir()
     lib = out_dir / f"{name}-{key}.so"
-    if lib.exists():
+    if _verified(lib):
         return lib
     fd, src_path = tempfile.mkstemp(dir=out_dir, prefix=f".{name}-", suffix=".cpp")
     tmp_lib = src_path[:-4] + ".so"
@@ -76,6 +111,9 @@ def _build(source: str, name: str) -> Path:
         if r.returncode != 0:
             numbered = "\n".join(f"{i + 1:5d}  {ln}" for i, ln in enumerate(source.splitlines()))
             raise NativeError(f"compiling {name} failed ({cxx} {' '.join(FLAGS)}):\n{r.stderr}\n{numbered}")
+        with open(tmp_lib, "rb") as f:   # on disk before it is published: a crash leaves no torn file
+            os.fsync(f.fileno())
+        _write_synced(lib.with_suffix(".sha256"), _digest(Path(tmp_lib)) + "\n")
         os.replace(tmp_lib, lib)   # atomic: a half-written library is never picked up
     finally:
         for p in (src_path, tmp_lib):
@@ -84,6 +122,19 @@ def _build(source: str, name: str) -> Path:
     if os.environ.get("OPTFORGE_DEBUG", "0") >= "3":
         print(f"optforge: compiled {name} -> {lib}", file=sys.stderr)
     return lib
+
+
+def _write_synced(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 class NativeLibrary:
@@ -119,9 +170,15 @@ def library_for(cls) -> NativeLibrary:
                 path = _build(source, name)
                 try:
                     lib = NativeLibrary(path)
-                except OSError:   # a damaged cache entry: build it again
+                except OSError:   # not loadable after all: build it again
                     path.unlink(missing_ok=True)
                     lib = NativeLibrary(_build(source, name))
+                # a library that lacks a stage kernel of this spec is refused now, before any update
+                # has counted anything
+                for fn in getattr(cls, "kernel_stages", ()):
+                    for suffix in _SUFFIX.values():
+                        if not hasattr(lib.lib, f"{fn}_{suffix}"):
+                            raise NativeError(f"{path} has no kernel {fn}_{suffix}: not built from {src}")
                 _libs[key] = lib
     return lib
 
@@ -137,6 +194,12 @@ def usable(cls) -> bool:
     """Whether the native backend works for an optimizer class: a compiler exists and its library
     builds and loads. A failure is reported once, as a warning, and that class then uses NumPy."""
     if not available():
+        if not _unusable.get("no compiler") and backend_choice() == "auto":
+            _unusable["no compiler"] = True
+            import warnings
+            warnings.warn("optforge: no C++ compiler found (tried $OPTFORGE_CXX, $CXX, g++); updates use the "
+                          "slower NumPy backend. Install g++ for the native kernels, or set OPTFORGE_BACKEND=numpy "
+                          "to choose NumPy and silence this", RuntimeWarning, stacklevel=3)
         return False
     key = (cls.__module__, getattr(cls, "spec_hash", None))
     if key in _unusable:

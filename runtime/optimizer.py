@@ -8,6 +8,7 @@ from __future__ import annotations
 import difflib
 import math
 import numbers
+import threading
 import warnings
 from typing import Any, NamedTuple
 
@@ -176,6 +177,7 @@ class Optimizer:
         self._rng = np.random.default_rng()
         self.lr_mult: dict = {}
         self.wd_mult: dict = {}
+        self._updating = threading.Lock()   # held by the update in progress (see _update)
         self.set_lr_mult({})
         self.set_wd_mult({})
 
@@ -351,10 +353,28 @@ class Optimizer:
         self._update(index, weight, grad, state)
 
     def _update(self, index, weight, grad, state):
+        # one update at a time: an optimizer's updates share scratch arrays (and its counters)
+        if not self._updating.acquire(blocking=False):
+            raise RuntimeError(f"this {type(self).__name__} is being updated from another thread; an optimizer's "
+                               "updates share its scratch memory and counters: give each thread its own "
+                               "optimizer, or serialise the calls")
+        try:
+            self._update_one_call(index, weight, grad, state)
+        finally:
+            self._updating.release()
+
+    def _update_one_call(self, index, weight, grad, state):
         indices, weights, grads, states = self._gather(index, weight, grad, state)
         if not indices:
             return
         self._check_sparse_requires(indices, grads, states)
+        # the backend and its kernels are ready before anything is counted: a library that cannot be
+        # built or loaded raises here, with the counters untouched
+        backend = self.backend
+        if any(cuda.is_cupy(w) for w in weights):
+            cuda.module_for(type(self), weights[0].device.id)
+        elif backend == "native":
+            native.library_for(type(self))
         # counting comes after validation; if the schedule or a multiplier then fails, undo it
         saved = [(i, self._index_update_count.get(i)) for i in indices], self.num_update
         try:
@@ -391,7 +411,7 @@ class Optimizer:
                     self._index_update_count[i] = n
             self.num_update = saved[1]
             raise
-        self._call_backend = self.backend   # chosen once per call, not once per parameter
+        self._call_backend = backend   # chosen once per call, not once per parameter
         multi = None
         if len(indices) > 1 and self.multi_tensor:
             if all(cuda.is_cupy(w) and cuda.is_cupy(g) for w, g in zip(weights, grads)):

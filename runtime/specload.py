@@ -16,9 +16,12 @@
 
 Nothing is written into the user's tree. The compiled files (module, C++ and CUDA source) go to
 `<cache>/specs/<name>-<hash>/` (the cache is the native backend's: `OPTFORGE_CACHE_DIR`, default
-~/.cache/optforge), because the native and CUDA backends read `<module>.cpp` / `.cu` beside the
-module file. Directories are named by the hash of what the compiler produced, written atomically,
-so a stale or half-written entry is never used. Within a process, the same spec text gives the same
+~/.cache/optforge, made 0700 and used only when it belongs to this user and nobody else can write
+it), because the native and CUDA backends read `<module>.cpp` / `.cu` beside the module file.
+Directories are named by the hash of what the compiler produced, written atomically, and every file
+of an entry is compared with what it must hold before it is used: a stale, half-written or tampered
+entry is replaced, and the module runs from the text just generated. Where the cache cannot be
+used, a private folder of this process (`tempfile.mkdtemp`) holds the files. Within a process, the same spec text gives the same
 class (keyed by its content hash), compiled once.
 """
 from __future__ import annotations
@@ -49,32 +52,66 @@ def _read(spec) -> tuple[str, str, str | None]:
     return spec, "<spec>", None
 
 
+_private_root: list = []   # this process's fallback folder, made once by mkdtemp (0700, unpredictable)
+
+
+def private_dir(path: Path) -> bool:
+    """Make `path` (and its parents) if needed, mode 0700; True when it is a folder of this user that
+    nobody else can write (a cache anyone else can write could hand us code to run)."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if not hasattr(os, "getuid"):   # pragma: no cover - not POSIX
+        return path.is_dir()
+    st = path.lstat()
+    if not path.is_dir() or path.is_symlink() or st.st_uid != os.getuid():
+        return False
+    if st.st_mode & 0o022:
+        try:
+            os.chmod(path, st.st_mode & ~0o077)
+        except OSError:
+            return False
+    return True
+
+
 def _write_dir(files: dict[str, str], name: str) -> Path:
-    """The folder holding these files: found by their hash in the cache, or written there atomically."""
+    """The folder holding exactly these files: found by their hash in the cache (every file compared
+    with what it must hold), or written there atomically. A damaged or tampered entry is replaced.
+    Where the cache cannot be used, a private folder of this process (mkdtemp) holds them."""
     from .native import cache_dir
     digest = hashlib.sha256("\0".join(f"{k}\0{v}" for k, v in sorted(files.items())).encode()).hexdigest()[:16]
-    fallback = Path(tempfile.gettempdir()) / f"optforge-specs-{getattr(os, 'getuid', lambda: 0)()}"
-    for root in (cache_dir() / "specs", fallback):
+
+    def intact(folder: Path) -> bool:
+        try:
+            return all((folder / k).is_file() and not (folder / k).is_symlink()
+                       and (folder / k).read_text(encoding="utf-8") == v for k, v in files.items())
+        except (OSError, UnicodeDecodeError):
+            return False
+
+    roots = [cache_dir() / "specs"]
+    if _private_root:
+        roots.append(_private_root[0])
+    for root in roots:
         final = root / f"{name}-{digest}"
         try:
-            if all((final / k).is_file() and (final / k).read_text(encoding="utf-8") == v for k, v in files.items()):
+            if not private_dir(root):
+                continue
+            if intact(final):
                 return final
-            root.mkdir(parents=True, exist_ok=True)
             tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{name}-"))
             for k, v in files.items():
                 (tmp / k).write_text(v, encoding="utf-8", newline="\n")
+            if final.exists() or final.is_symlink():   # damaged or tampered: set it aside
+                os.replace(final, Path(tempfile.mkdtemp(dir=root, prefix=".stale-")) / "entry")
             try:
-                os.replace(tmp, final)           # atomic; a folder already there came from the same files
+                os.replace(tmp, final)           # atomic
             except OSError:
-                if not final.is_dir():
-                    raise
-                for k in files:
-                    (tmp / k).unlink()
-                tmp.rmdir()
-            return final
+                return tmp                       # another process won the race: our copy is as good
+            return final if intact(final) else tmp
         except OSError:
             continue
-    raise OSError("load_spec: neither the optforge cache nor the temporary folder is writable")
+    if not _private_root:
+        _private_root.append(Path(tempfile.mkdtemp(prefix="optforge-specs-")))
+        return _write_dir(files, name)
+    raise OSError("load_spec: neither the optforge cache nor a private temporary folder is writable")
 
 
 def load_spec(spec, *, register: bool = True) -> type:
@@ -101,11 +138,14 @@ def load_spec(spec, *, register: bool = True) -> type:
             modname = f"_optforge_spec_{checked.module_name}_{folder.name.rsplit('-', 1)[1]}"
             mod = sys.modules.get(modname)
             if mod is None:
-                mspec = importlib.util.spec_from_file_location(modname, folder / f"{checked.module_name}.py")
+                # run the module from the text just generated, not from what the file holds by now
+                path = folder / f"{checked.module_name}.py"
+                mspec = importlib.util.spec_from_loader(modname, loader=None, origin=str(path))
                 mod = importlib.util.module_from_spec(mspec)
+                mod.__file__ = str(path)
                 sys.modules[modname] = mod
                 try:
-                    mspec.loader.exec_module(mod)
+                    exec(compile(files[f"{checked.module_name}.py"], str(path), "exec"), mod.__dict__)
                 except BaseException:
                     del sys.modules[modname]
                     raise
