@@ -118,7 +118,7 @@ RUN = textwrap.dedent("""
         opt.update(0, w, np.ones(8, np.float32), s)
         print("updated", opt.num_update, float(w[0]))
     except native.NativeError as e:
-        print("refused", opt.num_update, float(w[0]), str(e).splitlines()[0][:60])
+        print("refused", opt.num_update, float(w[0]), "has no kernel" in str(e))
 """)
 
 
@@ -145,7 +145,7 @@ def test_a_damaged_or_foreign_kernel_library_is_never_loaded(tmp_path):
     lib.write_bytes(other_lib.read_bytes())
     lib.with_suffix(".sha256").write_text(native._digest(lib) + "\n")
     rc, out, err = _run(cache)
-    assert rc == 0 and out.startswith("refused 0 1.0") and "has no kernel" in out, out + err
+    assert rc == 0 and out == "refused 0 1.0 True", out + err
 
 
 def test_no_compiler_is_said_once_not_silently(tmp_path):
