@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import optforge
 import pytest
 
 from optforge.codegen import cli
@@ -155,3 +156,33 @@ def test_prologue_runs_once_per_call():
     assert [s.target for s in spec.prologue] == ["momentum_t", "last_lr"]
     assert spec.prologue_exports == ("momentum_t",)
     assert math.isinf(next(h for h in spec.hypers if h.name == "eta").hi)
+
+
+def test_compiling_into_a_folder_keeps_what_other_specs_compiled_there(tmp_path, capsys):
+    """opt-compile removes only its own files of specs that this run's folders no longer hold: one spec
+    compiled into a package (or into generated/ by mistake) loses none of the modules already there."""
+    out = tmp_path / "pkg"
+    assert cli.main([str(SPECS), "-o", str(out)]) == 0
+    before = sorted(p.name for p in out.iterdir())
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "mine.opt").write_text("optimizer Mine\nupdate {\n    weight -= lr * grad\n}\n")
+    assert cli.main([str(mine / "mine.opt"), "-o", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == sorted(before + ["mine.cpp", "mine.cu", "mine.py"])
+    init = (out / "__init__.py").read_text()
+    assert "from .adam import Adam" in init and "from .mine import Mine" in init and "ccSGD = SGD" in init
+    assert cli.main([str(mine), "-o", str(out), "--check"]) == 0
+    # a spec removed from a folder this run compiles: its files go, nothing else does
+    (mine / "mine.opt").rename(mine / "other.opt.bak")
+    (mine / "mine2.opt").write_text("optimizer Mine2\nupdate {\n    weight -= lr * grad\n}\n")
+    assert cli.main([str(mine), "-o", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == sorted(before + ["mine2.cpp", "mine2.cu", "mine2.py"])
+    from optforge import registry
+    saved = dict(registry._REGISTRY)
+    try:
+        with pytest.warns(UserWarning, match="overriding existing optimizer"):
+            _import_package(out, "pkg_kept")
+        assert {"mine2", "adam"} <= set(optforge.registered())
+    finally:   # the bundled classes stay registered for the other tests
+        registry._REGISTRY.clear()
+        registry._REGISTRY.update(saved)
