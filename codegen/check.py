@@ -12,7 +12,8 @@ from .ir import (COMPARE, Assign, Expr, Global, Hyper, IfStmt, Kind, Op, Role, S
 from .verify import verify
 from .walk import leaves, targets
 from .names import (ARITH, BASE_DEFAULTS, BASE_NAMES, BUILTIN_DOCS, BUILTINS, C_KEYWORDS, FUNCTIONS,  # noqa: F401
-                    NEGATE, NUMERIC, OPTIMIZER_ATTRS, OPTIONS, REL, RESERVED, SPARSE_BUILTINS, STATE_INITS)
+                    NEGATE, NUMERIC, OPTIMIZER_ATTRS, OPTIONS, REL, RESERVED, RESERVED_PATTERN, SPARSE_BUILTINS,
+                    STATE_INITS)
 
 
 def _reads_only(e: Expr, builtins: set) -> bool:
@@ -172,7 +173,7 @@ class Checker:
         if name.startswith("_"):
             self.r.error(span, f"{what} `{name}` may not start with `_`", "names starting with `_` are kept for generated code")
             return False
-        if name in RESERVED:
+        if name in RESERVED or RESERVED_PATTERN.search(name):
             self.r.error(span, f"{what} `{name}` clashes with a name the generated code uses", "choose another name")
             return False
         return True

@@ -149,9 +149,9 @@ STEP_FIELDS = ("lr", "wd", "t", "param_name", "learning_rate", "num_update")   #
 
 
 def step_bindings(body, exports) -> list[str]:
-    """A kernel's first lines: the fields of its `step` record the update reads."""
+    """A kernel's first lines: the fields of its `_step` record the update reads."""
     used = leaves(body, {Op.BUILTIN})
-    return [f"{n} = step.{n}" for n in STEP_FIELDS if n in used] + [f"{n} = step.call[{n!r}]" for n in exports]
+    return [f"{n} = _step.{n}" for n in STEP_FIELDS if n in used] + [f"{n} = _step.call[{n!r}]" for n in exports]
 
 
 def _may_alias(e: Expr) -> bool:

@@ -4,6 +4,7 @@ checker (check.py) applies it."""
 from __future__ import annotations
 
 import builtins
+import re
 
 from .ir import Kind, Op, Ty
 
@@ -67,8 +68,15 @@ C_KEYWORDS = {"auto", "break", "case", "char", "const", "continue", "default", "
 # Names the generated module binds (imports, method parameters and locals) and Python's builtins,
 # which the emitted code calls (max, min, abs, float, bool ...): a spec name must not shadow them.
 RESERVED = {"self", "np", "math", "ops", "kw", "call", "state", "tensors", "scalars", "optforge", "Optimizer",
-            "HyperParam", "G", "index", "layout", "hyper", "kwargs", "zeros", "none"} | set(FUNCTIONS) | \
+            "HyperParam", "G", "index", "layout", "hyper", "kwargs", "zeros", "none",
+            # the generated kernels' own names: Python (chunks, the backend, rows) and C
+            # (the element index, template types, math functions the C emitter calls)
+            "chunks", "be", "rows", "xp", "i", "gi", "T", "C", "fabs", "pow", "floor", "cos",
+            "store_low", "nullptr", "int64_t", "uint64_t", "size_t"} | set(FUNCTIONS) | \
     {n for n in dir(builtins) if not n.startswith("_")}
+# name patterns the generated code uses: C pointers, scalar arguments, reduction terms, template
+# flags, helpers, row-kernel values
+RESERVED_PATTERN = re.compile(r"^(p_|k_|tab_|op_|OPTFORGE)|^(k|red|H|B)\d+$|_rows$")
 # Attributes of a generated optimizer instance (the runtime base class and the generated class):
 # hyperparameters are stored as attributes, so one of these names would overwrite them.
 OPTIMIZER_ATTRS = {"spec_name", "spec_path", "spec_hash", "aliases", "hyperparams", "base_defaults", "tensor_states",

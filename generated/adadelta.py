@@ -66,13 +66,13 @@ class AdaDelta(Optimizer):
         layout.append(('acc_delta', 'zeros', 0.0))
         return layout
 
-    def _kernel_numpy(self, step, weight, grad, tensors, scalars):
-        """One parameter's update, in place on `weight`, `tensors` and `scalars` (`step`: optforge.optimizer.Step)."""
+    def _kernel_numpy(self, _step, weight, grad, tensors, scalars):
+        """One parameter's update, in place on `weight`, `tensors` and `scalars` (`_step`: optforge.optimizer.Step)."""
         epsilon = self.epsilon
         rho = self.rho
         clip_gradient = self.clip_gradient
         rescale_grad = self.rescale_grad
-        wd = step.wd
+        wd = _step.wd
         acc_g = tensors['acc_g']
         acc_delta = tensors['acc_delta']
         if not chunks.use(weight, grad, acc_g, acc_delta):  # small (or strided) tensors: the equations as written
@@ -90,14 +90,14 @@ class AdaDelta(Optimizer):
                 np.subtract(weight, np.add(delta, np.multiply(wd, weight, out=tmp0), out=tmp0), out=weight)  # adadelta.opt:24
             chunks.run(stage0, (grad, acc_g, acc_delta, weight), 3)
 
-    def _kernel_staged(self, be, step, weight, grad, tensors, scalars):
+    def _kernel_staged(self, be, _step, weight, grad, tensors, scalars):
         """The same update for compiled backends: host code around the stage kernels of
         adadelta.cpp / adadelta.cu, launched through `be`."""
         epsilon = self.epsilon
         rho = self.rho
         clip_gradient = self.clip_gradient
         rescale_grad = self.rescale_grad
-        wd = step.wd
+        wd = _step.wd
         acc_g = tensors['acc_g']
         acc_delta = tensors['acc_delta']
         be.launch('optforge_adadelta_s0', (grad, acc_g, acc_delta, weight,), (ops.arg(rescale_grad), ops.arg(clip_gradient), ops.arg(rho), ops.arg(epsilon), ops.arg(wd), ))

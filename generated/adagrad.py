@@ -74,13 +74,13 @@ class AdaGrad(Optimizer):
             return "AdaGrad with a row-sparse gradient does not support weight decay (MXNet's sparse adagrad_update); use wd=0 or a dense gradient"
         return None
 
-    def _kernel_numpy(self, step, weight, grad, tensors, scalars):
-        """One parameter's update, in place on `weight`, `tensors` and `scalars` (`step`: optforge.optimizer.Step)."""
+    def _kernel_numpy(self, _step, weight, grad, tensors, scalars):
+        """One parameter's update, in place on `weight`, `tensors` and `scalars` (`_step`: optforge.optimizer.Step)."""
         eps = self.eps
         clip_gradient = self.clip_gradient
         rescale_grad = self.rescale_grad
-        lr = step.lr
-        wd = step.wd
+        lr = _step.lr
+        wd = _step.wd
         history = tensors['history']
         if not chunks.use(weight, grad, history):  # small (or strided) tensors: the equations as written
             g = ops.clip(rescale_grad * grad, clip_gradient)  # adagrad.opt:24
@@ -93,13 +93,13 @@ class AdaGrad(Optimizer):
                 np.add(weight, np.multiply(np.add(np.divide(g, np.sqrt(np.add(history, eps, out=tmp0), out=tmp0), out=tmp0), np.multiply(weight, wd, out=tmp1), out=tmp0), -lr, out=tmp0), out=weight)  # adagrad.opt:26
             chunks.run(stage0, (grad, history, weight), 3)
 
-    def _kernel_rows(self, step, rows, weight, grad, tensors, scalars):
+    def _kernel_rows(self, _step, rows, weight, grad, tensors, scalars):
         """The lazy update: only the rows `rows` of `weight` and `tensors` change; `grad` holds those rows."""
         eps = self.eps
         clip_gradient = self.clip_gradient
         rescale_grad = self.rescale_grad
-        lr = step.lr
-        wd = step.wd
+        lr = _step.lr
+        wd = _step.wd
         history = tensors['history']
         for rows, grad in ops.row_blocks(rows, grad):
             weight_rows = ops.gather(weight, rows)
@@ -110,13 +110,13 @@ class AdaGrad(Optimizer):
             weight_rows = weight_rows + (g / np.sqrt(history_rows + eps) + weight_rows * wd) * -lr  # adagrad.opt:26
             weight[rows] = weight_rows
 
-    def _kernel_staged(self, be, step, weight, grad, tensors, scalars):
+    def _kernel_staged(self, be, _step, weight, grad, tensors, scalars):
         """The same update for compiled backends: host code around the stage kernels of
         adagrad.cpp / adagrad.cu, launched through `be`."""
         eps = self.eps
         clip_gradient = self.clip_gradient
         rescale_grad = self.rescale_grad
-        lr = step.lr
-        wd = step.wd
+        lr = _step.lr
+        wd = _step.wd
         history = tensors['history']
         be.launch('optforge_adagrad_s0', (grad, history, weight,), (ops.arg(rescale_grad), ops.arg(clip_gradient), ops.arg(eps), ops.arg(wd), ops.arg(-lr), ))

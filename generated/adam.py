@@ -86,16 +86,16 @@ class Adam(Optimizer):
         lazy_update = self.lazy_update
         return bool(lazy_update)
 
-    def _kernel_numpy(self, step, weight, grad, tensors, scalars):
-        """One parameter's update, in place on `weight`, `tensors` and `scalars` (`step`: optforge.optimizer.Step)."""
+    def _kernel_numpy(self, _step, weight, grad, tensors, scalars):
+        """One parameter's update, in place on `weight`, `tensors` and `scalars` (`_step`: optforge.optimizer.Step)."""
         beta1 = self.beta1
         beta2 = self.beta2
         epsilon = self.epsilon
         clip_gradient = self.clip_gradient
         rescale_grad = self.rescale_grad
-        lr = step.lr
-        wd = step.wd
-        t = step.t
+        lr = _step.lr
+        wd = _step.wd
+        t = _step.t
         mean = tensors['mean']
         var = tensors['var']
         if not chunks.use(weight, grad, mean, var):  # small (or strided) tensors: the equations as written
@@ -113,16 +113,16 @@ class Adam(Optimizer):
                 np.subtract(weight, np.divide(np.multiply(lr_t, mean, out=tmp0), np.add(np.sqrt(var, out=tmp1), epsilon, out=tmp1), out=tmp0), out=weight)  # adam.opt:38
             chunks.run(stage0, (grad, weight, mean, var), 3)
 
-    def _kernel_rows(self, step, rows, weight, grad, tensors, scalars):
+    def _kernel_rows(self, _step, rows, weight, grad, tensors, scalars):
         """The lazy update: only the rows `rows` of `weight` and `tensors` change; `grad` holds those rows."""
         beta1 = self.beta1
         beta2 = self.beta2
         epsilon = self.epsilon
         clip_gradient = self.clip_gradient
         rescale_grad = self.rescale_grad
-        lr = step.lr
-        wd = step.wd
-        t = step.t
+        lr = _step.lr
+        wd = _step.wd
+        t = _step.t
         mean = tensors['mean']
         var = tensors['var']
         for rows, grad in ops.row_blocks(rows, grad):
@@ -138,7 +138,7 @@ class Adam(Optimizer):
             weight_rows = weight_rows - lr_t * mean_rows / (np.sqrt(var_rows) + epsilon)  # adam.opt:38
             weight[rows] = weight_rows
 
-    def _kernel_staged(self, be, step, weight, grad, tensors, scalars):
+    def _kernel_staged(self, be, _step, weight, grad, tensors, scalars):
         """The same update for compiled backends: host code around the stage kernels of
         adam.cpp / adam.cu, launched through `be`."""
         beta1 = self.beta1
@@ -146,9 +146,9 @@ class Adam(Optimizer):
         epsilon = self.epsilon
         clip_gradient = self.clip_gradient
         rescale_grad = self.rescale_grad
-        lr = step.lr
-        wd = step.wd
-        t = step.t
+        lr = _step.lr
+        wd = _step.wd
+        t = _step.t
         mean = tensors['mean']
         var = tensors['var']
         lr_t = lr * math.sqrt(1 - beta2 ** t) / (1 - beta1 ** t)  # adam.opt:37

@@ -69,15 +69,15 @@ class Adamax(Optimizer):
         layout.append(('u', 'zeros', 0.0))
         return layout
 
-    def _kernel_numpy(self, step, weight, grad, tensors, scalars):
-        """One parameter's update, in place on `weight`, `tensors` and `scalars` (`step`: optforge.optimizer.Step)."""
+    def _kernel_numpy(self, _step, weight, grad, tensors, scalars):
+        """One parameter's update, in place on `weight`, `tensors` and `scalars` (`_step`: optforge.optimizer.Step)."""
         beta1 = self.beta1
         beta2 = self.beta2
         clip_gradient = self.clip_gradient
         rescale_grad = self.rescale_grad
-        lr = step.lr
-        wd = step.wd
-        t = step.t
+        lr = _step.lr
+        wd = _step.wd
+        t = _step.t
         m = tensors['m']
         u = tensors['u']
         if not chunks.use(weight, grad, m, u):  # small (or strided) tensors: the equations as written
@@ -93,16 +93,16 @@ class Adamax(Optimizer):
                 np.subtract(weight, np.divide(np.multiply(lr / (1 - beta1 ** t), m, out=tmp0), u, out=tmp0), out=weight)  # adamax.opt:28
             chunks.run(stage0, (grad, weight, m, u), 2)
 
-    def _kernel_staged(self, be, step, weight, grad, tensors, scalars):
+    def _kernel_staged(self, be, _step, weight, grad, tensors, scalars):
         """The same update for compiled backends: host code around the stage kernels of
         adamax.cpp / adamax.cu, launched through `be`."""
         beta1 = self.beta1
         beta2 = self.beta2
         clip_gradient = self.clip_gradient
         rescale_grad = self.rescale_grad
-        lr = step.lr
-        wd = step.wd
-        t = step.t
+        lr = _step.lr
+        wd = _step.wd
+        t = _step.t
         m = tensors['m']
         u = tensors['u']
         be.launch('optforge_adamax_s0', (grad, weight, m, u,), (ops.arg(rescale_grad), ops.arg(wd), ops.arg(clip_gradient), ops.arg(beta1), ops.arg(beta2), ops.arg(lr / (1 - beta1 ** t)), ))

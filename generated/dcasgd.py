@@ -75,14 +75,14 @@ class DCASGD(Optimizer):
         layout.append(('prev_weight', 'weight', 0.0))
         return layout
 
-    def _kernel_numpy(self, step, weight, grad, tensors, scalars):
-        """One parameter's update, in place on `weight`, `tensors` and `scalars` (`step`: optforge.optimizer.Step)."""
+    def _kernel_numpy(self, _step, weight, grad, tensors, scalars):
+        """One parameter's update, in place on `weight`, `tensors` and `scalars` (`_step`: optforge.optimizer.Step)."""
         lamda = self.lamda
         momentum = self.momentum
         clip_gradient = self.clip_gradient
         rescale_grad = self.rescale_grad
-        lr = step.lr
-        wd = step.wd
+        lr = _step.lr
+        wd = _step.wd
         mom = tensors.get('mom')
         prev_weight = tensors['prev_weight']
         if not chunks.use(weight, grad, mom, prev_weight):  # small (or strided) tensors: the equations as written
@@ -104,15 +104,15 @@ class DCASGD(Optimizer):
                 np.add(weight, step, out=weight)  # dcasgd.opt:31
             chunks.run(stage0, (grad, weight, prev_weight, mom), 4)
 
-    def _kernel_staged(self, be, step, weight, grad, tensors, scalars):
+    def _kernel_staged(self, be, _step, weight, grad, tensors, scalars):
         """The same update for compiled backends: host code around the stage kernels of
         dcasgd.cpp / dcasgd.cu, launched through `be`."""
         lamda = self.lamda
         momentum = self.momentum
         clip_gradient = self.clip_gradient
         rescale_grad = self.rescale_grad
-        lr = step.lr
-        wd = step.wd
+        lr = _step.lr
+        wd = _step.wd
         mom = tensors.get('mom')
         prev_weight = tensors['prev_weight']
         be.launch('optforge_dcasgd_s0', (grad, weight, prev_weight, mom,), (ops.arg(rescale_grad), ops.arg(clip_gradient), ops.arg(-lr), ops.arg(wd), ops.arg(lamda), ops.arg(momentum != 0), ops.arg(momentum), ))

@@ -76,16 +76,16 @@ class FTML(Optimizer):
         layout.append(('z', 'zeros', 0.0))
         return layout
 
-    def _kernel_numpy(self, step, weight, grad, tensors, scalars):
-        """One parameter's update, in place on `weight`, `tensors` and `scalars` (`step`: optforge.optimizer.Step)."""
+    def _kernel_numpy(self, _step, weight, grad, tensors, scalars):
+        """One parameter's update, in place on `weight`, `tensors` and `scalars` (`_step`: optforge.optimizer.Step)."""
         beta1 = self.beta1
         beta2 = self.beta2
         epsilon = self.epsilon
         clip_gradient = self.clip_gradient
         rescale_grad = self.rescale_grad
-        lr = step.lr
-        wd = step.wd
-        t = step.t
+        lr = _step.lr
+        wd = _step.wd
+        t = _step.t
         d_prev = tensors['d_prev']
         v = tensors['v']
         z = tensors['z']
@@ -106,7 +106,7 @@ class FTML(Optimizer):
                 np.divide(np.negative(z, out=weight), d, out=weight)  # ftml.opt:32
             chunks.run(stage0, (grad, weight, v, z, d_prev), 3)
 
-    def _kernel_staged(self, be, step, weight, grad, tensors, scalars):
+    def _kernel_staged(self, be, _step, weight, grad, tensors, scalars):
         """The same update for compiled backends: host code around the stage kernels of
         ftml.cpp / ftml.cu, launched through `be`."""
         beta1 = self.beta1
@@ -114,9 +114,9 @@ class FTML(Optimizer):
         epsilon = self.epsilon
         clip_gradient = self.clip_gradient
         rescale_grad = self.rescale_grad
-        lr = step.lr
-        wd = step.wd
-        t = step.t
+        lr = _step.lr
+        wd = _step.wd
+        t = _step.t
         d_prev = tensors['d_prev']
         v = tensors['v']
         z = tensors['z']

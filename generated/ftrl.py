@@ -74,14 +74,14 @@ class Ftrl(Optimizer):
         """True when a row-sparse gradient updates only its rows (lazy update)."""
         return True
 
-    def _kernel_numpy(self, step, weight, grad, tensors, scalars):
-        """One parameter's update, in place on `weight`, `tensors` and `scalars` (`step`: optforge.optimizer.Step)."""
+    def _kernel_numpy(self, _step, weight, grad, tensors, scalars):
+        """One parameter's update, in place on `weight`, `tensors` and `scalars` (`_step`: optforge.optimizer.Step)."""
         beta = self.beta
         lamda1 = self.lamda1
         clip_gradient = self.clip_gradient
         rescale_grad = self.rescale_grad
-        lr = step.lr
-        wd = step.wd
+        lr = _step.lr
+        wd = _step.wd
         z = tensors['z']
         n = tensors['n']
         if not chunks.use(weight, grad, z, n):  # small (or strided) tensors: the equations as written
@@ -97,14 +97,14 @@ class Ftrl(Optimizer):
                 weight[...] = np.where(np.abs(z) > lamda1, (np.sign(z) * lamda1 - z) / ((beta + np.sqrt(n)) / lr + wd), 0)  # ftrl.opt:33
             chunks.run(stage0, (grad, z, n, weight), 3)
 
-    def _kernel_rows(self, step, rows, weight, grad, tensors, scalars):
+    def _kernel_rows(self, _step, rows, weight, grad, tensors, scalars):
         """The lazy update: only the rows `rows` of `weight` and `tensors` change; `grad` holds those rows."""
         beta = self.beta
         lamda1 = self.lamda1
         clip_gradient = self.clip_gradient
         rescale_grad = self.rescale_grad
-        lr = step.lr
-        wd = step.wd
+        lr = _step.lr
+        wd = _step.wd
         z = tensors['z']
         n = tensors['n']
         for rows, grad in ops.row_blocks(rows, grad):
@@ -119,15 +119,15 @@ class Ftrl(Optimizer):
             weight_rows = np.where(np.abs(z_rows) > lamda1, (np.sign(z_rows) * lamda1 - z_rows) / ((beta + np.sqrt(n_rows)) / lr + wd), 0)  # ftrl.opt:33
             weight[rows] = weight_rows
 
-    def _kernel_staged(self, be, step, weight, grad, tensors, scalars):
+    def _kernel_staged(self, be, _step, weight, grad, tensors, scalars):
         """The same update for compiled backends: host code around the stage kernels of
         ftrl.cpp / ftrl.cu, launched through `be`."""
         beta = self.beta
         lamda1 = self.lamda1
         clip_gradient = self.clip_gradient
         rescale_grad = self.rescale_grad
-        lr = step.lr
-        wd = step.wd
+        lr = _step.lr
+        wd = _step.wd
         z = tensors['z']
         n = tensors['n']
         be.launch('optforge_ftrl_s0', (grad, z, n, weight,), (ops.arg(rescale_grad), ops.arg(clip_gradient), ops.arg(lr), ops.arg(lamda1), ops.arg(beta), ops.arg(wd), ))

@@ -98,8 +98,8 @@ class LAMB(Optimizer):
         layout.append(('var', 'zeros', 0.0))
         return layout
 
-    def _kernel_numpy(self, step, weight, grad, tensors, scalars):
-        """One parameter's update, in place on `weight`, `tensors` and `scalars` (`step`: optforge.optimizer.Step)."""
+    def _kernel_numpy(self, _step, weight, grad, tensors, scalars):
+        """One parameter's update, in place on `weight`, `tensors` and `scalars` (`_step`: optforge.optimizer.Step)."""
         beta1 = self.beta1
         beta2 = self.beta2
         bias_correction = self.bias_correction
@@ -108,9 +108,9 @@ class LAMB(Optimizer):
         upper_bound = self.upper_bound
         clip_gradient = self.clip_gradient
         rescale_grad = self.rescale_grad
-        lr = step.lr
-        wd = step.wd
-        t = step.t
+        lr = _step.lr
+        wd = _step.wd
+        t = _step.t
         mean = tensors['mean']
         var = tensors['var']
         if not chunks.use(weight, grad, mean, var):  # small (or strided) tensors: the equations as written
@@ -149,13 +149,13 @@ class LAMB(Optimizer):
                 np.subtract(weight, np.multiply(lr * ratio, upd, out=tmp0), out=weight)  # lamb.opt:52
             chunks.run(stage1, (weight, upd), 1)
 
-    def _kernel_staged(self, be, step, weight, grad, tensors, scalars):
+    def _kernel_staged(self, be, _step, weight, grad, tensors, scalars):
         """The same update for compiled backends: host code around the stage kernels of
         lamb.cpp / lamb.cu, launched through `be` (which returns
         the fused reductions at once)."""
-        ops.drive(self._kernel_phases(be, step, weight, grad, tensors, scalars))
+        ops.drive(self._kernel_phases(be, _step, weight, grad, tensors, scalars))
 
-    def _kernel_phases(self, be, step, weight, grad, tensors, scalars):
+    def _kernel_phases(self, be, _step, weight, grad, tensors, scalars):
         """`_kernel_staged` as a generator: it yields each launch whose reductions it needs next and
         resumes with their partial sums (codegen/emit_driver.py)."""
         beta1 = self.beta1
@@ -166,9 +166,9 @@ class LAMB(Optimizer):
         upper_bound = self.upper_bound
         clip_gradient = self.clip_gradient
         rescale_grad = self.rescale_grad
-        lr = step.lr
-        wd = step.wd
-        t = step.t
+        lr = _step.lr
+        wd = _step.wd
+        t = _step.t
         mean = tensors['mean']
         var = tensors['var']
         upd = be.scratch(weight, 'upd')

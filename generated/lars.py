@@ -109,17 +109,17 @@ class LARS(Optimizer):
         last_lr = G['last_lr']
         return {'momentum_t': momentum_t}
 
-    def _kernel_numpy(self, step, weight, grad, tensors, scalars):
-        """One parameter's update, in place on `weight`, `tensors` and `scalars` (`step`: optforge.optimizer.Step)."""
+    def _kernel_numpy(self, _step, weight, grad, tensors, scalars):
+        """One parameter's update, in place on `weight`, `tensors` and `scalars` (`_step`: optforge.optimizer.Step)."""
         eps = self.eps
         eta = self.eta
         momentum = self.momentum
         clip_gradient = self.clip_gradient
         rescale_grad = self.rescale_grad
-        lr = step.lr
-        wd = step.wd
-        param_name = step.param_name
-        momentum_t = step.call['momentum_t']
+        lr = _step.lr
+        wd = _step.wd
+        param_name = _step.param_name
+        momentum_t = _step.call['momentum_t']
         mom = tensors.get('mom')
         if not chunks.use(weight, grad, mom):  # small (or strided) tensors: the equations as written
             w_norm = ops.norm(weight)  # lars.opt:38
@@ -146,17 +146,17 @@ class LARS(Optimizer):
                     np.subtract(np.multiply(1 - lars_lr * wd, weight, out=weight), np.multiply(lars_lr, g, out=tmp0), out=weight)  # lars.opt:47
             chunks.run(stage1, (grad, mom, weight), 2)
 
-    def _kernel_rows(self, step, rows, weight, grad, tensors, scalars):
+    def _kernel_rows(self, _step, rows, weight, grad, tensors, scalars):
         """The lazy update: only the rows `rows` of `weight` and `tensors` change; `grad` holds those rows."""
         eps = self.eps
         eta = self.eta
         momentum = self.momentum
         clip_gradient = self.clip_gradient
         rescale_grad = self.rescale_grad
-        lr = step.lr
-        wd = step.wd
-        param_name = step.param_name
-        momentum_t = step.call['momentum_t']
+        lr = _step.lr
+        wd = _step.wd
+        param_name = _step.param_name
+        momentum_t = _step.call['momentum_t']
         mom = tensors.get('mom')
         weight_rows = ops.gather(weight, rows)
         mom_rows = ops.gather(mom, rows)
@@ -174,13 +174,13 @@ class LARS(Optimizer):
             weight_rows = (1 - lars_lr * wd) * weight_rows - lars_lr * g  # lars.opt:47
             weight[rows] = weight_rows
 
-    def _kernel_staged(self, be, step, weight, grad, tensors, scalars):
+    def _kernel_staged(self, be, _step, weight, grad, tensors, scalars):
         """The same update for compiled backends: host code around the stage kernels of
         lars.cpp / lars.cu, launched through `be` (which returns
         the fused reductions at once)."""
-        ops.drive(self._kernel_phases(be, step, weight, grad, tensors, scalars))
+        ops.drive(self._kernel_phases(be, _step, weight, grad, tensors, scalars))
 
-    def _kernel_phases(self, be, step, weight, grad, tensors, scalars):
+    def _kernel_phases(self, be, _step, weight, grad, tensors, scalars):
         """`_kernel_staged` as a generator: it yields each launch whose reductions it needs next and
         resumes with their partial sums (codegen/emit_driver.py)."""
         eps = self.eps
@@ -188,10 +188,10 @@ class LARS(Optimizer):
         momentum = self.momentum
         clip_gradient = self.clip_gradient
         rescale_grad = self.rescale_grad
-        lr = step.lr
-        wd = step.wd
-        param_name = step.param_name
-        momentum_t = step.call['momentum_t']
+        lr = _step.lr
+        wd = _step.wd
+        param_name = _step.param_name
+        momentum_t = _step.call['momentum_t']
         mom = tensors.get('mom')
         _red_s0 = yield be.launch('optforge_lars_s0', (weight, grad,), (), reduce=2, stores=False)
         w_norm = ops.fused_norm(_red_s0[0]) if _red_s0 is not None else ops.norm(weight)  # lars.opt:38

@@ -135,8 +135,8 @@ class LBSGD(Optimizer):
         batch_scale = self.batch_scale
         return bool(batch_scale == 1 and not master_copy)
 
-    def _kernel_numpy(self, step, weight, grad, tensors, scalars):
-        """One parameter's update, in place on `weight`, `tensors` and `scalars` (`step`: optforge.optimizer.Step)."""
+    def _kernel_numpy(self, _step, weight, grad, tensors, scalars):
+        """One parameter's update, in place on `weight`, `tensors` and `scalars` (`_step`: optforge.optimizer.Step)."""
         batch_scale = self.batch_scale
         momentum = self.momentum
         updates_per_epoch = self.updates_per_epoch
@@ -144,8 +144,8 @@ class LBSGD(Optimizer):
         warmup_strategy = self.warmup_strategy
         clip_gradient = self.clip_gradient
         rescale_grad = self.rescale_grad
-        lr = step.lr
-        wd = step.wd
+        lr = _step.lr
+        wd = _step.wd
         mom = tensors.get('mom')
         cum_grad = tensors.get('cum_grad')
         num_cums = scalars['num_cums']
@@ -227,7 +227,7 @@ class LBSGD(Optimizer):
                 chunks.run(stage4, (cum_grad, grad, mom, weight), 3)
         scalars['num_cums'] = num_cums
 
-    def _kernel_rows(self, step, rows, weight, grad, tensors, scalars):
+    def _kernel_rows(self, _step, rows, weight, grad, tensors, scalars):
         """The lazy update: only the rows `rows` of `weight` and `tensors` change; `grad` holds those rows."""
         batch_scale = self.batch_scale
         momentum = self.momentum
@@ -236,8 +236,8 @@ class LBSGD(Optimizer):
         warmup_strategy = self.warmup_strategy
         clip_gradient = self.clip_gradient
         rescale_grad = self.rescale_grad
-        lr = step.lr
-        wd = step.wd
+        lr = _step.lr
+        wd = _step.wd
         mom = tensors.get('mom')
         cum_grad = tensors.get('cum_grad')
         num_cums = scalars['num_cums']
@@ -286,13 +286,13 @@ class LBSGD(Optimizer):
                 cum_grad[rows] = cum_grad_rows
         scalars['num_cums'] = num_cums
 
-    def _kernel_staged(self, be, step, weight, grad, tensors, scalars):
+    def _kernel_staged(self, be, _step, weight, grad, tensors, scalars):
         """The same update for compiled backends: host code around the stage kernels of
         lbsgd.cpp / lbsgd.cu, launched through `be` (which returns
         the fused reductions at once)."""
-        ops.drive(self._kernel_phases(be, step, weight, grad, tensors, scalars))
+        ops.drive(self._kernel_phases(be, _step, weight, grad, tensors, scalars))
 
-    def _kernel_phases(self, be, step, weight, grad, tensors, scalars):
+    def _kernel_phases(self, be, _step, weight, grad, tensors, scalars):
         """`_kernel_staged` as a generator: it yields each launch whose reductions it needs next and
         resumes with their partial sums (codegen/emit_driver.py)."""
         xp = be.xp
@@ -303,8 +303,8 @@ class LBSGD(Optimizer):
         warmup_strategy = self.warmup_strategy
         clip_gradient = self.clip_gradient
         rescale_grad = self.rescale_grad
-        lr = step.lr
-        wd = step.wd
+        lr = _step.lr
+        wd = _step.wd
         mom = tensors.get('mom')
         cum_grad = tensors.get('cum_grad')
         num_cums = scalars['num_cums']

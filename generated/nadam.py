@@ -91,17 +91,17 @@ class Nadam(Optimizer):
         """The scalar states of a new parameter."""
         return {'m_schedule': 1.0}
 
-    def _kernel_numpy(self, step, weight, grad, tensors, scalars):
-        """One parameter's update, in place on `weight`, `tensors` and `scalars` (`step`: optforge.optimizer.Step)."""
+    def _kernel_numpy(self, _step, weight, grad, tensors, scalars):
+        """One parameter's update, in place on `weight`, `tensors` and `scalars` (`_step`: optforge.optimizer.Step)."""
         beta1 = self.beta1
         beta2 = self.beta2
         epsilon = self.epsilon
         schedule_decay = self.schedule_decay
         clip_gradient = self.clip_gradient
         rescale_grad = self.rescale_grad
-        lr = step.lr
-        wd = step.wd
-        t = step.t
+        lr = _step.lr
+        wd = _step.wd
+        t = _step.t
         m = tensors['m']
         v = tensors['v']
         m_schedule = scalars['m_schedule']
@@ -135,7 +135,7 @@ class Nadam(Optimizer):
             chunks.run(stage0, (grad, weight, m, v), 7)
         scalars['m_schedule'] = m_schedule
 
-    def _kernel_staged(self, be, step, weight, grad, tensors, scalars):
+    def _kernel_staged(self, be, _step, weight, grad, tensors, scalars):
         """The same update for compiled backends: host code around the stage kernels of
         nadam.cpp / nadam.cu, launched through `be`."""
         beta1 = self.beta1
@@ -144,9 +144,9 @@ class Nadam(Optimizer):
         schedule_decay = self.schedule_decay
         clip_gradient = self.clip_gradient
         rescale_grad = self.rescale_grad
-        lr = step.lr
-        wd = step.wd
-        t = step.t
+        lr = _step.lr
+        wd = _step.wd
+        t = _step.t
         m = tensors['m']
         v = tensors['v']
         m_schedule = scalars['m_schedule']

@@ -94,8 +94,8 @@ class RMSProp(Optimizer):
             layout.append(('delta', 'zeros', 0.0))
         return layout
 
-    def _kernel_numpy(self, step, weight, grad, tensors, scalars):
-        """One parameter's update, in place on `weight`, `tensors` and `scalars` (`step`: optforge.optimizer.Step)."""
+    def _kernel_numpy(self, _step, weight, grad, tensors, scalars):
+        """One parameter's update, in place on `weight`, `tensors` and `scalars` (`_step`: optforge.optimizer.Step)."""
         centered = self.centered
         clip_weights = self.clip_weights
         epsilon = self.epsilon
@@ -103,8 +103,8 @@ class RMSProp(Optimizer):
         gamma2 = self.gamma2
         clip_gradient = self.clip_gradient
         rescale_grad = self.rescale_grad
-        lr = step.lr
-        wd = step.wd
+        lr = _step.lr
+        wd = _step.wd
         n = tensors['n']
         g_avg = tensors.get('g_avg')
         delta = tensors.get('delta')
@@ -131,7 +131,7 @@ class RMSProp(Optimizer):
                 chunks.clip(weight, clip_weights, weight)  # rmsprop.opt:44
             chunks.run(stage0, (grad, weight, n, g_avg, delta), 3)
 
-    def _kernel_staged(self, be, step, weight, grad, tensors, scalars):
+    def _kernel_staged(self, be, _step, weight, grad, tensors, scalars):
         """The same update for compiled backends: host code around the stage kernels of
         rmsprop.cpp / rmsprop.cu, launched through `be`."""
         centered = self.centered
@@ -141,8 +141,8 @@ class RMSProp(Optimizer):
         gamma2 = self.gamma2
         clip_gradient = self.clip_gradient
         rescale_grad = self.rescale_grad
-        lr = step.lr
-        wd = step.wd
+        lr = _step.lr
+        wd = _step.wd
         n = tensors['n']
         g_avg = tensors.get('g_avg')
         delta = tensors.get('delta')

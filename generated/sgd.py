@@ -74,13 +74,13 @@ class SGD(Optimizer):
         lazy_update = self.lazy_update
         return bool(lazy_update and not master_copy)
 
-    def _kernel_numpy(self, step, weight, grad, tensors, scalars):
-        """One parameter's update, in place on `weight`, `tensors` and `scalars` (`step`: optforge.optimizer.Step)."""
+    def _kernel_numpy(self, _step, weight, grad, tensors, scalars):
+        """One parameter's update, in place on `weight`, `tensors` and `scalars` (`_step`: optforge.optimizer.Step)."""
         momentum = self.momentum
         clip_gradient = self.clip_gradient
         rescale_grad = self.rescale_grad
-        lr = step.lr
-        wd = step.wd
+        lr = _step.lr
+        wd = _step.wd
         mom = tensors.get('mom')
         if not chunks.use(weight, grad, mom):  # small (or strided) tensors: the equations as written
             g = ops.clip(rescale_grad * grad, clip_gradient)  # sgd.opt:24
@@ -99,13 +99,13 @@ class SGD(Optimizer):
                     np.subtract(np.multiply(1 - lr * wd, weight, out=weight), np.multiply(lr, g, out=tmp0), out=weight)  # sgd.opt:29
             chunks.run(stage0, (grad, mom, weight), 2)
 
-    def _kernel_rows(self, step, rows, weight, grad, tensors, scalars):
+    def _kernel_rows(self, _step, rows, weight, grad, tensors, scalars):
         """The lazy update: only the rows `rows` of `weight` and `tensors` change; `grad` holds those rows."""
         momentum = self.momentum
         clip_gradient = self.clip_gradient
         rescale_grad = self.rescale_grad
-        lr = step.lr
-        wd = step.wd
+        lr = _step.lr
+        wd = _step.wd
         mom = tensors.get('mom')
         for rows, grad in ops.row_blocks(rows, grad):
             weight_rows = ops.gather(weight, rows)
@@ -120,13 +120,13 @@ class SGD(Optimizer):
                 weight_rows = (1 - lr * wd) * weight_rows - lr * g  # sgd.opt:29
                 weight[rows] = weight_rows
 
-    def _kernel_staged(self, be, step, weight, grad, tensors, scalars):
+    def _kernel_staged(self, be, _step, weight, grad, tensors, scalars):
         """The same update for compiled backends: host code around the stage kernels of
         sgd.cpp / sgd.cu, launched through `be`."""
         momentum = self.momentum
         clip_gradient = self.clip_gradient
         rescale_grad = self.rescale_grad
-        lr = step.lr
-        wd = step.wd
+        lr = _step.lr
+        wd = _step.wd
         mom = tensors.get('mom')
         be.launch('optforge_sgd_s0', (grad, mom, weight,), (ops.arg(rescale_grad), ops.arg(clip_gradient), ops.arg(momentum != 0), ops.arg(momentum), ops.arg(lr * wd), ops.arg(lr), ops.arg(1 - lr * wd), ))

@@ -57,12 +57,12 @@ class SGLD(Optimizer):
         super().__init__(**kwargs)
         self._set_hypers(hyper)
 
-    def _kernel_numpy(self, step, weight, grad, tensors, scalars):
-        """One parameter's update, in place on `weight`, `tensors` and `scalars` (`step`: optforge.optimizer.Step)."""
+    def _kernel_numpy(self, _step, weight, grad, tensors, scalars):
+        """One parameter's update, in place on `weight`, `tensors` and `scalars` (`_step`: optforge.optimizer.Step)."""
         clip_gradient = self.clip_gradient
         rescale_grad = self.rescale_grad
-        lr = step.lr
-        wd = step.wd
+        lr = _step.lr
+        wd = _step.wd
         if not chunks.use(weight, grad):  # small (or strided) tensors: the equations as written
             g = ops.clip(rescale_grad * grad, clip_gradient)  # sgld.opt:18
             weight[...] = weight + (-lr / 2 * (g + wd * weight) + ops.normal(self._rng, 0, math.sqrt(lr), weight))  # sgld.opt:19
@@ -73,11 +73,11 @@ class SGLD(Optimizer):
                 np.add(weight, np.add(np.multiply(-lr / 2, np.add(g, np.multiply(wd, weight, out=tmp0), out=tmp0), out=tmp0), noise0, out=tmp0), out=weight)  # sgld.opt:19
             chunks.run(stage0, (grad, weight, noise0), 2)
 
-    def _kernel_staged(self, be, step, weight, grad, tensors, scalars):
+    def _kernel_staged(self, be, _step, weight, grad, tensors, scalars):
         """The same update for compiled backends: host code around the stage kernels of
         sgld.cpp / sgld.cu, launched through `be`."""
         clip_gradient = self.clip_gradient
         rescale_grad = self.rescale_grad
-        lr = step.lr
-        wd = step.wd
+        lr = _step.lr
+        wd = _step.wd
         be.launch('optforge_sgld_s0', (grad, weight,), (ops.arg(rescale_grad), ops.arg(clip_gradient), ops.arg(-lr / 2), ops.arg(wd), ops.arg(math.sqrt(lr)), be.seed(self._rng), ))

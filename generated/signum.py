@@ -75,14 +75,14 @@ class Signum(Optimizer):
             layout.append(('mom', 'zeros', 0.0))
         return layout
 
-    def _kernel_numpy(self, step, weight, grad, tensors, scalars):
-        """One parameter's update, in place on `weight`, `tensors` and `scalars` (`step`: optforge.optimizer.Step)."""
+    def _kernel_numpy(self, _step, weight, grad, tensors, scalars):
+        """One parameter's update, in place on `weight`, `tensors` and `scalars` (`_step`: optforge.optimizer.Step)."""
         momentum = self.momentum
         wd_lh = self.wd_lh
         clip_gradient = self.clip_gradient
         rescale_grad = self.rescale_grad
-        lr = step.lr
-        wd = step.wd
+        lr = _step.lr
+        wd = _step.wd
         mom = tensors.get('mom')
         if not chunks.use(weight, grad, mom):  # small (or strided) tensors: the equations as written
             g = ops.clip(rescale_grad * grad, clip_gradient)  # signum.opt:26
@@ -101,14 +101,14 @@ class Signum(Optimizer):
                     np.subtract(np.multiply(1 - lr * (wd + wd_lh), weight, out=weight), np.multiply(lr, np.sign(g, out=tmp0), out=tmp0), out=weight)  # signum.opt:31
             chunks.run(stage0, (grad, mom, weight), 2)
 
-    def _kernel_staged(self, be, step, weight, grad, tensors, scalars):
+    def _kernel_staged(self, be, _step, weight, grad, tensors, scalars):
         """The same update for compiled backends: host code around the stage kernels of
         signum.cpp / signum.cu, launched through `be`."""
         momentum = self.momentum
         wd_lh = self.wd_lh
         clip_gradient = self.clip_gradient
         rescale_grad = self.rescale_grad
-        lr = step.lr
-        wd = step.wd
+        lr = _step.lr
+        wd = _step.wd
         mom = tensors.get('mom')
         be.launch('optforge_signum_s0', (grad, mom, weight,), (ops.arg(rescale_grad), ops.arg(clip_gradient), ops.arg(momentum != 0), ops.arg(momentum), ops.arg(wd), ops.arg(1 - lr * wd_lh), ops.arg(lr), ops.arg(1 - lr * (wd + wd_lh)), ))

@@ -49,8 +49,8 @@ class Test(Optimizer):
         layout.append(('mirror', 'zeros', 0.0))
         return layout
 
-    def _kernel_numpy(self, step, weight, grad, tensors, scalars):
-        """One parameter's update, in place on `weight`, `tensors` and `scalars` (`step`: optforge.optimizer.Step)."""
+    def _kernel_numpy(self, _step, weight, grad, tensors, scalars):
+        """One parameter's update, in place on `weight`, `tensors` and `scalars` (`_step`: optforge.optimizer.Step)."""
         rescale_grad = self.rescale_grad
         mirror = tensors['mirror']
         if not chunks.use(weight, grad, mirror):  # small (or strided) tensors: the equations as written
@@ -62,7 +62,7 @@ class Test(Optimizer):
                 chunks.copy(weight, mirror)  # test.opt:13
             chunks.run(stage0, (weight, grad, mirror), 1)
 
-    def _kernel_staged(self, be, step, weight, grad, tensors, scalars):
+    def _kernel_staged(self, be, _step, weight, grad, tensors, scalars):
         """The same update for compiled backends: host code around the stage kernels of
         test.cpp / test.cu, launched through `be`."""
         rescale_grad = self.rescale_grad

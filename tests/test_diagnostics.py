@@ -131,3 +131,14 @@ def test_checker_names_cover_the_runtime_optimizer():
     public |= {n for n in vars(Optimizer()) if not n.startswith("_")}
     missing = public - OPTIMIZER_ATTRS - BASE_NAMES - RESERVED
     assert not missing, f"add to OPTIMIZER_ATTRS in codegen/check.py: {sorted(missing)}"
+
+
+@pytest.mark.parametrize("name", ["chunks", "i", "gi", "C", "T", "k_lr", "k3", "p_mean", "red0", "H0", "B1",
+                                  "op_max", "u_rows", "xp", "be", "rows", "fabs"])
+def test_locals_named_like_the_generated_codes_own_names_are_refused(name):
+    """A local that the NumPy or C++ kernels would confuse with their own names is a compile error."""
+    from optforge.codegen.compile import load_spec_text
+    from optforge.codegen.errors import SpecError
+    text = f"optimizer Clash\nupdate {{\n    {name} = grad * 2\n    weight -= lr * {name}\n}}\n"
+    with pytest.raises(SpecError, match=f"name `{name}` clashes with a name the generated code uses"):
+        load_spec_text(text, "clash.opt")

@@ -248,7 +248,7 @@ def test_requires_clause_compiles_to_a_check():
     spec, _ = load_spec_text(_spec('sparse lazy if flag and not master_copy requires wd == 0 "no wd"'), "toy.opt")
     text = render_module(spec)
     assert "def _sparse_requires(self, wd, master_copy=False):" in text and "'no wd'" in text
-    assert "def _kernel_rows(self, step, rows, weight, grad" in text
+    assert "def _kernel_rows(self, _step, rows, weight, grad" in text
 
 
 @pytest.mark.parametrize("line,msg", [
