@@ -622,6 +622,9 @@ class Checker:
             return Expr(REL[op], Ty.BOOL, kind, (a, b), None, False, node.span)
         self._want_number(a, node.left.span, f"`{op}`", scope)
         self._want_number(b, node.right.span, f"`{op}`", scope)
+        if op in ("/", "%") and b.op is Op.CONST and b.value == 0:
+            self.r.error(node.right.span, f"`{op}` by zero", "every update would divide by zero here")
+            raise _Bail
         ty = Ty.INT if a.ty is Ty.INT and b.ty is Ty.INT and op in "+-*%" else Ty.FLOAT
         return Expr(ARITH[op], ty, kind, (a, b), None, False, node.span)
 

@@ -6,7 +6,7 @@ tensor values are NumPy arrays. Weight and states are written in place (`mean[..
 from __future__ import annotations
 
 from .errors import InternalError
-from .ir import Assign, Expr, IfStmt, Kind, Op, Role, Spec
+from .ir import Assign, Expr, IfStmt, Kind, Op, Role, Spec, Ty
 from .lower import Branch, Host, Program, Stage
 from .walk import leaves, targets
 
@@ -61,6 +61,9 @@ class NumpyEmitter:
             p = PREC[op]
             return f"{self._wrap(e.args[0], p)} {op.value} {self._wrap(e.args[1], p, right=True)}", p
         if op is Op.POW:
+            if not tensor and all(a.ty is Ty.INT for a in e.args):
+                # Python's int ** int is exact and unbounded: 2 ** (2 ** 63) would never finish
+                return f"ops.power({self.expr(e.args[0])}, {self.expr(e.args[1])})", ATOM
             p = PREC[op]
             return f"{self._wrap(e.args[0], p + 1)} ** {self._wrap(e.args[1], PREC[Op.NEG])}", p
         if op is Op.NEG:

@@ -132,6 +132,17 @@ def normal(rng: np.random.Generator, mean, std, like: np.ndarray) -> np.ndarray:
     return out
 
 
+def power(a, b) -> float:
+    """`a ** b` of two integers on the host, as a float (what the kernels compute): in bounded time
+    for any exponent, and infinite where it overflows, as in C."""
+    try:
+        return float(a) ** b
+    except OverflowError:
+        return math.copysign(math.inf, a) if b % 2 else math.inf
+    except ZeroDivisionError:   # 0 ** -n
+        return math.inf
+
+
 def arg(x) -> float:
     """A host value as a kernel's scalar argument: numbers as float, True/False as 1/0, and none
     (an optional hyperparameter left unset, e.g. a clip bound) as 0."""

@@ -156,3 +156,18 @@ def test_no_compiler_is_said_once_not_silently(tmp_path):
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert r.returncode == 0 and r.stdout.strip() == "numpy", r.stderr
     assert r.stderr.count("no C++ compiler found") == 1, r.stderr
+
+
+def test_an_integer_power_of_any_size_takes_no_time_and_divisions_by_zero_are_compile_errors():
+    from optforge.codegen.errors import SpecError
+    cls = optforge.load_spec("optimizer Hugepow\nupdate {\n    h = 2 ** 9223372036854775807\n"
+                             "    weight -= lr * grad / (1 + h)\n}\n", register=False)
+    for backend in ["numpy"] + (["native"] if native.available() else []):
+        opt = cls(learning_rate=0.5)
+        opt.backend = backend
+        w = np.ones(3)
+        opt.update(0, w, np.ones(3), opt.create_state(0, w))   # 2 ** (2 ** 63 - 1) is inf: the step is 0
+        np.testing.assert_array_equal(w, 1.0)
+    for op in ("/", "%"):
+        with pytest.raises(SpecError, match=f"`{op}` by zero"):
+            optforge.load_spec(f"optimizer Dz\nupdate {{\n    weight -= lr * grad {op} 0\n}}\n", register=False)
