@@ -53,7 +53,7 @@ from .optimizer import Optimizer as SpecOptimizer
 from .optimizer import OptState
 from .validate import number as _number
 from .sparse import RowSparse
-from .updater import _dec, _enc
+from .updater import _Damaged, _dec, _enc, _int, _value
 
 __all__ = ["Optimizer", "all_reduce_hook"]
 
@@ -244,22 +244,33 @@ class Optimizer(torch.optim.Optimizer):
         if not isinstance(groups, list) or len(groups) != len(sd.get("param_groups", ())):
             raise ValueError("optforge record: one entry per param group expected")
         saved = dict(sd["state"])   # before torch casts tensors to the parameters' dtype
+        # nothing changes unless all of it loads: torch's own load replaces param_groups and state,
+        # so keeping the old objects is enough to put everything back
+        before = (self.param_groups, self.state, getattr(self, "_opts", None), getattr(self, "_optstates", None))
+        try:
+            self._load(sd, saved, groups)
+        except BaseException:
+            self.param_groups, self.state = before[0], before[1]
+            self._opts, self._optstates = before[2], before[3]
+            raise
+
+    def _load(self, sd, saved, groups):
         super().load_state_dict(sd)
         opts = [self._make(g) for g in self.param_groups]
         try:
             for opt, group, rec in zip(opts, self.param_groups, groups):
-                counts = {int(i): int(n) for i, n in rec["counts"]}
+                counts = {_int(i, "parameter index"): _int(n, "update count") for i, n in rec["counts"]}
                 opt._all_index_update_counts = {0: counts}
                 opt._index_update_count = counts
-                opt.num_update = int(rec["num_update"])
-                opt._globals = {k: _dec(v) for k, v in rec["globals"].items()}
+                opt.num_update = _int(rec["num_update"], "num_update")
+                opt._globals = {k: _value(v, f"global {k!r}") for k, v in rec["globals"].items()}
                 rng = _dec(rec["rng"])
                 bit_generator = getattr(np.random, rng["bit_generator"])()
                 bit_generator.state = rng
                 opt._rng = np.random.Generator(bit_generator)
                 if group.get("param_names"):
                     opt.idx2name = {self._index[p]: n for p, n in zip(group["params"], group["param_names"])}
-        except (KeyError, TypeError, ValueError, AttributeError) as e:
+        except (KeyError, TypeError, ValueError, AttributeError, OverflowError, _Damaged) as e:
             raise ValueError(f"bad optforge record in state_dict: {type(e).__name__}: {e}") from None
         self._opts = opts
         self._optstates = {}
@@ -359,7 +370,7 @@ def _restore(p, entry, layout, opt):
     if not isinstance(entry, dict):
         raise ValueError(f"state of parameter {tuple(p.shape)} is not a dict")
     names = [k for k, v in entry.items() if isinstance(v, torch.Tensor) and k != MASTER]
-    scalars = {k: _dec(v) for k, v in entry.items() if not isinstance(v, torch.Tensor)}
+    scalars = {k: _value(v, f"scalar {k!r}") for k, v in entry.items() if not isinstance(v, torch.Tensor)}
     problem = layout.mismatch(names, scalars, opt.spec_name)
     if problem:
         raise ValueError(f"saved state of parameter {tuple(p.shape)} {problem}")

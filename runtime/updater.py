@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import io
 import json
+import numbers
 import os
 import tempfile
 import warnings
@@ -261,7 +262,18 @@ def _num(v, what, optional=False):
 
 
 def _int(v, what):
-    _need(isinstance(v, int) and not isinstance(v, bool) and v >= 0, f"{what} must be an integer >= 0, got {v!r}")
+    _need(isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2 ** 63,
+          f"{what} must be an integer in [0, 2**63), got {v!r}")
+    return v
+
+
+def _value(v, what):
+    """A scalar state or global: a number or a bool, as the spec's update computes them (an int within
+    int64, so that every later update can use it)."""
+    v = _dec(v)
+    ok = isinstance(v, (bool, np.bool_)) or (isinstance(v, numbers.Real) and not isinstance(v, np.ndarray) and (
+        not isinstance(v, numbers.Integral) or -2 ** 63 <= int(v) < 2 ** 63))
+    _need(ok, f"{what} must be a number, got {v!r}")
     return v
 
 
@@ -371,7 +383,8 @@ def optimizer_from_config(cfg: dict, allow_spec_change: bool = False) -> Optimiz
         opt._index_update_count = counts[context]
         opt.num_update = _int(cfg["num_update"], "num_update")
         _need(isinstance(cfg["globals"], dict), "bad globals")
-        opt._globals = {k: _dec(v) for k, v in cfg["globals"].items()}
+        opt._globals = {k: _value(v, f"global {k!r}") for k, v in cfg["globals"].items()}
+        _need(set(opt._globals) <= set(opt.global_names), f"unknown globals {sorted(set(opt._globals) - set(opt.global_names))}")
         rng = _dec(cfg["rng"])
         _need(isinstance(rng, dict) and rng.get("bit_generator") in _BIT_GENERATORS, "bad RNG state")
         bit_generator = getattr(np.random, rng["bit_generator"])()
@@ -511,6 +524,7 @@ def _states_from_header(entries, files, target):
             arrays[name] = arr
             used.add(member)
         master = arrays.pop("__master__", None)
-        out[index] = OptState(e["owner"], shape, dtype, arrays, {k: _dec(v) for k, v in scalars.items()}, master)
+        out[index] = OptState(e["owner"], shape, dtype, arrays,
+                              {k: _value(v, f"state {index!r} scalar {k!r}") for k, v in scalars.items()}, master)
     _need(used == set(files), f"unexpected arrays {sorted(set(files) - used)}")
     return out

@@ -411,3 +411,41 @@ def test_save_replaces_and_keeps_mode(tmp_path):
     assert type(optforge.load_states(path).optimizer).__name__ == "SGD"
     assert os.stat(path).st_mode & 0o777 == 0o600
     assert os.listdir(tmp_path) == ["ckpt.npz"]
+
+
+def _with_header(blob, edit):
+    """The checkpoint `blob` with its JSON header changed by `edit(header)`."""
+    import io
+    import json
+    from optforge.updater import _read_npz
+    files = _read_npz(blob)
+    header = json.loads(files.pop("__header__").tobytes().decode())
+    edit(header)
+    buf = io.BytesIO()
+    np.savez(buf, __header__=np.frombuffer(json.dumps(header).encode(), np.uint8), **files)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("field,value", [("scalar", "a string"), ("scalar", None), ("scalar", {"list": [1, 2]}),
+                                         ("scalar", 10 ** 400), ("count", 10 ** 400), ("global", {"list": [1]})])
+def test_checkpoint_values_are_type_checked(field, value):
+    """A scalar state, a global or a counter of the wrong type (or too large for any later update to
+    use) is a damaged checkpoint, refused on load, not an error in every later update."""
+    from optforge.updater import loads_states
+    name = "nadam" if field == "scalar" else "lars"
+    upd = optforge.get_updater(optforge.create(name, learning_rate=0.1, **({"momentum": 0.9} if name == "lars" else {})))
+    w, g = np.ones(4, np.float32), np.ones(4, np.float32)
+    upd(0, g, w)
+    blob = upd.get_states(dump_optimizer=True)
+    loads_states(blob)   # the intact one loads
+
+    def edit(h):
+        if field == "scalar":
+            key = next(iter(h["states"][0]["scalars"]))
+            h["states"][0]["scalars"][key] = value
+        elif field == "count":
+            h["optimizer"]["num_update"] = value
+        else:
+            h["optimizer"]["globals"] = {k: value for k in h["optimizer"]["globals"]} or {"last_lr": value}
+    with pytest.raises(ValueError, match="damaged checkpoint|bad optimizer record"):
+        loads_states(_with_header(blob, edit))

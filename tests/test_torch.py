@@ -249,6 +249,48 @@ def test_load_state_dict_rejects_foreign_dicts():
         Optimizer([p], "adam").load_state_dict(sd)
 
 
+@pytest.mark.parametrize("damage", ["count", "scalar", "global", "state-tensor"])
+def test_a_rejected_load_state_dict_changes_nothing(damage):
+    """Validation comes before any change: a damaged record leaves param groups, states, counters,
+    globals and the RNG as they were, and the optimizer steps on exactly as before."""
+    g = torch.Generator().manual_seed(2)
+    params = [torch.nn.Parameter(torch.randn(4, 3, generator=g)) for _ in range(2)]
+    spec = {"count": "adam", "scalar": "nadam", "global": "lars", "state-tensor": "adam"}[damage]
+    opt = Optimizer(params, spec, lr=0.01, backend="numpy")
+    for p in params:
+        p.grad = torch.ones_like(p)
+    opt.step()
+    good = opt.state_dict()
+    bad = _roundtrip(good)
+    rec = bad["optforge"]["groups"][0]
+    if damage == "count":
+        rec["counts"] = [[i, 10 ** 400] for i, _ in rec["counts"]]
+    elif damage == "scalar":
+        key = next(k for k, v in bad["state"][0].items() if not isinstance(v, torch.Tensor))
+        bad["state"][0][key] = "a string"
+    elif damage == "global":
+        rec["globals"] = {k: [1, 2] for k in rec["globals"]}
+    else:
+        bad["state"][1] = {"mean": torch.zeros(4, 3)}   # var missing
+    other = Optimizer([torch.nn.Parameter(p.detach().clone()) for p in params], spec, lr=0.01, backend="numpy")
+    other.load_state_dict(_roundtrip(good))
+    before = _roundtrip(other.state_dict())
+    groups_before = other.param_groups
+    with pytest.raises(ValueError):
+        other.load_state_dict(bad)
+    assert other.param_groups is groups_before
+    after = _roundtrip(other.state_dict())
+    assert after["optforge"] == before["optforge"] and after["param_groups"] == before["param_groups"]
+    assert all(torch.equal(before["state"][i][k], v) if isinstance(v, torch.Tensor) else before["state"][i][k] == v
+               for i in after["state"] for k, v in after["state"][i].items())
+    for p, q in zip(params, other.param_groups[0]["params"]):   # and it steps on as the original does
+        p.grad = torch.ones_like(p)
+        q.grad = torch.ones_like(q)
+    opt.step()
+    other.step()
+    assert all(torch.equal(p, q) for p, q in zip(params, other.param_groups[0]["params"]))
+
+
 # ---- sparse gradients -------------------------------------------------------------------------------
 @pytest.mark.parametrize("spec,kw", [("adam", dict(lr=0.1)), ("sgd", dict(lr=0.1, momentum=0.9))])
 def test_sparse_embedding_updates_lazily(spec, kw):
