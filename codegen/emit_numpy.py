@@ -15,8 +15,8 @@ PREC = {Op.OR: 1, Op.AND: 2, Op.NOT: 3, Op.EQ: 4, Op.NE: 4, Op.LT: 4, Op.LE: 4, 
 ATOM = 9
 
 HOST_FUNCS = {Op.SQRT: "math.sqrt({0})", Op.SQUARE: "({0}) ** 2", Op.ABS: "abs({0})", Op.SIGN: "ops.sign({0})",
-              Op.EXP: "math.exp({0})", Op.LOG: "math.log({0})", Op.MAXIMUM: "max({0}, {1})",
-              Op.MINIMUM: "min({0}, {1})", Op.CLIP: "ops.clip({0}, {1})"}
+              Op.EXP: "math.exp({0})", Op.LOG: "math.log({0})", Op.MAXIMUM: "ops.maximum({0}, {1})",
+              Op.MINIMUM: "ops.minimum({0}, {1})", Op.CLIP: "ops.clip({0}, {1})"}
 TENSOR_FUNCS = {Op.SQRT: "{xp}.sqrt({0})", Op.SQUARE: "{xp}.square({0})", Op.ABS: "{xp}.abs({0})",
                 Op.SIGN: "{xp}.sign({0})", Op.EXP: "{xp}.exp({0})", Op.LOG: "{xp}.log({0})",
                 Op.MAXIMUM: "{xp}.maximum({0}, {1})", Op.MINIMUM: "{xp}.minimum({0}, {1})",

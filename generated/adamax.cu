@@ -16,7 +16,7 @@ typedef unsigned long long uint64_t;
 #ifndef OPTFORGE_HD
 #define OPTFORGE_HD inline
 #endif
-template <typename C> OPTFORGE_HD C op_max(C a, C b) { return a > b ? a : b; }
+template <typename C> OPTFORGE_HD C op_max(C a, C b) { return a != a ? a : (b != b ? b : (a > b ? a : b)); }
 /* clip to [-b, b]; b <= 0 (or none, passed as 0) means no clipping */
 template <typename C> OPTFORGE_HD C op_clip(C x, C b) { return b > C(0) ? (x > b ? b : (x < -b ? -b : x)) : x; }
 #endif

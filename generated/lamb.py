@@ -122,9 +122,9 @@ class LAMB(Optimizer):
             upd = mean / c1 / (np.sqrt(var / c2) + epsilon) + wd * weight  # lamb.opt:42
             r1 = ops.norm(weight)  # lamb.opt:43
             if lower_bound is not None and lower_bound > 0:
-                r1 = max(r1, lower_bound)  # lamb.opt:45
+                r1 = ops.maximum(r1, lower_bound)  # lamb.opt:45
             if upper_bound is not None and upper_bound > 0:
-                r1 = min(r1, upper_bound)  # lamb.opt:48
+                r1 = ops.minimum(r1, upper_bound)  # lamb.opt:48
             r2 = ops.norm(upd)  # lamb.opt:50
             ratio = 1 if r1 == 0 or r2 == 0 else r1 / r2  # lamb.opt:51
             weight[...] = weight - lr * ratio * upd  # lamb.opt:52
@@ -140,9 +140,9 @@ class LAMB(Optimizer):
             chunks.run(stage0, (grad, mean, var, weight, upd), 2)
             r1 = ops.norm(weight)  # lamb.opt:43
             if lower_bound is not None and lower_bound > 0:
-                r1 = max(r1, lower_bound)  # lamb.opt:45
+                r1 = ops.maximum(r1, lower_bound)  # lamb.opt:45
             if upper_bound is not None and upper_bound > 0:
-                r1 = min(r1, upper_bound)  # lamb.opt:48
+                r1 = ops.minimum(r1, upper_bound)  # lamb.opt:48
             r2 = ops.norm(upd)  # lamb.opt:50
             ratio = 1 if r1 == 0 or r2 == 0 else r1 / r2  # lamb.opt:51
             def stage1(weight, upd, tmp0):
@@ -177,9 +177,9 @@ class LAMB(Optimizer):
         _red_s0 = yield be.launch('optforge_lamb_s0', (grad, mean, var, weight, upd,), (ops.arg(rescale_grad), ops.arg(clip_gradient), ops.arg(beta1), ops.arg(beta2), ops.arg(c1), ops.arg(c2), ops.arg(epsilon), ops.arg(wd), ), reduce=2)
         r1 = ops.fused_norm(_red_s0[0]) if _red_s0 is not None else ops.norm(weight)  # lamb.opt:43
         if lower_bound is not None and lower_bound > 0:
-            r1 = max(r1, lower_bound)  # lamb.opt:45
+            r1 = ops.maximum(r1, lower_bound)  # lamb.opt:45
         if upper_bound is not None and upper_bound > 0:
-            r1 = min(r1, upper_bound)  # lamb.opt:48
+            r1 = ops.minimum(r1, upper_bound)  # lamb.opt:48
         r2 = ops.fused_norm(_red_s0[1]) if _red_s0 is not None else ops.norm(upd)  # lamb.opt:50
         ratio = 1 if r1 == 0 or r2 == 0 else r1 / r2  # lamb.opt:51
         be.launch('optforge_lamb_s1', (weight, upd,), (ops.arg(lr * ratio), ))

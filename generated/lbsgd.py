@@ -161,7 +161,7 @@ class LBSGD(Optimizer):
                         g2 = ops.total(np.square(cum_grad)) / (batch_scale * batch_scale)  # lbsgd.opt:45
                     else:
                         g2 = ops.total(np.square(grad))  # lbsgd.opt:47
-                    lbmult = min(max(math.sqrt(w2 / (g2 + wd * w2 + 1e-18)), 0.01), 100)  # lbsgd.opt:49
+                    lbmult = ops.minimum(ops.maximum(math.sqrt(w2 / (g2 + wd * w2 + 1e-18)), 0.01), 100)  # lbsgd.opt:49
                 elif num_cums >= nwup:
                     lbmult = batch_scale  # lbsgd.opt:51
                 elif nwup <= 1:
@@ -199,7 +199,7 @@ class LBSGD(Optimizer):
                         g2 = ops.total(np.square(cum_grad)) / (batch_scale * batch_scale)  # lbsgd.opt:45
                     else:
                         g2 = ops.total(np.square(grad))  # lbsgd.opt:47
-                    lbmult = min(max(math.sqrt(w2 / (g2 + wd * w2 + 1e-18)), 0.01), 100)  # lbsgd.opt:49
+                    lbmult = ops.minimum(ops.maximum(math.sqrt(w2 / (g2 + wd * w2 + 1e-18)), 0.01), 100)  # lbsgd.opt:49
                 elif num_cums >= nwup:
                     lbmult = batch_scale  # lbsgd.opt:51
                 elif nwup <= 1:
@@ -256,7 +256,7 @@ class LBSGD(Optimizer):
                     g2 = ops.total(np.square(cum_grad)) / (batch_scale * batch_scale)  # lbsgd.opt:45
                 else:
                     g2 = ops.total(np.square(grad))  # lbsgd.opt:47
-                lbmult = min(max(math.sqrt(w2 / (g2 + wd * w2 + 1e-18)), 0.01), 100)  # lbsgd.opt:49
+                lbmult = ops.minimum(ops.maximum(math.sqrt(w2 / (g2 + wd * w2 + 1e-18)), 0.01), 100)  # lbsgd.opt:49
             elif num_cums >= nwup:
                 lbmult = batch_scale  # lbsgd.opt:51
             elif nwup <= 1:
@@ -322,7 +322,7 @@ class LBSGD(Optimizer):
                 else:
                     _red_s3 = yield be.launch('optforge_lbsgd_s3', (grad,), (), reduce=1, stores=False)
                     g2 = ops.fused_total(_red_s3[0]) if _red_s3 is not None else ops.total(xp.square(grad))  # lbsgd.opt:47
-                lbmult = min(max(math.sqrt(w2 / (g2 + wd * w2 + 1e-18)), 0.01), 100)  # lbsgd.opt:49
+                lbmult = ops.minimum(ops.maximum(math.sqrt(w2 / (g2 + wd * w2 + 1e-18)), 0.01), 100)  # lbsgd.opt:49
             elif num_cums >= nwup:
                 lbmult = batch_scale  # lbsgd.opt:51
             elif nwup <= 1:

@@ -16,7 +16,8 @@ typedef unsigned long long uint64_t;
 #ifndef OPTFORGE_HD
 #define OPTFORGE_HD inline
 #endif
-template <typename C> OPTFORGE_HD C op_sign(C x) { return C((x > C(0)) - (x < C(0))); }
+/* NaN in, NaN out, as in NumPy (the policy of every backend: IEEE arithmetic, nothing sanitised) */
+template <typename C> OPTFORGE_HD C op_sign(C x) { return x != x ? x : C((x > C(0)) - (x < C(0))); }
 /* clip to [-b, b]; b <= 0 (or none, passed as 0) means no clipping */
 template <typename C> OPTFORGE_HD C op_clip(C x, C b) { return b > C(0) ? (x > b ? b : (x < -b ? -b : x)) : x; }
 #endif

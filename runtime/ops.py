@@ -9,8 +9,8 @@ import numpy as np
 
 
 def sign(x):
-    """Host sign: -1.0, 0.0 or 1.0."""
-    return float((x > 0) - (x < 0))
+    """Host sign: -1.0, 0.0 or 1.0; NaN for NaN (as numpy.sign and the kernels)."""
+    return float(x) if x != x else float((x > 0) - (x < 0))
 
 
 def clip(x, bound):
@@ -130,6 +130,16 @@ def normal(rng: np.random.Generator, mean, std, like: np.ndarray) -> np.ndarray:
     if mean != 0:
         out += mean
     return out
+
+
+def maximum(a, b):
+    """max of two host numbers, NaN if either is NaN (as numpy.maximum and the kernels)."""
+    return a if a != a else b if b != b else (a if a > b else b)
+
+
+def minimum(a, b):
+    """min of two host numbers, NaN if either is NaN (as numpy.minimum and the kernels)."""
+    return a if a != a else b if b != b else (a if a < b else b)
 
 
 def power(a, b) -> float:

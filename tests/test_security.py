@@ -171,3 +171,31 @@ def test_an_integer_power_of_any_size_takes_no_time_and_divisions_by_zero_are_co
     for op in ("/", "%"):
         with pytest.raises(SpecError, match=f"`{op}` by zero"):
             optforge.load_spec(f"optimizer Dz\nupdate {{\n    weight -= lr * grad {op} 0\n}}\n", register=False)
+
+
+NAN_INF = [np.nan, np.inf, -np.inf]
+
+
+@pytest.mark.parametrize("name", sorted(n for n in optforge.registered() if n not in ("ccsgd", "sgld")))
+def test_nan_and_inf_in_a_gradient_give_the_same_result_on_every_backend(name):
+    """The NaN/inf policy (SECURITY.md): IEEE arithmetic on every backend, nothing sanitised; where a
+    gradient holds NaN or inf, every backend leaves the same elements finite, with the same values."""
+    if not native.available():
+        pytest.skip("no C++ compiler")
+    out = {}
+    for backend in ("numpy", "native"):
+        opt = optforge.create(name, learning_rate=0.1)
+        opt.backend = backend
+        rng = np.random.default_rng(0)
+        w = rng.uniform(-1, 1, 12)
+        s = opt.create_state(0, w)
+        for step in range(3):
+            g = rng.uniform(-1, 1, 12)
+            g[[step, 5 + step]] = NAN_INF[step], NAN_INF[(step + 1) % 3]
+            with np.errstate(all="ignore"):
+                opt.update(0, w, g, s)
+        out[backend] = [w] + [np.asarray(t) for t in s.tensors.values()]
+    for a, b in zip(out["native"], out["numpy"]):
+        np.testing.assert_array_equal(np.isnan(a), np.isnan(b))
+        np.testing.assert_array_equal(np.isinf(a), np.isinf(b))
+        np.testing.assert_allclose(a[np.isfinite(b)], b[np.isfinite(b)], rtol=1e-12, atol=1e-15)
