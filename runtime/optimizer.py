@@ -1,7 +1,9 @@
 """The Optimizer base class: MXNet 1.x semantics around generated kernels.
 
-This file dispatches and keeps books (counters, learning rates, multipliers, precision); it never
-computes an update itself. Every optimizer-specific line lives in a spec and its generated module.
+This file keeps MXNet's books (arguments, counters, learning rates, multipliers, precision, states);
+validation of an update's arguments is runtime/validate.py, the choice of kernel and backend for
+each parameter runtime/dispatch.py, states and their layout runtime/state.py. Nothing here computes
+an update: every optimizer-specific line lives in a spec and its generated module.
 """
 from __future__ import annotations
 
@@ -14,8 +16,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from . import cuda, native, ops, registry, validate
-from .multi import MultiTensorLaunches, run_lockstep
+from . import cuda, dispatch, native, ops, registry, validate
 from .sparse import RowSparse
 from .state import OptState, StateLayout
 from .validate import FLOAT_DTYPES, check_array as _check_array, check_index as _check_index, is_index as _is_index  # noqa: F401
@@ -117,7 +118,6 @@ class Optimizer:
     sparse = None
     multi_tensor = False
     kernel_stages: tuple = ()    # the stage kernels of the compiled backends, in program order
-    _call_backend = None
 
     def __init__(self, rescale_grad=1.0, param_idx2name=None, wd=0.0, clip_gradient=None, learning_rate=None,
                  lr_scheduler=None, sym=None, begin_num_update=0, multi_precision=False, param_dict=None, **kwargs):
@@ -411,60 +411,9 @@ class Optimizer:
                     self._index_update_count[i] = n
             self.num_update = saved[1]
             raise
-        self._call_backend = backend   # chosen once per call, not once per parameter
-        multi = None
-        if len(indices) > 1 and self.multi_tensor:
-            if all(cuda.is_cupy(w) and cuda.is_cupy(g) for w, g in zip(weights, grads)):
-                # CUDA list update: one launch per stage for all parameters
-                import cupy
-                multi = MultiTensorLaunches(cuda.MultiLauncher(cuda.module_for(type(self), weights[0].device.id)),
-                                            cupy, self.kernel_stages)
-            elif self._call_backend == "native" and ops.current_reduce_hook() is None:
-                # native list update: the small tensors in one call per stage, in parallel over tensors.
-                # Not with a reduce hook: deferring only the small tensors would reorder the hook's calls,
-                # and sharded ranks, whose slices differ in size, must all-reduce in the same order
-                multi = MultiTensorLaunches(native.MultiLauncher(native.library_for(type(self))), np,
-                                            self.kernel_stages)
-        try:
-            phases = []   # deferred drivers with fused reductions: they run in lockstep
-            with np.errstate(all="ignore"):
-                for i, w, g, s, lr, wd, base in zip(indices, weights, grads, states, lrs, wds, bases):
-                    step = Step(call, lr, wd, self._index_update_count[i], self.idx2name.get(i, str(i)), base,
-                                num_update)
-                    if multi is not None and (multi.xp is not np or native.batchable(w, g, s.master)):
-                        gen = self._step_deferred(w, g, s, step, multi)
-                        if gen is not None:
-                            phases.append(gen)
-                    else:
-                        self._step_one(w, g, s, step)
-            if multi is not None:
-                run_lockstep(multi, phases)
-        finally:
-            self._call_backend = None
-
-    def _step_one(self, weight, grad, state, step):
-        if isinstance(grad, RowSparse):
-            if self._lazy_rows(state):
-                self._step_rows(weight, grad, state, step)
-                return
-            grad = grad.todense()  # standard semantics: the dense update with zeros in the other rows
-        if cuda.is_cupy(weight):
-            self._step_cuda(weight, grad, state, step)
-        elif state.master is not None:
-            master = state.master
-            g32 = grad.astype(np.float32)
-            self._kernel(step, master, g32, state.tensors, state.scalars)
-            weight[...] = master
-        elif weight.dtype == np.float16:
-            # compute in float32, store float16 (MXNet rounds every intermediate to float16)
-            w32 = weight.astype(np.float32)
-            t32 = {k: v.astype(np.float32) for k, v in state.tensors.items()}
-            self._kernel(step, w32, grad.astype(np.float32), t32, state.scalars)
-            weight[...] = w32
-            for k, v in state.tensors.items():
-                v[...] = t32[k]
-        else:
-            self._kernel(step, weight, grad, state.tensors, state.scalars)
+        steps = [Step(call, lr, wd, self._index_update_count[i], self.idx2name.get(i, str(i)), base, num_update)
+                 for i, lr, wd, base in zip(indices, lrs, wds, bases)]
+        dispatch.run(self, weights, grads, states, steps, backend)
 
     @property
     def backend(self) -> str:
@@ -483,42 +432,6 @@ class Optimizer:
             raise ValueError("backend 'native' needs a C++ compiler (set OPTFORGE_CXX)")
         self._backend = value
 
-    def _step_deferred(self, weight, grad, state, step, multi):
-        """Record one parameter's launches for a multi-tensor launch (runtime/multi.py). A driver with
-        fused reductions comes back as a generator (`run_lockstep` runs it); any other has recorded
-        all its launches and None comes back."""
-        target = state.master if state.master is not None else weight
-        be = multi.param(target, grad, weight_lp=weight if state.master is not None else None)
-        args = (be, step, target, grad, state.tensors, state.scalars)
-        phases = getattr(self, "_kernel_phases", None)
-        if phases is not None:
-            return phases(*args)
-        self._kernel_staged(*args)
-        return None
-
-    def _step_cuda(self, weight, grad, state, step):
-        """CuPy arrays: the spec's CUDA kernels. float16 weights are read and written as float16
-        (float32 arithmetic); with a master copy the kernel updates it and writes the float16
-        weight in the same pass."""
-        module = cuda.module_for(type(self), weight.device.id)
-        if state.master is not None:
-            be = cuda.CudaBackend(module, state.master, grad, weight_lp=weight)
-            self._kernel_staged(be, step, state.master, grad, state.tensors, state.scalars)
-        else:
-            be = cuda.CudaBackend(module, weight, grad)
-            self._kernel_staged(be, step, weight, grad, state.tensors, state.scalars)
-
-    def _kernel(self, step, weight, grad, tensors, scalars):
-        """Run this spec's update on one parameter with the selected backend."""
-        if (self._call_backend or self.backend) == "native":
-            cache = self.__dict__.setdefault("_scratch_cache", {})   # reused scratch arrays (native.py)
-            be = native.NativeBackend(native.library_for(type(self)), weight.dtype, cache)
-            if not grad.flags.c_contiguous:
-                grad = np.ascontiguousarray(grad)
-            self._kernel_staged(be, step, weight, grad, tensors, scalars)
-        else:
-            self._kernel_numpy(step, weight, grad, tensors, scalars)
-
     # ---- row-sparse gradients (runtime/sparse.py) ------------------------------------------------------
     def _lazy_rows(self, state) -> bool:
         """Whether a row-sparse gradient for this parameter takes the lazy row kernel (the spec's
@@ -536,34 +449,6 @@ class Optimizer:
                 if message is not None:
                     where = f" (grad[{k}])" if len(indices) > 1 else ""
                     raise ValueError(message + where)
-
-    def _step_rows(self, weight, grad, state, step):
-        """The lazy update: the generated row kernel changes only the rows `grad.indices` of the weight
-        and of every state tensor (float16 rows are computed in float32 by ops.gather)."""
-        rows, data = grad.indices, grad.data
-        target = state.master if state.master is not None else weight
-        if cuda.is_cupy(weight):
-            module = cuda.module_for(type(self), weight.device.id)
-            lp = weight if state.master is not None else None
-            be = cuda.CudaRowsBackend(module, target, data, rows, weight_lp=lp)
-            self._kernel_staged(be, step, target, data, state.tensors, state.scalars)
-            return
-        if (self._call_backend or self.backend) == "native" and target.dtype != np.float16 and \
-                isinstance(target, np.ndarray):
-            # compiled row kernels, parallel over the gradient's elements
-            data = np.ascontiguousarray(data, dtype=target.dtype)
-            be = native.NativeRowsBackend(native.library_for(type(self)), target.dtype, rows, data)
-            self._kernel_staged(be, step, target, data, state.tensors, state.scalars)
-            if state.master is not None:
-                weight[rows] = state.master.take(rows, axis=0)
-            return
-        if state.master is not None:
-            self._kernel_rows(step, rows, state.master, data.astype(np.float32), state.tensors, state.scalars)
-            weight[rows] = state.master.take(rows, axis=0)
-        else:
-            if data.dtype == np.float16:
-                data = data.astype(np.float32)
-            self._kernel_rows(step, rows, weight, data, state.tensors, state.scalars)
 
     def _gather(self, index, weight, grad, state):
         """Normalise to lists and validate everything before anything is touched (runtime/validate.py)."""

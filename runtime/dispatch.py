@@ -1,0 +1,134 @@
+"""Dispatch: which generated kernel runs each parameter of one update call, on which backend.
+
+`Optimizer._update` validates, counts and computes each parameter's `Step`; `run` then picks, per
+parameter: the CUDA kernels for CuPy arrays, the native C++ kernels or the NumPy kernel for NumPy
+arrays (`backend`, chosen once per call), the lazy row kernels for a row-sparse gradient of a spec
+that declares `sparse lazy`, and float32 compute for float16 weights (with or without a master copy).
+A list update defers launches to one multi-tensor launch per stage where it can (runtime/multi.py):
+every parameter on CUDA, the small tensors on the native backend.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from . import cuda, native, ops
+from .multi import MultiTensorLaunches, run_lockstep
+from .sparse import RowSparse
+
+
+def run(opt, weights, grads, states, steps, backend: str) -> None:
+    multi = None
+    if len(weights) > 1 and opt.multi_tensor:
+        if all(cuda.is_cupy(w) and cuda.is_cupy(g) for w, g in zip(weights, grads)):
+            # CUDA list update: one launch per stage for all parameters
+            import cupy
+            multi = MultiTensorLaunches(cuda.MultiLauncher(cuda.module_for(type(opt), weights[0].device.id)),
+                                        cupy, opt.kernel_stages)
+        elif backend == "native" and ops.current_reduce_hook() is None:
+            # native list update: the small tensors in one call per stage, in parallel over tensors.
+            # Not with a reduce hook: deferring only the small tensors would reorder the hook's calls,
+            # and sharded ranks, whose slices differ in size, must all-reduce in the same order
+            multi = MultiTensorLaunches(native.MultiLauncher(native.library_for(type(opt))), np, opt.kernel_stages)
+    phases = []   # deferred drivers with fused reductions: they run in lockstep
+    with np.errstate(all="ignore"):
+        for w, g, s, step in zip(weights, grads, states, steps):
+            if multi is not None and (multi.xp is not np or native.batchable(w, g, s.master)):
+                gen = _deferred(opt, w, g, s, step, multi)
+                if gen is not None:
+                    phases.append(gen)
+            else:
+                step_one(opt, w, g, s, step, backend)
+        if multi is not None:
+            run_lockstep(multi, phases)
+
+
+def step_one(opt, weight, grad, state, step, backend: str) -> None:
+    """One parameter, on its own."""
+    if isinstance(grad, RowSparse):
+        if opt._lazy_rows(state):
+            _rows(opt, weight, grad, state, step, backend)
+            return
+        grad = grad.todense()  # standard semantics: the dense update with zeros in the other rows
+    if cuda.is_cupy(weight):
+        _cuda(opt, weight, grad, state, step)
+    elif state.master is not None:
+        master = state.master
+        _dense(opt, step, master, grad.astype(np.float32), state.tensors, state.scalars, backend)
+        weight[...] = master
+    elif weight.dtype == np.float16:
+        # compute in float32, store float16 (MXNet rounds every intermediate to float16)
+        w32 = weight.astype(np.float32)
+        t32 = {k: v.astype(np.float32) for k, v in state.tensors.items()}
+        _dense(opt, step, w32, grad.astype(np.float32), t32, state.scalars, backend)
+        weight[...] = w32
+        for k, v in state.tensors.items():
+            v[...] = t32[k]
+    else:
+        _dense(opt, step, weight, grad, state.tensors, state.scalars, backend)
+
+
+def _deferred(opt, weight, grad, state, step, multi):
+    """Record one parameter's launches for a multi-tensor launch (runtime/multi.py). A driver with
+    fused reductions comes back as a generator (`run_lockstep` runs it); any other has recorded
+    all its launches and None comes back."""
+    target = state.master if state.master is not None else weight
+    be = multi.param(target, grad, weight_lp=weight if state.master is not None else None)
+    args = (be, step, target, grad, state.tensors, state.scalars)
+    phases = getattr(opt, "_kernel_phases", None)
+    if phases is not None:
+        return phases(*args)
+    opt._kernel_staged(*args)
+    return None
+
+
+def _cuda(opt, weight, grad, state, step):
+    """CuPy arrays: the spec's CUDA kernels. float16 weights are read and written as float16
+    (float32 arithmetic); with a master copy the kernel updates it and writes the float16
+    weight in the same pass."""
+    module = cuda.module_for(type(opt), weight.device.id)
+    if state.master is not None:
+        be = cuda.CudaBackend(module, state.master, grad, weight_lp=weight)
+        opt._kernel_staged(be, step, state.master, grad, state.tensors, state.scalars)
+    else:
+        be = cuda.CudaBackend(module, weight, grad)
+        opt._kernel_staged(be, step, weight, grad, state.tensors, state.scalars)
+
+
+def _dense(opt, step, weight, grad, tensors, scalars, backend):
+    """The spec's update of one NumPy parameter with the call's backend."""
+    if backend == "native":
+        cache = opt.__dict__.setdefault("_scratch_cache", {})   # reused scratch arrays (native.py)
+        be = native.NativeBackend(native.library_for(type(opt)), weight.dtype, cache)
+        if not grad.flags.c_contiguous:
+            grad = np.ascontiguousarray(grad)
+        opt._kernel_staged(be, step, weight, grad, tensors, scalars)
+    else:
+        opt._kernel_numpy(step, weight, grad, tensors, scalars)
+
+
+def _rows(opt, weight, grad, state, step, backend):
+    """The lazy update: the generated row kernel changes only the rows `grad.indices` of the weight
+    and of every state tensor (float16 rows are computed in float32 by ops.gather)."""
+    rows, data = grad.indices, grad.data
+    target = state.master if state.master is not None else weight
+    if cuda.is_cupy(weight):
+        module = cuda.module_for(type(opt), weight.device.id)
+        lp = weight if state.master is not None else None
+        be = cuda.CudaRowsBackend(module, target, data, rows, weight_lp=lp)
+        opt._kernel_staged(be, step, target, data, state.tensors, state.scalars)
+        return
+    if backend == "native" and target.dtype != np.float16 and isinstance(target, np.ndarray):
+        # compiled row kernels, parallel over the gradient's elements
+        data = np.ascontiguousarray(data, dtype=target.dtype)
+        be = native.NativeRowsBackend(native.library_for(type(opt)), target.dtype, rows, data)
+        opt._kernel_staged(be, step, target, data, state.tensors, state.scalars)
+        if state.master is not None:
+            weight[rows] = state.master.take(rows, axis=0)
+        return
+    if state.master is not None:
+        opt._kernel_rows(step, rows, state.master, data.astype(np.float32), state.tensors, state.scalars)
+        weight[rows] = state.master.take(rows, axis=0)
+    else:
+        if data.dtype == np.float16:
+            data = data.astype(np.float32)
+        opt._kernel_rows(step, rows, weight, data, state.tensors, state.scalars)
