@@ -28,7 +28,7 @@ from optforge.sparse import RowSparse
 
 REL = 1e-12
 STEPS = 3
-EXAMPLES = int(os.environ.get("OPTFORGE_DIFF_EXAMPLES", "100"))
+EXAMPLES = int(os.environ.get("OPTFORGE_DIFF_EXAMPLES", "200"))
 SEED = int(os.environ.get("OPTFORGE_DIFF_SEED", "0"))
 # hypothesis settings of the differential tests: a fixed campaign unless a seed is given; shrinking
 # recompiles every candidate, so it is off unless asked for (OPTFORGE_DIFF_SHRINK=1)

@@ -18,7 +18,7 @@ cupy = require_cupy()
 from specgen import SETTINGS, assert_same, compile_spec, hyper_sets, run, seeded, specs  # noqa: E402
 
 SOME_ROWS = [0, 2, 3, 7, 100, 299]
-CUDA_SETTINGS = dict(SETTINGS, max_examples=int(os.environ.get("OPTFORGE_DIFF_CUDA_EXAMPLES", "40")))
+CUDA_SETTINGS = dict(SETTINGS, max_examples=int(os.environ.get("OPTFORGE_DIFF_CUDA_EXAMPLES", "60")))
 
 
 @seeded
