@@ -54,8 +54,13 @@ __global__ void optforge_adadelta_s0_f32(int64_t n, const float* __restrict__ p_
 __global__ void optforge_adadelta_s0_mt_f32(const int64_t* __restrict__ sizes, float* const* tab_grad, float* const* tab_acc_g, float* const* tab_acc_delta, float* const* tab_weight, float* const* tab_weight_lp, const double* __restrict__ scalars) {
     const int64_t t = blockIdx.y, n = sizes[t];
     const double* s = scalars + t * 5;
+    const float k_rescale_grad = (float)s[0];
+    const float k1 = (float)s[1];
+    const float k_rho = (float)s[2];
+    const float k_epsilon = (float)s[3];
+    const float k_wd = (float)s[4];
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
-        optforge_adadelta_s0_elem<float, float, float>(i, i, tab_grad[t], tab_acc_g[t], tab_acc_delta[t], tab_weight[t], tab_weight_lp[t], (float)s[0], (float)s[1], (float)s[2], (float)s[3], (float)s[4]);
+        optforge_adadelta_s0_elem<float, float, float>(i, i, tab_grad[t], tab_acc_g[t], tab_acc_delta[t], tab_weight[t], tab_weight_lp[t], k_rescale_grad, k1, k_rho, k_epsilon, k_wd);
     }
 }
 __global__ void optforge_adadelta_s0_f64(int64_t n, const double* __restrict__ p_grad, double* __restrict__ p_acc_g, double* __restrict__ p_acc_delta, double* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k_rho, double k_epsilon, double k_wd) {
@@ -67,8 +72,13 @@ __global__ void optforge_adadelta_s0_f64(int64_t n, const double* __restrict__ p
 __global__ void optforge_adadelta_s0_mt_f64(const int64_t* __restrict__ sizes, double* const* tab_grad, double* const* tab_acc_g, double* const* tab_acc_delta, double* const* tab_weight, float* const* tab_weight_lp, const double* __restrict__ scalars) {
     const int64_t t = blockIdx.y, n = sizes[t];
     const double* s = scalars + t * 5;
+    const double k_rescale_grad = (double)s[0];
+    const double k1 = (double)s[1];
+    const double k_rho = (double)s[2];
+    const double k_epsilon = (double)s[3];
+    const double k_wd = (double)s[4];
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
-        optforge_adadelta_s0_elem<double, double, double>(i, i, tab_grad[t], tab_acc_g[t], tab_acc_delta[t], tab_weight[t], tab_weight_lp[t], (double)s[0], (double)s[1], (double)s[2], (double)s[3], (double)s[4]);
+        optforge_adadelta_s0_elem<double, double, double>(i, i, tab_grad[t], tab_acc_g[t], tab_acc_delta[t], tab_weight[t], tab_weight_lp[t], k_rescale_grad, k1, k_rho, k_epsilon, k_wd);
     }
 }
 __global__ void optforge_adadelta_s0_f16(int64_t n, const __half* __restrict__ p_grad, __half* __restrict__ p_acc_g, __half* __restrict__ p_acc_delta, __half* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k_rho, double k_epsilon, double k_wd) {
@@ -80,8 +90,13 @@ __global__ void optforge_adadelta_s0_f16(int64_t n, const __half* __restrict__ p
 __global__ void optforge_adadelta_s0_mt_f16(const int64_t* __restrict__ sizes, __half* const* tab_grad, __half* const* tab_acc_g, __half* const* tab_acc_delta, __half* const* tab_weight, float* const* tab_weight_lp, const double* __restrict__ scalars) {
     const int64_t t = blockIdx.y, n = sizes[t];
     const double* s = scalars + t * 5;
+    const float k_rescale_grad = (float)s[0];
+    const float k1 = (float)s[1];
+    const float k_rho = (float)s[2];
+    const float k_epsilon = (float)s[3];
+    const float k_wd = (float)s[4];
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
-        optforge_adadelta_s0_elem<__half, __half, float>(i, i, tab_grad[t], tab_acc_g[t], tab_acc_delta[t], tab_weight[t], tab_weight_lp[t], (float)s[0], (float)s[1], (float)s[2], (float)s[3], (float)s[4]);
+        optforge_adadelta_s0_elem<__half, __half, float>(i, i, tab_grad[t], tab_acc_g[t], tab_acc_delta[t], tab_weight[t], tab_weight_lp[t], k_rescale_grad, k1, k_rho, k_epsilon, k_wd);
     }
 }
 __global__ void optforge_adadelta_s0_mp16(int64_t n, const __half* __restrict__ p_grad, float* __restrict__ p_acc_g, float* __restrict__ p_acc_delta, float* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k_rho, double k_epsilon, double k_wd) {
@@ -93,8 +108,13 @@ __global__ void optforge_adadelta_s0_mp16(int64_t n, const __half* __restrict__ 
 __global__ void optforge_adadelta_s0_mt_mp16(const int64_t* __restrict__ sizes, __half* const* tab_grad, float* const* tab_acc_g, float* const* tab_acc_delta, float* const* tab_weight, float* const* tab_weight_lp, const double* __restrict__ scalars) {
     const int64_t t = blockIdx.y, n = sizes[t];
     const double* s = scalars + t * 5;
+    const float k_rescale_grad = (float)s[0];
+    const float k1 = (float)s[1];
+    const float k_rho = (float)s[2];
+    const float k_epsilon = (float)s[3];
+    const float k_wd = (float)s[4];
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
-        optforge_adadelta_s0_elem<float, __half, float>(i, i, tab_grad[t], tab_acc_g[t], tab_acc_delta[t], tab_weight[t], tab_weight_lp[t], (float)s[0], (float)s[1], (float)s[2], (float)s[3], (float)s[4]);
+        optforge_adadelta_s0_elem<float, __half, float>(i, i, tab_grad[t], tab_acc_g[t], tab_acc_delta[t], tab_weight[t], tab_weight_lp[t], k_rescale_grad, k1, k_rho, k_epsilon, k_wd);
     }
 }
 }

@@ -59,8 +59,15 @@ __global__ void optforge_adam_s0_rows_f32(int64_t n, int64_t cols, const int64_t
 __global__ void optforge_adam_s0_mt_f32(const int64_t* __restrict__ sizes, float* const* tab_grad, float* const* tab_weight, float* const* tab_mean, float* const* tab_var, float* const* tab_weight_lp, const double* __restrict__ scalars) {
     const int64_t t = blockIdx.y, n = sizes[t];
     const double* s = scalars + t * 7;
+    const float k_rescale_grad = (float)s[0];
+    const float k_wd = (float)s[1];
+    const float k2 = (float)s[2];
+    const float k_beta1 = (float)s[3];
+    const float k_beta2 = (float)s[4];
+    const float k_lr_t = (float)s[5];
+    const float k_epsilon = (float)s[6];
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
-        optforge_adam_s0_elem<float, float, float>(i, i, tab_grad[t], tab_weight[t], tab_mean[t], tab_var[t], tab_weight_lp[t], (float)s[0], (float)s[1], (float)s[2], (float)s[3], (float)s[4], (float)s[5], (float)s[6]);
+        optforge_adam_s0_elem<float, float, float>(i, i, tab_grad[t], tab_weight[t], tab_mean[t], tab_var[t], tab_weight_lp[t], k_rescale_grad, k_wd, k2, k_beta1, k_beta2, k_lr_t, k_epsilon);
     }
 }
 __global__ void optforge_adam_s0_f64(int64_t n, const double* __restrict__ p_grad, double* __restrict__ p_weight, double* __restrict__ p_mean, double* __restrict__ p_var, float* __restrict__ p_weight_lp, double k_rescale_grad, double k_wd, double k2, double k_beta1, double k_beta2, double k_lr_t, double k_epsilon) {
@@ -77,8 +84,15 @@ __global__ void optforge_adam_s0_rows_f64(int64_t n, int64_t cols, const int64_t
 __global__ void optforge_adam_s0_mt_f64(const int64_t* __restrict__ sizes, double* const* tab_grad, double* const* tab_weight, double* const* tab_mean, double* const* tab_var, float* const* tab_weight_lp, const double* __restrict__ scalars) {
     const int64_t t = blockIdx.y, n = sizes[t];
     const double* s = scalars + t * 7;
+    const double k_rescale_grad = (double)s[0];
+    const double k_wd = (double)s[1];
+    const double k2 = (double)s[2];
+    const double k_beta1 = (double)s[3];
+    const double k_beta2 = (double)s[4];
+    const double k_lr_t = (double)s[5];
+    const double k_epsilon = (double)s[6];
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
-        optforge_adam_s0_elem<double, double, double>(i, i, tab_grad[t], tab_weight[t], tab_mean[t], tab_var[t], tab_weight_lp[t], (double)s[0], (double)s[1], (double)s[2], (double)s[3], (double)s[4], (double)s[5], (double)s[6]);
+        optforge_adam_s0_elem<double, double, double>(i, i, tab_grad[t], tab_weight[t], tab_mean[t], tab_var[t], tab_weight_lp[t], k_rescale_grad, k_wd, k2, k_beta1, k_beta2, k_lr_t, k_epsilon);
     }
 }
 __global__ void optforge_adam_s0_f16(int64_t n, const __half* __restrict__ p_grad, __half* __restrict__ p_weight, __half* __restrict__ p_mean, __half* __restrict__ p_var, float* __restrict__ p_weight_lp, double k_rescale_grad, double k_wd, double k2, double k_beta1, double k_beta2, double k_lr_t, double k_epsilon) {
@@ -95,8 +109,15 @@ __global__ void optforge_adam_s0_rows_f16(int64_t n, int64_t cols, const int64_t
 __global__ void optforge_adam_s0_mt_f16(const int64_t* __restrict__ sizes, __half* const* tab_grad, __half* const* tab_weight, __half* const* tab_mean, __half* const* tab_var, float* const* tab_weight_lp, const double* __restrict__ scalars) {
     const int64_t t = blockIdx.y, n = sizes[t];
     const double* s = scalars + t * 7;
+    const float k_rescale_grad = (float)s[0];
+    const float k_wd = (float)s[1];
+    const float k2 = (float)s[2];
+    const float k_beta1 = (float)s[3];
+    const float k_beta2 = (float)s[4];
+    const float k_lr_t = (float)s[5];
+    const float k_epsilon = (float)s[6];
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
-        optforge_adam_s0_elem<__half, __half, float>(i, i, tab_grad[t], tab_weight[t], tab_mean[t], tab_var[t], tab_weight_lp[t], (float)s[0], (float)s[1], (float)s[2], (float)s[3], (float)s[4], (float)s[5], (float)s[6]);
+        optforge_adam_s0_elem<__half, __half, float>(i, i, tab_grad[t], tab_weight[t], tab_mean[t], tab_var[t], tab_weight_lp[t], k_rescale_grad, k_wd, k2, k_beta1, k_beta2, k_lr_t, k_epsilon);
     }
 }
 __global__ void optforge_adam_s0_mp16(int64_t n, const __half* __restrict__ p_grad, float* __restrict__ p_weight, float* __restrict__ p_mean, float* __restrict__ p_var, float* __restrict__ p_weight_lp, double k_rescale_grad, double k_wd, double k2, double k_beta1, double k_beta2, double k_lr_t, double k_epsilon) {
@@ -113,8 +134,15 @@ __global__ void optforge_adam_s0_rows_mp16(int64_t n, int64_t cols, const int64_
 __global__ void optforge_adam_s0_mt_mp16(const int64_t* __restrict__ sizes, __half* const* tab_grad, float* const* tab_weight, float* const* tab_mean, float* const* tab_var, float* const* tab_weight_lp, const double* __restrict__ scalars) {
     const int64_t t = blockIdx.y, n = sizes[t];
     const double* s = scalars + t * 7;
+    const float k_rescale_grad = (float)s[0];
+    const float k_wd = (float)s[1];
+    const float k2 = (float)s[2];
+    const float k_beta1 = (float)s[3];
+    const float k_beta2 = (float)s[4];
+    const float k_lr_t = (float)s[5];
+    const float k_epsilon = (float)s[6];
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
-        optforge_adam_s0_elem<float, __half, float>(i, i, tab_grad[t], tab_weight[t], tab_mean[t], tab_var[t], tab_weight_lp[t], (float)s[0], (float)s[1], (float)s[2], (float)s[3], (float)s[4], (float)s[5], (float)s[6]);
+        optforge_adam_s0_elem<float, __half, float>(i, i, tab_grad[t], tab_weight[t], tab_mean[t], tab_var[t], tab_weight_lp[t], k_rescale_grad, k_wd, k2, k_beta1, k_beta2, k_lr_t, k_epsilon);
     }
 }
 }

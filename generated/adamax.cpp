@@ -57,7 +57,13 @@ void optforge_adamax_s0_mt_f32(int64_t count, const int64_t* __restrict__ sizes,
     #pragma omp parallel for schedule(dynamic, 4) if (count > 1)
     for (int64_t t = 0; t < count; ++t) {
         const double* s = scalars + t * 6;
-        optforge_adamax_s0_f32(sizes[t], (const float*)ptrs[0 * count + t], (float*)ptrs[1 * count + t], (float*)ptrs[2 * count + t], (float*)ptrs[3 * count + t], s[0], s[1], s[2], s[3], s[4], s[5]);
+        const double k_rescale_grad = s[0];
+        const double k_wd = s[1];
+        const double k2 = s[2];
+        const double k_beta1 = s[3];
+        const double k_beta2 = s[4];
+        const double k5 = s[5];
+        optforge_adamax_s0_f32(sizes[t], (const float*)ptrs[0 * count + t], (float*)ptrs[1 * count + t], (float*)ptrs[2 * count + t], (float*)ptrs[3 * count + t], k_rescale_grad, k_wd, k2, k_beta1, k_beta2, k5);
     }
 }
 void optforge_adamax_s0_f64(int64_t n, const double* __restrict__ p_grad, double* __restrict__ p_weight, double* __restrict__ p_m, double* __restrict__ p_u, double k_rescale_grad, double k_wd, double k2, double k_beta1, double k_beta2, double k5) {
@@ -74,7 +80,13 @@ void optforge_adamax_s0_mt_f64(int64_t count, const int64_t* __restrict__ sizes,
     #pragma omp parallel for schedule(dynamic, 4) if (count > 1)
     for (int64_t t = 0; t < count; ++t) {
         const double* s = scalars + t * 6;
-        optforge_adamax_s0_f64(sizes[t], (const double*)ptrs[0 * count + t], (double*)ptrs[1 * count + t], (double*)ptrs[2 * count + t], (double*)ptrs[3 * count + t], s[0], s[1], s[2], s[3], s[4], s[5]);
+        const double k_rescale_grad = s[0];
+        const double k_wd = s[1];
+        const double k2 = s[2];
+        const double k_beta1 = s[3];
+        const double k_beta2 = s[4];
+        const double k5 = s[5];
+        optforge_adamax_s0_f64(sizes[t], (const double*)ptrs[0 * count + t], (double*)ptrs[1 * count + t], (double*)ptrs[2 * count + t], (double*)ptrs[3 * count + t], k_rescale_grad, k_wd, k2, k_beta1, k_beta2, k5);
     }
 }
 }

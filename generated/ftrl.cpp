@@ -71,7 +71,13 @@ void optforge_ftrl_s0_mt_f32(int64_t count, const int64_t* __restrict__ sizes, c
     #pragma omp parallel for schedule(dynamic, 4) if (count > 1)
     for (int64_t t = 0; t < count; ++t) {
         const double* s = scalars + t * 6;
-        optforge_ftrl_s0_f32(sizes[t], (const float*)ptrs[0 * count + t], (float*)ptrs[1 * count + t], (float*)ptrs[2 * count + t], (float*)ptrs[3 * count + t], s[0], s[1], s[2], s[3], s[4], s[5]);
+        const double k_rescale_grad = s[0];
+        const double k1 = s[1];
+        const double k_lr = s[2];
+        const double k_lamda1 = s[3];
+        const double k_beta = s[4];
+        const double k_wd = s[5];
+        optforge_ftrl_s0_f32(sizes[t], (const float*)ptrs[0 * count + t], (float*)ptrs[1 * count + t], (float*)ptrs[2 * count + t], (float*)ptrs[3 * count + t], k_rescale_grad, k1, k_lr, k_lamda1, k_beta, k_wd);
     }
 }
 void optforge_ftrl_s0_f64(int64_t n, const double* __restrict__ p_grad, double* __restrict__ p_z, double* __restrict__ p_n, double* __restrict__ p_weight, double k_rescale_grad, double k1, double k_lr, double k_lamda1, double k_beta, double k_wd) {
@@ -101,7 +107,13 @@ void optforge_ftrl_s0_mt_f64(int64_t count, const int64_t* __restrict__ sizes, c
     #pragma omp parallel for schedule(dynamic, 4) if (count > 1)
     for (int64_t t = 0; t < count; ++t) {
         const double* s = scalars + t * 6;
-        optforge_ftrl_s0_f64(sizes[t], (const double*)ptrs[0 * count + t], (double*)ptrs[1 * count + t], (double*)ptrs[2 * count + t], (double*)ptrs[3 * count + t], s[0], s[1], s[2], s[3], s[4], s[5]);
+        const double k_rescale_grad = s[0];
+        const double k1 = s[1];
+        const double k_lr = s[2];
+        const double k_lamda1 = s[3];
+        const double k_beta = s[4];
+        const double k_wd = s[5];
+        optforge_ftrl_s0_f64(sizes[t], (const double*)ptrs[0 * count + t], (double*)ptrs[1 * count + t], (double*)ptrs[2 * count + t], (double*)ptrs[3 * count + t], k_rescale_grad, k1, k_lr, k_lamda1, k_beta, k_wd);
     }
 }
 }

@@ -60,8 +60,14 @@ __global__ void optforge_ftrl_s0_rows_f32(int64_t n, int64_t cols, const int64_t
 __global__ void optforge_ftrl_s0_mt_f32(const int64_t* __restrict__ sizes, float* const* tab_grad, float* const* tab_z, float* const* tab_n, float* const* tab_weight, float* const* tab_weight_lp, const double* __restrict__ scalars) {
     const int64_t t = blockIdx.y, n = sizes[t];
     const double* s = scalars + t * 6;
+    const float k_rescale_grad = (float)s[0];
+    const float k1 = (float)s[1];
+    const float k_lr = (float)s[2];
+    const float k_lamda1 = (float)s[3];
+    const float k_beta = (float)s[4];
+    const float k_wd = (float)s[5];
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
-        optforge_ftrl_s0_elem<float, float, float>(i, i, tab_grad[t], tab_z[t], tab_n[t], tab_weight[t], tab_weight_lp[t], (float)s[0], (float)s[1], (float)s[2], (float)s[3], (float)s[4], (float)s[5]);
+        optforge_ftrl_s0_elem<float, float, float>(i, i, tab_grad[t], tab_z[t], tab_n[t], tab_weight[t], tab_weight_lp[t], k_rescale_grad, k1, k_lr, k_lamda1, k_beta, k_wd);
     }
 }
 __global__ void optforge_ftrl_s0_f64(int64_t n, const double* __restrict__ p_grad, double* __restrict__ p_z, double* __restrict__ p_n, double* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k_lr, double k_lamda1, double k_beta, double k_wd) {
@@ -78,8 +84,14 @@ __global__ void optforge_ftrl_s0_rows_f64(int64_t n, int64_t cols, const int64_t
 __global__ void optforge_ftrl_s0_mt_f64(const int64_t* __restrict__ sizes, double* const* tab_grad, double* const* tab_z, double* const* tab_n, double* const* tab_weight, float* const* tab_weight_lp, const double* __restrict__ scalars) {
     const int64_t t = blockIdx.y, n = sizes[t];
     const double* s = scalars + t * 6;
+    const double k_rescale_grad = (double)s[0];
+    const double k1 = (double)s[1];
+    const double k_lr = (double)s[2];
+    const double k_lamda1 = (double)s[3];
+    const double k_beta = (double)s[4];
+    const double k_wd = (double)s[5];
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
-        optforge_ftrl_s0_elem<double, double, double>(i, i, tab_grad[t], tab_z[t], tab_n[t], tab_weight[t], tab_weight_lp[t], (double)s[0], (double)s[1], (double)s[2], (double)s[3], (double)s[4], (double)s[5]);
+        optforge_ftrl_s0_elem<double, double, double>(i, i, tab_grad[t], tab_z[t], tab_n[t], tab_weight[t], tab_weight_lp[t], k_rescale_grad, k1, k_lr, k_lamda1, k_beta, k_wd);
     }
 }
 __global__ void optforge_ftrl_s0_f16(int64_t n, const __half* __restrict__ p_grad, __half* __restrict__ p_z, __half* __restrict__ p_n, __half* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k_lr, double k_lamda1, double k_beta, double k_wd) {
@@ -96,8 +108,14 @@ __global__ void optforge_ftrl_s0_rows_f16(int64_t n, int64_t cols, const int64_t
 __global__ void optforge_ftrl_s0_mt_f16(const int64_t* __restrict__ sizes, __half* const* tab_grad, __half* const* tab_z, __half* const* tab_n, __half* const* tab_weight, float* const* tab_weight_lp, const double* __restrict__ scalars) {
     const int64_t t = blockIdx.y, n = sizes[t];
     const double* s = scalars + t * 6;
+    const float k_rescale_grad = (float)s[0];
+    const float k1 = (float)s[1];
+    const float k_lr = (float)s[2];
+    const float k_lamda1 = (float)s[3];
+    const float k_beta = (float)s[4];
+    const float k_wd = (float)s[5];
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
-        optforge_ftrl_s0_elem<__half, __half, float>(i, i, tab_grad[t], tab_z[t], tab_n[t], tab_weight[t], tab_weight_lp[t], (float)s[0], (float)s[1], (float)s[2], (float)s[3], (float)s[4], (float)s[5]);
+        optforge_ftrl_s0_elem<__half, __half, float>(i, i, tab_grad[t], tab_z[t], tab_n[t], tab_weight[t], tab_weight_lp[t], k_rescale_grad, k1, k_lr, k_lamda1, k_beta, k_wd);
     }
 }
 __global__ void optforge_ftrl_s0_mp16(int64_t n, const __half* __restrict__ p_grad, float* __restrict__ p_z, float* __restrict__ p_n, float* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k_lr, double k_lamda1, double k_beta, double k_wd) {
@@ -114,8 +132,14 @@ __global__ void optforge_ftrl_s0_rows_mp16(int64_t n, int64_t cols, const int64_
 __global__ void optforge_ftrl_s0_mt_mp16(const int64_t* __restrict__ sizes, __half* const* tab_grad, float* const* tab_z, float* const* tab_n, float* const* tab_weight, float* const* tab_weight_lp, const double* __restrict__ scalars) {
     const int64_t t = blockIdx.y, n = sizes[t];
     const double* s = scalars + t * 6;
+    const float k_rescale_grad = (float)s[0];
+    const float k1 = (float)s[1];
+    const float k_lr = (float)s[2];
+    const float k_lamda1 = (float)s[3];
+    const float k_beta = (float)s[4];
+    const float k_wd = (float)s[5];
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
-        optforge_ftrl_s0_elem<float, __half, float>(i, i, tab_grad[t], tab_z[t], tab_n[t], tab_weight[t], tab_weight_lp[t], (float)s[0], (float)s[1], (float)s[2], (float)s[3], (float)s[4], (float)s[5]);
+        optforge_ftrl_s0_elem<float, __half, float>(i, i, tab_grad[t], tab_z[t], tab_n[t], tab_weight[t], tab_weight_lp[t], k_rescale_grad, k1, k_lr, k_lamda1, k_beta, k_wd);
     }
 }
 }

@@ -123,7 +123,15 @@ void optforge_lamb_s0_mt_f32(int64_t count, const int64_t* __restrict__ sizes, c
     #pragma omp parallel for schedule(dynamic, 4) if (count > 1)
     for (int64_t t = 0; t < count; ++t) {
         const double* s = scalars + t * 8;
-        optforge_lamb_s0_f32(sizes[t], (const float*)ptrs[0 * count + t], (float*)ptrs[1 * count + t], (float*)ptrs[2 * count + t], (const float*)ptrs[3 * count + t], (float*)ptrs[4 * count + t], s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7], out + t * 2);
+        const double k_rescale_grad = s[0];
+        const double k1 = s[1];
+        const double k_beta1 = s[2];
+        const double k_beta2 = s[3];
+        const double k_c1 = s[4];
+        const double k_c2 = s[5];
+        const double k_epsilon = s[6];
+        const double k_wd = s[7];
+        optforge_lamb_s0_f32(sizes[t], (const float*)ptrs[0 * count + t], (float*)ptrs[1 * count + t], (float*)ptrs[2 * count + t], (const float*)ptrs[3 * count + t], (float*)ptrs[4 * count + t], k_rescale_grad, k1, k_beta1, k_beta2, k_c1, k_c2, k_epsilon, k_wd, out + t * 2);
     }
 }
 /* also accumulates 2 whole-tensor reduction(s) into out[]. Each thread takes a fixed share
@@ -190,7 +198,15 @@ void optforge_lamb_s0_mt_f64(int64_t count, const int64_t* __restrict__ sizes, c
     #pragma omp parallel for schedule(dynamic, 4) if (count > 1)
     for (int64_t t = 0; t < count; ++t) {
         const double* s = scalars + t * 8;
-        optforge_lamb_s0_f64(sizes[t], (const double*)ptrs[0 * count + t], (double*)ptrs[1 * count + t], (double*)ptrs[2 * count + t], (const double*)ptrs[3 * count + t], (double*)ptrs[4 * count + t], s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7], out + t * 2);
+        const double k_rescale_grad = s[0];
+        const double k1 = s[1];
+        const double k_beta1 = s[2];
+        const double k_beta2 = s[3];
+        const double k_c1 = s[4];
+        const double k_c2 = s[5];
+        const double k_epsilon = s[6];
+        const double k_wd = s[7];
+        optforge_lamb_s0_f64(sizes[t], (const double*)ptrs[0 * count + t], (double*)ptrs[1 * count + t], (double*)ptrs[2 * count + t], (const double*)ptrs[3 * count + t], (double*)ptrs[4 * count + t], k_rescale_grad, k1, k_beta1, k_beta2, k_c1, k_c2, k_epsilon, k_wd, out + t * 2);
     }
 }
 void optforge_lamb_s1_f32(int64_t n, float* __restrict__ p_weight, const float* __restrict__ p_upd, double k0) {
@@ -207,7 +223,8 @@ void optforge_lamb_s1_mt_f32(int64_t count, const int64_t* __restrict__ sizes, c
     #pragma omp parallel for schedule(dynamic, 4) if (count > 1)
     for (int64_t t = 0; t < count; ++t) {
         const double* s = scalars + t * 1;
-        optforge_lamb_s1_f32(sizes[t], (float*)ptrs[0 * count + t], (const float*)ptrs[1 * count + t], s[0]);
+        const double k0 = s[0];
+        optforge_lamb_s1_f32(sizes[t], (float*)ptrs[0 * count + t], (const float*)ptrs[1 * count + t], k0);
     }
 }
 void optforge_lamb_s1_f64(int64_t n, double* __restrict__ p_weight, const double* __restrict__ p_upd, double k0) {
@@ -224,7 +241,8 @@ void optforge_lamb_s1_mt_f64(int64_t count, const int64_t* __restrict__ sizes, c
     #pragma omp parallel for schedule(dynamic, 4) if (count > 1)
     for (int64_t t = 0; t < count; ++t) {
         const double* s = scalars + t * 1;
-        optforge_lamb_s1_f64(sizes[t], (double*)ptrs[0 * count + t], (const double*)ptrs[1 * count + t], s[0]);
+        const double k0 = s[0];
+        optforge_lamb_s1_f64(sizes[t], (double*)ptrs[0 * count + t], (const double*)ptrs[1 * count + t], k0);
     }
 }
 }

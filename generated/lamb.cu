@@ -76,10 +76,18 @@ __global__ void optforge_lamb_s0_f32(int64_t n, const float* __restrict__ p_grad
 __global__ void optforge_lamb_s0_mt_f32(const int64_t* __restrict__ sizes, float* const* tab_grad, float* const* tab_mean, float* const* tab_var, float* const* tab_weight, float* const* tab_upd, float* const* tab_weight_lp, const double* __restrict__ scalars, int64_t stride, double* __restrict__ partials) {
     const int64_t t = blockIdx.y, n = sizes[t];
     const double* s = scalars + t * 8;
+    const float k_rescale_grad = (float)s[0];
+    const float k1 = (float)s[1];
+    const float k_beta1 = (float)s[2];
+    const float k_beta2 = (float)s[3];
+    const float k_c1 = (float)s[4];
+    const float k_c2 = (float)s[5];
+    const float k_epsilon = (float)s[6];
+    const float k_wd = (float)s[7];
     double acc0 = 0, acc1 = 0;
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
         float t0, t1;
-        optforge_lamb_s0_elem<float, float, float>(i, i, tab_grad[t], tab_mean[t], tab_var[t], tab_weight[t], tab_upd[t], tab_weight_lp[t], t0, t1, (float)s[0], (float)s[1], (float)s[2], (float)s[3], (float)s[4], (float)s[5], (float)s[6], (float)s[7]);
+        optforge_lamb_s0_elem<float, float, float>(i, i, tab_grad[t], tab_mean[t], tab_var[t], tab_weight[t], tab_upd[t], tab_weight_lp[t], t0, t1, k_rescale_grad, k1, k_beta1, k_beta2, k_c1, k_c2, k_epsilon, k_wd);
         acc0 += (double)t0 * (double)t0;
         acc1 += (double)t1 * (double)t1;
     }
@@ -107,10 +115,18 @@ __global__ void optforge_lamb_s0_f64(int64_t n, const double* __restrict__ p_gra
 __global__ void optforge_lamb_s0_mt_f64(const int64_t* __restrict__ sizes, double* const* tab_grad, double* const* tab_mean, double* const* tab_var, double* const* tab_weight, double* const* tab_upd, float* const* tab_weight_lp, const double* __restrict__ scalars, int64_t stride, double* __restrict__ partials) {
     const int64_t t = blockIdx.y, n = sizes[t];
     const double* s = scalars + t * 8;
+    const double k_rescale_grad = (double)s[0];
+    const double k1 = (double)s[1];
+    const double k_beta1 = (double)s[2];
+    const double k_beta2 = (double)s[3];
+    const double k_c1 = (double)s[4];
+    const double k_c2 = (double)s[5];
+    const double k_epsilon = (double)s[6];
+    const double k_wd = (double)s[7];
     double acc0 = 0, acc1 = 0;
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
         double t0, t1;
-        optforge_lamb_s0_elem<double, double, double>(i, i, tab_grad[t], tab_mean[t], tab_var[t], tab_weight[t], tab_upd[t], tab_weight_lp[t], t0, t1, (double)s[0], (double)s[1], (double)s[2], (double)s[3], (double)s[4], (double)s[5], (double)s[6], (double)s[7]);
+        optforge_lamb_s0_elem<double, double, double>(i, i, tab_grad[t], tab_mean[t], tab_var[t], tab_weight[t], tab_upd[t], tab_weight_lp[t], t0, t1, k_rescale_grad, k1, k_beta1, k_beta2, k_c1, k_c2, k_epsilon, k_wd);
         acc0 += (double)t0 * (double)t0;
         acc1 += (double)t1 * (double)t1;
     }
@@ -138,10 +154,18 @@ __global__ void optforge_lamb_s0_f16(int64_t n, const __half* __restrict__ p_gra
 __global__ void optforge_lamb_s0_mt_f16(const int64_t* __restrict__ sizes, __half* const* tab_grad, __half* const* tab_mean, __half* const* tab_var, __half* const* tab_weight, float* const* tab_upd, float* const* tab_weight_lp, const double* __restrict__ scalars, int64_t stride, double* __restrict__ partials) {
     const int64_t t = blockIdx.y, n = sizes[t];
     const double* s = scalars + t * 8;
+    const float k_rescale_grad = (float)s[0];
+    const float k1 = (float)s[1];
+    const float k_beta1 = (float)s[2];
+    const float k_beta2 = (float)s[3];
+    const float k_c1 = (float)s[4];
+    const float k_c2 = (float)s[5];
+    const float k_epsilon = (float)s[6];
+    const float k_wd = (float)s[7];
     double acc0 = 0, acc1 = 0;
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
         float t0, t1;
-        optforge_lamb_s0_elem<__half, __half, float>(i, i, tab_grad[t], tab_mean[t], tab_var[t], tab_weight[t], tab_upd[t], tab_weight_lp[t], t0, t1, (float)s[0], (float)s[1], (float)s[2], (float)s[3], (float)s[4], (float)s[5], (float)s[6], (float)s[7]);
+        optforge_lamb_s0_elem<__half, __half, float>(i, i, tab_grad[t], tab_mean[t], tab_var[t], tab_weight[t], tab_upd[t], tab_weight_lp[t], t0, t1, k_rescale_grad, k1, k_beta1, k_beta2, k_c1, k_c2, k_epsilon, k_wd);
         acc0 += (double)t0 * (double)t0;
         acc1 += (double)t1 * (double)t1;
     }
@@ -169,10 +193,18 @@ __global__ void optforge_lamb_s0_mp16(int64_t n, const __half* __restrict__ p_gr
 __global__ void optforge_lamb_s0_mt_mp16(const int64_t* __restrict__ sizes, __half* const* tab_grad, float* const* tab_mean, float* const* tab_var, float* const* tab_weight, float* const* tab_upd, float* const* tab_weight_lp, const double* __restrict__ scalars, int64_t stride, double* __restrict__ partials) {
     const int64_t t = blockIdx.y, n = sizes[t];
     const double* s = scalars + t * 8;
+    const float k_rescale_grad = (float)s[0];
+    const float k1 = (float)s[1];
+    const float k_beta1 = (float)s[2];
+    const float k_beta2 = (float)s[3];
+    const float k_c1 = (float)s[4];
+    const float k_c2 = (float)s[5];
+    const float k_epsilon = (float)s[6];
+    const float k_wd = (float)s[7];
     double acc0 = 0, acc1 = 0;
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
         float t0, t1;
-        optforge_lamb_s0_elem<float, __half, float>(i, i, tab_grad[t], tab_mean[t], tab_var[t], tab_weight[t], tab_upd[t], tab_weight_lp[t], t0, t1, (float)s[0], (float)s[1], (float)s[2], (float)s[3], (float)s[4], (float)s[5], (float)s[6], (float)s[7]);
+        optforge_lamb_s0_elem<float, __half, float>(i, i, tab_grad[t], tab_mean[t], tab_var[t], tab_weight[t], tab_upd[t], tab_weight_lp[t], t0, t1, k_rescale_grad, k1, k_beta1, k_beta2, k_c1, k_c2, k_epsilon, k_wd);
         acc0 += (double)t0 * (double)t0;
         acc1 += (double)t1 * (double)t1;
     }
@@ -189,8 +221,9 @@ __global__ void optforge_lamb_s1_f32(int64_t n, float* __restrict__ p_weight, co
 __global__ void optforge_lamb_s1_mt_f32(const int64_t* __restrict__ sizes, float* const* tab_weight, float* const* tab_upd, float* const* tab_weight_lp, const double* __restrict__ scalars) {
     const int64_t t = blockIdx.y, n = sizes[t];
     const double* s = scalars + t * 1;
+    const float k0 = (float)s[0];
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
-        optforge_lamb_s1_elem<float, float, float>(i, i, tab_weight[t], tab_upd[t], tab_weight_lp[t], (float)s[0]);
+        optforge_lamb_s1_elem<float, float, float>(i, i, tab_weight[t], tab_upd[t], tab_weight_lp[t], k0);
     }
 }
 __global__ void optforge_lamb_s1_f64(int64_t n, double* __restrict__ p_weight, const double* __restrict__ p_upd, float* __restrict__ p_weight_lp, double k0) {
@@ -202,8 +235,9 @@ __global__ void optforge_lamb_s1_f64(int64_t n, double* __restrict__ p_weight, c
 __global__ void optforge_lamb_s1_mt_f64(const int64_t* __restrict__ sizes, double* const* tab_weight, double* const* tab_upd, float* const* tab_weight_lp, const double* __restrict__ scalars) {
     const int64_t t = blockIdx.y, n = sizes[t];
     const double* s = scalars + t * 1;
+    const double k0 = (double)s[0];
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
-        optforge_lamb_s1_elem<double, double, double>(i, i, tab_weight[t], tab_upd[t], tab_weight_lp[t], (double)s[0]);
+        optforge_lamb_s1_elem<double, double, double>(i, i, tab_weight[t], tab_upd[t], tab_weight_lp[t], k0);
     }
 }
 __global__ void optforge_lamb_s1_f16(int64_t n, __half* __restrict__ p_weight, const float* __restrict__ p_upd, float* __restrict__ p_weight_lp, double k0) {
@@ -215,8 +249,9 @@ __global__ void optforge_lamb_s1_f16(int64_t n, __half* __restrict__ p_weight, c
 __global__ void optforge_lamb_s1_mt_f16(const int64_t* __restrict__ sizes, __half* const* tab_weight, float* const* tab_upd, float* const* tab_weight_lp, const double* __restrict__ scalars) {
     const int64_t t = blockIdx.y, n = sizes[t];
     const double* s = scalars + t * 1;
+    const float k0 = (float)s[0];
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
-        optforge_lamb_s1_elem<__half, __half, float>(i, i, tab_weight[t], tab_upd[t], tab_weight_lp[t], (float)s[0]);
+        optforge_lamb_s1_elem<__half, __half, float>(i, i, tab_weight[t], tab_upd[t], tab_weight_lp[t], k0);
     }
 }
 __global__ void optforge_lamb_s1_mp16(int64_t n, float* __restrict__ p_weight, const float* __restrict__ p_upd, float* __restrict__ p_weight_lp, double k0) {
@@ -228,8 +263,9 @@ __global__ void optforge_lamb_s1_mp16(int64_t n, float* __restrict__ p_weight, c
 __global__ void optforge_lamb_s1_mt_mp16(const int64_t* __restrict__ sizes, float* const* tab_weight, float* const* tab_upd, float* const* tab_weight_lp, const double* __restrict__ scalars) {
     const int64_t t = blockIdx.y, n = sizes[t];
     const double* s = scalars + t * 1;
+    const float k0 = (float)s[0];
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
-        optforge_lamb_s1_elem<float, __half, float>(i, i, tab_weight[t], tab_upd[t], tab_weight_lp[t], (float)s[0]);
+        optforge_lamb_s1_elem<float, __half, float>(i, i, tab_weight[t], tab_upd[t], tab_weight_lp[t], k0);
     }
 }
 }

@@ -244,7 +244,14 @@ void optforge_lars_s1_mt_f32(int64_t count, const int64_t* __restrict__ sizes, c
     #pragma omp parallel for schedule(dynamic, 4) if (count > 1)
     for (int64_t t = 0; t < count; ++t) {
         const double* s = scalars + t * 7;
-        optforge_lars_s1_f32(sizes[t], (const float*)ptrs[0 * count + t], (float*)ptrs[1 * count + t], (float*)ptrs[2 * count + t], s[0], s[1], s[2], s[3], s[4], s[5], s[6]);
+        const double k_rescale_grad = s[0];
+        const double k1 = s[1];
+        const double k2 = s[2];
+        const double k_momentum_t = s[3];
+        const double k4 = s[4];
+        const double k_lars_lr = s[5];
+        const double k6 = s[6];
+        optforge_lars_s1_f32(sizes[t], (const float*)ptrs[0 * count + t], (float*)ptrs[1 * count + t], (float*)ptrs[2 * count + t], k_rescale_grad, k1, k2, k_momentum_t, k4, k_lars_lr, k6);
     }
 }
 void optforge_lars_s1_f64(int64_t n, const double* __restrict__ p_grad, double* __restrict__ p_mom, double* __restrict__ p_weight, double k_rescale_grad, double k1, double k2, double k_momentum_t, double k4, double k_lars_lr, double k6) {
@@ -286,7 +293,14 @@ void optforge_lars_s1_mt_f64(int64_t count, const int64_t* __restrict__ sizes, c
     #pragma omp parallel for schedule(dynamic, 4) if (count > 1)
     for (int64_t t = 0; t < count; ++t) {
         const double* s = scalars + t * 7;
-        optforge_lars_s1_f64(sizes[t], (const double*)ptrs[0 * count + t], (double*)ptrs[1 * count + t], (double*)ptrs[2 * count + t], s[0], s[1], s[2], s[3], s[4], s[5], s[6]);
+        const double k_rescale_grad = s[0];
+        const double k1 = s[1];
+        const double k2 = s[2];
+        const double k_momentum_t = s[3];
+        const double k4 = s[4];
+        const double k_lars_lr = s[5];
+        const double k6 = s[6];
+        optforge_lars_s1_f64(sizes[t], (const double*)ptrs[0 * count + t], (double*)ptrs[1 * count + t], (double*)ptrs[2 * count + t], k_rescale_grad, k1, k2, k_momentum_t, k4, k_lars_lr, k6);
     }
 }
 }

@@ -702,7 +702,16 @@ void optforge_lbsgd_s4_mt_f32(int64_t count, const int64_t* __restrict__ sizes, 
     #pragma omp parallel for schedule(dynamic, 4) if (count > 1)
     for (int64_t t = 0; t < count; ++t) {
         const double* s = scalars + t * 9;
-        optforge_lbsgd_s4_f32(sizes[t], (float*)ptrs[0 * count + t], (const float*)ptrs[1 * count + t], (float*)ptrs[2 * count + t], (float*)ptrs[3 * count + t], s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7], s[8]);
+        const double k0 = s[0];
+        const double k_batch_scale = s[1];
+        const double k_rescale_grad = s[2];
+        const double k3 = s[3];
+        const double k4 = s[4];
+        const double k_momentum = s[5];
+        const double k6 = s[6];
+        const double k_lr_t = s[7];
+        const double k8 = s[8];
+        optforge_lbsgd_s4_f32(sizes[t], (float*)ptrs[0 * count + t], (const float*)ptrs[1 * count + t], (float*)ptrs[2 * count + t], (float*)ptrs[3 * count + t], k0, k_batch_scale, k_rescale_grad, k3, k4, k_momentum, k6, k_lr_t, k8);
     }
 }
 void optforge_lbsgd_s4_f64(int64_t n, double* __restrict__ p_cum_grad, const double* __restrict__ p_grad, double* __restrict__ p_mom, double* __restrict__ p_weight, double k0, double k_batch_scale, double k_rescale_grad, double k3, double k4, double k_momentum, double k6, double k_lr_t, double k8) {
@@ -792,7 +801,16 @@ void optforge_lbsgd_s4_mt_f64(int64_t count, const int64_t* __restrict__ sizes, 
     #pragma omp parallel for schedule(dynamic, 4) if (count > 1)
     for (int64_t t = 0; t < count; ++t) {
         const double* s = scalars + t * 9;
-        optforge_lbsgd_s4_f64(sizes[t], (double*)ptrs[0 * count + t], (const double*)ptrs[1 * count + t], (double*)ptrs[2 * count + t], (double*)ptrs[3 * count + t], s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7], s[8]);
+        const double k0 = s[0];
+        const double k_batch_scale = s[1];
+        const double k_rescale_grad = s[2];
+        const double k3 = s[3];
+        const double k4 = s[4];
+        const double k_momentum = s[5];
+        const double k6 = s[6];
+        const double k_lr_t = s[7];
+        const double k8 = s[8];
+        optforge_lbsgd_s4_f64(sizes[t], (double*)ptrs[0 * count + t], (const double*)ptrs[1 * count + t], (double*)ptrs[2 * count + t], (double*)ptrs[3 * count + t], k0, k_batch_scale, k_rescale_grad, k3, k4, k_momentum, k6, k_lr_t, k8);
     }
 }
 }

@@ -568,8 +568,17 @@ __global__ void optforge_lbsgd_s4_rows_f32(int64_t n, int64_t cols, const int64_
 __global__ void optforge_lbsgd_s4_mt_f32(const int64_t* __restrict__ sizes, float* const* tab_cum_grad, float* const* tab_grad, float* const* tab_mom, float* const* tab_weight, float* const* tab_weight_lp, const double* __restrict__ scalars) {
     const int64_t t = blockIdx.y, n = sizes[t];
     const double* s = scalars + t * 9;
+    const float k0 = (float)s[0];
+    const float k_batch_scale = (float)s[1];
+    const float k_rescale_grad = (float)s[2];
+    const float k3 = (float)s[3];
+    const float k4 = (float)s[4];
+    const float k_momentum = (float)s[5];
+    const float k6 = (float)s[6];
+    const float k_lr_t = (float)s[7];
+    const float k8 = (float)s[8];
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
-        optforge_lbsgd_s4_elem<float, float, float, 2, 2, 2, 2>(i, i, tab_cum_grad[t], tab_grad[t], tab_mom[t], tab_weight[t], tab_weight_lp[t], (float)s[0], (float)s[1], (float)s[2], (float)s[3], (float)s[4], (float)s[5], (float)s[6], (float)s[7], (float)s[8]);
+        optforge_lbsgd_s4_elem<float, float, float, 2, 2, 2, 2>(i, i, tab_cum_grad[t], tab_grad[t], tab_mom[t], tab_weight[t], tab_weight_lp[t], k0, k_batch_scale, k_rescale_grad, k3, k4, k_momentum, k6, k_lr_t, k8);
     }
 }
 __global__ void optforge_lbsgd_s4_f64(int64_t n, double* __restrict__ p_cum_grad, const double* __restrict__ p_grad, double* __restrict__ p_mom, double* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k0, double k_batch_scale, double k_rescale_grad, double k3, double k4, double k_momentum, double k6, double k_lr_t, double k8) {
@@ -586,8 +595,17 @@ __global__ void optforge_lbsgd_s4_rows_f64(int64_t n, int64_t cols, const int64_
 __global__ void optforge_lbsgd_s4_mt_f64(const int64_t* __restrict__ sizes, double* const* tab_cum_grad, double* const* tab_grad, double* const* tab_mom, double* const* tab_weight, float* const* tab_weight_lp, const double* __restrict__ scalars) {
     const int64_t t = blockIdx.y, n = sizes[t];
     const double* s = scalars + t * 9;
+    const double k0 = (double)s[0];
+    const double k_batch_scale = (double)s[1];
+    const double k_rescale_grad = (double)s[2];
+    const double k3 = (double)s[3];
+    const double k4 = (double)s[4];
+    const double k_momentum = (double)s[5];
+    const double k6 = (double)s[6];
+    const double k_lr_t = (double)s[7];
+    const double k8 = (double)s[8];
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
-        optforge_lbsgd_s4_elem<double, double, double, 2, 2, 2, 2>(i, i, tab_cum_grad[t], tab_grad[t], tab_mom[t], tab_weight[t], tab_weight_lp[t], (double)s[0], (double)s[1], (double)s[2], (double)s[3], (double)s[4], (double)s[5], (double)s[6], (double)s[7], (double)s[8]);
+        optforge_lbsgd_s4_elem<double, double, double, 2, 2, 2, 2>(i, i, tab_cum_grad[t], tab_grad[t], tab_mom[t], tab_weight[t], tab_weight_lp[t], k0, k_batch_scale, k_rescale_grad, k3, k4, k_momentum, k6, k_lr_t, k8);
     }
 }
 __global__ void optforge_lbsgd_s4_f16(int64_t n, __half* __restrict__ p_cum_grad, const __half* __restrict__ p_grad, __half* __restrict__ p_mom, __half* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k0, double k_batch_scale, double k_rescale_grad, double k3, double k4, double k_momentum, double k6, double k_lr_t, double k8) {
@@ -604,8 +622,17 @@ __global__ void optforge_lbsgd_s4_rows_f16(int64_t n, int64_t cols, const int64_
 __global__ void optforge_lbsgd_s4_mt_f16(const int64_t* __restrict__ sizes, __half* const* tab_cum_grad, __half* const* tab_grad, __half* const* tab_mom, __half* const* tab_weight, float* const* tab_weight_lp, const double* __restrict__ scalars) {
     const int64_t t = blockIdx.y, n = sizes[t];
     const double* s = scalars + t * 9;
+    const float k0 = (float)s[0];
+    const float k_batch_scale = (float)s[1];
+    const float k_rescale_grad = (float)s[2];
+    const float k3 = (float)s[3];
+    const float k4 = (float)s[4];
+    const float k_momentum = (float)s[5];
+    const float k6 = (float)s[6];
+    const float k_lr_t = (float)s[7];
+    const float k8 = (float)s[8];
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
-        optforge_lbsgd_s4_elem<__half, __half, float, 2, 2, 2, 2>(i, i, tab_cum_grad[t], tab_grad[t], tab_mom[t], tab_weight[t], tab_weight_lp[t], (float)s[0], (float)s[1], (float)s[2], (float)s[3], (float)s[4], (float)s[5], (float)s[6], (float)s[7], (float)s[8]);
+        optforge_lbsgd_s4_elem<__half, __half, float, 2, 2, 2, 2>(i, i, tab_cum_grad[t], tab_grad[t], tab_mom[t], tab_weight[t], tab_weight_lp[t], k0, k_batch_scale, k_rescale_grad, k3, k4, k_momentum, k6, k_lr_t, k8);
     }
 }
 __global__ void optforge_lbsgd_s4_mp16(int64_t n, float* __restrict__ p_cum_grad, const __half* __restrict__ p_grad, float* __restrict__ p_mom, float* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k0, double k_batch_scale, double k_rescale_grad, double k3, double k4, double k_momentum, double k6, double k_lr_t, double k8) {
@@ -622,8 +649,17 @@ __global__ void optforge_lbsgd_s4_rows_mp16(int64_t n, int64_t cols, const int64
 __global__ void optforge_lbsgd_s4_mt_mp16(const int64_t* __restrict__ sizes, float* const* tab_cum_grad, __half* const* tab_grad, float* const* tab_mom, float* const* tab_weight, float* const* tab_weight_lp, const double* __restrict__ scalars) {
     const int64_t t = blockIdx.y, n = sizes[t];
     const double* s = scalars + t * 9;
+    const float k0 = (float)s[0];
+    const float k_batch_scale = (float)s[1];
+    const float k_rescale_grad = (float)s[2];
+    const float k3 = (float)s[3];
+    const float k4 = (float)s[4];
+    const float k_momentum = (float)s[5];
+    const float k6 = (float)s[6];
+    const float k_lr_t = (float)s[7];
+    const float k8 = (float)s[8];
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
-        optforge_lbsgd_s4_elem<float, __half, float, 2, 2, 2, 2>(i, i, tab_cum_grad[t], tab_grad[t], tab_mom[t], tab_weight[t], tab_weight_lp[t], (float)s[0], (float)s[1], (float)s[2], (float)s[3], (float)s[4], (float)s[5], (float)s[6], (float)s[7], (float)s[8]);
+        optforge_lbsgd_s4_elem<float, __half, float, 2, 2, 2, 2>(i, i, tab_cum_grad[t], tab_grad[t], tab_mom[t], tab_weight[t], tab_weight_lp[t], k0, k_batch_scale, k_rescale_grad, k3, k4, k_momentum, k6, k_lr_t, k8);
     }
 }
 }

@@ -57,8 +57,20 @@ __global__ void optforge_nadam_s0_f32(int64_t n, const float* __restrict__ p_gra
 __global__ void optforge_nadam_s0_mt_f32(const int64_t* __restrict__ sizes, float* const* tab_grad, float* const* tab_weight, float* const* tab_m, float* const* tab_v, float* const* tab_weight_lp, const double* __restrict__ scalars) {
     const int64_t t = blockIdx.y, n = sizes[t];
     const double* s = scalars + t * 12;
+    const float k_rescale_grad = (float)s[0];
+    const float k_wd = (float)s[1];
+    const float k2 = (float)s[2];
+    const float k_beta1 = (float)s[3];
+    const float k_beta2 = (float)s[4];
+    const float k5 = (float)s[5];
+    const float k6 = (float)s[6];
+    const float k7 = (float)s[7];
+    const float k8 = (float)s[8];
+    const float k_momentum_t1 = (float)s[9];
+    const float k_lr = (float)s[10];
+    const float k_epsilon = (float)s[11];
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
-        optforge_nadam_s0_elem<float, float, float>(i, i, tab_grad[t], tab_weight[t], tab_m[t], tab_v[t], tab_weight_lp[t], (float)s[0], (float)s[1], (float)s[2], (float)s[3], (float)s[4], (float)s[5], (float)s[6], (float)s[7], (float)s[8], (float)s[9], (float)s[10], (float)s[11]);
+        optforge_nadam_s0_elem<float, float, float>(i, i, tab_grad[t], tab_weight[t], tab_m[t], tab_v[t], tab_weight_lp[t], k_rescale_grad, k_wd, k2, k_beta1, k_beta2, k5, k6, k7, k8, k_momentum_t1, k_lr, k_epsilon);
     }
 }
 __global__ void optforge_nadam_s0_f64(int64_t n, const double* __restrict__ p_grad, double* __restrict__ p_weight, double* __restrict__ p_m, double* __restrict__ p_v, float* __restrict__ p_weight_lp, double k_rescale_grad, double k_wd, double k2, double k_beta1, double k_beta2, double k5, double k6, double k7, double k8, double k_momentum_t1, double k_lr, double k_epsilon) {
@@ -70,8 +82,20 @@ __global__ void optforge_nadam_s0_f64(int64_t n, const double* __restrict__ p_gr
 __global__ void optforge_nadam_s0_mt_f64(const int64_t* __restrict__ sizes, double* const* tab_grad, double* const* tab_weight, double* const* tab_m, double* const* tab_v, float* const* tab_weight_lp, const double* __restrict__ scalars) {
     const int64_t t = blockIdx.y, n = sizes[t];
     const double* s = scalars + t * 12;
+    const double k_rescale_grad = (double)s[0];
+    const double k_wd = (double)s[1];
+    const double k2 = (double)s[2];
+    const double k_beta1 = (double)s[3];
+    const double k_beta2 = (double)s[4];
+    const double k5 = (double)s[5];
+    const double k6 = (double)s[6];
+    const double k7 = (double)s[7];
+    const double k8 = (double)s[8];
+    const double k_momentum_t1 = (double)s[9];
+    const double k_lr = (double)s[10];
+    const double k_epsilon = (double)s[11];
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
-        optforge_nadam_s0_elem<double, double, double>(i, i, tab_grad[t], tab_weight[t], tab_m[t], tab_v[t], tab_weight_lp[t], (double)s[0], (double)s[1], (double)s[2], (double)s[3], (double)s[4], (double)s[5], (double)s[6], (double)s[7], (double)s[8], (double)s[9], (double)s[10], (double)s[11]);
+        optforge_nadam_s0_elem<double, double, double>(i, i, tab_grad[t], tab_weight[t], tab_m[t], tab_v[t], tab_weight_lp[t], k_rescale_grad, k_wd, k2, k_beta1, k_beta2, k5, k6, k7, k8, k_momentum_t1, k_lr, k_epsilon);
     }
 }
 __global__ void optforge_nadam_s0_f16(int64_t n, const __half* __restrict__ p_grad, __half* __restrict__ p_weight, __half* __restrict__ p_m, __half* __restrict__ p_v, float* __restrict__ p_weight_lp, double k_rescale_grad, double k_wd, double k2, double k_beta1, double k_beta2, double k5, double k6, double k7, double k8, double k_momentum_t1, double k_lr, double k_epsilon) {
@@ -83,8 +107,20 @@ __global__ void optforge_nadam_s0_f16(int64_t n, const __half* __restrict__ p_gr
 __global__ void optforge_nadam_s0_mt_f16(const int64_t* __restrict__ sizes, __half* const* tab_grad, __half* const* tab_weight, __half* const* tab_m, __half* const* tab_v, float* const* tab_weight_lp, const double* __restrict__ scalars) {
     const int64_t t = blockIdx.y, n = sizes[t];
     const double* s = scalars + t * 12;
+    const float k_rescale_grad = (float)s[0];
+    const float k_wd = (float)s[1];
+    const float k2 = (float)s[2];
+    const float k_beta1 = (float)s[3];
+    const float k_beta2 = (float)s[4];
+    const float k5 = (float)s[5];
+    const float k6 = (float)s[6];
+    const float k7 = (float)s[7];
+    const float k8 = (float)s[8];
+    const float k_momentum_t1 = (float)s[9];
+    const float k_lr = (float)s[10];
+    const float k_epsilon = (float)s[11];
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
-        optforge_nadam_s0_elem<__half, __half, float>(i, i, tab_grad[t], tab_weight[t], tab_m[t], tab_v[t], tab_weight_lp[t], (float)s[0], (float)s[1], (float)s[2], (float)s[3], (float)s[4], (float)s[5], (float)s[6], (float)s[7], (float)s[8], (float)s[9], (float)s[10], (float)s[11]);
+        optforge_nadam_s0_elem<__half, __half, float>(i, i, tab_grad[t], tab_weight[t], tab_m[t], tab_v[t], tab_weight_lp[t], k_rescale_grad, k_wd, k2, k_beta1, k_beta2, k5, k6, k7, k8, k_momentum_t1, k_lr, k_epsilon);
     }
 }
 __global__ void optforge_nadam_s0_mp16(int64_t n, const __half* __restrict__ p_grad, float* __restrict__ p_weight, float* __restrict__ p_m, float* __restrict__ p_v, float* __restrict__ p_weight_lp, double k_rescale_grad, double k_wd, double k2, double k_beta1, double k_beta2, double k5, double k6, double k7, double k8, double k_momentum_t1, double k_lr, double k_epsilon) {
@@ -96,8 +132,20 @@ __global__ void optforge_nadam_s0_mp16(int64_t n, const __half* __restrict__ p_g
 __global__ void optforge_nadam_s0_mt_mp16(const int64_t* __restrict__ sizes, __half* const* tab_grad, float* const* tab_weight, float* const* tab_m, float* const* tab_v, float* const* tab_weight_lp, const double* __restrict__ scalars) {
     const int64_t t = blockIdx.y, n = sizes[t];
     const double* s = scalars + t * 12;
+    const float k_rescale_grad = (float)s[0];
+    const float k_wd = (float)s[1];
+    const float k2 = (float)s[2];
+    const float k_beta1 = (float)s[3];
+    const float k_beta2 = (float)s[4];
+    const float k5 = (float)s[5];
+    const float k6 = (float)s[6];
+    const float k7 = (float)s[7];
+    const float k8 = (float)s[8];
+    const float k_momentum_t1 = (float)s[9];
+    const float k_lr = (float)s[10];
+    const float k_epsilon = (float)s[11];
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
-        optforge_nadam_s0_elem<float, __half, float>(i, i, tab_grad[t], tab_weight[t], tab_m[t], tab_v[t], tab_weight_lp[t], (float)s[0], (float)s[1], (float)s[2], (float)s[3], (float)s[4], (float)s[5], (float)s[6], (float)s[7], (float)s[8], (float)s[9], (float)s[10], (float)s[11]);
+        optforge_nadam_s0_elem<float, __half, float>(i, i, tab_grad[t], tab_weight[t], tab_m[t], tab_v[t], tab_weight_lp[t], k_rescale_grad, k_wd, k2, k_beta1, k_beta2, k5, k6, k7, k8, k_momentum_t1, k_lr, k_epsilon);
     }
 }
 }

@@ -93,7 +93,16 @@ void optforge_rmsprop_s0_mt_f32(int64_t count, const int64_t* __restrict__ sizes
     #pragma omp parallel for schedule(dynamic, 4) if (count > 1)
     for (int64_t t = 0; t < count; ++t) {
         const double* s = scalars + t * 9;
-        optforge_rmsprop_s0_f32(sizes[t], (const float*)ptrs[0 * count + t], (float*)ptrs[1 * count + t], (float*)ptrs[2 * count + t], (float*)ptrs[3 * count + t], (float*)ptrs[4 * count + t], s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7], s[8]);
+        const double k_rescale_grad = s[0];
+        const double k_wd = s[1];
+        const double k2 = s[2];
+        const double k_gamma1 = s[3];
+        const double k_centered = s[4];
+        const double k_gamma2 = s[5];
+        const double k_lr = s[6];
+        const double k_epsilon = s[7];
+        const double k8 = s[8];
+        optforge_rmsprop_s0_f32(sizes[t], (const float*)ptrs[0 * count + t], (float*)ptrs[1 * count + t], (float*)ptrs[2 * count + t], (float*)ptrs[3 * count + t], (float*)ptrs[4 * count + t], k_rescale_grad, k_wd, k2, k_gamma1, k_centered, k_gamma2, k_lr, k_epsilon, k8);
     }
 }
 void optforge_rmsprop_s0_f64(int64_t n, const double* __restrict__ p_grad, double* __restrict__ p_weight, double* __restrict__ p_n, double* __restrict__ p_g_avg, double* __restrict__ p_delta, double k_rescale_grad, double k_wd, double k2, double k_gamma1, double k_centered, double k_gamma2, double k_lr, double k_epsilon, double k8) {
@@ -138,7 +147,16 @@ void optforge_rmsprop_s0_mt_f64(int64_t count, const int64_t* __restrict__ sizes
     #pragma omp parallel for schedule(dynamic, 4) if (count > 1)
     for (int64_t t = 0; t < count; ++t) {
         const double* s = scalars + t * 9;
-        optforge_rmsprop_s0_f64(sizes[t], (const double*)ptrs[0 * count + t], (double*)ptrs[1 * count + t], (double*)ptrs[2 * count + t], (double*)ptrs[3 * count + t], (double*)ptrs[4 * count + t], s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7], s[8]);
+        const double k_rescale_grad = s[0];
+        const double k_wd = s[1];
+        const double k2 = s[2];
+        const double k_gamma1 = s[3];
+        const double k_centered = s[4];
+        const double k_gamma2 = s[5];
+        const double k_lr = s[6];
+        const double k_epsilon = s[7];
+        const double k8 = s[8];
+        optforge_rmsprop_s0_f64(sizes[t], (const double*)ptrs[0 * count + t], (double*)ptrs[1 * count + t], (double*)ptrs[2 * count + t], (double*)ptrs[3 * count + t], (double*)ptrs[4 * count + t], k_rescale_grad, k_wd, k2, k_gamma1, k_centered, k_gamma2, k_lr, k_epsilon, k8);
     }
 }
 }

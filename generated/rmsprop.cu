@@ -62,8 +62,17 @@ __global__ void optforge_rmsprop_s0_f32(int64_t n, const float* __restrict__ p_g
 __global__ void optforge_rmsprop_s0_mt_f32(const int64_t* __restrict__ sizes, float* const* tab_grad, float* const* tab_weight, float* const* tab_n, float* const* tab_g_avg, float* const* tab_delta, float* const* tab_weight_lp, const double* __restrict__ scalars) {
     const int64_t t = blockIdx.y, n = sizes[t];
     const double* s = scalars + t * 9;
+    const float k_rescale_grad = (float)s[0];
+    const float k_wd = (float)s[1];
+    const float k2 = (float)s[2];
+    const float k_gamma1 = (float)s[3];
+    const float k_centered = (float)s[4];
+    const float k_gamma2 = (float)s[5];
+    const float k_lr = (float)s[6];
+    const float k_epsilon = (float)s[7];
+    const float k8 = (float)s[8];
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
-        optforge_rmsprop_s0_elem<float, float, float, 2, 2, 2>(i, i, tab_grad[t], tab_weight[t], tab_n[t], tab_g_avg[t], tab_delta[t], tab_weight_lp[t], (float)s[0], (float)s[1], (float)s[2], (float)s[3], (float)s[4], (float)s[5], (float)s[6], (float)s[7], (float)s[8]);
+        optforge_rmsprop_s0_elem<float, float, float, 2, 2, 2>(i, i, tab_grad[t], tab_weight[t], tab_n[t], tab_g_avg[t], tab_delta[t], tab_weight_lp[t], k_rescale_grad, k_wd, k2, k_gamma1, k_centered, k_gamma2, k_lr, k_epsilon, k8);
     }
 }
 __global__ void optforge_rmsprop_s0_f64(int64_t n, const double* __restrict__ p_grad, double* __restrict__ p_weight, double* __restrict__ p_n, double* __restrict__ p_g_avg, double* __restrict__ p_delta, float* __restrict__ p_weight_lp, double k_rescale_grad, double k_wd, double k2, double k_gamma1, double k_centered, double k_gamma2, double k_lr, double k_epsilon, double k8) {
@@ -75,8 +84,17 @@ __global__ void optforge_rmsprop_s0_f64(int64_t n, const double* __restrict__ p_
 __global__ void optforge_rmsprop_s0_mt_f64(const int64_t* __restrict__ sizes, double* const* tab_grad, double* const* tab_weight, double* const* tab_n, double* const* tab_g_avg, double* const* tab_delta, float* const* tab_weight_lp, const double* __restrict__ scalars) {
     const int64_t t = blockIdx.y, n = sizes[t];
     const double* s = scalars + t * 9;
+    const double k_rescale_grad = (double)s[0];
+    const double k_wd = (double)s[1];
+    const double k2 = (double)s[2];
+    const double k_gamma1 = (double)s[3];
+    const double k_centered = (double)s[4];
+    const double k_gamma2 = (double)s[5];
+    const double k_lr = (double)s[6];
+    const double k_epsilon = (double)s[7];
+    const double k8 = (double)s[8];
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
-        optforge_rmsprop_s0_elem<double, double, double, 2, 2, 2>(i, i, tab_grad[t], tab_weight[t], tab_n[t], tab_g_avg[t], tab_delta[t], tab_weight_lp[t], (double)s[0], (double)s[1], (double)s[2], (double)s[3], (double)s[4], (double)s[5], (double)s[6], (double)s[7], (double)s[8]);
+        optforge_rmsprop_s0_elem<double, double, double, 2, 2, 2>(i, i, tab_grad[t], tab_weight[t], tab_n[t], tab_g_avg[t], tab_delta[t], tab_weight_lp[t], k_rescale_grad, k_wd, k2, k_gamma1, k_centered, k_gamma2, k_lr, k_epsilon, k8);
     }
 }
 __global__ void optforge_rmsprop_s0_f16(int64_t n, const __half* __restrict__ p_grad, __half* __restrict__ p_weight, __half* __restrict__ p_n, __half* __restrict__ p_g_avg, __half* __restrict__ p_delta, float* __restrict__ p_weight_lp, double k_rescale_grad, double k_wd, double k2, double k_gamma1, double k_centered, double k_gamma2, double k_lr, double k_epsilon, double k8) {
@@ -88,8 +106,17 @@ __global__ void optforge_rmsprop_s0_f16(int64_t n, const __half* __restrict__ p_
 __global__ void optforge_rmsprop_s0_mt_f16(const int64_t* __restrict__ sizes, __half* const* tab_grad, __half* const* tab_weight, __half* const* tab_n, __half* const* tab_g_avg, __half* const* tab_delta, float* const* tab_weight_lp, const double* __restrict__ scalars) {
     const int64_t t = blockIdx.y, n = sizes[t];
     const double* s = scalars + t * 9;
+    const float k_rescale_grad = (float)s[0];
+    const float k_wd = (float)s[1];
+    const float k2 = (float)s[2];
+    const float k_gamma1 = (float)s[3];
+    const float k_centered = (float)s[4];
+    const float k_gamma2 = (float)s[5];
+    const float k_lr = (float)s[6];
+    const float k_epsilon = (float)s[7];
+    const float k8 = (float)s[8];
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
-        optforge_rmsprop_s0_elem<__half, __half, float, 2, 2, 2>(i, i, tab_grad[t], tab_weight[t], tab_n[t], tab_g_avg[t], tab_delta[t], tab_weight_lp[t], (float)s[0], (float)s[1], (float)s[2], (float)s[3], (float)s[4], (float)s[5], (float)s[6], (float)s[7], (float)s[8]);
+        optforge_rmsprop_s0_elem<__half, __half, float, 2, 2, 2>(i, i, tab_grad[t], tab_weight[t], tab_n[t], tab_g_avg[t], tab_delta[t], tab_weight_lp[t], k_rescale_grad, k_wd, k2, k_gamma1, k_centered, k_gamma2, k_lr, k_epsilon, k8);
     }
 }
 __global__ void optforge_rmsprop_s0_mp16(int64_t n, const __half* __restrict__ p_grad, float* __restrict__ p_weight, float* __restrict__ p_n, float* __restrict__ p_g_avg, float* __restrict__ p_delta, float* __restrict__ p_weight_lp, double k_rescale_grad, double k_wd, double k2, double k_gamma1, double k_centered, double k_gamma2, double k_lr, double k_epsilon, double k8) {
@@ -101,8 +128,17 @@ __global__ void optforge_rmsprop_s0_mp16(int64_t n, const __half* __restrict__ p
 __global__ void optforge_rmsprop_s0_mt_mp16(const int64_t* __restrict__ sizes, __half* const* tab_grad, float* const* tab_weight, float* const* tab_n, float* const* tab_g_avg, float* const* tab_delta, float* const* tab_weight_lp, const double* __restrict__ scalars) {
     const int64_t t = blockIdx.y, n = sizes[t];
     const double* s = scalars + t * 9;
+    const float k_rescale_grad = (float)s[0];
+    const float k_wd = (float)s[1];
+    const float k2 = (float)s[2];
+    const float k_gamma1 = (float)s[3];
+    const float k_centered = (float)s[4];
+    const float k_gamma2 = (float)s[5];
+    const float k_lr = (float)s[6];
+    const float k_epsilon = (float)s[7];
+    const float k8 = (float)s[8];
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
-        optforge_rmsprop_s0_elem<float, __half, float, 2, 2, 2>(i, i, tab_grad[t], tab_weight[t], tab_n[t], tab_g_avg[t], tab_delta[t], tab_weight_lp[t], (float)s[0], (float)s[1], (float)s[2], (float)s[3], (float)s[4], (float)s[5], (float)s[6], (float)s[7], (float)s[8]);
+        optforge_rmsprop_s0_elem<float, __half, float, 2, 2, 2>(i, i, tab_grad[t], tab_weight[t], tab_n[t], tab_g_avg[t], tab_delta[t], tab_weight_lp[t], k_rescale_grad, k_wd, k2, k_gamma1, k_centered, k_gamma2, k_lr, k_epsilon, k8);
     }
 }
 }

@@ -56,8 +56,16 @@ __global__ void optforge_signum_s0_f32(int64_t n, const float* __restrict__ p_gr
 __global__ void optforge_signum_s0_mt_f32(const int64_t* __restrict__ sizes, float* const* tab_grad, float* const* tab_mom, float* const* tab_weight, float* const* tab_weight_lp, const double* __restrict__ scalars) {
     const int64_t t = blockIdx.y, n = sizes[t];
     const double* s = scalars + t * 8;
+    const float k_rescale_grad = (float)s[0];
+    const float k1 = (float)s[1];
+    const float k2 = (float)s[2];
+    const float k_momentum = (float)s[3];
+    const float k_wd = (float)s[4];
+    const float k5 = (float)s[5];
+    const float k_lr = (float)s[6];
+    const float k7 = (float)s[7];
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
-        optforge_signum_s0_elem<float, float, float, 2, 2>(i, i, tab_grad[t], tab_mom[t], tab_weight[t], tab_weight_lp[t], (float)s[0], (float)s[1], (float)s[2], (float)s[3], (float)s[4], (float)s[5], (float)s[6], (float)s[7]);
+        optforge_signum_s0_elem<float, float, float, 2, 2>(i, i, tab_grad[t], tab_mom[t], tab_weight[t], tab_weight_lp[t], k_rescale_grad, k1, k2, k_momentum, k_wd, k5, k_lr, k7);
     }
 }
 __global__ void optforge_signum_s0_f64(int64_t n, const double* __restrict__ p_grad, double* __restrict__ p_mom, double* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k2, double k_momentum, double k_wd, double k5, double k_lr, double k7) {
@@ -69,8 +77,16 @@ __global__ void optforge_signum_s0_f64(int64_t n, const double* __restrict__ p_g
 __global__ void optforge_signum_s0_mt_f64(const int64_t* __restrict__ sizes, double* const* tab_grad, double* const* tab_mom, double* const* tab_weight, float* const* tab_weight_lp, const double* __restrict__ scalars) {
     const int64_t t = blockIdx.y, n = sizes[t];
     const double* s = scalars + t * 8;
+    const double k_rescale_grad = (double)s[0];
+    const double k1 = (double)s[1];
+    const double k2 = (double)s[2];
+    const double k_momentum = (double)s[3];
+    const double k_wd = (double)s[4];
+    const double k5 = (double)s[5];
+    const double k_lr = (double)s[6];
+    const double k7 = (double)s[7];
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
-        optforge_signum_s0_elem<double, double, double, 2, 2>(i, i, tab_grad[t], tab_mom[t], tab_weight[t], tab_weight_lp[t], (double)s[0], (double)s[1], (double)s[2], (double)s[3], (double)s[4], (double)s[5], (double)s[6], (double)s[7]);
+        optforge_signum_s0_elem<double, double, double, 2, 2>(i, i, tab_grad[t], tab_mom[t], tab_weight[t], tab_weight_lp[t], k_rescale_grad, k1, k2, k_momentum, k_wd, k5, k_lr, k7);
     }
 }
 __global__ void optforge_signum_s0_f16(int64_t n, const __half* __restrict__ p_grad, __half* __restrict__ p_mom, __half* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k2, double k_momentum, double k_wd, double k5, double k_lr, double k7) {
@@ -82,8 +98,16 @@ __global__ void optforge_signum_s0_f16(int64_t n, const __half* __restrict__ p_g
 __global__ void optforge_signum_s0_mt_f16(const int64_t* __restrict__ sizes, __half* const* tab_grad, __half* const* tab_mom, __half* const* tab_weight, float* const* tab_weight_lp, const double* __restrict__ scalars) {
     const int64_t t = blockIdx.y, n = sizes[t];
     const double* s = scalars + t * 8;
+    const float k_rescale_grad = (float)s[0];
+    const float k1 = (float)s[1];
+    const float k2 = (float)s[2];
+    const float k_momentum = (float)s[3];
+    const float k_wd = (float)s[4];
+    const float k5 = (float)s[5];
+    const float k_lr = (float)s[6];
+    const float k7 = (float)s[7];
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
-        optforge_signum_s0_elem<__half, __half, float, 2, 2>(i, i, tab_grad[t], tab_mom[t], tab_weight[t], tab_weight_lp[t], (float)s[0], (float)s[1], (float)s[2], (float)s[3], (float)s[4], (float)s[5], (float)s[6], (float)s[7]);
+        optforge_signum_s0_elem<__half, __half, float, 2, 2>(i, i, tab_grad[t], tab_mom[t], tab_weight[t], tab_weight_lp[t], k_rescale_grad, k1, k2, k_momentum, k_wd, k5, k_lr, k7);
     }
 }
 __global__ void optforge_signum_s0_mp16(int64_t n, const __half* __restrict__ p_grad, float* __restrict__ p_mom, float* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k2, double k_momentum, double k_wd, double k5, double k_lr, double k7) {
@@ -95,8 +119,16 @@ __global__ void optforge_signum_s0_mp16(int64_t n, const __half* __restrict__ p_
 __global__ void optforge_signum_s0_mt_mp16(const int64_t* __restrict__ sizes, __half* const* tab_grad, float* const* tab_mom, float* const* tab_weight, float* const* tab_weight_lp, const double* __restrict__ scalars) {
     const int64_t t = blockIdx.y, n = sizes[t];
     const double* s = scalars + t * 8;
+    const float k_rescale_grad = (float)s[0];
+    const float k1 = (float)s[1];
+    const float k2 = (float)s[2];
+    const float k_momentum = (float)s[3];
+    const float k_wd = (float)s[4];
+    const float k5 = (float)s[5];
+    const float k_lr = (float)s[6];
+    const float k7 = (float)s[7];
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
-        optforge_signum_s0_elem<float, __half, float, 2, 2>(i, i, tab_grad[t], tab_mom[t], tab_weight[t], tab_weight_lp[t], (float)s[0], (float)s[1], (float)s[2], (float)s[3], (float)s[4], (float)s[5], (float)s[6], (float)s[7]);
+        optforge_signum_s0_elem<float, __half, float, 2, 2>(i, i, tab_grad[t], tab_mom[t], tab_weight[t], tab_weight_lp[t], k_rescale_grad, k1, k2, k_momentum, k_wd, k5, k_lr, k7);
     }
 }
 }

@@ -49,7 +49,8 @@ void optforge_test_s0_mt_f32(int64_t count, const int64_t* __restrict__ sizes, c
     #pragma omp parallel for schedule(dynamic, 4) if (count > 1)
     for (int64_t t = 0; t < count; ++t) {
         const double* s = scalars + t * 1;
-        optforge_test_s0_f32(sizes[t], (float*)ptrs[0 * count + t], (const float*)ptrs[1 * count + t], (float*)ptrs[2 * count + t], s[0]);
+        const double k_rescale_grad = s[0];
+        optforge_test_s0_f32(sizes[t], (float*)ptrs[0 * count + t], (const float*)ptrs[1 * count + t], (float*)ptrs[2 * count + t], k_rescale_grad);
     }
 }
 void optforge_test_s0_f64(int64_t n, double* __restrict__ p_weight, const double* __restrict__ p_grad, double* __restrict__ p_mirror, double k_rescale_grad) {
@@ -66,7 +67,8 @@ void optforge_test_s0_mt_f64(int64_t count, const int64_t* __restrict__ sizes, c
     #pragma omp parallel for schedule(dynamic, 4) if (count > 1)
     for (int64_t t = 0; t < count; ++t) {
         const double* s = scalars + t * 1;
-        optforge_test_s0_f64(sizes[t], (double*)ptrs[0 * count + t], (const double*)ptrs[1 * count + t], (double*)ptrs[2 * count + t], s[0]);
+        const double k_rescale_grad = s[0];
+        optforge_test_s0_f64(sizes[t], (double*)ptrs[0 * count + t], (const double*)ptrs[1 * count + t], (double*)ptrs[2 * count + t], k_rescale_grad);
     }
 }
 }

@@ -46,8 +46,9 @@ __global__ void optforge_test_s0_f32(int64_t n, float* __restrict__ p_weight, co
 __global__ void optforge_test_s0_mt_f32(const int64_t* __restrict__ sizes, float* const* tab_weight, float* const* tab_grad, float* const* tab_mirror, float* const* tab_weight_lp, const double* __restrict__ scalars) {
     const int64_t t = blockIdx.y, n = sizes[t];
     const double* s = scalars + t * 1;
+    const float k_rescale_grad = (float)s[0];
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
-        optforge_test_s0_elem<float, float, float>(i, i, tab_weight[t], tab_grad[t], tab_mirror[t], tab_weight_lp[t], (float)s[0]);
+        optforge_test_s0_elem<float, float, float>(i, i, tab_weight[t], tab_grad[t], tab_mirror[t], tab_weight_lp[t], k_rescale_grad);
     }
 }
 __global__ void optforge_test_s0_f64(int64_t n, double* __restrict__ p_weight, const double* __restrict__ p_grad, double* __restrict__ p_mirror, float* __restrict__ p_weight_lp, double k_rescale_grad) {
@@ -59,8 +60,9 @@ __global__ void optforge_test_s0_f64(int64_t n, double* __restrict__ p_weight, c
 __global__ void optforge_test_s0_mt_f64(const int64_t* __restrict__ sizes, double* const* tab_weight, double* const* tab_grad, double* const* tab_mirror, float* const* tab_weight_lp, const double* __restrict__ scalars) {
     const int64_t t = blockIdx.y, n = sizes[t];
     const double* s = scalars + t * 1;
+    const double k_rescale_grad = (double)s[0];
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
-        optforge_test_s0_elem<double, double, double>(i, i, tab_weight[t], tab_grad[t], tab_mirror[t], tab_weight_lp[t], (double)s[0]);
+        optforge_test_s0_elem<double, double, double>(i, i, tab_weight[t], tab_grad[t], tab_mirror[t], tab_weight_lp[t], k_rescale_grad);
     }
 }
 __global__ void optforge_test_s0_f16(int64_t n, __half* __restrict__ p_weight, const __half* __restrict__ p_grad, __half* __restrict__ p_mirror, float* __restrict__ p_weight_lp, double k_rescale_grad) {
@@ -72,8 +74,9 @@ __global__ void optforge_test_s0_f16(int64_t n, __half* __restrict__ p_weight, c
 __global__ void optforge_test_s0_mt_f16(const int64_t* __restrict__ sizes, __half* const* tab_weight, __half* const* tab_grad, __half* const* tab_mirror, float* const* tab_weight_lp, const double* __restrict__ scalars) {
     const int64_t t = blockIdx.y, n = sizes[t];
     const double* s = scalars + t * 1;
+    const float k_rescale_grad = (float)s[0];
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
-        optforge_test_s0_elem<__half, __half, float>(i, i, tab_weight[t], tab_grad[t], tab_mirror[t], tab_weight_lp[t], (float)s[0]);
+        optforge_test_s0_elem<__half, __half, float>(i, i, tab_weight[t], tab_grad[t], tab_mirror[t], tab_weight_lp[t], k_rescale_grad);
     }
 }
 __global__ void optforge_test_s0_mp16(int64_t n, float* __restrict__ p_weight, const __half* __restrict__ p_grad, float* __restrict__ p_mirror, float* __restrict__ p_weight_lp, double k_rescale_grad) {
@@ -85,8 +88,9 @@ __global__ void optforge_test_s0_mp16(int64_t n, float* __restrict__ p_weight, c
 __global__ void optforge_test_s0_mt_mp16(const int64_t* __restrict__ sizes, float* const* tab_weight, __half* const* tab_grad, float* const* tab_mirror, float* const* tab_weight_lp, const double* __restrict__ scalars) {
     const int64_t t = blockIdx.y, n = sizes[t];
     const double* s = scalars + t * 1;
+    const float k_rescale_grad = (float)s[0];
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
-        optforge_test_s0_elem<float, __half, float>(i, i, tab_weight[t], tab_grad[t], tab_mirror[t], tab_weight_lp[t], (float)s[0]);
+        optforge_test_s0_elem<float, __half, float>(i, i, tab_weight[t], tab_grad[t], tab_mirror[t], tab_weight_lp[t], k_rescale_grad);
     }
 }
 }

@@ -86,9 +86,7 @@ def gather(opt, index, weight, grad, state):
                 raise ValueError(f"{what} is {t.dtype}{list(t.shape)}, expected {tensor_dtype}{list(w.shape)}")
             written.append((t, what))
     # a gradient is read while the update writes: it may share no memory with what is written
-    read = [(g if not isinstance(g, RowSparse) else None, f"grad{f'[{k}]' if is_list else ''}")
-            for k, g in enumerate(grads)]
-    _check_no_overlap(written, [(g, what) for g, what in read if g is not None])
+    _check_no_overlap(written, [g for g in grads if not isinstance(g, RowSparse)], is_list)
     return indices, weights, grads, states
 
 
@@ -120,28 +118,31 @@ def check_array(a, what, writeable=False):
                              "or update the base array")
 
 
-def _check_no_overlap(arrays, read=()):
+def _check_no_overlap(arrays, read=(), is_list=False):
     """No two of the (C-contiguous) arrays an update writes may share memory: a weight passed
     twice, two views of one buffer, or a weight that is also a state would be updated twice. No
-    array it only reads (a gradient) may share memory with one it writes: its values would change
-    under the update, differently on each backend."""
+    array it only reads (the gradients, `read`) may share memory with one it writes: its values
+    would change under the update, differently on each backend."""
     # only arrays that hang off one buffer can overlap: compare addresses within such groups (an array
     # that owns its memory, the usual case, is a group of its own)
     groups: dict = {}
     kinds = set()
-    for role, items in ((0, arrays), (1, read)):
-        for a, what in items:
-            if type(a) is np.ndarray:
-                kinds.add("numpy")
-                key = id(a) if a.base is None else _buffer_key(a)
-            else:
-                kinds.add(array_kind(a))
-                key = _buffer_key(a)
-            if a.nbytes:
-                groups.setdefault(key, []).append((a, what, role))
+    for a, what in arrays:
+        if type(a) is np.ndarray:
+            kinds.add("numpy")
+            key = id(a) if a.base is None else _buffer_key(a)
+        else:
+            kinds.add(array_kind(a))
+            key = _buffer_key(a)
+        if a.nbytes:
+            groups.setdefault(key, []).append((a, what, 0))
     if len(kinds) > 1:
         raise TypeError(f"one update mixes {' and '.join(sorted(kinds))} arrays; keep a parameter, its gradient and "
                         "its state on one device")
+    for k, g in enumerate(read):   # a gradient joins only a group of written arrays (rarely: a view)
+        key = _buffer_key(g) if not (type(g) is np.ndarray and g.base is None) else id(g)
+        if key in groups and g.nbytes:
+            groups[key].append((g, f"grad{f'[{k}]' if is_list else ''}", 1))
     for members in groups.values():
         if len(members) < 2:
             continue
