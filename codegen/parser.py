@@ -455,6 +455,13 @@ def _syntax_error(e: UnexpectedInput, source: str, reporter: Reporter) -> None:
 def parse(source: str, path: str = "<spec>") -> tuple:
     """Parse spec text into a tuple of `ast.Decl`. Raises SpecError on any syntax error."""
     reporter = Reporter(path, source)
+    bad = next((k for k, ch in enumerate(source) if "\ud800" <= ch <= "\udfff"), None)
+    if bad is not None:   # a lone surrogate: no file can hold it, and no generated module could
+        line = source.count("\n", 0, bad) + 1
+        col = bad - (source.rfind("\n", 0, bad) + 1) + 1
+        reporter.error(Span(line, col, line, col + 1), f"the spec holds a lone surrogate character "
+                       f"(U+{ord(source[bad]):04X}), which is not text", "remove it or write a real character")
+        reporter.raise_if_errors()
     try:
         tree = get_parser().parse(source)
     except UnexpectedInput as e:

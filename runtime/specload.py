@@ -123,7 +123,7 @@ def load_spec(spec, *, register: bool = True) -> type:
     A name that is already registered is replaced, with the same warning as `optforge.register`.
     """
     text, shown, stem = _read(spec)
-    key = hashlib.sha256(f"{stem}\0{text}".encode()).hexdigest()
+    key = hashlib.sha256(f"{stem}\0{text}".encode("utf-8", "surrogatepass")).hexdigest()
     with _lock:
         cls = _loaded.get(key)
         if cls is None:

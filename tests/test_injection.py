@@ -245,3 +245,14 @@ def test_a_spec_folder_name_reaches_generated_code_only_escaped(folder, tmp_path
         sys.modules.pop("pkg_inj", None)
         sys.modules.pop("pkg_inj.tiny", None)
     assert not (tmp_path / "PWNED").exists()
+
+
+@pytest.mark.parametrize("where", ['doc """a \ud800 b"""', 'hyper h: float = 1.0 "x \udfff"', 'alias "a\udc80"'])
+def test_a_lone_surrogate_is_a_spec_error_not_a_broken_module(where):
+    """Text no file can hold (a lone surrogate, e.g. from an escape in a notebook string) is refused
+    with its position, by the compiler and by load_spec, instead of compiling into a module that fails."""
+    import optforge
+    text = f"optimizer Sur\n{where}\nupdate {{\n    weight -= lr * grad\n}}\n"
+    for compile_ in (lambda: load_spec_text(text, "sur.opt"), lambda: optforge.load_spec(text, register=False)):
+        with pytest.raises(SpecError, match=r":2:\d+: error: the spec holds a lone surrogate character"):
+            compile_()
