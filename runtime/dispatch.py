@@ -16,7 +16,9 @@ from .multi import MultiTensorLaunches, run_lockstep
 from .sparse import RowSparse
 
 
-def run(opt, weights, grads, states, steps, backend: str) -> None:
+def run(opt, weights, grads, states, steps, backend: str, done: list) -> None:
+    """Run every parameter's update; `done` receives the position of each one completed (a deferred
+    list update completes all its parameters at once, when its launches have run)."""
     multi = None
     if len(weights) > 1 and opt.multi_tensor:
         if all(cuda.is_cupy(w) and cuda.is_cupy(g) for w, g in zip(weights, grads)):
@@ -31,15 +33,18 @@ def run(opt, weights, grads, states, steps, backend: str) -> None:
             multi = MultiTensorLaunches(native.MultiLauncher(native.library_for(type(opt))), np, opt.kernel_stages)
     phases = []   # deferred drivers with fused reductions: they run in lockstep
     with np.errstate(all="ignore"):
-        for w, g, s, step in zip(weights, grads, states, steps):
+        for k, (w, g, s, step) in enumerate(zip(weights, grads, states, steps)):
             if multi is not None and (multi.xp is not np or native.batchable(w, g, s.master)):
                 gen = _deferred(opt, w, g, s, step, multi)
                 if gen is not None:
                     phases.append(gen)
             else:
                 step_one(opt, w, g, s, step, backend)
+                done.append(k)
         if multi is not None:
             run_lockstep(multi, phases)
+            finished = set(done)
+            done.extend(k for k in range(len(weights)) if k not in finished)
 
 
 def step_one(opt, weight, grad, state, step, backend: str) -> None:

@@ -377,6 +377,7 @@ class Optimizer:
             native.library_for(type(self))
         # counting comes after validation; if the schedule or a multiplier then fails, undo it
         saved = [(i, self._index_update_count.get(i)) for i in indices], self.num_update
+        saved_globals = dict(self._globals)
         try:
             if self.options.get("lr_before_count", False):
                 # read the learning rate and weight decay before counting this update (LBSGD)
@@ -404,16 +405,33 @@ class Optimizer:
             num_update = self.num_update
             call = self._prologue(bases[0], num_update)
         except BaseException:
-            for i, n in saved[0]:
-                if n is None:
-                    self._index_update_count.pop(i, None)
-                else:
-                    self._index_update_count[i] = n
-            self.num_update = saved[1]
+            self._uncount(saved, saved_globals, ())
             raise
         steps = [Step(call, lr, wd, self._index_update_count[i], self.idx2name.get(i, str(i)), base, num_update)
                  for i, lr, wd, base in zip(indices, lrs, wds, bases)]
-        dispatch.run(self, weights, grads, states, steps, backend)
+        done: list = []   # positions of the parameters whose update completed
+        try:
+            dispatch.run(self, weights, grads, states, steps, backend, done)
+        except BaseException:
+            # count only what was updated: a parameter whose update did not complete is not counted (one
+            # that failed part way may be partly written: see SECURITY.md)
+            self._uncount(saved, saved_globals, {indices[k] for k in done})
+            raise
+
+    def _uncount(self, saved, saved_globals, completed):
+        """Undo the counting of an update call for every index not in `completed`; with none
+        completed, the once-per-call statements' changes to the globals too."""
+        for i, n in saved[0]:
+            if i in completed:
+                continue
+            if n is None:
+                self._index_update_count.pop(i, None)
+            else:
+                self._index_update_count[i] = n
+        self.num_update = max([saved[1]] + [self._index_update_count[i] for i in completed])
+        if not completed:
+            self._globals.clear()
+            self._globals.update(saved_globals)
 
     @property
     def backend(self) -> str:

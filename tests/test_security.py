@@ -199,3 +199,40 @@ def test_nan_and_inf_in_a_gradient_give_the_same_result_on_every_backend(name):
         np.testing.assert_array_equal(np.isnan(a), np.isnan(b))
         np.testing.assert_array_equal(np.isinf(a), np.isinf(b))
         np.testing.assert_allclose(a[np.isfinite(b)], b[np.isfinite(b)], rtol=1e-12, atol=1e-15)
+
+
+FAILS_FOR_SMALL_LR = """optimizer Failing
+global calls = 0
+update {
+    calls = calls + 1
+    h = sqrt(lr - 0.05)
+    weight -= h * grad
+}
+"""
+
+
+@pytest.mark.parametrize("backend", ["numpy", "native"])
+def test_a_failed_update_counts_only_the_parameters_it_updated(backend):
+    """A host computation of the spec that fails (here sqrt of a negative number, for the parameter
+    whose lr multiplier makes lr small) raises; only the parameters updated before it are counted,
+    and with none updated the once-per-call work on the globals is undone too."""
+    if backend == "native" and not native.available():
+        pytest.skip("no C++ compiler")
+    cls = optforge.load_spec(FAILS_FOR_SMALL_LR, register=False)
+    opt = cls(learning_rate=0.1)
+    opt.backend = backend
+    opt.set_lr_mult({1: 0.1})
+    ws = [np.ones(4), np.ones(4)]
+    ss = [opt.create_state(k, w) for k, w in enumerate(ws)]
+    with pytest.raises(ValueError, match="math domain error"):
+        opt.update(1, ws[1], np.ones(4), ss[1])
+    assert opt._index_update_count == {} and opt.num_update == 0 and opt._globals == {}
+    with pytest.raises(ValueError, match="math domain error"):
+        opt.update([0, 1], ws, [np.ones(4), np.ones(4)], ss)
+    if backend == "numpy":   # parameter by parameter: the first was updated and counted
+        assert opt._index_update_count == {0: 1} and opt.num_update == 1 and opt._globals == {"calls": 1}
+        assert not np.array_equal(ws[0], np.ones(4))
+    else:   # small tensors of a native list update launch together, after every driver ran: nothing was
+        assert opt._index_update_count == {} and opt.num_update == 0 and opt._globals == {}
+        assert np.array_equal(ws[0], np.ones(4))
+    assert np.array_equal(ws[1], np.ones(4))
