@@ -101,11 +101,11 @@ def _cuda(opt, weight, grad, state, step):
 
 def _dense(opt, step, weight, grad, tensors, scalars, backend):
     """The spec's update of one NumPy parameter with the call's backend."""
+    if not grad.flags.c_contiguous:   # one contiguous copy: the kernels then stream it (no temporaries)
+        grad = np.ascontiguousarray(grad)
     if backend == "native":
         cache = opt.__dict__.setdefault("_scratch_cache", {})   # reused scratch arrays (native.py)
         be = native.NativeBackend(native.library_for(type(opt)), weight.dtype, cache)
-        if not grad.flags.c_contiguous:
-            grad = np.ascontiguousarray(grad)
         opt._kernel_staged(be, step, weight, grad, tensors, scalars)
     else:
         opt._kernel_numpy(step, weight, grad, tensors, scalars)

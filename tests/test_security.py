@@ -236,3 +236,26 @@ def test_a_failed_update_counts_only_the_parameters_it_updated(backend):
         assert opt._index_update_count == {} and opt.num_update == 0 and opt._globals == {}
         assert np.array_equal(ws[0], np.ones(4))
     assert np.array_equal(ws[1], np.ones(4))
+
+
+@pytest.mark.parametrize("backend", ["numpy", "native"])
+def test_a_strided_gradient_costs_one_contiguous_copy(backend):
+    """Peak memory of an Adam step on a strided gradient: one extra float32 tensor (its contiguous
+    copy), on either backend; NumPy used to allocate four (the straight-line kernel's temporaries)."""
+    import tracemalloc
+    if backend == "native" and not native.available():
+        pytest.skip("no C++ compiler")
+    n = 1 << 18
+    opt = optforge.create("adam", learning_rate=0.01)
+    opt.backend = backend
+    w = np.ones(n, np.float32)
+    s = opt.create_state(0, w)
+    g = np.ones(2 * n, np.float32)[::2]
+    opt.update(0, w, g, s)   # warm: scratch buffers
+    tracemalloc.start()
+    try:
+        opt.update(0, w, g, s)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak <= 1.25 * 4 * n, peak / (4 * n)
