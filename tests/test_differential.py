@@ -1,5 +1,6 @@
 """Differential test of the whole compiler: random well-typed specs (tests/specgen.py), each run on
-every CPU backend, must give what the NumPy straight-line kernel gives (float64, 1e-12 relative):
+every CPU backend, must give what the NumPy straight-line kernel gives (float64, 1e-12 relative, plus
+n * eps for an array of n elements, the rounding of a reduction summed in another order):
 
   NumPy chunked (large-tensor stages, forced here with tiny chunks), native single updates, native
   list updates (small tensors batched into multi-tensor calls, a large one alone), the row kernels
