@@ -39,7 +39,7 @@ class Diagnostic:
     source: str | None = None
 
     def render(self) -> str:
-        path = _printable(self.path)
+        path = printable(self.path)
         where = f"{path}:{self.span.line}:{self.span.col}" if self.span.line > 0 else path
         lines = [f"{where}: {self.severity}: {self.message}"]
         if self.source is not None and self.span.line > 0:
@@ -70,8 +70,6 @@ def printable(text: str) -> str:
     generated code only through this."""
     return text if text.isprintable() else "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
-
-_printable = printable
 
 
 class SpecError(Exception):

@@ -80,13 +80,9 @@ class Stage:
         return self.reads + [w for w in self.writes if w not in self.reads]
 
     def host_reads(self) -> set:
-        out = set()
-        for e in self.exprs():
-            for a in scalar_args(e):
-                for n in a.walk():
-                    if n.op in (Op.LOCAL, Op.SCALAR_STATE) and n.kind <= Kind.REDUCED:
-                        out.add(n.value)
-        return out
+        """Host values the stage's scalar arguments read (a host statement assigning one cannot be
+        hoisted in front of it)."""
+        return set().union(*(host_names_read(a) for e in self.exprs() for a in scalar_args(e)))
 
 
 @dataclass
@@ -272,12 +268,11 @@ class Lowering:
         body = _Lifter().block(self.spec.body)
         steps = self._block(body)
         scratch = self._materialize(steps)
-        states = {x.name: x for x in self.spec.states}
         optional = {h.name for h in self.spec.hypers if h.optional} | {
             n for n, (_, _, _, opt) in BUILTINS.items() if opt}
         for st in self.stages:
             st.fn = f"optforge_{self.spec.module_name}_{st.name}"
-            _tables(st, scratch, states, optional)
+            _tables(st, scratch, optional)
         return Program(self.spec, body, steps, self.stages, scratch)
 
     def _new_stage(self) -> Stage:
@@ -419,7 +414,7 @@ def _simplify(guards: set):
     return tuple(sorted(guards, key=repr))
 
 
-def _tables(st: Stage, scratch, states, optional) -> None:
+def _tables(st: Stage, scratch, optional) -> None:
     """Pass 5: what the stage reads and writes in memory, its locals, scalars and noise draws."""
     def scan(stmts, assigned: set) -> set:
         for s in stmts:

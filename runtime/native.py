@@ -55,13 +55,29 @@ def cache_dir() -> Path:
     return Path(os.environ.get("OPTFORGE_CACHE_DIR") or Path.home() / ".cache" / "optforge")
 
 
+def private_dir(path: Path) -> bool:
+    """Make `path` (and its parents) if needed, mode 0700; True when it is a folder of this user that
+    nobody else can write (a cache anyone else can write could hand us code to run)."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if not hasattr(os, "getuid"):   # pragma: no cover - not POSIX
+        return path.is_dir()
+    st = path.lstat()
+    if not path.is_dir() or path.is_symlink() or st.st_uid != os.getuid():
+        return False
+    if st.st_mode & 0o022:
+        try:
+            os.chmod(path, st.st_mode & ~0o077)
+        except OSError:
+            return False
+    return True
+
+
 _private_build_dir: list = []
 
 
 def _library_dir() -> Path:
     """The cache folder of compiled libraries: this user's and nobody else's to write (0700), or a
     private folder of this process where it is not."""
-    from .specload import private_dir
     out_dir = cache_dir()
     try:
         if private_dir(out_dir):

@@ -55,28 +55,11 @@ def _read(spec) -> tuple[str, str, str | None]:
 _private_root: list = []   # this process's fallback folder, made once by mkdtemp (0700, unpredictable)
 
 
-def private_dir(path: Path) -> bool:
-    """Make `path` (and its parents) if needed, mode 0700; True when it is a folder of this user that
-    nobody else can write (a cache anyone else can write could hand us code to run)."""
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    if not hasattr(os, "getuid"):   # pragma: no cover - not POSIX
-        return path.is_dir()
-    st = path.lstat()
-    if not path.is_dir() or path.is_symlink() or st.st_uid != os.getuid():
-        return False
-    if st.st_mode & 0o022:
-        try:
-            os.chmod(path, st.st_mode & ~0o077)
-        except OSError:
-            return False
-    return True
-
-
 def _write_dir(files: dict[str, str], name: str) -> Path:
     """The folder holding exactly these files: found by their hash in the cache (every file compared
     with what it must hold), or written there atomically. A damaged or tampered entry is replaced.
     Where the cache cannot be used, a private folder of this process (mkdtemp) holds them."""
-    from .native import cache_dir
+    from .native import cache_dir, private_dir
     digest = hashlib.sha256("\0".join(f"{k}\0{v}" for k, v in sorted(files.items())).encode()).hexdigest()[:16]
 
     def intact(folder: Path) -> bool:
