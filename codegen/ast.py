@@ -92,5 +92,10 @@ class Decl(Node):
     range: tuple | None = None    # (lo_closed, lo, hi, hi_closed), lo/hi float or +-inf
     text: str | None = None
     cond: Node | None = None
-    scalar: bool = False
+    shape: str | None = None      # state: `scalar`, `per_row`, `per_col`, `per_block` (None: the weight's)
+    shape_span: Span | None = field(compare=False, repr=False, default=None)
     body: tuple = ()
+
+    @property
+    def scalar(self) -> bool:
+        return self.shape == "scalar"

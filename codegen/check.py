@@ -8,12 +8,31 @@ import math
 
 from . import ast
 from .errors import Reporter, Span, did_you_mean
-from .ir import (COMPARE, Assign, Expr, Global, Hyper, IfStmt, Kind, Op, Role, ScalarState, Sparse, Spec, State, Ty)
+from .ir import (AXIS_WORDS, COMPARE, Assign, Expr, Global, Hyper, IfStmt, Kind, Op, Role, ScalarState, Shape, Sparse,
+                 Spec, State, Ty)
 from .verify import verify
 from .walk import leaves, targets
 from .names import (ARITH, BASE_DEFAULTS, BASE_NAMES, BUILTIN_DOCS, BUILTINS, C_KEYWORDS, FUNCTIONS,  # noqa: F401
                     NEGATE, NUMERIC, OPTIMIZER_ATTRS, OPTIONS, REL, RESERVED, RESERVED_PATTERN, SPARSE_BUILTINS,
-                    STATE_INITS)
+                    STATE_INITS, STATE_SHAPES, VIEWS)
+
+SHAPE_WORDS = {Shape.FULL: "the weight's shape", Shape.ROW: "one value per row (per_row)",
+               Shape.COL: "one value per col (per_col)", Shape.BLOCK: "one value per block (per_block)"}
+
+
+def _shape(*args) -> Shape:
+    """The broadcast shape of an elementwise operation's tensor operands."""
+    out = None
+    for a in args:
+        if a.kind is Kind.TENSOR:
+            out = a.shape if out is None else out.join(a.shape)
+    return out or Shape.FULL
+
+
+def _shape_only(cond: Expr) -> bool:
+    """True when `cond` reads nothing but constants, hyperparameters and shape facts (ndim(weight), ...)."""
+    return all(n.op not in (Op.BUILTIN, Op.WEIGHT, Op.GRAD, Op.STATE, Op.LOCAL, Op.GLOBAL, Op.SCALAR_STATE)
+               for n in cond.walk())
 
 
 def _reads_only(e: Expr, builtins: set) -> bool:
@@ -95,6 +114,7 @@ class Checker:
         for d in by_kind.get("hyper", []):
             self._hyper(d)
         options = self._options(by_kind)
+        view = self._view(by_kind)
         for d in by_kind.get("state", []):
             self._state(d)
         for d in by_kind.get("global", []):
@@ -127,6 +147,7 @@ class Checker:
             states=tuple(self.states.values()), scalar_states=tuple(self.scalar_states.values()),
             globals=tuple(self.globals.values()), options=options, sparse=sparse, prologue=prologue,
             body=per_index, prologue_exports=exports, update_text=update_text, uses_random=self.uses_random,
+            view=view,
             signature=tuple(d.name for d in self.decls if d.what in ("default", "hyper")
                             and (d.name in defaults or d.name in self.hypers))
             + (("seed",) if self.uses_random and not any(d.name == "seed" for d in self.decls) else ()))
@@ -301,19 +322,37 @@ class Checker:
                 self._unused_spans = [(v, a.span) for v, a in zip(values, d.args)]
         return out
 
+    def _view(self, by_kind):
+        d = self._single(by_kind, "view", "`view` declaration")
+        if d is None:
+            return "batched"
+        if d.name not in VIEWS:
+            self.r.error(d.name_span, f"unknown view `{d.name}`", did_you_mean(d.name, VIEWS)
+                         or f"views: {', '.join(VIEWS)}")
+            return "batched"
+        return d.name
+
     def _state(self, d):
         if self._dup(d.name, d.name_span):
             return
         scope = _Scope()
         cond = None
+        shape = Shape.FULL
+        if d.shape is not None and not d.scalar:
+            if d.shape not in STATE_SHAPES:
+                self.r.error(d.shape_span, f"unknown state shape `{d.shape}`", did_you_mean(d.shape, STATE_SHAPES + ("scalar",))
+                             or "a state is `scalar` (one host number), `per_row`, `per_col`, `per_block`, "
+                             "or, without `: shape`, shaped like the weight")
+                return
+            shape = Shape(d.shape)
         if d.cond is not None:
             cond = self._expr(d.cond, scope)
             if cond is not None:
                 if cond.ty is not Ty.BOOL:
                     self.r.error(d.cond.span, "a state condition must be true or false")
-                elif cond.kind > Kind.HYPER:
-                    self.r.error(d.cond.span, "a state condition may only use hyperparameters",
-                                 "states are created before the first update")
+                elif cond.kind > Kind.HYPER and not (cond.kind <= Kind.INDEX and _shape_only(cond)):
+                    self.r.error(d.cond.span, "a state condition may only use hyperparameters and the weight's "
+                                 "shape (ndim, numel, size)", "states are created before the first update")
         if d.scalar:
             init = self._expr(d.value, scope)
             if init is not None and (init.kind > Kind.HYPER or init.ty not in NUMERIC + (Ty.BOOL,)):
@@ -324,11 +363,14 @@ class Checker:
                 self.scalar_states[d.name] = ScalarState(d.name, init, d.span)
             return
         v = d.value
-        if isinstance(v, ast.Name) and v.id in STATE_INITS:
-            self.states[d.name] = State(d.name, v.id, 0.0, cond, d.span)
+        if isinstance(v, ast.Name) and v.id == "weight" and shape is not Shape.FULL:
+            self.r.error(v.span, f"a {shape.value} state cannot start as a copy of the weight",
+                         "start it as `zeros` or a number")
+        elif isinstance(v, ast.Name) and v.id in STATE_INITS:
+            self.states[d.name] = State(d.name, v.id, 0.0, cond, d.span, shape)
         elif isinstance(v, ast.Num) or (isinstance(v, ast.UnOp) and v.op == "-" and isinstance(v.operand, ast.Num)):
             value = v.value if isinstance(v, ast.Num) else -v.operand.value
-            self.states[d.name] = State(d.name, "fill", float(value), cond, d.span)
+            self.states[d.name] = State(d.name, "fill", float(value), cond, d.span, shape)
         else:
             self.r.error(v.span, "a tensor state starts as `zeros`, `weight` (a copy) or a number",
                          "for a per-parameter number write `state NAME: scalar = value`")
@@ -415,6 +457,13 @@ class Checker:
             role = Role.STATE
             self.used.add(name)
             self._require_state(name, span, scope)
+            want = self.states[name].shape
+            if v.kind is Kind.TENSOR and not v.shape.within(want):
+                axis = -1 if v.shape.cols and not want.cols else -2
+                self.r.error(s.value.span, f"state `{name}` holds {SHAPE_WORDS[want]}; this value has "
+                             f"{SHAPE_WORDS[v.shape]}", f"reduce it along {AXIS_WORDS[axis]} first, "
+                             f"e.g. mean(x, {axis})")
+                return None
         elif name in self.scalar_states:
             role = Role.SCALAR_STATE
             if v.kind > Kind.INDEX:
@@ -429,8 +478,13 @@ class Checker:
                 return None
         else:
             role = Role.LOCAL
+            old = self.locals.get(name)
+            if old is not None and old.kind is Kind.TENSOR and v.kind is Kind.TENSOR and old.shape is not v.shape:
+                self.r.error(s.value.span, f"`{name}` has {SHAPE_WORDS[old.shape]} above; this value has "
+                             f"{SHAPE_WORDS[v.shape]}", "a tensor local keeps one shape: use a new name")
+                return None
             ok = name in self.locals or self._check_identifier(name, span, "name")
-            self.locals[name] = Expr(Op.LOCAL, v.ty, v.kind, (), name, v.optional, span)
+            self.locals[name] = Expr(Op.LOCAL, v.ty, v.kind, (), name, v.optional, span, v.shape)
             if not ok:
                 return None
         return Assign(name, role, v, s.span, s.span.line)
@@ -467,6 +521,10 @@ class Checker:
             for n in common - set(before):
                 kinds = [d[n] for d in defined_sets]
                 rep = max(kinds, key=lambda e: e.kind)
+                shapes = {e.shape for e in kinds if e.kind is Kind.TENSOR}
+                if len(shapes) > 1:
+                    self.r.error(s.span, f"`{n}` is assigned values of different shapes in the branches of this `if`",
+                                 "a tensor local keeps one shape: use a name per shape")
                 merged[n] = rep
         for n in set(before):
             reps = [d.get(n, before[n]) for d in defined_sets]
@@ -517,9 +575,9 @@ class Checker:
             a = self._e(node.operand, scope)
             if node.op == "not":
                 self._want(a, (Ty.BOOL,), node.operand.span, "`not`")
-                return Expr(Op.NOT, Ty.BOOL, a.kind, (a,), None, False, node.span)
+                return Expr(Op.NOT, Ty.BOOL, a.kind, (a,), None, False, node.span, a.shape)
             self._want_number(a, node.operand.span, "`-`", scope)
-            return Expr(Op.NEG, a.ty, a.kind, (a,), None, False, node.span)
+            return Expr(Op.NEG, a.ty, a.kind, (a,), None, False, node.span, a.shape)
         if isinstance(node, ast.BinOp):
             return self._binop(node, scope)
         if isinstance(node, ast.Call):
@@ -550,7 +608,7 @@ class Checker:
             return Expr(Op.HYPER, ty, Kind.HYPER, (), n, h.optional and n not in scope.narrowed, node.span)
         if n in self.states:
             self._require_state(n, node.span, scope)
-            return Expr(Op.STATE, Ty.FLOAT, Kind.TENSOR, (), n, False, node.span)
+            return Expr(Op.STATE, Ty.FLOAT, Kind.TENSOR, (), n, False, node.span, self.states[n].shape)
         if n in self.scalar_states:
             init = self.scalar_states[n].init
             return Expr(Op.SCALAR_STATE, init.ty, Kind.INDEX, (), n, False, node.span)
@@ -558,7 +616,7 @@ class Checker:
             return Expr(Op.GLOBAL, self.globals[n].init.ty, Kind.CALL, (), n, False, node.span)
         if n in self.locals:
             rep = self.locals[n]
-            return Expr(Op.LOCAL, rep.ty, rep.kind, (), n, rep.optional, node.span)
+            return Expr(Op.LOCAL, rep.ty, rep.kind, (), n, rep.optional, node.span, rep.shape)
         if n in self.pending_locals:
             self.r.error(node.span, f"`{n}` is used before it is assigned",
                          "it is assigned later, or only on some paths through an `if`")
@@ -598,7 +656,8 @@ class Checker:
             inner = scope.with_cond(a) if op == "and" else scope
             b = self._e(node.right, inner)
             self._want(b, (Ty.BOOL,), node.right.span, f"`{op}`")
-            return Expr(Op.AND if op == "and" else Op.OR, Ty.BOOL, max(a.kind, b.kind), (a, b), None, False, node.span)
+            return Expr(Op.AND if op == "and" else Op.OR, Ty.BOOL, max(a.kind, b.kind), (a, b), None, False, node.span,
+                        _shape(a, b))
         a, b = self._all((node.left, node.right), scope)
         kind = max(a.kind, b.kind)
         if op in REL:
@@ -618,15 +677,15 @@ class Checker:
                 if op not in ("==", "!=") or a.ty is not b.ty:
                     self.r.error(node.span, "a bool can only be compared to a bool with == or !=")
                     raise _Bail
-                return Expr(REL[op], Ty.BOOL, kind, (a, b), None, False, node.span)
-            return Expr(REL[op], Ty.BOOL, kind, (a, b), None, False, node.span)
+                return Expr(REL[op], Ty.BOOL, kind, (a, b), None, False, node.span, _shape(a, b))
+            return Expr(REL[op], Ty.BOOL, kind, (a, b), None, False, node.span, _shape(a, b))
         self._want_number(a, node.left.span, f"`{op}`", scope)
         self._want_number(b, node.right.span, f"`{op}`", scope)
         if op in ("/", "%") and b.op is Op.CONST and b.value == 0:
             self.r.error(node.right.span, f"`{op}` by zero", "every update would divide by zero here")
             raise _Bail
         ty = Ty.INT if a.ty is Ty.INT and b.ty is Ty.INT and op in "+-*%" else Ty.FLOAT
-        return Expr(ARITH[op], ty, kind, (a, b), None, False, node.span)
+        return Expr(ARITH[op], ty, kind, (a, b), None, False, node.span, _shape(a, b))
 
     def _call(self, node, scope) -> Expr:
         f = node.func
@@ -648,7 +707,9 @@ class Checker:
             for x, n in ((a, node.args[1]), (b, node.args[2])):
                 self._want_number(x, n.span, "where()", scope)
             ty = Ty.INT if a.ty is Ty.INT and b.ty is Ty.INT else Ty.FLOAT
-            return Expr(Op.WHERE, ty, max(c.kind, a.kind, b.kind), (c, a, b), None, False, node.span)
+            return Expr(Op.WHERE, ty, max(c.kind, a.kind, b.kind), (c, a, b), None, False, node.span, _shape(c, a, b))
+        if op in REDUCTION_OPS or op in (Op.NDIM, Op.NUMEL, Op.SIZE):
+            return self._reduction(f, op, node, scope)
         args = self._all(node.args, scope)
         if op is Op.ENDSWITH:
             for a, n in zip(args, node.args):
@@ -662,14 +723,9 @@ class Checker:
             if bound.kind > Kind.INDEX:
                 self.r.error(node.args[1].span, "clip()'s bound must be known on the host")
                 raise _Bail
-            return Expr(op, Ty.FLOAT, x.kind, (x, bound), None, False, node.span)
+            return Expr(op, Ty.FLOAT, x.kind, (x, bound), None, False, node.span, x.shape)
         for a, n in zip(args, node.args):
             self._want_number(a, n.span, f"{f}()", scope)
-        if op in (Op.NORM, Op.SUM):
-            if args[0].kind is not Kind.TENSOR:
-                self.r.error(node.args[0].span, f"{f}() reduces a tensor; this is a single number")
-                raise _Bail
-            return Expr(op, Ty.FLOAT, Kind.REDUCED, tuple(args), None, False, node.span)
         if op is Op.NORMAL:
             if any(a.kind > Kind.INDEX for a in args):
                 self.r.error(node.span, "normal(mean, std) takes host numbers; it draws one value per element")
@@ -678,7 +734,67 @@ class Checker:
             self.draws += 1   # each call site is a draw of its own: equal-looking calls are not one value
             return Expr(op, Ty.FLOAT, Kind.TENSOR, tuple(args), self.draws, False, node.span)
         ty = Ty.INT if op in (Op.ABS, Op.MAXIMUM, Op.MINIMUM) and all(a.ty is Ty.INT for a in args) else Ty.FLOAT
-        return Expr(op, ty, max(a.kind for a in args), tuple(args), None, False, node.span)
+        return Expr(op, ty, max(a.kind for a in args), tuple(args), None, False, node.span, _shape(*args))
+
+    def _axis(self, f, node) -> int:
+        """The axis argument of a reduction or `size`: the literal -1 (along the cols) or -2 (along the rows)."""
+        a = node.args[1]
+        if isinstance(a, ast.UnOp) and a.op == "-" and isinstance(a.operand, ast.Num) and a.operand.value in (1, 2) \
+                and isinstance(a.operand.value, int):
+            return -a.operand.value
+        self.r.error(a.span, f"the axis of `{f}` is -1 (along the cols) or -2 (along the rows)",
+                     "the weight is viewed as blocks x rows x cols (see `view`); without an axis a reduction "
+                     "reduces the whole tensor")
+        raise _Bail
+
+    def _reduction(self, f, op, node, scope) -> Expr:
+        """Reductions (whole-tensor or along an axis) and shape facts. mean and rms are sums and norms
+        divided by the element count; norm along an axis is the root of a sum of squares, so that the
+        kernels only accumulate sums, maxima and minima."""
+        axis = self._axis(f, node) if len(node.args) == 2 else None
+        x = self._e(node.args[0], scope)
+        span = node.span
+        if op is not Op.NDIM:
+            self._want_number(x, node.args[0].span, f"{f}()", scope)
+        if x.kind is not Kind.TENSOR:
+            self.r.error(node.args[0].span, f"{f}() {'reduces' if op in REDUCTION_OPS else 'reads the shape of'} "
+                         "a tensor; this is a single number")
+            raise _Bail
+        if op is Op.NDIM:
+            return Expr(Op.NDIM, Ty.INT, Kind.INDEX, (), None, False, span)
+        if op is Op.SIZE:
+            return Expr(Op.SIZE, Ty.INT, Kind.INDEX, (), axis, False, span, x.shape)
+        if op is Op.NUMEL:
+            return Expr(Op.NUMEL, Ty.INT, Kind.INDEX, (), None, False, span, x.shape)
+        if axis is not None and not (x.shape.cols if axis == -1 else x.shape.rows):
+            self.r.error(node.args[1].span, f"`{f}(x, {axis})` reduces along {AXIS_WORDS[axis]}, but this value has "
+                         f"{SHAPE_WORDS[x.shape]}: it does not vary along {AXIS_WORDS[axis]}",
+                         f"reduce along {-3 - axis}, or the whole tensor with {f}(x)")
+            raise _Bail
+        out = x.shape.reduced(axis) if axis is not None else Shape.FULL
+        kind = Kind.TENSOR if axis is not None else Kind.REDUCED
+
+        def red(o, arg):
+            args = (arg,) if axis is None else (arg, const(axis, node.args[1].span))
+            return Expr(o, Ty.FLOAT, kind, args, None, False, span, out)
+
+        def div(a, b):
+            return Expr(Op.DIV, Ty.FLOAT, max(a.kind, b.kind), (a, b), None, False, span, out)
+
+        def sqrt(a):
+            return Expr(Op.SQRT, Ty.FLOAT, a.kind, (a,), None, False, span, out)
+
+        count = (Expr(Op.NUMEL, Ty.INT, Kind.INDEX, (), None, False, span, x.shape) if axis is None
+                 else Expr(Op.SIZE, Ty.INT, Kind.INDEX, (), axis, False, span, x.shape))
+        if op is Op.MEAN:
+            return div(red(Op.SUM, x), count)
+        if op is Op.RMS:
+            if axis is None:
+                return div(red(Op.NORM, x), sqrt(count))
+            return sqrt(div(red(Op.SUM, Expr(Op.SQUARE, Ty.FLOAT, x.kind, (x,), None, False, span, x.shape)), count))
+        if op is Op.NORM and axis is not None:
+            return sqrt(red(Op.SUM, Expr(Op.SQUARE, Ty.FLOAT, x.kind, (x,), None, False, span, x.shape)))
+        return red(op, x)
 
     # ---- whole-spec checks -----------------------------------------------------------------------
     def _unused(self, options):
@@ -720,6 +836,9 @@ class Checker:
             pro_locals.update(targets([s], Role.LOCAL))
         exports = sorted(pro_locals & leaves(per_index, {Op.LOCAL}))
         return tuple(prologue), tuple(per_index), tuple(exports)
+
+
+REDUCTION_OPS = {Op.NORM, Op.SUM, Op.MEAN, Op.RMS, Op.MAX, Op.MIN}
 
 
 class _Bail(Exception):

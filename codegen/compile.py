@@ -13,7 +13,7 @@ from .emit_driver import driver_lines
 from .emit_numpy import NumpyEmitter, kernel_lines, step_bindings
 from .emit_sparse import RowsEmitter
 from .errors import SpecError, printable
-from .ir import Op, Role, Spec
+from .ir import SHAPE_FACTS, Op, Role, Shape, Spec
 from .lower import Program, lower
 from .parser import parse
 from .walk import leaves, targets
@@ -109,7 +109,7 @@ def render_module(spec: Spec, spec_path: str | None = None, program: Program | N
     hyper_dict = ", ".join(f"{n!r}: {n}" for n in hyper_names)
     base_pass = "".join(f"{n}={n}, " for n in spec.defaults)
 
-    # state layout
+    # state layout: per parameter shape (a state may exist only for some shapes, and have its own)
     layout = ["layout = []"]
     hyper_bind = lambda names: [f"{n} = self.{n}" for n in sorted(names)]  # noqa: E731
     cond_hypers = set()
@@ -117,8 +117,15 @@ def render_module(spec: Spec, spec_path: str | None = None, program: Program | N
         if st.cond is not None:
             cond_hypers |= {n.value for n in st.cond.walk() if n.op is Op.HYPER}
     layout[:0] = hyper_bind(cond_hypers)
+    if any(n.op in SHAPE_FACTS for st in spec.states if st.cond is not None for n in st.cond.walk()):
+        layout[:0] = ["if shape is None:",
+                      f"    raise TypeError('the states of {spec.name} depend on the weight\\'s shape: pass it')",
+                      "_shape = tuple(shape)"]
     for st in spec.states:
-        entry = f"layout.append(({st.name!r}, {st.init!r}, {pyrepr(st.fill)}))"
+        shp = "shape" if st.shape is Shape.FULL else f"ops.state_shape(shape, {st.shape.value!r}, {spec.view!r})"
+        if st.shape is not Shape.FULL:
+            shp = f"None if shape is None else {shp}"
+        entry = f"layout.append(({st.name!r}, {st.init!r}, {pyrepr(st.fill)}, {shp}))"
         if st.cond is not None:
             layout.append(f"if {em.expr(st.cond)}:")
             layout.append("    " + entry)

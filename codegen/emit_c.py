@@ -13,7 +13,7 @@ from pathlib import Path
 import jinja2
 
 from .errors import InternalError, printable
-from .ir import Assign, Expr, IfStmt, Kind, Op, Spec
+from .ir import Assign, Expr, IfStmt, Kind, Op, Shape, Spec
 from .lower import Program, Stage, _in_kernel, lower
 from .walk import assigns, statements
 
@@ -28,6 +28,9 @@ ATOM = 9
 
 
 MAX_BRANCH_FLAGS = 2
+# how the kernels accumulate a reduction along an axis (or a whole-tensor max/min), from what start
+AXIS_HOW = {Op.SUM: "sum", Op.MAX: "max", Op.MIN: "min", Op.NORM: "sum"}
+AXIS_INIT = {Op.SUM: "0.0", Op.MAX: "-INFINITY", Op.MIN: "INFINITY", Op.NORM: "0.0"}
 
 
 def _inline_conditions(stmts):
@@ -111,7 +114,11 @@ class CStyleEmitter:
                 arg.op is Op.LOCAL and arg.kind is Kind.TENSOR and (key in st.scratch_writes or
                                                                     (key in self.scratch and key not in assigned)))
             direct.append(f"p_{key}" if in_memory else None)
-        index = lambda name: "i" if name == "weight" or name in states else "gi"  # noqa: E731
+        if st.tiled:   # blocks x rows x cols: each tensor at the element of its own shape
+            by_shape = {Shape.FULL: "i", Shape.ROW: "_iR", Shape.COL: "_iC", Shape.BLOCK: "_iB"}
+            index = lambda name: by_shape[st.shapes[name]]  # noqa: E731
+        else:
+            index = lambda name: "i" if name == "weight" or name in states else "gi"  # noqa: E731
         pointers, loads, stores = [], [], []
         for name in st.memory():
             ctype = "G" if name == "grad" else "T" if name == "weight" or name in states else "C"
@@ -124,7 +131,7 @@ class CStyleEmitter:
         present = {name: f"(H{k} == 1 || (H{k} == 2 && p_{name}))" for k, name in enumerate(optional)}
         for name in reads:
             if name in present:
-                loads.append(f"C {name} = {present[name]} ? C(p_{name}[i]) : C(0);")
+                loads.append(f"C {name} = {present[name]} ? C(p_{name}[{index(name)}]) : C(0);")
             else:
                 loads.append(f"C {name} = C(p_{name}[{index(name)}]);")
         declare = [n for n in locals_ + writes if n not in reads]
@@ -147,6 +154,11 @@ class CStyleEmitter:
             cases.append((" && ".join(tests) or None, "".join(f", {f}" for f in flags)))
         body = self._body(st.stmts, names, 0, {n: k for k, n in enumerate(branch)})
         nred = len(st.reductions)
+        outputs = [{"name": name, "how": AXIS_HOW[op], "axis": axis, "init": AXIS_INIT[op]}
+                   for name, op, axis, _ in st.outputs]
+        reduce_lines += [f"_ax{k} = C({self.expr(arg, names)});" for k, (_, _, _, arg) in enumerate(st.outputs)]
+        if any(o["how"] != "sum" for o in outputs) or any(op in (Op.MAX, Op.MIN) for op, _ in st.reductions):
+            self.helpers |= {"op_max", "op_min"}
         return {"name": st.name, "nred": nred, "reduce": reduce_lines,
                 "red_squares": [op is Op.NORM for op, _ in st.reductions], "red_direct": direct,
                 "elem_pass": bool(st.stmts) or None in direct, "fn": st.fn, "pointers": pointers,
@@ -154,7 +166,15 @@ class CStyleEmitter:
                 "hparams": "".join(f", int H{k}" for k in range(len(optional))) +
                            "".join(f", int B{k}" for k in range(len(branch))),
                 "runtime_h": "".join(", 2" for _ in optional + branch), "cases": cases,
-                "writes_weight": "weight" in writes,
+                "writes_weight": "weight" in writes, "tiled": st.tiled, "outputs": outputs,
+                "red_how": [AXIS_HOW.get(op, "sum") for op, _ in st.reductions],
+                # the tiled CPU loop's per-row accumulators: a simd loop sums them; a max or min (NaN
+                # propagating, in order) keeps the loop scalar
+                "simd_ok": all(o["how"] == "sum" for o in outputs if o["axis"] == -1) and
+                           all(op not in (Op.MAX, Op.MIN) for op, _ in st.reductions),
+                "acc_names": [f"row{k}" for k, o in enumerate(outputs) if o["axis"] == -1] +
+                             [f"w{k}" for k in range(len(st.reductions))],
+                "red_init": [AXIS_INIT.get(op, "0.0") for op, _ in st.reductions],
                 "scalars": [(sc.name, "double" if sc.expr is None else "C") for sc in st.scalars]}
 
     def _body(self, stmts, names, depth, branch=None) -> list[str]:

@@ -88,6 +88,19 @@ class DocsEmitter:
             return name_tex(e.value)
         if e.op in (Op.BUILTIN, Op.WEIGHT, Op.GRAD):
             return BUILTIN_TEX.get(e.value, r"\mathit{" + str(e.value).replace("_", r"\_") + "}")
+        if e.op is Op.NDIM:
+            return r"\operatorname{ndim}(" + BUILTIN_TEX["weight"] + ")"
+        if e.op is Op.NUMEL:
+            return r"\operatorname{numel}_{\text{" + e.shape.value.replace("_", " ") + "}}"
+        if e.op is Op.SIZE:
+            return r"n_{\text{" + ("cols" if e.value == -1 else "rows") + "}}"
+        if e.axis is not None:   # along an axis: the sum (max, min) over the cols (rows) of each row (col)
+            sym = {Op.SUM: r"\textstyle\sum", Op.MAX: r"\max", Op.MIN: r"\min"}[e.op]
+            text = sym + r"_{\text{" + ("cols" if e.axis == -1 else "rows") + "}} " + self.expr(e.args[0], 9)
+            return rf"\left({text}\right)" if parent_prec > 0 else text
+        if e.op in (Op.MAX, Op.MIN):
+            text = (r"\max " if e.op is Op.MAX else r"\min ") + self.expr(e.args[0], 9)
+            return rf"\left({text}\right)" if parent_prec > 0 else text
         fmt = self.OP_TABLE.get(e.op)
         if fmt is None:
             raise InternalError(f"no docs rule for {e.op}")

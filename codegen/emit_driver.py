@@ -16,7 +16,8 @@ from __future__ import annotations
 import re
 
 from .emit_numpy import NumpyEmitter, if_lines, step_bindings
-from .ir import Op, Role
+from .ir import Op, Role, Shape
+from .emit_c import AXIS_HOW
 from .lower import Host, Program, Stage
 from .walk import leaves, targets
 
@@ -35,8 +36,15 @@ def driver_lines(spec, program: Program) -> list[str]:
             out.append(f"{st.name} = tensors.get({st.name!r})" if st.cond is not None else f"{st.name} = tensors[{st.name!r}]")
     used_scalars = leaves(body, {Op.SCALAR_STATE}) | targets(body, Role.SCALAR_STATE)
     out += [f"{s.name} = scalars[{s.name!r}]" for s in spec.scalar_states if s.name in used_scalars]
+    if any(st.tiled for st in program.stages):   # the blocks x rows x cols the tiled stages run over
+        out.append(f"_B, _R, _C = ops.view_dims(weight.shape, {spec.view!r})")
     for name in program.scratch:
-        out.append(f"{name} = be.scratch(weight, {name!r})")
+        shape = program.shapes.get(name, Shape.FULL)
+        if shape is Shape.FULL:
+            out.append(f"{name} = be.scratch(weight, {name!r})")
+        else:
+            out.append(f"{name} = be.scratch(weight, {name!r}, ops.state_shape(weight.shape, {shape.value!r}, "
+                       f"{spec.view!r}))")
 
     def steps(items, depth):
         pad = "    " * depth
@@ -47,9 +55,16 @@ def driver_lines(spec, program: Program) -> list[str]:
                 lines += em.block([item.stmt], depth)
                 em.fused = {}
             elif isinstance(item, Stage):
-                ptrs = ", ".join(item.memory())
+                ptrs = ", ".join(item.memory() + [o[0] for o in item.outputs])
                 args = [_scalar(em, sc) for sc in item.scalars]
                 call = f"be.launch({item.fn!r}, ({ptrs},), ({''.join(a + ', ' for a in args)})"
+                if item.tiled:
+                    dims = (f"_B, {'_R' if item.domain.rows else 1}, {'_C' if item.domain.cols else 1}")
+                    call += f", dims=({dims})"
+                    if item.outputs:   # how the axis reductions combine, for backends that finish them
+                        call += f", axes={tuple((AXIS_HOW[o[1]], o[2]) for o in item.outputs)!r}"
+                    if any(op in (Op.MAX, Op.MIN) for op, _ in item.reductions):
+                        call += f", hows={tuple(AXIS_HOW[op] for op, _ in item.reductions)!r}"
                 if item.reductions:   # partial sums of the fused reductions, or None where not fused
                     lines.append(f"{pad}_red_{item.name} = yield {call}, reduce={len(item.reductions)}"
                                  f"{'' if item.stmts else ', stores=False'})")

@@ -6,9 +6,9 @@ tensor values are NumPy arrays. Weight and states are written in place (`mean[..
 from __future__ import annotations
 
 from .errors import InternalError
-from .ir import Assign, Expr, IfStmt, Kind, Op, Role, Spec, Ty
+from .ir import SHAPE_FACTS, Assign, Expr, IfStmt, Kind, Op, Role, Spec, Ty
 from .lower import Branch, Host, Program, Stage
-from .walk import leaves, targets
+from .walk import leaves, nodes, targets
 
 PREC = {Op.OR: 1, Op.AND: 2, Op.NOT: 3, Op.EQ: 4, Op.NE: 4, Op.LT: 4, Op.LE: 4, Op.GT: 4, Op.GE: 4,
         Op.ADD: 5, Op.SUB: 5, Op.MUL: 6, Op.DIV: 6, Op.MOD: 6, Op.NEG: 7, Op.POW: 8}
@@ -21,8 +21,12 @@ TENSOR_FUNCS = {Op.SQRT: "{xp}.sqrt({0})", Op.SQUARE: "{xp}.square({0})", Op.ABS
                 Op.SIGN: "{xp}.sign({0})", Op.EXP: "{xp}.exp({0})", Op.LOG: "{xp}.log({0})",
                 Op.MAXIMUM: "{xp}.maximum({0}, {1})", Op.MINIMUM: "{xp}.minimum({0}, {1})",
                 Op.CLIP: "ops.clip({0}, {1})"}
-REDUCE_FUNCS = {Op.NORM: "ops.norm({0})", Op.SUM: "ops.total({0})"}
-FUSED_FUNCS = {Op.NORM: "ops.fused_norm({0})", Op.SUM: "ops.fused_total({0})"}
+REDUCE_FUNCS = {Op.NORM: "ops.norm({0})", Op.SUM: "ops.total({0})", Op.MAX: "ops.total_max({0})",
+                Op.MIN: "ops.total_min({0})"}
+FUSED_FUNCS = {Op.NORM: "ops.fused_norm({0})", Op.SUM: "ops.fused_total({0})", Op.MAX: "ops.fused_max({0})",
+               Op.MIN: "ops.fused_min({0})"}
+# reductions along an axis, on arrays in their stored (keepdims) shapes: ops.reduce(x, how, axis, view)
+AXIS_FUNCS = {Op.SUM: "sum", Op.MAX: "max", Op.MIN: "min"}
 
 
 class NumpyEmitter:
@@ -91,6 +95,15 @@ class NumpyEmitter:
             if c.kind is Kind.TENSOR:
                 return f"{self.xp}.where({self.expr(c)}, {self.expr(a)}, {self.expr(b)})", ATOM
             return f"{self._wrap(a, 1)} if {self._wrap(c, 1)} else {self._wrap(b, 1)}", 0
+        if op in SHAPE_FACTS:   # `_shape`: the weight's shape, bound by step_bindings
+            view = self.spec.view
+            if op is Op.NDIM:
+                return "len(_shape)", ATOM
+            if op is Op.NUMEL:
+                return f"ops.numel(_shape, {e.shape.value!r}, {view!r})", ATOM
+            return f"ops.size(_shape, {e.value}, {view!r})", ATOM
+        if e.axis is not None:
+            return f"ops.reduce({self.expr(e.args[0])}, {AXIS_FUNCS[op]!r}, {e.axis}, {self.spec.view!r})", ATOM
         if op in REDUCE_FUNCS:
             plain = REDUCE_FUNCS[op].format(self.expr(e.args[0]))
             if e not in self.fused:
@@ -152,9 +165,15 @@ STEP_FIELDS = ("lr", "wd", "t", "param_name", "learning_rate", "num_update")   #
 
 
 def step_bindings(body, exports) -> list[str]:
-    """A kernel's first lines: the fields of its `_step` record the update reads."""
+    """A kernel's first lines: the fields of its `_step` record the update reads, the weight's shape
+    (`_shape`) where a shape fact reads it and its type's machine epsilon."""
     used = leaves(body, {Op.BUILTIN})
-    return [f"{n} = _step.{n}" for n in STEP_FIELDS if n in used] + [f"{n} = _step.call[{n!r}]" for n in exports]
+    out = [f"{n} = _step.{n}" for n in STEP_FIELDS if n in used] + [f"{n} = _step.call[{n!r}]" for n in exports]
+    if any(n.op in SHAPE_FACTS for n in nodes(body)):
+        out.append("_shape = weight.shape")
+    if "dtype_eps" in used:
+        out.append("dtype_eps = ops.dtype_eps(weight)")
+    return out
 
 
 def _may_alias(e: Expr) -> bool:
@@ -329,8 +348,8 @@ def _line(st: Stage, node: Expr) -> int:
 def kernel_lines(em: NumpyEmitter, program: Program) -> list[str]:
     """The body of `_kernel_numpy`: straight-line code for small tensors, stages for large ones."""
     straight = em.block(em.spec.body, 0)
-    if not any(st.stmts for st in program.stages):
-        return straight
+    if not any(st.stmts for st in program.stages) or any(st.tiled for st in program.stages):
+        return straight   # (shaped updates: the equations as written, with NumPy's broadcasting)
     ck = ChunkedKernel(em.spec, program)
     chunked = ck.lines(1)
     used = leaves(em.spec.body, {Op.STATE}) | targets(em.spec.body, Role.STATE)

@@ -20,6 +20,12 @@ def expr_text(e: Expr, top: bool = True) -> str:
         return "weight"
     if op is Op.GRAD:
         return "grad"
+    if op is Op.NDIM:
+        return "ndim(weight)"
+    if op is Op.NUMEL:
+        return f"numel({e.shape.value})"
+    if op is Op.SIZE:
+        return f"size(weight, {e.value})"
     if not e.args:
         return str(e.value)
     if op in _BINARY:
@@ -61,8 +67,10 @@ def _steps(items, pad: str) -> list[str]:
             fused = "".join(f"  [{n.op.value} from {st} slot {slot}]" for n, (st, slot) in it.fused.items())
             out += [f"{pad}host  " + ln.lstrip() + fused for ln in _stmt(it.stmt, "")]
         elif isinstance(it, Stage):
-            out.append(f"{pad}stage {it.name} ({it.fn}): reads {', '.join(it.reads) or '-'}; "
-                       f"writes {', '.join(it.writes) or '-'}")
+            over = "" if it.domain.value == "full" else f" over {it.domain.value}"
+            shaped = [f"{n} {sh.value}" for n, sh in it.shapes.items() if sh is not it.domain]
+            out.append(f"{pad}stage {it.name} ({it.fn}){over}: reads {', '.join(it.reads) or '-'}; "
+                       f"writes {', '.join(it.writes) or '-'}" + (f"; broadcasts {', '.join(shaped)}" if shaped else ""))
             for sc in it.scalars:
                 value = "noise seed" if sc.expr is None else expr_text(sc.expr)
                 out.append(f"{pad}    scalar {sc.name} = {value}{_guard(sc)}")
@@ -70,6 +78,8 @@ def _steps(items, pad: str) -> list[str]:
                 out += _stmt(x, pad + "    ")
             for k, (op, arg) in enumerate(it.reductions):
                 out.append(f"{pad}    reduce slot {k}: {op.value}({expr_text(arg)})")
+            for name, op, axis, arg in it.outputs:
+                out.append(f"{pad}    reduce {name} = {op.value}({expr_text(arg)}, {axis})")
         else:
             for k, (c, body) in enumerate(it.branches):
                 out.append(f"{pad}{'if' if k == 0 else 'elif'} {expr_text(c)}:")

@@ -24,6 +24,46 @@ class Kind(enum.IntEnum):
     TENSOR = 5    # elementwise over the parameter
 
 
+class Shape(enum.Enum):
+    """Which axes of the weight's matrix view a tensor value varies along. Every parameter is viewed
+    as `blocks x rows x cols` (the spec's `view`: batched, the default, takes the last two dimensions
+    as rows and cols and the leading ones as blocks, as torch.optim.Adafactor; flat takes the last
+    dimension as cols and all the others as rows); a value varies along the blocks always, and along
+    the rows and the cols as its shape says. Shapes broadcast like NumPy's with keepdims."""
+    FULL = "full"            # the weight's shape
+    ROW = "per_row"          # one value per row: reduced along the cols (axis -1)
+    COL = "per_col"          # one value per col: reduced along the rows (axis -2)
+    BLOCK = "per_block"      # one value per block: reduced along both
+
+    @property
+    def rows(self) -> bool:
+        return self in (Shape.FULL, Shape.ROW)
+
+    @property
+    def cols(self) -> bool:
+        return self in (Shape.FULL, Shape.COL)
+
+    @staticmethod
+    def of(rows: bool, cols: bool) -> "Shape":
+        return {(True, True): Shape.FULL, (True, False): Shape.ROW, (False, True): Shape.COL,
+                (False, False): Shape.BLOCK}[(rows, cols)]
+
+    def join(self, other: "Shape") -> "Shape":
+        """The shape of an elementwise operation on values of both shapes (broadcasting)."""
+        return Shape.of(self.rows or other.rows, self.cols or other.cols)
+
+    def within(self, other: "Shape") -> bool:
+        """Whether a value of this shape broadcasts to `other` without being reduced."""
+        return (other.rows or not self.rows) and (other.cols or not self.cols)
+
+    def reduced(self, axis: int) -> "Shape":
+        """The shape after reducing along `axis` (-1: the cols, -2: the rows)."""
+        return Shape.of(self.rows and axis != -2, self.cols and axis != -1)
+
+
+AXIS_WORDS = {-1: "the cols", -2: "the rows"}
+
+
 class Ty(enum.Enum):
     INT = "int"
     FLOAT = "float"
@@ -43,8 +83,11 @@ class Op(enum.Enum):
     # elementwise functions
     SQRT = "sqrt"; SQUARE = "square"; ABS = "abs"; SIGN = "sign"; EXP = "exp"; LOG = "log"  # noqa: E702
     MAXIMUM = "maximum"; MINIMUM = "minimum"; CLIP = "clip"; WHERE = "where"  # noqa: E702
-    # reductions (tensor -> one number per parameter)
-    NORM = "norm"; SUM = "sum"  # noqa: E702
+    # reductions: of the whole tensor (one number per parameter), or along an axis (a tensor local
+    # of a smaller shape: args (x, axis))
+    NORM = "norm"; SUM = "sum"; MEAN = "mean"; RMS = "rms"; MAX = "max"; MIN = "min"  # noqa: E702
+    # shape facts of a tensor, host numbers known per parameter before any tensor work
+    NDIM = "ndim"; NUMEL = "numel"; SIZE = "size"  # noqa: E702
     # random
     NORMAL = "normal"
     # host-only string test
@@ -55,7 +98,8 @@ LEAVES = {Op.CONST, Op.HYPER, Op.BUILTIN, Op.GLOBAL, Op.SCALAR_STATE, Op.STATE, 
 BINARY = {Op.ADD, Op.SUB, Op.MUL, Op.DIV, Op.MOD, Op.POW}
 COMPARE = {Op.EQ, Op.NE, Op.LT, Op.LE, Op.GT, Op.GE}
 UNARY_FUNCS = {Op.SQRT, Op.SQUARE, Op.ABS, Op.SIGN, Op.EXP, Op.LOG}
-REDUCTIONS = {Op.NORM, Op.SUM}
+REDUCTIONS = {Op.NORM, Op.SUM, Op.MEAN, Op.RMS, Op.MAX, Op.MIN}
+SHAPE_FACTS = {Op.NDIM, Op.NUMEL, Op.SIZE}
 
 
 @dataclass(frozen=True)
@@ -67,6 +111,12 @@ class Expr:
     value: Any = None          # CONST: the literal; leaves: the name
     optional: bool = False     # may be None at run time (optional hyperparameter)
     span: Span = field(default=None, compare=False, repr=False)
+    shape: Shape = Shape.FULL  # a tensor value's shape (ignored for host values)
+
+    @property
+    def axis(self) -> int | None:
+        """A reduction's axis (-1 or -2), or None for a whole-tensor reduction."""
+        return self.args[1].value if self.op in REDUCTIONS and len(self.args) == 2 else None
 
     def walk(self):
         yield self
@@ -142,8 +192,9 @@ class State:
     name: str
     init: str                  # zeros | weight | fill
     fill: float = 0.0
-    cond: Expr | None = None
+    cond: Expr | None = None   # hyperparameters and the weight's shape facts
     span: Span = field(default=None, compare=False, repr=False)
+    shape: Shape = Shape.FULL
 
 
 @dataclass(frozen=True)
@@ -194,7 +245,26 @@ class Spec:
     update_text: str           # the update block as written, for docs
     uses_random: bool = False
     signature: tuple = ()     # constructor arguments in declaration order
+    view: str = "batched"     # how a parameter is viewed as blocks x rows x cols (Shape)
+
+    @property
+    def shaped(self) -> bool:
+        """Whether the update uses shapes: a state or a value other than the weight's shape."""
+        return any(st.shape is not Shape.FULL for st in self.states) or any(
+            n.op in REDUCTIONS and len(n.args) == 2 for s in self.body for n in _nodes(s))
 
     @property
     def module_name(self) -> str:
         return self.name.lower()
+
+
+def _nodes(s):
+    if isinstance(s, Assign):
+        yield from s.value.walk()
+    else:
+        for c, body in s.branches:
+            yield from c.walk()
+            for x in body:
+                yield from _nodes(x)
+        for x in s.orelse:
+            yield from _nodes(x)

@@ -42,7 +42,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-from .ir import REDUCTIONS, Assign, Expr, IfStmt, Kind, Op, Role, Spec, Ty
+from .ir import REDUCTIONS, Assign, Expr, IfStmt, Kind, Op, Role, Shape, Spec, Ty
 from .names import BUILTINS
 from .walk import assigns, exprs, host_names_read, nodes, own_exprs, tensor_locals_read
 
@@ -70,10 +70,21 @@ class Stage:
     locals: list = field(default_factory=list)          # tensor locals the stage assigns
     scalars: list = field(default_factory=list)         # [Scalar], in first-use order
     noise: list = field(default_factory=list)           # [(NORMAL node, guards)], in draw order
+    domain: Shape = Shape.FULL                          # the elements it runs over (Shape)
+    outputs: list = field(default_factory=list)         # axis reductions: [(local, Op.SUM|MAX|MIN, axis, argument)]
+    shapes: dict = field(default_factory=dict)          # memory tensor -> Shape
+
+    @property
+    def tiled(self) -> bool:
+        """Whether the stage needs the blocks x rows x cols loop: it reduces along an axis, runs over
+        a smaller shape than the weight's, or reads a tensor of another shape (broadcasting)."""
+        return bool(self.outputs) or self.domain is not Shape.FULL or any(
+            sh is not self.domain for sh in self.shapes.values()) or any(
+            op in (Op.MAX, Op.MIN) for op, _ in self.reductions)
 
     def exprs(self) -> list:
         """Every expression the stage evaluates: statement values, `if` conditions, reduction arguments."""
-        return list(exprs(self.stmts)) + [arg for _, arg in self.reductions]
+        return list(exprs(self.stmts)) + [arg for _, arg in self.reductions] + [o[3] for o in self.outputs]
 
     def memory(self) -> list:
         """Every tensor the stage reads or writes in memory: reads first, then the other writes."""
@@ -106,6 +117,7 @@ class Program:
     steps: list
     stages: list
     scratch: list
+    shapes: dict = field(default_factory=dict)   # every tensor (weight, grad, states, tensor locals) -> Shape
 
     @property
     def phased(self) -> bool:
@@ -114,8 +126,8 @@ class Program:
 
     @property
     def multi_tensor(self) -> bool:
-        """Whether a list update can defer every launch (no reduction read on the host)."""
-        return not host_reductions(self.steps)
+        """Whether a list update can defer every launch (no reduction read on the host, no tiled stage)."""
+        return not host_reductions(self.steps) and not any(st.tiled for st in self.stages)
 
 
 IN_KERNEL = {Op.ADD, Op.SUB, Op.MUL, Op.DIV, Op.NEG}
@@ -199,6 +211,18 @@ def _has_reduction(e: Expr) -> bool:
     return any(n.op in REDUCTIONS for n in e.walk())
 
 
+def _conj(conds) -> Expr:
+    test = conds[0]
+    for c in conds[1:]:
+        test = Expr(Op.AND, Ty.BOOL, max(test.kind, c.kind), (test, c), None, False, c.span)
+    return test
+
+
+def is_axis_reduction(s) -> bool:
+    """An `Assign` of a reduction along an axis (after pass 1, a statement of its own)."""
+    return isinstance(s, Assign) and s.value.axis is not None
+
+
 # ---- pass 1: reductions out of elementwise statements ------------------------------------------------
 class _Lifter:
     def __init__(self):
@@ -217,11 +241,14 @@ class _Lifter:
                 out.append(IfStmt(branches, self.block(s.orelse), s.span))
         return tuple(out)
 
-    def _temp(self, value: Expr, s: Assign, pre: list) -> Expr:
+    def _temp(self, value: Expr, s: Assign, pre: list, guard=()) -> Expr:
         name = f"{LIFTED_PREFIX}{self.count}"
         self.count += 1
-        pre.append(Assign(name, Role.LOCAL, value, s.span, s.line))
-        return Expr(Op.LOCAL, value.ty, value.kind, (), name, value.optional, value.span)
+        stmt = Assign(name, Role.LOCAL, value, s.span, s.line)
+        if guard:   # only where its side of a `where` is taken (it may read a conditional state)
+            stmt = IfStmt(((_conj(guard), (stmt,)),), (), s.span)
+        pre.append(stmt)
+        return Expr(Op.LOCAL, value.ty, value.kind, (), name, value.optional, value.span, value.shape)
 
     def _tensor(self, e: Expr, s, pre, guard=()) -> Expr:
         """An elementwise expression whose host parts hold no reduction. Under a host test that picks
@@ -232,12 +259,14 @@ class _Lifter:
                 return e
             value = self._host(e, s, pre)
             if guard:
-                test = guard[0]
-                for c in guard[1:]:
-                    test = Expr(Op.AND, Ty.BOOL, max(test.kind, c.kind), (test, c), None, False, c.span)
+                test = _conj(guard)
                 zero = Expr(Op.CONST, value.ty, Kind.CONST, (), 0, False, value.span)
                 value = Expr(Op.WHERE, value.ty, value.kind, (test, value, zero), None, False, value.span)
             return self._temp(value, s, pre)
+        if e.axis is not None:   # a reduction along an axis: its own statement, a tensor local of its shape
+            arg = self._tensor(e.args[0], s, pre, guard)
+            value = e if arg is e.args[0] else replace(e, args=(arg, e.args[1]))
+            return self._temp(value, s, pre, guard)
         if e.op is Op.WHERE and is_host(e.args[0]):
             c, a, b = e.args
             args = (self._tensor(c, s, pre, guard), self._tensor(a, s, pre, guard + (c,)),
@@ -263,36 +292,80 @@ class Lowering:
         self.spec = spec
         self.count = 0
         self.stages: list[Stage] = []
+        self.state_shapes = {st.name: st.shape for st in spec.states}
+        self.remat: dict = {}
 
     def run(self) -> Program:
         body = _Lifter().block(self.spec.body)
+        self.remat = _rematerializable(body)
         steps = self._block(body)
+        for st in self.stages:
+            _drop_dead(st, self.remat)
         scratch = self._materialize(steps)
         optional = {h.name for h in self.spec.hypers if h.optional} | {
             n for n, (_, _, _, opt) in BUILTINS.items() if opt}
+        shapes = {"weight": Shape.FULL, "grad": Shape.FULL, **self.state_shapes}
+        for a in assigns(body):
+            if a.role is Role.LOCAL and a.value.kind is Kind.TENSOR:
+                shapes[a.target] = a.value.shape
         for st in self.stages:
             st.fn = f"optforge_{self.spec.module_name}_{st.name}"
             _tables(st, scratch, optional)
-        return Program(self.spec, body, steps, self.stages, scratch)
+            st.shapes = {name: shapes[name] for name in st.memory()}
+        return Program(self.spec, body, steps, self.stages, scratch, shapes)
 
-    def _new_stage(self) -> Stage:
-        st = Stage(f"s{self.count}")
+    def _new_stage(self, domain: Shape = Shape.FULL) -> Stage:
+        st = Stage(f"s{self.count}", domain=domain)
         self.count += 1
         self.stages.append(st)
         return st
+
+    def _shape(self, s) -> Shape | None:
+        """The elements a tensor statement (or an inlined `if`) runs over: its target's shape; None for
+        an `if` whose statements disagree."""
+        if isinstance(s, Assign):
+            if s.role is Role.WEIGHT:
+                return Shape.FULL
+            if s.role is Role.STATE:
+                return self.state_shapes[s.target]
+            return s.value.shape
+        found = {self._shape(a) for a in assigns([s])}
+        return found.pop() if len(found) == 1 else None
+
+    def _inline(self, s, avoid=frozenset()):
+        """The statement with the rematerializable locals it reads (and that are not in registers: not
+        in `avoid`) replaced by their definitions."""
+        if not self.remat:
+            return s
+        if isinstance(s, Assign):
+            value = _substitute(s.value, self.remat, avoid)
+            return s if value is s.value else replace(s, value=value)
+        branches = tuple((c, tuple(self._inline(x, avoid) for x in b)) for c, b in s.branches)
+        return IfStmt(branches, tuple(self._inline(x, avoid) for x in s.orelse), s.span)
 
     def _block(self, stmts) -> list:
         steps: list = []
         open_stage: Stage | None = None
         for s in stmts:
+            if is_axis_reduction(s):
+                s = self._inline(s)
+                target = self._lookback(steps, s.value.args[0].shape, _reads(s.value.args[0]))
+                if target is None:
+                    target = self._new_stage(s.value.args[0].shape)
+                    steps.append(target)
+                target.outputs.append((s.target, s.value.op, s.value.axis, s.value.args[0]))
+                if target is open_stage or target is steps[-1]:
+                    open_stage = None   # its output is complete only after the whole stage
+                continue
             # an inlined `if` without `else` would launch a kernel that may do nothing: only join a
             # stage that runs anyway
-            if (isinstance(s, Assign) and _is_tensor_stmt(s)) or (
-                    _inlinable(s) and (s.orelse or open_stage is not None)):
-                if open_stage is None:
-                    open_stage = self._new_stage()
+            shape = self._shape(s) if (isinstance(s, Assign) and _is_tensor_stmt(s)) or _inlinable(s) else None
+            if shape is not None and ((isinstance(s, Assign) and _is_tensor_stmt(s)) or (
+                    s.orelse or (open_stage is not None and open_stage.domain is shape))):
+                if open_stage is None or open_stage.domain is not shape:
+                    open_stage = self._new_stage(shape)
                     steps.append(open_stage)
-                open_stage.stmts.append(s)
+                open_stage.stmts.append(self._inline(s, frozenset(_targets_of(open_stage.stmts))))
             elif s.kind <= Kind.INDEX and not _writes_tensors(s):
                 # pure host work: hoist in front of the open stage unless the stage already reads it
                 if open_stage is not None and _targets(s) & open_stage.host_reads():
@@ -303,41 +376,49 @@ class Lowering:
                     steps.append(Host(s))
             elif isinstance(s, Assign):  # a reduction (or a number computed from one)
                 open_stage = None
-                steps.append(self._fuse(Host(s), steps))
+                steps.append(self._fuse(Host(self._inline(s)), steps))
             else:
                 open_stage = None
                 branches = [(cond, self._block(body)) for cond, body in s.branches]
                 steps.append(Branch(branches, self._block(s.orelse)))
         return steps
 
+    def _lookback(self, steps: list, domain: Shape, reads: set):
+        """The latest stage over `domain` that a reduction reading `reads` can join: only host work
+        and stages that assign none of `reads` may come after it (the reduction then runs before
+        them, which changes nothing). None: a reduction-only stage is needed."""
+        for item in reversed(steps):
+            if isinstance(item, Stage):
+                if item.domain is domain:
+                    return item
+                if _targets_of(item.stmts) & reads:
+                    return None
+                continue
+            if _host_only(item) and not (_targets(item) & reads):
+                continue
+            return None
+        return None
+
     def _fuse(self, host: Host, steps: list) -> Host:
-        """Attach the statement's reductions to the stage before it (see the module doc)."""
+        """Attach the statement's reductions to a stage before it (see the module doc)."""
         found = []
         for n in host.stmt.value.walk():
             if n.op in REDUCTIONS and n not in found and not any(a.op is Op.NORMAL for a in n.args[0].walk()):
                 found.append(n)
-        if not found:
-            return host
-        leaves = set().union(*(host_names_read(n.args[0]) for n in found))
-        target = None
-        for item in reversed(steps):
-            if isinstance(item, Stage):
-                target = item
-                break
-            # host work since that stage must not assign what the reductions read (it runs after the launch)
-            if _host_only(item) and not (_targets(item) & leaves):
-                continue
-            break
-        if target is None:
-            target = self._new_stage()
-            steps.append(target)
+        new: dict = {}   # reduction-only stages made here, by domain
         for n in found:
+            domain = n.args[0].shape if n.args[0].kind is Kind.TENSOR else Shape.FULL
+            target = new.get(domain) or self._lookback(steps, domain, _reads(n.args[0]))
+            if target is None:
+                target = new[domain] = self._new_stage(domain)
+                steps.append(target)
             host.fused[n] = (target.name, len(target.reductions))
             target.reductions.append((n.op, n.args[0]))
         return host
 
     def _materialize(self, steps) -> list:
-        """Tensor locals read outside the stage that assigned them live in scratch arrays."""
+        """Tensor locals read outside the stage that assigned them live in scratch arrays, and so do
+        the results of reductions along an axis."""
         defined: set = set()
         need: set = set()
 
@@ -359,6 +440,10 @@ class Lowering:
             assigned = scan(st.stmts, set())
             for _, arg in st.reductions:   # read at the end of the stage: its own locals are in registers
                 need.update(tensor_locals_read(arg) - assigned)
+            for name, _, _, arg in st.outputs:
+                need.update(tensor_locals_read(arg) - assigned)
+                need.add(name)
+                defined.add(name)
 
         def host_reads(items):
             for item in items:
@@ -373,6 +458,72 @@ class Lowering:
         for st in self.stages:
             st.scratch_writes = {s.target for s in assigns(st.stmts) if s.role is Role.LOCAL and s.target in need}
         return sorted(n for n in need if n in defined)
+
+
+def _drop_dead(st: Stage, remat: dict) -> None:
+    """Remove the definitions of rematerialized locals that nothing in their stage reads (every
+    other stage computes them again), last first: the stage does no work for them."""
+    later = [a for _, a in st.reductions] + [o[3] for o in st.outputs]
+    read: set = set().union(*(tensor_locals_read(e) for e in later)) if later else set()
+    keep = []
+    for s in reversed(st.stmts):
+        if isinstance(s, Assign) and s.role is Role.LOCAL and s.value.kind is Kind.TENSOR and \
+                s.target in remat and s.target not in read:
+            continue
+        keep.append(s)
+        read |= set().union(*(tensor_locals_read(e) for e in own_exprs(s)))
+        if not isinstance(s, Assign):
+            read |= set().union(*(tensor_locals_read(e) for e in exprs([s])))
+    st.stmts = keep[::-1]
+
+
+def _targets_of(stmts) -> set:
+    out = set()
+    for s in stmts:
+        out |= _targets(s)
+    return out
+
+
+def _reads(e: Expr) -> set:
+    """Every name an expression reads: tensors in memory or registers, host values."""
+    return {"weight" if n.op is Op.WEIGHT else "grad" if n.op is Op.GRAD else n.value
+            for n in e.walk() if n.op in (Op.WEIGHT, Op.GRAD, Op.STATE, Op.LOCAL, Op.SCALAR_STATE, Op.GLOBAL)}
+
+
+def _rematerializable(body) -> dict:
+    """Tensor locals cheaper to compute again than to keep in a scratch array, name -> definition:
+    assigned once, outside any `if`, from the gradient, hyperparameters and host values that never
+    change during the update (MXNet's `g = clip(rescale_grad * grad, clip_gradient)`). A stage that
+    reads one without computing it computes it again from the gradient: one read instead of a write
+    and a read of a full-size scratch array."""
+    counts: dict = {}
+    for a in assigns(body):
+        counts[a.target] = counts.get(a.target, 0) + 1
+    out: dict = {}
+    for s in body:
+        if not (isinstance(s, Assign) and s.role is Role.LOCAL and s.value.kind is Kind.TENSOR
+                and counts[s.target] == 1 and s.value.axis is None):
+            continue
+        ok = True
+        for n in s.value.walk():
+            if n.op in REDUCTIONS or n.op is Op.NORMAL:
+                ok = False
+            elif n.op in (Op.WEIGHT, Op.STATE, Op.SCALAR_STATE, Op.GLOBAL):
+                ok = ok and counts.get("weight" if n.op is Op.WEIGHT else n.value, 0) == 0
+            elif n.op is Op.LOCAL:
+                ok = ok and (n.value in out if n.kind is Kind.TENSOR else counts.get(n.value, 0) == 1)
+        if ok:
+            out[s.target] = _substitute(s.value, out, frozenset())
+    return out
+
+
+def _substitute(e: Expr, table: dict, avoid) -> Expr:
+    if e.op is Op.LOCAL and e.kind is Kind.TENSOR and e.value in table and e.value not in avoid:
+        return table[e.value]
+    if not e.args:
+        return e
+    args = tuple(_substitute(a, table, avoid) for a in e.args)
+    return e if all(x is y for x, y in zip(args, e.args)) else replace(e, args=args)
 
 
 def memory_key(n: Expr, scratch) -> str | None:
@@ -437,7 +588,7 @@ def _tables(st: Stage, scratch, optional) -> None:
     assigned = scan(st.stmts, set())
     # fused reductions read the element values at the end of the stage: loaded or assigned ones from
     # registers, any other tensor from memory
-    for _, arg in st.reductions:
+    for arg in [a for _, a in st.reductions] + [o[3] for o in st.outputs]:
         for n in arg.walk():
             key = memory_key(n, scratch)
             if key and key not in assigned and key not in st.reads:
@@ -482,7 +633,7 @@ def _tables(st: Stage, scratch, optional) -> None:
             block(s.orelse, guard + prior)
 
     block(st.stmts, ())
-    for _, arg in st.reductions:
+    for arg in [a for _, a in st.reductions] + [o[3] for o in st.outputs]:
         value(arg, ())
     for e, guards in uses.items():
         plain = e.op in (Op.HYPER, Op.BUILTIN, Op.LOCAL, Op.SCALAR_STATE, Op.GLOBAL) and not e.optional

@@ -21,6 +21,7 @@ BUILTINS = {
     "num_update": (Op.BUILTIN, Ty.INT, Kind.CALL, False),
     "rescale_grad": (Op.BUILTIN, Ty.FLOAT, Kind.HYPER, False),
     "clip_gradient": (Op.BUILTIN, Ty.FLOAT, Kind.HYPER, True),
+    "dtype_eps": (Op.BUILTIN, Ty.FLOAT, Kind.INDEX, False),
 }
 BUILTIN_DOCS = {
     "weight": "the parameter being updated (tensor)", "grad": "its gradient (tensor, read-only)",
@@ -31,6 +32,8 @@ BUILTIN_DOCS = {
     "learning_rate": "the optimizer's current learning rate (scheduled), without multipliers",
     "num_update": "the largest update count over all parameters",
     "rescale_grad": "gradient rescaling factor", "clip_gradient": "gradient clipping bound or none",
+    "dtype_eps": "machine epsilon of the weight's floating type (float32: 1.19e-07; the float32 master's "
+                 "with multi_precision)",
 }
 # Names a `sparse` declaration may read besides hyperparameters (see Checker._sparse).
 SPARSE_BUILTINS = {"master_copy": (Op.BUILTIN, Ty.BOOL, Kind.INDEX, False)}
@@ -46,9 +49,19 @@ BASE_NAMES = {"rescale_grad", "param_idx2name", "wd", "clip_gradient", "learning
 FUNCTIONS = {
     "sqrt": (Op.SQRT, 1), "square": (Op.SQUARE, 1), "abs": (Op.ABS, 1), "sign": (Op.SIGN, 1),
     "exp": (Op.EXP, 1), "log": (Op.LOG, 1), "maximum": (Op.MAXIMUM, 2), "minimum": (Op.MINIMUM, 2),
-    "clip": (Op.CLIP, 2), "where": (Op.WHERE, 3), "norm": (Op.NORM, 1), "sum": (Op.SUM, 1),
-    "normal": (Op.NORMAL, 2), "endswith": (Op.ENDSWITH, (2, 16)),
+    "clip": (Op.CLIP, 2), "where": (Op.WHERE, 3), "normal": (Op.NORMAL, 2), "endswith": (Op.ENDSWITH, (2, 16)),
+    # reductions: of the whole tensor, or along an axis (-1: the cols, -2: the rows)
+    "norm": (Op.NORM, (1, 2)), "sum": (Op.SUM, (1, 2)), "mean": (Op.MEAN, (1, 2)), "rms": (Op.RMS, (1, 2)),
+    "max": (Op.MAX, (1, 2)), "min": (Op.MIN, (1, 2)),
+    # shape facts (host integers, per parameter)
+    "ndim": (Op.NDIM, 1), "numel": (Op.NUMEL, 1), "size": (Op.SIZE, 2),
 }
+# functions added with shapes; names in specs (Adam's `mean`) may equal them: a call and a name never meet
+UNRESERVED_FUNCTIONS = {"mean", "rms", "ndim", "numel", "size"}
+STATE_SHAPES = ("per_row", "per_col", "per_block")
+VIEWS = {"batched": "the last two dimensions are rows x cols, the leading ones a batch of blocks "
+                    "(torch.optim.Adafactor); a vector is one row",
+         "flat": "the last dimension is the cols, all the others together the rows (one block)"}
 OPTIONS = {
     # name: (number of arguments or None for any, argument type, description)
     "lr_before_count": (0, None, "read lr and wd before counting this update (LBSGD)"),
@@ -72,7 +85,7 @@ RESERVED = {"self", "np", "math", "ops", "kw", "call", "state", "tensors", "scal
             # the generated kernels' own names: Python (chunks, the backend, rows) and C
             # (the element index, template types, math functions the C emitter calls)
             "chunks", "be", "rows", "xp", "i", "gi", "T", "C", "fabs", "pow", "floor", "cos",
-            "store_low", "nullptr", "int64_t", "uint64_t", "size_t"} | set(FUNCTIONS) | \
+            "store_low", "nullptr", "int64_t", "uint64_t", "size_t"} | (set(FUNCTIONS) - UNRESERVED_FUNCTIONS) | \
     {n for n in dir(builtins) if not n.startswith("_")}
 # name patterns the generated code uses: C pointers, scalar arguments, reduction terms, template
 # flags, helpers, row-kernel values

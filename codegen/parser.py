@@ -28,10 +28,10 @@ TOKEN_WORDS = {
     "LBRACE": "`{`", "RBRACE": "`}`", "EQUAL": "`=`", "COLON": "`:`", "COMMA": "`,`",
     "ADDOP": "`+`", "MULOP": "`*`", "COMPOP": "a comparison", "AUGOP": "`+=`",
     "LSQB": "`[`", "RSQB": "`]`", "MINUS": "`-`", "PLUS": "`+`", "INF": "`inf`",
-    "SCALAR": "`scalar`", "SPARSE_MODE": "`lazy` or `standard`", "OPT": "`?`", "__ANON_0": "`**`",
+"SPARSE_MODE": "`lazy` or `standard`", "OPT": "`?`", "__ANON_0": "`**`",
     "$END": "the end of the file",
 }
-DECL_KEYWORDS = {"OPTIMIZER", "ALIAS", "DOC", "DEFAULT", "HYPER", "STATE", "GLOBAL", "OPTION", "SPARSE", "UPDATE"}
+DECL_KEYWORDS = {"OPTIMIZER", "ALIAS", "DOC", "DEFAULT", "HYPER", "STATE", "GLOBAL", "OPTION", "SPARSE", "UPDATE", "VIEW"}
 EXPR_START = {"NUMBER", "STRING", "NAME", "LPAR", "TRUE", "FALSE", "NONE", "NOT", "MINUS", "PLUS"}
 CLOSERS = {")": "(", "]": "[", "}": "{"}
 _BRACKETS = re.compile(r'"""(?:.|\n)*?"""|"(?:[^"\\\n]|\\.)*"|#[^\n]*|\bin\b|[][(){}]')
@@ -260,9 +260,13 @@ class _Build(Transformer):
                         range=rng, text=self._str(desc) if desc is not None else None)
 
     def state_decl(self, meta, c):
-        name, scalar, value, cond = c
+        name, shape, value, cond = c   # shape: `scalar`, `per_row`, ... (checked by codegen/check.py)
         return ast.Decl(_span(meta), "state", str(name), _tok_span(name), value=value, cond=cond,
-                        scalar=scalar is not None)
+                        shape=str(shape) if shape is not None else None,
+                        shape_span=_tok_span(shape) if shape is not None else None)
+
+    def view_decl(self, meta, c):
+        return ast.Decl(_span(meta), "view", str(c[0]), _tok_span(c[0]))
 
     def global_decl(self, meta, c):
         return ast.Decl(_span(meta), "global", str(c[0]), _tok_span(c[0]), value=c[1])

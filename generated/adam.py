@@ -74,11 +74,12 @@ class Adam(Optimizer):
         super().__init__(learning_rate=learning_rate, **kwargs)
         self._set_hypers(hyper)
 
-    def _state_layout(self):
-        """(name, init, fill) of every tensor state this configuration keeps."""
+    def _state_layout(self, shape=None):
+        """(name, init, fill, array shape) of every tensor state this configuration keeps for a
+        parameter of `shape` (array shape None: `shape` was not given)."""
         layout = []
-        layout.append(('mean', 'zeros', 0.0))
-        layout.append(('var', 'zeros', 0.0))
+        layout.append(('mean', 'zeros', 0.0, shape))
+        layout.append(('var', 'zeros', 0.0, shape))
         return layout
 
     def _sparse_lazy(self, master_copy=False):

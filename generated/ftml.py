@@ -68,12 +68,13 @@ class FTML(Optimizer):
         super().__init__(**kwargs)
         self._set_hypers(hyper)
 
-    def _state_layout(self):
-        """(name, init, fill) of every tensor state this configuration keeps."""
+    def _state_layout(self, shape=None):
+        """(name, init, fill, array shape) of every tensor state this configuration keeps for a
+        parameter of `shape` (array shape None: `shape` was not given)."""
         layout = []
-        layout.append(('d_prev', 'zeros', 0.0))
-        layout.append(('v', 'zeros', 0.0))
-        layout.append(('z', 'zeros', 0.0))
+        layout.append(('d_prev', 'zeros', 0.0, shape))
+        layout.append(('v', 'zeros', 0.0, shape))
+        layout.append(('z', 'zeros', 0.0, shape))
         return layout
 
     def _kernel_numpy(self, _step, weight, grad, tensors, scalars):

@@ -63,11 +63,12 @@ class Ftrl(Optimizer):
         super().__init__(learning_rate=learning_rate, **kwargs)
         self._set_hypers(hyper)
 
-    def _state_layout(self):
-        """(name, init, fill) of every tensor state this configuration keeps."""
+    def _state_layout(self, shape=None):
+        """(name, init, fill, array shape) of every tensor state this configuration keeps for a
+        parameter of `shape` (array shape None: `shape` was not given)."""
         layout = []
-        layout.append(('z', 'zeros', 0.0))
-        layout.append(('n', 'zeros', 0.0))
+        layout.append(('z', 'zeros', 0.0, shape))
+        layout.append(('n', 'zeros', 0.0, shape))
         return layout
 
     def _sparse_lazy(self, master_copy=False):

@@ -83,12 +83,13 @@ class LARS(Optimizer):
         super().__init__(**kwargs)
         self._set_hypers(hyper)
 
-    def _state_layout(self):
-        """(name, init, fill) of every tensor state this configuration keeps."""
+    def _state_layout(self, shape=None):
+        """(name, init, fill, array shape) of every tensor state this configuration keeps for a
+        parameter of `shape` (array shape None: `shape` was not given)."""
         momentum = self.momentum
         layout = []
         if momentum != 0:
-            layout.append(('mom', 'zeros', 0.0))
+            layout.append(('mom', 'zeros', 0.0, shape))
         return layout
 
     def _sparse_lazy(self, master_copy=False):

@@ -113,15 +113,16 @@ class LBSGD(Optimizer):
         super().__init__(multi_precision=multi_precision, **kwargs)
         self._set_hypers(hyper)
 
-    def _state_layout(self):
-        """(name, init, fill) of every tensor state this configuration keeps."""
+    def _state_layout(self, shape=None):
+        """(name, init, fill, array shape) of every tensor state this configuration keeps for a
+        parameter of `shape` (array shape None: `shape` was not given)."""
         batch_scale = self.batch_scale
         momentum = self.momentum
         layout = []
         if momentum != 0:
-            layout.append(('mom', 'zeros', 0.0))
+            layout.append(('mom', 'zeros', 0.0, shape))
         if batch_scale > 1:
-            layout.append(('cum_grad', 'zeros', 0.0))
+            layout.append(('cum_grad', 'zeros', 0.0, shape))
         return layout
 
     def _scalar_init(self):

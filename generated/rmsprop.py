@@ -83,15 +83,16 @@ class RMSProp(Optimizer):
         super().__init__(learning_rate=learning_rate, **kwargs)
         self._set_hypers(hyper)
 
-    def _state_layout(self):
-        """(name, init, fill) of every tensor state this configuration keeps."""
+    def _state_layout(self, shape=None):
+        """(name, init, fill, array shape) of every tensor state this configuration keeps for a
+        parameter of `shape` (array shape None: `shape` was not given)."""
         centered = self.centered
         layout = []
-        layout.append(('n', 'zeros', 0.0))
+        layout.append(('n', 'zeros', 0.0, shape))
         if centered:
-            layout.append(('g_avg', 'zeros', 0.0))
+            layout.append(('g_avg', 'zeros', 0.0, shape))
         if centered:
-            layout.append(('delta', 'zeros', 0.0))
+            layout.append(('delta', 'zeros', 0.0, shape))
         return layout
 
     def _kernel_numpy(self, _step, weight, grad, tensors, scalars):

@@ -2,13 +2,17 @@
 codegen/emit_driver.py) calls to run the staged program of its spec.
 
     xp                          the array module of the arrays (numpy or cupy)
-    scratch(like, name)         an array for tensor local `name`, shaped like `like`, in compute precision
+    scratch(like, name, shape=None)
+                                an array for tensor local `name`, shaped like `like` (or `shape`: a
+                                per-row, per-col or per-block local), in compute precision
     seed(rng)                   a noise seed for a stage's `normal()` draws, from the optimizer's generator
-    launch(fn, arrays, scalars, reduce=0, stores=True)
+    launch(fn, arrays, scalars, reduce=0, stores=True, dims=None)
                                 run stage kernel `fn` (a name from the program, `optforge_<spec>_<stage>`)
                                 over `arrays` (None: an absent conditional state) with `scalars`;
                                 with `reduce`, return the partial sums of that many fused reductions,
-                                or None where this backend leaves them to the host
+                                or None where this backend leaves them to the host; a tiled stage
+                                (codegen/lower.py: Stage.tiled) gets `dims`, the (blocks, rows, cols)
+                                it runs over, and its axis reductions' outputs after its arrays
 
 `Backend` holds what every implementation shares. They are: `native.NativeBackend` and
 `native.NativeRowsBackend` (C++ on the CPU), `cuda.CudaBackend` and `cuda.CudaRowsBackend`, and
@@ -44,11 +48,11 @@ def compute_dtype(dtype):
 class Backend:
     xp = np
 
-    def scratch(self, like, name):
-        return self.xp.empty(like.shape, compute_dtype(like.dtype))
+    def scratch(self, like, name, shape=None):
+        return self.xp.empty(like.shape if shape is None else shape, compute_dtype(like.dtype))
 
     def seed(self, rng) -> float:
         return float(rng.integers(0, 2 ** 53))
 
-    def launch(self, fn: str, arrays, scalars, reduce: int = 0, stores: bool = True):  # pragma: no cover
+    def launch(self, fn: str, arrays, scalars, reduce: int = 0, stores: bool = True, dims=None):  # pragma: no cover
         raise NotImplementedError

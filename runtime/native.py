@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import math
 import os
 import shutil
 import subprocess
@@ -158,14 +159,14 @@ class NativeLibrary:
         self.lib = ctypes.CDLL(str(path))
         self.funcs: dict = {}
 
-    def func(self, name: str, n_arrays: int = None, n_scalars: int = None, out: bool = False):
+    def func(self, name: str, n_arrays: int = None, n_scalars: int = None, out: bool = False, n_sizes: int = 1):
         f = self.funcs.get(name)
         if f is None:
             f = getattr(self.lib, name)
             f.restype = None
             if n_arrays is not None:   # typed: ctypes converts ints and floats in C, not in Python
-                f.argtypes = [ctypes.c_int64] + [ctypes.c_void_p] * n_arrays + [ctypes.c_double] * n_scalars + \
-                    [ctypes.c_void_p] * out
+                f.argtypes = [ctypes.c_int64] * n_sizes + [ctypes.c_void_p] * n_arrays + \
+                    [ctypes.c_double] * n_scalars + [ctypes.c_void_p] * out
             self.funcs[name] = f
         return f
 
@@ -242,29 +243,34 @@ class NativeBackend(Backend):
         self.suffix = _SUFFIX[np.dtype(dtype)]
         self.cache = cache
 
-    def scratch(self, like, name):
-        """A scratch array shaped like `like`. With a cache (the optimizer's), one buffer per scratch
-        name and dtype, as large as the largest parameter seen, is reused from step to step: a fresh
-        large array costs a page fault per 4 KiB on first touch, as much time as the stage itself."""
+    def scratch(self, like, name, shape=None):
+        """A scratch array shaped like `like` (or `shape`). With a cache (the optimizer's), one buffer
+        per scratch name and dtype, as large as the largest parameter seen, is reused from step to
+        step: a fresh large array costs a page fault per 4 KiB on first touch, as much time as the
+        stage itself."""
+        shape = like.shape if shape is None else tuple(shape)
+        size = math.prod(shape)
         if self.cache is None:
-            return np.empty(like.shape, like.dtype)
+            return np.empty(shape, like.dtype)
         key = (name, np.dtype(like.dtype).str)
         buf = self.cache.get(key)
-        if buf is None or buf.size < like.size:
-            buf = self.cache[key] = np.empty(like.size, like.dtype)
-        return buf[:like.size].reshape(like.shape)
+        if buf is None or buf.size < size:
+            buf = self.cache[key] = np.empty(size, like.dtype)
+        return buf[:size].reshape(shape)
 
-    def launch(self, fn: str, arrays, scalars, reduce: int = 0, stores: bool = True):
+    def launch(self, fn: str, arrays, scalars, reduce: int = 0, stores: bool = True, dims=None, **tiled):
         """Run a stage. With `reduce`, the stage also accumulates that many fused reductions and
-        their sums come back as a list of floats."""
-        f = self.lib.func(f"{fn}_{self.suffix}", len(arrays), len(scalars), out=bool(reduce))
+        their sums come back as a list of floats. A tiled stage runs over `dims` (blocks, rows, cols);
+        its kernel finishes its reductions along an axis itself (`tiled` says how: for CUDA)."""
+        sizes = (_size(arrays),) if dims is None else tuple(dims)
+        f = self.lib.func(f"{fn}_{self.suffix}", len(arrays), len(scalars), out=bool(reduce), n_sizes=len(sizes))
         # an absent conditional state (None) is a null pointer; the kernel never touches it
         pointers = [a.ctypes.data if a is not None else None for a in arrays]
         if not reduce:
-            f(_size(arrays), *pointers, *scalars)
+            f(*sizes, *pointers, *scalars)
             return None
         out = np.zeros(reduce, np.float64)
-        f(_size(arrays), *pointers, *scalars, out.ctypes.data)
+        f(*sizes, *pointers, *scalars, out.ctypes.data)
         return out.tolist()
 
 

@@ -122,6 +122,102 @@ def total(x) -> float:
     return _reduced(float(_xp(x).sum(x, dtype=np.float64)))
 
 
+def total_max(x) -> float:
+    """Largest element of a whole tensor (NaN if any is NaN), as a Python float."""
+    _unhooked("max")
+    return float(_xp(x).max(x))
+
+
+def total_min(x) -> float:
+    """Smallest element of a whole tensor (NaN if any is NaN), as a Python float."""
+    _unhooked("min")
+    return float(_xp(x).min(x))
+
+
+def fused_max(partial: float) -> float:
+    _unhooked("max")
+    return float(partial)
+
+
+def fused_min(partial: float) -> float:
+    _unhooked("min")
+    return float(partial)
+
+
+def _unhooked(what: str) -> None:
+    if getattr(_local, "hook", None) is not None:
+        raise NotImplementedError(f"a whole-tensor {what}() over a sharded tensor: the reduce hook combines "
+                                  "sums only")
+
+
+# ---- shapes: every parameter viewed as blocks x rows x cols (codegen/ir.py: Shape) ------------------
+def view_dims(shape, view: str) -> tuple:
+    """(blocks, rows, cols) of a parameter of `shape` under the spec's view: `batched` takes the last
+    two dimensions as rows x cols and the leading ones as blocks; `flat` the last one as cols and all
+    the others as rows. A vector is one row, a 0-d parameter one element."""
+    n = len(shape)
+    if n == 0:
+        return 1, 1, 1
+    if view == "flat" or n == 1:
+        return 1, math.prod(shape[:-1]), shape[-1]
+    return math.prod(shape[:-2]), shape[-2], shape[-1]
+
+
+def state_shape(shape, kind: str, view: str) -> tuple:
+    """The array shape of a state of `kind` (full, per_row, per_col, per_block) for a parameter of
+    `shape`: the parameter's shape with the reduced axes kept as size 1, so that it broadcasts
+    against the parameter as NumPy does (torch.optim.Adafactor's row_var and col_var)."""
+    shape = tuple(shape)
+    n = len(shape)
+    if kind == "full" or n == 0:
+        return shape
+    rows = kind == "per_row"
+    cols = kind == "per_col"
+    out = list(shape)
+    if not cols:
+        out[-1] = 1
+    if not rows and n >= 2:
+        if view == "flat":
+            out[:-1] = [1] * (n - 1)
+        else:
+            out[-2] = 1
+    return tuple(out)
+
+
+def numel(shape, kind: str, view: str) -> int:
+    """How many values a tensor of `kind` holds for a parameter of `shape`."""
+    b, r, c = view_dims(shape, view)
+    return b * (r if kind in ("full", "per_row") else 1) * (c if kind in ("full", "per_col") else 1)
+
+
+def size(shape, axis: int, view: str) -> int:
+    """The length of the view's cols (axis -1) or rows (axis -2) of a parameter of `shape`."""
+    return view_dims(shape, view)[2 if axis == -1 else 1]
+
+
+def reduce(x, how: str, axis: int, view: str):
+    """`how` (sum, max, min) of `x` along the view's cols (-1) or rows (-2), keeping the reduced axes
+    (x is shaped like the parameter or one of its states). Sums accumulate in float64 (as the kernels)."""
+    n = x.ndim
+    if axis == -1:
+        axes = (n - 1,) if n >= 1 else ()
+    elif view == "flat":
+        axes = tuple(range(n - 1)) if n >= 2 else ()
+    else:
+        axes = (n - 2,) if n >= 2 else ()
+    if not axes:
+        return x
+    xp = _xp(x)
+    if how == "sum":
+        return xp.sum(x, axis=axes, keepdims=True, dtype=xp.float64).astype(x.dtype)
+    return (xp.max if how == "max" else xp.min)(x, axis=axes, keepdims=True)
+
+
+def dtype_eps(weight) -> float:
+    """Machine epsilon of the weight's floating type."""
+    return float(np.finfo(weight.dtype).eps)
+
+
 def normal(rng: np.random.Generator, mean, std, like: np.ndarray) -> np.ndarray:
     """Gaussian noise shaped like `like`, in its dtype."""
     out = rng.standard_normal(like.shape, dtype=np.float64 if like.dtype == np.float64 else np.float32)

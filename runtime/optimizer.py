@@ -318,13 +318,13 @@ class Optimizer:
         _check_array(weight, "weight")
         xp = ops._xp(weight)   # numpy, or cupy for CuPy arrays
         tensors = {}
-        for name, init, fill in self._state_layout():
+        for name, init, fill, shape in self._state_layout(weight.shape):
             if init == "zeros":
-                tensors[name] = xp.zeros(weight.shape, dtype=weight.dtype)
+                tensors[name] = xp.zeros(shape, dtype=weight.dtype)
             elif init == "weight":
                 tensors[name] = xp.array(weight, dtype=weight.dtype, copy=True, order="C")
             else:
-                tensors[name] = xp.full(weight.shape, fill, dtype=weight.dtype)
+                tensors[name] = xp.full(shape, fill, dtype=weight.dtype)
         return OptState(self.spec_name, weight.shape, weight.dtype, tensors, self._scalar_init())
 
     def create_state_multi_precision(self, index, weight):
@@ -473,12 +473,16 @@ class Optimizer:
         return validate.gather(self, index, weight, grad, state)
 
     # ---- generated subclasses fill these in ------------------------------------------------------------
-    def _state_layout(self):
+    def _state_layout(self, shape=None):
         return []
 
-    def state_layout(self) -> StateLayout:
-        """The state this configuration keeps per parameter: tensor names (spec order), scalar names."""
-        return StateLayout(tuple(name for name, _, _ in self._state_layout()), tuple(sorted(self._scalar_init())))
+    def state_layout(self, shape=None) -> StateLayout:
+        """The state this configuration keeps for a parameter of `shape`: tensor names (spec order),
+        scalar names and, with `shape`, each tensor's array shape. A spec whose states depend on the
+        weight's shape (`state v = zeros if ndim(weight) < 2`) needs `shape`."""
+        layout = self._state_layout(None if shape is None else tuple(shape))
+        return StateLayout(tuple(e[0] for e in layout), tuple(sorted(self._scalar_init())),
+                           tuple(e[3] for e in layout) if shape is not None else ())
 
     def _scalar_init(self):
         return {}

@@ -33,10 +33,11 @@ class OptState:
 
 
 class StateLayout(NamedTuple):
-    """What `Optimizer.state_layout()` says a state holds: its tensors' names in spec order and its
-    scalars' names, sorted."""
+    """What `Optimizer.state_layout(shape)` says a state holds: its tensors' names in spec order, its
+    scalars' names, sorted, and (given the weight's shape) each tensor's array shape."""
     tensors: tuple
     scalars: tuple
+    shapes: tuple = ()
 
     def matches(self, tensors, scalars) -> bool:
         return tuple(tensors) == self.tensors and tuple(sorted(scalars)) == self.scalars
@@ -49,3 +50,7 @@ class StateLayout(NamedTuple):
         if tuple(sorted(scalars)) != self.scalars:
             return f"holds scalars {sorted(scalars)} but {owner} needs {list(self.scalars)}"
         return None
+
+    def shape_of(self, name):
+        """The array shape tensor `name` must have (the layout was made with the weight's shape)."""
+        return self.shapes[self.tensors.index(name)]

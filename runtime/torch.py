@@ -276,12 +276,11 @@ class Optimizer(torch.optim.Optimizer):
         self._optstates = {}
         state = {}
         for group, opt in zip(self.param_groups, opts):
-            layout = opt.state_layout()
             for p in group["params"]:
                 entry = saved.get(self._index[p])
                 if entry is None:
                     continue
-                state[p], self._optstates[p] = _restore(p, entry, layout, opt)
+                state[p], self._optstates[p] = _restore(p, entry, opt.state_layout(tuple(p.shape)), opt)
         self.state.clear()
         self.state.update(state)
 
@@ -381,8 +380,9 @@ def _restore(p, entry, layout, opt):
     tensors = {}
     for name in names + ([MASTER] if master is not None else []):
         t = entry[name]
-        if tuple(t.shape) != tuple(p.shape) or t.dtype != want:
-            raise ValueError(f"saved state tensor {name!r} is {t.dtype}{list(t.shape)}, expected {want}{list(p.shape)}")
+        shape = tuple(p.shape) if name == MASTER else tuple(layout.shape_of(name))
+        if tuple(t.shape) != shape or t.dtype != want:
+            raise ValueError(f"saved state tensor {name!r} is {t.dtype}{list(t.shape)}, expected {want}{list(shape)}")
         tensors[name] = t.detach().to(device=p.device, copy=True).contiguous()
     with _on_device(p.device):
         arrays = {k: _view(v, f"state {k!r}") for k, v in tensors.items()}

@@ -491,8 +491,6 @@ def loads_states(data: bytes, optimizer: Optimizer | None = None, allow_spec_cha
 
 def _states_from_header(entries, files, target):
     _need(isinstance(entries, list), "states must be a list")
-    if target is not None:
-        layout = target.state_layout()
     out, used = {}, set()
     for n, e in enumerate(entries):
         _need(isinstance(e, dict), f"state {n} must be an object")
@@ -508,6 +506,7 @@ def _states_from_header(entries, files, target):
         dtype = np.dtype(e["dtype"])
         if target is not None:
             _need(e["owner"] == target.spec_name, f"state {index!r} belongs to {e['owner']}")
+            layout = target.state_layout(tuple(shape))
             problem = layout.mismatch(names, scalars, target.spec_name)
             if problem:
                 raise ValueError(f"checkpoint state {index!r} {problem}")
@@ -519,8 +518,15 @@ def _states_from_header(entries, files, target):
         for name, member in members:
             _need(member in files, f"missing array {member!r}")
             arr = files[member]
-            _need(arr.dtype == tensor_dtype and list(arr.shape) == shape,
-                  f"array {member!r} is {arr.dtype}{list(arr.shape)}, header says {tensor_dtype}{shape}")
+            if name == "__master__":
+                want = shape
+            elif target is not None:
+                want = list(layout.shape_of(name))
+            else:   # no optimizer to ask: the weight's shape, or it with some axes reduced to 1
+                want = [d if a == d else a for a, d in zip(arr.shape, shape) if a in (d, 1)] \
+                    if arr.ndim == len(shape) else shape
+            _need(arr.dtype == tensor_dtype and list(arr.shape) == want,
+                  f"array {member!r} is {arr.dtype}{list(arr.shape)}, expected {tensor_dtype}{want}")
             arrays[name] = arr
             used.add(member)
         master = arrays.pop("__master__", None)

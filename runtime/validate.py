@@ -74,16 +74,17 @@ def gather(opt, index, weight, grad, state):
                                  f"expected float32{list(w.shape)}")
             written.append((s.master, f"state{where} master copy"))
             tensor_dtype = np.dtype(np.float32)
-        if layout is None:
-            layout = opt.state_layout()
-        problem = layout.mismatch(s.tensors, s.scalars, opt.spec_name)
+        if layout is None or layout[0] != w.shape:
+            layout = (w.shape, opt.state_layout(w.shape))
+        problem = layout[1].mismatch(s.tensors, s.scalars, opt.spec_name)
         if problem:
             raise ValueError(f"state{where} {problem}")
         for name, t in s.tensors.items():
             what = f"state{where} tensor {name!r}"
             check_array(t, what, writeable=True)
-            if t.shape != w.shape or t.dtype != tensor_dtype:
-                raise ValueError(f"{what} is {t.dtype}{list(t.shape)}, expected {tensor_dtype}{list(w.shape)}")
+            want = layout[1].shape_of(name)
+            if t.shape != want or t.dtype != tensor_dtype:
+                raise ValueError(f"{what} is {t.dtype}{list(t.shape)}, expected {tensor_dtype}{list(want)}")
             written.append((t, what))
     # a gradient is read while the update writes: it may share no memory with what is written
     _check_no_overlap(written, [g for g in grads if not isinstance(g, RowSparse)], is_list)
