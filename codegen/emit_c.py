@@ -30,7 +30,7 @@ ATOM = 9
 MAX_BRANCH_FLAGS = 2
 # how the kernels accumulate a reduction along an axis (or a whole-tensor max/min), from what start
 AXIS_HOW = {Op.SUM: "sum", Op.MAX: "max", Op.MIN: "min", Op.NORM: "sum"}
-AXIS_INIT = {Op.SUM: "0.0", Op.MAX: "-INFINITY", Op.MIN: "INFINITY", Op.NORM: "0.0"}
+AXIS_INIT = {Op.SUM: "0.0", Op.MAX: "-OPTFORGE_INF", Op.MIN: "OPTFORGE_INF", Op.NORM: "0.0"}
 
 
 def _inline_conditions(stmts):
@@ -158,7 +158,7 @@ class CStyleEmitter:
                    for name, op, axis, _ in st.outputs]
         reduce_lines += [f"_ax{k} = C({self.expr(arg, names)});" for k, (_, _, _, arg) in enumerate(st.outputs)]
         if any(o["how"] != "sum" for o in outputs) or any(op in (Op.MAX, Op.MIN) for op, _ in st.reductions):
-            self.helpers |= {"op_max", "op_min"}
+            self.helpers |= {"op_max", "op_min", "inf"}
         return {"name": st.name, "nred": nred, "reduce": reduce_lines,
                 "red_squares": [op is Op.NORM for op, _ in st.reductions], "red_direct": direct,
                 "elem_pass": bool(st.stmts) or None in direct, "fn": st.fn, "pointers": pointers,

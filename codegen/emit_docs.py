@@ -73,6 +73,10 @@ class DocsEmitter:
                                                         rf"\text{{otherwise}} \end{{cases}}",
         Op.NORM: lambda a: rf"\lVert {a} \rVert_2", Op.SUM: lambda a: rf"\textstyle\sum {a}",
         Op.NORMAL: lambda m, s: rf"\mathcal{{N}}({m}, {s}^{{2}})", Op.ENDSWITH: _fn("endswith"),
+        # whole-tensor forms (the checker writes mean and rms as sums and norms over counts; the
+        # forms along an axis and the shape facts are rendered in `expr`)
+        Op.MAX: lambda a: rf"\max {a}", Op.MIN: lambda a: rf"\min {a}", Op.MEAN: _fn("mean"), Op.RMS: _fn("rms"),
+        Op.NDIM: _fn("ndim"), Op.NUMEL: _fn("numel"), Op.SIZE: _fn("size"),
     }
     # operands that the format already delimits (braces, parentheses) need no parentheses of their own
     DELIMITED = {Op.DIV, Op.SQRT, Op.ABS, Op.SIGN, Op.EXP, Op.LOG, Op.MAXIMUM, Op.MINIMUM, Op.CLIP, Op.WHERE,

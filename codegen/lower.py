@@ -297,10 +297,16 @@ class Lowering:
 
     def run(self) -> Program:
         body = _Lifter().block(self.spec.body)
-        self.remat = _rematerializable(body)
+        # (not in a lazy row-sparse update: there a reduction of a local runs over the gradient's rows,
+        # of the local's definition over the whole tensor; codegen/verify.py)
+        self.remat = {} if self.spec.sparse and self.spec.sparse.lazy else _rematerializable(body)
         steps = self._block(body)
         for st in self.stages:
             _drop_dead(st, self.remat)
+        empty = {id(st) for st in self.stages if not (st.stmts or st.reductions or st.outputs)}
+        if empty:   # all a stage did was compute rematerialized locals: nothing to launch
+            self.stages = [st for st in self.stages if id(st) not in empty]
+            steps = _without(steps, empty)
         scratch = self._materialize(steps)
         optional = {h.name for h in self.spec.hypers if h.optional} | {
             n for n, (_, _, _, opt) in BUILTINS.items() if opt}
@@ -458,6 +464,17 @@ class Lowering:
         for st in self.stages:
             st.scratch_writes = {s.target for s in assigns(st.stmts) if s.role is Role.LOCAL and s.target in need}
         return sorted(n for n in need if n in defined)
+
+
+def _without(items, ids) -> list:
+    out = []
+    for it in items:
+        if isinstance(it, Stage) and id(it) in ids:
+            continue
+        if isinstance(it, Branch):
+            it = Branch([(c, _without(b, ids)) for c, b in it.branches], _without(it.orelse, ids))
+        out.append(it)
+    return out
 
 
 def _drop_dead(st: Stage, remat: dict) -> None:

@@ -13,6 +13,11 @@ typedef unsigned long long uint64_t;
 #ifndef OPTFORGE_HD
 #define OPTFORGE_HD inline
 #endif
+#ifdef __CUDACC_RTC__
+#define OPTFORGE_INF __longlong_as_double(0x7ff0000000000000LL)
+#else
+#define OPTFORGE_INF HUGE_VAL
+#endif
 template <typename C> OPTFORGE_HD C op_square(C x) { return x * x; }
 template <typename C> OPTFORGE_HD C op_max(C a, C b) { return a != a ? a : (b != b ? b : (a > b ? a : b)); }
 template <typename C> OPTFORGE_HD C op_min(C a, C b) { return a != a ? a : (b != b ? b : (a < b ? a : b)); }
@@ -95,10 +100,10 @@ void optforge_sm3_s0_f32(int64_t nb, int64_t nr, int64_t nc, const float* __rest
         const int64_t b = k / (nrc * ncc), rc = (k / ncc) % nrc, cc = k % ncc;
         const int64_t r0 = rc * tr, r1 = r0 + tr < nr ? r0 + tr : nr, c0 = cc * tc, c1 = c0 + tc < nc ? c0 + tc : nc;
         double col1[OPTFORGE_TILE_COLS];
-        for (int64_t c = 0; c < c1 - c0; ++c) col1[c] = -INFINITY;
+        for (int64_t c = 0; c < c1 - c0; ++c) col1[c] = -OPTFORGE_INF;
         for (int64_t r = r0; r < r1; ++r) {
             const int64_t row = b * nr + r;
-            double row0 = -INFINITY;
+            double row0 = -OPTFORGE_INF;
             for (int64_t c = c0; c < c1; ++c) {
                 float _v0, _v1;
                 optforge_sm3_s0_elem<float, float, float>(row * nc + c, row * nc + c, row, b * nc + c, b, p_grad, p_weight, p_acc_row, p_acc_col, p_mom, nullptr, _v0, _v1, (float)k_rescale_grad, (float)k1, (float)k_wd, (float)k3, (float)k_beta2, (float)k_eps, (float)k_momentum, (float)k_lr);
@@ -151,10 +156,10 @@ void optforge_sm3_s0_f64(int64_t nb, int64_t nr, int64_t nc, const double* __res
         const int64_t b = k / (nrc * ncc), rc = (k / ncc) % nrc, cc = k % ncc;
         const int64_t r0 = rc * tr, r1 = r0 + tr < nr ? r0 + tr : nr, c0 = cc * tc, c1 = c0 + tc < nc ? c0 + tc : nc;
         double col1[OPTFORGE_TILE_COLS];
-        for (int64_t c = 0; c < c1 - c0; ++c) col1[c] = -INFINITY;
+        for (int64_t c = 0; c < c1 - c0; ++c) col1[c] = -OPTFORGE_INF;
         for (int64_t r = r0; r < r1; ++r) {
             const int64_t row = b * nr + r;
-            double row0 = -INFINITY;
+            double row0 = -OPTFORGE_INF;
             for (int64_t c = c0; c < c1; ++c) {
                 double _v0, _v1;
                 optforge_sm3_s0_elem<double, double, double>(row * nc + c, row * nc + c, row, b * nc + c, b, p_grad, p_weight, p_acc_row, p_acc_col, p_mom, nullptr, _v0, _v1, (double)k_rescale_grad, (double)k1, (double)k_wd, (double)k3, (double)k_beta2, (double)k_eps, (double)k_momentum, (double)k_lr);

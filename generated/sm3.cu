@@ -16,6 +16,11 @@ typedef unsigned long long uint64_t;
 #ifndef OPTFORGE_HD
 #define OPTFORGE_HD inline
 #endif
+#ifdef __CUDACC_RTC__
+#define OPTFORGE_INF __longlong_as_double(0x7ff0000000000000LL)
+#else
+#define OPTFORGE_INF HUGE_VAL
+#endif
 template <typename C> OPTFORGE_HD C op_square(C x) { return x * x; }
 template <typename C> OPTFORGE_HD C op_max(C a, C b) { return a != a ? a : (b != b ? b : (a > b ? a : b)); }
 template <typename C> OPTFORGE_HD C op_min(C a, C b) { return a != a ? a : (b != b ? b : (a < b ? a : b)); }
@@ -27,6 +32,8 @@ template <typename C> OPTFORGE_HD void store_low(float* p, int64_t i, C v) {
     reinterpret_cast<__half*>(p)[i] = __float2half((float)v);
 }
 
+/* the widest tile of the tiled stages, in cols */
+#define OPTFORGE_TILE 32
 /* stage s0: element i of the blocks x rows x cols it runs over; _iR, _iC, _iB are the same
    element's row (block * rows + row), col (block * cols + col) and block, where per-row, per-col
    and per-block tensors keep it */
@@ -71,192 +78,240 @@ OPTFORGE_HD void optforge_sm3_s2_elem(int64_t i, int64_t gi, int64_t _iR, int64_
 }
 
 extern "C" {
-__global__ void optforge_sm3_s0_f32(int64_t n, const float* __restrict__ p_grad, float* __restrict__ p_weight, const float* __restrict__ p_acc_row, const float* __restrict__ p_acc_col, float* __restrict__ p_mom, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k_wd, double k3, double k_beta2, double k_eps, double k_momentum, double k_lr) {
-    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_sm3_s0_elem<float, float, float>(i, i, p_grad, p_weight, p_acc_row, p_acc_col, p_mom, p_weight_lp, (float)k_rescale_grad, (float)k1, (float)k_wd, (float)k3, (float)k_beta2, (float)k_eps, (float)k_momentum, (float)k_lr);
-}
-/* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
-   pointers, sizes and 8 scalar(s) per parameter, as Apex's multi_tensor_apply */
-__global__ void optforge_sm3_s0_mt_f32(const int64_t* __restrict__ sizes, float* const* tab_grad, float* const* tab_weight, float* const* tab_acc_row, float* const* tab_acc_col, float* const* tab_mom, float* const* tab_weight_lp, const double* __restrict__ scalars) {
-    const int64_t t = blockIdx.y, n = sizes[t];
-    const double* s = scalars + t * 8;
-    const float k_rescale_grad = (float)s[0];
-    const float k1 = (float)s[1];
-    const float k_wd = (float)s[2];
-    const float k3 = (float)s[3];
-    const float k_beta2 = (float)s[4];
-    const float k_eps = (float)s[5];
-    const float k_momentum = (float)s[6];
-    const float k_lr = (float)s[7];
-    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
-        optforge_sm3_s0_elem<float, float, float>(i, i, tab_grad[t], tab_weight[t], tab_acc_row[t], tab_acc_col[t], tab_mom[t], tab_weight_lp[t], k_rescale_grad, k1, k_wd, k3, k_beta2, k_eps, k_momentum, k_lr);
+/* stage s0 over nb blocks x nr rows x nc cols, one thread per tile of at most tr rows x tc
+   cols (tc <= OPTFORGE_TILE; the host picks both from the shape alone). A reduction along an axis
+   writes each tile's piece (of a row, of a col) to its table of partials, part[piece * len + j], and
+   the host combines the pieces in order: deterministic, no atomics. */
+__global__ void optforge_sm3_s0_f32(int64_t nb, int64_t nr, int64_t nc, int64_t tr, int64_t tc, const float* __restrict__ p_grad, float* __restrict__ p_weight, const float* __restrict__ p_acc_row, const float* __restrict__ p_acc_col, float* __restrict__ p_mom, float* __restrict__ p_weight_lp, double* __restrict__ part0, double* __restrict__ part1, double k_rescale_grad, double k1, double k_wd, double k3, double k_beta2, double k_eps, double k_momentum, double k_lr) {
+    const int64_t ncc = (nc + tc - 1) / tc, nrc = (nr + tr - 1) / tr, tiles = nb * nrc * ncc;
+    for (int64_t k = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; k < tiles; k += (int64_t)blockDim.x * gridDim.x) {
+        const int64_t b = k / (nrc * ncc), rc = (k / ncc) % nrc, cc = k % ncc;
+        const int64_t r0 = rc * tr, r1 = r0 + tr < nr ? r0 + tr : nr, c0 = cc * tc, c1 = c0 + tc < nc ? c0 + tc : nc;
+        double col1[OPTFORGE_TILE];
+        for (int64_t c = 0; c < c1 - c0; ++c) col1[c] = -OPTFORGE_INF;
+        for (int64_t r = r0; r < r1; ++r) {
+            const int64_t row = b * nr + r;
+            double row0 = -OPTFORGE_INF;
+            for (int64_t c = c0; c < c1; ++c) {
+                float _v0, _v1;
+                optforge_sm3_s0_elem<float, float, float>(row * nc + c, row * nc + c, row, b * nc + c, b, p_grad, p_weight, p_acc_row, p_acc_col, p_mom, p_weight_lp, _v0, _v1, (float)k_rescale_grad, (float)k1, (float)k_wd, (float)k3, (float)k_beta2, (float)k_eps, (float)k_momentum, (float)k_lr);
+                row0 = op_max(row0, (double)_v0);
+                col1[c - c0] = op_max(col1[c - c0], (double)_v1);
+            }
+            part0[cc * nb * nr + row] = row0;
+        }
+        for (int64_t c = c0; c < c1; ++c) part1[rc * nb * nc + b * nc + c] = col1[c - c0];
     }
 }
-__global__ void optforge_sm3_s0_f64(int64_t n, const double* __restrict__ p_grad, double* __restrict__ p_weight, const double* __restrict__ p_acc_row, const double* __restrict__ p_acc_col, double* __restrict__ p_mom, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k_wd, double k3, double k_beta2, double k_eps, double k_momentum, double k_lr) {
-    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_sm3_s0_elem<double, double, double>(i, i, p_grad, p_weight, p_acc_row, p_acc_col, p_mom, p_weight_lp, (double)k_rescale_grad, (double)k1, (double)k_wd, (double)k3, (double)k_beta2, (double)k_eps, (double)k_momentum, (double)k_lr);
-}
-/* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
-   pointers, sizes and 8 scalar(s) per parameter, as Apex's multi_tensor_apply */
-__global__ void optforge_sm3_s0_mt_f64(const int64_t* __restrict__ sizes, double* const* tab_grad, double* const* tab_weight, double* const* tab_acc_row, double* const* tab_acc_col, double* const* tab_mom, float* const* tab_weight_lp, const double* __restrict__ scalars) {
-    const int64_t t = blockIdx.y, n = sizes[t];
-    const double* s = scalars + t * 8;
-    const double k_rescale_grad = (double)s[0];
-    const double k1 = (double)s[1];
-    const double k_wd = (double)s[2];
-    const double k3 = (double)s[3];
-    const double k_beta2 = (double)s[4];
-    const double k_eps = (double)s[5];
-    const double k_momentum = (double)s[6];
-    const double k_lr = (double)s[7];
-    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
-        optforge_sm3_s0_elem<double, double, double>(i, i, tab_grad[t], tab_weight[t], tab_acc_row[t], tab_acc_col[t], tab_mom[t], tab_weight_lp[t], k_rescale_grad, k1, k_wd, k3, k_beta2, k_eps, k_momentum, k_lr);
+/* stage s0 over nb blocks x nr rows x nc cols, one thread per tile of at most tr rows x tc
+   cols (tc <= OPTFORGE_TILE; the host picks both from the shape alone). A reduction along an axis
+   writes each tile's piece (of a row, of a col) to its table of partials, part[piece * len + j], and
+   the host combines the pieces in order: deterministic, no atomics. */
+__global__ void optforge_sm3_s0_f64(int64_t nb, int64_t nr, int64_t nc, int64_t tr, int64_t tc, const double* __restrict__ p_grad, double* __restrict__ p_weight, const double* __restrict__ p_acc_row, const double* __restrict__ p_acc_col, double* __restrict__ p_mom, float* __restrict__ p_weight_lp, double* __restrict__ part0, double* __restrict__ part1, double k_rescale_grad, double k1, double k_wd, double k3, double k_beta2, double k_eps, double k_momentum, double k_lr) {
+    const int64_t ncc = (nc + tc - 1) / tc, nrc = (nr + tr - 1) / tr, tiles = nb * nrc * ncc;
+    for (int64_t k = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; k < tiles; k += (int64_t)blockDim.x * gridDim.x) {
+        const int64_t b = k / (nrc * ncc), rc = (k / ncc) % nrc, cc = k % ncc;
+        const int64_t r0 = rc * tr, r1 = r0 + tr < nr ? r0 + tr : nr, c0 = cc * tc, c1 = c0 + tc < nc ? c0 + tc : nc;
+        double col1[OPTFORGE_TILE];
+        for (int64_t c = 0; c < c1 - c0; ++c) col1[c] = -OPTFORGE_INF;
+        for (int64_t r = r0; r < r1; ++r) {
+            const int64_t row = b * nr + r;
+            double row0 = -OPTFORGE_INF;
+            for (int64_t c = c0; c < c1; ++c) {
+                double _v0, _v1;
+                optforge_sm3_s0_elem<double, double, double>(row * nc + c, row * nc + c, row, b * nc + c, b, p_grad, p_weight, p_acc_row, p_acc_col, p_mom, p_weight_lp, _v0, _v1, (double)k_rescale_grad, (double)k1, (double)k_wd, (double)k3, (double)k_beta2, (double)k_eps, (double)k_momentum, (double)k_lr);
+                row0 = op_max(row0, (double)_v0);
+                col1[c - c0] = op_max(col1[c - c0], (double)_v1);
+            }
+            part0[cc * nb * nr + row] = row0;
+        }
+        for (int64_t c = c0; c < c1; ++c) part1[rc * nb * nc + b * nc + c] = col1[c - c0];
     }
 }
-__global__ void optforge_sm3_s0_f16(int64_t n, const __half* __restrict__ p_grad, __half* __restrict__ p_weight, const __half* __restrict__ p_acc_row, const __half* __restrict__ p_acc_col, __half* __restrict__ p_mom, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k_wd, double k3, double k_beta2, double k_eps, double k_momentum, double k_lr) {
-    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_sm3_s0_elem<__half, __half, float>(i, i, p_grad, p_weight, p_acc_row, p_acc_col, p_mom, p_weight_lp, (float)k_rescale_grad, (float)k1, (float)k_wd, (float)k3, (float)k_beta2, (float)k_eps, (float)k_momentum, (float)k_lr);
-}
-/* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
-   pointers, sizes and 8 scalar(s) per parameter, as Apex's multi_tensor_apply */
-__global__ void optforge_sm3_s0_mt_f16(const int64_t* __restrict__ sizes, __half* const* tab_grad, __half* const* tab_weight, __half* const* tab_acc_row, __half* const* tab_acc_col, __half* const* tab_mom, float* const* tab_weight_lp, const double* __restrict__ scalars) {
-    const int64_t t = blockIdx.y, n = sizes[t];
-    const double* s = scalars + t * 8;
-    const float k_rescale_grad = (float)s[0];
-    const float k1 = (float)s[1];
-    const float k_wd = (float)s[2];
-    const float k3 = (float)s[3];
-    const float k_beta2 = (float)s[4];
-    const float k_eps = (float)s[5];
-    const float k_momentum = (float)s[6];
-    const float k_lr = (float)s[7];
-    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
-        optforge_sm3_s0_elem<__half, __half, float>(i, i, tab_grad[t], tab_weight[t], tab_acc_row[t], tab_acc_col[t], tab_mom[t], tab_weight_lp[t], k_rescale_grad, k1, k_wd, k3, k_beta2, k_eps, k_momentum, k_lr);
+/* stage s0 over nb blocks x nr rows x nc cols, one thread per tile of at most tr rows x tc
+   cols (tc <= OPTFORGE_TILE; the host picks both from the shape alone). A reduction along an axis
+   writes each tile's piece (of a row, of a col) to its table of partials, part[piece * len + j], and
+   the host combines the pieces in order: deterministic, no atomics. */
+__global__ void optforge_sm3_s0_f16(int64_t nb, int64_t nr, int64_t nc, int64_t tr, int64_t tc, const __half* __restrict__ p_grad, __half* __restrict__ p_weight, const __half* __restrict__ p_acc_row, const __half* __restrict__ p_acc_col, __half* __restrict__ p_mom, float* __restrict__ p_weight_lp, double* __restrict__ part0, double* __restrict__ part1, double k_rescale_grad, double k1, double k_wd, double k3, double k_beta2, double k_eps, double k_momentum, double k_lr) {
+    const int64_t ncc = (nc + tc - 1) / tc, nrc = (nr + tr - 1) / tr, tiles = nb * nrc * ncc;
+    for (int64_t k = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; k < tiles; k += (int64_t)blockDim.x * gridDim.x) {
+        const int64_t b = k / (nrc * ncc), rc = (k / ncc) % nrc, cc = k % ncc;
+        const int64_t r0 = rc * tr, r1 = r0 + tr < nr ? r0 + tr : nr, c0 = cc * tc, c1 = c0 + tc < nc ? c0 + tc : nc;
+        double col1[OPTFORGE_TILE];
+        for (int64_t c = 0; c < c1 - c0; ++c) col1[c] = -OPTFORGE_INF;
+        for (int64_t r = r0; r < r1; ++r) {
+            const int64_t row = b * nr + r;
+            double row0 = -OPTFORGE_INF;
+            for (int64_t c = c0; c < c1; ++c) {
+                float _v0, _v1;
+                optforge_sm3_s0_elem<__half, __half, float>(row * nc + c, row * nc + c, row, b * nc + c, b, p_grad, p_weight, p_acc_row, p_acc_col, p_mom, p_weight_lp, _v0, _v1, (float)k_rescale_grad, (float)k1, (float)k_wd, (float)k3, (float)k_beta2, (float)k_eps, (float)k_momentum, (float)k_lr);
+                row0 = op_max(row0, (double)_v0);
+                col1[c - c0] = op_max(col1[c - c0], (double)_v1);
+            }
+            part0[cc * nb * nr + row] = row0;
+        }
+        for (int64_t c = c0; c < c1; ++c) part1[rc * nb * nc + b * nc + c] = col1[c - c0];
     }
 }
-__global__ void optforge_sm3_s0_mp16(int64_t n, const __half* __restrict__ p_grad, float* __restrict__ p_weight, const float* __restrict__ p_acc_row, const float* __restrict__ p_acc_col, float* __restrict__ p_mom, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k_wd, double k3, double k_beta2, double k_eps, double k_momentum, double k_lr) {
-    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_sm3_s0_elem<float, __half, float>(i, i, p_grad, p_weight, p_acc_row, p_acc_col, p_mom, p_weight_lp, (float)k_rescale_grad, (float)k1, (float)k_wd, (float)k3, (float)k_beta2, (float)k_eps, (float)k_momentum, (float)k_lr);
-}
-/* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
-   pointers, sizes and 8 scalar(s) per parameter, as Apex's multi_tensor_apply */
-__global__ void optforge_sm3_s0_mt_mp16(const int64_t* __restrict__ sizes, __half* const* tab_grad, float* const* tab_weight, float* const* tab_acc_row, float* const* tab_acc_col, float* const* tab_mom, float* const* tab_weight_lp, const double* __restrict__ scalars) {
-    const int64_t t = blockIdx.y, n = sizes[t];
-    const double* s = scalars + t * 8;
-    const float k_rescale_grad = (float)s[0];
-    const float k1 = (float)s[1];
-    const float k_wd = (float)s[2];
-    const float k3 = (float)s[3];
-    const float k_beta2 = (float)s[4];
-    const float k_eps = (float)s[5];
-    const float k_momentum = (float)s[6];
-    const float k_lr = (float)s[7];
-    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
-        optforge_sm3_s0_elem<float, __half, float>(i, i, tab_grad[t], tab_weight[t], tab_acc_row[t], tab_acc_col[t], tab_mom[t], tab_weight_lp[t], k_rescale_grad, k1, k_wd, k3, k_beta2, k_eps, k_momentum, k_lr);
+/* stage s0 over nb blocks x nr rows x nc cols, one thread per tile of at most tr rows x tc
+   cols (tc <= OPTFORGE_TILE; the host picks both from the shape alone). A reduction along an axis
+   writes each tile's piece (of a row, of a col) to its table of partials, part[piece * len + j], and
+   the host combines the pieces in order: deterministic, no atomics. */
+__global__ void optforge_sm3_s0_mp16(int64_t nb, int64_t nr, int64_t nc, int64_t tr, int64_t tc, const __half* __restrict__ p_grad, float* __restrict__ p_weight, const float* __restrict__ p_acc_row, const float* __restrict__ p_acc_col, float* __restrict__ p_mom, float* __restrict__ p_weight_lp, double* __restrict__ part0, double* __restrict__ part1, double k_rescale_grad, double k1, double k_wd, double k3, double k_beta2, double k_eps, double k_momentum, double k_lr) {
+    const int64_t ncc = (nc + tc - 1) / tc, nrc = (nr + tr - 1) / tr, tiles = nb * nrc * ncc;
+    for (int64_t k = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; k < tiles; k += (int64_t)blockDim.x * gridDim.x) {
+        const int64_t b = k / (nrc * ncc), rc = (k / ncc) % nrc, cc = k % ncc;
+        const int64_t r0 = rc * tr, r1 = r0 + tr < nr ? r0 + tr : nr, c0 = cc * tc, c1 = c0 + tc < nc ? c0 + tc : nc;
+        double col1[OPTFORGE_TILE];
+        for (int64_t c = 0; c < c1 - c0; ++c) col1[c] = -OPTFORGE_INF;
+        for (int64_t r = r0; r < r1; ++r) {
+            const int64_t row = b * nr + r;
+            double row0 = -OPTFORGE_INF;
+            for (int64_t c = c0; c < c1; ++c) {
+                float _v0, _v1;
+                optforge_sm3_s0_elem<float, __half, float>(row * nc + c, row * nc + c, row, b * nc + c, b, p_grad, p_weight, p_acc_row, p_acc_col, p_mom, p_weight_lp, _v0, _v1, (float)k_rescale_grad, (float)k1, (float)k_wd, (float)k3, (float)k_beta2, (float)k_eps, (float)k_momentum, (float)k_lr);
+                row0 = op_max(row0, (double)_v0);
+                col1[c - c0] = op_max(col1[c - c0], (double)_v1);
+            }
+            part0[cc * nb * nr + row] = row0;
+        }
+        for (int64_t c = c0; c < c1; ++c) part1[rc * nb * nc + b * nc + c] = col1[c - c0];
     }
 }
-__global__ void optforge_sm3_s1_f32(int64_t n, const float* __restrict__ p__r0, float* __restrict__ p_acc_row, float* __restrict__ p_weight_lp) {
-    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_sm3_s1_elem<float, float, float>(i, i, p__r0, p_acc_row, p_weight_lp);
-}
-/* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
-   pointers, sizes and 0 scalar(s) per parameter, as Apex's multi_tensor_apply */
-__global__ void optforge_sm3_s1_mt_f32(const int64_t* __restrict__ sizes, float* const* tab__r0, float* const* tab_acc_row, float* const* tab_weight_lp, const double* __restrict__ scalars) {
-    const int64_t t = blockIdx.y, n = sizes[t];
-    const double* s = scalars + t * 1;
-    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
-        optforge_sm3_s1_elem<float, float, float>(i, i, tab__r0[t], tab_acc_row[t], tab_weight_lp[t]);
+/* stage s1 over nb blocks x nr rows x nc cols, one thread per tile of at most tr rows x tc
+   cols (tc <= OPTFORGE_TILE; the host picks both from the shape alone). A reduction along an axis
+   writes each tile's piece (of a row, of a col) to its table of partials, part[piece * len + j], and
+   the host combines the pieces in order: deterministic, no atomics. */
+__global__ void optforge_sm3_s1_f32(int64_t nb, int64_t nr, int64_t nc, int64_t tr, int64_t tc, const float* __restrict__ p__r0, float* __restrict__ p_acc_row, float* __restrict__ p_weight_lp) {
+    const int64_t ncc = (nc + tc - 1) / tc, nrc = (nr + tr - 1) / tr, tiles = nb * nrc * ncc;
+    for (int64_t k = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; k < tiles; k += (int64_t)blockDim.x * gridDim.x) {
+        const int64_t b = k / (nrc * ncc), rc = (k / ncc) % nrc, cc = k % ncc;
+        const int64_t r0 = rc * tr, r1 = r0 + tr < nr ? r0 + tr : nr, c0 = cc * tc, c1 = c0 + tc < nc ? c0 + tc : nc;
+        for (int64_t r = r0; r < r1; ++r) {
+            const int64_t row = b * nr + r;
+            for (int64_t c = c0; c < c1; ++c) {
+                optforge_sm3_s1_elem<float, float, float>(row * nc + c, row * nc + c, row, b * nc + c, b, p__r0, p_acc_row, p_weight_lp);
+            }
+        }
     }
 }
-__global__ void optforge_sm3_s1_f64(int64_t n, const double* __restrict__ p__r0, double* __restrict__ p_acc_row, float* __restrict__ p_weight_lp) {
-    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_sm3_s1_elem<double, double, double>(i, i, p__r0, p_acc_row, p_weight_lp);
-}
-/* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
-   pointers, sizes and 0 scalar(s) per parameter, as Apex's multi_tensor_apply */
-__global__ void optforge_sm3_s1_mt_f64(const int64_t* __restrict__ sizes, double* const* tab__r0, double* const* tab_acc_row, float* const* tab_weight_lp, const double* __restrict__ scalars) {
-    const int64_t t = blockIdx.y, n = sizes[t];
-    const double* s = scalars + t * 1;
-    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
-        optforge_sm3_s1_elem<double, double, double>(i, i, tab__r0[t], tab_acc_row[t], tab_weight_lp[t]);
+/* stage s1 over nb blocks x nr rows x nc cols, one thread per tile of at most tr rows x tc
+   cols (tc <= OPTFORGE_TILE; the host picks both from the shape alone). A reduction along an axis
+   writes each tile's piece (of a row, of a col) to its table of partials, part[piece * len + j], and
+   the host combines the pieces in order: deterministic, no atomics. */
+__global__ void optforge_sm3_s1_f64(int64_t nb, int64_t nr, int64_t nc, int64_t tr, int64_t tc, const double* __restrict__ p__r0, double* __restrict__ p_acc_row, float* __restrict__ p_weight_lp) {
+    const int64_t ncc = (nc + tc - 1) / tc, nrc = (nr + tr - 1) / tr, tiles = nb * nrc * ncc;
+    for (int64_t k = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; k < tiles; k += (int64_t)blockDim.x * gridDim.x) {
+        const int64_t b = k / (nrc * ncc), rc = (k / ncc) % nrc, cc = k % ncc;
+        const int64_t r0 = rc * tr, r1 = r0 + tr < nr ? r0 + tr : nr, c0 = cc * tc, c1 = c0 + tc < nc ? c0 + tc : nc;
+        for (int64_t r = r0; r < r1; ++r) {
+            const int64_t row = b * nr + r;
+            for (int64_t c = c0; c < c1; ++c) {
+                optforge_sm3_s1_elem<double, double, double>(row * nc + c, row * nc + c, row, b * nc + c, b, p__r0, p_acc_row, p_weight_lp);
+            }
+        }
     }
 }
-__global__ void optforge_sm3_s1_f16(int64_t n, const float* __restrict__ p__r0, __half* __restrict__ p_acc_row, float* __restrict__ p_weight_lp) {
-    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_sm3_s1_elem<__half, __half, float>(i, i, p__r0, p_acc_row, p_weight_lp);
-}
-/* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
-   pointers, sizes and 0 scalar(s) per parameter, as Apex's multi_tensor_apply */
-__global__ void optforge_sm3_s1_mt_f16(const int64_t* __restrict__ sizes, float* const* tab__r0, __half* const* tab_acc_row, float* const* tab_weight_lp, const double* __restrict__ scalars) {
-    const int64_t t = blockIdx.y, n = sizes[t];
-    const double* s = scalars + t * 1;
-    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
-        optforge_sm3_s1_elem<__half, __half, float>(i, i, tab__r0[t], tab_acc_row[t], tab_weight_lp[t]);
+/* stage s1 over nb blocks x nr rows x nc cols, one thread per tile of at most tr rows x tc
+   cols (tc <= OPTFORGE_TILE; the host picks both from the shape alone). A reduction along an axis
+   writes each tile's piece (of a row, of a col) to its table of partials, part[piece * len + j], and
+   the host combines the pieces in order: deterministic, no atomics. */
+__global__ void optforge_sm3_s1_f16(int64_t nb, int64_t nr, int64_t nc, int64_t tr, int64_t tc, const float* __restrict__ p__r0, __half* __restrict__ p_acc_row, float* __restrict__ p_weight_lp) {
+    const int64_t ncc = (nc + tc - 1) / tc, nrc = (nr + tr - 1) / tr, tiles = nb * nrc * ncc;
+    for (int64_t k = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; k < tiles; k += (int64_t)blockDim.x * gridDim.x) {
+        const int64_t b = k / (nrc * ncc), rc = (k / ncc) % nrc, cc = k % ncc;
+        const int64_t r0 = rc * tr, r1 = r0 + tr < nr ? r0 + tr : nr, c0 = cc * tc, c1 = c0 + tc < nc ? c0 + tc : nc;
+        for (int64_t r = r0; r < r1; ++r) {
+            const int64_t row = b * nr + r;
+            for (int64_t c = c0; c < c1; ++c) {
+                optforge_sm3_s1_elem<__half, __half, float>(row * nc + c, row * nc + c, row, b * nc + c, b, p__r0, p_acc_row, p_weight_lp);
+            }
+        }
     }
 }
-__global__ void optforge_sm3_s1_mp16(int64_t n, const float* __restrict__ p__r0, float* __restrict__ p_acc_row, float* __restrict__ p_weight_lp) {
-    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_sm3_s1_elem<float, __half, float>(i, i, p__r0, p_acc_row, p_weight_lp);
-}
-/* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
-   pointers, sizes and 0 scalar(s) per parameter, as Apex's multi_tensor_apply */
-__global__ void optforge_sm3_s1_mt_mp16(const int64_t* __restrict__ sizes, float* const* tab__r0, float* const* tab_acc_row, float* const* tab_weight_lp, const double* __restrict__ scalars) {
-    const int64_t t = blockIdx.y, n = sizes[t];
-    const double* s = scalars + t * 1;
-    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
-        optforge_sm3_s1_elem<float, __half, float>(i, i, tab__r0[t], tab_acc_row[t], tab_weight_lp[t]);
+/* stage s1 over nb blocks x nr rows x nc cols, one thread per tile of at most tr rows x tc
+   cols (tc <= OPTFORGE_TILE; the host picks both from the shape alone). A reduction along an axis
+   writes each tile's piece (of a row, of a col) to its table of partials, part[piece * len + j], and
+   the host combines the pieces in order: deterministic, no atomics. */
+__global__ void optforge_sm3_s1_mp16(int64_t nb, int64_t nr, int64_t nc, int64_t tr, int64_t tc, const float* __restrict__ p__r0, float* __restrict__ p_acc_row, float* __restrict__ p_weight_lp) {
+    const int64_t ncc = (nc + tc - 1) / tc, nrc = (nr + tr - 1) / tr, tiles = nb * nrc * ncc;
+    for (int64_t k = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; k < tiles; k += (int64_t)blockDim.x * gridDim.x) {
+        const int64_t b = k / (nrc * ncc), rc = (k / ncc) % nrc, cc = k % ncc;
+        const int64_t r0 = rc * tr, r1 = r0 + tr < nr ? r0 + tr : nr, c0 = cc * tc, c1 = c0 + tc < nc ? c0 + tc : nc;
+        for (int64_t r = r0; r < r1; ++r) {
+            const int64_t row = b * nr + r;
+            for (int64_t c = c0; c < c1; ++c) {
+                optforge_sm3_s1_elem<float, __half, float>(row * nc + c, row * nc + c, row, b * nc + c, b, p__r0, p_acc_row, p_weight_lp);
+            }
+        }
     }
 }
-__global__ void optforge_sm3_s2_f32(int64_t n, const float* __restrict__ p__r1, float* __restrict__ p_acc_col, float* __restrict__ p_weight_lp) {
-    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_sm3_s2_elem<float, float, float>(i, i, p__r1, p_acc_col, p_weight_lp);
-}
-/* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
-   pointers, sizes and 0 scalar(s) per parameter, as Apex's multi_tensor_apply */
-__global__ void optforge_sm3_s2_mt_f32(const int64_t* __restrict__ sizes, float* const* tab__r1, float* const* tab_acc_col, float* const* tab_weight_lp, const double* __restrict__ scalars) {
-    const int64_t t = blockIdx.y, n = sizes[t];
-    const double* s = scalars + t * 1;
-    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
-        optforge_sm3_s2_elem<float, float, float>(i, i, tab__r1[t], tab_acc_col[t], tab_weight_lp[t]);
+/* stage s2 over nb blocks x nr rows x nc cols, one thread per tile of at most tr rows x tc
+   cols (tc <= OPTFORGE_TILE; the host picks both from the shape alone). A reduction along an axis
+   writes each tile's piece (of a row, of a col) to its table of partials, part[piece * len + j], and
+   the host combines the pieces in order: deterministic, no atomics. */
+__global__ void optforge_sm3_s2_f32(int64_t nb, int64_t nr, int64_t nc, int64_t tr, int64_t tc, const float* __restrict__ p__r1, float* __restrict__ p_acc_col, float* __restrict__ p_weight_lp) {
+    const int64_t ncc = (nc + tc - 1) / tc, nrc = (nr + tr - 1) / tr, tiles = nb * nrc * ncc;
+    for (int64_t k = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; k < tiles; k += (int64_t)blockDim.x * gridDim.x) {
+        const int64_t b = k / (nrc * ncc), rc = (k / ncc) % nrc, cc = k % ncc;
+        const int64_t r0 = rc * tr, r1 = r0 + tr < nr ? r0 + tr : nr, c0 = cc * tc, c1 = c0 + tc < nc ? c0 + tc : nc;
+        for (int64_t r = r0; r < r1; ++r) {
+            const int64_t row = b * nr + r;
+            for (int64_t c = c0; c < c1; ++c) {
+                optforge_sm3_s2_elem<float, float, float>(row * nc + c, row * nc + c, row, b * nc + c, b, p__r1, p_acc_col, p_weight_lp);
+            }
+        }
     }
 }
-__global__ void optforge_sm3_s2_f64(int64_t n, const double* __restrict__ p__r1, double* __restrict__ p_acc_col, float* __restrict__ p_weight_lp) {
-    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_sm3_s2_elem<double, double, double>(i, i, p__r1, p_acc_col, p_weight_lp);
-}
-/* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
-   pointers, sizes and 0 scalar(s) per parameter, as Apex's multi_tensor_apply */
-__global__ void optforge_sm3_s2_mt_f64(const int64_t* __restrict__ sizes, double* const* tab__r1, double* const* tab_acc_col, float* const* tab_weight_lp, const double* __restrict__ scalars) {
-    const int64_t t = blockIdx.y, n = sizes[t];
-    const double* s = scalars + t * 1;
-    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
-        optforge_sm3_s2_elem<double, double, double>(i, i, tab__r1[t], tab_acc_col[t], tab_weight_lp[t]);
+/* stage s2 over nb blocks x nr rows x nc cols, one thread per tile of at most tr rows x tc
+   cols (tc <= OPTFORGE_TILE; the host picks both from the shape alone). A reduction along an axis
+   writes each tile's piece (of a row, of a col) to its table of partials, part[piece * len + j], and
+   the host combines the pieces in order: deterministic, no atomics. */
+__global__ void optforge_sm3_s2_f64(int64_t nb, int64_t nr, int64_t nc, int64_t tr, int64_t tc, const double* __restrict__ p__r1, double* __restrict__ p_acc_col, float* __restrict__ p_weight_lp) {
+    const int64_t ncc = (nc + tc - 1) / tc, nrc = (nr + tr - 1) / tr, tiles = nb * nrc * ncc;
+    for (int64_t k = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; k < tiles; k += (int64_t)blockDim.x * gridDim.x) {
+        const int64_t b = k / (nrc * ncc), rc = (k / ncc) % nrc, cc = k % ncc;
+        const int64_t r0 = rc * tr, r1 = r0 + tr < nr ? r0 + tr : nr, c0 = cc * tc, c1 = c0 + tc < nc ? c0 + tc : nc;
+        for (int64_t r = r0; r < r1; ++r) {
+            const int64_t row = b * nr + r;
+            for (int64_t c = c0; c < c1; ++c) {
+                optforge_sm3_s2_elem<double, double, double>(row * nc + c, row * nc + c, row, b * nc + c, b, p__r1, p_acc_col, p_weight_lp);
+            }
+        }
     }
 }
-__global__ void optforge_sm3_s2_f16(int64_t n, const float* __restrict__ p__r1, __half* __restrict__ p_acc_col, float* __restrict__ p_weight_lp) {
-    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_sm3_s2_elem<__half, __half, float>(i, i, p__r1, p_acc_col, p_weight_lp);
-}
-/* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
-   pointers, sizes and 0 scalar(s) per parameter, as Apex's multi_tensor_apply */
-__global__ void optforge_sm3_s2_mt_f16(const int64_t* __restrict__ sizes, float* const* tab__r1, __half* const* tab_acc_col, float* const* tab_weight_lp, const double* __restrict__ scalars) {
-    const int64_t t = blockIdx.y, n = sizes[t];
-    const double* s = scalars + t * 1;
-    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
-        optforge_sm3_s2_elem<__half, __half, float>(i, i, tab__r1[t], tab_acc_col[t], tab_weight_lp[t]);
+/* stage s2 over nb blocks x nr rows x nc cols, one thread per tile of at most tr rows x tc
+   cols (tc <= OPTFORGE_TILE; the host picks both from the shape alone). A reduction along an axis
+   writes each tile's piece (of a row, of a col) to its table of partials, part[piece * len + j], and
+   the host combines the pieces in order: deterministic, no atomics. */
+__global__ void optforge_sm3_s2_f16(int64_t nb, int64_t nr, int64_t nc, int64_t tr, int64_t tc, const float* __restrict__ p__r1, __half* __restrict__ p_acc_col, float* __restrict__ p_weight_lp) {
+    const int64_t ncc = (nc + tc - 1) / tc, nrc = (nr + tr - 1) / tr, tiles = nb * nrc * ncc;
+    for (int64_t k = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; k < tiles; k += (int64_t)blockDim.x * gridDim.x) {
+        const int64_t b = k / (nrc * ncc), rc = (k / ncc) % nrc, cc = k % ncc;
+        const int64_t r0 = rc * tr, r1 = r0 + tr < nr ? r0 + tr : nr, c0 = cc * tc, c1 = c0 + tc < nc ? c0 + tc : nc;
+        for (int64_t r = r0; r < r1; ++r) {
+            const int64_t row = b * nr + r;
+            for (int64_t c = c0; c < c1; ++c) {
+                optforge_sm3_s2_elem<__half, __half, float>(row * nc + c, row * nc + c, row, b * nc + c, b, p__r1, p_acc_col, p_weight_lp);
+            }
+        }
     }
 }
-__global__ void optforge_sm3_s2_mp16(int64_t n, const float* __restrict__ p__r1, float* __restrict__ p_acc_col, float* __restrict__ p_weight_lp) {
-    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_sm3_s2_elem<float, __half, float>(i, i, p__r1, p_acc_col, p_weight_lp);
-}
-/* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
-   pointers, sizes and 0 scalar(s) per parameter, as Apex's multi_tensor_apply */
-__global__ void optforge_sm3_s2_mt_mp16(const int64_t* __restrict__ sizes, float* const* tab__r1, float* const* tab_acc_col, float* const* tab_weight_lp, const double* __restrict__ scalars) {
-    const int64_t t = blockIdx.y, n = sizes[t];
-    const double* s = scalars + t * 1;
-    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
-        optforge_sm3_s2_elem<float, __half, float>(i, i, tab__r1[t], tab_acc_col[t], tab_weight_lp[t]);
+/* stage s2 over nb blocks x nr rows x nc cols, one thread per tile of at most tr rows x tc
+   cols (tc <= OPTFORGE_TILE; the host picks both from the shape alone). A reduction along an axis
+   writes each tile's piece (of a row, of a col) to its table of partials, part[piece * len + j], and
+   the host combines the pieces in order: deterministic, no atomics. */
+__global__ void optforge_sm3_s2_mp16(int64_t nb, int64_t nr, int64_t nc, int64_t tr, int64_t tc, const float* __restrict__ p__r1, float* __restrict__ p_acc_col, float* __restrict__ p_weight_lp) {
+    const int64_t ncc = (nc + tc - 1) / tc, nrc = (nr + tr - 1) / tr, tiles = nb * nrc * ncc;
+    for (int64_t k = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; k < tiles; k += (int64_t)blockDim.x * gridDim.x) {
+        const int64_t b = k / (nrc * ncc), rc = (k / ncc) % nrc, cc = k % ncc;
+        const int64_t r0 = rc * tr, r1 = r0 + tr < nr ? r0 + tr : nr, c0 = cc * tc, c1 = c0 + tc < nc ? c0 + tc : nc;
+        for (int64_t r = r0; r < r1; ++r) {
+            const int64_t row = b * nr + r;
+            for (int64_t c = c0; c < c1; ++c) {
+                optforge_sm3_s2_elem<float, __half, float>(row * nc + c, row * nc + c, row, b * nc + c, b, p__r1, p_acc_col, p_weight_lp);
+            }
+        }
     }
 }
 }

@@ -20,6 +20,7 @@ from .backend import SUFFIX, Backend, compute_dtype, variant  # noqa: F401 - var
 _lock = threading.Lock()
 _modules: dict = {}
 THREADS = 256
+TILE = 32               # tiled stages: a thread's tile is at most TILE rows x TILE cols (the kernels' OPTFORGE_TILE)
 REDUCE_BLOCKS = 1024   # stages with fused reductions: a grid about one wave of a large GPU, one partial per thread
 MT_REDUCE_BLOCKS = 32  # the same in a multi-tensor launch, per parameter (all parameters' blocks run together)
 
@@ -126,7 +127,8 @@ class CudaBackend(Backend):
         self.weight_lp = weight_lp
         self.funcs: dict = {}
 
-    def launch(self, fn: str, arrays, scalars, reduce: int = 0, stores: bool = True):
+    def launch(self, fn: str, arrays, scalars, reduce: int = 0, stores: bool = True, dims=None, axes=(),
+               hows=None):
         """Launch a stage. With `reduce`, the stage also accumulates that many fused reductions: each
         thread's partial sums land in a table that is summed here, in a fixed order (the result does
         not depend on scheduling), and come back as a list of floats (one device-to-host copy)."""
@@ -134,6 +136,8 @@ class CudaBackend(Backend):
         f = self.funcs.get(name)
         if f is None:
             f = self.funcs[name] = self.module.get_function(name)
+        if dims is not None:
+            return self._launch_tiled(f, arrays, scalars, reduce, dims, axes, hows or ("sum",) * reduce)
         n = next(a.size for a in arrays if a is not None)
         args = (np.int64(n), *_pointers(arrays), _pointer(self.weight_lp), *[np.float64(s) for s in scalars])
         if not reduce:
@@ -143,6 +147,37 @@ class CudaBackend(Backend):
         partials = self.xp.zeros(blocks * THREADS * reduce, dtype=np.float64)
         f((blocks,), (THREADS,), (*args, partials))
         return [float(x) for x in self.xp.asnumpy(partials.reshape(-1, reduce).sum(axis=0))]
+
+
+    def _launch_tiled(self, f, arrays, scalars, reduce, dims, axes, hows):
+        """A tiled stage (codegen/lower.py): one thread per tile of at most TILE x TILE elements; the
+        pieces of its reductions along an axis come back in tables combined here in piece order,
+        into the outputs (the last len(axes) arrays)."""
+        xp = self.xp
+        nb, nr, nc = (int(d) for d in dims)
+        tr, tc = max(1, min(nr, TILE)), max(1, min(nc, TILE))
+        nrc, ncc = -(-nr // tr), -(-nc // tc)
+        tiles = nb * nrc * ncc
+        outs = arrays[len(arrays) - len(axes):]
+        memory = arrays[:len(arrays) - len(axes)]
+        parts = [xp.empty(((ncc, nb * nr) if axis == -1 else (nrc, nb * nc)), np.float64) for _, axis in axes]
+        partials = xp.empty(max(tiles, 1) * max(reduce, 1), np.float64)
+        if tiles:
+            args = (np.int64(nb), np.int64(nr), np.int64(nc), np.int64(tr), np.int64(tc), *_pointers(memory),
+                    _pointer(self.weight_lp), *parts, *[np.float64(s) for s in scalars])
+            f((_blocks(tiles, 65535),), (THREADS,), (*args, partials) if reduce else args)
+        for out, part, (how, _) in zip(outs, parts, axes):
+            out[...] = _combine(xp, part, how).reshape(out.shape).astype(out.dtype)
+        if not reduce:
+            return None
+        table = partials[:tiles * reduce].reshape(tiles, reduce)
+        init = {"sum": 0.0, "max": -np.inf, "min": np.inf}
+        return [float(_combine(xp, table[:, k], how)) if tiles else init[how] for k, how in enumerate(hows)]
+
+
+def _combine(xp, table, how):
+    """A table of partial reductions (pieces x values) combined along its pieces, in order."""
+    return table.sum(axis=0) if how == "sum" else table.max(axis=0) if how == "max" else table.min(axis=0)
 
 
 class CudaRowsBackend(CudaBackend):
@@ -156,7 +191,7 @@ class CudaRowsBackend(CudaBackend):
         self.cols = grad_data.size // max(len(rows), 1)
         self.grad_shape = grad_data.shape
 
-    def scratch(self, like, name):
+    def scratch(self, like, name, shape=None):
         return self.xp.empty(self.grad_shape, compute_dtype(like.dtype))
 
     def launch(self, fn: str, arrays, scalars, reduce: int = 0, stores: bool = True):

@@ -345,7 +345,7 @@ class NativeRowsBackend(NativeBackend):
         self.cols = grad_data.size // max(len(self.rows), 1)
         self.grad_shape = grad_data.shape
 
-    def scratch(self, like, name):
+    def scratch(self, like, name, shape=None):
         return np.empty(self.grad_shape, like.dtype)
 
     def launch(self, fn: str, arrays, scalars, reduce: int = 0, stores: bool = True):

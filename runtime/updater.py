@@ -526,7 +526,7 @@ def _states_from_header(entries, files, target):
                 want = [d if a == d else a for a, d in zip(arr.shape, shape) if a in (d, 1)] \
                     if arr.ndim == len(shape) else shape
             _need(arr.dtype == tensor_dtype and list(arr.shape) == want,
-                  f"array {member!r} is {arr.dtype}{list(arr.shape)}, expected {tensor_dtype}{want}")
+                  f"array {member!r} is {arr.dtype}{list(arr.shape)}, header says {tensor_dtype}{want}")
             arrays[name] = arr
             used.add(member)
         master = arrays.pop("__master__", None)

@@ -123,18 +123,34 @@ class HostCudaBackend:
         self.weight_lp = weight_lp
         self.launched = []
 
-    def scratch(self, like, name):
-        return np.empty(like.shape, np.float64 if like.dtype == np.float64 else np.float32)
+    def scratch(self, like, name, shape=None):
+        return np.empty(like.shape if shape is None else shape, np.float64 if like.dtype == np.float64 else np.float32)
 
     def seed(self, rng):
         return float(rng.integers(0, 2 ** 53))
 
-    def launch(self, fn, arrays, scalars, reduce=0, stores=True):
+    def launch(self, fn, arrays, scalars, reduce=0, stores=True, dims=None, axes=(), hows=None):
         for a in arrays:
             assert a is None or a.flags.c_contiguous
         f = getattr(self.lib, f"{fn}_{self.suffix}")
         f.restype = None
         lp = ctypes.c_void_p(self.weight_lp.ctypes.data if self.weight_lp is not None else 0)
+        if dims is not None:   # a tiled stage, as cuda.CudaBackend launches it: tiles of TILE x TILE
+            nb, nr, nc = dims
+            tr, tc = max(1, min(nr, ofcuda.TILE)), max(1, min(nc, ofcuda.TILE))
+            nrc, ncc = -(-nr // tr), -(-nc // tc)
+            tiles = nb * nrc * ncc
+            outs, memory = arrays[len(arrays) - len(axes):], arrays[:len(arrays) - len(axes)]
+            parts = [np.full((ncc, nb * nr) if axis == -1 else (nrc, nb * nc), np.nan) for _, axis in axes]
+            partials = np.full(max(tiles * reduce, 1), np.nan)
+            f(*[ctypes.c_int64(v) for v in (nb, nr, nc, tr, tc)], *[_ptr(a) for a in memory], lp, *[_ptr(p) for p in parts],
+              *[ctypes.c_double(s) for s in scalars], *([_ptr(partials)] if reduce else []))
+            self.launched.append(fn)
+            pick = {"sum": np.sum, "max": np.max, "min": np.min}
+            for out, part, (how, _) in zip(outs, parts, axes):
+                out[...] = pick[how](part, axis=0).reshape(out.shape)
+            hows = hows or ("sum",) * reduce
+            return [float(pick[h](partials.reshape(tiles, reduce)[:, k])) for k, h in enumerate(hows)] if reduce else None
         n = next(a.size for a in arrays if a is not None)
         # one host thread (blockDim = gridDim = 1) walks every element and writes the first partials
         partials = np.zeros(max(reduce, 1), np.float64)

@@ -36,6 +36,8 @@ CONFIGS = {
     "lbsgd": {"momentum": 0.9, "batch_scale": 2, "warmup_strategy": "linear", "warmup_epochs": 2},
     "test": {},
     "ccsgd": {"momentum": 0.5},
+    "adafactor": {"maximize": True},
+    "sm3": {"momentum": 0.5, "beta2": 0.9},
 }
 VARIANTS = {"f32": (np.float32, False), "f64": (np.float64, False), "f16": (np.float16, False),
             "mp16": (np.float16, True)}
