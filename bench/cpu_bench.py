@@ -10,12 +10,34 @@ update of 200 tensors of 4,096 elements) it prints the median milliseconds per s
   numpy   optforge's generated NumPy kernel (backend "numpy"),
   native  optforge's generated C++ kernel (backend "native"),
 
-and, for the two optforge backends, the effective bandwidth (bytes of the tensors read + written
-/ time: weight and every state read and written, the gradient read), the ratio to the memory roof
-(the time a streaming kernel would need for those bytes; the roof is the bandwidth of an OpenMP C
-loop `a[i] += s * b[i]` compiled and measured in this run, at the same size) and the ratio to the
+and, for the two optforge backends, the effective bandwidth (bytes / time), the ratio to the memory
+roof (the time a streaming kernel would need for those bytes; the roof is the bandwidth of an OpenMP
+C loop `a[i] += s * b[i]` compiled and measured in this run, at the same size) and the ratio to the
 naive version (naive time / ours: above 1 is faster). For Adam it also times a hand-written fused
 C loop (not generated) compiled in this run, and prints the ratio to it.
+
+Bytes per step (float32, n elements per tensor; `min_bytes` below):
+
+  elementwise optimizers   4n (grad read) + 8n (weight read + written) + 2 x bytes of each state
+                           (read + written), every tensor counted once. LAMB and LARS read some
+                           tensors twice (see docs/performance.md); the table still counts them once.
+  SM3 (a matrix)           the same formula: 20n (grad, weight, mom read; weight, mom written) plus
+                           the per-row and per-col accumulators at their own size (rows + cols floats,
+                           read and written: under 0.1%). One pass suffices: nu needs only
+                           the old accumulators and their new maxima are taken in the same pass.
+  Adafactor (a matrix)     24n + 2 x 4 x (rows + cols): the minimum a fused implementation must move,
+                           not 12n. The whole-tensor rms(u) scales every element of the update and
+                           needs the new row/col factors, which need every gradient element first:
+                           pass 1 reads grad + weight (row/col sums of g^2, rms(weight)) 8n, pass 2
+                           reads grad (rms(u)) 4n, pass 3 reads grad + weight and writes weight 12n.
+  Adafactor (a vector)     32n: pass 1 reads grad, variance, weight and writes variance (rms(u),
+                           rms(weight)) 16n; pass 2 reads grad, variance, weight and writes weight 16n.
+
+Optforge's staged program moves more than that for Adafactor on a matrix (28n: rms(weight),
+the g^2 sums, u to scratch, then the update reading u; 36n with weight decay, which is its own
+pass); bench/shapes_bench.py prints those bytes stage by stage. Adafactor and SM3 run on square
+matrices (2^(s/2) x 2^(s/2), rounded: 2^20 is 1024 x 1024) and the list step on 200 of 64 x 64, so
+their factored states are exercised; every other optimizer runs on vectors.
 
 Samples are interleaved (naive, numpy, native, C, then again) so that other processes on a busy
 machine slow all of them alike; every figure is a median. Run it with the OpenBLAS overrides of this
@@ -179,6 +201,45 @@ def naive_test(o, w, g, s, t, lr, wd):
     s["mirror"][...] = w
 
 
+def naive_adafactor(o, w, g, s, t, lr, wd):
+    # torch.optim.Adafactor (torch 2.5 and later) on a matrix or a vector
+    g = _clip(o.rescale_grad * g, o.clip_gradient)
+    if o.maximize:
+        g = -g
+    beta2_t = t ** o.beta2_decay
+    rho = min(lr, 1 / math.sqrt(t))
+    alpha = max(o.eps2, float(np.linalg.norm(w)) / math.sqrt(w.size)) * rho
+    if wd != 0:
+        w *= 1 - lr * wd
+    e1 = o.eps1 if o.eps1 is not None else float(np.finfo(w.dtype).eps)
+    if w.ndim >= 2:
+        r, c = s["row_var"], s["col_var"]   # (rows, 1) and (1, cols)
+        r += beta2_t * (np.mean(g * g, axis=-1, keepdims=True) - r)
+        c += beta2_t * (np.mean(g * g, axis=-2, keepdims=True) - c)
+        var = r * c / np.maximum(np.mean(r, axis=-2, keepdims=True), e1)
+    else:
+        v = s["variance"]
+        v += beta2_t * (g * g - v)
+        var = v
+    u = g / np.sqrt(np.maximum(var, e1 * e1))
+    clipped = max(1.0, float(np.linalg.norm(u)) / math.sqrt(u.size) / o.d)
+    w -= alpha / clipped * u
+
+
+def naive_sm3(o, w, g, s, t, lr, wd):
+    # optax.sm3 on a matrix (a vector is one row), weight decay added to the gradient
+    g = _clip(o.rescale_grad * g, o.clip_gradient) + wd * w
+    acc_row, acc_col, mom = s["acc_row"], s["acc_col"], s["mom"]
+    g2 = g.reshape(-1, g.shape[-1])
+    r, c = acc_row.reshape(-1, 1), acc_col.reshape(1, -1)
+    nu = (1 if o.beta2 == 1 else 1 - o.beta2) * g2 * g2 + o.beta2 * np.minimum(r, c)
+    step = np.where(nu > 0, g2 / np.sqrt(nu + o.eps), 0).reshape(g.shape)
+    mom[...] = o.momentum * mom + (1 - o.momentum) * step
+    w -= lr * mom
+    r[...] = nu.max(axis=-1, keepdims=True)
+    c[...] = nu.max(axis=-2, keepdims=True)
+
+
 _RNG = np.random.default_rng(0)
 
 # (registry name, constructor arguments): momentum on where it adds a state
@@ -187,8 +248,29 @@ CONFIGS = [
     ("dcasgd", dict(momentum=0.9)), ("lars", dict(momentum=0.9)), ("lbsgd", dict(momentum=0.9)),
     ("adam", {}), ("adamax", {}), ("nadam", {}), ("adagrad", {}), ("adadelta", {}), ("ftml", {}),
     ("ftrl", {}), ("rmsprop", {}), ("lamb", {}), ("sgld", {}), ("test", {}),
+    ("adafactor", {}), ("sm3", {}),
 ]
 NAIVE = {name: globals()[f"naive_{name}"] for name, _ in CONFIGS}
+SHAPED = {"adafactor", "sm3"}   # per-row / per-col states: benched on matrices
+
+
+def bench_shape(name, n):
+    """The tensor shape for `n` elements: a vector, or for the shaped optimizers a matrix as square
+    as a power of two allows (2^20: 1024 x 1024; 2^21: 1024 x 2048)."""
+    if name not in SHAPED or n < 4:
+        return (n,)
+    rows = 1 << ((n.bit_length() - 1) // 2)
+    return (rows, n // rows)
+
+
+def min_bytes(name, shape, states) -> int:
+    """Bytes one step of one tensor must move at least (float32; the module docstring explains)."""
+    n = math.prod(shape)
+    small = sum(2 * v.nbytes for v in states.values() if v is not None and v.size != n)
+    full = sum(2 * v.nbytes for v in states.values() if v is not None and v.size == n)
+    if name == "adafactor":
+        return (24 if len(shape) >= 2 else 32) * n + small
+    return 12 * n + full + small
 
 # ---- C kernels compiled in this run: the streaming roof and a hand-written fused Adam -------------
 
@@ -267,7 +349,7 @@ class Case:
         rng = np.random.default_rng(1)
         self.name, self.n, self.count = name, n, count
         self.variants = {}
-        shape = (n,)
+        shape = self.shape = bench_shape(name, n)
         base_w = [rng.standard_normal(shape, dtype=np.float32) for _ in range(count)]
         grads = [rng.standard_normal(shape, dtype=np.float32) * np.float32(0.01) for _ in range(count)]
         kw = dict(learning_rate=0.01, wd=1e-4, **kwargs)
@@ -285,8 +367,7 @@ class Case:
             else:
                 step = (lambda o=opt, ws=ws, s=states: o.update(idx, ws, grads, s))
             self.variants[backend] = step
-            nstates = sum(1 for v in states[0].tensors.values() if v is not None)
-            self.bytes = count * n * 4 * (3 + 2 * nstates)   # weight r+w, grad r, each state r+w
+            self.bytes = count * min_bytes(name, shape, states[0].tensors)
         ref_opt = optforge.create(name, **kw)
         naive = NAIVE[name]
         nws = [w.copy() for w in base_w]
@@ -363,6 +444,8 @@ def main():
             roof = case.stream_bytes / (ms["stream"] * 1e-3) / 1e9 if "stream" in ms else float("nan")
             roof_ms = case.bytes / (roof * 1e9) * 1e3
             label = f"2^{n.bit_length() - 1}" if count == 1 else f"{count}x{n}"
+            if len(case.shape) > 1:
+                label += " (" + "x".join(map(str, case.shape)) + ")"
             cols = [name, label, f"{ms['naive']:.3f}"]
             cols += [f"{ms[b]:.3f}" if b in ms else "-" for b in ("numpy", "native")]
             cols += [f"{case.bytes / (ms[b] * 1e-3) / 1e9:.1f}" if b in ms else "-" for b in ("numpy", "native")]

@@ -94,6 +94,9 @@ class NumpyEmitter:
             c, a, b = e.args
             if c.kind is Kind.TENSOR:
                 return f"{self.xp}.where({self.expr(c)}, {self.expr(a)}, {self.expr(b)})", ATOM
+            if tensor:   # a host test picks one side: it has the value's shape (a reduction counts it so)
+                sides = [self._side(x, e) for x in (a, b)]
+                return f"{sides[0]} if {self._wrap(c, 1)} else {sides[1]}", 0
             return f"{self._wrap(a, 1)} if {self._wrap(c, 1)} else {self._wrap(b, 1)}", 0
         if op in SHAPE_FACTS:   # `_shape`: the weight's shape, bound by step_bindings
             view = self.spec.view
@@ -122,6 +125,14 @@ class NumpyEmitter:
             text = table[op].format(*args, xp=self.xp)
             return text, ATOM if not text.endswith("** 2") else PREC[Op.POW]
         raise InternalError(f"no numpy rule for {op}")
+
+    widen_numbers = True   # the row kernel keeps a number side a number (its tensors are some rows)
+
+    def _side(self, x: Expr, e: Expr) -> str:
+        """One side of a `where` on a host test, as an array of the whole `where`'s shape."""
+        if (x.kind is Kind.TENSOR and x.shape is e.shape) or (x.kind is not Kind.TENSOR and not self.widen_numbers):
+            return self._wrap(x, 1)
+        return f"ops.widen({self.expr(x)}, weight, {e.shape.value!r}, {self.spec.view!r})"
 
     # ---- statements ------------------------------------------------------------------------------
     def block(self, stmts, indent: int) -> list[str]:

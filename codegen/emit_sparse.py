@@ -29,6 +29,7 @@ ROWS_SUFFIX = "_rows"
 
 class RowsEmitter(NumpyEmitter):
     """NumpyEmitter with gathered-row leaves, full-tensor reductions and scattering writes."""
+    widen_numbers = False
 
     def __init__(self, spec: Spec):
         super().__init__(spec)

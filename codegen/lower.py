@@ -395,6 +395,8 @@ class Lowering:
         them, which changes nothing). None: a reduction-only stage is needed."""
         for item in reversed(steps):
             if isinstance(item, Stage):
+                if {o[0] for o in item.outputs} & reads:
+                    return None   # it reduces what this one reads: complete only after it
                 if item.domain is domain:
                     return item
                 if _targets_of(item.stmts) & reads:

@@ -6,6 +6,9 @@ Every failure is a diagnostic with the culprit's span; emitters may assume all o
   argument reads the weight or a state directly (LARS: the norm of the full weight, as MXNet's
   lazy path uses) and over the gradient's stored rows otherwise (of the gradient, of tensor
   locals). An argument mixing both has no row meaning.
+* Shapes have no lazy row-sparse update: a per-col or per-block value and a reduction along an axis
+  read every row, and the lazy update sees only the rows a gradient holds. (A per-row state of the
+  touched rows would be well defined; it is refused too until the row kernels learn shapes.)
 """
 from __future__ import annotations
 
@@ -27,6 +30,14 @@ def _row_reduction(arg) -> bool:
 def verify(spec: Spec, r: Reporter) -> None:
     """Report (on `r`) every rule of the module doc that `spec` breaks."""
     if spec.sparse and spec.sparse.lazy:
+        shaped = [st for st in spec.states if st.shape.value != "full"]
+        if shaped or spec.shaped:
+            where = shaped[0].span if shaped else next(
+                n.span for n in nodes(spec.body) if n.op in REDUCTIONS and n.axis is not None)
+            r.error(where, "a lazy row-sparse update (`sparse lazy`) cannot keep per-row, per-col or per-block "
+                    "values, nor reduce along an axis: they read every row, the lazy update only the rows the "
+                    "gradient holds", "drop `sparse lazy`: a row-sparse gradient then updates every row")
+            return
         for n in nodes(spec.body):
             if n.op in REDUCTIONS and full_tensor_reduction(n.args[0]) and _row_reduction(n.args[0]):
                 r.error(n.span, "a row-sparse (lazy) update cannot reduce over the weight or a state and the "

@@ -213,6 +213,13 @@ def reduce(x, how: str, axis: int, view: str):
     return (xp.max if how == "max" else xp.min)(x, axis=axes, keepdims=True)
 
 
+def widen(x, like, kind: str, view: str):
+    """`x` (an array, or a number) broadcast to the shape `kind` has for a parameter like `like`: the
+    side a host test picks of a `where` whose other side varies along more axes (a read-only view)."""
+    xp = _xp(like)
+    return xp.broadcast_to(xp.asarray(x, dtype=like.dtype), state_shape(like.shape, kind, view))
+
+
 def dtype_eps(weight) -> float:
     """Machine epsilon of the weight's floating type."""
     return float(np.finfo(weight.dtype).eps)

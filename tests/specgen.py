@@ -37,6 +37,10 @@ SETTINGS = dict(max_examples=EXAMPLES, deadline=None, derandomize=SEED == 0, dat
                 suppress_health_check=list(HealthCheck))
 
 
+# shaped specs (their own, smaller campaign: OPTFORGE_DIFF_SHAPED_EXAMPLES)
+SHAPED_SETTINGS = dict(SETTINGS, max_examples=int(os.environ.get("OPTFORGE_DIFF_SHAPED_EXAMPLES", "40")))
+
+
 def seeded(test):
     """The test with OPTFORGE_DIFF_SEED as hypothesis's seed, when one is given."""
     return hypothesis.seed(SEED)(test) if SEED else test
@@ -45,8 +49,9 @@ def seeded(test):
 class _Gen:
     """One spec being written: the names in scope and the statements so far."""
 
-    def __init__(self, draw):
+    def __init__(self, draw, shaped=False):
         self.draw = draw
+        self.shaped = shaped   # per-row/col/block states, reductions along an axis, shape facts
         self.tensor_locals: list[str] = []
         self.host_locals: list[str] = []
         self.n = 0
@@ -61,6 +66,8 @@ class _Gen:
         choices = ["grad", "weight", "s0", "s1"] + list(scope["tensors"])
         if scope["mom"]:
             choices.append("mom")
+        if self.shaped:
+            choices += ["r0", "c0", "q0"]
         return self.draw(st.sampled_from(choices))
 
     def tensor(self, scope, depth=0):
@@ -68,7 +75,18 @@ class _Gen:
             return self.tensor_leaf(scope)
         a = lambda: self.tensor(scope, depth + 1)  # noqa: E731
         h = lambda: self.host(scope, depth + 1)  # noqa: E731
-        form = self.draw(st.integers(0, 17))
+        form = self.draw(st.integers(0, 22 if self.shaped else 17))
+        if form >= 18:   # along an axis (of a full-shaped value: `+ grad`), and outer products
+            full = f"({a()} + {self.draw(st.sampled_from(['grad', 'weight']))})"
+            if form == 18:
+                return f"mean(square({full}), -1)"
+            if form == 19:
+                return f"max({full}, -2) * {h()}"
+            if form == 20:
+                return f"{a()} / (1 + rms({full}, {self.draw(st.sampled_from(['-1', '-2']))}))"
+            if form == 21:
+                return f"(r0 * c0 + min({full}, -1)) / (1 + abs(q0))"
+            return f"norm({full}, -2) / (1 + sum(abs({full}), -1))"
         if form == 0:
             return f"({a()} + {a()})"
         if form == 1:
@@ -123,7 +141,18 @@ class _Gen:
         if depth >= 3 or self.draw(st.integers(0, 2)) == 0:
             return self.draw(st.sampled_from(leaves))
         h = lambda: self.host(scope, depth + 1, reduce)  # noqa: E731
-        form = self.draw(st.integers(2 if not reduce else 0, 7))
+        form = self.draw(st.integers(2 if not reduce else 0, 11 if self.shaped else 7))
+        if form == 8:    # shape facts and the dtype's epsilon: host numbers known before tensor work
+            return self.draw(st.sampled_from(["1 / (1 + numel(r0))", "size(weight, -1) * 0.1", "ndim(weight) * 0.25",
+                                              "dtype_eps * 1e12", "numel(c0) / (1 + numel(weight))"]))
+        if form >= 9 and not reduce:
+            form = 3
+        if form == 9:
+            return f"max({self.tensor(scope, depth + 1)}) / (1 + abs(min({self.tensor(scope, depth + 1)})))"
+        if form == 10:
+            return f"rms({self.tensor(scope, depth + 1)}) * 0.5"
+        if form == 11:
+            return f"mean({self.tensor(scope, depth + 1)})"
         if form == 0:
             return f"norm({self.tensor(scope, depth + 1)}) / (1 + norm({self.tensor(scope, depth + 1)}))"
         if form == 1:
@@ -154,7 +183,7 @@ class _Gen:
         if form == 3:
             return "t > 1"
         if form == 4:
-            return "c > 0.5"           # false when c is none
+            return "c > 0.5" if not self.shaped or self.draw(st.booleans()) else "ndim(weight) >= 2"
         if form == 5:
             return f"norm({self.tensor(scope, depth + 1)}) > {self.draw(st.sampled_from(['1', '10', '100']))}"
         return f"not flag or {self.host(scope, depth + 1, reduce)} > 0.5"
@@ -202,6 +231,13 @@ class _Gen:
                 return [f"{pad}weight *= 1 - lr * wd / (1 + abs({value}))"]
             return [f"{pad}weight = weight - lr * ({value}) - lr * wd * weight"]
         if form == 5:
+            if self.shaped and self.draw(st.booleans()):
+                return [self.draw(st.sampled_from([
+                    f"{pad}r0 = a * r0 + (1 - a) * mean(square({self.tensor(scope)} + grad), -1)",
+                    f"{pad}c0 = maximum(c0 * 0.5, max(abs({self.tensor(scope)} + weight), -2))",
+                    f"{pad}q0 = 0.5 * q0 + sum(r0, -2) * 0.01 + max(c0, -1) * {self.host(scope)}",
+                    f"{pad}r0 += 0.1 * (sqrt(abs(q0) + 1) - r0) * min({self.tensor(scope)} + grad, -1)",
+                ]))]
             return [f"{pad}acc = acc * 0.5 + {self.host(scope, reduce=False)} * 0.01"]
         if form == 6:
             if self.draw(st.booleans()):
@@ -211,8 +247,15 @@ class _Gen:
                 return [line]
             return [f"{pad}weight = weight / (1 + lr * norm({self.tensor(scope)}))"]
         # an if / elif / else
-        kind = self.draw(st.sampled_from(["plain", "plain", "optional", "state"]))
+        kind = self.draw(st.sampled_from(["plain", "plain", "optional", "state"] + (["shape"] if self.shaped else [])))
         lines = []
+        if kind == "shape":   # a state that exists for matrices only, used where it exists
+            lines.append(f"{pad}if ndim(weight) >= 2 {{")
+            lines.append(f"{pad}    v0 = a * v0 + (1 - a) * ({self.tensor(scope)})")
+            lines += self.block(self.inner(scope), self.draw(st.integers(0, 2)), depth + 1)
+            lines.append(f"{pad}    weight -= lr * 0.1 * v0")
+            lines.append(f"{pad}}}")
+            return lines
         if kind == "optional":
             inner = self.inner(scope, narrowed=True)
             lines.append(f"{pad}if c > 0 {{")
@@ -257,6 +300,26 @@ global seen = learning_rate
 """
 
 
+SHAPED_HEADER = """state r0: per_row = zeros
+state c0: per_col = 0.5
+state q0: per_block = zeros
+state v0 = zeros if ndim(weight) >= 2
+"""
+
+
+@st.composite
+def shaped_specs(draw, name="Rand"):
+    """(spec text, False): a random spec with states of other shapes (per row, col, block; one only for
+    matrices), reductions along an axis, whole-tensor max/min/mean/rms, shape facts and both views."""
+    g = _Gen(draw, shaped=True)
+    scope = {"tensors": [], "hosts": [], "reduced": [], "masks": [], "narrowed": False, "mom": False}
+    body = g.block(scope, draw(st.integers(2, 7)), 0)
+    body.append("    weight -= lr * 0.01 * grad * (r0 + c0)")
+    view = draw(st.sampled_from(["", "view batched\n", "view flat\n"]))
+    text = HEADER.format(name=name) + SHAPED_HEADER + view + "update {\n" + "\n".join(body) + "\n}\n"
+    return text, False
+
+
 @st.composite
 def specs(draw, name="Rand"):
     """(spec text, lazy) for a random spec named `name`; `lazy` says it declares `sparse lazy`."""
@@ -287,10 +350,10 @@ def compile_spec(text, lazy):
             return optforge.load_spec(text, register=False), text, False
 
 
-def run(cls, backend, hyper, *, as_list, rows=None, xp=np):
+def run(cls, backend, hyper, *, as_list, rows=None, xp=np, shapes=None):
     """STEPS updates of every parameter (arrays of `xp`: numpy or cupy); the snapshot of weights,
     states and globals after them."""
-    ws, gs = params(xp)
+    ws, gs = params(xp, shapes=shapes or SHAPES)
     opt = cls(learning_rate=0.05, wd=0.01, **hyper)
     opt.backend = backend
     states = [opt.create_state(k, w) for k, w in enumerate(ws)]
@@ -313,6 +376,9 @@ def _rowsparse(g, rows):
 
 
 SHAPES = [(6, 5), (9,), (4, 3), (300, 250)]   # small ones are batched in native list updates; one large
+# shaped specs: a vector, a 0-d parameter, a batch of matrices (blocks), and matrices wider and taller
+# than the kernels' tiles (pieces of rows and of cols combined)
+SHAPED_SHAPES = [(6, 5), (9,), (2, 3, 4), (), (3, 2100), (300, 250)]
 
 
 def params(xp=np, seed=0, shapes=SHAPES):

@@ -7,7 +7,8 @@ n * eps for an array of n elements, the rounding of a reduction summed in anothe
   of `sparse lazy` specs (NumPy and native) against the straight-line kernel on a gradient holding
   every row, and the lazy row kernels of both backends against each other on a subset of rows.
 
-CUDA runs the same specs in tests/gpu/test_differential_cuda.py (on a device, or on the host
+Shaped specs (states per row, col, block; reductions along an axis) have a generator and a test of
+their own. CUDA runs the same specs in tests/gpu/test_differential_cuda.py (on a device, or on the host
 stand-in through tests/test_cuda_runtime_host.py). Knobs for long campaigns:
 
     OPTFORGE_DIFF_EXAMPLES=2000 OPTFORGE_DIFF_SEED=7 python -m pytest -q tests/test_differential.py
@@ -19,7 +20,8 @@ from hypothesis import given, settings
 import optforge
 from optforge import chunks, native
 
-from specgen import SETTINGS, assert_same, compile_spec, hyper_sets, run, seeded, specs
+from specgen import (SETTINGS, SHAPED_SETTINGS, SHAPED_SHAPES, assert_same, compile_spec, hyper_sets, run, seeded,
+                     shaped_specs, specs)
 
 SOME_ROWS = [0, 2, 3, 7, 100, 299]
 
@@ -59,6 +61,23 @@ def test_every_backend_computes_what_the_straight_line_kernel_computes(spec):
         check_spec(text, lazy, mp)
     finally:
         mp.undo()
+
+
+@seeded
+@settings(**SHAPED_SETTINGS)
+@given(shaped_specs())
+def test_shaped_specs_compute_on_every_backend_what_the_straight_line_kernel_computes(spec):
+    """States per row, col and block, reductions along an axis, shape facts, both views: native
+    single and list updates (tiled stages) against NumPy's broadcasting, on a vector, a 0-d
+    parameter, a batch of matrices and matrices larger than a tile in each direction."""
+    cls, text, _ = compile_spec(*spec)
+    for hyper in hyper_sets():
+        want = run(cls, "numpy", hyper, as_list=False, shapes=SHAPED_SHAPES)
+        want_list = run(cls, "numpy", hyper, as_list=True, shapes=SHAPED_SHAPES)
+        if native.available():
+            assert_same(run(cls, "native", hyper, as_list=False, shapes=SHAPED_SHAPES), want, f"native {hyper}", text)
+            assert_same(run(cls, "native", hyper, as_list=True, shapes=SHAPED_SHAPES), want_list,
+                        f"native list {hyper}", text)
 
 
 REPRO = """optimizer NormAfterStep

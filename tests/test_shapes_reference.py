@@ -103,7 +103,7 @@ ADAFACTOR_CASES = [
     ("lr-1", dict(learning_rate=1.0), 1.0),                     # rho_t = 1 / sqrt(t) < lr from step 2
     ("eps1-large", dict(eps1=0.3, eps2=1e-2), 1.0),             # eps1^2 floors some variance estimates
     ("eps1-tiny-eps2-floor", dict(eps1=1e-30, eps2=1e-2), 1e-3),  # rms(weight) < eps2: the floor is used
-    ("d-0.5", dict(d=0.5), 1.0),                                # clipping active (torch's math with d=0.5)
+    ("d-1.2", dict(d=1.2), 1.0),                                # a larger clipping threshold
     ("d-2", dict(d=2.0), 1.0),
     ("beta2_decay", dict(beta2_decay=-0.5), 1.0),
     ("maximize", dict(maximize=True, learning_rate=0.02), 1.0),
@@ -180,7 +180,7 @@ def test_adafactor_matches_torch_float64(Adafactor, shape, case, kw, wscale, bac
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("case, kw", [("defaults", {}), ("lr-wd", dict(learning_rate=0.05, wd=0.1)),
-                                      ("d-0.5", dict(d=0.5))], ids=["defaults", "lr-wd", "d-0.5"])
+                                      ("d-1.2", dict(d=1.2))], ids=["defaults", "lr-wd", "d-1.2"])
 @pytest.mark.parametrize("shape", [(7,), (5, 6), (3, 4, 5)], ids=str)
 def test_adafactor_matches_torch_float32(Adafactor, shape, case, kw, backend):
     """float32 weights: eps1=None is float32's machine epsilon in both."""
@@ -547,3 +547,11 @@ def test_adafactor_state_shapes(Adafactor):
         assert layout.tensors == ("row_var", "col_var") and layout.shapes == (row, col)
         s = opt.create_state(0, np.zeros(shape))
         assert {k: v.shape for k, v in s.tensors.items()} == {"row_var": row, "col_var": col}
+
+
+def test_adafactor_rejects_a_clipping_threshold_below_one_as_torch_does(Adafactor):
+    torch = pytest.importorskip("torch")
+    with pytest.raises(ValueError, match="d"):
+        torch.optim.Adafactor([torch.nn.Parameter(torch.zeros(2))], d=0.5)
+    with pytest.raises(ValueError, match=r"Invalid d value: 0.5"):
+        Adafactor(d=0.5)

@@ -15,7 +15,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from gpu import require_cupy  # noqa: E402
 
 cupy = require_cupy()
-from specgen import SETTINGS, assert_same, compile_spec, hyper_sets, run, seeded, specs  # noqa: E402
+from specgen import (SETTINGS, SHAPED_SHAPES, assert_same, compile_spec, hyper_sets, run, seeded,  # noqa: E402
+                     shaped_specs, specs)
 
 SOME_ROWS = [0, 2, 3, 7, 100, 299]
 CUDA_SETTINGS = dict(SETTINGS, max_examples=int(os.environ.get("OPTFORGE_DIFF_CUDA_EXAMPLES", "60")))
@@ -42,3 +43,18 @@ def test_cuda_computes_what_the_straight_line_kernel_computes(spec):
 
 if __name__ == "__main__":   # pragma: no cover
     sys.exit(pytest.main([__file__, "-q"]))
+
+
+@seeded
+@settings(**dict(CUDA_SETTINGS, max_examples=max(1, CUDA_SETTINGS["max_examples"] // 2)))
+@given(shaped_specs())
+def test_cuda_shaped_specs_compute_what_the_straight_line_kernel_computes(spec):
+    """Tiled stages on the GPU: per-row/col/block states, reductions along an axis, both views."""
+    cls, text, _ = compile_spec(*spec)
+    for hyper in hyper_sets():
+        want = run(cls, "numpy", hyper, as_list=False, shapes=SHAPED_SHAPES)
+        assert_same(run(cls, "numpy", hyper, as_list=False, xp=cupy, shapes=SHAPED_SHAPES), want,
+                    f"cuda single {hyper}", text)
+        want_list = run(cls, "numpy", hyper, as_list=True, shapes=SHAPED_SHAPES)
+        assert_same(run(cls, "numpy", hyper, as_list=True, xp=cupy, shapes=SHAPED_SHAPES), want_list,
+                    f"cuda list {hyper}", text)
