@@ -459,10 +459,15 @@ class Checker:
             self._require_state(name, span, scope)
             want = self.states[name].shape
             if v.kind is Kind.TENSOR and not v.shape.within(want):
-                axis = -1 if v.shape.cols and not want.cols else -2
+                if v.shape is Shape.FULL or not (want.rows or want.cols):
+                    axis = -1 if v.shape.cols and not want.cols else -2
+                    hint = f"reduce it along {AXIS_WORDS[axis]} first, e.g. mean(x, {axis})"
+                else:   # a per-col value for a per-row state, or the other way round
+                    axis = -1 if want.rows else -2
+                    hint = (f"this value was reduced along the other axis: a {want.value} value comes from "
+                            f"reducing along {AXIS_WORDS[axis]}, e.g. mean(x, {axis})")
                 self.r.error(s.value.span, f"state `{name}` holds {SHAPE_WORDS[want]}; this value has "
-                             f"{SHAPE_WORDS[v.shape]}", f"reduce it along {AXIS_WORDS[axis]} first, "
-                             f"e.g. mean(x, {axis})")
+                             f"{SHAPE_WORDS[v.shape]}", hint)
                 return None
         elif name in self.scalar_states:
             role = Role.SCALAR_STATE
@@ -742,9 +747,9 @@ class Checker:
         if isinstance(a, ast.UnOp) and a.op == "-" and isinstance(a.operand, ast.Num) and a.operand.value in (1, 2) \
                 and isinstance(a.operand.value, int):
             return -a.operand.value
-        self.r.error(a.span, f"the axis of `{f}` is -1 (along the cols) or -2 (along the rows)",
-                     "the weight is viewed as blocks x rows x cols (see `view`); without an axis a reduction "
-                     "reduces the whole tensor")
+        self.r.error(a.span, f"the axis of `{f}` is the literal -1 (along the cols) or -2 (along the rows)",
+                     "the weight is viewed as blocks x rows x cols (see `view`)" +
+                     ("; without an axis a reduction reduces the whole tensor" if f != "size" else ""))
         raise _Bail
 
     def _reduction(self, f, op, node, scope) -> Expr:
@@ -767,9 +772,10 @@ class Checker:
         if op is Op.NUMEL:
             return Expr(Op.NUMEL, Ty.INT, Kind.INDEX, (), None, False, span, x.shape)
         if axis is not None and not (x.shape.cols if axis == -1 else x.shape.rows):
-            self.r.error(node.args[1].span, f"`{f}(x, {axis})` reduces along {AXIS_WORDS[axis]}, but this value has "
+            arg = self._text(node.args[0].span)
+            self.r.error(node.args[1].span, f"`{f}({arg}, {axis})` reduces along {AXIS_WORDS[axis]}, but `{arg}` has "
                          f"{SHAPE_WORDS[x.shape]}: it does not vary along {AXIS_WORDS[axis]}",
-                         f"reduce along {-3 - axis}, or the whole tensor with {f}(x)")
+                         f"reduce along {-3 - axis}, or the whole tensor with {f}({arg})")
             raise _Bail
         out = x.shape.reduced(axis) if axis is not None else Shape.FULL
         kind = Kind.TENSOR if axis is not None else Kind.REDUCED

@@ -183,7 +183,9 @@ def hyper_rows(spec: Spec) -> list[tuple]:
 
 def state_rows(spec: Spec) -> list[tuple]:
     init = {"zeros": "zeros", "weight": "a copy of the weight"}
-    rows = [(f"`{s.name}`", "tensor, like the weight", init.get(s.init, f"filled with `{s.fill!r}`"),
+    what = {"full": "tensor, like the weight", "per_row": "tensor, one value per row",
+            "per_col": "tensor, one value per col", "per_block": "tensor, one value per block"}
+    rows = [(f"`{s.name}`", what[s.shape.value], init.get(s.init, f"filled with `{s.fill!r}`"),
              f"`{source_of(spec, s.cond)}`" if s.cond is not None else "always") for s in spec.states]
     rows += [(f"`{s.name}`", "number per parameter (host)", f"`{source_of(spec, s.init)}`", "always")
              for s in spec.scalar_states]
@@ -215,7 +217,19 @@ def page_context(spec: Spec, shown: str) -> dict:
     return dict(spec=spec, shown=shown, names=names, doc=markdown_doc(spec.doc) if spec.doc.strip() else
                 f"The {spec.name} optimizer.", summary=summary(spec), math=em.math_block(),
                 update=_dedent(spec.update_text), hypers=hyper_rows(spec), base=base, states=state_rows(spec),
-                sparse=sparse_text(spec), options=options, lazy=bool(spec.sparse and spec.sparse.lazy))
+                sparse=sparse_text(spec), options=options, lazy=bool(spec.sparse and spec.sparse.lazy),
+                view=view_text(spec))
+
+
+def view_text(spec: Spec) -> str:
+    """How a shaped spec sees a parameter (empty for one without shapes)."""
+    from .names import VIEWS
+    if not spec.shaped:
+        return ""
+    return (f"Each parameter is viewed as blocks x rows x cols (`view {spec.view}`: {VIEWS[spec.view]}). A per-row "
+            "state has the parameter's shape with its cols reduced to 1 (a (4, 5) weight: (4, 1)), a per-col one "
+            "with its rows reduced to 1 ((1, 5)), a per-block one with both; they are checkpointed and validated "
+            "with those shapes.")
 
 
 def summary(spec: Spec) -> str:

@@ -13,10 +13,19 @@ typedef unsigned long long uint64_t;
 #ifndef OPTFORGE_HD
 #define OPTFORGE_HD inline
 #endif
+#ifdef __CUDACC_RTC__
+#define OPTFORGE_INF __longlong_as_double(0x7ff0000000000000LL)
+#else
+#define OPTFORGE_INF HUGE_VAL
+#endif
 template <typename C> OPTFORGE_HD C op_square(C x) { return x * x; }
 template <typename C> OPTFORGE_HD C op_max(C a, C b) { return a != a ? a : (b != b ? b : (a > b ? a : b)); }
-/* clip to [-b, b]; b <= 0 (or none, passed as 0) means no clipping */
-template <typename C> OPTFORGE_HD C op_clip(C x, C b) { return b > C(0) ? (x > b ? b : (x < -b ? -b : x)) : x; }
+/* clip to [-b, b]; b <= 0 (or none, passed as 0) means no clipping: a bound of infinity, so that
+   the compiler sees one select per element rather than a loop to split on b (NaN stays NaN) */
+template <typename C> OPTFORGE_HD C op_clip(C x, C b) {
+    const C hi = b > C(0) ? b : C(OPTFORGE_INF);
+    return x > hi ? hi : (x < -hi ? -hi : x);
+}
 #endif
 
 /* below this many elements a stage runs on one thread: forking costs more than it saves */
@@ -116,6 +125,165 @@ OPTFORGE_HD void optforge_adafactor_s7_elem(int64_t i, int64_t gi, T* __restrict
     if (p_weight_lp) store_low(p_weight_lp, i, weight);
 }
 
+/* stage s2 over nb blocks x nr rows x nc cols, in tiles of whole rows' pieces: at most
+   OPTFORGE_TILE_COLS cols and OPTFORGE_TILE_ELEMS elements, fixed by the shape alone (not by the
+   thread count), the tiles in parallel. Reductions along an axis accumulate per tile (a row's
+   piece, a col's piece) in double and the pieces are combined in tile order: deterministic. */
+template <typename T, typename C>
+static void optforge_adafactor_s2_tiles(int64_t nb, int64_t nr, int64_t nc, const T* __restrict__ p_grad, C* __restrict__ p__r0, C* __restrict__ p__r1, double k0, double k_rescale_grad, double k2) {
+    const int64_t n = nb * nr * nc;
+    if (n == 0) return;
+    const int64_t tc = nc < OPTFORGE_TILE_COLS ? nc : OPTFORGE_TILE_COLS, ncc = (nc + tc - 1) / tc;
+    int64_t tr = OPTFORGE_TILE_ELEMS / tc;
+    tr = tr < 1 ? 1 : (tr > nr ? nr : tr);
+    const int64_t nrc = (nr + tr - 1) / tr, tiles = nb * nrc * ncc;
+    std::vector<double> part0(ncc > 1 ? (size_t)(ncc * nb * nr) : 0);
+    std::vector<double> part1(nrc > 1 ? (size_t)(nrc * nb * nc) : 0);
+    #pragma omp parallel for schedule(static) if (n >= OPTFORGE_PARALLEL_MIN)
+    for (int64_t k = 0; k < tiles; ++k) {
+        const int64_t b = k / (nrc * ncc), rc = (k / ncc) % nrc, cc = k % ncc;
+        const int64_t r0 = rc * tr, r1 = r0 + tr < nr ? r0 + tr : nr, c0 = cc * tc, c1 = c0 + tc < nc ? c0 + tc : nc;
+        double col1[OPTFORGE_TILE_COLS];   /* maxima and minima are exact in C */
+        for (int64_t c = 0; c < c1 - c0; ++c) col1[c] = 0.0;
+        for (int64_t r = r0; r < r1; ++r) {
+            const int64_t row = b * nr + r;
+            double row0 = 0.0;
+            #pragma omp simd reduction(+: row0)
+            for (int64_t c = c0; c < c1; ++c) {
+                C _v0, _v1;
+                optforge_adafactor_s2_elem<T, T, C>(row * nc + c, row * nc + c, row, b * nc + c, b, p_grad, nullptr, _v0, _v1, (C)k0, (C)k_rescale_grad, (C)k2);
+                row0 += (double)_v0;
+                col1[c - c0] = col1[c - c0] + (double)_v1;
+            }
+            if (ncc == 1) p__r0[row] = (C)row0;
+            else part0[(size_t)(cc * nb * nr + row)] = row0;
+        }
+        for (int64_t c = c0; c < c1; ++c) {
+            const int64_t j = b * nc + c;
+            if (nrc == 1) p__r1[j] = (C)col1[c - c0];
+            else part1[(size_t)(rc * nb * nc + j)] = col1[c - c0];
+        }
+    }
+    if (ncc > 1) {
+        const int64_t len = nb * nr;
+        #pragma omp parallel for schedule(static) if (len * ncc >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t j = 0; j < len; ++j) {
+            double s = part0[(size_t)j];
+            for (int64_t q = 1; q < ncc; ++q) s = s + part0[(size_t)(q * len + j)];
+            p__r0[j] = (C)s;
+        }
+    }
+    if (nrc > 1) {
+        const int64_t len = nb * nc;
+        #pragma omp parallel for schedule(static) if (len * nrc >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t j = 0; j < len; ++j) {
+            double s = part1[(size_t)j];
+            for (int64_t q = 1; q < nrc; ++q) s = s + part1[(size_t)(q * len + j)];
+            p__r1[j] = (C)s;
+        }
+    }
+}
+/* stage s3 over nb blocks x nr rows x nc cols, in tiles of whole rows' pieces: at most
+   OPTFORGE_TILE_COLS cols and OPTFORGE_TILE_ELEMS elements, fixed by the shape alone (not by the
+   thread count), the tiles in parallel. Reductions along an axis accumulate per tile (a row's
+   piece, a col's piece) in double and the pieces are combined in tile order: deterministic. */
+template <typename T, typename C, int H0>
+static void optforge_adafactor_s3_tiles(int64_t nb, int64_t nr, int64_t nc, T* __restrict__ p_row_var, const C* __restrict__ p__r0, C* __restrict__ p__r2, double k_beta2_t, double k1) {
+    const int64_t n = nb * nr * nc;
+    if (n == 0) return;
+    const int64_t tc = nc < OPTFORGE_TILE_COLS ? nc : OPTFORGE_TILE_COLS, ncc = (nc + tc - 1) / tc;
+    int64_t tr = OPTFORGE_TILE_ELEMS / tc;
+    tr = tr < 1 ? 1 : (tr > nr ? nr : tr);
+    const int64_t nrc = (nr + tr - 1) / tr, tiles = nb * nrc * ncc;
+    std::vector<double> part0(nrc > 1 ? (size_t)(nrc * nb * nc) : 0);
+    #pragma omp parallel for schedule(static) if (n >= OPTFORGE_PARALLEL_MIN)
+    for (int64_t k = 0; k < tiles; ++k) {
+        const int64_t b = k / (nrc * ncc), rc = (k / ncc) % nrc, cc = k % ncc;
+        const int64_t r0 = rc * tr, r1 = r0 + tr < nr ? r0 + tr : nr, c0 = cc * tc, c1 = c0 + tc < nc ? c0 + tc : nc;
+        double col0[OPTFORGE_TILE_COLS];   /* maxima and minima are exact in C */
+        for (int64_t c = 0; c < c1 - c0; ++c) col0[c] = 0.0;
+        for (int64_t r = r0; r < r1; ++r) {
+            const int64_t row = b * nr + r;
+            #pragma omp simd
+            for (int64_t c = c0; c < c1; ++c) {
+                C _v0;
+                optforge_adafactor_s3_elem<T, T, C, H0>(row * nc + c, row * nc + c, row, b * nc + c, b, p_row_var, p__r0, nullptr, _v0, (C)k_beta2_t, (C)k1);
+                col0[c - c0] = col0[c - c0] + (double)_v0;
+            }
+        }
+        for (int64_t c = c0; c < c1; ++c) {
+            const int64_t j = b * nc + c;
+            if (nrc == 1) p__r2[j] = (C)col0[c - c0];
+            else part0[(size_t)(rc * nb * nc + j)] = col0[c - c0];
+        }
+    }
+    if (nrc > 1) {
+        const int64_t len = nb * nc;
+        #pragma omp parallel for schedule(static) if (len * nrc >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t j = 0; j < len; ++j) {
+            double s = part0[(size_t)j];
+            for (int64_t q = 1; q < nrc; ++q) s = s + part0[(size_t)(q * len + j)];
+            p__r2[j] = (C)s;
+        }
+    }
+}
+/* stage s4 over nb blocks x nr rows x nc cols, in tiles of whole rows' pieces: at most
+   OPTFORGE_TILE_COLS cols and OPTFORGE_TILE_ELEMS elements, fixed by the shape alone (not by the
+   thread count), the tiles in parallel. Reductions along an axis accumulate per tile (a row's
+   piece, a col's piece) in double and the pieces are combined in tile order: deterministic. */
+template <typename T, typename C, int H0>
+static void optforge_adafactor_s4_tiles(int64_t nb, int64_t nr, int64_t nc, T* __restrict__ p_col_var, const C* __restrict__ p__r1, double k_beta2_t, double k1) {
+    const int64_t n = nb * nr * nc;
+    if (n == 0) return;
+    const int64_t tc = nc < OPTFORGE_TILE_COLS ? nc : OPTFORGE_TILE_COLS, ncc = (nc + tc - 1) / tc;
+    int64_t tr = OPTFORGE_TILE_ELEMS / tc;
+    tr = tr < 1 ? 1 : (tr > nr ? nr : tr);
+    const int64_t nrc = (nr + tr - 1) / tr, tiles = nb * nrc * ncc;
+    #pragma omp parallel for schedule(static) if (n >= OPTFORGE_PARALLEL_MIN)
+    for (int64_t k = 0; k < tiles; ++k) {
+        const int64_t b = k / (nrc * ncc), rc = (k / ncc) % nrc, cc = k % ncc;
+        const int64_t r0 = rc * tr, r1 = r0 + tr < nr ? r0 + tr : nr, c0 = cc * tc, c1 = c0 + tc < nc ? c0 + tc : nc;
+        for (int64_t r = r0; r < r1; ++r) {
+            const int64_t row = b * nr + r;
+            #pragma omp simd
+            for (int64_t c = c0; c < c1; ++c) {
+                optforge_adafactor_s4_elem<T, T, C, H0>(row * nc + c, row * nc + c, row, b * nc + c, b, p_col_var, p__r1, nullptr, (C)k_beta2_t, (C)k1);
+            }
+        }
+    }
+}
+/* stage s5 over nb blocks x nr rows x nc cols, in tiles of whole rows' pieces: at most
+   OPTFORGE_TILE_COLS cols and OPTFORGE_TILE_ELEMS elements, fixed by the shape alone (not by the
+   thread count), the tiles in parallel. Reductions along an axis accumulate per tile (a row's
+   piece, a col's piece) in double and the pieces are combined in tile order: deterministic. */
+template <typename T, typename C, int H0, int H1>
+static void optforge_adafactor_s5_tiles(int64_t nb, int64_t nr, int64_t nc, const T* __restrict__ p_grad, const T* __restrict__ p_row_var, const T* __restrict__ p_col_var, const C* __restrict__ p__r2, C* __restrict__ p_u, double k0, double k_rescale_grad, double k2, double k3, double k_e1, double k5, double* __restrict__ out) {
+    const int64_t n = nb * nr * nc;
+    out[0] = 0.0;
+    if (n == 0) return;
+    const int64_t tc = nc < OPTFORGE_TILE_COLS ? nc : OPTFORGE_TILE_COLS, ncc = (nc + tc - 1) / tc;
+    int64_t tr = OPTFORGE_TILE_ELEMS / tc;
+    tr = tr < 1 ? 1 : (tr > nr ? nr : tr);
+    const int64_t nrc = (nr + tr - 1) / tr, tiles = nb * nrc * ncc;
+    std::vector<double> wpart((size_t)tiles * 1);
+    #pragma omp parallel for schedule(static) if (n >= OPTFORGE_PARALLEL_MIN)
+    for (int64_t k = 0; k < tiles; ++k) {
+        const int64_t b = k / (nrc * ncc), rc = (k / ncc) % nrc, cc = k % ncc;
+        const int64_t r0 = rc * tr, r1 = r0 + tr < nr ? r0 + tr : nr, c0 = cc * tc, c1 = c0 + tc < nc ? c0 + tc : nc;
+        double w0 = 0.0;
+        for (int64_t r = r0; r < r1; ++r) {
+            const int64_t row = b * nr + r;
+            #pragma omp simd reduction(+: w0)
+            for (int64_t c = c0; c < c1; ++c) {
+                C t0, _unused;
+                optforge_adafactor_s5_elem<T, T, C, H0, H1>(row * nc + c, row * nc + c, row, b * nc + c, b, p_grad, p_row_var, p_col_var, p__r2, p_u, nullptr, t0, (C)k0, (C)k_rescale_grad, (C)k2, (C)k3, (C)k_e1, (C)k5);
+                w0 += (double)t0 * (double)t0;
+            }
+        }
+        wpart[(size_t)k * 1 + 0] = w0;
+    }
+    for (int64_t k = 0; k < tiles; ++k) out[0] = out[0] + wpart[(size_t)k * 1 + 0];
+}
 extern "C" {
 /* also accumulates 1 whole-tensor reduction(s) into out[]. Each thread takes a fixed share
    of the elements, block by block: the stage loop stores the elements' reduction terms in small
@@ -255,315 +423,39 @@ void optforge_adafactor_s1_mt_f64(int64_t count, const int64_t* __restrict__ siz
         optforge_adafactor_s1_f64(sizes[t], (double*)ptrs[0 * count + t], k0);
     }
 }
-/* stage s2 over nb blocks x nr rows x nc cols, in tiles of whole rows' pieces: at most
-   OPTFORGE_TILE_COLS cols and OPTFORGE_TILE_ELEMS elements, fixed by the shape alone (not by the
-   thread count), the tiles in parallel. Reductions along an axis accumulate per tile (a row's
-   piece, a col's piece) in double and the pieces are combined in tile order: deterministic. */
 void optforge_adafactor_s2_f32(int64_t nb, int64_t nr, int64_t nc, const float* __restrict__ p_grad, float* __restrict__ p__r0, float* __restrict__ p__r1, double k0, double k_rescale_grad, double k2) {
-    const int64_t n = nb * nr * nc;
-    if (n == 0) return;
-    const int64_t tc = nc < OPTFORGE_TILE_COLS ? nc : OPTFORGE_TILE_COLS, ncc = (nc + tc - 1) / tc;
-    int64_t tr = OPTFORGE_TILE_ELEMS / tc;
-    tr = tr < 1 ? 1 : (tr > nr ? nr : tr);
-    const int64_t nrc = (nr + tr - 1) / tr, tiles = nb * nrc * ncc;
-    std::vector<double> part0(ncc > 1 ? (size_t)(ncc * nb * nr) : 0);
-    std::vector<double> part1(nrc > 1 ? (size_t)(nrc * nb * nc) : 0);
-    #pragma omp parallel for schedule(static) if (n >= OPTFORGE_PARALLEL_MIN)
-    for (int64_t k = 0; k < tiles; ++k) {
-        const int64_t b = k / (nrc * ncc), rc = (k / ncc) % nrc, cc = k % ncc;
-        const int64_t r0 = rc * tr, r1 = r0 + tr < nr ? r0 + tr : nr, c0 = cc * tc, c1 = c0 + tc < nc ? c0 + tc : nc;
-        double col1[OPTFORGE_TILE_COLS];
-        for (int64_t c = 0; c < c1 - c0; ++c) col1[c] = 0.0;
-        for (int64_t r = r0; r < r1; ++r) {
-            const int64_t row = b * nr + r;
-            double row0 = 0.0;
-            #pragma omp simd reduction(+: row0)
-            for (int64_t c = c0; c < c1; ++c) {
-                float _v0, _v1;
-                optforge_adafactor_s2_elem<float, float, float>(row * nc + c, row * nc + c, row, b * nc + c, b, p_grad, nullptr, _v0, _v1, (float)k0, (float)k_rescale_grad, (float)k2);
-                row0 = row0 + (double)_v0;
-                col1[c - c0] = col1[c - c0] + (double)_v1;
-            }
-            if (ncc == 1) p__r0[row] = (float)row0;
-            else part0[(size_t)(cc * nb * nr + row)] = row0;
-        }
-        for (int64_t c = c0; c < c1; ++c) {
-            const int64_t j = b * nc + c;
-            if (nrc == 1) p__r1[j] = (float)col1[c - c0];
-            else part1[(size_t)(rc * nb * nc + j)] = col1[c - c0];
-        }
-    }
-    if (ncc > 1) {
-        const int64_t len = nb * nr;
-        #pragma omp parallel for schedule(static) if (len * ncc >= OPTFORGE_PARALLEL_MIN)
-        for (int64_t j = 0; j < len; ++j) {
-            double s = part0[(size_t)j];
-            for (int64_t q = 1; q < ncc; ++q) s = s + part0[(size_t)(q * len + j)];
-            p__r0[j] = (float)s;
-        }
-    }
-    if (nrc > 1) {
-        const int64_t len = nb * nc;
-        #pragma omp parallel for schedule(static) if (len * nrc >= OPTFORGE_PARALLEL_MIN)
-        for (int64_t j = 0; j < len; ++j) {
-            double s = part1[(size_t)j];
-            for (int64_t q = 1; q < nrc; ++q) s = s + part1[(size_t)(q * len + j)];
-            p__r1[j] = (float)s;
-        }
-    }
+     optforge_adafactor_s2_tiles<float, float>(nb, nr, nc, p_grad, p__r0, p__r1, k0, k_rescale_grad, k2);
 }
-/* stage s2 over nb blocks x nr rows x nc cols, in tiles of whole rows' pieces: at most
-   OPTFORGE_TILE_COLS cols and OPTFORGE_TILE_ELEMS elements, fixed by the shape alone (not by the
-   thread count), the tiles in parallel. Reductions along an axis accumulate per tile (a row's
-   piece, a col's piece) in double and the pieces are combined in tile order: deterministic. */
 void optforge_adafactor_s2_f64(int64_t nb, int64_t nr, int64_t nc, const double* __restrict__ p_grad, double* __restrict__ p__r0, double* __restrict__ p__r1, double k0, double k_rescale_grad, double k2) {
-    const int64_t n = nb * nr * nc;
-    if (n == 0) return;
-    const int64_t tc = nc < OPTFORGE_TILE_COLS ? nc : OPTFORGE_TILE_COLS, ncc = (nc + tc - 1) / tc;
-    int64_t tr = OPTFORGE_TILE_ELEMS / tc;
-    tr = tr < 1 ? 1 : (tr > nr ? nr : tr);
-    const int64_t nrc = (nr + tr - 1) / tr, tiles = nb * nrc * ncc;
-    std::vector<double> part0(ncc > 1 ? (size_t)(ncc * nb * nr) : 0);
-    std::vector<double> part1(nrc > 1 ? (size_t)(nrc * nb * nc) : 0);
-    #pragma omp parallel for schedule(static) if (n >= OPTFORGE_PARALLEL_MIN)
-    for (int64_t k = 0; k < tiles; ++k) {
-        const int64_t b = k / (nrc * ncc), rc = (k / ncc) % nrc, cc = k % ncc;
-        const int64_t r0 = rc * tr, r1 = r0 + tr < nr ? r0 + tr : nr, c0 = cc * tc, c1 = c0 + tc < nc ? c0 + tc : nc;
-        double col1[OPTFORGE_TILE_COLS];
-        for (int64_t c = 0; c < c1 - c0; ++c) col1[c] = 0.0;
-        for (int64_t r = r0; r < r1; ++r) {
-            const int64_t row = b * nr + r;
-            double row0 = 0.0;
-            #pragma omp simd reduction(+: row0)
-            for (int64_t c = c0; c < c1; ++c) {
-                double _v0, _v1;
-                optforge_adafactor_s2_elem<double, double, double>(row * nc + c, row * nc + c, row, b * nc + c, b, p_grad, nullptr, _v0, _v1, (double)k0, (double)k_rescale_grad, (double)k2);
-                row0 = row0 + (double)_v0;
-                col1[c - c0] = col1[c - c0] + (double)_v1;
-            }
-            if (ncc == 1) p__r0[row] = (double)row0;
-            else part0[(size_t)(cc * nb * nr + row)] = row0;
-        }
-        for (int64_t c = c0; c < c1; ++c) {
-            const int64_t j = b * nc + c;
-            if (nrc == 1) p__r1[j] = (double)col1[c - c0];
-            else part1[(size_t)(rc * nb * nc + j)] = col1[c - c0];
-        }
-    }
-    if (ncc > 1) {
-        const int64_t len = nb * nr;
-        #pragma omp parallel for schedule(static) if (len * ncc >= OPTFORGE_PARALLEL_MIN)
-        for (int64_t j = 0; j < len; ++j) {
-            double s = part0[(size_t)j];
-            for (int64_t q = 1; q < ncc; ++q) s = s + part0[(size_t)(q * len + j)];
-            p__r0[j] = (double)s;
-        }
-    }
-    if (nrc > 1) {
-        const int64_t len = nb * nc;
-        #pragma omp parallel for schedule(static) if (len * nrc >= OPTFORGE_PARALLEL_MIN)
-        for (int64_t j = 0; j < len; ++j) {
-            double s = part1[(size_t)j];
-            for (int64_t q = 1; q < nrc; ++q) s = s + part1[(size_t)(q * len + j)];
-            p__r1[j] = (double)s;
-        }
-    }
+     optforge_adafactor_s2_tiles<double, double>(nb, nr, nc, p_grad, p__r0, p__r1, k0, k_rescale_grad, k2);
 }
-/* stage s3 over nb blocks x nr rows x nc cols, in tiles of whole rows' pieces: at most
-   OPTFORGE_TILE_COLS cols and OPTFORGE_TILE_ELEMS elements, fixed by the shape alone (not by the
-   thread count), the tiles in parallel. Reductions along an axis accumulate per tile (a row's
-   piece, a col's piece) in double and the pieces are combined in tile order: deterministic. */
 void optforge_adafactor_s3_f32(int64_t nb, int64_t nr, int64_t nc, float* __restrict__ p_row_var, const float* __restrict__ p__r0, float* __restrict__ p__r2, double k_beta2_t, double k1) {
-    const int64_t n = nb * nr * nc;
-    if (n == 0) return;
-    const int64_t tc = nc < OPTFORGE_TILE_COLS ? nc : OPTFORGE_TILE_COLS, ncc = (nc + tc - 1) / tc;
-    int64_t tr = OPTFORGE_TILE_ELEMS / tc;
-    tr = tr < 1 ? 1 : (tr > nr ? nr : tr);
-    const int64_t nrc = (nr + tr - 1) / tr, tiles = nb * nrc * ncc;
-    std::vector<double> part0(nrc > 1 ? (size_t)(nrc * nb * nc) : 0);
-    #pragma omp parallel for schedule(static) if (n >= OPTFORGE_PARALLEL_MIN)
-    for (int64_t k = 0; k < tiles; ++k) {
-        const int64_t b = k / (nrc * ncc), rc = (k / ncc) % nrc, cc = k % ncc;
-        const int64_t r0 = rc * tr, r1 = r0 + tr < nr ? r0 + tr : nr, c0 = cc * tc, c1 = c0 + tc < nc ? c0 + tc : nc;
-        double col0[OPTFORGE_TILE_COLS];
-        for (int64_t c = 0; c < c1 - c0; ++c) col0[c] = 0.0;
-        for (int64_t r = r0; r < r1; ++r) {
-            const int64_t row = b * nr + r;
-            #pragma omp simd
-            for (int64_t c = c0; c < c1; ++c) {
-                float _v0;
-                optforge_adafactor_s3_elem<float, float, float, 2>(row * nc + c, row * nc + c, row, b * nc + c, b, p_row_var, p__r0, nullptr, _v0, (float)k_beta2_t, (float)k1);
-                col0[c - c0] = col0[c - c0] + (double)_v0;
-            }
-        }
-        for (int64_t c = c0; c < c1; ++c) {
-            const int64_t j = b * nc + c;
-            if (nrc == 1) p__r2[j] = (float)col0[c - c0];
-            else part0[(size_t)(rc * nb * nc + j)] = col0[c - c0];
-        }
-    }
-    if (nrc > 1) {
-        const int64_t len = nb * nc;
-        #pragma omp parallel for schedule(static) if (len * nrc >= OPTFORGE_PARALLEL_MIN)
-        for (int64_t j = 0; j < len; ++j) {
-            double s = part0[(size_t)j];
-            for (int64_t q = 1; q < nrc; ++q) s = s + part0[(size_t)(q * len + j)];
-            p__r2[j] = (float)s;
-        }
-    }
+    if (p_row_var) optforge_adafactor_s3_tiles<float, float, 1>(nb, nr, nc, p_row_var, p__r0, p__r2, k_beta2_t, k1);
+    else if (!p_row_var) optforge_adafactor_s3_tiles<float, float, 0>(nb, nr, nc, p_row_var, p__r0, p__r2, k_beta2_t, k1);
 }
-/* stage s3 over nb blocks x nr rows x nc cols, in tiles of whole rows' pieces: at most
-   OPTFORGE_TILE_COLS cols and OPTFORGE_TILE_ELEMS elements, fixed by the shape alone (not by the
-   thread count), the tiles in parallel. Reductions along an axis accumulate per tile (a row's
-   piece, a col's piece) in double and the pieces are combined in tile order: deterministic. */
 void optforge_adafactor_s3_f64(int64_t nb, int64_t nr, int64_t nc, double* __restrict__ p_row_var, const double* __restrict__ p__r0, double* __restrict__ p__r2, double k_beta2_t, double k1) {
-    const int64_t n = nb * nr * nc;
-    if (n == 0) return;
-    const int64_t tc = nc < OPTFORGE_TILE_COLS ? nc : OPTFORGE_TILE_COLS, ncc = (nc + tc - 1) / tc;
-    int64_t tr = OPTFORGE_TILE_ELEMS / tc;
-    tr = tr < 1 ? 1 : (tr > nr ? nr : tr);
-    const int64_t nrc = (nr + tr - 1) / tr, tiles = nb * nrc * ncc;
-    std::vector<double> part0(nrc > 1 ? (size_t)(nrc * nb * nc) : 0);
-    #pragma omp parallel for schedule(static) if (n >= OPTFORGE_PARALLEL_MIN)
-    for (int64_t k = 0; k < tiles; ++k) {
-        const int64_t b = k / (nrc * ncc), rc = (k / ncc) % nrc, cc = k % ncc;
-        const int64_t r0 = rc * tr, r1 = r0 + tr < nr ? r0 + tr : nr, c0 = cc * tc, c1 = c0 + tc < nc ? c0 + tc : nc;
-        double col0[OPTFORGE_TILE_COLS];
-        for (int64_t c = 0; c < c1 - c0; ++c) col0[c] = 0.0;
-        for (int64_t r = r0; r < r1; ++r) {
-            const int64_t row = b * nr + r;
-            #pragma omp simd
-            for (int64_t c = c0; c < c1; ++c) {
-                double _v0;
-                optforge_adafactor_s3_elem<double, double, double, 2>(row * nc + c, row * nc + c, row, b * nc + c, b, p_row_var, p__r0, nullptr, _v0, (double)k_beta2_t, (double)k1);
-                col0[c - c0] = col0[c - c0] + (double)_v0;
-            }
-        }
-        for (int64_t c = c0; c < c1; ++c) {
-            const int64_t j = b * nc + c;
-            if (nrc == 1) p__r2[j] = (double)col0[c - c0];
-            else part0[(size_t)(rc * nb * nc + j)] = col0[c - c0];
-        }
-    }
-    if (nrc > 1) {
-        const int64_t len = nb * nc;
-        #pragma omp parallel for schedule(static) if (len * nrc >= OPTFORGE_PARALLEL_MIN)
-        for (int64_t j = 0; j < len; ++j) {
-            double s = part0[(size_t)j];
-            for (int64_t q = 1; q < nrc; ++q) s = s + part0[(size_t)(q * len + j)];
-            p__r2[j] = (double)s;
-        }
-    }
+    if (p_row_var) optforge_adafactor_s3_tiles<double, double, 1>(nb, nr, nc, p_row_var, p__r0, p__r2, k_beta2_t, k1);
+    else if (!p_row_var) optforge_adafactor_s3_tiles<double, double, 0>(nb, nr, nc, p_row_var, p__r0, p__r2, k_beta2_t, k1);
 }
-/* stage s4 over nb blocks x nr rows x nc cols, in tiles of whole rows' pieces: at most
-   OPTFORGE_TILE_COLS cols and OPTFORGE_TILE_ELEMS elements, fixed by the shape alone (not by the
-   thread count), the tiles in parallel. Reductions along an axis accumulate per tile (a row's
-   piece, a col's piece) in double and the pieces are combined in tile order: deterministic. */
 void optforge_adafactor_s4_f32(int64_t nb, int64_t nr, int64_t nc, float* __restrict__ p_col_var, const float* __restrict__ p__r1, double k_beta2_t, double k1) {
-    const int64_t n = nb * nr * nc;
-    if (n == 0) return;
-    const int64_t tc = nc < OPTFORGE_TILE_COLS ? nc : OPTFORGE_TILE_COLS, ncc = (nc + tc - 1) / tc;
-    int64_t tr = OPTFORGE_TILE_ELEMS / tc;
-    tr = tr < 1 ? 1 : (tr > nr ? nr : tr);
-    const int64_t nrc = (nr + tr - 1) / tr, tiles = nb * nrc * ncc;
-    #pragma omp parallel for schedule(static) if (n >= OPTFORGE_PARALLEL_MIN)
-    for (int64_t k = 0; k < tiles; ++k) {
-        const int64_t b = k / (nrc * ncc), rc = (k / ncc) % nrc, cc = k % ncc;
-        const int64_t r0 = rc * tr, r1 = r0 + tr < nr ? r0 + tr : nr, c0 = cc * tc, c1 = c0 + tc < nc ? c0 + tc : nc;
-        for (int64_t r = r0; r < r1; ++r) {
-            const int64_t row = b * nr + r;
-            #pragma omp simd
-            for (int64_t c = c0; c < c1; ++c) {
-                optforge_adafactor_s4_elem<float, float, float, 2>(row * nc + c, row * nc + c, row, b * nc + c, b, p_col_var, p__r1, nullptr, (float)k_beta2_t, (float)k1);
-            }
-        }
-    }
+    if (p_col_var) optforge_adafactor_s4_tiles<float, float, 1>(nb, nr, nc, p_col_var, p__r1, k_beta2_t, k1);
+    else if (!p_col_var) optforge_adafactor_s4_tiles<float, float, 0>(nb, nr, nc, p_col_var, p__r1, k_beta2_t, k1);
 }
-/* stage s4 over nb blocks x nr rows x nc cols, in tiles of whole rows' pieces: at most
-   OPTFORGE_TILE_COLS cols and OPTFORGE_TILE_ELEMS elements, fixed by the shape alone (not by the
-   thread count), the tiles in parallel. Reductions along an axis accumulate per tile (a row's
-   piece, a col's piece) in double and the pieces are combined in tile order: deterministic. */
 void optforge_adafactor_s4_f64(int64_t nb, int64_t nr, int64_t nc, double* __restrict__ p_col_var, const double* __restrict__ p__r1, double k_beta2_t, double k1) {
-    const int64_t n = nb * nr * nc;
-    if (n == 0) return;
-    const int64_t tc = nc < OPTFORGE_TILE_COLS ? nc : OPTFORGE_TILE_COLS, ncc = (nc + tc - 1) / tc;
-    int64_t tr = OPTFORGE_TILE_ELEMS / tc;
-    tr = tr < 1 ? 1 : (tr > nr ? nr : tr);
-    const int64_t nrc = (nr + tr - 1) / tr, tiles = nb * nrc * ncc;
-    #pragma omp parallel for schedule(static) if (n >= OPTFORGE_PARALLEL_MIN)
-    for (int64_t k = 0; k < tiles; ++k) {
-        const int64_t b = k / (nrc * ncc), rc = (k / ncc) % nrc, cc = k % ncc;
-        const int64_t r0 = rc * tr, r1 = r0 + tr < nr ? r0 + tr : nr, c0 = cc * tc, c1 = c0 + tc < nc ? c0 + tc : nc;
-        for (int64_t r = r0; r < r1; ++r) {
-            const int64_t row = b * nr + r;
-            #pragma omp simd
-            for (int64_t c = c0; c < c1; ++c) {
-                optforge_adafactor_s4_elem<double, double, double, 2>(row * nc + c, row * nc + c, row, b * nc + c, b, p_col_var, p__r1, nullptr, (double)k_beta2_t, (double)k1);
-            }
-        }
-    }
+    if (p_col_var) optforge_adafactor_s4_tiles<double, double, 1>(nb, nr, nc, p_col_var, p__r1, k_beta2_t, k1);
+    else if (!p_col_var) optforge_adafactor_s4_tiles<double, double, 0>(nb, nr, nc, p_col_var, p__r1, k_beta2_t, k1);
 }
-/* stage s5 over nb blocks x nr rows x nc cols, in tiles of whole rows' pieces: at most
-   OPTFORGE_TILE_COLS cols and OPTFORGE_TILE_ELEMS elements, fixed by the shape alone (not by the
-   thread count), the tiles in parallel. Reductions along an axis accumulate per tile (a row's
-   piece, a col's piece) in double and the pieces are combined in tile order: deterministic. */
 void optforge_adafactor_s5_f32(int64_t nb, int64_t nr, int64_t nc, const float* __restrict__ p_grad, const float* __restrict__ p_row_var, const float* __restrict__ p_col_var, const float* __restrict__ p__r2, float* __restrict__ p_u, double k0, double k_rescale_grad, double k2, double k3, double k_e1, double k5, double* __restrict__ out) {
-    const int64_t n = nb * nr * nc;
-    out[0] = 0.0;
-    if (n == 0) return;
-    const int64_t tc = nc < OPTFORGE_TILE_COLS ? nc : OPTFORGE_TILE_COLS, ncc = (nc + tc - 1) / tc;
-    int64_t tr = OPTFORGE_TILE_ELEMS / tc;
-    tr = tr < 1 ? 1 : (tr > nr ? nr : tr);
-    const int64_t nrc = (nr + tr - 1) / tr, tiles = nb * nrc * ncc;
-    std::vector<double> wpart((size_t)tiles * 1);
-    #pragma omp parallel for schedule(static) if (n >= OPTFORGE_PARALLEL_MIN)
-    for (int64_t k = 0; k < tiles; ++k) {
-        const int64_t b = k / (nrc * ncc), rc = (k / ncc) % nrc, cc = k % ncc;
-        const int64_t r0 = rc * tr, r1 = r0 + tr < nr ? r0 + tr : nr, c0 = cc * tc, c1 = c0 + tc < nc ? c0 + tc : nc;
-        double w0 = 0.0;
-        for (int64_t r = r0; r < r1; ++r) {
-            const int64_t row = b * nr + r;
-            #pragma omp simd reduction(+: w0)
-            for (int64_t c = c0; c < c1; ++c) {
-                float t0, _unused;
-                optforge_adafactor_s5_elem<float, float, float, 2, 2>(row * nc + c, row * nc + c, row, b * nc + c, b, p_grad, p_row_var, p_col_var, p__r2, p_u, nullptr, t0, (float)k0, (float)k_rescale_grad, (float)k2, (float)k3, (float)k_e1, (float)k5);
-                w0 = w0 + (double)t0 * (double)t0;
-            }
-        }
-        wpart[(size_t)k * 1 + 0] = w0;
-    }
-    for (int64_t k = 0; k < tiles; ++k) out[0] = out[0] + wpart[(size_t)k * 1 + 0];
+    if (p_row_var && p_col_var) optforge_adafactor_s5_tiles<float, float, 1, 1>(nb, nr, nc, p_grad, p_row_var, p_col_var, p__r2, p_u, k0, k_rescale_grad, k2, k3, k_e1, k5, out);
+    else if (p_row_var && !p_col_var) optforge_adafactor_s5_tiles<float, float, 1, 0>(nb, nr, nc, p_grad, p_row_var, p_col_var, p__r2, p_u, k0, k_rescale_grad, k2, k3, k_e1, k5, out);
+    else if (!p_row_var && p_col_var) optforge_adafactor_s5_tiles<float, float, 0, 1>(nb, nr, nc, p_grad, p_row_var, p_col_var, p__r2, p_u, k0, k_rescale_grad, k2, k3, k_e1, k5, out);
+    else if (!p_row_var && !p_col_var) optforge_adafactor_s5_tiles<float, float, 0, 0>(nb, nr, nc, p_grad, p_row_var, p_col_var, p__r2, p_u, k0, k_rescale_grad, k2, k3, k_e1, k5, out);
 }
-/* stage s5 over nb blocks x nr rows x nc cols, in tiles of whole rows' pieces: at most
-   OPTFORGE_TILE_COLS cols and OPTFORGE_TILE_ELEMS elements, fixed by the shape alone (not by the
-   thread count), the tiles in parallel. Reductions along an axis accumulate per tile (a row's
-   piece, a col's piece) in double and the pieces are combined in tile order: deterministic. */
 void optforge_adafactor_s5_f64(int64_t nb, int64_t nr, int64_t nc, const double* __restrict__ p_grad, const double* __restrict__ p_row_var, const double* __restrict__ p_col_var, const double* __restrict__ p__r2, double* __restrict__ p_u, double k0, double k_rescale_grad, double k2, double k3, double k_e1, double k5, double* __restrict__ out) {
-    const int64_t n = nb * nr * nc;
-    out[0] = 0.0;
-    if (n == 0) return;
-    const int64_t tc = nc < OPTFORGE_TILE_COLS ? nc : OPTFORGE_TILE_COLS, ncc = (nc + tc - 1) / tc;
-    int64_t tr = OPTFORGE_TILE_ELEMS / tc;
-    tr = tr < 1 ? 1 : (tr > nr ? nr : tr);
-    const int64_t nrc = (nr + tr - 1) / tr, tiles = nb * nrc * ncc;
-    std::vector<double> wpart((size_t)tiles * 1);
-    #pragma omp parallel for schedule(static) if (n >= OPTFORGE_PARALLEL_MIN)
-    for (int64_t k = 0; k < tiles; ++k) {
-        const int64_t b = k / (nrc * ncc), rc = (k / ncc) % nrc, cc = k % ncc;
-        const int64_t r0 = rc * tr, r1 = r0 + tr < nr ? r0 + tr : nr, c0 = cc * tc, c1 = c0 + tc < nc ? c0 + tc : nc;
-        double w0 = 0.0;
-        for (int64_t r = r0; r < r1; ++r) {
-            const int64_t row = b * nr + r;
-            #pragma omp simd reduction(+: w0)
-            for (int64_t c = c0; c < c1; ++c) {
-                double t0, _unused;
-                optforge_adafactor_s5_elem<double, double, double, 2, 2>(row * nc + c, row * nc + c, row, b * nc + c, b, p_grad, p_row_var, p_col_var, p__r2, p_u, nullptr, t0, (double)k0, (double)k_rescale_grad, (double)k2, (double)k3, (double)k_e1, (double)k5);
-                w0 = w0 + (double)t0 * (double)t0;
-            }
-        }
-        wpart[(size_t)k * 1 + 0] = w0;
-    }
-    for (int64_t k = 0; k < tiles; ++k) out[0] = out[0] + wpart[(size_t)k * 1 + 0];
+    if (p_row_var && p_col_var) optforge_adafactor_s5_tiles<double, double, 1, 1>(nb, nr, nc, p_grad, p_row_var, p_col_var, p__r2, p_u, k0, k_rescale_grad, k2, k3, k_e1, k5, out);
+    else if (p_row_var && !p_col_var) optforge_adafactor_s5_tiles<double, double, 1, 0>(nb, nr, nc, p_grad, p_row_var, p_col_var, p__r2, p_u, k0, k_rescale_grad, k2, k3, k_e1, k5, out);
+    else if (!p_row_var && p_col_var) optforge_adafactor_s5_tiles<double, double, 0, 1>(nb, nr, nc, p_grad, p_row_var, p_col_var, p__r2, p_u, k0, k_rescale_grad, k2, k3, k_e1, k5, out);
+    else if (!p_row_var && !p_col_var) optforge_adafactor_s5_tiles<double, double, 0, 0>(nb, nr, nc, p_grad, p_row_var, p_col_var, p__r2, p_u, k0, k_rescale_grad, k2, k3, k_e1, k5, out);
 }
 /* also accumulates 1 whole-tensor reduction(s) into out[]. Each thread takes a fixed share
    of the elements, block by block: the stage loop stores the elements' reduction terms in small

@@ -13,10 +13,19 @@ typedef unsigned long long uint64_t;
 #ifndef OPTFORGE_HD
 #define OPTFORGE_HD inline
 #endif
+#ifdef __CUDACC_RTC__
+#define OPTFORGE_INF __longlong_as_double(0x7ff0000000000000LL)
+#else
+#define OPTFORGE_INF HUGE_VAL
+#endif
 /* NaN in, NaN out, as in NumPy (the policy of every backend: IEEE arithmetic, nothing sanitised) */
 template <typename C> OPTFORGE_HD C op_sign(C x) { return x != x ? x : C((x > C(0)) - (x < C(0))); }
-/* clip to [-b, b]; b <= 0 (or none, passed as 0) means no clipping */
-template <typename C> OPTFORGE_HD C op_clip(C x, C b) { return b > C(0) ? (x > b ? b : (x < -b ? -b : x)) : x; }
+/* clip to [-b, b]; b <= 0 (or none, passed as 0) means no clipping: a bound of infinity, so that
+   the compiler sees one select per element rather than a loop to split on b (NaN stays NaN) */
+template <typename C> OPTFORGE_HD C op_clip(C x, C b) {
+    const C hi = b > C(0) ? b : C(OPTFORGE_INF);
+    return x > hi ? hi : (x < -hi ? -hi : x);
+}
 #endif
 
 /* below this many elements a stage runs on one thread: forking costs more than it saves */

@@ -21,8 +21,12 @@ typedef unsigned long long uint64_t;
 template <typename C> OPTFORGE_HD C op_square(C x) { return x * x; }
 template <typename C> OPTFORGE_HD C op_max(C a, C b) { return a != a ? a : (b != b ? b : (a > b ? a : b)); }
 template <typename C> OPTFORGE_HD C op_min(C a, C b) { return a != a ? a : (b != b ? b : (a < b ? a : b)); }
-/* clip to [-b, b]; b <= 0 (or none, passed as 0) means no clipping */
-template <typename C> OPTFORGE_HD C op_clip(C x, C b) { return b > C(0) ? (x > b ? b : (x < -b ? -b : x)) : x; }
+/* clip to [-b, b]; b <= 0 (or none, passed as 0) means no clipping: a bound of infinity, so that
+   the compiler sees one select per element rather than a loop to split on b (NaN stays NaN) */
+template <typename C> OPTFORGE_HD C op_clip(C x, C b) {
+    const C hi = b > C(0) ? b : C(OPTFORGE_INF);
+    return x > hi ? hi : (x < -hi ? -hi : x);
+}
 #endif
 
 /* below this many elements a stage runs on one thread: forking costs more than it saves */
@@ -32,6 +36,34 @@ template <typename C> inline void store_low(float* p, int64_t i, C v) { p[i] = (
 /* tiles of the tiled stages (blocks x rows x cols): at most this many cols, and elements */
 #define OPTFORGE_TILE_COLS 1024
 #define OPTFORGE_TILE_ELEMS 65536
+/* the max (min) of a row piece's values, NaN if any is NaN: 16 lanes then across them (a max does
+   not depend on the order, so the lanes change nothing but the speed) */
+template <typename V> static inline V optforge_max_lanes(const V* __restrict__ v, int64_t len) {
+    V lane[16];
+    for (int l = 0; l < 16; ++l) lane[l] = -OPTFORGE_INF;
+    int64_t j = 0;
+    for (; j + 16 <= len; j += 16) {
+        #pragma omp simd
+        for (int l = 0; l < 16; ++l) lane[l] = op_max(lane[l], v[j + l]);
+    }
+    for (; j < len; ++j) lane[0] = op_max(lane[0], v[j]);
+    V out = lane[0];
+    for (int l = 1; l < 16; ++l) out = op_max(out, lane[l]);
+    return out;
+}
+template <typename V> static inline V optforge_min_lanes(const V* __restrict__ v, int64_t len) {
+    V lane[16];
+    for (int l = 0; l < 16; ++l) lane[l] = OPTFORGE_INF;
+    int64_t j = 0;
+    for (; j + 16 <= len; j += 16) {
+        #pragma omp simd
+        for (int l = 0; l < 16; ++l) lane[l] = op_min(lane[l], v[j + l]);
+    }
+    for (; j < len; ++j) lane[0] = op_min(lane[0], v[j]);
+    V out = lane[0];
+    for (int l = 1; l < 16; ++l) out = op_min(out, lane[l]);
+    return out;
+}
 #include <vector>
 #define OPTFORGE_REDUCE_BLOCK 2048
 #ifdef _OPENMP
@@ -81,213 +113,133 @@ OPTFORGE_HD void optforge_sm3_s2_elem(int64_t i, int64_t gi, int64_t _iR, int64_
     p_acc_col[_iC] = (T)(acc_col);
 }
 
+/* stage s0 over nb blocks x nr rows x nc cols, in tiles of whole rows' pieces: at most
+   OPTFORGE_TILE_COLS cols and OPTFORGE_TILE_ELEMS elements, fixed by the shape alone (not by the
+   thread count), the tiles in parallel. Reductions along an axis accumulate per tile (a row's
+   piece, a col's piece) in double and the pieces are combined in tile order: deterministic. */
+template <typename T, typename C>
+static void optforge_sm3_s0_tiles(int64_t nb, int64_t nr, int64_t nc, const T* __restrict__ p_grad, T* __restrict__ p_weight, const T* __restrict__ p_acc_row, const T* __restrict__ p_acc_col, T* __restrict__ p_mom, C* __restrict__ p__r0, C* __restrict__ p__r1, double k_rescale_grad, double k1, double k_wd, double k3, double k_beta2, double k_eps, double k_momentum, double k_lr) {
+    const int64_t n = nb * nr * nc;
+    if (n == 0) return;
+    const int64_t tc = nc < OPTFORGE_TILE_COLS ? nc : OPTFORGE_TILE_COLS, ncc = (nc + tc - 1) / tc;
+    int64_t tr = OPTFORGE_TILE_ELEMS / tc;
+    tr = tr < 1 ? 1 : (tr > nr ? nr : tr);
+    const int64_t nrc = (nr + tr - 1) / tr, tiles = nb * nrc * ncc;
+    std::vector<double> part0(ncc > 1 ? (size_t)(ncc * nb * nr) : 0);
+    std::vector<double> part1(nrc > 1 ? (size_t)(nrc * nb * nc) : 0);
+    #pragma omp parallel for schedule(static) if (n >= OPTFORGE_PARALLEL_MIN)
+    for (int64_t k = 0; k < tiles; ++k) {
+        const int64_t b = k / (nrc * ncc), rc = (k / ncc) % nrc, cc = k % ncc;
+        const int64_t r0 = rc * tr, r1 = r0 + tr < nr ? r0 + tr : nr, c0 = cc * tc, c1 = c0 + tc < nc ? c0 + tc : nc;
+        C col1[OPTFORGE_TILE_COLS];   /* maxima and minima are exact in C */
+        for (int64_t c = 0; c < c1 - c0; ++c) col1[c] = -OPTFORGE_INF;
+        for (int64_t r = r0; r < r1; ++r) {
+            const int64_t row = b * nr + r;
+            double row0 = -OPTFORGE_INF;
+            C rbuf0[OPTFORGE_TILE_COLS];
+            #pragma omp simd
+            for (int64_t c = c0; c < c1; ++c) {
+                C _v0, _v1;
+                optforge_sm3_s0_elem<T, T, C>(row * nc + c, row * nc + c, row, b * nc + c, b, p_grad, p_weight, p_acc_row, p_acc_col, p_mom, nullptr, _v0, _v1, (C)k_rescale_grad, (C)k1, (C)k_wd, (C)k3, (C)k_beta2, (C)k_eps, (C)k_momentum, (C)k_lr);
+                rbuf0[c - c0] = _v0;
+                col1[c - c0] = op_max(col1[c - c0], _v1);
+            }
+            row0 = op_max(row0, (double)optforge_max_lanes(rbuf0, c1 - c0));
+            if (ncc == 1) p__r0[row] = (C)row0;
+            else part0[(size_t)(cc * nb * nr + row)] = row0;
+        }
+        for (int64_t c = c0; c < c1; ++c) {
+            const int64_t j = b * nc + c;
+            if (nrc == 1) p__r1[j] = (C)col1[c - c0];
+            else part1[(size_t)(rc * nb * nc + j)] = col1[c - c0];
+        }
+    }
+    if (ncc > 1) {
+        const int64_t len = nb * nr;
+        #pragma omp parallel for schedule(static) if (len * ncc >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t j = 0; j < len; ++j) {
+            double s = part0[(size_t)j];
+            for (int64_t q = 1; q < ncc; ++q) s = op_max(s, part0[(size_t)(q * len + j)]);
+            p__r0[j] = (C)s;
+        }
+    }
+    if (nrc > 1) {
+        const int64_t len = nb * nc;
+        #pragma omp parallel for schedule(static) if (len * nrc >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t j = 0; j < len; ++j) {
+            double s = part1[(size_t)j];
+            for (int64_t q = 1; q < nrc; ++q) s = op_max(s, part1[(size_t)(q * len + j)]);
+            p__r1[j] = (C)s;
+        }
+    }
+}
+/* stage s1 over nb blocks x nr rows x nc cols, in tiles of whole rows' pieces: at most
+   OPTFORGE_TILE_COLS cols and OPTFORGE_TILE_ELEMS elements, fixed by the shape alone (not by the
+   thread count), the tiles in parallel. Reductions along an axis accumulate per tile (a row's
+   piece, a col's piece) in double and the pieces are combined in tile order: deterministic. */
+template <typename T, typename C>
+static void optforge_sm3_s1_tiles(int64_t nb, int64_t nr, int64_t nc, const C* __restrict__ p__r0, T* __restrict__ p_acc_row) {
+    const int64_t n = nb * nr * nc;
+    if (n == 0) return;
+    const int64_t tc = nc < OPTFORGE_TILE_COLS ? nc : OPTFORGE_TILE_COLS, ncc = (nc + tc - 1) / tc;
+    int64_t tr = OPTFORGE_TILE_ELEMS / tc;
+    tr = tr < 1 ? 1 : (tr > nr ? nr : tr);
+    const int64_t nrc = (nr + tr - 1) / tr, tiles = nb * nrc * ncc;
+    #pragma omp parallel for schedule(static) if (n >= OPTFORGE_PARALLEL_MIN)
+    for (int64_t k = 0; k < tiles; ++k) {
+        const int64_t b = k / (nrc * ncc), rc = (k / ncc) % nrc, cc = k % ncc;
+        const int64_t r0 = rc * tr, r1 = r0 + tr < nr ? r0 + tr : nr, c0 = cc * tc, c1 = c0 + tc < nc ? c0 + tc : nc;
+        for (int64_t r = r0; r < r1; ++r) {
+            const int64_t row = b * nr + r;
+            #pragma omp simd
+            for (int64_t c = c0; c < c1; ++c) {
+                optforge_sm3_s1_elem<T, T, C>(row * nc + c, row * nc + c, row, b * nc + c, b, p__r0, p_acc_row, nullptr);
+            }
+        }
+    }
+}
+/* stage s2 over nb blocks x nr rows x nc cols, in tiles of whole rows' pieces: at most
+   OPTFORGE_TILE_COLS cols and OPTFORGE_TILE_ELEMS elements, fixed by the shape alone (not by the
+   thread count), the tiles in parallel. Reductions along an axis accumulate per tile (a row's
+   piece, a col's piece) in double and the pieces are combined in tile order: deterministic. */
+template <typename T, typename C>
+static void optforge_sm3_s2_tiles(int64_t nb, int64_t nr, int64_t nc, const C* __restrict__ p__r1, T* __restrict__ p_acc_col) {
+    const int64_t n = nb * nr * nc;
+    if (n == 0) return;
+    const int64_t tc = nc < OPTFORGE_TILE_COLS ? nc : OPTFORGE_TILE_COLS, ncc = (nc + tc - 1) / tc;
+    int64_t tr = OPTFORGE_TILE_ELEMS / tc;
+    tr = tr < 1 ? 1 : (tr > nr ? nr : tr);
+    const int64_t nrc = (nr + tr - 1) / tr, tiles = nb * nrc * ncc;
+    #pragma omp parallel for schedule(static) if (n >= OPTFORGE_PARALLEL_MIN)
+    for (int64_t k = 0; k < tiles; ++k) {
+        const int64_t b = k / (nrc * ncc), rc = (k / ncc) % nrc, cc = k % ncc;
+        const int64_t r0 = rc * tr, r1 = r0 + tr < nr ? r0 + tr : nr, c0 = cc * tc, c1 = c0 + tc < nc ? c0 + tc : nc;
+        for (int64_t r = r0; r < r1; ++r) {
+            const int64_t row = b * nr + r;
+            #pragma omp simd
+            for (int64_t c = c0; c < c1; ++c) {
+                optforge_sm3_s2_elem<T, T, C>(row * nc + c, row * nc + c, row, b * nc + c, b, p__r1, p_acc_col, nullptr);
+            }
+        }
+    }
+}
 extern "C" {
-/* stage s0 over nb blocks x nr rows x nc cols, in tiles of whole rows' pieces: at most
-   OPTFORGE_TILE_COLS cols and OPTFORGE_TILE_ELEMS elements, fixed by the shape alone (not by the
-   thread count), the tiles in parallel. Reductions along an axis accumulate per tile (a row's
-   piece, a col's piece) in double and the pieces are combined in tile order: deterministic. */
 void optforge_sm3_s0_f32(int64_t nb, int64_t nr, int64_t nc, const float* __restrict__ p_grad, float* __restrict__ p_weight, const float* __restrict__ p_acc_row, const float* __restrict__ p_acc_col, float* __restrict__ p_mom, float* __restrict__ p__r0, float* __restrict__ p__r1, double k_rescale_grad, double k1, double k_wd, double k3, double k_beta2, double k_eps, double k_momentum, double k_lr) {
-    const int64_t n = nb * nr * nc;
-    if (n == 0) return;
-    const int64_t tc = nc < OPTFORGE_TILE_COLS ? nc : OPTFORGE_TILE_COLS, ncc = (nc + tc - 1) / tc;
-    int64_t tr = OPTFORGE_TILE_ELEMS / tc;
-    tr = tr < 1 ? 1 : (tr > nr ? nr : tr);
-    const int64_t nrc = (nr + tr - 1) / tr, tiles = nb * nrc * ncc;
-    std::vector<double> part0(ncc > 1 ? (size_t)(ncc * nb * nr) : 0);
-    std::vector<double> part1(nrc > 1 ? (size_t)(nrc * nb * nc) : 0);
-    #pragma omp parallel for schedule(static) if (n >= OPTFORGE_PARALLEL_MIN)
-    for (int64_t k = 0; k < tiles; ++k) {
-        const int64_t b = k / (nrc * ncc), rc = (k / ncc) % nrc, cc = k % ncc;
-        const int64_t r0 = rc * tr, r1 = r0 + tr < nr ? r0 + tr : nr, c0 = cc * tc, c1 = c0 + tc < nc ? c0 + tc : nc;
-        double col1[OPTFORGE_TILE_COLS];
-        for (int64_t c = 0; c < c1 - c0; ++c) col1[c] = -OPTFORGE_INF;
-        for (int64_t r = r0; r < r1; ++r) {
-            const int64_t row = b * nr + r;
-            double row0 = -OPTFORGE_INF;
-            for (int64_t c = c0; c < c1; ++c) {
-                float _v0, _v1;
-                optforge_sm3_s0_elem<float, float, float>(row * nc + c, row * nc + c, row, b * nc + c, b, p_grad, p_weight, p_acc_row, p_acc_col, p_mom, nullptr, _v0, _v1, (float)k_rescale_grad, (float)k1, (float)k_wd, (float)k3, (float)k_beta2, (float)k_eps, (float)k_momentum, (float)k_lr);
-                row0 = op_max(row0, (double)_v0);
-                col1[c - c0] = op_max(col1[c - c0], (double)_v1);
-            }
-            if (ncc == 1) p__r0[row] = (float)row0;
-            else part0[(size_t)(cc * nb * nr + row)] = row0;
-        }
-        for (int64_t c = c0; c < c1; ++c) {
-            const int64_t j = b * nc + c;
-            if (nrc == 1) p__r1[j] = (float)col1[c - c0];
-            else part1[(size_t)(rc * nb * nc + j)] = col1[c - c0];
-        }
-    }
-    if (ncc > 1) {
-        const int64_t len = nb * nr;
-        #pragma omp parallel for schedule(static) if (len * ncc >= OPTFORGE_PARALLEL_MIN)
-        for (int64_t j = 0; j < len; ++j) {
-            double s = part0[(size_t)j];
-            for (int64_t q = 1; q < ncc; ++q) s = op_max(s, part0[(size_t)(q * len + j)]);
-            p__r0[j] = (float)s;
-        }
-    }
-    if (nrc > 1) {
-        const int64_t len = nb * nc;
-        #pragma omp parallel for schedule(static) if (len * nrc >= OPTFORGE_PARALLEL_MIN)
-        for (int64_t j = 0; j < len; ++j) {
-            double s = part1[(size_t)j];
-            for (int64_t q = 1; q < nrc; ++q) s = op_max(s, part1[(size_t)(q * len + j)]);
-            p__r1[j] = (float)s;
-        }
-    }
+     optforge_sm3_s0_tiles<float, float>(nb, nr, nc, p_grad, p_weight, p_acc_row, p_acc_col, p_mom, p__r0, p__r1, k_rescale_grad, k1, k_wd, k3, k_beta2, k_eps, k_momentum, k_lr);
 }
-/* stage s0 over nb blocks x nr rows x nc cols, in tiles of whole rows' pieces: at most
-   OPTFORGE_TILE_COLS cols and OPTFORGE_TILE_ELEMS elements, fixed by the shape alone (not by the
-   thread count), the tiles in parallel. Reductions along an axis accumulate per tile (a row's
-   piece, a col's piece) in double and the pieces are combined in tile order: deterministic. */
 void optforge_sm3_s0_f64(int64_t nb, int64_t nr, int64_t nc, const double* __restrict__ p_grad, double* __restrict__ p_weight, const double* __restrict__ p_acc_row, const double* __restrict__ p_acc_col, double* __restrict__ p_mom, double* __restrict__ p__r0, double* __restrict__ p__r1, double k_rescale_grad, double k1, double k_wd, double k3, double k_beta2, double k_eps, double k_momentum, double k_lr) {
-    const int64_t n = nb * nr * nc;
-    if (n == 0) return;
-    const int64_t tc = nc < OPTFORGE_TILE_COLS ? nc : OPTFORGE_TILE_COLS, ncc = (nc + tc - 1) / tc;
-    int64_t tr = OPTFORGE_TILE_ELEMS / tc;
-    tr = tr < 1 ? 1 : (tr > nr ? nr : tr);
-    const int64_t nrc = (nr + tr - 1) / tr, tiles = nb * nrc * ncc;
-    std::vector<double> part0(ncc > 1 ? (size_t)(ncc * nb * nr) : 0);
-    std::vector<double> part1(nrc > 1 ? (size_t)(nrc * nb * nc) : 0);
-    #pragma omp parallel for schedule(static) if (n >= OPTFORGE_PARALLEL_MIN)
-    for (int64_t k = 0; k < tiles; ++k) {
-        const int64_t b = k / (nrc * ncc), rc = (k / ncc) % nrc, cc = k % ncc;
-        const int64_t r0 = rc * tr, r1 = r0 + tr < nr ? r0 + tr : nr, c0 = cc * tc, c1 = c0 + tc < nc ? c0 + tc : nc;
-        double col1[OPTFORGE_TILE_COLS];
-        for (int64_t c = 0; c < c1 - c0; ++c) col1[c] = -OPTFORGE_INF;
-        for (int64_t r = r0; r < r1; ++r) {
-            const int64_t row = b * nr + r;
-            double row0 = -OPTFORGE_INF;
-            for (int64_t c = c0; c < c1; ++c) {
-                double _v0, _v1;
-                optforge_sm3_s0_elem<double, double, double>(row * nc + c, row * nc + c, row, b * nc + c, b, p_grad, p_weight, p_acc_row, p_acc_col, p_mom, nullptr, _v0, _v1, (double)k_rescale_grad, (double)k1, (double)k_wd, (double)k3, (double)k_beta2, (double)k_eps, (double)k_momentum, (double)k_lr);
-                row0 = op_max(row0, (double)_v0);
-                col1[c - c0] = op_max(col1[c - c0], (double)_v1);
-            }
-            if (ncc == 1) p__r0[row] = (double)row0;
-            else part0[(size_t)(cc * nb * nr + row)] = row0;
-        }
-        for (int64_t c = c0; c < c1; ++c) {
-            const int64_t j = b * nc + c;
-            if (nrc == 1) p__r1[j] = (double)col1[c - c0];
-            else part1[(size_t)(rc * nb * nc + j)] = col1[c - c0];
-        }
-    }
-    if (ncc > 1) {
-        const int64_t len = nb * nr;
-        #pragma omp parallel for schedule(static) if (len * ncc >= OPTFORGE_PARALLEL_MIN)
-        for (int64_t j = 0; j < len; ++j) {
-            double s = part0[(size_t)j];
-            for (int64_t q = 1; q < ncc; ++q) s = op_max(s, part0[(size_t)(q * len + j)]);
-            p__r0[j] = (double)s;
-        }
-    }
-    if (nrc > 1) {
-        const int64_t len = nb * nc;
-        #pragma omp parallel for schedule(static) if (len * nrc >= OPTFORGE_PARALLEL_MIN)
-        for (int64_t j = 0; j < len; ++j) {
-            double s = part1[(size_t)j];
-            for (int64_t q = 1; q < nrc; ++q) s = op_max(s, part1[(size_t)(q * len + j)]);
-            p__r1[j] = (double)s;
-        }
-    }
+     optforge_sm3_s0_tiles<double, double>(nb, nr, nc, p_grad, p_weight, p_acc_row, p_acc_col, p_mom, p__r0, p__r1, k_rescale_grad, k1, k_wd, k3, k_beta2, k_eps, k_momentum, k_lr);
 }
-/* stage s1 over nb blocks x nr rows x nc cols, in tiles of whole rows' pieces: at most
-   OPTFORGE_TILE_COLS cols and OPTFORGE_TILE_ELEMS elements, fixed by the shape alone (not by the
-   thread count), the tiles in parallel. Reductions along an axis accumulate per tile (a row's
-   piece, a col's piece) in double and the pieces are combined in tile order: deterministic. */
 void optforge_sm3_s1_f32(int64_t nb, int64_t nr, int64_t nc, const float* __restrict__ p__r0, float* __restrict__ p_acc_row) {
-    const int64_t n = nb * nr * nc;
-    if (n == 0) return;
-    const int64_t tc = nc < OPTFORGE_TILE_COLS ? nc : OPTFORGE_TILE_COLS, ncc = (nc + tc - 1) / tc;
-    int64_t tr = OPTFORGE_TILE_ELEMS / tc;
-    tr = tr < 1 ? 1 : (tr > nr ? nr : tr);
-    const int64_t nrc = (nr + tr - 1) / tr, tiles = nb * nrc * ncc;
-    #pragma omp parallel for schedule(static) if (n >= OPTFORGE_PARALLEL_MIN)
-    for (int64_t k = 0; k < tiles; ++k) {
-        const int64_t b = k / (nrc * ncc), rc = (k / ncc) % nrc, cc = k % ncc;
-        const int64_t r0 = rc * tr, r1 = r0 + tr < nr ? r0 + tr : nr, c0 = cc * tc, c1 = c0 + tc < nc ? c0 + tc : nc;
-        for (int64_t r = r0; r < r1; ++r) {
-            const int64_t row = b * nr + r;
-            #pragma omp simd
-            for (int64_t c = c0; c < c1; ++c) {
-                optforge_sm3_s1_elem<float, float, float>(row * nc + c, row * nc + c, row, b * nc + c, b, p__r0, p_acc_row, nullptr);
-            }
-        }
-    }
+     optforge_sm3_s1_tiles<float, float>(nb, nr, nc, p__r0, p_acc_row);
 }
-/* stage s1 over nb blocks x nr rows x nc cols, in tiles of whole rows' pieces: at most
-   OPTFORGE_TILE_COLS cols and OPTFORGE_TILE_ELEMS elements, fixed by the shape alone (not by the
-   thread count), the tiles in parallel. Reductions along an axis accumulate per tile (a row's
-   piece, a col's piece) in double and the pieces are combined in tile order: deterministic. */
 void optforge_sm3_s1_f64(int64_t nb, int64_t nr, int64_t nc, const double* __restrict__ p__r0, double* __restrict__ p_acc_row) {
-    const int64_t n = nb * nr * nc;
-    if (n == 0) return;
-    const int64_t tc = nc < OPTFORGE_TILE_COLS ? nc : OPTFORGE_TILE_COLS, ncc = (nc + tc - 1) / tc;
-    int64_t tr = OPTFORGE_TILE_ELEMS / tc;
-    tr = tr < 1 ? 1 : (tr > nr ? nr : tr);
-    const int64_t nrc = (nr + tr - 1) / tr, tiles = nb * nrc * ncc;
-    #pragma omp parallel for schedule(static) if (n >= OPTFORGE_PARALLEL_MIN)
-    for (int64_t k = 0; k < tiles; ++k) {
-        const int64_t b = k / (nrc * ncc), rc = (k / ncc) % nrc, cc = k % ncc;
-        const int64_t r0 = rc * tr, r1 = r0 + tr < nr ? r0 + tr : nr, c0 = cc * tc, c1 = c0 + tc < nc ? c0 + tc : nc;
-        for (int64_t r = r0; r < r1; ++r) {
-            const int64_t row = b * nr + r;
-            #pragma omp simd
-            for (int64_t c = c0; c < c1; ++c) {
-                optforge_sm3_s1_elem<double, double, double>(row * nc + c, row * nc + c, row, b * nc + c, b, p__r0, p_acc_row, nullptr);
-            }
-        }
-    }
+     optforge_sm3_s1_tiles<double, double>(nb, nr, nc, p__r0, p_acc_row);
 }
-/* stage s2 over nb blocks x nr rows x nc cols, in tiles of whole rows' pieces: at most
-   OPTFORGE_TILE_COLS cols and OPTFORGE_TILE_ELEMS elements, fixed by the shape alone (not by the
-   thread count), the tiles in parallel. Reductions along an axis accumulate per tile (a row's
-   piece, a col's piece) in double and the pieces are combined in tile order: deterministic. */
 void optforge_sm3_s2_f32(int64_t nb, int64_t nr, int64_t nc, const float* __restrict__ p__r1, float* __restrict__ p_acc_col) {
-    const int64_t n = nb * nr * nc;
-    if (n == 0) return;
-    const int64_t tc = nc < OPTFORGE_TILE_COLS ? nc : OPTFORGE_TILE_COLS, ncc = (nc + tc - 1) / tc;
-    int64_t tr = OPTFORGE_TILE_ELEMS / tc;
-    tr = tr < 1 ? 1 : (tr > nr ? nr : tr);
-    const int64_t nrc = (nr + tr - 1) / tr, tiles = nb * nrc * ncc;
-    #pragma omp parallel for schedule(static) if (n >= OPTFORGE_PARALLEL_MIN)
-    for (int64_t k = 0; k < tiles; ++k) {
-        const int64_t b = k / (nrc * ncc), rc = (k / ncc) % nrc, cc = k % ncc;
-        const int64_t r0 = rc * tr, r1 = r0 + tr < nr ? r0 + tr : nr, c0 = cc * tc, c1 = c0 + tc < nc ? c0 + tc : nc;
-        for (int64_t r = r0; r < r1; ++r) {
-            const int64_t row = b * nr + r;
-            #pragma omp simd
-            for (int64_t c = c0; c < c1; ++c) {
-                optforge_sm3_s2_elem<float, float, float>(row * nc + c, row * nc + c, row, b * nc + c, b, p__r1, p_acc_col, nullptr);
-            }
-        }
-    }
+     optforge_sm3_s2_tiles<float, float>(nb, nr, nc, p__r1, p_acc_col);
 }
-/* stage s2 over nb blocks x nr rows x nc cols, in tiles of whole rows' pieces: at most
-   OPTFORGE_TILE_COLS cols and OPTFORGE_TILE_ELEMS elements, fixed by the shape alone (not by the
-   thread count), the tiles in parallel. Reductions along an axis accumulate per tile (a row's
-   piece, a col's piece) in double and the pieces are combined in tile order: deterministic. */
 void optforge_sm3_s2_f64(int64_t nb, int64_t nr, int64_t nc, const double* __restrict__ p__r1, double* __restrict__ p_acc_col) {
-    const int64_t n = nb * nr * nc;
-    if (n == 0) return;
-    const int64_t tc = nc < OPTFORGE_TILE_COLS ? nc : OPTFORGE_TILE_COLS, ncc = (nc + tc - 1) / tc;
-    int64_t tr = OPTFORGE_TILE_ELEMS / tc;
-    tr = tr < 1 ? 1 : (tr > nr ? nr : tr);
-    const int64_t nrc = (nr + tr - 1) / tr, tiles = nb * nrc * ncc;
-    #pragma omp parallel for schedule(static) if (n >= OPTFORGE_PARALLEL_MIN)
-    for (int64_t k = 0; k < tiles; ++k) {
-        const int64_t b = k / (nrc * ncc), rc = (k / ncc) % nrc, cc = k % ncc;
-        const int64_t r0 = rc * tr, r1 = r0 + tr < nr ? r0 + tr : nr, c0 = cc * tc, c1 = c0 + tc < nc ? c0 + tc : nc;
-        for (int64_t r = r0; r < r1; ++r) {
-            const int64_t row = b * nr + r;
-            #pragma omp simd
-            for (int64_t c = c0; c < c1; ++c) {
-                optforge_sm3_s2_elem<double, double, double>(row * nc + c, row * nc + c, row, b * nc + c, b, p__r1, p_acc_col, nullptr);
-            }
-        }
-    }
+     optforge_sm3_s2_tiles<double, double>(nb, nr, nc, p__r1, p_acc_col);
 }
 }

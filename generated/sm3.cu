@@ -24,8 +24,12 @@ typedef unsigned long long uint64_t;
 template <typename C> OPTFORGE_HD C op_square(C x) { return x * x; }
 template <typename C> OPTFORGE_HD C op_max(C a, C b) { return a != a ? a : (b != b ? b : (a > b ? a : b)); }
 template <typename C> OPTFORGE_HD C op_min(C a, C b) { return a != a ? a : (b != b ? b : (a < b ? a : b)); }
-/* clip to [-b, b]; b <= 0 (or none, passed as 0) means no clipping */
-template <typename C> OPTFORGE_HD C op_clip(C x, C b) { return b > C(0) ? (x > b ? b : (x < -b ? -b : x)) : x; }
+/* clip to [-b, b]; b <= 0 (or none, passed as 0) means no clipping: a bound of infinity, so that
+   the compiler sees one select per element rather than a loop to split on b (NaN stays NaN) */
+template <typename C> OPTFORGE_HD C op_clip(C x, C b) {
+    const C hi = b > C(0) ? b : C(OPTFORGE_INF);
+    return x > hi ? hi : (x < -hi ? -hi : x);
+}
 #endif
 
 template <typename C> OPTFORGE_HD void store_low(float* p, int64_t i, C v) {

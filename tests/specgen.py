@@ -122,6 +122,9 @@ class _Gen:
         if form == 15 and scope["masks"]:
             return f"where({self.draw(st.sampled_from(scope['masks']))}, {a()}, {a()})"
         if form == 16:
+            if self.shaped:   # `%` jumps by 0.75: only of a bounded value (an unscaled sum's rounding could cross a jump)
+                d = a()
+                return f"where({a()} > 0 and not ({a()} < -0.5), {a()} ** 2, ({d} / (1 + abs({d}))) % 0.75)"
             return f"where({a()} > 0 and not ({a()} < -0.5), {a()} ** 2, {a()} % 0.75)"
         return f"{a()} * {h()} / (1 + abs({h()}))"
 
