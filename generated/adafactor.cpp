@@ -32,9 +32,11 @@ template <typename C> OPTFORGE_HD C op_clip(C x, C b) {
 #define OPTFORGE_PARALLEL_MIN 65536
 
 template <typename C> inline void store_low(float* p, int64_t i, C v) { p[i] = (float)v; }
-/* tiles of the tiled stages (blocks x rows x cols): at most this many cols, and elements */
-#define OPTFORGE_TILE_COLS 1024
-#define OPTFORGE_TILE_ELEMS 65536
+/* tiles of the tiled stages (blocks x rows x cols): at most this many cols, and elements. Whole rows
+   where they fit, so that a tile streams through contiguous memory (a prefetcher stops at each 4 KiB
+   page it did not walk into) */
+#define OPTFORGE_TILE_COLS 16384
+#define OPTFORGE_TILE_ELEMS 262144
 #include <vector>
 #define OPTFORGE_REDUCE_BLOCK 2048
 #ifdef _OPENMP
