@@ -96,6 +96,7 @@ class Checker:
         self.globals: dict[str, Global] = {}
         self.locals: dict[str, Expr] = {}       # name -> a representative leaf (type, kind)
         self.pending_locals: set[str] = set()   # names assigned somewhere later in the body
+        self.failed: set[str] = set()           # locals whose assignment had an error (reported there)
         self.used: set[str] = set()
         self.uses_random = False
         self.draws = 0
@@ -446,6 +447,7 @@ class Checker:
         if name in self.states or name in self.scalar_states:
             self.used.add(name)
         if v is None:
+            self.failed.add(name)   # its later uses are not errors of their own
             return None
         if v.ty not in NUMERIC:
             if not (v.ty is Ty.BOOL and name not in self.states and name != "weight" and name not in self.scalar_states and name not in self.globals):
@@ -622,6 +624,8 @@ class Checker:
         if n in self.locals:
             rep = self.locals[n]
             return Expr(Op.LOCAL, rep.ty, rep.kind, (), n, rep.optional, node.span, rep.shape)
+        if n in self.failed:
+            raise _Bail
         if n in self.pending_locals:
             self.r.error(node.span, f"`{n}` is used before it is assigned",
                          "it is assigned later, or only on some paths through an `if`")
