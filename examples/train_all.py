@@ -2,7 +2,7 @@
 
     python examples/train_all.py [--steps 300] [--seed 0] [--only adam lion] [--plot out/train_all.png]
 
-Every optimizer registered in optforge (the 17 bundled MXNet classes) plus the three specs in
+Every optimizer registered in optforge (the bundled MXNet classes, Adafactor and SM3) plus the three specs in
 examples/specs/ (AdamW, AdaBelief, Lion, compiled in-process with `optforge.load_spec`) trains the
 same 64-64-10 tanh MLP from the same initial weights on the same mini-batches, through
 `optforge.get_updater`, as an MXNet 1.x training loop drives `mxnet.optimizer`. Forward and
@@ -51,6 +51,8 @@ SETTINGS = {
     "lamb": dict(learning_rate=0.01),
     "lars": dict(learning_rate=1.0, momentum=0.9, eta=0.01),
     "lbsgd": dict(learning_rate=0.1, momentum=0.9, batch_scale=2, warmup_epochs=1, updates_per_epoch=50),
+    "adafactor": dict(learning_rate=0.1),            # torch's relative step: min(lr, 1 / sqrt(t)) * rms(weight)
+    "sm3": dict(learning_rate=0.3, momentum=0.9),
     "test": dict(rescale_grad=-0.05),   # Test adds rescale_grad * grad: a negative one descends
 }
 COMMON = dict(wd=1e-4)
