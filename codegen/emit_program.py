@@ -23,7 +23,7 @@ def expr_text(e: Expr, top: bool = True) -> str:
     if op is Op.NDIM:
         return "ndim(weight)"
     if op is Op.NUMEL:
-        return f"numel({e.shape.value})"
+        return "numel(weight)" if e.shape.value == "full" else f"numel(<{e.shape.value}>)"
     if op is Op.SIZE:
         return f"size(weight, {e.value})"
     if not e.args:

@@ -511,26 +511,32 @@ def _reads(e: Expr) -> set:
 
 def _rematerializable(body) -> dict:
     """Tensor locals cheaper to compute again than to keep in a scratch array, name -> definition:
-    assigned once, outside any `if`, from the gradient, hyperparameters and host values that never
-    change during the update (MXNet's `g = clip(rescale_grad * grad, clip_gradient)`). A stage that
-    reads one without computing it computes it again from the gradient: one read instead of a write
-    and a read of a full-size scratch array."""
+    assigned once, from the gradient, tensors and host values that nothing assigns after that
+    definition (MXNet's `g = clip(rescale_grad * grad, clip_gradient)`; Adafactor's update `u`,
+    from the factors just updated). A stage that reads one without computing it computes it again:
+    a read of its inputs instead of a write and a read of a full-size scratch array. (A local
+    assigned once inside an `if` is read only after it in that branch: the checker sees to it.)"""
+    order = list(assigns(body))
     counts: dict = {}
-    for a in assigns(body):
+    last: dict = {}   # name -> position of its last assignment
+    for k, a in enumerate(order):
         counts[a.target] = counts.get(a.target, 0) + 1
+        last[a.target] = k
+    axis_outputs = {a.target for a in order if a.value.axis is not None}
     out: dict = {}
-    for s in body:
-        if not (isinstance(s, Assign) and s.role is Role.LOCAL and s.value.kind is Kind.TENSOR
-                and counts[s.target] == 1 and s.value.axis is None):
+    for k, s in enumerate(order):
+        if not (s.role is Role.LOCAL and s.value.kind is Kind.TENSOR and counts[s.target] == 1
+                and s.value.axis is None):
             continue
         ok = True
         for n in s.value.walk():
             if n.op in REDUCTIONS or n.op is Op.NORMAL:
                 ok = False
             elif n.op in (Op.WEIGHT, Op.STATE, Op.SCALAR_STATE, Op.GLOBAL):
-                ok = ok and counts.get("weight" if n.op is Op.WEIGHT else n.value, 0) == 0
+                ok = ok and last.get("weight" if n.op is Op.WEIGHT else n.value, -1) < k
             elif n.op is Op.LOCAL:
-                ok = ok and (n.value in out if n.kind is Kind.TENSOR else counts.get(n.value, 0) == 1)
+                ok = ok and (n.value in out or n.value in axis_outputs if n.kind is Kind.TENSOR
+                             else counts.get(n.value, 0) == 1)
         if ok:
             out[s.target] = _substitute(s.value, out, frozenset())
     return out
