@@ -94,7 +94,9 @@ class DocsEmitter:
             return BUILTIN_TEX.get(e.value, r"\mathit{" + str(e.value).replace("_", r"\_") + "}")
         if e.op is Op.NDIM:
             return r"\operatorname{ndim}(" + BUILTIN_TEX["weight"] + ")"
-        if e.op is Op.NUMEL:
+        if e.op is Op.NUMEL:   # how many values: of the weight, or of a per-row (col, block) value
+            if e.shape.value == "full":
+                return r"\operatorname{numel}(" + BUILTIN_TEX["weight"] + ")"
             return r"\operatorname{numel}_{\text{" + e.shape.value.replace("_", " ") + "}}"
         if e.op is Op.SIZE:
             return r"n_{\text{" + ("cols" if e.value == -1 else "rows") + "}}"
