@@ -6,13 +6,16 @@ codegen/emit_driver.py) calls to run the staged program of its spec.
                                 an array for tensor local `name`, shaped like `like` (or `shape`: a
                                 per-row, per-col or per-block local), in compute precision
     seed(rng)                   a noise seed for a stage's `normal()` draws, from the optimizer's generator
-    launch(fn, arrays, scalars, reduce=0, stores=True, dims=None)
+    launch(fn, arrays, scalars, reduce=0, stores=True, dims=None, axes=(), hows=None)
                                 run stage kernel `fn` (a name from the program, `optforge_<spec>_<stage>`)
                                 over `arrays` (None: an absent conditional state) with `scalars`;
                                 with `reduce`, return the partial sums of that many fused reductions,
                                 or None where this backend leaves them to the host; a tiled stage
                                 (codegen/lower.py: Stage.tiled) gets `dims`, the (blocks, rows, cols)
-                                it runs over, and its axis reductions' outputs after its arrays
+                                it runs over, and its axis reductions' outputs after its arrays;
+                                `axes` says how each output combines ((sum|max|min, -1|-2)) and
+                                `hows` how the fused reductions do, for a backend that combines
+                                partial tables itself (CUDA; the C++ kernels finish their own)
 
 `Backend` holds what every implementation shares. They are: `native.NativeBackend` and
 `native.NativeRowsBackend` (C++ on the CPU), `cuda.CudaBackend` and `cuda.CudaRowsBackend`, and
@@ -54,5 +57,6 @@ class Backend:
     def seed(self, rng) -> float:
         return float(rng.integers(0, 2 ** 53))
 
-    def launch(self, fn: str, arrays, scalars, reduce: int = 0, stores: bool = True, dims=None):  # pragma: no cover
+    def launch(self, fn: str, arrays, scalars, reduce: int = 0, stores: bool = True, dims=None, axes=(),
+               hows=None):  # pragma: no cover
         raise NotImplementedError

@@ -258,10 +258,11 @@ class NativeBackend(Backend):
             buf = self.cache[key] = np.empty(size, like.dtype)
         return buf[:size].reshape(shape)
 
-    def launch(self, fn: str, arrays, scalars, reduce: int = 0, stores: bool = True, dims=None, **tiled):
+    def launch(self, fn: str, arrays, scalars, reduce: int = 0, stores: bool = True, dims=None, axes=(),
+               hows=None):
         """Run a stage. With `reduce`, the stage also accumulates that many fused reductions and
         their sums come back as a list of floats. A tiled stage runs over `dims` (blocks, rows, cols);
-        its kernel finishes its reductions along an axis itself (`tiled` says how: for CUDA)."""
+        its kernel combines its reductions itself (`axes`, `hows` are for backends that do not)."""
         sizes = (_size(arrays),) if dims is None else tuple(dims)
         f = self.lib.func(f"{fn}_{self.suffix}", len(arrays), len(scalars), out=bool(reduce), n_sizes=len(sizes))
         # an absent conditional state (None) is a null pointer; the kernel never touches it
