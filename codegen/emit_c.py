@@ -169,10 +169,7 @@ class CStyleEmitter:
                 "flag_names": "".join(f", H{k}" for k in range(len(optional))) + "".join(f", B{k}" for k in range(len(branch))),
                 "writes_weight": "weight" in writes, "tiled": st.tiled, "outputs": outputs,
                 "red_how": [AXIS_HOW.get(op, "sum") for op, _ in st.reductions],
-                # the tiled CPU loop's per-row accumulators: a simd loop sums them; a max or min (NaN
-                # propagating, in order) keeps the loop scalar
-                "simd_ok": all(o["how"] == "sum" for o in outputs if o["axis"] == -1) and
-                           all(op not in (Op.MAX, Op.MIN) for op, _ in st.reductions),
+                # the tiled CPU loop's simd sums (maxima and minima go through lanes: they keep NaN)
                 "acc_names": [f"row{k}" for k, o in enumerate(outputs) if o["axis"] == -1 and o["how"] == "sum"] +
                              [f"w{k}" for k, (op, _) in enumerate(st.reductions) if op not in (Op.MAX, Op.MIN)],
                 "red_init": [AXIS_INIT.get(op, "0.0") for op, _ in st.reductions],
