@@ -176,7 +176,9 @@ def _inlinable(s) -> bool:
     if not isinstance(s, IfStmt) or any(c.kind > Kind.INDEX for c, _ in s.branches):
         return False
     bodies = [b for _, b in s.branches] + [s.orelse]
-    return all((isinstance(x, Assign) and _is_tensor_stmt(x)) or _inlinable(x) for b in bodies for x in b)
+    # (a reduction along an axis lifted under a `where`'s host test is a stage's output, not a statement)
+    return all((isinstance(x, Assign) and _is_tensor_stmt(x) and x.value.axis is None) or _inlinable(x)
+               for b in bodies for x in b)
 
 
 def _writes_tensors(s) -> bool:

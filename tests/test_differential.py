@@ -100,3 +100,24 @@ def test_a_norm_sees_the_weight_as_it_is_at_that_statement(backend):
     step = np.linspace(1, 2, 5) - 0.1 * np.linspace(-1, 3, 5)     # the reference, from the spec's two lines
     np.testing.assert_allclose(w, step / np.sqrt(np.sum(step ** 2)), rtol=1e-14)
     np.testing.assert_allclose(w, [0.34741654, 0.39479153, 0.44216651, 0.48954149, 0.53691648], rtol=1e-7)
+
+
+WHERE_AXIS = """optimizer WhereAxis
+hyper c: float? = none
+state m = zeros
+update {
+    m += 0.1 * where(c > 0.5, grad * c, min(grad + weight, -1))
+    weight -= lr * m
+}
+"""
+
+
+@pytest.mark.parametrize("c", [None, 0.8])
+def test_a_reduction_along_an_axis_under_a_host_test_is_not_inlined_into_a_stage(c):
+    """Found by a 120-spec campaign: the lifted reduction, guarded by the `where`'s test, joined the
+    stage as an inlined `if` and reached the C emitter."""
+    from specgen import SHAPED_SHAPES
+    cls = optforge.load_spec(WHERE_AXIS, register=False)
+    want = run(cls, "numpy", {"c": c}, as_list=False, shapes=SHAPED_SHAPES)
+    if native.available():
+        assert_same(run(cls, "native", {"c": c}, as_list=False, shapes=SHAPED_SHAPES), want, "native", WHERE_AXIS)
