@@ -104,10 +104,11 @@ def test_a_norm_sees_the_weight_as_it_is_at_that_statement(backend):
 
 WHERE_AXIS = """optimizer WhereAxis
 hyper c: float? = none
-state m = zeros
+state r: per_row = zeros
 update {
-    m += 0.1 * where(c > 0.5, grad * c, min(grad + weight, -1))
-    weight -= lr * m
+    r = 0.5 * r
+    r += 0.1 * where(c > 0.5, r * c, min(grad + weight, -1))
+    weight -= lr * r * grad
 }
 """
 
