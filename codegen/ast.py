@@ -47,7 +47,7 @@ class Call(Node):
 
 @dataclass(frozen=True)
 class BinOp(Node):
-    op: str      # + - * / % ** == != < <= > >= and or
+    op: str      # + - * / % @ ** == != < <= > >= and or
     left: Node
     right: Node
 
@@ -71,6 +71,12 @@ class Assign(Node):
 class If(Node):
     branches: tuple   # ((cond, body), ...)
     orelse: tuple | None
+
+
+@dataclass(frozen=True)
+class Repeat(Node):
+    count: Node       # a host integer: how many times the body runs
+    body: tuple
 
 
 # ---- declarations ------------------------------------------------------------------------

@@ -8,8 +8,8 @@ import math
 
 from . import ast
 from .errors import Reporter, Span, did_you_mean
-from .ir import (AXIS_WORDS, COMPARE, Assign, Expr, Global, Hyper, IfStmt, Kind, Op, Role, ScalarState, Shape, Sparse,
-                 Spec, State, Ty)
+from .ir import (AXIS_WORDS, COMPARE, Assign, Expr, Global, Hyper, IfStmt, Kind, Op, Repeat, Role, ScalarState, Shape,
+                 Sparse, Spec, State, Ty)
 from .verify import verify
 from .walk import leaves, targets
 from .names import (ARITH, BASE_DEFAULTS, BASE_NAMES, BUILTIN_DOCS, BUILTINS, C_KEYWORDS, FUNCTIONS,  # noqa: F401
@@ -17,7 +17,17 @@ from .names import (ARITH, BASE_DEFAULTS, BASE_NAMES, BUILTIN_DOCS, BUILTINS, C_
                     STATE_INITS, STATE_SHAPES, VIEWS)
 
 SHAPE_WORDS = {Shape.FULL: "the weight's shape", Shape.ROW: "one value per row (per_row)",
-               Shape.COL: "one value per col (per_col)", Shape.BLOCK: "one value per block (per_block)"}
+               Shape.COL: "one value per col (per_col)", Shape.BLOCK: "one value per block (per_block)",
+               Shape.GRAM_R: "a rows x rows matrix (rows_x_rows)", Shape.GRAM_C: "a cols x cols matrix (cols_x_cols)",
+               Shape.TRANS: "a cols x rows matrix (cols_x_rows)"}
+
+
+class _ShapeClash(Exception):
+    """Two operands of an elementwise operation whose shapes do not combine (Shape.joins)."""
+
+    def __init__(self, a: Shape, b: Shape):
+        super().__init__(a, b)
+        self.a, self.b = a, b
 
 
 def _shape(*args) -> Shape:
@@ -25,6 +35,8 @@ def _shape(*args) -> Shape:
     out = None
     for a in args:
         if a.kind is Kind.TENSOR:
+            if out is not None and not out.joins(a.shape):
+                raise _ShapeClash(out, a.shape)
             out = a.shape if out is None else out.join(a.shape)
     return out or Shape.FULL
 
@@ -343,7 +355,7 @@ class Checker:
             if d.shape not in STATE_SHAPES:
                 self.r.error(d.shape_span, f"unknown state shape `{d.shape}`", did_you_mean(d.shape, STATE_SHAPES + ("scalar",))
                              or "a state is `scalar` (one host number), `per_row`, `per_col`, `per_block`, "
-                             "or, without `: shape`, shaped like the weight")
+                             "`rows_x_rows`, `cols_x_cols`, or, without `: shape`, shaped like the weight")
                 return
             shape = Shape(d.shape)
         if d.cond is not None:
@@ -364,7 +376,14 @@ class Checker:
                 self.scalar_states[d.name] = ScalarState(d.name, init, d.span)
             return
         v = d.value
-        if isinstance(v, ast.Name) and v.id == "weight" and shape is not Shape.FULL:
+        eye = _eye_start(v)
+        if eye is not None:
+            if not shape.matrix:
+                self.r.error(v.span, "`eye` (the identity) starts a `rows_x_rows` or `cols_x_cols` state",
+                             f"declare it `state {d.name}: rows_x_rows = ...`" if shape is Shape.FULL else None)
+            else:
+                self.states[d.name] = State(d.name, "eye", eye, cond, d.span, shape)
+        elif isinstance(v, ast.Name) and v.id == "weight" and shape is not Shape.FULL:
             self.r.error(v.span, f"a {shape.value} state cannot start as a copy of the weight",
                          "start it as `zeros` or a number")
         elif isinstance(v, ast.Name) and v.id in STATE_INITS:
@@ -373,8 +392,8 @@ class Checker:
             value = v.value if isinstance(v, ast.Num) else -v.operand.value
             self.states[d.name] = State(d.name, "fill", float(value), cond, d.span, shape)
         else:
-            self.r.error(v.span, "a tensor state starts as `zeros`, `weight` (a copy) or a number",
-                         "for a per-parameter number write `state NAME: scalar = value`")
+            self.r.error(v.span, "a tensor state starts as `zeros`, `weight` (a copy), a number, or (a matrix "
+                         "state) `eye` or `NUMBER * eye`", "for a per-parameter number write `state NAME: scalar = value`")
 
     def _global(self, d):
         if self._dup(d.name, d.name_span):
@@ -421,6 +440,8 @@ class Checker:
                 for _, b in s.branches:
                     self._collect_assigned(b)
                 self._collect_assigned(s.orelse or ())
+            elif isinstance(s, ast.Repeat):
+                self._collect_assigned(s.body)
 
     def _block(self, body, scope) -> tuple:
         out = []
@@ -433,6 +454,8 @@ class Checker:
     def _stmt(self, s, scope):
         if isinstance(s, ast.If):
             return self._if(s, scope)
+        if isinstance(s, ast.Repeat):
+            return self._repeat(s, scope)
         value = s.value
         if s.op != "=":
             value = ast.BinOp(s.span, s.op[0], ast.Name(s.target_span, s.target), s.value)
@@ -461,7 +484,10 @@ class Checker:
             self._require_state(name, span, scope)
             want = self.states[name].shape
             if v.kind is Kind.TENSOR and not v.shape.within(want):
-                if v.shape is Shape.FULL or not (want.rows or want.cols):
+                if v.shape.matrix or want.matrix:
+                    hint = ("a rows x rows value is a product such as x @ transpose(x); a cols x cols one "
+                            "transpose(x) @ x" if want.matrix else None)
+                elif v.shape is Shape.FULL or not (want.rows or want.cols):
                     axis = -1 if v.shape.cols and not want.cols else -2
                     hint = f"reduce it along {AXIS_WORDS[axis]} first, e.g. mean(x, {axis})"
                 else:   # a per-col value for a per-row state, or the other way round
@@ -539,6 +565,48 @@ class Checker:
         self.locals = merged
         return None if bad else IfStmt(tuple(branches), orelse, s.span)
 
+    def _repeat(self, s, scope):
+        """`repeat n { ... }`. The body is checked twice: the first pass finds what its locals hold at
+        the end of an iteration (a loop reads in its next iteration what it assigned in this one),
+        the second, reported, sees them so. After the loop only the locals assigned before it are
+        known: it may run zero times."""
+        count = self._expr(s.count, scope)
+        if count is not None:
+            if count.ty is not Ty.INT:
+                self.r.error(s.count.span, f"a `repeat` count is an integer, not a {count.ty.value}",
+                             "e.g. an `int` hyperparameter")
+                count = None
+            elif count.optional:
+                self.r.error(s.count.span, f"`{count.value}` may be none here", "a `repeat` count must be a number")
+                count = None
+            elif count.kind > Kind.INDEX:
+                self.r.error(s.count.span, "a `repeat` count must be known on the host before tensor work",
+                             "use a hyperparameter, a constant or a host value")
+                count = None
+        before = dict(self.locals)
+        reporter, failed, draws = self.r, set(self.failed), self.draws
+        self.r = Reporter(self.path, self.source)   # the first pass reports nothing
+        try:
+            self._block(s.body, scope)
+        finally:
+            self.r, self.failed, self.draws = reporter, failed, draws
+        after = self.locals
+        clash = False
+        for n, old in before.items():
+            new = after.get(n, old)
+            if (old.kind is Kind.TENSOR) != (new.kind is Kind.TENSOR):
+                self.r.error(s.span, f"`{n}` is {'a tensor' if old.kind is Kind.TENSOR else 'a number'} before this "
+                             f"`repeat` and {'a tensor' if new.kind is Kind.TENSOR else 'a number'} after its body",
+                             "a local a loop assigns keeps what it is: start it as a tensor (e.g. 0 * grad) "
+                             "or use a new name")
+                clash = True
+        self.locals = {n: max((old, after.get(n, old)), key=lambda e: e.kind) for n, old in before.items()}
+        body = self._block(s.body, scope)
+        self.locals = {n: max((e, self.locals.get(n, e)), key=lambda x: x.kind) for n, e in before.items()}
+        if count is None or clash:
+            return None
+        return Repeat(count, body, s.span)
+
     def _require_state(self, name, span, scope):
         st = self.states.get(name)
         if st is None or st.cond is None:
@@ -585,10 +653,16 @@ class Checker:
                 return Expr(Op.NOT, Ty.BOOL, a.kind, (a,), None, False, node.span, a.shape)
             self._want_number(a, node.operand.span, "`-`", scope)
             return Expr(Op.NEG, a.ty, a.kind, (a,), None, False, node.span, a.shape)
-        if isinstance(node, ast.BinOp):
-            return self._binop(node, scope)
-        if isinstance(node, ast.Call):
-            return self._call(node, scope)
+        try:
+            if isinstance(node, ast.BinOp):
+                return self._binop(node, scope)
+            if isinstance(node, ast.Call):
+                return self._call(node, scope)
+        except _ShapeClash as c:
+            self.r.error(node.span, f"cannot combine {SHAPE_WORDS[c.a]} and {SHAPE_WORDS[c.b]} elementwise",
+                         "a matrix product's value combines elementwise only with values of its own shape "
+                         "and with numbers")
+            raise _Bail
         raise AssertionError(node)  # pragma: no cover
 
     def _all(self, nodes, scope) -> list:
@@ -659,6 +733,8 @@ class Checker:
 
     def _binop(self, node, scope) -> Expr:
         op = node.op
+        if op == "@":
+            return self._matmul(node, scope)
         if op in ("and", "or"):
             a = self._e(node.left, scope)
             self._want(a, (Ty.BOOL,), node.left.span, f"`{op}`")
@@ -696,6 +772,40 @@ class Checker:
         ty = Ty.INT if a.ty is Ty.INT and b.ty is Ty.INT and op in "+-*%" else Ty.FLOAT
         return Expr(ARITH[op], ty, kind, (a, b), None, False, node.span, _shape(a, b))
 
+    def _matmul(self, node, scope) -> Expr:
+        """`a @ b`: the product of the blocks' matrices. An operand is a tensor of the weight's shape or a
+        product's; `transpose(x)` reads x transposed (no copy is made)."""
+        sides = []
+        for side in (node.left, node.right):
+            flip = isinstance(side, ast.Call) and side.func == "transpose"
+            if flip and len(side.args) != 1:
+                self.r.error(side.span, f"`transpose` takes 1 argument, got {len(side.args)}")
+                raise _Bail
+            inner = side.args[0] if flip else side
+            x = self._e(inner, scope)
+            self._want_number(x, inner.span, "`@`", scope)
+            text = self._text(inner.span)
+            if x.kind is not Kind.TENSOR:
+                self.r.error(inner.span, f"`@` multiplies matrices; `{text}` is a single number", "scale with `*`")
+                raise _Bail
+            dims = x.shape.dims
+            if dims is None:
+                self.r.error(inner.span, f"`{text}` has {SHAPE_WORDS[x.shape]}: `@` multiplies matrices (the "
+                             "weight's shape, or a product's)", "broadcast it with `*` instead")
+                raise _Bail
+            if flip:
+                dims = dims[::-1]
+                x = Expr(Op.TRANSPOSE, Ty.FLOAT, Kind.TENSOR, (x,), None, False, side.span, Shape.of_dims(*dims))
+            sides.append((x, dims, self._text(side.span)))
+        (a, da, ta), (b, db, tb) = sides
+        if da[1] != db[0]:
+            self.r.error(node.span, f"`{ta}` is {da[0]} x {da[1]} and `{tb}` is {db[0]} x {db[1]}: a product needs "
+                         f"the {da[1]} of the first to meet the {db[0]} of the second",
+                         f"transpose one of them, e.g. transpose({ta}) @ {tb}" if da[0] == db[0] else
+                         f"transpose one of them, e.g. {ta} @ transpose({tb})")
+            raise _Bail
+        return Expr(Op.MATMUL, Ty.FLOAT, Kind.TENSOR, (a, b), None, False, node.span, Shape.of_dims(da[0], db[1]))
+
     def _call(self, node, scope) -> Expr:
         f = node.func
         if f not in FUNCTIONS:
@@ -719,6 +829,10 @@ class Checker:
             return Expr(Op.WHERE, ty, max(c.kind, a.kind, b.kind), (c, a, b), None, False, node.span, _shape(c, a, b))
         if op in REDUCTION_OPS or op in (Op.NDIM, Op.NUMEL, Op.SIZE):
             return self._reduction(f, op, node, scope)
+        if op is Op.TRANSPOSE:
+            self.r.error(node.span, "transpose(x) is an operand of `@`: the product reads x transposed",
+                         "write e.g. transpose(x) @ y; a transposed copy on its own is not needed")
+            raise _Bail
         args = self._all(node.args, scope)
         if op is Op.ENDSWITH:
             for a, n in zip(args, node.args):
@@ -775,6 +889,11 @@ class Checker:
             return Expr(Op.SIZE, Ty.INT, Kind.INDEX, (), axis, False, span, x.shape)
         if op is Op.NUMEL:
             return Expr(Op.NUMEL, Ty.INT, Kind.INDEX, (), None, False, span, x.shape)
+        if axis is not None and x.shape.matrix:
+            arg = self._text(node.args[0].span)
+            self.r.error(node.args[0].span, f"`{arg}` has {SHAPE_WORDS[x.shape]}: a product's value is reduced "
+                         "whole, not along an axis", f"e.g. {f}({arg})")
+            raise _Bail
         if axis is not None and not (x.shape.cols if axis == -1 else x.shape.rows):
             arg = self._text(node.args[0].span)
             self.r.error(node.args[1].span, f"`{f}({arg}, {axis})` reduces along {AXIS_WORDS[axis]}, but `{arg}` has "
@@ -853,6 +972,19 @@ REDUCTION_OPS = {Op.NORM, Op.SUM, Op.MEAN, Op.RMS, Op.MAX, Op.MIN}
 
 class _Bail(Exception):
     pass
+
+
+def _eye_start(v) -> float | None:
+    """The scale of a state start `eye` or `NUMBER * eye` (the identity), else None."""
+    if isinstance(v, ast.Name) and v.id == "eye":
+        return 1.0
+    if isinstance(v, ast.BinOp) and v.op == "*" and isinstance(v.right, ast.Name) and v.right.id == "eye":
+        k = v.left
+        if isinstance(k, ast.Num):
+            return float(k.value)
+        if isinstance(k, ast.UnOp) and k.op == "-" and isinstance(k.operand, ast.Num):
+            return -float(k.operand.value)
+    return None
 
 
 def _shown(node, value) -> str:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 
 from .errors import InternalError
-from .ir import Assign, Op, Role, Spec
+from .ir import Assign, Op, Repeat, Role, Spec
 
 GREEK = {"alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta", "kappa", "lambda", "mu", "nu",
          "xi", "rho", "sigma", "tau", "phi", "chi", "psi", "omega"}
@@ -16,7 +16,7 @@ BUILTIN_TEX = {"weight": "w", "grad": r"\nabla_{w}", "lr": r"\eta", "wd": r"\lam
 
 # precedence of the rendered operator: higher binds tighter; atoms are 9
 PREC = {Op.OR: 1, Op.AND: 2, Op.NOT: 3, **{op: 4 for op in (Op.EQ, Op.NE, Op.LT, Op.LE, Op.GT, Op.GE)},
-        Op.ADD: 5, Op.SUB: 5, Op.MUL: 6, Op.MOD: 6, Op.NEG: 7, Op.POW: 8}
+        Op.ADD: 5, Op.SUB: 5, Op.MUL: 6, Op.MOD: 6, Op.MATMUL: 6, Op.NEG: 7, Op.POW: 8}
 
 
 def name_tex(name: str) -> str:
@@ -77,6 +77,8 @@ class DocsEmitter:
         # forms along an axis and the shape facts are rendered in `expr`)
         Op.MAX: lambda a: rf"\max {a}", Op.MIN: lambda a: rf"\min {a}", Op.MEAN: _fn("mean"), Op.RMS: _fn("rms"),
         Op.NDIM: _fn("ndim"), Op.NUMEL: _fn("numel"), Op.SIZE: _fn("size"),
+        # matrix products: the operands side by side; a transposed operand with a superscript T
+        Op.MATMUL: lambda a, b: f"{a} {b}", Op.TRANSPOSE: lambda a: f"{a}^{{\top}}",
     }
     # operands that the format already delimits (braces, parentheses) need no parentheses of their own
     DELIMITED = {Op.DIV, Op.SQRT, Op.ABS, Op.SIGN, Op.EXP, Op.LOG, Op.MAXIMUM, Op.MINIMUM, Op.CLIP, Op.WHERE,
@@ -100,6 +102,8 @@ class DocsEmitter:
             return r"\operatorname{numel}_{\text{" + e.shape.value.replace("_", " ") + "}}"
         if e.op is Op.SIZE:
             return r"n_{\text{" + ("cols" if e.value == -1 else "rows") + "}}"
+        if e.op is Op.TRANSPOSE:
+            return self.expr(e.args[0], 9) + r"^{\top}"
         if e.axis is not None:   # along an axis: the sum (max, min) over the cols (rows) of each row (col)
             sym = {Op.SUM: r"\textstyle\sum", Op.MAX: r"\max", Op.MIN: r"\min"}[e.op]
             text = sym + r"_{\text{" + ("cols" if e.axis == -1 else "rows") + "}} " + self.expr(e.args[0], 9)
@@ -130,6 +134,10 @@ class DocsEmitter:
         for s in stmts:
             if isinstance(s, Assign):
                 out.append(rf"&{pad}{self.target(s)} \leftarrow {self.expr(s.value)}")
+                continue
+            if isinstance(s, Repeat):
+                out.append(rf"&{pad}\textbf{{repeat}}\ {self.expr(s.count)}\ \textbf{{times}}:")
+                out += self.lines(s.body, depth + 1)
                 continue
             for i, (cond, body) in enumerate(s.branches):
                 out.append(rf"&{pad}\textbf{{{'if' if i == 0 else 'else if'}}}\ {self.expr(cond)}:")
@@ -186,8 +194,14 @@ def hyper_rows(spec: Spec) -> list[tuple]:
 def state_rows(spec: Spec) -> list[tuple]:
     init = {"zeros": "zeros", "weight": "a copy of the weight"}
     what = {"full": "tensor, like the weight", "per_row": "tensor, one value per row",
-            "per_col": "tensor, one value per col", "per_block": "tensor, one value per block"}
-    rows = [(f"`{s.name}`", what[s.shape.value], init.get(s.init, f"filled with `{s.fill!r}`"),
+            "per_col": "tensor, one value per col", "per_block": "tensor, one value per block",
+            "rows_x_rows": "rows x rows matrix per block", "cols_x_cols": "cols x cols matrix per block"}
+
+    def start(s):
+        if s.init == "eye":
+            return "the identity" if s.fill == 1.0 else f"`{s.fill!r}` times the identity"
+        return init.get(s.init, f"filled with `{s.fill!r}`")
+    rows = [(f"`{s.name}`", what[s.shape.value], start(s),
              f"`{source_of(spec, s.cond)}`" if s.cond is not None else "always") for s in spec.states]
     rows += [(f"`{s.name}`", "number per parameter (host)", f"`{source_of(spec, s.init)}`", "always")
              for s in spec.scalar_states]
@@ -228,6 +242,9 @@ def view_text(spec: Spec) -> str:
     from .names import VIEWS
     if not spec.shaped:
         return ""
+    if not any(st.shape.value in ("per_row", "per_col", "per_block") for st in spec.states):
+        return (f"Each parameter is viewed as blocks x rows x cols (`view {spec.view}`: {VIEWS[spec.view]}); "
+                "matrix products multiply the matrix of each block.")
     return (f"Each parameter is viewed as blocks x rows x cols (`view {spec.view}`: {VIEWS[spec.view]}). A per-row "
             "state has the parameter's shape with its cols reduced to 1 (a (4, 5) weight: (4, 1)), a per-col one "
             "with its rows reduced to 1 ((1, 5)), a per-block one with both; they are checkpointed and validated "

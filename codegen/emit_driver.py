@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import re
 
-from .emit_numpy import NumpyEmitter, if_lines, step_bindings
+from .emit_numpy import NumpyEmitter, if_lines, repeat_lines, step_bindings
 from .ir import Op, Role, Shape
 from .emit_c import AXIS_HOW
-from .lower import Host, Program, Stage
+from .lower import Host, Loop, Program, Stage, is_product
 from .walk import leaves, targets
 
 
@@ -38,19 +38,39 @@ def driver_lines(spec, program: Program) -> list[str]:
     out += [f"{s.name} = scalars[{s.name!r}]" for s in spec.scalar_states if s.name in used_scalars]
     if any(st.tiled for st in program.stages):   # the blocks x rows x cols the tiled stages run over
         out.append(f"_B, _R, _C = ops.view_dims(weight.shape, {spec.view!r})")
-    for name in program.scratch:
+    scratch = set(program.scratch)
+
+    def alloc(name, pad):
         shape = program.shapes.get(name, Shape.FULL)
         if shape is Shape.FULL:
-            out.append(f"{name} = be.scratch(weight, {name!r})")
-        else:
-            out.append(f"{name} = be.scratch(weight, {name!r}, ops.state_shape(weight.shape, {shape.value!r}, "
-                       f"{spec.view!r}))")
+            return f"{pad}{name} = be.scratch(weight, {name!r})"
+        return (f"{pad}{name} = be.scratch(weight, {name!r}, ops.state_shape(weight.shape, {shape.value!r}, "
+                f"{spec.view!r}))")
 
-    def steps(items, depth):
+    def steps(items, depth, ready=frozenset()):
+        """The lines of `items`; a scratch array is made at the start of the innermost branch that
+        holds all its uses (not for the parameters that take another branch), outside any loop."""
         pad = "    " * depth
-        lines = []
+        here = sorted(set().union(*(_refs(it, scratch) for it in items)) - ready) if items else []
+        inner = set()
+        for it in items:
+            if isinstance(it, Host) or isinstance(it, (Stage, Loop)):
+                continue
+            bodies = [b for _, b in it.branches] + [it.orelse]
+            for name in here:
+                holders = [b for b in bodies if any(name in _refs(x, scratch) for x in b)]
+                others = [x for x in items if x is not it and name in _refs(x, scratch)]
+                if len(holders) == 1 and not others:
+                    inner.add(name)
+        lines = [alloc(n, pad) for n in here if n not in inner]
+        ready = ready | {n for n in here if n not in inner}
         for item in items:
-            if isinstance(item, Host):
+            if isinstance(item, Host) and is_product(item.stmt):   # a library call into its scratch array
+                s = item.stmt
+                lines.append(f"{pad}{em.matmul(s.value, out=s.target)}  # {em.file}:{s.line}")
+            elif isinstance(item, Loop):
+                lines += repeat_lines(item.count, pad, em.expr, steps(item.steps, depth + 1, ready | scratch))
+            elif isinstance(item, Host):
                 em.fused = {n: (f"_red_{stage}", slot) for n, (stage, slot) in item.fused.items()}
                 lines += em.block([item.stmt], depth)
                 em.fused = {}
@@ -71,7 +91,7 @@ def driver_lines(spec, program: Program) -> list[str]:
                 else:
                     lines.append(f"{pad}{call})")
             else:
-                lines += if_lines(item.branches, item.orelse, pad, em.expr, lambda sub: steps(sub, depth + 1))
+                lines += if_lines(item.branches, item.orelse, pad, em.expr, lambda sub: steps(sub, depth + 1, ready))
         return lines
 
     out += steps(program.steps, 0)
@@ -81,6 +101,21 @@ def driver_lines(spec, program: Program) -> list[str]:
     if not any(re.search(r"\bxp\b", line) for line in out[1:]):
         out = out[1:]   # no array work on the host: no array module
     return out or ["pass"]
+
+
+def _refs(item, scratch) -> set:
+    """The scratch arrays a step (and the steps inside it) reads or writes."""
+    if isinstance(item, Stage):
+        return (set(item.memory()) | {o[0] for o in item.outputs}) & scratch
+    if isinstance(item, Host):
+        return (set(leaves([item.stmt], {Op.LOCAL})) | set(targets([item.stmt]))) & scratch
+    if isinstance(item, Loop):
+        return set().union(*(_refs(x, scratch) for x in item.steps)) if item.steps else set()
+    out = set()
+    for body in [b for _, b in item.branches] + [item.orelse]:
+        for x in body:
+            out |= _refs(x, scratch)
+    return out
 
 
 def _scalar(em: NumpyEmitter, sc) -> str:

@@ -6,7 +6,7 @@ tensor values are NumPy arrays. Weight and states are written in place (`mean[..
 from __future__ import annotations
 
 from .errors import InternalError
-from .ir import SHAPE_FACTS, Assign, Expr, IfStmt, Kind, Op, Role, Spec, Ty
+from .ir import SHAPE_FACTS, Assign, Expr, IfStmt, Kind, Op, Repeat, Role, Spec, Ty
 from .lower import Branch, Host, Program, Stage
 from .walk import leaves, nodes, targets
 
@@ -104,7 +104,11 @@ class NumpyEmitter:
                 return "len(_shape)", ATOM
             if op is Op.NUMEL:
                 return f"ops.numel(_shape, {e.shape.value!r}, {view!r})", ATOM
+            if e.shape.matrix:
+                return f"ops.size(_shape, {e.value}, {view!r}, {e.shape.value!r})", ATOM
             return f"ops.size(_shape, {e.value}, {view!r})", ATOM
+        if op is Op.MATMUL:
+            return self.matmul(e), ATOM
         if e.axis is not None:
             return f"ops.reduce({self.expr(e.args[0])}, {AXIS_FUNCS[op]!r}, {e.axis}, {self.spec.view!r})", ATOM
         if op in REDUCE_FUNCS:
@@ -126,6 +130,15 @@ class NumpyEmitter:
             return text, ATOM if not text.endswith("** 2") else PREC[Op.POW]
         raise InternalError(f"no numpy rule for {op}")
 
+    def matmul(self, e: Expr, out: str | None = None) -> str:
+        """`ops.matmul` of a product's operands (an operand may be read transposed)."""
+        sides = [(a.args[0], True) if a.op is Op.TRANSPOSE else (a, False) for a in e.args]
+        kinds = tuple(x.shape.value for x, _ in sides) + (e.shape.value,)
+        trans = tuple(t for _, t in sides)
+        tail = f", out={out}" if out else ""
+        return (f"ops.matmul({self.expr(sides[0][0])}, {self.expr(sides[1][0])}, {kinds!r}, {trans!r}, "
+                f"_shape, {self.spec.view!r}{tail})")
+
     widen_numbers = True   # the row kernel keeps a number side a number (its tensors are some rows)
 
     def _side(self, x: Expr, e: Expr) -> str:
@@ -143,6 +156,8 @@ class NumpyEmitter:
                 out += [pad + ln for ln in self.assign_lines(s)]
             elif isinstance(s, IfStmt):
                 out += if_lines(s.branches, s.orelse, pad, self.expr, lambda body: self.block(body, indent + 1))
+            elif isinstance(s, Repeat):
+                out += repeat_lines(s.count, pad, self.expr, self.block(s.body, indent + 1))
             else:  # pragma: no cover
                 raise InternalError(f"no numpy rule for statement {type(s).__name__}")
         return out
@@ -172,6 +187,11 @@ def if_lines(branches, orelse, pad: str, cond_text, body_lines) -> list[str]:
     return out
 
 
+def repeat_lines(count, pad: str, cond_text, body: list) -> list[str]:
+    """A Python loop running `body` (rendered lines) `count` times."""
+    return [f"{pad}for _ in range({cond_text(count)}):"] + (body or [pad + "    pass"])
+
+
 STEP_FIELDS = ("lr", "wd", "t", "param_name", "learning_rate", "num_update")   # optforge.optimizer.Step
 
 
@@ -180,7 +200,7 @@ def step_bindings(body, exports) -> list[str]:
     (`_shape`) where a shape fact reads it and its type's machine epsilon."""
     used = leaves(body, {Op.BUILTIN})
     out = [f"{n} = _step.{n}" for n in STEP_FIELDS if n in used] + [f"{n} = _step.call[{n!r}]" for n in exports]
-    if any(n.op in SHAPE_FACTS for n in nodes(body)):
+    if any(n.op in SHAPE_FACTS or n.op is Op.MATMUL for n in nodes(body)):
         out.append("_shape = weight.shape")
     if "dtype_eps" in used:
         out.append("dtype_eps = ops.dtype_eps(weight)")
@@ -359,7 +379,7 @@ def _line(st: Stage, node: Expr) -> int:
 def kernel_lines(em: NumpyEmitter, program: Program) -> list[str]:
     """The body of `_kernel_numpy`: straight-line code for small tensors, stages for large ones."""
     straight = em.block(em.spec.body, 0)
-    if not any(st.stmts for st in program.stages) or any(st.tiled for st in program.stages):
+    if not any(st.stmts for st in program.stages) or any(st.tiled for st in program.stages) or em.spec.matrix:
         return straight   # (shaped updates: the equations as written, with NumPy's broadcasting)
     ck = ChunkedKernel(em.spec, program)
     chunked = ck.lines(1)

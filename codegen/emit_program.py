@@ -4,8 +4,8 @@ in memory, their scalar arguments (with the conditions under which they are comp
 reductions, and host branches."""
 from __future__ import annotations
 
-from .ir import Assign, Expr, Op
-from .lower import Host, Program, Stage
+from .ir import Assign, Expr, Op, Repeat
+from .lower import Host, Loop, Program, Stage, is_product
 
 _BINARY = {Op.ADD, Op.SUB, Op.MUL, Op.DIV, Op.MOD, Op.POW, Op.EQ, Op.NE, Op.LT, Op.LE, Op.GT, Op.GE, Op.AND, Op.OR}
 
@@ -25,7 +25,10 @@ def expr_text(e: Expr, top: bool = True) -> str:
     if op is Op.NUMEL:
         return "numel(weight)" if e.shape.value == "full" else f"numel(<{e.shape.value}>)"
     if op is Op.SIZE:
-        return f"size(weight, {e.value})"
+        return f"size(weight, {e.value})" if e.shape.value == "full" else f"size(<{e.shape.value}>, {e.value})"
+    if op is Op.MATMUL:
+        text = f"{expr_text(e.args[0], False)} @ {expr_text(e.args[1], False)}"
+        return text if top else f"({text})"
     if not e.args:
         return str(e.value)
     if op in _BINARY:
@@ -41,6 +44,11 @@ def expr_text(e: Expr, top: bool = True) -> str:
 def _stmt(s, pad: str) -> list[str]:
     if isinstance(s, Assign):
         return [f"{pad}{s.target} = {expr_text(s.value)}    # line {s.line}"]
+    if isinstance(s, Repeat):
+        out = [f"{pad}repeat {expr_text(s.count)} {{"]
+        for x in s.body:
+            out += _stmt(x, pad + "    ")
+        return out + [f"{pad}}}"]
     out = []
     for k, (c, body) in enumerate(s.branches):
         out.append(f"{pad}{'if' if k == 0 else 'elif'} {expr_text(c)} {{")
@@ -63,7 +71,13 @@ def _guard(sc) -> str:
 def _steps(items, pad: str) -> list[str]:
     out = []
     for it in items:
-        if isinstance(it, Host):
+        if isinstance(it, Host) and is_product(it.stmt):
+            out.append(f"{pad}product  {it.stmt.target} = {expr_text(it.stmt.value)} ({it.stmt.value.shape.value}; "
+                       f"a library call)    # line {it.stmt.line}")
+        elif isinstance(it, Loop):
+            out.append(f"{pad}repeat {expr_text(it.count)}:")
+            out += _steps(it.steps, pad + "    ")
+        elif isinstance(it, Host):
             fused = "".join(f"  [{n.op.value} from {st} slot {slot}]" for n, (st, slot) in it.fused.items())
             out += [f"{pad}host  " + ln.lstrip() + fused for ln in _stmt(it.stmt, "")]
         elif isinstance(it, Stage):

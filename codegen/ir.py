@@ -2,7 +2,7 @@
 
 An expression is a frozen `Expr`: an `Op`, its value type `Ty`, where it lives (`Kind`), its
 operands and a span back into the spec. Equal subexpressions compare equal, so emitters can
-cache on them. Statements are `Assign` (its target's `Role`) and `IfStmt`. A `Spec` holds the declarations plus the
+cache on them. Statements are `Assign` (its target's `Role`), `IfStmt` and `Repeat`. A `Spec` holds the declarations plus the
 update split in two: `prologue` (once per update call) and `body` (once per parameter).
 """
 from __future__ import annotations
@@ -28,12 +28,20 @@ class Shape(enum.Enum):
     """Which axes of the weight's matrix view a tensor value varies along. Every parameter is viewed
     as `blocks x rows x cols` (the spec's `view`: batched, the default, takes the last two dimensions
     as rows and cols and the leading ones as blocks, as torch.optim.Adafactor; flat takes the last
-    dimension as cols and all the others as rows); a value varies along the blocks always, and along
-    the rows and the cols as its shape says. Shapes broadcast like NumPy's with keepdims."""
-    FULL = "full"            # the weight's shape
+    dimension as cols and all the others as rows; matrix takes the first as rows and all the others
+    as cols, as Muon views a conv kernel); a value varies along the blocks always, and along the rows
+    and the cols as its shape says. Shapes broadcast like NumPy's with keepdims.
+
+    Matrix products make three more shapes, each a matrix per block: rows x rows and cols x cols
+    (Gram matrices such as G G^T, Shampoo's preconditioners) and cols x rows (a transposed product).
+    They combine elementwise only with values of their own shape and with host numbers."""
+    FULL = "full"            # the weight's shape: rows x cols
     ROW = "per_row"          # one value per row: reduced along the cols (axis -1)
     COL = "per_col"          # one value per col: reduced along the rows (axis -2)
     BLOCK = "per_block"      # one value per block: reduced along both
+    GRAM_R = "rows_x_rows"   # a rows x rows matrix per block
+    GRAM_C = "cols_x_cols"   # a cols x cols matrix per block
+    TRANS = "cols_x_rows"    # a cols x rows matrix per block
 
     @property
     def rows(self) -> bool:
@@ -43,22 +51,49 @@ class Shape(enum.Enum):
     def cols(self) -> bool:
         return self in (Shape.FULL, Shape.COL)
 
+    @property
+    def matrix(self) -> bool:
+        """A shape only matrix products make (not the weight's nor one reduced from it)."""
+        return self in (Shape.GRAM_R, Shape.GRAM_C, Shape.TRANS)
+
+    @property
+    def dims(self) -> tuple | None:
+        """A matrix operand's (first, second) dimensions, each "rows" or "cols"; None for a value that
+        is no matrix of the view (per_row, per_col, per_block)."""
+        return _DIMS.get(self)
+
+    @staticmethod
+    def of_dims(first: str, second: str) -> "Shape":
+        return next(s for s, d in _DIMS.items() if d == (first, second))
+
     @staticmethod
     def of(rows: bool, cols: bool) -> "Shape":
         return {(True, True): Shape.FULL, (True, False): Shape.ROW, (False, True): Shape.COL,
                 (False, False): Shape.BLOCK}[(rows, cols)]
 
+    def joins(self, other: "Shape") -> bool:
+        """Whether values of both shapes combine elementwise (a matrix product's shape only with itself)."""
+        return self is other or not (self.matrix or other.matrix)
+
     def join(self, other: "Shape") -> "Shape":
-        """The shape of an elementwise operation on values of both shapes (broadcasting)."""
+        """The shape of an elementwise operation on values of both shapes (broadcasting; `joins`)."""
+        if self.matrix or other.matrix:
+            return self
         return Shape.of(self.rows or other.rows, self.cols or other.cols)
 
     def within(self, other: "Shape") -> bool:
         """Whether a value of this shape broadcasts to `other` without being reduced."""
+        if self.matrix or other.matrix:
+            return self is other
         return (other.rows or not self.rows) and (other.cols or not self.cols)
 
     def reduced(self, axis: int) -> "Shape":
         """The shape after reducing along `axis` (-1: the cols, -2: the rows)."""
         return Shape.of(self.rows and axis != -2, self.cols and axis != -1)
+
+
+_DIMS = {Shape.FULL: ("rows", "cols"), Shape.TRANS: ("cols", "rows"), Shape.GRAM_R: ("rows", "rows"),
+         Shape.GRAM_C: ("cols", "cols")}
 
 
 AXIS_WORDS = {-1: "the cols", -2: "the rows"}
@@ -88,6 +123,8 @@ class Op(enum.Enum):
     NORM = "norm"; SUM = "sum"; MEAN = "mean"; RMS = "rms"; MAX = "max"; MIN = "min"  # noqa: E702
     # shape facts of a tensor, host numbers known per parameter before any tensor work
     NDIM = "ndim"; NUMEL = "numel"; SIZE = "size"  # noqa: E702
+    # matrix products of the blocks x rows x cols view: args (a, b); an operand may be TRANSPOSE(x)
+    MATMUL = "@"; TRANSPOSE = "transpose"  # noqa: E702
     # random
     NORMAL = "normal"
     # host-only string test
@@ -166,6 +203,19 @@ class IfStmt:
 
 
 @dataclass(frozen=True)
+class Repeat:
+    """`repeat count { body }`: the body runs `count` times (a host integer; none or fewer than one:
+    not at all)."""
+    count: Expr
+    body: tuple
+    span: Span = field(compare=False, repr=False)
+
+    @property
+    def kind(self) -> Kind:
+        return max([self.count.kind] + [s.kind for s in self.body])
+
+
+@dataclass(frozen=True)
 class Hyper:
     name: str
     type: str                  # float int bool choice
@@ -190,7 +240,7 @@ class Hyper:
 @dataclass(frozen=True)
 class State:
     name: str
-    init: str                  # zeros | weight | fill
+    init: str                  # zeros | weight | fill | eye (fill times the identity)
     fill: float = 0.0
     cond: Expr | None = None   # hyperparameters and the weight's shape facts
     span: Span = field(default=None, compare=False, repr=False)
@@ -251,7 +301,12 @@ class Spec:
     def shaped(self) -> bool:
         """Whether the update uses shapes: a state or a value other than the weight's shape."""
         return any(st.shape is not Shape.FULL for st in self.states) or any(
-            n.op in REDUCTIONS and len(n.args) == 2 for s in self.body for n in _nodes(s))
+            (n.op in REDUCTIONS and len(n.args) == 2) or n.op is Op.MATMUL for s in self.body for n in _nodes(s))
+
+    @property
+    def matrix(self) -> bool:
+        """Whether the update multiplies matrices."""
+        return any(n.op is Op.MATMUL for s in self.body for n in _nodes(s))
 
     @property
     def module_name(self) -> str:
@@ -261,6 +316,10 @@ class Spec:
 def _nodes(s):
     if isinstance(s, Assign):
         yield from s.value.walk()
+    elif isinstance(s, Repeat):
+        yield from s.count.walk()
+        for x in s.body:
+            yield from _nodes(x)
     else:
         for c, body in s.branches:
             yield from c.walk()

@@ -8,6 +8,11 @@ update does, in order:
                  and one write of each tensor; every non-tensor subexpression becomes a scalar
                  argument computed on the host, so kernels never see optionals, strings or Python
   Branch(...)    a host `if` whose branches hold steps
+  Loop(...)      a `repeat`: its steps run a host number of times
+
+A matrix product (`a @ b`) is a host step of its own, a library call (BLAS through NumPy, cuBLAS
+through CuPy) that writes a scratch array; the elementwise work around it is staged as usual, a
+stage over a product's shape (rows x rows, ...) running over that many elements.
 
 The NumPy chunked kernel (codegen/emit_numpy.py), the C++ and CUDA kernels (codegen/emit_c.py) and
 their Python driver (codegen/emit_driver.py) all render these steps; the NumPy straight-line and
@@ -16,11 +21,13 @@ against (tests/test_differential.py).
 
 The passes, in order:
 
-1. Reductions out of elementwise statements. A `norm`/`sum` (or any host value computed from one)
+1. Reductions and products out of elementwise statements. A `norm`/`sum` (or any host value computed from one)
    inside an elementwise statement is assigned to a fresh host local (`_r0`, ...) just before that
    statement, in the same branch, and the statement reads the local. A reduction then always runs
    as a host step at its place in program order and sees the tensors as they are at that
-   statement; the same is done inside a reduction's argument (`norm(x / (1 + norm(y)))`).
+   statement; the same is done inside a reduction's argument (`norm(x / (1 + norm(y)))`). A
+   matrix product inside an elementwise statement becomes a tensor local the same way, and so does
+   an operand of a product that is not an array already (`(a + b) @ c`): a product reads arrays.
 2. Stages. Elementwise statements join the open stage; host `if`s whose branches only do
    elementwise work join it too, as a branch on a scalar argument (SGD's `if momentum != 0`). Host
    statements known before any tensor work (kind <= INDEX) are hoisted in front of the open stage
@@ -42,9 +49,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-from .ir import REDUCTIONS, Assign, Expr, IfStmt, Kind, Op, Role, Shape, Spec, Ty
+from .ir import REDUCTIONS, Assign, Expr, IfStmt, Kind, Op, Repeat, Role, Shape, Spec, Ty
 from .names import BUILTINS
-from .walk import assigns, exprs, host_names_read, nodes, own_exprs, tensor_locals_read
+from .walk import assigns, exprs, host_names_read, nodes, own_exprs, statements, tensor_locals_read
 
 LIFTED_PREFIX = "_r"   # spec names cannot start with `_`
 
@@ -78,7 +85,7 @@ class Stage:
     def tiled(self) -> bool:
         """Whether the stage needs the blocks x rows x cols loop: it reduces along an axis, runs over
         a smaller shape than the weight's, or reads a tensor of another shape (broadcasting)."""
-        return bool(self.outputs) or self.domain is not Shape.FULL or any(
+        return bool(self.outputs) or (self.domain is not Shape.FULL and not self.domain.matrix) or any(
             sh is not self.domain for sh in self.shapes.values()) or any(
             op in (Op.MAX, Op.MIN) for op, _ in self.reductions)
 
@@ -109,6 +116,12 @@ class Branch:
 
 
 @dataclass
+class Loop:
+    count: Expr         # a host integer
+    steps: list
+
+
+@dataclass
 class Program:
     """What `lower` returns: the statements after pass 1, the steps, the stages (in order) and the
     tensor locals that live in scratch arrays."""
@@ -127,7 +140,7 @@ class Program:
     @property
     def multi_tensor(self) -> bool:
         """Whether a list update can defer every launch (no reduction read on the host, no tiled stage)."""
-        return not host_reductions(self.steps) and not any(st.tiled for st in self.stages)
+        return not host_reductions(self.steps) and not any(st.tiled for st in self.stages) and not self.spec.matrix
 
 
 IN_KERNEL = {Op.ADD, Op.SUB, Op.MUL, Op.DIV, Op.NEG}
@@ -170,6 +183,11 @@ def _is_tensor_stmt(s: Assign) -> bool:
     return s.role.in_place or s.value.kind is Kind.TENSOR
 
 
+def is_product(s) -> bool:
+    """An `Assign` of a matrix product to a tensor local (after pass 1, a statement of its own)."""
+    return isinstance(s, Assign) and s.value.op is Op.MATMUL
+
+
 def _inlinable(s) -> bool:
     """A host `if` whose branches only do elementwise work stays inside the kernel, as a branch on a
     scalar argument, instead of ending the stage (SGD's `if momentum != 0`)."""
@@ -177,8 +195,8 @@ def _inlinable(s) -> bool:
         return False
     bodies = [b for _, b in s.branches] + [s.orelse]
     # (a reduction along an axis lifted under a `where`'s host test is a stage's output, not a statement)
-    return all((isinstance(x, Assign) and _is_tensor_stmt(x) and x.value.axis is None) or _inlinable(x)
-               for b in bodies for x in b)
+    return all((isinstance(x, Assign) and _is_tensor_stmt(x) and x.value.axis is None and not is_product(x))
+               or _inlinable(x) for b in bodies for x in b)
 
 
 def _writes_tensors(s) -> bool:
@@ -191,6 +209,11 @@ def _targets(s) -> set:
         return {s.target}
     if isinstance(s, Host):
         return _targets(s.stmt)
+    if isinstance(s, (Repeat, Loop)):
+        out = set()
+        for x in (s.body if isinstance(s, Repeat) else s.steps):
+            out |= _targets(x)
+        return out
     out = set()
     for _, body in s.branches:
         for x in body:
@@ -233,9 +256,16 @@ class _Lifter:
     def block(self, stmts) -> tuple:
         out = []
         for s in stmts:
-            if isinstance(s, Assign):
+            if isinstance(s, Repeat):
+                out.append(Repeat(s.count, self.block(s.body), s.span))
+            elif isinstance(s, Assign):
                 pre = []
-                value = self._tensor(s.value, s, pre) if s.value.kind is Kind.TENSOR else self._host(s.value, s, pre)
+                if _own_product(s):   # `a = x @ y`: the statement is the product
+                    value = replace(s.value, args=tuple(self._operand(o, s, pre) for o in s.value.args))
+                elif s.value.kind is Kind.TENSOR:
+                    value = self._tensor(s.value, s, pre)
+                else:
+                    value = self._host(s.value, s, pre)
                 out += pre
                 out.append(s if value is s.value else replace(s, value=value))
             else:
@@ -265,6 +295,9 @@ class _Lifter:
                 zero = Expr(Op.CONST, value.ty, Kind.CONST, (), 0, False, value.span)
                 value = Expr(Op.WHERE, value.ty, value.kind, (test, value, zero), None, False, value.span)
             return self._temp(value, s, pre)
+        if e.op is Op.MATMUL:   # a product: its own statement, a tensor local of its shape
+            value = replace(e, args=tuple(self._operand(o, s, pre, guard) for o in e.args))
+            return self._temp(value, s, pre, guard)
         if e.axis is not None:   # a reduction along an axis: its own statement, a tensor local of its shape
             arg = self._tensor(e.args[0], s, pre, guard)
             value = e if arg is e.args[0] else replace(e, args=(arg, e.args[1]))
@@ -277,6 +310,15 @@ class _Lifter:
             args = tuple(self._tensor(a, s, pre, guard) for a in e.args)
         return e if all(x is y for x, y in zip(args, e.args)) else replace(e, args=args)
 
+    def _operand(self, o: Expr, s, pre, guard=()) -> Expr:
+        """A product's operand as an array: the weight, the gradient, a state or a tensor local, read
+        transposed or not; any other value is computed into a local first."""
+        inner = o.args[0] if o.op is Op.TRANSPOSE else o
+        if inner.op in (Op.WEIGHT, Op.GRAD, Op.STATE, Op.LOCAL) and inner.kind is Kind.TENSOR:
+            return o
+        local = self._temp(self._tensor(inner, s, pre, guard), s, pre, guard)
+        return replace(o, args=(local,)) if o.op is Op.TRANSPOSE else local
+
     def _host(self, e: Expr, s, pre) -> Expr:
         """A host expression whose reductions reduce expressions without reductions."""
         if not _has_reduction(e):
@@ -286,6 +328,11 @@ class _Lifter:
             return e if arg is e.args[0] else replace(e, args=(arg,) + e.args[1:])
         args = tuple(self._host(a, s, pre) for a in e.args)
         return e if all(x is y for x, y in zip(args, e.args)) else replace(e, args=args)
+
+
+def _own_product(s: Assign) -> bool:
+    """`a = x @ y` into a local that neither operand reads: the product writes the local itself."""
+    return s.value.op is Op.MATMUL and s.role is Role.LOCAL and s.target not in _reads(s.value)
 
 
 # ---- passes 2-5 -------------------------------------------------------------------------------------
@@ -348,6 +395,8 @@ class Lowering:
         if isinstance(s, Assign):
             value = _substitute(s.value, self.remat, avoid)
             return s if value is s.value else replace(s, value=value)
+        if isinstance(s, Repeat):
+            return Repeat(s.count, tuple(self._inline(x, avoid) for x in s.body), s.span)
         branches = tuple((c, tuple(self._inline(x, avoid) for x in b)) for c, b in s.branches)
         return IfStmt(branches, tuple(self._inline(x, avoid) for x in s.orelse), s.span)
 
@@ -355,6 +404,14 @@ class Lowering:
         steps: list = []
         open_stage: Stage | None = None
         for s in stmts:
+            if isinstance(s, Repeat):
+                open_stage = None
+                steps.append(Loop(s.count, self._block(s.body)))
+                continue
+            if is_product(s):   # a library call: the stages before it are complete, the ones after new
+                open_stage = None
+                steps.append(Host(s))
+                continue
             if is_axis_reduction(s):
                 s = self._inline(s)
                 target = self._lookback(steps, s.value.args[0].shape, _reads(s.value.args[0]))
@@ -460,6 +517,11 @@ class Lowering:
                 if isinstance(item, Host):
                     for e in own_exprs(item.stmt):
                         need.update(tensor_locals_read(e))
+                    if is_product(item.stmt):   # the product writes its own array
+                        need.add(item.stmt.target)
+                        defined.add(item.stmt.target)
+                elif isinstance(item, Loop):
+                    host_reads(item.steps)
                 elif isinstance(item, Branch):
                     for _, body in item.branches:
                         host_reads(body)
@@ -475,6 +537,8 @@ def _without(items, ids) -> list:
     for it in items:
         if isinstance(it, Stage) and id(it) in ids:
             continue
+        if isinstance(it, Loop):
+            it = Loop(it.count, _without(it.steps, ids))
         if isinstance(it, Branch):
             it = Branch([(c, _without(b, ids)) for c, b in it.branches], _without(it.orelse, ids))
         out.append(it)
@@ -524,15 +588,20 @@ def _rematerializable(body) -> dict:
     for k, a in enumerate(order):
         counts[a.target] = counts.get(a.target, 0) + 1
         last[a.target] = k
+    for loop in (s for s in statements(body) if isinstance(s, Repeat)):
+        for a in assigns(loop.body):   # assigned once per iteration
+            counts[a.target] += 1
+    # a product reads arrays: what it reads is kept
+    operands = set().union(*(tensor_locals_read(a.value) for a in order if a.value.op is Op.MATMUL)) if order else set()
     axis_outputs = {a.target for a in order if a.value.axis is not None}
     out: dict = {}
     for k, s in enumerate(order):
         if not (s.role is Role.LOCAL and s.value.kind is Kind.TENSOR and counts[s.target] == 1
-                and s.value.axis is None):
+                and s.value.axis is None and s.target not in operands):
             continue
         ok = True
         for n in s.value.walk():
-            if n.op in REDUCTIONS or n.op is Op.NORMAL:
+            if n.op in REDUCTIONS or n.op in (Op.NORMAL, Op.MATMUL):
                 ok = False
             elif n.op in (Op.WEIGHT, Op.STATE, Op.SCALAR_STATE, Op.GLOBAL):
                 ok = ok and last.get("weight" if n.op is Op.WEIGHT else n.value, -1) < k
@@ -680,6 +749,9 @@ def host_reductions(steps) -> bool:
                 return True
         elif isinstance(item, Stage):
             if any(n.op in REDUCTIONS for e in item.exprs() for n in e.walk()):
+                return True
+        elif isinstance(item, Loop):
+            if host_reductions(item.steps):
                 return True
         else:
             if any(n.op in REDUCTIONS for cond, _ in item.branches for n in cond.walk()):

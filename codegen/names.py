@@ -55,13 +55,17 @@ FUNCTIONS = {
     "max": (Op.MAX, (1, 2)), "min": (Op.MIN, (1, 2)),
     # shape facts (host integers, per parameter)
     "ndim": (Op.NDIM, 1), "numel": (Op.NUMEL, 1), "size": (Op.SIZE, 2),
+    # an operand of `@` read transposed
+    "transpose": (Op.TRANSPOSE, 1),
 }
 # functions added with shapes; names in specs (Adam's `mean`) may equal them: a call and a name never meet
 UNRESERVED_FUNCTIONS = {"mean", "rms", "ndim", "numel", "size"}
-STATE_SHAPES = ("per_row", "per_col", "per_block")
+STATE_SHAPES = ("per_row", "per_col", "per_block", "rows_x_rows", "cols_x_cols")
 VIEWS = {"batched": "the last two dimensions are rows x cols, the leading ones a batch of blocks "
                     "(torch.optim.Adafactor); a vector is one row",
-         "flat": "the last dimension is the cols, all the others together the rows (one block)"}
+         "flat": "the last dimension is the cols, all the others together the rows (one block)",
+         "matrix": "the first dimension is the rows, all the others together the cols (one block): "
+                   "Muon's view of a conv kernel, out_channels x (in_channels * kh * kw)"}
 OPTIONS = {
     # name: (number of arguments or None for any, argument type, description)
     "lr_before_count": (0, None, "read lr and wd before counting this update (LBSGD)"),

@@ -212,6 +212,9 @@ class _Build(Transformer):
         # c = [cond, block, *elif_clauses, else_block_or_None]
         return ast.If(_span(meta), ((c[0], c[1]),) + tuple(c[2:-1]), c[-1])
 
+    def repeat_stmt(self, meta, c):
+        return ast.Repeat(_span(meta), c[0], c[1])
+
     # ---- types and ranges
     def t_float(self, meta, c):
         return ast.TypeRef(_span(meta), "float", c[0] is not None)

@@ -1,16 +1,18 @@
 """The walks over statement lists that every pass shares: what a list of statements evaluates,
-assigns and reads. Statements are the IR's `Assign` and `IfStmt` (codegen/ir.py); nothing here
+assigns and reads. Statements are the IR's `Assign`, `IfStmt` and `Repeat` (codegen/ir.py); nothing here
 knows about stages or targets."""
 from __future__ import annotations
 
-from .ir import Assign, Expr, IfStmt, Kind, Op
+from .ir import Assign, Expr, IfStmt, Kind, Op, Repeat
 
 
 def statements(stmts):
-    """Every statement, `if`s and the statements inside their branches included, in source order."""
+    """Every statement, `if`s and loops and the statements inside them included, in source order."""
     for s in stmts:
         yield s
-        if isinstance(s, IfStmt):
+        if isinstance(s, Repeat):
+            yield from statements(s.body)
+        elif isinstance(s, IfStmt):
             for _, body in s.branches:
                 yield from statements(body)
             yield from statements(s.orelse)
@@ -24,8 +26,13 @@ def assigns(stmts):
 
 
 def own_exprs(s) -> list:
-    """The expressions a statement evaluates itself: an Assign's value, an `if`'s conditions."""
-    return [s.value] if isinstance(s, Assign) else [c for c, _ in s.branches]
+    """The expressions a statement evaluates itself: an Assign's value, an `if`'s conditions, a
+    loop's count."""
+    if isinstance(s, Assign):
+        return [s.value]
+    if isinstance(s, Repeat):
+        return [s.count]
+    return [c for c, _ in s.branches]
 
 
 def exprs(stmts):

@@ -11,6 +11,7 @@ from .ftrl import Ftrl
 from .lamb import LAMB
 from .lars import LARS
 from .lbsgd import LBSGD
+from .muon import Muon
 from .nadam import Nadam
 from .nag import NAG
 from .rmsprop import RMSProp
@@ -21,9 +22,9 @@ from .sm3 import SM3
 from .test import Test
 ccSGD = SGD
 
-__all__ = ['AdaDelta', 'Adafactor', 'AdaGrad', 'Adam', 'Adamax', 'DCASGD', 'FTML', 'Ftrl', 'LAMB', 'LARS', 'LBSGD', 'Nadam', 'NAG', 'RMSProp', 'SGD', 'SGLD', 'Signum', 'SM3', 'Test', 'ccSGD']
+__all__ = ['AdaDelta', 'Adafactor', 'AdaGrad', 'Adam', 'Adamax', 'DCASGD', 'FTML', 'Ftrl', 'LAMB', 'LARS', 'LBSGD', 'Muon', 'Nadam', 'NAG', 'RMSProp', 'SGD', 'SGLD', 'Signum', 'SM3', 'Test', 'ccSGD']
 
 from optforge.registry import register as _register
 
-for _cls in (AdaDelta, Adafactor, AdaGrad, Adam, Adamax, DCASGD, FTML, Ftrl, LAMB, LARS, LBSGD, Nadam, NAG, RMSProp, SGD, SGLD, Signum, SM3, Test, ):
+for _cls in (AdaDelta, Adafactor, AdaGrad, Adam, Adamax, DCASGD, FTML, Ftrl, LAMB, LARS, LBSGD, Muon, Nadam, NAG, RMSProp, SGD, SGLD, Signum, SM3, Test, ):
     _register(_cls)

@@ -171,9 +171,6 @@ class Adafactor(Optimizer):
         col_var = tensors.get('col_var')
         variance = tensors.get('variance')
         _B, _R, _C = ops.view_dims(weight.shape, 'batched')
-        _r0 = be.scratch(weight, '_r0', ops.state_shape(weight.shape, 'per_row', 'batched'))
-        _r1 = be.scratch(weight, '_r1', ops.state_shape(weight.shape, 'per_col', 'batched'))
-        _r2 = be.scratch(weight, '_r2', ops.state_shape(weight.shape, 'per_block', 'batched'))
         beta2_t = t ** beta2_decay  # adafactor.opt:41
         rho = ops.minimum(lr, 1 / math.sqrt(t))  # adafactor.opt:42
         _red_s0 = yield be.launch('optforge_adafactor_s0', (weight,), (), reduce=1, stores=False)
@@ -182,6 +179,9 @@ class Adafactor(Optimizer):
             be.launch('optforge_adafactor_s1', (weight,), (ops.arg(1 - lr * wd), ))
         e1 = eps1 if eps1 is not None and eps1 >= 0 else dtype_eps  # adafactor.opt:47
         if len(_shape) >= 2:
+            _r0 = be.scratch(weight, '_r0', ops.state_shape(weight.shape, 'per_row', 'batched'))
+            _r1 = be.scratch(weight, '_r1', ops.state_shape(weight.shape, 'per_col', 'batched'))
+            _r2 = be.scratch(weight, '_r2', ops.state_shape(weight.shape, 'per_block', 'batched'))
             be.launch('optforge_adafactor_s2', (grad, _r0, _r1,), (ops.arg(-1 if maximize else 1), ops.arg(rescale_grad), ops.arg(clip_gradient), ), dims=(_B, _R, _C), axes=(('sum', -1), ('sum', -2)))
             be.launch('optforge_adafactor_s3', (row_var, _r0, _r2,), (ops.arg(beta2_t), ops.arg(ops.size(_shape, -1, 'batched')), ), dims=(_B, _R, 1), axes=(('sum', -2),))
             be.launch('optforge_adafactor_s4', (col_var, _r1,), (ops.arg(beta2_t), ops.arg(ops.size(_shape, -2, 'batched')), ), dims=(_B, 1, _C))

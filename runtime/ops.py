@@ -154,21 +154,34 @@ def _unhooked(what: str) -> None:
 def view_dims(shape, view: str) -> tuple:
     """(blocks, rows, cols) of a parameter of `shape` under the spec's view: `batched` takes the last
     two dimensions as rows x cols and the leading ones as blocks; `flat` the last one as cols and all
-    the others as rows. A vector is one row, a 0-d parameter one element."""
+    the others as rows; `matrix` the first one as rows and all the others as cols. A vector is one
+    row, a 0-d parameter one element."""
     n = len(shape)
     if n == 0:
         return 1, 1, 1
-    if view == "flat" or n == 1:
+    if view == "matrix" and n >= 2:
+        return 1, shape[0], math.prod(shape[1:])
+    if view in ("flat", "matrix") or n == 1:
         return 1, math.prod(shape[:-1]), shape[-1]
     return math.prod(shape[:-2]), shape[-2], shape[-1]
+
+
+# the matrices of matrix products, per block: (first, second) dimension of the view
+MATRIX_DIMS = {"rows_x_rows": (1, 1), "cols_x_cols": (2, 2), "cols_x_rows": (2, 1), "full": (1, 2)}
 
 
 def state_shape(shape, kind: str, view: str) -> tuple:
     """The array shape of a state of `kind` (full, per_row, per_col, per_block) for a parameter of
     `shape`: the parameter's shape with the reduced axes kept as size 1, so that it broadcasts
-    against the parameter as NumPy does (torch.optim.Adafactor's row_var and col_var)."""
+    against the parameter as NumPy does (torch.optim.Adafactor's row_var and col_var). A matrix
+    kind (rows_x_rows, cols_x_cols, cols_x_rows) is that matrix per block: the batched view keeps
+    the parameter's leading dimensions, the others have one block."""
     shape = tuple(shape)
     n = len(shape)
+    if kind in MATRIX_DIMS and kind != "full":
+        dims = view_dims(shape, view)
+        lead = shape[:-2] if view == "batched" and n >= 2 else ()
+        return lead + tuple(dims[k] for k in MATRIX_DIMS[kind])
     if kind == "full" or n == 0:
         return shape
     rows = kind == "per_row"
@@ -187,12 +200,53 @@ def state_shape(shape, kind: str, view: str) -> tuple:
 def numel(shape, kind: str, view: str) -> int:
     """How many values a tensor of `kind` holds for a parameter of `shape`."""
     b, r, c = view_dims(shape, view)
+    if kind in MATRIX_DIMS:
+        return b * math.prod((b, r, c)[k] for k in MATRIX_DIMS[kind])
     return b * (r if kind in ("full", "per_row") else 1) * (c if kind in ("full", "per_col") else 1)
 
 
-def size(shape, axis: int, view: str) -> int:
-    """The length of the view's cols (axis -1) or rows (axis -2) of a parameter of `shape`."""
-    return view_dims(shape, view)[2 if axis == -1 else 1]
+def size(shape, axis: int, view: str, kind: str = "full") -> int:
+    """The length along axis -1 (the cols of a value of the weight's shape) or -2 (its rows) of a
+    value of `kind` for a parameter of `shape`."""
+    dims = view_dims(shape, view)
+    if kind in MATRIX_DIMS:
+        return dims[MATRIX_DIMS[kind][1 if axis == -1 else 0]]
+    return dims[2 if axis == -1 else 1]
+
+
+def matmul(a, b, kinds: tuple, trans: tuple, shape, view: str, out=None):
+    """The product of the blocks' matrices: op(a) @ op(b), a transposed where trans[0] (b where
+    trans[1]), a and b of kinds[0] and kinds[1] and the result of kinds[2] (full, rows_x_rows,
+    cols_x_cols, cols_x_rows), for a parameter of `shape` under `view`. The library (NumPy's BLAS,
+    CuPy's cuBLAS) multiplies in the arrays' type: float32 products accumulate in float32. With `out`
+    (a C-contiguous array of the result's shape), the product is written there."""
+    if getattr(_local, "hook", None) is not None:
+        raise NotImplementedError("a matrix product over a sharded tensor: each process holds a slice of the "
+                                  "parameter, and the reduce hook combines sums only")
+    dims = view_dims(shape, view)
+    xp = _xp(a)
+
+    def mat(x, kind, t):
+        d = MATRIX_DIMS[kind]
+        m = xp.reshape(x, (dims[0], dims[d[0]], dims[d[1]]))
+        return xp.swapaxes(m, -1, -2) if t else m
+
+    x, y = mat(a, kinds[0], trans[0]), mat(b, kinds[1], trans[1])
+    if out is None:
+        return xp.matmul(x, y).reshape(state_shape(shape, kinds[2], view))
+    d = MATRIX_DIMS[kinds[2]]
+    xp.matmul(x, y, out=out.reshape(dims[0], dims[d[0]], dims[d[1]]))
+    return out
+
+
+def eye(shape, scale, dtype, xp=np):
+    """`scale` times the identity in every block of a matrix state of array `shape` (..., n, n)."""
+    out = xp.zeros(shape, dtype=dtype)
+    if len(shape) >= 2:
+        k = min(shape[-1], shape[-2])
+        idx = xp.arange(k)
+        out[..., idx, idx] = scale
+    return out
 
 
 def reduce(x, how: str, axis: int, view: str):

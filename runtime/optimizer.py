@@ -323,6 +323,8 @@ class Optimizer:
                 tensors[name] = xp.zeros(shape, dtype=weight.dtype)
             elif init == "weight":
                 tensors[name] = xp.array(weight, dtype=weight.dtype, copy=True, order="C")
+            elif init == "eye":
+                tensors[name] = ops.eye(shape, fill, weight.dtype, xp)
             else:
                 tensors[name] = xp.full(shape, fill, dtype=weight.dtype)
         return OptState(self.spec_name, weight.shape, weight.dtype, tensors, self._scalar_init())
