@@ -109,6 +109,7 @@ class Checker:
         self.locals: dict[str, Expr] = {}       # name -> a representative leaf (type, kind)
         self.pending_locals: set[str] = set()   # names assigned somewhere later in the body
         self.failed: set[str] = set()           # locals whose assignment had an error (reported there)
+        self.loop_locals: set[str] = set()      # names assigned inside a `repeat`
         self.used: set[str] = set()
         self.uses_random = False
         self.draws = 0
@@ -442,6 +443,7 @@ class Checker:
                 self._collect_assigned(s.orelse or ())
             elif isinstance(s, ast.Repeat):
                 self._collect_assigned(s.body)
+                self.loop_locals.update(a.target for a in _ast_assigns(s.body))
 
     def _block(self, body, scope) -> tuple:
         out = []
@@ -699,6 +701,11 @@ class Checker:
             rep = self.locals[n]
             return Expr(Op.LOCAL, rep.ty, rep.kind, (), n, rep.optional, node.span, rep.shape)
         if n in self.failed:
+            raise _Bail
+        if n in self.pending_locals and n in self.loop_locals:
+            self.r.error(node.span, f"`{n}` is used before it is assigned",
+                         "it is assigned later, or inside a `repeat`, which may run zero times: assign it before "
+                         "the loop too")
             raise _Bail
         if n in self.pending_locals:
             self.r.error(node.span, f"`{n}` is used before it is assigned",
@@ -972,6 +979,18 @@ REDUCTION_OPS = {Op.NORM, Op.SUM, Op.MEAN, Op.RMS, Op.MAX, Op.MIN}
 
 class _Bail(Exception):
     pass
+
+
+def _ast_assigns(body):
+    for s in body:
+        if isinstance(s, ast.Assign):
+            yield s
+        elif isinstance(s, ast.If):
+            for _, b in s.branches:
+                yield from _ast_assigns(b)
+            yield from _ast_assigns(s.orelse or ())
+        elif isinstance(s, ast.Repeat):
+            yield from _ast_assigns(s.body)
 
 
 def _eye_start(v) -> float | None:

@@ -9,6 +9,7 @@ Every failure is a diagnostic with the culprit's span; emitters may assume all o
 * Shapes have no lazy row-sparse update: a per-col or per-block value and a reduction along an axis
   read every row, and the lazy update sees only the rows a gradient holds. (A per-row state of the
   touched rows would be well defined; it is refused too until the row kernels learn shapes.)
+* Matrix products have no lazy row-sparse update either: a product mixes every row.
 """
 from __future__ import annotations
 
@@ -29,6 +30,12 @@ def _row_reduction(arg) -> bool:
 
 def verify(spec: Spec, r: Reporter) -> None:
     """Report (on `r`) every rule of the module doc that `spec` breaks."""
+    if spec.sparse and spec.sparse.lazy and spec.matrix:
+        where = next(n.span for n in nodes(spec.body) if n.op is Op.MATMUL)
+        r.error(where, "a lazy row-sparse update (`sparse lazy`) cannot multiply matrices: a product reads every "
+                "row, the lazy update only the rows the gradient holds",
+                "drop `sparse lazy`: a row-sparse gradient then updates every row")
+        return
     if spec.sparse and spec.sparse.lazy:
         shaped = [st for st in spec.states if st.shape.value != "full"]
         if shaped or spec.shaped:

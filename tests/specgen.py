@@ -39,6 +39,8 @@ SETTINGS = dict(max_examples=EXAMPLES, deadline=None, derandomize=SEED == 0, dat
 
 # shaped specs (their own, smaller campaign: OPTFORGE_DIFF_SHAPED_EXAMPLES)
 SHAPED_SETTINGS = dict(SETTINGS, max_examples=int(os.environ.get("OPTFORGE_DIFF_SHAPED_EXAMPLES", "40")))
+# matrix specs (OPTFORGE_DIFF_MATRIX_EXAMPLES)
+MATRIX_SETTINGS = dict(SETTINGS, max_examples=int(os.environ.get("OPTFORGE_DIFF_MATRIX_EXAMPLES", "30")))
 
 
 def seeded(test):
@@ -323,6 +325,69 @@ def shaped_specs(draw, name="Rand"):
     return text, False
 
 
+MATRIX_HEADER = """hyper k: int = 2 in [0, 3]
+state lm: rows_x_rows = eye
+state rm: cols_x_cols = 0.5 * eye
+"""
+
+
+@st.composite
+def matrix_specs(draw, name="Rand"):
+    """(spec text, False): a random spec with matrix products of every shape (rows x rows, cols x
+    cols, transposed operands, operands computed from expressions, chains), matrix states starting
+    from the identity, `repeat` loops (a Newton-Schulz-like iteration, a loop updating the weight),
+    whole reductions of products, amid the elementwise statements of `specs()`, in all three views.
+    Products are scaled by norms, so values stay bounded."""
+    g = _Gen(draw)
+    scope = {"tensors": [], "hosts": [], "reduced": [], "masks": [], "narrowed": False, "mom": False}
+    body = g.block(scope, draw(st.integers(0, 2)), 0)
+    pad = "    "
+
+    def x():
+        return f"({g.tensor(scope)})"
+    for _ in range(draw(st.integers(1, 4))):
+        form = draw(st.integers(0, 6))
+        if form == 0:
+            p = g.fresh("p")
+            body += [f"{pad}{p} = {x()} @ transpose({x()})",
+                     f"{pad}lm = a * lm + (1 - a) * {p} / (1 + norm({p}))"]
+        elif form == 1:
+            q = g.fresh("q")
+            body += [f"{pad}{q} = transpose({x()}) @ {draw(st.sampled_from(['grad', 'weight', x()]))}",
+                     f"{pad}rm = where(flag, 0.5 * rm, a * rm) + {q} / (1 + norm({q}))"]
+        elif form == 2:
+            u = g.fresh("u")
+            body.append(f"{pad}{u} = (lm @ {x()} + {x()} @ rm) / (1 + norm(lm) + sum(abs(rm)))")
+            scope["tensors"].append(u)
+        elif form == 3:
+            v, m = g.fresh("v"), g.fresh("n")
+            left = draw(st.booleans())
+            body += [f"{pad}{v} = {x()} / (1 + norm(grad) + norm(weight))",
+                     f"{pad}repeat k {{",
+                     f"{pad}    {m} = {v} @ transpose({v})" if left else f"{pad}    {m} = transpose({v}) @ {v}",
+                     f"{pad}    {v} = 1.5 * {v} - 0.5 * ({m} @ {v})" if left else
+                     f"{pad}    {v} = 1.5 * {v} - 0.5 * ({v} @ {m})",
+                     f"{pad}}}"]
+            scope["tensors"].append(v)
+        elif form == 4:
+            body.append(f"{pad}weight -= lr * 0.1 * (lm @ grad @ rm) / (1 + norm(lm) * norm(rm))")
+        elif form == 5:
+            h = g.fresh("h")
+            body.append(f"{pad}{h} = norm(transpose({x()}) @ lm) / (1 + {g.host(scope)})")
+            scope["reduced"].append(h)
+        else:
+            body += [f"{pad}if k > 1 {{",
+                     f"{pad}    repeat k - 1 {{",
+                     f"{pad}        weight -= lr * 0.01 * (lm @ weight) / (1 + norm(lm))",
+                     f"{pad}        acc = acc * 0.5 + {g.host(scope, reduce=False)} * 0.01",
+                     f"{pad}    }}",
+                     f"{pad}}}"]
+    body.append(f"{pad}weight -= lr * 0.01 * grad * (1 + sum(lm) / (1 + abs(sum(lm))))")
+    view = draw(st.sampled_from(["", "view batched\n", "view flat\n", "view matrix\n"]))
+    text = HEADER.format(name=name) + MATRIX_HEADER + view + "update {\n" + "\n".join(body) + "\n}\n"
+    return text, False
+
+
 @st.composite
 def specs(draw, name="Rand"):
     """(spec text, lazy) for a random spec named `name`; `lazy` says it declares `sparse lazy`."""
@@ -382,6 +447,8 @@ SHAPES = [(6, 5), (9,), (4, 3), (300, 250)]   # small ones are batched in native
 # shaped specs: a vector, a 0-d parameter, a batch of matrices (blocks), and matrices wider and taller
 # than the kernels' tiles (pieces of rows and of cols combined)
 SHAPED_SHAPES = [(6, 5), (9,), (2, 3, 4), (), (3, 2100), (300, 250)]
+# matrix specs: rows x rows and cols x cols matrices of every parameter stay small
+MATRIX_SHAPES = [(6, 5), (9,), (2, 3, 4), (), (3, 7, 2), (40, 30)]
 
 
 def params(xp=np, seed=0, shapes=SHAPES):

@@ -20,8 +20,8 @@ from hypothesis import given, settings
 import optforge
 from optforge import chunks, native
 
-from specgen import (SETTINGS, SHAPED_SETTINGS, SHAPED_SHAPES, assert_same, compile_spec, hyper_sets, run, seeded,
-                     shaped_specs, specs)
+from specgen import (MATRIX_SETTINGS, MATRIX_SHAPES, SETTINGS, SHAPED_SETTINGS, SHAPED_SHAPES, assert_same, compile_spec,
+                     hyper_sets, matrix_specs, run, seeded, shaped_specs, specs)
 
 SOME_ROWS = [0, 2, 3, 7, 100, 299]
 
@@ -77,6 +77,24 @@ def test_shaped_specs_compute_on_every_backend_what_the_straight_line_kernel_com
         if native.available():
             assert_same(run(cls, "native", hyper, as_list=False, shapes=SHAPED_SHAPES), want, f"native {hyper}", text)
             assert_same(run(cls, "native", hyper, as_list=True, shapes=SHAPED_SHAPES), want_list,
+                        f"native list {hyper}", text)
+
+
+@seeded
+@settings(**MATRIX_SETTINGS)
+@given(matrix_specs())
+def test_matrix_specs_compute_on_every_backend_what_the_straight_line_kernel_computes(spec):
+    """Matrix products (library calls into scratch arrays) between fused stages, stages over the
+    products' shapes, matrix states from the identity and `repeat` loops: native single and list
+    updates against the straight-line NumPy kernel, in every view, on a vector, a 0-d parameter,
+    batches of matrices and a matrix."""
+    cls, text, _ = compile_spec(*spec)
+    for hyper in hyper_sets() + [{"k": 0}, {"k": 3, "flag": False}]:
+        want = run(cls, "numpy", hyper, as_list=False, shapes=MATRIX_SHAPES)
+        assert_same(run(cls, "numpy", hyper, as_list=True, shapes=MATRIX_SHAPES), want, f"numpy list {hyper}", text)
+        if native.available():
+            assert_same(run(cls, "native", hyper, as_list=False, shapes=MATRIX_SHAPES), want, f"native {hyper}", text)
+            assert_same(run(cls, "native", hyper, as_list=True, shapes=MATRIX_SHAPES), want,
                         f"native list {hyper}", text)
 
 

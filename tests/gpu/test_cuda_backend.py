@@ -38,6 +38,7 @@ CONFIGS = {
     "ccsgd": {"momentum": 0.5},
     "adafactor": {"maximize": True},
     "sm3": {"momentum": 0.5, "beta2": 0.9},
+    "muon": {"nesterov": False, "ns_steps": 3, "adjust_lr_fn": "match_rms_adamw"},
 }
 VARIANTS = {"f32": (np.float32, False), "f64": (np.float64, False), "f16": (np.float16, False),
             "mp16": (np.float16, True)}

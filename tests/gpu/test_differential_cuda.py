@@ -15,8 +15,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from gpu import require_cupy  # noqa: E402
 
 cupy = require_cupy()
-from specgen import (SETTINGS, SHAPED_SHAPES, assert_same, compile_spec, hyper_sets, run, seeded,  # noqa: E402
-                     shaped_specs, specs)
+from specgen import (MATRIX_SHAPES, SETTINGS, SHAPED_SHAPES, assert_same, compile_spec, hyper_sets,  # noqa: E402
+                     matrix_specs, run, seeded, shaped_specs, specs)
 
 SOME_ROWS = [0, 2, 3, 7, 100, 299]
 CUDA_SETTINGS = dict(SETTINGS, max_examples=int(os.environ.get("OPTFORGE_DIFF_CUDA_EXAMPLES", "60")))
@@ -57,4 +57,19 @@ def test_cuda_shaped_specs_compute_what_the_straight_line_kernel_computes(spec):
                     f"cuda single {hyper}", text)
         want_list = run(cls, "numpy", hyper, as_list=True, shapes=SHAPED_SHAPES)
         assert_same(run(cls, "numpy", hyper, as_list=True, xp=cupy, shapes=SHAPED_SHAPES), want_list,
+                    f"cuda list {hyper}", text)
+
+
+@seeded
+@settings(**dict(CUDA_SETTINGS, max_examples=max(1, CUDA_SETTINGS["max_examples"] // 3)))
+@given(matrix_specs())
+def test_cuda_matrix_specs_compute_what_the_straight_line_kernel_computes(spec):
+    """Matrix products through CuPy (cuBLAS) between the stage kernels, stages over the products'
+    shapes, matrix states and loops."""
+    cls, text, _ = compile_spec(*spec)
+    for hyper in hyper_sets() + [{"k": 0}]:
+        want = run(cls, "numpy", hyper, as_list=False, shapes=MATRIX_SHAPES)
+        assert_same(run(cls, "numpy", hyper, as_list=False, xp=cupy, shapes=MATRIX_SHAPES), want,
+                    f"cuda single {hyper}", text)
+        assert_same(run(cls, "numpy", hyper, as_list=True, xp=cupy, shapes=MATRIX_SHAPES), want,
                     f"cuda list {hyper}", text)
