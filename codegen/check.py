@@ -836,6 +836,16 @@ class Checker:
             return Expr(Op.WHERE, ty, max(c.kind, a.kind, b.kind), (c, a, b), None, False, node.span, _shape(c, a, b))
         if op in REDUCTION_OPS or op in (Op.NDIM, Op.NUMEL, Op.SIZE):
             return self._reduction(f, op, node, scope)
+        if op is Op.EYE:
+            x = self._e(node.args[0], scope)
+            if x.kind is not Kind.TENSOR or x.shape not in (Shape.GRAM_R, Shape.GRAM_C):
+                what = SHAPE_WORDS[x.shape] if x.kind is Kind.TENSOR else "a single number"
+                self.r.error(node.args[0].span, f"eye(x) is the identity of a square matrix value (rows_x_rows or "
+                             f"cols_x_cols); `{self._text(node.args[0].span)}` is {what}",
+                             "e.g. eye(l) for a state l: rows_x_rows")
+                raise _Bail
+            side = Expr(Op.SIZE, Ty.INT, Kind.INDEX, (), -1, False, node.span, x.shape)
+            return Expr(Op.EYE, Ty.FLOAT, Kind.TENSOR, (side,), None, False, node.span, x.shape)
         if op is Op.TRANSPOSE:
             self.r.error(node.span, "transpose(x) is an operand of `@`: the product reads x transposed",
                          "write e.g. transpose(x) @ y; a transposed copy on its own is not needed")

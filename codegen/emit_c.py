@@ -45,7 +45,7 @@ class CStyleEmitter:
     FUNCS = {Op.SQRT: "sqrt({0})", Op.SQUARE: "op_square({0})", Op.ABS: "fabs({0})", Op.SIGN: "op_sign({0})",
              Op.EXP: "exp({0})", Op.LOG: "log({0})", Op.MAXIMUM: "op_max({0}, {1})",
              Op.MINIMUM: "op_min({0}, {1})", Op.CLIP: "op_clip({0}, {1})", Op.POW: "pow({0}, {1})",
-             Op.MOD: "op_mod({0}, {1})"}
+             Op.MOD: "op_mod({0}, {1})", Op.EYE: "op_eye<C>(i, {0})"}
     BINOPS = {Op.ADD: "+", Op.SUB: "-", Op.MUL: "*", Op.DIV: "/", Op.EQ: "==", Op.NE: "!=", Op.LT: "<",
               Op.LE: "<=", Op.GT: ">", Op.GE: ">=", Op.AND: "&&", Op.OR: "||"}
 
@@ -92,7 +92,7 @@ class CStyleEmitter:
             return f"op_normal<C>(k_seed, i, {salt}, {self.expr(e.args[0], names)}, {self.expr(e.args[1], names)})", ATOM
         if op in self.FUNCS:
             if self.FUNCS[op].startswith("op_"):
-                self.helpers.add(self.FUNCS[op].split("(")[0])   # emitted only where used
+                self.helpers.add(self.FUNCS[op].split("(")[0].split("<")[0])   # emitted only where used
             return self.FUNCS[op].format(*(self.expr(a, names) for a in e.args)), ATOM
         raise InternalError(f"no {self.target} rule for {op}")
 

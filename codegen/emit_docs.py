@@ -102,6 +102,8 @@ class DocsEmitter:
             return r"\operatorname{numel}_{\text{" + e.shape.value.replace("_", " ") + "}}"
         if e.op is Op.SIZE:
             return r"n_{\text{" + ("cols" if e.value == -1 else "rows") + "}}"
+        if e.op is Op.EYE:
+            return "I"
         if e.op is Op.TRANSPOSE:
             return self.expr(e.args[0], 9) + r"^{\top}"
         if e.axis is not None:   # along an axis: the sum (max, min) over the cols (rows) of each row (col)

@@ -109,6 +109,9 @@ class NumpyEmitter:
             return f"ops.size(_shape, {e.value}, {view!r})", ATOM
         if op is Op.MATMUL:
             return self.matmul(e), ATOM
+        if op is Op.EYE:
+            return (f"ops.eye(ops.state_shape(_shape, {e.shape.value!r}, {self.spec.view!r}), 1, weight.dtype, "
+                    f"{self.xp})"), ATOM
         if e.axis is not None:
             return f"ops.reduce({self.expr(e.args[0])}, {AXIS_FUNCS[op]!r}, {e.axis}, {self.spec.view!r})", ATOM
         if op in REDUCE_FUNCS:
@@ -200,7 +203,7 @@ def step_bindings(body, exports) -> list[str]:
     (`_shape`) where a shape fact reads it and its type's machine epsilon."""
     used = leaves(body, {Op.BUILTIN})
     out = [f"{n} = _step.{n}" for n in STEP_FIELDS if n in used] + [f"{n} = _step.call[{n!r}]" for n in exports]
-    if any(n.op in SHAPE_FACTS or n.op is Op.MATMUL for n in nodes(body)):
+    if any(n.op in SHAPE_FACTS or n.op in (Op.MATMUL, Op.EYE) for n in nodes(body)):
         out.append("_shape = weight.shape")
     if "dtype_eps" in used:
         out.append("dtype_eps = ops.dtype_eps(weight)")

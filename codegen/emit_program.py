@@ -26,6 +26,8 @@ def expr_text(e: Expr, top: bool = True) -> str:
         return "numel(weight)" if e.shape.value == "full" else f"numel(<{e.shape.value}>)"
     if op is Op.SIZE:
         return f"size(weight, {e.value})" if e.shape.value == "full" else f"size(<{e.shape.value}>, {e.value})"
+    if op is Op.EYE:
+        return f"eye(<{e.shape.value}>)"
     if op is Op.MATMUL:
         text = f"{expr_text(e.args[0], False)} @ {expr_text(e.args[1], False)}"
         return text if top else f"({text})"

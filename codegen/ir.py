@@ -125,6 +125,8 @@ class Op(enum.Enum):
     NDIM = "ndim"; NUMEL = "numel"; SIZE = "size"  # noqa: E702
     # matrix products of the blocks x rows x cols view: args (a, b); an operand may be TRANSPOSE(x)
     MATMUL = "@"; TRANSPOSE = "transpose"  # noqa: E702
+    # the identity of a square matrix value's shape: args (its side, a host integer)
+    EYE = "eye"
     # random
     NORMAL = "normal"
     # host-only string test

@@ -55,8 +55,8 @@ FUNCTIONS = {
     "max": (Op.MAX, (1, 2)), "min": (Op.MIN, (1, 2)),
     # shape facts (host integers, per parameter)
     "ndim": (Op.NDIM, 1), "numel": (Op.NUMEL, 1), "size": (Op.SIZE, 2),
-    # an operand of `@` read transposed
-    "transpose": (Op.TRANSPOSE, 1),
+    # an operand of `@` read transposed; the identity of a square matrix value's shape
+    "transpose": (Op.TRANSPOSE, 1), "eye": (Op.EYE, 1),
 }
 # functions added with shapes; names in specs (Adam's `mean`) may equal them: a call and a name never meet
 UNRESERVED_FUNCTIONS = {"mean", "rms", "ndim", "numel", "size"}
