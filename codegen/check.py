@@ -839,9 +839,9 @@ class Checker:
         if op is Op.EYE:
             x = self._e(node.args[0], scope)
             if x.kind is not Kind.TENSOR or x.shape not in (Shape.GRAM_R, Shape.GRAM_C):
-                what = SHAPE_WORDS[x.shape] if x.kind is Kind.TENSOR else "a single number"
+                what = f"has {SHAPE_WORDS[x.shape]}" if x.kind is Kind.TENSOR else "is a single number"
                 self.r.error(node.args[0].span, f"eye(x) is the identity of a square matrix value (rows_x_rows or "
-                             f"cols_x_cols); `{self._text(node.args[0].span)}` is {what}",
+                             f"cols_x_cols); `{self._text(node.args[0].span)}` {what}",
                              "e.g. eye(l) for a state l: rows_x_rows")
                 raise _Bail
             side = Expr(Op.SIZE, Ty.INT, Kind.INDEX, (), -1, False, node.span, x.shape)

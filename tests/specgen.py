@@ -335,7 +335,7 @@ state rm: cols_x_cols = 0.5 * eye
 def matrix_specs(draw, name="Rand"):
     """(spec text, False): a random spec with matrix products of every shape (rows x rows, cols x
     cols, transposed operands, operands computed from expressions, chains), matrix states starting
-    from the identity, `repeat` loops (a Newton-Schulz-like iteration, a loop updating the weight),
+    from the identity, `eye(x)` values, `repeat` loops (a Newton-Schulz-like iteration, a loop updating the weight),
     whole reductions of products, amid the elementwise statements of `specs()`, in all three views.
     Products are scaled by norms, so values stay bounded."""
     g = _Gen(draw)
@@ -346,7 +346,7 @@ def matrix_specs(draw, name="Rand"):
     def x():
         return f"({g.tensor(scope)})"
     for _ in range(draw(st.integers(1, 4))):
-        form = draw(st.integers(0, 6))
+        form = draw(st.integers(0, 7))
         if form == 0:
             p = g.fresh("p")
             body += [f"{pad}{p} = {x()} @ transpose({x()})",
@@ -371,6 +371,14 @@ def matrix_specs(draw, name="Rand"):
             scope["tensors"].append(v)
         elif form == 4:
             body.append(f"{pad}weight -= lr * 0.1 * (lm @ grad @ rm) / (1 + norm(lm) * norm(rm))")
+        elif form == 7:   # an inverse-root-like iteration from the identity (Shampoo's coupled Newton)
+            hm, pm = g.fresh("hm"), g.fresh("pm")
+            body += [f"{pad}{hm} = 0.5 * eye(lm) + 0.1 * lm / (1 + norm(lm))",
+                     f"{pad}repeat k {{",
+                     f"{pad}    {pm} = 1.25 * eye(lm) - 0.25 * {hm}",
+                     f"{pad}    {hm} = {hm} @ {pm}",
+                     f"{pad}}}",
+                     f"{pad}rm = rm + 0.01 * eye(rm) * sum({hm}) / (1 + abs(sum({hm})))"]
         elif form == 5:
             h = g.fresh("h")
             body.append(f"{pad}{h} = norm(transpose({x()}) @ lm) / (1 + {g.host(scope)})")

@@ -39,6 +39,7 @@ CONFIGS = {
     "adafactor": {"maximize": True},
     "sm3": {"momentum": 0.5, "beta2": 0.9},
     "muon": {"nesterov": False, "ns_steps": 3, "adjust_lr_fn": "match_rms_adamw"},
+    "shampoo": {"epsilon": 0.1, "root": 2, "root_iters": 10},
 }
 VARIANTS = {"f32": (np.float32, False), "f64": (np.float64, False), "f16": (np.float16, False),
             "mp16": (np.float16, True)}
