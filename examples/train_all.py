@@ -53,6 +53,8 @@ SETTINGS = {
     "lbsgd": dict(learning_rate=0.1, momentum=0.9, batch_scale=2, warmup_epochs=1, updates_per_epoch=50),
     "adafactor": dict(learning_rate=0.1),            # torch's relative step: min(lr, 1 / sqrt(t)) * rms(weight)
     "sm3": dict(learning_rate=0.3, momentum=0.9),
+    "muon": dict(learning_rate=0.02),                # torch.optim.Muon's recipe: lr 0.02 on the matrices, the biases' AdamW shares it
+    "shampoo": dict(learning_rate=1.0, epsilon=1e-3),     # (L + eps I)^(-1/4) G (R + eps I)^(-1/4): a unit-scale step
     "test": dict(rescale_grad=-0.05),   # Test adds rescale_grad * grad: a negative one descends
 }
 COMMON = dict(wd=1e-4)
