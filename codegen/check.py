@@ -134,6 +134,7 @@ class Checker:
         for d in by_kind.get("global", []):
             self._global(d)
         sparse = self._sparse(by_kind)
+        self._carry_rows(by_kind, options, sparse)
         updates = by_kind.get("update", [])
         body: tuple = ()
         update_text = ""
@@ -431,6 +432,19 @@ class Checker:
         if d.name == "standard" and d.value is not None:
             self.r.error(d.value.span, "`requires` applies to `sparse lazy` only")
         return Sparse(d.name, cond, requires, d.text)
+
+    def _carry_rows(self, by_kind, options, sparse):
+        """`option carry_rows("state")`: the state must be a whole-tensor state of a `sparse lazy` spec."""
+        name = options.get("carry_rows")
+        if name is None:
+            return
+        d = next(d for d in by_kind["option"] if d.name == "carry_rows")
+        if sparse is None or sparse.mode != "lazy":
+            self.r.error(d.span, "option `carry_rows` needs a `sparse lazy` declaration",
+                         "it carries the rows of one lazy update into the next")
+        elif name not in self.states:
+            self.r.error(d.args[0].span, f"option `carry_rows` names `{name}`, which is not a tensor state",
+                         did_you_mean(name, self.states) or "name the state that accumulates the gradient")
 
     # ---- statements -------------------------------------------------------------------------
     def _collect_assigned(self, body):

@@ -74,6 +74,9 @@ OPTIONS = {
     "decay_suffixes": (None, str, "parameter-name suffixes that keep weight decay under param_idx2name"),
     "aggregate": (1, int, "the Updater passes lists of up to this many same-dtype parameters per call"),
     "unused": (None, str, "hyperparameters accepted for compatibility that the update does not read"),
+    "never_count": (0, None, "updates are never counted: num_update stays at begin_num_update (MXNet's Test)"),
+    "carry_rows": (1, str, "under `sparse lazy`, a lazy update's rows join the following updates' rows until "
+                           "the named state holds zeros in all of them again (LBSGD's summed gradients)"),
 }
 STATE_INITS = ("zeros", "weight")
 

@@ -113,7 +113,34 @@ def _dense(opt, step, weight, grad, tensors, scalars, backend):
 
 def _rows(opt, weight, grad, state, step, backend):
     """The lazy update: the generated row kernel changes only the rows `grad.indices` of the weight
-    and of every state tensor (float16 rows are computed in float32 by ops.gather)."""
+    and of every state tensor (float16 rows are computed in float32 by ops.gather). With the spec's
+    `option carry_rows("acc")`, the rows earlier lazy updates left in the state `acc` join them (with
+    zero gradient rows), until an update leaves `acc` zero in all of them (LBSGD: the rows summed since
+    the last applied step, as MXNet's lazy sgd_update of the summed row-sparse gradient)."""
+    carry = opt.options.get("carry_rows")
+    acc = state.tensors.get(carry) if carry is not None else None
+    if acc is not None and state.carry is not None:
+        grad = with_rows(grad, state.carry)
+    _rows_kernel(opt, weight, grad, state, step, backend)
+    if acc is not None:
+        xp = grad.xp
+        rows = grad.indices
+        pending = rows.size and bool(xp.any(acc[rows] != 0))
+        state.carry = rows if pending else None
+
+
+def with_rows(grad, extra):
+    """`grad` over the rows `grad.indices` and `extra` (sorted, unique), zero in the rows it lacks."""
+    xp = grad.xp
+    rows = xp.union1d(grad.indices, extra)
+    if rows.shape[0] == grad.indices.shape[0]:
+        return grad
+    data = xp.zeros((rows.shape[0],) + tuple(grad.shape[1:]), dtype=grad.data.dtype)
+    data[xp.searchsorted(rows, grad.indices)] = grad.data
+    return RowSparse(data, rows, grad.shape)
+
+
+def _rows_kernel(opt, weight, grad, state, step, backend):
     rows, data = grad.indices, grad.data
     target = state.master if state.master is not None else weight
     if cuda.is_cupy(weight):

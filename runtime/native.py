@@ -5,6 +5,10 @@ system compiler and OpenMP on first use, cached on disk, loaded with ctypes.
                                          a C++ compiler works, NumPy otherwise)
     OPTFORGE_CACHE_DIR                   where compiled libraries live (default ~/.cache/optforge)
     OPTFORGE_CXX                         the compiler (default: $CXX, else g++)
+    OMP_NUM_THREADS                      the OpenMP threads of a kernel (default: every core). A stage
+                                         runs in parallel only on tensors of PARALLEL_MIN elements or
+                                         more; a list update's small tensors run in parallel, one per
+                                         thread, when there are several.
 """
 from __future__ import annotations
 
@@ -198,6 +202,20 @@ def library_for(cls) -> NativeLibrary:
                             raise NativeError(f"{path} has no kernel {fn}_{suffix}: not built from {src}")
                 _libs[key] = lib
     return lib
+
+
+# the generated kernels' OPTFORGE_PARALLEL_MIN (codegen/templates/cpu_kernels.cpp.j2)
+PARALLEL_MIN = 65536
+
+
+def openmp_threads(cls) -> int:
+    """How many OpenMP threads the compiled kernels of optimizer class `cls` use (their OpenMP
+    runtime's omp_get_max_threads: OMP_NUM_THREADS, else one per core); 1 without OpenMP."""
+    get = getattr(library_for(cls).lib, "omp_get_max_threads", None)
+    if get is None:
+        return 1
+    get.restype, get.argtypes = ctypes.c_int, []
+    return int(get())
 
 
 def available() -> bool:

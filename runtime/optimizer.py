@@ -381,7 +381,11 @@ class Optimizer:
         saved = [(i, self._index_update_count.get(i)) for i in indices], self.num_update
         saved_globals = dict(self._globals)
         try:
-            if self.options.get("lr_before_count", False):
+            if self.options.get("never_count", False):
+                # updates are not counted: num_update stays at begin_num_update (MXNet's Test)
+                bases = [self.learning_rate] * len(indices)
+                wds = self._get_wds(indices)
+            elif self.options.get("lr_before_count", False):
                 # read the learning rate and weight decay before counting this update (LBSGD)
                 bases, wds = [], []
                 for i in indices:
@@ -409,7 +413,8 @@ class Optimizer:
         except BaseException:
             self._uncount(saved, saved_globals, ())
             raise
-        steps = [Step(call, lr, wd, self._index_update_count[i], self.idx2name.get(i, str(i)), base, num_update)
+        steps = [Step(call, lr, wd, self._index_update_count.get(i, self.begin_num_update), self.idx2name.get(i, str(i)),
+                      base, num_update)
                  for i, lr, wd, base in zip(indices, lrs, wds, bases)]
         done: list = []   # positions of the parameters whose update completed
         try:
@@ -430,7 +435,7 @@ class Optimizer:
                 self._index_update_count.pop(i, None)
             else:
                 self._index_update_count[i] = n
-        self.num_update = max([saved[1]] + [self._index_update_count[i] for i in completed])
+        self.num_update = max([saved[1]] + [self._index_update_count.get(i, self.begin_num_update) for i in completed])
         if not completed:
             self._globals.clear()
             self._globals.update(saved_globals)

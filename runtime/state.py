@@ -10,12 +10,13 @@ import numpy as np
 class OptState:
     """One parameter's optimizer state: named tensors, per-parameter scalars and, with
     multi_precision on a float16 weight, the float32 master copy. Iterating yields the tensors in
-    spec order (like MXNet's tuple of states)."""
-    __slots__ = ("owner", "shape", "dtype", "tensors", "scalars", "master")
+    spec order (like MXNet's tuple of states). `carry`: for a spec with `option carry_rows`, the
+    rows (sorted int64) that earlier lazy updates left pending for the next one, or None."""
+    __slots__ = ("owner", "shape", "dtype", "tensors", "scalars", "master", "carry")
 
-    def __init__(self, owner: str, shape, dtype, tensors: dict, scalars: dict, master=None):
+    def __init__(self, owner: str, shape, dtype, tensors: dict, scalars: dict, master=None, carry=None):
         self.owner, self.shape, self.dtype = owner, tuple(shape), np.dtype(dtype)
-        self.tensors, self.scalars, self.master = tensors, scalars, master
+        self.tensors, self.scalars, self.master, self.carry = tensors, scalars, master, carry
 
     def __iter__(self):
         return iter(self.tensors.values())
@@ -28,6 +29,8 @@ class OptState:
         parts += [f"{k}={v!r}" for k, v in self.scalars.items()]
         if self.master is not None:
             parts.append("master float32")
+        if self.carry is not None:
+            parts.append(f"{len(self.carry)} carried rows")
         return f"OptState({self.owner}, {', '.join(parts) or 'empty'})"
 
 

@@ -106,9 +106,10 @@ class Updater:
             return state
         tensors = {k: cuda.move_like(v, weight) for k, v in state.tensors.items()}
         master = None if state.master is None else cuda.move_like(state.master, weight)
-        if master is state.master and all(tensors[k] is v for k, v in state.tensors.items()):
+        carry = None if state.carry is None else cuda.move_like(state.carry, weight)
+        if master is state.master and carry is state.carry and all(tensors[k] is v for k, v in state.tensors.items()):
             return state
-        return OptState(state.owner, state.shape, state.dtype, tensors, dict(state.scalars), master)
+        return OptState(state.owner, state.shape, state.dtype, tensors, dict(state.scalars), master, carry)
 
     # ---- checkpoints --------------------------------------------------------------------------------
     def get_states(self, dump_optimizer: bool = False) -> bytes:
@@ -412,6 +413,9 @@ def dumps_states(states: dict, optimizer: Optimizer, dump_optimizer: bool = Fals
         entry = {"index": _key(k), "owner": s.owner, "shape": list(s.shape), "dtype": s.dtype.name,
                  "tensors": list(s.tensors), "scalars": {a: _enc(b) for a, b in s.scalars.items()},
                  "master": s.master is not None}
+        if s.carry is not None:   # rows a `carry_rows` spec's lazy updates left pending
+            entry["carry"] = True
+            arrays[f"s{n}.__carry__"] = cuda.to_host(s.carry)
         header["states"].append(entry)
         for name, arr in s.tensors.items():
             arrays[f"s{n}.{name}"] = cuda.to_host(arr)   # GPU states are copied to the host explicitly
@@ -530,7 +534,19 @@ def _states_from_header(entries, files, target):
             arrays[name] = arr
             used.add(member)
         master = arrays.pop("__master__", None)
+        carry = None
+        _need(e.get("carry", False) in (True, False), "bad carry flag")
+        if e.get("carry", False):
+            member = f"s{n}.__carry__"
+            _need(member in files, f"missing array {member!r}")
+            carry = files[member]
+            _need(carry.dtype == np.int64 and carry.ndim == 1 and len(shape) >= 1, f"bad array {member!r}")
+            _need(not carry.size or (int(carry.min()) >= 0 and int(carry.max()) < shape[0]
+                                     and bool((carry[1:] > carry[:-1]).all())),
+                  f"array {member!r} must hold sorted, unique rows of the weight")
+            used.add(member)
         out[index] = OptState(e["owner"], shape, dtype, arrays,
-                              {k: _value(v, f"state {index!r} scalar {k!r}") for k, v in scalars.items()}, master)
+                              {k: _value(v, f"state {index!r} scalar {k!r}") for k, v in scalars.items()}, master,
+                              carry)
     _need(used == set(files), f"unexpected arrays {sorted(set(files) - used)}")
     return out

@@ -55,8 +55,9 @@ def build_optimizer(case, lib):
     return opt
 
 
-def replay(case, arrays, lib):
+def replay(case, arrays, lib, counts=None):
     """Run one case; return ``history[s-1][i]``, the numpy weight of parameter i after step s.
+    ``counts``, a list, receives the optimizer's ``num_update`` after each step.
 
     Every step gets freshly made gradient arrays (some MXNet optimizers scale the gradient in
     place, and LBSGD keeps a reference to the first gradient of a macro-batch).
@@ -85,7 +86,15 @@ def replay(case, arrays, lib):
             for i in range(n):
                 upd(i, grads[i], weights[i])
         history.append([np.array(lib.to_numpy(w), copy=True) for w in weights])
+        if counts is not None:
+            counts.append(int(opt.num_update))
     return history
+
+
+def check_counts(case, counts):
+    """Assert num_update after every step equals the recording (``num_update`` in cases.json)."""
+    assert counts == case["num_update"], "%s: num_update per step %s, MXNet %s" % (
+        case["id"], counts, case["num_update"])
 
 
 def expected(case, arrays):

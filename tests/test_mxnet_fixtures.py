@@ -1,7 +1,8 @@
 """optforge optimizers against trajectories recorded from MXNet 1.9.1 (tools/record_mxnet.py).
 
 Each case replays the recorded gradients through ``optforge.create(...)`` exactly as the recorder
-drove ``mxnet.optimizer`` and compares the weights after every step (statistics for SGLD).
+drove ``mxnet.optimizer`` and compares the weights after every step (statistics for SGLD) and
+``num_update`` after every step.
 The fixture format and the MXNet behaviours left out on purpose: tests/fixtures/mxnet/README.md.
 """
 import os
@@ -60,8 +61,10 @@ def backend(request, monkeypatch):
 @pytest.mark.parametrize("case", CASES, ids=[c["id"] for c in CASES])
 def test_matches_mxnet(case, backend):
     arrays = replay.load_arrays(case)
-    history = replay.replay(case, arrays, OptforgeLib())
+    counts = []
+    history = replay.replay(case, arrays, OptforgeLib(), counts)
     replay.check(case, arrays, history)
+    replay.check_counts(case, counts)
 
 
 # ---------------------------------------------------------------- the fixtures themselves
@@ -85,4 +88,12 @@ def test_fixture_well_formed(case):
         assert list(a.shape) == case["shapes"][int(name.split("_")[1])], name
         assert np.all(np.isfinite(a)), name
     assert case["mode"] in ("single", "list", "updater")
+    assert len(case["num_update"]) == steps and all(isinstance(n, int) for n in case["num_update"])
     assert case["multi_precision"] == bool(case["kwargs"].get("multi_precision", False))
+
+
+def test_test_optimizer_never_counts():
+    """MXNet's Test never counts its updates (test-begin-num-update: num_update stays 7)."""
+    case = next(c for c in CASES if c["id"] == "test-begin-num-update")
+    assert case["num_update"] == [7] * case["steps"]
+    assert next(c for c in CASES if c["id"] == "sgd-basic")["num_update"] == [1, 2, 3, 4]

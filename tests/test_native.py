@@ -233,3 +233,19 @@ def test_reduce_hook_sees_the_parameters_in_order_in_a_list_update():
                     opt.update(i, ws[i], g[i], st[i])
         seen.append(calls)
     assert len(seen[0]) == 6 and seen[0] == seen[1]
+
+
+def test_openmp_threads_follow_omp_num_threads():
+    code = "import optforge; from optforge import native; print(native.openmp_threads(optforge.registered()['sgd']))"
+    for n in ("1", "3"):
+        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                           env={**os.environ, "OMP_NUM_THREADS": n})
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.strip() == n
+
+
+def test_parallel_min_is_the_kernels_threshold():
+    template = Path(native.__file__).parent / "codegen" / "templates" / "cpu_kernels.cpp.j2"
+    if not template.exists():
+        template = Path(__file__).resolve().parent.parent / "codegen" / "templates" / "cpu_kernels.cpp.j2"
+    assert f"#define OPTFORGE_PARALLEL_MIN {native.PARALLEL_MIN}\n" in template.read_text()

@@ -25,10 +25,15 @@ def _arrays(case):
 
 
 # ---- MXNet fixtures --------------------------------------------------------------------------------
+BACKENDS = ["numpy"] + (["native"] if optforge.native.available() else [])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("case", CASES, ids=[c["id"] for c in CASES])
-def test_mxnet_sparse_fixture(case):
+def test_mxnet_sparse_fixture(case, backend):
     a = _arrays(case)
     opt = optforge.create(case["optimizer"], **case["kwargs"])
+    opt.backend = backend
     w = a["w0"].copy()
     state = opt.create_state_multi_precision(0, w)
     shape = tuple(case["shape"])
@@ -50,6 +55,63 @@ def test_fixtures_cover_the_semantics():
         assert any(c["optimizer"] == opt and not c.get("untouched_rows_change", True) for c in CASES), opt
     assert {"sgd-std-wd", "adam-std-wd", "adam-lazy-fp16-mp", "adam-lazy-empty", "sgd-mom-lazy-empty",
             "adam-lazy-all-rows", "adagrad-lazy-wd"} <= ids
+    # LBSGD: lazy over the union of the rows summed since the last applied step, and on the master copy
+    lbsgd = {c["id"]: c for c in CASES if c["optimizer"] == "lbsgd"}
+    assert {"lbsgd-bs2-mom-lazy-union", "lbsgd-bs3-mom-lazy-union-clip-rescale", "lbsgd-lazy-fp16-mp",
+            "lbsgd-bs2-mom-lazy-union-fp16-mp"} <= set(lbsgd)
+    assert not any(c["untouched_rows_change"] for c in lbsgd.values())
+
+
+def test_lbsgd_accumulated_rows_are_carried_until_the_applied_step():
+    """batch_scale 2: the applied step changes the rows of both summed gradients, with momentum and
+    weight decay, and nothing else; the step between changes no weight row at all."""
+    kw = {"learning_rate": 0.1, "wd": 0.1, "momentum": 0.9, "batch_scale": 2}
+    opt, w, state, rng = _setup("lbsgd", kw)
+    state.tensors["cum_grad"][...] = 0
+    ref_opt, ref_w, ref_state, _ = _setup("lbsgd", kw)
+    ref_state.tensors["cum_grad"][...] = 0
+    for first, second in (([1, 4], [4, 6]), ([2], [])):
+        union = sorted(set(first) | set(second))
+        w0, t0, _ = _snapshot(w, state)
+        g1 = RowSparse(rng.standard_normal((len(first), 3)).astype(np.float32), first, w.shape)
+        opt.update(0, w, g1, state)
+        assert np.array_equal(w, w0) and state.carry.tolist() == first
+        g2 = RowSparse(rng.standard_normal((len(second), 3)).astype(np.float32), second, w.shape)
+        opt.update(0, w, g2, state)
+        assert state.carry is None and not state.tensors["cum_grad"].any()
+        other = np.setdiff1d(np.arange(w.shape[0]), union)
+        assert np.array_equal(w[other], w0[other]) and np.array_equal(state.tensors["mom"][other], t0["mom"][other])
+        # the touched rows: the dense update of the sub-matrix with the summed gradient
+        sub = ref_opt.create_state(0, ref_w[union])
+        sub.tensors["mom"][...] = t0["mom"][union]
+        sub.scalars.update(state.scalars, num_cums=state.scalars["num_cums"] - 2)
+        dense = [g.todense()[union] for g in (g1, g2)]
+        sub_w = w0[union].copy()
+        for d in dense:
+            ref_opt.update(0, sub_w, d, sub)
+        np.testing.assert_allclose(w[union], sub_w, rtol=1e-6, atol=1e-7)
+
+
+def test_carried_rows_survive_a_checkpoint():
+    kw = {"learning_rate": 0.1, "wd": 0.1, "momentum": 0.9, "batch_scale": 2}
+    rng = np.random.default_rng(5)
+    grads = [RowSparse(rng.standard_normal((2, 3)).astype(np.float32), r, (8, 3)) for r in ([1, 4], [4, 6])]
+    w0 = rng.standard_normal((8, 3)).astype(np.float32)
+    runs = []
+    for restore in (False, True):
+        opt = optforge.create("lbsgd", **kw)
+        upd = optforge.get_updater(opt)
+        w = w0.copy()
+        upd(0, grads[0], w)
+        if restore:
+            blob = upd.get_states(dump_optimizer=True)
+            upd = optforge.get_updater(optforge.create("lbsgd", **kw))
+            upd.set_states(blob)
+            assert upd.states[0].carry.tolist() == [1, 4]
+        upd(0, grads[1], w)
+        runs.append(w)
+    assert not np.array_equal(runs[0][1], w0[1])     # row 1 is only in the first gradient
+    np.testing.assert_array_equal(runs[0], runs[1])
 
 
 # ---- lazy semantics: the dense equations on the touched rows, nothing else --------------------------
@@ -162,8 +224,7 @@ def test_lazy_path_never_densifies(monkeypatch):
 
 # ---- standard semantics: the dense update with zero rows ------------------------------------------------
 STANDARD = [("sgd", {"lazy_update": False, "momentum": 0.9, "wd": 0.1}), ("adam", {"lazy_update": False, "wd": 0.1}),
-            ("lars", {"lazy_update": False, "momentum": 0.9}), ("nag", {"momentum": 0.9}),
-            ("lbsgd", {"batch_scale": 2, "momentum": 0.9})] + \
+            ("lars", {"lazy_update": False, "momentum": 0.9}), ("nag", {"momentum": 0.9})] + \
     [(n, {}) for n in ("rmsprop", "adamax", "adadelta", "ftml", "nadam", "signum", "dcasgd", "lamb")]
 
 
@@ -259,6 +320,17 @@ def test_requires_clause_compiles_to_a_check():
 def test_bad_sparse_declarations(line, msg):
     with pytest.raises(SpecError, match=msg):
         load_spec_text(_spec(line), "toy.opt")
+
+
+@pytest.mark.parametrize("lines,msg", [
+    ('sparse standard\noption carry_rows("m")', "needs a `sparse lazy` declaration"),
+    ('option carry_rows("m")', "needs a `sparse lazy` declaration"),
+    ('sparse lazy\noption carry_rows("mm")', "names `mm`, which is not a tensor state"),
+    ('sparse lazy\noption carry_rows(3)', "takes text arguments"),
+])
+def test_bad_carry_rows(lines, msg):
+    with pytest.raises(SpecError, match=msg):
+        load_spec_text(_spec(lines), "toy.opt")
 
 
 def test_row_kernel_refuses_mixed_reductions():

@@ -96,8 +96,10 @@ def main():
     for case in cases:
         arrays = replay.load_arrays(case)
         try:
-            hist = replay.replay(case, arrays, lib)
+            counts = []
+            hist = replay.replay(case, arrays, lib, counts)
             replay.check_deterministic(case, arrays, hist, rtol=0, atol=0)
+            replay.check_counts(case, counts)
             if case["stochastic"]:
                 replay.check_stochastic(case, arrays, hist)
                 problems = check_stochastic_power(mx, case, arrays)

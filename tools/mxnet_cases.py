@@ -410,6 +410,7 @@ def define_cases():
     add("test-fp64", "test", {"rescale_grad": 0.5}, dtype="float64")
     add("test-fp16", "test", {"rescale_grad": 0.5}, dtype="float16")
     add("test-updater", "test", {"rescale_grad": 2.0}, mode="updater")
+    add("test-begin-num-update", "test", {"rescale_grad": 0.5, "begin_num_update": 7})
 
     # ---------------------------------------------------------------- schedulers
     fac = S("FactorScheduler", step=2, factor=0.5, base_lr=0.2)

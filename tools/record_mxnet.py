@@ -4,7 +4,8 @@ Run by hand, never in CI::
 
     /work/mxvenv/bin/python tools/record_mxnet.py
 
-Writes ``tests/fixtures/mxnet/cases.json`` and one ``<case_id>.npz`` per case. Everything is
+Writes ``tests/fixtures/mxnet/cases.json`` (with ``num_update``, the optimizer's update count after
+each step) and one ``<case_id>.npz`` per case. Everything is
 seeded, so rerunning produces identical files. See ``tests/fixtures/mxnet/README.md`` for the
 format and for the MXNet behaviours that the case table deliberately avoids.
 
@@ -91,6 +92,7 @@ def run_mx(mx, case, arrays, emulate_fp16=None):
     else:
         states = [opt.create_state_multi_precision(i, ws[i]) for i in range(n)]
     out = {}
+    counts = []
     for s in range(1, case["steps"] + 1):
         gs = [mx.nd.array(arrays["g%d_%d" % (s, i)], dtype=dtype) for i in range(n)]
         if case["mode"] == "single":
@@ -110,6 +112,9 @@ def run_mx(mx, case, arrays, emulate_fp16=None):
                 _round_state_fp16(mx, states if states is not None else list(upd.states.values()))
         for i in range(n):
             out["w%d_%d" % (s, i)] = ws[i].asnumpy()
+        counts.append(int(opt.num_update))
+    if not emulate_fp16:
+        case["num_update"] = counts
     return out
 
 

@@ -44,6 +44,12 @@ def _case(cid, opt, kwargs=None, rows=None, dtype="float32", wstype="row_sparse"
             "weight_stype": wstype, "steps": steps, "_rows": 4 if rows is None else rows}
 
 
+# rows per step for the LBSGD accumulation cases: rows held in one call of a macro-batch and not the
+# other, and (U6E) an empty gradient inside a macro-batch
+U6 = [[1, 4], [4, 7], [2], [5, 8], [0, 1], [3]]
+U6E = [[1, 4], [], [4, 7], [2], [5, 8], [8, 9]]
+
+
 def define_cases():
     mom, lz = {"momentum": 0.9}, {"lazy_update": False}
     wdc = {"wd": 0.1, "clip_gradient": 0.5, "rescale_grad": 2.0}
@@ -79,6 +85,26 @@ def define_cases():
         _case("nag-mom-std", "nag", {"learning_rate": 0.1, "wd": 0.1, **mom}, wstype="default"),
         _case("lbsgd-lazy", "lbsgd", {"learning_rate": 0.1, "wd": 0.1}),
         _case("lbsgd-mom", "lbsgd", {"learning_rate": 0.1, "wd": 0.1, **mom}),
+        # batch_scale > 1: lazy over the union of the rows summed since the last applied step
+        _case("lbsgd-bs2-lazy-union", "lbsgd", {"learning_rate": 0.1, "wd": 0.1, "batch_scale": 2}, rows=U6, steps=6),
+        _case("lbsgd-bs2-mom-lazy-union", "lbsgd", {"learning_rate": 0.1, "wd": 0.1, "batch_scale": 2, **mom},
+              rows=U6, steps=6),
+        _case("lbsgd-bs3-mom-lazy-union-clip-rescale", "lbsgd", {"learning_rate": 0.1, "batch_scale": 3, **mom, **wdc},
+              rows=U6E, steps=6),
+        _case("lbsgd-bs2-lars-mom-lazy-union", "lbsgd", {"learning_rate": 0.1, "wd": 0.1, "batch_scale": 2,
+                                                         "warmup_strategy": "lars", **mom}, rows=U6, steps=6),
+        _case("lbsgd-bs2-mom-lazy-union-dense-weight", "lbsgd", {"learning_rate": 0.1, "wd": 0.1, "batch_scale": 2,
+                                                                 **mom}, rows=U6, steps=6, wstype="default"),
+        # float16 + multi_precision: lazy on the float32 master copy
+        _case("lbsgd-lazy-fp16-mp", "lbsgd", {"learning_rate": 0.1, "wd": 0.1, "multi_precision": True},
+              dtype="float16", rows=U6, steps=6),
+        _case("lbsgd-mom-lazy-fp16-mp", "lbsgd", {"learning_rate": 0.1, "wd": 0.1, "multi_precision": True, **mom},
+              dtype="float16", rows=U6, steps=6),
+        _case("lbsgd-bs2-mom-lazy-union-fp16-mp", "lbsgd", {"learning_rate": 0.1, "wd": 0.1, "batch_scale": 2,
+                                                            "multi_precision": True, **mom},
+              dtype="float16", rows=U6, steps=6),
+        _case("lbsgd-mom-lazy-fp16", "lbsgd", {"learning_rate": 0.1, "wd": 0.1, **mom}, dtype="float16", rows=U6,
+              steps=6),
         _case("ftrl-lazy", "ftrl", {"learning_rate": 0.1, "wd": 0.1, "lamda1": 0.01}),
         _case("ftrl-lazy-clip-rescale", "ftrl", {"learning_rate": 0.1, "clip_gradient": 0.5, "rescale_grad": 2.0}),
         _case("adagrad-lazy", "adagrad", {"learning_rate": 0.1}),
