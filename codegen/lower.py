@@ -316,7 +316,8 @@ class _Lifter:
         inner = o.args[0] if o.op is Op.TRANSPOSE else o
         if inner.op in (Op.WEIGHT, Op.GRAD, Op.STATE, Op.LOCAL) and inner.kind is Kind.TENSOR:
             return o
-        local = self._temp(self._tensor(inner, s, pre, guard), s, pre, guard)
+        value = self._tensor(inner, s, pre, guard)
+        local = value if value.op is Op.LOCAL else self._temp(value, s, pre, guard)   # (a product: lifted already)
         return replace(o, args=(local,)) if o.op is Op.TRANSPOSE else local
 
     def _host(self, e: Expr, s, pre) -> Expr:

@@ -163,7 +163,10 @@ class HostCudaBackend:
 CONFIGS = {"sgd": dict(momentum=0.9, wd=0.01, clip_gradient=0.5), "nag": dict(momentum=0.9, wd=0.01),
            "rmsprop": dict(centered=True, clip_weights=0.8), "lamb": dict(lower_bound=0.1, wd=0.01),
            "lars": dict(momentum=0.9, eta=0.5, wd=0.01), "lbsgd": dict(momentum=0.9, batch_scale=2),
-           "signum": dict(wd_lh=0.01), "dcasgd": dict(lamda=0.5), "ftrl": dict(lamda1=0.05)}
+           "signum": dict(wd_lh=0.01), "dcasgd": dict(lamda=0.5), "ftrl": dict(lamda1=0.05),
+           # float16 statistics of a rank-deficient G^T G round to slightly indefinite matrices: a damping
+           # well above float16's rounding keeps the inverse root defined (real runs keep a float32 master)
+           "shampoo": dict(epsilon=0.1)}
 
 
 def run(name, dtype, be_factory, steps=3, mp=False):
