@@ -79,6 +79,7 @@ class DocsEmitter:
         Op.NDIM: _fn("ndim"), Op.NUMEL: _fn("numel"), Op.SIZE: _fn("size"),
         # matrix products: the operands side by side; a transposed operand with a superscript T
         Op.MATMUL: lambda a, b: f"{a} {b}", Op.TRANSPOSE: lambda a: f"{a}^{{\top}}",
+        Op.EYE: lambda n: "I",
     }
     # operands that the format already delimits (braces, parentheses) need no parentheses of their own
     DELIMITED = {Op.DIV, Op.SQRT, Op.ABS, Op.SIGN, Op.EXP, Op.LOG, Op.MAXIMUM, Op.MINIMUM, Op.CLIP, Op.WHERE,

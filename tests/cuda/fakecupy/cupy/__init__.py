@@ -240,7 +240,7 @@ for _name in ("zeros", "empty", "full", "ones", "arange", "zeros_like", "empty_l
               "ravel", "dot", "vdot", "sum", "prod", "square", "sqrt", "abs", "absolute", "sign", "exp", "log",
               "maximum", "minimum", "where", "logical_and", "logical_or", "logical_not", "nonzero", "concatenate",
               "stack", "isfinite", "isnan", "all", "any", "max", "min", "amax", "amin", "mean", "clip", "einsum",
-              "count_nonzero", "reshape", "take", "linalg_norm", "matmul", "swapaxes"):
+              "count_nonzero", "reshape", "take", "linalg_norm", "matmul", "swapaxes", "union1d", "searchsorted"):
     if hasattr(_np, _name):
         globals()[_name] = _creator(_name)
 
