@@ -134,3 +134,40 @@ def test_hyperparameter_ranges_are_enforced():
         load("adabelief")(beta1=1.0)
     with pytest.raises(ValueError, match="Invalid beta2 value"):
         load("lion")(beta2=1.5)
+
+
+# ---- examples/train_all.py (`make demo`), shortened ------------------------------------------------
+
+def _train_all():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("train_all", EXAMPLES.parent / "train_all.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_train_all_timing_and_curves():
+    demo = _train_all()
+    t = demo.timing([1.0] * demo.WARMUP + [0.001, 0.003, 0.002] * 10)   # the warm-up is not timed
+    assert t == {"ms_per_step": 2.0, "ms_p90": 3.0, "timed": 30}
+    curve = np.arange(1.0, 51.0)
+    smooth = demo.trailing(curve)
+    assert smooth[0] == 1.0 and smooth[-1] == np.mean(curve[-demo.TAIL:])   # the legend quotes this value
+    assert demo.family_of("adam") == "Adam family" and demo.family_of("my_new_one") == "other"
+
+
+def test_train_all_runs_and_plots(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("sklearn")
+    pytest.importorskip("matplotlib")
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    demo = _train_all()
+    png = tmp_path / "plot.png"
+    assert demo.main(["--steps", "45", "--only", "adam", "sgd", "lion", "--plot", str(png)]) == 0
+    out = " ".join(capsys.readouterr().out.split())    # the notes are wrapped at 100 columns
+    assert png.stat().st_size > 10000
+    if native.available():   # the count in effect (this process may have started OpenMP before the demo set it)
+        n = native.openmp_threads(optforge.registered()["adam"])
+        assert f"native kernels: {n} OpenMP thread(s)" in out and "OMP_NUM_THREADS=1: the demo's default" in out
+        assert ("not in effect" in out) == (n != 1)
+    assert "median time of one update call over 35 steps after 10 warm-up steps" in out
+    assert "adam lazy b1=0.9" in out and "adam standard b1=0" in out and "Without momentum (beta1=0)" in out
