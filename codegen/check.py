@@ -9,9 +9,9 @@ import math
 from . import ast
 from .errors import Reporter, Span, did_you_mean
 from .ir import (AXIS_WORDS, COMPARE, Assign, Expr, Global, Hyper, IfStmt, Kind, Op, Repeat, Role, ScalarState, Shape,
-                 SHAPE_FACTS, Sparse, Spec, State, Ty)
+                 GATHERS, SHAPE_FACTS, Sparse, Spec, State, Ty, call_scope)
 from .verify import verify
-from .walk import leaves, targets
+from .walk import exprs as own_exprs_deep, leaves, targets
 from .names import (ARITH, BASE_DEFAULTS, BASE_NAMES, BUILTIN_DOCS, BUILTINS, C_KEYWORDS, FUNCTIONS,  # noqa: F401
                     NEGATE, NUMERIC, OPTIMIZER_ATTRS, OPTIONS, REL, RESERVED, RESERVED_PATTERN, SPARSE_BUILTINS,
                     STATE_INITS, STATE_SHAPES, VIEWS)
@@ -110,6 +110,8 @@ class Checker:
         self.pending_locals: set[str] = set()   # names assigned somewhere later in the body
         self.scalar_kinds: dict[str, Kind] = {}  # scalar states assigned values known only after a reduction
         self.failed: set[str] = set()           # locals whose assignment had an error (reported there)
+        self.nesting = 0                        # how many `if`s and `repeat`s enclose the statement checked
+        self.shared: set[str] = set()           # locals holding values the same for every parameter (call_scope)
         self.loop_locals: set[str] = set()      # names assigned inside a `repeat`
         self.used: set[str] = set()
         self.uses_random = False
@@ -491,10 +493,12 @@ class Checker:
         return tuple(out)
 
     def _stmt(self, s, scope):
-        if isinstance(s, ast.If):
-            return self._if(s, scope)
-        if isinstance(s, ast.Repeat):
-            return self._repeat(s, scope)
+        if isinstance(s, (ast.If, ast.Repeat)):
+            self.nesting += 1
+            try:
+                return self._if(s, scope) if isinstance(s, ast.If) else self._repeat(s, scope)
+            finally:
+                self.nesting -= 1
         value = s.value
         if s.op != "=":
             value = ast.BinOp(s.span, s.op[0], ast.Name(s.target_span, s.target), s.value)
@@ -546,12 +550,21 @@ class Checker:
             self.scalar_kinds[name] = max(self.scalar_kinds.get(name, Kind.INDEX), v.kind)
         elif name in self.globals:
             role = Role.GLOBAL
-            if v.kind > Kind.CALL:
+            if v.kind > Kind.CALL and not (v.kind is Kind.GATHERED and call_scope(v, self.shared)):
                 self.r.error(s.value.span, f"global `{name}` is shared by all parameters; it can only take values "
-                             "known once per update call", "it cannot depend on lr, wd, t or tensors")
+                             "known once per update call", "it cannot depend on lr, wd, t or tensors, except through "
+                             "an optimizer-wide reduction such as global_sum(x)")
+                return None
+            if self.nesting and v.kind is Kind.GATHERED:
+                self.r.error(s.span, f"global `{name}` is assigned a value of an optimizer-wide reduction inside an "
+                             "`if` or a `repeat`", "assign it at the top level of `update` (choose with where)")
                 return None
         else:
             role = Role.LOCAL
+            if v.kind is Kind.GATHERED and call_scope(v, self.shared) and not self.nesting:
+                self.shared.add(name)
+            else:
+                self.shared.discard(name)
             old = self.locals.get(name)
             if old is not None and old.kind is Kind.TENSOR and v.kind is Kind.TENSOR and old.shape is not v.shape:
                 self.r.error(s.value.span, f"`{name}` has {SHAPE_WORDS[old.shape]} above; this value has "
@@ -875,6 +888,15 @@ class Checker:
             return Expr(Op.WHERE, ty, max(c.kind, a.kind, b.kind), (c, a, b), None, False, node.span, _shape(c, a, b))
         if op in REDUCTION_OPS or op in (Op.NDIM, Op.NUMEL, Op.SIZE):
             return self._reduction(f, op, node, scope)
+        if op in GATHERS:
+            if self.nesting or scope.guards:
+                self.r.error(node.span, f"`{f}` reduces over every parameter of the update call, so every parameter "
+                             "must reach it: it cannot be inside an `if`, a `repeat` or a side of `where`",
+                             "compute it at the top level of `update`; its value may be used anywhere")
+                raise _Bail
+            x = self._e(node.args[0], scope)
+            self._want_number(x, node.args[0].span, f"{f}()", scope)
+            return Expr(op, Ty.FLOAT, Kind.GATHERED, (x,), None, False, node.span)
         if op is Op.EYE:
             x = self._e(node.args[0], scope)
             if x.kind is not Kind.TENSOR or x.shape not in (Shape.GRAM_R, Shape.GRAM_C):
@@ -1001,13 +1023,16 @@ class Checker:
     def _split(self, body):
         """Hoist the leading statements known once per call into the prologue."""
         prologue, per_index = [], []
+        gathered = False   # from the first optimizer-wide reduction on, statements keep their places
         for s in body:
-            (prologue if s.kind <= Kind.CALL else per_index).append(s)
+            gathered = gathered or any(n.kind is Kind.GATHERED for e in own_exprs_deep([s]) for n in e.walk())
+            (prologue if s.kind <= Kind.CALL and not gathered else per_index).append(s)
+        in_prologue = {id(s) for s in prologue}
         # a per-index statement that precedes a global's assignment must not read that global
         assigned_later = set()
         seen_index = []
         for s in body:
-            if s.kind <= Kind.CALL:
+            if id(s) in in_prologue:
                 for g in targets([s], Role.GLOBAL):
                     for early in seen_index:
                         if g in leaves([early], {Op.GLOBAL}):

@@ -202,6 +202,7 @@ def render_module(spec: Spec, spec_path: str | None = None, program: Program | N
         rows_lines = ker_head + RowsEmitter(spec).kernel_lines() + tail
 
     staged = driver_lines(spec, program)
+    interludes = [interlude_lines(spec, program, g, em, hyper_bind) for g in program.gathers]
 
     tmpl = _env.get_template("numpy_module.py.j2")
     return tmpl.render(
@@ -213,9 +214,34 @@ def render_module(spec: Spec, spec_path: str | None = None, program: Program | N
         signature=signature, hyper_dict=hyper_dict, base_pass=base_pass,
         layout_lines=layout, scalar_init_lines=scalar_init, sparse_lines=sparse_lines,
         requires_lines=requires_lines, rows_lines=rows_lines,
-        prologue_lines=pro, kernel_lines=ker, staged_lines=staged,
+        prologue_lines=pro, kernel_lines=ker, staged_lines=staged, interludes=interludes,
         phased=program.phased, multi_tensor=program.multi_tensor,
         kernel_stages=tuple(st.fn for st in program.stages))
+
+
+def interlude_lines(spec, program, g, em, hyper_bind) -> list[str]:
+    """The body of `_interlude_K`: the statements of meeting point K that are the same for every
+    parameter, run once; it reads the call's values (`_step.call`: the prologue's, the earlier
+    interludes'), the globals and the combined reductions, and adds what it assigns to the call's values."""
+    stmts = g.interlude
+    out = hyper_bind(leaves(stmts, {Op.HYPER}))
+    builtins = leaves(stmts, {Op.BUILTIN})
+    out += [f"{b} = _step.{b}" for b in sorted(builtins & {"learning_rate", "num_update"})]
+    out += [f"{b} = self.{b}" for b in sorted(builtins & {"rescale_grad", "clip_gradient"})]
+    known = set(spec.prologue_exports) | {n for h in program.gathers[:g.index] for n in h.exports}
+    slot_names = [t for t, _, _ in g.slots]
+    globals_ = {x.name for x in spec.globals}
+    out += [f"{n} = _step.call[{n!r}]" for n in sorted(leaves(stmts, {Op.LOCAL}) & known - set(slot_names))]
+    if leaves(stmts, {Op.GLOBAL}) or targets(stmts, Role.GLOBAL):
+        out.append("G = self._globals")
+        out += [f"{n} = G[{n!r}]" for n in sorted(leaves(stmts, {Op.GLOBAL}))]
+    if slot_names:
+        out.append(f"{', '.join(slot_names)}, = _values")
+    out += _rebind_globals(em.block(stmts, 0), spec)
+    shared = [n for n in g.exports if n not in globals_]
+    if shared:
+        out.append("_step.call.update({" + ", ".join(f"{n!r}: {n}" for n in shared) + "})")
+    return out or ["pass"]
 
 
 def _start_bind(starts, hyper_bind, bound) -> list[str]:

@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import re
 
-from .emit_numpy import NumpyEmitter, if_lines, repeat_lines, step_bindings
+from .emit_numpy import NumpyEmitter, gather_lines, if_lines, per_parameter_reads, repeat_lines, step_bindings
 from .ir import Op, Role, Shape
 from .emit_c import AXIS_HOW
-from .lower import Host, Loop, Program, Stage, is_product
+from .lower import Gather, Host, Loop, Program, Stage, is_product
 from .walk import leaves, targets
 
 
@@ -54,7 +54,7 @@ def driver_lines(spec, program: Program) -> list[str]:
         here = sorted(set().union(*(_refs(it, scratch) for it in items)) - ready) if items else []
         inner = set()
         for it in items:
-            if isinstance(it, Host) or isinstance(it, (Stage, Loop)):
+            if isinstance(it, (Host, Stage, Loop, Gather)):
                 continue
             bodies = [b for _, b in it.branches] + [it.orelse]
             for name in here:
@@ -70,6 +70,8 @@ def driver_lines(spec, program: Program) -> list[str]:
                 lines.append(f"{pad}{em.matmul(s.value, out=s.target)}  # {em.file}:{s.line}")
             elif isinstance(item, Loop):
                 lines += repeat_lines(item.count, pad, em.expr, steps(item.steps, depth + 1, ready | scratch))
+            elif isinstance(item, Gather):
+                lines += gather_lines(em, item, pad, needed, spec)
             elif isinstance(item, Host):
                 em.fused = {n: (f"_red_{stage}", slot) for n, (stage, slot) in item.fused.items()}
                 lines += em.block([item.stmt], depth)
@@ -94,6 +96,7 @@ def driver_lines(spec, program: Program) -> list[str]:
                 lines += if_lines(item.branches, item.orelse, pad, em.expr, lambda sub: steps(sub, depth + 1, ready))
         return lines
 
+    needed = per_parameter_reads(program)
     out += steps(program.steps, 0)
     for s in spec.scalar_states:
         if s.name in targets(body, Role.SCALAR_STATE):
@@ -111,6 +114,8 @@ def _refs(item, scratch) -> set:
         return (set(leaves([item.stmt], {Op.LOCAL})) | set(targets([item.stmt]))) & scratch
     if isinstance(item, Loop):
         return set().union(*(_refs(x, scratch) for x in item.steps)) if item.steps else set()
+    if isinstance(item, Gather):
+        return set()
     out = set()
     for body in [b for _, b in item.branches] + [item.orelse]:
         for x in body:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from .errors import InternalError
 from .ir import SHAPE_FACTS, Assign, Expr, IfStmt, Kind, Op, Repeat, Role, Spec, Ty
-from .lower import Branch, Host, Program, Stage
+from .lower import Branch, Gather, Host, Program, Stage
 from .walk import leaves, nodes, targets
 
 PREC = {Op.OR: 1, Op.AND: 2, Op.NOT: 3, Op.EQ: 4, Op.NE: 4, Op.LT: 4, Op.LE: 4, Op.GT: 4, Op.GE: 4,
@@ -195,6 +195,28 @@ def repeat_lines(count, pad: str, cond_text, body: list) -> list[str]:
     return [f"{pad}for _ in range({cond_text(count)}):"] + (body or [pad + "    pass"])
 
 
+def gather_lines(em, g: Gather, pad: str, needed: set, spec) -> list[str]:
+    """Where every parameter of the call meets (lower.Gather): this parameter's numbers go to the
+    runner (`ops.Gather`), which combines them over all parameters, runs the interlude once and
+    resumes each parameter; the names it assigned that this parameter reads next are bound again
+    (globals from the optimizer, locals from the call's values)."""
+    slots = "".join(f"({op.value!r}, {em.expr(value)}), " for _, op, value in g.slots)
+    lines = [f"{pad}yield ops.Gather(self._interlude_{g.index}, _step, ({slots.rstrip(', ')}{',' if len(g.slots) == 1 else ''}))"]
+    names = {x.name for x in spec.globals}
+    for n in g.exports:
+        if n in needed:
+            lines.append(f"{pad}{n} = self._globals[{n!r}]" if n in names else f"{pad}{n} = _step.call[{n!r}]")
+    return lines
+
+
+def per_parameter_reads(program: Program) -> set:
+    """The names the per-parameter statements and the meeting points' own numbers read (not the
+    interludes)."""
+    stmts = [s for s in program.straight if not isinstance(s, Gather)]
+    slots = {n.value for g in program.gathers for _, _, v in g.slots for n in v.walk() if n.op in (Op.LOCAL, Op.GLOBAL)}
+    return leaves(stmts, {Op.LOCAL, Op.GLOBAL}) | slots
+
+
 STEP_FIELDS = ("lr", "wd", "t", "param_name", "learning_rate", "num_update")   # optforge.optimizer.Step
 
 
@@ -265,6 +287,7 @@ class ChunkedKernel:
     def lines(self, indent: int) -> list[str]:
         pad = "    " * indent
         out = [f"{pad}{name} = chunks.empty(weight, grad)" for name in self.program.scratch]
+        self.needed = per_parameter_reads(self.program)
         return out + self._render(self.program.steps, indent)
 
     def _render(self, items, indent) -> list[str]:
@@ -273,6 +296,8 @@ class ChunkedKernel:
         for it in items:
             if isinstance(it, Host):
                 out += self.em.block([it.stmt], indent)
+            elif isinstance(it, Gather):
+                out += gather_lines(self.em, it, pad, self.needed, self.spec)
             elif isinstance(it, Branch):
                 out += if_lines(it.branches, it.orelse, pad, self.em.expr, lambda sub: self._render(sub, indent + 1))
             elif it.stmts:   # a reduction-only stage: the host computes its reductions
@@ -381,7 +406,13 @@ def _line(st: Stage, node: Expr) -> int:
 
 def kernel_lines(em: NumpyEmitter, program: Program) -> list[str]:
     """The body of `_kernel_numpy`: straight-line code for small tensors, stages for large ones."""
-    straight = em.block(em.spec.body, 0)
+    if program.gathers:   # the statements after pass 1, with the meeting points of the parameters
+        needed = per_parameter_reads(program)
+        straight = []
+        for s in program.straight:
+            straight += gather_lines(em, s, "", needed, em.spec) if isinstance(s, Gather) else em.block([s], 0)
+    else:
+        straight = em.block(em.spec.body, 0)
     if not any(st.stmts for st in program.stages) or any(st.tiled for st in program.stages) or em.spec.matrix:
         return straight   # (shaped updates: the equations as written, with NumPy's broadcasting)
     ck = ChunkedKernel(em.spec, program)

@@ -5,7 +5,7 @@ reductions, and host branches."""
 from __future__ import annotations
 
 from .ir import Assign, Expr, Op, Repeat
-from .lower import Host, Loop, Program, Stage, is_product
+from .lower import Gather, Host, Loop, Program, Stage, is_product
 
 _BINARY = {Op.ADD, Op.SUB, Op.MUL, Op.DIV, Op.MOD, Op.POW, Op.EQ, Op.NE, Op.LT, Op.LE, Op.GT, Op.GE, Op.AND, Op.OR}
 
@@ -79,6 +79,14 @@ def _steps(items, pad: str) -> list[str]:
         elif isinstance(it, Loop):
             out.append(f"{pad}repeat {expr_text(it.count)}:")
             out += _steps(it.steps, pad + "    ")
+        elif isinstance(it, Gather):
+            out.append(f"{pad}meet {it.index}: every parameter of the call waits here; over all of them:")
+            for target, op, value in it.slots:
+                out.append(f"{pad}    {target} = {op.value}({expr_text(value)})")
+            if it.interlude:
+                out.append(f"{pad}  then once per call:")
+                for x in it.interlude:
+                    out += _stmt(x, pad + "    ")
         elif isinstance(it, Host):
             fused = "".join(f"  [{n.op.value} from {st} slot {slot}]" for n, (st, slot) in it.fused.items())
             out += [f"{pad}host  " + ln.lstrip() + fused for ln in _stmt(it.stmt, "")]

@@ -20,8 +20,9 @@ class Kind(enum.IntEnum):
     HYPER = 1     # fixed per optimizer: hyperparameters
     CALL = 2      # once per update call: learning_rate, num_update, optimizer-wide globals
     INDEX = 3     # once per parameter per step, on the host: lr, wd, t, scalar states
-    REDUCED = 4   # one number per parameter, computed from tensors (norm, sum)
-    TENSOR = 5    # elementwise over the parameter
+    GATHERED = 4  # known once every parameter of the call has reached it: optimizer-wide reductions
+    REDUCED = 5   # one number per parameter, computed from tensors (norm, sum)
+    TENSOR = 6    # elementwise over the parameter
 
 
 class Shape(enum.Enum):
@@ -121,6 +122,8 @@ class Op(enum.Enum):
     # reductions: of the whole tensor (one number per parameter), or along an axis (a tensor local
     # of a smaller shape: args (x, axis))
     NORM = "norm"; SUM = "sum"; MEAN = "mean"; RMS = "rms"; MAX = "max"; MIN = "min"  # noqa: E702
+    # reductions over every parameter of an update call: arg (one number per parameter, after lowering)
+    GSUM = "global_sum"; GNORM = "global_norm"; GMAX = "global_max"; GMIN = "global_min"  # noqa: E702
     # shape facts of a tensor, host numbers known per parameter before any tensor work
     NDIM = "ndim"; NUMEL = "numel"; SIZE = "size"  # noqa: E702
     # matrix products of the blocks x rows x cols view: args (a, b); an operand may be TRANSPOSE(x)
@@ -138,6 +141,24 @@ BINARY = {Op.ADD, Op.SUB, Op.MUL, Op.DIV, Op.MOD, Op.POW}
 COMPARE = {Op.EQ, Op.NE, Op.LT, Op.LE, Op.GT, Op.GE}
 UNARY_FUNCS = {Op.SQRT, Op.SQUARE, Op.ABS, Op.SIGN, Op.EXP, Op.LOG}
 REDUCTIONS = {Op.NORM, Op.SUM, Op.MEAN, Op.RMS, Op.MAX, Op.MIN}
+# optimizer-wide reductions -> the per-parameter reduction of a tensor argument that feeds them
+GATHERS = {Op.GSUM: Op.SUM, Op.GNORM: Op.NORM, Op.GMAX: Op.MAX, Op.GMIN: Op.MIN}
+
+
+def call_scope(e, shared=frozenset()) -> bool:
+    """Whether a host value is the same for every parameter of an update call: it reads only
+    constants, hyperparameters, once-per-call values, globals, optimizer-wide reductions and the
+    locals in `shared` (assigned such values); never lr, wd, t, a scalar state, a shape fact or a
+    tensor."""
+    if e.op in GATHERS:
+        return True
+    if e.op is Op.LOCAL:
+        return e.value in shared or e.kind <= Kind.CALL
+    if not e.args:
+        return e.kind <= Kind.CALL
+    if e.op in (Op.NDIM, Op.NUMEL, Op.SIZE) or e.op in REDUCTIONS:
+        return False
+    return all(call_scope(a, shared) for a in e.args)
 SHAPE_FACTS = {Op.NDIM, Op.NUMEL, Op.SIZE}
 
 

@@ -49,7 +49,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-from .ir import REDUCTIONS, Assign, Expr, IfStmt, Kind, Op, Repeat, Role, Shape, Spec, Ty
+from .ir import GATHERS, REDUCTIONS, Assign, Expr, IfStmt, Kind, Op, Repeat, Role, Shape, Spec, Ty, call_scope
 from .names import BUILTINS
 from .walk import assigns, exprs, host_names_read, nodes, own_exprs, statements, tensor_locals_read
 
@@ -122,6 +122,19 @@ class Loop:
 
 
 @dataclass
+class Gather:
+    """A point every parameter of an update call reaches before any goes on: each parameter's
+    `slots` values (one number per parameter: `(target, Op.GSUM | GNORM | GMAX | GMIN, value)`) are
+    combined over all of them into `target`, then the `interlude` (statements the same for every
+    parameter: optimizer-wide reductions' uses, globals assigned from them) runs once, and every
+    parameter resumes. `exports` are the names the interlude assigns (kept in the call's values)."""
+    index: int
+    slots: list
+    interlude: list
+    exports: list = field(default_factory=list)
+
+
+@dataclass
 class Program:
     """What `lower` returns: the statements after pass 1, the steps, the stages (in order) and the
     tensor locals that live in scratch arrays."""
@@ -131,11 +144,14 @@ class Program:
     stages: list
     scratch: list
     shapes: dict = field(default_factory=dict)   # every tensor (weight, grad, states, tensor locals) -> Shape
+    gathers: list = field(default_factory=list)  # [Gather], in order
+    straight: list = field(default_factory=list)  # the per-parameter statements after pass 1, Gathers between
 
     @property
     def phased(self) -> bool:
-        """Whether some stage accumulates fused reductions (the driver is then a generator)."""
-        return any(st.reductions for st in self.stages)
+        """Whether the driver is a generator: some stage accumulates fused reductions, or the update
+        reduces over all parameters."""
+        return any(st.reductions for st in self.stages) or bool(self.gathers)
 
     @property
     def multi_tensor(self) -> bool:
@@ -209,6 +225,8 @@ def _targets(s) -> set:
         return {s.target}
     if isinstance(s, Host):
         return _targets(s.stmt)
+    if isinstance(s, Gather):
+        return {t for t, _, _ in s.slots} | set().union(*(_targets(x) for x in s.interlude))
     if isinstance(s, (Repeat, Loop)):
         out = set()
         for x in (s.body if isinstance(s, Repeat) else s.steps):
@@ -225,7 +243,7 @@ def _targets(s) -> set:
 
 def _host_only(item) -> bool:
     """A step that launches nothing: a host statement, or a host `if` of host statements."""
-    if isinstance(item, Host):
+    if isinstance(item, (Host, Gather)):
         return True
     if isinstance(item, Branch):
         return all(_host_only(x) for _, body in item.branches for x in body) and all(_host_only(x) for x in item.orelse)
@@ -233,7 +251,7 @@ def _host_only(item) -> bool:
 
 
 def _has_reduction(e: Expr) -> bool:
-    return any(n.op in REDUCTIONS for n in e.walk())
+    return any(n.op in REDUCTIONS or n.op in GATHERS for n in e.walk())
 
 
 def _conj(conds) -> Expr:
@@ -324,6 +342,14 @@ class _Lifter:
         """A host expression whose reductions reduce expressions without reductions."""
         if not _has_reduction(e):
             return e
+        if e.op in GATHERS:   # per parameter, a number (a reduction of a tensor); then over all of them
+            arg = e.args[0]
+            if arg.kind is Kind.TENSOR:
+                part = Expr(GATHERS[e.op], Ty.FLOAT, Kind.REDUCED, (self._tensor(arg, s, pre),), None, False,
+                            e.span)
+            else:
+                part = self._host(arg, s, pre)
+            return self._temp(replace(e, args=(self._temp(part, s, pre),)), s, pre)
         if e.op in REDUCTIONS:
             arg = self._tensor(e.args[0], s, pre)
             return e if arg is e.args[0] else replace(e, args=(arg,) + e.args[1:])
@@ -334,6 +360,92 @@ class _Lifter:
 def _own_product(s: Assign) -> bool:
     """`a = x @ y` into a local that neither operand reads: the product writes the local itself."""
     return s.value.op is Op.MATMUL and s.role is Role.LOCAL and s.target not in _reads(s.value)
+
+
+def is_gather(s) -> bool:
+    """`_rN = global_sum(_rM)` (after pass 1): the combination over all parameters."""
+    return isinstance(s, Assign) and s.value.op in GATHERS
+
+
+def _names_read(s) -> set:
+    return {n.value for e in exprs([s]) for n in e.walk() if n.op in (Op.LOCAL, Op.GLOBAL, Op.STATE, Op.WEIGHT,
+                                                                        Op.SCALAR_STATE)}
+
+
+def place_gathers(body) -> tuple[list, list]:
+    """Pass 1b: the optimizer-wide reductions of the update (top-level statements after pass 1).
+    Each parameter computes its number where the spec writes the reduction; the combination over
+    all parameters waits until a per-parameter statement needs it (or what is computed from it), so
+    that the reductions met on the way are combined in one round (Prodigy's two sums). The
+    statements the same for every parameter after the first reduction (`call_scope`: its uses,
+    globals assigned from it) run once, in the interlude of the round before the statement that
+    first needs them, in their order. A per-parameter statement that assigns what a waiting
+    statement reads starts the round first: the order of the spec is kept.
+    Returns the per-parameter items (statements and Gathers) and the Gathers."""
+    items, gathers = [], []
+    slots, interlude, waiting, reads = [], [], set(), set()
+    deferred: list = []   # tensor locals computed only after the meeting (fused into the stage after it)
+    since_reads, since_targets = set(), set()   # of the per-parameter statements after the last meeting
+    shared: set = set()
+    started = False
+
+    def flush():
+        nonlocal slots, interlude, waiting, reads, deferred, since_reads, since_targets
+        g = Gather(len(gathers), slots, interlude)
+        g.exports = sorted({t for t, _, _ in slots} | set().union(*(_targets(x) for x in interlude)))
+        late = set(g.exports)
+        if any(_names_read(x) & late for x in deferred):   # it reads what the interlude changes: keep it before
+            items.extend(deferred)
+            deferred = []
+        gathers.append(g)
+        items.append(g)
+        items.extend(deferred)   # per-parameter statements after the meeting
+        since_reads = set().union(*(_names_read(x) for x in deferred))
+        since_targets = set().union(*(_targets(x) for x in deferred))
+        slots, interlude, waiting, reads, deferred = [], [], set(), set(), []
+
+    for s in body:
+        if is_gather(s):
+            started = True
+            slots.append((s.target, s.value.op, s.value.args[0]))
+            waiting.add(s.target)
+            shared.add(s.target)
+            continue
+        if started and all(call_scope(e, shared) for e in exprs([s])) and not _writes_tensors(s) and (
+                isinstance(s, Assign) or s.kind <= Kind.CALL):
+            if not slots and not interlude and gathers and not (
+                    _targets(s) & since_reads or _names_read(s) & since_targets):
+                # nothing waits: it joins the last meeting's interlude (no meeting of its own) when the
+                # per-parameter statements since then neither read what it assigns nor assign what it reads
+                g = gathers[-1]
+                g.interlude.append(s)
+                g.exports = sorted(set(g.exports) | _targets(s))
+                shared |= _targets(s)
+                continue
+            interlude.append(s)
+            targets = _targets(s)
+            waiting |= targets
+            shared |= {t for t in targets}
+            reads |= _names_read(s)
+            continue
+        if (waiting or interlude) and (_names_read(s) & waiting or _targets(s) & (reads | waiting)):
+            flush()
+        elif (waiting or interlude) and isinstance(s, Assign) and s.role is Role.LOCAL and s.value.kind is Kind.TENSOR:
+            # a tensor local nothing waits for: computed after the meeting, in the stage that reads it
+            deferred.append(s)
+            continue
+        if deferred and (_names_read(s) & set().union(*(_targets(x) for x in deferred))
+                         or _targets(s) & set().union(*(_names_read(x) | _targets(x) for x in deferred))):
+            items.extend(deferred)
+            deferred = []
+        items.append(s)
+        if not (slots or interlude):
+            since_reads |= _names_read(s)
+            since_targets |= _targets(s)
+    if slots or interlude:
+        flush()
+    items.extend(deferred)
+    return items, gathers
 
 
 # ---- passes 2-5 -------------------------------------------------------------------------------------
@@ -347,10 +459,11 @@ class Lowering:
 
     def run(self) -> Program:
         body = _Lifter().block(self.spec.body)
+        straight, gathers = place_gathers(body)
         # (not in a lazy row-sparse update: there a reduction of a local runs over the gradient's rows,
         # of the local's definition over the whole tensor; codegen/verify.py)
         self.remat = {} if self.spec.sparse and self.spec.sparse.lazy else _rematerializable(body)
-        steps = self._block(body)
+        steps = self._block(straight)
         for st in self.stages:
             _drop_dead(st, self.remat)
         empty = {id(st) for st in self.stages if not (st.stmts or st.reductions or st.outputs)}
@@ -368,7 +481,7 @@ class Lowering:
             st.fn = f"optforge_{self.spec.module_name}_{st.name}"
             _tables(st, scratch, optional)
             st.shapes = {name: shapes[name] for name in st.memory()}
-        return Program(self.spec, body, steps, self.stages, scratch, shapes)
+        return Program(self.spec, body, steps, self.stages, scratch, shapes, gathers, straight)
 
     def _new_stage(self, domain: Shape = Shape.FULL) -> Stage:
         st = Stage(f"s{self.count}", domain=domain)
@@ -405,6 +518,10 @@ class Lowering:
         steps: list = []
         open_stage: Stage | None = None
         for s in stmts:
+            if isinstance(s, Gather):   # every parameter's stages before it are complete
+                open_stage = None
+                steps.append(s)
+                continue
             if isinstance(s, Repeat):
                 open_stage = None
                 steps.append(Loop(s.count, self._block(s.body)))
@@ -754,6 +871,8 @@ def host_reductions(steps) -> bool:
         elif isinstance(item, Loop):
             if host_reductions(item.steps):
                 return True
+        elif isinstance(item, Gather):
+            continue
         else:
             if any(n.op in REDUCTIONS for cond, _ in item.branches for n in cond.walk()):
                 return True

@@ -53,6 +53,8 @@ FUNCTIONS = {
     # reductions: of the whole tensor, or along an axis (-1: the cols, -2: the rows)
     "norm": (Op.NORM, (1, 2)), "sum": (Op.SUM, (1, 2)), "mean": (Op.MEAN, (1, 2)), "rms": (Op.RMS, (1, 2)),
     "max": (Op.MAX, (1, 2)), "min": (Op.MIN, (1, 2)),
+    # reductions over every parameter of one update call (one number for all of them)
+    "global_sum": (Op.GSUM, 1), "global_norm": (Op.GNORM, 1), "global_max": (Op.GMAX, 1), "global_min": (Op.GMIN, 1),
     # shape facts (host integers, per parameter)
     "ndim": (Op.NDIM, 1), "numel": (Op.NUMEL, 1), "size": (Op.SIZE, 2),
     # an operand of `@` read transposed; the identity of a square matrix value's shape

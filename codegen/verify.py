@@ -10,11 +10,13 @@ Every failure is a diagnostic with the culprit's span; emitters may assume all o
   read every row, and the lazy update sees only the rows a gradient holds. (A per-row state of the
   touched rows would be well defined; it is refused too until the row kernels learn shapes.)
 * Matrix products have no lazy row-sparse update either: a product mixes every row.
+* Optimizer-wide reductions (`global_sum`, ...) have no lazy row-sparse update yet: the row kernels
+  run each parameter to its end on its own.
 """
 from __future__ import annotations
 
 from .errors import Reporter
-from .ir import REDUCTIONS, Kind, Op, Spec
+from .ir import GATHERS, REDUCTIONS, Kind, Op, Spec
 from .walk import nodes
 
 
@@ -35,6 +37,12 @@ def verify(spec: Spec, r: Reporter) -> None:
         r.error(where, "a lazy row-sparse update (`sparse lazy`) cannot multiply matrices: a product reads every "
                 "row, the lazy update only the rows the gradient holds",
                 "drop `sparse lazy`: a row-sparse gradient then updates every row")
+        return
+    if spec.sparse and spec.sparse.lazy and any(n.op in GATHERS for n in nodes(spec.body)):
+        where = next(n.span for n in nodes(spec.body) if n.op in GATHERS)
+        r.error(where, "a lazy row-sparse update (`sparse lazy`) cannot reduce over all parameters yet: its row "
+                "kernels update each parameter on its own", "drop `sparse lazy`: a row-sparse gradient then "
+                "updates every row, through the dense kernels")
         return
     if spec.sparse and spec.sparse.lazy:
         shaped = [st for st in spec.states if st.shape.value != "full"]

@@ -63,13 +63,14 @@ SETTINGS = {
     "sm3": dict(learning_rate=0.3, momentum=0.9),
     "muon": dict(learning_rate=0.02),                # torch.optim.Muon's recipe: lr 0.02 on the matrices, the biases' AdamW shares it
     "shampoo": dict(learning_rate=1.0, epsilon=1e-3),     # (L + eps I)^(-1/4) G (R + eps I)^(-1/4): a unit-scale step
+    "prodigy": dict(learning_rate=1.0),              # prodigyopt's recipe: lr 1, the step size d is estimated
     "test": dict(rescale_grad=-0.05),   # Test adds rescale_grad * grad: a negative one descends
 }
 COMMON = dict(wd=1e-4)
 # One plot panel per family, for this demo's plot only (an optimizer not listed goes to "other").
 FAMILIES = {
     "SGD and momentum": ["sgd", "nag", "dcasgd", "lbsgd", "lars", "sgld", "test"],
-    "Adam family": ["adam", "adamw", "adabelief", "adamax", "nadam", "ftml", "lamb"],
+    "Adam family": ["adam", "adamw", "adabelief", "adamax", "nadam", "ftml", "lamb", "prodigy"],
     "sign-based": ["signum", "lion"],
     "per-coordinate accumulators": ["adagrad", "adadelta", "rmsprop", "ftrl", "adafactor", "sm3"],
 }

@@ -14,6 +14,7 @@ from .lbsgd import LBSGD
 from .muon import Muon
 from .nadam import Nadam
 from .nag import NAG
+from .prodigy import Prodigy
 from .rmsprop import RMSProp
 from .sgd import SGD
 from .sgld import SGLD
@@ -23,9 +24,9 @@ from .sm3 import SM3
 from .test import Test
 ccSGD = SGD
 
-__all__ = ['AdaDelta', 'Adafactor', 'AdaGrad', 'Adam', 'Adamax', 'DCASGD', 'FTML', 'Ftrl', 'LAMB', 'LARS', 'LBSGD', 'Muon', 'Nadam', 'NAG', 'RMSProp', 'SGD', 'SGLD', 'Shampoo', 'Signum', 'SM3', 'Test', 'ccSGD']
+__all__ = ['AdaDelta', 'Adafactor', 'AdaGrad', 'Adam', 'Adamax', 'DCASGD', 'FTML', 'Ftrl', 'LAMB', 'LARS', 'LBSGD', 'Muon', 'Nadam', 'NAG', 'Prodigy', 'RMSProp', 'SGD', 'SGLD', 'Shampoo', 'Signum', 'SM3', 'Test', 'ccSGD']
 
 from optforge.registry import register as _register
 
-for _cls in (AdaDelta, Adafactor, AdaGrad, Adam, Adamax, DCASGD, FTML, Ftrl, LAMB, LARS, LBSGD, Muon, Nadam, NAG, RMSProp, SGD, SGLD, Shampoo, Signum, SM3, Test, ):
+for _cls in (AdaDelta, Adafactor, AdaGrad, Adam, Adamax, DCASGD, FTML, Ftrl, LAMB, LARS, LBSGD, Muon, Nadam, NAG, Prodigy, RMSProp, SGD, SGLD, Shampoo, Signum, SM3, Test, ):
     _register(_cls)

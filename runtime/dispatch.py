@@ -19,6 +19,10 @@ from .sparse import RowSparse
 def run(opt, weights, grads, states, steps, backend: str, done: list) -> None:
     """Run every parameter's update; `done` receives the position of each one completed (a deferred
     list update completes all its parameters at once, when its launches have run)."""
+    if getattr(opt, "gathers", 0):
+        _run_meeting(opt, weights, grads, states, steps, backend)
+        done.extend(range(len(weights)))
+        return
     multi = None
     if len(weights) > 1 and opt.multi_tensor:
         if all(cuda.is_cupy(w) and cuda.is_cupy(g) for w, g in zip(weights, grads)):
@@ -45,6 +49,73 @@ def run(opt, weights, grads, states, steps, backend: str, done: list) -> None:
             run_lockstep(multi, phases)
             finished = set(done)
             done.extend(k for k in range(len(weights)) if k not in finished)
+
+
+def _run_meeting(opt, weights, grads, states, steps, backend: str) -> None:
+    """A spec that reduces over all parameters (`global_sum`, ...): every parameter's update is a
+    generator, and all of them run together: each runs up to its next meeting point (`ops.Gather`),
+    where the runner combines their numbers and runs the interlude once, then all go on. Launches
+    deferred to a multi-tensor launch (CUDA lists, the native backend's small tensors) are flushed
+    whenever every parameter waits on one or on a meeting point."""
+    multi = None
+    if len(weights) > 1 and opt.multi_tensor:
+        if all(cuda.is_cupy(w) and cuda.is_cupy(g) for w, g in zip(weights, grads)):
+            import cupy
+            multi = MultiTensorLaunches(cuda.MultiLauncher(cuda.module_for(type(opt), weights[0].device.id)),
+                                        cupy, opt.kernel_stages)
+        elif backend == "native" and ops.current_reduce_hook() is None:
+            multi = MultiTensorLaunches(native.MultiLauncher(native.library_for(type(opt))), np, opt.kernel_stages)
+    with np.errstate(all="ignore"):
+        # each parameter keeps its own scratch arrays: they live across the meeting points
+        caches = opt.__dict__.setdefault("_meeting_scratch", {})
+        gens = [_param_phases(opt, w, g, s, step, backend, multi, caches.setdefault(k, {}))
+                for k, (w, g, s, step) in enumerate(zip(weights, grads, states, steps))]
+        try:
+            run_lockstep(multi, gens)
+        finally:
+            for gen in gens:
+                gen.close()
+
+
+def _param_phases(opt, weight, grad, state, step, backend, multi, cache):
+    """One parameter's update as a generator (the variants of `step_one`)."""
+    if isinstance(grad, RowSparse):
+        grad = grad.todense()   # (a lazy update has no meeting points: codegen/verify.py)
+    if multi is not None and (multi.xp is not np or native.batchable(weight, grad, state.master)):
+        target = state.master if state.master is not None else weight
+        be = multi.param(target, grad, weight_lp=weight if state.master is not None else None)
+        yield from opt._kernel_phases(be, step, target, grad, state.tensors, state.scalars)
+    elif cuda.is_cupy(weight):
+        module = cuda.module_for(type(opt), weight.device.id)
+        if state.master is not None:
+            be = cuda.CudaBackend(module, state.master, grad, weight_lp=weight)
+            yield from opt._kernel_phases(be, step, state.master, grad, state.tensors, state.scalars)
+        else:
+            yield from opt._kernel_phases(cuda.CudaBackend(module, weight, grad), step, weight, grad,
+                                          state.tensors, state.scalars)
+    elif state.master is not None:
+        master = state.master
+        yield from _dense_phases(opt, step, master, grad.astype(np.float32), state.tensors, state.scalars, backend, cache)
+        weight[...] = master
+    elif weight.dtype == np.float16:
+        w32 = weight.astype(np.float32)
+        t32 = {k: v.astype(np.float32) for k, v in state.tensors.items()}
+        yield from _dense_phases(opt, step, w32, grad.astype(np.float32), t32, state.scalars, backend, cache)
+        weight[...] = w32
+        for k, v in state.tensors.items():
+            v[...] = t32[k]
+    else:
+        yield from _dense_phases(opt, step, weight, grad, state.tensors, state.scalars, backend, cache)
+
+
+def _dense_phases(opt, step, weight, grad, tensors, scalars, backend, cache):
+    if not grad.flags.c_contiguous:
+        grad = np.ascontiguousarray(grad)
+    if backend == "native":
+        be = native.NativeBackend(native.library_for(type(opt)), weight.dtype, cache)
+        yield from opt._kernel_phases(be, step, weight, grad, tensors, scalars)
+    else:
+        yield from opt._kernel_numpy(step, weight, grad, tensors, scalars)
 
 
 def step_one(opt, weight, grad, state, step, backend: str) -> None:

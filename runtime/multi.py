@@ -34,25 +34,40 @@ def resolve(items, sums) -> None:
 
 def run_lockstep(multi, phases) -> None:
     """Run the driver generators of a list update's parameters together: each runs up to the launch
-    whose reductions it needs next (recorded on `multi`), then one flush issues every recorded stage
-    (one launch per stage for all parameters, one transfer for their sums) and each driver resumes
-    with its own sums. A final flush issues what the drivers recorded after their last reduction."""
-    waiting = []
-    for gen in phases:
-        try:
-            waiting.append((gen, next(gen)))
-        except StopIteration:
-            pass
-    while waiting:
-        multi.flush()
-        resumed = []
-        for gen, pending in waiting:
+    whose reductions it needs next (recorded on `multi`: a `Pending`) or up to a meeting point of
+    an optimizer-wide reduction (`ops.Gather`); a launch answered at once is sent straight back.
+    When every driver waits, one flush issues every recorded stage (one launch per stage for all
+    parameters, one transfer for their sums) and each driver resumes with its own sums; when all
+    wait at a meeting point (every parameter reaches each one), their numbers are combined and the
+    interlude runs once (`ops.meet`). A final flush issues what was recorded after the last wait."""
+    from . import ops
+
+    def advance(gen, value):
+        while True:
             try:
-                resumed.append((gen, gen.send(pending.value)))
+                y = gen.send(value)
             except StopIteration:
-                pass
-        waiting = resumed
-    multi.flush()
+                return _DONE
+            if isinstance(y, (Pending, ops.Gather)):
+                return y
+            value = y   # a launch the backend answered at once
+
+    waiting = [(g, y) for g, y in ((gen, advance(gen, None)) for gen in phases) if y is not _DONE]
+    while waiting:
+        if any(isinstance(y, Pending) for _, y in waiting):
+            multi.flush()
+            waiting = [(g, advance(g, y.value) if isinstance(y, Pending) else y) for g, y in waiting]
+        else:
+            if len(waiting) != len(phases):   # pragma: no cover - the generated code meets on every path
+                raise RuntimeError("some parameters of the update call ended before a meeting point")
+            ops.meet([y for _, y in waiting])
+            waiting = [(g, advance(g, None)) for g, _ in waiting]
+        waiting = [(g, y) for g, y in waiting if y is not _DONE]
+    if multi is not None:
+        multi.flush()
+
+
+_DONE = object()
 
 
 class MultiTensorLaunches:

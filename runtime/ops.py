@@ -96,12 +96,52 @@ def norm(x) -> float:
     return math.sqrt(_reduced(sum_squares(x)))
 
 
+class Gather:
+    """What a parameter's update yields where every parameter of the call must meet (a spec's
+    `global_sum`, `global_norm`, `global_max`, `global_min`): its own numbers, `slots` = ((how,
+    value), ...). The runner (`meet`) combines each slot over all parameters, calls
+    `interlude(step, combined)` once (the statements that follow from them, the same for every
+    parameter) and resumes every parameter."""
+    __slots__ = ("interlude", "step", "slots")
+
+    def __init__(self, interlude, step, slots):
+        self.interlude, self.step, self.slots = interlude, step, slots
+
+
+def _combine(how: str, values: list) -> float:
+    """One slot over all parameters, in their order. NaN anywhere gives NaN (max and min too)."""
+    values = [float(v) for v in values]
+    if how == "global_sum":
+        return math.fsum(values) if all(math.isfinite(v) for v in values) else sum(values)
+    if how == "global_norm":
+        return math.sqrt(math.fsum(v * v for v in values)) if all(math.isfinite(v) for v in values) else \
+            math.sqrt(sum(v * v for v in values))
+    if any(v != v for v in values):
+        return math.nan
+    return max(values) if how == "global_max" else min(values)
+
+
+def meet(points: list) -> None:
+    """Every parameter of the call has yielded its `Gather` for the same meeting point: combine and
+    run the interlude once (it stores what it computes in the call's values, shared by all)."""
+    first = points[0]
+    n = len(first.slots)
+    if any(len(p.slots) != n for p in points):   # pragma: no cover - the generated code guarantees it
+        raise RuntimeError("parameters of one update call met at different points")
+    combined = tuple(_combine(first.slots[k][0], [p.slots[k][1] for p in points]) for k in range(n))
+    first.interlude(first.step, combined)
+
+
 def drive(phases) -> None:
     """Run a generated driver generator (`_kernel_phases`) to its end, sending each yielded launch
-    result (partial sums, or None) straight back: the backend answered at once."""
+    result (partial sums, or None) straight back: the backend answered at once. A meeting point
+    (`Gather`) of a parameter updated on its own combines its numbers over it alone."""
     try:
         value = next(phases)
         while True:
+            if isinstance(value, Gather):
+                meet([value])
+                value = None
             value = phases.send(value)
     except StopIteration:
         return None

@@ -82,7 +82,10 @@ class Updater:
         else:
             # the whole list is validated before the first group is applied
             opt._gather(indices, weights, grads, states)
-            if opt.aggregate_num > 0:
+            if getattr(opt, "gathers", 0):
+                # a spec that reduces over all parameters (global_sum, ...): the whole list is one call
+                opt.update_multi_precision(indices, weights, grads, states)
+            elif opt.aggregate_num > 0:
                 # as MXNet: same-dtype groups, at most aggregate_num parameters per update call
                 groups: dict = {}
                 for entry in zip(indices, weights, grads, states):

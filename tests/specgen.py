@@ -396,6 +396,54 @@ def matrix_specs(draw, name="Rand"):
     return text, False
 
 
+GATHER_SETTINGS = dict(SETTINGS, max_examples=int(os.environ.get("OPTFORGE_DIFF_GATHER_EXAMPLES", "40")))
+GATHER_HEADER = """global gd = 0.5
+"""
+
+
+@st.composite
+def gather_specs(draw, name="Rand"):
+    """(spec text, False): a random spec with reductions over all the parameters of a call
+    (`global_sum`, `global_norm`, `global_max`, `global_min` of tensors and of per-parameter numbers),
+    values computed once per call from them, a global assigned from them and read before and after
+    its assignment, amid the statements of `specs()`. Each reduction is used later, by host and
+    elementwise statements, inside `if`s too."""
+    g = _Gen(draw)
+    scope = {"tensors": [], "hosts": ["gd"], "reduced": [], "masks": [], "narrowed": False, "mom": False}
+    pad = "    "
+    body = []
+    gathered = []
+    for _ in range(draw(st.integers(1, 4))):
+        body += g.block(scope, draw(st.integers(0, 2)), 0)
+        form = draw(st.integers(0, 6))
+        n = g.fresh("g")
+        if form == 0:
+            body.append(f"{pad}{n} = global_sum({g.tensor(scope)}) * 0.001")
+        elif form == 1:
+            body.append(f"{pad}{n} = global_norm({g.tensor(scope)}) * 0.01")
+        elif form == 2:
+            body.append(f"{pad}{n} = global_max(abs({g.tensor(scope)}))")
+        elif form == 3:
+            body.append(f"{pad}{n} = global_min({g.tensor(scope)}) / (1 + abs(global_max({g.tensor(scope)})))")
+        elif form == 4:   # of a number per parameter (a reduction, lr, t)
+            body.append(f"{pad}{n} = global_sum({g.host(scope)}) / (1 + global_norm(lr * t + {g.host(scope)}))")
+        elif form == 5 or not gathered:   # the global, from what the call gathered
+            other = draw(st.sampled_from(gathered)) if gathered else "global_norm(grad)"
+            body.append(f"{pad}gd = gd * a + (1 - a) * {other} / (1 + abs({other}))")
+            continue
+        else:   # once per call: a value computed from two of them
+            x, y = draw(st.sampled_from(gathered)), draw(st.sampled_from(gathered))
+            body.append(f"{pad}{n} = where({x} > {y}, {x} - {y}, b * {y}) / (1 + abs({x}) + abs({y}))")
+        gathered.append(n)
+        scope["reduced"].append(n)
+    body += g.block(scope, draw(st.integers(1, 3)), 0)
+    body.append("    seen = seen * 0.5 + learning_rate")
+    last = gathered[-1] if gathered else "gd"
+    body.append(f"    weight -= lr * seen * 0.01 * grad * (1 + gd) / (1 + abs({last}))")
+    text = HEADER.format(name=name) + GATHER_HEADER + "update {\n" + "\n".join(body) + "\n}\n"
+    return text, False
+
+
 @st.composite
 def specs(draw, name="Rand"):
     """(spec text, lazy) for a random spec named `name`; `lazy` says it declares `sparse lazy`."""

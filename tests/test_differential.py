@@ -20,8 +20,8 @@ from hypothesis import given, settings
 import optforge
 from optforge import chunks, native
 
-from specgen import (MATRIX_SETTINGS, MATRIX_SHAPES, SETTINGS, SHAPED_SETTINGS, SHAPED_SHAPES, assert_same, compile_spec,
-                     hyper_sets, matrix_specs, run, seeded, shaped_specs, specs)
+from specgen import (GATHER_SETTINGS, MATRIX_SETTINGS, MATRIX_SHAPES, SETTINGS, SHAPED_SETTINGS, SHAPED_SHAPES, assert_same,
+                     compile_spec, gather_specs, hyper_sets, matrix_specs, run, seeded, shaped_specs, specs)
 
 SOME_ROWS = [0, 2, 3, 7, 100, 299]
 
@@ -96,6 +96,31 @@ def test_matrix_specs_compute_on_every_backend_what_the_straight_line_kernel_com
             assert_same(run(cls, "native", hyper, as_list=False, shapes=MATRIX_SHAPES), want, f"native {hyper}", text)
             assert_same(run(cls, "native", hyper, as_list=True, shapes=MATRIX_SHAPES), want,
                         f"native list {hyper}", text)
+
+
+@seeded
+@settings(**GATHER_SETTINGS)
+@given(gather_specs())
+def test_specs_reducing_over_all_parameters_compute_on_every_backend_what_the_straight_line_kernel_computes(spec):
+    """Optimizer-wide reductions (every parameter of a call meets, the interlude runs once): NumPy
+    chunked, native single and list updates (small tensors batched, a large one alone) against the
+    straight-line kernel, single-parameter calls against single, lists against lists."""
+    cls, text, _ = compile_spec(*spec)
+    mp = pytest.MonkeyPatch()
+    try:
+        for hyper in hyper_sets():
+            want = run(cls, "numpy", hyper, as_list=False)
+            want_list = run(cls, "numpy", hyper, as_list=True)
+            with mp.context() as m:
+                m.setattr(chunks, "MIN_SIZE", 1)
+                m.setattr(chunks, "CHUNK", 997)
+                m.setattr(chunks, "THREAD_MIN", 4096)
+                assert_same(run(cls, "numpy", hyper, as_list=True), want_list, f"numpy chunked list {hyper}", text)
+            if native.available():
+                assert_same(run(cls, "native", hyper, as_list=False), want, f"native single {hyper}", text)
+                assert_same(run(cls, "native", hyper, as_list=True), want_list, f"native list {hyper}", text)
+    finally:
+        mp.undo()
 
 
 REPRO = """optimizer NormAfterStep

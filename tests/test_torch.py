@@ -3,7 +3,7 @@
 Each property is checked against the optforge NumPy path on the same data: the adapter must reach
 bit-identical parameters with the NumPy backend, keep every tensor's storage, resume bit-exactly
 from a state_dict, follow torch LR schedulers, update sparse embeddings lazily, and, with
-parameters sharded over 2 processes (gloo on loopback), take the same LAMB/LARS step as one process.
+parameters sharded over 2 processes (gloo on loopback), take the same LAMB/LARS/Prodigy step as one process.
 """
 import copy
 import io
@@ -342,7 +342,9 @@ def _sharded_worker(rank, world, store, out):
     try:
         report = {}
         for spec, kw in (("lamb", dict(lr=0.01, weight_decay=0.01)),
-                         ("lars", dict(lr=0.5, momentum=0.9, eta=0.01, weight_decay=1e-3))):
+                         ("lars", dict(lr=0.5, momentum=0.9, eta=0.01, weight_decay=1e-3)),
+                         # sums over all parameters (global_sum) of whole-tensor sums (hooked)
+                         ("prodigy", dict(lr=1.0, weight_decay=0.01, d0=1e-2))):
             g = torch.Generator().manual_seed(0)
             shapes = [(7, 5), (5,), (3, 4, 2), (1,), (300, 512)]   # (1,): an empty shard; (300, 512): chunked kernels
             full = [torch.randn(s, generator=g) for s in shapes]
@@ -375,7 +377,7 @@ def _sharded_worker(rank, world, store, out):
         dist.destroy_process_group()
 
 
-def test_sharded_lamb_and_lars_equal_unsharded(tmp_path):
+def test_sharded_lamb_lars_and_prodigy_equal_unsharded(tmp_path):
     if not dist.is_available() or not dist.is_gloo_available():
         pytest.skip("torch.distributed with gloo is not available")
     out = tmp_path / "report.json"
@@ -387,7 +389,7 @@ def test_sharded_lamb_and_lars_equal_unsharded(tmp_path):
                 proc.kill()
             pytest.fail("the 2-process sharded step did not finish within 120 s")
     report = json.loads(out.read_text())
-    for spec in ("lamb", "lars"):
+    for spec in ("lamb", "lars", "prodigy"):
         assert report[spec]["hooked"] < 1e-6, report          # same step as one process, up to rounding
         assert report[spec]["unhooked"] > 1e-4, report        # the hook is what makes it so
 

@@ -40,6 +40,7 @@ CONFIGS = {
     "sm3": {"momentum": 0.5, "beta2": 0.9},
     "muon": {"nesterov": False, "ns_steps": 3, "adjust_lr_fn": "match_rms_adamw"},
     "shampoo": {"epsilon": 0.1, "root": 2, "root_iters": 10},
+    "prodigy": {"d0": 0.5, "beta3": 0.9},   # (d0 ** 2 * (1 - beta2) * g ** 2 must not underflow float16)
 }
 VARIANTS = {"f32": (np.float32, False), "f64": (np.float64, False), "f16": (np.float16, False),
             "mp16": (np.float16, True)}
@@ -98,9 +99,13 @@ def kernel_launches(monkeypatch):
     return counts
 
 
+# Prodigy keeps d^2-scaled moments that float16 cannot hold (rounded at each stage on CUDA, once per
+# step by NumPy): it needs multi_precision, which mp16 tests
+CASES = [(n, v) for n in sorted(set(CONFIGS) - {"sgld"}) for v in sorted(VARIANTS) if (n, v) != ("prodigy", "f16")]
+
+
 @pytest.mark.parametrize("mode", ["single", "list", "sparse"])
-@pytest.mark.parametrize("variant", sorted(VARIANTS))
-@pytest.mark.parametrize("name", sorted(set(CONFIGS) - {"sgld"}))
+@pytest.mark.parametrize("name, variant", CASES)
 def test_cuda_matches_numpy(name, variant, mode, kernel_launches):
     dtype, mp = VARIANTS[variant]
     want = _run(name, dtype, mp, False, mode)

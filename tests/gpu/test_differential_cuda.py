@@ -15,8 +15,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from gpu import require_cupy  # noqa: E402
 
 cupy = require_cupy()
-from specgen import (MATRIX_SHAPES, SETTINGS, SHAPED_SHAPES, assert_same, compile_spec, hyper_sets,  # noqa: E402
-                     matrix_specs, run, seeded, shaped_specs, specs)
+from specgen import (MATRIX_SHAPES, SETTINGS, SHAPED_SHAPES, assert_same, compile_spec, gather_specs,  # noqa: E402
+                     hyper_sets, matrix_specs, run, seeded, shaped_specs, specs)
 
 SOME_ROWS = [0, 2, 3, 7, 100, 299]
 CUDA_SETTINGS = dict(SETTINGS, max_examples=int(os.environ.get("OPTFORGE_DIFF_CUDA_EXAMPLES", "60")))
@@ -73,3 +73,17 @@ def test_cuda_matrix_specs_compute_what_the_straight_line_kernel_computes(spec):
                     f"cuda single {hyper}", text)
         assert_same(run(cls, "numpy", hyper, as_list=True, xp=cupy, shapes=MATRIX_SHAPES), want,
                     f"cuda list {hyper}", text)
+
+
+@seeded
+@settings(**dict(CUDA_SETTINGS, max_examples=max(1, CUDA_SETTINGS["max_examples"] // 3)))
+@given(gather_specs())
+def test_cuda_specs_reducing_over_all_parameters_compute_what_the_straight_line_kernel_computes(spec):
+    """Optimizer-wide reductions on the GPU: every parameter's driver meets the others (single
+    updates: a parameter alone; list updates: multi-tensor launches between the meetings)."""
+    cls, text, _ = compile_spec(*spec)
+    for hyper in hyper_sets():
+        want = run(cls, "numpy", hyper, as_list=False)
+        assert_same(run(cls, "numpy", hyper, as_list=False, xp=cupy), want, f"cuda single {hyper}", text)
+        want_list = run(cls, "numpy", hyper, as_list=True)
+        assert_same(run(cls, "numpy", hyper, as_list=True, xp=cupy), want_list, f"cuda list {hyper}", text)
