@@ -13,7 +13,7 @@ from .emit_driver import driver_lines
 from .emit_numpy import NumpyEmitter, kernel_lines, step_bindings
 from .emit_sparse import RowsEmitter
 from .errors import SpecError, printable
-from .ir import SHAPE_FACTS, Op, Role, Shape, Spec
+from .ir import SHAPE_FACTS, Assign, IfStmt, Op, Role, Shape, Spec
 from .lower import Program, lower
 from .parser import parse
 from .walk import leaves, targets
@@ -172,8 +172,8 @@ def render_module(spec: Spec, spec_path: str | None = None, program: Program | N
     pro += _rebind_globals(body, spec)
     pro.append("return {" + ", ".join(f"{n!r}: {n}" for n in spec.prologue_exports) + "}")
 
-    # kernel: once per parameter
-    ker = []
+    # kernel: once per parameter; the gradient as the call scales it (loss unscaling, global clipping)
+    ker = ["if _step.grad_scale != 1:", "    grad = grad * _step.grad_scale"] if leaves(spec.body, {Op.GRAD}) else []
     kh = leaves(spec.body, {Op.HYPER})
     ker += hyper_bind(kh)
     kb = leaves(spec.body, {Op.BUILTIN})
@@ -238,10 +238,24 @@ def interlude_lines(spec, program, g, em, hyper_bind) -> list[str]:
     if slot_names:
         out.append(f"{', '.join(slot_names)}, = _values")
     out += _rebind_globals(em.block(stmts, 0), spec)
-    shared = [n for n in g.exports if n not in globals_]
+    sure = set(slot_names) | _sure_targets(stmts)   # (a name assigned on some paths only is not read after)
+    shared = [n for n in g.exports if n not in globals_ and n in sure]
     if shared:
         out.append("_step.call.update({" + ", ".join(f"{n!r}: {n}" for n in shared) + "})")
     return out or ["pass"]
+
+
+def _sure_targets(stmts) -> set:
+    """The names statements assign on every path (an `if` counts when all its branches and its
+    `else` assign them)."""
+    out = set()
+    for s in stmts:
+        if isinstance(s, Assign):
+            out.add(s.target)
+        elif isinstance(s, IfStmt) and s.orelse:
+            paths = [_sure_targets(b) for _, b in s.branches] + [_sure_targets(s.orelse)]
+            out |= set.intersection(*paths)
+    return out
 
 
 def _start_bind(starts, hyper_bind, bound) -> list[str]:

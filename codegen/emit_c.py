@@ -14,7 +14,7 @@ import jinja2
 
 from .errors import InternalError, printable
 from .ir import Assign, Expr, IfStmt, Kind, Op, Shape, Spec
-from .lower import Program, Stage, _in_kernel, lower
+from .lower import GRAD_SCALE_ARG, Program, Stage, _in_kernel, lower
 from .walk import assigns, statements
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
@@ -113,7 +113,7 @@ class CStyleEmitter:
                 arg.op is Op.STATE and states[key].cond is None) or (
                 arg.op is Op.LOCAL and arg.kind is Kind.TENSOR and (key in st.scratch_writes or
                                                                     (key in self.scratch and key not in assigned)))
-            direct.append(f"p_{key}" if in_memory else None)
+            direct.append(f"p_{key}" if in_memory and arg.op is not Op.GRAD else None)   # (grad: scaled first)
         if st.tiled:   # blocks x rows x cols: each tensor at the element of its own shape
             by_shape = {Shape.FULL: "i", Shape.ROW: "_iR", Shape.COL: "_iC", Shape.BLOCK: "_iB"}
             index = lambda name: by_shape[st.shapes[name]]  # noqa: E731
@@ -132,6 +132,8 @@ class CStyleEmitter:
         for name in reads:
             if name in present:
                 loads.append(f"C {name} = {present[name]} ? C(p_{name}[{index(name)}]) : C(0);")
+            elif name == "grad":   # the call's gradient factor (lower.GRAD_SCALE)
+                loads.append(f"C {name} = C(p_{name}[{index(name)}]) * {GRAD_SCALE_ARG};")
             else:
                 loads.append(f"C {name} = C(p_{name}[{index(name)}]);")
         declare = [n for n in locals_ + writes if n not in reads]

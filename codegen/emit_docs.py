@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 
 from .errors import InternalError
-from .ir import GATHERS, Assign, Op, Repeat, Role, Spec
+from .ir import Assign, Op, Repeat, Role, Spec
 
 GREEK = {"alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta", "kappa", "lambda", "mu", "nu",
          "xi", "rho", "sigma", "tau", "phi", "chi", "psi", "omega"}
@@ -80,6 +80,10 @@ class DocsEmitter:
         # matrix products: the operands side by side; a transposed operand with a superscript T
         Op.MATMUL: lambda a, b: f"{a} {b}", Op.TRANSPOSE: lambda a: f"{a}^{{\top}}",
         Op.EYE: lambda n: "I",
+        # over every parameter p of the update call
+        Op.GSUM: lambda a: rf"\textstyle\sum_{{p}} \left({a}\right)",
+        Op.GNORM: lambda a: rf"\sqrt{{\textstyle\sum_{{p}} \left({a}\right)^2}}",
+        Op.GMAX: lambda a: rf"\max_{{p}} \left({a}\right)", Op.GMIN: lambda a: rf"\min_{{p}} \left({a}\right)",
     }
     # operands that the format already delimits (braces, parentheses) need no parentheses of their own
     DELIMITED = {Op.DIV, Op.SQRT, Op.ABS, Op.SIGN, Op.EXP, Op.LOG, Op.MAXIMUM, Op.MINIMUM, Op.CLIP, Op.WHERE,
@@ -110,12 +114,6 @@ class DocsEmitter:
         if e.axis is not None:   # along an axis: the sum (max, min) over the cols (rows) of each row (col)
             sym = {Op.SUM: r"\textstyle\sum", Op.MAX: r"\max", Op.MIN: r"\min"}[e.op]
             text = sym + r"_{\text{" + ("cols" if e.axis == -1 else "rows") + "}} " + self.expr(e.args[0], 9)
-            return rf"\left({text}\right)" if parent_prec > 0 else text
-        if e.op in GATHERS:   # over every parameter p of the update call
-            inner = self.expr(e.args[0], 0)
-            sym = {Op.GSUM: r"\textstyle\sum_{p}", Op.GMAX: r"\max_{p}", Op.GMIN: r"\min_{p}"}.get(e.op)
-            text = (r"\sqrt{\textstyle\sum_{p} \left(" + inner + r"\right)^2}" if sym is None
-                    else sym + r" \left(" + inner + r"\right)")
             return rf"\left({text}\right)" if parent_prec > 0 else text
         if e.op in (Op.MAX, Op.MIN):
             text = (r"\max " if e.op is Op.MAX else r"\min ") + self.expr(e.args[0], 9)

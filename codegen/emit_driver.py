@@ -18,8 +18,8 @@ import re
 from .emit_numpy import NumpyEmitter, gather_lines, if_lines, per_parameter_reads, repeat_lines, step_bindings
 from .ir import Op, Role, Shape
 from .emit_c import AXIS_HOW
-from .lower import Gather, Host, Loop, Program, Stage, is_product
-from .walk import leaves, targets
+from .lower import GRAD_SCALE_ARG, Gather, Host, Loop, Program, Stage, is_product
+from .walk import leaves, own_exprs, statements, targets
 
 
 def driver_lines(spec, program: Program) -> list[str]:
@@ -36,6 +36,13 @@ def driver_lines(spec, program: Program) -> list[str]:
             out.append(f"{st.name} = tensors.get({st.name!r})" if st.cond is not None else f"{st.name} = tensors[{st.name!r}]")
     used_scalars = leaves(body, {Op.SCALAR_STATE}) | targets(body, Role.SCALAR_STATE)
     out += [f"{s.name} = scalars[{s.name!r}]" for s in spec.scalar_states if s.name in used_scalars]
+    # the call's gradient factor (lower.GRAD_SCALE): the stages scale what they read; host code that reads
+    # the gradient (a product's operand, a reduction the backend did not fuse) reads a scaled copy
+    if _host_reads_grad(program.steps):
+        out += ["_grad_scale = _step.grad_scale", "_grad = grad if _grad_scale == 1 else grad * _grad_scale"]
+        em.grad_name = "_grad"
+    elif any(sc.name == GRAD_SCALE_ARG for st in program.stages for sc in st.scalars):
+        out.append("_grad_scale = _step.grad_scale")
     if any(st.tiled for st in program.stages):   # the blocks x rows x cols the tiled stages run over
         out.append(f"_B, _R, _C = ops.view_dims(weight.shape, {spec.view!r})")
     scratch = set(program.scratch)
@@ -104,6 +111,31 @@ def driver_lines(spec, program: Program) -> list[str]:
     if not any(re.search(r"\bxp\b", line) for line in out[1:]):
         out = out[1:]   # no array work on the host: no array module
     return out or ["pass"]
+
+
+def _host_reads_grad(items) -> bool:
+    """Whether host code of the steps reads the gradient (a Host statement, a condition, a loop count,
+    a meeting point's numbers)."""
+    def reads(e):
+        return any(n.op is Op.GRAD for n in e.walk())
+    for it in items:
+        if isinstance(it, Host):
+            if any(reads(e) for e in own_exprs(it.stmt)) or any(
+                    reads(e) for x in statements([it.stmt]) for e in own_exprs(x)):
+                return True
+        elif isinstance(it, Loop):
+            if reads(it.count) or _host_reads_grad(it.steps):
+                return True
+        elif isinstance(it, Gather):
+            if any(reads(v) for _, _, v in it.slots):
+                return True
+        elif isinstance(it, Stage):
+            continue
+        else:
+            if any(reads(c) for c, _ in it.branches) or any(_host_reads_grad(b) for _, b in it.branches) \
+                    or _host_reads_grad(it.orelse):
+                return True
+    return False
 
 
 def _refs(item, scratch) -> set:

@@ -39,6 +39,7 @@ class NumpyEmitter:
         # reduction node -> (variable, slot): the driver's fused reductions (lower.py), finished from a
         # stage's partial sums when the backend returned them, else computed here
         self.fused: dict = {}
+        self.grad_name = "grad"   # the driver's host code reads the scaled gradient `_grad`
 
     # ---- expressions ----------------------------------------------------------------------------
     def expr(self, e: Expr) -> str:
@@ -60,7 +61,7 @@ class NumpyEmitter:
         if op is Op.WEIGHT:
             return "weight", ATOM
         if op is Op.GRAD:
-            return "grad", ATOM
+            return self.grad_name, ATOM
         if op in (Op.ADD, Op.SUB, Op.MUL, Op.DIV, Op.MOD):
             p = PREC[op]
             return f"{self._wrap(e.args[0], p)} {op.value} {self._wrap(e.args[1], p, right=True)}", p

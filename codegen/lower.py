@@ -54,6 +54,11 @@ from .names import BUILTINS
 from .walk import assigns, exprs, host_names_read, nodes, own_exprs, statements, tensor_locals_read
 
 LIFTED_PREFIX = "_r"   # spec names cannot start with `_`
+# The factor of the update call's gradients (Step.grad_scale: 1 / loss scale times the global
+# clipping coefficient, 1 without step control): every stage reading `grad` takes it as a scalar and
+# its kernel reads grad * factor; host code reading `grad` scales it too (runtime/stepcontrol.py).
+GRAD_SCALE = Expr(Op.BUILTIN, Ty.FLOAT, Kind.CALL, (), "_grad_scale")
+GRAD_SCALE_ARG = "k__grad_scale"
 
 
 @dataclass
@@ -388,6 +393,8 @@ def place_gathers(body) -> tuple[list, list]:
     since_reads, since_targets = set(), set()   # of the per-parameter statements after the last meeting
     shared: set = set()
     started = False
+    # each parameter's own numbers of the reductions: computed per parameter, never in an interlude
+    partials = {s.value.args[0].value for s in body if is_gather(s) and s.value.args[0].op is Op.LOCAL}
 
     def flush():
         nonlocal slots, interlude, waiting, reads, deferred, since_reads, since_targets
@@ -412,7 +419,7 @@ def place_gathers(body) -> tuple[list, list]:
             shared.add(s.target)
             continue
         if started and all(call_scope(e, shared) for e in exprs([s])) and not _writes_tensors(s) and (
-                isinstance(s, Assign) or s.kind <= Kind.CALL):
+                isinstance(s, Assign) or s.kind <= Kind.CALL) and not (_targets(s) & partials):
             if not slots and not interlude and gathers and not (
                     _targets(s) & since_reads or _names_read(s) & since_targets):
                 # nothing waits: it joins the last meeting's interlude (no meeting of its own) when the
@@ -855,6 +862,8 @@ def _tables(st: Stage, scratch, optional) -> None:
         st.scalars.append(Scalar(name, e, None if guards is None else _simplify(guards)))
     if st.noise:
         st.scalars.append(Scalar("k_seed", None))
+    if "grad" in st.reads:   # every gradient element read is scaled (loss unscaling, global clipping)
+        st.scalars.append(Scalar(GRAD_SCALE_ARG, GRAD_SCALE))
 
 
 def host_reductions(steps) -> bool:

@@ -43,7 +43,8 @@ SPARSE_BUILTINS = {"master_copy": (Op.BUILTIN, Ty.BOOL, Kind.INDEX, False)}
 BASE_DEFAULTS = {"learning_rate": (Ty.FLOAT, True), "wd": (Ty.FLOAT, False), "rescale_grad": (Ty.FLOAT, False),
                  "clip_gradient": (Ty.FLOAT, True), "multi_precision": (Ty.BOOL, False)}
 BASE_NAMES = {"rescale_grad", "param_idx2name", "wd", "clip_gradient", "learning_rate", "lr_scheduler",
-              "sym", "begin_num_update", "multi_precision", "param_dict"}
+              "sym", "begin_num_update", "multi_precision", "param_dict", "max_grad_norm", "skip_nonfinite",
+              "loss_scale", "skipped_steps"}
 
 # functions: name -> (op, arity or (min, max))
 FUNCTIONS = {

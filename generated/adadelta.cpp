@@ -34,8 +34,8 @@ template <typename C> inline void store_low(float* p, int64_t i, C v) { p[i] = (
 /* stage s0: element i of the weight and states, element gi of the gradient and scratch
    (the same element for a dense update; for a row-sparse one, gi walks the gradient's rows) */
 template <typename T, typename G, typename C>
-OPTFORGE_HD void optforge_adadelta_s0_elem(int64_t i, int64_t gi, const G* __restrict__ p_grad, T* __restrict__ p_acc_g, T* __restrict__ p_acc_delta, T* __restrict__ p_weight, float* __restrict__ p_weight_lp, const C k_rescale_grad, const C k1, const C k_rho, const C k_epsilon, const C k_wd) {
-    C grad = C(p_grad[gi]);
+OPTFORGE_HD void optforge_adadelta_s0_elem(int64_t i, int64_t gi, const G* __restrict__ p_grad, T* __restrict__ p_acc_g, T* __restrict__ p_acc_delta, T* __restrict__ p_weight, float* __restrict__ p_weight_lp, const C k_rescale_grad, const C k1, const C k_rho, const C k_epsilon, const C k_wd, const C k__grad_scale) {
+    C grad = C(p_grad[gi]) * k__grad_scale;
     C acc_g = C(p_acc_g[i]);
     C acc_delta = C(p_acc_delta[i]);
     C weight = C(p_weight[i]);
@@ -52,48 +52,50 @@ OPTFORGE_HD void optforge_adadelta_s0_elem(int64_t i, int64_t gi, const G* __res
 }
 
 extern "C" {
-void optforge_adadelta_s0_f32(int64_t n, const float* __restrict__ p_grad, float* __restrict__ p_acc_g, float* __restrict__ p_acc_delta, float* __restrict__ p_weight, double k_rescale_grad, double k1, double k_rho, double k_epsilon, double k_wd) {
+void optforge_adadelta_s0_f32(int64_t n, const float* __restrict__ p_grad, float* __restrict__ p_acc_g, float* __restrict__ p_acc_delta, float* __restrict__ p_weight, double k_rescale_grad, double k1, double k_rho, double k_epsilon, double k_wd, double k__grad_scale) {
     {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
         for (int64_t i = 0; i < n; ++i)
-            optforge_adadelta_s0_elem<float, float, float>(i, i, p_grad, p_acc_g, p_acc_delta, p_weight, nullptr, (float)k_rescale_grad, (float)k1, (float)k_rho, (float)k_epsilon, (float)k_wd);
+            optforge_adadelta_s0_elem<float, float, float>(i, i, p_grad, p_acc_g, p_acc_delta, p_weight, nullptr, (float)k_rescale_grad, (float)k1, (float)k_rho, (float)k_epsilon, (float)k_wd, (float)k__grad_scale);
     }
 }
 /* multi-tensor: one call for the small tensors of a list update (each below OPTFORGE_PARALLEL_MIN), in
-   parallel over the tensors: ptrs[k * count + t] is pointer k of tensor t, scalars[t * 5 + j] its
+   parallel over the tensors: ptrs[k * count + t] is pointer k of tensor t, scalars[t * 6 + j] its
    scalars */
 void optforge_adadelta_s0_mt_f32(int64_t count, const int64_t* __restrict__ sizes, const uint64_t* __restrict__ ptrs, const double* __restrict__ scalars) {
     #pragma omp parallel for schedule(dynamic, 4) if (count > 1)
     for (int64_t t = 0; t < count; ++t) {
-        const double* s = scalars + t * 5;
+        const double* s = scalars + t * 6;
         const double k_rescale_grad = s[0];
         const double k1 = s[1];
         const double k_rho = s[2];
         const double k_epsilon = s[3];
         const double k_wd = s[4];
-        optforge_adadelta_s0_f32(sizes[t], (const float*)ptrs[0 * count + t], (float*)ptrs[1 * count + t], (float*)ptrs[2 * count + t], (float*)ptrs[3 * count + t], k_rescale_grad, k1, k_rho, k_epsilon, k_wd);
+        const double k__grad_scale = s[5];
+        optforge_adadelta_s0_f32(sizes[t], (const float*)ptrs[0 * count + t], (float*)ptrs[1 * count + t], (float*)ptrs[2 * count + t], (float*)ptrs[3 * count + t], k_rescale_grad, k1, k_rho, k_epsilon, k_wd, k__grad_scale);
     }
 }
-void optforge_adadelta_s0_f64(int64_t n, const double* __restrict__ p_grad, double* __restrict__ p_acc_g, double* __restrict__ p_acc_delta, double* __restrict__ p_weight, double k_rescale_grad, double k1, double k_rho, double k_epsilon, double k_wd) {
+void optforge_adadelta_s0_f64(int64_t n, const double* __restrict__ p_grad, double* __restrict__ p_acc_g, double* __restrict__ p_acc_delta, double* __restrict__ p_weight, double k_rescale_grad, double k1, double k_rho, double k_epsilon, double k_wd, double k__grad_scale) {
     {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
         for (int64_t i = 0; i < n; ++i)
-            optforge_adadelta_s0_elem<double, double, double>(i, i, p_grad, p_acc_g, p_acc_delta, p_weight, nullptr, (double)k_rescale_grad, (double)k1, (double)k_rho, (double)k_epsilon, (double)k_wd);
+            optforge_adadelta_s0_elem<double, double, double>(i, i, p_grad, p_acc_g, p_acc_delta, p_weight, nullptr, (double)k_rescale_grad, (double)k1, (double)k_rho, (double)k_epsilon, (double)k_wd, (double)k__grad_scale);
     }
 }
 /* multi-tensor: one call for the small tensors of a list update (each below OPTFORGE_PARALLEL_MIN), in
-   parallel over the tensors: ptrs[k * count + t] is pointer k of tensor t, scalars[t * 5 + j] its
+   parallel over the tensors: ptrs[k * count + t] is pointer k of tensor t, scalars[t * 6 + j] its
    scalars */
 void optforge_adadelta_s0_mt_f64(int64_t count, const int64_t* __restrict__ sizes, const uint64_t* __restrict__ ptrs, const double* __restrict__ scalars) {
     #pragma omp parallel for schedule(dynamic, 4) if (count > 1)
     for (int64_t t = 0; t < count; ++t) {
-        const double* s = scalars + t * 5;
+        const double* s = scalars + t * 6;
         const double k_rescale_grad = s[0];
         const double k1 = s[1];
         const double k_rho = s[2];
         const double k_epsilon = s[3];
         const double k_wd = s[4];
-        optforge_adadelta_s0_f64(sizes[t], (const double*)ptrs[0 * count + t], (double*)ptrs[1 * count + t], (double*)ptrs[2 * count + t], (double*)ptrs[3 * count + t], k_rescale_grad, k1, k_rho, k_epsilon, k_wd);
+        const double k__grad_scale = s[5];
+        optforge_adadelta_s0_f64(sizes[t], (const double*)ptrs[0 * count + t], (double*)ptrs[1 * count + t], (double*)ptrs[2 * count + t], (double*)ptrs[3 * count + t], k_rescale_grad, k1, k_rho, k_epsilon, k_wd, k__grad_scale);
     }
 }
 }

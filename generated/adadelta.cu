@@ -36,8 +36,8 @@ template <typename C> OPTFORGE_HD void store_low(float* p, int64_t i, C v) {
 /* stage s0: element i of the weight and states, element gi of the gradient and scratch
    (the same element for a dense update; for a row-sparse one, gi walks the gradient's rows) */
 template <typename T, typename G, typename C>
-OPTFORGE_HD void optforge_adadelta_s0_elem(int64_t i, int64_t gi, const G* __restrict__ p_grad, T* __restrict__ p_acc_g, T* __restrict__ p_acc_delta, T* __restrict__ p_weight, float* __restrict__ p_weight_lp, const C k_rescale_grad, const C k1, const C k_rho, const C k_epsilon, const C k_wd) {
-    C grad = C(p_grad[gi]);
+OPTFORGE_HD void optforge_adadelta_s0_elem(int64_t i, int64_t gi, const G* __restrict__ p_grad, T* __restrict__ p_acc_g, T* __restrict__ p_acc_delta, T* __restrict__ p_weight, float* __restrict__ p_weight_lp, const C k_rescale_grad, const C k1, const C k_rho, const C k_epsilon, const C k_wd, const C k__grad_scale) {
+    C grad = C(p_grad[gi]) * k__grad_scale;
     C acc_g = C(p_acc_g[i]);
     C acc_delta = C(p_acc_delta[i]);
     C weight = C(p_weight[i]);
@@ -54,76 +54,80 @@ OPTFORGE_HD void optforge_adadelta_s0_elem(int64_t i, int64_t gi, const G* __res
 }
 
 extern "C" {
-__global__ void optforge_adadelta_s0_f32(int64_t n, const float* __restrict__ p_grad, float* __restrict__ p_acc_g, float* __restrict__ p_acc_delta, float* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k_rho, double k_epsilon, double k_wd) {
+__global__ void optforge_adadelta_s0_f32(int64_t n, const float* __restrict__ p_grad, float* __restrict__ p_acc_g, float* __restrict__ p_acc_delta, float* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k_rho, double k_epsilon, double k_wd, double k__grad_scale) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_adadelta_s0_elem<float, float, float>(i, i, p_grad, p_acc_g, p_acc_delta, p_weight, p_weight_lp, (float)k_rescale_grad, (float)k1, (float)k_rho, (float)k_epsilon, (float)k_wd);
+        optforge_adadelta_s0_elem<float, float, float>(i, i, p_grad, p_acc_g, p_acc_delta, p_weight, p_weight_lp, (float)k_rescale_grad, (float)k1, (float)k_rho, (float)k_epsilon, (float)k_wd, (float)k__grad_scale);
 }
 /* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
-   pointers, sizes and 5 scalar(s) per parameter, as Apex's multi_tensor_apply */
+   pointers, sizes and 6 scalar(s) per parameter, as Apex's multi_tensor_apply */
 __global__ void optforge_adadelta_s0_mt_f32(const int64_t* __restrict__ sizes, float* const* tab_grad, float* const* tab_acc_g, float* const* tab_acc_delta, float* const* tab_weight, float* const* tab_weight_lp, const double* __restrict__ scalars) {
     const int64_t t = blockIdx.y, n = sizes[t];
-    const double* s = scalars + t * 5;
+    const double* s = scalars + t * 6;
     const float k_rescale_grad = (float)s[0];
     const float k1 = (float)s[1];
     const float k_rho = (float)s[2];
     const float k_epsilon = (float)s[3];
     const float k_wd = (float)s[4];
+    const float k__grad_scale = (float)s[5];
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
-        optforge_adadelta_s0_elem<float, float, float>(i, i, tab_grad[t], tab_acc_g[t], tab_acc_delta[t], tab_weight[t], tab_weight_lp[t], k_rescale_grad, k1, k_rho, k_epsilon, k_wd);
+        optforge_adadelta_s0_elem<float, float, float>(i, i, tab_grad[t], tab_acc_g[t], tab_acc_delta[t], tab_weight[t], tab_weight_lp[t], k_rescale_grad, k1, k_rho, k_epsilon, k_wd, k__grad_scale);
     }
 }
-__global__ void optforge_adadelta_s0_f64(int64_t n, const double* __restrict__ p_grad, double* __restrict__ p_acc_g, double* __restrict__ p_acc_delta, double* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k_rho, double k_epsilon, double k_wd) {
+__global__ void optforge_adadelta_s0_f64(int64_t n, const double* __restrict__ p_grad, double* __restrict__ p_acc_g, double* __restrict__ p_acc_delta, double* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k_rho, double k_epsilon, double k_wd, double k__grad_scale) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_adadelta_s0_elem<double, double, double>(i, i, p_grad, p_acc_g, p_acc_delta, p_weight, p_weight_lp, (double)k_rescale_grad, (double)k1, (double)k_rho, (double)k_epsilon, (double)k_wd);
+        optforge_adadelta_s0_elem<double, double, double>(i, i, p_grad, p_acc_g, p_acc_delta, p_weight, p_weight_lp, (double)k_rescale_grad, (double)k1, (double)k_rho, (double)k_epsilon, (double)k_wd, (double)k__grad_scale);
 }
 /* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
-   pointers, sizes and 5 scalar(s) per parameter, as Apex's multi_tensor_apply */
+   pointers, sizes and 6 scalar(s) per parameter, as Apex's multi_tensor_apply */
 __global__ void optforge_adadelta_s0_mt_f64(const int64_t* __restrict__ sizes, double* const* tab_grad, double* const* tab_acc_g, double* const* tab_acc_delta, double* const* tab_weight, float* const* tab_weight_lp, const double* __restrict__ scalars) {
     const int64_t t = blockIdx.y, n = sizes[t];
-    const double* s = scalars + t * 5;
+    const double* s = scalars + t * 6;
     const double k_rescale_grad = (double)s[0];
     const double k1 = (double)s[1];
     const double k_rho = (double)s[2];
     const double k_epsilon = (double)s[3];
     const double k_wd = (double)s[4];
+    const double k__grad_scale = (double)s[5];
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
-        optforge_adadelta_s0_elem<double, double, double>(i, i, tab_grad[t], tab_acc_g[t], tab_acc_delta[t], tab_weight[t], tab_weight_lp[t], k_rescale_grad, k1, k_rho, k_epsilon, k_wd);
+        optforge_adadelta_s0_elem<double, double, double>(i, i, tab_grad[t], tab_acc_g[t], tab_acc_delta[t], tab_weight[t], tab_weight_lp[t], k_rescale_grad, k1, k_rho, k_epsilon, k_wd, k__grad_scale);
     }
 }
-__global__ void optforge_adadelta_s0_f16(int64_t n, const __half* __restrict__ p_grad, __half* __restrict__ p_acc_g, __half* __restrict__ p_acc_delta, __half* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k_rho, double k_epsilon, double k_wd) {
+__global__ void optforge_adadelta_s0_f16(int64_t n, const __half* __restrict__ p_grad, __half* __restrict__ p_acc_g, __half* __restrict__ p_acc_delta, __half* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k_rho, double k_epsilon, double k_wd, double k__grad_scale) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_adadelta_s0_elem<__half, __half, float>(i, i, p_grad, p_acc_g, p_acc_delta, p_weight, p_weight_lp, (float)k_rescale_grad, (float)k1, (float)k_rho, (float)k_epsilon, (float)k_wd);
+        optforge_adadelta_s0_elem<__half, __half, float>(i, i, p_grad, p_acc_g, p_acc_delta, p_weight, p_weight_lp, (float)k_rescale_grad, (float)k1, (float)k_rho, (float)k_epsilon, (float)k_wd, (float)k__grad_scale);
 }
 /* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
-   pointers, sizes and 5 scalar(s) per parameter, as Apex's multi_tensor_apply */
+   pointers, sizes and 6 scalar(s) per parameter, as Apex's multi_tensor_apply */
 __global__ void optforge_adadelta_s0_mt_f16(const int64_t* __restrict__ sizes, __half* const* tab_grad, __half* const* tab_acc_g, __half* const* tab_acc_delta, __half* const* tab_weight, float* const* tab_weight_lp, const double* __restrict__ scalars) {
     const int64_t t = blockIdx.y, n = sizes[t];
-    const double* s = scalars + t * 5;
+    const double* s = scalars + t * 6;
     const float k_rescale_grad = (float)s[0];
     const float k1 = (float)s[1];
     const float k_rho = (float)s[2];
     const float k_epsilon = (float)s[3];
     const float k_wd = (float)s[4];
+    const float k__grad_scale = (float)s[5];
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
-        optforge_adadelta_s0_elem<__half, __half, float>(i, i, tab_grad[t], tab_acc_g[t], tab_acc_delta[t], tab_weight[t], tab_weight_lp[t], k_rescale_grad, k1, k_rho, k_epsilon, k_wd);
+        optforge_adadelta_s0_elem<__half, __half, float>(i, i, tab_grad[t], tab_acc_g[t], tab_acc_delta[t], tab_weight[t], tab_weight_lp[t], k_rescale_grad, k1, k_rho, k_epsilon, k_wd, k__grad_scale);
     }
 }
-__global__ void optforge_adadelta_s0_mp16(int64_t n, const __half* __restrict__ p_grad, float* __restrict__ p_acc_g, float* __restrict__ p_acc_delta, float* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k_rho, double k_epsilon, double k_wd) {
+__global__ void optforge_adadelta_s0_mp16(int64_t n, const __half* __restrict__ p_grad, float* __restrict__ p_acc_g, float* __restrict__ p_acc_delta, float* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k_rho, double k_epsilon, double k_wd, double k__grad_scale) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_adadelta_s0_elem<float, __half, float>(i, i, p_grad, p_acc_g, p_acc_delta, p_weight, p_weight_lp, (float)k_rescale_grad, (float)k1, (float)k_rho, (float)k_epsilon, (float)k_wd);
+        optforge_adadelta_s0_elem<float, __half, float>(i, i, p_grad, p_acc_g, p_acc_delta, p_weight, p_weight_lp, (float)k_rescale_grad, (float)k1, (float)k_rho, (float)k_epsilon, (float)k_wd, (float)k__grad_scale);
 }
 /* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
-   pointers, sizes and 5 scalar(s) per parameter, as Apex's multi_tensor_apply */
+   pointers, sizes and 6 scalar(s) per parameter, as Apex's multi_tensor_apply */
 __global__ void optforge_adadelta_s0_mt_mp16(const int64_t* __restrict__ sizes, __half* const* tab_grad, float* const* tab_acc_g, float* const* tab_acc_delta, float* const* tab_weight, float* const* tab_weight_lp, const double* __restrict__ scalars) {
     const int64_t t = blockIdx.y, n = sizes[t];
-    const double* s = scalars + t * 5;
+    const double* s = scalars + t * 6;
     const float k_rescale_grad = (float)s[0];
     const float k1 = (float)s[1];
     const float k_rho = (float)s[2];
     const float k_epsilon = (float)s[3];
     const float k_wd = (float)s[4];
+    const float k__grad_scale = (float)s[5];
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
-        optforge_adadelta_s0_elem<float, __half, float>(i, i, tab_grad[t], tab_acc_g[t], tab_acc_delta[t], tab_weight[t], tab_weight_lp[t], k_rescale_grad, k1, k_rho, k_epsilon, k_wd);
+        optforge_adadelta_s0_elem<float, __half, float>(i, i, tab_grad[t], tab_acc_g[t], tab_acc_delta[t], tab_weight[t], tab_weight_lp[t], k_rescale_grad, k1, k_rho, k_epsilon, k_wd, k__grad_scale);
     }
 }
 }

@@ -69,6 +69,8 @@ class AdaDelta(Optimizer):
 
     def _kernel_numpy(self, _step, weight, grad, tensors, scalars):
         """One parameter's update, in place on `weight`, `tensors` and `scalars` (`_step`: optforge.optimizer.Step)."""
+        if _step.grad_scale != 1:
+            grad = grad * _step.grad_scale
         epsilon = self.epsilon
         rho = self.rho
         clip_gradient = self.clip_gradient
@@ -101,4 +103,5 @@ class AdaDelta(Optimizer):
         wd = _step.wd
         acc_g = tensors['acc_g']
         acc_delta = tensors['acc_delta']
-        be.launch('optforge_adadelta_s0', (grad, acc_g, acc_delta, weight,), (ops.arg(rescale_grad), ops.arg(clip_gradient), ops.arg(rho), ops.arg(epsilon), ops.arg(wd), ))
+        _grad_scale = _step.grad_scale
+        be.launch('optforge_adadelta_s0', (grad, acc_g, acc_delta, weight,), (ops.arg(rescale_grad), ops.arg(clip_gradient), ops.arg(rho), ops.arg(epsilon), ops.arg(wd), ops.arg(_grad_scale), ))

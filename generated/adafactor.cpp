@@ -63,8 +63,8 @@ OPTFORGE_HD void optforge_adafactor_s1_elem(int64_t i, int64_t gi, T* __restrict
    element's row (block * rows + row), col (block * cols + col) and block, where per-row, per-col
    and per-block tensors keep it */
 template <typename T, typename G, typename C>
-OPTFORGE_HD void optforge_adafactor_s2_elem(int64_t i, int64_t gi, int64_t _iR, int64_t _iC, int64_t _iB, const G* __restrict__ p_grad, float* __restrict__ p_weight_lp, C& _ax0, C& _ax1, const C k0, const C k_rescale_grad, const C k2) {
-    C grad = C(p_grad[i]);
+OPTFORGE_HD void optforge_adafactor_s2_elem(int64_t i, int64_t gi, int64_t _iR, int64_t _iC, int64_t _iB, const G* __restrict__ p_grad, float* __restrict__ p_weight_lp, C& _ax0, C& _ax1, const C k0, const C k_rescale_grad, const C k2, const C k__grad_scale) {
+    C grad = C(p_grad[i]) * k__grad_scale;
     _ax0 = C(op_square(k0 * op_clip(k_rescale_grad * grad, k2)));
     _ax1 = C(op_square(k0 * op_clip(k_rescale_grad * grad, k2)));
 }
@@ -93,8 +93,8 @@ OPTFORGE_HD void optforge_adafactor_s4_elem(int64_t i, int64_t gi, int64_t _iR, 
    element's row (block * rows + row), col (block * cols + col) and block, where per-row, per-col
    and per-block tensors keep it */
 template <typename T, typename G, typename C, int H0, int H1>
-OPTFORGE_HD void optforge_adafactor_s5_elem(int64_t i, int64_t gi, int64_t _iR, int64_t _iC, int64_t _iB, const G* __restrict__ p_grad, const T* __restrict__ p_row_var, const T* __restrict__ p_col_var, const C* __restrict__ p__r2, float* __restrict__ p_weight_lp, C& red0, const C k0, const C k_rescale_grad, const C k2, const C k3, const C k_e1, const C k5) {
-    C grad = C(p_grad[i]);
+OPTFORGE_HD void optforge_adafactor_s5_elem(int64_t i, int64_t gi, int64_t _iR, int64_t _iC, int64_t _iB, const G* __restrict__ p_grad, const T* __restrict__ p_row_var, const T* __restrict__ p_col_var, const C* __restrict__ p__r2, float* __restrict__ p_weight_lp, C& red0, const C k0, const C k_rescale_grad, const C k2, const C k3, const C k_e1, const C k5, const C k__grad_scale) {
+    C grad = C(p_grad[i]) * k__grad_scale;
     C row_var = (H0 == 1 || (H0 == 2 && p_row_var)) ? C(p_row_var[_iR]) : C(0);
     C col_var = (H1 == 1 || (H1 == 2 && p_col_var)) ? C(p_col_var[_iC]) : C(0);
     C _r2 = C(p__r2[_iB]);
@@ -104,9 +104,9 @@ OPTFORGE_HD void optforge_adafactor_s5_elem(int64_t i, int64_t gi, int64_t _iR, 
    element's row (block * rows + row), col (block * cols + col) and block, where per-row, per-col
    and per-block tensors keep it */
 template <typename T, typename G, typename C, int H0, int H1>
-OPTFORGE_HD void optforge_adafactor_s6_elem(int64_t i, int64_t gi, int64_t _iR, int64_t _iC, int64_t _iB, T* __restrict__ p_weight, const G* __restrict__ p_grad, const T* __restrict__ p_row_var, const T* __restrict__ p_col_var, const C* __restrict__ p__r2, float* __restrict__ p_weight_lp, const C k__r3, const C k1, const C k_rescale_grad, const C k3, const C k4, const C k_e1, const C k6) {
+OPTFORGE_HD void optforge_adafactor_s6_elem(int64_t i, int64_t gi, int64_t _iR, int64_t _iC, int64_t _iB, T* __restrict__ p_weight, const G* __restrict__ p_grad, const T* __restrict__ p_row_var, const T* __restrict__ p_col_var, const C* __restrict__ p__r2, float* __restrict__ p_weight_lp, const C k__r3, const C k1, const C k_rescale_grad, const C k3, const C k4, const C k_e1, const C k6, const C k__grad_scale) {
     C weight = C(p_weight[i]);
-    C grad = C(p_grad[i]);
+    C grad = C(p_grad[i]) * k__grad_scale;
     C row_var = (H0 == 1 || (H0 == 2 && p_row_var)) ? C(p_row_var[_iR]) : C(0);
     C col_var = (H1 == 1 || (H1 == 2 && p_col_var)) ? C(p_col_var[_iC]) : C(0);
     C _r2 = C(p__r2[_iB]);
@@ -117,9 +117,9 @@ OPTFORGE_HD void optforge_adafactor_s6_elem(int64_t i, int64_t gi, int64_t _iR, 
 /* stage s7: element i of the weight and states, element gi of the gradient and scratch
    (the same element for a dense update; for a row-sparse one, gi walks the gradient's rows) */
 template <typename T, typename G, typename C, int H0>
-OPTFORGE_HD void optforge_adafactor_s7_elem(int64_t i, int64_t gi, T* __restrict__ p_variance, const G* __restrict__ p_grad, float* __restrict__ p_weight_lp, C& red0, const C k_beta2_t, const C k1, const C k_rescale_grad, const C k3, const C k4) {
+OPTFORGE_HD void optforge_adafactor_s7_elem(int64_t i, int64_t gi, T* __restrict__ p_variance, const G* __restrict__ p_grad, float* __restrict__ p_weight_lp, C& red0, const C k_beta2_t, const C k1, const C k_rescale_grad, const C k3, const C k4, const C k__grad_scale) {
     C variance = (H0 == 1 || (H0 == 2 && p_variance)) ? C(p_variance[i]) : C(0);
-    C grad = C(p_grad[gi]);
+    C grad = C(p_grad[gi]) * k__grad_scale;
     variance = variance + k_beta2_t * (op_square(k1 * op_clip(k_rescale_grad * grad, k3)) - variance);  // adafactor.opt:54
     if (H0 == 1 || (H0 == 2 && p_variance)) p_variance[i] = (T)(variance);
     red0 = C(k1 * op_clip(k_rescale_grad * grad, k3) / sqrt(op_max(variance, k4)));
@@ -127,9 +127,9 @@ OPTFORGE_HD void optforge_adafactor_s7_elem(int64_t i, int64_t gi, T* __restrict
 /* stage s8: element i of the weight and states, element gi of the gradient and scratch
    (the same element for a dense update; for a row-sparse one, gi walks the gradient's rows) */
 template <typename T, typename G, typename C, int H0>
-OPTFORGE_HD void optforge_adafactor_s8_elem(int64_t i, int64_t gi, T* __restrict__ p_weight, const G* __restrict__ p_grad, const T* __restrict__ p_variance, float* __restrict__ p_weight_lp, const C k__r4, const C k1, const C k_rescale_grad, const C k3, const C k4) {
+OPTFORGE_HD void optforge_adafactor_s8_elem(int64_t i, int64_t gi, T* __restrict__ p_weight, const G* __restrict__ p_grad, const T* __restrict__ p_variance, float* __restrict__ p_weight_lp, const C k__r4, const C k1, const C k_rescale_grad, const C k3, const C k4, const C k__grad_scale) {
     C weight = C(p_weight[i]);
-    C grad = C(p_grad[gi]);
+    C grad = C(p_grad[gi]) * k__grad_scale;
     C variance = (H0 == 1 || (H0 == 2 && p_variance)) ? C(p_variance[i]) : C(0);
     weight = weight - k__r4 * (k1 * op_clip(k_rescale_grad * grad, k3) / sqrt(op_max(variance, k4)));  // adafactor.opt:56
     p_weight[i] = (T)(weight);
@@ -141,7 +141,7 @@ OPTFORGE_HD void optforge_adafactor_s8_elem(int64_t i, int64_t gi, T* __restrict
    thread count), the tiles in parallel. Reductions along an axis accumulate per tile (a row's
    piece, a col's piece) in double and the pieces are combined in tile order: deterministic. */
 template <typename T, typename C>
-static void optforge_adafactor_s2_tiles(int64_t nb, int64_t nr, int64_t nc, const T* __restrict__ p_grad, C* __restrict__ p__r0, C* __restrict__ p__r1, double k0, double k_rescale_grad, double k2) {
+static void optforge_adafactor_s2_tiles(int64_t nb, int64_t nr, int64_t nc, const T* __restrict__ p_grad, C* __restrict__ p__r0, C* __restrict__ p__r1, double k0, double k_rescale_grad, double k2, double k__grad_scale) {
     const int64_t n = nb * nr * nc;
     if (n == 0) return;
     const int64_t tc = nc < OPTFORGE_TILE_COLS ? nc : OPTFORGE_TILE_COLS, ncc = (nc + tc - 1) / tc;
@@ -162,7 +162,7 @@ static void optforge_adafactor_s2_tiles(int64_t nb, int64_t nr, int64_t nc, cons
             #pragma omp simd reduction(+: row0)
             for (int64_t c = c0; c < c1; ++c) {
                 C _v0, _v1;
-                optforge_adafactor_s2_elem<T, T, C>(row * nc + c, row * nc + c, row, b * nc + c, b, p_grad, nullptr, _v0, _v1, (C)k0, (C)k_rescale_grad, (C)k2);
+                optforge_adafactor_s2_elem<T, T, C>(row * nc + c, row * nc + c, row, b * nc + c, b, p_grad, nullptr, _v0, _v1, (C)k0, (C)k_rescale_grad, (C)k2, (C)k__grad_scale);
                 row0 += (double)_v0;
                 col1[c - c0] = col1[c - c0] + (double)_v1;
             }
@@ -268,7 +268,7 @@ static void optforge_adafactor_s4_tiles(int64_t nb, int64_t nr, int64_t nc, T* _
    thread count), the tiles in parallel. Reductions along an axis accumulate per tile (a row's
    piece, a col's piece) in double and the pieces are combined in tile order: deterministic. */
 template <typename T, typename C, int H0, int H1>
-static void optforge_adafactor_s5_tiles(int64_t nb, int64_t nr, int64_t nc, const T* __restrict__ p_grad, const T* __restrict__ p_row_var, const T* __restrict__ p_col_var, const C* __restrict__ p__r2, double k0, double k_rescale_grad, double k2, double k3, double k_e1, double k5, double* __restrict__ out) {
+static void optforge_adafactor_s5_tiles(int64_t nb, int64_t nr, int64_t nc, const T* __restrict__ p_grad, const T* __restrict__ p_row_var, const T* __restrict__ p_col_var, const C* __restrict__ p__r2, double k0, double k_rescale_grad, double k2, double k3, double k_e1, double k5, double k__grad_scale, double* __restrict__ out) {
     const int64_t n = nb * nr * nc;
     out[0] = 0.0;
     if (n == 0) return;
@@ -287,7 +287,7 @@ static void optforge_adafactor_s5_tiles(int64_t nb, int64_t nr, int64_t nc, cons
             #pragma omp simd reduction(+: w0)
             for (int64_t c = c0; c < c1; ++c) {
                 C t0, _unused;
-                optforge_adafactor_s5_elem<T, T, C, H0, H1>(row * nc + c, row * nc + c, row, b * nc + c, b, p_grad, p_row_var, p_col_var, p__r2, nullptr, t0, (C)k0, (C)k_rescale_grad, (C)k2, (C)k3, (C)k_e1, (C)k5);
+                optforge_adafactor_s5_elem<T, T, C, H0, H1>(row * nc + c, row * nc + c, row, b * nc + c, b, p_grad, p_row_var, p_col_var, p__r2, nullptr, t0, (C)k0, (C)k_rescale_grad, (C)k2, (C)k3, (C)k_e1, (C)k5, (C)k__grad_scale);
                 w0 += (double)t0 * (double)t0;
             }
         }
@@ -300,7 +300,7 @@ static void optforge_adafactor_s5_tiles(int64_t nb, int64_t nr, int64_t nc, cons
    thread count), the tiles in parallel. Reductions along an axis accumulate per tile (a row's
    piece, a col's piece) in double and the pieces are combined in tile order: deterministic. */
 template <typename T, typename C, int H0, int H1>
-static void optforge_adafactor_s6_tiles(int64_t nb, int64_t nr, int64_t nc, T* __restrict__ p_weight, const T* __restrict__ p_grad, const T* __restrict__ p_row_var, const T* __restrict__ p_col_var, const C* __restrict__ p__r2, double k__r3, double k1, double k_rescale_grad, double k3, double k4, double k_e1, double k6) {
+static void optforge_adafactor_s6_tiles(int64_t nb, int64_t nr, int64_t nc, T* __restrict__ p_weight, const T* __restrict__ p_grad, const T* __restrict__ p_row_var, const T* __restrict__ p_col_var, const C* __restrict__ p__r2, double k__r3, double k1, double k_rescale_grad, double k3, double k4, double k_e1, double k6, double k__grad_scale) {
     const int64_t n = nb * nr * nc;
     if (n == 0) return;
     const int64_t tc = nc < OPTFORGE_TILE_COLS ? nc : OPTFORGE_TILE_COLS, ncc = (nc + tc - 1) / tc;
@@ -315,7 +315,7 @@ static void optforge_adafactor_s6_tiles(int64_t nb, int64_t nr, int64_t nc, T* _
             const int64_t row = b * nr + r;
             #pragma omp simd
             for (int64_t c = c0; c < c1; ++c) {
-                optforge_adafactor_s6_elem<T, T, C, H0, H1>(row * nc + c, row * nc + c, row, b * nc + c, b, p_weight, p_grad, p_row_var, p_col_var, p__r2, nullptr, (C)k__r3, (C)k1, (C)k_rescale_grad, (C)k3, (C)k4, (C)k_e1, (C)k6);
+                optforge_adafactor_s6_elem<T, T, C, H0, H1>(row * nc + c, row * nc + c, row, b * nc + c, b, p_weight, p_grad, p_row_var, p_col_var, p__r2, nullptr, (C)k__r3, (C)k1, (C)k_rescale_grad, (C)k3, (C)k4, (C)k_e1, (C)k6, (C)k__grad_scale);
             }
         }
     }
@@ -459,11 +459,11 @@ void optforge_adafactor_s1_mt_f64(int64_t count, const int64_t* __restrict__ siz
         optforge_adafactor_s1_f64(sizes[t], (double*)ptrs[0 * count + t], k0);
     }
 }
-void optforge_adafactor_s2_f32(int64_t nb, int64_t nr, int64_t nc, const float* __restrict__ p_grad, float* __restrict__ p__r0, float* __restrict__ p__r1, double k0, double k_rescale_grad, double k2) {
-     optforge_adafactor_s2_tiles<float, float>(nb, nr, nc, p_grad, p__r0, p__r1, k0, k_rescale_grad, k2);
+void optforge_adafactor_s2_f32(int64_t nb, int64_t nr, int64_t nc, const float* __restrict__ p_grad, float* __restrict__ p__r0, float* __restrict__ p__r1, double k0, double k_rescale_grad, double k2, double k__grad_scale) {
+     optforge_adafactor_s2_tiles<float, float>(nb, nr, nc, p_grad, p__r0, p__r1, k0, k_rescale_grad, k2, k__grad_scale);
 }
-void optforge_adafactor_s2_f64(int64_t nb, int64_t nr, int64_t nc, const double* __restrict__ p_grad, double* __restrict__ p__r0, double* __restrict__ p__r1, double k0, double k_rescale_grad, double k2) {
-     optforge_adafactor_s2_tiles<double, double>(nb, nr, nc, p_grad, p__r0, p__r1, k0, k_rescale_grad, k2);
+void optforge_adafactor_s2_f64(int64_t nb, int64_t nr, int64_t nc, const double* __restrict__ p_grad, double* __restrict__ p__r0, double* __restrict__ p__r1, double k0, double k_rescale_grad, double k2, double k__grad_scale) {
+     optforge_adafactor_s2_tiles<double, double>(nb, nr, nc, p_grad, p__r0, p__r1, k0, k_rescale_grad, k2, k__grad_scale);
 }
 void optforge_adafactor_s3_f32(int64_t nb, int64_t nr, int64_t nc, float* __restrict__ p_row_var, const float* __restrict__ p__r0, float* __restrict__ p__r2, double k_beta2_t, double k1) {
     if (p_row_var) optforge_adafactor_s3_tiles<float, float, 1>(nb, nr, nc, p_row_var, p__r0, p__r2, k_beta2_t, k1);
@@ -481,35 +481,35 @@ void optforge_adafactor_s4_f64(int64_t nb, int64_t nr, int64_t nc, double* __res
     if (p_col_var) optforge_adafactor_s4_tiles<double, double, 1>(nb, nr, nc, p_col_var, p__r1, k_beta2_t, k1);
     else if (!p_col_var) optforge_adafactor_s4_tiles<double, double, 0>(nb, nr, nc, p_col_var, p__r1, k_beta2_t, k1);
 }
-void optforge_adafactor_s5_f32(int64_t nb, int64_t nr, int64_t nc, const float* __restrict__ p_grad, const float* __restrict__ p_row_var, const float* __restrict__ p_col_var, const float* __restrict__ p__r2, double k0, double k_rescale_grad, double k2, double k3, double k_e1, double k5, double* __restrict__ out) {
-    if (p_row_var && p_col_var) optforge_adafactor_s5_tiles<float, float, 1, 1>(nb, nr, nc, p_grad, p_row_var, p_col_var, p__r2, k0, k_rescale_grad, k2, k3, k_e1, k5, out);
-    else if (p_row_var && !p_col_var) optforge_adafactor_s5_tiles<float, float, 1, 0>(nb, nr, nc, p_grad, p_row_var, p_col_var, p__r2, k0, k_rescale_grad, k2, k3, k_e1, k5, out);
-    else if (!p_row_var && p_col_var) optforge_adafactor_s5_tiles<float, float, 0, 1>(nb, nr, nc, p_grad, p_row_var, p_col_var, p__r2, k0, k_rescale_grad, k2, k3, k_e1, k5, out);
-    else if (!p_row_var && !p_col_var) optforge_adafactor_s5_tiles<float, float, 0, 0>(nb, nr, nc, p_grad, p_row_var, p_col_var, p__r2, k0, k_rescale_grad, k2, k3, k_e1, k5, out);
+void optforge_adafactor_s5_f32(int64_t nb, int64_t nr, int64_t nc, const float* __restrict__ p_grad, const float* __restrict__ p_row_var, const float* __restrict__ p_col_var, const float* __restrict__ p__r2, double k0, double k_rescale_grad, double k2, double k3, double k_e1, double k5, double k__grad_scale, double* __restrict__ out) {
+    if (p_row_var && p_col_var) optforge_adafactor_s5_tiles<float, float, 1, 1>(nb, nr, nc, p_grad, p_row_var, p_col_var, p__r2, k0, k_rescale_grad, k2, k3, k_e1, k5, k__grad_scale, out);
+    else if (p_row_var && !p_col_var) optforge_adafactor_s5_tiles<float, float, 1, 0>(nb, nr, nc, p_grad, p_row_var, p_col_var, p__r2, k0, k_rescale_grad, k2, k3, k_e1, k5, k__grad_scale, out);
+    else if (!p_row_var && p_col_var) optforge_adafactor_s5_tiles<float, float, 0, 1>(nb, nr, nc, p_grad, p_row_var, p_col_var, p__r2, k0, k_rescale_grad, k2, k3, k_e1, k5, k__grad_scale, out);
+    else if (!p_row_var && !p_col_var) optforge_adafactor_s5_tiles<float, float, 0, 0>(nb, nr, nc, p_grad, p_row_var, p_col_var, p__r2, k0, k_rescale_grad, k2, k3, k_e1, k5, k__grad_scale, out);
 }
-void optforge_adafactor_s5_f64(int64_t nb, int64_t nr, int64_t nc, const double* __restrict__ p_grad, const double* __restrict__ p_row_var, const double* __restrict__ p_col_var, const double* __restrict__ p__r2, double k0, double k_rescale_grad, double k2, double k3, double k_e1, double k5, double* __restrict__ out) {
-    if (p_row_var && p_col_var) optforge_adafactor_s5_tiles<double, double, 1, 1>(nb, nr, nc, p_grad, p_row_var, p_col_var, p__r2, k0, k_rescale_grad, k2, k3, k_e1, k5, out);
-    else if (p_row_var && !p_col_var) optforge_adafactor_s5_tiles<double, double, 1, 0>(nb, nr, nc, p_grad, p_row_var, p_col_var, p__r2, k0, k_rescale_grad, k2, k3, k_e1, k5, out);
-    else if (!p_row_var && p_col_var) optforge_adafactor_s5_tiles<double, double, 0, 1>(nb, nr, nc, p_grad, p_row_var, p_col_var, p__r2, k0, k_rescale_grad, k2, k3, k_e1, k5, out);
-    else if (!p_row_var && !p_col_var) optforge_adafactor_s5_tiles<double, double, 0, 0>(nb, nr, nc, p_grad, p_row_var, p_col_var, p__r2, k0, k_rescale_grad, k2, k3, k_e1, k5, out);
+void optforge_adafactor_s5_f64(int64_t nb, int64_t nr, int64_t nc, const double* __restrict__ p_grad, const double* __restrict__ p_row_var, const double* __restrict__ p_col_var, const double* __restrict__ p__r2, double k0, double k_rescale_grad, double k2, double k3, double k_e1, double k5, double k__grad_scale, double* __restrict__ out) {
+    if (p_row_var && p_col_var) optforge_adafactor_s5_tiles<double, double, 1, 1>(nb, nr, nc, p_grad, p_row_var, p_col_var, p__r2, k0, k_rescale_grad, k2, k3, k_e1, k5, k__grad_scale, out);
+    else if (p_row_var && !p_col_var) optforge_adafactor_s5_tiles<double, double, 1, 0>(nb, nr, nc, p_grad, p_row_var, p_col_var, p__r2, k0, k_rescale_grad, k2, k3, k_e1, k5, k__grad_scale, out);
+    else if (!p_row_var && p_col_var) optforge_adafactor_s5_tiles<double, double, 0, 1>(nb, nr, nc, p_grad, p_row_var, p_col_var, p__r2, k0, k_rescale_grad, k2, k3, k_e1, k5, k__grad_scale, out);
+    else if (!p_row_var && !p_col_var) optforge_adafactor_s5_tiles<double, double, 0, 0>(nb, nr, nc, p_grad, p_row_var, p_col_var, p__r2, k0, k_rescale_grad, k2, k3, k_e1, k5, k__grad_scale, out);
 }
-void optforge_adafactor_s6_f32(int64_t nb, int64_t nr, int64_t nc, float* __restrict__ p_weight, const float* __restrict__ p_grad, const float* __restrict__ p_row_var, const float* __restrict__ p_col_var, const float* __restrict__ p__r2, double k__r3, double k1, double k_rescale_grad, double k3, double k4, double k_e1, double k6) {
-    if (p_row_var && p_col_var) optforge_adafactor_s6_tiles<float, float, 1, 1>(nb, nr, nc, p_weight, p_grad, p_row_var, p_col_var, p__r2, k__r3, k1, k_rescale_grad, k3, k4, k_e1, k6);
-    else if (p_row_var && !p_col_var) optforge_adafactor_s6_tiles<float, float, 1, 0>(nb, nr, nc, p_weight, p_grad, p_row_var, p_col_var, p__r2, k__r3, k1, k_rescale_grad, k3, k4, k_e1, k6);
-    else if (!p_row_var && p_col_var) optforge_adafactor_s6_tiles<float, float, 0, 1>(nb, nr, nc, p_weight, p_grad, p_row_var, p_col_var, p__r2, k__r3, k1, k_rescale_grad, k3, k4, k_e1, k6);
-    else if (!p_row_var && !p_col_var) optforge_adafactor_s6_tiles<float, float, 0, 0>(nb, nr, nc, p_weight, p_grad, p_row_var, p_col_var, p__r2, k__r3, k1, k_rescale_grad, k3, k4, k_e1, k6);
+void optforge_adafactor_s6_f32(int64_t nb, int64_t nr, int64_t nc, float* __restrict__ p_weight, const float* __restrict__ p_grad, const float* __restrict__ p_row_var, const float* __restrict__ p_col_var, const float* __restrict__ p__r2, double k__r3, double k1, double k_rescale_grad, double k3, double k4, double k_e1, double k6, double k__grad_scale) {
+    if (p_row_var && p_col_var) optforge_adafactor_s6_tiles<float, float, 1, 1>(nb, nr, nc, p_weight, p_grad, p_row_var, p_col_var, p__r2, k__r3, k1, k_rescale_grad, k3, k4, k_e1, k6, k__grad_scale);
+    else if (p_row_var && !p_col_var) optforge_adafactor_s6_tiles<float, float, 1, 0>(nb, nr, nc, p_weight, p_grad, p_row_var, p_col_var, p__r2, k__r3, k1, k_rescale_grad, k3, k4, k_e1, k6, k__grad_scale);
+    else if (!p_row_var && p_col_var) optforge_adafactor_s6_tiles<float, float, 0, 1>(nb, nr, nc, p_weight, p_grad, p_row_var, p_col_var, p__r2, k__r3, k1, k_rescale_grad, k3, k4, k_e1, k6, k__grad_scale);
+    else if (!p_row_var && !p_col_var) optforge_adafactor_s6_tiles<float, float, 0, 0>(nb, nr, nc, p_weight, p_grad, p_row_var, p_col_var, p__r2, k__r3, k1, k_rescale_grad, k3, k4, k_e1, k6, k__grad_scale);
 }
-void optforge_adafactor_s6_f64(int64_t nb, int64_t nr, int64_t nc, double* __restrict__ p_weight, const double* __restrict__ p_grad, const double* __restrict__ p_row_var, const double* __restrict__ p_col_var, const double* __restrict__ p__r2, double k__r3, double k1, double k_rescale_grad, double k3, double k4, double k_e1, double k6) {
-    if (p_row_var && p_col_var) optforge_adafactor_s6_tiles<double, double, 1, 1>(nb, nr, nc, p_weight, p_grad, p_row_var, p_col_var, p__r2, k__r3, k1, k_rescale_grad, k3, k4, k_e1, k6);
-    else if (p_row_var && !p_col_var) optforge_adafactor_s6_tiles<double, double, 1, 0>(nb, nr, nc, p_weight, p_grad, p_row_var, p_col_var, p__r2, k__r3, k1, k_rescale_grad, k3, k4, k_e1, k6);
-    else if (!p_row_var && p_col_var) optforge_adafactor_s6_tiles<double, double, 0, 1>(nb, nr, nc, p_weight, p_grad, p_row_var, p_col_var, p__r2, k__r3, k1, k_rescale_grad, k3, k4, k_e1, k6);
-    else if (!p_row_var && !p_col_var) optforge_adafactor_s6_tiles<double, double, 0, 0>(nb, nr, nc, p_weight, p_grad, p_row_var, p_col_var, p__r2, k__r3, k1, k_rescale_grad, k3, k4, k_e1, k6);
+void optforge_adafactor_s6_f64(int64_t nb, int64_t nr, int64_t nc, double* __restrict__ p_weight, const double* __restrict__ p_grad, const double* __restrict__ p_row_var, const double* __restrict__ p_col_var, const double* __restrict__ p__r2, double k__r3, double k1, double k_rescale_grad, double k3, double k4, double k_e1, double k6, double k__grad_scale) {
+    if (p_row_var && p_col_var) optforge_adafactor_s6_tiles<double, double, 1, 1>(nb, nr, nc, p_weight, p_grad, p_row_var, p_col_var, p__r2, k__r3, k1, k_rescale_grad, k3, k4, k_e1, k6, k__grad_scale);
+    else if (p_row_var && !p_col_var) optforge_adafactor_s6_tiles<double, double, 1, 0>(nb, nr, nc, p_weight, p_grad, p_row_var, p_col_var, p__r2, k__r3, k1, k_rescale_grad, k3, k4, k_e1, k6, k__grad_scale);
+    else if (!p_row_var && p_col_var) optforge_adafactor_s6_tiles<double, double, 0, 1>(nb, nr, nc, p_weight, p_grad, p_row_var, p_col_var, p__r2, k__r3, k1, k_rescale_grad, k3, k4, k_e1, k6, k__grad_scale);
+    else if (!p_row_var && !p_col_var) optforge_adafactor_s6_tiles<double, double, 0, 0>(nb, nr, nc, p_weight, p_grad, p_row_var, p_col_var, p__r2, k__r3, k1, k_rescale_grad, k3, k4, k_e1, k6, k__grad_scale);
 }
 /* also accumulates 1 whole-tensor reduction(s) into out[]. Each thread takes a fixed share
    of the elements, block by block: the stage loop stores the elements' reduction terms in small
    buffers (so it vectorizes as a stage without reductions does), then a tight loop sums a buffer in
    double. Shares are added in order: the result does not depend on timing. */
-void optforge_adafactor_s7_f32(int64_t n, float* __restrict__ p_variance, const float* __restrict__ p_grad, double k_beta2_t, double k1, double k_rescale_grad, double k3, double k4, double* __restrict__ out) {
+void optforge_adafactor_s7_f32(int64_t n, float* __restrict__ p_variance, const float* __restrict__ p_grad, double k_beta2_t, double k1, double k_rescale_grad, double k3, double k4, double k__grad_scale, double* __restrict__ out) {
     int nt = 1;
 #ifdef _OPENMP
     if (n >= OPTFORGE_PARALLEL_MIN) nt = omp_get_max_threads();
@@ -532,14 +532,14 @@ void optforge_adafactor_s7_f32(int64_t n, float* __restrict__ p_variance, const 
                     #pragma omp simd
                     for (int64_t i = b; i < e; ++i) {
                         float t0;
-                        optforge_adafactor_s7_elem<float, float, float, 1>(i, i, p_variance, p_grad, nullptr, t0, (float)k_beta2_t, (float)k1, (float)k_rescale_grad, (float)k3, (float)k4);
+                        optforge_adafactor_s7_elem<float, float, float, 1>(i, i, p_variance, p_grad, nullptr, t0, (float)k_beta2_t, (float)k1, (float)k_rescale_grad, (float)k3, (float)k4, (float)k__grad_scale);
                         buf[0][i - b] = t0;
                     }
                 } else if (!p_variance) {
                     #pragma omp simd
                     for (int64_t i = b; i < e; ++i) {
                         float t0;
-                        optforge_adafactor_s7_elem<float, float, float, 0>(i, i, p_variance, p_grad, nullptr, t0, (float)k_beta2_t, (float)k1, (float)k_rescale_grad, (float)k3, (float)k4);
+                        optforge_adafactor_s7_elem<float, float, float, 0>(i, i, p_variance, p_grad, nullptr, t0, (float)k_beta2_t, (float)k1, (float)k_rescale_grad, (float)k3, (float)k4, (float)k__grad_scale);
                         buf[0][i - b] = t0;
                     }
                 }
@@ -563,25 +563,26 @@ void optforge_adafactor_s7_f32(int64_t n, float* __restrict__ p_variance, const 
     }
 }
 /* multi-tensor: one call for the small tensors of a list update (each below OPTFORGE_PARALLEL_MIN), in
-   parallel over the tensors: ptrs[k * count + t] is pointer k of tensor t, scalars[t * 5 + j] its
+   parallel over the tensors: ptrs[k * count + t] is pointer k of tensor t, scalars[t * 6 + j] its
    scalars, out[t * 1 + k] its sums */
 void optforge_adafactor_s7_mt_f32(int64_t count, const int64_t* __restrict__ sizes, const uint64_t* __restrict__ ptrs, const double* __restrict__ scalars, double* __restrict__ out) {
     #pragma omp parallel for schedule(dynamic, 4) if (count > 1)
     for (int64_t t = 0; t < count; ++t) {
-        const double* s = scalars + t * 5;
+        const double* s = scalars + t * 6;
         const double k_beta2_t = s[0];
         const double k1 = s[1];
         const double k_rescale_grad = s[2];
         const double k3 = s[3];
         const double k4 = s[4];
-        optforge_adafactor_s7_f32(sizes[t], (float*)ptrs[0 * count + t], (const float*)ptrs[1 * count + t], k_beta2_t, k1, k_rescale_grad, k3, k4, out + t * 1);
+        const double k__grad_scale = s[5];
+        optforge_adafactor_s7_f32(sizes[t], (float*)ptrs[0 * count + t], (const float*)ptrs[1 * count + t], k_beta2_t, k1, k_rescale_grad, k3, k4, k__grad_scale, out + t * 1);
     }
 }
 /* also accumulates 1 whole-tensor reduction(s) into out[]. Each thread takes a fixed share
    of the elements, block by block: the stage loop stores the elements' reduction terms in small
    buffers (so it vectorizes as a stage without reductions does), then a tight loop sums a buffer in
    double. Shares are added in order: the result does not depend on timing. */
-void optforge_adafactor_s7_f64(int64_t n, double* __restrict__ p_variance, const double* __restrict__ p_grad, double k_beta2_t, double k1, double k_rescale_grad, double k3, double k4, double* __restrict__ out) {
+void optforge_adafactor_s7_f64(int64_t n, double* __restrict__ p_variance, const double* __restrict__ p_grad, double k_beta2_t, double k1, double k_rescale_grad, double k3, double k4, double k__grad_scale, double* __restrict__ out) {
     int nt = 1;
 #ifdef _OPENMP
     if (n >= OPTFORGE_PARALLEL_MIN) nt = omp_get_max_threads();
@@ -604,14 +605,14 @@ void optforge_adafactor_s7_f64(int64_t n, double* __restrict__ p_variance, const
                     #pragma omp simd
                     for (int64_t i = b; i < e; ++i) {
                         double t0;
-                        optforge_adafactor_s7_elem<double, double, double, 1>(i, i, p_variance, p_grad, nullptr, t0, (double)k_beta2_t, (double)k1, (double)k_rescale_grad, (double)k3, (double)k4);
+                        optforge_adafactor_s7_elem<double, double, double, 1>(i, i, p_variance, p_grad, nullptr, t0, (double)k_beta2_t, (double)k1, (double)k_rescale_grad, (double)k3, (double)k4, (double)k__grad_scale);
                         buf[0][i - b] = t0;
                     }
                 } else if (!p_variance) {
                     #pragma omp simd
                     for (int64_t i = b; i < e; ++i) {
                         double t0;
-                        optforge_adafactor_s7_elem<double, double, double, 0>(i, i, p_variance, p_grad, nullptr, t0, (double)k_beta2_t, (double)k1, (double)k_rescale_grad, (double)k3, (double)k4);
+                        optforge_adafactor_s7_elem<double, double, double, 0>(i, i, p_variance, p_grad, nullptr, t0, (double)k_beta2_t, (double)k1, (double)k_rescale_grad, (double)k3, (double)k4, (double)k__grad_scale);
                         buf[0][i - b] = t0;
                     }
                 }
@@ -635,70 +636,73 @@ void optforge_adafactor_s7_f64(int64_t n, double* __restrict__ p_variance, const
     }
 }
 /* multi-tensor: one call for the small tensors of a list update (each below OPTFORGE_PARALLEL_MIN), in
-   parallel over the tensors: ptrs[k * count + t] is pointer k of tensor t, scalars[t * 5 + j] its
+   parallel over the tensors: ptrs[k * count + t] is pointer k of tensor t, scalars[t * 6 + j] its
    scalars, out[t * 1 + k] its sums */
 void optforge_adafactor_s7_mt_f64(int64_t count, const int64_t* __restrict__ sizes, const uint64_t* __restrict__ ptrs, const double* __restrict__ scalars, double* __restrict__ out) {
     #pragma omp parallel for schedule(dynamic, 4) if (count > 1)
     for (int64_t t = 0; t < count; ++t) {
-        const double* s = scalars + t * 5;
+        const double* s = scalars + t * 6;
         const double k_beta2_t = s[0];
         const double k1 = s[1];
         const double k_rescale_grad = s[2];
         const double k3 = s[3];
         const double k4 = s[4];
-        optforge_adafactor_s7_f64(sizes[t], (double*)ptrs[0 * count + t], (const double*)ptrs[1 * count + t], k_beta2_t, k1, k_rescale_grad, k3, k4, out + t * 1);
+        const double k__grad_scale = s[5];
+        optforge_adafactor_s7_f64(sizes[t], (double*)ptrs[0 * count + t], (const double*)ptrs[1 * count + t], k_beta2_t, k1, k_rescale_grad, k3, k4, k__grad_scale, out + t * 1);
     }
 }
-void optforge_adafactor_s8_f32(int64_t n, float* __restrict__ p_weight, const float* __restrict__ p_grad, const float* __restrict__ p_variance, double k__r4, double k1, double k_rescale_grad, double k3, double k4) {
+void optforge_adafactor_s8_f32(int64_t n, float* __restrict__ p_weight, const float* __restrict__ p_grad, const float* __restrict__ p_variance, double k__r4, double k1, double k_rescale_grad, double k3, double k4, double k__grad_scale) {
     if (p_variance) {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
         for (int64_t i = 0; i < n; ++i)
-            optforge_adafactor_s8_elem<float, float, float, 1>(i, i, p_weight, p_grad, p_variance, nullptr, (float)k__r4, (float)k1, (float)k_rescale_grad, (float)k3, (float)k4);
+            optforge_adafactor_s8_elem<float, float, float, 1>(i, i, p_weight, p_grad, p_variance, nullptr, (float)k__r4, (float)k1, (float)k_rescale_grad, (float)k3, (float)k4, (float)k__grad_scale);
     } else if (!p_variance) {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
         for (int64_t i = 0; i < n; ++i)
-            optforge_adafactor_s8_elem<float, float, float, 0>(i, i, p_weight, p_grad, p_variance, nullptr, (float)k__r4, (float)k1, (float)k_rescale_grad, (float)k3, (float)k4);
+            optforge_adafactor_s8_elem<float, float, float, 0>(i, i, p_weight, p_grad, p_variance, nullptr, (float)k__r4, (float)k1, (float)k_rescale_grad, (float)k3, (float)k4, (float)k__grad_scale);
     }
 }
 /* multi-tensor: one call for the small tensors of a list update (each below OPTFORGE_PARALLEL_MIN), in
-   parallel over the tensors: ptrs[k * count + t] is pointer k of tensor t, scalars[t * 5 + j] its
+   parallel over the tensors: ptrs[k * count + t] is pointer k of tensor t, scalars[t * 6 + j] its
    scalars */
 void optforge_adafactor_s8_mt_f32(int64_t count, const int64_t* __restrict__ sizes, const uint64_t* __restrict__ ptrs, const double* __restrict__ scalars) {
     #pragma omp parallel for schedule(dynamic, 4) if (count > 1)
     for (int64_t t = 0; t < count; ++t) {
-        const double* s = scalars + t * 5;
+        const double* s = scalars + t * 6;
         const double k__r4 = s[0];
         const double k1 = s[1];
         const double k_rescale_grad = s[2];
         const double k3 = s[3];
         const double k4 = s[4];
-        optforge_adafactor_s8_f32(sizes[t], (float*)ptrs[0 * count + t], (const float*)ptrs[1 * count + t], (const float*)ptrs[2 * count + t], k__r4, k1, k_rescale_grad, k3, k4);
+        const double k__grad_scale = s[5];
+        optforge_adafactor_s8_f32(sizes[t], (float*)ptrs[0 * count + t], (const float*)ptrs[1 * count + t], (const float*)ptrs[2 * count + t], k__r4, k1, k_rescale_grad, k3, k4, k__grad_scale);
     }
 }
-void optforge_adafactor_s8_f64(int64_t n, double* __restrict__ p_weight, const double* __restrict__ p_grad, const double* __restrict__ p_variance, double k__r4, double k1, double k_rescale_grad, double k3, double k4) {
+void optforge_adafactor_s8_f64(int64_t n, double* __restrict__ p_weight, const double* __restrict__ p_grad, const double* __restrict__ p_variance, double k__r4, double k1, double k_rescale_grad, double k3, double k4, double k__grad_scale) {
     if (p_variance) {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
         for (int64_t i = 0; i < n; ++i)
-            optforge_adafactor_s8_elem<double, double, double, 1>(i, i, p_weight, p_grad, p_variance, nullptr, (double)k__r4, (double)k1, (double)k_rescale_grad, (double)k3, (double)k4);
+            optforge_adafactor_s8_elem<double, double, double, 1>(i, i, p_weight, p_grad, p_variance, nullptr, (double)k__r4, (double)k1, (double)k_rescale_grad, (double)k3, (double)k4, (double)k__grad_scale);
     } else if (!p_variance) {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
         for (int64_t i = 0; i < n; ++i)
-            optforge_adafactor_s8_elem<double, double, double, 0>(i, i, p_weight, p_grad, p_variance, nullptr, (double)k__r4, (double)k1, (double)k_rescale_grad, (double)k3, (double)k4);
+            optforge_adafactor_s8_elem<double, double, double, 0>(i, i, p_weight, p_grad, p_variance, nullptr, (double)k__r4, (double)k1, (double)k_rescale_grad, (double)k3, (double)k4, (double)k__grad_scale);
     }
 }
 /* multi-tensor: one call for the small tensors of a list update (each below OPTFORGE_PARALLEL_MIN), in
-   parallel over the tensors: ptrs[k * count + t] is pointer k of tensor t, scalars[t * 5 + j] its
+   parallel over the tensors: ptrs[k * count + t] is pointer k of tensor t, scalars[t * 6 + j] its
    scalars */
 void optforge_adafactor_s8_mt_f64(int64_t count, const int64_t* __restrict__ sizes, const uint64_t* __restrict__ ptrs, const double* __restrict__ scalars) {
     #pragma omp parallel for schedule(dynamic, 4) if (count > 1)
     for (int64_t t = 0; t < count; ++t) {
-        const double* s = scalars + t * 5;
+        const double* s = scalars + t * 6;
         const double k__r4 = s[0];
         const double k1 = s[1];
         const double k_rescale_grad = s[2];
         const double k3 = s[3];
         const double k4 = s[4];
-        optforge_adafactor_s8_f64(sizes[t], (double*)ptrs[0 * count + t], (const double*)ptrs[1 * count + t], (const double*)ptrs[2 * count + t], k__r4, k1, k_rescale_grad, k3, k4);
+        const double k__grad_scale = s[5];
+        optforge_adafactor_s8_f64(sizes[t], (double*)ptrs[0 * count + t], (const double*)ptrs[1 * count + t], (const double*)ptrs[2 * count + t], k__r4, k1, k_rescale_grad, k3, k4, k__grad_scale);
     }
 }
 }

@@ -57,8 +57,8 @@ OPTFORGE_HD void optforge_adafactor_s1_elem(int64_t i, int64_t gi, T* __restrict
    element's row (block * rows + row), col (block * cols + col) and block, where per-row, per-col
    and per-block tensors keep it */
 template <typename T, typename G, typename C>
-OPTFORGE_HD void optforge_adafactor_s2_elem(int64_t i, int64_t gi, int64_t _iR, int64_t _iC, int64_t _iB, const G* __restrict__ p_grad, float* __restrict__ p_weight_lp, C& _ax0, C& _ax1, const C k0, const C k_rescale_grad, const C k2) {
-    C grad = C(p_grad[i]);
+OPTFORGE_HD void optforge_adafactor_s2_elem(int64_t i, int64_t gi, int64_t _iR, int64_t _iC, int64_t _iB, const G* __restrict__ p_grad, float* __restrict__ p_weight_lp, C& _ax0, C& _ax1, const C k0, const C k_rescale_grad, const C k2, const C k__grad_scale) {
+    C grad = C(p_grad[i]) * k__grad_scale;
     _ax0 = C(op_square(k0 * op_clip(k_rescale_grad * grad, k2)));
     _ax1 = C(op_square(k0 * op_clip(k_rescale_grad * grad, k2)));
 }
@@ -87,8 +87,8 @@ OPTFORGE_HD void optforge_adafactor_s4_elem(int64_t i, int64_t gi, int64_t _iR, 
    element's row (block * rows + row), col (block * cols + col) and block, where per-row, per-col
    and per-block tensors keep it */
 template <typename T, typename G, typename C, int H0, int H1>
-OPTFORGE_HD void optforge_adafactor_s5_elem(int64_t i, int64_t gi, int64_t _iR, int64_t _iC, int64_t _iB, const G* __restrict__ p_grad, const T* __restrict__ p_row_var, const T* __restrict__ p_col_var, const C* __restrict__ p__r2, float* __restrict__ p_weight_lp, C& red0, const C k0, const C k_rescale_grad, const C k2, const C k3, const C k_e1, const C k5) {
-    C grad = C(p_grad[i]);
+OPTFORGE_HD void optforge_adafactor_s5_elem(int64_t i, int64_t gi, int64_t _iR, int64_t _iC, int64_t _iB, const G* __restrict__ p_grad, const T* __restrict__ p_row_var, const T* __restrict__ p_col_var, const C* __restrict__ p__r2, float* __restrict__ p_weight_lp, C& red0, const C k0, const C k_rescale_grad, const C k2, const C k3, const C k_e1, const C k5, const C k__grad_scale) {
+    C grad = C(p_grad[i]) * k__grad_scale;
     C row_var = (H0 == 1 || (H0 == 2 && p_row_var)) ? C(p_row_var[_iR]) : C(0);
     C col_var = (H1 == 1 || (H1 == 2 && p_col_var)) ? C(p_col_var[_iC]) : C(0);
     C _r2 = C(p__r2[_iB]);
@@ -98,9 +98,9 @@ OPTFORGE_HD void optforge_adafactor_s5_elem(int64_t i, int64_t gi, int64_t _iR, 
    element's row (block * rows + row), col (block * cols + col) and block, where per-row, per-col
    and per-block tensors keep it */
 template <typename T, typename G, typename C, int H0, int H1>
-OPTFORGE_HD void optforge_adafactor_s6_elem(int64_t i, int64_t gi, int64_t _iR, int64_t _iC, int64_t _iB, T* __restrict__ p_weight, const G* __restrict__ p_grad, const T* __restrict__ p_row_var, const T* __restrict__ p_col_var, const C* __restrict__ p__r2, float* __restrict__ p_weight_lp, const C k__r3, const C k1, const C k_rescale_grad, const C k3, const C k4, const C k_e1, const C k6) {
+OPTFORGE_HD void optforge_adafactor_s6_elem(int64_t i, int64_t gi, int64_t _iR, int64_t _iC, int64_t _iB, T* __restrict__ p_weight, const G* __restrict__ p_grad, const T* __restrict__ p_row_var, const T* __restrict__ p_col_var, const C* __restrict__ p__r2, float* __restrict__ p_weight_lp, const C k__r3, const C k1, const C k_rescale_grad, const C k3, const C k4, const C k_e1, const C k6, const C k__grad_scale) {
     C weight = C(p_weight[i]);
-    C grad = C(p_grad[i]);
+    C grad = C(p_grad[i]) * k__grad_scale;
     C row_var = (H0 == 1 || (H0 == 2 && p_row_var)) ? C(p_row_var[_iR]) : C(0);
     C col_var = (H1 == 1 || (H1 == 2 && p_col_var)) ? C(p_col_var[_iC]) : C(0);
     C _r2 = C(p__r2[_iB]);
@@ -111,9 +111,9 @@ OPTFORGE_HD void optforge_adafactor_s6_elem(int64_t i, int64_t gi, int64_t _iR, 
 /* stage s7: element i of the weight and states, element gi of the gradient and scratch
    (the same element for a dense update; for a row-sparse one, gi walks the gradient's rows) */
 template <typename T, typename G, typename C, int H0>
-OPTFORGE_HD void optforge_adafactor_s7_elem(int64_t i, int64_t gi, T* __restrict__ p_variance, const G* __restrict__ p_grad, float* __restrict__ p_weight_lp, C& red0, const C k_beta2_t, const C k1, const C k_rescale_grad, const C k3, const C k4) {
+OPTFORGE_HD void optforge_adafactor_s7_elem(int64_t i, int64_t gi, T* __restrict__ p_variance, const G* __restrict__ p_grad, float* __restrict__ p_weight_lp, C& red0, const C k_beta2_t, const C k1, const C k_rescale_grad, const C k3, const C k4, const C k__grad_scale) {
     C variance = (H0 == 1 || (H0 == 2 && p_variance)) ? C(p_variance[i]) : C(0);
-    C grad = C(p_grad[gi]);
+    C grad = C(p_grad[gi]) * k__grad_scale;
     variance = variance + k_beta2_t * (op_square(k1 * op_clip(k_rescale_grad * grad, k3)) - variance);  // adafactor.opt:54
     if (H0 == 1 || (H0 == 2 && p_variance)) p_variance[i] = (T)(variance);
     red0 = C(k1 * op_clip(k_rescale_grad * grad, k3) / sqrt(op_max(variance, k4)));
@@ -121,9 +121,9 @@ OPTFORGE_HD void optforge_adafactor_s7_elem(int64_t i, int64_t gi, T* __restrict
 /* stage s8: element i of the weight and states, element gi of the gradient and scratch
    (the same element for a dense update; for a row-sparse one, gi walks the gradient's rows) */
 template <typename T, typename G, typename C, int H0>
-OPTFORGE_HD void optforge_adafactor_s8_elem(int64_t i, int64_t gi, T* __restrict__ p_weight, const G* __restrict__ p_grad, const T* __restrict__ p_variance, float* __restrict__ p_weight_lp, const C k__r4, const C k1, const C k_rescale_grad, const C k3, const C k4) {
+OPTFORGE_HD void optforge_adafactor_s8_elem(int64_t i, int64_t gi, T* __restrict__ p_weight, const G* __restrict__ p_grad, const T* __restrict__ p_variance, float* __restrict__ p_weight_lp, const C k__r4, const C k1, const C k_rescale_grad, const C k3, const C k4, const C k__grad_scale) {
     C weight = C(p_weight[i]);
-    C grad = C(p_grad[gi]);
+    C grad = C(p_grad[gi]) * k__grad_scale;
     C variance = (H0 == 1 || (H0 == 2 && p_variance)) ? C(p_variance[i]) : C(0);
     weight = weight - k__r4 * (k1 * op_clip(k_rescale_grad * grad, k3) / sqrt(op_max(variance, k4)));  // adafactor.opt:56
     p_weight[i] = (T)(weight);
@@ -299,7 +299,7 @@ __global__ void optforge_adafactor_s1_mt_mp16(const int64_t* __restrict__ sizes,
    cols (tc <= OPTFORGE_TILE; the host picks both from the shape alone). A reduction along an axis
    writes each tile's piece (of a row, of a col) to its table of partials, part[piece * len + j], and
    the host combines the pieces in order: deterministic, no atomics. */
-__global__ void optforge_adafactor_s2_f32(int64_t nb, int64_t nr, int64_t nc, int64_t tr, int64_t tc, const float* __restrict__ p_grad, float* __restrict__ p_weight_lp, double* __restrict__ part0, double* __restrict__ part1, double k0, double k_rescale_grad, double k2) {
+__global__ void optforge_adafactor_s2_f32(int64_t nb, int64_t nr, int64_t nc, int64_t tr, int64_t tc, const float* __restrict__ p_grad, float* __restrict__ p_weight_lp, double* __restrict__ part0, double* __restrict__ part1, double k0, double k_rescale_grad, double k2, double k__grad_scale) {
     const int64_t ncc = (nc + tc - 1) / tc, nrc = (nr + tr - 1) / tr, tiles = nb * nrc * ncc;
     for (int64_t k = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; k < tiles; k += (int64_t)blockDim.x * gridDim.x) {
         const int64_t b = k / (nrc * ncc), rc = (k / ncc) % nrc, cc = k % ncc;
@@ -311,7 +311,7 @@ __global__ void optforge_adafactor_s2_f32(int64_t nb, int64_t nr, int64_t nc, in
             double row0 = 0.0;
             for (int64_t c = c0; c < c1; ++c) {
                 float _v0, _v1;
-                optforge_adafactor_s2_elem<float, float, float>(row * nc + c, row * nc + c, row, b * nc + c, b, p_grad, p_weight_lp, _v0, _v1, (float)k0, (float)k_rescale_grad, (float)k2);
+                optforge_adafactor_s2_elem<float, float, float>(row * nc + c, row * nc + c, row, b * nc + c, b, p_grad, p_weight_lp, _v0, _v1, (float)k0, (float)k_rescale_grad, (float)k2, (float)k__grad_scale);
                 row0 = row0 + (double)_v0;
                 col1[c - c0] = col1[c - c0] + (double)_v1;
             }
@@ -324,7 +324,7 @@ __global__ void optforge_adafactor_s2_f32(int64_t nb, int64_t nr, int64_t nc, in
    cols (tc <= OPTFORGE_TILE; the host picks both from the shape alone). A reduction along an axis
    writes each tile's piece (of a row, of a col) to its table of partials, part[piece * len + j], and
    the host combines the pieces in order: deterministic, no atomics. */
-__global__ void optforge_adafactor_s2_f64(int64_t nb, int64_t nr, int64_t nc, int64_t tr, int64_t tc, const double* __restrict__ p_grad, float* __restrict__ p_weight_lp, double* __restrict__ part0, double* __restrict__ part1, double k0, double k_rescale_grad, double k2) {
+__global__ void optforge_adafactor_s2_f64(int64_t nb, int64_t nr, int64_t nc, int64_t tr, int64_t tc, const double* __restrict__ p_grad, float* __restrict__ p_weight_lp, double* __restrict__ part0, double* __restrict__ part1, double k0, double k_rescale_grad, double k2, double k__grad_scale) {
     const int64_t ncc = (nc + tc - 1) / tc, nrc = (nr + tr - 1) / tr, tiles = nb * nrc * ncc;
     for (int64_t k = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; k < tiles; k += (int64_t)blockDim.x * gridDim.x) {
         const int64_t b = k / (nrc * ncc), rc = (k / ncc) % nrc, cc = k % ncc;
@@ -336,7 +336,7 @@ __global__ void optforge_adafactor_s2_f64(int64_t nb, int64_t nr, int64_t nc, in
             double row0 = 0.0;
             for (int64_t c = c0; c < c1; ++c) {
                 double _v0, _v1;
-                optforge_adafactor_s2_elem<double, double, double>(row * nc + c, row * nc + c, row, b * nc + c, b, p_grad, p_weight_lp, _v0, _v1, (double)k0, (double)k_rescale_grad, (double)k2);
+                optforge_adafactor_s2_elem<double, double, double>(row * nc + c, row * nc + c, row, b * nc + c, b, p_grad, p_weight_lp, _v0, _v1, (double)k0, (double)k_rescale_grad, (double)k2, (double)k__grad_scale);
                 row0 = row0 + (double)_v0;
                 col1[c - c0] = col1[c - c0] + (double)_v1;
             }
@@ -349,7 +349,7 @@ __global__ void optforge_adafactor_s2_f64(int64_t nb, int64_t nr, int64_t nc, in
    cols (tc <= OPTFORGE_TILE; the host picks both from the shape alone). A reduction along an axis
    writes each tile's piece (of a row, of a col) to its table of partials, part[piece * len + j], and
    the host combines the pieces in order: deterministic, no atomics. */
-__global__ void optforge_adafactor_s2_f16(int64_t nb, int64_t nr, int64_t nc, int64_t tr, int64_t tc, const __half* __restrict__ p_grad, float* __restrict__ p_weight_lp, double* __restrict__ part0, double* __restrict__ part1, double k0, double k_rescale_grad, double k2) {
+__global__ void optforge_adafactor_s2_f16(int64_t nb, int64_t nr, int64_t nc, int64_t tr, int64_t tc, const __half* __restrict__ p_grad, float* __restrict__ p_weight_lp, double* __restrict__ part0, double* __restrict__ part1, double k0, double k_rescale_grad, double k2, double k__grad_scale) {
     const int64_t ncc = (nc + tc - 1) / tc, nrc = (nr + tr - 1) / tr, tiles = nb * nrc * ncc;
     for (int64_t k = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; k < tiles; k += (int64_t)blockDim.x * gridDim.x) {
         const int64_t b = k / (nrc * ncc), rc = (k / ncc) % nrc, cc = k % ncc;
@@ -361,7 +361,7 @@ __global__ void optforge_adafactor_s2_f16(int64_t nb, int64_t nr, int64_t nc, in
             double row0 = 0.0;
             for (int64_t c = c0; c < c1; ++c) {
                 float _v0, _v1;
-                optforge_adafactor_s2_elem<__half, __half, float>(row * nc + c, row * nc + c, row, b * nc + c, b, p_grad, p_weight_lp, _v0, _v1, (float)k0, (float)k_rescale_grad, (float)k2);
+                optforge_adafactor_s2_elem<__half, __half, float>(row * nc + c, row * nc + c, row, b * nc + c, b, p_grad, p_weight_lp, _v0, _v1, (float)k0, (float)k_rescale_grad, (float)k2, (float)k__grad_scale);
                 row0 = row0 + (double)_v0;
                 col1[c - c0] = col1[c - c0] + (double)_v1;
             }
@@ -374,7 +374,7 @@ __global__ void optforge_adafactor_s2_f16(int64_t nb, int64_t nr, int64_t nc, in
    cols (tc <= OPTFORGE_TILE; the host picks both from the shape alone). A reduction along an axis
    writes each tile's piece (of a row, of a col) to its table of partials, part[piece * len + j], and
    the host combines the pieces in order: deterministic, no atomics. */
-__global__ void optforge_adafactor_s2_mp16(int64_t nb, int64_t nr, int64_t nc, int64_t tr, int64_t tc, const __half* __restrict__ p_grad, float* __restrict__ p_weight_lp, double* __restrict__ part0, double* __restrict__ part1, double k0, double k_rescale_grad, double k2) {
+__global__ void optforge_adafactor_s2_mp16(int64_t nb, int64_t nr, int64_t nc, int64_t tr, int64_t tc, const __half* __restrict__ p_grad, float* __restrict__ p_weight_lp, double* __restrict__ part0, double* __restrict__ part1, double k0, double k_rescale_grad, double k2, double k__grad_scale) {
     const int64_t ncc = (nc + tc - 1) / tc, nrc = (nr + tr - 1) / tr, tiles = nb * nrc * ncc;
     for (int64_t k = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; k < tiles; k += (int64_t)blockDim.x * gridDim.x) {
         const int64_t b = k / (nrc * ncc), rc = (k / ncc) % nrc, cc = k % ncc;
@@ -386,7 +386,7 @@ __global__ void optforge_adafactor_s2_mp16(int64_t nb, int64_t nr, int64_t nc, i
             double row0 = 0.0;
             for (int64_t c = c0; c < c1; ++c) {
                 float _v0, _v1;
-                optforge_adafactor_s2_elem<float, __half, float>(row * nc + c, row * nc + c, row, b * nc + c, b, p_grad, p_weight_lp, _v0, _v1, (float)k0, (float)k_rescale_grad, (float)k2);
+                optforge_adafactor_s2_elem<float, __half, float>(row * nc + c, row * nc + c, row, b * nc + c, b, p_grad, p_weight_lp, _v0, _v1, (float)k0, (float)k_rescale_grad, (float)k2, (float)k__grad_scale);
                 row0 = row0 + (double)_v0;
                 col1[c - c0] = col1[c - c0] + (double)_v1;
             }
@@ -555,7 +555,7 @@ __global__ void optforge_adafactor_s4_mp16(int64_t nb, int64_t nr, int64_t nc, i
    cols (tc <= OPTFORGE_TILE; the host picks both from the shape alone). A reduction along an axis
    writes each tile's piece (of a row, of a col) to its table of partials, part[piece * len + j], and
    the host combines the pieces in order: deterministic, no atomics. */
-__global__ void optforge_adafactor_s5_f32(int64_t nb, int64_t nr, int64_t nc, int64_t tr, int64_t tc, const float* __restrict__ p_grad, const float* __restrict__ p_row_var, const float* __restrict__ p_col_var, const float* __restrict__ p__r2, float* __restrict__ p_weight_lp, double k0, double k_rescale_grad, double k2, double k3, double k_e1, double k5, double* __restrict__ partials) {
+__global__ void optforge_adafactor_s5_f32(int64_t nb, int64_t nr, int64_t nc, int64_t tr, int64_t tc, const float* __restrict__ p_grad, const float* __restrict__ p_row_var, const float* __restrict__ p_col_var, const float* __restrict__ p__r2, float* __restrict__ p_weight_lp, double k0, double k_rescale_grad, double k2, double k3, double k_e1, double k5, double k__grad_scale, double* __restrict__ partials) {
     const int64_t ncc = (nc + tc - 1) / tc, nrc = (nr + tr - 1) / tr, tiles = nb * nrc * ncc;
     for (int64_t k = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; k < tiles; k += (int64_t)blockDim.x * gridDim.x) {
         const int64_t b = k / (nrc * ncc), rc = (k / ncc) % nrc, cc = k % ncc;
@@ -565,7 +565,7 @@ __global__ void optforge_adafactor_s5_f32(int64_t nb, int64_t nr, int64_t nc, in
             const int64_t row = b * nr + r;
             for (int64_t c = c0; c < c1; ++c) {
                 float t0;
-                optforge_adafactor_s5_elem<float, float, float, 2, 2>(row * nc + c, row * nc + c, row, b * nc + c, b, p_grad, p_row_var, p_col_var, p__r2, p_weight_lp, t0, (float)k0, (float)k_rescale_grad, (float)k2, (float)k3, (float)k_e1, (float)k5);
+                optforge_adafactor_s5_elem<float, float, float, 2, 2>(row * nc + c, row * nc + c, row, b * nc + c, b, p_grad, p_row_var, p_col_var, p__r2, p_weight_lp, t0, (float)k0, (float)k_rescale_grad, (float)k2, (float)k3, (float)k_e1, (float)k5, (float)k__grad_scale);
                 w0 = w0 + (double)t0 * (double)t0;
             }
         }
@@ -576,7 +576,7 @@ __global__ void optforge_adafactor_s5_f32(int64_t nb, int64_t nr, int64_t nc, in
    cols (tc <= OPTFORGE_TILE; the host picks both from the shape alone). A reduction along an axis
    writes each tile's piece (of a row, of a col) to its table of partials, part[piece * len + j], and
    the host combines the pieces in order: deterministic, no atomics. */
-__global__ void optforge_adafactor_s5_f64(int64_t nb, int64_t nr, int64_t nc, int64_t tr, int64_t tc, const double* __restrict__ p_grad, const double* __restrict__ p_row_var, const double* __restrict__ p_col_var, const double* __restrict__ p__r2, float* __restrict__ p_weight_lp, double k0, double k_rescale_grad, double k2, double k3, double k_e1, double k5, double* __restrict__ partials) {
+__global__ void optforge_adafactor_s5_f64(int64_t nb, int64_t nr, int64_t nc, int64_t tr, int64_t tc, const double* __restrict__ p_grad, const double* __restrict__ p_row_var, const double* __restrict__ p_col_var, const double* __restrict__ p__r2, float* __restrict__ p_weight_lp, double k0, double k_rescale_grad, double k2, double k3, double k_e1, double k5, double k__grad_scale, double* __restrict__ partials) {
     const int64_t ncc = (nc + tc - 1) / tc, nrc = (nr + tr - 1) / tr, tiles = nb * nrc * ncc;
     for (int64_t k = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; k < tiles; k += (int64_t)blockDim.x * gridDim.x) {
         const int64_t b = k / (nrc * ncc), rc = (k / ncc) % nrc, cc = k % ncc;
@@ -586,7 +586,7 @@ __global__ void optforge_adafactor_s5_f64(int64_t nb, int64_t nr, int64_t nc, in
             const int64_t row = b * nr + r;
             for (int64_t c = c0; c < c1; ++c) {
                 double t0;
-                optforge_adafactor_s5_elem<double, double, double, 2, 2>(row * nc + c, row * nc + c, row, b * nc + c, b, p_grad, p_row_var, p_col_var, p__r2, p_weight_lp, t0, (double)k0, (double)k_rescale_grad, (double)k2, (double)k3, (double)k_e1, (double)k5);
+                optforge_adafactor_s5_elem<double, double, double, 2, 2>(row * nc + c, row * nc + c, row, b * nc + c, b, p_grad, p_row_var, p_col_var, p__r2, p_weight_lp, t0, (double)k0, (double)k_rescale_grad, (double)k2, (double)k3, (double)k_e1, (double)k5, (double)k__grad_scale);
                 w0 = w0 + (double)t0 * (double)t0;
             }
         }
@@ -597,7 +597,7 @@ __global__ void optforge_adafactor_s5_f64(int64_t nb, int64_t nr, int64_t nc, in
    cols (tc <= OPTFORGE_TILE; the host picks both from the shape alone). A reduction along an axis
    writes each tile's piece (of a row, of a col) to its table of partials, part[piece * len + j], and
    the host combines the pieces in order: deterministic, no atomics. */
-__global__ void optforge_adafactor_s5_f16(int64_t nb, int64_t nr, int64_t nc, int64_t tr, int64_t tc, const __half* __restrict__ p_grad, const __half* __restrict__ p_row_var, const __half* __restrict__ p_col_var, const float* __restrict__ p__r2, float* __restrict__ p_weight_lp, double k0, double k_rescale_grad, double k2, double k3, double k_e1, double k5, double* __restrict__ partials) {
+__global__ void optforge_adafactor_s5_f16(int64_t nb, int64_t nr, int64_t nc, int64_t tr, int64_t tc, const __half* __restrict__ p_grad, const __half* __restrict__ p_row_var, const __half* __restrict__ p_col_var, const float* __restrict__ p__r2, float* __restrict__ p_weight_lp, double k0, double k_rescale_grad, double k2, double k3, double k_e1, double k5, double k__grad_scale, double* __restrict__ partials) {
     const int64_t ncc = (nc + tc - 1) / tc, nrc = (nr + tr - 1) / tr, tiles = nb * nrc * ncc;
     for (int64_t k = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; k < tiles; k += (int64_t)blockDim.x * gridDim.x) {
         const int64_t b = k / (nrc * ncc), rc = (k / ncc) % nrc, cc = k % ncc;
@@ -607,7 +607,7 @@ __global__ void optforge_adafactor_s5_f16(int64_t nb, int64_t nr, int64_t nc, in
             const int64_t row = b * nr + r;
             for (int64_t c = c0; c < c1; ++c) {
                 float t0;
-                optforge_adafactor_s5_elem<__half, __half, float, 2, 2>(row * nc + c, row * nc + c, row, b * nc + c, b, p_grad, p_row_var, p_col_var, p__r2, p_weight_lp, t0, (float)k0, (float)k_rescale_grad, (float)k2, (float)k3, (float)k_e1, (float)k5);
+                optforge_adafactor_s5_elem<__half, __half, float, 2, 2>(row * nc + c, row * nc + c, row, b * nc + c, b, p_grad, p_row_var, p_col_var, p__r2, p_weight_lp, t0, (float)k0, (float)k_rescale_grad, (float)k2, (float)k3, (float)k_e1, (float)k5, (float)k__grad_scale);
                 w0 = w0 + (double)t0 * (double)t0;
             }
         }
@@ -618,7 +618,7 @@ __global__ void optforge_adafactor_s5_f16(int64_t nb, int64_t nr, int64_t nc, in
    cols (tc <= OPTFORGE_TILE; the host picks both from the shape alone). A reduction along an axis
    writes each tile's piece (of a row, of a col) to its table of partials, part[piece * len + j], and
    the host combines the pieces in order: deterministic, no atomics. */
-__global__ void optforge_adafactor_s5_mp16(int64_t nb, int64_t nr, int64_t nc, int64_t tr, int64_t tc, const __half* __restrict__ p_grad, const float* __restrict__ p_row_var, const float* __restrict__ p_col_var, const float* __restrict__ p__r2, float* __restrict__ p_weight_lp, double k0, double k_rescale_grad, double k2, double k3, double k_e1, double k5, double* __restrict__ partials) {
+__global__ void optforge_adafactor_s5_mp16(int64_t nb, int64_t nr, int64_t nc, int64_t tr, int64_t tc, const __half* __restrict__ p_grad, const float* __restrict__ p_row_var, const float* __restrict__ p_col_var, const float* __restrict__ p__r2, float* __restrict__ p_weight_lp, double k0, double k_rescale_grad, double k2, double k3, double k_e1, double k5, double k__grad_scale, double* __restrict__ partials) {
     const int64_t ncc = (nc + tc - 1) / tc, nrc = (nr + tr - 1) / tr, tiles = nb * nrc * ncc;
     for (int64_t k = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; k < tiles; k += (int64_t)blockDim.x * gridDim.x) {
         const int64_t b = k / (nrc * ncc), rc = (k / ncc) % nrc, cc = k % ncc;
@@ -628,7 +628,7 @@ __global__ void optforge_adafactor_s5_mp16(int64_t nb, int64_t nr, int64_t nc, i
             const int64_t row = b * nr + r;
             for (int64_t c = c0; c < c1; ++c) {
                 float t0;
-                optforge_adafactor_s5_elem<float, __half, float, 2, 2>(row * nc + c, row * nc + c, row, b * nc + c, b, p_grad, p_row_var, p_col_var, p__r2, p_weight_lp, t0, (float)k0, (float)k_rescale_grad, (float)k2, (float)k3, (float)k_e1, (float)k5);
+                optforge_adafactor_s5_elem<float, __half, float, 2, 2>(row * nc + c, row * nc + c, row, b * nc + c, b, p_grad, p_row_var, p_col_var, p__r2, p_weight_lp, t0, (float)k0, (float)k_rescale_grad, (float)k2, (float)k3, (float)k_e1, (float)k5, (float)k__grad_scale);
                 w0 = w0 + (double)t0 * (double)t0;
             }
         }
@@ -639,7 +639,7 @@ __global__ void optforge_adafactor_s5_mp16(int64_t nb, int64_t nr, int64_t nc, i
    cols (tc <= OPTFORGE_TILE; the host picks both from the shape alone). A reduction along an axis
    writes each tile's piece (of a row, of a col) to its table of partials, part[piece * len + j], and
    the host combines the pieces in order: deterministic, no atomics. */
-__global__ void optforge_adafactor_s6_f32(int64_t nb, int64_t nr, int64_t nc, int64_t tr, int64_t tc, float* __restrict__ p_weight, const float* __restrict__ p_grad, const float* __restrict__ p_row_var, const float* __restrict__ p_col_var, const float* __restrict__ p__r2, float* __restrict__ p_weight_lp, double k__r3, double k1, double k_rescale_grad, double k3, double k4, double k_e1, double k6) {
+__global__ void optforge_adafactor_s6_f32(int64_t nb, int64_t nr, int64_t nc, int64_t tr, int64_t tc, float* __restrict__ p_weight, const float* __restrict__ p_grad, const float* __restrict__ p_row_var, const float* __restrict__ p_col_var, const float* __restrict__ p__r2, float* __restrict__ p_weight_lp, double k__r3, double k1, double k_rescale_grad, double k3, double k4, double k_e1, double k6, double k__grad_scale) {
     const int64_t ncc = (nc + tc - 1) / tc, nrc = (nr + tr - 1) / tr, tiles = nb * nrc * ncc;
     for (int64_t k = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; k < tiles; k += (int64_t)blockDim.x * gridDim.x) {
         const int64_t b = k / (nrc * ncc), rc = (k / ncc) % nrc, cc = k % ncc;
@@ -647,7 +647,7 @@ __global__ void optforge_adafactor_s6_f32(int64_t nb, int64_t nr, int64_t nc, in
         for (int64_t r = r0; r < r1; ++r) {
             const int64_t row = b * nr + r;
             for (int64_t c = c0; c < c1; ++c) {
-                optforge_adafactor_s6_elem<float, float, float, 2, 2>(row * nc + c, row * nc + c, row, b * nc + c, b, p_weight, p_grad, p_row_var, p_col_var, p__r2, p_weight_lp, (float)k__r3, (float)k1, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_e1, (float)k6);
+                optforge_adafactor_s6_elem<float, float, float, 2, 2>(row * nc + c, row * nc + c, row, b * nc + c, b, p_weight, p_grad, p_row_var, p_col_var, p__r2, p_weight_lp, (float)k__r3, (float)k1, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_e1, (float)k6, (float)k__grad_scale);
             }
         }
     }
@@ -656,7 +656,7 @@ __global__ void optforge_adafactor_s6_f32(int64_t nb, int64_t nr, int64_t nc, in
    cols (tc <= OPTFORGE_TILE; the host picks both from the shape alone). A reduction along an axis
    writes each tile's piece (of a row, of a col) to its table of partials, part[piece * len + j], and
    the host combines the pieces in order: deterministic, no atomics. */
-__global__ void optforge_adafactor_s6_f64(int64_t nb, int64_t nr, int64_t nc, int64_t tr, int64_t tc, double* __restrict__ p_weight, const double* __restrict__ p_grad, const double* __restrict__ p_row_var, const double* __restrict__ p_col_var, const double* __restrict__ p__r2, float* __restrict__ p_weight_lp, double k__r3, double k1, double k_rescale_grad, double k3, double k4, double k_e1, double k6) {
+__global__ void optforge_adafactor_s6_f64(int64_t nb, int64_t nr, int64_t nc, int64_t tr, int64_t tc, double* __restrict__ p_weight, const double* __restrict__ p_grad, const double* __restrict__ p_row_var, const double* __restrict__ p_col_var, const double* __restrict__ p__r2, float* __restrict__ p_weight_lp, double k__r3, double k1, double k_rescale_grad, double k3, double k4, double k_e1, double k6, double k__grad_scale) {
     const int64_t ncc = (nc + tc - 1) / tc, nrc = (nr + tr - 1) / tr, tiles = nb * nrc * ncc;
     for (int64_t k = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; k < tiles; k += (int64_t)blockDim.x * gridDim.x) {
         const int64_t b = k / (nrc * ncc), rc = (k / ncc) % nrc, cc = k % ncc;
@@ -664,7 +664,7 @@ __global__ void optforge_adafactor_s6_f64(int64_t nb, int64_t nr, int64_t nc, in
         for (int64_t r = r0; r < r1; ++r) {
             const int64_t row = b * nr + r;
             for (int64_t c = c0; c < c1; ++c) {
-                optforge_adafactor_s6_elem<double, double, double, 2, 2>(row * nc + c, row * nc + c, row, b * nc + c, b, p_weight, p_grad, p_row_var, p_col_var, p__r2, p_weight_lp, (double)k__r3, (double)k1, (double)k_rescale_grad, (double)k3, (double)k4, (double)k_e1, (double)k6);
+                optforge_adafactor_s6_elem<double, double, double, 2, 2>(row * nc + c, row * nc + c, row, b * nc + c, b, p_weight, p_grad, p_row_var, p_col_var, p__r2, p_weight_lp, (double)k__r3, (double)k1, (double)k_rescale_grad, (double)k3, (double)k4, (double)k_e1, (double)k6, (double)k__grad_scale);
             }
         }
     }
@@ -673,7 +673,7 @@ __global__ void optforge_adafactor_s6_f64(int64_t nb, int64_t nr, int64_t nc, in
    cols (tc <= OPTFORGE_TILE; the host picks both from the shape alone). A reduction along an axis
    writes each tile's piece (of a row, of a col) to its table of partials, part[piece * len + j], and
    the host combines the pieces in order: deterministic, no atomics. */
-__global__ void optforge_adafactor_s6_f16(int64_t nb, int64_t nr, int64_t nc, int64_t tr, int64_t tc, __half* __restrict__ p_weight, const __half* __restrict__ p_grad, const __half* __restrict__ p_row_var, const __half* __restrict__ p_col_var, const float* __restrict__ p__r2, float* __restrict__ p_weight_lp, double k__r3, double k1, double k_rescale_grad, double k3, double k4, double k_e1, double k6) {
+__global__ void optforge_adafactor_s6_f16(int64_t nb, int64_t nr, int64_t nc, int64_t tr, int64_t tc, __half* __restrict__ p_weight, const __half* __restrict__ p_grad, const __half* __restrict__ p_row_var, const __half* __restrict__ p_col_var, const float* __restrict__ p__r2, float* __restrict__ p_weight_lp, double k__r3, double k1, double k_rescale_grad, double k3, double k4, double k_e1, double k6, double k__grad_scale) {
     const int64_t ncc = (nc + tc - 1) / tc, nrc = (nr + tr - 1) / tr, tiles = nb * nrc * ncc;
     for (int64_t k = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; k < tiles; k += (int64_t)blockDim.x * gridDim.x) {
         const int64_t b = k / (nrc * ncc), rc = (k / ncc) % nrc, cc = k % ncc;
@@ -681,7 +681,7 @@ __global__ void optforge_adafactor_s6_f16(int64_t nb, int64_t nr, int64_t nc, in
         for (int64_t r = r0; r < r1; ++r) {
             const int64_t row = b * nr + r;
             for (int64_t c = c0; c < c1; ++c) {
-                optforge_adafactor_s6_elem<__half, __half, float, 2, 2>(row * nc + c, row * nc + c, row, b * nc + c, b, p_weight, p_grad, p_row_var, p_col_var, p__r2, p_weight_lp, (float)k__r3, (float)k1, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_e1, (float)k6);
+                optforge_adafactor_s6_elem<__half, __half, float, 2, 2>(row * nc + c, row * nc + c, row, b * nc + c, b, p_weight, p_grad, p_row_var, p_col_var, p__r2, p_weight_lp, (float)k__r3, (float)k1, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_e1, (float)k6, (float)k__grad_scale);
             }
         }
     }
@@ -690,7 +690,7 @@ __global__ void optforge_adafactor_s6_f16(int64_t nb, int64_t nr, int64_t nc, in
    cols (tc <= OPTFORGE_TILE; the host picks both from the shape alone). A reduction along an axis
    writes each tile's piece (of a row, of a col) to its table of partials, part[piece * len + j], and
    the host combines the pieces in order: deterministic, no atomics. */
-__global__ void optforge_adafactor_s6_mp16(int64_t nb, int64_t nr, int64_t nc, int64_t tr, int64_t tc, float* __restrict__ p_weight, const __half* __restrict__ p_grad, const float* __restrict__ p_row_var, const float* __restrict__ p_col_var, const float* __restrict__ p__r2, float* __restrict__ p_weight_lp, double k__r3, double k1, double k_rescale_grad, double k3, double k4, double k_e1, double k6) {
+__global__ void optforge_adafactor_s6_mp16(int64_t nb, int64_t nr, int64_t nc, int64_t tr, int64_t tc, float* __restrict__ p_weight, const __half* __restrict__ p_grad, const float* __restrict__ p_row_var, const float* __restrict__ p_col_var, const float* __restrict__ p__r2, float* __restrict__ p_weight_lp, double k__r3, double k1, double k_rescale_grad, double k3, double k4, double k_e1, double k6, double k__grad_scale) {
     const int64_t ncc = (nc + tc - 1) / tc, nrc = (nr + tr - 1) / tr, tiles = nb * nrc * ncc;
     for (int64_t k = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; k < tiles; k += (int64_t)blockDim.x * gridDim.x) {
         const int64_t b = k / (nrc * ncc), rc = (k / ncc) % nrc, cc = k % ncc;
@@ -698,38 +698,39 @@ __global__ void optforge_adafactor_s6_mp16(int64_t nb, int64_t nr, int64_t nc, i
         for (int64_t r = r0; r < r1; ++r) {
             const int64_t row = b * nr + r;
             for (int64_t c = c0; c < c1; ++c) {
-                optforge_adafactor_s6_elem<float, __half, float, 2, 2>(row * nc + c, row * nc + c, row, b * nc + c, b, p_weight, p_grad, p_row_var, p_col_var, p__r2, p_weight_lp, (float)k__r3, (float)k1, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_e1, (float)k6);
+                optforge_adafactor_s6_elem<float, __half, float, 2, 2>(row * nc + c, row * nc + c, row, b * nc + c, b, p_weight, p_grad, p_row_var, p_col_var, p__r2, p_weight_lp, (float)k__r3, (float)k1, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_e1, (float)k6, (float)k__grad_scale);
             }
         }
     }
 }
 /* also accumulates 1 whole-tensor reduction(s): each thread's partial sums (double) go to
    partials[thread * 1 + k], which the host sums in a fixed order (deterministic, no atomics) */
-__global__ void optforge_adafactor_s7_f32(int64_t n, float* __restrict__ p_variance, const float* __restrict__ p_grad, float* __restrict__ p_weight_lp, double k_beta2_t, double k1, double k_rescale_grad, double k3, double k4, double* __restrict__ partials) {
+__global__ void optforge_adafactor_s7_f32(int64_t n, float* __restrict__ p_variance, const float* __restrict__ p_grad, float* __restrict__ p_weight_lp, double k_beta2_t, double k1, double k_rescale_grad, double k3, double k4, double k__grad_scale, double* __restrict__ partials) {
     double acc0 = 0;
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
         float t0;
-        optforge_adafactor_s7_elem<float, float, float, 2>(i, i, p_variance, p_grad, p_weight_lp, t0, (float)k_beta2_t, (float)k1, (float)k_rescale_grad, (float)k3, (float)k4);
+        optforge_adafactor_s7_elem<float, float, float, 2>(i, i, p_variance, p_grad, p_weight_lp, t0, (float)k_beta2_t, (float)k1, (float)k_rescale_grad, (float)k3, (float)k4, (float)k__grad_scale);
         acc0 += (double)t0 * (double)t0;
     }
     const int64_t tid = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     partials[tid * 1 + 0] = acc0;
 }
 /* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
-   pointers, sizes and 5 scalar(s) per parameter, as Apex's multi_tensor_apply;
+   pointers, sizes and 6 scalar(s) per parameter, as Apex's multi_tensor_apply;
    each parameter's threads write their partial sums to partials[(t * stride + thread) * 1 + k] */
 __global__ void optforge_adafactor_s7_mt_f32(const int64_t* __restrict__ sizes, float* const* tab_variance, float* const* tab_grad, float* const* tab_weight_lp, const double* __restrict__ scalars, int64_t stride, double* __restrict__ partials) {
     const int64_t t = blockIdx.y, n = sizes[t];
-    const double* s = scalars + t * 5;
+    const double* s = scalars + t * 6;
     const float k_beta2_t = (float)s[0];
     const float k1 = (float)s[1];
     const float k_rescale_grad = (float)s[2];
     const float k3 = (float)s[3];
     const float k4 = (float)s[4];
+    const float k__grad_scale = (float)s[5];
     double acc0 = 0;
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
         float t0;
-        optforge_adafactor_s7_elem<float, float, float, 2>(i, i, tab_variance[t], tab_grad[t], tab_weight_lp[t], t0, k_beta2_t, k1, k_rescale_grad, k3, k4);
+        optforge_adafactor_s7_elem<float, float, float, 2>(i, i, tab_variance[t], tab_grad[t], tab_weight_lp[t], t0, k_beta2_t, k1, k_rescale_grad, k3, k4, k__grad_scale);
         acc0 += (double)t0 * (double)t0;
     }
     const int64_t slot = t * stride + (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
@@ -737,31 +738,32 @@ __global__ void optforge_adafactor_s7_mt_f32(const int64_t* __restrict__ sizes, 
 }
 /* also accumulates 1 whole-tensor reduction(s): each thread's partial sums (double) go to
    partials[thread * 1 + k], which the host sums in a fixed order (deterministic, no atomics) */
-__global__ void optforge_adafactor_s7_f64(int64_t n, double* __restrict__ p_variance, const double* __restrict__ p_grad, float* __restrict__ p_weight_lp, double k_beta2_t, double k1, double k_rescale_grad, double k3, double k4, double* __restrict__ partials) {
+__global__ void optforge_adafactor_s7_f64(int64_t n, double* __restrict__ p_variance, const double* __restrict__ p_grad, float* __restrict__ p_weight_lp, double k_beta2_t, double k1, double k_rescale_grad, double k3, double k4, double k__grad_scale, double* __restrict__ partials) {
     double acc0 = 0;
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
         double t0;
-        optforge_adafactor_s7_elem<double, double, double, 2>(i, i, p_variance, p_grad, p_weight_lp, t0, (double)k_beta2_t, (double)k1, (double)k_rescale_grad, (double)k3, (double)k4);
+        optforge_adafactor_s7_elem<double, double, double, 2>(i, i, p_variance, p_grad, p_weight_lp, t0, (double)k_beta2_t, (double)k1, (double)k_rescale_grad, (double)k3, (double)k4, (double)k__grad_scale);
         acc0 += (double)t0 * (double)t0;
     }
     const int64_t tid = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     partials[tid * 1 + 0] = acc0;
 }
 /* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
-   pointers, sizes and 5 scalar(s) per parameter, as Apex's multi_tensor_apply;
+   pointers, sizes and 6 scalar(s) per parameter, as Apex's multi_tensor_apply;
    each parameter's threads write their partial sums to partials[(t * stride + thread) * 1 + k] */
 __global__ void optforge_adafactor_s7_mt_f64(const int64_t* __restrict__ sizes, double* const* tab_variance, double* const* tab_grad, float* const* tab_weight_lp, const double* __restrict__ scalars, int64_t stride, double* __restrict__ partials) {
     const int64_t t = blockIdx.y, n = sizes[t];
-    const double* s = scalars + t * 5;
+    const double* s = scalars + t * 6;
     const double k_beta2_t = (double)s[0];
     const double k1 = (double)s[1];
     const double k_rescale_grad = (double)s[2];
     const double k3 = (double)s[3];
     const double k4 = (double)s[4];
+    const double k__grad_scale = (double)s[5];
     double acc0 = 0;
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
         double t0;
-        optforge_adafactor_s7_elem<double, double, double, 2>(i, i, tab_variance[t], tab_grad[t], tab_weight_lp[t], t0, k_beta2_t, k1, k_rescale_grad, k3, k4);
+        optforge_adafactor_s7_elem<double, double, double, 2>(i, i, tab_variance[t], tab_grad[t], tab_weight_lp[t], t0, k_beta2_t, k1, k_rescale_grad, k3, k4, k__grad_scale);
         acc0 += (double)t0 * (double)t0;
     }
     const int64_t slot = t * stride + (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
@@ -769,31 +771,32 @@ __global__ void optforge_adafactor_s7_mt_f64(const int64_t* __restrict__ sizes, 
 }
 /* also accumulates 1 whole-tensor reduction(s): each thread's partial sums (double) go to
    partials[thread * 1 + k], which the host sums in a fixed order (deterministic, no atomics) */
-__global__ void optforge_adafactor_s7_f16(int64_t n, __half* __restrict__ p_variance, const __half* __restrict__ p_grad, float* __restrict__ p_weight_lp, double k_beta2_t, double k1, double k_rescale_grad, double k3, double k4, double* __restrict__ partials) {
+__global__ void optforge_adafactor_s7_f16(int64_t n, __half* __restrict__ p_variance, const __half* __restrict__ p_grad, float* __restrict__ p_weight_lp, double k_beta2_t, double k1, double k_rescale_grad, double k3, double k4, double k__grad_scale, double* __restrict__ partials) {
     double acc0 = 0;
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
         float t0;
-        optforge_adafactor_s7_elem<__half, __half, float, 2>(i, i, p_variance, p_grad, p_weight_lp, t0, (float)k_beta2_t, (float)k1, (float)k_rescale_grad, (float)k3, (float)k4);
+        optforge_adafactor_s7_elem<__half, __half, float, 2>(i, i, p_variance, p_grad, p_weight_lp, t0, (float)k_beta2_t, (float)k1, (float)k_rescale_grad, (float)k3, (float)k4, (float)k__grad_scale);
         acc0 += (double)t0 * (double)t0;
     }
     const int64_t tid = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     partials[tid * 1 + 0] = acc0;
 }
 /* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
-   pointers, sizes and 5 scalar(s) per parameter, as Apex's multi_tensor_apply;
+   pointers, sizes and 6 scalar(s) per parameter, as Apex's multi_tensor_apply;
    each parameter's threads write their partial sums to partials[(t * stride + thread) * 1 + k] */
 __global__ void optforge_adafactor_s7_mt_f16(const int64_t* __restrict__ sizes, __half* const* tab_variance, __half* const* tab_grad, float* const* tab_weight_lp, const double* __restrict__ scalars, int64_t stride, double* __restrict__ partials) {
     const int64_t t = blockIdx.y, n = sizes[t];
-    const double* s = scalars + t * 5;
+    const double* s = scalars + t * 6;
     const float k_beta2_t = (float)s[0];
     const float k1 = (float)s[1];
     const float k_rescale_grad = (float)s[2];
     const float k3 = (float)s[3];
     const float k4 = (float)s[4];
+    const float k__grad_scale = (float)s[5];
     double acc0 = 0;
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
         float t0;
-        optforge_adafactor_s7_elem<__half, __half, float, 2>(i, i, tab_variance[t], tab_grad[t], tab_weight_lp[t], t0, k_beta2_t, k1, k_rescale_grad, k3, k4);
+        optforge_adafactor_s7_elem<__half, __half, float, 2>(i, i, tab_variance[t], tab_grad[t], tab_weight_lp[t], t0, k_beta2_t, k1, k_rescale_grad, k3, k4, k__grad_scale);
         acc0 += (double)t0 * (double)t0;
     }
     const int64_t slot = t * stride + (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
@@ -801,106 +804,111 @@ __global__ void optforge_adafactor_s7_mt_f16(const int64_t* __restrict__ sizes, 
 }
 /* also accumulates 1 whole-tensor reduction(s): each thread's partial sums (double) go to
    partials[thread * 1 + k], which the host sums in a fixed order (deterministic, no atomics) */
-__global__ void optforge_adafactor_s7_mp16(int64_t n, float* __restrict__ p_variance, const __half* __restrict__ p_grad, float* __restrict__ p_weight_lp, double k_beta2_t, double k1, double k_rescale_grad, double k3, double k4, double* __restrict__ partials) {
+__global__ void optforge_adafactor_s7_mp16(int64_t n, float* __restrict__ p_variance, const __half* __restrict__ p_grad, float* __restrict__ p_weight_lp, double k_beta2_t, double k1, double k_rescale_grad, double k3, double k4, double k__grad_scale, double* __restrict__ partials) {
     double acc0 = 0;
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
         float t0;
-        optforge_adafactor_s7_elem<float, __half, float, 2>(i, i, p_variance, p_grad, p_weight_lp, t0, (float)k_beta2_t, (float)k1, (float)k_rescale_grad, (float)k3, (float)k4);
+        optforge_adafactor_s7_elem<float, __half, float, 2>(i, i, p_variance, p_grad, p_weight_lp, t0, (float)k_beta2_t, (float)k1, (float)k_rescale_grad, (float)k3, (float)k4, (float)k__grad_scale);
         acc0 += (double)t0 * (double)t0;
     }
     const int64_t tid = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     partials[tid * 1 + 0] = acc0;
 }
 /* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
-   pointers, sizes and 5 scalar(s) per parameter, as Apex's multi_tensor_apply;
+   pointers, sizes and 6 scalar(s) per parameter, as Apex's multi_tensor_apply;
    each parameter's threads write their partial sums to partials[(t * stride + thread) * 1 + k] */
 __global__ void optforge_adafactor_s7_mt_mp16(const int64_t* __restrict__ sizes, float* const* tab_variance, __half* const* tab_grad, float* const* tab_weight_lp, const double* __restrict__ scalars, int64_t stride, double* __restrict__ partials) {
     const int64_t t = blockIdx.y, n = sizes[t];
-    const double* s = scalars + t * 5;
+    const double* s = scalars + t * 6;
     const float k_beta2_t = (float)s[0];
     const float k1 = (float)s[1];
     const float k_rescale_grad = (float)s[2];
     const float k3 = (float)s[3];
     const float k4 = (float)s[4];
+    const float k__grad_scale = (float)s[5];
     double acc0 = 0;
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
         float t0;
-        optforge_adafactor_s7_elem<float, __half, float, 2>(i, i, tab_variance[t], tab_grad[t], tab_weight_lp[t], t0, k_beta2_t, k1, k_rescale_grad, k3, k4);
+        optforge_adafactor_s7_elem<float, __half, float, 2>(i, i, tab_variance[t], tab_grad[t], tab_weight_lp[t], t0, k_beta2_t, k1, k_rescale_grad, k3, k4, k__grad_scale);
         acc0 += (double)t0 * (double)t0;
     }
     const int64_t slot = t * stride + (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     partials[slot * 1 + 0] = acc0;
 }
-__global__ void optforge_adafactor_s8_f32(int64_t n, float* __restrict__ p_weight, const float* __restrict__ p_grad, const float* __restrict__ p_variance, float* __restrict__ p_weight_lp, double k__r4, double k1, double k_rescale_grad, double k3, double k4) {
+__global__ void optforge_adafactor_s8_f32(int64_t n, float* __restrict__ p_weight, const float* __restrict__ p_grad, const float* __restrict__ p_variance, float* __restrict__ p_weight_lp, double k__r4, double k1, double k_rescale_grad, double k3, double k4, double k__grad_scale) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_adafactor_s8_elem<float, float, float, 2>(i, i, p_weight, p_grad, p_variance, p_weight_lp, (float)k__r4, (float)k1, (float)k_rescale_grad, (float)k3, (float)k4);
+        optforge_adafactor_s8_elem<float, float, float, 2>(i, i, p_weight, p_grad, p_variance, p_weight_lp, (float)k__r4, (float)k1, (float)k_rescale_grad, (float)k3, (float)k4, (float)k__grad_scale);
 }
 /* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
-   pointers, sizes and 5 scalar(s) per parameter, as Apex's multi_tensor_apply */
+   pointers, sizes and 6 scalar(s) per parameter, as Apex's multi_tensor_apply */
 __global__ void optforge_adafactor_s8_mt_f32(const int64_t* __restrict__ sizes, float* const* tab_weight, float* const* tab_grad, float* const* tab_variance, float* const* tab_weight_lp, const double* __restrict__ scalars) {
     const int64_t t = blockIdx.y, n = sizes[t];
-    const double* s = scalars + t * 5;
+    const double* s = scalars + t * 6;
     const float k__r4 = (float)s[0];
     const float k1 = (float)s[1];
     const float k_rescale_grad = (float)s[2];
     const float k3 = (float)s[3];
     const float k4 = (float)s[4];
+    const float k__grad_scale = (float)s[5];
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
-        optforge_adafactor_s8_elem<float, float, float, 2>(i, i, tab_weight[t], tab_grad[t], tab_variance[t], tab_weight_lp[t], k__r4, k1, k_rescale_grad, k3, k4);
+        optforge_adafactor_s8_elem<float, float, float, 2>(i, i, tab_weight[t], tab_grad[t], tab_variance[t], tab_weight_lp[t], k__r4, k1, k_rescale_grad, k3, k4, k__grad_scale);
     }
 }
-__global__ void optforge_adafactor_s8_f64(int64_t n, double* __restrict__ p_weight, const double* __restrict__ p_grad, const double* __restrict__ p_variance, float* __restrict__ p_weight_lp, double k__r4, double k1, double k_rescale_grad, double k3, double k4) {
+__global__ void optforge_adafactor_s8_f64(int64_t n, double* __restrict__ p_weight, const double* __restrict__ p_grad, const double* __restrict__ p_variance, float* __restrict__ p_weight_lp, double k__r4, double k1, double k_rescale_grad, double k3, double k4, double k__grad_scale) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_adafactor_s8_elem<double, double, double, 2>(i, i, p_weight, p_grad, p_variance, p_weight_lp, (double)k__r4, (double)k1, (double)k_rescale_grad, (double)k3, (double)k4);
+        optforge_adafactor_s8_elem<double, double, double, 2>(i, i, p_weight, p_grad, p_variance, p_weight_lp, (double)k__r4, (double)k1, (double)k_rescale_grad, (double)k3, (double)k4, (double)k__grad_scale);
 }
 /* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
-   pointers, sizes and 5 scalar(s) per parameter, as Apex's multi_tensor_apply */
+   pointers, sizes and 6 scalar(s) per parameter, as Apex's multi_tensor_apply */
 __global__ void optforge_adafactor_s8_mt_f64(const int64_t* __restrict__ sizes, double* const* tab_weight, double* const* tab_grad, double* const* tab_variance, float* const* tab_weight_lp, const double* __restrict__ scalars) {
     const int64_t t = blockIdx.y, n = sizes[t];
-    const double* s = scalars + t * 5;
+    const double* s = scalars + t * 6;
     const double k__r4 = (double)s[0];
     const double k1 = (double)s[1];
     const double k_rescale_grad = (double)s[2];
     const double k3 = (double)s[3];
     const double k4 = (double)s[4];
+    const double k__grad_scale = (double)s[5];
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
-        optforge_adafactor_s8_elem<double, double, double, 2>(i, i, tab_weight[t], tab_grad[t], tab_variance[t], tab_weight_lp[t], k__r4, k1, k_rescale_grad, k3, k4);
+        optforge_adafactor_s8_elem<double, double, double, 2>(i, i, tab_weight[t], tab_grad[t], tab_variance[t], tab_weight_lp[t], k__r4, k1, k_rescale_grad, k3, k4, k__grad_scale);
     }
 }
-__global__ void optforge_adafactor_s8_f16(int64_t n, __half* __restrict__ p_weight, const __half* __restrict__ p_grad, const __half* __restrict__ p_variance, float* __restrict__ p_weight_lp, double k__r4, double k1, double k_rescale_grad, double k3, double k4) {
+__global__ void optforge_adafactor_s8_f16(int64_t n, __half* __restrict__ p_weight, const __half* __restrict__ p_grad, const __half* __restrict__ p_variance, float* __restrict__ p_weight_lp, double k__r4, double k1, double k_rescale_grad, double k3, double k4, double k__grad_scale) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_adafactor_s8_elem<__half, __half, float, 2>(i, i, p_weight, p_grad, p_variance, p_weight_lp, (float)k__r4, (float)k1, (float)k_rescale_grad, (float)k3, (float)k4);
+        optforge_adafactor_s8_elem<__half, __half, float, 2>(i, i, p_weight, p_grad, p_variance, p_weight_lp, (float)k__r4, (float)k1, (float)k_rescale_grad, (float)k3, (float)k4, (float)k__grad_scale);
 }
 /* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
-   pointers, sizes and 5 scalar(s) per parameter, as Apex's multi_tensor_apply */
+   pointers, sizes and 6 scalar(s) per parameter, as Apex's multi_tensor_apply */
 __global__ void optforge_adafactor_s8_mt_f16(const int64_t* __restrict__ sizes, __half* const* tab_weight, __half* const* tab_grad, __half* const* tab_variance, float* const* tab_weight_lp, const double* __restrict__ scalars) {
     const int64_t t = blockIdx.y, n = sizes[t];
-    const double* s = scalars + t * 5;
+    const double* s = scalars + t * 6;
     const float k__r4 = (float)s[0];
     const float k1 = (float)s[1];
     const float k_rescale_grad = (float)s[2];
     const float k3 = (float)s[3];
     const float k4 = (float)s[4];
+    const float k__grad_scale = (float)s[5];
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
-        optforge_adafactor_s8_elem<__half, __half, float, 2>(i, i, tab_weight[t], tab_grad[t], tab_variance[t], tab_weight_lp[t], k__r4, k1, k_rescale_grad, k3, k4);
+        optforge_adafactor_s8_elem<__half, __half, float, 2>(i, i, tab_weight[t], tab_grad[t], tab_variance[t], tab_weight_lp[t], k__r4, k1, k_rescale_grad, k3, k4, k__grad_scale);
     }
 }
-__global__ void optforge_adafactor_s8_mp16(int64_t n, float* __restrict__ p_weight, const __half* __restrict__ p_grad, const float* __restrict__ p_variance, float* __restrict__ p_weight_lp, double k__r4, double k1, double k_rescale_grad, double k3, double k4) {
+__global__ void optforge_adafactor_s8_mp16(int64_t n, float* __restrict__ p_weight, const __half* __restrict__ p_grad, const float* __restrict__ p_variance, float* __restrict__ p_weight_lp, double k__r4, double k1, double k_rescale_grad, double k3, double k4, double k__grad_scale) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_adafactor_s8_elem<float, __half, float, 2>(i, i, p_weight, p_grad, p_variance, p_weight_lp, (float)k__r4, (float)k1, (float)k_rescale_grad, (float)k3, (float)k4);
+        optforge_adafactor_s8_elem<float, __half, float, 2>(i, i, p_weight, p_grad, p_variance, p_weight_lp, (float)k__r4, (float)k1, (float)k_rescale_grad, (float)k3, (float)k4, (float)k__grad_scale);
 }
 /* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
-   pointers, sizes and 5 scalar(s) per parameter, as Apex's multi_tensor_apply */
+   pointers, sizes and 6 scalar(s) per parameter, as Apex's multi_tensor_apply */
 __global__ void optforge_adafactor_s8_mt_mp16(const int64_t* __restrict__ sizes, float* const* tab_weight, __half* const* tab_grad, float* const* tab_variance, float* const* tab_weight_lp, const double* __restrict__ scalars) {
     const int64_t t = blockIdx.y, n = sizes[t];
-    const double* s = scalars + t * 5;
+    const double* s = scalars + t * 6;
     const float k__r4 = (float)s[0];
     const float k1 = (float)s[1];
     const float k_rescale_grad = (float)s[2];
     const float k3 = (float)s[3];
     const float k4 = (float)s[4];
+    const float k__grad_scale = (float)s[5];
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
-        optforge_adafactor_s8_elem<float, __half, float, 2>(i, i, tab_weight[t], tab_grad[t], tab_variance[t], tab_weight_lp[t], k__r4, k1, k_rescale_grad, k3, k4);
+        optforge_adafactor_s8_elem<float, __half, float, 2>(i, i, tab_weight[t], tab_grad[t], tab_variance[t], tab_weight_lp[t], k__r4, k1, k_rescale_grad, k3, k4, k__grad_scale);
     }
 }
 }

@@ -113,6 +113,8 @@ class Adafactor(Optimizer):
 
     def _kernel_numpy(self, _step, weight, grad, tensors, scalars):
         """One parameter's update, in place on `weight`, `tensors` and `scalars` (`_step`: optforge.optimizer.Step)."""
+        if _step.grad_scale != 1:
+            grad = grad * _step.grad_scale
         beta2_decay = self.beta2_decay
         d = self.d
         eps1 = self.eps1
@@ -170,6 +172,8 @@ class Adafactor(Optimizer):
         row_var = tensors.get('row_var')
         col_var = tensors.get('col_var')
         variance = tensors.get('variance')
+        _grad_scale = _step.grad_scale
+        _grad = grad if _grad_scale == 1 else grad * _grad_scale
         _B, _R, _C = ops.view_dims(weight.shape, 'batched')
         beta2_t = t ** beta2_decay  # adafactor.opt:41
         rho = ops.minimum(lr, 1 / math.sqrt(t))  # adafactor.opt:42
@@ -182,13 +186,13 @@ class Adafactor(Optimizer):
             _r0 = be.scratch(weight, '_r0', ops.state_shape(weight.shape, 'per_row', 'batched'))
             _r1 = be.scratch(weight, '_r1', ops.state_shape(weight.shape, 'per_col', 'batched'))
             _r2 = be.scratch(weight, '_r2', ops.state_shape(weight.shape, 'per_block', 'batched'))
-            be.launch('optforge_adafactor_s2', (grad, _r0, _r1,), (ops.arg(-1 if maximize else 1), ops.arg(rescale_grad), ops.arg(clip_gradient), ), dims=(_B, _R, _C), axes=(('sum', -1), ('sum', -2)))
+            be.launch('optforge_adafactor_s2', (grad, _r0, _r1,), (ops.arg(-1 if maximize else 1), ops.arg(rescale_grad), ops.arg(clip_gradient), ops.arg(_grad_scale), ), dims=(_B, _R, _C), axes=(('sum', -1), ('sum', -2)))
             be.launch('optforge_adafactor_s3', (row_var, _r0, _r2,), (ops.arg(beta2_t), ops.arg(ops.size(_shape, -1, 'batched')), ), dims=(_B, _R, 1), axes=(('sum', -2),))
             be.launch('optforge_adafactor_s4', (col_var, _r1,), (ops.arg(beta2_t), ops.arg(ops.size(_shape, -2, 'batched')), ), dims=(_B, 1, _C))
-            _red_s5 = yield be.launch('optforge_adafactor_s5', (grad, row_var, col_var, _r2,), (ops.arg(-1 if maximize else 1), ops.arg(rescale_grad), ops.arg(clip_gradient), ops.arg(ops.size(_shape, -2, 'batched')), ops.arg(e1), ops.arg(e1 * e1), ), dims=(_B, _R, _C), reduce=1, stores=False)
-            _r3 = alpha / ops.maximum(1, (ops.fused_norm(_red_s5[0]) if _red_s5 is not None else ops.norm((-1 if maximize else 1) * ops.clip(rescale_grad * grad, clip_gradient) / xp.sqrt(xp.maximum(row_var * col_var / xp.maximum(_r2 / ops.size(_shape, -2, 'batched'), e1), e1 * e1)))) / math.sqrt(ops.numel(_shape, 'full', 'batched')) / d)  # adafactor.opt:52
-            be.launch('optforge_adafactor_s6', (weight, grad, row_var, col_var, _r2,), (ops.arg(_r3), ops.arg(-1 if maximize else 1), ops.arg(rescale_grad), ops.arg(clip_gradient), ops.arg(ops.size(_shape, -2, 'batched')), ops.arg(e1), ops.arg(e1 * e1), ), dims=(_B, _R, _C))
+            _red_s5 = yield be.launch('optforge_adafactor_s5', (grad, row_var, col_var, _r2,), (ops.arg(-1 if maximize else 1), ops.arg(rescale_grad), ops.arg(clip_gradient), ops.arg(ops.size(_shape, -2, 'batched')), ops.arg(e1), ops.arg(e1 * e1), ops.arg(_grad_scale), ), dims=(_B, _R, _C), reduce=1, stores=False)
+            _r3 = alpha / ops.maximum(1, (ops.fused_norm(_red_s5[0]) if _red_s5 is not None else ops.norm((-1 if maximize else 1) * ops.clip(rescale_grad * _grad, clip_gradient) / xp.sqrt(xp.maximum(row_var * col_var / xp.maximum(_r2 / ops.size(_shape, -2, 'batched'), e1), e1 * e1)))) / math.sqrt(ops.numel(_shape, 'full', 'batched')) / d)  # adafactor.opt:52
+            be.launch('optforge_adafactor_s6', (weight, grad, row_var, col_var, _r2,), (ops.arg(_r3), ops.arg(-1 if maximize else 1), ops.arg(rescale_grad), ops.arg(clip_gradient), ops.arg(ops.size(_shape, -2, 'batched')), ops.arg(e1), ops.arg(e1 * e1), ops.arg(_grad_scale), ), dims=(_B, _R, _C))
         else:
-            _red_s7 = yield be.launch('optforge_adafactor_s7', (variance, grad,), (ops.arg(beta2_t), ops.arg(-1 if maximize else 1), ops.arg(rescale_grad), ops.arg(clip_gradient), ops.arg(e1 * e1), ), reduce=1)
-            _r4 = alpha / ops.maximum(1, (ops.fused_norm(_red_s7[0]) if _red_s7 is not None else ops.norm((-1 if maximize else 1) * ops.clip(rescale_grad * grad, clip_gradient) / xp.sqrt(xp.maximum(variance, e1 * e1)))) / math.sqrt(ops.numel(_shape, 'full', 'batched')) / d)  # adafactor.opt:56
-            be.launch('optforge_adafactor_s8', (weight, grad, variance,), (ops.arg(_r4), ops.arg(-1 if maximize else 1), ops.arg(rescale_grad), ops.arg(clip_gradient), ops.arg(e1 * e1), ))
+            _red_s7 = yield be.launch('optforge_adafactor_s7', (variance, grad,), (ops.arg(beta2_t), ops.arg(-1 if maximize else 1), ops.arg(rescale_grad), ops.arg(clip_gradient), ops.arg(e1 * e1), ops.arg(_grad_scale), ), reduce=1)
+            _r4 = alpha / ops.maximum(1, (ops.fused_norm(_red_s7[0]) if _red_s7 is not None else ops.norm((-1 if maximize else 1) * ops.clip(rescale_grad * _grad, clip_gradient) / xp.sqrt(xp.maximum(variance, e1 * e1)))) / math.sqrt(ops.numel(_shape, 'full', 'batched')) / d)  # adafactor.opt:56
+            be.launch('optforge_adafactor_s8', (weight, grad, variance,), (ops.arg(_r4), ops.arg(-1 if maximize else 1), ops.arg(rescale_grad), ops.arg(clip_gradient), ops.arg(e1 * e1), ops.arg(_grad_scale), ))

@@ -35,8 +35,8 @@ template <typename C> inline void store_low(float* p, int64_t i, C v) { p[i] = (
 /* stage s0: element i of the weight and states, element gi of the gradient and scratch
    (the same element for a dense update; for a row-sparse one, gi walks the gradient's rows) */
 template <typename T, typename G, typename C>
-OPTFORGE_HD void optforge_adagrad_s0_elem(int64_t i, int64_t gi, const G* __restrict__ p_grad, T* __restrict__ p_history, T* __restrict__ p_weight, float* __restrict__ p_weight_lp, const C k_rescale_grad, const C k1, const C k_eps, const C k_wd, const C k4) {
-    C grad = C(p_grad[gi]);
+OPTFORGE_HD void optforge_adagrad_s0_elem(int64_t i, int64_t gi, const G* __restrict__ p_grad, T* __restrict__ p_history, T* __restrict__ p_weight, float* __restrict__ p_weight_lp, const C k_rescale_grad, const C k1, const C k_eps, const C k_wd, const C k4, const C k__grad_scale) {
+    C grad = C(p_grad[gi]) * k__grad_scale;
     C history = C(p_history[i]);
     C weight = C(p_weight[i]);
     C g;
@@ -49,15 +49,15 @@ OPTFORGE_HD void optforge_adagrad_s0_elem(int64_t i, int64_t gi, const G* __rest
 }
 
 extern "C" {
-void optforge_adagrad_s0_f32(int64_t n, const float* __restrict__ p_grad, float* __restrict__ p_history, float* __restrict__ p_weight, double k_rescale_grad, double k1, double k_eps, double k_wd, double k4) {
+void optforge_adagrad_s0_f32(int64_t n, const float* __restrict__ p_grad, float* __restrict__ p_history, float* __restrict__ p_weight, double k_rescale_grad, double k1, double k_eps, double k_wd, double k4, double k__grad_scale) {
     {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
         for (int64_t i = 0; i < n; ++i)
-            optforge_adagrad_s0_elem<float, float, float>(i, i, p_grad, p_history, p_weight, nullptr, (float)k_rescale_grad, (float)k1, (float)k_eps, (float)k_wd, (float)k4);
+            optforge_adagrad_s0_elem<float, float, float>(i, i, p_grad, p_history, p_weight, nullptr, (float)k_rescale_grad, (float)k1, (float)k_eps, (float)k_wd, (float)k4, (float)k__grad_scale);
     }
 }
 /* row-sparse: n = rows x cols gradient elements; gradient row r updates row rows[r] */
-void optforge_adagrad_s0_rows_f32(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const float* __restrict__ p_grad, float* __restrict__ p_history, float* __restrict__ p_weight, double k_rescale_grad, double k1, double k_eps, double k_wd, double k4) {
+void optforge_adagrad_s0_rows_f32(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const float* __restrict__ p_grad, float* __restrict__ p_history, float* __restrict__ p_weight, double k_rescale_grad, double k1, double k_eps, double k_wd, double k4, double k__grad_scale) {
     const int64_t nrows = cols ? n / cols : 0;
     /* scattered rows are latency-bound: two threads keep twice as many loads in flight */
     #pragma omp parallel for schedule(static) if (n >= OPTFORGE_PARALLEL_MIN)
@@ -65,34 +65,35 @@ void optforge_adagrad_s0_rows_f32(int64_t n, int64_t cols, const int64_t* __rest
         const int64_t base = rows[r] * cols, gbase = r * cols;
         #pragma omp simd
         for (int64_t c = 0; c < cols; ++c) {
-            optforge_adagrad_s0_elem<float, float, float>(base + c, gbase + c, p_grad, p_history, p_weight, nullptr, (float)k_rescale_grad, (float)k1, (float)k_eps, (float)k_wd, (float)k4);
+            optforge_adagrad_s0_elem<float, float, float>(base + c, gbase + c, p_grad, p_history, p_weight, nullptr, (float)k_rescale_grad, (float)k1, (float)k_eps, (float)k_wd, (float)k4, (float)k__grad_scale);
         }
     }
 }
 /* multi-tensor: one call for the small tensors of a list update (each below OPTFORGE_PARALLEL_MIN), in
-   parallel over the tensors: ptrs[k * count + t] is pointer k of tensor t, scalars[t * 5 + j] its
+   parallel over the tensors: ptrs[k * count + t] is pointer k of tensor t, scalars[t * 6 + j] its
    scalars */
 void optforge_adagrad_s0_mt_f32(int64_t count, const int64_t* __restrict__ sizes, const uint64_t* __restrict__ ptrs, const double* __restrict__ scalars) {
     #pragma omp parallel for schedule(dynamic, 4) if (count > 1)
     for (int64_t t = 0; t < count; ++t) {
-        const double* s = scalars + t * 5;
+        const double* s = scalars + t * 6;
         const double k_rescale_grad = s[0];
         const double k1 = s[1];
         const double k_eps = s[2];
         const double k_wd = s[3];
         const double k4 = s[4];
-        optforge_adagrad_s0_f32(sizes[t], (const float*)ptrs[0 * count + t], (float*)ptrs[1 * count + t], (float*)ptrs[2 * count + t], k_rescale_grad, k1, k_eps, k_wd, k4);
+        const double k__grad_scale = s[5];
+        optforge_adagrad_s0_f32(sizes[t], (const float*)ptrs[0 * count + t], (float*)ptrs[1 * count + t], (float*)ptrs[2 * count + t], k_rescale_grad, k1, k_eps, k_wd, k4, k__grad_scale);
     }
 }
-void optforge_adagrad_s0_f64(int64_t n, const double* __restrict__ p_grad, double* __restrict__ p_history, double* __restrict__ p_weight, double k_rescale_grad, double k1, double k_eps, double k_wd, double k4) {
+void optforge_adagrad_s0_f64(int64_t n, const double* __restrict__ p_grad, double* __restrict__ p_history, double* __restrict__ p_weight, double k_rescale_grad, double k1, double k_eps, double k_wd, double k4, double k__grad_scale) {
     {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
         for (int64_t i = 0; i < n; ++i)
-            optforge_adagrad_s0_elem<double, double, double>(i, i, p_grad, p_history, p_weight, nullptr, (double)k_rescale_grad, (double)k1, (double)k_eps, (double)k_wd, (double)k4);
+            optforge_adagrad_s0_elem<double, double, double>(i, i, p_grad, p_history, p_weight, nullptr, (double)k_rescale_grad, (double)k1, (double)k_eps, (double)k_wd, (double)k4, (double)k__grad_scale);
     }
 }
 /* row-sparse: n = rows x cols gradient elements; gradient row r updates row rows[r] */
-void optforge_adagrad_s0_rows_f64(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const double* __restrict__ p_grad, double* __restrict__ p_history, double* __restrict__ p_weight, double k_rescale_grad, double k1, double k_eps, double k_wd, double k4) {
+void optforge_adagrad_s0_rows_f64(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const double* __restrict__ p_grad, double* __restrict__ p_history, double* __restrict__ p_weight, double k_rescale_grad, double k1, double k_eps, double k_wd, double k4, double k__grad_scale) {
     const int64_t nrows = cols ? n / cols : 0;
     /* scattered rows are latency-bound: two threads keep twice as many loads in flight */
     #pragma omp parallel for schedule(static) if (n >= OPTFORGE_PARALLEL_MIN)
@@ -100,23 +101,24 @@ void optforge_adagrad_s0_rows_f64(int64_t n, int64_t cols, const int64_t* __rest
         const int64_t base = rows[r] * cols, gbase = r * cols;
         #pragma omp simd
         for (int64_t c = 0; c < cols; ++c) {
-            optforge_adagrad_s0_elem<double, double, double>(base + c, gbase + c, p_grad, p_history, p_weight, nullptr, (double)k_rescale_grad, (double)k1, (double)k_eps, (double)k_wd, (double)k4);
+            optforge_adagrad_s0_elem<double, double, double>(base + c, gbase + c, p_grad, p_history, p_weight, nullptr, (double)k_rescale_grad, (double)k1, (double)k_eps, (double)k_wd, (double)k4, (double)k__grad_scale);
         }
     }
 }
 /* multi-tensor: one call for the small tensors of a list update (each below OPTFORGE_PARALLEL_MIN), in
-   parallel over the tensors: ptrs[k * count + t] is pointer k of tensor t, scalars[t * 5 + j] its
+   parallel over the tensors: ptrs[k * count + t] is pointer k of tensor t, scalars[t * 6 + j] its
    scalars */
 void optforge_adagrad_s0_mt_f64(int64_t count, const int64_t* __restrict__ sizes, const uint64_t* __restrict__ ptrs, const double* __restrict__ scalars) {
     #pragma omp parallel for schedule(dynamic, 4) if (count > 1)
     for (int64_t t = 0; t < count; ++t) {
-        const double* s = scalars + t * 5;
+        const double* s = scalars + t * 6;
         const double k_rescale_grad = s[0];
         const double k1 = s[1];
         const double k_eps = s[2];
         const double k_wd = s[3];
         const double k4 = s[4];
-        optforge_adagrad_s0_f64(sizes[t], (const double*)ptrs[0 * count + t], (double*)ptrs[1 * count + t], (double*)ptrs[2 * count + t], k_rescale_grad, k1, k_eps, k_wd, k4);
+        const double k__grad_scale = s[5];
+        optforge_adagrad_s0_f64(sizes[t], (const double*)ptrs[0 * count + t], (double*)ptrs[1 * count + t], (double*)ptrs[2 * count + t], k_rescale_grad, k1, k_eps, k_wd, k4, k__grad_scale);
     }
 }
 }

@@ -37,8 +37,8 @@ template <typename C> OPTFORGE_HD void store_low(float* p, int64_t i, C v) {
 /* stage s0: element i of the weight and states, element gi of the gradient and scratch
    (the same element for a dense update; for a row-sparse one, gi walks the gradient's rows) */
 template <typename T, typename G, typename C>
-OPTFORGE_HD void optforge_adagrad_s0_elem(int64_t i, int64_t gi, const G* __restrict__ p_grad, T* __restrict__ p_history, T* __restrict__ p_weight, float* __restrict__ p_weight_lp, const C k_rescale_grad, const C k1, const C k_eps, const C k_wd, const C k4) {
-    C grad = C(p_grad[gi]);
+OPTFORGE_HD void optforge_adagrad_s0_elem(int64_t i, int64_t gi, const G* __restrict__ p_grad, T* __restrict__ p_history, T* __restrict__ p_weight, float* __restrict__ p_weight_lp, const C k_rescale_grad, const C k1, const C k_eps, const C k_wd, const C k4, const C k__grad_scale) {
+    C grad = C(p_grad[gi]) * k__grad_scale;
     C history = C(p_history[i]);
     C weight = C(p_weight[i]);
     C g;
@@ -51,96 +51,100 @@ OPTFORGE_HD void optforge_adagrad_s0_elem(int64_t i, int64_t gi, const G* __rest
 }
 
 extern "C" {
-__global__ void optforge_adagrad_s0_f32(int64_t n, const float* __restrict__ p_grad, float* __restrict__ p_history, float* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k_eps, double k_wd, double k4) {
+__global__ void optforge_adagrad_s0_f32(int64_t n, const float* __restrict__ p_grad, float* __restrict__ p_history, float* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k_eps, double k_wd, double k4, double k__grad_scale) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_adagrad_s0_elem<float, float, float>(i, i, p_grad, p_history, p_weight, p_weight_lp, (float)k_rescale_grad, (float)k1, (float)k_eps, (float)k_wd, (float)k4);
+        optforge_adagrad_s0_elem<float, float, float>(i, i, p_grad, p_history, p_weight, p_weight_lp, (float)k_rescale_grad, (float)k1, (float)k_eps, (float)k_wd, (float)k4, (float)k__grad_scale);
 }
 /* row-sparse, parallel over gradient elements (not rows): element j updates row rows[j / cols] */
-__global__ void optforge_adagrad_s0_rows_f32(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const float* __restrict__ p_grad, float* __restrict__ p_history, float* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k_eps, double k_wd, double k4) {
+__global__ void optforge_adagrad_s0_rows_f32(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const float* __restrict__ p_grad, float* __restrict__ p_history, float* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k_eps, double k_wd, double k4, double k__grad_scale) {
     for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
-        optforge_adagrad_s0_elem<float, float, float>(rows[j / cols] * cols + j % cols, j, p_grad, p_history, p_weight, p_weight_lp, (float)k_rescale_grad, (float)k1, (float)k_eps, (float)k_wd, (float)k4);
+        optforge_adagrad_s0_elem<float, float, float>(rows[j / cols] * cols + j % cols, j, p_grad, p_history, p_weight, p_weight_lp, (float)k_rescale_grad, (float)k1, (float)k_eps, (float)k_wd, (float)k4, (float)k__grad_scale);
 }
 /* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
-   pointers, sizes and 5 scalar(s) per parameter, as Apex's multi_tensor_apply */
+   pointers, sizes and 6 scalar(s) per parameter, as Apex's multi_tensor_apply */
 __global__ void optforge_adagrad_s0_mt_f32(const int64_t* __restrict__ sizes, float* const* tab_grad, float* const* tab_history, float* const* tab_weight, float* const* tab_weight_lp, const double* __restrict__ scalars) {
     const int64_t t = blockIdx.y, n = sizes[t];
-    const double* s = scalars + t * 5;
+    const double* s = scalars + t * 6;
     const float k_rescale_grad = (float)s[0];
     const float k1 = (float)s[1];
     const float k_eps = (float)s[2];
     const float k_wd = (float)s[3];
     const float k4 = (float)s[4];
+    const float k__grad_scale = (float)s[5];
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
-        optforge_adagrad_s0_elem<float, float, float>(i, i, tab_grad[t], tab_history[t], tab_weight[t], tab_weight_lp[t], k_rescale_grad, k1, k_eps, k_wd, k4);
+        optforge_adagrad_s0_elem<float, float, float>(i, i, tab_grad[t], tab_history[t], tab_weight[t], tab_weight_lp[t], k_rescale_grad, k1, k_eps, k_wd, k4, k__grad_scale);
     }
 }
-__global__ void optforge_adagrad_s0_f64(int64_t n, const double* __restrict__ p_grad, double* __restrict__ p_history, double* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k_eps, double k_wd, double k4) {
+__global__ void optforge_adagrad_s0_f64(int64_t n, const double* __restrict__ p_grad, double* __restrict__ p_history, double* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k_eps, double k_wd, double k4, double k__grad_scale) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_adagrad_s0_elem<double, double, double>(i, i, p_grad, p_history, p_weight, p_weight_lp, (double)k_rescale_grad, (double)k1, (double)k_eps, (double)k_wd, (double)k4);
+        optforge_adagrad_s0_elem<double, double, double>(i, i, p_grad, p_history, p_weight, p_weight_lp, (double)k_rescale_grad, (double)k1, (double)k_eps, (double)k_wd, (double)k4, (double)k__grad_scale);
 }
 /* row-sparse, parallel over gradient elements (not rows): element j updates row rows[j / cols] */
-__global__ void optforge_adagrad_s0_rows_f64(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const double* __restrict__ p_grad, double* __restrict__ p_history, double* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k_eps, double k_wd, double k4) {
+__global__ void optforge_adagrad_s0_rows_f64(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const double* __restrict__ p_grad, double* __restrict__ p_history, double* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k_eps, double k_wd, double k4, double k__grad_scale) {
     for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
-        optforge_adagrad_s0_elem<double, double, double>(rows[j / cols] * cols + j % cols, j, p_grad, p_history, p_weight, p_weight_lp, (double)k_rescale_grad, (double)k1, (double)k_eps, (double)k_wd, (double)k4);
+        optforge_adagrad_s0_elem<double, double, double>(rows[j / cols] * cols + j % cols, j, p_grad, p_history, p_weight, p_weight_lp, (double)k_rescale_grad, (double)k1, (double)k_eps, (double)k_wd, (double)k4, (double)k__grad_scale);
 }
 /* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
-   pointers, sizes and 5 scalar(s) per parameter, as Apex's multi_tensor_apply */
+   pointers, sizes and 6 scalar(s) per parameter, as Apex's multi_tensor_apply */
 __global__ void optforge_adagrad_s0_mt_f64(const int64_t* __restrict__ sizes, double* const* tab_grad, double* const* tab_history, double* const* tab_weight, float* const* tab_weight_lp, const double* __restrict__ scalars) {
     const int64_t t = blockIdx.y, n = sizes[t];
-    const double* s = scalars + t * 5;
+    const double* s = scalars + t * 6;
     const double k_rescale_grad = (double)s[0];
     const double k1 = (double)s[1];
     const double k_eps = (double)s[2];
     const double k_wd = (double)s[3];
     const double k4 = (double)s[4];
+    const double k__grad_scale = (double)s[5];
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
-        optforge_adagrad_s0_elem<double, double, double>(i, i, tab_grad[t], tab_history[t], tab_weight[t], tab_weight_lp[t], k_rescale_grad, k1, k_eps, k_wd, k4);
+        optforge_adagrad_s0_elem<double, double, double>(i, i, tab_grad[t], tab_history[t], tab_weight[t], tab_weight_lp[t], k_rescale_grad, k1, k_eps, k_wd, k4, k__grad_scale);
     }
 }
-__global__ void optforge_adagrad_s0_f16(int64_t n, const __half* __restrict__ p_grad, __half* __restrict__ p_history, __half* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k_eps, double k_wd, double k4) {
+__global__ void optforge_adagrad_s0_f16(int64_t n, const __half* __restrict__ p_grad, __half* __restrict__ p_history, __half* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k_eps, double k_wd, double k4, double k__grad_scale) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_adagrad_s0_elem<__half, __half, float>(i, i, p_grad, p_history, p_weight, p_weight_lp, (float)k_rescale_grad, (float)k1, (float)k_eps, (float)k_wd, (float)k4);
+        optforge_adagrad_s0_elem<__half, __half, float>(i, i, p_grad, p_history, p_weight, p_weight_lp, (float)k_rescale_grad, (float)k1, (float)k_eps, (float)k_wd, (float)k4, (float)k__grad_scale);
 }
 /* row-sparse, parallel over gradient elements (not rows): element j updates row rows[j / cols] */
-__global__ void optforge_adagrad_s0_rows_f16(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const __half* __restrict__ p_grad, __half* __restrict__ p_history, __half* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k_eps, double k_wd, double k4) {
+__global__ void optforge_adagrad_s0_rows_f16(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const __half* __restrict__ p_grad, __half* __restrict__ p_history, __half* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k_eps, double k_wd, double k4, double k__grad_scale) {
     for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
-        optforge_adagrad_s0_elem<__half, __half, float>(rows[j / cols] * cols + j % cols, j, p_grad, p_history, p_weight, p_weight_lp, (float)k_rescale_grad, (float)k1, (float)k_eps, (float)k_wd, (float)k4);
+        optforge_adagrad_s0_elem<__half, __half, float>(rows[j / cols] * cols + j % cols, j, p_grad, p_history, p_weight, p_weight_lp, (float)k_rescale_grad, (float)k1, (float)k_eps, (float)k_wd, (float)k4, (float)k__grad_scale);
 }
 /* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
-   pointers, sizes and 5 scalar(s) per parameter, as Apex's multi_tensor_apply */
+   pointers, sizes and 6 scalar(s) per parameter, as Apex's multi_tensor_apply */
 __global__ void optforge_adagrad_s0_mt_f16(const int64_t* __restrict__ sizes, __half* const* tab_grad, __half* const* tab_history, __half* const* tab_weight, float* const* tab_weight_lp, const double* __restrict__ scalars) {
     const int64_t t = blockIdx.y, n = sizes[t];
-    const double* s = scalars + t * 5;
+    const double* s = scalars + t * 6;
     const float k_rescale_grad = (float)s[0];
     const float k1 = (float)s[1];
     const float k_eps = (float)s[2];
     const float k_wd = (float)s[3];
     const float k4 = (float)s[4];
+    const float k__grad_scale = (float)s[5];
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
-        optforge_adagrad_s0_elem<__half, __half, float>(i, i, tab_grad[t], tab_history[t], tab_weight[t], tab_weight_lp[t], k_rescale_grad, k1, k_eps, k_wd, k4);
+        optforge_adagrad_s0_elem<__half, __half, float>(i, i, tab_grad[t], tab_history[t], tab_weight[t], tab_weight_lp[t], k_rescale_grad, k1, k_eps, k_wd, k4, k__grad_scale);
     }
 }
-__global__ void optforge_adagrad_s0_mp16(int64_t n, const __half* __restrict__ p_grad, float* __restrict__ p_history, float* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k_eps, double k_wd, double k4) {
+__global__ void optforge_adagrad_s0_mp16(int64_t n, const __half* __restrict__ p_grad, float* __restrict__ p_history, float* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k_eps, double k_wd, double k4, double k__grad_scale) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_adagrad_s0_elem<float, __half, float>(i, i, p_grad, p_history, p_weight, p_weight_lp, (float)k_rescale_grad, (float)k1, (float)k_eps, (float)k_wd, (float)k4);
+        optforge_adagrad_s0_elem<float, __half, float>(i, i, p_grad, p_history, p_weight, p_weight_lp, (float)k_rescale_grad, (float)k1, (float)k_eps, (float)k_wd, (float)k4, (float)k__grad_scale);
 }
 /* row-sparse, parallel over gradient elements (not rows): element j updates row rows[j / cols] */
-__global__ void optforge_adagrad_s0_rows_mp16(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const __half* __restrict__ p_grad, float* __restrict__ p_history, float* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k_eps, double k_wd, double k4) {
+__global__ void optforge_adagrad_s0_rows_mp16(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const __half* __restrict__ p_grad, float* __restrict__ p_history, float* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k_eps, double k_wd, double k4, double k__grad_scale) {
     for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
-        optforge_adagrad_s0_elem<float, __half, float>(rows[j / cols] * cols + j % cols, j, p_grad, p_history, p_weight, p_weight_lp, (float)k_rescale_grad, (float)k1, (float)k_eps, (float)k_wd, (float)k4);
+        optforge_adagrad_s0_elem<float, __half, float>(rows[j / cols] * cols + j % cols, j, p_grad, p_history, p_weight, p_weight_lp, (float)k_rescale_grad, (float)k1, (float)k_eps, (float)k_wd, (float)k4, (float)k__grad_scale);
 }
 /* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
-   pointers, sizes and 5 scalar(s) per parameter, as Apex's multi_tensor_apply */
+   pointers, sizes and 6 scalar(s) per parameter, as Apex's multi_tensor_apply */
 __global__ void optforge_adagrad_s0_mt_mp16(const int64_t* __restrict__ sizes, __half* const* tab_grad, float* const* tab_history, float* const* tab_weight, float* const* tab_weight_lp, const double* __restrict__ scalars) {
     const int64_t t = blockIdx.y, n = sizes[t];
-    const double* s = scalars + t * 5;
+    const double* s = scalars + t * 6;
     const float k_rescale_grad = (float)s[0];
     const float k1 = (float)s[1];
     const float k_eps = (float)s[2];
     const float k_wd = (float)s[3];
     const float k4 = (float)s[4];
+    const float k__grad_scale = (float)s[5];
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
-        optforge_adagrad_s0_elem<float, __half, float>(i, i, tab_grad[t], tab_history[t], tab_weight[t], tab_weight_lp[t], k_rescale_grad, k1, k_eps, k_wd, k4);
+        optforge_adagrad_s0_elem<float, __half, float>(i, i, tab_grad[t], tab_history[t], tab_weight[t], tab_weight_lp[t], k_rescale_grad, k1, k_eps, k_wd, k4, k__grad_scale);
     }
 }
 }

@@ -77,6 +77,8 @@ class AdaGrad(Optimizer):
 
     def _kernel_numpy(self, _step, weight, grad, tensors, scalars):
         """One parameter's update, in place on `weight`, `tensors` and `scalars` (`_step`: optforge.optimizer.Step)."""
+        if _step.grad_scale != 1:
+            grad = grad * _step.grad_scale
         eps = self.eps
         clip_gradient = self.clip_gradient
         rescale_grad = self.rescale_grad
@@ -96,6 +98,8 @@ class AdaGrad(Optimizer):
 
     def _kernel_rows(self, _step, rows, weight, grad, tensors, scalars):
         """The lazy update: only the rows `rows` of `weight` and `tensors` change; `grad` holds those rows."""
+        if _step.grad_scale != 1:
+            grad = grad * _step.grad_scale
         eps = self.eps
         clip_gradient = self.clip_gradient
         rescale_grad = self.rescale_grad
@@ -120,4 +124,5 @@ class AdaGrad(Optimizer):
         lr = _step.lr
         wd = _step.wd
         history = tensors['history']
-        be.launch('optforge_adagrad_s0', (grad, history, weight,), (ops.arg(rescale_grad), ops.arg(clip_gradient), ops.arg(eps), ops.arg(wd), ops.arg(-lr), ))
+        _grad_scale = _step.grad_scale
+        be.launch('optforge_adagrad_s0', (grad, history, weight,), (ops.arg(rescale_grad), ops.arg(clip_gradient), ops.arg(eps), ops.arg(wd), ops.arg(-lr), ops.arg(_grad_scale), ))

@@ -35,8 +35,8 @@ template <typename C> inline void store_low(float* p, int64_t i, C v) { p[i] = (
 /* stage s0: element i of the weight and states, element gi of the gradient and scratch
    (the same element for a dense update; for a row-sparse one, gi walks the gradient's rows) */
 template <typename T, typename G, typename C>
-OPTFORGE_HD void optforge_adam_s0_elem(int64_t i, int64_t gi, const G* __restrict__ p_grad, T* __restrict__ p_weight, T* __restrict__ p_mean, T* __restrict__ p_var, float* __restrict__ p_weight_lp, const C k_rescale_grad, const C k_wd, const C k2, const C k_beta1, const C k_beta2, const C k_lr_t, const C k_epsilon) {
-    C grad = C(p_grad[gi]);
+OPTFORGE_HD void optforge_adam_s0_elem(int64_t i, int64_t gi, const G* __restrict__ p_grad, T* __restrict__ p_weight, T* __restrict__ p_mean, T* __restrict__ p_var, float* __restrict__ p_weight_lp, const C k_rescale_grad, const C k_wd, const C k2, const C k_beta1, const C k_beta2, const C k_lr_t, const C k_epsilon, const C k__grad_scale) {
+    C grad = C(p_grad[gi]) * k__grad_scale;
     C weight = C(p_weight[i]);
     C mean = C(p_mean[i]);
     C var = C(p_var[i]);
@@ -52,15 +52,15 @@ OPTFORGE_HD void optforge_adam_s0_elem(int64_t i, int64_t gi, const G* __restric
 }
 
 extern "C" {
-void optforge_adam_s0_f32(int64_t n, const float* __restrict__ p_grad, float* __restrict__ p_weight, float* __restrict__ p_mean, float* __restrict__ p_var, double k_rescale_grad, double k_wd, double k2, double k_beta1, double k_beta2, double k_lr_t, double k_epsilon) {
+void optforge_adam_s0_f32(int64_t n, const float* __restrict__ p_grad, float* __restrict__ p_weight, float* __restrict__ p_mean, float* __restrict__ p_var, double k_rescale_grad, double k_wd, double k2, double k_beta1, double k_beta2, double k_lr_t, double k_epsilon, double k__grad_scale) {
     {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
         for (int64_t i = 0; i < n; ++i)
-            optforge_adam_s0_elem<float, float, float>(i, i, p_grad, p_weight, p_mean, p_var, nullptr, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k_beta1, (float)k_beta2, (float)k_lr_t, (float)k_epsilon);
+            optforge_adam_s0_elem<float, float, float>(i, i, p_grad, p_weight, p_mean, p_var, nullptr, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k_beta1, (float)k_beta2, (float)k_lr_t, (float)k_epsilon, (float)k__grad_scale);
     }
 }
 /* row-sparse: n = rows x cols gradient elements; gradient row r updates row rows[r] */
-void optforge_adam_s0_rows_f32(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const float* __restrict__ p_grad, float* __restrict__ p_weight, float* __restrict__ p_mean, float* __restrict__ p_var, double k_rescale_grad, double k_wd, double k2, double k_beta1, double k_beta2, double k_lr_t, double k_epsilon) {
+void optforge_adam_s0_rows_f32(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const float* __restrict__ p_grad, float* __restrict__ p_weight, float* __restrict__ p_mean, float* __restrict__ p_var, double k_rescale_grad, double k_wd, double k2, double k_beta1, double k_beta2, double k_lr_t, double k_epsilon, double k__grad_scale) {
     const int64_t nrows = cols ? n / cols : 0;
     /* scattered rows are latency-bound: two threads keep twice as many loads in flight */
     #pragma omp parallel for schedule(static) if (n >= OPTFORGE_PARALLEL_MIN)
@@ -68,17 +68,17 @@ void optforge_adam_s0_rows_f32(int64_t n, int64_t cols, const int64_t* __restric
         const int64_t base = rows[r] * cols, gbase = r * cols;
         #pragma omp simd
         for (int64_t c = 0; c < cols; ++c) {
-            optforge_adam_s0_elem<float, float, float>(base + c, gbase + c, p_grad, p_weight, p_mean, p_var, nullptr, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k_beta1, (float)k_beta2, (float)k_lr_t, (float)k_epsilon);
+            optforge_adam_s0_elem<float, float, float>(base + c, gbase + c, p_grad, p_weight, p_mean, p_var, nullptr, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k_beta1, (float)k_beta2, (float)k_lr_t, (float)k_epsilon, (float)k__grad_scale);
         }
     }
 }
 /* multi-tensor: one call for the small tensors of a list update (each below OPTFORGE_PARALLEL_MIN), in
-   parallel over the tensors: ptrs[k * count + t] is pointer k of tensor t, scalars[t * 7 + j] its
+   parallel over the tensors: ptrs[k * count + t] is pointer k of tensor t, scalars[t * 8 + j] its
    scalars */
 void optforge_adam_s0_mt_f32(int64_t count, const int64_t* __restrict__ sizes, const uint64_t* __restrict__ ptrs, const double* __restrict__ scalars) {
     #pragma omp parallel for schedule(dynamic, 4) if (count > 1)
     for (int64_t t = 0; t < count; ++t) {
-        const double* s = scalars + t * 7;
+        const double* s = scalars + t * 8;
         const double k_rescale_grad = s[0];
         const double k_wd = s[1];
         const double k2 = s[2];
@@ -86,18 +86,19 @@ void optforge_adam_s0_mt_f32(int64_t count, const int64_t* __restrict__ sizes, c
         const double k_beta2 = s[4];
         const double k_lr_t = s[5];
         const double k_epsilon = s[6];
-        optforge_adam_s0_f32(sizes[t], (const float*)ptrs[0 * count + t], (float*)ptrs[1 * count + t], (float*)ptrs[2 * count + t], (float*)ptrs[3 * count + t], k_rescale_grad, k_wd, k2, k_beta1, k_beta2, k_lr_t, k_epsilon);
+        const double k__grad_scale = s[7];
+        optforge_adam_s0_f32(sizes[t], (const float*)ptrs[0 * count + t], (float*)ptrs[1 * count + t], (float*)ptrs[2 * count + t], (float*)ptrs[3 * count + t], k_rescale_grad, k_wd, k2, k_beta1, k_beta2, k_lr_t, k_epsilon, k__grad_scale);
     }
 }
-void optforge_adam_s0_f64(int64_t n, const double* __restrict__ p_grad, double* __restrict__ p_weight, double* __restrict__ p_mean, double* __restrict__ p_var, double k_rescale_grad, double k_wd, double k2, double k_beta1, double k_beta2, double k_lr_t, double k_epsilon) {
+void optforge_adam_s0_f64(int64_t n, const double* __restrict__ p_grad, double* __restrict__ p_weight, double* __restrict__ p_mean, double* __restrict__ p_var, double k_rescale_grad, double k_wd, double k2, double k_beta1, double k_beta2, double k_lr_t, double k_epsilon, double k__grad_scale) {
     {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
         for (int64_t i = 0; i < n; ++i)
-            optforge_adam_s0_elem<double, double, double>(i, i, p_grad, p_weight, p_mean, p_var, nullptr, (double)k_rescale_grad, (double)k_wd, (double)k2, (double)k_beta1, (double)k_beta2, (double)k_lr_t, (double)k_epsilon);
+            optforge_adam_s0_elem<double, double, double>(i, i, p_grad, p_weight, p_mean, p_var, nullptr, (double)k_rescale_grad, (double)k_wd, (double)k2, (double)k_beta1, (double)k_beta2, (double)k_lr_t, (double)k_epsilon, (double)k__grad_scale);
     }
 }
 /* row-sparse: n = rows x cols gradient elements; gradient row r updates row rows[r] */
-void optforge_adam_s0_rows_f64(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const double* __restrict__ p_grad, double* __restrict__ p_weight, double* __restrict__ p_mean, double* __restrict__ p_var, double k_rescale_grad, double k_wd, double k2, double k_beta1, double k_beta2, double k_lr_t, double k_epsilon) {
+void optforge_adam_s0_rows_f64(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const double* __restrict__ p_grad, double* __restrict__ p_weight, double* __restrict__ p_mean, double* __restrict__ p_var, double k_rescale_grad, double k_wd, double k2, double k_beta1, double k_beta2, double k_lr_t, double k_epsilon, double k__grad_scale) {
     const int64_t nrows = cols ? n / cols : 0;
     /* scattered rows are latency-bound: two threads keep twice as many loads in flight */
     #pragma omp parallel for schedule(static) if (n >= OPTFORGE_PARALLEL_MIN)
@@ -105,17 +106,17 @@ void optforge_adam_s0_rows_f64(int64_t n, int64_t cols, const int64_t* __restric
         const int64_t base = rows[r] * cols, gbase = r * cols;
         #pragma omp simd
         for (int64_t c = 0; c < cols; ++c) {
-            optforge_adam_s0_elem<double, double, double>(base + c, gbase + c, p_grad, p_weight, p_mean, p_var, nullptr, (double)k_rescale_grad, (double)k_wd, (double)k2, (double)k_beta1, (double)k_beta2, (double)k_lr_t, (double)k_epsilon);
+            optforge_adam_s0_elem<double, double, double>(base + c, gbase + c, p_grad, p_weight, p_mean, p_var, nullptr, (double)k_rescale_grad, (double)k_wd, (double)k2, (double)k_beta1, (double)k_beta2, (double)k_lr_t, (double)k_epsilon, (double)k__grad_scale);
         }
     }
 }
 /* multi-tensor: one call for the small tensors of a list update (each below OPTFORGE_PARALLEL_MIN), in
-   parallel over the tensors: ptrs[k * count + t] is pointer k of tensor t, scalars[t * 7 + j] its
+   parallel over the tensors: ptrs[k * count + t] is pointer k of tensor t, scalars[t * 8 + j] its
    scalars */
 void optforge_adam_s0_mt_f64(int64_t count, const int64_t* __restrict__ sizes, const uint64_t* __restrict__ ptrs, const double* __restrict__ scalars) {
     #pragma omp parallel for schedule(dynamic, 4) if (count > 1)
     for (int64_t t = 0; t < count; ++t) {
-        const double* s = scalars + t * 7;
+        const double* s = scalars + t * 8;
         const double k_rescale_grad = s[0];
         const double k_wd = s[1];
         const double k2 = s[2];
@@ -123,7 +124,8 @@ void optforge_adam_s0_mt_f64(int64_t count, const int64_t* __restrict__ sizes, c
         const double k_beta2 = s[4];
         const double k_lr_t = s[5];
         const double k_epsilon = s[6];
-        optforge_adam_s0_f64(sizes[t], (const double*)ptrs[0 * count + t], (double*)ptrs[1 * count + t], (double*)ptrs[2 * count + t], (double*)ptrs[3 * count + t], k_rescale_grad, k_wd, k2, k_beta1, k_beta2, k_lr_t, k_epsilon);
+        const double k__grad_scale = s[7];
+        optforge_adam_s0_f64(sizes[t], (const double*)ptrs[0 * count + t], (double*)ptrs[1 * count + t], (double*)ptrs[2 * count + t], (double*)ptrs[3 * count + t], k_rescale_grad, k_wd, k2, k_beta1, k_beta2, k_lr_t, k_epsilon, k__grad_scale);
     }
 }
 }

@@ -37,8 +37,8 @@ template <typename C> OPTFORGE_HD void store_low(float* p, int64_t i, C v) {
 /* stage s0: element i of the weight and states, element gi of the gradient and scratch
    (the same element for a dense update; for a row-sparse one, gi walks the gradient's rows) */
 template <typename T, typename G, typename C>
-OPTFORGE_HD void optforge_adam_s0_elem(int64_t i, int64_t gi, const G* __restrict__ p_grad, T* __restrict__ p_weight, T* __restrict__ p_mean, T* __restrict__ p_var, float* __restrict__ p_weight_lp, const C k_rescale_grad, const C k_wd, const C k2, const C k_beta1, const C k_beta2, const C k_lr_t, const C k_epsilon) {
-    C grad = C(p_grad[gi]);
+OPTFORGE_HD void optforge_adam_s0_elem(int64_t i, int64_t gi, const G* __restrict__ p_grad, T* __restrict__ p_weight, T* __restrict__ p_mean, T* __restrict__ p_var, float* __restrict__ p_weight_lp, const C k_rescale_grad, const C k_wd, const C k2, const C k_beta1, const C k_beta2, const C k_lr_t, const C k_epsilon, const C k__grad_scale) {
+    C grad = C(p_grad[gi]) * k__grad_scale;
     C weight = C(p_weight[i]);
     C mean = C(p_mean[i]);
     C var = C(p_var[i]);
@@ -54,20 +54,20 @@ OPTFORGE_HD void optforge_adam_s0_elem(int64_t i, int64_t gi, const G* __restric
 }
 
 extern "C" {
-__global__ void optforge_adam_s0_f32(int64_t n, const float* __restrict__ p_grad, float* __restrict__ p_weight, float* __restrict__ p_mean, float* __restrict__ p_var, float* __restrict__ p_weight_lp, double k_rescale_grad, double k_wd, double k2, double k_beta1, double k_beta2, double k_lr_t, double k_epsilon) {
+__global__ void optforge_adam_s0_f32(int64_t n, const float* __restrict__ p_grad, float* __restrict__ p_weight, float* __restrict__ p_mean, float* __restrict__ p_var, float* __restrict__ p_weight_lp, double k_rescale_grad, double k_wd, double k2, double k_beta1, double k_beta2, double k_lr_t, double k_epsilon, double k__grad_scale) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_adam_s0_elem<float, float, float>(i, i, p_grad, p_weight, p_mean, p_var, p_weight_lp, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k_beta1, (float)k_beta2, (float)k_lr_t, (float)k_epsilon);
+        optforge_adam_s0_elem<float, float, float>(i, i, p_grad, p_weight, p_mean, p_var, p_weight_lp, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k_beta1, (float)k_beta2, (float)k_lr_t, (float)k_epsilon, (float)k__grad_scale);
 }
 /* row-sparse, parallel over gradient elements (not rows): element j updates row rows[j / cols] */
-__global__ void optforge_adam_s0_rows_f32(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const float* __restrict__ p_grad, float* __restrict__ p_weight, float* __restrict__ p_mean, float* __restrict__ p_var, float* __restrict__ p_weight_lp, double k_rescale_grad, double k_wd, double k2, double k_beta1, double k_beta2, double k_lr_t, double k_epsilon) {
+__global__ void optforge_adam_s0_rows_f32(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const float* __restrict__ p_grad, float* __restrict__ p_weight, float* __restrict__ p_mean, float* __restrict__ p_var, float* __restrict__ p_weight_lp, double k_rescale_grad, double k_wd, double k2, double k_beta1, double k_beta2, double k_lr_t, double k_epsilon, double k__grad_scale) {
     for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
-        optforge_adam_s0_elem<float, float, float>(rows[j / cols] * cols + j % cols, j, p_grad, p_weight, p_mean, p_var, p_weight_lp, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k_beta1, (float)k_beta2, (float)k_lr_t, (float)k_epsilon);
+        optforge_adam_s0_elem<float, float, float>(rows[j / cols] * cols + j % cols, j, p_grad, p_weight, p_mean, p_var, p_weight_lp, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k_beta1, (float)k_beta2, (float)k_lr_t, (float)k_epsilon, (float)k__grad_scale);
 }
 /* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
-   pointers, sizes and 7 scalar(s) per parameter, as Apex's multi_tensor_apply */
+   pointers, sizes and 8 scalar(s) per parameter, as Apex's multi_tensor_apply */
 __global__ void optforge_adam_s0_mt_f32(const int64_t* __restrict__ sizes, float* const* tab_grad, float* const* tab_weight, float* const* tab_mean, float* const* tab_var, float* const* tab_weight_lp, const double* __restrict__ scalars) {
     const int64_t t = blockIdx.y, n = sizes[t];
-    const double* s = scalars + t * 7;
+    const double* s = scalars + t * 8;
     const float k_rescale_grad = (float)s[0];
     const float k_wd = (float)s[1];
     const float k2 = (float)s[2];
@@ -75,24 +75,25 @@ __global__ void optforge_adam_s0_mt_f32(const int64_t* __restrict__ sizes, float
     const float k_beta2 = (float)s[4];
     const float k_lr_t = (float)s[5];
     const float k_epsilon = (float)s[6];
+    const float k__grad_scale = (float)s[7];
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
-        optforge_adam_s0_elem<float, float, float>(i, i, tab_grad[t], tab_weight[t], tab_mean[t], tab_var[t], tab_weight_lp[t], k_rescale_grad, k_wd, k2, k_beta1, k_beta2, k_lr_t, k_epsilon);
+        optforge_adam_s0_elem<float, float, float>(i, i, tab_grad[t], tab_weight[t], tab_mean[t], tab_var[t], tab_weight_lp[t], k_rescale_grad, k_wd, k2, k_beta1, k_beta2, k_lr_t, k_epsilon, k__grad_scale);
     }
 }
-__global__ void optforge_adam_s0_f64(int64_t n, const double* __restrict__ p_grad, double* __restrict__ p_weight, double* __restrict__ p_mean, double* __restrict__ p_var, float* __restrict__ p_weight_lp, double k_rescale_grad, double k_wd, double k2, double k_beta1, double k_beta2, double k_lr_t, double k_epsilon) {
+__global__ void optforge_adam_s0_f64(int64_t n, const double* __restrict__ p_grad, double* __restrict__ p_weight, double* __restrict__ p_mean, double* __restrict__ p_var, float* __restrict__ p_weight_lp, double k_rescale_grad, double k_wd, double k2, double k_beta1, double k_beta2, double k_lr_t, double k_epsilon, double k__grad_scale) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_adam_s0_elem<double, double, double>(i, i, p_grad, p_weight, p_mean, p_var, p_weight_lp, (double)k_rescale_grad, (double)k_wd, (double)k2, (double)k_beta1, (double)k_beta2, (double)k_lr_t, (double)k_epsilon);
+        optforge_adam_s0_elem<double, double, double>(i, i, p_grad, p_weight, p_mean, p_var, p_weight_lp, (double)k_rescale_grad, (double)k_wd, (double)k2, (double)k_beta1, (double)k_beta2, (double)k_lr_t, (double)k_epsilon, (double)k__grad_scale);
 }
 /* row-sparse, parallel over gradient elements (not rows): element j updates row rows[j / cols] */
-__global__ void optforge_adam_s0_rows_f64(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const double* __restrict__ p_grad, double* __restrict__ p_weight, double* __restrict__ p_mean, double* __restrict__ p_var, float* __restrict__ p_weight_lp, double k_rescale_grad, double k_wd, double k2, double k_beta1, double k_beta2, double k_lr_t, double k_epsilon) {
+__global__ void optforge_adam_s0_rows_f64(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const double* __restrict__ p_grad, double* __restrict__ p_weight, double* __restrict__ p_mean, double* __restrict__ p_var, float* __restrict__ p_weight_lp, double k_rescale_grad, double k_wd, double k2, double k_beta1, double k_beta2, double k_lr_t, double k_epsilon, double k__grad_scale) {
     for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
-        optforge_adam_s0_elem<double, double, double>(rows[j / cols] * cols + j % cols, j, p_grad, p_weight, p_mean, p_var, p_weight_lp, (double)k_rescale_grad, (double)k_wd, (double)k2, (double)k_beta1, (double)k_beta2, (double)k_lr_t, (double)k_epsilon);
+        optforge_adam_s0_elem<double, double, double>(rows[j / cols] * cols + j % cols, j, p_grad, p_weight, p_mean, p_var, p_weight_lp, (double)k_rescale_grad, (double)k_wd, (double)k2, (double)k_beta1, (double)k_beta2, (double)k_lr_t, (double)k_epsilon, (double)k__grad_scale);
 }
 /* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
-   pointers, sizes and 7 scalar(s) per parameter, as Apex's multi_tensor_apply */
+   pointers, sizes and 8 scalar(s) per parameter, as Apex's multi_tensor_apply */
 __global__ void optforge_adam_s0_mt_f64(const int64_t* __restrict__ sizes, double* const* tab_grad, double* const* tab_weight, double* const* tab_mean, double* const* tab_var, float* const* tab_weight_lp, const double* __restrict__ scalars) {
     const int64_t t = blockIdx.y, n = sizes[t];
-    const double* s = scalars + t * 7;
+    const double* s = scalars + t * 8;
     const double k_rescale_grad = (double)s[0];
     const double k_wd = (double)s[1];
     const double k2 = (double)s[2];
@@ -100,24 +101,25 @@ __global__ void optforge_adam_s0_mt_f64(const int64_t* __restrict__ sizes, doubl
     const double k_beta2 = (double)s[4];
     const double k_lr_t = (double)s[5];
     const double k_epsilon = (double)s[6];
+    const double k__grad_scale = (double)s[7];
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
-        optforge_adam_s0_elem<double, double, double>(i, i, tab_grad[t], tab_weight[t], tab_mean[t], tab_var[t], tab_weight_lp[t], k_rescale_grad, k_wd, k2, k_beta1, k_beta2, k_lr_t, k_epsilon);
+        optforge_adam_s0_elem<double, double, double>(i, i, tab_grad[t], tab_weight[t], tab_mean[t], tab_var[t], tab_weight_lp[t], k_rescale_grad, k_wd, k2, k_beta1, k_beta2, k_lr_t, k_epsilon, k__grad_scale);
     }
 }
-__global__ void optforge_adam_s0_f16(int64_t n, const __half* __restrict__ p_grad, __half* __restrict__ p_weight, __half* __restrict__ p_mean, __half* __restrict__ p_var, float* __restrict__ p_weight_lp, double k_rescale_grad, double k_wd, double k2, double k_beta1, double k_beta2, double k_lr_t, double k_epsilon) {
+__global__ void optforge_adam_s0_f16(int64_t n, const __half* __restrict__ p_grad, __half* __restrict__ p_weight, __half* __restrict__ p_mean, __half* __restrict__ p_var, float* __restrict__ p_weight_lp, double k_rescale_grad, double k_wd, double k2, double k_beta1, double k_beta2, double k_lr_t, double k_epsilon, double k__grad_scale) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_adam_s0_elem<__half, __half, float>(i, i, p_grad, p_weight, p_mean, p_var, p_weight_lp, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k_beta1, (float)k_beta2, (float)k_lr_t, (float)k_epsilon);
+        optforge_adam_s0_elem<__half, __half, float>(i, i, p_grad, p_weight, p_mean, p_var, p_weight_lp, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k_beta1, (float)k_beta2, (float)k_lr_t, (float)k_epsilon, (float)k__grad_scale);
 }
 /* row-sparse, parallel over gradient elements (not rows): element j updates row rows[j / cols] */
-__global__ void optforge_adam_s0_rows_f16(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const __half* __restrict__ p_grad, __half* __restrict__ p_weight, __half* __restrict__ p_mean, __half* __restrict__ p_var, float* __restrict__ p_weight_lp, double k_rescale_grad, double k_wd, double k2, double k_beta1, double k_beta2, double k_lr_t, double k_epsilon) {
+__global__ void optforge_adam_s0_rows_f16(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const __half* __restrict__ p_grad, __half* __restrict__ p_weight, __half* __restrict__ p_mean, __half* __restrict__ p_var, float* __restrict__ p_weight_lp, double k_rescale_grad, double k_wd, double k2, double k_beta1, double k_beta2, double k_lr_t, double k_epsilon, double k__grad_scale) {
     for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
-        optforge_adam_s0_elem<__half, __half, float>(rows[j / cols] * cols + j % cols, j, p_grad, p_weight, p_mean, p_var, p_weight_lp, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k_beta1, (float)k_beta2, (float)k_lr_t, (float)k_epsilon);
+        optforge_adam_s0_elem<__half, __half, float>(rows[j / cols] * cols + j % cols, j, p_grad, p_weight, p_mean, p_var, p_weight_lp, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k_beta1, (float)k_beta2, (float)k_lr_t, (float)k_epsilon, (float)k__grad_scale);
 }
 /* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
-   pointers, sizes and 7 scalar(s) per parameter, as Apex's multi_tensor_apply */
+   pointers, sizes and 8 scalar(s) per parameter, as Apex's multi_tensor_apply */
 __global__ void optforge_adam_s0_mt_f16(const int64_t* __restrict__ sizes, __half* const* tab_grad, __half* const* tab_weight, __half* const* tab_mean, __half* const* tab_var, float* const* tab_weight_lp, const double* __restrict__ scalars) {
     const int64_t t = blockIdx.y, n = sizes[t];
-    const double* s = scalars + t * 7;
+    const double* s = scalars + t * 8;
     const float k_rescale_grad = (float)s[0];
     const float k_wd = (float)s[1];
     const float k2 = (float)s[2];
@@ -125,24 +127,25 @@ __global__ void optforge_adam_s0_mt_f16(const int64_t* __restrict__ sizes, __hal
     const float k_beta2 = (float)s[4];
     const float k_lr_t = (float)s[5];
     const float k_epsilon = (float)s[6];
+    const float k__grad_scale = (float)s[7];
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
-        optforge_adam_s0_elem<__half, __half, float>(i, i, tab_grad[t], tab_weight[t], tab_mean[t], tab_var[t], tab_weight_lp[t], k_rescale_grad, k_wd, k2, k_beta1, k_beta2, k_lr_t, k_epsilon);
+        optforge_adam_s0_elem<__half, __half, float>(i, i, tab_grad[t], tab_weight[t], tab_mean[t], tab_var[t], tab_weight_lp[t], k_rescale_grad, k_wd, k2, k_beta1, k_beta2, k_lr_t, k_epsilon, k__grad_scale);
     }
 }
-__global__ void optforge_adam_s0_mp16(int64_t n, const __half* __restrict__ p_grad, float* __restrict__ p_weight, float* __restrict__ p_mean, float* __restrict__ p_var, float* __restrict__ p_weight_lp, double k_rescale_grad, double k_wd, double k2, double k_beta1, double k_beta2, double k_lr_t, double k_epsilon) {
+__global__ void optforge_adam_s0_mp16(int64_t n, const __half* __restrict__ p_grad, float* __restrict__ p_weight, float* __restrict__ p_mean, float* __restrict__ p_var, float* __restrict__ p_weight_lp, double k_rescale_grad, double k_wd, double k2, double k_beta1, double k_beta2, double k_lr_t, double k_epsilon, double k__grad_scale) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_adam_s0_elem<float, __half, float>(i, i, p_grad, p_weight, p_mean, p_var, p_weight_lp, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k_beta1, (float)k_beta2, (float)k_lr_t, (float)k_epsilon);
+        optforge_adam_s0_elem<float, __half, float>(i, i, p_grad, p_weight, p_mean, p_var, p_weight_lp, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k_beta1, (float)k_beta2, (float)k_lr_t, (float)k_epsilon, (float)k__grad_scale);
 }
 /* row-sparse, parallel over gradient elements (not rows): element j updates row rows[j / cols] */
-__global__ void optforge_adam_s0_rows_mp16(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const __half* __restrict__ p_grad, float* __restrict__ p_weight, float* __restrict__ p_mean, float* __restrict__ p_var, float* __restrict__ p_weight_lp, double k_rescale_grad, double k_wd, double k2, double k_beta1, double k_beta2, double k_lr_t, double k_epsilon) {
+__global__ void optforge_adam_s0_rows_mp16(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const __half* __restrict__ p_grad, float* __restrict__ p_weight, float* __restrict__ p_mean, float* __restrict__ p_var, float* __restrict__ p_weight_lp, double k_rescale_grad, double k_wd, double k2, double k_beta1, double k_beta2, double k_lr_t, double k_epsilon, double k__grad_scale) {
     for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
-        optforge_adam_s0_elem<float, __half, float>(rows[j / cols] * cols + j % cols, j, p_grad, p_weight, p_mean, p_var, p_weight_lp, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k_beta1, (float)k_beta2, (float)k_lr_t, (float)k_epsilon);
+        optforge_adam_s0_elem<float, __half, float>(rows[j / cols] * cols + j % cols, j, p_grad, p_weight, p_mean, p_var, p_weight_lp, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k_beta1, (float)k_beta2, (float)k_lr_t, (float)k_epsilon, (float)k__grad_scale);
 }
 /* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
-   pointers, sizes and 7 scalar(s) per parameter, as Apex's multi_tensor_apply */
+   pointers, sizes and 8 scalar(s) per parameter, as Apex's multi_tensor_apply */
 __global__ void optforge_adam_s0_mt_mp16(const int64_t* __restrict__ sizes, __half* const* tab_grad, float* const* tab_weight, float* const* tab_mean, float* const* tab_var, float* const* tab_weight_lp, const double* __restrict__ scalars) {
     const int64_t t = blockIdx.y, n = sizes[t];
-    const double* s = scalars + t * 7;
+    const double* s = scalars + t * 8;
     const float k_rescale_grad = (float)s[0];
     const float k_wd = (float)s[1];
     const float k2 = (float)s[2];
@@ -150,8 +153,9 @@ __global__ void optforge_adam_s0_mt_mp16(const int64_t* __restrict__ sizes, __ha
     const float k_beta2 = (float)s[4];
     const float k_lr_t = (float)s[5];
     const float k_epsilon = (float)s[6];
+    const float k__grad_scale = (float)s[7];
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
-        optforge_adam_s0_elem<float, __half, float>(i, i, tab_grad[t], tab_weight[t], tab_mean[t], tab_var[t], tab_weight_lp[t], k_rescale_grad, k_wd, k2, k_beta1, k_beta2, k_lr_t, k_epsilon);
+        optforge_adam_s0_elem<float, __half, float>(i, i, tab_grad[t], tab_weight[t], tab_mean[t], tab_var[t], tab_weight_lp[t], k_rescale_grad, k_wd, k2, k_beta1, k_beta2, k_lr_t, k_epsilon, k__grad_scale);
     }
 }
 }

@@ -89,6 +89,8 @@ class Adam(Optimizer):
 
     def _kernel_numpy(self, _step, weight, grad, tensors, scalars):
         """One parameter's update, in place on `weight`, `tensors` and `scalars` (`_step`: optforge.optimizer.Step)."""
+        if _step.grad_scale != 1:
+            grad = grad * _step.grad_scale
         beta1 = self.beta1
         beta2 = self.beta2
         epsilon = self.epsilon
@@ -116,6 +118,8 @@ class Adam(Optimizer):
 
     def _kernel_rows(self, _step, rows, weight, grad, tensors, scalars):
         """The lazy update: only the rows `rows` of `weight` and `tensors` change; `grad` holds those rows."""
+        if _step.grad_scale != 1:
+            grad = grad * _step.grad_scale
         beta1 = self.beta1
         beta2 = self.beta2
         epsilon = self.epsilon
@@ -152,5 +156,6 @@ class Adam(Optimizer):
         t = _step.t
         mean = tensors['mean']
         var = tensors['var']
+        _grad_scale = _step.grad_scale
         lr_t = lr * math.sqrt(1 - beta2 ** t) / (1 - beta1 ** t)  # adam.opt:37
-        be.launch('optforge_adam_s0', (grad, weight, mean, var,), (ops.arg(rescale_grad), ops.arg(wd), ops.arg(clip_gradient), ops.arg(beta1), ops.arg(beta2), ops.arg(lr_t), ops.arg(epsilon), ))
+        be.launch('optforge_adam_s0', (grad, weight, mean, var,), (ops.arg(rescale_grad), ops.arg(wd), ops.arg(clip_gradient), ops.arg(beta1), ops.arg(beta2), ops.arg(lr_t), ops.arg(epsilon), ops.arg(_grad_scale), ))

@@ -37,8 +37,8 @@ template <typename C> OPTFORGE_HD void store_low(float* p, int64_t i, C v) {
 /* stage s0: element i of the weight and states, element gi of the gradient and scratch
    (the same element for a dense update; for a row-sparse one, gi walks the gradient's rows) */
 template <typename T, typename G, typename C>
-OPTFORGE_HD void optforge_adamax_s0_elem(int64_t i, int64_t gi, const G* __restrict__ p_grad, T* __restrict__ p_weight, T* __restrict__ p_m, T* __restrict__ p_u, float* __restrict__ p_weight_lp, const C k_rescale_grad, const C k_wd, const C k2, const C k_beta1, const C k_beta2, const C k5) {
-    C grad = C(p_grad[gi]);
+OPTFORGE_HD void optforge_adamax_s0_elem(int64_t i, int64_t gi, const G* __restrict__ p_grad, T* __restrict__ p_weight, T* __restrict__ p_m, T* __restrict__ p_u, float* __restrict__ p_weight_lp, const C k_rescale_grad, const C k_wd, const C k2, const C k_beta1, const C k_beta2, const C k5, const C k__grad_scale) {
+    C grad = C(p_grad[gi]) * k__grad_scale;
     C weight = C(p_weight[i]);
     C m = C(p_m[i]);
     C u = C(p_u[i]);
@@ -54,80 +54,84 @@ OPTFORGE_HD void optforge_adamax_s0_elem(int64_t i, int64_t gi, const G* __restr
 }
 
 extern "C" {
-__global__ void optforge_adamax_s0_f32(int64_t n, const float* __restrict__ p_grad, float* __restrict__ p_weight, float* __restrict__ p_m, float* __restrict__ p_u, float* __restrict__ p_weight_lp, double k_rescale_grad, double k_wd, double k2, double k_beta1, double k_beta2, double k5) {
+__global__ void optforge_adamax_s0_f32(int64_t n, const float* __restrict__ p_grad, float* __restrict__ p_weight, float* __restrict__ p_m, float* __restrict__ p_u, float* __restrict__ p_weight_lp, double k_rescale_grad, double k_wd, double k2, double k_beta1, double k_beta2, double k5, double k__grad_scale) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_adamax_s0_elem<float, float, float>(i, i, p_grad, p_weight, p_m, p_u, p_weight_lp, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k_beta1, (float)k_beta2, (float)k5);
+        optforge_adamax_s0_elem<float, float, float>(i, i, p_grad, p_weight, p_m, p_u, p_weight_lp, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k_beta1, (float)k_beta2, (float)k5, (float)k__grad_scale);
 }
 /* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
-   pointers, sizes and 6 scalar(s) per parameter, as Apex's multi_tensor_apply */
+   pointers, sizes and 7 scalar(s) per parameter, as Apex's multi_tensor_apply */
 __global__ void optforge_adamax_s0_mt_f32(const int64_t* __restrict__ sizes, float* const* tab_grad, float* const* tab_weight, float* const* tab_m, float* const* tab_u, float* const* tab_weight_lp, const double* __restrict__ scalars) {
     const int64_t t = blockIdx.y, n = sizes[t];
-    const double* s = scalars + t * 6;
+    const double* s = scalars + t * 7;
     const float k_rescale_grad = (float)s[0];
     const float k_wd = (float)s[1];
     const float k2 = (float)s[2];
     const float k_beta1 = (float)s[3];
     const float k_beta2 = (float)s[4];
     const float k5 = (float)s[5];
+    const float k__grad_scale = (float)s[6];
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
-        optforge_adamax_s0_elem<float, float, float>(i, i, tab_grad[t], tab_weight[t], tab_m[t], tab_u[t], tab_weight_lp[t], k_rescale_grad, k_wd, k2, k_beta1, k_beta2, k5);
+        optforge_adamax_s0_elem<float, float, float>(i, i, tab_grad[t], tab_weight[t], tab_m[t], tab_u[t], tab_weight_lp[t], k_rescale_grad, k_wd, k2, k_beta1, k_beta2, k5, k__grad_scale);
     }
 }
-__global__ void optforge_adamax_s0_f64(int64_t n, const double* __restrict__ p_grad, double* __restrict__ p_weight, double* __restrict__ p_m, double* __restrict__ p_u, float* __restrict__ p_weight_lp, double k_rescale_grad, double k_wd, double k2, double k_beta1, double k_beta2, double k5) {
+__global__ void optforge_adamax_s0_f64(int64_t n, const double* __restrict__ p_grad, double* __restrict__ p_weight, double* __restrict__ p_m, double* __restrict__ p_u, float* __restrict__ p_weight_lp, double k_rescale_grad, double k_wd, double k2, double k_beta1, double k_beta2, double k5, double k__grad_scale) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_adamax_s0_elem<double, double, double>(i, i, p_grad, p_weight, p_m, p_u, p_weight_lp, (double)k_rescale_grad, (double)k_wd, (double)k2, (double)k_beta1, (double)k_beta2, (double)k5);
+        optforge_adamax_s0_elem<double, double, double>(i, i, p_grad, p_weight, p_m, p_u, p_weight_lp, (double)k_rescale_grad, (double)k_wd, (double)k2, (double)k_beta1, (double)k_beta2, (double)k5, (double)k__grad_scale);
 }
 /* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
-   pointers, sizes and 6 scalar(s) per parameter, as Apex's multi_tensor_apply */
+   pointers, sizes and 7 scalar(s) per parameter, as Apex's multi_tensor_apply */
 __global__ void optforge_adamax_s0_mt_f64(const int64_t* __restrict__ sizes, double* const* tab_grad, double* const* tab_weight, double* const* tab_m, double* const* tab_u, float* const* tab_weight_lp, const double* __restrict__ scalars) {
     const int64_t t = blockIdx.y, n = sizes[t];
-    const double* s = scalars + t * 6;
+    const double* s = scalars + t * 7;
     const double k_rescale_grad = (double)s[0];
     const double k_wd = (double)s[1];
     const double k2 = (double)s[2];
     const double k_beta1 = (double)s[3];
     const double k_beta2 = (double)s[4];
     const double k5 = (double)s[5];
+    const double k__grad_scale = (double)s[6];
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
-        optforge_adamax_s0_elem<double, double, double>(i, i, tab_grad[t], tab_weight[t], tab_m[t], tab_u[t], tab_weight_lp[t], k_rescale_grad, k_wd, k2, k_beta1, k_beta2, k5);
+        optforge_adamax_s0_elem<double, double, double>(i, i, tab_grad[t], tab_weight[t], tab_m[t], tab_u[t], tab_weight_lp[t], k_rescale_grad, k_wd, k2, k_beta1, k_beta2, k5, k__grad_scale);
     }
 }
-__global__ void optforge_adamax_s0_f16(int64_t n, const __half* __restrict__ p_grad, __half* __restrict__ p_weight, __half* __restrict__ p_m, __half* __restrict__ p_u, float* __restrict__ p_weight_lp, double k_rescale_grad, double k_wd, double k2, double k_beta1, double k_beta2, double k5) {
+__global__ void optforge_adamax_s0_f16(int64_t n, const __half* __restrict__ p_grad, __half* __restrict__ p_weight, __half* __restrict__ p_m, __half* __restrict__ p_u, float* __restrict__ p_weight_lp, double k_rescale_grad, double k_wd, double k2, double k_beta1, double k_beta2, double k5, double k__grad_scale) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_adamax_s0_elem<__half, __half, float>(i, i, p_grad, p_weight, p_m, p_u, p_weight_lp, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k_beta1, (float)k_beta2, (float)k5);
+        optforge_adamax_s0_elem<__half, __half, float>(i, i, p_grad, p_weight, p_m, p_u, p_weight_lp, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k_beta1, (float)k_beta2, (float)k5, (float)k__grad_scale);
 }
 /* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
-   pointers, sizes and 6 scalar(s) per parameter, as Apex's multi_tensor_apply */
+   pointers, sizes and 7 scalar(s) per parameter, as Apex's multi_tensor_apply */
 __global__ void optforge_adamax_s0_mt_f16(const int64_t* __restrict__ sizes, __half* const* tab_grad, __half* const* tab_weight, __half* const* tab_m, __half* const* tab_u, float* const* tab_weight_lp, const double* __restrict__ scalars) {
     const int64_t t = blockIdx.y, n = sizes[t];
-    const double* s = scalars + t * 6;
+    const double* s = scalars + t * 7;
     const float k_rescale_grad = (float)s[0];
     const float k_wd = (float)s[1];
     const float k2 = (float)s[2];
     const float k_beta1 = (float)s[3];
     const float k_beta2 = (float)s[4];
     const float k5 = (float)s[5];
+    const float k__grad_scale = (float)s[6];
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
-        optforge_adamax_s0_elem<__half, __half, float>(i, i, tab_grad[t], tab_weight[t], tab_m[t], tab_u[t], tab_weight_lp[t], k_rescale_grad, k_wd, k2, k_beta1, k_beta2, k5);
+        optforge_adamax_s0_elem<__half, __half, float>(i, i, tab_grad[t], tab_weight[t], tab_m[t], tab_u[t], tab_weight_lp[t], k_rescale_grad, k_wd, k2, k_beta1, k_beta2, k5, k__grad_scale);
     }
 }
-__global__ void optforge_adamax_s0_mp16(int64_t n, const __half* __restrict__ p_grad, float* __restrict__ p_weight, float* __restrict__ p_m, float* __restrict__ p_u, float* __restrict__ p_weight_lp, double k_rescale_grad, double k_wd, double k2, double k_beta1, double k_beta2, double k5) {
+__global__ void optforge_adamax_s0_mp16(int64_t n, const __half* __restrict__ p_grad, float* __restrict__ p_weight, float* __restrict__ p_m, float* __restrict__ p_u, float* __restrict__ p_weight_lp, double k_rescale_grad, double k_wd, double k2, double k_beta1, double k_beta2, double k5, double k__grad_scale) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_adamax_s0_elem<float, __half, float>(i, i, p_grad, p_weight, p_m, p_u, p_weight_lp, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k_beta1, (float)k_beta2, (float)k5);
+        optforge_adamax_s0_elem<float, __half, float>(i, i, p_grad, p_weight, p_m, p_u, p_weight_lp, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k_beta1, (float)k_beta2, (float)k5, (float)k__grad_scale);
 }
 /* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
-   pointers, sizes and 6 scalar(s) per parameter, as Apex's multi_tensor_apply */
+   pointers, sizes and 7 scalar(s) per parameter, as Apex's multi_tensor_apply */
 __global__ void optforge_adamax_s0_mt_mp16(const int64_t* __restrict__ sizes, __half* const* tab_grad, float* const* tab_weight, float* const* tab_m, float* const* tab_u, float* const* tab_weight_lp, const double* __restrict__ scalars) {
     const int64_t t = blockIdx.y, n = sizes[t];
-    const double* s = scalars + t * 6;
+    const double* s = scalars + t * 7;
     const float k_rescale_grad = (float)s[0];
     const float k_wd = (float)s[1];
     const float k2 = (float)s[2];
     const float k_beta1 = (float)s[3];
     const float k_beta2 = (float)s[4];
     const float k5 = (float)s[5];
+    const float k__grad_scale = (float)s[6];
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
-        optforge_adamax_s0_elem<float, __half, float>(i, i, tab_grad[t], tab_weight[t], tab_m[t], tab_u[t], tab_weight_lp[t], k_rescale_grad, k_wd, k2, k_beta1, k_beta2, k5);
+        optforge_adamax_s0_elem<float, __half, float>(i, i, tab_grad[t], tab_weight[t], tab_m[t], tab_u[t], tab_weight_lp[t], k_rescale_grad, k_wd, k2, k_beta1, k_beta2, k5, k__grad_scale);
     }
 }
 }

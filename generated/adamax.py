@@ -72,6 +72,8 @@ class Adamax(Optimizer):
 
     def _kernel_numpy(self, _step, weight, grad, tensors, scalars):
         """One parameter's update, in place on `weight`, `tensors` and `scalars` (`_step`: optforge.optimizer.Step)."""
+        if _step.grad_scale != 1:
+            grad = grad * _step.grad_scale
         beta1 = self.beta1
         beta2 = self.beta2
         clip_gradient = self.clip_gradient
@@ -106,4 +108,5 @@ class Adamax(Optimizer):
         t = _step.t
         m = tensors['m']
         u = tensors['u']
-        be.launch('optforge_adamax_s0', (grad, weight, m, u,), (ops.arg(rescale_grad), ops.arg(wd), ops.arg(clip_gradient), ops.arg(beta1), ops.arg(beta2), ops.arg(lr / (1 - beta1 ** t)), ))
+        _grad_scale = _step.grad_scale
+        be.launch('optforge_adamax_s0', (grad, weight, m, u,), (ops.arg(rescale_grad), ops.arg(wd), ops.arg(clip_gradient), ops.arg(beta1), ops.arg(beta2), ops.arg(lr / (1 - beta1 ** t)), ops.arg(_grad_scale), ))

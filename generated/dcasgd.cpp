@@ -34,8 +34,8 @@ template <typename C> inline void store_low(float* p, int64_t i, C v) { p[i] = (
 /* stage s0: element i of the weight and states, element gi of the gradient and scratch
    (the same element for a dense update; for a row-sparse one, gi walks the gradient's rows) */
 template <typename T, typename G, typename C, int H0, int B0>
-OPTFORGE_HD void optforge_dcasgd_s0_elem(int64_t i, int64_t gi, const G* __restrict__ p_grad, T* __restrict__ p_weight, T* __restrict__ p_prev_weight, T* __restrict__ p_mom, float* __restrict__ p_weight_lp, const C k_rescale_grad, const C k1, const C k2, const C k_wd, const C k_lamda, const C k5, const C k_momentum) {
-    C grad = C(p_grad[gi]);
+OPTFORGE_HD void optforge_dcasgd_s0_elem(int64_t i, int64_t gi, const G* __restrict__ p_grad, T* __restrict__ p_weight, T* __restrict__ p_prev_weight, T* __restrict__ p_mom, float* __restrict__ p_weight_lp, const C k_rescale_grad, const C k1, const C k2, const C k_wd, const C k_lamda, const C k5, const C k_momentum, const C k__grad_scale) {
+    C grad = C(p_grad[gi]) * k__grad_scale;
     C weight = C(p_weight[i]);
     C prev_weight = C(p_prev_weight[i]);
     C mom = (H0 == 1 || (H0 == 2 && p_mom)) ? C(p_mom[i]) : C(0);
@@ -55,32 +55,32 @@ OPTFORGE_HD void optforge_dcasgd_s0_elem(int64_t i, int64_t gi, const G* __restr
 }
 
 extern "C" {
-void optforge_dcasgd_s0_f32(int64_t n, const float* __restrict__ p_grad, float* __restrict__ p_weight, float* __restrict__ p_prev_weight, float* __restrict__ p_mom, double k_rescale_grad, double k1, double k2, double k_wd, double k_lamda, double k5, double k_momentum) {
+void optforge_dcasgd_s0_f32(int64_t n, const float* __restrict__ p_grad, float* __restrict__ p_weight, float* __restrict__ p_prev_weight, float* __restrict__ p_mom, double k_rescale_grad, double k1, double k2, double k_wd, double k_lamda, double k5, double k_momentum, double k__grad_scale) {
     if (p_mom && k5 != 0) {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
         for (int64_t i = 0; i < n; ++i)
-            optforge_dcasgd_s0_elem<float, float, float, 1, 1>(i, i, p_grad, p_weight, p_prev_weight, p_mom, nullptr, (float)k_rescale_grad, (float)k1, (float)k2, (float)k_wd, (float)k_lamda, (float)k5, (float)k_momentum);
+            optforge_dcasgd_s0_elem<float, float, float, 1, 1>(i, i, p_grad, p_weight, p_prev_weight, p_mom, nullptr, (float)k_rescale_grad, (float)k1, (float)k2, (float)k_wd, (float)k_lamda, (float)k5, (float)k_momentum, (float)k__grad_scale);
     } else if (p_mom && k5 == 0) {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
         for (int64_t i = 0; i < n; ++i)
-            optforge_dcasgd_s0_elem<float, float, float, 1, 0>(i, i, p_grad, p_weight, p_prev_weight, p_mom, nullptr, (float)k_rescale_grad, (float)k1, (float)k2, (float)k_wd, (float)k_lamda, (float)k5, (float)k_momentum);
+            optforge_dcasgd_s0_elem<float, float, float, 1, 0>(i, i, p_grad, p_weight, p_prev_weight, p_mom, nullptr, (float)k_rescale_grad, (float)k1, (float)k2, (float)k_wd, (float)k_lamda, (float)k5, (float)k_momentum, (float)k__grad_scale);
     } else if (!p_mom && k5 != 0) {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
         for (int64_t i = 0; i < n; ++i)
-            optforge_dcasgd_s0_elem<float, float, float, 0, 1>(i, i, p_grad, p_weight, p_prev_weight, p_mom, nullptr, (float)k_rescale_grad, (float)k1, (float)k2, (float)k_wd, (float)k_lamda, (float)k5, (float)k_momentum);
+            optforge_dcasgd_s0_elem<float, float, float, 0, 1>(i, i, p_grad, p_weight, p_prev_weight, p_mom, nullptr, (float)k_rescale_grad, (float)k1, (float)k2, (float)k_wd, (float)k_lamda, (float)k5, (float)k_momentum, (float)k__grad_scale);
     } else if (!p_mom && k5 == 0) {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
         for (int64_t i = 0; i < n; ++i)
-            optforge_dcasgd_s0_elem<float, float, float, 0, 0>(i, i, p_grad, p_weight, p_prev_weight, p_mom, nullptr, (float)k_rescale_grad, (float)k1, (float)k2, (float)k_wd, (float)k_lamda, (float)k5, (float)k_momentum);
+            optforge_dcasgd_s0_elem<float, float, float, 0, 0>(i, i, p_grad, p_weight, p_prev_weight, p_mom, nullptr, (float)k_rescale_grad, (float)k1, (float)k2, (float)k_wd, (float)k_lamda, (float)k5, (float)k_momentum, (float)k__grad_scale);
     }
 }
 /* multi-tensor: one call for the small tensors of a list update (each below OPTFORGE_PARALLEL_MIN), in
-   parallel over the tensors: ptrs[k * count + t] is pointer k of tensor t, scalars[t * 7 + j] its
+   parallel over the tensors: ptrs[k * count + t] is pointer k of tensor t, scalars[t * 8 + j] its
    scalars */
 void optforge_dcasgd_s0_mt_f32(int64_t count, const int64_t* __restrict__ sizes, const uint64_t* __restrict__ ptrs, const double* __restrict__ scalars) {
     #pragma omp parallel for schedule(dynamic, 4) if (count > 1)
     for (int64_t t = 0; t < count; ++t) {
-        const double* s = scalars + t * 7;
+        const double* s = scalars + t * 8;
         const double k_rescale_grad = s[0];
         const double k1 = s[1];
         const double k2 = s[2];
@@ -88,35 +88,36 @@ void optforge_dcasgd_s0_mt_f32(int64_t count, const int64_t* __restrict__ sizes,
         const double k_lamda = s[4];
         const double k5 = s[5];
         const double k_momentum = s[6];
-        optforge_dcasgd_s0_f32(sizes[t], (const float*)ptrs[0 * count + t], (float*)ptrs[1 * count + t], (float*)ptrs[2 * count + t], (float*)ptrs[3 * count + t], k_rescale_grad, k1, k2, k_wd, k_lamda, k5, k_momentum);
+        const double k__grad_scale = s[7];
+        optforge_dcasgd_s0_f32(sizes[t], (const float*)ptrs[0 * count + t], (float*)ptrs[1 * count + t], (float*)ptrs[2 * count + t], (float*)ptrs[3 * count + t], k_rescale_grad, k1, k2, k_wd, k_lamda, k5, k_momentum, k__grad_scale);
     }
 }
-void optforge_dcasgd_s0_f64(int64_t n, const double* __restrict__ p_grad, double* __restrict__ p_weight, double* __restrict__ p_prev_weight, double* __restrict__ p_mom, double k_rescale_grad, double k1, double k2, double k_wd, double k_lamda, double k5, double k_momentum) {
+void optforge_dcasgd_s0_f64(int64_t n, const double* __restrict__ p_grad, double* __restrict__ p_weight, double* __restrict__ p_prev_weight, double* __restrict__ p_mom, double k_rescale_grad, double k1, double k2, double k_wd, double k_lamda, double k5, double k_momentum, double k__grad_scale) {
     if (p_mom && k5 != 0) {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
         for (int64_t i = 0; i < n; ++i)
-            optforge_dcasgd_s0_elem<double, double, double, 1, 1>(i, i, p_grad, p_weight, p_prev_weight, p_mom, nullptr, (double)k_rescale_grad, (double)k1, (double)k2, (double)k_wd, (double)k_lamda, (double)k5, (double)k_momentum);
+            optforge_dcasgd_s0_elem<double, double, double, 1, 1>(i, i, p_grad, p_weight, p_prev_weight, p_mom, nullptr, (double)k_rescale_grad, (double)k1, (double)k2, (double)k_wd, (double)k_lamda, (double)k5, (double)k_momentum, (double)k__grad_scale);
     } else if (p_mom && k5 == 0) {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
         for (int64_t i = 0; i < n; ++i)
-            optforge_dcasgd_s0_elem<double, double, double, 1, 0>(i, i, p_grad, p_weight, p_prev_weight, p_mom, nullptr, (double)k_rescale_grad, (double)k1, (double)k2, (double)k_wd, (double)k_lamda, (double)k5, (double)k_momentum);
+            optforge_dcasgd_s0_elem<double, double, double, 1, 0>(i, i, p_grad, p_weight, p_prev_weight, p_mom, nullptr, (double)k_rescale_grad, (double)k1, (double)k2, (double)k_wd, (double)k_lamda, (double)k5, (double)k_momentum, (double)k__grad_scale);
     } else if (!p_mom && k5 != 0) {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
         for (int64_t i = 0; i < n; ++i)
-            optforge_dcasgd_s0_elem<double, double, double, 0, 1>(i, i, p_grad, p_weight, p_prev_weight, p_mom, nullptr, (double)k_rescale_grad, (double)k1, (double)k2, (double)k_wd, (double)k_lamda, (double)k5, (double)k_momentum);
+            optforge_dcasgd_s0_elem<double, double, double, 0, 1>(i, i, p_grad, p_weight, p_prev_weight, p_mom, nullptr, (double)k_rescale_grad, (double)k1, (double)k2, (double)k_wd, (double)k_lamda, (double)k5, (double)k_momentum, (double)k__grad_scale);
     } else if (!p_mom && k5 == 0) {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
         for (int64_t i = 0; i < n; ++i)
-            optforge_dcasgd_s0_elem<double, double, double, 0, 0>(i, i, p_grad, p_weight, p_prev_weight, p_mom, nullptr, (double)k_rescale_grad, (double)k1, (double)k2, (double)k_wd, (double)k_lamda, (double)k5, (double)k_momentum);
+            optforge_dcasgd_s0_elem<double, double, double, 0, 0>(i, i, p_grad, p_weight, p_prev_weight, p_mom, nullptr, (double)k_rescale_grad, (double)k1, (double)k2, (double)k_wd, (double)k_lamda, (double)k5, (double)k_momentum, (double)k__grad_scale);
     }
 }
 /* multi-tensor: one call for the small tensors of a list update (each below OPTFORGE_PARALLEL_MIN), in
-   parallel over the tensors: ptrs[k * count + t] is pointer k of tensor t, scalars[t * 7 + j] its
+   parallel over the tensors: ptrs[k * count + t] is pointer k of tensor t, scalars[t * 8 + j] its
    scalars */
 void optforge_dcasgd_s0_mt_f64(int64_t count, const int64_t* __restrict__ sizes, const uint64_t* __restrict__ ptrs, const double* __restrict__ scalars) {
     #pragma omp parallel for schedule(dynamic, 4) if (count > 1)
     for (int64_t t = 0; t < count; ++t) {
-        const double* s = scalars + t * 7;
+        const double* s = scalars + t * 8;
         const double k_rescale_grad = s[0];
         const double k1 = s[1];
         const double k2 = s[2];
@@ -124,7 +125,8 @@ void optforge_dcasgd_s0_mt_f64(int64_t count, const int64_t* __restrict__ sizes,
         const double k_lamda = s[4];
         const double k5 = s[5];
         const double k_momentum = s[6];
-        optforge_dcasgd_s0_f64(sizes[t], (const double*)ptrs[0 * count + t], (double*)ptrs[1 * count + t], (double*)ptrs[2 * count + t], (double*)ptrs[3 * count + t], k_rescale_grad, k1, k2, k_wd, k_lamda, k5, k_momentum);
+        const double k__grad_scale = s[7];
+        optforge_dcasgd_s0_f64(sizes[t], (const double*)ptrs[0 * count + t], (double*)ptrs[1 * count + t], (double*)ptrs[2 * count + t], (double*)ptrs[3 * count + t], k_rescale_grad, k1, k2, k_wd, k_lamda, k5, k_momentum, k__grad_scale);
     }
 }
 }

@@ -36,8 +36,8 @@ template <typename C> OPTFORGE_HD void store_low(float* p, int64_t i, C v) {
 /* stage s0: element i of the weight and states, element gi of the gradient and scratch
    (the same element for a dense update; for a row-sparse one, gi walks the gradient's rows) */
 template <typename T, typename G, typename C, int H0, int B0>
-OPTFORGE_HD void optforge_dcasgd_s0_elem(int64_t i, int64_t gi, const G* __restrict__ p_grad, T* __restrict__ p_weight, T* __restrict__ p_prev_weight, T* __restrict__ p_mom, float* __restrict__ p_weight_lp, const C k_rescale_grad, const C k1, const C k2, const C k_wd, const C k_lamda, const C k5, const C k_momentum) {
-    C grad = C(p_grad[gi]);
+OPTFORGE_HD void optforge_dcasgd_s0_elem(int64_t i, int64_t gi, const G* __restrict__ p_grad, T* __restrict__ p_weight, T* __restrict__ p_prev_weight, T* __restrict__ p_mom, float* __restrict__ p_weight_lp, const C k_rescale_grad, const C k1, const C k2, const C k_wd, const C k_lamda, const C k5, const C k_momentum, const C k__grad_scale) {
+    C grad = C(p_grad[gi]) * k__grad_scale;
     C weight = C(p_weight[i]);
     C prev_weight = C(p_prev_weight[i]);
     C mom = (H0 == 1 || (H0 == 2 && p_mom)) ? C(p_mom[i]) : C(0);
@@ -57,15 +57,15 @@ OPTFORGE_HD void optforge_dcasgd_s0_elem(int64_t i, int64_t gi, const G* __restr
 }
 
 extern "C" {
-__global__ void optforge_dcasgd_s0_f32(int64_t n, const float* __restrict__ p_grad, float* __restrict__ p_weight, float* __restrict__ p_prev_weight, float* __restrict__ p_mom, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k2, double k_wd, double k_lamda, double k5, double k_momentum) {
+__global__ void optforge_dcasgd_s0_f32(int64_t n, const float* __restrict__ p_grad, float* __restrict__ p_weight, float* __restrict__ p_prev_weight, float* __restrict__ p_mom, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k2, double k_wd, double k_lamda, double k5, double k_momentum, double k__grad_scale) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_dcasgd_s0_elem<float, float, float, 2, 2>(i, i, p_grad, p_weight, p_prev_weight, p_mom, p_weight_lp, (float)k_rescale_grad, (float)k1, (float)k2, (float)k_wd, (float)k_lamda, (float)k5, (float)k_momentum);
+        optforge_dcasgd_s0_elem<float, float, float, 2, 2>(i, i, p_grad, p_weight, p_prev_weight, p_mom, p_weight_lp, (float)k_rescale_grad, (float)k1, (float)k2, (float)k_wd, (float)k_lamda, (float)k5, (float)k_momentum, (float)k__grad_scale);
 }
 /* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
-   pointers, sizes and 7 scalar(s) per parameter, as Apex's multi_tensor_apply */
+   pointers, sizes and 8 scalar(s) per parameter, as Apex's multi_tensor_apply */
 __global__ void optforge_dcasgd_s0_mt_f32(const int64_t* __restrict__ sizes, float* const* tab_grad, float* const* tab_weight, float* const* tab_prev_weight, float* const* tab_mom, float* const* tab_weight_lp, const double* __restrict__ scalars) {
     const int64_t t = blockIdx.y, n = sizes[t];
-    const double* s = scalars + t * 7;
+    const double* s = scalars + t * 8;
     const float k_rescale_grad = (float)s[0];
     const float k1 = (float)s[1];
     const float k2 = (float)s[2];
@@ -73,19 +73,20 @@ __global__ void optforge_dcasgd_s0_mt_f32(const int64_t* __restrict__ sizes, flo
     const float k_lamda = (float)s[4];
     const float k5 = (float)s[5];
     const float k_momentum = (float)s[6];
+    const float k__grad_scale = (float)s[7];
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
-        optforge_dcasgd_s0_elem<float, float, float, 2, 2>(i, i, tab_grad[t], tab_weight[t], tab_prev_weight[t], tab_mom[t], tab_weight_lp[t], k_rescale_grad, k1, k2, k_wd, k_lamda, k5, k_momentum);
+        optforge_dcasgd_s0_elem<float, float, float, 2, 2>(i, i, tab_grad[t], tab_weight[t], tab_prev_weight[t], tab_mom[t], tab_weight_lp[t], k_rescale_grad, k1, k2, k_wd, k_lamda, k5, k_momentum, k__grad_scale);
     }
 }
-__global__ void optforge_dcasgd_s0_f64(int64_t n, const double* __restrict__ p_grad, double* __restrict__ p_weight, double* __restrict__ p_prev_weight, double* __restrict__ p_mom, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k2, double k_wd, double k_lamda, double k5, double k_momentum) {
+__global__ void optforge_dcasgd_s0_f64(int64_t n, const double* __restrict__ p_grad, double* __restrict__ p_weight, double* __restrict__ p_prev_weight, double* __restrict__ p_mom, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k2, double k_wd, double k_lamda, double k5, double k_momentum, double k__grad_scale) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_dcasgd_s0_elem<double, double, double, 2, 2>(i, i, p_grad, p_weight, p_prev_weight, p_mom, p_weight_lp, (double)k_rescale_grad, (double)k1, (double)k2, (double)k_wd, (double)k_lamda, (double)k5, (double)k_momentum);
+        optforge_dcasgd_s0_elem<double, double, double, 2, 2>(i, i, p_grad, p_weight, p_prev_weight, p_mom, p_weight_lp, (double)k_rescale_grad, (double)k1, (double)k2, (double)k_wd, (double)k_lamda, (double)k5, (double)k_momentum, (double)k__grad_scale);
 }
 /* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
-   pointers, sizes and 7 scalar(s) per parameter, as Apex's multi_tensor_apply */
+   pointers, sizes and 8 scalar(s) per parameter, as Apex's multi_tensor_apply */
 __global__ void optforge_dcasgd_s0_mt_f64(const int64_t* __restrict__ sizes, double* const* tab_grad, double* const* tab_weight, double* const* tab_prev_weight, double* const* tab_mom, float* const* tab_weight_lp, const double* __restrict__ scalars) {
     const int64_t t = blockIdx.y, n = sizes[t];
-    const double* s = scalars + t * 7;
+    const double* s = scalars + t * 8;
     const double k_rescale_grad = (double)s[0];
     const double k1 = (double)s[1];
     const double k2 = (double)s[2];
@@ -93,19 +94,20 @@ __global__ void optforge_dcasgd_s0_mt_f64(const int64_t* __restrict__ sizes, dou
     const double k_lamda = (double)s[4];
     const double k5 = (double)s[5];
     const double k_momentum = (double)s[6];
+    const double k__grad_scale = (double)s[7];
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
-        optforge_dcasgd_s0_elem<double, double, double, 2, 2>(i, i, tab_grad[t], tab_weight[t], tab_prev_weight[t], tab_mom[t], tab_weight_lp[t], k_rescale_grad, k1, k2, k_wd, k_lamda, k5, k_momentum);
+        optforge_dcasgd_s0_elem<double, double, double, 2, 2>(i, i, tab_grad[t], tab_weight[t], tab_prev_weight[t], tab_mom[t], tab_weight_lp[t], k_rescale_grad, k1, k2, k_wd, k_lamda, k5, k_momentum, k__grad_scale);
     }
 }
-__global__ void optforge_dcasgd_s0_f16(int64_t n, const __half* __restrict__ p_grad, __half* __restrict__ p_weight, __half* __restrict__ p_prev_weight, __half* __restrict__ p_mom, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k2, double k_wd, double k_lamda, double k5, double k_momentum) {
+__global__ void optforge_dcasgd_s0_f16(int64_t n, const __half* __restrict__ p_grad, __half* __restrict__ p_weight, __half* __restrict__ p_prev_weight, __half* __restrict__ p_mom, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k2, double k_wd, double k_lamda, double k5, double k_momentum, double k__grad_scale) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_dcasgd_s0_elem<__half, __half, float, 2, 2>(i, i, p_grad, p_weight, p_prev_weight, p_mom, p_weight_lp, (float)k_rescale_grad, (float)k1, (float)k2, (float)k_wd, (float)k_lamda, (float)k5, (float)k_momentum);
+        optforge_dcasgd_s0_elem<__half, __half, float, 2, 2>(i, i, p_grad, p_weight, p_prev_weight, p_mom, p_weight_lp, (float)k_rescale_grad, (float)k1, (float)k2, (float)k_wd, (float)k_lamda, (float)k5, (float)k_momentum, (float)k__grad_scale);
 }
 /* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
-   pointers, sizes and 7 scalar(s) per parameter, as Apex's multi_tensor_apply */
+   pointers, sizes and 8 scalar(s) per parameter, as Apex's multi_tensor_apply */
 __global__ void optforge_dcasgd_s0_mt_f16(const int64_t* __restrict__ sizes, __half* const* tab_grad, __half* const* tab_weight, __half* const* tab_prev_weight, __half* const* tab_mom, float* const* tab_weight_lp, const double* __restrict__ scalars) {
     const int64_t t = blockIdx.y, n = sizes[t];
-    const double* s = scalars + t * 7;
+    const double* s = scalars + t * 8;
     const float k_rescale_grad = (float)s[0];
     const float k1 = (float)s[1];
     const float k2 = (float)s[2];
@@ -113,19 +115,20 @@ __global__ void optforge_dcasgd_s0_mt_f16(const int64_t* __restrict__ sizes, __h
     const float k_lamda = (float)s[4];
     const float k5 = (float)s[5];
     const float k_momentum = (float)s[6];
+    const float k__grad_scale = (float)s[7];
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
-        optforge_dcasgd_s0_elem<__half, __half, float, 2, 2>(i, i, tab_grad[t], tab_weight[t], tab_prev_weight[t], tab_mom[t], tab_weight_lp[t], k_rescale_grad, k1, k2, k_wd, k_lamda, k5, k_momentum);
+        optforge_dcasgd_s0_elem<__half, __half, float, 2, 2>(i, i, tab_grad[t], tab_weight[t], tab_prev_weight[t], tab_mom[t], tab_weight_lp[t], k_rescale_grad, k1, k2, k_wd, k_lamda, k5, k_momentum, k__grad_scale);
     }
 }
-__global__ void optforge_dcasgd_s0_mp16(int64_t n, const __half* __restrict__ p_grad, float* __restrict__ p_weight, float* __restrict__ p_prev_weight, float* __restrict__ p_mom, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k2, double k_wd, double k_lamda, double k5, double k_momentum) {
+__global__ void optforge_dcasgd_s0_mp16(int64_t n, const __half* __restrict__ p_grad, float* __restrict__ p_weight, float* __restrict__ p_prev_weight, float* __restrict__ p_mom, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k2, double k_wd, double k_lamda, double k5, double k_momentum, double k__grad_scale) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_dcasgd_s0_elem<float, __half, float, 2, 2>(i, i, p_grad, p_weight, p_prev_weight, p_mom, p_weight_lp, (float)k_rescale_grad, (float)k1, (float)k2, (float)k_wd, (float)k_lamda, (float)k5, (float)k_momentum);
+        optforge_dcasgd_s0_elem<float, __half, float, 2, 2>(i, i, p_grad, p_weight, p_prev_weight, p_mom, p_weight_lp, (float)k_rescale_grad, (float)k1, (float)k2, (float)k_wd, (float)k_lamda, (float)k5, (float)k_momentum, (float)k__grad_scale);
 }
 /* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
-   pointers, sizes and 7 scalar(s) per parameter, as Apex's multi_tensor_apply */
+   pointers, sizes and 8 scalar(s) per parameter, as Apex's multi_tensor_apply */
 __global__ void optforge_dcasgd_s0_mt_mp16(const int64_t* __restrict__ sizes, __half* const* tab_grad, float* const* tab_weight, float* const* tab_prev_weight, float* const* tab_mom, float* const* tab_weight_lp, const double* __restrict__ scalars) {
     const int64_t t = blockIdx.y, n = sizes[t];
-    const double* s = scalars + t * 7;
+    const double* s = scalars + t * 8;
     const float k_rescale_grad = (float)s[0];
     const float k1 = (float)s[1];
     const float k2 = (float)s[2];
@@ -133,8 +136,9 @@ __global__ void optforge_dcasgd_s0_mt_mp16(const int64_t* __restrict__ sizes, __
     const float k_lamda = (float)s[4];
     const float k5 = (float)s[5];
     const float k_momentum = (float)s[6];
+    const float k__grad_scale = (float)s[7];
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
-        optforge_dcasgd_s0_elem<float, __half, float, 2, 2>(i, i, tab_grad[t], tab_weight[t], tab_prev_weight[t], tab_mom[t], tab_weight_lp[t], k_rescale_grad, k1, k2, k_wd, k_lamda, k5, k_momentum);
+        optforge_dcasgd_s0_elem<float, __half, float, 2, 2>(i, i, tab_grad[t], tab_weight[t], tab_prev_weight[t], tab_mom[t], tab_weight_lp[t], k_rescale_grad, k1, k2, k_wd, k_lamda, k5, k_momentum, k__grad_scale);
     }
 }
 }

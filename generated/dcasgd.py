@@ -78,6 +78,8 @@ class DCASGD(Optimizer):
 
     def _kernel_numpy(self, _step, weight, grad, tensors, scalars):
         """One parameter's update, in place on `weight`, `tensors` and `scalars` (`_step`: optforge.optimizer.Step)."""
+        if _step.grad_scale != 1:
+            grad = grad * _step.grad_scale
         lamda = self.lamda
         momentum = self.momentum
         clip_gradient = self.clip_gradient
@@ -116,4 +118,5 @@ class DCASGD(Optimizer):
         wd = _step.wd
         mom = tensors.get('mom')
         prev_weight = tensors['prev_weight']
-        be.launch('optforge_dcasgd_s0', (grad, weight, prev_weight, mom,), (ops.arg(rescale_grad), ops.arg(clip_gradient), ops.arg(-lr), ops.arg(wd), ops.arg(lamda), ops.arg(momentum != 0), ops.arg(momentum), ))
+        _grad_scale = _step.grad_scale
+        be.launch('optforge_dcasgd_s0', (grad, weight, prev_weight, mom,), (ops.arg(rescale_grad), ops.arg(clip_gradient), ops.arg(-lr), ops.arg(wd), ops.arg(lamda), ops.arg(momentum != 0), ops.arg(momentum), ops.arg(_grad_scale), ))

@@ -35,8 +35,8 @@ template <typename C> inline void store_low(float* p, int64_t i, C v) { p[i] = (
 /* stage s0: element i of the weight and states, element gi of the gradient and scratch
    (the same element for a dense update; for a row-sparse one, gi walks the gradient's rows) */
 template <typename T, typename G, typename C>
-OPTFORGE_HD void optforge_ftml_s0_elem(int64_t i, int64_t gi, const G* __restrict__ p_grad, T* __restrict__ p_weight, T* __restrict__ p_v, T* __restrict__ p_z, T* __restrict__ p_d_prev, float* __restrict__ p_weight_lp, const C k_rescale_grad, const C k_wd, const C k2, const C k_beta2, const C k4, const C k5, const C k_epsilon, const C k_beta1) {
-    C grad = C(p_grad[gi]);
+OPTFORGE_HD void optforge_ftml_s0_elem(int64_t i, int64_t gi, const G* __restrict__ p_grad, T* __restrict__ p_weight, T* __restrict__ p_v, T* __restrict__ p_z, T* __restrict__ p_d_prev, float* __restrict__ p_weight_lp, const C k_rescale_grad, const C k_wd, const C k2, const C k_beta2, const C k4, const C k5, const C k_epsilon, const C k_beta1, const C k__grad_scale) {
+    C grad = C(p_grad[gi]) * k__grad_scale;
     C weight = C(p_weight[i]);
     C v = C(p_v[i]);
     C z = C(p_z[i]);
@@ -56,20 +56,20 @@ OPTFORGE_HD void optforge_ftml_s0_elem(int64_t i, int64_t gi, const G* __restric
 }
 
 extern "C" {
-void optforge_ftml_s0_f32(int64_t n, const float* __restrict__ p_grad, float* __restrict__ p_weight, float* __restrict__ p_v, float* __restrict__ p_z, float* __restrict__ p_d_prev, double k_rescale_grad, double k_wd, double k2, double k_beta2, double k4, double k5, double k_epsilon, double k_beta1) {
+void optforge_ftml_s0_f32(int64_t n, const float* __restrict__ p_grad, float* __restrict__ p_weight, float* __restrict__ p_v, float* __restrict__ p_z, float* __restrict__ p_d_prev, double k_rescale_grad, double k_wd, double k2, double k_beta2, double k4, double k5, double k_epsilon, double k_beta1, double k__grad_scale) {
     {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
         for (int64_t i = 0; i < n; ++i)
-            optforge_ftml_s0_elem<float, float, float>(i, i, p_grad, p_weight, p_v, p_z, p_d_prev, nullptr, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k_beta2, (float)k4, (float)k5, (float)k_epsilon, (float)k_beta1);
+            optforge_ftml_s0_elem<float, float, float>(i, i, p_grad, p_weight, p_v, p_z, p_d_prev, nullptr, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k_beta2, (float)k4, (float)k5, (float)k_epsilon, (float)k_beta1, (float)k__grad_scale);
     }
 }
 /* multi-tensor: one call for the small tensors of a list update (each below OPTFORGE_PARALLEL_MIN), in
-   parallel over the tensors: ptrs[k * count + t] is pointer k of tensor t, scalars[t * 8 + j] its
+   parallel over the tensors: ptrs[k * count + t] is pointer k of tensor t, scalars[t * 9 + j] its
    scalars */
 void optforge_ftml_s0_mt_f32(int64_t count, const int64_t* __restrict__ sizes, const uint64_t* __restrict__ ptrs, const double* __restrict__ scalars) {
     #pragma omp parallel for schedule(dynamic, 4) if (count > 1)
     for (int64_t t = 0; t < count; ++t) {
-        const double* s = scalars + t * 8;
+        const double* s = scalars + t * 9;
         const double k_rescale_grad = s[0];
         const double k_wd = s[1];
         const double k2 = s[2];
@@ -78,23 +78,24 @@ void optforge_ftml_s0_mt_f32(int64_t count, const int64_t* __restrict__ sizes, c
         const double k5 = s[5];
         const double k_epsilon = s[6];
         const double k_beta1 = s[7];
-        optforge_ftml_s0_f32(sizes[t], (const float*)ptrs[0 * count + t], (float*)ptrs[1 * count + t], (float*)ptrs[2 * count + t], (float*)ptrs[3 * count + t], (float*)ptrs[4 * count + t], k_rescale_grad, k_wd, k2, k_beta2, k4, k5, k_epsilon, k_beta1);
+        const double k__grad_scale = s[8];
+        optforge_ftml_s0_f32(sizes[t], (const float*)ptrs[0 * count + t], (float*)ptrs[1 * count + t], (float*)ptrs[2 * count + t], (float*)ptrs[3 * count + t], (float*)ptrs[4 * count + t], k_rescale_grad, k_wd, k2, k_beta2, k4, k5, k_epsilon, k_beta1, k__grad_scale);
     }
 }
-void optforge_ftml_s0_f64(int64_t n, const double* __restrict__ p_grad, double* __restrict__ p_weight, double* __restrict__ p_v, double* __restrict__ p_z, double* __restrict__ p_d_prev, double k_rescale_grad, double k_wd, double k2, double k_beta2, double k4, double k5, double k_epsilon, double k_beta1) {
+void optforge_ftml_s0_f64(int64_t n, const double* __restrict__ p_grad, double* __restrict__ p_weight, double* __restrict__ p_v, double* __restrict__ p_z, double* __restrict__ p_d_prev, double k_rescale_grad, double k_wd, double k2, double k_beta2, double k4, double k5, double k_epsilon, double k_beta1, double k__grad_scale) {
     {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
         for (int64_t i = 0; i < n; ++i)
-            optforge_ftml_s0_elem<double, double, double>(i, i, p_grad, p_weight, p_v, p_z, p_d_prev, nullptr, (double)k_rescale_grad, (double)k_wd, (double)k2, (double)k_beta2, (double)k4, (double)k5, (double)k_epsilon, (double)k_beta1);
+            optforge_ftml_s0_elem<double, double, double>(i, i, p_grad, p_weight, p_v, p_z, p_d_prev, nullptr, (double)k_rescale_grad, (double)k_wd, (double)k2, (double)k_beta2, (double)k4, (double)k5, (double)k_epsilon, (double)k_beta1, (double)k__grad_scale);
     }
 }
 /* multi-tensor: one call for the small tensors of a list update (each below OPTFORGE_PARALLEL_MIN), in
-   parallel over the tensors: ptrs[k * count + t] is pointer k of tensor t, scalars[t * 8 + j] its
+   parallel over the tensors: ptrs[k * count + t] is pointer k of tensor t, scalars[t * 9 + j] its
    scalars */
 void optforge_ftml_s0_mt_f64(int64_t count, const int64_t* __restrict__ sizes, const uint64_t* __restrict__ ptrs, const double* __restrict__ scalars) {
     #pragma omp parallel for schedule(dynamic, 4) if (count > 1)
     for (int64_t t = 0; t < count; ++t) {
-        const double* s = scalars + t * 8;
+        const double* s = scalars + t * 9;
         const double k_rescale_grad = s[0];
         const double k_wd = s[1];
         const double k2 = s[2];
@@ -103,7 +104,8 @@ void optforge_ftml_s0_mt_f64(int64_t count, const int64_t* __restrict__ sizes, c
         const double k5 = s[5];
         const double k_epsilon = s[6];
         const double k_beta1 = s[7];
-        optforge_ftml_s0_f64(sizes[t], (const double*)ptrs[0 * count + t], (double*)ptrs[1 * count + t], (double*)ptrs[2 * count + t], (double*)ptrs[3 * count + t], (double*)ptrs[4 * count + t], k_rescale_grad, k_wd, k2, k_beta2, k4, k5, k_epsilon, k_beta1);
+        const double k__grad_scale = s[8];
+        optforge_ftml_s0_f64(sizes[t], (const double*)ptrs[0 * count + t], (double*)ptrs[1 * count + t], (double*)ptrs[2 * count + t], (double*)ptrs[3 * count + t], (double*)ptrs[4 * count + t], k_rescale_grad, k_wd, k2, k_beta2, k4, k5, k_epsilon, k_beta1, k__grad_scale);
     }
 }
 }

@@ -37,8 +37,8 @@ template <typename C> OPTFORGE_HD void store_low(float* p, int64_t i, C v) {
 /* stage s0: element i of the weight and states, element gi of the gradient and scratch
    (the same element for a dense update; for a row-sparse one, gi walks the gradient's rows) */
 template <typename T, typename G, typename C>
-OPTFORGE_HD void optforge_ftml_s0_elem(int64_t i, int64_t gi, const G* __restrict__ p_grad, T* __restrict__ p_weight, T* __restrict__ p_v, T* __restrict__ p_z, T* __restrict__ p_d_prev, float* __restrict__ p_weight_lp, const C k_rescale_grad, const C k_wd, const C k2, const C k_beta2, const C k4, const C k5, const C k_epsilon, const C k_beta1) {
-    C grad = C(p_grad[gi]);
+OPTFORGE_HD void optforge_ftml_s0_elem(int64_t i, int64_t gi, const G* __restrict__ p_grad, T* __restrict__ p_weight, T* __restrict__ p_v, T* __restrict__ p_z, T* __restrict__ p_d_prev, float* __restrict__ p_weight_lp, const C k_rescale_grad, const C k_wd, const C k2, const C k_beta2, const C k4, const C k5, const C k_epsilon, const C k_beta1, const C k__grad_scale) {
+    C grad = C(p_grad[gi]) * k__grad_scale;
     C weight = C(p_weight[i]);
     C v = C(p_v[i]);
     C z = C(p_z[i]);
@@ -58,15 +58,15 @@ OPTFORGE_HD void optforge_ftml_s0_elem(int64_t i, int64_t gi, const G* __restric
 }
 
 extern "C" {
-__global__ void optforge_ftml_s0_f32(int64_t n, const float* __restrict__ p_grad, float* __restrict__ p_weight, float* __restrict__ p_v, float* __restrict__ p_z, float* __restrict__ p_d_prev, float* __restrict__ p_weight_lp, double k_rescale_grad, double k_wd, double k2, double k_beta2, double k4, double k5, double k_epsilon, double k_beta1) {
+__global__ void optforge_ftml_s0_f32(int64_t n, const float* __restrict__ p_grad, float* __restrict__ p_weight, float* __restrict__ p_v, float* __restrict__ p_z, float* __restrict__ p_d_prev, float* __restrict__ p_weight_lp, double k_rescale_grad, double k_wd, double k2, double k_beta2, double k4, double k5, double k_epsilon, double k_beta1, double k__grad_scale) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_ftml_s0_elem<float, float, float>(i, i, p_grad, p_weight, p_v, p_z, p_d_prev, p_weight_lp, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k_beta2, (float)k4, (float)k5, (float)k_epsilon, (float)k_beta1);
+        optforge_ftml_s0_elem<float, float, float>(i, i, p_grad, p_weight, p_v, p_z, p_d_prev, p_weight_lp, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k_beta2, (float)k4, (float)k5, (float)k_epsilon, (float)k_beta1, (float)k__grad_scale);
 }
 /* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
-   pointers, sizes and 8 scalar(s) per parameter, as Apex's multi_tensor_apply */
+   pointers, sizes and 9 scalar(s) per parameter, as Apex's multi_tensor_apply */
 __global__ void optforge_ftml_s0_mt_f32(const int64_t* __restrict__ sizes, float* const* tab_grad, float* const* tab_weight, float* const* tab_v, float* const* tab_z, float* const* tab_d_prev, float* const* tab_weight_lp, const double* __restrict__ scalars) {
     const int64_t t = blockIdx.y, n = sizes[t];
-    const double* s = scalars + t * 8;
+    const double* s = scalars + t * 9;
     const float k_rescale_grad = (float)s[0];
     const float k_wd = (float)s[1];
     const float k2 = (float)s[2];
@@ -75,19 +75,20 @@ __global__ void optforge_ftml_s0_mt_f32(const int64_t* __restrict__ sizes, float
     const float k5 = (float)s[5];
     const float k_epsilon = (float)s[6];
     const float k_beta1 = (float)s[7];
+    const float k__grad_scale = (float)s[8];
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
-        optforge_ftml_s0_elem<float, float, float>(i, i, tab_grad[t], tab_weight[t], tab_v[t], tab_z[t], tab_d_prev[t], tab_weight_lp[t], k_rescale_grad, k_wd, k2, k_beta2, k4, k5, k_epsilon, k_beta1);
+        optforge_ftml_s0_elem<float, float, float>(i, i, tab_grad[t], tab_weight[t], tab_v[t], tab_z[t], tab_d_prev[t], tab_weight_lp[t], k_rescale_grad, k_wd, k2, k_beta2, k4, k5, k_epsilon, k_beta1, k__grad_scale);
     }
 }
-__global__ void optforge_ftml_s0_f64(int64_t n, const double* __restrict__ p_grad, double* __restrict__ p_weight, double* __restrict__ p_v, double* __restrict__ p_z, double* __restrict__ p_d_prev, float* __restrict__ p_weight_lp, double k_rescale_grad, double k_wd, double k2, double k_beta2, double k4, double k5, double k_epsilon, double k_beta1) {
+__global__ void optforge_ftml_s0_f64(int64_t n, const double* __restrict__ p_grad, double* __restrict__ p_weight, double* __restrict__ p_v, double* __restrict__ p_z, double* __restrict__ p_d_prev, float* __restrict__ p_weight_lp, double k_rescale_grad, double k_wd, double k2, double k_beta2, double k4, double k5, double k_epsilon, double k_beta1, double k__grad_scale) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_ftml_s0_elem<double, double, double>(i, i, p_grad, p_weight, p_v, p_z, p_d_prev, p_weight_lp, (double)k_rescale_grad, (double)k_wd, (double)k2, (double)k_beta2, (double)k4, (double)k5, (double)k_epsilon, (double)k_beta1);
+        optforge_ftml_s0_elem<double, double, double>(i, i, p_grad, p_weight, p_v, p_z, p_d_prev, p_weight_lp, (double)k_rescale_grad, (double)k_wd, (double)k2, (double)k_beta2, (double)k4, (double)k5, (double)k_epsilon, (double)k_beta1, (double)k__grad_scale);
 }
 /* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
-   pointers, sizes and 8 scalar(s) per parameter, as Apex's multi_tensor_apply */
+   pointers, sizes and 9 scalar(s) per parameter, as Apex's multi_tensor_apply */
 __global__ void optforge_ftml_s0_mt_f64(const int64_t* __restrict__ sizes, double* const* tab_grad, double* const* tab_weight, double* const* tab_v, double* const* tab_z, double* const* tab_d_prev, float* const* tab_weight_lp, const double* __restrict__ scalars) {
     const int64_t t = blockIdx.y, n = sizes[t];
-    const double* s = scalars + t * 8;
+    const double* s = scalars + t * 9;
     const double k_rescale_grad = (double)s[0];
     const double k_wd = (double)s[1];
     const double k2 = (double)s[2];
@@ -96,19 +97,20 @@ __global__ void optforge_ftml_s0_mt_f64(const int64_t* __restrict__ sizes, doubl
     const double k5 = (double)s[5];
     const double k_epsilon = (double)s[6];
     const double k_beta1 = (double)s[7];
+    const double k__grad_scale = (double)s[8];
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
-        optforge_ftml_s0_elem<double, double, double>(i, i, tab_grad[t], tab_weight[t], tab_v[t], tab_z[t], tab_d_prev[t], tab_weight_lp[t], k_rescale_grad, k_wd, k2, k_beta2, k4, k5, k_epsilon, k_beta1);
+        optforge_ftml_s0_elem<double, double, double>(i, i, tab_grad[t], tab_weight[t], tab_v[t], tab_z[t], tab_d_prev[t], tab_weight_lp[t], k_rescale_grad, k_wd, k2, k_beta2, k4, k5, k_epsilon, k_beta1, k__grad_scale);
     }
 }
-__global__ void optforge_ftml_s0_f16(int64_t n, const __half* __restrict__ p_grad, __half* __restrict__ p_weight, __half* __restrict__ p_v, __half* __restrict__ p_z, __half* __restrict__ p_d_prev, float* __restrict__ p_weight_lp, double k_rescale_grad, double k_wd, double k2, double k_beta2, double k4, double k5, double k_epsilon, double k_beta1) {
+__global__ void optforge_ftml_s0_f16(int64_t n, const __half* __restrict__ p_grad, __half* __restrict__ p_weight, __half* __restrict__ p_v, __half* __restrict__ p_z, __half* __restrict__ p_d_prev, float* __restrict__ p_weight_lp, double k_rescale_grad, double k_wd, double k2, double k_beta2, double k4, double k5, double k_epsilon, double k_beta1, double k__grad_scale) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_ftml_s0_elem<__half, __half, float>(i, i, p_grad, p_weight, p_v, p_z, p_d_prev, p_weight_lp, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k_beta2, (float)k4, (float)k5, (float)k_epsilon, (float)k_beta1);
+        optforge_ftml_s0_elem<__half, __half, float>(i, i, p_grad, p_weight, p_v, p_z, p_d_prev, p_weight_lp, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k_beta2, (float)k4, (float)k5, (float)k_epsilon, (float)k_beta1, (float)k__grad_scale);
 }
 /* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
-   pointers, sizes and 8 scalar(s) per parameter, as Apex's multi_tensor_apply */
+   pointers, sizes and 9 scalar(s) per parameter, as Apex's multi_tensor_apply */
 __global__ void optforge_ftml_s0_mt_f16(const int64_t* __restrict__ sizes, __half* const* tab_grad, __half* const* tab_weight, __half* const* tab_v, __half* const* tab_z, __half* const* tab_d_prev, float* const* tab_weight_lp, const double* __restrict__ scalars) {
     const int64_t t = blockIdx.y, n = sizes[t];
-    const double* s = scalars + t * 8;
+    const double* s = scalars + t * 9;
     const float k_rescale_grad = (float)s[0];
     const float k_wd = (float)s[1];
     const float k2 = (float)s[2];
@@ -117,19 +119,20 @@ __global__ void optforge_ftml_s0_mt_f16(const int64_t* __restrict__ sizes, __hal
     const float k5 = (float)s[5];
     const float k_epsilon = (float)s[6];
     const float k_beta1 = (float)s[7];
+    const float k__grad_scale = (float)s[8];
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
-        optforge_ftml_s0_elem<__half, __half, float>(i, i, tab_grad[t], tab_weight[t], tab_v[t], tab_z[t], tab_d_prev[t], tab_weight_lp[t], k_rescale_grad, k_wd, k2, k_beta2, k4, k5, k_epsilon, k_beta1);
+        optforge_ftml_s0_elem<__half, __half, float>(i, i, tab_grad[t], tab_weight[t], tab_v[t], tab_z[t], tab_d_prev[t], tab_weight_lp[t], k_rescale_grad, k_wd, k2, k_beta2, k4, k5, k_epsilon, k_beta1, k__grad_scale);
     }
 }
-__global__ void optforge_ftml_s0_mp16(int64_t n, const __half* __restrict__ p_grad, float* __restrict__ p_weight, float* __restrict__ p_v, float* __restrict__ p_z, float* __restrict__ p_d_prev, float* __restrict__ p_weight_lp, double k_rescale_grad, double k_wd, double k2, double k_beta2, double k4, double k5, double k_epsilon, double k_beta1) {
+__global__ void optforge_ftml_s0_mp16(int64_t n, const __half* __restrict__ p_grad, float* __restrict__ p_weight, float* __restrict__ p_v, float* __restrict__ p_z, float* __restrict__ p_d_prev, float* __restrict__ p_weight_lp, double k_rescale_grad, double k_wd, double k2, double k_beta2, double k4, double k5, double k_epsilon, double k_beta1, double k__grad_scale) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_ftml_s0_elem<float, __half, float>(i, i, p_grad, p_weight, p_v, p_z, p_d_prev, p_weight_lp, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k_beta2, (float)k4, (float)k5, (float)k_epsilon, (float)k_beta1);
+        optforge_ftml_s0_elem<float, __half, float>(i, i, p_grad, p_weight, p_v, p_z, p_d_prev, p_weight_lp, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k_beta2, (float)k4, (float)k5, (float)k_epsilon, (float)k_beta1, (float)k__grad_scale);
 }
 /* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
-   pointers, sizes and 8 scalar(s) per parameter, as Apex's multi_tensor_apply */
+   pointers, sizes and 9 scalar(s) per parameter, as Apex's multi_tensor_apply */
 __global__ void optforge_ftml_s0_mt_mp16(const int64_t* __restrict__ sizes, __half* const* tab_grad, float* const* tab_weight, float* const* tab_v, float* const* tab_z, float* const* tab_d_prev, float* const* tab_weight_lp, const double* __restrict__ scalars) {
     const int64_t t = blockIdx.y, n = sizes[t];
-    const double* s = scalars + t * 8;
+    const double* s = scalars + t * 9;
     const float k_rescale_grad = (float)s[0];
     const float k_wd = (float)s[1];
     const float k2 = (float)s[2];
@@ -138,8 +141,9 @@ __global__ void optforge_ftml_s0_mt_mp16(const int64_t* __restrict__ sizes, __ha
     const float k5 = (float)s[5];
     const float k_epsilon = (float)s[6];
     const float k_beta1 = (float)s[7];
+    const float k__grad_scale = (float)s[8];
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
-        optforge_ftml_s0_elem<float, __half, float>(i, i, tab_grad[t], tab_weight[t], tab_v[t], tab_z[t], tab_d_prev[t], tab_weight_lp[t], k_rescale_grad, k_wd, k2, k_beta2, k4, k5, k_epsilon, k_beta1);
+        optforge_ftml_s0_elem<float, __half, float>(i, i, tab_grad[t], tab_weight[t], tab_v[t], tab_z[t], tab_d_prev[t], tab_weight_lp[t], k_rescale_grad, k_wd, k2, k_beta2, k4, k5, k_epsilon, k_beta1, k__grad_scale);
     }
 }
 }

@@ -79,6 +79,8 @@ class FTML(Optimizer):
 
     def _kernel_numpy(self, _step, weight, grad, tensors, scalars):
         """One parameter's update, in place on `weight`, `tensors` and `scalars` (`_step`: optforge.optimizer.Step)."""
+        if _step.grad_scale != 1:
+            grad = grad * _step.grad_scale
         beta1 = self.beta1
         beta2 = self.beta2
         epsilon = self.epsilon
@@ -121,4 +123,5 @@ class FTML(Optimizer):
         d_prev = tensors['d_prev']
         v = tensors['v']
         z = tensors['z']
-        be.launch('optforge_ftml_s0', (grad, weight, v, z, d_prev,), (ops.arg(rescale_grad), ops.arg(wd), ops.arg(clip_gradient), ops.arg(beta2), ops.arg((1 - beta1 ** t) / lr), ops.arg(1 - beta2 ** t), ops.arg(epsilon), ops.arg(beta1), ))
+        _grad_scale = _step.grad_scale
+        be.launch('optforge_ftml_s0', (grad, weight, v, z, d_prev,), (ops.arg(rescale_grad), ops.arg(wd), ops.arg(clip_gradient), ops.arg(beta2), ops.arg((1 - beta1 ** t) / lr), ops.arg(1 - beta2 ** t), ops.arg(epsilon), ops.arg(beta1), ops.arg(_grad_scale), ))

@@ -77,6 +77,8 @@ class Ftrl(Optimizer):
 
     def _kernel_numpy(self, _step, weight, grad, tensors, scalars):
         """One parameter's update, in place on `weight`, `tensors` and `scalars` (`_step`: optforge.optimizer.Step)."""
+        if _step.grad_scale != 1:
+            grad = grad * _step.grad_scale
         beta = self.beta
         lamda1 = self.lamda1
         clip_gradient = self.clip_gradient
@@ -100,6 +102,8 @@ class Ftrl(Optimizer):
 
     def _kernel_rows(self, _step, rows, weight, grad, tensors, scalars):
         """The lazy update: only the rows `rows` of `weight` and `tensors` change; `grad` holds those rows."""
+        if _step.grad_scale != 1:
+            grad = grad * _step.grad_scale
         beta = self.beta
         lamda1 = self.lamda1
         clip_gradient = self.clip_gradient
@@ -131,4 +135,5 @@ class Ftrl(Optimizer):
         wd = _step.wd
         z = tensors['z']
         n = tensors['n']
-        be.launch('optforge_ftrl_s0', (grad, z, n, weight,), (ops.arg(rescale_grad), ops.arg(clip_gradient), ops.arg(lr), ops.arg(lamda1), ops.arg(beta), ops.arg(wd), ))
+        _grad_scale = _step.grad_scale
+        be.launch('optforge_ftrl_s0', (grad, z, n, weight,), (ops.arg(rescale_grad), ops.arg(clip_gradient), ops.arg(lr), ops.arg(lamda1), ops.arg(beta), ops.arg(wd), ops.arg(_grad_scale), ))

@@ -40,8 +40,8 @@ template <typename C> inline void store_low(float* p, int64_t i, C v) { p[i] = (
 /* stage s0: element i of the weight and states, element gi of the gradient and scratch
    (the same element for a dense update; for a row-sparse one, gi walks the gradient's rows) */
 template <typename T, typename G, typename C>
-OPTFORGE_HD void optforge_lamb_s0_elem(int64_t i, int64_t gi, const G* __restrict__ p_grad, T* __restrict__ p_mean, T* __restrict__ p_var, const T* __restrict__ p_weight, C* __restrict__ p_upd, float* __restrict__ p_weight_lp, C& red0, C& red1, const C k_rescale_grad, const C k1, const C k_beta1, const C k_beta2, const C k_c1, const C k_c2, const C k_epsilon, const C k_wd) {
-    C grad = C(p_grad[gi]);
+OPTFORGE_HD void optforge_lamb_s0_elem(int64_t i, int64_t gi, const G* __restrict__ p_grad, T* __restrict__ p_mean, T* __restrict__ p_var, const T* __restrict__ p_weight, C* __restrict__ p_upd, float* __restrict__ p_weight_lp, C& red0, C& red1, const C k_rescale_grad, const C k1, const C k_beta1, const C k_beta2, const C k_c1, const C k_c2, const C k_epsilon, const C k_wd, const C k__grad_scale) {
+    C grad = C(p_grad[gi]) * k__grad_scale;
     C mean = C(p_mean[i]);
     C var = C(p_var[i]);
     C weight = C(p_weight[i]);
@@ -72,7 +72,7 @@ extern "C" {
    of the elements, block by block: the stage loop stores the elements' reduction terms in small
    buffers (so it vectorizes as a stage without reductions does), then a tight loop sums a buffer in
    double. Shares are added in order: the result does not depend on timing. */
-void optforge_lamb_s0_f32(int64_t n, const float* __restrict__ p_grad, float* __restrict__ p_mean, float* __restrict__ p_var, const float* __restrict__ p_weight, float* __restrict__ p_upd, double k_rescale_grad, double k1, double k_beta1, double k_beta2, double k_c1, double k_c2, double k_epsilon, double k_wd, double* __restrict__ out) {
+void optforge_lamb_s0_f32(int64_t n, const float* __restrict__ p_grad, float* __restrict__ p_mean, float* __restrict__ p_var, const float* __restrict__ p_weight, float* __restrict__ p_upd, double k_rescale_grad, double k1, double k_beta1, double k_beta2, double k_c1, double k_c2, double k_epsilon, double k_wd, double k__grad_scale, double* __restrict__ out) {
     int nt = 1;
 #ifdef _OPENMP
     if (n >= OPTFORGE_PARALLEL_MIN) nt = omp_get_max_threads();
@@ -94,7 +94,7 @@ void optforge_lamb_s0_f32(int64_t n, const float* __restrict__ p_grad, float* __
                     #pragma omp simd
                     for (int64_t i = b; i < e; ++i) {
                         float t0, t1;
-                        optforge_lamb_s0_elem<float, float, float>(i, i, p_grad, p_mean, p_var, p_weight, p_upd, nullptr, t0, t1, (float)k_rescale_grad, (float)k1, (float)k_beta1, (float)k_beta2, (float)k_c1, (float)k_c2, (float)k_epsilon, (float)k_wd);
+                        optforge_lamb_s0_elem<float, float, float>(i, i, p_grad, p_mean, p_var, p_weight, p_upd, nullptr, t0, t1, (float)k_rescale_grad, (float)k1, (float)k_beta1, (float)k_beta2, (float)k_c1, (float)k_c2, (float)k_epsilon, (float)k_wd, (float)k__grad_scale);
                     }
                 }
                 {   /* from memory, just written or read (cache-hot) */
@@ -126,12 +126,12 @@ void optforge_lamb_s0_f32(int64_t n, const float* __restrict__ p_grad, float* __
     }
 }
 /* multi-tensor: one call for the small tensors of a list update (each below OPTFORGE_PARALLEL_MIN), in
-   parallel over the tensors: ptrs[k * count + t] is pointer k of tensor t, scalars[t * 8 + j] its
+   parallel over the tensors: ptrs[k * count + t] is pointer k of tensor t, scalars[t * 9 + j] its
    scalars, out[t * 2 + k] its sums */
 void optforge_lamb_s0_mt_f32(int64_t count, const int64_t* __restrict__ sizes, const uint64_t* __restrict__ ptrs, const double* __restrict__ scalars, double* __restrict__ out) {
     #pragma omp parallel for schedule(dynamic, 4) if (count > 1)
     for (int64_t t = 0; t < count; ++t) {
-        const double* s = scalars + t * 8;
+        const double* s = scalars + t * 9;
         const double k_rescale_grad = s[0];
         const double k1 = s[1];
         const double k_beta1 = s[2];
@@ -140,14 +140,15 @@ void optforge_lamb_s0_mt_f32(int64_t count, const int64_t* __restrict__ sizes, c
         const double k_c2 = s[5];
         const double k_epsilon = s[6];
         const double k_wd = s[7];
-        optforge_lamb_s0_f32(sizes[t], (const float*)ptrs[0 * count + t], (float*)ptrs[1 * count + t], (float*)ptrs[2 * count + t], (const float*)ptrs[3 * count + t], (float*)ptrs[4 * count + t], k_rescale_grad, k1, k_beta1, k_beta2, k_c1, k_c2, k_epsilon, k_wd, out + t * 2);
+        const double k__grad_scale = s[8];
+        optforge_lamb_s0_f32(sizes[t], (const float*)ptrs[0 * count + t], (float*)ptrs[1 * count + t], (float*)ptrs[2 * count + t], (const float*)ptrs[3 * count + t], (float*)ptrs[4 * count + t], k_rescale_grad, k1, k_beta1, k_beta2, k_c1, k_c2, k_epsilon, k_wd, k__grad_scale, out + t * 2);
     }
 }
 /* also accumulates 2 whole-tensor reduction(s) into out[]. Each thread takes a fixed share
    of the elements, block by block: the stage loop stores the elements' reduction terms in small
    buffers (so it vectorizes as a stage without reductions does), then a tight loop sums a buffer in
    double. Shares are added in order: the result does not depend on timing. */
-void optforge_lamb_s0_f64(int64_t n, const double* __restrict__ p_grad, double* __restrict__ p_mean, double* __restrict__ p_var, const double* __restrict__ p_weight, double* __restrict__ p_upd, double k_rescale_grad, double k1, double k_beta1, double k_beta2, double k_c1, double k_c2, double k_epsilon, double k_wd, double* __restrict__ out) {
+void optforge_lamb_s0_f64(int64_t n, const double* __restrict__ p_grad, double* __restrict__ p_mean, double* __restrict__ p_var, const double* __restrict__ p_weight, double* __restrict__ p_upd, double k_rescale_grad, double k1, double k_beta1, double k_beta2, double k_c1, double k_c2, double k_epsilon, double k_wd, double k__grad_scale, double* __restrict__ out) {
     int nt = 1;
 #ifdef _OPENMP
     if (n >= OPTFORGE_PARALLEL_MIN) nt = omp_get_max_threads();
@@ -169,7 +170,7 @@ void optforge_lamb_s0_f64(int64_t n, const double* __restrict__ p_grad, double* 
                     #pragma omp simd
                     for (int64_t i = b; i < e; ++i) {
                         double t0, t1;
-                        optforge_lamb_s0_elem<double, double, double>(i, i, p_grad, p_mean, p_var, p_weight, p_upd, nullptr, t0, t1, (double)k_rescale_grad, (double)k1, (double)k_beta1, (double)k_beta2, (double)k_c1, (double)k_c2, (double)k_epsilon, (double)k_wd);
+                        optforge_lamb_s0_elem<double, double, double>(i, i, p_grad, p_mean, p_var, p_weight, p_upd, nullptr, t0, t1, (double)k_rescale_grad, (double)k1, (double)k_beta1, (double)k_beta2, (double)k_c1, (double)k_c2, (double)k_epsilon, (double)k_wd, (double)k__grad_scale);
                     }
                 }
                 {   /* from memory, just written or read (cache-hot) */
@@ -201,12 +202,12 @@ void optforge_lamb_s0_f64(int64_t n, const double* __restrict__ p_grad, double* 
     }
 }
 /* multi-tensor: one call for the small tensors of a list update (each below OPTFORGE_PARALLEL_MIN), in
-   parallel over the tensors: ptrs[k * count + t] is pointer k of tensor t, scalars[t * 8 + j] its
+   parallel over the tensors: ptrs[k * count + t] is pointer k of tensor t, scalars[t * 9 + j] its
    scalars, out[t * 2 + k] its sums */
 void optforge_lamb_s0_mt_f64(int64_t count, const int64_t* __restrict__ sizes, const uint64_t* __restrict__ ptrs, const double* __restrict__ scalars, double* __restrict__ out) {
     #pragma omp parallel for schedule(dynamic, 4) if (count > 1)
     for (int64_t t = 0; t < count; ++t) {
-        const double* s = scalars + t * 8;
+        const double* s = scalars + t * 9;
         const double k_rescale_grad = s[0];
         const double k1 = s[1];
         const double k_beta1 = s[2];
@@ -215,7 +216,8 @@ void optforge_lamb_s0_mt_f64(int64_t count, const int64_t* __restrict__ sizes, c
         const double k_c2 = s[5];
         const double k_epsilon = s[6];
         const double k_wd = s[7];
-        optforge_lamb_s0_f64(sizes[t], (const double*)ptrs[0 * count + t], (double*)ptrs[1 * count + t], (double*)ptrs[2 * count + t], (const double*)ptrs[3 * count + t], (double*)ptrs[4 * count + t], k_rescale_grad, k1, k_beta1, k_beta2, k_c1, k_c2, k_epsilon, k_wd, out + t * 2);
+        const double k__grad_scale = s[8];
+        optforge_lamb_s0_f64(sizes[t], (const double*)ptrs[0 * count + t], (double*)ptrs[1 * count + t], (double*)ptrs[2 * count + t], (const double*)ptrs[3 * count + t], (double*)ptrs[4 * count + t], k_rescale_grad, k1, k_beta1, k_beta2, k_c1, k_c2, k_epsilon, k_wd, k__grad_scale, out + t * 2);
     }
 }
 void optforge_lamb_s1_f32(int64_t n, float* __restrict__ p_weight, const float* __restrict__ p_upd, double k0) {

@@ -37,8 +37,8 @@ template <typename C> OPTFORGE_HD void store_low(float* p, int64_t i, C v) {
 /* stage s0: element i of the weight and states, element gi of the gradient and scratch
    (the same element for a dense update; for a row-sparse one, gi walks the gradient's rows) */
 template <typename T, typename G, typename C>
-OPTFORGE_HD void optforge_lamb_s0_elem(int64_t i, int64_t gi, const G* __restrict__ p_grad, T* __restrict__ p_mean, T* __restrict__ p_var, const T* __restrict__ p_weight, C* __restrict__ p_upd, float* __restrict__ p_weight_lp, C& red0, C& red1, const C k_rescale_grad, const C k1, const C k_beta1, const C k_beta2, const C k_c1, const C k_c2, const C k_epsilon, const C k_wd) {
-    C grad = C(p_grad[gi]);
+OPTFORGE_HD void optforge_lamb_s0_elem(int64_t i, int64_t gi, const G* __restrict__ p_grad, T* __restrict__ p_mean, T* __restrict__ p_var, const T* __restrict__ p_weight, C* __restrict__ p_upd, float* __restrict__ p_weight_lp, C& red0, C& red1, const C k_rescale_grad, const C k1, const C k_beta1, const C k_beta2, const C k_c1, const C k_c2, const C k_epsilon, const C k_wd, const C k__grad_scale) {
+    C grad = C(p_grad[gi]) * k__grad_scale;
     C mean = C(p_mean[i]);
     C var = C(p_var[i]);
     C weight = C(p_weight[i]);
@@ -67,11 +67,11 @@ OPTFORGE_HD void optforge_lamb_s1_elem(int64_t i, int64_t gi, T* __restrict__ p_
 extern "C" {
 /* also accumulates 2 whole-tensor reduction(s): each thread's partial sums (double) go to
    partials[thread * 2 + k], which the host sums in a fixed order (deterministic, no atomics) */
-__global__ void optforge_lamb_s0_f32(int64_t n, const float* __restrict__ p_grad, float* __restrict__ p_mean, float* __restrict__ p_var, const float* __restrict__ p_weight, float* __restrict__ p_upd, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k_beta1, double k_beta2, double k_c1, double k_c2, double k_epsilon, double k_wd, double* __restrict__ partials) {
+__global__ void optforge_lamb_s0_f32(int64_t n, const float* __restrict__ p_grad, float* __restrict__ p_mean, float* __restrict__ p_var, const float* __restrict__ p_weight, float* __restrict__ p_upd, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k_beta1, double k_beta2, double k_c1, double k_c2, double k_epsilon, double k_wd, double k__grad_scale, double* __restrict__ partials) {
     double acc0 = 0, acc1 = 0;
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
         float t0, t1;
-        optforge_lamb_s0_elem<float, float, float>(i, i, p_grad, p_mean, p_var, p_weight, p_upd, p_weight_lp, t0, t1, (float)k_rescale_grad, (float)k1, (float)k_beta1, (float)k_beta2, (float)k_c1, (float)k_c2, (float)k_epsilon, (float)k_wd);
+        optforge_lamb_s0_elem<float, float, float>(i, i, p_grad, p_mean, p_var, p_weight, p_upd, p_weight_lp, t0, t1, (float)k_rescale_grad, (float)k1, (float)k_beta1, (float)k_beta2, (float)k_c1, (float)k_c2, (float)k_epsilon, (float)k_wd, (float)k__grad_scale);
         acc0 += (double)t0 * (double)t0;
         acc1 += (double)t1 * (double)t1;
     }
@@ -80,11 +80,11 @@ __global__ void optforge_lamb_s0_f32(int64_t n, const float* __restrict__ p_grad
     partials[tid * 2 + 1] = acc1;
 }
 /* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
-   pointers, sizes and 8 scalar(s) per parameter, as Apex's multi_tensor_apply;
+   pointers, sizes and 9 scalar(s) per parameter, as Apex's multi_tensor_apply;
    each parameter's threads write their partial sums to partials[(t * stride + thread) * 2 + k] */
 __global__ void optforge_lamb_s0_mt_f32(const int64_t* __restrict__ sizes, float* const* tab_grad, float* const* tab_mean, float* const* tab_var, float* const* tab_weight, float* const* tab_upd, float* const* tab_weight_lp, const double* __restrict__ scalars, int64_t stride, double* __restrict__ partials) {
     const int64_t t = blockIdx.y, n = sizes[t];
-    const double* s = scalars + t * 8;
+    const double* s = scalars + t * 9;
     const float k_rescale_grad = (float)s[0];
     const float k1 = (float)s[1];
     const float k_beta1 = (float)s[2];
@@ -93,10 +93,11 @@ __global__ void optforge_lamb_s0_mt_f32(const int64_t* __restrict__ sizes, float
     const float k_c2 = (float)s[5];
     const float k_epsilon = (float)s[6];
     const float k_wd = (float)s[7];
+    const float k__grad_scale = (float)s[8];
     double acc0 = 0, acc1 = 0;
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
         float t0, t1;
-        optforge_lamb_s0_elem<float, float, float>(i, i, tab_grad[t], tab_mean[t], tab_var[t], tab_weight[t], tab_upd[t], tab_weight_lp[t], t0, t1, k_rescale_grad, k1, k_beta1, k_beta2, k_c1, k_c2, k_epsilon, k_wd);
+        optforge_lamb_s0_elem<float, float, float>(i, i, tab_grad[t], tab_mean[t], tab_var[t], tab_weight[t], tab_upd[t], tab_weight_lp[t], t0, t1, k_rescale_grad, k1, k_beta1, k_beta2, k_c1, k_c2, k_epsilon, k_wd, k__grad_scale);
         acc0 += (double)t0 * (double)t0;
         acc1 += (double)t1 * (double)t1;
     }
@@ -106,11 +107,11 @@ __global__ void optforge_lamb_s0_mt_f32(const int64_t* __restrict__ sizes, float
 }
 /* also accumulates 2 whole-tensor reduction(s): each thread's partial sums (double) go to
    partials[thread * 2 + k], which the host sums in a fixed order (deterministic, no atomics) */
-__global__ void optforge_lamb_s0_f64(int64_t n, const double* __restrict__ p_grad, double* __restrict__ p_mean, double* __restrict__ p_var, const double* __restrict__ p_weight, double* __restrict__ p_upd, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k_beta1, double k_beta2, double k_c1, double k_c2, double k_epsilon, double k_wd, double* __restrict__ partials) {
+__global__ void optforge_lamb_s0_f64(int64_t n, const double* __restrict__ p_grad, double* __restrict__ p_mean, double* __restrict__ p_var, const double* __restrict__ p_weight, double* __restrict__ p_upd, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k_beta1, double k_beta2, double k_c1, double k_c2, double k_epsilon, double k_wd, double k__grad_scale, double* __restrict__ partials) {
     double acc0 = 0, acc1 = 0;
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
         double t0, t1;
-        optforge_lamb_s0_elem<double, double, double>(i, i, p_grad, p_mean, p_var, p_weight, p_upd, p_weight_lp, t0, t1, (double)k_rescale_grad, (double)k1, (double)k_beta1, (double)k_beta2, (double)k_c1, (double)k_c2, (double)k_epsilon, (double)k_wd);
+        optforge_lamb_s0_elem<double, double, double>(i, i, p_grad, p_mean, p_var, p_weight, p_upd, p_weight_lp, t0, t1, (double)k_rescale_grad, (double)k1, (double)k_beta1, (double)k_beta2, (double)k_c1, (double)k_c2, (double)k_epsilon, (double)k_wd, (double)k__grad_scale);
         acc0 += (double)t0 * (double)t0;
         acc1 += (double)t1 * (double)t1;
     }
@@ -119,11 +120,11 @@ __global__ void optforge_lamb_s0_f64(int64_t n, const double* __restrict__ p_gra
     partials[tid * 2 + 1] = acc1;
 }
 /* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
-   pointers, sizes and 8 scalar(s) per parameter, as Apex's multi_tensor_apply;
+   pointers, sizes and 9 scalar(s) per parameter, as Apex's multi_tensor_apply;
    each parameter's threads write their partial sums to partials[(t * stride + thread) * 2 + k] */
 __global__ void optforge_lamb_s0_mt_f64(const int64_t* __restrict__ sizes, double* const* tab_grad, double* const* tab_mean, double* const* tab_var, double* const* tab_weight, double* const* tab_upd, float* const* tab_weight_lp, const double* __restrict__ scalars, int64_t stride, double* __restrict__ partials) {
     const int64_t t = blockIdx.y, n = sizes[t];
-    const double* s = scalars + t * 8;
+    const double* s = scalars + t * 9;
     const double k_rescale_grad = (double)s[0];
     const double k1 = (double)s[1];
     const double k_beta1 = (double)s[2];
@@ -132,10 +133,11 @@ __global__ void optforge_lamb_s0_mt_f64(const int64_t* __restrict__ sizes, doubl
     const double k_c2 = (double)s[5];
     const double k_epsilon = (double)s[6];
     const double k_wd = (double)s[7];
+    const double k__grad_scale = (double)s[8];
     double acc0 = 0, acc1 = 0;
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
         double t0, t1;
-        optforge_lamb_s0_elem<double, double, double>(i, i, tab_grad[t], tab_mean[t], tab_var[t], tab_weight[t], tab_upd[t], tab_weight_lp[t], t0, t1, k_rescale_grad, k1, k_beta1, k_beta2, k_c1, k_c2, k_epsilon, k_wd);
+        optforge_lamb_s0_elem<double, double, double>(i, i, tab_grad[t], tab_mean[t], tab_var[t], tab_weight[t], tab_upd[t], tab_weight_lp[t], t0, t1, k_rescale_grad, k1, k_beta1, k_beta2, k_c1, k_c2, k_epsilon, k_wd, k__grad_scale);
         acc0 += (double)t0 * (double)t0;
         acc1 += (double)t1 * (double)t1;
     }
@@ -145,11 +147,11 @@ __global__ void optforge_lamb_s0_mt_f64(const int64_t* __restrict__ sizes, doubl
 }
 /* also accumulates 2 whole-tensor reduction(s): each thread's partial sums (double) go to
    partials[thread * 2 + k], which the host sums in a fixed order (deterministic, no atomics) */
-__global__ void optforge_lamb_s0_f16(int64_t n, const __half* __restrict__ p_grad, __half* __restrict__ p_mean, __half* __restrict__ p_var, const __half* __restrict__ p_weight, float* __restrict__ p_upd, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k_beta1, double k_beta2, double k_c1, double k_c2, double k_epsilon, double k_wd, double* __restrict__ partials) {
+__global__ void optforge_lamb_s0_f16(int64_t n, const __half* __restrict__ p_grad, __half* __restrict__ p_mean, __half* __restrict__ p_var, const __half* __restrict__ p_weight, float* __restrict__ p_upd, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k_beta1, double k_beta2, double k_c1, double k_c2, double k_epsilon, double k_wd, double k__grad_scale, double* __restrict__ partials) {
     double acc0 = 0, acc1 = 0;
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
         float t0, t1;
-        optforge_lamb_s0_elem<__half, __half, float>(i, i, p_grad, p_mean, p_var, p_weight, p_upd, p_weight_lp, t0, t1, (float)k_rescale_grad, (float)k1, (float)k_beta1, (float)k_beta2, (float)k_c1, (float)k_c2, (float)k_epsilon, (float)k_wd);
+        optforge_lamb_s0_elem<__half, __half, float>(i, i, p_grad, p_mean, p_var, p_weight, p_upd, p_weight_lp, t0, t1, (float)k_rescale_grad, (float)k1, (float)k_beta1, (float)k_beta2, (float)k_c1, (float)k_c2, (float)k_epsilon, (float)k_wd, (float)k__grad_scale);
         acc0 += (double)t0 * (double)t0;
         acc1 += (double)t1 * (double)t1;
     }
@@ -158,11 +160,11 @@ __global__ void optforge_lamb_s0_f16(int64_t n, const __half* __restrict__ p_gra
     partials[tid * 2 + 1] = acc1;
 }
 /* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
-   pointers, sizes and 8 scalar(s) per parameter, as Apex's multi_tensor_apply;
+   pointers, sizes and 9 scalar(s) per parameter, as Apex's multi_tensor_apply;
    each parameter's threads write their partial sums to partials[(t * stride + thread) * 2 + k] */
 __global__ void optforge_lamb_s0_mt_f16(const int64_t* __restrict__ sizes, __half* const* tab_grad, __half* const* tab_mean, __half* const* tab_var, __half* const* tab_weight, float* const* tab_upd, float* const* tab_weight_lp, const double* __restrict__ scalars, int64_t stride, double* __restrict__ partials) {
     const int64_t t = blockIdx.y, n = sizes[t];
-    const double* s = scalars + t * 8;
+    const double* s = scalars + t * 9;
     const float k_rescale_grad = (float)s[0];
     const float k1 = (float)s[1];
     const float k_beta1 = (float)s[2];
@@ -171,10 +173,11 @@ __global__ void optforge_lamb_s0_mt_f16(const int64_t* __restrict__ sizes, __hal
     const float k_c2 = (float)s[5];
     const float k_epsilon = (float)s[6];
     const float k_wd = (float)s[7];
+    const float k__grad_scale = (float)s[8];
     double acc0 = 0, acc1 = 0;
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
         float t0, t1;
-        optforge_lamb_s0_elem<__half, __half, float>(i, i, tab_grad[t], tab_mean[t], tab_var[t], tab_weight[t], tab_upd[t], tab_weight_lp[t], t0, t1, k_rescale_grad, k1, k_beta1, k_beta2, k_c1, k_c2, k_epsilon, k_wd);
+        optforge_lamb_s0_elem<__half, __half, float>(i, i, tab_grad[t], tab_mean[t], tab_var[t], tab_weight[t], tab_upd[t], tab_weight_lp[t], t0, t1, k_rescale_grad, k1, k_beta1, k_beta2, k_c1, k_c2, k_epsilon, k_wd, k__grad_scale);
         acc0 += (double)t0 * (double)t0;
         acc1 += (double)t1 * (double)t1;
     }
@@ -184,11 +187,11 @@ __global__ void optforge_lamb_s0_mt_f16(const int64_t* __restrict__ sizes, __hal
 }
 /* also accumulates 2 whole-tensor reduction(s): each thread's partial sums (double) go to
    partials[thread * 2 + k], which the host sums in a fixed order (deterministic, no atomics) */
-__global__ void optforge_lamb_s0_mp16(int64_t n, const __half* __restrict__ p_grad, float* __restrict__ p_mean, float* __restrict__ p_var, const float* __restrict__ p_weight, float* __restrict__ p_upd, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k_beta1, double k_beta2, double k_c1, double k_c2, double k_epsilon, double k_wd, double* __restrict__ partials) {
+__global__ void optforge_lamb_s0_mp16(int64_t n, const __half* __restrict__ p_grad, float* __restrict__ p_mean, float* __restrict__ p_var, const float* __restrict__ p_weight, float* __restrict__ p_upd, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k_beta1, double k_beta2, double k_c1, double k_c2, double k_epsilon, double k_wd, double k__grad_scale, double* __restrict__ partials) {
     double acc0 = 0, acc1 = 0;
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
         float t0, t1;
-        optforge_lamb_s0_elem<float, __half, float>(i, i, p_grad, p_mean, p_var, p_weight, p_upd, p_weight_lp, t0, t1, (float)k_rescale_grad, (float)k1, (float)k_beta1, (float)k_beta2, (float)k_c1, (float)k_c2, (float)k_epsilon, (float)k_wd);
+        optforge_lamb_s0_elem<float, __half, float>(i, i, p_grad, p_mean, p_var, p_weight, p_upd, p_weight_lp, t0, t1, (float)k_rescale_grad, (float)k1, (float)k_beta1, (float)k_beta2, (float)k_c1, (float)k_c2, (float)k_epsilon, (float)k_wd, (float)k__grad_scale);
         acc0 += (double)t0 * (double)t0;
         acc1 += (double)t1 * (double)t1;
     }
@@ -197,11 +200,11 @@ __global__ void optforge_lamb_s0_mp16(int64_t n, const __half* __restrict__ p_gr
     partials[tid * 2 + 1] = acc1;
 }
 /* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
-   pointers, sizes and 8 scalar(s) per parameter, as Apex's multi_tensor_apply;
+   pointers, sizes and 9 scalar(s) per parameter, as Apex's multi_tensor_apply;
    each parameter's threads write their partial sums to partials[(t * stride + thread) * 2 + k] */
 __global__ void optforge_lamb_s0_mt_mp16(const int64_t* __restrict__ sizes, __half* const* tab_grad, float* const* tab_mean, float* const* tab_var, float* const* tab_weight, float* const* tab_upd, float* const* tab_weight_lp, const double* __restrict__ scalars, int64_t stride, double* __restrict__ partials) {
     const int64_t t = blockIdx.y, n = sizes[t];
-    const double* s = scalars + t * 8;
+    const double* s = scalars + t * 9;
     const float k_rescale_grad = (float)s[0];
     const float k1 = (float)s[1];
     const float k_beta1 = (float)s[2];
@@ -210,10 +213,11 @@ __global__ void optforge_lamb_s0_mt_mp16(const int64_t* __restrict__ sizes, __ha
     const float k_c2 = (float)s[5];
     const float k_epsilon = (float)s[6];
     const float k_wd = (float)s[7];
+    const float k__grad_scale = (float)s[8];
     double acc0 = 0, acc1 = 0;
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
         float t0, t1;
-        optforge_lamb_s0_elem<float, __half, float>(i, i, tab_grad[t], tab_mean[t], tab_var[t], tab_weight[t], tab_upd[t], tab_weight_lp[t], t0, t1, k_rescale_grad, k1, k_beta1, k_beta2, k_c1, k_c2, k_epsilon, k_wd);
+        optforge_lamb_s0_elem<float, __half, float>(i, i, tab_grad[t], tab_mean[t], tab_var[t], tab_weight[t], tab_upd[t], tab_weight_lp[t], t0, t1, k_rescale_grad, k1, k_beta1, k_beta2, k_c1, k_c2, k_epsilon, k_wd, k__grad_scale);
         acc0 += (double)t0 * (double)t0;
         acc1 += (double)t1 * (double)t1;
     }

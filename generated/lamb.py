@@ -101,6 +101,8 @@ class LAMB(Optimizer):
 
     def _kernel_numpy(self, _step, weight, grad, tensors, scalars):
         """One parameter's update, in place on `weight`, `tensors` and `scalars` (`_step`: optforge.optimizer.Step)."""
+        if _step.grad_scale != 1:
+            grad = grad * _step.grad_scale
         beta1 = self.beta1
         beta2 = self.beta2
         bias_correction = self.bias_correction
@@ -172,10 +174,11 @@ class LAMB(Optimizer):
         t = _step.t
         mean = tensors['mean']
         var = tensors['var']
+        _grad_scale = _step.grad_scale
         upd = be.scratch(weight, 'upd')
         c1 = 1 - beta1 ** t if bias_correction else 1  # lamb.opt:40
         c2 = 1 - beta2 ** t if bias_correction else 1  # lamb.opt:41
-        _red_s0 = yield be.launch('optforge_lamb_s0', (grad, mean, var, weight, upd,), (ops.arg(rescale_grad), ops.arg(clip_gradient), ops.arg(beta1), ops.arg(beta2), ops.arg(c1), ops.arg(c2), ops.arg(epsilon), ops.arg(wd), ), reduce=2)
+        _red_s0 = yield be.launch('optforge_lamb_s0', (grad, mean, var, weight, upd,), (ops.arg(rescale_grad), ops.arg(clip_gradient), ops.arg(beta1), ops.arg(beta2), ops.arg(c1), ops.arg(c2), ops.arg(epsilon), ops.arg(wd), ops.arg(_grad_scale), ), reduce=2)
         r1 = ops.fused_norm(_red_s0[0]) if _red_s0 is not None else ops.norm(weight)  # lamb.opt:43
         if lower_bound is not None and lower_bound > 0:
             r1 = ops.maximum(r1, lower_bound)  # lamb.opt:45

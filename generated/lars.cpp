@@ -39,17 +39,17 @@ template <typename C> inline void store_low(float* p, int64_t i, C v) { p[i] = (
 /* stage s0: element i of the weight and states, element gi of the gradient and scratch
    (the same element for a dense update; for a row-sparse one, gi walks the gradient's rows) */
 template <typename T, typename G, typename C>
-OPTFORGE_HD void optforge_lars_s0_elem(int64_t i, int64_t gi, const T* __restrict__ p_weight, const G* __restrict__ p_grad, float* __restrict__ p_weight_lp, C& red0, C& red1) {
+OPTFORGE_HD void optforge_lars_s0_elem(int64_t i, int64_t gi, const T* __restrict__ p_weight, const G* __restrict__ p_grad, float* __restrict__ p_weight_lp, C& red0, C& red1, const C k__grad_scale) {
     C weight = C(p_weight[i]);
-    C grad = C(p_grad[gi]);
+    C grad = C(p_grad[gi]) * k__grad_scale;
     red0 = C(weight);
     red1 = C(grad);
 }
 /* stage s1: element i of the weight and states, element gi of the gradient and scratch
    (the same element for a dense update; for a row-sparse one, gi walks the gradient's rows) */
 template <typename T, typename G, typename C, int H0, int B0>
-OPTFORGE_HD void optforge_lars_s1_elem(int64_t i, int64_t gi, const G* __restrict__ p_grad, T* __restrict__ p_mom, T* __restrict__ p_weight, float* __restrict__ p_weight_lp, const C k_rescale_grad, const C k1, const C k2, const C k_momentum_t, const C k4, const C k_lars_lr, const C k6) {
-    C grad = C(p_grad[gi]);
+OPTFORGE_HD void optforge_lars_s1_elem(int64_t i, int64_t gi, const G* __restrict__ p_grad, T* __restrict__ p_mom, T* __restrict__ p_weight, float* __restrict__ p_weight_lp, const C k_rescale_grad, const C k1, const C k2, const C k_momentum_t, const C k4, const C k_lars_lr, const C k6, const C k__grad_scale) {
+    C grad = C(p_grad[gi]) * k__grad_scale;
     C mom = (H0 == 1 || (H0 == 2 && p_mom)) ? C(p_mom[i]) : C(0);
     C weight = C(p_weight[i]);
     C g;
@@ -70,7 +70,7 @@ extern "C" {
    of the elements, block by block: the stage loop stores the elements' reduction terms in small
    buffers (so it vectorizes as a stage without reductions does), then a tight loop sums a buffer in
    double. Shares are added in order: the result does not depend on timing. */
-void optforge_lars_s0_f32(int64_t n, const float* __restrict__ p_weight, const float* __restrict__ p_grad, double* __restrict__ out) {
+void optforge_lars_s0_f32(int64_t n, const float* __restrict__ p_weight, const float* __restrict__ p_grad, double k__grad_scale, double* __restrict__ out) {
     int nt = 1;
 #ifdef _OPENMP
     if (n >= OPTFORGE_PARALLEL_MIN) nt = omp_get_max_threads();
@@ -83,11 +83,20 @@ void optforge_lars_s0_f32(int64_t n, const float* __restrict__ p_weight, const f
         tid = omp_get_thread_num();
         step = omp_get_num_threads();
 #endif
+        alignas(64) float buf[2][OPTFORGE_REDUCE_BLOCK];
         for (int c = tid; c < nt; c += step) {
             const int64_t lo = n * c / nt, hi = n * (c + 1) / nt;
             double acc[2] = {0};
             for (int64_t b = lo; b < hi; b += OPTFORGE_REDUCE_BLOCK) {
                 const int64_t e = hi - b < OPTFORGE_REDUCE_BLOCK ? hi : b + OPTFORGE_REDUCE_BLOCK;
+                {
+                    #pragma omp simd
+                    for (int64_t i = b; i < e; ++i) {
+                        float t0, t1;
+                        optforge_lars_s0_elem<float, float, float>(i, i, p_weight, p_grad, nullptr, t0, t1, (float)k__grad_scale);
+                        buf[1][i - b] = t1;
+                    }
+                }
                 {   /* from memory, just written or read (cache-hot) */
                     double s = 0;
                     #pragma omp simd reduction(+: s)
@@ -97,11 +106,11 @@ void optforge_lars_s0_f32(int64_t n, const float* __restrict__ p_weight, const f
                     }
                     acc[0] += s;
                 }
-                {   /* from memory, just written or read (cache-hot) */
+                {   /* from the block's buffer */
                     double s = 0;
                     #pragma omp simd reduction(+: s)
                     for (int64_t j = 0; j < e - b; ++j) {
-                        const double v = p_grad[b + j];
+                        const double v = buf[1][j];
                         s += v * v;
                     }
                     acc[1] += s;
@@ -117,7 +126,7 @@ void optforge_lars_s0_f32(int64_t n, const float* __restrict__ p_weight, const f
     }
 }
 /* row-sparse: n = rows x cols gradient elements; gradient row r updates row rows[r] */
-void optforge_lars_s0_rows_f32(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const float* __restrict__ p_weight, const float* __restrict__ p_grad) {
+void optforge_lars_s0_rows_f32(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const float* __restrict__ p_weight, const float* __restrict__ p_grad, double k__grad_scale) {
     const int64_t nrows = cols ? n / cols : 0;
     /* scattered rows are latency-bound: two threads keep twice as many loads in flight */
     #pragma omp parallel for schedule(static) if (n >= OPTFORGE_PARALLEL_MIN)
@@ -126,7 +135,7 @@ void optforge_lars_s0_rows_f32(int64_t n, int64_t cols, const int64_t* __restric
         #pragma omp simd
         for (int64_t c = 0; c < cols; ++c) {
             float red0, red1;   /* row kernels see some rows only: their reductions are done on the host */
-            optforge_lars_s0_elem<float, float, float>(base + c, gbase + c, p_weight, p_grad, nullptr, red0, red1);
+            optforge_lars_s0_elem<float, float, float>(base + c, gbase + c, p_weight, p_grad, nullptr, red0, red1, (float)k__grad_scale);
         }
     }
 }
@@ -137,14 +146,15 @@ void optforge_lars_s0_mt_f32(int64_t count, const int64_t* __restrict__ sizes, c
     #pragma omp parallel for schedule(dynamic, 4) if (count > 1)
     for (int64_t t = 0; t < count; ++t) {
         const double* s = scalars + t * 1;
-        optforge_lars_s0_f32(sizes[t], (const float*)ptrs[0 * count + t], (const float*)ptrs[1 * count + t], out + t * 2);
+        const double k__grad_scale = s[0];
+        optforge_lars_s0_f32(sizes[t], (const float*)ptrs[0 * count + t], (const float*)ptrs[1 * count + t], k__grad_scale, out + t * 2);
     }
 }
 /* also accumulates 2 whole-tensor reduction(s) into out[]. Each thread takes a fixed share
    of the elements, block by block: the stage loop stores the elements' reduction terms in small
    buffers (so it vectorizes as a stage without reductions does), then a tight loop sums a buffer in
    double. Shares are added in order: the result does not depend on timing. */
-void optforge_lars_s0_f64(int64_t n, const double* __restrict__ p_weight, const double* __restrict__ p_grad, double* __restrict__ out) {
+void optforge_lars_s0_f64(int64_t n, const double* __restrict__ p_weight, const double* __restrict__ p_grad, double k__grad_scale, double* __restrict__ out) {
     int nt = 1;
 #ifdef _OPENMP
     if (n >= OPTFORGE_PARALLEL_MIN) nt = omp_get_max_threads();
@@ -157,11 +167,20 @@ void optforge_lars_s0_f64(int64_t n, const double* __restrict__ p_weight, const 
         tid = omp_get_thread_num();
         step = omp_get_num_threads();
 #endif
+        alignas(64) double buf[2][OPTFORGE_REDUCE_BLOCK];
         for (int c = tid; c < nt; c += step) {
             const int64_t lo = n * c / nt, hi = n * (c + 1) / nt;
             double acc[2] = {0};
             for (int64_t b = lo; b < hi; b += OPTFORGE_REDUCE_BLOCK) {
                 const int64_t e = hi - b < OPTFORGE_REDUCE_BLOCK ? hi : b + OPTFORGE_REDUCE_BLOCK;
+                {
+                    #pragma omp simd
+                    for (int64_t i = b; i < e; ++i) {
+                        double t0, t1;
+                        optforge_lars_s0_elem<double, double, double>(i, i, p_weight, p_grad, nullptr, t0, t1, (double)k__grad_scale);
+                        buf[1][i - b] = t1;
+                    }
+                }
                 {   /* from memory, just written or read (cache-hot) */
                     double s = 0;
                     #pragma omp simd reduction(+: s)
@@ -171,11 +190,11 @@ void optforge_lars_s0_f64(int64_t n, const double* __restrict__ p_weight, const 
                     }
                     acc[0] += s;
                 }
-                {   /* from memory, just written or read (cache-hot) */
+                {   /* from the block's buffer */
                     double s = 0;
                     #pragma omp simd reduction(+: s)
                     for (int64_t j = 0; j < e - b; ++j) {
-                        const double v = p_grad[b + j];
+                        const double v = buf[1][j];
                         s += v * v;
                     }
                     acc[1] += s;
@@ -191,7 +210,7 @@ void optforge_lars_s0_f64(int64_t n, const double* __restrict__ p_weight, const 
     }
 }
 /* row-sparse: n = rows x cols gradient elements; gradient row r updates row rows[r] */
-void optforge_lars_s0_rows_f64(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const double* __restrict__ p_weight, const double* __restrict__ p_grad) {
+void optforge_lars_s0_rows_f64(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const double* __restrict__ p_weight, const double* __restrict__ p_grad, double k__grad_scale) {
     const int64_t nrows = cols ? n / cols : 0;
     /* scattered rows are latency-bound: two threads keep twice as many loads in flight */
     #pragma omp parallel for schedule(static) if (n >= OPTFORGE_PARALLEL_MIN)
@@ -200,7 +219,7 @@ void optforge_lars_s0_rows_f64(int64_t n, int64_t cols, const int64_t* __restric
         #pragma omp simd
         for (int64_t c = 0; c < cols; ++c) {
             double red0, red1;   /* row kernels see some rows only: their reductions are done on the host */
-            optforge_lars_s0_elem<double, double, double>(base + c, gbase + c, p_weight, p_grad, nullptr, red0, red1);
+            optforge_lars_s0_elem<double, double, double>(base + c, gbase + c, p_weight, p_grad, nullptr, red0, red1, (double)k__grad_scale);
         }
     }
 }
@@ -211,30 +230,31 @@ void optforge_lars_s0_mt_f64(int64_t count, const int64_t* __restrict__ sizes, c
     #pragma omp parallel for schedule(dynamic, 4) if (count > 1)
     for (int64_t t = 0; t < count; ++t) {
         const double* s = scalars + t * 1;
-        optforge_lars_s0_f64(sizes[t], (const double*)ptrs[0 * count + t], (const double*)ptrs[1 * count + t], out + t * 2);
+        const double k__grad_scale = s[0];
+        optforge_lars_s0_f64(sizes[t], (const double*)ptrs[0 * count + t], (const double*)ptrs[1 * count + t], k__grad_scale, out + t * 2);
     }
 }
-void optforge_lars_s1_f32(int64_t n, const float* __restrict__ p_grad, float* __restrict__ p_mom, float* __restrict__ p_weight, double k_rescale_grad, double k1, double k2, double k_momentum_t, double k4, double k_lars_lr, double k6) {
+void optforge_lars_s1_f32(int64_t n, const float* __restrict__ p_grad, float* __restrict__ p_mom, float* __restrict__ p_weight, double k_rescale_grad, double k1, double k2, double k_momentum_t, double k4, double k_lars_lr, double k6, double k__grad_scale) {
     if (p_mom && k2 != 0) {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
         for (int64_t i = 0; i < n; ++i)
-            optforge_lars_s1_elem<float, float, float, 1, 1>(i, i, p_grad, p_mom, p_weight, nullptr, (float)k_rescale_grad, (float)k1, (float)k2, (float)k_momentum_t, (float)k4, (float)k_lars_lr, (float)k6);
+            optforge_lars_s1_elem<float, float, float, 1, 1>(i, i, p_grad, p_mom, p_weight, nullptr, (float)k_rescale_grad, (float)k1, (float)k2, (float)k_momentum_t, (float)k4, (float)k_lars_lr, (float)k6, (float)k__grad_scale);
     } else if (p_mom && k2 == 0) {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
         for (int64_t i = 0; i < n; ++i)
-            optforge_lars_s1_elem<float, float, float, 1, 0>(i, i, p_grad, p_mom, p_weight, nullptr, (float)k_rescale_grad, (float)k1, (float)k2, (float)k_momentum_t, (float)k4, (float)k_lars_lr, (float)k6);
+            optforge_lars_s1_elem<float, float, float, 1, 0>(i, i, p_grad, p_mom, p_weight, nullptr, (float)k_rescale_grad, (float)k1, (float)k2, (float)k_momentum_t, (float)k4, (float)k_lars_lr, (float)k6, (float)k__grad_scale);
     } else if (!p_mom && k2 != 0) {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
         for (int64_t i = 0; i < n; ++i)
-            optforge_lars_s1_elem<float, float, float, 0, 1>(i, i, p_grad, p_mom, p_weight, nullptr, (float)k_rescale_grad, (float)k1, (float)k2, (float)k_momentum_t, (float)k4, (float)k_lars_lr, (float)k6);
+            optforge_lars_s1_elem<float, float, float, 0, 1>(i, i, p_grad, p_mom, p_weight, nullptr, (float)k_rescale_grad, (float)k1, (float)k2, (float)k_momentum_t, (float)k4, (float)k_lars_lr, (float)k6, (float)k__grad_scale);
     } else if (!p_mom && k2 == 0) {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
         for (int64_t i = 0; i < n; ++i)
-            optforge_lars_s1_elem<float, float, float, 0, 0>(i, i, p_grad, p_mom, p_weight, nullptr, (float)k_rescale_grad, (float)k1, (float)k2, (float)k_momentum_t, (float)k4, (float)k_lars_lr, (float)k6);
+            optforge_lars_s1_elem<float, float, float, 0, 0>(i, i, p_grad, p_mom, p_weight, nullptr, (float)k_rescale_grad, (float)k1, (float)k2, (float)k_momentum_t, (float)k4, (float)k_lars_lr, (float)k6, (float)k__grad_scale);
     }
 }
 /* row-sparse: n = rows x cols gradient elements; gradient row r updates row rows[r] */
-void optforge_lars_s1_rows_f32(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const float* __restrict__ p_grad, float* __restrict__ p_mom, float* __restrict__ p_weight, double k_rescale_grad, double k1, double k2, double k_momentum_t, double k4, double k_lars_lr, double k6) {
+void optforge_lars_s1_rows_f32(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const float* __restrict__ p_grad, float* __restrict__ p_mom, float* __restrict__ p_weight, double k_rescale_grad, double k1, double k2, double k_momentum_t, double k4, double k_lars_lr, double k6, double k__grad_scale) {
     const int64_t nrows = cols ? n / cols : 0;
     /* scattered rows are latency-bound: two threads keep twice as many loads in flight */
     #pragma omp parallel for schedule(static) if (n >= OPTFORGE_PARALLEL_MIN)
@@ -242,17 +262,17 @@ void optforge_lars_s1_rows_f32(int64_t n, int64_t cols, const int64_t* __restric
         const int64_t base = rows[r] * cols, gbase = r * cols;
         #pragma omp simd
         for (int64_t c = 0; c < cols; ++c) {
-            optforge_lars_s1_elem<float, float, float, 2, 2>(base + c, gbase + c, p_grad, p_mom, p_weight, nullptr, (float)k_rescale_grad, (float)k1, (float)k2, (float)k_momentum_t, (float)k4, (float)k_lars_lr, (float)k6);
+            optforge_lars_s1_elem<float, float, float, 2, 2>(base + c, gbase + c, p_grad, p_mom, p_weight, nullptr, (float)k_rescale_grad, (float)k1, (float)k2, (float)k_momentum_t, (float)k4, (float)k_lars_lr, (float)k6, (float)k__grad_scale);
         }
     }
 }
 /* multi-tensor: one call for the small tensors of a list update (each below OPTFORGE_PARALLEL_MIN), in
-   parallel over the tensors: ptrs[k * count + t] is pointer k of tensor t, scalars[t * 7 + j] its
+   parallel over the tensors: ptrs[k * count + t] is pointer k of tensor t, scalars[t * 8 + j] its
    scalars */
 void optforge_lars_s1_mt_f32(int64_t count, const int64_t* __restrict__ sizes, const uint64_t* __restrict__ ptrs, const double* __restrict__ scalars) {
     #pragma omp parallel for schedule(dynamic, 4) if (count > 1)
     for (int64_t t = 0; t < count; ++t) {
-        const double* s = scalars + t * 7;
+        const double* s = scalars + t * 8;
         const double k_rescale_grad = s[0];
         const double k1 = s[1];
         const double k2 = s[2];
@@ -260,30 +280,31 @@ void optforge_lars_s1_mt_f32(int64_t count, const int64_t* __restrict__ sizes, c
         const double k4 = s[4];
         const double k_lars_lr = s[5];
         const double k6 = s[6];
-        optforge_lars_s1_f32(sizes[t], (const float*)ptrs[0 * count + t], (float*)ptrs[1 * count + t], (float*)ptrs[2 * count + t], k_rescale_grad, k1, k2, k_momentum_t, k4, k_lars_lr, k6);
+        const double k__grad_scale = s[7];
+        optforge_lars_s1_f32(sizes[t], (const float*)ptrs[0 * count + t], (float*)ptrs[1 * count + t], (float*)ptrs[2 * count + t], k_rescale_grad, k1, k2, k_momentum_t, k4, k_lars_lr, k6, k__grad_scale);
     }
 }
-void optforge_lars_s1_f64(int64_t n, const double* __restrict__ p_grad, double* __restrict__ p_mom, double* __restrict__ p_weight, double k_rescale_grad, double k1, double k2, double k_momentum_t, double k4, double k_lars_lr, double k6) {
+void optforge_lars_s1_f64(int64_t n, const double* __restrict__ p_grad, double* __restrict__ p_mom, double* __restrict__ p_weight, double k_rescale_grad, double k1, double k2, double k_momentum_t, double k4, double k_lars_lr, double k6, double k__grad_scale) {
     if (p_mom && k2 != 0) {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
         for (int64_t i = 0; i < n; ++i)
-            optforge_lars_s1_elem<double, double, double, 1, 1>(i, i, p_grad, p_mom, p_weight, nullptr, (double)k_rescale_grad, (double)k1, (double)k2, (double)k_momentum_t, (double)k4, (double)k_lars_lr, (double)k6);
+            optforge_lars_s1_elem<double, double, double, 1, 1>(i, i, p_grad, p_mom, p_weight, nullptr, (double)k_rescale_grad, (double)k1, (double)k2, (double)k_momentum_t, (double)k4, (double)k_lars_lr, (double)k6, (double)k__grad_scale);
     } else if (p_mom && k2 == 0) {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
         for (int64_t i = 0; i < n; ++i)
-            optforge_lars_s1_elem<double, double, double, 1, 0>(i, i, p_grad, p_mom, p_weight, nullptr, (double)k_rescale_grad, (double)k1, (double)k2, (double)k_momentum_t, (double)k4, (double)k_lars_lr, (double)k6);
+            optforge_lars_s1_elem<double, double, double, 1, 0>(i, i, p_grad, p_mom, p_weight, nullptr, (double)k_rescale_grad, (double)k1, (double)k2, (double)k_momentum_t, (double)k4, (double)k_lars_lr, (double)k6, (double)k__grad_scale);
     } else if (!p_mom && k2 != 0) {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
         for (int64_t i = 0; i < n; ++i)
-            optforge_lars_s1_elem<double, double, double, 0, 1>(i, i, p_grad, p_mom, p_weight, nullptr, (double)k_rescale_grad, (double)k1, (double)k2, (double)k_momentum_t, (double)k4, (double)k_lars_lr, (double)k6);
+            optforge_lars_s1_elem<double, double, double, 0, 1>(i, i, p_grad, p_mom, p_weight, nullptr, (double)k_rescale_grad, (double)k1, (double)k2, (double)k_momentum_t, (double)k4, (double)k_lars_lr, (double)k6, (double)k__grad_scale);
     } else if (!p_mom && k2 == 0) {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
         for (int64_t i = 0; i < n; ++i)
-            optforge_lars_s1_elem<double, double, double, 0, 0>(i, i, p_grad, p_mom, p_weight, nullptr, (double)k_rescale_grad, (double)k1, (double)k2, (double)k_momentum_t, (double)k4, (double)k_lars_lr, (double)k6);
+            optforge_lars_s1_elem<double, double, double, 0, 0>(i, i, p_grad, p_mom, p_weight, nullptr, (double)k_rescale_grad, (double)k1, (double)k2, (double)k_momentum_t, (double)k4, (double)k_lars_lr, (double)k6, (double)k__grad_scale);
     }
 }
 /* row-sparse: n = rows x cols gradient elements; gradient row r updates row rows[r] */
-void optforge_lars_s1_rows_f64(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const double* __restrict__ p_grad, double* __restrict__ p_mom, double* __restrict__ p_weight, double k_rescale_grad, double k1, double k2, double k_momentum_t, double k4, double k_lars_lr, double k6) {
+void optforge_lars_s1_rows_f64(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const double* __restrict__ p_grad, double* __restrict__ p_mom, double* __restrict__ p_weight, double k_rescale_grad, double k1, double k2, double k_momentum_t, double k4, double k_lars_lr, double k6, double k__grad_scale) {
     const int64_t nrows = cols ? n / cols : 0;
     /* scattered rows are latency-bound: two threads keep twice as many loads in flight */
     #pragma omp parallel for schedule(static) if (n >= OPTFORGE_PARALLEL_MIN)
@@ -291,17 +312,17 @@ void optforge_lars_s1_rows_f64(int64_t n, int64_t cols, const int64_t* __restric
         const int64_t base = rows[r] * cols, gbase = r * cols;
         #pragma omp simd
         for (int64_t c = 0; c < cols; ++c) {
-            optforge_lars_s1_elem<double, double, double, 2, 2>(base + c, gbase + c, p_grad, p_mom, p_weight, nullptr, (double)k_rescale_grad, (double)k1, (double)k2, (double)k_momentum_t, (double)k4, (double)k_lars_lr, (double)k6);
+            optforge_lars_s1_elem<double, double, double, 2, 2>(base + c, gbase + c, p_grad, p_mom, p_weight, nullptr, (double)k_rescale_grad, (double)k1, (double)k2, (double)k_momentum_t, (double)k4, (double)k_lars_lr, (double)k6, (double)k__grad_scale);
         }
     }
 }
 /* multi-tensor: one call for the small tensors of a list update (each below OPTFORGE_PARALLEL_MIN), in
-   parallel over the tensors: ptrs[k * count + t] is pointer k of tensor t, scalars[t * 7 + j] its
+   parallel over the tensors: ptrs[k * count + t] is pointer k of tensor t, scalars[t * 8 + j] its
    scalars */
 void optforge_lars_s1_mt_f64(int64_t count, const int64_t* __restrict__ sizes, const uint64_t* __restrict__ ptrs, const double* __restrict__ scalars) {
     #pragma omp parallel for schedule(dynamic, 4) if (count > 1)
     for (int64_t t = 0; t < count; ++t) {
-        const double* s = scalars + t * 7;
+        const double* s = scalars + t * 8;
         const double k_rescale_grad = s[0];
         const double k1 = s[1];
         const double k2 = s[2];
@@ -309,7 +330,8 @@ void optforge_lars_s1_mt_f64(int64_t count, const int64_t* __restrict__ sizes, c
         const double k4 = s[4];
         const double k_lars_lr = s[5];
         const double k6 = s[6];
-        optforge_lars_s1_f64(sizes[t], (const double*)ptrs[0 * count + t], (double*)ptrs[1 * count + t], (double*)ptrs[2 * count + t], k_rescale_grad, k1, k2, k_momentum_t, k4, k_lars_lr, k6);
+        const double k__grad_scale = s[7];
+        optforge_lars_s1_f64(sizes[t], (const double*)ptrs[0 * count + t], (double*)ptrs[1 * count + t], (double*)ptrs[2 * count + t], k_rescale_grad, k1, k2, k_momentum_t, k4, k_lars_lr, k6, k__grad_scale);
     }
 }
 }

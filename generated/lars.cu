@@ -36,17 +36,17 @@ template <typename C> OPTFORGE_HD void store_low(float* p, int64_t i, C v) {
 /* stage s0: element i of the weight and states, element gi of the gradient and scratch
    (the same element for a dense update; for a row-sparse one, gi walks the gradient's rows) */
 template <typename T, typename G, typename C>
-OPTFORGE_HD void optforge_lars_s0_elem(int64_t i, int64_t gi, const T* __restrict__ p_weight, const G* __restrict__ p_grad, float* __restrict__ p_weight_lp, C& red0, C& red1) {
+OPTFORGE_HD void optforge_lars_s0_elem(int64_t i, int64_t gi, const T* __restrict__ p_weight, const G* __restrict__ p_grad, float* __restrict__ p_weight_lp, C& red0, C& red1, const C k__grad_scale) {
     C weight = C(p_weight[i]);
-    C grad = C(p_grad[gi]);
+    C grad = C(p_grad[gi]) * k__grad_scale;
     red0 = C(weight);
     red1 = C(grad);
 }
 /* stage s1: element i of the weight and states, element gi of the gradient and scratch
    (the same element for a dense update; for a row-sparse one, gi walks the gradient's rows) */
 template <typename T, typename G, typename C, int H0, int B0>
-OPTFORGE_HD void optforge_lars_s1_elem(int64_t i, int64_t gi, const G* __restrict__ p_grad, T* __restrict__ p_mom, T* __restrict__ p_weight, float* __restrict__ p_weight_lp, const C k_rescale_grad, const C k1, const C k2, const C k_momentum_t, const C k4, const C k_lars_lr, const C k6) {
-    C grad = C(p_grad[gi]);
+OPTFORGE_HD void optforge_lars_s1_elem(int64_t i, int64_t gi, const G* __restrict__ p_grad, T* __restrict__ p_mom, T* __restrict__ p_weight, float* __restrict__ p_weight_lp, const C k_rescale_grad, const C k1, const C k2, const C k_momentum_t, const C k4, const C k_lars_lr, const C k6, const C k__grad_scale) {
+    C grad = C(p_grad[gi]) * k__grad_scale;
     C mom = (H0 == 1 || (H0 == 2 && p_mom)) ? C(p_mom[i]) : C(0);
     C weight = C(p_weight[i]);
     C g;
@@ -65,11 +65,11 @@ OPTFORGE_HD void optforge_lars_s1_elem(int64_t i, int64_t gi, const G* __restric
 extern "C" {
 /* also accumulates 2 whole-tensor reduction(s): each thread's partial sums (double) go to
    partials[thread * 2 + k], which the host sums in a fixed order (deterministic, no atomics) */
-__global__ void optforge_lars_s0_f32(int64_t n, const float* __restrict__ p_weight, const float* __restrict__ p_grad, float* __restrict__ p_weight_lp, double* __restrict__ partials) {
+__global__ void optforge_lars_s0_f32(int64_t n, const float* __restrict__ p_weight, const float* __restrict__ p_grad, float* __restrict__ p_weight_lp, double k__grad_scale, double* __restrict__ partials) {
     double acc0 = 0, acc1 = 0;
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
         float t0, t1;
-        optforge_lars_s0_elem<float, float, float>(i, i, p_weight, p_grad, p_weight_lp, t0, t1);
+        optforge_lars_s0_elem<float, float, float>(i, i, p_weight, p_grad, p_weight_lp, t0, t1, (float)k__grad_scale);
         acc0 += (double)t0 * (double)t0;
         acc1 += (double)t1 * (double)t1;
     }
@@ -78,21 +78,22 @@ __global__ void optforge_lars_s0_f32(int64_t n, const float* __restrict__ p_weig
     partials[tid * 2 + 1] = acc1;
 }
 /* row-sparse, parallel over gradient elements (not rows): element j updates row rows[j / cols] */
-__global__ void optforge_lars_s0_rows_f32(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const float* __restrict__ p_weight, const float* __restrict__ p_grad, float* __restrict__ p_weight_lp) {
+__global__ void optforge_lars_s0_rows_f32(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const float* __restrict__ p_weight, const float* __restrict__ p_grad, float* __restrict__ p_weight_lp, double k__grad_scale) {
     float red0, red1;   /* row kernels see some rows only: their reductions are done on the host */
     for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
-        optforge_lars_s0_elem<float, float, float>(rows[j / cols] * cols + j % cols, j, p_weight, p_grad, p_weight_lp, red0, red1);
+        optforge_lars_s0_elem<float, float, float>(rows[j / cols] * cols + j % cols, j, p_weight, p_grad, p_weight_lp, red0, red1, (float)k__grad_scale);
 }
 /* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
-   pointers, sizes and 0 scalar(s) per parameter, as Apex's multi_tensor_apply;
+   pointers, sizes and 1 scalar(s) per parameter, as Apex's multi_tensor_apply;
    each parameter's threads write their partial sums to partials[(t * stride + thread) * 2 + k] */
 __global__ void optforge_lars_s0_mt_f32(const int64_t* __restrict__ sizes, float* const* tab_weight, float* const* tab_grad, float* const* tab_weight_lp, const double* __restrict__ scalars, int64_t stride, double* __restrict__ partials) {
     const int64_t t = blockIdx.y, n = sizes[t];
     const double* s = scalars + t * 1;
+    const float k__grad_scale = (float)s[0];
     double acc0 = 0, acc1 = 0;
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
         float t0, t1;
-        optforge_lars_s0_elem<float, float, float>(i, i, tab_weight[t], tab_grad[t], tab_weight_lp[t], t0, t1);
+        optforge_lars_s0_elem<float, float, float>(i, i, tab_weight[t], tab_grad[t], tab_weight_lp[t], t0, t1, k__grad_scale);
         acc0 += (double)t0 * (double)t0;
         acc1 += (double)t1 * (double)t1;
     }
@@ -102,11 +103,11 @@ __global__ void optforge_lars_s0_mt_f32(const int64_t* __restrict__ sizes, float
 }
 /* also accumulates 2 whole-tensor reduction(s): each thread's partial sums (double) go to
    partials[thread * 2 + k], which the host sums in a fixed order (deterministic, no atomics) */
-__global__ void optforge_lars_s0_f64(int64_t n, const double* __restrict__ p_weight, const double* __restrict__ p_grad, float* __restrict__ p_weight_lp, double* __restrict__ partials) {
+__global__ void optforge_lars_s0_f64(int64_t n, const double* __restrict__ p_weight, const double* __restrict__ p_grad, float* __restrict__ p_weight_lp, double k__grad_scale, double* __restrict__ partials) {
     double acc0 = 0, acc1 = 0;
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
         double t0, t1;
-        optforge_lars_s0_elem<double, double, double>(i, i, p_weight, p_grad, p_weight_lp, t0, t1);
+        optforge_lars_s0_elem<double, double, double>(i, i, p_weight, p_grad, p_weight_lp, t0, t1, (double)k__grad_scale);
         acc0 += (double)t0 * (double)t0;
         acc1 += (double)t1 * (double)t1;
     }
@@ -115,21 +116,22 @@ __global__ void optforge_lars_s0_f64(int64_t n, const double* __restrict__ p_wei
     partials[tid * 2 + 1] = acc1;
 }
 /* row-sparse, parallel over gradient elements (not rows): element j updates row rows[j / cols] */
-__global__ void optforge_lars_s0_rows_f64(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const double* __restrict__ p_weight, const double* __restrict__ p_grad, float* __restrict__ p_weight_lp) {
+__global__ void optforge_lars_s0_rows_f64(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const double* __restrict__ p_weight, const double* __restrict__ p_grad, float* __restrict__ p_weight_lp, double k__grad_scale) {
     double red0, red1;   /* row kernels see some rows only: their reductions are done on the host */
     for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
-        optforge_lars_s0_elem<double, double, double>(rows[j / cols] * cols + j % cols, j, p_weight, p_grad, p_weight_lp, red0, red1);
+        optforge_lars_s0_elem<double, double, double>(rows[j / cols] * cols + j % cols, j, p_weight, p_grad, p_weight_lp, red0, red1, (double)k__grad_scale);
 }
 /* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
-   pointers, sizes and 0 scalar(s) per parameter, as Apex's multi_tensor_apply;
+   pointers, sizes and 1 scalar(s) per parameter, as Apex's multi_tensor_apply;
    each parameter's threads write their partial sums to partials[(t * stride + thread) * 2 + k] */
 __global__ void optforge_lars_s0_mt_f64(const int64_t* __restrict__ sizes, double* const* tab_weight, double* const* tab_grad, float* const* tab_weight_lp, const double* __restrict__ scalars, int64_t stride, double* __restrict__ partials) {
     const int64_t t = blockIdx.y, n = sizes[t];
     const double* s = scalars + t * 1;
+    const double k__grad_scale = (double)s[0];
     double acc0 = 0, acc1 = 0;
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
         double t0, t1;
-        optforge_lars_s0_elem<double, double, double>(i, i, tab_weight[t], tab_grad[t], tab_weight_lp[t], t0, t1);
+        optforge_lars_s0_elem<double, double, double>(i, i, tab_weight[t], tab_grad[t], tab_weight_lp[t], t0, t1, k__grad_scale);
         acc0 += (double)t0 * (double)t0;
         acc1 += (double)t1 * (double)t1;
     }
@@ -139,11 +141,11 @@ __global__ void optforge_lars_s0_mt_f64(const int64_t* __restrict__ sizes, doubl
 }
 /* also accumulates 2 whole-tensor reduction(s): each thread's partial sums (double) go to
    partials[thread * 2 + k], which the host sums in a fixed order (deterministic, no atomics) */
-__global__ void optforge_lars_s0_f16(int64_t n, const __half* __restrict__ p_weight, const __half* __restrict__ p_grad, float* __restrict__ p_weight_lp, double* __restrict__ partials) {
+__global__ void optforge_lars_s0_f16(int64_t n, const __half* __restrict__ p_weight, const __half* __restrict__ p_grad, float* __restrict__ p_weight_lp, double k__grad_scale, double* __restrict__ partials) {
     double acc0 = 0, acc1 = 0;
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
         float t0, t1;
-        optforge_lars_s0_elem<__half, __half, float>(i, i, p_weight, p_grad, p_weight_lp, t0, t1);
+        optforge_lars_s0_elem<__half, __half, float>(i, i, p_weight, p_grad, p_weight_lp, t0, t1, (float)k__grad_scale);
         acc0 += (double)t0 * (double)t0;
         acc1 += (double)t1 * (double)t1;
     }
@@ -152,21 +154,22 @@ __global__ void optforge_lars_s0_f16(int64_t n, const __half* __restrict__ p_wei
     partials[tid * 2 + 1] = acc1;
 }
 /* row-sparse, parallel over gradient elements (not rows): element j updates row rows[j / cols] */
-__global__ void optforge_lars_s0_rows_f16(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const __half* __restrict__ p_weight, const __half* __restrict__ p_grad, float* __restrict__ p_weight_lp) {
+__global__ void optforge_lars_s0_rows_f16(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const __half* __restrict__ p_weight, const __half* __restrict__ p_grad, float* __restrict__ p_weight_lp, double k__grad_scale) {
     float red0, red1;   /* row kernels see some rows only: their reductions are done on the host */
     for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
-        optforge_lars_s0_elem<__half, __half, float>(rows[j / cols] * cols + j % cols, j, p_weight, p_grad, p_weight_lp, red0, red1);
+        optforge_lars_s0_elem<__half, __half, float>(rows[j / cols] * cols + j % cols, j, p_weight, p_grad, p_weight_lp, red0, red1, (float)k__grad_scale);
 }
 /* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
-   pointers, sizes and 0 scalar(s) per parameter, as Apex's multi_tensor_apply;
+   pointers, sizes and 1 scalar(s) per parameter, as Apex's multi_tensor_apply;
    each parameter's threads write their partial sums to partials[(t * stride + thread) * 2 + k] */
 __global__ void optforge_lars_s0_mt_f16(const int64_t* __restrict__ sizes, __half* const* tab_weight, __half* const* tab_grad, float* const* tab_weight_lp, const double* __restrict__ scalars, int64_t stride, double* __restrict__ partials) {
     const int64_t t = blockIdx.y, n = sizes[t];
     const double* s = scalars + t * 1;
+    const float k__grad_scale = (float)s[0];
     double acc0 = 0, acc1 = 0;
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
         float t0, t1;
-        optforge_lars_s0_elem<__half, __half, float>(i, i, tab_weight[t], tab_grad[t], tab_weight_lp[t], t0, t1);
+        optforge_lars_s0_elem<__half, __half, float>(i, i, tab_weight[t], tab_grad[t], tab_weight_lp[t], t0, t1, k__grad_scale);
         acc0 += (double)t0 * (double)t0;
         acc1 += (double)t1 * (double)t1;
     }
@@ -176,11 +179,11 @@ __global__ void optforge_lars_s0_mt_f16(const int64_t* __restrict__ sizes, __hal
 }
 /* also accumulates 2 whole-tensor reduction(s): each thread's partial sums (double) go to
    partials[thread * 2 + k], which the host sums in a fixed order (deterministic, no atomics) */
-__global__ void optforge_lars_s0_mp16(int64_t n, const float* __restrict__ p_weight, const __half* __restrict__ p_grad, float* __restrict__ p_weight_lp, double* __restrict__ partials) {
+__global__ void optforge_lars_s0_mp16(int64_t n, const float* __restrict__ p_weight, const __half* __restrict__ p_grad, float* __restrict__ p_weight_lp, double k__grad_scale, double* __restrict__ partials) {
     double acc0 = 0, acc1 = 0;
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
         float t0, t1;
-        optforge_lars_s0_elem<float, __half, float>(i, i, p_weight, p_grad, p_weight_lp, t0, t1);
+        optforge_lars_s0_elem<float, __half, float>(i, i, p_weight, p_grad, p_weight_lp, t0, t1, (float)k__grad_scale);
         acc0 += (double)t0 * (double)t0;
         acc1 += (double)t1 * (double)t1;
     }
@@ -189,21 +192,22 @@ __global__ void optforge_lars_s0_mp16(int64_t n, const float* __restrict__ p_wei
     partials[tid * 2 + 1] = acc1;
 }
 /* row-sparse, parallel over gradient elements (not rows): element j updates row rows[j / cols] */
-__global__ void optforge_lars_s0_rows_mp16(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const float* __restrict__ p_weight, const __half* __restrict__ p_grad, float* __restrict__ p_weight_lp) {
+__global__ void optforge_lars_s0_rows_mp16(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const float* __restrict__ p_weight, const __half* __restrict__ p_grad, float* __restrict__ p_weight_lp, double k__grad_scale) {
     float red0, red1;   /* row kernels see some rows only: their reductions are done on the host */
     for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
-        optforge_lars_s0_elem<float, __half, float>(rows[j / cols] * cols + j % cols, j, p_weight, p_grad, p_weight_lp, red0, red1);
+        optforge_lars_s0_elem<float, __half, float>(rows[j / cols] * cols + j % cols, j, p_weight, p_grad, p_weight_lp, red0, red1, (float)k__grad_scale);
 }
 /* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
-   pointers, sizes and 0 scalar(s) per parameter, as Apex's multi_tensor_apply;
+   pointers, sizes and 1 scalar(s) per parameter, as Apex's multi_tensor_apply;
    each parameter's threads write their partial sums to partials[(t * stride + thread) * 2 + k] */
 __global__ void optforge_lars_s0_mt_mp16(const int64_t* __restrict__ sizes, float* const* tab_weight, __half* const* tab_grad, float* const* tab_weight_lp, const double* __restrict__ scalars, int64_t stride, double* __restrict__ partials) {
     const int64_t t = blockIdx.y, n = sizes[t];
     const double* s = scalars + t * 1;
+    const float k__grad_scale = (float)s[0];
     double acc0 = 0, acc1 = 0;
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
         float t0, t1;
-        optforge_lars_s0_elem<float, __half, float>(i, i, tab_weight[t], tab_grad[t], tab_weight_lp[t], t0, t1);
+        optforge_lars_s0_elem<float, __half, float>(i, i, tab_weight[t], tab_grad[t], tab_weight_lp[t], t0, t1, k__grad_scale);
         acc0 += (double)t0 * (double)t0;
         acc1 += (double)t1 * (double)t1;
     }
@@ -211,20 +215,20 @@ __global__ void optforge_lars_s0_mt_mp16(const int64_t* __restrict__ sizes, floa
     partials[slot * 2 + 0] = acc0;
     partials[slot * 2 + 1] = acc1;
 }
-__global__ void optforge_lars_s1_f32(int64_t n, const float* __restrict__ p_grad, float* __restrict__ p_mom, float* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k2, double k_momentum_t, double k4, double k_lars_lr, double k6) {
+__global__ void optforge_lars_s1_f32(int64_t n, const float* __restrict__ p_grad, float* __restrict__ p_mom, float* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k2, double k_momentum_t, double k4, double k_lars_lr, double k6, double k__grad_scale) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_lars_s1_elem<float, float, float, 2, 2>(i, i, p_grad, p_mom, p_weight, p_weight_lp, (float)k_rescale_grad, (float)k1, (float)k2, (float)k_momentum_t, (float)k4, (float)k_lars_lr, (float)k6);
+        optforge_lars_s1_elem<float, float, float, 2, 2>(i, i, p_grad, p_mom, p_weight, p_weight_lp, (float)k_rescale_grad, (float)k1, (float)k2, (float)k_momentum_t, (float)k4, (float)k_lars_lr, (float)k6, (float)k__grad_scale);
 }
 /* row-sparse, parallel over gradient elements (not rows): element j updates row rows[j / cols] */
-__global__ void optforge_lars_s1_rows_f32(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const float* __restrict__ p_grad, float* __restrict__ p_mom, float* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k2, double k_momentum_t, double k4, double k_lars_lr, double k6) {
+__global__ void optforge_lars_s1_rows_f32(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const float* __restrict__ p_grad, float* __restrict__ p_mom, float* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k2, double k_momentum_t, double k4, double k_lars_lr, double k6, double k__grad_scale) {
     for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
-        optforge_lars_s1_elem<float, float, float, 2, 2>(rows[j / cols] * cols + j % cols, j, p_grad, p_mom, p_weight, p_weight_lp, (float)k_rescale_grad, (float)k1, (float)k2, (float)k_momentum_t, (float)k4, (float)k_lars_lr, (float)k6);
+        optforge_lars_s1_elem<float, float, float, 2, 2>(rows[j / cols] * cols + j % cols, j, p_grad, p_mom, p_weight, p_weight_lp, (float)k_rescale_grad, (float)k1, (float)k2, (float)k_momentum_t, (float)k4, (float)k_lars_lr, (float)k6, (float)k__grad_scale);
 }
 /* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
-   pointers, sizes and 7 scalar(s) per parameter, as Apex's multi_tensor_apply */
+   pointers, sizes and 8 scalar(s) per parameter, as Apex's multi_tensor_apply */
 __global__ void optforge_lars_s1_mt_f32(const int64_t* __restrict__ sizes, float* const* tab_grad, float* const* tab_mom, float* const* tab_weight, float* const* tab_weight_lp, const double* __restrict__ scalars) {
     const int64_t t = blockIdx.y, n = sizes[t];
-    const double* s = scalars + t * 7;
+    const double* s = scalars + t * 8;
     const float k_rescale_grad = (float)s[0];
     const float k1 = (float)s[1];
     const float k2 = (float)s[2];
@@ -232,24 +236,25 @@ __global__ void optforge_lars_s1_mt_f32(const int64_t* __restrict__ sizes, float
     const float k4 = (float)s[4];
     const float k_lars_lr = (float)s[5];
     const float k6 = (float)s[6];
+    const float k__grad_scale = (float)s[7];
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
-        optforge_lars_s1_elem<float, float, float, 2, 2>(i, i, tab_grad[t], tab_mom[t], tab_weight[t], tab_weight_lp[t], k_rescale_grad, k1, k2, k_momentum_t, k4, k_lars_lr, k6);
+        optforge_lars_s1_elem<float, float, float, 2, 2>(i, i, tab_grad[t], tab_mom[t], tab_weight[t], tab_weight_lp[t], k_rescale_grad, k1, k2, k_momentum_t, k4, k_lars_lr, k6, k__grad_scale);
     }
 }
-__global__ void optforge_lars_s1_f64(int64_t n, const double* __restrict__ p_grad, double* __restrict__ p_mom, double* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k2, double k_momentum_t, double k4, double k_lars_lr, double k6) {
+__global__ void optforge_lars_s1_f64(int64_t n, const double* __restrict__ p_grad, double* __restrict__ p_mom, double* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k2, double k_momentum_t, double k4, double k_lars_lr, double k6, double k__grad_scale) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_lars_s1_elem<double, double, double, 2, 2>(i, i, p_grad, p_mom, p_weight, p_weight_lp, (double)k_rescale_grad, (double)k1, (double)k2, (double)k_momentum_t, (double)k4, (double)k_lars_lr, (double)k6);
+        optforge_lars_s1_elem<double, double, double, 2, 2>(i, i, p_grad, p_mom, p_weight, p_weight_lp, (double)k_rescale_grad, (double)k1, (double)k2, (double)k_momentum_t, (double)k4, (double)k_lars_lr, (double)k6, (double)k__grad_scale);
 }
 /* row-sparse, parallel over gradient elements (not rows): element j updates row rows[j / cols] */
-__global__ void optforge_lars_s1_rows_f64(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const double* __restrict__ p_grad, double* __restrict__ p_mom, double* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k2, double k_momentum_t, double k4, double k_lars_lr, double k6) {
+__global__ void optforge_lars_s1_rows_f64(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const double* __restrict__ p_grad, double* __restrict__ p_mom, double* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k2, double k_momentum_t, double k4, double k_lars_lr, double k6, double k__grad_scale) {
     for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
-        optforge_lars_s1_elem<double, double, double, 2, 2>(rows[j / cols] * cols + j % cols, j, p_grad, p_mom, p_weight, p_weight_lp, (double)k_rescale_grad, (double)k1, (double)k2, (double)k_momentum_t, (double)k4, (double)k_lars_lr, (double)k6);
+        optforge_lars_s1_elem<double, double, double, 2, 2>(rows[j / cols] * cols + j % cols, j, p_grad, p_mom, p_weight, p_weight_lp, (double)k_rescale_grad, (double)k1, (double)k2, (double)k_momentum_t, (double)k4, (double)k_lars_lr, (double)k6, (double)k__grad_scale);
 }
 /* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
-   pointers, sizes and 7 scalar(s) per parameter, as Apex's multi_tensor_apply */
+   pointers, sizes and 8 scalar(s) per parameter, as Apex's multi_tensor_apply */
 __global__ void optforge_lars_s1_mt_f64(const int64_t* __restrict__ sizes, double* const* tab_grad, double* const* tab_mom, double* const* tab_weight, float* const* tab_weight_lp, const double* __restrict__ scalars) {
     const int64_t t = blockIdx.y, n = sizes[t];
-    const double* s = scalars + t * 7;
+    const double* s = scalars + t * 8;
     const double k_rescale_grad = (double)s[0];
     const double k1 = (double)s[1];
     const double k2 = (double)s[2];
@@ -257,24 +262,25 @@ __global__ void optforge_lars_s1_mt_f64(const int64_t* __restrict__ sizes, doubl
     const double k4 = (double)s[4];
     const double k_lars_lr = (double)s[5];
     const double k6 = (double)s[6];
+    const double k__grad_scale = (double)s[7];
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
-        optforge_lars_s1_elem<double, double, double, 2, 2>(i, i, tab_grad[t], tab_mom[t], tab_weight[t], tab_weight_lp[t], k_rescale_grad, k1, k2, k_momentum_t, k4, k_lars_lr, k6);
+        optforge_lars_s1_elem<double, double, double, 2, 2>(i, i, tab_grad[t], tab_mom[t], tab_weight[t], tab_weight_lp[t], k_rescale_grad, k1, k2, k_momentum_t, k4, k_lars_lr, k6, k__grad_scale);
     }
 }
-__global__ void optforge_lars_s1_f16(int64_t n, const __half* __restrict__ p_grad, __half* __restrict__ p_mom, __half* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k2, double k_momentum_t, double k4, double k_lars_lr, double k6) {
+__global__ void optforge_lars_s1_f16(int64_t n, const __half* __restrict__ p_grad, __half* __restrict__ p_mom, __half* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k2, double k_momentum_t, double k4, double k_lars_lr, double k6, double k__grad_scale) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_lars_s1_elem<__half, __half, float, 2, 2>(i, i, p_grad, p_mom, p_weight, p_weight_lp, (float)k_rescale_grad, (float)k1, (float)k2, (float)k_momentum_t, (float)k4, (float)k_lars_lr, (float)k6);
+        optforge_lars_s1_elem<__half, __half, float, 2, 2>(i, i, p_grad, p_mom, p_weight, p_weight_lp, (float)k_rescale_grad, (float)k1, (float)k2, (float)k_momentum_t, (float)k4, (float)k_lars_lr, (float)k6, (float)k__grad_scale);
 }
 /* row-sparse, parallel over gradient elements (not rows): element j updates row rows[j / cols] */
-__global__ void optforge_lars_s1_rows_f16(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const __half* __restrict__ p_grad, __half* __restrict__ p_mom, __half* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k2, double k_momentum_t, double k4, double k_lars_lr, double k6) {
+__global__ void optforge_lars_s1_rows_f16(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const __half* __restrict__ p_grad, __half* __restrict__ p_mom, __half* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k2, double k_momentum_t, double k4, double k_lars_lr, double k6, double k__grad_scale) {
     for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
-        optforge_lars_s1_elem<__half, __half, float, 2, 2>(rows[j / cols] * cols + j % cols, j, p_grad, p_mom, p_weight, p_weight_lp, (float)k_rescale_grad, (float)k1, (float)k2, (float)k_momentum_t, (float)k4, (float)k_lars_lr, (float)k6);
+        optforge_lars_s1_elem<__half, __half, float, 2, 2>(rows[j / cols] * cols + j % cols, j, p_grad, p_mom, p_weight, p_weight_lp, (float)k_rescale_grad, (float)k1, (float)k2, (float)k_momentum_t, (float)k4, (float)k_lars_lr, (float)k6, (float)k__grad_scale);
 }
 /* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
-   pointers, sizes and 7 scalar(s) per parameter, as Apex's multi_tensor_apply */
+   pointers, sizes and 8 scalar(s) per parameter, as Apex's multi_tensor_apply */
 __global__ void optforge_lars_s1_mt_f16(const int64_t* __restrict__ sizes, __half* const* tab_grad, __half* const* tab_mom, __half* const* tab_weight, float* const* tab_weight_lp, const double* __restrict__ scalars) {
     const int64_t t = blockIdx.y, n = sizes[t];
-    const double* s = scalars + t * 7;
+    const double* s = scalars + t * 8;
     const float k_rescale_grad = (float)s[0];
     const float k1 = (float)s[1];
     const float k2 = (float)s[2];
@@ -282,24 +288,25 @@ __global__ void optforge_lars_s1_mt_f16(const int64_t* __restrict__ sizes, __hal
     const float k4 = (float)s[4];
     const float k_lars_lr = (float)s[5];
     const float k6 = (float)s[6];
+    const float k__grad_scale = (float)s[7];
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
-        optforge_lars_s1_elem<__half, __half, float, 2, 2>(i, i, tab_grad[t], tab_mom[t], tab_weight[t], tab_weight_lp[t], k_rescale_grad, k1, k2, k_momentum_t, k4, k_lars_lr, k6);
+        optforge_lars_s1_elem<__half, __half, float, 2, 2>(i, i, tab_grad[t], tab_mom[t], tab_weight[t], tab_weight_lp[t], k_rescale_grad, k1, k2, k_momentum_t, k4, k_lars_lr, k6, k__grad_scale);
     }
 }
-__global__ void optforge_lars_s1_mp16(int64_t n, const __half* __restrict__ p_grad, float* __restrict__ p_mom, float* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k2, double k_momentum_t, double k4, double k_lars_lr, double k6) {
+__global__ void optforge_lars_s1_mp16(int64_t n, const __half* __restrict__ p_grad, float* __restrict__ p_mom, float* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k2, double k_momentum_t, double k4, double k_lars_lr, double k6, double k__grad_scale) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_lars_s1_elem<float, __half, float, 2, 2>(i, i, p_grad, p_mom, p_weight, p_weight_lp, (float)k_rescale_grad, (float)k1, (float)k2, (float)k_momentum_t, (float)k4, (float)k_lars_lr, (float)k6);
+        optforge_lars_s1_elem<float, __half, float, 2, 2>(i, i, p_grad, p_mom, p_weight, p_weight_lp, (float)k_rescale_grad, (float)k1, (float)k2, (float)k_momentum_t, (float)k4, (float)k_lars_lr, (float)k6, (float)k__grad_scale);
 }
 /* row-sparse, parallel over gradient elements (not rows): element j updates row rows[j / cols] */
-__global__ void optforge_lars_s1_rows_mp16(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const __half* __restrict__ p_grad, float* __restrict__ p_mom, float* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k2, double k_momentum_t, double k4, double k_lars_lr, double k6) {
+__global__ void optforge_lars_s1_rows_mp16(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const __half* __restrict__ p_grad, float* __restrict__ p_mom, float* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k2, double k_momentum_t, double k4, double k_lars_lr, double k6, double k__grad_scale) {
     for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
-        optforge_lars_s1_elem<float, __half, float, 2, 2>(rows[j / cols] * cols + j % cols, j, p_grad, p_mom, p_weight, p_weight_lp, (float)k_rescale_grad, (float)k1, (float)k2, (float)k_momentum_t, (float)k4, (float)k_lars_lr, (float)k6);
+        optforge_lars_s1_elem<float, __half, float, 2, 2>(rows[j / cols] * cols + j % cols, j, p_grad, p_mom, p_weight, p_weight_lp, (float)k_rescale_grad, (float)k1, (float)k2, (float)k_momentum_t, (float)k4, (float)k_lars_lr, (float)k6, (float)k__grad_scale);
 }
 /* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
-   pointers, sizes and 7 scalar(s) per parameter, as Apex's multi_tensor_apply */
+   pointers, sizes and 8 scalar(s) per parameter, as Apex's multi_tensor_apply */
 __global__ void optforge_lars_s1_mt_mp16(const int64_t* __restrict__ sizes, __half* const* tab_grad, float* const* tab_mom, float* const* tab_weight, float* const* tab_weight_lp, const double* __restrict__ scalars) {
     const int64_t t = blockIdx.y, n = sizes[t];
-    const double* s = scalars + t * 7;
+    const double* s = scalars + t * 8;
     const float k_rescale_grad = (float)s[0];
     const float k1 = (float)s[1];
     const float k2 = (float)s[2];
@@ -307,8 +314,9 @@ __global__ void optforge_lars_s1_mt_mp16(const int64_t* __restrict__ sizes, __ha
     const float k4 = (float)s[4];
     const float k_lars_lr = (float)s[5];
     const float k6 = (float)s[6];
+    const float k__grad_scale = (float)s[7];
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
-        optforge_lars_s1_elem<float, __half, float, 2, 2>(i, i, tab_grad[t], tab_mom[t], tab_weight[t], tab_weight_lp[t], k_rescale_grad, k1, k2, k_momentum_t, k4, k_lars_lr, k6);
+        optforge_lars_s1_elem<float, __half, float, 2, 2>(i, i, tab_grad[t], tab_mom[t], tab_weight[t], tab_weight_lp[t], k_rescale_grad, k1, k2, k_momentum_t, k4, k_lars_lr, k6, k__grad_scale);
     }
 }
 }

@@ -40,9 +40,9 @@ template <typename C> inline void store_low(float* p, int64_t i, C v) { p[i] = (
 /* stage s0: element i of the weight and states, element gi of the gradient and scratch
    (the same element for a dense update; for a row-sparse one, gi walks the gradient's rows) */
 template <typename T, typename G, typename C, int H0>
-OPTFORGE_HD void optforge_lbsgd_s0_elem(int64_t i, int64_t gi, T* __restrict__ p_cum_grad, const G* __restrict__ p_grad, float* __restrict__ p_weight_lp) {
+OPTFORGE_HD void optforge_lbsgd_s0_elem(int64_t i, int64_t gi, T* __restrict__ p_cum_grad, const G* __restrict__ p_grad, float* __restrict__ p_weight_lp, const C k__grad_scale) {
     C cum_grad = (H0 == 1 || (H0 == 2 && p_cum_grad)) ? C(p_cum_grad[i]) : C(0);
-    C grad = C(p_grad[gi]);
+    C grad = C(p_grad[gi]) * k__grad_scale;
     cum_grad = cum_grad + grad;  // lbsgd.opt:44
     if (H0 == 1 || (H0 == 2 && p_cum_grad)) p_cum_grad[i] = (T)(cum_grad);
 }
@@ -63,16 +63,16 @@ OPTFORGE_HD void optforge_lbsgd_s2_elem(int64_t i, int64_t gi, const T* __restri
 /* stage s3: element i of the weight and states, element gi of the gradient and scratch
    (the same element for a dense update; for a row-sparse one, gi walks the gradient's rows) */
 template <typename T, typename G, typename C>
-OPTFORGE_HD void optforge_lbsgd_s3_elem(int64_t i, int64_t gi, const G* __restrict__ p_grad, float* __restrict__ p_weight_lp, C& red0) {
-    C grad = C(p_grad[gi]);
+OPTFORGE_HD void optforge_lbsgd_s3_elem(int64_t i, int64_t gi, const G* __restrict__ p_grad, float* __restrict__ p_weight_lp, C& red0, const C k__grad_scale) {
+    C grad = C(p_grad[gi]) * k__grad_scale;
     red0 = C(op_square(grad));
 }
 /* stage s4: element i of the weight and states, element gi of the gradient and scratch
    (the same element for a dense update; for a row-sparse one, gi walks the gradient's rows) */
 template <typename T, typename G, typename C, int H0, int H1, int B0, int B1>
-OPTFORGE_HD void optforge_lbsgd_s4_elem(int64_t i, int64_t gi, T* __restrict__ p_cum_grad, const G* __restrict__ p_grad, T* __restrict__ p_mom, T* __restrict__ p_weight, float* __restrict__ p_weight_lp, const C k0, const C k_batch_scale, const C k_rescale_grad, const C k3, const C k4, const C k_momentum, const C k6, const C k_lr_t, const C k8) {
+OPTFORGE_HD void optforge_lbsgd_s4_elem(int64_t i, int64_t gi, T* __restrict__ p_cum_grad, const G* __restrict__ p_grad, T* __restrict__ p_mom, T* __restrict__ p_weight, float* __restrict__ p_weight_lp, const C k0, const C k_batch_scale, const C k_rescale_grad, const C k3, const C k4, const C k_momentum, const C k6, const C k_lr_t, const C k8, const C k__grad_scale) {
     C cum_grad = (H0 == 1 || (H0 == 2 && p_cum_grad)) ? C(p_cum_grad[i]) : C(0);
-    C grad = C(p_grad[gi]);
+    C grad = C(p_grad[gi]) * k__grad_scale;
     C mom = (H1 == 1 || (H1 == 2 && p_mom)) ? C(p_mom[i]) : C(0);
     C weight = C(p_weight[i]);
     C avg, g;
@@ -98,19 +98,19 @@ OPTFORGE_HD void optforge_lbsgd_s4_elem(int64_t i, int64_t gi, T* __restrict__ p
 }
 
 extern "C" {
-void optforge_lbsgd_s0_f32(int64_t n, float* __restrict__ p_cum_grad, const float* __restrict__ p_grad) {
+void optforge_lbsgd_s0_f32(int64_t n, float* __restrict__ p_cum_grad, const float* __restrict__ p_grad, double k__grad_scale) {
     if (p_cum_grad) {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
         for (int64_t i = 0; i < n; ++i)
-            optforge_lbsgd_s0_elem<float, float, float, 1>(i, i, p_cum_grad, p_grad, nullptr);
+            optforge_lbsgd_s0_elem<float, float, float, 1>(i, i, p_cum_grad, p_grad, nullptr, (float)k__grad_scale);
     } else if (!p_cum_grad) {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
         for (int64_t i = 0; i < n; ++i)
-            optforge_lbsgd_s0_elem<float, float, float, 0>(i, i, p_cum_grad, p_grad, nullptr);
+            optforge_lbsgd_s0_elem<float, float, float, 0>(i, i, p_cum_grad, p_grad, nullptr, (float)k__grad_scale);
     }
 }
 /* row-sparse: n = rows x cols gradient elements; gradient row r updates row rows[r] */
-void optforge_lbsgd_s0_rows_f32(int64_t n, int64_t cols, const int64_t* __restrict__ rows, float* __restrict__ p_cum_grad, const float* __restrict__ p_grad) {
+void optforge_lbsgd_s0_rows_f32(int64_t n, int64_t cols, const int64_t* __restrict__ rows, float* __restrict__ p_cum_grad, const float* __restrict__ p_grad, double k__grad_scale) {
     const int64_t nrows = cols ? n / cols : 0;
     /* scattered rows are latency-bound: two threads keep twice as many loads in flight */
     #pragma omp parallel for schedule(static) if (n >= OPTFORGE_PARALLEL_MIN)
@@ -118,7 +118,7 @@ void optforge_lbsgd_s0_rows_f32(int64_t n, int64_t cols, const int64_t* __restri
         const int64_t base = rows[r] * cols, gbase = r * cols;
         #pragma omp simd
         for (int64_t c = 0; c < cols; ++c) {
-            optforge_lbsgd_s0_elem<float, float, float, 2>(base + c, gbase + c, p_cum_grad, p_grad, nullptr);
+            optforge_lbsgd_s0_elem<float, float, float, 2>(base + c, gbase + c, p_cum_grad, p_grad, nullptr, (float)k__grad_scale);
         }
     }
 }
@@ -129,22 +129,23 @@ void optforge_lbsgd_s0_mt_f32(int64_t count, const int64_t* __restrict__ sizes, 
     #pragma omp parallel for schedule(dynamic, 4) if (count > 1)
     for (int64_t t = 0; t < count; ++t) {
         const double* s = scalars + t * 1;
-        optforge_lbsgd_s0_f32(sizes[t], (float*)ptrs[0 * count + t], (const float*)ptrs[1 * count + t]);
+        const double k__grad_scale = s[0];
+        optforge_lbsgd_s0_f32(sizes[t], (float*)ptrs[0 * count + t], (const float*)ptrs[1 * count + t], k__grad_scale);
     }
 }
-void optforge_lbsgd_s0_f64(int64_t n, double* __restrict__ p_cum_grad, const double* __restrict__ p_grad) {
+void optforge_lbsgd_s0_f64(int64_t n, double* __restrict__ p_cum_grad, const double* __restrict__ p_grad, double k__grad_scale) {
     if (p_cum_grad) {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
         for (int64_t i = 0; i < n; ++i)
-            optforge_lbsgd_s0_elem<double, double, double, 1>(i, i, p_cum_grad, p_grad, nullptr);
+            optforge_lbsgd_s0_elem<double, double, double, 1>(i, i, p_cum_grad, p_grad, nullptr, (double)k__grad_scale);
     } else if (!p_cum_grad) {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
         for (int64_t i = 0; i < n; ++i)
-            optforge_lbsgd_s0_elem<double, double, double, 0>(i, i, p_cum_grad, p_grad, nullptr);
+            optforge_lbsgd_s0_elem<double, double, double, 0>(i, i, p_cum_grad, p_grad, nullptr, (double)k__grad_scale);
     }
 }
 /* row-sparse: n = rows x cols gradient elements; gradient row r updates row rows[r] */
-void optforge_lbsgd_s0_rows_f64(int64_t n, int64_t cols, const int64_t* __restrict__ rows, double* __restrict__ p_cum_grad, const double* __restrict__ p_grad) {
+void optforge_lbsgd_s0_rows_f64(int64_t n, int64_t cols, const int64_t* __restrict__ rows, double* __restrict__ p_cum_grad, const double* __restrict__ p_grad, double k__grad_scale) {
     const int64_t nrows = cols ? n / cols : 0;
     /* scattered rows are latency-bound: two threads keep twice as many loads in flight */
     #pragma omp parallel for schedule(static) if (n >= OPTFORGE_PARALLEL_MIN)
@@ -152,7 +153,7 @@ void optforge_lbsgd_s0_rows_f64(int64_t n, int64_t cols, const int64_t* __restri
         const int64_t base = rows[r] * cols, gbase = r * cols;
         #pragma omp simd
         for (int64_t c = 0; c < cols; ++c) {
-            optforge_lbsgd_s0_elem<double, double, double, 2>(base + c, gbase + c, p_cum_grad, p_grad, nullptr);
+            optforge_lbsgd_s0_elem<double, double, double, 2>(base + c, gbase + c, p_cum_grad, p_grad, nullptr, (double)k__grad_scale);
         }
     }
 }
@@ -163,7 +164,8 @@ void optforge_lbsgd_s0_mt_f64(int64_t count, const int64_t* __restrict__ sizes, 
     #pragma omp parallel for schedule(dynamic, 4) if (count > 1)
     for (int64_t t = 0; t < count; ++t) {
         const double* s = scalars + t * 1;
-        optforge_lbsgd_s0_f64(sizes[t], (double*)ptrs[0 * count + t], (const double*)ptrs[1 * count + t]);
+        const double k__grad_scale = s[0];
+        optforge_lbsgd_s0_f64(sizes[t], (double*)ptrs[0 * count + t], (const double*)ptrs[1 * count + t], k__grad_scale);
     }
 }
 /* also accumulates 1 whole-tensor reduction(s) into out[]. Each thread takes a fixed share
@@ -480,7 +482,7 @@ void optforge_lbsgd_s2_mt_f64(int64_t count, const int64_t* __restrict__ sizes, 
    of the elements, block by block: the stage loop stores the elements' reduction terms in small
    buffers (so it vectorizes as a stage without reductions does), then a tight loop sums a buffer in
    double. Shares are added in order: the result does not depend on timing. */
-void optforge_lbsgd_s3_f32(int64_t n, const float* __restrict__ p_grad, double* __restrict__ out) {
+void optforge_lbsgd_s3_f32(int64_t n, const float* __restrict__ p_grad, double k__grad_scale, double* __restrict__ out) {
     int nt = 1;
 #ifdef _OPENMP
     if (n >= OPTFORGE_PARALLEL_MIN) nt = omp_get_max_threads();
@@ -503,7 +505,7 @@ void optforge_lbsgd_s3_f32(int64_t n, const float* __restrict__ p_grad, double* 
                     #pragma omp simd
                     for (int64_t i = b; i < e; ++i) {
                         float t0;
-                        optforge_lbsgd_s3_elem<float, float, float>(i, i, p_grad, nullptr, t0);
+                        optforge_lbsgd_s3_elem<float, float, float>(i, i, p_grad, nullptr, t0, (float)k__grad_scale);
                         buf[0][i - b] = t0;
                     }
                 }
@@ -527,7 +529,7 @@ void optforge_lbsgd_s3_f32(int64_t n, const float* __restrict__ p_grad, double* 
     }
 }
 /* row-sparse: n = rows x cols gradient elements; gradient row r updates row rows[r] */
-void optforge_lbsgd_s3_rows_f32(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const float* __restrict__ p_grad) {
+void optforge_lbsgd_s3_rows_f32(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const float* __restrict__ p_grad, double k__grad_scale) {
     const int64_t nrows = cols ? n / cols : 0;
     /* scattered rows are latency-bound: two threads keep twice as many loads in flight */
     #pragma omp parallel for schedule(static) if (n >= OPTFORGE_PARALLEL_MIN)
@@ -536,7 +538,7 @@ void optforge_lbsgd_s3_rows_f32(int64_t n, int64_t cols, const int64_t* __restri
         #pragma omp simd
         for (int64_t c = 0; c < cols; ++c) {
             float red0;   /* row kernels see some rows only: their reductions are done on the host */
-            optforge_lbsgd_s3_elem<float, float, float>(base + c, gbase + c, p_grad, nullptr, red0);
+            optforge_lbsgd_s3_elem<float, float, float>(base + c, gbase + c, p_grad, nullptr, red0, (float)k__grad_scale);
         }
     }
 }
@@ -547,14 +549,15 @@ void optforge_lbsgd_s3_mt_f32(int64_t count, const int64_t* __restrict__ sizes, 
     #pragma omp parallel for schedule(dynamic, 4) if (count > 1)
     for (int64_t t = 0; t < count; ++t) {
         const double* s = scalars + t * 1;
-        optforge_lbsgd_s3_f32(sizes[t], (const float*)ptrs[0 * count + t], out + t * 1);
+        const double k__grad_scale = s[0];
+        optforge_lbsgd_s3_f32(sizes[t], (const float*)ptrs[0 * count + t], k__grad_scale, out + t * 1);
     }
 }
 /* also accumulates 1 whole-tensor reduction(s) into out[]. Each thread takes a fixed share
    of the elements, block by block: the stage loop stores the elements' reduction terms in small
    buffers (so it vectorizes as a stage without reductions does), then a tight loop sums a buffer in
    double. Shares are added in order: the result does not depend on timing. */
-void optforge_lbsgd_s3_f64(int64_t n, const double* __restrict__ p_grad, double* __restrict__ out) {
+void optforge_lbsgd_s3_f64(int64_t n, const double* __restrict__ p_grad, double k__grad_scale, double* __restrict__ out) {
     int nt = 1;
 #ifdef _OPENMP
     if (n >= OPTFORGE_PARALLEL_MIN) nt = omp_get_max_threads();
@@ -577,7 +580,7 @@ void optforge_lbsgd_s3_f64(int64_t n, const double* __restrict__ p_grad, double*
                     #pragma omp simd
                     for (int64_t i = b; i < e; ++i) {
                         double t0;
-                        optforge_lbsgd_s3_elem<double, double, double>(i, i, p_grad, nullptr, t0);
+                        optforge_lbsgd_s3_elem<double, double, double>(i, i, p_grad, nullptr, t0, (double)k__grad_scale);
                         buf[0][i - b] = t0;
                     }
                 }
@@ -601,7 +604,7 @@ void optforge_lbsgd_s3_f64(int64_t n, const double* __restrict__ p_grad, double*
     }
 }
 /* row-sparse: n = rows x cols gradient elements; gradient row r updates row rows[r] */
-void optforge_lbsgd_s3_rows_f64(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const double* __restrict__ p_grad) {
+void optforge_lbsgd_s3_rows_f64(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const double* __restrict__ p_grad, double k__grad_scale) {
     const int64_t nrows = cols ? n / cols : 0;
     /* scattered rows are latency-bound: two threads keep twice as many loads in flight */
     #pragma omp parallel for schedule(static) if (n >= OPTFORGE_PARALLEL_MIN)
@@ -610,7 +613,7 @@ void optforge_lbsgd_s3_rows_f64(int64_t n, int64_t cols, const int64_t* __restri
         #pragma omp simd
         for (int64_t c = 0; c < cols; ++c) {
             double red0;   /* row kernels see some rows only: their reductions are done on the host */
-            optforge_lbsgd_s3_elem<double, double, double>(base + c, gbase + c, p_grad, nullptr, red0);
+            optforge_lbsgd_s3_elem<double, double, double>(base + c, gbase + c, p_grad, nullptr, red0, (double)k__grad_scale);
         }
     }
 }
@@ -621,78 +624,79 @@ void optforge_lbsgd_s3_mt_f64(int64_t count, const int64_t* __restrict__ sizes, 
     #pragma omp parallel for schedule(dynamic, 4) if (count > 1)
     for (int64_t t = 0; t < count; ++t) {
         const double* s = scalars + t * 1;
-        optforge_lbsgd_s3_f64(sizes[t], (const double*)ptrs[0 * count + t], out + t * 1);
+        const double k__grad_scale = s[0];
+        optforge_lbsgd_s3_f64(sizes[t], (const double*)ptrs[0 * count + t], k__grad_scale, out + t * 1);
     }
 }
-void optforge_lbsgd_s4_f32(int64_t n, float* __restrict__ p_cum_grad, const float* __restrict__ p_grad, float* __restrict__ p_mom, float* __restrict__ p_weight, double k0, double k_batch_scale, double k_rescale_grad, double k3, double k4, double k_momentum, double k6, double k_lr_t, double k8) {
+void optforge_lbsgd_s4_f32(int64_t n, float* __restrict__ p_cum_grad, const float* __restrict__ p_grad, float* __restrict__ p_mom, float* __restrict__ p_weight, double k0, double k_batch_scale, double k_rescale_grad, double k3, double k4, double k_momentum, double k6, double k_lr_t, double k8, double k__grad_scale) {
     if (p_cum_grad && p_mom && k0 != 0 && k4 != 0) {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
         for (int64_t i = 0; i < n; ++i)
-            optforge_lbsgd_s4_elem<float, float, float, 1, 1, 1, 1>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8);
+            optforge_lbsgd_s4_elem<float, float, float, 1, 1, 1, 1>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8, (float)k__grad_scale);
     } else if (p_cum_grad && p_mom && k0 != 0 && k4 == 0) {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
         for (int64_t i = 0; i < n; ++i)
-            optforge_lbsgd_s4_elem<float, float, float, 1, 1, 1, 0>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8);
+            optforge_lbsgd_s4_elem<float, float, float, 1, 1, 1, 0>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8, (float)k__grad_scale);
     } else if (p_cum_grad && p_mom && k0 == 0 && k4 != 0) {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
         for (int64_t i = 0; i < n; ++i)
-            optforge_lbsgd_s4_elem<float, float, float, 1, 1, 0, 1>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8);
+            optforge_lbsgd_s4_elem<float, float, float, 1, 1, 0, 1>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8, (float)k__grad_scale);
     } else if (p_cum_grad && p_mom && k0 == 0 && k4 == 0) {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
         for (int64_t i = 0; i < n; ++i)
-            optforge_lbsgd_s4_elem<float, float, float, 1, 1, 0, 0>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8);
+            optforge_lbsgd_s4_elem<float, float, float, 1, 1, 0, 0>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8, (float)k__grad_scale);
     } else if (p_cum_grad && !p_mom && k0 != 0 && k4 != 0) {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
         for (int64_t i = 0; i < n; ++i)
-            optforge_lbsgd_s4_elem<float, float, float, 1, 0, 1, 1>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8);
+            optforge_lbsgd_s4_elem<float, float, float, 1, 0, 1, 1>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8, (float)k__grad_scale);
     } else if (p_cum_grad && !p_mom && k0 != 0 && k4 == 0) {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
         for (int64_t i = 0; i < n; ++i)
-            optforge_lbsgd_s4_elem<float, float, float, 1, 0, 1, 0>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8);
+            optforge_lbsgd_s4_elem<float, float, float, 1, 0, 1, 0>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8, (float)k__grad_scale);
     } else if (p_cum_grad && !p_mom && k0 == 0 && k4 != 0) {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
         for (int64_t i = 0; i < n; ++i)
-            optforge_lbsgd_s4_elem<float, float, float, 1, 0, 0, 1>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8);
+            optforge_lbsgd_s4_elem<float, float, float, 1, 0, 0, 1>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8, (float)k__grad_scale);
     } else if (p_cum_grad && !p_mom && k0 == 0 && k4 == 0) {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
         for (int64_t i = 0; i < n; ++i)
-            optforge_lbsgd_s4_elem<float, float, float, 1, 0, 0, 0>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8);
+            optforge_lbsgd_s4_elem<float, float, float, 1, 0, 0, 0>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8, (float)k__grad_scale);
     } else if (!p_cum_grad && p_mom && k0 != 0 && k4 != 0) {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
         for (int64_t i = 0; i < n; ++i)
-            optforge_lbsgd_s4_elem<float, float, float, 0, 1, 1, 1>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8);
+            optforge_lbsgd_s4_elem<float, float, float, 0, 1, 1, 1>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8, (float)k__grad_scale);
     } else if (!p_cum_grad && p_mom && k0 != 0 && k4 == 0) {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
         for (int64_t i = 0; i < n; ++i)
-            optforge_lbsgd_s4_elem<float, float, float, 0, 1, 1, 0>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8);
+            optforge_lbsgd_s4_elem<float, float, float, 0, 1, 1, 0>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8, (float)k__grad_scale);
     } else if (!p_cum_grad && p_mom && k0 == 0 && k4 != 0) {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
         for (int64_t i = 0; i < n; ++i)
-            optforge_lbsgd_s4_elem<float, float, float, 0, 1, 0, 1>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8);
+            optforge_lbsgd_s4_elem<float, float, float, 0, 1, 0, 1>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8, (float)k__grad_scale);
     } else if (!p_cum_grad && p_mom && k0 == 0 && k4 == 0) {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
         for (int64_t i = 0; i < n; ++i)
-            optforge_lbsgd_s4_elem<float, float, float, 0, 1, 0, 0>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8);
+            optforge_lbsgd_s4_elem<float, float, float, 0, 1, 0, 0>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8, (float)k__grad_scale);
     } else if (!p_cum_grad && !p_mom && k0 != 0 && k4 != 0) {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
         for (int64_t i = 0; i < n; ++i)
-            optforge_lbsgd_s4_elem<float, float, float, 0, 0, 1, 1>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8);
+            optforge_lbsgd_s4_elem<float, float, float, 0, 0, 1, 1>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8, (float)k__grad_scale);
     } else if (!p_cum_grad && !p_mom && k0 != 0 && k4 == 0) {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
         for (int64_t i = 0; i < n; ++i)
-            optforge_lbsgd_s4_elem<float, float, float, 0, 0, 1, 0>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8);
+            optforge_lbsgd_s4_elem<float, float, float, 0, 0, 1, 0>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8, (float)k__grad_scale);
     } else if (!p_cum_grad && !p_mom && k0 == 0 && k4 != 0) {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
         for (int64_t i = 0; i < n; ++i)
-            optforge_lbsgd_s4_elem<float, float, float, 0, 0, 0, 1>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8);
+            optforge_lbsgd_s4_elem<float, float, float, 0, 0, 0, 1>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8, (float)k__grad_scale);
     } else if (!p_cum_grad && !p_mom && k0 == 0 && k4 == 0) {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
         for (int64_t i = 0; i < n; ++i)
-            optforge_lbsgd_s4_elem<float, float, float, 0, 0, 0, 0>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8);
+            optforge_lbsgd_s4_elem<float, float, float, 0, 0, 0, 0>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8, (float)k__grad_scale);
     }
 }
 /* row-sparse: n = rows x cols gradient elements; gradient row r updates row rows[r] */
-void optforge_lbsgd_s4_rows_f32(int64_t n, int64_t cols, const int64_t* __restrict__ rows, float* __restrict__ p_cum_grad, const float* __restrict__ p_grad, float* __restrict__ p_mom, float* __restrict__ p_weight, double k0, double k_batch_scale, double k_rescale_grad, double k3, double k4, double k_momentum, double k6, double k_lr_t, double k8) {
+void optforge_lbsgd_s4_rows_f32(int64_t n, int64_t cols, const int64_t* __restrict__ rows, float* __restrict__ p_cum_grad, const float* __restrict__ p_grad, float* __restrict__ p_mom, float* __restrict__ p_weight, double k0, double k_batch_scale, double k_rescale_grad, double k3, double k4, double k_momentum, double k6, double k_lr_t, double k8, double k__grad_scale) {
     const int64_t nrows = cols ? n / cols : 0;
     /* scattered rows are latency-bound: two threads keep twice as many loads in flight */
     #pragma omp parallel for schedule(static) if (n >= OPTFORGE_PARALLEL_MIN)
@@ -700,17 +704,17 @@ void optforge_lbsgd_s4_rows_f32(int64_t n, int64_t cols, const int64_t* __restri
         const int64_t base = rows[r] * cols, gbase = r * cols;
         #pragma omp simd
         for (int64_t c = 0; c < cols; ++c) {
-            optforge_lbsgd_s4_elem<float, float, float, 2, 2, 2, 2>(base + c, gbase + c, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8);
+            optforge_lbsgd_s4_elem<float, float, float, 2, 2, 2, 2>(base + c, gbase + c, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8, (float)k__grad_scale);
         }
     }
 }
 /* multi-tensor: one call for the small tensors of a list update (each below OPTFORGE_PARALLEL_MIN), in
-   parallel over the tensors: ptrs[k * count + t] is pointer k of tensor t, scalars[t * 9 + j] its
+   parallel over the tensors: ptrs[k * count + t] is pointer k of tensor t, scalars[t * 10 + j] its
    scalars */
 void optforge_lbsgd_s4_mt_f32(int64_t count, const int64_t* __restrict__ sizes, const uint64_t* __restrict__ ptrs, const double* __restrict__ scalars) {
     #pragma omp parallel for schedule(dynamic, 4) if (count > 1)
     for (int64_t t = 0; t < count; ++t) {
-        const double* s = scalars + t * 9;
+        const double* s = scalars + t * 10;
         const double k0 = s[0];
         const double k_batch_scale = s[1];
         const double k_rescale_grad = s[2];
@@ -720,78 +724,79 @@ void optforge_lbsgd_s4_mt_f32(int64_t count, const int64_t* __restrict__ sizes, 
         const double k6 = s[6];
         const double k_lr_t = s[7];
         const double k8 = s[8];
-        optforge_lbsgd_s4_f32(sizes[t], (float*)ptrs[0 * count + t], (const float*)ptrs[1 * count + t], (float*)ptrs[2 * count + t], (float*)ptrs[3 * count + t], k0, k_batch_scale, k_rescale_grad, k3, k4, k_momentum, k6, k_lr_t, k8);
+        const double k__grad_scale = s[9];
+        optforge_lbsgd_s4_f32(sizes[t], (float*)ptrs[0 * count + t], (const float*)ptrs[1 * count + t], (float*)ptrs[2 * count + t], (float*)ptrs[3 * count + t], k0, k_batch_scale, k_rescale_grad, k3, k4, k_momentum, k6, k_lr_t, k8, k__grad_scale);
     }
 }
-void optforge_lbsgd_s4_f64(int64_t n, double* __restrict__ p_cum_grad, const double* __restrict__ p_grad, double* __restrict__ p_mom, double* __restrict__ p_weight, double k0, double k_batch_scale, double k_rescale_grad, double k3, double k4, double k_momentum, double k6, double k_lr_t, double k8) {
+void optforge_lbsgd_s4_f64(int64_t n, double* __restrict__ p_cum_grad, const double* __restrict__ p_grad, double* __restrict__ p_mom, double* __restrict__ p_weight, double k0, double k_batch_scale, double k_rescale_grad, double k3, double k4, double k_momentum, double k6, double k_lr_t, double k8, double k__grad_scale) {
     if (p_cum_grad && p_mom && k0 != 0 && k4 != 0) {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
         for (int64_t i = 0; i < n; ++i)
-            optforge_lbsgd_s4_elem<double, double, double, 1, 1, 1, 1>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (double)k0, (double)k_batch_scale, (double)k_rescale_grad, (double)k3, (double)k4, (double)k_momentum, (double)k6, (double)k_lr_t, (double)k8);
+            optforge_lbsgd_s4_elem<double, double, double, 1, 1, 1, 1>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (double)k0, (double)k_batch_scale, (double)k_rescale_grad, (double)k3, (double)k4, (double)k_momentum, (double)k6, (double)k_lr_t, (double)k8, (double)k__grad_scale);
     } else if (p_cum_grad && p_mom && k0 != 0 && k4 == 0) {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
         for (int64_t i = 0; i < n; ++i)
-            optforge_lbsgd_s4_elem<double, double, double, 1, 1, 1, 0>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (double)k0, (double)k_batch_scale, (double)k_rescale_grad, (double)k3, (double)k4, (double)k_momentum, (double)k6, (double)k_lr_t, (double)k8);
+            optforge_lbsgd_s4_elem<double, double, double, 1, 1, 1, 0>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (double)k0, (double)k_batch_scale, (double)k_rescale_grad, (double)k3, (double)k4, (double)k_momentum, (double)k6, (double)k_lr_t, (double)k8, (double)k__grad_scale);
     } else if (p_cum_grad && p_mom && k0 == 0 && k4 != 0) {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
         for (int64_t i = 0; i < n; ++i)
-            optforge_lbsgd_s4_elem<double, double, double, 1, 1, 0, 1>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (double)k0, (double)k_batch_scale, (double)k_rescale_grad, (double)k3, (double)k4, (double)k_momentum, (double)k6, (double)k_lr_t, (double)k8);
+            optforge_lbsgd_s4_elem<double, double, double, 1, 1, 0, 1>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (double)k0, (double)k_batch_scale, (double)k_rescale_grad, (double)k3, (double)k4, (double)k_momentum, (double)k6, (double)k_lr_t, (double)k8, (double)k__grad_scale);
     } else if (p_cum_grad && p_mom && k0 == 0 && k4 == 0) {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
         for (int64_t i = 0; i < n; ++i)
-            optforge_lbsgd_s4_elem<double, double, double, 1, 1, 0, 0>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (double)k0, (double)k_batch_scale, (double)k_rescale_grad, (double)k3, (double)k4, (double)k_momentum, (double)k6, (double)k_lr_t, (double)k8);
+            optforge_lbsgd_s4_elem<double, double, double, 1, 1, 0, 0>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (double)k0, (double)k_batch_scale, (double)k_rescale_grad, (double)k3, (double)k4, (double)k_momentum, (double)k6, (double)k_lr_t, (double)k8, (double)k__grad_scale);
     } else if (p_cum_grad && !p_mom && k0 != 0 && k4 != 0) {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
         for (int64_t i = 0; i < n; ++i)
-            optforge_lbsgd_s4_elem<double, double, double, 1, 0, 1, 1>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (double)k0, (double)k_batch_scale, (double)k_rescale_grad, (double)k3, (double)k4, (double)k_momentum, (double)k6, (double)k_lr_t, (double)k8);
+            optforge_lbsgd_s4_elem<double, double, double, 1, 0, 1, 1>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (double)k0, (double)k_batch_scale, (double)k_rescale_grad, (double)k3, (double)k4, (double)k_momentum, (double)k6, (double)k_lr_t, (double)k8, (double)k__grad_scale);
     } else if (p_cum_grad && !p_mom && k0 != 0 && k4 == 0) {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
         for (int64_t i = 0; i < n; ++i)
-            optforge_lbsgd_s4_elem<double, double, double, 1, 0, 1, 0>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (double)k0, (double)k_batch_scale, (double)k_rescale_grad, (double)k3, (double)k4, (double)k_momentum, (double)k6, (double)k_lr_t, (double)k8);
+            optforge_lbsgd_s4_elem<double, double, double, 1, 0, 1, 0>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (double)k0, (double)k_batch_scale, (double)k_rescale_grad, (double)k3, (double)k4, (double)k_momentum, (double)k6, (double)k_lr_t, (double)k8, (double)k__grad_scale);
     } else if (p_cum_grad && !p_mom && k0 == 0 && k4 != 0) {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
         for (int64_t i = 0; i < n; ++i)
-            optforge_lbsgd_s4_elem<double, double, double, 1, 0, 0, 1>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (double)k0, (double)k_batch_scale, (double)k_rescale_grad, (double)k3, (double)k4, (double)k_momentum, (double)k6, (double)k_lr_t, (double)k8);
+            optforge_lbsgd_s4_elem<double, double, double, 1, 0, 0, 1>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (double)k0, (double)k_batch_scale, (double)k_rescale_grad, (double)k3, (double)k4, (double)k_momentum, (double)k6, (double)k_lr_t, (double)k8, (double)k__grad_scale);
     } else if (p_cum_grad && !p_mom && k0 == 0 && k4 == 0) {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
         for (int64_t i = 0; i < n; ++i)
-            optforge_lbsgd_s4_elem<double, double, double, 1, 0, 0, 0>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (double)k0, (double)k_batch_scale, (double)k_rescale_grad, (double)k3, (double)k4, (double)k_momentum, (double)k6, (double)k_lr_t, (double)k8);
+            optforge_lbsgd_s4_elem<double, double, double, 1, 0, 0, 0>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (double)k0, (double)k_batch_scale, (double)k_rescale_grad, (double)k3, (double)k4, (double)k_momentum, (double)k6, (double)k_lr_t, (double)k8, (double)k__grad_scale);
     } else if (!p_cum_grad && p_mom && k0 != 0 && k4 != 0) {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
         for (int64_t i = 0; i < n; ++i)
-            optforge_lbsgd_s4_elem<double, double, double, 0, 1, 1, 1>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (double)k0, (double)k_batch_scale, (double)k_rescale_grad, (double)k3, (double)k4, (double)k_momentum, (double)k6, (double)k_lr_t, (double)k8);
+            optforge_lbsgd_s4_elem<double, double, double, 0, 1, 1, 1>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (double)k0, (double)k_batch_scale, (double)k_rescale_grad, (double)k3, (double)k4, (double)k_momentum, (double)k6, (double)k_lr_t, (double)k8, (double)k__grad_scale);
     } else if (!p_cum_grad && p_mom && k0 != 0 && k4 == 0) {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
         for (int64_t i = 0; i < n; ++i)
-            optforge_lbsgd_s4_elem<double, double, double, 0, 1, 1, 0>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (double)k0, (double)k_batch_scale, (double)k_rescale_grad, (double)k3, (double)k4, (double)k_momentum, (double)k6, (double)k_lr_t, (double)k8);
+            optforge_lbsgd_s4_elem<double, double, double, 0, 1, 1, 0>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (double)k0, (double)k_batch_scale, (double)k_rescale_grad, (double)k3, (double)k4, (double)k_momentum, (double)k6, (double)k_lr_t, (double)k8, (double)k__grad_scale);
     } else if (!p_cum_grad && p_mom && k0 == 0 && k4 != 0) {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
         for (int64_t i = 0; i < n; ++i)
-            optforge_lbsgd_s4_elem<double, double, double, 0, 1, 0, 1>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (double)k0, (double)k_batch_scale, (double)k_rescale_grad, (double)k3, (double)k4, (double)k_momentum, (double)k6, (double)k_lr_t, (double)k8);
+            optforge_lbsgd_s4_elem<double, double, double, 0, 1, 0, 1>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (double)k0, (double)k_batch_scale, (double)k_rescale_grad, (double)k3, (double)k4, (double)k_momentum, (double)k6, (double)k_lr_t, (double)k8, (double)k__grad_scale);
     } else if (!p_cum_grad && p_mom && k0 == 0 && k4 == 0) {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
         for (int64_t i = 0; i < n; ++i)
-            optforge_lbsgd_s4_elem<double, double, double, 0, 1, 0, 0>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (double)k0, (double)k_batch_scale, (double)k_rescale_grad, (double)k3, (double)k4, (double)k_momentum, (double)k6, (double)k_lr_t, (double)k8);
+            optforge_lbsgd_s4_elem<double, double, double, 0, 1, 0, 0>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (double)k0, (double)k_batch_scale, (double)k_rescale_grad, (double)k3, (double)k4, (double)k_momentum, (double)k6, (double)k_lr_t, (double)k8, (double)k__grad_scale);
     } else if (!p_cum_grad && !p_mom && k0 != 0 && k4 != 0) {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
         for (int64_t i = 0; i < n; ++i)
-            optforge_lbsgd_s4_elem<double, double, double, 0, 0, 1, 1>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (double)k0, (double)k_batch_scale, (double)k_rescale_grad, (double)k3, (double)k4, (double)k_momentum, (double)k6, (double)k_lr_t, (double)k8);
+            optforge_lbsgd_s4_elem<double, double, double, 0, 0, 1, 1>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (double)k0, (double)k_batch_scale, (double)k_rescale_grad, (double)k3, (double)k4, (double)k_momentum, (double)k6, (double)k_lr_t, (double)k8, (double)k__grad_scale);
     } else if (!p_cum_grad && !p_mom && k0 != 0 && k4 == 0) {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
         for (int64_t i = 0; i < n; ++i)
-            optforge_lbsgd_s4_elem<double, double, double, 0, 0, 1, 0>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (double)k0, (double)k_batch_scale, (double)k_rescale_grad, (double)k3, (double)k4, (double)k_momentum, (double)k6, (double)k_lr_t, (double)k8);
+            optforge_lbsgd_s4_elem<double, double, double, 0, 0, 1, 0>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (double)k0, (double)k_batch_scale, (double)k_rescale_grad, (double)k3, (double)k4, (double)k_momentum, (double)k6, (double)k_lr_t, (double)k8, (double)k__grad_scale);
     } else if (!p_cum_grad && !p_mom && k0 == 0 && k4 != 0) {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
         for (int64_t i = 0; i < n; ++i)
-            optforge_lbsgd_s4_elem<double, double, double, 0, 0, 0, 1>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (double)k0, (double)k_batch_scale, (double)k_rescale_grad, (double)k3, (double)k4, (double)k_momentum, (double)k6, (double)k_lr_t, (double)k8);
+            optforge_lbsgd_s4_elem<double, double, double, 0, 0, 0, 1>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (double)k0, (double)k_batch_scale, (double)k_rescale_grad, (double)k3, (double)k4, (double)k_momentum, (double)k6, (double)k_lr_t, (double)k8, (double)k__grad_scale);
     } else if (!p_cum_grad && !p_mom && k0 == 0 && k4 == 0) {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
         for (int64_t i = 0; i < n; ++i)
-            optforge_lbsgd_s4_elem<double, double, double, 0, 0, 0, 0>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (double)k0, (double)k_batch_scale, (double)k_rescale_grad, (double)k3, (double)k4, (double)k_momentum, (double)k6, (double)k_lr_t, (double)k8);
+            optforge_lbsgd_s4_elem<double, double, double, 0, 0, 0, 0>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (double)k0, (double)k_batch_scale, (double)k_rescale_grad, (double)k3, (double)k4, (double)k_momentum, (double)k6, (double)k_lr_t, (double)k8, (double)k__grad_scale);
     }
 }
 /* row-sparse: n = rows x cols gradient elements; gradient row r updates row rows[r] */
-void optforge_lbsgd_s4_rows_f64(int64_t n, int64_t cols, const int64_t* __restrict__ rows, double* __restrict__ p_cum_grad, const double* __restrict__ p_grad, double* __restrict__ p_mom, double* __restrict__ p_weight, double k0, double k_batch_scale, double k_rescale_grad, double k3, double k4, double k_momentum, double k6, double k_lr_t, double k8) {
+void optforge_lbsgd_s4_rows_f64(int64_t n, int64_t cols, const int64_t* __restrict__ rows, double* __restrict__ p_cum_grad, const double* __restrict__ p_grad, double* __restrict__ p_mom, double* __restrict__ p_weight, double k0, double k_batch_scale, double k_rescale_grad, double k3, double k4, double k_momentum, double k6, double k_lr_t, double k8, double k__grad_scale) {
     const int64_t nrows = cols ? n / cols : 0;
     /* scattered rows are latency-bound: two threads keep twice as many loads in flight */
     #pragma omp parallel for schedule(static) if (n >= OPTFORGE_PARALLEL_MIN)
@@ -799,17 +804,17 @@ void optforge_lbsgd_s4_rows_f64(int64_t n, int64_t cols, const int64_t* __restri
         const int64_t base = rows[r] * cols, gbase = r * cols;
         #pragma omp simd
         for (int64_t c = 0; c < cols; ++c) {
-            optforge_lbsgd_s4_elem<double, double, double, 2, 2, 2, 2>(base + c, gbase + c, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (double)k0, (double)k_batch_scale, (double)k_rescale_grad, (double)k3, (double)k4, (double)k_momentum, (double)k6, (double)k_lr_t, (double)k8);
+            optforge_lbsgd_s4_elem<double, double, double, 2, 2, 2, 2>(base + c, gbase + c, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (double)k0, (double)k_batch_scale, (double)k_rescale_grad, (double)k3, (double)k4, (double)k_momentum, (double)k6, (double)k_lr_t, (double)k8, (double)k__grad_scale);
         }
     }
 }
 /* multi-tensor: one call for the small tensors of a list update (each below OPTFORGE_PARALLEL_MIN), in
-   parallel over the tensors: ptrs[k * count + t] is pointer k of tensor t, scalars[t * 9 + j] its
+   parallel over the tensors: ptrs[k * count + t] is pointer k of tensor t, scalars[t * 10 + j] its
    scalars */
 void optforge_lbsgd_s4_mt_f64(int64_t count, const int64_t* __restrict__ sizes, const uint64_t* __restrict__ ptrs, const double* __restrict__ scalars) {
     #pragma omp parallel for schedule(dynamic, 4) if (count > 1)
     for (int64_t t = 0; t < count; ++t) {
-        const double* s = scalars + t * 9;
+        const double* s = scalars + t * 10;
         const double k0 = s[0];
         const double k_batch_scale = s[1];
         const double k_rescale_grad = s[2];
@@ -819,7 +824,8 @@ void optforge_lbsgd_s4_mt_f64(int64_t count, const int64_t* __restrict__ sizes, 
         const double k6 = s[6];
         const double k_lr_t = s[7];
         const double k8 = s[8];
-        optforge_lbsgd_s4_f64(sizes[t], (double*)ptrs[0 * count + t], (const double*)ptrs[1 * count + t], (double*)ptrs[2 * count + t], (double*)ptrs[3 * count + t], k0, k_batch_scale, k_rescale_grad, k3, k4, k_momentum, k6, k_lr_t, k8);
+        const double k__grad_scale = s[9];
+        optforge_lbsgd_s4_f64(sizes[t], (double*)ptrs[0 * count + t], (const double*)ptrs[1 * count + t], (double*)ptrs[2 * count + t], (double*)ptrs[3 * count + t], k0, k_batch_scale, k_rescale_grad, k3, k4, k_momentum, k6, k_lr_t, k8, k__grad_scale);
     }
 }
 }

@@ -37,9 +37,9 @@ template <typename C> OPTFORGE_HD void store_low(float* p, int64_t i, C v) {
 /* stage s0: element i of the weight and states, element gi of the gradient and scratch
    (the same element for a dense update; for a row-sparse one, gi walks the gradient's rows) */
 template <typename T, typename G, typename C, int H0>
-OPTFORGE_HD void optforge_lbsgd_s0_elem(int64_t i, int64_t gi, T* __restrict__ p_cum_grad, const G* __restrict__ p_grad, float* __restrict__ p_weight_lp) {
+OPTFORGE_HD void optforge_lbsgd_s0_elem(int64_t i, int64_t gi, T* __restrict__ p_cum_grad, const G* __restrict__ p_grad, float* __restrict__ p_weight_lp, const C k__grad_scale) {
     C cum_grad = (H0 == 1 || (H0 == 2 && p_cum_grad)) ? C(p_cum_grad[i]) : C(0);
-    C grad = C(p_grad[gi]);
+    C grad = C(p_grad[gi]) * k__grad_scale;
     cum_grad = cum_grad + grad;  // lbsgd.opt:44
     if (H0 == 1 || (H0 == 2 && p_cum_grad)) p_cum_grad[i] = (T)(cum_grad);
 }
@@ -60,16 +60,16 @@ OPTFORGE_HD void optforge_lbsgd_s2_elem(int64_t i, int64_t gi, const T* __restri
 /* stage s3: element i of the weight and states, element gi of the gradient and scratch
    (the same element for a dense update; for a row-sparse one, gi walks the gradient's rows) */
 template <typename T, typename G, typename C>
-OPTFORGE_HD void optforge_lbsgd_s3_elem(int64_t i, int64_t gi, const G* __restrict__ p_grad, float* __restrict__ p_weight_lp, C& red0) {
-    C grad = C(p_grad[gi]);
+OPTFORGE_HD void optforge_lbsgd_s3_elem(int64_t i, int64_t gi, const G* __restrict__ p_grad, float* __restrict__ p_weight_lp, C& red0, const C k__grad_scale) {
+    C grad = C(p_grad[gi]) * k__grad_scale;
     red0 = C(op_square(grad));
 }
 /* stage s4: element i of the weight and states, element gi of the gradient and scratch
    (the same element for a dense update; for a row-sparse one, gi walks the gradient's rows) */
 template <typename T, typename G, typename C, int H0, int H1, int B0, int B1>
-OPTFORGE_HD void optforge_lbsgd_s4_elem(int64_t i, int64_t gi, T* __restrict__ p_cum_grad, const G* __restrict__ p_grad, T* __restrict__ p_mom, T* __restrict__ p_weight, float* __restrict__ p_weight_lp, const C k0, const C k_batch_scale, const C k_rescale_grad, const C k3, const C k4, const C k_momentum, const C k6, const C k_lr_t, const C k8) {
+OPTFORGE_HD void optforge_lbsgd_s4_elem(int64_t i, int64_t gi, T* __restrict__ p_cum_grad, const G* __restrict__ p_grad, T* __restrict__ p_mom, T* __restrict__ p_weight, float* __restrict__ p_weight_lp, const C k0, const C k_batch_scale, const C k_rescale_grad, const C k3, const C k4, const C k_momentum, const C k6, const C k_lr_t, const C k8, const C k__grad_scale) {
     C cum_grad = (H0 == 1 || (H0 == 2 && p_cum_grad)) ? C(p_cum_grad[i]) : C(0);
-    C grad = C(p_grad[gi]);
+    C grad = C(p_grad[gi]) * k__grad_scale;
     C mom = (H1 == 1 || (H1 == 2 && p_mom)) ? C(p_mom[i]) : C(0);
     C weight = C(p_weight[i]);
     C avg, g;
@@ -95,76 +95,80 @@ OPTFORGE_HD void optforge_lbsgd_s4_elem(int64_t i, int64_t gi, T* __restrict__ p
 }
 
 extern "C" {
-__global__ void optforge_lbsgd_s0_f32(int64_t n, float* __restrict__ p_cum_grad, const float* __restrict__ p_grad, float* __restrict__ p_weight_lp) {
+__global__ void optforge_lbsgd_s0_f32(int64_t n, float* __restrict__ p_cum_grad, const float* __restrict__ p_grad, float* __restrict__ p_weight_lp, double k__grad_scale) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_lbsgd_s0_elem<float, float, float, 2>(i, i, p_cum_grad, p_grad, p_weight_lp);
+        optforge_lbsgd_s0_elem<float, float, float, 2>(i, i, p_cum_grad, p_grad, p_weight_lp, (float)k__grad_scale);
 }
 /* row-sparse, parallel over gradient elements (not rows): element j updates row rows[j / cols] */
-__global__ void optforge_lbsgd_s0_rows_f32(int64_t n, int64_t cols, const int64_t* __restrict__ rows, float* __restrict__ p_cum_grad, const float* __restrict__ p_grad, float* __restrict__ p_weight_lp) {
+__global__ void optforge_lbsgd_s0_rows_f32(int64_t n, int64_t cols, const int64_t* __restrict__ rows, float* __restrict__ p_cum_grad, const float* __restrict__ p_grad, float* __restrict__ p_weight_lp, double k__grad_scale) {
     for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
-        optforge_lbsgd_s0_elem<float, float, float, 2>(rows[j / cols] * cols + j % cols, j, p_cum_grad, p_grad, p_weight_lp);
+        optforge_lbsgd_s0_elem<float, float, float, 2>(rows[j / cols] * cols + j % cols, j, p_cum_grad, p_grad, p_weight_lp, (float)k__grad_scale);
 }
 /* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
-   pointers, sizes and 0 scalar(s) per parameter, as Apex's multi_tensor_apply */
+   pointers, sizes and 1 scalar(s) per parameter, as Apex's multi_tensor_apply */
 __global__ void optforge_lbsgd_s0_mt_f32(const int64_t* __restrict__ sizes, float* const* tab_cum_grad, float* const* tab_grad, float* const* tab_weight_lp, const double* __restrict__ scalars) {
     const int64_t t = blockIdx.y, n = sizes[t];
     const double* s = scalars + t * 1;
+    const float k__grad_scale = (float)s[0];
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
-        optforge_lbsgd_s0_elem<float, float, float, 2>(i, i, tab_cum_grad[t], tab_grad[t], tab_weight_lp[t]);
+        optforge_lbsgd_s0_elem<float, float, float, 2>(i, i, tab_cum_grad[t], tab_grad[t], tab_weight_lp[t], k__grad_scale);
     }
 }
-__global__ void optforge_lbsgd_s0_f64(int64_t n, double* __restrict__ p_cum_grad, const double* __restrict__ p_grad, float* __restrict__ p_weight_lp) {
+__global__ void optforge_lbsgd_s0_f64(int64_t n, double* __restrict__ p_cum_grad, const double* __restrict__ p_grad, float* __restrict__ p_weight_lp, double k__grad_scale) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_lbsgd_s0_elem<double, double, double, 2>(i, i, p_cum_grad, p_grad, p_weight_lp);
+        optforge_lbsgd_s0_elem<double, double, double, 2>(i, i, p_cum_grad, p_grad, p_weight_lp, (double)k__grad_scale);
 }
 /* row-sparse, parallel over gradient elements (not rows): element j updates row rows[j / cols] */
-__global__ void optforge_lbsgd_s0_rows_f64(int64_t n, int64_t cols, const int64_t* __restrict__ rows, double* __restrict__ p_cum_grad, const double* __restrict__ p_grad, float* __restrict__ p_weight_lp) {
+__global__ void optforge_lbsgd_s0_rows_f64(int64_t n, int64_t cols, const int64_t* __restrict__ rows, double* __restrict__ p_cum_grad, const double* __restrict__ p_grad, float* __restrict__ p_weight_lp, double k__grad_scale) {
     for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
-        optforge_lbsgd_s0_elem<double, double, double, 2>(rows[j / cols] * cols + j % cols, j, p_cum_grad, p_grad, p_weight_lp);
+        optforge_lbsgd_s0_elem<double, double, double, 2>(rows[j / cols] * cols + j % cols, j, p_cum_grad, p_grad, p_weight_lp, (double)k__grad_scale);
 }
 /* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
-   pointers, sizes and 0 scalar(s) per parameter, as Apex's multi_tensor_apply */
+   pointers, sizes and 1 scalar(s) per parameter, as Apex's multi_tensor_apply */
 __global__ void optforge_lbsgd_s0_mt_f64(const int64_t* __restrict__ sizes, double* const* tab_cum_grad, double* const* tab_grad, float* const* tab_weight_lp, const double* __restrict__ scalars) {
     const int64_t t = blockIdx.y, n = sizes[t];
     const double* s = scalars + t * 1;
+    const double k__grad_scale = (double)s[0];
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
-        optforge_lbsgd_s0_elem<double, double, double, 2>(i, i, tab_cum_grad[t], tab_grad[t], tab_weight_lp[t]);
+        optforge_lbsgd_s0_elem<double, double, double, 2>(i, i, tab_cum_grad[t], tab_grad[t], tab_weight_lp[t], k__grad_scale);
     }
 }
-__global__ void optforge_lbsgd_s0_f16(int64_t n, __half* __restrict__ p_cum_grad, const __half* __restrict__ p_grad, float* __restrict__ p_weight_lp) {
+__global__ void optforge_lbsgd_s0_f16(int64_t n, __half* __restrict__ p_cum_grad, const __half* __restrict__ p_grad, float* __restrict__ p_weight_lp, double k__grad_scale) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_lbsgd_s0_elem<__half, __half, float, 2>(i, i, p_cum_grad, p_grad, p_weight_lp);
+        optforge_lbsgd_s0_elem<__half, __half, float, 2>(i, i, p_cum_grad, p_grad, p_weight_lp, (float)k__grad_scale);
 }
 /* row-sparse, parallel over gradient elements (not rows): element j updates row rows[j / cols] */
-__global__ void optforge_lbsgd_s0_rows_f16(int64_t n, int64_t cols, const int64_t* __restrict__ rows, __half* __restrict__ p_cum_grad, const __half* __restrict__ p_grad, float* __restrict__ p_weight_lp) {
+__global__ void optforge_lbsgd_s0_rows_f16(int64_t n, int64_t cols, const int64_t* __restrict__ rows, __half* __restrict__ p_cum_grad, const __half* __restrict__ p_grad, float* __restrict__ p_weight_lp, double k__grad_scale) {
     for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
-        optforge_lbsgd_s0_elem<__half, __half, float, 2>(rows[j / cols] * cols + j % cols, j, p_cum_grad, p_grad, p_weight_lp);
+        optforge_lbsgd_s0_elem<__half, __half, float, 2>(rows[j / cols] * cols + j % cols, j, p_cum_grad, p_grad, p_weight_lp, (float)k__grad_scale);
 }
 /* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
-   pointers, sizes and 0 scalar(s) per parameter, as Apex's multi_tensor_apply */
+   pointers, sizes and 1 scalar(s) per parameter, as Apex's multi_tensor_apply */
 __global__ void optforge_lbsgd_s0_mt_f16(const int64_t* __restrict__ sizes, __half* const* tab_cum_grad, __half* const* tab_grad, float* const* tab_weight_lp, const double* __restrict__ scalars) {
     const int64_t t = blockIdx.y, n = sizes[t];
     const double* s = scalars + t * 1;
+    const float k__grad_scale = (float)s[0];
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
-        optforge_lbsgd_s0_elem<__half, __half, float, 2>(i, i, tab_cum_grad[t], tab_grad[t], tab_weight_lp[t]);
+        optforge_lbsgd_s0_elem<__half, __half, float, 2>(i, i, tab_cum_grad[t], tab_grad[t], tab_weight_lp[t], k__grad_scale);
     }
 }
-__global__ void optforge_lbsgd_s0_mp16(int64_t n, float* __restrict__ p_cum_grad, const __half* __restrict__ p_grad, float* __restrict__ p_weight_lp) {
+__global__ void optforge_lbsgd_s0_mp16(int64_t n, float* __restrict__ p_cum_grad, const __half* __restrict__ p_grad, float* __restrict__ p_weight_lp, double k__grad_scale) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_lbsgd_s0_elem<float, __half, float, 2>(i, i, p_cum_grad, p_grad, p_weight_lp);
+        optforge_lbsgd_s0_elem<float, __half, float, 2>(i, i, p_cum_grad, p_grad, p_weight_lp, (float)k__grad_scale);
 }
 /* row-sparse, parallel over gradient elements (not rows): element j updates row rows[j / cols] */
-__global__ void optforge_lbsgd_s0_rows_mp16(int64_t n, int64_t cols, const int64_t* __restrict__ rows, float* __restrict__ p_cum_grad, const __half* __restrict__ p_grad, float* __restrict__ p_weight_lp) {
+__global__ void optforge_lbsgd_s0_rows_mp16(int64_t n, int64_t cols, const int64_t* __restrict__ rows, float* __restrict__ p_cum_grad, const __half* __restrict__ p_grad, float* __restrict__ p_weight_lp, double k__grad_scale) {
     for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
-        optforge_lbsgd_s0_elem<float, __half, float, 2>(rows[j / cols] * cols + j % cols, j, p_cum_grad, p_grad, p_weight_lp);
+        optforge_lbsgd_s0_elem<float, __half, float, 2>(rows[j / cols] * cols + j % cols, j, p_cum_grad, p_grad, p_weight_lp, (float)k__grad_scale);
 }
 /* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
-   pointers, sizes and 0 scalar(s) per parameter, as Apex's multi_tensor_apply */
+   pointers, sizes and 1 scalar(s) per parameter, as Apex's multi_tensor_apply */
 __global__ void optforge_lbsgd_s0_mt_mp16(const int64_t* __restrict__ sizes, float* const* tab_cum_grad, __half* const* tab_grad, float* const* tab_weight_lp, const double* __restrict__ scalars) {
     const int64_t t = blockIdx.y, n = sizes[t];
     const double* s = scalars + t * 1;
+    const float k__grad_scale = (float)s[0];
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
-        optforge_lbsgd_s0_elem<float, __half, float, 2>(i, i, tab_cum_grad[t], tab_grad[t], tab_weight_lp[t]);
+        optforge_lbsgd_s0_elem<float, __half, float, 2>(i, i, tab_cum_grad[t], tab_grad[t], tab_weight_lp[t], k__grad_scale);
     }
 }
 /* also accumulates 1 whole-tensor reduction(s): each thread's partial sums (double) go to
@@ -433,32 +437,33 @@ __global__ void optforge_lbsgd_s2_mt_mp16(const int64_t* __restrict__ sizes, flo
 }
 /* also accumulates 1 whole-tensor reduction(s): each thread's partial sums (double) go to
    partials[thread * 1 + k], which the host sums in a fixed order (deterministic, no atomics) */
-__global__ void optforge_lbsgd_s3_f32(int64_t n, const float* __restrict__ p_grad, float* __restrict__ p_weight_lp, double* __restrict__ partials) {
+__global__ void optforge_lbsgd_s3_f32(int64_t n, const float* __restrict__ p_grad, float* __restrict__ p_weight_lp, double k__grad_scale, double* __restrict__ partials) {
     double acc0 = 0;
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
         float t0;
-        optforge_lbsgd_s3_elem<float, float, float>(i, i, p_grad, p_weight_lp, t0);
+        optforge_lbsgd_s3_elem<float, float, float>(i, i, p_grad, p_weight_lp, t0, (float)k__grad_scale);
         acc0 += (double)t0;
     }
     const int64_t tid = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     partials[tid * 1 + 0] = acc0;
 }
 /* row-sparse, parallel over gradient elements (not rows): element j updates row rows[j / cols] */
-__global__ void optforge_lbsgd_s3_rows_f32(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const float* __restrict__ p_grad, float* __restrict__ p_weight_lp) {
+__global__ void optforge_lbsgd_s3_rows_f32(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const float* __restrict__ p_grad, float* __restrict__ p_weight_lp, double k__grad_scale) {
     float red0;   /* row kernels see some rows only: their reductions are done on the host */
     for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
-        optforge_lbsgd_s3_elem<float, float, float>(rows[j / cols] * cols + j % cols, j, p_grad, p_weight_lp, red0);
+        optforge_lbsgd_s3_elem<float, float, float>(rows[j / cols] * cols + j % cols, j, p_grad, p_weight_lp, red0, (float)k__grad_scale);
 }
 /* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
-   pointers, sizes and 0 scalar(s) per parameter, as Apex's multi_tensor_apply;
+   pointers, sizes and 1 scalar(s) per parameter, as Apex's multi_tensor_apply;
    each parameter's threads write their partial sums to partials[(t * stride + thread) * 1 + k] */
 __global__ void optforge_lbsgd_s3_mt_f32(const int64_t* __restrict__ sizes, float* const* tab_grad, float* const* tab_weight_lp, const double* __restrict__ scalars, int64_t stride, double* __restrict__ partials) {
     const int64_t t = blockIdx.y, n = sizes[t];
     const double* s = scalars + t * 1;
+    const float k__grad_scale = (float)s[0];
     double acc0 = 0;
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
         float t0;
-        optforge_lbsgd_s3_elem<float, float, float>(i, i, tab_grad[t], tab_weight_lp[t], t0);
+        optforge_lbsgd_s3_elem<float, float, float>(i, i, tab_grad[t], tab_weight_lp[t], t0, k__grad_scale);
         acc0 += (double)t0;
     }
     const int64_t slot = t * stride + (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
@@ -466,32 +471,33 @@ __global__ void optforge_lbsgd_s3_mt_f32(const int64_t* __restrict__ sizes, floa
 }
 /* also accumulates 1 whole-tensor reduction(s): each thread's partial sums (double) go to
    partials[thread * 1 + k], which the host sums in a fixed order (deterministic, no atomics) */
-__global__ void optforge_lbsgd_s3_f64(int64_t n, const double* __restrict__ p_grad, float* __restrict__ p_weight_lp, double* __restrict__ partials) {
+__global__ void optforge_lbsgd_s3_f64(int64_t n, const double* __restrict__ p_grad, float* __restrict__ p_weight_lp, double k__grad_scale, double* __restrict__ partials) {
     double acc0 = 0;
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
         double t0;
-        optforge_lbsgd_s3_elem<double, double, double>(i, i, p_grad, p_weight_lp, t0);
+        optforge_lbsgd_s3_elem<double, double, double>(i, i, p_grad, p_weight_lp, t0, (double)k__grad_scale);
         acc0 += (double)t0;
     }
     const int64_t tid = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     partials[tid * 1 + 0] = acc0;
 }
 /* row-sparse, parallel over gradient elements (not rows): element j updates row rows[j / cols] */
-__global__ void optforge_lbsgd_s3_rows_f64(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const double* __restrict__ p_grad, float* __restrict__ p_weight_lp) {
+__global__ void optforge_lbsgd_s3_rows_f64(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const double* __restrict__ p_grad, float* __restrict__ p_weight_lp, double k__grad_scale) {
     double red0;   /* row kernels see some rows only: their reductions are done on the host */
     for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
-        optforge_lbsgd_s3_elem<double, double, double>(rows[j / cols] * cols + j % cols, j, p_grad, p_weight_lp, red0);
+        optforge_lbsgd_s3_elem<double, double, double>(rows[j / cols] * cols + j % cols, j, p_grad, p_weight_lp, red0, (double)k__grad_scale);
 }
 /* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
-   pointers, sizes and 0 scalar(s) per parameter, as Apex's multi_tensor_apply;
+   pointers, sizes and 1 scalar(s) per parameter, as Apex's multi_tensor_apply;
    each parameter's threads write their partial sums to partials[(t * stride + thread) * 1 + k] */
 __global__ void optforge_lbsgd_s3_mt_f64(const int64_t* __restrict__ sizes, double* const* tab_grad, float* const* tab_weight_lp, const double* __restrict__ scalars, int64_t stride, double* __restrict__ partials) {
     const int64_t t = blockIdx.y, n = sizes[t];
     const double* s = scalars + t * 1;
+    const double k__grad_scale = (double)s[0];
     double acc0 = 0;
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
         double t0;
-        optforge_lbsgd_s3_elem<double, double, double>(i, i, tab_grad[t], tab_weight_lp[t], t0);
+        optforge_lbsgd_s3_elem<double, double, double>(i, i, tab_grad[t], tab_weight_lp[t], t0, k__grad_scale);
         acc0 += (double)t0;
     }
     const int64_t slot = t * stride + (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
@@ -499,32 +505,33 @@ __global__ void optforge_lbsgd_s3_mt_f64(const int64_t* __restrict__ sizes, doub
 }
 /* also accumulates 1 whole-tensor reduction(s): each thread's partial sums (double) go to
    partials[thread * 1 + k], which the host sums in a fixed order (deterministic, no atomics) */
-__global__ void optforge_lbsgd_s3_f16(int64_t n, const __half* __restrict__ p_grad, float* __restrict__ p_weight_lp, double* __restrict__ partials) {
+__global__ void optforge_lbsgd_s3_f16(int64_t n, const __half* __restrict__ p_grad, float* __restrict__ p_weight_lp, double k__grad_scale, double* __restrict__ partials) {
     double acc0 = 0;
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
         float t0;
-        optforge_lbsgd_s3_elem<__half, __half, float>(i, i, p_grad, p_weight_lp, t0);
+        optforge_lbsgd_s3_elem<__half, __half, float>(i, i, p_grad, p_weight_lp, t0, (float)k__grad_scale);
         acc0 += (double)t0;
     }
     const int64_t tid = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     partials[tid * 1 + 0] = acc0;
 }
 /* row-sparse, parallel over gradient elements (not rows): element j updates row rows[j / cols] */
-__global__ void optforge_lbsgd_s3_rows_f16(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const __half* __restrict__ p_grad, float* __restrict__ p_weight_lp) {
+__global__ void optforge_lbsgd_s3_rows_f16(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const __half* __restrict__ p_grad, float* __restrict__ p_weight_lp, double k__grad_scale) {
     float red0;   /* row kernels see some rows only: their reductions are done on the host */
     for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
-        optforge_lbsgd_s3_elem<__half, __half, float>(rows[j / cols] * cols + j % cols, j, p_grad, p_weight_lp, red0);
+        optforge_lbsgd_s3_elem<__half, __half, float>(rows[j / cols] * cols + j % cols, j, p_grad, p_weight_lp, red0, (float)k__grad_scale);
 }
 /* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
-   pointers, sizes and 0 scalar(s) per parameter, as Apex's multi_tensor_apply;
+   pointers, sizes and 1 scalar(s) per parameter, as Apex's multi_tensor_apply;
    each parameter's threads write their partial sums to partials[(t * stride + thread) * 1 + k] */
 __global__ void optforge_lbsgd_s3_mt_f16(const int64_t* __restrict__ sizes, __half* const* tab_grad, float* const* tab_weight_lp, const double* __restrict__ scalars, int64_t stride, double* __restrict__ partials) {
     const int64_t t = blockIdx.y, n = sizes[t];
     const double* s = scalars + t * 1;
+    const float k__grad_scale = (float)s[0];
     double acc0 = 0;
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
         float t0;
-        optforge_lbsgd_s3_elem<__half, __half, float>(i, i, tab_grad[t], tab_weight_lp[t], t0);
+        optforge_lbsgd_s3_elem<__half, __half, float>(i, i, tab_grad[t], tab_weight_lp[t], t0, k__grad_scale);
         acc0 += (double)t0;
     }
     const int64_t slot = t * stride + (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
@@ -532,51 +539,52 @@ __global__ void optforge_lbsgd_s3_mt_f16(const int64_t* __restrict__ sizes, __ha
 }
 /* also accumulates 1 whole-tensor reduction(s): each thread's partial sums (double) go to
    partials[thread * 1 + k], which the host sums in a fixed order (deterministic, no atomics) */
-__global__ void optforge_lbsgd_s3_mp16(int64_t n, const __half* __restrict__ p_grad, float* __restrict__ p_weight_lp, double* __restrict__ partials) {
+__global__ void optforge_lbsgd_s3_mp16(int64_t n, const __half* __restrict__ p_grad, float* __restrict__ p_weight_lp, double k__grad_scale, double* __restrict__ partials) {
     double acc0 = 0;
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
         float t0;
-        optforge_lbsgd_s3_elem<float, __half, float>(i, i, p_grad, p_weight_lp, t0);
+        optforge_lbsgd_s3_elem<float, __half, float>(i, i, p_grad, p_weight_lp, t0, (float)k__grad_scale);
         acc0 += (double)t0;
     }
     const int64_t tid = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     partials[tid * 1 + 0] = acc0;
 }
 /* row-sparse, parallel over gradient elements (not rows): element j updates row rows[j / cols] */
-__global__ void optforge_lbsgd_s3_rows_mp16(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const __half* __restrict__ p_grad, float* __restrict__ p_weight_lp) {
+__global__ void optforge_lbsgd_s3_rows_mp16(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const __half* __restrict__ p_grad, float* __restrict__ p_weight_lp, double k__grad_scale) {
     float red0;   /* row kernels see some rows only: their reductions are done on the host */
     for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
-        optforge_lbsgd_s3_elem<float, __half, float>(rows[j / cols] * cols + j % cols, j, p_grad, p_weight_lp, red0);
+        optforge_lbsgd_s3_elem<float, __half, float>(rows[j / cols] * cols + j % cols, j, p_grad, p_weight_lp, red0, (float)k__grad_scale);
 }
 /* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
-   pointers, sizes and 0 scalar(s) per parameter, as Apex's multi_tensor_apply;
+   pointers, sizes and 1 scalar(s) per parameter, as Apex's multi_tensor_apply;
    each parameter's threads write their partial sums to partials[(t * stride + thread) * 1 + k] */
 __global__ void optforge_lbsgd_s3_mt_mp16(const int64_t* __restrict__ sizes, __half* const* tab_grad, float* const* tab_weight_lp, const double* __restrict__ scalars, int64_t stride, double* __restrict__ partials) {
     const int64_t t = blockIdx.y, n = sizes[t];
     const double* s = scalars + t * 1;
+    const float k__grad_scale = (float)s[0];
     double acc0 = 0;
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
         float t0;
-        optforge_lbsgd_s3_elem<float, __half, float>(i, i, tab_grad[t], tab_weight_lp[t], t0);
+        optforge_lbsgd_s3_elem<float, __half, float>(i, i, tab_grad[t], tab_weight_lp[t], t0, k__grad_scale);
         acc0 += (double)t0;
     }
     const int64_t slot = t * stride + (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     partials[slot * 1 + 0] = acc0;
 }
-__global__ void optforge_lbsgd_s4_f32(int64_t n, float* __restrict__ p_cum_grad, const float* __restrict__ p_grad, float* __restrict__ p_mom, float* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k0, double k_batch_scale, double k_rescale_grad, double k3, double k4, double k_momentum, double k6, double k_lr_t, double k8) {
+__global__ void optforge_lbsgd_s4_f32(int64_t n, float* __restrict__ p_cum_grad, const float* __restrict__ p_grad, float* __restrict__ p_mom, float* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k0, double k_batch_scale, double k_rescale_grad, double k3, double k4, double k_momentum, double k6, double k_lr_t, double k8, double k__grad_scale) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_lbsgd_s4_elem<float, float, float, 2, 2, 2, 2>(i, i, p_cum_grad, p_grad, p_mom, p_weight, p_weight_lp, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8);
+        optforge_lbsgd_s4_elem<float, float, float, 2, 2, 2, 2>(i, i, p_cum_grad, p_grad, p_mom, p_weight, p_weight_lp, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8, (float)k__grad_scale);
 }
 /* row-sparse, parallel over gradient elements (not rows): element j updates row rows[j / cols] */
-__global__ void optforge_lbsgd_s4_rows_f32(int64_t n, int64_t cols, const int64_t* __restrict__ rows, float* __restrict__ p_cum_grad, const float* __restrict__ p_grad, float* __restrict__ p_mom, float* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k0, double k_batch_scale, double k_rescale_grad, double k3, double k4, double k_momentum, double k6, double k_lr_t, double k8) {
+__global__ void optforge_lbsgd_s4_rows_f32(int64_t n, int64_t cols, const int64_t* __restrict__ rows, float* __restrict__ p_cum_grad, const float* __restrict__ p_grad, float* __restrict__ p_mom, float* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k0, double k_batch_scale, double k_rescale_grad, double k3, double k4, double k_momentum, double k6, double k_lr_t, double k8, double k__grad_scale) {
     for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
-        optforge_lbsgd_s4_elem<float, float, float, 2, 2, 2, 2>(rows[j / cols] * cols + j % cols, j, p_cum_grad, p_grad, p_mom, p_weight, p_weight_lp, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8);
+        optforge_lbsgd_s4_elem<float, float, float, 2, 2, 2, 2>(rows[j / cols] * cols + j % cols, j, p_cum_grad, p_grad, p_mom, p_weight, p_weight_lp, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8, (float)k__grad_scale);
 }
 /* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
-   pointers, sizes and 9 scalar(s) per parameter, as Apex's multi_tensor_apply */
+   pointers, sizes and 10 scalar(s) per parameter, as Apex's multi_tensor_apply */
 __global__ void optforge_lbsgd_s4_mt_f32(const int64_t* __restrict__ sizes, float* const* tab_cum_grad, float* const* tab_grad, float* const* tab_mom, float* const* tab_weight, float* const* tab_weight_lp, const double* __restrict__ scalars) {
     const int64_t t = blockIdx.y, n = sizes[t];
-    const double* s = scalars + t * 9;
+    const double* s = scalars + t * 10;
     const float k0 = (float)s[0];
     const float k_batch_scale = (float)s[1];
     const float k_rescale_grad = (float)s[2];
@@ -586,24 +594,25 @@ __global__ void optforge_lbsgd_s4_mt_f32(const int64_t* __restrict__ sizes, floa
     const float k6 = (float)s[6];
     const float k_lr_t = (float)s[7];
     const float k8 = (float)s[8];
+    const float k__grad_scale = (float)s[9];
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
-        optforge_lbsgd_s4_elem<float, float, float, 2, 2, 2, 2>(i, i, tab_cum_grad[t], tab_grad[t], tab_mom[t], tab_weight[t], tab_weight_lp[t], k0, k_batch_scale, k_rescale_grad, k3, k4, k_momentum, k6, k_lr_t, k8);
+        optforge_lbsgd_s4_elem<float, float, float, 2, 2, 2, 2>(i, i, tab_cum_grad[t], tab_grad[t], tab_mom[t], tab_weight[t], tab_weight_lp[t], k0, k_batch_scale, k_rescale_grad, k3, k4, k_momentum, k6, k_lr_t, k8, k__grad_scale);
     }
 }
-__global__ void optforge_lbsgd_s4_f64(int64_t n, double* __restrict__ p_cum_grad, const double* __restrict__ p_grad, double* __restrict__ p_mom, double* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k0, double k_batch_scale, double k_rescale_grad, double k3, double k4, double k_momentum, double k6, double k_lr_t, double k8) {
+__global__ void optforge_lbsgd_s4_f64(int64_t n, double* __restrict__ p_cum_grad, const double* __restrict__ p_grad, double* __restrict__ p_mom, double* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k0, double k_batch_scale, double k_rescale_grad, double k3, double k4, double k_momentum, double k6, double k_lr_t, double k8, double k__grad_scale) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_lbsgd_s4_elem<double, double, double, 2, 2, 2, 2>(i, i, p_cum_grad, p_grad, p_mom, p_weight, p_weight_lp, (double)k0, (double)k_batch_scale, (double)k_rescale_grad, (double)k3, (double)k4, (double)k_momentum, (double)k6, (double)k_lr_t, (double)k8);
+        optforge_lbsgd_s4_elem<double, double, double, 2, 2, 2, 2>(i, i, p_cum_grad, p_grad, p_mom, p_weight, p_weight_lp, (double)k0, (double)k_batch_scale, (double)k_rescale_grad, (double)k3, (double)k4, (double)k_momentum, (double)k6, (double)k_lr_t, (double)k8, (double)k__grad_scale);
 }
 /* row-sparse, parallel over gradient elements (not rows): element j updates row rows[j / cols] */
-__global__ void optforge_lbsgd_s4_rows_f64(int64_t n, int64_t cols, const int64_t* __restrict__ rows, double* __restrict__ p_cum_grad, const double* __restrict__ p_grad, double* __restrict__ p_mom, double* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k0, double k_batch_scale, double k_rescale_grad, double k3, double k4, double k_momentum, double k6, double k_lr_t, double k8) {
+__global__ void optforge_lbsgd_s4_rows_f64(int64_t n, int64_t cols, const int64_t* __restrict__ rows, double* __restrict__ p_cum_grad, const double* __restrict__ p_grad, double* __restrict__ p_mom, double* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k0, double k_batch_scale, double k_rescale_grad, double k3, double k4, double k_momentum, double k6, double k_lr_t, double k8, double k__grad_scale) {
     for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
-        optforge_lbsgd_s4_elem<double, double, double, 2, 2, 2, 2>(rows[j / cols] * cols + j % cols, j, p_cum_grad, p_grad, p_mom, p_weight, p_weight_lp, (double)k0, (double)k_batch_scale, (double)k_rescale_grad, (double)k3, (double)k4, (double)k_momentum, (double)k6, (double)k_lr_t, (double)k8);
+        optforge_lbsgd_s4_elem<double, double, double, 2, 2, 2, 2>(rows[j / cols] * cols + j % cols, j, p_cum_grad, p_grad, p_mom, p_weight, p_weight_lp, (double)k0, (double)k_batch_scale, (double)k_rescale_grad, (double)k3, (double)k4, (double)k_momentum, (double)k6, (double)k_lr_t, (double)k8, (double)k__grad_scale);
 }
 /* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
-   pointers, sizes and 9 scalar(s) per parameter, as Apex's multi_tensor_apply */
+   pointers, sizes and 10 scalar(s) per parameter, as Apex's multi_tensor_apply */
 __global__ void optforge_lbsgd_s4_mt_f64(const int64_t* __restrict__ sizes, double* const* tab_cum_grad, double* const* tab_grad, double* const* tab_mom, double* const* tab_weight, float* const* tab_weight_lp, const double* __restrict__ scalars) {
     const int64_t t = blockIdx.y, n = sizes[t];
-    const double* s = scalars + t * 9;
+    const double* s = scalars + t * 10;
     const double k0 = (double)s[0];
     const double k_batch_scale = (double)s[1];
     const double k_rescale_grad = (double)s[2];
@@ -613,24 +622,25 @@ __global__ void optforge_lbsgd_s4_mt_f64(const int64_t* __restrict__ sizes, doub
     const double k6 = (double)s[6];
     const double k_lr_t = (double)s[7];
     const double k8 = (double)s[8];
+    const double k__grad_scale = (double)s[9];
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
-        optforge_lbsgd_s4_elem<double, double, double, 2, 2, 2, 2>(i, i, tab_cum_grad[t], tab_grad[t], tab_mom[t], tab_weight[t], tab_weight_lp[t], k0, k_batch_scale, k_rescale_grad, k3, k4, k_momentum, k6, k_lr_t, k8);
+        optforge_lbsgd_s4_elem<double, double, double, 2, 2, 2, 2>(i, i, tab_cum_grad[t], tab_grad[t], tab_mom[t], tab_weight[t], tab_weight_lp[t], k0, k_batch_scale, k_rescale_grad, k3, k4, k_momentum, k6, k_lr_t, k8, k__grad_scale);
     }
 }
-__global__ void optforge_lbsgd_s4_f16(int64_t n, __half* __restrict__ p_cum_grad, const __half* __restrict__ p_grad, __half* __restrict__ p_mom, __half* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k0, double k_batch_scale, double k_rescale_grad, double k3, double k4, double k_momentum, double k6, double k_lr_t, double k8) {
+__global__ void optforge_lbsgd_s4_f16(int64_t n, __half* __restrict__ p_cum_grad, const __half* __restrict__ p_grad, __half* __restrict__ p_mom, __half* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k0, double k_batch_scale, double k_rescale_grad, double k3, double k4, double k_momentum, double k6, double k_lr_t, double k8, double k__grad_scale) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_lbsgd_s4_elem<__half, __half, float, 2, 2, 2, 2>(i, i, p_cum_grad, p_grad, p_mom, p_weight, p_weight_lp, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8);
+        optforge_lbsgd_s4_elem<__half, __half, float, 2, 2, 2, 2>(i, i, p_cum_grad, p_grad, p_mom, p_weight, p_weight_lp, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8, (float)k__grad_scale);
 }
 /* row-sparse, parallel over gradient elements (not rows): element j updates row rows[j / cols] */
-__global__ void optforge_lbsgd_s4_rows_f16(int64_t n, int64_t cols, const int64_t* __restrict__ rows, __half* __restrict__ p_cum_grad, const __half* __restrict__ p_grad, __half* __restrict__ p_mom, __half* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k0, double k_batch_scale, double k_rescale_grad, double k3, double k4, double k_momentum, double k6, double k_lr_t, double k8) {
+__global__ void optforge_lbsgd_s4_rows_f16(int64_t n, int64_t cols, const int64_t* __restrict__ rows, __half* __restrict__ p_cum_grad, const __half* __restrict__ p_grad, __half* __restrict__ p_mom, __half* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k0, double k_batch_scale, double k_rescale_grad, double k3, double k4, double k_momentum, double k6, double k_lr_t, double k8, double k__grad_scale) {
     for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
-        optforge_lbsgd_s4_elem<__half, __half, float, 2, 2, 2, 2>(rows[j / cols] * cols + j % cols, j, p_cum_grad, p_grad, p_mom, p_weight, p_weight_lp, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8);
+        optforge_lbsgd_s4_elem<__half, __half, float, 2, 2, 2, 2>(rows[j / cols] * cols + j % cols, j, p_cum_grad, p_grad, p_mom, p_weight, p_weight_lp, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8, (float)k__grad_scale);
 }
 /* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
-   pointers, sizes and 9 scalar(s) per parameter, as Apex's multi_tensor_apply */
+   pointers, sizes and 10 scalar(s) per parameter, as Apex's multi_tensor_apply */
 __global__ void optforge_lbsgd_s4_mt_f16(const int64_t* __restrict__ sizes, __half* const* tab_cum_grad, __half* const* tab_grad, __half* const* tab_mom, __half* const* tab_weight, float* const* tab_weight_lp, const double* __restrict__ scalars) {
     const int64_t t = blockIdx.y, n = sizes[t];
-    const double* s = scalars + t * 9;
+    const double* s = scalars + t * 10;
     const float k0 = (float)s[0];
     const float k_batch_scale = (float)s[1];
     const float k_rescale_grad = (float)s[2];
@@ -640,24 +650,25 @@ __global__ void optforge_lbsgd_s4_mt_f16(const int64_t* __restrict__ sizes, __ha
     const float k6 = (float)s[6];
     const float k_lr_t = (float)s[7];
     const float k8 = (float)s[8];
+    const float k__grad_scale = (float)s[9];
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
-        optforge_lbsgd_s4_elem<__half, __half, float, 2, 2, 2, 2>(i, i, tab_cum_grad[t], tab_grad[t], tab_mom[t], tab_weight[t], tab_weight_lp[t], k0, k_batch_scale, k_rescale_grad, k3, k4, k_momentum, k6, k_lr_t, k8);
+        optforge_lbsgd_s4_elem<__half, __half, float, 2, 2, 2, 2>(i, i, tab_cum_grad[t], tab_grad[t], tab_mom[t], tab_weight[t], tab_weight_lp[t], k0, k_batch_scale, k_rescale_grad, k3, k4, k_momentum, k6, k_lr_t, k8, k__grad_scale);
     }
 }
-__global__ void optforge_lbsgd_s4_mp16(int64_t n, float* __restrict__ p_cum_grad, const __half* __restrict__ p_grad, float* __restrict__ p_mom, float* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k0, double k_batch_scale, double k_rescale_grad, double k3, double k4, double k_momentum, double k6, double k_lr_t, double k8) {
+__global__ void optforge_lbsgd_s4_mp16(int64_t n, float* __restrict__ p_cum_grad, const __half* __restrict__ p_grad, float* __restrict__ p_mom, float* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k0, double k_batch_scale, double k_rescale_grad, double k3, double k4, double k_momentum, double k6, double k_lr_t, double k8, double k__grad_scale) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_lbsgd_s4_elem<float, __half, float, 2, 2, 2, 2>(i, i, p_cum_grad, p_grad, p_mom, p_weight, p_weight_lp, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8);
+        optforge_lbsgd_s4_elem<float, __half, float, 2, 2, 2, 2>(i, i, p_cum_grad, p_grad, p_mom, p_weight, p_weight_lp, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8, (float)k__grad_scale);
 }
 /* row-sparse, parallel over gradient elements (not rows): element j updates row rows[j / cols] */
-__global__ void optforge_lbsgd_s4_rows_mp16(int64_t n, int64_t cols, const int64_t* __restrict__ rows, float* __restrict__ p_cum_grad, const __half* __restrict__ p_grad, float* __restrict__ p_mom, float* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k0, double k_batch_scale, double k_rescale_grad, double k3, double k4, double k_momentum, double k6, double k_lr_t, double k8) {
+__global__ void optforge_lbsgd_s4_rows_mp16(int64_t n, int64_t cols, const int64_t* __restrict__ rows, float* __restrict__ p_cum_grad, const __half* __restrict__ p_grad, float* __restrict__ p_mom, float* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k0, double k_batch_scale, double k_rescale_grad, double k3, double k4, double k_momentum, double k6, double k_lr_t, double k8, double k__grad_scale) {
     for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
-        optforge_lbsgd_s4_elem<float, __half, float, 2, 2, 2, 2>(rows[j / cols] * cols + j % cols, j, p_cum_grad, p_grad, p_mom, p_weight, p_weight_lp, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8);
+        optforge_lbsgd_s4_elem<float, __half, float, 2, 2, 2, 2>(rows[j / cols] * cols + j % cols, j, p_cum_grad, p_grad, p_mom, p_weight, p_weight_lp, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8, (float)k__grad_scale);
 }
 /* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
-   pointers, sizes and 9 scalar(s) per parameter, as Apex's multi_tensor_apply */
+   pointers, sizes and 10 scalar(s) per parameter, as Apex's multi_tensor_apply */
 __global__ void optforge_lbsgd_s4_mt_mp16(const int64_t* __restrict__ sizes, float* const* tab_cum_grad, __half* const* tab_grad, float* const* tab_mom, float* const* tab_weight, float* const* tab_weight_lp, const double* __restrict__ scalars) {
     const int64_t t = blockIdx.y, n = sizes[t];
-    const double* s = scalars + t * 9;
+    const double* s = scalars + t * 10;
     const float k0 = (float)s[0];
     const float k_batch_scale = (float)s[1];
     const float k_rescale_grad = (float)s[2];
@@ -667,8 +678,9 @@ __global__ void optforge_lbsgd_s4_mt_mp16(const int64_t* __restrict__ sizes, flo
     const float k6 = (float)s[6];
     const float k_lr_t = (float)s[7];
     const float k8 = (float)s[8];
+    const float k__grad_scale = (float)s[9];
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
-        optforge_lbsgd_s4_elem<float, __half, float, 2, 2, 2, 2>(i, i, tab_cum_grad[t], tab_grad[t], tab_mom[t], tab_weight[t], tab_weight_lp[t], k0, k_batch_scale, k_rescale_grad, k3, k4, k_momentum, k6, k_lr_t, k8);
+        optforge_lbsgd_s4_elem<float, __half, float, 2, 2, 2, 2>(i, i, tab_cum_grad[t], tab_grad[t], tab_mom[t], tab_weight[t], tab_weight_lp[t], k0, k_batch_scale, k_rescale_grad, k3, k4, k_momentum, k6, k_lr_t, k8, k__grad_scale);
     }
 }
 }

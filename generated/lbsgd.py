@@ -142,6 +142,8 @@ class LBSGD(Optimizer):
 
     def _kernel_numpy(self, _step, weight, grad, tensors, scalars):
         """One parameter's update, in place on `weight`, `tensors` and `scalars` (`_step`: optforge.optimizer.Step)."""
+        if _step.grad_scale != 1:
+            grad = grad * _step.grad_scale
         batch_scale = self.batch_scale
         momentum = self.momentum
         updates_per_epoch = self.updates_per_epoch
@@ -234,6 +236,8 @@ class LBSGD(Optimizer):
 
     def _kernel_rows(self, _step, rows, weight, grad, tensors, scalars):
         """The lazy update: only the rows `rows` of `weight` and `tensors` change; `grad` holds those rows."""
+        if _step.grad_scale != 1:
+            grad = grad * _step.grad_scale
         batch_scale = self.batch_scale
         momentum = self.momentum
         updates_per_epoch = self.updates_per_epoch
@@ -313,9 +317,11 @@ class LBSGD(Optimizer):
         mom = tensors.get('mom')
         cum_grad = tensors.get('cum_grad')
         num_cums = scalars['num_cums']
+        _grad_scale = _step.grad_scale
+        _grad = grad if _grad_scale == 1 else grad * _grad_scale
         num_cums = num_cums + 1  # lbsgd.opt:42
         if batch_scale > 1:
-            be.launch('optforge_lbsgd_s0', (cum_grad, grad,), ())
+            be.launch('optforge_lbsgd_s0', (cum_grad, grad,), (ops.arg(_grad_scale), ))
         if num_cums % batch_scale == 0:
             nwup = warmup_epochs * updates_per_epoch  # lbsgd.opt:47
             if warmup_strategy == 'lars':
@@ -325,8 +331,8 @@ class LBSGD(Optimizer):
                     _red_s2 = yield be.launch('optforge_lbsgd_s2', (cum_grad,), (), reduce=1, stores=False)
                     g2 = (ops.fused_total(_red_s2[0]) if _red_s2 is not None else ops.total(xp.square(cum_grad))) / (batch_scale * batch_scale)  # lbsgd.opt:51
                 else:
-                    _red_s3 = yield be.launch('optforge_lbsgd_s3', (grad,), (), reduce=1, stores=False)
-                    g2 = ops.fused_total(_red_s3[0]) if _red_s3 is not None else ops.total(xp.square(grad))  # lbsgd.opt:53
+                    _red_s3 = yield be.launch('optforge_lbsgd_s3', (grad,), (ops.arg(_grad_scale), ), reduce=1, stores=False)
+                    g2 = ops.fused_total(_red_s3[0]) if _red_s3 is not None else ops.total(xp.square(_grad))  # lbsgd.opt:53
                 lbmult = ops.minimum(ops.maximum(math.sqrt(w2 / (g2 + wd * w2 + 1e-18)), 0.01), 100)  # lbsgd.opt:55
             elif num_cums >= nwup:
                 lbmult = batch_scale  # lbsgd.opt:57
@@ -339,5 +345,5 @@ class LBSGD(Optimizer):
             else:
                 lbmult = 1 + (batch_scale - 1) * math.sqrt(num_cums / nwup)  # lbsgd.opt:65
             lr_t = lr * lbmult  # lbsgd.opt:67
-            be.launch('optforge_lbsgd_s4', (cum_grad, grad, mom, weight,), (ops.arg(batch_scale > 1), ops.arg(batch_scale), ops.arg(rescale_grad), ops.arg(clip_gradient), ops.arg(momentum != 0), ops.arg(momentum), ops.arg(lr_t * wd), ops.arg(lr_t), ops.arg(1 - lr_t * wd), ))
+            be.launch('optforge_lbsgd_s4', (cum_grad, grad, mom, weight,), (ops.arg(batch_scale > 1), ops.arg(batch_scale), ops.arg(rescale_grad), ops.arg(clip_gradient), ops.arg(momentum != 0), ops.arg(momentum), ops.arg(lr_t * wd), ops.arg(lr_t), ops.arg(1 - lr_t * wd), ops.arg(_grad_scale), ))
         scalars['num_cums'] = num_cums

@@ -40,9 +40,9 @@ template <typename C> inline void store_low(float* p, int64_t i, C v) { p[i] = (
 /* stage s1: element i of the weight and states, element gi of the gradient and scratch
    (the same element for a dense update; for a row-sparse one, gi walks the gradient's rows) */
 template <typename T, typename G, typename C, int H0>
-OPTFORGE_HD void optforge_muon_s1_elem(int64_t i, int64_t gi, T* __restrict__ p_momentum_buffer, const G* __restrict__ p_grad, float* __restrict__ p_weight_lp, C& red0, const C k_momentum, const C k_rescale_grad, const C k2, const C k_nesterov) {
+OPTFORGE_HD void optforge_muon_s1_elem(int64_t i, int64_t gi, T* __restrict__ p_momentum_buffer, const G* __restrict__ p_grad, float* __restrict__ p_weight_lp, C& red0, const C k_momentum, const C k_rescale_grad, const C k2, const C k_nesterov, const C k__grad_scale) {
     C momentum_buffer = (H0 == 1 || (H0 == 2 && p_momentum_buffer)) ? C(p_momentum_buffer[i]) : C(0);
-    C grad = C(p_grad[gi]);
+    C grad = C(p_grad[gi]) * k__grad_scale;
     momentum_buffer = momentum_buffer + (C(1) - k_momentum) * (op_clip(k_rescale_grad * grad, k2) - momentum_buffer);  // muon.opt:56
     if (H0 == 1 || (H0 == 2 && p_momentum_buffer)) p_momentum_buffer[i] = (T)(momentum_buffer);
     red0 = C((k_nesterov ? C(op_clip(k_rescale_grad * grad, k2) + k_momentum * (momentum_buffer - op_clip(k_rescale_grad * grad, k2))) : C(momentum_buffer)));
@@ -50,8 +50,8 @@ OPTFORGE_HD void optforge_muon_s1_elem(int64_t i, int64_t gi, T* __restrict__ p_
 /* stage s2: element i of the weight and states, element gi of the gradient and scratch
    (the same element for a dense update; for a row-sparse one, gi walks the gradient's rows) */
 template <typename T, typename G, typename C, int H0>
-OPTFORGE_HD void optforge_muon_s2_elem(int64_t i, int64_t gi, const G* __restrict__ p_grad, const T* __restrict__ p_momentum_buffer, C* __restrict__ p_x, float* __restrict__ p_weight_lp, const C k_nesterov, const C k_rescale_grad, const C k2, const C k_momentum, const C k__r0) {
-    C grad = C(p_grad[gi]);
+OPTFORGE_HD void optforge_muon_s2_elem(int64_t i, int64_t gi, const G* __restrict__ p_grad, const T* __restrict__ p_momentum_buffer, C* __restrict__ p_x, float* __restrict__ p_weight_lp, const C k_nesterov, const C k_rescale_grad, const C k2, const C k_momentum, const C k__r0, const C k__grad_scale) {
+    C grad = C(p_grad[gi]) * k__grad_scale;
     C momentum_buffer = (H0 == 1 || (H0 == 2 && p_momentum_buffer)) ? C(p_momentum_buffer[i]) : C(0);
     C x;
     x = (k_nesterov ? C(op_clip(k_rescale_grad * grad, k2) + k_momentum * (momentum_buffer - op_clip(k_rescale_grad * grad, k2))) : C(momentum_buffer)) / k__r0;  // muon.opt:60
@@ -108,9 +108,9 @@ OPTFORGE_HD void optforge_muon_s7_elem(int64_t i, int64_t gi, T* __restrict__ p_
 /* stage s8: element i of the weight and states, element gi of the gradient and scratch
    (the same element for a dense update; for a row-sparse one, gi walks the gradient's rows) */
 template <typename T, typename G, typename C, int H0, int H1>
-OPTFORGE_HD void optforge_muon_s8_elem(int64_t i, int64_t gi, T* __restrict__ p_exp_avg, const G* __restrict__ p_grad, T* __restrict__ p_exp_avg_sq, T* __restrict__ p_weight, float* __restrict__ p_weight_lp, const C k_beta1, const C k_rescale_grad, const C k2, const C k_beta2, const C k4, const C k5, const C k6, const C k_adam_eps) {
+OPTFORGE_HD void optforge_muon_s8_elem(int64_t i, int64_t gi, T* __restrict__ p_exp_avg, const G* __restrict__ p_grad, T* __restrict__ p_exp_avg_sq, T* __restrict__ p_weight, float* __restrict__ p_weight_lp, const C k_beta1, const C k_rescale_grad, const C k2, const C k_beta2, const C k4, const C k5, const C k6, const C k_adam_eps, const C k__grad_scale) {
     C exp_avg = (H0 == 1 || (H0 == 2 && p_exp_avg)) ? C(p_exp_avg[i]) : C(0);
-    C grad = C(p_grad[gi]);
+    C grad = C(p_grad[gi]) * k__grad_scale;
     C exp_avg_sq = (H1 == 1 || (H1 == 2 && p_exp_avg_sq)) ? C(p_exp_avg_sq[i]) : C(0);
     C weight = C(p_weight[i]);
     exp_avg = exp_avg + (C(1) - k_beta1) * (op_clip(k_rescale_grad * grad, k2) - exp_avg);  // muon.opt:77
@@ -127,7 +127,7 @@ extern "C" {
    of the elements, block by block: the stage loop stores the elements' reduction terms in small
    buffers (so it vectorizes as a stage without reductions does), then a tight loop sums a buffer in
    double. Shares are added in order: the result does not depend on timing. */
-void optforge_muon_s1_f32(int64_t n, float* __restrict__ p_momentum_buffer, const float* __restrict__ p_grad, double k_momentum, double k_rescale_grad, double k2, double k_nesterov, double* __restrict__ out) {
+void optforge_muon_s1_f32(int64_t n, float* __restrict__ p_momentum_buffer, const float* __restrict__ p_grad, double k_momentum, double k_rescale_grad, double k2, double k_nesterov, double k__grad_scale, double* __restrict__ out) {
     int nt = 1;
 #ifdef _OPENMP
     if (n >= OPTFORGE_PARALLEL_MIN) nt = omp_get_max_threads();
@@ -150,14 +150,14 @@ void optforge_muon_s1_f32(int64_t n, float* __restrict__ p_momentum_buffer, cons
                     #pragma omp simd
                     for (int64_t i = b; i < e; ++i) {
                         float t0;
-                        optforge_muon_s1_elem<float, float, float, 1>(i, i, p_momentum_buffer, p_grad, nullptr, t0, (float)k_momentum, (float)k_rescale_grad, (float)k2, (float)k_nesterov);
+                        optforge_muon_s1_elem<float, float, float, 1>(i, i, p_momentum_buffer, p_grad, nullptr, t0, (float)k_momentum, (float)k_rescale_grad, (float)k2, (float)k_nesterov, (float)k__grad_scale);
                         buf[0][i - b] = t0;
                     }
                 } else if (!p_momentum_buffer) {
                     #pragma omp simd
                     for (int64_t i = b; i < e; ++i) {
                         float t0;
-                        optforge_muon_s1_elem<float, float, float, 0>(i, i, p_momentum_buffer, p_grad, nullptr, t0, (float)k_momentum, (float)k_rescale_grad, (float)k2, (float)k_nesterov);
+                        optforge_muon_s1_elem<float, float, float, 0>(i, i, p_momentum_buffer, p_grad, nullptr, t0, (float)k_momentum, (float)k_rescale_grad, (float)k2, (float)k_nesterov, (float)k__grad_scale);
                         buf[0][i - b] = t0;
                     }
                 }
@@ -181,24 +181,25 @@ void optforge_muon_s1_f32(int64_t n, float* __restrict__ p_momentum_buffer, cons
     }
 }
 /* multi-tensor: one call for the small tensors of a list update (each below OPTFORGE_PARALLEL_MIN), in
-   parallel over the tensors: ptrs[k * count + t] is pointer k of tensor t, scalars[t * 4 + j] its
+   parallel over the tensors: ptrs[k * count + t] is pointer k of tensor t, scalars[t * 5 + j] its
    scalars, out[t * 1 + k] its sums */
 void optforge_muon_s1_mt_f32(int64_t count, const int64_t* __restrict__ sizes, const uint64_t* __restrict__ ptrs, const double* __restrict__ scalars, double* __restrict__ out) {
     #pragma omp parallel for schedule(dynamic, 4) if (count > 1)
     for (int64_t t = 0; t < count; ++t) {
-        const double* s = scalars + t * 4;
+        const double* s = scalars + t * 5;
         const double k_momentum = s[0];
         const double k_rescale_grad = s[1];
         const double k2 = s[2];
         const double k_nesterov = s[3];
-        optforge_muon_s1_f32(sizes[t], (float*)ptrs[0 * count + t], (const float*)ptrs[1 * count + t], k_momentum, k_rescale_grad, k2, k_nesterov, out + t * 1);
+        const double k__grad_scale = s[4];
+        optforge_muon_s1_f32(sizes[t], (float*)ptrs[0 * count + t], (const float*)ptrs[1 * count + t], k_momentum, k_rescale_grad, k2, k_nesterov, k__grad_scale, out + t * 1);
     }
 }
 /* also accumulates 1 whole-tensor reduction(s) into out[]. Each thread takes a fixed share
    of the elements, block by block: the stage loop stores the elements' reduction terms in small
    buffers (so it vectorizes as a stage without reductions does), then a tight loop sums a buffer in
    double. Shares are added in order: the result does not depend on timing. */
-void optforge_muon_s1_f64(int64_t n, double* __restrict__ p_momentum_buffer, const double* __restrict__ p_grad, double k_momentum, double k_rescale_grad, double k2, double k_nesterov, double* __restrict__ out) {
+void optforge_muon_s1_f64(int64_t n, double* __restrict__ p_momentum_buffer, const double* __restrict__ p_grad, double k_momentum, double k_rescale_grad, double k2, double k_nesterov, double k__grad_scale, double* __restrict__ out) {
     int nt = 1;
 #ifdef _OPENMP
     if (n >= OPTFORGE_PARALLEL_MIN) nt = omp_get_max_threads();
@@ -221,14 +222,14 @@ void optforge_muon_s1_f64(int64_t n, double* __restrict__ p_momentum_buffer, con
                     #pragma omp simd
                     for (int64_t i = b; i < e; ++i) {
                         double t0;
-                        optforge_muon_s1_elem<double, double, double, 1>(i, i, p_momentum_buffer, p_grad, nullptr, t0, (double)k_momentum, (double)k_rescale_grad, (double)k2, (double)k_nesterov);
+                        optforge_muon_s1_elem<double, double, double, 1>(i, i, p_momentum_buffer, p_grad, nullptr, t0, (double)k_momentum, (double)k_rescale_grad, (double)k2, (double)k_nesterov, (double)k__grad_scale);
                         buf[0][i - b] = t0;
                     }
                 } else if (!p_momentum_buffer) {
                     #pragma omp simd
                     for (int64_t i = b; i < e; ++i) {
                         double t0;
-                        optforge_muon_s1_elem<double, double, double, 0>(i, i, p_momentum_buffer, p_grad, nullptr, t0, (double)k_momentum, (double)k_rescale_grad, (double)k2, (double)k_nesterov);
+                        optforge_muon_s1_elem<double, double, double, 0>(i, i, p_momentum_buffer, p_grad, nullptr, t0, (double)k_momentum, (double)k_rescale_grad, (double)k2, (double)k_nesterov, (double)k__grad_scale);
                         buf[0][i - b] = t0;
                     }
                 }
@@ -252,69 +253,72 @@ void optforge_muon_s1_f64(int64_t n, double* __restrict__ p_momentum_buffer, con
     }
 }
 /* multi-tensor: one call for the small tensors of a list update (each below OPTFORGE_PARALLEL_MIN), in
-   parallel over the tensors: ptrs[k * count + t] is pointer k of tensor t, scalars[t * 4 + j] its
+   parallel over the tensors: ptrs[k * count + t] is pointer k of tensor t, scalars[t * 5 + j] its
    scalars, out[t * 1 + k] its sums */
 void optforge_muon_s1_mt_f64(int64_t count, const int64_t* __restrict__ sizes, const uint64_t* __restrict__ ptrs, const double* __restrict__ scalars, double* __restrict__ out) {
     #pragma omp parallel for schedule(dynamic, 4) if (count > 1)
     for (int64_t t = 0; t < count; ++t) {
-        const double* s = scalars + t * 4;
+        const double* s = scalars + t * 5;
         const double k_momentum = s[0];
         const double k_rescale_grad = s[1];
         const double k2 = s[2];
         const double k_nesterov = s[3];
-        optforge_muon_s1_f64(sizes[t], (double*)ptrs[0 * count + t], (const double*)ptrs[1 * count + t], k_momentum, k_rescale_grad, k2, k_nesterov, out + t * 1);
+        const double k__grad_scale = s[4];
+        optforge_muon_s1_f64(sizes[t], (double*)ptrs[0 * count + t], (const double*)ptrs[1 * count + t], k_momentum, k_rescale_grad, k2, k_nesterov, k__grad_scale, out + t * 1);
     }
 }
-void optforge_muon_s2_f32(int64_t n, const float* __restrict__ p_grad, const float* __restrict__ p_momentum_buffer, float* __restrict__ p_x, double k_nesterov, double k_rescale_grad, double k2, double k_momentum, double k__r0) {
+void optforge_muon_s2_f32(int64_t n, const float* __restrict__ p_grad, const float* __restrict__ p_momentum_buffer, float* __restrict__ p_x, double k_nesterov, double k_rescale_grad, double k2, double k_momentum, double k__r0, double k__grad_scale) {
     if (p_momentum_buffer) {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
         for (int64_t i = 0; i < n; ++i)
-            optforge_muon_s2_elem<float, float, float, 1>(i, i, p_grad, p_momentum_buffer, p_x, nullptr, (float)k_nesterov, (float)k_rescale_grad, (float)k2, (float)k_momentum, (float)k__r0);
+            optforge_muon_s2_elem<float, float, float, 1>(i, i, p_grad, p_momentum_buffer, p_x, nullptr, (float)k_nesterov, (float)k_rescale_grad, (float)k2, (float)k_momentum, (float)k__r0, (float)k__grad_scale);
     } else if (!p_momentum_buffer) {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
         for (int64_t i = 0; i < n; ++i)
-            optforge_muon_s2_elem<float, float, float, 0>(i, i, p_grad, p_momentum_buffer, p_x, nullptr, (float)k_nesterov, (float)k_rescale_grad, (float)k2, (float)k_momentum, (float)k__r0);
+            optforge_muon_s2_elem<float, float, float, 0>(i, i, p_grad, p_momentum_buffer, p_x, nullptr, (float)k_nesterov, (float)k_rescale_grad, (float)k2, (float)k_momentum, (float)k__r0, (float)k__grad_scale);
     }
 }
 /* multi-tensor: one call for the small tensors of a list update (each below OPTFORGE_PARALLEL_MIN), in
-   parallel over the tensors: ptrs[k * count + t] is pointer k of tensor t, scalars[t * 5 + j] its
+   parallel over the tensors: ptrs[k * count + t] is pointer k of tensor t, scalars[t * 6 + j] its
    scalars */
 void optforge_muon_s2_mt_f32(int64_t count, const int64_t* __restrict__ sizes, const uint64_t* __restrict__ ptrs, const double* __restrict__ scalars) {
     #pragma omp parallel for schedule(dynamic, 4) if (count > 1)
     for (int64_t t = 0; t < count; ++t) {
-        const double* s = scalars + t * 5;
+        const double* s = scalars + t * 6;
         const double k_nesterov = s[0];
         const double k_rescale_grad = s[1];
         const double k2 = s[2];
         const double k_momentum = s[3];
         const double k__r0 = s[4];
-        optforge_muon_s2_f32(sizes[t], (const float*)ptrs[0 * count + t], (const float*)ptrs[1 * count + t], (float*)ptrs[2 * count + t], k_nesterov, k_rescale_grad, k2, k_momentum, k__r0);
+        const double k__grad_scale = s[5];
+        optforge_muon_s2_f32(sizes[t], (const float*)ptrs[0 * count + t], (const float*)ptrs[1 * count + t], (float*)ptrs[2 * count + t], k_nesterov, k_rescale_grad, k2, k_momentum, k__r0, k__grad_scale);
     }
 }
-void optforge_muon_s2_f64(int64_t n, const double* __restrict__ p_grad, const double* __restrict__ p_momentum_buffer, double* __restrict__ p_x, double k_nesterov, double k_rescale_grad, double k2, double k_momentum, double k__r0) {
+void optforge_muon_s2_f64(int64_t n, const double* __restrict__ p_grad, const double* __restrict__ p_momentum_buffer, double* __restrict__ p_x, double k_nesterov, double k_rescale_grad, double k2, double k_momentum, double k__r0, double k__grad_scale) {
     if (p_momentum_buffer) {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
         for (int64_t i = 0; i < n; ++i)
-            optforge_muon_s2_elem<double, double, double, 1>(i, i, p_grad, p_momentum_buffer, p_x, nullptr, (double)k_nesterov, (double)k_rescale_grad, (double)k2, (double)k_momentum, (double)k__r0);
+            optforge_muon_s2_elem<double, double, double, 1>(i, i, p_grad, p_momentum_buffer, p_x, nullptr, (double)k_nesterov, (double)k_rescale_grad, (double)k2, (double)k_momentum, (double)k__r0, (double)k__grad_scale);
     } else if (!p_momentum_buffer) {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
         for (int64_t i = 0; i < n; ++i)
-            optforge_muon_s2_elem<double, double, double, 0>(i, i, p_grad, p_momentum_buffer, p_x, nullptr, (double)k_nesterov, (double)k_rescale_grad, (double)k2, (double)k_momentum, (double)k__r0);
+            optforge_muon_s2_elem<double, double, double, 0>(i, i, p_grad, p_momentum_buffer, p_x, nullptr, (double)k_nesterov, (double)k_rescale_grad, (double)k2, (double)k_momentum, (double)k__r0, (double)k__grad_scale);
     }
 }
 /* multi-tensor: one call for the small tensors of a list update (each below OPTFORGE_PARALLEL_MIN), in
-   parallel over the tensors: ptrs[k * count + t] is pointer k of tensor t, scalars[t * 5 + j] its
+   parallel over the tensors: ptrs[k * count + t] is pointer k of tensor t, scalars[t * 6 + j] its
    scalars */
 void optforge_muon_s2_mt_f64(int64_t count, const int64_t* __restrict__ sizes, const uint64_t* __restrict__ ptrs, const double* __restrict__ scalars) {
     #pragma omp parallel for schedule(dynamic, 4) if (count > 1)
     for (int64_t t = 0; t < count; ++t) {
-        const double* s = scalars + t * 5;
+        const double* s = scalars + t * 6;
         const double k_nesterov = s[0];
         const double k_rescale_grad = s[1];
         const double k2 = s[2];
         const double k_momentum = s[3];
         const double k__r0 = s[4];
-        optforge_muon_s2_f64(sizes[t], (const double*)ptrs[0 * count + t], (const double*)ptrs[1 * count + t], (double*)ptrs[2 * count + t], k_nesterov, k_rescale_grad, k2, k_momentum, k__r0);
+        const double k__grad_scale = s[5];
+        optforge_muon_s2_f64(sizes[t], (const double*)ptrs[0 * count + t], (const double*)ptrs[1 * count + t], (double*)ptrs[2 * count + t], k_nesterov, k_rescale_grad, k2, k_momentum, k__r0, k__grad_scale);
     }
 }
 void optforge_muon_s3_f32(int64_t n, const float* __restrict__ p_a, const float* __restrict__ p__r1, float* __restrict__ p_b, double k_ns_b, double k_ns_c) {
@@ -503,32 +507,32 @@ void optforge_muon_s7_mt_f64(int64_t count, const int64_t* __restrict__ sizes, c
         optforge_muon_s7_f64(sizes[t], (double*)ptrs[0 * count + t], (const double*)ptrs[1 * count + t], k0, k1);
     }
 }
-void optforge_muon_s8_f32(int64_t n, float* __restrict__ p_exp_avg, const float* __restrict__ p_grad, float* __restrict__ p_exp_avg_sq, float* __restrict__ p_weight, double k_beta1, double k_rescale_grad, double k2, double k_beta2, double k4, double k5, double k6, double k_adam_eps) {
+void optforge_muon_s8_f32(int64_t n, float* __restrict__ p_exp_avg, const float* __restrict__ p_grad, float* __restrict__ p_exp_avg_sq, float* __restrict__ p_weight, double k_beta1, double k_rescale_grad, double k2, double k_beta2, double k4, double k5, double k6, double k_adam_eps, double k__grad_scale) {
     if (p_exp_avg && p_exp_avg_sq) {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
         for (int64_t i = 0; i < n; ++i)
-            optforge_muon_s8_elem<float, float, float, 1, 1>(i, i, p_exp_avg, p_grad, p_exp_avg_sq, p_weight, nullptr, (float)k_beta1, (float)k_rescale_grad, (float)k2, (float)k_beta2, (float)k4, (float)k5, (float)k6, (float)k_adam_eps);
+            optforge_muon_s8_elem<float, float, float, 1, 1>(i, i, p_exp_avg, p_grad, p_exp_avg_sq, p_weight, nullptr, (float)k_beta1, (float)k_rescale_grad, (float)k2, (float)k_beta2, (float)k4, (float)k5, (float)k6, (float)k_adam_eps, (float)k__grad_scale);
     } else if (p_exp_avg && !p_exp_avg_sq) {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
         for (int64_t i = 0; i < n; ++i)
-            optforge_muon_s8_elem<float, float, float, 1, 0>(i, i, p_exp_avg, p_grad, p_exp_avg_sq, p_weight, nullptr, (float)k_beta1, (float)k_rescale_grad, (float)k2, (float)k_beta2, (float)k4, (float)k5, (float)k6, (float)k_adam_eps);
+            optforge_muon_s8_elem<float, float, float, 1, 0>(i, i, p_exp_avg, p_grad, p_exp_avg_sq, p_weight, nullptr, (float)k_beta1, (float)k_rescale_grad, (float)k2, (float)k_beta2, (float)k4, (float)k5, (float)k6, (float)k_adam_eps, (float)k__grad_scale);
     } else if (!p_exp_avg && p_exp_avg_sq) {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
         for (int64_t i = 0; i < n; ++i)
-            optforge_muon_s8_elem<float, float, float, 0, 1>(i, i, p_exp_avg, p_grad, p_exp_avg_sq, p_weight, nullptr, (float)k_beta1, (float)k_rescale_grad, (float)k2, (float)k_beta2, (float)k4, (float)k5, (float)k6, (float)k_adam_eps);
+            optforge_muon_s8_elem<float, float, float, 0, 1>(i, i, p_exp_avg, p_grad, p_exp_avg_sq, p_weight, nullptr, (float)k_beta1, (float)k_rescale_grad, (float)k2, (float)k_beta2, (float)k4, (float)k5, (float)k6, (float)k_adam_eps, (float)k__grad_scale);
     } else if (!p_exp_avg && !p_exp_avg_sq) {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
         for (int64_t i = 0; i < n; ++i)
-            optforge_muon_s8_elem<float, float, float, 0, 0>(i, i, p_exp_avg, p_grad, p_exp_avg_sq, p_weight, nullptr, (float)k_beta1, (float)k_rescale_grad, (float)k2, (float)k_beta2, (float)k4, (float)k5, (float)k6, (float)k_adam_eps);
+            optforge_muon_s8_elem<float, float, float, 0, 0>(i, i, p_exp_avg, p_grad, p_exp_avg_sq, p_weight, nullptr, (float)k_beta1, (float)k_rescale_grad, (float)k2, (float)k_beta2, (float)k4, (float)k5, (float)k6, (float)k_adam_eps, (float)k__grad_scale);
     }
 }
 /* multi-tensor: one call for the small tensors of a list update (each below OPTFORGE_PARALLEL_MIN), in
-   parallel over the tensors: ptrs[k * count + t] is pointer k of tensor t, scalars[t * 8 + j] its
+   parallel over the tensors: ptrs[k * count + t] is pointer k of tensor t, scalars[t * 9 + j] its
    scalars */
 void optforge_muon_s8_mt_f32(int64_t count, const int64_t* __restrict__ sizes, const uint64_t* __restrict__ ptrs, const double* __restrict__ scalars) {
     #pragma omp parallel for schedule(dynamic, 4) if (count > 1)
     for (int64_t t = 0; t < count; ++t) {
-        const double* s = scalars + t * 8;
+        const double* s = scalars + t * 9;
         const double k_beta1 = s[0];
         const double k_rescale_grad = s[1];
         const double k2 = s[2];
@@ -537,35 +541,36 @@ void optforge_muon_s8_mt_f32(int64_t count, const int64_t* __restrict__ sizes, c
         const double k5 = s[5];
         const double k6 = s[6];
         const double k_adam_eps = s[7];
-        optforge_muon_s8_f32(sizes[t], (float*)ptrs[0 * count + t], (const float*)ptrs[1 * count + t], (float*)ptrs[2 * count + t], (float*)ptrs[3 * count + t], k_beta1, k_rescale_grad, k2, k_beta2, k4, k5, k6, k_adam_eps);
+        const double k__grad_scale = s[8];
+        optforge_muon_s8_f32(sizes[t], (float*)ptrs[0 * count + t], (const float*)ptrs[1 * count + t], (float*)ptrs[2 * count + t], (float*)ptrs[3 * count + t], k_beta1, k_rescale_grad, k2, k_beta2, k4, k5, k6, k_adam_eps, k__grad_scale);
     }
 }
-void optforge_muon_s8_f64(int64_t n, double* __restrict__ p_exp_avg, const double* __restrict__ p_grad, double* __restrict__ p_exp_avg_sq, double* __restrict__ p_weight, double k_beta1, double k_rescale_grad, double k2, double k_beta2, double k4, double k5, double k6, double k_adam_eps) {
+void optforge_muon_s8_f64(int64_t n, double* __restrict__ p_exp_avg, const double* __restrict__ p_grad, double* __restrict__ p_exp_avg_sq, double* __restrict__ p_weight, double k_beta1, double k_rescale_grad, double k2, double k_beta2, double k4, double k5, double k6, double k_adam_eps, double k__grad_scale) {
     if (p_exp_avg && p_exp_avg_sq) {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
         for (int64_t i = 0; i < n; ++i)
-            optforge_muon_s8_elem<double, double, double, 1, 1>(i, i, p_exp_avg, p_grad, p_exp_avg_sq, p_weight, nullptr, (double)k_beta1, (double)k_rescale_grad, (double)k2, (double)k_beta2, (double)k4, (double)k5, (double)k6, (double)k_adam_eps);
+            optforge_muon_s8_elem<double, double, double, 1, 1>(i, i, p_exp_avg, p_grad, p_exp_avg_sq, p_weight, nullptr, (double)k_beta1, (double)k_rescale_grad, (double)k2, (double)k_beta2, (double)k4, (double)k5, (double)k6, (double)k_adam_eps, (double)k__grad_scale);
     } else if (p_exp_avg && !p_exp_avg_sq) {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
         for (int64_t i = 0; i < n; ++i)
-            optforge_muon_s8_elem<double, double, double, 1, 0>(i, i, p_exp_avg, p_grad, p_exp_avg_sq, p_weight, nullptr, (double)k_beta1, (double)k_rescale_grad, (double)k2, (double)k_beta2, (double)k4, (double)k5, (double)k6, (double)k_adam_eps);
+            optforge_muon_s8_elem<double, double, double, 1, 0>(i, i, p_exp_avg, p_grad, p_exp_avg_sq, p_weight, nullptr, (double)k_beta1, (double)k_rescale_grad, (double)k2, (double)k_beta2, (double)k4, (double)k5, (double)k6, (double)k_adam_eps, (double)k__grad_scale);
     } else if (!p_exp_avg && p_exp_avg_sq) {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
         for (int64_t i = 0; i < n; ++i)
-            optforge_muon_s8_elem<double, double, double, 0, 1>(i, i, p_exp_avg, p_grad, p_exp_avg_sq, p_weight, nullptr, (double)k_beta1, (double)k_rescale_grad, (double)k2, (double)k_beta2, (double)k4, (double)k5, (double)k6, (double)k_adam_eps);
+            optforge_muon_s8_elem<double, double, double, 0, 1>(i, i, p_exp_avg, p_grad, p_exp_avg_sq, p_weight, nullptr, (double)k_beta1, (double)k_rescale_grad, (double)k2, (double)k_beta2, (double)k4, (double)k5, (double)k6, (double)k_adam_eps, (double)k__grad_scale);
     } else if (!p_exp_avg && !p_exp_avg_sq) {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
         for (int64_t i = 0; i < n; ++i)
-            optforge_muon_s8_elem<double, double, double, 0, 0>(i, i, p_exp_avg, p_grad, p_exp_avg_sq, p_weight, nullptr, (double)k_beta1, (double)k_rescale_grad, (double)k2, (double)k_beta2, (double)k4, (double)k5, (double)k6, (double)k_adam_eps);
+            optforge_muon_s8_elem<double, double, double, 0, 0>(i, i, p_exp_avg, p_grad, p_exp_avg_sq, p_weight, nullptr, (double)k_beta1, (double)k_rescale_grad, (double)k2, (double)k_beta2, (double)k4, (double)k5, (double)k6, (double)k_adam_eps, (double)k__grad_scale);
     }
 }
 /* multi-tensor: one call for the small tensors of a list update (each below OPTFORGE_PARALLEL_MIN), in
-   parallel over the tensors: ptrs[k * count + t] is pointer k of tensor t, scalars[t * 8 + j] its
+   parallel over the tensors: ptrs[k * count + t] is pointer k of tensor t, scalars[t * 9 + j] its
    scalars */
 void optforge_muon_s8_mt_f64(int64_t count, const int64_t* __restrict__ sizes, const uint64_t* __restrict__ ptrs, const double* __restrict__ scalars) {
     #pragma omp parallel for schedule(dynamic, 4) if (count > 1)
     for (int64_t t = 0; t < count; ++t) {
-        const double* s = scalars + t * 8;
+        const double* s = scalars + t * 9;
         const double k_beta1 = s[0];
         const double k_rescale_grad = s[1];
         const double k2 = s[2];
@@ -574,7 +579,8 @@ void optforge_muon_s8_mt_f64(int64_t count, const int64_t* __restrict__ sizes, c
         const double k5 = s[5];
         const double k6 = s[6];
         const double k_adam_eps = s[7];
-        optforge_muon_s8_f64(sizes[t], (double*)ptrs[0 * count + t], (const double*)ptrs[1 * count + t], (double*)ptrs[2 * count + t], (double*)ptrs[3 * count + t], k_beta1, k_rescale_grad, k2, k_beta2, k4, k5, k6, k_adam_eps);
+        const double k__grad_scale = s[8];
+        optforge_muon_s8_f64(sizes[t], (double*)ptrs[0 * count + t], (const double*)ptrs[1 * count + t], (double*)ptrs[2 * count + t], (double*)ptrs[3 * count + t], k_beta1, k_rescale_grad, k2, k_beta2, k4, k5, k6, k_adam_eps, k__grad_scale);
     }
 }
 }

@@ -37,9 +37,9 @@ template <typename C> OPTFORGE_HD void store_low(float* p, int64_t i, C v) {
 /* stage s1: element i of the weight and states, element gi of the gradient and scratch
    (the same element for a dense update; for a row-sparse one, gi walks the gradient's rows) */
 template <typename T, typename G, typename C, int H0>
-OPTFORGE_HD void optforge_muon_s1_elem(int64_t i, int64_t gi, T* __restrict__ p_momentum_buffer, const G* __restrict__ p_grad, float* __restrict__ p_weight_lp, C& red0, const C k_momentum, const C k_rescale_grad, const C k2, const C k_nesterov) {
+OPTFORGE_HD void optforge_muon_s1_elem(int64_t i, int64_t gi, T* __restrict__ p_momentum_buffer, const G* __restrict__ p_grad, float* __restrict__ p_weight_lp, C& red0, const C k_momentum, const C k_rescale_grad, const C k2, const C k_nesterov, const C k__grad_scale) {
     C momentum_buffer = (H0 == 1 || (H0 == 2 && p_momentum_buffer)) ? C(p_momentum_buffer[i]) : C(0);
-    C grad = C(p_grad[gi]);
+    C grad = C(p_grad[gi]) * k__grad_scale;
     momentum_buffer = momentum_buffer + (C(1) - k_momentum) * (op_clip(k_rescale_grad * grad, k2) - momentum_buffer);  // muon.opt:56
     if (H0 == 1 || (H0 == 2 && p_momentum_buffer)) p_momentum_buffer[i] = (T)(momentum_buffer);
     red0 = C((k_nesterov ? C(op_clip(k_rescale_grad * grad, k2) + k_momentum * (momentum_buffer - op_clip(k_rescale_grad * grad, k2))) : C(momentum_buffer)));
@@ -47,8 +47,8 @@ OPTFORGE_HD void optforge_muon_s1_elem(int64_t i, int64_t gi, T* __restrict__ p_
 /* stage s2: element i of the weight and states, element gi of the gradient and scratch
    (the same element for a dense update; for a row-sparse one, gi walks the gradient's rows) */
 template <typename T, typename G, typename C, int H0>
-OPTFORGE_HD void optforge_muon_s2_elem(int64_t i, int64_t gi, const G* __restrict__ p_grad, const T* __restrict__ p_momentum_buffer, C* __restrict__ p_x, float* __restrict__ p_weight_lp, const C k_nesterov, const C k_rescale_grad, const C k2, const C k_momentum, const C k__r0) {
-    C grad = C(p_grad[gi]);
+OPTFORGE_HD void optforge_muon_s2_elem(int64_t i, int64_t gi, const G* __restrict__ p_grad, const T* __restrict__ p_momentum_buffer, C* __restrict__ p_x, float* __restrict__ p_weight_lp, const C k_nesterov, const C k_rescale_grad, const C k2, const C k_momentum, const C k__r0, const C k__grad_scale) {
+    C grad = C(p_grad[gi]) * k__grad_scale;
     C momentum_buffer = (H0 == 1 || (H0 == 2 && p_momentum_buffer)) ? C(p_momentum_buffer[i]) : C(0);
     C x;
     x = (k_nesterov ? C(op_clip(k_rescale_grad * grad, k2) + k_momentum * (momentum_buffer - op_clip(k_rescale_grad * grad, k2))) : C(momentum_buffer)) / k__r0;  // muon.opt:60
@@ -105,9 +105,9 @@ OPTFORGE_HD void optforge_muon_s7_elem(int64_t i, int64_t gi, T* __restrict__ p_
 /* stage s8: element i of the weight and states, element gi of the gradient and scratch
    (the same element for a dense update; for a row-sparse one, gi walks the gradient's rows) */
 template <typename T, typename G, typename C, int H0, int H1>
-OPTFORGE_HD void optforge_muon_s8_elem(int64_t i, int64_t gi, T* __restrict__ p_exp_avg, const G* __restrict__ p_grad, T* __restrict__ p_exp_avg_sq, T* __restrict__ p_weight, float* __restrict__ p_weight_lp, const C k_beta1, const C k_rescale_grad, const C k2, const C k_beta2, const C k4, const C k5, const C k6, const C k_adam_eps) {
+OPTFORGE_HD void optforge_muon_s8_elem(int64_t i, int64_t gi, T* __restrict__ p_exp_avg, const G* __restrict__ p_grad, T* __restrict__ p_exp_avg_sq, T* __restrict__ p_weight, float* __restrict__ p_weight_lp, const C k_beta1, const C k_rescale_grad, const C k2, const C k_beta2, const C k4, const C k5, const C k6, const C k_adam_eps, const C k__grad_scale) {
     C exp_avg = (H0 == 1 || (H0 == 2 && p_exp_avg)) ? C(p_exp_avg[i]) : C(0);
-    C grad = C(p_grad[gi]);
+    C grad = C(p_grad[gi]) * k__grad_scale;
     C exp_avg_sq = (H1 == 1 || (H1 == 2 && p_exp_avg_sq)) ? C(p_exp_avg_sq[i]) : C(0);
     C weight = C(p_weight[i]);
     exp_avg = exp_avg + (C(1) - k_beta1) * (op_clip(k_rescale_grad * grad, k2) - exp_avg);  // muon.opt:77
@@ -122,30 +122,31 @@ OPTFORGE_HD void optforge_muon_s8_elem(int64_t i, int64_t gi, T* __restrict__ p_
 extern "C" {
 /* also accumulates 1 whole-tensor reduction(s): each thread's partial sums (double) go to
    partials[thread * 1 + k], which the host sums in a fixed order (deterministic, no atomics) */
-__global__ void optforge_muon_s1_f32(int64_t n, float* __restrict__ p_momentum_buffer, const float* __restrict__ p_grad, float* __restrict__ p_weight_lp, double k_momentum, double k_rescale_grad, double k2, double k_nesterov, double* __restrict__ partials) {
+__global__ void optforge_muon_s1_f32(int64_t n, float* __restrict__ p_momentum_buffer, const float* __restrict__ p_grad, float* __restrict__ p_weight_lp, double k_momentum, double k_rescale_grad, double k2, double k_nesterov, double k__grad_scale, double* __restrict__ partials) {
     double acc0 = 0;
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
         float t0;
-        optforge_muon_s1_elem<float, float, float, 2>(i, i, p_momentum_buffer, p_grad, p_weight_lp, t0, (float)k_momentum, (float)k_rescale_grad, (float)k2, (float)k_nesterov);
+        optforge_muon_s1_elem<float, float, float, 2>(i, i, p_momentum_buffer, p_grad, p_weight_lp, t0, (float)k_momentum, (float)k_rescale_grad, (float)k2, (float)k_nesterov, (float)k__grad_scale);
         acc0 += (double)t0 * (double)t0;
     }
     const int64_t tid = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     partials[tid * 1 + 0] = acc0;
 }
 /* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
-   pointers, sizes and 4 scalar(s) per parameter, as Apex's multi_tensor_apply;
+   pointers, sizes and 5 scalar(s) per parameter, as Apex's multi_tensor_apply;
    each parameter's threads write their partial sums to partials[(t * stride + thread) * 1 + k] */
 __global__ void optforge_muon_s1_mt_f32(const int64_t* __restrict__ sizes, float* const* tab_momentum_buffer, float* const* tab_grad, float* const* tab_weight_lp, const double* __restrict__ scalars, int64_t stride, double* __restrict__ partials) {
     const int64_t t = blockIdx.y, n = sizes[t];
-    const double* s = scalars + t * 4;
+    const double* s = scalars + t * 5;
     const float k_momentum = (float)s[0];
     const float k_rescale_grad = (float)s[1];
     const float k2 = (float)s[2];
     const float k_nesterov = (float)s[3];
+    const float k__grad_scale = (float)s[4];
     double acc0 = 0;
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
         float t0;
-        optforge_muon_s1_elem<float, float, float, 2>(i, i, tab_momentum_buffer[t], tab_grad[t], tab_weight_lp[t], t0, k_momentum, k_rescale_grad, k2, k_nesterov);
+        optforge_muon_s1_elem<float, float, float, 2>(i, i, tab_momentum_buffer[t], tab_grad[t], tab_weight_lp[t], t0, k_momentum, k_rescale_grad, k2, k_nesterov, k__grad_scale);
         acc0 += (double)t0 * (double)t0;
     }
     const int64_t slot = t * stride + (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
@@ -153,30 +154,31 @@ __global__ void optforge_muon_s1_mt_f32(const int64_t* __restrict__ sizes, float
 }
 /* also accumulates 1 whole-tensor reduction(s): each thread's partial sums (double) go to
    partials[thread * 1 + k], which the host sums in a fixed order (deterministic, no atomics) */
-__global__ void optforge_muon_s1_f64(int64_t n, double* __restrict__ p_momentum_buffer, const double* __restrict__ p_grad, float* __restrict__ p_weight_lp, double k_momentum, double k_rescale_grad, double k2, double k_nesterov, double* __restrict__ partials) {
+__global__ void optforge_muon_s1_f64(int64_t n, double* __restrict__ p_momentum_buffer, const double* __restrict__ p_grad, float* __restrict__ p_weight_lp, double k_momentum, double k_rescale_grad, double k2, double k_nesterov, double k__grad_scale, double* __restrict__ partials) {
     double acc0 = 0;
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
         double t0;
-        optforge_muon_s1_elem<double, double, double, 2>(i, i, p_momentum_buffer, p_grad, p_weight_lp, t0, (double)k_momentum, (double)k_rescale_grad, (double)k2, (double)k_nesterov);
+        optforge_muon_s1_elem<double, double, double, 2>(i, i, p_momentum_buffer, p_grad, p_weight_lp, t0, (double)k_momentum, (double)k_rescale_grad, (double)k2, (double)k_nesterov, (double)k__grad_scale);
         acc0 += (double)t0 * (double)t0;
     }
     const int64_t tid = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     partials[tid * 1 + 0] = acc0;
 }
 /* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
-   pointers, sizes and 4 scalar(s) per parameter, as Apex's multi_tensor_apply;
+   pointers, sizes and 5 scalar(s) per parameter, as Apex's multi_tensor_apply;
    each parameter's threads write their partial sums to partials[(t * stride + thread) * 1 + k] */
 __global__ void optforge_muon_s1_mt_f64(const int64_t* __restrict__ sizes, double* const* tab_momentum_buffer, double* const* tab_grad, float* const* tab_weight_lp, const double* __restrict__ scalars, int64_t stride, double* __restrict__ partials) {
     const int64_t t = blockIdx.y, n = sizes[t];
-    const double* s = scalars + t * 4;
+    const double* s = scalars + t * 5;
     const double k_momentum = (double)s[0];
     const double k_rescale_grad = (double)s[1];
     const double k2 = (double)s[2];
     const double k_nesterov = (double)s[3];
+    const double k__grad_scale = (double)s[4];
     double acc0 = 0;
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
         double t0;
-        optforge_muon_s1_elem<double, double, double, 2>(i, i, tab_momentum_buffer[t], tab_grad[t], tab_weight_lp[t], t0, k_momentum, k_rescale_grad, k2, k_nesterov);
+        optforge_muon_s1_elem<double, double, double, 2>(i, i, tab_momentum_buffer[t], tab_grad[t], tab_weight_lp[t], t0, k_momentum, k_rescale_grad, k2, k_nesterov, k__grad_scale);
         acc0 += (double)t0 * (double)t0;
     }
     const int64_t slot = t * stride + (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
@@ -184,30 +186,31 @@ __global__ void optforge_muon_s1_mt_f64(const int64_t* __restrict__ sizes, doubl
 }
 /* also accumulates 1 whole-tensor reduction(s): each thread's partial sums (double) go to
    partials[thread * 1 + k], which the host sums in a fixed order (deterministic, no atomics) */
-__global__ void optforge_muon_s1_f16(int64_t n, __half* __restrict__ p_momentum_buffer, const __half* __restrict__ p_grad, float* __restrict__ p_weight_lp, double k_momentum, double k_rescale_grad, double k2, double k_nesterov, double* __restrict__ partials) {
+__global__ void optforge_muon_s1_f16(int64_t n, __half* __restrict__ p_momentum_buffer, const __half* __restrict__ p_grad, float* __restrict__ p_weight_lp, double k_momentum, double k_rescale_grad, double k2, double k_nesterov, double k__grad_scale, double* __restrict__ partials) {
     double acc0 = 0;
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
         float t0;
-        optforge_muon_s1_elem<__half, __half, float, 2>(i, i, p_momentum_buffer, p_grad, p_weight_lp, t0, (float)k_momentum, (float)k_rescale_grad, (float)k2, (float)k_nesterov);
+        optforge_muon_s1_elem<__half, __half, float, 2>(i, i, p_momentum_buffer, p_grad, p_weight_lp, t0, (float)k_momentum, (float)k_rescale_grad, (float)k2, (float)k_nesterov, (float)k__grad_scale);
         acc0 += (double)t0 * (double)t0;
     }
     const int64_t tid = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     partials[tid * 1 + 0] = acc0;
 }
 /* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
-   pointers, sizes and 4 scalar(s) per parameter, as Apex's multi_tensor_apply;
+   pointers, sizes and 5 scalar(s) per parameter, as Apex's multi_tensor_apply;
    each parameter's threads write their partial sums to partials[(t * stride + thread) * 1 + k] */
 __global__ void optforge_muon_s1_mt_f16(const int64_t* __restrict__ sizes, __half* const* tab_momentum_buffer, __half* const* tab_grad, float* const* tab_weight_lp, const double* __restrict__ scalars, int64_t stride, double* __restrict__ partials) {
     const int64_t t = blockIdx.y, n = sizes[t];
-    const double* s = scalars + t * 4;
+    const double* s = scalars + t * 5;
     const float k_momentum = (float)s[0];
     const float k_rescale_grad = (float)s[1];
     const float k2 = (float)s[2];
     const float k_nesterov = (float)s[3];
+    const float k__grad_scale = (float)s[4];
     double acc0 = 0;
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
         float t0;
-        optforge_muon_s1_elem<__half, __half, float, 2>(i, i, tab_momentum_buffer[t], tab_grad[t], tab_weight_lp[t], t0, k_momentum, k_rescale_grad, k2, k_nesterov);
+        optforge_muon_s1_elem<__half, __half, float, 2>(i, i, tab_momentum_buffer[t], tab_grad[t], tab_weight_lp[t], t0, k_momentum, k_rescale_grad, k2, k_nesterov, k__grad_scale);
         acc0 += (double)t0 * (double)t0;
     }
     const int64_t slot = t * stride + (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
@@ -215,105 +218,110 @@ __global__ void optforge_muon_s1_mt_f16(const int64_t* __restrict__ sizes, __hal
 }
 /* also accumulates 1 whole-tensor reduction(s): each thread's partial sums (double) go to
    partials[thread * 1 + k], which the host sums in a fixed order (deterministic, no atomics) */
-__global__ void optforge_muon_s1_mp16(int64_t n, float* __restrict__ p_momentum_buffer, const __half* __restrict__ p_grad, float* __restrict__ p_weight_lp, double k_momentum, double k_rescale_grad, double k2, double k_nesterov, double* __restrict__ partials) {
+__global__ void optforge_muon_s1_mp16(int64_t n, float* __restrict__ p_momentum_buffer, const __half* __restrict__ p_grad, float* __restrict__ p_weight_lp, double k_momentum, double k_rescale_grad, double k2, double k_nesterov, double k__grad_scale, double* __restrict__ partials) {
     double acc0 = 0;
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
         float t0;
-        optforge_muon_s1_elem<float, __half, float, 2>(i, i, p_momentum_buffer, p_grad, p_weight_lp, t0, (float)k_momentum, (float)k_rescale_grad, (float)k2, (float)k_nesterov);
+        optforge_muon_s1_elem<float, __half, float, 2>(i, i, p_momentum_buffer, p_grad, p_weight_lp, t0, (float)k_momentum, (float)k_rescale_grad, (float)k2, (float)k_nesterov, (float)k__grad_scale);
         acc0 += (double)t0 * (double)t0;
     }
     const int64_t tid = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     partials[tid * 1 + 0] = acc0;
 }
 /* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
-   pointers, sizes and 4 scalar(s) per parameter, as Apex's multi_tensor_apply;
+   pointers, sizes and 5 scalar(s) per parameter, as Apex's multi_tensor_apply;
    each parameter's threads write their partial sums to partials[(t * stride + thread) * 1 + k] */
 __global__ void optforge_muon_s1_mt_mp16(const int64_t* __restrict__ sizes, float* const* tab_momentum_buffer, __half* const* tab_grad, float* const* tab_weight_lp, const double* __restrict__ scalars, int64_t stride, double* __restrict__ partials) {
     const int64_t t = blockIdx.y, n = sizes[t];
-    const double* s = scalars + t * 4;
+    const double* s = scalars + t * 5;
     const float k_momentum = (float)s[0];
     const float k_rescale_grad = (float)s[1];
     const float k2 = (float)s[2];
     const float k_nesterov = (float)s[3];
+    const float k__grad_scale = (float)s[4];
     double acc0 = 0;
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
         float t0;
-        optforge_muon_s1_elem<float, __half, float, 2>(i, i, tab_momentum_buffer[t], tab_grad[t], tab_weight_lp[t], t0, k_momentum, k_rescale_grad, k2, k_nesterov);
+        optforge_muon_s1_elem<float, __half, float, 2>(i, i, tab_momentum_buffer[t], tab_grad[t], tab_weight_lp[t], t0, k_momentum, k_rescale_grad, k2, k_nesterov, k__grad_scale);
         acc0 += (double)t0 * (double)t0;
     }
     const int64_t slot = t * stride + (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     partials[slot * 1 + 0] = acc0;
 }
-__global__ void optforge_muon_s2_f32(int64_t n, const float* __restrict__ p_grad, const float* __restrict__ p_momentum_buffer, float* __restrict__ p_x, float* __restrict__ p_weight_lp, double k_nesterov, double k_rescale_grad, double k2, double k_momentum, double k__r0) {
+__global__ void optforge_muon_s2_f32(int64_t n, const float* __restrict__ p_grad, const float* __restrict__ p_momentum_buffer, float* __restrict__ p_x, float* __restrict__ p_weight_lp, double k_nesterov, double k_rescale_grad, double k2, double k_momentum, double k__r0, double k__grad_scale) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_muon_s2_elem<float, float, float, 2>(i, i, p_grad, p_momentum_buffer, p_x, p_weight_lp, (float)k_nesterov, (float)k_rescale_grad, (float)k2, (float)k_momentum, (float)k__r0);
+        optforge_muon_s2_elem<float, float, float, 2>(i, i, p_grad, p_momentum_buffer, p_x, p_weight_lp, (float)k_nesterov, (float)k_rescale_grad, (float)k2, (float)k_momentum, (float)k__r0, (float)k__grad_scale);
 }
 /* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
-   pointers, sizes and 5 scalar(s) per parameter, as Apex's multi_tensor_apply */
+   pointers, sizes and 6 scalar(s) per parameter, as Apex's multi_tensor_apply */
 __global__ void optforge_muon_s2_mt_f32(const int64_t* __restrict__ sizes, float* const* tab_grad, float* const* tab_momentum_buffer, float* const* tab_x, float* const* tab_weight_lp, const double* __restrict__ scalars) {
     const int64_t t = blockIdx.y, n = sizes[t];
-    const double* s = scalars + t * 5;
+    const double* s = scalars + t * 6;
     const float k_nesterov = (float)s[0];
     const float k_rescale_grad = (float)s[1];
     const float k2 = (float)s[2];
     const float k_momentum = (float)s[3];
     const float k__r0 = (float)s[4];
+    const float k__grad_scale = (float)s[5];
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
-        optforge_muon_s2_elem<float, float, float, 2>(i, i, tab_grad[t], tab_momentum_buffer[t], tab_x[t], tab_weight_lp[t], k_nesterov, k_rescale_grad, k2, k_momentum, k__r0);
+        optforge_muon_s2_elem<float, float, float, 2>(i, i, tab_grad[t], tab_momentum_buffer[t], tab_x[t], tab_weight_lp[t], k_nesterov, k_rescale_grad, k2, k_momentum, k__r0, k__grad_scale);
     }
 }
-__global__ void optforge_muon_s2_f64(int64_t n, const double* __restrict__ p_grad, const double* __restrict__ p_momentum_buffer, double* __restrict__ p_x, float* __restrict__ p_weight_lp, double k_nesterov, double k_rescale_grad, double k2, double k_momentum, double k__r0) {
+__global__ void optforge_muon_s2_f64(int64_t n, const double* __restrict__ p_grad, const double* __restrict__ p_momentum_buffer, double* __restrict__ p_x, float* __restrict__ p_weight_lp, double k_nesterov, double k_rescale_grad, double k2, double k_momentum, double k__r0, double k__grad_scale) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_muon_s2_elem<double, double, double, 2>(i, i, p_grad, p_momentum_buffer, p_x, p_weight_lp, (double)k_nesterov, (double)k_rescale_grad, (double)k2, (double)k_momentum, (double)k__r0);
+        optforge_muon_s2_elem<double, double, double, 2>(i, i, p_grad, p_momentum_buffer, p_x, p_weight_lp, (double)k_nesterov, (double)k_rescale_grad, (double)k2, (double)k_momentum, (double)k__r0, (double)k__grad_scale);
 }
 /* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
-   pointers, sizes and 5 scalar(s) per parameter, as Apex's multi_tensor_apply */
+   pointers, sizes and 6 scalar(s) per parameter, as Apex's multi_tensor_apply */
 __global__ void optforge_muon_s2_mt_f64(const int64_t* __restrict__ sizes, double* const* tab_grad, double* const* tab_momentum_buffer, double* const* tab_x, float* const* tab_weight_lp, const double* __restrict__ scalars) {
     const int64_t t = blockIdx.y, n = sizes[t];
-    const double* s = scalars + t * 5;
+    const double* s = scalars + t * 6;
     const double k_nesterov = (double)s[0];
     const double k_rescale_grad = (double)s[1];
     const double k2 = (double)s[2];
     const double k_momentum = (double)s[3];
     const double k__r0 = (double)s[4];
+    const double k__grad_scale = (double)s[5];
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
-        optforge_muon_s2_elem<double, double, double, 2>(i, i, tab_grad[t], tab_momentum_buffer[t], tab_x[t], tab_weight_lp[t], k_nesterov, k_rescale_grad, k2, k_momentum, k__r0);
+        optforge_muon_s2_elem<double, double, double, 2>(i, i, tab_grad[t], tab_momentum_buffer[t], tab_x[t], tab_weight_lp[t], k_nesterov, k_rescale_grad, k2, k_momentum, k__r0, k__grad_scale);
     }
 }
-__global__ void optforge_muon_s2_f16(int64_t n, const __half* __restrict__ p_grad, const __half* __restrict__ p_momentum_buffer, float* __restrict__ p_x, float* __restrict__ p_weight_lp, double k_nesterov, double k_rescale_grad, double k2, double k_momentum, double k__r0) {
+__global__ void optforge_muon_s2_f16(int64_t n, const __half* __restrict__ p_grad, const __half* __restrict__ p_momentum_buffer, float* __restrict__ p_x, float* __restrict__ p_weight_lp, double k_nesterov, double k_rescale_grad, double k2, double k_momentum, double k__r0, double k__grad_scale) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_muon_s2_elem<__half, __half, float, 2>(i, i, p_grad, p_momentum_buffer, p_x, p_weight_lp, (float)k_nesterov, (float)k_rescale_grad, (float)k2, (float)k_momentum, (float)k__r0);
+        optforge_muon_s2_elem<__half, __half, float, 2>(i, i, p_grad, p_momentum_buffer, p_x, p_weight_lp, (float)k_nesterov, (float)k_rescale_grad, (float)k2, (float)k_momentum, (float)k__r0, (float)k__grad_scale);
 }
 /* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
-   pointers, sizes and 5 scalar(s) per parameter, as Apex's multi_tensor_apply */
+   pointers, sizes and 6 scalar(s) per parameter, as Apex's multi_tensor_apply */
 __global__ void optforge_muon_s2_mt_f16(const int64_t* __restrict__ sizes, __half* const* tab_grad, __half* const* tab_momentum_buffer, float* const* tab_x, float* const* tab_weight_lp, const double* __restrict__ scalars) {
     const int64_t t = blockIdx.y, n = sizes[t];
-    const double* s = scalars + t * 5;
+    const double* s = scalars + t * 6;
     const float k_nesterov = (float)s[0];
     const float k_rescale_grad = (float)s[1];
     const float k2 = (float)s[2];
     const float k_momentum = (float)s[3];
     const float k__r0 = (float)s[4];
+    const float k__grad_scale = (float)s[5];
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
-        optforge_muon_s2_elem<__half, __half, float, 2>(i, i, tab_grad[t], tab_momentum_buffer[t], tab_x[t], tab_weight_lp[t], k_nesterov, k_rescale_grad, k2, k_momentum, k__r0);
+        optforge_muon_s2_elem<__half, __half, float, 2>(i, i, tab_grad[t], tab_momentum_buffer[t], tab_x[t], tab_weight_lp[t], k_nesterov, k_rescale_grad, k2, k_momentum, k__r0, k__grad_scale);
     }
 }
-__global__ void optforge_muon_s2_mp16(int64_t n, const __half* __restrict__ p_grad, const float* __restrict__ p_momentum_buffer, float* __restrict__ p_x, float* __restrict__ p_weight_lp, double k_nesterov, double k_rescale_grad, double k2, double k_momentum, double k__r0) {
+__global__ void optforge_muon_s2_mp16(int64_t n, const __half* __restrict__ p_grad, const float* __restrict__ p_momentum_buffer, float* __restrict__ p_x, float* __restrict__ p_weight_lp, double k_nesterov, double k_rescale_grad, double k2, double k_momentum, double k__r0, double k__grad_scale) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_muon_s2_elem<float, __half, float, 2>(i, i, p_grad, p_momentum_buffer, p_x, p_weight_lp, (float)k_nesterov, (float)k_rescale_grad, (float)k2, (float)k_momentum, (float)k__r0);
+        optforge_muon_s2_elem<float, __half, float, 2>(i, i, p_grad, p_momentum_buffer, p_x, p_weight_lp, (float)k_nesterov, (float)k_rescale_grad, (float)k2, (float)k_momentum, (float)k__r0, (float)k__grad_scale);
 }
 /* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
-   pointers, sizes and 5 scalar(s) per parameter, as Apex's multi_tensor_apply */
+   pointers, sizes and 6 scalar(s) per parameter, as Apex's multi_tensor_apply */
 __global__ void optforge_muon_s2_mt_mp16(const int64_t* __restrict__ sizes, __half* const* tab_grad, float* const* tab_momentum_buffer, float* const* tab_x, float* const* tab_weight_lp, const double* __restrict__ scalars) {
     const int64_t t = blockIdx.y, n = sizes[t];
-    const double* s = scalars + t * 5;
+    const double* s = scalars + t * 6;
     const float k_nesterov = (float)s[0];
     const float k_rescale_grad = (float)s[1];
     const float k2 = (float)s[2];
     const float k_momentum = (float)s[3];
     const float k__r0 = (float)s[4];
+    const float k__grad_scale = (float)s[5];
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
-        optforge_muon_s2_elem<float, __half, float, 2>(i, i, tab_grad[t], tab_momentum_buffer[t], tab_x[t], tab_weight_lp[t], k_nesterov, k_rescale_grad, k2, k_momentum, k__r0);
+        optforge_muon_s2_elem<float, __half, float, 2>(i, i, tab_grad[t], tab_momentum_buffer[t], tab_x[t], tab_weight_lp[t], k_nesterov, k_rescale_grad, k2, k_momentum, k__r0, k__grad_scale);
     }
 }
 __global__ void optforge_muon_s3_f32(int64_t n, const float* __restrict__ p_a, const float* __restrict__ p__r1, float* __restrict__ p_b, float* __restrict__ p_weight_lp, double k_ns_b, double k_ns_c) {
@@ -608,15 +616,15 @@ __global__ void optforge_muon_s7_mt_mp16(const int64_t* __restrict__ sizes, floa
         optforge_muon_s7_elem<float, __half, float>(i, i, tab_weight[t], tab_x[t], tab_weight_lp[t], k0, k1);
     }
 }
-__global__ void optforge_muon_s8_f32(int64_t n, float* __restrict__ p_exp_avg, const float* __restrict__ p_grad, float* __restrict__ p_exp_avg_sq, float* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k_beta1, double k_rescale_grad, double k2, double k_beta2, double k4, double k5, double k6, double k_adam_eps) {
+__global__ void optforge_muon_s8_f32(int64_t n, float* __restrict__ p_exp_avg, const float* __restrict__ p_grad, float* __restrict__ p_exp_avg_sq, float* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k_beta1, double k_rescale_grad, double k2, double k_beta2, double k4, double k5, double k6, double k_adam_eps, double k__grad_scale) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_muon_s8_elem<float, float, float, 2, 2>(i, i, p_exp_avg, p_grad, p_exp_avg_sq, p_weight, p_weight_lp, (float)k_beta1, (float)k_rescale_grad, (float)k2, (float)k_beta2, (float)k4, (float)k5, (float)k6, (float)k_adam_eps);
+        optforge_muon_s8_elem<float, float, float, 2, 2>(i, i, p_exp_avg, p_grad, p_exp_avg_sq, p_weight, p_weight_lp, (float)k_beta1, (float)k_rescale_grad, (float)k2, (float)k_beta2, (float)k4, (float)k5, (float)k6, (float)k_adam_eps, (float)k__grad_scale);
 }
 /* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
-   pointers, sizes and 8 scalar(s) per parameter, as Apex's multi_tensor_apply */
+   pointers, sizes and 9 scalar(s) per parameter, as Apex's multi_tensor_apply */
 __global__ void optforge_muon_s8_mt_f32(const int64_t* __restrict__ sizes, float* const* tab_exp_avg, float* const* tab_grad, float* const* tab_exp_avg_sq, float* const* tab_weight, float* const* tab_weight_lp, const double* __restrict__ scalars) {
     const int64_t t = blockIdx.y, n = sizes[t];
-    const double* s = scalars + t * 8;
+    const double* s = scalars + t * 9;
     const float k_beta1 = (float)s[0];
     const float k_rescale_grad = (float)s[1];
     const float k2 = (float)s[2];
@@ -625,19 +633,20 @@ __global__ void optforge_muon_s8_mt_f32(const int64_t* __restrict__ sizes, float
     const float k5 = (float)s[5];
     const float k6 = (float)s[6];
     const float k_adam_eps = (float)s[7];
+    const float k__grad_scale = (float)s[8];
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
-        optforge_muon_s8_elem<float, float, float, 2, 2>(i, i, tab_exp_avg[t], tab_grad[t], tab_exp_avg_sq[t], tab_weight[t], tab_weight_lp[t], k_beta1, k_rescale_grad, k2, k_beta2, k4, k5, k6, k_adam_eps);
+        optforge_muon_s8_elem<float, float, float, 2, 2>(i, i, tab_exp_avg[t], tab_grad[t], tab_exp_avg_sq[t], tab_weight[t], tab_weight_lp[t], k_beta1, k_rescale_grad, k2, k_beta2, k4, k5, k6, k_adam_eps, k__grad_scale);
     }
 }
-__global__ void optforge_muon_s8_f64(int64_t n, double* __restrict__ p_exp_avg, const double* __restrict__ p_grad, double* __restrict__ p_exp_avg_sq, double* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k_beta1, double k_rescale_grad, double k2, double k_beta2, double k4, double k5, double k6, double k_adam_eps) {
+__global__ void optforge_muon_s8_f64(int64_t n, double* __restrict__ p_exp_avg, const double* __restrict__ p_grad, double* __restrict__ p_exp_avg_sq, double* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k_beta1, double k_rescale_grad, double k2, double k_beta2, double k4, double k5, double k6, double k_adam_eps, double k__grad_scale) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_muon_s8_elem<double, double, double, 2, 2>(i, i, p_exp_avg, p_grad, p_exp_avg_sq, p_weight, p_weight_lp, (double)k_beta1, (double)k_rescale_grad, (double)k2, (double)k_beta2, (double)k4, (double)k5, (double)k6, (double)k_adam_eps);
+        optforge_muon_s8_elem<double, double, double, 2, 2>(i, i, p_exp_avg, p_grad, p_exp_avg_sq, p_weight, p_weight_lp, (double)k_beta1, (double)k_rescale_grad, (double)k2, (double)k_beta2, (double)k4, (double)k5, (double)k6, (double)k_adam_eps, (double)k__grad_scale);
 }
 /* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
-   pointers, sizes and 8 scalar(s) per parameter, as Apex's multi_tensor_apply */
+   pointers, sizes and 9 scalar(s) per parameter, as Apex's multi_tensor_apply */
 __global__ void optforge_muon_s8_mt_f64(const int64_t* __restrict__ sizes, double* const* tab_exp_avg, double* const* tab_grad, double* const* tab_exp_avg_sq, double* const* tab_weight, float* const* tab_weight_lp, const double* __restrict__ scalars) {
     const int64_t t = blockIdx.y, n = sizes[t];
-    const double* s = scalars + t * 8;
+    const double* s = scalars + t * 9;
     const double k_beta1 = (double)s[0];
     const double k_rescale_grad = (double)s[1];
     const double k2 = (double)s[2];
@@ -646,19 +655,20 @@ __global__ void optforge_muon_s8_mt_f64(const int64_t* __restrict__ sizes, doubl
     const double k5 = (double)s[5];
     const double k6 = (double)s[6];
     const double k_adam_eps = (double)s[7];
+    const double k__grad_scale = (double)s[8];
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
-        optforge_muon_s8_elem<double, double, double, 2, 2>(i, i, tab_exp_avg[t], tab_grad[t], tab_exp_avg_sq[t], tab_weight[t], tab_weight_lp[t], k_beta1, k_rescale_grad, k2, k_beta2, k4, k5, k6, k_adam_eps);
+        optforge_muon_s8_elem<double, double, double, 2, 2>(i, i, tab_exp_avg[t], tab_grad[t], tab_exp_avg_sq[t], tab_weight[t], tab_weight_lp[t], k_beta1, k_rescale_grad, k2, k_beta2, k4, k5, k6, k_adam_eps, k__grad_scale);
     }
 }
-__global__ void optforge_muon_s8_f16(int64_t n, __half* __restrict__ p_exp_avg, const __half* __restrict__ p_grad, __half* __restrict__ p_exp_avg_sq, __half* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k_beta1, double k_rescale_grad, double k2, double k_beta2, double k4, double k5, double k6, double k_adam_eps) {
+__global__ void optforge_muon_s8_f16(int64_t n, __half* __restrict__ p_exp_avg, const __half* __restrict__ p_grad, __half* __restrict__ p_exp_avg_sq, __half* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k_beta1, double k_rescale_grad, double k2, double k_beta2, double k4, double k5, double k6, double k_adam_eps, double k__grad_scale) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_muon_s8_elem<__half, __half, float, 2, 2>(i, i, p_exp_avg, p_grad, p_exp_avg_sq, p_weight, p_weight_lp, (float)k_beta1, (float)k_rescale_grad, (float)k2, (float)k_beta2, (float)k4, (float)k5, (float)k6, (float)k_adam_eps);
+        optforge_muon_s8_elem<__half, __half, float, 2, 2>(i, i, p_exp_avg, p_grad, p_exp_avg_sq, p_weight, p_weight_lp, (float)k_beta1, (float)k_rescale_grad, (float)k2, (float)k_beta2, (float)k4, (float)k5, (float)k6, (float)k_adam_eps, (float)k__grad_scale);
 }
 /* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
-   pointers, sizes and 8 scalar(s) per parameter, as Apex's multi_tensor_apply */
+   pointers, sizes and 9 scalar(s) per parameter, as Apex's multi_tensor_apply */
 __global__ void optforge_muon_s8_mt_f16(const int64_t* __restrict__ sizes, __half* const* tab_exp_avg, __half* const* tab_grad, __half* const* tab_exp_avg_sq, __half* const* tab_weight, float* const* tab_weight_lp, const double* __restrict__ scalars) {
     const int64_t t = blockIdx.y, n = sizes[t];
-    const double* s = scalars + t * 8;
+    const double* s = scalars + t * 9;
     const float k_beta1 = (float)s[0];
     const float k_rescale_grad = (float)s[1];
     const float k2 = (float)s[2];
@@ -667,19 +677,20 @@ __global__ void optforge_muon_s8_mt_f16(const int64_t* __restrict__ sizes, __hal
     const float k5 = (float)s[5];
     const float k6 = (float)s[6];
     const float k_adam_eps = (float)s[7];
+    const float k__grad_scale = (float)s[8];
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
-        optforge_muon_s8_elem<__half, __half, float, 2, 2>(i, i, tab_exp_avg[t], tab_grad[t], tab_exp_avg_sq[t], tab_weight[t], tab_weight_lp[t], k_beta1, k_rescale_grad, k2, k_beta2, k4, k5, k6, k_adam_eps);
+        optforge_muon_s8_elem<__half, __half, float, 2, 2>(i, i, tab_exp_avg[t], tab_grad[t], tab_exp_avg_sq[t], tab_weight[t], tab_weight_lp[t], k_beta1, k_rescale_grad, k2, k_beta2, k4, k5, k6, k_adam_eps, k__grad_scale);
     }
 }
-__global__ void optforge_muon_s8_mp16(int64_t n, float* __restrict__ p_exp_avg, const __half* __restrict__ p_grad, float* __restrict__ p_exp_avg_sq, float* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k_beta1, double k_rescale_grad, double k2, double k_beta2, double k4, double k5, double k6, double k_adam_eps) {
+__global__ void optforge_muon_s8_mp16(int64_t n, float* __restrict__ p_exp_avg, const __half* __restrict__ p_grad, float* __restrict__ p_exp_avg_sq, float* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k_beta1, double k_rescale_grad, double k2, double k_beta2, double k4, double k5, double k6, double k_adam_eps, double k__grad_scale) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_muon_s8_elem<float, __half, float, 2, 2>(i, i, p_exp_avg, p_grad, p_exp_avg_sq, p_weight, p_weight_lp, (float)k_beta1, (float)k_rescale_grad, (float)k2, (float)k_beta2, (float)k4, (float)k5, (float)k6, (float)k_adam_eps);
+        optforge_muon_s8_elem<float, __half, float, 2, 2>(i, i, p_exp_avg, p_grad, p_exp_avg_sq, p_weight, p_weight_lp, (float)k_beta1, (float)k_rescale_grad, (float)k2, (float)k_beta2, (float)k4, (float)k5, (float)k6, (float)k_adam_eps, (float)k__grad_scale);
 }
 /* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
-   pointers, sizes and 8 scalar(s) per parameter, as Apex's multi_tensor_apply */
+   pointers, sizes and 9 scalar(s) per parameter, as Apex's multi_tensor_apply */
 __global__ void optforge_muon_s8_mt_mp16(const int64_t* __restrict__ sizes, float* const* tab_exp_avg, __half* const* tab_grad, float* const* tab_exp_avg_sq, float* const* tab_weight, float* const* tab_weight_lp, const double* __restrict__ scalars) {
     const int64_t t = blockIdx.y, n = sizes[t];
-    const double* s = scalars + t * 8;
+    const double* s = scalars + t * 9;
     const float k_beta1 = (float)s[0];
     const float k_rescale_grad = (float)s[1];
     const float k2 = (float)s[2];
@@ -688,8 +699,9 @@ __global__ void optforge_muon_s8_mt_mp16(const int64_t* __restrict__ sizes, floa
     const float k5 = (float)s[5];
     const float k6 = (float)s[6];
     const float k_adam_eps = (float)s[7];
+    const float k__grad_scale = (float)s[8];
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
-        optforge_muon_s8_elem<float, __half, float, 2, 2>(i, i, tab_exp_avg[t], tab_grad[t], tab_exp_avg_sq[t], tab_weight[t], tab_weight_lp[t], k_beta1, k_rescale_grad, k2, k_beta2, k4, k5, k6, k_adam_eps);
+        optforge_muon_s8_elem<float, __half, float, 2, 2>(i, i, tab_exp_avg[t], tab_grad[t], tab_exp_avg_sq[t], tab_weight[t], tab_weight_lp[t], k_beta1, k_rescale_grad, k2, k_beta2, k4, k5, k6, k_adam_eps, k__grad_scale);
     }
 }
 }

@@ -145,6 +145,8 @@ class Muon(Optimizer):
 
     def _kernel_numpy(self, _step, weight, grad, tensors, scalars):
         """One parameter's update, in place on `weight`, `tensors` and `scalars` (`_step`: optforge.optimizer.Step)."""
+        if _step.grad_scale != 1:
+            grad = grad * _step.grad_scale
         adam_eps = self.adam_eps
         adjust_lr_fn = self.adjust_lr_fn
         beta1 = self.beta1
@@ -218,13 +220,15 @@ class Muon(Optimizer):
         momentum_buffer = tensors.get('momentum_buffer')
         exp_avg = tensors.get('exp_avg')
         exp_avg_sq = tensors.get('exp_avg_sq')
+        _grad_scale = _step.grad_scale
+        _grad = grad if _grad_scale == 1 else grad * _grad_scale
         if len(_shape) >= 2:
             x = be.scratch(weight, 'x')
             m = ops.size(_shape, -2, 'matrix')  # muon.opt:58
             n = ops.size(_shape, -1, 'matrix')  # muon.opt:59
-            _red_s1 = yield be.launch('optforge_muon_s1', (momentum_buffer, grad,), (ops.arg(momentum), ops.arg(rescale_grad), ops.arg(clip_gradient), ops.arg(nesterov), ), reduce=1)
-            _r0 = ops.maximum(ops.fused_norm(_red_s1[0]) if _red_s1 is not None else ops.norm(ops.clip(rescale_grad * grad, clip_gradient) + momentum * (momentum_buffer - ops.clip(rescale_grad * grad, clip_gradient)) if nesterov else momentum_buffer), eps)  # muon.opt:60
-            be.launch('optforge_muon_s2', (grad, momentum_buffer, x,), (ops.arg(nesterov), ops.arg(rescale_grad), (ops.arg(clip_gradient) if nesterov else 0.0), ops.arg(momentum), ops.arg(_r0), ))
+            _red_s1 = yield be.launch('optforge_muon_s1', (momentum_buffer, grad,), (ops.arg(momentum), ops.arg(rescale_grad), ops.arg(clip_gradient), ops.arg(nesterov), ops.arg(_grad_scale), ), reduce=1)
+            _r0 = ops.maximum(ops.fused_norm(_red_s1[0]) if _red_s1 is not None else ops.norm(ops.clip(rescale_grad * _grad, clip_gradient) + momentum * (momentum_buffer - ops.clip(rescale_grad * _grad, clip_gradient)) if nesterov else momentum_buffer), eps)  # muon.opt:60
+            be.launch('optforge_muon_s2', (grad, momentum_buffer, x,), (ops.arg(nesterov), ops.arg(rescale_grad), (ops.arg(clip_gradient) if nesterov else 0.0), ops.arg(momentum), ops.arg(_r0), ops.arg(_grad_scale), ))
             if m > n:
                 _r1 = be.scratch(weight, '_r1', ops.state_shape(weight.shape, 'cols_x_cols', 'matrix'))
                 _r2 = be.scratch(weight, '_r2')
@@ -250,4 +254,4 @@ class Muon(Optimizer):
             ratio = math.sqrt(ops.maximum(1, m / n)) if adjust_lr_fn == 'original' else 0.2 * math.sqrt(ops.maximum(m, n))  # muon.opt:74
             be.launch('optforge_muon_s7', (weight, x,), (ops.arg(1 - lr * wd), ops.arg(lr * ratio), ))
         else:
-            be.launch('optforge_muon_s8', (exp_avg, grad, exp_avg_sq, weight,), (ops.arg(beta1), ops.arg(rescale_grad), ops.arg(clip_gradient), ops.arg(beta2), ops.arg(1 - lr * wd), ops.arg(lr / (1 - beta1 ** t)), ops.arg(math.sqrt(1 - beta2 ** t)), ops.arg(adam_eps), ))
+            be.launch('optforge_muon_s8', (exp_avg, grad, exp_avg_sq, weight,), (ops.arg(beta1), ops.arg(rescale_grad), ops.arg(clip_gradient), ops.arg(beta2), ops.arg(1 - lr * wd), ops.arg(lr / (1 - beta1 ** t)), ops.arg(math.sqrt(1 - beta2 ** t)), ops.arg(adam_eps), ops.arg(_grad_scale), ))

@@ -34,8 +34,8 @@ template <typename C> inline void store_low(float* p, int64_t i, C v) { p[i] = (
 /* stage s0: element i of the weight and states, element gi of the gradient and scratch
    (the same element for a dense update; for a row-sparse one, gi walks the gradient's rows) */
 template <typename T, typename G, typename C>
-OPTFORGE_HD void optforge_nadam_s0_elem(int64_t i, int64_t gi, const G* __restrict__ p_grad, T* __restrict__ p_weight, T* __restrict__ p_m, T* __restrict__ p_v, float* __restrict__ p_weight_lp, const C k_rescale_grad, const C k_wd, const C k2, const C k_beta1, const C k_beta2, const C k5, const C k6, const C k7, const C k8, const C k_momentum_t1, const C k_lr, const C k_epsilon) {
-    C grad = C(p_grad[gi]);
+OPTFORGE_HD void optforge_nadam_s0_elem(int64_t i, int64_t gi, const G* __restrict__ p_grad, T* __restrict__ p_weight, T* __restrict__ p_m, T* __restrict__ p_v, float* __restrict__ p_weight_lp, const C k_rescale_grad, const C k_wd, const C k2, const C k_beta1, const C k_beta2, const C k5, const C k6, const C k7, const C k8, const C k_momentum_t1, const C k_lr, const C k_epsilon, const C k__grad_scale) {
+    C grad = C(p_grad[gi]) * k__grad_scale;
     C weight = C(p_weight[i]);
     C m = C(p_m[i]);
     C v = C(p_v[i]);
@@ -55,20 +55,20 @@ OPTFORGE_HD void optforge_nadam_s0_elem(int64_t i, int64_t gi, const G* __restri
 }
 
 extern "C" {
-void optforge_nadam_s0_f32(int64_t n, const float* __restrict__ p_grad, float* __restrict__ p_weight, float* __restrict__ p_m, float* __restrict__ p_v, double k_rescale_grad, double k_wd, double k2, double k_beta1, double k_beta2, double k5, double k6, double k7, double k8, double k_momentum_t1, double k_lr, double k_epsilon) {
+void optforge_nadam_s0_f32(int64_t n, const float* __restrict__ p_grad, float* __restrict__ p_weight, float* __restrict__ p_m, float* __restrict__ p_v, double k_rescale_grad, double k_wd, double k2, double k_beta1, double k_beta2, double k5, double k6, double k7, double k8, double k_momentum_t1, double k_lr, double k_epsilon, double k__grad_scale) {
     {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
         for (int64_t i = 0; i < n; ++i)
-            optforge_nadam_s0_elem<float, float, float>(i, i, p_grad, p_weight, p_m, p_v, nullptr, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k_beta1, (float)k_beta2, (float)k5, (float)k6, (float)k7, (float)k8, (float)k_momentum_t1, (float)k_lr, (float)k_epsilon);
+            optforge_nadam_s0_elem<float, float, float>(i, i, p_grad, p_weight, p_m, p_v, nullptr, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k_beta1, (float)k_beta2, (float)k5, (float)k6, (float)k7, (float)k8, (float)k_momentum_t1, (float)k_lr, (float)k_epsilon, (float)k__grad_scale);
     }
 }
 /* multi-tensor: one call for the small tensors of a list update (each below OPTFORGE_PARALLEL_MIN), in
-   parallel over the tensors: ptrs[k * count + t] is pointer k of tensor t, scalars[t * 12 + j] its
+   parallel over the tensors: ptrs[k * count + t] is pointer k of tensor t, scalars[t * 13 + j] its
    scalars */
 void optforge_nadam_s0_mt_f32(int64_t count, const int64_t* __restrict__ sizes, const uint64_t* __restrict__ ptrs, const double* __restrict__ scalars) {
     #pragma omp parallel for schedule(dynamic, 4) if (count > 1)
     for (int64_t t = 0; t < count; ++t) {
-        const double* s = scalars + t * 12;
+        const double* s = scalars + t * 13;
         const double k_rescale_grad = s[0];
         const double k_wd = s[1];
         const double k2 = s[2];
@@ -81,23 +81,24 @@ void optforge_nadam_s0_mt_f32(int64_t count, const int64_t* __restrict__ sizes, 
         const double k_momentum_t1 = s[9];
         const double k_lr = s[10];
         const double k_epsilon = s[11];
-        optforge_nadam_s0_f32(sizes[t], (const float*)ptrs[0 * count + t], (float*)ptrs[1 * count + t], (float*)ptrs[2 * count + t], (float*)ptrs[3 * count + t], k_rescale_grad, k_wd, k2, k_beta1, k_beta2, k5, k6, k7, k8, k_momentum_t1, k_lr, k_epsilon);
+        const double k__grad_scale = s[12];
+        optforge_nadam_s0_f32(sizes[t], (const float*)ptrs[0 * count + t], (float*)ptrs[1 * count + t], (float*)ptrs[2 * count + t], (float*)ptrs[3 * count + t], k_rescale_grad, k_wd, k2, k_beta1, k_beta2, k5, k6, k7, k8, k_momentum_t1, k_lr, k_epsilon, k__grad_scale);
     }
 }
-void optforge_nadam_s0_f64(int64_t n, const double* __restrict__ p_grad, double* __restrict__ p_weight, double* __restrict__ p_m, double* __restrict__ p_v, double k_rescale_grad, double k_wd, double k2, double k_beta1, double k_beta2, double k5, double k6, double k7, double k8, double k_momentum_t1, double k_lr, double k_epsilon) {
+void optforge_nadam_s0_f64(int64_t n, const double* __restrict__ p_grad, double* __restrict__ p_weight, double* __restrict__ p_m, double* __restrict__ p_v, double k_rescale_grad, double k_wd, double k2, double k_beta1, double k_beta2, double k5, double k6, double k7, double k8, double k_momentum_t1, double k_lr, double k_epsilon, double k__grad_scale) {
     {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
         for (int64_t i = 0; i < n; ++i)
-            optforge_nadam_s0_elem<double, double, double>(i, i, p_grad, p_weight, p_m, p_v, nullptr, (double)k_rescale_grad, (double)k_wd, (double)k2, (double)k_beta1, (double)k_beta2, (double)k5, (double)k6, (double)k7, (double)k8, (double)k_momentum_t1, (double)k_lr, (double)k_epsilon);
+            optforge_nadam_s0_elem<double, double, double>(i, i, p_grad, p_weight, p_m, p_v, nullptr, (double)k_rescale_grad, (double)k_wd, (double)k2, (double)k_beta1, (double)k_beta2, (double)k5, (double)k6, (double)k7, (double)k8, (double)k_momentum_t1, (double)k_lr, (double)k_epsilon, (double)k__grad_scale);
     }
 }
 /* multi-tensor: one call for the small tensors of a list update (each below OPTFORGE_PARALLEL_MIN), in
-   parallel over the tensors: ptrs[k * count + t] is pointer k of tensor t, scalars[t * 12 + j] its
+   parallel over the tensors: ptrs[k * count + t] is pointer k of tensor t, scalars[t * 13 + j] its
    scalars */
 void optforge_nadam_s0_mt_f64(int64_t count, const int64_t* __restrict__ sizes, const uint64_t* __restrict__ ptrs, const double* __restrict__ scalars) {
     #pragma omp parallel for schedule(dynamic, 4) if (count > 1)
     for (int64_t t = 0; t < count; ++t) {
-        const double* s = scalars + t * 12;
+        const double* s = scalars + t * 13;
         const double k_rescale_grad = s[0];
         const double k_wd = s[1];
         const double k2 = s[2];
@@ -110,7 +111,8 @@ void optforge_nadam_s0_mt_f64(int64_t count, const int64_t* __restrict__ sizes, 
         const double k_momentum_t1 = s[9];
         const double k_lr = s[10];
         const double k_epsilon = s[11];
-        optforge_nadam_s0_f64(sizes[t], (const double*)ptrs[0 * count + t], (double*)ptrs[1 * count + t], (double*)ptrs[2 * count + t], (double*)ptrs[3 * count + t], k_rescale_grad, k_wd, k2, k_beta1, k_beta2, k5, k6, k7, k8, k_momentum_t1, k_lr, k_epsilon);
+        const double k__grad_scale = s[12];
+        optforge_nadam_s0_f64(sizes[t], (const double*)ptrs[0 * count + t], (double*)ptrs[1 * count + t], (double*)ptrs[2 * count + t], (double*)ptrs[3 * count + t], k_rescale_grad, k_wd, k2, k_beta1, k_beta2, k5, k6, k7, k8, k_momentum_t1, k_lr, k_epsilon, k__grad_scale);
     }
 }
 }

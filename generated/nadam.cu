@@ -36,8 +36,8 @@ template <typename C> OPTFORGE_HD void store_low(float* p, int64_t i, C v) {
 /* stage s0: element i of the weight and states, element gi of the gradient and scratch
    (the same element for a dense update; for a row-sparse one, gi walks the gradient's rows) */
 template <typename T, typename G, typename C>
-OPTFORGE_HD void optforge_nadam_s0_elem(int64_t i, int64_t gi, const G* __restrict__ p_grad, T* __restrict__ p_weight, T* __restrict__ p_m, T* __restrict__ p_v, float* __restrict__ p_weight_lp, const C k_rescale_grad, const C k_wd, const C k2, const C k_beta1, const C k_beta2, const C k5, const C k6, const C k7, const C k8, const C k_momentum_t1, const C k_lr, const C k_epsilon) {
-    C grad = C(p_grad[gi]);
+OPTFORGE_HD void optforge_nadam_s0_elem(int64_t i, int64_t gi, const G* __restrict__ p_grad, T* __restrict__ p_weight, T* __restrict__ p_m, T* __restrict__ p_v, float* __restrict__ p_weight_lp, const C k_rescale_grad, const C k_wd, const C k2, const C k_beta1, const C k_beta2, const C k5, const C k6, const C k7, const C k8, const C k_momentum_t1, const C k_lr, const C k_epsilon, const C k__grad_scale) {
+    C grad = C(p_grad[gi]) * k__grad_scale;
     C weight = C(p_weight[i]);
     C m = C(p_m[i]);
     C v = C(p_v[i]);
@@ -57,15 +57,15 @@ OPTFORGE_HD void optforge_nadam_s0_elem(int64_t i, int64_t gi, const G* __restri
 }
 
 extern "C" {
-__global__ void optforge_nadam_s0_f32(int64_t n, const float* __restrict__ p_grad, float* __restrict__ p_weight, float* __restrict__ p_m, float* __restrict__ p_v, float* __restrict__ p_weight_lp, double k_rescale_grad, double k_wd, double k2, double k_beta1, double k_beta2, double k5, double k6, double k7, double k8, double k_momentum_t1, double k_lr, double k_epsilon) {
+__global__ void optforge_nadam_s0_f32(int64_t n, const float* __restrict__ p_grad, float* __restrict__ p_weight, float* __restrict__ p_m, float* __restrict__ p_v, float* __restrict__ p_weight_lp, double k_rescale_grad, double k_wd, double k2, double k_beta1, double k_beta2, double k5, double k6, double k7, double k8, double k_momentum_t1, double k_lr, double k_epsilon, double k__grad_scale) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_nadam_s0_elem<float, float, float>(i, i, p_grad, p_weight, p_m, p_v, p_weight_lp, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k_beta1, (float)k_beta2, (float)k5, (float)k6, (float)k7, (float)k8, (float)k_momentum_t1, (float)k_lr, (float)k_epsilon);
+        optforge_nadam_s0_elem<float, float, float>(i, i, p_grad, p_weight, p_m, p_v, p_weight_lp, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k_beta1, (float)k_beta2, (float)k5, (float)k6, (float)k7, (float)k8, (float)k_momentum_t1, (float)k_lr, (float)k_epsilon, (float)k__grad_scale);
 }
 /* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
-   pointers, sizes and 12 scalar(s) per parameter, as Apex's multi_tensor_apply */
+   pointers, sizes and 13 scalar(s) per parameter, as Apex's multi_tensor_apply */
 __global__ void optforge_nadam_s0_mt_f32(const int64_t* __restrict__ sizes, float* const* tab_grad, float* const* tab_weight, float* const* tab_m, float* const* tab_v, float* const* tab_weight_lp, const double* __restrict__ scalars) {
     const int64_t t = blockIdx.y, n = sizes[t];
-    const double* s = scalars + t * 12;
+    const double* s = scalars + t * 13;
     const float k_rescale_grad = (float)s[0];
     const float k_wd = (float)s[1];
     const float k2 = (float)s[2];
@@ -78,19 +78,20 @@ __global__ void optforge_nadam_s0_mt_f32(const int64_t* __restrict__ sizes, floa
     const float k_momentum_t1 = (float)s[9];
     const float k_lr = (float)s[10];
     const float k_epsilon = (float)s[11];
+    const float k__grad_scale = (float)s[12];
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
-        optforge_nadam_s0_elem<float, float, float>(i, i, tab_grad[t], tab_weight[t], tab_m[t], tab_v[t], tab_weight_lp[t], k_rescale_grad, k_wd, k2, k_beta1, k_beta2, k5, k6, k7, k8, k_momentum_t1, k_lr, k_epsilon);
+        optforge_nadam_s0_elem<float, float, float>(i, i, tab_grad[t], tab_weight[t], tab_m[t], tab_v[t], tab_weight_lp[t], k_rescale_grad, k_wd, k2, k_beta1, k_beta2, k5, k6, k7, k8, k_momentum_t1, k_lr, k_epsilon, k__grad_scale);
     }
 }
-__global__ void optforge_nadam_s0_f64(int64_t n, const double* __restrict__ p_grad, double* __restrict__ p_weight, double* __restrict__ p_m, double* __restrict__ p_v, float* __restrict__ p_weight_lp, double k_rescale_grad, double k_wd, double k2, double k_beta1, double k_beta2, double k5, double k6, double k7, double k8, double k_momentum_t1, double k_lr, double k_epsilon) {
+__global__ void optforge_nadam_s0_f64(int64_t n, const double* __restrict__ p_grad, double* __restrict__ p_weight, double* __restrict__ p_m, double* __restrict__ p_v, float* __restrict__ p_weight_lp, double k_rescale_grad, double k_wd, double k2, double k_beta1, double k_beta2, double k5, double k6, double k7, double k8, double k_momentum_t1, double k_lr, double k_epsilon, double k__grad_scale) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_nadam_s0_elem<double, double, double>(i, i, p_grad, p_weight, p_m, p_v, p_weight_lp, (double)k_rescale_grad, (double)k_wd, (double)k2, (double)k_beta1, (double)k_beta2, (double)k5, (double)k6, (double)k7, (double)k8, (double)k_momentum_t1, (double)k_lr, (double)k_epsilon);
+        optforge_nadam_s0_elem<double, double, double>(i, i, p_grad, p_weight, p_m, p_v, p_weight_lp, (double)k_rescale_grad, (double)k_wd, (double)k2, (double)k_beta1, (double)k_beta2, (double)k5, (double)k6, (double)k7, (double)k8, (double)k_momentum_t1, (double)k_lr, (double)k_epsilon, (double)k__grad_scale);
 }
 /* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
-   pointers, sizes and 12 scalar(s) per parameter, as Apex's multi_tensor_apply */
+   pointers, sizes and 13 scalar(s) per parameter, as Apex's multi_tensor_apply */
 __global__ void optforge_nadam_s0_mt_f64(const int64_t* __restrict__ sizes, double* const* tab_grad, double* const* tab_weight, double* const* tab_m, double* const* tab_v, float* const* tab_weight_lp, const double* __restrict__ scalars) {
     const int64_t t = blockIdx.y, n = sizes[t];
-    const double* s = scalars + t * 12;
+    const double* s = scalars + t * 13;
     const double k_rescale_grad = (double)s[0];
     const double k_wd = (double)s[1];
     const double k2 = (double)s[2];
@@ -103,19 +104,20 @@ __global__ void optforge_nadam_s0_mt_f64(const int64_t* __restrict__ sizes, doub
     const double k_momentum_t1 = (double)s[9];
     const double k_lr = (double)s[10];
     const double k_epsilon = (double)s[11];
+    const double k__grad_scale = (double)s[12];
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
-        optforge_nadam_s0_elem<double, double, double>(i, i, tab_grad[t], tab_weight[t], tab_m[t], tab_v[t], tab_weight_lp[t], k_rescale_grad, k_wd, k2, k_beta1, k_beta2, k5, k6, k7, k8, k_momentum_t1, k_lr, k_epsilon);
+        optforge_nadam_s0_elem<double, double, double>(i, i, tab_grad[t], tab_weight[t], tab_m[t], tab_v[t], tab_weight_lp[t], k_rescale_grad, k_wd, k2, k_beta1, k_beta2, k5, k6, k7, k8, k_momentum_t1, k_lr, k_epsilon, k__grad_scale);
     }
 }
-__global__ void optforge_nadam_s0_f16(int64_t n, const __half* __restrict__ p_grad, __half* __restrict__ p_weight, __half* __restrict__ p_m, __half* __restrict__ p_v, float* __restrict__ p_weight_lp, double k_rescale_grad, double k_wd, double k2, double k_beta1, double k_beta2, double k5, double k6, double k7, double k8, double k_momentum_t1, double k_lr, double k_epsilon) {
+__global__ void optforge_nadam_s0_f16(int64_t n, const __half* __restrict__ p_grad, __half* __restrict__ p_weight, __half* __restrict__ p_m, __half* __restrict__ p_v, float* __restrict__ p_weight_lp, double k_rescale_grad, double k_wd, double k2, double k_beta1, double k_beta2, double k5, double k6, double k7, double k8, double k_momentum_t1, double k_lr, double k_epsilon, double k__grad_scale) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_nadam_s0_elem<__half, __half, float>(i, i, p_grad, p_weight, p_m, p_v, p_weight_lp, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k_beta1, (float)k_beta2, (float)k5, (float)k6, (float)k7, (float)k8, (float)k_momentum_t1, (float)k_lr, (float)k_epsilon);
+        optforge_nadam_s0_elem<__half, __half, float>(i, i, p_grad, p_weight, p_m, p_v, p_weight_lp, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k_beta1, (float)k_beta2, (float)k5, (float)k6, (float)k7, (float)k8, (float)k_momentum_t1, (float)k_lr, (float)k_epsilon, (float)k__grad_scale);
 }
 /* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
-   pointers, sizes and 12 scalar(s) per parameter, as Apex's multi_tensor_apply */
+   pointers, sizes and 13 scalar(s) per parameter, as Apex's multi_tensor_apply */
 __global__ void optforge_nadam_s0_mt_f16(const int64_t* __restrict__ sizes, __half* const* tab_grad, __half* const* tab_weight, __half* const* tab_m, __half* const* tab_v, float* const* tab_weight_lp, const double* __restrict__ scalars) {
     const int64_t t = blockIdx.y, n = sizes[t];
-    const double* s = scalars + t * 12;
+    const double* s = scalars + t * 13;
     const float k_rescale_grad = (float)s[0];
     const float k_wd = (float)s[1];
     const float k2 = (float)s[2];
@@ -128,19 +130,20 @@ __global__ void optforge_nadam_s0_mt_f16(const int64_t* __restrict__ sizes, __ha
     const float k_momentum_t1 = (float)s[9];
     const float k_lr = (float)s[10];
     const float k_epsilon = (float)s[11];
+    const float k__grad_scale = (float)s[12];
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
-        optforge_nadam_s0_elem<__half, __half, float>(i, i, tab_grad[t], tab_weight[t], tab_m[t], tab_v[t], tab_weight_lp[t], k_rescale_grad, k_wd, k2, k_beta1, k_beta2, k5, k6, k7, k8, k_momentum_t1, k_lr, k_epsilon);
+        optforge_nadam_s0_elem<__half, __half, float>(i, i, tab_grad[t], tab_weight[t], tab_m[t], tab_v[t], tab_weight_lp[t], k_rescale_grad, k_wd, k2, k_beta1, k_beta2, k5, k6, k7, k8, k_momentum_t1, k_lr, k_epsilon, k__grad_scale);
     }
 }
-__global__ void optforge_nadam_s0_mp16(int64_t n, const __half* __restrict__ p_grad, float* __restrict__ p_weight, float* __restrict__ p_m, float* __restrict__ p_v, float* __restrict__ p_weight_lp, double k_rescale_grad, double k_wd, double k2, double k_beta1, double k_beta2, double k5, double k6, double k7, double k8, double k_momentum_t1, double k_lr, double k_epsilon) {
+__global__ void optforge_nadam_s0_mp16(int64_t n, const __half* __restrict__ p_grad, float* __restrict__ p_weight, float* __restrict__ p_m, float* __restrict__ p_v, float* __restrict__ p_weight_lp, double k_rescale_grad, double k_wd, double k2, double k_beta1, double k_beta2, double k5, double k6, double k7, double k8, double k_momentum_t1, double k_lr, double k_epsilon, double k__grad_scale) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_nadam_s0_elem<float, __half, float>(i, i, p_grad, p_weight, p_m, p_v, p_weight_lp, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k_beta1, (float)k_beta2, (float)k5, (float)k6, (float)k7, (float)k8, (float)k_momentum_t1, (float)k_lr, (float)k_epsilon);
+        optforge_nadam_s0_elem<float, __half, float>(i, i, p_grad, p_weight, p_m, p_v, p_weight_lp, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k_beta1, (float)k_beta2, (float)k5, (float)k6, (float)k7, (float)k8, (float)k_momentum_t1, (float)k_lr, (float)k_epsilon, (float)k__grad_scale);
 }
 /* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
-   pointers, sizes and 12 scalar(s) per parameter, as Apex's multi_tensor_apply */
+   pointers, sizes and 13 scalar(s) per parameter, as Apex's multi_tensor_apply */
 __global__ void optforge_nadam_s0_mt_mp16(const int64_t* __restrict__ sizes, __half* const* tab_grad, float* const* tab_weight, float* const* tab_m, float* const* tab_v, float* const* tab_weight_lp, const double* __restrict__ scalars) {
     const int64_t t = blockIdx.y, n = sizes[t];
-    const double* s = scalars + t * 12;
+    const double* s = scalars + t * 13;
     const float k_rescale_grad = (float)s[0];
     const float k_wd = (float)s[1];
     const float k2 = (float)s[2];
@@ -153,8 +156,9 @@ __global__ void optforge_nadam_s0_mt_mp16(const int64_t* __restrict__ sizes, __h
     const float k_momentum_t1 = (float)s[9];
     const float k_lr = (float)s[10];
     const float k_epsilon = (float)s[11];
+    const float k__grad_scale = (float)s[12];
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
-        optforge_nadam_s0_elem<float, __half, float>(i, i, tab_grad[t], tab_weight[t], tab_m[t], tab_v[t], tab_weight_lp[t], k_rescale_grad, k_wd, k2, k_beta1, k_beta2, k5, k6, k7, k8, k_momentum_t1, k_lr, k_epsilon);
+        optforge_nadam_s0_elem<float, __half, float>(i, i, tab_grad[t], tab_weight[t], tab_m[t], tab_v[t], tab_weight_lp[t], k_rescale_grad, k_wd, k2, k_beta1, k_beta2, k5, k6, k7, k8, k_momentum_t1, k_lr, k_epsilon, k__grad_scale);
     }
 }
 }

@@ -36,8 +36,8 @@ template <typename C> OPTFORGE_HD void store_low(float* p, int64_t i, C v) {
 /* stage s0: element i of the weight and states, element gi of the gradient and scratch
    (the same element for a dense update; for a row-sparse one, gi walks the gradient's rows) */
 template <typename T, typename G, typename C, int H0, int B0>
-OPTFORGE_HD void optforge_nag_s0_elem(int64_t i, int64_t gi, const G* __restrict__ p_grad, T* __restrict__ p_mom, T* __restrict__ p_weight, float* __restrict__ p_weight_lp, const C k_rescale_grad, const C k1, const C k2, const C k_momentum, const C k4, const C k_wd, const C k_lr, const C k7) {
-    C grad = C(p_grad[gi]);
+OPTFORGE_HD void optforge_nag_s0_elem(int64_t i, int64_t gi, const G* __restrict__ p_grad, T* __restrict__ p_mom, T* __restrict__ p_weight, float* __restrict__ p_weight_lp, const C k_rescale_grad, const C k1, const C k2, const C k_momentum, const C k4, const C k_wd, const C k_lr, const C k7, const C k__grad_scale) {
+    C grad = C(p_grad[gi]) * k__grad_scale;
     C mom = (H0 == 1 || (H0 == 2 && p_mom)) ? C(p_mom[i]) : C(0);
     C weight = C(p_weight[i]);
     C g;
@@ -55,20 +55,20 @@ OPTFORGE_HD void optforge_nag_s0_elem(int64_t i, int64_t gi, const G* __restrict
 }
 
 extern "C" {
-__global__ void optforge_nag_s0_f32(int64_t n, const float* __restrict__ p_grad, float* __restrict__ p_mom, float* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k2, double k_momentum, double k4, double k_wd, double k_lr, double k7) {
+__global__ void optforge_nag_s0_f32(int64_t n, const float* __restrict__ p_grad, float* __restrict__ p_mom, float* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k2, double k_momentum, double k4, double k_wd, double k_lr, double k7, double k__grad_scale) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_nag_s0_elem<float, float, float, 2, 2>(i, i, p_grad, p_mom, p_weight, p_weight_lp, (float)k_rescale_grad, (float)k1, (float)k2, (float)k_momentum, (float)k4, (float)k_wd, (float)k_lr, (float)k7);
+        optforge_nag_s0_elem<float, float, float, 2, 2>(i, i, p_grad, p_mom, p_weight, p_weight_lp, (float)k_rescale_grad, (float)k1, (float)k2, (float)k_momentum, (float)k4, (float)k_wd, (float)k_lr, (float)k7, (float)k__grad_scale);
 }
 /* row-sparse, parallel over gradient elements (not rows): element j updates row rows[j / cols] */
-__global__ void optforge_nag_s0_rows_f32(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const float* __restrict__ p_grad, float* __restrict__ p_mom, float* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k2, double k_momentum, double k4, double k_wd, double k_lr, double k7) {
+__global__ void optforge_nag_s0_rows_f32(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const float* __restrict__ p_grad, float* __restrict__ p_mom, float* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k2, double k_momentum, double k4, double k_wd, double k_lr, double k7, double k__grad_scale) {
     for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
-        optforge_nag_s0_elem<float, float, float, 2, 2>(rows[j / cols] * cols + j % cols, j, p_grad, p_mom, p_weight, p_weight_lp, (float)k_rescale_grad, (float)k1, (float)k2, (float)k_momentum, (float)k4, (float)k_wd, (float)k_lr, (float)k7);
+        optforge_nag_s0_elem<float, float, float, 2, 2>(rows[j / cols] * cols + j % cols, j, p_grad, p_mom, p_weight, p_weight_lp, (float)k_rescale_grad, (float)k1, (float)k2, (float)k_momentum, (float)k4, (float)k_wd, (float)k_lr, (float)k7, (float)k__grad_scale);
 }
 /* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
-   pointers, sizes and 8 scalar(s) per parameter, as Apex's multi_tensor_apply */
+   pointers, sizes and 9 scalar(s) per parameter, as Apex's multi_tensor_apply */
 __global__ void optforge_nag_s0_mt_f32(const int64_t* __restrict__ sizes, float* const* tab_grad, float* const* tab_mom, float* const* tab_weight, float* const* tab_weight_lp, const double* __restrict__ scalars) {
     const int64_t t = blockIdx.y, n = sizes[t];
-    const double* s = scalars + t * 8;
+    const double* s = scalars + t * 9;
     const float k_rescale_grad = (float)s[0];
     const float k1 = (float)s[1];
     const float k2 = (float)s[2];
@@ -77,24 +77,25 @@ __global__ void optforge_nag_s0_mt_f32(const int64_t* __restrict__ sizes, float*
     const float k_wd = (float)s[5];
     const float k_lr = (float)s[6];
     const float k7 = (float)s[7];
+    const float k__grad_scale = (float)s[8];
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
-        optforge_nag_s0_elem<float, float, float, 2, 2>(i, i, tab_grad[t], tab_mom[t], tab_weight[t], tab_weight_lp[t], k_rescale_grad, k1, k2, k_momentum, k4, k_wd, k_lr, k7);
+        optforge_nag_s0_elem<float, float, float, 2, 2>(i, i, tab_grad[t], tab_mom[t], tab_weight[t], tab_weight_lp[t], k_rescale_grad, k1, k2, k_momentum, k4, k_wd, k_lr, k7, k__grad_scale);
     }
 }
-__global__ void optforge_nag_s0_f64(int64_t n, const double* __restrict__ p_grad, double* __restrict__ p_mom, double* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k2, double k_momentum, double k4, double k_wd, double k_lr, double k7) {
+__global__ void optforge_nag_s0_f64(int64_t n, const double* __restrict__ p_grad, double* __restrict__ p_mom, double* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k2, double k_momentum, double k4, double k_wd, double k_lr, double k7, double k__grad_scale) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_nag_s0_elem<double, double, double, 2, 2>(i, i, p_grad, p_mom, p_weight, p_weight_lp, (double)k_rescale_grad, (double)k1, (double)k2, (double)k_momentum, (double)k4, (double)k_wd, (double)k_lr, (double)k7);
+        optforge_nag_s0_elem<double, double, double, 2, 2>(i, i, p_grad, p_mom, p_weight, p_weight_lp, (double)k_rescale_grad, (double)k1, (double)k2, (double)k_momentum, (double)k4, (double)k_wd, (double)k_lr, (double)k7, (double)k__grad_scale);
 }
 /* row-sparse, parallel over gradient elements (not rows): element j updates row rows[j / cols] */
-__global__ void optforge_nag_s0_rows_f64(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const double* __restrict__ p_grad, double* __restrict__ p_mom, double* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k2, double k_momentum, double k4, double k_wd, double k_lr, double k7) {
+__global__ void optforge_nag_s0_rows_f64(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const double* __restrict__ p_grad, double* __restrict__ p_mom, double* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k2, double k_momentum, double k4, double k_wd, double k_lr, double k7, double k__grad_scale) {
     for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
-        optforge_nag_s0_elem<double, double, double, 2, 2>(rows[j / cols] * cols + j % cols, j, p_grad, p_mom, p_weight, p_weight_lp, (double)k_rescale_grad, (double)k1, (double)k2, (double)k_momentum, (double)k4, (double)k_wd, (double)k_lr, (double)k7);
+        optforge_nag_s0_elem<double, double, double, 2, 2>(rows[j / cols] * cols + j % cols, j, p_grad, p_mom, p_weight, p_weight_lp, (double)k_rescale_grad, (double)k1, (double)k2, (double)k_momentum, (double)k4, (double)k_wd, (double)k_lr, (double)k7, (double)k__grad_scale);
 }
 /* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
-   pointers, sizes and 8 scalar(s) per parameter, as Apex's multi_tensor_apply */
+   pointers, sizes and 9 scalar(s) per parameter, as Apex's multi_tensor_apply */
 __global__ void optforge_nag_s0_mt_f64(const int64_t* __restrict__ sizes, double* const* tab_grad, double* const* tab_mom, double* const* tab_weight, float* const* tab_weight_lp, const double* __restrict__ scalars) {
     const int64_t t = blockIdx.y, n = sizes[t];
-    const double* s = scalars + t * 8;
+    const double* s = scalars + t * 9;
     const double k_rescale_grad = (double)s[0];
     const double k1 = (double)s[1];
     const double k2 = (double)s[2];
@@ -103,24 +104,25 @@ __global__ void optforge_nag_s0_mt_f64(const int64_t* __restrict__ sizes, double
     const double k_wd = (double)s[5];
     const double k_lr = (double)s[6];
     const double k7 = (double)s[7];
+    const double k__grad_scale = (double)s[8];
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
-        optforge_nag_s0_elem<double, double, double, 2, 2>(i, i, tab_grad[t], tab_mom[t], tab_weight[t], tab_weight_lp[t], k_rescale_grad, k1, k2, k_momentum, k4, k_wd, k_lr, k7);
+        optforge_nag_s0_elem<double, double, double, 2, 2>(i, i, tab_grad[t], tab_mom[t], tab_weight[t], tab_weight_lp[t], k_rescale_grad, k1, k2, k_momentum, k4, k_wd, k_lr, k7, k__grad_scale);
     }
 }
-__global__ void optforge_nag_s0_f16(int64_t n, const __half* __restrict__ p_grad, __half* __restrict__ p_mom, __half* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k2, double k_momentum, double k4, double k_wd, double k_lr, double k7) {
+__global__ void optforge_nag_s0_f16(int64_t n, const __half* __restrict__ p_grad, __half* __restrict__ p_mom, __half* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k2, double k_momentum, double k4, double k_wd, double k_lr, double k7, double k__grad_scale) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_nag_s0_elem<__half, __half, float, 2, 2>(i, i, p_grad, p_mom, p_weight, p_weight_lp, (float)k_rescale_grad, (float)k1, (float)k2, (float)k_momentum, (float)k4, (float)k_wd, (float)k_lr, (float)k7);
+        optforge_nag_s0_elem<__half, __half, float, 2, 2>(i, i, p_grad, p_mom, p_weight, p_weight_lp, (float)k_rescale_grad, (float)k1, (float)k2, (float)k_momentum, (float)k4, (float)k_wd, (float)k_lr, (float)k7, (float)k__grad_scale);
 }
 /* row-sparse, parallel over gradient elements (not rows): element j updates row rows[j / cols] */
-__global__ void optforge_nag_s0_rows_f16(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const __half* __restrict__ p_grad, __half* __restrict__ p_mom, __half* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k2, double k_momentum, double k4, double k_wd, double k_lr, double k7) {
+__global__ void optforge_nag_s0_rows_f16(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const __half* __restrict__ p_grad, __half* __restrict__ p_mom, __half* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k2, double k_momentum, double k4, double k_wd, double k_lr, double k7, double k__grad_scale) {
     for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
-        optforge_nag_s0_elem<__half, __half, float, 2, 2>(rows[j / cols] * cols + j % cols, j, p_grad, p_mom, p_weight, p_weight_lp, (float)k_rescale_grad, (float)k1, (float)k2, (float)k_momentum, (float)k4, (float)k_wd, (float)k_lr, (float)k7);
+        optforge_nag_s0_elem<__half, __half, float, 2, 2>(rows[j / cols] * cols + j % cols, j, p_grad, p_mom, p_weight, p_weight_lp, (float)k_rescale_grad, (float)k1, (float)k2, (float)k_momentum, (float)k4, (float)k_wd, (float)k_lr, (float)k7, (float)k__grad_scale);
 }
 /* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
-   pointers, sizes and 8 scalar(s) per parameter, as Apex's multi_tensor_apply */
+   pointers, sizes and 9 scalar(s) per parameter, as Apex's multi_tensor_apply */
 __global__ void optforge_nag_s0_mt_f16(const int64_t* __restrict__ sizes, __half* const* tab_grad, __half* const* tab_mom, __half* const* tab_weight, float* const* tab_weight_lp, const double* __restrict__ scalars) {
     const int64_t t = blockIdx.y, n = sizes[t];
-    const double* s = scalars + t * 8;
+    const double* s = scalars + t * 9;
     const float k_rescale_grad = (float)s[0];
     const float k1 = (float)s[1];
     const float k2 = (float)s[2];
@@ -129,24 +131,25 @@ __global__ void optforge_nag_s0_mt_f16(const int64_t* __restrict__ sizes, __half
     const float k_wd = (float)s[5];
     const float k_lr = (float)s[6];
     const float k7 = (float)s[7];
+    const float k__grad_scale = (float)s[8];
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
-        optforge_nag_s0_elem<__half, __half, float, 2, 2>(i, i, tab_grad[t], tab_mom[t], tab_weight[t], tab_weight_lp[t], k_rescale_grad, k1, k2, k_momentum, k4, k_wd, k_lr, k7);
+        optforge_nag_s0_elem<__half, __half, float, 2, 2>(i, i, tab_grad[t], tab_mom[t], tab_weight[t], tab_weight_lp[t], k_rescale_grad, k1, k2, k_momentum, k4, k_wd, k_lr, k7, k__grad_scale);
     }
 }
-__global__ void optforge_nag_s0_mp16(int64_t n, const __half* __restrict__ p_grad, float* __restrict__ p_mom, float* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k2, double k_momentum, double k4, double k_wd, double k_lr, double k7) {
+__global__ void optforge_nag_s0_mp16(int64_t n, const __half* __restrict__ p_grad, float* __restrict__ p_mom, float* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k2, double k_momentum, double k4, double k_wd, double k_lr, double k7, double k__grad_scale) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_nag_s0_elem<float, __half, float, 2, 2>(i, i, p_grad, p_mom, p_weight, p_weight_lp, (float)k_rescale_grad, (float)k1, (float)k2, (float)k_momentum, (float)k4, (float)k_wd, (float)k_lr, (float)k7);
+        optforge_nag_s0_elem<float, __half, float, 2, 2>(i, i, p_grad, p_mom, p_weight, p_weight_lp, (float)k_rescale_grad, (float)k1, (float)k2, (float)k_momentum, (float)k4, (float)k_wd, (float)k_lr, (float)k7, (float)k__grad_scale);
 }
 /* row-sparse, parallel over gradient elements (not rows): element j updates row rows[j / cols] */
-__global__ void optforge_nag_s0_rows_mp16(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const __half* __restrict__ p_grad, float* __restrict__ p_mom, float* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k2, double k_momentum, double k4, double k_wd, double k_lr, double k7) {
+__global__ void optforge_nag_s0_rows_mp16(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const __half* __restrict__ p_grad, float* __restrict__ p_mom, float* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k2, double k_momentum, double k4, double k_wd, double k_lr, double k7, double k__grad_scale) {
     for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)blockDim.x * gridDim.x)
-        optforge_nag_s0_elem<float, __half, float, 2, 2>(rows[j / cols] * cols + j % cols, j, p_grad, p_mom, p_weight, p_weight_lp, (float)k_rescale_grad, (float)k1, (float)k2, (float)k_momentum, (float)k4, (float)k_wd, (float)k_lr, (float)k7);
+        optforge_nag_s0_elem<float, __half, float, 2, 2>(rows[j / cols] * cols + j % cols, j, p_grad, p_mom, p_weight, p_weight_lp, (float)k_rescale_grad, (float)k1, (float)k2, (float)k_momentum, (float)k4, (float)k_wd, (float)k_lr, (float)k7, (float)k__grad_scale);
 }
 /* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
-   pointers, sizes and 8 scalar(s) per parameter, as Apex's multi_tensor_apply */
+   pointers, sizes and 9 scalar(s) per parameter, as Apex's multi_tensor_apply */
 __global__ void optforge_nag_s0_mt_mp16(const int64_t* __restrict__ sizes, __half* const* tab_grad, float* const* tab_mom, float* const* tab_weight, float* const* tab_weight_lp, const double* __restrict__ scalars) {
     const int64_t t = blockIdx.y, n = sizes[t];
-    const double* s = scalars + t * 8;
+    const double* s = scalars + t * 9;
     const float k_rescale_grad = (float)s[0];
     const float k1 = (float)s[1];
     const float k2 = (float)s[2];
@@ -155,8 +158,9 @@ __global__ void optforge_nag_s0_mt_mp16(const int64_t* __restrict__ sizes, __hal
     const float k_wd = (float)s[5];
     const float k_lr = (float)s[6];
     const float k7 = (float)s[7];
+    const float k__grad_scale = (float)s[8];
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
-        optforge_nag_s0_elem<float, __half, float, 2, 2>(i, i, tab_grad[t], tab_mom[t], tab_weight[t], tab_weight_lp[t], k_rescale_grad, k1, k2, k_momentum, k4, k_wd, k_lr, k7);
+        optforge_nag_s0_elem<float, __half, float, 2, 2>(i, i, tab_grad[t], tab_mom[t], tab_weight[t], tab_weight_lp[t], k_rescale_grad, k1, k2, k_momentum, k4, k_wd, k_lr, k7, k__grad_scale);
     }
 }
 }

@@ -77,6 +77,8 @@ class NAG(Optimizer):
 
     def _kernel_numpy(self, _step, weight, grad, tensors, scalars):
         """One parameter's update, in place on `weight`, `tensors` and `scalars` (`_step`: optforge.optimizer.Step)."""
+        if _step.grad_scale != 1:
+            grad = grad * _step.grad_scale
         momentum = self.momentum
         clip_gradient = self.clip_gradient
         rescale_grad = self.rescale_grad
@@ -104,6 +106,8 @@ class NAG(Optimizer):
 
     def _kernel_rows(self, _step, rows, weight, grad, tensors, scalars):
         """The lazy update: only the rows `rows` of `weight` and `tensors` change; `grad` holds those rows."""
+        if _step.grad_scale != 1:
+            grad = grad * _step.grad_scale
         momentum = self.momentum
         clip_gradient = self.clip_gradient
         rescale_grad = self.rescale_grad
@@ -134,4 +138,5 @@ class NAG(Optimizer):
         lr = _step.lr
         wd = _step.wd
         mom = tensors.get('mom')
-        be.launch('optforge_nag_s0', (grad, mom, weight,), (ops.arg(rescale_grad), ops.arg(clip_gradient), ops.arg(momentum != 0), ops.arg(momentum), ops.arg((1 + momentum) * lr), ops.arg(wd), ops.arg(lr), ops.arg(1 - lr * wd), ))
+        _grad_scale = _step.grad_scale
+        be.launch('optforge_nag_s0', (grad, mom, weight,), (ops.arg(rescale_grad), ops.arg(clip_gradient), ops.arg(momentum != 0), ops.arg(momentum), ops.arg((1 + momentum) * lr), ops.arg(wd), ops.arg(lr), ops.arg(1 - lr * wd), ops.arg(_grad_scale), ))

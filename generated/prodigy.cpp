@@ -29,8 +29,8 @@ template <typename C> inline void store_low(float* p, int64_t i, C v) { p[i] = (
 /* stage s0: element i of the weight and states, element gi of the gradient and scratch
    (the same element for a dense update; for a row-sparse one, gi walks the gradient's rows) */
 template <typename T, typename G, typename C, int H0, int B0>
-OPTFORGE_HD void optforge_prodigy_s0_elem(int64_t i, int64_t gi, const G* __restrict__ p_grad, const T* __restrict__ p_weight, T* __restrict__ p_exp_avg_sq, T* __restrict__ p_exp_avg, T* __restrict__ p_s, const T* __restrict__ p_p0, C* __restrict__ p_g, float* __restrict__ p_weight_lp, C& red0, C& red1, const C k_decouple, const C k_wd, const C k_beta2, const C k3, const C k4, const C k_beta1, const C k6, const C k_b3, const C k8) {
-    C grad = C(p_grad[gi]);
+OPTFORGE_HD void optforge_prodigy_s0_elem(int64_t i, int64_t gi, const G* __restrict__ p_grad, const T* __restrict__ p_weight, T* __restrict__ p_exp_avg_sq, T* __restrict__ p_exp_avg, T* __restrict__ p_s, const T* __restrict__ p_p0, C* __restrict__ p_g, float* __restrict__ p_weight_lp, C& red0, C& red1, const C k_decouple, const C k_wd, const C k_beta2, const C k3, const C k4, const C k_beta1, const C k6, const C k_b3, const C k8, const C k__grad_scale) {
+    C grad = C(p_grad[gi]) * k__grad_scale;
     C weight = C(p_weight[i]);
     C exp_avg_sq = C(p_exp_avg_sq[i]);
     C exp_avg = (H0 == 1 || (H0 == 2 && p_exp_avg)) ? C(p_exp_avg[i]) : C(0);
@@ -53,11 +53,11 @@ OPTFORGE_HD void optforge_prodigy_s0_elem(int64_t i, int64_t gi, const G* __rest
 /* stage s1: element i of the weight and states, element gi of the gradient and scratch
    (the same element for a dense update; for a row-sparse one, gi walks the gradient's rows) */
 template <typename T, typename G, typename C, int H0, int B0>
-OPTFORGE_HD void optforge_prodigy_s1_elem(int64_t i, int64_t gi, T* __restrict__ p_weight, const T* __restrict__ p_exp_avg, const T* __restrict__ p_exp_avg_sq, const G* __restrict__ p_grad, float* __restrict__ p_weight_lp, const C k_decouple, const C k1, const C k2, const C k_seen, const C k_dlr, const C k5, const C k_wd, const C k7) {
+OPTFORGE_HD void optforge_prodigy_s1_elem(int64_t i, int64_t gi, T* __restrict__ p_weight, const T* __restrict__ p_exp_avg, const T* __restrict__ p_exp_avg_sq, const G* __restrict__ p_grad, float* __restrict__ p_weight_lp, const C k_decouple, const C k1, const C k2, const C k_seen, const C k_dlr, const C k5, const C k_wd, const C k7, const C k__grad_scale) {
     C weight = C(p_weight[i]);
     C exp_avg = (H0 == 1 || (H0 == 2 && p_exp_avg)) ? C(p_exp_avg[i]) : C(0);
     C exp_avg_sq = C(p_exp_avg_sq[i]);
-    C grad = C(p_grad[gi]);
+    C grad = C(p_grad[gi]) * k__grad_scale;
     C decayed, g1;
     decayed = (k_decouple ? C(weight - k1 * weight) : C(weight));  // prodigy.opt:79
     if (B0 == 1 || (B0 == 2 && k2)) {
@@ -75,7 +75,7 @@ extern "C" {
    of the elements, block by block: the stage loop stores the elements' reduction terms in small
    buffers (so it vectorizes as a stage without reductions does), then a tight loop sums a buffer in
    double. Shares are added in order: the result does not depend on timing. */
-void optforge_prodigy_s0_f32(int64_t n, const float* __restrict__ p_grad, const float* __restrict__ p_weight, float* __restrict__ p_exp_avg_sq, float* __restrict__ p_exp_avg, float* __restrict__ p_s, const float* __restrict__ p_p0, float* __restrict__ p_g, double k_decouple, double k_wd, double k_beta2, double k3, double k4, double k_beta1, double k6, double k_b3, double k8, double* __restrict__ out) {
+void optforge_prodigy_s0_f32(int64_t n, const float* __restrict__ p_grad, const float* __restrict__ p_weight, float* __restrict__ p_exp_avg_sq, float* __restrict__ p_exp_avg, float* __restrict__ p_s, const float* __restrict__ p_p0, float* __restrict__ p_g, double k_decouple, double k_wd, double k_beta2, double k3, double k4, double k_beta1, double k6, double k_b3, double k8, double k__grad_scale, double* __restrict__ out) {
     int nt = 1;
 #ifdef _OPENMP
     if (n >= OPTFORGE_PARALLEL_MIN) nt = omp_get_max_threads();
@@ -98,7 +98,7 @@ void optforge_prodigy_s0_f32(int64_t n, const float* __restrict__ p_grad, const 
                     #pragma omp simd
                     for (int64_t i = b; i < e; ++i) {
                         float t0, t1;
-                        optforge_prodigy_s0_elem<float, float, float, 1, 1>(i, i, p_grad, p_weight, p_exp_avg_sq, p_exp_avg, p_s, p_p0, p_g, nullptr, t0, t1, (float)k_decouple, (float)k_wd, (float)k_beta2, (float)k3, (float)k4, (float)k_beta1, (float)k6, (float)k_b3, (float)k8);
+                        optforge_prodigy_s0_elem<float, float, float, 1, 1>(i, i, p_grad, p_weight, p_exp_avg_sq, p_exp_avg, p_s, p_p0, p_g, nullptr, t0, t1, (float)k_decouple, (float)k_wd, (float)k_beta2, (float)k3, (float)k4, (float)k_beta1, (float)k6, (float)k_b3, (float)k8, (float)k__grad_scale);
                         buf[0][i - b] = t0;
                         buf[1][i - b] = t1;
                     }
@@ -106,7 +106,7 @@ void optforge_prodigy_s0_f32(int64_t n, const float* __restrict__ p_grad, const 
                     #pragma omp simd
                     for (int64_t i = b; i < e; ++i) {
                         float t0, t1;
-                        optforge_prodigy_s0_elem<float, float, float, 1, 0>(i, i, p_grad, p_weight, p_exp_avg_sq, p_exp_avg, p_s, p_p0, p_g, nullptr, t0, t1, (float)k_decouple, (float)k_wd, (float)k_beta2, (float)k3, (float)k4, (float)k_beta1, (float)k6, (float)k_b3, (float)k8);
+                        optforge_prodigy_s0_elem<float, float, float, 1, 0>(i, i, p_grad, p_weight, p_exp_avg_sq, p_exp_avg, p_s, p_p0, p_g, nullptr, t0, t1, (float)k_decouple, (float)k_wd, (float)k_beta2, (float)k3, (float)k4, (float)k_beta1, (float)k6, (float)k_b3, (float)k8, (float)k__grad_scale);
                         buf[0][i - b] = t0;
                         buf[1][i - b] = t1;
                     }
@@ -114,7 +114,7 @@ void optforge_prodigy_s0_f32(int64_t n, const float* __restrict__ p_grad, const 
                     #pragma omp simd
                     for (int64_t i = b; i < e; ++i) {
                         float t0, t1;
-                        optforge_prodigy_s0_elem<float, float, float, 0, 1>(i, i, p_grad, p_weight, p_exp_avg_sq, p_exp_avg, p_s, p_p0, p_g, nullptr, t0, t1, (float)k_decouple, (float)k_wd, (float)k_beta2, (float)k3, (float)k4, (float)k_beta1, (float)k6, (float)k_b3, (float)k8);
+                        optforge_prodigy_s0_elem<float, float, float, 0, 1>(i, i, p_grad, p_weight, p_exp_avg_sq, p_exp_avg, p_s, p_p0, p_g, nullptr, t0, t1, (float)k_decouple, (float)k_wd, (float)k_beta2, (float)k3, (float)k4, (float)k_beta1, (float)k6, (float)k_b3, (float)k8, (float)k__grad_scale);
                         buf[0][i - b] = t0;
                         buf[1][i - b] = t1;
                     }
@@ -122,7 +122,7 @@ void optforge_prodigy_s0_f32(int64_t n, const float* __restrict__ p_grad, const 
                     #pragma omp simd
                     for (int64_t i = b; i < e; ++i) {
                         float t0, t1;
-                        optforge_prodigy_s0_elem<float, float, float, 0, 0>(i, i, p_grad, p_weight, p_exp_avg_sq, p_exp_avg, p_s, p_p0, p_g, nullptr, t0, t1, (float)k_decouple, (float)k_wd, (float)k_beta2, (float)k3, (float)k4, (float)k_beta1, (float)k6, (float)k_b3, (float)k8);
+                        optforge_prodigy_s0_elem<float, float, float, 0, 0>(i, i, p_grad, p_weight, p_exp_avg_sq, p_exp_avg, p_s, p_p0, p_g, nullptr, t0, t1, (float)k_decouple, (float)k_wd, (float)k_beta2, (float)k3, (float)k4, (float)k_beta1, (float)k6, (float)k_b3, (float)k8, (float)k__grad_scale);
                         buf[0][i - b] = t0;
                         buf[1][i - b] = t1;
                     }
@@ -156,12 +156,12 @@ void optforge_prodigy_s0_f32(int64_t n, const float* __restrict__ p_grad, const 
     }
 }
 /* multi-tensor: one call for the small tensors of a list update (each below OPTFORGE_PARALLEL_MIN), in
-   parallel over the tensors: ptrs[k * count + t] is pointer k of tensor t, scalars[t * 9 + j] its
+   parallel over the tensors: ptrs[k * count + t] is pointer k of tensor t, scalars[t * 10 + j] its
    scalars, out[t * 2 + k] its sums */
 void optforge_prodigy_s0_mt_f32(int64_t count, const int64_t* __restrict__ sizes, const uint64_t* __restrict__ ptrs, const double* __restrict__ scalars, double* __restrict__ out) {
     #pragma omp parallel for schedule(dynamic, 4) if (count > 1)
     for (int64_t t = 0; t < count; ++t) {
-        const double* s = scalars + t * 9;
+        const double* s = scalars + t * 10;
         const double k_decouple = s[0];
         const double k_wd = s[1];
         const double k_beta2 = s[2];
@@ -171,14 +171,15 @@ void optforge_prodigy_s0_mt_f32(int64_t count, const int64_t* __restrict__ sizes
         const double k6 = s[6];
         const double k_b3 = s[7];
         const double k8 = s[8];
-        optforge_prodigy_s0_f32(sizes[t], (const float*)ptrs[0 * count + t], (const float*)ptrs[1 * count + t], (float*)ptrs[2 * count + t], (float*)ptrs[3 * count + t], (float*)ptrs[4 * count + t], (const float*)ptrs[5 * count + t], (float*)ptrs[6 * count + t], k_decouple, k_wd, k_beta2, k3, k4, k_beta1, k6, k_b3, k8, out + t * 2);
+        const double k__grad_scale = s[9];
+        optforge_prodigy_s0_f32(sizes[t], (const float*)ptrs[0 * count + t], (const float*)ptrs[1 * count + t], (float*)ptrs[2 * count + t], (float*)ptrs[3 * count + t], (float*)ptrs[4 * count + t], (const float*)ptrs[5 * count + t], (float*)ptrs[6 * count + t], k_decouple, k_wd, k_beta2, k3, k4, k_beta1, k6, k_b3, k8, k__grad_scale, out + t * 2);
     }
 }
 /* also accumulates 2 whole-tensor reduction(s) into out[]. Each thread takes a fixed share
    of the elements, block by block: the stage loop stores the elements' reduction terms in small
    buffers (so it vectorizes as a stage without reductions does), then a tight loop sums a buffer in
    double. Shares are added in order: the result does not depend on timing. */
-void optforge_prodigy_s0_f64(int64_t n, const double* __restrict__ p_grad, const double* __restrict__ p_weight, double* __restrict__ p_exp_avg_sq, double* __restrict__ p_exp_avg, double* __restrict__ p_s, const double* __restrict__ p_p0, double* __restrict__ p_g, double k_decouple, double k_wd, double k_beta2, double k3, double k4, double k_beta1, double k6, double k_b3, double k8, double* __restrict__ out) {
+void optforge_prodigy_s0_f64(int64_t n, const double* __restrict__ p_grad, const double* __restrict__ p_weight, double* __restrict__ p_exp_avg_sq, double* __restrict__ p_exp_avg, double* __restrict__ p_s, const double* __restrict__ p_p0, double* __restrict__ p_g, double k_decouple, double k_wd, double k_beta2, double k3, double k4, double k_beta1, double k6, double k_b3, double k8, double k__grad_scale, double* __restrict__ out) {
     int nt = 1;
 #ifdef _OPENMP
     if (n >= OPTFORGE_PARALLEL_MIN) nt = omp_get_max_threads();
@@ -201,7 +202,7 @@ void optforge_prodigy_s0_f64(int64_t n, const double* __restrict__ p_grad, const
                     #pragma omp simd
                     for (int64_t i = b; i < e; ++i) {
                         double t0, t1;
-                        optforge_prodigy_s0_elem<double, double, double, 1, 1>(i, i, p_grad, p_weight, p_exp_avg_sq, p_exp_avg, p_s, p_p0, p_g, nullptr, t0, t1, (double)k_decouple, (double)k_wd, (double)k_beta2, (double)k3, (double)k4, (double)k_beta1, (double)k6, (double)k_b3, (double)k8);
+                        optforge_prodigy_s0_elem<double, double, double, 1, 1>(i, i, p_grad, p_weight, p_exp_avg_sq, p_exp_avg, p_s, p_p0, p_g, nullptr, t0, t1, (double)k_decouple, (double)k_wd, (double)k_beta2, (double)k3, (double)k4, (double)k_beta1, (double)k6, (double)k_b3, (double)k8, (double)k__grad_scale);
                         buf[0][i - b] = t0;
                         buf[1][i - b] = t1;
                     }
@@ -209,7 +210,7 @@ void optforge_prodigy_s0_f64(int64_t n, const double* __restrict__ p_grad, const
                     #pragma omp simd
                     for (int64_t i = b; i < e; ++i) {
                         double t0, t1;
-                        optforge_prodigy_s0_elem<double, double, double, 1, 0>(i, i, p_grad, p_weight, p_exp_avg_sq, p_exp_avg, p_s, p_p0, p_g, nullptr, t0, t1, (double)k_decouple, (double)k_wd, (double)k_beta2, (double)k3, (double)k4, (double)k_beta1, (double)k6, (double)k_b3, (double)k8);
+                        optforge_prodigy_s0_elem<double, double, double, 1, 0>(i, i, p_grad, p_weight, p_exp_avg_sq, p_exp_avg, p_s, p_p0, p_g, nullptr, t0, t1, (double)k_decouple, (double)k_wd, (double)k_beta2, (double)k3, (double)k4, (double)k_beta1, (double)k6, (double)k_b3, (double)k8, (double)k__grad_scale);
                         buf[0][i - b] = t0;
                         buf[1][i - b] = t1;
                     }
@@ -217,7 +218,7 @@ void optforge_prodigy_s0_f64(int64_t n, const double* __restrict__ p_grad, const
                     #pragma omp simd
                     for (int64_t i = b; i < e; ++i) {
                         double t0, t1;
-                        optforge_prodigy_s0_elem<double, double, double, 0, 1>(i, i, p_grad, p_weight, p_exp_avg_sq, p_exp_avg, p_s, p_p0, p_g, nullptr, t0, t1, (double)k_decouple, (double)k_wd, (double)k_beta2, (double)k3, (double)k4, (double)k_beta1, (double)k6, (double)k_b3, (double)k8);
+                        optforge_prodigy_s0_elem<double, double, double, 0, 1>(i, i, p_grad, p_weight, p_exp_avg_sq, p_exp_avg, p_s, p_p0, p_g, nullptr, t0, t1, (double)k_decouple, (double)k_wd, (double)k_beta2, (double)k3, (double)k4, (double)k_beta1, (double)k6, (double)k_b3, (double)k8, (double)k__grad_scale);
                         buf[0][i - b] = t0;
                         buf[1][i - b] = t1;
                     }
@@ -225,7 +226,7 @@ void optforge_prodigy_s0_f64(int64_t n, const double* __restrict__ p_grad, const
                     #pragma omp simd
                     for (int64_t i = b; i < e; ++i) {
                         double t0, t1;
-                        optforge_prodigy_s0_elem<double, double, double, 0, 0>(i, i, p_grad, p_weight, p_exp_avg_sq, p_exp_avg, p_s, p_p0, p_g, nullptr, t0, t1, (double)k_decouple, (double)k_wd, (double)k_beta2, (double)k3, (double)k4, (double)k_beta1, (double)k6, (double)k_b3, (double)k8);
+                        optforge_prodigy_s0_elem<double, double, double, 0, 0>(i, i, p_grad, p_weight, p_exp_avg_sq, p_exp_avg, p_s, p_p0, p_g, nullptr, t0, t1, (double)k_decouple, (double)k_wd, (double)k_beta2, (double)k3, (double)k4, (double)k_beta1, (double)k6, (double)k_b3, (double)k8, (double)k__grad_scale);
                         buf[0][i - b] = t0;
                         buf[1][i - b] = t1;
                     }
@@ -259,12 +260,12 @@ void optforge_prodigy_s0_f64(int64_t n, const double* __restrict__ p_grad, const
     }
 }
 /* multi-tensor: one call for the small tensors of a list update (each below OPTFORGE_PARALLEL_MIN), in
-   parallel over the tensors: ptrs[k * count + t] is pointer k of tensor t, scalars[t * 9 + j] its
+   parallel over the tensors: ptrs[k * count + t] is pointer k of tensor t, scalars[t * 10 + j] its
    scalars, out[t * 2 + k] its sums */
 void optforge_prodigy_s0_mt_f64(int64_t count, const int64_t* __restrict__ sizes, const uint64_t* __restrict__ ptrs, const double* __restrict__ scalars, double* __restrict__ out) {
     #pragma omp parallel for schedule(dynamic, 4) if (count > 1)
     for (int64_t t = 0; t < count; ++t) {
-        const double* s = scalars + t * 9;
+        const double* s = scalars + t * 10;
         const double k_decouple = s[0];
         const double k_wd = s[1];
         const double k_beta2 = s[2];
@@ -274,35 +275,36 @@ void optforge_prodigy_s0_mt_f64(int64_t count, const int64_t* __restrict__ sizes
         const double k6 = s[6];
         const double k_b3 = s[7];
         const double k8 = s[8];
-        optforge_prodigy_s0_f64(sizes[t], (const double*)ptrs[0 * count + t], (const double*)ptrs[1 * count + t], (double*)ptrs[2 * count + t], (double*)ptrs[3 * count + t], (double*)ptrs[4 * count + t], (const double*)ptrs[5 * count + t], (double*)ptrs[6 * count + t], k_decouple, k_wd, k_beta2, k3, k4, k_beta1, k6, k_b3, k8, out + t * 2);
+        const double k__grad_scale = s[9];
+        optforge_prodigy_s0_f64(sizes[t], (const double*)ptrs[0 * count + t], (const double*)ptrs[1 * count + t], (double*)ptrs[2 * count + t], (double*)ptrs[3 * count + t], (double*)ptrs[4 * count + t], (const double*)ptrs[5 * count + t], (double*)ptrs[6 * count + t], k_decouple, k_wd, k_beta2, k3, k4, k_beta1, k6, k_b3, k8, k__grad_scale, out + t * 2);
     }
 }
-void optforge_prodigy_s1_f32(int64_t n, float* __restrict__ p_weight, const float* __restrict__ p_exp_avg, const float* __restrict__ p_exp_avg_sq, const float* __restrict__ p_grad, double k_decouple, double k1, double k2, double k_seen, double k_dlr, double k5, double k_wd, double k7) {
+void optforge_prodigy_s1_f32(int64_t n, float* __restrict__ p_weight, const float* __restrict__ p_exp_avg, const float* __restrict__ p_exp_avg_sq, const float* __restrict__ p_grad, double k_decouple, double k1, double k2, double k_seen, double k_dlr, double k5, double k_wd, double k7, double k__grad_scale) {
     if (p_exp_avg && k2 != 0) {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
         for (int64_t i = 0; i < n; ++i)
-            optforge_prodigy_s1_elem<float, float, float, 1, 1>(i, i, p_weight, p_exp_avg, p_exp_avg_sq, p_grad, nullptr, (float)k_decouple, (float)k1, (float)k2, (float)k_seen, (float)k_dlr, (float)k5, (float)k_wd, (float)k7);
+            optforge_prodigy_s1_elem<float, float, float, 1, 1>(i, i, p_weight, p_exp_avg, p_exp_avg_sq, p_grad, nullptr, (float)k_decouple, (float)k1, (float)k2, (float)k_seen, (float)k_dlr, (float)k5, (float)k_wd, (float)k7, (float)k__grad_scale);
     } else if (p_exp_avg && k2 == 0) {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
         for (int64_t i = 0; i < n; ++i)
-            optforge_prodigy_s1_elem<float, float, float, 1, 0>(i, i, p_weight, p_exp_avg, p_exp_avg_sq, p_grad, nullptr, (float)k_decouple, (float)k1, (float)k2, (float)k_seen, (float)k_dlr, (float)k5, (float)k_wd, (float)k7);
+            optforge_prodigy_s1_elem<float, float, float, 1, 0>(i, i, p_weight, p_exp_avg, p_exp_avg_sq, p_grad, nullptr, (float)k_decouple, (float)k1, (float)k2, (float)k_seen, (float)k_dlr, (float)k5, (float)k_wd, (float)k7, (float)k__grad_scale);
     } else if (!p_exp_avg && k2 != 0) {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
         for (int64_t i = 0; i < n; ++i)
-            optforge_prodigy_s1_elem<float, float, float, 0, 1>(i, i, p_weight, p_exp_avg, p_exp_avg_sq, p_grad, nullptr, (float)k_decouple, (float)k1, (float)k2, (float)k_seen, (float)k_dlr, (float)k5, (float)k_wd, (float)k7);
+            optforge_prodigy_s1_elem<float, float, float, 0, 1>(i, i, p_weight, p_exp_avg, p_exp_avg_sq, p_grad, nullptr, (float)k_decouple, (float)k1, (float)k2, (float)k_seen, (float)k_dlr, (float)k5, (float)k_wd, (float)k7, (float)k__grad_scale);
     } else if (!p_exp_avg && k2 == 0) {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
         for (int64_t i = 0; i < n; ++i)
-            optforge_prodigy_s1_elem<float, float, float, 0, 0>(i, i, p_weight, p_exp_avg, p_exp_avg_sq, p_grad, nullptr, (float)k_decouple, (float)k1, (float)k2, (float)k_seen, (float)k_dlr, (float)k5, (float)k_wd, (float)k7);
+            optforge_prodigy_s1_elem<float, float, float, 0, 0>(i, i, p_weight, p_exp_avg, p_exp_avg_sq, p_grad, nullptr, (float)k_decouple, (float)k1, (float)k2, (float)k_seen, (float)k_dlr, (float)k5, (float)k_wd, (float)k7, (float)k__grad_scale);
     }
 }
 /* multi-tensor: one call for the small tensors of a list update (each below OPTFORGE_PARALLEL_MIN), in
-   parallel over the tensors: ptrs[k * count + t] is pointer k of tensor t, scalars[t * 8 + j] its
+   parallel over the tensors: ptrs[k * count + t] is pointer k of tensor t, scalars[t * 9 + j] its
    scalars */
 void optforge_prodigy_s1_mt_f32(int64_t count, const int64_t* __restrict__ sizes, const uint64_t* __restrict__ ptrs, const double* __restrict__ scalars) {
     #pragma omp parallel for schedule(dynamic, 4) if (count > 1)
     for (int64_t t = 0; t < count; ++t) {
-        const double* s = scalars + t * 8;
+        const double* s = scalars + t * 9;
         const double k_decouple = s[0];
         const double k1 = s[1];
         const double k2 = s[2];
@@ -311,35 +313,36 @@ void optforge_prodigy_s1_mt_f32(int64_t count, const int64_t* __restrict__ sizes
         const double k5 = s[5];
         const double k_wd = s[6];
         const double k7 = s[7];
-        optforge_prodigy_s1_f32(sizes[t], (float*)ptrs[0 * count + t], (const float*)ptrs[1 * count + t], (const float*)ptrs[2 * count + t], (const float*)ptrs[3 * count + t], k_decouple, k1, k2, k_seen, k_dlr, k5, k_wd, k7);
+        const double k__grad_scale = s[8];
+        optforge_prodigy_s1_f32(sizes[t], (float*)ptrs[0 * count + t], (const float*)ptrs[1 * count + t], (const float*)ptrs[2 * count + t], (const float*)ptrs[3 * count + t], k_decouple, k1, k2, k_seen, k_dlr, k5, k_wd, k7, k__grad_scale);
     }
 }
-void optforge_prodigy_s1_f64(int64_t n, double* __restrict__ p_weight, const double* __restrict__ p_exp_avg, const double* __restrict__ p_exp_avg_sq, const double* __restrict__ p_grad, double k_decouple, double k1, double k2, double k_seen, double k_dlr, double k5, double k_wd, double k7) {
+void optforge_prodigy_s1_f64(int64_t n, double* __restrict__ p_weight, const double* __restrict__ p_exp_avg, const double* __restrict__ p_exp_avg_sq, const double* __restrict__ p_grad, double k_decouple, double k1, double k2, double k_seen, double k_dlr, double k5, double k_wd, double k7, double k__grad_scale) {
     if (p_exp_avg && k2 != 0) {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
         for (int64_t i = 0; i < n; ++i)
-            optforge_prodigy_s1_elem<double, double, double, 1, 1>(i, i, p_weight, p_exp_avg, p_exp_avg_sq, p_grad, nullptr, (double)k_decouple, (double)k1, (double)k2, (double)k_seen, (double)k_dlr, (double)k5, (double)k_wd, (double)k7);
+            optforge_prodigy_s1_elem<double, double, double, 1, 1>(i, i, p_weight, p_exp_avg, p_exp_avg_sq, p_grad, nullptr, (double)k_decouple, (double)k1, (double)k2, (double)k_seen, (double)k_dlr, (double)k5, (double)k_wd, (double)k7, (double)k__grad_scale);
     } else if (p_exp_avg && k2 == 0) {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
         for (int64_t i = 0; i < n; ++i)
-            optforge_prodigy_s1_elem<double, double, double, 1, 0>(i, i, p_weight, p_exp_avg, p_exp_avg_sq, p_grad, nullptr, (double)k_decouple, (double)k1, (double)k2, (double)k_seen, (double)k_dlr, (double)k5, (double)k_wd, (double)k7);
+            optforge_prodigy_s1_elem<double, double, double, 1, 0>(i, i, p_weight, p_exp_avg, p_exp_avg_sq, p_grad, nullptr, (double)k_decouple, (double)k1, (double)k2, (double)k_seen, (double)k_dlr, (double)k5, (double)k_wd, (double)k7, (double)k__grad_scale);
     } else if (!p_exp_avg && k2 != 0) {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
         for (int64_t i = 0; i < n; ++i)
-            optforge_prodigy_s1_elem<double, double, double, 0, 1>(i, i, p_weight, p_exp_avg, p_exp_avg_sq, p_grad, nullptr, (double)k_decouple, (double)k1, (double)k2, (double)k_seen, (double)k_dlr, (double)k5, (double)k_wd, (double)k7);
+            optforge_prodigy_s1_elem<double, double, double, 0, 1>(i, i, p_weight, p_exp_avg, p_exp_avg_sq, p_grad, nullptr, (double)k_decouple, (double)k1, (double)k2, (double)k_seen, (double)k_dlr, (double)k5, (double)k_wd, (double)k7, (double)k__grad_scale);
     } else if (!p_exp_avg && k2 == 0) {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
         for (int64_t i = 0; i < n; ++i)
-            optforge_prodigy_s1_elem<double, double, double, 0, 0>(i, i, p_weight, p_exp_avg, p_exp_avg_sq, p_grad, nullptr, (double)k_decouple, (double)k1, (double)k2, (double)k_seen, (double)k_dlr, (double)k5, (double)k_wd, (double)k7);
+            optforge_prodigy_s1_elem<double, double, double, 0, 0>(i, i, p_weight, p_exp_avg, p_exp_avg_sq, p_grad, nullptr, (double)k_decouple, (double)k1, (double)k2, (double)k_seen, (double)k_dlr, (double)k5, (double)k_wd, (double)k7, (double)k__grad_scale);
     }
 }
 /* multi-tensor: one call for the small tensors of a list update (each below OPTFORGE_PARALLEL_MIN), in
-   parallel over the tensors: ptrs[k * count + t] is pointer k of tensor t, scalars[t * 8 + j] its
+   parallel over the tensors: ptrs[k * count + t] is pointer k of tensor t, scalars[t * 9 + j] its
    scalars */
 void optforge_prodigy_s1_mt_f64(int64_t count, const int64_t* __restrict__ sizes, const uint64_t* __restrict__ ptrs, const double* __restrict__ scalars) {
     #pragma omp parallel for schedule(dynamic, 4) if (count > 1)
     for (int64_t t = 0; t < count; ++t) {
-        const double* s = scalars + t * 8;
+        const double* s = scalars + t * 9;
         const double k_decouple = s[0];
         const double k1 = s[1];
         const double k2 = s[2];
@@ -348,7 +351,8 @@ void optforge_prodigy_s1_mt_f64(int64_t count, const int64_t* __restrict__ sizes
         const double k5 = s[5];
         const double k_wd = s[6];
         const double k7 = s[7];
-        optforge_prodigy_s1_f64(sizes[t], (double*)ptrs[0 * count + t], (const double*)ptrs[1 * count + t], (const double*)ptrs[2 * count + t], (const double*)ptrs[3 * count + t], k_decouple, k1, k2, k_seen, k_dlr, k5, k_wd, k7);
+        const double k__grad_scale = s[8];
+        optforge_prodigy_s1_f64(sizes[t], (double*)ptrs[0 * count + t], (const double*)ptrs[1 * count + t], (const double*)ptrs[2 * count + t], (const double*)ptrs[3 * count + t], k_decouple, k1, k2, k_seen, k_dlr, k5, k_wd, k7, k__grad_scale);
     }
 }
 }

@@ -26,8 +26,8 @@ template <typename C> OPTFORGE_HD void store_low(float* p, int64_t i, C v) {
 /* stage s0: element i of the weight and states, element gi of the gradient and scratch
    (the same element for a dense update; for a row-sparse one, gi walks the gradient's rows) */
 template <typename T, typename G, typename C, int H0, int B0>
-OPTFORGE_HD void optforge_prodigy_s0_elem(int64_t i, int64_t gi, const G* __restrict__ p_grad, const T* __restrict__ p_weight, T* __restrict__ p_exp_avg_sq, T* __restrict__ p_exp_avg, T* __restrict__ p_s, const T* __restrict__ p_p0, C* __restrict__ p_g, float* __restrict__ p_weight_lp, C& red0, C& red1, const C k_decouple, const C k_wd, const C k_beta2, const C k3, const C k4, const C k_beta1, const C k6, const C k_b3, const C k8) {
-    C grad = C(p_grad[gi]);
+OPTFORGE_HD void optforge_prodigy_s0_elem(int64_t i, int64_t gi, const G* __restrict__ p_grad, const T* __restrict__ p_weight, T* __restrict__ p_exp_avg_sq, T* __restrict__ p_exp_avg, T* __restrict__ p_s, const T* __restrict__ p_p0, C* __restrict__ p_g, float* __restrict__ p_weight_lp, C& red0, C& red1, const C k_decouple, const C k_wd, const C k_beta2, const C k3, const C k4, const C k_beta1, const C k6, const C k_b3, const C k8, const C k__grad_scale) {
+    C grad = C(p_grad[gi]) * k__grad_scale;
     C weight = C(p_weight[i]);
     C exp_avg_sq = C(p_exp_avg_sq[i]);
     C exp_avg = (H0 == 1 || (H0 == 2 && p_exp_avg)) ? C(p_exp_avg[i]) : C(0);
@@ -50,11 +50,11 @@ OPTFORGE_HD void optforge_prodigy_s0_elem(int64_t i, int64_t gi, const G* __rest
 /* stage s1: element i of the weight and states, element gi of the gradient and scratch
    (the same element for a dense update; for a row-sparse one, gi walks the gradient's rows) */
 template <typename T, typename G, typename C, int H0, int B0>
-OPTFORGE_HD void optforge_prodigy_s1_elem(int64_t i, int64_t gi, T* __restrict__ p_weight, const T* __restrict__ p_exp_avg, const T* __restrict__ p_exp_avg_sq, const G* __restrict__ p_grad, float* __restrict__ p_weight_lp, const C k_decouple, const C k1, const C k2, const C k_seen, const C k_dlr, const C k5, const C k_wd, const C k7) {
+OPTFORGE_HD void optforge_prodigy_s1_elem(int64_t i, int64_t gi, T* __restrict__ p_weight, const T* __restrict__ p_exp_avg, const T* __restrict__ p_exp_avg_sq, const G* __restrict__ p_grad, float* __restrict__ p_weight_lp, const C k_decouple, const C k1, const C k2, const C k_seen, const C k_dlr, const C k5, const C k_wd, const C k7, const C k__grad_scale) {
     C weight = C(p_weight[i]);
     C exp_avg = (H0 == 1 || (H0 == 2 && p_exp_avg)) ? C(p_exp_avg[i]) : C(0);
     C exp_avg_sq = C(p_exp_avg_sq[i]);
-    C grad = C(p_grad[gi]);
+    C grad = C(p_grad[gi]) * k__grad_scale;
     C decayed, g1;
     decayed = (k_decouple ? C(weight - k1 * weight) : C(weight));  // prodigy.opt:79
     if (B0 == 1 || (B0 == 2 && k2)) {
@@ -70,11 +70,11 @@ OPTFORGE_HD void optforge_prodigy_s1_elem(int64_t i, int64_t gi, T* __restrict__
 extern "C" {
 /* also accumulates 2 whole-tensor reduction(s): each thread's partial sums (double) go to
    partials[thread * 2 + k], which the host sums in a fixed order (deterministic, no atomics) */
-__global__ void optforge_prodigy_s0_f32(int64_t n, const float* __restrict__ p_grad, const float* __restrict__ p_weight, float* __restrict__ p_exp_avg_sq, float* __restrict__ p_exp_avg, float* __restrict__ p_s, const float* __restrict__ p_p0, float* __restrict__ p_g, float* __restrict__ p_weight_lp, double k_decouple, double k_wd, double k_beta2, double k3, double k4, double k_beta1, double k6, double k_b3, double k8, double* __restrict__ partials) {
+__global__ void optforge_prodigy_s0_f32(int64_t n, const float* __restrict__ p_grad, const float* __restrict__ p_weight, float* __restrict__ p_exp_avg_sq, float* __restrict__ p_exp_avg, float* __restrict__ p_s, const float* __restrict__ p_p0, float* __restrict__ p_g, float* __restrict__ p_weight_lp, double k_decouple, double k_wd, double k_beta2, double k3, double k4, double k_beta1, double k6, double k_b3, double k8, double k__grad_scale, double* __restrict__ partials) {
     double acc0 = 0, acc1 = 0;
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
         float t0, t1;
-        optforge_prodigy_s0_elem<float, float, float, 2, 2>(i, i, p_grad, p_weight, p_exp_avg_sq, p_exp_avg, p_s, p_p0, p_g, p_weight_lp, t0, t1, (float)k_decouple, (float)k_wd, (float)k_beta2, (float)k3, (float)k4, (float)k_beta1, (float)k6, (float)k_b3, (float)k8);
+        optforge_prodigy_s0_elem<float, float, float, 2, 2>(i, i, p_grad, p_weight, p_exp_avg_sq, p_exp_avg, p_s, p_p0, p_g, p_weight_lp, t0, t1, (float)k_decouple, (float)k_wd, (float)k_beta2, (float)k3, (float)k4, (float)k_beta1, (float)k6, (float)k_b3, (float)k8, (float)k__grad_scale);
         acc0 += (double)t0;
         acc1 += (double)t1;
     }
@@ -83,11 +83,11 @@ __global__ void optforge_prodigy_s0_f32(int64_t n, const float* __restrict__ p_g
     partials[tid * 2 + 1] = acc1;
 }
 /* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
-   pointers, sizes and 9 scalar(s) per parameter, as Apex's multi_tensor_apply;
+   pointers, sizes and 10 scalar(s) per parameter, as Apex's multi_tensor_apply;
    each parameter's threads write their partial sums to partials[(t * stride + thread) * 2 + k] */
 __global__ void optforge_prodigy_s0_mt_f32(const int64_t* __restrict__ sizes, float* const* tab_grad, float* const* tab_weight, float* const* tab_exp_avg_sq, float* const* tab_exp_avg, float* const* tab_s, float* const* tab_p0, float* const* tab_g, float* const* tab_weight_lp, const double* __restrict__ scalars, int64_t stride, double* __restrict__ partials) {
     const int64_t t = blockIdx.y, n = sizes[t];
-    const double* s = scalars + t * 9;
+    const double* s = scalars + t * 10;
     const float k_decouple = (float)s[0];
     const float k_wd = (float)s[1];
     const float k_beta2 = (float)s[2];
@@ -97,10 +97,11 @@ __global__ void optforge_prodigy_s0_mt_f32(const int64_t* __restrict__ sizes, fl
     const float k6 = (float)s[6];
     const float k_b3 = (float)s[7];
     const float k8 = (float)s[8];
+    const float k__grad_scale = (float)s[9];
     double acc0 = 0, acc1 = 0;
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
         float t0, t1;
-        optforge_prodigy_s0_elem<float, float, float, 2, 2>(i, i, tab_grad[t], tab_weight[t], tab_exp_avg_sq[t], tab_exp_avg[t], tab_s[t], tab_p0[t], tab_g[t], tab_weight_lp[t], t0, t1, k_decouple, k_wd, k_beta2, k3, k4, k_beta1, k6, k_b3, k8);
+        optforge_prodigy_s0_elem<float, float, float, 2, 2>(i, i, tab_grad[t], tab_weight[t], tab_exp_avg_sq[t], tab_exp_avg[t], tab_s[t], tab_p0[t], tab_g[t], tab_weight_lp[t], t0, t1, k_decouple, k_wd, k_beta2, k3, k4, k_beta1, k6, k_b3, k8, k__grad_scale);
         acc0 += (double)t0;
         acc1 += (double)t1;
     }
@@ -110,11 +111,11 @@ __global__ void optforge_prodigy_s0_mt_f32(const int64_t* __restrict__ sizes, fl
 }
 /* also accumulates 2 whole-tensor reduction(s): each thread's partial sums (double) go to
    partials[thread * 2 + k], which the host sums in a fixed order (deterministic, no atomics) */
-__global__ void optforge_prodigy_s0_f64(int64_t n, const double* __restrict__ p_grad, const double* __restrict__ p_weight, double* __restrict__ p_exp_avg_sq, double* __restrict__ p_exp_avg, double* __restrict__ p_s, const double* __restrict__ p_p0, double* __restrict__ p_g, float* __restrict__ p_weight_lp, double k_decouple, double k_wd, double k_beta2, double k3, double k4, double k_beta1, double k6, double k_b3, double k8, double* __restrict__ partials) {
+__global__ void optforge_prodigy_s0_f64(int64_t n, const double* __restrict__ p_grad, const double* __restrict__ p_weight, double* __restrict__ p_exp_avg_sq, double* __restrict__ p_exp_avg, double* __restrict__ p_s, const double* __restrict__ p_p0, double* __restrict__ p_g, float* __restrict__ p_weight_lp, double k_decouple, double k_wd, double k_beta2, double k3, double k4, double k_beta1, double k6, double k_b3, double k8, double k__grad_scale, double* __restrict__ partials) {
     double acc0 = 0, acc1 = 0;
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
         double t0, t1;
-        optforge_prodigy_s0_elem<double, double, double, 2, 2>(i, i, p_grad, p_weight, p_exp_avg_sq, p_exp_avg, p_s, p_p0, p_g, p_weight_lp, t0, t1, (double)k_decouple, (double)k_wd, (double)k_beta2, (double)k3, (double)k4, (double)k_beta1, (double)k6, (double)k_b3, (double)k8);
+        optforge_prodigy_s0_elem<double, double, double, 2, 2>(i, i, p_grad, p_weight, p_exp_avg_sq, p_exp_avg, p_s, p_p0, p_g, p_weight_lp, t0, t1, (double)k_decouple, (double)k_wd, (double)k_beta2, (double)k3, (double)k4, (double)k_beta1, (double)k6, (double)k_b3, (double)k8, (double)k__grad_scale);
         acc0 += (double)t0;
         acc1 += (double)t1;
     }
@@ -123,11 +124,11 @@ __global__ void optforge_prodigy_s0_f64(int64_t n, const double* __restrict__ p_
     partials[tid * 2 + 1] = acc1;
 }
 /* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
-   pointers, sizes and 9 scalar(s) per parameter, as Apex's multi_tensor_apply;
+   pointers, sizes and 10 scalar(s) per parameter, as Apex's multi_tensor_apply;
    each parameter's threads write their partial sums to partials[(t * stride + thread) * 2 + k] */
 __global__ void optforge_prodigy_s0_mt_f64(const int64_t* __restrict__ sizes, double* const* tab_grad, double* const* tab_weight, double* const* tab_exp_avg_sq, double* const* tab_exp_avg, double* const* tab_s, double* const* tab_p0, double* const* tab_g, float* const* tab_weight_lp, const double* __restrict__ scalars, int64_t stride, double* __restrict__ partials) {
     const int64_t t = blockIdx.y, n = sizes[t];
-    const double* s = scalars + t * 9;
+    const double* s = scalars + t * 10;
     const double k_decouple = (double)s[0];
     const double k_wd = (double)s[1];
     const double k_beta2 = (double)s[2];
@@ -137,10 +138,11 @@ __global__ void optforge_prodigy_s0_mt_f64(const int64_t* __restrict__ sizes, do
     const double k6 = (double)s[6];
     const double k_b3 = (double)s[7];
     const double k8 = (double)s[8];
+    const double k__grad_scale = (double)s[9];
     double acc0 = 0, acc1 = 0;
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
         double t0, t1;
-        optforge_prodigy_s0_elem<double, double, double, 2, 2>(i, i, tab_grad[t], tab_weight[t], tab_exp_avg_sq[t], tab_exp_avg[t], tab_s[t], tab_p0[t], tab_g[t], tab_weight_lp[t], t0, t1, k_decouple, k_wd, k_beta2, k3, k4, k_beta1, k6, k_b3, k8);
+        optforge_prodigy_s0_elem<double, double, double, 2, 2>(i, i, tab_grad[t], tab_weight[t], tab_exp_avg_sq[t], tab_exp_avg[t], tab_s[t], tab_p0[t], tab_g[t], tab_weight_lp[t], t0, t1, k_decouple, k_wd, k_beta2, k3, k4, k_beta1, k6, k_b3, k8, k__grad_scale);
         acc0 += (double)t0;
         acc1 += (double)t1;
     }
@@ -150,11 +152,11 @@ __global__ void optforge_prodigy_s0_mt_f64(const int64_t* __restrict__ sizes, do
 }
 /* also accumulates 2 whole-tensor reduction(s): each thread's partial sums (double) go to
    partials[thread * 2 + k], which the host sums in a fixed order (deterministic, no atomics) */
-__global__ void optforge_prodigy_s0_f16(int64_t n, const __half* __restrict__ p_grad, const __half* __restrict__ p_weight, __half* __restrict__ p_exp_avg_sq, __half* __restrict__ p_exp_avg, __half* __restrict__ p_s, const __half* __restrict__ p_p0, float* __restrict__ p_g, float* __restrict__ p_weight_lp, double k_decouple, double k_wd, double k_beta2, double k3, double k4, double k_beta1, double k6, double k_b3, double k8, double* __restrict__ partials) {
+__global__ void optforge_prodigy_s0_f16(int64_t n, const __half* __restrict__ p_grad, const __half* __restrict__ p_weight, __half* __restrict__ p_exp_avg_sq, __half* __restrict__ p_exp_avg, __half* __restrict__ p_s, const __half* __restrict__ p_p0, float* __restrict__ p_g, float* __restrict__ p_weight_lp, double k_decouple, double k_wd, double k_beta2, double k3, double k4, double k_beta1, double k6, double k_b3, double k8, double k__grad_scale, double* __restrict__ partials) {
     double acc0 = 0, acc1 = 0;
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
         float t0, t1;
-        optforge_prodigy_s0_elem<__half, __half, float, 2, 2>(i, i, p_grad, p_weight, p_exp_avg_sq, p_exp_avg, p_s, p_p0, p_g, p_weight_lp, t0, t1, (float)k_decouple, (float)k_wd, (float)k_beta2, (float)k3, (float)k4, (float)k_beta1, (float)k6, (float)k_b3, (float)k8);
+        optforge_prodigy_s0_elem<__half, __half, float, 2, 2>(i, i, p_grad, p_weight, p_exp_avg_sq, p_exp_avg, p_s, p_p0, p_g, p_weight_lp, t0, t1, (float)k_decouple, (float)k_wd, (float)k_beta2, (float)k3, (float)k4, (float)k_beta1, (float)k6, (float)k_b3, (float)k8, (float)k__grad_scale);
         acc0 += (double)t0;
         acc1 += (double)t1;
     }
@@ -163,11 +165,11 @@ __global__ void optforge_prodigy_s0_f16(int64_t n, const __half* __restrict__ p_
     partials[tid * 2 + 1] = acc1;
 }
 /* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
-   pointers, sizes and 9 scalar(s) per parameter, as Apex's multi_tensor_apply;
+   pointers, sizes and 10 scalar(s) per parameter, as Apex's multi_tensor_apply;
    each parameter's threads write their partial sums to partials[(t * stride + thread) * 2 + k] */
 __global__ void optforge_prodigy_s0_mt_f16(const int64_t* __restrict__ sizes, __half* const* tab_grad, __half* const* tab_weight, __half* const* tab_exp_avg_sq, __half* const* tab_exp_avg, __half* const* tab_s, __half* const* tab_p0, float* const* tab_g, float* const* tab_weight_lp, const double* __restrict__ scalars, int64_t stride, double* __restrict__ partials) {
     const int64_t t = blockIdx.y, n = sizes[t];
-    const double* s = scalars + t * 9;
+    const double* s = scalars + t * 10;
     const float k_decouple = (float)s[0];
     const float k_wd = (float)s[1];
     const float k_beta2 = (float)s[2];
@@ -177,10 +179,11 @@ __global__ void optforge_prodigy_s0_mt_f16(const int64_t* __restrict__ sizes, __
     const float k6 = (float)s[6];
     const float k_b3 = (float)s[7];
     const float k8 = (float)s[8];
+    const float k__grad_scale = (float)s[9];
     double acc0 = 0, acc1 = 0;
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
         float t0, t1;
-        optforge_prodigy_s0_elem<__half, __half, float, 2, 2>(i, i, tab_grad[t], tab_weight[t], tab_exp_avg_sq[t], tab_exp_avg[t], tab_s[t], tab_p0[t], tab_g[t], tab_weight_lp[t], t0, t1, k_decouple, k_wd, k_beta2, k3, k4, k_beta1, k6, k_b3, k8);
+        optforge_prodigy_s0_elem<__half, __half, float, 2, 2>(i, i, tab_grad[t], tab_weight[t], tab_exp_avg_sq[t], tab_exp_avg[t], tab_s[t], tab_p0[t], tab_g[t], tab_weight_lp[t], t0, t1, k_decouple, k_wd, k_beta2, k3, k4, k_beta1, k6, k_b3, k8, k__grad_scale);
         acc0 += (double)t0;
         acc1 += (double)t1;
     }
@@ -190,11 +193,11 @@ __global__ void optforge_prodigy_s0_mt_f16(const int64_t* __restrict__ sizes, __
 }
 /* also accumulates 2 whole-tensor reduction(s): each thread's partial sums (double) go to
    partials[thread * 2 + k], which the host sums in a fixed order (deterministic, no atomics) */
-__global__ void optforge_prodigy_s0_mp16(int64_t n, const __half* __restrict__ p_grad, const float* __restrict__ p_weight, float* __restrict__ p_exp_avg_sq, float* __restrict__ p_exp_avg, float* __restrict__ p_s, const float* __restrict__ p_p0, float* __restrict__ p_g, float* __restrict__ p_weight_lp, double k_decouple, double k_wd, double k_beta2, double k3, double k4, double k_beta1, double k6, double k_b3, double k8, double* __restrict__ partials) {
+__global__ void optforge_prodigy_s0_mp16(int64_t n, const __half* __restrict__ p_grad, const float* __restrict__ p_weight, float* __restrict__ p_exp_avg_sq, float* __restrict__ p_exp_avg, float* __restrict__ p_s, const float* __restrict__ p_p0, float* __restrict__ p_g, float* __restrict__ p_weight_lp, double k_decouple, double k_wd, double k_beta2, double k3, double k4, double k_beta1, double k6, double k_b3, double k8, double k__grad_scale, double* __restrict__ partials) {
     double acc0 = 0, acc1 = 0;
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
         float t0, t1;
-        optforge_prodigy_s0_elem<float, __half, float, 2, 2>(i, i, p_grad, p_weight, p_exp_avg_sq, p_exp_avg, p_s, p_p0, p_g, p_weight_lp, t0, t1, (float)k_decouple, (float)k_wd, (float)k_beta2, (float)k3, (float)k4, (float)k_beta1, (float)k6, (float)k_b3, (float)k8);
+        optforge_prodigy_s0_elem<float, __half, float, 2, 2>(i, i, p_grad, p_weight, p_exp_avg_sq, p_exp_avg, p_s, p_p0, p_g, p_weight_lp, t0, t1, (float)k_decouple, (float)k_wd, (float)k_beta2, (float)k3, (float)k4, (float)k_beta1, (float)k6, (float)k_b3, (float)k8, (float)k__grad_scale);
         acc0 += (double)t0;
         acc1 += (double)t1;
     }
@@ -203,11 +206,11 @@ __global__ void optforge_prodigy_s0_mp16(int64_t n, const __half* __restrict__ p
     partials[tid * 2 + 1] = acc1;
 }
 /* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
-   pointers, sizes and 9 scalar(s) per parameter, as Apex's multi_tensor_apply;
+   pointers, sizes and 10 scalar(s) per parameter, as Apex's multi_tensor_apply;
    each parameter's threads write their partial sums to partials[(t * stride + thread) * 2 + k] */
 __global__ void optforge_prodigy_s0_mt_mp16(const int64_t* __restrict__ sizes, __half* const* tab_grad, float* const* tab_weight, float* const* tab_exp_avg_sq, float* const* tab_exp_avg, float* const* tab_s, float* const* tab_p0, float* const* tab_g, float* const* tab_weight_lp, const double* __restrict__ scalars, int64_t stride, double* __restrict__ partials) {
     const int64_t t = blockIdx.y, n = sizes[t];
-    const double* s = scalars + t * 9;
+    const double* s = scalars + t * 10;
     const float k_decouple = (float)s[0];
     const float k_wd = (float)s[1];
     const float k_beta2 = (float)s[2];
@@ -217,10 +220,11 @@ __global__ void optforge_prodigy_s0_mt_mp16(const int64_t* __restrict__ sizes, _
     const float k6 = (float)s[6];
     const float k_b3 = (float)s[7];
     const float k8 = (float)s[8];
+    const float k__grad_scale = (float)s[9];
     double acc0 = 0, acc1 = 0;
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
         float t0, t1;
-        optforge_prodigy_s0_elem<float, __half, float, 2, 2>(i, i, tab_grad[t], tab_weight[t], tab_exp_avg_sq[t], tab_exp_avg[t], tab_s[t], tab_p0[t], tab_g[t], tab_weight_lp[t], t0, t1, k_decouple, k_wd, k_beta2, k3, k4, k_beta1, k6, k_b3, k8);
+        optforge_prodigy_s0_elem<float, __half, float, 2, 2>(i, i, tab_grad[t], tab_weight[t], tab_exp_avg_sq[t], tab_exp_avg[t], tab_s[t], tab_p0[t], tab_g[t], tab_weight_lp[t], t0, t1, k_decouple, k_wd, k_beta2, k3, k4, k_beta1, k6, k_b3, k8, k__grad_scale);
         acc0 += (double)t0;
         acc1 += (double)t1;
     }
@@ -228,15 +232,15 @@ __global__ void optforge_prodigy_s0_mt_mp16(const int64_t* __restrict__ sizes, _
     partials[slot * 2 + 0] = acc0;
     partials[slot * 2 + 1] = acc1;
 }
-__global__ void optforge_prodigy_s1_f32(int64_t n, float* __restrict__ p_weight, const float* __restrict__ p_exp_avg, const float* __restrict__ p_exp_avg_sq, const float* __restrict__ p_grad, float* __restrict__ p_weight_lp, double k_decouple, double k1, double k2, double k_seen, double k_dlr, double k5, double k_wd, double k7) {
+__global__ void optforge_prodigy_s1_f32(int64_t n, float* __restrict__ p_weight, const float* __restrict__ p_exp_avg, const float* __restrict__ p_exp_avg_sq, const float* __restrict__ p_grad, float* __restrict__ p_weight_lp, double k_decouple, double k1, double k2, double k_seen, double k_dlr, double k5, double k_wd, double k7, double k__grad_scale) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_prodigy_s1_elem<float, float, float, 2, 2>(i, i, p_weight, p_exp_avg, p_exp_avg_sq, p_grad, p_weight_lp, (float)k_decouple, (float)k1, (float)k2, (float)k_seen, (float)k_dlr, (float)k5, (float)k_wd, (float)k7);
+        optforge_prodigy_s1_elem<float, float, float, 2, 2>(i, i, p_weight, p_exp_avg, p_exp_avg_sq, p_grad, p_weight_lp, (float)k_decouple, (float)k1, (float)k2, (float)k_seen, (float)k_dlr, (float)k5, (float)k_wd, (float)k7, (float)k__grad_scale);
 }
 /* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
-   pointers, sizes and 8 scalar(s) per parameter, as Apex's multi_tensor_apply */
+   pointers, sizes and 9 scalar(s) per parameter, as Apex's multi_tensor_apply */
 __global__ void optforge_prodigy_s1_mt_f32(const int64_t* __restrict__ sizes, float* const* tab_weight, float* const* tab_exp_avg, float* const* tab_exp_avg_sq, float* const* tab_grad, float* const* tab_weight_lp, const double* __restrict__ scalars) {
     const int64_t t = blockIdx.y, n = sizes[t];
-    const double* s = scalars + t * 8;
+    const double* s = scalars + t * 9;
     const float k_decouple = (float)s[0];
     const float k1 = (float)s[1];
     const float k2 = (float)s[2];
@@ -245,19 +249,20 @@ __global__ void optforge_prodigy_s1_mt_f32(const int64_t* __restrict__ sizes, fl
     const float k5 = (float)s[5];
     const float k_wd = (float)s[6];
     const float k7 = (float)s[7];
+    const float k__grad_scale = (float)s[8];
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
-        optforge_prodigy_s1_elem<float, float, float, 2, 2>(i, i, tab_weight[t], tab_exp_avg[t], tab_exp_avg_sq[t], tab_grad[t], tab_weight_lp[t], k_decouple, k1, k2, k_seen, k_dlr, k5, k_wd, k7);
+        optforge_prodigy_s1_elem<float, float, float, 2, 2>(i, i, tab_weight[t], tab_exp_avg[t], tab_exp_avg_sq[t], tab_grad[t], tab_weight_lp[t], k_decouple, k1, k2, k_seen, k_dlr, k5, k_wd, k7, k__grad_scale);
     }
 }
-__global__ void optforge_prodigy_s1_f64(int64_t n, double* __restrict__ p_weight, const double* __restrict__ p_exp_avg, const double* __restrict__ p_exp_avg_sq, const double* __restrict__ p_grad, float* __restrict__ p_weight_lp, double k_decouple, double k1, double k2, double k_seen, double k_dlr, double k5, double k_wd, double k7) {
+__global__ void optforge_prodigy_s1_f64(int64_t n, double* __restrict__ p_weight, const double* __restrict__ p_exp_avg, const double* __restrict__ p_exp_avg_sq, const double* __restrict__ p_grad, float* __restrict__ p_weight_lp, double k_decouple, double k1, double k2, double k_seen, double k_dlr, double k5, double k_wd, double k7, double k__grad_scale) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_prodigy_s1_elem<double, double, double, 2, 2>(i, i, p_weight, p_exp_avg, p_exp_avg_sq, p_grad, p_weight_lp, (double)k_decouple, (double)k1, (double)k2, (double)k_seen, (double)k_dlr, (double)k5, (double)k_wd, (double)k7);
+        optforge_prodigy_s1_elem<double, double, double, 2, 2>(i, i, p_weight, p_exp_avg, p_exp_avg_sq, p_grad, p_weight_lp, (double)k_decouple, (double)k1, (double)k2, (double)k_seen, (double)k_dlr, (double)k5, (double)k_wd, (double)k7, (double)k__grad_scale);
 }
 /* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
-   pointers, sizes and 8 scalar(s) per parameter, as Apex's multi_tensor_apply */
+   pointers, sizes and 9 scalar(s) per parameter, as Apex's multi_tensor_apply */
 __global__ void optforge_prodigy_s1_mt_f64(const int64_t* __restrict__ sizes, double* const* tab_weight, double* const* tab_exp_avg, double* const* tab_exp_avg_sq, double* const* tab_grad, float* const* tab_weight_lp, const double* __restrict__ scalars) {
     const int64_t t = blockIdx.y, n = sizes[t];
-    const double* s = scalars + t * 8;
+    const double* s = scalars + t * 9;
     const double k_decouple = (double)s[0];
     const double k1 = (double)s[1];
     const double k2 = (double)s[2];
@@ -266,19 +271,20 @@ __global__ void optforge_prodigy_s1_mt_f64(const int64_t* __restrict__ sizes, do
     const double k5 = (double)s[5];
     const double k_wd = (double)s[6];
     const double k7 = (double)s[7];
+    const double k__grad_scale = (double)s[8];
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
-        optforge_prodigy_s1_elem<double, double, double, 2, 2>(i, i, tab_weight[t], tab_exp_avg[t], tab_exp_avg_sq[t], tab_grad[t], tab_weight_lp[t], k_decouple, k1, k2, k_seen, k_dlr, k5, k_wd, k7);
+        optforge_prodigy_s1_elem<double, double, double, 2, 2>(i, i, tab_weight[t], tab_exp_avg[t], tab_exp_avg_sq[t], tab_grad[t], tab_weight_lp[t], k_decouple, k1, k2, k_seen, k_dlr, k5, k_wd, k7, k__grad_scale);
     }
 }
-__global__ void optforge_prodigy_s1_f16(int64_t n, __half* __restrict__ p_weight, const __half* __restrict__ p_exp_avg, const __half* __restrict__ p_exp_avg_sq, const __half* __restrict__ p_grad, float* __restrict__ p_weight_lp, double k_decouple, double k1, double k2, double k_seen, double k_dlr, double k5, double k_wd, double k7) {
+__global__ void optforge_prodigy_s1_f16(int64_t n, __half* __restrict__ p_weight, const __half* __restrict__ p_exp_avg, const __half* __restrict__ p_exp_avg_sq, const __half* __restrict__ p_grad, float* __restrict__ p_weight_lp, double k_decouple, double k1, double k2, double k_seen, double k_dlr, double k5, double k_wd, double k7, double k__grad_scale) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_prodigy_s1_elem<__half, __half, float, 2, 2>(i, i, p_weight, p_exp_avg, p_exp_avg_sq, p_grad, p_weight_lp, (float)k_decouple, (float)k1, (float)k2, (float)k_seen, (float)k_dlr, (float)k5, (float)k_wd, (float)k7);
+        optforge_prodigy_s1_elem<__half, __half, float, 2, 2>(i, i, p_weight, p_exp_avg, p_exp_avg_sq, p_grad, p_weight_lp, (float)k_decouple, (float)k1, (float)k2, (float)k_seen, (float)k_dlr, (float)k5, (float)k_wd, (float)k7, (float)k__grad_scale);
 }
 /* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
-   pointers, sizes and 8 scalar(s) per parameter, as Apex's multi_tensor_apply */
+   pointers, sizes and 9 scalar(s) per parameter, as Apex's multi_tensor_apply */
 __global__ void optforge_prodigy_s1_mt_f16(const int64_t* __restrict__ sizes, __half* const* tab_weight, __half* const* tab_exp_avg, __half* const* tab_exp_avg_sq, __half* const* tab_grad, float* const* tab_weight_lp, const double* __restrict__ scalars) {
     const int64_t t = blockIdx.y, n = sizes[t];
-    const double* s = scalars + t * 8;
+    const double* s = scalars + t * 9;
     const float k_decouple = (float)s[0];
     const float k1 = (float)s[1];
     const float k2 = (float)s[2];
@@ -287,19 +293,20 @@ __global__ void optforge_prodigy_s1_mt_f16(const int64_t* __restrict__ sizes, __
     const float k5 = (float)s[5];
     const float k_wd = (float)s[6];
     const float k7 = (float)s[7];
+    const float k__grad_scale = (float)s[8];
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
-        optforge_prodigy_s1_elem<__half, __half, float, 2, 2>(i, i, tab_weight[t], tab_exp_avg[t], tab_exp_avg_sq[t], tab_grad[t], tab_weight_lp[t], k_decouple, k1, k2, k_seen, k_dlr, k5, k_wd, k7);
+        optforge_prodigy_s1_elem<__half, __half, float, 2, 2>(i, i, tab_weight[t], tab_exp_avg[t], tab_exp_avg_sq[t], tab_grad[t], tab_weight_lp[t], k_decouple, k1, k2, k_seen, k_dlr, k5, k_wd, k7, k__grad_scale);
     }
 }
-__global__ void optforge_prodigy_s1_mp16(int64_t n, float* __restrict__ p_weight, const float* __restrict__ p_exp_avg, const float* __restrict__ p_exp_avg_sq, const __half* __restrict__ p_grad, float* __restrict__ p_weight_lp, double k_decouple, double k1, double k2, double k_seen, double k_dlr, double k5, double k_wd, double k7) {
+__global__ void optforge_prodigy_s1_mp16(int64_t n, float* __restrict__ p_weight, const float* __restrict__ p_exp_avg, const float* __restrict__ p_exp_avg_sq, const __half* __restrict__ p_grad, float* __restrict__ p_weight_lp, double k_decouple, double k1, double k2, double k_seen, double k_dlr, double k5, double k_wd, double k7, double k__grad_scale) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_prodigy_s1_elem<float, __half, float, 2, 2>(i, i, p_weight, p_exp_avg, p_exp_avg_sq, p_grad, p_weight_lp, (float)k_decouple, (float)k1, (float)k2, (float)k_seen, (float)k_dlr, (float)k5, (float)k_wd, (float)k7);
+        optforge_prodigy_s1_elem<float, __half, float, 2, 2>(i, i, p_weight, p_exp_avg, p_exp_avg_sq, p_grad, p_weight_lp, (float)k_decouple, (float)k1, (float)k2, (float)k_seen, (float)k_dlr, (float)k5, (float)k_wd, (float)k7, (float)k__grad_scale);
 }
 /* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
-   pointers, sizes and 8 scalar(s) per parameter, as Apex's multi_tensor_apply */
+   pointers, sizes and 9 scalar(s) per parameter, as Apex's multi_tensor_apply */
 __global__ void optforge_prodigy_s1_mt_mp16(const int64_t* __restrict__ sizes, float* const* tab_weight, float* const* tab_exp_avg, float* const* tab_exp_avg_sq, __half* const* tab_grad, float* const* tab_weight_lp, const double* __restrict__ scalars) {
     const int64_t t = blockIdx.y, n = sizes[t];
-    const double* s = scalars + t * 8;
+    const double* s = scalars + t * 9;
     const float k_decouple = (float)s[0];
     const float k1 = (float)s[1];
     const float k2 = (float)s[2];
@@ -308,8 +315,9 @@ __global__ void optforge_prodigy_s1_mt_mp16(const int64_t* __restrict__ sizes, f
     const float k5 = (float)s[5];
     const float k_wd = (float)s[6];
     const float k7 = (float)s[7];
+    const float k__grad_scale = (float)s[8];
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
-        optforge_prodigy_s1_elem<float, __half, float, 2, 2>(i, i, tab_weight[t], tab_exp_avg[t], tab_exp_avg_sq[t], tab_grad[t], tab_weight_lp[t], k_decouple, k1, k2, k_seen, k_dlr, k5, k_wd, k7);
+        optforge_prodigy_s1_elem<float, __half, float, 2, 2>(i, i, tab_weight[t], tab_exp_avg[t], tab_exp_avg_sq[t], tab_grad[t], tab_weight_lp[t], k_decouple, k1, k2, k_seen, k_dlr, k5, k_wd, k7, k__grad_scale);
     }
 }
 }

@@ -192,6 +192,8 @@ class Prodigy(Optimizer):
 
     def _kernel_numpy(self, _step, weight, grad, tensors, scalars):
         """One parameter's update, in place on `weight`, `tensors` and `scalars` (`_step`: optforge.optimizer.Step)."""
+        if _step.grad_scale != 1:
+            grad = grad * _step.grad_scale
         beta1 = self.beta1
         beta2 = self.beta2
         d0 = self.d0
@@ -284,12 +286,13 @@ class Prodigy(Optimizer):
         p0 = tensors['p0']
         exp_avg = tensors.get('exp_avg')
         exp_avg_sq = tensors['exp_avg_sq']
+        _grad_scale = _step.grad_scale
         g = be.scratch(weight, 'g')
         dlr = d * lr * bias  # prodigy.opt:58
-        _red_s0 = yield be.launch('optforge_prodigy_s0', (grad, weight, exp_avg_sq, exp_avg, s, p0, g,), (ops.arg(decouple), ops.arg(wd), ops.arg(beta2), ops.arg(d * d * (1 - beta2)), ops.arg(beta1 > 0), ops.arg(beta1), ops.arg(d * (1 - beta1)), ops.arg(b3), ops.arg(d / d0 * d if safeguard_warmup else d / d0 * dlr), ), reduce=2)
+        _red_s0 = yield be.launch('optforge_prodigy_s0', (grad, weight, exp_avg_sq, exp_avg, s, p0, g,), (ops.arg(decouple), ops.arg(wd), ops.arg(beta2), ops.arg(d * d * (1 - beta2)), ops.arg(beta1 > 0), ops.arg(beta1), ops.arg(d * (1 - beta1)), ops.arg(b3), ops.arg(d / d0 * d if safeguard_warmup else d / d0 * dlr), ops.arg(_grad_scale), ), reduce=2)
         _r0 = d / d0 * dlr * (ops.fused_total(_red_s0[0]) if _red_s0 is not None else ops.total(g * (p0 - weight)))  # prodigy.opt:66
         _r2 = ops.fused_total(_red_s0[1]) if _red_s0 is not None else ops.total(xp.abs(s))  # prodigy.opt:67
         yield ops.Gather(self._interlude_0, _step, (('global_sum', _r0), ('global_sum', _r2)))
         d = self._globals['d']
         seen = _step.call['seen']
-        be.launch('optforge_prodigy_s1', (weight, exp_avg, exp_avg_sq, grad,), (ops.arg(decouple), ops.arg(wd * dlr), ops.arg(beta1 > 0), ops.arg(seen), ops.arg(dlr), ops.arg(d * eps), ops.arg(wd), ops.arg(dlr * d), ))
+        be.launch('optforge_prodigy_s1', (weight, exp_avg, exp_avg_sq, grad,), (ops.arg(decouple), ops.arg(wd * dlr), ops.arg(beta1 > 0), ops.arg(seen), ops.arg(dlr), ops.arg(d * eps), ops.arg(wd), ops.arg(dlr * d), ops.arg(_grad_scale), ))

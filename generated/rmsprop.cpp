@@ -35,8 +35,8 @@ template <typename C> inline void store_low(float* p, int64_t i, C v) { p[i] = (
 /* stage s0: element i of the weight and states, element gi of the gradient and scratch
    (the same element for a dense update; for a row-sparse one, gi walks the gradient's rows) */
 template <typename T, typename G, typename C, int H0, int H1, int B0>
-OPTFORGE_HD void optforge_rmsprop_s0_elem(int64_t i, int64_t gi, const G* __restrict__ p_grad, T* __restrict__ p_weight, T* __restrict__ p_n, T* __restrict__ p_g_avg, T* __restrict__ p_delta, float* __restrict__ p_weight_lp, const C k_rescale_grad, const C k_wd, const C k2, const C k_gamma1, const C k_centered, const C k_gamma2, const C k_lr, const C k_epsilon, const C k8) {
-    C grad = C(p_grad[gi]);
+OPTFORGE_HD void optforge_rmsprop_s0_elem(int64_t i, int64_t gi, const G* __restrict__ p_grad, T* __restrict__ p_weight, T* __restrict__ p_n, T* __restrict__ p_g_avg, T* __restrict__ p_delta, float* __restrict__ p_weight_lp, const C k_rescale_grad, const C k_wd, const C k2, const C k_gamma1, const C k_centered, const C k_gamma2, const C k_lr, const C k_epsilon, const C k8, const C k__grad_scale) {
+    C grad = C(p_grad[gi]) * k__grad_scale;
     C weight = C(p_weight[i]);
     C n = C(p_n[i]);
     C g_avg = (H0 == 1 || (H0 == 2 && p_g_avg)) ? C(p_g_avg[i]) : C(0);
@@ -60,48 +60,48 @@ OPTFORGE_HD void optforge_rmsprop_s0_elem(int64_t i, int64_t gi, const G* __rest
 }
 
 extern "C" {
-void optforge_rmsprop_s0_f32(int64_t n, const float* __restrict__ p_grad, float* __restrict__ p_weight, float* __restrict__ p_n, float* __restrict__ p_g_avg, float* __restrict__ p_delta, double k_rescale_grad, double k_wd, double k2, double k_gamma1, double k_centered, double k_gamma2, double k_lr, double k_epsilon, double k8) {
+void optforge_rmsprop_s0_f32(int64_t n, const float* __restrict__ p_grad, float* __restrict__ p_weight, float* __restrict__ p_n, float* __restrict__ p_g_avg, float* __restrict__ p_delta, double k_rescale_grad, double k_wd, double k2, double k_gamma1, double k_centered, double k_gamma2, double k_lr, double k_epsilon, double k8, double k__grad_scale) {
     if (p_g_avg && p_delta && k_centered != 0) {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
         for (int64_t i = 0; i < n; ++i)
-            optforge_rmsprop_s0_elem<float, float, float, 1, 1, 1>(i, i, p_grad, p_weight, p_n, p_g_avg, p_delta, nullptr, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k_gamma1, (float)k_centered, (float)k_gamma2, (float)k_lr, (float)k_epsilon, (float)k8);
+            optforge_rmsprop_s0_elem<float, float, float, 1, 1, 1>(i, i, p_grad, p_weight, p_n, p_g_avg, p_delta, nullptr, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k_gamma1, (float)k_centered, (float)k_gamma2, (float)k_lr, (float)k_epsilon, (float)k8, (float)k__grad_scale);
     } else if (p_g_avg && p_delta && k_centered == 0) {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
         for (int64_t i = 0; i < n; ++i)
-            optforge_rmsprop_s0_elem<float, float, float, 1, 1, 0>(i, i, p_grad, p_weight, p_n, p_g_avg, p_delta, nullptr, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k_gamma1, (float)k_centered, (float)k_gamma2, (float)k_lr, (float)k_epsilon, (float)k8);
+            optforge_rmsprop_s0_elem<float, float, float, 1, 1, 0>(i, i, p_grad, p_weight, p_n, p_g_avg, p_delta, nullptr, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k_gamma1, (float)k_centered, (float)k_gamma2, (float)k_lr, (float)k_epsilon, (float)k8, (float)k__grad_scale);
     } else if (p_g_avg && !p_delta && k_centered != 0) {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
         for (int64_t i = 0; i < n; ++i)
-            optforge_rmsprop_s0_elem<float, float, float, 1, 0, 1>(i, i, p_grad, p_weight, p_n, p_g_avg, p_delta, nullptr, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k_gamma1, (float)k_centered, (float)k_gamma2, (float)k_lr, (float)k_epsilon, (float)k8);
+            optforge_rmsprop_s0_elem<float, float, float, 1, 0, 1>(i, i, p_grad, p_weight, p_n, p_g_avg, p_delta, nullptr, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k_gamma1, (float)k_centered, (float)k_gamma2, (float)k_lr, (float)k_epsilon, (float)k8, (float)k__grad_scale);
     } else if (p_g_avg && !p_delta && k_centered == 0) {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
         for (int64_t i = 0; i < n; ++i)
-            optforge_rmsprop_s0_elem<float, float, float, 1, 0, 0>(i, i, p_grad, p_weight, p_n, p_g_avg, p_delta, nullptr, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k_gamma1, (float)k_centered, (float)k_gamma2, (float)k_lr, (float)k_epsilon, (float)k8);
+            optforge_rmsprop_s0_elem<float, float, float, 1, 0, 0>(i, i, p_grad, p_weight, p_n, p_g_avg, p_delta, nullptr, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k_gamma1, (float)k_centered, (float)k_gamma2, (float)k_lr, (float)k_epsilon, (float)k8, (float)k__grad_scale);
     } else if (!p_g_avg && p_delta && k_centered != 0) {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
         for (int64_t i = 0; i < n; ++i)
-            optforge_rmsprop_s0_elem<float, float, float, 0, 1, 1>(i, i, p_grad, p_weight, p_n, p_g_avg, p_delta, nullptr, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k_gamma1, (float)k_centered, (float)k_gamma2, (float)k_lr, (float)k_epsilon, (float)k8);
+            optforge_rmsprop_s0_elem<float, float, float, 0, 1, 1>(i, i, p_grad, p_weight, p_n, p_g_avg, p_delta, nullptr, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k_gamma1, (float)k_centered, (float)k_gamma2, (float)k_lr, (float)k_epsilon, (float)k8, (float)k__grad_scale);
     } else if (!p_g_avg && p_delta && k_centered == 0) {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
         for (int64_t i = 0; i < n; ++i)
-            optforge_rmsprop_s0_elem<float, float, float, 0, 1, 0>(i, i, p_grad, p_weight, p_n, p_g_avg, p_delta, nullptr, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k_gamma1, (float)k_centered, (float)k_gamma2, (float)k_lr, (float)k_epsilon, (float)k8);
+            optforge_rmsprop_s0_elem<float, float, float, 0, 1, 0>(i, i, p_grad, p_weight, p_n, p_g_avg, p_delta, nullptr, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k_gamma1, (float)k_centered, (float)k_gamma2, (float)k_lr, (float)k_epsilon, (float)k8, (float)k__grad_scale);
     } else if (!p_g_avg && !p_delta && k_centered != 0) {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
         for (int64_t i = 0; i < n; ++i)
-            optforge_rmsprop_s0_elem<float, float, float, 0, 0, 1>(i, i, p_grad, p_weight, p_n, p_g_avg, p_delta, nullptr, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k_gamma1, (float)k_centered, (float)k_gamma2, (float)k_lr, (float)k_epsilon, (float)k8);
+            optforge_rmsprop_s0_elem<float, float, float, 0, 0, 1>(i, i, p_grad, p_weight, p_n, p_g_avg, p_delta, nullptr, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k_gamma1, (float)k_centered, (float)k_gamma2, (float)k_lr, (float)k_epsilon, (float)k8, (float)k__grad_scale);
     } else if (!p_g_avg && !p_delta && k_centered == 0) {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
         for (int64_t i = 0; i < n; ++i)
-            optforge_rmsprop_s0_elem<float, float, float, 0, 0, 0>(i, i, p_grad, p_weight, p_n, p_g_avg, p_delta, nullptr, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k_gamma1, (float)k_centered, (float)k_gamma2, (float)k_lr, (float)k_epsilon, (float)k8);
+            optforge_rmsprop_s0_elem<float, float, float, 0, 0, 0>(i, i, p_grad, p_weight, p_n, p_g_avg, p_delta, nullptr, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k_gamma1, (float)k_centered, (float)k_gamma2, (float)k_lr, (float)k_epsilon, (float)k8, (float)k__grad_scale);
     }
 }
 /* multi-tensor: one call for the small tensors of a list update (each below OPTFORGE_PARALLEL_MIN), in
-   parallel over the tensors: ptrs[k * count + t] is pointer k of tensor t, scalars[t * 9 + j] its
+   parallel over the tensors: ptrs[k * count + t] is pointer k of tensor t, scalars[t * 10 + j] its
    scalars */
 void optforge_rmsprop_s0_mt_f32(int64_t count, const int64_t* __restrict__ sizes, const uint64_t* __restrict__ ptrs, const double* __restrict__ scalars) {
     #pragma omp parallel for schedule(dynamic, 4) if (count > 1)
     for (int64_t t = 0; t < count; ++t) {
-        const double* s = scalars + t * 9;
+        const double* s = scalars + t * 10;
         const double k_rescale_grad = s[0];
         const double k_wd = s[1];
         const double k2 = s[2];
@@ -111,51 +111,52 @@ void optforge_rmsprop_s0_mt_f32(int64_t count, const int64_t* __restrict__ sizes
         const double k_lr = s[6];
         const double k_epsilon = s[7];
         const double k8 = s[8];
-        optforge_rmsprop_s0_f32(sizes[t], (const float*)ptrs[0 * count + t], (float*)ptrs[1 * count + t], (float*)ptrs[2 * count + t], (float*)ptrs[3 * count + t], (float*)ptrs[4 * count + t], k_rescale_grad, k_wd, k2, k_gamma1, k_centered, k_gamma2, k_lr, k_epsilon, k8);
+        const double k__grad_scale = s[9];
+        optforge_rmsprop_s0_f32(sizes[t], (const float*)ptrs[0 * count + t], (float*)ptrs[1 * count + t], (float*)ptrs[2 * count + t], (float*)ptrs[3 * count + t], (float*)ptrs[4 * count + t], k_rescale_grad, k_wd, k2, k_gamma1, k_centered, k_gamma2, k_lr, k_epsilon, k8, k__grad_scale);
     }
 }
-void optforge_rmsprop_s0_f64(int64_t n, const double* __restrict__ p_grad, double* __restrict__ p_weight, double* __restrict__ p_n, double* __restrict__ p_g_avg, double* __restrict__ p_delta, double k_rescale_grad, double k_wd, double k2, double k_gamma1, double k_centered, double k_gamma2, double k_lr, double k_epsilon, double k8) {
+void optforge_rmsprop_s0_f64(int64_t n, const double* __restrict__ p_grad, double* __restrict__ p_weight, double* __restrict__ p_n, double* __restrict__ p_g_avg, double* __restrict__ p_delta, double k_rescale_grad, double k_wd, double k2, double k_gamma1, double k_centered, double k_gamma2, double k_lr, double k_epsilon, double k8, double k__grad_scale) {
     if (p_g_avg && p_delta && k_centered != 0) {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
         for (int64_t i = 0; i < n; ++i)
-            optforge_rmsprop_s0_elem<double, double, double, 1, 1, 1>(i, i, p_grad, p_weight, p_n, p_g_avg, p_delta, nullptr, (double)k_rescale_grad, (double)k_wd, (double)k2, (double)k_gamma1, (double)k_centered, (double)k_gamma2, (double)k_lr, (double)k_epsilon, (double)k8);
+            optforge_rmsprop_s0_elem<double, double, double, 1, 1, 1>(i, i, p_grad, p_weight, p_n, p_g_avg, p_delta, nullptr, (double)k_rescale_grad, (double)k_wd, (double)k2, (double)k_gamma1, (double)k_centered, (double)k_gamma2, (double)k_lr, (double)k_epsilon, (double)k8, (double)k__grad_scale);
     } else if (p_g_avg && p_delta && k_centered == 0) {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
         for (int64_t i = 0; i < n; ++i)
-            optforge_rmsprop_s0_elem<double, double, double, 1, 1, 0>(i, i, p_grad, p_weight, p_n, p_g_avg, p_delta, nullptr, (double)k_rescale_grad, (double)k_wd, (double)k2, (double)k_gamma1, (double)k_centered, (double)k_gamma2, (double)k_lr, (double)k_epsilon, (double)k8);
+            optforge_rmsprop_s0_elem<double, double, double, 1, 1, 0>(i, i, p_grad, p_weight, p_n, p_g_avg, p_delta, nullptr, (double)k_rescale_grad, (double)k_wd, (double)k2, (double)k_gamma1, (double)k_centered, (double)k_gamma2, (double)k_lr, (double)k_epsilon, (double)k8, (double)k__grad_scale);
     } else if (p_g_avg && !p_delta && k_centered != 0) {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
         for (int64_t i = 0; i < n; ++i)
-            optforge_rmsprop_s0_elem<double, double, double, 1, 0, 1>(i, i, p_grad, p_weight, p_n, p_g_avg, p_delta, nullptr, (double)k_rescale_grad, (double)k_wd, (double)k2, (double)k_gamma1, (double)k_centered, (double)k_gamma2, (double)k_lr, (double)k_epsilon, (double)k8);
+            optforge_rmsprop_s0_elem<double, double, double, 1, 0, 1>(i, i, p_grad, p_weight, p_n, p_g_avg, p_delta, nullptr, (double)k_rescale_grad, (double)k_wd, (double)k2, (double)k_gamma1, (double)k_centered, (double)k_gamma2, (double)k_lr, (double)k_epsilon, (double)k8, (double)k__grad_scale);
     } else if (p_g_avg && !p_delta && k_centered == 0) {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
         for (int64_t i = 0; i < n; ++i)
-            optforge_rmsprop_s0_elem<double, double, double, 1, 0, 0>(i, i, p_grad, p_weight, p_n, p_g_avg, p_delta, nullptr, (double)k_rescale_grad, (double)k_wd, (double)k2, (double)k_gamma1, (double)k_centered, (double)k_gamma2, (double)k_lr, (double)k_epsilon, (double)k8);
+            optforge_rmsprop_s0_elem<double, double, double, 1, 0, 0>(i, i, p_grad, p_weight, p_n, p_g_avg, p_delta, nullptr, (double)k_rescale_grad, (double)k_wd, (double)k2, (double)k_gamma1, (double)k_centered, (double)k_gamma2, (double)k_lr, (double)k_epsilon, (double)k8, (double)k__grad_scale);
     } else if (!p_g_avg && p_delta && k_centered != 0) {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
         for (int64_t i = 0; i < n; ++i)
-            optforge_rmsprop_s0_elem<double, double, double, 0, 1, 1>(i, i, p_grad, p_weight, p_n, p_g_avg, p_delta, nullptr, (double)k_rescale_grad, (double)k_wd, (double)k2, (double)k_gamma1, (double)k_centered, (double)k_gamma2, (double)k_lr, (double)k_epsilon, (double)k8);
+            optforge_rmsprop_s0_elem<double, double, double, 0, 1, 1>(i, i, p_grad, p_weight, p_n, p_g_avg, p_delta, nullptr, (double)k_rescale_grad, (double)k_wd, (double)k2, (double)k_gamma1, (double)k_centered, (double)k_gamma2, (double)k_lr, (double)k_epsilon, (double)k8, (double)k__grad_scale);
     } else if (!p_g_avg && p_delta && k_centered == 0) {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
         for (int64_t i = 0; i < n; ++i)
-            optforge_rmsprop_s0_elem<double, double, double, 0, 1, 0>(i, i, p_grad, p_weight, p_n, p_g_avg, p_delta, nullptr, (double)k_rescale_grad, (double)k_wd, (double)k2, (double)k_gamma1, (double)k_centered, (double)k_gamma2, (double)k_lr, (double)k_epsilon, (double)k8);
+            optforge_rmsprop_s0_elem<double, double, double, 0, 1, 0>(i, i, p_grad, p_weight, p_n, p_g_avg, p_delta, nullptr, (double)k_rescale_grad, (double)k_wd, (double)k2, (double)k_gamma1, (double)k_centered, (double)k_gamma2, (double)k_lr, (double)k_epsilon, (double)k8, (double)k__grad_scale);
     } else if (!p_g_avg && !p_delta && k_centered != 0) {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
         for (int64_t i = 0; i < n; ++i)
-            optforge_rmsprop_s0_elem<double, double, double, 0, 0, 1>(i, i, p_grad, p_weight, p_n, p_g_avg, p_delta, nullptr, (double)k_rescale_grad, (double)k_wd, (double)k2, (double)k_gamma1, (double)k_centered, (double)k_gamma2, (double)k_lr, (double)k_epsilon, (double)k8);
+            optforge_rmsprop_s0_elem<double, double, double, 0, 0, 1>(i, i, p_grad, p_weight, p_n, p_g_avg, p_delta, nullptr, (double)k_rescale_grad, (double)k_wd, (double)k2, (double)k_gamma1, (double)k_centered, (double)k_gamma2, (double)k_lr, (double)k_epsilon, (double)k8, (double)k__grad_scale);
     } else if (!p_g_avg && !p_delta && k_centered == 0) {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
         for (int64_t i = 0; i < n; ++i)
-            optforge_rmsprop_s0_elem<double, double, double, 0, 0, 0>(i, i, p_grad, p_weight, p_n, p_g_avg, p_delta, nullptr, (double)k_rescale_grad, (double)k_wd, (double)k2, (double)k_gamma1, (double)k_centered, (double)k_gamma2, (double)k_lr, (double)k_epsilon, (double)k8);
+            optforge_rmsprop_s0_elem<double, double, double, 0, 0, 0>(i, i, p_grad, p_weight, p_n, p_g_avg, p_delta, nullptr, (double)k_rescale_grad, (double)k_wd, (double)k2, (double)k_gamma1, (double)k_centered, (double)k_gamma2, (double)k_lr, (double)k_epsilon, (double)k8, (double)k__grad_scale);
     }
 }
 /* multi-tensor: one call for the small tensors of a list update (each below OPTFORGE_PARALLEL_MIN), in
-   parallel over the tensors: ptrs[k * count + t] is pointer k of tensor t, scalars[t * 9 + j] its
+   parallel over the tensors: ptrs[k * count + t] is pointer k of tensor t, scalars[t * 10 + j] its
    scalars */
 void optforge_rmsprop_s0_mt_f64(int64_t count, const int64_t* __restrict__ sizes, const uint64_t* __restrict__ ptrs, const double* __restrict__ scalars) {
     #pragma omp parallel for schedule(dynamic, 4) if (count > 1)
     for (int64_t t = 0; t < count; ++t) {
-        const double* s = scalars + t * 9;
+        const double* s = scalars + t * 10;
         const double k_rescale_grad = s[0];
         const double k_wd = s[1];
         const double k2 = s[2];
@@ -165,7 +166,8 @@ void optforge_rmsprop_s0_mt_f64(int64_t count, const int64_t* __restrict__ sizes
         const double k_lr = s[6];
         const double k_epsilon = s[7];
         const double k8 = s[8];
-        optforge_rmsprop_s0_f64(sizes[t], (const double*)ptrs[0 * count + t], (double*)ptrs[1 * count + t], (double*)ptrs[2 * count + t], (double*)ptrs[3 * count + t], (double*)ptrs[4 * count + t], k_rescale_grad, k_wd, k2, k_gamma1, k_centered, k_gamma2, k_lr, k_epsilon, k8);
+        const double k__grad_scale = s[9];
+        optforge_rmsprop_s0_f64(sizes[t], (const double*)ptrs[0 * count + t], (double*)ptrs[1 * count + t], (double*)ptrs[2 * count + t], (double*)ptrs[3 * count + t], (double*)ptrs[4 * count + t], k_rescale_grad, k_wd, k2, k_gamma1, k_centered, k_gamma2, k_lr, k_epsilon, k8, k__grad_scale);
     }
 }
 }

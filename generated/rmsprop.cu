@@ -37,8 +37,8 @@ template <typename C> OPTFORGE_HD void store_low(float* p, int64_t i, C v) {
 /* stage s0: element i of the weight and states, element gi of the gradient and scratch
    (the same element for a dense update; for a row-sparse one, gi walks the gradient's rows) */
 template <typename T, typename G, typename C, int H0, int H1, int B0>
-OPTFORGE_HD void optforge_rmsprop_s0_elem(int64_t i, int64_t gi, const G* __restrict__ p_grad, T* __restrict__ p_weight, T* __restrict__ p_n, T* __restrict__ p_g_avg, T* __restrict__ p_delta, float* __restrict__ p_weight_lp, const C k_rescale_grad, const C k_wd, const C k2, const C k_gamma1, const C k_centered, const C k_gamma2, const C k_lr, const C k_epsilon, const C k8) {
-    C grad = C(p_grad[gi]);
+OPTFORGE_HD void optforge_rmsprop_s0_elem(int64_t i, int64_t gi, const G* __restrict__ p_grad, T* __restrict__ p_weight, T* __restrict__ p_n, T* __restrict__ p_g_avg, T* __restrict__ p_delta, float* __restrict__ p_weight_lp, const C k_rescale_grad, const C k_wd, const C k2, const C k_gamma1, const C k_centered, const C k_gamma2, const C k_lr, const C k_epsilon, const C k8, const C k__grad_scale) {
+    C grad = C(p_grad[gi]) * k__grad_scale;
     C weight = C(p_weight[i]);
     C n = C(p_n[i]);
     C g_avg = (H0 == 1 || (H0 == 2 && p_g_avg)) ? C(p_g_avg[i]) : C(0);
@@ -62,15 +62,15 @@ OPTFORGE_HD void optforge_rmsprop_s0_elem(int64_t i, int64_t gi, const G* __rest
 }
 
 extern "C" {
-__global__ void optforge_rmsprop_s0_f32(int64_t n, const float* __restrict__ p_grad, float* __restrict__ p_weight, float* __restrict__ p_n, float* __restrict__ p_g_avg, float* __restrict__ p_delta, float* __restrict__ p_weight_lp, double k_rescale_grad, double k_wd, double k2, double k_gamma1, double k_centered, double k_gamma2, double k_lr, double k_epsilon, double k8) {
+__global__ void optforge_rmsprop_s0_f32(int64_t n, const float* __restrict__ p_grad, float* __restrict__ p_weight, float* __restrict__ p_n, float* __restrict__ p_g_avg, float* __restrict__ p_delta, float* __restrict__ p_weight_lp, double k_rescale_grad, double k_wd, double k2, double k_gamma1, double k_centered, double k_gamma2, double k_lr, double k_epsilon, double k8, double k__grad_scale) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_rmsprop_s0_elem<float, float, float, 2, 2, 2>(i, i, p_grad, p_weight, p_n, p_g_avg, p_delta, p_weight_lp, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k_gamma1, (float)k_centered, (float)k_gamma2, (float)k_lr, (float)k_epsilon, (float)k8);
+        optforge_rmsprop_s0_elem<float, float, float, 2, 2, 2>(i, i, p_grad, p_weight, p_n, p_g_avg, p_delta, p_weight_lp, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k_gamma1, (float)k_centered, (float)k_gamma2, (float)k_lr, (float)k_epsilon, (float)k8, (float)k__grad_scale);
 }
 /* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
-   pointers, sizes and 9 scalar(s) per parameter, as Apex's multi_tensor_apply */
+   pointers, sizes and 10 scalar(s) per parameter, as Apex's multi_tensor_apply */
 __global__ void optforge_rmsprop_s0_mt_f32(const int64_t* __restrict__ sizes, float* const* tab_grad, float* const* tab_weight, float* const* tab_n, float* const* tab_g_avg, float* const* tab_delta, float* const* tab_weight_lp, const double* __restrict__ scalars) {
     const int64_t t = blockIdx.y, n = sizes[t];
-    const double* s = scalars + t * 9;
+    const double* s = scalars + t * 10;
     const float k_rescale_grad = (float)s[0];
     const float k_wd = (float)s[1];
     const float k2 = (float)s[2];
@@ -80,19 +80,20 @@ __global__ void optforge_rmsprop_s0_mt_f32(const int64_t* __restrict__ sizes, fl
     const float k_lr = (float)s[6];
     const float k_epsilon = (float)s[7];
     const float k8 = (float)s[8];
+    const float k__grad_scale = (float)s[9];
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
-        optforge_rmsprop_s0_elem<float, float, float, 2, 2, 2>(i, i, tab_grad[t], tab_weight[t], tab_n[t], tab_g_avg[t], tab_delta[t], tab_weight_lp[t], k_rescale_grad, k_wd, k2, k_gamma1, k_centered, k_gamma2, k_lr, k_epsilon, k8);
+        optforge_rmsprop_s0_elem<float, float, float, 2, 2, 2>(i, i, tab_grad[t], tab_weight[t], tab_n[t], tab_g_avg[t], tab_delta[t], tab_weight_lp[t], k_rescale_grad, k_wd, k2, k_gamma1, k_centered, k_gamma2, k_lr, k_epsilon, k8, k__grad_scale);
     }
 }
-__global__ void optforge_rmsprop_s0_f64(int64_t n, const double* __restrict__ p_grad, double* __restrict__ p_weight, double* __restrict__ p_n, double* __restrict__ p_g_avg, double* __restrict__ p_delta, float* __restrict__ p_weight_lp, double k_rescale_grad, double k_wd, double k2, double k_gamma1, double k_centered, double k_gamma2, double k_lr, double k_epsilon, double k8) {
+__global__ void optforge_rmsprop_s0_f64(int64_t n, const double* __restrict__ p_grad, double* __restrict__ p_weight, double* __restrict__ p_n, double* __restrict__ p_g_avg, double* __restrict__ p_delta, float* __restrict__ p_weight_lp, double k_rescale_grad, double k_wd, double k2, double k_gamma1, double k_centered, double k_gamma2, double k_lr, double k_epsilon, double k8, double k__grad_scale) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_rmsprop_s0_elem<double, double, double, 2, 2, 2>(i, i, p_grad, p_weight, p_n, p_g_avg, p_delta, p_weight_lp, (double)k_rescale_grad, (double)k_wd, (double)k2, (double)k_gamma1, (double)k_centered, (double)k_gamma2, (double)k_lr, (double)k_epsilon, (double)k8);
+        optforge_rmsprop_s0_elem<double, double, double, 2, 2, 2>(i, i, p_grad, p_weight, p_n, p_g_avg, p_delta, p_weight_lp, (double)k_rescale_grad, (double)k_wd, (double)k2, (double)k_gamma1, (double)k_centered, (double)k_gamma2, (double)k_lr, (double)k_epsilon, (double)k8, (double)k__grad_scale);
 }
 /* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
-   pointers, sizes and 9 scalar(s) per parameter, as Apex's multi_tensor_apply */
+   pointers, sizes and 10 scalar(s) per parameter, as Apex's multi_tensor_apply */
 __global__ void optforge_rmsprop_s0_mt_f64(const int64_t* __restrict__ sizes, double* const* tab_grad, double* const* tab_weight, double* const* tab_n, double* const* tab_g_avg, double* const* tab_delta, float* const* tab_weight_lp, const double* __restrict__ scalars) {
     const int64_t t = blockIdx.y, n = sizes[t];
-    const double* s = scalars + t * 9;
+    const double* s = scalars + t * 10;
     const double k_rescale_grad = (double)s[0];
     const double k_wd = (double)s[1];
     const double k2 = (double)s[2];
@@ -102,19 +103,20 @@ __global__ void optforge_rmsprop_s0_mt_f64(const int64_t* __restrict__ sizes, do
     const double k_lr = (double)s[6];
     const double k_epsilon = (double)s[7];
     const double k8 = (double)s[8];
+    const double k__grad_scale = (double)s[9];
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
-        optforge_rmsprop_s0_elem<double, double, double, 2, 2, 2>(i, i, tab_grad[t], tab_weight[t], tab_n[t], tab_g_avg[t], tab_delta[t], tab_weight_lp[t], k_rescale_grad, k_wd, k2, k_gamma1, k_centered, k_gamma2, k_lr, k_epsilon, k8);
+        optforge_rmsprop_s0_elem<double, double, double, 2, 2, 2>(i, i, tab_grad[t], tab_weight[t], tab_n[t], tab_g_avg[t], tab_delta[t], tab_weight_lp[t], k_rescale_grad, k_wd, k2, k_gamma1, k_centered, k_gamma2, k_lr, k_epsilon, k8, k__grad_scale);
     }
 }
-__global__ void optforge_rmsprop_s0_f16(int64_t n, const __half* __restrict__ p_grad, __half* __restrict__ p_weight, __half* __restrict__ p_n, __half* __restrict__ p_g_avg, __half* __restrict__ p_delta, float* __restrict__ p_weight_lp, double k_rescale_grad, double k_wd, double k2, double k_gamma1, double k_centered, double k_gamma2, double k_lr, double k_epsilon, double k8) {
+__global__ void optforge_rmsprop_s0_f16(int64_t n, const __half* __restrict__ p_grad, __half* __restrict__ p_weight, __half* __restrict__ p_n, __half* __restrict__ p_g_avg, __half* __restrict__ p_delta, float* __restrict__ p_weight_lp, double k_rescale_grad, double k_wd, double k2, double k_gamma1, double k_centered, double k_gamma2, double k_lr, double k_epsilon, double k8, double k__grad_scale) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_rmsprop_s0_elem<__half, __half, float, 2, 2, 2>(i, i, p_grad, p_weight, p_n, p_g_avg, p_delta, p_weight_lp, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k_gamma1, (float)k_centered, (float)k_gamma2, (float)k_lr, (float)k_epsilon, (float)k8);
+        optforge_rmsprop_s0_elem<__half, __half, float, 2, 2, 2>(i, i, p_grad, p_weight, p_n, p_g_avg, p_delta, p_weight_lp, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k_gamma1, (float)k_centered, (float)k_gamma2, (float)k_lr, (float)k_epsilon, (float)k8, (float)k__grad_scale);
 }
 /* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
-   pointers, sizes and 9 scalar(s) per parameter, as Apex's multi_tensor_apply */
+   pointers, sizes and 10 scalar(s) per parameter, as Apex's multi_tensor_apply */
 __global__ void optforge_rmsprop_s0_mt_f16(const int64_t* __restrict__ sizes, __half* const* tab_grad, __half* const* tab_weight, __half* const* tab_n, __half* const* tab_g_avg, __half* const* tab_delta, float* const* tab_weight_lp, const double* __restrict__ scalars) {
     const int64_t t = blockIdx.y, n = sizes[t];
-    const double* s = scalars + t * 9;
+    const double* s = scalars + t * 10;
     const float k_rescale_grad = (float)s[0];
     const float k_wd = (float)s[1];
     const float k2 = (float)s[2];
@@ -124,19 +126,20 @@ __global__ void optforge_rmsprop_s0_mt_f16(const int64_t* __restrict__ sizes, __
     const float k_lr = (float)s[6];
     const float k_epsilon = (float)s[7];
     const float k8 = (float)s[8];
+    const float k__grad_scale = (float)s[9];
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
-        optforge_rmsprop_s0_elem<__half, __half, float, 2, 2, 2>(i, i, tab_grad[t], tab_weight[t], tab_n[t], tab_g_avg[t], tab_delta[t], tab_weight_lp[t], k_rescale_grad, k_wd, k2, k_gamma1, k_centered, k_gamma2, k_lr, k_epsilon, k8);
+        optforge_rmsprop_s0_elem<__half, __half, float, 2, 2, 2>(i, i, tab_grad[t], tab_weight[t], tab_n[t], tab_g_avg[t], tab_delta[t], tab_weight_lp[t], k_rescale_grad, k_wd, k2, k_gamma1, k_centered, k_gamma2, k_lr, k_epsilon, k8, k__grad_scale);
     }
 }
-__global__ void optforge_rmsprop_s0_mp16(int64_t n, const __half* __restrict__ p_grad, float* __restrict__ p_weight, float* __restrict__ p_n, float* __restrict__ p_g_avg, float* __restrict__ p_delta, float* __restrict__ p_weight_lp, double k_rescale_grad, double k_wd, double k2, double k_gamma1, double k_centered, double k_gamma2, double k_lr, double k_epsilon, double k8) {
+__global__ void optforge_rmsprop_s0_mp16(int64_t n, const __half* __restrict__ p_grad, float* __restrict__ p_weight, float* __restrict__ p_n, float* __restrict__ p_g_avg, float* __restrict__ p_delta, float* __restrict__ p_weight_lp, double k_rescale_grad, double k_wd, double k2, double k_gamma1, double k_centered, double k_gamma2, double k_lr, double k_epsilon, double k8, double k__grad_scale) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_rmsprop_s0_elem<float, __half, float, 2, 2, 2>(i, i, p_grad, p_weight, p_n, p_g_avg, p_delta, p_weight_lp, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k_gamma1, (float)k_centered, (float)k_gamma2, (float)k_lr, (float)k_epsilon, (float)k8);
+        optforge_rmsprop_s0_elem<float, __half, float, 2, 2, 2>(i, i, p_grad, p_weight, p_n, p_g_avg, p_delta, p_weight_lp, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k_gamma1, (float)k_centered, (float)k_gamma2, (float)k_lr, (float)k_epsilon, (float)k8, (float)k__grad_scale);
 }
 /* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
-   pointers, sizes and 9 scalar(s) per parameter, as Apex's multi_tensor_apply */
+   pointers, sizes and 10 scalar(s) per parameter, as Apex's multi_tensor_apply */
 __global__ void optforge_rmsprop_s0_mt_mp16(const int64_t* __restrict__ sizes, __half* const* tab_grad, float* const* tab_weight, float* const* tab_n, float* const* tab_g_avg, float* const* tab_delta, float* const* tab_weight_lp, const double* __restrict__ scalars) {
     const int64_t t = blockIdx.y, n = sizes[t];
-    const double* s = scalars + t * 9;
+    const double* s = scalars + t * 10;
     const float k_rescale_grad = (float)s[0];
     const float k_wd = (float)s[1];
     const float k2 = (float)s[2];
@@ -146,8 +149,9 @@ __global__ void optforge_rmsprop_s0_mt_mp16(const int64_t* __restrict__ sizes, _
     const float k_lr = (float)s[6];
     const float k_epsilon = (float)s[7];
     const float k8 = (float)s[8];
+    const float k__grad_scale = (float)s[9];
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
-        optforge_rmsprop_s0_elem<float, __half, float, 2, 2, 2>(i, i, tab_grad[t], tab_weight[t], tab_n[t], tab_g_avg[t], tab_delta[t], tab_weight_lp[t], k_rescale_grad, k_wd, k2, k_gamma1, k_centered, k_gamma2, k_lr, k_epsilon, k8);
+        optforge_rmsprop_s0_elem<float, __half, float, 2, 2, 2>(i, i, tab_grad[t], tab_weight[t], tab_n[t], tab_g_avg[t], tab_delta[t], tab_weight_lp[t], k_rescale_grad, k_wd, k2, k_gamma1, k_centered, k_gamma2, k_lr, k_epsilon, k8, k__grad_scale);
     }
 }
 }

@@ -97,6 +97,8 @@ class RMSProp(Optimizer):
 
     def _kernel_numpy(self, _step, weight, grad, tensors, scalars):
         """One parameter's update, in place on `weight`, `tensors` and `scalars` (`_step`: optforge.optimizer.Step)."""
+        if _step.grad_scale != 1:
+            grad = grad * _step.grad_scale
         centered = self.centered
         clip_weights = self.clip_weights
         epsilon = self.epsilon
@@ -147,4 +149,5 @@ class RMSProp(Optimizer):
         n = tensors['n']
         g_avg = tensors.get('g_avg')
         delta = tensors.get('delta')
-        be.launch('optforge_rmsprop_s0', (grad, weight, n, g_avg, delta,), (ops.arg(rescale_grad), ops.arg(wd), ops.arg(clip_gradient), ops.arg(gamma1), ops.arg(centered), ops.arg(gamma2), ops.arg(lr), ops.arg(epsilon), ops.arg(clip_weights), ))
+        _grad_scale = _step.grad_scale
+        be.launch('optforge_rmsprop_s0', (grad, weight, n, g_avg, delta,), (ops.arg(rescale_grad), ops.arg(wd), ops.arg(clip_gradient), ops.arg(gamma1), ops.arg(centered), ops.arg(gamma2), ops.arg(lr), ops.arg(epsilon), ops.arg(clip_weights), ops.arg(_grad_scale), ))

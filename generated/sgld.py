@@ -59,6 +59,8 @@ class SGLD(Optimizer):
 
     def _kernel_numpy(self, _step, weight, grad, tensors, scalars):
         """One parameter's update, in place on `weight`, `tensors` and `scalars` (`_step`: optforge.optimizer.Step)."""
+        if _step.grad_scale != 1:
+            grad = grad * _step.grad_scale
         clip_gradient = self.clip_gradient
         rescale_grad = self.rescale_grad
         lr = _step.lr
@@ -80,4 +82,5 @@ class SGLD(Optimizer):
         rescale_grad = self.rescale_grad
         lr = _step.lr
         wd = _step.wd
-        be.launch('optforge_sgld_s0', (grad, weight,), (ops.arg(rescale_grad), ops.arg(clip_gradient), ops.arg(-lr / 2), ops.arg(wd), ops.arg(math.sqrt(lr)), be.seed(self._rng), ))
+        _grad_scale = _step.grad_scale
+        be.launch('optforge_sgld_s0', (grad, weight,), (ops.arg(rescale_grad), ops.arg(clip_gradient), ops.arg(-lr / 2), ops.arg(wd), ops.arg(math.sqrt(lr)), be.seed(self._rng), ops.arg(_grad_scale), ))

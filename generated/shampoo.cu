@@ -42,8 +42,8 @@ template <typename C> OPTFORGE_HD void store_low(float* p, int64_t i, C v) {
 /* stage s0: element i of the weight and states, element gi of the gradient and scratch
    (the same element for a dense update; for a row-sparse one, gi walks the gradient's rows) */
 template <typename T, typename G, typename C, int B0>
-OPTFORGE_HD void optforge_shampoo_s0_elem(int64_t i, int64_t gi, const G* __restrict__ p_grad, T* __restrict__ p_weight, C* __restrict__ p_g, float* __restrict__ p_weight_lp, const C k_rescale_grad, const C k1, const C k2, const C k3) {
-    C grad = C(p_grad[gi]);
+OPTFORGE_HD void optforge_shampoo_s0_elem(int64_t i, int64_t gi, const G* __restrict__ p_grad, T* __restrict__ p_weight, C* __restrict__ p_g, float* __restrict__ p_weight_lp, const C k_rescale_grad, const C k1, const C k2, const C k3, const C k__grad_scale) {
+    C grad = C(p_grad[gi]) * k__grad_scale;
     C weight = C(p_weight[i]);
     C g;
     g = op_clip(k_rescale_grad * grad, k1);  // shampoo.opt:50
@@ -187,72 +187,76 @@ OPTFORGE_HD void optforge_shampoo_s14_elem(int64_t i, int64_t gi, T* __restrict_
 }
 
 extern "C" {
-__global__ void optforge_shampoo_s0_f32(int64_t n, const float* __restrict__ p_grad, float* __restrict__ p_weight, float* __restrict__ p_g, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k2, double k3) {
+__global__ void optforge_shampoo_s0_f32(int64_t n, const float* __restrict__ p_grad, float* __restrict__ p_weight, float* __restrict__ p_g, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k2, double k3, double k__grad_scale) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_shampoo_s0_elem<float, float, float, 2>(i, i, p_grad, p_weight, p_g, p_weight_lp, (float)k_rescale_grad, (float)k1, (float)k2, (float)k3);
+        optforge_shampoo_s0_elem<float, float, float, 2>(i, i, p_grad, p_weight, p_g, p_weight_lp, (float)k_rescale_grad, (float)k1, (float)k2, (float)k3, (float)k__grad_scale);
 }
 /* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
-   pointers, sizes and 4 scalar(s) per parameter, as Apex's multi_tensor_apply */
+   pointers, sizes and 5 scalar(s) per parameter, as Apex's multi_tensor_apply */
 __global__ void optforge_shampoo_s0_mt_f32(const int64_t* __restrict__ sizes, float* const* tab_grad, float* const* tab_weight, float* const* tab_g, float* const* tab_weight_lp, const double* __restrict__ scalars) {
     const int64_t t = blockIdx.y, n = sizes[t];
-    const double* s = scalars + t * 4;
+    const double* s = scalars + t * 5;
     const float k_rescale_grad = (float)s[0];
     const float k1 = (float)s[1];
     const float k2 = (float)s[2];
     const float k3 = (float)s[3];
+    const float k__grad_scale = (float)s[4];
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
-        optforge_shampoo_s0_elem<float, float, float, 2>(i, i, tab_grad[t], tab_weight[t], tab_g[t], tab_weight_lp[t], k_rescale_grad, k1, k2, k3);
+        optforge_shampoo_s0_elem<float, float, float, 2>(i, i, tab_grad[t], tab_weight[t], tab_g[t], tab_weight_lp[t], k_rescale_grad, k1, k2, k3, k__grad_scale);
     }
 }
-__global__ void optforge_shampoo_s0_f64(int64_t n, const double* __restrict__ p_grad, double* __restrict__ p_weight, double* __restrict__ p_g, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k2, double k3) {
+__global__ void optforge_shampoo_s0_f64(int64_t n, const double* __restrict__ p_grad, double* __restrict__ p_weight, double* __restrict__ p_g, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k2, double k3, double k__grad_scale) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_shampoo_s0_elem<double, double, double, 2>(i, i, p_grad, p_weight, p_g, p_weight_lp, (double)k_rescale_grad, (double)k1, (double)k2, (double)k3);
+        optforge_shampoo_s0_elem<double, double, double, 2>(i, i, p_grad, p_weight, p_g, p_weight_lp, (double)k_rescale_grad, (double)k1, (double)k2, (double)k3, (double)k__grad_scale);
 }
 /* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
-   pointers, sizes and 4 scalar(s) per parameter, as Apex's multi_tensor_apply */
+   pointers, sizes and 5 scalar(s) per parameter, as Apex's multi_tensor_apply */
 __global__ void optforge_shampoo_s0_mt_f64(const int64_t* __restrict__ sizes, double* const* tab_grad, double* const* tab_weight, double* const* tab_g, float* const* tab_weight_lp, const double* __restrict__ scalars) {
     const int64_t t = blockIdx.y, n = sizes[t];
-    const double* s = scalars + t * 4;
+    const double* s = scalars + t * 5;
     const double k_rescale_grad = (double)s[0];
     const double k1 = (double)s[1];
     const double k2 = (double)s[2];
     const double k3 = (double)s[3];
+    const double k__grad_scale = (double)s[4];
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
-        optforge_shampoo_s0_elem<double, double, double, 2>(i, i, tab_grad[t], tab_weight[t], tab_g[t], tab_weight_lp[t], k_rescale_grad, k1, k2, k3);
+        optforge_shampoo_s0_elem<double, double, double, 2>(i, i, tab_grad[t], tab_weight[t], tab_g[t], tab_weight_lp[t], k_rescale_grad, k1, k2, k3, k__grad_scale);
     }
 }
-__global__ void optforge_shampoo_s0_f16(int64_t n, const __half* __restrict__ p_grad, __half* __restrict__ p_weight, float* __restrict__ p_g, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k2, double k3) {
+__global__ void optforge_shampoo_s0_f16(int64_t n, const __half* __restrict__ p_grad, __half* __restrict__ p_weight, float* __restrict__ p_g, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k2, double k3, double k__grad_scale) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_shampoo_s0_elem<__half, __half, float, 2>(i, i, p_grad, p_weight, p_g, p_weight_lp, (float)k_rescale_grad, (float)k1, (float)k2, (float)k3);
+        optforge_shampoo_s0_elem<__half, __half, float, 2>(i, i, p_grad, p_weight, p_g, p_weight_lp, (float)k_rescale_grad, (float)k1, (float)k2, (float)k3, (float)k__grad_scale);
 }
 /* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
-   pointers, sizes and 4 scalar(s) per parameter, as Apex's multi_tensor_apply */
+   pointers, sizes and 5 scalar(s) per parameter, as Apex's multi_tensor_apply */
 __global__ void optforge_shampoo_s0_mt_f16(const int64_t* __restrict__ sizes, __half* const* tab_grad, __half* const* tab_weight, float* const* tab_g, float* const* tab_weight_lp, const double* __restrict__ scalars) {
     const int64_t t = blockIdx.y, n = sizes[t];
-    const double* s = scalars + t * 4;
+    const double* s = scalars + t * 5;
     const float k_rescale_grad = (float)s[0];
     const float k1 = (float)s[1];
     const float k2 = (float)s[2];
     const float k3 = (float)s[3];
+    const float k__grad_scale = (float)s[4];
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
-        optforge_shampoo_s0_elem<__half, __half, float, 2>(i, i, tab_grad[t], tab_weight[t], tab_g[t], tab_weight_lp[t], k_rescale_grad, k1, k2, k3);
+        optforge_shampoo_s0_elem<__half, __half, float, 2>(i, i, tab_grad[t], tab_weight[t], tab_g[t], tab_weight_lp[t], k_rescale_grad, k1, k2, k3, k__grad_scale);
     }
 }
-__global__ void optforge_shampoo_s0_mp16(int64_t n, const __half* __restrict__ p_grad, float* __restrict__ p_weight, float* __restrict__ p_g, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k2, double k3) {
+__global__ void optforge_shampoo_s0_mp16(int64_t n, const __half* __restrict__ p_grad, float* __restrict__ p_weight, float* __restrict__ p_g, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k2, double k3, double k__grad_scale) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_shampoo_s0_elem<float, __half, float, 2>(i, i, p_grad, p_weight, p_g, p_weight_lp, (float)k_rescale_grad, (float)k1, (float)k2, (float)k3);
+        optforge_shampoo_s0_elem<float, __half, float, 2>(i, i, p_grad, p_weight, p_g, p_weight_lp, (float)k_rescale_grad, (float)k1, (float)k2, (float)k3, (float)k__grad_scale);
 }
 /* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
-   pointers, sizes and 4 scalar(s) per parameter, as Apex's multi_tensor_apply */
+   pointers, sizes and 5 scalar(s) per parameter, as Apex's multi_tensor_apply */
 __global__ void optforge_shampoo_s0_mt_mp16(const int64_t* __restrict__ sizes, __half* const* tab_grad, float* const* tab_weight, float* const* tab_g, float* const* tab_weight_lp, const double* __restrict__ scalars) {
     const int64_t t = blockIdx.y, n = sizes[t];
-    const double* s = scalars + t * 4;
+    const double* s = scalars + t * 5;
     const float k_rescale_grad = (float)s[0];
     const float k1 = (float)s[1];
     const float k2 = (float)s[2];
     const float k3 = (float)s[3];
+    const float k__grad_scale = (float)s[4];
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
-        optforge_shampoo_s0_elem<float, __half, float, 2>(i, i, tab_grad[t], tab_weight[t], tab_g[t], tab_weight_lp[t], k_rescale_grad, k1, k2, k3);
+        optforge_shampoo_s0_elem<float, __half, float, 2>(i, i, tab_grad[t], tab_weight[t], tab_g[t], tab_weight_lp[t], k_rescale_grad, k1, k2, k3, k__grad_scale);
     }
 }
 __global__ void optforge_shampoo_s1_f32(int64_t n, float* __restrict__ p_l, const float* __restrict__ p__r0, float* __restrict__ p_weight_lp) {

@@ -136,6 +136,8 @@ class Shampoo(Optimizer):
 
     def _kernel_numpy(self, _step, weight, grad, tensors, scalars):
         """One parameter's update, in place on `weight`, `tensors` and `scalars` (`_step`: optforge.optimizer.Step)."""
+        if _step.grad_scale != 1:
+            grad = grad * _step.grad_scale
         epsilon = self.epsilon
         root = self.root
         root_iters = self.root_iters
@@ -197,8 +199,9 @@ class Shampoo(Optimizer):
         l = tensors.get('l')
         r = tensors.get('r')
         v = tensors.get('v')
+        _grad_scale = _step.grad_scale
         g = be.scratch(weight, 'g')
-        be.launch('optforge_shampoo_s0', (grad, weight, g,), (ops.arg(rescale_grad), ops.arg(clip_gradient), ops.arg(wd != 0), ops.arg(1 - lr * wd), ))
+        be.launch('optforge_shampoo_s0', (grad, weight, g,), (ops.arg(rescale_grad), ops.arg(clip_gradient), ops.arg(wd != 0), ops.arg(1 - lr * wd), ops.arg(_grad_scale), ))
         if len(_shape) >= 2:
             _r0 = be.scratch(weight, '_r0', ops.state_shape(weight.shape, 'rows_x_rows', 'matrix'))
             _r1 = be.scratch(weight, '_r1', ops.state_shape(weight.shape, 'cols_x_cols', 'matrix'))

@@ -78,6 +78,8 @@ class Signum(Optimizer):
 
     def _kernel_numpy(self, _step, weight, grad, tensors, scalars):
         """One parameter's update, in place on `weight`, `tensors` and `scalars` (`_step`: optforge.optimizer.Step)."""
+        if _step.grad_scale != 1:
+            grad = grad * _step.grad_scale
         momentum = self.momentum
         wd_lh = self.wd_lh
         clip_gradient = self.clip_gradient
@@ -112,4 +114,5 @@ class Signum(Optimizer):
         lr = _step.lr
         wd = _step.wd
         mom = tensors.get('mom')
-        be.launch('optforge_signum_s0', (grad, mom, weight,), (ops.arg(rescale_grad), ops.arg(clip_gradient), ops.arg(momentum != 0), ops.arg(momentum), ops.arg(wd), ops.arg(1 - lr * wd_lh), ops.arg(lr), ops.arg(1 - lr * (wd + wd_lh)), ))
+        _grad_scale = _step.grad_scale
+        be.launch('optforge_signum_s0', (grad, mom, weight,), (ops.arg(rescale_grad), ops.arg(clip_gradient), ops.arg(momentum != 0), ops.arg(momentum), ops.arg(wd), ops.arg(1 - lr * wd_lh), ops.arg(lr), ops.arg(1 - lr * (wd + wd_lh)), ops.arg(_grad_scale), ))

@@ -76,8 +76,8 @@ template <typename V> static inline V optforge_min_lanes(const V* __restrict__ v
    element's row (block * rows + row), col (block * cols + col) and block, where per-row, per-col
    and per-block tensors keep it */
 template <typename T, typename G, typename C>
-OPTFORGE_HD void optforge_sm3_s0_elem(int64_t i, int64_t gi, int64_t _iR, int64_t _iC, int64_t _iB, const G* __restrict__ p_grad, T* __restrict__ p_weight, const T* __restrict__ p_acc_row, const T* __restrict__ p_acc_col, T* __restrict__ p_mom, float* __restrict__ p_weight_lp, C& _ax0, C& _ax1, const C k_rescale_grad, const C k1, const C k_wd, const C k3, const C k_beta2, const C k_eps, const C k_momentum, const C k_lr) {
-    C grad = C(p_grad[i]);
+OPTFORGE_HD void optforge_sm3_s0_elem(int64_t i, int64_t gi, int64_t _iR, int64_t _iC, int64_t _iB, const G* __restrict__ p_grad, T* __restrict__ p_weight, const T* __restrict__ p_acc_row, const T* __restrict__ p_acc_col, T* __restrict__ p_mom, float* __restrict__ p_weight_lp, C& _ax0, C& _ax1, const C k_rescale_grad, const C k1, const C k_wd, const C k3, const C k_beta2, const C k_eps, const C k_momentum, const C k_lr, const C k__grad_scale) {
+    C grad = C(p_grad[i]) * k__grad_scale;
     C weight = C(p_weight[i]);
     C acc_row = C(p_acc_row[_iR]);
     C acc_col = C(p_acc_col[_iC]);
@@ -120,7 +120,7 @@ OPTFORGE_HD void optforge_sm3_s2_elem(int64_t i, int64_t gi, int64_t _iR, int64_
    thread count), the tiles in parallel. Reductions along an axis accumulate per tile (a row's
    piece, a col's piece) in double and the pieces are combined in tile order: deterministic. */
 template <typename T, typename C>
-static void optforge_sm3_s0_tiles(int64_t nb, int64_t nr, int64_t nc, const T* __restrict__ p_grad, T* __restrict__ p_weight, const T* __restrict__ p_acc_row, const T* __restrict__ p_acc_col, T* __restrict__ p_mom, C* __restrict__ p__r0, C* __restrict__ p__r1, double k_rescale_grad, double k1, double k_wd, double k3, double k_beta2, double k_eps, double k_momentum, double k_lr) {
+static void optforge_sm3_s0_tiles(int64_t nb, int64_t nr, int64_t nc, const T* __restrict__ p_grad, T* __restrict__ p_weight, const T* __restrict__ p_acc_row, const T* __restrict__ p_acc_col, T* __restrict__ p_mom, C* __restrict__ p__r0, C* __restrict__ p__r1, double k_rescale_grad, double k1, double k_wd, double k3, double k_beta2, double k_eps, double k_momentum, double k_lr, double k__grad_scale) {
     const int64_t n = nb * nr * nc;
     if (n == 0) return;
     const int64_t tc = nc < OPTFORGE_TILE_COLS ? nc : OPTFORGE_TILE_COLS, ncc = (nc + tc - 1) / tc;
@@ -142,7 +142,7 @@ static void optforge_sm3_s0_tiles(int64_t nb, int64_t nr, int64_t nc, const T* _
             #pragma omp simd
             for (int64_t c = c0; c < c1; ++c) {
                 C _v0, _v1;
-                optforge_sm3_s0_elem<T, T, C>(row * nc + c, row * nc + c, row, b * nc + c, b, p_grad, p_weight, p_acc_row, p_acc_col, p_mom, nullptr, _v0, _v1, (C)k_rescale_grad, (C)k1, (C)k_wd, (C)k3, (C)k_beta2, (C)k_eps, (C)k_momentum, (C)k_lr);
+                optforge_sm3_s0_elem<T, T, C>(row * nc + c, row * nc + c, row, b * nc + c, b, p_grad, p_weight, p_acc_row, p_acc_col, p_mom, nullptr, _v0, _v1, (C)k_rescale_grad, (C)k1, (C)k_wd, (C)k3, (C)k_beta2, (C)k_eps, (C)k_momentum, (C)k_lr, (C)k__grad_scale);
                 rbuf0[c - c0] = _v0;
                 col1[c - c0] = op_max(col1[c - c0], _v1);
             }
@@ -226,11 +226,11 @@ static void optforge_sm3_s2_tiles(int64_t nb, int64_t nr, int64_t nc, const C* _
     }
 }
 extern "C" {
-void optforge_sm3_s0_f32(int64_t nb, int64_t nr, int64_t nc, const float* __restrict__ p_grad, float* __restrict__ p_weight, const float* __restrict__ p_acc_row, const float* __restrict__ p_acc_col, float* __restrict__ p_mom, float* __restrict__ p__r0, float* __restrict__ p__r1, double k_rescale_grad, double k1, double k_wd, double k3, double k_beta2, double k_eps, double k_momentum, double k_lr) {
-     optforge_sm3_s0_tiles<float, float>(nb, nr, nc, p_grad, p_weight, p_acc_row, p_acc_col, p_mom, p__r0, p__r1, k_rescale_grad, k1, k_wd, k3, k_beta2, k_eps, k_momentum, k_lr);
+void optforge_sm3_s0_f32(int64_t nb, int64_t nr, int64_t nc, const float* __restrict__ p_grad, float* __restrict__ p_weight, const float* __restrict__ p_acc_row, const float* __restrict__ p_acc_col, float* __restrict__ p_mom, float* __restrict__ p__r0, float* __restrict__ p__r1, double k_rescale_grad, double k1, double k_wd, double k3, double k_beta2, double k_eps, double k_momentum, double k_lr, double k__grad_scale) {
+     optforge_sm3_s0_tiles<float, float>(nb, nr, nc, p_grad, p_weight, p_acc_row, p_acc_col, p_mom, p__r0, p__r1, k_rescale_grad, k1, k_wd, k3, k_beta2, k_eps, k_momentum, k_lr, k__grad_scale);
 }
-void optforge_sm3_s0_f64(int64_t nb, int64_t nr, int64_t nc, const double* __restrict__ p_grad, double* __restrict__ p_weight, const double* __restrict__ p_acc_row, const double* __restrict__ p_acc_col, double* __restrict__ p_mom, double* __restrict__ p__r0, double* __restrict__ p__r1, double k_rescale_grad, double k1, double k_wd, double k3, double k_beta2, double k_eps, double k_momentum, double k_lr) {
-     optforge_sm3_s0_tiles<double, double>(nb, nr, nc, p_grad, p_weight, p_acc_row, p_acc_col, p_mom, p__r0, p__r1, k_rescale_grad, k1, k_wd, k3, k_beta2, k_eps, k_momentum, k_lr);
+void optforge_sm3_s0_f64(int64_t nb, int64_t nr, int64_t nc, const double* __restrict__ p_grad, double* __restrict__ p_weight, const double* __restrict__ p_acc_row, const double* __restrict__ p_acc_col, double* __restrict__ p_mom, double* __restrict__ p__r0, double* __restrict__ p__r1, double k_rescale_grad, double k1, double k_wd, double k3, double k_beta2, double k_eps, double k_momentum, double k_lr, double k__grad_scale) {
+     optforge_sm3_s0_tiles<double, double>(nb, nr, nc, p_grad, p_weight, p_acc_row, p_acc_col, p_mom, p__r0, p__r1, k_rescale_grad, k1, k_wd, k3, k_beta2, k_eps, k_momentum, k_lr, k__grad_scale);
 }
 void optforge_sm3_s1_f32(int64_t nb, int64_t nr, int64_t nc, const float* __restrict__ p__r0, float* __restrict__ p_acc_row) {
      optforge_sm3_s1_tiles<float, float>(nb, nr, nc, p__r0, p_acc_row);

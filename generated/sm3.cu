@@ -42,8 +42,8 @@ template <typename C> OPTFORGE_HD void store_low(float* p, int64_t i, C v) {
    element's row (block * rows + row), col (block * cols + col) and block, where per-row, per-col
    and per-block tensors keep it */
 template <typename T, typename G, typename C>
-OPTFORGE_HD void optforge_sm3_s0_elem(int64_t i, int64_t gi, int64_t _iR, int64_t _iC, int64_t _iB, const G* __restrict__ p_grad, T* __restrict__ p_weight, const T* __restrict__ p_acc_row, const T* __restrict__ p_acc_col, T* __restrict__ p_mom, float* __restrict__ p_weight_lp, C& _ax0, C& _ax1, const C k_rescale_grad, const C k1, const C k_wd, const C k3, const C k_beta2, const C k_eps, const C k_momentum, const C k_lr) {
-    C grad = C(p_grad[i]);
+OPTFORGE_HD void optforge_sm3_s0_elem(int64_t i, int64_t gi, int64_t _iR, int64_t _iC, int64_t _iB, const G* __restrict__ p_grad, T* __restrict__ p_weight, const T* __restrict__ p_acc_row, const T* __restrict__ p_acc_col, T* __restrict__ p_mom, float* __restrict__ p_weight_lp, C& _ax0, C& _ax1, const C k_rescale_grad, const C k1, const C k_wd, const C k3, const C k_beta2, const C k_eps, const C k_momentum, const C k_lr, const C k__grad_scale) {
+    C grad = C(p_grad[i]) * k__grad_scale;
     C weight = C(p_weight[i]);
     C acc_row = C(p_acc_row[_iR]);
     C acc_col = C(p_acc_col[_iC]);
@@ -86,7 +86,7 @@ extern "C" {
    cols (tc <= OPTFORGE_TILE; the host picks both from the shape alone). A reduction along an axis
    writes each tile's piece (of a row, of a col) to its table of partials, part[piece * len + j], and
    the host combines the pieces in order: deterministic, no atomics. */
-__global__ void optforge_sm3_s0_f32(int64_t nb, int64_t nr, int64_t nc, int64_t tr, int64_t tc, const float* __restrict__ p_grad, float* __restrict__ p_weight, const float* __restrict__ p_acc_row, const float* __restrict__ p_acc_col, float* __restrict__ p_mom, float* __restrict__ p_weight_lp, double* __restrict__ part0, double* __restrict__ part1, double k_rescale_grad, double k1, double k_wd, double k3, double k_beta2, double k_eps, double k_momentum, double k_lr) {
+__global__ void optforge_sm3_s0_f32(int64_t nb, int64_t nr, int64_t nc, int64_t tr, int64_t tc, const float* __restrict__ p_grad, float* __restrict__ p_weight, const float* __restrict__ p_acc_row, const float* __restrict__ p_acc_col, float* __restrict__ p_mom, float* __restrict__ p_weight_lp, double* __restrict__ part0, double* __restrict__ part1, double k_rescale_grad, double k1, double k_wd, double k3, double k_beta2, double k_eps, double k_momentum, double k_lr, double k__grad_scale) {
     const int64_t ncc = (nc + tc - 1) / tc, nrc = (nr + tr - 1) / tr, tiles = nb * nrc * ncc;
     for (int64_t k = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; k < tiles; k += (int64_t)blockDim.x * gridDim.x) {
         const int64_t b = k / (nrc * ncc), rc = (k / ncc) % nrc, cc = k % ncc;
@@ -98,7 +98,7 @@ __global__ void optforge_sm3_s0_f32(int64_t nb, int64_t nr, int64_t nc, int64_t 
             double row0 = -OPTFORGE_INF;
             for (int64_t c = c0; c < c1; ++c) {
                 float _v0, _v1;
-                optforge_sm3_s0_elem<float, float, float>(row * nc + c, row * nc + c, row, b * nc + c, b, p_grad, p_weight, p_acc_row, p_acc_col, p_mom, p_weight_lp, _v0, _v1, (float)k_rescale_grad, (float)k1, (float)k_wd, (float)k3, (float)k_beta2, (float)k_eps, (float)k_momentum, (float)k_lr);
+                optforge_sm3_s0_elem<float, float, float>(row * nc + c, row * nc + c, row, b * nc + c, b, p_grad, p_weight, p_acc_row, p_acc_col, p_mom, p_weight_lp, _v0, _v1, (float)k_rescale_grad, (float)k1, (float)k_wd, (float)k3, (float)k_beta2, (float)k_eps, (float)k_momentum, (float)k_lr, (float)k__grad_scale);
                 row0 = op_max(row0, (double)_v0);
                 col1[c - c0] = op_max(col1[c - c0], (double)_v1);
             }
@@ -111,7 +111,7 @@ __global__ void optforge_sm3_s0_f32(int64_t nb, int64_t nr, int64_t nc, int64_t 
    cols (tc <= OPTFORGE_TILE; the host picks both from the shape alone). A reduction along an axis
    writes each tile's piece (of a row, of a col) to its table of partials, part[piece * len + j], and
    the host combines the pieces in order: deterministic, no atomics. */
-__global__ void optforge_sm3_s0_f64(int64_t nb, int64_t nr, int64_t nc, int64_t tr, int64_t tc, const double* __restrict__ p_grad, double* __restrict__ p_weight, const double* __restrict__ p_acc_row, const double* __restrict__ p_acc_col, double* __restrict__ p_mom, float* __restrict__ p_weight_lp, double* __restrict__ part0, double* __restrict__ part1, double k_rescale_grad, double k1, double k_wd, double k3, double k_beta2, double k_eps, double k_momentum, double k_lr) {
+__global__ void optforge_sm3_s0_f64(int64_t nb, int64_t nr, int64_t nc, int64_t tr, int64_t tc, const double* __restrict__ p_grad, double* __restrict__ p_weight, const double* __restrict__ p_acc_row, const double* __restrict__ p_acc_col, double* __restrict__ p_mom, float* __restrict__ p_weight_lp, double* __restrict__ part0, double* __restrict__ part1, double k_rescale_grad, double k1, double k_wd, double k3, double k_beta2, double k_eps, double k_momentum, double k_lr, double k__grad_scale) {
     const int64_t ncc = (nc + tc - 1) / tc, nrc = (nr + tr - 1) / tr, tiles = nb * nrc * ncc;
     for (int64_t k = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; k < tiles; k += (int64_t)blockDim.x * gridDim.x) {
         const int64_t b = k / (nrc * ncc), rc = (k / ncc) % nrc, cc = k % ncc;
@@ -123,7 +123,7 @@ __global__ void optforge_sm3_s0_f64(int64_t nb, int64_t nr, int64_t nc, int64_t 
             double row0 = -OPTFORGE_INF;
             for (int64_t c = c0; c < c1; ++c) {
                 double _v0, _v1;
-                optforge_sm3_s0_elem<double, double, double>(row * nc + c, row * nc + c, row, b * nc + c, b, p_grad, p_weight, p_acc_row, p_acc_col, p_mom, p_weight_lp, _v0, _v1, (double)k_rescale_grad, (double)k1, (double)k_wd, (double)k3, (double)k_beta2, (double)k_eps, (double)k_momentum, (double)k_lr);
+                optforge_sm3_s0_elem<double, double, double>(row * nc + c, row * nc + c, row, b * nc + c, b, p_grad, p_weight, p_acc_row, p_acc_col, p_mom, p_weight_lp, _v0, _v1, (double)k_rescale_grad, (double)k1, (double)k_wd, (double)k3, (double)k_beta2, (double)k_eps, (double)k_momentum, (double)k_lr, (double)k__grad_scale);
                 row0 = op_max(row0, (double)_v0);
                 col1[c - c0] = op_max(col1[c - c0], (double)_v1);
             }
@@ -136,7 +136,7 @@ __global__ void optforge_sm3_s0_f64(int64_t nb, int64_t nr, int64_t nc, int64_t 
    cols (tc <= OPTFORGE_TILE; the host picks both from the shape alone). A reduction along an axis
    writes each tile's piece (of a row, of a col) to its table of partials, part[piece * len + j], and
    the host combines the pieces in order: deterministic, no atomics. */
-__global__ void optforge_sm3_s0_f16(int64_t nb, int64_t nr, int64_t nc, int64_t tr, int64_t tc, const __half* __restrict__ p_grad, __half* __restrict__ p_weight, const __half* __restrict__ p_acc_row, const __half* __restrict__ p_acc_col, __half* __restrict__ p_mom, float* __restrict__ p_weight_lp, double* __restrict__ part0, double* __restrict__ part1, double k_rescale_grad, double k1, double k_wd, double k3, double k_beta2, double k_eps, double k_momentum, double k_lr) {
+__global__ void optforge_sm3_s0_f16(int64_t nb, int64_t nr, int64_t nc, int64_t tr, int64_t tc, const __half* __restrict__ p_grad, __half* __restrict__ p_weight, const __half* __restrict__ p_acc_row, const __half* __restrict__ p_acc_col, __half* __restrict__ p_mom, float* __restrict__ p_weight_lp, double* __restrict__ part0, double* __restrict__ part1, double k_rescale_grad, double k1, double k_wd, double k3, double k_beta2, double k_eps, double k_momentum, double k_lr, double k__grad_scale) {
     const int64_t ncc = (nc + tc - 1) / tc, nrc = (nr + tr - 1) / tr, tiles = nb * nrc * ncc;
     for (int64_t k = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; k < tiles; k += (int64_t)blockDim.x * gridDim.x) {
         const int64_t b = k / (nrc * ncc), rc = (k / ncc) % nrc, cc = k % ncc;
@@ -148,7 +148,7 @@ __global__ void optforge_sm3_s0_f16(int64_t nb, int64_t nr, int64_t nc, int64_t 
             double row0 = -OPTFORGE_INF;
             for (int64_t c = c0; c < c1; ++c) {
                 float _v0, _v1;
-                optforge_sm3_s0_elem<__half, __half, float>(row * nc + c, row * nc + c, row, b * nc + c, b, p_grad, p_weight, p_acc_row, p_acc_col, p_mom, p_weight_lp, _v0, _v1, (float)k_rescale_grad, (float)k1, (float)k_wd, (float)k3, (float)k_beta2, (float)k_eps, (float)k_momentum, (float)k_lr);
+                optforge_sm3_s0_elem<__half, __half, float>(row * nc + c, row * nc + c, row, b * nc + c, b, p_grad, p_weight, p_acc_row, p_acc_col, p_mom, p_weight_lp, _v0, _v1, (float)k_rescale_grad, (float)k1, (float)k_wd, (float)k3, (float)k_beta2, (float)k_eps, (float)k_momentum, (float)k_lr, (float)k__grad_scale);
                 row0 = op_max(row0, (double)_v0);
                 col1[c - c0] = op_max(col1[c - c0], (double)_v1);
             }
@@ -161,7 +161,7 @@ __global__ void optforge_sm3_s0_f16(int64_t nb, int64_t nr, int64_t nc, int64_t 
    cols (tc <= OPTFORGE_TILE; the host picks both from the shape alone). A reduction along an axis
    writes each tile's piece (of a row, of a col) to its table of partials, part[piece * len + j], and
    the host combines the pieces in order: deterministic, no atomics. */
-__global__ void optforge_sm3_s0_mp16(int64_t nb, int64_t nr, int64_t nc, int64_t tr, int64_t tc, const __half* __restrict__ p_grad, float* __restrict__ p_weight, const float* __restrict__ p_acc_row, const float* __restrict__ p_acc_col, float* __restrict__ p_mom, float* __restrict__ p_weight_lp, double* __restrict__ part0, double* __restrict__ part1, double k_rescale_grad, double k1, double k_wd, double k3, double k_beta2, double k_eps, double k_momentum, double k_lr) {
+__global__ void optforge_sm3_s0_mp16(int64_t nb, int64_t nr, int64_t nc, int64_t tr, int64_t tc, const __half* __restrict__ p_grad, float* __restrict__ p_weight, const float* __restrict__ p_acc_row, const float* __restrict__ p_acc_col, float* __restrict__ p_mom, float* __restrict__ p_weight_lp, double* __restrict__ part0, double* __restrict__ part1, double k_rescale_grad, double k1, double k_wd, double k3, double k_beta2, double k_eps, double k_momentum, double k_lr, double k__grad_scale) {
     const int64_t ncc = (nc + tc - 1) / tc, nrc = (nr + tr - 1) / tr, tiles = nb * nrc * ncc;
     for (int64_t k = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; k < tiles; k += (int64_t)blockDim.x * gridDim.x) {
         const int64_t b = k / (nrc * ncc), rc = (k / ncc) % nrc, cc = k % ncc;
@@ -173,7 +173,7 @@ __global__ void optforge_sm3_s0_mp16(int64_t nb, int64_t nr, int64_t nc, int64_t
             double row0 = -OPTFORGE_INF;
             for (int64_t c = c0; c < c1; ++c) {
                 float _v0, _v1;
-                optforge_sm3_s0_elem<float, __half, float>(row * nc + c, row * nc + c, row, b * nc + c, b, p_grad, p_weight, p_acc_row, p_acc_col, p_mom, p_weight_lp, _v0, _v1, (float)k_rescale_grad, (float)k1, (float)k_wd, (float)k3, (float)k_beta2, (float)k_eps, (float)k_momentum, (float)k_lr);
+                optforge_sm3_s0_elem<float, __half, float>(row * nc + c, row * nc + c, row, b * nc + c, b, p_grad, p_weight, p_acc_row, p_acc_col, p_mom, p_weight_lp, _v0, _v1, (float)k_rescale_grad, (float)k1, (float)k_wd, (float)k3, (float)k_beta2, (float)k_eps, (float)k_momentum, (float)k_lr, (float)k__grad_scale);
                 row0 = op_max(row0, (double)_v0);
                 col1[c - c0] = op_max(col1[c - c0], (double)_v1);
             }

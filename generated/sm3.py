@@ -88,6 +88,8 @@ class SM3(Optimizer):
 
     def _kernel_numpy(self, _step, weight, grad, tensors, scalars):
         """One parameter's update, in place on `weight`, `tensors` and `scalars` (`_step`: optforge.optimizer.Step)."""
+        if _step.grad_scale != 1:
+            grad = grad * _step.grad_scale
         beta2 = self.beta2
         eps = self.eps
         momentum = self.momentum
@@ -119,9 +121,10 @@ class SM3(Optimizer):
         acc_row = tensors['acc_row']
         acc_col = tensors['acc_col']
         mom = tensors['mom']
+        _grad_scale = _step.grad_scale
         _B, _R, _C = ops.view_dims(weight.shape, 'batched')
         _r0 = be.scratch(weight, '_r0', ops.state_shape(weight.shape, 'per_row', 'batched'))
         _r1 = be.scratch(weight, '_r1', ops.state_shape(weight.shape, 'per_col', 'batched'))
-        be.launch('optforge_sm3_s0', (grad, weight, acc_row, acc_col, mom, _r0, _r1,), (ops.arg(rescale_grad), ops.arg(clip_gradient), ops.arg(wd), ops.arg(1 if beta2 == 1 else 1 - beta2), ops.arg(beta2), ops.arg(eps), ops.arg(momentum), ops.arg(lr), ), dims=(_B, _R, _C), axes=(('max', -1), ('max', -2)))
+        be.launch('optforge_sm3_s0', (grad, weight, acc_row, acc_col, mom, _r0, _r1,), (ops.arg(rescale_grad), ops.arg(clip_gradient), ops.arg(wd), ops.arg(1 if beta2 == 1 else 1 - beta2), ops.arg(beta2), ops.arg(eps), ops.arg(momentum), ops.arg(lr), ops.arg(_grad_scale), ), dims=(_B, _R, _C), axes=(('max', -1), ('max', -2)))
         be.launch('optforge_sm3_s1', (_r0, acc_row,), (), dims=(_B, _R, 1))
         be.launch('optforge_sm3_s2', (_r1, acc_col,), (), dims=(_B, 1, _C))

@@ -23,9 +23,9 @@ template <typename C> inline void store_low(float* p, int64_t i, C v) { p[i] = (
 /* stage s0: element i of the weight and states, element gi of the gradient and scratch
    (the same element for a dense update; for a row-sparse one, gi walks the gradient's rows) */
 template <typename T, typename G, typename C>
-OPTFORGE_HD void optforge_test_s0_elem(int64_t i, int64_t gi, T* __restrict__ p_weight, const G* __restrict__ p_grad, T* __restrict__ p_mirror, float* __restrict__ p_weight_lp, const C k_rescale_grad) {
+OPTFORGE_HD void optforge_test_s0_elem(int64_t i, int64_t gi, T* __restrict__ p_weight, const G* __restrict__ p_grad, T* __restrict__ p_mirror, float* __restrict__ p_weight_lp, const C k_rescale_grad, const C k__grad_scale) {
     C weight = C(p_weight[i]);
-    C grad = C(p_grad[gi]);
+    C grad = C(p_grad[gi]) * k__grad_scale;
     C mirror;
     weight = weight + k_rescale_grad * grad;  // test.opt:15
     mirror = weight;  // test.opt:16
@@ -35,40 +35,42 @@ OPTFORGE_HD void optforge_test_s0_elem(int64_t i, int64_t gi, T* __restrict__ p_
 }
 
 extern "C" {
-void optforge_test_s0_f32(int64_t n, float* __restrict__ p_weight, const float* __restrict__ p_grad, float* __restrict__ p_mirror, double k_rescale_grad) {
+void optforge_test_s0_f32(int64_t n, float* __restrict__ p_weight, const float* __restrict__ p_grad, float* __restrict__ p_mirror, double k_rescale_grad, double k__grad_scale) {
     {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
         for (int64_t i = 0; i < n; ++i)
-            optforge_test_s0_elem<float, float, float>(i, i, p_weight, p_grad, p_mirror, nullptr, (float)k_rescale_grad);
+            optforge_test_s0_elem<float, float, float>(i, i, p_weight, p_grad, p_mirror, nullptr, (float)k_rescale_grad, (float)k__grad_scale);
     }
 }
 /* multi-tensor: one call for the small tensors of a list update (each below OPTFORGE_PARALLEL_MIN), in
-   parallel over the tensors: ptrs[k * count + t] is pointer k of tensor t, scalars[t * 1 + j] its
+   parallel over the tensors: ptrs[k * count + t] is pointer k of tensor t, scalars[t * 2 + j] its
    scalars */
 void optforge_test_s0_mt_f32(int64_t count, const int64_t* __restrict__ sizes, const uint64_t* __restrict__ ptrs, const double* __restrict__ scalars) {
     #pragma omp parallel for schedule(dynamic, 4) if (count > 1)
     for (int64_t t = 0; t < count; ++t) {
-        const double* s = scalars + t * 1;
+        const double* s = scalars + t * 2;
         const double k_rescale_grad = s[0];
-        optforge_test_s0_f32(sizes[t], (float*)ptrs[0 * count + t], (const float*)ptrs[1 * count + t], (float*)ptrs[2 * count + t], k_rescale_grad);
+        const double k__grad_scale = s[1];
+        optforge_test_s0_f32(sizes[t], (float*)ptrs[0 * count + t], (const float*)ptrs[1 * count + t], (float*)ptrs[2 * count + t], k_rescale_grad, k__grad_scale);
     }
 }
-void optforge_test_s0_f64(int64_t n, double* __restrict__ p_weight, const double* __restrict__ p_grad, double* __restrict__ p_mirror, double k_rescale_grad) {
+void optforge_test_s0_f64(int64_t n, double* __restrict__ p_weight, const double* __restrict__ p_grad, double* __restrict__ p_mirror, double k_rescale_grad, double k__grad_scale) {
     {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
         for (int64_t i = 0; i < n; ++i)
-            optforge_test_s0_elem<double, double, double>(i, i, p_weight, p_grad, p_mirror, nullptr, (double)k_rescale_grad);
+            optforge_test_s0_elem<double, double, double>(i, i, p_weight, p_grad, p_mirror, nullptr, (double)k_rescale_grad, (double)k__grad_scale);
     }
 }
 /* multi-tensor: one call for the small tensors of a list update (each below OPTFORGE_PARALLEL_MIN), in
-   parallel over the tensors: ptrs[k * count + t] is pointer k of tensor t, scalars[t * 1 + j] its
+   parallel over the tensors: ptrs[k * count + t] is pointer k of tensor t, scalars[t * 2 + j] its
    scalars */
 void optforge_test_s0_mt_f64(int64_t count, const int64_t* __restrict__ sizes, const uint64_t* __restrict__ ptrs, const double* __restrict__ scalars) {
     #pragma omp parallel for schedule(dynamic, 4) if (count > 1)
     for (int64_t t = 0; t < count; ++t) {
-        const double* s = scalars + t * 1;
+        const double* s = scalars + t * 2;
         const double k_rescale_grad = s[0];
-        optforge_test_s0_f64(sizes[t], (double*)ptrs[0 * count + t], (const double*)ptrs[1 * count + t], (double*)ptrs[2 * count + t], k_rescale_grad);
+        const double k__grad_scale = s[1];
+        optforge_test_s0_f64(sizes[t], (double*)ptrs[0 * count + t], (const double*)ptrs[1 * count + t], (double*)ptrs[2 * count + t], k_rescale_grad, k__grad_scale);
     }
 }
 }

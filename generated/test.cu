@@ -25,9 +25,9 @@ template <typename C> OPTFORGE_HD void store_low(float* p, int64_t i, C v) {
 /* stage s0: element i of the weight and states, element gi of the gradient and scratch
    (the same element for a dense update; for a row-sparse one, gi walks the gradient's rows) */
 template <typename T, typename G, typename C>
-OPTFORGE_HD void optforge_test_s0_elem(int64_t i, int64_t gi, T* __restrict__ p_weight, const G* __restrict__ p_grad, T* __restrict__ p_mirror, float* __restrict__ p_weight_lp, const C k_rescale_grad) {
+OPTFORGE_HD void optforge_test_s0_elem(int64_t i, int64_t gi, T* __restrict__ p_weight, const G* __restrict__ p_grad, T* __restrict__ p_mirror, float* __restrict__ p_weight_lp, const C k_rescale_grad, const C k__grad_scale) {
     C weight = C(p_weight[i]);
-    C grad = C(p_grad[gi]);
+    C grad = C(p_grad[gi]) * k__grad_scale;
     C mirror;
     weight = weight + k_rescale_grad * grad;  // test.opt:15
     mirror = weight;  // test.opt:16
@@ -37,60 +37,64 @@ OPTFORGE_HD void optforge_test_s0_elem(int64_t i, int64_t gi, T* __restrict__ p_
 }
 
 extern "C" {
-__global__ void optforge_test_s0_f32(int64_t n, float* __restrict__ p_weight, const float* __restrict__ p_grad, float* __restrict__ p_mirror, float* __restrict__ p_weight_lp, double k_rescale_grad) {
+__global__ void optforge_test_s0_f32(int64_t n, float* __restrict__ p_weight, const float* __restrict__ p_grad, float* __restrict__ p_mirror, float* __restrict__ p_weight_lp, double k_rescale_grad, double k__grad_scale) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_test_s0_elem<float, float, float>(i, i, p_weight, p_grad, p_mirror, p_weight_lp, (float)k_rescale_grad);
+        optforge_test_s0_elem<float, float, float>(i, i, p_weight, p_grad, p_mirror, p_weight_lp, (float)k_rescale_grad, (float)k__grad_scale);
 }
 /* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
-   pointers, sizes and 1 scalar(s) per parameter, as Apex's multi_tensor_apply */
+   pointers, sizes and 2 scalar(s) per parameter, as Apex's multi_tensor_apply */
 __global__ void optforge_test_s0_mt_f32(const int64_t* __restrict__ sizes, float* const* tab_weight, float* const* tab_grad, float* const* tab_mirror, float* const* tab_weight_lp, const double* __restrict__ scalars) {
     const int64_t t = blockIdx.y, n = sizes[t];
-    const double* s = scalars + t * 1;
+    const double* s = scalars + t * 2;
     const float k_rescale_grad = (float)s[0];
+    const float k__grad_scale = (float)s[1];
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
-        optforge_test_s0_elem<float, float, float>(i, i, tab_weight[t], tab_grad[t], tab_mirror[t], tab_weight_lp[t], k_rescale_grad);
+        optforge_test_s0_elem<float, float, float>(i, i, tab_weight[t], tab_grad[t], tab_mirror[t], tab_weight_lp[t], k_rescale_grad, k__grad_scale);
     }
 }
-__global__ void optforge_test_s0_f64(int64_t n, double* __restrict__ p_weight, const double* __restrict__ p_grad, double* __restrict__ p_mirror, float* __restrict__ p_weight_lp, double k_rescale_grad) {
+__global__ void optforge_test_s0_f64(int64_t n, double* __restrict__ p_weight, const double* __restrict__ p_grad, double* __restrict__ p_mirror, float* __restrict__ p_weight_lp, double k_rescale_grad, double k__grad_scale) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_test_s0_elem<double, double, double>(i, i, p_weight, p_grad, p_mirror, p_weight_lp, (double)k_rescale_grad);
+        optforge_test_s0_elem<double, double, double>(i, i, p_weight, p_grad, p_mirror, p_weight_lp, (double)k_rescale_grad, (double)k__grad_scale);
 }
 /* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
-   pointers, sizes and 1 scalar(s) per parameter, as Apex's multi_tensor_apply */
+   pointers, sizes and 2 scalar(s) per parameter, as Apex's multi_tensor_apply */
 __global__ void optforge_test_s0_mt_f64(const int64_t* __restrict__ sizes, double* const* tab_weight, double* const* tab_grad, double* const* tab_mirror, float* const* tab_weight_lp, const double* __restrict__ scalars) {
     const int64_t t = blockIdx.y, n = sizes[t];
-    const double* s = scalars + t * 1;
+    const double* s = scalars + t * 2;
     const double k_rescale_grad = (double)s[0];
+    const double k__grad_scale = (double)s[1];
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
-        optforge_test_s0_elem<double, double, double>(i, i, tab_weight[t], tab_grad[t], tab_mirror[t], tab_weight_lp[t], k_rescale_grad);
+        optforge_test_s0_elem<double, double, double>(i, i, tab_weight[t], tab_grad[t], tab_mirror[t], tab_weight_lp[t], k_rescale_grad, k__grad_scale);
     }
 }
-__global__ void optforge_test_s0_f16(int64_t n, __half* __restrict__ p_weight, const __half* __restrict__ p_grad, __half* __restrict__ p_mirror, float* __restrict__ p_weight_lp, double k_rescale_grad) {
+__global__ void optforge_test_s0_f16(int64_t n, __half* __restrict__ p_weight, const __half* __restrict__ p_grad, __half* __restrict__ p_mirror, float* __restrict__ p_weight_lp, double k_rescale_grad, double k__grad_scale) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_test_s0_elem<__half, __half, float>(i, i, p_weight, p_grad, p_mirror, p_weight_lp, (float)k_rescale_grad);
+        optforge_test_s0_elem<__half, __half, float>(i, i, p_weight, p_grad, p_mirror, p_weight_lp, (float)k_rescale_grad, (float)k__grad_scale);
 }
 /* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
-   pointers, sizes and 1 scalar(s) per parameter, as Apex's multi_tensor_apply */
+   pointers, sizes and 2 scalar(s) per parameter, as Apex's multi_tensor_apply */
 __global__ void optforge_test_s0_mt_f16(const int64_t* __restrict__ sizes, __half* const* tab_weight, __half* const* tab_grad, __half* const* tab_mirror, float* const* tab_weight_lp, const double* __restrict__ scalars) {
     const int64_t t = blockIdx.y, n = sizes[t];
-    const double* s = scalars + t * 1;
+    const double* s = scalars + t * 2;
     const float k_rescale_grad = (float)s[0];
+    const float k__grad_scale = (float)s[1];
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
-        optforge_test_s0_elem<__half, __half, float>(i, i, tab_weight[t], tab_grad[t], tab_mirror[t], tab_weight_lp[t], k_rescale_grad);
+        optforge_test_s0_elem<__half, __half, float>(i, i, tab_weight[t], tab_grad[t], tab_mirror[t], tab_weight_lp[t], k_rescale_grad, k__grad_scale);
     }
 }
-__global__ void optforge_test_s0_mp16(int64_t n, float* __restrict__ p_weight, const __half* __restrict__ p_grad, float* __restrict__ p_mirror, float* __restrict__ p_weight_lp, double k_rescale_grad) {
+__global__ void optforge_test_s0_mp16(int64_t n, float* __restrict__ p_weight, const __half* __restrict__ p_grad, float* __restrict__ p_mirror, float* __restrict__ p_weight_lp, double k_rescale_grad, double k__grad_scale) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
-        optforge_test_s0_elem<float, __half, float>(i, i, p_weight, p_grad, p_mirror, p_weight_lp, (float)k_rescale_grad);
+        optforge_test_s0_elem<float, __half, float>(i, i, p_weight, p_grad, p_mirror, p_weight_lp, (float)k_rescale_grad, (float)k__grad_scale);
 }
 /* multi-tensor: one launch for many parameters (blockIdx.y picks the parameter); tables of
-   pointers, sizes and 1 scalar(s) per parameter, as Apex's multi_tensor_apply */
+   pointers, sizes and 2 scalar(s) per parameter, as Apex's multi_tensor_apply */
 __global__ void optforge_test_s0_mt_mp16(const int64_t* __restrict__ sizes, float* const* tab_weight, __half* const* tab_grad, float* const* tab_mirror, float* const* tab_weight_lp, const double* __restrict__ scalars) {
     const int64_t t = blockIdx.y, n = sizes[t];
-    const double* s = scalars + t * 1;
+    const double* s = scalars + t * 2;
     const float k_rescale_grad = (float)s[0];
+    const float k__grad_scale = (float)s[1];
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
-        optforge_test_s0_elem<float, __half, float>(i, i, tab_weight[t], tab_grad[t], tab_mirror[t], tab_weight_lp[t], k_rescale_grad);
+        optforge_test_s0_elem<float, __half, float>(i, i, tab_weight[t], tab_grad[t], tab_mirror[t], tab_weight_lp[t], k_rescale_grad, k__grad_scale);
     }
 }
 }

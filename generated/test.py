@@ -53,6 +53,8 @@ class Test(Optimizer):
 
     def _kernel_numpy(self, _step, weight, grad, tensors, scalars):
         """One parameter's update, in place on `weight`, `tensors` and `scalars` (`_step`: optforge.optimizer.Step)."""
+        if _step.grad_scale != 1:
+            grad = grad * _step.grad_scale
         rescale_grad = self.rescale_grad
         mirror = tensors['mirror']
         if not chunks.use(weight, grad, mirror):  # small (or strided) tensors: the equations as written
@@ -69,4 +71,5 @@ class Test(Optimizer):
         test.cpp / test.cu, launched through `be`."""
         rescale_grad = self.rescale_grad
         mirror = tensors['mirror']
-        be.launch('optforge_test_s0', (weight, grad, mirror,), (ops.arg(rescale_grad), ))
+        _grad_scale = _step.grad_scale
+        be.launch('optforge_test_s0', (weight, grad, mirror,), (ops.arg(rescale_grad), ops.arg(_grad_scale), ))

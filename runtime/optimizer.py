@@ -23,7 +23,7 @@ from .validate import FLOAT_DTYPES, check_array as _check_array, check_index as 
 from .validate import number as _number
 
 BASE_ARGS = ("rescale_grad", "param_idx2name", "wd", "clip_gradient", "learning_rate", "lr_scheduler", "sym",
-             "begin_num_update", "multi_precision", "param_dict")
+             "begin_num_update", "multi_precision", "param_dict", "max_grad_norm", "skip_nonfinite")
 
 
 class HyperParam(NamedTuple):
@@ -88,6 +88,30 @@ class Step(NamedTuple):
     param_name: str       # its name (param_idx2name), or its index as text
     learning_rate: float  # the call's learning rate, before multipliers
     num_update: int       # the optimizer's update count
+    grad_scale: float = 1.0   # every gradient of the call is read times this (step control, see grad_scale)
+
+
+def grad_scale(grads, max_grad_norm=None, skip_nonfinite=False, loss_scale=1.0):
+    """Step control for one update call: the factor every gradient is multiplied by as the kernels
+    read it, or None when the step is to be skipped. Without clipping and skipping it is
+    1 / loss_scale and nothing is read. Otherwise one read of every gradient (a row-sparse one: its
+    rows) gives their global L2 norm, accumulated in float64 (passed through the reduce hook once
+    for the call, so slice-sharded processes agree): with `skip_nonfinite`, an inf or NaN in any
+    gradient (a non-finite norm) skips the step; with `max_grad_norm`, the gradients are scaled by
+    min(1, max_grad_norm / (norm + 1e-6)), torch.nn.utils.clip_grad_norm_'s coefficient, of the
+    norm after loss unscaling."""
+    inv = 1.0 / loss_scale
+    if max_grad_norm is None and not skip_nonfinite:
+        return inv
+    total = 0.0
+    for g in grads:
+        total += ops.sum_squares(g.data if isinstance(g, RowSparse) else g)
+    norm = math.sqrt(ops._reduced(total)) * inv
+    if skip_nonfinite and not math.isfinite(norm):
+        return None
+    if max_grad_norm is None:
+        return inv
+    return inv * min(1.0, max_grad_norm / (norm + 1e-6))
 
 
 class Optimizer:
@@ -105,6 +129,14 @@ class Optimizer:
     begin_num_update : int, the update count to start from.
     multi_precision : bool, keep a float32 master copy of float16 weights and update that.
     param_dict : dict index -> object with `lr_mult` and `wd_mult` attributes (gluon Parameters).
+
+    Step control, for every spec (not MXNet's; see `grad_scale`):
+    max_grad_norm : float or None, clip the gradients of each update call to this global L2 norm
+        (torch.nn.utils.clip_grad_norm_ over the call's parameters), in the kernels' reads.
+    skip_nonfinite : bool, skip the whole call (weights, states and counters untouched) when any of
+        its gradients holds inf or NaN; `skipped_steps` counts the calls skipped.
+    `loss_scale` (an attribute, 1.0): the gradients are divided by it (a mixed-precision loss scale;
+        the torch adapter sets it from torch.amp.GradScaler).
     """
     spec_name = "Optimizer"
     spec_path = None
@@ -120,10 +152,17 @@ class Optimizer:
     kernel_stages: tuple = ()    # the stage kernels of the compiled backends, in program order
 
     def __init__(self, rescale_grad=1.0, param_idx2name=None, wd=0.0, clip_gradient=None, learning_rate=None,
-                 lr_scheduler=None, sym=None, begin_num_update=0, multi_precision=False, param_dict=None, **kwargs):
+                 lr_scheduler=None, sym=None, begin_num_update=0, multi_precision=False, param_dict=None,
+                 max_grad_norm=None, skip_nonfinite=False, **kwargs):
         # every argument is checked before anything (the scheduler included) is touched
         if kwargs:
             self._reject_kwargs(kwargs)
+        if max_grad_norm is not None:
+            _number("max_grad_norm", max_grad_norm, finite=True)
+            if not max_grad_norm > 0:
+                raise ValueError(f"max_grad_norm must be > 0 (or None: no clipping), got {max_grad_norm!r}")
+        if not isinstance(skip_nonfinite, (bool, np.bool_)):
+            raise TypeError(f"skip_nonfinite must be a bool, got {skip_nonfinite!r}")
         _number("rescale_grad", rescale_grad, finite=True)
         _number("wd", wd, finite=True)
         if clip_gradient is not None:
@@ -152,6 +191,10 @@ class Optimizer:
             raise TypeError("sym must provide attr_dict() and list_arguments() (an MXNet Symbol)")
 
         self.rescale_grad = float(rescale_grad)
+        self.max_grad_norm = None if max_grad_norm is None else float(max_grad_norm)
+        self.skip_nonfinite = bool(skip_nonfinite)
+        self.loss_scale = 1.0
+        self.skipped_steps = 0
         self.lr_scheduler = lr_scheduler
         keep_base = self.options.get("keep_scheduler_base_lr", False)
         if lr_scheduler is None and learning_rate is None:
@@ -354,22 +397,32 @@ class Optimizer:
         """As update; a state made by create_state_multi_precision carries the float32 master copy."""
         self._update(index, weight, grad, state)
 
-    def _update(self, index, weight, grad, state):
+    def _update(self, index, weight, grad, state, scale=None):
         # one update at a time: an optimizer's updates share scratch arrays (and its counters)
         if not self._updating.acquire(blocking=False):
             raise RuntimeError(f"this {type(self).__name__} is being updated from another thread; an optimizer's "
                                "updates share its scratch memory and counters: give each thread its own "
                                "optimizer, or serialise the calls")
         try:
-            self._update_one_call(index, weight, grad, state)
+            return self._update_one_call(index, weight, grad, state, scale)
         finally:
             self._updating.release()
 
-    def _update_one_call(self, index, weight, grad, state):
+    def _update_one_call(self, index, weight, grad, state, scale=None):
+        """One update call; `scale` (the gradients' factor) when the caller did the step control (the
+        torch adapter, over all its param groups). Returns False when step control skipped it."""
         indices, weights, grads, states = self._gather(index, weight, grad, state)
         if not indices:
-            return
+            return True
         self._check_sparse_requires(indices, grads, states)
+        if not (isinstance(self.loss_scale, numbers.Real) and math.isfinite(self.loss_scale) and self.loss_scale > 0):
+            raise ValueError(f"loss_scale must be a finite number > 0, got {self.loss_scale!r}")
+        if scale is None:
+            # step control reads the gradients before anything is counted or written
+            scale = grad_scale(grads, self.max_grad_norm, self.skip_nonfinite, self.loss_scale)
+            if scale is None:
+                self.skipped_steps += 1
+                return False
         # the backend and its kernels are ready before anything is counted: a library that cannot be
         # built or loaded raises here, with the counters untouched
         backend = self.backend
@@ -414,7 +467,7 @@ class Optimizer:
             self._uncount(saved, saved_globals, ())
             raise
         steps = [Step(call, lr, wd, self._index_update_count.get(i, self.begin_num_update), self.idx2name.get(i, str(i)),
-                      base, num_update)
+                      base, num_update, float(scale))
                  for i, lr, wd, base in zip(indices, lrs, wds, bases)]
         done: list = []   # positions of the parameters whose update completed
         try:
@@ -424,6 +477,7 @@ class Optimizer:
             # that failed part way may be partly written: see SECURITY.md)
             self._uncount(saved, saved_globals, {indices[k] for k in done})
             raise
+        return True
 
     def _uncount(self, saved, saved_globals, completed):
         """Undo the counting of an update call for every index not in `completed`; with none

@@ -50,6 +50,7 @@ import torch
 
 from . import ops, registry
 from .optimizer import Optimizer as SpecOptimizer
+from .optimizer import grad_scale
 from .optimizer import OptState
 from .validate import number as _number
 from .sparse import RowSparse
@@ -79,8 +80,10 @@ class Optimizer(torch.optim.Optimizer):
         multi_precision; each may also be set per param group.
     """
 
+    _step_supports_amp_scaling = True   # torch.amp.GradScaler hands over grad_scale and found_inf (see step)
+
     def __init__(self, params, optimizer="adam", lr=None, weight_decay=None, *, backend="auto",
-                 reduce_hook=None, **hyper):
+                 reduce_hook=None, max_grad_norm=None, skip_nonfinite=False, **hyper):
         klass = _spec_class(optimizer)
         allowed = [h.name for h in klass.hyperparams] + list(BASE_KEYS)
         for key in hyper:
@@ -93,6 +96,15 @@ class Optimizer(torch.optim.Optimizer):
             raise ValueError(f"backend must be 'auto', 'numpy' or 'native', got {backend!r}")
         if reduce_hook is not None and not callable(reduce_hook):
             raise TypeError(f"reduce_hook must be callable, got {type(reduce_hook).__name__}")
+        if max_grad_norm is not None:
+            _number("max_grad_norm", max_grad_norm, finite=True)
+            if not max_grad_norm > 0:
+                raise ValueError(f"max_grad_norm must be > 0 (or None: no clipping), got {max_grad_norm!r}")
+        if not isinstance(skip_nonfinite, bool):
+            raise TypeError(f"skip_nonfinite must be a bool, got {skip_nonfinite!r}")
+        self.max_grad_norm = None if max_grad_norm is None else float(max_grad_norm)
+        self.skip_nonfinite = skip_nonfinite
+        self.skipped_steps = 0   # steps skipped for an inf/NaN gradient (GradScaler's or skip_nonfinite)
         base = klass.base_defaults
         defaults = {"lr": base.get("learning_rate", 0.01) if lr is None else lr,
                     "weight_decay": base.get("wd", 0.0) if weight_decay is None else weight_decay}
@@ -174,11 +186,26 @@ class Optimizer(torch.optim.Optimizer):
 
     # ---- the step ------------------------------------------------------------------------------------------
     def step(self, closure=None):
-        """One update of every parameter that has a gradient; `closure` re-evaluates the loss."""
+        """One update of every parameter that has a gradient; `closure` re-evaluates the loss.
+
+        Step control covers all param groups together: with `max_grad_norm` the gradients are
+        clipped to that global norm (torch.nn.utils.clip_grad_norm_ over every parameter), with
+        `skip_nonfinite` an inf/NaN gradient skips the whole step. Under torch.amp.GradScaler
+        (`scaler.step(opt)`) the scaler's `found_inf` skips the step and its `grad_scale` is divided
+        out as the kernels read the gradients (none when `scaler.unscale_(opt)` ran already: no
+        second unscaling). A skipped step changes no weight, state or counter; `skipped_steps`
+        counts them."""
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        found_inf = getattr(self, "found_inf", None)
+        if found_inf is not None and float(found_inf) > 0:
+            self.skipped_steps += 1
+            return loss
+        loss_scale = getattr(self, "grad_scale", None)
+        loss_scale = 1.0 if loss_scale is None else float(loss_scale)
+        calls = []   # (group's optimizer, device, params, weights, grads): all validated views first
         for group, opt in zip(self.param_groups, self._opts):
             self._sync(group, opt)
             by_device: dict = {}
@@ -187,14 +214,22 @@ class Optimizer(torch.optim.Optimizer):
                     by_device.setdefault(p.device, []).append(p)
             for device, params in by_device.items():
                 with _on_device(device):
-                    weights = [_view(p, "parameter") for p in params]
-                    grads = [_grad(p) for p in params]
-                    states = [self._state(p, w, opt) for p, w in zip(params, weights)]
-                    with ops.reduce_hook(self.reduce_hook):
-                        opt.update_multi_precision([self._index[p] for p in params], weights, grads, states)
-                if opt.scalar_states:
-                    for p, s in zip(params, states):
-                        self.state[p].update(s.scalars)
+                    calls.append((opt, device, params, [_view(p, "parameter") for p in params],
+                                  [_grad(p) for p in params]))
+        with ops.reduce_hook(self.reduce_hook):
+            scale = grad_scale([g for call in calls for g in call[4]], self.max_grad_norm, self.skip_nonfinite,
+                               loss_scale)
+        if scale is None:
+            self.skipped_steps += 1
+            return loss
+        for opt, device, params, weights, grads in calls:
+            with _on_device(device):
+                states = [self._state(p, w, opt) for p, w in zip(params, weights)]
+                with ops.reduce_hook(self.reduce_hook):
+                    opt._update([self._index[p] for p in params], weights, grads, states, scale)
+            if opt.scalar_states:
+                for p, s in zip(params, states):
+                    self.state[p].update(s.scalars)
         return loss
 
     def _state(self, p, weight, opt) -> OptState:
@@ -218,6 +253,7 @@ class Optimizer(torch.optim.Optimizer):
                        for k, entry in sd["state"].items()}
         sd["optforge"] = {
             "format": FORMAT, "version": VERSION, "spec_name": self.spec.spec_name, "spec_hash": self.spec.spec_hash,
+            "skipped_steps": self.skipped_steps,
             "groups": [{"num_update": opt.num_update,
                         "counts": [[i, n] for i, n in opt._index_update_count.items()],
                         "globals": {k: _enc(v) for k, v in opt._globals.items()},
@@ -247,6 +283,7 @@ class Optimizer(torch.optim.Optimizer):
         # nothing changes unless all of it loads: torch's own load replaces param_groups and state,
         # so keeping the old objects is enough to put everything back
         before = (self.param_groups, self.state, getattr(self, "_opts", None), getattr(self, "_optstates", None))
+        self._record_skipped = _int(record.get("skipped_steps", 0), "skipped_steps")   # (older records: none)
         try:
             self._load(sd, saved, groups)
         except BaseException:
@@ -272,7 +309,9 @@ class Optimizer(torch.optim.Optimizer):
                     opt.idx2name = {self._index[p]: n for p, n in zip(group["params"], group["param_names"])}
         except (KeyError, TypeError, ValueError, AttributeError, OverflowError, _Damaged) as e:
             raise ValueError(f"bad optforge record in state_dict: {type(e).__name__}: {e}") from None
+        skipped = self._record_skipped
         self._opts = opts
+        self.skipped_steps = skipped
         self._optstates = {}
         state = {}
         for group, opt in zip(self.param_groups, opts):

@@ -319,7 +319,9 @@ def optimizer_config(opt: Optimizer) -> dict:
         "name": _registered_name(opt), "spec_name": opt.spec_name, "spec_hash": opt.spec_hash,
         "hyper": {k: _enc(v) for k, v in opt.hyperparameters().items()},
         "base": {"rescale_grad": opt.rescale_grad, "wd": opt.wd, "clip_gradient": opt.clip_gradient,
-                 "begin_num_update": opt.begin_num_update, "multi_precision": opt.multi_precision},
+                 "begin_num_update": opt.begin_num_update, "multi_precision": opt.multi_precision,
+                 "max_grad_norm": opt.max_grad_norm, "skip_nonfinite": opt.skip_nonfinite},
+        "step_control": {"loss_scale": opt.loss_scale, "skipped_steps": opt.skipped_steps},
         "lr": opt.lr,
         "lr_scheduler": sched.get_config() if sched is not None else None,
         "idx2name": [[_key(k), v] for k, v in opt.idx2name.items()],
@@ -372,6 +374,11 @@ def optimizer_from_config(cfg: dict, allow_spec_change: bool = False) -> Optimiz
             opt = klass(**{k: _dec(v) for k, v in cfg["hyper"].items()}, **base,
                         learning_rate=None if sched else lr, lr_scheduler=sched, param_idx2name=idx2name)
         opt.lr = lr
+        control = cfg.get("step_control", {"loss_scale": 1.0, "skipped_steps": 0})   # (older checkpoints: none)
+        _need(isinstance(control, dict), "bad step_control")
+        opt.loss_scale = _num(control.get("loss_scale", 1.0), "loss_scale")
+        _need(opt.loss_scale > 0, "loss_scale must be > 0")
+        opt.skipped_steps = _int(control.get("skipped_steps", 0), "skipped_steps")
         opt.lr_mult = _pairs(cfg["lr_mult"], "lr_mult", _num)
         opt.wd_mult = _pairs(cfg["wd_mult"], "wd_mult", _num)
         pd = _pairs(cfg["param_dict"], "param_dict", lambda v, w: [_num(x, w) for x in v])

@@ -515,7 +515,8 @@ def params(xp=np, seed=0, shapes=SHAPES):
 
 
 def hyper_sets():
-    return [{}, {"flag": False, "c": 0.8, "mode": "y"}, {"c": 0.3, "clip_gradient": 0.5, "a": 0.9}]
+    # the last with step control: the gradients clipped to a global norm as every kernel reads them
+    return [{}, {"flag": False, "c": 0.8, "mode": "y"}, {"c": 0.3, "clip_gradient": 0.5, "a": 0.9, "max_grad_norm": 0.3}]
 
 
 def snapshot(opt, weights, states, to_numpy=np.asarray):

@@ -91,10 +91,12 @@ def test_matrix_specs_compute_on_every_backend_what_the_straight_line_kernel_com
     cls, text, _ = compile_spec(*spec)
     for hyper in hyper_sets() + [{"k": 0}, {"k": 3, "flag": False}]:
         want = run(cls, "numpy", hyper, as_list=False, shapes=MATRIX_SHAPES)
-        assert_same(run(cls, "numpy", hyper, as_list=True, shapes=MATRIX_SHAPES), want, f"numpy list {hyper}", text)
+        want_list = run(cls, "numpy", hyper, as_list=True, shapes=MATRIX_SHAPES)
+        if "max_grad_norm" not in hyper:   # (clipping: a list's norm is over all of it, a single call's its own)
+            assert_same(want_list, want, f"numpy list {hyper}", text)
         if native.available():
             assert_same(run(cls, "native", hyper, as_list=False, shapes=MATRIX_SHAPES), want, f"native {hyper}", text)
-            assert_same(run(cls, "native", hyper, as_list=True, shapes=MATRIX_SHAPES), want,
+            assert_same(run(cls, "native", hyper, as_list=True, shapes=MATRIX_SHAPES), want_list,
                         f"native list {hyper}", text)
 
 

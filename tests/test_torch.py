@@ -3,7 +3,8 @@
 Each property is checked against the optforge NumPy path on the same data: the adapter must reach
 bit-identical parameters with the NumPy backend, keep every tensor's storage, resume bit-exactly
 from a state_dict, follow torch LR schedulers, update sparse embeddings lazily, and, with
-parameters sharded over 2 processes (gloo on loopback), take the same LAMB/LARS/Prodigy step as one process.
+parameters sharded over 2 processes (gloo on loopback), take the same LAMB/LARS/Prodigy step and
+the same global gradient clipping as one process.
 """
 import copy
 import io
@@ -344,11 +345,15 @@ def _sharded_worker(rank, world, store, out):
         for spec, kw in (("lamb", dict(lr=0.01, weight_decay=0.01)),
                          ("lars", dict(lr=0.5, momentum=0.9, eta=0.01, weight_decay=1e-3)),
                          # sums over all parameters (global_sum) of whole-tensor sums (hooked)
-                         ("prodigy", dict(lr=1.0, weight_decay=0.01, d0=1e-2))):
+                         ("prodigy", dict(lr=1.0, weight_decay=0.01)),
+                         # global gradient-norm clipping over all parameters (step control)
+                         ("adam", dict(lr=0.01, max_grad_norm=1.0))):
             g = torch.Generator().manual_seed(0)
             shapes = [(7, 5), (5,), (3, 4, 2), (1,), (300, 512)]   # (1,): an empty shard; (300, 512): chunked kernels
             full = [torch.randn(s, generator=g) for s in shapes]
             grads = [[torch.randn(s, generator=g) for s in shapes] for _ in range(3)]
+            if spec == "prodigy":   # one direction, many steps: the distance estimate d grows
+                grads = [grads[0]] * 6
             whole = [torch.nn.Parameter(t.clone()) for t in full]
             mine = [torch.nn.Parameter(_shard(t, rank, world).clone()) for t in full]
             plain = [torch.nn.Parameter(_shard(t, rank, world).clone()) for t in full]
@@ -368,6 +373,10 @@ def _sharded_worker(rank, world, store, out):
                 diffs[name] = max(float(np.max(np.abs(j - w.detach().numpy().reshape(-1)) /
                                            (np.abs(w.detach().numpy().reshape(-1)) + 1e-6)))
                                   for j, w in zip(joined, whole))
+            if spec == "prodigy":   # the step size d: a sum over all parameters of hooked sums
+                d = [o._opts[0]._globals["d"] for o in opts]
+                diffs["d_hooked"], diffs["d_unhooked"] = abs(d[1] - d[0]) / d[0], abs(d[2] - d[0]) / d[0]
+                diffs["d_growth"] = d[0] / 1e-6
             report[spec] = diffs
         if rank == 0:
             with open(out, "w") as f:
@@ -377,7 +386,7 @@ def _sharded_worker(rank, world, store, out):
         dist.destroy_process_group()
 
 
-def test_sharded_lamb_lars_and_prodigy_equal_unsharded(tmp_path):
+def test_sharded_lamb_lars_prodigy_and_clipping_equal_unsharded(tmp_path):
     if not dist.is_available() or not dist.is_gloo_available():
         pytest.skip("torch.distributed with gloo is not available")
     out = tmp_path / "report.json"
@@ -389,9 +398,13 @@ def test_sharded_lamb_lars_and_prodigy_equal_unsharded(tmp_path):
                 proc.kill()
             pytest.fail("the 2-process sharded step did not finish within 120 s")
     report = json.loads(out.read_text())
-    for spec in ("lamb", "lars", "prodigy"):
+    for spec in ("lamb", "lars", "prodigy", "adam"):
         assert report[spec]["hooked"] < 1e-6, report          # same step as one process, up to rounding
+    for spec in ("lamb", "lars", "adam"):
         assert report[spec]["unhooked"] > 1e-4, report        # the hook is what makes it so
+    prodigy = report["prodigy"]
+    # (sharded without the hook each rank estimates d from its own halves: close, but not the same)
+    assert prodigy["d_growth"] > 2 and prodigy["d_hooked"] < 1e-12 and prodigy["d_unhooked"] > 1e-7, report
 
 
 def test_importing_optforge_does_not_import_torch():

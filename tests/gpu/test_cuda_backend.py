@@ -241,3 +241,27 @@ def test_host_side_norms_of_gpu_arrays_are_one_pass_in_double(dtype):
         x = rng.standard_normal(n).astype(dtype)
         want = float(np.sqrt(np.sum(x.astype(np.float64) ** 2)))
         assert ops.norm(cupy.asarray(x)) == pytest.approx(want, rel=1e-12, abs=0)
+
+
+@pytest.mark.parametrize("name", ["adam", "lamb", "prodigy"])
+def test_cuda_step_control_matches_numpy(name, kernel_launches):
+    """Global clipping and a skipped inf step on CuPy arrays (list updates), against NumPy."""
+    def go(on_gpu):
+        rng = np.random.default_rng(3)
+        opt = optforge.create(name, learning_rate=0.05, max_grad_norm=0.5, skip_nonfinite=True, **CONFIGS[name])
+        opt.backend = "numpy"
+        ws = [rng.standard_normal(s) for s in SHAPES]
+        xs = [cupy.asarray(w) for w in ws] if on_gpu else ws
+        states = [opt.create_state(i, w) for i, w in enumerate(xs)]
+        for step in range(4):
+            gs = [rng.standard_normal(s) * 3 for s in SHAPES]
+            if step == 2:
+                gs[1][3] = np.inf
+            opt.update(list(range(len(xs))), xs, [cupy.asarray(g) for g in gs] if on_gpu else gs, states)
+        assert opt.skipped_steps == 1 and opt.num_update == 3
+        return [cupy.asnumpy(w) if on_gpu else w for w in xs]
+    want = go(False)
+    got = go(True)
+    assert kernel_launches
+    for a, b in zip(got, want):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)

@@ -1,0 +1,265 @@
+"""Step control any spec gets without writing it (runtime/optimizer.py `grad_scale`): global
+gradient-norm clipping (`max_grad_norm`), loss unscaling (`loss_scale`, torch.amp.GradScaler's
+grad_scale) and skipping a step whose gradients hold inf/NaN (`skip_nonfinite`, GradScaler's
+found_inf). References: torch.nn.utils.clip_grad_norm_ applied to the gradients before an
+unclipped update; an unscaled run (a power-of-two loss scale unscales exactly); and for a skipped
+step, the arrays and counters as they were, bit for bit."""
+import copy
+
+import numpy as np
+import pytest
+
+import optforge
+from optforge import native
+
+torch = pytest.importorskip("torch")
+
+SHAPES = [(6, 5), (7,), (), (40, 300)]   # the last takes the chunked, multi-threaded paths
+BACKENDS = ["numpy"] + (["native"] if native.available() else [])
+
+
+def _problem(seed=0, steps=4, dtype=np.float64, scale=3.0):
+    rng = np.random.default_rng(seed)
+    ws = [np.asarray(rng.standard_normal(s), dtype) for s in SHAPES]
+    gs = [[np.asarray(rng.standard_normal(s) * scale, dtype) for s in SHAPES] for _ in range(steps)]
+    return ws, gs
+
+
+def _clipped(gs, max_norm):
+    """torch's clip_grad_norm_ over the call's gradients (the reference)."""
+    ts = [torch.tensor(g.copy()) for g in gs]
+    for t in ts:
+        t.grad = t.clone()
+    torch.nn.utils.clip_grad_norm_(ts, max_norm)
+    return [t.grad.numpy() for t in ts]
+
+
+def _run(name, ws, steps, backend, **kw):
+    opt = optforge.create(name, **kw)
+    opt.backend = backend
+    ws = [w.copy() for w in ws]
+    states = [opt.create_state(i, w) for i, w in enumerate(ws)]
+    for gs in steps:
+        opt.update(list(range(len(ws))), ws, gs, states)
+    return ws, states, opt
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("name, kw", [("adam", dict(learning_rate=0.01, wd=0.01)), ("lamb", dict(learning_rate=0.01)),
+                                      ("sgd", dict(learning_rate=0.1, momentum=0.9)), ("prodigy", dict(d0=1e-3))])
+def test_max_grad_norm_clips_as_clip_grad_norm(name, kw, backend):
+    ws, steps = _problem()
+    max_norm = 2.5
+    got, _, opt = _run(name, ws, steps, backend, max_grad_norm=max_norm, **kw)
+    want, _, _ = _run(name, ws, [_clipped(gs, max_norm) for gs in steps], backend, **kw)
+    for a, b in zip(got, want):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
+    # gradients below the bound are left alone
+    small = [[np.asarray(g * 1e-3) for g in gs] for gs in steps]
+    got, _, _ = _run(name, ws, small, backend, max_grad_norm=max_norm, **kw)
+    want, _, _ = _run(name, ws, small, backend, **kw)
+    for a, b in zip(got, want):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_clipping_in_float32_is_torchs(backend):
+    ws, steps = _problem(dtype=np.float32)
+    got, _, _ = _run("adam", ws, steps, backend, learning_rate=0.01, max_grad_norm=1.0)
+    want, _, _ = _run("adam", ws, [_clipped(gs, 1.0) for gs in steps], backend, learning_rate=0.01)
+    for a, b in zip(got, want):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+def _snapshot(opt, ws, states):
+    return (copy.deepcopy([w.copy() for w in ws]), copy.deepcopy([{k: v.copy() for k, v in s.tensors.items()}
+                                                                  for s in states]),
+            copy.deepcopy([dict(s.scalars) for s in states]), dict(opt._index_update_count), opt.num_update,
+            copy.deepcopy(opt._globals))
+
+
+def _same(a, b):
+    wa, ta, sa, ca, na, ga = a
+    wb, tb, sb, cb, nb, gb = b
+    for x, y in zip(wa, wb):
+        assert x.tobytes() == y.tobytes()
+    for x, y in zip(ta, tb):
+        assert x.keys() == y.keys() and all(x[k].tobytes() == y[k].tobytes() for k in x)
+    assert sa == sb and ca == cb and na == nb and ga == gb
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("name", ["adam", "lars", "prodigy", "nadam"])
+@pytest.mark.parametrize("bad", [np.inf, -np.inf, np.nan])
+def test_a_nonfinite_gradient_skips_the_whole_step(name, backend, bad):
+    ws, steps = _problem(steps=3)
+    opt = optforge.create(name, skip_nonfinite=True, max_grad_norm=10.0)
+    opt.backend = backend
+    ws = [w.copy() for w in ws]
+    states = [opt.create_state(i, w) for i, w in enumerate(ws)]
+    opt.update(list(range(len(ws))), ws, steps[0], states)
+    before = _snapshot(opt, ws, states)
+    poisoned = [g.copy() for g in steps[1]]
+    poisoned[3].reshape(-1)[1234] = bad   # one element of the large parameter
+    opt.update(list(range(len(ws))), ws, poisoned, states)
+    _same(_snapshot(opt, ws, states), before)
+    assert opt.skipped_steps == 1
+    opt.update(list(range(len(ws))), ws, steps[2], states)   # and training goes on
+    assert opt.num_update == 2 and all(np.all(np.isfinite(w)) for w in ws)
+
+
+def test_a_nonfinite_row_sparse_gradient_skips_too():
+    opt = optforge.create("adam", skip_nonfinite=True)
+    w = np.ones((6, 3))
+    s = opt.create_state(0, w)
+    data = np.ones((2, 3))
+    data[1, 2] = np.nan
+    opt.update(0, w, optforge.RowSparse(data, np.array([1, 4]), (6, 3)), s)
+    assert np.all(w == 1) and opt.num_update == 0 and opt.skipped_steps == 1
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_loss_scale_is_divided_out_exactly(backend):
+    ws, steps = _problem()
+    want, want_states, _ = _run("adam", ws, steps, backend, learning_rate=0.01)
+    opt = optforge.create("adam", learning_rate=0.01)
+    opt.backend = backend
+    opt.loss_scale = 2.0 ** 14
+    got = [w.copy() for w in ws]
+    states = [opt.create_state(i, w) for i, w in enumerate(got)]
+    for gs in steps:
+        opt.update(list(range(len(got))), got, [np.asarray(g * 2.0 ** 14) for g in gs], states)
+    for a, b in zip(got, want):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_the_updater_and_checkpoints_keep_step_control():
+    opt = optforge.create("adam", max_grad_norm=1.5, skip_nonfinite=True)
+    upd = optforge.get_updater(opt)
+    w = np.ones(4)
+    upd(0, np.array([np.inf, 0, 0, 0]), w)
+    upd(0, np.full(4, 3.0), w)
+    back = optforge.get_updater(optforge.create("adam"))
+    back.set_states(upd.get_states(dump_optimizer=True))
+    assert (back.optimizer.max_grad_norm, back.optimizer.skip_nonfinite, back.optimizer.skipped_steps) == (1.5, True, 1)
+
+
+@pytest.mark.parametrize("kw, error", [(dict(max_grad_norm=0.0), ValueError), (dict(max_grad_norm=-1), ValueError),
+                                       (dict(max_grad_norm=float("inf")), ValueError),
+                                       (dict(skip_nonfinite="yes"), TypeError)])
+def test_bad_step_control_arguments_are_refused(kw, error):
+    with pytest.raises(error):
+        optforge.create("adam", **kw)
+
+
+def test_a_bad_loss_scale_is_refused_before_anything_changes():
+    opt = optforge.create("adam")
+    w = np.ones(3)
+    s = opt.create_state(0, w)
+    for bad in (0.0, -2.0, float("nan")):
+        opt.loss_scale = bad
+        with pytest.raises(ValueError, match="loss_scale"):
+            opt.update(0, w, np.ones(3), s)
+    assert opt.num_update == 0 and np.all(w == 1)
+
+
+# ---- through optforge.torch --------------------------------------------------------------------------
+def _model(seed=0):
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(), torch.nn.Linear(16, 3)).double()
+
+
+def _data(seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(32, 8, generator=g, dtype=torch.float64), torch.randint(0, 3, (32,), generator=g)
+
+
+def _loss(model, x, y):
+    return torch.nn.functional.cross_entropy(model(x), y)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_torch_max_grad_norm_covers_every_param_group(backend):
+    from optforge.torch import Optimizer
+    x, y = _data()
+    a, b = _model(), _model()
+    groups = lambda m: [{"params": [m[0].weight, m[2].weight]},  # noqa: E731
+                        {"params": [m[0].bias, m[2].bias], "weight_decay": 0.0}]
+    opt_a = Optimizer(groups(a), "adam", lr=0.05, weight_decay=0.01, backend=backend, max_grad_norm=0.3)
+    opt_b = Optimizer(groups(b), "adam", lr=0.05, weight_decay=0.01, backend=backend)
+    for _ in range(5):
+        for m, o, clip in ((a, opt_a, False), (b, opt_b, True)):
+            o.zero_grad()
+            _loss(m, x, y).backward()
+            if clip:
+                torch.nn.utils.clip_grad_norm_(m.parameters(), 0.3)
+            o.step()
+    for p, q in zip(a.parameters(), b.parameters()):
+        np.testing.assert_allclose(p.detach().numpy(), q.detach().numpy(), rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_torch_grad_scaler_unscales_once_and_skips_inf_steps(backend):
+    from optforge.torch import Optimizer
+    x, y = _data()
+    plain, scaled, unscaled = _model(), _model(), _model()
+    opt_p = Optimizer(plain.parameters(), "adam", lr=0.05, backend=backend)
+    opt_s = Optimizer(scaled.parameters(), "adam", lr=0.05, backend=backend)
+    opt_u = Optimizer(unscaled.parameters(), "adam", lr=0.05, backend=backend)
+    scaler_s = torch.amp.GradScaler("cpu", init_scale=2.0 ** 10, growth_interval=1000)
+    scaler_u = torch.amp.GradScaler("cpu", init_scale=2.0 ** 10, growth_interval=1000)
+    for step in range(4):
+        opt_p.zero_grad()
+        _loss(plain, x, y).backward()
+        opt_p.step()
+        # scaler.step: the scaler hands its scale to the optimizer, which divides it out in its kernels
+        opt_s.zero_grad()
+        scaler_s.scale(_loss(scaled, x, y)).backward()
+        scaler_s.step(opt_s)
+        scaler_s.update()
+        # unscale_ first (e.g. to clip): the optimizer must not unscale again
+        opt_u.zero_grad()
+        scaler_u.scale(_loss(unscaled, x, y)).backward()
+        scaler_u.unscale_(opt_u)
+        scaler_u.step(opt_u)
+        scaler_u.update()
+    for p, q, r in zip(plain.parameters(), scaled.parameters(), unscaled.parameters()):
+        assert torch.equal(p, q) and torch.equal(p, r)   # a power-of-two scale unscales exactly
+    # an inf gradient: GradScaler's found_inf skips the step, nothing changes, the scale backs off
+    before = [p.detach().clone() for p in scaled.parameters()]
+    state_before = copy.deepcopy(opt_s.state_dict())
+    opt_s.zero_grad()
+    scaler_s.scale(_loss(scaled, x, y)).backward()
+    next(scaled.parameters()).grad[0, 0] = float("inf")
+    scale = scaler_s.get_scale()
+    scaler_s.step(opt_s)
+    scaler_s.update()
+    assert opt_s.skipped_steps == 1 and scaler_s.get_scale() == scale * 0.5
+    for p, b in zip(scaled.parameters(), before):
+        assert torch.equal(p, b)
+    after = opt_s.state_dict()
+    assert after["optforge"]["groups"] == state_before["optforge"]["groups"]
+    for k, entry in state_before["state"].items():
+        for name, v in entry.items():
+            if isinstance(v, torch.Tensor):
+                assert torch.equal(v, after["state"][k][name])
+
+
+def test_torch_skip_nonfinite_without_a_scaler():
+    from optforge.torch import Optimizer
+    x, y = _data()
+    m = _model()
+    opt = Optimizer(m.parameters(), "lamb", lr=0.01, skip_nonfinite=True)
+    _loss(m, x, y).backward()
+    opt.step()
+    before = [p.detach().clone() for p in m.parameters()]
+    opt.zero_grad()
+    _loss(m, x, y).backward()
+    m[2].bias.grad[1] = float("nan")
+    opt.step()
+    assert opt.skipped_steps == 1 and all(torch.equal(p, b) for p, b in zip(m.parameters(), before))
+    sd = opt.state_dict()
+    assert sd["optforge"]["skipped_steps"] == 1
+    opt2 = Optimizer(_model().parameters(), "lamb", lr=0.01, skip_nonfinite=True)
+    opt2.load_state_dict(sd)
+    assert opt2.skipped_steps == 1
