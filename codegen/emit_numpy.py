@@ -238,6 +238,8 @@ def _may_alias(e: Expr) -> bool:
         return True
     if e.op is Op.WHERE and e.args[0].kind is not Kind.TENSOR:
         return _may_alias(e.args[1]) or _may_alias(e.args[2])
+    if e.op is Op.CLIP:   # ops.clip returns its argument itself when the bound is off (none, <= 0)
+        return _may_alias(e.args[0])
     return False
 
 

@@ -167,3 +167,31 @@ def test_a_reduction_along_an_axis_under_a_host_test_is_not_inlined_into_a_stage
     want = run(cls, "numpy", {"c": c}, as_list=False, shapes=SHAPED_SHAPES)
     if native.available():
         assert_same(run(cls, "native", {"c": c}, as_list=False, shapes=SHAPED_SHAPES), want, "native", WHERE_AXIS)
+
+
+CLIP_ALIAS = """optimizer ClipAlias
+state s0 = zeros
+update {
+    u = clip(s0, clip_gradient)
+    s0 += 0.1 * grad
+    weight -= lr * u
+}
+"""
+
+
+@pytest.mark.parametrize("clip", [None, 0.05])
+def test_a_local_clipped_from_a_state_keeps_the_value_it_had(clip):
+    """Found by the CUDA campaign: with the bound off, ops.clip returns the state itself, so the
+    straight-line kernel's `u` followed the state's later in-place update (the kernels keep a copy)."""
+    cls = optforge.load_spec(CLIP_ALIAS, register=False)
+    for backend in ["numpy"] + (["native"] if native.available() else []):
+        opt = cls(learning_rate=0.1, clip_gradient=clip)
+        opt.backend = backend
+        w, s = np.zeros(4), None
+        s = opt.create_state(0, w)
+        g = np.array([1.0, -2.0, 3.0, 0.5])
+        opt.update(0, w, g, s)     # u = clip(0) = 0: the weight stays 0
+        assert np.all(w == 0), backend
+        opt.update(0, w, g, s)     # u = clip(0.1 * g)
+        want = -0.1 * (0.1 * g if clip is None else np.clip(0.1 * g, -clip, clip))
+        np.testing.assert_allclose(w, want, rtol=1e-15)
