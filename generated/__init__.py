@@ -21,11 +21,13 @@ from .shampoo import Shampoo
 from .signum import Signum
 from .sm3 import SM3
 from .test import Test
+from .torchadam import TorchAdam
+from .torchsgd import TorchSGD
 ccSGD = SGD
 
-__all__ = ['AdaDelta', 'Adafactor', 'AdaGrad', 'Adam', 'Adamax', 'DCASGD', 'FTML', 'Ftrl', 'LAMB', 'LARS', 'LBSGD', 'Muon', 'Nadam', 'NAG', 'RMSProp', 'SGD', 'SGLD', 'Shampoo', 'Signum', 'SM3', 'Test', 'ccSGD']
+__all__ = ['AdaDelta', 'Adafactor', 'AdaGrad', 'Adam', 'Adamax', 'DCASGD', 'FTML', 'Ftrl', 'LAMB', 'LARS', 'LBSGD', 'Muon', 'Nadam', 'NAG', 'RMSProp', 'SGD', 'SGLD', 'Shampoo', 'Signum', 'SM3', 'Test', 'TorchAdam', 'TorchSGD', 'ccSGD']
 
 from optforge.registry import register as _register
 
-for _cls in (AdaDelta, Adafactor, AdaGrad, Adam, Adamax, DCASGD, FTML, Ftrl, LAMB, LARS, LBSGD, Muon, Nadam, NAG, RMSProp, SGD, SGLD, Shampoo, Signum, SM3, Test, ):
+for _cls in (AdaDelta, Adafactor, AdaGrad, Adam, Adamax, DCASGD, FTML, Ftrl, LAMB, LARS, LBSGD, Muon, Nadam, NAG, RMSProp, SGD, SGLD, Shampoo, Signum, SM3, Test, TorchAdam, TorchSGD, ):
     _register(_cls)
