@@ -9,7 +9,7 @@ import math
 from . import ast
 from .errors import Reporter, Span, did_you_mean
 from .ir import (AXIS_WORDS, COMPARE, Assign, Expr, Global, Hyper, IfStmt, Kind, Op, Repeat, Role, ScalarState, Shape,
-                 Sparse, Spec, State, Ty)
+                 SHAPE_FACTS, Sparse, Spec, State, Ty)
 from .verify import verify
 from .walk import leaves, targets
 from .names import (ARITH, BASE_DEFAULTS, BASE_NAMES, BUILTIN_DOCS, BUILTINS, C_KEYWORDS, FUNCTIONS,  # noqa: F401
@@ -108,6 +108,7 @@ class Checker:
         self.globals: dict[str, Global] = {}
         self.locals: dict[str, Expr] = {}       # name -> a representative leaf (type, kind)
         self.pending_locals: set[str] = set()   # names assigned somewhere later in the body
+        self.scalar_kinds: dict[str, Kind] = {}  # scalar states assigned values known only after a reduction
         self.failed: set[str] = set()           # locals whose assignment had an error (reported there)
         self.loop_locals: set[str] = set()      # names assigned inside a `repeat`
         self.used: set[str] = set()
@@ -351,6 +352,11 @@ class Checker:
     def _state(self, d):
         if self._dup(d.name, d.name_span):
             return
+        self._state_decl(d)
+        if d.name not in self.states and d.name not in self.scalar_states:
+            self.failed.add(d.name)   # reported at its declaration: its uses are not errors of their own
+
+    def _state_decl(self, d):
         scope = _Scope()
         cond = None
         shape = Shape.FULL
@@ -371,8 +377,9 @@ class Checker:
                                  "shape (ndim, numel, size)", "states are created before the first update")
         if d.scalar:
             init = self._expr(d.value, scope)
-            if init is not None and (init.kind > Kind.HYPER or init.ty not in NUMERIC + (Ty.BOOL,)):
-                self.r.error(d.value.span, "a scalar state starts from a number computed from hyperparameters")
+            if init is not None and (not _creation_value(init) or init.ty not in NUMERIC + (Ty.BOOL,)):
+                self.r.error(d.value.span, "a scalar state starts from a number computed from hyperparameters, "
+                             "`lr`, `wd` and `learning_rate`", "states are created before the first update")
             if cond is not None:
                 self.r.error(d.cond.span, "scalar states cannot be conditional")
             if init is not None:
@@ -394,9 +401,25 @@ class Checker:
         elif isinstance(v, ast.Num) or (isinstance(v, ast.UnOp) and v.op == "-" and isinstance(v.operand, ast.Num)):
             value = v.value if isinstance(v, ast.Num) else -v.operand.value
             self.states[d.name] = State(d.name, "fill", float(value), cond, d.span, shape)
+        elif isinstance(v, ast.Name) and not self._declared(v.id) and v.id not in BUILTINS:
+            self.r.error(v.span, "a tensor state starts as `zeros`, `weight` (a copy), a number computed from "
+                         "hyperparameters, `lr`, `wd` and `learning_rate`, or (a matrix state) `eye` or "
+                         "`NUMBER * eye`", did_you_mean(v.id, STATE_INITS + tuple(self.hypers))
+                         or "for a per-parameter number write `state NAME: scalar = value`")
         else:
-            self.r.error(v.span, "a tensor state starts as `zeros`, `weight` (a copy), a number, or (a matrix "
-                         "state) `eye` or `NUMBER * eye`", "for a per-parameter number write `state NAME: scalar = value`")
+            init = self._expr(v, scope)
+            if init is None:
+                return
+            if init.kind is Kind.TENSOR or init.ty not in NUMERIC or not _creation_value(init):
+                self.r.error(v.span, "a tensor state starts as `zeros`, `weight` (a copy), a number computed from "
+                             "hyperparameters, `lr`, `wd` and `learning_rate`, or (a matrix state) `eye` or "
+                             "`NUMBER * eye`", "states are created before the first update; for a per-parameter "
+                             "number write `state NAME: scalar = value`")
+            elif init.optional:
+                self.r.error(v.span, "a state cannot start from an optional hyperparameter: it may be none",
+                             "give the hyperparameter a default, or test it in the state's condition")
+            else:
+                self.states[d.name] = State(d.name, "fill", 0.0, cond, d.span, shape, init)
 
     def _global(self, d):
         if self._dup(d.name, d.name_span):
@@ -565,10 +588,12 @@ class Checker:
                 return None
         elif name in self.scalar_states:
             role = Role.SCALAR_STATE
-            if v.kind > Kind.INDEX:
-                self.r.error(s.value.span, f"scalar state `{name}` must be computed on the host",
-                             "it cannot depend on tensors or reductions")
+            if v.kind > Kind.REDUCED:
+                self.r.error(s.value.span, f"scalar state `{name}` holds one number per parameter; this value is a tensor",
+                             "reduce it to a number first, e.g. norm(x) or mean(x)")
                 return None
+            # read after this statement, the state holds what it was assigned (a reduction is known only then)
+            self.scalar_kinds[name] = max(self.scalar_kinds.get(name, Kind.INDEX), v.kind)
         elif name in self.globals:
             role = Role.GLOBAL
             if v.kind > Kind.CALL:
@@ -758,7 +783,7 @@ class Checker:
             return Expr(Op.STATE, Ty.FLOAT, Kind.TENSOR, (), n, False, node.span, self.states[n].shape)
         if n in self.scalar_states:
             init = self.scalar_states[n].init
-            return Expr(Op.SCALAR_STATE, init.ty, Kind.INDEX, (), n, False, node.span)
+            return Expr(Op.SCALAR_STATE, init.ty, self.scalar_kinds.get(n, Kind.INDEX), (), n, False, node.span)
         if n in self.globals:
             return Expr(Op.GLOBAL, self.globals[n].init.ty, Kind.CALL, (), n, False, node.span)
         if n in self.locals:
@@ -1078,6 +1103,17 @@ def _eye_start(v) -> float | None:
         if isinstance(k, ast.UnOp) and k.op == "-" and isinstance(k.operand, ast.Num):
             return -float(k.operand.value)
     return None
+
+
+CREATION_BUILTINS = {"lr", "wd", "learning_rate"}
+
+
+def _creation_value(e: Expr) -> bool:
+    """Whether a state's start is known when states are created, before the first update:
+    constants, hyperparameters, and the parameter's `lr` and `wd` and the `learning_rate` then."""
+    return all(n.op not in (Op.BUILTIN, Op.SCALAR_STATE, Op.GLOBAL, Op.LOCAL, Op.STATE, Op.WEIGHT, Op.GRAD)
+               or (n.op is Op.BUILTIN and n.value in CREATION_BUILTINS)
+               for n in e.walk()) and not any(n.op in REDUCTION_OPS or n.op in SHAPE_FACTS for n in e.walk())
 
 
 def _shown(node, value) -> str:

@@ -121,11 +121,14 @@ def render_module(spec: Spec, spec_path: str | None = None, program: Program | N
         layout[:0] = ["if shape is None:",
                       f"    raise TypeError('the states of {spec.name} depend on the weight\\'s shape: pass it')",
                       "_shape = tuple(shape)"]
+    starts = [st.value for st in spec.states if st.value is not None]
+    layout[:0] = _start_bind(starts, hyper_bind, cond_hypers)
     for st in spec.states:
         shp = "shape" if st.shape is Shape.FULL else f"ops.state_shape(shape, {st.shape.value!r}, {spec.view!r})"
         if st.shape is not Shape.FULL:
             shp = f"None if shape is None else {shp}"
-        entry = f"layout.append(({st.name!r}, {st.init!r}, {pyrepr(st.fill)}, {shp}))"
+        fill = pyrepr(st.fill) if st.value is None else f"float({em.expr(st.value)})"
+        entry = f"layout.append(({st.name!r}, {st.init!r}, {fill}, {shp}))"
         if st.cond is not None:
             layout.append(f"if {em.expr(st.cond)}:")
             layout.append("    " + entry)
@@ -133,10 +136,7 @@ def render_module(spec: Spec, spec_path: str | None = None, program: Program | N
             layout.append(entry)
     layout.append("return layout")
 
-    init_hypers = set()
-    for ss in spec.scalar_states:
-        init_hypers |= {n.value for n in ss.init.walk() if n.op is Op.HYPER}
-    scalar_init = hyper_bind(init_hypers) + ["return {" + ", ".join(
+    scalar_init = _start_bind([ss.init for ss in spec.scalar_states], hyper_bind, set()) + ["return {" + ", ".join(
         f"{ss.name!r}: {em.expr(ss.init)}" for ss in spec.scalar_states) + "}"]
 
     sparse_lines, requires_lines = [], []
@@ -216,6 +216,17 @@ def render_module(spec: Spec, spec_path: str | None = None, program: Program | N
         prologue_lines=pro, kernel_lines=ker, staged_lines=staged,
         phased=program.phased, multi_tensor=program.multi_tensor,
         kernel_stages=tuple(st.fn for st in program.stages))
+
+
+def _start_bind(starts, hyper_bind, bound) -> list[str]:
+    """Bindings for the starts of states (created before the first update): their hyperparameters, and
+    `lr`, `wd`, `learning_rate` as they are for the parameter when its state is created."""
+    hypers = {n.value for e in starts for n in e.walk() if n.op is Op.HYPER} - bound
+    out = hyper_bind(hypers)
+    rates = sorted({n.value for e in starts for n in e.walk() if n.op is Op.BUILTIN})
+    if rates:
+        out.append("lr, wd, learning_rate = self._start_rates(index)")
+    return out
 
 
 def _rebind_globals(lines, spec):

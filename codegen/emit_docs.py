@@ -201,6 +201,8 @@ def state_rows(spec: Spec) -> list[tuple]:
             "rows_x_rows": "rows x rows matrix per block", "cols_x_cols": "cols x cols matrix per block"}
 
     def start(s):
+        if s.value is not None:
+            return f"`{source_of(spec, s.value)}`"
         if s.init == "eye":
             return "the identity" if s.fill == 1.0 else f"`{s.fill!r}` times the identity"
         return init.get(s.init, f"filled with `{s.fill!r}`")

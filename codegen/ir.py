@@ -247,6 +247,7 @@ class State:
     cond: Expr | None = None   # hyperparameters and the weight's shape facts
     span: Span = field(default=None, compare=False, repr=False)
     shape: Shape = Shape.FULL
+    value: Expr | None = None  # fill: the start computed from hyperparameters, lr, wd (None: `fill`)
 
 
 @dataclass(frozen=True)

@@ -96,9 +96,9 @@ class Adafactor(Optimizer):
         super().__init__(learning_rate=learning_rate, **kwargs)
         self._set_hypers(hyper)
 
-    def _state_layout(self, shape=None):
+    def _state_layout(self, shape=None, index=None):
         """(name, init, fill, array shape) of every tensor state this configuration keeps for a
-        parameter of `shape` (array shape None: `shape` was not given)."""
+        parameter of `shape` (array shape None: `shape` was not given), created for `index`."""
         if shape is None:
             raise TypeError('the states of Adafactor depend on the weight\'s shape: pass it')
         _shape = tuple(shape)

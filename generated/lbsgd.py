@@ -118,9 +118,9 @@ class LBSGD(Optimizer):
         super().__init__(multi_precision=multi_precision, **kwargs)
         self._set_hypers(hyper)
 
-    def _state_layout(self, shape=None):
+    def _state_layout(self, shape=None, index=None):
         """(name, init, fill, array shape) of every tensor state this configuration keeps for a
-        parameter of `shape` (array shape None: `shape` was not given)."""
+        parameter of `shape` (array shape None: `shape` was not given), created for `index`."""
         batch_scale = self.batch_scale
         momentum = self.momentum
         layout = []
@@ -130,8 +130,8 @@ class LBSGD(Optimizer):
             layout.append(('cum_grad', 'zeros', 0.0, shape))
         return layout
 
-    def _scalar_init(self):
-        """The scalar states of a new parameter."""
+    def _scalar_init(self, index=None):
+        """The scalar states of a new parameter (`index`)."""
         begin_epoch = self.begin_epoch
         updates_per_epoch = self.updates_per_epoch
         return {'num_cums': begin_epoch * updates_per_epoch}

@@ -80,16 +80,16 @@ class Nadam(Optimizer):
         super().__init__(learning_rate=learning_rate, **kwargs)
         self._set_hypers(hyper)
 
-    def _state_layout(self, shape=None):
+    def _state_layout(self, shape=None, index=None):
         """(name, init, fill, array shape) of every tensor state this configuration keeps for a
-        parameter of `shape` (array shape None: `shape` was not given)."""
+        parameter of `shape` (array shape None: `shape` was not given), created for `index`."""
         layout = []
         layout.append(('m', 'zeros', 0.0, shape))
         layout.append(('v', 'zeros', 0.0, shape))
         return layout
 
-    def _scalar_init(self):
-        """The scalar states of a new parameter."""
+    def _scalar_init(self, index=None):
+        """The scalar states of a new parameter (`index`)."""
         return {'m_schedule': 1.0}
 
     def _kernel_numpy(self, _step, weight, grad, tensors, scalars):

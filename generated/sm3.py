@@ -77,9 +77,9 @@ class SM3(Optimizer):
         super().__init__(learning_rate=learning_rate, **kwargs)
         self._set_hypers(hyper)
 
-    def _state_layout(self, shape=None):
+    def _state_layout(self, shape=None, index=None):
         """(name, init, fill, array shape) of every tensor state this configuration keeps for a
-        parameter of `shape` (array shape None: `shape` was not given)."""
+        parameter of `shape` (array shape None: `shape` was not given), created for `index`."""
         layout = []
         layout.append(('acc_row', 'zeros', 0.0, None if shape is None else ops.state_shape(shape, 'per_row', 'batched')))
         layout.append(('acc_col', 'zeros', 0.0, None if shape is None else ops.state_shape(shape, 'per_col', 'batched')))

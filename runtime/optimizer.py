@@ -318,7 +318,7 @@ class Optimizer:
         _check_array(weight, "weight")
         xp = ops._xp(weight)   # numpy, or cupy for CuPy arrays
         tensors = {}
-        for name, init, fill, shape in self._state_layout(weight.shape):
+        for name, init, fill, shape in self._state_layout(weight.shape, index):
             if init == "zeros":
                 tensors[name] = xp.zeros(shape, dtype=weight.dtype)
             elif init == "weight":
@@ -327,7 +327,7 @@ class Optimizer:
                 tensors[name] = ops.eye(shape, fill, weight.dtype, xp)
             else:
                 tensors[name] = xp.full(shape, fill, dtype=weight.dtype)
-        return OptState(self.spec_name, weight.shape, weight.dtype, tensors, self._scalar_init())
+        return OptState(self.spec_name, weight.shape, weight.dtype, tensors, self._scalar_init(index))
 
     def create_state_multi_precision(self, index, weight):
         """As create_state; with multi_precision and a float16 weight, the state also holds a float32
@@ -480,7 +480,7 @@ class Optimizer:
         return validate.gather(self, index, weight, grad, state)
 
     # ---- generated subclasses fill these in ------------------------------------------------------------
-    def _state_layout(self, shape=None):
+    def _state_layout(self, shape=None, index=None):
         return []
 
     def state_layout(self, shape=None) -> StateLayout:
@@ -491,8 +491,16 @@ class Optimizer:
         return StateLayout(tuple(e[0] for e in layout), tuple(sorted(self._scalar_init())),
                            tuple(e[3] for e in layout) if shape is not None else ())
 
-    def _scalar_init(self):
+    def _scalar_init(self, index=None):
         return {}
+
+    def _start_rates(self, index):
+        """`lr`, `wd` and `learning_rate` for the states of parameter `index` created now (a spec's
+        `state acc = initial_accumulator_value`, `state step = lr`); without an index, the
+        optimizer's own."""
+        if index is None:
+            return self.learning_rate, self.wd, self.learning_rate
+        return self._get_lr(index), self._get_wd(index), self.learning_rate
 
     def _prologue(self, learning_rate, num_update):
         return {}
