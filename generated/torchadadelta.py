@@ -67,9 +67,9 @@ class TorchAdadelta(Optimizer):
         super().__init__(learning_rate=learning_rate, **kwargs)
         self._set_hypers(hyper)
 
-    def _state_layout(self, shape=None):
+    def _state_layout(self, shape=None, index=None):
         """(name, init, fill, array shape) of every tensor state this configuration keeps for a
-        parameter of `shape` (array shape None: `shape` was not given)."""
+        parameter of `shape` (array shape None: `shape` was not given), created for `index`."""
         layout = []
         layout.append(('square_avg', 'zeros', 0.0, shape))
         layout.append(('acc_delta', 'zeros', 0.0, shape))

@@ -93,16 +93,16 @@ class TorchNAdam(Optimizer):
         super().__init__(learning_rate=learning_rate, **kwargs)
         self._set_hypers(hyper)
 
-    def _state_layout(self, shape=None):
+    def _state_layout(self, shape=None, index=None):
         """(name, init, fill, array shape) of every tensor state this configuration keeps for a
-        parameter of `shape` (array shape None: `shape` was not given)."""
+        parameter of `shape` (array shape None: `shape` was not given), created for `index`."""
         layout = []
         layout.append(('exp_avg', 'zeros', 0.0, shape))
         layout.append(('exp_avg_sq', 'zeros', 0.0, shape))
         return layout
 
-    def _scalar_init(self):
-        """The scalar states of a new parameter."""
+    def _scalar_init(self, index=None):
+        """The scalar states of a new parameter (`index`)."""
         return {'mu_product': 1.0}
 
     def _kernel_numpy(self, _step, weight, grad, tensors, scalars):

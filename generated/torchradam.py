@@ -91,9 +91,9 @@ class TorchRAdam(Optimizer):
         super().__init__(learning_rate=learning_rate, **kwargs)
         self._set_hypers(hyper)
 
-    def _state_layout(self, shape=None):
+    def _state_layout(self, shape=None, index=None):
         """(name, init, fill, array shape) of every tensor state this configuration keeps for a
-        parameter of `shape` (array shape None: `shape` was not given)."""
+        parameter of `shape` (array shape None: `shape` was not given), created for `index`."""
         layout = []
         layout.append(('exp_avg', 'zeros', 0.0, shape))
         layout.append(('exp_avg_sq', 'zeros', 0.0, shape))
