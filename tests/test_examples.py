@@ -21,8 +21,11 @@ def _restore_registry():
     registry._REGISTRY.update(saved)
 
 
+BUNDLED = {"adamw": "AdamW", "adabelief": "AdaBelief", "lion": "Lion"}
+
+
 def load(name):
-    return optforge.registered()[name]     # the bundled class, generated from specs/{name}.opt
+    return getattr(optforge, BUNDLED[name])     # the bundled class, generated from specs/{name}.opt
 
 
 # ---- the papers' algorithms, written independently of the specs ---------------------------------
