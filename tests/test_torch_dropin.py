@@ -257,7 +257,7 @@ def test_model_training_loop():
 
 def test_flag_tables_agree():
     """The compiler's and the adapter's lists of torch flags are the same."""
-    from codegen.names import TORCH_FLAGS as checked
+    from optforge.codegen.names import TORCH_FLAGS as checked
     assert {k: v for k, v in checked.items()} == {k: v[0] for k, v in ot.TORCH_FLAGS.items()}
 
 
@@ -276,3 +276,36 @@ def test_registered_names(name):
     state = opt.create_state(0, w)
     opt.update(0, w, g, state)
     assert np.all(w < 1) and np.all(np.isfinite(w))
+
+
+BAD_SIGNATURE = """
+optimizer Mine
+hyper beta1: float = 0.9
+hyper beta2: float = 0.99
+hyper eps: float = 1e-8
+option torch("Mine", "lr", {args})
+{pairs}
+state m = zeros
+update {{
+    m = beta1 * m + (1 - beta2) * grad
+    weight -= lr * m / (eps + 1)
+}}
+"""
+
+
+@pytest.mark.parametrize("args, pairs, message", [
+    ('"betas", "epsilon"', 'option torch_pairs("betas", "beta1", "beta2")',
+     "option `torch` names `epsilon`, which is not lr, weight_decay, a hyperparameter"),
+    ('"betas"', 'option torch_pairs("betas", "beta1", "beta2")', "option `torch` does not reach hyperparameter `eps`"),
+    ('"beta1", "eps"', "", "option `torch` does not reach hyperparameter `beta2`"),
+    ('"betas", "eps"', 'option torch_pairs("betas", "beta1")', "option `torch_pairs` takes triples"),
+    ('"betas", "eps"', 'option torch_pairs("betas", "beta1", "beta3")',
+     "option `torch_pairs` names `beta3`, which is not a hyperparameter"),
+    ('"beta1", "beta2", "eps", "eps"', "", "option `torch` names `eps` twice"),
+    ('"beta1", "*", "beta2", "*", "eps"', "", "option `torch` has a second `*`"),
+])
+def test_signature_mistakes_are_compile_errors(args, pairs, message):
+    from optforge.codegen.compile import load_spec_text
+    from optforge.codegen.errors import SpecError
+    with pytest.raises(SpecError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        load_spec_text(BAD_SIGNATURE.format(args=args, pairs=pairs), "mine.opt")
