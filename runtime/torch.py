@@ -322,7 +322,7 @@ class _DropIn(Optimizer):
         values = dict(bound.arguments)
         del values["params"]
         backend, reduce_hook = values.pop("backend"), values.pop("reduce_hook")
-        lr, weight_decay = values.pop("lr"), values.pop("weight_decay")
+        lr, weight_decay = values.pop("lr"), values.pop("weight_decay", None)   # Rprop has no weight_decay
         self._flags = {k: values.pop(k) for k in list(values) if k in TORCH_FLAGS}
         _check_flags(type(self).__name__, self._flags)
         hyper = {}

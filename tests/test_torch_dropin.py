@@ -61,6 +61,9 @@ CASES = [
     ("Adagrad", {}),
     ("Adagrad", {"lr": 0.05, "lr_decay": 0.01, "weight_decay": 0.1, "eps": 1e-6}),
     ("Adagrad", {"lr": 0.05, "initial_accumulator_value": 0.5, "maximize": True}),
+    ("Rprop", {}),
+    ("Rprop", {"lr": 0.05, "etas": (0.3, 1.5), "step_sizes": (1e-3, 0.2)}),
+    ("Rprop", {"lr": 0.05, "maximize": True}),
 ]
 NAMES = sorted({name for name, _ in CASES})
 # float32 cases held to a looser tolerance than 1e-6 (float64 holds them to 1e-12), and why
@@ -267,7 +270,7 @@ def test_spec_without_torch_signature():
 
 
 @pytest.mark.parametrize("name", ["torch_sgd", "torch_adam", "torch_adamw", "torch_nadam", "torch_radam",
-                                  "torch_adamax", "torch_adadelta", "torch_rmsprop", "torch_adagrad",
+                                  "torch_adamax", "torch_adadelta", "torch_rmsprop", "torch_adagrad", "torch_rprop",
                                   "adamw", "lion", "adabelief"])
 def test_registered_names(name):
     """The specs are registered for the MXNet-style API too: create, a NumPy update in place."""
