@@ -72,6 +72,7 @@ SETTINGS = {
     "torchrmsprop": dict(learning_rate=0.003),
     "torchadagrad": dict(learning_rate=0.1),
     "torchrprop": dict(learning_rate=0.001, step_size_max=0.01),   # meant for full batches: small steps
+    "torchasgd": dict(learning_rate=0.1),
     "test": dict(rescale_grad=-0.05),   # Test adds rescale_grad * grad: a negative one descends
 }
 COMMON = dict(wd=1e-4)
@@ -82,7 +83,7 @@ FAMILIES = {
     "sign-based": ["signum", "lion"],
     "per-coordinate accumulators": ["adagrad", "adadelta", "rmsprop", "ftrl", "adafactor", "sm3"],
     "torch.optim semantics": ["torchsgd", "torchadam", "torchadamw", "torchnadam", "torchradam", "torchadamax",
-                              "torchadadelta", "torchrmsprop", "torchadagrad", "torchrprop"],
+                              "torchadadelta", "torchrmsprop", "torchadagrad", "torchrprop", "torchasgd"],
 }
 WARMUP = 10     # update calls not timed (kernel loading, OpenMP thread start-up)
 TAIL = 20       # the plotted curve: mean mini-batch loss of the last TAIL steps

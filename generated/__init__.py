@@ -29,6 +29,7 @@ from .torchadagrad import TorchAdagrad
 from .torchadam import TorchAdam
 from .torchadamax import TorchAdamax
 from .torchadamw import TorchAdamW
+from .torchasgd import TorchASGD
 from .torchnadam import TorchNAdam
 from .torchradam import TorchRAdam
 from .torchrmsprop import TorchRMSprop
@@ -36,9 +37,9 @@ from .torchrprop import TorchRprop
 from .torchsgd import TorchSGD
 ccSGD = SGD
 
-__all__ = ['AdaBelief', 'AdaDelta', 'Adafactor', 'AdaGrad', 'Adam', 'Adamax', 'AdamW', 'DCASGD', 'FTML', 'Ftrl', 'LAMB', 'LARS', 'LBSGD', 'Lion', 'Muon', 'Nadam', 'NAG', 'RMSProp', 'SGD', 'SGLD', 'Shampoo', 'Signum', 'SM3', 'Test', 'TorchAdadelta', 'TorchAdagrad', 'TorchAdam', 'TorchAdamax', 'TorchAdamW', 'TorchNAdam', 'TorchRAdam', 'TorchRMSprop', 'TorchRprop', 'TorchSGD', 'ccSGD']
+__all__ = ['AdaBelief', 'AdaDelta', 'Adafactor', 'AdaGrad', 'Adam', 'Adamax', 'AdamW', 'DCASGD', 'FTML', 'Ftrl', 'LAMB', 'LARS', 'LBSGD', 'Lion', 'Muon', 'Nadam', 'NAG', 'RMSProp', 'SGD', 'SGLD', 'Shampoo', 'Signum', 'SM3', 'Test', 'TorchAdadelta', 'TorchAdagrad', 'TorchAdam', 'TorchAdamax', 'TorchAdamW', 'TorchASGD', 'TorchNAdam', 'TorchRAdam', 'TorchRMSprop', 'TorchRprop', 'TorchSGD', 'ccSGD']
 
 from optforge.registry import register as _register
 
-for _cls in (AdaBelief, AdaDelta, Adafactor, AdaGrad, Adam, Adamax, AdamW, DCASGD, FTML, Ftrl, LAMB, LARS, LBSGD, Lion, Muon, Nadam, NAG, RMSProp, SGD, SGLD, Shampoo, Signum, SM3, Test, TorchAdadelta, TorchAdagrad, TorchAdam, TorchAdamax, TorchAdamW, TorchNAdam, TorchRAdam, TorchRMSprop, TorchRprop, TorchSGD, ):
+for _cls in (AdaBelief, AdaDelta, Adafactor, AdaGrad, Adam, Adamax, AdamW, DCASGD, FTML, Ftrl, LAMB, LARS, LBSGD, Lion, Muon, Nadam, NAG, RMSProp, SGD, SGLD, Shampoo, Signum, SM3, Test, TorchAdadelta, TorchAdagrad, TorchAdam, TorchAdamax, TorchAdamW, TorchASGD, TorchNAdam, TorchRAdam, TorchRMSprop, TorchRprop, TorchSGD, ):
     _register(_cls)

@@ -64,6 +64,9 @@ CASES = [
     ("Rprop", {}),
     ("Rprop", {"lr": 0.05, "etas": (0.3, 1.5), "step_sizes": (1e-3, 0.2)}),
     ("Rprop", {"lr": 0.05, "maximize": True}),
+    ("ASGD", {}),
+    ("ASGD", {"lr": 0.05, "lambd": 0.01, "alpha": 0.5, "t0": 10.0, "weight_decay": 0.1}),
+    ("ASGD", {"lr": 0.05, "t0": 5.0, "maximize": True}),
 ]
 NAMES = sorted({name for name, _ in CASES})
 # float32 cases held to a looser tolerance than 1e-6 (float64 holds them to 1e-12), and why
@@ -112,6 +115,22 @@ def _default_lr(cls):
     return inspect.signature(cls).parameters["lr"].default
 
 
+def _same_states(ours, ref, params_ours, params_ref, tol, step):
+    """The state tensors torch and the spec name alike (exp_avg, momentum_buffer, ax, ...), in float64,
+    to `tol` relative to the largest element (a state's scale is not the weights'). float32 states
+    are checked through the weights only: the native float32 kernels compute host subexpressions
+    such as 1 - beta2 in float32 (1 - 0.999f is 1.3e-5 away from 0.001), torch in float64."""
+    if params_ref[0].dtype != torch.float64:
+        return
+    for i, (po, pr) in enumerate(zip(params_ours, params_ref)):
+        for key, theirs in ref.state[pr].items():
+            mine = ours.state[po].get(key)
+            if isinstance(theirs, torch.Tensor) and theirs.shape == po.shape and isinstance(mine, torch.Tensor):
+                scale = max(float(theirs.abs().max()), 1e-30) if theirs.numel() else 1.0
+                torch.testing.assert_close(mine, theirs, rtol=tol, atol=tol * scale,
+                                           msg=lambda m: f"step {step}, param {i}, state {key!r}: {m}")
+
+
 def _run(opt, sched, params, problem, steps):
     for step in steps:
         problem.grads(params, step)
@@ -149,6 +168,7 @@ def _compare(name, kw, dtype, backend):
                        _run(ours, our_sched, our_params, problem, range(half))):
         for i, (r, o) in enumerate(zip(ref_params, our_params)):
             torch.testing.assert_close(o, r, rtol=tol, atol=tol, msg=lambda m: f"step {step}, param {i}: {m}")
+        _same_states(ours, ref, our_params, ref_params, tol, step)
     # mid-run checkpoint: a fresh drop-in over copies of the parameters continues bit-exactly
     buf = io.BytesIO()
     torch.save({"opt": ours.state_dict(), "sched": our_sched.state_dict()}, buf)
@@ -165,6 +185,7 @@ def _compare(name, kw, dtype, backend):
         for i, (r, o, c) in enumerate(zip(ref_params, our_params, resumed_params)):
             torch.testing.assert_close(o, r, rtol=tol, atol=tol, msg=lambda m: f"step {step}, param {i}: {m}")
             assert torch.equal(c, o), f"resumed run differs at step {step}, param {i}"
+        _same_states(ours, ref, our_params, ref_params, tol, step)
     assert [g["lr"] for g in ours.param_groups] == pytest.approx([g["lr"] for g in ref.param_groups], rel=1e-15)
 
 
@@ -270,7 +291,7 @@ def test_spec_without_torch_signature():
 
 
 @pytest.mark.parametrize("name", ["torch_sgd", "torch_adam", "torch_adamw", "torch_nadam", "torch_radam",
-                                  "torch_adamax", "torch_adadelta", "torch_rmsprop", "torch_adagrad", "torch_rprop",
+                                  "torch_adamax", "torch_adadelta", "torch_rmsprop", "torch_adagrad", "torch_rprop", "torch_asgd",
                                   "adamw", "lion", "adabelief"])
 def test_registered_names(name):
     """The specs are registered for the MXNet-style API too: create, a NumPy update in place."""

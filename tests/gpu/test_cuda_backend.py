@@ -54,6 +54,7 @@ CONFIGS = {
     "torchrmsprop": {"centered": True, "momentum": 0.5},
     "torchadagrad": {"initial_accumulator_value": 0.1, "lr_decay": 0.01},
     "torchrprop": {"etaplus": 1.5},
+    "torchasgd": {"t0": 1.0, "lambd": 0.01},
 }
 CONFIGS.update({f"torch_{name[5:]}": dict(CONFIGS[name]) for name in list(CONFIGS) if name.startswith("torch")})  # aliases
 VARIANTS = {"f32": (np.float32, False), "f64": (np.float64, False), "f16": (np.float16, False),
