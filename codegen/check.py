@@ -14,7 +14,7 @@ from .verify import verify
 from .walk import exprs as own_exprs_deep, leaves, targets
 from .names import (ARITH, BASE_DEFAULTS, BASE_NAMES, BUILTIN_DOCS, BUILTINS, C_KEYWORDS, FUNCTIONS,  # noqa: F401
                     NEGATE, NUMERIC, OPTIMIZER_ATTRS, OPTIONS, REL, RESERVED, RESERVED_PATTERN, SPARSE_BUILTINS,
-                    STATE_INITS, STATE_SHAPES, VIEWS)
+                    STATE_INITS, STATE_SHAPES, TORCH_BASE, TORCH_FLAGS, VIEWS)
 
 SHAPE_WORDS = {Shape.FULL: "the weight's shape", Shape.ROW: "one value per row (per_row)",
                Shape.COL: "one value per col (per_col)", Shape.BLOCK: "one value per block (per_block)",
@@ -138,6 +138,7 @@ class Checker:
             self._global(d)
         sparse = self._sparse(by_kind)
         self._carry_rows(by_kind, options, sparse)
+        self._torch(by_kind, options)
         updates = by_kind.get("update", [])
         body: tuple = ()
         update_text = ""
@@ -470,6 +471,55 @@ class Checker:
         elif name not in self.states:
             self.r.error(d.args[0].span, f"option `carry_rows` names `{name}`, which is not a tensor state",
                          did_you_mean(name, self.states) or "name the state that accumulates the gradient")
+
+    def _torch(self, by_kind, options):
+        """`option torch("Adam", "lr", "betas", ..., "*", ...)`: every argument names `lr`,
+        `weight_decay`, a hyperparameter, a `torch_pairs` name or a torch flag, once; every
+        hyperparameter is reachable from it. `torch_pairs` comes in triples of names."""
+        decl = {d.name: d for d in by_kind.get("option", [])}
+        pairs = options.get("torch_pairs", ())
+        if "torch_pairs" in options and "torch" not in options:
+            self.r.error(decl["torch_pairs"].span, "option `torch_pairs` needs an `option torch` signature")
+        if len(pairs) % 3:
+            self.r.error(decl["torch_pairs"].span, "option `torch_pairs` takes triples: torch name, first "
+                         "hyperparameter, second", 'e.g. option torch_pairs("betas", "beta1", "beta2")')
+            return
+        packed = {}
+        for i in range(0, len(pairs), 3):
+            for j, member in enumerate(pairs[i + 1:i + 3], i + 1):
+                if member not in self.hypers:
+                    self.r.error(decl["torch_pairs"].args[j].span, f"option `torch_pairs` names `{member}`, which "
+                                 "is not a hyperparameter", did_you_mean(member, self.hypers))
+            packed[pairs[i]] = pairs[i + 1:i + 3]
+        if "torch" not in options:
+            return
+        d = decl["torch"]
+        args = options["torch"]
+        if not args or not args[0].isidentifier():
+            self.r.error(d.span, "option `torch` starts with the torch.optim class name", 'e.g. option torch("Adam", ...)')
+            return
+        seen: set = set()
+        for a, node in zip(args[1:], d.args[1:]):
+            if a == "*":
+                if "*" in seen:
+                    self.r.error(node.span, "option `torch` has a second `*`")
+                seen.add(a)
+                continue
+            known = a in TORCH_BASE or a in TORCH_FLAGS or a in packed or (a in self.hypers and a not in TORCH_BASE.values())
+            if not known:
+                self.r.error(node.span, f"option `torch` names `{a}`, which is not lr, weight_decay, a hyperparameter, "
+                             "a torch_pairs name or a torch flag", did_you_mean(a, [*self.hypers, *packed, *TORCH_FLAGS]))
+            elif a in seen:
+                self.r.error(node.span, f"option `torch` names `{a}` twice")
+            seen.add(a)
+        reached = seen | {m for name, members in packed.items() if name in seen for m in members}
+        for name, members in packed.items():
+            if name not in seen:
+                self.r.error(d.span, f"option `torch` does not list the pair `{name}`")
+        for h in self.hypers:
+            if h not in reached:
+                self.r.error(d.span, f"option `torch` does not reach hyperparameter `{h}`",
+                             "list it, or pack it with `torch_pairs`: the drop-in class could not set it")
 
     # ---- statements -------------------------------------------------------------------------
     def _collect_assigned(self, body):

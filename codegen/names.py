@@ -80,7 +80,18 @@ OPTIONS = {
     "never_count": (0, None, "updates are never counted: num_update stays at begin_num_update (MXNet's Test)"),
     "carry_rows": (1, str, "under `sparse lazy`, a lazy update's rows join the following updates' rows until "
                            "the named state holds zeros in all of them again (LBSGD's summed gradients)"),
+    "torch": (None, str, "the torch.optim class this spec reproduces and its constructor's arguments after `params`, in "
+                         "order (`\"*\"` starts the keyword-only ones): `lr`, `weight_decay`, hyperparameters, "
+                         "`torch_pairs` names and torch's flags; optforge.torch builds the drop-in class from it"),
+    "torch_pairs": (None, str, "triples (torch name, first hyperparameter, second): torch arguments that are pairs of "
+                               "hyperparameters, as Adam's betas = (beta1, beta2)"),
 }
+# torch.optim constructor flags an `option torch` signature may list: name -> default. The adapter
+# accepts foreach and fused (optforge always runs fused kernels) and refuses capturable and
+# differentiable set to true (the kernels run outside CUDA graphs and outside autograd).
+TORCH_FLAGS = {"foreach": None, "fused": None, "capturable": False, "differentiable": False}
+# torch names of the base arguments, in an `option torch` signature
+TORCH_BASE = {"lr": "learning_rate", "weight_decay": "wd"}
 STATE_INITS = ("zeros", "weight")
 
 C_KEYWORDS = {"auto", "break", "case", "char", "const", "continue", "default", "do", "double", "else", "enum",

@@ -3,8 +3,8 @@
     python examples/train_all.py [--steps 300] [--seed 0] [--only adam lion] [--plot out/train_all.png]
                                  [--threads N] [--no-sparse]
 
-Every optimizer registered in optforge (the bundled MXNet classes, Adafactor and SM3) plus the three specs in
-examples/specs/ (AdamW, AdaBelief, Lion, compiled in-process with `optforge.load_spec`) trains the
+Every optimizer registered in optforge (the bundled MXNet classes, Adafactor, SM3, Muon, Shampoo, AdamW,
+AdaBelief, Lion, and the torch.optim classes TorchSGD, TorchAdam, ...) trains the
 same 64-64-10 tanh MLP from the same initial weights on the same mini-batches, through
 `optforge.get_updater`, as an MXNet 1.x training loop drives `mxnet.optimizer`. Forward and
 backward are NumPy. The data (1797 digit images, 8x8 grey levels) ships inside scikit-learn.
@@ -28,7 +28,6 @@ import os
 import textwrap
 import sys
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +35,6 @@ import numpy as np
 import optforge
 from optforge import native
 
-HERE = Path(__file__).resolve().parent
 
 # Per-optimizer settings for this problem (learning rates from a small sweep on the digits MLP).
 SETTINGS = {
@@ -64,6 +62,18 @@ SETTINGS = {
     "muon": dict(learning_rate=0.02),                # torch.optim.Muon's recipe: lr 0.02 on the matrices, the biases' AdamW shares it
     "shampoo": dict(learning_rate=1.0, epsilon=1e-3),     # (L + eps I)^(-1/4) G (R + eps I)^(-1/4): a unit-scale step
     "prodigy": dict(learning_rate=1.0),              # prodigyopt's recipe: lr 1, the step size d is estimated
+    # torch.optim's semantics (wd is torch's weight_decay)
+    "torchsgd": dict(learning_rate=0.1, momentum=0.9),
+    "torchadam": dict(learning_rate=0.01),
+    "torchadamw": dict(learning_rate=0.01, wd=0.01),
+    "torchnadam": dict(learning_rate=0.01),
+    "torchradam": dict(learning_rate=0.01),
+    "torchadamax": dict(learning_rate=0.02),
+    "torchadadelta": dict(learning_rate=1.0, eps=1e-4),
+    "torchrmsprop": dict(learning_rate=0.003),
+    "torchadagrad": dict(learning_rate=0.1),
+    "torchrprop": dict(learning_rate=0.001, step_size_max=0.01),   # meant for full batches: small steps
+    "torchasgd": dict(learning_rate=0.1),
     "test": dict(rescale_grad=-0.05),   # Test adds rescale_grad * grad: a negative one descends
 }
 COMMON = dict(wd=1e-4)
@@ -73,6 +83,8 @@ FAMILIES = {
     "Adam family": ["adam", "adamw", "adabelief", "adamax", "nadam", "ftml", "lamb", "prodigy"],
     "sign-based": ["signum", "lion"],
     "per-coordinate accumulators": ["adagrad", "adadelta", "rmsprop", "ftrl", "adafactor", "sm3"],
+    "torch.optim semantics": ["torchsgd", "torchadam", "torchadamw", "torchnadam", "torchradam", "torchadamax",
+                              "torchadadelta", "torchrmsprop", "torchadagrad", "torchrprop", "torchasgd"],
 }
 WARMUP = 10     # update calls not timed (kernel loading, OpenMP thread start-up)
 TAIL = 20       # the plotted curve: mean mini-batch loss of the last TAIL steps
@@ -385,10 +397,6 @@ def main(argv=None):
     except ImportError as e:
         sys.exit(f"{e.name} is missing: install the demo extra, `pip install -e \".[demo]\"` (or run `make demo`)")
 
-    for spec in sorted((HERE / "specs").glob("*.opt")):       # compiled in memory, registered by name
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            optforge.load_spec(spec)
     names = args.only or sorted({cls.__name__.lower() for cls in optforge.registered().values()})
     data = load_digits_data(args.seed)
 

@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import inspect
 import warnings
 
 import numpy as np
@@ -56,7 +57,7 @@ from .validate import number as _number
 from .sparse import RowSparse
 from .updater import _Damaged, _dec, _enc, _int, _value
 
-__all__ = ["Optimizer", "all_reduce_hook"]
+__all__ = ["Optimizer", "all_reduce_hook", "dropin"]
 
 FORMAT = "optforge-torch"
 VERSION = 1
@@ -112,6 +113,7 @@ class Optimizer(torch.optim.Optimizer):
         defaults.update({"rescale_grad": base.get("rescale_grad", 1.0), "clip_gradient": base.get("clip_gradient"),
                          "multi_precision": base.get("multi_precision", False)})
         defaults.update(hyper)
+        defaults = self._group_defaults(defaults)
         self.spec = klass
         self.backend = backend
         self.reduce_hook = reduce_hook
@@ -151,13 +153,21 @@ class Optimizer(torch.optim.Optimizer):
         for key in _RENAMED:
             if key in group:
                 raise TypeError(f"param group key {key!r}: optforge.torch uses {_RENAMED[key]!r}")
-        hyper = {h.name: group[h.name] for h in self.spec.hyperparams}
+        hyper = self._hypers(group)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             opt = self.spec(learning_rate=_float(group["lr"], "lr"), wd=_float(group["weight_decay"], "weight_decay"),
                             **{k: group[k] for k in BASE_KEYS}, **hyper)
         opt.backend = self.backend
         return opt
+
+    def _group_defaults(self, defaults):
+        """The param-group defaults as torch sees them (drop-in classes rename and pack some)."""
+        return defaults
+
+    def _hypers(self, group) -> dict:
+        """The spec's hyperparameter values held by a param group."""
+        return {h.name: group[h.name] for h in self.spec.hyperparams}
 
     def _sync(self, group, opt):
         """Copy a group's (possibly scheduled or edited) values into its optforge optimizer."""
@@ -167,8 +177,9 @@ class Optimizer(torch.optim.Optimizer):
         wd = _float(group["weight_decay"], "weight_decay")
         if wd != opt.wd:
             opt.wd = wd
+        values = self._hypers(group)
         for h in self.spec.hyperparams:
-            value = group[h.name]
+            value = values[h.name]
             if value != getattr(opt, h.name) or type(value) is not type(getattr(opt, h.name)):
                 checked = h.check(value)
                 if checked != getattr(opt, h.name):
@@ -324,6 +335,136 @@ class Optimizer(torch.optim.Optimizer):
         self.state.update(state)
 
 
+# ---- drop-in torch.optim classes -------------------------------------------------------------------------------
+# torch.optim constructor flags a spec's `option torch` signature may list (codegen/names.py TORCH_FLAGS):
+# name -> (default, None if any value is accepted, else why True is refused)
+TORCH_FLAGS = {
+    "foreach": (None, None), "fused": (None, None),   # no effect: optforge always runs its fused kernels
+    "capturable": (False, "optforge kernels run outside CUDA graphs: they cannot be captured"),
+    "differentiable": (False, "optforge kernels update the tensors' memory outside autograd: the step "
+                              "cannot be differentiated"),
+}
+_BASE_TORCH = {"lr", "weight_decay"}
+
+
+class _DropIn(Optimizer):
+    """A torch.optim class's constructor over a spec; built by `dropin` from the spec's
+    `option torch` and `option torch_pairs` (class attributes `spec`, `torch_signature`, `torch_pairs`)."""
+
+    spec: type
+    torch_signature: inspect.Signature
+    torch_pairs: dict   # torch name -> (first hyperparameter, second)
+
+    def __init__(self, params, *args, **kwargs):
+        bound = self.torch_signature.bind(params, *args, **kwargs)
+        bound.apply_defaults()
+        values = dict(bound.arguments)
+        del values["params"]
+        backend, reduce_hook = values.pop("backend"), values.pop("reduce_hook")
+        lr, weight_decay = values.pop("lr"), values.pop("weight_decay", None)   # Rprop has no weight_decay
+        self._flags = {k: values.pop(k) for k in list(values) if k in TORCH_FLAGS}
+        _check_flags(type(self).__name__, self._flags)
+        hyper = {}
+        for name, value in values.items():
+            if name in self.torch_pairs:
+                hyper.update(zip(self.torch_pairs[name], _pair(name, value)))
+            else:
+                hyper[name] = value
+        super().__init__(params, self.spec, lr=lr, weight_decay=weight_decay, backend=backend,
+                         reduce_hook=reduce_hook, **hyper)
+
+    def __repr__(self):
+        return f"optforge.torch.{type(self).__name__}({self.spec.spec_name}, {len(self.param_groups)} group(s))"
+
+    def _group_defaults(self, defaults):
+        out = dict(defaults)
+        for name, (a, b) in self.torch_pairs.items():
+            out[name] = (out.pop(a), out.pop(b))
+        out.update(self._flags)
+        return out
+
+    def _hypers(self, group) -> dict:
+        _check_flags(type(self).__name__, {k: group[k] for k in self._flags if k in group})
+        values = {}
+        for h in self.spec.hyperparams:
+            if h.name in values:
+                continue
+            pair = next((n for n, members in self.torch_pairs.items() if h.name in members), None)
+            if pair is None:
+                values[h.name] = group[h.name]
+            else:
+                values.update(zip(self.torch_pairs[pair], _pair(pair, group[pair])))
+        return values
+
+
+def _check_flags(owner, flags):
+    for name, value in flags.items():
+        why = TORCH_FLAGS[name][1]
+        if why is not None and value:
+            raise ValueError(f"{owner}: {name}=True is not supported: {why}")
+        if name in ("foreach", "fused") and value is not None and not isinstance(value, bool):
+            raise TypeError(f"{owner}: {name} must be None or a bool, got {value!r}")
+
+
+def _pair(name, value):
+    if isinstance(value, torch.Tensor) or not isinstance(value, (tuple, list)) or len(value) != 2:
+        raise TypeError(f"{name} must be a pair of numbers, got {value!r}")
+    return tuple(_float(v, name) if isinstance(v, torch.Tensor) else v for v in value)
+
+
+def dropin(optimizer) -> type:
+    """The torch.optim-compatible class of a spec that declares `option torch("Name", ...)`: its
+    constructor takes torch's arguments in torch's order with the spec's defaults (plus optforge's
+    keyword-only `backend` and `reduce_hook`). `optimizer` is a registered name or a spec class."""
+    klass = _spec_class(optimizer)
+    spec_sig = klass.options.get("torch")
+    if not spec_sig:
+        raise ValueError(f"{klass.spec_name} declares no `option torch(...)` signature; "
+                         f"use optforge.torch.Optimizer(params, {klass.spec_name.lower()!r}, ...)")
+    name, args = spec_sig[0], spec_sig[1:]
+    raw = klass.options.get("torch_pairs", ())
+    pairs = {raw[i]: (raw[i + 1], raw[i + 2]) for i in range(0, len(raw), 3)}
+    hypers = {h.name: h.default for h in klass.hyperparams}
+    base = klass.base_defaults
+    defaults = {"lr": base.get("learning_rate", 0.01), "weight_decay": base.get("wd", 0.0)}
+    P = inspect.Parameter
+    kind = P.POSITIONAL_OR_KEYWORD
+    parameters = [P("params", kind)]
+    for arg in args:
+        if arg == "*":
+            kind = P.KEYWORD_ONLY
+            continue
+        if arg in defaults:
+            default = defaults[arg]
+        elif arg in pairs:
+            default = tuple(hypers[m] for m in pairs[arg])
+        elif arg in TORCH_FLAGS:
+            default = TORCH_FLAGS[arg][0]
+        else:
+            default = hypers[arg]
+        parameters.append(P(arg, kind, default=default))
+    parameters += [P("backend", P.KEYWORD_ONLY, default="auto"), P("reduce_hook", P.KEYWORD_ONLY, default=None)]
+    signature = inspect.Signature(parameters)
+    doc = (f"torch.optim.{name}'s constructor and semantics, run by optforge's {klass.__name__} kernels "
+           f"(spec {klass.spec_path}).\n\n    {name}{signature}\n\n"
+           "foreach and fused are accepted and have no effect (optforge always runs its fused kernels); "
+           "capturable=True and differentiable=True raise ValueError. backend and reduce_hook are "
+           "optforge.torch.Optimizer's.\n\n" + (klass.__doc__ or ""))
+    return type(name, (_DropIn,), {"spec": klass, "torch_signature": signature, "torch_pairs": pairs,
+                                   "__signature__": signature, "__doc__": doc, "__module__": __name__,
+                                   "__qualname__": name})
+
+
+def _dropins():
+    """The drop-in class of every bundled spec with an `option torch` signature, by torch name."""
+    out = {}
+    for klass in dict.fromkeys(registry.registered().values()):
+        spec_sig = getattr(klass, "options", {}).get("torch")
+        if spec_sig and spec_sig[0] not in out:
+            out[spec_sig[0]] = dropin(klass)
+    return out
+
+
 def all_reduce_hook(group=None, device=None):
     """A reduce hook summing partial reductions over the processes of `group` with
     torch.distributed.all_reduce (one float64 all-reduce per reduction). `device` is where the
@@ -433,3 +574,6 @@ def _restore(p, entry, layout, opt):
 def _np_dtype(dtype):
     return {torch.float16: np.float16, torch.float32: np.float32, torch.float64: np.float64}[dtype]
 
+
+globals().update(_dropins())
+__all__ += sorted(_dropins())

@@ -120,6 +120,8 @@ def test_new_optimizer_is_one_spec_file(tmp_path):
     for name, text in outputs.items():
         (out / name).write_text(text)
     import optforge
+    from optforge import registry
+    saved = dict(registry._REGISTRY)     # the bundled AdamW comes back afterwards
     try:
         with pytest.warns(UserWarning, match="overriding") if "adamw" in optforge.registered() else _null():
             _import_package(out, "mypkg_adamw")
@@ -135,6 +137,8 @@ def test_new_optimizer_is_one_spec_file(tmp_path):
     finally:
         sys.modules.pop("mypkg_adamw", None)
         sys.modules.pop("mypkg_adamw.adamw", None)
+        registry._REGISTRY.clear()
+        registry._REGISTRY.update(saved)
 
 
 class _null:

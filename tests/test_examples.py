@@ -1,6 +1,5 @@
-"""examples/specs/: AdamW, AdaBelief and Lion, each against its paper's algorithm written here in
+"""The bundled AdamW, AdaBelief and Lion (specs/, once examples/specs/), each against its paper's algorithm written here in
 float64, on every backend that runs on this machine (NumPy, and native C++ when a compiler works)."""
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -9,7 +8,7 @@ import pytest
 import optforge
 from optforge import native, registry
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "specs"
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 BACKENDS = ["numpy", pytest.param("native", marks=pytest.mark.skipif(not native.available(),
                                                                      reason="no C++ compiler"))]
 
@@ -22,10 +21,11 @@ def _restore_registry():
     registry._REGISTRY.update(saved)
 
 
+BUNDLED = {"adamw": "AdamW", "adabelief": "AdaBelief", "lion": "Lion"}
+
+
 def load(name):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")    # tests/specs_extra/adamw.opt may have registered `adamw`
-        return optforge.load_spec(EXAMPLES / f"{name}.opt")
+    return getattr(optforge, BUNDLED[name])     # the bundled class, generated from specs/{name}.opt
 
 
 # ---- the papers' algorithms, written independently of the specs ---------------------------------
@@ -140,7 +140,7 @@ def test_hyperparameter_ranges_are_enforced():
 
 def _train_all():
     import importlib.util
-    spec = importlib.util.spec_from_file_location("train_all", EXAMPLES.parent / "train_all.py")
+    spec = importlib.util.spec_from_file_location("train_all", EXAMPLES / "train_all.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

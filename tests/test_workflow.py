@@ -17,7 +17,8 @@ from optforge.codegen.errors import SpecError
 from optforge.codegen.ir import Op
 
 ROOT = Path(__file__).resolve().parent.parent
-EXAMPLES = ROOT / "examples" / "specs"
+EXAMPLES = ROOT / "specs"          # AdamW, AdaBelief and Lion, bundled; copied here as a user's own specs
+USER_SPECS = ("adabelief", "adamw", "lion")
 
 LION = """optimizer Lion
 hyper beta1: float = 0.9 in [0, 1]
@@ -86,7 +87,8 @@ def test_own_specs_compile_to_an_importable_package(tmp_path):
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
-    assert lines[0] == "warned: [\"'adam')\"]"
+    # adabelief and lion are bundled too: the user's copies replace all three, each with a warning
+    assert lines[0] == "warned: [\"'adabelief')\", \"'adam')\", \"'lion')\"]"
     for backend, line in zip(backends, lines[1:]):
         assert line == f"{backend} mypkg.adabelief [1.0, 2.0, 3.0, 4.0]"
     if native.available():   # the native kernels came from mypkg/adabelief.cpp, compiled into the cache
@@ -171,7 +173,11 @@ def test_docs_are_up_to_date():
 
 def test_docs_check_names_stale_and_extra_pages(tmp_path, capsys):
     docs = tmp_path / "docs"
-    args = [str(EXAMPLES), "-o", str(tmp_path / "pkg"), "--docs", str(docs)]
+    mine = tmp_path / "myspecs"
+    mine.mkdir()
+    for name in USER_SPECS:
+        (mine / f"{name}.opt").write_text((EXAMPLES / f"{name}.opt").read_text())
+    args = [str(mine), "-o", str(tmp_path / "pkg"), "--docs", str(docs)]
     assert cli.main(args) == 0
     assert sorted(p.name for p in docs.iterdir()) == ["README.md", "adabelief.md", "adamw.md", "lion.md"]
     (docs / "lion.md").write_text("edited\n")

@@ -41,7 +41,23 @@ CONFIGS = {
     "muon": {"nesterov": False, "ns_steps": 3, "adjust_lr_fn": "match_rms_adamw"},
     "shampoo": {"epsilon": 0.1, "root": 2, "root_iters": 10},
     "prodigy": {"d0": 0.5, "beta3": 0.9},   # (d0 ** 2 * (1 - beta2) * g ** 2 must not underflow float16)
+    "adamw": {},
+    "adabelief": {},
+    "lion": {"beta2": 0.9},
+    # torch.optim's semantics (every option that adds a state or a branch)
+    "torchsgd": {"momentum": 0.9, "nesterov": True, "maximize": True},
+    "torchadam": {"amsgrad": True, "decoupled_weight_decay": True},
+    "torchadamw": {"amsgrad": True, "beta1": 0.3},
+    "torchnadam": {"decoupled_weight_decay": True},
+    "torchradam": {"beta2": 0.9},
+    "torchadamax": {"maximize": True},
+    "torchadadelta": {"rho": 0.8},
+    "torchrmsprop": {"centered": True, "momentum": 0.5},
+    "torchadagrad": {"initial_accumulator_value": 0.1, "lr_decay": 0.01},
+    "torchrprop": {"etaplus": 1.5},
+    "torchasgd": {"t0": 1.0, "lambd": 0.01},
 }
+CONFIGS.update({f"torch_{name[5:]}": dict(CONFIGS[name]) for name in list(CONFIGS) if name.startswith("torch")})  # aliases
 VARIANTS = {"f32": (np.float32, False), "f64": (np.float64, False), "f16": (np.float16, False),
             "mp16": (np.float16, True)}
 SHAPES = [(5, 6), (7,), (2, 3, 4), (300,)]
