@@ -361,6 +361,7 @@ class _DropIn(Optimizer):
         values = dict(bound.arguments)
         del values["params"]
         backend, reduce_hook = values.pop("backend"), values.pop("reduce_hook")
+        max_grad_norm, skip_nonfinite = values.pop("max_grad_norm"), values.pop("skip_nonfinite")
         lr, weight_decay = values.pop("lr"), values.pop("weight_decay", None)   # Rprop has no weight_decay
         self._flags = {k: values.pop(k) for k in list(values) if k in TORCH_FLAGS}
         _check_flags(type(self).__name__, self._flags)
@@ -371,7 +372,8 @@ class _DropIn(Optimizer):
             else:
                 hyper[name] = value
         super().__init__(params, self.spec, lr=lr, weight_decay=weight_decay, backend=backend,
-                         reduce_hook=reduce_hook, **hyper)
+                         reduce_hook=reduce_hook, max_grad_norm=max_grad_norm, skip_nonfinite=skip_nonfinite,
+                         **hyper)
 
     def __repr__(self):
         return f"optforge.torch.{type(self).__name__}({self.spec.spec_name}, {len(self.param_groups)} group(s))"
@@ -443,12 +445,14 @@ def dropin(optimizer) -> type:
         else:
             default = hypers[arg]
         parameters.append(P(arg, kind, default=default))
-    parameters += [P("backend", P.KEYWORD_ONLY, default="auto"), P("reduce_hook", P.KEYWORD_ONLY, default=None)]
+    parameters += [P("backend", P.KEYWORD_ONLY, default="auto"), P("reduce_hook", P.KEYWORD_ONLY, default=None),
+                   P("max_grad_norm", P.KEYWORD_ONLY, default=None), P("skip_nonfinite", P.KEYWORD_ONLY, default=False)]
     signature = inspect.Signature(parameters)
     doc = (f"torch.optim.{name}'s constructor and semantics, run by optforge's {klass.__name__} kernels "
            f"(spec {klass.spec_path}).\n\n    {name}{signature}\n\n"
            "foreach and fused are accepted and have no effect (optforge always runs its fused kernels); "
-           "capturable=True and differentiable=True raise ValueError. backend and reduce_hook are "
+           "capturable=True and differentiable=True raise ValueError. backend, reduce_hook, max_grad_norm and "
+           "skip_nonfinite are "
            "optforge.torch.Optimizer's.\n\n" + (klass.__doc__ or ""))
     return type(name, (_DropIn,), {"spec": klass, "torch_signature": signature, "torch_pairs": pairs,
                                    "__signature__": signature, "__doc__": doc, "__module__": __name__,
