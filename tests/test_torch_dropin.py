@@ -191,12 +191,12 @@ def _compare(name, kw, dtype, backend):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_signature_is_torchs(name):
-    """Same parameters, order, kinds and defaults as torch.optim's class (plus optforge's backend and
-    reduce_hook); lr may be given positionally, as in torch."""
+    """Same parameters, order, kinds and defaults as torch.optim's class (plus optforge's backend,
+    reduce_hook and step control); lr may be given positionally, as in torch."""
     ours = inspect.signature(getattr(ot, name)).parameters
     theirs = inspect.signature(getattr(torch.optim, name)).parameters
     assert list(ours)[:len(theirs)] == list(theirs)
-    assert list(ours)[len(theirs):] == ["backend", "reduce_hook"]
+    assert list(ours)[len(theirs):] == ["backend", "reduce_hook", "max_grad_norm", "skip_nonfinite"]
     for key, p in theirs.items():
         assert ours[key].kind == p.kind, key
         if p.default is not inspect.Parameter.empty:
