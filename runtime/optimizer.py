@@ -95,7 +95,7 @@ def grad_scale(grads, max_grad_norm=None, skip_nonfinite=False, loss_scale=1.0):
     """Step control for one update call: the factor every gradient is multiplied by as the kernels
     read it, or None when the step is to be skipped. Without clipping and skipping it is
     1 / loss_scale and nothing is read. Otherwise one read of every gradient (a row-sparse one: its
-    rows) gives their global L2 norm, accumulated in float64 (passed through the reduce hook once
+    rows) gives their global L2 norm (ops.sum_squares_fast: float64 sums of float32 blocks; passed through the reduce hook once
     for the call, so slice-sharded processes agree): with `skip_nonfinite`, an inf or NaN in any
     gradient (a non-finite norm) skips the step; with `max_grad_norm`, the gradients are scaled by
     min(1, max_grad_norm / (norm + 1e-6)), torch.nn.utils.clip_grad_norm_'s coefficient, of the
@@ -105,7 +105,7 @@ def grad_scale(grads, max_grad_norm=None, skip_nonfinite=False, loss_scale=1.0):
         return inv
     total = 0.0
     for g in grads:
-        total += ops.sum_squares(g.data if isinstance(g, RowSparse) else g)
+        total += ops.sum_squares_fast(g.data if isinstance(g, RowSparse) else g)
     norm = math.sqrt(ops._reduced(total)) * inv
     if skip_nonfinite and not math.isfinite(norm):
         return None

@@ -373,6 +373,10 @@ def _sharded_worker(rank, world, store, out):
                 diffs[name] = max(float(np.max(np.abs(j - w.detach().numpy().reshape(-1)) /
                                            (np.abs(w.detach().numpy().reshape(-1)) + 1e-6)))
                                   for j, w in zip(joined, whole))
+                # relative to each tensor's largest value: float32 rounding flips of small weights aside
+                diffs[name + "_scaled"] = max(float(np.max(np.abs(j - w.detach().numpy().reshape(-1))) /
+                                                    np.max(np.abs(w.detach().numpy())))
+                                              for j, w in zip(joined, whole))
             if spec == "prodigy":   # the step size d: a sum over all parameters of hooked sums
                 d = [o._opts[0]._globals["d"] for o in opts]
                 diffs["d_hooked"], diffs["d_unhooked"] = abs(d[1] - d[0]) / d[0], abs(d[2] - d[0]) / d[0]
@@ -398,10 +402,13 @@ def test_sharded_lamb_lars_prodigy_and_clipping_equal_unsharded(tmp_path):
                 proc.kill()
             pytest.fail("the 2-process sharded step did not finish within 120 s")
     report = json.loads(out.read_text())
-    for spec in ("lamb", "lars", "prodigy", "adam"):
+    for spec in ("lamb", "lars", "prodigy"):
         assert report[spec]["hooked"] < 1e-6, report          # same step as one process, up to rounding
     for spec in ("lamb", "lars", "adam"):
         assert report[spec]["unhooked"] > 1e-4, report        # the hook is what makes it so
+    # clipping: the norm is summed in float32 blocks (ops.sum_squares_fast), in other blocks on each
+    # rank: the factor agrees to ~1e-7, which may flip the float32 rounding of a small weight
+    assert report["adam"]["hooked_scaled"] < 1e-6 < report["adam"]["unhooked_scaled"], report
     prodigy = report["prodigy"]
     # (sharded without the hook each rank estimates d from its own halves: close, but not the same)
     assert prodigy["d_growth"] > 2 and prodigy["d_hooked"] < 1e-12 and prodigy["d_unhooked"] > 1e-7, report
