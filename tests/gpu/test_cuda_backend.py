@@ -273,7 +273,13 @@ def test_cuda_step_control_matches_numpy(name, kernel_launches):
             gs = [rng.standard_normal(s) * 3 for s in SHAPES]
             if step == 2:
                 gs[1][3] = np.inf
+                before = [cupy.asnumpy(x) if on_gpu else x.copy() for x in xs] + [
+                    cupy.asnumpy(v) if on_gpu else v.copy() for st in states for v in st.tensors.values()]
             opt.update(list(range(len(xs))), xs, [cupy.asarray(g) for g in gs] if on_gpu else gs, states)
+            if step == 2:   # skipped: every weight and state bit for bit as it was
+                after = [cupy.asnumpy(x) if on_gpu else x for x in xs] + [
+                    cupy.asnumpy(v) if on_gpu else v for st in states for v in st.tensors.values()]
+                assert all(a.tobytes() == b.tobytes() for a, b in zip(after, before))
         assert opt.skipped_steps == 1 and opt.num_update == 3
         return [cupy.asnumpy(w) if on_gpu else w for w in xs]
     want = go(False)
