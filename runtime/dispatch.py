@@ -23,18 +23,7 @@ def run(opt, weights, grads, states, steps, backend: str, done: list) -> None:
         _run_meeting(opt, weights, grads, states, steps, backend)
         done.extend(range(len(weights)))
         return
-    multi = None
-    if len(weights) > 1 and opt.multi_tensor:
-        if all(cuda.is_cupy(w) and cuda.is_cupy(g) for w, g in zip(weights, grads)):
-            # CUDA list update: one launch per stage for all parameters
-            import cupy
-            multi = MultiTensorLaunches(cuda.MultiLauncher(cuda.module_for(type(opt), weights[0].device.id)),
-                                        cupy, opt.kernel_stages)
-        elif backend == "native" and ops.current_reduce_hook() is None:
-            # native list update: the small tensors in one call per stage, in parallel over tensors.
-            # Not with a reduce hook: deferring only the small tensors would reorder the hook's calls,
-            # and sharded ranks, whose slices differ in size, must all-reduce in the same order
-            multi = MultiTensorLaunches(native.MultiLauncher(native.library_for(type(opt))), np, opt.kernel_stages)
+    multi = _multi(opt, weights, grads, backend)
     phases = []   # deferred drivers with fused reductions: they run in lockstep
     with np.errstate(all="ignore"):
         for k, (w, g, s, step) in enumerate(zip(weights, grads, states, steps)):
@@ -51,20 +40,29 @@ def run(opt, weights, grads, states, steps, backend: str, done: list) -> None:
             done.extend(k for k in range(len(weights)) if k not in finished)
 
 
+def _multi(opt, weights, grads, backend):
+    """The deferred launches of a list update, or None: on CUDA every parameter's, on the native
+    backend the small tensors' (one call per stage, in parallel over tensors). Not on the native
+    backend with a reduce hook: deferring only the small tensors would reorder the hook's calls, and
+    sharded ranks, whose slices differ in size, must all-reduce in the same order."""
+    if len(weights) < 2 or not opt.multi_tensor:
+        return None
+    if all(cuda.is_cupy(w) and cuda.is_cupy(g) for w, g in zip(weights, grads)):
+        import cupy
+        return MultiTensorLaunches(cuda.MultiLauncher(cuda.module_for(type(opt), weights[0].device.id)),
+                                   cupy, opt.kernel_stages)
+    if backend == "native" and ops.current_reduce_hook() is None:
+        return MultiTensorLaunches(native.MultiLauncher(native.library_for(type(opt))), np, opt.kernel_stages)
+    return None
+
+
 def _run_meeting(opt, weights, grads, states, steps, backend: str) -> None:
     """A spec that reduces over all parameters (`global_sum`, ...): every parameter's update is a
     generator, and all of them run together: each runs up to its next meeting point (`ops.Gather`),
     where the runner combines their numbers and runs the interlude once, then all go on. Launches
     deferred to a multi-tensor launch (CUDA lists, the native backend's small tensors) are flushed
     whenever every parameter waits on one or on a meeting point."""
-    multi = None
-    if len(weights) > 1 and opt.multi_tensor:
-        if all(cuda.is_cupy(w) and cuda.is_cupy(g) for w, g in zip(weights, grads)):
-            import cupy
-            multi = MultiTensorLaunches(cuda.MultiLauncher(cuda.module_for(type(opt), weights[0].device.id)),
-                                        cupy, opt.kernel_stages)
-        elif backend == "native" and ops.current_reduce_hook() is None:
-            multi = MultiTensorLaunches(native.MultiLauncher(native.library_for(type(opt))), np, opt.kernel_stages)
+    multi = _multi(opt, weights, grads, backend)
     with np.errstate(all="ignore"):
         # each parameter keeps its own scratch arrays: they live across the meeting points
         caches = opt.__dict__.setdefault("_meeting_scratch", {})
