@@ -157,6 +157,8 @@ class Checker:
             self.hypers["seed"] = Hyper("seed", "int", None, True, 0.0, math.inf, True, True, (),
                                         "Seed of this optimizer's random generator (None: fresh entropy).", None)
         self.r.raise_if_errors()
+        if options.get("host_arithmetic", False):
+            body = _host_arithmetic(body)
         prologue, per_index, exports = self._split(body)
         self.r.raise_if_errors()
         return Spec(
@@ -1139,6 +1141,32 @@ def _creation_value(e: Expr) -> bool:
     return all(n.op not in (Op.BUILTIN, Op.SCALAR_STATE, Op.GLOBAL, Op.LOCAL, Op.STATE, Op.WEIGHT, Op.GRAD)
                or (n.op is Op.BUILTIN and n.value in CREATION_BUILTINS)
                for n in e.walk()) and not any(n.op in REDUCTION_OPS or n.op in SHAPE_FACTS for n in e.walk())
+
+
+def _host_arithmetic(body) -> tuple:
+    """`option host_arithmetic`: every subexpression the kernels would compute from hyperparameters
+    and constants alone (lower._in_kernel: `1 - beta2`) is marked to be computed on the host instead."""
+    from .lower import _in_kernel
+
+    def ex(e):
+        if e is None:
+            return None
+        if _in_kernel(e):
+            return Expr(Op.HOST, e.ty, e.kind, (e,), None, e.optional, e.span, e.shape)
+        if not e.args:
+            return e
+        args = tuple(ex(a) for a in e.args)
+        return e if all(x is y for x, y in zip(args, e.args)) else Expr(e.op, e.ty, e.kind, args, e.value,
+                                                                       e.optional, e.span, e.shape)
+
+    def st(s):
+        if isinstance(s, Assign):
+            return Assign(s.target, s.role, ex(s.value), s.span, s.line)
+        if isinstance(s, Repeat):
+            return Repeat(ex(s.count), tuple(st(x) for x in s.body), s.span)
+        return IfStmt(tuple((ex(c), tuple(st(x) for x in b)) for c, b in s.branches),
+                      tuple(st(x) for x in s.orelse), s.span)
+    return tuple(st(s) for s in body)
 
 
 def _shown(node, value) -> str:

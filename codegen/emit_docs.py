@@ -79,7 +79,7 @@ class DocsEmitter:
         Op.NDIM: _fn("ndim"), Op.NUMEL: _fn("numel"), Op.SIZE: _fn("size"),
         # matrix products: the operands side by side; a transposed operand with a superscript T
         Op.MATMUL: lambda a, b: f"{a} {b}", Op.TRANSPOSE: lambda a: f"{a}^{{\top}}",
-        Op.EYE: lambda n: "I",
+        Op.EYE: lambda n: "I", Op.HOST: lambda a: a,
         # over every parameter p of the update call
         Op.GSUM: lambda a: rf"\textstyle\sum_{{p}} \left({a}\right)",
         Op.GNORM: lambda a: rf"\sqrt{{\textstyle\sum_{{p}} \left({a}\right)^2}}",
@@ -93,6 +93,8 @@ class DocsEmitter:
         self.spec = spec
 
     def expr(self, e, parent_prec: int = 0, right: bool = False) -> str:
+        if e.op is Op.HOST:   # where it is computed is not the equation's business
+            return self.expr(e.args[0], parent_prec, right)
         if e.op is Op.CONST:
             return num_tex(e.value)
         if e.op in (Op.HYPER, Op.GLOBAL, Op.SCALAR_STATE, Op.STATE, Op.LOCAL):

@@ -53,6 +53,8 @@ class NumpyEmitter:
 
     def _e(self, e: Expr) -> tuple[str, int]:
         op = e.op
+        if op is Op.HOST:   # (computed on the host anyway: Python numbers in double)
+            return self._e(e.args[0])
         tensor = e.kind is Kind.TENSOR
         if op is Op.CONST:
             return repr(e.value), ATOM if not (isinstance(e.value, (int, float)) and e.value < 0) else PREC[Op.NEG]

@@ -13,6 +13,8 @@ _BINARY = {Op.ADD, Op.SUB, Op.MUL, Op.DIV, Op.MOD, Op.POW, Op.EQ, Op.NE, Op.LT, 
 def expr_text(e: Expr, top: bool = True) -> str:
     """An expression in the spec's own syntax (fully parenthesised below the top)."""
     op = e.op
+    if op is Op.HOST:
+        return expr_text(e.args[0], top)
     if op is Op.CONST:
         return f'"{e.value}"' if isinstance(e.value, str) else str(e.value).lower() if isinstance(e.value, bool) \
             else repr(e.value)

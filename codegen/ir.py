@@ -124,6 +124,8 @@ class Op(enum.Enum):
     NORM = "norm"; SUM = "sum"; MEAN = "mean"; RMS = "rms"; MAX = "max"; MIN = "min"  # noqa: E702
     # reductions over every parameter of an update call: arg (one number per parameter, after lowering)
     GSUM = "global_sum"; GNORM = "global_norm"; GMAX = "global_max"; GMIN = "global_min"  # noqa: E702
+    # arg computed on the host (option host_arithmetic: hyperparameter arithmetic in double, not in the kernel)
+    HOST = "host"
     # shape facts of a tensor, host numbers known per parameter before any tensor work
     NDIM = "ndim"; NUMEL = "numel"; SIZE = "size"  # noqa: E702
     # matrix products of the blocks x rows x cols view: args (a, b); an operand may be TRANSPOSE(x)

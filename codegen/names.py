@@ -83,6 +83,9 @@ OPTIONS = {
     "torch": (None, str, "the torch.optim class this spec reproduces and its constructor's arguments after `params`, in "
                          "order (`\"*\"` starts the keyword-only ones): `lr`, `weight_decay`, hyperparameters, "
                          "`torch_pairs` names and torch's flags; optforge.torch builds the drop-in class from it"),
+    "host_arithmetic": (0, None, "arithmetic on hyperparameters alone (1 - beta2) is done once on the host in double "
+                                 "and handed to the kernels rounded, as torch.optim does; by default the kernels "
+                                 "compute it in their own type, as MXNet's do"),
     "torch_pairs": (None, str, "triples (torch name, first hyperparameter, second): torch arguments that are pairs of "
                                "hyperparameters, as Adam's betas = (beta1, beta2)"),
 }
