@@ -5,8 +5,8 @@ call (`global_sum`), so these are list updates: every parameter meets the others
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
-prodigyopt = pytest.importorskip("prodigyopt")
+torch = pytest.importorskip("torch", reason="torch (make install-torch) is not installed")
+prodigyopt = pytest.importorskip("prodigyopt", reason="prodigyopt, the reference (optforge[test]), is not installed")
 
 import optforge  # noqa: E402
 
