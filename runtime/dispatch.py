@@ -62,17 +62,38 @@ def _run_meeting(opt, weights, grads, states, steps, backend: str) -> None:
     where the runner combines their numbers and runs the interlude once, then all go on. Launches
     deferred to a multi-tensor launch (CUDA lists, the native backend's small tensors) are flushed
     whenever every parameter waits on one or on a meeting point."""
-    multi = _multi(opt, weights, grads, backend)
+    run_meeting_calls([(opt, weights, grads, states, steps, backend)])
+
+
+def run_meeting_calls(calls) -> None:
+    """`_run_meeting` for the calls of several optimizers that are one update call together
+    (optimizer.update_together): all their parameters meet at each point."""
+    multis = []
+    gens = []
     with np.errstate(all="ignore"):
-        # each parameter keeps its own scratch arrays: they live across the meeting points
-        caches = opt.__dict__.setdefault("_meeting_scratch", {})
-        gens = [_param_phases(opt, w, g, s, step, backend, multi, caches.setdefault(k, {}))
-                for k, (w, g, s, step) in enumerate(zip(weights, grads, states, steps))]
+        for opt, weights, grads, states, steps, backend in calls:
+            multi = _multi(opt, weights, grads, backend)
+            if multi is not None:
+                multis.append(multi)
+            # each parameter keeps its own scratch arrays: they live across the meeting points
+            caches = opt.__dict__.setdefault("_meeting_scratch", {})
+            gens += [_param_phases(opt, w, g, s, step, backend, multi, caches.setdefault(k, {}))
+                     for k, (w, g, s, step) in enumerate(zip(weights, grads, states, steps))]
         try:
-            run_lockstep(multi, gens)
+            run_lockstep(_Flushes(multis) if multis else None, gens)
         finally:
             for gen in gens:
                 gen.close()
+
+
+class _Flushes:
+    """The deferred launches of several optimizers, flushed together."""
+    def __init__(self, multis):
+        self.multis = multis
+
+    def flush(self):
+        for m in self.multis:
+            m.flush()
 
 
 def _param_phases(opt, weight, grad, state, step, backend, multi, cache):

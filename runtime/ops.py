@@ -141,13 +141,18 @@ def _combine(how: str, values: list) -> float:
 
 def meet(points: list) -> None:
     """Every parameter of the call has yielded its `Gather` for the same meeting point: combine and
-    run the interlude once (it stores what it computes in the call's values, shared by all)."""
+    run the interlude once per optimizer's call (it stores what it computes in the call's values,
+    shared by that call's parameters)."""
     first = points[0]
     n = len(first.slots)
     if any(len(p.slots) != n for p in points):   # pragma: no cover - the generated code guarantees it
         raise RuntimeError("parameters of one update call met at different points")
     combined = tuple(_combine(first.slots[k][0], [p.slots[k][1] for p in points]) for k in range(n))
-    first.interlude(first.step, combined)
+    called = set()   # once per update call: parameters of several optimizers may meet (update_together)
+    for p in points:
+        if id(p.step.call) not in called:
+            called.add(id(p.step.call))
+            p.interlude(p.step, combined)
 
 
 def drive(phases) -> None:

@@ -91,6 +91,49 @@ class Step(NamedTuple):
     grad_scale: float = 1.0   # every gradient of the call is read times this (step control, see grad_scale)
 
 
+class _Call(NamedTuple):
+    """An update call validated and counted, ready to run (Optimizer._prepare)."""
+    indices: list
+    weights: list
+    grads: list
+    states: list
+    steps: list
+    backend: str
+    saved: tuple
+    saved_globals: dict
+
+
+def update_together(parts, scale=None) -> None:
+    """Update several optimizers of one spec as ONE update call: `parts` are (optimizer, indices,
+    weights, grads, states). For a spec with optimizer-wide reductions (`global_sum`, ...) every
+    parameter of every part meets the others, and each optimizer's once-per-call statements run once
+    with the values combined over all of them: optforge.torch's param groups (one optimizer each)
+    share Prodigy's d as prodigyopt's groups do. Nothing is counted unless every part validates; a
+    failure uncounts every part."""
+    owners = []
+    try:
+        for opt, *_ in parts:
+            if opt in owners:
+                raise ValueError("update_together: an optimizer appears in two parts")
+            if not opt._updating.acquire(blocking=False):
+                raise RuntimeError(f"this {type(opt).__name__} is being updated from another thread")
+            owners.append(opt)
+        prepared = []
+        try:
+            for opt, index, weight, grad, state in parts:
+                call = opt._prepare(index, weight, grad, state, scale)
+                if call not in (True, False):
+                    prepared.append((opt, call))
+            dispatch.run_meeting_calls([(opt, c.weights, c.grads, c.states, c.steps, c.backend) for opt, c in prepared])
+        except BaseException:
+            for opt, c in prepared:
+                opt._uncount(c.saved, c.saved_globals, ())
+            raise
+    finally:
+        for opt in owners:
+            opt._updating.release()
+
+
 def grad_scale(grads, max_grad_norm=None, skip_nonfinite=False, loss_scale=1.0):
     """Step control for one update call: the factor every gradient is multiplied by as the kernels
     read it, or None when the step is to be skipped. Without clipping and skipping it is
@@ -411,6 +454,22 @@ class Optimizer:
     def _update_one_call(self, index, weight, grad, state, scale=None):
         """One update call; `scale` (the gradients' factor) when the caller did the step control (the
         torch adapter, over all its param groups). Returns False when step control skipped it."""
+        call = self._prepare(index, weight, grad, state, scale)
+        if call in (True, False):
+            return call
+        done: list = []   # positions of the parameters whose update completed
+        try:
+            dispatch.run(self, call.weights, call.grads, call.states, call.steps, call.backend, done)
+        except BaseException:
+            # count only what was updated: a parameter whose update did not complete is not counted (one
+            # that failed part way may be partly written: see SECURITY.md)
+            self._uncount(call.saved, call.saved_globals, {call.indices[k] for k in done})
+            raise
+        return True
+
+    def _prepare(self, index, weight, grad, state, scale=None):
+        """Validate, run step control, count and compute every parameter's Step: the `_Call` to run,
+        or True (nothing to update) or False (step control skipped it; nothing counted)."""
         indices, weights, grads, states = self._gather(index, weight, grad, state)
         if not indices:
             return True
@@ -469,15 +528,7 @@ class Optimizer:
         steps = [Step(call, lr, wd, self._index_update_count.get(i, self.begin_num_update), self.idx2name.get(i, str(i)),
                       base, num_update, float(scale))
                  for i, lr, wd, base in zip(indices, lrs, wds, bases)]
-        done: list = []   # positions of the parameters whose update completed
-        try:
-            dispatch.run(self, weights, grads, states, steps, backend, done)
-        except BaseException:
-            # count only what was updated: a parameter whose update did not complete is not counted (one
-            # that failed part way may be partly written: see SECURITY.md)
-            self._uncount(saved, saved_globals, {indices[k] for k in done})
-            raise
-        return True
+        return _Call(indices, weights, grads, states, steps, backend, saved, saved_globals)
 
     def _uncount(self, saved, saved_globals, completed):
         """Undo the counting of an update call for every index not in `completed`; with none

@@ -18,7 +18,9 @@ Design
   values are copied into its optforge optimizer (learning_rate = `lr`, wd = `weight_decay`, lr/wd
   multipliers 1), so a scheduler that changes `group['lr']`, or code that edits a hyperparameter,
   takes effect at the next step. Counters (`t`, `num_update`), globals (LARS's last learning rate,
-  read once per update call) and the random generator (SGLD) are per group. Weight decay applies
+  read once per update call) and the random generator (SGLD) are per group; a step is one update
+  call over every group, so optimizer-wide reductions (`global_sum`: Prodigy's d) combine all of
+  them, and each group's once-per-call statements see the same combined values. Weight decay applies
   to every parameter of its group, as torch does (MXNet's `_weight`/`_gamma` name rule is off);
   put biases and norms in a group with `weight_decay=0`. Parameter names given with
   `model.named_parameters()` reach the kernels as `param_name` (LARS's `bias` rule).
@@ -51,7 +53,7 @@ import torch
 
 from . import ops, registry
 from .optimizer import Optimizer as SpecOptimizer
-from .optimizer import grad_scale
+from .optimizer import grad_scale, update_together
 from .optimizer import OptState
 from .validate import number as _number
 from .sparse import RowSparse
@@ -232,6 +234,20 @@ class Optimizer(torch.optim.Optimizer):
                                loss_scale)
         if scale is None:
             self.skipped_steps += 1
+            return loss
+        if getattr(self.spec, "gathers", 0) and len(calls) > 1:
+            # optimizer-wide reductions span every group: one update call (Prodigy's d, as prodigyopt's)
+            parts = []
+            for opt, device, params, weights, grads in calls:
+                with _on_device(device):
+                    states = [self._state(p, w, opt) for p, w in zip(params, weights)]
+                parts.append((opt, [self._index[p] for p in params], weights, grads, states))
+            with ops.reduce_hook(self.reduce_hook):
+                update_together(parts, scale)
+            for (opt, _, params, _, _), (_, _, _, _, states) in zip(calls, parts):
+                if opt.scalar_states:
+                    for p, s in zip(params, states):
+                        self.state[p].update(s.scalars)
             return loss
         for opt, device, params, weights, grads in calls:
             with _on_device(device):

@@ -162,3 +162,41 @@ def test_torch_adapter_matches_prodigyopt(backend):
         opt.step()
     for p, r in zip(params, ref[-1]):
         np.testing.assert_allclose(p.detach().numpy(), r, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "native"])
+def test_torch_param_groups_share_d_as_prodigyopt(backend):
+    """prodigyopt sums over every param group and keeps one d; optforge.torch runs one optimizer per
+    group, and a step is one update call over all of them (optimizer.update_together): every group
+    meets the others and steps with the same d."""
+    from optforge.torch import Optimizer
+    prob = _problem(np.float64, steps=12)
+    groups = lambda ps: [{"params": ps[:2], "weight_decay": 0.05}, {"params": ps[2:], "weight_decay": 0.0}]  # noqa: E731
+    ref_params = [torch.tensor(w.copy()) for w in prob.ws]
+    ref = prodigyopt.Prodigy(groups(ref_params), lr=1.0)
+    params = [torch.tensor(w.copy()) for w in prob.ws]
+    ours = Optimizer(groups(params), "prodigy", lr=1.0, backend=backend)
+    for k in range(prob.steps):
+        for ps in (ref_params, params):
+            for p, g in zip(ps, prob.grads(k, [p.detach().numpy() for p in ps])):
+                p.grad = torch.tensor(g)
+        ref.step()
+        ours.step()
+    d = [o._globals["d"] for o in ours._opts]
+    assert d[0] == d[1] and d[0] == pytest.approx(ref.param_groups[0]["d"], rel=1e-12) and d[0] > 1e-5
+    for p, r in zip(params, ref_params):
+        np.testing.assert_allclose(p.detach().numpy(), r.detach().numpy(), rtol=1e-12, atol=1e-12)
+
+
+def test_update_together_counts_nothing_unless_every_part_validates():
+    from optforge.optimizer import update_together
+    a, b = optforge.create("prodigy"), optforge.create("prodigy")
+    wa, wb = np.ones(3), np.ones(4)
+    sa, sb = a.create_state(0, wa), b.create_state(0, wb)
+    with pytest.raises((ValueError, TypeError)):
+        update_together([(a, [0], [wa], [np.ones(3)], [sa]), (b, [0], [wb], [np.ones(5)], [sb])])
+    assert a.num_update == b.num_update == 0 and a._index_update_count == {} and np.all(wa == 1)
+    with pytest.raises(ValueError, match="two parts"):
+        update_together([(a, [0], [wa], [np.ones(3)], [sa]), (a, [1], [wb], [np.ones(4)], [sb])])
+    update_together([(a, [0], [wa], [np.ones(3)], [sa]), (b, [0], [wb], [np.ones(4)], [sb])])
+    assert a.num_update == b.num_update == 1 and a._globals == b._globals
