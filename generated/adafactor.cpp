@@ -363,10 +363,14 @@ void optforge_adafactor_s0_f32(int64_t n, const float* __restrict__ p_weight, do
     }
 }
 /* multi-tensor: one call for the small tensors of a list update (each below OPTFORGE_PARALLEL_MIN), in
-   parallel over the tensors: ptrs[k * count + t] is pointer k of tensor t, scalars[t * 1 + j] its
+   parallel over the tensors when there are OPTFORGE_PARALLEL_MIN elements in all (below that a fork
+   and join costs more than the work, and on a busy machine it waits for a descheduled thread):
+   ptrs[k * count + t] is pointer k of tensor t, scalars[t * 1 + j] its
    scalars, out[t * 1 + k] its sums */
 void optforge_adafactor_s0_mt_f32(int64_t count, const int64_t* __restrict__ sizes, const uint64_t* __restrict__ ptrs, const double* __restrict__ scalars, double* __restrict__ out) {
-    #pragma omp parallel for schedule(dynamic, 4) if (count > 1)
+    int64_t total = 0;
+    for (int64_t t = 0; t < count; ++t) total += sizes[t];
+    #pragma omp parallel for schedule(dynamic, 4) if (count > 1 && total >= OPTFORGE_PARALLEL_MIN)
     for (int64_t t = 0; t < count; ++t) {
         const double* s = scalars + t * 1;
         optforge_adafactor_s0_f32(sizes[t], (const float*)ptrs[0 * count + t], out + t * 1);
@@ -414,10 +418,14 @@ void optforge_adafactor_s0_f64(int64_t n, const double* __restrict__ p_weight, d
     }
 }
 /* multi-tensor: one call for the small tensors of a list update (each below OPTFORGE_PARALLEL_MIN), in
-   parallel over the tensors: ptrs[k * count + t] is pointer k of tensor t, scalars[t * 1 + j] its
+   parallel over the tensors when there are OPTFORGE_PARALLEL_MIN elements in all (below that a fork
+   and join costs more than the work, and on a busy machine it waits for a descheduled thread):
+   ptrs[k * count + t] is pointer k of tensor t, scalars[t * 1 + j] its
    scalars, out[t * 1 + k] its sums */
 void optforge_adafactor_s0_mt_f64(int64_t count, const int64_t* __restrict__ sizes, const uint64_t* __restrict__ ptrs, const double* __restrict__ scalars, double* __restrict__ out) {
-    #pragma omp parallel for schedule(dynamic, 4) if (count > 1)
+    int64_t total = 0;
+    for (int64_t t = 0; t < count; ++t) total += sizes[t];
+    #pragma omp parallel for schedule(dynamic, 4) if (count > 1 && total >= OPTFORGE_PARALLEL_MIN)
     for (int64_t t = 0; t < count; ++t) {
         const double* s = scalars + t * 1;
         optforge_adafactor_s0_f64(sizes[t], (const double*)ptrs[0 * count + t], out + t * 1);
@@ -431,10 +439,14 @@ void optforge_adafactor_s1_f32(int64_t n, float* __restrict__ p_weight, double k
     }
 }
 /* multi-tensor: one call for the small tensors of a list update (each below OPTFORGE_PARALLEL_MIN), in
-   parallel over the tensors: ptrs[k * count + t] is pointer k of tensor t, scalars[t * 1 + j] its
+   parallel over the tensors when there are OPTFORGE_PARALLEL_MIN elements in all (below that a fork
+   and join costs more than the work, and on a busy machine it waits for a descheduled thread):
+   ptrs[k * count + t] is pointer k of tensor t, scalars[t * 1 + j] its
    scalars */
 void optforge_adafactor_s1_mt_f32(int64_t count, const int64_t* __restrict__ sizes, const uint64_t* __restrict__ ptrs, const double* __restrict__ scalars) {
-    #pragma omp parallel for schedule(dynamic, 4) if (count > 1)
+    int64_t total = 0;
+    for (int64_t t = 0; t < count; ++t) total += sizes[t];
+    #pragma omp parallel for schedule(dynamic, 4) if (count > 1 && total >= OPTFORGE_PARALLEL_MIN)
     for (int64_t t = 0; t < count; ++t) {
         const double* s = scalars + t * 1;
         const double k0 = s[0];
@@ -449,10 +461,14 @@ void optforge_adafactor_s1_f64(int64_t n, double* __restrict__ p_weight, double 
     }
 }
 /* multi-tensor: one call for the small tensors of a list update (each below OPTFORGE_PARALLEL_MIN), in
-   parallel over the tensors: ptrs[k * count + t] is pointer k of tensor t, scalars[t * 1 + j] its
+   parallel over the tensors when there are OPTFORGE_PARALLEL_MIN elements in all (below that a fork
+   and join costs more than the work, and on a busy machine it waits for a descheduled thread):
+   ptrs[k * count + t] is pointer k of tensor t, scalars[t * 1 + j] its
    scalars */
 void optforge_adafactor_s1_mt_f64(int64_t count, const int64_t* __restrict__ sizes, const uint64_t* __restrict__ ptrs, const double* __restrict__ scalars) {
-    #pragma omp parallel for schedule(dynamic, 4) if (count > 1)
+    int64_t total = 0;
+    for (int64_t t = 0; t < count; ++t) total += sizes[t];
+    #pragma omp parallel for schedule(dynamic, 4) if (count > 1 && total >= OPTFORGE_PARALLEL_MIN)
     for (int64_t t = 0; t < count; ++t) {
         const double* s = scalars + t * 1;
         const double k0 = s[0];
@@ -563,10 +579,14 @@ void optforge_adafactor_s7_f32(int64_t n, float* __restrict__ p_variance, const 
     }
 }
 /* multi-tensor: one call for the small tensors of a list update (each below OPTFORGE_PARALLEL_MIN), in
-   parallel over the tensors: ptrs[k * count + t] is pointer k of tensor t, scalars[t * 6 + j] its
+   parallel over the tensors when there are OPTFORGE_PARALLEL_MIN elements in all (below that a fork
+   and join costs more than the work, and on a busy machine it waits for a descheduled thread):
+   ptrs[k * count + t] is pointer k of tensor t, scalars[t * 6 + j] its
    scalars, out[t * 1 + k] its sums */
 void optforge_adafactor_s7_mt_f32(int64_t count, const int64_t* __restrict__ sizes, const uint64_t* __restrict__ ptrs, const double* __restrict__ scalars, double* __restrict__ out) {
-    #pragma omp parallel for schedule(dynamic, 4) if (count > 1)
+    int64_t total = 0;
+    for (int64_t t = 0; t < count; ++t) total += sizes[t];
+    #pragma omp parallel for schedule(dynamic, 4) if (count > 1 && total >= OPTFORGE_PARALLEL_MIN)
     for (int64_t t = 0; t < count; ++t) {
         const double* s = scalars + t * 6;
         const double k_beta2_t = s[0];
@@ -636,10 +656,14 @@ void optforge_adafactor_s7_f64(int64_t n, double* __restrict__ p_variance, const
     }
 }
 /* multi-tensor: one call for the small tensors of a list update (each below OPTFORGE_PARALLEL_MIN), in
-   parallel over the tensors: ptrs[k * count + t] is pointer k of tensor t, scalars[t * 6 + j] its
+   parallel over the tensors when there are OPTFORGE_PARALLEL_MIN elements in all (below that a fork
+   and join costs more than the work, and on a busy machine it waits for a descheduled thread):
+   ptrs[k * count + t] is pointer k of tensor t, scalars[t * 6 + j] its
    scalars, out[t * 1 + k] its sums */
 void optforge_adafactor_s7_mt_f64(int64_t count, const int64_t* __restrict__ sizes, const uint64_t* __restrict__ ptrs, const double* __restrict__ scalars, double* __restrict__ out) {
-    #pragma omp parallel for schedule(dynamic, 4) if (count > 1)
+    int64_t total = 0;
+    for (int64_t t = 0; t < count; ++t) total += sizes[t];
+    #pragma omp parallel for schedule(dynamic, 4) if (count > 1 && total >= OPTFORGE_PARALLEL_MIN)
     for (int64_t t = 0; t < count; ++t) {
         const double* s = scalars + t * 6;
         const double k_beta2_t = s[0];
@@ -663,10 +687,14 @@ void optforge_adafactor_s8_f32(int64_t n, float* __restrict__ p_weight, const fl
     }
 }
 /* multi-tensor: one call for the small tensors of a list update (each below OPTFORGE_PARALLEL_MIN), in
-   parallel over the tensors: ptrs[k * count + t] is pointer k of tensor t, scalars[t * 6 + j] its
+   parallel over the tensors when there are OPTFORGE_PARALLEL_MIN elements in all (below that a fork
+   and join costs more than the work, and on a busy machine it waits for a descheduled thread):
+   ptrs[k * count + t] is pointer k of tensor t, scalars[t * 6 + j] its
    scalars */
 void optforge_adafactor_s8_mt_f32(int64_t count, const int64_t* __restrict__ sizes, const uint64_t* __restrict__ ptrs, const double* __restrict__ scalars) {
-    #pragma omp parallel for schedule(dynamic, 4) if (count > 1)
+    int64_t total = 0;
+    for (int64_t t = 0; t < count; ++t) total += sizes[t];
+    #pragma omp parallel for schedule(dynamic, 4) if (count > 1 && total >= OPTFORGE_PARALLEL_MIN)
     for (int64_t t = 0; t < count; ++t) {
         const double* s = scalars + t * 6;
         const double k__r4 = s[0];
@@ -690,10 +718,14 @@ void optforge_adafactor_s8_f64(int64_t n, double* __restrict__ p_weight, const d
     }
 }
 /* multi-tensor: one call for the small tensors of a list update (each below OPTFORGE_PARALLEL_MIN), in
-   parallel over the tensors: ptrs[k * count + t] is pointer k of tensor t, scalars[t * 6 + j] its
+   parallel over the tensors when there are OPTFORGE_PARALLEL_MIN elements in all (below that a fork
+   and join costs more than the work, and on a busy machine it waits for a descheduled thread):
+   ptrs[k * count + t] is pointer k of tensor t, scalars[t * 6 + j] its
    scalars */
 void optforge_adafactor_s8_mt_f64(int64_t count, const int64_t* __restrict__ sizes, const uint64_t* __restrict__ ptrs, const double* __restrict__ scalars) {
-    #pragma omp parallel for schedule(dynamic, 4) if (count > 1)
+    int64_t total = 0;
+    for (int64_t t = 0; t < count; ++t) total += sizes[t];
+    #pragma omp parallel for schedule(dynamic, 4) if (count > 1 && total >= OPTFORGE_PARALLEL_MIN)
     for (int64_t t = 0; t < count; ++t) {
         const double* s = scalars + t * 6;
         const double k__r4 = s[0];

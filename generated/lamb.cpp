@@ -126,10 +126,14 @@ void optforge_lamb_s0_f32(int64_t n, const float* __restrict__ p_grad, float* __
     }
 }
 /* multi-tensor: one call for the small tensors of a list update (each below OPTFORGE_PARALLEL_MIN), in
-   parallel over the tensors: ptrs[k * count + t] is pointer k of tensor t, scalars[t * 9 + j] its
+   parallel over the tensors when there are OPTFORGE_PARALLEL_MIN elements in all (below that a fork
+   and join costs more than the work, and on a busy machine it waits for a descheduled thread):
+   ptrs[k * count + t] is pointer k of tensor t, scalars[t * 9 + j] its
    scalars, out[t * 2 + k] its sums */
 void optforge_lamb_s0_mt_f32(int64_t count, const int64_t* __restrict__ sizes, const uint64_t* __restrict__ ptrs, const double* __restrict__ scalars, double* __restrict__ out) {
-    #pragma omp parallel for schedule(dynamic, 4) if (count > 1)
+    int64_t total = 0;
+    for (int64_t t = 0; t < count; ++t) total += sizes[t];
+    #pragma omp parallel for schedule(dynamic, 4) if (count > 1 && total >= OPTFORGE_PARALLEL_MIN)
     for (int64_t t = 0; t < count; ++t) {
         const double* s = scalars + t * 9;
         const double k_rescale_grad = s[0];
@@ -202,10 +206,14 @@ void optforge_lamb_s0_f64(int64_t n, const double* __restrict__ p_grad, double* 
     }
 }
 /* multi-tensor: one call for the small tensors of a list update (each below OPTFORGE_PARALLEL_MIN), in
-   parallel over the tensors: ptrs[k * count + t] is pointer k of tensor t, scalars[t * 9 + j] its
+   parallel over the tensors when there are OPTFORGE_PARALLEL_MIN elements in all (below that a fork
+   and join costs more than the work, and on a busy machine it waits for a descheduled thread):
+   ptrs[k * count + t] is pointer k of tensor t, scalars[t * 9 + j] its
    scalars, out[t * 2 + k] its sums */
 void optforge_lamb_s0_mt_f64(int64_t count, const int64_t* __restrict__ sizes, const uint64_t* __restrict__ ptrs, const double* __restrict__ scalars, double* __restrict__ out) {
-    #pragma omp parallel for schedule(dynamic, 4) if (count > 1)
+    int64_t total = 0;
+    for (int64_t t = 0; t < count; ++t) total += sizes[t];
+    #pragma omp parallel for schedule(dynamic, 4) if (count > 1 && total >= OPTFORGE_PARALLEL_MIN)
     for (int64_t t = 0; t < count; ++t) {
         const double* s = scalars + t * 9;
         const double k_rescale_grad = s[0];
@@ -228,10 +236,14 @@ void optforge_lamb_s1_f32(int64_t n, float* __restrict__ p_weight, const float* 
     }
 }
 /* multi-tensor: one call for the small tensors of a list update (each below OPTFORGE_PARALLEL_MIN), in
-   parallel over the tensors: ptrs[k * count + t] is pointer k of tensor t, scalars[t * 1 + j] its
+   parallel over the tensors when there are OPTFORGE_PARALLEL_MIN elements in all (below that a fork
+   and join costs more than the work, and on a busy machine it waits for a descheduled thread):
+   ptrs[k * count + t] is pointer k of tensor t, scalars[t * 1 + j] its
    scalars */
 void optforge_lamb_s1_mt_f32(int64_t count, const int64_t* __restrict__ sizes, const uint64_t* __restrict__ ptrs, const double* __restrict__ scalars) {
-    #pragma omp parallel for schedule(dynamic, 4) if (count > 1)
+    int64_t total = 0;
+    for (int64_t t = 0; t < count; ++t) total += sizes[t];
+    #pragma omp parallel for schedule(dynamic, 4) if (count > 1 && total >= OPTFORGE_PARALLEL_MIN)
     for (int64_t t = 0; t < count; ++t) {
         const double* s = scalars + t * 1;
         const double k0 = s[0];
@@ -246,10 +258,14 @@ void optforge_lamb_s1_f64(int64_t n, double* __restrict__ p_weight, const double
     }
 }
 /* multi-tensor: one call for the small tensors of a list update (each below OPTFORGE_PARALLEL_MIN), in
-   parallel over the tensors: ptrs[k * count + t] is pointer k of tensor t, scalars[t * 1 + j] its
+   parallel over the tensors when there are OPTFORGE_PARALLEL_MIN elements in all (below that a fork
+   and join costs more than the work, and on a busy machine it waits for a descheduled thread):
+   ptrs[k * count + t] is pointer k of tensor t, scalars[t * 1 + j] its
    scalars */
 void optforge_lamb_s1_mt_f64(int64_t count, const int64_t* __restrict__ sizes, const uint64_t* __restrict__ ptrs, const double* __restrict__ scalars) {
-    #pragma omp parallel for schedule(dynamic, 4) if (count > 1)
+    int64_t total = 0;
+    for (int64_t t = 0; t < count; ++t) total += sizes[t];
+    #pragma omp parallel for schedule(dynamic, 4) if (count > 1 && total >= OPTFORGE_PARALLEL_MIN)
     for (int64_t t = 0; t < count; ++t) {
         const double* s = scalars + t * 1;
         const double k0 = s[0];

@@ -123,10 +123,14 @@ void optforge_lbsgd_s0_rows_f32(int64_t n, int64_t cols, const int64_t* __restri
     }
 }
 /* multi-tensor: one call for the small tensors of a list update (each below OPTFORGE_PARALLEL_MIN), in
-   parallel over the tensors: ptrs[k * count + t] is pointer k of tensor t, scalars[t * 1 + j] its
+   parallel over the tensors when there are OPTFORGE_PARALLEL_MIN elements in all (below that a fork
+   and join costs more than the work, and on a busy machine it waits for a descheduled thread):
+   ptrs[k * count + t] is pointer k of tensor t, scalars[t * 1 + j] its
    scalars */
 void optforge_lbsgd_s0_mt_f32(int64_t count, const int64_t* __restrict__ sizes, const uint64_t* __restrict__ ptrs, const double* __restrict__ scalars) {
-    #pragma omp parallel for schedule(dynamic, 4) if (count > 1)
+    int64_t total = 0;
+    for (int64_t t = 0; t < count; ++t) total += sizes[t];
+    #pragma omp parallel for schedule(dynamic, 4) if (count > 1 && total >= OPTFORGE_PARALLEL_MIN)
     for (int64_t t = 0; t < count; ++t) {
         const double* s = scalars + t * 1;
         const double k__grad_scale = s[0];
@@ -158,10 +162,14 @@ void optforge_lbsgd_s0_rows_f64(int64_t n, int64_t cols, const int64_t* __restri
     }
 }
 /* multi-tensor: one call for the small tensors of a list update (each below OPTFORGE_PARALLEL_MIN), in
-   parallel over the tensors: ptrs[k * count + t] is pointer k of tensor t, scalars[t * 1 + j] its
+   parallel over the tensors when there are OPTFORGE_PARALLEL_MIN elements in all (below that a fork
+   and join costs more than the work, and on a busy machine it waits for a descheduled thread):
+   ptrs[k * count + t] is pointer k of tensor t, scalars[t * 1 + j] its
    scalars */
 void optforge_lbsgd_s0_mt_f64(int64_t count, const int64_t* __restrict__ sizes, const uint64_t* __restrict__ ptrs, const double* __restrict__ scalars) {
-    #pragma omp parallel for schedule(dynamic, 4) if (count > 1)
+    int64_t total = 0;
+    for (int64_t t = 0; t < count; ++t) total += sizes[t];
+    #pragma omp parallel for schedule(dynamic, 4) if (count > 1 && total >= OPTFORGE_PARALLEL_MIN)
     for (int64_t t = 0; t < count; ++t) {
         const double* s = scalars + t * 1;
         const double k__grad_scale = s[0];
@@ -233,10 +241,14 @@ void optforge_lbsgd_s1_rows_f32(int64_t n, int64_t cols, const int64_t* __restri
     }
 }
 /* multi-tensor: one call for the small tensors of a list update (each below OPTFORGE_PARALLEL_MIN), in
-   parallel over the tensors: ptrs[k * count + t] is pointer k of tensor t, scalars[t * 1 + j] its
+   parallel over the tensors when there are OPTFORGE_PARALLEL_MIN elements in all (below that a fork
+   and join costs more than the work, and on a busy machine it waits for a descheduled thread):
+   ptrs[k * count + t] is pointer k of tensor t, scalars[t * 1 + j] its
    scalars, out[t * 1 + k] its sums */
 void optforge_lbsgd_s1_mt_f32(int64_t count, const int64_t* __restrict__ sizes, const uint64_t* __restrict__ ptrs, const double* __restrict__ scalars, double* __restrict__ out) {
-    #pragma omp parallel for schedule(dynamic, 4) if (count > 1)
+    int64_t total = 0;
+    for (int64_t t = 0; t < count; ++t) total += sizes[t];
+    #pragma omp parallel for schedule(dynamic, 4) if (count > 1 && total >= OPTFORGE_PARALLEL_MIN)
     for (int64_t t = 0; t < count; ++t) {
         const double* s = scalars + t * 1;
         optforge_lbsgd_s1_f32(sizes[t], (const float*)ptrs[0 * count + t], out + t * 1);
@@ -307,10 +319,14 @@ void optforge_lbsgd_s1_rows_f64(int64_t n, int64_t cols, const int64_t* __restri
     }
 }
 /* multi-tensor: one call for the small tensors of a list update (each below OPTFORGE_PARALLEL_MIN), in
-   parallel over the tensors: ptrs[k * count + t] is pointer k of tensor t, scalars[t * 1 + j] its
+   parallel over the tensors when there are OPTFORGE_PARALLEL_MIN elements in all (below that a fork
+   and join costs more than the work, and on a busy machine it waits for a descheduled thread):
+   ptrs[k * count + t] is pointer k of tensor t, scalars[t * 1 + j] its
    scalars, out[t * 1 + k] its sums */
 void optforge_lbsgd_s1_mt_f64(int64_t count, const int64_t* __restrict__ sizes, const uint64_t* __restrict__ ptrs, const double* __restrict__ scalars, double* __restrict__ out) {
-    #pragma omp parallel for schedule(dynamic, 4) if (count > 1)
+    int64_t total = 0;
+    for (int64_t t = 0; t < count; ++t) total += sizes[t];
+    #pragma omp parallel for schedule(dynamic, 4) if (count > 1 && total >= OPTFORGE_PARALLEL_MIN)
     for (int64_t t = 0; t < count; ++t) {
         const double* s = scalars + t * 1;
         optforge_lbsgd_s1_f64(sizes[t], (const double*)ptrs[0 * count + t], out + t * 1);
@@ -388,10 +404,14 @@ void optforge_lbsgd_s2_rows_f32(int64_t n, int64_t cols, const int64_t* __restri
     }
 }
 /* multi-tensor: one call for the small tensors of a list update (each below OPTFORGE_PARALLEL_MIN), in
-   parallel over the tensors: ptrs[k * count + t] is pointer k of tensor t, scalars[t * 1 + j] its
+   parallel over the tensors when there are OPTFORGE_PARALLEL_MIN elements in all (below that a fork
+   and join costs more than the work, and on a busy machine it waits for a descheduled thread):
+   ptrs[k * count + t] is pointer k of tensor t, scalars[t * 1 + j] its
    scalars, out[t * 1 + k] its sums */
 void optforge_lbsgd_s2_mt_f32(int64_t count, const int64_t* __restrict__ sizes, const uint64_t* __restrict__ ptrs, const double* __restrict__ scalars, double* __restrict__ out) {
-    #pragma omp parallel for schedule(dynamic, 4) if (count > 1)
+    int64_t total = 0;
+    for (int64_t t = 0; t < count; ++t) total += sizes[t];
+    #pragma omp parallel for schedule(dynamic, 4) if (count > 1 && total >= OPTFORGE_PARALLEL_MIN)
     for (int64_t t = 0; t < count; ++t) {
         const double* s = scalars + t * 1;
         optforge_lbsgd_s2_f32(sizes[t], (const float*)ptrs[0 * count + t], out + t * 1);
@@ -469,10 +489,14 @@ void optforge_lbsgd_s2_rows_f64(int64_t n, int64_t cols, const int64_t* __restri
     }
 }
 /* multi-tensor: one call for the small tensors of a list update (each below OPTFORGE_PARALLEL_MIN), in
-   parallel over the tensors: ptrs[k * count + t] is pointer k of tensor t, scalars[t * 1 + j] its
+   parallel over the tensors when there are OPTFORGE_PARALLEL_MIN elements in all (below that a fork
+   and join costs more than the work, and on a busy machine it waits for a descheduled thread):
+   ptrs[k * count + t] is pointer k of tensor t, scalars[t * 1 + j] its
    scalars, out[t * 1 + k] its sums */
 void optforge_lbsgd_s2_mt_f64(int64_t count, const int64_t* __restrict__ sizes, const uint64_t* __restrict__ ptrs, const double* __restrict__ scalars, double* __restrict__ out) {
-    #pragma omp parallel for schedule(dynamic, 4) if (count > 1)
+    int64_t total = 0;
+    for (int64_t t = 0; t < count; ++t) total += sizes[t];
+    #pragma omp parallel for schedule(dynamic, 4) if (count > 1 && total >= OPTFORGE_PARALLEL_MIN)
     for (int64_t t = 0; t < count; ++t) {
         const double* s = scalars + t * 1;
         optforge_lbsgd_s2_f64(sizes[t], (const double*)ptrs[0 * count + t], out + t * 1);
@@ -543,10 +567,14 @@ void optforge_lbsgd_s3_rows_f32(int64_t n, int64_t cols, const int64_t* __restri
     }
 }
 /* multi-tensor: one call for the small tensors of a list update (each below OPTFORGE_PARALLEL_MIN), in
-   parallel over the tensors: ptrs[k * count + t] is pointer k of tensor t, scalars[t * 1 + j] its
+   parallel over the tensors when there are OPTFORGE_PARALLEL_MIN elements in all (below that a fork
+   and join costs more than the work, and on a busy machine it waits for a descheduled thread):
+   ptrs[k * count + t] is pointer k of tensor t, scalars[t * 1 + j] its
    scalars, out[t * 1 + k] its sums */
 void optforge_lbsgd_s3_mt_f32(int64_t count, const int64_t* __restrict__ sizes, const uint64_t* __restrict__ ptrs, const double* __restrict__ scalars, double* __restrict__ out) {
-    #pragma omp parallel for schedule(dynamic, 4) if (count > 1)
+    int64_t total = 0;
+    for (int64_t t = 0; t < count; ++t) total += sizes[t];
+    #pragma omp parallel for schedule(dynamic, 4) if (count > 1 && total >= OPTFORGE_PARALLEL_MIN)
     for (int64_t t = 0; t < count; ++t) {
         const double* s = scalars + t * 1;
         const double k__grad_scale = s[0];
@@ -618,10 +646,14 @@ void optforge_lbsgd_s3_rows_f64(int64_t n, int64_t cols, const int64_t* __restri
     }
 }
 /* multi-tensor: one call for the small tensors of a list update (each below OPTFORGE_PARALLEL_MIN), in
-   parallel over the tensors: ptrs[k * count + t] is pointer k of tensor t, scalars[t * 1 + j] its
+   parallel over the tensors when there are OPTFORGE_PARALLEL_MIN elements in all (below that a fork
+   and join costs more than the work, and on a busy machine it waits for a descheduled thread):
+   ptrs[k * count + t] is pointer k of tensor t, scalars[t * 1 + j] its
    scalars, out[t * 1 + k] its sums */
 void optforge_lbsgd_s3_mt_f64(int64_t count, const int64_t* __restrict__ sizes, const uint64_t* __restrict__ ptrs, const double* __restrict__ scalars, double* __restrict__ out) {
-    #pragma omp parallel for schedule(dynamic, 4) if (count > 1)
+    int64_t total = 0;
+    for (int64_t t = 0; t < count; ++t) total += sizes[t];
+    #pragma omp parallel for schedule(dynamic, 4) if (count > 1 && total >= OPTFORGE_PARALLEL_MIN)
     for (int64_t t = 0; t < count; ++t) {
         const double* s = scalars + t * 1;
         const double k__grad_scale = s[0];
@@ -709,10 +741,14 @@ void optforge_lbsgd_s4_rows_f32(int64_t n, int64_t cols, const int64_t* __restri
     }
 }
 /* multi-tensor: one call for the small tensors of a list update (each below OPTFORGE_PARALLEL_MIN), in
-   parallel over the tensors: ptrs[k * count + t] is pointer k of tensor t, scalars[t * 10 + j] its
+   parallel over the tensors when there are OPTFORGE_PARALLEL_MIN elements in all (below that a fork
+   and join costs more than the work, and on a busy machine it waits for a descheduled thread):
+   ptrs[k * count + t] is pointer k of tensor t, scalars[t * 10 + j] its
    scalars */
 void optforge_lbsgd_s4_mt_f32(int64_t count, const int64_t* __restrict__ sizes, const uint64_t* __restrict__ ptrs, const double* __restrict__ scalars) {
-    #pragma omp parallel for schedule(dynamic, 4) if (count > 1)
+    int64_t total = 0;
+    for (int64_t t = 0; t < count; ++t) total += sizes[t];
+    #pragma omp parallel for schedule(dynamic, 4) if (count > 1 && total >= OPTFORGE_PARALLEL_MIN)
     for (int64_t t = 0; t < count; ++t) {
         const double* s = scalars + t * 10;
         const double k0 = s[0];
@@ -809,10 +845,14 @@ void optforge_lbsgd_s4_rows_f64(int64_t n, int64_t cols, const int64_t* __restri
     }
 }
 /* multi-tensor: one call for the small tensors of a list update (each below OPTFORGE_PARALLEL_MIN), in
-   parallel over the tensors: ptrs[k * count + t] is pointer k of tensor t, scalars[t * 10 + j] its
+   parallel over the tensors when there are OPTFORGE_PARALLEL_MIN elements in all (below that a fork
+   and join costs more than the work, and on a busy machine it waits for a descheduled thread):
+   ptrs[k * count + t] is pointer k of tensor t, scalars[t * 10 + j] its
    scalars */
 void optforge_lbsgd_s4_mt_f64(int64_t count, const int64_t* __restrict__ sizes, const uint64_t* __restrict__ ptrs, const double* __restrict__ scalars) {
-    #pragma omp parallel for schedule(dynamic, 4) if (count > 1)
+    int64_t total = 0;
+    for (int64_t t = 0; t < count; ++t) total += sizes[t];
+    #pragma omp parallel for schedule(dynamic, 4) if (count > 1 && total >= OPTFORGE_PARALLEL_MIN)
     for (int64_t t = 0; t < count; ++t) {
         const double* s = scalars + t * 10;
         const double k0 = s[0];

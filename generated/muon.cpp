@@ -181,10 +181,14 @@ void optforge_muon_s1_f32(int64_t n, float* __restrict__ p_momentum_buffer, cons
     }
 }
 /* multi-tensor: one call for the small tensors of a list update (each below OPTFORGE_PARALLEL_MIN), in
-   parallel over the tensors: ptrs[k * count + t] is pointer k of tensor t, scalars[t * 5 + j] its
+   parallel over the tensors when there are OPTFORGE_PARALLEL_MIN elements in all (below that a fork
+   and join costs more than the work, and on a busy machine it waits for a descheduled thread):
+   ptrs[k * count + t] is pointer k of tensor t, scalars[t * 5 + j] its
    scalars, out[t * 1 + k] its sums */
 void optforge_muon_s1_mt_f32(int64_t count, const int64_t* __restrict__ sizes, const uint64_t* __restrict__ ptrs, const double* __restrict__ scalars, double* __restrict__ out) {
-    #pragma omp parallel for schedule(dynamic, 4) if (count > 1)
+    int64_t total = 0;
+    for (int64_t t = 0; t < count; ++t) total += sizes[t];
+    #pragma omp parallel for schedule(dynamic, 4) if (count > 1 && total >= OPTFORGE_PARALLEL_MIN)
     for (int64_t t = 0; t < count; ++t) {
         const double* s = scalars + t * 5;
         const double k_momentum = s[0];
@@ -253,10 +257,14 @@ void optforge_muon_s1_f64(int64_t n, double* __restrict__ p_momentum_buffer, con
     }
 }
 /* multi-tensor: one call for the small tensors of a list update (each below OPTFORGE_PARALLEL_MIN), in
-   parallel over the tensors: ptrs[k * count + t] is pointer k of tensor t, scalars[t * 5 + j] its
+   parallel over the tensors when there are OPTFORGE_PARALLEL_MIN elements in all (below that a fork
+   and join costs more than the work, and on a busy machine it waits for a descheduled thread):
+   ptrs[k * count + t] is pointer k of tensor t, scalars[t * 5 + j] its
    scalars, out[t * 1 + k] its sums */
 void optforge_muon_s1_mt_f64(int64_t count, const int64_t* __restrict__ sizes, const uint64_t* __restrict__ ptrs, const double* __restrict__ scalars, double* __restrict__ out) {
-    #pragma omp parallel for schedule(dynamic, 4) if (count > 1)
+    int64_t total = 0;
+    for (int64_t t = 0; t < count; ++t) total += sizes[t];
+    #pragma omp parallel for schedule(dynamic, 4) if (count > 1 && total >= OPTFORGE_PARALLEL_MIN)
     for (int64_t t = 0; t < count; ++t) {
         const double* s = scalars + t * 5;
         const double k_momentum = s[0];
@@ -279,10 +287,14 @@ void optforge_muon_s2_f32(int64_t n, const float* __restrict__ p_grad, const flo
     }
 }
 /* multi-tensor: one call for the small tensors of a list update (each below OPTFORGE_PARALLEL_MIN), in
-   parallel over the tensors: ptrs[k * count + t] is pointer k of tensor t, scalars[t * 6 + j] its
+   parallel over the tensors when there are OPTFORGE_PARALLEL_MIN elements in all (below that a fork
+   and join costs more than the work, and on a busy machine it waits for a descheduled thread):
+   ptrs[k * count + t] is pointer k of tensor t, scalars[t * 6 + j] its
    scalars */
 void optforge_muon_s2_mt_f32(int64_t count, const int64_t* __restrict__ sizes, const uint64_t* __restrict__ ptrs, const double* __restrict__ scalars) {
-    #pragma omp parallel for schedule(dynamic, 4) if (count > 1)
+    int64_t total = 0;
+    for (int64_t t = 0; t < count; ++t) total += sizes[t];
+    #pragma omp parallel for schedule(dynamic, 4) if (count > 1 && total >= OPTFORGE_PARALLEL_MIN)
     for (int64_t t = 0; t < count; ++t) {
         const double* s = scalars + t * 6;
         const double k_nesterov = s[0];
@@ -306,10 +318,14 @@ void optforge_muon_s2_f64(int64_t n, const double* __restrict__ p_grad, const do
     }
 }
 /* multi-tensor: one call for the small tensors of a list update (each below OPTFORGE_PARALLEL_MIN), in
-   parallel over the tensors: ptrs[k * count + t] is pointer k of tensor t, scalars[t * 6 + j] its
+   parallel over the tensors when there are OPTFORGE_PARALLEL_MIN elements in all (below that a fork
+   and join costs more than the work, and on a busy machine it waits for a descheduled thread):
+   ptrs[k * count + t] is pointer k of tensor t, scalars[t * 6 + j] its
    scalars */
 void optforge_muon_s2_mt_f64(int64_t count, const int64_t* __restrict__ sizes, const uint64_t* __restrict__ ptrs, const double* __restrict__ scalars) {
-    #pragma omp parallel for schedule(dynamic, 4) if (count > 1)
+    int64_t total = 0;
+    for (int64_t t = 0; t < count; ++t) total += sizes[t];
+    #pragma omp parallel for schedule(dynamic, 4) if (count > 1 && total >= OPTFORGE_PARALLEL_MIN)
     for (int64_t t = 0; t < count; ++t) {
         const double* s = scalars + t * 6;
         const double k_nesterov = s[0];
@@ -329,10 +345,14 @@ void optforge_muon_s3_f32(int64_t n, const float* __restrict__ p_a, const float*
     }
 }
 /* multi-tensor: one call for the small tensors of a list update (each below OPTFORGE_PARALLEL_MIN), in
-   parallel over the tensors: ptrs[k * count + t] is pointer k of tensor t, scalars[t * 2 + j] its
+   parallel over the tensors when there are OPTFORGE_PARALLEL_MIN elements in all (below that a fork
+   and join costs more than the work, and on a busy machine it waits for a descheduled thread):
+   ptrs[k * count + t] is pointer k of tensor t, scalars[t * 2 + j] its
    scalars */
 void optforge_muon_s3_mt_f32(int64_t count, const int64_t* __restrict__ sizes, const uint64_t* __restrict__ ptrs, const double* __restrict__ scalars) {
-    #pragma omp parallel for schedule(dynamic, 4) if (count > 1)
+    int64_t total = 0;
+    for (int64_t t = 0; t < count; ++t) total += sizes[t];
+    #pragma omp parallel for schedule(dynamic, 4) if (count > 1 && total >= OPTFORGE_PARALLEL_MIN)
     for (int64_t t = 0; t < count; ++t) {
         const double* s = scalars + t * 2;
         const double k_ns_b = s[0];
@@ -348,10 +368,14 @@ void optforge_muon_s3_f64(int64_t n, const double* __restrict__ p_a, const doubl
     }
 }
 /* multi-tensor: one call for the small tensors of a list update (each below OPTFORGE_PARALLEL_MIN), in
-   parallel over the tensors: ptrs[k * count + t] is pointer k of tensor t, scalars[t * 2 + j] its
+   parallel over the tensors when there are OPTFORGE_PARALLEL_MIN elements in all (below that a fork
+   and join costs more than the work, and on a busy machine it waits for a descheduled thread):
+   ptrs[k * count + t] is pointer k of tensor t, scalars[t * 2 + j] its
    scalars */
 void optforge_muon_s3_mt_f64(int64_t count, const int64_t* __restrict__ sizes, const uint64_t* __restrict__ ptrs, const double* __restrict__ scalars) {
-    #pragma omp parallel for schedule(dynamic, 4) if (count > 1)
+    int64_t total = 0;
+    for (int64_t t = 0; t < count; ++t) total += sizes[t];
+    #pragma omp parallel for schedule(dynamic, 4) if (count > 1 && total >= OPTFORGE_PARALLEL_MIN)
     for (int64_t t = 0; t < count; ++t) {
         const double* s = scalars + t * 2;
         const double k_ns_b = s[0];
@@ -367,10 +391,14 @@ void optforge_muon_s4_f32(int64_t n, float* __restrict__ p_x, const float* __res
     }
 }
 /* multi-tensor: one call for the small tensors of a list update (each below OPTFORGE_PARALLEL_MIN), in
-   parallel over the tensors: ptrs[k * count + t] is pointer k of tensor t, scalars[t * 1 + j] its
+   parallel over the tensors when there are OPTFORGE_PARALLEL_MIN elements in all (below that a fork
+   and join costs more than the work, and on a busy machine it waits for a descheduled thread):
+   ptrs[k * count + t] is pointer k of tensor t, scalars[t * 1 + j] its
    scalars */
 void optforge_muon_s4_mt_f32(int64_t count, const int64_t* __restrict__ sizes, const uint64_t* __restrict__ ptrs, const double* __restrict__ scalars) {
-    #pragma omp parallel for schedule(dynamic, 4) if (count > 1)
+    int64_t total = 0;
+    for (int64_t t = 0; t < count; ++t) total += sizes[t];
+    #pragma omp parallel for schedule(dynamic, 4) if (count > 1 && total >= OPTFORGE_PARALLEL_MIN)
     for (int64_t t = 0; t < count; ++t) {
         const double* s = scalars + t * 1;
         const double k_ns_a = s[0];
@@ -385,10 +413,14 @@ void optforge_muon_s4_f64(int64_t n, double* __restrict__ p_x, const double* __r
     }
 }
 /* multi-tensor: one call for the small tensors of a list update (each below OPTFORGE_PARALLEL_MIN), in
-   parallel over the tensors: ptrs[k * count + t] is pointer k of tensor t, scalars[t * 1 + j] its
+   parallel over the tensors when there are OPTFORGE_PARALLEL_MIN elements in all (below that a fork
+   and join costs more than the work, and on a busy machine it waits for a descheduled thread):
+   ptrs[k * count + t] is pointer k of tensor t, scalars[t * 1 + j] its
    scalars */
 void optforge_muon_s4_mt_f64(int64_t count, const int64_t* __restrict__ sizes, const uint64_t* __restrict__ ptrs, const double* __restrict__ scalars) {
-    #pragma omp parallel for schedule(dynamic, 4) if (count > 1)
+    int64_t total = 0;
+    for (int64_t t = 0; t < count; ++t) total += sizes[t];
+    #pragma omp parallel for schedule(dynamic, 4) if (count > 1 && total >= OPTFORGE_PARALLEL_MIN)
     for (int64_t t = 0; t < count; ++t) {
         const double* s = scalars + t * 1;
         const double k_ns_a = s[0];
@@ -403,10 +435,14 @@ void optforge_muon_s5_f32(int64_t n, const float* __restrict__ p_a_t, const floa
     }
 }
 /* multi-tensor: one call for the small tensors of a list update (each below OPTFORGE_PARALLEL_MIN), in
-   parallel over the tensors: ptrs[k * count + t] is pointer k of tensor t, scalars[t * 2 + j] its
+   parallel over the tensors when there are OPTFORGE_PARALLEL_MIN elements in all (below that a fork
+   and join costs more than the work, and on a busy machine it waits for a descheduled thread):
+   ptrs[k * count + t] is pointer k of tensor t, scalars[t * 2 + j] its
    scalars */
 void optforge_muon_s5_mt_f32(int64_t count, const int64_t* __restrict__ sizes, const uint64_t* __restrict__ ptrs, const double* __restrict__ scalars) {
-    #pragma omp parallel for schedule(dynamic, 4) if (count > 1)
+    int64_t total = 0;
+    for (int64_t t = 0; t < count; ++t) total += sizes[t];
+    #pragma omp parallel for schedule(dynamic, 4) if (count > 1 && total >= OPTFORGE_PARALLEL_MIN)
     for (int64_t t = 0; t < count; ++t) {
         const double* s = scalars + t * 2;
         const double k_ns_b = s[0];
@@ -422,10 +458,14 @@ void optforge_muon_s5_f64(int64_t n, const double* __restrict__ p_a_t, const dou
     }
 }
 /* multi-tensor: one call for the small tensors of a list update (each below OPTFORGE_PARALLEL_MIN), in
-   parallel over the tensors: ptrs[k * count + t] is pointer k of tensor t, scalars[t * 2 + j] its
+   parallel over the tensors when there are OPTFORGE_PARALLEL_MIN elements in all (below that a fork
+   and join costs more than the work, and on a busy machine it waits for a descheduled thread):
+   ptrs[k * count + t] is pointer k of tensor t, scalars[t * 2 + j] its
    scalars */
 void optforge_muon_s5_mt_f64(int64_t count, const int64_t* __restrict__ sizes, const uint64_t* __restrict__ ptrs, const double* __restrict__ scalars) {
-    #pragma omp parallel for schedule(dynamic, 4) if (count > 1)
+    int64_t total = 0;
+    for (int64_t t = 0; t < count; ++t) total += sizes[t];
+    #pragma omp parallel for schedule(dynamic, 4) if (count > 1 && total >= OPTFORGE_PARALLEL_MIN)
     for (int64_t t = 0; t < count; ++t) {
         const double* s = scalars + t * 2;
         const double k_ns_b = s[0];
@@ -441,10 +481,14 @@ void optforge_muon_s6_f32(int64_t n, float* __restrict__ p_x, const float* __res
     }
 }
 /* multi-tensor: one call for the small tensors of a list update (each below OPTFORGE_PARALLEL_MIN), in
-   parallel over the tensors: ptrs[k * count + t] is pointer k of tensor t, scalars[t * 1 + j] its
+   parallel over the tensors when there are OPTFORGE_PARALLEL_MIN elements in all (below that a fork
+   and join costs more than the work, and on a busy machine it waits for a descheduled thread):
+   ptrs[k * count + t] is pointer k of tensor t, scalars[t * 1 + j] its
    scalars */
 void optforge_muon_s6_mt_f32(int64_t count, const int64_t* __restrict__ sizes, const uint64_t* __restrict__ ptrs, const double* __restrict__ scalars) {
-    #pragma omp parallel for schedule(dynamic, 4) if (count > 1)
+    int64_t total = 0;
+    for (int64_t t = 0; t < count; ++t) total += sizes[t];
+    #pragma omp parallel for schedule(dynamic, 4) if (count > 1 && total >= OPTFORGE_PARALLEL_MIN)
     for (int64_t t = 0; t < count; ++t) {
         const double* s = scalars + t * 1;
         const double k_ns_a = s[0];
@@ -459,10 +503,14 @@ void optforge_muon_s6_f64(int64_t n, double* __restrict__ p_x, const double* __r
     }
 }
 /* multi-tensor: one call for the small tensors of a list update (each below OPTFORGE_PARALLEL_MIN), in
-   parallel over the tensors: ptrs[k * count + t] is pointer k of tensor t, scalars[t * 1 + j] its
+   parallel over the tensors when there are OPTFORGE_PARALLEL_MIN elements in all (below that a fork
+   and join costs more than the work, and on a busy machine it waits for a descheduled thread):
+   ptrs[k * count + t] is pointer k of tensor t, scalars[t * 1 + j] its
    scalars */
 void optforge_muon_s6_mt_f64(int64_t count, const int64_t* __restrict__ sizes, const uint64_t* __restrict__ ptrs, const double* __restrict__ scalars) {
-    #pragma omp parallel for schedule(dynamic, 4) if (count > 1)
+    int64_t total = 0;
+    for (int64_t t = 0; t < count; ++t) total += sizes[t];
+    #pragma omp parallel for schedule(dynamic, 4) if (count > 1 && total >= OPTFORGE_PARALLEL_MIN)
     for (int64_t t = 0; t < count; ++t) {
         const double* s = scalars + t * 1;
         const double k_ns_a = s[0];
@@ -477,10 +525,14 @@ void optforge_muon_s7_f32(int64_t n, float* __restrict__ p_weight, const float* 
     }
 }
 /* multi-tensor: one call for the small tensors of a list update (each below OPTFORGE_PARALLEL_MIN), in
-   parallel over the tensors: ptrs[k * count + t] is pointer k of tensor t, scalars[t * 2 + j] its
+   parallel over the tensors when there are OPTFORGE_PARALLEL_MIN elements in all (below that a fork
+   and join costs more than the work, and on a busy machine it waits for a descheduled thread):
+   ptrs[k * count + t] is pointer k of tensor t, scalars[t * 2 + j] its
    scalars */
 void optforge_muon_s7_mt_f32(int64_t count, const int64_t* __restrict__ sizes, const uint64_t* __restrict__ ptrs, const double* __restrict__ scalars) {
-    #pragma omp parallel for schedule(dynamic, 4) if (count > 1)
+    int64_t total = 0;
+    for (int64_t t = 0; t < count; ++t) total += sizes[t];
+    #pragma omp parallel for schedule(dynamic, 4) if (count > 1 && total >= OPTFORGE_PARALLEL_MIN)
     for (int64_t t = 0; t < count; ++t) {
         const double* s = scalars + t * 2;
         const double k0 = s[0];
@@ -496,10 +548,14 @@ void optforge_muon_s7_f64(int64_t n, double* __restrict__ p_weight, const double
     }
 }
 /* multi-tensor: one call for the small tensors of a list update (each below OPTFORGE_PARALLEL_MIN), in
-   parallel over the tensors: ptrs[k * count + t] is pointer k of tensor t, scalars[t * 2 + j] its
+   parallel over the tensors when there are OPTFORGE_PARALLEL_MIN elements in all (below that a fork
+   and join costs more than the work, and on a busy machine it waits for a descheduled thread):
+   ptrs[k * count + t] is pointer k of tensor t, scalars[t * 2 + j] its
    scalars */
 void optforge_muon_s7_mt_f64(int64_t count, const int64_t* __restrict__ sizes, const uint64_t* __restrict__ ptrs, const double* __restrict__ scalars) {
-    #pragma omp parallel for schedule(dynamic, 4) if (count > 1)
+    int64_t total = 0;
+    for (int64_t t = 0; t < count; ++t) total += sizes[t];
+    #pragma omp parallel for schedule(dynamic, 4) if (count > 1 && total >= OPTFORGE_PARALLEL_MIN)
     for (int64_t t = 0; t < count; ++t) {
         const double* s = scalars + t * 2;
         const double k0 = s[0];
@@ -527,10 +583,14 @@ void optforge_muon_s8_f32(int64_t n, float* __restrict__ p_exp_avg, const float*
     }
 }
 /* multi-tensor: one call for the small tensors of a list update (each below OPTFORGE_PARALLEL_MIN), in
-   parallel over the tensors: ptrs[k * count + t] is pointer k of tensor t, scalars[t * 9 + j] its
+   parallel over the tensors when there are OPTFORGE_PARALLEL_MIN elements in all (below that a fork
+   and join costs more than the work, and on a busy machine it waits for a descheduled thread):
+   ptrs[k * count + t] is pointer k of tensor t, scalars[t * 9 + j] its
    scalars */
 void optforge_muon_s8_mt_f32(int64_t count, const int64_t* __restrict__ sizes, const uint64_t* __restrict__ ptrs, const double* __restrict__ scalars) {
-    #pragma omp parallel for schedule(dynamic, 4) if (count > 1)
+    int64_t total = 0;
+    for (int64_t t = 0; t < count; ++t) total += sizes[t];
+    #pragma omp parallel for schedule(dynamic, 4) if (count > 1 && total >= OPTFORGE_PARALLEL_MIN)
     for (int64_t t = 0; t < count; ++t) {
         const double* s = scalars + t * 9;
         const double k_beta1 = s[0];
@@ -565,10 +625,14 @@ void optforge_muon_s8_f64(int64_t n, double* __restrict__ p_exp_avg, const doubl
     }
 }
 /* multi-tensor: one call for the small tensors of a list update (each below OPTFORGE_PARALLEL_MIN), in
-   parallel over the tensors: ptrs[k * count + t] is pointer k of tensor t, scalars[t * 9 + j] its
+   parallel over the tensors when there are OPTFORGE_PARALLEL_MIN elements in all (below that a fork
+   and join costs more than the work, and on a busy machine it waits for a descheduled thread):
+   ptrs[k * count + t] is pointer k of tensor t, scalars[t * 9 + j] its
    scalars */
 void optforge_muon_s8_mt_f64(int64_t count, const int64_t* __restrict__ sizes, const uint64_t* __restrict__ ptrs, const double* __restrict__ scalars) {
-    #pragma omp parallel for schedule(dynamic, 4) if (count > 1)
+    int64_t total = 0;
+    for (int64_t t = 0; t < count; ++t) total += sizes[t];
+    #pragma omp parallel for schedule(dynamic, 4) if (count > 1 && total >= OPTFORGE_PARALLEL_MIN)
     for (int64_t t = 0; t < count; ++t) {
         const double* s = scalars + t * 9;
         const double k_beta1 = s[0];

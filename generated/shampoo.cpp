@@ -202,10 +202,14 @@ void optforge_shampoo_s0_f32(int64_t n, const float* __restrict__ p_grad, float*
     }
 }
 /* multi-tensor: one call for the small tensors of a list update (each below OPTFORGE_PARALLEL_MIN), in
-   parallel over the tensors: ptrs[k * count + t] is pointer k of tensor t, scalars[t * 5 + j] its
+   parallel over the tensors when there are OPTFORGE_PARALLEL_MIN elements in all (below that a fork
+   and join costs more than the work, and on a busy machine it waits for a descheduled thread):
+   ptrs[k * count + t] is pointer k of tensor t, scalars[t * 5 + j] its
    scalars */
 void optforge_shampoo_s0_mt_f32(int64_t count, const int64_t* __restrict__ sizes, const uint64_t* __restrict__ ptrs, const double* __restrict__ scalars) {
-    #pragma omp parallel for schedule(dynamic, 4) if (count > 1)
+    int64_t total = 0;
+    for (int64_t t = 0; t < count; ++t) total += sizes[t];
+    #pragma omp parallel for schedule(dynamic, 4) if (count > 1 && total >= OPTFORGE_PARALLEL_MIN)
     for (int64_t t = 0; t < count; ++t) {
         const double* s = scalars + t * 5;
         const double k_rescale_grad = s[0];
@@ -228,10 +232,14 @@ void optforge_shampoo_s0_f64(int64_t n, const double* __restrict__ p_grad, doubl
     }
 }
 /* multi-tensor: one call for the small tensors of a list update (each below OPTFORGE_PARALLEL_MIN), in
-   parallel over the tensors: ptrs[k * count + t] is pointer k of tensor t, scalars[t * 5 + j] its
+   parallel over the tensors when there are OPTFORGE_PARALLEL_MIN elements in all (below that a fork
+   and join costs more than the work, and on a busy machine it waits for a descheduled thread):
+   ptrs[k * count + t] is pointer k of tensor t, scalars[t * 5 + j] its
    scalars */
 void optforge_shampoo_s0_mt_f64(int64_t count, const int64_t* __restrict__ sizes, const uint64_t* __restrict__ ptrs, const double* __restrict__ scalars) {
-    #pragma omp parallel for schedule(dynamic, 4) if (count > 1)
+    int64_t total = 0;
+    for (int64_t t = 0; t < count; ++t) total += sizes[t];
+    #pragma omp parallel for schedule(dynamic, 4) if (count > 1 && total >= OPTFORGE_PARALLEL_MIN)
     for (int64_t t = 0; t < count; ++t) {
         const double* s = scalars + t * 5;
         const double k_rescale_grad = s[0];
@@ -254,10 +262,14 @@ void optforge_shampoo_s1_f32(int64_t n, float* __restrict__ p_l, const float* __
     }
 }
 /* multi-tensor: one call for the small tensors of a list update (each below OPTFORGE_PARALLEL_MIN), in
-   parallel over the tensors: ptrs[k * count + t] is pointer k of tensor t, scalars[t * 1 + j] its
+   parallel over the tensors when there are OPTFORGE_PARALLEL_MIN elements in all (below that a fork
+   and join costs more than the work, and on a busy machine it waits for a descheduled thread):
+   ptrs[k * count + t] is pointer k of tensor t, scalars[t * 1 + j] its
    scalars */
 void optforge_shampoo_s1_mt_f32(int64_t count, const int64_t* __restrict__ sizes, const uint64_t* __restrict__ ptrs, const double* __restrict__ scalars) {
-    #pragma omp parallel for schedule(dynamic, 4) if (count > 1)
+    int64_t total = 0;
+    for (int64_t t = 0; t < count; ++t) total += sizes[t];
+    #pragma omp parallel for schedule(dynamic, 4) if (count > 1 && total >= OPTFORGE_PARALLEL_MIN)
     for (int64_t t = 0; t < count; ++t) {
         const double* s = scalars + t * 1;
         optforge_shampoo_s1_f32(sizes[t], (float*)ptrs[0 * count + t], (const float*)ptrs[1 * count + t]);
@@ -275,10 +287,14 @@ void optforge_shampoo_s1_f64(int64_t n, double* __restrict__ p_l, const double* 
     }
 }
 /* multi-tensor: one call for the small tensors of a list update (each below OPTFORGE_PARALLEL_MIN), in
-   parallel over the tensors: ptrs[k * count + t] is pointer k of tensor t, scalars[t * 1 + j] its
+   parallel over the tensors when there are OPTFORGE_PARALLEL_MIN elements in all (below that a fork
+   and join costs more than the work, and on a busy machine it waits for a descheduled thread):
+   ptrs[k * count + t] is pointer k of tensor t, scalars[t * 1 + j] its
    scalars */
 void optforge_shampoo_s1_mt_f64(int64_t count, const int64_t* __restrict__ sizes, const uint64_t* __restrict__ ptrs, const double* __restrict__ scalars) {
-    #pragma omp parallel for schedule(dynamic, 4) if (count > 1)
+    int64_t total = 0;
+    for (int64_t t = 0; t < count; ++t) total += sizes[t];
+    #pragma omp parallel for schedule(dynamic, 4) if (count > 1 && total >= OPTFORGE_PARALLEL_MIN)
     for (int64_t t = 0; t < count; ++t) {
         const double* s = scalars + t * 1;
         optforge_shampoo_s1_f64(sizes[t], (double*)ptrs[0 * count + t], (const double*)ptrs[1 * count + t]);
@@ -296,10 +312,14 @@ void optforge_shampoo_s2_f32(int64_t n, float* __restrict__ p_r, const float* __
     }
 }
 /* multi-tensor: one call for the small tensors of a list update (each below OPTFORGE_PARALLEL_MIN), in
-   parallel over the tensors: ptrs[k * count + t] is pointer k of tensor t, scalars[t * 1 + j] its
+   parallel over the tensors when there are OPTFORGE_PARALLEL_MIN elements in all (below that a fork
+   and join costs more than the work, and on a busy machine it waits for a descheduled thread):
+   ptrs[k * count + t] is pointer k of tensor t, scalars[t * 1 + j] its
    scalars */
 void optforge_shampoo_s2_mt_f32(int64_t count, const int64_t* __restrict__ sizes, const uint64_t* __restrict__ ptrs, const double* __restrict__ scalars) {
-    #pragma omp parallel for schedule(dynamic, 4) if (count > 1)
+    int64_t total = 0;
+    for (int64_t t = 0; t < count; ++t) total += sizes[t];
+    #pragma omp parallel for schedule(dynamic, 4) if (count > 1 && total >= OPTFORGE_PARALLEL_MIN)
     for (int64_t t = 0; t < count; ++t) {
         const double* s = scalars + t * 1;
         optforge_shampoo_s2_f32(sizes[t], (float*)ptrs[0 * count + t], (const float*)ptrs[1 * count + t]);
@@ -317,10 +337,14 @@ void optforge_shampoo_s2_f64(int64_t n, double* __restrict__ p_r, const double* 
     }
 }
 /* multi-tensor: one call for the small tensors of a list update (each below OPTFORGE_PARALLEL_MIN), in
-   parallel over the tensors: ptrs[k * count + t] is pointer k of tensor t, scalars[t * 1 + j] its
+   parallel over the tensors when there are OPTFORGE_PARALLEL_MIN elements in all (below that a fork
+   and join costs more than the work, and on a busy machine it waits for a descheduled thread):
+   ptrs[k * count + t] is pointer k of tensor t, scalars[t * 1 + j] its
    scalars */
 void optforge_shampoo_s2_mt_f64(int64_t count, const int64_t* __restrict__ sizes, const uint64_t* __restrict__ ptrs, const double* __restrict__ scalars) {
-    #pragma omp parallel for schedule(dynamic, 4) if (count > 1)
+    int64_t total = 0;
+    for (int64_t t = 0; t < count; ++t) total += sizes[t];
+    #pragma omp parallel for schedule(dynamic, 4) if (count > 1 && total >= OPTFORGE_PARALLEL_MIN)
     for (int64_t t = 0; t < count; ++t) {
         const double* s = scalars + t * 1;
         optforge_shampoo_s2_f64(sizes[t], (double*)ptrs[0 * count + t], (const double*)ptrs[1 * count + t]);
@@ -384,10 +408,14 @@ void optforge_shampoo_s3_f32(int64_t n, const float* __restrict__ p_l, double k_
     }
 }
 /* multi-tensor: one call for the small tensors of a list update (each below OPTFORGE_PARALLEL_MIN), in
-   parallel over the tensors: ptrs[k * count + t] is pointer k of tensor t, scalars[t * 2 + j] its
+   parallel over the tensors when there are OPTFORGE_PARALLEL_MIN elements in all (below that a fork
+   and join costs more than the work, and on a busy machine it waits for a descheduled thread):
+   ptrs[k * count + t] is pointer k of tensor t, scalars[t * 2 + j] its
    scalars, out[t * 1 + k] its sums */
 void optforge_shampoo_s3_mt_f32(int64_t count, const int64_t* __restrict__ sizes, const uint64_t* __restrict__ ptrs, const double* __restrict__ scalars, double* __restrict__ out) {
-    #pragma omp parallel for schedule(dynamic, 4) if (count > 1)
+    int64_t total = 0;
+    for (int64_t t = 0; t < count; ++t) total += sizes[t];
+    #pragma omp parallel for schedule(dynamic, 4) if (count > 1 && total >= OPTFORGE_PARALLEL_MIN)
     for (int64_t t = 0; t < count; ++t) {
         const double* s = scalars + t * 2;
         const double k_epsilon = s[0];
@@ -453,10 +481,14 @@ void optforge_shampoo_s3_f64(int64_t n, const double* __restrict__ p_l, double k
     }
 }
 /* multi-tensor: one call for the small tensors of a list update (each below OPTFORGE_PARALLEL_MIN), in
-   parallel over the tensors: ptrs[k * count + t] is pointer k of tensor t, scalars[t * 2 + j] its
+   parallel over the tensors when there are OPTFORGE_PARALLEL_MIN elements in all (below that a fork
+   and join costs more than the work, and on a busy machine it waits for a descheduled thread):
+   ptrs[k * count + t] is pointer k of tensor t, scalars[t * 2 + j] its
    scalars, out[t * 1 + k] its sums */
 void optforge_shampoo_s3_mt_f64(int64_t count, const int64_t* __restrict__ sizes, const uint64_t* __restrict__ ptrs, const double* __restrict__ scalars, double* __restrict__ out) {
-    #pragma omp parallel for schedule(dynamic, 4) if (count > 1)
+    int64_t total = 0;
+    for (int64_t t = 0; t < count; ++t) total += sizes[t];
+    #pragma omp parallel for schedule(dynamic, 4) if (count > 1 && total >= OPTFORGE_PARALLEL_MIN)
     for (int64_t t = 0; t < count; ++t) {
         const double* s = scalars + t * 2;
         const double k_epsilon = s[0];
@@ -476,10 +508,14 @@ void optforge_shampoo_s4_f32(int64_t n, const float* __restrict__ p_l, float* __
     }
 }
 /* multi-tensor: one call for the small tensors of a list update (each below OPTFORGE_PARALLEL_MIN), in
-   parallel over the tensors: ptrs[k * count + t] is pointer k of tensor t, scalars[t * 4 + j] its
+   parallel over the tensors when there are OPTFORGE_PARALLEL_MIN elements in all (below that a fork
+   and join costs more than the work, and on a busy machine it waits for a descheduled thread):
+   ptrs[k * count + t] is pointer k of tensor t, scalars[t * 4 + j] its
    scalars */
 void optforge_shampoo_s4_mt_f32(int64_t count, const int64_t* __restrict__ sizes, const uint64_t* __restrict__ ptrs, const double* __restrict__ scalars) {
-    #pragma omp parallel for schedule(dynamic, 4) if (count > 1)
+    int64_t total = 0;
+    for (int64_t t = 0; t < count; ++t) total += sizes[t];
+    #pragma omp parallel for schedule(dynamic, 4) if (count > 1 && total >= OPTFORGE_PARALLEL_MIN)
     for (int64_t t = 0; t < count; ++t) {
         const double* s = scalars + t * 4;
         const double k_zl = s[0];
@@ -501,10 +537,14 @@ void optforge_shampoo_s4_f64(int64_t n, const double* __restrict__ p_l, double* 
     }
 }
 /* multi-tensor: one call for the small tensors of a list update (each below OPTFORGE_PARALLEL_MIN), in
-   parallel over the tensors: ptrs[k * count + t] is pointer k of tensor t, scalars[t * 4 + j] its
+   parallel over the tensors when there are OPTFORGE_PARALLEL_MIN elements in all (below that a fork
+   and join costs more than the work, and on a busy machine it waits for a descheduled thread):
+   ptrs[k * count + t] is pointer k of tensor t, scalars[t * 4 + j] its
    scalars */
 void optforge_shampoo_s4_mt_f64(int64_t count, const int64_t* __restrict__ sizes, const uint64_t* __restrict__ ptrs, const double* __restrict__ scalars) {
-    #pragma omp parallel for schedule(dynamic, 4) if (count > 1)
+    int64_t total = 0;
+    for (int64_t t = 0; t < count; ++t) total += sizes[t];
+    #pragma omp parallel for schedule(dynamic, 4) if (count > 1 && total >= OPTFORGE_PARALLEL_MIN)
     for (int64_t t = 0; t < count; ++t) {
         const double* s = scalars + t * 4;
         const double k_zl = s[0];
@@ -522,10 +562,14 @@ void optforge_shampoo_s5_f32(int64_t n, const float* __restrict__ p_ml, float* _
     }
 }
 /* multi-tensor: one call for the small tensors of a list update (each below OPTFORGE_PARALLEL_MIN), in
-   parallel over the tensors: ptrs[k * count + t] is pointer k of tensor t, scalars[t * 2 + j] its
+   parallel over the tensors when there are OPTFORGE_PARALLEL_MIN elements in all (below that a fork
+   and join costs more than the work, and on a busy machine it waits for a descheduled thread):
+   ptrs[k * count + t] is pointer k of tensor t, scalars[t * 2 + j] its
    scalars */
 void optforge_shampoo_s5_mt_f32(int64_t count, const int64_t* __restrict__ sizes, const uint64_t* __restrict__ ptrs, const double* __restrict__ scalars) {
-    #pragma omp parallel for schedule(dynamic, 4) if (count > 1)
+    int64_t total = 0;
+    for (int64_t t = 0; t < count; ++t) total += sizes[t];
+    #pragma omp parallel for schedule(dynamic, 4) if (count > 1 && total >= OPTFORGE_PARALLEL_MIN)
     for (int64_t t = 0; t < count; ++t) {
         const double* s = scalars + t * 2;
         const double k_root = s[0];
@@ -541,10 +585,14 @@ void optforge_shampoo_s5_f64(int64_t n, const double* __restrict__ p_ml, double*
     }
 }
 /* multi-tensor: one call for the small tensors of a list update (each below OPTFORGE_PARALLEL_MIN), in
-   parallel over the tensors: ptrs[k * count + t] is pointer k of tensor t, scalars[t * 2 + j] its
+   parallel over the tensors when there are OPTFORGE_PARALLEL_MIN elements in all (below that a fork
+   and join costs more than the work, and on a busy machine it waits for a descheduled thread):
+   ptrs[k * count + t] is pointer k of tensor t, scalars[t * 2 + j] its
    scalars */
 void optforge_shampoo_s5_mt_f64(int64_t count, const int64_t* __restrict__ sizes, const uint64_t* __restrict__ ptrs, const double* __restrict__ scalars) {
-    #pragma omp parallel for schedule(dynamic, 4) if (count > 1)
+    int64_t total = 0;
+    for (int64_t t = 0; t < count; ++t) total += sizes[t];
+    #pragma omp parallel for schedule(dynamic, 4) if (count > 1 && total >= OPTFORGE_PARALLEL_MIN)
     for (int64_t t = 0; t < count; ++t) {
         const double* s = scalars + t * 2;
         const double k_root = s[0];
@@ -560,10 +608,14 @@ void optforge_shampoo_s6_f32(int64_t n, const float* __restrict__ p__r2, float* 
     }
 }
 /* multi-tensor: one call for the small tensors of a list update (each below OPTFORGE_PARALLEL_MIN), in
-   parallel over the tensors: ptrs[k * count + t] is pointer k of tensor t, scalars[t * 1 + j] its
+   parallel over the tensors when there are OPTFORGE_PARALLEL_MIN elements in all (below that a fork
+   and join costs more than the work, and on a busy machine it waits for a descheduled thread):
+   ptrs[k * count + t] is pointer k of tensor t, scalars[t * 1 + j] its
    scalars */
 void optforge_shampoo_s6_mt_f32(int64_t count, const int64_t* __restrict__ sizes, const uint64_t* __restrict__ ptrs, const double* __restrict__ scalars) {
-    #pragma omp parallel for schedule(dynamic, 4) if (count > 1)
+    int64_t total = 0;
+    for (int64_t t = 0; t < count; ++t) total += sizes[t];
+    #pragma omp parallel for schedule(dynamic, 4) if (count > 1 && total >= OPTFORGE_PARALLEL_MIN)
     for (int64_t t = 0; t < count; ++t) {
         const double* s = scalars + t * 1;
         optforge_shampoo_s6_f32(sizes[t], (const float*)ptrs[0 * count + t], (float*)ptrs[1 * count + t]);
@@ -577,10 +629,14 @@ void optforge_shampoo_s6_f64(int64_t n, const double* __restrict__ p__r2, double
     }
 }
 /* multi-tensor: one call for the small tensors of a list update (each below OPTFORGE_PARALLEL_MIN), in
-   parallel over the tensors: ptrs[k * count + t] is pointer k of tensor t, scalars[t * 1 + j] its
+   parallel over the tensors when there are OPTFORGE_PARALLEL_MIN elements in all (below that a fork
+   and join costs more than the work, and on a busy machine it waits for a descheduled thread):
+   ptrs[k * count + t] is pointer k of tensor t, scalars[t * 1 + j] its
    scalars */
 void optforge_shampoo_s6_mt_f64(int64_t count, const int64_t* __restrict__ sizes, const uint64_t* __restrict__ ptrs, const double* __restrict__ scalars) {
-    #pragma omp parallel for schedule(dynamic, 4) if (count > 1)
+    int64_t total = 0;
+    for (int64_t t = 0; t < count; ++t) total += sizes[t];
+    #pragma omp parallel for schedule(dynamic, 4) if (count > 1 && total >= OPTFORGE_PARALLEL_MIN)
     for (int64_t t = 0; t < count; ++t) {
         const double* s = scalars + t * 1;
         optforge_shampoo_s6_f64(sizes[t], (const double*)ptrs[0 * count + t], (double*)ptrs[1 * count + t]);
@@ -594,10 +650,14 @@ void optforge_shampoo_s7_f32(int64_t n, const float* __restrict__ p__r3, float* 
     }
 }
 /* multi-tensor: one call for the small tensors of a list update (each below OPTFORGE_PARALLEL_MIN), in
-   parallel over the tensors: ptrs[k * count + t] is pointer k of tensor t, scalars[t * 1 + j] its
+   parallel over the tensors when there are OPTFORGE_PARALLEL_MIN elements in all (below that a fork
+   and join costs more than the work, and on a busy machine it waits for a descheduled thread):
+   ptrs[k * count + t] is pointer k of tensor t, scalars[t * 1 + j] its
    scalars */
 void optforge_shampoo_s7_mt_f32(int64_t count, const int64_t* __restrict__ sizes, const uint64_t* __restrict__ ptrs, const double* __restrict__ scalars) {
-    #pragma omp parallel for schedule(dynamic, 4) if (count > 1)
+    int64_t total = 0;
+    for (int64_t t = 0; t < count; ++t) total += sizes[t];
+    #pragma omp parallel for schedule(dynamic, 4) if (count > 1 && total >= OPTFORGE_PARALLEL_MIN)
     for (int64_t t = 0; t < count; ++t) {
         const double* s = scalars + t * 1;
         optforge_shampoo_s7_f32(sizes[t], (const float*)ptrs[0 * count + t], (float*)ptrs[1 * count + t]);
@@ -611,10 +671,14 @@ void optforge_shampoo_s7_f64(int64_t n, const double* __restrict__ p__r3, double
     }
 }
 /* multi-tensor: one call for the small tensors of a list update (each below OPTFORGE_PARALLEL_MIN), in
-   parallel over the tensors: ptrs[k * count + t] is pointer k of tensor t, scalars[t * 1 + j] its
+   parallel over the tensors when there are OPTFORGE_PARALLEL_MIN elements in all (below that a fork
+   and join costs more than the work, and on a busy machine it waits for a descheduled thread):
+   ptrs[k * count + t] is pointer k of tensor t, scalars[t * 1 + j] its
    scalars */
 void optforge_shampoo_s7_mt_f64(int64_t count, const int64_t* __restrict__ sizes, const uint64_t* __restrict__ ptrs, const double* __restrict__ scalars) {
-    #pragma omp parallel for schedule(dynamic, 4) if (count > 1)
+    int64_t total = 0;
+    for (int64_t t = 0; t < count; ++t) total += sizes[t];
+    #pragma omp parallel for schedule(dynamic, 4) if (count > 1 && total >= OPTFORGE_PARALLEL_MIN)
     for (int64_t t = 0; t < count; ++t) {
         const double* s = scalars + t * 1;
         optforge_shampoo_s7_f64(sizes[t], (const double*)ptrs[0 * count + t], (double*)ptrs[1 * count + t]);
@@ -678,10 +742,14 @@ void optforge_shampoo_s8_f32(int64_t n, const float* __restrict__ p_r, double k_
     }
 }
 /* multi-tensor: one call for the small tensors of a list update (each below OPTFORGE_PARALLEL_MIN), in
-   parallel over the tensors: ptrs[k * count + t] is pointer k of tensor t, scalars[t * 2 + j] its
+   parallel over the tensors when there are OPTFORGE_PARALLEL_MIN elements in all (below that a fork
+   and join costs more than the work, and on a busy machine it waits for a descheduled thread):
+   ptrs[k * count + t] is pointer k of tensor t, scalars[t * 2 + j] its
    scalars, out[t * 1 + k] its sums */
 void optforge_shampoo_s8_mt_f32(int64_t count, const int64_t* __restrict__ sizes, const uint64_t* __restrict__ ptrs, const double* __restrict__ scalars, double* __restrict__ out) {
-    #pragma omp parallel for schedule(dynamic, 4) if (count > 1)
+    int64_t total = 0;
+    for (int64_t t = 0; t < count; ++t) total += sizes[t];
+    #pragma omp parallel for schedule(dynamic, 4) if (count > 1 && total >= OPTFORGE_PARALLEL_MIN)
     for (int64_t t = 0; t < count; ++t) {
         const double* s = scalars + t * 2;
         const double k_epsilon = s[0];
@@ -747,10 +815,14 @@ void optforge_shampoo_s8_f64(int64_t n, const double* __restrict__ p_r, double k
     }
 }
 /* multi-tensor: one call for the small tensors of a list update (each below OPTFORGE_PARALLEL_MIN), in
-   parallel over the tensors: ptrs[k * count + t] is pointer k of tensor t, scalars[t * 2 + j] its
+   parallel over the tensors when there are OPTFORGE_PARALLEL_MIN elements in all (below that a fork
+   and join costs more than the work, and on a busy machine it waits for a descheduled thread):
+   ptrs[k * count + t] is pointer k of tensor t, scalars[t * 2 + j] its
    scalars, out[t * 1 + k] its sums */
 void optforge_shampoo_s8_mt_f64(int64_t count, const int64_t* __restrict__ sizes, const uint64_t* __restrict__ ptrs, const double* __restrict__ scalars, double* __restrict__ out) {
-    #pragma omp parallel for schedule(dynamic, 4) if (count > 1)
+    int64_t total = 0;
+    for (int64_t t = 0; t < count; ++t) total += sizes[t];
+    #pragma omp parallel for schedule(dynamic, 4) if (count > 1 && total >= OPTFORGE_PARALLEL_MIN)
     for (int64_t t = 0; t < count; ++t) {
         const double* s = scalars + t * 2;
         const double k_epsilon = s[0];
@@ -770,10 +842,14 @@ void optforge_shampoo_s9_f32(int64_t n, const float* __restrict__ p_r, float* __
     }
 }
 /* multi-tensor: one call for the small tensors of a list update (each below OPTFORGE_PARALLEL_MIN), in
-   parallel over the tensors: ptrs[k * count + t] is pointer k of tensor t, scalars[t * 4 + j] its
+   parallel over the tensors when there are OPTFORGE_PARALLEL_MIN elements in all (below that a fork
+   and join costs more than the work, and on a busy machine it waits for a descheduled thread):
+   ptrs[k * count + t] is pointer k of tensor t, scalars[t * 4 + j] its
    scalars */
 void optforge_shampoo_s9_mt_f32(int64_t count, const int64_t* __restrict__ sizes, const uint64_t* __restrict__ ptrs, const double* __restrict__ scalars) {
-    #pragma omp parallel for schedule(dynamic, 4) if (count > 1)
+    int64_t total = 0;
+    for (int64_t t = 0; t < count; ++t) total += sizes[t];
+    #pragma omp parallel for schedule(dynamic, 4) if (count > 1 && total >= OPTFORGE_PARALLEL_MIN)
     for (int64_t t = 0; t < count; ++t) {
         const double* s = scalars + t * 4;
         const double k_zr = s[0];
@@ -795,10 +871,14 @@ void optforge_shampoo_s9_f64(int64_t n, const double* __restrict__ p_r, double* 
     }
 }
 /* multi-tensor: one call for the small tensors of a list update (each below OPTFORGE_PARALLEL_MIN), in
-   parallel over the tensors: ptrs[k * count + t] is pointer k of tensor t, scalars[t * 4 + j] its
+   parallel over the tensors when there are OPTFORGE_PARALLEL_MIN elements in all (below that a fork
+   and join costs more than the work, and on a busy machine it waits for a descheduled thread):
+   ptrs[k * count + t] is pointer k of tensor t, scalars[t * 4 + j] its
    scalars */
 void optforge_shampoo_s9_mt_f64(int64_t count, const int64_t* __restrict__ sizes, const uint64_t* __restrict__ ptrs, const double* __restrict__ scalars) {
-    #pragma omp parallel for schedule(dynamic, 4) if (count > 1)
+    int64_t total = 0;
+    for (int64_t t = 0; t < count; ++t) total += sizes[t];
+    #pragma omp parallel for schedule(dynamic, 4) if (count > 1 && total >= OPTFORGE_PARALLEL_MIN)
     for (int64_t t = 0; t < count; ++t) {
         const double* s = scalars + t * 4;
         const double k_zr = s[0];
@@ -816,10 +896,14 @@ void optforge_shampoo_s10_f32(int64_t n, const float* __restrict__ p_mr, float* 
     }
 }
 /* multi-tensor: one call for the small tensors of a list update (each below OPTFORGE_PARALLEL_MIN), in
-   parallel over the tensors: ptrs[k * count + t] is pointer k of tensor t, scalars[t * 2 + j] its
+   parallel over the tensors when there are OPTFORGE_PARALLEL_MIN elements in all (below that a fork
+   and join costs more than the work, and on a busy machine it waits for a descheduled thread):
+   ptrs[k * count + t] is pointer k of tensor t, scalars[t * 2 + j] its
    scalars */
 void optforge_shampoo_s10_mt_f32(int64_t count, const int64_t* __restrict__ sizes, const uint64_t* __restrict__ ptrs, const double* __restrict__ scalars) {
-    #pragma omp parallel for schedule(dynamic, 4) if (count > 1)
+    int64_t total = 0;
+    for (int64_t t = 0; t < count; ++t) total += sizes[t];
+    #pragma omp parallel for schedule(dynamic, 4) if (count > 1 && total >= OPTFORGE_PARALLEL_MIN)
     for (int64_t t = 0; t < count; ++t) {
         const double* s = scalars + t * 2;
         const double k_root = s[0];
@@ -835,10 +919,14 @@ void optforge_shampoo_s10_f64(int64_t n, const double* __restrict__ p_mr, double
     }
 }
 /* multi-tensor: one call for the small tensors of a list update (each below OPTFORGE_PARALLEL_MIN), in
-   parallel over the tensors: ptrs[k * count + t] is pointer k of tensor t, scalars[t * 2 + j] its
+   parallel over the tensors when there are OPTFORGE_PARALLEL_MIN elements in all (below that a fork
+   and join costs more than the work, and on a busy machine it waits for a descheduled thread):
+   ptrs[k * count + t] is pointer k of tensor t, scalars[t * 2 + j] its
    scalars */
 void optforge_shampoo_s10_mt_f64(int64_t count, const int64_t* __restrict__ sizes, const uint64_t* __restrict__ ptrs, const double* __restrict__ scalars) {
-    #pragma omp parallel for schedule(dynamic, 4) if (count > 1)
+    int64_t total = 0;
+    for (int64_t t = 0; t < count; ++t) total += sizes[t];
+    #pragma omp parallel for schedule(dynamic, 4) if (count > 1 && total >= OPTFORGE_PARALLEL_MIN)
     for (int64_t t = 0; t < count; ++t) {
         const double* s = scalars + t * 2;
         const double k_root = s[0];
@@ -854,10 +942,14 @@ void optforge_shampoo_s11_f32(int64_t n, const float* __restrict__ p__r4, float*
     }
 }
 /* multi-tensor: one call for the small tensors of a list update (each below OPTFORGE_PARALLEL_MIN), in
-   parallel over the tensors: ptrs[k * count + t] is pointer k of tensor t, scalars[t * 1 + j] its
+   parallel over the tensors when there are OPTFORGE_PARALLEL_MIN elements in all (below that a fork
+   and join costs more than the work, and on a busy machine it waits for a descheduled thread):
+   ptrs[k * count + t] is pointer k of tensor t, scalars[t * 1 + j] its
    scalars */
 void optforge_shampoo_s11_mt_f32(int64_t count, const int64_t* __restrict__ sizes, const uint64_t* __restrict__ ptrs, const double* __restrict__ scalars) {
-    #pragma omp parallel for schedule(dynamic, 4) if (count > 1)
+    int64_t total = 0;
+    for (int64_t t = 0; t < count; ++t) total += sizes[t];
+    #pragma omp parallel for schedule(dynamic, 4) if (count > 1 && total >= OPTFORGE_PARALLEL_MIN)
     for (int64_t t = 0; t < count; ++t) {
         const double* s = scalars + t * 1;
         optforge_shampoo_s11_f32(sizes[t], (const float*)ptrs[0 * count + t], (float*)ptrs[1 * count + t]);
@@ -871,10 +963,14 @@ void optforge_shampoo_s11_f64(int64_t n, const double* __restrict__ p__r4, doubl
     }
 }
 /* multi-tensor: one call for the small tensors of a list update (each below OPTFORGE_PARALLEL_MIN), in
-   parallel over the tensors: ptrs[k * count + t] is pointer k of tensor t, scalars[t * 1 + j] its
+   parallel over the tensors when there are OPTFORGE_PARALLEL_MIN elements in all (below that a fork
+   and join costs more than the work, and on a busy machine it waits for a descheduled thread):
+   ptrs[k * count + t] is pointer k of tensor t, scalars[t * 1 + j] its
    scalars */
 void optforge_shampoo_s11_mt_f64(int64_t count, const int64_t* __restrict__ sizes, const uint64_t* __restrict__ ptrs, const double* __restrict__ scalars) {
-    #pragma omp parallel for schedule(dynamic, 4) if (count > 1)
+    int64_t total = 0;
+    for (int64_t t = 0; t < count; ++t) total += sizes[t];
+    #pragma omp parallel for schedule(dynamic, 4) if (count > 1 && total >= OPTFORGE_PARALLEL_MIN)
     for (int64_t t = 0; t < count; ++t) {
         const double* s = scalars + t * 1;
         optforge_shampoo_s11_f64(sizes[t], (const double*)ptrs[0 * count + t], (double*)ptrs[1 * count + t]);
@@ -888,10 +984,14 @@ void optforge_shampoo_s12_f32(int64_t n, const float* __restrict__ p__r5, float*
     }
 }
 /* multi-tensor: one call for the small tensors of a list update (each below OPTFORGE_PARALLEL_MIN), in
-   parallel over the tensors: ptrs[k * count + t] is pointer k of tensor t, scalars[t * 1 + j] its
+   parallel over the tensors when there are OPTFORGE_PARALLEL_MIN elements in all (below that a fork
+   and join costs more than the work, and on a busy machine it waits for a descheduled thread):
+   ptrs[k * count + t] is pointer k of tensor t, scalars[t * 1 + j] its
    scalars */
 void optforge_shampoo_s12_mt_f32(int64_t count, const int64_t* __restrict__ sizes, const uint64_t* __restrict__ ptrs, const double* __restrict__ scalars) {
-    #pragma omp parallel for schedule(dynamic, 4) if (count > 1)
+    int64_t total = 0;
+    for (int64_t t = 0; t < count; ++t) total += sizes[t];
+    #pragma omp parallel for schedule(dynamic, 4) if (count > 1 && total >= OPTFORGE_PARALLEL_MIN)
     for (int64_t t = 0; t < count; ++t) {
         const double* s = scalars + t * 1;
         optforge_shampoo_s12_f32(sizes[t], (const float*)ptrs[0 * count + t], (float*)ptrs[1 * count + t]);
@@ -905,10 +1005,14 @@ void optforge_shampoo_s12_f64(int64_t n, const double* __restrict__ p__r5, doubl
     }
 }
 /* multi-tensor: one call for the small tensors of a list update (each below OPTFORGE_PARALLEL_MIN), in
-   parallel over the tensors: ptrs[k * count + t] is pointer k of tensor t, scalars[t * 1 + j] its
+   parallel over the tensors when there are OPTFORGE_PARALLEL_MIN elements in all (below that a fork
+   and join costs more than the work, and on a busy machine it waits for a descheduled thread):
+   ptrs[k * count + t] is pointer k of tensor t, scalars[t * 1 + j] its
    scalars */
 void optforge_shampoo_s12_mt_f64(int64_t count, const int64_t* __restrict__ sizes, const uint64_t* __restrict__ ptrs, const double* __restrict__ scalars) {
-    #pragma omp parallel for schedule(dynamic, 4) if (count > 1)
+    int64_t total = 0;
+    for (int64_t t = 0; t < count; ++t) total += sizes[t];
+    #pragma omp parallel for schedule(dynamic, 4) if (count > 1 && total >= OPTFORGE_PARALLEL_MIN)
     for (int64_t t = 0; t < count; ++t) {
         const double* s = scalars + t * 1;
         optforge_shampoo_s12_f64(sizes[t], (const double*)ptrs[0 * count + t], (double*)ptrs[1 * count + t]);
@@ -922,10 +1026,14 @@ void optforge_shampoo_s13_f32(int64_t n, float* __restrict__ p_weight, const flo
     }
 }
 /* multi-tensor: one call for the small tensors of a list update (each below OPTFORGE_PARALLEL_MIN), in
-   parallel over the tensors: ptrs[k * count + t] is pointer k of tensor t, scalars[t * 1 + j] its
+   parallel over the tensors when there are OPTFORGE_PARALLEL_MIN elements in all (below that a fork
+   and join costs more than the work, and on a busy machine it waits for a descheduled thread):
+   ptrs[k * count + t] is pointer k of tensor t, scalars[t * 1 + j] its
    scalars */
 void optforge_shampoo_s13_mt_f32(int64_t count, const int64_t* __restrict__ sizes, const uint64_t* __restrict__ ptrs, const double* __restrict__ scalars) {
-    #pragma omp parallel for schedule(dynamic, 4) if (count > 1)
+    int64_t total = 0;
+    for (int64_t t = 0; t < count; ++t) total += sizes[t];
+    #pragma omp parallel for schedule(dynamic, 4) if (count > 1 && total >= OPTFORGE_PARALLEL_MIN)
     for (int64_t t = 0; t < count; ++t) {
         const double* s = scalars + t * 1;
         const double k_lr = s[0];
@@ -940,10 +1048,14 @@ void optforge_shampoo_s13_f64(int64_t n, double* __restrict__ p_weight, const do
     }
 }
 /* multi-tensor: one call for the small tensors of a list update (each below OPTFORGE_PARALLEL_MIN), in
-   parallel over the tensors: ptrs[k * count + t] is pointer k of tensor t, scalars[t * 1 + j] its
+   parallel over the tensors when there are OPTFORGE_PARALLEL_MIN elements in all (below that a fork
+   and join costs more than the work, and on a busy machine it waits for a descheduled thread):
+   ptrs[k * count + t] is pointer k of tensor t, scalars[t * 1 + j] its
    scalars */
 void optforge_shampoo_s13_mt_f64(int64_t count, const int64_t* __restrict__ sizes, const uint64_t* __restrict__ ptrs, const double* __restrict__ scalars) {
-    #pragma omp parallel for schedule(dynamic, 4) if (count > 1)
+    int64_t total = 0;
+    for (int64_t t = 0; t < count; ++t) total += sizes[t];
+    #pragma omp parallel for schedule(dynamic, 4) if (count > 1 && total >= OPTFORGE_PARALLEL_MIN)
     for (int64_t t = 0; t < count; ++t) {
         const double* s = scalars + t * 1;
         const double k_lr = s[0];
@@ -962,10 +1074,14 @@ void optforge_shampoo_s14_f32(int64_t n, float* __restrict__ p_v, const float* _
     }
 }
 /* multi-tensor: one call for the small tensors of a list update (each below OPTFORGE_PARALLEL_MIN), in
-   parallel over the tensors: ptrs[k * count + t] is pointer k of tensor t, scalars[t * 2 + j] its
+   parallel over the tensors when there are OPTFORGE_PARALLEL_MIN elements in all (below that a fork
+   and join costs more than the work, and on a busy machine it waits for a descheduled thread):
+   ptrs[k * count + t] is pointer k of tensor t, scalars[t * 2 + j] its
    scalars */
 void optforge_shampoo_s14_mt_f32(int64_t count, const int64_t* __restrict__ sizes, const uint64_t* __restrict__ ptrs, const double* __restrict__ scalars) {
-    #pragma omp parallel for schedule(dynamic, 4) if (count > 1)
+    int64_t total = 0;
+    for (int64_t t = 0; t < count; ++t) total += sizes[t];
+    #pragma omp parallel for schedule(dynamic, 4) if (count > 1 && total >= OPTFORGE_PARALLEL_MIN)
     for (int64_t t = 0; t < count; ++t) {
         const double* s = scalars + t * 2;
         const double k_lr = s[0];
@@ -985,10 +1101,14 @@ void optforge_shampoo_s14_f64(int64_t n, double* __restrict__ p_v, const double*
     }
 }
 /* multi-tensor: one call for the small tensors of a list update (each below OPTFORGE_PARALLEL_MIN), in
-   parallel over the tensors: ptrs[k * count + t] is pointer k of tensor t, scalars[t * 2 + j] its
+   parallel over the tensors when there are OPTFORGE_PARALLEL_MIN elements in all (below that a fork
+   and join costs more than the work, and on a busy machine it waits for a descheduled thread):
+   ptrs[k * count + t] is pointer k of tensor t, scalars[t * 2 + j] its
    scalars */
 void optforge_shampoo_s14_mt_f64(int64_t count, const int64_t* __restrict__ sizes, const uint64_t* __restrict__ ptrs, const double* __restrict__ scalars) {
-    #pragma omp parallel for schedule(dynamic, 4) if (count > 1)
+    int64_t total = 0;
+    for (int64_t t = 0; t < count; ++t) total += sizes[t];
+    #pragma omp parallel for schedule(dynamic, 4) if (count > 1 && total >= OPTFORGE_PARALLEL_MIN)
     for (int64_t t = 0; t < count; ++t) {
         const double* s = scalars + t * 2;
         const double k_lr = s[0];
