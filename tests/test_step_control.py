@@ -284,3 +284,29 @@ def test_torch_adamw_with_max_grad_norm_is_the_clip_grad_norm_training_loop(back
             o.step()
     for p, q in zip(ref.parameters(), ours.parameters()):
         np.testing.assert_allclose(q.detach().numpy(), p.detach().numpy(), rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_clipping_float16_weights_with_a_float32_master(backend):
+    """multi_precision: the float32 master takes the clipped step of the float32 update on the same
+    (float16-valued) gradients, clipped by clip_grad_norm_, and the float16 weight is the master rounded."""
+    rng = np.random.default_rng(5)
+    shapes = [(6, 5), (300,)]
+    start = [np.asarray(rng.standard_normal(s), np.float16) for s in shapes]
+    steps = [[np.asarray(rng.standard_normal(s) * 4, np.float16) for s in shapes] for _ in range(3)]
+    opt = optforge.create("adam", learning_rate=0.01, multi_precision=True, max_grad_norm=1.0)
+    opt.backend = backend
+    w16 = [w.copy() for w in start]
+    states = [opt.create_state_multi_precision(i, w) for i, w in enumerate(w16)]
+    for gs in steps:
+        opt.update_multi_precision([0, 1], w16, gs, states)
+    ref = optforge.create("adam", learning_rate=0.01)
+    ref.backend = backend
+    masters = [w.astype(np.float32) for w in start]
+    rstates = [ref.create_state(i, w) for i, w in enumerate(masters)]
+    for gs in steps:
+        clipped = [np.asarray(c, np.float32) for c in _clipped([g.astype(np.float64) for g in gs], 1.0)]
+        ref.update([0, 1], masters, clipped, rstates)
+    for s, m, w in zip(states, masters, w16):
+        np.testing.assert_allclose(s.master, m, rtol=2e-6, atol=1e-7)
+        np.testing.assert_array_equal(w, s.master.astype(np.float16))
