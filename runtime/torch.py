@@ -235,28 +235,23 @@ class Optimizer(torch.optim.Optimizer):
         if scale is None:
             self.skipped_steps += 1
             return loss
-        if getattr(self.spec, "gathers", 0) and len(calls) > 1:
-            # optimizer-wide reductions span every group: one update call (Prodigy's d, as prodigyopt's)
-            parts = []
-            for opt, device, params, weights, grads in calls:
-                with _on_device(device):
-                    states = [self._state(p, w, opt) for p, w in zip(params, weights)]
-                parts.append((opt, [self._index[p] for p in params], weights, grads, states))
-            with ops.reduce_hook(self.reduce_hook):
-                update_together(parts, scale)
-            for (opt, _, params, _, _), (_, _, _, _, states) in zip(calls, parts):
-                if opt.scalar_states:
-                    for p, s in zip(params, states):
-                        self.state[p].update(s.scalars)
-            return loss
+        parts = []   # (optimizer, indices, weights, grads, states), the states made on their devices
         for opt, device, params, weights, grads in calls:
             with _on_device(device):
-                states = [self._state(p, w, opt) for p, w in zip(params, weights)]
-                with ops.reduce_hook(self.reduce_hook):
-                    opt._update([self._index[p] for p in params], weights, grads, states, scale)
+                parts.append((opt, [self._index[p] for p in params], weights, grads,
+                              [self._state(p, w, opt) for p, w in zip(params, weights)]))
+        if getattr(self.spec, "gathers", 0) and len(parts) > 1:
+            # optimizer-wide reductions span every group: one update call (Prodigy's d, as prodigyopt's)
+            with ops.reduce_hook(self.reduce_hook):
+                update_together(parts, scale)
+        else:
+            for (opt, device, *_), (_, indices, weights, grads, states) in zip(calls, parts):
+                with _on_device(device), ops.reduce_hook(self.reduce_hook):
+                    opt._update(indices, weights, grads, states, scale)
+        for (opt, _, params, _, _), part in zip(calls, parts):
             if opt.scalar_states:
-                for p, s in zip(params, states):
-                    self.state[p].update(s.scalars)
+                for p, st in zip(params, part[4]):
+                    self.state[p].update(st.scalars)
         return loss
 
     def _state(self, p, weight, opt) -> OptState:
@@ -310,15 +305,15 @@ class Optimizer(torch.optim.Optimizer):
         # nothing changes unless all of it loads: torch's own load replaces param_groups and state,
         # so keeping the old objects is enough to put everything back
         before = (self.param_groups, self.state, getattr(self, "_opts", None), getattr(self, "_optstates", None))
-        self._record_skipped = _int(record.get("skipped_steps", 0), "skipped_steps")   # (older records: none)
+        skipped = _int(record.get("skipped_steps", 0), "skipped_steps")   # (older records: none)
         try:
-            self._load(sd, saved, groups)
+            self._load(sd, saved, groups, skipped)
         except BaseException:
             self.param_groups, self.state = before[0], before[1]
             self._opts, self._optstates = before[2], before[3]
             raise
 
-    def _load(self, sd, saved, groups):
+    def _load(self, sd, saved, groups, skipped):
         super().load_state_dict(sd)
         opts = [self._make(g) for g in self.param_groups]
         try:
@@ -336,7 +331,6 @@ class Optimizer(torch.optim.Optimizer):
                     opt.idx2name = {self._index[p]: n for p, n in zip(group["params"], group["param_names"])}
         except (KeyError, TypeError, ValueError, AttributeError, OverflowError, _Damaged) as e:
             raise ValueError(f"bad optforge record in state_dict: {type(e).__name__}: {e}") from None
-        skipped = self._record_skipped
         self._opts = opts
         self.skipped_steps = skipped
         self._optstates = {}

@@ -453,7 +453,9 @@ def specs(draw, name="Rand"):
     body.append("    seen = seen * 0.5 + learning_rate")
     body.append("    weight -= lr * seen * 0.01 * grad")
     lazy = draw(st.booleans())
-    text = HEADER.format(name=name) + ("sparse lazy\n" if lazy else "") + "update {\n" + "\n".join(body) + "\n}\n"
+    # option host_arithmetic: the kernels take hyperparameter arithmetic computed on the host instead
+    host = "option host_arithmetic\n" if draw(st.booleans()) else ""
+    text = HEADER.format(name=name) + host + ("sparse lazy\n" if lazy else "") + "update {\n" + "\n".join(body) + "\n}\n"
     return text, lazy
 
 
