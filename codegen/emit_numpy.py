@@ -379,7 +379,9 @@ class ChunkedKernel:
         texts, held, dst_taken = [], [], False
         # leaves are read when this operation runs, after every operand is computed: `dst` may hold
         # an operand only when no leaf operand and no later operand reads it
-        leaf_reads = {self._leaf(a) for a in e.args}
+        # (an operand rendered as an expression, `s1 if flag else x`, holds its arrays by reference too)
+        leaf_reads = {self._leaf(n) for a in e.args
+                      for n in ([a] if self._leaf(a) or a.op in UFUNCS else a.walk())}
         for k, a in enumerate(e.args):
             leaf = self._leaf(a)
             if a.kind is not Kind.TENSOR:

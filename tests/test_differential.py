@@ -195,3 +195,25 @@ def test_a_local_clipped_from_a_state_keeps_the_value_it_had(clip):
         opt.update(0, w, g, s)     # u = clip(0.1 * g)
         want = -0.1 * (0.1 * g if clip is None else np.clip(0.1 * g, -clip, clip))
         np.testing.assert_allclose(w, want, rtol=1e-15)
+
+
+WHERE_STATE = """optimizer WhereState
+hyper a: float = 0.5 in [0, 1]
+hyper flag: bool = true
+state s0 = zeros
+state s1 = weight
+update {
+    s1 = a * s1 + (1 - a) * (where(flag, s1, sum(weight) * 0.001) / (1 + abs(s0)))
+    weight -= lr * s1
+}
+"""
+
+
+def test_the_chunked_kernel_keeps_a_state_a_where_reads_by_reference(monkeypatch):
+    """Found by a 120-spec campaign: the chunked kernel wrote `1 + abs(s0)` into s1 before the division
+    read s1 through `s1 if flag else ...`."""
+    cls = optforge.load_spec(WHERE_STATE, register=False)
+    want = run(cls, "numpy", {}, as_list=False)
+    monkeypatch.setattr(chunks, "MIN_SIZE", 1)
+    monkeypatch.setattr(chunks, "CHUNK", 997)
+    assert_same(run(cls, "numpy", {}, as_list=False), want, "numpy chunked", WHERE_STATE)
