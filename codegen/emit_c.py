@@ -14,7 +14,7 @@ import jinja2
 
 from .errors import InternalError, printable
 from .ir import Assign, Expr, IfStmt, Kind, Op, Shape, Spec
-from .lower import GRAD_SCALE_ARG, Program, Stage, _in_kernel, lower
+from .lower import GRAD_SCALE_ARG, ROUND_SEED_ARG, Program, Stage, _in_kernel, lower
 from .walk import assigns, statements
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
@@ -139,7 +139,10 @@ class CStyleEmitter:
         declare = [n for n in locals_ + writes if n not in reads]
         for name in writes:
             cast = "T" if name == "weight" or name in states else "C"
-            line = f"p_{name}[{index(name)}] = ({cast})({name});"
+            if name == "weight":   # the bfloat16 variant rounds it with the parameter's seed (lower.ROUND_SEED)
+                line = f"p_{name}[{index(name)}] = op_store<T>({name}, {ROUND_SEED_ARG}, {index(name)});"
+            else:
+                line = f"p_{name}[{index(name)}] = ({cast})({name});"
             stores.append(f"if {present[name]} {line}" if name in present else line)
         # an `if` inside the stage on a host value (RMSProp's `centered`, SGD's `momentum != 0`) is template
         # parameter B<k> too: 1 true, 0 false, 2 tested at run time; the CPU loops are specialised per
@@ -175,7 +178,9 @@ class CStyleEmitter:
                 "acc_names": [f"row{k}" for k, o in enumerate(outputs) if o["axis"] == -1 and o["how"] == "sum"] +
                              [f"w{k}" for k, (op, _) in enumerate(st.reductions) if op not in (Op.MAX, Op.MIN)],
                 "red_init": [AXIS_INIT.get(op, "0.0") for op, _ in st.reductions],
-                "scalars": [(sc.name, "double" if sc.expr is None else "C") for sc in st.scalars]}
+                # seeds stay double (exact integers below 2^53); the others are in the compute type
+                "scalars": [(sc.name, "double" if sc.expr is None or sc.name == ROUND_SEED_ARG else "C")
+                            for sc in st.scalars]}
 
     def _body(self, stmts, names, depth, branch=None) -> list[str]:
         pad = "    " * depth

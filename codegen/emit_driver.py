@@ -18,7 +18,7 @@ import re
 from .emit_numpy import NumpyEmitter, gather_lines, if_lines, per_parameter_reads, repeat_lines, step_bindings
 from .ir import Op, Role, Shape
 from .emit_c import AXIS_HOW
-from .lower import GRAD_SCALE_ARG, Gather, Host, Loop, Program, Stage, is_product
+from .lower import GRAD_SCALE_ARG, ROUND_SEED_ARG, Gather, Host, Loop, Program, Stage, is_product
 from .walk import leaves, own_exprs, statements, targets
 
 
@@ -43,6 +43,8 @@ def driver_lines(spec, program: Program) -> list[str]:
         em.grad_name = "_grad"
     elif any(sc.name == GRAD_SCALE_ARG for st in program.stages for sc in st.scalars):
         out.append("_grad_scale = _step.grad_scale")
+    if any(sc.name == ROUND_SEED_ARG for st in program.stages for sc in st.scalars):
+        out.append("_round_seed = _step.round_seed")
     if any(st.tiled for st in program.stages):   # the blocks x rows x cols the tiled stages run over
         out.append(f"_B, _R, _C = ops.view_dims(weight.shape, {spec.view!r})")
     scratch = set(program.scratch)

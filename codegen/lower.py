@@ -59,6 +59,11 @@ LIFTED_PREFIX = "_r"   # spec names cannot start with `_`
 # its kernel reads grad * factor; host code reading `grad` scales it too (runtime/stepcontrol.py).
 GRAD_SCALE = Expr(Op.BUILTIN, Ty.FLOAT, Kind.CALL, (), "_grad_scale")
 GRAD_SCALE_ARG = "k__grad_scale"
+# The seed of this parameter's stochastic rounding (Step.round_seed; 0: round to nearest even): every
+# stage that writes the weight takes it, and its kernels' bfloat16 variant stores the weight with it
+# (op_store in codegen/templates/_c_common.j2; the other variants ignore it).
+ROUND_SEED = Expr(Op.BUILTIN, Ty.FLOAT, Kind.CALL, (), "_round_seed")
+ROUND_SEED_ARG = "k__round_seed"
 
 
 @dataclass
@@ -864,6 +869,8 @@ def _tables(st: Stage, scratch, optional) -> None:
         st.scalars.append(Scalar("k_seed", None))
     if "grad" in st.reads:   # every gradient element read is scaled (loss unscaling, global clipping)
         st.scalars.append(Scalar(GRAD_SCALE_ARG, GRAD_SCALE))
+    if "weight" in st.writes:
+        st.scalars.append(Scalar(ROUND_SEED_ARG, ROUND_SEED))
 
 
 def host_reductions(steps) -> bool:

@@ -125,4 +125,5 @@ class AdaBelief(Optimizer):
         mean = tensors['mean']
         var = tensors['var']
         _grad_scale = _step.grad_scale
-        be.launch('optforge_adabelief_s0', (grad, mean, var, weight,), (ops.arg(rescale_grad), ops.arg(clip_gradient), ops.arg(beta1), ops.arg(beta2), ops.arg(epsilon), ops.arg(1 - beta1 ** t), ops.arg(1 - beta2 ** t), ops.arg(lr), ops.arg(wd), ops.arg(_grad_scale), ))
+        _round_seed = _step.round_seed
+        be.launch('optforge_adabelief_s0', (grad, mean, var, weight,), (ops.arg(rescale_grad), ops.arg(clip_gradient), ops.arg(beta1), ops.arg(beta2), ops.arg(epsilon), ops.arg(1 - beta1 ** t), ops.arg(1 - beta2 ** t), ops.arg(lr), ops.arg(wd), ops.arg(_grad_scale), ops.arg(_round_seed), ))

@@ -104,4 +104,5 @@ class AdaDelta(Optimizer):
         acc_g = tensors['acc_g']
         acc_delta = tensors['acc_delta']
         _grad_scale = _step.grad_scale
-        be.launch('optforge_adadelta_s0', (grad, acc_g, acc_delta, weight,), (ops.arg(rescale_grad), ops.arg(clip_gradient), ops.arg(rho), ops.arg(epsilon), ops.arg(wd), ops.arg(_grad_scale), ))
+        _round_seed = _step.round_seed
+        be.launch('optforge_adadelta_s0', (grad, acc_g, acc_delta, weight,), (ops.arg(rescale_grad), ops.arg(clip_gradient), ops.arg(rho), ops.arg(epsilon), ops.arg(wd), ops.arg(_grad_scale), ops.arg(_round_seed), ))

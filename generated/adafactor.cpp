@@ -6,9 +6,12 @@
 #ifdef __CUDACC_RTC__   /* NVRTC (CuPy's RawModule) has no C library headers; math is built in */
 typedef long long int64_t;
 typedef unsigned long long uint64_t;
+typedef unsigned int uint32_t;
+typedef unsigned short uint16_t;
 #else
 #include <math.h>
 #include <stdint.h>
+#include <string.h>
 #endif
 #ifndef OPTFORGE_HD
 #define OPTFORGE_HD inline
@@ -26,12 +29,100 @@ template <typename C> OPTFORGE_HD C op_clip(C x, C b) {
     const C hi = b > C(0) ? b : C(OPTFORGE_INF);
     return x > hi ? hi : (x < -hi ? -hi : x);
 }
+/* splitmix64's finaliser: the hash of the counter-based random numbers (noise, stochastic rounding) */
+OPTFORGE_HD uint64_t op_mix(uint64_t z) {
+    z += 0x9E3779B97F4A7C15ull;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+/* bfloat16 storage: float v's bits rounded to bfloat16's 16, to nearest even (seed 0) or, with a seed,
+   stochastically: 16 random bits of (seed, element i) are added below the kept bits and the sum is
+   truncated, so v rounds away from zero with probability equal to its distance from the value below
+   (in units of the gap). NaN stays a quiet NaN; beyond the largest finite value rounds to inf as
+   overflow does. optforge.ops.round_bfloat16 computes the same bits on the host. */
+OPTFORGE_HD uint16_t op_bf16_bits(float v, double seed, int64_t i) {
+    uint32_t u;
+#ifdef __CUDA_ARCH__
+    u = __float_as_uint(v);
+#else
+    memcpy(&u, &v, sizeof u);
+#endif
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x0040u);
+    u += seed != 0.0 ? (uint32_t)(op_mix((uint64_t)seed ^ op_mix((uint64_t)i)) & 0xffffu)
+                     : 0x7fffu + ((u >> 16) & 1u);
+    return (uint16_t)(u >> 16);
+}
+/* how a stage stores the weight: converted to its storage type; the bfloat16 variants specialise it
+   to round with the parameter's seed (lower.ROUND_SEED) */
+template <typename T, typename C> OPTFORGE_HD T op_store(C v, double seed, int64_t i) {
+    (void)seed;
+    (void)i;
+    return (T)(v);
+}
 #endif
 
 /* below this many elements a stage runs on one thread: forking costs more than it saves */
 #define OPTFORGE_PARALLEL_MIN 65536
 
-template <typename C> inline void store_low(float* p, int64_t i, C v) { p[i] = (float)v; }
+/* (the CPU kernels have no master-copy variant: the low-precision copy pointer is always null) */
+template <typename L, typename C> inline void store_low(float* p, int64_t i, C v) { reinterpret_cast<L*>(p)[i] = (L)(v); }
+#ifdef OPTFORGE_LOW_PRECISION
+/* The float16 and bfloat16 variants (built only when optforge.native meets such a weight: -D
+   OPTFORGE_LOW_PRECISION): weight, states and gradient stored in 16 bits, arithmetic in float. A value
+   is widened on load and rounded to nearest even on store; a bfloat16 weight with a seed is rounded
+   stochastically (op_store). */
+#if defined(__FLT16_MAX__) && !defined(OPTFORGE_SOFT_FLOAT16)
+typedef _Float16 optforge_f16;
+#else
+/* no _Float16 in this compiler: IEEE binary16 by bit manipulation */
+static inline float optforge_f16_float(uint16_t h) {
+    const uint32_t sign = (uint32_t)(h & 0x8000u) << 16, e = (h >> 10) & 0x1fu, man = h & 0x3ffu;
+    uint32_t u = sign;
+    if (e == 0x1fu) u |= 0x7f800000u | (man << 13);
+    else if (e) u |= ((e + 112u) << 23) | (man << 13);
+    else if (man) { const float f = (float)man * 5.9604644775390625e-8f; return sign ? -f : f; }
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+static inline uint16_t optforge_f16_bits(float v) {
+    uint32_t u;
+    memcpy(&u, &v, sizeof u);
+    const uint32_t sign = (u >> 16) & 0x8000u, a = u & 0x7fffffffu;
+    if (a > 0x7f800000u) return (uint16_t)(sign | 0x7e00u | ((a >> 13) & 0x3ffu));
+    if (a >= 0x477ff000u) return (uint16_t)(sign | 0x7c00u);   /* 65520 and above round to inf */
+    if (a < 0x38800000u) {   /* below 2^-14: a multiple of 2^-24, rounded to nearest even */
+        float f;
+        memcpy(&f, &a, sizeof f);
+        return (uint16_t)(sign | (uint32_t)nearbyintf(f * 16777216.0f));
+    }
+    return (uint16_t)(sign | (((a + 0xfffu + ((a >> 13) & 1u)) >> 13) - (112u << 10)));
+}
+struct optforge_f16 {
+    uint16_t bits;
+    optforge_f16() = default;
+    optforge_f16(float v) : bits(optforge_f16_bits(v)) {}
+    operator float() const { return optforge_f16_float(bits); }
+};
+#endif
+struct optforge_bf16 {
+    uint16_t bits;
+    optforge_bf16() = default;
+    optforge_bf16(float v) : bits(op_bf16_bits(v, 0.0, 0)) {}
+    operator float() const {
+        const uint32_t u = (uint32_t)bits << 16;
+        float f;
+        memcpy(&f, &u, sizeof f);
+        return f;
+    }
+};
+template <> inline optforge_bf16 op_store<optforge_bf16, float>(float v, double seed, int64_t i) {
+    optforge_bf16 out;
+    out.bits = op_bf16_bits(v, seed, i);
+    return out;
+}
+#endif
 /* tiles of the tiled stages (blocks x rows x cols): at most this many cols, and elements. Whole rows
    where they fit, so that a tile streams through contiguous memory (a prefetcher stops at each 4 KiB
    page it did not walk into) */
@@ -53,11 +144,11 @@ OPTFORGE_HD void optforge_adafactor_s0_elem(int64_t i, int64_t gi, const T* __re
 /* stage s1: element i of the weight and states, element gi of the gradient and scratch
    (the same element for a dense update; for a row-sparse one, gi walks the gradient's rows) */
 template <typename T, typename G, typename C>
-OPTFORGE_HD void optforge_adafactor_s1_elem(int64_t i, int64_t gi, T* __restrict__ p_weight, float* __restrict__ p_weight_lp, const C k0) {
+OPTFORGE_HD void optforge_adafactor_s1_elem(int64_t i, int64_t gi, T* __restrict__ p_weight, float* __restrict__ p_weight_lp, const C k0, const double k__round_seed) {
     C weight = C(p_weight[i]);
     weight = weight * k0;  // adafactor.opt:45
-    p_weight[i] = (T)(weight);
-    if (p_weight_lp) store_low(p_weight_lp, i, weight);
+    p_weight[i] = op_store<T>(weight, k__round_seed, i);
+    if (p_weight_lp) store_low<G>(p_weight_lp, i, weight);
 }
 /* stage s2: element i of the blocks x rows x cols it runs over; _iR, _iC, _iB are the same
    element's row (block * rows + row), col (block * cols + col) and block, where per-row, per-col
@@ -104,15 +195,15 @@ OPTFORGE_HD void optforge_adafactor_s5_elem(int64_t i, int64_t gi, int64_t _iR, 
    element's row (block * rows + row), col (block * cols + col) and block, where per-row, per-col
    and per-block tensors keep it */
 template <typename T, typename G, typename C, int H0, int H1>
-OPTFORGE_HD void optforge_adafactor_s6_elem(int64_t i, int64_t gi, int64_t _iR, int64_t _iC, int64_t _iB, T* __restrict__ p_weight, const G* __restrict__ p_grad, const T* __restrict__ p_row_var, const T* __restrict__ p_col_var, const C* __restrict__ p__r2, float* __restrict__ p_weight_lp, const C k__r3, const C k1, const C k_rescale_grad, const C k3, const C k4, const C k_e1, const C k6, const C k__grad_scale) {
+OPTFORGE_HD void optforge_adafactor_s6_elem(int64_t i, int64_t gi, int64_t _iR, int64_t _iC, int64_t _iB, T* __restrict__ p_weight, const G* __restrict__ p_grad, const T* __restrict__ p_row_var, const T* __restrict__ p_col_var, const C* __restrict__ p__r2, float* __restrict__ p_weight_lp, const C k__r3, const C k1, const C k_rescale_grad, const C k3, const C k4, const C k_e1, const C k6, const C k__grad_scale, const double k__round_seed) {
     C weight = C(p_weight[i]);
     C grad = C(p_grad[i]) * k__grad_scale;
     C row_var = (H0 == 1 || (H0 == 2 && p_row_var)) ? C(p_row_var[_iR]) : C(0);
     C col_var = (H1 == 1 || (H1 == 2 && p_col_var)) ? C(p_col_var[_iC]) : C(0);
     C _r2 = C(p__r2[_iB]);
     weight = weight - k__r3 * (k1 * op_clip(k_rescale_grad * grad, k3) / sqrt(op_max(row_var * col_var / op_max(_r2 / k4, k_e1), k6)));  // adafactor.opt:52
-    p_weight[i] = (T)(weight);
-    if (p_weight_lp) store_low(p_weight_lp, i, weight);
+    p_weight[i] = op_store<T>(weight, k__round_seed, i);
+    if (p_weight_lp) store_low<G>(p_weight_lp, i, weight);
 }
 /* stage s7: element i of the weight and states, element gi of the gradient and scratch
    (the same element for a dense update; for a row-sparse one, gi walks the gradient's rows) */
@@ -127,13 +218,13 @@ OPTFORGE_HD void optforge_adafactor_s7_elem(int64_t i, int64_t gi, T* __restrict
 /* stage s8: element i of the weight and states, element gi of the gradient and scratch
    (the same element for a dense update; for a row-sparse one, gi walks the gradient's rows) */
 template <typename T, typename G, typename C, int H0>
-OPTFORGE_HD void optforge_adafactor_s8_elem(int64_t i, int64_t gi, T* __restrict__ p_weight, const G* __restrict__ p_grad, const T* __restrict__ p_variance, float* __restrict__ p_weight_lp, const C k__r4, const C k1, const C k_rescale_grad, const C k3, const C k4, const C k__grad_scale) {
+OPTFORGE_HD void optforge_adafactor_s8_elem(int64_t i, int64_t gi, T* __restrict__ p_weight, const G* __restrict__ p_grad, const T* __restrict__ p_variance, float* __restrict__ p_weight_lp, const C k__r4, const C k1, const C k_rescale_grad, const C k3, const C k4, const C k__grad_scale, const double k__round_seed) {
     C weight = C(p_weight[i]);
     C grad = C(p_grad[gi]) * k__grad_scale;
     C variance = (H0 == 1 || (H0 == 2 && p_variance)) ? C(p_variance[i]) : C(0);
     weight = weight - k__r4 * (k1 * op_clip(k_rescale_grad * grad, k3) / sqrt(op_max(variance, k4)));  // adafactor.opt:56
-    p_weight[i] = (T)(weight);
-    if (p_weight_lp) store_low(p_weight_lp, i, weight);
+    p_weight[i] = op_store<T>(weight, k__round_seed, i);
+    if (p_weight_lp) store_low<G>(p_weight_lp, i, weight);
 }
 
 /* stage s2 over nb blocks x nr rows x nc cols, in tiles of whole rows' pieces: at most
@@ -300,7 +391,7 @@ static void optforge_adafactor_s5_tiles(int64_t nb, int64_t nr, int64_t nc, cons
    thread count), the tiles in parallel. Reductions along an axis accumulate per tile (a row's
    piece, a col's piece) in double and the pieces are combined in tile order: deterministic. */
 template <typename T, typename C, int H0, int H1>
-static void optforge_adafactor_s6_tiles(int64_t nb, int64_t nr, int64_t nc, T* __restrict__ p_weight, const T* __restrict__ p_grad, const T* __restrict__ p_row_var, const T* __restrict__ p_col_var, const C* __restrict__ p__r2, double k__r3, double k1, double k_rescale_grad, double k3, double k4, double k_e1, double k6, double k__grad_scale) {
+static void optforge_adafactor_s6_tiles(int64_t nb, int64_t nr, int64_t nc, T* __restrict__ p_weight, const T* __restrict__ p_grad, const T* __restrict__ p_row_var, const T* __restrict__ p_col_var, const C* __restrict__ p__r2, double k__r3, double k1, double k_rescale_grad, double k3, double k4, double k_e1, double k6, double k__grad_scale, double k__round_seed) {
     const int64_t n = nb * nr * nc;
     if (n == 0) return;
     const int64_t tc = nc < OPTFORGE_TILE_COLS ? nc : OPTFORGE_TILE_COLS, ncc = (nc + tc - 1) / tc;
@@ -315,7 +406,7 @@ static void optforge_adafactor_s6_tiles(int64_t nb, int64_t nr, int64_t nc, T* _
             const int64_t row = b * nr + r;
             #pragma omp simd
             for (int64_t c = c0; c < c1; ++c) {
-                optforge_adafactor_s6_elem<T, T, C, H0, H1>(row * nc + c, row * nc + c, row, b * nc + c, b, p_weight, p_grad, p_row_var, p_col_var, p__r2, nullptr, (C)k__r3, (C)k1, (C)k_rescale_grad, (C)k3, (C)k4, (C)k_e1, (C)k6, (C)k__grad_scale);
+                optforge_adafactor_s6_elem<T, T, C, H0, H1>(row * nc + c, row * nc + c, row, b * nc + c, b, p_weight, p_grad, p_row_var, p_col_var, p__r2, nullptr, (C)k__r3, (C)k1, (C)k_rescale_grad, (C)k3, (C)k4, (C)k_e1, (C)k6, (C)k__grad_scale, k__round_seed);
             }
         }
     }
@@ -431,56 +522,172 @@ void optforge_adafactor_s0_mt_f64(int64_t count, const int64_t* __restrict__ siz
         optforge_adafactor_s0_f64(sizes[t], (const double*)ptrs[0 * count + t], out + t * 1);
     }
 }
-void optforge_adafactor_s1_f32(int64_t n, float* __restrict__ p_weight, double k0) {
+#ifdef OPTFORGE_LOW_PRECISION
+/* also accumulates 1 whole-tensor reduction(s) into out[]. Each thread takes a fixed share
+   of the elements, block by block: the stage loop stores the elements' reduction terms in small
+   buffers (so it vectorizes as a stage without reductions does), then a tight loop sums a buffer in
+   double. Shares are added in order: the result does not depend on timing. */
+void optforge_adafactor_s0_f16(int64_t n, const optforge_f16* __restrict__ p_weight, double* __restrict__ out) {
+    int nt = 1;
+#ifdef _OPENMP
+    if (n >= OPTFORGE_PARALLEL_MIN) nt = omp_get_max_threads();
+#endif
+    std::vector<double> parts((size_t)nt * 1, 0.0);
+    #pragma omp parallel num_threads(nt) if (nt > 1)
+    {
+        int tid = 0, step = 1;
+#ifdef _OPENMP
+        tid = omp_get_thread_num();
+        step = omp_get_num_threads();
+#endif
+        for (int c = tid; c < nt; c += step) {
+            const int64_t lo = n * c / nt, hi = n * (c + 1) / nt;
+            double acc[1] = {0};
+            for (int64_t b = lo; b < hi; b += OPTFORGE_REDUCE_BLOCK) {
+                const int64_t e = hi - b < OPTFORGE_REDUCE_BLOCK ? hi : b + OPTFORGE_REDUCE_BLOCK;
+                {   /* from memory, just written or read (cache-hot) */
+                    double s = 0;
+                    #pragma omp simd reduction(+: s)
+                    for (int64_t j = 0; j < e - b; ++j) {
+                        const double v = p_weight[b + j];
+                        s += v * v;
+                    }
+                    acc[0] += s;
+                }
+            }
+            for (int k = 0; k < 1; ++k) parts[(size_t)c * 1 + k] = acc[k];
+        }
+    }
+    for (int k = 0; k < 1; ++k) {
+        double s = 0;
+        for (int c = 0; c < nt; ++c) s += parts[(size_t)c * 1 + k];
+        out[k] = s;
+    }
+}
+#endif
+#ifdef OPTFORGE_LOW_PRECISION
+/* also accumulates 1 whole-tensor reduction(s) into out[]. Each thread takes a fixed share
+   of the elements, block by block: the stage loop stores the elements' reduction terms in small
+   buffers (so it vectorizes as a stage without reductions does), then a tight loop sums a buffer in
+   double. Shares are added in order: the result does not depend on timing. */
+void optforge_adafactor_s0_bf16(int64_t n, const optforge_bf16* __restrict__ p_weight, double* __restrict__ out) {
+    int nt = 1;
+#ifdef _OPENMP
+    if (n >= OPTFORGE_PARALLEL_MIN) nt = omp_get_max_threads();
+#endif
+    std::vector<double> parts((size_t)nt * 1, 0.0);
+    #pragma omp parallel num_threads(nt) if (nt > 1)
+    {
+        int tid = 0, step = 1;
+#ifdef _OPENMP
+        tid = omp_get_thread_num();
+        step = omp_get_num_threads();
+#endif
+        for (int c = tid; c < nt; c += step) {
+            const int64_t lo = n * c / nt, hi = n * (c + 1) / nt;
+            double acc[1] = {0};
+            for (int64_t b = lo; b < hi; b += OPTFORGE_REDUCE_BLOCK) {
+                const int64_t e = hi - b < OPTFORGE_REDUCE_BLOCK ? hi : b + OPTFORGE_REDUCE_BLOCK;
+                {   /* from memory, just written or read (cache-hot) */
+                    double s = 0;
+                    #pragma omp simd reduction(+: s)
+                    for (int64_t j = 0; j < e - b; ++j) {
+                        const double v = p_weight[b + j];
+                        s += v * v;
+                    }
+                    acc[0] += s;
+                }
+            }
+            for (int k = 0; k < 1; ++k) parts[(size_t)c * 1 + k] = acc[k];
+        }
+    }
+    for (int k = 0; k < 1; ++k) {
+        double s = 0;
+        for (int c = 0; c < nt; ++c) s += parts[(size_t)c * 1 + k];
+        out[k] = s;
+    }
+}
+#endif
+void optforge_adafactor_s1_f32(int64_t n, float* __restrict__ p_weight, double k0, double k__round_seed) {
     {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
         for (int64_t i = 0; i < n; ++i)
-            optforge_adafactor_s1_elem<float, float, float>(i, i, p_weight, nullptr, (float)k0);
+            optforge_adafactor_s1_elem<float, float, float>(i, i, p_weight, nullptr, (float)k0, k__round_seed);
     }
 }
 /* multi-tensor: one call for the small tensors of a list update (each below OPTFORGE_PARALLEL_MIN), in
    parallel over the tensors when there are OPTFORGE_PARALLEL_MIN elements in all (below that a fork
    and join costs more than the work, and on a busy machine it waits for a descheduled thread):
-   ptrs[k * count + t] is pointer k of tensor t, scalars[t * 1 + j] its
+   ptrs[k * count + t] is pointer k of tensor t, scalars[t * 2 + j] its
    scalars */
 void optforge_adafactor_s1_mt_f32(int64_t count, const int64_t* __restrict__ sizes, const uint64_t* __restrict__ ptrs, const double* __restrict__ scalars) {
     int64_t total = 0;
     for (int64_t t = 0; t < count; ++t) total += sizes[t];
     #pragma omp parallel for schedule(dynamic, 4) if (count > 1 && total >= OPTFORGE_PARALLEL_MIN)
     for (int64_t t = 0; t < count; ++t) {
-        const double* s = scalars + t * 1;
+        const double* s = scalars + t * 2;
         const double k0 = s[0];
-        optforge_adafactor_s1_f32(sizes[t], (float*)ptrs[0 * count + t], k0);
+        const double k__round_seed = s[1];
+        optforge_adafactor_s1_f32(sizes[t], (float*)ptrs[0 * count + t], k0, k__round_seed);
     }
 }
-void optforge_adafactor_s1_f64(int64_t n, double* __restrict__ p_weight, double k0) {
+void optforge_adafactor_s1_f64(int64_t n, double* __restrict__ p_weight, double k0, double k__round_seed) {
     {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
         for (int64_t i = 0; i < n; ++i)
-            optforge_adafactor_s1_elem<double, double, double>(i, i, p_weight, nullptr, (double)k0);
+            optforge_adafactor_s1_elem<double, double, double>(i, i, p_weight, nullptr, (double)k0, k__round_seed);
     }
 }
 /* multi-tensor: one call for the small tensors of a list update (each below OPTFORGE_PARALLEL_MIN), in
    parallel over the tensors when there are OPTFORGE_PARALLEL_MIN elements in all (below that a fork
    and join costs more than the work, and on a busy machine it waits for a descheduled thread):
-   ptrs[k * count + t] is pointer k of tensor t, scalars[t * 1 + j] its
+   ptrs[k * count + t] is pointer k of tensor t, scalars[t * 2 + j] its
    scalars */
 void optforge_adafactor_s1_mt_f64(int64_t count, const int64_t* __restrict__ sizes, const uint64_t* __restrict__ ptrs, const double* __restrict__ scalars) {
     int64_t total = 0;
     for (int64_t t = 0; t < count; ++t) total += sizes[t];
     #pragma omp parallel for schedule(dynamic, 4) if (count > 1 && total >= OPTFORGE_PARALLEL_MIN)
     for (int64_t t = 0; t < count; ++t) {
-        const double* s = scalars + t * 1;
+        const double* s = scalars + t * 2;
         const double k0 = s[0];
-        optforge_adafactor_s1_f64(sizes[t], (double*)ptrs[0 * count + t], k0);
+        const double k__round_seed = s[1];
+        optforge_adafactor_s1_f64(sizes[t], (double*)ptrs[0 * count + t], k0, k__round_seed);
     }
 }
+#ifdef OPTFORGE_LOW_PRECISION
+void optforge_adafactor_s1_f16(int64_t n, optforge_f16* __restrict__ p_weight, double k0, double k__round_seed) {
+    {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_adafactor_s1_elem<optforge_f16, optforge_f16, float>(i, i, p_weight, nullptr, (float)k0, k__round_seed);
+    }
+}
+#endif
+#ifdef OPTFORGE_LOW_PRECISION
+void optforge_adafactor_s1_bf16(int64_t n, optforge_bf16* __restrict__ p_weight, double k0, double k__round_seed) {
+    {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_adafactor_s1_elem<optforge_bf16, optforge_bf16, float>(i, i, p_weight, nullptr, (float)k0, k__round_seed);
+    }
+}
+#endif
 void optforge_adafactor_s2_f32(int64_t nb, int64_t nr, int64_t nc, const float* __restrict__ p_grad, float* __restrict__ p__r0, float* __restrict__ p__r1, double k0, double k_rescale_grad, double k2, double k__grad_scale) {
      optforge_adafactor_s2_tiles<float, float>(nb, nr, nc, p_grad, p__r0, p__r1, k0, k_rescale_grad, k2, k__grad_scale);
 }
 void optforge_adafactor_s2_f64(int64_t nb, int64_t nr, int64_t nc, const double* __restrict__ p_grad, double* __restrict__ p__r0, double* __restrict__ p__r1, double k0, double k_rescale_grad, double k2, double k__grad_scale) {
      optforge_adafactor_s2_tiles<double, double>(nb, nr, nc, p_grad, p__r0, p__r1, k0, k_rescale_grad, k2, k__grad_scale);
 }
+#ifdef OPTFORGE_LOW_PRECISION
+void optforge_adafactor_s2_f16(int64_t nb, int64_t nr, int64_t nc, const optforge_f16* __restrict__ p_grad, float* __restrict__ p__r0, float* __restrict__ p__r1, double k0, double k_rescale_grad, double k2, double k__grad_scale) {
+     optforge_adafactor_s2_tiles<optforge_f16, float>(nb, nr, nc, p_grad, p__r0, p__r1, k0, k_rescale_grad, k2, k__grad_scale);
+}
+#endif
+#ifdef OPTFORGE_LOW_PRECISION
+void optforge_adafactor_s2_bf16(int64_t nb, int64_t nr, int64_t nc, const optforge_bf16* __restrict__ p_grad, float* __restrict__ p__r0, float* __restrict__ p__r1, double k0, double k_rescale_grad, double k2, double k__grad_scale) {
+     optforge_adafactor_s2_tiles<optforge_bf16, float>(nb, nr, nc, p_grad, p__r0, p__r1, k0, k_rescale_grad, k2, k__grad_scale);
+}
+#endif
 void optforge_adafactor_s3_f32(int64_t nb, int64_t nr, int64_t nc, float* __restrict__ p_row_var, const float* __restrict__ p__r0, float* __restrict__ p__r2, double k_beta2_t, double k1) {
     if (p_row_var) optforge_adafactor_s3_tiles<float, float, 1>(nb, nr, nc, p_row_var, p__r0, p__r2, k_beta2_t, k1);
     else if (!p_row_var) optforge_adafactor_s3_tiles<float, float, 0>(nb, nr, nc, p_row_var, p__r0, p__r2, k_beta2_t, k1);
@@ -489,6 +696,18 @@ void optforge_adafactor_s3_f64(int64_t nb, int64_t nr, int64_t nc, double* __res
     if (p_row_var) optforge_adafactor_s3_tiles<double, double, 1>(nb, nr, nc, p_row_var, p__r0, p__r2, k_beta2_t, k1);
     else if (!p_row_var) optforge_adafactor_s3_tiles<double, double, 0>(nb, nr, nc, p_row_var, p__r0, p__r2, k_beta2_t, k1);
 }
+#ifdef OPTFORGE_LOW_PRECISION
+void optforge_adafactor_s3_f16(int64_t nb, int64_t nr, int64_t nc, optforge_f16* __restrict__ p_row_var, const float* __restrict__ p__r0, float* __restrict__ p__r2, double k_beta2_t, double k1) {
+    if (p_row_var) optforge_adafactor_s3_tiles<optforge_f16, float, 1>(nb, nr, nc, p_row_var, p__r0, p__r2, k_beta2_t, k1);
+    else if (!p_row_var) optforge_adafactor_s3_tiles<optforge_f16, float, 0>(nb, nr, nc, p_row_var, p__r0, p__r2, k_beta2_t, k1);
+}
+#endif
+#ifdef OPTFORGE_LOW_PRECISION
+void optforge_adafactor_s3_bf16(int64_t nb, int64_t nr, int64_t nc, optforge_bf16* __restrict__ p_row_var, const float* __restrict__ p__r0, float* __restrict__ p__r2, double k_beta2_t, double k1) {
+    if (p_row_var) optforge_adafactor_s3_tiles<optforge_bf16, float, 1>(nb, nr, nc, p_row_var, p__r0, p__r2, k_beta2_t, k1);
+    else if (!p_row_var) optforge_adafactor_s3_tiles<optforge_bf16, float, 0>(nb, nr, nc, p_row_var, p__r0, p__r2, k_beta2_t, k1);
+}
+#endif
 void optforge_adafactor_s4_f32(int64_t nb, int64_t nr, int64_t nc, float* __restrict__ p_col_var, const float* __restrict__ p__r1, double k_beta2_t, double k1) {
     if (p_col_var) optforge_adafactor_s4_tiles<float, float, 1>(nb, nr, nc, p_col_var, p__r1, k_beta2_t, k1);
     else if (!p_col_var) optforge_adafactor_s4_tiles<float, float, 0>(nb, nr, nc, p_col_var, p__r1, k_beta2_t, k1);
@@ -497,6 +716,18 @@ void optforge_adafactor_s4_f64(int64_t nb, int64_t nr, int64_t nc, double* __res
     if (p_col_var) optforge_adafactor_s4_tiles<double, double, 1>(nb, nr, nc, p_col_var, p__r1, k_beta2_t, k1);
     else if (!p_col_var) optforge_adafactor_s4_tiles<double, double, 0>(nb, nr, nc, p_col_var, p__r1, k_beta2_t, k1);
 }
+#ifdef OPTFORGE_LOW_PRECISION
+void optforge_adafactor_s4_f16(int64_t nb, int64_t nr, int64_t nc, optforge_f16* __restrict__ p_col_var, const float* __restrict__ p__r1, double k_beta2_t, double k1) {
+    if (p_col_var) optforge_adafactor_s4_tiles<optforge_f16, float, 1>(nb, nr, nc, p_col_var, p__r1, k_beta2_t, k1);
+    else if (!p_col_var) optforge_adafactor_s4_tiles<optforge_f16, float, 0>(nb, nr, nc, p_col_var, p__r1, k_beta2_t, k1);
+}
+#endif
+#ifdef OPTFORGE_LOW_PRECISION
+void optforge_adafactor_s4_bf16(int64_t nb, int64_t nr, int64_t nc, optforge_bf16* __restrict__ p_col_var, const float* __restrict__ p__r1, double k_beta2_t, double k1) {
+    if (p_col_var) optforge_adafactor_s4_tiles<optforge_bf16, float, 1>(nb, nr, nc, p_col_var, p__r1, k_beta2_t, k1);
+    else if (!p_col_var) optforge_adafactor_s4_tiles<optforge_bf16, float, 0>(nb, nr, nc, p_col_var, p__r1, k_beta2_t, k1);
+}
+#endif
 void optforge_adafactor_s5_f32(int64_t nb, int64_t nr, int64_t nc, const float* __restrict__ p_grad, const float* __restrict__ p_row_var, const float* __restrict__ p_col_var, const float* __restrict__ p__r2, double k0, double k_rescale_grad, double k2, double k3, double k_e1, double k5, double k__grad_scale, double* __restrict__ out) {
     if (p_row_var && p_col_var) optforge_adafactor_s5_tiles<float, float, 1, 1>(nb, nr, nc, p_grad, p_row_var, p_col_var, p__r2, k0, k_rescale_grad, k2, k3, k_e1, k5, k__grad_scale, out);
     else if (p_row_var && !p_col_var) optforge_adafactor_s5_tiles<float, float, 1, 0>(nb, nr, nc, p_grad, p_row_var, p_col_var, p__r2, k0, k_rescale_grad, k2, k3, k_e1, k5, k__grad_scale, out);
@@ -509,18 +740,50 @@ void optforge_adafactor_s5_f64(int64_t nb, int64_t nr, int64_t nc, const double*
     else if (!p_row_var && p_col_var) optforge_adafactor_s5_tiles<double, double, 0, 1>(nb, nr, nc, p_grad, p_row_var, p_col_var, p__r2, k0, k_rescale_grad, k2, k3, k_e1, k5, k__grad_scale, out);
     else if (!p_row_var && !p_col_var) optforge_adafactor_s5_tiles<double, double, 0, 0>(nb, nr, nc, p_grad, p_row_var, p_col_var, p__r2, k0, k_rescale_grad, k2, k3, k_e1, k5, k__grad_scale, out);
 }
-void optforge_adafactor_s6_f32(int64_t nb, int64_t nr, int64_t nc, float* __restrict__ p_weight, const float* __restrict__ p_grad, const float* __restrict__ p_row_var, const float* __restrict__ p_col_var, const float* __restrict__ p__r2, double k__r3, double k1, double k_rescale_grad, double k3, double k4, double k_e1, double k6, double k__grad_scale) {
-    if (p_row_var && p_col_var) optforge_adafactor_s6_tiles<float, float, 1, 1>(nb, nr, nc, p_weight, p_grad, p_row_var, p_col_var, p__r2, k__r3, k1, k_rescale_grad, k3, k4, k_e1, k6, k__grad_scale);
-    else if (p_row_var && !p_col_var) optforge_adafactor_s6_tiles<float, float, 1, 0>(nb, nr, nc, p_weight, p_grad, p_row_var, p_col_var, p__r2, k__r3, k1, k_rescale_grad, k3, k4, k_e1, k6, k__grad_scale);
-    else if (!p_row_var && p_col_var) optforge_adafactor_s6_tiles<float, float, 0, 1>(nb, nr, nc, p_weight, p_grad, p_row_var, p_col_var, p__r2, k__r3, k1, k_rescale_grad, k3, k4, k_e1, k6, k__grad_scale);
-    else if (!p_row_var && !p_col_var) optforge_adafactor_s6_tiles<float, float, 0, 0>(nb, nr, nc, p_weight, p_grad, p_row_var, p_col_var, p__r2, k__r3, k1, k_rescale_grad, k3, k4, k_e1, k6, k__grad_scale);
+#ifdef OPTFORGE_LOW_PRECISION
+void optforge_adafactor_s5_f16(int64_t nb, int64_t nr, int64_t nc, const optforge_f16* __restrict__ p_grad, const optforge_f16* __restrict__ p_row_var, const optforge_f16* __restrict__ p_col_var, const float* __restrict__ p__r2, double k0, double k_rescale_grad, double k2, double k3, double k_e1, double k5, double k__grad_scale, double* __restrict__ out) {
+    if (p_row_var && p_col_var) optforge_adafactor_s5_tiles<optforge_f16, float, 1, 1>(nb, nr, nc, p_grad, p_row_var, p_col_var, p__r2, k0, k_rescale_grad, k2, k3, k_e1, k5, k__grad_scale, out);
+    else if (p_row_var && !p_col_var) optforge_adafactor_s5_tiles<optforge_f16, float, 1, 0>(nb, nr, nc, p_grad, p_row_var, p_col_var, p__r2, k0, k_rescale_grad, k2, k3, k_e1, k5, k__grad_scale, out);
+    else if (!p_row_var && p_col_var) optforge_adafactor_s5_tiles<optforge_f16, float, 0, 1>(nb, nr, nc, p_grad, p_row_var, p_col_var, p__r2, k0, k_rescale_grad, k2, k3, k_e1, k5, k__grad_scale, out);
+    else if (!p_row_var && !p_col_var) optforge_adafactor_s5_tiles<optforge_f16, float, 0, 0>(nb, nr, nc, p_grad, p_row_var, p_col_var, p__r2, k0, k_rescale_grad, k2, k3, k_e1, k5, k__grad_scale, out);
 }
-void optforge_adafactor_s6_f64(int64_t nb, int64_t nr, int64_t nc, double* __restrict__ p_weight, const double* __restrict__ p_grad, const double* __restrict__ p_row_var, const double* __restrict__ p_col_var, const double* __restrict__ p__r2, double k__r3, double k1, double k_rescale_grad, double k3, double k4, double k_e1, double k6, double k__grad_scale) {
-    if (p_row_var && p_col_var) optforge_adafactor_s6_tiles<double, double, 1, 1>(nb, nr, nc, p_weight, p_grad, p_row_var, p_col_var, p__r2, k__r3, k1, k_rescale_grad, k3, k4, k_e1, k6, k__grad_scale);
-    else if (p_row_var && !p_col_var) optforge_adafactor_s6_tiles<double, double, 1, 0>(nb, nr, nc, p_weight, p_grad, p_row_var, p_col_var, p__r2, k__r3, k1, k_rescale_grad, k3, k4, k_e1, k6, k__grad_scale);
-    else if (!p_row_var && p_col_var) optforge_adafactor_s6_tiles<double, double, 0, 1>(nb, nr, nc, p_weight, p_grad, p_row_var, p_col_var, p__r2, k__r3, k1, k_rescale_grad, k3, k4, k_e1, k6, k__grad_scale);
-    else if (!p_row_var && !p_col_var) optforge_adafactor_s6_tiles<double, double, 0, 0>(nb, nr, nc, p_weight, p_grad, p_row_var, p_col_var, p__r2, k__r3, k1, k_rescale_grad, k3, k4, k_e1, k6, k__grad_scale);
+#endif
+#ifdef OPTFORGE_LOW_PRECISION
+void optforge_adafactor_s5_bf16(int64_t nb, int64_t nr, int64_t nc, const optforge_bf16* __restrict__ p_grad, const optforge_bf16* __restrict__ p_row_var, const optforge_bf16* __restrict__ p_col_var, const float* __restrict__ p__r2, double k0, double k_rescale_grad, double k2, double k3, double k_e1, double k5, double k__grad_scale, double* __restrict__ out) {
+    if (p_row_var && p_col_var) optforge_adafactor_s5_tiles<optforge_bf16, float, 1, 1>(nb, nr, nc, p_grad, p_row_var, p_col_var, p__r2, k0, k_rescale_grad, k2, k3, k_e1, k5, k__grad_scale, out);
+    else if (p_row_var && !p_col_var) optforge_adafactor_s5_tiles<optforge_bf16, float, 1, 0>(nb, nr, nc, p_grad, p_row_var, p_col_var, p__r2, k0, k_rescale_grad, k2, k3, k_e1, k5, k__grad_scale, out);
+    else if (!p_row_var && p_col_var) optforge_adafactor_s5_tiles<optforge_bf16, float, 0, 1>(nb, nr, nc, p_grad, p_row_var, p_col_var, p__r2, k0, k_rescale_grad, k2, k3, k_e1, k5, k__grad_scale, out);
+    else if (!p_row_var && !p_col_var) optforge_adafactor_s5_tiles<optforge_bf16, float, 0, 0>(nb, nr, nc, p_grad, p_row_var, p_col_var, p__r2, k0, k_rescale_grad, k2, k3, k_e1, k5, k__grad_scale, out);
 }
+#endif
+void optforge_adafactor_s6_f32(int64_t nb, int64_t nr, int64_t nc, float* __restrict__ p_weight, const float* __restrict__ p_grad, const float* __restrict__ p_row_var, const float* __restrict__ p_col_var, const float* __restrict__ p__r2, double k__r3, double k1, double k_rescale_grad, double k3, double k4, double k_e1, double k6, double k__grad_scale, double k__round_seed) {
+    if (p_row_var && p_col_var) optforge_adafactor_s6_tiles<float, float, 1, 1>(nb, nr, nc, p_weight, p_grad, p_row_var, p_col_var, p__r2, k__r3, k1, k_rescale_grad, k3, k4, k_e1, k6, k__grad_scale, k__round_seed);
+    else if (p_row_var && !p_col_var) optforge_adafactor_s6_tiles<float, float, 1, 0>(nb, nr, nc, p_weight, p_grad, p_row_var, p_col_var, p__r2, k__r3, k1, k_rescale_grad, k3, k4, k_e1, k6, k__grad_scale, k__round_seed);
+    else if (!p_row_var && p_col_var) optforge_adafactor_s6_tiles<float, float, 0, 1>(nb, nr, nc, p_weight, p_grad, p_row_var, p_col_var, p__r2, k__r3, k1, k_rescale_grad, k3, k4, k_e1, k6, k__grad_scale, k__round_seed);
+    else if (!p_row_var && !p_col_var) optforge_adafactor_s6_tiles<float, float, 0, 0>(nb, nr, nc, p_weight, p_grad, p_row_var, p_col_var, p__r2, k__r3, k1, k_rescale_grad, k3, k4, k_e1, k6, k__grad_scale, k__round_seed);
+}
+void optforge_adafactor_s6_f64(int64_t nb, int64_t nr, int64_t nc, double* __restrict__ p_weight, const double* __restrict__ p_grad, const double* __restrict__ p_row_var, const double* __restrict__ p_col_var, const double* __restrict__ p__r2, double k__r3, double k1, double k_rescale_grad, double k3, double k4, double k_e1, double k6, double k__grad_scale, double k__round_seed) {
+    if (p_row_var && p_col_var) optforge_adafactor_s6_tiles<double, double, 1, 1>(nb, nr, nc, p_weight, p_grad, p_row_var, p_col_var, p__r2, k__r3, k1, k_rescale_grad, k3, k4, k_e1, k6, k__grad_scale, k__round_seed);
+    else if (p_row_var && !p_col_var) optforge_adafactor_s6_tiles<double, double, 1, 0>(nb, nr, nc, p_weight, p_grad, p_row_var, p_col_var, p__r2, k__r3, k1, k_rescale_grad, k3, k4, k_e1, k6, k__grad_scale, k__round_seed);
+    else if (!p_row_var && p_col_var) optforge_adafactor_s6_tiles<double, double, 0, 1>(nb, nr, nc, p_weight, p_grad, p_row_var, p_col_var, p__r2, k__r3, k1, k_rescale_grad, k3, k4, k_e1, k6, k__grad_scale, k__round_seed);
+    else if (!p_row_var && !p_col_var) optforge_adafactor_s6_tiles<double, double, 0, 0>(nb, nr, nc, p_weight, p_grad, p_row_var, p_col_var, p__r2, k__r3, k1, k_rescale_grad, k3, k4, k_e1, k6, k__grad_scale, k__round_seed);
+}
+#ifdef OPTFORGE_LOW_PRECISION
+void optforge_adafactor_s6_f16(int64_t nb, int64_t nr, int64_t nc, optforge_f16* __restrict__ p_weight, const optforge_f16* __restrict__ p_grad, const optforge_f16* __restrict__ p_row_var, const optforge_f16* __restrict__ p_col_var, const float* __restrict__ p__r2, double k__r3, double k1, double k_rescale_grad, double k3, double k4, double k_e1, double k6, double k__grad_scale, double k__round_seed) {
+    if (p_row_var && p_col_var) optforge_adafactor_s6_tiles<optforge_f16, float, 1, 1>(nb, nr, nc, p_weight, p_grad, p_row_var, p_col_var, p__r2, k__r3, k1, k_rescale_grad, k3, k4, k_e1, k6, k__grad_scale, k__round_seed);
+    else if (p_row_var && !p_col_var) optforge_adafactor_s6_tiles<optforge_f16, float, 1, 0>(nb, nr, nc, p_weight, p_grad, p_row_var, p_col_var, p__r2, k__r3, k1, k_rescale_grad, k3, k4, k_e1, k6, k__grad_scale, k__round_seed);
+    else if (!p_row_var && p_col_var) optforge_adafactor_s6_tiles<optforge_f16, float, 0, 1>(nb, nr, nc, p_weight, p_grad, p_row_var, p_col_var, p__r2, k__r3, k1, k_rescale_grad, k3, k4, k_e1, k6, k__grad_scale, k__round_seed);
+    else if (!p_row_var && !p_col_var) optforge_adafactor_s6_tiles<optforge_f16, float, 0, 0>(nb, nr, nc, p_weight, p_grad, p_row_var, p_col_var, p__r2, k__r3, k1, k_rescale_grad, k3, k4, k_e1, k6, k__grad_scale, k__round_seed);
+}
+#endif
+#ifdef OPTFORGE_LOW_PRECISION
+void optforge_adafactor_s6_bf16(int64_t nb, int64_t nr, int64_t nc, optforge_bf16* __restrict__ p_weight, const optforge_bf16* __restrict__ p_grad, const optforge_bf16* __restrict__ p_row_var, const optforge_bf16* __restrict__ p_col_var, const float* __restrict__ p__r2, double k__r3, double k1, double k_rescale_grad, double k3, double k4, double k_e1, double k6, double k__grad_scale, double k__round_seed) {
+    if (p_row_var && p_col_var) optforge_adafactor_s6_tiles<optforge_bf16, float, 1, 1>(nb, nr, nc, p_weight, p_grad, p_row_var, p_col_var, p__r2, k__r3, k1, k_rescale_grad, k3, k4, k_e1, k6, k__grad_scale, k__round_seed);
+    else if (p_row_var && !p_col_var) optforge_adafactor_s6_tiles<optforge_bf16, float, 1, 0>(nb, nr, nc, p_weight, p_grad, p_row_var, p_col_var, p__r2, k__r3, k1, k_rescale_grad, k3, k4, k_e1, k6, k__grad_scale, k__round_seed);
+    else if (!p_row_var && p_col_var) optforge_adafactor_s6_tiles<optforge_bf16, float, 0, 1>(nb, nr, nc, p_weight, p_grad, p_row_var, p_col_var, p__r2, k__r3, k1, k_rescale_grad, k3, k4, k_e1, k6, k__grad_scale, k__round_seed);
+    else if (!p_row_var && !p_col_var) optforge_adafactor_s6_tiles<optforge_bf16, float, 0, 0>(nb, nr, nc, p_weight, p_grad, p_row_var, p_col_var, p__r2, k__r3, k1, k_rescale_grad, k3, k4, k_e1, k6, k__grad_scale, k__round_seed);
+}
+#endif
 /* also accumulates 1 whole-tensor reduction(s) into out[]. Each thread takes a fixed share
    of the elements, block by block: the stage loop stores the elements' reduction terms in small
    buffers (so it vectorizes as a stage without reductions does), then a tight loop sums a buffer in
@@ -675,66 +938,212 @@ void optforge_adafactor_s7_mt_f64(int64_t count, const int64_t* __restrict__ siz
         optforge_adafactor_s7_f64(sizes[t], (double*)ptrs[0 * count + t], (const double*)ptrs[1 * count + t], k_beta2_t, k1, k_rescale_grad, k3, k4, k__grad_scale, out + t * 1);
     }
 }
-void optforge_adafactor_s8_f32(int64_t n, float* __restrict__ p_weight, const float* __restrict__ p_grad, const float* __restrict__ p_variance, double k__r4, double k1, double k_rescale_grad, double k3, double k4, double k__grad_scale) {
+#ifdef OPTFORGE_LOW_PRECISION
+/* also accumulates 1 whole-tensor reduction(s) into out[]. Each thread takes a fixed share
+   of the elements, block by block: the stage loop stores the elements' reduction terms in small
+   buffers (so it vectorizes as a stage without reductions does), then a tight loop sums a buffer in
+   double. Shares are added in order: the result does not depend on timing. */
+void optforge_adafactor_s7_f16(int64_t n, optforge_f16* __restrict__ p_variance, const optforge_f16* __restrict__ p_grad, double k_beta2_t, double k1, double k_rescale_grad, double k3, double k4, double k__grad_scale, double* __restrict__ out) {
+    int nt = 1;
+#ifdef _OPENMP
+    if (n >= OPTFORGE_PARALLEL_MIN) nt = omp_get_max_threads();
+#endif
+    std::vector<double> parts((size_t)nt * 1, 0.0);
+    #pragma omp parallel num_threads(nt) if (nt > 1)
+    {
+        int tid = 0, step = 1;
+#ifdef _OPENMP
+        tid = omp_get_thread_num();
+        step = omp_get_num_threads();
+#endif
+        alignas(64) float buf[1][OPTFORGE_REDUCE_BLOCK];
+        for (int c = tid; c < nt; c += step) {
+            const int64_t lo = n * c / nt, hi = n * (c + 1) / nt;
+            double acc[1] = {0};
+            for (int64_t b = lo; b < hi; b += OPTFORGE_REDUCE_BLOCK) {
+                const int64_t e = hi - b < OPTFORGE_REDUCE_BLOCK ? hi : b + OPTFORGE_REDUCE_BLOCK;
+                if (p_variance) {
+                    #pragma omp simd
+                    for (int64_t i = b; i < e; ++i) {
+                        float t0;
+                        optforge_adafactor_s7_elem<optforge_f16, optforge_f16, float, 1>(i, i, p_variance, p_grad, nullptr, t0, (float)k_beta2_t, (float)k1, (float)k_rescale_grad, (float)k3, (float)k4, (float)k__grad_scale);
+                        buf[0][i - b] = t0;
+                    }
+                } else if (!p_variance) {
+                    #pragma omp simd
+                    for (int64_t i = b; i < e; ++i) {
+                        float t0;
+                        optforge_adafactor_s7_elem<optforge_f16, optforge_f16, float, 0>(i, i, p_variance, p_grad, nullptr, t0, (float)k_beta2_t, (float)k1, (float)k_rescale_grad, (float)k3, (float)k4, (float)k__grad_scale);
+                        buf[0][i - b] = t0;
+                    }
+                }
+                {   /* from the block's buffer */
+                    double s = 0;
+                    #pragma omp simd reduction(+: s)
+                    for (int64_t j = 0; j < e - b; ++j) {
+                        const double v = buf[0][j];
+                        s += v * v;
+                    }
+                    acc[0] += s;
+                }
+            }
+            for (int k = 0; k < 1; ++k) parts[(size_t)c * 1 + k] = acc[k];
+        }
+    }
+    for (int k = 0; k < 1; ++k) {
+        double s = 0;
+        for (int c = 0; c < nt; ++c) s += parts[(size_t)c * 1 + k];
+        out[k] = s;
+    }
+}
+#endif
+#ifdef OPTFORGE_LOW_PRECISION
+/* also accumulates 1 whole-tensor reduction(s) into out[]. Each thread takes a fixed share
+   of the elements, block by block: the stage loop stores the elements' reduction terms in small
+   buffers (so it vectorizes as a stage without reductions does), then a tight loop sums a buffer in
+   double. Shares are added in order: the result does not depend on timing. */
+void optforge_adafactor_s7_bf16(int64_t n, optforge_bf16* __restrict__ p_variance, const optforge_bf16* __restrict__ p_grad, double k_beta2_t, double k1, double k_rescale_grad, double k3, double k4, double k__grad_scale, double* __restrict__ out) {
+    int nt = 1;
+#ifdef _OPENMP
+    if (n >= OPTFORGE_PARALLEL_MIN) nt = omp_get_max_threads();
+#endif
+    std::vector<double> parts((size_t)nt * 1, 0.0);
+    #pragma omp parallel num_threads(nt) if (nt > 1)
+    {
+        int tid = 0, step = 1;
+#ifdef _OPENMP
+        tid = omp_get_thread_num();
+        step = omp_get_num_threads();
+#endif
+        alignas(64) float buf[1][OPTFORGE_REDUCE_BLOCK];
+        for (int c = tid; c < nt; c += step) {
+            const int64_t lo = n * c / nt, hi = n * (c + 1) / nt;
+            double acc[1] = {0};
+            for (int64_t b = lo; b < hi; b += OPTFORGE_REDUCE_BLOCK) {
+                const int64_t e = hi - b < OPTFORGE_REDUCE_BLOCK ? hi : b + OPTFORGE_REDUCE_BLOCK;
+                if (p_variance) {
+                    #pragma omp simd
+                    for (int64_t i = b; i < e; ++i) {
+                        float t0;
+                        optforge_adafactor_s7_elem<optforge_bf16, optforge_bf16, float, 1>(i, i, p_variance, p_grad, nullptr, t0, (float)k_beta2_t, (float)k1, (float)k_rescale_grad, (float)k3, (float)k4, (float)k__grad_scale);
+                        buf[0][i - b] = t0;
+                    }
+                } else if (!p_variance) {
+                    #pragma omp simd
+                    for (int64_t i = b; i < e; ++i) {
+                        float t0;
+                        optforge_adafactor_s7_elem<optforge_bf16, optforge_bf16, float, 0>(i, i, p_variance, p_grad, nullptr, t0, (float)k_beta2_t, (float)k1, (float)k_rescale_grad, (float)k3, (float)k4, (float)k__grad_scale);
+                        buf[0][i - b] = t0;
+                    }
+                }
+                {   /* from the block's buffer */
+                    double s = 0;
+                    #pragma omp simd reduction(+: s)
+                    for (int64_t j = 0; j < e - b; ++j) {
+                        const double v = buf[0][j];
+                        s += v * v;
+                    }
+                    acc[0] += s;
+                }
+            }
+            for (int k = 0; k < 1; ++k) parts[(size_t)c * 1 + k] = acc[k];
+        }
+    }
+    for (int k = 0; k < 1; ++k) {
+        double s = 0;
+        for (int c = 0; c < nt; ++c) s += parts[(size_t)c * 1 + k];
+        out[k] = s;
+    }
+}
+#endif
+void optforge_adafactor_s8_f32(int64_t n, float* __restrict__ p_weight, const float* __restrict__ p_grad, const float* __restrict__ p_variance, double k__r4, double k1, double k_rescale_grad, double k3, double k4, double k__grad_scale, double k__round_seed) {
     if (p_variance) {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
         for (int64_t i = 0; i < n; ++i)
-            optforge_adafactor_s8_elem<float, float, float, 1>(i, i, p_weight, p_grad, p_variance, nullptr, (float)k__r4, (float)k1, (float)k_rescale_grad, (float)k3, (float)k4, (float)k__grad_scale);
+            optforge_adafactor_s8_elem<float, float, float, 1>(i, i, p_weight, p_grad, p_variance, nullptr, (float)k__r4, (float)k1, (float)k_rescale_grad, (float)k3, (float)k4, (float)k__grad_scale, k__round_seed);
     } else if (!p_variance) {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
         for (int64_t i = 0; i < n; ++i)
-            optforge_adafactor_s8_elem<float, float, float, 0>(i, i, p_weight, p_grad, p_variance, nullptr, (float)k__r4, (float)k1, (float)k_rescale_grad, (float)k3, (float)k4, (float)k__grad_scale);
+            optforge_adafactor_s8_elem<float, float, float, 0>(i, i, p_weight, p_grad, p_variance, nullptr, (float)k__r4, (float)k1, (float)k_rescale_grad, (float)k3, (float)k4, (float)k__grad_scale, k__round_seed);
     }
 }
 /* multi-tensor: one call for the small tensors of a list update (each below OPTFORGE_PARALLEL_MIN), in
    parallel over the tensors when there are OPTFORGE_PARALLEL_MIN elements in all (below that a fork
    and join costs more than the work, and on a busy machine it waits for a descheduled thread):
-   ptrs[k * count + t] is pointer k of tensor t, scalars[t * 6 + j] its
+   ptrs[k * count + t] is pointer k of tensor t, scalars[t * 7 + j] its
    scalars */
 void optforge_adafactor_s8_mt_f32(int64_t count, const int64_t* __restrict__ sizes, const uint64_t* __restrict__ ptrs, const double* __restrict__ scalars) {
     int64_t total = 0;
     for (int64_t t = 0; t < count; ++t) total += sizes[t];
     #pragma omp parallel for schedule(dynamic, 4) if (count > 1 && total >= OPTFORGE_PARALLEL_MIN)
     for (int64_t t = 0; t < count; ++t) {
-        const double* s = scalars + t * 6;
+        const double* s = scalars + t * 7;
         const double k__r4 = s[0];
         const double k1 = s[1];
         const double k_rescale_grad = s[2];
         const double k3 = s[3];
         const double k4 = s[4];
         const double k__grad_scale = s[5];
-        optforge_adafactor_s8_f32(sizes[t], (float*)ptrs[0 * count + t], (const float*)ptrs[1 * count + t], (const float*)ptrs[2 * count + t], k__r4, k1, k_rescale_grad, k3, k4, k__grad_scale);
+        const double k__round_seed = s[6];
+        optforge_adafactor_s8_f32(sizes[t], (float*)ptrs[0 * count + t], (const float*)ptrs[1 * count + t], (const float*)ptrs[2 * count + t], k__r4, k1, k_rescale_grad, k3, k4, k__grad_scale, k__round_seed);
     }
 }
-void optforge_adafactor_s8_f64(int64_t n, double* __restrict__ p_weight, const double* __restrict__ p_grad, const double* __restrict__ p_variance, double k__r4, double k1, double k_rescale_grad, double k3, double k4, double k__grad_scale) {
+void optforge_adafactor_s8_f64(int64_t n, double* __restrict__ p_weight, const double* __restrict__ p_grad, const double* __restrict__ p_variance, double k__r4, double k1, double k_rescale_grad, double k3, double k4, double k__grad_scale, double k__round_seed) {
     if (p_variance) {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
         for (int64_t i = 0; i < n; ++i)
-            optforge_adafactor_s8_elem<double, double, double, 1>(i, i, p_weight, p_grad, p_variance, nullptr, (double)k__r4, (double)k1, (double)k_rescale_grad, (double)k3, (double)k4, (double)k__grad_scale);
+            optforge_adafactor_s8_elem<double, double, double, 1>(i, i, p_weight, p_grad, p_variance, nullptr, (double)k__r4, (double)k1, (double)k_rescale_grad, (double)k3, (double)k4, (double)k__grad_scale, k__round_seed);
     } else if (!p_variance) {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
         for (int64_t i = 0; i < n; ++i)
-            optforge_adafactor_s8_elem<double, double, double, 0>(i, i, p_weight, p_grad, p_variance, nullptr, (double)k__r4, (double)k1, (double)k_rescale_grad, (double)k3, (double)k4, (double)k__grad_scale);
+            optforge_adafactor_s8_elem<double, double, double, 0>(i, i, p_weight, p_grad, p_variance, nullptr, (double)k__r4, (double)k1, (double)k_rescale_grad, (double)k3, (double)k4, (double)k__grad_scale, k__round_seed);
     }
 }
 /* multi-tensor: one call for the small tensors of a list update (each below OPTFORGE_PARALLEL_MIN), in
    parallel over the tensors when there are OPTFORGE_PARALLEL_MIN elements in all (below that a fork
    and join costs more than the work, and on a busy machine it waits for a descheduled thread):
-   ptrs[k * count + t] is pointer k of tensor t, scalars[t * 6 + j] its
+   ptrs[k * count + t] is pointer k of tensor t, scalars[t * 7 + j] its
    scalars */
 void optforge_adafactor_s8_mt_f64(int64_t count, const int64_t* __restrict__ sizes, const uint64_t* __restrict__ ptrs, const double* __restrict__ scalars) {
     int64_t total = 0;
     for (int64_t t = 0; t < count; ++t) total += sizes[t];
     #pragma omp parallel for schedule(dynamic, 4) if (count > 1 && total >= OPTFORGE_PARALLEL_MIN)
     for (int64_t t = 0; t < count; ++t) {
-        const double* s = scalars + t * 6;
+        const double* s = scalars + t * 7;
         const double k__r4 = s[0];
         const double k1 = s[1];
         const double k_rescale_grad = s[2];
         const double k3 = s[3];
         const double k4 = s[4];
         const double k__grad_scale = s[5];
-        optforge_adafactor_s8_f64(sizes[t], (double*)ptrs[0 * count + t], (const double*)ptrs[1 * count + t], (const double*)ptrs[2 * count + t], k__r4, k1, k_rescale_grad, k3, k4, k__grad_scale);
+        const double k__round_seed = s[6];
+        optforge_adafactor_s8_f64(sizes[t], (double*)ptrs[0 * count + t], (const double*)ptrs[1 * count + t], (const double*)ptrs[2 * count + t], k__r4, k1, k_rescale_grad, k3, k4, k__grad_scale, k__round_seed);
     }
 }
+#ifdef OPTFORGE_LOW_PRECISION
+void optforge_adafactor_s8_f16(int64_t n, optforge_f16* __restrict__ p_weight, const optforge_f16* __restrict__ p_grad, const optforge_f16* __restrict__ p_variance, double k__r4, double k1, double k_rescale_grad, double k3, double k4, double k__grad_scale, double k__round_seed) {
+    if (p_variance) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_adafactor_s8_elem<optforge_f16, optforge_f16, float, 1>(i, i, p_weight, p_grad, p_variance, nullptr, (float)k__r4, (float)k1, (float)k_rescale_grad, (float)k3, (float)k4, (float)k__grad_scale, k__round_seed);
+    } else if (!p_variance) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_adafactor_s8_elem<optforge_f16, optforge_f16, float, 0>(i, i, p_weight, p_grad, p_variance, nullptr, (float)k__r4, (float)k1, (float)k_rescale_grad, (float)k3, (float)k4, (float)k__grad_scale, k__round_seed);
+    }
+}
+#endif
+#ifdef OPTFORGE_LOW_PRECISION
+void optforge_adafactor_s8_bf16(int64_t n, optforge_bf16* __restrict__ p_weight, const optforge_bf16* __restrict__ p_grad, const optforge_bf16* __restrict__ p_variance, double k__r4, double k1, double k_rescale_grad, double k3, double k4, double k__grad_scale, double k__round_seed) {
+    if (p_variance) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_adafactor_s8_elem<optforge_bf16, optforge_bf16, float, 1>(i, i, p_weight, p_grad, p_variance, nullptr, (float)k__r4, (float)k1, (float)k_rescale_grad, (float)k3, (float)k4, (float)k__grad_scale, k__round_seed);
+    } else if (!p_variance) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_adafactor_s8_elem<optforge_bf16, optforge_bf16, float, 0>(i, i, p_weight, p_grad, p_variance, nullptr, (float)k__r4, (float)k1, (float)k_rescale_grad, (float)k3, (float)k4, (float)k__grad_scale, k__round_seed);
+    }
+}
+#endif
 }

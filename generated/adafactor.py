@@ -174,13 +174,14 @@ class Adafactor(Optimizer):
         variance = tensors.get('variance')
         _grad_scale = _step.grad_scale
         _grad = grad if _grad_scale == 1 else grad * _grad_scale
+        _round_seed = _step.round_seed
         _B, _R, _C = ops.view_dims(weight.shape, 'batched')
         beta2_t = t ** beta2_decay  # adafactor.opt:41
         rho = ops.minimum(lr, 1 / math.sqrt(t))  # adafactor.opt:42
         _red_s0 = yield be.launch('optforge_adafactor_s0', (weight,), (), reduce=1, stores=False)
         alpha = ops.maximum(eps2, (ops.fused_norm(_red_s0[0]) if _red_s0 is not None else ops.norm(weight)) / math.sqrt(ops.numel(_shape, 'full', 'batched'))) * rho  # adafactor.opt:43
         if wd != 0:
-            be.launch('optforge_adafactor_s1', (weight,), (ops.arg(1 - lr * wd), ))
+            be.launch('optforge_adafactor_s1', (weight,), (ops.arg(1 - lr * wd), ops.arg(_round_seed), ))
         e1 = eps1 if eps1 is not None and eps1 >= 0 else dtype_eps  # adafactor.opt:47
         if len(_shape) >= 2:
             _r0 = be.scratch(weight, '_r0', ops.state_shape(weight.shape, 'per_row', 'batched'))
@@ -191,8 +192,8 @@ class Adafactor(Optimizer):
             be.launch('optforge_adafactor_s4', (col_var, _r1,), (ops.arg(beta2_t), ops.arg(ops.size(_shape, -2, 'batched')), ), dims=(_B, 1, _C))
             _red_s5 = yield be.launch('optforge_adafactor_s5', (grad, row_var, col_var, _r2,), (ops.arg(-1 if maximize else 1), ops.arg(rescale_grad), ops.arg(clip_gradient), ops.arg(ops.size(_shape, -2, 'batched')), ops.arg(e1), ops.arg(e1 * e1), ops.arg(_grad_scale), ), dims=(_B, _R, _C), reduce=1, stores=False)
             _r3 = alpha / ops.maximum(1, (ops.fused_norm(_red_s5[0]) if _red_s5 is not None else ops.norm((-1 if maximize else 1) * ops.clip(rescale_grad * _grad, clip_gradient) / xp.sqrt(xp.maximum(row_var * col_var / xp.maximum(_r2 / ops.size(_shape, -2, 'batched'), e1), e1 * e1)))) / math.sqrt(ops.numel(_shape, 'full', 'batched')) / d)  # adafactor.opt:52
-            be.launch('optforge_adafactor_s6', (weight, grad, row_var, col_var, _r2,), (ops.arg(_r3), ops.arg(-1 if maximize else 1), ops.arg(rescale_grad), ops.arg(clip_gradient), ops.arg(ops.size(_shape, -2, 'batched')), ops.arg(e1), ops.arg(e1 * e1), ops.arg(_grad_scale), ), dims=(_B, _R, _C))
+            be.launch('optforge_adafactor_s6', (weight, grad, row_var, col_var, _r2,), (ops.arg(_r3), ops.arg(-1 if maximize else 1), ops.arg(rescale_grad), ops.arg(clip_gradient), ops.arg(ops.size(_shape, -2, 'batched')), ops.arg(e1), ops.arg(e1 * e1), ops.arg(_grad_scale), ops.arg(_round_seed), ), dims=(_B, _R, _C))
         else:
             _red_s7 = yield be.launch('optforge_adafactor_s7', (variance, grad,), (ops.arg(beta2_t), ops.arg(-1 if maximize else 1), ops.arg(rescale_grad), ops.arg(clip_gradient), ops.arg(e1 * e1), ops.arg(_grad_scale), ), reduce=1)
             _r4 = alpha / ops.maximum(1, (ops.fused_norm(_red_s7[0]) if _red_s7 is not None else ops.norm((-1 if maximize else 1) * ops.clip(rescale_grad * _grad, clip_gradient) / xp.sqrt(xp.maximum(variance, e1 * e1)))) / math.sqrt(ops.numel(_shape, 'full', 'batched')) / d)  # adafactor.opt:56
-            be.launch('optforge_adafactor_s8', (weight, grad, variance,), (ops.arg(_r4), ops.arg(-1 if maximize else 1), ops.arg(rescale_grad), ops.arg(clip_gradient), ops.arg(e1 * e1), ops.arg(_grad_scale), ))
+            be.launch('optforge_adafactor_s8', (weight, grad, variance,), (ops.arg(_r4), ops.arg(-1 if maximize else 1), ops.arg(rescale_grad), ops.arg(clip_gradient), ops.arg(e1 * e1), ops.arg(_grad_scale), ops.arg(_round_seed), ))

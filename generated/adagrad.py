@@ -125,4 +125,5 @@ class AdaGrad(Optimizer):
         wd = _step.wd
         history = tensors['history']
         _grad_scale = _step.grad_scale
-        be.launch('optforge_adagrad_s0', (grad, history, weight,), (ops.arg(rescale_grad), ops.arg(clip_gradient), ops.arg(eps), ops.arg(wd), ops.arg(-lr), ops.arg(_grad_scale), ))
+        _round_seed = _step.round_seed
+        be.launch('optforge_adagrad_s0', (grad, history, weight,), (ops.arg(rescale_grad), ops.arg(clip_gradient), ops.arg(eps), ops.arg(wd), ops.arg(-lr), ops.arg(_grad_scale), ops.arg(_round_seed), ))

@@ -157,5 +157,6 @@ class Adam(Optimizer):
         mean = tensors['mean']
         var = tensors['var']
         _grad_scale = _step.grad_scale
+        _round_seed = _step.round_seed
         lr_t = lr * math.sqrt(1 - beta2 ** t) / (1 - beta1 ** t)  # adam.opt:37
-        be.launch('optforge_adam_s0', (grad, weight, mean, var,), (ops.arg(rescale_grad), ops.arg(wd), ops.arg(clip_gradient), ops.arg(beta1), ops.arg(beta2), ops.arg(lr_t), ops.arg(epsilon), ops.arg(_grad_scale), ))
+        be.launch('optforge_adam_s0', (grad, weight, mean, var,), (ops.arg(rescale_grad), ops.arg(wd), ops.arg(clip_gradient), ops.arg(beta1), ops.arg(beta2), ops.arg(lr_t), ops.arg(epsilon), ops.arg(_grad_scale), ops.arg(_round_seed), ))

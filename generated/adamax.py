@@ -109,4 +109,5 @@ class Adamax(Optimizer):
         m = tensors['m']
         u = tensors['u']
         _grad_scale = _step.grad_scale
-        be.launch('optforge_adamax_s0', (grad, weight, m, u,), (ops.arg(rescale_grad), ops.arg(wd), ops.arg(clip_gradient), ops.arg(beta1), ops.arg(beta2), ops.arg(lr / (1 - beta1 ** t)), ops.arg(_grad_scale), ))
+        _round_seed = _step.round_seed
+        be.launch('optforge_adamax_s0', (grad, weight, m, u,), (ops.arg(rescale_grad), ops.arg(wd), ops.arg(clip_gradient), ops.arg(beta1), ops.arg(beta2), ops.arg(lr / (1 - beta1 ** t)), ops.arg(_grad_scale), ops.arg(_round_seed), ))

@@ -126,4 +126,5 @@ class AdamW(Optimizer):
         mean = tensors['mean']
         var = tensors['var']
         _grad_scale = _step.grad_scale
-        be.launch('optforge_adamw_s0', (grad, mean, var, weight,), (ops.arg(rescale_grad), ops.arg(clip_gradient), ops.arg(beta1), ops.arg(beta2), ops.arg(1 - beta1 ** t), ops.arg(1 - beta2 ** t), ops.arg(lr), ops.arg(epsilon), ops.arg(wd), ops.arg(_grad_scale), ))
+        _round_seed = _step.round_seed
+        be.launch('optforge_adamw_s0', (grad, mean, var, weight,), (ops.arg(rescale_grad), ops.arg(clip_gradient), ops.arg(beta1), ops.arg(beta2), ops.arg(1 - beta1 ** t), ops.arg(1 - beta2 ** t), ops.arg(lr), ops.arg(epsilon), ops.arg(wd), ops.arg(_grad_scale), ops.arg(_round_seed), ))

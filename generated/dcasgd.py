@@ -119,4 +119,5 @@ class DCASGD(Optimizer):
         mom = tensors.get('mom')
         prev_weight = tensors['prev_weight']
         _grad_scale = _step.grad_scale
-        be.launch('optforge_dcasgd_s0', (grad, weight, prev_weight, mom,), (ops.arg(rescale_grad), ops.arg(clip_gradient), ops.arg(-lr), ops.arg(wd), ops.arg(lamda), ops.arg(momentum != 0), ops.arg(momentum), ops.arg(_grad_scale), ))
+        _round_seed = _step.round_seed
+        be.launch('optforge_dcasgd_s0', (grad, weight, prev_weight, mom,), (ops.arg(rescale_grad), ops.arg(clip_gradient), ops.arg(-lr), ops.arg(wd), ops.arg(lamda), ops.arg(momentum != 0), ops.arg(momentum), ops.arg(_grad_scale), ops.arg(_round_seed), ))

@@ -124,4 +124,5 @@ class FTML(Optimizer):
         v = tensors['v']
         z = tensors['z']
         _grad_scale = _step.grad_scale
-        be.launch('optforge_ftml_s0', (grad, weight, v, z, d_prev,), (ops.arg(rescale_grad), ops.arg(wd), ops.arg(clip_gradient), ops.arg(beta2), ops.arg((1 - beta1 ** t) / lr), ops.arg(1 - beta2 ** t), ops.arg(epsilon), ops.arg(beta1), ops.arg(_grad_scale), ))
+        _round_seed = _step.round_seed
+        be.launch('optforge_ftml_s0', (grad, weight, v, z, d_prev,), (ops.arg(rescale_grad), ops.arg(wd), ops.arg(clip_gradient), ops.arg(beta2), ops.arg((1 - beta1 ** t) / lr), ops.arg(1 - beta2 ** t), ops.arg(epsilon), ops.arg(beta1), ops.arg(_grad_scale), ops.arg(_round_seed), ))

@@ -136,4 +136,5 @@ class Ftrl(Optimizer):
         z = tensors['z']
         n = tensors['n']
         _grad_scale = _step.grad_scale
-        be.launch('optforge_ftrl_s0', (grad, z, n, weight,), (ops.arg(rescale_grad), ops.arg(clip_gradient), ops.arg(lr), ops.arg(lamda1), ops.arg(beta), ops.arg(wd), ops.arg(_grad_scale), ))
+        _round_seed = _step.round_seed
+        be.launch('optforge_ftrl_s0', (grad, z, n, weight,), (ops.arg(rescale_grad), ops.arg(clip_gradient), ops.arg(lr), ops.arg(lamda1), ops.arg(beta), ops.arg(wd), ops.arg(_grad_scale), ops.arg(_round_seed), ))

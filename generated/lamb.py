@@ -175,6 +175,7 @@ class LAMB(Optimizer):
         mean = tensors['mean']
         var = tensors['var']
         _grad_scale = _step.grad_scale
+        _round_seed = _step.round_seed
         upd = be.scratch(weight, 'upd')
         c1 = 1 - beta1 ** t if bias_correction else 1  # lamb.opt:40
         c2 = 1 - beta2 ** t if bias_correction else 1  # lamb.opt:41
@@ -186,4 +187,4 @@ class LAMB(Optimizer):
             r1 = ops.minimum(r1, upper_bound)  # lamb.opt:48
         r2 = ops.fused_norm(_red_s0[1]) if _red_s0 is not None else ops.norm(upd)  # lamb.opt:50
         ratio = 1 if r1 == 0 or r2 == 0 else r1 / r2  # lamb.opt:51
-        be.launch('optforge_lamb_s1', (weight, upd,), (ops.arg(lr * ratio), ))
+        be.launch('optforge_lamb_s1', (weight, upd,), (ops.arg(lr * ratio), ops.arg(_round_seed), ))

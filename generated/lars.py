@@ -200,9 +200,10 @@ class LARS(Optimizer):
         mom = tensors.get('mom')
         _grad_scale = _step.grad_scale
         _grad = grad if _grad_scale == 1 else grad * _grad_scale
+        _round_seed = _step.round_seed
         _red_s0 = yield be.launch('optforge_lars_s0', (weight, grad,), (ops.arg(_grad_scale), ), reduce=2, stores=False)
         w_norm = ops.fused_norm(_red_s0[0]) if _red_s0 is not None else ops.norm(weight)  # lars.opt:38
         g_norm = (ops.fused_norm(_red_s0[1]) if _red_s0 is not None else ops.norm(_grad)) * rescale_grad  # lars.opt:39
         scaled = not param_name.endswith(('gamma', 'beta', 'bias',)) and w_norm > 0 and g_norm > 0  # lars.opt:40
         lars_lr = lr * eta * w_norm / (g_norm + wd * w_norm + eps) if scaled else lr  # lars.opt:41
-        be.launch('optforge_lars_s1', (grad, mom, weight,), (ops.arg(rescale_grad), ops.arg(clip_gradient), ops.arg(momentum != 0), ops.arg(momentum_t), ops.arg(lars_lr * wd), ops.arg(lars_lr), ops.arg(1 - lars_lr * wd), ops.arg(_grad_scale), ))
+        be.launch('optforge_lars_s1', (grad, mom, weight,), (ops.arg(rescale_grad), ops.arg(clip_gradient), ops.arg(momentum != 0), ops.arg(momentum_t), ops.arg(lars_lr * wd), ops.arg(lars_lr), ops.arg(1 - lars_lr * wd), ops.arg(_grad_scale), ops.arg(_round_seed), ))

@@ -6,9 +6,12 @@
 #ifdef __CUDACC_RTC__   /* NVRTC (CuPy's RawModule) has no C library headers; math is built in */
 typedef long long int64_t;
 typedef unsigned long long uint64_t;
+typedef unsigned int uint32_t;
+typedef unsigned short uint16_t;
 #else
 #include <math.h>
 #include <stdint.h>
+#include <string.h>
 #endif
 #ifndef OPTFORGE_HD
 #define OPTFORGE_HD inline
@@ -25,12 +28,100 @@ template <typename C> OPTFORGE_HD C op_clip(C x, C b) {
     const C hi = b > C(0) ? b : C(OPTFORGE_INF);
     return x > hi ? hi : (x < -hi ? -hi : x);
 }
+/* splitmix64's finaliser: the hash of the counter-based random numbers (noise, stochastic rounding) */
+OPTFORGE_HD uint64_t op_mix(uint64_t z) {
+    z += 0x9E3779B97F4A7C15ull;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+/* bfloat16 storage: float v's bits rounded to bfloat16's 16, to nearest even (seed 0) or, with a seed,
+   stochastically: 16 random bits of (seed, element i) are added below the kept bits and the sum is
+   truncated, so v rounds away from zero with probability equal to its distance from the value below
+   (in units of the gap). NaN stays a quiet NaN; beyond the largest finite value rounds to inf as
+   overflow does. optforge.ops.round_bfloat16 computes the same bits on the host. */
+OPTFORGE_HD uint16_t op_bf16_bits(float v, double seed, int64_t i) {
+    uint32_t u;
+#ifdef __CUDA_ARCH__
+    u = __float_as_uint(v);
+#else
+    memcpy(&u, &v, sizeof u);
+#endif
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x0040u);
+    u += seed != 0.0 ? (uint32_t)(op_mix((uint64_t)seed ^ op_mix((uint64_t)i)) & 0xffffu)
+                     : 0x7fffu + ((u >> 16) & 1u);
+    return (uint16_t)(u >> 16);
+}
+/* how a stage stores the weight: converted to its storage type; the bfloat16 variants specialise it
+   to round with the parameter's seed (lower.ROUND_SEED) */
+template <typename T, typename C> OPTFORGE_HD T op_store(C v, double seed, int64_t i) {
+    (void)seed;
+    (void)i;
+    return (T)(v);
+}
 #endif
 
 /* below this many elements a stage runs on one thread: forking costs more than it saves */
 #define OPTFORGE_PARALLEL_MIN 65536
 
-template <typename C> inline void store_low(float* p, int64_t i, C v) { p[i] = (float)v; }
+/* (the CPU kernels have no master-copy variant: the low-precision copy pointer is always null) */
+template <typename L, typename C> inline void store_low(float* p, int64_t i, C v) { reinterpret_cast<L*>(p)[i] = (L)(v); }
+#ifdef OPTFORGE_LOW_PRECISION
+/* The float16 and bfloat16 variants (built only when optforge.native meets such a weight: -D
+   OPTFORGE_LOW_PRECISION): weight, states and gradient stored in 16 bits, arithmetic in float. A value
+   is widened on load and rounded to nearest even on store; a bfloat16 weight with a seed is rounded
+   stochastically (op_store). */
+#if defined(__FLT16_MAX__) && !defined(OPTFORGE_SOFT_FLOAT16)
+typedef _Float16 optforge_f16;
+#else
+/* no _Float16 in this compiler: IEEE binary16 by bit manipulation */
+static inline float optforge_f16_float(uint16_t h) {
+    const uint32_t sign = (uint32_t)(h & 0x8000u) << 16, e = (h >> 10) & 0x1fu, man = h & 0x3ffu;
+    uint32_t u = sign;
+    if (e == 0x1fu) u |= 0x7f800000u | (man << 13);
+    else if (e) u |= ((e + 112u) << 23) | (man << 13);
+    else if (man) { const float f = (float)man * 5.9604644775390625e-8f; return sign ? -f : f; }
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+static inline uint16_t optforge_f16_bits(float v) {
+    uint32_t u;
+    memcpy(&u, &v, sizeof u);
+    const uint32_t sign = (u >> 16) & 0x8000u, a = u & 0x7fffffffu;
+    if (a > 0x7f800000u) return (uint16_t)(sign | 0x7e00u | ((a >> 13) & 0x3ffu));
+    if (a >= 0x477ff000u) return (uint16_t)(sign | 0x7c00u);   /* 65520 and above round to inf */
+    if (a < 0x38800000u) {   /* below 2^-14: a multiple of 2^-24, rounded to nearest even */
+        float f;
+        memcpy(&f, &a, sizeof f);
+        return (uint16_t)(sign | (uint32_t)nearbyintf(f * 16777216.0f));
+    }
+    return (uint16_t)(sign | (((a + 0xfffu + ((a >> 13) & 1u)) >> 13) - (112u << 10)));
+}
+struct optforge_f16 {
+    uint16_t bits;
+    optforge_f16() = default;
+    optforge_f16(float v) : bits(optforge_f16_bits(v)) {}
+    operator float() const { return optforge_f16_float(bits); }
+};
+#endif
+struct optforge_bf16 {
+    uint16_t bits;
+    optforge_bf16() = default;
+    optforge_bf16(float v) : bits(op_bf16_bits(v, 0.0, 0)) {}
+    operator float() const {
+        const uint32_t u = (uint32_t)bits << 16;
+        float f;
+        memcpy(&f, &u, sizeof f);
+        return f;
+    }
+};
+template <> inline optforge_bf16 op_store<optforge_bf16, float>(float v, double seed, int64_t i) {
+    optforge_bf16 out;
+    out.bits = op_bf16_bits(v, seed, i);
+    return out;
+}
+#endif
 #include <vector>
 #define OPTFORGE_REDUCE_BLOCK 2048
 #ifdef _OPENMP
@@ -70,7 +161,7 @@ OPTFORGE_HD void optforge_lbsgd_s3_elem(int64_t i, int64_t gi, const G* __restri
 /* stage s4: element i of the weight and states, element gi of the gradient and scratch
    (the same element for a dense update; for a row-sparse one, gi walks the gradient's rows) */
 template <typename T, typename G, typename C, int H0, int H1, int B0, int B1>
-OPTFORGE_HD void optforge_lbsgd_s4_elem(int64_t i, int64_t gi, T* __restrict__ p_cum_grad, const G* __restrict__ p_grad, T* __restrict__ p_mom, T* __restrict__ p_weight, float* __restrict__ p_weight_lp, const C k0, const C k_batch_scale, const C k_rescale_grad, const C k3, const C k4, const C k_momentum, const C k6, const C k_lr_t, const C k8, const C k__grad_scale) {
+OPTFORGE_HD void optforge_lbsgd_s4_elem(int64_t i, int64_t gi, T* __restrict__ p_cum_grad, const G* __restrict__ p_grad, T* __restrict__ p_mom, T* __restrict__ p_weight, float* __restrict__ p_weight_lp, const C k0, const C k_batch_scale, const C k_rescale_grad, const C k3, const C k4, const C k_momentum, const C k6, const C k_lr_t, const C k8, const C k__grad_scale, const double k__round_seed) {
     C cum_grad = (H0 == 1 || (H0 == 2 && p_cum_grad)) ? C(p_cum_grad[i]) : C(0);
     C grad = C(p_grad[gi]) * k__grad_scale;
     C mom = (H1 == 1 || (H1 == 2 && p_mom)) ? C(p_mom[i]) : C(0);
@@ -92,9 +183,9 @@ OPTFORGE_HD void optforge_lbsgd_s4_elem(int64_t i, int64_t gi, T* __restrict__ p
         cum_grad = C(C(0));  // lbsgd.opt:81
     }
     if (H1 == 1 || (H1 == 2 && p_mom)) p_mom[i] = (T)(mom);
-    p_weight[i] = (T)(weight);
+    p_weight[i] = op_store<T>(weight, k__round_seed, i);
     if (H0 == 1 || (H0 == 2 && p_cum_grad)) p_cum_grad[i] = (T)(cum_grad);
-    if (p_weight_lp) store_low(p_weight_lp, i, weight);
+    if (p_weight_lp) store_low<G>(p_weight_lp, i, weight);
 }
 
 extern "C" {
@@ -176,6 +267,58 @@ void optforge_lbsgd_s0_mt_f64(int64_t count, const int64_t* __restrict__ sizes, 
         optforge_lbsgd_s0_f64(sizes[t], (double*)ptrs[0 * count + t], (const double*)ptrs[1 * count + t], k__grad_scale);
     }
 }
+#ifdef OPTFORGE_LOW_PRECISION
+void optforge_lbsgd_s0_f16(int64_t n, optforge_f16* __restrict__ p_cum_grad, const optforge_f16* __restrict__ p_grad, double k__grad_scale) {
+    if (p_cum_grad) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_lbsgd_s0_elem<optforge_f16, optforge_f16, float, 1>(i, i, p_cum_grad, p_grad, nullptr, (float)k__grad_scale);
+    } else if (!p_cum_grad) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_lbsgd_s0_elem<optforge_f16, optforge_f16, float, 0>(i, i, p_cum_grad, p_grad, nullptr, (float)k__grad_scale);
+    }
+}
+/* row-sparse: n = rows x cols gradient elements; gradient row r updates row rows[r] */
+void optforge_lbsgd_s0_rows_f16(int64_t n, int64_t cols, const int64_t* __restrict__ rows, optforge_f16* __restrict__ p_cum_grad, const optforge_f16* __restrict__ p_grad, double k__grad_scale) {
+    const int64_t nrows = cols ? n / cols : 0;
+    /* scattered rows are latency-bound: two threads keep twice as many loads in flight */
+    #pragma omp parallel for schedule(static) if (n >= OPTFORGE_PARALLEL_MIN)
+    for (int64_t r = 0; r < nrows; ++r) {
+        const int64_t base = rows[r] * cols, gbase = r * cols;
+        #pragma omp simd
+        for (int64_t c = 0; c < cols; ++c) {
+            optforge_lbsgd_s0_elem<optforge_f16, optforge_f16, float, 2>(base + c, gbase + c, p_cum_grad, p_grad, nullptr, (float)k__grad_scale);
+        }
+    }
+}
+#endif
+#ifdef OPTFORGE_LOW_PRECISION
+void optforge_lbsgd_s0_bf16(int64_t n, optforge_bf16* __restrict__ p_cum_grad, const optforge_bf16* __restrict__ p_grad, double k__grad_scale) {
+    if (p_cum_grad) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_lbsgd_s0_elem<optforge_bf16, optforge_bf16, float, 1>(i, i, p_cum_grad, p_grad, nullptr, (float)k__grad_scale);
+    } else if (!p_cum_grad) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_lbsgd_s0_elem<optforge_bf16, optforge_bf16, float, 0>(i, i, p_cum_grad, p_grad, nullptr, (float)k__grad_scale);
+    }
+}
+/* row-sparse: n = rows x cols gradient elements; gradient row r updates row rows[r] */
+void optforge_lbsgd_s0_rows_bf16(int64_t n, int64_t cols, const int64_t* __restrict__ rows, optforge_bf16* __restrict__ p_cum_grad, const optforge_bf16* __restrict__ p_grad, double k__grad_scale) {
+    const int64_t nrows = cols ? n / cols : 0;
+    /* scattered rows are latency-bound: two threads keep twice as many loads in flight */
+    #pragma omp parallel for schedule(static) if (n >= OPTFORGE_PARALLEL_MIN)
+    for (int64_t r = 0; r < nrows; ++r) {
+        const int64_t base = rows[r] * cols, gbase = r * cols;
+        #pragma omp simd
+        for (int64_t c = 0; c < cols; ++c) {
+            optforge_lbsgd_s0_elem<optforge_bf16, optforge_bf16, float, 2>(base + c, gbase + c, p_cum_grad, p_grad, nullptr, (float)k__grad_scale);
+        }
+    }
+}
+#endif
 /* also accumulates 1 whole-tensor reduction(s) into out[]. Each thread takes a fixed share
    of the elements, block by block: the stage loop stores the elements' reduction terms in small
    buffers (so it vectorizes as a stage without reductions does), then a tight loop sums a buffer in
@@ -332,6 +475,138 @@ void optforge_lbsgd_s1_mt_f64(int64_t count, const int64_t* __restrict__ sizes, 
         optforge_lbsgd_s1_f64(sizes[t], (const double*)ptrs[0 * count + t], out + t * 1);
     }
 }
+#ifdef OPTFORGE_LOW_PRECISION
+/* also accumulates 1 whole-tensor reduction(s) into out[]. Each thread takes a fixed share
+   of the elements, block by block: the stage loop stores the elements' reduction terms in small
+   buffers (so it vectorizes as a stage without reductions does), then a tight loop sums a buffer in
+   double. Shares are added in order: the result does not depend on timing. */
+void optforge_lbsgd_s1_f16(int64_t n, const optforge_f16* __restrict__ p_weight, double* __restrict__ out) {
+    int nt = 1;
+#ifdef _OPENMP
+    if (n >= OPTFORGE_PARALLEL_MIN) nt = omp_get_max_threads();
+#endif
+    std::vector<double> parts((size_t)nt * 1, 0.0);
+    #pragma omp parallel num_threads(nt) if (nt > 1)
+    {
+        int tid = 0, step = 1;
+#ifdef _OPENMP
+        tid = omp_get_thread_num();
+        step = omp_get_num_threads();
+#endif
+        alignas(64) float buf[1][OPTFORGE_REDUCE_BLOCK];
+        for (int c = tid; c < nt; c += step) {
+            const int64_t lo = n * c / nt, hi = n * (c + 1) / nt;
+            double acc[1] = {0};
+            for (int64_t b = lo; b < hi; b += OPTFORGE_REDUCE_BLOCK) {
+                const int64_t e = hi - b < OPTFORGE_REDUCE_BLOCK ? hi : b + OPTFORGE_REDUCE_BLOCK;
+                {
+                    #pragma omp simd
+                    for (int64_t i = b; i < e; ++i) {
+                        float t0;
+                        optforge_lbsgd_s1_elem<optforge_f16, optforge_f16, float>(i, i, p_weight, nullptr, t0);
+                        buf[0][i - b] = t0;
+                    }
+                }
+                {   /* from the block's buffer */
+                    double s = 0;
+                    #pragma omp simd reduction(+: s)
+                    for (int64_t j = 0; j < e - b; ++j) {
+                        const double v = buf[0][j];
+                        s += v;
+                    }
+                    acc[0] += s;
+                }
+            }
+            for (int k = 0; k < 1; ++k) parts[(size_t)c * 1 + k] = acc[k];
+        }
+    }
+    for (int k = 0; k < 1; ++k) {
+        double s = 0;
+        for (int c = 0; c < nt; ++c) s += parts[(size_t)c * 1 + k];
+        out[k] = s;
+    }
+}
+/* row-sparse: n = rows x cols gradient elements; gradient row r updates row rows[r] */
+void optforge_lbsgd_s1_rows_f16(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const optforge_f16* __restrict__ p_weight) {
+    const int64_t nrows = cols ? n / cols : 0;
+    /* scattered rows are latency-bound: two threads keep twice as many loads in flight */
+    #pragma omp parallel for schedule(static) if (n >= OPTFORGE_PARALLEL_MIN)
+    for (int64_t r = 0; r < nrows; ++r) {
+        const int64_t base = rows[r] * cols, gbase = r * cols;
+        #pragma omp simd
+        for (int64_t c = 0; c < cols; ++c) {
+            float red0;   /* row kernels see some rows only: their reductions are done on the host */
+            optforge_lbsgd_s1_elem<optforge_f16, optforge_f16, float>(base + c, gbase + c, p_weight, nullptr, red0);
+        }
+    }
+}
+#endif
+#ifdef OPTFORGE_LOW_PRECISION
+/* also accumulates 1 whole-tensor reduction(s) into out[]. Each thread takes a fixed share
+   of the elements, block by block: the stage loop stores the elements' reduction terms in small
+   buffers (so it vectorizes as a stage without reductions does), then a tight loop sums a buffer in
+   double. Shares are added in order: the result does not depend on timing. */
+void optforge_lbsgd_s1_bf16(int64_t n, const optforge_bf16* __restrict__ p_weight, double* __restrict__ out) {
+    int nt = 1;
+#ifdef _OPENMP
+    if (n >= OPTFORGE_PARALLEL_MIN) nt = omp_get_max_threads();
+#endif
+    std::vector<double> parts((size_t)nt * 1, 0.0);
+    #pragma omp parallel num_threads(nt) if (nt > 1)
+    {
+        int tid = 0, step = 1;
+#ifdef _OPENMP
+        tid = omp_get_thread_num();
+        step = omp_get_num_threads();
+#endif
+        alignas(64) float buf[1][OPTFORGE_REDUCE_BLOCK];
+        for (int c = tid; c < nt; c += step) {
+            const int64_t lo = n * c / nt, hi = n * (c + 1) / nt;
+            double acc[1] = {0};
+            for (int64_t b = lo; b < hi; b += OPTFORGE_REDUCE_BLOCK) {
+                const int64_t e = hi - b < OPTFORGE_REDUCE_BLOCK ? hi : b + OPTFORGE_REDUCE_BLOCK;
+                {
+                    #pragma omp simd
+                    for (int64_t i = b; i < e; ++i) {
+                        float t0;
+                        optforge_lbsgd_s1_elem<optforge_bf16, optforge_bf16, float>(i, i, p_weight, nullptr, t0);
+                        buf[0][i - b] = t0;
+                    }
+                }
+                {   /* from the block's buffer */
+                    double s = 0;
+                    #pragma omp simd reduction(+: s)
+                    for (int64_t j = 0; j < e - b; ++j) {
+                        const double v = buf[0][j];
+                        s += v;
+                    }
+                    acc[0] += s;
+                }
+            }
+            for (int k = 0; k < 1; ++k) parts[(size_t)c * 1 + k] = acc[k];
+        }
+    }
+    for (int k = 0; k < 1; ++k) {
+        double s = 0;
+        for (int c = 0; c < nt; ++c) s += parts[(size_t)c * 1 + k];
+        out[k] = s;
+    }
+}
+/* row-sparse: n = rows x cols gradient elements; gradient row r updates row rows[r] */
+void optforge_lbsgd_s1_rows_bf16(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const optforge_bf16* __restrict__ p_weight) {
+    const int64_t nrows = cols ? n / cols : 0;
+    /* scattered rows are latency-bound: two threads keep twice as many loads in flight */
+    #pragma omp parallel for schedule(static) if (n >= OPTFORGE_PARALLEL_MIN)
+    for (int64_t r = 0; r < nrows; ++r) {
+        const int64_t base = rows[r] * cols, gbase = r * cols;
+        #pragma omp simd
+        for (int64_t c = 0; c < cols; ++c) {
+            float red0;   /* row kernels see some rows only: their reductions are done on the host */
+            optforge_lbsgd_s1_elem<optforge_bf16, optforge_bf16, float>(base + c, gbase + c, p_weight, nullptr, red0);
+        }
+    }
+}
+#endif
 /* also accumulates 1 whole-tensor reduction(s) into out[]. Each thread takes a fixed share
    of the elements, block by block: the stage loop stores the elements' reduction terms in small
    buffers (so it vectorizes as a stage without reductions does), then a tight loop sums a buffer in
@@ -502,6 +777,152 @@ void optforge_lbsgd_s2_mt_f64(int64_t count, const int64_t* __restrict__ sizes, 
         optforge_lbsgd_s2_f64(sizes[t], (const double*)ptrs[0 * count + t], out + t * 1);
     }
 }
+#ifdef OPTFORGE_LOW_PRECISION
+/* also accumulates 1 whole-tensor reduction(s) into out[]. Each thread takes a fixed share
+   of the elements, block by block: the stage loop stores the elements' reduction terms in small
+   buffers (so it vectorizes as a stage without reductions does), then a tight loop sums a buffer in
+   double. Shares are added in order: the result does not depend on timing. */
+void optforge_lbsgd_s2_f16(int64_t n, const optforge_f16* __restrict__ p_cum_grad, double* __restrict__ out) {
+    int nt = 1;
+#ifdef _OPENMP
+    if (n >= OPTFORGE_PARALLEL_MIN) nt = omp_get_max_threads();
+#endif
+    std::vector<double> parts((size_t)nt * 1, 0.0);
+    #pragma omp parallel num_threads(nt) if (nt > 1)
+    {
+        int tid = 0, step = 1;
+#ifdef _OPENMP
+        tid = omp_get_thread_num();
+        step = omp_get_num_threads();
+#endif
+        alignas(64) float buf[1][OPTFORGE_REDUCE_BLOCK];
+        for (int c = tid; c < nt; c += step) {
+            const int64_t lo = n * c / nt, hi = n * (c + 1) / nt;
+            double acc[1] = {0};
+            for (int64_t b = lo; b < hi; b += OPTFORGE_REDUCE_BLOCK) {
+                const int64_t e = hi - b < OPTFORGE_REDUCE_BLOCK ? hi : b + OPTFORGE_REDUCE_BLOCK;
+                if (p_cum_grad) {
+                    #pragma omp simd
+                    for (int64_t i = b; i < e; ++i) {
+                        float t0;
+                        optforge_lbsgd_s2_elem<optforge_f16, optforge_f16, float, 1>(i, i, p_cum_grad, nullptr, t0);
+                        buf[0][i - b] = t0;
+                    }
+                } else if (!p_cum_grad) {
+                    #pragma omp simd
+                    for (int64_t i = b; i < e; ++i) {
+                        float t0;
+                        optforge_lbsgd_s2_elem<optforge_f16, optforge_f16, float, 0>(i, i, p_cum_grad, nullptr, t0);
+                        buf[0][i - b] = t0;
+                    }
+                }
+                {   /* from the block's buffer */
+                    double s = 0;
+                    #pragma omp simd reduction(+: s)
+                    for (int64_t j = 0; j < e - b; ++j) {
+                        const double v = buf[0][j];
+                        s += v;
+                    }
+                    acc[0] += s;
+                }
+            }
+            for (int k = 0; k < 1; ++k) parts[(size_t)c * 1 + k] = acc[k];
+        }
+    }
+    for (int k = 0; k < 1; ++k) {
+        double s = 0;
+        for (int c = 0; c < nt; ++c) s += parts[(size_t)c * 1 + k];
+        out[k] = s;
+    }
+}
+/* row-sparse: n = rows x cols gradient elements; gradient row r updates row rows[r] */
+void optforge_lbsgd_s2_rows_f16(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const optforge_f16* __restrict__ p_cum_grad) {
+    const int64_t nrows = cols ? n / cols : 0;
+    /* scattered rows are latency-bound: two threads keep twice as many loads in flight */
+    #pragma omp parallel for schedule(static) if (n >= OPTFORGE_PARALLEL_MIN)
+    for (int64_t r = 0; r < nrows; ++r) {
+        const int64_t base = rows[r] * cols, gbase = r * cols;
+        #pragma omp simd
+        for (int64_t c = 0; c < cols; ++c) {
+            float red0;   /* row kernels see some rows only: their reductions are done on the host */
+            optforge_lbsgd_s2_elem<optforge_f16, optforge_f16, float, 2>(base + c, gbase + c, p_cum_grad, nullptr, red0);
+        }
+    }
+}
+#endif
+#ifdef OPTFORGE_LOW_PRECISION
+/* also accumulates 1 whole-tensor reduction(s) into out[]. Each thread takes a fixed share
+   of the elements, block by block: the stage loop stores the elements' reduction terms in small
+   buffers (so it vectorizes as a stage without reductions does), then a tight loop sums a buffer in
+   double. Shares are added in order: the result does not depend on timing. */
+void optforge_lbsgd_s2_bf16(int64_t n, const optforge_bf16* __restrict__ p_cum_grad, double* __restrict__ out) {
+    int nt = 1;
+#ifdef _OPENMP
+    if (n >= OPTFORGE_PARALLEL_MIN) nt = omp_get_max_threads();
+#endif
+    std::vector<double> parts((size_t)nt * 1, 0.0);
+    #pragma omp parallel num_threads(nt) if (nt > 1)
+    {
+        int tid = 0, step = 1;
+#ifdef _OPENMP
+        tid = omp_get_thread_num();
+        step = omp_get_num_threads();
+#endif
+        alignas(64) float buf[1][OPTFORGE_REDUCE_BLOCK];
+        for (int c = tid; c < nt; c += step) {
+            const int64_t lo = n * c / nt, hi = n * (c + 1) / nt;
+            double acc[1] = {0};
+            for (int64_t b = lo; b < hi; b += OPTFORGE_REDUCE_BLOCK) {
+                const int64_t e = hi - b < OPTFORGE_REDUCE_BLOCK ? hi : b + OPTFORGE_REDUCE_BLOCK;
+                if (p_cum_grad) {
+                    #pragma omp simd
+                    for (int64_t i = b; i < e; ++i) {
+                        float t0;
+                        optforge_lbsgd_s2_elem<optforge_bf16, optforge_bf16, float, 1>(i, i, p_cum_grad, nullptr, t0);
+                        buf[0][i - b] = t0;
+                    }
+                } else if (!p_cum_grad) {
+                    #pragma omp simd
+                    for (int64_t i = b; i < e; ++i) {
+                        float t0;
+                        optforge_lbsgd_s2_elem<optforge_bf16, optforge_bf16, float, 0>(i, i, p_cum_grad, nullptr, t0);
+                        buf[0][i - b] = t0;
+                    }
+                }
+                {   /* from the block's buffer */
+                    double s = 0;
+                    #pragma omp simd reduction(+: s)
+                    for (int64_t j = 0; j < e - b; ++j) {
+                        const double v = buf[0][j];
+                        s += v;
+                    }
+                    acc[0] += s;
+                }
+            }
+            for (int k = 0; k < 1; ++k) parts[(size_t)c * 1 + k] = acc[k];
+        }
+    }
+    for (int k = 0; k < 1; ++k) {
+        double s = 0;
+        for (int c = 0; c < nt; ++c) s += parts[(size_t)c * 1 + k];
+        out[k] = s;
+    }
+}
+/* row-sparse: n = rows x cols gradient elements; gradient row r updates row rows[r] */
+void optforge_lbsgd_s2_rows_bf16(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const optforge_bf16* __restrict__ p_cum_grad) {
+    const int64_t nrows = cols ? n / cols : 0;
+    /* scattered rows are latency-bound: two threads keep twice as many loads in flight */
+    #pragma omp parallel for schedule(static) if (n >= OPTFORGE_PARALLEL_MIN)
+    for (int64_t r = 0; r < nrows; ++r) {
+        const int64_t base = rows[r] * cols, gbase = r * cols;
+        #pragma omp simd
+        for (int64_t c = 0; c < cols; ++c) {
+            float red0;   /* row kernels see some rows only: their reductions are done on the host */
+            optforge_lbsgd_s2_elem<optforge_bf16, optforge_bf16, float, 2>(base + c, gbase + c, p_cum_grad, nullptr, red0);
+        }
+    }
+}
+#endif
 /* also accumulates 1 whole-tensor reduction(s) into out[]. Each thread takes a fixed share
    of the elements, block by block: the stage loop stores the elements' reduction terms in small
    buffers (so it vectorizes as a stage without reductions does), then a tight loop sums a buffer in
@@ -660,75 +1081,59 @@ void optforge_lbsgd_s3_mt_f64(int64_t count, const int64_t* __restrict__ sizes, 
         optforge_lbsgd_s3_f64(sizes[t], (const double*)ptrs[0 * count + t], k__grad_scale, out + t * 1);
     }
 }
-void optforge_lbsgd_s4_f32(int64_t n, float* __restrict__ p_cum_grad, const float* __restrict__ p_grad, float* __restrict__ p_mom, float* __restrict__ p_weight, double k0, double k_batch_scale, double k_rescale_grad, double k3, double k4, double k_momentum, double k6, double k_lr_t, double k8, double k__grad_scale) {
-    if (p_cum_grad && p_mom && k0 != 0 && k4 != 0) {
-        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
-        for (int64_t i = 0; i < n; ++i)
-            optforge_lbsgd_s4_elem<float, float, float, 1, 1, 1, 1>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8, (float)k__grad_scale);
-    } else if (p_cum_grad && p_mom && k0 != 0 && k4 == 0) {
-        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
-        for (int64_t i = 0; i < n; ++i)
-            optforge_lbsgd_s4_elem<float, float, float, 1, 1, 1, 0>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8, (float)k__grad_scale);
-    } else if (p_cum_grad && p_mom && k0 == 0 && k4 != 0) {
-        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
-        for (int64_t i = 0; i < n; ++i)
-            optforge_lbsgd_s4_elem<float, float, float, 1, 1, 0, 1>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8, (float)k__grad_scale);
-    } else if (p_cum_grad && p_mom && k0 == 0 && k4 == 0) {
-        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
-        for (int64_t i = 0; i < n; ++i)
-            optforge_lbsgd_s4_elem<float, float, float, 1, 1, 0, 0>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8, (float)k__grad_scale);
-    } else if (p_cum_grad && !p_mom && k0 != 0 && k4 != 0) {
-        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
-        for (int64_t i = 0; i < n; ++i)
-            optforge_lbsgd_s4_elem<float, float, float, 1, 0, 1, 1>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8, (float)k__grad_scale);
-    } else if (p_cum_grad && !p_mom && k0 != 0 && k4 == 0) {
-        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
-        for (int64_t i = 0; i < n; ++i)
-            optforge_lbsgd_s4_elem<float, float, float, 1, 0, 1, 0>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8, (float)k__grad_scale);
-    } else if (p_cum_grad && !p_mom && k0 == 0 && k4 != 0) {
-        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
-        for (int64_t i = 0; i < n; ++i)
-            optforge_lbsgd_s4_elem<float, float, float, 1, 0, 0, 1>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8, (float)k__grad_scale);
-    } else if (p_cum_grad && !p_mom && k0 == 0 && k4 == 0) {
-        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
-        for (int64_t i = 0; i < n; ++i)
-            optforge_lbsgd_s4_elem<float, float, float, 1, 0, 0, 0>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8, (float)k__grad_scale);
-    } else if (!p_cum_grad && p_mom && k0 != 0 && k4 != 0) {
-        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
-        for (int64_t i = 0; i < n; ++i)
-            optforge_lbsgd_s4_elem<float, float, float, 0, 1, 1, 1>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8, (float)k__grad_scale);
-    } else if (!p_cum_grad && p_mom && k0 != 0 && k4 == 0) {
-        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
-        for (int64_t i = 0; i < n; ++i)
-            optforge_lbsgd_s4_elem<float, float, float, 0, 1, 1, 0>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8, (float)k__grad_scale);
-    } else if (!p_cum_grad && p_mom && k0 == 0 && k4 != 0) {
-        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
-        for (int64_t i = 0; i < n; ++i)
-            optforge_lbsgd_s4_elem<float, float, float, 0, 1, 0, 1>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8, (float)k__grad_scale);
-    } else if (!p_cum_grad && p_mom && k0 == 0 && k4 == 0) {
-        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
-        for (int64_t i = 0; i < n; ++i)
-            optforge_lbsgd_s4_elem<float, float, float, 0, 1, 0, 0>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8, (float)k__grad_scale);
-    } else if (!p_cum_grad && !p_mom && k0 != 0 && k4 != 0) {
-        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
-        for (int64_t i = 0; i < n; ++i)
-            optforge_lbsgd_s4_elem<float, float, float, 0, 0, 1, 1>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8, (float)k__grad_scale);
-    } else if (!p_cum_grad && !p_mom && k0 != 0 && k4 == 0) {
-        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
-        for (int64_t i = 0; i < n; ++i)
-            optforge_lbsgd_s4_elem<float, float, float, 0, 0, 1, 0>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8, (float)k__grad_scale);
-    } else if (!p_cum_grad && !p_mom && k0 == 0 && k4 != 0) {
-        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
-        for (int64_t i = 0; i < n; ++i)
-            optforge_lbsgd_s4_elem<float, float, float, 0, 0, 0, 1>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8, (float)k__grad_scale);
-    } else if (!p_cum_grad && !p_mom && k0 == 0 && k4 == 0) {
-        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
-        for (int64_t i = 0; i < n; ++i)
-            optforge_lbsgd_s4_elem<float, float, float, 0, 0, 0, 0>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8, (float)k__grad_scale);
+#ifdef OPTFORGE_LOW_PRECISION
+/* also accumulates 1 whole-tensor reduction(s) into out[]. Each thread takes a fixed share
+   of the elements, block by block: the stage loop stores the elements' reduction terms in small
+   buffers (so it vectorizes as a stage without reductions does), then a tight loop sums a buffer in
+   double. Shares are added in order: the result does not depend on timing. */
+void optforge_lbsgd_s3_f16(int64_t n, const optforge_f16* __restrict__ p_grad, double k__grad_scale, double* __restrict__ out) {
+    int nt = 1;
+#ifdef _OPENMP
+    if (n >= OPTFORGE_PARALLEL_MIN) nt = omp_get_max_threads();
+#endif
+    std::vector<double> parts((size_t)nt * 1, 0.0);
+    #pragma omp parallel num_threads(nt) if (nt > 1)
+    {
+        int tid = 0, step = 1;
+#ifdef _OPENMP
+        tid = omp_get_thread_num();
+        step = omp_get_num_threads();
+#endif
+        alignas(64) float buf[1][OPTFORGE_REDUCE_BLOCK];
+        for (int c = tid; c < nt; c += step) {
+            const int64_t lo = n * c / nt, hi = n * (c + 1) / nt;
+            double acc[1] = {0};
+            for (int64_t b = lo; b < hi; b += OPTFORGE_REDUCE_BLOCK) {
+                const int64_t e = hi - b < OPTFORGE_REDUCE_BLOCK ? hi : b + OPTFORGE_REDUCE_BLOCK;
+                {
+                    #pragma omp simd
+                    for (int64_t i = b; i < e; ++i) {
+                        float t0;
+                        optforge_lbsgd_s3_elem<optforge_f16, optforge_f16, float>(i, i, p_grad, nullptr, t0, (float)k__grad_scale);
+                        buf[0][i - b] = t0;
+                    }
+                }
+                {   /* from the block's buffer */
+                    double s = 0;
+                    #pragma omp simd reduction(+: s)
+                    for (int64_t j = 0; j < e - b; ++j) {
+                        const double v = buf[0][j];
+                        s += v;
+                    }
+                    acc[0] += s;
+                }
+            }
+            for (int k = 0; k < 1; ++k) parts[(size_t)c * 1 + k] = acc[k];
+        }
+    }
+    for (int k = 0; k < 1; ++k) {
+        double s = 0;
+        for (int c = 0; c < nt; ++c) s += parts[(size_t)c * 1 + k];
+        out[k] = s;
     }
 }
 /* row-sparse: n = rows x cols gradient elements; gradient row r updates row rows[r] */
-void optforge_lbsgd_s4_rows_f32(int64_t n, int64_t cols, const int64_t* __restrict__ rows, float* __restrict__ p_cum_grad, const float* __restrict__ p_grad, float* __restrict__ p_mom, float* __restrict__ p_weight, double k0, double k_batch_scale, double k_rescale_grad, double k3, double k4, double k_momentum, double k6, double k_lr_t, double k8, double k__grad_scale) {
+void optforge_lbsgd_s3_rows_f16(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const optforge_f16* __restrict__ p_grad, double k__grad_scale) {
     const int64_t nrows = cols ? n / cols : 0;
     /* scattered rows are latency-bound: two threads keep twice as many loads in flight */
     #pragma omp parallel for schedule(static) if (n >= OPTFORGE_PARALLEL_MIN)
@@ -736,21 +1141,169 @@ void optforge_lbsgd_s4_rows_f32(int64_t n, int64_t cols, const int64_t* __restri
         const int64_t base = rows[r] * cols, gbase = r * cols;
         #pragma omp simd
         for (int64_t c = 0; c < cols; ++c) {
-            optforge_lbsgd_s4_elem<float, float, float, 2, 2, 2, 2>(base + c, gbase + c, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8, (float)k__grad_scale);
+            float red0;   /* row kernels see some rows only: their reductions are done on the host */
+            optforge_lbsgd_s3_elem<optforge_f16, optforge_f16, float>(base + c, gbase + c, p_grad, nullptr, red0, (float)k__grad_scale);
+        }
+    }
+}
+#endif
+#ifdef OPTFORGE_LOW_PRECISION
+/* also accumulates 1 whole-tensor reduction(s) into out[]. Each thread takes a fixed share
+   of the elements, block by block: the stage loop stores the elements' reduction terms in small
+   buffers (so it vectorizes as a stage without reductions does), then a tight loop sums a buffer in
+   double. Shares are added in order: the result does not depend on timing. */
+void optforge_lbsgd_s3_bf16(int64_t n, const optforge_bf16* __restrict__ p_grad, double k__grad_scale, double* __restrict__ out) {
+    int nt = 1;
+#ifdef _OPENMP
+    if (n >= OPTFORGE_PARALLEL_MIN) nt = omp_get_max_threads();
+#endif
+    std::vector<double> parts((size_t)nt * 1, 0.0);
+    #pragma omp parallel num_threads(nt) if (nt > 1)
+    {
+        int tid = 0, step = 1;
+#ifdef _OPENMP
+        tid = omp_get_thread_num();
+        step = omp_get_num_threads();
+#endif
+        alignas(64) float buf[1][OPTFORGE_REDUCE_BLOCK];
+        for (int c = tid; c < nt; c += step) {
+            const int64_t lo = n * c / nt, hi = n * (c + 1) / nt;
+            double acc[1] = {0};
+            for (int64_t b = lo; b < hi; b += OPTFORGE_REDUCE_BLOCK) {
+                const int64_t e = hi - b < OPTFORGE_REDUCE_BLOCK ? hi : b + OPTFORGE_REDUCE_BLOCK;
+                {
+                    #pragma omp simd
+                    for (int64_t i = b; i < e; ++i) {
+                        float t0;
+                        optforge_lbsgd_s3_elem<optforge_bf16, optforge_bf16, float>(i, i, p_grad, nullptr, t0, (float)k__grad_scale);
+                        buf[0][i - b] = t0;
+                    }
+                }
+                {   /* from the block's buffer */
+                    double s = 0;
+                    #pragma omp simd reduction(+: s)
+                    for (int64_t j = 0; j < e - b; ++j) {
+                        const double v = buf[0][j];
+                        s += v;
+                    }
+                    acc[0] += s;
+                }
+            }
+            for (int k = 0; k < 1; ++k) parts[(size_t)c * 1 + k] = acc[k];
+        }
+    }
+    for (int k = 0; k < 1; ++k) {
+        double s = 0;
+        for (int c = 0; c < nt; ++c) s += parts[(size_t)c * 1 + k];
+        out[k] = s;
+    }
+}
+/* row-sparse: n = rows x cols gradient elements; gradient row r updates row rows[r] */
+void optforge_lbsgd_s3_rows_bf16(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const optforge_bf16* __restrict__ p_grad, double k__grad_scale) {
+    const int64_t nrows = cols ? n / cols : 0;
+    /* scattered rows are latency-bound: two threads keep twice as many loads in flight */
+    #pragma omp parallel for schedule(static) if (n >= OPTFORGE_PARALLEL_MIN)
+    for (int64_t r = 0; r < nrows; ++r) {
+        const int64_t base = rows[r] * cols, gbase = r * cols;
+        #pragma omp simd
+        for (int64_t c = 0; c < cols; ++c) {
+            float red0;   /* row kernels see some rows only: their reductions are done on the host */
+            optforge_lbsgd_s3_elem<optforge_bf16, optforge_bf16, float>(base + c, gbase + c, p_grad, nullptr, red0, (float)k__grad_scale);
+        }
+    }
+}
+#endif
+void optforge_lbsgd_s4_f32(int64_t n, float* __restrict__ p_cum_grad, const float* __restrict__ p_grad, float* __restrict__ p_mom, float* __restrict__ p_weight, double k0, double k_batch_scale, double k_rescale_grad, double k3, double k4, double k_momentum, double k6, double k_lr_t, double k8, double k__grad_scale, double k__round_seed) {
+    if (p_cum_grad && p_mom && k0 != 0 && k4 != 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_lbsgd_s4_elem<float, float, float, 1, 1, 1, 1>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8, (float)k__grad_scale, k__round_seed);
+    } else if (p_cum_grad && p_mom && k0 != 0 && k4 == 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_lbsgd_s4_elem<float, float, float, 1, 1, 1, 0>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8, (float)k__grad_scale, k__round_seed);
+    } else if (p_cum_grad && p_mom && k0 == 0 && k4 != 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_lbsgd_s4_elem<float, float, float, 1, 1, 0, 1>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8, (float)k__grad_scale, k__round_seed);
+    } else if (p_cum_grad && p_mom && k0 == 0 && k4 == 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_lbsgd_s4_elem<float, float, float, 1, 1, 0, 0>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8, (float)k__grad_scale, k__round_seed);
+    } else if (p_cum_grad && !p_mom && k0 != 0 && k4 != 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_lbsgd_s4_elem<float, float, float, 1, 0, 1, 1>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8, (float)k__grad_scale, k__round_seed);
+    } else if (p_cum_grad && !p_mom && k0 != 0 && k4 == 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_lbsgd_s4_elem<float, float, float, 1, 0, 1, 0>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8, (float)k__grad_scale, k__round_seed);
+    } else if (p_cum_grad && !p_mom && k0 == 0 && k4 != 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_lbsgd_s4_elem<float, float, float, 1, 0, 0, 1>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8, (float)k__grad_scale, k__round_seed);
+    } else if (p_cum_grad && !p_mom && k0 == 0 && k4 == 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_lbsgd_s4_elem<float, float, float, 1, 0, 0, 0>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8, (float)k__grad_scale, k__round_seed);
+    } else if (!p_cum_grad && p_mom && k0 != 0 && k4 != 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_lbsgd_s4_elem<float, float, float, 0, 1, 1, 1>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8, (float)k__grad_scale, k__round_seed);
+    } else if (!p_cum_grad && p_mom && k0 != 0 && k4 == 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_lbsgd_s4_elem<float, float, float, 0, 1, 1, 0>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8, (float)k__grad_scale, k__round_seed);
+    } else if (!p_cum_grad && p_mom && k0 == 0 && k4 != 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_lbsgd_s4_elem<float, float, float, 0, 1, 0, 1>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8, (float)k__grad_scale, k__round_seed);
+    } else if (!p_cum_grad && p_mom && k0 == 0 && k4 == 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_lbsgd_s4_elem<float, float, float, 0, 1, 0, 0>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8, (float)k__grad_scale, k__round_seed);
+    } else if (!p_cum_grad && !p_mom && k0 != 0 && k4 != 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_lbsgd_s4_elem<float, float, float, 0, 0, 1, 1>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8, (float)k__grad_scale, k__round_seed);
+    } else if (!p_cum_grad && !p_mom && k0 != 0 && k4 == 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_lbsgd_s4_elem<float, float, float, 0, 0, 1, 0>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8, (float)k__grad_scale, k__round_seed);
+    } else if (!p_cum_grad && !p_mom && k0 == 0 && k4 != 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_lbsgd_s4_elem<float, float, float, 0, 0, 0, 1>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8, (float)k__grad_scale, k__round_seed);
+    } else if (!p_cum_grad && !p_mom && k0 == 0 && k4 == 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_lbsgd_s4_elem<float, float, float, 0, 0, 0, 0>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8, (float)k__grad_scale, k__round_seed);
+    }
+}
+/* row-sparse: n = rows x cols gradient elements; gradient row r updates row rows[r] */
+void optforge_lbsgd_s4_rows_f32(int64_t n, int64_t cols, const int64_t* __restrict__ rows, float* __restrict__ p_cum_grad, const float* __restrict__ p_grad, float* __restrict__ p_mom, float* __restrict__ p_weight, double k0, double k_batch_scale, double k_rescale_grad, double k3, double k4, double k_momentum, double k6, double k_lr_t, double k8, double k__grad_scale, double k__round_seed) {
+    const int64_t nrows = cols ? n / cols : 0;
+    /* scattered rows are latency-bound: two threads keep twice as many loads in flight */
+    #pragma omp parallel for schedule(static) if (n >= OPTFORGE_PARALLEL_MIN)
+    for (int64_t r = 0; r < nrows; ++r) {
+        const int64_t base = rows[r] * cols, gbase = r * cols;
+        #pragma omp simd
+        for (int64_t c = 0; c < cols; ++c) {
+            optforge_lbsgd_s4_elem<float, float, float, 2, 2, 2, 2>(base + c, gbase + c, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8, (float)k__grad_scale, k__round_seed);
         }
     }
 }
 /* multi-tensor: one call for the small tensors of a list update (each below OPTFORGE_PARALLEL_MIN), in
    parallel over the tensors when there are OPTFORGE_PARALLEL_MIN elements in all (below that a fork
    and join costs more than the work, and on a busy machine it waits for a descheduled thread):
-   ptrs[k * count + t] is pointer k of tensor t, scalars[t * 10 + j] its
+   ptrs[k * count + t] is pointer k of tensor t, scalars[t * 11 + j] its
    scalars */
 void optforge_lbsgd_s4_mt_f32(int64_t count, const int64_t* __restrict__ sizes, const uint64_t* __restrict__ ptrs, const double* __restrict__ scalars) {
     int64_t total = 0;
     for (int64_t t = 0; t < count; ++t) total += sizes[t];
     #pragma omp parallel for schedule(dynamic, 4) if (count > 1 && total >= OPTFORGE_PARALLEL_MIN)
     for (int64_t t = 0; t < count; ++t) {
-        const double* s = scalars + t * 10;
+        const double* s = scalars + t * 11;
         const double k0 = s[0];
         const double k_batch_scale = s[1];
         const double k_rescale_grad = s[2];
@@ -761,78 +1314,79 @@ void optforge_lbsgd_s4_mt_f32(int64_t count, const int64_t* __restrict__ sizes, 
         const double k_lr_t = s[7];
         const double k8 = s[8];
         const double k__grad_scale = s[9];
-        optforge_lbsgd_s4_f32(sizes[t], (float*)ptrs[0 * count + t], (const float*)ptrs[1 * count + t], (float*)ptrs[2 * count + t], (float*)ptrs[3 * count + t], k0, k_batch_scale, k_rescale_grad, k3, k4, k_momentum, k6, k_lr_t, k8, k__grad_scale);
+        const double k__round_seed = s[10];
+        optforge_lbsgd_s4_f32(sizes[t], (float*)ptrs[0 * count + t], (const float*)ptrs[1 * count + t], (float*)ptrs[2 * count + t], (float*)ptrs[3 * count + t], k0, k_batch_scale, k_rescale_grad, k3, k4, k_momentum, k6, k_lr_t, k8, k__grad_scale, k__round_seed);
     }
 }
-void optforge_lbsgd_s4_f64(int64_t n, double* __restrict__ p_cum_grad, const double* __restrict__ p_grad, double* __restrict__ p_mom, double* __restrict__ p_weight, double k0, double k_batch_scale, double k_rescale_grad, double k3, double k4, double k_momentum, double k6, double k_lr_t, double k8, double k__grad_scale) {
+void optforge_lbsgd_s4_f64(int64_t n, double* __restrict__ p_cum_grad, const double* __restrict__ p_grad, double* __restrict__ p_mom, double* __restrict__ p_weight, double k0, double k_batch_scale, double k_rescale_grad, double k3, double k4, double k_momentum, double k6, double k_lr_t, double k8, double k__grad_scale, double k__round_seed) {
     if (p_cum_grad && p_mom && k0 != 0 && k4 != 0) {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
         for (int64_t i = 0; i < n; ++i)
-            optforge_lbsgd_s4_elem<double, double, double, 1, 1, 1, 1>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (double)k0, (double)k_batch_scale, (double)k_rescale_grad, (double)k3, (double)k4, (double)k_momentum, (double)k6, (double)k_lr_t, (double)k8, (double)k__grad_scale);
+            optforge_lbsgd_s4_elem<double, double, double, 1, 1, 1, 1>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (double)k0, (double)k_batch_scale, (double)k_rescale_grad, (double)k3, (double)k4, (double)k_momentum, (double)k6, (double)k_lr_t, (double)k8, (double)k__grad_scale, k__round_seed);
     } else if (p_cum_grad && p_mom && k0 != 0 && k4 == 0) {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
         for (int64_t i = 0; i < n; ++i)
-            optforge_lbsgd_s4_elem<double, double, double, 1, 1, 1, 0>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (double)k0, (double)k_batch_scale, (double)k_rescale_grad, (double)k3, (double)k4, (double)k_momentum, (double)k6, (double)k_lr_t, (double)k8, (double)k__grad_scale);
+            optforge_lbsgd_s4_elem<double, double, double, 1, 1, 1, 0>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (double)k0, (double)k_batch_scale, (double)k_rescale_grad, (double)k3, (double)k4, (double)k_momentum, (double)k6, (double)k_lr_t, (double)k8, (double)k__grad_scale, k__round_seed);
     } else if (p_cum_grad && p_mom && k0 == 0 && k4 != 0) {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
         for (int64_t i = 0; i < n; ++i)
-            optforge_lbsgd_s4_elem<double, double, double, 1, 1, 0, 1>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (double)k0, (double)k_batch_scale, (double)k_rescale_grad, (double)k3, (double)k4, (double)k_momentum, (double)k6, (double)k_lr_t, (double)k8, (double)k__grad_scale);
+            optforge_lbsgd_s4_elem<double, double, double, 1, 1, 0, 1>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (double)k0, (double)k_batch_scale, (double)k_rescale_grad, (double)k3, (double)k4, (double)k_momentum, (double)k6, (double)k_lr_t, (double)k8, (double)k__grad_scale, k__round_seed);
     } else if (p_cum_grad && p_mom && k0 == 0 && k4 == 0) {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
         for (int64_t i = 0; i < n; ++i)
-            optforge_lbsgd_s4_elem<double, double, double, 1, 1, 0, 0>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (double)k0, (double)k_batch_scale, (double)k_rescale_grad, (double)k3, (double)k4, (double)k_momentum, (double)k6, (double)k_lr_t, (double)k8, (double)k__grad_scale);
+            optforge_lbsgd_s4_elem<double, double, double, 1, 1, 0, 0>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (double)k0, (double)k_batch_scale, (double)k_rescale_grad, (double)k3, (double)k4, (double)k_momentum, (double)k6, (double)k_lr_t, (double)k8, (double)k__grad_scale, k__round_seed);
     } else if (p_cum_grad && !p_mom && k0 != 0 && k4 != 0) {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
         for (int64_t i = 0; i < n; ++i)
-            optforge_lbsgd_s4_elem<double, double, double, 1, 0, 1, 1>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (double)k0, (double)k_batch_scale, (double)k_rescale_grad, (double)k3, (double)k4, (double)k_momentum, (double)k6, (double)k_lr_t, (double)k8, (double)k__grad_scale);
+            optforge_lbsgd_s4_elem<double, double, double, 1, 0, 1, 1>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (double)k0, (double)k_batch_scale, (double)k_rescale_grad, (double)k3, (double)k4, (double)k_momentum, (double)k6, (double)k_lr_t, (double)k8, (double)k__grad_scale, k__round_seed);
     } else if (p_cum_grad && !p_mom && k0 != 0 && k4 == 0) {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
         for (int64_t i = 0; i < n; ++i)
-            optforge_lbsgd_s4_elem<double, double, double, 1, 0, 1, 0>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (double)k0, (double)k_batch_scale, (double)k_rescale_grad, (double)k3, (double)k4, (double)k_momentum, (double)k6, (double)k_lr_t, (double)k8, (double)k__grad_scale);
+            optforge_lbsgd_s4_elem<double, double, double, 1, 0, 1, 0>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (double)k0, (double)k_batch_scale, (double)k_rescale_grad, (double)k3, (double)k4, (double)k_momentum, (double)k6, (double)k_lr_t, (double)k8, (double)k__grad_scale, k__round_seed);
     } else if (p_cum_grad && !p_mom && k0 == 0 && k4 != 0) {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
         for (int64_t i = 0; i < n; ++i)
-            optforge_lbsgd_s4_elem<double, double, double, 1, 0, 0, 1>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (double)k0, (double)k_batch_scale, (double)k_rescale_grad, (double)k3, (double)k4, (double)k_momentum, (double)k6, (double)k_lr_t, (double)k8, (double)k__grad_scale);
+            optforge_lbsgd_s4_elem<double, double, double, 1, 0, 0, 1>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (double)k0, (double)k_batch_scale, (double)k_rescale_grad, (double)k3, (double)k4, (double)k_momentum, (double)k6, (double)k_lr_t, (double)k8, (double)k__grad_scale, k__round_seed);
     } else if (p_cum_grad && !p_mom && k0 == 0 && k4 == 0) {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
         for (int64_t i = 0; i < n; ++i)
-            optforge_lbsgd_s4_elem<double, double, double, 1, 0, 0, 0>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (double)k0, (double)k_batch_scale, (double)k_rescale_grad, (double)k3, (double)k4, (double)k_momentum, (double)k6, (double)k_lr_t, (double)k8, (double)k__grad_scale);
+            optforge_lbsgd_s4_elem<double, double, double, 1, 0, 0, 0>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (double)k0, (double)k_batch_scale, (double)k_rescale_grad, (double)k3, (double)k4, (double)k_momentum, (double)k6, (double)k_lr_t, (double)k8, (double)k__grad_scale, k__round_seed);
     } else if (!p_cum_grad && p_mom && k0 != 0 && k4 != 0) {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
         for (int64_t i = 0; i < n; ++i)
-            optforge_lbsgd_s4_elem<double, double, double, 0, 1, 1, 1>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (double)k0, (double)k_batch_scale, (double)k_rescale_grad, (double)k3, (double)k4, (double)k_momentum, (double)k6, (double)k_lr_t, (double)k8, (double)k__grad_scale);
+            optforge_lbsgd_s4_elem<double, double, double, 0, 1, 1, 1>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (double)k0, (double)k_batch_scale, (double)k_rescale_grad, (double)k3, (double)k4, (double)k_momentum, (double)k6, (double)k_lr_t, (double)k8, (double)k__grad_scale, k__round_seed);
     } else if (!p_cum_grad && p_mom && k0 != 0 && k4 == 0) {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
         for (int64_t i = 0; i < n; ++i)
-            optforge_lbsgd_s4_elem<double, double, double, 0, 1, 1, 0>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (double)k0, (double)k_batch_scale, (double)k_rescale_grad, (double)k3, (double)k4, (double)k_momentum, (double)k6, (double)k_lr_t, (double)k8, (double)k__grad_scale);
+            optforge_lbsgd_s4_elem<double, double, double, 0, 1, 1, 0>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (double)k0, (double)k_batch_scale, (double)k_rescale_grad, (double)k3, (double)k4, (double)k_momentum, (double)k6, (double)k_lr_t, (double)k8, (double)k__grad_scale, k__round_seed);
     } else if (!p_cum_grad && p_mom && k0 == 0 && k4 != 0) {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
         for (int64_t i = 0; i < n; ++i)
-            optforge_lbsgd_s4_elem<double, double, double, 0, 1, 0, 1>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (double)k0, (double)k_batch_scale, (double)k_rescale_grad, (double)k3, (double)k4, (double)k_momentum, (double)k6, (double)k_lr_t, (double)k8, (double)k__grad_scale);
+            optforge_lbsgd_s4_elem<double, double, double, 0, 1, 0, 1>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (double)k0, (double)k_batch_scale, (double)k_rescale_grad, (double)k3, (double)k4, (double)k_momentum, (double)k6, (double)k_lr_t, (double)k8, (double)k__grad_scale, k__round_seed);
     } else if (!p_cum_grad && p_mom && k0 == 0 && k4 == 0) {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
         for (int64_t i = 0; i < n; ++i)
-            optforge_lbsgd_s4_elem<double, double, double, 0, 1, 0, 0>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (double)k0, (double)k_batch_scale, (double)k_rescale_grad, (double)k3, (double)k4, (double)k_momentum, (double)k6, (double)k_lr_t, (double)k8, (double)k__grad_scale);
+            optforge_lbsgd_s4_elem<double, double, double, 0, 1, 0, 0>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (double)k0, (double)k_batch_scale, (double)k_rescale_grad, (double)k3, (double)k4, (double)k_momentum, (double)k6, (double)k_lr_t, (double)k8, (double)k__grad_scale, k__round_seed);
     } else if (!p_cum_grad && !p_mom && k0 != 0 && k4 != 0) {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
         for (int64_t i = 0; i < n; ++i)
-            optforge_lbsgd_s4_elem<double, double, double, 0, 0, 1, 1>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (double)k0, (double)k_batch_scale, (double)k_rescale_grad, (double)k3, (double)k4, (double)k_momentum, (double)k6, (double)k_lr_t, (double)k8, (double)k__grad_scale);
+            optforge_lbsgd_s4_elem<double, double, double, 0, 0, 1, 1>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (double)k0, (double)k_batch_scale, (double)k_rescale_grad, (double)k3, (double)k4, (double)k_momentum, (double)k6, (double)k_lr_t, (double)k8, (double)k__grad_scale, k__round_seed);
     } else if (!p_cum_grad && !p_mom && k0 != 0 && k4 == 0) {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
         for (int64_t i = 0; i < n; ++i)
-            optforge_lbsgd_s4_elem<double, double, double, 0, 0, 1, 0>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (double)k0, (double)k_batch_scale, (double)k_rescale_grad, (double)k3, (double)k4, (double)k_momentum, (double)k6, (double)k_lr_t, (double)k8, (double)k__grad_scale);
+            optforge_lbsgd_s4_elem<double, double, double, 0, 0, 1, 0>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (double)k0, (double)k_batch_scale, (double)k_rescale_grad, (double)k3, (double)k4, (double)k_momentum, (double)k6, (double)k_lr_t, (double)k8, (double)k__grad_scale, k__round_seed);
     } else if (!p_cum_grad && !p_mom && k0 == 0 && k4 != 0) {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
         for (int64_t i = 0; i < n; ++i)
-            optforge_lbsgd_s4_elem<double, double, double, 0, 0, 0, 1>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (double)k0, (double)k_batch_scale, (double)k_rescale_grad, (double)k3, (double)k4, (double)k_momentum, (double)k6, (double)k_lr_t, (double)k8, (double)k__grad_scale);
+            optforge_lbsgd_s4_elem<double, double, double, 0, 0, 0, 1>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (double)k0, (double)k_batch_scale, (double)k_rescale_grad, (double)k3, (double)k4, (double)k_momentum, (double)k6, (double)k_lr_t, (double)k8, (double)k__grad_scale, k__round_seed);
     } else if (!p_cum_grad && !p_mom && k0 == 0 && k4 == 0) {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
         for (int64_t i = 0; i < n; ++i)
-            optforge_lbsgd_s4_elem<double, double, double, 0, 0, 0, 0>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (double)k0, (double)k_batch_scale, (double)k_rescale_grad, (double)k3, (double)k4, (double)k_momentum, (double)k6, (double)k_lr_t, (double)k8, (double)k__grad_scale);
+            optforge_lbsgd_s4_elem<double, double, double, 0, 0, 0, 0>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (double)k0, (double)k_batch_scale, (double)k_rescale_grad, (double)k3, (double)k4, (double)k_momentum, (double)k6, (double)k_lr_t, (double)k8, (double)k__grad_scale, k__round_seed);
     }
 }
 /* row-sparse: n = rows x cols gradient elements; gradient row r updates row rows[r] */
-void optforge_lbsgd_s4_rows_f64(int64_t n, int64_t cols, const int64_t* __restrict__ rows, double* __restrict__ p_cum_grad, const double* __restrict__ p_grad, double* __restrict__ p_mom, double* __restrict__ p_weight, double k0, double k_batch_scale, double k_rescale_grad, double k3, double k4, double k_momentum, double k6, double k_lr_t, double k8, double k__grad_scale) {
+void optforge_lbsgd_s4_rows_f64(int64_t n, int64_t cols, const int64_t* __restrict__ rows, double* __restrict__ p_cum_grad, const double* __restrict__ p_grad, double* __restrict__ p_mom, double* __restrict__ p_weight, double k0, double k_batch_scale, double k_rescale_grad, double k3, double k4, double k_momentum, double k6, double k_lr_t, double k8, double k__grad_scale, double k__round_seed) {
     const int64_t nrows = cols ? n / cols : 0;
     /* scattered rows are latency-bound: two threads keep twice as many loads in flight */
     #pragma omp parallel for schedule(static) if (n >= OPTFORGE_PARALLEL_MIN)
@@ -840,21 +1394,21 @@ void optforge_lbsgd_s4_rows_f64(int64_t n, int64_t cols, const int64_t* __restri
         const int64_t base = rows[r] * cols, gbase = r * cols;
         #pragma omp simd
         for (int64_t c = 0; c < cols; ++c) {
-            optforge_lbsgd_s4_elem<double, double, double, 2, 2, 2, 2>(base + c, gbase + c, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (double)k0, (double)k_batch_scale, (double)k_rescale_grad, (double)k3, (double)k4, (double)k_momentum, (double)k6, (double)k_lr_t, (double)k8, (double)k__grad_scale);
+            optforge_lbsgd_s4_elem<double, double, double, 2, 2, 2, 2>(base + c, gbase + c, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (double)k0, (double)k_batch_scale, (double)k_rescale_grad, (double)k3, (double)k4, (double)k_momentum, (double)k6, (double)k_lr_t, (double)k8, (double)k__grad_scale, k__round_seed);
         }
     }
 }
 /* multi-tensor: one call for the small tensors of a list update (each below OPTFORGE_PARALLEL_MIN), in
    parallel over the tensors when there are OPTFORGE_PARALLEL_MIN elements in all (below that a fork
    and join costs more than the work, and on a busy machine it waits for a descheduled thread):
-   ptrs[k * count + t] is pointer k of tensor t, scalars[t * 10 + j] its
+   ptrs[k * count + t] is pointer k of tensor t, scalars[t * 11 + j] its
    scalars */
 void optforge_lbsgd_s4_mt_f64(int64_t count, const int64_t* __restrict__ sizes, const uint64_t* __restrict__ ptrs, const double* __restrict__ scalars) {
     int64_t total = 0;
     for (int64_t t = 0; t < count; ++t) total += sizes[t];
     #pragma omp parallel for schedule(dynamic, 4) if (count > 1 && total >= OPTFORGE_PARALLEL_MIN)
     for (int64_t t = 0; t < count; ++t) {
-        const double* s = scalars + t * 10;
+        const double* s = scalars + t * 11;
         const double k0 = s[0];
         const double k_batch_scale = s[1];
         const double k_rescale_grad = s[2];
@@ -865,7 +1419,172 @@ void optforge_lbsgd_s4_mt_f64(int64_t count, const int64_t* __restrict__ sizes, 
         const double k_lr_t = s[7];
         const double k8 = s[8];
         const double k__grad_scale = s[9];
-        optforge_lbsgd_s4_f64(sizes[t], (double*)ptrs[0 * count + t], (const double*)ptrs[1 * count + t], (double*)ptrs[2 * count + t], (double*)ptrs[3 * count + t], k0, k_batch_scale, k_rescale_grad, k3, k4, k_momentum, k6, k_lr_t, k8, k__grad_scale);
+        const double k__round_seed = s[10];
+        optforge_lbsgd_s4_f64(sizes[t], (double*)ptrs[0 * count + t], (const double*)ptrs[1 * count + t], (double*)ptrs[2 * count + t], (double*)ptrs[3 * count + t], k0, k_batch_scale, k_rescale_grad, k3, k4, k_momentum, k6, k_lr_t, k8, k__grad_scale, k__round_seed);
     }
 }
+#ifdef OPTFORGE_LOW_PRECISION
+void optforge_lbsgd_s4_f16(int64_t n, optforge_f16* __restrict__ p_cum_grad, const optforge_f16* __restrict__ p_grad, optforge_f16* __restrict__ p_mom, optforge_f16* __restrict__ p_weight, double k0, double k_batch_scale, double k_rescale_grad, double k3, double k4, double k_momentum, double k6, double k_lr_t, double k8, double k__grad_scale, double k__round_seed) {
+    if (p_cum_grad && p_mom && k0 != 0 && k4 != 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_lbsgd_s4_elem<optforge_f16, optforge_f16, float, 1, 1, 1, 1>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8, (float)k__grad_scale, k__round_seed);
+    } else if (p_cum_grad && p_mom && k0 != 0 && k4 == 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_lbsgd_s4_elem<optforge_f16, optforge_f16, float, 1, 1, 1, 0>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8, (float)k__grad_scale, k__round_seed);
+    } else if (p_cum_grad && p_mom && k0 == 0 && k4 != 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_lbsgd_s4_elem<optforge_f16, optforge_f16, float, 1, 1, 0, 1>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8, (float)k__grad_scale, k__round_seed);
+    } else if (p_cum_grad && p_mom && k0 == 0 && k4 == 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_lbsgd_s4_elem<optforge_f16, optforge_f16, float, 1, 1, 0, 0>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8, (float)k__grad_scale, k__round_seed);
+    } else if (p_cum_grad && !p_mom && k0 != 0 && k4 != 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_lbsgd_s4_elem<optforge_f16, optforge_f16, float, 1, 0, 1, 1>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8, (float)k__grad_scale, k__round_seed);
+    } else if (p_cum_grad && !p_mom && k0 != 0 && k4 == 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_lbsgd_s4_elem<optforge_f16, optforge_f16, float, 1, 0, 1, 0>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8, (float)k__grad_scale, k__round_seed);
+    } else if (p_cum_grad && !p_mom && k0 == 0 && k4 != 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_lbsgd_s4_elem<optforge_f16, optforge_f16, float, 1, 0, 0, 1>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8, (float)k__grad_scale, k__round_seed);
+    } else if (p_cum_grad && !p_mom && k0 == 0 && k4 == 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_lbsgd_s4_elem<optforge_f16, optforge_f16, float, 1, 0, 0, 0>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8, (float)k__grad_scale, k__round_seed);
+    } else if (!p_cum_grad && p_mom && k0 != 0 && k4 != 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_lbsgd_s4_elem<optforge_f16, optforge_f16, float, 0, 1, 1, 1>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8, (float)k__grad_scale, k__round_seed);
+    } else if (!p_cum_grad && p_mom && k0 != 0 && k4 == 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_lbsgd_s4_elem<optforge_f16, optforge_f16, float, 0, 1, 1, 0>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8, (float)k__grad_scale, k__round_seed);
+    } else if (!p_cum_grad && p_mom && k0 == 0 && k4 != 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_lbsgd_s4_elem<optforge_f16, optforge_f16, float, 0, 1, 0, 1>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8, (float)k__grad_scale, k__round_seed);
+    } else if (!p_cum_grad && p_mom && k0 == 0 && k4 == 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_lbsgd_s4_elem<optforge_f16, optforge_f16, float, 0, 1, 0, 0>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8, (float)k__grad_scale, k__round_seed);
+    } else if (!p_cum_grad && !p_mom && k0 != 0 && k4 != 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_lbsgd_s4_elem<optforge_f16, optforge_f16, float, 0, 0, 1, 1>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8, (float)k__grad_scale, k__round_seed);
+    } else if (!p_cum_grad && !p_mom && k0 != 0 && k4 == 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_lbsgd_s4_elem<optforge_f16, optforge_f16, float, 0, 0, 1, 0>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8, (float)k__grad_scale, k__round_seed);
+    } else if (!p_cum_grad && !p_mom && k0 == 0 && k4 != 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_lbsgd_s4_elem<optforge_f16, optforge_f16, float, 0, 0, 0, 1>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8, (float)k__grad_scale, k__round_seed);
+    } else if (!p_cum_grad && !p_mom && k0 == 0 && k4 == 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_lbsgd_s4_elem<optforge_f16, optforge_f16, float, 0, 0, 0, 0>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8, (float)k__grad_scale, k__round_seed);
+    }
+}
+/* row-sparse: n = rows x cols gradient elements; gradient row r updates row rows[r] */
+void optforge_lbsgd_s4_rows_f16(int64_t n, int64_t cols, const int64_t* __restrict__ rows, optforge_f16* __restrict__ p_cum_grad, const optforge_f16* __restrict__ p_grad, optforge_f16* __restrict__ p_mom, optforge_f16* __restrict__ p_weight, double k0, double k_batch_scale, double k_rescale_grad, double k3, double k4, double k_momentum, double k6, double k_lr_t, double k8, double k__grad_scale, double k__round_seed) {
+    const int64_t nrows = cols ? n / cols : 0;
+    /* scattered rows are latency-bound: two threads keep twice as many loads in flight */
+    #pragma omp parallel for schedule(static) if (n >= OPTFORGE_PARALLEL_MIN)
+    for (int64_t r = 0; r < nrows; ++r) {
+        const int64_t base = rows[r] * cols, gbase = r * cols;
+        #pragma omp simd
+        for (int64_t c = 0; c < cols; ++c) {
+            optforge_lbsgd_s4_elem<optforge_f16, optforge_f16, float, 2, 2, 2, 2>(base + c, gbase + c, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8, (float)k__grad_scale, k__round_seed);
+        }
+    }
+}
+#endif
+#ifdef OPTFORGE_LOW_PRECISION
+void optforge_lbsgd_s4_bf16(int64_t n, optforge_bf16* __restrict__ p_cum_grad, const optforge_bf16* __restrict__ p_grad, optforge_bf16* __restrict__ p_mom, optforge_bf16* __restrict__ p_weight, double k0, double k_batch_scale, double k_rescale_grad, double k3, double k4, double k_momentum, double k6, double k_lr_t, double k8, double k__grad_scale, double k__round_seed) {
+    if (p_cum_grad && p_mom && k0 != 0 && k4 != 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_lbsgd_s4_elem<optforge_bf16, optforge_bf16, float, 1, 1, 1, 1>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8, (float)k__grad_scale, k__round_seed);
+    } else if (p_cum_grad && p_mom && k0 != 0 && k4 == 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_lbsgd_s4_elem<optforge_bf16, optforge_bf16, float, 1, 1, 1, 0>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8, (float)k__grad_scale, k__round_seed);
+    } else if (p_cum_grad && p_mom && k0 == 0 && k4 != 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_lbsgd_s4_elem<optforge_bf16, optforge_bf16, float, 1, 1, 0, 1>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8, (float)k__grad_scale, k__round_seed);
+    } else if (p_cum_grad && p_mom && k0 == 0 && k4 == 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_lbsgd_s4_elem<optforge_bf16, optforge_bf16, float, 1, 1, 0, 0>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8, (float)k__grad_scale, k__round_seed);
+    } else if (p_cum_grad && !p_mom && k0 != 0 && k4 != 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_lbsgd_s4_elem<optforge_bf16, optforge_bf16, float, 1, 0, 1, 1>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8, (float)k__grad_scale, k__round_seed);
+    } else if (p_cum_grad && !p_mom && k0 != 0 && k4 == 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_lbsgd_s4_elem<optforge_bf16, optforge_bf16, float, 1, 0, 1, 0>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8, (float)k__grad_scale, k__round_seed);
+    } else if (p_cum_grad && !p_mom && k0 == 0 && k4 != 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_lbsgd_s4_elem<optforge_bf16, optforge_bf16, float, 1, 0, 0, 1>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8, (float)k__grad_scale, k__round_seed);
+    } else if (p_cum_grad && !p_mom && k0 == 0 && k4 == 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_lbsgd_s4_elem<optforge_bf16, optforge_bf16, float, 1, 0, 0, 0>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8, (float)k__grad_scale, k__round_seed);
+    } else if (!p_cum_grad && p_mom && k0 != 0 && k4 != 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_lbsgd_s4_elem<optforge_bf16, optforge_bf16, float, 0, 1, 1, 1>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8, (float)k__grad_scale, k__round_seed);
+    } else if (!p_cum_grad && p_mom && k0 != 0 && k4 == 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_lbsgd_s4_elem<optforge_bf16, optforge_bf16, float, 0, 1, 1, 0>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8, (float)k__grad_scale, k__round_seed);
+    } else if (!p_cum_grad && p_mom && k0 == 0 && k4 != 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_lbsgd_s4_elem<optforge_bf16, optforge_bf16, float, 0, 1, 0, 1>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8, (float)k__grad_scale, k__round_seed);
+    } else if (!p_cum_grad && p_mom && k0 == 0 && k4 == 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_lbsgd_s4_elem<optforge_bf16, optforge_bf16, float, 0, 1, 0, 0>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8, (float)k__grad_scale, k__round_seed);
+    } else if (!p_cum_grad && !p_mom && k0 != 0 && k4 != 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_lbsgd_s4_elem<optforge_bf16, optforge_bf16, float, 0, 0, 1, 1>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8, (float)k__grad_scale, k__round_seed);
+    } else if (!p_cum_grad && !p_mom && k0 != 0 && k4 == 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_lbsgd_s4_elem<optforge_bf16, optforge_bf16, float, 0, 0, 1, 0>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8, (float)k__grad_scale, k__round_seed);
+    } else if (!p_cum_grad && !p_mom && k0 == 0 && k4 != 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_lbsgd_s4_elem<optforge_bf16, optforge_bf16, float, 0, 0, 0, 1>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8, (float)k__grad_scale, k__round_seed);
+    } else if (!p_cum_grad && !p_mom && k0 == 0 && k4 == 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_lbsgd_s4_elem<optforge_bf16, optforge_bf16, float, 0, 0, 0, 0>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8, (float)k__grad_scale, k__round_seed);
+    }
+}
+/* row-sparse: n = rows x cols gradient elements; gradient row r updates row rows[r] */
+void optforge_lbsgd_s4_rows_bf16(int64_t n, int64_t cols, const int64_t* __restrict__ rows, optforge_bf16* __restrict__ p_cum_grad, const optforge_bf16* __restrict__ p_grad, optforge_bf16* __restrict__ p_mom, optforge_bf16* __restrict__ p_weight, double k0, double k_batch_scale, double k_rescale_grad, double k3, double k4, double k_momentum, double k6, double k_lr_t, double k8, double k__grad_scale, double k__round_seed) {
+    const int64_t nrows = cols ? n / cols : 0;
+    /* scattered rows are latency-bound: two threads keep twice as many loads in flight */
+    #pragma omp parallel for schedule(static) if (n >= OPTFORGE_PARALLEL_MIN)
+    for (int64_t r = 0; r < nrows; ++r) {
+        const int64_t base = rows[r] * cols, gbase = r * cols;
+        #pragma omp simd
+        for (int64_t c = 0; c < cols; ++c) {
+            optforge_lbsgd_s4_elem<optforge_bf16, optforge_bf16, float, 2, 2, 2, 2>(base + c, gbase + c, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8, (float)k__grad_scale, k__round_seed);
+        }
+    }
+}
+#endif
 }

@@ -319,6 +319,7 @@ class LBSGD(Optimizer):
         num_cums = scalars['num_cums']
         _grad_scale = _step.grad_scale
         _grad = grad if _grad_scale == 1 else grad * _grad_scale
+        _round_seed = _step.round_seed
         num_cums = num_cums + 1  # lbsgd.opt:42
         if batch_scale > 1:
             be.launch('optforge_lbsgd_s0', (cum_grad, grad,), (ops.arg(_grad_scale), ))
@@ -345,5 +346,5 @@ class LBSGD(Optimizer):
             else:
                 lbmult = 1 + (batch_scale - 1) * math.sqrt(num_cums / nwup)  # lbsgd.opt:65
             lr_t = lr * lbmult  # lbsgd.opt:67
-            be.launch('optforge_lbsgd_s4', (cum_grad, grad, mom, weight,), (ops.arg(batch_scale > 1), ops.arg(batch_scale), ops.arg(rescale_grad), ops.arg(clip_gradient), ops.arg(momentum != 0), ops.arg(momentum), ops.arg(lr_t * wd), ops.arg(lr_t), ops.arg(1 - lr_t * wd), ops.arg(_grad_scale), ))
+            be.launch('optforge_lbsgd_s4', (cum_grad, grad, mom, weight,), (ops.arg(batch_scale > 1), ops.arg(batch_scale), ops.arg(rescale_grad), ops.arg(clip_gradient), ops.arg(momentum != 0), ops.arg(momentum), ops.arg(lr_t * wd), ops.arg(lr_t), ops.arg(1 - lr_t * wd), ops.arg(_grad_scale), ops.arg(_round_seed), ))
         scalars['num_cums'] = num_cums

@@ -109,4 +109,5 @@ class Lion(Optimizer):
         wd = _step.wd
         mean = tensors['mean']
         _grad_scale = _step.grad_scale
-        be.launch('optforge_lion_s0', (grad, mean, weight,), (ops.arg(rescale_grad), ops.arg(clip_gradient), ops.arg(beta1), ops.arg(lr), ops.arg(wd), ops.arg(beta2), ops.arg(_grad_scale), ))
+        _round_seed = _step.round_seed
+        be.launch('optforge_lion_s0', (grad, mean, weight,), (ops.arg(rescale_grad), ops.arg(clip_gradient), ops.arg(beta1), ops.arg(lr), ops.arg(wd), ops.arg(beta2), ops.arg(_grad_scale), ops.arg(_round_seed), ))

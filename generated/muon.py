@@ -222,6 +222,7 @@ class Muon(Optimizer):
         exp_avg_sq = tensors.get('exp_avg_sq')
         _grad_scale = _step.grad_scale
         _grad = grad if _grad_scale == 1 else grad * _grad_scale
+        _round_seed = _step.round_seed
         if len(_shape) >= 2:
             x = be.scratch(weight, 'x')
             m = ops.size(_shape, -2, 'matrix')  # muon.opt:58
@@ -252,6 +253,6 @@ class Muon(Optimizer):
                     ops.matmul(b_t, x, ('rows_x_rows', 'full', 'full'), (False, False), _shape, 'matrix', out=_r4)  # muon.opt:71
                     be.launch('optforge_muon_s6', (x, _r4,), (ops.arg(ns_a), ))
             ratio = math.sqrt(ops.maximum(1, m / n)) if adjust_lr_fn == 'original' else 0.2 * math.sqrt(ops.maximum(m, n))  # muon.opt:74
-            be.launch('optforge_muon_s7', (weight, x,), (ops.arg(1 - lr * wd), ops.arg(lr * ratio), ))
+            be.launch('optforge_muon_s7', (weight, x,), (ops.arg(1 - lr * wd), ops.arg(lr * ratio), ops.arg(_round_seed), ))
         else:
-            be.launch('optforge_muon_s8', (exp_avg, grad, exp_avg_sq, weight,), (ops.arg(beta1), ops.arg(rescale_grad), ops.arg(clip_gradient), ops.arg(beta2), ops.arg(1 - lr * wd), ops.arg(lr / (1 - beta1 ** t)), ops.arg(math.sqrt(1 - beta2 ** t)), ops.arg(adam_eps), ops.arg(_grad_scale), ))
+            be.launch('optforge_muon_s8', (exp_avg, grad, exp_avg_sq, weight,), (ops.arg(beta1), ops.arg(rescale_grad), ops.arg(clip_gradient), ops.arg(beta2), ops.arg(1 - lr * wd), ops.arg(lr / (1 - beta1 ** t)), ops.arg(math.sqrt(1 - beta2 ** t)), ops.arg(adam_eps), ops.arg(_grad_scale), ops.arg(_round_seed), ))

@@ -154,9 +154,10 @@ class Nadam(Optimizer):
         v = tensors['v']
         m_schedule = scalars['m_schedule']
         _grad_scale = _step.grad_scale
+        _round_seed = _step.round_seed
         momentum_t = beta1 * (1 - 0.5 * 0.96 ** (t * schedule_decay))  # nadam.opt:33
         momentum_t1 = beta1 * (1 - 0.5 * 0.96 ** ((t + 1) * schedule_decay))  # nadam.opt:34
         m_schedule = m_schedule * momentum_t  # nadam.opt:35
         m_schedule_next = m_schedule * momentum_t1  # nadam.opt:36
-        be.launch('optforge_nadam_s0', (grad, weight, m, v,), (ops.arg(rescale_grad), ops.arg(wd), ops.arg(clip_gradient), ops.arg(beta1), ops.arg(beta2), ops.arg(1 - m_schedule), ops.arg(1 - m_schedule_next), ops.arg(1 - beta2 ** t), ops.arg(1 - momentum_t), ops.arg(momentum_t1), ops.arg(lr), ops.arg(epsilon), ops.arg(_grad_scale), ))
+        be.launch('optforge_nadam_s0', (grad, weight, m, v,), (ops.arg(rescale_grad), ops.arg(wd), ops.arg(clip_gradient), ops.arg(beta1), ops.arg(beta2), ops.arg(1 - m_schedule), ops.arg(1 - m_schedule_next), ops.arg(1 - beta2 ** t), ops.arg(1 - momentum_t), ops.arg(momentum_t1), ops.arg(lr), ops.arg(epsilon), ops.arg(_grad_scale), ops.arg(_round_seed), ))
         scalars['m_schedule'] = m_schedule

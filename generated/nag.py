@@ -139,4 +139,5 @@ class NAG(Optimizer):
         wd = _step.wd
         mom = tensors.get('mom')
         _grad_scale = _step.grad_scale
-        be.launch('optforge_nag_s0', (grad, mom, weight,), (ops.arg(rescale_grad), ops.arg(clip_gradient), ops.arg(momentum != 0), ops.arg(momentum), ops.arg((1 + momentum) * lr), ops.arg(wd), ops.arg(lr), ops.arg(1 - lr * wd), ops.arg(_grad_scale), ))
+        _round_seed = _step.round_seed
+        be.launch('optforge_nag_s0', (grad, mom, weight,), (ops.arg(rescale_grad), ops.arg(clip_gradient), ops.arg(momentum != 0), ops.arg(momentum), ops.arg((1 + momentum) * lr), ops.arg(wd), ops.arg(lr), ops.arg(1 - lr * wd), ops.arg(_grad_scale), ops.arg(_round_seed), ))

@@ -287,6 +287,7 @@ class Prodigy(Optimizer):
         exp_avg = tensors.get('exp_avg')
         exp_avg_sq = tensors['exp_avg_sq']
         _grad_scale = _step.grad_scale
+        _round_seed = _step.round_seed
         g = be.scratch(weight, 'g')
         dlr = d * lr * bias  # prodigy.opt:58
         _red_s0 = yield be.launch('optforge_prodigy_s0', (grad, weight, exp_avg_sq, exp_avg, s, p0, g,), (ops.arg(decouple), ops.arg(wd), ops.arg(beta2), ops.arg(d * d * (1 - beta2)), ops.arg(beta1 > 0), ops.arg(beta1), ops.arg(d * (1 - beta1)), ops.arg(b3), ops.arg(d / d0 * d if safeguard_warmup else d / d0 * dlr), ops.arg(_grad_scale), ), reduce=2)
@@ -295,4 +296,4 @@ class Prodigy(Optimizer):
         yield ops.Gather(self._interlude_0, _step, (('global_sum', _r0), ('global_sum', _r2)))
         d = self._globals['d']
         seen = _step.call['seen']
-        be.launch('optforge_prodigy_s1', (weight, exp_avg, exp_avg_sq, grad,), (ops.arg(decouple), ops.arg(wd * dlr), ops.arg(beta1 > 0), ops.arg(seen), ops.arg(dlr), ops.arg(d * eps), ops.arg(wd), ops.arg(dlr * d), ops.arg(_grad_scale), ))
+        be.launch('optforge_prodigy_s1', (weight, exp_avg, exp_avg_sq, grad,), (ops.arg(decouple), ops.arg(wd * dlr), ops.arg(beta1 > 0), ops.arg(seen), ops.arg(dlr), ops.arg(d * eps), ops.arg(wd), ops.arg(dlr * d), ops.arg(_grad_scale), ops.arg(_round_seed), ))

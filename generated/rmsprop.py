@@ -150,4 +150,5 @@ class RMSProp(Optimizer):
         g_avg = tensors.get('g_avg')
         delta = tensors.get('delta')
         _grad_scale = _step.grad_scale
-        be.launch('optforge_rmsprop_s0', (grad, weight, n, g_avg, delta,), (ops.arg(rescale_grad), ops.arg(wd), ops.arg(clip_gradient), ops.arg(gamma1), ops.arg(centered), ops.arg(gamma2), ops.arg(lr), ops.arg(epsilon), ops.arg(clip_weights), ops.arg(_grad_scale), ))
+        _round_seed = _step.round_seed
+        be.launch('optforge_rmsprop_s0', (grad, weight, n, g_avg, delta,), (ops.arg(rescale_grad), ops.arg(wd), ops.arg(clip_gradient), ops.arg(gamma1), ops.arg(centered), ops.arg(gamma2), ops.arg(lr), ops.arg(epsilon), ops.arg(clip_weights), ops.arg(_grad_scale), ops.arg(_round_seed), ))

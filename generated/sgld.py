@@ -83,4 +83,5 @@ class SGLD(Optimizer):
         lr = _step.lr
         wd = _step.wd
         _grad_scale = _step.grad_scale
-        be.launch('optforge_sgld_s0', (grad, weight,), (ops.arg(rescale_grad), ops.arg(clip_gradient), ops.arg(-lr / 2), ops.arg(wd), ops.arg(math.sqrt(lr)), be.seed(self._rng), ops.arg(_grad_scale), ))
+        _round_seed = _step.round_seed
+        be.launch('optforge_sgld_s0', (grad, weight,), (ops.arg(rescale_grad), ops.arg(clip_gradient), ops.arg(-lr / 2), ops.arg(wd), ops.arg(math.sqrt(lr)), be.seed(self._rng), ops.arg(_grad_scale), ops.arg(_round_seed), ))

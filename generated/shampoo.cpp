@@ -6,9 +6,12 @@
 #ifdef __CUDACC_RTC__   /* NVRTC (CuPy's RawModule) has no C library headers; math is built in */
 typedef long long int64_t;
 typedef unsigned long long uint64_t;
+typedef unsigned int uint32_t;
+typedef unsigned short uint16_t;
 #else
 #include <math.h>
 #include <stdint.h>
+#include <string.h>
 #endif
 #ifndef OPTFORGE_HD
 #define OPTFORGE_HD inline
@@ -30,12 +33,100 @@ template <typename C> OPTFORGE_HD C op_eye(int64_t i, double n) {
     const int64_t k = (int64_t)n, j = i % (k * k);
     return j / k == j % k ? C(1) : C(0);
 }
+/* splitmix64's finaliser: the hash of the counter-based random numbers (noise, stochastic rounding) */
+OPTFORGE_HD uint64_t op_mix(uint64_t z) {
+    z += 0x9E3779B97F4A7C15ull;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+/* bfloat16 storage: float v's bits rounded to bfloat16's 16, to nearest even (seed 0) or, with a seed,
+   stochastically: 16 random bits of (seed, element i) are added below the kept bits and the sum is
+   truncated, so v rounds away from zero with probability equal to its distance from the value below
+   (in units of the gap). NaN stays a quiet NaN; beyond the largest finite value rounds to inf as
+   overflow does. optforge.ops.round_bfloat16 computes the same bits on the host. */
+OPTFORGE_HD uint16_t op_bf16_bits(float v, double seed, int64_t i) {
+    uint32_t u;
+#ifdef __CUDA_ARCH__
+    u = __float_as_uint(v);
+#else
+    memcpy(&u, &v, sizeof u);
+#endif
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x0040u);
+    u += seed != 0.0 ? (uint32_t)(op_mix((uint64_t)seed ^ op_mix((uint64_t)i)) & 0xffffu)
+                     : 0x7fffu + ((u >> 16) & 1u);
+    return (uint16_t)(u >> 16);
+}
+/* how a stage stores the weight: converted to its storage type; the bfloat16 variants specialise it
+   to round with the parameter's seed (lower.ROUND_SEED) */
+template <typename T, typename C> OPTFORGE_HD T op_store(C v, double seed, int64_t i) {
+    (void)seed;
+    (void)i;
+    return (T)(v);
+}
 #endif
 
 /* below this many elements a stage runs on one thread: forking costs more than it saves */
 #define OPTFORGE_PARALLEL_MIN 65536
 
-template <typename C> inline void store_low(float* p, int64_t i, C v) { p[i] = (float)v; }
+/* (the CPU kernels have no master-copy variant: the low-precision copy pointer is always null) */
+template <typename L, typename C> inline void store_low(float* p, int64_t i, C v) { reinterpret_cast<L*>(p)[i] = (L)(v); }
+#ifdef OPTFORGE_LOW_PRECISION
+/* The float16 and bfloat16 variants (built only when optforge.native meets such a weight: -D
+   OPTFORGE_LOW_PRECISION): weight, states and gradient stored in 16 bits, arithmetic in float. A value
+   is widened on load and rounded to nearest even on store; a bfloat16 weight with a seed is rounded
+   stochastically (op_store). */
+#if defined(__FLT16_MAX__) && !defined(OPTFORGE_SOFT_FLOAT16)
+typedef _Float16 optforge_f16;
+#else
+/* no _Float16 in this compiler: IEEE binary16 by bit manipulation */
+static inline float optforge_f16_float(uint16_t h) {
+    const uint32_t sign = (uint32_t)(h & 0x8000u) << 16, e = (h >> 10) & 0x1fu, man = h & 0x3ffu;
+    uint32_t u = sign;
+    if (e == 0x1fu) u |= 0x7f800000u | (man << 13);
+    else if (e) u |= ((e + 112u) << 23) | (man << 13);
+    else if (man) { const float f = (float)man * 5.9604644775390625e-8f; return sign ? -f : f; }
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+static inline uint16_t optforge_f16_bits(float v) {
+    uint32_t u;
+    memcpy(&u, &v, sizeof u);
+    const uint32_t sign = (u >> 16) & 0x8000u, a = u & 0x7fffffffu;
+    if (a > 0x7f800000u) return (uint16_t)(sign | 0x7e00u | ((a >> 13) & 0x3ffu));
+    if (a >= 0x477ff000u) return (uint16_t)(sign | 0x7c00u);   /* 65520 and above round to inf */
+    if (a < 0x38800000u) {   /* below 2^-14: a multiple of 2^-24, rounded to nearest even */
+        float f;
+        memcpy(&f, &a, sizeof f);
+        return (uint16_t)(sign | (uint32_t)nearbyintf(f * 16777216.0f));
+    }
+    return (uint16_t)(sign | (((a + 0xfffu + ((a >> 13) & 1u)) >> 13) - (112u << 10)));
+}
+struct optforge_f16 {
+    uint16_t bits;
+    optforge_f16() = default;
+    optforge_f16(float v) : bits(optforge_f16_bits(v)) {}
+    operator float() const { return optforge_f16_float(bits); }
+};
+#endif
+struct optforge_bf16 {
+    uint16_t bits;
+    optforge_bf16() = default;
+    optforge_bf16(float v) : bits(op_bf16_bits(v, 0.0, 0)) {}
+    operator float() const {
+        const uint32_t u = (uint32_t)bits << 16;
+        float f;
+        memcpy(&f, &u, sizeof f);
+        return f;
+    }
+};
+template <> inline optforge_bf16 op_store<optforge_bf16, float>(float v, double seed, int64_t i) {
+    optforge_bf16 out;
+    out.bits = op_bf16_bits(v, seed, i);
+    return out;
+}
+#endif
 #include <vector>
 #define OPTFORGE_REDUCE_BLOCK 2048
 #ifdef _OPENMP
@@ -45,7 +136,7 @@ template <typename C> inline void store_low(float* p, int64_t i, C v) { p[i] = (
 /* stage s0: element i of the weight and states, element gi of the gradient and scratch
    (the same element for a dense update; for a row-sparse one, gi walks the gradient's rows) */
 template <typename T, typename G, typename C, int B0>
-OPTFORGE_HD void optforge_shampoo_s0_elem(int64_t i, int64_t gi, const G* __restrict__ p_grad, T* __restrict__ p_weight, C* __restrict__ p_g, float* __restrict__ p_weight_lp, const C k_rescale_grad, const C k1, const C k2, const C k3, const C k__grad_scale) {
+OPTFORGE_HD void optforge_shampoo_s0_elem(int64_t i, int64_t gi, const G* __restrict__ p_grad, T* __restrict__ p_weight, C* __restrict__ p_g, float* __restrict__ p_weight_lp, const C k_rescale_grad, const C k1, const C k2, const C k3, const C k__grad_scale, const double k__round_seed) {
     C grad = C(p_grad[gi]) * k__grad_scale;
     C weight = C(p_weight[i]);
     C g;
@@ -54,8 +145,8 @@ OPTFORGE_HD void optforge_shampoo_s0_elem(int64_t i, int64_t gi, const G* __rest
         weight = weight * k3;  // shampoo.opt:52
     }
     p_g[gi] = (C)(g);
-    p_weight[i] = (T)(weight);
-    if (p_weight_lp) store_low(p_weight_lp, i, weight);
+    p_weight[i] = op_store<T>(weight, k__round_seed, i);
+    if (p_weight_lp) store_low<G>(p_weight_lp, i, weight);
 }
 /* stage s1: element i of the weight and states, element gi of the gradient and scratch
    (the same element for a dense update; for a row-sparse one, gi walks the gradient's rows) */
@@ -168,88 +259,116 @@ OPTFORGE_HD void optforge_shampoo_s12_elem(int64_t i, int64_t gi, const C* __res
 /* stage s13: element i of the weight and states, element gi of the gradient and scratch
    (the same element for a dense update; for a row-sparse one, gi walks the gradient's rows) */
 template <typename T, typename G, typename C>
-OPTFORGE_HD void optforge_shampoo_s13_elem(int64_t i, int64_t gi, T* __restrict__ p_weight, const C* __restrict__ p__r7, float* __restrict__ p_weight_lp, const C k_lr) {
+OPTFORGE_HD void optforge_shampoo_s13_elem(int64_t i, int64_t gi, T* __restrict__ p_weight, const C* __restrict__ p__r7, float* __restrict__ p_weight_lp, const C k_lr, const double k__round_seed) {
     C weight = C(p_weight[i]);
     C _r7 = C(p__r7[gi]);
     weight = weight - k_lr * _r7;  // shampoo.opt:81
-    p_weight[i] = (T)(weight);
-    if (p_weight_lp) store_low(p_weight_lp, i, weight);
+    p_weight[i] = op_store<T>(weight, k__round_seed, i);
+    if (p_weight_lp) store_low<G>(p_weight_lp, i, weight);
 }
 /* stage s14: element i of the weight and states, element gi of the gradient and scratch
    (the same element for a dense update; for a row-sparse one, gi walks the gradient's rows) */
 template <typename T, typename G, typename C, int H0>
-OPTFORGE_HD void optforge_shampoo_s14_elem(int64_t i, int64_t gi, T* __restrict__ p_v, const C* __restrict__ p_g, T* __restrict__ p_weight, float* __restrict__ p_weight_lp, const C k_lr, const C k_epsilon) {
+OPTFORGE_HD void optforge_shampoo_s14_elem(int64_t i, int64_t gi, T* __restrict__ p_v, const C* __restrict__ p_g, T* __restrict__ p_weight, float* __restrict__ p_weight_lp, const C k_lr, const C k_epsilon, const double k__round_seed) {
     C v = (H0 == 1 || (H0 == 2 && p_v)) ? C(p_v[i]) : C(0);
     C g = C(p_g[gi]);
     C weight = C(p_weight[i]);
     v = v + op_square(g);  // shampoo.opt:83
     weight = weight - k_lr * g / sqrt(v + k_epsilon);  // shampoo.opt:84
     if (H0 == 1 || (H0 == 2 && p_v)) p_v[i] = (T)(v);
-    p_weight[i] = (T)(weight);
-    if (p_weight_lp) store_low(p_weight_lp, i, weight);
+    p_weight[i] = op_store<T>(weight, k__round_seed, i);
+    if (p_weight_lp) store_low<G>(p_weight_lp, i, weight);
 }
 
 extern "C" {
-void optforge_shampoo_s0_f32(int64_t n, const float* __restrict__ p_grad, float* __restrict__ p_weight, float* __restrict__ p_g, double k_rescale_grad, double k1, double k2, double k3, double k__grad_scale) {
+void optforge_shampoo_s0_f32(int64_t n, const float* __restrict__ p_grad, float* __restrict__ p_weight, float* __restrict__ p_g, double k_rescale_grad, double k1, double k2, double k3, double k__grad_scale, double k__round_seed) {
     if (k2 != 0) {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
         for (int64_t i = 0; i < n; ++i)
-            optforge_shampoo_s0_elem<float, float, float, 1>(i, i, p_grad, p_weight, p_g, nullptr, (float)k_rescale_grad, (float)k1, (float)k2, (float)k3, (float)k__grad_scale);
+            optforge_shampoo_s0_elem<float, float, float, 1>(i, i, p_grad, p_weight, p_g, nullptr, (float)k_rescale_grad, (float)k1, (float)k2, (float)k3, (float)k__grad_scale, k__round_seed);
     } else if (k2 == 0) {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
         for (int64_t i = 0; i < n; ++i)
-            optforge_shampoo_s0_elem<float, float, float, 0>(i, i, p_grad, p_weight, p_g, nullptr, (float)k_rescale_grad, (float)k1, (float)k2, (float)k3, (float)k__grad_scale);
+            optforge_shampoo_s0_elem<float, float, float, 0>(i, i, p_grad, p_weight, p_g, nullptr, (float)k_rescale_grad, (float)k1, (float)k2, (float)k3, (float)k__grad_scale, k__round_seed);
     }
 }
 /* multi-tensor: one call for the small tensors of a list update (each below OPTFORGE_PARALLEL_MIN), in
    parallel over the tensors when there are OPTFORGE_PARALLEL_MIN elements in all (below that a fork
    and join costs more than the work, and on a busy machine it waits for a descheduled thread):
-   ptrs[k * count + t] is pointer k of tensor t, scalars[t * 5 + j] its
+   ptrs[k * count + t] is pointer k of tensor t, scalars[t * 6 + j] its
    scalars */
 void optforge_shampoo_s0_mt_f32(int64_t count, const int64_t* __restrict__ sizes, const uint64_t* __restrict__ ptrs, const double* __restrict__ scalars) {
     int64_t total = 0;
     for (int64_t t = 0; t < count; ++t) total += sizes[t];
     #pragma omp parallel for schedule(dynamic, 4) if (count > 1 && total >= OPTFORGE_PARALLEL_MIN)
     for (int64_t t = 0; t < count; ++t) {
-        const double* s = scalars + t * 5;
+        const double* s = scalars + t * 6;
         const double k_rescale_grad = s[0];
         const double k1 = s[1];
         const double k2 = s[2];
         const double k3 = s[3];
         const double k__grad_scale = s[4];
-        optforge_shampoo_s0_f32(sizes[t], (const float*)ptrs[0 * count + t], (float*)ptrs[1 * count + t], (float*)ptrs[2 * count + t], k_rescale_grad, k1, k2, k3, k__grad_scale);
+        const double k__round_seed = s[5];
+        optforge_shampoo_s0_f32(sizes[t], (const float*)ptrs[0 * count + t], (float*)ptrs[1 * count + t], (float*)ptrs[2 * count + t], k_rescale_grad, k1, k2, k3, k__grad_scale, k__round_seed);
     }
 }
-void optforge_shampoo_s0_f64(int64_t n, const double* __restrict__ p_grad, double* __restrict__ p_weight, double* __restrict__ p_g, double k_rescale_grad, double k1, double k2, double k3, double k__grad_scale) {
+void optforge_shampoo_s0_f64(int64_t n, const double* __restrict__ p_grad, double* __restrict__ p_weight, double* __restrict__ p_g, double k_rescale_grad, double k1, double k2, double k3, double k__grad_scale, double k__round_seed) {
     if (k2 != 0) {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
         for (int64_t i = 0; i < n; ++i)
-            optforge_shampoo_s0_elem<double, double, double, 1>(i, i, p_grad, p_weight, p_g, nullptr, (double)k_rescale_grad, (double)k1, (double)k2, (double)k3, (double)k__grad_scale);
+            optforge_shampoo_s0_elem<double, double, double, 1>(i, i, p_grad, p_weight, p_g, nullptr, (double)k_rescale_grad, (double)k1, (double)k2, (double)k3, (double)k__grad_scale, k__round_seed);
     } else if (k2 == 0) {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
         for (int64_t i = 0; i < n; ++i)
-            optforge_shampoo_s0_elem<double, double, double, 0>(i, i, p_grad, p_weight, p_g, nullptr, (double)k_rescale_grad, (double)k1, (double)k2, (double)k3, (double)k__grad_scale);
+            optforge_shampoo_s0_elem<double, double, double, 0>(i, i, p_grad, p_weight, p_g, nullptr, (double)k_rescale_grad, (double)k1, (double)k2, (double)k3, (double)k__grad_scale, k__round_seed);
     }
 }
 /* multi-tensor: one call for the small tensors of a list update (each below OPTFORGE_PARALLEL_MIN), in
    parallel over the tensors when there are OPTFORGE_PARALLEL_MIN elements in all (below that a fork
    and join costs more than the work, and on a busy machine it waits for a descheduled thread):
-   ptrs[k * count + t] is pointer k of tensor t, scalars[t * 5 + j] its
+   ptrs[k * count + t] is pointer k of tensor t, scalars[t * 6 + j] its
    scalars */
 void optforge_shampoo_s0_mt_f64(int64_t count, const int64_t* __restrict__ sizes, const uint64_t* __restrict__ ptrs, const double* __restrict__ scalars) {
     int64_t total = 0;
     for (int64_t t = 0; t < count; ++t) total += sizes[t];
     #pragma omp parallel for schedule(dynamic, 4) if (count > 1 && total >= OPTFORGE_PARALLEL_MIN)
     for (int64_t t = 0; t < count; ++t) {
-        const double* s = scalars + t * 5;
+        const double* s = scalars + t * 6;
         const double k_rescale_grad = s[0];
         const double k1 = s[1];
         const double k2 = s[2];
         const double k3 = s[3];
         const double k__grad_scale = s[4];
-        optforge_shampoo_s0_f64(sizes[t], (const double*)ptrs[0 * count + t], (double*)ptrs[1 * count + t], (double*)ptrs[2 * count + t], k_rescale_grad, k1, k2, k3, k__grad_scale);
+        const double k__round_seed = s[5];
+        optforge_shampoo_s0_f64(sizes[t], (const double*)ptrs[0 * count + t], (double*)ptrs[1 * count + t], (double*)ptrs[2 * count + t], k_rescale_grad, k1, k2, k3, k__grad_scale, k__round_seed);
     }
 }
+#ifdef OPTFORGE_LOW_PRECISION
+void optforge_shampoo_s0_f16(int64_t n, const optforge_f16* __restrict__ p_grad, optforge_f16* __restrict__ p_weight, float* __restrict__ p_g, double k_rescale_grad, double k1, double k2, double k3, double k__grad_scale, double k__round_seed) {
+    if (k2 != 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_shampoo_s0_elem<optforge_f16, optforge_f16, float, 1>(i, i, p_grad, p_weight, p_g, nullptr, (float)k_rescale_grad, (float)k1, (float)k2, (float)k3, (float)k__grad_scale, k__round_seed);
+    } else if (k2 == 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_shampoo_s0_elem<optforge_f16, optforge_f16, float, 0>(i, i, p_grad, p_weight, p_g, nullptr, (float)k_rescale_grad, (float)k1, (float)k2, (float)k3, (float)k__grad_scale, k__round_seed);
+    }
+}
+#endif
+#ifdef OPTFORGE_LOW_PRECISION
+void optforge_shampoo_s0_bf16(int64_t n, const optforge_bf16* __restrict__ p_grad, optforge_bf16* __restrict__ p_weight, float* __restrict__ p_g, double k_rescale_grad, double k1, double k2, double k3, double k__grad_scale, double k__round_seed) {
+    if (k2 != 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_shampoo_s0_elem<optforge_bf16, optforge_bf16, float, 1>(i, i, p_grad, p_weight, p_g, nullptr, (float)k_rescale_grad, (float)k1, (float)k2, (float)k3, (float)k__grad_scale, k__round_seed);
+    } else if (k2 == 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_shampoo_s0_elem<optforge_bf16, optforge_bf16, float, 0>(i, i, p_grad, p_weight, p_g, nullptr, (float)k_rescale_grad, (float)k1, (float)k2, (float)k3, (float)k__grad_scale, k__round_seed);
+    }
+}
+#endif
 void optforge_shampoo_s1_f32(int64_t n, float* __restrict__ p_l, const float* __restrict__ p__r0) {
     if (p_l) {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
@@ -300,6 +419,32 @@ void optforge_shampoo_s1_mt_f64(int64_t count, const int64_t* __restrict__ sizes
         optforge_shampoo_s1_f64(sizes[t], (double*)ptrs[0 * count + t], (const double*)ptrs[1 * count + t]);
     }
 }
+#ifdef OPTFORGE_LOW_PRECISION
+void optforge_shampoo_s1_f16(int64_t n, optforge_f16* __restrict__ p_l, const float* __restrict__ p__r0) {
+    if (p_l) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_shampoo_s1_elem<optforge_f16, optforge_f16, float, 1>(i, i, p_l, p__r0, nullptr);
+    } else if (!p_l) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_shampoo_s1_elem<optforge_f16, optforge_f16, float, 0>(i, i, p_l, p__r0, nullptr);
+    }
+}
+#endif
+#ifdef OPTFORGE_LOW_PRECISION
+void optforge_shampoo_s1_bf16(int64_t n, optforge_bf16* __restrict__ p_l, const float* __restrict__ p__r0) {
+    if (p_l) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_shampoo_s1_elem<optforge_bf16, optforge_bf16, float, 1>(i, i, p_l, p__r0, nullptr);
+    } else if (!p_l) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_shampoo_s1_elem<optforge_bf16, optforge_bf16, float, 0>(i, i, p_l, p__r0, nullptr);
+    }
+}
+#endif
 void optforge_shampoo_s2_f32(int64_t n, float* __restrict__ p_r, const float* __restrict__ p__r1) {
     if (p_r) {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
@@ -350,6 +495,32 @@ void optforge_shampoo_s2_mt_f64(int64_t count, const int64_t* __restrict__ sizes
         optforge_shampoo_s2_f64(sizes[t], (double*)ptrs[0 * count + t], (const double*)ptrs[1 * count + t]);
     }
 }
+#ifdef OPTFORGE_LOW_PRECISION
+void optforge_shampoo_s2_f16(int64_t n, optforge_f16* __restrict__ p_r, const float* __restrict__ p__r1) {
+    if (p_r) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_shampoo_s2_elem<optforge_f16, optforge_f16, float, 1>(i, i, p_r, p__r1, nullptr);
+    } else if (!p_r) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_shampoo_s2_elem<optforge_f16, optforge_f16, float, 0>(i, i, p_r, p__r1, nullptr);
+    }
+}
+#endif
+#ifdef OPTFORGE_LOW_PRECISION
+void optforge_shampoo_s2_bf16(int64_t n, optforge_bf16* __restrict__ p_r, const float* __restrict__ p__r1) {
+    if (p_r) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_shampoo_s2_elem<optforge_bf16, optforge_bf16, float, 1>(i, i, p_r, p__r1, nullptr);
+    } else if (!p_r) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_shampoo_s2_elem<optforge_bf16, optforge_bf16, float, 0>(i, i, p_r, p__r1, nullptr);
+    }
+}
+#endif
 /* also accumulates 1 whole-tensor reduction(s) into out[]. Each thread takes a fixed share
    of the elements, block by block: the stage loop stores the elements' reduction terms in small
    buffers (so it vectorizes as a stage without reductions does), then a tight loop sums a buffer in
@@ -496,6 +667,124 @@ void optforge_shampoo_s3_mt_f64(int64_t count, const int64_t* __restrict__ sizes
         optforge_shampoo_s3_f64(sizes[t], (const double*)ptrs[0 * count + t], k_epsilon, k1, out + t * 1);
     }
 }
+#ifdef OPTFORGE_LOW_PRECISION
+/* also accumulates 1 whole-tensor reduction(s) into out[]. Each thread takes a fixed share
+   of the elements, block by block: the stage loop stores the elements' reduction terms in small
+   buffers (so it vectorizes as a stage without reductions does), then a tight loop sums a buffer in
+   double. Shares are added in order: the result does not depend on timing. */
+void optforge_shampoo_s3_f16(int64_t n, const optforge_f16* __restrict__ p_l, double k_epsilon, double k1, double* __restrict__ out) {
+    int nt = 1;
+#ifdef _OPENMP
+    if (n >= OPTFORGE_PARALLEL_MIN) nt = omp_get_max_threads();
+#endif
+    std::vector<double> parts((size_t)nt * 1, 0.0);
+    #pragma omp parallel num_threads(nt) if (nt > 1)
+    {
+        int tid = 0, step = 1;
+#ifdef _OPENMP
+        tid = omp_get_thread_num();
+        step = omp_get_num_threads();
+#endif
+        alignas(64) float buf[1][OPTFORGE_REDUCE_BLOCK];
+        for (int c = tid; c < nt; c += step) {
+            const int64_t lo = n * c / nt, hi = n * (c + 1) / nt;
+            double acc[1] = {0};
+            for (int64_t b = lo; b < hi; b += OPTFORGE_REDUCE_BLOCK) {
+                const int64_t e = hi - b < OPTFORGE_REDUCE_BLOCK ? hi : b + OPTFORGE_REDUCE_BLOCK;
+                if (p_l) {
+                    #pragma omp simd
+                    for (int64_t i = b; i < e; ++i) {
+                        float t0;
+                        optforge_shampoo_s3_elem<optforge_f16, optforge_f16, float, 1>(i, i, p_l, nullptr, t0, (float)k_epsilon, (float)k1);
+                        buf[0][i - b] = t0;
+                    }
+                } else if (!p_l) {
+                    #pragma omp simd
+                    for (int64_t i = b; i < e; ++i) {
+                        float t0;
+                        optforge_shampoo_s3_elem<optforge_f16, optforge_f16, float, 0>(i, i, p_l, nullptr, t0, (float)k_epsilon, (float)k1);
+                        buf[0][i - b] = t0;
+                    }
+                }
+                {   /* from the block's buffer */
+                    double s = 0;
+                    #pragma omp simd reduction(+: s)
+                    for (int64_t j = 0; j < e - b; ++j) {
+                        const double v = buf[0][j];
+                        s += v * v;
+                    }
+                    acc[0] += s;
+                }
+            }
+            for (int k = 0; k < 1; ++k) parts[(size_t)c * 1 + k] = acc[k];
+        }
+    }
+    for (int k = 0; k < 1; ++k) {
+        double s = 0;
+        for (int c = 0; c < nt; ++c) s += parts[(size_t)c * 1 + k];
+        out[k] = s;
+    }
+}
+#endif
+#ifdef OPTFORGE_LOW_PRECISION
+/* also accumulates 1 whole-tensor reduction(s) into out[]. Each thread takes a fixed share
+   of the elements, block by block: the stage loop stores the elements' reduction terms in small
+   buffers (so it vectorizes as a stage without reductions does), then a tight loop sums a buffer in
+   double. Shares are added in order: the result does not depend on timing. */
+void optforge_shampoo_s3_bf16(int64_t n, const optforge_bf16* __restrict__ p_l, double k_epsilon, double k1, double* __restrict__ out) {
+    int nt = 1;
+#ifdef _OPENMP
+    if (n >= OPTFORGE_PARALLEL_MIN) nt = omp_get_max_threads();
+#endif
+    std::vector<double> parts((size_t)nt * 1, 0.0);
+    #pragma omp parallel num_threads(nt) if (nt > 1)
+    {
+        int tid = 0, step = 1;
+#ifdef _OPENMP
+        tid = omp_get_thread_num();
+        step = omp_get_num_threads();
+#endif
+        alignas(64) float buf[1][OPTFORGE_REDUCE_BLOCK];
+        for (int c = tid; c < nt; c += step) {
+            const int64_t lo = n * c / nt, hi = n * (c + 1) / nt;
+            double acc[1] = {0};
+            for (int64_t b = lo; b < hi; b += OPTFORGE_REDUCE_BLOCK) {
+                const int64_t e = hi - b < OPTFORGE_REDUCE_BLOCK ? hi : b + OPTFORGE_REDUCE_BLOCK;
+                if (p_l) {
+                    #pragma omp simd
+                    for (int64_t i = b; i < e; ++i) {
+                        float t0;
+                        optforge_shampoo_s3_elem<optforge_bf16, optforge_bf16, float, 1>(i, i, p_l, nullptr, t0, (float)k_epsilon, (float)k1);
+                        buf[0][i - b] = t0;
+                    }
+                } else if (!p_l) {
+                    #pragma omp simd
+                    for (int64_t i = b; i < e; ++i) {
+                        float t0;
+                        optforge_shampoo_s3_elem<optforge_bf16, optforge_bf16, float, 0>(i, i, p_l, nullptr, t0, (float)k_epsilon, (float)k1);
+                        buf[0][i - b] = t0;
+                    }
+                }
+                {   /* from the block's buffer */
+                    double s = 0;
+                    #pragma omp simd reduction(+: s)
+                    for (int64_t j = 0; j < e - b; ++j) {
+                        const double v = buf[0][j];
+                        s += v * v;
+                    }
+                    acc[0] += s;
+                }
+            }
+            for (int k = 0; k < 1; ++k) parts[(size_t)c * 1 + k] = acc[k];
+        }
+    }
+    for (int k = 0; k < 1; ++k) {
+        double s = 0;
+        for (int c = 0; c < nt; ++c) s += parts[(size_t)c * 1 + k];
+        out[k] = s;
+    }
+}
+#endif
 void optforge_shampoo_s4_f32(int64_t n, const float* __restrict__ p_l, float* __restrict__ p_ml, float* __restrict__ p_hl, double k_zl, double k_epsilon, double k2, double k3) {
     if (p_l) {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
@@ -554,6 +843,32 @@ void optforge_shampoo_s4_mt_f64(int64_t count, const int64_t* __restrict__ sizes
         optforge_shampoo_s4_f64(sizes[t], (const double*)ptrs[0 * count + t], (double*)ptrs[1 * count + t], (double*)ptrs[2 * count + t], k_zl, k_epsilon, k2, k3);
     }
 }
+#ifdef OPTFORGE_LOW_PRECISION
+void optforge_shampoo_s4_f16(int64_t n, const optforge_f16* __restrict__ p_l, float* __restrict__ p_ml, float* __restrict__ p_hl, double k_zl, double k_epsilon, double k2, double k3) {
+    if (p_l) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_shampoo_s4_elem<optforge_f16, optforge_f16, float, 1>(i, i, p_l, p_ml, p_hl, nullptr, (float)k_zl, (float)k_epsilon, (float)k2, (float)k3);
+    } else if (!p_l) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_shampoo_s4_elem<optforge_f16, optforge_f16, float, 0>(i, i, p_l, p_ml, p_hl, nullptr, (float)k_zl, (float)k_epsilon, (float)k2, (float)k3);
+    }
+}
+#endif
+#ifdef OPTFORGE_LOW_PRECISION
+void optforge_shampoo_s4_bf16(int64_t n, const optforge_bf16* __restrict__ p_l, float* __restrict__ p_ml, float* __restrict__ p_hl, double k_zl, double k_epsilon, double k2, double k3) {
+    if (p_l) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_shampoo_s4_elem<optforge_bf16, optforge_bf16, float, 1>(i, i, p_l, p_ml, p_hl, nullptr, (float)k_zl, (float)k_epsilon, (float)k2, (float)k3);
+    } else if (!p_l) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_shampoo_s4_elem<optforge_bf16, optforge_bf16, float, 0>(i, i, p_l, p_ml, p_hl, nullptr, (float)k_zl, (float)k_epsilon, (float)k2, (float)k3);
+    }
+}
+#endif
 void optforge_shampoo_s5_f32(int64_t n, const float* __restrict__ p_ml, float* __restrict__ p_pl, double k_root, double k1) {
     {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
@@ -600,6 +915,24 @@ void optforge_shampoo_s5_mt_f64(int64_t count, const int64_t* __restrict__ sizes
         optforge_shampoo_s5_f64(sizes[t], (const double*)ptrs[0 * count + t], (double*)ptrs[1 * count + t], k_root, k1);
     }
 }
+#ifdef OPTFORGE_LOW_PRECISION
+void optforge_shampoo_s5_f16(int64_t n, const float* __restrict__ p_ml, float* __restrict__ p_pl, double k_root, double k1) {
+    {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_shampoo_s5_elem<optforge_f16, optforge_f16, float>(i, i, p_ml, p_pl, nullptr, (float)k_root, (float)k1);
+    }
+}
+#endif
+#ifdef OPTFORGE_LOW_PRECISION
+void optforge_shampoo_s5_bf16(int64_t n, const float* __restrict__ p_ml, float* __restrict__ p_pl, double k_root, double k1) {
+    {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_shampoo_s5_elem<optforge_bf16, optforge_bf16, float>(i, i, p_ml, p_pl, nullptr, (float)k_root, (float)k1);
+    }
+}
+#endif
 void optforge_shampoo_s6_f32(int64_t n, const float* __restrict__ p__r2, float* __restrict__ p_hl) {
     {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
@@ -642,6 +975,24 @@ void optforge_shampoo_s6_mt_f64(int64_t count, const int64_t* __restrict__ sizes
         optforge_shampoo_s6_f64(sizes[t], (const double*)ptrs[0 * count + t], (double*)ptrs[1 * count + t]);
     }
 }
+#ifdef OPTFORGE_LOW_PRECISION
+void optforge_shampoo_s6_f16(int64_t n, const float* __restrict__ p__r2, float* __restrict__ p_hl) {
+    {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_shampoo_s6_elem<optforge_f16, optforge_f16, float>(i, i, p__r2, p_hl, nullptr);
+    }
+}
+#endif
+#ifdef OPTFORGE_LOW_PRECISION
+void optforge_shampoo_s6_bf16(int64_t n, const float* __restrict__ p__r2, float* __restrict__ p_hl) {
+    {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_shampoo_s6_elem<optforge_bf16, optforge_bf16, float>(i, i, p__r2, p_hl, nullptr);
+    }
+}
+#endif
 void optforge_shampoo_s7_f32(int64_t n, const float* __restrict__ p__r3, float* __restrict__ p_ml) {
     {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
@@ -684,6 +1035,24 @@ void optforge_shampoo_s7_mt_f64(int64_t count, const int64_t* __restrict__ sizes
         optforge_shampoo_s7_f64(sizes[t], (const double*)ptrs[0 * count + t], (double*)ptrs[1 * count + t]);
     }
 }
+#ifdef OPTFORGE_LOW_PRECISION
+void optforge_shampoo_s7_f16(int64_t n, const float* __restrict__ p__r3, float* __restrict__ p_ml) {
+    {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_shampoo_s7_elem<optforge_f16, optforge_f16, float>(i, i, p__r3, p_ml, nullptr);
+    }
+}
+#endif
+#ifdef OPTFORGE_LOW_PRECISION
+void optforge_shampoo_s7_bf16(int64_t n, const float* __restrict__ p__r3, float* __restrict__ p_ml) {
+    {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_shampoo_s7_elem<optforge_bf16, optforge_bf16, float>(i, i, p__r3, p_ml, nullptr);
+    }
+}
+#endif
 /* also accumulates 1 whole-tensor reduction(s) into out[]. Each thread takes a fixed share
    of the elements, block by block: the stage loop stores the elements' reduction terms in small
    buffers (so it vectorizes as a stage without reductions does), then a tight loop sums a buffer in
@@ -830,6 +1199,124 @@ void optforge_shampoo_s8_mt_f64(int64_t count, const int64_t* __restrict__ sizes
         optforge_shampoo_s8_f64(sizes[t], (const double*)ptrs[0 * count + t], k_epsilon, k1, out + t * 1);
     }
 }
+#ifdef OPTFORGE_LOW_PRECISION
+/* also accumulates 1 whole-tensor reduction(s) into out[]. Each thread takes a fixed share
+   of the elements, block by block: the stage loop stores the elements' reduction terms in small
+   buffers (so it vectorizes as a stage without reductions does), then a tight loop sums a buffer in
+   double. Shares are added in order: the result does not depend on timing. */
+void optforge_shampoo_s8_f16(int64_t n, const optforge_f16* __restrict__ p_r, double k_epsilon, double k1, double* __restrict__ out) {
+    int nt = 1;
+#ifdef _OPENMP
+    if (n >= OPTFORGE_PARALLEL_MIN) nt = omp_get_max_threads();
+#endif
+    std::vector<double> parts((size_t)nt * 1, 0.0);
+    #pragma omp parallel num_threads(nt) if (nt > 1)
+    {
+        int tid = 0, step = 1;
+#ifdef _OPENMP
+        tid = omp_get_thread_num();
+        step = omp_get_num_threads();
+#endif
+        alignas(64) float buf[1][OPTFORGE_REDUCE_BLOCK];
+        for (int c = tid; c < nt; c += step) {
+            const int64_t lo = n * c / nt, hi = n * (c + 1) / nt;
+            double acc[1] = {0};
+            for (int64_t b = lo; b < hi; b += OPTFORGE_REDUCE_BLOCK) {
+                const int64_t e = hi - b < OPTFORGE_REDUCE_BLOCK ? hi : b + OPTFORGE_REDUCE_BLOCK;
+                if (p_r) {
+                    #pragma omp simd
+                    for (int64_t i = b; i < e; ++i) {
+                        float t0;
+                        optforge_shampoo_s8_elem<optforge_f16, optforge_f16, float, 1>(i, i, p_r, nullptr, t0, (float)k_epsilon, (float)k1);
+                        buf[0][i - b] = t0;
+                    }
+                } else if (!p_r) {
+                    #pragma omp simd
+                    for (int64_t i = b; i < e; ++i) {
+                        float t0;
+                        optforge_shampoo_s8_elem<optforge_f16, optforge_f16, float, 0>(i, i, p_r, nullptr, t0, (float)k_epsilon, (float)k1);
+                        buf[0][i - b] = t0;
+                    }
+                }
+                {   /* from the block's buffer */
+                    double s = 0;
+                    #pragma omp simd reduction(+: s)
+                    for (int64_t j = 0; j < e - b; ++j) {
+                        const double v = buf[0][j];
+                        s += v * v;
+                    }
+                    acc[0] += s;
+                }
+            }
+            for (int k = 0; k < 1; ++k) parts[(size_t)c * 1 + k] = acc[k];
+        }
+    }
+    for (int k = 0; k < 1; ++k) {
+        double s = 0;
+        for (int c = 0; c < nt; ++c) s += parts[(size_t)c * 1 + k];
+        out[k] = s;
+    }
+}
+#endif
+#ifdef OPTFORGE_LOW_PRECISION
+/* also accumulates 1 whole-tensor reduction(s) into out[]. Each thread takes a fixed share
+   of the elements, block by block: the stage loop stores the elements' reduction terms in small
+   buffers (so it vectorizes as a stage without reductions does), then a tight loop sums a buffer in
+   double. Shares are added in order: the result does not depend on timing. */
+void optforge_shampoo_s8_bf16(int64_t n, const optforge_bf16* __restrict__ p_r, double k_epsilon, double k1, double* __restrict__ out) {
+    int nt = 1;
+#ifdef _OPENMP
+    if (n >= OPTFORGE_PARALLEL_MIN) nt = omp_get_max_threads();
+#endif
+    std::vector<double> parts((size_t)nt * 1, 0.0);
+    #pragma omp parallel num_threads(nt) if (nt > 1)
+    {
+        int tid = 0, step = 1;
+#ifdef _OPENMP
+        tid = omp_get_thread_num();
+        step = omp_get_num_threads();
+#endif
+        alignas(64) float buf[1][OPTFORGE_REDUCE_BLOCK];
+        for (int c = tid; c < nt; c += step) {
+            const int64_t lo = n * c / nt, hi = n * (c + 1) / nt;
+            double acc[1] = {0};
+            for (int64_t b = lo; b < hi; b += OPTFORGE_REDUCE_BLOCK) {
+                const int64_t e = hi - b < OPTFORGE_REDUCE_BLOCK ? hi : b + OPTFORGE_REDUCE_BLOCK;
+                if (p_r) {
+                    #pragma omp simd
+                    for (int64_t i = b; i < e; ++i) {
+                        float t0;
+                        optforge_shampoo_s8_elem<optforge_bf16, optforge_bf16, float, 1>(i, i, p_r, nullptr, t0, (float)k_epsilon, (float)k1);
+                        buf[0][i - b] = t0;
+                    }
+                } else if (!p_r) {
+                    #pragma omp simd
+                    for (int64_t i = b; i < e; ++i) {
+                        float t0;
+                        optforge_shampoo_s8_elem<optforge_bf16, optforge_bf16, float, 0>(i, i, p_r, nullptr, t0, (float)k_epsilon, (float)k1);
+                        buf[0][i - b] = t0;
+                    }
+                }
+                {   /* from the block's buffer */
+                    double s = 0;
+                    #pragma omp simd reduction(+: s)
+                    for (int64_t j = 0; j < e - b; ++j) {
+                        const double v = buf[0][j];
+                        s += v * v;
+                    }
+                    acc[0] += s;
+                }
+            }
+            for (int k = 0; k < 1; ++k) parts[(size_t)c * 1 + k] = acc[k];
+        }
+    }
+    for (int k = 0; k < 1; ++k) {
+        double s = 0;
+        for (int c = 0; c < nt; ++c) s += parts[(size_t)c * 1 + k];
+        out[k] = s;
+    }
+}
+#endif
 void optforge_shampoo_s9_f32(int64_t n, const float* __restrict__ p_r, float* __restrict__ p_mr, float* __restrict__ p_hr, double k_zr, double k_epsilon, double k2, double k3) {
     if (p_r) {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
@@ -888,6 +1375,32 @@ void optforge_shampoo_s9_mt_f64(int64_t count, const int64_t* __restrict__ sizes
         optforge_shampoo_s9_f64(sizes[t], (const double*)ptrs[0 * count + t], (double*)ptrs[1 * count + t], (double*)ptrs[2 * count + t], k_zr, k_epsilon, k2, k3);
     }
 }
+#ifdef OPTFORGE_LOW_PRECISION
+void optforge_shampoo_s9_f16(int64_t n, const optforge_f16* __restrict__ p_r, float* __restrict__ p_mr, float* __restrict__ p_hr, double k_zr, double k_epsilon, double k2, double k3) {
+    if (p_r) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_shampoo_s9_elem<optforge_f16, optforge_f16, float, 1>(i, i, p_r, p_mr, p_hr, nullptr, (float)k_zr, (float)k_epsilon, (float)k2, (float)k3);
+    } else if (!p_r) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_shampoo_s9_elem<optforge_f16, optforge_f16, float, 0>(i, i, p_r, p_mr, p_hr, nullptr, (float)k_zr, (float)k_epsilon, (float)k2, (float)k3);
+    }
+}
+#endif
+#ifdef OPTFORGE_LOW_PRECISION
+void optforge_shampoo_s9_bf16(int64_t n, const optforge_bf16* __restrict__ p_r, float* __restrict__ p_mr, float* __restrict__ p_hr, double k_zr, double k_epsilon, double k2, double k3) {
+    if (p_r) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_shampoo_s9_elem<optforge_bf16, optforge_bf16, float, 1>(i, i, p_r, p_mr, p_hr, nullptr, (float)k_zr, (float)k_epsilon, (float)k2, (float)k3);
+    } else if (!p_r) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_shampoo_s9_elem<optforge_bf16, optforge_bf16, float, 0>(i, i, p_r, p_mr, p_hr, nullptr, (float)k_zr, (float)k_epsilon, (float)k2, (float)k3);
+    }
+}
+#endif
 void optforge_shampoo_s10_f32(int64_t n, const float* __restrict__ p_mr, float* __restrict__ p_pr, double k_root, double k1) {
     {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
@@ -934,6 +1447,24 @@ void optforge_shampoo_s10_mt_f64(int64_t count, const int64_t* __restrict__ size
         optforge_shampoo_s10_f64(sizes[t], (const double*)ptrs[0 * count + t], (double*)ptrs[1 * count + t], k_root, k1);
     }
 }
+#ifdef OPTFORGE_LOW_PRECISION
+void optforge_shampoo_s10_f16(int64_t n, const float* __restrict__ p_mr, float* __restrict__ p_pr, double k_root, double k1) {
+    {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_shampoo_s10_elem<optforge_f16, optforge_f16, float>(i, i, p_mr, p_pr, nullptr, (float)k_root, (float)k1);
+    }
+}
+#endif
+#ifdef OPTFORGE_LOW_PRECISION
+void optforge_shampoo_s10_bf16(int64_t n, const float* __restrict__ p_mr, float* __restrict__ p_pr, double k_root, double k1) {
+    {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_shampoo_s10_elem<optforge_bf16, optforge_bf16, float>(i, i, p_mr, p_pr, nullptr, (float)k_root, (float)k1);
+    }
+}
+#endif
 void optforge_shampoo_s11_f32(int64_t n, const float* __restrict__ p__r4, float* __restrict__ p_hr) {
     {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
@@ -976,6 +1507,24 @@ void optforge_shampoo_s11_mt_f64(int64_t count, const int64_t* __restrict__ size
         optforge_shampoo_s11_f64(sizes[t], (const double*)ptrs[0 * count + t], (double*)ptrs[1 * count + t]);
     }
 }
+#ifdef OPTFORGE_LOW_PRECISION
+void optforge_shampoo_s11_f16(int64_t n, const float* __restrict__ p__r4, float* __restrict__ p_hr) {
+    {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_shampoo_s11_elem<optforge_f16, optforge_f16, float>(i, i, p__r4, p_hr, nullptr);
+    }
+}
+#endif
+#ifdef OPTFORGE_LOW_PRECISION
+void optforge_shampoo_s11_bf16(int64_t n, const float* __restrict__ p__r4, float* __restrict__ p_hr) {
+    {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_shampoo_s11_elem<optforge_bf16, optforge_bf16, float>(i, i, p__r4, p_hr, nullptr);
+    }
+}
+#endif
 void optforge_shampoo_s12_f32(int64_t n, const float* __restrict__ p__r5, float* __restrict__ p_mr) {
     {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
@@ -1018,102 +1567,168 @@ void optforge_shampoo_s12_mt_f64(int64_t count, const int64_t* __restrict__ size
         optforge_shampoo_s12_f64(sizes[t], (const double*)ptrs[0 * count + t], (double*)ptrs[1 * count + t]);
     }
 }
-void optforge_shampoo_s13_f32(int64_t n, float* __restrict__ p_weight, const float* __restrict__ p__r7, double k_lr) {
+#ifdef OPTFORGE_LOW_PRECISION
+void optforge_shampoo_s12_f16(int64_t n, const float* __restrict__ p__r5, float* __restrict__ p_mr) {
     {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
         for (int64_t i = 0; i < n; ++i)
-            optforge_shampoo_s13_elem<float, float, float>(i, i, p_weight, p__r7, nullptr, (float)k_lr);
+            optforge_shampoo_s12_elem<optforge_f16, optforge_f16, float>(i, i, p__r5, p_mr, nullptr);
+    }
+}
+#endif
+#ifdef OPTFORGE_LOW_PRECISION
+void optforge_shampoo_s12_bf16(int64_t n, const float* __restrict__ p__r5, float* __restrict__ p_mr) {
+    {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_shampoo_s12_elem<optforge_bf16, optforge_bf16, float>(i, i, p__r5, p_mr, nullptr);
+    }
+}
+#endif
+void optforge_shampoo_s13_f32(int64_t n, float* __restrict__ p_weight, const float* __restrict__ p__r7, double k_lr, double k__round_seed) {
+    {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_shampoo_s13_elem<float, float, float>(i, i, p_weight, p__r7, nullptr, (float)k_lr, k__round_seed);
     }
 }
 /* multi-tensor: one call for the small tensors of a list update (each below OPTFORGE_PARALLEL_MIN), in
    parallel over the tensors when there are OPTFORGE_PARALLEL_MIN elements in all (below that a fork
    and join costs more than the work, and on a busy machine it waits for a descheduled thread):
-   ptrs[k * count + t] is pointer k of tensor t, scalars[t * 1 + j] its
+   ptrs[k * count + t] is pointer k of tensor t, scalars[t * 2 + j] its
    scalars */
 void optforge_shampoo_s13_mt_f32(int64_t count, const int64_t* __restrict__ sizes, const uint64_t* __restrict__ ptrs, const double* __restrict__ scalars) {
     int64_t total = 0;
     for (int64_t t = 0; t < count; ++t) total += sizes[t];
     #pragma omp parallel for schedule(dynamic, 4) if (count > 1 && total >= OPTFORGE_PARALLEL_MIN)
     for (int64_t t = 0; t < count; ++t) {
-        const double* s = scalars + t * 1;
+        const double* s = scalars + t * 2;
         const double k_lr = s[0];
-        optforge_shampoo_s13_f32(sizes[t], (float*)ptrs[0 * count + t], (const float*)ptrs[1 * count + t], k_lr);
+        const double k__round_seed = s[1];
+        optforge_shampoo_s13_f32(sizes[t], (float*)ptrs[0 * count + t], (const float*)ptrs[1 * count + t], k_lr, k__round_seed);
     }
 }
-void optforge_shampoo_s13_f64(int64_t n, double* __restrict__ p_weight, const double* __restrict__ p__r7, double k_lr) {
+void optforge_shampoo_s13_f64(int64_t n, double* __restrict__ p_weight, const double* __restrict__ p__r7, double k_lr, double k__round_seed) {
     {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
         for (int64_t i = 0; i < n; ++i)
-            optforge_shampoo_s13_elem<double, double, double>(i, i, p_weight, p__r7, nullptr, (double)k_lr);
+            optforge_shampoo_s13_elem<double, double, double>(i, i, p_weight, p__r7, nullptr, (double)k_lr, k__round_seed);
     }
 }
 /* multi-tensor: one call for the small tensors of a list update (each below OPTFORGE_PARALLEL_MIN), in
    parallel over the tensors when there are OPTFORGE_PARALLEL_MIN elements in all (below that a fork
    and join costs more than the work, and on a busy machine it waits for a descheduled thread):
-   ptrs[k * count + t] is pointer k of tensor t, scalars[t * 1 + j] its
+   ptrs[k * count + t] is pointer k of tensor t, scalars[t * 2 + j] its
    scalars */
 void optforge_shampoo_s13_mt_f64(int64_t count, const int64_t* __restrict__ sizes, const uint64_t* __restrict__ ptrs, const double* __restrict__ scalars) {
     int64_t total = 0;
     for (int64_t t = 0; t < count; ++t) total += sizes[t];
     #pragma omp parallel for schedule(dynamic, 4) if (count > 1 && total >= OPTFORGE_PARALLEL_MIN)
     for (int64_t t = 0; t < count; ++t) {
-        const double* s = scalars + t * 1;
+        const double* s = scalars + t * 2;
         const double k_lr = s[0];
-        optforge_shampoo_s13_f64(sizes[t], (double*)ptrs[0 * count + t], (const double*)ptrs[1 * count + t], k_lr);
+        const double k__round_seed = s[1];
+        optforge_shampoo_s13_f64(sizes[t], (double*)ptrs[0 * count + t], (const double*)ptrs[1 * count + t], k_lr, k__round_seed);
     }
 }
-void optforge_shampoo_s14_f32(int64_t n, float* __restrict__ p_v, const float* __restrict__ p_g, float* __restrict__ p_weight, double k_lr, double k_epsilon) {
+#ifdef OPTFORGE_LOW_PRECISION
+void optforge_shampoo_s13_f16(int64_t n, optforge_f16* __restrict__ p_weight, const float* __restrict__ p__r7, double k_lr, double k__round_seed) {
+    {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_shampoo_s13_elem<optforge_f16, optforge_f16, float>(i, i, p_weight, p__r7, nullptr, (float)k_lr, k__round_seed);
+    }
+}
+#endif
+#ifdef OPTFORGE_LOW_PRECISION
+void optforge_shampoo_s13_bf16(int64_t n, optforge_bf16* __restrict__ p_weight, const float* __restrict__ p__r7, double k_lr, double k__round_seed) {
+    {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_shampoo_s13_elem<optforge_bf16, optforge_bf16, float>(i, i, p_weight, p__r7, nullptr, (float)k_lr, k__round_seed);
+    }
+}
+#endif
+void optforge_shampoo_s14_f32(int64_t n, float* __restrict__ p_v, const float* __restrict__ p_g, float* __restrict__ p_weight, double k_lr, double k_epsilon, double k__round_seed) {
     if (p_v) {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
         for (int64_t i = 0; i < n; ++i)
-            optforge_shampoo_s14_elem<float, float, float, 1>(i, i, p_v, p_g, p_weight, nullptr, (float)k_lr, (float)k_epsilon);
+            optforge_shampoo_s14_elem<float, float, float, 1>(i, i, p_v, p_g, p_weight, nullptr, (float)k_lr, (float)k_epsilon, k__round_seed);
     } else if (!p_v) {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
         for (int64_t i = 0; i < n; ++i)
-            optforge_shampoo_s14_elem<float, float, float, 0>(i, i, p_v, p_g, p_weight, nullptr, (float)k_lr, (float)k_epsilon);
+            optforge_shampoo_s14_elem<float, float, float, 0>(i, i, p_v, p_g, p_weight, nullptr, (float)k_lr, (float)k_epsilon, k__round_seed);
     }
 }
 /* multi-tensor: one call for the small tensors of a list update (each below OPTFORGE_PARALLEL_MIN), in
    parallel over the tensors when there are OPTFORGE_PARALLEL_MIN elements in all (below that a fork
    and join costs more than the work, and on a busy machine it waits for a descheduled thread):
-   ptrs[k * count + t] is pointer k of tensor t, scalars[t * 2 + j] its
+   ptrs[k * count + t] is pointer k of tensor t, scalars[t * 3 + j] its
    scalars */
 void optforge_shampoo_s14_mt_f32(int64_t count, const int64_t* __restrict__ sizes, const uint64_t* __restrict__ ptrs, const double* __restrict__ scalars) {
     int64_t total = 0;
     for (int64_t t = 0; t < count; ++t) total += sizes[t];
     #pragma omp parallel for schedule(dynamic, 4) if (count > 1 && total >= OPTFORGE_PARALLEL_MIN)
     for (int64_t t = 0; t < count; ++t) {
-        const double* s = scalars + t * 2;
+        const double* s = scalars + t * 3;
         const double k_lr = s[0];
         const double k_epsilon = s[1];
-        optforge_shampoo_s14_f32(sizes[t], (float*)ptrs[0 * count + t], (const float*)ptrs[1 * count + t], (float*)ptrs[2 * count + t], k_lr, k_epsilon);
+        const double k__round_seed = s[2];
+        optforge_shampoo_s14_f32(sizes[t], (float*)ptrs[0 * count + t], (const float*)ptrs[1 * count + t], (float*)ptrs[2 * count + t], k_lr, k_epsilon, k__round_seed);
     }
 }
-void optforge_shampoo_s14_f64(int64_t n, double* __restrict__ p_v, const double* __restrict__ p_g, double* __restrict__ p_weight, double k_lr, double k_epsilon) {
+void optforge_shampoo_s14_f64(int64_t n, double* __restrict__ p_v, const double* __restrict__ p_g, double* __restrict__ p_weight, double k_lr, double k_epsilon, double k__round_seed) {
     if (p_v) {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
         for (int64_t i = 0; i < n; ++i)
-            optforge_shampoo_s14_elem<double, double, double, 1>(i, i, p_v, p_g, p_weight, nullptr, (double)k_lr, (double)k_epsilon);
+            optforge_shampoo_s14_elem<double, double, double, 1>(i, i, p_v, p_g, p_weight, nullptr, (double)k_lr, (double)k_epsilon, k__round_seed);
     } else if (!p_v) {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
         for (int64_t i = 0; i < n; ++i)
-            optforge_shampoo_s14_elem<double, double, double, 0>(i, i, p_v, p_g, p_weight, nullptr, (double)k_lr, (double)k_epsilon);
+            optforge_shampoo_s14_elem<double, double, double, 0>(i, i, p_v, p_g, p_weight, nullptr, (double)k_lr, (double)k_epsilon, k__round_seed);
     }
 }
 /* multi-tensor: one call for the small tensors of a list update (each below OPTFORGE_PARALLEL_MIN), in
    parallel over the tensors when there are OPTFORGE_PARALLEL_MIN elements in all (below that a fork
    and join costs more than the work, and on a busy machine it waits for a descheduled thread):
-   ptrs[k * count + t] is pointer k of tensor t, scalars[t * 2 + j] its
+   ptrs[k * count + t] is pointer k of tensor t, scalars[t * 3 + j] its
    scalars */
 void optforge_shampoo_s14_mt_f64(int64_t count, const int64_t* __restrict__ sizes, const uint64_t* __restrict__ ptrs, const double* __restrict__ scalars) {
     int64_t total = 0;
     for (int64_t t = 0; t < count; ++t) total += sizes[t];
     #pragma omp parallel for schedule(dynamic, 4) if (count > 1 && total >= OPTFORGE_PARALLEL_MIN)
     for (int64_t t = 0; t < count; ++t) {
-        const double* s = scalars + t * 2;
+        const double* s = scalars + t * 3;
         const double k_lr = s[0];
         const double k_epsilon = s[1];
-        optforge_shampoo_s14_f64(sizes[t], (double*)ptrs[0 * count + t], (const double*)ptrs[1 * count + t], (double*)ptrs[2 * count + t], k_lr, k_epsilon);
+        const double k__round_seed = s[2];
+        optforge_shampoo_s14_f64(sizes[t], (double*)ptrs[0 * count + t], (const double*)ptrs[1 * count + t], (double*)ptrs[2 * count + t], k_lr, k_epsilon, k__round_seed);
     }
 }
+#ifdef OPTFORGE_LOW_PRECISION
+void optforge_shampoo_s14_f16(int64_t n, optforge_f16* __restrict__ p_v, const float* __restrict__ p_g, optforge_f16* __restrict__ p_weight, double k_lr, double k_epsilon, double k__round_seed) {
+    if (p_v) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_shampoo_s14_elem<optforge_f16, optforge_f16, float, 1>(i, i, p_v, p_g, p_weight, nullptr, (float)k_lr, (float)k_epsilon, k__round_seed);
+    } else if (!p_v) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_shampoo_s14_elem<optforge_f16, optforge_f16, float, 0>(i, i, p_v, p_g, p_weight, nullptr, (float)k_lr, (float)k_epsilon, k__round_seed);
+    }
+}
+#endif
+#ifdef OPTFORGE_LOW_PRECISION
+void optforge_shampoo_s14_bf16(int64_t n, optforge_bf16* __restrict__ p_v, const float* __restrict__ p_g, optforge_bf16* __restrict__ p_weight, double k_lr, double k_epsilon, double k__round_seed) {
+    if (p_v) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_shampoo_s14_elem<optforge_bf16, optforge_bf16, float, 1>(i, i, p_v, p_g, p_weight, nullptr, (float)k_lr, (float)k_epsilon, k__round_seed);
+    } else if (!p_v) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_shampoo_s14_elem<optforge_bf16, optforge_bf16, float, 0>(i, i, p_v, p_g, p_weight, nullptr, (float)k_lr, (float)k_epsilon, k__round_seed);
+    }
+}
+#endif
 }

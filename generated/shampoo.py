@@ -200,8 +200,9 @@ class Shampoo(Optimizer):
         r = tensors.get('r')
         v = tensors.get('v')
         _grad_scale = _step.grad_scale
+        _round_seed = _step.round_seed
         g = be.scratch(weight, 'g')
-        be.launch('optforge_shampoo_s0', (grad, weight, g,), (ops.arg(rescale_grad), ops.arg(clip_gradient), ops.arg(wd != 0), ops.arg(1 - lr * wd), ops.arg(_grad_scale), ))
+        be.launch('optforge_shampoo_s0', (grad, weight, g,), (ops.arg(rescale_grad), ops.arg(clip_gradient), ops.arg(wd != 0), ops.arg(1 - lr * wd), ops.arg(_grad_scale), ops.arg(_round_seed), ))
         if len(_shape) >= 2:
             _r0 = be.scratch(weight, '_r0', ops.state_shape(weight.shape, 'rows_x_rows', 'matrix'))
             _r1 = be.scratch(weight, '_r1', ops.state_shape(weight.shape, 'cols_x_cols', 'matrix'))
@@ -243,6 +244,6 @@ class Shampoo(Optimizer):
                     be.launch('optforge_shampoo_s12', (_r5, mr,), ())
             ops.matmul(hl, g, ('rows_x_rows', 'full', 'full'), (False, False), _shape, 'matrix', out=_r6)  # shampoo.opt:81
             ops.matmul(_r6, hr, ('full', 'cols_x_cols', 'full'), (False, False), _shape, 'matrix', out=_r7)  # shampoo.opt:81
-            be.launch('optforge_shampoo_s13', (weight, _r7,), (ops.arg(lr), ))
+            be.launch('optforge_shampoo_s13', (weight, _r7,), (ops.arg(lr), ops.arg(_round_seed), ))
         else:
-            be.launch('optforge_shampoo_s14', (v, g, weight,), (ops.arg(lr), ops.arg(epsilon), ))
+            be.launch('optforge_shampoo_s14', (v, g, weight,), (ops.arg(lr), ops.arg(epsilon), ops.arg(_round_seed), ))

@@ -6,9 +6,12 @@
 #ifdef __CUDACC_RTC__   /* NVRTC (CuPy's RawModule) has no C library headers; math is built in */
 typedef long long int64_t;
 typedef unsigned long long uint64_t;
+typedef unsigned int uint32_t;
+typedef unsigned short uint16_t;
 #else
 #include <math.h>
 #include <stdint.h>
+#include <string.h>
 #endif
 #ifndef OPTFORGE_HD
 #define OPTFORGE_HD inline
@@ -27,12 +30,100 @@ template <typename C> OPTFORGE_HD C op_clip(C x, C b) {
     const C hi = b > C(0) ? b : C(OPTFORGE_INF);
     return x > hi ? hi : (x < -hi ? -hi : x);
 }
+/* splitmix64's finaliser: the hash of the counter-based random numbers (noise, stochastic rounding) */
+OPTFORGE_HD uint64_t op_mix(uint64_t z) {
+    z += 0x9E3779B97F4A7C15ull;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+/* bfloat16 storage: float v's bits rounded to bfloat16's 16, to nearest even (seed 0) or, with a seed,
+   stochastically: 16 random bits of (seed, element i) are added below the kept bits and the sum is
+   truncated, so v rounds away from zero with probability equal to its distance from the value below
+   (in units of the gap). NaN stays a quiet NaN; beyond the largest finite value rounds to inf as
+   overflow does. optforge.ops.round_bfloat16 computes the same bits on the host. */
+OPTFORGE_HD uint16_t op_bf16_bits(float v, double seed, int64_t i) {
+    uint32_t u;
+#ifdef __CUDA_ARCH__
+    u = __float_as_uint(v);
+#else
+    memcpy(&u, &v, sizeof u);
+#endif
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x0040u);
+    u += seed != 0.0 ? (uint32_t)(op_mix((uint64_t)seed ^ op_mix((uint64_t)i)) & 0xffffu)
+                     : 0x7fffu + ((u >> 16) & 1u);
+    return (uint16_t)(u >> 16);
+}
+/* how a stage stores the weight: converted to its storage type; the bfloat16 variants specialise it
+   to round with the parameter's seed (lower.ROUND_SEED) */
+template <typename T, typename C> OPTFORGE_HD T op_store(C v, double seed, int64_t i) {
+    (void)seed;
+    (void)i;
+    return (T)(v);
+}
 #endif
 
 /* below this many elements a stage runs on one thread: forking costs more than it saves */
 #define OPTFORGE_PARALLEL_MIN 65536
 
-template <typename C> inline void store_low(float* p, int64_t i, C v) { p[i] = (float)v; }
+/* (the CPU kernels have no master-copy variant: the low-precision copy pointer is always null) */
+template <typename L, typename C> inline void store_low(float* p, int64_t i, C v) { reinterpret_cast<L*>(p)[i] = (L)(v); }
+#ifdef OPTFORGE_LOW_PRECISION
+/* The float16 and bfloat16 variants (built only when optforge.native meets such a weight: -D
+   OPTFORGE_LOW_PRECISION): weight, states and gradient stored in 16 bits, arithmetic in float. A value
+   is widened on load and rounded to nearest even on store; a bfloat16 weight with a seed is rounded
+   stochastically (op_store). */
+#if defined(__FLT16_MAX__) && !defined(OPTFORGE_SOFT_FLOAT16)
+typedef _Float16 optforge_f16;
+#else
+/* no _Float16 in this compiler: IEEE binary16 by bit manipulation */
+static inline float optforge_f16_float(uint16_t h) {
+    const uint32_t sign = (uint32_t)(h & 0x8000u) << 16, e = (h >> 10) & 0x1fu, man = h & 0x3ffu;
+    uint32_t u = sign;
+    if (e == 0x1fu) u |= 0x7f800000u | (man << 13);
+    else if (e) u |= ((e + 112u) << 23) | (man << 13);
+    else if (man) { const float f = (float)man * 5.9604644775390625e-8f; return sign ? -f : f; }
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+static inline uint16_t optforge_f16_bits(float v) {
+    uint32_t u;
+    memcpy(&u, &v, sizeof u);
+    const uint32_t sign = (u >> 16) & 0x8000u, a = u & 0x7fffffffu;
+    if (a > 0x7f800000u) return (uint16_t)(sign | 0x7e00u | ((a >> 13) & 0x3ffu));
+    if (a >= 0x477ff000u) return (uint16_t)(sign | 0x7c00u);   /* 65520 and above round to inf */
+    if (a < 0x38800000u) {   /* below 2^-14: a multiple of 2^-24, rounded to nearest even */
+        float f;
+        memcpy(&f, &a, sizeof f);
+        return (uint16_t)(sign | (uint32_t)nearbyintf(f * 16777216.0f));
+    }
+    return (uint16_t)(sign | (((a + 0xfffu + ((a >> 13) & 1u)) >> 13) - (112u << 10)));
+}
+struct optforge_f16 {
+    uint16_t bits;
+    optforge_f16() = default;
+    optforge_f16(float v) : bits(optforge_f16_bits(v)) {}
+    operator float() const { return optforge_f16_float(bits); }
+};
+#endif
+struct optforge_bf16 {
+    uint16_t bits;
+    optforge_bf16() = default;
+    optforge_bf16(float v) : bits(op_bf16_bits(v, 0.0, 0)) {}
+    operator float() const {
+        const uint32_t u = (uint32_t)bits << 16;
+        float f;
+        memcpy(&f, &u, sizeof f);
+        return f;
+    }
+};
+template <> inline optforge_bf16 op_store<optforge_bf16, float>(float v, double seed, int64_t i) {
+    optforge_bf16 out;
+    out.bits = op_bf16_bits(v, seed, i);
+    return out;
+}
+#endif
 /* tiles of the tiled stages (blocks x rows x cols): at most this many cols, and elements. Whole rows
    where they fit, so that a tile streams through contiguous memory (a prefetcher stops at each 4 KiB
    page it did not walk into) */
@@ -76,7 +167,7 @@ template <typename V> static inline V optforge_min_lanes(const V* __restrict__ v
    element's row (block * rows + row), col (block * cols + col) and block, where per-row, per-col
    and per-block tensors keep it */
 template <typename T, typename G, typename C>
-OPTFORGE_HD void optforge_sm3_s0_elem(int64_t i, int64_t gi, int64_t _iR, int64_t _iC, int64_t _iB, const G* __restrict__ p_grad, T* __restrict__ p_weight, const T* __restrict__ p_acc_row, const T* __restrict__ p_acc_col, T* __restrict__ p_mom, float* __restrict__ p_weight_lp, C& _ax0, C& _ax1, const C k_rescale_grad, const C k1, const C k_wd, const C k3, const C k_beta2, const C k_eps, const C k_momentum, const C k_lr, const C k__grad_scale) {
+OPTFORGE_HD void optforge_sm3_s0_elem(int64_t i, int64_t gi, int64_t _iR, int64_t _iC, int64_t _iB, const G* __restrict__ p_grad, T* __restrict__ p_weight, const T* __restrict__ p_acc_row, const T* __restrict__ p_acc_col, T* __restrict__ p_mom, float* __restrict__ p_weight_lp, C& _ax0, C& _ax1, const C k_rescale_grad, const C k1, const C k_wd, const C k3, const C k_beta2, const C k_eps, const C k_momentum, const C k_lr, const C k__grad_scale, const double k__round_seed) {
     C grad = C(p_grad[i]) * k__grad_scale;
     C weight = C(p_weight[i]);
     C acc_row = C(p_acc_row[_iR]);
@@ -89,8 +180,8 @@ OPTFORGE_HD void optforge_sm3_s0_elem(int64_t i, int64_t gi, int64_t _iR, int64_
     mom = k_momentum * mom + (C(1) - k_momentum) * step;  // sm3.opt:39
     weight = weight - k_lr * mom;  // sm3.opt:40
     p_mom[i] = (T)(mom);
-    p_weight[i] = (T)(weight);
-    if (p_weight_lp) store_low(p_weight_lp, i, weight);
+    p_weight[i] = op_store<T>(weight, k__round_seed, i);
+    if (p_weight_lp) store_low<G>(p_weight_lp, i, weight);
     _ax0 = C(nu);
     _ax1 = C(nu);
 }
@@ -120,7 +211,7 @@ OPTFORGE_HD void optforge_sm3_s2_elem(int64_t i, int64_t gi, int64_t _iR, int64_
    thread count), the tiles in parallel. Reductions along an axis accumulate per tile (a row's
    piece, a col's piece) in double and the pieces are combined in tile order: deterministic. */
 template <typename T, typename C>
-static void optforge_sm3_s0_tiles(int64_t nb, int64_t nr, int64_t nc, const T* __restrict__ p_grad, T* __restrict__ p_weight, const T* __restrict__ p_acc_row, const T* __restrict__ p_acc_col, T* __restrict__ p_mom, C* __restrict__ p__r0, C* __restrict__ p__r1, double k_rescale_grad, double k1, double k_wd, double k3, double k_beta2, double k_eps, double k_momentum, double k_lr, double k__grad_scale) {
+static void optforge_sm3_s0_tiles(int64_t nb, int64_t nr, int64_t nc, const T* __restrict__ p_grad, T* __restrict__ p_weight, const T* __restrict__ p_acc_row, const T* __restrict__ p_acc_col, T* __restrict__ p_mom, C* __restrict__ p__r0, C* __restrict__ p__r1, double k_rescale_grad, double k1, double k_wd, double k3, double k_beta2, double k_eps, double k_momentum, double k_lr, double k__grad_scale, double k__round_seed) {
     const int64_t n = nb * nr * nc;
     if (n == 0) return;
     const int64_t tc = nc < OPTFORGE_TILE_COLS ? nc : OPTFORGE_TILE_COLS, ncc = (nc + tc - 1) / tc;
@@ -142,7 +233,7 @@ static void optforge_sm3_s0_tiles(int64_t nb, int64_t nr, int64_t nc, const T* _
             #pragma omp simd
             for (int64_t c = c0; c < c1; ++c) {
                 C _v0, _v1;
-                optforge_sm3_s0_elem<T, T, C>(row * nc + c, row * nc + c, row, b * nc + c, b, p_grad, p_weight, p_acc_row, p_acc_col, p_mom, nullptr, _v0, _v1, (C)k_rescale_grad, (C)k1, (C)k_wd, (C)k3, (C)k_beta2, (C)k_eps, (C)k_momentum, (C)k_lr, (C)k__grad_scale);
+                optforge_sm3_s0_elem<T, T, C>(row * nc + c, row * nc + c, row, b * nc + c, b, p_grad, p_weight, p_acc_row, p_acc_col, p_mom, nullptr, _v0, _v1, (C)k_rescale_grad, (C)k1, (C)k_wd, (C)k3, (C)k_beta2, (C)k_eps, (C)k_momentum, (C)k_lr, (C)k__grad_scale, k__round_seed);
                 rbuf0[c - c0] = _v0;
                 col1[c - c0] = op_max(col1[c - c0], _v1);
             }
@@ -226,22 +317,52 @@ static void optforge_sm3_s2_tiles(int64_t nb, int64_t nr, int64_t nc, const C* _
     }
 }
 extern "C" {
-void optforge_sm3_s0_f32(int64_t nb, int64_t nr, int64_t nc, const float* __restrict__ p_grad, float* __restrict__ p_weight, const float* __restrict__ p_acc_row, const float* __restrict__ p_acc_col, float* __restrict__ p_mom, float* __restrict__ p__r0, float* __restrict__ p__r1, double k_rescale_grad, double k1, double k_wd, double k3, double k_beta2, double k_eps, double k_momentum, double k_lr, double k__grad_scale) {
-     optforge_sm3_s0_tiles<float, float>(nb, nr, nc, p_grad, p_weight, p_acc_row, p_acc_col, p_mom, p__r0, p__r1, k_rescale_grad, k1, k_wd, k3, k_beta2, k_eps, k_momentum, k_lr, k__grad_scale);
+void optforge_sm3_s0_f32(int64_t nb, int64_t nr, int64_t nc, const float* __restrict__ p_grad, float* __restrict__ p_weight, const float* __restrict__ p_acc_row, const float* __restrict__ p_acc_col, float* __restrict__ p_mom, float* __restrict__ p__r0, float* __restrict__ p__r1, double k_rescale_grad, double k1, double k_wd, double k3, double k_beta2, double k_eps, double k_momentum, double k_lr, double k__grad_scale, double k__round_seed) {
+     optforge_sm3_s0_tiles<float, float>(nb, nr, nc, p_grad, p_weight, p_acc_row, p_acc_col, p_mom, p__r0, p__r1, k_rescale_grad, k1, k_wd, k3, k_beta2, k_eps, k_momentum, k_lr, k__grad_scale, k__round_seed);
 }
-void optforge_sm3_s0_f64(int64_t nb, int64_t nr, int64_t nc, const double* __restrict__ p_grad, double* __restrict__ p_weight, const double* __restrict__ p_acc_row, const double* __restrict__ p_acc_col, double* __restrict__ p_mom, double* __restrict__ p__r0, double* __restrict__ p__r1, double k_rescale_grad, double k1, double k_wd, double k3, double k_beta2, double k_eps, double k_momentum, double k_lr, double k__grad_scale) {
-     optforge_sm3_s0_tiles<double, double>(nb, nr, nc, p_grad, p_weight, p_acc_row, p_acc_col, p_mom, p__r0, p__r1, k_rescale_grad, k1, k_wd, k3, k_beta2, k_eps, k_momentum, k_lr, k__grad_scale);
+void optforge_sm3_s0_f64(int64_t nb, int64_t nr, int64_t nc, const double* __restrict__ p_grad, double* __restrict__ p_weight, const double* __restrict__ p_acc_row, const double* __restrict__ p_acc_col, double* __restrict__ p_mom, double* __restrict__ p__r0, double* __restrict__ p__r1, double k_rescale_grad, double k1, double k_wd, double k3, double k_beta2, double k_eps, double k_momentum, double k_lr, double k__grad_scale, double k__round_seed) {
+     optforge_sm3_s0_tiles<double, double>(nb, nr, nc, p_grad, p_weight, p_acc_row, p_acc_col, p_mom, p__r0, p__r1, k_rescale_grad, k1, k_wd, k3, k_beta2, k_eps, k_momentum, k_lr, k__grad_scale, k__round_seed);
 }
+#ifdef OPTFORGE_LOW_PRECISION
+void optforge_sm3_s0_f16(int64_t nb, int64_t nr, int64_t nc, const optforge_f16* __restrict__ p_grad, optforge_f16* __restrict__ p_weight, const optforge_f16* __restrict__ p_acc_row, const optforge_f16* __restrict__ p_acc_col, optforge_f16* __restrict__ p_mom, float* __restrict__ p__r0, float* __restrict__ p__r1, double k_rescale_grad, double k1, double k_wd, double k3, double k_beta2, double k_eps, double k_momentum, double k_lr, double k__grad_scale, double k__round_seed) {
+     optforge_sm3_s0_tiles<optforge_f16, float>(nb, nr, nc, p_grad, p_weight, p_acc_row, p_acc_col, p_mom, p__r0, p__r1, k_rescale_grad, k1, k_wd, k3, k_beta2, k_eps, k_momentum, k_lr, k__grad_scale, k__round_seed);
+}
+#endif
+#ifdef OPTFORGE_LOW_PRECISION
+void optforge_sm3_s0_bf16(int64_t nb, int64_t nr, int64_t nc, const optforge_bf16* __restrict__ p_grad, optforge_bf16* __restrict__ p_weight, const optforge_bf16* __restrict__ p_acc_row, const optforge_bf16* __restrict__ p_acc_col, optforge_bf16* __restrict__ p_mom, float* __restrict__ p__r0, float* __restrict__ p__r1, double k_rescale_grad, double k1, double k_wd, double k3, double k_beta2, double k_eps, double k_momentum, double k_lr, double k__grad_scale, double k__round_seed) {
+     optforge_sm3_s0_tiles<optforge_bf16, float>(nb, nr, nc, p_grad, p_weight, p_acc_row, p_acc_col, p_mom, p__r0, p__r1, k_rescale_grad, k1, k_wd, k3, k_beta2, k_eps, k_momentum, k_lr, k__grad_scale, k__round_seed);
+}
+#endif
 void optforge_sm3_s1_f32(int64_t nb, int64_t nr, int64_t nc, const float* __restrict__ p__r0, float* __restrict__ p_acc_row) {
      optforge_sm3_s1_tiles<float, float>(nb, nr, nc, p__r0, p_acc_row);
 }
 void optforge_sm3_s1_f64(int64_t nb, int64_t nr, int64_t nc, const double* __restrict__ p__r0, double* __restrict__ p_acc_row) {
      optforge_sm3_s1_tiles<double, double>(nb, nr, nc, p__r0, p_acc_row);
 }
+#ifdef OPTFORGE_LOW_PRECISION
+void optforge_sm3_s1_f16(int64_t nb, int64_t nr, int64_t nc, const float* __restrict__ p__r0, optforge_f16* __restrict__ p_acc_row) {
+     optforge_sm3_s1_tiles<optforge_f16, float>(nb, nr, nc, p__r0, p_acc_row);
+}
+#endif
+#ifdef OPTFORGE_LOW_PRECISION
+void optforge_sm3_s1_bf16(int64_t nb, int64_t nr, int64_t nc, const float* __restrict__ p__r0, optforge_bf16* __restrict__ p_acc_row) {
+     optforge_sm3_s1_tiles<optforge_bf16, float>(nb, nr, nc, p__r0, p_acc_row);
+}
+#endif
 void optforge_sm3_s2_f32(int64_t nb, int64_t nr, int64_t nc, const float* __restrict__ p__r1, float* __restrict__ p_acc_col) {
      optforge_sm3_s2_tiles<float, float>(nb, nr, nc, p__r1, p_acc_col);
 }
 void optforge_sm3_s2_f64(int64_t nb, int64_t nr, int64_t nc, const double* __restrict__ p__r1, double* __restrict__ p_acc_col) {
      optforge_sm3_s2_tiles<double, double>(nb, nr, nc, p__r1, p_acc_col);
 }
+#ifdef OPTFORGE_LOW_PRECISION
+void optforge_sm3_s2_f16(int64_t nb, int64_t nr, int64_t nc, const float* __restrict__ p__r1, optforge_f16* __restrict__ p_acc_col) {
+     optforge_sm3_s2_tiles<optforge_f16, float>(nb, nr, nc, p__r1, p_acc_col);
+}
+#endif
+#ifdef OPTFORGE_LOW_PRECISION
+void optforge_sm3_s2_bf16(int64_t nb, int64_t nr, int64_t nc, const float* __restrict__ p__r1, optforge_bf16* __restrict__ p_acc_col) {
+     optforge_sm3_s2_tiles<optforge_bf16, float>(nb, nr, nc, p__r1, p_acc_col);
+}
+#endif
 }

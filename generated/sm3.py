@@ -122,9 +122,10 @@ class SM3(Optimizer):
         acc_col = tensors['acc_col']
         mom = tensors['mom']
         _grad_scale = _step.grad_scale
+        _round_seed = _step.round_seed
         _B, _R, _C = ops.view_dims(weight.shape, 'batched')
         _r0 = be.scratch(weight, '_r0', ops.state_shape(weight.shape, 'per_row', 'batched'))
         _r1 = be.scratch(weight, '_r1', ops.state_shape(weight.shape, 'per_col', 'batched'))
-        be.launch('optforge_sm3_s0', (grad, weight, acc_row, acc_col, mom, _r0, _r1,), (ops.arg(rescale_grad), ops.arg(clip_gradient), ops.arg(wd), ops.arg(1 if beta2 == 1 else 1 - beta2), ops.arg(beta2), ops.arg(eps), ops.arg(momentum), ops.arg(lr), ops.arg(_grad_scale), ), dims=(_B, _R, _C), axes=(('max', -1), ('max', -2)))
+        be.launch('optforge_sm3_s0', (grad, weight, acc_row, acc_col, mom, _r0, _r1,), (ops.arg(rescale_grad), ops.arg(clip_gradient), ops.arg(wd), ops.arg(1 if beta2 == 1 else 1 - beta2), ops.arg(beta2), ops.arg(eps), ops.arg(momentum), ops.arg(lr), ops.arg(_grad_scale), ops.arg(_round_seed), ), dims=(_B, _R, _C), axes=(('max', -1), ('max', -2)))
         be.launch('optforge_sm3_s1', (_r0, acc_row,), (), dims=(_B, _R, 1))
         be.launch('optforge_sm3_s2', (_r1, acc_col,), (), dims=(_B, 1, _C))

@@ -72,4 +72,5 @@ class Test(Optimizer):
         rescale_grad = self.rescale_grad
         mirror = tensors['mirror']
         _grad_scale = _step.grad_scale
-        be.launch('optforge_test_s0', (weight, grad, mirror,), (ops.arg(rescale_grad), ops.arg(_grad_scale), ))
+        _round_seed = _step.round_seed
+        be.launch('optforge_test_s0', (weight, grad, mirror,), (ops.arg(rescale_grad), ops.arg(_grad_scale), ops.arg(_round_seed), ))

@@ -116,4 +116,5 @@ class TorchAdadelta(Optimizer):
         square_avg = tensors['square_avg']
         acc_delta = tensors['acc_delta']
         _grad_scale = _step.grad_scale
-        be.launch('optforge_torchadadelta_s0', (grad, weight, square_avg, acc_delta,), (ops.arg(-1 if maximize else 1), ops.arg(rescale_grad), ops.arg(clip_gradient), ops.arg(wd), ops.arg(rho), ops.arg(1 - rho), ops.arg(eps), ops.arg(lr), ops.arg(_grad_scale), ))
+        _round_seed = _step.round_seed
+        be.launch('optforge_torchadadelta_s0', (grad, weight, square_avg, acc_delta,), (ops.arg(-1 if maximize else 1), ops.arg(rescale_grad), ops.arg(clip_gradient), ops.arg(wd), ops.arg(rho), ops.arg(1 - rho), ops.arg(eps), ops.arg(lr), ops.arg(_grad_scale), ops.arg(_round_seed), ))

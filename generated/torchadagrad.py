@@ -117,5 +117,6 @@ class TorchAdagrad(Optimizer):
         t = _step.t
         sum_sq = tensors['sum_sq']
         _grad_scale = _step.grad_scale
+        _round_seed = _step.round_seed
         clr = lr / (1 + (t - 1) * lr_decay)  # torchadagrad.opt:33
-        be.launch('optforge_torchadagrad_s0', (grad, weight, sum_sq,), (ops.arg(-1 if maximize else 1), ops.arg(rescale_grad), ops.arg(clip_gradient), ops.arg(wd), ops.arg(clr), ops.arg(eps), ops.arg(_grad_scale), ))
+        be.launch('optforge_torchadagrad_s0', (grad, weight, sum_sq,), (ops.arg(-1 if maximize else 1), ops.arg(rescale_grad), ops.arg(clip_gradient), ops.arg(wd), ops.arg(clr), ops.arg(eps), ops.arg(_grad_scale), ops.arg(_round_seed), ))

@@ -129,4 +129,5 @@ class TorchAdamax(Optimizer):
         exp_avg = tensors['exp_avg']
         exp_inf = tensors['exp_inf']
         _grad_scale = _step.grad_scale
-        be.launch('optforge_torchadamax_s0', (grad, weight, exp_avg, exp_inf,), (ops.arg(-1 if maximize else 1), ops.arg(rescale_grad), ops.arg(clip_gradient), ops.arg(wd), ops.arg(1 - beta1 < 0.5), ops.arg(1 - beta1), ops.arg(1 - (1 - beta1)), ops.arg(beta2), ops.arg(eps), ops.arg(lr / (1 - beta1 ** t)), ops.arg(_grad_scale), ))
+        _round_seed = _step.round_seed
+        be.launch('optforge_torchadamax_s0', (grad, weight, exp_avg, exp_inf,), (ops.arg(-1 if maximize else 1), ops.arg(rescale_grad), ops.arg(clip_gradient), ops.arg(wd), ops.arg(1 - beta1 < 0.5), ops.arg(1 - beta1), ops.arg(1 - (1 - beta1)), ops.arg(beta2), ops.arg(eps), ops.arg(lr / (1 - beta1 ** t)), ops.arg(_grad_scale), ops.arg(_round_seed), ))

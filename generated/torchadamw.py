@@ -169,6 +169,7 @@ class TorchAdamW(Optimizer):
         exp_avg_sq = tensors['exp_avg_sq']
         max_exp_avg_sq = tensors.get('max_exp_avg_sq')
         _grad_scale = _step.grad_scale
+        _round_seed = _step.round_seed
         step_size = lr / (1 - beta1 ** t)  # torchadamw.opt:49
         bias_correction2_sqrt = math.sqrt(1 - beta2 ** t)  # torchadamw.opt:50
-        be.launch('optforge_torchadamw_s0', (grad, weight, exp_avg, exp_avg_sq, max_exp_avg_sq,), (ops.arg(-1 if maximize else 1), ops.arg(rescale_grad), ops.arg(clip_gradient), ops.arg(wd != 0), ops.arg(1 - lr * wd), ops.arg(1 - beta1 < 0.5), ops.arg(1 - beta1), ops.arg(1 - (1 - beta1)), ops.arg(beta2), ops.arg(1 - beta2), ops.arg(amsgrad), ops.arg(step_size), ops.arg(bias_correction2_sqrt), ops.arg(eps), ops.arg(_grad_scale), ))
+        be.launch('optforge_torchadamw_s0', (grad, weight, exp_avg, exp_avg_sq, max_exp_avg_sq,), (ops.arg(-1 if maximize else 1), ops.arg(rescale_grad), ops.arg(clip_gradient), ops.arg(wd != 0), ops.arg(1 - lr * wd), ops.arg(1 - beta1 < 0.5), ops.arg(1 - beta1), ops.arg(1 - (1 - beta1)), ops.arg(beta2), ops.arg(1 - beta2), ops.arg(amsgrad), ops.arg(step_size), ops.arg(bias_correction2_sqrt), ops.arg(eps), ops.arg(_grad_scale), ops.arg(_round_seed), ))

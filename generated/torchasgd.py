@@ -148,7 +148,8 @@ class TorchASGD(Optimizer):
         eta = scalars['eta']
         mu = scalars['mu']
         _grad_scale = _step.grad_scale
-        be.launch('optforge_torchasgd_s0', (grad, weight, ax,), (ops.arg(-1 if maximize else 1), ops.arg(rescale_grad), ops.arg(clip_gradient), ops.arg(wd), ops.arg(1 - lambd * eta), ops.arg(-eta), ops.arg(mu != 1), ops.arg(mu), ops.arg(_grad_scale), ))
+        _round_seed = _step.round_seed
+        be.launch('optforge_torchasgd_s0', (grad, weight, ax,), (ops.arg(-1 if maximize else 1), ops.arg(rescale_grad), ops.arg(clip_gradient), ops.arg(wd), ops.arg(1 - lambd * eta), ops.arg(-eta), ops.arg(mu != 1), ops.arg(mu), ops.arg(_grad_scale), ops.arg(_round_seed), ))
         eta = lr / (1 + lambd * lr * t) ** alpha  # torchasgd.opt:45
         mu = 1 / ops.maximum(1, t - t0)  # torchasgd.opt:46
         scalars['eta'] = eta

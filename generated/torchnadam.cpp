@@ -6,9 +6,12 @@
 #ifdef __CUDACC_RTC__   /* NVRTC (CuPy's RawModule) has no C library headers; math is built in */
 typedef long long int64_t;
 typedef unsigned long long uint64_t;
+typedef unsigned int uint32_t;
+typedef unsigned short uint16_t;
 #else
 #include <math.h>
 #include <stdint.h>
+#include <string.h>
 #endif
 #ifndef OPTFORGE_HD
 #define OPTFORGE_HD inline
@@ -25,17 +28,105 @@ template <typename C> OPTFORGE_HD C op_clip(C x, C b) {
     const C hi = b > C(0) ? b : C(OPTFORGE_INF);
     return x > hi ? hi : (x < -hi ? -hi : x);
 }
+/* splitmix64's finaliser: the hash of the counter-based random numbers (noise, stochastic rounding) */
+OPTFORGE_HD uint64_t op_mix(uint64_t z) {
+    z += 0x9E3779B97F4A7C15ull;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+/* bfloat16 storage: float v's bits rounded to bfloat16's 16, to nearest even (seed 0) or, with a seed,
+   stochastically: 16 random bits of (seed, element i) are added below the kept bits and the sum is
+   truncated, so v rounds away from zero with probability equal to its distance from the value below
+   (in units of the gap). NaN stays a quiet NaN; beyond the largest finite value rounds to inf as
+   overflow does. optforge.ops.round_bfloat16 computes the same bits on the host. */
+OPTFORGE_HD uint16_t op_bf16_bits(float v, double seed, int64_t i) {
+    uint32_t u;
+#ifdef __CUDA_ARCH__
+    u = __float_as_uint(v);
+#else
+    memcpy(&u, &v, sizeof u);
+#endif
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x0040u);
+    u += seed != 0.0 ? (uint32_t)(op_mix((uint64_t)seed ^ op_mix((uint64_t)i)) & 0xffffu)
+                     : 0x7fffu + ((u >> 16) & 1u);
+    return (uint16_t)(u >> 16);
+}
+/* how a stage stores the weight: converted to its storage type; the bfloat16 variants specialise it
+   to round with the parameter's seed (lower.ROUND_SEED) */
+template <typename T, typename C> OPTFORGE_HD T op_store(C v, double seed, int64_t i) {
+    (void)seed;
+    (void)i;
+    return (T)(v);
+}
 #endif
 
 /* below this many elements a stage runs on one thread: forking costs more than it saves */
 #define OPTFORGE_PARALLEL_MIN 65536
 
-template <typename C> inline void store_low(float* p, int64_t i, C v) { p[i] = (float)v; }
+/* (the CPU kernels have no master-copy variant: the low-precision copy pointer is always null) */
+template <typename L, typename C> inline void store_low(float* p, int64_t i, C v) { reinterpret_cast<L*>(p)[i] = (L)(v); }
+#ifdef OPTFORGE_LOW_PRECISION
+/* The float16 and bfloat16 variants (built only when optforge.native meets such a weight: -D
+   OPTFORGE_LOW_PRECISION): weight, states and gradient stored in 16 bits, arithmetic in float. A value
+   is widened on load and rounded to nearest even on store; a bfloat16 weight with a seed is rounded
+   stochastically (op_store). */
+#if defined(__FLT16_MAX__) && !defined(OPTFORGE_SOFT_FLOAT16)
+typedef _Float16 optforge_f16;
+#else
+/* no _Float16 in this compiler: IEEE binary16 by bit manipulation */
+static inline float optforge_f16_float(uint16_t h) {
+    const uint32_t sign = (uint32_t)(h & 0x8000u) << 16, e = (h >> 10) & 0x1fu, man = h & 0x3ffu;
+    uint32_t u = sign;
+    if (e == 0x1fu) u |= 0x7f800000u | (man << 13);
+    else if (e) u |= ((e + 112u) << 23) | (man << 13);
+    else if (man) { const float f = (float)man * 5.9604644775390625e-8f; return sign ? -f : f; }
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+static inline uint16_t optforge_f16_bits(float v) {
+    uint32_t u;
+    memcpy(&u, &v, sizeof u);
+    const uint32_t sign = (u >> 16) & 0x8000u, a = u & 0x7fffffffu;
+    if (a > 0x7f800000u) return (uint16_t)(sign | 0x7e00u | ((a >> 13) & 0x3ffu));
+    if (a >= 0x477ff000u) return (uint16_t)(sign | 0x7c00u);   /* 65520 and above round to inf */
+    if (a < 0x38800000u) {   /* below 2^-14: a multiple of 2^-24, rounded to nearest even */
+        float f;
+        memcpy(&f, &a, sizeof f);
+        return (uint16_t)(sign | (uint32_t)nearbyintf(f * 16777216.0f));
+    }
+    return (uint16_t)(sign | (((a + 0xfffu + ((a >> 13) & 1u)) >> 13) - (112u << 10)));
+}
+struct optforge_f16 {
+    uint16_t bits;
+    optforge_f16() = default;
+    optforge_f16(float v) : bits(optforge_f16_bits(v)) {}
+    operator float() const { return optforge_f16_float(bits); }
+};
+#endif
+struct optforge_bf16 {
+    uint16_t bits;
+    optforge_bf16() = default;
+    optforge_bf16(float v) : bits(op_bf16_bits(v, 0.0, 0)) {}
+    operator float() const {
+        const uint32_t u = (uint32_t)bits << 16;
+        float f;
+        memcpy(&f, &u, sizeof f);
+        return f;
+    }
+};
+template <> inline optforge_bf16 op_store<optforge_bf16, float>(float v, double seed, int64_t i) {
+    optforge_bf16 out;
+    out.bits = op_bf16_bits(v, seed, i);
+    return out;
+}
+#endif
 
 /* stage s0: element i of the weight and states, element gi of the gradient and scratch
    (the same element for a dense update; for a row-sparse one, gi walks the gradient's rows) */
 template <typename T, typename G, typename C, int B0, int B1>
-OPTFORGE_HD void optforge_torchnadam_s0_elem(int64_t i, int64_t gi, const G* __restrict__ p_grad, T* __restrict__ p_weight, T* __restrict__ p_exp_avg, T* __restrict__ p_exp_avg_sq, float* __restrict__ p_weight_lp, const C k0, const C k_rescale_grad, const C k2, const C k3, const C k4, const C k5, const C k6, const C k7, const C k8, const C k_beta2, const C k10, const C k_bias_correction2, const C k_eps, const C k13, const C k14, const C k__grad_scale) {
+OPTFORGE_HD void optforge_torchnadam_s0_elem(int64_t i, int64_t gi, const G* __restrict__ p_grad, T* __restrict__ p_weight, T* __restrict__ p_exp_avg, T* __restrict__ p_exp_avg_sq, float* __restrict__ p_weight_lp, const C k0, const C k_rescale_grad, const C k2, const C k3, const C k4, const C k5, const C k6, const C k7, const C k8, const C k_beta2, const C k10, const C k_bias_correction2, const C k_eps, const C k13, const C k14, const C k__grad_scale, const double k__round_seed) {
     C grad = C(p_grad[gi]) * k__grad_scale;
     C weight = C(p_weight[i]);
     C exp_avg = C(p_exp_avg[i]);
@@ -54,43 +145,43 @@ OPTFORGE_HD void optforge_torchnadam_s0_elem(int64_t i, int64_t gi, const G* __r
     denom = sqrt(exp_avg_sq / k_bias_correction2) + k_eps;  // torchnadam.opt:55
     weight = weight + k13 * (g / denom);  // torchnadam.opt:56
     weight = weight + k14 * (exp_avg / denom);  // torchnadam.opt:57
-    p_weight[i] = (T)(weight);
+    p_weight[i] = op_store<T>(weight, k__round_seed, i);
     p_exp_avg[i] = (T)(exp_avg);
     p_exp_avg_sq[i] = (T)(exp_avg_sq);
-    if (p_weight_lp) store_low(p_weight_lp, i, weight);
+    if (p_weight_lp) store_low<G>(p_weight_lp, i, weight);
 }
 
 extern "C" {
-void optforge_torchnadam_s0_f32(int64_t n, const float* __restrict__ p_grad, float* __restrict__ p_weight, float* __restrict__ p_exp_avg, float* __restrict__ p_exp_avg_sq, double k0, double k_rescale_grad, double k2, double k3, double k4, double k5, double k6, double k7, double k8, double k_beta2, double k10, double k_bias_correction2, double k_eps, double k13, double k14, double k__grad_scale) {
+void optforge_torchnadam_s0_f32(int64_t n, const float* __restrict__ p_grad, float* __restrict__ p_weight, float* __restrict__ p_exp_avg, float* __restrict__ p_exp_avg_sq, double k0, double k_rescale_grad, double k2, double k3, double k4, double k5, double k6, double k7, double k8, double k_beta2, double k10, double k_bias_correction2, double k_eps, double k13, double k14, double k__grad_scale, double k__round_seed) {
     if (k4 != 0 && k6 != 0) {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
         for (int64_t i = 0; i < n; ++i)
-            optforge_torchnadam_s0_elem<float, float, float, 1, 1>(i, i, p_grad, p_weight, p_exp_avg, p_exp_avg_sq, nullptr, (float)k0, (float)k_rescale_grad, (float)k2, (float)k3, (float)k4, (float)k5, (float)k6, (float)k7, (float)k8, (float)k_beta2, (float)k10, (float)k_bias_correction2, (float)k_eps, (float)k13, (float)k14, (float)k__grad_scale);
+            optforge_torchnadam_s0_elem<float, float, float, 1, 1>(i, i, p_grad, p_weight, p_exp_avg, p_exp_avg_sq, nullptr, (float)k0, (float)k_rescale_grad, (float)k2, (float)k3, (float)k4, (float)k5, (float)k6, (float)k7, (float)k8, (float)k_beta2, (float)k10, (float)k_bias_correction2, (float)k_eps, (float)k13, (float)k14, (float)k__grad_scale, k__round_seed);
     } else if (k4 != 0 && k6 == 0) {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
         for (int64_t i = 0; i < n; ++i)
-            optforge_torchnadam_s0_elem<float, float, float, 1, 0>(i, i, p_grad, p_weight, p_exp_avg, p_exp_avg_sq, nullptr, (float)k0, (float)k_rescale_grad, (float)k2, (float)k3, (float)k4, (float)k5, (float)k6, (float)k7, (float)k8, (float)k_beta2, (float)k10, (float)k_bias_correction2, (float)k_eps, (float)k13, (float)k14, (float)k__grad_scale);
+            optforge_torchnadam_s0_elem<float, float, float, 1, 0>(i, i, p_grad, p_weight, p_exp_avg, p_exp_avg_sq, nullptr, (float)k0, (float)k_rescale_grad, (float)k2, (float)k3, (float)k4, (float)k5, (float)k6, (float)k7, (float)k8, (float)k_beta2, (float)k10, (float)k_bias_correction2, (float)k_eps, (float)k13, (float)k14, (float)k__grad_scale, k__round_seed);
     } else if (k4 == 0 && k6 != 0) {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
         for (int64_t i = 0; i < n; ++i)
-            optforge_torchnadam_s0_elem<float, float, float, 0, 1>(i, i, p_grad, p_weight, p_exp_avg, p_exp_avg_sq, nullptr, (float)k0, (float)k_rescale_grad, (float)k2, (float)k3, (float)k4, (float)k5, (float)k6, (float)k7, (float)k8, (float)k_beta2, (float)k10, (float)k_bias_correction2, (float)k_eps, (float)k13, (float)k14, (float)k__grad_scale);
+            optforge_torchnadam_s0_elem<float, float, float, 0, 1>(i, i, p_grad, p_weight, p_exp_avg, p_exp_avg_sq, nullptr, (float)k0, (float)k_rescale_grad, (float)k2, (float)k3, (float)k4, (float)k5, (float)k6, (float)k7, (float)k8, (float)k_beta2, (float)k10, (float)k_bias_correction2, (float)k_eps, (float)k13, (float)k14, (float)k__grad_scale, k__round_seed);
     } else if (k4 == 0 && k6 == 0) {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
         for (int64_t i = 0; i < n; ++i)
-            optforge_torchnadam_s0_elem<float, float, float, 0, 0>(i, i, p_grad, p_weight, p_exp_avg, p_exp_avg_sq, nullptr, (float)k0, (float)k_rescale_grad, (float)k2, (float)k3, (float)k4, (float)k5, (float)k6, (float)k7, (float)k8, (float)k_beta2, (float)k10, (float)k_bias_correction2, (float)k_eps, (float)k13, (float)k14, (float)k__grad_scale);
+            optforge_torchnadam_s0_elem<float, float, float, 0, 0>(i, i, p_grad, p_weight, p_exp_avg, p_exp_avg_sq, nullptr, (float)k0, (float)k_rescale_grad, (float)k2, (float)k3, (float)k4, (float)k5, (float)k6, (float)k7, (float)k8, (float)k_beta2, (float)k10, (float)k_bias_correction2, (float)k_eps, (float)k13, (float)k14, (float)k__grad_scale, k__round_seed);
     }
 }
 /* multi-tensor: one call for the small tensors of a list update (each below OPTFORGE_PARALLEL_MIN), in
    parallel over the tensors when there are OPTFORGE_PARALLEL_MIN elements in all (below that a fork
    and join costs more than the work, and on a busy machine it waits for a descheduled thread):
-   ptrs[k * count + t] is pointer k of tensor t, scalars[t * 16 + j] its
+   ptrs[k * count + t] is pointer k of tensor t, scalars[t * 17 + j] its
    scalars */
 void optforge_torchnadam_s0_mt_f32(int64_t count, const int64_t* __restrict__ sizes, const uint64_t* __restrict__ ptrs, const double* __restrict__ scalars) {
     int64_t total = 0;
     for (int64_t t = 0; t < count; ++t) total += sizes[t];
     #pragma omp parallel for schedule(dynamic, 4) if (count > 1 && total >= OPTFORGE_PARALLEL_MIN)
     for (int64_t t = 0; t < count; ++t) {
-        const double* s = scalars + t * 16;
+        const double* s = scalars + t * 17;
         const double k0 = s[0];
         const double k_rescale_grad = s[1];
         const double k2 = s[2];
@@ -107,39 +198,40 @@ void optforge_torchnadam_s0_mt_f32(int64_t count, const int64_t* __restrict__ si
         const double k13 = s[13];
         const double k14 = s[14];
         const double k__grad_scale = s[15];
-        optforge_torchnadam_s0_f32(sizes[t], (const float*)ptrs[0 * count + t], (float*)ptrs[1 * count + t], (float*)ptrs[2 * count + t], (float*)ptrs[3 * count + t], k0, k_rescale_grad, k2, k3, k4, k5, k6, k7, k8, k_beta2, k10, k_bias_correction2, k_eps, k13, k14, k__grad_scale);
+        const double k__round_seed = s[16];
+        optforge_torchnadam_s0_f32(sizes[t], (const float*)ptrs[0 * count + t], (float*)ptrs[1 * count + t], (float*)ptrs[2 * count + t], (float*)ptrs[3 * count + t], k0, k_rescale_grad, k2, k3, k4, k5, k6, k7, k8, k_beta2, k10, k_bias_correction2, k_eps, k13, k14, k__grad_scale, k__round_seed);
     }
 }
-void optforge_torchnadam_s0_f64(int64_t n, const double* __restrict__ p_grad, double* __restrict__ p_weight, double* __restrict__ p_exp_avg, double* __restrict__ p_exp_avg_sq, double k0, double k_rescale_grad, double k2, double k3, double k4, double k5, double k6, double k7, double k8, double k_beta2, double k10, double k_bias_correction2, double k_eps, double k13, double k14, double k__grad_scale) {
+void optforge_torchnadam_s0_f64(int64_t n, const double* __restrict__ p_grad, double* __restrict__ p_weight, double* __restrict__ p_exp_avg, double* __restrict__ p_exp_avg_sq, double k0, double k_rescale_grad, double k2, double k3, double k4, double k5, double k6, double k7, double k8, double k_beta2, double k10, double k_bias_correction2, double k_eps, double k13, double k14, double k__grad_scale, double k__round_seed) {
     if (k4 != 0 && k6 != 0) {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
         for (int64_t i = 0; i < n; ++i)
-            optforge_torchnadam_s0_elem<double, double, double, 1, 1>(i, i, p_grad, p_weight, p_exp_avg, p_exp_avg_sq, nullptr, (double)k0, (double)k_rescale_grad, (double)k2, (double)k3, (double)k4, (double)k5, (double)k6, (double)k7, (double)k8, (double)k_beta2, (double)k10, (double)k_bias_correction2, (double)k_eps, (double)k13, (double)k14, (double)k__grad_scale);
+            optforge_torchnadam_s0_elem<double, double, double, 1, 1>(i, i, p_grad, p_weight, p_exp_avg, p_exp_avg_sq, nullptr, (double)k0, (double)k_rescale_grad, (double)k2, (double)k3, (double)k4, (double)k5, (double)k6, (double)k7, (double)k8, (double)k_beta2, (double)k10, (double)k_bias_correction2, (double)k_eps, (double)k13, (double)k14, (double)k__grad_scale, k__round_seed);
     } else if (k4 != 0 && k6 == 0) {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
         for (int64_t i = 0; i < n; ++i)
-            optforge_torchnadam_s0_elem<double, double, double, 1, 0>(i, i, p_grad, p_weight, p_exp_avg, p_exp_avg_sq, nullptr, (double)k0, (double)k_rescale_grad, (double)k2, (double)k3, (double)k4, (double)k5, (double)k6, (double)k7, (double)k8, (double)k_beta2, (double)k10, (double)k_bias_correction2, (double)k_eps, (double)k13, (double)k14, (double)k__grad_scale);
+            optforge_torchnadam_s0_elem<double, double, double, 1, 0>(i, i, p_grad, p_weight, p_exp_avg, p_exp_avg_sq, nullptr, (double)k0, (double)k_rescale_grad, (double)k2, (double)k3, (double)k4, (double)k5, (double)k6, (double)k7, (double)k8, (double)k_beta2, (double)k10, (double)k_bias_correction2, (double)k_eps, (double)k13, (double)k14, (double)k__grad_scale, k__round_seed);
     } else if (k4 == 0 && k6 != 0) {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
         for (int64_t i = 0; i < n; ++i)
-            optforge_torchnadam_s0_elem<double, double, double, 0, 1>(i, i, p_grad, p_weight, p_exp_avg, p_exp_avg_sq, nullptr, (double)k0, (double)k_rescale_grad, (double)k2, (double)k3, (double)k4, (double)k5, (double)k6, (double)k7, (double)k8, (double)k_beta2, (double)k10, (double)k_bias_correction2, (double)k_eps, (double)k13, (double)k14, (double)k__grad_scale);
+            optforge_torchnadam_s0_elem<double, double, double, 0, 1>(i, i, p_grad, p_weight, p_exp_avg, p_exp_avg_sq, nullptr, (double)k0, (double)k_rescale_grad, (double)k2, (double)k3, (double)k4, (double)k5, (double)k6, (double)k7, (double)k8, (double)k_beta2, (double)k10, (double)k_bias_correction2, (double)k_eps, (double)k13, (double)k14, (double)k__grad_scale, k__round_seed);
     } else if (k4 == 0 && k6 == 0) {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
         for (int64_t i = 0; i < n; ++i)
-            optforge_torchnadam_s0_elem<double, double, double, 0, 0>(i, i, p_grad, p_weight, p_exp_avg, p_exp_avg_sq, nullptr, (double)k0, (double)k_rescale_grad, (double)k2, (double)k3, (double)k4, (double)k5, (double)k6, (double)k7, (double)k8, (double)k_beta2, (double)k10, (double)k_bias_correction2, (double)k_eps, (double)k13, (double)k14, (double)k__grad_scale);
+            optforge_torchnadam_s0_elem<double, double, double, 0, 0>(i, i, p_grad, p_weight, p_exp_avg, p_exp_avg_sq, nullptr, (double)k0, (double)k_rescale_grad, (double)k2, (double)k3, (double)k4, (double)k5, (double)k6, (double)k7, (double)k8, (double)k_beta2, (double)k10, (double)k_bias_correction2, (double)k_eps, (double)k13, (double)k14, (double)k__grad_scale, k__round_seed);
     }
 }
 /* multi-tensor: one call for the small tensors of a list update (each below OPTFORGE_PARALLEL_MIN), in
    parallel over the tensors when there are OPTFORGE_PARALLEL_MIN elements in all (below that a fork
    and join costs more than the work, and on a busy machine it waits for a descheduled thread):
-   ptrs[k * count + t] is pointer k of tensor t, scalars[t * 16 + j] its
+   ptrs[k * count + t] is pointer k of tensor t, scalars[t * 17 + j] its
    scalars */
 void optforge_torchnadam_s0_mt_f64(int64_t count, const int64_t* __restrict__ sizes, const uint64_t* __restrict__ ptrs, const double* __restrict__ scalars) {
     int64_t total = 0;
     for (int64_t t = 0; t < count; ++t) total += sizes[t];
     #pragma omp parallel for schedule(dynamic, 4) if (count > 1 && total >= OPTFORGE_PARALLEL_MIN)
     for (int64_t t = 0; t < count; ++t) {
-        const double* s = scalars + t * 16;
+        const double* s = scalars + t * 17;
         const double k0 = s[0];
         const double k_rescale_grad = s[1];
         const double k2 = s[2];
@@ -156,7 +248,50 @@ void optforge_torchnadam_s0_mt_f64(int64_t count, const int64_t* __restrict__ si
         const double k13 = s[13];
         const double k14 = s[14];
         const double k__grad_scale = s[15];
-        optforge_torchnadam_s0_f64(sizes[t], (const double*)ptrs[0 * count + t], (double*)ptrs[1 * count + t], (double*)ptrs[2 * count + t], (double*)ptrs[3 * count + t], k0, k_rescale_grad, k2, k3, k4, k5, k6, k7, k8, k_beta2, k10, k_bias_correction2, k_eps, k13, k14, k__grad_scale);
+        const double k__round_seed = s[16];
+        optforge_torchnadam_s0_f64(sizes[t], (const double*)ptrs[0 * count + t], (double*)ptrs[1 * count + t], (double*)ptrs[2 * count + t], (double*)ptrs[3 * count + t], k0, k_rescale_grad, k2, k3, k4, k5, k6, k7, k8, k_beta2, k10, k_bias_correction2, k_eps, k13, k14, k__grad_scale, k__round_seed);
     }
 }
+#ifdef OPTFORGE_LOW_PRECISION
+void optforge_torchnadam_s0_f16(int64_t n, const optforge_f16* __restrict__ p_grad, optforge_f16* __restrict__ p_weight, optforge_f16* __restrict__ p_exp_avg, optforge_f16* __restrict__ p_exp_avg_sq, double k0, double k_rescale_grad, double k2, double k3, double k4, double k5, double k6, double k7, double k8, double k_beta2, double k10, double k_bias_correction2, double k_eps, double k13, double k14, double k__grad_scale, double k__round_seed) {
+    if (k4 != 0 && k6 != 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_torchnadam_s0_elem<optforge_f16, optforge_f16, float, 1, 1>(i, i, p_grad, p_weight, p_exp_avg, p_exp_avg_sq, nullptr, (float)k0, (float)k_rescale_grad, (float)k2, (float)k3, (float)k4, (float)k5, (float)k6, (float)k7, (float)k8, (float)k_beta2, (float)k10, (float)k_bias_correction2, (float)k_eps, (float)k13, (float)k14, (float)k__grad_scale, k__round_seed);
+    } else if (k4 != 0 && k6 == 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_torchnadam_s0_elem<optforge_f16, optforge_f16, float, 1, 0>(i, i, p_grad, p_weight, p_exp_avg, p_exp_avg_sq, nullptr, (float)k0, (float)k_rescale_grad, (float)k2, (float)k3, (float)k4, (float)k5, (float)k6, (float)k7, (float)k8, (float)k_beta2, (float)k10, (float)k_bias_correction2, (float)k_eps, (float)k13, (float)k14, (float)k__grad_scale, k__round_seed);
+    } else if (k4 == 0 && k6 != 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_torchnadam_s0_elem<optforge_f16, optforge_f16, float, 0, 1>(i, i, p_grad, p_weight, p_exp_avg, p_exp_avg_sq, nullptr, (float)k0, (float)k_rescale_grad, (float)k2, (float)k3, (float)k4, (float)k5, (float)k6, (float)k7, (float)k8, (float)k_beta2, (float)k10, (float)k_bias_correction2, (float)k_eps, (float)k13, (float)k14, (float)k__grad_scale, k__round_seed);
+    } else if (k4 == 0 && k6 == 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_torchnadam_s0_elem<optforge_f16, optforge_f16, float, 0, 0>(i, i, p_grad, p_weight, p_exp_avg, p_exp_avg_sq, nullptr, (float)k0, (float)k_rescale_grad, (float)k2, (float)k3, (float)k4, (float)k5, (float)k6, (float)k7, (float)k8, (float)k_beta2, (float)k10, (float)k_bias_correction2, (float)k_eps, (float)k13, (float)k14, (float)k__grad_scale, k__round_seed);
+    }
+}
+#endif
+#ifdef OPTFORGE_LOW_PRECISION
+void optforge_torchnadam_s0_bf16(int64_t n, const optforge_bf16* __restrict__ p_grad, optforge_bf16* __restrict__ p_weight, optforge_bf16* __restrict__ p_exp_avg, optforge_bf16* __restrict__ p_exp_avg_sq, double k0, double k_rescale_grad, double k2, double k3, double k4, double k5, double k6, double k7, double k8, double k_beta2, double k10, double k_bias_correction2, double k_eps, double k13, double k14, double k__grad_scale, double k__round_seed) {
+    if (k4 != 0 && k6 != 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_torchnadam_s0_elem<optforge_bf16, optforge_bf16, float, 1, 1>(i, i, p_grad, p_weight, p_exp_avg, p_exp_avg_sq, nullptr, (float)k0, (float)k_rescale_grad, (float)k2, (float)k3, (float)k4, (float)k5, (float)k6, (float)k7, (float)k8, (float)k_beta2, (float)k10, (float)k_bias_correction2, (float)k_eps, (float)k13, (float)k14, (float)k__grad_scale, k__round_seed);
+    } else if (k4 != 0 && k6 == 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_torchnadam_s0_elem<optforge_bf16, optforge_bf16, float, 1, 0>(i, i, p_grad, p_weight, p_exp_avg, p_exp_avg_sq, nullptr, (float)k0, (float)k_rescale_grad, (float)k2, (float)k3, (float)k4, (float)k5, (float)k6, (float)k7, (float)k8, (float)k_beta2, (float)k10, (float)k_bias_correction2, (float)k_eps, (float)k13, (float)k14, (float)k__grad_scale, k__round_seed);
+    } else if (k4 == 0 && k6 != 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_torchnadam_s0_elem<optforge_bf16, optforge_bf16, float, 0, 1>(i, i, p_grad, p_weight, p_exp_avg, p_exp_avg_sq, nullptr, (float)k0, (float)k_rescale_grad, (float)k2, (float)k3, (float)k4, (float)k5, (float)k6, (float)k7, (float)k8, (float)k_beta2, (float)k10, (float)k_bias_correction2, (float)k_eps, (float)k13, (float)k14, (float)k__grad_scale, k__round_seed);
+    } else if (k4 == 0 && k6 == 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_torchnadam_s0_elem<optforge_bf16, optforge_bf16, float, 0, 0>(i, i, p_grad, p_weight, p_exp_avg, p_exp_avg_sq, nullptr, (float)k0, (float)k_rescale_grad, (float)k2, (float)k3, (float)k4, (float)k5, (float)k6, (float)k7, (float)k8, (float)k_beta2, (float)k10, (float)k_bias_correction2, (float)k_eps, (float)k13, (float)k14, (float)k__grad_scale, k__round_seed);
+    }
+}
+#endif
 }

@@ -177,9 +177,10 @@ class TorchNAdam(Optimizer):
         exp_avg_sq = tensors['exp_avg_sq']
         mu_product = scalars['mu_product']
         _grad_scale = _step.grad_scale
+        _round_seed = _step.round_seed
         bias_correction2 = 1 - beta2 ** t  # torchnadam.opt:42
         mu = beta1 * (1 - 0.5 * 0.96 ** (t * momentum_decay))  # torchnadam.opt:46
         mu_next = beta1 * (1 - 0.5 * 0.96 ** ((t + 1) * momentum_decay))  # torchnadam.opt:47
         mu_product = mu_product * mu  # torchnadam.opt:48
-        be.launch('optforge_torchnadam_s0', (grad, weight, exp_avg, exp_avg_sq,), (ops.arg(-1 if maximize else 1), ops.arg(rescale_grad), ops.arg(clip_gradient), ops.arg(0 if decoupled_weight_decay else wd), ops.arg(decoupled_weight_decay and wd != 0), ops.arg(1 - lr * wd), ops.arg(1 - beta1 < 0.5), ops.arg(1 - beta1), ops.arg(1 - (1 - beta1)), ops.arg(beta2), ops.arg(1 - beta2), ops.arg(bias_correction2), ops.arg(eps), ops.arg(-lr * (1 - mu) / (1 - mu_product)), ops.arg(-lr * mu_next / (1 - mu_product * mu_next)), ops.arg(_grad_scale), ))
+        be.launch('optforge_torchnadam_s0', (grad, weight, exp_avg, exp_avg_sq,), (ops.arg(-1 if maximize else 1), ops.arg(rescale_grad), ops.arg(clip_gradient), ops.arg(0 if decoupled_weight_decay else wd), ops.arg(decoupled_weight_decay and wd != 0), ops.arg(1 - lr * wd), ops.arg(1 - beta1 < 0.5), ops.arg(1 - beta1), ops.arg(1 - (1 - beta1)), ops.arg(beta2), ops.arg(1 - beta2), ops.arg(bias_correction2), ops.arg(eps), ops.arg(-lr * (1 - mu) / (1 - mu_product)), ops.arg(-lr * mu_next / (1 - mu_product * mu_next)), ops.arg(_grad_scale), ops.arg(_round_seed), ))
         scalars['mu_product'] = mu_product

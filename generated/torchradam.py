@@ -180,12 +180,13 @@ class TorchRAdam(Optimizer):
         exp_avg = tensors['exp_avg']
         exp_avg_sq = tensors['exp_avg_sq']
         _grad_scale = _step.grad_scale
+        _round_seed = _step.round_seed
         bias_correction1 = 1 - beta1 ** t  # torchradam.opt:47
         bias_correction2 = 1 - beta2 ** t  # torchradam.opt:48
         rho_t = rho_inf - 2 * t * beta2 ** t / bias_correction2  # torchradam.opt:50
-        be.launch('optforge_torchradam_s0', (grad, weight, exp_avg, exp_avg_sq,), (ops.arg(-1 if maximize else 1), ops.arg(rescale_grad), ops.arg(clip_gradient), ops.arg(0 if decoupled_weight_decay else wd), ops.arg(decoupled_weight_decay and wd != 0), ops.arg(1 - lr * wd), ops.arg(1 - beta1 < 0.5), ops.arg(1 - beta1), ops.arg(1 - (1 - beta1)), ops.arg(beta2), ops.arg(1 - beta2), ops.arg(_grad_scale), ))
+        be.launch('optforge_torchradam_s0', (grad, weight, exp_avg, exp_avg_sq,), (ops.arg(-1 if maximize else 1), ops.arg(rescale_grad), ops.arg(clip_gradient), ops.arg(0 if decoupled_weight_decay else wd), ops.arg(decoupled_weight_decay and wd != 0), ops.arg(1 - lr * wd), ops.arg(1 - beta1 < 0.5), ops.arg(1 - beta1), ops.arg(1 - (1 - beta1)), ops.arg(beta2), ops.arg(1 - beta2), ops.arg(_grad_scale), ops.arg(_round_seed), ))
         if rho_t > 5:
             rect = math.sqrt((rho_t - 4) * (rho_t - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho_t))  # torchradam.opt:52
-            be.launch('optforge_torchradam_s1', (weight, exp_avg, exp_avg_sq,), (ops.arg(bias_correction1), ops.arg(lr), ops.arg(math.sqrt(bias_correction2)), ops.arg(eps), ops.arg(rect), ))
+            be.launch('optforge_torchradam_s1', (weight, exp_avg, exp_avg_sq,), (ops.arg(bias_correction1), ops.arg(lr), ops.arg(math.sqrt(bias_correction2)), ops.arg(eps), ops.arg(rect), ops.arg(_round_seed), ))
         else:
-            be.launch('optforge_torchradam_s2', (weight, exp_avg,), (ops.arg(bias_correction1), ops.arg(lr), ))
+            be.launch('optforge_torchradam_s2', (weight, exp_avg,), (ops.arg(bias_correction1), ops.arg(lr), ops.arg(_round_seed), ))

@@ -169,4 +169,5 @@ class TorchRMSprop(Optimizer):
         momentum_buffer = tensors.get('momentum_buffer')
         grad_avg = tensors.get('grad_avg')
         _grad_scale = _step.grad_scale
-        be.launch('optforge_torchrmsprop_s0', (grad, weight, square_avg, grad_avg, momentum_buffer,), (ops.arg(-1 if maximize else 1), ops.arg(rescale_grad), ops.arg(clip_gradient), ops.arg(wd), ops.arg(alpha), ops.arg(1 - alpha), ops.arg(centered), ops.arg(1 - alpha < 0.5), ops.arg(1 - (1 - alpha)), ops.arg(eps), ops.arg(momentum > 0), ops.arg(momentum), ops.arg(lr), ops.arg(_grad_scale), ))
+        _round_seed = _step.round_seed
+        be.launch('optforge_torchrmsprop_s0', (grad, weight, square_avg, grad_avg, momentum_buffer,), (ops.arg(-1 if maximize else 1), ops.arg(rescale_grad), ops.arg(clip_gradient), ops.arg(wd), ops.arg(alpha), ops.arg(1 - alpha), ops.arg(centered), ops.arg(1 - alpha < 0.5), ops.arg(1 - (1 - alpha)), ops.arg(eps), ops.arg(momentum > 0), ops.arg(momentum), ops.arg(lr), ops.arg(_grad_scale), ops.arg(_round_seed), ))

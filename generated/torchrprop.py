@@ -133,4 +133,5 @@ class TorchRprop(Optimizer):
         prev = tensors['prev']
         step_size = tensors['step_size']
         _grad_scale = _step.grad_scale
-        be.launch('optforge_torchrprop_s0', (grad, prev, step_size, weight,), (ops.arg(-1 if maximize else 1), ops.arg(rescale_grad), ops.arg(clip_gradient), ops.arg(etaplus), ops.arg(etaminus), ops.arg(step_size_min), ops.arg(step_size_max), ops.arg(_grad_scale), ))
+        _round_seed = _step.round_seed
+        be.launch('optforge_torchrprop_s0', (grad, prev, step_size, weight,), (ops.arg(-1 if maximize else 1), ops.arg(rescale_grad), ops.arg(clip_gradient), ops.arg(etaplus), ops.arg(etaminus), ops.arg(step_size_min), ops.arg(step_size_max), ops.arg(_grad_scale), ops.arg(_round_seed), ))

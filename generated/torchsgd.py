@@ -145,4 +145,5 @@ class TorchSGD(Optimizer):
         t = _step.t
         momentum_buffer = tensors.get('momentum_buffer')
         _grad_scale = _step.grad_scale
-        be.launch('optforge_torchsgd_s0', (grad, weight, momentum_buffer,), (ops.arg(-1 if maximize else 1), ops.arg(rescale_grad), ops.arg(clip_gradient), ops.arg(wd), ops.arg(momentum != 0), ops.arg(t == 1), ops.arg(momentum), ops.arg(1 - dampening), ops.arg(nesterov), ops.arg(lr), ops.arg(_grad_scale), ))
+        _round_seed = _step.round_seed
+        be.launch('optforge_torchsgd_s0', (grad, weight, momentum_buffer,), (ops.arg(-1 if maximize else 1), ops.arg(rescale_grad), ops.arg(clip_gradient), ops.arg(wd), ops.arg(momentum != 0), ops.arg(t == 1), ops.arg(momentum), ops.arg(1 - dampening), ops.arg(nesterov), ops.arg(lr), ops.arg(_grad_scale), ops.arg(_round_seed), ))

@@ -26,18 +26,22 @@ from __future__ import annotations
 
 import numpy as np
 
-# the kernels' dtype variants: weight/states and gradient of one dtype, or (mp16) a float32 master
-# with a float16 gradient and a float16 copy of the weight written in the same pass
-SUFFIX = {np.dtype(np.float32): "f32", np.dtype(np.float64): "f64", np.dtype(np.float16): "f16"}
+from .dtypes import BFLOAT16, FLOAT16, FLOAT32, FLOAT64
+
+# the kernels' dtype variants: weight/states and gradient of one dtype (float16 and bfloat16: stored
+# in 16 bits, computed in float32), or (mp16, mpbf16; CUDA) a float32 master with a 16-bit gradient
+# and a 16-bit copy of the weight written in the same pass
+SUFFIX = {FLOAT32: "f32", FLOAT64: "f64", FLOAT16: "f16", BFLOAT16: "bf16"}
+MASTER_SUFFIX = {FLOAT16: "mp16", BFLOAT16: "mpbf16"}   # float32 master, 16-bit gradient and weight
 
 
 def variant(weight_dtype, grad_dtype, low_precision: bool) -> str:
     """The kernel variant suffix for a weight (or master) and gradient dtype."""
     w, g = np.dtype(weight_dtype), np.dtype(grad_dtype)
     if low_precision:
-        if w != np.float32 or g != np.float16:
-            raise TypeError("multi-precision update needs a float32 master and a float16 gradient")
-        return "mp16"
+        if w != np.float32 or g not in MASTER_SUFFIX:
+            raise TypeError("multi-precision update needs a float32 master and a float16 or bfloat16 gradient")
+        return MASTER_SUFFIX[g]
     if w != g or w not in SUFFIX:
         raise TypeError(f"no kernel for weight {w} with gradient {g}")
     return SUFFIX[w]

@@ -3,8 +3,9 @@
 with scalars as kernel arguments so nothing recompiles when lr, wd or t change. CuPy arrays select
 this backend automatically; importing optforge never imports CuPy.
 
-Kernel variants: f32, f64, f16 (float16 storage, float32 arithmetic) and mp16 (a float32 master
-copy updated in place, the float16 weight written in the same pass).
+Kernel variants: f32, f64, f16 and bf16 (16-bit storage, float32 arithmetic), mp16 and mpbf16 (a
+float32 master copy updated in place, the 16-bit weight written in the same pass). bfloat16 CuPy
+arrays are CuPy 14's (ml_dtypes' dtype).
 """
 from __future__ import annotations
 
@@ -75,7 +76,9 @@ def module_for(cls, device_id: int):
 # accumulation, per-thread partial sums added in a fixed order; no float64 copy of the tensor.
 SUM_SQUARES_SOURCE = r"""
 #include <cuda_fp16.h>
+#include <cuda_bf16.h>
 __device__ inline double optforge_wide(float x) { return (double)x; }
+__device__ inline double optforge_wide(__nv_bfloat16 x) { return (double)(float)x; }
 __device__ inline double optforge_wide(double x) { return x; }
 __device__ inline double optforge_wide(__half x) { return (double)(float)x; }
 template <typename T>
@@ -91,6 +94,7 @@ extern "C" {
 __global__ void optforge_sum_squares_f32(long long n, const float* x, double* p) { optforge_sum_squares(n, x, p); }
 __global__ void optforge_sum_squares_f64(long long n, const double* x, double* p) { optforge_sum_squares(n, x, p); }
 __global__ void optforge_sum_squares_f16(long long n, const __half* x, double* p) { optforge_sum_squares(n, x, p); }
+__global__ void optforge_sum_squares_bf16(long long n, const __nv_bfloat16* x, double* p) { optforge_sum_squares(n, x, p); }
 }
 """
 _sum_squares_modules: dict = {}

@@ -3,7 +3,9 @@
 `Optimizer._update` validates, counts and computes each parameter's `Step`; `run` then picks, per
 parameter: the CUDA kernels for CuPy arrays, the native C++ kernels or the NumPy kernel for NumPy
 arrays (`backend`, chosen once per call), the lazy row kernels for a row-sparse gradient of a spec
-that declares `sparse lazy`, and float32 compute for float16 weights (with or without a master copy).
+that declares `sparse lazy`, and float32 compute for float16 and bfloat16 weights (with or without a
+master copy; without one, the native and CUDA kernels load and store the 16-bit arrays themselves, the
+NumPy backend updates float32 copies and stores them back rounded).
 A list update defers launches to one multi-tensor launch per stage where it can (runtime/multi.py):
 every parameter on CUDA, the small tensors on the native backend.
 """
@@ -12,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import cuda, native, ops
+from .dtypes import is_low
 from .multi import MultiTensorLaunches, run_lockstep
 from .sparse import RowSparse
 
@@ -116,22 +119,30 @@ def _param_phases(opt, weight, grad, state, step, backend, multi, cache):
         master = state.master
         yield from _dense_phases(opt, step, master, grad.astype(np.float32), state.tensors, state.scalars, backend, cache)
         weight[...] = master
-    elif weight.dtype == np.float16:
+    elif is_low(weight.dtype) and backend != "native":
+        # NumPy: the update of float32 copies, stored back rounded (the native kernels load and
+        # store the 16-bit arrays themselves)
         w32 = weight.astype(np.float32)
         t32 = {k: v.astype(np.float32) for k, v in state.tensors.items()}
         yield from _dense_phases(opt, step, w32, grad.astype(np.float32), t32, state.scalars, backend, cache)
-        weight[...] = w32
-        for k, v in state.tensors.items():
-            v[...] = t32[k]
+        _store_low(weight, w32, t32, state.tensors, step)
     else:
         yield from _dense_phases(opt, step, weight, grad, state.tensors, state.scalars, backend, cache)
+
+
+def _store_low(weight, w32, t32, tensors, step):
+    """The float32 results of a 16-bit parameter's NumPy update stored back: the weight rounded with
+    its seed (stochastically when it has one, as the kernels' op_store), the states to nearest even."""
+    weight[...] = ops.round_to(weight.dtype, w32, step.round_seed)
+    for k, v in tensors.items():
+        v[...] = t32[k]
 
 
 def _dense_phases(opt, step, weight, grad, tensors, scalars, backend, cache):
     if not grad.flags.c_contiguous:
         grad = np.ascontiguousarray(grad)
     if backend == "native":
-        be = native.NativeBackend(native.library_for(type(opt)), weight.dtype, cache)
+        be = native.NativeBackend(native.library_for(type(opt), low=is_low(weight.dtype)), weight.dtype, cache)
         yield from opt._kernel_phases(be, step, weight, grad, tensors, scalars)
     else:
         yield from opt._kernel_numpy(step, weight, grad, tensors, scalars)
@@ -150,14 +161,13 @@ def step_one(opt, weight, grad, state, step, backend: str) -> None:
         master = state.master
         _dense(opt, step, master, grad.astype(np.float32), state.tensors, state.scalars, backend)
         weight[...] = master
-    elif weight.dtype == np.float16:
-        # compute in float32, store float16 (MXNet rounds every intermediate to float16)
+    elif is_low(weight.dtype) and backend != "native":
+        # NumPy: compute in float32, store float16 / bfloat16 (MXNet rounds every intermediate to
+        # float16); the native kernels load and store the 16-bit arrays themselves
         w32 = weight.astype(np.float32)
         t32 = {k: v.astype(np.float32) for k, v in state.tensors.items()}
         _dense(opt, step, w32, grad.astype(np.float32), t32, state.scalars, backend)
-        weight[...] = w32
-        for k, v in state.tensors.items():
-            v[...] = t32[k]
+        _store_low(weight, w32, t32, state.tensors, step)
     else:
         _dense(opt, step, weight, grad, state.tensors, state.scalars, backend)
 
@@ -177,8 +187,8 @@ def _deferred(opt, weight, grad, state, step, multi):
 
 
 def _cuda(opt, weight, grad, state, step):
-    """CuPy arrays: the spec's CUDA kernels. float16 weights are read and written as float16
-    (float32 arithmetic); with a master copy the kernel updates it and writes the float16
+    """CuPy arrays: the spec's CUDA kernels. float16 and bfloat16 weights are read and written in
+    their type (float32 arithmetic); with a master copy the kernel updates it and writes the 16-bit
     weight in the same pass."""
     module = cuda.module_for(type(opt), weight.device.id)
     if state.master is not None:
@@ -195,7 +205,7 @@ def _dense(opt, step, weight, grad, tensors, scalars, backend):
         grad = np.ascontiguousarray(grad)
     if backend == "native":
         cache = opt.__dict__.setdefault("_scratch_cache", {})   # reused scratch arrays (native.py)
-        be = native.NativeBackend(native.library_for(type(opt)), weight.dtype, cache)
+        be = native.NativeBackend(native.library_for(type(opt), low=is_low(weight.dtype)), weight.dtype, cache)
         opt._kernel_staged(be, step, weight, grad, tensors, scalars)
     else:
         opt._kernel_numpy(step, weight, grad, tensors, scalars)
@@ -203,7 +213,7 @@ def _dense(opt, step, weight, grad, tensors, scalars, backend):
 
 def _rows(opt, weight, grad, state, step, backend):
     """The lazy update: the generated row kernel changes only the rows `grad.indices` of the weight
-    and of every state tensor (float16 rows are computed in float32 by ops.gather). With the spec's
+    and of every state tensor (16-bit rows are computed in float32 by ops.gather). With the spec's
     `option carry_rows("acc")`, the rows earlier lazy updates left in the state `acc` join them (with
     zero gradient rows), until an update leaves `acc` zero in all of them (LBSGD: the rows summed since
     the last applied step, as MXNet's lazy sgd_update of the summed row-sparse gradient)."""
@@ -239,10 +249,11 @@ def _rows_kernel(opt, weight, grad, state, step, backend):
         be = cuda.CudaRowsBackend(module, target, data, rows, weight_lp=lp)
         opt._kernel_staged(be, step, target, data, state.tensors, state.scalars)
         return
-    if backend == "native" and target.dtype != np.float16 and isinstance(target, np.ndarray):
-        # compiled row kernels, parallel over the gradient's elements
+    if backend == "native" and isinstance(target, np.ndarray):
+        # compiled row kernels, parallel over the gradient's elements (16-bit rows loaded and stored
+        # by the kernels)
         data = np.ascontiguousarray(data, dtype=target.dtype)
-        be = native.NativeRowsBackend(native.library_for(type(opt)), target.dtype, rows, data)
+        be = native.NativeRowsBackend(native.library_for(type(opt), low=is_low(target.dtype)), target.dtype, rows, data)
         opt._kernel_staged(be, step, target, data, state.tensors, state.scalars)
         if state.master is not None:
             weight[rows] = state.master.take(rows, axis=0)
@@ -250,7 +261,19 @@ def _rows_kernel(opt, weight, grad, state, step, backend):
     if state.master is not None:
         opt._kernel_rows(step, rows, state.master, data.astype(np.float32), state.tensors, state.scalars)
         weight[rows] = state.master.take(rows, axis=0)
+    elif step.round_seed:
+        # a bfloat16 weight rounded stochastically: the rows updated in float32 copies, stored back
+        # with the seed at their elements' positions in the weight
+        rows = np.asarray(rows)
+        w32 = weight.take(rows, axis=0).astype(np.float32)
+        t32 = {k: v.take(rows, axis=0).astype(np.float32) for k, v in state.tensors.items()}
+        opt._kernel_rows(step, np.arange(rows.size), w32, data.astype(np.float32), t32, state.scalars)
+        cols = w32[0].size if rows.size else 0
+        index = (rows[:, None] * cols + np.arange(cols)).reshape(w32.shape)
+        weight[rows] = ops.round_to(weight.dtype, w32, step.round_seed, index)
+        for k, v in state.tensors.items():
+            v[rows] = t32[k]
     else:
-        if data.dtype == np.float16:
+        if is_low(data.dtype):
             data = data.astype(np.float32)
         opt._kernel_rows(step, rows, weight, data, state.tensors, state.scalars)

@@ -26,7 +26,8 @@ from pathlib import Path
 import numpy as np
 
 from . import multi
-from .backend import Backend
+from .backend import Backend, compute_dtype
+from .dtypes import BFLOAT16, FLOAT16
 
 # -fno-trapping-math lets the compiler turn a branch on a scalar (RMSProp's `centered`) into a select,
 # so such loops vectorize; NaN and infinity semantics stay IEEE (no -ffast-math).
@@ -175,10 +176,16 @@ class NativeLibrary:
         return f
 
 
-def library_for(cls) -> NativeLibrary:
-    """The compiled library of an optimizer class (its module's .cpp beside the .py)."""
+# the source's switch for its float16 and bfloat16 variants (codegen/templates/cpu_kernels.cpp.j2)
+LOW_PRECISION_DEFINE = "#define OPTFORGE_LOW_PRECISION 1\n"
+
+
+def library_for(cls, low: bool = False) -> NativeLibrary:
+    """The compiled library of an optimizer class (its module's .cpp beside the .py). With `low`, the
+    build that also has the float16 and bfloat16 variants: a second library, built the first time a
+    16-bit weight meets the native backend, so that float32 and float64 users never compile them."""
     module = sys.modules[cls.__module__]
-    key = f"{cls.__module__}:{cls.spec_hash}"
+    key = f"{cls.__module__}:{cls.spec_hash}:{'low' if low else ''}"
     lib = _libs.get(key)
     if lib is None:
         with _lock:
@@ -188,6 +195,8 @@ def library_for(cls) -> NativeLibrary:
                 if not src.exists():
                     raise NativeError(f"{src} is missing; run opt-compile")
                 source, name = src.read_text(), cls.__module__.rsplit(".", 1)[-1]
+                if low:
+                    source, name = LOW_PRECISION_DEFINE + source, name + "-low"
                 path = _build(source, name)
                 try:
                     lib = NativeLibrary(path)
@@ -197,7 +206,7 @@ def library_for(cls) -> NativeLibrary:
                 # a library that lacks a stage kernel of this spec is refused now, before any update
                 # has counted anything
                 for fn in getattr(cls, "kernel_stages", ()):
-                    for suffix in _SUFFIX.values():
+                    for suffix in (_LOW_SUFFIX if low else _SUFFIX).values():
                         if not hasattr(lib.lib, f"{fn}_{suffix}"):
                             raise NativeError(f"{path} has no kernel {fn}_{suffix}: not built from {src}")
                 _libs[key] = lib
@@ -251,6 +260,7 @@ def usable(cls) -> bool:
 
 
 _SUFFIX = {np.dtype(np.float32): "f32", np.dtype(np.float64): "f64"}
+_LOW_SUFFIX = {**_SUFFIX, FLOAT16: "f16", BFLOAT16: "bf16"}   # library_for(cls, low=True)
 
 
 class NativeBackend(Backend):
@@ -258,7 +268,7 @@ class NativeBackend(Backend):
 
     def __init__(self, lib: NativeLibrary, dtype, cache: dict | None = None):
         self.lib = lib
-        self.suffix = _SUFFIX[np.dtype(dtype)]
+        self.suffix = _LOW_SUFFIX[np.dtype(dtype)]
         self.cache = cache
 
     def scratch(self, like, name, shape=None):
@@ -268,12 +278,13 @@ class NativeBackend(Backend):
         stage itself."""
         shape = like.shape if shape is None else tuple(shape)
         size = math.prod(shape)
+        dtype = np.dtype(compute_dtype(like.dtype))   # (a 16-bit weight's scratch is float32)
         if self.cache is None:
-            return np.empty(shape, like.dtype)
-        key = (name, np.dtype(like.dtype).str)
+            return np.empty(shape, dtype)
+        key = (name, dtype.str)
         buf = self.cache.get(key)
         if buf is None or buf.size < size:
-            buf = self.cache[key] = np.empty(size, like.dtype)
+            buf = self.cache[key] = np.empty(size, dtype)
         return buf[:size].reshape(shape)
 
     def launch(self, fn: str, arrays, scalars, reduce: int = 0, stores: bool = True, dims=None, axes=(),
@@ -365,7 +376,7 @@ class NativeRowsBackend(NativeBackend):
         self.grad_shape = grad_data.shape
 
     def scratch(self, like, name, shape=None):
-        return np.empty(self.grad_shape, like.dtype)
+        return np.empty(self.grad_shape, compute_dtype(like.dtype))
 
     def launch(self, fn: str, arrays, scalars, reduce: int = 0, stores: bool = True):
         """Run a stage's row kernel. Its reductions would see only the rows given: none are

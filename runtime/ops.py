@@ -7,6 +7,8 @@ import threading
 
 import numpy as np
 
+from .dtypes import BFLOAT16, is_low
+
 
 def sign(x):
     """Host sign: -1.0, 0.0 or 1.0; NaN for NaN (as numpy.sign and the kernels)."""
@@ -107,6 +109,42 @@ def sum_squares_fast(x) -> float:
             part = part.astype(np.float32)
         total_ += float(np.einsum("i,i->", part, part))
     return total_
+
+
+_MIX = (np.uint64(0x9E3779B97F4A7C15), np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB))
+
+
+def _mix(z):
+    """splitmix64's finaliser on a uint64 array (op_mix of codegen/templates/_c_common.j2)."""
+    z = z + _MIX[0]
+    z = (z ^ (z >> np.uint64(30))) * _MIX[1]
+    z = (z ^ (z >> np.uint64(27))) * _MIX[2]
+    return z ^ (z >> np.uint64(31))
+
+
+def round_to(dtype, x, seed: float = 0.0, index=None):
+    """float32 values `x` as `dtype`: to nearest even, or for bfloat16 with a nonzero `seed`
+    stochastically, bit for bit as the kernels' op_bf16_bits: 16 random bits of (seed, element
+    index) added below bfloat16's bits, then truncated (NaN stays NaN). `index`: each element's
+    position in its weight (default: 0, 1, 2, ... in order), which the random bits depend on."""
+    dtype = np.dtype(dtype)
+    if not seed or dtype != BFLOAT16:
+        return np.asarray(x).astype(dtype)
+    x = np.ascontiguousarray(x, np.float32)
+    flat = x.reshape(-1).view(np.uint32)
+    index = None if index is None else np.ascontiguousarray(index, np.int64).reshape(-1)
+    out = np.empty(flat.size, np.uint16)
+    key = np.uint64(int(seed))
+    block = 1 << 16
+    for lo in range(0, flat.size, block):
+        u = flat[lo:lo + block]
+        i = np.arange(lo, lo + u.size, dtype=np.uint64) if index is None else index[lo:lo + block].astype(np.uint64)
+        noise = (_mix(key ^ _mix(i)) & np.uint64(0xFFFF)).astype(np.uint32)
+        bits = ((u + noise) >> np.uint32(16)).astype(np.uint16)
+        nan = (u & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000)
+        bits[nan] = ((u[nan] >> np.uint32(16)) | np.uint32(0x40)).astype(np.uint16)
+        out[lo:lo + u.size] = bits
+    return out.view(BFLOAT16).reshape(x.shape)
 
 
 def norm(x) -> float:
@@ -385,7 +423,7 @@ def gather(x, rows):
     if x is None:
         return None
     out = x.take(rows, axis=0)
-    return out.astype(np.float32) if out.dtype == np.float16 else out
+    return out.astype(np.float32) if is_low(out.dtype) else out
 
 
 ROW_BLOCK_ELEMENTS = 1 << 14

@@ -17,13 +17,15 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from . import cuda, dispatch, native, ops, registry, validate
+from .dtypes import BFLOAT16, is_low
 from .sparse import RowSparse
 from .state import OptState, StateLayout
 from .validate import FLOAT_DTYPES, check_array as _check_array, check_index as _check_index, is_index as _is_index  # noqa: F401
 from .validate import number as _number
 
 BASE_ARGS = ("rescale_grad", "param_idx2name", "wd", "clip_gradient", "learning_rate", "lr_scheduler", "sym",
-             "begin_num_update", "multi_precision", "param_dict", "max_grad_norm", "skip_nonfinite")
+             "begin_num_update", "multi_precision", "param_dict", "max_grad_norm", "skip_nonfinite",
+             "stochastic_rounding")
 
 
 class HyperParam(NamedTuple):
@@ -89,6 +91,7 @@ class Step(NamedTuple):
     learning_rate: float  # the call's learning rate, before multipliers
     num_update: int       # the optimizer's update count
     grad_scale: float = 1.0   # every gradient of the call is read times this (step control, see grad_scale)
+    round_seed: float = 0.0   # a bfloat16 weight's stochastic rounding seed (0: to nearest even)
 
 
 class _Call(NamedTuple):
@@ -101,6 +104,7 @@ class _Call(NamedTuple):
     backend: str
     saved: tuple
     saved_globals: dict
+    saved_rng: dict = None    # the random generator's state before the call drew rounding seeds
 
 
 def update_together(parts, scale=None) -> None:
@@ -128,6 +132,8 @@ def update_together(parts, scale=None) -> None:
         except BaseException:
             for opt, c in prepared:
                 opt._uncount(c.saved, c.saved_globals, ())
+                if c.saved_rng is not None:
+                    opt._rng.bit_generator.state = c.saved_rng
             raise
     finally:
         for opt in owners:
@@ -180,6 +186,13 @@ class Optimizer:
         its gradients holds inf or NaN; `skipped_steps` counts the calls skipped.
     `loss_scale` (an attribute, 1.0): the gradients are divided by it (a mixed-precision loss scale;
         the torch adapter sets it from torch.amp.GradScaler).
+
+    Storage (not MXNet's):
+    stochastic_rounding : bool, store bfloat16 weights that have no float32 master copy rounded
+        stochastically (up with probability equal to the distance from the value below, so that
+        updates smaller than the weight's rounding gap still move it on average) instead of to
+        nearest even; seeded from the optimizer's random generator (checkpointed), the same bits
+        on every backend. float16 weights need `multi_precision` instead.
     """
     spec_name = "Optimizer"
     spec_path = None
@@ -196,7 +209,7 @@ class Optimizer:
 
     def __init__(self, rescale_grad=1.0, param_idx2name=None, wd=0.0, clip_gradient=None, learning_rate=None,
                  lr_scheduler=None, sym=None, begin_num_update=0, multi_precision=False, param_dict=None,
-                 max_grad_norm=None, skip_nonfinite=False, **kwargs):
+                 max_grad_norm=None, skip_nonfinite=False, stochastic_rounding=False, **kwargs):
         # every argument is checked before anything (the scheduler included) is touched
         if kwargs:
             self._reject_kwargs(kwargs)
@@ -206,6 +219,8 @@ class Optimizer:
                 raise ValueError(f"max_grad_norm must be > 0 (or None: no clipping), got {max_grad_norm!r}")
         if not isinstance(skip_nonfinite, (bool, np.bool_)):
             raise TypeError(f"skip_nonfinite must be a bool, got {skip_nonfinite!r}")
+        if not isinstance(stochastic_rounding, (bool, np.bool_)):
+            raise TypeError(f"stochastic_rounding must be a bool, got {stochastic_rounding!r}")
         _number("rescale_grad", rescale_grad, finite=True)
         _number("wd", wd, finite=True)
         if clip_gradient is not None:
@@ -236,6 +251,7 @@ class Optimizer:
         self.rescale_grad = float(rescale_grad)
         self.max_grad_norm = None if max_grad_norm is None else float(max_grad_norm)
         self.skip_nonfinite = bool(skip_nonfinite)
+        self.stochastic_rounding = bool(stochastic_rounding)
         self.loss_scale = 1.0
         self.skipped_steps = 0
         self.lr_scheduler = lr_scheduler
@@ -416,14 +432,14 @@ class Optimizer:
         return OptState(self.spec_name, weight.shape, weight.dtype, tensors, self._scalar_init(index))
 
     def create_state_multi_precision(self, index, weight):
-        """As create_state; with multi_precision and a float16 weight, the state also holds a float32
-        master copy of the weight, and every tensor state is float32."""
+        """As create_state; with multi_precision and a float16 or bfloat16 weight, the state also holds
+        a float32 master copy of the weight, and every tensor state is float32."""
         _check_array(weight, "weight")
-        if self.multi_precision and weight.dtype == np.float16:
+        if self.multi_precision and is_low(weight.dtype):
             master = weight.astype(np.float32)
             state = self.create_state(index, master)
             state.master = master
-            state.dtype = np.dtype(np.float16)
+            state.dtype = np.dtype(weight.dtype)
             return state
         if weight.dtype == np.float16 and not self.multi_precision:
             warnings.warn("Accumulating with float16 in optimizer can lead to poor accuracy or slow convergence. "
@@ -464,6 +480,8 @@ class Optimizer:
             # count only what was updated: a parameter whose update did not complete is not counted (one
             # that failed part way may be partly written: see SECURITY.md)
             self._uncount(call.saved, call.saved_globals, {call.indices[k] for k in done})
+            if not done and call.saved_rng is not None:
+                self._rng.bit_generator.state = call.saved_rng
             raise
         return True
 
@@ -474,6 +492,12 @@ class Optimizer:
         if not indices:
             return True
         self._check_sparse_requires(indices, grads, states)
+        if self.stochastic_rounding:
+            for k, (w, s) in enumerate(zip(weights, states)):
+                if w.dtype == np.float16 and s.master is None:
+                    raise TypeError(f"stochastic_rounding rounds bfloat16 weights; weight{f'[{k}]' if len(weights) > 1 else ''} "
+                                    "is float16: keep a float32 master copy instead (multi_precision=True and "
+                                    "create_state_multi_precision)")
         if not (isinstance(self.loss_scale, numbers.Real) and math.isfinite(self.loss_scale) and self.loss_scale > 0):
             raise ValueError(f"loss_scale must be a finite number > 0, got {self.loss_scale!r}")
         if scale is None:
@@ -489,6 +513,8 @@ class Optimizer:
             cuda.module_for(type(self), weights[0].device.id)
         elif backend == "native":
             native.library_for(type(self))
+            if any(is_low(w.dtype) and s.master is None for w, s in zip(weights, states)):
+                native.library_for(type(self), low=True)
         # counting comes after validation; if the schedule or a multiplier then fails, undo it
         saved = [(i, self._index_update_count.get(i)) for i in indices], self.num_update
         saved_globals = dict(self._globals)
@@ -528,7 +554,14 @@ class Optimizer:
         steps = [Step(call, lr, wd, self._index_update_count.get(i, self.begin_num_update), self.idx2name.get(i, str(i)),
                       base, num_update, float(scale))
                  for i, lr, wd, base in zip(indices, lrs, wds, bases)]
-        return _Call(indices, weights, grads, states, steps, backend, saved, saved_globals)
+        saved_rng = None
+        if self.stochastic_rounding:
+            # one seed per bfloat16 weight without a master copy, in the call's order
+            saved_rng = self._rng.bit_generator.state
+            steps = [st._replace(round_seed=float(self._rng.integers(1, 1 << 53)))
+                     if w.dtype == BFLOAT16 and s.master is None else st
+                     for st, w, s in zip(steps, weights, states)]
+        return _Call(indices, weights, grads, states, steps, backend, saved, saved_globals, saved_rng)
 
     def _uncount(self, saved, saved_globals, completed):
         """Undo the counting of an update call for every index not in `completed`; with none

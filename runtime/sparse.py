@@ -25,7 +25,7 @@ import numbers
 
 import numpy as np
 
-FLOAT_DTYPES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
+from .dtypes import FLOATS as FLOAT_DTYPES, NAMES as FLOAT_NAMES
 
 
 def array_module(a):
@@ -55,7 +55,7 @@ class RowSparse:
         if not isinstance(data, xp.ndarray):
             raise TypeError(f"RowSparse data must be an array, got {type(data).__name__}")
         if np.dtype(data.dtype) not in FLOAT_DTYPES:
-            raise TypeError(f"RowSparse data has dtype {data.dtype}; expected float16, float32 or float64")
+            raise TypeError(f"RowSparse data has dtype {data.dtype}; expected {FLOAT_NAMES}")
         if isinstance(shape, numbers.Integral) and not isinstance(shape, bool):
             shape = (shape,)
         if not isinstance(shape, (tuple, list)) or not shape or not all(

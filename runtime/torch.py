@@ -52,6 +52,7 @@ import numpy as np
 import torch
 
 from . import ops, registry
+from .dtypes import BFLOAT16
 from .optimizer import Optimizer as SpecOptimizer
 from .optimizer import grad_scale, update_together
 from .optimizer import OptState
@@ -64,8 +65,8 @@ __all__ = ["Optimizer", "all_reduce_hook", "dropin"]
 FORMAT = "optforge-torch"
 VERSION = 1
 MASTER = "master_copy"
-BASE_KEYS = ("rescale_grad", "clip_gradient", "multi_precision")
-_DTYPES = {torch.float16, torch.float32, torch.float64}
+BASE_KEYS = ("rescale_grad", "clip_gradient", "multi_precision", "stochastic_rounding")
+_DTYPES = {torch.float16, torch.bfloat16, torch.float32, torch.float64}
 _RENAMED = {"learning_rate": "lr", "wd": "weight_decay"}
 
 
@@ -80,7 +81,8 @@ class Optimizer(torch.optim.Optimizer):
     reduce_hook : None, or a callable applied to the partial result of every whole-tensor
         reduction during a step (see `all_reduce_hook`); for parameters sharded across processes.
     **hyper : the spec's hyperparameters (e.g. beta1=0.9) and rescale_grad, clip_gradient,
-        multi_precision; each may also be set per param group.
+        multi_precision (a float32 master copy of float16 / bfloat16 parameters), stochastic_rounding
+        (of bfloat16 parameters without one); each may also be set per param group.
     """
 
     _step_supports_amp_scaling = True   # torch.amp.GradScaler hands over grad_scale and found_inf (see step)
@@ -113,7 +115,7 @@ class Optimizer(torch.optim.Optimizer):
                     "weight_decay": base.get("wd", 0.0) if weight_decay is None else weight_decay}
         defaults.update({h.name: h.default for h in klass.hyperparams})
         defaults.update({"rescale_grad": base.get("rescale_grad", 1.0), "clip_gradient": base.get("clip_gradient"),
-                         "multi_precision": base.get("multi_precision", False)})
+                         "multi_precision": base.get("multi_precision", False), "stochastic_rounding": False})
         defaults.update(hyper)
         defaults = self._group_defaults(defaults)
         self.spec = klass
@@ -134,7 +136,7 @@ class Optimizer(torch.optim.Optimizer):
         for p in group["params"]:
             if p.dtype not in _DTYPES:
                 self.param_groups.pop()
-                raise TypeError(f"optforge updates float16, float32 and float64 parameters, got {p.dtype}")
+                raise TypeError(f"optforge updates float16, bfloat16, float32 and float64 parameters, got {p.dtype}")
             if p.device.type not in ("cpu", "cuda"):
                 self.param_groups.pop()
                 raise TypeError(f"optforge updates CPU and CUDA tensors, got a {p.device.type} tensor")
@@ -196,6 +198,10 @@ class Optimizer(torch.optim.Optimizer):
             opt.clip_gradient = None if clip is None else float(clip)
         if bool(group["multi_precision"]) != opt.multi_precision:
             opt.multi_precision = bool(group["multi_precision"])
+        if group["stochastic_rounding"] is not opt.stochastic_rounding:
+            if not isinstance(group["stochastic_rounding"], bool):
+                raise TypeError(f"stochastic_rounding must be a bool, got {group['stochastic_rounding']!r}")
+            opt.stochastic_rounding = group["stochastic_rounding"]
 
     # ---- the step ------------------------------------------------------------------------------------------
     def step(self, closure=None):
@@ -372,6 +378,7 @@ class _DropIn(Optimizer):
         del values["params"]
         backend, reduce_hook = values.pop("backend"), values.pop("reduce_hook")
         max_grad_norm, skip_nonfinite = values.pop("max_grad_norm"), values.pop("skip_nonfinite")
+        rounding = {k: values.pop(k) for k in ("multi_precision", "stochastic_rounding")}
         lr, weight_decay = values.pop("lr"), values.pop("weight_decay", None)   # Rprop has no weight_decay
         self._flags = {k: values.pop(k) for k in list(values) if k in TORCH_FLAGS}
         _check_flags(type(self).__name__, self._flags)
@@ -383,7 +390,7 @@ class _DropIn(Optimizer):
                 hyper[name] = value
         super().__init__(params, self.spec, lr=lr, weight_decay=weight_decay, backend=backend,
                          reduce_hook=reduce_hook, max_grad_norm=max_grad_norm, skip_nonfinite=skip_nonfinite,
-                         **hyper)
+                         **rounding, **hyper)
 
     def __repr__(self):
         return f"optforge.torch.{type(self).__name__}({self.spec.spec_name}, {len(self.param_groups)} group(s))"
@@ -456,13 +463,16 @@ def dropin(optimizer) -> type:
             default = hypers[arg]
         parameters.append(P(arg, kind, default=default))
     parameters += [P("backend", P.KEYWORD_ONLY, default="auto"), P("reduce_hook", P.KEYWORD_ONLY, default=None),
-                   P("max_grad_norm", P.KEYWORD_ONLY, default=None), P("skip_nonfinite", P.KEYWORD_ONLY, default=False)]
+                   P("max_grad_norm", P.KEYWORD_ONLY, default=None), P("skip_nonfinite", P.KEYWORD_ONLY, default=False),
+                   P("multi_precision", P.KEYWORD_ONLY, default=False),
+                   P("stochastic_rounding", P.KEYWORD_ONLY, default=False)]
     signature = inspect.Signature(parameters)
     doc = (f"torch.optim.{name}'s constructor and semantics, run by optforge's {klass.__name__} kernels "
            f"(spec {klass.spec_path}).\n\n    {name}{signature}\n\n"
            "foreach and fused are accepted and have no effect (optforge always runs its fused kernels); "
-           "capturable=True and differentiable=True raise ValueError. backend, reduce_hook, max_grad_norm and "
-           "skip_nonfinite are "
+           "capturable=True and differentiable=True raise ValueError. backend, reduce_hook, max_grad_norm, "
+           "skip_nonfinite, multi_precision (a float32 master copy of 16-bit parameters) and stochastic_rounding "
+           "(of bfloat16 parameters without one) are "
            "optforge.torch.Optimizer's.\n\n" + (klass.__doc__ or ""))
     return type(name, (_DropIn,), {"spec": klass, "torch_signature": signature, "torch_pairs": pairs,
                                    "__signature__": signature, "__doc__": doc, "__module__": __name__,
@@ -519,6 +529,9 @@ def _view(t, what):
     t = t.detach()
     if not t.is_contiguous():
         raise ValueError(f"{what} is not contiguous; optforge updates it in place through a flat view")
+    if t.dtype == torch.bfloat16:   # NumPy has no bfloat16: ml_dtypes' (CuPy 14's), over the same bits
+        bits = t.view(torch.int16)
+        return _view(bits, what).view(BFLOAT16)
     if t.device.type == "cuda":
         import cupy
         return cupy.from_dlpack(t)
@@ -527,6 +540,8 @@ def _view(t, what):
 
 def _tensor(a):
     """The torch tensor sharing the memory of a NumPy or CuPy array."""
+    if a.dtype == BFLOAT16:
+        return _tensor(a.view(np.int16)).view(torch.bfloat16)
     if isinstance(a, np.ndarray):
         return torch.from_numpy(a)
     return torch.from_dlpack(a)
@@ -568,8 +583,8 @@ def _restore(p, entry, layout, opt):
     if problem:
         raise ValueError(f"saved state of parameter {tuple(p.shape)} {problem}")
     master = entry.get(MASTER)
-    if master is not None and p.dtype != torch.float16:
-        raise ValueError(f"a master copy belongs to a float16 parameter, not {p.dtype}")
+    if master is not None and p.dtype not in (torch.float16, torch.bfloat16):
+        raise ValueError(f"a master copy belongs to a float16 or bfloat16 parameter, not {p.dtype}")
     want = torch.float32 if master is not None else p.dtype
     tensors = {}
     for name in names + ([MASTER] if master is not None else []):
@@ -586,7 +601,8 @@ def _restore(p, entry, layout, opt):
 
 
 def _np_dtype(dtype):
-    return {torch.float16: np.float16, torch.float32: np.float32, torch.float64: np.float64}[dtype]
+    return {torch.float16: np.float16, torch.bfloat16: BFLOAT16, torch.float32: np.float32,
+            torch.float64: np.float64}[dtype]
 
 
 globals().update(_dropins())

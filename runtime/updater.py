@@ -31,6 +31,7 @@ import zipfile
 import numpy as np
 
 from . import cuda, registry
+from .dtypes import BFLOAT16, is_low
 from .optimizer import Optimizer, OptState
 from .validate import FLOAT_DTYPES, check_array as _check_array, check_index as _check_index
 
@@ -320,7 +321,8 @@ def optimizer_config(opt: Optimizer) -> dict:
         "hyper": {k: _enc(v) for k, v in opt.hyperparameters().items()},
         "base": {"rescale_grad": opt.rescale_grad, "wd": opt.wd, "clip_gradient": opt.clip_gradient,
                  "begin_num_update": opt.begin_num_update, "multi_precision": opt.multi_precision,
-                 "max_grad_norm": opt.max_grad_norm, "skip_nonfinite": opt.skip_nonfinite},
+                 "max_grad_norm": opt.max_grad_norm, "skip_nonfinite": opt.skip_nonfinite,
+                 "stochastic_rounding": opt.stochastic_rounding},
         "step_control": {"loss_scale": opt.loss_scale, "skipped_steps": opt.skipped_steps},
         "lr": opt.lr,
         "lr_scheduler": sched.get_config() if sched is not None else None,
@@ -428,13 +430,23 @@ def dumps_states(states: dict, optimizer: Optimizer, dump_optimizer: bool = Fals
             arrays[f"s{n}.__carry__"] = cuda.to_host(s.carry)
         header["states"].append(entry)
         for name, arr in s.tensors.items():
-            arrays[f"s{n}.{name}"] = cuda.to_host(arr)   # GPU states are copied to the host explicitly
+            arrays[f"s{n}.{name}"] = _stored(cuda.to_host(arr))   # GPU states are copied to the host explicitly
         if s.master is not None:
             arrays[f"s{n}.__master__"] = cuda.to_host(s.master)
     buf = io.BytesIO()
     blob = np.frombuffer(json.dumps(header, sort_keys=True, allow_nan=True).encode(), dtype=np.uint8)
     np.savez(buf, __header__=blob, **arrays)
     return buf.getvalue()
+
+
+def _stored(arr: np.ndarray) -> np.ndarray:
+    """An array as the checkpoint stores it: bfloat16 (which .npy cannot name) as its uint16 bits;
+    the header's dtype says how to read them back (`_restored`)."""
+    return arr.view(np.uint16) if arr.dtype == BFLOAT16 else arr
+
+
+def _restored(arr: np.ndarray, dtype) -> np.ndarray:
+    return arr.view(BFLOAT16) if dtype == BFLOAT16 and arr.dtype == np.uint16 else arr
 
 
 def _read_npz(data: bytes) -> dict:
@@ -524,7 +536,7 @@ def _states_from_header(entries, files, target):
             problem = layout.mismatch(names, scalars, target.spec_name)
             if problem:
                 raise ValueError(f"checkpoint state {index!r} {problem}")
-        _need(not e["master"] or dtype == np.float16, "a master copy belongs to a float16 state")
+        _need(not e["master"] or is_low(dtype), "a master copy belongs to a float16 or bfloat16 state")
         tensor_dtype = np.dtype(np.float32) if e["master"] else dtype
         members = [(name, f"s{n}.{name}") for name in names] + ([("__master__", f"s{n}.__master__")]
                                                                   if e["master"] else [])
@@ -539,6 +551,7 @@ def _states_from_header(entries, files, target):
             else:   # no optimizer to ask: the weight's shape, or it with some axes reduced to 1
                 want = [d if a == d else a for a, d in zip(arr.shape, shape) if a in (d, 1)] \
                     if arr.ndim == len(shape) else shape
+            arr = _restored(arr, tensor_dtype)
             _need(arr.dtype == tensor_dtype and list(arr.shape) == want,
                   f"array {member!r} is {arr.dtype}{list(arr.shape)}, header says {tensor_dtype}{want}")
             arrays[name] = arr

@@ -15,8 +15,7 @@ from . import cuda
 from .sparse import RowSparse
 from .state import OptState
 
-FLOAT_DTYPES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
-FLOAT_SET = frozenset(FLOAT_DTYPES)
+from .dtypes import FLOAT_SET, FLOATS as FLOAT_DTYPES, NAMES as FLOAT_NAMES, is_low
 
 
 def is_index(i) -> bool:
@@ -66,7 +65,7 @@ def gather(opt, index, weight, grad, state):
         written.append((w, "weight" + where))
         tensor_dtype = w.dtype
         if s.master is not None:
-            if w.dtype != np.float16:
+            if not is_low(w.dtype):
                 raise TypeError(f"state{where} holds a float32 master copy, but weight{where} is {w.dtype}")
             check_array(s.master, f"state{where} master copy", writeable=True)
             if s.master.dtype != np.float32 or s.master.shape != w.shape:
@@ -109,7 +108,7 @@ def check_array(a, what, writeable=False):
     if not isinstance(a, np.ndarray) and not cuda.is_cupy(a):
         raise TypeError(f"{what} must be a numpy.ndarray (or a cupy.ndarray), got {type(a).__name__}")
     if a.dtype not in FLOAT_SET:
-        raise TypeError(f"{what} has dtype {a.dtype}; optforge updates float16, float32 and float64 arrays")
+        raise TypeError(f"{what} has dtype {a.dtype}; optforge updates {FLOAT_NAMES} arrays")
     if writeable:
         flags = a.flags
         if not getattr(flags, "writeable", True):
