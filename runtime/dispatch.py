@@ -262,17 +262,20 @@ def _rows_kernel(opt, weight, grad, state, step, backend):
         opt._kernel_rows(step, rows, state.master, data.astype(np.float32), state.tensors, state.scalars)
         weight[rows] = state.master.take(rows, axis=0)
     elif step.round_seed:
-        # a bfloat16 weight rounded stochastically: the rows updated in float32 copies, stored back
-        # with the seed at their elements' positions in the weight
+        # a bfloat16 weight rounded stochastically (NumPy): the row kernel on float32 copies (whole:
+        # a spec's reductions read every row), the rows it changed stored back, the weight's with the
+        # seed at their elements' positions in the weight. The native and CUDA row kernels do this
+        # in place.
         rows = np.asarray(rows)
-        w32 = weight.take(rows, axis=0).astype(np.float32)
-        t32 = {k: v.take(rows, axis=0).astype(np.float32) for k, v in state.tensors.items()}
-        opt._kernel_rows(step, np.arange(rows.size), w32, data.astype(np.float32), t32, state.scalars)
-        cols = w32[0].size if rows.size else 0
-        index = (rows[:, None] * cols + np.arange(cols)).reshape(w32.shape)
-        weight[rows] = ops.round_to(weight.dtype, w32, step.round_seed, index)
+        w32 = weight.astype(np.float32)
+        t32 = {k: v.astype(np.float32) for k, v in state.tensors.items()}
+        opt._kernel_rows(step, rows, w32, data.astype(np.float32), t32, state.scalars)
+        cols = w32[0].size if w32.ndim else 0
+        index = rows[:, None] * cols + np.arange(cols)
+        weight[rows] = ops.round_to(weight.dtype, w32[rows].reshape(rows.size, cols), step.round_seed,
+                                    index).reshape((rows.size,) + weight.shape[1:])
         for k, v in state.tensors.items():
-            v[rows] = t32[k]
+            v[rows] = t32[k][rows]
     else:
         if is_low(data.dtype):
             data = data.astype(np.float32)

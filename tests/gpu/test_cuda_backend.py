@@ -5,6 +5,7 @@ recompile. Needs CuPy and a device (or tests/cuda/fakecupy on the host)."""
 import os
 import sys
 
+import ml_dtypes
 import numpy as np
 import pytest
 
@@ -58,16 +59,20 @@ CONFIGS = {
     "torchasgd": {"t0": 1.0, "lambd": 0.01},
 }
 CONFIGS.update({f"torch_{name[5:]}": dict(CONFIGS[name]) for name in list(CONFIGS) if name.startswith("torch")})  # aliases
+BF16 = np.dtype(ml_dtypes.bfloat16)
 VARIANTS = {"f32": (np.float32, False), "f64": (np.float64, False), "f16": (np.float16, False),
-            "mp16": (np.float16, True)}
+            "mp16": (np.float16, True), "bf16": (BF16, False), "mpbf16": (BF16, True),
+            "bf16sr": (BF16, False)}   # (bf16sr: stochastic rounding, the same random bits as NumPy's)
 SHAPES = [(5, 6), (7,), (2, 3, 4), (300,)]
 
 
-def _run(name, dtype, multi_precision, on_gpu, mode, steps=3, seed=4):
+def _run(name, dtype, multi_precision, on_gpu, mode, steps=3, seed=4, sr=False):
     rng = np.random.default_rng(seed)
     wd = 0.0 if (name, mode) == ("adagrad", "sparse") else 0.01   # MXNet's sparse AdaGrad has no wd
-    opt = optforge.create(name, learning_rate=0.05, wd=wd, multi_precision=multi_precision, **CONFIGS[name])
+    opt = optforge.create(name, learning_rate=0.05, wd=wd, multi_precision=multi_precision,
+                          stochastic_rounding=sr, **CONFIGS[name])
     opt.backend = "numpy"
+    opt._rng = np.random.default_rng(seed + 1)   # the same rounding seeds on both runs
     shapes = SHAPES if mode == "list" else SHAPES[:1]
     ws = [rng.standard_normal(s).astype(dtype) for s in shapes]
     if on_gpu:
@@ -124,15 +129,17 @@ CASES = [(n, v) for n in sorted(set(CONFIGS) - {"sgld"}) for v in sorted(VARIANT
 @pytest.mark.parametrize("name, variant", CASES)
 def test_cuda_matches_numpy(name, variant, mode, kernel_launches):
     dtype, mp = VARIANTS[variant]
-    want = _run(name, dtype, mp, False, mode)
+    sr = variant == "bf16sr"
+    want = _run(name, dtype, mp, False, mode, sr=sr)
     assert not kernel_launches
-    got = _run(name, dtype, mp, True, mode)
+    got = _run(name, dtype, mp, True, mode, sr=sr)
     assert kernel_launches, "no CUDA kernel ran"
     if mode == "list" and optforge.create(name).multi_tensor:
         assert set(kernel_launches) == {"MultiLauncher.__call__"}
     if name in ("lamb", "lars") and mode == "single":   # their norms come from the stages' partial sums
         assert "CudaBackend.launch.fused" in kernel_launches
-    tol = {"f64": 1e-10, "f32": 2e-5}.get(variant, 3e-3)
+    # 16-bit storage: CUDA rounds each stage's stores, NumPy its float32 copies once per step
+    tol = {"f64": 1e-10, "f32": 2e-5, "bf16": 3e-2, "bf16sr": 3e-2}.get(variant, 3e-3)
     for k, (a, b) in enumerate(zip(got, want)):
         assert a.dtype == b.dtype and a.shape == b.shape
         np.testing.assert_allclose(a.astype(np.float64), b.astype(np.float64), rtol=tol, atol=tol,
