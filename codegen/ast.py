@@ -101,6 +101,8 @@ class Decl(Node):
     shape: str | None = None      # state: `scalar`, `per_row`, `per_col`, `per_block` (None: the weight's)
     shape_span: Span | None = field(compare=False, repr=False, default=None)
     body: tuple = ()
+    storage: str | None = None    # state: `as bf16` (None: the weight's type, or float32 with a master copy)
+    storage_span: Span | None = field(compare=False, repr=False, default=None)
 
     @property
     def scalar(self) -> bool:

@@ -5,11 +5,12 @@ from __future__ import annotations
 import hashlib
 import keyword
 import math
+from dataclasses import replace
 
 from . import ast
 from .errors import Reporter, Span, did_you_mean
 from .ir import (AXIS_WORDS, COMPARE, Assign, Expr, Global, Hyper, IfStmt, Kind, Op, Repeat, Role, ScalarState, Shape,
-                 GATHERS, SHAPE_FACTS, Sparse, Spec, State, Ty, call_scope)
+                 GATHERS, SHAPE_FACTS, STORAGE, Sparse, Spec, State, Ty, call_scope)
 from .verify import verify
 from .walk import exprs as own_exprs_deep, leaves, targets
 from .names import (ARITH, BASE_DEFAULTS, BASE_NAMES, BUILTIN_DOCS, BUILTINS, C_KEYWORDS, FUNCTIONS,  # noqa: F401
@@ -357,8 +358,26 @@ class Checker:
         if self._dup(d.name, d.name_span):
             return
         self._state_decl(d)
+        if d.storage is not None:
+            self._storage(d)
         if d.name not in self.states and d.name not in self.scalar_states:
             self.failed.add(d.name)   # reported at its declaration: its uses are not errors of their own
+
+    def _storage(self, d):
+        """`state m = zeros as bf16`: the tensor state is stored in that type whatever the weight's."""
+        if d.scalar:
+            self.r.error(d.storage_span, "a scalar state is a host number: it has no storage type",
+                         "`as bf16` stores a tensor state")
+            self.scalar_states.pop(d.name, None)
+            return
+        if d.storage not in STORAGE:
+            self.r.error(d.storage_span, f"unknown storage type `{d.storage}`",
+                         did_you_mean(d.storage, tuple(STORAGE))
+                         or "a tensor state is stored as `bf16` (bfloat16), `f16` (float16) or `f32` (float32)")
+            self.states.pop(d.name, None)
+            return
+        if d.name in self.states:
+            self.states[d.name] = replace(self.states[d.name], storage=STORAGE[d.storage])
 
     def _state_decl(self, d):
         scope = _Scope()

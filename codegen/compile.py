@@ -208,6 +208,7 @@ def render_module(spec: Spec, spec_path: str | None = None, program: Program | N
     return tmpl.render(
         spec=spec, spec_path=spec_path, docstring=docstring(_doc_text(spec)),
         tensor_states=tuple(st.name for st in spec.states),
+        state_storage={st.name: st.storage for st in spec.states if st.storage is not None},
         scalar_state_names=tuple(s.name for s in spec.scalar_states),
         global_names=tuple(g.name for g in spec.globals),
         sparse_mode=spec.sparse.mode if spec.sparse else None,

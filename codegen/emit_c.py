@@ -13,7 +13,7 @@ from pathlib import Path
 import jinja2
 
 from .errors import InternalError, printable
-from .ir import Assign, Expr, IfStmt, Kind, Op, Shape, Spec
+from .ir import STORAGE_C, Assign, Expr, IfStmt, Kind, Op, Shape, Spec
 from .lower import GRAD_SCALE_ARG, ROUND_SEED_ARG, Program, Stage, _in_kernel, lower
 from .walk import assigns, statements
 
@@ -31,6 +31,11 @@ MAX_BRANCH_FLAGS = 2
 # how the kernels accumulate a reduction along an axis (or a whole-tensor max/min), from what start
 AXIS_HOW = {Op.SUM: "sum", Op.MAX: "max", Op.MIN: "min", Op.NORM: "sum"}
 AXIS_INIT = {Op.SUM: "0.0", Op.MAX: "-OPTFORGE_INF", Op.MIN: "OPTFORGE_INF", Op.NORM: "0.0"}
+
+
+def _state_type(state) -> str:
+    """A tensor state's C storage: the variant's T (the weight's type), or what `as TYPE` declares."""
+    return "T" if state.storage is None else STORAGE_C[state.storage]
 
 
 def _inline_conditions(stmts):
@@ -121,7 +126,8 @@ class CStyleEmitter:
             index = lambda name: "i" if name == "weight" or name in states else "gi"  # noqa: E731
         pointers, loads, stores = [], [], []
         for name in st.memory():
-            ctype = "G" if name == "grad" else "T" if name == "weight" or name in states else "C"
+            ctype = "G" if name == "grad" else _state_type(states[name]) if name in states else \
+                "T" if name == "weight" else "C"
             pointers.append({"name": name, "type": ctype, "const": name not in writes})
         # a conditional state (SGD's mom) may be absent: its pointer is null and no branch taken uses it.
         # Template parameter H<k> says so at compile time (1 present, 0 absent), so that the CPU loops,
@@ -142,7 +148,7 @@ class CStyleEmitter:
             if name == "weight":   # the bfloat16 variant rounds it with the parameter's seed (lower.ROUND_SEED)
                 line = f"p_{name}[{index(name)}] = op_store<T>({name}, {ROUND_SEED_ARG}, {index(name)});"
             else:
-                line = f"p_{name}[{index(name)}] = ({cast})({name});"
+                line = f"p_{name}[{index(name)}] = ({_state_type(states[name]) if name in states else cast})({name});"
             stores.append(f"if {present[name]} {line}" if name in present else line)
         # an `if` inside the stage on a host value (RMSProp's `centered`, SGD's `momentum != 0`) is template
         # parameter B<k> too: 1 true, 0 false, 2 tested at run time; the CPU loops are specialised per

@@ -271,6 +271,14 @@ class State:
     span: Span = field(default=None, compare=False, repr=False)
     shape: Shape = Shape.FULL
     value: Expr | None = None  # fill: the start computed from hyperparameters, lr, wd (None: `fill`)
+    storage: str | None = None  # `as bf16`: stored as bfloat16 / float16 / float32 (STORAGE), else the weight's type
+
+
+# `state m = zeros as NAME`: the storage types a tensor state may declare (spelling -> canonical name, the
+# NumPy dtype's name), and their C types (codegen/templates: optforge_bf16 and optforge_f16 on both targets)
+STORAGE = {"bf16": "bfloat16", "bfloat16": "bfloat16", "f16": "float16", "float16": "float16",
+           "f32": "float32", "float32": "float32"}
+STORAGE_C = {"bfloat16": "optforge_bf16", "float16": "optforge_f16", "float32": "float"}
 
 
 @dataclass(frozen=True)

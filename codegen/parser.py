@@ -263,10 +263,12 @@ class _Build(Transformer):
                         range=rng, text=self._str(desc) if desc is not None else None)
 
     def state_decl(self, meta, c):
-        name, shape, value, cond = c   # shape: `scalar`, `per_row`, ... (checked by codegen/check.py)
+        name, shape, value, storage, cond = c   # shape: `scalar`, `per_row`, ...; storage: `bf16`, ... (check.py)
         return ast.Decl(_span(meta), "state", str(name), _tok_span(name), value=value, cond=cond,
                         shape=str(shape) if shape is not None else None,
-                        shape_span=_tok_span(shape) if shape is not None else None)
+                        shape_span=_tok_span(shape) if shape is not None else None,
+                        storage=str(storage) if storage is not None else None,
+                        storage_span=_tok_span(storage) if storage is not None else None)
 
     def view_decl(self, meta, c):
         return ast.Decl(_span(meta), "view", str(c[0]), _tok_span(c[0]))

@@ -66,11 +66,24 @@ template <typename T, typename C> OPTFORGE_HD T op_store(C v, double seed, int64
 
 /* (the CPU kernels have no master-copy variant: the low-precision copy pointer is always null) */
 template <typename L, typename C> inline void store_low(float* p, int64_t i, C v) { reinterpret_cast<L*>(p)[i] = (L)(v); }
-#ifdef OPTFORGE_LOW_PRECISION
-/* The float16 and bfloat16 variants (built only when optforge.native meets such a weight: -D
-   OPTFORGE_LOW_PRECISION): weight, states and gradient stored in 16 bits, arithmetic in float. A value
-   is widened on load and rounded to nearest even on store; a bfloat16 weight with a seed is rounded
-   stochastically (op_store). */
+/* 16-bit storage: the weight, gradient and states of the float16 and bfloat16 variants (built only
+   when optforge.native meets such a weight: -D OPTFORGE_LOW_PRECISION), and states declared `as bf16`
+   / `as f16` in any variant. A value is widened on load and rounded to nearest even on store (from
+   double too, without double rounding); a bfloat16 weight with a seed is rounded stochastically
+   (op_store). */
+/* a double as the float with the same rounding to 16 bits: rounded to odd (the last bit set when the
+   conversion was inexact), so that rounding it again to nearest is the rounding of the double */
+static inline float optforge_float_odd(double v) {
+    float f = (float)v;
+    if ((double)f != v && f == f) {
+        uint32_t u;
+        memcpy(&u, &f, sizeof u);
+        if (fabs((double)f) > fabs(v)) u -= 1;   /* rounded away from zero: back to the value below */
+        u |= 1u;
+        memcpy(&f, &u, sizeof f);
+    }
+    return f;
+}
 #if defined(__FLT16_MAX__) && !defined(OPTFORGE_SOFT_FLOAT16)
 typedef _Float16 optforge_f16;
 #else
@@ -102,6 +115,7 @@ struct optforge_f16 {
     uint16_t bits;
     optforge_f16() = default;
     optforge_f16(float v) : bits(optforge_f16_bits(v)) {}
+    optforge_f16(double v) : bits(optforge_f16_bits(optforge_float_odd(v))) {}
     operator float() const { return optforge_f16_float(bits); }
 };
 #endif
@@ -109,6 +123,7 @@ struct optforge_bf16 {
     uint16_t bits;
     optforge_bf16() = default;
     optforge_bf16(float v) : bits(op_bf16_bits(v, 0.0, 0)) {}
+    optforge_bf16(double v) : bits(op_bf16_bits(optforge_float_odd(v), 0.0, 0)) {}
     operator float() const {
         const uint32_t u = (uint32_t)bits << 16;
         float f;
@@ -121,7 +136,6 @@ template <> inline optforge_bf16 op_store<optforge_bf16, float>(float v, double 
     out.bits = op_bf16_bits(v, seed, i);
     return out;
 }
-#endif
 #include <vector>
 #define OPTFORGE_REDUCE_BLOCK 2048
 #ifdef _OPENMP

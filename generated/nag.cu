@@ -69,6 +69,9 @@ template <typename T, typename C> OPTFORGE_HD T op_store(C v, double seed, int64
 template <typename L, typename C> OPTFORGE_HD void store_low(float* p, int64_t i, C v) {
     reinterpret_cast<L*>(p)[i] = L((float)v);
 }
+/* the 16-bit storage types by the names the stage tables use (states declared `as bf16` / `as f16`) */
+typedef __nv_bfloat16 optforge_bf16;
+typedef __half optforge_f16;
 /* a bfloat16 weight is stored with the parameter's rounding seed (op_bf16_bits) */
 template <> OPTFORGE_HD __nv_bfloat16 op_store<__nv_bfloat16, float>(float v, double seed, int64_t i) {
     return __ushort_as_bfloat16(op_bf16_bits(v, seed, i));

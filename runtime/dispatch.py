@@ -145,7 +145,9 @@ def _dense_phases(opt, step, weight, grad, tensors, scalars, backend, cache):
         be = native.NativeBackend(native.library_for(type(opt), low=is_low(weight.dtype)), weight.dtype, cache)
         yield from opt._kernel_phases(be, step, weight, grad, tensors, scalars)
     else:
-        yield from opt._kernel_numpy(step, weight, grad, tensors, scalars)
+        wide = _widened(tensors, weight.dtype)
+        yield from opt._kernel_numpy(step, weight, grad, wide, scalars)
+        _narrowed(tensors, wide)
 
 
 def step_one(opt, weight, grad, state, step, backend: str) -> None:
@@ -208,7 +210,25 @@ def _dense(opt, step, weight, grad, tensors, scalars, backend):
         be = native.NativeBackend(native.library_for(type(opt), low=is_low(weight.dtype)), weight.dtype, cache)
         opt._kernel_staged(be, step, weight, grad, tensors, scalars)
     else:
-        opt._kernel_numpy(step, weight, grad, tensors, scalars)
+        wide = _widened(tensors, weight.dtype)
+        opt._kernel_numpy(step, weight, grad, wide, scalars)
+        _narrowed(tensors, wide)
+
+
+def _widened(tensors, dtype):
+    """The NumPy kernel computes in the weight's type: states stored in another (`as bf16`) are
+    updated as copies in it (the compiled kernels convert as they load and store)."""
+    if all(t is None or t.dtype == dtype for t in tensors.values()):
+        return tensors
+    return {k: t if t is None or t.dtype == dtype else t.astype(dtype) for k, t in tensors.items()}
+
+
+def _narrowed(tensors, wide):
+    """The copies of `_widened` stored back, rounded to nearest even."""
+    if wide is not tensors:
+        for k, t in tensors.items():
+            if wide[k] is not t:
+                t[...] = wide[k]
 
 
 def _rows(opt, weight, grad, state, step, backend):

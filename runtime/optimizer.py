@@ -17,7 +17,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from . import cuda, dispatch, native, ops, registry, validate
-from .dtypes import BFLOAT16, is_low
+from .dtypes import BFLOAT16, by_name as dtype_by_name, is_low
 from .sparse import RowSparse
 from .state import OptState, StateLayout
 from .validate import FLOAT_DTYPES, check_array as _check_array, check_index as _check_index, is_index as _is_index  # noqa: F401
@@ -200,6 +200,7 @@ class Optimizer:
     hyperparams: tuple = ()
     base_defaults: dict = {}
     tensor_states: tuple = ()
+    state_storage: dict = {}     # `state m = zeros as bf16`: tensor state -> its storage dtype's name
     scalar_states: tuple = ()
     global_names: tuple = ()
     options: dict = {}
@@ -421,15 +422,22 @@ class Optimizer:
         xp = ops._xp(weight)   # numpy, or cupy for CuPy arrays
         tensors = {}
         for name, init, fill, shape in self._state_layout(weight.shape, index):
+            dtype = self.tensor_dtype(name, weight.dtype)
             if init == "zeros":
-                tensors[name] = xp.zeros(shape, dtype=weight.dtype)
+                tensors[name] = xp.zeros(shape, dtype=dtype)
             elif init == "weight":
-                tensors[name] = xp.array(weight, dtype=weight.dtype, copy=True, order="C")
+                tensors[name] = xp.array(weight, dtype=dtype, copy=True, order="C")
             elif init == "eye":
-                tensors[name] = ops.eye(shape, fill, weight.dtype, xp)
+                tensors[name] = ops.eye(shape, fill, dtype, xp)
             else:
-                tensors[name] = xp.full(shape, fill, dtype=weight.dtype)
+                tensors[name] = xp.full(shape, fill, dtype=dtype)
         return OptState(self.spec_name, weight.shape, weight.dtype, tensors, self._scalar_init(index))
+
+    def tensor_dtype(self, name, dtype):
+        """The dtype tensor state `name` is stored in for a state of `dtype` (the weight's; float32
+        with a master copy): its declared storage (`as bf16`), else `dtype`."""
+        storage = self.state_storage.get(name)
+        return np.dtype(dtype) if storage is None else dtype_by_name(storage)
 
     def create_state_multi_precision(self, index, weight):
         """As create_state; with multi_precision and a float16 or bfloat16 weight, the state also holds

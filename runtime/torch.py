@@ -590,14 +590,20 @@ def _restore(p, entry, layout, opt):
     for name in names + ([MASTER] if master is not None else []):
         t = entry[name]
         shape = tuple(p.shape) if name == MASTER else tuple(layout.shape_of(name))
-        if tuple(t.shape) != shape or t.dtype != want:
-            raise ValueError(f"saved state tensor {name!r} is {t.dtype}{list(t.shape)}, expected {want}{list(shape)}")
+        dtype = want if name == MASTER else _torch_dtype(opt.tensor_dtype(name, _np_dtype(want)))
+        if tuple(t.shape) != shape or t.dtype != dtype:
+            raise ValueError(f"saved state tensor {name!r} is {t.dtype}{list(t.shape)}, expected {dtype}{list(shape)}")
         tensors[name] = t.detach().to(device=p.device, copy=True).contiguous()
     with _on_device(p.device):
         arrays = {k: _view(v, f"state {k!r}") for k, v in tensors.items()}
     master_arr = arrays.pop(MASTER, None)
     st = OptState(opt.spec_name, tuple(p.shape), _np_dtype(p.dtype), arrays, dict(scalars), master_arr)
     return dict(tensors, **scalars), st
+
+
+def _torch_dtype(dtype):
+    return {np.dtype(np.float16): torch.float16, BFLOAT16: torch.bfloat16, np.dtype(np.float32): torch.float32,
+            np.dtype(np.float64): torch.float64}[np.dtype(dtype)]
 
 
 def _np_dtype(dtype):

@@ -425,6 +425,10 @@ def dumps_states(states: dict, optimizer: Optimizer, dump_optimizer: bool = Fals
         entry = {"index": _key(k), "owner": s.owner, "shape": list(s.shape), "dtype": s.dtype.name,
                  "tensors": list(s.tensors), "scalars": {a: _enc(b) for a, b in s.scalars.items()},
                  "master": s.master is not None}
+        common = np.float32 if s.master is not None else s.dtype
+        stored = {name: arr.dtype.name for name, arr in s.tensors.items() if arr.dtype != common}
+        if stored:   # tensors declared `as bf16` (...): their own dtype
+            entry["storage"] = stored
         if s.carry is not None:   # rows a `carry_rows` spec's lazy updates left pending
             entry["carry"] = True
             arrays[f"s{n}.__carry__"] = cuda.to_host(s.carry)
@@ -538,6 +542,9 @@ def _states_from_header(entries, files, target):
                 raise ValueError(f"checkpoint state {index!r} {problem}")
         _need(not e["master"] or is_low(dtype), "a master copy belongs to a float16 or bfloat16 state")
         tensor_dtype = np.dtype(np.float32) if e["master"] else dtype
+        storage = e.get("storage", {})
+        _need(isinstance(storage, dict) and all(k in names and v in {d.name for d in FLOAT_DTYPES}
+                                                for k, v in storage.items()), "bad storage record")
         members = [(name, f"s{n}.{name}") for name in names] + ([("__master__", f"s{n}.__master__")]
                                                                   if e["master"] else [])
         arrays = {}
@@ -551,9 +558,14 @@ def _states_from_header(entries, files, target):
             else:   # no optimizer to ask: the weight's shape, or it with some axes reduced to 1
                 want = [d if a == d else a for a, d in zip(arr.shape, shape) if a in (d, 1)] \
                     if arr.ndim == len(shape) else shape
-            arr = _restored(arr, tensor_dtype)
-            _need(arr.dtype == tensor_dtype and list(arr.shape) == want,
-                  f"array {member!r} is {arr.dtype}{list(arr.shape)}, header says {tensor_dtype}{want}")
+            want_dtype = np.dtype(storage[name]) if name in storage else tensor_dtype
+            if target is not None and name != "__master__":
+                _need(want_dtype == target.tensor_dtype(name, tensor_dtype),
+                      f"state {index!r} tensor {name!r} is stored as {want_dtype}, "
+                      f"{target.spec_name} stores it as {target.tensor_dtype(name, tensor_dtype)}")
+            arr = _restored(arr, want_dtype)
+            _need(arr.dtype == want_dtype and list(arr.shape) == want,
+                  f"array {member!r} is {arr.dtype}{list(arr.shape)}, header says {want_dtype}{want}")
             arrays[name] = arr
             used.add(member)
         master = arrays.pop("__master__", None)

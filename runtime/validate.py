@@ -82,8 +82,9 @@ def gather(opt, index, weight, grad, state):
             what = f"state{where} tensor {name!r}"
             check_array(t, what, writeable=True)
             want = layout[1].shape_of(name)
-            if t.shape != want or t.dtype != tensor_dtype:
-                raise ValueError(f"{what} is {t.dtype}{list(t.shape)}, expected {tensor_dtype}{list(want)}")
+            want_dtype = opt.tensor_dtype(name, tensor_dtype)
+            if t.shape != want or t.dtype != want_dtype:
+                raise ValueError(f"{what} is {t.dtype}{list(t.shape)}, expected {want_dtype}{list(want)}")
             written.append((t, what))
     # a gradient is read while the update writes: it may share no memory with what is written
     _check_no_overlap(written, [g for g in grads if not isinstance(g, RowSparse)], is_list)

@@ -4,6 +4,7 @@
 #pragma once
 #include <stdint.h>
 #include <string.h>
+#include "cuda_fp16.h"
 struct __nv_bfloat16 {
     uint16_t bits;
     __nv_bfloat16() : bits(0) {}
@@ -14,6 +15,7 @@ struct __nv_bfloat16 {
         const uint32_t lower = x & 0xffffu, kept = x >> 16;
         bits = (uint16_t)(kept + (lower > 0x8000u || (lower == 0x8000u && (kept & 1u))));
     }
+    __nv_bfloat16(double d) : __nv_bfloat16(__half::odd(d)) {}
     operator float() const {
         uint32_t x = (uint32_t)bits << 16;
         float f;

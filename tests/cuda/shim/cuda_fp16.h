@@ -14,6 +14,16 @@ struct __half {
     uint16_t bits;
     __half() : bits(0) {}
     __half(float f) { bits = from_float(f); }
+    __half(double d) { bits = from_float(odd(d)); }   /* as __double2half: one rounding of the double */
+    static float odd(double d) {   /* the float rounding to 16 bits as d does: rounded to odd */
+        float f = (float)d;
+        if ((double)f != d && f == f) {
+            uint32_t u; memcpy(&u, &f, 4);
+            if ((f < 0 ? -f : f) > (d < 0 ? -d : d)) u -= 1;
+            u |= 1u; memcpy(&f, &u, 4);
+        }
+        return f;
+    }
     operator float() const { return to_float(bits); }
     static uint16_t from_float(float f) {
         uint32_t x; memcpy(&x, &f, 4);
