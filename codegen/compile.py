@@ -85,6 +85,10 @@ def _doc_text(spec: Spec) -> str:
             lines.append(f"{h.name} : {tname}")
             lines.append("    " + (h.doc + " " if h.doc else "") + "(" + "; ".join(extra) + ")")
         parts.append("\n".join(lines))
+    stored = [s for s in spec.states if s.storage is not None]
+    if stored:
+        parts.append("State storage: " + ", ".join(f"``{s.name}`` as {s.storage}" for s in stored) +
+                     " (computed in the weight's type, rounded to nearest even when stored).")
     parts.append("Also accepts the arguments of :class:`optforge.Optimizer` (learning_rate, wd, rescale_grad,\n"
                  "clip_gradient, lr_scheduler, param_idx2name, begin_num_update, multi_precision).")
     return "\n\n".join(parts)

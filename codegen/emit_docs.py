@@ -212,7 +212,7 @@ def state_rows(spec: Spec) -> list[tuple]:
         if s.init == "eye":
             return "the identity" if s.fill == 1.0 else f"`{s.fill!r}` times the identity"
         return init.get(s.init, f"filled with `{s.fill!r}`")
-    rows = [(f"`{s.name}`", what[s.shape.value], start(s),
+    rows = [(f"`{s.name}`", what[s.shape.value] + (f", stored as {s.storage}" if s.storage else ""), start(s),
              f"`{source_of(spec, s.cond)}`" if s.cond is not None else "always") for s in spec.states]
     rows += [(f"`{s.name}`", "number per parameter (host)", f"`{source_of(spec, s.init)}`", "always")
              for s in spec.scalar_states]

@@ -69,6 +69,28 @@ def test_every_cuda_source_compiles_for_sm80_and_sm90_with_nvcc(tmp_path):
     assert not failed, "\n".join(failed)
 
 
+def _stored_cu():
+    """The CUDA source of a spec whose states declare their storage (`as bf16`, `as f16`, `as f32`),
+    which no bundled spec does."""
+    from optforge.codegen.compile import load_spec_text, render_files
+    spec, _ = load_spec_text("""
+optimizer Stored
+state m = zeros as bf16
+state v = zeros as f16
+state r: per_row = zeros as f32
+update {
+    m = 0.9 * m + grad
+    v = 0.99 * v + square(grad)
+    r = 0.5 * r + mean(square(grad), -1)
+    weight -= lr * m / (sqrt(v) + sqrt(r) + 1e-8)
+}
+""", "stored.opt")
+    return render_files(spec, "stored.opt")["stored.cu"]
+
+
+STORED_CU = _stored_cu()
+
+
 @pytest.mark.skipif(NVRTC is None or CUDA_INCLUDE is None,
                     reason="NVRTC (pip install nvidia-cuda-nvrtc) or the CUDA headers (cuda_fp16.h) not found")
 @pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
@@ -77,7 +99,8 @@ def test_every_cuda_source_compiles_with_nvrtc(arch):
     (the generated .cu files, and the runtime's own sum-of-squares kernel)."""
     def build(name):
         prog = ctypes.c_void_p()
-        src = ofcuda.SUM_SQUARES_SOURCE.encode() if name == "sum_squares" else (GENERATED / f"{name}.cu").read_bytes()
+        src = ofcuda.SUM_SQUARES_SOURCE.encode() if name == "sum_squares" else STORED_CU.encode() \
+            if name == "stored" else (GENERATED / f"{name}.cu").read_bytes()
         assert NVRTC.nvrtcCreateProgram(ctypes.byref(prog), src, f"{name}.cu".encode(), 0, None, None) == 0
         opts = [f"--gpu-architecture={arch}".encode(), b"-std=c++14", f"-I{CUDA_INCLUDE}".encode()]
         rc = NVRTC.nvrtcCompileProgram(prog, len(opts), (ctypes.c_char_p * len(opts))(*opts))
@@ -91,7 +114,7 @@ def test_every_cuda_source_compiles_with_nvrtc(arch):
         NVRTC.nvrtcDestroyProgram(ctypes.byref(prog))
         return log
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:   # ctypes releases the GIL
-        failed = [log for log in pool.map(build, NAMES + ["sum_squares"]) if log]
+        failed = [log for log in pool.map(build, NAMES + ["sum_squares", "stored"]) if log]
     assert not failed, "\n".join(failed)
 
 

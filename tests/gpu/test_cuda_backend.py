@@ -294,3 +294,59 @@ def test_cuda_step_control_matches_numpy(name, kernel_launches):
     assert kernel_launches
     for a, b in zip(got, want):
         np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+
+
+STORED_SPEC = """
+optimizer AdamStoredGpu
+hyper beta1: float = 0.9 in [0, 1)
+hyper beta2: float = 0.999 in [0, 1)
+hyper epsilon: float = 1e-8 in [0, inf)
+state mean = zeros as bf16
+state var = zeros as f16
+sparse lazy
+update {
+    g = grad * rescale_grad + wd * weight
+    mean = beta1 * mean + (1 - beta1) * g
+    var = beta2 * var + (1 - beta2) * square(g)
+    weight -= lr * sqrt(1 - beta2 ** t) / (1 - beta1 ** t) * mean / (sqrt(var) + epsilon)
+}
+"""
+
+
+@pytest.mark.parametrize("mode", ["single", "list", "sparse"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, BF16])
+def test_states_stored_as_declared_on_the_device(mode, dtype, kernel_launches):
+    """`state m = zeros as bf16`: the CUDA kernels store the declared types (any weight dtype) as the
+    NumPy backend does, single, list and lazy row-sparse updates."""
+    cls = optforge.load_spec(STORED_SPEC)
+    rng = np.random.default_rng(8)
+    shapes = SHAPES if mode == "list" else SHAPES[:1]
+    host = [rng.standard_normal(s).astype(dtype) for s in shapes]
+    grads = [[rng.standard_normal(s).astype(dtype) for s in shapes] for _ in range(3)]
+    results = []
+    for on_gpu in (False, True):
+        opt = cls(learning_rate=0.05)
+        opt.backend = "numpy"
+        ws = [cupy.asarray(w) if on_gpu else w.copy() for w in host]
+        states = [opt.create_state(i, w) for i, w in enumerate(ws)]
+        for gs in grads:
+            if mode == "sparse":
+                rows = np.array([0, 3, 4])
+                data, idx = gs[0][rows], rows
+                if on_gpu:
+                    data, idx = cupy.asarray(data), cupy.asarray(idx)
+                opt.update(0, ws[0], optforge.RowSparse(data, idx, shapes[0]), states[0])
+            else:
+                gs = [cupy.asarray(g) for g in gs] if on_gpu else gs
+                opt.update(list(range(len(ws))), ws, gs, states)
+        results.append(([cupy.asnumpy(w) if on_gpu else w for w in ws],
+                        [{k: cupy.asnumpy(v) if on_gpu else v for k, v in s.tensors.items()} for s in states]))
+    assert kernel_launches
+    (want_w, want_s), (got_w, got_s) = results
+    tol = 3e-2 if dtype == BF16 else 1e-3
+    for a, b in zip(got_w, want_w):
+        np.testing.assert_allclose(a.astype(np.float64), b.astype(np.float64), rtol=tol, atol=tol)
+    for sa, sb in zip(got_s, want_s):
+        assert sa["mean"].dtype == BF16 and sa["var"].dtype == np.float16
+        for k in sa:
+            np.testing.assert_allclose(sa[k].astype(np.float64), sb[k].astype(np.float64), rtol=1e-2, atol=1e-4)
