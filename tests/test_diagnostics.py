@@ -142,3 +142,30 @@ def test_locals_named_like_the_generated_codes_own_names_are_refused(name):
     text = f"optimizer Clash\nupdate {{\n    {name} = grad * 2\n    weight -= lr * {name}\n}}\n"
     with pytest.raises(SpecError, match=f"name `{name}` clashes with a name the generated code uses"):
         load_spec_text(text, "clash.opt")
+
+
+@pytest.mark.parametrize("name, candidates, expected", [
+    ("betal", ["beta1", "beta2", "epsilon"], ["beta1"]),         # `l` for `1`: a look-alike is half a typo
+    ("beta3", ["beta1", "beta2"], ["beta1", "beta2"]),           # equally near: both, in order
+    ("Beta1", ["beta1", "beta2"], ["beta1"]),                    # the same letter in the other case
+    ("mom", ["moms", "mon"], ["mon"]),                           # one typo each: the same length first
+    ("vra", ["var", "vr"], ["var"]),                             # two neighbours swapped is one typo
+    ("momentum", ["mean", "var"], []),                           # nothing similar: no suggestion
+])
+def test_suggestions_prefer_the_nearest_name(name, candidates, expected):
+    from optforge.codegen.errors import close_names, did_you_mean
+    assert close_names(name, candidates) == expected
+    hint = did_you_mean(name, candidates)
+    if not expected:
+        assert hint is None
+    else:
+        assert hint == "did you mean " + " or ".join(f"`{c}`" for c in expected) + "?"
+
+
+def test_state_initialised_from_a_hyperparameter_has_no_false_diagnostics():
+    """`state m = init` (a hyperparameter): no `used before it is assigned`, no `never used`."""
+    text = ("optimizer Init\nhyper init: float = 0.1\nstate m = init\nstate n: scalar = init\n"
+            "update {\n    m = m + grad\n    n = n * 2\n    weight -= lr * n * m\n}\n")
+    spec, warnings = load_spec_text(text, "init.opt")
+    assert [w.render() for w in warnings] == []
+    assert [s.name for s in spec.states] == ["m"] and [s.name for s in spec.scalar_states] == ["n"]
