@@ -180,7 +180,7 @@ def test_docs_check_names_stale_and_extra_pages(tmp_path, capsys):
     args = [str(mine), "-o", str(tmp_path / "pkg"), "--docs", str(docs)]
     assert cli.main(args) == 0
     assert sorted(p.name for p in docs.iterdir()) == ["README.md", "adabelief.md", "adamw.md", "lion.md"]
-    (docs / "lion.md").write_text("edited\n")
+    (docs / "lion.md").write_text((docs / "lion.md").read_text() + "edited\n")   # ours (header kept), edited
     (docs / "old.md").write_text((docs / "adamw.md").read_text())     # a page of ours no spec makes any more
     (docs / "notes.md").write_text("my own notes\n")                  # not ours: left alone
     capsys.readouterr()
@@ -189,6 +189,11 @@ def test_docs_check_names_stale_and_extra_pages(tmp_path, capsys):
     assert "lion.md: stale" in err and "old.md: not produced" in err and "notes.md" not in err
     assert cli.main(args) == 0
     assert not (docs / "old.md").exists() and (docs / "notes.md").exists()
+    assert "edited" not in (docs / "lion.md").read_text()
+    (docs / "lion.md").write_text("my own page\n")     # not ours any more (no header): never overwritten
+    assert cli.main(args) == 1
+    assert f"{docs / 'lion.md'} exists and was not written by opt-compile" in capsys.readouterr().err
+    assert (docs / "lion.md").read_text() == "my own page\n"
 
 
 def test_doc_page_has_every_section():
