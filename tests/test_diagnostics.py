@@ -169,3 +169,28 @@ def test_state_initialised_from_a_hyperparameter_has_no_false_diagnostics():
     spec, warnings = load_spec_text(text, "init.opt")
     assert [w.render() for w in warnings] == []
     assert [s.name for s in spec.states] == ["m"] and [s.name for s in spec.scalar_states] == ["n"]
+
+
+@pytest.mark.parametrize("body, messages", [
+    # independent mistakes: each reported, at its own line
+    ("  m = a +\n  weight -= 1\n  y = = 2\n", [(4, "expected an expression after `-`"), (5, "expected an expression after `=`")]),
+    ("  m = 1; n = 2\n  k = 3 $ 4\n", [(3, "unexpected character `;`"), (4, "unexpected character `$`")]),
+    ("  m = 1 ^ 2\n  weight -= lr * grad\n  n = (1 - 2) grad\n",
+     [(3, "unexpected character `^`"), (5, "missing `=` after `grad`")]),
+    # the file's blocks cannot be told apart: the first error only, no guesses after it
+    ("  if x > 0 weight = 1\n  }\n  weight = 2\n", [(3, "an `if` body goes in braces")]),
+    ("  m = 0.9 * (m + grad\n  weight -= lr * m\n  x = = 3\n", [(3, "unclosed `(`")]),
+])
+def test_syntax_recovery_reports_independent_errors_only(body, messages):
+    text = "optimizer X\nupdate {\n" + body + "}\n"
+    with pytest.raises(SpecError) as info:
+        load_spec_text(text, "x.opt")
+    assert [(d.span.line, d.message) for d in info.value.errors] == messages
+
+
+def test_power_with_a_caret_hints_at_two_stars():
+    with pytest.raises(SpecError) as info:
+        load_spec_text("optimizer X\nupdate {\n    weight -= lr * beta1 ^ t * grad\n}\n", "x.opt")
+    (d,) = info.value.errors
+    assert (d.span.line, d.span.col, d.message) == (3, 26, "unexpected character `^`")
+    assert d.hint == "write `**` for a power: `beta1 ** t`; `^` is not an operator"
