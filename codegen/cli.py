@@ -161,7 +161,8 @@ def main(argv=None) -> int:
     ap.add_argument("--validate", action="store_true",
                     help="only check the specs (parse, check, lower, render in memory): print every error and "
                          "warning, exit 0 when all are valid and 1 when not; write nothing")
-    ap.add_argument("--check", action="store_true", help="write nothing; exit 1 if any output is stale or missing")
+    ap.add_argument("--check", action="store_true", help="are the written outputs up to date? write nothing; exit 1 "
+                    "naming every stale or missing file (whether a spec is valid: --validate)")
     ap.add_argument("--docs", metavar="DIR", help="also render one Markdown page per optimizer (and an index) "
                     "into DIR; with --check, check them too")
     ap.add_argument("--emit", choices=["ir", "program", "numpy", "cpu", "cuda"],
@@ -206,7 +207,8 @@ def main(argv=None) -> int:
         if stale:
             print(f"opt-compile --check: {len(stale)} file(s) out of date; run `opt-compile {' '.join(args.sources)}"
                   f"{'' if default_out else ' -o ' + args.output}"
-                  f"{' --docs ' + args.docs if args.docs else ''}`", file=sys.stderr)
+                  f"{' --docs ' + args.docs if args.docs else ''}` (the specs are valid; --validate checks "
+                  f"only that)", file=sys.stderr)
             return 1
         print(f"opt-compile --check: {sum(len(files) for _, files, _ in jobs)} files up to date")
         return 0
