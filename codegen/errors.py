@@ -92,9 +92,51 @@ class InternalError(Exception):
     """A bug in optforge itself (an emitter met an IR it has no rule for)."""
 
 
+# characters a typo swaps for each other because they look alike: `betal` for `beta1`
+_LOOKALIKE = {frozenset(p) for p in ("l1", "I1", "Il", "O0", "o0", "S5", "Z2", "B8")}
+
+
+def _typo_distance(a: str, b: str) -> float:
+    """Edit distance (insert, delete, substitute, swap two neighbours: 1 each), where substituting a
+    look-alike character (l/1, O/0) or the same letter in the other case costs 1/2."""
+    prev2, prev = None, [float(j) for j in range(len(b) + 1)]
+    for i, ca in enumerate(a, 1):
+        row = [float(i)] + [0.0] * len(b)
+        for j, cb in enumerate(b, 1):
+            if ca == cb:
+                sub = 0.0
+            elif ca.lower() == cb.lower() or frozenset((ca, cb)) in _LOOKALIKE:
+                sub = 0.5
+            else:
+                sub = 1.0
+            row[j] = min(prev[j] + 1, row[j - 1] + 1, prev[j - 1] + sub)
+            if prev2 is not None and i > 1 and j > 1 and ca == b[j - 2] and a[i - 2] == cb:
+                row[j] = min(row[j], prev2[j - 2] + 1)
+        prev2, prev = prev, row
+    return prev[-1]
+
+
+def close_names(name: str, candidates, cutoff: float = 0.6) -> list[str]:
+    """The candidates nearest to `name`: among those difflib finds similar (ratio >= cutoff), the
+    fewest typos (`_typo_distance`), then the same length, then the highest ratio; every candidate
+    tied on all three (`beta3`: beta1 and beta2), in alphabetical order."""
+    scored = []
+    for c in sorted(set(candidates)):
+        ratio = difflib.SequenceMatcher(None, name, c).ratio()
+        if ratio >= cutoff and c != name:
+            scored.append(((_typo_distance(name, c), len(c) != len(name), -round(ratio, 9)), c))
+    if not scored:
+        return []
+    best = min(key for key, _ in scored)
+    return [c for key, c in scored if key == best]
+
+
 def did_you_mean(name: str, candidates) -> str | None:
-    close = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.6)
-    return f"did you mean `{close[0]}`?" if close else None
+    close = close_names(name, candidates)[:3]
+    if not close:
+        return None
+    shown = [f"`{c}`" for c in close]
+    return "did you mean " + (shown[0] if len(shown) == 1 else ", ".join(shown[:-1]) + " or " + shown[-1]) + "?"
 
 
 class Reporter:

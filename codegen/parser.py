@@ -296,8 +296,8 @@ class _Build(Transformer):
 def _words(types) -> str:
     words = sorted({TOKEN_WORDS.get(t, f"`{t.lower()}`" if t.isupper() and not t.startswith("_") else "a symbol")
                     for t in types})
-    if "`+`" in words and "`*`" in words:     # expression operators: say so once
-        words = [w for w in words if w not in ("`+`", "`*`", "`-`", "`**`", "a comparison")] + ["an operator"]
+    if "`+`" in words and "`*`" in words:     # expression operators: say so once, first
+        words = ["an operator"] + [w for w in words if w not in ("`+`", "`*`", "`-`", "`**`", "a comparison")]
     if len(words) > 6:
         words = words[:6] + ["..."]
     return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " or " + words[-1]
@@ -405,6 +405,15 @@ def _bracket_error(source: str, upto: int, at_closer: bool, reporter: Reporter, 
     return False
 
 
+def _power_example(source: str, pos: int) -> str:
+    """`a ** b` from the operands around the `^` at offset `pos`, where they are plain names or numbers."""
+    left = re.search(r"([A-Za-z_0-9.]+|\))[ \t]*$", source[:pos])
+    right = re.match(r"[ \t]*([A-Za-z_0-9.]+|\()", source[pos + 1:])
+    if not left or not right:
+        return ""
+    return f": `{left.group(1)} ** {right.group(1)}`".replace("`) ** ", "`(...) ** ").replace(" ** (`", " ** (...)`")
+
+
 def _syntax_error(e: UnexpectedInput, source: str, reporter: Reporter) -> None:
     if isinstance(e, UnexpectedCharacters):
         pos = e.pos_in_stream if e.pos_in_stream is not None else 0
@@ -423,12 +432,17 @@ def _syntax_error(e: UnexpectedInput, source: str, reporter: Reporter) -> None:
             hint += "over several lines)"
         elif ch in ";":
             hint = "statements end at the end of the line; no `;` needed"
+        elif ch == "^":
+            hint = "write `**` for a power" + _power_example(source, pos) + "; `^` is not an operator"
         elif ch in "&|!":
             hint = "write `and`, `or`, `not`" + (" (`!=` is not equal)" if ch == "!" else "")
         elif not ch.isascii():
             hint = "names, numbers and operators are ASCII; other text goes in strings"
-        elif e.allowed:
+        elif e.allowed and "..." not in _words(e.allowed):
             hint = f"expected {_words(e.allowed)} here"
+        else:   # a list cut short says little: what specs are written with
+            hint = ("specs are written with names, numbers, \"strings\", the operators + - * / % @ ** "
+                    "== != < <= > >= and ( ) [ ] { } , : = ?")
         unclosed = ch == '"'
         reporter.error(span, "unterminated string" if unclosed else f"unexpected character `{shown}`", hint)
         return
@@ -461,6 +475,113 @@ def _syntax_error(e: UnexpectedInput, source: str, reporter: Reporter) -> None:
     reporter.error(span, f"unexpected {'end of file' if at_end else found}; expected {_words(expected)}")
 
 
+# ---- recovery: the independent syntax errors of a file, all reported --------------------------
+MAX_SYNTAX_ERRORS = 20
+_STMT_START = re.compile(r"\s*(?:(?:optimizer|alias|doc|default|hyper|state|view|global|option|sparse|update|if|"
+                         r"elif|else|repeat)\b|[A-Za-z_]\w*\s*(?:=(?!=)|[-+*/]=)|\})")
+_CONTINUES = re.compile(r"(?:[-+*/%@=<>,(\[]|\b(?:and|or|not|in))\s*(?:#[^\n]*)?$")   # the line's end says: more follows
+_STOP = ("unclosed", "unmatched", "unterminated")   # the rest of the file cannot be read apart from them
+
+
+def _error_at(e: UnexpectedInput):
+    """(line, col) of a syntax error; None at the end of the file. For an unexpected token, the place
+    of the token before it when that is on an earlier line (`m = a + (b) grad` then `weight ...` on the
+    next line: the statement to skip is the first one)."""
+    if isinstance(e, UnexpectedCharacters):
+        return e.line, e.column
+    tok = getattr(e, "token", None)
+    if tok is None or tok.type == "$END" or tok.line is None:
+        return None
+    try:
+        stack = e.interactive_parser.parser_state.value_stack
+    except AttributeError:  # pragma: no cover
+        stack = []
+    top = stack[-1] if stack else None
+    if isinstance(top, Token) and top.end_line is not None:
+        prev = (top.end_line, top.end_column)
+    else:
+        meta = getattr(top, "meta", None)
+        prev = (meta.end_line, meta.end_column) if meta is not None and not meta.empty else None
+    if prev is not None and prev[0] < tok.line:
+        return prev[0], max(prev[1] - 1, 1)
+    return tok.line, tok.column
+
+
+def _code(line: str) -> str:
+    """The line without strings and comments (for counting brackets)."""
+    return re.sub(r'"""(?:.|\n)*?"""|"(?:[^"\\\n]|\\.)*"|#[^\n]*', "", line)
+
+
+def _bad_statement(lines: list, line: int, col: int):
+    """The lines (first, last; 0-based) of the statement holding the error at (line, col): back to the
+    line that starts it (and further while the line before ends in an operator), on over the lines
+    that continue it; None when blanking them would unbalance the brackets around them."""
+    at = line - 1
+    first_on_line = not lines[at][:col - 1].strip()
+    if first_on_line and lines[at].lstrip().startswith("}") and at > 0:
+        at -= 1          # `}` where the statement before it is unfinished: that statement is the bad one
+        while at > 0 and not _code(lines[at]).strip():
+            at -= 1
+    start = at
+    while start > 0 and not _STMT_START.match(lines[start]):
+        start -= 1
+    while start > 0:
+        before = start - 1
+        while before > 0 and not _code(lines[before]).strip():
+            before -= 1
+        if not _CONTINUES.search(lines[before].rstrip()):
+            break
+        start = before
+        while start > 0 and not _STMT_START.match(lines[start]):
+            start -= 1
+    end = at
+    while end + 1 < len(lines) and lines[end + 1].strip() and not _STMT_START.match(lines[end + 1]):
+        end += 1
+    return (start, end) if _balanced("\n".join(lines[start:end + 1])) else None
+
+
+def _balanced(text: str) -> bool:
+    """As many `{` as `}`, and as many `(` or `[` as `)` or `]` (a range `[0, 1)` mixes them)."""
+    code = _code(text)
+    return code.count("{") == code.count("}") and sum(map(code.count, "([")) == sum(map(code.count, ")]"))
+
+
+def _more_syntax_errors(e: UnexpectedInput, source: str, reporter: Reporter) -> None:
+    """After the first syntax error, blank the statement it is in and parse again, so that the file's
+    other, independent mistakes are reported too. Stops at the first error that might be a
+    consequence of the blanking: a bracket error, one on the blanked lines or before them."""
+    if any(d.message.startswith(_STOP) for d in reporter.errors) or not _balanced(source):
+        return   # a missing `{` or `)` somewhere: skipping statements would misread the blocks
+    lines = source.split("\n")
+    for _ in range(MAX_SYNTAX_ERRORS - 1):
+        where = _error_at(e)
+        if where is None:
+            return
+        region = _bad_statement(lines, *where)
+        if region is None:
+            return
+        first, last = region
+        for k in range(first, last + 1):
+            lines[k] = re.sub(r"[^\r]", " ", lines[k])
+        text = "\n".join(lines)
+        try:
+            get_parser().parse(text)
+            return
+        except UnexpectedInput as again:
+            e = again
+        except RecursionError:
+            return
+        where = _error_at(e)
+        if where is not None and where[0] <= last + 1:
+            return
+        scratch = Reporter(reporter.path, reporter.source)
+        _syntax_error(e, text, scratch)
+        if not scratch.errors or any(d.message.startswith(_STOP) for d in scratch.errors):
+            return
+        for d in scratch.errors:
+            reporter.error(d.span, d.message, d.hint)
+
+
 def parse(source: str, path: str = "<spec>") -> tuple:
     """Parse spec text into a tuple of `ast.Decl`. Raises SpecError on any syntax error."""
     reporter = Reporter(path, source)
@@ -475,6 +596,7 @@ def parse(source: str, path: str = "<spec>") -> tuple:
         tree = get_parser().parse(source)
     except UnexpectedInput as e:
         _syntax_error(e, source, reporter)
+        _more_syntax_errors(e, source, reporter)
         reporter.raise_if_errors()
     except RecursionError:
         reporter.error(Span(1, 1, 1, 2), "the spec is nested too deeply to parse", "split long expressions")

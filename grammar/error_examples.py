@@ -14,7 +14,10 @@ EXAMPLES = [
     (("missing `=` after `{prev}`", "an equation is `name = expression` (or `+=`, `-=`, `*=`, `/=`); "
       "if `{prev}` continues the line above, an operator is missing before it", "prev"),
      ["optimizer X update { m grad }", "optimizer X update { m 1 }", "optimizer X update { m }",
-      "optimizer X update { m (1) }", "optimizer X update { m == 1 }", "optimizer X update { m : 1 }"]),
+      "optimizer X update { m (1) }", "optimizer X update { m : 1 }"]),
+    (("expected an expression after `=`", "an equation is `name = expression`; `==` compares two values "
+      "inside an expression", "found"),
+     ["optimizer X update { m == 1 }", "optimizer X update { m = = 1 }"]),
     (("missing `=` after `default {prev}`", "write `default NAME = value`", "prev"),
      ["optimizer X default learning_rate 0.1", "optimizer X default wd: 0.1"]),
     (("missing `=` after `state {prev}`", "write `state NAME = zeros` (or `= weight`, or a number)", "prev"),

@@ -190,3 +190,70 @@ def test_compiling_into_a_folder_keeps_what_other_specs_compiled_there(tmp_path,
     finally:   # the bundled classes stay registered for the other tests
         registry._REGISTRY.clear()
         registry._REGISTRY.update(saved)
+
+
+VALID_SPEC = "optimizer Mine\nhyper init: float = 0.1\nstate m = init\nupdate {\n    m = m + grad\n    weight -= lr * m\n}\n"
+
+
+def test_validate_checks_a_spec_and_writes_nothing(tmp_path, monkeypatch, capsys):
+    """`opt-compile --validate my.opt`: exit 0 for a valid spec, 1 with the diagnostics for a bad one;
+    no file or folder appears either way."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mine.opt").write_text(VALID_SPEC)
+    assert cli.main(["--validate", "mine.opt"]) == 0
+    out, err = capsys.readouterr()
+    assert out == "opt-compile --validate: 1 spec valid; nothing written\n" and err == ""
+    (tmp_path / "mine.opt").write_text(VALID_SPEC.replace("lr * m", "lr * mm"))
+    assert cli.main(["--validate", "mine.opt"]) == 1
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.startswith("mine.opt:6:20: error: unknown name `mm`\n 6 |     weight -= lr * mm\n   |                    ^^\n")
+    assert err.endswith("opt-compile --validate: 1 error; nothing written\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine.opt"]
+    assert cli.main(["--validate", str(SPECS)]) == 0
+    assert f"{len(list(SPECS.glob('*.opt')))} specs valid" in capsys.readouterr().out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine.opt"]
+
+
+def test_help_says_where_output_goes(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "./generated/" in text and "-o DIR" in text and "--validate" in text
+    assert "never overwrites or removes a file it did not write" in text
+
+
+def test_default_output_only_into_a_folder_of_ours(tmp_path, monkeypatch, capsys):
+    """Without -o, ./generated/ is used when it is new, empty or an opt-compile package; another folder
+    of that name is refused, and no file opt-compile did not write is ever overwritten (-o or not)."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mine.opt").write_text(VALID_SPEC)
+    assert cli.main(["mine.opt"]) == 0
+    assert "compiled into generated/" in capsys.readouterr().out
+    assert sorted(p.name for p in (tmp_path / "generated").iterdir()) == ["__init__.py", "mine.cpp", "mine.cu", "mine.py"]
+    assert cli.main(["mine.opt"]) == 0                       # again: our own package
+    other = tmp_path / "elsewhere"
+    (other / "generated").mkdir(parents=True)
+    (other / "generated" / "notes.txt").write_text("mine\n")
+    monkeypatch.chdir(other)
+    capsys.readouterr()
+    assert cli.main([str(tmp_path / "mine.opt")]) == 1
+    err = capsys.readouterr().err
+    assert "generated/ exists and is not a package opt-compile wrote" in err and "-o DIR" in err
+    assert sorted(p.name for p in (other / "generated").iterdir()) == ["notes.txt"]
+    # a user's file where an output would go: refused with -o too, and nothing else written
+    target = tmp_path / "pkg"
+    target.mkdir()
+    (target / "mine.py").write_text("# my own module\n")
+    assert cli.main([str(tmp_path / "mine.opt"), "-o", str(target)]) == 1
+    assert f"{target / 'mine.py'} exists and was not written by opt-compile" in capsys.readouterr().err
+    assert sorted(p.name for p in target.iterdir()) == ["mine.py"]
+    assert (target / "mine.py").read_text() == "# my own module\n"
+
+
+def test_default_output_from_the_repository_root_is_generated(monkeypatch, capsys):
+    """`opt-compile specs/` at the root (Makefile, CI) still means generated/."""
+    monkeypatch.chdir(ROOT)
+    assert cli.main(["specs/", "--check"]) == 0, capsys.readouterr().err
+    assert cli.main(["specs/"]) == 0
+    assert "compiled into generated/ (0 file(s) changed)" in capsys.readouterr().out

@@ -142,3 +142,55 @@ def test_locals_named_like_the_generated_codes_own_names_are_refused(name):
     text = f"optimizer Clash\nupdate {{\n    {name} = grad * 2\n    weight -= lr * {name}\n}}\n"
     with pytest.raises(SpecError, match=f"name `{name}` clashes with a name the generated code uses"):
         load_spec_text(text, "clash.opt")
+
+
+@pytest.mark.parametrize("name, candidates, expected", [
+    ("betal", ["beta1", "beta2", "epsilon"], ["beta1"]),         # `l` for `1`: a look-alike is half a typo
+    ("beta3", ["beta1", "beta2"], ["beta1", "beta2"]),           # equally near: both, in order
+    ("Beta1", ["beta1", "beta2"], ["beta1"]),                    # the same letter in the other case
+    ("mom", ["moms", "mon"], ["mon"]),                           # one typo each: the same length first
+    ("vra", ["var", "vr"], ["var"]),                             # two neighbours swapped is one typo
+    ("momentum", ["mean", "var"], []),                           # nothing similar: no suggestion
+])
+def test_suggestions_prefer_the_nearest_name(name, candidates, expected):
+    from optforge.codegen.errors import close_names, did_you_mean
+    assert close_names(name, candidates) == expected
+    hint = did_you_mean(name, candidates)
+    if not expected:
+        assert hint is None
+    else:
+        assert hint == "did you mean " + " or ".join(f"`{c}`" for c in expected) + "?"
+
+
+def test_state_initialised_from_a_hyperparameter_has_no_false_diagnostics():
+    """`state m = init` (a hyperparameter): no `used before it is assigned`, no `never used`."""
+    text = ("optimizer Init\nhyper init: float = 0.1\nstate m = init\nstate n: scalar = init\n"
+            "update {\n    m = m + grad\n    n = n * 2\n    weight -= lr * n * m\n}\n")
+    spec, warnings = load_spec_text(text, "init.opt")
+    assert [w.render() for w in warnings] == []
+    assert [s.name for s in spec.states] == ["m"] and [s.name for s in spec.scalar_states] == ["n"]
+
+
+@pytest.mark.parametrize("body, messages", [
+    # independent mistakes: each reported, at its own line
+    ("  m = a +\n  weight -= 1\n  y = = 2\n", [(4, "expected an expression after `-`"), (5, "expected an expression after `=`")]),
+    ("  m = 1; n = 2\n  k = 3 $ 4\n", [(3, "unexpected character `;`"), (4, "unexpected character `$`")]),
+    ("  m = 1 ^ 2\n  weight -= lr * grad\n  n = (1 - 2) grad\n",
+     [(3, "unexpected character `^`"), (5, "missing `=` after `grad`")]),
+    # the file's blocks cannot be told apart: the first error only, no guesses after it
+    ("  if x > 0 weight = 1\n  }\n  weight = 2\n", [(3, "an `if` body goes in braces")]),
+    ("  m = 0.9 * (m + grad\n  weight -= lr * m\n  x = = 3\n", [(3, "unclosed `(`")]),
+])
+def test_syntax_recovery_reports_independent_errors_only(body, messages):
+    text = "optimizer X\nupdate {\n" + body + "}\n"
+    with pytest.raises(SpecError) as info:
+        load_spec_text(text, "x.opt")
+    assert [(d.span.line, d.message) for d in info.value.errors] == messages
+
+
+def test_power_with_a_caret_hints_at_two_stars():
+    with pytest.raises(SpecError) as info:
+        load_spec_text("optimizer X\nupdate {\n    weight -= lr * beta1 ^ t * grad\n}\n", "x.opt")
+    (d,) = info.value.errors
+    assert (d.span.line, d.span.col, d.message) == (3, 26, "unexpected character `^`")
+    assert d.hint == "write `**` for a power: `beta1 ** t`; `^` is not an operator"

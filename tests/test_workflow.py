@@ -149,7 +149,7 @@ def test_load_spec_errors_are_the_usual_diagnostics():
         optforge.load_spec(LION.replace("(1 - beta1) * grad", "(1 - beta3) * grad"))
     text = str(e.value)
     assert text.startswith("<spec>:6:29: error: unknown name `beta3`")
-    assert "^^^^^" in text and "hint: did you mean `beta2`?" in text
+    assert "^^^^^" in text and "hint: did you mean `beta1` or `beta2`?" in text   # equally close: both
     with pytest.raises(TypeError, match="path or the spec's text"):
         optforge.load_spec(3)
 
@@ -180,7 +180,7 @@ def test_docs_check_names_stale_and_extra_pages(tmp_path, capsys):
     args = [str(mine), "-o", str(tmp_path / "pkg"), "--docs", str(docs)]
     assert cli.main(args) == 0
     assert sorted(p.name for p in docs.iterdir()) == ["README.md", "adabelief.md", "adamw.md", "lion.md"]
-    (docs / "lion.md").write_text("edited\n")
+    (docs / "lion.md").write_text((docs / "lion.md").read_text() + "edited\n")   # ours (header kept), edited
     (docs / "old.md").write_text((docs / "adamw.md").read_text())     # a page of ours no spec makes any more
     (docs / "notes.md").write_text("my own notes\n")                  # not ours: left alone
     capsys.readouterr()
@@ -189,6 +189,11 @@ def test_docs_check_names_stale_and_extra_pages(tmp_path, capsys):
     assert "lion.md: stale" in err and "old.md: not produced" in err and "notes.md" not in err
     assert cli.main(args) == 0
     assert not (docs / "old.md").exists() and (docs / "notes.md").exists()
+    assert "edited" not in (docs / "lion.md").read_text()
+    (docs / "lion.md").write_text("my own page\n")     # not ours any more (no header): never overwritten
+    assert cli.main(args) == 1
+    assert f"{docs / 'lion.md'} exists and was not written by opt-compile" in capsys.readouterr().err
+    assert (docs / "lion.md").read_text() == "my own page\n"
 
 
 def test_doc_page_has_every_section():
@@ -215,3 +220,43 @@ def test_equations_parenthesise_only_where_needed():
     assert r"&w \leftarrow w - \eta \, \left(\frac{\hat{m}}{\sqrt{\hat{v}} + \epsilon} + \lambda_{wd} \, w\right)" in page
     assert r"&\hat{m} \leftarrow \frac{\mathit{mean}}{1 - \beta_{1}^{t}}" in page
     assert not re.search(r"\\left\(\\mathit\{mean\}\\right\)", page)
+
+
+def _block_after(text: str, first_line: str) -> str:
+    """The fenced block of a Markdown text whose first line starts with `first_line`."""
+    start = text.index("```\n" + first_line) + 4
+    return text[start:text.index("```", start)]
+
+
+def test_readme_and_spec_language_show_the_real_diagnostics(tmp_path, monkeypatch, capsys):
+    """The error examples of README.md and docs/spec-language.md are what opt-compile prints."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "specs").mkdir()
+    adam = (ROOT / "specs" / "adam.opt").read_text()
+    (tmp_path / "specs" / "adam.opt").write_text(adam.replace("(1 - beta1) * g", "(1 - beta3) * g", 1))
+    assert cli.main(["specs/adam.opt"]) == 1
+    readme = (ROOT / "README.md").read_text()
+    assert capsys.readouterr().err == _block_after(readme, "specs/adam.opt:")
+    guide = (ROOT / "docs" / "spec-language.md").read_text()
+    spec = _block_after(guide, "# AdaBelief (Zhuang et al., 2020)")
+    (tmp_path / "myspecs").mkdir()
+    (tmp_path / "myspecs" / "adabelief.opt").write_text(spec)
+    assert cli.main(["--validate", "myspecs/"]) == 0, capsys.readouterr().err
+    capsys.readouterr()
+    (tmp_path / "myspecs" / "adabelief.opt").write_text(spec.replace("(1 - beta1) * g", "(1 - beta3) * g", 1))
+    assert cli.main(["myspecs/", "-o", "mypkg/"]) == 1
+    assert capsys.readouterr().err == _block_after(guide, "myspecs/adabelief.opt:")
+    assert not (tmp_path / "mypkg").exists()
+
+
+@pytest.mark.parametrize("spec", ["adafactor", "sm3", "muon"])
+def test_spec_language_program_lines_are_the_real_ones(spec, capsys):
+    """Every `# line N` statement docs/spec-language.md quotes from `--emit program` (untrimmed ones) is
+    printed so, with that line number."""
+    assert cli.main(["--emit", "program", str(ROOT / "specs" / f"{spec}.opt")]) == 0
+    real = {ln.strip() for ln in capsys.readouterr().out.splitlines()}
+    blocks = (ROOT / "docs" / "spec-language.md").read_text().split("```")[1::2]
+    mine = [b for b in blocks if f"(optforge_{spec}_s" in b]
+    assert mine, "the guide quotes this spec's program"
+    quoted = [ln.strip() for b in mine for ln in b.splitlines() if "# line" in ln and "..." not in ln]
+    assert quoted and [q for q in quoted if q not in real] == []
