@@ -103,6 +103,7 @@ class Decl(Node):
     body: tuple = ()
     storage: str | None = None    # state: `as bf16` (None: the weight's type, or float32 with a master copy)
     storage_span: Span | None = field(compare=False, repr=False, default=None)
+    storage_args: tuple = ()      # `as int8(256, "dynamic")`: literal nodes
 
     @property
     def scalar(self) -> bool:

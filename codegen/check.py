@@ -10,7 +10,7 @@ from dataclasses import replace
 from . import ast
 from .errors import Reporter, Span, did_you_mean
 from .ir import (AXIS_WORDS, COMPARE, Assign, Expr, Global, Hyper, IfStmt, Kind, Op, Repeat, Role, ScalarState, Shape,
-                 GATHERS, SHAPE_FACTS, STORAGE, Sparse, Spec, State, Ty, call_scope)
+                 GATHERS, QUANT_MAPS, SHAPE_FACTS, STORAGE, Quant, Sparse, Spec, State, Ty, call_scope)
 from .verify import verify
 from .walk import exprs as own_exprs_deep, leaves, targets
 from .names import (ARITH, BASE_DEFAULTS, BASE_NAMES, BUILTIN_DOCS, BUILTINS, C_KEYWORDS, FUNCTIONS,  # noqa: F401
@@ -370,14 +370,55 @@ class Checker:
                          "`as bf16` stores a tensor state")
             self.scalar_states.pop(d.name, None)
             return
+        if d.storage in ("int8", "uint8"):
+            quant = self._quant(d)
+            if quant is None:
+                self.states.pop(d.name, None)
+            elif d.name in self.states:
+                state = self.states[d.name]
+                if state.shape is not Shape.FULL:
+                    self.r.error(d.storage_span, f"an 8-bit state is shaped like the weight, not {state.shape.value}",
+                                 "store per-row, per-col and matrix states as `bf16`, `f16` or `f32`")
+                    self.states.pop(d.name)
+                else:
+                    self.states[d.name] = replace(state, quant=quant)
+            return
         if d.storage not in STORAGE:
             self.r.error(d.storage_span, f"unknown storage type `{d.storage}`",
-                         did_you_mean(d.storage, tuple(STORAGE))
-                         or "a tensor state is stored as `bf16` (bfloat16), `f16` (float16) or `f32` (float32)")
+                         did_you_mean(d.storage, tuple(STORAGE) + ("int8", "uint8"))
+                         or "a tensor state is stored as `bf16` (bfloat16), `f16` (float16), `f32` (float32), "
+                         "or 8-bit blockwise as `int8(block)` / `uint8(block)`")
             self.states.pop(d.name, None)
             return
+        if d.storage_args:
+            self.r.error(d.storage_args[0].span, f"`{d.storage}` takes no arguments")
         if d.name in self.states:
             self.states[d.name] = replace(self.states[d.name], storage=STORAGE[d.storage])
+
+    def _quant(self, d):
+        """`int8(block = 256, map = "dynamic")`, positional literals: the block size (a power of two from 16
+        to 4096) and the code map."""
+        args = d.storage_args
+        block, qmap = 256, "dynamic"
+        if len(args) > 2:
+            self.r.error(args[2].span, f"`{d.storage}` takes at most two arguments: the block size and the map")
+            return None
+        if args:
+            a = args[0]
+            value = getattr(a, "value", None)
+            if not isinstance(a, ast.Num) or value != int(value) or not 16 <= value <= 4096 or int(value) & (int(value) - 1):
+                self.r.error(a.span, "the block size of an 8-bit state is a power of two from 16 to 4096",
+                             "bitsandbytes' blockwise optimizers use 256")
+                return None
+            block = int(value)
+        if len(args) > 1:
+            a = args[1]
+            if not isinstance(a, ast.Str) or a.value not in QUANT_MAPS:
+                self.r.error(a.span, "the code map of an 8-bit state is \"dynamic\" or \"linear\"",
+                             did_you_mean(a.value, QUANT_MAPS) if isinstance(a, ast.Str) else None)
+                return None
+            qmap = a.value
+        return Quant(d.storage == "int8", block, qmap)
 
     def _state_decl(self, d):
         scope = _Scope()

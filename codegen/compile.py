@@ -7,6 +7,7 @@ from pathlib import Path
 
 import jinja2
 
+from . import quantmap
 from .check import check
 from .emit_c import CpuEmitter, CudaEmitter
 from .emit_driver import driver_lines
@@ -89,6 +90,10 @@ def _doc_text(spec: Spec) -> str:
     if stored:
         parts.append("State storage: " + ", ".join(f"``{s.name}`` as {s.storage}" for s in stored) +
                      " (computed in the weight's type, rounded to nearest even when stored).")
+    quant = [s for s in spec.states if s.quant is not None]
+    if quant:
+        parts.append("8-bit states: " + ", ".join(f"``{s.name}`` as {s.quant.name}" for s in quant) +
+                     " (one-byte codes and a float32 absmax per block, decoded and re-encoded by the kernels).")
     parts.append("Also accepts the arguments of :class:`optforge.Optimizer` (learning_rate, wd, rescale_grad,\n"
                  "clip_gradient, lr_scheduler, param_idx2name, begin_num_update, multi_precision).")
     return "\n\n".join(parts)
@@ -213,6 +218,9 @@ def render_module(spec: Spec, spec_path: str | None = None, program: Program | N
         spec=spec, spec_path=spec_path, docstring=docstring(_doc_text(spec)),
         tensor_states=tuple(st.name for st in spec.states),
         state_storage={st.name: st.storage for st in spec.states if st.storage is not None},
+        state_quant={st.name: {"block": st.quant.block, "signed": st.quant.signed, "map": st.quant.map,
+                               "codes": tuple(quantmap.table(st.quant.signed, st.quant.map))}
+                     for st in spec.states if st.quant is not None},
         scalar_state_names=tuple(s.name for s in spec.scalar_states),
         global_names=tuple(g.name for g in spec.globals),
         sparse_mode=spec.sparse.mode if spec.sparse else None,

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import jinja2
 
+from . import quantmap
 from .errors import InternalError, printable
 from .ir import STORAGE_C, Assign, Expr, IfStmt, Kind, Op, Shape, Spec
 from .lower import GRAD_SCALE_ARG, ROUND_SEED_ARG, Program, Stage, _in_kernel, lower
@@ -35,6 +36,8 @@ AXIS_INIT = {Op.SUM: "0.0", Op.MAX: "-OPTFORGE_INF", Op.MIN: "OPTFORGE_INF", Op.
 
 def _state_type(state) -> str:
     """A tensor state's C storage: the variant's T (the weight's type), or what `as TYPE` declares."""
+    if state.quant is not None:   # 8-bit: one-byte codes (their scales are a pointer of their own)
+        return "uint8_t"
     return "T" if state.storage is None else STORAGE_C[state.storage]
 
 
@@ -60,6 +63,11 @@ class CStyleEmitter:
         self.program = program or lower(spec)
         self.steps, self.stages, self.scratch = self.program.steps, self.program.stages, self.program.scratch
         self.helpers: set = set()   # the op_* functions the rendered stages call
+        # the code tables of the spec's 8-bit states (ir.Quant): (signed, map) -> table number
+        self.quant_tables = {}
+        for s in spec.states:
+            if s.quant is not None:
+                self.quant_tables.setdefault((s.quant.signed, s.quant.map), len(self.quant_tables))
 
     # ---- expressions --------------------------------------------------------------------------
     def expr(self, e: Expr, names: dict) -> str:
@@ -115,7 +123,7 @@ class CStyleEmitter:
         for _, arg in st.reductions:
             key = "weight" if arg.op is Op.WEIGHT else "grad" if arg.op is Op.GRAD else arg.value
             in_memory = arg.op in (Op.WEIGHT, Op.GRAD) or (
-                arg.op is Op.STATE and states[key].cond is None) or (
+                arg.op is Op.STATE and states[key].cond is None and states[key].quant is None) or (
                 arg.op is Op.LOCAL and arg.kind is Kind.TENSOR and (key in st.scratch_writes or
                                                                     (key in self.scratch and key not in assigned)))
             direct.append(f"p_{key}" if in_memory and arg.op is not Op.GRAD else None)   # (grad: scaled first)
@@ -125,28 +133,39 @@ class CStyleEmitter:
         else:
             index = lambda name: "i" if name == "weight" or name in states else "gi"  # noqa: E731
         pointers, loads, stores = [], [], []
+        quant = {name: states[name].quant for name in st.memory() if name in states and states[name].quant}
         for name in st.memory():
             ctype = "G" if name == "grad" else _state_type(states[name]) if name in states else \
                 "T" if name == "weight" else "C"
             pointers.append({"name": name, "type": ctype, "const": name not in writes})
+            if name in quant:   # an 8-bit state: its codes, then its blocks' scales
+                pointers.append({"name": f"{name}__absmax", "type": "float", "const": name not in writes})
         # a conditional state (SGD's mom) may be absent: its pointer is null and no branch taken uses it.
         # Template parameter H<k> says so at compile time (1 present, 0 absent), so that the CPU loops,
         # specialised per case, have no control flow and vectorize; 2 checks the pointer at run time.
         optional = [name for name in reads + writes if name in states and states[name].cond is not None]
         optional = list(dict.fromkeys(optional))
         present = {name: f"(H{k} == 1 || (H{k} == 2 && p_{name}))" for k, name in enumerate(optional)}
+        def load(name):
+            if name in quant:   # the code's value times its block's scale, in float (as ops.dequantize)
+                q = quant[name]
+                table = self.quant_tables[(q.signed, q.map)]
+                return f"C(optforge_qmap{table}[p_{name}[i]] * p_{name}__absmax[i / {q.block}])"
+            return f"C(p_{name}[{index(name)}])"
         for name in reads:
             if name in present:
-                loads.append(f"C {name} = {present[name]} ? C(p_{name}[{index(name)}]) : C(0);")
+                loads.append(f"C {name} = {present[name]} ? {load(name)} : C(0);")
             elif name == "grad":   # the call's gradient factor (lower.GRAD_SCALE)
                 loads.append(f"C {name} = C(p_{name}[{index(name)}]) * {GRAD_SCALE_ARG};")
             else:
-                loads.append(f"C {name} = C(p_{name}[{index(name)}]);")
+                loads.append(f"C {name} = {load(name)};")
         declare = [n for n in locals_ + writes if n not in reads]
         for name in writes:
             cast = "T" if name == "weight" or name in states else "C"
             if name == "weight":   # the bfloat16 variant rounds it with the parameter's seed (lower.ROUND_SEED)
                 line = f"p_{name}[{index(name)}] = op_store<T>({name}, {ROUND_SEED_ARG}, {index(name)});"
+            elif name in quant:   # to the block's buffer: quantised when the block is done (op_requant)
+                line = f"_q{list(n for n in writes if n in quant).index(name)} = {name};"
             else:
                 line = f"p_{name}[{index(name)}] = ({_state_type(states[name]) if name in states else cast})({name});"
             stores.append(f"if {present[name]} {line}" if name in present else line)
@@ -186,7 +205,13 @@ class CStyleEmitter:
                 "red_init": [AXIS_INIT.get(op, "0.0") for op, _ in st.reductions],
                 # seeds stay double (exact integers below 2^53); the others are in the compute type
                 "scalars": [(sc.name, "double" if sc.expr is None or sc.name == ROUND_SEED_ARG else "C")
-                            for sc in st.scalars]}
+                            for sc in st.scalars],
+                # the 8-bit states it writes: each element's new value goes to its block's buffer, and
+                # the block is quantised when all its elements are done (codegen/verify.py: such a stage
+                # runs flat, without fused reductions)
+                "quant": [{"name": n, "table": self.quant_tables[(quant[n].signed, quant[n].map)],
+                           "present": present.get(n)} for n in writes if n in quant],
+                "qblock": next((quant[n].block for n in writes if n in quant), 0)}
 
     def _body(self, stmts, names, depth, branch=None) -> list[str]:
         pad = "    " * depth
@@ -215,8 +240,13 @@ class CStyleEmitter:
     def render(self, spec_path: str | None = None) -> str:
         stages = [self.stage(st) for st in self.stages]
         uses_normal = any(n.op is Op.NORMAL for st in self.stages for e in st.exprs() for n in e.walk())
+        tables = [{"codes": ", ".join(quantmap.c_float(v) for v in quantmap.table(signed, kind)),
+                   "mids": ", ".join(quantmap.c_float(v) for v in quantmap.midpoints(quantmap.table(signed, kind))),
+                   "what": f"{'signed' if signed else 'unsigned'} {kind}"}
+                  for (signed, kind), _ in sorted(self.quant_tables.items(), key=lambda kv: kv[1])]
         return _env.get_template(self.template).render(
             spec=self.spec, stages=stages, uses_normal=uses_normal, helpers=self.helpers, header=_header(self.spec, spec_path),
+            quant_tables=tables,
             lazy_rows=bool(self.spec.sparse and self.spec.sparse.lazy))   # row kernels only where used
 
 

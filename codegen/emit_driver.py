@@ -34,6 +34,8 @@ def driver_lines(spec, program: Program) -> list[str]:
     for st in spec.states:
         if st.name in used_states:
             out.append(f"{st.name} = tensors.get({st.name!r})" if st.cond is not None else f"{st.name} = tensors[{st.name!r}]")
+            if st.quant is not None:   # an 8-bit state's block scales travel with its codes
+                out.append(f"{st.name}__absmax = tensors.get({st.name + '.absmax'!r})")
     used_scalars = leaves(body, {Op.SCALAR_STATE}) | targets(body, Role.SCALAR_STATE)
     out += [f"{s.name} = scalars[{s.name!r}]" for s in spec.scalar_states if s.name in used_scalars]
     # the call's gradient factor (lower.GRAD_SCALE): the stages scale what they read; host code that reads
@@ -86,7 +88,9 @@ def driver_lines(spec, program: Program) -> list[str]:
                 lines += em.block([item.stmt], depth)
                 em.fused = {}
             elif isinstance(item, Stage):
-                ptrs = ", ".join(item.memory() + [o[0] for o in item.outputs])
+                quant = {s.name for s in spec.states if s.quant is not None}
+                ptrs = ", ".join([p for name in item.memory() for p in ((name, f"{name}__absmax") if name in quant else (name,))]
+                                 + [o[0] for o in item.outputs])
                 args = [_scalar(em, sc) for sc in item.scalars]
                 call = f"be.launch({item.fn!r}, ({ptrs},), ({''.join(a + ', ' for a in args)})"
                 if item.tiled:

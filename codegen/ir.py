@@ -272,6 +272,7 @@ class State:
     shape: Shape = Shape.FULL
     value: Expr | None = None  # fill: the start computed from hyperparameters, lr, wd (None: `fill`)
     storage: str | None = None  # `as bf16`: stored as bfloat16 / float16 / float32 (STORAGE), else the weight's type
+    quant: Quant | None = None  # `as int8(...)` / `as uint8(...)`: 8-bit blockwise codes and scales
 
 
 # `state m = zeros as NAME`: the storage types a tensor state may declare (spelling -> canonical name, the
@@ -279,6 +280,25 @@ class State:
 STORAGE = {"bf16": "bfloat16", "bfloat16": "bfloat16", "f16": "float16", "float16": "float16",
            "f32": "float32", "float32": "float32"}
 STORAGE_C = {"bfloat16": "optforge_bf16", "float16": "optforge_f16", "float32": "float"}
+QUANT_MAPS = ("dynamic", "linear")
+
+
+@dataclass(frozen=True)
+class Quant:
+    """`state m = zeros as int8(block, map)` / `uint8(...)`: 8-bit blockwise quantisation. A state of n
+    elements is stored as n one-byte codes, indices into a sorted table of 256 values in [-1, 1]
+    (signed, int8) or [0, 1] (uint8), and one float32 scale per block of `block` consecutive
+    elements, the block's largest magnitude (absmax): element i is table[code[i]] * absmax[i / block].
+    A stored block's codes are the table entries nearest to its values over its new absmax.
+    `map`: "dynamic" (dynamic tree quantisation, Dettmers et al. 2022, bitsandbytes' code) or
+    "linear" (256 evenly spaced values)."""
+    signed: bool
+    block: int = 256
+    map: str = "dynamic"
+
+    @property
+    def name(self) -> str:
+        return f"{'int8' if self.signed else 'uint8'}({self.block}, {self.map!r})"
 
 
 @dataclass(frozen=True)

@@ -166,7 +166,8 @@ class Program:
     @property
     def multi_tensor(self) -> bool:
         """Whether a list update can defer every launch (no reduction read on the host, no tiled stage)."""
-        return not host_reductions(self.steps) and not any(st.tiled for st in self.stages) and not self.spec.matrix
+        return not host_reductions(self.steps) and not any(st.tiled for st in self.stages) and not self.spec.matrix \
+            and not any(s.quant for s in self.spec.states)   # (8-bit states: blocks per tensor, not per launch)
 
 
 IN_KERNEL = {Op.ADD, Op.SUB, Op.MUL, Op.DIV, Op.NEG}

@@ -113,7 +113,7 @@ RESERVED = {"self", "np", "math", "ops", "kw", "call", "state", "tensors", "scal
     {n for n in dir(builtins) if not n.startswith("_")}
 # name patterns the generated code uses: C pointers, scalar arguments, reduction terms, template
 # flags, helpers, row-kernel values
-RESERVED_PATTERN = re.compile(r"^(p_|k_|tab_|op_|OPTFORGE)|^(k|red|H|B)\d+$|_rows$")
+RESERVED_PATTERN = re.compile(r"^(p_|k_|tab_|op_|OPTFORGE|optforge_)|^(k|red|H|B|_q)\d+$|_rows$|__absmax$")
 # Attributes of a generated optimizer instance (the runtime base class and the generated class):
 # hyperparameters are stored as attributes, so one of these names would overwrite them.
 OPTIMIZER_ATTRS = {"spec_name", "spec_path", "spec_hash", "aliases", "hyperparams", "base_defaults", "tensor_states",
@@ -121,7 +121,7 @@ OPTIMIZER_ATTRS = {"spec_name", "spec_path", "spec_hash", "aliases", "hyperparam
                    "create_state_multi_precision", "hyperparameters", "register", "set_learning_rate",
                    "set_lr_mult", "set_lr_scale", "set_wd_mult", "update", "update_multi_precision", "lr",
                    "num_update", "idx2name", "sym_info", "aggregate_num", "lr_mult", "wd_mult", "backend",
-                   "multi_tensor", "kernel_stages", "state_layout", "state_storage", "stochastic_rounding"}
+                   "multi_tensor", "kernel_stages", "state_layout", "state_storage", "state_quant", "stochastic_rounding", "tensor_dtype"}
 REL = {"==": Op.EQ, "!=": Op.NE, "<": Op.LT, "<=": Op.LE, ">": Op.GT, ">=": Op.GE}
 ARITH = {"+": Op.ADD, "-": Op.SUB, "*": Op.MUL, "/": Op.DIV, "%": Op.MOD, "**": Op.POW}
 NEGATE = {Op.EQ: Op.NE, Op.NE: Op.EQ, Op.LT: Op.GE, Op.GE: Op.LT, Op.GT: Op.LE, Op.LE: Op.GT}

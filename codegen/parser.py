@@ -264,11 +264,15 @@ class _Build(Transformer):
 
     def state_decl(self, meta, c):
         name, shape, value, storage, cond = c   # shape: `scalar`, `per_row`, ...; storage: `bf16`, ... (check.py)
+        kind, args = storage if storage is not None else (None, ())
         return ast.Decl(_span(meta), "state", str(name), _tok_span(name), value=value, cond=cond,
                         shape=str(shape) if shape is not None else None,
                         shape_span=_tok_span(shape) if shape is not None else None,
-                        storage=str(storage) if storage is not None else None,
-                        storage_span=_tok_span(storage) if storage is not None else None)
+                        storage=str(kind) if kind is not None else None,
+                        storage_span=_tok_span(kind) if kind is not None else None, storage_args=args)
+
+    def storage(self, meta, c):
+        return c[0], tuple(a for a in c[1:] if a is not None)
 
     def view_decl(self, meta, c):
         return ast.Decl(_span(meta), "view", str(c[0]), _tok_span(c[0]))

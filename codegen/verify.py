@@ -32,6 +32,8 @@ def _row_reduction(arg) -> bool:
 
 def verify(spec: Spec, r: Reporter) -> None:
     """Report (on `r`) every rule of the module doc that `spec` breaks."""
+    if any(st.quant for st in spec.states):
+        _verify_quant(spec, r)
     if spec.sparse and spec.sparse.lazy and spec.matrix:
         where = next(n.span for n in nodes(spec.body) if n.op is Op.MATMUL)
         r.error(where, "a lazy row-sparse update (`sparse lazy`) cannot multiply matrices: a product reads every "
@@ -57,3 +59,44 @@ def verify(spec: Spec, r: Reporter) -> None:
             if n.op in REDUCTIONS and full_tensor_reduction(n.args[0]) and _row_reduction(n.args[0]):
                 r.error(n.span, "a row-sparse (lazy) update cannot reduce over the weight or a state and the "
                         "gradient together", "reduce them separately, or drop `sparse lazy`")
+
+
+def _verify_quant(spec: Spec, r: Reporter) -> None:
+    """8-bit states (`as int8(...)`): their blocks are quantised by the stage that writes them, which
+    therefore runs flat over the weight's elements without fused reductions; the host never reads
+    their codes (no unfused reduction or product of one); one block size per spec; no lazy rows."""
+    from .lower import Host, Loop, Stage, lower
+    quant = {st.name: st for st in spec.states if st.quant is not None}
+    if len({st.quant.block for st in quant.values()}) > 1:
+        st = list(quant.values())[1]
+        r.error(st.span, "the 8-bit states of a spec share one block size", f"give `{st.name}` the others' block size")
+        return
+    if spec.sparse and spec.sparse.lazy:
+        st = next(iter(quant.values()))
+        r.error(st.span, "a lazy row-sparse update (`sparse lazy`) cannot keep 8-bit states: a block's scale "
+                "depends on rows the gradient does not hold", "store it as `bf16`, or drop `sparse lazy`")
+        return
+    program = lower(spec)
+
+    def walk(items):
+        for item in items:
+            if isinstance(item, Loop):
+                yield from walk(item.steps)
+            else:
+                yield item
+    for item in walk(program.steps):
+        if isinstance(item, Stage):
+            written = [n for n in item.writes if n in quant]
+            if written and (item.tiled or item.reductions):
+                r.error(quant[written[0]].span, f"8-bit state `{written[0]}` is written where the update also "
+                        "reduces (a norm, a sum, a value along an axis): its blocks cannot be quantised there yet",
+                        "store it as `bf16`, or compute the reduction in another statement's stage")
+                return
+        elif isinstance(item, Host):
+            inside = {id(m) for n in item.fused for m in n.walk()}
+            read = sorted({n.value for n in nodes([item.stmt]) if n.op is Op.STATE and n.value in quant
+                           and id(n) not in inside})
+            if read:
+                r.error(quant[read[0]].span, f"8-bit state `{read[0]}` is read on the host (a reduction or a "
+                        "product of it): only the kernels decode 8-bit states", "store it as `bf16`")
+                return

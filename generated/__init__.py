@@ -5,6 +5,7 @@ from .adadelta import AdaDelta
 from .adafactor import Adafactor
 from .adagrad import AdaGrad
 from .adam import Adam
+from .adam8bit import Adam8bit
 from .adamax import Adamax
 from .adamw import AdamW
 from .dcasgd import DCASGD
@@ -38,9 +39,9 @@ from .torchrprop import TorchRprop
 from .torchsgd import TorchSGD
 ccSGD = SGD
 
-__all__ = ['AdaBelief', 'AdaDelta', 'Adafactor', 'AdaGrad', 'Adam', 'Adamax', 'AdamW', 'DCASGD', 'FTML', 'Ftrl', 'LAMB', 'LARS', 'LBSGD', 'Lion', 'Muon', 'Nadam', 'NAG', 'Prodigy', 'RMSProp', 'SGD', 'SGLD', 'Shampoo', 'Signum', 'SM3', 'Test', 'TorchAdadelta', 'TorchAdagrad', 'TorchAdam', 'TorchAdamax', 'TorchAdamW', 'TorchASGD', 'TorchNAdam', 'TorchRAdam', 'TorchRMSprop', 'TorchRprop', 'TorchSGD', 'ccSGD']
+__all__ = ['AdaBelief', 'AdaDelta', 'Adafactor', 'AdaGrad', 'Adam', 'Adam8bit', 'Adamax', 'AdamW', 'DCASGD', 'FTML', 'Ftrl', 'LAMB', 'LARS', 'LBSGD', 'Lion', 'Muon', 'Nadam', 'NAG', 'Prodigy', 'RMSProp', 'SGD', 'SGLD', 'Shampoo', 'Signum', 'SM3', 'Test', 'TorchAdadelta', 'TorchAdagrad', 'TorchAdam', 'TorchAdamax', 'TorchAdamW', 'TorchASGD', 'TorchNAdam', 'TorchRAdam', 'TorchRMSprop', 'TorchRprop', 'TorchSGD', 'ccSGD']
 
 from optforge.registry import register as _register
 
-for _cls in (AdaBelief, AdaDelta, Adafactor, AdaGrad, Adam, Adamax, AdamW, DCASGD, FTML, Ftrl, LAMB, LARS, LBSGD, Lion, Muon, Nadam, NAG, Prodigy, RMSProp, SGD, SGLD, Shampoo, Signum, SM3, Test, TorchAdadelta, TorchAdagrad, TorchAdam, TorchAdamax, TorchAdamW, TorchASGD, TorchNAdam, TorchRAdam, TorchRMSprop, TorchRprop, TorchSGD, ):
+for _cls in (AdaBelief, AdaDelta, Adafactor, AdaGrad, Adam, Adam8bit, Adamax, AdamW, DCASGD, FTML, Ftrl, LAMB, LARS, LBSGD, Lion, Muon, Nadam, NAG, Prodigy, RMSProp, SGD, SGLD, Shampoo, Signum, SM3, Test, TorchAdadelta, TorchAdagrad, TorchAdam, TorchAdamax, TorchAdamW, TorchASGD, TorchNAdam, TorchRAdam, TorchRMSprop, TorchRprop, TorchSGD, ):
     _register(_cls)

@@ -8,6 +8,7 @@ typedef long long int64_t;
 typedef unsigned long long uint64_t;
 typedef unsigned int uint32_t;
 typedef unsigned short uint16_t;
+typedef unsigned char uint8_t;
 #else
 #include <math.h>
 #include <stdint.h>
@@ -15,6 +16,9 @@ typedef unsigned short uint16_t;
 #endif
 #ifndef OPTFORGE_HD
 #define OPTFORGE_HD inline
+#endif
+#ifndef OPTFORGE_TABLE
+#define OPTFORGE_TABLE static const
 #endif
 #ifdef __CUDACC_RTC__
 #define OPTFORGE_INF __longlong_as_double(0x7ff0000000000000LL)

@@ -6,6 +6,7 @@
 #include <cuda_fp16.h>
 #include <cuda_bf16.h>
 #define OPTFORGE_HD __host__ __device__ inline
+#define OPTFORGE_TABLE __device__ const
 #ifndef OPTFORGE_COMMON_H
 #define OPTFORGE_COMMON_H
 #ifdef __CUDACC_RTC__   /* NVRTC (CuPy's RawModule) has no C library headers; math is built in */
@@ -13,6 +14,7 @@ typedef long long int64_t;
 typedef unsigned long long uint64_t;
 typedef unsigned int uint32_t;
 typedef unsigned short uint16_t;
+typedef unsigned char uint8_t;
 #else
 #include <math.h>
 #include <stdint.h>
@@ -20,6 +22,9 @@ typedef unsigned short uint16_t;
 #endif
 #ifndef OPTFORGE_HD
 #define OPTFORGE_HD inline
+#endif
+#ifndef OPTFORGE_TABLE
+#define OPTFORGE_TABLE static const
 #endif
 template <typename C> OPTFORGE_HD C op_square(C x) { return x * x; }
 /* splitmix64's finaliser: the hash of the counter-based random numbers (noise, stochastic rounding) */

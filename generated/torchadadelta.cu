@@ -6,6 +6,7 @@
 #include <cuda_fp16.h>
 #include <cuda_bf16.h>
 #define OPTFORGE_HD __host__ __device__ inline
+#define OPTFORGE_TABLE __device__ const
 #ifndef OPTFORGE_COMMON_H
 #define OPTFORGE_COMMON_H
 #ifdef __CUDACC_RTC__   /* NVRTC (CuPy's RawModule) has no C library headers; math is built in */
@@ -13,6 +14,7 @@ typedef long long int64_t;
 typedef unsigned long long uint64_t;
 typedef unsigned int uint32_t;
 typedef unsigned short uint16_t;
+typedef unsigned char uint8_t;
 #else
 #include <math.h>
 #include <stdint.h>
@@ -20,6 +22,9 @@ typedef unsigned short uint16_t;
 #endif
 #ifndef OPTFORGE_HD
 #define OPTFORGE_HD inline
+#endif
+#ifndef OPTFORGE_TABLE
+#define OPTFORGE_TABLE static const
 #endif
 #ifdef __CUDACC_RTC__
 #define OPTFORGE_INF __longlong_as_double(0x7ff0000000000000LL)

@@ -123,19 +123,19 @@ def _param_phases(opt, weight, grad, state, step, backend, multi, cache):
         # NumPy: the update of float32 copies, stored back rounded (the native kernels load and
         # store the 16-bit arrays themselves)
         w32 = weight.astype(np.float32)
-        t32 = {k: v.astype(np.float32) for k, v in state.tensors.items()}
+        t32 = _widened(opt, state.tensors, np.float32, copy=True)
         yield from _dense_phases(opt, step, w32, grad.astype(np.float32), t32, state.scalars, backend, cache)
-        _store_low(weight, w32, t32, state.tensors, step)
+        _store_low(opt, weight, w32, t32, state.tensors, step)
     else:
         yield from _dense_phases(opt, step, weight, grad, state.tensors, state.scalars, backend, cache)
 
 
-def _store_low(weight, w32, t32, tensors, step):
+def _store_low(opt, weight, w32, t32, tensors, step):
     """The float32 results of a 16-bit parameter's NumPy update stored back: the weight rounded with
-    its seed (stochastically when it has one, as the kernels' op_store), the states to nearest even."""
+    its seed (stochastically when it has one, as the kernels' op_store), the states to nearest even
+    (8-bit ones re-encoded)."""
     weight[...] = ops.round_to(weight.dtype, w32, step.round_seed)
-    for k, v in tensors.items():
-        v[...] = t32[k]
+    _narrowed(opt, tensors, t32)
 
 
 def _dense_phases(opt, step, weight, grad, tensors, scalars, backend, cache):
@@ -145,9 +145,9 @@ def _dense_phases(opt, step, weight, grad, tensors, scalars, backend, cache):
         be = native.NativeBackend(native.library_for(type(opt), low=is_low(weight.dtype)), weight.dtype, cache)
         yield from opt._kernel_phases(be, step, weight, grad, tensors, scalars)
     else:
-        wide = _widened(tensors, weight.dtype)
+        wide = _widened(opt, tensors, weight.dtype)
         yield from opt._kernel_numpy(step, weight, grad, wide, scalars)
-        _narrowed(tensors, wide)
+        _narrowed(opt, tensors, wide)
 
 
 def step_one(opt, weight, grad, state, step, backend: str) -> None:
@@ -167,9 +167,9 @@ def step_one(opt, weight, grad, state, step, backend: str) -> None:
         # NumPy: compute in float32, store float16 / bfloat16 (MXNet rounds every intermediate to
         # float16); the native kernels load and store the 16-bit arrays themselves
         w32 = weight.astype(np.float32)
-        t32 = {k: v.astype(np.float32) for k, v in state.tensors.items()}
+        t32 = _widened(opt, state.tensors, np.float32, copy=True)
         _dense(opt, step, w32, grad.astype(np.float32), t32, state.scalars, backend)
-        _store_low(weight, w32, t32, state.tensors, step)
+        _store_low(opt, weight, w32, t32, state.tensors, step)
     else:
         _dense(opt, step, weight, grad, state.tensors, state.scalars, backend)
 
@@ -210,25 +210,42 @@ def _dense(opt, step, weight, grad, tensors, scalars, backend):
         be = native.NativeBackend(native.library_for(type(opt), low=is_low(weight.dtype)), weight.dtype, cache)
         opt._kernel_staged(be, step, weight, grad, tensors, scalars)
     else:
-        wide = _widened(tensors, weight.dtype)
+        wide = _widened(opt, tensors, weight.dtype)
         opt._kernel_numpy(step, weight, grad, wide, scalars)
-        _narrowed(tensors, wide)
+        _narrowed(opt, tensors, wide)
 
 
-def _widened(tensors, dtype):
+def _widened(opt, tensors, dtype, copy=False):
     """The NumPy kernel computes in the weight's type: states stored in another (`as bf16`) are
-    updated as copies in it (the compiled kernels convert as they load and store)."""
-    if all(t is None or t.dtype == dtype for t in tensors.values()):
+    updated as copies in it, 8-bit ones decoded (the compiled kernels convert as they load and
+    store). With `copy`, every state is a copy."""
+    quant = opt.state_quant
+    if not copy and not quant and all(t is None or t.dtype == dtype for t in tensors.values()):
         return tensors
-    return {k: t if t is None or t.dtype == dtype else t.astype(dtype) for k, t in tensors.items()}
+    out = {}
+    for k, t in tensors.items():
+        if k.endswith(".absmax") and k[:-7] in quant:
+            continue
+        if t is not None and k in quant:
+            out[k] = ops.dequantize(t, tensors[k + ".absmax"], quant[k], dtype)
+        else:
+            out[k] = t if t is None or (t.dtype == dtype and not copy) else t.astype(dtype)
+    return out
 
 
-def _narrowed(tensors, wide):
-    """The copies of `_widened` stored back, rounded to nearest even."""
-    if wide is not tensors:
-        for k, t in tensors.items():
-            if wide[k] is not t:
-                t[...] = wide[k]
+def _narrowed(opt, tensors, wide):
+    """The copies of `_widened` stored back: rounded to nearest even, 8-bit states re-encoded."""
+    if wide is tensors:
+        return
+    quant = opt.state_quant
+    for k, t in wide.items():
+        target = tensors[k]
+        if t is target or target is None:
+            continue
+        if k in quant:
+            ops.quantize(t, quant[k], codes=target, absmax=tensors[k + ".absmax"])
+        else:
+            target[...] = t
 
 
 def _rows(opt, weight, grad, state, step, backend):

@@ -147,6 +147,61 @@ def round_to(dtype, x, seed: float = 0.0, index=None):
     return out.view(BFLOAT16).reshape(x.shape)
 
 
+def _quant_tables(q):
+    """(codes' values, midpoints) of an 8-bit state (`state_quant` entry), as float32 arrays."""
+    key = q.get("_tables")
+    if key is None:
+        values = np.array(q["codes"], np.float32)
+        mids = ((values[:-1].astype(np.float64) + values[1:]) / 2).astype(np.float32)
+        key = q["_tables"] = (values, mids)
+    return key
+
+
+def dequantize(codes, absmax, q, dtype=np.float32):
+    """An 8-bit state's values: each code's value times its block's absmax, in float32 (as the
+    kernels' loads), then `dtype`."""
+    xp = _xp(codes)
+    values, _ = _quant_tables(q)
+    values = xp.asarray(values)
+    flat = codes.reshape(-1)
+    block = q["block"]
+    scale = xp.repeat(absmax.astype(np.float32), block)[:flat.size]
+    return (values[flat] * scale).reshape(codes.shape).astype(dtype, copy=False)
+
+
+def quantize(x, q, codes=None, absmax=None):
+    """The 8-bit codes and block absmax of values `x`, as the kernels' op_requant stores them:
+    per block, absmax = the largest magnitude of the values rounded to float32 (NaN if one is NaN),
+    each code the number of midpoints below value * (1 / absmax) clamped to [-1, 1] (0 when absmax
+    is 0). Writes into `codes` / `absmax` when given."""
+    xp = _xp(x)
+    _, mids = _quant_tables(q)
+    mids = xp.asarray(mids)
+    block = q["block"]
+    v = xp.asarray(x).reshape(-1).astype(np.float32)
+    n = v.size
+    nb = -(-n // block)
+    pad = xp.zeros(nb * block, np.float32)
+    pad[:n] = v
+    blocks = pad.reshape(nb, block)
+    amax = xp.abs(blocks).max(axis=1) if nb else xp.zeros(0, np.float32)   # (NaN propagates)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        inv = xp.where(amax > 0, np.float32(1) / xp.where(amax > 0, amax, np.float32(1)), np.float32(0))
+        scaled = xp.clip(blocks * inv[:, None].astype(np.float32), np.float32(-1), np.float32(1))
+    scaled = xp.where(xp.isnan(scaled), np.float32(-np.inf), scaled)   # (C: no midpoint is below NaN)
+    out_codes = xp.searchsorted(mids, scaled.reshape(-1), side="left").astype(np.uint8)[:n]
+    shape = np.shape(x)
+    if codes is None:
+        codes = out_codes.reshape(shape)
+    else:
+        codes[...] = out_codes.reshape(shape)
+    if absmax is None:
+        absmax = amax.astype(np.float32)
+    else:
+        absmax[...] = amax
+    return codes, absmax
+
+
 def norm(x) -> float:
     """L2 norm of a whole tensor: sqrt of its sum of squares, after the reduce hook."""
     return math.sqrt(_reduced(sum_squares(x)))

@@ -201,6 +201,7 @@ class Optimizer:
     base_defaults: dict = {}
     tensor_states: tuple = ()
     state_storage: dict = {}     # `state m = zeros as bf16`: tensor state -> its storage dtype's name
+    state_quant: dict = {}       # `state m = zeros as int8(256)`: tensor state -> its 8-bit format
     scalar_states: tuple = ()
     global_names: tuple = ()
     options: dict = {}
@@ -421,8 +422,16 @@ class Optimizer:
         _check_array(weight, "weight")
         xp = ops._xp(weight)   # numpy, or cupy for CuPy arrays
         tensors = {}
-        for name, init, fill, shape in self._state_layout(weight.shape, index):
+        for name, init, fill, shape in self._tensor_layout(weight.shape, index):
             dtype = self.tensor_dtype(name, weight.dtype)
+            if init == "absmax":   # (made with its codes, below)
+                continue
+            if name in self.state_quant:   # 8-bit: the start's codes and block scales
+                q = self.state_quant[name]
+                start = xp.zeros(shape, np.float32) if init == "zeros" else \
+                    xp.array(weight, dtype=np.float32) if init == "weight" else xp.full(shape, fill, np.float32)
+                tensors[name], tensors[name + ".absmax"] = ops.quantize(start, q)
+                continue
             if init == "zeros":
                 tensors[name] = xp.zeros(shape, dtype=dtype)
             elif init == "weight":
@@ -435,9 +444,26 @@ class Optimizer:
 
     def tensor_dtype(self, name, dtype):
         """The dtype tensor state `name` is stored in for a state of `dtype` (the weight's; float32
-        with a master copy): its declared storage (`as bf16`), else `dtype`."""
+        with a master copy): its declared storage (`as bf16`), uint8 codes and float32 block scales
+        (`name.absmax`) for an 8-bit state, else `dtype`."""
+        if name in self.state_quant:
+            return np.dtype(np.uint8)
+        if name.endswith(".absmax") and name[:-7] in self.state_quant:
+            return np.dtype(np.float32)
         storage = self.state_storage.get(name)
         return np.dtype(dtype) if storage is None else dtype_by_name(storage)
+
+    def _tensor_layout(self, shape=None, index=None):
+        """`_state_layout` with each 8-bit state's block scales after its codes: (name.absmax,
+        "absmax", 0, (blocks,))."""
+        out = []
+        for name, init, fill, arr_shape in self._state_layout(shape, index):
+            out.append((name, init, fill, arr_shape))
+            q = self.state_quant.get(name)
+            if q is not None:
+                n = None if arr_shape is None else math.prod(arr_shape)
+                out.append((name + ".absmax", "absmax", 0.0, None if n is None else (-(-n // q["block"]),)))
+        return out
 
     def create_state_multi_precision(self, index, weight):
         """As create_state; with multi_precision and a float16 or bfloat16 weight, the state also holds
@@ -633,7 +659,7 @@ class Optimizer:
         """The state this configuration keeps for a parameter of `shape`: tensor names (spec order),
         scalar names and, with `shape`, each tensor's array shape. A spec whose states depend on the
         weight's shape (`state v = zeros if ndim(weight) < 2`) needs `shape`."""
-        layout = self._state_layout(None if shape is None else tuple(shape))
+        layout = self._tensor_layout(None if shape is None else tuple(shape))
         return StateLayout(tuple(e[0] for e in layout), tuple(sorted(self._scalar_init())),
                            tuple(e[3] for e in layout) if shape is not None else ())
 

@@ -603,7 +603,7 @@ def _restore(p, entry, layout, opt):
 
 def _torch_dtype(dtype):
     return {np.dtype(np.float16): torch.float16, BFLOAT16: torch.bfloat16, np.dtype(np.float32): torch.float32,
-            np.dtype(np.float64): torch.float64}[np.dtype(dtype)]
+            np.dtype(np.float64): torch.float64, np.dtype(np.uint8): torch.uint8}[np.dtype(dtype)]
 
 
 def _np_dtype(dtype):

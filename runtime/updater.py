@@ -543,7 +543,7 @@ def _states_from_header(entries, files, target):
         _need(not e["master"] or is_low(dtype), "a master copy belongs to a float16 or bfloat16 state")
         tensor_dtype = np.dtype(np.float32) if e["master"] else dtype
         storage = e.get("storage", {})
-        _need(isinstance(storage, dict) and all(k in names and v in {d.name for d in FLOAT_DTYPES}
+        _need(isinstance(storage, dict) and all(k in names and v in {d.name for d in FLOAT_DTYPES} | {"uint8"}
                                                 for k, v in storage.items()), "bad storage record")
         members = [(name, f"s{n}.{name}") for name in names] + ([("__master__", f"s{n}.__master__")]
                                                                   if e["master"] else [])

@@ -80,7 +80,7 @@ def gather(opt, index, weight, grad, state):
             raise ValueError(f"state{where} {problem}")
         for name, t in s.tensors.items():
             what = f"state{where} tensor {name!r}"
-            check_array(t, what, writeable=True)
+            check_array(t, what, writeable=True, codes=name in opt.state_quant)
             want = layout[1].shape_of(name)
             want_dtype = opt.tensor_dtype(name, tensor_dtype)
             if t.shape != want or t.dtype != want_dtype:
@@ -105,10 +105,12 @@ def check_index(i, what):
         raise TypeError(f"{what} must be an int or a str, got {type(i).__name__}")
 
 
-def check_array(a, what, writeable=False):
+def check_array(a, what, writeable=False, codes=False):
+    """`codes`: an 8-bit state's uint8 codes are accepted too (their dtype is checked against the
+    spec's layout by the caller)."""
     if not isinstance(a, np.ndarray) and not cuda.is_cupy(a):
         raise TypeError(f"{what} must be a numpy.ndarray (or a cupy.ndarray), got {type(a).__name__}")
-    if a.dtype not in FLOAT_SET:
+    if a.dtype not in FLOAT_SET and not (codes and a.dtype == np.uint8):
         raise TypeError(f"{what} has dtype {a.dtype}; optforge updates {FLOAT_NAMES} arrays")
     if writeable:
         flags = a.flags

@@ -57,6 +57,7 @@ CONFIGS = {
     "torchadagrad": {"initial_accumulator_value": 0.1, "lr_decay": 0.01},
     "torchrprop": {"etaplus": 1.5},
     "torchasgd": {"t0": 1.0, "lambd": 0.01},
+    "adam8bit": {},
 }
 CONFIGS.update({f"torch_{name[5:]}": dict(CONFIGS[name]) for name in list(CONFIGS) if name.startswith("torch")})  # aliases
 BF16 = np.dtype(ml_dtypes.bfloat16)
