@@ -220,13 +220,14 @@ def _widened(opt, tensors, dtype, copy=False):
     updated as copies in it, 8-bit ones decoded (the compiled kernels convert as they load and
     store). With `copy`, every state is a copy."""
     quant = opt.state_quant
-    if not copy and not quant and all(t is None or t.dtype == dtype for t in tensors.values()):
+    scales = {k + ".absmax" for k in quant}
+    if not copy and all(t is None or t.dtype == dtype for k, t in tensors.items() if k not in scales):
         return tensors
     out = {}
     for k, t in tensors.items():
-        if k.endswith(".absmax") and k[:-7] in quant:
+        if k in scales:
             continue
-        if t is not None and k in quant:
+        if t is not None and k in quant and t.dtype == np.uint8:
             out[k] = ops.dequantize(t, tensors[k + ".absmax"], quant[k], dtype)
         else:
             out[k] = t if t is None or (t.dtype == dtype and not copy) else t.astype(dtype)
@@ -242,7 +243,7 @@ def _narrowed(opt, tensors, wide):
         target = tensors[k]
         if t is target or target is None:
             continue
-        if k in quant:
+        if k in quant and target.dtype == np.uint8:
             ops.quantize(t, quant[k], codes=target, absmax=tensors[k + ".absmax"])
         else:
             target[...] = t

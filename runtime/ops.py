@@ -190,7 +190,7 @@ def quantize(x, q, codes=None, absmax=None):
         scaled = xp.clip(blocks * inv[:, None].astype(np.float32), np.float32(-1), np.float32(1))
     scaled = xp.where(xp.isnan(scaled), np.float32(-np.inf), scaled)   # (C: no midpoint is below NaN)
     out_codes = xp.searchsorted(mids, scaled.reshape(-1), side="left").astype(np.uint8)[:n]
-    shape = np.shape(x)
+    shape = x.shape
     if codes is None:
         codes = out_codes.reshape(shape)
     else:
