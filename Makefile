@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 # informational "Editable installation" banner that pip >= 25 prints on every install; it asks for nothing.
 PIP := PYTHONWARNINGS="ignore:Editable installation" $(BIN)/python -m pip
 
-.PHONY: demo test install install-demo install-test install-torch compile check clean
+.PHONY: demo test install install-demo install-test install-torch install-reference compile check clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -46,8 +46,16 @@ install-torch: install
 	       $(PIP) install -q "torch==2.13.0+cpu"; } \
 	  || echo "torch 2.13.0 (CPU) could not be installed: tests/test_torch.py will be skipped"
 
+# bitsandbytes 0.50.2, the reference 8-bit Adam of tests/test_adam8bit_reference.py (it runs on the CPU).
+# Without its dependencies: it depends on torch, which install-torch pins to the CPU build.
+install-reference: install-torch
+	@$(BIN)/python -c "import bitsandbytes" 2>/dev/null \
+	  || { echo "make: installing bitsandbytes 0.50.2 (about 45 MB) into $(VENV)/ for the 8-bit Adam tests"; \
+	       $(PIP) install -q --no-deps "bitsandbytes==0.50.2" "packaging>=20"; } \
+	  || echo "bitsandbytes could not be installed: its comparisons in tests/test_adam8bit_reference.py will be skipped"
+
 # The whole test suite (no GPU, no MXNet needed), after checking generated/ and docs/optimizers/ are up to date.
-test: install-test install-torch
+test: install-test install-torch install-reference
 	$(BIN)/opt-compile specs/ --docs docs/optimizers --check
 	$(BIN)/python -m pytest -q tests/
 

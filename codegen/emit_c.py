@@ -123,7 +123,8 @@ class CStyleEmitter:
         for _, arg in st.reductions:
             key = "weight" if arg.op is Op.WEIGHT else "grad" if arg.op is Op.GRAD else arg.value
             in_memory = arg.op in (Op.WEIGHT, Op.GRAD) or (
-                arg.op is Op.STATE and states[key].cond is None and states[key].quant is None) or (
+                arg.op is Op.STATE and states[key].cond is None and states[key].quant is None
+                and states[key].storage is None) or (
                 arg.op is Op.LOCAL and arg.kind is Kind.TENSOR and (key in st.scratch_writes or
                                                                     (key in self.scratch and key not in assigned)))
             direct.append(f"p_{key}" if in_memory and arg.op is not Op.GRAD else None)   # (grad: scaled first)

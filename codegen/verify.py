@@ -32,8 +32,8 @@ def _row_reduction(arg) -> bool:
 
 def verify(spec: Spec, r: Reporter) -> None:
     """Report (on `r`) every rule of the module doc that `spec` breaks."""
-    if any(st.quant for st in spec.states):
-        _verify_quant(spec, r)
+    if any(st.quant or st.storage for st in spec.states):
+        _verify_stored(spec, r)
     if spec.sparse and spec.sparse.lazy and spec.matrix:
         where = next(n.span for n in nodes(spec.body) if n.op is Op.MATMUL)
         r.error(where, "a lazy row-sparse update (`sparse lazy`) cannot multiply matrices: a product reads every "
@@ -61,12 +61,19 @@ def verify(spec: Spec, r: Reporter) -> None:
                         "gradient together", "reduce them separately, or drop `sparse lazy`")
 
 
-def _verify_quant(spec: Spec, r: Reporter) -> None:
-    """8-bit states (`as int8(...)`): their blocks are quantised by the stage that writes them, which
-    therefore runs flat over the weight's elements without fused reductions; the host never reads
-    their codes (no unfused reduction or product of one); one block size per spec; no lazy rows."""
-    from .lower import Host, Loop, Stage, lower
+def _verify_stored(spec: Spec, r: Reporter) -> None:
+    """States stored in another type (`as bf16`, `as int8(...)`) are rounded as the stage that writes
+    them stores them: no later step of the update may read them (it would see the rounding on the
+    compiled backends, the value on NumPy's). 8-bit states (`as int8(...)`): their blocks are
+    quantised by the stage that writes them, which therefore runs flat over the weight's elements
+    without fused reductions; the host never reads their codes (no unfused reduction or product of
+    one); one block size per spec; no lazy rows."""
+    from .lower import Host, Stage, lower
+    stored = {st.name: st for st in spec.states if st.quant is not None or st.storage is not None}
     quant = {st.name: st for st in spec.states if st.quant is not None}
+    if not quant:
+        _verify_read_after_store(spec, lower(spec), stored, r)
+        return
     if len({st.quant.block for st in quant.values()}) > 1:
         st = list(quant.values())[1]
         r.error(st.span, "the 8-bit states of a spec share one block size", f"give `{st.name}` the others' block size")
@@ -77,14 +84,7 @@ def _verify_quant(spec: Spec, r: Reporter) -> None:
                 "depends on rows the gradient does not hold", "store it as `bf16`, or drop `sparse lazy`")
         return
     program = lower(spec)
-
-    def walk(items):
-        for item in items:
-            if isinstance(item, Loop):
-                yield from walk(item.steps)
-            else:
-                yield item
-    for item in walk(program.steps):
+    for item in _walk(program.steps):
         if isinstance(item, Stage):
             written = [n for n in item.writes if n in quant]
             if written and (item.tiled or item.reductions):
@@ -100,3 +100,41 @@ def _verify_quant(spec: Spec, r: Reporter) -> None:
                 r.error(quant[read[0]].span, f"8-bit state `{read[0]}` is read on the host (a reduction or a "
                         "product of it): only the kernels decode 8-bit states", "store it as `bf16`")
                 return
+    _verify_read_after_store(spec, program, stored, r)
+
+
+def _walk(items):
+    """The steps of a staged program in the order they may run: into loops and every branch of a
+    host `if` (a step after the `if` may follow any of them)."""
+    from .lower import Branch, Loop
+    for item in items:
+        if isinstance(item, Loop):
+            yield from _walk(item.steps)
+        elif isinstance(item, Branch):
+            for _, steps in item.branches:
+                yield from _walk(steps)
+            yield from _walk(item.orelse)
+        else:
+            yield item
+
+
+def _verify_read_after_store(spec, program, stored, r) -> None:
+    from .lower import Host, Stage
+    written = set()
+    for item in _walk(program.steps):
+        if isinstance(item, Stage):
+            reads = set(item.reads) | {n.value for e in item.exprs() for n in e.walk() if n.op is Op.STATE}
+        elif isinstance(item, Host):
+            reads = {n.value for n in nodes([item.stmt]) if n.op is Op.STATE}
+        else:
+            reads = set()
+        late = sorted(reads & written)
+        if late:
+            st = stored[late[0]]
+            what = f"as {st.quant.name}" if st.quant is not None else f"as {st.storage}"
+            r.error(st.span, f"state `{st.name}` is stored {what} and read again after the step of the update "
+                    "that stores it", f"keep the new value in a local (`{st.name}_new = ...`, then "
+                    f"`{st.name} = {st.name}_new`) and read the local")
+            return
+        if isinstance(item, Stage):
+            written |= {n for n in item.writes if n in stored}

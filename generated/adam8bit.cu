@@ -60,7 +60,8 @@ template <typename T, typename C> OPTFORGE_HD T op_store(C v, double seed, int64
 }
 /* 8-bit blockwise states: element i is optforge_qmapK[code] * absmax[i / block]; a block is stored
    as its largest magnitude (absmax, NaN if any element is NaN) and, for each element, the code whose
-   value is nearest to it over the absmax (the number of midpoints below it, clamped to [-1, 1]).
+   value is nearest to it over the absmax (the number of midpoints below it, clamped to [-1, 1]),
+   unless its values are those it holds.
    optforge.ops.quantize computes the same codes on the host. */
 OPTFORGE_TABLE float optforge_qmap0[256] = { /* signed dynamic */
     -0.992968738079071f, -0.9789062738418579f, -0.96484375f, -0.9507812261581421f, -0.936718761920929f, -0.922656238079071f, -0.9085937738418579f, -0.89453125f, -0.8804687261581421f, -0.866406261920929f, -0.852343738079071f, -0.8382812738418579f, -0.82421875f, -0.8101562261581421f, -0.796093761920929f, -0.782031238079071f, -0.7679687738418579f, -0.75390625f, -0.7398437261581421f, -0.725781261920929f, -0.711718738079071f, -0.6976562738418579f, -0.68359375f, -0.6695312261581421f, -0.655468761920929f, -0.641406238079071f, -0.6273437738418579f, -0.61328125f, -0.5992187261581421f, -0.585156261920929f, -0.571093738079071f, -0.5570312738418579f, -0.54296875f, -0.5289062261581421f, -0.514843761920929f, -0.500781238079071f, -0.4867187440395355f, -0.47265625f, -0.4585937559604645f, -0.44453126192092896f, -0.43046873807907104f, -0.4164062440395355f, -0.40234375f, -0.3882812559604645f, -0.37421876192092896f, -0.36015623807907104f, -0.3460937440395355f, -0.33203125f, -0.3179687559604645f, -0.30390626192092896f, -0.28984373807907104f, -0.2757812440395355f, -0.26171875f, -0.24765625596046448f, -0.23359374701976776f, -0.21953125298023224f, -0.20546874403953552f, -0.19140625f, -0.17734375596046448f, -0.16328124701976776f, -0.14921875298023224f, -0.13515624403953552f, -0.12109375f, -0.10703124850988388f, -0.09859374910593033f, -0.09578125178813934f, -0.09296874701976776f, -0.09015624970197678f, -0.08734375238418579f, -0.08453124761581421f, -0.08171875029802322f, -0.07890625298023224f, -0.07609374821186066f, -0.07328125089406967f, -0.07046875357627869f, -0.0676562488079071f, -0.06484375149011612f, -0.062031250447034836f, -0.05921874940395355f, -0.05640624836087227f, -0.053593751043081284f, -0.05078125f, -0.047968748956918716f, -0.04515625163912773f, -0.04234375059604645f, -0.039531249552965164f, -0.03671874850988388f, -0.033906251192092896f, -0.031093750149011612f, -0.02828124910593033f, -0.025468749925494194f, -0.02265625074505806f, -0.019843749701976776f, -0.017031250521540642f, -0.014218750409781933f, -0.011406250298023224f, -0.009718749672174454f, -0.009156250394880772f, -0.008593750186264515f, -0.008031249977648258f, -0.0074687497690320015f, -0.006906250026077032f, -0.006343749817460775f, -0.005781250074505806f, -0.005218749865889549f, -0.00465625012293458f, -0.004093749914318323f, -0.00353124993853271f, -0.002968749962747097f, -0.002406249986961484f, -0.001843750011175871f, -0.0012812500353902578f, -0.0009437500266358256f, -0.0008312499849125743f, -0.0007187500013969839f, -0.0006062500178813934f, -0.0004937499761581421f, -0.00038124999264255166f, -0.00026875000912696123f, -0.00015624999650754035f, -8.874999912222847e-05f, -6.625000241911039e-05f, -4.374999844003469e-05f, -2.1249999917927198e-05f, -7.749999895168003e-06f, -3.2499999633728294e-06f, -5.499999815583578e-07f, 0.0f, 5.499999815583578e-07f, 3.2499999633728294e-06f, 7.749999895168003e-06f, 2.1249999917927198e-05f, 4.374999844003469e-05f, 6.625000241911039e-05f, 8.874999912222847e-05f, 0.00015624999650754035f, 0.00026875000912696123f, 0.00038124999264255166f, 0.0004937499761581421f, 0.0006062500178813934f, 0.0007187500013969839f, 0.0008312499849125743f, 0.0009437500266358256f, 0.0012812500353902578f, 0.001843750011175871f, 0.002406249986961484f, 0.002968749962747097f, 0.00353124993853271f, 0.004093749914318323f, 0.00465625012293458f, 0.005218749865889549f, 0.005781250074505806f, 0.006343749817460775f, 0.006906250026077032f, 0.0074687497690320015f, 0.008031249977648258f, 0.008593750186264515f, 0.009156250394880772f, 0.009718749672174454f, 0.011406250298023224f, 0.014218750409781933f, 0.017031250521540642f, 0.019843749701976776f, 0.02265625074505806f, 0.025468749925494194f, 0.02828124910593033f, 0.031093750149011612f, 0.033906251192092896f, 0.03671874850988388f, 0.039531249552965164f, 0.04234375059604645f, 0.04515625163912773f, 0.047968748956918716f, 0.05078125f, 0.053593751043081284f, 0.05640624836087227f, 0.05921874940395355f, 0.062031250447034836f, 0.06484375149011612f, 0.0676562488079071f, 0.07046875357627869f, 0.07328125089406967f, 0.07609374821186066f, 0.07890625298023224f, 0.08171875029802322f, 0.08453124761581421f, 0.08734375238418579f, 0.09015624970197678f, 0.09296874701976776f, 0.09578125178813934f, 0.09859374910593033f, 0.10703124850988388f, 0.12109375f, 0.13515624403953552f, 0.14921875298023224f, 0.16328124701976776f, 0.17734375596046448f, 0.19140625f, 0.20546874403953552f, 0.21953125298023224f, 0.23359374701976776f, 0.24765625596046448f, 0.26171875f, 0.2757812440395355f, 0.28984373807907104f, 0.30390626192092896f, 0.3179687559604645f, 0.33203125f, 0.3460937440395355f, 0.36015623807907104f, 0.37421876192092896f, 0.3882812559604645f, 0.40234375f, 0.4164062440395355f, 0.43046873807907104f, 0.44453126192092896f, 0.4585937559604645f, 0.47265625f, 0.4867187440395355f, 0.500781238079071f, 0.514843761920929f, 0.5289062261581421f, 0.54296875f, 0.5570312738418579f, 0.571093738079071f, 0.585156261920929f, 0.5992187261581421f, 0.61328125f, 0.6273437738418579f, 0.641406238079071f, 0.655468761920929f, 0.6695312261581421f, 0.68359375f, 0.6976562738418579f, 0.711718738079071f, 0.725781261920929f, 0.7398437261581421f, 0.75390625f, 0.7679687738418579f, 0.782031238079071f, 0.796093761920929f, 0.8101562261581421f, 0.82421875f, 0.8382812738418579f, 0.852343738079071f, 0.866406261920929f, 0.8804687261581421f, 0.89453125f, 0.9085937738418579f, 0.922656238079071f, 0.936718761920929f, 0.9507812261581421f, 0.96484375f, 0.9789062738418579f, 0.992968738079071f, 1.0f };
@@ -78,7 +79,14 @@ OPTFORGE_HD uint8_t op_qcode(float s, const float* mid) {
     }
     return (uint8_t)lo;
 }
-template <typename C> OPTFORGE_HD void op_requant(const C* v, int64_t len, uint8_t* codes, float* absmax, const float* mid) {
+template <typename C> OPTFORGE_HD void op_requant(const C* v, int64_t len, uint8_t* codes, float* absmax,
+                                                  const float* table, const float* mid) {
+    /* a block whose values are the ones its codes hold keeps its codes: encoding is then idempotent
+       (a table without -1 would otherwise shrink a block led by a negative value at every store) */
+    const float old = *absmax;
+    bool same = true;
+    for (int64_t j = 0; j < len; ++j) same = same && ((float)v[j] == table[codes[j]] * old);
+    if (same) return;
     float amax = 0.0f;
     for (int64_t j = 0; j < len; ++j) {
         const float a = fabsf((float)v[j]);
@@ -136,8 +144,8 @@ __global__ void optforge_adam8bit_s0_f32(int64_t n, const float* __restrict__ p_
         float qv[2][256];
         for (int64_t i = lo; i < hi; ++i)
             optforge_adam8bit_s0_elem<float, float, float>(i, i, p_grad, p_mean, p_mean__absmax, p_var, p_var__absmax, p_weight, p_weight_lp, qv[0][i - lo], qv[1][i - lo], (float)k_rescale_grad, (float)k_beta1, (float)k2, (float)k_beta2, (float)k4, (float)k5, (float)k6, (float)k7, (float)k_epsilon, (float)k__grad_scale, k__round_seed);
-op_requant<float>(qv[0], hi - lo, p_mean + lo, p_mean__absmax + b, optforge_qmid0);
-op_requant<float>(qv[1], hi - lo, p_var + lo, p_var__absmax + b, optforge_qmid1);
+op_requant<float>(qv[0], hi - lo, p_mean + lo, p_mean__absmax + b, optforge_qmap0, optforge_qmid0);
+op_requant<float>(qv[1], hi - lo, p_var + lo, p_var__absmax + b, optforge_qmap1, optforge_qmid1);
     }
 }
 /* writes 8-bit state(s): one thread per block of 256 elements, its new values in a buffer, then
@@ -149,8 +157,8 @@ __global__ void optforge_adam8bit_s0_f64(int64_t n, const double* __restrict__ p
         double qv[2][256];
         for (int64_t i = lo; i < hi; ++i)
             optforge_adam8bit_s0_elem<double, double, double>(i, i, p_grad, p_mean, p_mean__absmax, p_var, p_var__absmax, p_weight, p_weight_lp, qv[0][i - lo], qv[1][i - lo], (double)k_rescale_grad, (double)k_beta1, (double)k2, (double)k_beta2, (double)k4, (double)k5, (double)k6, (double)k7, (double)k_epsilon, (double)k__grad_scale, k__round_seed);
-op_requant<double>(qv[0], hi - lo, p_mean + lo, p_mean__absmax + b, optforge_qmid0);
-op_requant<double>(qv[1], hi - lo, p_var + lo, p_var__absmax + b, optforge_qmid1);
+op_requant<double>(qv[0], hi - lo, p_mean + lo, p_mean__absmax + b, optforge_qmap0, optforge_qmid0);
+op_requant<double>(qv[1], hi - lo, p_var + lo, p_var__absmax + b, optforge_qmap1, optforge_qmid1);
     }
 }
 /* writes 8-bit state(s): one thread per block of 256 elements, its new values in a buffer, then
@@ -162,8 +170,8 @@ __global__ void optforge_adam8bit_s0_f16(int64_t n, const __half* __restrict__ p
         float qv[2][256];
         for (int64_t i = lo; i < hi; ++i)
             optforge_adam8bit_s0_elem<__half, __half, float>(i, i, p_grad, p_mean, p_mean__absmax, p_var, p_var__absmax, p_weight, p_weight_lp, qv[0][i - lo], qv[1][i - lo], (float)k_rescale_grad, (float)k_beta1, (float)k2, (float)k_beta2, (float)k4, (float)k5, (float)k6, (float)k7, (float)k_epsilon, (float)k__grad_scale, k__round_seed);
-op_requant<float>(qv[0], hi - lo, p_mean + lo, p_mean__absmax + b, optforge_qmid0);
-op_requant<float>(qv[1], hi - lo, p_var + lo, p_var__absmax + b, optforge_qmid1);
+op_requant<float>(qv[0], hi - lo, p_mean + lo, p_mean__absmax + b, optforge_qmap0, optforge_qmid0);
+op_requant<float>(qv[1], hi - lo, p_var + lo, p_var__absmax + b, optforge_qmap1, optforge_qmid1);
     }
 }
 /* writes 8-bit state(s): one thread per block of 256 elements, its new values in a buffer, then
@@ -175,8 +183,8 @@ __global__ void optforge_adam8bit_s0_mp16(int64_t n, const __half* __restrict__ 
         float qv[2][256];
         for (int64_t i = lo; i < hi; ++i)
             optforge_adam8bit_s0_elem<float, __half, float>(i, i, p_grad, p_mean, p_mean__absmax, p_var, p_var__absmax, p_weight, p_weight_lp, qv[0][i - lo], qv[1][i - lo], (float)k_rescale_grad, (float)k_beta1, (float)k2, (float)k_beta2, (float)k4, (float)k5, (float)k6, (float)k7, (float)k_epsilon, (float)k__grad_scale, k__round_seed);
-op_requant<float>(qv[0], hi - lo, p_mean + lo, p_mean__absmax + b, optforge_qmid0);
-op_requant<float>(qv[1], hi - lo, p_var + lo, p_var__absmax + b, optforge_qmid1);
+op_requant<float>(qv[0], hi - lo, p_mean + lo, p_mean__absmax + b, optforge_qmap0, optforge_qmid0);
+op_requant<float>(qv[1], hi - lo, p_var + lo, p_var__absmax + b, optforge_qmap1, optforge_qmid1);
     }
 }
 /* writes 8-bit state(s): one thread per block of 256 elements, its new values in a buffer, then
@@ -188,8 +196,8 @@ __global__ void optforge_adam8bit_s0_bf16(int64_t n, const __nv_bfloat16* __rest
         float qv[2][256];
         for (int64_t i = lo; i < hi; ++i)
             optforge_adam8bit_s0_elem<__nv_bfloat16, __nv_bfloat16, float>(i, i, p_grad, p_mean, p_mean__absmax, p_var, p_var__absmax, p_weight, p_weight_lp, qv[0][i - lo], qv[1][i - lo], (float)k_rescale_grad, (float)k_beta1, (float)k2, (float)k_beta2, (float)k4, (float)k5, (float)k6, (float)k7, (float)k_epsilon, (float)k__grad_scale, k__round_seed);
-op_requant<float>(qv[0], hi - lo, p_mean + lo, p_mean__absmax + b, optforge_qmid0);
-op_requant<float>(qv[1], hi - lo, p_var + lo, p_var__absmax + b, optforge_qmid1);
+op_requant<float>(qv[0], hi - lo, p_mean + lo, p_mean__absmax + b, optforge_qmap0, optforge_qmid0);
+op_requant<float>(qv[1], hi - lo, p_var + lo, p_var__absmax + b, optforge_qmap1, optforge_qmid1);
     }
 }
 /* writes 8-bit state(s): one thread per block of 256 elements, its new values in a buffer, then
@@ -201,8 +209,8 @@ __global__ void optforge_adam8bit_s0_mpbf16(int64_t n, const __nv_bfloat16* __re
         float qv[2][256];
         for (int64_t i = lo; i < hi; ++i)
             optforge_adam8bit_s0_elem<float, __nv_bfloat16, float>(i, i, p_grad, p_mean, p_mean__absmax, p_var, p_var__absmax, p_weight, p_weight_lp, qv[0][i - lo], qv[1][i - lo], (float)k_rescale_grad, (float)k_beta1, (float)k2, (float)k_beta2, (float)k4, (float)k5, (float)k6, (float)k7, (float)k_epsilon, (float)k__grad_scale, k__round_seed);
-op_requant<float>(qv[0], hi - lo, p_mean + lo, p_mean__absmax + b, optforge_qmid0);
-op_requant<float>(qv[1], hi - lo, p_var + lo, p_var__absmax + b, optforge_qmid1);
+op_requant<float>(qv[0], hi - lo, p_mean + lo, p_mean__absmax + b, optforge_qmap0, optforge_qmid0);
+op_requant<float>(qv[1], hi - lo, p_var + lo, p_var__absmax + b, optforge_qmap1, optforge_qmid1);
     }
 }
 }

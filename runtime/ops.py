@@ -173,7 +173,8 @@ def quantize(x, q, codes=None, absmax=None):
     """The 8-bit codes and block absmax of values `x`, as the kernels' op_requant stores them:
     per block, absmax = the largest magnitude of the values rounded to float32 (NaN if one is NaN),
     each code the number of midpoints below value * (1 / absmax) clamped to [-1, 1] (0 when absmax
-    is 0). Writes into `codes` / `absmax` when given."""
+    is 0). Writes into `codes` / `absmax` when given, where a block whose values are those its
+    codes hold keeps them (re-encoding is idempotent)."""
     xp = _xp(x)
     _, mids = _quant_tables(q)
     mids = xp.asarray(mids)
@@ -192,13 +193,16 @@ def quantize(x, q, codes=None, absmax=None):
     out_codes = xp.searchsorted(mids, scaled.reshape(-1), side="left").astype(np.uint8)[:n]
     shape = x.shape
     if codes is None:
-        codes = out_codes.reshape(shape)
-    else:
-        codes[...] = out_codes.reshape(shape)
-    if absmax is None:
-        absmax = amax.astype(np.float32)
-    else:
-        absmax[...] = amax
+        return out_codes.reshape(shape), amax.astype(np.float32)
+    values, _ = _quant_tables(q)
+    old = xp.zeros(nb * block, np.float32)
+    old[:n] = xp.asarray(values)[codes.reshape(-1)] * xp.repeat(absmax.astype(np.float32), block)[:n]
+    # (the padding of the last block compares equal: zeros on both sides)
+    keep = xp.all(old.reshape(nb, block) == blocks, axis=1) if nb else xp.zeros(0, bool)
+    keep_elems = xp.repeat(keep, block)[:n]
+    flat_codes = codes.reshape(-1)
+    flat_codes[...] = xp.where(keep_elems, flat_codes, out_codes)
+    absmax[...] = xp.where(keep, absmax, amax)
     return codes, absmax
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import warnings
 
 import numpy as np
@@ -459,6 +460,24 @@ def specs(draw, name="Rand"):
     return text, lazy
 
 
+STORAGE_SETTINGS = dict(SETTINGS, max_examples=int(os.environ.get("OPTFORGE_DIFF_STORAGE_EXAMPLES", "15")))
+STORAGES = ["", " as bf16", " as f16", " as f32", " as int8(16)", " as uint8(16, \"linear\")", " as int8(16, \"linear\")",
+            " as uint8(16)"]
+
+
+@st.composite
+def storage_specs(draw, name="Rand"):
+    """(spec text, lazy): a spec of `specs()` whose tensor states declare their storage (16-bit
+    floats, float32, 8-bit blockwise codes in blocks of 16 with either table). 8-bit states the
+    kernels cannot encode where the spec writes them (a stage that also reduces, `sparse lazy`)
+    are stored as bfloat16 instead (compile_spec)."""
+    text, lazy = draw(specs(name))
+    for decl in ("state s0 = zeros", "state s1 = weight", "state mom = zeros"):
+        text = text.replace(decl + "\n", decl + draw(st.sampled_from(STORAGES)) + "\n", 1) if decl != "state mom = zeros" \
+            else text.replace(decl + " if flag", decl + draw(st.sampled_from(STORAGES)) + " if flag", 1)
+    return text, lazy
+
+
 # ---- running a compiled spec ---------------------------------------------------------------------
 def compile_spec(text, lazy):
     """(class, text, lazy): a spec whose reductions have no row meaning drops `sparse lazy` (a
@@ -470,6 +489,13 @@ def compile_spec(text, lazy):
         try:
             return optforge.load_spec(text, register=False), text, lazy
         except SpecError as e:
+            stored = re.search(r"state `(\w+)` is stored .* read again after", str(e))
+            if stored:   # (storage_specs: a stored state read after its stage stores it keeps the weight's type)
+                text = re.sub(rf"(state {stored.group(1)} = \w+) as [^\n]*?( if flag)?\n", r"\1\2\n", text)
+                return compile_spec(text, lazy)
+            if "8-bit" in str(e):   # (storage_specs: where a block cannot be encoded, bfloat16)
+                text = re.sub(r" as u?int8\([^)]*\)", " as bf16", text)
+                return compile_spec(text, lazy)
             if not lazy or "row-sparse (lazy)" not in str(e):
                 raise
             text = text.replace("sparse lazy\n", "", 1)

@@ -79,10 +79,13 @@ state m = zeros as bf16
 state v = zeros as f16
 state r: per_row = zeros as f32
 update {
-    m = 0.9 * m + grad
-    v = 0.99 * v + square(grad)
-    r = 0.5 * r + mean(square(grad), -1)
-    weight -= lr * m / (sqrt(v) + sqrt(r) + 1e-8)
+    rn = 0.5 * r + mean(square(grad), -1)
+    mn = 0.9 * m + grad
+    vn = 0.99 * v + square(grad)
+    weight -= lr * mn / (sqrt(vn) + sqrt(rn) + 1e-8)
+    r = rn
+    m = mn
+    v = vn
 }
 """, "stored.opt")
     return render_files(spec, "stored.opt")["stored.cu"]

@@ -20,8 +20,9 @@ from hypothesis import given, settings
 import optforge
 from optforge import chunks, native
 
-from specgen import (GATHER_SETTINGS, MATRIX_SETTINGS, MATRIX_SHAPES, SETTINGS, SHAPED_SETTINGS, SHAPED_SHAPES, assert_same,
-                     compile_spec, gather_specs, hyper_sets, matrix_specs, run, seeded, shaped_specs, specs)
+from specgen import (GATHER_SETTINGS, MATRIX_SETTINGS, MATRIX_SHAPES, SETTINGS, SHAPED_SETTINGS, SHAPED_SHAPES,
+                     STORAGE_SETTINGS, assert_same, compile_spec, gather_specs, hyper_sets, matrix_specs, run, seeded,
+                     shaped_specs, specs, storage_specs)
 
 SOME_ROWS = [0, 2, 3, 7, 100, 299]
 
@@ -55,6 +56,22 @@ def check_spec(text, lazy, monkeypatch):
 @settings(**SETTINGS)
 @given(specs())
 def test_every_backend_computes_what_the_straight_line_kernel_computes(spec):
+    text, lazy = spec
+    mp = pytest.MonkeyPatch()
+    try:
+        check_spec(text, lazy, mp)
+    finally:
+        mp.undo()
+
+
+@seeded
+@settings(**STORAGE_SETTINGS)
+@given(storage_specs())
+def test_specs_storing_states_in_other_types_compute_the_same_on_every_backend(spec):
+    """States declared `as bf16`, `as f16`, `as f32`, `as int8(16)` / `as uint8(16)` with either code
+    table: every backend stores the same values (the kernels convert on load and store, NumPy
+    updates copies in float64 and stores them back: in float64 the two round the same numbers), so
+    weights, stored states, 8-bit codes and block scales agree as everywhere else."""
     text, lazy = spec
     mp = pytest.MonkeyPatch()
     try:
