@@ -248,6 +248,8 @@ class CStyleEmitter:
         return _env.get_template(self.template).render(
             spec=self.spec, stages=stages, uses_normal=uses_normal, helpers=self.helpers, header=_header(self.spec, spec_path),
             quant_tables=tables,
+            quant_refine=max([quantmap.prefix_crowding(quantmap.table(signed, kind)) for signed, kind in self.quant_tables]
+                             or [0]),
             lazy_rows=bool(self.spec.sparse and self.spec.sparse.lazy))   # row kernels only where used
 
 

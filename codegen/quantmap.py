@@ -50,6 +50,19 @@ def midpoints(values: list[float]) -> list[float]:
     return [_f32((values[k] + values[k + 1]) / 2) for k in range(len(values) - 1)]
 
 
+def prefix_crowding(values: list[float]) -> int:
+    """The most midpoints that lie among the floats sharing one 16-bit prefix of their bits (above
+    the prefix's lowest float): the compares a prefix table lookup needs after it (op_qcode_lut)."""
+    counts: dict = {}
+    for m in midpoints(values):
+        bits = struct.unpack("I", struct.pack("f", m))[0]
+        key = bits >> 16
+        low = struct.unpack("f", struct.pack("I", (key << 16) | 0xFFFF if key & 0x8000 else key << 16))[0]
+        if m > low:   # (a midpoint at the prefix's lowest float is counted by the table itself)
+            counts[key] = counts.get(key, 0) + 1
+    return max(counts.values(), default=0)
+
+
 def zero_code(values: list[float]) -> int:
     """The code of 0.0 (a zeros state starts as it)."""
     return values.index(0.0)

@@ -3,7 +3,7 @@
     python examples/train_all.py [--steps 300] [--seed 0] [--only adam lion] [--plot out/train_all.png]
                                  [--threads N] [--no-sparse]
 
-Every optimizer registered in optforge (the bundled MXNet classes, Adafactor, SM3, Muon, Shampoo, AdamW,
+Every optimizer registered in optforge (the bundled MXNet classes, Adafactor, SM3, Muon, Shampoo, AdamW, Adam8bit,
 AdaBelief, Lion, and the torch.optim classes TorchSGD, TorchAdam, ...) trains the
 same 64-64-10 tanh MLP from the same initial weights on the same mini-batches, through
 `optforge.get_updater`, as an MXNet 1.x training loop drives `mxnet.optimizer`. Forward and
@@ -42,6 +42,7 @@ SETTINGS = {
     "nag": dict(learning_rate=0.1, momentum=0.9),
     "adam": dict(learning_rate=0.01),
     "adamw": dict(learning_rate=0.01, wd=0.01),
+    "adam8bit": dict(learning_rate=0.01, wd=0.01),   # AdamW's update, its moments stored in 8 bits
     "adabelief": dict(learning_rate=0.01, wd=0.01),
     "lion": dict(learning_rate=0.003, wd=0.1),
     "adagrad": dict(learning_rate=0.1),
@@ -80,7 +81,7 @@ COMMON = dict(wd=1e-4)
 # One plot panel per family, for this demo's plot only (an optimizer not listed goes to "other").
 FAMILIES = {
     "SGD and momentum": ["sgd", "nag", "dcasgd", "lbsgd", "lars", "sgld", "test"],
-    "Adam family": ["adam", "adamw", "adabelief", "adamax", "nadam", "ftml", "lamb", "prodigy"],
+    "Adam family": ["adam", "adamw", "adam8bit", "adabelief", "adamax", "nadam", "ftml", "lamb", "prodigy"],
     "sign-based": ["signum", "lion"],
     "per-coordinate accumulators": ["adagrad", "adadelta", "rmsprop", "ftrl", "adafactor", "sm3"],
     "torch.optim semantics": ["torchsgd", "torchadam", "torchadamw", "torchnadam", "torchradam", "torchadamax",

@@ -15,6 +15,7 @@ typedef unsigned long long uint64_t;
 typedef unsigned int uint32_t;
 typedef unsigned short uint16_t;
 typedef unsigned char uint8_t;
+typedef int int32_t;
 #else
 #include <math.h>
 #include <stdint.h>
@@ -71,33 +72,68 @@ OPTFORGE_TABLE float optforge_qmap1[256] = { /* unsigned dynamic */
     0.0f, 3.250000020216248e-07f, 7.749999895168003e-07f, 2.125000037267455e-06f, 4.375000116851879e-06f, 6.624999969062628e-06f, 8.875000276020728e-06f, 1.5625000742147677e-05f, 2.687499909370672e-05f, 3.8124999264255166e-05f, 4.9375001253793016e-05f, 6.062499960535206e-05f, 7.187500159488991e-05f, 8.312499994644895e-05f, 9.4374998298008e-05f, 0.00012812500062864274f, 0.00018437500693835318f, 0.0002406249986961484f, 0.0002968749904539436f, 0.0003531250113155693f, 0.0004093750030733645f, 0.0004656249948311597f, 0.0005218749865889549f, 0.0005781250074505806f, 0.0006343750283122063f, 0.000690624990966171f, 0.0007468750118277967f, 0.0008031249744817615f, 0.0008593749953433871f, 0.0009156250162050128f, 0.0009718749788589776f, 0.0011406249832361937f, 0.0014218749711290002f, 0.0017031249590218067f, 0.001984375063329935f, 0.0022656249348074198f, 0.002546875039115548f, 0.002828124910593033f, 0.003109375014901161f, 0.003390624886378646f, 0.0036718749906867743f, 0.003953124862164259f, 0.004234374966472387f, 0.004515625070780516f, 0.004796875175088644f, 0.005078124813735485f, 0.0053593749180436134f, 0.005640625022351742f, 0.00592187512665987f, 0.0062031252309679985f, 0.0064843748696148396f, 0.006765624973922968f, 0.007046875078231096f, 0.007328125182539225f, 0.007609374821186066f, 0.007890624925494194f, 0.008171875029802322f, 0.00845312513411045f, 0.008734375238418579f, 0.009015625342726707f, 0.009296875447034836f, 0.00957812462002039f, 0.009859374724328518f, 0.010703125037252903f, 0.01210937462747097f, 0.013515625149011612f, 0.014921874739229679f, 0.016328124329447746f, 0.017734374850988388f, 0.01914062537252903f, 0.02054687589406967f, 0.021953124552965164f, 0.023359375074505806f, 0.024765625596046448f, 0.02617187425494194f, 0.027578124776482582f, 0.028984375298023224f, 0.030390625819563866f, 0.03179687634110451f, 0.033203125f, 0.03460937365889549f, 0.036015626043081284f, 0.037421874701976776f, 0.03882812336087227f, 0.04023437574505806f, 0.04164062440395355f, 0.04304687678813934f, 0.044453125447034836f, 0.04585937410593033f, 0.04726562649011612f, 0.04867187514901161f, 0.050078123807907104f, 0.051484376192092896f, 0.05289062485098839f, 0.05429687350988388f, 0.05570312589406967f, 0.057109374552965164f, 0.05851562321186066f, 0.05992187559604645f, 0.06132812425494194f, 0.06273437291383743f, 0.06414062529802322f, 0.06554687768220901f, 0.06695312261581421f, 0.068359375f, 0.06976562738418579f, 0.07117187231779099f, 0.07257812470197678f, 0.07398437708616257f, 0.07539062201976776f, 0.07679687440395355f, 0.07820312678813934f, 0.07960937172174454f, 0.08101562410593033f, 0.08242187649011612f, 0.08382812142372131f, 0.0852343738079071f, 0.0866406261920929f, 0.08804687857627869f, 0.08945312350988388f, 0.09085937589406967f, 0.09226562827825546f, 0.09367187321186066f, 0.09507812559604645f, 0.09648437798023224f, 0.09789062291383743f, 0.09929687529802322f, 0.103515625f, 0.11054687201976776f, 0.11757812649011612f, 0.12460937350988388f, 0.13164062798023224f, 0.138671875f, 0.14570312201976776f, 0.15273436903953552f, 0.15976563096046448f, 0.16679687798023224f, 0.173828125f, 0.18085937201976776f, 0.18789061903953552f, 0.19492188096046448f, 0.20195312798023224f, 0.208984375f, 0.21601562201976776f, 0.22304686903953552f, 0.23007813096046448f, 0.23710937798023224f, 0.244140625f, 0.25117188692092896f, 0.2582031190395355f, 0.2652343809604645f, 0.27226561307907104f, 0.279296875f, 0.28632813692092896f, 0.2933593690395355f, 0.3003906309604645f, 0.30742186307907104f, 0.314453125f, 0.32148438692092896f, 0.3285156190395355f, 0.3355468809604645f, 0.34257811307907104f, 0.349609375f, 0.35664063692092896f, 0.3636718690395355f, 0.3707031309604645f, 0.37773436307907104f, 0.384765625f, 0.39179688692092896f, 0.3988281190395355f, 0.4058593809604645f, 0.41289061307907104f, 0.419921875f, 0.42695313692092896f, 0.4339843690395355f, 0.4410156309604645f, 0.44804686307907104f, 0.455078125f, 0.46210938692092896f, 0.4691406190395355f, 0.4761718809604645f, 0.48320311307907104f, 0.490234375f, 0.49726563692092896f, 0.5042968988418579f, 0.5113281011581421f, 0.518359363079071f, 0.525390625f, 0.532421886920929f, 0.5394531488418579f, 0.5464843511581421f, 0.553515613079071f, 0.560546875f, 0.567578136920929f, 0.5746093988418579f, 0.5816406011581421f, 0.588671863079071f, 0.595703125f, 0.602734386920929f, 0.6097656488418579f, 0.6167968511581421f, 0.623828113079071f, 0.630859375f, 0.637890636920929f, 0.6449218988418579f, 0.6519531011581421f, 0.658984363079071f, 0.666015625f, 0.673046886920929f, 0.6800781488418579f, 0.6871093511581421f, 0.694140613079071f, 0.701171875f, 0.708203136920929f, 0.7152343988418579f, 0.7222656011581421f, 0.729296863079071f, 0.736328125f, 0.743359386920929f, 0.7503906488418579f, 0.7574218511581421f, 0.764453113079071f, 0.771484375f, 0.778515636920929f, 0.7855468988418579f, 0.7925781011581421f, 0.799609363079071f, 0.806640625f, 0.813671886920929f, 0.8207031488418579f, 0.8277343511581421f, 0.834765613079071f, 0.841796875f, 0.848828136920929f, 0.8558593988418579f, 0.8628906011581421f, 0.869921863079071f, 0.876953125f, 0.883984386920929f, 0.8910156488418579f, 0.8980468511581421f, 0.905078113079071f, 0.912109375f, 0.919140636920929f, 0.9261718988418579f, 0.9332031011581421f, 0.940234363079071f, 0.947265625f, 0.954296886920929f, 0.9613281488418579f, 0.9683593511581421f, 0.975390613079071f, 0.982421875f, 0.989453136920929f, 0.9964843988418579f, 1.0f };
 OPTFORGE_TABLE float optforge_qmid1[255] = {
     1.625000010108124e-07f, 5.499999815583578e-07f, 1.4500000133921276e-06f, 3.250000190746505e-06f, 5.500000042957254e-06f, 7.749999895168003e-06f, 1.2250000509084202e-05f, 2.1249999917927198e-05f, 3.2500000088475645e-05f, 4.374999844003469e-05f, 5.500000042957254e-05f, 6.625000241911039e-05f, 7.750000077066943e-05f, 8.874999912222847e-05f, 0.00011125000310130417f, 0.00015624999650754035f, 0.0002125000028172508f, 0.00026875000912696123f, 0.00032500000088475645f, 0.00038124999264255166f, 0.00043750001350417733f, 0.0004937499761581421f, 0.0005499999970197678f, 0.0006062500178813934f, 0.0006625000387430191f, 0.0007187500013969839f, 0.0007749999640509486f, 0.0008312499849125743f, 0.0008875000057742f, 0.0009437500266358256f, 0.0010562499519437551f, 0.0012812500353902578f, 0.0015624999068677425f, 0.001843750011175871f, 0.0021250001154839993f, 0.002406249986961484f, 0.0026874998584389687f, 0.002968749962747097f, 0.0032500000670552254f, 0.00353124993853271f, 0.0038124998100101948f, 0.004093749914318323f, 0.0043750000186264515f, 0.00465625012293458f, 0.004937499761581421f, 0.005218749865889549f, 0.005499999970197678f, 0.005781250074505806f, 0.006062500178813934f, 0.006343750283122063f, 0.006624999921768904f, 0.006906250026077032f, 0.0071875001303851604f, 0.0074687497690320015f, 0.00774999987334013f, 0.008031249977648258f, 0.008312500081956387f, 0.008593750186264515f, 0.008875000290572643f, 0.009156250394880772f, 0.009437499567866325f, 0.009718749672174454f, 0.01028124988079071f, 0.011406250298023224f, 0.012812499888241291f, 0.014218749478459358f, 0.015625f, 0.017031248658895493f, 0.018437501043081284f, 0.019843749701976776f, 0.021250000223517418f, 0.02265625074505806f, 0.024062499403953552f, 0.025468749925494194f, 0.026875000447034836f, 0.02828124910593033f, 0.02968750149011612f, 0.031093750149011612f, 0.032499998807907104f, 0.033906251192092896f, 0.03531249985098839f, 0.03671874850988388f, 0.03812500089406967f, 0.039531249552965164f, 0.04093749821186066f, 0.04234375059604645f, 0.04375000298023224f, 0.04515624791383743f, 0.046562500298023224f, 0.047968752682209015f, 0.04937499761581421f, 0.05078125f, 0.05218750238418579f, 0.053593747317790985f, 0.054999999701976776f, 0.05640625208616257f, 0.05781249701976776f, 0.05921874940395355f, 0.06062500178813934f, 0.06203124672174454f, 0.06343749910593033f, 0.06484375149011612f, 0.06624999642372131f, 0.0676562488079071f, 0.0690625011920929f, 0.07046875357627869f, 0.07187499850988388f, 0.07328125089406967f, 0.07468749582767487f, 0.07609374821186066f, 0.07750000059604645f, 0.07890625298023224f, 0.08031249791383743f, 0.08171875029802322f, 0.08312499523162842f, 0.08453124761581421f, 0.0859375f, 0.08734375238418579f, 0.08875000476837158f, 0.09015624970197678f, 0.09156250208616257f, 0.09296874701976776f, 0.09437499940395355f, 0.09578125178813934f, 0.09718750417232513f, 0.09859374910593033f, 0.10140624642372131f, 0.10703124850988388f, 0.11406250298023224f, 0.12109375f, 0.12812499701976776f, 0.13515624403953552f, 0.14218750596046448f, 0.14921873807907104f, 0.15625f, 0.16328126192092896f, 0.17031249403953552f, 0.17734375596046448f, 0.18437498807907104f, 0.19140625f, 0.19843751192092896f, 0.20546874403953552f, 0.21250000596046448f, 0.21953123807907104f, 0.2265625f, 0.23359376192092896f, 0.24062499403953552f, 0.24765625596046448f, 0.25468748807907104f, 0.26171875f, 0.26875001192092896f, 0.2757812440395355f, 0.2828125059604645f, 0.28984373807907104f, 0.296875f, 0.30390626192092896f, 0.3109374940395355f, 0.3179687559604645f, 0.32499998807907104f, 0.33203125f, 0.33906251192092896f, 0.3460937440395355f, 0.3531250059604645f, 0.36015623807907104f, 0.3671875f, 0.37421876192092896f, 0.3812499940395355f, 0.3882812559604645f, 0.39531248807907104f, 0.40234375f, 0.40937501192092896f, 0.4164062440395355f, 0.4234375059604645f, 0.43046873807907104f, 0.4375f, 0.44453126192092896f, 0.4515624940395355f, 0.4585937559604645f, 0.46562498807907104f, 0.47265625f, 0.47968751192092896f, 0.4867187440395355f, 0.4937500059604645f, 0.5007812976837158f, 0.5078125f, 0.5148437023162842f, 0.5218750238418579f, 0.5289062261581421f, 0.5359375476837158f, 0.54296875f, 0.5499999523162842f, 0.5570312738418579f, 0.5640624761581421f, 0.5710937976837158f, 0.578125f, 0.5851562023162842f, 0.5921875238418579f, 0.5992187261581421f, 0.6062500476837158f, 0.61328125f, 0.6203124523162842f, 0.6273437738418579f, 0.6343749761581421f, 0.6414062976837158f, 0.6484375f, 0.6554687023162842f, 0.6625000238418579f, 0.6695312261581421f, 0.6765625476837158f, 0.68359375f, 0.6906249523162842f, 0.6976562738418579f, 0.7046874761581421f, 0.7117187976837158f, 0.71875f, 0.7257812023162842f, 0.7328125238418579f, 0.7398437261581421f, 0.7468750476837158f, 0.75390625f, 0.7609374523162842f, 0.7679687738418579f, 0.7749999761581421f, 0.7820312976837158f, 0.7890625f, 0.7960937023162842f, 0.8031250238418579f, 0.8101562261581421f, 0.8171875476837158f, 0.82421875f, 0.8312499523162842f, 0.8382812738418579f, 0.8453124761581421f, 0.8523437976837158f, 0.859375f, 0.8664062023162842f, 0.8734375238418579f, 0.8804687261581421f, 0.8875000476837158f, 0.89453125f, 0.9015624523162842f, 0.9085937738418579f, 0.9156249761581421f, 0.9226562976837158f, 0.9296875f, 0.9367187023162842f, 0.9437500238418579f, 0.9507812261581421f, 0.9578125476837158f, 0.96484375f, 0.9718749523162842f, 0.9789062738418579f, 0.9859374761581421f, 0.9929687976837158f, 0.998242199420929f };
+/* the number of the 255 sorted midpoints below s: a binary search without branches (each step a
+   select, not a jump the predictor would miss half the time), NaN below none */
 OPTFORGE_HD uint8_t op_qcode(float s, const float* mid) {
-    int lo = 0, hi = 255;
-    while (lo < hi) {
-        const int m = (lo + hi) >> 1;
-        if (mid[m] < s) lo = m + 1; else hi = m;
-    }
+    int lo = 0;
+    for (int step = 128; step > 0; step >>= 1) lo += mid[lo + step - 1] < s ? step : 0;
     return (uint8_t)lo;
 }
-template <typename C> OPTFORGE_HD void op_requant(const C* v, int64_t len, uint8_t* codes, float* absmax,
-                                                  const float* table, const float* mid) {
+/* the same count from a table of it at the lowest float of each 16-bit prefix of s's bits (built once,
+   op_qlut_build), then the 1 midpoint(s) at most that a prefix's floats can lie
+   above (codegen/quantmap.py counts them): one load and 1 compare(s) */
+OPTFORGE_HD uint8_t op_qcode_lut(float s, const int32_t* lut, const float* mid) {
+    uint32_t u;
+#ifdef __CUDA_ARCH__
+    u = __float_as_uint(s);
+#else
+    memcpy(&u, &s, sizeof u);
+#endif
+    int lo = lut[u >> 16];
+    for (int k = 0; k < 1; ++k) lo += (lo < 255 && mid[lo] < s) ? 1 : 0;
+    return (uint8_t)lo;
+}
+#ifndef __CUDACC_RTC__
+static inline int op_qlut_build(int32_t* lut, const float* mid) {
+    for (uint32_t key = 0; key < 65536u; ++key) {
+        const uint32_t bits = (key & 0x8000u) ? ((key << 16) | 0xffffu) : (key << 16);   /* its lowest float */
+        float low;
+        memcpy(&low, &bits, sizeof low);
+        lut[key] = op_qcode(low, mid);
+    }
+    return 1;
+}
+#endif
+template <typename C> OPTFORGE_HD void op_requant(const C* __restrict__ v, int64_t len, uint8_t* __restrict__ codes,
+                                                  float* __restrict__ absmax, const float* __restrict__ table,
+                                                  const float* __restrict__ mid, const int32_t* __restrict__ lut) {
     /* a block whose values are the ones its codes hold keeps its codes: encoding is then idempotent
        (a table without -1 would otherwise shrink a block led by a negative value at every store) */
     const float old = *absmax;
-    bool same = true;
-    for (int64_t j = 0; j < len; ++j) same = same && ((float)v[j] == table[codes[j]] * old);
-    if (same) return;
+    int changed = 0, nan = 0;
     float amax = 0.0f;
+    #pragma omp simd reduction(|: changed, nan) reduction(max: amax)
     for (int64_t j = 0; j < len; ++j) {
-        const float a = fabsf((float)v[j]);
-        amax = (a > amax || a != a) ? a : amax;
+        const float x = (float)v[j];
+        changed |= x != table[codes[j]] * old;
+        nan |= x != x;
+        amax = fmaxf(amax, fabsf(x));
     }
+    if (!changed) return;
+    if (nan)   /* a NaN makes the scale NaN (fmaxf skipped it) */
+        for (int64_t j = 0; j < len; ++j)
+            if (v[j] != v[j]) amax = (float)v[j];
     *absmax = amax;
     const float inv = amax > 0.0f ? 1.0f / amax : 0.0f;
-    for (int64_t j = 0; j < len; ++j) {
+    #pragma omp simd
+    for (int64_t j = 0; j < len; ++j) {   /* (in lanes: the search's loads are gathers) */
         float s = (float)v[j] * inv;
         s = s > 1.0f ? 1.0f : (s < -1.0f ? -1.0f : s);
+#ifdef OPTFORGE_QLUT
+        codes[j] = op_qcode_lut(s, lut, mid);
+#else
         codes[j] = op_qcode(s, mid);
+#endif
     }
 }
 #endif
@@ -144,8 +180,8 @@ __global__ void optforge_adam8bit_s0_f32(int64_t n, const float* __restrict__ p_
         float qv[2][256];
         for (int64_t i = lo; i < hi; ++i)
             optforge_adam8bit_s0_elem<float, float, float>(i, i, p_grad, p_mean, p_mean__absmax, p_var, p_var__absmax, p_weight, p_weight_lp, qv[0][i - lo], qv[1][i - lo], (float)k_rescale_grad, (float)k_beta1, (float)k2, (float)k_beta2, (float)k4, (float)k5, (float)k6, (float)k7, (float)k_epsilon, (float)k__grad_scale, k__round_seed);
-op_requant<float>(qv[0], hi - lo, p_mean + lo, p_mean__absmax + b, optforge_qmap0, optforge_qmid0);
-op_requant<float>(qv[1], hi - lo, p_var + lo, p_var__absmax + b, optforge_qmap1, optforge_qmid1);
+op_requant<float>(qv[0], hi - lo, p_mean + lo, p_mean__absmax + b, optforge_qmap0, optforge_qmid0, (const int32_t*)0);
+op_requant<float>(qv[1], hi - lo, p_var + lo, p_var__absmax + b, optforge_qmap1, optforge_qmid1, (const int32_t*)0);
     }
 }
 /* writes 8-bit state(s): one thread per block of 256 elements, its new values in a buffer, then
@@ -157,8 +193,8 @@ __global__ void optforge_adam8bit_s0_f64(int64_t n, const double* __restrict__ p
         double qv[2][256];
         for (int64_t i = lo; i < hi; ++i)
             optforge_adam8bit_s0_elem<double, double, double>(i, i, p_grad, p_mean, p_mean__absmax, p_var, p_var__absmax, p_weight, p_weight_lp, qv[0][i - lo], qv[1][i - lo], (double)k_rescale_grad, (double)k_beta1, (double)k2, (double)k_beta2, (double)k4, (double)k5, (double)k6, (double)k7, (double)k_epsilon, (double)k__grad_scale, k__round_seed);
-op_requant<double>(qv[0], hi - lo, p_mean + lo, p_mean__absmax + b, optforge_qmap0, optforge_qmid0);
-op_requant<double>(qv[1], hi - lo, p_var + lo, p_var__absmax + b, optforge_qmap1, optforge_qmid1);
+op_requant<double>(qv[0], hi - lo, p_mean + lo, p_mean__absmax + b, optforge_qmap0, optforge_qmid0, (const int32_t*)0);
+op_requant<double>(qv[1], hi - lo, p_var + lo, p_var__absmax + b, optforge_qmap1, optforge_qmid1, (const int32_t*)0);
     }
 }
 /* writes 8-bit state(s): one thread per block of 256 elements, its new values in a buffer, then
@@ -170,8 +206,8 @@ __global__ void optforge_adam8bit_s0_f16(int64_t n, const __half* __restrict__ p
         float qv[2][256];
         for (int64_t i = lo; i < hi; ++i)
             optforge_adam8bit_s0_elem<__half, __half, float>(i, i, p_grad, p_mean, p_mean__absmax, p_var, p_var__absmax, p_weight, p_weight_lp, qv[0][i - lo], qv[1][i - lo], (float)k_rescale_grad, (float)k_beta1, (float)k2, (float)k_beta2, (float)k4, (float)k5, (float)k6, (float)k7, (float)k_epsilon, (float)k__grad_scale, k__round_seed);
-op_requant<float>(qv[0], hi - lo, p_mean + lo, p_mean__absmax + b, optforge_qmap0, optforge_qmid0);
-op_requant<float>(qv[1], hi - lo, p_var + lo, p_var__absmax + b, optforge_qmap1, optforge_qmid1);
+op_requant<float>(qv[0], hi - lo, p_mean + lo, p_mean__absmax + b, optforge_qmap0, optforge_qmid0, (const int32_t*)0);
+op_requant<float>(qv[1], hi - lo, p_var + lo, p_var__absmax + b, optforge_qmap1, optforge_qmid1, (const int32_t*)0);
     }
 }
 /* writes 8-bit state(s): one thread per block of 256 elements, its new values in a buffer, then
@@ -183,8 +219,8 @@ __global__ void optforge_adam8bit_s0_mp16(int64_t n, const __half* __restrict__ 
         float qv[2][256];
         for (int64_t i = lo; i < hi; ++i)
             optforge_adam8bit_s0_elem<float, __half, float>(i, i, p_grad, p_mean, p_mean__absmax, p_var, p_var__absmax, p_weight, p_weight_lp, qv[0][i - lo], qv[1][i - lo], (float)k_rescale_grad, (float)k_beta1, (float)k2, (float)k_beta2, (float)k4, (float)k5, (float)k6, (float)k7, (float)k_epsilon, (float)k__grad_scale, k__round_seed);
-op_requant<float>(qv[0], hi - lo, p_mean + lo, p_mean__absmax + b, optforge_qmap0, optforge_qmid0);
-op_requant<float>(qv[1], hi - lo, p_var + lo, p_var__absmax + b, optforge_qmap1, optforge_qmid1);
+op_requant<float>(qv[0], hi - lo, p_mean + lo, p_mean__absmax + b, optforge_qmap0, optforge_qmid0, (const int32_t*)0);
+op_requant<float>(qv[1], hi - lo, p_var + lo, p_var__absmax + b, optforge_qmap1, optforge_qmid1, (const int32_t*)0);
     }
 }
 /* writes 8-bit state(s): one thread per block of 256 elements, its new values in a buffer, then
@@ -196,8 +232,8 @@ __global__ void optforge_adam8bit_s0_bf16(int64_t n, const __nv_bfloat16* __rest
         float qv[2][256];
         for (int64_t i = lo; i < hi; ++i)
             optforge_adam8bit_s0_elem<__nv_bfloat16, __nv_bfloat16, float>(i, i, p_grad, p_mean, p_mean__absmax, p_var, p_var__absmax, p_weight, p_weight_lp, qv[0][i - lo], qv[1][i - lo], (float)k_rescale_grad, (float)k_beta1, (float)k2, (float)k_beta2, (float)k4, (float)k5, (float)k6, (float)k7, (float)k_epsilon, (float)k__grad_scale, k__round_seed);
-op_requant<float>(qv[0], hi - lo, p_mean + lo, p_mean__absmax + b, optforge_qmap0, optforge_qmid0);
-op_requant<float>(qv[1], hi - lo, p_var + lo, p_var__absmax + b, optforge_qmap1, optforge_qmid1);
+op_requant<float>(qv[0], hi - lo, p_mean + lo, p_mean__absmax + b, optforge_qmap0, optforge_qmid0, (const int32_t*)0);
+op_requant<float>(qv[1], hi - lo, p_var + lo, p_var__absmax + b, optforge_qmap1, optforge_qmid1, (const int32_t*)0);
     }
 }
 /* writes 8-bit state(s): one thread per block of 256 elements, its new values in a buffer, then
@@ -209,8 +245,8 @@ __global__ void optforge_adam8bit_s0_mpbf16(int64_t n, const __nv_bfloat16* __re
         float qv[2][256];
         for (int64_t i = lo; i < hi; ++i)
             optforge_adam8bit_s0_elem<float, __nv_bfloat16, float>(i, i, p_grad, p_mean, p_mean__absmax, p_var, p_var__absmax, p_weight, p_weight_lp, qv[0][i - lo], qv[1][i - lo], (float)k_rescale_grad, (float)k_beta1, (float)k2, (float)k_beta2, (float)k4, (float)k5, (float)k6, (float)k7, (float)k_epsilon, (float)k__grad_scale, k__round_seed);
-op_requant<float>(qv[0], hi - lo, p_mean + lo, p_mean__absmax + b, optforge_qmap0, optforge_qmid0);
-op_requant<float>(qv[1], hi - lo, p_var + lo, p_var__absmax + b, optforge_qmap1, optforge_qmid1);
+op_requant<float>(qv[0], hi - lo, p_mean + lo, p_mean__absmax + b, optforge_qmap0, optforge_qmid0, (const int32_t*)0);
+op_requant<float>(qv[1], hi - lo, p_var + lo, p_var__absmax + b, optforge_qmap1, optforge_qmid1, (const int32_t*)0);
     }
 }
 }
