@@ -1129,6 +1129,9 @@ void optforge_shampoo_s14_mt_f64(int64_t count, const int64_t* __restrict__ size
 /* a task of the parallel loop: a tensor's elements cut at multiples of this, fixed by the sizes
    alone, the tasks' sums added in order (the result depends on neither thread count nor timing) */
 #define OPTFORGE_NORM_PIECE 65536
+/* a read costs a fraction of a stage's work per element: the pieces run in parallel from this many
+   elements in all (about 0.2 ms of one thread's reading), not from OPTFORGE_PARALLEL_MIN */
+#define OPTFORGE_NORM_PARALLEL_MIN 1048576
 
 /* IEEE binary16 bits to float, exact (subnormals, inf and NaN included), branch-free */
 static inline float optforge_norm_half(uint16_t h) {
@@ -1174,8 +1177,8 @@ static double optforge_norm_piece(const T* __restrict__ x, int64_t lo, int64_t h
 extern "C" {
 /* out[0] = the sum of squares of `count` tensors: tensor t has sizes[t] elements at ptrs[t], of
    kinds[t] 0 (float32), 1 (float64) or 2 (float16). inf and NaN propagate (IEEE arithmetic). In
-   parallel over the pieces only with OPTFORGE_PARALLEL_MIN elements in all: below that a fork and
-   join costs more than the work. */
+   parallel over the pieces only with OPTFORGE_NORM_PARALLEL_MIN elements in all: below that a fork
+   and join costs about as much as the work, and on a busy machine it waits for a descheduled thread. */
 void optforge_sum_squares_list(int64_t count, const int64_t* __restrict__ sizes, const uint64_t* __restrict__ ptrs,
                                const int64_t* __restrict__ kinds, double* __restrict__ out) {
     int64_t total = 0, pieces = 0;
@@ -1190,7 +1193,7 @@ void optforge_sum_squares_list(int64_t count, const int64_t* __restrict__ sizes,
             owner[(size_t)p] = t;
             start[(size_t)p] = lo;
         }
-    #pragma omp parallel for schedule(static) if (total >= OPTFORGE_PARALLEL_MIN)
+    #pragma omp parallel for schedule(static) if (total >= OPTFORGE_NORM_PARALLEL_MIN)
     for (int64_t p = 0; p < pieces; ++p) {
         const int64_t t = owner[(size_t)p], lo = start[(size_t)p];
         const int64_t hi = sizes[t] - lo < OPTFORGE_NORM_PIECE ? sizes[t] : lo + OPTFORGE_NORM_PIECE;

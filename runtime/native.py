@@ -346,6 +346,7 @@ def _address(a) -> int:
 
 
 # step control's global norm (optforge_sum_squares_list, codegen/templates/_c_sum_squares.j2)
+NORM_PARALLEL_MIN = 1 << 20   # its OPTFORGE_NORM_PARALLEL_MIN: in parallel from this many elements in all
 _NORM_KIND = {np.dtype(np.float32): 0, np.dtype(np.float64): 1, np.dtype(np.float16): 2}
 
 
