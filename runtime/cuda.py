@@ -158,7 +158,7 @@ def sum_squares_list(arrays) -> float:
         if not lengths:
             return 0.0
         partials = cupy.zeros(sum(lengths), dtype=np.float64)
-        offset = 0
+        offset, tables = 0, []   # the tables stay allocated until every launch reading them is done
         for g, blocks in zip(groups, list_blocks):
             n = len(g)
             host = np.empty(3 * n, np.uint64)
@@ -166,6 +166,7 @@ def sum_squares_list(arrays) -> float:
             host[n:2 * n] = [f.data.ptr for f in g]
             host[2 * n:] = [_NORM_KIND[f.dtype] for f in g]
             dev = cupy.asarray(host)
+            tables.append(dev)
             stride = blocks * THREADS
             mod.get_function("optforge_sum_squares_list")(
                 (blocks, n), (THREADS,), (dev[:n].view(np.int64), dev[n:2 * n], dev[2 * n:].view(np.int64),

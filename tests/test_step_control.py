@@ -330,7 +330,8 @@ def _mixed_list(seed=0):
     out = [rng.standard_normal(300_001).astype(np.float32), np.zeros(0, np.float32), np.zeros((0, 3), np.float16)]
     for k in range(300):
         n = int(rng.integers(1, 40))
-        out.append((rng.standard_normal(n) * 10.0 ** rng.integers(-3, 3)).astype([np.float32, np.float64, np.float16][k % 3]))
+        dtype = (np.float32, np.float64, np.float16)[k % 3]
+        out.append((rng.standard_normal(n) * 10.0 ** rng.integers(-3, 3)).astype(dtype))
     out += [rng.standard_normal((70, 1000)).astype(np.float16), rng.standard_normal((513, 129))]
     return out
 
@@ -375,7 +376,8 @@ def test_the_native_norm_does_not_depend_on_the_thread_count():
             "xs = [rng.standard_normal(n).astype(d) for n, d in ((1_000_003, np.float32), (200_000, np.float16),"
             " (150_001, np.float64))] + [rng.standard_normal(4096).astype(np.float32) for _ in range(50)]\n"
             "lib = native.library_for(type(optforge.create('adam')))\n"
-            "print(float.hex(native.sum_squares_list(lib, xs)), native.openmp_threads(type(optforge.create('adam'))))\n")
+            "threads = native.openmp_threads(type(optforge.create('adam')))\n"
+            "print(float.hex(native.sum_squares_list(lib, xs)), threads)\n")
     out = {}
     for n in ("1", "2"):
         r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
@@ -393,7 +395,8 @@ def test_native_step_control_reads_the_list_in_one_call(monkeypatch):
     row-sparse one's data are summed as well, and the step is clip_grad_norm_'s."""
     calls = []
     original = native.sum_squares_list
-    monkeypatch.setattr(native, "sum_squares_list", lambda lib, arrays: calls.append(len(arrays)) or original(lib, arrays))
+    monkeypatch.setattr(native, "sum_squares_list",
+                        lambda lib, arrays: calls.append(len(arrays)) or original(lib, arrays))
     rng = np.random.default_rng(4)
     ws = [rng.standard_normal(s) for s in ((30, 20), (20, 30), (7,), (5000,))]
     steps = [[rng.standard_normal(w.shape) * 3 for w in ws] for _ in range(3)]
