@@ -3,6 +3,9 @@ without `max_grad_norm`, and the time of one read of all the gradients, measured
 
     python bench/clip_bench.py [--shapes transformer|small|large] [--repeat 21] [--threads N]
 
+It also times step control's norm alone (ops.sum_squares_list, as grad_scale reads the gradients):
+the native backend's one call over the list, and the NumPy backend's sweep, tensor by tensor.
+
 The goal (issue #15): clipping costs at most one extra read of the gradients. Prints the median
 milliseconds per update call of each contender, the extra time clipping adds, and that extra in
 units of one read (a float64-accumulated sum over every gradient with NumPy, and the memory roof:
@@ -57,7 +60,9 @@ def main():
     n = sum(g.size for g in grads)
     backend = "native" if native.available() else "numpy"
     print(f"{len(shapes)} tensors, {n / 1e6:.1f} M float32 parameters; backend {backend}; "
-          f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '(unset)')}; {os.cpu_count()} CPUs")
+          f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '(unset)')}"
+          + (f" ({native.openmp_threads(type(optforge.create('adam')))} OpenMP threads)" if backend == "native" else "")
+          + f"; {os.cpu_count()} CPUs; load average {os.getloadavg()[0]:.2f}")
 
     rows = {}
     for label, kw in (("adam", {}), ("adam + max_grad_norm", dict(max_grad_norm=1.0)),
@@ -70,6 +75,10 @@ def main():
         rows[label] = _median_ms(lambda: opt.update(idx, ws, grads, states), args.repeat)
 
     read = _median_ms(lambda: sum(ops.sum_squares(g) for g in grads), args.repeat)
+    # step control's norm alone, as grad_scale reads it: one native call, or the NumPy backend's sweep
+    lib = native.library_for(type(opt)) if backend == "native" else None
+    prepass = {"native (one call)": _median_ms(lambda: ops.sum_squares_list(grads, lib), args.repeat),
+               "NumPy sweep": _median_ms(lambda: ops.sum_squares_list(grads), args.repeat)}
     big = np.ones(max(n, 1 << 24), np.float32)
     roof = _median_ms(lambda: big.sum(), args.repeat) * n / big.size   # bytes of the grads at the read bandwidth
     try:
@@ -90,6 +99,8 @@ def main():
     for label, ms in rows.items():
         print(f"  {label:40s} {ms:9.2f} ms")
     print(f"  one read of the gradients (NumPy, float64 sums)  {read:9.2f} ms; memory roof {roof:.2f} ms")
+    for label, ms in prepass.items():
+        print(f"  the norm alone, {label:22s} {ms:9.2f} ms = {ms / roof:.2f} x the roof's read")
     for label in ("adam + max_grad_norm", "adam + max_grad_norm + skip_nonfinite"):
         extra = rows[label] - plain
         print(f"  {label}: +{extra:.2f} ms = {extra / read:.2f} reads (NumPy) = {extra / roof:.2f} x the roof's read")

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from . import multi
+from .dtypes import BFLOAT16
 from .backend import SUFFIX, Backend, compute_dtype, variant  # noqa: F401 - variant: part of this API
 
 _lock = threading.Lock()
@@ -95,9 +96,39 @@ __global__ void optforge_sum_squares_f32(long long n, const float* x, double* p)
 __global__ void optforge_sum_squares_f64(long long n, const double* x, double* p) { optforge_sum_squares(n, x, p); }
 __global__ void optforge_sum_squares_f16(long long n, const __half* x, double* p) { optforge_sum_squares(n, x, p); }
 __global__ void optforge_sum_squares_bf16(long long n, const __nv_bfloat16* x, double* p) { optforge_sum_squares(n, x, p); }
+/* step control's norm over a list of small tensors in one launch: blockIdx.y is the tensor, of
+   sizes[t] elements at ptrs[t], of kinds[t] 0 (float32), 1 (float64), 2 (float16) or 3 (bfloat16); each thread's
+   sum goes to partials[t * stride + thread] */
+__global__ void optforge_sum_squares_list(const long long* sizes, const unsigned long long* ptrs,
+                                          const long long* kinds, long long stride, double* partials) {
+    const long long t = blockIdx.y, k = kinds[t];
+    const void* x = (const void*)ptrs[t];
+    double* p = partials + t * stride;
+    if (k == 0) optforge_sum_squares(sizes[t], (const float*)x, p);
+    else if (k == 1) optforge_sum_squares(sizes[t], (const double*)x, p);
+    else if (k == 2) optforge_sum_squares(sizes[t], (const __half*)x, p);
+    else optforge_sum_squares(sizes[t], (const __nv_bfloat16*)x, p);
+}
 }
 """
 _sum_squares_modules: dict = {}
+
+
+def _sum_squares_module(device: int):
+    mod = _sum_squares_modules.get(device)
+    if mod is None:
+        import cupy
+        with _lock:
+            mod = _sum_squares_modules.get(device)
+            if mod is None:
+                mod = _sum_squares_modules[device] = cupy.RawModule(code=SUM_SQUARES_SOURCE, options=("--std=c++14",))
+    return mod
+
+
+def _sum_squares_into(mod, flat, partials) -> None:
+    """Launch the sum of squares of one contiguous flat array into `partials` (len: its blocks x THREADS)."""
+    mod.get_function(f"optforge_sum_squares_{_SUFFIX[flat.dtype]}")((len(partials) // THREADS,), (THREADS,),
+                                                                   (np.int64(flat.size), flat, partials))
 
 
 def sum_squares(x) -> float:
@@ -106,18 +137,51 @@ def sum_squares(x) -> float:
     flat = cupy.ascontiguousarray(x).ravel()
     if flat.size == 0:
         return 0.0
-    device = flat.device.id
-    mod = _sum_squares_modules.get(device)
-    if mod is None:
-        with _lock:
-            mod = _sum_squares_modules.get(device)
-            if mod is None:
-                mod = _sum_squares_modules[device] = cupy.RawModule(code=SUM_SQUARES_SOURCE, options=("--std=c++14",))
-    blocks = _blocks(flat.size, REDUCE_BLOCKS)
-    partials = cupy.zeros(blocks * THREADS, dtype=np.float64)
-    mod.get_function(f"optforge_sum_squares_{_SUFFIX[flat.dtype]}")((blocks,), (THREADS,),
-                                                                   (np.int64(flat.size), flat, partials))
+    partials = cupy.zeros(_blocks(flat.size, REDUCE_BLOCKS) * THREADS, dtype=np.float64)
+    _sum_squares_into(_sum_squares_module(flat.device.id), flat, partials)
     return float(partials.sum())
+
+
+_NORM_KIND = {np.dtype(np.float32): 0, np.dtype(np.float64): 1, np.dtype(np.float16): 2, BFLOAT16: 3}
+LIST_MAX = MT_REDUCE_BLOCKS * THREADS * 8   # larger tensors of a list get their own launch (a full grid)
+
+
+def sum_squares_list(arrays) -> float:
+    """The sum of squares of a list of CuPy arrays on one device, in double, with one device-to-host
+    copy for the whole list: the small tensors (at most LIST_MAX elements) in one launch over a table
+    of their pointers, each larger one in its own launch, all into one table of per-thread partial
+    sums summed on the device."""
+    import cupy
+    flats = [cupy.ascontiguousarray(a).ravel() for a in arrays]
+    with cupy.cuda.Device(flats[0].device.id):
+        mod = _sum_squares_module(flats[0].device.id)
+        small = [f for f in flats if 0 < f.size <= LIST_MAX]
+        large = [f for f in flats if f.size > LIST_MAX]
+        groups = [small[i:i + 65535] for i in range(0, len(small), 65535)]   # gridDim.y <= 65535
+        list_blocks = [_blocks(max(f.size for f in g), MT_REDUCE_BLOCKS) for g in groups]
+        large_blocks = [_blocks(f.size, REDUCE_BLOCKS) for f in large]
+        lengths = [len(g) * b * THREADS for g, b in zip(groups, list_blocks)] + [b * THREADS for b in large_blocks]
+        if not lengths:
+            return 0.0
+        partials = cupy.zeros(sum(lengths), dtype=np.float64)
+        offset, tables = 0, []   # the tables stay allocated until every launch reading them is done
+        for g, blocks in zip(groups, list_blocks):
+            n = len(g)
+            host = np.empty(3 * n, np.uint64)
+            host[:n] = [f.size for f in g]
+            host[n:2 * n] = [f.data.ptr for f in g]
+            host[2 * n:] = [_NORM_KIND[f.dtype] for f in g]
+            dev = cupy.asarray(host)
+            tables.append(dev)
+            stride = blocks * THREADS
+            mod.get_function("optforge_sum_squares_list")(
+                (blocks, n), (THREADS,), (dev[:n].view(np.int64), dev[n:2 * n], dev[2 * n:].view(np.int64),
+                                          np.int64(stride), partials[offset:offset + n * stride]))
+            offset += n * stride
+        for f, blocks in zip(large, large_blocks):
+            _sum_squares_into(mod, f, partials[offset:offset + blocks * THREADS])
+            offset += blocks * THREADS
+        return float(partials.sum())
 
 
 class CudaBackend(Backend):

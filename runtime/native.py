@@ -356,6 +356,29 @@ def _address(a) -> int:
         return a.ctypes.data
 
 
+# step control's global norm (optforge_sum_squares_list, codegen/templates/_c_sum_squares.j2)
+NORM_PARALLEL_MIN = 1 << 20   # its OPTFORGE_NORM_PARALLEL_MIN: in parallel from this many elements in all
+_NORM_KIND = {np.dtype(np.float32): 0, np.dtype(np.float64): 1, np.dtype(np.float16): 2, BFLOAT16: 3}
+
+
+def sum_squares_list(lib: NativeLibrary, arrays) -> float:
+    """The sum of squares of every element of `arrays` (C-contiguous NumPy float16/32/64 arrays), in
+    one native call: blocks of 4,096 elements summed in float32 lanes (float64 for float64 data), the
+    lanes and blocks in double, in an order fixed by the sizes alone (the same result on any number
+    of threads); inf and NaN propagate."""
+    n = len(arrays)
+    sizes = np.fromiter([a.size for a in arrays], np.int64, n)
+    ptrs = np.fromiter([_address(a) for a in arrays], np.uint64, n)
+    kinds = np.fromiter([_NORM_KIND[a.dtype] for a in arrays], np.int64, n)
+    out = np.zeros(1, np.float64)
+    f = lib.funcs.get("optforge_sum_squares_list")
+    if f is None:
+        f = lib.func("optforge_sum_squares_list")
+        f.argtypes = [ctypes.c_int64] + [ctypes.c_void_p] * 4
+    f(n, sizes.ctypes.data, ptrs.ctypes.data, kinds.ctypes.data, out.ctypes.data)
+    return float(out[0])
+
+
 def backend_choice() -> str:
     choice = os.environ.get("OPTFORGE_BACKEND", "auto").lower()
     if choice not in ("auto", "numpy", "native"):

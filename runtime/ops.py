@@ -206,6 +206,33 @@ def quantize(x, q, codes=None, absmax=None):
     return codes, absmax
 
 
+def sum_squares_list(arrays, native_lib=None) -> float:
+    """Sum of squares of every element of a list of arrays (step control's gradient norm, before the
+    reduce hook): CuPy arrays in one launch and one device-to-host copy per device
+    (cuda.sum_squares_list); C-contiguous NumPy arrays, given a native library (the native backend),
+    in one native call (native.sum_squares_list); other NumPy arrays one by one (sum_squares_fast,
+    the NumPy backend's reference). The parts are added in that fixed order."""
+    host, devices, rest = [], {}, []
+    for a in arrays:
+        if type(a) is np.ndarray:
+            (host if native_lib is not None and a.flags.c_contiguous else rest).append(a)
+        elif _xp(a) is not np:
+            devices.setdefault(a.device.id, []).append(a)
+        else:
+            rest.append(a)
+    total_ = 0.0
+    if host:
+        from . import native
+        total_ += native.sum_squares_list(native_lib, host)
+    if devices:
+        from . import cuda
+        for device in sorted(devices):
+            total_ += cuda.sum_squares_list(devices[device])
+    for a in rest:
+        total_ += sum_squares_fast(a)
+    return total_
+
+
 def norm(x) -> float:
     """L2 norm of a whole tensor: sqrt of its sum of squares, after the reduce hook."""
     return math.sqrt(_reduced(sum_squares(x)))

@@ -140,21 +140,23 @@ def update_together(parts, scale=None) -> None:
             opt._updating.release()
 
 
-def grad_scale(grads, max_grad_norm=None, skip_nonfinite=False, loss_scale=1.0):
+def grad_scale(grads, max_grad_norm=None, skip_nonfinite=False, loss_scale=1.0, opt=None):
     """Step control for one update call: the factor every gradient is multiplied by as the kernels
     read it, or None when the step is to be skipped. Without clipping and skipping it is
     1 / loss_scale and nothing is read. Otherwise one read of every gradient (a row-sparse one: its
-    rows) gives their global L2 norm (ops.sum_squares_fast: float64 sums of float32 blocks; passed through the reduce hook once
-    for the call, so slice-sharded processes agree): with `skip_nonfinite`, an inf or NaN in any
+    rows) gives their global L2 norm (ops.sum_squares_list: float64 sums of float32 blocks; one native
+    call for the NumPy gradients when `opt`, the optimizer, is on the native backend; one launch per
+    device for CuPy ones; passed through the reduce hook once for the call, so slice-sharded
+    processes agree): with `skip_nonfinite`, an inf or NaN in any
     gradient (a non-finite norm) skips the step; with `max_grad_norm`, the gradients are scaled by
     min(1, max_grad_norm / (norm + 1e-6)), torch.nn.utils.clip_grad_norm_'s coefficient, of the
     norm after loss unscaling."""
     inv = 1.0 / loss_scale
     if max_grad_norm is None and not skip_nonfinite:
         return inv
-    total = 0.0
-    for g in grads:
-        total += ops.sum_squares_fast(g.data if isinstance(g, RowSparse) else g)
+    arrays = [g.data if isinstance(g, RowSparse) else g for g in grads]
+    lib = opt._norm_library() if opt is not None and any(type(a) is np.ndarray for a in arrays) else None
+    total = ops.sum_squares_list(arrays, lib)
     norm = math.sqrt(ops._reduced(total)) * inv
     if skip_nonfinite and not math.isfinite(norm):
         return None
@@ -536,7 +538,7 @@ class Optimizer:
             raise ValueError(f"loss_scale must be a finite number > 0, got {self.loss_scale!r}")
         if scale is None:
             # step control reads the gradients before anything is counted or written
-            scale = grad_scale(grads, self.max_grad_norm, self.skip_nonfinite, self.loss_scale)
+            scale = grad_scale(grads, self.max_grad_norm, self.skip_nonfinite, self.loss_scale, self)
             if scale is None:
                 self.skipped_steps += 1
                 return False
@@ -628,6 +630,13 @@ class Optimizer:
         if value == "native" and not native.available():
             raise ValueError("backend 'native' needs a C++ compiler (set OPTFORGE_CXX)")
         self._backend = value
+
+    def _norm_library(self):
+        """The native library whose one call sums step control's gradient norm over the NumPy
+        gradients (native.sum_squares_list), or None: the NumPy backend's sweep."""
+        if self.backend != "native" or not hasattr(self, "_kernel_staged"):
+            return None
+        return native.library_for(type(self))
 
     # ---- row-sparse gradients (runtime/sparse.py) ------------------------------------------------------
     def _lazy_rows(self, state) -> bool:

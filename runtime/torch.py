@@ -237,7 +237,7 @@ class Optimizer(torch.optim.Optimizer):
                                   [_grad(p) for p in params]))
         with ops.reduce_hook(self.reduce_hook):
             scale = grad_scale([g for call in calls for g in call[4]], self.max_grad_norm, self.skip_nonfinite,
-                               loss_scale)
+                               loss_scale, self._opts[0] if calls else None)
         if scale is None:
             self.skipped_steps += 1
             return loss

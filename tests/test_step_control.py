@@ -5,6 +5,9 @@ found_inf). References: torch.nn.utils.clip_grad_norm_ applied to the gradients 
 unclipped update; an unscaled run (a power-of-two loss scale unscales exactly); and for a skipped
 step, the arrays and counters as they were, bit for bit."""
 import copy
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -310,3 +313,110 @@ def test_clipping_float16_weights_with_a_float32_master(backend):
     for s, m, w in zip(states, masters, w16):
         np.testing.assert_allclose(s.master, m, rtol=2e-6, atol=1e-7)
         np.testing.assert_array_equal(w, s.master.astype(np.float16))
+
+
+# ---- the native backend's norm: one call over the whole list (native.sum_squares_list) -------------
+needs_native = pytest.mark.skipif(not native.available(), reason="no C++ compiler: no native backend")
+
+
+def _sum_squares64(arrays):
+    """The reference: every element widened to float64, squared and summed."""
+    return float(sum(np.sum(np.asarray(a, np.float64) ** 2) for a in arrays))
+
+
+def _mixed_list(seed=0):
+    """float16/32/64, empty tensors, one tensor of several 65,536-element pieces and many tiny ones."""
+    rng = np.random.default_rng(seed)
+    out = [rng.standard_normal(300_001).astype(np.float32), np.zeros(0, np.float32), np.zeros((0, 3), np.float16)]
+    for k in range(300):
+        n = int(rng.integers(1, 40))
+        dtype = (np.float32, np.float64, np.float16)[k % 3]
+        out.append((rng.standard_normal(n) * 10.0 ** rng.integers(-3, 3)).astype(dtype))
+    out += [rng.standard_normal((70, 1000)).astype(np.float16), rng.standard_normal((513, 129))]
+    return out
+
+
+@needs_native
+def test_the_native_norm_of_a_mixed_list_is_the_float64_sum():
+    lib = native.library_for(type(optforge.create("adam")))
+    arrays = _mixed_list()
+    # float32 lanes of 256 elements per block, blocks in double: far inside 1e-6
+    assert native.sum_squares_list(lib, arrays) == pytest.approx(_sum_squares64(arrays), rel=1e-6, abs=0)
+    for a in arrays[:1] + arrays[-2:]:
+        assert native.sum_squares_list(lib, [a]) == pytest.approx(_sum_squares64([a]), rel=1e-6, abs=0)
+    assert native.sum_squares_list(lib, []) == 0.0 and native.sum_squares_list(lib, arrays[1:3]) == 0.0
+    # every finite float16 value, subnormals included, squared exactly (one at a time: no rounding of a sum)
+    every = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16).view(np.float16)
+    every = every[np.isfinite(every)]
+    got = [native.sum_squares_list(lib, [every[i:i + 1]]) for i in range(0, every.size, 61)]
+    assert got == [float(v) ** 2 for v in every[::61]]   # an 11-bit significand squared is exact in float32
+
+
+@needs_native
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+@pytest.mark.parametrize("bad", [np.inf, -np.inf, np.nan])
+def test_the_native_norm_propagates_inf_and_nan(dtype, bad):
+    lib = native.library_for(type(optforge.create("adam")))
+    arrays = _mixed_list(1)
+    for where in (0, 5, len(arrays) - 2):   # the large tensor's last piece, a tiny one, the float16 matrix
+        poisoned = [a.copy() for a in arrays]
+        poisoned[where] = poisoned[where].astype(dtype)
+        poisoned[where].reshape(-1)[-1] = bad
+        got = native.sum_squares_list(lib, poisoned)
+        assert (np.isnan(got) if bad != bad else got == np.inf), (where, got)
+
+
+@needs_native
+def test_the_native_norm_does_not_depend_on_the_thread_count():
+    """Pieces and blocks are fixed by the sizes: 1 and 2 OpenMP threads give the same bits (the list
+    is large enough for the parallel loop)."""
+    assert 1_000_003 + 200_000 + 150_001 + 50 * 4096 >= native.NORM_PARALLEL_MIN
+    code = ("import numpy as np, optforge; from optforge import native\n"
+            "rng = np.random.default_rng(7)\n"
+            "xs = [rng.standard_normal(n).astype(d) for n, d in ((1_000_003, np.float32), (200_000, np.float16),"
+            " (150_001, np.float64))] + [rng.standard_normal(4096).astype(np.float32) for _ in range(50)]\n"
+            "lib = native.library_for(type(optforge.create('adam')))\n"
+            "threads = native.openmp_threads(type(optforge.create('adam')))\n"
+            "print(float.hex(native.sum_squares_list(lib, xs)), threads)\n")
+    out = {}
+    for n in ("1", "2"):
+        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                           env={**os.environ, "OMP_NUM_THREADS": n}, timeout=600)
+        assert r.returncode == 0, r.stderr
+        out[n] = r.stdout.split()
+    assert out["1"][1] == "1" and out["2"][1] == "2"
+    assert out["1"][0] == out["2"][0]
+
+
+@needs_native
+def test_native_step_control_reads_the_list_in_one_call(monkeypatch):
+    """A list update with clipping on the native backend: one native call for the contiguous NumPy
+    gradients; a non-contiguous gradient (a view: validation lets gradients be views) and a
+    row-sparse one's data are summed as well, and the step is clip_grad_norm_'s."""
+    calls = []
+    original = native.sum_squares_list
+    monkeypatch.setattr(native, "sum_squares_list",
+                        lambda lib, arrays: calls.append(len(arrays)) or original(lib, arrays))
+    rng = np.random.default_rng(4)
+    ws = [rng.standard_normal(s) for s in ((30, 20), (20, 30), (7,), (5000,))]
+    steps = [[rng.standard_normal(w.shape) * 3 for w in ws] for _ in range(3)]
+    views = [[g[0], np.ascontiguousarray(g[1].T).T, g[2], g[3]] for g in steps]   # grad 1: a transposed view
+    assert not views[0][1].flags.c_contiguous
+    got, _, _ = _run("adam", ws, views, "native", learning_rate=0.01, max_grad_norm=1.0)
+    assert calls == [3, 3, 3]
+    want, _, _ = _run("adam", ws, [_clipped(gs, 1.0) for gs in steps], "native", learning_rate=0.01)
+    for a, b in zip(got, want):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
+    # a row-sparse gradient: its rows count (the dense gradient with the other rows zero)
+    opt = optforge.create("adam", learning_rate=0.01, max_grad_norm=0.5)
+    opt.backend = "native"
+    ref = optforge.create("adam", learning_rate=0.01)
+    ref.backend = "native"
+    w, w_ref = np.ones((6, 3)), np.ones((6, 3))
+    s, s_ref = opt.create_state(0, w), ref.create_state(0, w_ref)
+    data = rng.standard_normal((2, 3)) * 4
+    opt.update(0, w, optforge.RowSparse(data, np.array([1, 4]), (6, 3)), s)
+    dense = np.zeros((6, 3))
+    dense[[1, 4]] = data
+    ref.update(0, w_ref, _clipped([dense], 0.5)[0], s_ref)
+    np.testing.assert_allclose(w, w_ref, rtol=1e-12, atol=1e-14)

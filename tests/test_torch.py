@@ -9,9 +9,11 @@ the same global gradient clipping as one process.
 import copy
 import io
 import json
+import os
 import subprocess
 import sys
 import time
+import warnings
 from datetime import timedelta
 
 import numpy as np
@@ -383,11 +385,24 @@ def _sharded_worker(rank, world, store, out):
                 diffs["d_growth"] = d[0] / 1e-6
             report[spec] = diffs
         if rank == 0:
-            with open(out, "w") as f:
-                json.dump(report, f)
+            _write_atomic(out, json.dumps(report))
         dist.barrier()   # both ranks done with the group before either tears it down
+        # every collective of this rank is done and the report is on disk: the parent judges the
+        # run by these markers, not by how a process fared in gloo's teardown (issue 17)
+        _write_atomic(f"{out}.done{rank}", "done")
     finally:
         dist.destroy_process_group()
+    # leave without the interpreter's finalisation, where gloo's threads may still hold work objects
+    # that take the GIL as it goes away (a SIGABRT): what this process owes is on disk
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
+def _write_atomic(path, text):
+    with open(f"{path}.tmp", "w") as f:
+        f.write(text)
+    os.replace(f"{path}.tmp", path)
 
 
 def test_sharded_lamb_lars_prodigy_and_clipping_equal_unsharded(tmp_path):
@@ -396,11 +411,21 @@ def test_sharded_lamb_lars_prodigy_and_clipping_equal_unsharded(tmp_path):
     out = tmp_path / "report.json"
     ctx = mp.spawn(_sharded_worker, args=(2, str(tmp_path / "store"), str(out)), nprocs=2, join=False)
     deadline = time.monotonic() + 120
-    while not ctx.join(timeout=2):
-        if time.monotonic() > deadline:
-            for proc in ctx.processes:
-                proc.kill()
-            pytest.fail("the 2-process sharded step did not finish within 120 s")
+    try:
+        # a failed rank's peer gets 10 s to finish on its own before it is terminated
+        while not ctx.join(timeout=2, grace_period=10):
+            if time.monotonic() > deadline:
+                for proc in ctx.processes:
+                    proc.kill()
+                pytest.fail("the 2-process sharded step did not finish within 120 s")
+    except mp.ProcessExitedException as e:
+        # gloo may abort a process as it tears the group down (issue 17). That is no failure of the
+        # test only when it is that abort and every rank had finished: all its collectives done, the
+        # report written (the markers come after the last barrier). Anything else is a failure.
+        finished = all(os.path.exists(f"{out}.done{rank}") for rank in range(2))
+        if e.signal_name != "SIGABRT" or not finished:
+            raise
+        warnings.warn(f"a rank died of SIGABRT in gloo's teardown after finishing its work ({e})")
     report = json.loads(out.read_text())
     for spec in ("lamb", "lars", "prodigy"):
         assert report[spec]["hooked"] < 1e-6, report          # same step as one process, up to rounding

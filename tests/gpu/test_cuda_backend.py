@@ -351,3 +351,25 @@ def test_states_stored_as_declared_on_the_device(mode, dtype, kernel_launches):
         assert sa["mean"].dtype == BF16 and sa["var"].dtype == np.float16
         for k in sa:
             np.testing.assert_allclose(sa[k].astype(np.float64), sb[k].astype(np.float64), rtol=1e-2, atol=1e-4)
+
+def test_step_control_norm_of_a_gpu_list_is_one_copy_in_double(monkeypatch):
+    """grad_scale over a list of CuPy gradients (cuda.sum_squares_list): the small ones in one launch
+    over a pointer table, each large one in its own, into one table of partial sums copied back
+    once; float16/32/64, empty and non-contiguous tensors, against a float64 reference."""
+    from optforge import ops
+    rng = np.random.default_rng(6)
+    host = [rng.standard_normal(n).astype(d) for n, d in ((7, np.float16), (0, np.float32), (3000, np.float64),
+                                                           (cuda.LIST_MAX + 1, np.float32), (40, np.float32))]
+    host += [rng.standard_normal((30, 20)).astype(np.float16).T]   # a transposed view
+    want = float(sum(np.sum(a.astype(np.float64) ** 2) for a in host))
+    xs = [cupy.asarray(a) for a in host]
+    xs[-1] = cupy.asarray(host[-1].T).T
+    monkeypatch.setattr(cuda, "sum_squares", lambda x: pytest.fail("a per-tensor sum (one copy each)"))
+    assert ops.sum_squares_list(xs) == pytest.approx(want, rel=1e-12, abs=0)
+    assert ops.sum_squares_list([]) == 0.0 and ops.sum_squares_list(xs[1:2]) == 0.0
+    for k in (0, 3, 5):
+        bad = [x.copy() for x in xs]
+        bad[k][(0,) * bad[k].ndim] = np.nan
+        assert np.isnan(ops.sum_squares_list(bad))
+        bad[k][(0,) * bad[k].ndim] = -np.inf
+        assert ops.sum_squares_list(bad) == np.inf
