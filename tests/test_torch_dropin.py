@@ -198,7 +198,8 @@ def test_signature_is_torchs(name):
     ours = inspect.signature(getattr(ot, name)).parameters
     theirs = inspect.signature(getattr(torch.optim, name)).parameters
     assert list(ours)[:len(theirs)] == list(theirs)
-    assert list(ours)[len(theirs):] == ["backend", "reduce_hook", "max_grad_norm", "skip_nonfinite"]
+    assert list(ours)[len(theirs):] == ["backend", "reduce_hook", "max_grad_norm", "skip_nonfinite", "multi_precision",
+                                        "stochastic_rounding"]
     for key, p in theirs.items():
         assert ours[key].kind == p.kind, key
         if p.default is not inspect.Parameter.empty:
