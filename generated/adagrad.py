@@ -109,7 +109,7 @@ class AdaGrad(Optimizer):
         history = tensors['history']
         for rows, grad in ops.row_blocks(rows, grad):
             weight_rows = ops.gather(weight, rows)
-            history_rows = ops.gather(history, rows)
+            history_rows = ops.gather(history, rows, weight)
             g = ops.clip(rescale_grad * grad, clip_gradient)  # adagrad.opt:24
             history_rows = history_rows + np.square(g)  # adagrad.opt:25
             history[rows] = history_rows

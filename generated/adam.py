@@ -133,8 +133,8 @@ class Adam(Optimizer):
         var = tensors['var']
         for rows, grad in ops.row_blocks(rows, grad):
             weight_rows = ops.gather(weight, rows)
-            mean_rows = ops.gather(mean, rows)
-            var_rows = ops.gather(var, rows)
+            mean_rows = ops.gather(mean, rows, weight)
+            var_rows = ops.gather(var, rows, weight)
             g = ops.clip(grad * rescale_grad + wd * weight_rows, clip_gradient)  # adam.opt:34
             mean_rows = beta1 * mean_rows + (1 - beta1) * g  # adam.opt:35
             mean[rows] = mean_rows

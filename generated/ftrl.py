@@ -115,8 +115,8 @@ class Ftrl(Optimizer):
         n = tensors['n']
         for rows, grad in ops.row_blocks(rows, grad):
             weight_rows = ops.gather(weight, rows)
-            z_rows = ops.gather(z, rows)
-            n_rows = ops.gather(n, rows)
+            z_rows = ops.gather(z, rows, weight)
+            n_rows = ops.gather(n, rows, weight)
             g = ops.clip(rescale_grad * grad, clip_gradient)  # ftrl.opt:30
             z_rows = z_rows + (g - (np.sqrt(n_rows + g * g) - np.sqrt(n_rows)) * weight_rows / lr)  # ftrl.opt:31
             z[rows] = z_rows

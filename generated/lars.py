@@ -165,7 +165,7 @@ class LARS(Optimizer):
         momentum_t = _step.call['momentum_t']
         mom = tensors.get('mom')
         weight_rows = ops.gather(weight, rows)
-        mom_rows = ops.gather(mom, rows)
+        mom_rows = ops.gather(mom, rows, weight)
         w_norm = ops.norm(weight)  # lars.opt:38
         g_norm = ops.norm(grad) * rescale_grad  # lars.opt:39
         scaled = not param_name.endswith(('gamma', 'beta', 'bias',)) and w_norm > 0 and g_norm > 0  # lars.opt:40

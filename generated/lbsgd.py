@@ -252,8 +252,8 @@ class LBSGD(Optimizer):
         cum_grad = tensors.get('cum_grad')
         num_cums = scalars['num_cums']
         weight_rows = ops.gather(weight, rows)
-        mom_rows = ops.gather(mom, rows)
-        cum_grad_rows = ops.gather(cum_grad, rows)
+        mom_rows = ops.gather(mom, rows, weight)
+        cum_grad_rows = ops.gather(cum_grad, rows, weight)
         num_cums = num_cums + 1  # lbsgd.opt:42
         if batch_scale > 1:
             cum_grad_rows = cum_grad_rows + grad  # lbsgd.opt:44

@@ -117,7 +117,7 @@ class NAG(Optimizer):
         mom = tensors.get('mom')
         for rows, grad in ops.row_blocks(rows, grad):
             weight_rows = ops.gather(weight, rows)
-            mom_rows = ops.gather(mom, rows)
+            mom_rows = ops.gather(mom, rows, weight)
             g = ops.clip(rescale_grad * grad, clip_gradient)  # nag.opt:23
             if momentum != 0:
                 mom_rows = momentum * mom_rows  # nag.opt:25

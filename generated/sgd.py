@@ -115,7 +115,7 @@ class SGD(Optimizer):
         mom = tensors.get('mom')
         for rows, grad in ops.row_blocks(rows, grad):
             weight_rows = ops.gather(weight, rows)
-            mom_rows = ops.gather(mom, rows)
+            mom_rows = ops.gather(mom, rows, weight)
             g = ops.clip(rescale_grad * grad, clip_gradient)  # sgd.opt:24
             if momentum != 0:
                 mom_rows = momentum * mom_rows - lr * wd * weight_rows - lr * g  # sgd.opt:26
