@@ -11,7 +11,7 @@ from . import quantmap
 from .check import check
 from .emit_c import CpuEmitter, CudaEmitter
 from .emit_driver import driver_lines
-from .emit_numpy import NumpyEmitter, kernel_lines, step_bindings
+from .emit_numpy import NumpyEmitter, chunkable, kernel_lines, step_bindings
 from .emit_sparse import RowsEmitter
 from .errors import SpecError, printable
 from .ir import SHAPE_FACTS, Assign, IfStmt, Op, Role, Shape, Spec
@@ -228,7 +228,7 @@ def render_module(spec: Spec, spec_path: str | None = None, program: Program | N
         layout_lines=layout, scalar_init_lines=scalar_init, sparse_lines=sparse_lines,
         requires_lines=requires_lines, rows_lines=rows_lines,
         prologue_lines=pro, kernel_lines=ker, staged_lines=staged, interludes=interludes,
-        phased=program.phased, multi_tensor=program.multi_tensor,
+        phased=program.phased, multi_tensor=program.multi_tensor, chunked=chunkable(spec, program),
         kernel_stages=tuple(st.fn for st in program.stages))
 
 

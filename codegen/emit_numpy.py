@@ -335,7 +335,8 @@ class ChunkedKernel:
         out.append(f"{pad}def {fn}({', '.join(arrays + regs)}):")
         out += [pad + ln for ln in body]
         tup = ", ".join(arrays) + ("," if len(arrays) == 1 else "")
-        out.append(f"{pad}chunks.run({fn}, ({tup}), {len(regs)})")
+        writes = tuple(k for k, a in enumerate(arrays) if a in st.writes)
+        out.append(f"{pad}chunks.run({fn}, ({tup}), {len(regs)}, {writes!r})")
         return out
 
     def _leaf(self, n: Expr) -> str | None:
@@ -411,6 +412,11 @@ def _line(st: Stage, node: Expr) -> int:
     return 0
 
 
+def chunkable(spec, program) -> bool:
+    """Whether `_kernel_numpy` has the chunked branch (large tensors in cache-sized chunks)."""
+    return any(st.stmts for st in program.stages) and not any(st.tiled for st in program.stages) and not spec.matrix
+
+
 def kernel_lines(em: NumpyEmitter, program: Program) -> list[str]:
     """The body of `_kernel_numpy`: straight-line code for small tensors, stages for large ones."""
     if program.gathers:   # the statements after pass 1, with the meeting points of the parameters
@@ -420,7 +426,7 @@ def kernel_lines(em: NumpyEmitter, program: Program) -> list[str]:
             straight += gather_lines(em, s, "", needed, em.spec) if isinstance(s, Gather) else em.block([s], 0)
     else:
         straight = em.block(em.spec.body, 0)
-    if not any(st.stmts for st in program.stages) or any(st.tiled for st in program.stages) or em.spec.matrix:
+    if not chunkable(em.spec, program):
         return straight   # (shaped updates: the equations as written, with NumPy's broadcasting)
     ck = ChunkedKernel(em.spec, program)
     chunked = ck.lines(1)

@@ -79,7 +79,7 @@ class RowsEmitter(NumpyEmitter):
             lines.append(f"{pad}weight{ROWS_SUFFIX} = ops.gather(weight, rows)")
         for st in spec.states:
             if st.name in read:
-                lines.append(f"{pad}{st.name}{ROWS_SUFFIX} = ops.gather({st.name}, rows)")
+                lines.append(f"{pad}{st.name}{ROWS_SUFFIX} = ops.gather({st.name}, rows, weight)")
         return lines + self.block(spec.body, 1 if blocked else 0)
 
 

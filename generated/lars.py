@@ -76,6 +76,7 @@ class LARS(Optimizer):
     options = {'decay_suffixes': ('_weight',), 'aggregate': 4}
     sparse = 'lazy'
     multi_tensor = True   # list updates on CUDA: one launch per stage for all parameters
+    chunked = True   # _kernel_numpy runs large tensors in chunks (16-bit arrays widened a chunk at a time)
     kernel_stages = ('optforge_lars_s0', 'optforge_lars_s1')
 
     def __init__(self, momentum=0.0, lazy_update=True, eta=0.001, eps=0.0, momentum_correction=True, **kwargs):
@@ -147,7 +148,7 @@ class LARS(Optimizer):
                     np.add(weight, mom, out=weight)  # lars.opt:45
                 else:
                     np.subtract(np.multiply(1 - lars_lr * wd, weight, out=weight), np.multiply(lars_lr, g, out=tmp0), out=weight)  # lars.opt:47
-            chunks.run(stage1, (grad, mom, weight), 2)
+            chunks.run(stage1, (grad, mom, weight), 2, (1, 2))
 
     def _kernel_rows(self, _step, rows, weight, grad, tensors, scalars):
         """The lazy update: only the rows `rows` of `weight` and `tensors` change; `grad` holds those rows."""
@@ -164,7 +165,7 @@ class LARS(Optimizer):
         momentum_t = _step.call['momentum_t']
         mom = tensors.get('mom')
         weight_rows = ops.gather(weight, rows)
-        mom_rows = ops.gather(mom, rows)
+        mom_rows = ops.gather(mom, rows, weight)
         w_norm = ops.norm(weight)  # lars.opt:38
         g_norm = ops.norm(grad) * rescale_grad  # lars.opt:39
         scaled = not param_name.endswith(('gamma', 'beta', 'bias',)) and w_norm > 0 and g_norm > 0  # lars.opt:40

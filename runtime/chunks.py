@@ -7,6 +7,11 @@ releases the GIL inside ufuncs): the tensor is cut in one contiguous part per th
 thread walks its part chunk by chunk with its own scratch buffers. Tensors below MIN_SIZE take the
 straight-line kernel instead, so small tensors never pay for any of this.
 
+16-bit arrays (float16 and bfloat16 weights, gradients and states, states stored `as bf16`) are
+widened a chunk at a time into float32 buffers, the stage computes in float32 as the compiled kernels
+do, and the chunks of the arrays it writes are rounded back (to nearest even) after it: no full-size
+float32 copy exists, and each stage stores what the native and CUDA stages store.
+
     OPTFORGE_NUM_THREADS   threads for large tensors (default: the CPUs this process may use)
 """
 from __future__ import annotations
@@ -48,10 +53,17 @@ def use(weight, *arrays) -> bool:
     return True
 
 
+def _compute(dtype):
+    """The dtype a stage computes in: float64 for float64, float32 for the rest (16-bit storage)."""
+    return np.dtype(np.float64) if np.dtype(dtype) == np.float64 else np.dtype(np.float32)
+
+
 def empty(*arrays) -> np.ndarray:
     """A full-size array for a tensor local that outlives its stage (read by a reduction or a later
-    stage), shaped like the first array, in the dtype the expression would have."""
-    return np.empty(arrays[0].shape, np.result_type(*[a for a in arrays if a is not None]))
+    stage), shaped like the first array, in the dtype its stage computes in."""
+    present = [a for a in arrays if a is not None]
+    wide = any(a.dtype == np.float64 for a in present)
+    return np.empty(arrays[0].shape, np.float64 if wide else np.float32)
 
 
 def clip(x, bound, out):
@@ -69,23 +81,36 @@ def copy(x, out):
     return out
 
 
-def _scratch(dtype, count):
+def _scratch(key, count):
+    """`count` per-thread buffers of CHUNK elements; `key` a dtype or ("wide", dtype)."""
     bufs = getattr(_local, "bufs", None)
     if bufs is None:
         bufs = _local.bufs = {}
-    have = bufs.get(dtype)
+    have = bufs.get(key)
+    dtype = key[1] if isinstance(key, tuple) else key
     if have is None or len(have) < count or have[0].size != CHUNK:   # CHUNK may have been changed
-        have = bufs[dtype] = [np.empty(CHUNK, dtype) for _ in range(count)]
+        have = bufs[key] = [np.empty(CHUNK, dtype) for _ in range(count)]
     return have[:count]
 
 
-def _walk(stage, flat, lo, hi, dtype, n_scratch, err):
+def _walk(stage, flat, lo, hi, dtype, n_scratch, err, narrow=(), writes=()):
+    """The chunks [lo, hi) in order. `narrow`: positions of 16-bit arrays, each chunk of which is
+    widened into a buffer of `dtype` first; those in `writes` are rounded back after the stage."""
     with np.errstate(**err):
         scratch = _scratch(dtype, n_scratch)
+        wide = _scratch(("wide", dtype), len(narrow)) if narrow else []
+        back = [k for k, j in enumerate(narrow) if j in writes]
         for s in range(lo, hi, CHUNK):
             e = min(s + CHUNK, hi)
             regs = scratch if e - s == CHUNK else [b[:e - s] for b in scratch]
-            stage(*[None if a is None else a[s:e] for a in flat], *regs)
+            parts = [None if a is None else a[s:e] for a in flat]
+            for k, j in enumerate(narrow):
+                buf = wide[k][:e - s]
+                buf[...] = parts[j]
+                parts[j] = buf
+            stage(*parts, *regs)
+            for k in back:
+                flat[narrow[k]][s:e] = wide[k][:e - s]
 
 
 def _executor(workers: int) -> ThreadPoolExecutor:
@@ -97,22 +122,25 @@ def _executor(workers: int) -> ThreadPoolExecutor:
     return _pool
 
 
-def run(stage, arrays, n_scratch: int) -> None:
-    """stage(*chunks of arrays, *n_scratch scratch buffers) over the whole tensors, in chunks."""
+def run(stage, arrays, n_scratch: int, writes=()) -> None:
+    """stage(*chunks of arrays, *n_scratch scratch buffers) over the whole tensors, in chunks;
+    `writes`: the positions of the arrays the stage writes (16-bit ones are rounded back)."""
     flat = [None if a is None else a.reshape(-1) for a in arrays]
-    dtype = np.result_type(*[a for a in flat if a is not None])
+    present = [a for a in flat if a is not None]
+    dtype = _compute(np.result_type(*[a.dtype if a.dtype.kind == "f" else np.float32 for a in present]))
+    narrow = tuple(k for k, a in enumerate(flat) if a is not None and a.dtype != dtype)
     n = next(a.size for a in flat if a is not None)   # a conditional state may be absent (None)
     err = np.geterr()
     parts = min(threads(), max(1, n // (THREAD_MIN // 2)))
     if parts <= 1:
-        _walk(stage, flat, 0, n, dtype, n_scratch, err)
+        _walk(stage, flat, 0, n, dtype, n_scratch, err, narrow, writes)
         return
     per = -(-n // parts // CHUNK) * CHUNK     # whole chunks per thread
     bounds = [(i * per, min(n, (i + 1) * per)) for i in range(parts) if i * per < n]
     pool = _executor(len(bounds) - 1)
-    futures = [pool.submit(_walk, stage, flat, lo, hi, dtype, n_scratch, err) for lo, hi in bounds[1:]]
+    futures = [pool.submit(_walk, stage, flat, lo, hi, dtype, n_scratch, err, narrow, writes) for lo, hi in bounds[1:]]
     try:
-        _walk(stage, flat, bounds[0][0], bounds[0][1], dtype, n_scratch, err)
+        _walk(stage, flat, bounds[0][0], bounds[0][1], dtype, n_scratch, err, narrow, writes)
     finally:
         for f in futures:
             f.result()

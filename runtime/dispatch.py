@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import cuda, native, ops
+from . import chunks, cuda, native, ops
 from .dtypes import is_low
 from .multi import MultiTensorLaunches, run_lockstep
 from .sparse import RowSparse
@@ -119,15 +119,23 @@ def _param_phases(opt, weight, grad, state, step, backend, multi, cache):
         master = state.master
         yield from _dense_phases(opt, step, master, grad.astype(np.float32), state.tensors, state.scalars, backend, cache)
         weight[...] = master
-    elif is_low(weight.dtype) and backend != "native":
+    elif is_low(weight.dtype) and backend != "native" and not _in_chunks(opt, weight, grad, state, step):
         # NumPy: the update of float32 copies, stored back rounded (the native kernels load and
-        # store the 16-bit arrays themselves)
+        # store the 16-bit arrays themselves; so does the chunked NumPy kernel, a chunk at a time)
         w32 = weight.astype(np.float32)
         t32 = _widened(opt, state.tensors, np.float32, copy=True)
         yield from _dense_phases(opt, step, w32, grad.astype(np.float32), t32, state.scalars, backend, cache)
         _store_low(opt, weight, w32, t32, state.tensors, step)
     else:
         yield from _dense_phases(opt, step, weight, grad, state.tensors, state.scalars, backend, cache)
+
+
+def _in_chunks(opt, weight, grad, state, step) -> bool:
+    """Whether the NumPy kernel updates the 16-bit arrays in place, widening a chunk at a time
+    (runtime/chunks.py): a large contiguous parameter of a spec with the chunked kernel, no 8-bit
+    state, no stochastic rounding and no gradient factor (both need the whole float32 values)."""
+    return (opt.chunked and not opt.state_quant and not step.round_seed and step.grad_scale == 1
+            and chunks.use(weight, grad, *state.tensors.values()))
 
 
 def _store_low(opt, weight, w32, t32, tensors, step):
@@ -145,7 +153,9 @@ def _dense_phases(opt, step, weight, grad, tensors, scalars, backend, cache):
         be = native.NativeBackend(native.library_for(type(opt), low=is_low(weight.dtype)), weight.dtype, cache)
         yield from opt._kernel_phases(be, step, weight, grad, tensors, scalars)
     else:
-        wide = _widened(opt, tensors, weight.dtype)
+        direct = (opt.chunked and not opt.state_quant and (step.grad_scale == 1 or not is_low(grad.dtype))
+                  and chunks.use(weight, grad, *tensors.values()))
+        wide = tensors if direct else _widened(opt, tensors, weight.dtype)   # (chunks widen stored states)
         yield from opt._kernel_numpy(step, weight, grad, wide, scalars)
         _narrowed(opt, tensors, wide)
 
@@ -163,9 +173,10 @@ def step_one(opt, weight, grad, state, step, backend: str) -> None:
         master = state.master
         _dense(opt, step, master, grad.astype(np.float32), state.tensors, state.scalars, backend)
         weight[...] = master
-    elif is_low(weight.dtype) and backend != "native":
+    elif is_low(weight.dtype) and backend != "native" and not _in_chunks(opt, weight, grad, state, step):
         # NumPy: compute in float32, store float16 / bfloat16 (MXNet rounds every intermediate to
-        # float16); the native kernels load and store the 16-bit arrays themselves
+        # float16); the native kernels load and store the 16-bit arrays themselves, and so does the
+        # chunked NumPy kernel, a chunk at a time
         w32 = weight.astype(np.float32)
         t32 = _widened(opt, state.tensors, np.float32, copy=True)
         _dense(opt, step, w32, grad.astype(np.float32), t32, state.scalars, backend)
@@ -210,7 +221,9 @@ def _dense(opt, step, weight, grad, tensors, scalars, backend):
         be = native.NativeBackend(native.library_for(type(opt), low=is_low(weight.dtype)), weight.dtype, cache)
         opt._kernel_staged(be, step, weight, grad, tensors, scalars)
     else:
-        wide = _widened(opt, tensors, weight.dtype)
+        direct = (opt.chunked and not opt.state_quant and (step.grad_scale == 1 or not is_low(grad.dtype))
+                  and chunks.use(weight, grad, *tensors.values()))
+        wide = tensors if direct else _widened(opt, tensors, weight.dtype)   # (chunks widen stored states)
         opt._kernel_numpy(step, weight, grad, wide, scalars)
         _narrowed(opt, tensors, wide)
 

@@ -503,13 +503,15 @@ def arg(x) -> float:
     return 0.0 if x is None else float(x)
 
 
-def gather(x, rows):
-    """The rows `rows` of `x` as a new array (float16 widened to float32, as dense updates compute);
-    None stays None (a state this configuration does not keep)."""
+def gather(x, rows, weight=None):
+    """The rows `rows` of `x` as a new array in the type the update computes in (16-bit ones widened
+    to float32; a state stored in another type than `weight`'s, to the weight's compute type); None
+    stays None (a state this configuration does not keep)."""
     if x is None:
         return None
     out = x.take(rows, axis=0)
-    return out.astype(np.float32) if is_low(out.dtype) else out
+    want = np.float64 if (weight if weight is not None else out).dtype == np.float64 else np.float32
+    return out.astype(want) if out.dtype != want else out
 
 
 ROW_BLOCK_ELEMENTS = 1 << 14

@@ -287,16 +287,18 @@ def test_software_float16_conversions_equal_the_compilers(monkeypatch):
     np.testing.assert_array_equal(results[True, 0.37].view(np.uint16), want.view(np.uint16))
 
 
-@needs_native
-def test_float16_weights_without_a_master_copy_allocate_no_float32_copies():
-    """The native kernels load and store float16 themselves (issue #18's peak memory item): an Adam
-    step allocates nothing the size of the weight in float32."""
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [np.float16, BF16], ids=["float16", "bfloat16"])
+def test_16_bit_weights_without_a_master_copy_allocate_no_float32_copies(backend, dtype):
+    """The native kernels load and store 16-bit arrays themselves, the chunked NumPy kernel widens
+    them a chunk at a time (issue #18's peak memory item): an Adam step allocates nothing the size
+    of the weight in float32."""
     import tracemalloc
     n = 1 << 20
     opt = optforge.create("adam", learning_rate=0.01)
-    opt.backend = "native"
-    w = np.ones(n, np.float16)
-    g = np.ones(n, np.float16)
+    opt.backend = backend
+    w = np.ones(n, dtype)
+    g = np.ones(n, dtype)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         s = opt.create_state_multi_precision(0, w)
