@@ -112,10 +112,11 @@ template <typename C> OPTFORGE_HD void op_requant(const C* __restrict__ v, int64
         const float x = (float)v[j];
         changed |= x != table[codes[j]] * old;
         nan |= x != x;
-        amax = fmaxf(amax, fabsf(x));
+        const float a = fabsf(x);
+        amax = a > amax ? a : amax;   /* (vmaxps; a NaN is not greater: the flag catches it) */
     }
     if (!changed) return;
-    if (nan)   /* a NaN makes the scale NaN (fmaxf skipped it) */
+    if (nan)   /* a NaN makes the scale NaN (the maximum skipped it) */
         for (int64_t j = 0; j < len; ++j)
             if (v[j] != v[j]) amax = (float)v[j];
     *absmax = amax;
