@@ -10,7 +10,7 @@ import jinja2
 from . import quantmap
 from .check import check
 from .emit_c import CpuEmitter, CudaEmitter
-from .emit_driver import driver_lines
+from .emit_driver import _host_reads_grad, driver_lines
 from .emit_numpy import NumpyEmitter, chunkable, kernel_lines, step_bindings
 from .emit_sparse import RowsEmitter
 from .errors import SpecError, printable
@@ -229,6 +229,7 @@ def render_module(spec: Spec, spec_path: str | None = None, program: Program | N
         requires_lines=requires_lines, rows_lines=rows_lines,
         prologue_lines=pro, kernel_lines=ker, staged_lines=staged, interludes=interludes,
         phased=program.phased, multi_tensor=program.multi_tensor, chunked=chunkable(spec, program),
+        host_reads_grad=_host_reads_grad(program.steps),
         kernel_stages=tuple(st.fn for st in program.stages))
 
 

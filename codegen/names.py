@@ -121,7 +121,7 @@ OPTIMIZER_ATTRS = {"spec_name", "spec_path", "spec_hash", "aliases", "hyperparam
                    "create_state_multi_precision", "hyperparameters", "register", "set_learning_rate",
                    "set_lr_mult", "set_lr_scale", "set_wd_mult", "update", "update_multi_precision", "lr",
                    "num_update", "idx2name", "sym_info", "aggregate_num", "lr_mult", "wd_mult", "backend",
-                   "multi_tensor", "kernel_stages", "state_layout", "state_storage", "state_quant", "stochastic_rounding", "tensor_dtype", "chunked"}
+                   "multi_tensor", "kernel_stages", "state_layout", "state_storage", "state_quant", "stochastic_rounding", "tensor_dtype", "chunked", "host_reads_grad"}
 REL = {"==": Op.EQ, "!=": Op.NE, "<": Op.LT, "<=": Op.LE, ">": Op.GT, ">=": Op.GE}
 ARITH = {"+": Op.ADD, "-": Op.SUB, "*": Op.MUL, "/": Op.DIV, "%": Op.MOD, "**": Op.POW}
 NEGATE = {Op.EQ: Op.NE, Op.NE: Op.EQ, Op.LT: Op.GE, Op.GE: Op.LT, Op.GT: Op.LE, Op.LE: Op.GT}

@@ -250,8 +250,8 @@ OPTFORGE_HD void optforge_adafactor_s8_elem(int64_t i, int64_t gi, T* __restrict
    OPTFORGE_TILE_COLS cols and OPTFORGE_TILE_ELEMS elements, fixed by the shape alone (not by the
    thread count), the tiles in parallel. Reductions along an axis accumulate per tile (a row's
    piece, a col's piece) in double and the pieces are combined in tile order: deterministic. */
-template <typename T, typename C>
-static void optforge_adafactor_s2_tiles(int64_t nb, int64_t nr, int64_t nc, const T* __restrict__ p_grad, C* __restrict__ p__r0, C* __restrict__ p__r1, double k0, double k_rescale_grad, double k2, double k__grad_scale) {
+template <typename T, typename G, typename C>
+static void optforge_adafactor_s2_tiles(int64_t nb, int64_t nr, int64_t nc, const G* __restrict__ p_grad, C* __restrict__ p__r0, C* __restrict__ p__r1, float* __restrict__ p_weight_lp, double k0, double k_rescale_grad, double k2, double k__grad_scale) {
     const int64_t n = nb * nr * nc;
     if (n == 0) return;
     const int64_t tc = nc < OPTFORGE_TILE_COLS ? nc : OPTFORGE_TILE_COLS, ncc = (nc + tc - 1) / tc;
@@ -272,7 +272,7 @@ static void optforge_adafactor_s2_tiles(int64_t nb, int64_t nr, int64_t nc, cons
             #pragma omp simd reduction(+: row0)
             for (int64_t c = c0; c < c1; ++c) {
                 C _v0, _v1;
-                optforge_adafactor_s2_elem<T, T, C>(row * nc + c, row * nc + c, row, b * nc + c, b, p_grad, nullptr, _v0, _v1, (C)k0, (C)k_rescale_grad, (C)k2, (C)k__grad_scale);
+                optforge_adafactor_s2_elem<T, G, C>(row * nc + c, row * nc + c, row, b * nc + c, b, p_grad, p_weight_lp, _v0, _v1, (C)k0, (C)k_rescale_grad, (C)k2, (C)k__grad_scale);
                 row0 += (double)_v0;
                 col1[c - c0] = col1[c - c0] + (double)_v1;
             }
@@ -308,8 +308,8 @@ static void optforge_adafactor_s2_tiles(int64_t nb, int64_t nr, int64_t nc, cons
    OPTFORGE_TILE_COLS cols and OPTFORGE_TILE_ELEMS elements, fixed by the shape alone (not by the
    thread count), the tiles in parallel. Reductions along an axis accumulate per tile (a row's
    piece, a col's piece) in double and the pieces are combined in tile order: deterministic. */
-template <typename T, typename C, int H0>
-static void optforge_adafactor_s3_tiles(int64_t nb, int64_t nr, int64_t nc, T* __restrict__ p_row_var, const C* __restrict__ p__r0, C* __restrict__ p__r2, double k_beta2_t, double k1) {
+template <typename T, typename G, typename C, int H0>
+static void optforge_adafactor_s3_tiles(int64_t nb, int64_t nr, int64_t nc, T* __restrict__ p_row_var, const C* __restrict__ p__r0, C* __restrict__ p__r2, float* __restrict__ p_weight_lp, double k_beta2_t, double k1) {
     const int64_t n = nb * nr * nc;
     if (n == 0) return;
     const int64_t tc = nc < OPTFORGE_TILE_COLS ? nc : OPTFORGE_TILE_COLS, ncc = (nc + tc - 1) / tc;
@@ -328,7 +328,7 @@ static void optforge_adafactor_s3_tiles(int64_t nb, int64_t nr, int64_t nc, T* _
             #pragma omp simd
             for (int64_t c = c0; c < c1; ++c) {
                 C _v0;
-                optforge_adafactor_s3_elem<T, T, C, H0>(row * nc + c, row * nc + c, row, b * nc + c, b, p_row_var, p__r0, nullptr, _v0, (C)k_beta2_t, (C)k1);
+                optforge_adafactor_s3_elem<T, G, C, H0>(row * nc + c, row * nc + c, row, b * nc + c, b, p_row_var, p__r0, p_weight_lp, _v0, (C)k_beta2_t, (C)k1);
                 col0[c - c0] = col0[c - c0] + (double)_v0;
             }
         }
@@ -352,8 +352,8 @@ static void optforge_adafactor_s3_tiles(int64_t nb, int64_t nr, int64_t nc, T* _
    OPTFORGE_TILE_COLS cols and OPTFORGE_TILE_ELEMS elements, fixed by the shape alone (not by the
    thread count), the tiles in parallel. Reductions along an axis accumulate per tile (a row's
    piece, a col's piece) in double and the pieces are combined in tile order: deterministic. */
-template <typename T, typename C, int H0>
-static void optforge_adafactor_s4_tiles(int64_t nb, int64_t nr, int64_t nc, T* __restrict__ p_col_var, const C* __restrict__ p__r1, double k_beta2_t, double k1) {
+template <typename T, typename G, typename C, int H0>
+static void optforge_adafactor_s4_tiles(int64_t nb, int64_t nr, int64_t nc, T* __restrict__ p_col_var, const C* __restrict__ p__r1, float* __restrict__ p_weight_lp, double k_beta2_t, double k1) {
     const int64_t n = nb * nr * nc;
     if (n == 0) return;
     const int64_t tc = nc < OPTFORGE_TILE_COLS ? nc : OPTFORGE_TILE_COLS, ncc = (nc + tc - 1) / tc;
@@ -368,7 +368,7 @@ static void optforge_adafactor_s4_tiles(int64_t nb, int64_t nr, int64_t nc, T* _
             const int64_t row = b * nr + r;
             #pragma omp simd
             for (int64_t c = c0; c < c1; ++c) {
-                optforge_adafactor_s4_elem<T, T, C, H0>(row * nc + c, row * nc + c, row, b * nc + c, b, p_col_var, p__r1, nullptr, (C)k_beta2_t, (C)k1);
+                optforge_adafactor_s4_elem<T, G, C, H0>(row * nc + c, row * nc + c, row, b * nc + c, b, p_col_var, p__r1, p_weight_lp, (C)k_beta2_t, (C)k1);
             }
         }
     }
@@ -377,8 +377,8 @@ static void optforge_adafactor_s4_tiles(int64_t nb, int64_t nr, int64_t nc, T* _
    OPTFORGE_TILE_COLS cols and OPTFORGE_TILE_ELEMS elements, fixed by the shape alone (not by the
    thread count), the tiles in parallel. Reductions along an axis accumulate per tile (a row's
    piece, a col's piece) in double and the pieces are combined in tile order: deterministic. */
-template <typename T, typename C, int H0, int H1>
-static void optforge_adafactor_s5_tiles(int64_t nb, int64_t nr, int64_t nc, const T* __restrict__ p_grad, const T* __restrict__ p_row_var, const T* __restrict__ p_col_var, const C* __restrict__ p__r2, double k0, double k_rescale_grad, double k2, double k3, double k_e1, double k5, double k__grad_scale, double* __restrict__ out) {
+template <typename T, typename G, typename C, int H0, int H1>
+static void optforge_adafactor_s5_tiles(int64_t nb, int64_t nr, int64_t nc, const G* __restrict__ p_grad, const T* __restrict__ p_row_var, const T* __restrict__ p_col_var, const C* __restrict__ p__r2, float* __restrict__ p_weight_lp, double k0, double k_rescale_grad, double k2, double k3, double k_e1, double k5, double k__grad_scale, double* __restrict__ out) {
     const int64_t n = nb * nr * nc;
     out[0] = 0.0;
     if (n == 0) return;
@@ -397,7 +397,7 @@ static void optforge_adafactor_s5_tiles(int64_t nb, int64_t nr, int64_t nc, cons
             #pragma omp simd reduction(+: w0)
             for (int64_t c = c0; c < c1; ++c) {
                 C t0, _unused;
-                optforge_adafactor_s5_elem<T, T, C, H0, H1>(row * nc + c, row * nc + c, row, b * nc + c, b, p_grad, p_row_var, p_col_var, p__r2, nullptr, t0, (C)k0, (C)k_rescale_grad, (C)k2, (C)k3, (C)k_e1, (C)k5, (C)k__grad_scale);
+                optforge_adafactor_s5_elem<T, G, C, H0, H1>(row * nc + c, row * nc + c, row, b * nc + c, b, p_grad, p_row_var, p_col_var, p__r2, p_weight_lp, t0, (C)k0, (C)k_rescale_grad, (C)k2, (C)k3, (C)k_e1, (C)k5, (C)k__grad_scale);
                 w0 += (double)t0 * (double)t0;
             }
         }
@@ -409,8 +409,8 @@ static void optforge_adafactor_s5_tiles(int64_t nb, int64_t nr, int64_t nc, cons
    OPTFORGE_TILE_COLS cols and OPTFORGE_TILE_ELEMS elements, fixed by the shape alone (not by the
    thread count), the tiles in parallel. Reductions along an axis accumulate per tile (a row's
    piece, a col's piece) in double and the pieces are combined in tile order: deterministic. */
-template <typename T, typename C, int H0, int H1>
-static void optforge_adafactor_s6_tiles(int64_t nb, int64_t nr, int64_t nc, T* __restrict__ p_weight, const T* __restrict__ p_grad, const T* __restrict__ p_row_var, const T* __restrict__ p_col_var, const C* __restrict__ p__r2, double k__r3, double k1, double k_rescale_grad, double k3, double k4, double k_e1, double k6, double k__grad_scale, double k__round_seed) {
+template <typename T, typename G, typename C, int H0, int H1>
+static void optforge_adafactor_s6_tiles(int64_t nb, int64_t nr, int64_t nc, T* __restrict__ p_weight, const G* __restrict__ p_grad, const T* __restrict__ p_row_var, const T* __restrict__ p_col_var, const C* __restrict__ p__r2, float* __restrict__ p_weight_lp, double k__r3, double k1, double k_rescale_grad, double k3, double k4, double k_e1, double k6, double k__grad_scale, double k__round_seed) {
     const int64_t n = nb * nr * nc;
     if (n == 0) return;
     const int64_t tc = nc < OPTFORGE_TILE_COLS ? nc : OPTFORGE_TILE_COLS, ncc = (nc + tc - 1) / tc;
@@ -425,7 +425,7 @@ static void optforge_adafactor_s6_tiles(int64_t nb, int64_t nr, int64_t nc, T* _
             const int64_t row = b * nr + r;
             #pragma omp simd
             for (int64_t c = c0; c < c1; ++c) {
-                optforge_adafactor_s6_elem<T, T, C, H0, H1>(row * nc + c, row * nc + c, row, b * nc + c, b, p_weight, p_grad, p_row_var, p_col_var, p__r2, nullptr, (C)k__r3, (C)k1, (C)k_rescale_grad, (C)k3, (C)k4, (C)k_e1, (C)k6, (C)k__grad_scale, k__round_seed);
+                optforge_adafactor_s6_elem<T, G, C, H0, H1>(row * nc + c, row * nc + c, row, b * nc + c, b, p_weight, p_grad, p_row_var, p_col_var, p__r2, p_weight_lp, (C)k__r3, (C)k1, (C)k_rescale_grad, (C)k3, (C)k4, (C)k_e1, (C)k6, (C)k__grad_scale, k__round_seed);
             }
         }
     }
@@ -627,6 +627,92 @@ void optforge_adafactor_s0_bf16(int64_t n, const optforge_bf16* __restrict__ p_w
     }
 }
 #endif
+#ifdef OPTFORGE_LOW_PRECISION
+/* also accumulates 1 whole-tensor reduction(s) into out[]. Each thread takes a fixed share
+   of the elements, block by block: the stage loop stores the elements' reduction terms in small
+   buffers (so it vectorizes as a stage without reductions does), then a tight loop sums a buffer in
+   double. Shares are added in order: the result does not depend on timing. */
+void optforge_adafactor_s0_mp16(int64_t n, const float* __restrict__ p_weight, float* __restrict__ p_weight_lp, double* __restrict__ out) {
+    int nt = 1;
+#ifdef _OPENMP
+    if (n >= OPTFORGE_PARALLEL_MIN) nt = omp_get_max_threads();
+#endif
+    std::vector<double> parts((size_t)nt * 1, 0.0);
+    #pragma omp parallel num_threads(nt) if (nt > 1)
+    {
+        int tid = 0, step = 1;
+#ifdef _OPENMP
+        tid = omp_get_thread_num();
+        step = omp_get_num_threads();
+#endif
+        for (int c = tid; c < nt; c += step) {
+            const int64_t lo = n * c / nt, hi = n * (c + 1) / nt;
+            double acc[1] = {0};
+            for (int64_t b = lo; b < hi; b += OPTFORGE_REDUCE_BLOCK) {
+                const int64_t e = hi - b < OPTFORGE_REDUCE_BLOCK ? hi : b + OPTFORGE_REDUCE_BLOCK;
+                {   /* from memory, just written or read (cache-hot) */
+                    double s = 0;
+                    #pragma omp simd reduction(+: s)
+                    for (int64_t j = 0; j < e - b; ++j) {
+                        const double v = p_weight[b + j];
+                        s += v * v;
+                    }
+                    acc[0] += s;
+                }
+            }
+            for (int k = 0; k < 1; ++k) parts[(size_t)c * 1 + k] = acc[k];
+        }
+    }
+    for (int k = 0; k < 1; ++k) {
+        double s = 0;
+        for (int c = 0; c < nt; ++c) s += parts[(size_t)c * 1 + k];
+        out[k] = s;
+    }
+}
+#endif
+#ifdef OPTFORGE_LOW_PRECISION
+/* also accumulates 1 whole-tensor reduction(s) into out[]. Each thread takes a fixed share
+   of the elements, block by block: the stage loop stores the elements' reduction terms in small
+   buffers (so it vectorizes as a stage without reductions does), then a tight loop sums a buffer in
+   double. Shares are added in order: the result does not depend on timing. */
+void optforge_adafactor_s0_mpbf16(int64_t n, const float* __restrict__ p_weight, float* __restrict__ p_weight_lp, double* __restrict__ out) {
+    int nt = 1;
+#ifdef _OPENMP
+    if (n >= OPTFORGE_PARALLEL_MIN) nt = omp_get_max_threads();
+#endif
+    std::vector<double> parts((size_t)nt * 1, 0.0);
+    #pragma omp parallel num_threads(nt) if (nt > 1)
+    {
+        int tid = 0, step = 1;
+#ifdef _OPENMP
+        tid = omp_get_thread_num();
+        step = omp_get_num_threads();
+#endif
+        for (int c = tid; c < nt; c += step) {
+            const int64_t lo = n * c / nt, hi = n * (c + 1) / nt;
+            double acc[1] = {0};
+            for (int64_t b = lo; b < hi; b += OPTFORGE_REDUCE_BLOCK) {
+                const int64_t e = hi - b < OPTFORGE_REDUCE_BLOCK ? hi : b + OPTFORGE_REDUCE_BLOCK;
+                {   /* from memory, just written or read (cache-hot) */
+                    double s = 0;
+                    #pragma omp simd reduction(+: s)
+                    for (int64_t j = 0; j < e - b; ++j) {
+                        const double v = p_weight[b + j];
+                        s += v * v;
+                    }
+                    acc[0] += s;
+                }
+            }
+            for (int k = 0; k < 1; ++k) parts[(size_t)c * 1 + k] = acc[k];
+        }
+    }
+    for (int k = 0; k < 1; ++k) {
+        double s = 0;
+        for (int c = 0; c < nt; ++c) s += parts[(size_t)c * 1 + k];
+        out[k] = s;
+    }
+}
+#endif
 void optforge_adafactor_s1_f32(int64_t n, float* __restrict__ p_weight, double k0, double k__round_seed) {
     {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
@@ -691,116 +777,200 @@ void optforge_adafactor_s1_bf16(int64_t n, optforge_bf16* __restrict__ p_weight,
     }
 }
 #endif
+#ifdef OPTFORGE_LOW_PRECISION
+void optforge_adafactor_s1_mp16(int64_t n, float* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k0, double k__round_seed) {
+    {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_adafactor_s1_elem<float, optforge_f16, float>(i, i, p_weight, p_weight_lp, (float)k0, k__round_seed);
+    }
+}
+#endif
+#ifdef OPTFORGE_LOW_PRECISION
+void optforge_adafactor_s1_mpbf16(int64_t n, float* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k0, double k__round_seed) {
+    {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_adafactor_s1_elem<float, optforge_bf16, float>(i, i, p_weight, p_weight_lp, (float)k0, k__round_seed);
+    }
+}
+#endif
 void optforge_adafactor_s2_f32(int64_t nb, int64_t nr, int64_t nc, const float* __restrict__ p_grad, float* __restrict__ p__r0, float* __restrict__ p__r1, double k0, double k_rescale_grad, double k2, double k__grad_scale) {
-     optforge_adafactor_s2_tiles<float, float>(nb, nr, nc, p_grad, p__r0, p__r1, k0, k_rescale_grad, k2, k__grad_scale);
+     optforge_adafactor_s2_tiles<float, float, float>(nb, nr, nc, p_grad, p__r0, p__r1, nullptr, k0, k_rescale_grad, k2, k__grad_scale);
 }
 void optforge_adafactor_s2_f64(int64_t nb, int64_t nr, int64_t nc, const double* __restrict__ p_grad, double* __restrict__ p__r0, double* __restrict__ p__r1, double k0, double k_rescale_grad, double k2, double k__grad_scale) {
-     optforge_adafactor_s2_tiles<double, double>(nb, nr, nc, p_grad, p__r0, p__r1, k0, k_rescale_grad, k2, k__grad_scale);
+     optforge_adafactor_s2_tiles<double, double, double>(nb, nr, nc, p_grad, p__r0, p__r1, nullptr, k0, k_rescale_grad, k2, k__grad_scale);
 }
 #ifdef OPTFORGE_LOW_PRECISION
 void optforge_adafactor_s2_f16(int64_t nb, int64_t nr, int64_t nc, const optforge_f16* __restrict__ p_grad, float* __restrict__ p__r0, float* __restrict__ p__r1, double k0, double k_rescale_grad, double k2, double k__grad_scale) {
-     optforge_adafactor_s2_tiles<optforge_f16, float>(nb, nr, nc, p_grad, p__r0, p__r1, k0, k_rescale_grad, k2, k__grad_scale);
+     optforge_adafactor_s2_tiles<optforge_f16, optforge_f16, float>(nb, nr, nc, p_grad, p__r0, p__r1, nullptr, k0, k_rescale_grad, k2, k__grad_scale);
 }
 #endif
 #ifdef OPTFORGE_LOW_PRECISION
 void optforge_adafactor_s2_bf16(int64_t nb, int64_t nr, int64_t nc, const optforge_bf16* __restrict__ p_grad, float* __restrict__ p__r0, float* __restrict__ p__r1, double k0, double k_rescale_grad, double k2, double k__grad_scale) {
-     optforge_adafactor_s2_tiles<optforge_bf16, float>(nb, nr, nc, p_grad, p__r0, p__r1, k0, k_rescale_grad, k2, k__grad_scale);
+     optforge_adafactor_s2_tiles<optforge_bf16, optforge_bf16, float>(nb, nr, nc, p_grad, p__r0, p__r1, nullptr, k0, k_rescale_grad, k2, k__grad_scale);
+}
+#endif
+#ifdef OPTFORGE_LOW_PRECISION
+void optforge_adafactor_s2_mp16(int64_t nb, int64_t nr, int64_t nc, const optforge_f16* __restrict__ p_grad, float* __restrict__ p__r0, float* __restrict__ p__r1, float* __restrict__ p_weight_lp, double k0, double k_rescale_grad, double k2, double k__grad_scale) {
+     optforge_adafactor_s2_tiles<float, optforge_f16, float>(nb, nr, nc, p_grad, p__r0, p__r1, p_weight_lp, k0, k_rescale_grad, k2, k__grad_scale);
+}
+#endif
+#ifdef OPTFORGE_LOW_PRECISION
+void optforge_adafactor_s2_mpbf16(int64_t nb, int64_t nr, int64_t nc, const optforge_bf16* __restrict__ p_grad, float* __restrict__ p__r0, float* __restrict__ p__r1, float* __restrict__ p_weight_lp, double k0, double k_rescale_grad, double k2, double k__grad_scale) {
+     optforge_adafactor_s2_tiles<float, optforge_bf16, float>(nb, nr, nc, p_grad, p__r0, p__r1, p_weight_lp, k0, k_rescale_grad, k2, k__grad_scale);
 }
 #endif
 void optforge_adafactor_s3_f32(int64_t nb, int64_t nr, int64_t nc, float* __restrict__ p_row_var, const float* __restrict__ p__r0, float* __restrict__ p__r2, double k_beta2_t, double k1) {
-    if (p_row_var) optforge_adafactor_s3_tiles<float, float, 1>(nb, nr, nc, p_row_var, p__r0, p__r2, k_beta2_t, k1);
-    else if (!p_row_var) optforge_adafactor_s3_tiles<float, float, 0>(nb, nr, nc, p_row_var, p__r0, p__r2, k_beta2_t, k1);
+    if (p_row_var) optforge_adafactor_s3_tiles<float, float, float, 1>(nb, nr, nc, p_row_var, p__r0, p__r2, nullptr, k_beta2_t, k1);
+    else if (!p_row_var) optforge_adafactor_s3_tiles<float, float, float, 0>(nb, nr, nc, p_row_var, p__r0, p__r2, nullptr, k_beta2_t, k1);
 }
 void optforge_adafactor_s3_f64(int64_t nb, int64_t nr, int64_t nc, double* __restrict__ p_row_var, const double* __restrict__ p__r0, double* __restrict__ p__r2, double k_beta2_t, double k1) {
-    if (p_row_var) optforge_adafactor_s3_tiles<double, double, 1>(nb, nr, nc, p_row_var, p__r0, p__r2, k_beta2_t, k1);
-    else if (!p_row_var) optforge_adafactor_s3_tiles<double, double, 0>(nb, nr, nc, p_row_var, p__r0, p__r2, k_beta2_t, k1);
+    if (p_row_var) optforge_adafactor_s3_tiles<double, double, double, 1>(nb, nr, nc, p_row_var, p__r0, p__r2, nullptr, k_beta2_t, k1);
+    else if (!p_row_var) optforge_adafactor_s3_tiles<double, double, double, 0>(nb, nr, nc, p_row_var, p__r0, p__r2, nullptr, k_beta2_t, k1);
 }
 #ifdef OPTFORGE_LOW_PRECISION
 void optforge_adafactor_s3_f16(int64_t nb, int64_t nr, int64_t nc, optforge_f16* __restrict__ p_row_var, const float* __restrict__ p__r0, float* __restrict__ p__r2, double k_beta2_t, double k1) {
-    if (p_row_var) optforge_adafactor_s3_tiles<optforge_f16, float, 1>(nb, nr, nc, p_row_var, p__r0, p__r2, k_beta2_t, k1);
-    else if (!p_row_var) optforge_adafactor_s3_tiles<optforge_f16, float, 0>(nb, nr, nc, p_row_var, p__r0, p__r2, k_beta2_t, k1);
+    if (p_row_var) optforge_adafactor_s3_tiles<optforge_f16, optforge_f16, float, 1>(nb, nr, nc, p_row_var, p__r0, p__r2, nullptr, k_beta2_t, k1);
+    else if (!p_row_var) optforge_adafactor_s3_tiles<optforge_f16, optforge_f16, float, 0>(nb, nr, nc, p_row_var, p__r0, p__r2, nullptr, k_beta2_t, k1);
 }
 #endif
 #ifdef OPTFORGE_LOW_PRECISION
 void optforge_adafactor_s3_bf16(int64_t nb, int64_t nr, int64_t nc, optforge_bf16* __restrict__ p_row_var, const float* __restrict__ p__r0, float* __restrict__ p__r2, double k_beta2_t, double k1) {
-    if (p_row_var) optforge_adafactor_s3_tiles<optforge_bf16, float, 1>(nb, nr, nc, p_row_var, p__r0, p__r2, k_beta2_t, k1);
-    else if (!p_row_var) optforge_adafactor_s3_tiles<optforge_bf16, float, 0>(nb, nr, nc, p_row_var, p__r0, p__r2, k_beta2_t, k1);
+    if (p_row_var) optforge_adafactor_s3_tiles<optforge_bf16, optforge_bf16, float, 1>(nb, nr, nc, p_row_var, p__r0, p__r2, nullptr, k_beta2_t, k1);
+    else if (!p_row_var) optforge_adafactor_s3_tiles<optforge_bf16, optforge_bf16, float, 0>(nb, nr, nc, p_row_var, p__r0, p__r2, nullptr, k_beta2_t, k1);
+}
+#endif
+#ifdef OPTFORGE_LOW_PRECISION
+void optforge_adafactor_s3_mp16(int64_t nb, int64_t nr, int64_t nc, float* __restrict__ p_row_var, const float* __restrict__ p__r0, float* __restrict__ p__r2, float* __restrict__ p_weight_lp, double k_beta2_t, double k1) {
+    if (p_row_var) optforge_adafactor_s3_tiles<float, optforge_f16, float, 1>(nb, nr, nc, p_row_var, p__r0, p__r2, p_weight_lp, k_beta2_t, k1);
+    else if (!p_row_var) optforge_adafactor_s3_tiles<float, optforge_f16, float, 0>(nb, nr, nc, p_row_var, p__r0, p__r2, p_weight_lp, k_beta2_t, k1);
+}
+#endif
+#ifdef OPTFORGE_LOW_PRECISION
+void optforge_adafactor_s3_mpbf16(int64_t nb, int64_t nr, int64_t nc, float* __restrict__ p_row_var, const float* __restrict__ p__r0, float* __restrict__ p__r2, float* __restrict__ p_weight_lp, double k_beta2_t, double k1) {
+    if (p_row_var) optforge_adafactor_s3_tiles<float, optforge_bf16, float, 1>(nb, nr, nc, p_row_var, p__r0, p__r2, p_weight_lp, k_beta2_t, k1);
+    else if (!p_row_var) optforge_adafactor_s3_tiles<float, optforge_bf16, float, 0>(nb, nr, nc, p_row_var, p__r0, p__r2, p_weight_lp, k_beta2_t, k1);
 }
 #endif
 void optforge_adafactor_s4_f32(int64_t nb, int64_t nr, int64_t nc, float* __restrict__ p_col_var, const float* __restrict__ p__r1, double k_beta2_t, double k1) {
-    if (p_col_var) optforge_adafactor_s4_tiles<float, float, 1>(nb, nr, nc, p_col_var, p__r1, k_beta2_t, k1);
-    else if (!p_col_var) optforge_adafactor_s4_tiles<float, float, 0>(nb, nr, nc, p_col_var, p__r1, k_beta2_t, k1);
+    if (p_col_var) optforge_adafactor_s4_tiles<float, float, float, 1>(nb, nr, nc, p_col_var, p__r1, nullptr, k_beta2_t, k1);
+    else if (!p_col_var) optforge_adafactor_s4_tiles<float, float, float, 0>(nb, nr, nc, p_col_var, p__r1, nullptr, k_beta2_t, k1);
 }
 void optforge_adafactor_s4_f64(int64_t nb, int64_t nr, int64_t nc, double* __restrict__ p_col_var, const double* __restrict__ p__r1, double k_beta2_t, double k1) {
-    if (p_col_var) optforge_adafactor_s4_tiles<double, double, 1>(nb, nr, nc, p_col_var, p__r1, k_beta2_t, k1);
-    else if (!p_col_var) optforge_adafactor_s4_tiles<double, double, 0>(nb, nr, nc, p_col_var, p__r1, k_beta2_t, k1);
+    if (p_col_var) optforge_adafactor_s4_tiles<double, double, double, 1>(nb, nr, nc, p_col_var, p__r1, nullptr, k_beta2_t, k1);
+    else if (!p_col_var) optforge_adafactor_s4_tiles<double, double, double, 0>(nb, nr, nc, p_col_var, p__r1, nullptr, k_beta2_t, k1);
 }
 #ifdef OPTFORGE_LOW_PRECISION
 void optforge_adafactor_s4_f16(int64_t nb, int64_t nr, int64_t nc, optforge_f16* __restrict__ p_col_var, const float* __restrict__ p__r1, double k_beta2_t, double k1) {
-    if (p_col_var) optforge_adafactor_s4_tiles<optforge_f16, float, 1>(nb, nr, nc, p_col_var, p__r1, k_beta2_t, k1);
-    else if (!p_col_var) optforge_adafactor_s4_tiles<optforge_f16, float, 0>(nb, nr, nc, p_col_var, p__r1, k_beta2_t, k1);
+    if (p_col_var) optforge_adafactor_s4_tiles<optforge_f16, optforge_f16, float, 1>(nb, nr, nc, p_col_var, p__r1, nullptr, k_beta2_t, k1);
+    else if (!p_col_var) optforge_adafactor_s4_tiles<optforge_f16, optforge_f16, float, 0>(nb, nr, nc, p_col_var, p__r1, nullptr, k_beta2_t, k1);
 }
 #endif
 #ifdef OPTFORGE_LOW_PRECISION
 void optforge_adafactor_s4_bf16(int64_t nb, int64_t nr, int64_t nc, optforge_bf16* __restrict__ p_col_var, const float* __restrict__ p__r1, double k_beta2_t, double k1) {
-    if (p_col_var) optforge_adafactor_s4_tiles<optforge_bf16, float, 1>(nb, nr, nc, p_col_var, p__r1, k_beta2_t, k1);
-    else if (!p_col_var) optforge_adafactor_s4_tiles<optforge_bf16, float, 0>(nb, nr, nc, p_col_var, p__r1, k_beta2_t, k1);
+    if (p_col_var) optforge_adafactor_s4_tiles<optforge_bf16, optforge_bf16, float, 1>(nb, nr, nc, p_col_var, p__r1, nullptr, k_beta2_t, k1);
+    else if (!p_col_var) optforge_adafactor_s4_tiles<optforge_bf16, optforge_bf16, float, 0>(nb, nr, nc, p_col_var, p__r1, nullptr, k_beta2_t, k1);
+}
+#endif
+#ifdef OPTFORGE_LOW_PRECISION
+void optforge_adafactor_s4_mp16(int64_t nb, int64_t nr, int64_t nc, float* __restrict__ p_col_var, const float* __restrict__ p__r1, float* __restrict__ p_weight_lp, double k_beta2_t, double k1) {
+    if (p_col_var) optforge_adafactor_s4_tiles<float, optforge_f16, float, 1>(nb, nr, nc, p_col_var, p__r1, p_weight_lp, k_beta2_t, k1);
+    else if (!p_col_var) optforge_adafactor_s4_tiles<float, optforge_f16, float, 0>(nb, nr, nc, p_col_var, p__r1, p_weight_lp, k_beta2_t, k1);
+}
+#endif
+#ifdef OPTFORGE_LOW_PRECISION
+void optforge_adafactor_s4_mpbf16(int64_t nb, int64_t nr, int64_t nc, float* __restrict__ p_col_var, const float* __restrict__ p__r1, float* __restrict__ p_weight_lp, double k_beta2_t, double k1) {
+    if (p_col_var) optforge_adafactor_s4_tiles<float, optforge_bf16, float, 1>(nb, nr, nc, p_col_var, p__r1, p_weight_lp, k_beta2_t, k1);
+    else if (!p_col_var) optforge_adafactor_s4_tiles<float, optforge_bf16, float, 0>(nb, nr, nc, p_col_var, p__r1, p_weight_lp, k_beta2_t, k1);
 }
 #endif
 void optforge_adafactor_s5_f32(int64_t nb, int64_t nr, int64_t nc, const float* __restrict__ p_grad, const float* __restrict__ p_row_var, const float* __restrict__ p_col_var, const float* __restrict__ p__r2, double k0, double k_rescale_grad, double k2, double k3, double k_e1, double k5, double k__grad_scale, double* __restrict__ out) {
-    if (p_row_var && p_col_var) optforge_adafactor_s5_tiles<float, float, 1, 1>(nb, nr, nc, p_grad, p_row_var, p_col_var, p__r2, k0, k_rescale_grad, k2, k3, k_e1, k5, k__grad_scale, out);
-    else if (p_row_var && !p_col_var) optforge_adafactor_s5_tiles<float, float, 1, 0>(nb, nr, nc, p_grad, p_row_var, p_col_var, p__r2, k0, k_rescale_grad, k2, k3, k_e1, k5, k__grad_scale, out);
-    else if (!p_row_var && p_col_var) optforge_adafactor_s5_tiles<float, float, 0, 1>(nb, nr, nc, p_grad, p_row_var, p_col_var, p__r2, k0, k_rescale_grad, k2, k3, k_e1, k5, k__grad_scale, out);
-    else if (!p_row_var && !p_col_var) optforge_adafactor_s5_tiles<float, float, 0, 0>(nb, nr, nc, p_grad, p_row_var, p_col_var, p__r2, k0, k_rescale_grad, k2, k3, k_e1, k5, k__grad_scale, out);
+    if (p_row_var && p_col_var) optforge_adafactor_s5_tiles<float, float, float, 1, 1>(nb, nr, nc, p_grad, p_row_var, p_col_var, p__r2, nullptr, k0, k_rescale_grad, k2, k3, k_e1, k5, k__grad_scale, out);
+    else if (p_row_var && !p_col_var) optforge_adafactor_s5_tiles<float, float, float, 1, 0>(nb, nr, nc, p_grad, p_row_var, p_col_var, p__r2, nullptr, k0, k_rescale_grad, k2, k3, k_e1, k5, k__grad_scale, out);
+    else if (!p_row_var && p_col_var) optforge_adafactor_s5_tiles<float, float, float, 0, 1>(nb, nr, nc, p_grad, p_row_var, p_col_var, p__r2, nullptr, k0, k_rescale_grad, k2, k3, k_e1, k5, k__grad_scale, out);
+    else if (!p_row_var && !p_col_var) optforge_adafactor_s5_tiles<float, float, float, 0, 0>(nb, nr, nc, p_grad, p_row_var, p_col_var, p__r2, nullptr, k0, k_rescale_grad, k2, k3, k_e1, k5, k__grad_scale, out);
 }
 void optforge_adafactor_s5_f64(int64_t nb, int64_t nr, int64_t nc, const double* __restrict__ p_grad, const double* __restrict__ p_row_var, const double* __restrict__ p_col_var, const double* __restrict__ p__r2, double k0, double k_rescale_grad, double k2, double k3, double k_e1, double k5, double k__grad_scale, double* __restrict__ out) {
-    if (p_row_var && p_col_var) optforge_adafactor_s5_tiles<double, double, 1, 1>(nb, nr, nc, p_grad, p_row_var, p_col_var, p__r2, k0, k_rescale_grad, k2, k3, k_e1, k5, k__grad_scale, out);
-    else if (p_row_var && !p_col_var) optforge_adafactor_s5_tiles<double, double, 1, 0>(nb, nr, nc, p_grad, p_row_var, p_col_var, p__r2, k0, k_rescale_grad, k2, k3, k_e1, k5, k__grad_scale, out);
-    else if (!p_row_var && p_col_var) optforge_adafactor_s5_tiles<double, double, 0, 1>(nb, nr, nc, p_grad, p_row_var, p_col_var, p__r2, k0, k_rescale_grad, k2, k3, k_e1, k5, k__grad_scale, out);
-    else if (!p_row_var && !p_col_var) optforge_adafactor_s5_tiles<double, double, 0, 0>(nb, nr, nc, p_grad, p_row_var, p_col_var, p__r2, k0, k_rescale_grad, k2, k3, k_e1, k5, k__grad_scale, out);
+    if (p_row_var && p_col_var) optforge_adafactor_s5_tiles<double, double, double, 1, 1>(nb, nr, nc, p_grad, p_row_var, p_col_var, p__r2, nullptr, k0, k_rescale_grad, k2, k3, k_e1, k5, k__grad_scale, out);
+    else if (p_row_var && !p_col_var) optforge_adafactor_s5_tiles<double, double, double, 1, 0>(nb, nr, nc, p_grad, p_row_var, p_col_var, p__r2, nullptr, k0, k_rescale_grad, k2, k3, k_e1, k5, k__grad_scale, out);
+    else if (!p_row_var && p_col_var) optforge_adafactor_s5_tiles<double, double, double, 0, 1>(nb, nr, nc, p_grad, p_row_var, p_col_var, p__r2, nullptr, k0, k_rescale_grad, k2, k3, k_e1, k5, k__grad_scale, out);
+    else if (!p_row_var && !p_col_var) optforge_adafactor_s5_tiles<double, double, double, 0, 0>(nb, nr, nc, p_grad, p_row_var, p_col_var, p__r2, nullptr, k0, k_rescale_grad, k2, k3, k_e1, k5, k__grad_scale, out);
 }
 #ifdef OPTFORGE_LOW_PRECISION
 void optforge_adafactor_s5_f16(int64_t nb, int64_t nr, int64_t nc, const optforge_f16* __restrict__ p_grad, const optforge_f16* __restrict__ p_row_var, const optforge_f16* __restrict__ p_col_var, const float* __restrict__ p__r2, double k0, double k_rescale_grad, double k2, double k3, double k_e1, double k5, double k__grad_scale, double* __restrict__ out) {
-    if (p_row_var && p_col_var) optforge_adafactor_s5_tiles<optforge_f16, float, 1, 1>(nb, nr, nc, p_grad, p_row_var, p_col_var, p__r2, k0, k_rescale_grad, k2, k3, k_e1, k5, k__grad_scale, out);
-    else if (p_row_var && !p_col_var) optforge_adafactor_s5_tiles<optforge_f16, float, 1, 0>(nb, nr, nc, p_grad, p_row_var, p_col_var, p__r2, k0, k_rescale_grad, k2, k3, k_e1, k5, k__grad_scale, out);
-    else if (!p_row_var && p_col_var) optforge_adafactor_s5_tiles<optforge_f16, float, 0, 1>(nb, nr, nc, p_grad, p_row_var, p_col_var, p__r2, k0, k_rescale_grad, k2, k3, k_e1, k5, k__grad_scale, out);
-    else if (!p_row_var && !p_col_var) optforge_adafactor_s5_tiles<optforge_f16, float, 0, 0>(nb, nr, nc, p_grad, p_row_var, p_col_var, p__r2, k0, k_rescale_grad, k2, k3, k_e1, k5, k__grad_scale, out);
+    if (p_row_var && p_col_var) optforge_adafactor_s5_tiles<optforge_f16, optforge_f16, float, 1, 1>(nb, nr, nc, p_grad, p_row_var, p_col_var, p__r2, nullptr, k0, k_rescale_grad, k2, k3, k_e1, k5, k__grad_scale, out);
+    else if (p_row_var && !p_col_var) optforge_adafactor_s5_tiles<optforge_f16, optforge_f16, float, 1, 0>(nb, nr, nc, p_grad, p_row_var, p_col_var, p__r2, nullptr, k0, k_rescale_grad, k2, k3, k_e1, k5, k__grad_scale, out);
+    else if (!p_row_var && p_col_var) optforge_adafactor_s5_tiles<optforge_f16, optforge_f16, float, 0, 1>(nb, nr, nc, p_grad, p_row_var, p_col_var, p__r2, nullptr, k0, k_rescale_grad, k2, k3, k_e1, k5, k__grad_scale, out);
+    else if (!p_row_var && !p_col_var) optforge_adafactor_s5_tiles<optforge_f16, optforge_f16, float, 0, 0>(nb, nr, nc, p_grad, p_row_var, p_col_var, p__r2, nullptr, k0, k_rescale_grad, k2, k3, k_e1, k5, k__grad_scale, out);
 }
 #endif
 #ifdef OPTFORGE_LOW_PRECISION
 void optforge_adafactor_s5_bf16(int64_t nb, int64_t nr, int64_t nc, const optforge_bf16* __restrict__ p_grad, const optforge_bf16* __restrict__ p_row_var, const optforge_bf16* __restrict__ p_col_var, const float* __restrict__ p__r2, double k0, double k_rescale_grad, double k2, double k3, double k_e1, double k5, double k__grad_scale, double* __restrict__ out) {
-    if (p_row_var && p_col_var) optforge_adafactor_s5_tiles<optforge_bf16, float, 1, 1>(nb, nr, nc, p_grad, p_row_var, p_col_var, p__r2, k0, k_rescale_grad, k2, k3, k_e1, k5, k__grad_scale, out);
-    else if (p_row_var && !p_col_var) optforge_adafactor_s5_tiles<optforge_bf16, float, 1, 0>(nb, nr, nc, p_grad, p_row_var, p_col_var, p__r2, k0, k_rescale_grad, k2, k3, k_e1, k5, k__grad_scale, out);
-    else if (!p_row_var && p_col_var) optforge_adafactor_s5_tiles<optforge_bf16, float, 0, 1>(nb, nr, nc, p_grad, p_row_var, p_col_var, p__r2, k0, k_rescale_grad, k2, k3, k_e1, k5, k__grad_scale, out);
-    else if (!p_row_var && !p_col_var) optforge_adafactor_s5_tiles<optforge_bf16, float, 0, 0>(nb, nr, nc, p_grad, p_row_var, p_col_var, p__r2, k0, k_rescale_grad, k2, k3, k_e1, k5, k__grad_scale, out);
+    if (p_row_var && p_col_var) optforge_adafactor_s5_tiles<optforge_bf16, optforge_bf16, float, 1, 1>(nb, nr, nc, p_grad, p_row_var, p_col_var, p__r2, nullptr, k0, k_rescale_grad, k2, k3, k_e1, k5, k__grad_scale, out);
+    else if (p_row_var && !p_col_var) optforge_adafactor_s5_tiles<optforge_bf16, optforge_bf16, float, 1, 0>(nb, nr, nc, p_grad, p_row_var, p_col_var, p__r2, nullptr, k0, k_rescale_grad, k2, k3, k_e1, k5, k__grad_scale, out);
+    else if (!p_row_var && p_col_var) optforge_adafactor_s5_tiles<optforge_bf16, optforge_bf16, float, 0, 1>(nb, nr, nc, p_grad, p_row_var, p_col_var, p__r2, nullptr, k0, k_rescale_grad, k2, k3, k_e1, k5, k__grad_scale, out);
+    else if (!p_row_var && !p_col_var) optforge_adafactor_s5_tiles<optforge_bf16, optforge_bf16, float, 0, 0>(nb, nr, nc, p_grad, p_row_var, p_col_var, p__r2, nullptr, k0, k_rescale_grad, k2, k3, k_e1, k5, k__grad_scale, out);
+}
+#endif
+#ifdef OPTFORGE_LOW_PRECISION
+void optforge_adafactor_s5_mp16(int64_t nb, int64_t nr, int64_t nc, const optforge_f16* __restrict__ p_grad, const float* __restrict__ p_row_var, const float* __restrict__ p_col_var, const float* __restrict__ p__r2, float* __restrict__ p_weight_lp, double k0, double k_rescale_grad, double k2, double k3, double k_e1, double k5, double k__grad_scale, double* __restrict__ out) {
+    if (p_row_var && p_col_var) optforge_adafactor_s5_tiles<float, optforge_f16, float, 1, 1>(nb, nr, nc, p_grad, p_row_var, p_col_var, p__r2, p_weight_lp, k0, k_rescale_grad, k2, k3, k_e1, k5, k__grad_scale, out);
+    else if (p_row_var && !p_col_var) optforge_adafactor_s5_tiles<float, optforge_f16, float, 1, 0>(nb, nr, nc, p_grad, p_row_var, p_col_var, p__r2, p_weight_lp, k0, k_rescale_grad, k2, k3, k_e1, k5, k__grad_scale, out);
+    else if (!p_row_var && p_col_var) optforge_adafactor_s5_tiles<float, optforge_f16, float, 0, 1>(nb, nr, nc, p_grad, p_row_var, p_col_var, p__r2, p_weight_lp, k0, k_rescale_grad, k2, k3, k_e1, k5, k__grad_scale, out);
+    else if (!p_row_var && !p_col_var) optforge_adafactor_s5_tiles<float, optforge_f16, float, 0, 0>(nb, nr, nc, p_grad, p_row_var, p_col_var, p__r2, p_weight_lp, k0, k_rescale_grad, k2, k3, k_e1, k5, k__grad_scale, out);
+}
+#endif
+#ifdef OPTFORGE_LOW_PRECISION
+void optforge_adafactor_s5_mpbf16(int64_t nb, int64_t nr, int64_t nc, const optforge_bf16* __restrict__ p_grad, const float* __restrict__ p_row_var, const float* __restrict__ p_col_var, const float* __restrict__ p__r2, float* __restrict__ p_weight_lp, double k0, double k_rescale_grad, double k2, double k3, double k_e1, double k5, double k__grad_scale, double* __restrict__ out) {
+    if (p_row_var && p_col_var) optforge_adafactor_s5_tiles<float, optforge_bf16, float, 1, 1>(nb, nr, nc, p_grad, p_row_var, p_col_var, p__r2, p_weight_lp, k0, k_rescale_grad, k2, k3, k_e1, k5, k__grad_scale, out);
+    else if (p_row_var && !p_col_var) optforge_adafactor_s5_tiles<float, optforge_bf16, float, 1, 0>(nb, nr, nc, p_grad, p_row_var, p_col_var, p__r2, p_weight_lp, k0, k_rescale_grad, k2, k3, k_e1, k5, k__grad_scale, out);
+    else if (!p_row_var && p_col_var) optforge_adafactor_s5_tiles<float, optforge_bf16, float, 0, 1>(nb, nr, nc, p_grad, p_row_var, p_col_var, p__r2, p_weight_lp, k0, k_rescale_grad, k2, k3, k_e1, k5, k__grad_scale, out);
+    else if (!p_row_var && !p_col_var) optforge_adafactor_s5_tiles<float, optforge_bf16, float, 0, 0>(nb, nr, nc, p_grad, p_row_var, p_col_var, p__r2, p_weight_lp, k0, k_rescale_grad, k2, k3, k_e1, k5, k__grad_scale, out);
 }
 #endif
 void optforge_adafactor_s6_f32(int64_t nb, int64_t nr, int64_t nc, float* __restrict__ p_weight, const float* __restrict__ p_grad, const float* __restrict__ p_row_var, const float* __restrict__ p_col_var, const float* __restrict__ p__r2, double k__r3, double k1, double k_rescale_grad, double k3, double k4, double k_e1, double k6, double k__grad_scale, double k__round_seed) {
-    if (p_row_var && p_col_var) optforge_adafactor_s6_tiles<float, float, 1, 1>(nb, nr, nc, p_weight, p_grad, p_row_var, p_col_var, p__r2, k__r3, k1, k_rescale_grad, k3, k4, k_e1, k6, k__grad_scale, k__round_seed);
-    else if (p_row_var && !p_col_var) optforge_adafactor_s6_tiles<float, float, 1, 0>(nb, nr, nc, p_weight, p_grad, p_row_var, p_col_var, p__r2, k__r3, k1, k_rescale_grad, k3, k4, k_e1, k6, k__grad_scale, k__round_seed);
-    else if (!p_row_var && p_col_var) optforge_adafactor_s6_tiles<float, float, 0, 1>(nb, nr, nc, p_weight, p_grad, p_row_var, p_col_var, p__r2, k__r3, k1, k_rescale_grad, k3, k4, k_e1, k6, k__grad_scale, k__round_seed);
-    else if (!p_row_var && !p_col_var) optforge_adafactor_s6_tiles<float, float, 0, 0>(nb, nr, nc, p_weight, p_grad, p_row_var, p_col_var, p__r2, k__r3, k1, k_rescale_grad, k3, k4, k_e1, k6, k__grad_scale, k__round_seed);
+    if (p_row_var && p_col_var) optforge_adafactor_s6_tiles<float, float, float, 1, 1>(nb, nr, nc, p_weight, p_grad, p_row_var, p_col_var, p__r2, nullptr, k__r3, k1, k_rescale_grad, k3, k4, k_e1, k6, k__grad_scale, k__round_seed);
+    else if (p_row_var && !p_col_var) optforge_adafactor_s6_tiles<float, float, float, 1, 0>(nb, nr, nc, p_weight, p_grad, p_row_var, p_col_var, p__r2, nullptr, k__r3, k1, k_rescale_grad, k3, k4, k_e1, k6, k__grad_scale, k__round_seed);
+    else if (!p_row_var && p_col_var) optforge_adafactor_s6_tiles<float, float, float, 0, 1>(nb, nr, nc, p_weight, p_grad, p_row_var, p_col_var, p__r2, nullptr, k__r3, k1, k_rescale_grad, k3, k4, k_e1, k6, k__grad_scale, k__round_seed);
+    else if (!p_row_var && !p_col_var) optforge_adafactor_s6_tiles<float, float, float, 0, 0>(nb, nr, nc, p_weight, p_grad, p_row_var, p_col_var, p__r2, nullptr, k__r3, k1, k_rescale_grad, k3, k4, k_e1, k6, k__grad_scale, k__round_seed);
 }
 void optforge_adafactor_s6_f64(int64_t nb, int64_t nr, int64_t nc, double* __restrict__ p_weight, const double* __restrict__ p_grad, const double* __restrict__ p_row_var, const double* __restrict__ p_col_var, const double* __restrict__ p__r2, double k__r3, double k1, double k_rescale_grad, double k3, double k4, double k_e1, double k6, double k__grad_scale, double k__round_seed) {
-    if (p_row_var && p_col_var) optforge_adafactor_s6_tiles<double, double, 1, 1>(nb, nr, nc, p_weight, p_grad, p_row_var, p_col_var, p__r2, k__r3, k1, k_rescale_grad, k3, k4, k_e1, k6, k__grad_scale, k__round_seed);
-    else if (p_row_var && !p_col_var) optforge_adafactor_s6_tiles<double, double, 1, 0>(nb, nr, nc, p_weight, p_grad, p_row_var, p_col_var, p__r2, k__r3, k1, k_rescale_grad, k3, k4, k_e1, k6, k__grad_scale, k__round_seed);
-    else if (!p_row_var && p_col_var) optforge_adafactor_s6_tiles<double, double, 0, 1>(nb, nr, nc, p_weight, p_grad, p_row_var, p_col_var, p__r2, k__r3, k1, k_rescale_grad, k3, k4, k_e1, k6, k__grad_scale, k__round_seed);
-    else if (!p_row_var && !p_col_var) optforge_adafactor_s6_tiles<double, double, 0, 0>(nb, nr, nc, p_weight, p_grad, p_row_var, p_col_var, p__r2, k__r3, k1, k_rescale_grad, k3, k4, k_e1, k6, k__grad_scale, k__round_seed);
+    if (p_row_var && p_col_var) optforge_adafactor_s6_tiles<double, double, double, 1, 1>(nb, nr, nc, p_weight, p_grad, p_row_var, p_col_var, p__r2, nullptr, k__r3, k1, k_rescale_grad, k3, k4, k_e1, k6, k__grad_scale, k__round_seed);
+    else if (p_row_var && !p_col_var) optforge_adafactor_s6_tiles<double, double, double, 1, 0>(nb, nr, nc, p_weight, p_grad, p_row_var, p_col_var, p__r2, nullptr, k__r3, k1, k_rescale_grad, k3, k4, k_e1, k6, k__grad_scale, k__round_seed);
+    else if (!p_row_var && p_col_var) optforge_adafactor_s6_tiles<double, double, double, 0, 1>(nb, nr, nc, p_weight, p_grad, p_row_var, p_col_var, p__r2, nullptr, k__r3, k1, k_rescale_grad, k3, k4, k_e1, k6, k__grad_scale, k__round_seed);
+    else if (!p_row_var && !p_col_var) optforge_adafactor_s6_tiles<double, double, double, 0, 0>(nb, nr, nc, p_weight, p_grad, p_row_var, p_col_var, p__r2, nullptr, k__r3, k1, k_rescale_grad, k3, k4, k_e1, k6, k__grad_scale, k__round_seed);
 }
 #ifdef OPTFORGE_LOW_PRECISION
 void optforge_adafactor_s6_f16(int64_t nb, int64_t nr, int64_t nc, optforge_f16* __restrict__ p_weight, const optforge_f16* __restrict__ p_grad, const optforge_f16* __restrict__ p_row_var, const optforge_f16* __restrict__ p_col_var, const float* __restrict__ p__r2, double k__r3, double k1, double k_rescale_grad, double k3, double k4, double k_e1, double k6, double k__grad_scale, double k__round_seed) {
-    if (p_row_var && p_col_var) optforge_adafactor_s6_tiles<optforge_f16, float, 1, 1>(nb, nr, nc, p_weight, p_grad, p_row_var, p_col_var, p__r2, k__r3, k1, k_rescale_grad, k3, k4, k_e1, k6, k__grad_scale, k__round_seed);
-    else if (p_row_var && !p_col_var) optforge_adafactor_s6_tiles<optforge_f16, float, 1, 0>(nb, nr, nc, p_weight, p_grad, p_row_var, p_col_var, p__r2, k__r3, k1, k_rescale_grad, k3, k4, k_e1, k6, k__grad_scale, k__round_seed);
-    else if (!p_row_var && p_col_var) optforge_adafactor_s6_tiles<optforge_f16, float, 0, 1>(nb, nr, nc, p_weight, p_grad, p_row_var, p_col_var, p__r2, k__r3, k1, k_rescale_grad, k3, k4, k_e1, k6, k__grad_scale, k__round_seed);
-    else if (!p_row_var && !p_col_var) optforge_adafactor_s6_tiles<optforge_f16, float, 0, 0>(nb, nr, nc, p_weight, p_grad, p_row_var, p_col_var, p__r2, k__r3, k1, k_rescale_grad, k3, k4, k_e1, k6, k__grad_scale, k__round_seed);
+    if (p_row_var && p_col_var) optforge_adafactor_s6_tiles<optforge_f16, optforge_f16, float, 1, 1>(nb, nr, nc, p_weight, p_grad, p_row_var, p_col_var, p__r2, nullptr, k__r3, k1, k_rescale_grad, k3, k4, k_e1, k6, k__grad_scale, k__round_seed);
+    else if (p_row_var && !p_col_var) optforge_adafactor_s6_tiles<optforge_f16, optforge_f16, float, 1, 0>(nb, nr, nc, p_weight, p_grad, p_row_var, p_col_var, p__r2, nullptr, k__r3, k1, k_rescale_grad, k3, k4, k_e1, k6, k__grad_scale, k__round_seed);
+    else if (!p_row_var && p_col_var) optforge_adafactor_s6_tiles<optforge_f16, optforge_f16, float, 0, 1>(nb, nr, nc, p_weight, p_grad, p_row_var, p_col_var, p__r2, nullptr, k__r3, k1, k_rescale_grad, k3, k4, k_e1, k6, k__grad_scale, k__round_seed);
+    else if (!p_row_var && !p_col_var) optforge_adafactor_s6_tiles<optforge_f16, optforge_f16, float, 0, 0>(nb, nr, nc, p_weight, p_grad, p_row_var, p_col_var, p__r2, nullptr, k__r3, k1, k_rescale_grad, k3, k4, k_e1, k6, k__grad_scale, k__round_seed);
 }
 #endif
 #ifdef OPTFORGE_LOW_PRECISION
 void optforge_adafactor_s6_bf16(int64_t nb, int64_t nr, int64_t nc, optforge_bf16* __restrict__ p_weight, const optforge_bf16* __restrict__ p_grad, const optforge_bf16* __restrict__ p_row_var, const optforge_bf16* __restrict__ p_col_var, const float* __restrict__ p__r2, double k__r3, double k1, double k_rescale_grad, double k3, double k4, double k_e1, double k6, double k__grad_scale, double k__round_seed) {
-    if (p_row_var && p_col_var) optforge_adafactor_s6_tiles<optforge_bf16, float, 1, 1>(nb, nr, nc, p_weight, p_grad, p_row_var, p_col_var, p__r2, k__r3, k1, k_rescale_grad, k3, k4, k_e1, k6, k__grad_scale, k__round_seed);
-    else if (p_row_var && !p_col_var) optforge_adafactor_s6_tiles<optforge_bf16, float, 1, 0>(nb, nr, nc, p_weight, p_grad, p_row_var, p_col_var, p__r2, k__r3, k1, k_rescale_grad, k3, k4, k_e1, k6, k__grad_scale, k__round_seed);
-    else if (!p_row_var && p_col_var) optforge_adafactor_s6_tiles<optforge_bf16, float, 0, 1>(nb, nr, nc, p_weight, p_grad, p_row_var, p_col_var, p__r2, k__r3, k1, k_rescale_grad, k3, k4, k_e1, k6, k__grad_scale, k__round_seed);
-    else if (!p_row_var && !p_col_var) optforge_adafactor_s6_tiles<optforge_bf16, float, 0, 0>(nb, nr, nc, p_weight, p_grad, p_row_var, p_col_var, p__r2, k__r3, k1, k_rescale_grad, k3, k4, k_e1, k6, k__grad_scale, k__round_seed);
+    if (p_row_var && p_col_var) optforge_adafactor_s6_tiles<optforge_bf16, optforge_bf16, float, 1, 1>(nb, nr, nc, p_weight, p_grad, p_row_var, p_col_var, p__r2, nullptr, k__r3, k1, k_rescale_grad, k3, k4, k_e1, k6, k__grad_scale, k__round_seed);
+    else if (p_row_var && !p_col_var) optforge_adafactor_s6_tiles<optforge_bf16, optforge_bf16, float, 1, 0>(nb, nr, nc, p_weight, p_grad, p_row_var, p_col_var, p__r2, nullptr, k__r3, k1, k_rescale_grad, k3, k4, k_e1, k6, k__grad_scale, k__round_seed);
+    else if (!p_row_var && p_col_var) optforge_adafactor_s6_tiles<optforge_bf16, optforge_bf16, float, 0, 1>(nb, nr, nc, p_weight, p_grad, p_row_var, p_col_var, p__r2, nullptr, k__r3, k1, k_rescale_grad, k3, k4, k_e1, k6, k__grad_scale, k__round_seed);
+    else if (!p_row_var && !p_col_var) optforge_adafactor_s6_tiles<optforge_bf16, optforge_bf16, float, 0, 0>(nb, nr, nc, p_weight, p_grad, p_row_var, p_col_var, p__r2, nullptr, k__r3, k1, k_rescale_grad, k3, k4, k_e1, k6, k__grad_scale, k__round_seed);
+}
+#endif
+#ifdef OPTFORGE_LOW_PRECISION
+void optforge_adafactor_s6_mp16(int64_t nb, int64_t nr, int64_t nc, float* __restrict__ p_weight, const optforge_f16* __restrict__ p_grad, const float* __restrict__ p_row_var, const float* __restrict__ p_col_var, const float* __restrict__ p__r2, float* __restrict__ p_weight_lp, double k__r3, double k1, double k_rescale_grad, double k3, double k4, double k_e1, double k6, double k__grad_scale, double k__round_seed) {
+    if (p_row_var && p_col_var) optforge_adafactor_s6_tiles<float, optforge_f16, float, 1, 1>(nb, nr, nc, p_weight, p_grad, p_row_var, p_col_var, p__r2, p_weight_lp, k__r3, k1, k_rescale_grad, k3, k4, k_e1, k6, k__grad_scale, k__round_seed);
+    else if (p_row_var && !p_col_var) optforge_adafactor_s6_tiles<float, optforge_f16, float, 1, 0>(nb, nr, nc, p_weight, p_grad, p_row_var, p_col_var, p__r2, p_weight_lp, k__r3, k1, k_rescale_grad, k3, k4, k_e1, k6, k__grad_scale, k__round_seed);
+    else if (!p_row_var && p_col_var) optforge_adafactor_s6_tiles<float, optforge_f16, float, 0, 1>(nb, nr, nc, p_weight, p_grad, p_row_var, p_col_var, p__r2, p_weight_lp, k__r3, k1, k_rescale_grad, k3, k4, k_e1, k6, k__grad_scale, k__round_seed);
+    else if (!p_row_var && !p_col_var) optforge_adafactor_s6_tiles<float, optforge_f16, float, 0, 0>(nb, nr, nc, p_weight, p_grad, p_row_var, p_col_var, p__r2, p_weight_lp, k__r3, k1, k_rescale_grad, k3, k4, k_e1, k6, k__grad_scale, k__round_seed);
+}
+#endif
+#ifdef OPTFORGE_LOW_PRECISION
+void optforge_adafactor_s6_mpbf16(int64_t nb, int64_t nr, int64_t nc, float* __restrict__ p_weight, const optforge_bf16* __restrict__ p_grad, const float* __restrict__ p_row_var, const float* __restrict__ p_col_var, const float* __restrict__ p__r2, float* __restrict__ p_weight_lp, double k__r3, double k1, double k_rescale_grad, double k3, double k4, double k_e1, double k6, double k__grad_scale, double k__round_seed) {
+    if (p_row_var && p_col_var) optforge_adafactor_s6_tiles<float, optforge_bf16, float, 1, 1>(nb, nr, nc, p_weight, p_grad, p_row_var, p_col_var, p__r2, p_weight_lp, k__r3, k1, k_rescale_grad, k3, k4, k_e1, k6, k__grad_scale, k__round_seed);
+    else if (p_row_var && !p_col_var) optforge_adafactor_s6_tiles<float, optforge_bf16, float, 1, 0>(nb, nr, nc, p_weight, p_grad, p_row_var, p_col_var, p__r2, p_weight_lp, k__r3, k1, k_rescale_grad, k3, k4, k_e1, k6, k__grad_scale, k__round_seed);
+    else if (!p_row_var && p_col_var) optforge_adafactor_s6_tiles<float, optforge_bf16, float, 0, 1>(nb, nr, nc, p_weight, p_grad, p_row_var, p_col_var, p__r2, p_weight_lp, k__r3, k1, k_rescale_grad, k3, k4, k_e1, k6, k__grad_scale, k__round_seed);
+    else if (!p_row_var && !p_col_var) optforge_adafactor_s6_tiles<float, optforge_bf16, float, 0, 0>(nb, nr, nc, p_weight, p_grad, p_row_var, p_col_var, p__r2, p_weight_lp, k__r3, k1, k_rescale_grad, k3, k4, k_e1, k6, k__grad_scale, k__round_seed);
 }
 #endif
 /* also accumulates 1 whole-tensor reduction(s) into out[]. Each thread takes a fixed share
@@ -1075,6 +1245,124 @@ void optforge_adafactor_s7_bf16(int64_t n, optforge_bf16* __restrict__ p_varianc
     }
 }
 #endif
+#ifdef OPTFORGE_LOW_PRECISION
+/* also accumulates 1 whole-tensor reduction(s) into out[]. Each thread takes a fixed share
+   of the elements, block by block: the stage loop stores the elements' reduction terms in small
+   buffers (so it vectorizes as a stage without reductions does), then a tight loop sums a buffer in
+   double. Shares are added in order: the result does not depend on timing. */
+void optforge_adafactor_s7_mp16(int64_t n, float* __restrict__ p_variance, const optforge_f16* __restrict__ p_grad, float* __restrict__ p_weight_lp, double k_beta2_t, double k1, double k_rescale_grad, double k3, double k4, double k__grad_scale, double* __restrict__ out) {
+    int nt = 1;
+#ifdef _OPENMP
+    if (n >= OPTFORGE_PARALLEL_MIN) nt = omp_get_max_threads();
+#endif
+    std::vector<double> parts((size_t)nt * 1, 0.0);
+    #pragma omp parallel num_threads(nt) if (nt > 1)
+    {
+        int tid = 0, step = 1;
+#ifdef _OPENMP
+        tid = omp_get_thread_num();
+        step = omp_get_num_threads();
+#endif
+        alignas(64) float buf[1][OPTFORGE_REDUCE_BLOCK];
+        for (int c = tid; c < nt; c += step) {
+            const int64_t lo = n * c / nt, hi = n * (c + 1) / nt;
+            double acc[1] = {0};
+            for (int64_t b = lo; b < hi; b += OPTFORGE_REDUCE_BLOCK) {
+                const int64_t e = hi - b < OPTFORGE_REDUCE_BLOCK ? hi : b + OPTFORGE_REDUCE_BLOCK;
+                if (p_variance) {
+                    #pragma omp simd
+                    for (int64_t i = b; i < e; ++i) {
+                        float t0;
+                        optforge_adafactor_s7_elem<float, optforge_f16, float, 1>(i, i, p_variance, p_grad, p_weight_lp, t0, (float)k_beta2_t, (float)k1, (float)k_rescale_grad, (float)k3, (float)k4, (float)k__grad_scale);
+                        buf[0][i - b] = t0;
+                    }
+                } else if (!p_variance) {
+                    #pragma omp simd
+                    for (int64_t i = b; i < e; ++i) {
+                        float t0;
+                        optforge_adafactor_s7_elem<float, optforge_f16, float, 0>(i, i, p_variance, p_grad, p_weight_lp, t0, (float)k_beta2_t, (float)k1, (float)k_rescale_grad, (float)k3, (float)k4, (float)k__grad_scale);
+                        buf[0][i - b] = t0;
+                    }
+                }
+                {   /* from the block's buffer */
+                    double s = 0;
+                    #pragma omp simd reduction(+: s)
+                    for (int64_t j = 0; j < e - b; ++j) {
+                        const double v = buf[0][j];
+                        s += v * v;
+                    }
+                    acc[0] += s;
+                }
+            }
+            for (int k = 0; k < 1; ++k) parts[(size_t)c * 1 + k] = acc[k];
+        }
+    }
+    for (int k = 0; k < 1; ++k) {
+        double s = 0;
+        for (int c = 0; c < nt; ++c) s += parts[(size_t)c * 1 + k];
+        out[k] = s;
+    }
+}
+#endif
+#ifdef OPTFORGE_LOW_PRECISION
+/* also accumulates 1 whole-tensor reduction(s) into out[]. Each thread takes a fixed share
+   of the elements, block by block: the stage loop stores the elements' reduction terms in small
+   buffers (so it vectorizes as a stage without reductions does), then a tight loop sums a buffer in
+   double. Shares are added in order: the result does not depend on timing. */
+void optforge_adafactor_s7_mpbf16(int64_t n, float* __restrict__ p_variance, const optforge_bf16* __restrict__ p_grad, float* __restrict__ p_weight_lp, double k_beta2_t, double k1, double k_rescale_grad, double k3, double k4, double k__grad_scale, double* __restrict__ out) {
+    int nt = 1;
+#ifdef _OPENMP
+    if (n >= OPTFORGE_PARALLEL_MIN) nt = omp_get_max_threads();
+#endif
+    std::vector<double> parts((size_t)nt * 1, 0.0);
+    #pragma omp parallel num_threads(nt) if (nt > 1)
+    {
+        int tid = 0, step = 1;
+#ifdef _OPENMP
+        tid = omp_get_thread_num();
+        step = omp_get_num_threads();
+#endif
+        alignas(64) float buf[1][OPTFORGE_REDUCE_BLOCK];
+        for (int c = tid; c < nt; c += step) {
+            const int64_t lo = n * c / nt, hi = n * (c + 1) / nt;
+            double acc[1] = {0};
+            for (int64_t b = lo; b < hi; b += OPTFORGE_REDUCE_BLOCK) {
+                const int64_t e = hi - b < OPTFORGE_REDUCE_BLOCK ? hi : b + OPTFORGE_REDUCE_BLOCK;
+                if (p_variance) {
+                    #pragma omp simd
+                    for (int64_t i = b; i < e; ++i) {
+                        float t0;
+                        optforge_adafactor_s7_elem<float, optforge_bf16, float, 1>(i, i, p_variance, p_grad, p_weight_lp, t0, (float)k_beta2_t, (float)k1, (float)k_rescale_grad, (float)k3, (float)k4, (float)k__grad_scale);
+                        buf[0][i - b] = t0;
+                    }
+                } else if (!p_variance) {
+                    #pragma omp simd
+                    for (int64_t i = b; i < e; ++i) {
+                        float t0;
+                        optforge_adafactor_s7_elem<float, optforge_bf16, float, 0>(i, i, p_variance, p_grad, p_weight_lp, t0, (float)k_beta2_t, (float)k1, (float)k_rescale_grad, (float)k3, (float)k4, (float)k__grad_scale);
+                        buf[0][i - b] = t0;
+                    }
+                }
+                {   /* from the block's buffer */
+                    double s = 0;
+                    #pragma omp simd reduction(+: s)
+                    for (int64_t j = 0; j < e - b; ++j) {
+                        const double v = buf[0][j];
+                        s += v * v;
+                    }
+                    acc[0] += s;
+                }
+            }
+            for (int k = 0; k < 1; ++k) parts[(size_t)c * 1 + k] = acc[k];
+        }
+    }
+    for (int k = 0; k < 1; ++k) {
+        double s = 0;
+        for (int c = 0; c < nt; ++c) s += parts[(size_t)c * 1 + k];
+        out[k] = s;
+    }
+}
+#endif
 void optforge_adafactor_s8_f32(int64_t n, float* __restrict__ p_weight, const float* __restrict__ p_grad, const float* __restrict__ p_variance, double k__r4, double k1, double k_rescale_grad, double k3, double k4, double k__grad_scale, double k__round_seed) {
     if (p_variance) {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
@@ -1162,6 +1450,32 @@ void optforge_adafactor_s8_bf16(int64_t n, optforge_bf16* __restrict__ p_weight,
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
         for (int64_t i = 0; i < n; ++i)
             optforge_adafactor_s8_elem<optforge_bf16, optforge_bf16, float, 0>(i, i, p_weight, p_grad, p_variance, nullptr, (float)k__r4, (float)k1, (float)k_rescale_grad, (float)k3, (float)k4, (float)k__grad_scale, k__round_seed);
+    }
+}
+#endif
+#ifdef OPTFORGE_LOW_PRECISION
+void optforge_adafactor_s8_mp16(int64_t n, float* __restrict__ p_weight, const optforge_f16* __restrict__ p_grad, const float* __restrict__ p_variance, float* __restrict__ p_weight_lp, double k__r4, double k1, double k_rescale_grad, double k3, double k4, double k__grad_scale, double k__round_seed) {
+    if (p_variance) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_adafactor_s8_elem<float, optforge_f16, float, 1>(i, i, p_weight, p_grad, p_variance, p_weight_lp, (float)k__r4, (float)k1, (float)k_rescale_grad, (float)k3, (float)k4, (float)k__grad_scale, k__round_seed);
+    } else if (!p_variance) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_adafactor_s8_elem<float, optforge_f16, float, 0>(i, i, p_weight, p_grad, p_variance, p_weight_lp, (float)k__r4, (float)k1, (float)k_rescale_grad, (float)k3, (float)k4, (float)k__grad_scale, k__round_seed);
+    }
+}
+#endif
+#ifdef OPTFORGE_LOW_PRECISION
+void optforge_adafactor_s8_mpbf16(int64_t n, float* __restrict__ p_weight, const optforge_bf16* __restrict__ p_grad, const float* __restrict__ p_variance, float* __restrict__ p_weight_lp, double k__r4, double k1, double k_rescale_grad, double k3, double k4, double k__grad_scale, double k__round_seed) {
+    if (p_variance) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_adafactor_s8_elem<float, optforge_bf16, float, 1>(i, i, p_weight, p_grad, p_variance, p_weight_lp, (float)k__r4, (float)k1, (float)k_rescale_grad, (float)k3, (float)k4, (float)k__grad_scale, k__round_seed);
+    } else if (!p_variance) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_adafactor_s8_elem<float, optforge_bf16, float, 0>(i, i, p_weight, p_grad, p_variance, p_weight_lp, (float)k__r4, (float)k1, (float)k_rescale_grad, (float)k3, (float)k4, (float)k__grad_scale, k__round_seed);
     }
 }
 #endif

@@ -89,6 +89,7 @@ class Adafactor(Optimizer):
     options = {}
     sparse = None
     multi_tensor = False   # list updates on CUDA: one launch per stage for all parameters
+    host_reads_grad = True   # the compiled backends' driver reads the gradient on the host (a product, a reduction)
     kernel_stages = ('optforge_adafactor_s0', 'optforge_adafactor_s1', 'optforge_adafactor_s2', 'optforge_adafactor_s3', 'optforge_adafactor_s4', 'optforge_adafactor_s5', 'optforge_adafactor_s6', 'optforge_adafactor_s7', 'optforge_adafactor_s8')
 
     def __init__(self, learning_rate=0.01, beta2_decay=-0.8, eps1=None, eps2=0.001, d=1.0, maximize=False, **kwargs):

@@ -246,6 +246,24 @@ void optforge_adamw_s0_bf16(int64_t n, const optforge_bf16* __restrict__ p_grad,
     }
 }
 #endif
+#ifdef OPTFORGE_LOW_PRECISION
+void optforge_adamw_s0_mp16(int64_t n, const optforge_f16* __restrict__ p_grad, float* __restrict__ p_mean, float* __restrict__ p_var, float* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k_beta1, double k_beta2, double k4, double k5, double k_lr, double k_epsilon, double k_wd, double k__grad_scale, double k__round_seed) {
+    {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_adamw_s0_elem<float, optforge_f16, float>(i, i, p_grad, p_mean, p_var, p_weight, p_weight_lp, (float)k_rescale_grad, (float)k1, (float)k_beta1, (float)k_beta2, (float)k4, (float)k5, (float)k_lr, (float)k_epsilon, (float)k_wd, (float)k__grad_scale, k__round_seed);
+    }
+}
+#endif
+#ifdef OPTFORGE_LOW_PRECISION
+void optforge_adamw_s0_mpbf16(int64_t n, const optforge_bf16* __restrict__ p_grad, float* __restrict__ p_mean, float* __restrict__ p_var, float* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k_beta1, double k_beta2, double k4, double k5, double k_lr, double k_epsilon, double k_wd, double k__grad_scale, double k__round_seed) {
+    {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_adamw_s0_elem<float, optforge_bf16, float>(i, i, p_grad, p_mean, p_var, p_weight, p_weight_lp, (float)k_rescale_grad, (float)k1, (float)k_beta1, (float)k_beta2, (float)k4, (float)k5, (float)k_lr, (float)k_epsilon, (float)k_wd, (float)k__grad_scale, k__round_seed);
+    }
+}
+#endif
 }
 
 /* ---- step control's global gradient norm (runtime/optimizer.py grad_scale, runtime/native.py

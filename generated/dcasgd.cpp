@@ -291,6 +291,48 @@ void optforge_dcasgd_s0_bf16(int64_t n, const optforge_bf16* __restrict__ p_grad
     }
 }
 #endif
+#ifdef OPTFORGE_LOW_PRECISION
+void optforge_dcasgd_s0_mp16(int64_t n, const optforge_f16* __restrict__ p_grad, float* __restrict__ p_weight, float* __restrict__ p_prev_weight, float* __restrict__ p_mom, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k2, double k_wd, double k_lamda, double k5, double k_momentum, double k__grad_scale, double k__round_seed) {
+    if (p_mom && k5 != 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_dcasgd_s0_elem<float, optforge_f16, float, 1, 1>(i, i, p_grad, p_weight, p_prev_weight, p_mom, p_weight_lp, (float)k_rescale_grad, (float)k1, (float)k2, (float)k_wd, (float)k_lamda, (float)k5, (float)k_momentum, (float)k__grad_scale, k__round_seed);
+    } else if (p_mom && k5 == 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_dcasgd_s0_elem<float, optforge_f16, float, 1, 0>(i, i, p_grad, p_weight, p_prev_weight, p_mom, p_weight_lp, (float)k_rescale_grad, (float)k1, (float)k2, (float)k_wd, (float)k_lamda, (float)k5, (float)k_momentum, (float)k__grad_scale, k__round_seed);
+    } else if (!p_mom && k5 != 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_dcasgd_s0_elem<float, optforge_f16, float, 0, 1>(i, i, p_grad, p_weight, p_prev_weight, p_mom, p_weight_lp, (float)k_rescale_grad, (float)k1, (float)k2, (float)k_wd, (float)k_lamda, (float)k5, (float)k_momentum, (float)k__grad_scale, k__round_seed);
+    } else if (!p_mom && k5 == 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_dcasgd_s0_elem<float, optforge_f16, float, 0, 0>(i, i, p_grad, p_weight, p_prev_weight, p_mom, p_weight_lp, (float)k_rescale_grad, (float)k1, (float)k2, (float)k_wd, (float)k_lamda, (float)k5, (float)k_momentum, (float)k__grad_scale, k__round_seed);
+    }
+}
+#endif
+#ifdef OPTFORGE_LOW_PRECISION
+void optforge_dcasgd_s0_mpbf16(int64_t n, const optforge_bf16* __restrict__ p_grad, float* __restrict__ p_weight, float* __restrict__ p_prev_weight, float* __restrict__ p_mom, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k2, double k_wd, double k_lamda, double k5, double k_momentum, double k__grad_scale, double k__round_seed) {
+    if (p_mom && k5 != 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_dcasgd_s0_elem<float, optforge_bf16, float, 1, 1>(i, i, p_grad, p_weight, p_prev_weight, p_mom, p_weight_lp, (float)k_rescale_grad, (float)k1, (float)k2, (float)k_wd, (float)k_lamda, (float)k5, (float)k_momentum, (float)k__grad_scale, k__round_seed);
+    } else if (p_mom && k5 == 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_dcasgd_s0_elem<float, optforge_bf16, float, 1, 0>(i, i, p_grad, p_weight, p_prev_weight, p_mom, p_weight_lp, (float)k_rescale_grad, (float)k1, (float)k2, (float)k_wd, (float)k_lamda, (float)k5, (float)k_momentum, (float)k__grad_scale, k__round_seed);
+    } else if (!p_mom && k5 != 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_dcasgd_s0_elem<float, optforge_bf16, float, 0, 1>(i, i, p_grad, p_weight, p_prev_weight, p_mom, p_weight_lp, (float)k_rescale_grad, (float)k1, (float)k2, (float)k_wd, (float)k_lamda, (float)k5, (float)k_momentum, (float)k__grad_scale, k__round_seed);
+    } else if (!p_mom && k5 == 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_dcasgd_s0_elem<float, optforge_bf16, float, 0, 0>(i, i, p_grad, p_weight, p_prev_weight, p_mom, p_weight_lp, (float)k_rescale_grad, (float)k1, (float)k2, (float)k_wd, (float)k_lamda, (float)k5, (float)k_momentum, (float)k__grad_scale, k__round_seed);
+    }
+}
+#endif
 }
 
 /* ---- step control's global gradient norm (runtime/optimizer.py grad_scale, runtime/native.py

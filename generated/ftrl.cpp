@@ -291,6 +291,50 @@ void optforge_ftrl_s0_rows_bf16(int64_t n, int64_t cols, const int64_t* __restri
     }
 }
 #endif
+#ifdef OPTFORGE_LOW_PRECISION
+void optforge_ftrl_s0_mp16(int64_t n, const optforge_f16* __restrict__ p_grad, float* __restrict__ p_z, float* __restrict__ p_n, float* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k_lr, double k_lamda1, double k_beta, double k_wd, double k__grad_scale, double k__round_seed) {
+    {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_ftrl_s0_elem<float, optforge_f16, float>(i, i, p_grad, p_z, p_n, p_weight, p_weight_lp, (float)k_rescale_grad, (float)k1, (float)k_lr, (float)k_lamda1, (float)k_beta, (float)k_wd, (float)k__grad_scale, k__round_seed);
+    }
+}
+/* row-sparse: n = rows x cols gradient elements; gradient row r updates row rows[r] */
+void optforge_ftrl_s0_rows_mp16(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const optforge_f16* __restrict__ p_grad, float* __restrict__ p_z, float* __restrict__ p_n, float* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k_lr, double k_lamda1, double k_beta, double k_wd, double k__grad_scale, double k__round_seed) {
+    const int64_t nrows = cols ? n / cols : 0;
+    /* scattered rows are latency-bound: two threads keep twice as many loads in flight */
+    #pragma omp parallel for schedule(static) if (n >= OPTFORGE_PARALLEL_MIN)
+    for (int64_t r = 0; r < nrows; ++r) {
+        const int64_t base = rows[r] * cols, gbase = r * cols;
+        #pragma omp simd
+        for (int64_t c = 0; c < cols; ++c) {
+            optforge_ftrl_s0_elem<float, optforge_f16, float>(base + c, gbase + c, p_grad, p_z, p_n, p_weight, p_weight_lp, (float)k_rescale_grad, (float)k1, (float)k_lr, (float)k_lamda1, (float)k_beta, (float)k_wd, (float)k__grad_scale, k__round_seed);
+        }
+    }
+}
+#endif
+#ifdef OPTFORGE_LOW_PRECISION
+void optforge_ftrl_s0_mpbf16(int64_t n, const optforge_bf16* __restrict__ p_grad, float* __restrict__ p_z, float* __restrict__ p_n, float* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k_lr, double k_lamda1, double k_beta, double k_wd, double k__grad_scale, double k__round_seed) {
+    {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_ftrl_s0_elem<float, optforge_bf16, float>(i, i, p_grad, p_z, p_n, p_weight, p_weight_lp, (float)k_rescale_grad, (float)k1, (float)k_lr, (float)k_lamda1, (float)k_beta, (float)k_wd, (float)k__grad_scale, k__round_seed);
+    }
+}
+/* row-sparse: n = rows x cols gradient elements; gradient row r updates row rows[r] */
+void optforge_ftrl_s0_rows_mpbf16(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const optforge_bf16* __restrict__ p_grad, float* __restrict__ p_z, float* __restrict__ p_n, float* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k_lr, double k_lamda1, double k_beta, double k_wd, double k__grad_scale, double k__round_seed) {
+    const int64_t nrows = cols ? n / cols : 0;
+    /* scattered rows are latency-bound: two threads keep twice as many loads in flight */
+    #pragma omp parallel for schedule(static) if (n >= OPTFORGE_PARALLEL_MIN)
+    for (int64_t r = 0; r < nrows; ++r) {
+        const int64_t base = rows[r] * cols, gbase = r * cols;
+        #pragma omp simd
+        for (int64_t c = 0; c < cols; ++c) {
+            optforge_ftrl_s0_elem<float, optforge_bf16, float>(base + c, gbase + c, p_grad, p_z, p_n, p_weight, p_weight_lp, (float)k_rescale_grad, (float)k1, (float)k_lr, (float)k_lamda1, (float)k_beta, (float)k_wd, (float)k__grad_scale, k__round_seed);
+        }
+    }
+}
+#endif
 }
 
 /* ---- step control's global gradient norm (runtime/optimizer.py grad_scale, runtime/native.py

@@ -77,6 +77,7 @@ class LARS(Optimizer):
     sparse = 'lazy'
     multi_tensor = True   # list updates on CUDA: one launch per stage for all parameters
     chunked = True   # _kernel_numpy runs large tensors in chunks (16-bit arrays widened a chunk at a time)
+    host_reads_grad = True   # the compiled backends' driver reads the gradient on the host (a product, a reduction)
     kernel_stages = ('optforge_lars_s0', 'optforge_lars_s1')
 
     def __init__(self, momentum=0.0, lazy_update=True, eta=0.001, eps=0.0, momentum_correction=True, **kwargs):

@@ -338,6 +338,58 @@ void optforge_lbsgd_s0_rows_bf16(int64_t n, int64_t cols, const int64_t* __restr
     }
 }
 #endif
+#ifdef OPTFORGE_LOW_PRECISION
+void optforge_lbsgd_s0_mp16(int64_t n, float* __restrict__ p_cum_grad, const optforge_f16* __restrict__ p_grad, float* __restrict__ p_weight_lp, double k__grad_scale) {
+    if (p_cum_grad) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_lbsgd_s0_elem<float, optforge_f16, float, 1>(i, i, p_cum_grad, p_grad, p_weight_lp, (float)k__grad_scale);
+    } else if (!p_cum_grad) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_lbsgd_s0_elem<float, optforge_f16, float, 0>(i, i, p_cum_grad, p_grad, p_weight_lp, (float)k__grad_scale);
+    }
+}
+/* row-sparse: n = rows x cols gradient elements; gradient row r updates row rows[r] */
+void optforge_lbsgd_s0_rows_mp16(int64_t n, int64_t cols, const int64_t* __restrict__ rows, float* __restrict__ p_cum_grad, const optforge_f16* __restrict__ p_grad, float* __restrict__ p_weight_lp, double k__grad_scale) {
+    const int64_t nrows = cols ? n / cols : 0;
+    /* scattered rows are latency-bound: two threads keep twice as many loads in flight */
+    #pragma omp parallel for schedule(static) if (n >= OPTFORGE_PARALLEL_MIN)
+    for (int64_t r = 0; r < nrows; ++r) {
+        const int64_t base = rows[r] * cols, gbase = r * cols;
+        #pragma omp simd
+        for (int64_t c = 0; c < cols; ++c) {
+            optforge_lbsgd_s0_elem<float, optforge_f16, float, 2>(base + c, gbase + c, p_cum_grad, p_grad, p_weight_lp, (float)k__grad_scale);
+        }
+    }
+}
+#endif
+#ifdef OPTFORGE_LOW_PRECISION
+void optforge_lbsgd_s0_mpbf16(int64_t n, float* __restrict__ p_cum_grad, const optforge_bf16* __restrict__ p_grad, float* __restrict__ p_weight_lp, double k__grad_scale) {
+    if (p_cum_grad) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_lbsgd_s0_elem<float, optforge_bf16, float, 1>(i, i, p_cum_grad, p_grad, p_weight_lp, (float)k__grad_scale);
+    } else if (!p_cum_grad) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_lbsgd_s0_elem<float, optforge_bf16, float, 0>(i, i, p_cum_grad, p_grad, p_weight_lp, (float)k__grad_scale);
+    }
+}
+/* row-sparse: n = rows x cols gradient elements; gradient row r updates row rows[r] */
+void optforge_lbsgd_s0_rows_mpbf16(int64_t n, int64_t cols, const int64_t* __restrict__ rows, float* __restrict__ p_cum_grad, const optforge_bf16* __restrict__ p_grad, float* __restrict__ p_weight_lp, double k__grad_scale) {
+    const int64_t nrows = cols ? n / cols : 0;
+    /* scattered rows are latency-bound: two threads keep twice as many loads in flight */
+    #pragma omp parallel for schedule(static) if (n >= OPTFORGE_PARALLEL_MIN)
+    for (int64_t r = 0; r < nrows; ++r) {
+        const int64_t base = rows[r] * cols, gbase = r * cols;
+        #pragma omp simd
+        for (int64_t c = 0; c < cols; ++c) {
+            optforge_lbsgd_s0_elem<float, optforge_bf16, float, 2>(base + c, gbase + c, p_cum_grad, p_grad, p_weight_lp, (float)k__grad_scale);
+        }
+    }
+}
+#endif
 /* also accumulates 1 whole-tensor reduction(s) into out[]. Each thread takes a fixed share
    of the elements, block by block: the stage loop stores the elements' reduction terms in small
    buffers (so it vectorizes as a stage without reductions does), then a tight loop sums a buffer in
@@ -622,6 +674,138 @@ void optforge_lbsgd_s1_rows_bf16(int64_t n, int64_t cols, const int64_t* __restr
         for (int64_t c = 0; c < cols; ++c) {
             float red0;   /* row kernels see some rows only: their reductions are done on the host */
             optforge_lbsgd_s1_elem<optforge_bf16, optforge_bf16, float>(base + c, gbase + c, p_weight, nullptr, red0);
+        }
+    }
+}
+#endif
+#ifdef OPTFORGE_LOW_PRECISION
+/* also accumulates 1 whole-tensor reduction(s) into out[]. Each thread takes a fixed share
+   of the elements, block by block: the stage loop stores the elements' reduction terms in small
+   buffers (so it vectorizes as a stage without reductions does), then a tight loop sums a buffer in
+   double. Shares are added in order: the result does not depend on timing. */
+void optforge_lbsgd_s1_mp16(int64_t n, const float* __restrict__ p_weight, float* __restrict__ p_weight_lp, double* __restrict__ out) {
+    int nt = 1;
+#ifdef _OPENMP
+    if (n >= OPTFORGE_PARALLEL_MIN) nt = omp_get_max_threads();
+#endif
+    std::vector<double> parts((size_t)nt * 1, 0.0);
+    #pragma omp parallel num_threads(nt) if (nt > 1)
+    {
+        int tid = 0, step = 1;
+#ifdef _OPENMP
+        tid = omp_get_thread_num();
+        step = omp_get_num_threads();
+#endif
+        alignas(64) float buf[1][OPTFORGE_REDUCE_BLOCK];
+        for (int c = tid; c < nt; c += step) {
+            const int64_t lo = n * c / nt, hi = n * (c + 1) / nt;
+            double acc[1] = {0};
+            for (int64_t b = lo; b < hi; b += OPTFORGE_REDUCE_BLOCK) {
+                const int64_t e = hi - b < OPTFORGE_REDUCE_BLOCK ? hi : b + OPTFORGE_REDUCE_BLOCK;
+                {
+                    #pragma omp simd
+                    for (int64_t i = b; i < e; ++i) {
+                        float t0;
+                        optforge_lbsgd_s1_elem<float, optforge_f16, float>(i, i, p_weight, p_weight_lp, t0);
+                        buf[0][i - b] = t0;
+                    }
+                }
+                {   /* from the block's buffer */
+                    double s = 0;
+                    #pragma omp simd reduction(+: s)
+                    for (int64_t j = 0; j < e - b; ++j) {
+                        const double v = buf[0][j];
+                        s += v;
+                    }
+                    acc[0] += s;
+                }
+            }
+            for (int k = 0; k < 1; ++k) parts[(size_t)c * 1 + k] = acc[k];
+        }
+    }
+    for (int k = 0; k < 1; ++k) {
+        double s = 0;
+        for (int c = 0; c < nt; ++c) s += parts[(size_t)c * 1 + k];
+        out[k] = s;
+    }
+}
+/* row-sparse: n = rows x cols gradient elements; gradient row r updates row rows[r] */
+void optforge_lbsgd_s1_rows_mp16(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const float* __restrict__ p_weight, float* __restrict__ p_weight_lp) {
+    const int64_t nrows = cols ? n / cols : 0;
+    /* scattered rows are latency-bound: two threads keep twice as many loads in flight */
+    #pragma omp parallel for schedule(static) if (n >= OPTFORGE_PARALLEL_MIN)
+    for (int64_t r = 0; r < nrows; ++r) {
+        const int64_t base = rows[r] * cols, gbase = r * cols;
+        #pragma omp simd
+        for (int64_t c = 0; c < cols; ++c) {
+            float red0;   /* row kernels see some rows only: their reductions are done on the host */
+            optforge_lbsgd_s1_elem<float, optforge_f16, float>(base + c, gbase + c, p_weight, p_weight_lp, red0);
+        }
+    }
+}
+#endif
+#ifdef OPTFORGE_LOW_PRECISION
+/* also accumulates 1 whole-tensor reduction(s) into out[]. Each thread takes a fixed share
+   of the elements, block by block: the stage loop stores the elements' reduction terms in small
+   buffers (so it vectorizes as a stage without reductions does), then a tight loop sums a buffer in
+   double. Shares are added in order: the result does not depend on timing. */
+void optforge_lbsgd_s1_mpbf16(int64_t n, const float* __restrict__ p_weight, float* __restrict__ p_weight_lp, double* __restrict__ out) {
+    int nt = 1;
+#ifdef _OPENMP
+    if (n >= OPTFORGE_PARALLEL_MIN) nt = omp_get_max_threads();
+#endif
+    std::vector<double> parts((size_t)nt * 1, 0.0);
+    #pragma omp parallel num_threads(nt) if (nt > 1)
+    {
+        int tid = 0, step = 1;
+#ifdef _OPENMP
+        tid = omp_get_thread_num();
+        step = omp_get_num_threads();
+#endif
+        alignas(64) float buf[1][OPTFORGE_REDUCE_BLOCK];
+        for (int c = tid; c < nt; c += step) {
+            const int64_t lo = n * c / nt, hi = n * (c + 1) / nt;
+            double acc[1] = {0};
+            for (int64_t b = lo; b < hi; b += OPTFORGE_REDUCE_BLOCK) {
+                const int64_t e = hi - b < OPTFORGE_REDUCE_BLOCK ? hi : b + OPTFORGE_REDUCE_BLOCK;
+                {
+                    #pragma omp simd
+                    for (int64_t i = b; i < e; ++i) {
+                        float t0;
+                        optforge_lbsgd_s1_elem<float, optforge_bf16, float>(i, i, p_weight, p_weight_lp, t0);
+                        buf[0][i - b] = t0;
+                    }
+                }
+                {   /* from the block's buffer */
+                    double s = 0;
+                    #pragma omp simd reduction(+: s)
+                    for (int64_t j = 0; j < e - b; ++j) {
+                        const double v = buf[0][j];
+                        s += v;
+                    }
+                    acc[0] += s;
+                }
+            }
+            for (int k = 0; k < 1; ++k) parts[(size_t)c * 1 + k] = acc[k];
+        }
+    }
+    for (int k = 0; k < 1; ++k) {
+        double s = 0;
+        for (int c = 0; c < nt; ++c) s += parts[(size_t)c * 1 + k];
+        out[k] = s;
+    }
+}
+/* row-sparse: n = rows x cols gradient elements; gradient row r updates row rows[r] */
+void optforge_lbsgd_s1_rows_mpbf16(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const float* __restrict__ p_weight, float* __restrict__ p_weight_lp) {
+    const int64_t nrows = cols ? n / cols : 0;
+    /* scattered rows are latency-bound: two threads keep twice as many loads in flight */
+    #pragma omp parallel for schedule(static) if (n >= OPTFORGE_PARALLEL_MIN)
+    for (int64_t r = 0; r < nrows; ++r) {
+        const int64_t base = rows[r] * cols, gbase = r * cols;
+        #pragma omp simd
+        for (int64_t c = 0; c < cols; ++c) {
+            float red0;   /* row kernels see some rows only: their reductions are done on the host */
+            optforge_lbsgd_s1_elem<float, optforge_bf16, float>(base + c, gbase + c, p_weight, p_weight_lp, red0);
         }
     }
 }
@@ -942,6 +1126,152 @@ void optforge_lbsgd_s2_rows_bf16(int64_t n, int64_t cols, const int64_t* __restr
     }
 }
 #endif
+#ifdef OPTFORGE_LOW_PRECISION
+/* also accumulates 1 whole-tensor reduction(s) into out[]. Each thread takes a fixed share
+   of the elements, block by block: the stage loop stores the elements' reduction terms in small
+   buffers (so it vectorizes as a stage without reductions does), then a tight loop sums a buffer in
+   double. Shares are added in order: the result does not depend on timing. */
+void optforge_lbsgd_s2_mp16(int64_t n, const float* __restrict__ p_cum_grad, float* __restrict__ p_weight_lp, double* __restrict__ out) {
+    int nt = 1;
+#ifdef _OPENMP
+    if (n >= OPTFORGE_PARALLEL_MIN) nt = omp_get_max_threads();
+#endif
+    std::vector<double> parts((size_t)nt * 1, 0.0);
+    #pragma omp parallel num_threads(nt) if (nt > 1)
+    {
+        int tid = 0, step = 1;
+#ifdef _OPENMP
+        tid = omp_get_thread_num();
+        step = omp_get_num_threads();
+#endif
+        alignas(64) float buf[1][OPTFORGE_REDUCE_BLOCK];
+        for (int c = tid; c < nt; c += step) {
+            const int64_t lo = n * c / nt, hi = n * (c + 1) / nt;
+            double acc[1] = {0};
+            for (int64_t b = lo; b < hi; b += OPTFORGE_REDUCE_BLOCK) {
+                const int64_t e = hi - b < OPTFORGE_REDUCE_BLOCK ? hi : b + OPTFORGE_REDUCE_BLOCK;
+                if (p_cum_grad) {
+                    #pragma omp simd
+                    for (int64_t i = b; i < e; ++i) {
+                        float t0;
+                        optforge_lbsgd_s2_elem<float, optforge_f16, float, 1>(i, i, p_cum_grad, p_weight_lp, t0);
+                        buf[0][i - b] = t0;
+                    }
+                } else if (!p_cum_grad) {
+                    #pragma omp simd
+                    for (int64_t i = b; i < e; ++i) {
+                        float t0;
+                        optforge_lbsgd_s2_elem<float, optforge_f16, float, 0>(i, i, p_cum_grad, p_weight_lp, t0);
+                        buf[0][i - b] = t0;
+                    }
+                }
+                {   /* from the block's buffer */
+                    double s = 0;
+                    #pragma omp simd reduction(+: s)
+                    for (int64_t j = 0; j < e - b; ++j) {
+                        const double v = buf[0][j];
+                        s += v;
+                    }
+                    acc[0] += s;
+                }
+            }
+            for (int k = 0; k < 1; ++k) parts[(size_t)c * 1 + k] = acc[k];
+        }
+    }
+    for (int k = 0; k < 1; ++k) {
+        double s = 0;
+        for (int c = 0; c < nt; ++c) s += parts[(size_t)c * 1 + k];
+        out[k] = s;
+    }
+}
+/* row-sparse: n = rows x cols gradient elements; gradient row r updates row rows[r] */
+void optforge_lbsgd_s2_rows_mp16(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const float* __restrict__ p_cum_grad, float* __restrict__ p_weight_lp) {
+    const int64_t nrows = cols ? n / cols : 0;
+    /* scattered rows are latency-bound: two threads keep twice as many loads in flight */
+    #pragma omp parallel for schedule(static) if (n >= OPTFORGE_PARALLEL_MIN)
+    for (int64_t r = 0; r < nrows; ++r) {
+        const int64_t base = rows[r] * cols, gbase = r * cols;
+        #pragma omp simd
+        for (int64_t c = 0; c < cols; ++c) {
+            float red0;   /* row kernels see some rows only: their reductions are done on the host */
+            optforge_lbsgd_s2_elem<float, optforge_f16, float, 2>(base + c, gbase + c, p_cum_grad, p_weight_lp, red0);
+        }
+    }
+}
+#endif
+#ifdef OPTFORGE_LOW_PRECISION
+/* also accumulates 1 whole-tensor reduction(s) into out[]. Each thread takes a fixed share
+   of the elements, block by block: the stage loop stores the elements' reduction terms in small
+   buffers (so it vectorizes as a stage without reductions does), then a tight loop sums a buffer in
+   double. Shares are added in order: the result does not depend on timing. */
+void optforge_lbsgd_s2_mpbf16(int64_t n, const float* __restrict__ p_cum_grad, float* __restrict__ p_weight_lp, double* __restrict__ out) {
+    int nt = 1;
+#ifdef _OPENMP
+    if (n >= OPTFORGE_PARALLEL_MIN) nt = omp_get_max_threads();
+#endif
+    std::vector<double> parts((size_t)nt * 1, 0.0);
+    #pragma omp parallel num_threads(nt) if (nt > 1)
+    {
+        int tid = 0, step = 1;
+#ifdef _OPENMP
+        tid = omp_get_thread_num();
+        step = omp_get_num_threads();
+#endif
+        alignas(64) float buf[1][OPTFORGE_REDUCE_BLOCK];
+        for (int c = tid; c < nt; c += step) {
+            const int64_t lo = n * c / nt, hi = n * (c + 1) / nt;
+            double acc[1] = {0};
+            for (int64_t b = lo; b < hi; b += OPTFORGE_REDUCE_BLOCK) {
+                const int64_t e = hi - b < OPTFORGE_REDUCE_BLOCK ? hi : b + OPTFORGE_REDUCE_BLOCK;
+                if (p_cum_grad) {
+                    #pragma omp simd
+                    for (int64_t i = b; i < e; ++i) {
+                        float t0;
+                        optforge_lbsgd_s2_elem<float, optforge_bf16, float, 1>(i, i, p_cum_grad, p_weight_lp, t0);
+                        buf[0][i - b] = t0;
+                    }
+                } else if (!p_cum_grad) {
+                    #pragma omp simd
+                    for (int64_t i = b; i < e; ++i) {
+                        float t0;
+                        optforge_lbsgd_s2_elem<float, optforge_bf16, float, 0>(i, i, p_cum_grad, p_weight_lp, t0);
+                        buf[0][i - b] = t0;
+                    }
+                }
+                {   /* from the block's buffer */
+                    double s = 0;
+                    #pragma omp simd reduction(+: s)
+                    for (int64_t j = 0; j < e - b; ++j) {
+                        const double v = buf[0][j];
+                        s += v;
+                    }
+                    acc[0] += s;
+                }
+            }
+            for (int k = 0; k < 1; ++k) parts[(size_t)c * 1 + k] = acc[k];
+        }
+    }
+    for (int k = 0; k < 1; ++k) {
+        double s = 0;
+        for (int c = 0; c < nt; ++c) s += parts[(size_t)c * 1 + k];
+        out[k] = s;
+    }
+}
+/* row-sparse: n = rows x cols gradient elements; gradient row r updates row rows[r] */
+void optforge_lbsgd_s2_rows_mpbf16(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const float* __restrict__ p_cum_grad, float* __restrict__ p_weight_lp) {
+    const int64_t nrows = cols ? n / cols : 0;
+    /* scattered rows are latency-bound: two threads keep twice as many loads in flight */
+    #pragma omp parallel for schedule(static) if (n >= OPTFORGE_PARALLEL_MIN)
+    for (int64_t r = 0; r < nrows; ++r) {
+        const int64_t base = rows[r] * cols, gbase = r * cols;
+        #pragma omp simd
+        for (int64_t c = 0; c < cols; ++c) {
+            float red0;   /* row kernels see some rows only: their reductions are done on the host */
+            optforge_lbsgd_s2_elem<float, optforge_bf16, float, 2>(base + c, gbase + c, p_cum_grad, p_weight_lp, red0);
+        }
+    }
+}
+#endif
 /* also accumulates 1 whole-tensor reduction(s) into out[]. Each thread takes a fixed share
    of the elements, block by block: the stage loop stores the elements' reduction terms in small
    buffers (so it vectorizes as a stage without reductions does), then a tight loop sums a buffer in
@@ -1228,6 +1558,138 @@ void optforge_lbsgd_s3_rows_bf16(int64_t n, int64_t cols, const int64_t* __restr
         for (int64_t c = 0; c < cols; ++c) {
             float red0;   /* row kernels see some rows only: their reductions are done on the host */
             optforge_lbsgd_s3_elem<optforge_bf16, optforge_bf16, float>(base + c, gbase + c, p_grad, nullptr, red0, (float)k__grad_scale);
+        }
+    }
+}
+#endif
+#ifdef OPTFORGE_LOW_PRECISION
+/* also accumulates 1 whole-tensor reduction(s) into out[]. Each thread takes a fixed share
+   of the elements, block by block: the stage loop stores the elements' reduction terms in small
+   buffers (so it vectorizes as a stage without reductions does), then a tight loop sums a buffer in
+   double. Shares are added in order: the result does not depend on timing. */
+void optforge_lbsgd_s3_mp16(int64_t n, const optforge_f16* __restrict__ p_grad, float* __restrict__ p_weight_lp, double k__grad_scale, double* __restrict__ out) {
+    int nt = 1;
+#ifdef _OPENMP
+    if (n >= OPTFORGE_PARALLEL_MIN) nt = omp_get_max_threads();
+#endif
+    std::vector<double> parts((size_t)nt * 1, 0.0);
+    #pragma omp parallel num_threads(nt) if (nt > 1)
+    {
+        int tid = 0, step = 1;
+#ifdef _OPENMP
+        tid = omp_get_thread_num();
+        step = omp_get_num_threads();
+#endif
+        alignas(64) float buf[1][OPTFORGE_REDUCE_BLOCK];
+        for (int c = tid; c < nt; c += step) {
+            const int64_t lo = n * c / nt, hi = n * (c + 1) / nt;
+            double acc[1] = {0};
+            for (int64_t b = lo; b < hi; b += OPTFORGE_REDUCE_BLOCK) {
+                const int64_t e = hi - b < OPTFORGE_REDUCE_BLOCK ? hi : b + OPTFORGE_REDUCE_BLOCK;
+                {
+                    #pragma omp simd
+                    for (int64_t i = b; i < e; ++i) {
+                        float t0;
+                        optforge_lbsgd_s3_elem<float, optforge_f16, float>(i, i, p_grad, p_weight_lp, t0, (float)k__grad_scale);
+                        buf[0][i - b] = t0;
+                    }
+                }
+                {   /* from the block's buffer */
+                    double s = 0;
+                    #pragma omp simd reduction(+: s)
+                    for (int64_t j = 0; j < e - b; ++j) {
+                        const double v = buf[0][j];
+                        s += v;
+                    }
+                    acc[0] += s;
+                }
+            }
+            for (int k = 0; k < 1; ++k) parts[(size_t)c * 1 + k] = acc[k];
+        }
+    }
+    for (int k = 0; k < 1; ++k) {
+        double s = 0;
+        for (int c = 0; c < nt; ++c) s += parts[(size_t)c * 1 + k];
+        out[k] = s;
+    }
+}
+/* row-sparse: n = rows x cols gradient elements; gradient row r updates row rows[r] */
+void optforge_lbsgd_s3_rows_mp16(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const optforge_f16* __restrict__ p_grad, float* __restrict__ p_weight_lp, double k__grad_scale) {
+    const int64_t nrows = cols ? n / cols : 0;
+    /* scattered rows are latency-bound: two threads keep twice as many loads in flight */
+    #pragma omp parallel for schedule(static) if (n >= OPTFORGE_PARALLEL_MIN)
+    for (int64_t r = 0; r < nrows; ++r) {
+        const int64_t base = rows[r] * cols, gbase = r * cols;
+        #pragma omp simd
+        for (int64_t c = 0; c < cols; ++c) {
+            float red0;   /* row kernels see some rows only: their reductions are done on the host */
+            optforge_lbsgd_s3_elem<float, optforge_f16, float>(base + c, gbase + c, p_grad, p_weight_lp, red0, (float)k__grad_scale);
+        }
+    }
+}
+#endif
+#ifdef OPTFORGE_LOW_PRECISION
+/* also accumulates 1 whole-tensor reduction(s) into out[]. Each thread takes a fixed share
+   of the elements, block by block: the stage loop stores the elements' reduction terms in small
+   buffers (so it vectorizes as a stage without reductions does), then a tight loop sums a buffer in
+   double. Shares are added in order: the result does not depend on timing. */
+void optforge_lbsgd_s3_mpbf16(int64_t n, const optforge_bf16* __restrict__ p_grad, float* __restrict__ p_weight_lp, double k__grad_scale, double* __restrict__ out) {
+    int nt = 1;
+#ifdef _OPENMP
+    if (n >= OPTFORGE_PARALLEL_MIN) nt = omp_get_max_threads();
+#endif
+    std::vector<double> parts((size_t)nt * 1, 0.0);
+    #pragma omp parallel num_threads(nt) if (nt > 1)
+    {
+        int tid = 0, step = 1;
+#ifdef _OPENMP
+        tid = omp_get_thread_num();
+        step = omp_get_num_threads();
+#endif
+        alignas(64) float buf[1][OPTFORGE_REDUCE_BLOCK];
+        for (int c = tid; c < nt; c += step) {
+            const int64_t lo = n * c / nt, hi = n * (c + 1) / nt;
+            double acc[1] = {0};
+            for (int64_t b = lo; b < hi; b += OPTFORGE_REDUCE_BLOCK) {
+                const int64_t e = hi - b < OPTFORGE_REDUCE_BLOCK ? hi : b + OPTFORGE_REDUCE_BLOCK;
+                {
+                    #pragma omp simd
+                    for (int64_t i = b; i < e; ++i) {
+                        float t0;
+                        optforge_lbsgd_s3_elem<float, optforge_bf16, float>(i, i, p_grad, p_weight_lp, t0, (float)k__grad_scale);
+                        buf[0][i - b] = t0;
+                    }
+                }
+                {   /* from the block's buffer */
+                    double s = 0;
+                    #pragma omp simd reduction(+: s)
+                    for (int64_t j = 0; j < e - b; ++j) {
+                        const double v = buf[0][j];
+                        s += v;
+                    }
+                    acc[0] += s;
+                }
+            }
+            for (int k = 0; k < 1; ++k) parts[(size_t)c * 1 + k] = acc[k];
+        }
+    }
+    for (int k = 0; k < 1; ++k) {
+        double s = 0;
+        for (int c = 0; c < nt; ++c) s += parts[(size_t)c * 1 + k];
+        out[k] = s;
+    }
+}
+/* row-sparse: n = rows x cols gradient elements; gradient row r updates row rows[r] */
+void optforge_lbsgd_s3_rows_mpbf16(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const optforge_bf16* __restrict__ p_grad, float* __restrict__ p_weight_lp, double k__grad_scale) {
+    const int64_t nrows = cols ? n / cols : 0;
+    /* scattered rows are latency-bound: two threads keep twice as many loads in flight */
+    #pragma omp parallel for schedule(static) if (n >= OPTFORGE_PARALLEL_MIN)
+    for (int64_t r = 0; r < nrows; ++r) {
+        const int64_t base = rows[r] * cols, gbase = r * cols;
+        #pragma omp simd
+        for (int64_t c = 0; c < cols; ++c) {
+            float red0;   /* row kernels see some rows only: their reductions are done on the host */
+            optforge_lbsgd_s3_elem<float, optforge_bf16, float>(base + c, gbase + c, p_grad, p_weight_lp, red0, (float)k__grad_scale);
         }
     }
 }
@@ -1602,6 +2064,170 @@ void optforge_lbsgd_s4_rows_bf16(int64_t n, int64_t cols, const int64_t* __restr
         #pragma omp simd
         for (int64_t c = 0; c < cols; ++c) {
             optforge_lbsgd_s4_elem<optforge_bf16, optforge_bf16, float, 2, 2, 2, 2>(base + c, gbase + c, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8, (float)k__grad_scale, k__round_seed);
+        }
+    }
+}
+#endif
+#ifdef OPTFORGE_LOW_PRECISION
+void optforge_lbsgd_s4_mp16(int64_t n, float* __restrict__ p_cum_grad, const optforge_f16* __restrict__ p_grad, float* __restrict__ p_mom, float* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k0, double k_batch_scale, double k_rescale_grad, double k3, double k4, double k_momentum, double k6, double k_lr_t, double k8, double k__grad_scale, double k__round_seed) {
+    if (p_cum_grad && p_mom && k0 != 0 && k4 != 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_lbsgd_s4_elem<float, optforge_f16, float, 1, 1, 1, 1>(i, i, p_cum_grad, p_grad, p_mom, p_weight, p_weight_lp, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8, (float)k__grad_scale, k__round_seed);
+    } else if (p_cum_grad && p_mom && k0 != 0 && k4 == 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_lbsgd_s4_elem<float, optforge_f16, float, 1, 1, 1, 0>(i, i, p_cum_grad, p_grad, p_mom, p_weight, p_weight_lp, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8, (float)k__grad_scale, k__round_seed);
+    } else if (p_cum_grad && p_mom && k0 == 0 && k4 != 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_lbsgd_s4_elem<float, optforge_f16, float, 1, 1, 0, 1>(i, i, p_cum_grad, p_grad, p_mom, p_weight, p_weight_lp, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8, (float)k__grad_scale, k__round_seed);
+    } else if (p_cum_grad && p_mom && k0 == 0 && k4 == 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_lbsgd_s4_elem<float, optforge_f16, float, 1, 1, 0, 0>(i, i, p_cum_grad, p_grad, p_mom, p_weight, p_weight_lp, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8, (float)k__grad_scale, k__round_seed);
+    } else if (p_cum_grad && !p_mom && k0 != 0 && k4 != 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_lbsgd_s4_elem<float, optforge_f16, float, 1, 0, 1, 1>(i, i, p_cum_grad, p_grad, p_mom, p_weight, p_weight_lp, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8, (float)k__grad_scale, k__round_seed);
+    } else if (p_cum_grad && !p_mom && k0 != 0 && k4 == 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_lbsgd_s4_elem<float, optforge_f16, float, 1, 0, 1, 0>(i, i, p_cum_grad, p_grad, p_mom, p_weight, p_weight_lp, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8, (float)k__grad_scale, k__round_seed);
+    } else if (p_cum_grad && !p_mom && k0 == 0 && k4 != 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_lbsgd_s4_elem<float, optforge_f16, float, 1, 0, 0, 1>(i, i, p_cum_grad, p_grad, p_mom, p_weight, p_weight_lp, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8, (float)k__grad_scale, k__round_seed);
+    } else if (p_cum_grad && !p_mom && k0 == 0 && k4 == 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_lbsgd_s4_elem<float, optforge_f16, float, 1, 0, 0, 0>(i, i, p_cum_grad, p_grad, p_mom, p_weight, p_weight_lp, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8, (float)k__grad_scale, k__round_seed);
+    } else if (!p_cum_grad && p_mom && k0 != 0 && k4 != 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_lbsgd_s4_elem<float, optforge_f16, float, 0, 1, 1, 1>(i, i, p_cum_grad, p_grad, p_mom, p_weight, p_weight_lp, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8, (float)k__grad_scale, k__round_seed);
+    } else if (!p_cum_grad && p_mom && k0 != 0 && k4 == 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_lbsgd_s4_elem<float, optforge_f16, float, 0, 1, 1, 0>(i, i, p_cum_grad, p_grad, p_mom, p_weight, p_weight_lp, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8, (float)k__grad_scale, k__round_seed);
+    } else if (!p_cum_grad && p_mom && k0 == 0 && k4 != 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_lbsgd_s4_elem<float, optforge_f16, float, 0, 1, 0, 1>(i, i, p_cum_grad, p_grad, p_mom, p_weight, p_weight_lp, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8, (float)k__grad_scale, k__round_seed);
+    } else if (!p_cum_grad && p_mom && k0 == 0 && k4 == 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_lbsgd_s4_elem<float, optforge_f16, float, 0, 1, 0, 0>(i, i, p_cum_grad, p_grad, p_mom, p_weight, p_weight_lp, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8, (float)k__grad_scale, k__round_seed);
+    } else if (!p_cum_grad && !p_mom && k0 != 0 && k4 != 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_lbsgd_s4_elem<float, optforge_f16, float, 0, 0, 1, 1>(i, i, p_cum_grad, p_grad, p_mom, p_weight, p_weight_lp, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8, (float)k__grad_scale, k__round_seed);
+    } else if (!p_cum_grad && !p_mom && k0 != 0 && k4 == 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_lbsgd_s4_elem<float, optforge_f16, float, 0, 0, 1, 0>(i, i, p_cum_grad, p_grad, p_mom, p_weight, p_weight_lp, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8, (float)k__grad_scale, k__round_seed);
+    } else if (!p_cum_grad && !p_mom && k0 == 0 && k4 != 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_lbsgd_s4_elem<float, optforge_f16, float, 0, 0, 0, 1>(i, i, p_cum_grad, p_grad, p_mom, p_weight, p_weight_lp, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8, (float)k__grad_scale, k__round_seed);
+    } else if (!p_cum_grad && !p_mom && k0 == 0 && k4 == 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_lbsgd_s4_elem<float, optforge_f16, float, 0, 0, 0, 0>(i, i, p_cum_grad, p_grad, p_mom, p_weight, p_weight_lp, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8, (float)k__grad_scale, k__round_seed);
+    }
+}
+/* row-sparse: n = rows x cols gradient elements; gradient row r updates row rows[r] */
+void optforge_lbsgd_s4_rows_mp16(int64_t n, int64_t cols, const int64_t* __restrict__ rows, float* __restrict__ p_cum_grad, const optforge_f16* __restrict__ p_grad, float* __restrict__ p_mom, float* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k0, double k_batch_scale, double k_rescale_grad, double k3, double k4, double k_momentum, double k6, double k_lr_t, double k8, double k__grad_scale, double k__round_seed) {
+    const int64_t nrows = cols ? n / cols : 0;
+    /* scattered rows are latency-bound: two threads keep twice as many loads in flight */
+    #pragma omp parallel for schedule(static) if (n >= OPTFORGE_PARALLEL_MIN)
+    for (int64_t r = 0; r < nrows; ++r) {
+        const int64_t base = rows[r] * cols, gbase = r * cols;
+        #pragma omp simd
+        for (int64_t c = 0; c < cols; ++c) {
+            optforge_lbsgd_s4_elem<float, optforge_f16, float, 2, 2, 2, 2>(base + c, gbase + c, p_cum_grad, p_grad, p_mom, p_weight, p_weight_lp, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8, (float)k__grad_scale, k__round_seed);
+        }
+    }
+}
+#endif
+#ifdef OPTFORGE_LOW_PRECISION
+void optforge_lbsgd_s4_mpbf16(int64_t n, float* __restrict__ p_cum_grad, const optforge_bf16* __restrict__ p_grad, float* __restrict__ p_mom, float* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k0, double k_batch_scale, double k_rescale_grad, double k3, double k4, double k_momentum, double k6, double k_lr_t, double k8, double k__grad_scale, double k__round_seed) {
+    if (p_cum_grad && p_mom && k0 != 0 && k4 != 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_lbsgd_s4_elem<float, optforge_bf16, float, 1, 1, 1, 1>(i, i, p_cum_grad, p_grad, p_mom, p_weight, p_weight_lp, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8, (float)k__grad_scale, k__round_seed);
+    } else if (p_cum_grad && p_mom && k0 != 0 && k4 == 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_lbsgd_s4_elem<float, optforge_bf16, float, 1, 1, 1, 0>(i, i, p_cum_grad, p_grad, p_mom, p_weight, p_weight_lp, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8, (float)k__grad_scale, k__round_seed);
+    } else if (p_cum_grad && p_mom && k0 == 0 && k4 != 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_lbsgd_s4_elem<float, optforge_bf16, float, 1, 1, 0, 1>(i, i, p_cum_grad, p_grad, p_mom, p_weight, p_weight_lp, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8, (float)k__grad_scale, k__round_seed);
+    } else if (p_cum_grad && p_mom && k0 == 0 && k4 == 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_lbsgd_s4_elem<float, optforge_bf16, float, 1, 1, 0, 0>(i, i, p_cum_grad, p_grad, p_mom, p_weight, p_weight_lp, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8, (float)k__grad_scale, k__round_seed);
+    } else if (p_cum_grad && !p_mom && k0 != 0 && k4 != 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_lbsgd_s4_elem<float, optforge_bf16, float, 1, 0, 1, 1>(i, i, p_cum_grad, p_grad, p_mom, p_weight, p_weight_lp, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8, (float)k__grad_scale, k__round_seed);
+    } else if (p_cum_grad && !p_mom && k0 != 0 && k4 == 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_lbsgd_s4_elem<float, optforge_bf16, float, 1, 0, 1, 0>(i, i, p_cum_grad, p_grad, p_mom, p_weight, p_weight_lp, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8, (float)k__grad_scale, k__round_seed);
+    } else if (p_cum_grad && !p_mom && k0 == 0 && k4 != 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_lbsgd_s4_elem<float, optforge_bf16, float, 1, 0, 0, 1>(i, i, p_cum_grad, p_grad, p_mom, p_weight, p_weight_lp, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8, (float)k__grad_scale, k__round_seed);
+    } else if (p_cum_grad && !p_mom && k0 == 0 && k4 == 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_lbsgd_s4_elem<float, optforge_bf16, float, 1, 0, 0, 0>(i, i, p_cum_grad, p_grad, p_mom, p_weight, p_weight_lp, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8, (float)k__grad_scale, k__round_seed);
+    } else if (!p_cum_grad && p_mom && k0 != 0 && k4 != 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_lbsgd_s4_elem<float, optforge_bf16, float, 0, 1, 1, 1>(i, i, p_cum_grad, p_grad, p_mom, p_weight, p_weight_lp, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8, (float)k__grad_scale, k__round_seed);
+    } else if (!p_cum_grad && p_mom && k0 != 0 && k4 == 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_lbsgd_s4_elem<float, optforge_bf16, float, 0, 1, 1, 0>(i, i, p_cum_grad, p_grad, p_mom, p_weight, p_weight_lp, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8, (float)k__grad_scale, k__round_seed);
+    } else if (!p_cum_grad && p_mom && k0 == 0 && k4 != 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_lbsgd_s4_elem<float, optforge_bf16, float, 0, 1, 0, 1>(i, i, p_cum_grad, p_grad, p_mom, p_weight, p_weight_lp, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8, (float)k__grad_scale, k__round_seed);
+    } else if (!p_cum_grad && p_mom && k0 == 0 && k4 == 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_lbsgd_s4_elem<float, optforge_bf16, float, 0, 1, 0, 0>(i, i, p_cum_grad, p_grad, p_mom, p_weight, p_weight_lp, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8, (float)k__grad_scale, k__round_seed);
+    } else if (!p_cum_grad && !p_mom && k0 != 0 && k4 != 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_lbsgd_s4_elem<float, optforge_bf16, float, 0, 0, 1, 1>(i, i, p_cum_grad, p_grad, p_mom, p_weight, p_weight_lp, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8, (float)k__grad_scale, k__round_seed);
+    } else if (!p_cum_grad && !p_mom && k0 != 0 && k4 == 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_lbsgd_s4_elem<float, optforge_bf16, float, 0, 0, 1, 0>(i, i, p_cum_grad, p_grad, p_mom, p_weight, p_weight_lp, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8, (float)k__grad_scale, k__round_seed);
+    } else if (!p_cum_grad && !p_mom && k0 == 0 && k4 != 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_lbsgd_s4_elem<float, optforge_bf16, float, 0, 0, 0, 1>(i, i, p_cum_grad, p_grad, p_mom, p_weight, p_weight_lp, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8, (float)k__grad_scale, k__round_seed);
+    } else if (!p_cum_grad && !p_mom && k0 == 0 && k4 == 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_lbsgd_s4_elem<float, optforge_bf16, float, 0, 0, 0, 0>(i, i, p_cum_grad, p_grad, p_mom, p_weight, p_weight_lp, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8, (float)k__grad_scale, k__round_seed);
+    }
+}
+/* row-sparse: n = rows x cols gradient elements; gradient row r updates row rows[r] */
+void optforge_lbsgd_s4_rows_mpbf16(int64_t n, int64_t cols, const int64_t* __restrict__ rows, float* __restrict__ p_cum_grad, const optforge_bf16* __restrict__ p_grad, float* __restrict__ p_mom, float* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k0, double k_batch_scale, double k_rescale_grad, double k3, double k4, double k_momentum, double k6, double k_lr_t, double k8, double k__grad_scale, double k__round_seed) {
+    const int64_t nrows = cols ? n / cols : 0;
+    /* scattered rows are latency-bound: two threads keep twice as many loads in flight */
+    #pragma omp parallel for schedule(static) if (n >= OPTFORGE_PARALLEL_MIN)
+    for (int64_t r = 0; r < nrows; ++r) {
+        const int64_t base = rows[r] * cols, gbase = r * cols;
+        #pragma omp simd
+        for (int64_t c = 0; c < cols; ++c) {
+            optforge_lbsgd_s4_elem<float, optforge_bf16, float, 2, 2, 2, 2>(base + c, gbase + c, p_cum_grad, p_grad, p_mom, p_weight, p_weight_lp, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8, (float)k__grad_scale, k__round_seed);
         }
     }
 }

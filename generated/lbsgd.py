@@ -112,6 +112,7 @@ class LBSGD(Optimizer):
     sparse = 'lazy'
     multi_tensor = True   # list updates on CUDA: one launch per stage for all parameters
     chunked = True   # _kernel_numpy runs large tensors in chunks (16-bit arrays widened a chunk at a time)
+    host_reads_grad = True   # the compiled backends' driver reads the gradient on the host (a product, a reduction)
     kernel_stages = ('optforge_lbsgd_s0', 'optforge_lbsgd_s1', 'optforge_lbsgd_s2', 'optforge_lbsgd_s3', 'optforge_lbsgd_s4')
 
     def __init__(self, momentum=0.0, multi_precision=False, warmup_strategy='linear', warmup_epochs=5, batch_scale=1, updates_per_epoch=32, begin_epoch=0, num_epochs=60, **kwargs):

@@ -121,6 +121,7 @@ class Muon(Optimizer):
     options = {}
     sparse = None
     multi_tensor = False   # list updates on CUDA: one launch per stage for all parameters
+    host_reads_grad = True   # the compiled backends' driver reads the gradient on the host (a product, a reduction)
     kernel_stages = ('optforge_muon_s1', 'optforge_muon_s2', 'optforge_muon_s3', 'optforge_muon_s4', 'optforge_muon_s5', 'optforge_muon_s6', 'optforge_muon_s7', 'optforge_muon_s8')
 
     def __init__(self, learning_rate=0.001, wd=0.1, momentum=0.95, nesterov=True, ns_a=3.4445, ns_b=-4.775, ns_c=2.0315, ns_steps=5, eps=1e-07, adjust_lr_fn='original', beta1=0.9, beta2=0.999, adam_eps=1e-08, **kwargs):

@@ -364,6 +364,80 @@ void optforge_rmsprop_s0_bf16(int64_t n, const optforge_bf16* __restrict__ p_gra
     }
 }
 #endif
+#ifdef OPTFORGE_LOW_PRECISION
+void optforge_rmsprop_s0_mp16(int64_t n, const optforge_f16* __restrict__ p_grad, float* __restrict__ p_weight, float* __restrict__ p_n, float* __restrict__ p_g_avg, float* __restrict__ p_delta, float* __restrict__ p_weight_lp, double k_rescale_grad, double k_wd, double k2, double k_gamma1, double k_centered, double k_gamma2, double k_lr, double k_epsilon, double k8, double k__grad_scale, double k__round_seed) {
+    if (p_g_avg && p_delta && k_centered != 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_rmsprop_s0_elem<float, optforge_f16, float, 1, 1, 1>(i, i, p_grad, p_weight, p_n, p_g_avg, p_delta, p_weight_lp, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k_gamma1, (float)k_centered, (float)k_gamma2, (float)k_lr, (float)k_epsilon, (float)k8, (float)k__grad_scale, k__round_seed);
+    } else if (p_g_avg && p_delta && k_centered == 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_rmsprop_s0_elem<float, optforge_f16, float, 1, 1, 0>(i, i, p_grad, p_weight, p_n, p_g_avg, p_delta, p_weight_lp, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k_gamma1, (float)k_centered, (float)k_gamma2, (float)k_lr, (float)k_epsilon, (float)k8, (float)k__grad_scale, k__round_seed);
+    } else if (p_g_avg && !p_delta && k_centered != 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_rmsprop_s0_elem<float, optforge_f16, float, 1, 0, 1>(i, i, p_grad, p_weight, p_n, p_g_avg, p_delta, p_weight_lp, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k_gamma1, (float)k_centered, (float)k_gamma2, (float)k_lr, (float)k_epsilon, (float)k8, (float)k__grad_scale, k__round_seed);
+    } else if (p_g_avg && !p_delta && k_centered == 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_rmsprop_s0_elem<float, optforge_f16, float, 1, 0, 0>(i, i, p_grad, p_weight, p_n, p_g_avg, p_delta, p_weight_lp, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k_gamma1, (float)k_centered, (float)k_gamma2, (float)k_lr, (float)k_epsilon, (float)k8, (float)k__grad_scale, k__round_seed);
+    } else if (!p_g_avg && p_delta && k_centered != 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_rmsprop_s0_elem<float, optforge_f16, float, 0, 1, 1>(i, i, p_grad, p_weight, p_n, p_g_avg, p_delta, p_weight_lp, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k_gamma1, (float)k_centered, (float)k_gamma2, (float)k_lr, (float)k_epsilon, (float)k8, (float)k__grad_scale, k__round_seed);
+    } else if (!p_g_avg && p_delta && k_centered == 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_rmsprop_s0_elem<float, optforge_f16, float, 0, 1, 0>(i, i, p_grad, p_weight, p_n, p_g_avg, p_delta, p_weight_lp, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k_gamma1, (float)k_centered, (float)k_gamma2, (float)k_lr, (float)k_epsilon, (float)k8, (float)k__grad_scale, k__round_seed);
+    } else if (!p_g_avg && !p_delta && k_centered != 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_rmsprop_s0_elem<float, optforge_f16, float, 0, 0, 1>(i, i, p_grad, p_weight, p_n, p_g_avg, p_delta, p_weight_lp, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k_gamma1, (float)k_centered, (float)k_gamma2, (float)k_lr, (float)k_epsilon, (float)k8, (float)k__grad_scale, k__round_seed);
+    } else if (!p_g_avg && !p_delta && k_centered == 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_rmsprop_s0_elem<float, optforge_f16, float, 0, 0, 0>(i, i, p_grad, p_weight, p_n, p_g_avg, p_delta, p_weight_lp, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k_gamma1, (float)k_centered, (float)k_gamma2, (float)k_lr, (float)k_epsilon, (float)k8, (float)k__grad_scale, k__round_seed);
+    }
+}
+#endif
+#ifdef OPTFORGE_LOW_PRECISION
+void optforge_rmsprop_s0_mpbf16(int64_t n, const optforge_bf16* __restrict__ p_grad, float* __restrict__ p_weight, float* __restrict__ p_n, float* __restrict__ p_g_avg, float* __restrict__ p_delta, float* __restrict__ p_weight_lp, double k_rescale_grad, double k_wd, double k2, double k_gamma1, double k_centered, double k_gamma2, double k_lr, double k_epsilon, double k8, double k__grad_scale, double k__round_seed) {
+    if (p_g_avg && p_delta && k_centered != 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_rmsprop_s0_elem<float, optforge_bf16, float, 1, 1, 1>(i, i, p_grad, p_weight, p_n, p_g_avg, p_delta, p_weight_lp, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k_gamma1, (float)k_centered, (float)k_gamma2, (float)k_lr, (float)k_epsilon, (float)k8, (float)k__grad_scale, k__round_seed);
+    } else if (p_g_avg && p_delta && k_centered == 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_rmsprop_s0_elem<float, optforge_bf16, float, 1, 1, 0>(i, i, p_grad, p_weight, p_n, p_g_avg, p_delta, p_weight_lp, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k_gamma1, (float)k_centered, (float)k_gamma2, (float)k_lr, (float)k_epsilon, (float)k8, (float)k__grad_scale, k__round_seed);
+    } else if (p_g_avg && !p_delta && k_centered != 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_rmsprop_s0_elem<float, optforge_bf16, float, 1, 0, 1>(i, i, p_grad, p_weight, p_n, p_g_avg, p_delta, p_weight_lp, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k_gamma1, (float)k_centered, (float)k_gamma2, (float)k_lr, (float)k_epsilon, (float)k8, (float)k__grad_scale, k__round_seed);
+    } else if (p_g_avg && !p_delta && k_centered == 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_rmsprop_s0_elem<float, optforge_bf16, float, 1, 0, 0>(i, i, p_grad, p_weight, p_n, p_g_avg, p_delta, p_weight_lp, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k_gamma1, (float)k_centered, (float)k_gamma2, (float)k_lr, (float)k_epsilon, (float)k8, (float)k__grad_scale, k__round_seed);
+    } else if (!p_g_avg && p_delta && k_centered != 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_rmsprop_s0_elem<float, optforge_bf16, float, 0, 1, 1>(i, i, p_grad, p_weight, p_n, p_g_avg, p_delta, p_weight_lp, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k_gamma1, (float)k_centered, (float)k_gamma2, (float)k_lr, (float)k_epsilon, (float)k8, (float)k__grad_scale, k__round_seed);
+    } else if (!p_g_avg && p_delta && k_centered == 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_rmsprop_s0_elem<float, optforge_bf16, float, 0, 1, 0>(i, i, p_grad, p_weight, p_n, p_g_avg, p_delta, p_weight_lp, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k_gamma1, (float)k_centered, (float)k_gamma2, (float)k_lr, (float)k_epsilon, (float)k8, (float)k__grad_scale, k__round_seed);
+    } else if (!p_g_avg && !p_delta && k_centered != 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_rmsprop_s0_elem<float, optforge_bf16, float, 0, 0, 1>(i, i, p_grad, p_weight, p_n, p_g_avg, p_delta, p_weight_lp, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k_gamma1, (float)k_centered, (float)k_gamma2, (float)k_lr, (float)k_epsilon, (float)k8, (float)k__grad_scale, k__round_seed);
+    } else if (!p_g_avg && !p_delta && k_centered == 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_rmsprop_s0_elem<float, optforge_bf16, float, 0, 0, 0>(i, i, p_grad, p_weight, p_n, p_g_avg, p_delta, p_weight_lp, (float)k_rescale_grad, (float)k_wd, (float)k2, (float)k_gamma1, (float)k_centered, (float)k_gamma2, (float)k_lr, (float)k_epsilon, (float)k8, (float)k__grad_scale, k__round_seed);
+    }
+}
+#endif
 }
 
 /* ---- step control's global gradient norm (runtime/optimizer.py grad_scale, runtime/native.py

@@ -388,6 +388,32 @@ void optforge_shampoo_s0_bf16(int64_t n, const optforge_bf16* __restrict__ p_gra
     }
 }
 #endif
+#ifdef OPTFORGE_LOW_PRECISION
+void optforge_shampoo_s0_mp16(int64_t n, const optforge_f16* __restrict__ p_grad, float* __restrict__ p_weight, float* __restrict__ p_g, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k2, double k3, double k__grad_scale, double k__round_seed) {
+    if (k2 != 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_shampoo_s0_elem<float, optforge_f16, float, 1>(i, i, p_grad, p_weight, p_g, p_weight_lp, (float)k_rescale_grad, (float)k1, (float)k2, (float)k3, (float)k__grad_scale, k__round_seed);
+    } else if (k2 == 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_shampoo_s0_elem<float, optforge_f16, float, 0>(i, i, p_grad, p_weight, p_g, p_weight_lp, (float)k_rescale_grad, (float)k1, (float)k2, (float)k3, (float)k__grad_scale, k__round_seed);
+    }
+}
+#endif
+#ifdef OPTFORGE_LOW_PRECISION
+void optforge_shampoo_s0_mpbf16(int64_t n, const optforge_bf16* __restrict__ p_grad, float* __restrict__ p_weight, float* __restrict__ p_g, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k2, double k3, double k__grad_scale, double k__round_seed) {
+    if (k2 != 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_shampoo_s0_elem<float, optforge_bf16, float, 1>(i, i, p_grad, p_weight, p_g, p_weight_lp, (float)k_rescale_grad, (float)k1, (float)k2, (float)k3, (float)k__grad_scale, k__round_seed);
+    } else if (k2 == 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_shampoo_s0_elem<float, optforge_bf16, float, 0>(i, i, p_grad, p_weight, p_g, p_weight_lp, (float)k_rescale_grad, (float)k1, (float)k2, (float)k3, (float)k__grad_scale, k__round_seed);
+    }
+}
+#endif
 void optforge_shampoo_s1_f32(int64_t n, float* __restrict__ p_l, const float* __restrict__ p__r0) {
     if (p_l) {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
@@ -464,6 +490,32 @@ void optforge_shampoo_s1_bf16(int64_t n, optforge_bf16* __restrict__ p_l, const 
     }
 }
 #endif
+#ifdef OPTFORGE_LOW_PRECISION
+void optforge_shampoo_s1_mp16(int64_t n, float* __restrict__ p_l, const float* __restrict__ p__r0, float* __restrict__ p_weight_lp) {
+    if (p_l) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_shampoo_s1_elem<float, optforge_f16, float, 1>(i, i, p_l, p__r0, p_weight_lp);
+    } else if (!p_l) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_shampoo_s1_elem<float, optforge_f16, float, 0>(i, i, p_l, p__r0, p_weight_lp);
+    }
+}
+#endif
+#ifdef OPTFORGE_LOW_PRECISION
+void optforge_shampoo_s1_mpbf16(int64_t n, float* __restrict__ p_l, const float* __restrict__ p__r0, float* __restrict__ p_weight_lp) {
+    if (p_l) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_shampoo_s1_elem<float, optforge_bf16, float, 1>(i, i, p_l, p__r0, p_weight_lp);
+    } else if (!p_l) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_shampoo_s1_elem<float, optforge_bf16, float, 0>(i, i, p_l, p__r0, p_weight_lp);
+    }
+}
+#endif
 void optforge_shampoo_s2_f32(int64_t n, float* __restrict__ p_r, const float* __restrict__ p__r1) {
     if (p_r) {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
@@ -537,6 +589,32 @@ void optforge_shampoo_s2_bf16(int64_t n, optforge_bf16* __restrict__ p_r, const 
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
         for (int64_t i = 0; i < n; ++i)
             optforge_shampoo_s2_elem<optforge_bf16, optforge_bf16, float, 0>(i, i, p_r, p__r1, nullptr);
+    }
+}
+#endif
+#ifdef OPTFORGE_LOW_PRECISION
+void optforge_shampoo_s2_mp16(int64_t n, float* __restrict__ p_r, const float* __restrict__ p__r1, float* __restrict__ p_weight_lp) {
+    if (p_r) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_shampoo_s2_elem<float, optforge_f16, float, 1>(i, i, p_r, p__r1, p_weight_lp);
+    } else if (!p_r) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_shampoo_s2_elem<float, optforge_f16, float, 0>(i, i, p_r, p__r1, p_weight_lp);
+    }
+}
+#endif
+#ifdef OPTFORGE_LOW_PRECISION
+void optforge_shampoo_s2_mpbf16(int64_t n, float* __restrict__ p_r, const float* __restrict__ p__r1, float* __restrict__ p_weight_lp) {
+    if (p_r) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_shampoo_s2_elem<float, optforge_bf16, float, 1>(i, i, p_r, p__r1, p_weight_lp);
+    } else if (!p_r) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_shampoo_s2_elem<float, optforge_bf16, float, 0>(i, i, p_r, p__r1, p_weight_lp);
     }
 }
 #endif
@@ -804,6 +882,124 @@ void optforge_shampoo_s3_bf16(int64_t n, const optforge_bf16* __restrict__ p_l, 
     }
 }
 #endif
+#ifdef OPTFORGE_LOW_PRECISION
+/* also accumulates 1 whole-tensor reduction(s) into out[]. Each thread takes a fixed share
+   of the elements, block by block: the stage loop stores the elements' reduction terms in small
+   buffers (so it vectorizes as a stage without reductions does), then a tight loop sums a buffer in
+   double. Shares are added in order: the result does not depend on timing. */
+void optforge_shampoo_s3_mp16(int64_t n, const float* __restrict__ p_l, float* __restrict__ p_weight_lp, double k_epsilon, double k1, double* __restrict__ out) {
+    int nt = 1;
+#ifdef _OPENMP
+    if (n >= OPTFORGE_PARALLEL_MIN) nt = omp_get_max_threads();
+#endif
+    std::vector<double> parts((size_t)nt * 1, 0.0);
+    #pragma omp parallel num_threads(nt) if (nt > 1)
+    {
+        int tid = 0, step = 1;
+#ifdef _OPENMP
+        tid = omp_get_thread_num();
+        step = omp_get_num_threads();
+#endif
+        alignas(64) float buf[1][OPTFORGE_REDUCE_BLOCK];
+        for (int c = tid; c < nt; c += step) {
+            const int64_t lo = n * c / nt, hi = n * (c + 1) / nt;
+            double acc[1] = {0};
+            for (int64_t b = lo; b < hi; b += OPTFORGE_REDUCE_BLOCK) {
+                const int64_t e = hi - b < OPTFORGE_REDUCE_BLOCK ? hi : b + OPTFORGE_REDUCE_BLOCK;
+                if (p_l) {
+                    #pragma omp simd
+                    for (int64_t i = b; i < e; ++i) {
+                        float t0;
+                        optforge_shampoo_s3_elem<float, optforge_f16, float, 1>(i, i, p_l, p_weight_lp, t0, (float)k_epsilon, (float)k1);
+                        buf[0][i - b] = t0;
+                    }
+                } else if (!p_l) {
+                    #pragma omp simd
+                    for (int64_t i = b; i < e; ++i) {
+                        float t0;
+                        optforge_shampoo_s3_elem<float, optforge_f16, float, 0>(i, i, p_l, p_weight_lp, t0, (float)k_epsilon, (float)k1);
+                        buf[0][i - b] = t0;
+                    }
+                }
+                {   /* from the block's buffer */
+                    double s = 0;
+                    #pragma omp simd reduction(+: s)
+                    for (int64_t j = 0; j < e - b; ++j) {
+                        const double v = buf[0][j];
+                        s += v * v;
+                    }
+                    acc[0] += s;
+                }
+            }
+            for (int k = 0; k < 1; ++k) parts[(size_t)c * 1 + k] = acc[k];
+        }
+    }
+    for (int k = 0; k < 1; ++k) {
+        double s = 0;
+        for (int c = 0; c < nt; ++c) s += parts[(size_t)c * 1 + k];
+        out[k] = s;
+    }
+}
+#endif
+#ifdef OPTFORGE_LOW_PRECISION
+/* also accumulates 1 whole-tensor reduction(s) into out[]. Each thread takes a fixed share
+   of the elements, block by block: the stage loop stores the elements' reduction terms in small
+   buffers (so it vectorizes as a stage without reductions does), then a tight loop sums a buffer in
+   double. Shares are added in order: the result does not depend on timing. */
+void optforge_shampoo_s3_mpbf16(int64_t n, const float* __restrict__ p_l, float* __restrict__ p_weight_lp, double k_epsilon, double k1, double* __restrict__ out) {
+    int nt = 1;
+#ifdef _OPENMP
+    if (n >= OPTFORGE_PARALLEL_MIN) nt = omp_get_max_threads();
+#endif
+    std::vector<double> parts((size_t)nt * 1, 0.0);
+    #pragma omp parallel num_threads(nt) if (nt > 1)
+    {
+        int tid = 0, step = 1;
+#ifdef _OPENMP
+        tid = omp_get_thread_num();
+        step = omp_get_num_threads();
+#endif
+        alignas(64) float buf[1][OPTFORGE_REDUCE_BLOCK];
+        for (int c = tid; c < nt; c += step) {
+            const int64_t lo = n * c / nt, hi = n * (c + 1) / nt;
+            double acc[1] = {0};
+            for (int64_t b = lo; b < hi; b += OPTFORGE_REDUCE_BLOCK) {
+                const int64_t e = hi - b < OPTFORGE_REDUCE_BLOCK ? hi : b + OPTFORGE_REDUCE_BLOCK;
+                if (p_l) {
+                    #pragma omp simd
+                    for (int64_t i = b; i < e; ++i) {
+                        float t0;
+                        optforge_shampoo_s3_elem<float, optforge_bf16, float, 1>(i, i, p_l, p_weight_lp, t0, (float)k_epsilon, (float)k1);
+                        buf[0][i - b] = t0;
+                    }
+                } else if (!p_l) {
+                    #pragma omp simd
+                    for (int64_t i = b; i < e; ++i) {
+                        float t0;
+                        optforge_shampoo_s3_elem<float, optforge_bf16, float, 0>(i, i, p_l, p_weight_lp, t0, (float)k_epsilon, (float)k1);
+                        buf[0][i - b] = t0;
+                    }
+                }
+                {   /* from the block's buffer */
+                    double s = 0;
+                    #pragma omp simd reduction(+: s)
+                    for (int64_t j = 0; j < e - b; ++j) {
+                        const double v = buf[0][j];
+                        s += v * v;
+                    }
+                    acc[0] += s;
+                }
+            }
+            for (int k = 0; k < 1; ++k) parts[(size_t)c * 1 + k] = acc[k];
+        }
+    }
+    for (int k = 0; k < 1; ++k) {
+        double s = 0;
+        for (int c = 0; c < nt; ++c) s += parts[(size_t)c * 1 + k];
+        out[k] = s;
+    }
+}
+#endif
 void optforge_shampoo_s4_f32(int64_t n, const float* __restrict__ p_l, float* __restrict__ p_ml, float* __restrict__ p_hl, double k_zl, double k_epsilon, double k2, double k3) {
     if (p_l) {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
@@ -888,6 +1084,32 @@ void optforge_shampoo_s4_bf16(int64_t n, const optforge_bf16* __restrict__ p_l, 
     }
 }
 #endif
+#ifdef OPTFORGE_LOW_PRECISION
+void optforge_shampoo_s4_mp16(int64_t n, const float* __restrict__ p_l, float* __restrict__ p_ml, float* __restrict__ p_hl, float* __restrict__ p_weight_lp, double k_zl, double k_epsilon, double k2, double k3) {
+    if (p_l) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_shampoo_s4_elem<float, optforge_f16, float, 1>(i, i, p_l, p_ml, p_hl, p_weight_lp, (float)k_zl, (float)k_epsilon, (float)k2, (float)k3);
+    } else if (!p_l) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_shampoo_s4_elem<float, optforge_f16, float, 0>(i, i, p_l, p_ml, p_hl, p_weight_lp, (float)k_zl, (float)k_epsilon, (float)k2, (float)k3);
+    }
+}
+#endif
+#ifdef OPTFORGE_LOW_PRECISION
+void optforge_shampoo_s4_mpbf16(int64_t n, const float* __restrict__ p_l, float* __restrict__ p_ml, float* __restrict__ p_hl, float* __restrict__ p_weight_lp, double k_zl, double k_epsilon, double k2, double k3) {
+    if (p_l) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_shampoo_s4_elem<float, optforge_bf16, float, 1>(i, i, p_l, p_ml, p_hl, p_weight_lp, (float)k_zl, (float)k_epsilon, (float)k2, (float)k3);
+    } else if (!p_l) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_shampoo_s4_elem<float, optforge_bf16, float, 0>(i, i, p_l, p_ml, p_hl, p_weight_lp, (float)k_zl, (float)k_epsilon, (float)k2, (float)k3);
+    }
+}
+#endif
 void optforge_shampoo_s5_f32(int64_t n, const float* __restrict__ p_ml, float* __restrict__ p_pl, double k_root, double k1) {
     {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
@@ -952,6 +1174,24 @@ void optforge_shampoo_s5_bf16(int64_t n, const float* __restrict__ p_ml, float* 
     }
 }
 #endif
+#ifdef OPTFORGE_LOW_PRECISION
+void optforge_shampoo_s5_mp16(int64_t n, const float* __restrict__ p_ml, float* __restrict__ p_pl, float* __restrict__ p_weight_lp, double k_root, double k1) {
+    {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_shampoo_s5_elem<float, optforge_f16, float>(i, i, p_ml, p_pl, p_weight_lp, (float)k_root, (float)k1);
+    }
+}
+#endif
+#ifdef OPTFORGE_LOW_PRECISION
+void optforge_shampoo_s5_mpbf16(int64_t n, const float* __restrict__ p_ml, float* __restrict__ p_pl, float* __restrict__ p_weight_lp, double k_root, double k1) {
+    {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_shampoo_s5_elem<float, optforge_bf16, float>(i, i, p_ml, p_pl, p_weight_lp, (float)k_root, (float)k1);
+    }
+}
+#endif
 void optforge_shampoo_s6_f32(int64_t n, const float* __restrict__ p__r2, float* __restrict__ p_hl) {
     {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
@@ -1012,6 +1252,24 @@ void optforge_shampoo_s6_bf16(int64_t n, const float* __restrict__ p__r2, float*
     }
 }
 #endif
+#ifdef OPTFORGE_LOW_PRECISION
+void optforge_shampoo_s6_mp16(int64_t n, const float* __restrict__ p__r2, float* __restrict__ p_hl, float* __restrict__ p_weight_lp) {
+    {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_shampoo_s6_elem<float, optforge_f16, float>(i, i, p__r2, p_hl, p_weight_lp);
+    }
+}
+#endif
+#ifdef OPTFORGE_LOW_PRECISION
+void optforge_shampoo_s6_mpbf16(int64_t n, const float* __restrict__ p__r2, float* __restrict__ p_hl, float* __restrict__ p_weight_lp) {
+    {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_shampoo_s6_elem<float, optforge_bf16, float>(i, i, p__r2, p_hl, p_weight_lp);
+    }
+}
+#endif
 void optforge_shampoo_s7_f32(int64_t n, const float* __restrict__ p__r3, float* __restrict__ p_ml) {
     {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
@@ -1069,6 +1327,24 @@ void optforge_shampoo_s7_bf16(int64_t n, const float* __restrict__ p__r3, float*
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
         for (int64_t i = 0; i < n; ++i)
             optforge_shampoo_s7_elem<optforge_bf16, optforge_bf16, float>(i, i, p__r3, p_ml, nullptr);
+    }
+}
+#endif
+#ifdef OPTFORGE_LOW_PRECISION
+void optforge_shampoo_s7_mp16(int64_t n, const float* __restrict__ p__r3, float* __restrict__ p_ml, float* __restrict__ p_weight_lp) {
+    {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_shampoo_s7_elem<float, optforge_f16, float>(i, i, p__r3, p_ml, p_weight_lp);
+    }
+}
+#endif
+#ifdef OPTFORGE_LOW_PRECISION
+void optforge_shampoo_s7_mpbf16(int64_t n, const float* __restrict__ p__r3, float* __restrict__ p_ml, float* __restrict__ p_weight_lp) {
+    {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_shampoo_s7_elem<float, optforge_bf16, float>(i, i, p__r3, p_ml, p_weight_lp);
     }
 }
 #endif
@@ -1336,6 +1612,124 @@ void optforge_shampoo_s8_bf16(int64_t n, const optforge_bf16* __restrict__ p_r, 
     }
 }
 #endif
+#ifdef OPTFORGE_LOW_PRECISION
+/* also accumulates 1 whole-tensor reduction(s) into out[]. Each thread takes a fixed share
+   of the elements, block by block: the stage loop stores the elements' reduction terms in small
+   buffers (so it vectorizes as a stage without reductions does), then a tight loop sums a buffer in
+   double. Shares are added in order: the result does not depend on timing. */
+void optforge_shampoo_s8_mp16(int64_t n, const float* __restrict__ p_r, float* __restrict__ p_weight_lp, double k_epsilon, double k1, double* __restrict__ out) {
+    int nt = 1;
+#ifdef _OPENMP
+    if (n >= OPTFORGE_PARALLEL_MIN) nt = omp_get_max_threads();
+#endif
+    std::vector<double> parts((size_t)nt * 1, 0.0);
+    #pragma omp parallel num_threads(nt) if (nt > 1)
+    {
+        int tid = 0, step = 1;
+#ifdef _OPENMP
+        tid = omp_get_thread_num();
+        step = omp_get_num_threads();
+#endif
+        alignas(64) float buf[1][OPTFORGE_REDUCE_BLOCK];
+        for (int c = tid; c < nt; c += step) {
+            const int64_t lo = n * c / nt, hi = n * (c + 1) / nt;
+            double acc[1] = {0};
+            for (int64_t b = lo; b < hi; b += OPTFORGE_REDUCE_BLOCK) {
+                const int64_t e = hi - b < OPTFORGE_REDUCE_BLOCK ? hi : b + OPTFORGE_REDUCE_BLOCK;
+                if (p_r) {
+                    #pragma omp simd
+                    for (int64_t i = b; i < e; ++i) {
+                        float t0;
+                        optforge_shampoo_s8_elem<float, optforge_f16, float, 1>(i, i, p_r, p_weight_lp, t0, (float)k_epsilon, (float)k1);
+                        buf[0][i - b] = t0;
+                    }
+                } else if (!p_r) {
+                    #pragma omp simd
+                    for (int64_t i = b; i < e; ++i) {
+                        float t0;
+                        optforge_shampoo_s8_elem<float, optforge_f16, float, 0>(i, i, p_r, p_weight_lp, t0, (float)k_epsilon, (float)k1);
+                        buf[0][i - b] = t0;
+                    }
+                }
+                {   /* from the block's buffer */
+                    double s = 0;
+                    #pragma omp simd reduction(+: s)
+                    for (int64_t j = 0; j < e - b; ++j) {
+                        const double v = buf[0][j];
+                        s += v * v;
+                    }
+                    acc[0] += s;
+                }
+            }
+            for (int k = 0; k < 1; ++k) parts[(size_t)c * 1 + k] = acc[k];
+        }
+    }
+    for (int k = 0; k < 1; ++k) {
+        double s = 0;
+        for (int c = 0; c < nt; ++c) s += parts[(size_t)c * 1 + k];
+        out[k] = s;
+    }
+}
+#endif
+#ifdef OPTFORGE_LOW_PRECISION
+/* also accumulates 1 whole-tensor reduction(s) into out[]. Each thread takes a fixed share
+   of the elements, block by block: the stage loop stores the elements' reduction terms in small
+   buffers (so it vectorizes as a stage without reductions does), then a tight loop sums a buffer in
+   double. Shares are added in order: the result does not depend on timing. */
+void optforge_shampoo_s8_mpbf16(int64_t n, const float* __restrict__ p_r, float* __restrict__ p_weight_lp, double k_epsilon, double k1, double* __restrict__ out) {
+    int nt = 1;
+#ifdef _OPENMP
+    if (n >= OPTFORGE_PARALLEL_MIN) nt = omp_get_max_threads();
+#endif
+    std::vector<double> parts((size_t)nt * 1, 0.0);
+    #pragma omp parallel num_threads(nt) if (nt > 1)
+    {
+        int tid = 0, step = 1;
+#ifdef _OPENMP
+        tid = omp_get_thread_num();
+        step = omp_get_num_threads();
+#endif
+        alignas(64) float buf[1][OPTFORGE_REDUCE_BLOCK];
+        for (int c = tid; c < nt; c += step) {
+            const int64_t lo = n * c / nt, hi = n * (c + 1) / nt;
+            double acc[1] = {0};
+            for (int64_t b = lo; b < hi; b += OPTFORGE_REDUCE_BLOCK) {
+                const int64_t e = hi - b < OPTFORGE_REDUCE_BLOCK ? hi : b + OPTFORGE_REDUCE_BLOCK;
+                if (p_r) {
+                    #pragma omp simd
+                    for (int64_t i = b; i < e; ++i) {
+                        float t0;
+                        optforge_shampoo_s8_elem<float, optforge_bf16, float, 1>(i, i, p_r, p_weight_lp, t0, (float)k_epsilon, (float)k1);
+                        buf[0][i - b] = t0;
+                    }
+                } else if (!p_r) {
+                    #pragma omp simd
+                    for (int64_t i = b; i < e; ++i) {
+                        float t0;
+                        optforge_shampoo_s8_elem<float, optforge_bf16, float, 0>(i, i, p_r, p_weight_lp, t0, (float)k_epsilon, (float)k1);
+                        buf[0][i - b] = t0;
+                    }
+                }
+                {   /* from the block's buffer */
+                    double s = 0;
+                    #pragma omp simd reduction(+: s)
+                    for (int64_t j = 0; j < e - b; ++j) {
+                        const double v = buf[0][j];
+                        s += v * v;
+                    }
+                    acc[0] += s;
+                }
+            }
+            for (int k = 0; k < 1; ++k) parts[(size_t)c * 1 + k] = acc[k];
+        }
+    }
+    for (int k = 0; k < 1; ++k) {
+        double s = 0;
+        for (int c = 0; c < nt; ++c) s += parts[(size_t)c * 1 + k];
+        out[k] = s;
+    }
+}
+#endif
 void optforge_shampoo_s9_f32(int64_t n, const float* __restrict__ p_r, float* __restrict__ p_mr, float* __restrict__ p_hr, double k_zr, double k_epsilon, double k2, double k3) {
     if (p_r) {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
@@ -1420,6 +1814,32 @@ void optforge_shampoo_s9_bf16(int64_t n, const optforge_bf16* __restrict__ p_r, 
     }
 }
 #endif
+#ifdef OPTFORGE_LOW_PRECISION
+void optforge_shampoo_s9_mp16(int64_t n, const float* __restrict__ p_r, float* __restrict__ p_mr, float* __restrict__ p_hr, float* __restrict__ p_weight_lp, double k_zr, double k_epsilon, double k2, double k3) {
+    if (p_r) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_shampoo_s9_elem<float, optforge_f16, float, 1>(i, i, p_r, p_mr, p_hr, p_weight_lp, (float)k_zr, (float)k_epsilon, (float)k2, (float)k3);
+    } else if (!p_r) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_shampoo_s9_elem<float, optforge_f16, float, 0>(i, i, p_r, p_mr, p_hr, p_weight_lp, (float)k_zr, (float)k_epsilon, (float)k2, (float)k3);
+    }
+}
+#endif
+#ifdef OPTFORGE_LOW_PRECISION
+void optforge_shampoo_s9_mpbf16(int64_t n, const float* __restrict__ p_r, float* __restrict__ p_mr, float* __restrict__ p_hr, float* __restrict__ p_weight_lp, double k_zr, double k_epsilon, double k2, double k3) {
+    if (p_r) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_shampoo_s9_elem<float, optforge_bf16, float, 1>(i, i, p_r, p_mr, p_hr, p_weight_lp, (float)k_zr, (float)k_epsilon, (float)k2, (float)k3);
+    } else if (!p_r) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_shampoo_s9_elem<float, optforge_bf16, float, 0>(i, i, p_r, p_mr, p_hr, p_weight_lp, (float)k_zr, (float)k_epsilon, (float)k2, (float)k3);
+    }
+}
+#endif
 void optforge_shampoo_s10_f32(int64_t n, const float* __restrict__ p_mr, float* __restrict__ p_pr, double k_root, double k1) {
     {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
@@ -1484,6 +1904,24 @@ void optforge_shampoo_s10_bf16(int64_t n, const float* __restrict__ p_mr, float*
     }
 }
 #endif
+#ifdef OPTFORGE_LOW_PRECISION
+void optforge_shampoo_s10_mp16(int64_t n, const float* __restrict__ p_mr, float* __restrict__ p_pr, float* __restrict__ p_weight_lp, double k_root, double k1) {
+    {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_shampoo_s10_elem<float, optforge_f16, float>(i, i, p_mr, p_pr, p_weight_lp, (float)k_root, (float)k1);
+    }
+}
+#endif
+#ifdef OPTFORGE_LOW_PRECISION
+void optforge_shampoo_s10_mpbf16(int64_t n, const float* __restrict__ p_mr, float* __restrict__ p_pr, float* __restrict__ p_weight_lp, double k_root, double k1) {
+    {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_shampoo_s10_elem<float, optforge_bf16, float>(i, i, p_mr, p_pr, p_weight_lp, (float)k_root, (float)k1);
+    }
+}
+#endif
 void optforge_shampoo_s11_f32(int64_t n, const float* __restrict__ p__r4, float* __restrict__ p_hr) {
     {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
@@ -1544,6 +1982,24 @@ void optforge_shampoo_s11_bf16(int64_t n, const float* __restrict__ p__r4, float
     }
 }
 #endif
+#ifdef OPTFORGE_LOW_PRECISION
+void optforge_shampoo_s11_mp16(int64_t n, const float* __restrict__ p__r4, float* __restrict__ p_hr, float* __restrict__ p_weight_lp) {
+    {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_shampoo_s11_elem<float, optforge_f16, float>(i, i, p__r4, p_hr, p_weight_lp);
+    }
+}
+#endif
+#ifdef OPTFORGE_LOW_PRECISION
+void optforge_shampoo_s11_mpbf16(int64_t n, const float* __restrict__ p__r4, float* __restrict__ p_hr, float* __restrict__ p_weight_lp) {
+    {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_shampoo_s11_elem<float, optforge_bf16, float>(i, i, p__r4, p_hr, p_weight_lp);
+    }
+}
+#endif
 void optforge_shampoo_s12_f32(int64_t n, const float* __restrict__ p__r5, float* __restrict__ p_mr) {
     {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
@@ -1601,6 +2057,24 @@ void optforge_shampoo_s12_bf16(int64_t n, const float* __restrict__ p__r5, float
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
         for (int64_t i = 0; i < n; ++i)
             optforge_shampoo_s12_elem<optforge_bf16, optforge_bf16, float>(i, i, p__r5, p_mr, nullptr);
+    }
+}
+#endif
+#ifdef OPTFORGE_LOW_PRECISION
+void optforge_shampoo_s12_mp16(int64_t n, const float* __restrict__ p__r5, float* __restrict__ p_mr, float* __restrict__ p_weight_lp) {
+    {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_shampoo_s12_elem<float, optforge_f16, float>(i, i, p__r5, p_mr, p_weight_lp);
+    }
+}
+#endif
+#ifdef OPTFORGE_LOW_PRECISION
+void optforge_shampoo_s12_mpbf16(int64_t n, const float* __restrict__ p__r5, float* __restrict__ p_mr, float* __restrict__ p_weight_lp) {
+    {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_shampoo_s12_elem<float, optforge_bf16, float>(i, i, p__r5, p_mr, p_weight_lp);
     }
 }
 #endif
@@ -1665,6 +2139,24 @@ void optforge_shampoo_s13_bf16(int64_t n, optforge_bf16* __restrict__ p_weight, 
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
         for (int64_t i = 0; i < n; ++i)
             optforge_shampoo_s13_elem<optforge_bf16, optforge_bf16, float>(i, i, p_weight, p__r7, nullptr, (float)k_lr, k__round_seed);
+    }
+}
+#endif
+#ifdef OPTFORGE_LOW_PRECISION
+void optforge_shampoo_s13_mp16(int64_t n, float* __restrict__ p_weight, const float* __restrict__ p__r7, float* __restrict__ p_weight_lp, double k_lr, double k__round_seed) {
+    {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_shampoo_s13_elem<float, optforge_f16, float>(i, i, p_weight, p__r7, p_weight_lp, (float)k_lr, k__round_seed);
+    }
+}
+#endif
+#ifdef OPTFORGE_LOW_PRECISION
+void optforge_shampoo_s13_mpbf16(int64_t n, float* __restrict__ p_weight, const float* __restrict__ p__r7, float* __restrict__ p_weight_lp, double k_lr, double k__round_seed) {
+    {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_shampoo_s13_elem<float, optforge_bf16, float>(i, i, p_weight, p__r7, p_weight_lp, (float)k_lr, k__round_seed);
     }
 }
 #endif
@@ -1747,6 +2239,32 @@ void optforge_shampoo_s14_bf16(int64_t n, optforge_bf16* __restrict__ p_v, const
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
         for (int64_t i = 0; i < n; ++i)
             optforge_shampoo_s14_elem<optforge_bf16, optforge_bf16, float, 0>(i, i, p_v, p_g, p_weight, nullptr, (float)k_lr, (float)k_epsilon, k__round_seed);
+    }
+}
+#endif
+#ifdef OPTFORGE_LOW_PRECISION
+void optforge_shampoo_s14_mp16(int64_t n, float* __restrict__ p_v, const float* __restrict__ p_g, float* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k_lr, double k_epsilon, double k__round_seed) {
+    if (p_v) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_shampoo_s14_elem<float, optforge_f16, float, 1>(i, i, p_v, p_g, p_weight, p_weight_lp, (float)k_lr, (float)k_epsilon, k__round_seed);
+    } else if (!p_v) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_shampoo_s14_elem<float, optforge_f16, float, 0>(i, i, p_v, p_g, p_weight, p_weight_lp, (float)k_lr, (float)k_epsilon, k__round_seed);
+    }
+}
+#endif
+#ifdef OPTFORGE_LOW_PRECISION
+void optforge_shampoo_s14_mpbf16(int64_t n, float* __restrict__ p_v, const float* __restrict__ p_g, float* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k_lr, double k_epsilon, double k__round_seed) {
+    if (p_v) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_shampoo_s14_elem<float, optforge_bf16, float, 1>(i, i, p_v, p_g, p_weight, p_weight_lp, (float)k_lr, (float)k_epsilon, k__round_seed);
+    } else if (!p_v) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_shampoo_s14_elem<float, optforge_bf16, float, 0>(i, i, p_v, p_g, p_weight, p_weight_lp, (float)k_lr, (float)k_epsilon, k__round_seed);
     }
 }
 #endif

@@ -292,6 +292,48 @@ void optforge_signum_s0_bf16(int64_t n, const optforge_bf16* __restrict__ p_grad
     }
 }
 #endif
+#ifdef OPTFORGE_LOW_PRECISION
+void optforge_signum_s0_mp16(int64_t n, const optforge_f16* __restrict__ p_grad, float* __restrict__ p_mom, float* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k2, double k_momentum, double k_wd, double k5, double k_lr, double k7, double k__grad_scale, double k__round_seed) {
+    if (p_mom && k2 != 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_signum_s0_elem<float, optforge_f16, float, 1, 1>(i, i, p_grad, p_mom, p_weight, p_weight_lp, (float)k_rescale_grad, (float)k1, (float)k2, (float)k_momentum, (float)k_wd, (float)k5, (float)k_lr, (float)k7, (float)k__grad_scale, k__round_seed);
+    } else if (p_mom && k2 == 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_signum_s0_elem<float, optforge_f16, float, 1, 0>(i, i, p_grad, p_mom, p_weight, p_weight_lp, (float)k_rescale_grad, (float)k1, (float)k2, (float)k_momentum, (float)k_wd, (float)k5, (float)k_lr, (float)k7, (float)k__grad_scale, k__round_seed);
+    } else if (!p_mom && k2 != 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_signum_s0_elem<float, optforge_f16, float, 0, 1>(i, i, p_grad, p_mom, p_weight, p_weight_lp, (float)k_rescale_grad, (float)k1, (float)k2, (float)k_momentum, (float)k_wd, (float)k5, (float)k_lr, (float)k7, (float)k__grad_scale, k__round_seed);
+    } else if (!p_mom && k2 == 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_signum_s0_elem<float, optforge_f16, float, 0, 0>(i, i, p_grad, p_mom, p_weight, p_weight_lp, (float)k_rescale_grad, (float)k1, (float)k2, (float)k_momentum, (float)k_wd, (float)k5, (float)k_lr, (float)k7, (float)k__grad_scale, k__round_seed);
+    }
+}
+#endif
+#ifdef OPTFORGE_LOW_PRECISION
+void optforge_signum_s0_mpbf16(int64_t n, const optforge_bf16* __restrict__ p_grad, float* __restrict__ p_mom, float* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k2, double k_momentum, double k_wd, double k5, double k_lr, double k7, double k__grad_scale, double k__round_seed) {
+    if (p_mom && k2 != 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_signum_s0_elem<float, optforge_bf16, float, 1, 1>(i, i, p_grad, p_mom, p_weight, p_weight_lp, (float)k_rescale_grad, (float)k1, (float)k2, (float)k_momentum, (float)k_wd, (float)k5, (float)k_lr, (float)k7, (float)k__grad_scale, k__round_seed);
+    } else if (p_mom && k2 == 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_signum_s0_elem<float, optforge_bf16, float, 1, 0>(i, i, p_grad, p_mom, p_weight, p_weight_lp, (float)k_rescale_grad, (float)k1, (float)k2, (float)k_momentum, (float)k_wd, (float)k5, (float)k_lr, (float)k7, (float)k__grad_scale, k__round_seed);
+    } else if (!p_mom && k2 != 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_signum_s0_elem<float, optforge_bf16, float, 0, 1>(i, i, p_grad, p_mom, p_weight, p_weight_lp, (float)k_rescale_grad, (float)k1, (float)k2, (float)k_momentum, (float)k_wd, (float)k5, (float)k_lr, (float)k7, (float)k__grad_scale, k__round_seed);
+    } else if (!p_mom && k2 == 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_signum_s0_elem<float, optforge_bf16, float, 0, 0>(i, i, p_grad, p_mom, p_weight, p_weight_lp, (float)k_rescale_grad, (float)k1, (float)k2, (float)k_momentum, (float)k_wd, (float)k5, (float)k_lr, (float)k7, (float)k__grad_scale, k__round_seed);
+    }
+}
+#endif
 }
 
 /* ---- step control's global gradient norm (runtime/optimizer.py grad_scale, runtime/native.py

@@ -229,8 +229,8 @@ OPTFORGE_HD void optforge_sm3_s2_elem(int64_t i, int64_t gi, int64_t _iR, int64_
    OPTFORGE_TILE_COLS cols and OPTFORGE_TILE_ELEMS elements, fixed by the shape alone (not by the
    thread count), the tiles in parallel. Reductions along an axis accumulate per tile (a row's
    piece, a col's piece) in double and the pieces are combined in tile order: deterministic. */
-template <typename T, typename C>
-static void optforge_sm3_s0_tiles(int64_t nb, int64_t nr, int64_t nc, const T* __restrict__ p_grad, T* __restrict__ p_weight, const T* __restrict__ p_acc_row, const T* __restrict__ p_acc_col, T* __restrict__ p_mom, C* __restrict__ p__r0, C* __restrict__ p__r1, double k_rescale_grad, double k1, double k_wd, double k3, double k_beta2, double k_eps, double k_momentum, double k_lr, double k__grad_scale, double k__round_seed) {
+template <typename T, typename G, typename C>
+static void optforge_sm3_s0_tiles(int64_t nb, int64_t nr, int64_t nc, const G* __restrict__ p_grad, T* __restrict__ p_weight, const T* __restrict__ p_acc_row, const T* __restrict__ p_acc_col, T* __restrict__ p_mom, C* __restrict__ p__r0, C* __restrict__ p__r1, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k_wd, double k3, double k_beta2, double k_eps, double k_momentum, double k_lr, double k__grad_scale, double k__round_seed) {
     const int64_t n = nb * nr * nc;
     if (n == 0) return;
     const int64_t tc = nc < OPTFORGE_TILE_COLS ? nc : OPTFORGE_TILE_COLS, ncc = (nc + tc - 1) / tc;
@@ -252,7 +252,7 @@ static void optforge_sm3_s0_tiles(int64_t nb, int64_t nr, int64_t nc, const T* _
             #pragma omp simd
             for (int64_t c = c0; c < c1; ++c) {
                 C _v0, _v1;
-                optforge_sm3_s0_elem<T, T, C>(row * nc + c, row * nc + c, row, b * nc + c, b, p_grad, p_weight, p_acc_row, p_acc_col, p_mom, nullptr, _v0, _v1, (C)k_rescale_grad, (C)k1, (C)k_wd, (C)k3, (C)k_beta2, (C)k_eps, (C)k_momentum, (C)k_lr, (C)k__grad_scale, k__round_seed);
+                optforge_sm3_s0_elem<T, G, C>(row * nc + c, row * nc + c, row, b * nc + c, b, p_grad, p_weight, p_acc_row, p_acc_col, p_mom, p_weight_lp, _v0, _v1, (C)k_rescale_grad, (C)k1, (C)k_wd, (C)k3, (C)k_beta2, (C)k_eps, (C)k_momentum, (C)k_lr, (C)k__grad_scale, k__round_seed);
                 rbuf0[c - c0] = _v0;
                 col1[c - c0] = op_max(col1[c - c0], _v1);
             }
@@ -289,8 +289,8 @@ static void optforge_sm3_s0_tiles(int64_t nb, int64_t nr, int64_t nc, const T* _
    OPTFORGE_TILE_COLS cols and OPTFORGE_TILE_ELEMS elements, fixed by the shape alone (not by the
    thread count), the tiles in parallel. Reductions along an axis accumulate per tile (a row's
    piece, a col's piece) in double and the pieces are combined in tile order: deterministic. */
-template <typename T, typename C>
-static void optforge_sm3_s1_tiles(int64_t nb, int64_t nr, int64_t nc, const C* __restrict__ p__r0, T* __restrict__ p_acc_row) {
+template <typename T, typename G, typename C>
+static void optforge_sm3_s1_tiles(int64_t nb, int64_t nr, int64_t nc, const C* __restrict__ p__r0, T* __restrict__ p_acc_row, float* __restrict__ p_weight_lp) {
     const int64_t n = nb * nr * nc;
     if (n == 0) return;
     const int64_t tc = nc < OPTFORGE_TILE_COLS ? nc : OPTFORGE_TILE_COLS, ncc = (nc + tc - 1) / tc;
@@ -305,7 +305,7 @@ static void optforge_sm3_s1_tiles(int64_t nb, int64_t nr, int64_t nc, const C* _
             const int64_t row = b * nr + r;
             #pragma omp simd
             for (int64_t c = c0; c < c1; ++c) {
-                optforge_sm3_s1_elem<T, T, C>(row * nc + c, row * nc + c, row, b * nc + c, b, p__r0, p_acc_row, nullptr);
+                optforge_sm3_s1_elem<T, G, C>(row * nc + c, row * nc + c, row, b * nc + c, b, p__r0, p_acc_row, p_weight_lp);
             }
         }
     }
@@ -314,8 +314,8 @@ static void optforge_sm3_s1_tiles(int64_t nb, int64_t nr, int64_t nc, const C* _
    OPTFORGE_TILE_COLS cols and OPTFORGE_TILE_ELEMS elements, fixed by the shape alone (not by the
    thread count), the tiles in parallel. Reductions along an axis accumulate per tile (a row's
    piece, a col's piece) in double and the pieces are combined in tile order: deterministic. */
-template <typename T, typename C>
-static void optforge_sm3_s2_tiles(int64_t nb, int64_t nr, int64_t nc, const C* __restrict__ p__r1, T* __restrict__ p_acc_col) {
+template <typename T, typename G, typename C>
+static void optforge_sm3_s2_tiles(int64_t nb, int64_t nr, int64_t nc, const C* __restrict__ p__r1, T* __restrict__ p_acc_col, float* __restrict__ p_weight_lp) {
     const int64_t n = nb * nr * nc;
     if (n == 0) return;
     const int64_t tc = nc < OPTFORGE_TILE_COLS ? nc : OPTFORGE_TILE_COLS, ncc = (nc + tc - 1) / tc;
@@ -330,58 +330,88 @@ static void optforge_sm3_s2_tiles(int64_t nb, int64_t nr, int64_t nc, const C* _
             const int64_t row = b * nr + r;
             #pragma omp simd
             for (int64_t c = c0; c < c1; ++c) {
-                optforge_sm3_s2_elem<T, T, C>(row * nc + c, row * nc + c, row, b * nc + c, b, p__r1, p_acc_col, nullptr);
+                optforge_sm3_s2_elem<T, G, C>(row * nc + c, row * nc + c, row, b * nc + c, b, p__r1, p_acc_col, p_weight_lp);
             }
         }
     }
 }
 extern "C" {
 void optforge_sm3_s0_f32(int64_t nb, int64_t nr, int64_t nc, const float* __restrict__ p_grad, float* __restrict__ p_weight, const float* __restrict__ p_acc_row, const float* __restrict__ p_acc_col, float* __restrict__ p_mom, float* __restrict__ p__r0, float* __restrict__ p__r1, double k_rescale_grad, double k1, double k_wd, double k3, double k_beta2, double k_eps, double k_momentum, double k_lr, double k__grad_scale, double k__round_seed) {
-     optforge_sm3_s0_tiles<float, float>(nb, nr, nc, p_grad, p_weight, p_acc_row, p_acc_col, p_mom, p__r0, p__r1, k_rescale_grad, k1, k_wd, k3, k_beta2, k_eps, k_momentum, k_lr, k__grad_scale, k__round_seed);
+     optforge_sm3_s0_tiles<float, float, float>(nb, nr, nc, p_grad, p_weight, p_acc_row, p_acc_col, p_mom, p__r0, p__r1, nullptr, k_rescale_grad, k1, k_wd, k3, k_beta2, k_eps, k_momentum, k_lr, k__grad_scale, k__round_seed);
 }
 void optforge_sm3_s0_f64(int64_t nb, int64_t nr, int64_t nc, const double* __restrict__ p_grad, double* __restrict__ p_weight, const double* __restrict__ p_acc_row, const double* __restrict__ p_acc_col, double* __restrict__ p_mom, double* __restrict__ p__r0, double* __restrict__ p__r1, double k_rescale_grad, double k1, double k_wd, double k3, double k_beta2, double k_eps, double k_momentum, double k_lr, double k__grad_scale, double k__round_seed) {
-     optforge_sm3_s0_tiles<double, double>(nb, nr, nc, p_grad, p_weight, p_acc_row, p_acc_col, p_mom, p__r0, p__r1, k_rescale_grad, k1, k_wd, k3, k_beta2, k_eps, k_momentum, k_lr, k__grad_scale, k__round_seed);
+     optforge_sm3_s0_tiles<double, double, double>(nb, nr, nc, p_grad, p_weight, p_acc_row, p_acc_col, p_mom, p__r0, p__r1, nullptr, k_rescale_grad, k1, k_wd, k3, k_beta2, k_eps, k_momentum, k_lr, k__grad_scale, k__round_seed);
 }
 #ifdef OPTFORGE_LOW_PRECISION
 void optforge_sm3_s0_f16(int64_t nb, int64_t nr, int64_t nc, const optforge_f16* __restrict__ p_grad, optforge_f16* __restrict__ p_weight, const optforge_f16* __restrict__ p_acc_row, const optforge_f16* __restrict__ p_acc_col, optforge_f16* __restrict__ p_mom, float* __restrict__ p__r0, float* __restrict__ p__r1, double k_rescale_grad, double k1, double k_wd, double k3, double k_beta2, double k_eps, double k_momentum, double k_lr, double k__grad_scale, double k__round_seed) {
-     optforge_sm3_s0_tiles<optforge_f16, float>(nb, nr, nc, p_grad, p_weight, p_acc_row, p_acc_col, p_mom, p__r0, p__r1, k_rescale_grad, k1, k_wd, k3, k_beta2, k_eps, k_momentum, k_lr, k__grad_scale, k__round_seed);
+     optforge_sm3_s0_tiles<optforge_f16, optforge_f16, float>(nb, nr, nc, p_grad, p_weight, p_acc_row, p_acc_col, p_mom, p__r0, p__r1, nullptr, k_rescale_grad, k1, k_wd, k3, k_beta2, k_eps, k_momentum, k_lr, k__grad_scale, k__round_seed);
 }
 #endif
 #ifdef OPTFORGE_LOW_PRECISION
 void optforge_sm3_s0_bf16(int64_t nb, int64_t nr, int64_t nc, const optforge_bf16* __restrict__ p_grad, optforge_bf16* __restrict__ p_weight, const optforge_bf16* __restrict__ p_acc_row, const optforge_bf16* __restrict__ p_acc_col, optforge_bf16* __restrict__ p_mom, float* __restrict__ p__r0, float* __restrict__ p__r1, double k_rescale_grad, double k1, double k_wd, double k3, double k_beta2, double k_eps, double k_momentum, double k_lr, double k__grad_scale, double k__round_seed) {
-     optforge_sm3_s0_tiles<optforge_bf16, float>(nb, nr, nc, p_grad, p_weight, p_acc_row, p_acc_col, p_mom, p__r0, p__r1, k_rescale_grad, k1, k_wd, k3, k_beta2, k_eps, k_momentum, k_lr, k__grad_scale, k__round_seed);
+     optforge_sm3_s0_tiles<optforge_bf16, optforge_bf16, float>(nb, nr, nc, p_grad, p_weight, p_acc_row, p_acc_col, p_mom, p__r0, p__r1, nullptr, k_rescale_grad, k1, k_wd, k3, k_beta2, k_eps, k_momentum, k_lr, k__grad_scale, k__round_seed);
+}
+#endif
+#ifdef OPTFORGE_LOW_PRECISION
+void optforge_sm3_s0_mp16(int64_t nb, int64_t nr, int64_t nc, const optforge_f16* __restrict__ p_grad, float* __restrict__ p_weight, const float* __restrict__ p_acc_row, const float* __restrict__ p_acc_col, float* __restrict__ p_mom, float* __restrict__ p__r0, float* __restrict__ p__r1, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k_wd, double k3, double k_beta2, double k_eps, double k_momentum, double k_lr, double k__grad_scale, double k__round_seed) {
+     optforge_sm3_s0_tiles<float, optforge_f16, float>(nb, nr, nc, p_grad, p_weight, p_acc_row, p_acc_col, p_mom, p__r0, p__r1, p_weight_lp, k_rescale_grad, k1, k_wd, k3, k_beta2, k_eps, k_momentum, k_lr, k__grad_scale, k__round_seed);
+}
+#endif
+#ifdef OPTFORGE_LOW_PRECISION
+void optforge_sm3_s0_mpbf16(int64_t nb, int64_t nr, int64_t nc, const optforge_bf16* __restrict__ p_grad, float* __restrict__ p_weight, const float* __restrict__ p_acc_row, const float* __restrict__ p_acc_col, float* __restrict__ p_mom, float* __restrict__ p__r0, float* __restrict__ p__r1, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k_wd, double k3, double k_beta2, double k_eps, double k_momentum, double k_lr, double k__grad_scale, double k__round_seed) {
+     optforge_sm3_s0_tiles<float, optforge_bf16, float>(nb, nr, nc, p_grad, p_weight, p_acc_row, p_acc_col, p_mom, p__r0, p__r1, p_weight_lp, k_rescale_grad, k1, k_wd, k3, k_beta2, k_eps, k_momentum, k_lr, k__grad_scale, k__round_seed);
 }
 #endif
 void optforge_sm3_s1_f32(int64_t nb, int64_t nr, int64_t nc, const float* __restrict__ p__r0, float* __restrict__ p_acc_row) {
-     optforge_sm3_s1_tiles<float, float>(nb, nr, nc, p__r0, p_acc_row);
+     optforge_sm3_s1_tiles<float, float, float>(nb, nr, nc, p__r0, p_acc_row, nullptr);
 }
 void optforge_sm3_s1_f64(int64_t nb, int64_t nr, int64_t nc, const double* __restrict__ p__r0, double* __restrict__ p_acc_row) {
-     optforge_sm3_s1_tiles<double, double>(nb, nr, nc, p__r0, p_acc_row);
+     optforge_sm3_s1_tiles<double, double, double>(nb, nr, nc, p__r0, p_acc_row, nullptr);
 }
 #ifdef OPTFORGE_LOW_PRECISION
 void optforge_sm3_s1_f16(int64_t nb, int64_t nr, int64_t nc, const float* __restrict__ p__r0, optforge_f16* __restrict__ p_acc_row) {
-     optforge_sm3_s1_tiles<optforge_f16, float>(nb, nr, nc, p__r0, p_acc_row);
+     optforge_sm3_s1_tiles<optforge_f16, optforge_f16, float>(nb, nr, nc, p__r0, p_acc_row, nullptr);
 }
 #endif
 #ifdef OPTFORGE_LOW_PRECISION
 void optforge_sm3_s1_bf16(int64_t nb, int64_t nr, int64_t nc, const float* __restrict__ p__r0, optforge_bf16* __restrict__ p_acc_row) {
-     optforge_sm3_s1_tiles<optforge_bf16, float>(nb, nr, nc, p__r0, p_acc_row);
+     optforge_sm3_s1_tiles<optforge_bf16, optforge_bf16, float>(nb, nr, nc, p__r0, p_acc_row, nullptr);
+}
+#endif
+#ifdef OPTFORGE_LOW_PRECISION
+void optforge_sm3_s1_mp16(int64_t nb, int64_t nr, int64_t nc, const float* __restrict__ p__r0, float* __restrict__ p_acc_row, float* __restrict__ p_weight_lp) {
+     optforge_sm3_s1_tiles<float, optforge_f16, float>(nb, nr, nc, p__r0, p_acc_row, p_weight_lp);
+}
+#endif
+#ifdef OPTFORGE_LOW_PRECISION
+void optforge_sm3_s1_mpbf16(int64_t nb, int64_t nr, int64_t nc, const float* __restrict__ p__r0, float* __restrict__ p_acc_row, float* __restrict__ p_weight_lp) {
+     optforge_sm3_s1_tiles<float, optforge_bf16, float>(nb, nr, nc, p__r0, p_acc_row, p_weight_lp);
 }
 #endif
 void optforge_sm3_s2_f32(int64_t nb, int64_t nr, int64_t nc, const float* __restrict__ p__r1, float* __restrict__ p_acc_col) {
-     optforge_sm3_s2_tiles<float, float>(nb, nr, nc, p__r1, p_acc_col);
+     optforge_sm3_s2_tiles<float, float, float>(nb, nr, nc, p__r1, p_acc_col, nullptr);
 }
 void optforge_sm3_s2_f64(int64_t nb, int64_t nr, int64_t nc, const double* __restrict__ p__r1, double* __restrict__ p_acc_col) {
-     optforge_sm3_s2_tiles<double, double>(nb, nr, nc, p__r1, p_acc_col);
+     optforge_sm3_s2_tiles<double, double, double>(nb, nr, nc, p__r1, p_acc_col, nullptr);
 }
 #ifdef OPTFORGE_LOW_PRECISION
 void optforge_sm3_s2_f16(int64_t nb, int64_t nr, int64_t nc, const float* __restrict__ p__r1, optforge_f16* __restrict__ p_acc_col) {
-     optforge_sm3_s2_tiles<optforge_f16, float>(nb, nr, nc, p__r1, p_acc_col);
+     optforge_sm3_s2_tiles<optforge_f16, optforge_f16, float>(nb, nr, nc, p__r1, p_acc_col, nullptr);
 }
 #endif
 #ifdef OPTFORGE_LOW_PRECISION
 void optforge_sm3_s2_bf16(int64_t nb, int64_t nr, int64_t nc, const float* __restrict__ p__r1, optforge_bf16* __restrict__ p_acc_col) {
-     optforge_sm3_s2_tiles<optforge_bf16, float>(nb, nr, nc, p__r1, p_acc_col);
+     optforge_sm3_s2_tiles<optforge_bf16, optforge_bf16, float>(nb, nr, nc, p__r1, p_acc_col, nullptr);
+}
+#endif
+#ifdef OPTFORGE_LOW_PRECISION
+void optforge_sm3_s2_mp16(int64_t nb, int64_t nr, int64_t nc, const float* __restrict__ p__r1, float* __restrict__ p_acc_col, float* __restrict__ p_weight_lp) {
+     optforge_sm3_s2_tiles<float, optforge_f16, float>(nb, nr, nc, p__r1, p_acc_col, p_weight_lp);
+}
+#endif
+#ifdef OPTFORGE_LOW_PRECISION
+void optforge_sm3_s2_mpbf16(int64_t nb, int64_t nr, int64_t nc, const float* __restrict__ p__r1, float* __restrict__ p_acc_col, float* __restrict__ p_weight_lp) {
+     optforge_sm3_s2_tiles<float, optforge_bf16, float>(nb, nr, nc, p__r1, p_acc_col, p_weight_lp);
 }
 #endif
 }

@@ -211,6 +211,24 @@ void optforge_test_s0_bf16(int64_t n, optforge_bf16* __restrict__ p_weight, cons
     }
 }
 #endif
+#ifdef OPTFORGE_LOW_PRECISION
+void optforge_test_s0_mp16(int64_t n, float* __restrict__ p_weight, const optforge_f16* __restrict__ p_grad, float* __restrict__ p_mirror, float* __restrict__ p_weight_lp, double k_rescale_grad, double k__grad_scale, double k__round_seed) {
+    {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_test_s0_elem<float, optforge_f16, float>(i, i, p_weight, p_grad, p_mirror, p_weight_lp, (float)k_rescale_grad, (float)k__grad_scale, k__round_seed);
+    }
+}
+#endif
+#ifdef OPTFORGE_LOW_PRECISION
+void optforge_test_s0_mpbf16(int64_t n, float* __restrict__ p_weight, const optforge_bf16* __restrict__ p_grad, float* __restrict__ p_mirror, float* __restrict__ p_weight_lp, double k_rescale_grad, double k__grad_scale, double k__round_seed) {
+    {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_test_s0_elem<float, optforge_bf16, float>(i, i, p_weight, p_grad, p_mirror, p_weight_lp, (float)k_rescale_grad, (float)k__grad_scale, k__round_seed);
+    }
+}
+#endif
 }
 
 /* ---- step control's global gradient norm (runtime/optimizer.py grad_scale, runtime/native.py

@@ -243,6 +243,24 @@ void optforge_torchadadelta_s0_bf16(int64_t n, const optforge_bf16* __restrict__
     }
 }
 #endif
+#ifdef OPTFORGE_LOW_PRECISION
+void optforge_torchadadelta_s0_mp16(int64_t n, const optforge_f16* __restrict__ p_grad, float* __restrict__ p_weight, float* __restrict__ p_square_avg, float* __restrict__ p_acc_delta, float* __restrict__ p_weight_lp, double k0, double k_rescale_grad, double k2, double k_wd, double k_rho, double k5, double k_eps, double k_lr, double k__grad_scale, double k__round_seed) {
+    {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_torchadadelta_s0_elem<float, optforge_f16, float>(i, i, p_grad, p_weight, p_square_avg, p_acc_delta, p_weight_lp, (float)k0, (float)k_rescale_grad, (float)k2, (float)k_wd, (float)k_rho, (float)k5, (float)k_eps, (float)k_lr, (float)k__grad_scale, k__round_seed);
+    }
+}
+#endif
+#ifdef OPTFORGE_LOW_PRECISION
+void optforge_torchadadelta_s0_mpbf16(int64_t n, const optforge_bf16* __restrict__ p_grad, float* __restrict__ p_weight, float* __restrict__ p_square_avg, float* __restrict__ p_acc_delta, float* __restrict__ p_weight_lp, double k0, double k_rescale_grad, double k2, double k_wd, double k_rho, double k5, double k_eps, double k_lr, double k__grad_scale, double k__round_seed) {
+    {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_torchadadelta_s0_elem<float, optforge_bf16, float>(i, i, p_grad, p_weight, p_square_avg, p_acc_delta, p_weight_lp, (float)k0, (float)k_rescale_grad, (float)k2, (float)k_wd, (float)k_rho, (float)k5, (float)k_eps, (float)k_lr, (float)k__grad_scale, k__round_seed);
+    }
+}
+#endif
 }
 
 /* ---- step control's global gradient norm (runtime/optimizer.py grad_scale, runtime/native.py

@@ -235,6 +235,24 @@ void optforge_torchadagrad_s0_bf16(int64_t n, const optforge_bf16* __restrict__ 
     }
 }
 #endif
+#ifdef OPTFORGE_LOW_PRECISION
+void optforge_torchadagrad_s0_mp16(int64_t n, const optforge_f16* __restrict__ p_grad, float* __restrict__ p_weight, float* __restrict__ p_sum_sq, float* __restrict__ p_weight_lp, double k0, double k_rescale_grad, double k2, double k_wd, double k_clr, double k_eps, double k__grad_scale, double k__round_seed) {
+    {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_torchadagrad_s0_elem<float, optforge_f16, float>(i, i, p_grad, p_weight, p_sum_sq, p_weight_lp, (float)k0, (float)k_rescale_grad, (float)k2, (float)k_wd, (float)k_clr, (float)k_eps, (float)k__grad_scale, k__round_seed);
+    }
+}
+#endif
+#ifdef OPTFORGE_LOW_PRECISION
+void optforge_torchadagrad_s0_mpbf16(int64_t n, const optforge_bf16* __restrict__ p_grad, float* __restrict__ p_weight, float* __restrict__ p_sum_sq, float* __restrict__ p_weight_lp, double k0, double k_rescale_grad, double k2, double k_wd, double k_clr, double k_eps, double k__grad_scale, double k__round_seed) {
+    {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_torchadagrad_s0_elem<float, optforge_bf16, float>(i, i, p_grad, p_weight, p_sum_sq, p_weight_lp, (float)k0, (float)k_rescale_grad, (float)k2, (float)k_wd, (float)k_clr, (float)k_eps, (float)k__grad_scale, k__round_seed);
+    }
+}
+#endif
 }
 
 /* ---- step control's global gradient norm (runtime/optimizer.py grad_scale, runtime/native.py

@@ -266,6 +266,32 @@ void optforge_torchadamax_s0_bf16(int64_t n, const optforge_bf16* __restrict__ p
     }
 }
 #endif
+#ifdef OPTFORGE_LOW_PRECISION
+void optforge_torchadamax_s0_mp16(int64_t n, const optforge_f16* __restrict__ p_grad, float* __restrict__ p_weight, float* __restrict__ p_exp_avg, float* __restrict__ p_exp_inf, float* __restrict__ p_weight_lp, double k0, double k_rescale_grad, double k2, double k_wd, double k4, double k5, double k6, double k_beta2, double k_eps, double k9, double k__grad_scale, double k__round_seed) {
+    if (k4 != 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_torchadamax_s0_elem<float, optforge_f16, float, 1>(i, i, p_grad, p_weight, p_exp_avg, p_exp_inf, p_weight_lp, (float)k0, (float)k_rescale_grad, (float)k2, (float)k_wd, (float)k4, (float)k5, (float)k6, (float)k_beta2, (float)k_eps, (float)k9, (float)k__grad_scale, k__round_seed);
+    } else if (k4 == 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_torchadamax_s0_elem<float, optforge_f16, float, 0>(i, i, p_grad, p_weight, p_exp_avg, p_exp_inf, p_weight_lp, (float)k0, (float)k_rescale_grad, (float)k2, (float)k_wd, (float)k4, (float)k5, (float)k6, (float)k_beta2, (float)k_eps, (float)k9, (float)k__grad_scale, k__round_seed);
+    }
+}
+#endif
+#ifdef OPTFORGE_LOW_PRECISION
+void optforge_torchadamax_s0_mpbf16(int64_t n, const optforge_bf16* __restrict__ p_grad, float* __restrict__ p_weight, float* __restrict__ p_exp_avg, float* __restrict__ p_exp_inf, float* __restrict__ p_weight_lp, double k0, double k_rescale_grad, double k2, double k_wd, double k4, double k5, double k6, double k_beta2, double k_eps, double k9, double k__grad_scale, double k__round_seed) {
+    if (k4 != 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_torchadamax_s0_elem<float, optforge_bf16, float, 1>(i, i, p_grad, p_weight, p_exp_avg, p_exp_inf, p_weight_lp, (float)k0, (float)k_rescale_grad, (float)k2, (float)k_wd, (float)k4, (float)k5, (float)k6, (float)k_beta2, (float)k_eps, (float)k9, (float)k__grad_scale, k__round_seed);
+    } else if (k4 == 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_torchadamax_s0_elem<float, optforge_bf16, float, 0>(i, i, p_grad, p_weight, p_exp_avg, p_exp_inf, p_weight_lp, (float)k0, (float)k_rescale_grad, (float)k2, (float)k_wd, (float)k4, (float)k5, (float)k6, (float)k_beta2, (float)k_eps, (float)k9, (float)k__grad_scale, k__round_seed);
+    }
+}
+#endif
 }
 
 /* ---- step control's global gradient norm (runtime/optimizer.py grad_scale, runtime/native.py

@@ -381,6 +381,80 @@ void optforge_torchadamw_s0_bf16(int64_t n, const optforge_bf16* __restrict__ p_
     }
 }
 #endif
+#ifdef OPTFORGE_LOW_PRECISION
+void optforge_torchadamw_s0_mp16(int64_t n, const optforge_f16* __restrict__ p_grad, float* __restrict__ p_weight, float* __restrict__ p_exp_avg, float* __restrict__ p_exp_avg_sq, float* __restrict__ p_max_exp_avg_sq, float* __restrict__ p_weight_lp, double k0, double k_rescale_grad, double k2, double k3, double k4, double k5, double k6, double k7, double k_beta2, double k9, double k_amsgrad, double k_step_size, double k_bias_correction2_sqrt, double k_eps, double k__grad_scale, double k__round_seed) {
+    if (p_max_exp_avg_sq && k3 != 0 && k5 != 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_torchadamw_s0_elem<float, optforge_f16, float, 1, 1, 1>(i, i, p_grad, p_weight, p_exp_avg, p_exp_avg_sq, p_max_exp_avg_sq, p_weight_lp, (float)k0, (float)k_rescale_grad, (float)k2, (float)k3, (float)k4, (float)k5, (float)k6, (float)k7, (float)k_beta2, (float)k9, (float)k_amsgrad, (float)k_step_size, (float)k_bias_correction2_sqrt, (float)k_eps, (float)k__grad_scale, k__round_seed);
+    } else if (p_max_exp_avg_sq && k3 != 0 && k5 == 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_torchadamw_s0_elem<float, optforge_f16, float, 1, 1, 0>(i, i, p_grad, p_weight, p_exp_avg, p_exp_avg_sq, p_max_exp_avg_sq, p_weight_lp, (float)k0, (float)k_rescale_grad, (float)k2, (float)k3, (float)k4, (float)k5, (float)k6, (float)k7, (float)k_beta2, (float)k9, (float)k_amsgrad, (float)k_step_size, (float)k_bias_correction2_sqrt, (float)k_eps, (float)k__grad_scale, k__round_seed);
+    } else if (p_max_exp_avg_sq && k3 == 0 && k5 != 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_torchadamw_s0_elem<float, optforge_f16, float, 1, 0, 1>(i, i, p_grad, p_weight, p_exp_avg, p_exp_avg_sq, p_max_exp_avg_sq, p_weight_lp, (float)k0, (float)k_rescale_grad, (float)k2, (float)k3, (float)k4, (float)k5, (float)k6, (float)k7, (float)k_beta2, (float)k9, (float)k_amsgrad, (float)k_step_size, (float)k_bias_correction2_sqrt, (float)k_eps, (float)k__grad_scale, k__round_seed);
+    } else if (p_max_exp_avg_sq && k3 == 0 && k5 == 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_torchadamw_s0_elem<float, optforge_f16, float, 1, 0, 0>(i, i, p_grad, p_weight, p_exp_avg, p_exp_avg_sq, p_max_exp_avg_sq, p_weight_lp, (float)k0, (float)k_rescale_grad, (float)k2, (float)k3, (float)k4, (float)k5, (float)k6, (float)k7, (float)k_beta2, (float)k9, (float)k_amsgrad, (float)k_step_size, (float)k_bias_correction2_sqrt, (float)k_eps, (float)k__grad_scale, k__round_seed);
+    } else if (!p_max_exp_avg_sq && k3 != 0 && k5 != 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_torchadamw_s0_elem<float, optforge_f16, float, 0, 1, 1>(i, i, p_grad, p_weight, p_exp_avg, p_exp_avg_sq, p_max_exp_avg_sq, p_weight_lp, (float)k0, (float)k_rescale_grad, (float)k2, (float)k3, (float)k4, (float)k5, (float)k6, (float)k7, (float)k_beta2, (float)k9, (float)k_amsgrad, (float)k_step_size, (float)k_bias_correction2_sqrt, (float)k_eps, (float)k__grad_scale, k__round_seed);
+    } else if (!p_max_exp_avg_sq && k3 != 0 && k5 == 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_torchadamw_s0_elem<float, optforge_f16, float, 0, 1, 0>(i, i, p_grad, p_weight, p_exp_avg, p_exp_avg_sq, p_max_exp_avg_sq, p_weight_lp, (float)k0, (float)k_rescale_grad, (float)k2, (float)k3, (float)k4, (float)k5, (float)k6, (float)k7, (float)k_beta2, (float)k9, (float)k_amsgrad, (float)k_step_size, (float)k_bias_correction2_sqrt, (float)k_eps, (float)k__grad_scale, k__round_seed);
+    } else if (!p_max_exp_avg_sq && k3 == 0 && k5 != 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_torchadamw_s0_elem<float, optforge_f16, float, 0, 0, 1>(i, i, p_grad, p_weight, p_exp_avg, p_exp_avg_sq, p_max_exp_avg_sq, p_weight_lp, (float)k0, (float)k_rescale_grad, (float)k2, (float)k3, (float)k4, (float)k5, (float)k6, (float)k7, (float)k_beta2, (float)k9, (float)k_amsgrad, (float)k_step_size, (float)k_bias_correction2_sqrt, (float)k_eps, (float)k__grad_scale, k__round_seed);
+    } else if (!p_max_exp_avg_sq && k3 == 0 && k5 == 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_torchadamw_s0_elem<float, optforge_f16, float, 0, 0, 0>(i, i, p_grad, p_weight, p_exp_avg, p_exp_avg_sq, p_max_exp_avg_sq, p_weight_lp, (float)k0, (float)k_rescale_grad, (float)k2, (float)k3, (float)k4, (float)k5, (float)k6, (float)k7, (float)k_beta2, (float)k9, (float)k_amsgrad, (float)k_step_size, (float)k_bias_correction2_sqrt, (float)k_eps, (float)k__grad_scale, k__round_seed);
+    }
+}
+#endif
+#ifdef OPTFORGE_LOW_PRECISION
+void optforge_torchadamw_s0_mpbf16(int64_t n, const optforge_bf16* __restrict__ p_grad, float* __restrict__ p_weight, float* __restrict__ p_exp_avg, float* __restrict__ p_exp_avg_sq, float* __restrict__ p_max_exp_avg_sq, float* __restrict__ p_weight_lp, double k0, double k_rescale_grad, double k2, double k3, double k4, double k5, double k6, double k7, double k_beta2, double k9, double k_amsgrad, double k_step_size, double k_bias_correction2_sqrt, double k_eps, double k__grad_scale, double k__round_seed) {
+    if (p_max_exp_avg_sq && k3 != 0 && k5 != 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_torchadamw_s0_elem<float, optforge_bf16, float, 1, 1, 1>(i, i, p_grad, p_weight, p_exp_avg, p_exp_avg_sq, p_max_exp_avg_sq, p_weight_lp, (float)k0, (float)k_rescale_grad, (float)k2, (float)k3, (float)k4, (float)k5, (float)k6, (float)k7, (float)k_beta2, (float)k9, (float)k_amsgrad, (float)k_step_size, (float)k_bias_correction2_sqrt, (float)k_eps, (float)k__grad_scale, k__round_seed);
+    } else if (p_max_exp_avg_sq && k3 != 0 && k5 == 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_torchadamw_s0_elem<float, optforge_bf16, float, 1, 1, 0>(i, i, p_grad, p_weight, p_exp_avg, p_exp_avg_sq, p_max_exp_avg_sq, p_weight_lp, (float)k0, (float)k_rescale_grad, (float)k2, (float)k3, (float)k4, (float)k5, (float)k6, (float)k7, (float)k_beta2, (float)k9, (float)k_amsgrad, (float)k_step_size, (float)k_bias_correction2_sqrt, (float)k_eps, (float)k__grad_scale, k__round_seed);
+    } else if (p_max_exp_avg_sq && k3 == 0 && k5 != 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_torchadamw_s0_elem<float, optforge_bf16, float, 1, 0, 1>(i, i, p_grad, p_weight, p_exp_avg, p_exp_avg_sq, p_max_exp_avg_sq, p_weight_lp, (float)k0, (float)k_rescale_grad, (float)k2, (float)k3, (float)k4, (float)k5, (float)k6, (float)k7, (float)k_beta2, (float)k9, (float)k_amsgrad, (float)k_step_size, (float)k_bias_correction2_sqrt, (float)k_eps, (float)k__grad_scale, k__round_seed);
+    } else if (p_max_exp_avg_sq && k3 == 0 && k5 == 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_torchadamw_s0_elem<float, optforge_bf16, float, 1, 0, 0>(i, i, p_grad, p_weight, p_exp_avg, p_exp_avg_sq, p_max_exp_avg_sq, p_weight_lp, (float)k0, (float)k_rescale_grad, (float)k2, (float)k3, (float)k4, (float)k5, (float)k6, (float)k7, (float)k_beta2, (float)k9, (float)k_amsgrad, (float)k_step_size, (float)k_bias_correction2_sqrt, (float)k_eps, (float)k__grad_scale, k__round_seed);
+    } else if (!p_max_exp_avg_sq && k3 != 0 && k5 != 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_torchadamw_s0_elem<float, optforge_bf16, float, 0, 1, 1>(i, i, p_grad, p_weight, p_exp_avg, p_exp_avg_sq, p_max_exp_avg_sq, p_weight_lp, (float)k0, (float)k_rescale_grad, (float)k2, (float)k3, (float)k4, (float)k5, (float)k6, (float)k7, (float)k_beta2, (float)k9, (float)k_amsgrad, (float)k_step_size, (float)k_bias_correction2_sqrt, (float)k_eps, (float)k__grad_scale, k__round_seed);
+    } else if (!p_max_exp_avg_sq && k3 != 0 && k5 == 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_torchadamw_s0_elem<float, optforge_bf16, float, 0, 1, 0>(i, i, p_grad, p_weight, p_exp_avg, p_exp_avg_sq, p_max_exp_avg_sq, p_weight_lp, (float)k0, (float)k_rescale_grad, (float)k2, (float)k3, (float)k4, (float)k5, (float)k6, (float)k7, (float)k_beta2, (float)k9, (float)k_amsgrad, (float)k_step_size, (float)k_bias_correction2_sqrt, (float)k_eps, (float)k__grad_scale, k__round_seed);
+    } else if (!p_max_exp_avg_sq && k3 == 0 && k5 != 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_torchadamw_s0_elem<float, optforge_bf16, float, 0, 0, 1>(i, i, p_grad, p_weight, p_exp_avg, p_exp_avg_sq, p_max_exp_avg_sq, p_weight_lp, (float)k0, (float)k_rescale_grad, (float)k2, (float)k3, (float)k4, (float)k5, (float)k6, (float)k7, (float)k_beta2, (float)k9, (float)k_amsgrad, (float)k_step_size, (float)k_bias_correction2_sqrt, (float)k_eps, (float)k__grad_scale, k__round_seed);
+    } else if (!p_max_exp_avg_sq && k3 == 0 && k5 == 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_torchadamw_s0_elem<float, optforge_bf16, float, 0, 0, 0>(i, i, p_grad, p_weight, p_exp_avg, p_exp_avg_sq, p_max_exp_avg_sq, p_weight_lp, (float)k0, (float)k_rescale_grad, (float)k2, (float)k3, (float)k4, (float)k5, (float)k6, (float)k7, (float)k_beta2, (float)k9, (float)k_amsgrad, (float)k_step_size, (float)k_bias_correction2_sqrt, (float)k_eps, (float)k__grad_scale, k__round_seed);
+    }
+}
+#endif
 }
 
 /* ---- step control's global gradient norm (runtime/optimizer.py grad_scale, runtime/native.py

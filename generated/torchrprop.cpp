@@ -246,6 +246,24 @@ void optforge_torchrprop_s0_bf16(int64_t n, const optforge_bf16* __restrict__ p_
     }
 }
 #endif
+#ifdef OPTFORGE_LOW_PRECISION
+void optforge_torchrprop_s0_mp16(int64_t n, const optforge_f16* __restrict__ p_grad, float* __restrict__ p_prev, float* __restrict__ p_step_size, float* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k0, double k_rescale_grad, double k2, double k_etaplus, double k_etaminus, double k_step_size_min, double k_step_size_max, double k__grad_scale, double k__round_seed) {
+    {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_torchrprop_s0_elem<float, optforge_f16, float>(i, i, p_grad, p_prev, p_step_size, p_weight, p_weight_lp, (float)k0, (float)k_rescale_grad, (float)k2, (float)k_etaplus, (float)k_etaminus, (float)k_step_size_min, (float)k_step_size_max, (float)k__grad_scale, k__round_seed);
+    }
+}
+#endif
+#ifdef OPTFORGE_LOW_PRECISION
+void optforge_torchrprop_s0_mpbf16(int64_t n, const optforge_bf16* __restrict__ p_grad, float* __restrict__ p_prev, float* __restrict__ p_step_size, float* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k0, double k_rescale_grad, double k2, double k_etaplus, double k_etaminus, double k_step_size_min, double k_step_size_max, double k__grad_scale, double k__round_seed) {
+    {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_torchrprop_s0_elem<float, optforge_bf16, float>(i, i, p_grad, p_prev, p_step_size, p_weight, p_weight_lp, (float)k0, (float)k_rescale_grad, (float)k2, (float)k_etaplus, (float)k_etaminus, (float)k_step_size_min, (float)k_step_size_max, (float)k__grad_scale, k__round_seed);
+    }
+}
+#endif
 }
 
 /* ---- step control's global gradient norm (runtime/optimizer.py grad_scale, runtime/native.py

@@ -366,6 +366,80 @@ void optforge_torchsgd_s0_bf16(int64_t n, const optforge_bf16* __restrict__ p_gr
     }
 }
 #endif
+#ifdef OPTFORGE_LOW_PRECISION
+void optforge_torchsgd_s0_mp16(int64_t n, const optforge_f16* __restrict__ p_grad, float* __restrict__ p_weight, float* __restrict__ p_momentum_buffer, float* __restrict__ p_weight_lp, double k0, double k_rescale_grad, double k2, double k_wd, double k4, double k5, double k_momentum, double k7, double k_nesterov, double k_lr, double k__grad_scale, double k__round_seed) {
+    if (p_momentum_buffer && k4 != 0 && k5 != 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_torchsgd_s0_elem<float, optforge_f16, float, 1, 1, 1>(i, i, p_grad, p_weight, p_momentum_buffer, p_weight_lp, (float)k0, (float)k_rescale_grad, (float)k2, (float)k_wd, (float)k4, (float)k5, (float)k_momentum, (float)k7, (float)k_nesterov, (float)k_lr, (float)k__grad_scale, k__round_seed);
+    } else if (p_momentum_buffer && k4 != 0 && k5 == 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_torchsgd_s0_elem<float, optforge_f16, float, 1, 1, 0>(i, i, p_grad, p_weight, p_momentum_buffer, p_weight_lp, (float)k0, (float)k_rescale_grad, (float)k2, (float)k_wd, (float)k4, (float)k5, (float)k_momentum, (float)k7, (float)k_nesterov, (float)k_lr, (float)k__grad_scale, k__round_seed);
+    } else if (p_momentum_buffer && k4 == 0 && k5 != 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_torchsgd_s0_elem<float, optforge_f16, float, 1, 0, 1>(i, i, p_grad, p_weight, p_momentum_buffer, p_weight_lp, (float)k0, (float)k_rescale_grad, (float)k2, (float)k_wd, (float)k4, (float)k5, (float)k_momentum, (float)k7, (float)k_nesterov, (float)k_lr, (float)k__grad_scale, k__round_seed);
+    } else if (p_momentum_buffer && k4 == 0 && k5 == 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_torchsgd_s0_elem<float, optforge_f16, float, 1, 0, 0>(i, i, p_grad, p_weight, p_momentum_buffer, p_weight_lp, (float)k0, (float)k_rescale_grad, (float)k2, (float)k_wd, (float)k4, (float)k5, (float)k_momentum, (float)k7, (float)k_nesterov, (float)k_lr, (float)k__grad_scale, k__round_seed);
+    } else if (!p_momentum_buffer && k4 != 0 && k5 != 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_torchsgd_s0_elem<float, optforge_f16, float, 0, 1, 1>(i, i, p_grad, p_weight, p_momentum_buffer, p_weight_lp, (float)k0, (float)k_rescale_grad, (float)k2, (float)k_wd, (float)k4, (float)k5, (float)k_momentum, (float)k7, (float)k_nesterov, (float)k_lr, (float)k__grad_scale, k__round_seed);
+    } else if (!p_momentum_buffer && k4 != 0 && k5 == 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_torchsgd_s0_elem<float, optforge_f16, float, 0, 1, 0>(i, i, p_grad, p_weight, p_momentum_buffer, p_weight_lp, (float)k0, (float)k_rescale_grad, (float)k2, (float)k_wd, (float)k4, (float)k5, (float)k_momentum, (float)k7, (float)k_nesterov, (float)k_lr, (float)k__grad_scale, k__round_seed);
+    } else if (!p_momentum_buffer && k4 == 0 && k5 != 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_torchsgd_s0_elem<float, optforge_f16, float, 0, 0, 1>(i, i, p_grad, p_weight, p_momentum_buffer, p_weight_lp, (float)k0, (float)k_rescale_grad, (float)k2, (float)k_wd, (float)k4, (float)k5, (float)k_momentum, (float)k7, (float)k_nesterov, (float)k_lr, (float)k__grad_scale, k__round_seed);
+    } else if (!p_momentum_buffer && k4 == 0 && k5 == 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_torchsgd_s0_elem<float, optforge_f16, float, 0, 0, 0>(i, i, p_grad, p_weight, p_momentum_buffer, p_weight_lp, (float)k0, (float)k_rescale_grad, (float)k2, (float)k_wd, (float)k4, (float)k5, (float)k_momentum, (float)k7, (float)k_nesterov, (float)k_lr, (float)k__grad_scale, k__round_seed);
+    }
+}
+#endif
+#ifdef OPTFORGE_LOW_PRECISION
+void optforge_torchsgd_s0_mpbf16(int64_t n, const optforge_bf16* __restrict__ p_grad, float* __restrict__ p_weight, float* __restrict__ p_momentum_buffer, float* __restrict__ p_weight_lp, double k0, double k_rescale_grad, double k2, double k_wd, double k4, double k5, double k_momentum, double k7, double k_nesterov, double k_lr, double k__grad_scale, double k__round_seed) {
+    if (p_momentum_buffer && k4 != 0 && k5 != 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_torchsgd_s0_elem<float, optforge_bf16, float, 1, 1, 1>(i, i, p_grad, p_weight, p_momentum_buffer, p_weight_lp, (float)k0, (float)k_rescale_grad, (float)k2, (float)k_wd, (float)k4, (float)k5, (float)k_momentum, (float)k7, (float)k_nesterov, (float)k_lr, (float)k__grad_scale, k__round_seed);
+    } else if (p_momentum_buffer && k4 != 0 && k5 == 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_torchsgd_s0_elem<float, optforge_bf16, float, 1, 1, 0>(i, i, p_grad, p_weight, p_momentum_buffer, p_weight_lp, (float)k0, (float)k_rescale_grad, (float)k2, (float)k_wd, (float)k4, (float)k5, (float)k_momentum, (float)k7, (float)k_nesterov, (float)k_lr, (float)k__grad_scale, k__round_seed);
+    } else if (p_momentum_buffer && k4 == 0 && k5 != 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_torchsgd_s0_elem<float, optforge_bf16, float, 1, 0, 1>(i, i, p_grad, p_weight, p_momentum_buffer, p_weight_lp, (float)k0, (float)k_rescale_grad, (float)k2, (float)k_wd, (float)k4, (float)k5, (float)k_momentum, (float)k7, (float)k_nesterov, (float)k_lr, (float)k__grad_scale, k__round_seed);
+    } else if (p_momentum_buffer && k4 == 0 && k5 == 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_torchsgd_s0_elem<float, optforge_bf16, float, 1, 0, 0>(i, i, p_grad, p_weight, p_momentum_buffer, p_weight_lp, (float)k0, (float)k_rescale_grad, (float)k2, (float)k_wd, (float)k4, (float)k5, (float)k_momentum, (float)k7, (float)k_nesterov, (float)k_lr, (float)k__grad_scale, k__round_seed);
+    } else if (!p_momentum_buffer && k4 != 0 && k5 != 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_torchsgd_s0_elem<float, optforge_bf16, float, 0, 1, 1>(i, i, p_grad, p_weight, p_momentum_buffer, p_weight_lp, (float)k0, (float)k_rescale_grad, (float)k2, (float)k_wd, (float)k4, (float)k5, (float)k_momentum, (float)k7, (float)k_nesterov, (float)k_lr, (float)k__grad_scale, k__round_seed);
+    } else if (!p_momentum_buffer && k4 != 0 && k5 == 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_torchsgd_s0_elem<float, optforge_bf16, float, 0, 1, 0>(i, i, p_grad, p_weight, p_momentum_buffer, p_weight_lp, (float)k0, (float)k_rescale_grad, (float)k2, (float)k_wd, (float)k4, (float)k5, (float)k_momentum, (float)k7, (float)k_nesterov, (float)k_lr, (float)k__grad_scale, k__round_seed);
+    } else if (!p_momentum_buffer && k4 == 0 && k5 != 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_torchsgd_s0_elem<float, optforge_bf16, float, 0, 0, 1>(i, i, p_grad, p_weight, p_momentum_buffer, p_weight_lp, (float)k0, (float)k_rescale_grad, (float)k2, (float)k_wd, (float)k4, (float)k5, (float)k_momentum, (float)k7, (float)k_nesterov, (float)k_lr, (float)k__grad_scale, k__round_seed);
+    } else if (!p_momentum_buffer && k4 == 0 && k5 == 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_torchsgd_s0_elem<float, optforge_bf16, float, 0, 0, 0>(i, i, p_grad, p_weight, p_momentum_buffer, p_weight_lp, (float)k0, (float)k_rescale_grad, (float)k2, (float)k_wd, (float)k4, (float)k5, (float)k_momentum, (float)k7, (float)k_nesterov, (float)k_lr, (float)k__grad_scale, k__round_seed);
+    }
+}
+#endif
 }
 
 /* ---- step control's global gradient norm (runtime/optimizer.py grad_scale, runtime/native.py

@@ -115,6 +115,11 @@ def _param_phases(opt, weight, grad, state, step, backend, multi, cache):
         else:
             yield from opt._kernel_phases(cuda.CudaBackend(module, weight, grad), step, weight, grad,
                                           state.tensors, state.scalars)
+    elif state.master is not None and _master_kernels(opt, backend, weight):
+        # native: the mp16 / mpbf16 kernels read the 16-bit gradient, update the master and write the
+        # 16-bit weight in the same pass
+        be = native.NativeBackend(native.library_for(type(opt), low=True), np.float32, cache, weight_lp=weight)
+        yield from opt._kernel_phases(be, step, state.master, np.ascontiguousarray(grad), state.tensors, state.scalars)
     elif state.master is not None:
         master = state.master
         yield from _dense_phases(opt, step, master, grad.astype(np.float32), state.tensors, state.scalars, backend, cache)
@@ -128,6 +133,13 @@ def _param_phases(opt, weight, grad, state, step, backend, multi, cache):
         _store_low(opt, weight, w32, t32, state.tensors, step)
     else:
         yield from _dense_phases(opt, step, weight, grad, state.tensors, state.scalars, backend, cache)
+
+
+def _master_kernels(opt, backend, weight) -> bool:
+    """Whether a 16-bit weight's master-copy update runs the native mp16 / mpbf16 kernels: the
+    native backend, a NumPy weight, and a driver that never reads the gradient on the host (which
+    would then see it in 16 bits)."""
+    return backend == "native" and isinstance(weight, np.ndarray) and not opt.host_reads_grad
 
 
 def _in_chunks(opt, weight, grad, state, step) -> bool:
@@ -169,6 +181,12 @@ def step_one(opt, weight, grad, state, step, backend: str) -> None:
         grad = grad.todense()  # standard semantics: the dense update with zeros in the other rows
     if cuda.is_cupy(weight):
         _cuda(opt, weight, grad, state, step)
+    elif state.master is not None and _master_kernels(opt, backend, weight):
+        # native: the mp16 / mpbf16 kernels read the 16-bit gradient, update the master and write the
+        # 16-bit weight in the same pass
+        cache = opt.__dict__.setdefault("_scratch_cache", {})
+        be = native.NativeBackend(native.library_for(type(opt), low=True), np.float32, cache, weight_lp=weight)
+        opt._kernel_staged(be, step, state.master, np.ascontiguousarray(grad), state.tensors, state.scalars)
     elif state.master is not None:
         master = state.master
         _dense(opt, step, master, grad.astype(np.float32), state.tensors, state.scalars, backend)

@@ -206,7 +206,7 @@ def library_for(cls, low: bool = False) -> NativeLibrary:
                 # a library that lacks a stage kernel of this spec is refused now, before any update
                 # has counted anything
                 for fn in getattr(cls, "kernel_stages", ()):
-                    for suffix in (_LOW_SUFFIX if low else _SUFFIX).values():
+                    for suffix in ([*_LOW_SUFFIX.values(), *_MASTER_SUFFIX.values()] if low else _SUFFIX.values()):
                         if not hasattr(lib.lib, f"{fn}_{suffix}"):
                             raise NativeError(f"{path} has no kernel {fn}_{suffix}: not built from {src}")
                 _libs[key] = lib
@@ -261,14 +261,18 @@ def usable(cls) -> bool:
 
 _SUFFIX = {np.dtype(np.float32): "f32", np.dtype(np.float64): "f64"}
 _LOW_SUFFIX = {**_SUFFIX, FLOAT16: "f16", BFLOAT16: "bf16"}   # library_for(cls, low=True)
+_MASTER_SUFFIX = {FLOAT16: "mp16", BFLOAT16: "mpbf16"}         # the same library: a float32 master copy
 
 
 class NativeBackend(Backend):
     """The backend protocol (runtime/backend.py) for NumPy arrays, with the compiled C++ kernels."""
 
-    def __init__(self, lib: NativeLibrary, dtype, cache: dict | None = None):
+    def __init__(self, lib: NativeLibrary, dtype, cache: dict | None = None, weight_lp=None):
+        """`weight_lp`: a float16 / bfloat16 weight whose float32 master copy the kernels update
+        (the library_for(cls, low=True) variants mp16 / mpbf16 write it in the same pass)."""
         self.lib = lib
-        self.suffix = _LOW_SUFFIX[np.dtype(dtype)]
+        self.suffix = _MASTER_SUFFIX[weight_lp.dtype] if weight_lp is not None else _LOW_SUFFIX[np.dtype(dtype)]
+        self.weight_lp = weight_lp
         self.cache = cache
 
     def scratch(self, like, name, shape=None):
@@ -293,9 +297,10 @@ class NativeBackend(Backend):
         their sums come back as a list of floats. A tiled stage runs over `dims` (blocks, rows, cols);
         its kernel combines its reductions itself (`axes`, `hows` are for backends that do not)."""
         sizes = (_size(arrays),) if dims is None else tuple(dims)
-        f = self.lib.func(f"{fn}_{self.suffix}", len(arrays), len(scalars), out=bool(reduce), n_sizes=len(sizes))
+        lp = () if self.weight_lp is None else (self.weight_lp,)   # (after the arrays, as the kernels take it)
+        f = self.lib.func(f"{fn}_{self.suffix}", len(arrays) + len(lp), len(scalars), out=bool(reduce), n_sizes=len(sizes))
         # an absent conditional state (None) is a null pointer; the kernel never touches it
-        pointers = [a.ctypes.data if a is not None else None for a in arrays]
+        pointers = [a.ctypes.data if a is not None else None for a in (*arrays, *lp)]
         if not reduce:
             f(*sizes, *pointers, *scalars)
             return None
