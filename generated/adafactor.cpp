@@ -137,8 +137,15 @@ struct optforge_bf16 {
         return f;
     }
 };
-template <> inline optforge_bf16 op_store<optforge_bf16, float>(float v, double seed, int64_t i) {
-    optforge_bf16 out;
+/* the variant bf16sr (a bfloat16 weight rounded stochastically, chosen when the parameter has a
+   seed): the same storage, whose weight store hashes; bf16's rounds to nearest without the hash */
+struct optforge_bf16sr : optforge_bf16 {
+    optforge_bf16sr() = default;
+    optforge_bf16sr(float v) : optforge_bf16(v) {}
+    optforge_bf16sr(double v) : optforge_bf16(v) {}
+};
+template <> inline optforge_bf16sr op_store<optforge_bf16sr, float>(float v, double seed, int64_t i) {
+    optforge_bf16sr out;
     out.bits = op_bf16_bits(v, seed, i);
     return out;
 }
@@ -632,6 +639,49 @@ void optforge_adafactor_s0_bf16(int64_t n, const optforge_bf16* __restrict__ p_w
    of the elements, block by block: the stage loop stores the elements' reduction terms in small
    buffers (so it vectorizes as a stage without reductions does), then a tight loop sums a buffer in
    double. Shares are added in order: the result does not depend on timing. */
+void optforge_adafactor_s0_bf16sr(int64_t n, const optforge_bf16sr* __restrict__ p_weight, double* __restrict__ out) {
+    int nt = 1;
+#ifdef _OPENMP
+    if (n >= OPTFORGE_PARALLEL_MIN) nt = omp_get_max_threads();
+#endif
+    std::vector<double> parts((size_t)nt * 1, 0.0);
+    #pragma omp parallel num_threads(nt) if (nt > 1)
+    {
+        int tid = 0, step = 1;
+#ifdef _OPENMP
+        tid = omp_get_thread_num();
+        step = omp_get_num_threads();
+#endif
+        for (int c = tid; c < nt; c += step) {
+            const int64_t lo = n * c / nt, hi = n * (c + 1) / nt;
+            double acc[1] = {0};
+            for (int64_t b = lo; b < hi; b += OPTFORGE_REDUCE_BLOCK) {
+                const int64_t e = hi - b < OPTFORGE_REDUCE_BLOCK ? hi : b + OPTFORGE_REDUCE_BLOCK;
+                {   /* from memory, just written or read (cache-hot) */
+                    double s = 0;
+                    #pragma omp simd reduction(+: s)
+                    for (int64_t j = 0; j < e - b; ++j) {
+                        const double v = p_weight[b + j];
+                        s += v * v;
+                    }
+                    acc[0] += s;
+                }
+            }
+            for (int k = 0; k < 1; ++k) parts[(size_t)c * 1 + k] = acc[k];
+        }
+    }
+    for (int k = 0; k < 1; ++k) {
+        double s = 0;
+        for (int c = 0; c < nt; ++c) s += parts[(size_t)c * 1 + k];
+        out[k] = s;
+    }
+}
+#endif
+#ifdef OPTFORGE_LOW_PRECISION
+/* also accumulates 1 whole-tensor reduction(s) into out[]. Each thread takes a fixed share
+   of the elements, block by block: the stage loop stores the elements' reduction terms in small
+   buffers (so it vectorizes as a stage without reductions does), then a tight loop sums a buffer in
+   double. Shares are added in order: the result does not depend on timing. */
 void optforge_adafactor_s0_mp16(int64_t n, const float* __restrict__ p_weight, float* __restrict__ p_weight_lp, double* __restrict__ out) {
     int nt = 1;
 #ifdef _OPENMP
@@ -778,6 +828,15 @@ void optforge_adafactor_s1_bf16(int64_t n, optforge_bf16* __restrict__ p_weight,
 }
 #endif
 #ifdef OPTFORGE_LOW_PRECISION
+void optforge_adafactor_s1_bf16sr(int64_t n, optforge_bf16sr* __restrict__ p_weight, double k0, double k__round_seed) {
+    {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_adafactor_s1_elem<optforge_bf16sr, optforge_bf16sr, float>(i, i, p_weight, nullptr, (float)k0, k__round_seed);
+    }
+}
+#endif
+#ifdef OPTFORGE_LOW_PRECISION
 void optforge_adafactor_s1_mp16(int64_t n, float* __restrict__ p_weight, float* __restrict__ p_weight_lp, double k0, double k__round_seed) {
     {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
@@ -812,6 +871,11 @@ void optforge_adafactor_s2_bf16(int64_t nb, int64_t nr, int64_t nc, const optfor
 }
 #endif
 #ifdef OPTFORGE_LOW_PRECISION
+void optforge_adafactor_s2_bf16sr(int64_t nb, int64_t nr, int64_t nc, const optforge_bf16sr* __restrict__ p_grad, float* __restrict__ p__r0, float* __restrict__ p__r1, double k0, double k_rescale_grad, double k2, double k__grad_scale) {
+     optforge_adafactor_s2_tiles<optforge_bf16sr, optforge_bf16sr, float>(nb, nr, nc, p_grad, p__r0, p__r1, nullptr, k0, k_rescale_grad, k2, k__grad_scale);
+}
+#endif
+#ifdef OPTFORGE_LOW_PRECISION
 void optforge_adafactor_s2_mp16(int64_t nb, int64_t nr, int64_t nc, const optforge_f16* __restrict__ p_grad, float* __restrict__ p__r0, float* __restrict__ p__r1, float* __restrict__ p_weight_lp, double k0, double k_rescale_grad, double k2, double k__grad_scale) {
      optforge_adafactor_s2_tiles<float, optforge_f16, float>(nb, nr, nc, p_grad, p__r0, p__r1, p_weight_lp, k0, k_rescale_grad, k2, k__grad_scale);
 }
@@ -839,6 +903,12 @@ void optforge_adafactor_s3_f16(int64_t nb, int64_t nr, int64_t nc, optforge_f16*
 void optforge_adafactor_s3_bf16(int64_t nb, int64_t nr, int64_t nc, optforge_bf16* __restrict__ p_row_var, const float* __restrict__ p__r0, float* __restrict__ p__r2, double k_beta2_t, double k1) {
     if (p_row_var) optforge_adafactor_s3_tiles<optforge_bf16, optforge_bf16, float, 1>(nb, nr, nc, p_row_var, p__r0, p__r2, nullptr, k_beta2_t, k1);
     else if (!p_row_var) optforge_adafactor_s3_tiles<optforge_bf16, optforge_bf16, float, 0>(nb, nr, nc, p_row_var, p__r0, p__r2, nullptr, k_beta2_t, k1);
+}
+#endif
+#ifdef OPTFORGE_LOW_PRECISION
+void optforge_adafactor_s3_bf16sr(int64_t nb, int64_t nr, int64_t nc, optforge_bf16sr* __restrict__ p_row_var, const float* __restrict__ p__r0, float* __restrict__ p__r2, double k_beta2_t, double k1) {
+    if (p_row_var) optforge_adafactor_s3_tiles<optforge_bf16sr, optforge_bf16sr, float, 1>(nb, nr, nc, p_row_var, p__r0, p__r2, nullptr, k_beta2_t, k1);
+    else if (!p_row_var) optforge_adafactor_s3_tiles<optforge_bf16sr, optforge_bf16sr, float, 0>(nb, nr, nc, p_row_var, p__r0, p__r2, nullptr, k_beta2_t, k1);
 }
 #endif
 #ifdef OPTFORGE_LOW_PRECISION
@@ -871,6 +941,12 @@ void optforge_adafactor_s4_f16(int64_t nb, int64_t nr, int64_t nc, optforge_f16*
 void optforge_adafactor_s4_bf16(int64_t nb, int64_t nr, int64_t nc, optforge_bf16* __restrict__ p_col_var, const float* __restrict__ p__r1, double k_beta2_t, double k1) {
     if (p_col_var) optforge_adafactor_s4_tiles<optforge_bf16, optforge_bf16, float, 1>(nb, nr, nc, p_col_var, p__r1, nullptr, k_beta2_t, k1);
     else if (!p_col_var) optforge_adafactor_s4_tiles<optforge_bf16, optforge_bf16, float, 0>(nb, nr, nc, p_col_var, p__r1, nullptr, k_beta2_t, k1);
+}
+#endif
+#ifdef OPTFORGE_LOW_PRECISION
+void optforge_adafactor_s4_bf16sr(int64_t nb, int64_t nr, int64_t nc, optforge_bf16sr* __restrict__ p_col_var, const float* __restrict__ p__r1, double k_beta2_t, double k1) {
+    if (p_col_var) optforge_adafactor_s4_tiles<optforge_bf16sr, optforge_bf16sr, float, 1>(nb, nr, nc, p_col_var, p__r1, nullptr, k_beta2_t, k1);
+    else if (!p_col_var) optforge_adafactor_s4_tiles<optforge_bf16sr, optforge_bf16sr, float, 0>(nb, nr, nc, p_col_var, p__r1, nullptr, k_beta2_t, k1);
 }
 #endif
 #ifdef OPTFORGE_LOW_PRECISION
@@ -911,6 +987,14 @@ void optforge_adafactor_s5_bf16(int64_t nb, int64_t nr, int64_t nc, const optfor
     else if (p_row_var && !p_col_var) optforge_adafactor_s5_tiles<optforge_bf16, optforge_bf16, float, 1, 0>(nb, nr, nc, p_grad, p_row_var, p_col_var, p__r2, nullptr, k0, k_rescale_grad, k2, k3, k_e1, k5, k__grad_scale, out);
     else if (!p_row_var && p_col_var) optforge_adafactor_s5_tiles<optforge_bf16, optforge_bf16, float, 0, 1>(nb, nr, nc, p_grad, p_row_var, p_col_var, p__r2, nullptr, k0, k_rescale_grad, k2, k3, k_e1, k5, k__grad_scale, out);
     else if (!p_row_var && !p_col_var) optforge_adafactor_s5_tiles<optforge_bf16, optforge_bf16, float, 0, 0>(nb, nr, nc, p_grad, p_row_var, p_col_var, p__r2, nullptr, k0, k_rescale_grad, k2, k3, k_e1, k5, k__grad_scale, out);
+}
+#endif
+#ifdef OPTFORGE_LOW_PRECISION
+void optforge_adafactor_s5_bf16sr(int64_t nb, int64_t nr, int64_t nc, const optforge_bf16sr* __restrict__ p_grad, const optforge_bf16sr* __restrict__ p_row_var, const optforge_bf16sr* __restrict__ p_col_var, const float* __restrict__ p__r2, double k0, double k_rescale_grad, double k2, double k3, double k_e1, double k5, double k__grad_scale, double* __restrict__ out) {
+    if (p_row_var && p_col_var) optforge_adafactor_s5_tiles<optforge_bf16sr, optforge_bf16sr, float, 1, 1>(nb, nr, nc, p_grad, p_row_var, p_col_var, p__r2, nullptr, k0, k_rescale_grad, k2, k3, k_e1, k5, k__grad_scale, out);
+    else if (p_row_var && !p_col_var) optforge_adafactor_s5_tiles<optforge_bf16sr, optforge_bf16sr, float, 1, 0>(nb, nr, nc, p_grad, p_row_var, p_col_var, p__r2, nullptr, k0, k_rescale_grad, k2, k3, k_e1, k5, k__grad_scale, out);
+    else if (!p_row_var && p_col_var) optforge_adafactor_s5_tiles<optforge_bf16sr, optforge_bf16sr, float, 0, 1>(nb, nr, nc, p_grad, p_row_var, p_col_var, p__r2, nullptr, k0, k_rescale_grad, k2, k3, k_e1, k5, k__grad_scale, out);
+    else if (!p_row_var && !p_col_var) optforge_adafactor_s5_tiles<optforge_bf16sr, optforge_bf16sr, float, 0, 0>(nb, nr, nc, p_grad, p_row_var, p_col_var, p__r2, nullptr, k0, k_rescale_grad, k2, k3, k_e1, k5, k__grad_scale, out);
 }
 #endif
 #ifdef OPTFORGE_LOW_PRECISION
@@ -955,6 +1039,14 @@ void optforge_adafactor_s6_bf16(int64_t nb, int64_t nr, int64_t nc, optforge_bf1
     else if (p_row_var && !p_col_var) optforge_adafactor_s6_tiles<optforge_bf16, optforge_bf16, float, 1, 0>(nb, nr, nc, p_weight, p_grad, p_row_var, p_col_var, p__r2, nullptr, k__r3, k1, k_rescale_grad, k3, k4, k_e1, k6, k__grad_scale, k__round_seed);
     else if (!p_row_var && p_col_var) optforge_adafactor_s6_tiles<optforge_bf16, optforge_bf16, float, 0, 1>(nb, nr, nc, p_weight, p_grad, p_row_var, p_col_var, p__r2, nullptr, k__r3, k1, k_rescale_grad, k3, k4, k_e1, k6, k__grad_scale, k__round_seed);
     else if (!p_row_var && !p_col_var) optforge_adafactor_s6_tiles<optforge_bf16, optforge_bf16, float, 0, 0>(nb, nr, nc, p_weight, p_grad, p_row_var, p_col_var, p__r2, nullptr, k__r3, k1, k_rescale_grad, k3, k4, k_e1, k6, k__grad_scale, k__round_seed);
+}
+#endif
+#ifdef OPTFORGE_LOW_PRECISION
+void optforge_adafactor_s6_bf16sr(int64_t nb, int64_t nr, int64_t nc, optforge_bf16sr* __restrict__ p_weight, const optforge_bf16sr* __restrict__ p_grad, const optforge_bf16sr* __restrict__ p_row_var, const optforge_bf16sr* __restrict__ p_col_var, const float* __restrict__ p__r2, double k__r3, double k1, double k_rescale_grad, double k3, double k4, double k_e1, double k6, double k__grad_scale, double k__round_seed) {
+    if (p_row_var && p_col_var) optforge_adafactor_s6_tiles<optforge_bf16sr, optforge_bf16sr, float, 1, 1>(nb, nr, nc, p_weight, p_grad, p_row_var, p_col_var, p__r2, nullptr, k__r3, k1, k_rescale_grad, k3, k4, k_e1, k6, k__grad_scale, k__round_seed);
+    else if (p_row_var && !p_col_var) optforge_adafactor_s6_tiles<optforge_bf16sr, optforge_bf16sr, float, 1, 0>(nb, nr, nc, p_weight, p_grad, p_row_var, p_col_var, p__r2, nullptr, k__r3, k1, k_rescale_grad, k3, k4, k_e1, k6, k__grad_scale, k__round_seed);
+    else if (!p_row_var && p_col_var) optforge_adafactor_s6_tiles<optforge_bf16sr, optforge_bf16sr, float, 0, 1>(nb, nr, nc, p_weight, p_grad, p_row_var, p_col_var, p__r2, nullptr, k__r3, k1, k_rescale_grad, k3, k4, k_e1, k6, k__grad_scale, k__round_seed);
+    else if (!p_row_var && !p_col_var) optforge_adafactor_s6_tiles<optforge_bf16sr, optforge_bf16sr, float, 0, 0>(nb, nr, nc, p_weight, p_grad, p_row_var, p_col_var, p__r2, nullptr, k__r3, k1, k_rescale_grad, k3, k4, k_e1, k6, k__grad_scale, k__round_seed);
 }
 #endif
 #ifdef OPTFORGE_LOW_PRECISION
@@ -1250,6 +1342,65 @@ void optforge_adafactor_s7_bf16(int64_t n, optforge_bf16* __restrict__ p_varianc
    of the elements, block by block: the stage loop stores the elements' reduction terms in small
    buffers (so it vectorizes as a stage without reductions does), then a tight loop sums a buffer in
    double. Shares are added in order: the result does not depend on timing. */
+void optforge_adafactor_s7_bf16sr(int64_t n, optforge_bf16sr* __restrict__ p_variance, const optforge_bf16sr* __restrict__ p_grad, double k_beta2_t, double k1, double k_rescale_grad, double k3, double k4, double k__grad_scale, double* __restrict__ out) {
+    int nt = 1;
+#ifdef _OPENMP
+    if (n >= OPTFORGE_PARALLEL_MIN) nt = omp_get_max_threads();
+#endif
+    std::vector<double> parts((size_t)nt * 1, 0.0);
+    #pragma omp parallel num_threads(nt) if (nt > 1)
+    {
+        int tid = 0, step = 1;
+#ifdef _OPENMP
+        tid = omp_get_thread_num();
+        step = omp_get_num_threads();
+#endif
+        alignas(64) float buf[1][OPTFORGE_REDUCE_BLOCK];
+        for (int c = tid; c < nt; c += step) {
+            const int64_t lo = n * c / nt, hi = n * (c + 1) / nt;
+            double acc[1] = {0};
+            for (int64_t b = lo; b < hi; b += OPTFORGE_REDUCE_BLOCK) {
+                const int64_t e = hi - b < OPTFORGE_REDUCE_BLOCK ? hi : b + OPTFORGE_REDUCE_BLOCK;
+                if (p_variance) {
+                    #pragma omp simd
+                    for (int64_t i = b; i < e; ++i) {
+                        float t0;
+                        optforge_adafactor_s7_elem<optforge_bf16sr, optforge_bf16sr, float, 1>(i, i, p_variance, p_grad, nullptr, t0, (float)k_beta2_t, (float)k1, (float)k_rescale_grad, (float)k3, (float)k4, (float)k__grad_scale);
+                        buf[0][i - b] = t0;
+                    }
+                } else if (!p_variance) {
+                    #pragma omp simd
+                    for (int64_t i = b; i < e; ++i) {
+                        float t0;
+                        optforge_adafactor_s7_elem<optforge_bf16sr, optforge_bf16sr, float, 0>(i, i, p_variance, p_grad, nullptr, t0, (float)k_beta2_t, (float)k1, (float)k_rescale_grad, (float)k3, (float)k4, (float)k__grad_scale);
+                        buf[0][i - b] = t0;
+                    }
+                }
+                {   /* from the block's buffer */
+                    double s = 0;
+                    #pragma omp simd reduction(+: s)
+                    for (int64_t j = 0; j < e - b; ++j) {
+                        const double v = buf[0][j];
+                        s += v * v;
+                    }
+                    acc[0] += s;
+                }
+            }
+            for (int k = 0; k < 1; ++k) parts[(size_t)c * 1 + k] = acc[k];
+        }
+    }
+    for (int k = 0; k < 1; ++k) {
+        double s = 0;
+        for (int c = 0; c < nt; ++c) s += parts[(size_t)c * 1 + k];
+        out[k] = s;
+    }
+}
+#endif
+#ifdef OPTFORGE_LOW_PRECISION
+/* also accumulates 1 whole-tensor reduction(s) into out[]. Each thread takes a fixed share
+   of the elements, block by block: the stage loop stores the elements' reduction terms in small
+   buffers (so it vectorizes as a stage without reductions does), then a tight loop sums a buffer in
+   double. Shares are added in order: the result does not depend on timing. */
 void optforge_adafactor_s7_mp16(int64_t n, float* __restrict__ p_variance, const optforge_f16* __restrict__ p_grad, float* __restrict__ p_weight_lp, double k_beta2_t, double k1, double k_rescale_grad, double k3, double k4, double k__grad_scale, double* __restrict__ out) {
     int nt = 1;
 #ifdef _OPENMP
@@ -1450,6 +1601,19 @@ void optforge_adafactor_s8_bf16(int64_t n, optforge_bf16* __restrict__ p_weight,
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
         for (int64_t i = 0; i < n; ++i)
             optforge_adafactor_s8_elem<optforge_bf16, optforge_bf16, float, 0>(i, i, p_weight, p_grad, p_variance, nullptr, (float)k__r4, (float)k1, (float)k_rescale_grad, (float)k3, (float)k4, (float)k__grad_scale, k__round_seed);
+    }
+}
+#endif
+#ifdef OPTFORGE_LOW_PRECISION
+void optforge_adafactor_s8_bf16sr(int64_t n, optforge_bf16sr* __restrict__ p_weight, const optforge_bf16sr* __restrict__ p_grad, const optforge_bf16sr* __restrict__ p_variance, double k__r4, double k1, double k_rescale_grad, double k3, double k4, double k__grad_scale, double k__round_seed) {
+    if (p_variance) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_adafactor_s8_elem<optforge_bf16sr, optforge_bf16sr, float, 1>(i, i, p_weight, p_grad, p_variance, nullptr, (float)k__r4, (float)k1, (float)k_rescale_grad, (float)k3, (float)k4, (float)k__grad_scale, k__round_seed);
+    } else if (!p_variance) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_adafactor_s8_elem<optforge_bf16sr, optforge_bf16sr, float, 0>(i, i, p_weight, p_grad, p_variance, nullptr, (float)k__r4, (float)k1, (float)k_rescale_grad, (float)k3, (float)k4, (float)k__grad_scale, k__round_seed);
     }
 }
 #endif

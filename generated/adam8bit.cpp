@@ -204,8 +204,15 @@ struct optforge_bf16 {
         return f;
     }
 };
-template <> inline optforge_bf16 op_store<optforge_bf16, float>(float v, double seed, int64_t i) {
-    optforge_bf16 out;
+/* the variant bf16sr (a bfloat16 weight rounded stochastically, chosen when the parameter has a
+   seed): the same storage, whose weight store hashes; bf16's rounds to nearest without the hash */
+struct optforge_bf16sr : optforge_bf16 {
+    optforge_bf16sr() = default;
+    optforge_bf16sr(float v) : optforge_bf16(v) {}
+    optforge_bf16sr(double v) : optforge_bf16(v) {}
+};
+template <> inline optforge_bf16sr op_store<optforge_bf16sr, float>(float v, double seed, int64_t i) {
+    optforge_bf16sr out;
     out.bits = op_bf16_bits(v, seed, i);
     return out;
 }
@@ -353,6 +360,25 @@ void optforge_adam8bit_s0_bf16(int64_t n, const optforge_bf16* __restrict__ p_gr
             #pragma omp simd
             for (int64_t i = lo; i < hi; ++i)
                 optforge_adam8bit_s0_elem<optforge_bf16, optforge_bf16, float>(i, i, p_grad, p_mean, p_mean__absmax, p_var, p_var__absmax, p_weight, nullptr, qv[0][i - lo], qv[1][i - lo], (float)k_rescale_grad, (float)k_beta1, (float)k2, (float)k_beta2, (float)k4, (float)k5, (float)k6, (float)k7, (float)k_epsilon, (float)k__grad_scale, k__round_seed);
+op_requant<float>(qv[0], hi - lo, p_mean + lo, p_mean__absmax + b, optforge_qmap0, optforge_qmid0, optforge_qlut0);
+op_requant<float>(qv[1], hi - lo, p_var + lo, p_var__absmax + b, optforge_qmap1, optforge_qmid1, optforge_qlut1);
+        }
+    }
+}
+#endif
+#ifdef OPTFORGE_LOW_PRECISION
+/* writes 8-bit state(s): block by block of 256 elements (the blocks in parallel), each
+   element's new value into the block's buffer, then the block quantised (op_requant) */
+void optforge_adam8bit_s0_bf16sr(int64_t n, const optforge_bf16sr* __restrict__ p_grad, uint8_t* __restrict__ p_mean, float* __restrict__ p_mean__absmax, uint8_t* __restrict__ p_var, float* __restrict__ p_var__absmax, optforge_bf16sr* __restrict__ p_weight, double k_rescale_grad, double k_beta1, double k2, double k_beta2, double k4, double k5, double k6, double k7, double k_epsilon, double k__grad_scale, double k__round_seed) {
+    const int64_t nb = (n + 256 - 1) / 256;
+    {
+        #pragma omp parallel for schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t b = 0; b < nb; ++b) {
+            const int64_t lo = b * 256, hi = lo + 256 < n ? lo + 256 : n;
+            alignas(64) float qv[2][256];
+            #pragma omp simd
+            for (int64_t i = lo; i < hi; ++i)
+                optforge_adam8bit_s0_elem<optforge_bf16sr, optforge_bf16sr, float>(i, i, p_grad, p_mean, p_mean__absmax, p_var, p_var__absmax, p_weight, nullptr, qv[0][i - lo], qv[1][i - lo], (float)k_rescale_grad, (float)k_beta1, (float)k2, (float)k_beta2, (float)k4, (float)k5, (float)k6, (float)k7, (float)k_epsilon, (float)k__grad_scale, k__round_seed);
 op_requant<float>(qv[0], hi - lo, p_mean + lo, p_mean__absmax + b, optforge_qmap0, optforge_qmid0, optforge_qlut0);
 op_requant<float>(qv[1], hi - lo, p_var + lo, p_var__absmax + b, optforge_qmap1, optforge_qmid1, optforge_qlut1);
         }

@@ -136,8 +136,15 @@ struct optforge_bf16 {
         return f;
     }
 };
-template <> inline optforge_bf16 op_store<optforge_bf16, float>(float v, double seed, int64_t i) {
-    optforge_bf16 out;
+/* the variant bf16sr (a bfloat16 weight rounded stochastically, chosen when the parameter has a
+   seed): the same storage, whose weight store hashes; bf16's rounds to nearest without the hash */
+struct optforge_bf16sr : optforge_bf16 {
+    optforge_bf16sr() = default;
+    optforge_bf16sr(float v) : optforge_bf16(v) {}
+    optforge_bf16sr(double v) : optforge_bf16(v) {}
+};
+template <> inline optforge_bf16sr op_store<optforge_bf16sr, float>(float v, double seed, int64_t i) {
+    optforge_bf16sr out;
     out.bits = op_bf16_bits(v, seed, i);
     return out;
 }
@@ -461,6 +468,65 @@ void optforge_lamb_s0_bf16(int64_t n, const optforge_bf16* __restrict__ p_grad, 
    of the elements, block by block: the stage loop stores the elements' reduction terms in small
    buffers (so it vectorizes as a stage without reductions does), then a tight loop sums a buffer in
    double. Shares are added in order: the result does not depend on timing. */
+void optforge_lamb_s0_bf16sr(int64_t n, const optforge_bf16sr* __restrict__ p_grad, optforge_bf16sr* __restrict__ p_mean, optforge_bf16sr* __restrict__ p_var, const optforge_bf16sr* __restrict__ p_weight, float* __restrict__ p_upd, double k_rescale_grad, double k1, double k_beta1, double k_beta2, double k_c1, double k_c2, double k_epsilon, double k_wd, double k__grad_scale, double* __restrict__ out) {
+    int nt = 1;
+#ifdef _OPENMP
+    if (n >= OPTFORGE_PARALLEL_MIN) nt = omp_get_max_threads();
+#endif
+    std::vector<double> parts((size_t)nt * 2, 0.0);
+    #pragma omp parallel num_threads(nt) if (nt > 1)
+    {
+        int tid = 0, step = 1;
+#ifdef _OPENMP
+        tid = omp_get_thread_num();
+        step = omp_get_num_threads();
+#endif
+        for (int c = tid; c < nt; c += step) {
+            const int64_t lo = n * c / nt, hi = n * (c + 1) / nt;
+            double acc[2] = {0};
+            for (int64_t b = lo; b < hi; b += OPTFORGE_REDUCE_BLOCK) {
+                const int64_t e = hi - b < OPTFORGE_REDUCE_BLOCK ? hi : b + OPTFORGE_REDUCE_BLOCK;
+                {
+                    #pragma omp simd
+                    for (int64_t i = b; i < e; ++i) {
+                        float t0, t1;
+                        optforge_lamb_s0_elem<optforge_bf16sr, optforge_bf16sr, float>(i, i, p_grad, p_mean, p_var, p_weight, p_upd, nullptr, t0, t1, (float)k_rescale_grad, (float)k1, (float)k_beta1, (float)k_beta2, (float)k_c1, (float)k_c2, (float)k_epsilon, (float)k_wd, (float)k__grad_scale);
+                    }
+                }
+                {   /* from memory, just written or read (cache-hot) */
+                    double s = 0;
+                    #pragma omp simd reduction(+: s)
+                    for (int64_t j = 0; j < e - b; ++j) {
+                        const double v = p_weight[b + j];
+                        s += v * v;
+                    }
+                    acc[0] += s;
+                }
+                {   /* from memory, just written or read (cache-hot) */
+                    double s = 0;
+                    #pragma omp simd reduction(+: s)
+                    for (int64_t j = 0; j < e - b; ++j) {
+                        const double v = p_upd[b + j];
+                        s += v * v;
+                    }
+                    acc[1] += s;
+                }
+            }
+            for (int k = 0; k < 2; ++k) parts[(size_t)c * 2 + k] = acc[k];
+        }
+    }
+    for (int k = 0; k < 2; ++k) {
+        double s = 0;
+        for (int c = 0; c < nt; ++c) s += parts[(size_t)c * 2 + k];
+        out[k] = s;
+    }
+}
+#endif
+#ifdef OPTFORGE_LOW_PRECISION
+/* also accumulates 2 whole-tensor reduction(s) into out[]. Each thread takes a fixed share
+   of the elements, block by block: the stage loop stores the elements' reduction terms in small
+   buffers (so it vectorizes as a stage without reductions does), then a tight loop sums a buffer in
+   double. Shares are added in order: the result does not depend on timing. */
 void optforge_lamb_s0_mp16(int64_t n, const optforge_f16* __restrict__ p_grad, float* __restrict__ p_mean, float* __restrict__ p_var, const float* __restrict__ p_weight, float* __restrict__ p_upd, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k_beta1, double k_beta2, double k_c1, double k_c2, double k_epsilon, double k_wd, double k__grad_scale, double* __restrict__ out) {
     int nt = 1;
 #ifdef _OPENMP
@@ -635,6 +701,15 @@ void optforge_lamb_s1_bf16(int64_t n, optforge_bf16* __restrict__ p_weight, cons
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
         for (int64_t i = 0; i < n; ++i)
             optforge_lamb_s1_elem<optforge_bf16, optforge_bf16, float>(i, i, p_weight, p_upd, nullptr, (float)k0, k__round_seed);
+    }
+}
+#endif
+#ifdef OPTFORGE_LOW_PRECISION
+void optforge_lamb_s1_bf16sr(int64_t n, optforge_bf16sr* __restrict__ p_weight, const float* __restrict__ p_upd, double k0, double k__round_seed) {
+    {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_lamb_s1_elem<optforge_bf16sr, optforge_bf16sr, float>(i, i, p_weight, p_upd, nullptr, (float)k0, k__round_seed);
     }
 }
 #endif

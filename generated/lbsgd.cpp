@@ -136,8 +136,15 @@ struct optforge_bf16 {
         return f;
     }
 };
-template <> inline optforge_bf16 op_store<optforge_bf16, float>(float v, double seed, int64_t i) {
-    optforge_bf16 out;
+/* the variant bf16sr (a bfloat16 weight rounded stochastically, chosen when the parameter has a
+   seed): the same storage, whose weight store hashes; bf16's rounds to nearest without the hash */
+struct optforge_bf16sr : optforge_bf16 {
+    optforge_bf16sr() = default;
+    optforge_bf16sr(float v) : optforge_bf16(v) {}
+    optforge_bf16sr(double v) : optforge_bf16(v) {}
+};
+template <> inline optforge_bf16sr op_store<optforge_bf16sr, float>(float v, double seed, int64_t i) {
+    optforge_bf16sr out;
     out.bits = op_bf16_bits(v, seed, i);
     return out;
 }
@@ -334,6 +341,32 @@ void optforge_lbsgd_s0_rows_bf16(int64_t n, int64_t cols, const int64_t* __restr
         #pragma omp simd
         for (int64_t c = 0; c < cols; ++c) {
             optforge_lbsgd_s0_elem<optforge_bf16, optforge_bf16, float, 2>(base + c, gbase + c, p_cum_grad, p_grad, nullptr, (float)k__grad_scale);
+        }
+    }
+}
+#endif
+#ifdef OPTFORGE_LOW_PRECISION
+void optforge_lbsgd_s0_bf16sr(int64_t n, optforge_bf16sr* __restrict__ p_cum_grad, const optforge_bf16sr* __restrict__ p_grad, double k__grad_scale) {
+    if (p_cum_grad) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_lbsgd_s0_elem<optforge_bf16sr, optforge_bf16sr, float, 1>(i, i, p_cum_grad, p_grad, nullptr, (float)k__grad_scale);
+    } else if (!p_cum_grad) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_lbsgd_s0_elem<optforge_bf16sr, optforge_bf16sr, float, 0>(i, i, p_cum_grad, p_grad, nullptr, (float)k__grad_scale);
+    }
+}
+/* row-sparse: n = rows x cols gradient elements; gradient row r updates row rows[r] */
+void optforge_lbsgd_s0_rows_bf16sr(int64_t n, int64_t cols, const int64_t* __restrict__ rows, optforge_bf16sr* __restrict__ p_cum_grad, const optforge_bf16sr* __restrict__ p_grad, double k__grad_scale) {
+    const int64_t nrows = cols ? n / cols : 0;
+    /* scattered rows are latency-bound: two threads keep twice as many loads in flight */
+    #pragma omp parallel for schedule(static) if (n >= OPTFORGE_PARALLEL_MIN)
+    for (int64_t r = 0; r < nrows; ++r) {
+        const int64_t base = rows[r] * cols, gbase = r * cols;
+        #pragma omp simd
+        for (int64_t c = 0; c < cols; ++c) {
+            optforge_lbsgd_s0_elem<optforge_bf16sr, optforge_bf16sr, float, 2>(base + c, gbase + c, p_cum_grad, p_grad, nullptr, (float)k__grad_scale);
         }
     }
 }
@@ -674,6 +707,72 @@ void optforge_lbsgd_s1_rows_bf16(int64_t n, int64_t cols, const int64_t* __restr
         for (int64_t c = 0; c < cols; ++c) {
             float red0;   /* row kernels see some rows only: their reductions are done on the host */
             optforge_lbsgd_s1_elem<optforge_bf16, optforge_bf16, float>(base + c, gbase + c, p_weight, nullptr, red0);
+        }
+    }
+}
+#endif
+#ifdef OPTFORGE_LOW_PRECISION
+/* also accumulates 1 whole-tensor reduction(s) into out[]. Each thread takes a fixed share
+   of the elements, block by block: the stage loop stores the elements' reduction terms in small
+   buffers (so it vectorizes as a stage without reductions does), then a tight loop sums a buffer in
+   double. Shares are added in order: the result does not depend on timing. */
+void optforge_lbsgd_s1_bf16sr(int64_t n, const optforge_bf16sr* __restrict__ p_weight, double* __restrict__ out) {
+    int nt = 1;
+#ifdef _OPENMP
+    if (n >= OPTFORGE_PARALLEL_MIN) nt = omp_get_max_threads();
+#endif
+    std::vector<double> parts((size_t)nt * 1, 0.0);
+    #pragma omp parallel num_threads(nt) if (nt > 1)
+    {
+        int tid = 0, step = 1;
+#ifdef _OPENMP
+        tid = omp_get_thread_num();
+        step = omp_get_num_threads();
+#endif
+        alignas(64) float buf[1][OPTFORGE_REDUCE_BLOCK];
+        for (int c = tid; c < nt; c += step) {
+            const int64_t lo = n * c / nt, hi = n * (c + 1) / nt;
+            double acc[1] = {0};
+            for (int64_t b = lo; b < hi; b += OPTFORGE_REDUCE_BLOCK) {
+                const int64_t e = hi - b < OPTFORGE_REDUCE_BLOCK ? hi : b + OPTFORGE_REDUCE_BLOCK;
+                {
+                    #pragma omp simd
+                    for (int64_t i = b; i < e; ++i) {
+                        float t0;
+                        optforge_lbsgd_s1_elem<optforge_bf16sr, optforge_bf16sr, float>(i, i, p_weight, nullptr, t0);
+                        buf[0][i - b] = t0;
+                    }
+                }
+                {   /* from the block's buffer */
+                    double s = 0;
+                    #pragma omp simd reduction(+: s)
+                    for (int64_t j = 0; j < e - b; ++j) {
+                        const double v = buf[0][j];
+                        s += v;
+                    }
+                    acc[0] += s;
+                }
+            }
+            for (int k = 0; k < 1; ++k) parts[(size_t)c * 1 + k] = acc[k];
+        }
+    }
+    for (int k = 0; k < 1; ++k) {
+        double s = 0;
+        for (int c = 0; c < nt; ++c) s += parts[(size_t)c * 1 + k];
+        out[k] = s;
+    }
+}
+/* row-sparse: n = rows x cols gradient elements; gradient row r updates row rows[r] */
+void optforge_lbsgd_s1_rows_bf16sr(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const optforge_bf16sr* __restrict__ p_weight) {
+    const int64_t nrows = cols ? n / cols : 0;
+    /* scattered rows are latency-bound: two threads keep twice as many loads in flight */
+    #pragma omp parallel for schedule(static) if (n >= OPTFORGE_PARALLEL_MIN)
+    for (int64_t r = 0; r < nrows; ++r) {
+        const int64_t base = rows[r] * cols, gbase = r * cols;
+        #pragma omp simd
+        for (int64_t c = 0; c < cols; ++c) {
+            float red0;   /* row kernels see some rows only: their reductions are done on the host */
+            optforge_lbsgd_s1_elem<optforge_bf16sr, optforge_bf16sr, float>(base + c, gbase + c, p_weight, nullptr, red0);
         }
     }
 }
@@ -1131,6 +1230,79 @@ void optforge_lbsgd_s2_rows_bf16(int64_t n, int64_t cols, const int64_t* __restr
    of the elements, block by block: the stage loop stores the elements' reduction terms in small
    buffers (so it vectorizes as a stage without reductions does), then a tight loop sums a buffer in
    double. Shares are added in order: the result does not depend on timing. */
+void optforge_lbsgd_s2_bf16sr(int64_t n, const optforge_bf16sr* __restrict__ p_cum_grad, double* __restrict__ out) {
+    int nt = 1;
+#ifdef _OPENMP
+    if (n >= OPTFORGE_PARALLEL_MIN) nt = omp_get_max_threads();
+#endif
+    std::vector<double> parts((size_t)nt * 1, 0.0);
+    #pragma omp parallel num_threads(nt) if (nt > 1)
+    {
+        int tid = 0, step = 1;
+#ifdef _OPENMP
+        tid = omp_get_thread_num();
+        step = omp_get_num_threads();
+#endif
+        alignas(64) float buf[1][OPTFORGE_REDUCE_BLOCK];
+        for (int c = tid; c < nt; c += step) {
+            const int64_t lo = n * c / nt, hi = n * (c + 1) / nt;
+            double acc[1] = {0};
+            for (int64_t b = lo; b < hi; b += OPTFORGE_REDUCE_BLOCK) {
+                const int64_t e = hi - b < OPTFORGE_REDUCE_BLOCK ? hi : b + OPTFORGE_REDUCE_BLOCK;
+                if (p_cum_grad) {
+                    #pragma omp simd
+                    for (int64_t i = b; i < e; ++i) {
+                        float t0;
+                        optforge_lbsgd_s2_elem<optforge_bf16sr, optforge_bf16sr, float, 1>(i, i, p_cum_grad, nullptr, t0);
+                        buf[0][i - b] = t0;
+                    }
+                } else if (!p_cum_grad) {
+                    #pragma omp simd
+                    for (int64_t i = b; i < e; ++i) {
+                        float t0;
+                        optforge_lbsgd_s2_elem<optforge_bf16sr, optforge_bf16sr, float, 0>(i, i, p_cum_grad, nullptr, t0);
+                        buf[0][i - b] = t0;
+                    }
+                }
+                {   /* from the block's buffer */
+                    double s = 0;
+                    #pragma omp simd reduction(+: s)
+                    for (int64_t j = 0; j < e - b; ++j) {
+                        const double v = buf[0][j];
+                        s += v;
+                    }
+                    acc[0] += s;
+                }
+            }
+            for (int k = 0; k < 1; ++k) parts[(size_t)c * 1 + k] = acc[k];
+        }
+    }
+    for (int k = 0; k < 1; ++k) {
+        double s = 0;
+        for (int c = 0; c < nt; ++c) s += parts[(size_t)c * 1 + k];
+        out[k] = s;
+    }
+}
+/* row-sparse: n = rows x cols gradient elements; gradient row r updates row rows[r] */
+void optforge_lbsgd_s2_rows_bf16sr(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const optforge_bf16sr* __restrict__ p_cum_grad) {
+    const int64_t nrows = cols ? n / cols : 0;
+    /* scattered rows are latency-bound: two threads keep twice as many loads in flight */
+    #pragma omp parallel for schedule(static) if (n >= OPTFORGE_PARALLEL_MIN)
+    for (int64_t r = 0; r < nrows; ++r) {
+        const int64_t base = rows[r] * cols, gbase = r * cols;
+        #pragma omp simd
+        for (int64_t c = 0; c < cols; ++c) {
+            float red0;   /* row kernels see some rows only: their reductions are done on the host */
+            optforge_lbsgd_s2_elem<optforge_bf16sr, optforge_bf16sr, float, 2>(base + c, gbase + c, p_cum_grad, nullptr, red0);
+        }
+    }
+}
+#endif
+#ifdef OPTFORGE_LOW_PRECISION
+/* also accumulates 1 whole-tensor reduction(s) into out[]. Each thread takes a fixed share
+   of the elements, block by block: the stage loop stores the elements' reduction terms in small
+   buffers (so it vectorizes as a stage without reductions does), then a tight loop sums a buffer in
+   double. Shares are added in order: the result does not depend on timing. */
 void optforge_lbsgd_s2_mp16(int64_t n, const float* __restrict__ p_cum_grad, float* __restrict__ p_weight_lp, double* __restrict__ out) {
     int nt = 1;
 #ifdef _OPENMP
@@ -1558,6 +1730,72 @@ void optforge_lbsgd_s3_rows_bf16(int64_t n, int64_t cols, const int64_t* __restr
         for (int64_t c = 0; c < cols; ++c) {
             float red0;   /* row kernels see some rows only: their reductions are done on the host */
             optforge_lbsgd_s3_elem<optforge_bf16, optforge_bf16, float>(base + c, gbase + c, p_grad, nullptr, red0, (float)k__grad_scale);
+        }
+    }
+}
+#endif
+#ifdef OPTFORGE_LOW_PRECISION
+/* also accumulates 1 whole-tensor reduction(s) into out[]. Each thread takes a fixed share
+   of the elements, block by block: the stage loop stores the elements' reduction terms in small
+   buffers (so it vectorizes as a stage without reductions does), then a tight loop sums a buffer in
+   double. Shares are added in order: the result does not depend on timing. */
+void optforge_lbsgd_s3_bf16sr(int64_t n, const optforge_bf16sr* __restrict__ p_grad, double k__grad_scale, double* __restrict__ out) {
+    int nt = 1;
+#ifdef _OPENMP
+    if (n >= OPTFORGE_PARALLEL_MIN) nt = omp_get_max_threads();
+#endif
+    std::vector<double> parts((size_t)nt * 1, 0.0);
+    #pragma omp parallel num_threads(nt) if (nt > 1)
+    {
+        int tid = 0, step = 1;
+#ifdef _OPENMP
+        tid = omp_get_thread_num();
+        step = omp_get_num_threads();
+#endif
+        alignas(64) float buf[1][OPTFORGE_REDUCE_BLOCK];
+        for (int c = tid; c < nt; c += step) {
+            const int64_t lo = n * c / nt, hi = n * (c + 1) / nt;
+            double acc[1] = {0};
+            for (int64_t b = lo; b < hi; b += OPTFORGE_REDUCE_BLOCK) {
+                const int64_t e = hi - b < OPTFORGE_REDUCE_BLOCK ? hi : b + OPTFORGE_REDUCE_BLOCK;
+                {
+                    #pragma omp simd
+                    for (int64_t i = b; i < e; ++i) {
+                        float t0;
+                        optforge_lbsgd_s3_elem<optforge_bf16sr, optforge_bf16sr, float>(i, i, p_grad, nullptr, t0, (float)k__grad_scale);
+                        buf[0][i - b] = t0;
+                    }
+                }
+                {   /* from the block's buffer */
+                    double s = 0;
+                    #pragma omp simd reduction(+: s)
+                    for (int64_t j = 0; j < e - b; ++j) {
+                        const double v = buf[0][j];
+                        s += v;
+                    }
+                    acc[0] += s;
+                }
+            }
+            for (int k = 0; k < 1; ++k) parts[(size_t)c * 1 + k] = acc[k];
+        }
+    }
+    for (int k = 0; k < 1; ++k) {
+        double s = 0;
+        for (int c = 0; c < nt; ++c) s += parts[(size_t)c * 1 + k];
+        out[k] = s;
+    }
+}
+/* row-sparse: n = rows x cols gradient elements; gradient row r updates row rows[r] */
+void optforge_lbsgd_s3_rows_bf16sr(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const optforge_bf16sr* __restrict__ p_grad, double k__grad_scale) {
+    const int64_t nrows = cols ? n / cols : 0;
+    /* scattered rows are latency-bound: two threads keep twice as many loads in flight */
+    #pragma omp parallel for schedule(static) if (n >= OPTFORGE_PARALLEL_MIN)
+    for (int64_t r = 0; r < nrows; ++r) {
+        const int64_t base = rows[r] * cols, gbase = r * cols;
+        #pragma omp simd
+        for (int64_t c = 0; c < cols; ++c) {
+            float red0;   /* row kernels see some rows only: their reductions are done on the host */
+            optforge_lbsgd_s3_elem<optforge_bf16sr, optforge_bf16sr, float>(base + c, gbase + c, p_grad, nullptr, red0, (float)k__grad_scale);
         }
     }
 }
@@ -2064,6 +2302,88 @@ void optforge_lbsgd_s4_rows_bf16(int64_t n, int64_t cols, const int64_t* __restr
         #pragma omp simd
         for (int64_t c = 0; c < cols; ++c) {
             optforge_lbsgd_s4_elem<optforge_bf16, optforge_bf16, float, 2, 2, 2, 2>(base + c, gbase + c, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8, (float)k__grad_scale, k__round_seed);
+        }
+    }
+}
+#endif
+#ifdef OPTFORGE_LOW_PRECISION
+void optforge_lbsgd_s4_bf16sr(int64_t n, optforge_bf16sr* __restrict__ p_cum_grad, const optforge_bf16sr* __restrict__ p_grad, optforge_bf16sr* __restrict__ p_mom, optforge_bf16sr* __restrict__ p_weight, double k0, double k_batch_scale, double k_rescale_grad, double k3, double k4, double k_momentum, double k6, double k_lr_t, double k8, double k__grad_scale, double k__round_seed) {
+    if (p_cum_grad && p_mom && k0 != 0 && k4 != 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_lbsgd_s4_elem<optforge_bf16sr, optforge_bf16sr, float, 1, 1, 1, 1>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8, (float)k__grad_scale, k__round_seed);
+    } else if (p_cum_grad && p_mom && k0 != 0 && k4 == 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_lbsgd_s4_elem<optforge_bf16sr, optforge_bf16sr, float, 1, 1, 1, 0>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8, (float)k__grad_scale, k__round_seed);
+    } else if (p_cum_grad && p_mom && k0 == 0 && k4 != 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_lbsgd_s4_elem<optforge_bf16sr, optforge_bf16sr, float, 1, 1, 0, 1>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8, (float)k__grad_scale, k__round_seed);
+    } else if (p_cum_grad && p_mom && k0 == 0 && k4 == 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_lbsgd_s4_elem<optforge_bf16sr, optforge_bf16sr, float, 1, 1, 0, 0>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8, (float)k__grad_scale, k__round_seed);
+    } else if (p_cum_grad && !p_mom && k0 != 0 && k4 != 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_lbsgd_s4_elem<optforge_bf16sr, optforge_bf16sr, float, 1, 0, 1, 1>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8, (float)k__grad_scale, k__round_seed);
+    } else if (p_cum_grad && !p_mom && k0 != 0 && k4 == 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_lbsgd_s4_elem<optforge_bf16sr, optforge_bf16sr, float, 1, 0, 1, 0>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8, (float)k__grad_scale, k__round_seed);
+    } else if (p_cum_grad && !p_mom && k0 == 0 && k4 != 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_lbsgd_s4_elem<optforge_bf16sr, optforge_bf16sr, float, 1, 0, 0, 1>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8, (float)k__grad_scale, k__round_seed);
+    } else if (p_cum_grad && !p_mom && k0 == 0 && k4 == 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_lbsgd_s4_elem<optforge_bf16sr, optforge_bf16sr, float, 1, 0, 0, 0>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8, (float)k__grad_scale, k__round_seed);
+    } else if (!p_cum_grad && p_mom && k0 != 0 && k4 != 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_lbsgd_s4_elem<optforge_bf16sr, optforge_bf16sr, float, 0, 1, 1, 1>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8, (float)k__grad_scale, k__round_seed);
+    } else if (!p_cum_grad && p_mom && k0 != 0 && k4 == 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_lbsgd_s4_elem<optforge_bf16sr, optforge_bf16sr, float, 0, 1, 1, 0>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8, (float)k__grad_scale, k__round_seed);
+    } else if (!p_cum_grad && p_mom && k0 == 0 && k4 != 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_lbsgd_s4_elem<optforge_bf16sr, optforge_bf16sr, float, 0, 1, 0, 1>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8, (float)k__grad_scale, k__round_seed);
+    } else if (!p_cum_grad && p_mom && k0 == 0 && k4 == 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_lbsgd_s4_elem<optforge_bf16sr, optforge_bf16sr, float, 0, 1, 0, 0>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8, (float)k__grad_scale, k__round_seed);
+    } else if (!p_cum_grad && !p_mom && k0 != 0 && k4 != 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_lbsgd_s4_elem<optforge_bf16sr, optforge_bf16sr, float, 0, 0, 1, 1>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8, (float)k__grad_scale, k__round_seed);
+    } else if (!p_cum_grad && !p_mom && k0 != 0 && k4 == 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_lbsgd_s4_elem<optforge_bf16sr, optforge_bf16sr, float, 0, 0, 1, 0>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8, (float)k__grad_scale, k__round_seed);
+    } else if (!p_cum_grad && !p_mom && k0 == 0 && k4 != 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_lbsgd_s4_elem<optforge_bf16sr, optforge_bf16sr, float, 0, 0, 0, 1>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8, (float)k__grad_scale, k__round_seed);
+    } else if (!p_cum_grad && !p_mom && k0 == 0 && k4 == 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_lbsgd_s4_elem<optforge_bf16sr, optforge_bf16sr, float, 0, 0, 0, 0>(i, i, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8, (float)k__grad_scale, k__round_seed);
+    }
+}
+/* row-sparse: n = rows x cols gradient elements; gradient row r updates row rows[r] */
+void optforge_lbsgd_s4_rows_bf16sr(int64_t n, int64_t cols, const int64_t* __restrict__ rows, optforge_bf16sr* __restrict__ p_cum_grad, const optforge_bf16sr* __restrict__ p_grad, optforge_bf16sr* __restrict__ p_mom, optforge_bf16sr* __restrict__ p_weight, double k0, double k_batch_scale, double k_rescale_grad, double k3, double k4, double k_momentum, double k6, double k_lr_t, double k8, double k__grad_scale, double k__round_seed) {
+    const int64_t nrows = cols ? n / cols : 0;
+    /* scattered rows are latency-bound: two threads keep twice as many loads in flight */
+    #pragma omp parallel for schedule(static) if (n >= OPTFORGE_PARALLEL_MIN)
+    for (int64_t r = 0; r < nrows; ++r) {
+        const int64_t base = rows[r] * cols, gbase = r * cols;
+        #pragma omp simd
+        for (int64_t c = 0; c < cols; ++c) {
+            optforge_lbsgd_s4_elem<optforge_bf16sr, optforge_bf16sr, float, 2, 2, 2, 2>(base + c, gbase + c, p_cum_grad, p_grad, p_mom, p_weight, nullptr, (float)k0, (float)k_batch_scale, (float)k_rescale_grad, (float)k3, (float)k4, (float)k_momentum, (float)k6, (float)k_lr_t, (float)k8, (float)k__grad_scale, k__round_seed);
         }
     }
 }

@@ -136,8 +136,15 @@ struct optforge_bf16 {
         return f;
     }
 };
-template <> inline optforge_bf16 op_store<optforge_bf16, float>(float v, double seed, int64_t i) {
-    optforge_bf16 out;
+/* the variant bf16sr (a bfloat16 weight rounded stochastically, chosen when the parameter has a
+   seed): the same storage, whose weight store hashes; bf16's rounds to nearest without the hash */
+struct optforge_bf16sr : optforge_bf16 {
+    optforge_bf16sr() = default;
+    optforge_bf16sr(float v) : optforge_bf16(v) {}
+    optforge_bf16sr(double v) : optforge_bf16(v) {}
+};
+template <> inline optforge_bf16sr op_store<optforge_bf16sr, float>(float v, double seed, int64_t i) {
+    optforge_bf16sr out;
     out.bits = op_bf16_bits(v, seed, i);
     return out;
 }
@@ -508,6 +515,65 @@ void optforge_muon_s1_bf16(int64_t n, optforge_bf16* __restrict__ p_momentum_buf
    of the elements, block by block: the stage loop stores the elements' reduction terms in small
    buffers (so it vectorizes as a stage without reductions does), then a tight loop sums a buffer in
    double. Shares are added in order: the result does not depend on timing. */
+void optforge_muon_s1_bf16sr(int64_t n, optforge_bf16sr* __restrict__ p_momentum_buffer, const optforge_bf16sr* __restrict__ p_grad, double k_momentum, double k_rescale_grad, double k2, double k_nesterov, double k__grad_scale, double* __restrict__ out) {
+    int nt = 1;
+#ifdef _OPENMP
+    if (n >= OPTFORGE_PARALLEL_MIN) nt = omp_get_max_threads();
+#endif
+    std::vector<double> parts((size_t)nt * 1, 0.0);
+    #pragma omp parallel num_threads(nt) if (nt > 1)
+    {
+        int tid = 0, step = 1;
+#ifdef _OPENMP
+        tid = omp_get_thread_num();
+        step = omp_get_num_threads();
+#endif
+        alignas(64) float buf[1][OPTFORGE_REDUCE_BLOCK];
+        for (int c = tid; c < nt; c += step) {
+            const int64_t lo = n * c / nt, hi = n * (c + 1) / nt;
+            double acc[1] = {0};
+            for (int64_t b = lo; b < hi; b += OPTFORGE_REDUCE_BLOCK) {
+                const int64_t e = hi - b < OPTFORGE_REDUCE_BLOCK ? hi : b + OPTFORGE_REDUCE_BLOCK;
+                if (p_momentum_buffer) {
+                    #pragma omp simd
+                    for (int64_t i = b; i < e; ++i) {
+                        float t0;
+                        optforge_muon_s1_elem<optforge_bf16sr, optforge_bf16sr, float, 1>(i, i, p_momentum_buffer, p_grad, nullptr, t0, (float)k_momentum, (float)k_rescale_grad, (float)k2, (float)k_nesterov, (float)k__grad_scale);
+                        buf[0][i - b] = t0;
+                    }
+                } else if (!p_momentum_buffer) {
+                    #pragma omp simd
+                    for (int64_t i = b; i < e; ++i) {
+                        float t0;
+                        optforge_muon_s1_elem<optforge_bf16sr, optforge_bf16sr, float, 0>(i, i, p_momentum_buffer, p_grad, nullptr, t0, (float)k_momentum, (float)k_rescale_grad, (float)k2, (float)k_nesterov, (float)k__grad_scale);
+                        buf[0][i - b] = t0;
+                    }
+                }
+                {   /* from the block's buffer */
+                    double s = 0;
+                    #pragma omp simd reduction(+: s)
+                    for (int64_t j = 0; j < e - b; ++j) {
+                        const double v = buf[0][j];
+                        s += v * v;
+                    }
+                    acc[0] += s;
+                }
+            }
+            for (int k = 0; k < 1; ++k) parts[(size_t)c * 1 + k] = acc[k];
+        }
+    }
+    for (int k = 0; k < 1; ++k) {
+        double s = 0;
+        for (int c = 0; c < nt; ++c) s += parts[(size_t)c * 1 + k];
+        out[k] = s;
+    }
+}
+#endif
+#ifdef OPTFORGE_LOW_PRECISION
+/* also accumulates 1 whole-tensor reduction(s) into out[]. Each thread takes a fixed share
+   of the elements, block by block: the stage loop stores the elements' reduction terms in small
+   buffers (so it vectorizes as a stage without reductions does), then a tight loop sums a buffer in
+   double. Shares are added in order: the result does not depend on timing. */
 void optforge_muon_s1_mp16(int64_t n, float* __restrict__ p_momentum_buffer, const optforge_f16* __restrict__ p_grad, float* __restrict__ p_weight_lp, double k_momentum, double k_rescale_grad, double k2, double k_nesterov, double k__grad_scale, double* __restrict__ out) {
     int nt = 1;
 #ifdef _OPENMP
@@ -710,6 +776,19 @@ void optforge_muon_s2_bf16(int64_t n, const optforge_bf16* __restrict__ p_grad, 
 }
 #endif
 #ifdef OPTFORGE_LOW_PRECISION
+void optforge_muon_s2_bf16sr(int64_t n, const optforge_bf16sr* __restrict__ p_grad, const optforge_bf16sr* __restrict__ p_momentum_buffer, float* __restrict__ p_x, double k_nesterov, double k_rescale_grad, double k2, double k_momentum, double k__r0, double k__grad_scale) {
+    if (p_momentum_buffer) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_muon_s2_elem<optforge_bf16sr, optforge_bf16sr, float, 1>(i, i, p_grad, p_momentum_buffer, p_x, nullptr, (float)k_nesterov, (float)k_rescale_grad, (float)k2, (float)k_momentum, (float)k__r0, (float)k__grad_scale);
+    } else if (!p_momentum_buffer) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_muon_s2_elem<optforge_bf16sr, optforge_bf16sr, float, 0>(i, i, p_grad, p_momentum_buffer, p_x, nullptr, (float)k_nesterov, (float)k_rescale_grad, (float)k2, (float)k_momentum, (float)k__r0, (float)k__grad_scale);
+    }
+}
+#endif
+#ifdef OPTFORGE_LOW_PRECISION
 void optforge_muon_s2_mp16(int64_t n, const optforge_f16* __restrict__ p_grad, const float* __restrict__ p_momentum_buffer, float* __restrict__ p_x, float* __restrict__ p_weight_lp, double k_nesterov, double k_rescale_grad, double k2, double k_momentum, double k__r0, double k__grad_scale) {
     if (p_momentum_buffer) {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
@@ -800,6 +879,15 @@ void optforge_muon_s3_bf16(int64_t n, const float* __restrict__ p_a, const float
 }
 #endif
 #ifdef OPTFORGE_LOW_PRECISION
+void optforge_muon_s3_bf16sr(int64_t n, const float* __restrict__ p_a, const float* __restrict__ p__r1, float* __restrict__ p_b, double k_ns_b, double k_ns_c) {
+    {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_muon_s3_elem<optforge_bf16sr, optforge_bf16sr, float>(i, i, p_a, p__r1, p_b, nullptr, (float)k_ns_b, (float)k_ns_c);
+    }
+}
+#endif
+#ifdef OPTFORGE_LOW_PRECISION
 void optforge_muon_s3_mp16(int64_t n, const float* __restrict__ p_a, const float* __restrict__ p__r1, float* __restrict__ p_b, float* __restrict__ p_weight_lp, double k_ns_b, double k_ns_c) {
     {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
@@ -876,6 +964,15 @@ void optforge_muon_s4_bf16(int64_t n, float* __restrict__ p_x, const float* __re
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
         for (int64_t i = 0; i < n; ++i)
             optforge_muon_s4_elem<optforge_bf16, optforge_bf16, float>(i, i, p_x, p__r2, nullptr, (float)k_ns_a);
+    }
+}
+#endif
+#ifdef OPTFORGE_LOW_PRECISION
+void optforge_muon_s4_bf16sr(int64_t n, float* __restrict__ p_x, const float* __restrict__ p__r2, double k_ns_a) {
+    {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_muon_s4_elem<optforge_bf16sr, optforge_bf16sr, float>(i, i, p_x, p__r2, nullptr, (float)k_ns_a);
     }
 }
 #endif
@@ -962,6 +1059,15 @@ void optforge_muon_s5_bf16(int64_t n, const float* __restrict__ p_a_t, const flo
 }
 #endif
 #ifdef OPTFORGE_LOW_PRECISION
+void optforge_muon_s5_bf16sr(int64_t n, const float* __restrict__ p_a_t, const float* __restrict__ p__r3, float* __restrict__ p_b_t, double k_ns_b, double k_ns_c) {
+    {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_muon_s5_elem<optforge_bf16sr, optforge_bf16sr, float>(i, i, p_a_t, p__r3, p_b_t, nullptr, (float)k_ns_b, (float)k_ns_c);
+    }
+}
+#endif
+#ifdef OPTFORGE_LOW_PRECISION
 void optforge_muon_s5_mp16(int64_t n, const float* __restrict__ p_a_t, const float* __restrict__ p__r3, float* __restrict__ p_b_t, float* __restrict__ p_weight_lp, double k_ns_b, double k_ns_c) {
     {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
@@ -1038,6 +1144,15 @@ void optforge_muon_s6_bf16(int64_t n, float* __restrict__ p_x, const float* __re
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
         for (int64_t i = 0; i < n; ++i)
             optforge_muon_s6_elem<optforge_bf16, optforge_bf16, float>(i, i, p_x, p__r4, nullptr, (float)k_ns_a);
+    }
+}
+#endif
+#ifdef OPTFORGE_LOW_PRECISION
+void optforge_muon_s6_bf16sr(int64_t n, float* __restrict__ p_x, const float* __restrict__ p__r4, double k_ns_a) {
+    {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_muon_s6_elem<optforge_bf16sr, optforge_bf16sr, float>(i, i, p_x, p__r4, nullptr, (float)k_ns_a);
     }
 }
 #endif
@@ -1122,6 +1237,15 @@ void optforge_muon_s7_bf16(int64_t n, optforge_bf16* __restrict__ p_weight, cons
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
         for (int64_t i = 0; i < n; ++i)
             optforge_muon_s7_elem<optforge_bf16, optforge_bf16, float>(i, i, p_weight, p_x, nullptr, (float)k0, (float)k1, k__round_seed);
+    }
+}
+#endif
+#ifdef OPTFORGE_LOW_PRECISION
+void optforge_muon_s7_bf16sr(int64_t n, optforge_bf16sr* __restrict__ p_weight, const float* __restrict__ p_x, double k0, double k1, double k__round_seed) {
+    {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_muon_s7_elem<optforge_bf16sr, optforge_bf16sr, float>(i, i, p_weight, p_x, nullptr, (float)k0, (float)k1, k__round_seed);
     }
 }
 #endif
@@ -1268,6 +1392,27 @@ void optforge_muon_s8_bf16(int64_t n, optforge_bf16* __restrict__ p_exp_avg, con
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
         for (int64_t i = 0; i < n; ++i)
             optforge_muon_s8_elem<optforge_bf16, optforge_bf16, float, 0, 0>(i, i, p_exp_avg, p_grad, p_exp_avg_sq, p_weight, nullptr, (float)k_beta1, (float)k_rescale_grad, (float)k2, (float)k_beta2, (float)k4, (float)k5, (float)k6, (float)k_adam_eps, (float)k__grad_scale, k__round_seed);
+    }
+}
+#endif
+#ifdef OPTFORGE_LOW_PRECISION
+void optforge_muon_s8_bf16sr(int64_t n, optforge_bf16sr* __restrict__ p_exp_avg, const optforge_bf16sr* __restrict__ p_grad, optforge_bf16sr* __restrict__ p_exp_avg_sq, optforge_bf16sr* __restrict__ p_weight, double k_beta1, double k_rescale_grad, double k2, double k_beta2, double k4, double k5, double k6, double k_adam_eps, double k__grad_scale, double k__round_seed) {
+    if (p_exp_avg && p_exp_avg_sq) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_muon_s8_elem<optforge_bf16sr, optforge_bf16sr, float, 1, 1>(i, i, p_exp_avg, p_grad, p_exp_avg_sq, p_weight, nullptr, (float)k_beta1, (float)k_rescale_grad, (float)k2, (float)k_beta2, (float)k4, (float)k5, (float)k6, (float)k_adam_eps, (float)k__grad_scale, k__round_seed);
+    } else if (p_exp_avg && !p_exp_avg_sq) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_muon_s8_elem<optforge_bf16sr, optforge_bf16sr, float, 1, 0>(i, i, p_exp_avg, p_grad, p_exp_avg_sq, p_weight, nullptr, (float)k_beta1, (float)k_rescale_grad, (float)k2, (float)k_beta2, (float)k4, (float)k5, (float)k6, (float)k_adam_eps, (float)k__grad_scale, k__round_seed);
+    } else if (!p_exp_avg && p_exp_avg_sq) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_muon_s8_elem<optforge_bf16sr, optforge_bf16sr, float, 0, 1>(i, i, p_exp_avg, p_grad, p_exp_avg_sq, p_weight, nullptr, (float)k_beta1, (float)k_rescale_grad, (float)k2, (float)k_beta2, (float)k4, (float)k5, (float)k6, (float)k_adam_eps, (float)k__grad_scale, k__round_seed);
+    } else if (!p_exp_avg && !p_exp_avg_sq) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_muon_s8_elem<optforge_bf16sr, optforge_bf16sr, float, 0, 0>(i, i, p_exp_avg, p_grad, p_exp_avg_sq, p_weight, nullptr, (float)k_beta1, (float)k_rescale_grad, (float)k2, (float)k_beta2, (float)k4, (float)k5, (float)k6, (float)k_adam_eps, (float)k__grad_scale, k__round_seed);
     }
 }
 #endif

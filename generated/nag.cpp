@@ -135,8 +135,15 @@ struct optforge_bf16 {
         return f;
     }
 };
-template <> inline optforge_bf16 op_store<optforge_bf16, float>(float v, double seed, int64_t i) {
-    optforge_bf16 out;
+/* the variant bf16sr (a bfloat16 weight rounded stochastically, chosen when the parameter has a
+   seed): the same storage, whose weight store hashes; bf16's rounds to nearest without the hash */
+struct optforge_bf16sr : optforge_bf16 {
+    optforge_bf16sr() = default;
+    optforge_bf16sr(float v) : optforge_bf16(v) {}
+    optforge_bf16sr(double v) : optforge_bf16(v) {}
+};
+template <> inline optforge_bf16sr op_store<optforge_bf16sr, float>(float v, double seed, int64_t i) {
+    optforge_bf16sr out;
     out.bits = op_bf16_bits(v, seed, i);
     return out;
 }
@@ -339,6 +346,40 @@ void optforge_nag_s0_rows_bf16(int64_t n, int64_t cols, const int64_t* __restric
         #pragma omp simd
         for (int64_t c = 0; c < cols; ++c) {
             optforge_nag_s0_elem<optforge_bf16, optforge_bf16, float, 2, 2>(base + c, gbase + c, p_grad, p_mom, p_weight, nullptr, (float)k_rescale_grad, (float)k1, (float)k2, (float)k_momentum, (float)k4, (float)k_wd, (float)k_lr, (float)k7, (float)k__grad_scale, k__round_seed);
+        }
+    }
+}
+#endif
+#ifdef OPTFORGE_LOW_PRECISION
+void optforge_nag_s0_bf16sr(int64_t n, const optforge_bf16sr* __restrict__ p_grad, optforge_bf16sr* __restrict__ p_mom, optforge_bf16sr* __restrict__ p_weight, double k_rescale_grad, double k1, double k2, double k_momentum, double k4, double k_wd, double k_lr, double k7, double k__grad_scale, double k__round_seed) {
+    if (p_mom && k2 != 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_nag_s0_elem<optforge_bf16sr, optforge_bf16sr, float, 1, 1>(i, i, p_grad, p_mom, p_weight, nullptr, (float)k_rescale_grad, (float)k1, (float)k2, (float)k_momentum, (float)k4, (float)k_wd, (float)k_lr, (float)k7, (float)k__grad_scale, k__round_seed);
+    } else if (p_mom && k2 == 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_nag_s0_elem<optforge_bf16sr, optforge_bf16sr, float, 1, 0>(i, i, p_grad, p_mom, p_weight, nullptr, (float)k_rescale_grad, (float)k1, (float)k2, (float)k_momentum, (float)k4, (float)k_wd, (float)k_lr, (float)k7, (float)k__grad_scale, k__round_seed);
+    } else if (!p_mom && k2 != 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_nag_s0_elem<optforge_bf16sr, optforge_bf16sr, float, 0, 1>(i, i, p_grad, p_mom, p_weight, nullptr, (float)k_rescale_grad, (float)k1, (float)k2, (float)k_momentum, (float)k4, (float)k_wd, (float)k_lr, (float)k7, (float)k__grad_scale, k__round_seed);
+    } else if (!p_mom && k2 == 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_nag_s0_elem<optforge_bf16sr, optforge_bf16sr, float, 0, 0>(i, i, p_grad, p_mom, p_weight, nullptr, (float)k_rescale_grad, (float)k1, (float)k2, (float)k_momentum, (float)k4, (float)k_wd, (float)k_lr, (float)k7, (float)k__grad_scale, k__round_seed);
+    }
+}
+/* row-sparse: n = rows x cols gradient elements; gradient row r updates row rows[r] */
+void optforge_nag_s0_rows_bf16sr(int64_t n, int64_t cols, const int64_t* __restrict__ rows, const optforge_bf16sr* __restrict__ p_grad, optforge_bf16sr* __restrict__ p_mom, optforge_bf16sr* __restrict__ p_weight, double k_rescale_grad, double k1, double k2, double k_momentum, double k4, double k_wd, double k_lr, double k7, double k__grad_scale, double k__round_seed) {
+    const int64_t nrows = cols ? n / cols : 0;
+    /* scattered rows are latency-bound: two threads keep twice as many loads in flight */
+    #pragma omp parallel for schedule(static) if (n >= OPTFORGE_PARALLEL_MIN)
+    for (int64_t r = 0; r < nrows; ++r) {
+        const int64_t base = rows[r] * cols, gbase = r * cols;
+        #pragma omp simd
+        for (int64_t c = 0; c < cols; ++c) {
+            optforge_nag_s0_elem<optforge_bf16sr, optforge_bf16sr, float, 2, 2>(base + c, gbase + c, p_grad, p_mom, p_weight, nullptr, (float)k_rescale_grad, (float)k1, (float)k2, (float)k_momentum, (float)k4, (float)k_wd, (float)k_lr, (float)k7, (float)k__grad_scale, k__round_seed);
         }
     }
 }

@@ -125,8 +125,15 @@ struct optforge_bf16 {
         return f;
     }
 };
-template <> inline optforge_bf16 op_store<optforge_bf16, float>(float v, double seed, int64_t i) {
-    optforge_bf16 out;
+/* the variant bf16sr (a bfloat16 weight rounded stochastically, chosen when the parameter has a
+   seed): the same storage, whose weight store hashes; bf16's rounds to nearest without the hash */
+struct optforge_bf16sr : optforge_bf16 {
+    optforge_bf16sr() = default;
+    optforge_bf16sr(float v) : optforge_bf16(v) {}
+    optforge_bf16sr(double v) : optforge_bf16(v) {}
+};
+template <> inline optforge_bf16sr op_store<optforge_bf16sr, float>(float v, double seed, int64_t i) {
+    optforge_bf16sr out;
     out.bits = op_bf16_bits(v, seed, i);
     return out;
 }
@@ -574,6 +581,92 @@ void optforge_prodigy_s0_bf16(int64_t n, const optforge_bf16* __restrict__ p_gra
    of the elements, block by block: the stage loop stores the elements' reduction terms in small
    buffers (so it vectorizes as a stage without reductions does), then a tight loop sums a buffer in
    double. Shares are added in order: the result does not depend on timing. */
+void optforge_prodigy_s0_bf16sr(int64_t n, const optforge_bf16sr* __restrict__ p_grad, const optforge_bf16sr* __restrict__ p_weight, optforge_bf16sr* __restrict__ p_exp_avg_sq, optforge_bf16sr* __restrict__ p_exp_avg, optforge_bf16sr* __restrict__ p_s, const optforge_bf16sr* __restrict__ p_p0, float* __restrict__ p_g, double k_decouple, double k_wd, double k_beta2, double k3, double k4, double k_beta1, double k6, double k_b3, double k8, double k__grad_scale, double* __restrict__ out) {
+    int nt = 1;
+#ifdef _OPENMP
+    if (n >= OPTFORGE_PARALLEL_MIN) nt = omp_get_max_threads();
+#endif
+    std::vector<double> parts((size_t)nt * 2, 0.0);
+    #pragma omp parallel num_threads(nt) if (nt > 1)
+    {
+        int tid = 0, step = 1;
+#ifdef _OPENMP
+        tid = omp_get_thread_num();
+        step = omp_get_num_threads();
+#endif
+        alignas(64) float buf[2][OPTFORGE_REDUCE_BLOCK];
+        for (int c = tid; c < nt; c += step) {
+            const int64_t lo = n * c / nt, hi = n * (c + 1) / nt;
+            double acc[2] = {0};
+            for (int64_t b = lo; b < hi; b += OPTFORGE_REDUCE_BLOCK) {
+                const int64_t e = hi - b < OPTFORGE_REDUCE_BLOCK ? hi : b + OPTFORGE_REDUCE_BLOCK;
+                if (p_exp_avg && k4 != 0) {
+                    #pragma omp simd
+                    for (int64_t i = b; i < e; ++i) {
+                        float t0, t1;
+                        optforge_prodigy_s0_elem<optforge_bf16sr, optforge_bf16sr, float, 1, 1>(i, i, p_grad, p_weight, p_exp_avg_sq, p_exp_avg, p_s, p_p0, p_g, nullptr, t0, t1, (float)k_decouple, (float)k_wd, (float)k_beta2, (float)k3, (float)k4, (float)k_beta1, (float)k6, (float)k_b3, (float)k8, (float)k__grad_scale);
+                        buf[0][i - b] = t0;
+                        buf[1][i - b] = t1;
+                    }
+                } else if (p_exp_avg && k4 == 0) {
+                    #pragma omp simd
+                    for (int64_t i = b; i < e; ++i) {
+                        float t0, t1;
+                        optforge_prodigy_s0_elem<optforge_bf16sr, optforge_bf16sr, float, 1, 0>(i, i, p_grad, p_weight, p_exp_avg_sq, p_exp_avg, p_s, p_p0, p_g, nullptr, t0, t1, (float)k_decouple, (float)k_wd, (float)k_beta2, (float)k3, (float)k4, (float)k_beta1, (float)k6, (float)k_b3, (float)k8, (float)k__grad_scale);
+                        buf[0][i - b] = t0;
+                        buf[1][i - b] = t1;
+                    }
+                } else if (!p_exp_avg && k4 != 0) {
+                    #pragma omp simd
+                    for (int64_t i = b; i < e; ++i) {
+                        float t0, t1;
+                        optforge_prodigy_s0_elem<optforge_bf16sr, optforge_bf16sr, float, 0, 1>(i, i, p_grad, p_weight, p_exp_avg_sq, p_exp_avg, p_s, p_p0, p_g, nullptr, t0, t1, (float)k_decouple, (float)k_wd, (float)k_beta2, (float)k3, (float)k4, (float)k_beta1, (float)k6, (float)k_b3, (float)k8, (float)k__grad_scale);
+                        buf[0][i - b] = t0;
+                        buf[1][i - b] = t1;
+                    }
+                } else if (!p_exp_avg && k4 == 0) {
+                    #pragma omp simd
+                    for (int64_t i = b; i < e; ++i) {
+                        float t0, t1;
+                        optforge_prodigy_s0_elem<optforge_bf16sr, optforge_bf16sr, float, 0, 0>(i, i, p_grad, p_weight, p_exp_avg_sq, p_exp_avg, p_s, p_p0, p_g, nullptr, t0, t1, (float)k_decouple, (float)k_wd, (float)k_beta2, (float)k3, (float)k4, (float)k_beta1, (float)k6, (float)k_b3, (float)k8, (float)k__grad_scale);
+                        buf[0][i - b] = t0;
+                        buf[1][i - b] = t1;
+                    }
+                }
+                {   /* from the block's buffer */
+                    double s = 0;
+                    #pragma omp simd reduction(+: s)
+                    for (int64_t j = 0; j < e - b; ++j) {
+                        const double v = buf[0][j];
+                        s += v;
+                    }
+                    acc[0] += s;
+                }
+                {   /* from the block's buffer */
+                    double s = 0;
+                    #pragma omp simd reduction(+: s)
+                    for (int64_t j = 0; j < e - b; ++j) {
+                        const double v = buf[1][j];
+                        s += v;
+                    }
+                    acc[1] += s;
+                }
+            }
+            for (int k = 0; k < 2; ++k) parts[(size_t)c * 2 + k] = acc[k];
+        }
+    }
+    for (int k = 0; k < 2; ++k) {
+        double s = 0;
+        for (int c = 0; c < nt; ++c) s += parts[(size_t)c * 2 + k];
+        out[k] = s;
+    }
+}
+#endif
+#ifdef OPTFORGE_LOW_PRECISION
+/* also accumulates 2 whole-tensor reduction(s) into out[]. Each thread takes a fixed share
+   of the elements, block by block: the stage loop stores the elements' reduction terms in small
+   buffers (so it vectorizes as a stage without reductions does), then a tight loop sums a buffer in
+   double. Shares are added in order: the result does not depend on timing. */
 void optforge_prodigy_s0_mp16(int64_t n, const optforge_f16* __restrict__ p_grad, const float* __restrict__ p_weight, float* __restrict__ p_exp_avg_sq, float* __restrict__ p_exp_avg, float* __restrict__ p_s, const float* __restrict__ p_p0, float* __restrict__ p_g, float* __restrict__ p_weight_lp, double k_decouple, double k_wd, double k_beta2, double k3, double k4, double k_beta1, double k6, double k_b3, double k8, double k__grad_scale, double* __restrict__ out) {
     int nt = 1;
 #ifdef _OPENMP
@@ -866,6 +959,27 @@ void optforge_prodigy_s1_bf16(int64_t n, optforge_bf16* __restrict__ p_weight, c
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
         for (int64_t i = 0; i < n; ++i)
             optforge_prodigy_s1_elem<optforge_bf16, optforge_bf16, float, 0, 0>(i, i, p_weight, p_exp_avg, p_exp_avg_sq, p_grad, nullptr, (float)k_decouple, (float)k1, (float)k2, (float)k_seen, (float)k_dlr, (float)k5, (float)k_wd, (float)k7, (float)k__grad_scale, k__round_seed);
+    }
+}
+#endif
+#ifdef OPTFORGE_LOW_PRECISION
+void optforge_prodigy_s1_bf16sr(int64_t n, optforge_bf16sr* __restrict__ p_weight, const optforge_bf16sr* __restrict__ p_exp_avg, const optforge_bf16sr* __restrict__ p_exp_avg_sq, const optforge_bf16sr* __restrict__ p_grad, double k_decouple, double k1, double k2, double k_seen, double k_dlr, double k5, double k_wd, double k7, double k__grad_scale, double k__round_seed) {
+    if (p_exp_avg && k2 != 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_prodigy_s1_elem<optforge_bf16sr, optforge_bf16sr, float, 1, 1>(i, i, p_weight, p_exp_avg, p_exp_avg_sq, p_grad, nullptr, (float)k_decouple, (float)k1, (float)k2, (float)k_seen, (float)k_dlr, (float)k5, (float)k_wd, (float)k7, (float)k__grad_scale, k__round_seed);
+    } else if (p_exp_avg && k2 == 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_prodigy_s1_elem<optforge_bf16sr, optforge_bf16sr, float, 1, 0>(i, i, p_weight, p_exp_avg, p_exp_avg_sq, p_grad, nullptr, (float)k_decouple, (float)k1, (float)k2, (float)k_seen, (float)k_dlr, (float)k5, (float)k_wd, (float)k7, (float)k__grad_scale, k__round_seed);
+    } else if (!p_exp_avg && k2 != 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_prodigy_s1_elem<optforge_bf16sr, optforge_bf16sr, float, 0, 1>(i, i, p_weight, p_exp_avg, p_exp_avg_sq, p_grad, nullptr, (float)k_decouple, (float)k1, (float)k2, (float)k_seen, (float)k_dlr, (float)k5, (float)k_wd, (float)k7, (float)k__grad_scale, k__round_seed);
+    } else if (!p_exp_avg && k2 == 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_prodigy_s1_elem<optforge_bf16sr, optforge_bf16sr, float, 0, 0>(i, i, p_weight, p_exp_avg, p_exp_avg_sq, p_grad, nullptr, (float)k_decouple, (float)k1, (float)k2, (float)k_seen, (float)k_dlr, (float)k5, (float)k_wd, (float)k7, (float)k__grad_scale, k__round_seed);
     }
 }
 #endif

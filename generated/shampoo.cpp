@@ -141,8 +141,15 @@ struct optforge_bf16 {
         return f;
     }
 };
-template <> inline optforge_bf16 op_store<optforge_bf16, float>(float v, double seed, int64_t i) {
-    optforge_bf16 out;
+/* the variant bf16sr (a bfloat16 weight rounded stochastically, chosen when the parameter has a
+   seed): the same storage, whose weight store hashes; bf16's rounds to nearest without the hash */
+struct optforge_bf16sr : optforge_bf16 {
+    optforge_bf16sr() = default;
+    optforge_bf16sr(float v) : optforge_bf16(v) {}
+    optforge_bf16sr(double v) : optforge_bf16(v) {}
+};
+template <> inline optforge_bf16sr op_store<optforge_bf16sr, float>(float v, double seed, int64_t i) {
+    optforge_bf16sr out;
     out.bits = op_bf16_bits(v, seed, i);
     return out;
 }
@@ -389,6 +396,19 @@ void optforge_shampoo_s0_bf16(int64_t n, const optforge_bf16* __restrict__ p_gra
 }
 #endif
 #ifdef OPTFORGE_LOW_PRECISION
+void optforge_shampoo_s0_bf16sr(int64_t n, const optforge_bf16sr* __restrict__ p_grad, optforge_bf16sr* __restrict__ p_weight, float* __restrict__ p_g, double k_rescale_grad, double k1, double k2, double k3, double k__grad_scale, double k__round_seed) {
+    if (k2 != 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_shampoo_s0_elem<optforge_bf16sr, optforge_bf16sr, float, 1>(i, i, p_grad, p_weight, p_g, nullptr, (float)k_rescale_grad, (float)k1, (float)k2, (float)k3, (float)k__grad_scale, k__round_seed);
+    } else if (k2 == 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_shampoo_s0_elem<optforge_bf16sr, optforge_bf16sr, float, 0>(i, i, p_grad, p_weight, p_g, nullptr, (float)k_rescale_grad, (float)k1, (float)k2, (float)k3, (float)k__grad_scale, k__round_seed);
+    }
+}
+#endif
+#ifdef OPTFORGE_LOW_PRECISION
 void optforge_shampoo_s0_mp16(int64_t n, const optforge_f16* __restrict__ p_grad, float* __restrict__ p_weight, float* __restrict__ p_g, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k2, double k3, double k__grad_scale, double k__round_seed) {
     if (k2 != 0) {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
@@ -491,6 +511,19 @@ void optforge_shampoo_s1_bf16(int64_t n, optforge_bf16* __restrict__ p_l, const 
 }
 #endif
 #ifdef OPTFORGE_LOW_PRECISION
+void optforge_shampoo_s1_bf16sr(int64_t n, optforge_bf16sr* __restrict__ p_l, const float* __restrict__ p__r0) {
+    if (p_l) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_shampoo_s1_elem<optforge_bf16sr, optforge_bf16sr, float, 1>(i, i, p_l, p__r0, nullptr);
+    } else if (!p_l) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_shampoo_s1_elem<optforge_bf16sr, optforge_bf16sr, float, 0>(i, i, p_l, p__r0, nullptr);
+    }
+}
+#endif
+#ifdef OPTFORGE_LOW_PRECISION
 void optforge_shampoo_s1_mp16(int64_t n, float* __restrict__ p_l, const float* __restrict__ p__r0, float* __restrict__ p_weight_lp) {
     if (p_l) {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
@@ -589,6 +622,19 @@ void optforge_shampoo_s2_bf16(int64_t n, optforge_bf16* __restrict__ p_r, const 
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
         for (int64_t i = 0; i < n; ++i)
             optforge_shampoo_s2_elem<optforge_bf16, optforge_bf16, float, 0>(i, i, p_r, p__r1, nullptr);
+    }
+}
+#endif
+#ifdef OPTFORGE_LOW_PRECISION
+void optforge_shampoo_s2_bf16sr(int64_t n, optforge_bf16sr* __restrict__ p_r, const float* __restrict__ p__r1) {
+    if (p_r) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_shampoo_s2_elem<optforge_bf16sr, optforge_bf16sr, float, 1>(i, i, p_r, p__r1, nullptr);
+    } else if (!p_r) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_shampoo_s2_elem<optforge_bf16sr, optforge_bf16sr, float, 0>(i, i, p_r, p__r1, nullptr);
     }
 }
 #endif
@@ -887,6 +933,65 @@ void optforge_shampoo_s3_bf16(int64_t n, const optforge_bf16* __restrict__ p_l, 
    of the elements, block by block: the stage loop stores the elements' reduction terms in small
    buffers (so it vectorizes as a stage without reductions does), then a tight loop sums a buffer in
    double. Shares are added in order: the result does not depend on timing. */
+void optforge_shampoo_s3_bf16sr(int64_t n, const optforge_bf16sr* __restrict__ p_l, double k_epsilon, double k1, double* __restrict__ out) {
+    int nt = 1;
+#ifdef _OPENMP
+    if (n >= OPTFORGE_PARALLEL_MIN) nt = omp_get_max_threads();
+#endif
+    std::vector<double> parts((size_t)nt * 1, 0.0);
+    #pragma omp parallel num_threads(nt) if (nt > 1)
+    {
+        int tid = 0, step = 1;
+#ifdef _OPENMP
+        tid = omp_get_thread_num();
+        step = omp_get_num_threads();
+#endif
+        alignas(64) float buf[1][OPTFORGE_REDUCE_BLOCK];
+        for (int c = tid; c < nt; c += step) {
+            const int64_t lo = n * c / nt, hi = n * (c + 1) / nt;
+            double acc[1] = {0};
+            for (int64_t b = lo; b < hi; b += OPTFORGE_REDUCE_BLOCK) {
+                const int64_t e = hi - b < OPTFORGE_REDUCE_BLOCK ? hi : b + OPTFORGE_REDUCE_BLOCK;
+                if (p_l) {
+                    #pragma omp simd
+                    for (int64_t i = b; i < e; ++i) {
+                        float t0;
+                        optforge_shampoo_s3_elem<optforge_bf16sr, optforge_bf16sr, float, 1>(i, i, p_l, nullptr, t0, (float)k_epsilon, (float)k1);
+                        buf[0][i - b] = t0;
+                    }
+                } else if (!p_l) {
+                    #pragma omp simd
+                    for (int64_t i = b; i < e; ++i) {
+                        float t0;
+                        optforge_shampoo_s3_elem<optforge_bf16sr, optforge_bf16sr, float, 0>(i, i, p_l, nullptr, t0, (float)k_epsilon, (float)k1);
+                        buf[0][i - b] = t0;
+                    }
+                }
+                {   /* from the block's buffer */
+                    double s = 0;
+                    #pragma omp simd reduction(+: s)
+                    for (int64_t j = 0; j < e - b; ++j) {
+                        const double v = buf[0][j];
+                        s += v * v;
+                    }
+                    acc[0] += s;
+                }
+            }
+            for (int k = 0; k < 1; ++k) parts[(size_t)c * 1 + k] = acc[k];
+        }
+    }
+    for (int k = 0; k < 1; ++k) {
+        double s = 0;
+        for (int c = 0; c < nt; ++c) s += parts[(size_t)c * 1 + k];
+        out[k] = s;
+    }
+}
+#endif
+#ifdef OPTFORGE_LOW_PRECISION
+/* also accumulates 1 whole-tensor reduction(s) into out[]. Each thread takes a fixed share
+   of the elements, block by block: the stage loop stores the elements' reduction terms in small
+   buffers (so it vectorizes as a stage without reductions does), then a tight loop sums a buffer in
+   double. Shares are added in order: the result does not depend on timing. */
 void optforge_shampoo_s3_mp16(int64_t n, const float* __restrict__ p_l, float* __restrict__ p_weight_lp, double k_epsilon, double k1, double* __restrict__ out) {
     int nt = 1;
 #ifdef _OPENMP
@@ -1085,6 +1190,19 @@ void optforge_shampoo_s4_bf16(int64_t n, const optforge_bf16* __restrict__ p_l, 
 }
 #endif
 #ifdef OPTFORGE_LOW_PRECISION
+void optforge_shampoo_s4_bf16sr(int64_t n, const optforge_bf16sr* __restrict__ p_l, float* __restrict__ p_ml, float* __restrict__ p_hl, double k_zl, double k_epsilon, double k2, double k3) {
+    if (p_l) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_shampoo_s4_elem<optforge_bf16sr, optforge_bf16sr, float, 1>(i, i, p_l, p_ml, p_hl, nullptr, (float)k_zl, (float)k_epsilon, (float)k2, (float)k3);
+    } else if (!p_l) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_shampoo_s4_elem<optforge_bf16sr, optforge_bf16sr, float, 0>(i, i, p_l, p_ml, p_hl, nullptr, (float)k_zl, (float)k_epsilon, (float)k2, (float)k3);
+    }
+}
+#endif
+#ifdef OPTFORGE_LOW_PRECISION
 void optforge_shampoo_s4_mp16(int64_t n, const float* __restrict__ p_l, float* __restrict__ p_ml, float* __restrict__ p_hl, float* __restrict__ p_weight_lp, double k_zl, double k_epsilon, double k2, double k3) {
     if (p_l) {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
@@ -1175,6 +1293,15 @@ void optforge_shampoo_s5_bf16(int64_t n, const float* __restrict__ p_ml, float* 
 }
 #endif
 #ifdef OPTFORGE_LOW_PRECISION
+void optforge_shampoo_s5_bf16sr(int64_t n, const float* __restrict__ p_ml, float* __restrict__ p_pl, double k_root, double k1) {
+    {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_shampoo_s5_elem<optforge_bf16sr, optforge_bf16sr, float>(i, i, p_ml, p_pl, nullptr, (float)k_root, (float)k1);
+    }
+}
+#endif
+#ifdef OPTFORGE_LOW_PRECISION
 void optforge_shampoo_s5_mp16(int64_t n, const float* __restrict__ p_ml, float* __restrict__ p_pl, float* __restrict__ p_weight_lp, double k_root, double k1) {
     {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
@@ -1253,6 +1380,15 @@ void optforge_shampoo_s6_bf16(int64_t n, const float* __restrict__ p__r2, float*
 }
 #endif
 #ifdef OPTFORGE_LOW_PRECISION
+void optforge_shampoo_s6_bf16sr(int64_t n, const float* __restrict__ p__r2, float* __restrict__ p_hl) {
+    {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_shampoo_s6_elem<optforge_bf16sr, optforge_bf16sr, float>(i, i, p__r2, p_hl, nullptr);
+    }
+}
+#endif
+#ifdef OPTFORGE_LOW_PRECISION
 void optforge_shampoo_s6_mp16(int64_t n, const float* __restrict__ p__r2, float* __restrict__ p_hl, float* __restrict__ p_weight_lp) {
     {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
@@ -1327,6 +1463,15 @@ void optforge_shampoo_s7_bf16(int64_t n, const float* __restrict__ p__r3, float*
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
         for (int64_t i = 0; i < n; ++i)
             optforge_shampoo_s7_elem<optforge_bf16, optforge_bf16, float>(i, i, p__r3, p_ml, nullptr);
+    }
+}
+#endif
+#ifdef OPTFORGE_LOW_PRECISION
+void optforge_shampoo_s7_bf16sr(int64_t n, const float* __restrict__ p__r3, float* __restrict__ p_ml) {
+    {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_shampoo_s7_elem<optforge_bf16sr, optforge_bf16sr, float>(i, i, p__r3, p_ml, nullptr);
     }
 }
 #endif
@@ -1617,6 +1762,65 @@ void optforge_shampoo_s8_bf16(int64_t n, const optforge_bf16* __restrict__ p_r, 
    of the elements, block by block: the stage loop stores the elements' reduction terms in small
    buffers (so it vectorizes as a stage without reductions does), then a tight loop sums a buffer in
    double. Shares are added in order: the result does not depend on timing. */
+void optforge_shampoo_s8_bf16sr(int64_t n, const optforge_bf16sr* __restrict__ p_r, double k_epsilon, double k1, double* __restrict__ out) {
+    int nt = 1;
+#ifdef _OPENMP
+    if (n >= OPTFORGE_PARALLEL_MIN) nt = omp_get_max_threads();
+#endif
+    std::vector<double> parts((size_t)nt * 1, 0.0);
+    #pragma omp parallel num_threads(nt) if (nt > 1)
+    {
+        int tid = 0, step = 1;
+#ifdef _OPENMP
+        tid = omp_get_thread_num();
+        step = omp_get_num_threads();
+#endif
+        alignas(64) float buf[1][OPTFORGE_REDUCE_BLOCK];
+        for (int c = tid; c < nt; c += step) {
+            const int64_t lo = n * c / nt, hi = n * (c + 1) / nt;
+            double acc[1] = {0};
+            for (int64_t b = lo; b < hi; b += OPTFORGE_REDUCE_BLOCK) {
+                const int64_t e = hi - b < OPTFORGE_REDUCE_BLOCK ? hi : b + OPTFORGE_REDUCE_BLOCK;
+                if (p_r) {
+                    #pragma omp simd
+                    for (int64_t i = b; i < e; ++i) {
+                        float t0;
+                        optforge_shampoo_s8_elem<optforge_bf16sr, optforge_bf16sr, float, 1>(i, i, p_r, nullptr, t0, (float)k_epsilon, (float)k1);
+                        buf[0][i - b] = t0;
+                    }
+                } else if (!p_r) {
+                    #pragma omp simd
+                    for (int64_t i = b; i < e; ++i) {
+                        float t0;
+                        optforge_shampoo_s8_elem<optforge_bf16sr, optforge_bf16sr, float, 0>(i, i, p_r, nullptr, t0, (float)k_epsilon, (float)k1);
+                        buf[0][i - b] = t0;
+                    }
+                }
+                {   /* from the block's buffer */
+                    double s = 0;
+                    #pragma omp simd reduction(+: s)
+                    for (int64_t j = 0; j < e - b; ++j) {
+                        const double v = buf[0][j];
+                        s += v * v;
+                    }
+                    acc[0] += s;
+                }
+            }
+            for (int k = 0; k < 1; ++k) parts[(size_t)c * 1 + k] = acc[k];
+        }
+    }
+    for (int k = 0; k < 1; ++k) {
+        double s = 0;
+        for (int c = 0; c < nt; ++c) s += parts[(size_t)c * 1 + k];
+        out[k] = s;
+    }
+}
+#endif
+#ifdef OPTFORGE_LOW_PRECISION
+/* also accumulates 1 whole-tensor reduction(s) into out[]. Each thread takes a fixed share
+   of the elements, block by block: the stage loop stores the elements' reduction terms in small
+   buffers (so it vectorizes as a stage without reductions does), then a tight loop sums a buffer in
+   double. Shares are added in order: the result does not depend on timing. */
 void optforge_shampoo_s8_mp16(int64_t n, const float* __restrict__ p_r, float* __restrict__ p_weight_lp, double k_epsilon, double k1, double* __restrict__ out) {
     int nt = 1;
 #ifdef _OPENMP
@@ -1815,6 +2019,19 @@ void optforge_shampoo_s9_bf16(int64_t n, const optforge_bf16* __restrict__ p_r, 
 }
 #endif
 #ifdef OPTFORGE_LOW_PRECISION
+void optforge_shampoo_s9_bf16sr(int64_t n, const optforge_bf16sr* __restrict__ p_r, float* __restrict__ p_mr, float* __restrict__ p_hr, double k_zr, double k_epsilon, double k2, double k3) {
+    if (p_r) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_shampoo_s9_elem<optforge_bf16sr, optforge_bf16sr, float, 1>(i, i, p_r, p_mr, p_hr, nullptr, (float)k_zr, (float)k_epsilon, (float)k2, (float)k3);
+    } else if (!p_r) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_shampoo_s9_elem<optforge_bf16sr, optforge_bf16sr, float, 0>(i, i, p_r, p_mr, p_hr, nullptr, (float)k_zr, (float)k_epsilon, (float)k2, (float)k3);
+    }
+}
+#endif
+#ifdef OPTFORGE_LOW_PRECISION
 void optforge_shampoo_s9_mp16(int64_t n, const float* __restrict__ p_r, float* __restrict__ p_mr, float* __restrict__ p_hr, float* __restrict__ p_weight_lp, double k_zr, double k_epsilon, double k2, double k3) {
     if (p_r) {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
@@ -1905,6 +2122,15 @@ void optforge_shampoo_s10_bf16(int64_t n, const float* __restrict__ p_mr, float*
 }
 #endif
 #ifdef OPTFORGE_LOW_PRECISION
+void optforge_shampoo_s10_bf16sr(int64_t n, const float* __restrict__ p_mr, float* __restrict__ p_pr, double k_root, double k1) {
+    {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_shampoo_s10_elem<optforge_bf16sr, optforge_bf16sr, float>(i, i, p_mr, p_pr, nullptr, (float)k_root, (float)k1);
+    }
+}
+#endif
+#ifdef OPTFORGE_LOW_PRECISION
 void optforge_shampoo_s10_mp16(int64_t n, const float* __restrict__ p_mr, float* __restrict__ p_pr, float* __restrict__ p_weight_lp, double k_root, double k1) {
     {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
@@ -1979,6 +2205,15 @@ void optforge_shampoo_s11_bf16(int64_t n, const float* __restrict__ p__r4, float
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
         for (int64_t i = 0; i < n; ++i)
             optforge_shampoo_s11_elem<optforge_bf16, optforge_bf16, float>(i, i, p__r4, p_hr, nullptr);
+    }
+}
+#endif
+#ifdef OPTFORGE_LOW_PRECISION
+void optforge_shampoo_s11_bf16sr(int64_t n, const float* __restrict__ p__r4, float* __restrict__ p_hr) {
+    {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_shampoo_s11_elem<optforge_bf16sr, optforge_bf16sr, float>(i, i, p__r4, p_hr, nullptr);
     }
 }
 #endif
@@ -2061,6 +2296,15 @@ void optforge_shampoo_s12_bf16(int64_t n, const float* __restrict__ p__r5, float
 }
 #endif
 #ifdef OPTFORGE_LOW_PRECISION
+void optforge_shampoo_s12_bf16sr(int64_t n, const float* __restrict__ p__r5, float* __restrict__ p_mr) {
+    {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_shampoo_s12_elem<optforge_bf16sr, optforge_bf16sr, float>(i, i, p__r5, p_mr, nullptr);
+    }
+}
+#endif
+#ifdef OPTFORGE_LOW_PRECISION
 void optforge_shampoo_s12_mp16(int64_t n, const float* __restrict__ p__r5, float* __restrict__ p_mr, float* __restrict__ p_weight_lp) {
     {
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
@@ -2139,6 +2383,15 @@ void optforge_shampoo_s13_bf16(int64_t n, optforge_bf16* __restrict__ p_weight, 
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
         for (int64_t i = 0; i < n; ++i)
             optforge_shampoo_s13_elem<optforge_bf16, optforge_bf16, float>(i, i, p_weight, p__r7, nullptr, (float)k_lr, k__round_seed);
+    }
+}
+#endif
+#ifdef OPTFORGE_LOW_PRECISION
+void optforge_shampoo_s13_bf16sr(int64_t n, optforge_bf16sr* __restrict__ p_weight, const float* __restrict__ p__r7, double k_lr, double k__round_seed) {
+    {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_shampoo_s13_elem<optforge_bf16sr, optforge_bf16sr, float>(i, i, p_weight, p__r7, nullptr, (float)k_lr, k__round_seed);
     }
 }
 #endif
@@ -2239,6 +2492,19 @@ void optforge_shampoo_s14_bf16(int64_t n, optforge_bf16* __restrict__ p_v, const
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
         for (int64_t i = 0; i < n; ++i)
             optforge_shampoo_s14_elem<optforge_bf16, optforge_bf16, float, 0>(i, i, p_v, p_g, p_weight, nullptr, (float)k_lr, (float)k_epsilon, k__round_seed);
+    }
+}
+#endif
+#ifdef OPTFORGE_LOW_PRECISION
+void optforge_shampoo_s14_bf16sr(int64_t n, optforge_bf16sr* __restrict__ p_v, const float* __restrict__ p_g, optforge_bf16sr* __restrict__ p_weight, double k_lr, double k_epsilon, double k__round_seed) {
+    if (p_v) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_shampoo_s14_elem<optforge_bf16sr, optforge_bf16sr, float, 1>(i, i, p_v, p_g, p_weight, nullptr, (float)k_lr, (float)k_epsilon, k__round_seed);
+    } else if (!p_v) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_shampoo_s14_elem<optforge_bf16sr, optforge_bf16sr, float, 0>(i, i, p_v, p_g, p_weight, nullptr, (float)k_lr, (float)k_epsilon, k__round_seed);
     }
 }
 #endif

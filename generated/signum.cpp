@@ -137,8 +137,15 @@ struct optforge_bf16 {
         return f;
     }
 };
-template <> inline optforge_bf16 op_store<optforge_bf16, float>(float v, double seed, int64_t i) {
-    optforge_bf16 out;
+/* the variant bf16sr (a bfloat16 weight rounded stochastically, chosen when the parameter has a
+   seed): the same storage, whose weight store hashes; bf16's rounds to nearest without the hash */
+struct optforge_bf16sr : optforge_bf16 {
+    optforge_bf16sr() = default;
+    optforge_bf16sr(float v) : optforge_bf16(v) {}
+    optforge_bf16sr(double v) : optforge_bf16(v) {}
+};
+template <> inline optforge_bf16sr op_store<optforge_bf16sr, float>(float v, double seed, int64_t i) {
+    optforge_bf16sr out;
     out.bits = op_bf16_bits(v, seed, i);
     return out;
 }
@@ -289,6 +296,27 @@ void optforge_signum_s0_bf16(int64_t n, const optforge_bf16* __restrict__ p_grad
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
         for (int64_t i = 0; i < n; ++i)
             optforge_signum_s0_elem<optforge_bf16, optforge_bf16, float, 0, 0>(i, i, p_grad, p_mom, p_weight, nullptr, (float)k_rescale_grad, (float)k1, (float)k2, (float)k_momentum, (float)k_wd, (float)k5, (float)k_lr, (float)k7, (float)k__grad_scale, k__round_seed);
+    }
+}
+#endif
+#ifdef OPTFORGE_LOW_PRECISION
+void optforge_signum_s0_bf16sr(int64_t n, const optforge_bf16sr* __restrict__ p_grad, optforge_bf16sr* __restrict__ p_mom, optforge_bf16sr* __restrict__ p_weight, double k_rescale_grad, double k1, double k2, double k_momentum, double k_wd, double k5, double k_lr, double k7, double k__grad_scale, double k__round_seed) {
+    if (p_mom && k2 != 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_signum_s0_elem<optforge_bf16sr, optforge_bf16sr, float, 1, 1>(i, i, p_grad, p_mom, p_weight, nullptr, (float)k_rescale_grad, (float)k1, (float)k2, (float)k_momentum, (float)k_wd, (float)k5, (float)k_lr, (float)k7, (float)k__grad_scale, k__round_seed);
+    } else if (p_mom && k2 == 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_signum_s0_elem<optforge_bf16sr, optforge_bf16sr, float, 1, 0>(i, i, p_grad, p_mom, p_weight, nullptr, (float)k_rescale_grad, (float)k1, (float)k2, (float)k_momentum, (float)k_wd, (float)k5, (float)k_lr, (float)k7, (float)k__grad_scale, k__round_seed);
+    } else if (!p_mom && k2 != 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_signum_s0_elem<optforge_bf16sr, optforge_bf16sr, float, 0, 1>(i, i, p_grad, p_mom, p_weight, nullptr, (float)k_rescale_grad, (float)k1, (float)k2, (float)k_momentum, (float)k_wd, (float)k5, (float)k_lr, (float)k7, (float)k__grad_scale, k__round_seed);
+    } else if (!p_mom && k2 == 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_signum_s0_elem<optforge_bf16sr, optforge_bf16sr, float, 0, 0>(i, i, p_grad, p_mom, p_weight, nullptr, (float)k_rescale_grad, (float)k1, (float)k2, (float)k_momentum, (float)k_wd, (float)k5, (float)k_lr, (float)k7, (float)k__grad_scale, k__round_seed);
     }
 }
 #endif

@@ -138,8 +138,15 @@ struct optforge_bf16 {
         return f;
     }
 };
-template <> inline optforge_bf16 op_store<optforge_bf16, float>(float v, double seed, int64_t i) {
-    optforge_bf16 out;
+/* the variant bf16sr (a bfloat16 weight rounded stochastically, chosen when the parameter has a
+   seed): the same storage, whose weight store hashes; bf16's rounds to nearest without the hash */
+struct optforge_bf16sr : optforge_bf16 {
+    optforge_bf16sr() = default;
+    optforge_bf16sr(float v) : optforge_bf16(v) {}
+    optforge_bf16sr(double v) : optforge_bf16(v) {}
+};
+template <> inline optforge_bf16sr op_store<optforge_bf16sr, float>(float v, double seed, int64_t i) {
+    optforge_bf16sr out;
     out.bits = op_bf16_bits(v, seed, i);
     return out;
 }
@@ -353,6 +360,11 @@ void optforge_sm3_s0_bf16(int64_t nb, int64_t nr, int64_t nc, const optforge_bf1
 }
 #endif
 #ifdef OPTFORGE_LOW_PRECISION
+void optforge_sm3_s0_bf16sr(int64_t nb, int64_t nr, int64_t nc, const optforge_bf16sr* __restrict__ p_grad, optforge_bf16sr* __restrict__ p_weight, const optforge_bf16sr* __restrict__ p_acc_row, const optforge_bf16sr* __restrict__ p_acc_col, optforge_bf16sr* __restrict__ p_mom, float* __restrict__ p__r0, float* __restrict__ p__r1, double k_rescale_grad, double k1, double k_wd, double k3, double k_beta2, double k_eps, double k_momentum, double k_lr, double k__grad_scale, double k__round_seed) {
+     optforge_sm3_s0_tiles<optforge_bf16sr, optforge_bf16sr, float>(nb, nr, nc, p_grad, p_weight, p_acc_row, p_acc_col, p_mom, p__r0, p__r1, nullptr, k_rescale_grad, k1, k_wd, k3, k_beta2, k_eps, k_momentum, k_lr, k__grad_scale, k__round_seed);
+}
+#endif
+#ifdef OPTFORGE_LOW_PRECISION
 void optforge_sm3_s0_mp16(int64_t nb, int64_t nr, int64_t nc, const optforge_f16* __restrict__ p_grad, float* __restrict__ p_weight, const float* __restrict__ p_acc_row, const float* __restrict__ p_acc_col, float* __restrict__ p_mom, float* __restrict__ p__r0, float* __restrict__ p__r1, float* __restrict__ p_weight_lp, double k_rescale_grad, double k1, double k_wd, double k3, double k_beta2, double k_eps, double k_momentum, double k_lr, double k__grad_scale, double k__round_seed) {
      optforge_sm3_s0_tiles<float, optforge_f16, float>(nb, nr, nc, p_grad, p_weight, p_acc_row, p_acc_col, p_mom, p__r0, p__r1, p_weight_lp, k_rescale_grad, k1, k_wd, k3, k_beta2, k_eps, k_momentum, k_lr, k__grad_scale, k__round_seed);
 }
@@ -379,6 +391,11 @@ void optforge_sm3_s1_bf16(int64_t nb, int64_t nr, int64_t nc, const float* __res
 }
 #endif
 #ifdef OPTFORGE_LOW_PRECISION
+void optforge_sm3_s1_bf16sr(int64_t nb, int64_t nr, int64_t nc, const float* __restrict__ p__r0, optforge_bf16sr* __restrict__ p_acc_row) {
+     optforge_sm3_s1_tiles<optforge_bf16sr, optforge_bf16sr, float>(nb, nr, nc, p__r0, p_acc_row, nullptr);
+}
+#endif
+#ifdef OPTFORGE_LOW_PRECISION
 void optforge_sm3_s1_mp16(int64_t nb, int64_t nr, int64_t nc, const float* __restrict__ p__r0, float* __restrict__ p_acc_row, float* __restrict__ p_weight_lp) {
      optforge_sm3_s1_tiles<float, optforge_f16, float>(nb, nr, nc, p__r0, p_acc_row, p_weight_lp);
 }
@@ -402,6 +419,11 @@ void optforge_sm3_s2_f16(int64_t nb, int64_t nr, int64_t nc, const float* __rest
 #ifdef OPTFORGE_LOW_PRECISION
 void optforge_sm3_s2_bf16(int64_t nb, int64_t nr, int64_t nc, const float* __restrict__ p__r1, optforge_bf16* __restrict__ p_acc_col) {
      optforge_sm3_s2_tiles<optforge_bf16, optforge_bf16, float>(nb, nr, nc, p__r1, p_acc_col, nullptr);
+}
+#endif
+#ifdef OPTFORGE_LOW_PRECISION
+void optforge_sm3_s2_bf16sr(int64_t nb, int64_t nr, int64_t nc, const float* __restrict__ p__r1, optforge_bf16sr* __restrict__ p_acc_col) {
+     optforge_sm3_s2_tiles<optforge_bf16sr, optforge_bf16sr, float>(nb, nr, nc, p__r1, p_acc_col, nullptr);
 }
 #endif
 #ifdef OPTFORGE_LOW_PRECISION

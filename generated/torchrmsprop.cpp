@@ -136,8 +136,15 @@ struct optforge_bf16 {
         return f;
     }
 };
-template <> inline optforge_bf16 op_store<optforge_bf16, float>(float v, double seed, int64_t i) {
-    optforge_bf16 out;
+/* the variant bf16sr (a bfloat16 weight rounded stochastically, chosen when the parameter has a
+   seed): the same storage, whose weight store hashes; bf16's rounds to nearest without the hash */
+struct optforge_bf16sr : optforge_bf16 {
+    optforge_bf16sr() = default;
+    optforge_bf16sr(float v) : optforge_bf16(v) {}
+    optforge_bf16sr(double v) : optforge_bf16(v) {}
+};
+template <> inline optforge_bf16sr op_store<optforge_bf16sr, float>(float v, double seed, int64_t i) {
+    optforge_bf16sr out;
     out.bits = op_bf16_bits(v, seed, i);
     return out;
 }
@@ -505,6 +512,75 @@ void optforge_torchrmsprop_s0_bf16(int64_t n, const optforge_bf16* __restrict__ 
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
         for (int64_t i = 0; i < n; ++i)
             optforge_torchrmsprop_s0_elem<optforge_bf16, optforge_bf16, float, 0, 0, 0, 0>(i, i, p_grad, p_weight, p_square_avg, p_grad_avg, p_momentum_buffer, nullptr, (float)k0, (float)k_rescale_grad, (float)k2, (float)k_wd, (float)k_alpha, (float)k5, (float)k_centered, (float)k7, (float)k8, (float)k_eps, (float)k10, (float)k_momentum, (float)k_lr, (float)k__grad_scale, k__round_seed);
+    }
+}
+#endif
+#ifdef OPTFORGE_LOW_PRECISION
+void optforge_torchrmsprop_s0_bf16sr(int64_t n, const optforge_bf16sr* __restrict__ p_grad, optforge_bf16sr* __restrict__ p_weight, optforge_bf16sr* __restrict__ p_square_avg, optforge_bf16sr* __restrict__ p_grad_avg, optforge_bf16sr* __restrict__ p_momentum_buffer, double k0, double k_rescale_grad, double k2, double k_wd, double k_alpha, double k5, double k_centered, double k7, double k8, double k_eps, double k10, double k_momentum, double k_lr, double k__grad_scale, double k__round_seed) {
+    if (p_grad_avg && p_momentum_buffer && k_centered != 0 && k7 != 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_torchrmsprop_s0_elem<optforge_bf16sr, optforge_bf16sr, float, 1, 1, 1, 1>(i, i, p_grad, p_weight, p_square_avg, p_grad_avg, p_momentum_buffer, nullptr, (float)k0, (float)k_rescale_grad, (float)k2, (float)k_wd, (float)k_alpha, (float)k5, (float)k_centered, (float)k7, (float)k8, (float)k_eps, (float)k10, (float)k_momentum, (float)k_lr, (float)k__grad_scale, k__round_seed);
+    } else if (p_grad_avg && p_momentum_buffer && k_centered != 0 && k7 == 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_torchrmsprop_s0_elem<optforge_bf16sr, optforge_bf16sr, float, 1, 1, 1, 0>(i, i, p_grad, p_weight, p_square_avg, p_grad_avg, p_momentum_buffer, nullptr, (float)k0, (float)k_rescale_grad, (float)k2, (float)k_wd, (float)k_alpha, (float)k5, (float)k_centered, (float)k7, (float)k8, (float)k_eps, (float)k10, (float)k_momentum, (float)k_lr, (float)k__grad_scale, k__round_seed);
+    } else if (p_grad_avg && p_momentum_buffer && k_centered == 0 && k7 != 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_torchrmsprop_s0_elem<optforge_bf16sr, optforge_bf16sr, float, 1, 1, 0, 1>(i, i, p_grad, p_weight, p_square_avg, p_grad_avg, p_momentum_buffer, nullptr, (float)k0, (float)k_rescale_grad, (float)k2, (float)k_wd, (float)k_alpha, (float)k5, (float)k_centered, (float)k7, (float)k8, (float)k_eps, (float)k10, (float)k_momentum, (float)k_lr, (float)k__grad_scale, k__round_seed);
+    } else if (p_grad_avg && p_momentum_buffer && k_centered == 0 && k7 == 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_torchrmsprop_s0_elem<optforge_bf16sr, optforge_bf16sr, float, 1, 1, 0, 0>(i, i, p_grad, p_weight, p_square_avg, p_grad_avg, p_momentum_buffer, nullptr, (float)k0, (float)k_rescale_grad, (float)k2, (float)k_wd, (float)k_alpha, (float)k5, (float)k_centered, (float)k7, (float)k8, (float)k_eps, (float)k10, (float)k_momentum, (float)k_lr, (float)k__grad_scale, k__round_seed);
+    } else if (p_grad_avg && !p_momentum_buffer && k_centered != 0 && k7 != 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_torchrmsprop_s0_elem<optforge_bf16sr, optforge_bf16sr, float, 1, 0, 1, 1>(i, i, p_grad, p_weight, p_square_avg, p_grad_avg, p_momentum_buffer, nullptr, (float)k0, (float)k_rescale_grad, (float)k2, (float)k_wd, (float)k_alpha, (float)k5, (float)k_centered, (float)k7, (float)k8, (float)k_eps, (float)k10, (float)k_momentum, (float)k_lr, (float)k__grad_scale, k__round_seed);
+    } else if (p_grad_avg && !p_momentum_buffer && k_centered != 0 && k7 == 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_torchrmsprop_s0_elem<optforge_bf16sr, optforge_bf16sr, float, 1, 0, 1, 0>(i, i, p_grad, p_weight, p_square_avg, p_grad_avg, p_momentum_buffer, nullptr, (float)k0, (float)k_rescale_grad, (float)k2, (float)k_wd, (float)k_alpha, (float)k5, (float)k_centered, (float)k7, (float)k8, (float)k_eps, (float)k10, (float)k_momentum, (float)k_lr, (float)k__grad_scale, k__round_seed);
+    } else if (p_grad_avg && !p_momentum_buffer && k_centered == 0 && k7 != 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_torchrmsprop_s0_elem<optforge_bf16sr, optforge_bf16sr, float, 1, 0, 0, 1>(i, i, p_grad, p_weight, p_square_avg, p_grad_avg, p_momentum_buffer, nullptr, (float)k0, (float)k_rescale_grad, (float)k2, (float)k_wd, (float)k_alpha, (float)k5, (float)k_centered, (float)k7, (float)k8, (float)k_eps, (float)k10, (float)k_momentum, (float)k_lr, (float)k__grad_scale, k__round_seed);
+    } else if (p_grad_avg && !p_momentum_buffer && k_centered == 0 && k7 == 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_torchrmsprop_s0_elem<optforge_bf16sr, optforge_bf16sr, float, 1, 0, 0, 0>(i, i, p_grad, p_weight, p_square_avg, p_grad_avg, p_momentum_buffer, nullptr, (float)k0, (float)k_rescale_grad, (float)k2, (float)k_wd, (float)k_alpha, (float)k5, (float)k_centered, (float)k7, (float)k8, (float)k_eps, (float)k10, (float)k_momentum, (float)k_lr, (float)k__grad_scale, k__round_seed);
+    } else if (!p_grad_avg && p_momentum_buffer && k_centered != 0 && k7 != 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_torchrmsprop_s0_elem<optforge_bf16sr, optforge_bf16sr, float, 0, 1, 1, 1>(i, i, p_grad, p_weight, p_square_avg, p_grad_avg, p_momentum_buffer, nullptr, (float)k0, (float)k_rescale_grad, (float)k2, (float)k_wd, (float)k_alpha, (float)k5, (float)k_centered, (float)k7, (float)k8, (float)k_eps, (float)k10, (float)k_momentum, (float)k_lr, (float)k__grad_scale, k__round_seed);
+    } else if (!p_grad_avg && p_momentum_buffer && k_centered != 0 && k7 == 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_torchrmsprop_s0_elem<optforge_bf16sr, optforge_bf16sr, float, 0, 1, 1, 0>(i, i, p_grad, p_weight, p_square_avg, p_grad_avg, p_momentum_buffer, nullptr, (float)k0, (float)k_rescale_grad, (float)k2, (float)k_wd, (float)k_alpha, (float)k5, (float)k_centered, (float)k7, (float)k8, (float)k_eps, (float)k10, (float)k_momentum, (float)k_lr, (float)k__grad_scale, k__round_seed);
+    } else if (!p_grad_avg && p_momentum_buffer && k_centered == 0 && k7 != 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_torchrmsprop_s0_elem<optforge_bf16sr, optforge_bf16sr, float, 0, 1, 0, 1>(i, i, p_grad, p_weight, p_square_avg, p_grad_avg, p_momentum_buffer, nullptr, (float)k0, (float)k_rescale_grad, (float)k2, (float)k_wd, (float)k_alpha, (float)k5, (float)k_centered, (float)k7, (float)k8, (float)k_eps, (float)k10, (float)k_momentum, (float)k_lr, (float)k__grad_scale, k__round_seed);
+    } else if (!p_grad_avg && p_momentum_buffer && k_centered == 0 && k7 == 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_torchrmsprop_s0_elem<optforge_bf16sr, optforge_bf16sr, float, 0, 1, 0, 0>(i, i, p_grad, p_weight, p_square_avg, p_grad_avg, p_momentum_buffer, nullptr, (float)k0, (float)k_rescale_grad, (float)k2, (float)k_wd, (float)k_alpha, (float)k5, (float)k_centered, (float)k7, (float)k8, (float)k_eps, (float)k10, (float)k_momentum, (float)k_lr, (float)k__grad_scale, k__round_seed);
+    } else if (!p_grad_avg && !p_momentum_buffer && k_centered != 0 && k7 != 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_torchrmsprop_s0_elem<optforge_bf16sr, optforge_bf16sr, float, 0, 0, 1, 1>(i, i, p_grad, p_weight, p_square_avg, p_grad_avg, p_momentum_buffer, nullptr, (float)k0, (float)k_rescale_grad, (float)k2, (float)k_wd, (float)k_alpha, (float)k5, (float)k_centered, (float)k7, (float)k8, (float)k_eps, (float)k10, (float)k_momentum, (float)k_lr, (float)k__grad_scale, k__round_seed);
+    } else if (!p_grad_avg && !p_momentum_buffer && k_centered != 0 && k7 == 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_torchrmsprop_s0_elem<optforge_bf16sr, optforge_bf16sr, float, 0, 0, 1, 0>(i, i, p_grad, p_weight, p_square_avg, p_grad_avg, p_momentum_buffer, nullptr, (float)k0, (float)k_rescale_grad, (float)k2, (float)k_wd, (float)k_alpha, (float)k5, (float)k_centered, (float)k7, (float)k8, (float)k_eps, (float)k10, (float)k_momentum, (float)k_lr, (float)k__grad_scale, k__round_seed);
+    } else if (!p_grad_avg && !p_momentum_buffer && k_centered == 0 && k7 != 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_torchrmsprop_s0_elem<optforge_bf16sr, optforge_bf16sr, float, 0, 0, 0, 1>(i, i, p_grad, p_weight, p_square_avg, p_grad_avg, p_momentum_buffer, nullptr, (float)k0, (float)k_rescale_grad, (float)k2, (float)k_wd, (float)k_alpha, (float)k5, (float)k_centered, (float)k7, (float)k8, (float)k_eps, (float)k10, (float)k_momentum, (float)k_lr, (float)k__grad_scale, k__round_seed);
+    } else if (!p_grad_avg && !p_momentum_buffer && k_centered == 0 && k7 == 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_torchrmsprop_s0_elem<optforge_bf16sr, optforge_bf16sr, float, 0, 0, 0, 0>(i, i, p_grad, p_weight, p_square_avg, p_grad_avg, p_momentum_buffer, nullptr, (float)k0, (float)k_rescale_grad, (float)k2, (float)k_wd, (float)k_alpha, (float)k5, (float)k_centered, (float)k7, (float)k8, (float)k_eps, (float)k10, (float)k_momentum, (float)k_lr, (float)k__grad_scale, k__round_seed);
     }
 }
 #endif

@@ -139,8 +139,15 @@ struct optforge_bf16 {
         return f;
     }
 };
-template <> inline optforge_bf16 op_store<optforge_bf16, float>(float v, double seed, int64_t i) {
-    optforge_bf16 out;
+/* the variant bf16sr (a bfloat16 weight rounded stochastically, chosen when the parameter has a
+   seed): the same storage, whose weight store hashes; bf16's rounds to nearest without the hash */
+struct optforge_bf16sr : optforge_bf16 {
+    optforge_bf16sr() = default;
+    optforge_bf16sr(float v) : optforge_bf16(v) {}
+    optforge_bf16sr(double v) : optforge_bf16(v) {}
+};
+template <> inline optforge_bf16sr op_store<optforge_bf16sr, float>(float v, double seed, int64_t i) {
+    optforge_bf16sr out;
     out.bits = op_bf16_bits(v, seed, i);
     return out;
 }
@@ -243,6 +250,15 @@ void optforge_torchrprop_s0_bf16(int64_t n, const optforge_bf16* __restrict__ p_
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
         for (int64_t i = 0; i < n; ++i)
             optforge_torchrprop_s0_elem<optforge_bf16, optforge_bf16, float>(i, i, p_grad, p_prev, p_step_size, p_weight, nullptr, (float)k0, (float)k_rescale_grad, (float)k2, (float)k_etaplus, (float)k_etaminus, (float)k_step_size_min, (float)k_step_size_max, (float)k__grad_scale, k__round_seed);
+    }
+}
+#endif
+#ifdef OPTFORGE_LOW_PRECISION
+void optforge_torchrprop_s0_bf16sr(int64_t n, const optforge_bf16sr* __restrict__ p_grad, optforge_bf16sr* __restrict__ p_prev, optforge_bf16sr* __restrict__ p_step_size, optforge_bf16sr* __restrict__ p_weight, double k0, double k_rescale_grad, double k2, double k_etaplus, double k_etaminus, double k_step_size_min, double k_step_size_max, double k__grad_scale, double k__round_seed) {
+    {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_torchrprop_s0_elem<optforge_bf16sr, optforge_bf16sr, float>(i, i, p_grad, p_prev, p_step_size, p_weight, nullptr, (float)k0, (float)k_rescale_grad, (float)k2, (float)k_etaplus, (float)k_etaminus, (float)k_step_size_min, (float)k_step_size_max, (float)k__grad_scale, k__round_seed);
     }
 }
 #endif

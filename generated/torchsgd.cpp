@@ -135,8 +135,15 @@ struct optforge_bf16 {
         return f;
     }
 };
-template <> inline optforge_bf16 op_store<optforge_bf16, float>(float v, double seed, int64_t i) {
-    optforge_bf16 out;
+/* the variant bf16sr (a bfloat16 weight rounded stochastically, chosen when the parameter has a
+   seed): the same storage, whose weight store hashes; bf16's rounds to nearest without the hash */
+struct optforge_bf16sr : optforge_bf16 {
+    optforge_bf16sr() = default;
+    optforge_bf16sr(float v) : optforge_bf16(v) {}
+    optforge_bf16sr(double v) : optforge_bf16(v) {}
+};
+template <> inline optforge_bf16sr op_store<optforge_bf16sr, float>(float v, double seed, int64_t i) {
+    optforge_bf16sr out;
     out.bits = op_bf16_bits(v, seed, i);
     return out;
 }
@@ -363,6 +370,43 @@ void optforge_torchsgd_s0_bf16(int64_t n, const optforge_bf16* __restrict__ p_gr
         #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
         for (int64_t i = 0; i < n; ++i)
             optforge_torchsgd_s0_elem<optforge_bf16, optforge_bf16, float, 0, 0, 0>(i, i, p_grad, p_weight, p_momentum_buffer, nullptr, (float)k0, (float)k_rescale_grad, (float)k2, (float)k_wd, (float)k4, (float)k5, (float)k_momentum, (float)k7, (float)k_nesterov, (float)k_lr, (float)k__grad_scale, k__round_seed);
+    }
+}
+#endif
+#ifdef OPTFORGE_LOW_PRECISION
+void optforge_torchsgd_s0_bf16sr(int64_t n, const optforge_bf16sr* __restrict__ p_grad, optforge_bf16sr* __restrict__ p_weight, optforge_bf16sr* __restrict__ p_momentum_buffer, double k0, double k_rescale_grad, double k2, double k_wd, double k4, double k5, double k_momentum, double k7, double k_nesterov, double k_lr, double k__grad_scale, double k__round_seed) {
+    if (p_momentum_buffer && k4 != 0 && k5 != 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_torchsgd_s0_elem<optforge_bf16sr, optforge_bf16sr, float, 1, 1, 1>(i, i, p_grad, p_weight, p_momentum_buffer, nullptr, (float)k0, (float)k_rescale_grad, (float)k2, (float)k_wd, (float)k4, (float)k5, (float)k_momentum, (float)k7, (float)k_nesterov, (float)k_lr, (float)k__grad_scale, k__round_seed);
+    } else if (p_momentum_buffer && k4 != 0 && k5 == 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_torchsgd_s0_elem<optforge_bf16sr, optforge_bf16sr, float, 1, 1, 0>(i, i, p_grad, p_weight, p_momentum_buffer, nullptr, (float)k0, (float)k_rescale_grad, (float)k2, (float)k_wd, (float)k4, (float)k5, (float)k_momentum, (float)k7, (float)k_nesterov, (float)k_lr, (float)k__grad_scale, k__round_seed);
+    } else if (p_momentum_buffer && k4 == 0 && k5 != 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_torchsgd_s0_elem<optforge_bf16sr, optforge_bf16sr, float, 1, 0, 1>(i, i, p_grad, p_weight, p_momentum_buffer, nullptr, (float)k0, (float)k_rescale_grad, (float)k2, (float)k_wd, (float)k4, (float)k5, (float)k_momentum, (float)k7, (float)k_nesterov, (float)k_lr, (float)k__grad_scale, k__round_seed);
+    } else if (p_momentum_buffer && k4 == 0 && k5 == 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_torchsgd_s0_elem<optforge_bf16sr, optforge_bf16sr, float, 1, 0, 0>(i, i, p_grad, p_weight, p_momentum_buffer, nullptr, (float)k0, (float)k_rescale_grad, (float)k2, (float)k_wd, (float)k4, (float)k5, (float)k_momentum, (float)k7, (float)k_nesterov, (float)k_lr, (float)k__grad_scale, k__round_seed);
+    } else if (!p_momentum_buffer && k4 != 0 && k5 != 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_torchsgd_s0_elem<optforge_bf16sr, optforge_bf16sr, float, 0, 1, 1>(i, i, p_grad, p_weight, p_momentum_buffer, nullptr, (float)k0, (float)k_rescale_grad, (float)k2, (float)k_wd, (float)k4, (float)k5, (float)k_momentum, (float)k7, (float)k_nesterov, (float)k_lr, (float)k__grad_scale, k__round_seed);
+    } else if (!p_momentum_buffer && k4 != 0 && k5 == 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_torchsgd_s0_elem<optforge_bf16sr, optforge_bf16sr, float, 0, 1, 0>(i, i, p_grad, p_weight, p_momentum_buffer, nullptr, (float)k0, (float)k_rescale_grad, (float)k2, (float)k_wd, (float)k4, (float)k5, (float)k_momentum, (float)k7, (float)k_nesterov, (float)k_lr, (float)k__grad_scale, k__round_seed);
+    } else if (!p_momentum_buffer && k4 == 0 && k5 != 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_torchsgd_s0_elem<optforge_bf16sr, optforge_bf16sr, float, 0, 0, 1>(i, i, p_grad, p_weight, p_momentum_buffer, nullptr, (float)k0, (float)k_rescale_grad, (float)k2, (float)k_wd, (float)k4, (float)k5, (float)k_momentum, (float)k7, (float)k_nesterov, (float)k_lr, (float)k__grad_scale, k__round_seed);
+    } else if (!p_momentum_buffer && k4 == 0 && k5 == 0) {
+        #pragma omp parallel for simd schedule(static) if(parallel: n >= OPTFORGE_PARALLEL_MIN)
+        for (int64_t i = 0; i < n; ++i)
+            optforge_torchsgd_s0_elem<optforge_bf16sr, optforge_bf16sr, float, 0, 0, 0>(i, i, p_grad, p_weight, p_momentum_buffer, nullptr, (float)k0, (float)k_rescale_grad, (float)k2, (float)k_wd, (float)k4, (float)k5, (float)k_momentum, (float)k7, (float)k_nesterov, (float)k_lr, (float)k__grad_scale, k__round_seed);
     }
 }
 #endif

@@ -162,7 +162,8 @@ def _dense_phases(opt, step, weight, grad, tensors, scalars, backend, cache):
     if not grad.flags.c_contiguous:
         grad = np.ascontiguousarray(grad)
     if backend == "native":
-        be = native.NativeBackend(native.library_for(type(opt), low=is_low(weight.dtype)), weight.dtype, cache)
+        be = native.NativeBackend(native.library_for(type(opt), low=is_low(weight.dtype)), weight.dtype, cache,
+                                  seeded=bool(step.round_seed))
         yield from opt._kernel_phases(be, step, weight, grad, tensors, scalars)
     else:
         direct = (opt.chunked and not opt.state_quant and (step.grad_scale == 1 or not is_low(grad.dtype))
@@ -236,7 +237,8 @@ def _dense(opt, step, weight, grad, tensors, scalars, backend):
         grad = np.ascontiguousarray(grad)
     if backend == "native":
         cache = opt.__dict__.setdefault("_scratch_cache", {})   # reused scratch arrays (native.py)
-        be = native.NativeBackend(native.library_for(type(opt), low=is_low(weight.dtype)), weight.dtype, cache)
+        be = native.NativeBackend(native.library_for(type(opt), low=is_low(weight.dtype)), weight.dtype, cache,
+                                  seeded=bool(step.round_seed))
         opt._kernel_staged(be, step, weight, grad, tensors, scalars)
     else:
         direct = (opt.chunked and not opt.state_quant and (step.grad_scale == 1 or not is_low(grad.dtype))
@@ -322,7 +324,8 @@ def _rows_kernel(opt, weight, grad, state, step, backend):
         # compiled row kernels, parallel over the gradient's elements (16-bit rows loaded and stored
         # by the kernels)
         data = np.ascontiguousarray(data, dtype=target.dtype)
-        be = native.NativeRowsBackend(native.library_for(type(opt), low=is_low(target.dtype)), target.dtype, rows, data)
+        be = native.NativeRowsBackend(native.library_for(type(opt), low=is_low(target.dtype)), target.dtype, rows, data,
+                                      seeded=bool(step.round_seed))
         opt._kernel_staged(be, step, target, data, state.tensors, state.scalars)
         if state.master is not None:
             weight[rows] = state.master.take(rows, axis=0)

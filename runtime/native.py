@@ -206,7 +206,7 @@ def library_for(cls, low: bool = False) -> NativeLibrary:
                 # a library that lacks a stage kernel of this spec is refused now, before any update
                 # has counted anything
                 for fn in getattr(cls, "kernel_stages", ()):
-                    for suffix in ([*_LOW_SUFFIX.values(), *_MASTER_SUFFIX.values()] if low else _SUFFIX.values()):
+                    for suffix in ([*_LOW_SUFFIX.values(), *_MASTER_SUFFIX.values(), "bf16sr"] if low else _SUFFIX.values()):
                         if not hasattr(lib.lib, f"{fn}_{suffix}"):
                             raise NativeError(f"{path} has no kernel {fn}_{suffix}: not built from {src}")
                 _libs[key] = lib
@@ -267,11 +267,13 @@ _MASTER_SUFFIX = {FLOAT16: "mp16", BFLOAT16: "mpbf16"}         # the same librar
 class NativeBackend(Backend):
     """The backend protocol (runtime/backend.py) for NumPy arrays, with the compiled C++ kernels."""
 
-    def __init__(self, lib: NativeLibrary, dtype, cache: dict | None = None, weight_lp=None):
+    def __init__(self, lib: NativeLibrary, dtype, cache: dict | None = None, weight_lp=None, seeded=False):
         """`weight_lp`: a float16 / bfloat16 weight whose float32 master copy the kernels update
-        (the library_for(cls, low=True) variants mp16 / mpbf16 write it in the same pass)."""
+        (the library_for(cls, low=True) variants mp16 / mpbf16 write it in the same pass). `seeded`:
+        a bfloat16 weight rounded stochastically (the variant bf16sr; bf16 rounds to nearest)."""
         self.lib = lib
-        self.suffix = _MASTER_SUFFIX[weight_lp.dtype] if weight_lp is not None else _LOW_SUFFIX[np.dtype(dtype)]
+        self.suffix = _MASTER_SUFFIX[weight_lp.dtype] if weight_lp is not None else \
+            "bf16sr" if seeded and np.dtype(dtype) == BFLOAT16 else _LOW_SUFFIX[np.dtype(dtype)]
         self.weight_lp = weight_lp
         self.cache = cache
 
@@ -396,8 +398,8 @@ class NativeRowsBackend(NativeBackend):
     over the gradient's elements; weight and states are indexed through `rows`, the gradient data and
     scratch arrays are rows x cols. Work is proportional to the rows touched."""
 
-    def __init__(self, lib: NativeLibrary, dtype, rows: np.ndarray, grad_data: np.ndarray):
-        super().__init__(lib, dtype)
+    def __init__(self, lib: NativeLibrary, dtype, rows: np.ndarray, grad_data: np.ndarray, seeded=False):
+        super().__init__(lib, dtype, seeded=seeded)
         self.rows = np.ascontiguousarray(rows, dtype=np.int64)
         self.n = grad_data.size
         self.cols = grad_data.size // max(len(self.rows), 1)
