@@ -14,10 +14,10 @@ from .emit_driver import _host_reads_grad, driver_lines
 from .emit_numpy import NumpyEmitter, chunkable, kernel_lines, step_bindings
 from .emit_sparse import RowsEmitter
 from .errors import SpecError, printable
-from .ir import SHAPE_FACTS, Assign, IfStmt, Op, Role, Shape, Spec
+from .ir import GATHERS, REDUCTIONS, SHAPE_FACTS, Assign, IfStmt, Op, Role, Shape, Spec
 from .lower import Program, lower
 from .parser import parse
-from .walk import leaves, targets
+from .walk import leaves, nodes, targets
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 
@@ -228,7 +228,10 @@ def render_module(spec: Spec, spec_path: str | None = None, program: Program | N
         layout_lines=layout, scalar_init_lines=scalar_init, sparse_lines=sparse_lines,
         requires_lines=requires_lines, rows_lines=rows_lines,
         prologue_lines=pro, kernel_lines=ker, staged_lines=staged, interludes=interludes,
-        phased=program.phased, multi_tensor=program.multi_tensor, chunked=chunkable(spec, program),
+        phased=program.phased, multi_tensor=program.multi_tensor,
+        # 16-bit arrays may enter the chunked kernel as they are (widened a chunk at a time) only when
+        # its host code reduces no tensor expression (it would compute it in 16 bits)
+        chunked=chunkable(spec, program) and not any(n.op in REDUCTIONS or n.op in GATHERS for n in nodes(spec.body)),
         host_reads_grad=_host_reads_grad(program.steps),
         kernel_stages=tuple(st.fn for st in program.stages))
 

@@ -336,7 +336,7 @@ class ChunkedKernel:
         out += [pad + ln for ln in body]
         tup = ", ".join(arrays) + ("," if len(arrays) == 1 else "")
         writes = tuple(k for k, a in enumerate(arrays) if a in st.writes)
-        out.append(f"{pad}chunks.run({fn}, ({tup}), {len(regs)}, {writes!r})")
+        out.append(f"{pad}chunks.run({fn}, ({tup}), {len(regs)}, {writes!r}, weight)")
         return out
 
     def _leaf(self, n: Expr) -> str | None:

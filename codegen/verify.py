@@ -123,18 +123,24 @@ def _verify_read_after_store(spec, program, stored, r) -> None:
     written = set()
     for item in _walk(program.steps):
         if isinstance(item, Stage):
-            reads = set(item.reads) | {n.value for e in item.exprs() for n in e.walk() if n.op is Op.STATE}
-        elif isinstance(item, Host):
-            reads = {n.value for n in nodes([item.stmt]) if n.op is Op.STATE}
+            found = [n for e in item.exprs() for n in e.walk() if n.op is Op.STATE]
+            reads = set(item.reads) | {n.value for n in found}
+        elif isinstance(item, Host):   # (a reduction too: the NumPy chunked kernel sums the stored values)
+            found = [n for n in nodes([item.stmt]) if n.op is Op.STATE]
+            reads = {n.value for n in found}
         else:
-            reads = set()
+            found, reads = [], set()
         late = sorted(reads & written)
         if late:
             st = stored[late[0]]
             what = f"as {st.quant.name}" if st.quant is not None else f"as {st.storage}"
-            r.error(st.span, f"state `{st.name}` is stored {what} and read again after the step of the update "
-                    "that stores it", f"keep the new value in a local (`{st.name}_new = ...`, then "
-                    f"`{st.name} = {st.name}_new`) and read the local")
+            spans = [n.span for n in found if n.value == st.name and getattr(n, "span", None) is not None]
+            where = min(spans, key=lambda sp: (sp.line, sp.col)) if spans else None   # (the first read)
+            line = f" (line {st.span.line})" if where is not None and st.span is not None else ""
+            r.error(where or st.span, f"state `{st.name}` is stored {what}{line} and read here, after the step "
+                    "of the update that stores it: the compiled kernels would read its rounding",
+                    f"keep the new value in a local (`{st.name}_new = ...`, then `{st.name} = {st.name}_new` "
+                    "at the end) and read the local")
             return
         if isinstance(item, Stage):
             written |= {n for n in item.writes if n in stored}

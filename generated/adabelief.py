@@ -65,7 +65,7 @@ class AdaBelief(Optimizer):
     options = {}
     sparse = None
     multi_tensor = True   # list updates on CUDA: one launch per stage for all parameters
-    chunked = True   # _kernel_numpy runs large tensors in chunks (16-bit arrays widened a chunk at a time)
+    chunked = True   # large 16-bit arrays enter _kernel_numpy as they are (widened a chunk at a time)
     kernel_stages = ('optforge_adabelief_s0',)
 
     def __init__(self, learning_rate=0.001, beta1=0.9, beta2=0.999, epsilon=1e-16, **kwargs):
@@ -110,7 +110,7 @@ class AdaBelief(Optimizer):
                 np.divide(mean, 1 - beta1 ** t, out=m_hat)  # adabelief.opt:34
                 np.divide(var, 1 - beta2 ** t, out=s_hat)  # adabelief.opt:35
                 np.subtract(weight, np.multiply(lr, np.add(np.divide(m_hat, np.add(np.sqrt(s_hat, out=tmp0), epsilon, out=tmp0), out=tmp0), np.multiply(wd, weight, out=tmp1), out=tmp0), out=tmp0), out=weight)  # adabelief.opt:36
-            chunks.run(stage0, (grad, mean, var, weight), 5, (1, 2, 3))
+            chunks.run(stage0, (grad, mean, var, weight), 5, (1, 2, 3), weight)
 
     def _kernel_staged(self, be, _step, weight, grad, tensors, scalars):
         """The same update for compiled backends: host code around the stage kernels of

@@ -52,7 +52,7 @@ class AdaDelta(Optimizer):
     options = {}
     sparse = None
     multi_tensor = True   # list updates on CUDA: one launch per stage for all parameters
-    chunked = True   # _kernel_numpy runs large tensors in chunks (16-bit arrays widened a chunk at a time)
+    chunked = True   # large 16-bit arrays enter _kernel_numpy as they are (widened a chunk at a time)
     kernel_stages = ('optforge_adadelta_s0',)
 
     def __init__(self, rho=0.9, epsilon=1e-05, **kwargs):
@@ -92,7 +92,7 @@ class AdaDelta(Optimizer):
                 np.multiply(np.divide(np.sqrt(np.add(acc_delta, epsilon, out=delta), out=delta), np.sqrt(np.add(acc_g, epsilon, out=tmp0), out=tmp0), out=delta), g, out=delta)  # adadelta.opt:22
                 np.add(np.multiply(rho, acc_delta, out=acc_delta), np.multiply(np.multiply(1 - rho, delta, out=tmp0), delta, out=tmp0), out=acc_delta)  # adadelta.opt:23
                 np.subtract(weight, np.add(delta, np.multiply(wd, weight, out=tmp0), out=tmp0), out=weight)  # adadelta.opt:24
-            chunks.run(stage0, (grad, acc_g, acc_delta, weight), 3, (1, 2, 3))
+            chunks.run(stage0, (grad, acc_g, acc_delta, weight), 3, (1, 2, 3), weight)
 
     def _kernel_staged(self, be, _step, weight, grad, tensors, scalars):
         """The same update for compiled backends: host code around the stage kernels of

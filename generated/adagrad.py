@@ -51,7 +51,7 @@ class AdaGrad(Optimizer):
     options = {}
     sparse = 'lazy'
     multi_tensor = True   # list updates on CUDA: one launch per stage for all parameters
-    chunked = True   # _kernel_numpy runs large tensors in chunks (16-bit arrays widened a chunk at a time)
+    chunked = True   # large 16-bit arrays enter _kernel_numpy as they are (widened a chunk at a time)
     kernel_stages = ('optforge_adagrad_s0',)
 
     def __init__(self, eps=1e-07, **kwargs):
@@ -95,7 +95,7 @@ class AdaGrad(Optimizer):
                 chunks.clip(np.multiply(rescale_grad, grad, out=g), clip_gradient, g)  # adagrad.opt:24
                 np.add(history, np.square(g, out=tmp0), out=history)  # adagrad.opt:25
                 np.add(weight, np.multiply(np.add(np.divide(g, np.sqrt(np.add(history, eps, out=tmp0), out=tmp0), out=tmp0), np.multiply(weight, wd, out=tmp1), out=tmp0), -lr, out=tmp0), out=weight)  # adagrad.opt:26
-            chunks.run(stage0, (grad, history, weight), 3, (1, 2))
+            chunks.run(stage0, (grad, history, weight), 3, (1, 2), weight)
 
     def _kernel_rows(self, _step, rows, weight, grad, tensors, scalars):
         """The lazy update: only the rows `rows` of `weight` and `tensors` change; `grad` holds those rows."""

@@ -67,7 +67,7 @@ class Adam(Optimizer):
     options = {}
     sparse = 'lazy'
     multi_tensor = True   # list updates on CUDA: one launch per stage for all parameters
-    chunked = True   # _kernel_numpy runs large tensors in chunks (16-bit arrays widened a chunk at a time)
+    chunked = True   # large 16-bit arrays enter _kernel_numpy as they are (widened a chunk at a time)
     kernel_stages = ('optforge_adam_s0',)
 
     def __init__(self, learning_rate=0.001, beta1=0.9, beta2=0.999, epsilon=1e-08, lazy_update=True, **kwargs):
@@ -115,7 +115,7 @@ class Adam(Optimizer):
                 np.add(np.multiply(beta1, mean, out=mean), np.multiply(1 - beta1, g, out=tmp0), out=mean)  # adam.opt:35
                 np.add(np.multiply(beta2, var, out=var), np.multiply(1 - beta2, np.square(g, out=tmp0), out=tmp0), out=var)  # adam.opt:36
                 np.subtract(weight, np.divide(np.multiply(lr_t, mean, out=tmp0), np.add(np.sqrt(var, out=tmp1), epsilon, out=tmp1), out=tmp0), out=weight)  # adam.opt:38
-            chunks.run(stage0, (grad, weight, mean, var), 3, (1, 2, 3))
+            chunks.run(stage0, (grad, weight, mean, var), 3, (1, 2, 3), weight)
 
     def _kernel_rows(self, _step, rows, weight, grad, tensors, scalars):
         """The lazy update: only the rows `rows` of `weight` and `tensors` change; `grad` holds those rows."""

@@ -74,7 +74,7 @@ class Adam8bit(Optimizer):
     options = {'host_arithmetic': True}
     sparse = None
     multi_tensor = False   # list updates on CUDA: one launch per stage for all parameters
-    chunked = True   # _kernel_numpy runs large tensors in chunks (16-bit arrays widened a chunk at a time)
+    chunked = True   # large 16-bit arrays enter _kernel_numpy as they are (widened a chunk at a time)
     kernel_stages = ('optforge_adam8bit_s0',)
 
     def __init__(self, learning_rate=0.001, beta1=0.9, beta2=0.999, epsilon=1e-08, **kwargs):
@@ -116,7 +116,7 @@ class Adam8bit(Optimizer):
                 np.add(np.multiply(beta2, var, out=var), np.multiply(1 - beta2, np.square(g, out=tmp0), out=tmp0), out=var)  # adam8bit.opt:40
                 np.multiply(weight, 1 - lr * wd, out=weight)  # adam8bit.opt:41
                 np.subtract(weight, np.divide(np.multiply(lr / (1 - beta1 ** t), mean, out=tmp0), np.add(np.divide(np.sqrt(var, out=tmp1), math.sqrt(1 - beta2 ** t), out=tmp1), epsilon, out=tmp1), out=tmp0), out=weight)  # adam8bit.opt:42
-            chunks.run(stage0, (grad, mean, var, weight), 3, (1, 2, 3))
+            chunks.run(stage0, (grad, mean, var, weight), 3, (1, 2, 3), weight)
 
     def _kernel_staged(self, be, _step, weight, grad, tensors, scalars):
         """The same update for compiled backends: host code around the stage kernels of

@@ -55,7 +55,7 @@ class Adamax(Optimizer):
     options = {}
     sparse = None
     multi_tensor = True   # list updates on CUDA: one launch per stage for all parameters
-    chunked = True   # _kernel_numpy runs large tensors in chunks (16-bit arrays widened a chunk at a time)
+    chunked = True   # large 16-bit arrays enter _kernel_numpy as they are (widened a chunk at a time)
     kernel_stages = ('optforge_adamax_s0',)
 
     def __init__(self, learning_rate=0.002, beta1=0.9, beta2=0.999, **kwargs):
@@ -95,7 +95,7 @@ class Adamax(Optimizer):
                 np.add(np.multiply(beta1, m, out=m), np.multiply(1 - beta1, g, out=tmp0), out=m)  # adamax.opt:26
                 np.maximum(np.multiply(beta2, u, out=u), np.abs(g, out=tmp0), out=u)  # adamax.opt:27
                 np.subtract(weight, np.divide(np.multiply(lr / (1 - beta1 ** t), m, out=tmp0), u, out=tmp0), out=weight)  # adamax.opt:28
-            chunks.run(stage0, (grad, weight, m, u), 2, (1, 2, 3))
+            chunks.run(stage0, (grad, weight, m, u), 2, (1, 2, 3), weight)
 
     def _kernel_staged(self, be, _step, weight, grad, tensors, scalars):
         """The same update for compiled backends: host code around the stage kernels of

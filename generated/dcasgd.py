@@ -59,7 +59,7 @@ class DCASGD(Optimizer):
     options = {}
     sparse = None
     multi_tensor = True   # list updates on CUDA: one launch per stage for all parameters
-    chunked = True   # _kernel_numpy runs large tensors in chunks (16-bit arrays widened a chunk at a time)
+    chunked = True   # large 16-bit arrays enter _kernel_numpy as they are (widened a chunk at a time)
     kernel_stages = ('optforge_dcasgd_s0',)
 
     def __init__(self, momentum=0.0, lamda=0.04, **kwargs):
@@ -106,7 +106,7 @@ class DCASGD(Optimizer):
                     chunks.copy(mom, step)  # dcasgd.opt:28
                 chunks.copy(weight, prev_weight)  # dcasgd.opt:30
                 np.add(weight, step, out=weight)  # dcasgd.opt:31
-            chunks.run(stage0, (grad, weight, prev_weight, mom), 4, (1, 2, 3))
+            chunks.run(stage0, (grad, weight, prev_weight, mom), 4, (1, 2, 3), weight)
 
     def _kernel_staged(self, be, _step, weight, grad, tensors, scalars):
         """The same update for compiled backends: host code around the stage kernels of

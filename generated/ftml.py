@@ -61,7 +61,7 @@ class FTML(Optimizer):
     options = {}
     sparse = None
     multi_tensor = True   # list updates on CUDA: one launch per stage for all parameters
-    chunked = True   # _kernel_numpy runs large tensors in chunks (16-bit arrays widened a chunk at a time)
+    chunked = True   # large 16-bit arrays enter _kernel_numpy as they are (widened a chunk at a time)
     kernel_stages = ('optforge_ftml_s0',)
 
     def __init__(self, beta1=0.6, beta2=0.999, epsilon=1e-08, **kwargs):
@@ -108,7 +108,7 @@ class FTML(Optimizer):
                 np.subtract(np.add(np.multiply(beta1, z, out=z), np.multiply(1 - beta1, g, out=tmp0), out=z), np.multiply(np.subtract(d, np.multiply(beta1, d_prev, out=tmp0), out=tmp0), weight, out=tmp0), out=z)  # ftml.opt:30
                 chunks.copy(d, d_prev)  # ftml.opt:31
                 np.divide(np.negative(z, out=weight), d, out=weight)  # ftml.opt:32
-            chunks.run(stage0, (grad, weight, v, z, d_prev), 3, (1, 2, 3, 4))
+            chunks.run(stage0, (grad, weight, v, z, d_prev), 3, (1, 2, 3, 4), weight)
 
     def _kernel_staged(self, be, _step, weight, grad, tensors, scalars):
         """The same update for compiled backends: host code around the stage kernels of

@@ -56,7 +56,7 @@ class Ftrl(Optimizer):
     options = {'keep_scheduler_base_lr': True}
     sparse = 'lazy'
     multi_tensor = True   # list updates on CUDA: one launch per stage for all parameters
-    chunked = True   # _kernel_numpy runs large tensors in chunks (16-bit arrays widened a chunk at a time)
+    chunked = True   # large 16-bit arrays enter _kernel_numpy as they are (widened a chunk at a time)
     kernel_stages = ('optforge_ftrl_s0',)
 
     def __init__(self, lamda1=0.01, learning_rate=0.1, beta=1.0, **kwargs):
@@ -99,7 +99,7 @@ class Ftrl(Optimizer):
                 np.add(z, np.subtract(g, np.divide(np.multiply(np.subtract(np.sqrt(np.add(n, np.multiply(g, g, out=tmp0), out=tmp0), out=tmp0), np.sqrt(n, out=tmp1), out=tmp0), weight, out=tmp0), lr, out=tmp0), out=tmp0), out=z)  # ftrl.opt:31
                 np.add(n, np.multiply(g, g, out=tmp0), out=n)  # ftrl.opt:32
                 weight[...] = np.where(np.abs(z) > lamda1, (np.sign(z) * lamda1 - z) / ((beta + np.sqrt(n)) / lr + wd), 0)  # ftrl.opt:33
-            chunks.run(stage0, (grad, z, n, weight), 3, (1, 2, 3))
+            chunks.run(stage0, (grad, z, n, weight), 3, (1, 2, 3), weight)
 
     def _kernel_rows(self, _step, rows, weight, grad, tensors, scalars):
         """The lazy update: only the rows `rows` of `weight` and `tensors` change; `grad` holds those rows."""

@@ -84,7 +84,6 @@ class LAMB(Optimizer):
     options = {'aggregate': 45, 'count_each': True}
     sparse = None
     multi_tensor = True   # list updates on CUDA: one launch per stage for all parameters
-    chunked = True   # _kernel_numpy runs large tensors in chunks (16-bit arrays widened a chunk at a time)
     kernel_stages = ('optforge_lamb_s0', 'optforge_lamb_s1')
 
     def __init__(self, learning_rate=0.001, beta1=0.9, beta2=0.999, epsilon=1e-06, lower_bound=None, upper_bound=None, bias_correction=True, **kwargs):
@@ -141,7 +140,7 @@ class LAMB(Optimizer):
                 np.add(np.multiply(beta1, mean, out=mean), np.multiply(1 - beta1, g, out=tmp0), out=mean)  # lamb.opt:38
                 np.add(np.multiply(beta2, var, out=var), np.multiply(1 - beta2, np.square(g, out=tmp0), out=tmp0), out=var)  # lamb.opt:39
                 np.add(np.divide(np.divide(mean, c1, out=upd), np.add(np.sqrt(np.divide(var, c2, out=tmp0), out=tmp0), epsilon, out=tmp0), out=upd), np.multiply(wd, weight, out=tmp0), out=upd)  # lamb.opt:42
-            chunks.run(stage0, (grad, mean, var, weight, upd), 2, (1, 2, 4))
+            chunks.run(stage0, (grad, mean, var, weight, upd), 2, (1, 2, 4), weight)
             r1 = ops.norm(weight)  # lamb.opt:43
             if lower_bound is not None and lower_bound > 0:
                 r1 = ops.maximum(r1, lower_bound)  # lamb.opt:45
@@ -151,7 +150,7 @@ class LAMB(Optimizer):
             ratio = 1 if r1 == 0 or r2 == 0 else r1 / r2  # lamb.opt:51
             def stage1(weight, upd, tmp0):
                 np.subtract(weight, np.multiply(lr * ratio, upd, out=tmp0), out=weight)  # lamb.opt:52
-            chunks.run(stage1, (weight, upd), 1, (0,))
+            chunks.run(stage1, (weight, upd), 1, (0,), weight)
 
     def _kernel_staged(self, be, _step, weight, grad, tensors, scalars):
         """The same update for compiled backends: host code around the stage kernels of

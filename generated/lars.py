@@ -76,7 +76,6 @@ class LARS(Optimizer):
     options = {'decay_suffixes': ('_weight',), 'aggregate': 4}
     sparse = 'lazy'
     multi_tensor = True   # list updates on CUDA: one launch per stage for all parameters
-    chunked = True   # _kernel_numpy runs large tensors in chunks (16-bit arrays widened a chunk at a time)
     host_reads_grad = True   # the compiled backends' driver reads the gradient on the host (a product, a reduction)
     kernel_stages = ('optforge_lars_s0', 'optforge_lars_s1')
 
@@ -149,7 +148,7 @@ class LARS(Optimizer):
                     np.add(weight, mom, out=weight)  # lars.opt:45
                 else:
                     np.subtract(np.multiply(1 - lars_lr * wd, weight, out=weight), np.multiply(lars_lr, g, out=tmp0), out=weight)  # lars.opt:47
-            chunks.run(stage1, (grad, mom, weight), 2, (1, 2))
+            chunks.run(stage1, (grad, mom, weight), 2, (1, 2), weight)
 
     def _kernel_rows(self, _step, rows, weight, grad, tensors, scalars):
         """The lazy update: only the rows `rows` of `weight` and `tensors` change; `grad` holds those rows."""

@@ -111,7 +111,6 @@ class LBSGD(Optimizer):
     options = {'unused': ('num_epochs',), 'lr_before_count': True, 'carry_rows': 'cum_grad'}
     sparse = 'lazy'
     multi_tensor = True   # list updates on CUDA: one launch per stage for all parameters
-    chunked = True   # _kernel_numpy runs large tensors in chunks (16-bit arrays widened a chunk at a time)
     host_reads_grad = True   # the compiled backends' driver reads the gradient on the host (a product, a reduction)
     kernel_stages = ('optforge_lbsgd_s0', 'optforge_lbsgd_s1', 'optforge_lbsgd_s2', 'optforge_lbsgd_s3', 'optforge_lbsgd_s4')
 
@@ -199,7 +198,7 @@ class LBSGD(Optimizer):
             if batch_scale > 1:
                 def stage0(cum_grad, grad):
                     np.add(cum_grad, grad, out=cum_grad)  # lbsgd.opt:44
-                chunks.run(stage0, (cum_grad, grad), 0, (0,))
+                chunks.run(stage0, (cum_grad, grad), 0, (0,), weight)
             if num_cums % batch_scale == 0:
                 nwup = warmup_epochs * updates_per_epoch  # lbsgd.opt:47
                 if warmup_strategy == 'lars':
@@ -233,7 +232,7 @@ class LBSGD(Optimizer):
                         np.subtract(np.multiply(1 - lr_t * wd, weight, out=weight), np.multiply(lr_t, g, out=tmp0), out=weight)  # lbsgd.opt:78
                     if batch_scale > 1:
                         cum_grad[...] = 0  # lbsgd.opt:81
-                chunks.run(stage4, (cum_grad, grad, mom, weight), 3, (0, 2, 3))
+                chunks.run(stage4, (cum_grad, grad, mom, weight), 3, (0, 2, 3), weight)
         scalars['num_cums'] = num_cums
 
     def _kernel_rows(self, _step, rows, weight, grad, tensors, scalars):

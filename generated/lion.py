@@ -60,7 +60,7 @@ class Lion(Optimizer):
     options = {}
     sparse = None
     multi_tensor = True   # list updates on CUDA: one launch per stage for all parameters
-    chunked = True   # _kernel_numpy runs large tensors in chunks (16-bit arrays widened a chunk at a time)
+    chunked = True   # large 16-bit arrays enter _kernel_numpy as they are (widened a chunk at a time)
     kernel_stages = ('optforge_lion_s0',)
 
     def __init__(self, learning_rate=0.0001, beta1=0.9, beta2=0.99, **kwargs):
@@ -97,7 +97,7 @@ class Lion(Optimizer):
                 np.add(np.multiply(beta1, mean, out=c), np.multiply(1 - beta1, g, out=tmp0), out=c)  # lion.opt:30
                 np.subtract(weight, np.multiply(lr, np.add(np.sign(c, out=tmp0), np.multiply(wd, weight, out=tmp1), out=tmp0), out=tmp0), out=weight)  # lion.opt:31
                 np.add(np.multiply(beta2, mean, out=mean), np.multiply(1 - beta2, g, out=tmp0), out=mean)  # lion.opt:32
-            chunks.run(stage0, (grad, mean, weight), 4, (1, 2))
+            chunks.run(stage0, (grad, mean, weight), 4, (1, 2), weight)
 
     def _kernel_staged(self, be, _step, weight, grad, tensors, scalars):
         """The same update for compiled backends: host code around the stage kernels of

@@ -73,7 +73,7 @@ class Nadam(Optimizer):
     options = {}
     sparse = None
     multi_tensor = True   # list updates on CUDA: one launch per stage for all parameters
-    chunked = True   # _kernel_numpy runs large tensors in chunks (16-bit arrays widened a chunk at a time)
+    chunked = True   # large 16-bit arrays enter _kernel_numpy as they are (widened a chunk at a time)
     kernel_stages = ('optforge_nadam_s0',)
 
     def __init__(self, learning_rate=0.001, beta1=0.9, beta2=0.999, epsilon=1e-08, schedule_decay=0.004, **kwargs):
@@ -136,7 +136,7 @@ class Nadam(Optimizer):
                 np.divide(v, 1 - beta2 ** t, out=v_prime)  # nadam.opt:41
                 np.add(np.multiply(1 - momentum_t, g_prime, out=m_bar), np.multiply(momentum_t1, m_prime, out=tmp0), out=m_bar)  # nadam.opt:42
                 np.subtract(weight, np.divide(np.multiply(lr, m_bar, out=tmp0), np.add(np.sqrt(v_prime, out=tmp1), epsilon, out=tmp1), out=tmp0), out=weight)  # nadam.opt:43
-            chunks.run(stage0, (grad, weight, m, v), 7, (1, 2, 3))
+            chunks.run(stage0, (grad, weight, m, v), 7, (1, 2, 3), weight)
         scalars['m_schedule'] = m_schedule
 
     def _kernel_staged(self, be, _step, weight, grad, tensors, scalars):

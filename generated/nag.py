@@ -54,7 +54,7 @@ class NAG(Optimizer):
     options = {}
     sparse = 'lazy'
     multi_tensor = True   # list updates on CUDA: one launch per stage for all parameters
-    chunked = True   # _kernel_numpy runs large tensors in chunks (16-bit arrays widened a chunk at a time)
+    chunked = True   # large 16-bit arrays enter _kernel_numpy as they are (widened a chunk at a time)
     kernel_stages = ('optforge_nag_s0',)
 
     def __init__(self, momentum=0.0, **kwargs):
@@ -103,7 +103,7 @@ class NAG(Optimizer):
                     np.subtract(mom, np.multiply(lr, np.add(g, np.multiply(wd, weight, out=tmp0), out=tmp0), out=tmp0), out=mom)  # nag.opt:27
                 else:
                     np.subtract(np.multiply(1 - lr * wd, weight, out=weight), np.multiply(lr, g, out=tmp0), out=weight)  # nag.opt:29
-            chunks.run(stage0, (grad, mom, weight), 2, (1, 2))
+            chunks.run(stage0, (grad, mom, weight), 2, (1, 2), weight)
 
     def _kernel_rows(self, _step, rows, weight, grad, tensors, scalars):
         """The lazy update: only the rows `rows` of `weight` and `tensors` change; `grad` holds those rows."""

@@ -121,7 +121,6 @@ class Prodigy(Optimizer):
     options = {}
     sparse = None
     multi_tensor = True   # list updates on CUDA: one launch per stage for all parameters
-    chunked = True   # _kernel_numpy runs large tensors in chunks (16-bit arrays widened a chunk at a time)
     gathers = 1   # times every parameter of a call meets (optimizer-wide reductions)
     kernel_stages = ('optforge_prodigy_s0', 'optforge_prodigy_s1')
 
@@ -242,7 +241,7 @@ class Prodigy(Optimizer):
                 if beta1 > 0:
                     np.add(np.multiply(beta1, exp_avg, out=exp_avg), np.multiply(d * (1 - beta1), g, out=tmp0), out=exp_avg)  # prodigy.opt:62
                 np.add(np.multiply(b3, s, out=s), np.multiply(d / d0 * d if safeguard_warmup else d / d0 * dlr, g, out=tmp0), out=s)  # prodigy.opt:64
-            chunks.run(stage0, (grad, weight, exp_avg_sq, exp_avg, s, p0, g), 1, (2, 3, 4, 6))
+            chunks.run(stage0, (grad, weight, exp_avg_sq, exp_avg, s, p0, g), 1, (2, 3, 4, 6), weight)
             _r0 = d / d0 * dlr * ops.total(g * (p0 - weight))  # prodigy.opt:66
             _r2 = ops.total(np.abs(s))  # prodigy.opt:67
             yield ops.Gather(self._interlude_0, _step, (('global_sum', _r0), ('global_sum', _r2)))
@@ -255,7 +254,7 @@ class Prodigy(Optimizer):
                 else:
                     g1[...] = grad if decouple else grad + wd * weight  # prodigy.opt:83
                     weight[...] = decayed - dlr * d * (g1 / (np.sqrt(exp_avg_sq) + d * eps)) if seen else weight  # prodigy.opt:84
-            chunks.run(stage1, (weight, exp_avg, exp_avg_sq, grad), 2, (0,))
+            chunks.run(stage1, (weight, exp_avg, exp_avg_sq, grad), 2, (0,), weight)
 
     def _kernel_staged(self, be, _step, weight, grad, tensors, scalars):
         """The same update for compiled backends: host code around the stage kernels of

@@ -76,7 +76,7 @@ class RMSProp(Optimizer):
     options = {}
     sparse = None
     multi_tensor = True   # list updates on CUDA: one launch per stage for all parameters
-    chunked = True   # _kernel_numpy runs large tensors in chunks (16-bit arrays widened a chunk at a time)
+    chunked = True   # large 16-bit arrays enter _kernel_numpy as they are (widened a chunk at a time)
     kernel_stages = ('optforge_rmsprop_s0',)
 
     def __init__(self, learning_rate=0.001, gamma1=0.9, gamma2=0.9, epsilon=1e-08, centered=False, clip_weights=None, **kwargs):
@@ -133,7 +133,7 @@ class RMSProp(Optimizer):
                 else:
                     np.subtract(weight, np.divide(np.multiply(lr, g, out=tmp0), np.sqrt(np.add(n, epsilon, out=tmp1), out=tmp1), out=tmp0), out=weight)  # rmsprop.opt:42
                 chunks.clip(weight, clip_weights, weight)  # rmsprop.opt:44
-            chunks.run(stage0, (grad, weight, n, g_avg, delta), 3, (1, 2, 3, 4))
+            chunks.run(stage0, (grad, weight, n, g_avg, delta), 3, (1, 2, 3, 4), weight)
 
     def _kernel_staged(self, be, _step, weight, grad, tensors, scalars):
         """The same update for compiled backends: host code around the stage kernels of

@@ -50,7 +50,7 @@ class SGLD(Optimizer):
     options = {}
     sparse = None
     multi_tensor = True   # list updates on CUDA: one launch per stage for all parameters
-    chunked = True   # _kernel_numpy runs large tensors in chunks (16-bit arrays widened a chunk at a time)
+    chunked = True   # large 16-bit arrays enter _kernel_numpy as they are (widened a chunk at a time)
     kernel_stages = ('optforge_sgld_s0',)
 
     def __init__(self, seed=None, **kwargs):
@@ -74,7 +74,7 @@ class SGLD(Optimizer):
             def stage0(grad, weight, noise0, g, tmp0):
                 chunks.clip(np.multiply(rescale_grad, grad, out=g), clip_gradient, g)  # sgld.opt:18
                 np.add(weight, np.add(np.multiply(-lr / 2, np.add(g, np.multiply(wd, weight, out=tmp0), out=tmp0), out=tmp0), noise0, out=tmp0), out=weight)  # sgld.opt:19
-            chunks.run(stage0, (grad, weight, noise0), 2, (1,))
+            chunks.run(stage0, (grad, weight, noise0), 2, (1,), weight)
 
     def _kernel_staged(self, be, _step, weight, grad, tensors, scalars):
         """The same update for compiled backends: host code around the stage kernels of

@@ -60,7 +60,7 @@ class Signum(Optimizer):
     options = {}
     sparse = None
     multi_tensor = True   # list updates on CUDA: one launch per stage for all parameters
-    chunked = True   # _kernel_numpy runs large tensors in chunks (16-bit arrays widened a chunk at a time)
+    chunked = True   # large 16-bit arrays enter _kernel_numpy as they are (widened a chunk at a time)
     kernel_stages = ('optforge_signum_s0',)
 
     def __init__(self, learning_rate=0.01, momentum=0.9, wd_lh=0.0, **kwargs):
@@ -103,7 +103,7 @@ class Signum(Optimizer):
                     np.add(np.multiply(1 - lr * wd_lh, weight, out=weight), np.multiply(lr, np.sign(mom, out=tmp0), out=tmp0), out=weight)  # signum.opt:29
                 else:
                     np.subtract(np.multiply(1 - lr * (wd + wd_lh), weight, out=weight), np.multiply(lr, np.sign(g, out=tmp0), out=tmp0), out=weight)  # signum.opt:31
-            chunks.run(stage0, (grad, mom, weight), 2, (1, 2))
+            chunks.run(stage0, (grad, mom, weight), 2, (1, 2), weight)
 
     def _kernel_staged(self, be, _step, weight, grad, tensors, scalars):
         """The same update for compiled backends: host code around the stage kernels of

@@ -37,7 +37,7 @@ class Test(Optimizer):
     options = {'never_count': True}
     sparse = None
     multi_tensor = True   # list updates on CUDA: one launch per stage for all parameters
-    chunked = True   # _kernel_numpy runs large tensors in chunks (16-bit arrays widened a chunk at a time)
+    chunked = True   # large 16-bit arrays enter _kernel_numpy as they are (widened a chunk at a time)
     kernel_stages = ('optforge_test_s0',)
 
     def __init__(self, **kwargs):
@@ -65,7 +65,7 @@ class Test(Optimizer):
             def stage0(weight, grad, mirror, tmp0):
                 np.add(weight, np.multiply(rescale_grad, grad, out=tmp0), out=weight)  # test.opt:15
                 chunks.copy(weight, mirror)  # test.opt:16
-            chunks.run(stage0, (weight, grad, mirror), 1, (0, 2))
+            chunks.run(stage0, (weight, grad, mirror), 1, (0, 2), weight)
 
     def _kernel_staged(self, be, _step, weight, grad, tensors, scalars):
         """The same update for compiled backends: host code around the stage kernels of

@@ -60,7 +60,7 @@ class TorchAdadelta(Optimizer):
     options = {'host_arithmetic': True, 'torch': ('Adadelta', 'lr', 'rho', 'eps', 'weight_decay', 'foreach', '*', 'capturable', 'maximize', 'differentiable')}
     sparse = None
     multi_tensor = True   # list updates on CUDA: one launch per stage for all parameters
-    chunked = True   # _kernel_numpy runs large tensors in chunks (16-bit arrays widened a chunk at a time)
+    chunked = True   # large 16-bit arrays enter _kernel_numpy as they are (widened a chunk at a time)
     kernel_stages = ('optforge_torchadadelta_s0',)
 
     def __init__(self, learning_rate=1.0, rho=0.9, eps=1e-06, maximize=False, **kwargs):
@@ -102,7 +102,7 @@ class TorchAdadelta(Optimizer):
                 np.multiply(np.divide(np.sqrt(np.add(acc_delta, eps, out=delta), out=delta), np.sqrt(np.add(square_avg, eps, out=tmp0), out=tmp0), out=delta), g, out=delta)  # torchadadelta.opt:33
                 np.add(np.multiply(rho, acc_delta, out=acc_delta), np.multiply(1 - rho, np.square(delta, out=tmp0), out=tmp0), out=acc_delta)  # torchadadelta.opt:34
                 np.subtract(weight, np.multiply(lr, delta, out=tmp0), out=weight)  # torchadadelta.opt:35
-            chunks.run(stage0, (grad, weight, square_avg, acc_delta), 3, (1, 2, 3))
+            chunks.run(stage0, (grad, weight, square_avg, acc_delta), 3, (1, 2, 3), weight)
 
     def _kernel_staged(self, be, _step, weight, grad, tensors, scalars):
         """The same update for compiled backends: host code around the stage kernels of

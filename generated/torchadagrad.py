@@ -63,7 +63,7 @@ class TorchAdagrad(Optimizer):
     options = {'host_arithmetic': True, 'torch': ('Adagrad', 'lr', 'lr_decay', 'weight_decay', 'initial_accumulator_value', 'eps', 'foreach', '*', 'maximize', 'differentiable', 'fused')}
     sparse = None
     multi_tensor = True   # list updates on CUDA: one launch per stage for all parameters
-    chunked = True   # _kernel_numpy runs large tensors in chunks (16-bit arrays widened a chunk at a time)
+    chunked = True   # large 16-bit arrays enter _kernel_numpy as they are (widened a chunk at a time)
     kernel_stages = ('optforge_torchadagrad_s0',)
 
     def __init__(self, learning_rate=0.01, lr_decay=0.0, initial_accumulator_value=0.0, eps=1e-10, maximize=False, **kwargs):
@@ -103,7 +103,7 @@ class TorchAdagrad(Optimizer):
                 np.add(np.multiply(-1 if maximize else 1, chunks.clip(np.multiply(rescale_grad, grad, out=g), clip_gradient, g), out=g), np.multiply(wd, weight, out=tmp0), out=g)  # torchadagrad.opt:32
                 np.add(sum_sq, np.square(g, out=tmp0), out=sum_sq)  # torchadagrad.opt:34
                 np.subtract(weight, np.multiply(clr, np.divide(g, np.add(np.sqrt(sum_sq, out=tmp0), eps, out=tmp0), out=tmp0), out=tmp0), out=weight)  # torchadagrad.opt:35
-            chunks.run(stage0, (grad, weight, sum_sq), 2, (1, 2))
+            chunks.run(stage0, (grad, weight, sum_sq), 2, (1, 2), weight)
 
     def _kernel_staged(self, be, _step, weight, grad, tensors, scalars):
         """The same update for compiled backends: host code around the stage kernels of

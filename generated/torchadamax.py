@@ -65,7 +65,7 @@ class TorchAdamax(Optimizer):
     options = {'host_arithmetic': True, 'torch': ('Adamax', 'lr', 'betas', 'eps', 'weight_decay', 'foreach', '*', 'maximize', 'differentiable', 'capturable'), 'torch_pairs': ('betas', 'beta1', 'beta2')}
     sparse = None
     multi_tensor = True   # list updates on CUDA: one launch per stage for all parameters
-    chunked = True   # _kernel_numpy runs large tensors in chunks (16-bit arrays widened a chunk at a time)
+    chunked = True   # large 16-bit arrays enter _kernel_numpy as they are (widened a chunk at a time)
     kernel_stages = ('optforge_torchadamax_s0',)
 
     def __init__(self, learning_rate=0.002, beta1=0.9, beta2=0.999, eps=1e-08, maximize=False, **kwargs):
@@ -113,7 +113,7 @@ class TorchAdamax(Optimizer):
                     np.subtract(g, np.multiply(np.subtract(g, exp_avg, out=exp_avg), 1 - (1 - beta1), out=exp_avg), out=exp_avg)  # torchadamax.opt:36
                 np.maximum(np.multiply(beta2, exp_inf, out=exp_inf), np.add(np.abs(g, out=tmp0), eps, out=tmp0), out=exp_inf)  # torchadamax.opt:38
                 np.subtract(weight, np.multiply(lr / (1 - beta1 ** t), np.divide(exp_avg, exp_inf, out=tmp0), out=tmp0), out=weight)  # torchadamax.opt:39
-            chunks.run(stage0, (grad, weight, exp_avg, exp_inf), 2, (1, 2, 3))
+            chunks.run(stage0, (grad, weight, exp_avg, exp_inf), 2, (1, 2, 3), weight)
 
     def _kernel_staged(self, be, _step, weight, grad, tensors, scalars):
         """The same update for compiled backends: host code around the stage kernels of

@@ -82,7 +82,7 @@ class TorchAdamW(Optimizer):
     options = {'host_arithmetic': True, 'torch': ('AdamW', 'lr', 'betas', 'eps', 'weight_decay', 'amsgrad', '*', 'maximize', 'foreach', 'capturable', 'differentiable', 'fused'), 'torch_pairs': ('betas', 'beta1', 'beta2')}
     sparse = None
     multi_tensor = True   # list updates on CUDA: one launch per stage for all parameters
-    chunked = True   # _kernel_numpy runs large tensors in chunks (16-bit arrays widened a chunk at a time)
+    chunked = True   # large 16-bit arrays enter _kernel_numpy as they are (widened a chunk at a time)
     kernel_stages = ('optforge_torchadamw_s0',)
 
     def __init__(self, learning_rate=0.001, wd=0.01, beta1=0.9, beta2=0.999, eps=1e-08, amsgrad=False, maximize=False, **kwargs):
@@ -151,7 +151,7 @@ class TorchAdamW(Optimizer):
                     np.subtract(weight, np.multiply(step_size, np.divide(exp_avg, np.add(np.divide(np.sqrt(max_exp_avg_sq, out=tmp0), bias_correction2_sqrt, out=tmp0), eps, out=tmp0), out=tmp0), out=tmp0), out=weight)  # torchadamw.opt:53
                 else:
                     np.subtract(weight, np.multiply(step_size, np.divide(exp_avg, np.add(np.divide(np.sqrt(exp_avg_sq, out=tmp0), bias_correction2_sqrt, out=tmp0), eps, out=tmp0), out=tmp0), out=tmp0), out=weight)  # torchadamw.opt:55
-            chunks.run(stage0, (grad, weight, exp_avg, exp_avg_sq, max_exp_avg_sq), 2, (1, 2, 3, 4))
+            chunks.run(stage0, (grad, weight, exp_avg, exp_avg_sq, max_exp_avg_sq), 2, (1, 2, 3, 4), weight)
 
     def _kernel_staged(self, be, _step, weight, grad, tensors, scalars):
         """The same update for compiled backends: host code around the stage kernels of

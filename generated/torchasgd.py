@@ -72,7 +72,7 @@ class TorchASGD(Optimizer):
     options = {'host_arithmetic': True, 'torch': ('ASGD', 'lr', 'lambd', 'alpha', 't0', 'weight_decay', 'foreach', 'maximize', 'differentiable', 'capturable')}
     sparse = None
     multi_tensor = True   # list updates on CUDA: one launch per stage for all parameters
-    chunked = True   # _kernel_numpy runs large tensors in chunks (16-bit arrays widened a chunk at a time)
+    chunked = True   # large 16-bit arrays enter _kernel_numpy as they are (widened a chunk at a time)
     kernel_stages = ('optforge_torchasgd_s0',)
 
     def __init__(self, learning_rate=0.01, lambd=0.0001, alpha=0.75, t0=1000000.0, maximize=False, **kwargs):
@@ -127,7 +127,7 @@ class TorchASGD(Optimizer):
                     np.add(ax, np.multiply(np.subtract(weight, ax, out=tmp0), mu, out=tmp0), out=ax)  # torchasgd.opt:41
                 else:
                     chunks.copy(weight, ax)  # torchasgd.opt:43
-            chunks.run(stage0, (grad, weight, ax), 2, (1, 2))
+            chunks.run(stage0, (grad, weight, ax), 2, (1, 2), weight)
             eta = lr / (1 + lambd * lr * t) ** alpha  # torchasgd.opt:45
             mu = 1 / ops.maximum(1, t - t0)  # torchasgd.opt:46
         scalars['eta'] = eta

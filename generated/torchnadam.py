@@ -86,7 +86,7 @@ class TorchNAdam(Optimizer):
     options = {'host_arithmetic': True, 'torch': ('NAdam', 'lr', 'betas', 'eps', 'weight_decay', 'momentum_decay', 'decoupled_weight_decay', '*', 'foreach', 'maximize', 'capturable', 'differentiable'), 'torch_pairs': ('betas', 'beta1', 'beta2')}
     sparse = None
     multi_tensor = True   # list updates on CUDA: one launch per stage for all parameters
-    chunked = True   # _kernel_numpy runs large tensors in chunks (16-bit arrays widened a chunk at a time)
+    chunked = True   # large 16-bit arrays enter _kernel_numpy as they are (widened a chunk at a time)
     kernel_stages = ('optforge_torchnadam_s0',)
 
     def __init__(self, learning_rate=0.002, beta1=0.9, beta2=0.999, eps=1e-08, momentum_decay=0.004, decoupled_weight_decay=False, maximize=False, **kwargs):
@@ -157,7 +157,7 @@ class TorchNAdam(Optimizer):
                 np.add(np.sqrt(np.divide(exp_avg_sq, bias_correction2, out=denom), out=denom), eps, out=denom)  # torchnadam.opt:55
                 np.add(weight, np.multiply(-lr * (1 - mu) / (1 - mu_product), np.divide(g, denom, out=tmp0), out=tmp0), out=weight)  # torchnadam.opt:56
                 np.add(weight, np.multiply(-lr * mu_next / (1 - mu_product * mu_next), np.divide(exp_avg, denom, out=tmp0), out=tmp0), out=weight)  # torchnadam.opt:57
-            chunks.run(stage0, (grad, weight, exp_avg, exp_avg_sq), 3, (1, 2, 3))
+            chunks.run(stage0, (grad, weight, exp_avg, exp_avg_sq), 3, (1, 2, 3), weight)
         scalars['mu_product'] = mu_product
 
     def _kernel_staged(self, be, _step, weight, grad, tensors, scalars):

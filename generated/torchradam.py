@@ -84,7 +84,7 @@ class TorchRAdam(Optimizer):
     options = {'host_arithmetic': True, 'torch': ('RAdam', 'lr', 'betas', 'eps', 'weight_decay', 'decoupled_weight_decay', '*', 'foreach', 'maximize', 'capturable', 'differentiable'), 'torch_pairs': ('betas', 'beta1', 'beta2')}
     sparse = None
     multi_tensor = True   # list updates on CUDA: one launch per stage for all parameters
-    chunked = True   # _kernel_numpy runs large tensors in chunks (16-bit arrays widened a chunk at a time)
+    chunked = True   # large 16-bit arrays enter _kernel_numpy as they are (widened a chunk at a time)
     kernel_stages = ('optforge_torchradam_s0', 'optforge_torchradam_s1', 'optforge_torchradam_s2')
 
     def __init__(self, learning_rate=0.001, beta1=0.9, beta2=0.999, eps=1e-08, decoupled_weight_decay=False, maximize=False, **kwargs):
@@ -153,16 +153,16 @@ class TorchRAdam(Optimizer):
                 else:
                     np.subtract(g, np.multiply(np.subtract(g, exp_avg, out=exp_avg), 1 - (1 - beta1), out=exp_avg), out=exp_avg)  # torchradam.opt:44
                 np.add(np.multiply(beta2, exp_avg_sq, out=exp_avg_sq), np.multiply(1 - beta2, np.square(g, out=tmp0), out=tmp0), out=exp_avg_sq)  # torchradam.opt:46
-            chunks.run(stage0, (grad, weight, exp_avg, exp_avg_sq), 2, (1, 2, 3))
+            chunks.run(stage0, (grad, weight, exp_avg, exp_avg_sq), 2, (1, 2, 3), weight)
             if rho_t > 5:
                 rect = math.sqrt((rho_t - 4) * (rho_t - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho_t))  # torchradam.opt:52
                 def stage1(weight, exp_avg, exp_avg_sq, tmp0, tmp1):
                     np.subtract(weight, np.multiply(np.multiply(np.multiply(np.divide(exp_avg, bias_correction1, out=tmp0), lr, out=tmp0), np.divide(math.sqrt(bias_correction2), np.add(np.sqrt(exp_avg_sq, out=tmp1), eps, out=tmp1), out=tmp1), out=tmp0), rect, out=tmp0), out=weight)  # torchradam.opt:53
-                chunks.run(stage1, (weight, exp_avg, exp_avg_sq), 2, (0,))
+                chunks.run(stage1, (weight, exp_avg, exp_avg_sq), 2, (0,), weight)
             else:
                 def stage2(weight, exp_avg, tmp0):
                     np.subtract(weight, np.multiply(np.divide(exp_avg, bias_correction1, out=tmp0), lr, out=tmp0), out=weight)  # torchradam.opt:55
-                chunks.run(stage2, (weight, exp_avg), 1, (0,))
+                chunks.run(stage2, (weight, exp_avg), 1, (0,), weight)
 
     def _kernel_staged(self, be, _step, weight, grad, tensors, scalars):
         """The same update for compiled backends: host code around the stage kernels of

@@ -82,7 +82,7 @@ class TorchRMSprop(Optimizer):
     options = {'host_arithmetic': True, 'torch': ('RMSprop', 'lr', 'alpha', 'eps', 'weight_decay', 'momentum', 'centered', 'capturable', 'foreach', 'maximize', 'differentiable')}
     sparse = None
     multi_tensor = True   # list updates on CUDA: one launch per stage for all parameters
-    chunked = True   # _kernel_numpy runs large tensors in chunks (16-bit arrays widened a chunk at a time)
+    chunked = True   # large 16-bit arrays enter _kernel_numpy as they are (widened a chunk at a time)
     kernel_stages = ('optforge_torchrmsprop_s0',)
 
     def __init__(self, learning_rate=0.01, alpha=0.99, eps=1e-08, momentum=0.0, centered=False, maximize=False, **kwargs):
@@ -152,7 +152,7 @@ class TorchRMSprop(Optimizer):
                     np.subtract(weight, np.multiply(lr, momentum_buffer, out=tmp0), out=weight)  # torchrmsprop.opt:51
                 else:
                     np.subtract(weight, np.multiply(lr, np.divide(g, avg, out=tmp0), out=tmp0), out=weight)  # torchrmsprop.opt:53
-            chunks.run(stage0, (grad, weight, square_avg, grad_avg, momentum_buffer), 3, (1, 2, 3, 4))
+            chunks.run(stage0, (grad, weight, square_avg, grad_avg, momentum_buffer), 3, (1, 2, 3, 4), weight)
 
     def _kernel_staged(self, be, _step, weight, grad, tensors, scalars):
         """The same update for compiled backends: host code around the stage kernels of

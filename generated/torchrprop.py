@@ -72,7 +72,7 @@ class TorchRprop(Optimizer):
     options = {'host_arithmetic': True, 'torch': ('Rprop', 'lr', 'etas', 'step_sizes', '*', 'capturable', 'foreach', 'maximize', 'differentiable'), 'torch_pairs': ('etas', 'etaminus', 'etaplus', 'step_sizes', 'step_size_min', 'step_size_max')}
     sparse = None
     multi_tensor = True   # list updates on CUDA: one launch per stage for all parameters
-    chunked = True   # _kernel_numpy runs large tensors in chunks (16-bit arrays widened a chunk at a time)
+    chunked = True   # large 16-bit arrays enter _kernel_numpy as they are (widened a chunk at a time)
     kernel_stages = ('optforge_torchrprop_s0',)
 
     def __init__(self, learning_rate=0.01, etaminus=0.5, etaplus=1.2, step_size_min=1e-06, step_size_max=50.0, maximize=False, **kwargs):
@@ -119,7 +119,7 @@ class TorchRprop(Optimizer):
                 kept[...] = np.where(s < 0, 0, g)  # torchrprop.opt:42
                 np.subtract(weight, np.multiply(np.sign(kept, out=tmp0), step_size, out=tmp0), out=weight)  # torchrprop.opt:43
                 chunks.copy(kept, prev)  # torchrprop.opt:44
-            chunks.run(stage0, (grad, prev, step_size, weight), 5, (1, 2, 3))
+            chunks.run(stage0, (grad, prev, step_size, weight), 5, (1, 2, 3), weight)
 
     def _kernel_staged(self, be, _step, weight, grad, tensors, scalars):
         """The same update for compiled backends: host code around the stage kernels of

@@ -72,7 +72,7 @@ class TorchSGD(Optimizer):
     options = {'host_arithmetic': True, 'torch': ('SGD', 'lr', 'momentum', 'dampening', 'weight_decay', 'nesterov', '*', 'maximize', 'foreach', 'differentiable', 'fused')}
     sparse = None
     multi_tensor = True   # list updates on CUDA: one launch per stage for all parameters
-    chunked = True   # _kernel_numpy runs large tensors in chunks (16-bit arrays widened a chunk at a time)
+    chunked = True   # large 16-bit arrays enter _kernel_numpy as they are (widened a chunk at a time)
     kernel_stages = ('optforge_torchsgd_s0',)
 
     def __init__(self, learning_rate=0.001, momentum=0.0, dampening=0.0, nesterov=False, maximize=False, **kwargs):
@@ -130,7 +130,7 @@ class TorchSGD(Optimizer):
                         np.subtract(weight, np.multiply(lr, momentum_buffer, out=tmp0), out=weight)  # torchsgd.opt:40
                 else:
                     np.subtract(weight, np.multiply(lr, g, out=tmp0), out=weight)  # torchsgd.opt:43
-            chunks.run(stage0, (grad, weight, momentum_buffer), 2, (1, 2))
+            chunks.run(stage0, (grad, weight, momentum_buffer), 2, (1, 2), weight)
 
     def _kernel_staged(self, be, _step, weight, grad, tensors, scalars):
         """The same update for compiled backends: host code around the stage kernels of

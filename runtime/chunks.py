@@ -122,12 +122,14 @@ def _executor(workers: int) -> ThreadPoolExecutor:
     return _pool
 
 
-def run(stage, arrays, n_scratch: int, writes=()) -> None:
+def run(stage, arrays, n_scratch: int, writes=(), weight=None) -> None:
     """stage(*chunks of arrays, *n_scratch scratch buffers) over the whole tensors, in chunks;
-    `writes`: the positions of the arrays the stage writes (16-bit ones are rounded back)."""
+    `writes`: the positions of the arrays the stage writes (16-bit ones are rounded back); the stage
+    computes in `weight`'s compute type (float64 for float64, float32 otherwise)."""
     flat = [None if a is None else a.reshape(-1) for a in arrays]
     present = [a for a in flat if a is not None]
-    dtype = _compute(np.result_type(*[a.dtype if a.dtype.kind == "f" else np.float32 for a in present]))
+    dtype = _compute(weight.dtype if weight is not None else
+                     np.result_type(*[a.dtype if a.dtype.kind == "f" else np.float32 for a in present]))
     narrow = tuple(k for k, a in enumerate(flat) if a is not None and a.dtype != dtype)
     n = next(a.size for a in flat if a is not None)   # a conditional state may be absent (None)
     err = np.geterr()

@@ -204,7 +204,7 @@ class Optimizer:
     tensor_states: tuple = ()
     state_storage: dict = {}     # `state m = zeros as bf16`: tensor state -> its storage dtype's name
     state_quant: dict = {}       # `state m = zeros as int8(256)`: tensor state -> its 8-bit format
-    chunked: bool = False        # the NumPy kernel has its chunked branch (runtime/chunks.py)
+    chunked: bool = False        # large 16-bit arrays may enter the chunked NumPy kernel as they are (runtime/chunks.py)
     host_reads_grad: bool = False   # the compiled backends' driver reads the gradient on the host
     scalar_states: tuple = ()
     global_names: tuple = ()

@@ -489,7 +489,7 @@ def compile_spec(text, lazy):
         try:
             return optforge.load_spec(text, register=False), text, lazy
         except SpecError as e:
-            stored = re.search(r"state `(\w+)` is stored .* read again after", str(e))
+            stored = re.search(r"state `(\w+)` is stored .* read here, after the step", str(e))
             if stored:   # (storage_specs: a stored state read after its stage stores it keeps the weight's type)
                 text = re.sub(rf"(state {stored.group(1)} = \w+) as [^\n]*?( if flag)?\n", r"\1\2\n", text)
                 return compile_spec(text, lazy)
