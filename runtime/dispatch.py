@@ -142,12 +142,19 @@ def _master_kernels(opt, backend, weight) -> bool:
     return backend == "native" and isinstance(weight, np.ndarray) and not opt.host_reads_grad
 
 
+def _raw_arrays(opt, weight, grad, tensors, step) -> bool:
+    """Whether the NumPy kernel takes 16-bit arrays (weight, gradient, stored states) as they are and
+    widens them a chunk at a time (runtime/chunks.py): a large contiguous parameter of a spec whose
+    chunked kernel allows it (`chunked`), no 8-bit state, and no gradient factor on a 16-bit
+    gradient (it would be applied in 16 bits)."""
+    return (opt.chunked and not opt.state_quant and (step.grad_scale == 1 or not is_low(grad.dtype))
+            and chunks.use(weight, grad, *tensors.values()))
+
+
 def _in_chunks(opt, weight, grad, state, step) -> bool:
-    """Whether the NumPy kernel updates the 16-bit arrays in place, widening a chunk at a time
-    (runtime/chunks.py): a large contiguous parameter of a spec with the chunked kernel, no 8-bit
-    state, no stochastic rounding and no gradient factor (both need the whole float32 values)."""
-    return (opt.chunked and not opt.state_quant and not step.round_seed and step.grad_scale == 1
-            and chunks.use(weight, grad, *state.tensors.values()))
+    """`_raw_arrays` for a 16-bit weight without a master copy, unless it is rounded stochastically
+    (that needs the whole float32 weight)."""
+    return not step.round_seed and _raw_arrays(opt, weight, grad, state.tensors, step)
 
 
 def _store_low(opt, weight, w32, t32, tensors, step):
@@ -166,9 +173,7 @@ def _dense_phases(opt, step, weight, grad, tensors, scalars, backend, cache):
                                   seeded=bool(step.round_seed))
         yield from opt._kernel_phases(be, step, weight, grad, tensors, scalars)
     else:
-        direct = (opt.chunked and not opt.state_quant and (step.grad_scale == 1 or not is_low(grad.dtype))
-                  and chunks.use(weight, grad, *tensors.values()))
-        wide = tensors if direct else _widened(opt, tensors, weight.dtype)   # (chunks widen stored states)
+        wide = tensors if _raw_arrays(opt, weight, grad, tensors, step) else _widened(opt, tensors, weight.dtype)
         yield from opt._kernel_numpy(step, weight, grad, wide, scalars)
         _narrowed(opt, tensors, wide)
 
@@ -241,9 +246,7 @@ def _dense(opt, step, weight, grad, tensors, scalars, backend):
                                   seeded=bool(step.round_seed))
         opt._kernel_staged(be, step, weight, grad, tensors, scalars)
     else:
-        direct = (opt.chunked and not opt.state_quant and (step.grad_scale == 1 or not is_low(grad.dtype))
-                  and chunks.use(weight, grad, *tensors.values()))
-        wide = tensors if direct else _widened(opt, tensors, weight.dtype)   # (chunks widen stored states)
+        wide = tensors if _raw_arrays(opt, weight, grad, tensors, step) else _widened(opt, tensors, weight.dtype)
         opt._kernel_numpy(step, weight, grad, wide, scalars)
         _narrowed(opt, tensors, wide)
 

@@ -7,7 +7,7 @@ import threading
 
 import numpy as np
 
-from .dtypes import BFLOAT16, is_low
+from .dtypes import BFLOAT16
 
 
 def sign(x):

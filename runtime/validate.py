@@ -15,7 +15,7 @@ from . import cuda
 from .sparse import RowSparse
 from .state import OptState
 
-from .dtypes import FLOAT_SET, FLOATS as FLOAT_DTYPES, NAMES as FLOAT_NAMES, is_low
+from .dtypes import FLOAT_SET, FLOATS as FLOAT_DTYPES, NAMES as FLOAT_NAMES, is_low  # noqa: F401 - FLOAT_DTYPES: updater.py
 
 
 def is_index(i) -> bool:
